@@ -1,0 +1,3 @@
+from ftplan.cli import main
+
+main()

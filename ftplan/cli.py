@@ -1,0 +1,53 @@
+"""ftplan: plan, profile, emit, run and tune LLM fine-tuning. A thin typer layer over the packages."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from planner.errors import PlanError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Memory and throughput planner and autotuner for fine-tuning LLMs.")
+
+
+def _register() -> None:
+    # Each command module adds its commands to `app`; planning modules import no torch at import time.
+    from ftplan import cmd_plan  # noqa: F401
+
+    for optional in ("cmd_scale", "cmd_emit", "cmd_profile", "cmd_run", "cmd_tune"):
+        try:
+            __import__(f"ftplan.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"ftplan.{optional}":
+                raise
+
+
+def fail(message: str) -> None:
+    """One readable line on stderr, exit code 2."""
+    print(f"ftplan: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main() -> None:
+    _register()
+    try:
+        app(standalone_mode=False)
+    except PlanError as exc:
+        fail(str(exc))
+    except (typer.Abort, KeyboardInterrupt):
+        fail("interrupted")
+    except SystemExit:
+        raise
+    except Exception as exc:
+        # click usage errors (typer vendors its own click) arrive here in non-standalone mode
+        if any(cls.__name__ == "ClickException" for cls in type(exc).__mro__):
+            param = getattr(exc, "param", None)
+            where = f"{'/'.join(param.opts)}: " if param is not None and getattr(param, "opts", None) else ""
+            fail(where + " ".join(exc.format_message().split()))
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Activation memory: the tensors autograd saves for backward.
+
+Two models live here:
+- `korthikanti_layer_bytes`: Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+  Transformer Models", arXiv 2205.05198), Table 2, for a GPT layer (4h GeLU MLP, dropout, 16-bit).
+  Used for validation and as the reference the HF model below is checked against.
+- `hf_layer_bytes_per_token`: the same bookkeeping applied to the decoder layers transformers runs
+  (RMSNorm upcast to fp32, RoPE, SwiGLU of width i, GQA, SDPA/flash kernels that keep no s x s
+  scores, peft LoRA branches), derived by listing the saved tensors of LlamaDecoderLayer.forward
+  (transformers/models/llama/modeling_llama.py) and integrations/sdpa_attention.py. The profiler's
+  dry run measures the same quantity on the real model (benchmarks/accuracy.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.models import ModelSpec
+from planner.strategy import Attn, GradCkpt
+
+
+def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int = 1, sequence_parallel: bool = False,
+                            recompute: GradCkpt = GradCkpt.none) -> float:
+    """Bytes of activations per transformer layer, Korthikanti et al. 2022, Table 2 (16-bit, dropout)."""
+    sbh = s * b * h
+    if recompute is GradCkpt.full:
+        return 2 * sbh / (t if sequence_parallel else 1)
+    if recompute is GradCkpt.selective:
+        return 34 * sbh / t if sequence_parallel else sbh * (10 + 24 / t)
+    if sequence_parallel:
+        return sbh * (34 + 5 * a * s / h) / t
+    return sbh * (10 + 24 / t + 5 * a * s / (h * t))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LayerTraining:
+    """What of one decoder layer trains: its weights (full), LoRA branches, or nothing (frozen)."""
+
+    weights: bool  # every weight of the layer has requires_grad (full fine-tuning)
+    lora_targets: frozenset[str] = frozenset()
+    lora_dropout: bool = False  # dropout > 0 makes a fresh copy of each LoRA branch's input
+
+
+def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining,
+                             seq_len: int, t: int = 1, sequence_parallel: bool = False,
+                             recompute: GradCkpt = GradCkpt.none) -> float:
+    """Bytes saved for backward by one transformers decoder layer, per token of the micro-batch.
+
+    e = bytes of an activation element (2 for 16-bit compute, 4 for fp32). Per token:
+    - RMSNorm: `hidden_states.to(float32)` is saved by pow/mul: 4h; LayerNorm saves its input: e*h.
+      Its normalized output (e*h) is saved by the next linear when that linear's weight trains, by the
+      norm's own weight when it trains, and by a LoRA branch without dropout.
+    - Attention: SDPA/flash save q (e*a*d), k and v (e*kv*d: transformers passes enable_gqa when there
+      is no padding mask), the output (e*a*d, shared with o_proj's input) and the fp32 log-sum-exp
+      (4a). Eager keeps q, k, v, the fp32 softmax output (4*a*s) and its 16-bit copy (e*a*s), and the
+      transposed output copy for o_proj.
+    - Gated MLP: gate output (SiLU input), SiLU output, up output, their product (down's input): 4e*i.
+      GeLU MLP (BLOOM): GeLU input and output, 2e*4h. MoE: each token visits k experts, each keeps
+      its gathered input (e*h) and the gated-MLP tensors.
+    - LoRA branch with dropout: the dropped-out input copy (e*in) and its bool mask (in bytes).
+    Tensor parallelism (Megatron-style, Korthikanti Sec. 4.1) splits what lies between the f and g
+    operators (attention and MLP internals) by t; sequence parallelism also splits the norms and
+    the linears' inputs. Selective recompute drops the attention core (Korthikanti Sec. 4.2);
+    full recompute keeps the layer input only (e*h) and is accounted by the caller.
+    """
+    h, e = m.hidden_size, act_bytes
+    q, kv, a = m.q_dim, m.kv_dim, m.num_heads
+    if recompute is GradCkpt.full:
+        return e * h / (t if sequence_parallel else 1)
+    lora = train.lora_targets
+    linears = {lin.name: lin for lin in m.linears()}
+
+    def consumer_saves(names: tuple[str, ...]) -> bool:
+        return train.weights or any(n in lora and not train.lora_dropout for n in names)
+
+    def lora_copies(names: tuple[str, ...]) -> float:
+        if not train.lora_dropout:
+            return 0.0
+        return sum((e + 1) * linears[n].in_features for n in names if n in lora)
+
+    if m.model_type == "bloom":
+        attn_in, attn_out, mlp_in, mlp_out = ("query_key_value",), ("dense",), ("dense_h_to_4h",), ("dense_4h_to_h",)
+    elif m.model_type == "chatglm":
+        attn_in, attn_out, mlp_in, mlp_out = ("query_key_value",), ("dense",), ("dense_h_to_4h",), ("dense_4h_to_h",)
+    elif m.model_type == "baichuan":
+        attn_in, attn_out, mlp_in, mlp_out = ("W_pack",), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)
+    else:
+        attn_in, attn_out = ("q_proj", "k_proj", "v_proj"), ("o_proj",)
+        mlp_in, mlp_out = ("gate_proj", "up_proj"), ("down_proj",)
+
+    norm_in = e * h if m.layernorm_bias else 4 * h
+    replicated = 0.0  # outside the TP region: split only by sequence parallelism
+    parallel = 0.0  # inside attention / MLP: split by t
+    for consumers in (attn_in, mlp_in):
+        replicated += norm_in
+        if consumer_saves(consumers) or train.weights:
+            replicated += e * h
+        replicated += lora_copies(consumers)
+
+    # attention core
+    if recompute is not GradCkpt.selective:
+        if attn is Attn.eager:
+            parallel += e * (q + 2 * kv) + (4 + e) * a * seq_len + e * q
+        else:
+            parallel += e * (q + 2 * kv) + e * q + 4 * a
+    else:
+        # q, k, v are kept to recompute the core; the scores / kernel output are not
+        parallel += e * (q + 2 * kv)
+    if attn is Attn.eager and consumer_saves(attn_out):
+        parallel += e * q  # transpose(1, 2).contiguous() copy feeding o_proj
+    parallel += lora_copies(attn_out)
+
+    # MLP
+    if m.is_moe:
+        k = m.experts_per_token
+        parallel += k * (e * h + 4 * e * m.intermediate_size) + 4 * m.num_experts
+    elif m.gated_mlp:
+        i = m.intermediate_size if m.model_type != "chatglm" else m.intermediate_size
+        parallel += 4 * e * i
+    else:
+        parallel += 2 * e * m.intermediate_size
+    parallel += lora_copies(mlp_out)
+    if sequence_parallel:
+        return (replicated + parallel) / t
+    return replicated + parallel / t
+
+
+def logits_bytes_per_token(m: ModelSpec, *, act_bytes: int, t: int = 1) -> float:
+    """Peak of the LM head and loss, per token: the 16-bit logits transformers returns (e*V), the fp32
+    upcast that ForCausalLMLoss makes (4V), log_softmax's saved fp32 output (4V), and in the loss
+    backward the fp32 gradients of nll and log_softmax (2 x 4V) before the cast back to 16 bits.
+    The upcast copy is freed before backward, so the peak is e*V + 4V + 2 x 4V.
+    (transformers/loss/loss_utils.py ForCausalLMLoss; vocab-parallel cross-entropy splits V by t.)"""
+    v = m.vocab_size / t
+    return (act_bytes + 4 + 8) * v

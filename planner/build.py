@@ -1,0 +1,63 @@
+"""Build a TrainConfig from the CLI's vocabulary (strings and enums), with user-facing errors."""
+
+from __future__ import annotations
+
+from planner.errors import PlanError
+from planner.gpus import parse_gpus
+from planner.models import resolve
+from planner.strategy import (
+    Attn,
+    Engine,
+    FsdpStrategy,
+    GradCkpt,
+    Method,
+    Offload,
+    OffloadDevice,
+    Optimizer,
+    Precision,
+    Quant,
+    Stage,
+    TrainConfig,
+    ZeroStage,
+)
+from planner.validity import validate
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not targets:
+        raise PlanError("--lora-targets is empty; name modules (q_proj,v_proj) or 'all'")
+    return targets
+
+
+def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r: int = 8, lora_alpha: int = 16,
+                 lora_targets: str = "all", quant: Quant | None = None, precision: Precision = Precision.bf16_mixed,
+                 optimizer: Optimizer = Optimizer.adamw, zero: int | None = None, offload: Offload = Offload.none,
+                 offload_device: OffloadDevice = OffloadDevice.cpu, fsdp: FsdpStrategy | None = None,
+                 tp: int = 1, pp: int = 1, sequence_parallel: bool = False, micro_batch: int = 1,
+                 grad_accum: int = 1, seq_len: int = 2048, grad_ckpt: GradCkpt = GradCkpt.none,
+                 attn: Attn = Attn.sdpa, stage: Stage = Stage.sft, freeze_layers: int = 0,
+                 check: bool = True) -> TrainConfig:
+    for name, value in (("--micro-batch", micro_batch), ("--grad-accum", grad_accum), ("--seq-len", seq_len),
+                        ("--tp", tp), ("--pp", pp), ("--lora-r", lora_r)):
+        if value < 1:
+            raise PlanError(f"{name} must be a positive integer, got {value}")
+    if freeze_layers < 0:
+        raise PlanError(f"--freeze-layers must not be negative, got {freeze_layers}")
+    if zero is not None and fsdp is not None:
+        raise PlanError("FSDP and ZeRO are exclusive: give --zero or --fsdp, not both")
+    engine = Engine.deepspeed if zero is not None else Engine.fsdp if fsdp is not None else Engine.ddp
+    if quant is None:
+        quant = Quant.nf4 if method is Method.qlora else Quant.none
+    cfg = TrainConfig(
+        model=resolve(model), cluster=parse_gpus(gpus), method=method, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_targets=parse_targets(lora_targets), quant=quant, precision=precision, optimizer=optimizer,
+        engine=engine, zero=ZeroStage(zero or 0), fsdp=fsdp or FsdpStrategy.full_shard, offload=offload,
+        offload_device=offload_device, tp=tp, pp=pp, sequence_parallel=sequence_parallel,
+        micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
+        stage=stage, freeze_layers=freeze_layers)
+    if cfg.trains_adapter:
+        from planner.params import resolve_lora_targets
+
+        resolve_lora_targets(cfg.model, cfg.lora_targets)
+    return validate(cfg) if check else cfg

@@ -1,0 +1,86 @@
+"""One configuration in, its memory (and, with the time model, speed) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from planner.memory import MemoryBreakdown, memory_per_gpu
+from planner.params import total_params
+from planner.strategy import TrainConfig
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """What a configuration must fit in, per GPU and per node."""
+
+    headroom_fraction: float = 0.0  # keep this share of GPU memory free on top of the model's reserve
+    host_bytes_per_node: float | None = None  # None: default_host_bytes(cluster)
+    nvme_bytes_per_node: float = 2 * 2**40  # a 2 TiB local NVMe per node
+
+
+def default_host_bytes(cfg: TrainConfig) -> float:
+    """Servers carry about twice their GPU memory in host RAM (DGX A100: 1 TB for 640 GB of HBM)."""
+    return 2.0 * cfg.cluster.gpu.hbm_bytes * cfg.cluster.gpus_per_node
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Estimate:
+    config: TrainConfig
+    memory: MemoryBreakdown
+    params_total: int
+    params_trainable: int
+    gpu_memory_bytes: int
+    fits: bool
+    fit_reasons: tuple[str, ...]
+
+
+def trainable_params(cfg: TrainConfig) -> int:
+    from planner.memory import stage_params
+
+    if cfg.pp == 1 and cfg.tp == 1:
+        return round(stage_params(cfg, first=True).trainable)
+    from dataclasses import replace
+
+    return round(stage_params(replace(cfg, tp=1, pp=1), first=True).trainable)
+
+
+def estimate(cfg: TrainConfig, limits: Limits = Limits()) -> Estimate:
+    mem = memory_per_gpu(cfg)
+    gpu_bytes = cfg.cluster.gpu.hbm_bytes
+    reasons = []
+    usable = gpu_bytes * (1 - limits.headroom_fraction)
+    if mem.total > usable:
+        reasons.append(f"needs {mem.total / 2**30:.1f} GiB per GPU, {cfg.cluster.gpu.name} has "
+                       f"{usable / 2**30:.1f} GiB")
+    host_limit = limits.host_bytes_per_node if limits.host_bytes_per_node is not None else default_host_bytes(cfg)
+    if mem.host_bytes > host_limit:
+        reasons.append(f"offload needs {mem.host_bytes / 2**30:.0f} GiB of host memory per node, "
+                       f"{host_limit / 2**30:.0f} GiB available")
+    if mem.nvme_bytes > limits.nvme_bytes_per_node:
+        reasons.append(f"offload needs {mem.nvme_bytes / 2**30:.0f} GiB of NVMe per node, "
+                       f"{limits.nvme_bytes_per_node / 2**30:.0f} GiB available")
+    return Estimate(config=cfg, memory=mem, params_total=total_params(cfg.model),
+                    params_trainable=trainable_params(cfg), gpu_memory_bytes=gpu_bytes, fits=not reasons,
+                    fit_reasons=tuple(reasons))
+
+
+def estimate_to_dict(est: Estimate) -> dict[str, Any]:
+    from planner.serialize import config_to_dict
+
+    mem = est.memory
+    return {
+        "name": str(est.config),
+        "strategy": est.config.strategy_name(),
+        "params_total": est.params_total,
+        "params_trainable": est.params_trainable,
+        "gpu_memory_bytes": est.gpu_memory_bytes,
+        "fits": est.fits,
+        "fit_reasons": list(est.fit_reasons),
+        "peak_phase": mem.phase,
+        "memory_per_gpu_bytes": mem.as_dict(),
+        "other_bytes": {k: round(v) for k, v in mem.other_items.items()},
+        "host_memory_bytes_per_node": round(mem.host_bytes),
+        "nvme_bytes_per_node": round(mem.nvme_bytes),
+        "config": config_to_dict(est.config),
+    }

@@ -1,0 +1,209 @@
+"""GPU specs (datasheet figures) and cluster parsing (`8xA800`, `2x8xH100`, `2xCPU`).
+
+Peaks are dense (no 2:4 sparsity) tensor-core throughput. Link bandwidths are per GPU, one
+direction (NVIDIA quotes NVLink as bidirectional totals: A100's 600 GB/s is 300 GB/s each way).
+`hbm_bytes` is the total nvidia-smi reports, not the marketing round number.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from planner.errors import PlanError, unknown_name_error
+
+GB = 1e9
+TFLOPS = 1e12
+MiB = 2**20
+
+
+@dataclass(frozen=True, kw_only=True)
+class GPUSpec:
+    name: str
+    hbm_bytes: int
+    peak_bf16_flops_per_s: float  # 0 where the GPU has no bf16 tensor cores
+    peak_fp16_flops_per_s: float
+    peak_tf32_flops_per_s: float
+    peak_fp32_flops_per_s: float
+    hbm_bytes_per_s: float
+    intra_node_link: str  # "NVLink3", "PCIe4", ...
+    intra_node_bytes_per_s: float  # per GPU, one direction
+    inter_node_network: str
+    inter_node_bytes_per_s: float  # per GPU, one direction (one NIC per GPU on DGX/HGX nodes)
+    host_link_bytes_per_s: float  # GPU <-> host (PCIe), one direction: offload traffic
+    gpus_per_node: int
+    source: str
+    # Memory the device keeps outside the tensors a step allocates: the CUDA context with lazy
+    # module loading (CUDA_MODULE_LOADING=LAZY, the default since CUDA 11.7) plus cuBLAS/NCCL
+    # workspaces, about 0.5 GiB as nvidia-smi shows for an idle torch process; 0 on the CPU.
+    runtime_overhead_bytes: int = 512 * 2**20
+    # PyTorch's caching allocator holds freed blocks it cannot reuse (fragmentation): reserved minus
+    # allocated at the peak, as a fraction of allocated. 0 on the CPU, where tensors go back to malloc.
+    allocator_reserve_fraction: float = 0.05
+
+    @property
+    def supports_bf16(self) -> bool:
+        return self.peak_bf16_flops_per_s > 0
+
+
+def _gpu(**kw) -> GPUSpec:
+    return GPUSpec(**kw)
+
+
+_PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nominal
+
+GPUS: dict[str, GPUSpec] = {g.name: g for g in (
+    # NVIDIA A100 datasheet (2021): 312 TF bf16/fp16, 156 TF tf32, 19.5 TF fp32, 2039 GB/s (80GB SXM),
+    # NVLink3 600 GB/s; DGX A100: 8 GPUs, 8x 200 Gb/s HDR InfiniBand.
+    _gpu(name="A100-80G", hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
+         peak_fp16_flops_per_s=312 * TFLOPS, peak_tf32_flops_per_s=156 * TFLOPS,
+         peak_fp32_flops_per_s=19.5 * TFLOPS, hbm_bytes_per_s=2039 * GB, intra_node_link="NVLink3",
+         intra_node_bytes_per_s=300 * GB, inter_node_network="HDR InfiniBand 200 Gb/s",
+         inter_node_bytes_per_s=25 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
+         source="NVIDIA A100 Tensor Core GPU datasheet; DGX A100 user guide"),
+    # A100 40GB SXM: 1555 GB/s HBM2.
+    _gpu(name="A100-40G", hbm_bytes=40960 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
+         peak_fp16_flops_per_s=312 * TFLOPS, peak_tf32_flops_per_s=156 * TFLOPS,
+         peak_fp32_flops_per_s=19.5 * TFLOPS, hbm_bytes_per_s=1555 * GB, intra_node_link="NVLink3",
+         intra_node_bytes_per_s=300 * GB, inter_node_network="HDR InfiniBand 200 Gb/s",
+         inter_node_bytes_per_s=25 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
+         source="NVIDIA A100 Tensor Core GPU datasheet"),
+    # A800: export variant of A100-80G with NVLink cut to 400 GB/s; compute and HBM unchanged.
+    _gpu(name="A800", hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
+         peak_fp16_flops_per_s=312 * TFLOPS, peak_tf32_flops_per_s=156 * TFLOPS,
+         peak_fp32_flops_per_s=19.5 * TFLOPS, hbm_bytes_per_s=2039 * GB, intra_node_link="NVLink3 (400 GB/s)",
+         intra_node_bytes_per_s=200 * GB, inter_node_network="HDR InfiniBand 200 Gb/s",
+         inter_node_bytes_per_s=25 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
+         source="NVIDIA A800 40GB/80GB Active PCIe/SXM product brief"),
+    # NVIDIA H100 SXM5 datasheet: 989.4 TF bf16/fp16 dense, 494.7 tf32, 66.9 fp32, 3.35 TB/s,
+    # NVLink4 900 GB/s; DGX H100: 8x 400 Gb/s NDR (ConnectX-7).
+    _gpu(name="H100", hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
+         peak_fp16_flops_per_s=989.4 * TFLOPS, peak_tf32_flops_per_s=494.7 * TFLOPS,
+         peak_fp32_flops_per_s=66.9 * TFLOPS, hbm_bytes_per_s=3350 * GB, intra_node_link="NVLink4",
+         intra_node_bytes_per_s=450 * GB, inter_node_network="NDR InfiniBand 400 Gb/s",
+         inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
+         source="NVIDIA H100 Tensor Core GPU datasheet (SXM5); DGX H100 user guide"),
+    # H800 SXM: H100 compute with NVLink cut to 400 GB/s.
+    _gpu(name="H800", hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
+         peak_fp16_flops_per_s=989.4 * TFLOPS, peak_tf32_flops_per_s=494.7 * TFLOPS,
+         peak_fp32_flops_per_s=66.9 * TFLOPS, hbm_bytes_per_s=3350 * GB, intra_node_link="NVLink4 (400 GB/s)",
+         intra_node_bytes_per_s=200 * GB, inter_node_network="NDR InfiniBand 400 Gb/s",
+         inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
+         source="NVIDIA H800 SXM5 product brief"),
+    # NVIDIA H200 datasheet: 141 GB HBM3e at 4.8 TB/s, H100 compute, NVLink4 900 GB/s.
+    _gpu(name="H200", hbm_bytes=143771 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
+         peak_fp16_flops_per_s=989.4 * TFLOPS, peak_tf32_flops_per_s=494.7 * TFLOPS,
+         peak_fp32_flops_per_s=66.9 * TFLOPS, hbm_bytes_per_s=4800 * GB, intra_node_link="NVLink4",
+         intra_node_bytes_per_s=450 * GB, inter_node_network="NDR InfiniBand 400 Gb/s",
+         inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
+         source="NVIDIA H200 Tensor Core GPU datasheet"),
+    # NVIDIA V100 SXM2 datasheet: 125 TF fp16 tensor, 15.7 TF fp32, 900 GB/s, NVLink2 300 GB/s; no bf16/tf32.
+    _gpu(name="V100-32G", hbm_bytes=32768 * MiB, peak_bf16_flops_per_s=0.0,
+         peak_fp16_flops_per_s=125 * TFLOPS, peak_tf32_flops_per_s=15.7 * TFLOPS,
+         peak_fp32_flops_per_s=15.7 * TFLOPS, hbm_bytes_per_s=900 * GB, intra_node_link="NVLink2",
+         intra_node_bytes_per_s=150 * GB, inter_node_network="EDR InfiniBand 100 Gb/s",
+         inter_node_bytes_per_s=12.5 * GB, host_link_bytes_per_s=_PCIE3, gpus_per_node=8,
+         source="NVIDIA Tesla V100 datasheet (SXM2)"),
+    # AWS A10G (g5): GA102, 24 GB GDDR6 at 600 GB/s, PCIe4, no NVLink; 70 TF fp16/bf16 dense tensor,
+    # 35 TF tf32, 31.2 TF fp32 (AWS g5 instance documentation).
+    _gpu(name="A10G", hbm_bytes=23028 * MiB, peak_bf16_flops_per_s=70 * TFLOPS,
+         peak_fp16_flops_per_s=70 * TFLOPS, peak_tf32_flops_per_s=35 * TFLOPS,
+         peak_fp32_flops_per_s=31.2 * TFLOPS, hbm_bytes_per_s=600 * GB, intra_node_link="PCIe4",
+         intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 100 Gb/s",
+         inter_node_bytes_per_s=100 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
+         source="AWS EC2 G5 instances (A10G); NVIDIA A10 datasheet"),
+    # NVIDIA L40S datasheet: 362.05 TF bf16/fp16 dense, 183 TF tf32, 91.6 TF fp32, 48 GB GDDR6 864 GB/s.
+    _gpu(name="L40S", hbm_bytes=46068 * MiB, peak_bf16_flops_per_s=362.05 * TFLOPS,
+         peak_fp16_flops_per_s=362.05 * TFLOPS, peak_tf32_flops_per_s=183 * TFLOPS,
+         peak_fp32_flops_per_s=91.6 * TFLOPS, hbm_bytes_per_s=864 * GB, intra_node_link="PCIe4",
+         intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 200 Gb/s",
+         inter_node_bytes_per_s=25 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
+         source="NVIDIA L40S datasheet"),
+    # NVIDIA Ampere GA102 whitepaper, RTX 3090: 71 TF fp16/bf16 tensor with fp32 accumulate, 35.6 TF
+    # tf32 and fp32, 936 GB/s GDDR6X; consumer boards talk over PCIe.
+    _gpu(name="RTX3090", hbm_bytes=24576 * MiB, peak_bf16_flops_per_s=71 * TFLOPS,
+         peak_fp16_flops_per_s=71 * TFLOPS, peak_tf32_flops_per_s=35.6 * TFLOPS,
+         peak_fp32_flops_per_s=35.6 * TFLOPS, hbm_bytes_per_s=936 * GB, intra_node_link="PCIe4",
+         intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 25 Gb/s",
+         inter_node_bytes_per_s=25 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
+         source="NVIDIA Ampere GA102 GPU architecture whitepaper"),
+    # NVIDIA Ada GPU architecture whitepaper, RTX 4090: 165.2 TF fp16/bf16 tensor with fp32 accumulate,
+    # 82.6 TF tf32 and fp32, 1008 GB/s GDDR6X; no NVLink, no P2P: collectives go through host memory.
+    _gpu(name="RTX4090", hbm_bytes=24564 * MiB, peak_bf16_flops_per_s=165.2 * TFLOPS,
+         peak_fp16_flops_per_s=165.2 * TFLOPS, peak_tf32_flops_per_s=82.6 * TFLOPS,
+         peak_fp32_flops_per_s=82.6 * TFLOPS, hbm_bytes_per_s=1008 * GB, intra_node_link="PCIe4 (no P2P)",
+         intra_node_bytes_per_s=_PCIE4 / 2, inter_node_network="Ethernet 25 Gb/s",
+         inter_node_bytes_per_s=25 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
+         source="NVIDIA Ada Lovelace GPU architecture whitepaper"),
+    # NVIDIA T4 datasheet: 65 TF fp16 tensor (mixed), 8.1 TF fp32, 16 GB GDDR6 320 GB/s, PCIe3; no bf16.
+    _gpu(name="T4", hbm_bytes=15360 * MiB, peak_bf16_flops_per_s=0.0, peak_fp16_flops_per_s=65 * TFLOPS,
+         peak_tf32_flops_per_s=8.1 * TFLOPS, peak_fp32_flops_per_s=8.1 * TFLOPS, hbm_bytes_per_s=320 * GB,
+         intra_node_link="PCIe3", intra_node_bytes_per_s=_PCIE3, inter_node_network="Ethernet 25 Gb/s",
+         inter_node_bytes_per_s=25 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE3, gpus_per_node=8,
+         source="NVIDIA T4 Tensor Core GPU datasheet"),
+    # A CPU "device" for profiling and tests on machines without GPUs: ranks are processes over gloo,
+    # device memory is host memory. Peaks are nominal for a 2-core AVX2 VM (2 cores x 2.5 GHz x 32
+    # fp32 FLOP/cycle); calibrate with `ftplan profile run` for anything quantitative.
+    _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=80e9, peak_fp16_flops_per_s=20e9,
+         peak_tf32_flops_per_s=160e9, peak_fp32_flops_per_s=160e9, hbm_bytes_per_s=20 * GB,
+         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=2 * GB,
+         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=1 * GB, host_link_bytes_per_s=20 * GB,
+         gpus_per_node=64, source="nominal; replace by a calibration file", runtime_overhead_bytes=0,
+         allocator_reserve_fraction=0.0),
+)}
+
+_ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",
+            "3090": "RTX3090", "V100": "V100-32G", "H100-80G": "H100"}
+
+
+def gpu_from_name(name: str) -> GPUSpec:
+    key = {k.upper(): k for k in GPUS}.get(name.upper()) or _ALIASES.get(name.upper())
+    if key is None:
+        raise unknown_name_error("GPU", name, list(GPUS))
+    return GPUS[key]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cluster:
+    gpu: GPUSpec
+    nodes: int
+    gpus_per_node: int
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def __str__(self) -> str:
+        if self.nodes > 1:
+            return f"{self.nodes}x{self.gpus_per_node}x{self.gpu.name}"
+        return f"{self.gpus_per_node}x{self.gpu.name}"
+
+
+_CLUSTER = re.compile(r"^(?:(\d+)x)?(?:(\d+)x)?([A-Za-z][\w.-]*)$")
+
+
+def parse_gpus(text: str) -> Cluster:
+    """`8xA800` (one node), `2x8xH100` (nodes x GPUs per node x type), `A100` (one GPU).
+
+    More GPUs than one node of that type holds become whole nodes: `16xA800` is 2 nodes of 8."""
+    match = _CLUSTER.match(text.strip())
+    if not match:
+        raise PlanError(f"--gpus '{text}' is malformed; write COUNTxTYPE or NODESxPER_NODExTYPE, e.g. 8xA800")
+    first, second, name = match.groups()
+    gpu = gpu_from_name(name)
+    if second is not None:
+        nodes, per_node = int(first), int(second)
+    else:
+        count = int(first) if first is not None else 1
+        if count > gpu.gpus_per_node and count % gpu.gpus_per_node == 0:
+            nodes, per_node = count // gpu.gpus_per_node, gpu.gpus_per_node
+        elif count > gpu.gpus_per_node:
+            raise PlanError(f"--gpus '{text}': {count} GPUs is not a whole number of "
+                            f"{gpu.gpus_per_node}-GPU nodes; write NODESxPER_NODEx{gpu.name}")
+        else:
+            nodes, per_node = 1, count
+    if nodes < 1 or per_node < 1:
+        raise PlanError(f"--gpus '{text}': GPU and node counts must be at least 1")
+    if per_node > gpu.gpus_per_node:
+        raise PlanError(f"--gpus '{text}': a {gpu.name} node holds at most {gpu.gpus_per_node} GPUs")
+    return Cluster(gpu=gpu, nodes=nodes, gpus_per_node=per_node)

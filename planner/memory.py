@@ -1,0 +1,338 @@
+"""Memory per GPU, in bytes, at the peak of a training step.
+
+A step has three candidate peaks; the breakdown reported is the one of the largest:
+- "backward": the loss backward has just started: all saved activations, the logits and loss
+  buffers, and (with gradient accumulation) the gradients of earlier micro-batches;
+- "gradients": the end of backward: every gradient, no activations;
+- "optimizer": the optimizer step: gradients, states and the step's temporaries.
+
+Model states follow Rajbhandari et al. 2020 (ZeRO, Sec. 3 and Fig. 1): with mixed precision and Adam
+each trainable parameter costs 2 (16-bit weight) + 2 (16-bit gradient) + K = 12 (fp32 master, momentum,
+variance) bytes, and ZeRO stage 1/2/3 partitions optimizer states / gradients / weights over the
+data-parallel group. DeepSpeed also keeps an fp32 gradient partition (4 bytes), which its own
+estimator counts (deepspeed/runtime/zero/stage_1_and_2.py: 2P + 18P/N for ZeRO-2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from planner import deepspeed_sizes as ds
+from planner.activations import LayerTraining, hf_layer_bytes_per_token, logits_bytes_per_token
+from planner.params import (
+    embedding_params,
+    head_params,
+    layer_params,
+    lora_params,
+    quantizable_params,
+    resolve_lora_targets,
+)
+from planner.strategy import (
+    Engine,
+    FsdpStrategy,
+    GradCkpt,
+    Method,
+    Offload,
+    OffloadDevice,
+    Optimizer,
+    PipeSchedule,
+    Precision,
+    Quant,
+    Stage,
+    TrainConfig,
+    ZeroStage,
+)
+
+CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryBreakdown:
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    other: float
+    phase: str  # which peak: "backward", "gradients" or "optimizer"
+    other_items: dict[str, float] = field(default_factory=dict)
+    host_bytes: float = 0.0  # per node, for offload
+    nvme_bytes: float = 0.0  # per node, for NVMe offload
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.other
+
+    def as_dict(self) -> dict[str, int]:
+        return {"weights": round(self.weights), "gradients": round(self.gradients),
+                "optimizer": round(self.optimizer), "activations": round(self.activations),
+                "other": round(self.other), "total": round(self.total)}
+
+
+# --- bytes per element -------------------------------------------------------------------------
+
+def quant_bytes_per_param(quant: Quant, double_quant: bool) -> float:
+    """bitsandbytes storage. NF4: 4 bits plus one absmax per 64-weight block, fp32 (0.5 bits/param) or,
+    with double quantization, 8-bit absmax plus one fp32 constant per 256 blocks (0.127 bits/param):
+    Dettmers et al. 2023 (QLoRA), Sec. 3 "Double Quantization". LLM.int8(): one byte per weight
+    plus one fp32 scale per row (Dettmers et al. 2022), counted here per weight of a 4096-wide row."""
+    if quant is Quant.nf4:
+        return (4 + (8 / 64 + 32 / (64 * 256) if double_quant else 32 / 64)) / 8
+    if quant is Quant.int8:
+        return 1 + 4 / 4096
+    return 2.0
+
+
+def optimizer_state_bytes_per_param(optimizer: Optimizer, precision: Precision) -> float:
+    """States the optimizer keeps per trainable parameter. torch AdamW keeps exp_avg and exp_avg_sq in
+    the parameter's dtype (8 bytes for fp32 parameters, 4 for bf16); bitsandbytes 8-bit AdamW keeps two
+    uint8 states plus an fp32 absmax per 256-element block (bitsandbytes/optim/optimizer.py,
+    block-wise quantization, Dettmers et al. 2021); SGD with momentum keeps one buffer."""
+    dtype_bytes = 2 if precision is Precision.bf16_true else 4
+    if optimizer in (Optimizer.adamw, Optimizer.paged_adamw):
+        return 2 * dtype_bytes
+    if optimizer in (Optimizer.adamw_8bit, Optimizer.paged_adamw_8bit):
+        return 2 * (1 + 4 / 256)
+    return dtype_bytes  # SGD momentum buffer
+
+
+def activation_dtype_bytes(precision: Precision) -> int:
+    return 4 if precision is Precision.fp32 else 2
+
+
+# --- how the parameters are spread --------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StageParams:
+    """Parameters one GPU holds for its pipeline stage and tensor-parallel rank, before sharding."""
+
+    total: float
+    trainable: float
+    quantized: float  # base weights stored by bitsandbytes
+    layers: int  # decoder layers on this stage
+    trainable_layers: int  # layers whose activations are saved
+    has_head: bool
+
+
+def stage_params(cfg: TrainConfig, *, first: bool) -> StageParams:
+    m, t, p = cfg.model, cfg.tp, cfg.pp
+    layers = math.ceil(m.num_layers / p)
+    has_embedding = first or (m.tie_embeddings and p > 1)  # a tied embedding lives on both ends
+    has_head = (not first) or p == 1
+    total = layers * layer_params(m) / t
+    if has_embedding:
+        total += embedding_params(m) / t
+    if has_head:
+        total += head_params(m) / t
+    frozen_layers = min(cfg.freeze_layers, m.num_layers)
+    if cfg.method is Method.full:
+        trainable = total
+        if frozen_layers:
+            frozen_here = frozen_layers if p == 1 else (min(frozen_layers, layers) if first else
+                                                        max(0, frozen_layers - (m.num_layers - layers)))
+            trainable -= frozen_here * layer_params(m) / t + (embedding_params(m) / t if has_embedding else 0)
+        trainable_layers = layers if p > 1 else m.num_layers - frozen_layers
+        quantized = 0.0
+    else:
+        trainable = layers * lora_params(m, cfg.lora_r, cfg.lora_targets) / m.num_layers / t
+        trainable_layers = layers
+        quantized = layers * quantizable_params(m) / m.num_layers / t if cfg.quant is not Quant.none else 0.0
+    if cfg.stage is Stage.rm and has_head:
+        trainable += m.hidden_size  # the value head (v_head / score), trained in every method
+    return StageParams(total=total, trainable=trainable, quantized=quantized, layers=layers,
+                       trainable_layers=trainable_layers, has_head=has_head)
+
+
+def shard_group(cfg: TrainConfig) -> int:
+    """Ranks a sharded state is split over: the data-parallel group, or within one node for hybrid."""
+    if cfg.engine is Engine.fsdp and cfg.fsdp is FsdpStrategy.hybrid_shard:
+        per_node = max(1, cfg.cluster.gpus_per_node // (cfg.tp * cfg.pp))
+        return min(cfg.dp, per_node)
+    return cfg.dp
+
+
+# --- the three phases ---------------------------------------------------------------------------
+
+def memory_per_gpu(cfg: TrainConfig) -> MemoryBreakdown:
+    """Peak bytes on the most loaded GPU (pipeline stage 0 or the last stage)."""
+    if cfg.pp == 1:
+        return _stage_memory(cfg, first=True)
+    first, last = _stage_memory(cfg, first=True), _stage_memory(cfg, first=False)
+    return first if first.total >= last.total else last
+
+
+def _stage_memory(cfg: TrainConfig, *, first: bool) -> MemoryBreakdown:
+    m, gpu = cfg.model, cfg.cluster.gpu
+    sp = stage_params(cfg, first=first)
+    n = shard_group(cfg)
+    engine, zero, prec = cfg.engine, cfg.zero, cfg.precision
+    mixed = prec in (Precision.bf16_mixed, Precision.fp16_mixed)
+    ds_engine = engine is Engine.deepspeed
+    fsdp_sharded = engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard
+    offload_opt = cfg.offload is not Offload.none
+    offload_params = cfg.offload is Offload.all
+    items: dict[str, float] = {}
+
+    # weights: 16-bit copies under DeepSpeed (fp32 master lives in the optimizer); under DDP/FSDP with
+    # mixed precision the trainable weights are the fp32 master and frozen ones stay in 16 bits
+    # (how LLaMA-Factory and peft load them); bitsandbytes stores the quantized base weights.
+    frozen = sp.total - sp.trainable
+    if prec is Precision.fp32:
+        trainable_w_bytes, frozen_w_bytes = 4.0, 4.0
+    elif prec is Precision.bf16_true or ds_engine:
+        trainable_w_bytes, frozen_w_bytes = 2.0, 2.0
+    else:
+        trainable_w_bytes, frozen_w_bytes = 4.0, 2.0
+    q_bytes = quant_bytes_per_param(cfg.quant, cfg.double_quant)
+    weights = sp.trainable * trainable_w_bytes + (frozen - sp.quantized) * frozen_w_bytes + sp.quantized * q_bytes
+    sixteen_bit_weights = sp.trainable * 2 + (frozen - sp.quantized) * 2 + sp.quantized * q_bytes
+    if cfg.stage is Stage.dpo and cfg.method is Method.full:
+        weights += sixteen_bit_weights  # TRL's frozen reference model (peft reuses the base with adapters off)
+    if cfg.stage is Stage.ppo:
+        # actor and critic train, reference and reward models are frozen (TRL PPO); with peft the
+        # reference is the base with adapters off and the critic is a value head on the actor.
+        weights += sixteen_bit_weights * (3 if cfg.method is Method.full else 1)
+    weights_sharded = (ds_engine and zero >= ZeroStage.WEIGHTS) or fsdp_sharded and cfg.fsdp is not \
+        FsdpStrategy.shard_grad_op
+    if weights_sharded:
+        weights /= n
+    if offload_params:
+        host_weights = weights
+        weights = 0.0
+    else:
+        host_weights = 0.0
+
+    # gradients of trainable parameters
+    models_trained = 2 if (cfg.stage is Stage.ppo and cfg.method is Method.full) else 1
+    t_params = sp.trainable * models_trained
+    grad_bytes = 2.0 if prec is Precision.bf16_true else 4.0  # gradients take the parameter's dtype
+    host_grads = 0.0
+    if ds_engine:
+        fp32_grad = 4.0 if mixed else 0.0
+        if zero is ZeroStage.DISABLED:
+            grads = t_params * (2 + fp32_grad)
+        elif zero is ZeroStage.OPTIMIZER_STATES:
+            grads = t_params * 2 + t_params * fp32_grad / n
+        else:
+            grads = t_params * (2 + fp32_grad) / n
+        if offload_opt and zero >= ZeroStage.OPTIMIZER_STATES:
+            # gradients stream to pinned host buffers partition by partition (ZeRO-Offload)
+            host_grads = t_params * (2 + fp32_grad) / n
+            grads = t_params * 2 if zero is ZeroStage.OPTIMIZER_STATES else 0.0
+    elif fsdp_sharded:
+        grads = t_params * grad_bytes / n
+        if offload_params:
+            host_grads, grads = grads, 0.0
+    else:
+        grads = t_params * grad_bytes
+
+    # optimizer states (+ fp32 master under DeepSpeed mixed precision)
+    state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, prec)
+    master = 4.0 if (ds_engine and mixed) else 0.0
+    optim = t_params * (state_bytes + master)
+    if (ds_engine and zero >= ZeroStage.OPTIMIZER_STATES) or fsdp_sharded:
+        optim /= n
+    host_optim = 0.0
+    if offload_opt:
+        host_optim, optim = optim, 0.0
+
+    # activations of one micro-batch, times the micro-batches a pipeline stage keeps in flight
+    e = activation_dtype_bytes(prec)
+    tokens = cfg.micro_batch * cfg.seq_len * (2 if cfg.stage is Stage.dpo else 1)  # DPO: chosen + rejected
+    lora_targets = frozenset(resolve_lora_targets(m, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
+    train = LayerTraining(weights=cfg.method is Method.full, lora_targets=lora_targets,
+                          lora_dropout=cfg.lora_dropout > 0)
+    per_layer = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
+                                         t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
+                                         recompute=cfg.grad_ckpt) * tokens
+    in_flight = 1.0
+    if cfg.pp > 1 and first:
+        # 1F1B: stage 0 holds p micro-batches; interleaving adds (p-1)/(p v) (Korthikanti et al. 2022, Sec. 4.2.3)
+        in_flight = float(min(cfg.pp, cfg.grad_accum))
+        if cfg.pp_schedule is PipeSchedule.interleaved and cfg.virtual_stages > 1:
+            in_flight *= 1 + (cfg.pp - 1) / (cfg.pp * cfg.virtual_stages)
+    activations = per_layer * sp.trainable_layers * in_flight
+    if cfg.grad_ckpt is GradCkpt.full:
+        # backward recomputes one layer at a time: one layer's full activations on top
+        full_layer = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
+                                              t=cfg.tp, sequence_parallel=cfg.sequence_parallel) * tokens
+        activations += full_layer
+    if sp.has_head and cfg.stage is not Stage.rm:
+        items["logits and loss"] = logits_bytes_per_token(m, act_bytes=e, t=cfg.tp) * tokens
+    if mixed and not ds_engine and cfg.method is Method.full:
+        # autocast caches a 16-bit copy of every fp32 weight it casts; backward keeps them
+        items["autocast weight copies"] = 2.0 * sp.trainable / (n if fsdp_sharded else 1)
+        if fsdp_sharded:
+            items.pop("autocast weight copies")  # FSDP's MixedPrecision casts per unit instead
+    if cfg.quant is not Quant.none:
+        biggest = max(lin.in_features * lin.out_features for lin in m.linears() if lin.copies == 1)
+        items["dequantized weight"] = 2.0 * biggest / cfg.tp  # bitsandbytes dequantizes one linear at a time
+
+    # framework buffers
+    layer16 = 2.0 * layer_params(m) / cfg.tp
+    if engine is Engine.ddp and cfg.dp > 1:
+        # DDP buckets hold a flat copy of every gradient (gradient_as_bucket_view=False, the default)
+        items["DDP gradient buckets"] = t_params * grad_bytes
+    elif ds_engine and zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
+        items["ZeRO buckets (overlap_comm)"] = ds.OVERLAP_COMM_FACTOR * 2 * (
+            ds.reduce_bucket_elements(m) + ds.allgather_bucket_elements(m))
+    elif ds_engine and zero is ZeroStage.WEIGHTS:
+        live = min(ds.STAGE3_MAX_LIVE_PARAMETERS, layer_params(m) / cfg.tp + ds.prefetch_bucket_elements(m))
+        items["ZeRO-3 gathered parameters"] = 2.0 * live
+        items["ZeRO-3 reduce bucket"] = 2.0 * ds.reduce_bucket_elements(m)
+    elif fsdp_sharded:
+        if cfg.fsdp is FsdpStrategy.shard_grad_op:
+            items["FSDP unsharded parameters"] = sixteen_bit_weights
+        else:
+            # the unit running plus the one prefetched (BACKWARD_PRE), and the root unit (embedding,
+            # final norm, head), which FSDP does not reshard between forward and backward
+            root = (embedding_params(m) + head_params(m)) / cfg.tp
+            items["FSDP unsharded parameters"] = 2 * layer16 + 2.0 * root
+        items["FSDP unsharded gradients"] = layer16 if sp.trainable else 0.0
+    if offload_params and ds_engine:
+        items.setdefault("ZeRO-3 gathered parameters", 2.0 * layer_params(m) / cfg.tp)
+
+    # optimizer-step temporaries: torch's foreach AdamW materializes sqrt(exp_avg_sq) for the whole
+    # parameter list (torch/optim/adamw.py, _multi_tensor_adamw); DeepSpeed's fused/CPU Adam does not,
+    # but ZeRO-3 upcasts a sub-group of gradients to fp32 (stage3.py, sub_group_size).
+    step_items: dict[str, float] = {}
+    if not offload_opt and cfg.optimizer in (Optimizer.adamw, Optimizer.paged_adamw) and not ds_engine:
+        step_items["AdamW foreach temporaries"] = t_params * state_bytes / 2 / (n if fsdp_sharded else 1)
+
+    overhead = gpu.runtime_overhead_bytes
+    base = weights + grads + optim
+    buffers = sum(v for k, v in items.items() if k not in ("logits and loss", "dequantized weight",
+                                                            "autocast weight copies"))
+    transient = sum(v for k, v in items.items() if k in ("logits and loss", "dequantized weight",
+                                                         "autocast weight copies"))
+    # phase "backward": with accumulation, the gradients of earlier micro-batches are resident
+    grads_in_backward = grads if (cfg.grad_accum > 1 or ds_engine or fsdp_sharded) else 0.0
+    phase_a = base - grads + grads_in_backward + activations + buffers + transient
+    phase_b = base + buffers
+    phase_c = base + buffers + sum(step_items.values())
+    reserve = gpu.allocator_reserve_fraction
+    phase, peak = max((("backward", phase_a), ("gradients", phase_b), ("optimizer", phase_c)), key=lambda x: x[1])
+    if phase == "backward":
+        other_items = dict(items)
+        grads_shown, acts = grads_in_backward, activations
+    else:
+        other_items = {k: v for k, v in items.items() if k not in ("logits and loss", "dequantized weight",
+                                                                    "autocast weight copies")}
+        if phase == "optimizer":
+            other_items.update(step_items)
+        grads_shown, acts = grads, 0.0
+    other_items["CUDA context and workspaces"] = float(overhead)
+    other_items["allocator reserve"] = reserve * peak
+    other = sum(other_items.values())
+
+    ranks_per_node = cfg.cluster.gpus_per_node
+    offloaded = (host_weights + host_grads + host_optim) * ranks_per_node
+    nvme = 0.0
+    host = 0.0
+    if cfg.offload_device is OffloadDevice.nvme:
+        nvme = (host_optim + (host_weights if offload_params else 0.0)) * ranks_per_node
+        host = offloaded - nvme
+    else:
+        host = offloaded
+    return MemoryBreakdown(weights=weights, gradients=grads_shown, optimizer=optim, activations=acts,
+                           other=other, phase=phase, other_items=other_items, host_bytes=host, nvme_bytes=nvme)

@@ -1,0 +1,201 @@
+"""Model specs: the shapes that decide memory and time, parsed from config.json dicts.
+
+`from_name` reads the catalog (`planner.model_catalog`); `from_path` reads a user's config.json or
+model directory as plain JSON (never imports transformers, never runs remote code).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from planner.errors import PlanError, unknown_name_error
+from planner.model_catalog import ALIASES, HF_CONFIGS
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearShape:
+    """One linear module of a decoder layer, as peft sees it (`name` is the LoRA target)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool = False
+    copies: int = 1  # experts of an MoE layer hold `copies` of it
+    lora_targetable: bool = True  # fused expert tensors are parameters, not nn.Linear
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    name: str
+    model_type: str  # the config.json `model_type`
+    vocab_size: int
+    hidden_size: int  # h
+    intermediate_size: int  # MLP width per expert
+    num_layers: int  # L
+    num_heads: int  # a
+    num_kv_heads: int
+    head_dim: int
+    tie_embeddings: bool
+    qkv_bias: bool = False
+    linear_bias: bool = False  # BLOOM: every linear has a bias
+    gated_mlp: bool = True  # SwiGLU (gate, up, down) vs GeLU (up, down)
+    layernorm_bias: bool = False  # LayerNorm (weight + bias) vs RMSNorm (weight)
+    embedding_norm: bool = False  # BLOOM's word_embeddings_layernorm
+    num_experts: int = 1
+    experts_per_token: int = 1
+    max_seq_len: int = 4096
+    decoder_layer_class: str = "LlamaDecoderLayer"  # FSDP auto-wrap and ZeRO-3 leaf class
+    source: str = ""
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
+
+    def linears(self) -> tuple[LinearShape, ...]:
+        """The linear modules of one decoder layer, named as the family's modeling code names them."""
+        return _linears(self)
+
+
+def _linears(m: ModelSpec) -> tuple[LinearShape, ...]:
+    h, i, q, kv = m.hidden_size, m.intermediate_size, m.q_dim, m.kv_dim
+    b = m.linear_bias
+    if m.model_type == "bloom":
+        return (LinearShape(name="query_key_value", in_features=h, out_features=3 * h, bias=True),
+                LinearShape(name="dense", in_features=h, out_features=h, bias=True),
+                LinearShape(name="dense_h_to_4h", in_features=h, out_features=i, bias=True),
+                LinearShape(name="dense_4h_to_h", in_features=i, out_features=h, bias=True))
+    if m.model_type == "chatglm":
+        return (LinearShape(name="query_key_value", in_features=h, out_features=q + 2 * kv, bias=m.qkv_bias),
+                LinearShape(name="dense", in_features=q, out_features=h),
+                LinearShape(name="dense_h_to_4h", in_features=h, out_features=2 * i),
+                LinearShape(name="dense_4h_to_h", in_features=i, out_features=h))
+    if m.model_type == "baichuan":
+        attn = (LinearShape(name="W_pack", in_features=h, out_features=3 * h),
+                LinearShape(name="o_proj", in_features=h, out_features=h))
+    else:
+        attn = (LinearShape(name="q_proj", in_features=h, out_features=q, bias=m.qkv_bias or b),
+                LinearShape(name="k_proj", in_features=h, out_features=kv, bias=m.qkv_bias or b),
+                LinearShape(name="v_proj", in_features=h, out_features=kv, bias=m.qkv_bias or b),
+                LinearShape(name="o_proj", in_features=q, out_features=h, bias=b))
+    if m.is_moe:
+        # transformers >= 5 stores experts as fused 3-D parameters (gate_up_proj, down_proj) and the
+        # router as `gate`; see MixtralSparseMoeBlock in modeling_mixtral.py.
+        e = m.num_experts
+        mlp = (LinearShape(name="gate", in_features=h, out_features=e),
+               LinearShape(name="experts.gate_up_proj", in_features=h, out_features=2 * i, copies=e,
+                           lora_targetable=False),
+               LinearShape(name="experts.down_proj", in_features=i, out_features=h, copies=e,
+                           lora_targetable=False))
+    else:
+        mlp = (LinearShape(name="gate_proj", in_features=h, out_features=i, bias=b),
+               LinearShape(name="up_proj", in_features=h, out_features=i, bias=b),
+               LinearShape(name="down_proj", in_features=i, out_features=h, bias=b))
+    return attn + mlp
+
+
+def _need(cfg: dict, *keys: str, where: str) -> int:
+    for key in keys:
+        if key in cfg and cfg[key] is not None:
+            value = cfg[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise PlanError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+            return value
+    raise PlanError(f"{where}: config.json lacks '{keys[0]}'")
+
+
+_LAYER_CLASS = {"llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer",
+                "mixtral": "MixtralDecoderLayer", "qwen2": "Qwen2DecoderLayer",
+                "baichuan": "DecoderLayer", "chatglm": "GLMBlock", "bloom": "BloomBlock"}
+
+
+def spec_from_hf_config(cfg: dict, *, name: str, source: str = "") -> ModelSpec:
+    """Parse a config.json dict (llama, mistral, mixtral, qwen2, baichuan, chatglm, bloom) into a ModelSpec."""
+    model_type = str(cfg.get("model_type", "llama")).lower()
+    where = f"model '{name}'"
+    if model_type not in _LAYER_CLASS:
+        raise PlanError(f"{where}: model_type '{model_type}' is not supported "
+                        f"(supported: {', '.join(sorted(_LAYER_CLASS))})")
+    if model_type == "bloom":
+        h = _need(cfg, "hidden_size", "n_embed", where=where)
+        heads = _need(cfg, "n_head", "num_attention_heads", where=where)
+        return ModelSpec(
+            name=name, model_type="bloom", vocab_size=_need(cfg, "vocab_size", where=where), hidden_size=h,
+            intermediate_size=4 * h, num_layers=_need(cfg, "n_layer", "num_hidden_layers", where=where),
+            num_heads=heads, num_kv_heads=heads, head_dim=h // heads, tie_embeddings=True,
+            qkv_bias=True, linear_bias=True, gated_mlp=False, layernorm_bias=True, embedding_norm=True,
+            max_seq_len=int(cfg.get("seq_length", 2048)), decoder_layer_class="BloomBlock", source=source)
+    if model_type == "chatglm":
+        h = _need(cfg, "hidden_size", where=where)
+        heads = _need(cfg, "num_attention_heads", where=where)
+        kv_heads = int(cfg.get("multi_query_group_num", heads)) if cfg.get("multi_query_attention") else heads
+        return ModelSpec(
+            name=name, model_type="chatglm", vocab_size=_need(cfg, "padded_vocab_size", "vocab_size", where=where),
+            hidden_size=h, intermediate_size=_need(cfg, "ffn_hidden_size", where=where),
+            num_layers=_need(cfg, "num_layers", "num_hidden_layers", where=where), num_heads=heads,
+            num_kv_heads=kv_heads, head_dim=int(cfg.get("kv_channels", h // heads)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), qkv_bias=bool(cfg.get("add_qkv_bias")),
+            layernorm_bias=not cfg.get("rmsnorm", True), max_seq_len=int(cfg.get("seq_length", 8192)),
+            decoder_layer_class="GLMBlock", source=source)
+    h = _need(cfg, "hidden_size", where=where)
+    heads = _need(cfg, "num_attention_heads", where=where)
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or h // heads)
+    experts = int(cfg.get("num_local_experts") or 1)
+    return ModelSpec(
+        name=name, model_type=model_type, vocab_size=_need(cfg, "vocab_size", where=where), hidden_size=h,
+        intermediate_size=_need(cfg, "intermediate_size", where=where),
+        num_layers=_need(cfg, "num_hidden_layers", where=where), num_heads=heads, num_kv_heads=kv_heads,
+        head_dim=head_dim, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+        linear_bias=bool(cfg.get("mlp_bias", False)), num_experts=experts,
+        experts_per_token=int(cfg.get("num_experts_per_tok") or 1) if experts > 1 else 1,
+        max_seq_len=int(cfg.get("max_position_embeddings") or cfg.get("model_max_length") or 4096),
+        decoder_layer_class=_LAYER_CLASS[model_type], source=source)
+
+
+def model_names() -> list[str]:
+    return list(HF_CONFIGS)
+
+
+@lru_cache(maxsize=None)
+def from_name(name: str) -> ModelSpec:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in HF_CONFIGS:
+        raise unknown_name_error("model", name, [*HF_CONFIGS, *ALIASES])
+    return spec_from_hf_config(HF_CONFIGS[key], name=key, source=f"catalog:{key}")
+
+
+def from_path(path: Path) -> ModelSpec:
+    """Read a local config.json, or the config.json inside a model directory, as plain JSON."""
+    file = path / "config.json" if path.is_dir() else path
+    try:
+        cfg = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"model '{path}': no such file {file}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError(f"model '{path}': cannot read {file}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"model '{path}': {file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise PlanError(f"model '{path}': {file} does not hold a JSON object")
+    name = (path if path.is_dir() else path.parent).name or "custom"
+    return spec_from_hf_config(cfg, name=name, source=str(file))
+
+
+def resolve(model: str) -> ModelSpec:
+    """A catalog name or alias, or a path to a config.json or model directory."""
+    path = Path(model)
+    if model.endswith(".json") or path.is_dir() or path.exists():
+        return from_path(path)
+    return from_name(model)

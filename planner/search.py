@@ -1,0 +1,154 @@
+"""The search space: every valid strategy for a model on a cluster, global batch held fixed.
+
+`candidates` yields TrainConfigs (ZeRO stage x offload x FSDP x TP x PP x micro-batch x
+checkpointing x attention x optimizer, per method); `plan` evaluates them all and keeps those that fit.
+Ranking is by the time model's tokens/s (`planner.timing`), ties broken by lower peak memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from planner.errors import PlanError
+from planner.estimate import Estimate, Limits, estimate
+from planner.strategy import (
+    Attn,
+    Engine,
+    FsdpStrategy,
+    GradCkpt,
+    Method,
+    Offload,
+    OffloadDevice,
+    Optimizer,
+    Precision,
+    Quant,
+    TrainConfig,
+    ZeroStage,
+)
+from planner.validity import problems
+
+MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
+
+# (engine, zero, fsdp strategy, offload, offload device)
+_ENGINES: tuple[tuple[Engine, ZeroStage, FsdpStrategy, Offload, OffloadDevice], ...] = (
+    (Engine.ddp, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
+    (Engine.deepspeed, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
+    (Engine.deepspeed, ZeroStage.OPTIMIZER_STATES, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
+    (Engine.deepspeed, ZeroStage.OPTIMIZER_STATES, FsdpStrategy.full_shard, Offload.optimizer, OffloadDevice.cpu),
+    (Engine.deepspeed, ZeroStage.GRADIENTS, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
+    (Engine.deepspeed, ZeroStage.GRADIENTS, FsdpStrategy.full_shard, Offload.optimizer, OffloadDevice.cpu),
+    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
+    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.optimizer, OffloadDevice.cpu),
+    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.all, OffloadDevice.cpu),
+    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.optimizer, OffloadDevice.nvme),
+    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.all, OffloadDevice.nvme),
+    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
+    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.all, OffloadDevice.cpu),
+    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.shard_grad_op, Offload.none, OffloadDevice.cpu),
+    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.hybrid_shard, Offload.none, OffloadDevice.cpu),
+    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.no_shard, Offload.none, OffloadDevice.cpu),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpace:
+    methods: tuple[Method, ...] = (Method.full, Method.lora, Method.qlora)
+    global_batch: int | None = None  # sequences per optimizer step; None: 8 per GPU
+    micro_batches: tuple[int, ...] = MICRO_BATCHES
+    grad_ckpts: tuple[GradCkpt, ...] = (GradCkpt.none, GradCkpt.selective, GradCkpt.full)
+    attns: tuple[Attn, ...] = (Attn.sdpa, Attn.flash)
+    optimizers: tuple[Optimizer, ...] = (Optimizer.adamw, Optimizer.adamw_8bit)
+    tps: tuple[int, ...] | None = None  # None: powers of two within a node
+    pps: tuple[int, ...] | None = None
+
+
+def _powers_of_two(limit: int) -> tuple[int, ...]:
+    out, k = [], 1
+    while k <= limit:
+        out.append(k)
+        k *= 2
+    return tuple(out)
+
+
+def default_global_batch(base: TrainConfig) -> int:
+    return 8 * base.world_size
+
+
+def candidates(base: TrainConfig, space: SearchSpace = SearchSpace()) -> Iterator[TrainConfig]:
+    """Every combination, valid or not; `plan` filters with `validity.problems`."""
+    world = base.world_size
+    global_batch = space.global_batch or default_global_batch(base)
+    tps = space.tps or _powers_of_two(base.cluster.gpus_per_node)
+    pps = space.pps or _powers_of_two(min(world, base.model.num_layers))
+    precision = base.precision
+    if not base.cluster.gpu.supports_bf16 and precision is Precision.bf16_mixed:
+        precision = Precision.fp16_mixed
+    for method in space.methods:
+        quant = Quant.nf4 if method is Method.qlora else Quant.none
+        for engine, zero, fsdp, offload, device in _ENGINES:
+            for tp in tps:
+                for pp in pps:
+                    if world % (tp * pp):
+                        continue
+                    dp = world // (tp * pp)
+                    if global_batch % dp:
+                        continue
+                    per_dp = global_batch // dp
+                    for mb in space.micro_batches:
+                        if per_dp % mb:
+                            continue
+                        for ckpt in space.grad_ckpts:
+                            for attn in space.attns:
+                                for opt in space.optimizers:
+                                    yield replace(base, method=method, quant=quant, precision=precision,
+                                                  engine=engine, zero=zero, fsdp=fsdp, offload=offload,
+                                                  offload_device=device, tp=tp, pp=pp, micro_batch=mb,
+                                                  grad_accum=per_dp // mb, grad_ckpt=ckpt, attn=attn,
+                                                  optimizer=opt)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanResult:
+    plans: list[Estimate]  # fitting plans, best first
+    candidates_evaluated: int
+    valid: int
+    rejected: dict[str, int]  # reason -> count, for invalid or non-fitting candidates
+
+
+def rank_key(est: Estimate) -> tuple[float, float]:
+    """Sort key, smaller first: fastest (tokens/s), then least memory."""
+    from planner.timing import step_time
+
+    tps = step_time(est.config).tokens_per_s
+    return (-tps, est.memory.total)
+
+
+def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits = Limits()) -> PlanResult:
+    evaluated = valid = 0
+    fitting: list[Estimate] = []
+    rejected: dict[str, int] = {}
+    for cfg in candidates(base, space):
+        evaluated += 1
+        found = problems(cfg)
+        if found:
+            rejected[found[0]] = rejected.get(found[0], 0) + 1
+            continue
+        valid += 1
+        est = estimate(cfg, limits)
+        if est.fits:
+            fitting.append(est)
+        else:
+            key = "does not fit in GPU memory" if "per GPU" in est.fit_reasons[0] else est.fit_reasons[0]
+            rejected[key] = rejected.get(key, 0) + 1
+    if evaluated == 0:
+        raise PlanError("the search space is empty: check --global-batch against the GPU count")
+    fitting.sort(key=rank_key)
+    return PlanResult(plans=fitting, candidates_evaluated=evaluated, valid=valid, rejected=rejected)
+
+
+def best_per_method(result: PlanResult) -> dict[Method, Estimate]:
+    best: dict[Method, Estimate] = {}
+    for est in result.plans:
+        best.setdefault(est.config.method, est)
+    return best

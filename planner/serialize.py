@@ -1,0 +1,63 @@
+"""TrainConfig <-> plain dict (plan.json). Enums go out as their values; the model travels as its
+config.json fields so a plan made from a local config stays loadable without that file."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from typing import Any
+
+from planner import strategy as st
+from planner.errors import PlanError
+from planner.gpus import Cluster, gpu_from_name
+from planner.models import ModelSpec
+from planner.strategy import TrainConfig
+
+_ENUMS: dict[str, type[Enum]] = {
+    "method": st.Method, "quant": st.Quant, "precision": st.Precision, "optimizer": st.Optimizer,
+    "engine": st.Engine, "zero": st.ZeroStage, "fsdp": st.FsdpStrategy, "offload": st.Offload,
+    "offload_device": st.OffloadDevice, "grad_ckpt": st.GradCkpt, "attn": st.Attn, "stage": st.Stage,
+    "pp_schedule": st.PipeSchedule,
+}
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "model":
+            value = dataclasses.asdict(value)
+        elif f.name == "cluster":
+            value = {"gpu": value.gpu.name, "nodes": value.nodes, "gpus_per_node": value.gpus_per_node}
+        elif isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    try:
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(TrainConfig):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if f.name == "model":
+                value = ModelSpec(**value)
+            elif f.name == "cluster":
+                value = Cluster(gpu=gpu_from_name(value["gpu"]), nodes=int(value["nodes"]),
+                                gpus_per_node=int(value["gpus_per_node"]))
+            elif f.name in _ENUMS:
+                value = _ENUMS[f.name](value)
+            elif f.name == "lora_targets":
+                value = tuple(value)
+            kwargs[f.name] = value
+        if "model" not in kwargs or "cluster" not in kwargs:
+            raise PlanError("plan lacks its 'model' or 'cluster'")
+        return TrainConfig(**kwargs)
+    except PlanError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        raise PlanError(f"not a valid ftplan configuration: {exc}") from None
