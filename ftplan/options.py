@@ -18,7 +18,6 @@ from planner.strategy import (
     Precision,
     Quant,
     Stage,
-    ZeroStage,
 )
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalog name or alias (7b, llama-3-8b), a config.json, or a model directory.")]

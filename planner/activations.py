@@ -78,9 +78,7 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
             return 0.0
         return sum((e + 1) * linears[n].in_features for n in names if n in lora)
 
-    if m.model_type == "bloom":
-        attn_in, attn_out, mlp_in, mlp_out = ("query_key_value",), ("dense",), ("dense_h_to_4h",), ("dense_4h_to_h",)
-    elif m.model_type == "chatglm":
+    if m.model_type == "bloom" or m.model_type == "chatglm":
         attn_in, attn_out, mlp_in, mlp_out = ("query_key_value",), ("dense",), ("dense_h_to_4h",), ("dense_4h_to_h",)
     elif m.model_type == "baichuan":
         attn_in, attn_out, mlp_in, mlp_out = ("W_pack",), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from planner.calibration import DEFAULT, Calibration
 from planner.memory import MemoryBreakdown, memory_per_gpu
 from planner.params import total_params
 from planner.strategy import TrainConfig
@@ -45,8 +46,8 @@ def trainable_params(cfg: TrainConfig) -> int:
     return round(stage_params(replace(cfg, tp=1, pp=1), first=True).trainable)
 
 
-def estimate(cfg: TrainConfig, limits: Limits = Limits()) -> Estimate:
-    mem = memory_per_gpu(cfg)
+def estimate(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration = DEFAULT) -> Estimate:
+    mem = memory_per_gpu(cfg, cal)
     gpu_bytes = cfg.cluster.gpu.hbm_bytes
     reasons = []
     usable = gpu_bytes * (1 - limits.headroom_fraction)

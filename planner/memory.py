@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from planner import deepspeed_sizes as ds
 from planner.activations import LayerTraining, hf_layer_bytes_per_token, logits_bytes_per_token
+from planner.calibration import DEFAULT, Calibration
 from planner.params import (
     embedding_params,
     head_params,
@@ -153,15 +154,15 @@ def shard_group(cfg: TrainConfig) -> int:
 
 # --- the three phases ---------------------------------------------------------------------------
 
-def memory_per_gpu(cfg: TrainConfig) -> MemoryBreakdown:
+def memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
     """Peak bytes on the most loaded GPU (pipeline stage 0 or the last stage)."""
     if cfg.pp == 1:
-        return _stage_memory(cfg, first=True)
-    first, last = _stage_memory(cfg, first=True), _stage_memory(cfg, first=False)
+        return _stage_memory(cfg, cal, first=True)
+    first, last = _stage_memory(cfg, cal, first=True), _stage_memory(cfg, cal, first=False)
     return first if first.total >= last.total else last
 
 
-def _stage_memory(cfg: TrainConfig, *, first: bool) -> MemoryBreakdown:
+def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryBreakdown:
     m, gpu = cfg.model, cfg.cluster.gpu
     sp = stage_params(cfg, first=first)
     n = shard_group(cfg)
@@ -257,6 +258,7 @@ def _stage_memory(cfg: TrainConfig, *, first: bool) -> MemoryBreakdown:
         full_layer = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                               t=cfg.tp, sequence_parallel=cfg.sequence_parallel) * tokens
         activations += full_layer
+    activations *= cal.activation_multiplier
     if sp.has_head and cfg.stage is not Stage.rm:
         items["logits and loss"] = logits_bytes_per_token(m, act_bytes=e, t=cfg.tp) * tokens
     if mixed and not ds_engine and cfg.method is Method.full:
@@ -300,6 +302,9 @@ def _stage_memory(cfg: TrainConfig, *, first: bool) -> MemoryBreakdown:
         step_items["AdamW foreach temporaries"] = t_params * state_bytes / 2 / (n if fsdp_sharded else 1)
 
     overhead = gpu.runtime_overhead_bytes
+    if cal.overhead_multiplier != 1.0:
+        items = {k: v * cal.overhead_multiplier for k, v in items.items()}
+        step_items = {k: v * cal.overhead_multiplier for k, v in step_items.items()}
     base = weights + grads + optim
     buffers = sum(v for k, v in items.items() if k not in ("logits and loss", "dequantized weight",
                                                             "autocast weight copies"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from planner.errors import PlanError, unknown_name_error
@@ -168,7 +168,7 @@ def model_names() -> list[str]:
     return list(HF_CONFIGS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def from_name(name: str) -> ModelSpec:
     key = ALIASES.get(name.lower(), name.lower())
     if key not in HF_CONFIGS:
