@@ -51,3 +51,18 @@ HeadroomOpt = Annotated[float, typer.Option(min=0.0, max=0.9, help="Fraction of 
 GlobalBatchOpt = Annotated[int | None, typer.Option(help="Sequences per optimizer step, held fixed (default 8 per GPU).")]
 CalibrationOpt = Annotated[Path | None, typer.Option(help="Calibration JSON written by `ftplan profile`.")]
 TopOpt = Annotated[int, typer.Option(help="Plans to show per method.")]
+TokensOpt = Annotated[float | None, typer.Option(
+    "--tokens", help="Job size in tokens per epoch (packed into --seq-len sequences): job time and GPU-hours.")]
+SamplesOpt = Annotated[float | None, typer.Option(
+    "--samples", help="Job size in sequences per epoch: job time and GPU-hours.")]
+EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over --tokens / --samples.")]
+GpuOpt = Annotated[str, typer.Option("--gpu", help="GPU type from the catalog (ftplan gpus), e.g. A800.")]
+MaxGpusOpt = Annotated[int, typer.Option(
+    "--max-gpus", help="Largest GPU count: 1, 2, 4, 8, then whole nodes up to it.")]
+OutDirOpt = Annotated[Path, typer.Option("--out", help="Directory for the report files (PNG chart and JSON).")]
+EmitOpt = Annotated[Path | None, typer.Option(
+    "--emit", help="Write plan.json, ds_config, accelerate.yaml, launch.sh and LLaMA-Factory YAML into this folder.")]
+PickOpt = Annotated[int, typer.Option(
+    "--pick", help="With --emit: write the plan ranked N (the # column) instead of the best.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Overwrite files that already exist in the --emit directory.")]

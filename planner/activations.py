@@ -14,6 +14,7 @@ Two models live here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from planner.models import ModelSpec
 from planner.strategy import Attn, GradCkpt
@@ -41,6 +42,7 @@ class LayerTraining:
     lora_dropout: bool = False  # dropout > 0 makes a fresh copy of each LoRA branch's input
 
 
+@cache  # pure in hashable arguments; the search asks for it per candidate
 def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining,
                              seq_len: int, t: int = 1, sequence_parallel: bool = False,
                              recompute: GradCkpt = GradCkpt.none) -> float:
@@ -54,8 +56,10 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
       is no padding mask), the output (e*a*d, shared with o_proj's input) and the fp32 log-sum-exp
       (4a). Eager keeps q, k, v, the fp32 softmax output (4*a*s) and its 16-bit copy (e*a*s), and the
       transposed output copy for o_proj.
-    - Gated MLP: gate output (SiLU input), SiLU output, up output, their product (down's input): 4e*i.
-      GeLU MLP (BLOOM): GeLU input and output, 2e*4h. MoE: each token visits k experts, each keeps
+    - Gated MLP: gate output (SiLU input), SiLU output, up output: 3e*i, and their product (down's
+      input, e*i) when down's weight trains or a LoRA branch without dropout reads it.
+      GeLU MLP (BLOOM): GeLU input e*4h, and its output (down's input) under the same condition.
+      MoE: each token visits k experts, each keeps
       its gathered input (e*h) and the gated-MLP tensors.
     - LoRA branch with dropout: the dropped-out input copy (e*in) and its bool mask (in bytes).
     Tensor parallelism (Megatron-style, Korthikanti Sec. 4.1) splits what lies between the f and g
@@ -102,8 +106,12 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
         else:
             parallel += e * (q + 2 * kv) + e * q + 4 * a
     else:
-        # q, k, v are kept to recompute the core; the scores / kernel output are not
+        # q, k, v are kept to recompute the core; the scores are not. The core's output stays as
+        # o_proj's input when o_proj needs it (Korthikanti et al. 2022, Sec. 4.2: selective recompute
+        # keeps the linear projection's 2sbh input, hence sbh(10 + 24/t) in Table 2)
         parallel += e * (q + 2 * kv)
+        if attn is not Attn.eager and consumer_saves(attn_out):
+            parallel += e * q
     if attn is Attn.eager and consumer_saves(attn_out):
         parallel += e * q  # transpose(1, 2).contiguous() copy feeding o_proj
     parallel += lora_copies(attn_out)
@@ -114,9 +122,11 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
         parallel += k * (e * h + 4 * e * m.intermediate_size) + 4 * m.num_experts
     elif m.gated_mlp:
         i = m.intermediate_size if m.model_type != "chatglm" else m.intermediate_size
-        parallel += 4 * e * i
+        # the product act(gate) * up is down_proj's input: saved only when down_proj's weight trains or a
+        # LoRA branch without dropout reads it (a frozen linear saves no input; the dry run shows it)
+        parallel += 3 * e * i + (e * i if consumer_saves(mlp_out) else 0.0)
     else:
-        parallel += 2 * e * m.intermediate_size
+        parallel += e * m.intermediate_size + (e * m.intermediate_size if consumer_saves(mlp_out) else 0.0)
     parallel += lora_copies(mlp_out)
     if sequence_parallel:
         return (replicated + parallel) / t
@@ -124,10 +134,12 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
 
 
 def logits_bytes_per_token(m: ModelSpec, *, act_bytes: int, t: int = 1) -> float:
-    """Peak of the LM head and loss, per token: the 16-bit logits transformers returns (e*V), the fp32
-    upcast that ForCausalLMLoss makes (4V), log_softmax's saved fp32 output (4V), and in the loss
-    backward the fp32 gradients of nll and log_softmax (2 x 4V) before the cast back to 16 bits.
-    The upcast copy is freed before backward, so the peak is e*V + 4V + 2 x 4V.
+    """Peak of the LM head and loss, per token: log_softmax's saved fp32 output (4V) and, in the loss
+    backward, the fp32 gradients of nll and log_softmax (2 x 4V) before the cast back to 16 bits: 12V.
+    The fp32 upcast that ForCausalLMLoss makes (4V) is freed before backward, and so are the 16-bit
+    logits (e*V): the Trainer keeps only the loss of the model's outputs (transformers/trainer.py,
+    `compute_loss` returns `loss` and drops `outputs` before `backward`); forward's own peak,
+    e*V + 4V + 4V, is lower. `act_bytes` is kept for callers; the dry run measures 12V.
     (transformers/loss/loss_utils.py ForCausalLMLoss; vocab-parallel cross-entropy splits V by t.)"""
     v = m.vocab_size / t
-    return (act_bytes + 4 + 8) * v
+    return 12 * v

@@ -31,3 +31,15 @@ def prefetch_bucket_elements(m: ModelSpec) -> int:
 
 def param_persistence_threshold(m: ModelSpec) -> int:
     return 10 * m.hidden_size
+
+
+# ZeRO-Infinity parameter offload swaps whole tensors through fixed pinned buffers and asserts
+# `numel <= elements_per_buffer` (deepspeed/runtime/swap_tensor/partitioned_param_swapper.py);
+# DeepSpeed's default buffer_size is 1e8 elements (runtime/zero/offload_config.py).
+NVME_PARAM_BUFFER_COUNT = 5
+_NVME_PARAM_BUFFER_DEFAULT = 100_000_000
+
+
+def nvme_param_buffer_elements(m: ModelSpec) -> int:
+    """Elements per NVMe swap buffer: DeepSpeed's default, or the largest tensor (the embedding) if bigger."""
+    return max(_NVME_PARAM_BUFFER_DEFAULT, m.vocab_size * m.hidden_size)

@@ -9,6 +9,7 @@ from planner.calibration import DEFAULT, Calibration
 from planner.memory import MemoryBreakdown, memory_per_gpu
 from planner.params import total_params
 from planner.strategy import TrainConfig
+from planner.timing import StepTime, step_time
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -34,9 +35,24 @@ class Estimate:
     gpu_memory_bytes: int
     fits: bool
     fit_reasons: tuple[str, ...]
+    time: StepTime | None = None  # the time model (planner.timing); None for plans the search rejected
+
+
+_TRAINABLE: dict[tuple, tuple[object, int]] = {}
 
 
 def trainable_params(cfg: TrainConfig) -> int:
+    """Trainable parameters of the whole model, memoized per model and method (the search asks often)."""
+    key = (id(cfg.model), cfg.method, cfg.lora_r, cfg.lora_targets, cfg.freeze_layers, cfg.stage, cfg.quant)
+    hit = _TRAINABLE.get(key)
+    if hit is not None and hit[0] is cfg.model:
+        return hit[1]
+    count = _trainable_params(cfg)
+    _TRAINABLE[key] = (cfg.model, count)
+    return count
+
+
+def _trainable_params(cfg: TrainConfig) -> int:
     from planner.memory import stage_params
 
     if cfg.pp == 1 and cfg.tp == 1:
@@ -46,7 +62,9 @@ def trainable_params(cfg: TrainConfig) -> int:
     return round(stage_params(replace(cfg, tp=1, pp=1), first=True).trainable)
 
 
-def estimate(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration = DEFAULT) -> Estimate:
+def estimate(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration = DEFAULT,
+             timed: bool | None = True) -> Estimate:
+    """Memory and fit of one configuration, and its time (`timed`: always; None: only if it fits)."""
     mem = memory_per_gpu(cfg, cal)
     gpu_bytes = cfg.cluster.gpu.hbm_bytes
     reasons = []
@@ -61,9 +79,11 @@ def estimate(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration = DEF
     if mem.nvme_bytes > limits.nvme_bytes_per_node:
         reasons.append(f"offload needs {mem.nvme_bytes / 2**30:.0f} GiB of NVMe per node, "
                        f"{limits.nvme_bytes_per_node / 2**30:.0f} GiB available")
+    fits = not reasons
+    time = step_time(cfg, cal) if timed or (timed is None and fits) else None
     return Estimate(config=cfg, memory=mem, params_total=total_params(cfg.model),
-                    params_trainable=trainable_params(cfg), gpu_memory_bytes=gpu_bytes, fits=not reasons,
-                    fit_reasons=tuple(reasons))
+                    params_trainable=trainable_params(cfg), gpu_memory_bytes=gpu_bytes, fits=fits,
+                    fit_reasons=tuple(reasons), time=time)
 
 
 def estimate_to_dict(est: Estimate) -> dict[str, Any]:
@@ -83,5 +103,14 @@ def estimate_to_dict(est: Estimate) -> dict[str, Any]:
         "other_bytes": {k: round(v) for k, v in mem.other_items.items()},
         "host_memory_bytes_per_node": round(mem.host_bytes),
         "nvme_bytes_per_node": round(mem.nvme_bytes),
+        **time_to_dict(est.time),
         "config": config_to_dict(est.config),
     }
+
+
+def time_to_dict(t: StepTime | None) -> dict[str, Any]:
+    """The time model's outputs; rates are the whole job's (every GPU together)."""
+    if t is None:
+        return {}
+    return {"step_time_s": t.step_time_s, "tokens_per_s": t.tokens_per_s, "samples_per_s": t.samples_per_s,
+            "mfu": t.mfu, "hfu": t.hfu, "time_breakdown_s": dict(t.breakdown_s)}

@@ -104,14 +104,16 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          intra_node_bytes_per_s=150 * GB, inter_node_network="EDR InfiniBand 100 Gb/s",
          inter_node_bytes_per_s=12.5 * GB, host_link_bytes_per_s=_PCIE3, gpus_per_node=8,
          source="NVIDIA Tesla V100 datasheet (SXM2)"),
-    # AWS A10G (g5): GA102, 24 GB GDDR6 at 600 GB/s, PCIe4, no NVLink; 70 TF fp16/bf16 dense tensor,
-    # 35 TF tf32, 31.2 TF fp32 (AWS g5 instance documentation).
+    # AWS A10G (g5): GA102, 24 GB GDDR6 at 600 GB/s, PCIe4, no NVLink. It is not NVIDIA's A10 (125 TF
+    # bf16, 62.5 TF tf32, 31.2 TF fp32): the A10G trades tensor throughput for CUDA-core throughput,
+    # 70 TF fp16/bf16 dense tensor, 35 TF tf32, 35 TF fp32 (Baseten, "NVIDIA A10 vs A10G for ML model
+    # inference", spec table; nvidia-smi on g5 shows 23028 MiB).
     _gpu(name="A10G", hbm_bytes=23028 * MiB, peak_bf16_flops_per_s=70 * TFLOPS,
          peak_fp16_flops_per_s=70 * TFLOPS, peak_tf32_flops_per_s=35 * TFLOPS,
-         peak_fp32_flops_per_s=31.2 * TFLOPS, hbm_bytes_per_s=600 * GB, intra_node_link="PCIe4",
+         peak_fp32_flops_per_s=35 * TFLOPS, hbm_bytes_per_s=600 * GB, intra_node_link="PCIe4",
          intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 100 Gb/s",
          inter_node_bytes_per_s=100 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
-         source="AWS EC2 G5 instances (A10G); NVIDIA A10 datasheet"),
+         source="AWS EC2 G5 instances (A10G); Baseten A10 vs A10G spec comparison"),
     # NVIDIA L40S datasheet: 362.05 TF bf16/fp16 dense, 183 TF tf32, 91.6 TF fp32, 48 GB GDDR6 864 GB/s.
     _gpu(name="L40S", hbm_bytes=46068 * MiB, peak_bf16_flops_per_s=362.05 * TFLOPS,
          peak_fp16_flops_per_s=362.05 * TFLOPS, peak_tf32_flops_per_s=183 * TFLOPS,

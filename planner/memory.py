@@ -177,7 +177,8 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     # weights: 16-bit copies under DeepSpeed (fp32 master lives in the optimizer); under DDP/FSDP with
     # mixed precision the trainable weights are the fp32 master and frozen ones stay in 16 bits
     # (how LLaMA-Factory and peft load them); bitsandbytes stores the quantized base weights.
-    frozen = sp.total - sp.trainable
+    # LoRA's adapters come on top of the base model, whose weights all stay frozen (sp.total counts the base)
+    frozen = sp.total - sp.trainable if cfg.method is Method.full else sp.total
     if prec is Precision.fp32:
         trainable_w_bytes, frozen_w_bytes = 4.0, 4.0
     elif prec is Precision.bf16_true or ds_engine:
@@ -217,8 +218,12 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         else:
             grads = t_params * (2 + fp32_grad) / n
         if offload_opt and zero >= ZeroStage.OPTIMIZER_STATES:
-            # gradients stream to pinned host buffers partition by partition (ZeRO-Offload)
-            host_grads = t_params * (2 + fp32_grad) / n
+            # gradients stream to pinned host buffers partition by partition (ZeRO-Offload): the fp32
+            # partition, plus ZeRO-1/2's 16-bit CPU accumulation buffers only when several micro-batches
+            # accumulate (stage_1_and_2.py, copy_grads_in_partition -> async_accumulate_grad_in_cpu_via_gpu);
+            # ZeRO-3 keeps its 16-bit gradient partition on the host either way (stage3.py).
+            host_16bit = 2.0 if (zero is ZeroStage.WEIGHTS or cfg.grad_accum > 1) else 0.0
+            host_grads = t_params * (host_16bit + fp32_grad) / n
             grads = t_params * 2 if zero is ZeroStage.OPTIMIZER_STATES else 0.0
     elif fsdp_sharded:
         grads = t_params * grad_bytes / n
@@ -231,7 +236,11 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, prec)
     master = 4.0 if (ds_engine and mixed) else 0.0
     optim = t_params * (state_bytes + master)
-    if (ds_engine and zero >= ZeroStage.OPTIMIZER_STATES) or fsdp_sharded:
+    # DeepSpeed's pipeline engine with bf16 runs BF16_Optimizer even at ZeRO-0 (engine.py,
+    # _do_optimizer_sanity_check), which splits the fp32 master and Adam states over the DP group
+    # (bf16_optimizer.py, fp32_groups_flat_partition) and keeps full bf16 + fp32 gradients.
+    bf16_pipe = ds_engine and zero is ZeroStage.DISABLED and cfg.pp > 1 and prec is Precision.bf16_mixed
+    if (ds_engine and zero >= ZeroStage.OPTIMIZER_STATES) or fsdp_sharded or bf16_pipe:
         optim /= n
     host_optim = 0.0
     if offload_opt:
@@ -253,14 +262,23 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         if cfg.pp_schedule is PipeSchedule.interleaved and cfg.virtual_stages > 1:
             in_flight *= 1 + (cfg.pp - 1) / (cfg.pp * cfg.virtual_stages)
     activations = per_layer * sp.trainable_layers * in_flight
+    recompute = 0.0
     if cfg.grad_ckpt is GradCkpt.full:
         # backward recomputes one layer at a time: one layer's full activations on top
-        full_layer = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
-                                              t=cfg.tp, sequence_parallel=cfg.sequence_parallel) * tokens
-        activations += full_layer
+        recompute = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
+                                             t=cfg.tp, sequence_parallel=cfg.sequence_parallel) * tokens
     activations *= cal.activation_multiplier
+    recompute *= cal.activation_multiplier
     if sp.has_head and cfg.stage is not Stage.rm:
-        items["logits and loss"] = logits_bytes_per_token(m, act_bytes=e, t=cfg.tp) * tokens
+        # with the final norm's saved input (RMSNorm: its fp32 upcast, 4h), freed with the head's buffers
+        final_norm = (e if m.layernorm_bias else 4) * m.hidden_size / (cfg.tp if cfg.sequence_parallel else 1)
+        items["logits and loss"] = (logits_bytes_per_token(m, act_bytes=e, t=cfg.tp) + final_norm) * tokens
+    # The last layer is recomputed only after the loss and LM-head backward have freed the logits buffers,
+    # so the recomputed layer and "logits and loss" are never live together: the backward peak holds the
+    # larger of the two (seen in the profiler's dry run of Llama-2-7B with checkpointing).
+    if recompute > items.get("logits and loss", 0.0):
+        activations += recompute
+        items.pop("logits and loss", None)
     if mixed and not ds_engine and cfg.method is Method.full:
         # autocast caches a 16-bit copy of every fp32 weight it casts; backward keeps them
         items["autocast weight copies"] = 2.0 * sp.trainable / (n if fsdp_sharded else 1)

@@ -67,6 +67,7 @@ class ModelSpec:
         return _linears(self)
 
 
+@cache  # pure in the (frozen) spec; the search asks for it per candidate
 def _linears(m: ModelSpec) -> tuple[LinearShape, ...]:
     h, i, q, kv = m.hidden_size, m.intermediate_size, m.q_dim, m.kv_dim
     b = m.linear_bias
@@ -114,6 +115,22 @@ def _need(cfg: dict, *keys: str, where: str) -> int:
     raise PlanError(f"{where}: config.json lacks '{keys[0]}'")
 
 
+def _optional(cfg: dict, key: str, default: int, *, where: str) -> int:
+    """An optional positive integer field: absent or null means `default`; anything else must be one."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise PlanError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_heads(heads: int, kv_heads: int, *, where: str) -> None:
+    # grouped-query attention shares each K/V head among heads / kv_heads query heads
+    if kv_heads > heads or heads % kv_heads:
+        raise PlanError(f"{where}: {kv_heads} key/value heads do not divide {heads} attention heads")
+
+
 _LAYER_CLASS = {"llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer",
                 "mixtral": "MixtralDecoderLayer", "qwen2": "Qwen2DecoderLayer",
                 "baichuan": "DecoderLayer", "chatglm": "GLMBlock", "bloom": "BloomBlock"}
@@ -134,24 +151,30 @@ def spec_from_hf_config(cfg: dict, *, name: str, source: str = "") -> ModelSpec:
             intermediate_size=4 * h, num_layers=_need(cfg, "n_layer", "num_hidden_layers", where=where),
             num_heads=heads, num_kv_heads=heads, head_dim=h // heads, tie_embeddings=True,
             qkv_bias=True, linear_bias=True, gated_mlp=False, layernorm_bias=True, embedding_norm=True,
-            max_seq_len=int(cfg.get("seq_length", 2048)), decoder_layer_class="BloomBlock", source=source)
+            max_seq_len=_optional(cfg, "seq_length", 2048, where=where), decoder_layer_class="BloomBlock",
+            source=source)
     if model_type == "chatglm":
         h = _need(cfg, "hidden_size", where=where)
         heads = _need(cfg, "num_attention_heads", where=where)
-        kv_heads = int(cfg.get("multi_query_group_num", heads)) if cfg.get("multi_query_attention") else heads
+        kv_heads = _optional(cfg, "multi_query_group_num", heads, where=where) if cfg.get("multi_query_attention") \
+            else heads
+        _check_heads(heads, kv_heads, where=where)
         return ModelSpec(
             name=name, model_type="chatglm", vocab_size=_need(cfg, "padded_vocab_size", "vocab_size", where=where),
             hidden_size=h, intermediate_size=_need(cfg, "ffn_hidden_size", where=where),
             num_layers=_need(cfg, "num_layers", "num_hidden_layers", where=where), num_heads=heads,
-            num_kv_heads=kv_heads, head_dim=int(cfg.get("kv_channels", h // heads)),
+            num_kv_heads=kv_heads, head_dim=_optional(cfg, "kv_channels", h // heads, where=where),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), qkv_bias=bool(cfg.get("add_qkv_bias")),
-            layernorm_bias=not cfg.get("rmsnorm", True), max_seq_len=int(cfg.get("seq_length", 8192)),
+            layernorm_bias=not cfg.get("rmsnorm", True), max_seq_len=_optional(cfg, "seq_length", 8192, where=where),
             decoder_layer_class="GLMBlock", source=source)
     h = _need(cfg, "hidden_size", where=where)
     heads = _need(cfg, "num_attention_heads", where=where)
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    head_dim = int(cfg.get("head_dim") or h // heads)
-    experts = int(cfg.get("num_local_experts") or 1)
+    kv_heads = _optional(cfg, "num_key_value_heads", heads, where=where)
+    _check_heads(heads, kv_heads, where=where)
+    head_dim = _optional(cfg, "head_dim", h // heads, where=where)
+    experts = _optional(cfg, "num_local_experts", 1, where=where)
+    if experts > 1 and _optional(cfg, "num_experts_per_tok", 1, where=where) > experts:
+        raise PlanError(f"{where}: num_experts_per_tok exceeds the {experts} experts")
     return ModelSpec(
         name=name, model_type=model_type, vocab_size=_need(cfg, "vocab_size", where=where), hidden_size=h,
         intermediate_size=_need(cfg, "intermediate_size", where=where),
@@ -159,8 +182,9 @@ def spec_from_hf_config(cfg: dict, *, name: str, source: str = "") -> ModelSpec:
         head_dim=head_dim, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
         linear_bias=bool(cfg.get("mlp_bias", False)), num_experts=experts,
-        experts_per_token=int(cfg.get("num_experts_per_tok") or 1) if experts > 1 else 1,
-        max_seq_len=int(cfg.get("max_position_embeddings") or cfg.get("model_max_length") or 4096),
+        experts_per_token=_optional(cfg, "num_experts_per_tok", 1, where=where) if experts > 1 else 1,
+        max_seq_len=_optional(cfg, "max_position_embeddings", _optional(cfg, "model_max_length", 4096, where=where),
+                              where=where),
         decoder_layer_class=_LAYER_CLASS[model_type], source=source)
 
 

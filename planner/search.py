@@ -8,8 +8,9 @@ Ranking is by the time model's tokens/s (`planner.timing`), ties broken by lower
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.estimate import Estimate, Limits, estimate
 from planner.strategy import (
@@ -26,6 +27,7 @@ from planner.strategy import (
     TrainConfig,
     ZeroStage,
 )
+from planner.timing import step_time
 from planner.validity import problems
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
@@ -57,7 +59,10 @@ class SearchSpace:
     global_batch: int | None = None  # sequences per optimizer step; None: 8 per GPU
     micro_batches: tuple[int, ...] = MICRO_BATCHES
     grad_ckpts: tuple[GradCkpt, ...] = (GradCkpt.none, GradCkpt.selective, GradCkpt.full)
-    attns: tuple[Attn, ...] = (Attn.sdpa, Attn.flash)
+    # flash_attention_2 and SDPA (which dispatches to the same FlashAttention-2 kernel on Ampere and
+    # newer, torch >= 2.2) save the same tensors and run the same FLOPs: the memory and time models
+    # cannot tell them apart, so the default space keeps SDPA, transformers' default.
+    attns: tuple[Attn, ...] = (Attn.sdpa,)
     optimizers: tuple[Optimizer, ...] = (Optimizer.adamw, Optimizer.adamw_8bit)
     tps: tuple[int, ...] | None = None  # None: powers of two within a node
     pps: tuple[int, ...] | None = None
@@ -75,8 +80,10 @@ def default_global_batch(base: TrainConfig) -> int:
     return 8 * base.world_size
 
 
-def candidates(base: TrainConfig, space: SearchSpace = SearchSpace()) -> Iterator[TrainConfig]:
-    """Every combination, valid or not; `plan` filters with `validity.problems`."""
+def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, list[dict]]]:
+    """(fields of one strategy, the batch-shape / checkpointing / attention variants of it). The
+    combinations that cannot exist (TP x PP not dividing the GPUs, a batch that does not split evenly)
+    are skipped here, before any TrainConfig is built."""
     world = base.world_size
     global_batch = space.global_batch or default_global_batch(base)
     tps = space.tps or _powers_of_two(base.cluster.gpus_per_node)
@@ -95,17 +102,29 @@ def candidates(base: TrainConfig, space: SearchSpace = SearchSpace()) -> Iterato
                     if global_batch % dp:
                         continue
                     per_dp = global_batch // dp
-                    for mb in space.micro_batches:
-                        if per_dp % mb:
-                            continue
-                        for ckpt in space.grad_ckpts:
-                            for attn in space.attns:
-                                for opt in space.optimizers:
-                                    yield replace(base, method=method, quant=quant, precision=precision,
-                                                  engine=engine, zero=zero, fsdp=fsdp, offload=offload,
-                                                  offload_device=device, tp=tp, pp=pp, micro_batch=mb,
-                                                  grad_accum=per_dp // mb, grad_ckpt=ckpt, attn=attn,
-                                                  optimizer=opt)
+                    variants = [{"micro_batch": mb, "grad_accum": per_dp // mb, "grad_ckpt": ckpt, "attn": attn}
+                                for mb in space.micro_batches if per_dp % mb == 0
+                                for ckpt in space.grad_ckpts for attn in space.attns]
+                    if not variants:
+                        continue
+                    for opt in space.optimizers:
+                        yield ({"method": method, "quant": quant, "precision": precision, "engine": engine,
+                                "zero": zero, "fsdp": fsdp, "offload": offload, "offload_device": device, "tp": tp,
+                                "pp": pp, "optimizer": opt}, variants)
+
+
+def _base_fields(base: TrainConfig) -> dict:
+    return {name: getattr(base, name) for name in TrainConfig.__dataclass_fields__}
+
+
+def candidates(base: TrainConfig, space: SearchSpace = SearchSpace()) -> Iterator[TrainConfig]:
+    """Every combination, valid or not; `plan` filters with `validity.problems`."""
+    fields = _base_fields(base)
+    for skeleton, variants in _skeletons(base, space):
+        fields.update(skeleton)
+        for variant in variants:
+            fields.update(variant)
+            yield TrainConfig(**fields)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,30 +136,40 @@ class PlanResult:
 
 
 def rank_key(est: Estimate) -> tuple[float, float]:
-    """Sort key, smaller first: fastest (tokens/s), then least memory."""
-    from planner.timing import step_time
-
-    tps = step_time(est.config).tokens_per_s
+    """Sort key, smaller first: fastest (tokens/s of the whole job), then least memory."""
+    tps = est.time.tokens_per_s if est.time is not None else step_time(est.config).tokens_per_s
     return (-tps, est.memory.total)
 
 
-def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits = Limits()) -> PlanResult:
+def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits = Limits(),
+         cal: Calibration = DEFAULT) -> PlanResult:
+    """Evaluate every candidate: its validity, then the memory of each valid one, then the time of each
+    one that fits. The validity rules (`validity.problems`) read no micro-batch, accumulation,
+    checkpointing or attention field, so one check decides every variant of a strategy: a rejected
+    strategy counts all its variants as evaluated and rejected (tests/planner/test_search_fast.py
+    checks the verdict against `problems` on each variant)."""
     evaluated = valid = 0
     fitting: list[Estimate] = []
     rejected: dict[str, int] = {}
-    for cfg in candidates(base, space):
-        evaluated += 1
-        found = problems(cfg)
+    fields = _base_fields(base)
+    for skeleton, variants in _skeletons(base, space):
+        fields.update(skeleton)
+        fields.update(variants[0])
+        evaluated += len(variants)
+        found = problems(TrainConfig(**fields))
         if found:
-            rejected[found[0]] = rejected.get(found[0], 0) + 1
+            rejected[found[0]] = rejected.get(found[0], 0) + len(variants)
             continue
-        valid += 1
-        est = estimate(cfg, limits)
-        if est.fits:
-            fitting.append(est)
-        else:
-            key = "does not fit in GPU memory" if "per GPU" in est.fit_reasons[0] else est.fit_reasons[0]
-            rejected[key] = rejected.get(key, 0) + 1
+        for variant in variants:
+            fields.update(variant)
+            cfg = TrainConfig(**fields)
+            valid += 1
+            est = estimate(cfg, limits, cal, timed=None)
+            if est.fits:
+                fitting.append(est)
+            else:
+                key = "does not fit in GPU memory" if "per GPU" in est.fit_reasons[0] else est.fit_reasons[0]
+                rejected[key] = rejected.get(key, 0) + 1
     if evaluated == 0:
         raise PlanError("the search space is empty: check --global-batch against the GPU count")
     fitting.sort(key=rank_key)

@@ -165,4 +165,6 @@ class TrainConfig:
                  f"mb{self.micro_batch}", f"ga{self.grad_accum}"]
         if self.grad_ckpt is not GradCkpt.none:
             parts.append(f"ckpt-{self.grad_ckpt.value}")
+        if self.optimizer is not Optimizer.adamw:
+            parts.append(self.optimizer.value)
         return "-".join(parts)

@@ -9,6 +9,7 @@ from rich.text import Text
 from planner.estimate import Estimate
 from planner.search import PlanResult
 from planner.strategy import Method
+from planner.timing import JobTime
 from reports.fmt import params
 from reports.memory_report import memory_table
 
@@ -16,24 +17,28 @@ from reports.memory_report import memory_table
 def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
     from planner.timing import step_time
 
-    table = Table(title=title, title_justify="left")
-    for col, justify in (("#", "right"), ("method", "left"), ("plan", "left"), ("GiB/GPU", "right"),
-                         ("fill", "right"), ("tokens/s", "right"), ("step s", "right")):
-        table.add_column(col, justify=justify)
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col, justify in (("#", "right"), ("method", "left"), ("plan", "left"), ("GiB/GPU (fill)", "right"),
+                         ("tokens/s", "right"), ("step s", "right"), ("MFU", "right")):
+        # narrow enough for an 80-column terminal: the plan name folds, numbers never do
+        table.add_column(col, justify=justify, overflow="fold", no_wrap=col != "plan",
+                         min_width=20 if col == "plan" else None)
     shown: dict[Method, int] = {}
     for rank, est in enumerate(result.plans, 1):
         method = est.config.method
         if shown.get(method, 0) >= per_method:
             continue
         shown[method] = shown.get(method, 0) + 1
-        t = step_time(est.config)
-        table.add_row(str(rank), method.value, str(est.config), f"{est.memory.total / 2**30:.1f}",
-                      f"{100 * est.memory.total / est.gpu_memory_bytes:.0f}%", f"{t.tokens_per_s:,.0f}",
-                      f"{t.step_time_s:.2f}")
+        t = est.time if est.time is not None else step_time(est.config)
+        table.add_row(str(rank), method.value, str(est.config), f"{est.memory.total / 2**30:.1f} "
+                      f"({100 * est.memory.total / est.gpu_memory_bytes:.0f}%)", f"{t.tokens_per_s:,.0f}",
+                      f"{t.step_time_s:.2f}", f"{100 * t.mfu:.0f}%")
     return table
 
 
-def plan_view(result: PlanResult, per_method: int) -> Group:
+def plan_view(result: PlanResult, per_method: int, job: JobTime | None = None) -> Group:
     if not result.plans:
         reasons = sorted(result.rejected.items(), key=lambda kv: -kv[1])[:5]
         lines = [Text(f"No plan fits ({result.candidates_evaluated:,} candidates evaluated).", style="red bold")]
@@ -45,8 +50,13 @@ def plan_view(result: PlanResult, per_method: int) -> Group:
         (cfg.model.name, "bold"), f" on {cfg.cluster}: {result.candidates_evaluated:,} candidates, "
         f"{result.valid:,} valid, {len(result.plans):,} fit. Global batch {cfg.global_batch} x "
         f"{cfg.seq_len} tokens; params {params(best.params_total)}.")
+    from planner.timing import step_time
+    from reports.time_report import time_table
+
+    t = best.time if best.time is not None else step_time(cfg)
     return Group(head, ranking_table(result, per_method, "Best plans per method (ranked by tokens/s)"),
-                 memory_table(best, title=f"Winner: {cfg.method.value} {cfg}"))
+                 memory_table(best, title=f"Winner: {cfg.method.value} {cfg}"),
+                 time_table(t, f"Winner's step time: {cfg.method.value} {cfg}", job))
 
 
 def plans_json(result: PlanResult, top: int) -> dict:

@@ -1,0 +1,168 @@
+"""`ftplan profile dry-run | run | calibrate`: measure what the planner predicts, and calibrate it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ftplan import options as o
+from ftplan.cli import app
+from planner.build import build_config
+from planner.errors import PlanError
+from planner.strategy import Method, Precision
+
+profile_app = typer.Typer(no_args_is_help=True, help="Measure memory and time: dry runs on fake tensors, real "
+                                                       "steps, and calibration of the planner.")
+app.add_typer(profile_app, name="profile")
+
+SaveOpt = Annotated[Path | None, typer.Option("--save", help="Also write this profile as JSON (for `calibrate`).")]
+CalibrateOpt = Annotated[Path | None, typer.Option(
+    "--calibrate", help="Fit the planner's factors to this profile (and --profiles) and write a calibration file.")]
+
+
+def _versions() -> dict[str, str]:
+    from profiler.worker import versions
+
+    return versions(False)
+
+
+def _write_profile(path: Path, data: dict) -> None:
+    from planner.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+@profile_app.command("dry-run")
+def dry_run(model: o.ModelOpt, gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = Method.lora, lora_r: o.LoraROpt = 8,
+            lora_alpha: o.LoraAlphaOpt = 16, lora_targets: o.LoraTargetsOpt = "all",
+            precision: o.PrecisionOpt = Precision.bf16_mixed, optimizer: o.OptimizerOpt = o.Optimizer.adamw,
+            micro_batch: o.MicroBatchOpt = 1, grad_accum: o.GradAccumOpt = 1, seq_len: o.SeqLenOpt = 2048,
+            grad_ckpt: o.GradCkptOpt = o.GradCkpt.none, attn: o.AttnOpt = o.Attn.sdpa,
+            freeze_layers: o.FreezeOpt = 0, save: SaveOpt = None, json_out: o.JsonOpt = False) -> None:
+    """Two training steps of the real transformers model on fake tensors; peak by category vs the planner."""
+    from planner.memory import memory_per_gpu
+    from profiler.dryrun import dry_run as run_dry
+    from reports.profile_report import dry_run_json, dry_run_view
+
+    cfg = build_config(model=model, gpus=gpus, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
+                       lora_targets=lora_targets, precision=precision, optimizer=optimizer, micro_batch=micro_batch,
+                       grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
+                       freeze_layers=freeze_layers)
+    result = run_dry(cfg)
+    predicted = memory_per_gpu(cfg)
+    data = dry_run_json(result, predicted, str(cfg))
+    if save is not None:
+        from profiler.calibrate import Profile, profile_dict
+
+        prof = Profile(config=cfg, peak_bytes=result.peak_bytes["total"])
+        _write_profile(save, profile_dict(prof, kind="dry-run", versions=_versions(), extra=data))
+    if json_out:
+        from reports.fmt import print_json
+
+        print_json(data)
+        return
+    Console().print(dry_run_view(result, predicted, str(cfg)))
+
+
+def _calibrate(profiles_paths: list[Path], extra: list, out: Path) -> dict:
+    from profiler.calibrate import calibrate, load_profile
+
+    profiles, versions = list(extra), {}
+    for p in profiles_paths:
+        prof, v = load_profile(p)
+        profiles.append(prof)
+        versions = versions or v
+    if extra and not versions:
+        versions = _versions()
+    if not profiles:
+        raise PlanError("no profiles given: pass profile files written by `ftplan profile run --save`")
+    _, data = calibrate(profiles, versions)
+    from profiler.calibrate import write_calibration
+
+    write_calibration(out, data)
+    return data
+
+
+@profile_app.command("run")
+def run(model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name or config.json, built with "
+                                                  "random weights; default: a 134M-parameter Llama.")] = None,
+        model_path: Annotated[Path | None, typer.Option("--model-path", help="A local model directory "
+                                                        "(config.json, and weights if present).")] = None,
+        gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = Method.full, lora_r: o.LoraROpt = 8,
+        lora_alpha: o.LoraAlphaOpt = 16, lora_targets: o.LoraTargetsOpt = "all",
+        precision: Annotated[Precision | None, typer.Option(help="Default: 32-true on the CPU, bf16-mixed on GPUs.")]
+        = None, optimizer: o.OptimizerOpt = o.Optimizer.adamw, zero: o.ZeroOpt = None, fsdp: o.FsdpOpt = None,
+        micro_batch: o.MicroBatchOpt = 1, grad_accum: o.GradAccumOpt = 1, seq_len: o.SeqLenOpt = 256,
+        grad_ckpt: o.GradCkptOpt = o.GradCkpt.none, attn: o.AttnOpt = o.Attn.sdpa,
+        warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps, not measured.")] = 1,
+        steps: Annotated[int, typer.Option(min=1, help="Measured steps (the median is reported).")] = 2,
+        save: SaveOpt = None, calibrate: CalibrateOpt = None,
+        profiles: Annotated[list[Path] | None, typer.Option("--profiles", help="Saved profiles to fit together with "
+                                                            "this one (repeat).")] = None,
+        json_out: o.JsonOpt = False) -> None:
+    """Real short training steps (torchrun; gloo on the CPU): per-rank peak memory, step time, tokens/s, MFU."""
+    import tempfile
+
+    from planner.calibration import DEFAULT
+    from planner.memory import memory_per_gpu
+    from profiler.calibrate import Profile, predicted_step_time_s, profile_dict
+    from profiler.launch import SMALL_LLAMA, launch, write_model_config
+    from reports.profile_report import calibration_view, run_json, run_view
+
+    if model is not None and model_path is not None:
+        raise PlanError("give --model or --model-path, not both")
+    if model_path is not None and not (model_path / "config.json").is_file():
+        raise PlanError(f"--model-path {model_path}: no config.json there")
+    if precision is None:
+        precision = Precision.fp32 if gpus.upper().endswith("CPU") else Precision.bf16_mixed
+    with tempfile.TemporaryDirectory(prefix="ftplan-model-") as tmp:
+        target = str(model_path) if model_path is not None else model
+        if target is None:
+            target = str(write_model_config(SMALL_LLAMA, Path(tmp) / "small-llama"))
+        cfg = build_config(model=target, gpus=gpus, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
+                           lora_targets=lora_targets, precision=precision, optimizer=optimizer, zero=zero, fsdp=fsdp,
+                           micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt,
+                           attn=attn)
+        result = launch(cfg, model_path=model_path, warmup_steps=warmup, steps=steps)
+    predicted = memory_per_gpu(cfg)
+    try:
+        pred_time: float | None = predicted_step_time_s(cfg, DEFAULT)
+    except PlanError:  # a configuration the time model does not cover
+        pred_time = None
+    data = run_json(result, predicted, pred_time)
+    prof = Profile(config=cfg, peak_bytes=result.peak_bytes, step_time_s=result.step_time_s)
+    if save is not None:
+        _write_profile(save, profile_dict(prof, kind="run", versions=result.versions, extra=data))
+    cal_data = _calibrate(list(profiles or []), [prof], calibrate) if calibrate is not None else None
+    if json_out:
+        from reports.fmt import print_json
+
+        if cal_data is not None:
+            data["calibration"] = cal_data
+        print_json(data)
+        return
+    console = Console()
+    console.print(run_view(result, predicted, pred_time))
+    if cal_data is not None:
+        console.print(calibration_view(cal_data, str(calibrate)))
+
+
+@profile_app.command("calibrate")
+def calibrate_cmd(profiles: Annotated[list[Path], typer.Argument(help="Profile files from `profile run/dry-run "
+                                                                 "--save`.")],
+                  out: Annotated[Path, typer.Option("--out", "-o", help="Calibration file to write.")],
+                  json_out: o.JsonOpt = False) -> None:
+    """Fit the planner's correction factors to saved profiles; report the error before and after."""
+    from reports.profile_report import calibration_view
+
+    data = _calibrate(profiles, [], out)
+    if json_out:
+        from reports.fmt import print_json
+
+        print_json(data)
+        return
+    Console().print(calibration_view(data, str(out)))

@@ -1,0 +1,213 @@
+"""Compute: FLOPs per training step and the time they take.
+
+FLOPs follow Narayanan et al. 2021 ("Efficient Large-Scale Language Model Training on GPU Clusters
+Using Megatron-LM", arXiv 2104.04473), Sec. 5.1 and eq. 3: a matmul of an (m x k) by a (k x n)
+matrix costs 2mkn FLOPs; per layer and token the forward pass runs 2 x (layer weights) FLOPs in its
+linears plus 4 s q_dim in attention (Q K^T and the attention-weighted sum over all s positions; the
+paper does not halve it for the causal mask); backward costs twice the forward, half for gradients
+with respect to inputs and half for gradients with respect to weights; full recomputation adds one
+forward. For a GPT layer (4h MLP, q_dim = h) this is eq. 3's 96 B s l h^2 (1 + s/(6h) + V/(16 l h))
+with recomputation, 72 B s l h^2 (...) without.
+
+Frozen weights (LoRA, QLoRA, --freeze-layers) skip the weight-gradient half of their backward, so
+they cost 4x instead of 6x per parameter and token (Hu et al. 2021, LoRA, Sec. 4.2: no gradients for
+the frozen weights); the LoRA branches themselves cost 6 x their parameters. Selective recomputation
+re-runs the attention core only (Korthikanti et al. 2022, arXiv 2205.05198, Sec. 5 and eq. 8/9).
+MoE layers count the experts a token visits (`experts_per_token`), as `params.active_params` does.
+
+Symbols: s sequence length, V vocabulary, h hidden size; all FLOP counts are per token unless named
+`*_per_step`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from planner.models import ModelSpec
+from planner.params import lora_params
+from planner.strategy import GradCkpt, Method, Precision, Quant, Stage, TrainConfig
+
+# Achievable fraction of the dense tensor-core peak over the compute part of a training step (GEMMs
+# plus the memory-bound norms, activations, softmax and optimizer-free elementwise kernels), keyed by
+# architecture. Replaced by `Calibration.compute_efficiency` when a profile exists. Sources:
+# - Ampere datacenter (A100/A800): Megatron-LM reaches 44-52% of peak *including* communication and
+#   pipeline bubbles (Narayanan et al. 2021, Table 1) and 54-56% hardware FLOPs utilization for
+#   175B-1T with selective recompute (Korthikanti et al. 2022, Table 5); the compute alone is a little
+#   higher: 0.55.
+# - Hopper (H100/H800/H200): Llama 3 pre-training reports 38-43% BF16 MFU on 8-16K H100s (Dubey et al.
+#   2024, Table 4), again including communication; compute alone 0.45 (Hopper's peak grew 3.2x over
+#   A100, its memory bandwidth 1.6x, so memory-bound kernels weigh more).
+# - Volta (V100): Megatron-LM v1 sustains 39 TFLOP/s of 125 on one V100 (Shoeybi et al. 2019, Sec. 5.1,
+#   30% including the optimizer); ZeRO reports 38-41 TFLOP/s per V100 (Rajbhandari et al. 2020, Sec.
+#   10.2): 0.33.
+# - GDDR boards (A10G, L40S, RTX 3090/4090, T4): no published LLM-training MFU from a primary source;
+#   their bandwidth per FLOP is lower than A100's (RTX 4090: 6.1 B/kFLOP vs A100: 6.5; L40S 2.4), so
+#   we take Hopper's 0.45 scaled by nothing better known: 0.40. Calibrate for quantitative use.
+# - CPU: the nominal peak of the pseudo-device is a rough AVX2 figure; 0.3 until calibrated.
+DEFAULT_COMPUTE_EFFICIENCY: dict[str, float] = {
+    "A100-80G": 0.55, "A100-40G": 0.55, "A800": 0.55,
+    "H100": 0.45, "H800": 0.45, "H200": 0.45,
+    "V100-32G": 0.33,
+    "A10G": 0.40, "L40S": 0.40, "RTX3090": 0.40, "RTX4090": 0.40, "T4": 0.40,
+    "CPU": 0.30,
+}
+FALLBACK_COMPUTE_EFFICIENCY = 0.40
+
+
+def compute_efficiency(gpu_name: str, calibrated: float | None = None) -> float:
+    """Fraction of peak FLOP/s a training step's compute achieves; a calibration file overrides it."""
+    if calibrated is not None:
+        return calibrated
+    return DEFAULT_COMPUTE_EFFICIENCY.get(gpu_name, FALLBACK_COMPUTE_EFFICIENCY)
+
+
+def peak_flops_per_s(gpu, precision: Precision) -> float:
+    """Dense peak for the precision's matmuls: 16-bit tensor cores under *-mixed / bf16-true; fp32
+    (torch leaves TF32 off for matmuls by default, torch.backends.cuda.matmul.allow_tf32 = False)."""
+    if precision is Precision.fp32:
+        return gpu.peak_fp32_flops_per_s
+    if precision is Precision.fp16_mixed or not gpu.supports_bf16:
+        return gpu.peak_fp16_flops_per_s
+    return gpu.peak_bf16_flops_per_s
+
+
+@cache
+def layer_linear_flops(m: ModelSpec) -> float:
+    """Forward FLOPs per token in one decoder layer's linears: 2 x the weights a token meets (an MoE
+    layer runs `experts_per_token` of its `num_experts` copies)."""
+    total = 0.0
+    for lin in m.linears():
+        copies = m.experts_per_token if lin.copies > 1 else 1
+        total += 2.0 * copies * lin.in_features * lin.out_features
+    return total
+
+
+def attention_flops(m: ModelSpec, s: int) -> float:
+    """Forward FLOPs per token of the attention core: Q K^T and scores x V, 2 x 2 x s x q_dim
+    (Narayanan et al. 2021, eq. 3's s/(6h) term; no causal halving, as in the paper)."""
+    return 4.0 * s * m.q_dim
+
+
+def head_flops(m: ModelSpec) -> float:
+    """Forward FLOPs per token of the LM head (the logit layer, eq. 3's V/(16 l h) term)."""
+    return 2.0 * m.vocab_size * m.hidden_size
+
+
+@dataclass(frozen=True, slots=True)
+class StepFlops:
+    """FLOPs of one optimizer step for the whole job. `model` excludes recomputation (what MFU
+    counts); `hardware` includes it (what the GPUs execute)."""
+
+    model: float
+    hardware: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Training:
+    """What of the model trains and how: the fields of a TrainConfig the FLOP count reads."""
+
+    method: Method = Method.full
+    lora_r: int = 8
+    lora_targets: tuple[str, ...] = ("all",)
+    freeze_layers: int = 0
+    grad_ckpt: GradCkpt = GradCkpt.none
+    seq_len: int = 2048
+    stage: Stage = Stage.sft
+
+
+def training_of(cfg: TrainConfig) -> Training:
+    return Training(method=cfg.method, lora_r=cfg.lora_r, lora_targets=cfg.lora_targets,
+                    freeze_layers=cfg.freeze_layers, grad_ckpt=cfg.grad_ckpt, seq_len=cfg.seq_len, stage=cfg.stage)
+
+
+@cache
+def flops_per_token(m: ModelSpec, tr: Training, *, layers: float | None = None, head: bool = True) -> StepFlops:
+    """Training FLOPs per token of one micro-batch over `layers` decoder layers (all by default) and the
+    LM head. Forward F; backward = F (input gradients) + F of the trainable weights (weight gradients);
+    the attention core's backward is twice its forward; recompute adds a forward (full) or the
+    attention core (selective)."""
+    n_layers = m.num_layers if layers is None else layers
+    lin = layer_linear_flops(m)
+    att = attention_flops(m, tr.seq_len)
+    full = tr.method is Method.full
+    adapter = 0.0 if full else 2.0 * lora_params(m, tr.lora_r, tr.lora_targets) / m.num_layers
+    trainable_share = 1.0 - min(tr.freeze_layers, m.num_layers) / m.num_layers if full else 0.0
+    fwd_layer = lin + att + adapter
+    # input gradients of every linear, weight gradients of the trainable ones, the attention core's
+    # backward (2x its forward), and for LoRA the branches' input and weight gradients (2 x adapter)
+    bwd_layer = lin + trainable_share * lin + 2.0 * att + 2.0 * adapter
+    recompute = 0.0
+    if tr.grad_ckpt is GradCkpt.full:
+        recompute = fwd_layer
+    elif tr.grad_ckpt is GradCkpt.selective:
+        recompute = att
+    model_flops = n_layers * (fwd_layer + bwd_layer)
+    hf = head_flops(m) if head and tr.stage is not Stage.rm else 0.0
+    # forward, input gradients, and weight gradients when the head trains (full fine-tuning, unless a
+    # tied head shares the frozen embedding under --freeze-layers)
+    head_trains = full and not (m.tie_embeddings and tr.freeze_layers)
+    model_flops += hf + hf + (hf if head_trains else 0.0)
+    ref_fwd = n_layers * (lin + att) + hf
+    if tr.stage is Stage.dpo:
+        model_flops += ref_fwd  # the frozen reference model's forward over the same sequences
+    elif tr.stage is Stage.ppo:
+        # critic trained like the actor; reference and reward models run forward only (TRL PPO).
+        # Rollout generation is not counted: it is decoding, bound by memory bandwidth, not FLOPs.
+        model_flops = 2.0 * model_flops + 2.0 * ref_fwd
+        recompute *= 2.0
+    return StepFlops(model=model_flops, hardware=model_flops + n_layers * recompute)
+
+
+def tokens_per_sample(cfg: TrainConfig) -> int:
+    """DPO scores a chosen and a rejected answer per sample: twice the tokens through the model."""
+    return cfg.seq_len * (2 if cfg.stage is Stage.dpo else 1)
+
+
+def step_flops(cfg: TrainConfig) -> StepFlops:
+    """FLOPs of one optimizer step for the whole job (every data-parallel replica)."""
+    per_token = flops_per_token(cfg.model, training_of(cfg))
+    tokens = cfg.global_batch * tokens_per_sample(cfg)
+    return StepFlops(model=per_token.model * tokens, hardware=per_token.hardware * tokens)
+
+
+def stage_layers(cfg: TrainConfig) -> int:
+    """Decoder layers on the most loaded pipeline stage."""
+    return -(-cfg.model.num_layers // cfg.pp)
+
+
+def gpu_flops_per_micro_batch(cfg: TrainConfig) -> float:
+    """Hardware FLOPs one GPU runs per micro-batch: the last pipeline stage (its layers plus the LM
+    head, the most loaded stage), split over the tensor-parallel group."""
+    per_token = flops_per_token(cfg.model, training_of(cfg), layers=stage_layers(cfg), head=True)
+    return per_token.hardware * cfg.micro_batch * tokens_per_sample(cfg) / cfg.tp
+
+
+def compute_time_s(flops: float, peak_flops_per_s: float, efficiency: float) -> float:
+    """Time = FLOPs / (peak x achievable efficiency)."""
+    return flops / (peak_flops_per_s * efficiency)
+
+
+def dequant_bytes_per_micro_batch(cfg: TrainConfig) -> float:
+    """HBM traffic of bitsandbytes dequantization per micro-batch on one GPU: every quantized weight is
+    read (0.5 B/param for nf4, 1 for int8) and written as a 16-bit copy that the matmul reads back
+    (bitsandbytes `dequantize_4bit` before each matmul in MatMul4Bit.forward, and again for the input
+    gradient in its backward), so (q + 2 + 2) bytes per weight and pass; forward, backward, and the
+    recompute forward under checkpointing."""
+    if cfg.quant is Quant.none:
+        return 0.0
+    from planner.params import quantizable_params
+
+    q = 0.5 if cfg.quant is Quant.nf4 else 1.0
+    passes = 2 + (1 if cfg.grad_ckpt is GradCkpt.full else 0)
+    weights = quantizable_params(cfg.model) * stage_layers(cfg) / cfg.model.num_layers / cfg.tp
+    return passes * weights * (q + 4.0)
+
+
+def megatron_iteration_flops(B: int, s: int, L: int, h: int, V: int, recompute: bool = True) -> float:
+    """Narayanan et al. 2021, eq. 3: FLOPs of one iteration of a GPT model with batch B, with full
+    activation recomputation: 96 B s l h^2 (1 + s/(6h) + V/(16 l h)); without it, 72/96 of the layer term
+    (the logit layer is not recomputed). L is the paper's l (layers)."""
+    layer = (96 if recompute else 72) * B * s * L * h * h * (1 + s / (6 * h))
+    logit = 6 * B * s * h * V
+    return layer + logit

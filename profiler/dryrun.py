@@ -1,0 +1,247 @@
+"""Dry run: two training steps of the real transformers model at full size on fake tensors.
+
+The model is built on the meta device (no bytes), peft LoRA is applied there, and the parameters are
+then materialized with `to_empty(device="cpu")` inside FakeTensorMode, so every tensor has a shape,
+a dtype and a storage identity but no data. (Applying peft to a model already under FakeTensorMode
+fails with "Couldn't swap Linear.weight", hence meta first.) Two optimizer steps run with the plan's
+precision, checkpointing and attention implementation: the optimizer state exists from the second
+step, whose forward, backward and optimizer step give the peak reported (the first step only creates
+the state, see `dry_run`). `profiler.tracker.StorageTracker`
+counts bytes by storage and splits the peak into categories.
+
+GPU emulation on the CPU: the run uses device "cpu" (fake tensors need no GPU), CPU autocast with the
+plan's 16-bit dtype, and AdamW with `foreach=True` given explicitly, because torch picks the
+multi-tensor implementation by default only for CUDA tensors (torch/optim/optimizer.py,
+_default_to_fused_or_foreach); the planner models that GPU default (its "AdamW foreach temporaries").
+Dropout on the CPU draws a noise tensor of the input's dtype and saves it (aten/src/ATen/native/
+Dropout.cpp, `_dropout_impl`; the fused `native_dropout` with a 1-byte bool mask is used only when
+`is_fused_kernel_acceptable`, i.e. for CUDA inputs), so the dry run swaps every `nn.Dropout` with
+p > 0 (peft's LoRA dropout) for `torch.native_dropout`, which has the CUDA kernel's saved mask.
+transformers cannot read the values of fake position ids, so it would treat every batch as packed
+sequences and materialize a 4D mask per layer (masking_utils.find_packed_sequence_indices returns the
+mask when `is_tracing`); real unpacked batches skip the mask and call SDPA with is_causal=True, which
+the dry run reproduces by reporting "not packed".
+SDPA on the CPU runs the flash kernel for CPU (aten::_scaled_dot_product_flash_attention_for_cpu),
+which saves the same output and fp32 log-sum-exp as the CUDA flash/efficient kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+from planner.errors import PlanError
+from planner.model_catalog import HF_CONFIGS
+from planner.models import ModelSpec
+from planner.params import resolve_lora_targets
+from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, Precision, Quant, TrainConfig
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DryRunResult:
+    peak_bytes: dict[str, int]  # total and one key per category, at the highest peak of step 2
+    peak_phase: str  # forward / backward / optimizer
+    step_peaks_bytes: tuple[int, ...]  # the peak of each step
+    params_total: int
+    params_trainable: int
+    wall_s: float
+
+
+def hf_config_dict(m: ModelSpec) -> dict[str, Any]:
+    """The config.json a catalog name or a user's file stands for."""
+    if m.source.startswith("catalog:"):
+        return dict(HF_CONFIGS[m.source.removeprefix("catalog:")])
+    import json
+    from pathlib import Path
+
+    return json.loads(Path(m.source).read_text())
+
+
+def check_supported(cfg: TrainConfig) -> None:
+    """The dry run emulates one process; sharding and quantization need other tools."""
+    if cfg.world_size != 1 or cfg.engine is not Engine.ddp:
+        raise PlanError(f"the dry run emulates one process with plain torch (--gpus 1x..., no --zero/--fsdp); "
+                        f"got {cfg.strategy_name()} on {cfg.world_size} GPUs: use `ftplan profile run` for those")
+    if cfg.quant is not Quant.none:
+        raise PlanError("the dry run cannot fake bitsandbytes quantized weights; use --method lora or full")
+    if cfg.grad_ckpt is GradCkpt.selective:
+        raise PlanError("transformers checkpoints whole decoder layers only; --grad-ckpt selective "
+                        "cannot be dry-run (use full or none)")
+    if cfg.optimizer not in (Optimizer.adamw, Optimizer.sgd):
+        raise PlanError(f"the dry run supports the torch optimizers adamw and sgd, not {cfg.optimizer.value}")
+    if cfg.stage.value != "sft":
+        raise PlanError(f"the dry run runs the sft stage only, not {cfg.stage.value}")
+
+
+def _attn_impl(attn: Attn) -> str:
+    # flash_attention_2 needs CUDA; on fake CPU tensors its memory is that of SDPA's flash kernel
+    return "eager" if attn is Attn.eager else "sdpa"
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text.split(". ")[0] if ". " in text else text)[:200]
+
+
+def build_model(cfg: TrainConfig) -> Any:
+    """The transformers model (and peft wrapper) on the meta device, in the plan's dtypes."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    raw = hf_config_dict(cfg.model)
+    model_type = raw.get("model_type")
+    try:
+        hf_cfg = AutoConfig.for_model(**raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PlanError(f"the dry run cannot build model {cfg.model.name} (model_type {model_type!r}): "
+                        f"{_first_sentence(exc)}; transformers has no built-in class for it and the dry run "
+                        "never runs remote code") from None
+    hf_cfg._attn_implementation = _attn_impl(cfg.attn)
+    hf_cfg.use_cache = False
+    sixteen = torch.float16 if cfg.precision is Precision.fp16_mixed else torch.bfloat16
+    # frozen weights load in 16 bits under mixed precision (peft / LLaMA-Factory); full fine-tuning keeps
+    # fp32 master weights; bf16-true is bf16 throughout; 32-true fp32 throughout
+    if cfg.precision is Precision.fp32 or (cfg.method is Method.full and cfg.precision is not Precision.bf16_true):
+        dtype = torch.float32
+    else:
+        dtype = sixteen
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
+    except Exception as exc:  # transformers raises many types for configs it cannot build
+        raise PlanError(f"the dry run cannot build model {cfg.model.name} (model_type {model_type!r}): "
+                        f"{_first_sentence(exc)}") from None
+    if cfg.method is Method.lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(resolve_lora_targets(cfg.model, cfg.lora_targets))
+        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets, task_type="CAUSAL_LM")
+        # peft upcasts adapter weights to fp32 (autocast_adapter_dtype=True) except under bf16-true
+        model = get_peft_model(model, lcfg, autocast_adapter_dtype=cfg.precision is not Precision.bf16_true)
+        if cfg.precision is Precision.bf16_true:
+            model.to(torch.bfloat16)
+    elif cfg.freeze_layers:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.model.embed_tokens.requires_grad_(False)
+        for layer in base.model.layers[: cfg.freeze_layers]:
+            layer.requires_grad_(False)
+    if cfg.grad_ckpt is GradCkpt.full:
+        # non-reentrant checkpointing, as transformers' Trainer uses by default since 4.35
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    emulate_cuda_dropout(model)
+    model.train()
+    return model
+
+
+def _native_dropout_module(p: float) -> Any:
+    import torch
+
+    class NativeDropout(torch.nn.Module):
+        """nn.Dropout as CUDA runs it: `native_dropout`, saving a bool mask (see the module docstring)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = p
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.native_dropout(x, self.p, self.training)[0]
+
+    return NativeDropout()
+
+
+def emulate_cuda_dropout(model: Any) -> None:
+    import torch
+
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Dropout) and child.p > 0:
+                setattr(module, child_name, _native_dropout_module(child.p))
+
+
+def _make_optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
+    import torch
+
+    if cfg.optimizer is Optimizer.sgd:
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
+    # foreach=True: the GPU default (see the module docstring)
+    return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+
+
+def dry_run(cfg: TrainConfig, *, steps: int = 2, full_first_step: bool = False) -> DryRunResult:
+    """Peak bytes by category of the last of `steps` training steps of `cfg` on fake tensors.
+
+    Unless `full_first_step`, the steps before the last skip forward and backward and step the
+    optimizer on empty gradients: that creates its state exactly as a full step would (the state
+    depends on the parameters' shapes and dtypes only), at a fraction of the time, and only the
+    last step's peak is reported."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from profiler.tracker import StorageTracker
+
+    check_supported(cfg)
+    t0 = time.perf_counter()
+    model = build_model(cfg)
+    tracker = StorageTracker()
+    sixteen = torch.float16 if cfg.precision is Precision.fp16_mixed else torch.bfloat16
+    autocast = (torch.autocast("cpu", dtype=sixteen) if cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
+                else contextlib.nullcontext())
+    step_peaks: list[int] = []
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    import transformers.masking_utils as masking_utils
+
+    not_packed = mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    with fake, tracker, not_packed:
+        model.to_empty(device="cpu")
+        # rotary inv_freq is a non-persistent buffer computed at init: to_empty leaves it uninitialized,
+        # which fake tensors do not mind (no values are read)
+        params = list(model.parameters())
+        trainable = [p for p in params if p.requires_grad]
+        tracker.weight_serials = {s for p in params if (s := tracker.serial_of(p)) is not None}
+        opt = _make_optimizer(cfg, trainable)
+        def enter_head(*_: Any) -> None:
+            tracker.in_head = True
+
+        # the planner's "logits and loss": the final norm, the LM head and the loss
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.model.norm.register_forward_pre_hook(enter_head)
+        tokens = torch.zeros(cfg.micro_batch, cfg.seq_len, dtype=torch.long)
+        labels = torch.zeros(cfg.micro_batch, cfg.seq_len, dtype=torch.long)
+        gradients: set[int] = set()
+        optimizer: set[int] = set()
+        snapshots = []
+        for step in range(steps):
+            tracker.reset_peak()
+            if step == 0 and steps > 1 and not full_first_step:
+                # the first step only has to leave the optimizer's state behind: gradients of the right
+                # shapes and dtypes give the same state as a forward and backward would, in no time
+                for p in trainable:
+                    p.grad = torch.empty_like(p)
+            for _ in range(cfg.grad_accum if step > 0 or steps == 1 or full_first_step else 0):
+                tracker.label = "forward"
+                with tracker.saved_tensors(), autocast:
+                    loss = model(input_ids=tokens, labels=labels).loss
+                tracker.in_head = False
+                tracker.label = "backward"
+                loss.backward()
+                del loss
+                gradients |= {s for p in trainable if p.grad is not None and (s := tracker.serial_of(p.grad))}
+            tracker.label = "optimizer"
+            opt.step()
+            optimizer |= {s for st in opt.state.values() for v in st.values()
+                          if isinstance(v, torch.Tensor) and (s := tracker.serial_of(v)) is not None}
+            opt.zero_grad(set_to_none=True)
+
+            snap = tracker.finish()
+            snapshots.append(snap)
+            step_peaks.append(snap.total_bytes)
+        last = snapshots[-1]
+        peak = tracker.categorize(last, weights=tracker.weight_serials, gradients=gradients, optimizer=optimizer)
+        n_total = sum(p.numel() for p in params)
+        n_train = sum(p.numel() for p in trainable)
+    return DryRunResult(peak_bytes=peak, peak_phase=last.label, step_peaks_bytes=tuple(step_peaks),
+                        params_total=n_total, params_trainable=n_train, wall_s=time.perf_counter() - t0)

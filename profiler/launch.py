@@ -1,0 +1,141 @@
+"""Launch `profiler.worker` under torchrun and collect one JSON result per rank.
+
+CPU ranks talk over gloo with DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu) and one OpenMP thread
+each, so that N processes share the cores instead of oversubscribing them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlanError
+from planner.serialize import config_to_dict
+from planner.strategy import TrainConfig
+
+# A small Llama for CPU profiles: Llama-2's shapes scaled down (hidden 768, 12 layers, SwiGLU width
+# 8/3 h rounded as Llama does, the Llama-2 tokenizer's 32000 tokens): 134M parameters, enough for
+# memory ratios that look like a 7B's without the run taking more than seconds per step on a CPU.
+SMALL_LLAMA: dict[str, Any] = {
+    "model_type": "llama", "vocab_size": 32000, "hidden_size": 768, "intermediate_size": 2048,
+    "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
+    "max_position_embeddings": 2048, "tie_word_embeddings": False, "hidden_act": "silu", "rms_norm_eps": 1e-5,
+}
+
+
+def write_model_config(config: dict[str, Any], directory: Path) -> Path:
+    """A model directory holding only config.json (random weights: memory and time do not need trained ones)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    return directory
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunResult:
+    config: TrainConfig
+    ranks: tuple[dict[str, Any], ...]
+
+    @property
+    def peak_bytes(self) -> int:
+        """The most loaded rank's peak of live tensor bytes (max_memory_allocated on CUDA)."""
+        return max(r["peak_allocated_bytes"] for r in self.ranks)
+
+    @property
+    def step_time_s(self) -> float:
+        return max(r["step_time_s"] for r in self.ranks)
+
+    @property
+    def tokens_per_s(self) -> float:
+        c = self.config
+        return c.micro_batch * c.seq_len * c.grad_accum * c.world_size / self.step_time_s
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return dict(self.ranks[0].get("versions", {}))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_device(cfg: TrainConfig) -> None:
+    """The devices the plan names must exist here."""
+    if cfg.cluster.nodes != 1:
+        raise PlanError(f"`profile run` runs on this machine only; {cfg.cluster.nodes} nodes were asked for")
+    if cfg.cluster.gpu.name == "CPU":
+        return
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is installed with the profiler
+        raise PlanError("profiling on GPUs needs torch") from None
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < cfg.world_size:
+        raise PlanError(f"--gpus asks for {cfg.world_size}x{cfg.cluster.gpu.name} but this machine has "
+                        f"{have} CUDA device(s); use --gpus {cfg.world_size}xCPU to profile on the CPU")
+
+
+def launch(cfg: TrainConfig, *, model_path: Path | None = None, warmup_steps: int = 1, steps: int = 2,
+           timeout_s: float = 1800.0) -> RunResult:
+    """Run the worker on `cfg.world_size` local processes; PlanError naming the cause on failure."""
+    check_device(cfg)
+    if cfg.tp > 1 or cfg.pp > 1:
+        raise PlanError("`profile run` measures data parallelism (DDP, ZeRO, FSDP); --tp/--pp are not supported")
+    n = cfg.world_size
+    with tempfile.TemporaryDirectory(prefix="ftplan-profile-") as tmp:
+        spec = {"config": config_to_dict(cfg), "warmup_steps": warmup_steps, "steps": steps,
+                "model_path": None if model_path is None else str(model_path)}
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        out = Path(tmp) / "out"
+        env = dict(os.environ)
+        cpu = cfg.cluster.gpu.name == "CPU"
+        if cpu:
+            env["DS_ACCELERATOR"] = "cpu"
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            if n > 1:
+                env["OMP_NUM_THREADS"] = "1"
+        env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--nnodes", "1",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "profiler.worker", "--spec", str(spec_file), "--out", str(out)]
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s,
+                                  cwd=Path(__file__).resolve().parent.parent)
+        except subprocess.TimeoutExpired:
+            raise PlanError(f"torchrun ({n} process(es), {cfg.strategy_name()}) did not finish in {timeout_s:.0f} s"
+                            ) from None
+        if proc.returncode != 0:
+            raise PlanError(f"torchrun failed (exit {proc.returncode}, {cfg.strategy_name()} on {n} process(es)): "
+                            f"{_cause(proc.stderr + proc.stdout)}")
+        ranks = []
+        for r in range(n):
+            f = out / f"rank{r}.json"
+            if not f.exists():
+                raise PlanError(f"torchrun finished but rank {r} wrote no result ({_cause(proc.stderr)})")
+            ranks.append(json.loads(f.read_text()))
+    return RunResult(config=cfg, ranks=tuple(ranks))
+
+
+def _cause(text: str) -> str:
+    """The most telling line of a failed run's output: a rank's exception, else the last exception line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    rank_error = re.compile(r"^\[rank\d+\]:\s*([\w.]*(Error|Exception|Interrupt)\b.*)")
+    for ln in lines:
+        hit = rank_error.match(ln)
+        if hit:
+            return hit.group(1)[:300]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and " " not in head and "ChildFailedError" not in head:
+            return ln[:300]
+    return lines[-1][:300] if lines else "no output"

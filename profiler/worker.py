@@ -1,0 +1,229 @@
+"""One rank of `ftplan profile run`: a few real training steps, measured, reported as JSON.
+
+Run under torchrun (`python -m torch.distributed.run --nproc_per_node N -m profiler.worker --spec S --out D`);
+every rank writes D/rank<R>.json. The spec is `{"config": <planner.serialize.config_to_dict>,
+"warmup_steps": W, "steps": K, "model_path": str | null}`.
+
+Memory: on CUDA, `torch.cuda.max_memory_allocated` / `max_memory_reserved` over the measured steps;
+on the CPU, the peak of live tensor bytes (profiler.tracker.StorageTracker, the CPU analogue of
+max_memory_allocated, over the whole run: model, engine buffers and steps) and the process's peak
+RSS (`resource.getrusage`, which also holds the interpreter, libraries and the allocator's slack).
+Time: CUDA events (or perf_counter on the CPU) around each measured optimizer step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from planner.serialize import config_from_dict
+from planner.strategy import Engine, FsdpStrategy, GradCkpt, Method, Optimizer, Precision, TrainConfig
+
+
+def model_flops_per_token(cfg: TrainConfig) -> float:
+    """Training FLOPs per token, 6N + 12*L*h*s (Kaplan et al. 2020, Sec. 2.1, with the attention term;
+    PaLM, Chowdhery et al. 2022, App. B). N counts every weight that takes part in the matmuls."""
+    from planner.params import total_params
+
+    m = cfg.model
+    return 6.0 * total_params(m) + 12.0 * m.num_layers * m.hidden_size * cfg.seq_len
+
+
+def _load_model(cfg: TrainConfig, model_path: str | None, dtype: Any) -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from profiler.dryrun import hf_config_dict
+
+    attn = "eager" if cfg.attn.value == "eager" else "sdpa"
+    if model_path and any(Path(model_path).glob("*.safetensors")) or model_path and any(
+            Path(model_path).glob("pytorch_model*.bin")):
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=attn)
+    else:
+        hf_cfg = AutoConfig.for_model(**hf_config_dict(cfg.model))
+        hf_cfg._attn_implementation = attn
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
+    model.config.use_cache = False
+    if cfg.method is Method.lora:
+        from peft import LoraConfig, get_peft_model
+
+        from planner.params import resolve_lora_targets
+
+        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(resolve_lora_targets(cfg.model, cfg.lora_targets)), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lcfg)
+    if cfg.grad_ckpt is GradCkpt.full:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model
+
+
+def _param_dtype(cfg: TrainConfig) -> Any:
+    import torch
+
+    if cfg.precision is Precision.bf16_true:
+        return torch.bfloat16
+    if cfg.engine is Engine.deepspeed or cfg.precision is Precision.fp32 or cfg.method is Method.full:
+        return torch.float32  # DeepSpeed makes its own 16-bit copies from fp32 modules
+    return torch.float16 if cfg.precision is Precision.fp16_mixed else torch.bfloat16
+
+
+def _optimizer(cfg: TrainConfig, params: list[Any], device: Any) -> Any:
+    import torch
+
+    # foreach=True: the CUDA default, made explicit so CPU runs match the planner (see profiler/dryrun.py)
+    if cfg.optimizer is Optimizer.sgd:
+        return torch.optim.SGD(params, lr=1e-5, momentum=0.9, foreach=True)
+    return torch.optim.AdamW(params, lr=1e-5, foreach=True)
+
+
+def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, Any, bool]:
+    """(engine or module, optimizer, is_deepspeed)."""
+    import torch
+
+    if cfg.engine is Engine.deepspeed:
+        import deepspeed
+
+        from runner.ds_config import build_ds_config
+
+        ds_cfg = build_ds_config(cfg)
+        ds_cfg["zero_allow_untested_optimizer"] = True
+        ds_cfg["steps_per_print"] = 10**9
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = _optimizer(cfg, params, device)
+        engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_cfg)
+        return engine, opt, True
+    if cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard:
+        # FSDP2 (`fully_shard`, per decoder layer, then the root), which runs on the CPU over gloo, where
+        # FSDP1 refuses to start ("FSDP needs a non-CPU accelerator device"). shard_grad_op keeps the
+        # parameters gathered between forward and backward (reshard_after_forward=False), like FSDP1's
+        # SHARD_GRAD_OP; hybrid_shard on one node shards like full_shard.
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy()
+        if cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed):
+            low = torch.bfloat16 if cfg.precision is Precision.bf16_mixed else torch.float16
+            mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=low)
+        reshard = cfg.fsdp is not FsdpStrategy.shard_grad_op
+        for mod in model.modules():
+            if type(mod).__name__ == cfg.model.decoder_layer_class:
+                fully_shard(mod, reshard_after_forward=reshard, mp_policy=mp)
+        fully_shard(model, reshard_after_forward=reshard, mp_policy=mp)
+        return model, _optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device), False
+    if world > 1:  # DDP, and FSDP no_shard (which is DDP)
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return ddp, _optimizer(cfg, [p for p in ddp.parameters() if p.requires_grad], device), False
+    return model, _optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device), False
+
+
+def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+
+    cfg = config_from_dict(spec["config"])
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available() and cfg.cluster.gpu.name != "CPU"
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 or cfg.engine is not Engine.ddp:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    from profiler.tracker import StorageTracker
+
+    tracker = StorageTracker() if not cuda else None
+    with tracker if tracker is not None else contextlib.nullcontext():
+        model = _load_model(cfg, spec.get("model_path"), _param_dtype(cfg)).to(device)
+        engine, opt, is_ds = _wrap(cfg, model, device, world)
+        g = torch.Generator().manual_seed(rank)
+        vocab = cfg.model.vocab_size
+        batches = [torch.randint(0, vocab, (cfg.micro_batch, cfg.seq_len), generator=g).to(device)
+                   for _ in range(cfg.grad_accum)]
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision is Precision.bf16_mixed
+                                   else torch.float16)
+                    if cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed) and not is_ds
+                    and cfg.engine is not Engine.fsdp else contextlib.nullcontext())
+        step_times: list[float] = []
+        warmup, steps = int(spec.get("warmup_steps", 1)), int(spec.get("steps", 2))
+        for i in range(warmup + steps):
+            if i == warmup and cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+            t0 = time.perf_counter()
+            for ids in batches:
+                with autocast:
+                    loss = engine(input_ids=ids, labels=ids).loss
+                if is_ds:
+                    engine.backward(loss)
+                    engine.step()
+                else:
+                    loss.backward()
+                del loss
+            if not is_ds:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if cuda:
+                end.record()
+                torch.cuda.synchronize()
+                elapsed = start.elapsed_time(end) / 1e3
+            else:
+                elapsed = time.perf_counter() - t0
+            if i >= warmup:
+                step_times.append(elapsed)
+    peak_tensor = torch.cuda.max_memory_allocated(device) if cuda else tracker.finish().total_bytes
+    reserved = torch.cuda.max_memory_reserved(device) if cuda else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux (getrusage(2))
+    step_time_s = sorted(step_times)[len(step_times) // 2]
+    tokens_per_s = cfg.micro_batch * cfg.seq_len * cfg.grad_accum * world / step_time_s
+    gpu = cfg.cluster.gpu
+    peak_flops = (gpu.peak_fp32_flops_per_s if cfg.precision is Precision.fp32
+                  else gpu.peak_bf16_flops_per_s if cfg.precision in (Precision.bf16_mixed, Precision.bf16_true)
+                  else gpu.peak_fp16_flops_per_s)
+    mfu = model_flops_per_token(cfg) * tokens_per_s / (world * peak_flops) if peak_flops else None
+    result = {"rank": rank, "world_size": world, "device": str(device), "config_name": str(cfg),
+              "peak_allocated_bytes": int(peak_tensor), "peak_reserved_bytes": reserved, "peak_rss_bytes": rss,
+              "step_times_s": step_times, "step_time_s": step_time_s, "tokens_per_s": tokens_per_s, "mfu": mfu,
+              "versions": versions(cuda)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def versions(cuda: bool) -> dict[str, str]:
+    import torch
+    import transformers
+
+    out = {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
+    for name in ("deepspeed", "peft"):
+        with contextlib.suppress(ImportError):
+            out[name] = __import__(name).__version__
+    out["device"] = torch.cuda.get_device_name() if cuda else "CPU"
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    run(json.loads(args.spec.read_text()), args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

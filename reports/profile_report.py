@@ -1,0 +1,98 @@
+"""Profiles for people: measured beside predicted, per category (dry run) or per rank (real steps)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from reports.fmt import gib, pct
+
+CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
+
+
+def _rel(pred: float, meas: float) -> str:
+    if meas == 0:
+        return "" if pred == 0 else "n/a"
+    return f"{100 * (pred / meas - 1):+.1f}%"
+
+
+def dry_run_json(result: Any, predicted: Any, cfg_name: str) -> dict[str, Any]:
+    """`measured_peak_bytes` (total + categories) and `predicted_peak_bytes` (the planner's total)."""
+    pred = predicted.as_dict()
+    return {"config": cfg_name, "measured_peak_bytes": dict(result.peak_bytes),
+            "measured_peak_phase": result.peak_phase,
+            "predicted_peak_bytes": pred["total"], "predicted_bytes": pred, "predicted_peak_phase": predicted.phase,
+            "relative_error": {k: (pred[k] / result.peak_bytes[k] - 1) if result.peak_bytes[k] else None
+                               for k in (*CATEGORIES, "total")},
+            "params_total": result.params_total, "params_trainable": result.params_trainable,
+            "step_peaks_bytes": list(result.step_peaks_bytes), "wall_s": round(result.wall_s, 2)}
+
+
+def dry_run_view(result: Any, predicted: Any, cfg_name: str) -> Group:
+    pred = predicted.as_dict()
+    table = Table(title=f"Dry run {cfg_name}: peak of step {len(result.step_peaks_bytes)} "
+                        f"(measured in {result.peak_phase}, planner's peak in {predicted.phase})", title_justify="left")
+    for col in ("category", "dry run", "planner", "difference", "planner / dry run"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for cat in (*CATEGORIES, "total"):
+        meas, p = result.peak_bytes[cat], pred[cat]
+        table.add_row(cat, gib(meas), gib(p), gib(p - meas), _rel(p, meas), style="bold" if cat == "total" else None)
+    note = Text(f"{result.params_total:,} parameters, {result.params_trainable:,} trainable; "
+                f"{result.wall_s:.1f} s on fake tensors", style="dim")
+    return Group(table, note)
+
+
+def run_json(result: Any, predicted: Any, predicted_step_time_s: float | None) -> dict[str, Any]:
+    pred = predicted.as_dict()
+    measured = result.peak_bytes
+    return {"config": str(result.config), "world_size": result.config.world_size,
+            "measured_peak_bytes": measured, "predicted_peak_bytes": pred["total"], "predicted_bytes": pred,
+            "memory_relative_error": pred["total"] / measured - 1,
+            "step_time_s": result.step_time_s, "predicted_step_time_s": predicted_step_time_s,
+            "time_relative_error": (None if predicted_step_time_s is None
+                                    else predicted_step_time_s / result.step_time_s - 1),
+            "tokens_per_s": result.tokens_per_s, "ranks": list(result.ranks), "versions": result.versions}
+
+
+def run_view(result: Any, predicted: Any, predicted_step_time_s: float | None) -> Group:
+    table = Table(title=f"Profile {result.config}: {result.config.world_size} rank(s)", title_justify="left")
+    for col in ("rank", "peak tensors", "peak reserved", "peak RSS", "step", "tokens/s", "MFU"):
+        table.add_column(col, justify="right")
+    for r in result.ranks:
+        table.add_row(str(r["rank"]), gib(r["peak_allocated_bytes"]),
+                      "" if r.get("peak_reserved_bytes") is None else gib(r["peak_reserved_bytes"]),
+                      gib(r["peak_rss_bytes"]), f"{r['step_time_s']:.3f} s", f"{r['tokens_per_s']:,.0f}",
+                      "" if r.get("mfu") is None else pct(r["mfu"]))
+    lines = [f"peak: measured {gib(result.peak_bytes)}, planner {gib(predicted.total)} "
+             f"({_rel(predicted.total, result.peak_bytes)})"]
+    if predicted_step_time_s is not None:
+        lines.append(f"step: measured {result.step_time_s:.3f} s, planner {predicted_step_time_s:.3f} s "
+                     f"({_rel(predicted_step_time_s, result.step_time_s)})")
+    return Group(table, Text("\n".join(lines)))
+
+
+def calibration_view(data: dict[str, Any], path: str) -> Text:
+    f, b, a = data["factors"], data["error_before"], data["error_after"]
+
+    def err(d: dict[str, Any], key: str) -> str:
+        return "n/a" if d.get(key) is None else pct(d[key])
+
+    factors = ", ".join(f"{k} {v:.4g}" for k, v in f.items() if v is not None)
+    return Text(f"calibration written to {path} ({data['profiles']} profile(s)): {factors}\n"
+                f"memory error median/worst: before {err(b, 'memory_median_abs')}/{err(b, 'memory_worst_abs')}, "
+                f"after {err(a, 'memory_median_abs')}/{err(a, 'memory_worst_abs')}\n"
+                f"time error median/worst: before {err(b, 'time_median_abs')}/{err(b, 'time_worst_abs')}, "
+                f"after {err(a, 'time_median_abs')}/{err(a, 'time_worst_abs')}")
+
+
+def accuracy_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Planner vs measured peak memory", title_justify="left")
+    for col in ("case", "kind", "measured", "planner", "error"):
+        table.add_column(col, justify="left" if col in ("case", "kind") else "right")
+    for r in rows:
+        table.add_row(r["case"], r["kind"], gib(r["measured"]), gib(r["predicted"]),
+                      _rel(r["predicted"], r["measured"]))
+    return table

@@ -1,0 +1,148 @@
+"""Rich renderables and JSON for `ftplan tune`: a progress bar with the best so far, the trials, the
+Pareto front (tokens/s against memory per GPU) and the winner."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console, Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from runner.tune import TrialRow, TuneResult
+
+_SHOWN_TRIALS = 20
+
+
+@contextmanager
+def tune_progress(console: Console, title: str) -> Iterator[Any]:
+    """Yields the tuner's progress callback (done, total, best so far). The bar draws on a terminal only,
+    from the first trial on, and goes away at the end (the final tables follow), so an error before or
+    during the search leaves just its one line."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("best: {task.fields[best]}"), console=console, transient=True)
+    task = bar.add_task(title, total=None, best="-")
+    started = False
+
+    def update(done: int, total: int | None, best: str) -> None:
+        nonlocal started
+        if not console.is_terminal:
+            return
+        if not started:
+            bar.start()
+            started = True
+        bar.update(task, completed=done, total=total, best=best or "-")
+
+    try:
+        yield update
+    finally:
+        if started:
+            bar.stop()
+
+
+def _num(x: float | None, fmt: str = ",.0f") -> str:
+    return "" if x is None else format(x, fmt)
+
+
+def _gib(x: float | None) -> str:
+    return "" if x is None else f"{x / 2**30:.2f}"
+
+
+def trials_table(result: TuneResult) -> Table:
+    """The best completed trials (by tokens/s), then every failed one, then a count of the rest."""
+    measured = result.measured
+    title = ("Measured trials" if measured else "Analytical trials") + " (best first; failures with their reason)"
+    table = Table(title=title, title_justify="left")
+    cols = [("#", "right"), ("plan", "left"), ("state", "left"), ("tokens/s", "right"), ("GiB", "right")]
+    if measured:
+        cols += [("pred tok/s", "right"), ("pred GiB", "right"), ("trial s", "right")]
+    cols += [("reason", "left")]
+    for col, justify in cols:
+        table.add_column(col, justify=justify)
+    done = sorted((r for r in result.rows if r.state == "complete"), key=lambda r: -(r.tokens_per_s or 0))
+    failed = [r for r in result.rows if r.state == "failed"]
+    shown = done[:_SHOWN_TRIALS] + failed[:_SHOWN_TRIALS]
+    if measured:
+        shown += [r for r in result.rows if r.state in ("running", "waiting")]
+    for r in shown:
+        style = "bold green" if r.number == result.best_row.number and r.state == "complete" else (
+            "red" if r.state == "failed" else "")
+        cells = [str(r.number), r.name or _params_name(r), r.state, _num(r.tokens_per_s), _gib(r.peak_bytes)]
+        if measured:
+            cells += [_num(r.predicted_tokens_per_s), _gib(r.predicted_peak_bytes), _num(r.wall_s, ".1f")]
+        cells.append(r.reason[:90])
+        table.add_row(*cells, style=style)
+    rest = len(result.rows) - len(shown)
+    if rest > 0:
+        counts: dict[str, int] = {}
+        for r in result.rows:
+            if r not in shown:
+                counts[r.state] = counts.get(r.state, 0) + 1
+        table.caption = f"{rest:,} more: " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items()))
+    return table
+
+
+def _params_name(r: TrialRow) -> str:
+    return " ".join(f"{k}={v}" for k, v in r.params.items())
+
+
+def pareto_table(result: TuneResult) -> Table:
+    table = Table(title="Pareto front (time model): no plan is both faster and smaller", title_justify="left")
+    for col, justify in (("plan", "left"), ("method", "left"), ("tokens/s", "right"), ("GiB/GPU", "right")):
+        table.add_column(col, justify=justify)
+    for r in result.pareto:
+        table.add_row(r.name, str(r.params.get("method", "")), _num(r.tokens_per_s), _gib(r.peak_bytes))
+    return table
+
+
+def tune_view(result: TuneResult) -> Group:
+    cfg = result.best.config
+    head = Text.assemble(
+        ("ftplan tune ", "bold"), f"{cfg.model.name} on {cfg.cluster}, study '{result.study}' in {result.storage}: ",
+        f"{result.space_points:,} points in the space, {result.runnable_plans:,} valid plans, "
+        f"sampler {result.sampler}. {result.trials_completed:,} trials completed, {result.trials_failed:,} failed, "
+        f"{result.trials_infeasible:,} infeasible or skipped.")
+    parts: list[Any] = [head, trials_table(result), pareto_table(result)]
+    b = result.best_row
+    what = "measured" if result.measured else "predicted"
+    win = Text.assemble(("Winner: ", "bold green"), (f"{cfg.method.value} {cfg}", "bold"),
+                        f"  {_num(b.tokens_per_s)} tokens/s {what}, {_gib(result.best.memory.total)} GiB/GPU predicted")
+    if result.measured:
+        win.append(f"; real trials took {result.measured_trial_s:,.0f} s in all")
+    parts.append(win)
+    return Group(*parts)
+
+
+def _row_json(r: TrialRow) -> dict[str, Any]:
+    return {"number": r.number, "phase": r.phase, "state": r.state, "name": r.name, "params": r.params,
+            "tokens_per_s": r.tokens_per_s, "peak_bytes": r.peak_bytes,
+            "predicted_tokens_per_s": r.predicted_tokens_per_s, "predicted_peak_bytes": r.predicted_peak_bytes,
+            "reason": r.reason, "wall_s": r.wall_s}
+
+
+def tune_json(result: TuneResult, emitted: list[str] | None = None) -> dict[str, Any]:
+    from planner.estimate import estimate_to_dict
+
+    out: dict[str, Any] = {
+        "best": estimate_to_dict(result.best),
+        "best_tokens_per_s": result.best_row.tokens_per_s,
+        "best_source": "measured" if result.measured else "time model",
+        "trials_completed": result.trials_completed,
+        "trials_failed": result.trials_failed,
+        "trials_infeasible": result.trials_infeasible,
+        "study": result.study,
+        "storage": result.storage,
+        "sampler": result.sampler,
+        "space_points": result.space_points,
+        "valid_plans": result.runnable_plans,
+        "measured_trial_s": result.measured_trial_s,
+        "pareto": [_row_json(r) for r in result.pareto],
+    }
+    if result.measured:
+        out["trials"] = [_row_json(r) for r in result.rows]
+    if emitted is not None:
+        out["emitted"] = emitted
+    return out

@@ -1,0 +1,71 @@
+"""Start a plan's training: in this process for one device, under torchrun for several.
+
+torchrun starts `python -m runner.train` once per device with RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR /
+MASTER_PORT set (torch/distributed/run.py); the transformers Trainer takes DDP, FSDP and DeepSpeed from there
+(DeepSpeed reads the same variables in deepspeed.init_distributed, so its own launcher is not needed on one
+node). Plans for `--gpus NxCPU` run N processes on the CPU over gloo: DS_ACCELERATOR=cpu makes DeepSpeed pick
+its CPU accelerator (deepspeed/accelerator/real_accelerator.py), one OpenMP thread per process keeps N ranks
+from oversubscribing the cores, and a free port avoids clashing with other runs on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from planner.strategy import TrainConfig
+from runner.train import RunOptions, to_argv
+
+
+def is_cpu_plan(cfg: TrainConfig) -> bool:
+    return cfg.cluster.gpu.name == "CPU"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_env(cfg: TrainConfig, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    if is_cpu_plan(cfg):
+        env["DS_ACCELERATOR"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        if cfg.world_size > 1:
+            env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def launch_command(cfg: TrainConfig, plan: Path, opts: RunOptions, *, master_port: int | None = None) -> list[str] | None:
+    """The torchrun command line for a multi-process plan; None when one process runs it in place.
+    Multi-node plans take NODE_RANK and MASTER_ADDR (and MASTER_PORT) from the environment on each node."""
+    if cfg.world_size == 1:
+        return None
+    nodes = cfg.cluster.nodes
+    port = master_port or int(os.environ.get("MASTER_PORT", 0)) or free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
+           "--nproc_per_node", str(cfg.cluster.gpus_per_node), "--master_port", str(port)]
+    if nodes > 1:
+        cmd += ["--node_rank", os.environ.get("NODE_RANK", "0"),
+                "--master_addr", os.environ.get("MASTER_ADDR", "127.0.0.1")]
+    else:
+        cmd += ["--master_addr", "127.0.0.1"]
+    return cmd + ["-m", "runner.train", *to_argv(plan, opts)]
+
+
+def launch(cfg: TrainConfig, plan: Path, opts: RunOptions) -> int:
+    """Run the plan to the end; returns the exit status (0 on success)."""
+    cmd = launch_command(cfg, plan, opts)
+    if cmd is None:
+        if is_cpu_plan(cfg):
+            # before deepspeed is imported anywhere in this process
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from runner.train import run
+
+        run(cfg, opts)
+        return 0
+    return subprocess.call(cmd, env=launch_env(cfg))

@@ -1,0 +1,151 @@
+"""Per-step metrics of a run (metrics JSONL, TensorBoard through the Trainer), a rich progress bar on rank 0,
+and the predicted-vs-measured summary at the end.
+
+MFU follows PaLM (Chowdhery et al. 2022, Appendix B): model FLOPs per token over the devices' peak, counting
+no recomputation. A token costs 2N FLOPs forward and 2N backward for the activation gradients; the weight
+gradients (another 2N) are computed only for trained weights, so full fine-tuning is the familiar 6N and
+LoRA about 4N (Hu et al. 2021, Sec. 4: no gradients for the frozen weights).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.strategy import Precision, TrainConfig
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "run_summary.json"
+
+
+def flops_per_token(n_params: int, trains_all_weights: bool) -> float:
+    """Model FLOPs per trained token (see module docstring)."""
+    return (6.0 if trains_all_weights else 4.0) * n_params
+
+
+def peak_flops_per_s(cfg: TrainConfig, on_cuda: bool) -> float:
+    gpu = cfg.cluster.gpu
+    if not on_cuda or cfg.precision is Precision.fp32:
+        return gpu.peak_fp32_flops_per_s
+    if cfg.precision is Precision.fp16_mixed:
+        return gpu.peak_fp16_flops_per_s
+    return gpu.peak_bf16_flops_per_s
+
+
+def mfu(tokens_per_s: float, flops_token: float, world_size: int, peak_flops: float) -> float:
+    return tokens_per_s * flops_token / (world_size * peak_flops) if peak_flops > 0 else 0.0
+
+
+def peak_memory_bytes(on_cuda: bool) -> int:
+    """CUDA: the allocator's peak of allocated bytes (what the memory model predicts). CPU: the process's
+    peak resident set (getrusage ru_maxrss, KiB on Linux), which also counts the Python and torch runtime."""
+    if on_cuda:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kib if sys.platform == "darwin" else kib * 1024)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Predicted:
+    memory_bytes: float
+    tokens_per_s: float
+
+
+def predicted(cfg: TrainConfig) -> Predicted:
+    from planner.memory import memory_per_gpu
+    from planner.timing import step_time
+
+    return Predicted(memory_bytes=memory_per_gpu(cfg).total, tokens_per_s=step_time(cfg).tokens_per_s)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop the rows a killed run wrote after its last checkpoint, so the curve joins up."""
+    if not path.exists():
+        return
+    from planner.atomic import write_text_atomic
+
+    keep = [row for row in read_metrics(path) if row.get("step", 0) <= last_step]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops: float,
+                  on_cuda: bool, is_main: bool, max_steps: int) -> Any:
+    """A transformers TrainerCallback writing one JSONL row per optimizer step and drawing the progress bar."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.t_last = 0.0
+            self.tokens_seen = 0
+            self.pending: dict[str, float] = {}
+            self.progress: Any = None
+            self.task: Any = None
+            self.tokens_total = 0
+            self.time_total = 0.0
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self.t_last = time.perf_counter()
+            self.tokens_seen = state.num_input_tokens_seen
+            if is_main:
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                    TimeRemainingColumn,
+                )
+
+                self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+                                         TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=state.max_steps or max_steps,
+                                                   completed=state.global_step, loss="-")
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            now = time.perf_counter()
+            dt, self.t_last = now - self.t_last, now
+            # the Trainer's count of unpadded tokens over all ranks (include_num_input_tokens_seen="non_padding")
+            tokens = state.num_input_tokens_seen - self.tokens_seen
+            self.tokens_seen = state.num_input_tokens_seen
+            self.tokens_total += tokens
+            self.time_total += dt
+            tps = tokens / dt if dt > 0 else 0.0
+            self.pending = {"step": state.global_step, "step_time_s": dt, "tokens": tokens, "tokens_per_s": tps,
+                            "mfu": mfu(tps, flops_token, world_size, peak_flops),
+                            "peak_memory_bytes": peak_memory_bytes(on_cuda)}
+
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+            logs = logs or {}
+            if "loss" not in logs or not self.pending:
+                return
+            row = {**self.pending, "loss": float(logs["loss"]), "lr": float(logs.get("learning_rate", 0.0))}
+            if "grad_norm" in logs:
+                row["grad_norm"] = float(logs["grad_norm"])
+            self.pending = {}
+            if is_main:
+                with path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                if self.progress is not None:
+                    self.progress.update(self.task, completed=state.global_step, loss=f"{row['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kw):  # noqa: ANN001
+            if self.progress is not None:
+                self.progress.update(self.task, completed=state.global_step)
+                self.progress.stop()
+
+    return MetricsCallback()

@@ -1,0 +1,173 @@
+"""Model and tokenizer for a plan: load from a local directory (or a GGUF file, dequantized by transformers),
+apply the plan's attention implementation, precision, RoPE scaling and method (LoRA / QLoRA through peft,
+or full fine-tuning with the first layers frozen)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlanError
+from planner.strategy import Attn, Method, Precision, Quant, TrainConfig
+
+# transformers' names for the attention kernels (modeling_utils.py, `ALL_ATTENTION_FUNCTIONS`)
+_ATTN_IMPL = {Attn.eager: "eager", Attn.sdpa: "sdpa", Attn.flash: "flash_attention_2"}
+ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")  # transformers modeling_rope_utils.ROPE_INIT_FUNCTIONS
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelOptions:
+    """What the user chooses beyond the plan (the options LLaMA-Factory and peft users expect)."""
+
+    modules_to_save: tuple[str, ...] = ()
+    rope_scaling: str | None = None  # "linear:2.0": RoPE type and factor
+    on_cuda: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelSource:
+    """Where the weights live: a model directory, or a .gguf file (transformers' `gguf_file=`)."""
+
+    directory: Path
+    gguf_file: str | None = None
+
+
+def model_source(path: Path) -> ModelSource:
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(directory=path.parent.resolve(), gguf_file=path.name)
+    if not path.is_dir():
+        raise PlanError(f"--model-path {path}: no such model directory")
+    if not (path / "config.json").exists():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource(directory=path.resolve(), gguf_file=ggufs[0])
+        raise PlanError(f"--model-path {path}: no config.json (nor exactly one .gguf file) in it")
+    return ModelSource(directory=path.resolve())
+
+
+def load_tokenizer(src: ModelSource) -> Any:
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src.directory), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"cannot load a tokenizer from {src.directory}: {str(exc).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        # decoder-only models ship without a pad token; padded positions are masked and labelled -100 anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def parse_rope_scaling(text: str) -> dict[str, Any]:
+    """'linear:2.0' -> {'rope_type': 'linear', 'factor': 2.0} (transformers modeling_rope_utils.py)."""
+    kind, _, factor = text.partition(":")
+    if kind not in ROPE_TYPES:
+        raise PlanError(f"--rope-scaling '{text}': type must be one of {', '.join(ROPE_TYPES)}")
+    try:
+        value = float(factor)
+    except ValueError:
+        raise PlanError(f"--rope-scaling '{text}': write TYPE:FACTOR, e.g. linear:2.0") from None
+    if value <= 1.0:
+        raise PlanError(f"--rope-scaling '{text}': the factor must exceed 1")
+    return {"rope_type": kind, "factor": value}
+
+
+def attn_implementation(cfg: TrainConfig, on_cuda: bool) -> str:
+    if cfg.attn is Attn.flash:
+        if not on_cuda:
+            # FlashAttention-2 kernels exist for CUDA only; sdpa computes the same attention
+            return "sdpa"
+        try:
+            import flash_attn  # noqa: F401
+        except ModuleNotFoundError:
+            raise PlanError("the plan uses FlashAttention-2 but flash-attn is not installed "
+                            "(pip install flash-attn, or re-plan with --attn sdpa)") from None
+    return _ATTN_IMPL[cfg.attn]
+
+
+def load_dtype(cfg: TrainConfig, on_cuda: bool) -> Any:
+    """Weights' dtype at load: fp32 masters under mixed precision (autocast computes in 16 bit), bf16 under
+    bf16-true. On the CPU mixed precision trains in fp32 (no bf16/fp16 units on the CPU device profile)."""
+    import torch
+
+    if cfg.precision is Precision.bf16_true:
+        return torch.bfloat16
+    return torch.float32
+
+
+def _quantization(cfg: TrainConfig, on_cuda: bool) -> Any:
+    if cfg.quant is Quant.none:
+        return None
+    if not on_cuda:
+        raise PlanError(f"{cfg.method.value} with {cfg.quant.value} weights needs a CUDA GPU (bitsandbytes' "
+                        "quantized kernels); this machine has none: re-plan with --method lora or full")
+    try:
+        import bitsandbytes  # noqa: F401
+        import torch
+        from transformers import BitsAndBytesConfig
+    except ModuleNotFoundError:
+        raise PlanError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
+    if cfg.quant is Quant.int8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.float16 if cfg.precision is Precision.fp16_mixed else torch.bfloat16
+    # QLoRA's recipe: NF4 storage, bf16 compute, optional double quantization (Dettmers et al. 2023, Sec. 3)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=compute)
+
+
+def lora_target_modules(cfg: TrainConfig) -> str | list[str]:
+    # peft's "all-linear": every nn.Linear except the output head (peft/tuners/tuners_utils.py)
+    return "all-linear" if "all" in cfg.lora_targets else list(cfg.lora_targets)
+
+
+def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions) -> Any:
+    """The base model with the plan's settings, wrapped in peft LoRA for adapter methods."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(str(src.directory), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"cannot read the model config in {src.directory}: {str(exc).splitlines()[0]}") from None
+    if opts.rope_scaling:
+        scaling = parse_rope_scaling(opts.rope_scaling)
+        # transformers >= 5 keeps RoPE settings in `rope_parameters` (with rope_theta); older ones in rope_scaling
+        if isinstance(getattr(config, "rope_parameters", None), dict):
+            config.rope_parameters = {**config.rope_parameters, **scaling}
+        else:
+            config.rope_scaling = {"type": scaling["rope_type"], **scaling}
+    quant = _quantization(cfg, opts.on_cuda)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    model = AutoModelForCausalLM.from_pretrained(
+        str(src.directory), config=config, dtype=load_dtype(cfg, opts.on_cuda),
+        attn_implementation=attn_implementation(cfg, opts.on_cuda), **kwargs)
+    model.config.use_cache = False  # the KV cache is for generation; training with checkpointing refuses it
+    if cfg.method is Method.full:
+        _freeze_first_layers(model, cfg.freeze_layers)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quant is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=lora_target_modules(cfg),
+                      modules_to_save=list(opts.modules_to_save) or None)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise PlanError(f"LoRA: {str(exc).splitlines()[0]}") from None
+
+
+def _freeze_first_layers(model: Any, n: int) -> None:
+    if n <= 0:
+        return
+    model.get_input_embeddings().requires_grad_(False)
+    layers = model.model.layers
+    if n > len(layers):
+        raise PlanError(f"--freeze-layers {n}: the model has {len(layers)} layers")
+    for layer in layers[:n]:
+        layer.requires_grad_(False)

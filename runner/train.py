@@ -1,0 +1,332 @@
+"""The training entry: `python -m runner.train PLAN.json --model-path DIR --data FILE --output DIR`, run as is for
+one device or under torchrun / the deepspeed launcher for several (`ftplan run` picks the launcher itself).
+
+The transformers Trainer runs the plan: its micro-batch, accumulation, precision, activation checkpointing and
+attention, with the plan's engine (DeepSpeed through the ds_config from `runner.ds_config.build_ds_config`,
+FSDP through TrainingArguments.fsdp wrapping the model's decoder layer class, or plain DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlanError
+from planner.strategy import Engine, GradCkpt, Method, Offload, Optimizer, Precision, Stage, TrainConfig
+
+# `metrics.jsonl`, `run_summary.json` and checkpoints live in the output directory beside the adapter
+RUN_INFO_FILE = "ftplan_run.json"  # where the base model came from, for `ftplan merge`
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    model_path: Path
+    data: Path
+    output: Path
+    max_steps: int = 30
+    resume: bool = False
+    save_steps: int = 50
+    eval_fraction: float = 0.05
+    learning_rate: float | None = None  # None: the plan's (runner.ds_config.learning_rate)
+    warmup_steps: int = 0
+    data_format: str = "auto"
+    template: str | None = None
+    neftune_alpha: float | None = None
+    rope_scaling: str | None = None
+    modules_to_save: tuple[str, ...] = ()
+    seed: int = 42
+    report: bool = True  # print predicted vs measured at the end
+
+
+def load_plan(path: Path) -> TrainConfig:
+    """plan.json as `ftplan plan --emit` / `ftplan emit` write it, validated (runner.emit.load_plan)."""
+    from runner.emit import load_plan as emitted_load_plan
+
+    return emitted_load_plan(Path(path))
+
+
+def write_plan(cfg: TrainConfig, path: Path) -> None:
+    """plan.json for a configuration planned on the fly (the same file `ftplan emit` writes)."""
+    from planner.atomic import write_text_atomic
+    from planner.estimate import estimate
+    from runner.emit import plan_dict
+
+    write_text_atomic(path, json.dumps(plan_dict(estimate(cfg)), indent=2) + "\n")
+
+
+def on_cuda_device(cfg: TrainConfig) -> bool:
+    if cfg.cluster.gpu.name == "CPU":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in output.glob("checkpoint-*")
+             if (m := CHECKPOINT_RE.match(p.name)) and (p / "trainer_state.json").exists()]
+    return max(found)[1] if found else None
+
+
+def prepare_data(cfg: TrainConfig, opts: RunOptions, tokenizer: Any) -> tuple[list, list]:
+    from runner import data as d
+
+    sft = cfg.stage is not Stage.pt
+    segments = d.load_segments(opts.data, fmt=d.DataFormat(opts.data_format), template=opts.template, sft=sft)
+    examples = (d.tokenize_sft if sft else d.tokenize_pt)(segments, tokenizer, cfg.seq_len)
+    if not examples:
+        raise PlanError(f"{opts.data}: no example keeps a trained token within seq_len {cfg.seq_len}")
+    return d.split_eval(examples, opts.eval_fraction, opts.seed)
+
+
+def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
+    """Checks that need no torch, run before anything is written (and before a launcher starts)."""
+    from runner import data as d
+    from runner.model import model_source, parse_rope_scaling
+
+    if cfg.stage not in (Stage.pt, Stage.sft):
+        raise PlanError(f"stage '{cfg.stage.value}' is not run by ftplan run (pt and sft are)")
+    if cfg.tp > 1 or cfg.pp > 1:
+        raise PlanError(f"plan {cfg} uses TP/PP, which the Trainer-based runner does not run; "
+                        "re-plan with --tp 1 --pp 1")
+    if opts.max_steps < 1:
+        raise PlanError(f"--max-steps must be at least 1, got {opts.max_steps}")
+    if opts.rope_scaling:
+        parse_rope_scaling(opts.rope_scaling)
+    model_source(opts.model_path)
+    d.load_segments(opts.data, fmt=d.DataFormat(opts.data_format), template=opts.template,
+                    sft=cfg.stage is not Stage.pt)
+    if opts.output.exists() and not opts.output.is_dir():
+        raise PlanError(f"--output {opts.output} exists and is not a directory")
+    if opts.resume and latest_checkpoint(opts.output) is None:
+        raise PlanError(f"--resume: no checkpoint-N folder in {opts.output}")
+    if not opts.resume and opts.output.is_dir() and any(opts.output.iterdir()):
+        raise PlanError(f"--output {opts.output} is not empty: pass --resume to continue its run, "
+                        "or choose another directory")
+    optim_name(cfg, on_cuda=False if cfg.cluster.gpu.name == "CPU" else True)
+
+
+# TrainingArguments.optim names (transformers/training_args.py, OptimizerNames)
+_OPTIM = {Optimizer.adamw: "adamw_torch", Optimizer.adamw_8bit: "adamw_bnb_8bit",
+          Optimizer.paged_adamw: "paged_adamw_32bit", Optimizer.paged_adamw_8bit: "paged_adamw_8bit",
+          Optimizer.sgd: "sgd"}
+
+
+def optim_name(cfg: TrainConfig, on_cuda: bool) -> str:
+    if cfg.optimizer not in (Optimizer.adamw, Optimizer.sgd) and not on_cuda:
+        raise PlanError(f"optimizer {cfg.optimizer.value} runs on bitsandbytes' CUDA kernels; this machine has no "
+                        "CUDA GPU: re-plan with --optimizer adamw")
+    return _OPTIM[cfg.optimizer]
+
+
+def _fsdp_args(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
+    # TrainingArguments.fsdp words (transformers/trainer_utils.py FSDPOption)
+    words = [cfg.fsdp.value, "auto_wrap"]
+    if cfg.offload is Offload.all:
+        words.append("offload")
+    fsdp_config = {"transformer_layer_cls_to_wrap": [cfg.model.decoder_layer_class],
+                   "backward_prefetch": "backward_pre", "forward_prefetch": False,
+                   # LoRA mixes frozen and trained tensors in one wrapped unit (FSDP1 needs the original params)
+                   "use_orig_params": True, "sync_module_states": True,
+                   "activation_checkpointing": False}
+    return " ".join(words), fsdp_config
+
+
+def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool) -> Any:
+    from transformers import TrainingArguments
+
+    from runner.ds_config import learning_rate
+
+    kwargs: dict[str, Any] = {}
+    if cfg.engine is Engine.deepspeed:
+        from runner.ds_config import build_ds_config
+
+        kwargs["deepspeed"] = build_ds_config(cfg, for_trainer=True)
+    elif cfg.engine is Engine.fsdp and cfg.world_size > 1:
+        kwargs["fsdp"], kwargs["fsdp_config"] = _fsdp_args(cfg)
+    if not on_cuda:
+        # DeepSpeed picks the CPU through DS_ACCELERATOR=cpu; DDP/FSDP through accelerate's cpu flag and gloo
+        if cfg.engine is not Engine.deepspeed:
+            kwargs["use_cpu"] = True
+        if cfg.world_size > 1:
+            kwargs["ddp_backend"] = "gloo"
+    mixed = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
+    ckpt = cfg.grad_ckpt is not GradCkpt.none
+    return TrainingArguments(
+        output_dir=str(opts.output),
+        per_device_train_batch_size=cfg.micro_batch,
+        per_device_eval_batch_size=cfg.micro_batch,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_steps=opts.max_steps,
+        learning_rate=opts.learning_rate if opts.learning_rate is not None else learning_rate(cfg),
+        warmup_steps=opts.warmup_steps,
+        lr_scheduler_type="linear",
+        optim=optim_name(cfg, on_cuda),
+        bf16=mixed and cfg.precision is Precision.bf16_mixed,
+        fp16=mixed and cfg.precision is Precision.fp16_mixed,
+        # HF checkpointing recomputes whole layers; the planner's "selective" maps to it as its closest
+        gradient_checkpointing=ckpt,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if ckpt else None,
+        neftune_noise_alpha=opts.neftune_alpha,
+        logging_strategy="steps", logging_steps=1,
+        save_strategy="steps", save_steps=opts.save_steps,
+        eval_strategy="no", do_eval=has_eval,
+        report_to=["tensorboard"],  # event files under output_dir/runs
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
+        remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False if cfg.engine is Engine.ddp else None,
+        **kwargs,
+    )
+
+
+class _Collator:
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list) -> dict:
+        import torch
+
+        from runner.data import pad_batch
+
+        return {k: torch.tensor(v) for k, v in pad_batch(batch, self.pad_id).items()}
+
+
+def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
+    """Train in this process (one rank of the launcher's group); returns the summary (on every rank)."""
+    import torch
+    from transformers import PrinterCallback, Trainer
+
+    from runner import metrics as mt
+    from runner.model import ModelOptions, load_model, load_tokenizer, model_source
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != cfg.world_size:
+        raise PlanError(f"plan {cfg} needs {cfg.world_size} processes, this run has {world}: "
+                        "start it with `ftplan run`, which launches them")
+    on_cuda = on_cuda_device(cfg)
+    src = model_source(opts.model_path)
+    tokenizer = load_tokenizer(src)
+    train_set, eval_set = prepare_data(cfg, opts, tokenizer)
+    resume_from = latest_checkpoint(opts.output) if opts.resume else None
+    if opts.resume and resume_from is None:
+        raise PlanError(f"--resume: no checkpoint-N folder in {opts.output}")
+    torch.manual_seed(opts.seed)
+    model = load_model(cfg, src, ModelOptions(modules_to_save=opts.modules_to_save, rope_scaling=opts.rope_scaling,
+                                              on_cuda=on_cuda))
+    args = training_arguments(cfg, opts, on_cuda=on_cuda, has_eval=bool(eval_set))
+    is_main = args.process_index == 0
+    metrics_path = opts.output / mt.METRICS_FILE
+    if is_main:
+        opts.output.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None:
+            mt.truncate_metrics(metrics_path, int(CHECKPOINT_RE.match(resume_from.name).group(1)))
+        else:
+            metrics_path.unlink(missing_ok=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    callback = mt.make_callback(path=metrics_path, world_size=world,
+                                flops_token=mt.flops_per_token(n_params, cfg.method is Method.full),
+                                peak_flops=mt.peak_flops_per_s(cfg, on_cuda), on_cuda=on_cuda, is_main=is_main,
+                                max_steps=opts.max_steps)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+                      data_collator=_Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+                      callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its dict prints
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    eval_metrics = trainer.evaluate() if eval_set else {}
+    trainer.save_model(str(opts.output))  # the adapter (peft) or the full model, gathered under ZeRO-3 / FSDP
+    summary = {
+        "plan": str(cfg),
+        "steps": trainer.state.global_step,
+        "resumed_from_step": int(CHECKPOINT_RE.match(resume_from.name).group(1)) if resume_from else 0,
+        "train_loss": result.training_loss,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "measured_tokens_per_s": callback.tokens_total / callback.time_total if callback.time_total else 0.0,
+        "measured_peak_memory_bytes": mt.peak_memory_bytes(on_cuda),
+        "world_size": world,
+    }
+    if eval_metrics:
+        summary["eval_loss"] = eval_metrics["eval_loss"]
+        summary["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
+    if is_main:
+        tokenizer.save_pretrained(str(opts.output))
+        pred = mt.predicted(cfg)
+        summary["predicted_peak_memory_bytes"] = pred.memory_bytes
+        summary["predicted_tokens_per_s"] = pred.tokens_per_s
+        from planner.atomic import write_text_atomic
+
+        write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
+        write_text_atomic(opts.output / RUN_INFO_FILE, json.dumps(src_info, indent=2) + "\n")
+        if opts.report:
+            from reports.run_report import print_run_summary
+
+            print_run_summary(summary, on_cuda=on_cuda)
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
+    p = argparse.ArgumentParser(prog="python -m runner.train", description=__doc__.splitlines()[0])
+    p.add_argument("plan", type=Path)
+    p.add_argument("--model-path", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--output", type=Path, default=Path("ftplan-run"))
+    p.add_argument("--max-steps", type=int, default=RunOptions.max_steps)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--save-steps", type=int, default=RunOptions.save_steps)
+    p.add_argument("--eval-fraction", type=float, default=RunOptions.eval_fraction)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--format", dest="data_format", default="auto",
+                   choices=["auto", "alpaca", "sharegpt", "text", "template"])
+    p.add_argument("--template", default=None)
+    p.add_argument("--neftune-alpha", type=float, default=None)
+    p.add_argument("--rope-scaling", default=None)
+    p.add_argument("--modules-to-save", default="")
+    p.add_argument("--seed", type=int, default=42)
+    a = p.parse_args(argv)
+    return a.plan, RunOptions(
+        model_path=a.model_path, data=a.data, output=a.output, max_steps=a.max_steps, resume=a.resume,
+        save_steps=a.save_steps, eval_fraction=a.eval_fraction, learning_rate=a.learning_rate,
+        warmup_steps=a.warmup_steps, data_format=a.data_format, template=a.template,
+        neftune_alpha=a.neftune_alpha, rope_scaling=a.rope_scaling,
+        modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed)
+
+
+def to_argv(plan: Path, opts: RunOptions) -> list[str]:
+    """The inverse of parse_args: how `ftplan run` hands its options to each launched process."""
+    argv = [str(plan), "--model-path", str(opts.model_path), "--data", str(opts.data), "--output", str(opts.output),
+            "--max-steps", str(opts.max_steps), "--save-steps", str(opts.save_steps),
+            "--eval-fraction", str(opts.eval_fraction), "--warmup-steps", str(opts.warmup_steps),
+            "--format", opts.data_format, "--seed", str(opts.seed)]
+    for flag, value in (("--learning-rate", opts.learning_rate), ("--template", opts.template),
+                        ("--neftune-alpha", opts.neftune_alpha), ("--rope-scaling", opts.rope_scaling)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if opts.modules_to_save:
+        argv += ["--modules-to-save", ",".join(opts.modules_to_save)]
+    if opts.resume:
+        argv.append("--resume")
+    return argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    plan_path, opts = parse_args(argv)
+    try:
+        cfg = load_plan(plan_path)
+        run(cfg, opts)
+    except PlanError as exc:
+        print(f"ftplan: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Properties of the memory model (hypothesis): monotonic in micro-batch and sequence length, ZeRO
+stages never add model-state memory, offload never adds GPU memory, totals are the sum of their
+categories, and every valid search candidate has a finite positive total."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from planner.gpus import parse_gpus
+from planner.memory import CATEGORIES, MemoryBreakdown, memory_per_gpu
+from planner.models import from_name
+from planner.search import _ENGINES, SearchSpace, candidates
+from planner.strategy import (
+    Attn,
+    Engine,
+    GradCkpt,
+    Method,
+    Offload,
+    OffloadDevice,
+    Optimizer,
+    Precision,
+    Quant,
+    Stage,
+    TrainConfig,
+    ZeroStage,
+)
+from planner.validity import problems
+
+MODELS = ("llama-2-7b", "llama-3-8b", "llama-3.2-1b", "mistral-7b", "mixtral-8x7b", "qwen2.5-7b", "baichuan2-7b",
+          "chatglm3-6b", "bloom-7b1")
+CLUSTERS = ("1xA800", "8xA800", "2x8xH100", "4xRTX4090")
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> TrainConfig:
+    cluster = parse_gpus(draw(st.sampled_from(CLUSTERS)))
+    model = from_name(draw(st.sampled_from(MODELS)))
+    engine, zero, fsdp, offload, device = draw(st.sampled_from(_ENGINES))
+    method = draw(st.sampled_from(list(Method)))
+    quant = Quant.nf4 if method is Method.qlora else Quant.none
+    powers = [k for k in (1, 2, 4, 8) if cluster.world_size % k == 0]
+    tp = draw(st.sampled_from(powers))
+    pp = draw(st.sampled_from([k for k in powers if cluster.world_size % (tp * k) == 0]))
+    cfg = TrainConfig(
+        model=model, cluster=cluster, method=method, quant=quant, engine=engine, zero=zero, fsdp=fsdp,
+        offload=offload, offload_device=device, tp=tp, pp=pp, lora_r=draw(st.sampled_from([4, 8, 64])),
+        precision=draw(st.sampled_from([Precision.bf16_mixed, Precision.bf16_true, Precision.fp32])),
+        optimizer=draw(st.sampled_from([Optimizer.adamw, Optimizer.adamw_8bit, Optimizer.sgd])),
+        micro_batch=draw(st.integers(1, 16)), grad_accum=draw(st.integers(1, 16)),
+        seq_len=draw(st.sampled_from([128, 512, 2048, 4096])), grad_ckpt=draw(st.sampled_from(list(GradCkpt))),
+        attn=draw(st.sampled_from(list(Attn))), stage=draw(st.sampled_from(list(Stage))),
+        sequence_parallel=tp > 1 and draw(st.booleans()))
+    assume(not problems(cfg))
+    return cfg
+
+
+def states(mem: MemoryBreakdown) -> float:
+    return mem.weights + mem.gradients + mem.optimizer
+
+
+@SETTINGS
+@given(configs(), st.integers(1, 16))
+def test_monotonic_in_micro_batch(cfg: TrainConfig, extra: int) -> None:
+    bigger = replace(cfg, micro_batch=cfg.micro_batch + extra)
+    assert memory_per_gpu(bigger).total >= memory_per_gpu(cfg).total
+
+
+@SETTINGS
+@given(configs())
+def test_monotonic_in_seq_len(cfg: TrainConfig) -> None:
+    longer = replace(cfg, seq_len=cfg.seq_len * 2)
+    assert memory_per_gpu(longer).total >= memory_per_gpu(cfg).total
+
+
+@SETTINGS
+@given(configs(), st.sampled_from([Offload.none, Offload.optimizer]))
+def test_higher_zero_stage_never_adds_model_states(cfg: TrainConfig, offload: Offload) -> None:
+    base = replace(cfg, engine=Engine.deepspeed, offload=offload, offload_device=OffloadDevice.cpu,
+                   precision=Precision.bf16_mixed)
+    stages = [s for s in ZeroStage if offload is Offload.none or s >= ZeroStage.OPTIMIZER_STATES]
+    used = [states(memory_per_gpu(replace(base, zero=s))) for s in stages]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(used, used[1:], strict=False)), used
+
+
+@SETTINGS
+@given(configs())
+def test_offload_never_adds_gpu_memory(cfg: TrainConfig) -> None:
+    if cfg.engine is Engine.deepspeed and cfg.zero >= ZeroStage.OPTIMIZER_STATES:
+        ladder = [Offload.none, Offload.optimizer] + ([Offload.all] if cfg.zero is ZeroStage.WEIGHTS else [])
+    elif cfg.engine is Engine.fsdp:
+        ladder = [Offload.none, Offload.all]
+    else:
+        return
+    totals = [memory_per_gpu(replace(cfg, offload=o, offload_device=OffloadDevice.cpu,
+                                     optimizer=Optimizer.adamw)).total for o in ladder]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(totals, totals[1:], strict=False)), (str(cfg), totals)
+
+
+@SETTINGS
+@given(configs())
+def test_total_is_the_sum_of_categories(cfg: TrainConfig) -> None:
+    mem = memory_per_gpu(cfg)
+    assert mem.total == pytest.approx(sum(getattr(mem, c) for c in CATEGORIES), rel=1e-12)
+    assert mem.other == pytest.approx(sum(mem.other_items.values()), rel=1e-12)
+    d = mem.as_dict()
+    assert abs(sum(d[c] for c in CATEGORIES) - d["total"]) <= len(CATEGORIES)
+    assert all(getattr(mem, c) >= 0 for c in CATEGORIES) and mem.host_bytes >= 0 and mem.nvme_bytes >= 0
+
+
+@pytest.mark.parametrize(("model", "gpus"), [("llama-2-7b", "8xA800"), ("mixtral-8x7b", "2x8xH100"),
+                                             ("chatglm3-6b", "4xT4"), ("bloom-7b1", "2xRTX4090")])
+def test_every_valid_candidate_has_a_finite_positive_total(model: str, gpus: str) -> None:
+    base = TrainConfig(model=from_name(model), cluster=parse_gpus(gpus))
+    valid = 0
+    for cfg in candidates(base, SearchSpace()):
+        if problems(cfg):
+            continue
+        valid += 1
+        total = memory_per_gpu(cfg).total
+        assert math.isfinite(total) and total > 0, str(cfg)
+    assert valid > 100

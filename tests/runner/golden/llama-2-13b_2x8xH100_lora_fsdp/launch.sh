@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Written by ftplan for FSDP-TP1-PP1-DP16-mb2-ga2 (lora llama-2-13b on 2x8xH100: 2 node(s) x 8 processes).
+#
+# Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]
+#   LAUNCHER: torchrun (default), accelerate, llamafactory
+# Multi-node: run on each of the 2 nodes with NODE_RANK=0..1 and MASTER_ADDR set to
+# node 0's address (torchrun, accelerate, llamafactory).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+: "${MODEL_PATH:?set MODEL_PATH to the model directory}"
+: "${DATA:?set DATA to the training data file}"
+NNODES="${NNODES:-2}"
+NODE_RANK="${NODE_RANK:-0}"
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+MASTER_PORT="${MASTER_PORT:-29500}"
+if [ "$NNODES" != "2" ]; then echo "this plan is for 2 node(s), NNODES=$NNODES" >&2; exit 2; fi
+export NNODES NODE_RANK MASTER_ADDR MASTER_PORT
+
+case "${1:-torchrun}" in
+  torchrun)
+    exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+  accelerate)
+    exec accelerate launch --config_file "$HERE/accelerate.yaml" --num_machines "$NNODES" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+  llamafactory)
+    exec accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" src/train.py "$HERE/llamafactory.yaml" ;;
+  *) echo "unknown launcher: $1" >&2; exit 2 ;;
+esac
+
+# The same plan with your own training script:
+#   torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 train.py  # your DDP/FSDP script
+#   accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" train.py  # accelerate script

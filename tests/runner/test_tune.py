@@ -1,0 +1,117 @@
+"""The analytical autotuner: its space matches the planner's, it finds plan()'s winner, bad input exits 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from planner.build import build_config
+from planner.search import SearchSpace, plan
+from planner.strategy import Method
+from planner.tune_space import Filters, build_space, choices_of, pareto_front
+from runner.tune import TuneOptions, tune
+
+
+@pytest.fixture(scope="module")
+def base_7b():
+    return build_config(model="7b", gpus="8xA800", check=False)
+
+
+def test_space_holds_exactly_the_planners_valid_candidates(base_7b):
+    space_def = SearchSpace(methods=(Method.lora,))
+    space = build_space(base_7b, space_def)
+    result = plan(base_7b, space_def)
+    assert sum(1 for _ in space.feasible()) == result.valid
+    for est in result.plans[:50]:  # every fitting plan is addressable by its choices and maps back to itself
+        cfg, reason = space.config_for(choices_of(est.config))
+        assert reason == "" and cfg == est.config
+
+
+def test_invalid_choices_say_why(base_7b):
+    space = build_space(base_7b, SearchSpace(methods=(Method.lora,)))
+    good = choices_of(next(space.feasible()))
+    cfg, reason = space.config_for({**good, "strategy": "DDP", "tp": 2})
+    assert cfg is None and "DeepSpeed" in reason
+    cfg, reason = space.config_for({**good, "strategy": "Z1", "tp": 1, "pp": 1, "micro_batch": 32})
+    assert cfg is None and "does not divide the 8 sequences" in reason
+    cfg, reason = space.config_for({**good, "virtual_stages": 2, "pp": 1})
+    assert cfg is None and "PP > 1" in reason
+
+
+def test_virtual_stages_extend_the_space(base_7b):
+    space = build_space(base_7b, SearchSpace(methods=(Method.lora,)), Filters(virtual_stages=(1, 2)))
+    inter = [c for c in space.feasible() if c.virtual_stages == 2]
+    assert inter and all(c.pp > 1 and c.pp_schedule.value == "interleaved" for c in inter)
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(10.0, 5.0), (9.0, 4.0), (9.0, 6.0), (8.0, 4.0), (12.0, 9.0)]
+    assert pareto_front(pts) == [4, 0, 1]
+
+
+def test_analytical_tune_agrees_with_exhaustive_plan(base_7b):
+    # compared with plan() at test time: the time model is its own module and may change
+    result = tune(build_space(base_7b, SearchSpace()), TuneOptions(storage="memory"))
+    expected = plan(base_7b, SearchSpace()).plans[0]
+    assert str(result.best.config) == str(expected.config)
+    assert result.best.config == expected.config
+    assert result.trials_completed == len(plan(base_7b, SearchSpace()).plans)
+    assert result.pareto[0].name.startswith(str(expected.config))
+
+
+def test_sampled_tune_rejects_infeasible_without_a_score(base_7b, tmp_path):
+    space = build_space(base_7b, SearchSpace(methods=(Method.full,)))
+    result = tune(space, TuneOptions(storage=f"sqlite:///{tmp_path / 't.db'}", trials=25, seed=3))
+    assert result.sampler == "tpe"
+    assert result.trials_completed + result.trials_infeasible + result.trials_failed == 25
+    infeasible = [r for r in result.rows if r.state == "infeasible"]
+    assert infeasible and all(r.reason for r in infeasible)
+    assert all(r.tokens_per_s is None for r in infeasible if "per GPU" not in r.reason)  # pruned: no value
+    assert result.best.fits
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ftplan", "tune", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_unreachable_storage_exits_2(tmp_path):
+    out = _cli("--model", "7b", "--gpus", "8xA800", "--storage", "sqlite:////nonexistent-dir/x/t.db")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "cannot open tune storage" in out.stderr
+    out = _cli("--model", "7b", "--gpus", "8xA800", "--storage", "not-a-url")
+    assert out.returncode == 2 and "not a database URL" in out.stderr
+
+
+def test_study_of_another_model_exits_2(tmp_path):
+    db = f"sqlite:///{tmp_path / 't.db'}"
+    first = _cli("--model", "7b", "--gpus", "8xA800", "--method", "lora", "--storage", db, "--study", "s",
+                 "--json")
+    assert first.returncode == 0, first.stderr
+    out = _cli("--model", "13b", "--gpus", "8xA800", "--storage", db, "--study", "s")
+    assert out.returncode == 2
+    assert "belongs to llama-2-7b on 8xA800" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_nothing_fits_exits_2():
+    out = _cli("--model", "70b", "--gpus", "1xT4", "--method", "full", "--storage", "memory")
+    assert out.returncode == 2
+    assert "nothing in the search space fits" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_json_best_has_the_keys_of_plan_json(tmp_path):
+    import json
+
+    out = _cli("--model", "7b", "--gpus", "8xA800", "--method", "qlora", "--storage", "memory", "--json",
+               "--emit", str(tmp_path / "win"))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    plan_out = subprocess.run([sys.executable, "-m", "ftplan", "plan", "--model", "7b", "--gpus", "8xA800",
+                               "--method", "qlora", "--json"], capture_output=True, text=True, check=True)
+    first = json.loads(plan_out.stdout)["plans"][0]
+    assert set(data["best"]) == set(first)
+    assert data["best"]["name"] == first["name"]
+    assert data["trials_completed"] > 0 and data["trials_failed"] == 0
+    assert (tmp_path / "win" / "plan.json").exists()

@@ -1,0 +1,64 @@
+"""Published training throughputs as goldens for the time model (planner.timing).
+
+Sources and configurations: tests/validation/throughput_cases.py (Narayanan et al. 2021 Table 1;
+Korthikanti et al. 2022 Tables 3 and 5; MT-NLG 530B, Smith et al. 2022 Sec. 3.3; DeepSpeedExamples
+autotuning/hf README). Tolerance: 25% relative on each figure, chosen before looking at the results.
+Known misses are strict xfails with their cause, so an improvement shows up as an XPASS to tighten:
+- Korthikanti 530B (full recompute) and 1T: the planner is 30-37% slow. Their runs reach 52-56% MFU at
+  PP 35-64 across nodes; without sequence parallelism we send whole b x s x h activations between
+  stages (Megatron's scatter/gather of pipeline sends is not modelled: the DeepSpeed pipeline engine
+  the runner uses lacks it, and 530B's interleaving triples those sends), and TP all-reduces are not
+  overlapped with compute. The same gap makes the 530B full / selective ratio 12% too large.
+- DeepSpeed autotuning, GPT-2 large on 16 V100s: the planner is 73-107% fast. The compute efficiency
+  is one number per GPU (V100: 0.33), while HF GPT-2 (h = 1280, unfused attention) reaches ~14% of
+  peak; GEMM-size-dependent efficiency is not modelled.
+Run with `pytest -s` to see every deviation.
+"""
+
+from __future__ import annotations
+
+import pytest
+from throughput_cases import cases, report
+
+KNOWN_MISSES = {
+    "korthikanti-530B-full", "korthikanti-1T-full", "korthikanti-1T-selective",
+    "ds-autotuning-gpt2-large-mb2", "ds-autotuning-gpt2-large-mb3",
+}
+TOLERANCE = 0.25
+
+
+def _params():
+    for case in cases():
+        marks = [pytest.mark.xfail(strict=True, reason="known miss, see module docstring")] \
+            if case.id in KNOWN_MISSES else []
+        yield pytest.param(case, id=case.id, marks=marks)
+
+
+@pytest.mark.parametrize("case", list(_params()))
+def test_published_throughput(case) -> None:
+    value = case.planner_value()
+    dev = report(case.source, case.figure, case.published, value, case.unit, f"{TOLERANCE:.0%}")
+    assert abs(dev) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["22B", "175B", pytest.param("530B", marks=pytest.mark.xfail(
+    strict=True, reason="pipeline sends of the full baseline not split over TP, see module docstring")), "1T"])
+def test_korthikanti_selective_over_full_ratio(name: str) -> None:
+    """Korthikanti et al. 2022, Table 5: SP + selective recomputation saves 22-24% of the iteration
+    time against full recomputation (1.42/1.10, 18.13/13.75, 49.05/37.83, 94.42/71.49). The ratio
+    cancels the absolute efficiency; tolerance 10%."""
+    by_id = {c.id: c for c in cases()}
+    full, sel = by_id[f"korthikanti-{name}-full"], by_id[f"korthikanti-{name}-selective"]
+    published = full.published / sel.published
+    planner = full.planner_value() / sel.planner_value()
+    dev = report("Korthikanti et al. 2022, Table 5", f"{name} full / selective time", published, planner, "x", "10%")
+    assert abs(dev) <= 0.10
+
+
+def test_mtnlg_strong_scaling_ratio() -> None:
+    """MT-NLG 530B: 2240 -> 3360 GPUs cut the iteration from 60.1 to 44.4 s (1.354x); tolerance 10%."""
+    by_id = {c.id: c for c in cases()}
+    published = 60.1 / 44.4
+    planner = by_id["mtnlg-530b-2240"].planner_value() / by_id["mtnlg-530b-3360"].planner_value()
+    dev = report("Smith et al. 2022 (MT-NLG)", "speedup 2240 -> 3360 GPUs", published, planner, "x", "10%")
+    assert abs(dev) <= 0.10
