@@ -61,6 +61,10 @@ def problems(cfg: TrainConfig) -> list[str]:
     if cfg.engine is not Engine.deepspeed and cfg.zero is not ZeroStage.DISABLED:
         out.append("FSDP and ZeRO are exclusive" if cfg.engine is Engine.fsdp else "--zero needs DeepSpeed")
     if cfg.engine is Engine.deepspeed:
+        if cfg.tp > 1 and cfg.zero >= ZeroStage.WEIGHTS:
+            # DeepSpeed AutoTP training (tensor_parallel.autotp_size, DeepSpeed >= 0.16.4) composes with
+            # ZeRO-0/1/2; ZeRO-3 partitions the same weights again (DeepSpeed AutoTP training tutorial)
+            out.append("DeepSpeed AutoTP training supports ZeRO-0/1/2, not ZeRO-3")
         if cfg.pp > 1 and cfg.zero >= ZeroStage.GRADIENTS:
             out.append("DeepSpeed's pipeline engine supports ZeRO-0/1 only, not ZeRO-2/3")
         if cfg.precision is Precision.bf16_true:
@@ -85,6 +89,9 @@ def problems(cfg: TrainConfig) -> list[str]:
             out.append("FSDP offloads to CPU only; NVMe offload needs DeepSpeed ZeRO-3")
         if cfg.pp > 1:
             out.append("pipeline parallelism with FSDP is not supported here (use DeepSpeed ZeRO-1 with PP)")
+        if cfg.tp > 1:
+            out.append("tensor parallelism with FSDP needs FSDP2 + DTensor, which accelerate's FSDP config does not "
+                       "express (use DeepSpeed AutoTP with ZeRO-1/2)")
         if cfg.method is Method.qlora and cfg.quant is not Quant.nf4:
             out.append("QLoRA with FSDP needs nf4 with bnb_4bit_quant_storage (int8 cannot be sharded)")
         if cfg.fsdp is FsdpStrategy.hybrid_shard and cfg.cluster.nodes == 1:

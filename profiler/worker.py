@@ -210,9 +210,11 @@ def versions(cuda: bool) -> dict[str, str]:
     import transformers
 
     out = {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
-    for name in ("deepspeed", "peft"):
-        with contextlib.suppress(ImportError):
-            out[name] = __import__(name).__version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("deepspeed", "peft"):  # read from the installed metadata: importing deepspeed prints to stdout
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
     out["device"] = torch.cuda.get_device_name() if cuda else "CPU"
     return out
 

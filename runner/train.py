@@ -111,7 +111,7 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     if not opts.resume and opts.output.is_dir() and any(opts.output.iterdir()):
         raise PlanError(f"--output {opts.output} is not empty: pass --resume to continue its run, "
                         "or choose another directory")
-    optim_name(cfg, on_cuda=False if cfg.cluster.gpu.name == "CPU" else True)
+    optim_name(cfg, on_cuda=cfg.cluster.gpu.name != "CPU")
 
 
 # TrainingArguments.optim names (transformers/training_args.py, OptimizerNames)

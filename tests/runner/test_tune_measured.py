@@ -105,7 +105,7 @@ def test_killed_study_resumes_without_rerunning(tiny, tmp_path):
     keys = [tuple(sorted(t.params.items())) for t in complete]
     assert len(keys) == len(set(keys)), "a finished parameter set ran twice"
     # the plan killed mid-trial counts as running until its heartbeat goes stale; another one is measured instead
-    assert data["trials_completed"] == len(complete) == 2
+    assert data["trials_completed"] == len(complete) == 2, [(t.number, t.state.name, t.user_attrs) for t in after]
 
 
 def test_two_processes_share_one_sqlite_study(tmp_path):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Written by ftplan for FSDP-TP1-PP1-DP16-mb2-ga2 (lora llama-2-13b on 2x8xH100: 2 node(s) x 8 processes).
+# Written by ftplan for <PLAN> (lora llama-2-13b on 2x8xH100: 2 node(s) x 8 processes).
 #
 # Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]
 #   LAUNCHER: torchrun (default), accelerate, llamafactory

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Written by ftplan for Z3+off-all-TP1-PP1-DP8-mb1-ga8-ckpt-full (full llama-2-7b on 8xA800: 1 node(s) x 8 processes).
+# Written by ftplan for <PLAN> (full llama-2-7b on 8xA800: 1 node(s) x 8 processes).
 #
 # Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]
 #   LAUNCHER: ftplan (default: `ftplan run` starts the launcher itself), torchrun, deepspeed, accelerate, llamafactory

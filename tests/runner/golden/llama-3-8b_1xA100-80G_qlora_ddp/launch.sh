@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Written by ftplan for 1GPU-TP1-PP1-DP1-mb4-ga4-ckpt-full (qlora llama-3-8b on 1xA100-80G: 1 node(s) x 1 processes).
+# Written by ftplan for <PLAN> (qlora llama-3-8b on 1xA100-80G: 1 node(s) x 1 processes).
 #
 # Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]
 #   LAUNCHER: ftplan (default: `ftplan run` starts the launcher itself), torchrun, accelerate, llamafactory

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Written by ftplan for Z2+off-opt-TP1-PP1-DP8-mb4-ga4-ckpt-selective (full qwen2.5-7b on 8xV100-32G: 1 node(s) x 8 processes).
+# Written by ftplan for <PLAN> (full qwen2.5-7b on 8xV100-32G: 1 node(s) x 8 processes).
 #
 # Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]
 #   LAUNCHER: ftplan (default: `ftplan run` starts the launcher itself), torchrun, deepspeed, accelerate, llamafactory

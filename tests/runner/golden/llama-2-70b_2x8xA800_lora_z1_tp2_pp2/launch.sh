@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Written by ftplan for Z3+off-all-nvme-TP2-PP1-DP8-mb1-ga16 (lora llama-2-70b on 2x8xA800: 2 node(s) x 8 processes).
+# Written by ftplan for <PLAN> (lora llama-2-70b on 2x8xA800: 2 node(s) x 8 processes).
 #
 # Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]
 #   LAUNCHER: torchrun (default), deepspeed, accelerate, llamafactory

@@ -1,0 +1,29 @@
+"""`profile run` on two CPU processes (torchrun, gloo) under DDP, ZeRO-2, ZeRO-3 and FSDP: every rank reports,
+and the most loaded rank's peak is near the planner's (loose here: a 2-layer, 64-wide model is all
+overheads; benchmarks/accuracy.py measures the 134M model against the 15% target)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from planner.build import build_config
+from planner.memory import memory_per_gpu
+from planner.strategy import FsdpStrategy, Method, Precision
+from profiler.launch import launch
+
+ENGINES = {"ddp": {}, "zero2": {"zero": 2}, "zero3": {"zero": 3}, "fsdp": {"fsdp": FsdpStrategy.full_shard}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", list(ENGINES), ids=list(ENGINES))
+def test_two_cpu_processes(tiny_model: Path, engine: str) -> None:
+    cfg = build_config(model=str(tiny_model), gpus="2xCPU", method=Method.full, precision=Precision.fp32,
+                       seq_len=64, **ENGINES[engine])
+    result = launch(cfg, warmup_steps=1, steps=1, timeout_s=300)
+    assert sorted(r["rank"] for r in result.ranks) == [0, 1]
+    for r in result.ranks:
+        assert r["world_size"] == 2 and r["step_time_s"] > 0 and r["tokens_per_s"] > 0
+        assert r["peak_allocated_bytes"] > 0 and r["peak_rss_bytes"] > r["peak_allocated_bytes"]
+    assert memory_per_gpu(cfg).total == pytest.approx(result.peak_bytes, rel=0.35)
