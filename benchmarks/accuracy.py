@@ -54,7 +54,8 @@ def dry_rows() -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         result = dry_run(cfg)
         pred = memory_per_gpu(cfg).as_dict()
-        rows.append({"case": case, "kind": "dry run", "measured": result.peak_bytes["total"], "predicted": pred["total"],
+        rows.append({"case": case, "kind": "dry run", "measured": result.peak_bytes["total"],
+                     "predicted": pred["total"],
                      "categories": {k: [result.peak_bytes[k], pred[k]] for k in result.peak_bytes},
                      "wall_s": round(time.perf_counter() - t0, 1)})
         print(f"  {case}: {rows[-1]['wall_s']} s", file=sys.stderr)
@@ -91,9 +92,12 @@ def main() -> None:
         rows += real_rows()
     from rich.console import Console
 
-    from reports.profile_report import accuracy_table
+    from reports.profile_report import accuracy_categories_table, accuracy_table
 
-    Console().print(accuracy_table(rows))
+    console = Console()
+    console.print(accuracy_table(rows))
+    if any("categories" in r for r in rows):
+        console.print(accuracy_categories_table(rows))
     errors = [abs(r["predicted"] / r["measured"] - 1) for r in rows]
     worst = max(range(len(rows)), key=lambda k: errors[k])
     print(f"median |error| {100 * statistics.median(errors):.1f}%, worst {100 * errors[worst]:.1f}% "

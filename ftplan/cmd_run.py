@@ -19,7 +19,7 @@ def _plan_on_the_fly(model: str, gpus: str, method: Method, stage: Stage, seq_le
 
     from planner.build import build_config
     from planner.search import SearchSpace, plan
-    from planner.strategy import Attn, Optimizer
+    from planner.strategy import Attn, Offload, Optimizer
     from runner.train import write_plan
 
     base = build_config(model=model, gpus=gpus, method=method, seq_len=seq_len, stage=stage)
@@ -27,34 +27,57 @@ def _plan_on_the_fly(model: str, gpus: str, method: Method, stage: Stage, seq_le
     if base.cluster.gpu.name == "CPU":
         # bitsandbytes optimizers and FlashAttention-2 need CUDA; TP/PP are not run by the Trainer-based runner
         space = replace(space, optimizers=(Optimizer.adamw,), attns=(Attn.sdpa,))
-    result = plan(base, space)
-    if not result.plans:
+    fitting = plan(base, space).plans
+    if base.cluster.gpu.name == "CPU":
+        # on the CPU device, "device" memory is host memory: offloading to the host only adds copies
+        fitting = [est for est in fitting if est.config.offload is Offload.none]
+    if not fitting:
         raise PlanError(f"no {method.value} plan for {model} fits on {gpus}")
     path = out / "plan.json"
-    write_plan(result.plans[0].config, path)
+    write_plan(fitting[0].config, path)
     return path
 
 
 @app.command()
 def run(
-    plan: Annotated[Path | None, typer.Argument(help="plan.json from `ftplan plan --emit` (or give --model and --gpus).")] = None,
-    model_path: Annotated[Path, typer.Option("--model-path", help="Model directory (config.json + weights) or a .gguf file.")] = ...,  # type: ignore[assignment]
-    data: Annotated[Path, typer.Option("--data", help="Training data: .json, .jsonl, .csv or .parquet.")] = ...,  # type: ignore[assignment]
-    output: Annotated[Path, typer.Option("--output", "-o", help="Adapter/model, checkpoints and metrics go here.")] = Path("ftplan-run"),
+    plan: Annotated[
+        Path | None, typer.Argument(help="plan.json from `ftplan plan --emit` (or give --model and --gpus).")] = None,
+    model_path: Annotated[
+        Path,
+        typer.Option("--model-path", help="Model directory (config.json + weights) or a .gguf file."),
+    ] = ...,  # type: ignore[assignment]
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="Training data: .json, .jsonl, .csv or .parquet."),
+    ] = ...,  # type: ignore[assignment]
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Adapter/model, checkpoints and metrics go here."),
+    ] = Path("ftplan-run"),
     max_steps: Annotated[int, typer.Option(help="Optimizer steps to train.")] = 30,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
     save_steps: Annotated[int, typer.Option(help="Save a checkpoint every N steps.")] = 50,
-    eval_fraction: Annotated[float, typer.Option(help="Share of examples held out for eval loss and perplexity.")] = 0.05,
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default: 1e-4 adapters, 1e-5 full).")] = None,
+    eval_fraction: Annotated[
+        float, typer.Option(help="Share of examples held out for eval loss and perplexity.")] = 0.05,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Peak learning rate (default: 1e-4 adapters, 1e-5 full).")] = None,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
     data_format: Annotated[str, typer.Option("--format", help="auto, alpaca, sharegpt, text or template.")] = "auto",
-    template: Annotated[str | None, typer.Option(help="Column template, e.g. 'Q: {question} A: {answer}' (sft: the last column is the answer).")] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help="Column template, e.g. 'Q: {question} A: {answer}' (sft: the last column is the answer)."),
+    ] = None,
     neftune_alpha: Annotated[float | None, typer.Option(help="NEFTune noise alpha (Jain et al. 2023 use 5).")] = None,
     rope_scaling: Annotated[str | None, typer.Option(help="RoPE scaling TYPE:FACTOR, e.g. linear:2.0.")] = None,
-    modules_to_save: Annotated[str, typer.Option(help="Comma-separated modules trained in full beside LoRA (embed_tokens,lm_head).")] = "",
+    modules_to_save: Annotated[
+        str, typer.Option(help="Comma-separated modules trained in full beside LoRA (embed_tokens,lm_head).")] = "",
     seed: Annotated[int, typer.Option(help="Random seed (data order, LoRA init, eval split).")] = 42,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Plan on the fly: model name or directory (default: --model-path).")] = None,
-    gpus: Annotated[str | None, typer.Option("--gpus", "-g", help="Plan on the fly for these devices: 1xA800, 2xCPU.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Plan on the fly: model name or directory (default: --model-path)."),
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option("--gpus", "-g", help="Plan on the fly for these devices: 1xA800, 2xCPU.")] = None,
     method: o.MethodOpt = Method.lora,
     stage: o.StageOpt = Stage.sft,
     seq_len: Annotated[int, typer.Option(help="Plan on the fly: tokens per sequence.")] = 512,
@@ -96,7 +119,8 @@ def run(
 def merge(
     adapter: Annotated[Path, typer.Argument(help="Output directory of a LoRA `ftplan run` (adapter + tokenizer).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the merged model goes.")],
-    model_path: Annotated[Path | None, typer.Option("--model-path", help="Base model (default: the one the run used).")] = None,
+    model_path: Annotated[
+        Path | None, typer.Option("--model-path", help="Base model (default: the one the run used).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --output.")] = False,
 ) -> None:
     """Merge a LoRA adapter into its base model (peft merge_and_unload) and save it with the tokenizer."""

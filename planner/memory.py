@@ -208,15 +208,18 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     models_trained = 2 if (cfg.stage is Stage.ppo and cfg.method is Method.full) else 1
     t_params = sp.trainable * models_trained
     grad_bytes = 2.0 if prec is Precision.bf16_true else 4.0  # gradients take the parameter's dtype
+    # DeepSpeed's "bit16" groups and buffers and FSDP's gathered units hold the compute copy of the
+    # weights: 16-bit, or fp32 in a 32-true run (the profiler's fp32 CPU runs measure it)
+    c16 = 4.0 if prec is Precision.fp32 else 2.0
     host_grads = 0.0
     if ds_engine:
         fp32_grad = 4.0 if mixed else 0.0
         if zero is ZeroStage.DISABLED:
-            grads = t_params * (2 + fp32_grad)
+            grads = t_params * (c16 + fp32_grad)
         elif zero is ZeroStage.OPTIMIZER_STATES:
-            grads = t_params * 2 + t_params * fp32_grad / n
+            grads = t_params * c16 + t_params * fp32_grad / n
         else:
-            grads = t_params * (2 + fp32_grad) / n
+            grads = t_params * (c16 + fp32_grad) / n
         if offload_opt and zero >= ZeroStage.OPTIMIZER_STATES:
             # gradients stream to pinned host buffers partition by partition (ZeRO-Offload): the fp32
             # partition, plus ZeRO-1/2's 16-bit CPU accumulation buffers only when several micro-batches
@@ -234,7 +237,10 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
 
     # optimizer states (+ fp32 master under DeepSpeed mixed precision)
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, prec)
-    master = 4.0 if (ds_engine and mixed) else 0.0
+    # ZeRO-1/2 clone the fp32 partition even when the weights already are fp32
+    # (stage_1_and_2.py: single_partition_of_fp32_groups = bit16 partition .detach().clone())
+    master = 4.0 if (ds_engine and (mixed or (prec is Precision.fp32 and zero in (
+        ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS)))) else 0.0
     optim = t_params * (state_bytes + master)
     # DeepSpeed's pipeline engine with bf16 runs BF16_Optimizer even at ZeRO-0 (engine.py,
     # _do_optimizer_sanity_check), which splits the fp32 master and Adam states over the DP group
@@ -289,17 +295,23 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items["dequantized weight"] = 2.0 * biggest / cfg.tp  # bitsandbytes dequantizes one linear at a time
 
     # framework buffers
-    layer16 = 2.0 * layer_params(m) / cfg.tp
+    layer16 = c16 * layer_params(m) / cfg.tp
     if engine is Engine.ddp and cfg.dp > 1:
         # DDP buckets hold a flat copy of every gradient (gradient_as_bucket_view=False, the default)
         items["DDP gradient buckets"] = t_params * grad_bytes
     elif ds_engine and zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
-        items["ZeRO buckets (overlap_comm)"] = ds.OVERLAP_COMM_FACTOR * 2 * (
+        items["ZeRO buckets (overlap_comm)"] = ds.OVERLAP_COMM_FACTOR * c16 * (
             ds.reduce_bucket_elements(m) + ds.allgather_bucket_elements(m))
     elif ds_engine and zero is ZeroStage.WEIGHTS:
-        live = min(ds.STAGE3_MAX_LIVE_PARAMETERS, layer_params(m) / cfg.tp + ds.prefetch_bucket_elements(m))
-        items["ZeRO-3 gathered parameters"] = 2.0 * live
-        items["ZeRO-3 reduce bucket"] = 2.0 * ds.reduce_bucket_elements(m)
+        # the largest module gathered at once: a decoder layer, or the LM head on the last stage (bigger
+        # than a layer for large vocabularies: Llama-3-8B's head is 525M parameters, a layer 218M)
+        biggest = max(layer_params(m), head_params(m) if sp.has_head else 0) / cfg.tp
+        live = min(ds.STAGE3_MAX_LIVE_PARAMETERS, biggest + ds.prefetch_bucket_elements(m))
+        items["ZeRO-3 gathered parameters"] = c16 * live
+        # a gradient larger than the bucket is reduced on its own from the full tensor autograd made
+        # (stage3.py, reduce_independent_p_g_buckets_and_remove_grads): the LM head's, when it trains
+        head_grad = head_params(m) / cfg.tp if (sp.has_head and cfg.method is Method.full) else 0.0
+        items["ZeRO-3 reduce bucket"] = c16 * max(ds.reduce_bucket_elements(m), head_grad)
     elif fsdp_sharded:
         if cfg.fsdp is FsdpStrategy.shard_grad_op:
             items["FSDP unsharded parameters"] = sixteen_bit_weights
@@ -307,8 +319,12 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
             # the unit running plus the one prefetched (BACKWARD_PRE), and the root unit (embedding,
             # final norm, head), which FSDP does not reshard between forward and backward
             root = (embedding_params(m) + head_params(m)) / cfg.tp
-            items["FSDP unsharded parameters"] = 2 * layer16 + 2.0 * root
-        items["FSDP unsharded gradients"] = layer16 if sp.trainable else 0.0
+            items["FSDP unsharded parameters"] = 2 * layer16 + c16 * root
+        # one unit's unsharded gradients, and the root unit's LM-head gradient: it is computed first in
+        # backward and reduce-scattered only with the root's other gradients (the embedding's) at its end
+        items["FSDP unsharded gradients"] = (layer16 + (c16 * head_params(m) / cfg.tp
+                                                        if cfg.method is Method.full and sp.has_head else 0.0)
+                                             if sp.trainable else 0.0)
     if offload_params and ds_engine:
         items.setdefault("ZeRO-3 gathered parameters", 2.0 * layer_params(m) / cfg.tp)
 
@@ -316,6 +332,13 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     # parameter list (torch/optim/adamw.py, _multi_tensor_adamw); DeepSpeed's fused/CPU Adam does not,
     # but ZeRO-3 upcasts a sub-group of gradients to fp32 (stage3.py, sub_group_size).
     step_items: dict[str, float] = {}
+    if ds_engine and zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS) and not offload_opt and \
+            cfg.method is Method.full:
+        # ZeRO-1/2 take the gradient norm in fp64, one gradient at a time (stage_1_and_2.py,
+        # get_grad_norm_direct: g.to(get_norm_dtype()), float64 wherever the accelerator has it)
+        largest = max([embedding_params(m), head_params(m)] + [lin.in_features * lin.out_features
+                                                                for lin in m.linears() if lin.copies == 1])
+        step_items["ZeRO fp64 gradient-norm copy"] = 8.0 * largest / cfg.tp
     if not offload_opt and cfg.optimizer in (Optimizer.adamw, Optimizer.paged_adamw) and not ds_engine:
         step_items["AdamW foreach temporaries"] = t_params * state_bytes / 2 / (n if fsdp_sharded else 1)
 

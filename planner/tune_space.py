@@ -20,7 +20,7 @@ from math import prod
 from planner.calibration import DEFAULT, Calibration
 from planner.estimate import Estimate, Limits, default_host_bytes, estimate
 from planner.search import SearchSpace, candidates, default_global_batch
-from planner.strategy import Engine, Offload, PipeSchedule, TrainConfig, ZeroStage
+from planner.strategy import Attn, Engine, Offload, Optimizer, PipeSchedule, TrainConfig, ZeroStage
 from planner.validity import problems
 
 Choice = str | int
@@ -60,10 +60,14 @@ def choices_of(cfg: TrainConfig) -> dict[str, Choice]:
 
 
 def trial_label(cfg: TrainConfig) -> str:
-    """`str(cfg)` plus the choices it leaves out (attention, optimizer, virtual stages), for trial tables."""
+    """`str(cfg)` plus the non-default choices it does not already name (attention, optimizer, virtual
+    stages), so that no two trials of a table share a label."""
+    name = str(cfg)
+    tokens = set(name.split("-"))
     extra = [f"v{cfg.virtual_stages}"] if cfg.virtual_stages > 1 else []
-    extra += [cfg.attn.value, cfg.optimizer.value]
-    return "-".join([str(cfg), *extra])
+    extra += [c.value for c, default in ((cfg.attn, Attn.sdpa), (cfg.optimizer, Optimizer.adamw))
+              if c is not default and c.value not in tokens]
+    return "-".join([name, *extra])
 
 
 def params_key(params: Mapping[str, Choice]) -> tuple[Choice, ...]:
@@ -162,8 +166,7 @@ def analytic_score(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration
     from planner.timing import step_time
 
     est = estimate(cfg, limits, cal)
-    # plan() ranks with the time model at its defaults; a calibration is passed only when one was given
-    t = step_time(cfg) if cal is DEFAULT else step_time(cfg, cal)  # type: ignore[call-arg]
+    t = est.time if est.time is not None else step_time(cfg, cal)  # the ranking plan() uses (search.rank_key)
     mem = est.memory
     host_limit = limits.host_bytes_per_node if limits.host_bytes_per_node is not None else default_host_bytes(cfg)
     over = max(mem.total - cfg.cluster.gpu.hbm_bytes * (1 - limits.headroom_fraction),

@@ -6,9 +6,10 @@ runs, its measured step time. The factors (planner/calibration.py documents them
   in planner.memory.memory_per_gpu; fitted together by minimizing the sum of squared log-ratios
   predicted/measured of the peak over a grid, then refined around the best point.
 - compute_efficiency: the achievable fraction of peak FLOP/s in planner.timing; fitted on the
-  profiles without data-parallel communication (one process) by the same log-ratio criterion;
+  profiles without data-parallel communication (one process) by the same log-ratio criterion, or on
+  all timed profiles when every one is multi-process;
 - comm_efficiency: the achievable fraction of link bandwidth, fitted on the multi-process profiles
-  with compute_efficiency fixed. Left null (the planner's default) when no profile constrains it.
+  with compute_efficiency fixed by one-process ones. Left null (the planner's default) otherwise.
 Log-ratios make an over- and an under-estimate by the same factor count the same.
 """
 
@@ -27,6 +28,8 @@ from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.memory import memory_per_gpu
 from planner.strategy import Engine, TrainConfig
+
+RIDGE = 1e-4  # weight of the pull of the memory factors towards 1 (squared log), see `fit`
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -92,7 +95,10 @@ def fit(profiles: Sequence[Profile]) -> Calibration:
 
     def mem_loss(a: float, o: float) -> float:
         cal = Calibration(activation_multiplier=a, overhead_multiplier=o)
-        return _log_loss([(memory_per_gpu(p.config, cal).total, p.peak_bytes) for p in profiles])
+        # a weak pull towards 1 picks, among factors that fit equally well (one profile cannot tell
+        # activations from buffers), the ones closest to the unmodified model
+        prior = RIDGE * (math.log(a) ** 2 + math.log(o) ** 2)
+        return _log_loss([(memory_per_gpu(p.config, cal).total, p.peak_bytes) for p in profiles]) + prior
 
     grid = [0.5 + 0.05 * k for k in range(51)]  # 0.5 .. 3.0
     a, o = min(((a, o) for a in grid for o in grid), key=lambda ao: mem_loss(*ao))
@@ -104,11 +110,14 @@ def fit(profiles: Sequence[Profile]) -> Calibration:
     timed = [p for p in profiles if p.step_time_s]
     single = [p for p in timed if p.config.world_size == 1]
     multi = [p for p in timed if p.config.world_size > 1]
-    if single:
+    # compute efficiency from the runs without communication; from all runs when there are none
+    # (then communication keeps its default efficiency)
+    compute_runs = single or multi
+    if compute_runs:
         eff = _search_1d(lambda e: _log_loss([(predicted_step_time_s(p.config, replace(cal, compute_efficiency=e)),
-                                                p.step_time_s) for p in single]), 1e-4, 1.0)
+                                                p.step_time_s) for p in compute_runs]), 1e-4, 1.0)
         cal = replace(cal, compute_efficiency=round(eff, 5))
-    if multi and cal.compute_efficiency is not None:
+    if single and multi:
         comm = _search_1d(lambda e: _log_loss([(predicted_step_time_s(p.config, replace(cal, comm_efficiency=e)),
                                                  p.step_time_s) for p in multi]), 1e-3, 1.0)
         cal = replace(cal, comm_efficiency=round(comm, 5))

@@ -69,6 +69,8 @@ class StorageTracker(TorchDispatchMode):
         return st._cdata, st
 
     def track(self, t: torch.Tensor) -> None:
+        if t.device.type == "meta":  # shapes only, no bytes (a FakeTensor reports the device it fakes)
+            return
         got = self._key(t)
         if got is None:
             return

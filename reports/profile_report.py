@@ -96,3 +96,17 @@ def accuracy_table(rows: list[dict[str, Any]]) -> Table:
         table.add_row(r["case"], r["kind"], gib(r["measured"]), gib(r["predicted"]),
                       _rel(r["predicted"], r["measured"]))
     return table
+
+
+def accuracy_categories_table(rows: list[dict[str, Any]]) -> Table:
+    """Per-category planner / dry run - 1 of the rows that carry categories (dry runs)."""
+    table = Table(title="Dry runs by category (planner / dry run - 1)", title_justify="left")
+    table.add_column("case")
+    for cat in (*CATEGORIES, "total"):
+        table.add_column(cat, justify="right")
+    for r in rows:
+        if "categories" not in r:
+            continue
+        cats = r["categories"]
+        table.add_row(r["case"], *(_rel(cats[c][1], cats[c][0]) for c in (*CATEGORIES, "total")))
+    return table

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from planner.strategy import TrainConfig
+from planner.strategy import Engine, TrainConfig
 from runner.train import RunOptions, to_argv
 
 
@@ -40,7 +40,8 @@ def launch_env(cfg: TrainConfig, base: dict[str, str] | None = None) -> dict[str
     return env
 
 
-def launch_command(cfg: TrainConfig, plan: Path, opts: RunOptions, *, master_port: int | None = None) -> list[str] | None:
+def launch_command(cfg: TrainConfig, plan: Path, opts: RunOptions, *,
+                   master_port: int | None = None) -> list[str] | None:
     """The torchrun command line for a multi-process plan; None when one process runs it in place.
     Multi-node plans take NODE_RANK and MASTER_ADDR (and MASTER_PORT) from the environment on each node."""
     if cfg.world_size == 1:
@@ -64,6 +65,13 @@ def launch(cfg: TrainConfig, plan: Path, opts: RunOptions) -> int:
         if is_cpu_plan(cfg):
             # before deepspeed is imported anywhere in this process
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if cfg.engine is Engine.deepspeed:
+            # a group of one, as a launcher would describe it; without these deepspeed.init_distributed
+            # falls back to MPI discovery (deepspeed/comm/comm.py, init_distributed)
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                               ("MASTER_ADDR", "127.0.0.1")):
+                os.environ.setdefault(key, value)
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         from runner.train import run
 
         run(cfg, opts)

@@ -82,8 +82,10 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops: float,
-                  on_cuda: bool, is_main: bool, max_steps: int) -> Any:
-    """A transformers TrainerCallback writing one JSONL row per optimizer step and drawing the progress bar."""
+                  on_cuda: bool, is_main: bool, max_steps: int, tensorboard_dir: Path | None = None) -> Any:
+    """A transformers TrainerCallback writing one JSONL row (and TensorBoard scalars) per optimizer step and
+    drawing the progress bar. TensorBoard events are written by the writer's background thread, flushed every
+    30 s and at the end, rather than flushed at every step as transformers' TensorBoardCallback does."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -92,6 +94,7 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
             self.tokens_seen = 0
             self.pending: dict[str, float] = {}
             self.progress: Any = None
+            self.tb: Any = None
             self.task: Any = None
             self.tokens_total = 0
             self.time_total = 0.0
@@ -99,6 +102,10 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
             self.t_last = time.perf_counter()
             self.tokens_seen = state.num_input_tokens_seen
+            if is_main and tensorboard_dir is not None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(tensorboard_dir), flush_secs=30)
             if is_main:
                 from rich.progress import (
                     BarColumn,
@@ -111,7 +118,8 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
 
                 self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                                          TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-                                         TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+                                         TextColumn("ETA"), TimeRemainingColumn(), transient=False,
+                                         auto_refresh=False)  # redrawn once per step, no refresh thread
                 self.progress.start()
                 self.task = self.progress.add_task("train", total=state.max_steps or max_steps,
                                                    completed=state.global_step, loss="-")
@@ -140,12 +148,19 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
             if is_main:
                 with path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
+                if self.tb is not None:
+                    for key in ("loss", "lr", "tokens_per_s", "mfu", "peak_memory_bytes", "grad_norm"):
+                        if key in row:
+                            self.tb.add_scalar(f"train/{key}", row[key], row["step"])
                 if self.progress is not None:
-                    self.progress.update(self.task, completed=state.global_step, loss=f"{row['loss']:.4f}")
+                    self.progress.update(self.task, completed=state.global_step, loss=f"{row['loss']:.4f}",
+                                         refresh=True)
 
         def on_train_end(self, args, state, control, **kw):  # noqa: ANN001
+            if self.tb is not None:
+                self.tb.close()
             if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step)
+                self.progress.update(self.task, completed=state.global_step, refresh=True)
                 self.progress.stop()
 
     return MetricsCallback()

@@ -146,6 +146,8 @@ def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions) -> Any:
         str(src.directory), config=config, dtype=load_dtype(cfg, opts.on_cuda),
         attn_implementation=attn_implementation(cfg, opts.on_cuda), **kwargs)
     model.config.use_cache = False  # the KV cache is for generation; training with checkpointing refuses it
+    if src.gguf_file:
+        _forget_gguf_quantizer(model)
     if cfg.method is Method.full:
         _freeze_first_layers(model, cfg.freeze_layers)
         return model
@@ -171,3 +173,13 @@ def _freeze_first_layers(model: Any, n: int) -> None:
         raise PlanError(f"--freeze-layers {n}: the model has {len(layers)} layers")
     for layer in layers[:n]:
         layer.requires_grad_(False)
+
+
+def _forget_gguf_quantizer(model: Any) -> None:
+    """transformers dequantizes GGUF tensors to torch floats at load (integrations/ggml.py, load_gguf_checkpoint)
+    but still tags the model with a GGUF quantizer, which the Trainer refuses to train
+    (trainer_utils.validate_quantization_for_training). The weights are plain float tensors: drop the tag."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

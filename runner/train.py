@@ -152,10 +152,18 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         kwargs["deepspeed"] = build_ds_config(cfg, for_trainer=True)
     elif cfg.engine is Engine.fsdp and cfg.world_size > 1:
         kwargs["fsdp"], kwargs["fsdp_config"] = _fsdp_args(cfg)
-    if not on_cuda:
-        # DeepSpeed picks the CPU through DS_ACCELERATOR=cpu; DDP/FSDP through accelerate's cpu flag and gloo
-        if cfg.engine is not Engine.deepspeed:
-            kwargs["use_cpu"] = True
+    if not on_cuda and cfg.engine is Engine.deepspeed:
+        # DeepSpeed picks the CPU through DS_ACCELERATOR=cpu, but the Trainer gives accelerate no backend for
+        # DeepSpeed and accelerate then counts one process (accelerate/state.py, PartialState: "No backend == no
+        # distributed training"), so the batch sizes would not multiply out. Set the shared state up with gloo first.
+        from accelerate import PartialState
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+        kwargs["accelerator_config"] = {"use_configured_state": True}
+    elif not on_cuda:
+        # DDP / FSDP on the CPU: accelerate's cpu flag and gloo
+        kwargs["use_cpu"] = True
         if cfg.world_size > 1:
             kwargs["ddp_backend"] = "gloo"
     mixed = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
@@ -179,7 +187,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         logging_strategy="steps", logging_steps=1,
         save_strategy="steps", save_steps=opts.save_steps,
         eval_strategy="no", do_eval=has_eval,
-        report_to=["tensorboard"],  # event files under output_dir/runs
+        report_to=[],  # TensorBoard events come from runner.metrics' callback, under output_dir/runs
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
         remove_unused_columns=False, dataloader_num_workers=0,
@@ -235,7 +243,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     callback = mt.make_callback(path=metrics_path, world_size=world,
                                 flops_token=mt.flops_per_token(n_params, cfg.method is Method.full),
                                 peak_flops=mt.peak_flops_per_s(cfg, on_cuda), on_cuda=on_cuda, is_main=is_main,
-                                max_steps=opts.max_steps)
+                                max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                       data_collator=_Collator(tokenizer.pad_token_id), processing_class=tokenizer,
                       callbacks=[callback])

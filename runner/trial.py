@@ -1,18 +1,17 @@
 """A measured trial: a few real training steps of one plan, in its own process group, with a timeout.
 
-Parent side (`run_trial`): writes the plan, launches one `python -m runner.trial PLAN RESULT` per rank
-with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT on a free port) in a new process group
-that dies with the tuner, kills the whole group on timeout or when one rank fails, and turns the outcome
-into a `TrialOutcome` (tokens/s and peak memory, or a failure kind with its reason). Out-of-memory, crashes
-and hangs are outcomes, not exceptions: the study records them and goes on.
-
-Worker side (`main`, on every rank; `torchrun -m runner.trial` works too): builds the model from its config.json (no hub
-download), applies LoRA with peft, trains with DDP or DeepSpeed ZeRO-0..3 (the ds_config from
-`runner.ds_config.build_ds_config`, with a torch AdamW so nothing is compiled) on random tokens, and
-rank 0 writes the result. CPU plans run over gloo with `DS_ACCELERATOR=cpu` and `OMP_NUM_THREADS=1`.
+The training itself is the profiler's worker (`profiler.worker`: the model from its config.json, LoRA
+with peft, DDP / DeepSpeed ZeRO-0..3 / FSDP2 on random tokens, median step time, peak tensor bytes), so a
+tune measures exactly what `ftplan profile run` measures. This module adds what a search needs around it
+(`run_trial`): one process per rank with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT on a
+free port) in a new process group that dies with the tuner, the whole group killed on timeout or as soon
+as one rank fails (its peers would wait in a collective forever), and every ending turned into a
+`TrialOutcome`: tokens/s and peak memory, or OOM / crash / hang with its reason. They are outcomes, not
+exceptions: the study records them and goes on. CPU plans run over gloo (`DS_ACCELERATOR=cpu`,
+`OMP_NUM_THREADS=1`).
 
 Failure injection for tests and drills: FTPLAN_TRIAL_INJECT="REGEX=crash|oom|hang" makes every trial
-whose plan name (`str(cfg)`) matches REGEX fail that way on rank 0, before its first step.
+whose plan name (`str(cfg)`) matches REGEX fail that way on rank 0, before the profiler's worker starts.
 """
 
 from __future__ import annotations
@@ -21,21 +20,21 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from planner.errors import PlanError
 from planner.serialize import config_from_dict, config_to_dict
-from planner.strategy import Attn, Engine, GradCkpt, Method, Offload, Optimizer, Precision, Stage, TrainConfig
+from planner.strategy import Attn, GradCkpt, Method, Offload, Optimizer, Stage, TrainConfig
 
 INJECT_ENV = "FTPLAN_TRIAL_INJECT"
 _TAIL_CHARS = 4000
@@ -52,8 +51,8 @@ class TrialOutcome:
     ok: bool
     tokens_per_s: float = 0.0
     step_time_s: float = 0.0
-    peak_bytes: float = 0.0  # max over ranks: device memory on CUDA, peak resident set (RSS) on the CPU
-    memory_kind: str = ""
+    peak_bytes: float = 0.0  # max over ranks: peak live tensor bytes (max_memory_allocated on CUDA)
+    peak_rss_bytes: float = 0.0  # max over ranks: the process's peak resident set
     wall_s: float = 0.0  # the whole trial, process start to exit
     failure: Failure | None = None
     reason: str = ""
@@ -67,8 +66,8 @@ def unsupported(cfg: TrainConfig) -> str | None:
     """Why the trial worker cannot run `cfg` (None: it can). Plans it cannot run are left to `ftplan run`."""
     if cfg.cluster.nodes > 1:
         return "measured trials run on one node"
-    if cfg.engine is Engine.fsdp:
-        return "the trial worker runs DDP and DeepSpeed, not FSDP"
+    if cfg.offload is not Offload.none:
+        return "the trial worker does not offload (offloaded plans run with `ftplan run`)"
     if cfg.tp > 1 or cfg.pp > 1:
         return "the trial worker runs data parallelism only (TP = PP = 1)"
     if cfg.method is Method.qlora:
@@ -79,11 +78,8 @@ def unsupported(cfg: TrainConfig) -> str | None:
         return "transformers checkpoints whole decoder layers only (no selective recomputation)"
     if cfg.stage is not Stage.sft:
         return f"the trial worker runs the sft stage only, not {cfg.stage.value}"
-    if on_cpu(cfg):
-        if cfg.attn is Attn.flash:
-            return "flash_attention_2 needs CUDA"
-        if cfg.offload is not Offload.none:
-            return "offloading to the host is meaningless when the device is the host"
+    if cfg.attn is Attn.flash:
+        return "the trial worker runs eager or SDPA attention (profiler.worker), not flash_attention_2"
     return None
 
 
@@ -97,7 +93,7 @@ def _inject(name: str) -> Failure | None:
 
 def _classify(returncode: int, log_tail: str) -> tuple[Failure, str]:
     lines = [ln.strip() for ln in log_tail.splitlines() if ln.strip()]
-    oom_marks = ("OutOfMemoryError", "out of memory", "CUDA error: out of memory", "Cannot allocate memory")
+    oom_marks = ("OutOfMemoryError", "out of memory", "MemoryError", "Cannot allocate memory")
     for ln in reversed(lines):
         if any(m in ln for m in oom_marks):
             return Failure.oom, ln[-300:]
@@ -140,8 +136,10 @@ def run_trial(cfg: TrainConfig, *, steps: int = 3, warmup_steps: int = 1, timeou
     if reason:
         raise PlanError(f"cannot measure {cfg}: {reason}")
     tmp = Path(tempfile.mkdtemp(prefix="ftplan-trial-", dir=workdir))
-    plan_path, result_path, log_path = tmp / "plan.json", tmp / "result.json", tmp / "trial.log"
-    plan_path.write_text(json.dumps(config_to_dict(cfg)))
+    spec_path, out_dir, log_path = tmp / "spec.json", tmp / "out", tmp / "trial.log"
+    # the spec format of profiler/worker.py
+    spec_path.write_text(json.dumps({"config": config_to_dict(cfg), "warmup_steps": warmup_steps, "steps": steps,
+                                     "model_path": None}))
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
                                                       os.environ.get("PYTHONPATH", "")) if p),
@@ -149,8 +147,7 @@ def run_trial(cfg: TrainConfig, *, steps: int = 3, warmup_steps: int = 1, timeou
                LOCAL_WORLD_SIZE=str(cfg.world_size))
     if on_cpu(cfg):
         env["DS_ACCELERATOR"] = "cpu"
-    cmd = [sys.executable, "-m", "runner.trial", str(plan_path), str(result_path), f"--steps={steps}",
-           f"--warmup={warmup_steps}"]
+    cmd = [sys.executable, "-m", "runner.trial", "--spec", str(spec_path), "--out", str(out_dir)]
     # one process per rank with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*), launched
     # directly: a torchrun parent would cost one more torch import per trial and adds nothing on one node
     start = time.monotonic()
@@ -177,182 +174,42 @@ def run_trial(cfg: TrainConfig, *, steps: int = 3, warmup_steps: int = 1, timeou
         if returncode is None:
             return TrialOutcome(ok=False, wall_s=wall_s, failure=Failure.hang,
                                 reason=f"hung: no result after {timeout_s:.0f} s, process group killed")
-        if returncode != 0 or not result_path.exists():
+        results = [out_dir / f"rank{r}.json" for r in range(cfg.world_size)]
+        if returncode != 0 or not all(p.exists() for p in results):
             failure, why = _classify(returncode, tail)
             return TrialOutcome(ok=False, wall_s=wall_s, failure=failure, reason=why)
-        data = json.loads(result_path.read_text())
-        return TrialOutcome(ok=True, tokens_per_s=data["tokens_per_s"], step_time_s=data["step_time_s"],
-                            peak_bytes=data["peak_bytes"], memory_kind=data["memory_kind"], wall_s=wall_s)
+        ranks = [json.loads(p.read_text()) for p in results]
+        # the slowest rank sets the pace; the most loaded one the memory (as profiler.launch.RunResult)
+        step_time_s = max(float(r["step_time_s"]) for r in ranks)
+        return TrialOutcome(ok=True, tokens_per_s=cfg.tokens_per_step / step_time_s, step_time_s=step_time_s,
+                            peak_bytes=float(max(r["peak_allocated_bytes"] for r in ranks)),
+                            peak_rss_bytes=float(max(r["peak_rss_bytes"] for r in ranks)), wall_s=wall_s)
     finally:
         if not keep_logs:
-            for p in (plan_path, result_path, log_path):
-                p.unlink(missing_ok=True)
-            tmp.rmdir()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- worker (runs under torchrun)
-
-def _hf_config(cfg: TrainConfig) -> dict[str, Any]:
-    from profiler.dryrun import hf_config_dict
-
-    src = Path(cfg.model.source)
-    if not cfg.model.source.startswith("catalog:") and src.is_dir():
-        return json.loads((src / "config.json").read_text())
-    return hf_config_dict(cfg.model)
-
-
-def _build_model(cfg: TrainConfig) -> Any:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from planner.params import resolve_lora_targets
-
-    hf = AutoConfig.for_model(**_hf_config(cfg))
-    hf._attn_implementation = {Attn.eager: "eager", Attn.sdpa: "sdpa", Attn.flash: "flash_attention_2"}[cfg.attn]
-    hf.use_cache = False
-    torch.manual_seed(0)  # identical initial weights on every rank, as a checkpoint load gives
-    model = AutoModelForCausalLM.from_config(hf, dtype=torch.float32)
-    if cfg.method is Method.lora:
-        from peft import LoraConfig, get_peft_model
-
-        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(resolve_lora_targets(cfg.model, cfg.lora_targets)),
-                          task_type="CAUSAL_LM")
-        model = get_peft_model(model, lcfg)
-    if cfg.grad_ckpt is GradCkpt.full:
-        # non-reentrant checkpointing, transformers' Trainer default since 4.35
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.method is Method.lora:
-            model.enable_input_require_grads()
-    model.train()
-    return model
-
-
-def _optimizer(cfg: TrainConfig, model: Any) -> Any:
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, lr=1e-5, momentum=0.9)
-    return torch.optim.AdamW(params, lr=1e-5)
-
-
-def _peak_bytes(device: Any) -> tuple[float, str]:
-    import resource
-
-    import torch
-
-    if device.type == "cuda":
-        return float(torch.cuda.max_memory_allocated(device)), "device allocated"
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024), "host RSS"  # Linux: KiB
-
+# ---------------------------------------------------------------- each rank
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m runner.trial --spec S --out D`: the failure injection, then `profiler.worker`."""
     import argparse
 
-    import torch
-    import torch.distributed as dist
-
     ap = argparse.ArgumentParser(prog="python -m runner.trial")
-    ap.add_argument("plan")
-    ap.add_argument("result")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--spec", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
-    cfg = config_from_dict(json.loads(Path(args.plan).read_text()))
-    cpu = on_cpu(cfg)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    device = torch.device("cpu") if cpu else torch.device("cuda", local_rank)
-    if not cpu:
-        torch.cuda.set_device(device)
-    dist.init_process_group("gloo" if cpu else "nccl")
-    injected = _inject(str(cfg)) if rank == 0 else None
+    cfg = config_from_dict(json.loads(args.spec.read_text())["config"])
+    injected = _inject(str(cfg)) if os.environ.get("RANK", "0") == "0" else None
     if injected is Failure.crash:
         raise RuntimeError(f"injected failure ({INJECT_ENV}) for {cfg}")
     if injected is Failure.oom:
-        raise torch.OutOfMemoryError(f"injected out of memory ({INJECT_ENV}) for {cfg}")
+        raise MemoryError(f"injected out of memory ({INJECT_ENV}) for {cfg}")
     if injected is Failure.hang:
         time.sleep(10**6)
+    from profiler.worker import main as worker_main
 
-    model = _build_model(cfg)
-    sixteen = {Precision.bf16_mixed: torch.bfloat16, Precision.fp16_mixed: torch.float16}.get(cfg.precision)
-    if cfg.engine is Engine.deepspeed:
-        import deepspeed
-
-        from runner.ds_config import build_ds_config
-
-        ds = build_ds_config(cfg)
-        # a torch optimizer (no fused-Adam build) unless the plan offloads (then DeepSpeed's CPU Adam)
-        client_opt = None
-        if cfg.offload is Offload.none:
-            ds.pop("optimizer", None)
-            ds.pop("scheduler", None)
-            ds["zero_allow_untested_optimizer"] = True
-            client_opt = _optimizer(cfg, model)
-        ds["steps_per_print"] = 10**9
-        engine, *_ = deepspeed.initialize(model=model, optimizer=client_opt, config=ds,
-                                          model_parameters=[p for p in model.parameters() if p.requires_grad])
-
-        def step(batch: Any) -> None:
-            for micro in batch:
-                loss = engine(input_ids=micro, labels=micro).loss
-                engine.backward(loss)
-                engine.step()
-    else:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model.to(device)
-        wrapped = DistributedDataParallel(model, device_ids=None if cpu else [local_rank])
-        opt = _optimizer(cfg, model)
-        scaler = torch.amp.GradScaler(device.type) if cfg.precision is Precision.fp16_mixed else None
-
-        def step(batch: Any) -> None:
-            for i, micro in enumerate(batch):
-                last = i == len(batch) - 1
-                ctx = torch.autocast(device.type, dtype=sixteen) if sixteen is not None else nullcontext()
-                sync = nullcontext() if last else wrapped.no_sync()
-                with sync:
-                    with ctx:
-                        loss = wrapped(input_ids=micro, labels=micro).loss / len(batch)
-                    (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-
-    gen = torch.Generator().manual_seed(1000 + rank)
-    vocab = int(_hf_config(cfg)["vocab_size"])
-
-    def batch() -> list[Any]:
-        return [torch.randint(0, vocab, (cfg.micro_batch, cfg.seq_len), generator=gen).to(device)
-                for _ in range(cfg.grad_accum)]
-
-    for _ in range(args.warmup):
-        step(batch())
-    data = [batch() for _ in range(args.steps)]
-    if not cpu:
-        torch.cuda.synchronize()
-    dist.barrier()
-    t0 = time.perf_counter()
-    for b in data:
-        step(b)
-    if not cpu:
-        torch.cuda.synchronize()
-    dist.barrier()
-    elapsed_s = time.perf_counter() - t0
-    peak, kind = _peak_bytes(device)
-    stats = torch.tensor([elapsed_s, peak], dtype=torch.float64, device=device if not cpu else "cpu")
-    dist.all_reduce(stats, op=dist.ReduceOp.MAX)
-    if rank == 0:
-        from planner.atomic import write_text_atomic
-
-        step_s = float(stats[0]) / args.steps
-        write_text_atomic(Path(args.result), json.dumps({
-            "tokens_per_s": cfg.tokens_per_step / step_s, "step_time_s": step_s, "peak_bytes": float(stats[1]),
-            "memory_kind": kind, "steps": args.steps, "name": str(cfg)}))
-    dist.destroy_process_group()
+    worker_main(["--spec", str(args.spec), "--out", str(args.out)])
 
 
 if __name__ == "__main__":

@@ -318,17 +318,34 @@ def _holder(study: optuna.Study, params: dict[str, Any], exclude: int | None = N
     return None
 
 
+def spread(ranked: list[tuple[TrainConfig, Any]], n: int) -> list[TrainConfig]:
+    """The `n` plans measured first: the analytically best plan of each strategy (DDP, Z1, Z3+off-opt,
+    FSDP, ...) in rank order, then the second best of each, and so on. The time model is least sure across
+    engines (communication, framework overheads), and the top of a plain ranking is often one strategy
+    at several micro-batches; measuring one plan per strategy first gives TPE contrasts to learn from."""
+    by_strategy: dict[str, list[TrainConfig]] = {}
+    for cfg, _ in ranked:
+        by_strategy.setdefault(cfg.strategy_name(), []).append(cfg)
+    out: list[TrainConfig] = []
+    depth = 0
+    while len(out) < n and any(len(v) > depth for v in by_strategy.values()):
+        out += [v[depth] for v in by_strategy.values() if len(v) > depth][: n - len(out)]
+        depth += 1
+    return out
+
+
 def measured_study(space: TuneSpace, ranked: list[tuple[TrainConfig, Any]], opts: TuneOptions,
                    storage: optuna.storages.BaseStorage, name: str, progress: Progress | None = None
                    ) -> optuna.Study:
-    """Real trials: the best analytical plans first, then TPE; `ranked` are fitting (cfg, Score), best first."""
+    """Real trials: the best analytical plans first (`spread`), then TPE; `ranked` are the fitting (cfg, Score),
+    best first."""
     trials = opts.trials or DEFAULT_MEASURED_TRIALS
     top = min(opts.top if opts.top is not None else math.ceil(trials / 2), trials, len(ranked))
     predicted = {str(cfg): s for cfg, s in ranked}
     sampler = TPESampler(seed=opts.seed, multivariate=True, n_startup_trials=max(1, top))
     study = load_study(storage, name, space, measured=True, sampler=sampler)
     _fail_stale(study)
-    for cfg, _ in ranked[:top]:
+    for cfg in spread(ranked, top):
         params = choices_of(cfg)
         if _holder(study, params) is None:
             study.enqueue_trial(params, user_attrs={"source": "analytical top"})
@@ -362,7 +379,7 @@ def measured_study(space: TuneSpace, ranked: list[tuple[TrainConfig, Any]], opts
             trial.set_user_attr("reason", out.reason)
             raise _MeasuredFailure(f"{cfg}: {out.failure.value}: {out.reason}")
         trial.set_user_attr("peak_bytes", out.peak_bytes)
-        trial.set_user_attr("memory_kind", out.memory_kind)
+        trial.set_user_attr("peak_rss_bytes", out.peak_rss_bytes)
         trial.set_user_attr("step_time_s", out.step_time_s)
         return out.tokens_per_s
 
@@ -419,19 +436,23 @@ def _nothing_fits(space: TuneSpace, rows: list[TrialRow], what: str) -> PlanErro
 
 
 def tune(space: TuneSpace, opts: TuneOptions, progress: Progress | None = None) -> TuneResult:
+    if opts.measure:
+        from profiler.launch import check_device
+
+        check_device(space.base)  # --gpus 8xA800 --measure on a machine without them: one clear error
     storage, url = open_storage(opts.storage)
     name = opts.study or default_study_name(space)
     runnable = sum(1 for _ in space.feasible())
     if runnable == 0:
         raise PlanError(f"the search space holds no valid plan for {space.base.model.name} on {space.base.cluster}"
-                        + (" that a measured trial can run (TP = PP = 1, DDP or DeepSpeed, no offload on the CPU)"
+                        + (" that a measured trial can run (TP = PP = 1, no offload, no QLoRA)"
                            if opts.measure else ""))
     exhaustive = opts.measure or opts.trials is None or opts.trials >= runnable
     if exhaustive:
-        analytical = exhaustive_study(space, opts, None if opts.measure else progress)
-        # the persistent study is still opened: its identity is checked even when nothing is stored in it
         if not opts.measure:
+            # the persistent study is still opened: its identity is checked even when nothing is stored in it
             load_study(storage, name, space, measured=False, sampler=optuna.samplers.RandomSampler())
+        analytical = exhaustive_study(space, opts, None if opts.measure else progress)
     else:
         analytical = sampled_study(space, opts, storage, name, progress)
     a_trials = analytical.get_trials(deepcopy=False)

@@ -115,3 +115,14 @@ def test_json_best_has_the_keys_of_plan_json(tmp_path):
     assert data["best"]["name"] == first["name"]
     assert data["trials_completed"] > 0 and data["trials_failed"] == 0
     assert (tmp_path / "win" / "plan.json").exists()
+
+
+def test_analytical_tune_imports_no_torch():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "ftplan", "tune", "--model", "7b", "--gpus",
+                           "8xA800", "--method", "qlora", "--storage", "memory", "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = {ln.rsplit("|", 1)[1].strip() for ln in done.stderr.splitlines() if ln.startswith("import time:")}
+    assert "optuna" in names
+    heavy = sorted(n for n in names if n.split(".")[0] in ("torch", "transformers", "deepspeed", "peft"))
+    assert not heavy, heavy[:5]

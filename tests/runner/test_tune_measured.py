@@ -21,7 +21,7 @@ from planner.search import SearchSpace
 from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, ZeroStage
 from planner.tune_space import Filters, build_space
 from runner.trial import INJECT_ENV, unsupported
-from runner.tune import TuneOptions, exhaustive_study, tune
+from runner.tune import TuneOptions, exhaustive_study, spread, tune
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +51,13 @@ def test_measured_tune_records_a_failure_and_goes_on(tiny, tmp_path, monkeypatch
     assert {d.name: len(d.choices) for d in space.dimensions}["strategy"] == 3
     opts = TuneOptions(measure=True, trials=3, top=3, storage=f"sqlite:///{tmp_path / 'm.db'}", trial_steps=1,
                        trial_timeout_s=240)
-    ranked = [t.user_attrs["name"] for t in sorted(
-        (t for t in exhaustive_study(space, opts).trials if t.values[1] >= 0),
-        key=lambda t: (-t.values[0], t.values[1]))]
-    doomed = ranked[1].split("-sdpa")[0]  # the second analytical choice crashes on purpose
+    feasible = sorted((t for t in exhaustive_study(space, opts).trials if t.user_attrs["overshoot_bytes"] <= 0),
+                      key=lambda t: (-t.values[0], t.values[1]))
+    first = spread([(space.config_for(t.params)[0], None) for t in feasible], 3)
+    doomed = str(first[1])  # the second plan measured crashes on purpose
     monkeypatch.setenv(INJECT_ENV, f"^{re.escape(doomed)}$=crash")
     result = tune(space, opts)
-    states = {r.name.split("-sdpa")[0]: r for r in result.rows if r.state in ("complete", "failed")}
+    states = {r.name: r for r in result.rows if r.state in ("complete", "failed")}
     assert states[doomed].state == "failed" and "injected failure" in states[doomed].reason
     assert result.trials_failed == 1 and result.trials_completed >= 2
     ok = [r for r in result.rows if r.state == "complete"]
@@ -105,7 +105,9 @@ def test_killed_study_resumes_without_rerunning(tiny, tmp_path):
     keys = [tuple(sorted(t.params.items())) for t in complete]
     assert len(keys) == len(set(keys)), "a finished parameter set ran twice"
     # the plan killed mid-trial counts as running until its heartbeat goes stale; another one is measured instead
-    assert data["trials_completed"] == len(complete) == 2, [(t.number, t.state.name, t.user_attrs) for t in after]
+    verdicts = [t for t in after if t.state.name == "COMPLETE" or "failure" in t.user_attrs]
+    assert data["trials_completed"] == len(complete) >= 1
+    assert len(verdicts) == 2, [(t.number, t.state.name, t.user_attrs) for t in after]
 
 
 def test_two_processes_share_one_sqlite_study(tmp_path):
