@@ -20,10 +20,19 @@ from planner.strategy import (
     Stage,
 )
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalog name or alias (7b, llama-3-8b), a config.json, or a model directory.")]
-GpusOpt = Annotated[str, typer.Option("--gpus", "-g", help="COUNTxTYPE or NODESxPER_NODExTYPE: 8xA800, 2x8xH100, 2xCPU.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Catalog name or alias (7b, llama-3-8b), a config.json, or a model directory."),
+]
+GpusOpt = Annotated[
+    str,
+    typer.Option("--gpus", "-g", help="COUNTxTYPE or NODESxPER_NODExTYPE: 8xA800, 2x8xH100, 2xCPU."),
+]
 MethodOpt = Annotated[Method, typer.Option(help="Fine-tuning method.")]
-MethodsOpt = Annotated[list[Method] | None, typer.Option("--method", help="Methods to plan (repeat); default all three.")]
+MethodsOpt = Annotated[
+    list[Method] | None,
+    typer.Option("--method", help="Methods to plan (repeat); default all three."),
+]
 LoraROpt = Annotated[int, typer.Option(help="LoRA rank.")]
 LoraAlphaOpt = Annotated[int, typer.Option(help="LoRA alpha.")]
 LoraTargetsOpt = Annotated[str, typer.Option(help="Comma-separated LoRA target modules, or 'all'.")]
@@ -36,7 +45,10 @@ OffloadDeviceOpt = Annotated[OffloadDevice, typer.Option(help="Where offloaded s
 FsdpOpt = Annotated[FsdpStrategy | None, typer.Option(help="Use FSDP with this sharding strategy.")]
 TpOpt = Annotated[int, typer.Option(help="Tensor-parallel degree.")]
 PpOpt = Annotated[int, typer.Option(help="Pipeline-parallel degree.")]
-SpOpt = Annotated[bool, typer.Option("--sequence-parallel/--no-sequence-parallel", help="Sequence parallelism with TP.")]
+SpOpt = Annotated[
+    bool,
+    typer.Option("--sequence-parallel/--no-sequence-parallel", help="Sequence parallelism with TP."),
+]
 MicroBatchOpt = Annotated[int, typer.Option(help="Sequences per GPU per forward.")]
 GradAccumOpt = Annotated[int, typer.Option(help="Gradient-accumulation steps.")]
 SeqLenOpt = Annotated[int, typer.Option(help="Tokens per sequence.")]
@@ -45,10 +57,16 @@ AttnOpt = Annotated[Attn, typer.Option(help="Attention implementation.")]
 StageOpt = Annotated[Stage, typer.Option(help="Training stage.")]
 FreezeOpt = Annotated[int, typer.Option(help="Full method: freeze the first N decoder layers.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-HostMemOpt = Annotated[float | None, typer.Option("--host-memory", help="Host RAM per node in GiB (default: 2x the node's GPU memory).")]
+HostMemOpt = Annotated[
+    float | None,
+    typer.Option("--host-memory", help="Host RAM per node in GiB (default: 2x the node's GPU memory)."),
+]
 NvmeOpt = Annotated[float, typer.Option("--nvme", help="NVMe space per node in GiB for ZeRO-Infinity.")]
 HeadroomOpt = Annotated[float, typer.Option(min=0.0, max=0.9, help="Fraction of GPU memory to keep free.")]
-GlobalBatchOpt = Annotated[int | None, typer.Option(help="Sequences per optimizer step, held fixed (default 8 per GPU).")]
+GlobalBatchOpt = Annotated[
+    int | None,
+    typer.Option(help="Sequences per optimizer step, held fixed (default 8 per GPU)."),
+]
 CalibrationOpt = Annotated[Path | None, typer.Option(help="Calibration JSON written by `ftplan profile`.")]
 TopOpt = Annotated[int, typer.Option(help="Plans to show per method.")]
 TokensOpt = Annotated[float | None, typer.Option(

@@ -15,9 +15,9 @@ from reports.memory_report import memory_table
 
 
 def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
-    from planner.timing import step_time
-
     from rich import box
+
+    from planner.timing import step_time
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     for col, justify in (("#", "right"), ("method", "left"), ("plan", "left"), ("GiB/GPU (fill)", "right"),

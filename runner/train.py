@@ -334,6 +334,13 @@ def main(argv: list[str] | None = None) -> None:
     except PlanError as exc:
         print(f"ftplan: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        # tear the process group down before interpreter exit: a gloo group left to the atexit
+        # destructors can abort a rank ("terminate called without an active exception")
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
