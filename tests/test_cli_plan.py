@@ -13,20 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from ftplan import cli
-
-
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["ftplan", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_helpers import run
 
 
 @pytest.fixture(scope="module")

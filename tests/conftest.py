@@ -1,0 +1,1 @@
+"""Shared test set-up: this folder's helpers (cli_helpers.py) are importable from every test folder."""
