@@ -46,6 +46,9 @@ from planner.strategy import (
 )
 
 CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
+# "other" items live only in the backward phase (gone by the end of backward and the optimizer step)
+BACKWARD_ONLY_ITEMS = ("logits and loss", "dequantized weight", "autocast weight copies",
+                       "ZeRO-3 parameters kept for backward")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,35 @@ def shard_group(cfg: TrainConfig) -> int:
     return cfg.dp
 
 
+def zero3_kept_for_backward_elements(cfg: TrainConfig, *, first: bool) -> float:
+    """Gathered parameters ZeRO-3 keeps from forward into backward, elements per GPU, at backward's start.
+
+    Once the module trace is complete (from the second step), releasing a module's parameters after its
+    forward skips every parameter that is used again within `stage3_max_reuse_distance` parameters of the
+    trace (partitioned_param_coordinator.py, `__params_to_release`: it walks `__submodule_order` from the
+    current step, counting `ds_numel`, and discards reused ones until the count reaches the distance).
+    The trace is forward then backward in reverse, so a module is next used after twice the parameters of
+    the modules that follow it in forward: it stays gathered iff 2 * (parameters after it) < the distance.
+    `stage3_max_live_parameters` only limits prefetching (`__max_n_available_params`), not this. Counted
+    per decoder layer (its linears are separate modules, so part of one more layer may stay as well).
+    Not modelled: the same function also keeps parameters whose next use a prefetch skipped
+    (`__most_recent_step_id_param_fetched_for`); with the default distance (1e9) this adds nothing for
+    a model under 5e8 parameters (all kept anyway), but with a distance of 0 it still kept 42 of the
+    85 decoder linears of a 134M Llama on 2 CPU ranks.
+    """
+    m, t = cfg.model, cfg.tp
+    sp = stage_params(cfg, first=first)
+    has_embedding = first or (m.tie_embeddings and cfg.pp > 1)
+    forward = ([embedding_params(m) / t] if has_embedding else []) + [layer_params(m) / t] * sp.layers + (
+        [head_params(m) / t] if sp.has_head else [])
+    kept, after = 0.0, 0.0
+    for numel in reversed(forward):
+        if 2 * after < ds.STAGE3_MAX_REUSE_DISTANCE:
+            kept += numel
+        after += numel
+    return kept
+
+
 # --- the three phases ---------------------------------------------------------------------------
 
 def memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
@@ -238,9 +270,12 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     # optimizer states (+ fp32 master under DeepSpeed mixed precision)
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, prec)
     # ZeRO-1/2 clone the fp32 partition even when the weights already are fp32
-    # (stage_1_and_2.py: single_partition_of_fp32_groups = bit16 partition .detach().clone())
-    master = 4.0 if (ds_engine and (mixed or (prec is Precision.fp32 and zero in (
-        ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS)))) else 0.0
+    # (stage_1_and_2.py: single_partition_of_fp32_groups = bit16 partition .detach().clone()). ZeRO-3 does
+    # too: stage3.py `_create_fp32_partitions` reuses the partition only if its dtype matches and
+    # `partition.device == self.device`, but self.device is the accelerator's device *name*, a str ('cuda:0',
+    # 'cpu': accelerator/*_accelerator.py, current_device_name), and torch.device == str is False, so it takes
+    # the `.to(...).clone()` branch on every device (DeepSpeed 0.19.8; measured: a second fp32 partition).
+    master = 4.0 if (ds_engine and (mixed or (prec is Precision.fp32 and zero >= ZeroStage.OPTIMIZER_STATES))) else 0.0
     optim = t_params * (state_bytes + master)
     # DeepSpeed's pipeline engine with bf16 runs BF16_Optimizer even at ZeRO-0 (engine.py,
     # _do_optimizer_sanity_check), which splits the fp32 master and Adam states over the DP group
@@ -308,10 +343,18 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         biggest = max(layer_params(m), head_params(m) if sp.has_head else 0) / cfg.tp
         live = min(ds.STAGE3_MAX_LIVE_PARAMETERS, biggest + ds.prefetch_bucket_elements(m))
         items["ZeRO-3 gathered parameters"] = c16 * live
+        # from the second step on (the trace is complete) forward keeps what backward reuses soon
+        kept = zero3_kept_for_backward_elements(cfg, first=first)
+        at_backward = min(sp.total, kept + min(ds.prefetch_bucket_elements(m),
+                                               max(0.0, ds.STAGE3_MAX_LIVE_PARAMETERS - kept)))
+        if at_backward > live:
+            items["ZeRO-3 parameters kept for backward"] = c16 * (at_backward - live)
         # a gradient larger than the bucket is reduced on its own from the full tensor autograd made
-        # (stage3.py, reduce_independent_p_g_buckets_and_remove_grads): the LM head's, when it trains
+        # (stage3.py, reduce_independent_p_g_buckets_and_remove_grads): the LM head's, when it trains; the
+        # contiguous_gradients bucket itself is allocated once and stays (stage3.py, _setup_for_real_optimizer:
+        # `bucket.buffer = torch.empty(self.reduce_bucket_size, ...)`), so both are live together
         head_grad = head_params(m) / cfg.tp if (sp.has_head and cfg.method is Method.full) else 0.0
-        items["ZeRO-3 reduce bucket"] = c16 * max(ds.reduce_bucket_elements(m), head_grad)
+        items["ZeRO-3 reduce bucket"] = c16 * (ds.reduce_bucket_elements(m) + head_grad)
     elif fsdp_sharded:
         if cfg.fsdp is FsdpStrategy.shard_grad_op:
             items["FSDP unsharded parameters"] = sixteen_bit_weights
@@ -347,10 +390,8 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}
         step_items = {k: v * cal.overhead_multiplier for k, v in step_items.items()}
     base = weights + grads + optim
-    buffers = sum(v for k, v in items.items() if k not in ("logits and loss", "dequantized weight",
-                                                            "autocast weight copies"))
-    transient = sum(v for k, v in items.items() if k in ("logits and loss", "dequantized weight",
-                                                         "autocast weight copies"))
+    buffers = sum(v for k, v in items.items() if k not in BACKWARD_ONLY_ITEMS)
+    transient = sum(v for k, v in items.items() if k in BACKWARD_ONLY_ITEMS)
     # phase "backward": with accumulation, the gradients of earlier micro-batches are resident
     grads_in_backward = grads if (cfg.grad_accum > 1 or ds_engine or fsdp_sharded) else 0.0
     phase_a = base - grads + grads_in_backward + activations + buffers + transient
@@ -362,8 +403,7 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         other_items = dict(items)
         grads_shown, acts = grads_in_backward, activations
     else:
-        other_items = {k: v for k, v in items.items() if k not in ("logits and loss", "dequantized weight",
-                                                                    "autocast weight copies")}
+        other_items = {k: v for k, v in items.items() if k not in BACKWARD_ONLY_ITEMS}
         if phase == "optimizer":
             other_items.update(step_items)
         grads_shown, acts = grads, 0.0

@@ -27,6 +27,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
+# Storages at least this large are re-measured on every new storage: FSDP2 frees and re-allocates its
+# unsharded parameters with `untyped_storage().resize_(0 / n)` (torch/distributed/fsdp/_fully_shard/
+# _fsdp_param.py, free_storage / alloc_storage), which no dispatch mode sees; on CUDA the caching
+# allocator does see it, so max_memory_allocated drops where a count of storages would not.
+RESIZE_WATCH_BYTES = 1 << 20
 
 
 @dataclass
@@ -56,6 +61,7 @@ class StorageTracker(TorchDispatchMode):
         self.weight_copies: set[int] = set()  # casts of a parameter (autocast's weight cache)
         self.in_head = False  # set while the final norm, LM head and loss run (the planner's "logits and loss")
         self.head_serials: set[int] = set()
+        self._watched: dict[int, tuple[weakref.ref, int, int]] = {}  # key -> (storage, serial, bytes counted)
 
     # --- counting ---------------------------------------------------------------------------
     def _key(self, t: torch.Tensor) -> tuple[int, torch.UntypedStorage] | None:
@@ -84,9 +90,25 @@ class StorageTracker(TorchDispatchMode):
             self.head_serials.add(self._serial)
         self.current_bytes += nbytes
         weakref.finalize(st, self._free, key, self._serial)
-        if self.current_bytes > self._peak_bytes:
-            # a new high: its contents are copied only when memory starts to fall from it (cheap)
-            self._peak_bytes, self._peak_label, self._dirty = self.current_bytes, self.label, True
+        if nbytes >= RESIZE_WATCH_BYTES:
+            self._watched[key] = (weakref.ref(st), self._serial, nbytes)
+        resized = self._resized_bytes()
+        if self.current_bytes + resized > self._peak_bytes:
+            if resized:  # a resize is invisible to _free: take the snapshot now
+                self._peak_bytes, self._peak_label = self.current_bytes + resized, self.label
+                self._take_peak()
+            else:
+                # a new high: its contents are copied only when memory starts to fall from it (cheap)
+                self._peak_bytes, self._peak_label, self._dirty = self.current_bytes, self.label, True
+
+    def _resized_bytes(self) -> int:
+        """Actual minus counted bytes of the watched storages (negative after FSDP2's resize_(0))."""
+        delta = 0
+        for ref, _, counted in self._watched.values():
+            st = ref()
+            if st is not None:
+                delta += st.nbytes() - counted
+        return delta
 
     def _free(self, key: int, serial: int) -> None:
         entry = self._live.get(key)
@@ -95,10 +117,15 @@ class StorageTracker(TorchDispatchMode):
                 self._take_peak()
             del self._live[key]
             self.current_bytes -= entry[1]
+            self._watched.pop(key, None)
 
     def _take_peak(self) -> None:
-        self.peak = Snapshot(total_bytes=self.current_bytes, label=self._peak_label,
-                             storages={s: b for s, b in self._live.values()})
+        storages = {s: b for s, b in self._live.values()}
+        for ref, serial, _ in self._watched.values():
+            st = ref()
+            if st is not None:
+                storages[serial] = st.nbytes()
+        self.peak = Snapshot(total_bytes=sum(storages.values()), label=self._peak_label, storages=storages)
         self._dirty = False
 
     def finish(self) -> Snapshot:

@@ -8,10 +8,11 @@ import pytest
 
 from planner.activations import LayerTraining, hf_layer_bytes_per_token
 from planner.build import build_config
+from planner.gpus import parse_gpus
 from planner.memory import memory_per_gpu
-from planner.models import from_name
+from planner.models import from_name, spec_from_hf_config
 from planner.params import total_params
-from planner.strategy import Attn, GradCkpt, Method, Offload, Precision
+from planner.strategy import Attn, Engine, GradCkpt, Method, Offload, Precision, TrainConfig, ZeroStage
 
 
 def test_deepspeed_bf16_pipeline_zero0_partitions_optimizer_states() -> None:
@@ -54,3 +55,27 @@ def test_zero_offload_host_gradients(zero: int, grad_accum: int, host_bytes_per_
                        offload=Offload.optimizer, grad_accum=grad_accum)
     host_per_param = memory_per_gpu(cfg).host_bytes / total_params(cfg.model)
     assert host_per_param == pytest.approx(host_bytes_per_param, rel=1e-9)
+
+
+def test_zero3_fp32_clones_master_partition() -> None:
+    """stage3.py `_create_fp32_partitions` compares a torch.device with the accelerator's device name (a str),
+    so even fp32 weights get a cloned fp32 partition, as ZeRO-1/2 do (measured on 2 CPU ranks)."""
+    z3 = memory_per_gpu(build_config(model="llama-3.2-1b", gpus="8xA800", method=Method.full, zero=3,
+                                     precision=Precision.fp32))
+    assert z3.optimizer == pytest.approx(3 * z3.weights, rel=1e-9)  # fp32 master + exp_avg + exp_avg_sq
+
+
+def test_zero3_keeps_parameters_within_reuse_distance() -> None:
+    """partitioned_param_coordinator.py `__params_to_release`: a module used again within
+    stage3_max_reuse_distance (1e9) parameters stays gathered from forward into backward, so a model
+    under 5e8 parameters stays whole; Llama-3-8B's 525M-parameter head is already past the distance."""
+    spec = spec_from_hf_config({"model_type": "llama", "vocab_size": 32000, "hidden_size": 768,
+                                "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
+                                "max_position_embeddings": 2048}, name="llama-134m")
+    small = TrainConfig(model=spec, cluster=parse_gpus("2xCPU"), method=Method.full, engine=Engine.deepspeed,
+                        zero=ZeroStage.WEIGHTS, precision=Precision.fp32, seq_len=256)
+    mem = memory_per_gpu(small)
+    gathered = mem.other_items["ZeRO-3 gathered parameters"] + mem.other_items["ZeRO-3 parameters kept for backward"]
+    assert gathered >= 4 * total_params(small.model) * 0.99
+    assert "ZeRO-3 parameters kept for backward" not in memory_per_gpu(
+        build_config(model="llama-3-8b", gpus="8xA800", method=Method.full, zero=3)).other_items
