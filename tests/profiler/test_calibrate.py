@@ -4,13 +4,12 @@ and a calibration made by `ftplan profile run` changes `ftplan estimate` and red
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cli_helpers import run as _cli
 
-from ftplan import cli
 from planner.build import build_config
 from planner.calibration import DEFAULT, Calibration, load_calibration
 from planner.memory import memory_per_gpu
@@ -46,18 +45,6 @@ def test_calibration_file_round_trips(tmp_path: Path) -> None:
     assert dict(loaded.key)["device"] == "A100-80G" and dict(loaded.key)["framework"] == "ddp"
     assert data["error_after"]["memory_worst_abs"] < data["error_before"]["memory_worst_abs"]
     assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]  # no temporary left behind
-
-
-def _cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["ftplan", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.slow
