@@ -68,6 +68,10 @@ def run_deepspeed(out: Path) -> None:
         if rank == 0:
             print(f"step {step} loss {sum(losses) / len(losses):.4f} global_steps {engine.global_steps} "
                   f"zero {engine.zero_optimization_stage()} world {dist.get_world_size()}", flush=True)
+    # tear the gloo group down before interpreter exit, as the FSDP run below does: left to the atexit
+    # destructors a rank can abort ("terminate called without an active exception")
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def fsdp_plugin_from_yaml(yaml_path: Path):
