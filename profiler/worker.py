@@ -92,7 +92,7 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
     if cfg.engine is Engine.deepspeed:
         import deepspeed
 
-        from runner.ds_config import build_ds_config
+        from planner.configs.ds_config import build_ds_config
 
         ds_cfg = build_ds_config(cfg)
         ds_cfg["zero_allow_untested_optimizer"] = True

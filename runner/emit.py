@@ -15,14 +15,14 @@ from typing import Any
 
 import yaml
 
+from planner.configs.accelerate_config import build_accelerate_config
+from planner.configs.ds_config import build_ds_config
 from planner.errors import PlanError
 from planner.estimate import Estimate, estimate, estimate_to_dict
 from planner.serialize import config_from_dict
 from planner.strategy import Engine, TrainConfig
 from planner.validity import problems
 from runner import launch as ln
-from runner.accelerate_config import build_accelerate_config
-from runner.ds_config import build_ds_config
 from runner.llamafactory import build_llamafactory_config
 from runner.llamafactory import notes as llamafactory_notes
 
