@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from planner.choices import Attn, GradCkpt
 from planner.models import ModelSpec
-from planner.strategy import Attn, GradCkpt
 
 
 def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int = 1, sequence_parallel: bool = False,
