@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner.compute import model_flops_per_token, peak_flops_per_s
 from planner.errors import PlanError
-from planner.strategy import Engine, GradCkpt, Method, Offload, Optimizer, Precision, Stage, TrainConfig
+from planner.strategy import Engine, GradCkpt, Offload, Optimizer, Precision, Stage, TrainConfig
 
 # `metrics.jsonl`, `run_summary.json` and checkpoints live in the output directory beside the adapter
 RUN_INFO_FILE = "ftplan_run.json"  # where the base model came from, for `ftplan merge`
@@ -239,10 +240,9 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
             mt.truncate_metrics(metrics_path, int(CHECKPOINT_RE.match(resume_from.name).group(1)))
         else:
             metrics_path.unlink(missing_ok=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    callback = mt.make_callback(path=metrics_path, world_size=world,
-                                flops_token=mt.flops_per_token(n_params, cfg.method is Method.full),
-                                peak_flops=mt.peak_flops_per_s(cfg, on_cuda), on_cuda=on_cuda, is_main=is_main,
+    callback = mt.make_callback(path=metrics_path, world_size=world, flops_token=model_flops_per_token(cfg),
+                                peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
+                                is_main=is_main,
                                 max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                       data_collator=_Collator(tokenizer.pad_token_id), processing_class=tokenizer,
