@@ -1,5 +1,5 @@
-"""Per-step metrics of a run (metrics JSONL, TensorBoard through the Trainer), a rich progress bar on rank 0,
-and the predicted-vs-measured summary at the end.
+"""Per-step metrics of a run (metrics JSONL, TensorBoard through the Trainer) and a rich progress bar on rank 0.
+The predicted-vs-measured summary at the end is runner.summary's (measured by runner.memory_probe).
 
 MFU follows PaLM (Chowdhery et al. 2022, Appendix B): model FLOPs per token over the devices' peak, counting
 no recomputation. A token costs 2N FLOPs forward and 2N backward for the activation gradients; the weight
@@ -13,7 +13,6 @@ import json
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +51,6 @@ def peak_memory_bytes(on_cuda: bool) -> int:
     return int(kib if sys.platform == "darwin" else kib * 1024)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Predicted:
-    memory_bytes: float
-    tokens_per_s: float
-
-
-def predicted(cfg: TrainConfig) -> Predicted:
-    from planner.memory import memory_per_gpu
-    from planner.timing import step_time
-
-    return Predicted(memory_bytes=memory_per_gpu(cfg).total, tokens_per_s=step_time(cfg).tokens_per_s)
-
-
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -96,8 +82,6 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
             self.progress: Any = None
             self.tb: Any = None
             self.task: Any = None
-            self.tokens_total = 0
-            self.time_total = 0.0
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
             self.t_last = time.perf_counter()
@@ -130,8 +114,6 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
             # the Trainer's count of unpadded tokens over all ranks (include_num_input_tokens_seen="non_padding")
             tokens = state.num_input_tokens_seen - self.tokens_seen
             self.tokens_seen = state.num_input_tokens_seen
-            self.tokens_total += tokens
-            self.time_total += dt
             tps = tokens / dt if dt > 0 else 0.0
             self.pending = {"step": state.global_step, "step_time_s": dt, "tokens": tokens, "tokens_per_s": tps,
                             "mfu": mfu(tps, flops_token, world_size, peak_flops),
