@@ -36,7 +36,10 @@ def _ratio(measured: float | None, predicted: float | None) -> str:
 
 
 def _gib(n: float | None) -> str:
-    return "-" if n is None else gib(n)
+    """GiB, or MiB below one GiB (the small models of CPU runs)."""
+    if n is None:
+        return "-"
+    return gib(n) if abs(n) >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def _pair(quantity: str, s: dict[str, Any], measured_key: str, predicted_key: str, note: str) -> Row:
@@ -94,11 +97,13 @@ def speed_rows(s: dict[str, Any]) -> list[Row]:
             note += f"; planner at seq {seq} (padded width that ran)"
     mt, pt = s.get("step_time_s_median_measured"), s.get("step_time_s_predicted")
     mk, pk = s.get("tokens_per_s_measured"), s.get("tokens_per_s_predicted")
+    no_ratio = "not calibrated"
     return [
         Row(quantity="step time", predicted="-" if pt is None else f"{pt:.3f} s",
-            measured="-" if mt is None else f"{mt:.3f} s", ratio=_ratio(mt, pt) if calibrated else "-", note=note),
+            measured="-" if mt is None else f"{mt:.3f} s", ratio=_ratio(mt, pt) if calibrated else no_ratio,
+            note=note),
         Row(quantity="tokens/s (padded, all ranks)", predicted="-" if pk is None else f"{pk:,.0f}",
-            measured="-" if mk is None else f"{mk:,.0f}", ratio=_ratio(mk, pk) if calibrated else "-",
+            measured="-" if mk is None else f"{mk:,.0f}", ratio=_ratio(mk, pk) if calibrated else no_ratio,
             note="padded positions of every rank, as the planner counts tokens" if timed else ""),
     ]
 
@@ -112,14 +117,22 @@ def summary_rows(s: dict[str, Any]) -> list[Row]:
 
 
 def run_summary_table(summary: dict[str, Any]) -> Table:
+    """Four columns of figures; what each row compares is printed under it (`summary_notes`)."""
     table = Table(title=f"ftplan run {summary['plan']} on {summary.get('device', '?')}: {summary['steps']} steps")
     for name, justify in (("quantity", "left"), ("predicted", "right"), ("measured", "right"),
-                          ("measured / predicted", "right"), ("what is compared", "left")):
+                          ("measured / predicted", "right")):
         table.add_column(name, justify=justify)
     for r in summary_rows(summary):
-        table.add_row(r.quantity, r.predicted, r.measured, r.ratio, r.note)
+        table.add_row(r.quantity, r.predicted, r.measured, r.ratio)
     return table
 
 
+def summary_notes(summary: dict[str, Any]) -> list[str]:
+    return [f"{r.quantity}: {r.note}" for r in summary_rows(summary) if r.note]
+
+
 def print_run_summary(summary: dict[str, Any]) -> None:
-    Console().print(run_summary_table(summary))
+    console = Console()
+    console.print(run_summary_table(summary))
+    for line in summary_notes(summary):
+        console.print(f"- {line}", highlight=False, markup=False)
