@@ -123,7 +123,8 @@ def time_fields(cfg: TrainConfig, ranks: list[dict[str, Any]], cal: Calibration,
     width = round(_median([t / cfg.global_batch for t in tokens]) or 0)
     predicted = step_time(_at_width(cfg, width), cal)
     basis = time_model_basis(cfg.cluster.gpu.name, cal)
-    measured_tps = sum(tokens) / sum(times) if times and tokens and sum(times) > 0 else None
+    # no shapes seen (a forward without input_ids): no token count rather than 0 tokens/s
+    measured_tps = sum(tokens) / sum(times) if times and sum(tokens) > 0 and sum(times) > 0 else None
     return {"step_time_s_median_measured": _median(times), "step_time_s_predicted": predicted.step_time_s,
             "tokens_per_s_measured": measured_tps, "tokens_per_s_predicted": predicted.tokens_per_s,
             "steps_timed": len(times), "steps_warmup": min(warmup_steps, len(ranks[0]["step_times_s"])),

@@ -102,6 +102,9 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
         raise PlanError(f"--max-steps must be at least 1, got {opts.max_steps}")
     if opts.rope_scaling:
         parse_rope_scaling(opts.rope_scaling)
+    from planner.calibration import load_calibration
+
+    load_calibration(opts.calibration)
     model_source(opts.model_path)
     d.load_segments(opts.data, fmt=d.DataFormat(opts.data_format), template=opts.template,
                     sft=cfg.stage is not Stage.pt)
@@ -113,9 +116,6 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
         raise PlanError(f"--output {opts.output} is not empty: pass --resume to continue its run, "
                         "or choose another directory")
     optim_name(cfg, on_cuda=cfg.cluster.gpu.name != "CPU")
-    from planner.calibration import load_calibration
-
-    load_calibration(opts.calibration)
 
 
 # TrainingArguments.optim names (transformers/training_args.py, OptimizerNames)

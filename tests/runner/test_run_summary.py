@@ -129,3 +129,24 @@ def test_probe_counts_tensors_over_the_tracked_steps_only_and_records_shapes() -
     assert m.peak_tensor_bytes >= 4 * param_bytes and m.tensor_steps == 2
     assert m.step_max_width == [16] * 4 and m.step_padded_tokens == [64] * 4 and len(m.step_times_s) == 4
     assert m.rss_peak_bytes >= m.rss_baseline_bytes > 0
+
+
+def test_calibration_option_round_trips_and_a_bad_file_is_refused_before_anything_runs(tmp_path) -> None:
+    from pathlib import Path
+
+    from planner.errors import PlanError
+    from runner.train import RunOptions, parse_args, to_argv, validate_inputs
+
+    opts = RunOptions(model_path=Path("m"), data=Path("d.jsonl"), output=tmp_path / "out",
+                      calibration=tmp_path / "cal.json")
+    assert parse_args(to_argv(Path("plan.json"), opts))[1] == opts
+    with pytest.raises(PlanError, match="calibration file .*cal.json does not exist"):
+        validate_inputs(_cfg(), opts)
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_recorded_shapes_give_no_token_rate() -> None:
+    ranks = [_rank(0, peak=1) | {"step_padded_tokens": [0] * 8, "step_max_width": [0] * 8}]
+    s = comparison(_cfg(), ranks, on_cuda=False)
+    assert s["tokens_per_s_measured"] is None and s["seq_len_time_measured"] == 64
+    assert s["step_time_s_median_measured"] == 2.0
