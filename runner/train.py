@@ -218,7 +218,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     from transformers import PrinterCallback, Trainer
 
     from runner import metrics as mt
-    from runner.memory_probe import MemoryProbe
+    from runner.memory_probe import MemoryProbe, gather
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -259,7 +259,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         probe.stop()
-    ranks = _gather_measurements(probe)
+    ranks = gather(probe.m)  # every rank's memory and step figures, for rank 0's summary
     eval_metrics = trainer.evaluate() if eval_set else {}
     trainer.save_model(str(opts.output))  # the adapter (peft) or the full model, gathered under ZeRO-3 / FSDP
     summary = {
@@ -289,13 +289,6 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
 
             print_run_summary(summary)
     return summary
-
-
-def _gather_measurements(probe: Any) -> list[dict[str, Any]]:
-    """Every rank's memory and step figures (runner.memory_probe), for rank 0's summary."""
-    from runner.memory_probe import gather
-
-    return gather(probe.m)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
