@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -115,6 +116,13 @@ def run(
     status = launch(cfg, plan, opts)
     if status:
         raise SystemExit(status)
+    from runner.metrics import SUMMARY_FILE
+
+    summary_file = opts.output / SUMMARY_FILE
+    if opts.report and summary_file.exists():
+        from reports.run_report import print_run_summary
+
+        print_run_summary(json.loads(summary_file.read_text()))  # its rows follow the summary's `on_cuda`
 
 
 @app.command()
