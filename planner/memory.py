@@ -19,7 +19,8 @@ import math
 from dataclasses import dataclass, field
 
 from planner import deepspeed_sizes as ds
-from planner.activations import LayerTraining, hf_layer_bytes_per_token, logits_bytes_per_token
+from planner import memory_knobs as knobs
+from planner.activations import LayerTraining, hf_layer_bytes_per_token
 from planner.calibration import DEFAULT, Calibration
 from planner.params import (
     embedding_params,
@@ -229,7 +230,7 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     weights_sharded = (ds_engine and zero >= ZeroStage.WEIGHTS) or fsdp_sharded and cfg.fsdp is not \
         FsdpStrategy.shard_grad_op
     if weights_sharded:
-        weights /= n
+        weights = weights / n + knobs.replicated_quant_state_bytes(cfg, sp.quantized, n)
     if offload_params:
         host_weights = weights
         weights = 0.0
@@ -293,27 +294,29 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     lora_targets = frozenset(resolve_lora_targets(m, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
     train = LayerTraining(weights=cfg.method is Method.full, lora_targets=lora_targets,
                           lora_dropout=cfg.lora_dropout > 0)
-    per_layer = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
-                                         t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
-                                         recompute=cfg.grad_ckpt) * tokens
+    per_layer = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
+                                          t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
+                                          recompute=cfg.grad_ckpt) - knobs.kernel_saving_per_token(cfg, e)) * tokens
     in_flight = 1.0
     if cfg.pp > 1 and first:
         # 1F1B: stage 0 holds p micro-batches; interleaving adds (p-1)/(p v) (Korthikanti et al. 2022, Sec. 4.2.3)
         in_flight = float(min(cfg.pp, cfg.grad_accum))
         if cfg.pp_schedule is PipeSchedule.interleaved and cfg.virtual_stages > 1:
             in_flight *= 1 + (cfg.pp - 1) / (cfg.pp * cfg.virtual_stages)
-    activations = per_layer * sp.trainable_layers * in_flight
+    activations = knobs.gpu_activation_bytes(cfg, per_layer, sp.trainable_layers) * in_flight
     recompute = 0.0
     if cfg.grad_ckpt is GradCkpt.full:
         # backward recomputes one layer at a time: one layer's full activations on top
-        recompute = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
-                                             t=cfg.tp, sequence_parallel=cfg.sequence_parallel) * tokens
+        recompute = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
+                                              t=cfg.tp, sequence_parallel=cfg.sequence_parallel)
+                     - knobs.kernel_saving_per_token(cfg, e, recomputed=True)) * tokens
     activations *= cal.activation_multiplier
     recompute *= cal.activation_multiplier
     if sp.has_head and cfg.stage is not Stage.rm:
         # with the final norm's saved input (RMSNorm: its fp32 upcast, 4h), freed with the head's buffers
-        final_norm = (e if m.layernorm_bias else 4) * m.hidden_size / (cfg.tp if cfg.sequence_parallel else 1)
-        items["logits and loss"] = (logits_bytes_per_token(m, act_bytes=e, t=cfg.tp) + final_norm) * tokens
+        final_norm = ((e if m.layernorm_bias else 4) * m.hidden_size - knobs.final_norm_saving_per_token(cfg, e)) / (
+            cfg.tp if cfg.sequence_parallel else 1)
+        items["logits and loss"] = knobs.head_loss_bytes(cfg, tokens, e, grad_bytes) + final_norm * tokens
     # The last layer is recomputed only after the loss and LM-head backward have freed the logits buffers,
     # so the recomputed layer and "logits and loss" are never live together: the backward peak holds the
     # larger of the two (seen in the profiler's dry run of Llama-2-7B with checkpointing).
@@ -358,6 +361,8 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     elif fsdp_sharded:
         if cfg.fsdp is FsdpStrategy.shard_grad_op:
             items["FSDP unsharded parameters"] = sixteen_bit_weights
+        elif cfg.quant is not Quant.none:
+            items["FSDP unsharded parameters"] = knobs.fsdp_quantized_units_bytes(cfg, c16)
         else:
             # the unit running plus the one prefetched (BACKWARD_PRE), and the root unit (embedding,
             # final norm, head), which FSDP does not reshard between forward and backward
@@ -393,7 +398,7 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     buffers = sum(v for k, v in items.items() if k not in BACKWARD_ONLY_ITEMS)
     transient = sum(v for k, v in items.items() if k in BACKWARD_ONLY_ITEMS)
     # phase "backward": with accumulation, the gradients of earlier micro-batches are resident
-    grads_in_backward = grads if (cfg.grad_accum > 1 or ds_engine or fsdp_sharded) else 0.0
+    grads_in_backward = grads if (cfg.grad_accum > 1 or ds_engine or knobs.fsdp1_sharded(cfg)) else 0.0
     phase_a = base - grads + grads_in_backward + activations + buffers + transient
     phase_b = base + buffers
     phase_c = base + buffers + sum(step_items.values())
@@ -420,5 +425,6 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         host = offloaded - nvme
     else:
         host = offloaded
+    host += knobs.host_activation_bytes(cfg, per_layer, sp.trainable_layers) * in_flight * ranks_per_node
     return MemoryBreakdown(weights=weights, gradients=grads_shown, optimizer=optim, activations=acts,
                            other=other, phase=phase, other_items=other_items, host_bytes=host, nvme_bytes=nvme)
