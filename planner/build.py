@@ -7,9 +7,12 @@ from planner.gpus import parse_gpus
 from planner.models import resolve
 from planner.strategy import (
     Attn,
+    CrossEntropy,
     Engine,
     FsdpStrategy,
+    FsdpVersion,
     GradCkpt,
+    Kernels,
     Method,
     Offload,
     OffloadDevice,
@@ -30,6 +33,12 @@ def parse_targets(text: str) -> tuple[str, ...]:
     return targets
 
 
+def _fsdp_version(value: int) -> FsdpVersion:
+    if value not in (1, 2):
+        raise PlanError(f"--fsdp-version must be 1 or 2, got {value}")
+    return FsdpVersion(value)
+
+
 def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r: int = 8, lora_alpha: int = 16,
                  lora_targets: str = "all", quant: Quant | None = None, precision: Precision = Precision.bf16_mixed,
                  optimizer: Optimizer = Optimizer.adamw, zero: int | None = None, offload: Offload = Offload.none,
@@ -37,6 +46,8 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                  tp: int = 1, pp: int = 1, sequence_parallel: bool = False, micro_batch: int = 1,
                  grad_accum: int = 1, seq_len: int = 2048, grad_ckpt: GradCkpt = GradCkpt.none,
                  attn: Attn = Attn.sdpa, stage: Stage = Stage.sft, freeze_layers: int = 0,
+                 cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
+                 activation_offload: bool = False, fsdp_version: int = 2, double_quant: bool = True,
                  check: bool = True) -> TrainConfig:
     for name, value in (("--micro-batch", micro_batch), ("--grad-accum", grad_accum), ("--seq-len", seq_len),
                         ("--tp", tp), ("--pp", pp), ("--lora-r", lora_r)):
@@ -55,7 +66,8 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
         engine=engine, zero=ZeroStage(zero or 0), fsdp=fsdp or FsdpStrategy.full_shard, offload=offload,
         offload_device=offload_device, tp=tp, pp=pp, sequence_parallel=sequence_parallel,
         micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
-        stage=stage, freeze_layers=freeze_layers)
+        stage=stage, freeze_layers=freeze_layers, cross_entropy=cross_entropy, kernels=kernels,
+        activation_offload=activation_offload, fsdp_version=_fsdp_version(fsdp_version), double_quant=double_quant)
     if cfg.trains_adapter:
         from planner.params import resolve_lora_targets
 
