@@ -34,10 +34,10 @@ from typing import Any
 from unittest import mock
 
 from planner.errors import PlanError
+from planner.loss_memory import TORCHTUNE_OUTPUT_CHUNKS
 from planner.model_catalog import HF_CONFIGS
 from planner.models import ModelSpec
 from planner.params import resolve_lora_targets
-from planner.loss_memory import TORCHTUNE_OUTPUT_CHUNKS
 from planner.strategy import (
     Attn,
     CrossEntropy,

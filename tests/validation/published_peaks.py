@@ -20,7 +20,18 @@ from typing import Any
 
 from planner.build import build_config
 from planner.models import spec_from_hf_config
-from planner.strategy import Attn, CrossEntropy, FsdpStrategy, GradCkpt, Method, Offload, Optimizer, Precision, Quant, TrainConfig
+from planner.strategy import (
+    Attn,
+    CrossEntropy,
+    FsdpStrategy,
+    GradCkpt,
+    Method,
+    Offload,
+    Optimizer,
+    Precision,
+    Quant,
+    TrainConfig,
+)
 
 GB, GiB = 1e9, 2**30
 
