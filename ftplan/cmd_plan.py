@@ -35,7 +35,8 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
              host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0, headroom: o.HeadroomOpt = 0.0,
              json_out: o.JsonOpt = False, emit_dir: o.EmitOpt = None, force: o.ForceOpt = False,
              calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None, samples: o.SamplesOpt = None,
-             epochs: o.EpochsOpt = 1.0, cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+             epochs: o.EpochsOpt = 1.0,
+             cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
              activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Memory and speed of one configuration, with their breakdowns."""
     from planner.calibration import load_calibration
@@ -81,7 +82,8 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
          headroom: o.HeadroomOpt = 0.0, top: o.TopOpt = 3, json_out: o.JsonOpt = False,
          emit_dir: o.EmitOpt = None, pick: o.PickOpt = 1, force: o.ForceOpt = False,
          calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None, samples: o.SamplesOpt = None,
-         epochs: o.EpochsOpt = 1.0, cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+         epochs: o.EpochsOpt = 1.0,
+         cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
              activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Enumerate every valid strategy, keep those that fit, rank them by tokens/s."""
     from planner.calibration import load_calibration

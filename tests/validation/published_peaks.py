@@ -160,8 +160,8 @@ HF_PEFT = [
                   source="peft docs accelerate/fsdp.md, Memory usage", measured=72.0,
                   switches="FSDP1 full shard, use_orig_params false, mb 8, ga 4, LoRA all-linear, 8xH100; "
                            "72-80 GB, the top of the range while saving a FULL_STATE_DICT at the end",
-                  build={**_PEFT, "gpus": "8xH100", "method": Method.lora, "fsdp": FsdpStrategy.full_shard, "fsdp_version": 1,
-                         "micro_batch": 8, "grad_accum": 4}),
+                  build={**_PEFT, "gpus": "8xH100", "method": Method.lora, "fsdp": FsdpStrategy.full_shard,
+                         "fsdp_version": 1, "micro_batch": 8, "grad_accum": 4}),
 ]
 
 # --- Qwen (QwenLM/Qwen README.md, "Profiling of Memory and Speed") ---------------------------------------
