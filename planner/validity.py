@@ -7,6 +7,7 @@ from planner.errors import PlanError
 from planner.strategy import (
     Engine,
     FsdpStrategy,
+    FsdpVersion,
     Method,
     Offload,
     OffloadDevice,
@@ -94,6 +95,10 @@ def problems(cfg: TrainConfig) -> list[str]:
                        "express (use DeepSpeed AutoTP with ZeRO-1/2)")
         if cfg.method is Method.qlora and cfg.quant is not Quant.nf4:
             out.append("QLoRA with FSDP needs nf4 with bnb_4bit_quant_storage (int8 cannot be sharded)")
+        if cfg.fsdp_version is FsdpVersion.TWO and cfg.fsdp in (FsdpStrategy.hybrid_shard, FsdpStrategy.no_shard):
+            # accelerate's FSDP2 plugin takes reshard_after_forward (a bool) only; the Trainer raises for the
+            # other strategies (transformers/training_args.py, _apply_legacy_fsdp_to_config)
+            out.append(f"FSDP2 shards fully or per step only; {cfg.fsdp.value} needs --fsdp-version 1")
         if cfg.fsdp is FsdpStrategy.hybrid_shard and cfg.cluster.nodes == 1:
             out.append("hybrid_shard shards within a node and replicates across nodes: it needs several nodes")
     else:
