@@ -37,6 +37,13 @@ def trainer_arguments(cfg: TrainConfig) -> dict[str, Any]:
     return {"use_liger_kernel": True, "liger_kernel_config": liger_kernel_config(cfg)}
 
 
+def trainer_cli_flags(cfg: TrainConfig) -> str:
+    """Flags for a Trainer script's command line (HfArgumentParser). `liger_kernel_config` is not parsed
+    from the command line (it is not among TrainingArguments._VALID_DICT_FIELDS), so a script that wants
+    part of Liger sets it in code; the flag alone applies Liger's defaults (all kernels and the fused loss)."""
+    return " --use_liger_kernel True" if uses_liger(cfg) else ""
+
+
 def llamafactory_arguments(cfg: TrainConfig) -> dict[str, Any]:
     return {"enable_liger_kernel": True} if uses_liger(cfg) else {}
 
