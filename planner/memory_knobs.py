@@ -83,3 +83,32 @@ def fsdp_quantized_units_bytes(cfg: TrainConfig, compute_bytes: float) -> float:
     layer = quantized_per_layer * NF4_DATA_BYTES + (layer_params(m) - quantized_per_layer) * compute_bytes
     root = (embedding_params(m) + head_params(m)) * compute_bytes
     return (2 * layer + root) / t
+
+
+def offloaded_activation_bytes_per_micro_batch(cfg: TrainConfig) -> float:
+    """Bytes one rank copies to the host (and back) per micro-batch with --activation-offload: every trainable
+    layer's saved tensors on the most loaded pipeline stage (the first), as planner.memory counts them."""
+    if not cfg.activation_offload:
+        return 0.0
+    from planner.activations import LayerTraining, hf_layer_bytes_per_token
+    from planner.memory import activation_dtype_bytes, stage_params
+    from planner.params import resolve_lora_targets
+
+    e = activation_dtype_bytes(cfg.precision)
+    targets = frozenset(resolve_lora_targets(cfg.model, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
+    train = LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=cfg.lora_dropout > 0)
+    per_token = hf_layer_bytes_per_token(cfg.model, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
+                                         t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
+                                         recompute=cfg.grad_ckpt) - kernel_saving_per_token(cfg, e)
+    tokens = cfg.micro_batch * cfg.seq_len * (2 if cfg.stage.value == "dpo" else 1)
+    return per_token * tokens * stage_params(cfg, first=True).trainable_layers
+
+
+def activation_offload_exposed_s(cfg: TrainConfig, fwd_s: float, bwd_s: float) -> float:
+    """Exposed PCIe seconds per micro-batch: device-to-host under forward, host-to-device under backward."""
+    moved = offloaded_activation_bytes_per_micro_batch(cfg)
+    if moved <= 0:
+        return 0.0
+    one_way = offload_activations.offload_transfer_s(moved, cfg.cluster.gpu.host_link_bytes_per_s)
+    return (offload_activations.exposed_offload_s(one_way, fwd_s)
+            + offload_activations.exposed_offload_s(one_way, bwd_s))
