@@ -395,8 +395,9 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}
         step_items = {k: v * cal.overhead_multiplier for k, v in step_items.items()}
     base = weights + grads + optim
-    buffers = sum(v for k, v in items.items() if k not in BACKWARD_ONLY_ITEMS)
-    transient = sum(v for k, v in items.items() if k in BACKWARD_ONLY_ITEMS)
+    backward_only = BACKWARD_ONLY_ITEMS + knobs.fsdp2_backward_only_items(cfg)
+    buffers = sum(v for k, v in items.items() if k not in backward_only)
+    transient = sum(v for k, v in items.items() if k in backward_only)
     # phase "backward": with accumulation, the gradients of earlier micro-batches are resident
     grads_in_backward = grads if (cfg.grad_accum > 1 or ds_engine or knobs.fsdp1_sharded(cfg)) else 0.0
     phase_a = base - grads + grads_in_backward + activations + buffers + transient
@@ -408,7 +409,7 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         other_items = dict(items)
         grads_shown, acts = grads_in_backward, activations
     else:
-        other_items = {k: v for k, v in items.items() if k not in BACKWARD_ONLY_ITEMS}
+        other_items = {k: v for k, v in items.items() if k not in backward_only}
         if phase == "optimizer":
             other_items.update(step_items)
         grads_shown, acts = grads, 0.0

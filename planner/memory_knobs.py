@@ -61,6 +61,16 @@ def fsdp1_sharded(cfg: TrainConfig) -> bool:
             and cfg.fsdp_version is FsdpVersion.ONE)
 
 
+def fsdp2_backward_only_items(cfg: TrainConfig) -> tuple[str, ...]:
+    """FSDP2 frees every unit's unsharded parameters and gradients by the end of backward: each group
+    reshards in post_backward, and the root's final callback reshards whatever is left
+    (torch/distributed/fsdp/_fully_shard/_fsdp_state.py, _root_post_backward_final_callback), so at the
+    optimizer step only the sharded states exist. (The FSDP1 model keeps them as resident buffers.)"""
+    if cfg.engine is not Engine.fsdp or cfg.fsdp_version is not FsdpVersion.TWO:
+        return ()
+    return ("FSDP unsharded parameters", "FSDP unsharded gradients")
+
+
 def replicated_quant_state_bytes(cfg: TrainConfig, quantized_params: float, n: int) -> float:
     """QLoRA under FSDP / ZeRO-3 with `bnb_4bit_quant_storage` set to the compute dtype: the packed
     4-bit codes are an ordinary float tensor that FSDP and ZeRO-3 shard, while the quantization

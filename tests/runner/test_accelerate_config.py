@@ -80,10 +80,15 @@ def check_plan(cfg: TrainConfig, where: Path) -> None:
         else:
             assert plugin.sharding_strategy.name == cfg.fsdp.value.upper()
             assert plugin.use_orig_params
-        assert plugin.cpu_offload.offload_params == (cfg.offload is Offload.all)
+        if cfg.fsdp_version == 2:  # FSDP2 takes an OffloadPolicy: CPUOffloadPolicy when parameters go to the host
+            from torch.distributed.fsdp import CPUOffloadPolicy
+
+            assert isinstance(plugin.cpu_offload, CPUOffloadPolicy) == (cfg.offload is Offload.all)
+        else:
+            assert plugin.cpu_offload.offload_params == (cfg.offload is Offload.all)
         assert plugin.transformer_cls_names_to_wrap == [cfg.model.decoder_layer_class]
         assert plugin.state_dict_type.name in ("SHARDED_STATE_DICT", "FULL_STATE_DICT")
-        assert plugin.cpu_ram_efficient_loading and plugin.sync_module_states
+        assert plugin.cpu_ram_efficient_loading and (plugin.sync_module_states or cfg.fsdp_version == 2)
         assert plugin.activation_checkpointing == (cfg.grad_ckpt is GradCkpt.full)
         assert precision == {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(cfg.precision.value, "no")
 
