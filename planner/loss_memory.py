@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from planner.strategy import CrossEntropy
+from planner.choices import CrossEntropy
 
 TORCHTUNE_OUTPUT_CHUNKS = 8  # CEWithChunkedOutputLoss(num_output_chunks=8), torchtune's default
 

@@ -4,9 +4,14 @@ The formulas live in planner.loss_memory, planner.kernels and planner.offload_ac
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from planner import kernels, loss_memory, offload_activations
+from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Quant
 from planner.params import embedding_params, head_params, layer_params, quantizable_params
-from planner.strategy import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Quant, TrainConfig
+
+if TYPE_CHECKING:
+    from planner.strategy import TrainConfig
 
 NF4_DATA_BYTES = 0.5  # two 4-bit codes per byte (Dettmers et al. 2023)
 
@@ -79,7 +84,7 @@ def replicated_quant_state_bytes(cfg: TrainConfig, quantized_params: float, n: i
     keeps whole. Returns what the per-rank `weights / n` misses: the statistics' (1 - 1/n) share."""
     if cfg.quant is not Quant.nf4 or quantized_params <= 0 or n <= 1:
         return 0.0
-    from planner.memory import quant_bytes_per_param
+    from planner.states import quant_bytes_per_param
 
     state = quant_bytes_per_param(cfg.quant, cfg.double_quant) - NF4_DATA_BYTES
     return quantized_params * state * (1.0 - 1.0 / n)
@@ -101,8 +106,8 @@ def offloaded_activation_bytes_per_micro_batch(cfg: TrainConfig) -> float:
     if not cfg.activation_offload:
         return 0.0
     from planner.activations import LayerTraining, hf_layer_bytes_per_token
-    from planner.memory import activation_dtype_bytes, stage_params
     from planner.params import resolve_lora_targets
+    from planner.states import activation_dtype_bytes, stage_params
 
     e = activation_dtype_bytes(cfg.precision)
     targets = frozenset(resolve_lora_targets(cfg.model, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
