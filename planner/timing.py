@@ -18,11 +18,14 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
+from planner import collectives as col
 from planner import compute as cp
+from planner import kernels as kn
 from planner import offload_time as off
 from planner import parallel_comm as pc
 from planner.calibration import DEFAULT, Calibration
-from planner.comm import DEFAULT_COMM_EFFICIENCY, Group, allreduce_time_s
+from planner.comm import DEFAULT_COMM_EFFICIENCY, Group, allgather_time_s, allreduce_time_s, split_time_s
+from planner.deepspeed_sizes import allgather_bucket_elements, reduce_bucket_elements
 from planner.errors import PlanError
 from planner.models import ModelSpec
 from planner.params import embedding_params, layer_params, lora_params, quantizable_params, total_params
@@ -43,8 +46,7 @@ from planner.strategy import (
 )
 
 BREAKDOWN_KEYS = ("compute", "recompute", "pipeline_bubble", "dequantize", "tp_comm", "pp_comm", "dp_comm",
-                  "offload", "optimizer")
-DDP_BUCKET_BYTES = 25 * 2**20  # torch DistributedDataParallel bucket_cap_mb=25 (its default)
+                  "offload", "optimizer", "framework")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -173,10 +175,13 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     comm_eff = cal.comm_efficiency if cal.comm_efficiency is not None else DEFAULT_COMM_EFFICIENCY
     sample_tokens = s * 2 if cfg.stage is Stage.dpo else s
     mb_tokens = mb * sample_tokens
-    mb_compute_s = cp.compute_time_s(fam.gpu_flops_tok * mb_tokens, fam.peak, eff)
-    mb_recompute_s = cp.compute_time_s(fam.recompute_tok * mb_tokens, fam.peak, eff)
+    shape = _shape_factor(cfg, mb_tokens, fam.peak, eff)
+    mb_compute_s = shape * cp.compute_time_s(fam.gpu_flops_tok * mb_tokens, fam.peak, eff) + \
+        kn.attention_memory_s(m, cfg.attn, mb, sample_tokens, fam.stage_layers, tp, _elem_bytes(cfg), gpu)
+    mb_recompute_s = shape * cp.compute_time_s(fam.recompute_tok * mb_tokens, fam.peak, eff)
     compute_s = ga * (mb_compute_s - mb_recompute_s)
     recompute_s = ga * mb_recompute_s
+    framework_s = ga * _host_dispatch_s(cfg, fam.stage_layers, mb_compute_s)
     # forward : backward split of one micro-batch, for the overlap windows (full: 1 : 2, frozen: 1 : 1)
     fwd_share = 1 / 3 if cfg.method is Method.full else 1 / 2
     fwd_s = (mb_compute_s - mb_recompute_s) * fwd_share
@@ -204,12 +209,14 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
 
     dp_total, dp_exposed, offload_s = _data_parallel(cfg, dp, fam.trainable_gpu, fam.param_bytes_gpu, fwd_s, bwd_s,
                                                      comm_eff)
+    framework_s += ga * _hook_host_s(cfg, dp, fam.stage_layers)
     offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s)
     offload_s += offload_total
 
     parts = {"compute": compute_s, "recompute": recompute_s, "pipeline_bubble": bubble_s, "dequantize": dequant_s,
-             "tp_comm": tp_s, "pp_comm": pp_s, "dp_comm": dp_exposed, "offload": offload_s, "optimizer": opt_s}
-    step_s = compute_s + recompute_s + bubble_s + dequant_s + tp_s + pp_s + dp_exposed + offload_s + opt_s
+             "tp_comm": tp_s, "pp_comm": pp_s, "dp_comm": dp_exposed, "offload": offload_s, "optimizer": opt_s,
+             "framework": framework_s}
+    step_s = sum(parts.values())
     job_tokens = global_batch * sample_tokens
     peak_job = step_s * cluster.nodes * cluster.gpus_per_node * fam.peak
     return StepTime(step_time_s=step_s, breakdown_s=parts, tokens_per_s=global_batch * s / step_s,
@@ -218,73 +225,140 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
                     model_flops_per_step=fam.model_flops_tok * job_tokens, dp_comm_total_s=dp_total)
 
 
+def _elem_bytes(cfg: TrainConfig) -> float:
+    return 4.0 if cfg.precision is Precision.fp32 else 2.0
+
+
+_SHAPES: dict[tuple, float] = {}
+
+
+def _shape_factor(cfg: TrainConfig, tokens: int, peak: float, eff: float) -> float:
+    """Time of one micro-batch's GEMMs (decoder layers and LM head) over the time of their FLOPs at
+    large-shape efficiency (planner/kernels.py: wave quantization, the CPU's GEMM curve, roofline)."""
+    m, gpu = cfg.model, cfg.cluster.gpu
+    key = (id(m), gpu.name, tokens, cfg.method, cfg.lora_r, cfg.lora_targets, cfg.tp, cfg.precision, peak, eff)
+    hit = _SHAPES.get(key)
+    if hit is not None:
+        return hit
+    full = cfg.method is Method.full
+    fwd, bwd = kn.layer_gemms(m, tokens, cfg.method, cfg.lora_r, cfg.lora_targets, full, cfg.tp)
+    v = max(1, m.vocab_size // cfg.tp)
+    head = (kn.Gemm(tokens, m.hidden_size, v), kn.Gemm(tokens, v, m.hidden_size)) + \
+        ((kn.Gemm(m.hidden_size, tokens, v),) if full else ())
+    elem = _elem_bytes(cfg)
+    layers = -(-m.num_layers // cfg.pp)
+    flops = sum(2.0 * g.m * g.k * g.n * g.count for g in fwd + bwd) * layers + \
+        sum(2.0 * g.m * g.k * g.n for g in head)
+    actual = sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in fwd + bwd) * layers + \
+        sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in head)
+    factor = max(1.0, actual / (flops / (peak * eff))) if flops > 0 else 1.0
+    _SHAPES[key] = factor
+    return factor
+
+
+def _host_dispatch_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> float:
+    """Host time of one micro-batch's eager ops not hidden behind the device (planner/kernels.py): all of
+    it on the CPU, where host and device are one; on a GPU only what exceeds the device's work."""
+    gpu = cfg.cluster.gpu
+    host_s = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) * \
+        gpu.host_op_s
+    return host_s if gpu.sm_count <= 0 else max(0.0, host_s - mb_compute_s)
+
+
+def _hook_host_s(cfg: TrainConfig, dp: int, layers: int) -> float:
+    """Per micro-batch: host work of ZeRO-3's and FSDP's parameter hooks, on the critical path
+    (planner/collectives.py)."""
+    gpu = cfg.cluster.gpu
+    if cfg.engine is Engine.deepspeed and cfg.zero is ZeroStage.WEIGHTS:
+        per = gpu.zero3_module_host_s if gpu.zero3_module_host_s is not None else \
+            col.ZERO3_MODULE_HOST_OPS * gpu.host_op_s
+        return col.zero3_modules(cfg.model, layers, cfg.method, cfg.lora_targets) * per
+    if cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard:
+        per = gpu.fsdp_unit_host_s if gpu.fsdp_unit_host_s is not None else col.FSDP_UNIT_HOST_OPS * gpu.host_op_s
+        return col.fsdp_units(layers) * per
+    return 0.0
+
+
 def _data_parallel(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
                    comm_eff: float) -> tuple[float, float, float]:
     """(total, exposed) data-parallel communication per step, and host-link time of parameter offload that
-    rides on the gathers."""
+    rides on the gathers. Each engine's collectives are split into the calls it really issues
+    (planner/collectives.py), each paying its latency."""
     ga, cluster = cfg.grad_accum, cfg.cluster
     if dp <= 1:
         return 0.0, 0.0, 0.0
     g = pc.dp_group(cluster, cfg.tp, cfg.pp, dp, comm_eff)
+    overlap = _overlap if cluster.gpu.overlaps_comm else _no_overlap
     fp32 = cfg.precision is Precision.fp32
-    h2 = cfg.model.hidden_size ** 2
     engine = cfg.engine
-    if engine is Engine.ddp:
+    if engine is Engine.ddp or (engine is Engine.fsdp and cfg.fsdp is FsdpStrategy.no_shard):
         # DDP reduces gradients in the parameter's dtype: fp32 master weights under *-mixed
         grad_bytes = trainable_gpu * (2.0 if cfg.precision is Precision.bf16_true else 4.0)
-        ar = pc.grad_allreduce_s(grad_bytes, g)
-        tail = allreduce_time_s(min(DDP_BUCKET_BYTES, grad_bytes), g)
-        return ar, _overlap(ar, bwd_s, tail), 0.0
+        calls = col.ddp_buckets(grad_bytes)
+        ar = split_time_s(allreduce_time_s, grad_bytes, calls, g)
+        return ar, overlap(ar, bwd_s, ar / calls), 0.0
     grad_bytes = trainable_gpu * (4.0 if fp32 else 2.0)  # DeepSpeed / FSDP MixedPrecision reduce in 16 bits
+    elem = 4.0 if fp32 else 2.0
     if engine is Engine.deepspeed:
-        bucket = min(2.0 * h2, grad_bytes)  # reduce_bucket_size = h*h elements (planner.deepspeed_sizes)
+        bucket = reduce_bucket_elements(cfg.model) * elem
+        rs_calls = col.buckets(grad_bytes, bucket)
         if cfg.zero is ZeroStage.DISABLED:
-            ar = pc.grad_allreduce_s(grad_bytes, g)
-            return ar, _overlap(ar, bwd_s, allreduce_time_s(bucket, g)), 0.0
-        rs = pc.grad_reduce_scatter_s(grad_bytes, g)
-        rs_tail = pc.grad_reduce_scatter_s(bucket, g)
+            ar = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
+            return ar, overlap(ar, bwd_s, ar / rs_calls), 0.0
+        rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls, g)
         if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
             # ZeRO-1 reduces once per step (it keeps whole gradients); ZeRO-2 every micro-batch, since
             # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
             n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else ga
-            ag = pc.param_allgather_s(trainable_gpu * (4.0 if fp32 else 2.0), g)
-            total = n_rs * rs + ag
-            return total, n_rs * _overlap(rs, bwd_s, rs_tail) + ag, 0.0
-        return _sharded(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, bucket, gathers=2)
-    # FSDP
-    if cfg.fsdp is FsdpStrategy.no_shard:
-        ar = pc.grad_allreduce_s(grad_bytes, g)
-        return ar, _overlap(ar, bwd_s, allreduce_time_s(min(DDP_BUCKET_BYTES, grad_bytes), g)), 0.0
-    unit = param_bytes_gpu / cfg.model.num_layers  # one decoder layer per FSDP unit (auto-wrap policy)
+            ag_bytes = trainable_gpu * elem
+            ag = split_time_s(allgather_time_s, ag_bytes, col.buckets(ag_bytes, allgather_bucket_elements(cfg.model)
+                                                                      * elem), g)
+            return n_rs * rs + ag, n_rs * overlap(rs, bwd_s, rs / rs_calls) + ag, 0.0
+        modules = col.zero3_modules(cfg.model, fam_layers(cfg), cfg.method, cfg.lora_targets)
+        return _sharded(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, modules, rs_calls, gathers=2)
+    units = col.fsdp_units(fam_layers(cfg))
     if cfg.fsdp is FsdpStrategy.hybrid_shard:
         shard = g.per_node
         intra = pc.intra_node_group(cluster, shard, comm_eff)
-        total, exposed, h2d = _sharded(cfg, intra, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, unit, gathers=2)
+        total, exposed, h2d = _sharded(cfg, intra, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, units, units,
+                                       gathers=2)
         replicas = Group(n=dp // shard, per_node=1, intra_bytes_per_s=g.intra_bytes_per_s,
                          inter_bytes_per_s=g.inter_bytes_per_s)
-        ar = ga * allreduce_time_s(grad_bytes / shard, replicas)
-        return total + ar, exposed + _overlap(ar, ga * bwd_s, allreduce_time_s(unit / shard, replicas)), h2d
+        ar = ga * split_time_s(allreduce_time_s, grad_bytes / shard, units, replicas)
+        return total + ar, exposed + overlap(ar, ga * bwd_s, ar / (ga * units)), h2d
     gathers = 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
-    return _sharded(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, unit, gathers=gathers)
+    return _sharded(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, units, units, gathers=gathers)
+
+
+def fam_layers(cfg: TrainConfig) -> int:
+    return -(-cfg.model.num_layers // cfg.pp)
+
+
+def _no_overlap(comm_s: float, window_s: float, tail_s: float) -> float:
+    """Devices whose communication runs on the compute cores (the CPU): nothing is hidden."""
+    return comm_s
 
 
 def _sharded(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
-             bucket_bytes: float, *, gathers: int) -> tuple[float, float, float]:
-    """ZeRO-3 / FSDP: per micro-batch, gather the weights for forward (and again for backward unless
-    they stay unsharded, SHARD_GRAD_OP) and reduce-scatter the gradients; with parameter offload the
-    partition first crosses the host link (Rajbhandari et al. 2021, ZeRO-Infinity Sec. 5)."""
+             gather_calls: int, rs_calls: int, *, gathers: int) -> tuple[float, float, float]:
+    """ZeRO-3 / FSDP: per micro-batch, gather the weights module by module (unit by unit) for forward, and
+    again for backward unless they stay unsharded (SHARD_GRAD_OP), and reduce-scatter the gradients in
+    buckets; with parameter offload the partition first crosses the host link (Rajbhandari et al. 2021,
+    ZeRO-Infinity Sec. 5). Prefetching overlaps a gather with the previous module's compute, so the
+    first gather of each pass (`tail`) is always exposed."""
     ga = cfg.grad_accum
-    ag = pc.param_allgather_s(param_bytes_gpu, g)
-    rs = pc.grad_reduce_scatter_s(grad_bytes, g)
+    overlap = _overlap if cfg.cluster.gpu.overlaps_comm else _no_overlap
+    ag = split_time_s(pc.param_allgather_s, param_bytes_gpu, gather_calls, g)
+    rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls, g)
     h2d = 0.0
     if cfg.offload is Offload.all:
         part = param_bytes_gpu / g.n
         if cfg.offload_device is OffloadDevice.nvme:
             h2d = off.nvme_time_s(part, cfg.cluster.gpus_per_node)
         h2d += off.pcie_time_s(part, cfg.cluster.gpu.host_link_bytes_per_s)
-    tail = pc.param_allgather_s(min(bucket_bytes, param_bytes_gpu), g)
-    fwd_exposed = _overlap(ag, fwd_s, tail)
-    bwd_exposed = _overlap((gathers - 1) * ag + rs, bwd_s, tail)
+    tail = ag / gather_calls
+    fwd_exposed = overlap(ag, fwd_s, tail)
+    bwd_exposed = overlap((gathers - 1) * ag + rs, bwd_s, tail)
     total = ga * (gathers * ag + rs)
     # host-to-GPU copies of offloaded partitions sit on the critical path: DeepSpeed copies the CPU
     # partition into the gather buffer before launching the all-gather (partition_parameters.py,
