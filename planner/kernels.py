@@ -5,9 +5,10 @@ Each linear of a decoder layer runs three GEMMs per micro-batch of m = b x s tok
 (k x m) @ (m x n). A GEMM's time is the larger of its math time and its memory time (the roofline of
 NVIDIA's "Matrix Multiplication Background User's Guide", Sec. 2, "Math and memory bounds"):
 - math: 2mkn / (peak x efficiency x shape efficiency). On a GPU the shape efficiency is the wave
-  quantization of that guide (Sec. 3.2): the output is cut into tiles (256 x 128, the largest cuBLAS
-  tile of Sec. 2.3), one thread block per tile, `sm_count` tiles at a time; the last partial wave
-  leaves SMs idle, so the efficiency is tiles / (waves x SMs). On the CPU the measured curve is
+  quantization of that guide (Sec. 3.2): the output is cut into tiles (256 x 128, 128 x 256 or
+  128 x 128, cuBLAS's large tiles of Sec. 2.3, whichever fills the waves best), one thread block per
+  tile, `sm_count` tiles at a time; the last partial wave leaves SMs idle, so the efficiency is
+  tiles / (waves x SMs). On the CPU the measured curve is
   rate(m) = R x m / (m + m0) (`GPUSpec.gemm_half_rate_rows`, fitted by `ftplan profile calibrate
   --device`): oneDNN/MKL pack the k x n weight once per call, a cost proportional to k x n, so the
   rate grows with the rows m that share it.
@@ -32,7 +33,9 @@ from planner.models import ModelSpec
 from planner.params import resolve_lora_targets
 from planner.strategy import Attn, GradCkpt, Method
 
-TILE_M, TILE_N = 256, 128  # cuBLAS's largest Ampere/Hopper tile (NVIDIA GEMM guide, Sec. 2.3)
+# cuBLAS's large tiles on Ampere/Hopper (NVIDIA GEMM guide, Sec. 2.3); its heuristics pick, per shape,
+# the tile whose waves fill the SMs best, and these three are about equally efficient per tile.
+TILES = ((256, 128), (128, 256), (128, 128))
 # Eager ops per decoder layer and pass in transformers' Llama layer (modeling_llama.py): two RMSNorms
 # (pow, mean, add, rsqrt, mul, mul, to: 7 each), rotary embedding (q and k: 2 x (mul, slice, slice,
 # neg, cat, mul, add) = 14), attention reshapes and SDPA (q/k/v view + transpose: 6; sdpa 1; transpose,
@@ -51,12 +54,15 @@ class Gemm:
 
 
 def wave_efficiency(m: int, n: int, sm_count: int) -> float:
-    """Share of SM time doing useful tiles: tiles / (ceil(tiles / SMs) x SMs) (NVIDIA GEMM guide, Sec. 3.2).
-    1 on devices without SMs (the CPU)."""
+    """Share of SM time doing useful tiles, tiles / (ceil(tiles / SMs) x SMs) (NVIDIA GEMM guide,
+    Sec. 3.2), for the best of cuBLAS's large tiles. 1 on devices without SMs (the CPU)."""
     if sm_count <= 0 or m <= 0 or n <= 0:
         return 1.0
-    tiles = math.ceil(m / TILE_M) * math.ceil(n / TILE_N)
-    return tiles / (math.ceil(tiles / sm_count) * sm_count)
+    best = 0.0
+    for tm, tn in TILES:
+        tiles = math.ceil(m / tm) * math.ceil(n / tn)
+        best = max(best, tiles / (math.ceil(tiles / sm_count) * sm_count))
+    return best
 
 
 def gemm_time_s(g: Gemm, gpu: GPUSpec, peak_flops_per_s: float, efficiency: float, elem_bytes: float) -> float:
