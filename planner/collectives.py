@@ -9,11 +9,12 @@ cost on the CPU) is paid per call, so splitting the same bytes into more calls c
   buckets, updated partitions all-gathered in `allgather_bucket_size` buckets (both h*h elements in the
   emitted ds_config, planner/deepspeed_sizes.py);
 - DeepSpeed ZeRO-3 (runtime/zero/partitioned_param_coordinator.py): one all-gather per submodule that
-  owns parameters, in forward and again in backward, and gradients reduce-scattered per
-  `reduce_bucket_size`; every such submodule also runs DeepSpeed's pre/post hooks in Python
-  (fetch_sub_module / release_sub_module), which wait on the gather, so the host work is on the critical
-  path: "the idle time between layers was caused by the overhead associated with handling hooks that
-  launch allgather/reduce_scatter" (DeepSpeed maintainer, deepspeedai/DeepSpeed#5047);
+  owns parameters, in forward, in the recomputed forward under full checkpointing, and in backward,
+  and gradients reduce-scattered per `reduce_bucket_size`; every submodule also runs DeepSpeed's
+  pre/post hooks in Python (fetch_sub_module / release_sub_module), which wait on the gather, so the
+  host work is on the critical path: "the idle time between layers was caused by the overhead
+  associated with handling hooks that launch allgather/reduce_scatter" (DeepSpeed maintainer,
+  deepspeedai/DeepSpeed#5047);
 - FSDP: one unit per decoder layer plus the root (the transformer auto-wrap policy), an all-gather per
   unit in forward and (FULL_SHARD) in backward, a reduce-scatter per unit.
 Host work per hooked module: on the CPU device measured (`ftplan profile calibrate --device`, GPUSpec
@@ -57,12 +58,35 @@ def buckets(total_bytes: float, bucket_bytes: float) -> int:
     return max(1, math.ceil(total_bytes / max(1.0, bucket_bytes)))
 
 
+# Modules of one decoder layer in transformers' modeling code besides its linears: the layer, its
+# attention and MLP containers, the activation and two norms (modeling_llama.py LlamaDecoderLayer).
+LAYER_MODULES_BESIDES_LINEARS = 6
+# Top-level modules: the CausalLM wrapper, the base model, embedding, final norm, rotary embedding, LM head.
+ROOT_MODULES = 6
+# Modules peft adds per adapted linear (peft/tuners/lora/layer.py LoraLayer): the lora_dropout, lora_A,
+# lora_B and lora_magnitude_vector ModuleDicts, the lora_embedding_A/B ParameterDicts, and the Dropout
+# and the two Linear layers inside them; plus PeftModel and LoraModel at the top.
+LORA_MODULES_PER_LINEAR = 9
+PEFT_ROOT_MODULES = 2
+
+
 def zero3_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
-    """Submodules that own parameters (DeepSpeed hooks each): per layer its linears, two norms and, for
-    LoRA, an A and a B per adapted linear; the embedding, the final norm and an untied LM head."""
+    """Modules DeepSpeed hooks: every submodule, with parameters or not
+    (parameter_offload.py `_register_hooks_recursively` walks all children, and fetch_sub_module runs for
+    each, with an empty parameter set for containers)."""
+    per_layer = len(m.linears()) + LAYER_MODULES_BESIDES_LINEARS
+    root = ROOT_MODULES
+    if method is not Method.full:
+        per_layer += LORA_MODULES_PER_LINEAR * len(resolve_lora_targets(m, lora_targets))
+        root += PEFT_ROOT_MODULES
+    return layers * per_layer + root
+
+
+def param_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
+    """Modules that own parameters, one ZeRO-3 all-gather each per pass: the linears and two norms per
+    layer (for LoRA also each adapted linear's A and B), the embedding, the final norm, an untied head."""
     lora = 2 * len(resolve_lora_targets(m, lora_targets)) if method is not Method.full else 0
-    root = 2 + (0 if m.tie_embeddings else 1)
-    return layers * (len(m.linears()) + 2 + lora) + root
+    return layers * (len(m.linears()) + 2 + lora) + 2 + (0 if m.tie_embeddings else 1)
 
 
 def fsdp_units(layers: int) -> int:

@@ -272,7 +272,9 @@ def _hook_host_s(cfg: TrainConfig, dp: int, layers: int) -> float:
     if cfg.engine is Engine.deepspeed and cfg.zero is ZeroStage.WEIGHTS:
         per = gpu.zero3_module_host_s if gpu.zero3_module_host_s is not None else \
             col.ZERO3_MODULE_HOST_OPS * gpu.host_op_s
-        return col.zero3_modules(cfg.model, layers, cfg.method, cfg.lora_targets) * per
+        # a recomputed forward runs every module's forward hooks again: 3 hooked passes instead of 2
+        passes = 1.5 if cfg.grad_ckpt is GradCkpt.full else 1.0
+        return col.zero3_modules(cfg.model, layers, cfg.method, cfg.lora_targets) * per * passes
     if cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard:
         per = gpu.fsdp_unit_host_s if gpu.fsdp_unit_host_s is not None else col.FSDP_UNIT_HOST_OPS * gpu.host_op_s
         return col.fsdp_units(layers) * per
@@ -314,8 +316,10 @@ def _data_parallel(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_
             ag = split_time_s(allgather_time_s, ag_bytes, col.buckets(ag_bytes, allgather_bucket_elements(cfg.model)
                                                                       * elem), g)
             return n_rs * rs + ag, n_rs * overlap(rs, bwd_s, rs / rs_calls) + ag, 0.0
-        modules = col.zero3_modules(cfg.model, fam_layers(cfg), cfg.method, cfg.lora_targets)
-        return _sharded(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, modules, rs_calls, gathers=2)
+        modules = col.param_modules(cfg.model, fam_layers(cfg), cfg.method, cfg.lora_targets)
+        # the recomputed forward of full checkpointing gathers the released parameters once more
+        gathers = 3 if cfg.grad_ckpt is GradCkpt.full else 2
+        return _sharded(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, modules, rs_calls, gathers=gathers)
     units = col.fsdp_units(fam_layers(cfg))
     if cfg.fsdp is FsdpStrategy.hybrid_shard:
         shard = g.per_node
