@@ -12,9 +12,12 @@ with the planner's shipped CPU defaults (planner/gpus.py, fitted by `ftplan prof
 the error, then Kendall's tau between the measured and the predicted tokens/s and the median
 |step-time error|. Aims (issue 11): tau >= 0.8, median error <= 10%.
 
-Usage: python benchmarks/rank_order.py [--repeats 2] [--steps 2] [--save FILE] [--load FILE] [--json]
+Usage: python benchmarks/rank_order.py [--repeats 2] [--steps 2] [--save FILE] [--load FILE]
+                                      [--device-fit FILE] [--json]
 `--save` keeps the measurements; `--load` re-predicts saved measurements without running anything (to
-check a model change against the same measurements). Whole run: about 6-10 minutes on a quiet 2-core
+check a model change against the same measurements); `--device-fit` predicts with the constants of a
+fresh `ftplan profile calibrate --device --out FILE` instead of the shipped CPU defaults (fit and
+measure back to back when the machine's load changes). Whole run: about 6-10 minutes on a quiet 2-core
 machine; the machine's load shows in the spread column.
 """
 
@@ -26,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,10 +63,20 @@ PLANS: tuple[tuple[str, dict, Method, int, int, GradCkpt], ...] = (
 )
 
 
-def plan_configs(model_path: Path) -> list[TrainConfig]:
-    return [build_config(model=str(model_path), gpus="2xCPU", method=method, precision=Precision.fp32,
+def plan_configs(model_path: Path, device_fit: Path | None = None) -> list[TrainConfig]:
+    cfgs = [build_config(model=str(model_path), gpus="2xCPU", method=method, precision=Precision.fp32,
                          micro_batch=mb, grad_accum=ga, seq_len=SEQ, grad_ckpt=ckpt, **kw)
             for _, kw, method, mb, ga, ckpt in PLANS]
+    if device_fit is None:
+        return cfgs
+    fit = json.loads(device_fit.read_text())
+    gpu = replace(cfgs[0].cluster.gpu, host_op_s=fit["host_op_s"], peak_fp32_flops_per_s=fit["peak_fp32_flops_per_s"],
+                  peak_tf32_flops_per_s=fit["peak_fp32_flops_per_s"], gemm_half_rate_rows=fit["gemm_half_rate_rows"],
+                  hbm_bytes_per_s=fit["hbm_bytes_per_s"], collective_alpha_s=fit["collective_alpha_s"],
+                  intra_node_bytes_per_s=fit["intra_node_bytes_per_s"], zero3_module_host_s=fit["zero3_module_s"],
+                  fsdp_unit_host_s=fit["fsdp_unit_s"])
+    cluster = replace(cfgs[0].cluster, gpu=gpu)
+    return [replace(c, cluster=cluster) for c in cfgs]
 
 
 def plan_name(cfg: TrainConfig) -> str:
@@ -119,13 +133,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="timed optimizer steps per measurement (median)")
     ap.add_argument("--save", type=Path, help="write the measurements to this JSON file")
     ap.add_argument("--load", type=Path, help="re-predict measurements saved with --save; run nothing")
+    ap.add_argument("--device-fit", type=Path, help="predict with this `profile calibrate --device` file")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "llama-16m"
         model_path.mkdir()
         (model_path / "config.json").write_text(json.dumps(LLAMA_16M))
-        cfgs = plan_configs(model_path)
+        cfgs = plan_configs(model_path, args.device_fit)
         if args.load:
             measured = json.loads(args.load.read_text())["measured_s"]
         else:
