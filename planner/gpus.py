@@ -169,17 +169,17 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # this project's 2-core x86 machine while other jobs loaded it (load average ~14), by
     #   ftplan profile calibrate --device --out cpu-device.json
     # (profiler/device_fit.py): fp32 GEMM rate 8.02 GFLOP/s for large shapes with half rate at 3.2 rows,
-    # copy bandwidth 1.67 GB/s, 12.0 us per eager op, gloo all-reduce 423 us + M / 75 MB/s between 2
-    # ranks, ZeRO-3 hooks 18.7 ms per module and FSDP2 hooks 13.1 ms per unit (48-module probe). Rerun
+    # copy bandwidth 1.67 GB/s, 12.0 us per eager op, gloo all-reduce 281 us + M / 39.5 MB/s between
+    # 2 ranks, ZeRO-3 hooks 18.7 ms per module and FSDP2 hooks 13.1 ms per unit (48-module probe). Rerun
     # on a quiet machine and replace them. bf16 / fp16 matmuls run at 1/2 and 1/8 of fp32 on AVX2 cores
     # without AMX (oneDNN converts); there is no TF32.
     _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=4.01e9, peak_fp16_flops_per_s=1.0e9,
          peak_tf32_flops_per_s=8.02e9, peak_fp32_flops_per_s=8.02e9, hbm_bytes_per_s=1.67 * GB,
-         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=0.075 * GB,
-         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=0.075 * GB, host_link_bytes_per_s=1.67 * GB,
+         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=0.0395 * GB,
+         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=0.0395 * GB, host_link_bytes_per_s=1.67 * GB,
          gpus_per_node=64, source="fitted: ftplan profile calibrate --device (profiler/device_fit.py)",
          runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=12.0e-6, gemm_half_rate_rows=3.2,
-         collective_alpha_s=423e-6, overlaps_comm=False, zero3_module_host_s=18.7e-3, fsdp_unit_host_s=13.1e-3),
+         collective_alpha_s=281e-6, overlaps_comm=False, zero3_module_host_s=18.7e-3, fsdp_unit_host_s=13.1e-3),
 )}
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",

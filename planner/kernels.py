@@ -112,6 +112,19 @@ def gemm_shape_factor(gemms: tuple[Gemm, ...], gpu: GPUSpec, peak: float, effici
     return max(1.0, actual / (flops / (peak * efficiency)))
 
 
+def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...], tp: int,
+                           elem_bytes: float) -> float:
+    """Memory traffic per layer and micro-batch of peft's LoRA branch besides its two GEMMs
+    (peft/tuners/lora/layer.py Linear.forward: result + lora_B(lora_A(dropout(x))) * scaling): forward
+    dropout reads x and writes x' (2mk values), scaling and the add read and write the m x n branch and
+    result (5mn); backward runs the dropout mask over the branch's input gradient (2mk), the scaling
+    (2mn) and adds the branch's input gradient to the base layer's (3mk): 7mk + 7mn values."""
+    targets = set(resolve_lora_targets(m, lora_targets))
+    values = sum(7.0 * tokens * (lin.in_features + lin.out_features // tp) for lin in m.linears()
+                 if lin.name in targets)
+    return values * elem_bytes
+
+
 def eager_attention_bytes(b: int, s: int, heads: int, elem_bytes: float) -> float:
     """Scores and probabilities of eager attention per layer, forward and backward: written and read
     twice each in forward (QK^T -> softmax -> PV), about twice that in backward."""

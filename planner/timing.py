@@ -177,7 +177,8 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     mb_tokens = mb * sample_tokens
     shape = _shape_factor(cfg, mb_tokens, fam.peak, eff)
     mb_compute_s = shape * cp.compute_time_s(fam.gpu_flops_tok * mb_tokens, fam.peak, eff) + \
-        kn.attention_memory_s(m, cfg.attn, mb, sample_tokens, fam.stage_layers, tp, _elem_bytes(cfg), gpu)
+        kn.attention_memory_s(m, cfg.attn, mb, sample_tokens, fam.stage_layers, tp, _elem_bytes(cfg), gpu) + \
+        _lora_memory_s(cfg, mb_tokens, fam.stage_layers)
     mb_recompute_s = shape * cp.compute_time_s(fam.recompute_tok * mb_tokens, fam.peak, eff)
     compute_s = ga * (mb_compute_s - mb_recompute_s)
     recompute_s = ga * mb_recompute_s
@@ -254,6 +255,14 @@ def _shape_factor(cfg: TrainConfig, tokens: int, peak: float, eff: float) -> flo
     factor = max(1.0, actual / (flops / (peak * eff))) if flops > 0 else 1.0
     _SHAPES[key] = factor
     return factor
+
+
+def _lora_memory_s(cfg: TrainConfig, tokens: int, layers: int) -> float:
+    """LoRA's elementwise traffic per micro-batch (dropout, scaling, add: planner/kernels.py)."""
+    if cfg.method is Method.full:
+        return 0.0
+    per_layer = kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp, _elem_bytes(cfg))
+    return layers * per_layer / cfg.cluster.gpu.hbm_bytes_per_s
 
 
 def _host_dispatch_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> float:

@@ -9,7 +9,8 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
   of 2mkn / R), giving the large-GEMM rate R (the CPU's fp32 peak) and the half-rate rows m0;
 - memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time);
 - gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB, fitted to t = alpha + M / B (for 2
-  ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1);
+  ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest
+  messages, alpha from the smallest;
 - sharding hooks: forward + backward of 48 tiny Linear(8, 8) modules under DeepSpeed ZeRO-3 and under
   FSDP2 (one unit per module), both on one gloo rank, minus the same model unwrapped, per module: the
   host work of fetching, releasing and reducing one module's parameters (DeepSpeed's
@@ -24,6 +25,7 @@ import os
 import socket
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -137,8 +139,20 @@ def measure_allreduce() -> tuple[float, float, tuple[tuple[int, float], ...]]:
     points = queue.get(timeout=600)
     for p in procs:
         p.join(timeout=120)
-    slope, intercept = _line_fit([float(b) for b, _ in points], [t for _, t in points])
-    return max(1e-7, intercept), 1.0 / slope, tuple(points)
+    return *fit_alpha_beta(points), tuple(points)
+
+
+def fit_alpha_beta(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """t = alpha + M / B: the bandwidth B from the three largest messages (plain least squares, where the
+    bytes dominate), the latency alpha from the two smallest (median of t - M / B)."""
+    ordered = sorted(points)
+    big = ordered[-3:]
+    mx = statistics.fmean(b for b, _ in big)
+    my = statistics.fmean(t for _, t in big)
+    slope = sum((b - mx) * (t - my) for b, t in big) / sum((b - mx) ** 2 for b, _ in big)
+    beta = 1.0 / max(slope, 1e-15)
+    alpha = statistics.median(t - b / beta for b, t in ordered[:2])
+    return max(1e-7, alpha), beta
 
 
 HOOK_MODULES = 48

@@ -208,14 +208,19 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
             t0 = time.perf_counter()
-            for ids in batches:
-                with autocast:
-                    loss = engine(input_ids=ids, labels=ids).loss
-                if is_ds:
-                    engine.backward(loss)
-                    engine.step()
-                else:
-                    loss.backward()
+            for k, ids in enumerate(batches):
+                # DDP reduces gradients on the last micro-batch only (no_sync before), as the HF Trainer and
+                # accelerate's `accumulate` do and as planner.timing models it
+                sync = contextlib.nullcontext() if k == len(batches) - 1 or not hasattr(engine, "no_sync") \
+                    else engine.no_sync()
+                with sync:
+                    with autocast:
+                        loss = engine(input_ids=ids, labels=ids).loss
+                    if is_ds:
+                        engine.backward(loss)
+                        engine.step()
+                    else:
+                        loss.backward()
                 del loss
             if not is_ds:
                 opt.step()
