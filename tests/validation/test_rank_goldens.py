@@ -54,9 +54,9 @@ def _pair_params():
     for model in MODELS:
         for gpus in CLUSTERS:
             for fast, slow, tie_ok, miss in PAIRS:
-                # one small model across two nodes pays ZeRO-3's gathers over InfiniBand: there the
-                # guide's order holds in the planner too
-                if miss is _Z2_OFF_VS_Z3 and (model, gpus) == ("llama-3.2-1b", "2x8xH100"):
+                # for the 1B model ZeRO-3's hooks on ~300 small modules outweigh the host Adam of 1.2B
+                # parameters: there the guide's order holds in the planner too
+                if miss is _Z2_OFF_VS_Z3 and model == "llama-3.2-1b":
                     miss = None
                 miss = MISSES.get((model, gpus, fast, slow), miss)
                 marks = [pytest.mark.xfail(strict=True, reason=miss)] if miss else []
