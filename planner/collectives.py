@@ -35,7 +35,7 @@ import math
 
 from planner.models import ModelSpec
 from planner.params import resolve_lora_targets
-from planner.strategy import Method
+from planner.choices import Method
 
 DDP_FIRST_BUCKET_BYTES = 2**20
 DDP_BUCKET_BYTES = 25 * 2**20

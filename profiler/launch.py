@@ -7,11 +7,7 @@ each, so that N processes share the cores instead of oversubscribing them.
 from __future__ import annotations
 
 import json
-import os
-import re
-import socket
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +16,7 @@ from typing import Any
 from planner.errors import PlanError
 from planner.serialize import config_to_dict
 from planner.strategy import TrainConfig
+from profiler.launcher import cpu_env, failure_cause, free_port, torchrun_command
 
 # A small Llama for CPU profiles: Llama-2's shapes scaled down (hidden 768, 12 layers, SwiGLU width
 # 8/3 h rounded as Llama does, the Llama-2 tokenizer's 32000 tokens): 134M parameters, enough for
@@ -60,12 +57,6 @@ class RunResult:
     @property
     def versions(self) -> dict[str, str]:
         return dict(self.ranks[0].get("versions", {}))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def check_device(cfg: TrainConfig) -> None:
@@ -113,24 +104,17 @@ def _spec(cfg: TrainConfig, model_path: Path | None, warmup_steps: int, steps: i
 
 
 def _torchrun(cfg: TrainConfig, spec: dict[str, Any], timeout_s: float,
-                   subdirs: list[str]) -> list[tuple[dict[str, Any], ...]]:
+              subdirs: list[str]) -> list[tuple[dict[str, Any], ...]]:
     """Run the worker under torchrun; the per-rank results found in each of `subdirs` of its output."""
     n = cfg.world_size
     with tempfile.TemporaryDirectory(prefix="ftplan-profile-") as tmp:
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps(spec))
         out = Path(tmp) / "out"
-        env = dict(os.environ)
-        cpu = cfg.cluster.gpu.name == "CPU"
-        if cpu:
-            env["DS_ACCELERATOR"] = "cpu"
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            if n > 1:
-                env["OMP_NUM_THREADS"] = "1"
+        env = cpu_env(cfg)
         env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--nnodes", "1",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "profiler.worker", "--spec", str(spec_file), "--out", str(out)]
+        cmd = torchrun_command(nproc_per_node=n, master_port=free_port()) + [
+            "-m", "profiler.worker", "--spec", str(spec_file), "--out", str(out)]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s,
                                   cwd=Path(__file__).resolve().parent.parent)
@@ -139,29 +123,15 @@ def _torchrun(cfg: TrainConfig, spec: dict[str, Any], timeout_s: float,
                             ) from None
         if proc.returncode != 0:
             raise PlanError(f"torchrun failed (exit {proc.returncode}, {cfg.strategy_name()} on {n} process(es)): "
-                            f"{_cause(proc.stderr + proc.stdout)}")
+                            f"{failure_cause(proc.stderr + proc.stdout)}")
         found = []
         for sub in subdirs:
             ranks = []
             for r in range(n):
                 f = out / sub / f"rank{r}.json"
                 if not f.exists():
-                    raise PlanError(f"torchrun finished but rank {r} wrote no result ({_cause(proc.stderr)})")
+                    raise PlanError(f"torchrun finished but rank {r} wrote no result ({failure_cause(proc.stderr)})")
                 ranks.append(json.loads(f.read_text()))
             found.append(tuple(ranks))
     return found
 
-
-def _cause(text: str) -> str:
-    """The most telling line of a failed run's output: a rank's exception, else the last exception line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    rank_error = re.compile(r"^\[rank\d+\]:\s*([\w.]*(Error|Exception|Interrupt)\b.*)")
-    for ln in lines:
-        hit = rank_error.match(ln)
-        if hit:
-            return hit.group(1)[:300]
-    for ln in reversed(lines):
-        head = ln.split(":", 1)[0]
-        if head.endswith(("Error", "Exception")) and " " not in head and "ChildFailedError" not in head:
-            return ln[:300]
-    return lines[-1][:300] if lines else "no output"
