@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import math
 
+from planner.choices import Method
 from planner.models import ModelSpec
 from planner.params import resolve_lora_targets
-from planner.choices import Method
 
 DDP_FIRST_BUCKET_BYTES = 2**20
 DDP_BUCKET_BYTES = 25 * 2**20

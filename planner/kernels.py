@@ -28,10 +28,10 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
+from planner.choices import Attn, GradCkpt, Method
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
 from planner.params import resolve_lora_targets
-from planner.choices import Attn, GradCkpt, Method
 
 # cuBLAS's large tiles on Ampere/Hopper (NVIDIA GEMM guide, Sec. 2.3); its heuristics pick, per shape,
 # the tile whose waves fill the SMs best, and these three are about equally efficient per tile.
