@@ -18,7 +18,9 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
           precision: o.PrecisionOpt = o.Precision.bf16_mixed, stage: o.StageOpt = o.Stage.sft,
           host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0, headroom: o.HeadroomOpt = 0.0,
           calibration: o.CalibrationOpt = None, out: o.OutDirOpt = Path("ftplan-reports"),
-          force: o.ForceOpt = False, json_out: o.JsonOpt = False) -> None:
+          force: o.ForceOpt = False, json_out: o.JsonOpt = False,
+          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Speedup and scaling efficiency against GPU count; writes a PNG chart and a JSON file to --out."""
     from ftplan.cmd_plan import limits_from
     from planner.atomic import atomic_files
@@ -34,7 +36,7 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
     gpu_counts(max_gpus, spec.gpus_per_node)  # checks --max-gpus before any work
     base = build_config(model=model, gpus=f"1x{spec.name}", method=method, seq_len=seq_len, lora_r=lora_r,
                         lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision, stage=stage,
-                        check=False)
+                        check=False, **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
     space = search_space(base, methods=(method,), global_batch=global_batch)
     limits = limits_from(host_memory, nvme, headroom)
     cal = load_calibration(calibration)

@@ -10,8 +10,10 @@ import typer
 
 from planner.strategy import (
     Attn,
+    CrossEntropy,
     FsdpStrategy,
     GradCkpt,
+    Kernels,
     Method,
     Offload,
     OffloadDevice,
@@ -49,6 +51,10 @@ LoraTargetsOpt = Annotated[str, _method(help="Comma-separated LoRA target module
 QuantOpt = Annotated[Quant | None, _method(help="Base-weight quantization (QLoRA); default nf4 for qlora.")]
 PrecisionOpt = Annotated[Precision, _method(help="Precision: fp32 master under *-mixed, none under bf16-true.")]
 OptimizerOpt = Annotated[Optimizer, _method(help="Optimizer.")]
+OptimizersOpt = Annotated[str | None, _method(
+    "--optimizers", help="Search these optimizers (comma-separated, e.g. adamw,adamw_8bit) instead of --optimizer.")]
+AttnsOpt = Annotated[str | None, _memory(
+    "--attns", help="Search these attention implementations (comma-separated, e.g. sdpa,eager) instead of sdpa.")]
 ZeroOpt = Annotated[int | None, _parallelism("--zero", min=0, max=3, help="DeepSpeed ZeRO stage (0-3).")]
 OffloadOpt = Annotated[Offload, _parallelism(help="Offload optimizer states, or everything.")]
 OffloadDeviceOpt = Annotated[OffloadDevice, _parallelism(help="Where offloaded states go.")]
@@ -94,3 +100,19 @@ PickOpt = Annotated[int, _output(
     "--pick", help="With --emit: write the plan ranked N (the # column) instead of the best.")]
 ForceOpt = Annotated[bool, _output(
     "--force", help="Overwrite files that already exist in the --emit directory.")]
+CrossEntropyOpt = Annotated[CrossEntropy, typer.Option(
+    "--cross-entropy", help="Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), "
+                            "fused (Liger's fused linear cross-entropy).")]
+KernelsOpt = Annotated[Kernels, typer.Option(
+    "--kernels", help="eager (transformers' modules) or liger (Liger's fused RMSNorm, SwiGLU, RoPE).")]
+ActivationOffloadOpt = Annotated[bool, typer.Option(
+    "--activation-offload/--no-activation-offload", help="Keep saved activations (checkpoints) in host memory.")]
+FsdpVersionOpt = Annotated[int, typer.Option(
+    "--fsdp-version", min=1, max=2, help="FSDP2 (per-parameter, accelerate fsdp_version: 2) or FSDP1.")]
+
+
+def switches(cross_entropy: CrossEntropy, kernels: Kernels, activation_offload: bool,
+             fsdp_version: int) -> dict:
+    """The memory switches as build_config keyword arguments."""
+    return {"cross_entropy": cross_entropy, "kernels": kernels, "activation_offload": activation_offload,
+            "fsdp_version": fsdp_version}
