@@ -107,23 +107,18 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
     """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (within 1%: simpler first)."""
     from planner.calibration import load_calibration
     from planner.errors import PlanError
-    from planner.search import SearchSpace
+    from planner.search import SearchSpace, search_space
     from planner.search import plan as run_plan
     from planner.timing import job_size, job_time
 
-    if global_batch is not None and global_batch < 1:
-        raise PlanError(f"--global-batch must be a positive integer, got {global_batch}")
     if top < 1:
         raise PlanError(f"--top must be a positive integer, got {top}")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
                         lora_targets=lora_targets, precision=precision, stage=stage, check=False,
                         **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
-    if seq_len > base.model.max_seq_len:
-        raise PlanError(f"--seq-len {seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
-    space = SearchSpace(methods=tuple(dict.fromkeys(method)) if method else SearchSpace().methods,
-                        global_batch=global_batch,
-                        optimizers=parse_choices(optimizers, o.Optimizer, "--optimizers") or (optimizer,),
-                        attns=parse_choices(attns, o.Attn, "--attns") or SearchSpace().attns)
+    space = search_space(base, methods=method, global_batch=global_batch,
+                         optimizers=parse_choices(optimizers, o.Optimizer, "--optimizers") or (optimizer,),
+                         attns=parse_choices(attns, o.Attn, "--attns") or SearchSpace().attns)
     if emit_dir is None and pick != 1:
         raise PlanError("--pick chooses the plan to --emit: pass --emit DIR too")
     size = job_size(tokens, samples, epochs)
@@ -157,52 +152,27 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
 def models(json_out: o.JsonOpt = False) -> None:
     """The model catalog."""
     from planner.models import from_name, model_names
-    from planner.params import total_params
+    from reports.catalog_report import models_json, models_table
+    from reports.fmt import print_json
 
     rows = [from_name(n) for n in model_names()]
     if json_out:
-        from reports.fmt import print_json
-
-        print_json([{"name": m.name, "params": total_params(m), "layers": m.num_layers, "hidden": m.hidden_size,
-                     "heads": m.num_heads, "kv_heads": m.num_kv_heads, "vocab": m.vocab_size,
-                     "experts": m.num_experts, "source": m.source} for m in rows])
+        print_json(models_json(rows))
         return
-    from rich.table import Table
-
-    from reports.fmt import params
-
-    table = Table(title="Models (aliases: 7b, 13b, 70b = Llama-2)", title_justify="left")
-    for col in ("name", "params", "layers", "hidden", "heads/kv", "vocab", "experts"):
-        table.add_column(col, justify="left" if col == "name" else "right")
-    for m in rows:
-        table.add_row(m.name, params(total_params(m)), str(m.num_layers), str(m.hidden_size),
-                      f"{m.num_heads}/{m.num_kv_heads}", f"{m.vocab_size:,}",
-                      f"{m.experts_per_token}/{m.num_experts}" if m.is_moe else "")
-    Console().print(table)
+    Console().print(models_table(rows))
 
 
 @app.command()
 def gpus(json_out: o.JsonOpt = False) -> None:
     """The GPU catalog (datasheet figures)."""
     from planner.gpus import GPUS
+    from reports.catalog_report import gpus_json, gpus_table
+    from reports.fmt import print_json
 
     if json_out:
-        import dataclasses
-
-        from reports.fmt import print_json
-
-        print_json([dataclasses.asdict(g) for g in GPUS.values()])
+        print_json(gpus_json(list(GPUS.values())))
         return
-    from rich.table import Table
-
-    table = Table(title="GPUs (dense peaks; link bandwidth per GPU, one direction)", title_justify="left")
-    for col in ("name", "memory GiB", "bf16 TF/s", "fp32 TF/s", "HBM GB/s", "intra-node", "GB/s", "inter-node GB/s"):
-        table.add_column(col, justify="left" if col in ("name", "intra-node") else "right")
-    for g in GPUS.values():
-        table.add_row(g.name, f"{g.hbm_bytes / 2**30:.1f}", f"{g.peak_bf16_flops_per_s / 1e12:.1f}",
-                      f"{g.peak_fp32_flops_per_s / 1e12:.1f}", f"{g.hbm_bytes_per_s / 1e9:.0f}", g.intra_node_link,
-                      f"{g.intra_node_bytes_per_s / 1e9:.0f}", f"{g.inter_node_bytes_per_s / 1e9:.1f}")
-    Console().print(table)
+    Console().print(gpus_table(list(GPUS.values())))
 
 
 def _chosen(result, top: int) -> list:

@@ -26,25 +26,21 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
     from planner.atomic import atomic_files
     from planner.build import build_config
     from planner.calibration import load_calibration
-    from planner.errors import PlanError
     from planner.gpus import gpu_from_name
     from planner.scaling import gpu_counts
     from planner.scaling import scale as run_scale
-    from planner.search import SearchSpace
+    from planner.search import search_space
     from reports.scale_report import scale_json, scale_view
 
     spec = gpu_from_name(gpu)
     gpu_counts(max_gpus, spec.gpus_per_node)  # checks --max-gpus before any work
-    if global_batch is not None and global_batch < 1:
-        raise PlanError(f"--global-batch must be a positive integer, got {global_batch}")
     base = build_config(model=model, gpus=f"1x{spec.name}", method=method, seq_len=seq_len, lora_r=lora_r,
                         lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision, stage=stage,
                         check=False, **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
-    if seq_len > base.model.max_seq_len:
-        raise PlanError(f"--seq-len {seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
+    space = search_space(base, methods=(method,), global_batch=global_batch)
     limits = limits_from(host_memory, nvme, headroom)
     cal = load_calibration(calibration)
-    result = run_scale(base, max_gpus, SearchSpace(methods=(method,), global_batch=global_batch), limits, cal)
+    result = run_scale(base, max_gpus, space, limits, cal)
     data = scale_json(result, model=base.model.name, gpu=spec.name, method=method.value, seq_len=seq_len)
     stem = f"scale-{base.model.name}-{spec.name}-{method.value}"
     names = [f"{stem}.png", f"{stem}.json"]

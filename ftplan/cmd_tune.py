@@ -70,14 +70,13 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.errors import PlanError
-    from planner.search import SearchSpace
+    from planner.search import SearchSpace, search_space
     from planner.strategy import ZeroStage
     from planner.tune_space import Filters, build_space
     from runner.tune import TuneOptions, quiet_optuna
     from runner.tune import tune as run_tune
 
-    for name, value in (("--trials", trials), ("--top", top), ("--global-batch", global_batch),
-                        ("--trial-steps", trial_steps)):
+    for name, value in (("--trials", trials), ("--top", top), ("--trial-steps", trial_steps)):
         if value is not None and value < 1:
             raise PlanError(f"{name} must be a positive integer, got {value}")
     if timeout is not None and timeout <= 0:
@@ -87,16 +86,13 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
                         lora_targets=lora_targets, precision=precision, stage=stage, check=False,
                         **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
-    if seq_len > base.model.max_seq_len:
-        raise PlanError(f"--seq-len {seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
     default = SearchSpace()
-    space_def = SearchSpace(methods=tuple(dict.fromkeys(method)) if method else default.methods,
-                            global_batch=global_batch,
-                            micro_batches=_positive("--micro-batch", micro_batch) or default.micro_batches,
-                            grad_ckpts=tuple(dict.fromkeys(grad_ckpt)) if grad_ckpt else default.grad_ckpts,
-                            attns=tuple(dict.fromkeys(attn)) if attn else default.attns,
-                            optimizers=tuple(dict.fromkeys(optimizer)) if optimizer else default.optimizers,
-                            tps=_positive("--tp", tp), pps=_positive("--pp", pp))
+    space_def = search_space(base, methods=method, global_batch=global_batch,
+                             micro_batches=_positive("--micro-batch", micro_batch) or default.micro_batches,
+                             grad_ckpts=tuple(dict.fromkeys(grad_ckpt)) if grad_ckpt else default.grad_ckpts,
+                             attns=tuple(dict.fromkeys(attn)) if attn else default.attns,
+                             optimizers=tuple(dict.fromkeys(optimizer)) if optimizer else default.optimizers,
+                             tps=_positive("--tp", tp), pps=_positive("--pp", pp))
     filters = Filters(engines=tuple(engine) if engine else None,
                       zero_stages=tuple(ZeroStage(z) for z in zero) if zero else None,
                       offloads=tuple(offload) if offload else None,

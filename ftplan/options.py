@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -22,73 +23,82 @@ from planner.strategy import (
     Stage,
 )
 
+# --help groups the options in these panels (rich_help_panel), so a long command reads at 80 columns
+_model = partial(typer.Option, rich_help_panel="Model")
+_hardware = partial(typer.Option, rich_help_panel="Hardware")
+_method = partial(typer.Option, rich_help_panel="Method")
+_parallelism = partial(typer.Option, rich_help_panel="Parallelism")
+_batch = partial(typer.Option, rich_help_panel="Batch")
+_memory = partial(typer.Option, rich_help_panel="Memory")
+_output = partial(typer.Option, rich_help_panel="Output")
+
 ModelOpt = Annotated[
     str,
-    typer.Option("--model", "-m", help="Catalog name or alias (7b, llama-3-8b), a config.json, or a model directory."),
+    _model("--model", "-m", help="Catalog name or alias (7b, llama-3-8b), a config.json, or a model directory."),
 ]
 GpusOpt = Annotated[
     str,
-    typer.Option("--gpus", "-g", help="COUNTxTYPE or NODESxPER_NODExTYPE: 8xA800, 2x8xH100, 2xCPU."),
+    _hardware("--gpus", "-g", help="COUNTxTYPE or NODESxPER_NODExTYPE: 8xA800, 2x8xH100, 2xCPU."),
 ]
-MethodOpt = Annotated[Method, typer.Option(help="Fine-tuning method.")]
+MethodOpt = Annotated[Method, _method(help="Fine-tuning method.")]
 MethodsOpt = Annotated[
     list[Method] | None,
-    typer.Option("--method", help="Methods to plan (repeat); default all three."),
+    _method("--method", help="Methods to plan (repeat); default all three."),
 ]
-LoraROpt = Annotated[int, typer.Option(help="LoRA rank.")]
-LoraAlphaOpt = Annotated[int, typer.Option(help="LoRA alpha.")]
-LoraTargetsOpt = Annotated[str, typer.Option(help="Comma-separated LoRA target modules, or 'all'.")]
-QuantOpt = Annotated[Quant | None, typer.Option(help="Base-weight quantization (QLoRA); default nf4 for qlora.")]
-PrecisionOpt = Annotated[Precision, typer.Option(help="Precision: fp32 master under *-mixed, none under bf16-true.")]
-OptimizerOpt = Annotated[Optimizer, typer.Option(help="Optimizer.")]
-OptimizersOpt = Annotated[str | None, typer.Option(
+LoraROpt = Annotated[int, _method(help="LoRA rank.")]
+LoraAlphaOpt = Annotated[int, _method(help="LoRA alpha.")]
+LoraTargetsOpt = Annotated[str, _method(help="Comma-separated LoRA target modules, or 'all'.")]
+QuantOpt = Annotated[Quant | None, _method(help="Base-weight quantization (QLoRA); default nf4 for qlora.")]
+PrecisionOpt = Annotated[Precision, _method(help="Precision: fp32 master under *-mixed, none under bf16-true.")]
+OptimizerOpt = Annotated[Optimizer, _method(help="Optimizer.")]
+OptimizersOpt = Annotated[str | None, _method(
     "--optimizers", help="Search these optimizers (comma-separated, e.g. adamw,adamw_8bit) instead of --optimizer.")]
-AttnsOpt = Annotated[str | None, typer.Option(
+AttnsOpt = Annotated[str | None, _memory(
     "--attns", help="Search these attention implementations (comma-separated, e.g. sdpa,eager) instead of sdpa.")]
-ZeroOpt = Annotated[int | None, typer.Option("--zero", min=0, max=3, help="DeepSpeed ZeRO stage (0-3).")]
-OffloadOpt = Annotated[Offload, typer.Option(help="Offload optimizer states, or everything.")]
-OffloadDeviceOpt = Annotated[OffloadDevice, typer.Option(help="Where offloaded states go.")]
-FsdpOpt = Annotated[FsdpStrategy | None, typer.Option(help="Use FSDP with this sharding strategy.")]
-TpOpt = Annotated[int, typer.Option(help="Tensor-parallel degree.")]
-PpOpt = Annotated[int, typer.Option(help="Pipeline-parallel degree.")]
+ZeroOpt = Annotated[int | None, _parallelism("--zero", min=0, max=3, help="DeepSpeed ZeRO stage (0-3).")]
+OffloadOpt = Annotated[Offload, _parallelism(help="Offload optimizer states, or everything.")]
+OffloadDeviceOpt = Annotated[OffloadDevice, _parallelism(help="Where offloaded states go.")]
+FsdpOpt = Annotated[FsdpStrategy | None, _parallelism(help="Use FSDP with this sharding strategy.")]
+TpOpt = Annotated[int, _parallelism(help="Tensor-parallel degree.")]
+PpOpt = Annotated[int, _parallelism(help="Pipeline-parallel degree.")]
 SpOpt = Annotated[
     bool,
-    typer.Option("--sequence-parallel/--no-sequence-parallel", help="Sequence parallelism with TP."),
+    _parallelism("--sequence-parallel/--no-sequence-parallel", help="Sequence parallelism with TP."),
 ]
-MicroBatchOpt = Annotated[int, typer.Option(help="Sequences per GPU per forward.")]
-GradAccumOpt = Annotated[int, typer.Option(help="Gradient-accumulation steps.")]
-SeqLenOpt = Annotated[int, typer.Option(help="Tokens per sequence.")]
-GradCkptOpt = Annotated[GradCkpt, typer.Option(help="Activation checkpointing.")]
-AttnOpt = Annotated[Attn, typer.Option(help="Attention implementation.")]
-StageOpt = Annotated[Stage, typer.Option(help="Training stage.")]
-FreezeOpt = Annotated[int, typer.Option(help="Full method: freeze the first N decoder layers.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+MicroBatchOpt = Annotated[int, _batch(help="Sequences per GPU per forward.")]
+GradAccumOpt = Annotated[int, _batch(help="Gradient-accumulation steps.")]
+SeqLenOpt = Annotated[int, _batch(help="Tokens per sequence.")]
+GradCkptOpt = Annotated[GradCkpt, _memory(help="Activation checkpointing.")]
+AttnOpt = Annotated[Attn, _memory(help="Attention implementation.")]
+StageOpt = Annotated[Stage, _model(help="Training stage.")]
+FreezeOpt = Annotated[int, _method(help="Full method: freeze the first N decoder layers.")]
+JsonOpt = Annotated[bool, _output("--json", help="Print machine-readable JSON.")]
 HostMemOpt = Annotated[
     float | None,
-    typer.Option("--host-memory", help="Host RAM per node in GiB (default: 2x the node's GPU memory)."),
+    _memory("--host-memory", help="Host RAM per node in GiB (default: 2x the node's GPU memory)."),
 ]
-NvmeOpt = Annotated[float, typer.Option("--nvme", help="NVMe space per node in GiB for ZeRO-Infinity.")]
-HeadroomOpt = Annotated[float, typer.Option(min=0.0, max=0.9, help="Fraction of GPU memory to keep free.")]
+NvmeOpt = Annotated[float, _memory("--nvme", help="NVMe space per node in GiB for ZeRO-Infinity.")]
+HeadroomOpt = Annotated[float, _memory(min=0.0, max=0.9, help="Fraction of GPU memory to keep free.")]
 GlobalBatchOpt = Annotated[
     int | None,
-    typer.Option(help="Sequences per optimizer step, held fixed (default 8 per GPU)."),
+    _batch(help="Sequences per optimizer step, held fixed (default 8 per GPU)."),
 ]
-CalibrationOpt = Annotated[Path | None, typer.Option(help="Calibration JSON written by `ftplan profile`.")]
-TopOpt = Annotated[int, typer.Option(help="Plans to show per method.")]
-TokensOpt = Annotated[float | None, typer.Option(
+CalibrationOpt = Annotated[Path | None, _hardware(help="Calibration JSON written by `ftplan profile`.")]
+TopOpt = Annotated[int, _output(help="Plans to show per method.")]
+TokensOpt = Annotated[float | None, _batch(
     "--tokens", help="Job size in tokens per epoch (packed into --seq-len sequences): job time and GPU-hours.")]
-SamplesOpt = Annotated[float | None, typer.Option(
+SamplesOpt = Annotated[float | None, _batch(
     "--samples", help="Job size in sequences per epoch: job time and GPU-hours.")]
-EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over --tokens / --samples.")]
-GpuOpt = Annotated[str, typer.Option("--gpu", help="GPU type from the catalog (ftplan gpus), e.g. A800.")]
-MaxGpusOpt = Annotated[int, typer.Option(
+EpochsOpt = Annotated[float, _batch("--epochs", help="Passes over --tokens / --samples.")]
+GpuOpt = Annotated[str, _hardware("--gpu", help="GPU type from the catalog (ftplan gpus), e.g. A800.")]
+MaxGpusOpt = Annotated[int, _hardware(
     "--max-gpus", help="Largest GPU count: 1, 2, 4, 8, then whole nodes up to it.")]
-OutDirOpt = Annotated[Path, typer.Option("--out", help="Directory for the report files (PNG chart and JSON).")]
-EmitOpt = Annotated[Path | None, typer.Option(
+OutDirOpt = Annotated[Path, _output("--out", help="Directory for the report files (PNG chart and JSON).")]
+EmitOpt = Annotated[Path | None, _output(
     "--emit", help="Write plan.json, ds_config, accelerate.yaml, launch.sh and LLaMA-Factory YAML into this folder.")]
-PickOpt = Annotated[int, typer.Option(
+PickOpt = Annotated[int, _output(
     "--pick", help="With --emit: write the plan ranked N (the # column) instead of the best.")]
-ForceOpt = Annotated[bool, typer.Option(
+ForceOpt = Annotated[bool, _output(
     "--force", help="Overwrite files that already exist in the --emit directory.")]
 CrossEntropyOpt = Annotated[CrossEntropy, typer.Option(
     "--cross-entropy", help="Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), "

@@ -22,7 +22,7 @@ Symbols: s sequence length, V vocabulary, h hidden size; all FLOP counts are per
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
@@ -77,7 +77,7 @@ def peak_flops_per_s(gpu: GPUSpec, precision: Precision) -> float:
     return gpu.peak_bf16_flops_per_s
 
 
-@cache
+@lru_cache(maxsize=4096)
 def layer_linear_flops(m: ModelSpec) -> float:
     """Forward FLOPs per token in one decoder layer's linears: 2 x the weights a token meets (an MoE
     layer runs `experts_per_token` of its `num_experts` copies)."""
@@ -126,7 +126,7 @@ def training_of(cfg: TrainConfig) -> Training:
                     freeze_layers=cfg.freeze_layers, grad_ckpt=cfg.grad_ckpt, seq_len=cfg.seq_len, stage=cfg.stage)
 
 
-@cache
+@lru_cache(maxsize=4096)
 def flops_per_token(m: ModelSpec, tr: Training, *, layers: float | None = None, head: bool = True) -> StepFlops:
     """Training FLOPs per token of one micro-batch over `layers` decoder layers (all by default) and the
     LM head. Forward F; backward = F (input gradients) + F of the trainable weights (weight gradients);

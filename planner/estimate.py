@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from planner.calibration import DEFAULT, Calibration
@@ -37,6 +38,45 @@ def default_host_bytes(cfg: TrainConfig) -> float:
     return 2.0 * cfg.cluster.gpu.hbm_bytes * cfg.cluster.gpus_per_node
 
 
+class FitKind(str, Enum):
+    gpu_memory = "gpu_memory"  # the peak per GPU
+    host_memory = "host_memory"  # offloaded states per node
+    nvme = "nvme"  # ZeRO-Infinity's NVMe per node
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FitFailure:
+    """What does not fit where: bytes needed against bytes available (per GPU, or per node for offload)."""
+
+    kind: FitKind
+    needed_bytes: float
+    available_bytes: float
+
+
+def fit_failures(cfg: TrainConfig, mem: MemoryBreakdown, limits: Limits) -> tuple[FitFailure, ...]:
+    """Every capacity the configuration exceeds, GPU memory first."""
+    out = []
+    usable = cfg.cluster.gpu.hbm_bytes * (1 - limits.headroom_fraction)
+    if mem.total > usable:
+        out.append(FitFailure(kind=FitKind.gpu_memory, needed_bytes=mem.total, available_bytes=usable))
+    host_limit = limits.host_bytes_per_node if limits.host_bytes_per_node is not None else default_host_bytes(cfg)
+    if mem.host_bytes > host_limit:
+        out.append(FitFailure(kind=FitKind.host_memory, needed_bytes=mem.host_bytes, available_bytes=host_limit))
+    if mem.nvme_bytes > limits.nvme_bytes_per_node:
+        out.append(FitFailure(kind=FitKind.nvme, needed_bytes=mem.nvme_bytes,
+                              available_bytes=limits.nvme_bytes_per_node))
+    return tuple(out)
+
+
+def fit_reason(cfg: TrainConfig, failure: FitFailure) -> str:
+    """One line for people, as plan.json's `fit_reasons` carries it."""
+    need, have = failure.needed_bytes / 2**30, failure.available_bytes / 2**30
+    if failure.kind is FitKind.gpu_memory:
+        return f"needs {need:.1f} GiB per GPU, {cfg.cluster.gpu.name} has {have:.1f} GiB"
+    where = "host memory" if failure.kind is FitKind.host_memory else "NVMe"
+    return f"offload needs {need:.0f} GiB of {where} per node, {have:.0f} GiB available"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Estimate:
     config: TrainConfig
@@ -44,9 +84,16 @@ class Estimate:
     params_total: int
     params_trainable: int
     gpu_memory_bytes: int
-    fits: bool
-    fit_reasons: tuple[str, ...]
+    fit_failures: tuple[FitFailure, ...]
     time: StepTime | None = None  # the time model (planner.timing); None for plans the search rejected
+
+    @property
+    def fits(self) -> bool:
+        return not self.fit_failures
+
+    @property
+    def fit_reasons(self) -> tuple[str, ...]:
+        return tuple(fit_reason(self.config, f) for f in self.fit_failures)
 
     @property
     def tight(self) -> bool:
@@ -62,24 +109,11 @@ def estimate(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration = DEF
              timed: bool | None = True) -> Estimate:
     """Memory and fit of one configuration, and its time (`timed`: always; None: only if it fits)."""
     mem = memory_per_gpu(cfg, cal)
-    gpu_bytes = cfg.cluster.gpu.hbm_bytes
-    reasons = []
-    usable = gpu_bytes * (1 - limits.headroom_fraction)
-    if mem.total > usable:
-        reasons.append(f"needs {mem.total / 2**30:.1f} GiB per GPU, {cfg.cluster.gpu.name} has "
-                       f"{usable / 2**30:.1f} GiB")
-    host_limit = limits.host_bytes_per_node if limits.host_bytes_per_node is not None else default_host_bytes(cfg)
-    if mem.host_bytes > host_limit:
-        reasons.append(f"offload needs {mem.host_bytes / 2**30:.0f} GiB of host memory per node, "
-                       f"{host_limit / 2**30:.0f} GiB available")
-    if mem.nvme_bytes > limits.nvme_bytes_per_node:
-        reasons.append(f"offload needs {mem.nvme_bytes / 2**30:.0f} GiB of NVMe per node, "
-                       f"{limits.nvme_bytes_per_node / 2**30:.0f} GiB available")
-    fits = not reasons
-    time = step_time(cfg, cal) if timed or (timed is None and fits) else None
+    failures = fit_failures(cfg, mem, limits)
+    time = step_time(cfg, cal) if timed or (timed is None and not failures) else None
     return Estimate(config=cfg, memory=mem, params_total=total_params(cfg.model),
-                    params_trainable=trainable_params(cfg), gpu_memory_bytes=gpu_bytes, fits=fits,
-                    fit_reasons=tuple(reasons), time=time)
+                    params_trainable=trainable_params(cfg), gpu_memory_bytes=cfg.cluster.gpu.hbm_bytes,
+                    fit_failures=failures, time=time)
 
 
 def estimate_to_dict(est: Estimate) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 
 from planner.errors import PlanError, unknown_name_error
@@ -67,7 +67,7 @@ class ModelSpec:
         return _linears(self)
 
 
-@cache  # pure in the (frozen) spec; the search asks for it per candidate
+@lru_cache(maxsize=4096)  # pure in the (frozen) spec; the search asks for it per candidate
 def _linears(m: ModelSpec) -> tuple[LinearShape, ...]:
     h, i, q, kv = m.hidden_size, m.intermediate_size, m.q_dim, m.kv_dim
     b = m.linear_bias
@@ -192,7 +192,7 @@ def model_names() -> list[str]:
     return list(HF_CONFIGS)
 
 
-@cache
+@lru_cache(maxsize=4096)
 def from_name(name: str) -> ModelSpec:
     key = ALIASES.get(name.lower(), name.lower())
     if key not in HF_CONFIGS:

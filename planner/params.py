@@ -6,7 +6,7 @@ Checked against `AutoModelForCausalLM.from_config` on the meta device and peft's
 
 from __future__ import annotations
 
-from functools import cache
+from functools import lru_cache
 
 from planner.errors import PlanError
 from planner.models import ModelSpec
@@ -22,7 +22,7 @@ def layer_linear_params(m: ModelSpec) -> int:
                for lin in m.linears())
 
 
-@cache
+@lru_cache(maxsize=4096)
 def layer_params(m: ModelSpec) -> int:
     """One decoder layer: its linears (all experts) plus its two norms."""
     return layer_linear_params(m) + 2 * norm_params(m)
@@ -38,7 +38,7 @@ def head_params(m: ModelSpec) -> int:
     return norm_params(m) + (0 if m.tie_embeddings else m.vocab_size * m.hidden_size)
 
 
-@cache
+@lru_cache(maxsize=4096)
 def total_params(m: ModelSpec) -> int:
     return embedding_params(m) + m.num_layers * layer_params(m) + head_params(m)
 
@@ -85,7 +85,7 @@ def resolve_lora_targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[str, .
     return targets
 
 
-@cache
+@lru_cache(maxsize=4096)
 def lora_params(m: ModelSpec, r: int, targets: tuple[str, ...]) -> int:
     """peft LoRA adds A (r x in) and B (out x r) per targeted linear, no bias (Hu et al. 2021)."""
     chosen = set(resolve_lora_targets(m, targets))

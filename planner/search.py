@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from dataclasses import fields as dataclass_fields
+from typing import Any
 
 from planner import engines
 from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
-from planner.estimate import Estimate, Limits, estimate
+from planner.estimate import Estimate, FitKind, Limits, estimate, fit_reason
 from planner.strategy import (
     Attn,
     Batch,
@@ -60,6 +61,18 @@ class SearchSpace:
     optimizers: tuple[Optimizer, ...] = (Optimizer.adamw,)
     tps: tuple[int, ...] | None = None  # None: powers of two within a node
     pps: tuple[int, ...] | None = None
+
+
+def search_space(base: TrainConfig, *, methods: list[Method] | tuple[Method, ...] | None = None,
+                 global_batch: int | None = None, **narrowing: Any) -> SearchSpace:
+    """The search options `plan`, `scale` and `tune` share, checked once: --global-batch positive, --seq-len
+    within the model's positions; methods in the order given, without repeats (default: all three)."""
+    if global_batch is not None and global_batch < 1:
+        raise PlanError(f"--global-batch must be a positive integer, got {global_batch}")
+    if base.seq_len > base.model.max_seq_len:
+        raise PlanError(f"--seq-len {base.seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
+    chosen = tuple(dict.fromkeys(methods)) if methods else SearchSpace().methods
+    return SearchSpace(methods=chosen, global_batch=global_batch, **narrowing)
 
 
 def _powers_of_two(limit: int) -> tuple[int, ...]:
@@ -204,7 +217,8 @@ def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits =
             if est.fits:
                 fitting.append(est)
             else:
-                key = "does not fit in GPU memory" if "per GPU" in est.fit_reasons[0] else est.fit_reasons[0]
+                first = est.fit_failures[0]
+                key = "does not fit in GPU memory" if first.kind is FitKind.gpu_memory else fit_reason(cfg, first)
                 rejected[key] = rejected.get(key, 0) + 1
     if evaluated == 0:
         raise PlanError("the search space is empty: check --global-batch against the GPU count")

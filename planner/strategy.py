@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from planner import engines
@@ -181,31 +182,31 @@ class TrainConfig:
             object.__setattr__(self, name, value)
 
     # --- the parts' fields, read flat -------------------------------------------------------------
-    method = property(lambda self: self.adapter.method)
-    lora_r = property(lambda self: self.adapter.lora_r)
-    lora_alpha = property(lambda self: self.adapter.lora_alpha)
-    lora_targets = property(lambda self: self.adapter.lora_targets)
-    lora_dropout = property(lambda self: self.adapter.lora_dropout)
-    quant = property(lambda self: self.adapter.quant)
-    double_quant = property(lambda self: self.adapter.double_quant)
-    freeze_layers = property(lambda self: self.adapter.freeze_layers)
-    engine = property(lambda self: self.engine_choice.engine)
-    zero = property(lambda self: self.engine_choice.zero)
-    fsdp = property(lambda self: self.engine_choice.fsdp)
-    offload = property(lambda self: self.engine_choice.offload)
-    offload_device = property(lambda self: self.engine_choice.offload_device)
-    fsdp_version = property(lambda self: self.engine_choice.fsdp_version)
-    cross_entropy = property(lambda self: self.switches.cross_entropy)
-    kernels = property(lambda self: self.switches.kernels)
-    activation_offload = property(lambda self: self.switches.activation_offload)
-    tp = property(lambda self: self.layout.tp)
-    sequence_parallel = property(lambda self: self.layout.sequence_parallel)
-    pp = property(lambda self: self.layout.pp)
-    pp_schedule = property(lambda self: self.layout.pp_schedule)
-    virtual_stages = property(lambda self: self.layout.virtual_stages)
-    micro_batch = property(lambda self: self.batch.micro_batch)
-    grad_accum = property(lambda self: self.batch.grad_accum)
-    seq_len = property(lambda self: self.batch.seq_len)
+    method = property(attrgetter("adapter.method"))
+    lora_r = property(attrgetter("adapter.lora_r"))
+    lora_alpha = property(attrgetter("adapter.lora_alpha"))
+    lora_targets = property(attrgetter("adapter.lora_targets"))
+    lora_dropout = property(attrgetter("adapter.lora_dropout"))
+    quant = property(attrgetter("adapter.quant"))
+    double_quant = property(attrgetter("adapter.double_quant"))
+    freeze_layers = property(attrgetter("adapter.freeze_layers"))
+    engine = property(attrgetter("engine_choice.engine"))
+    zero = property(attrgetter("engine_choice.zero"))
+    fsdp = property(attrgetter("engine_choice.fsdp"))
+    offload = property(attrgetter("engine_choice.offload"))
+    offload_device = property(attrgetter("engine_choice.offload_device"))
+    fsdp_version = property(attrgetter("engine_choice.fsdp_version"))
+    cross_entropy = property(attrgetter("switches.cross_entropy"))
+    kernels = property(attrgetter("switches.kernels"))
+    activation_offload = property(attrgetter("switches.activation_offload"))
+    tp = property(attrgetter("layout.tp"))
+    sequence_parallel = property(attrgetter("layout.sequence_parallel"))
+    pp = property(attrgetter("layout.pp"))
+    pp_schedule = property(attrgetter("layout.pp_schedule"))
+    virtual_stages = property(attrgetter("layout.virtual_stages"))
+    micro_batch = property(attrgetter("batch.micro_batch"))
+    grad_accum = property(attrgetter("batch.grad_accum"))
+    seq_len = property(attrgetter("batch.seq_len"))
 
     def flat(self) -> dict[str, Any]:
         """Every field by its flat name, in plan.json's order."""

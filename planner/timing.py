@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 
 from planner import compute as cp
 from planner import engines
@@ -26,10 +26,11 @@ from planner import offload_time as off
 from planner import parallel_comm as pc
 from planner.calibration import DEFAULT, Calibration
 from planner.comm import DEFAULT_COMM_EFFICIENCY
+from planner.engines import parallel
 from planner.errors import PlanError
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
-from planner.pipeline import boundary_activation_bytes, bubble_fraction, p2p_messages_per_step
+from planner.pipeline import bubble_fraction
 from planner.states import param_counts, quant_bytes_per_param, stage_layers
 from planner.strategy import (
     Adapter,
@@ -70,7 +71,7 @@ class JobTime:
     gpu_hours: float
 
 
-@cache
+@lru_cache(maxsize=4096)
 def _flops(m: ModelSpec, tr: cp.Training, tp: int, pp: int) -> tuple[float, float, float]:
     """Per token: (hardware FLOPs on the most loaded GPU, model FLOPs of the whole model, recompute FLOPs
     on that GPU). The last pipeline stage holds ceil(L/p) layers and the LM head; TP splits it t ways."""
@@ -131,7 +132,7 @@ def _family(cfg: TrainConfig) -> _Family:
 
 def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     """Seconds per optimizer step on the slowest GPU (the last pipeline stage), with its breakdown."""
-    m, cluster = cfg.model, cfg.cluster
+    cluster = cfg.cluster
     gpu = cluster.gpu
     tp, pp, mb, ga = cfg.tp, cfg.pp, cfg.micro_batch, cfg.grad_accum
     dp = cluster.nodes * cluster.gpus_per_node // (tp * pp)
@@ -156,21 +157,8 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     dequant_s = ga * cp.dequant_bytes_per_micro_batch(cfg) / gpu.hbm_bytes_per_s if cfg.quant is not Quant.none \
         else 0.0
 
-    act_bytes = 4 if cfg.precision is Precision.fp32 else 2
-    tp_s = 0.0
-    if tp > 1:
-        tp_group = pc.intra_node_group(cluster, tp, comm_eff)
-        tp_s = ga * pc.tp_time_per_micro_batch_s(b=mb_tokens // s, s=s, h=m.hidden_size, act_bytes=act_bytes,
-                                                 layers=fam.stage_layers, t=tp,
-                                                 recompute_forward=cfg.grad_ckpt is GradCkpt.full, g=tp_group)
-    pp_s = 0.0
-    if pp > 1:
-        # with sequence parallelism the boundary tensor is already split along s over the TP ranks, so
-        # each rank sends 1/t of it (Korthikanti et al. 2022, Sec. 4.2.2)
-        msg = boundary_activation_bytes(mb, sample_tokens, m.hidden_size, act_bytes, t=tp,
-                                        scatter_gather=cfg.sequence_parallel)
-        pp_s = p2p_messages_per_step(pp, ga, cfg.pp_schedule, cfg.virtual_stages) * \
-            pc.pp_time_per_message_s(msg, cluster, tp, pp, comm_eff)
+    tp_s = parallel.tp_comm_s(cfg, stage_layers=fam.stage_layers, comm_eff=comm_eff)
+    pp_s = parallel.pp_comm_s(cfg, comm_eff=comm_eff)
 
     dp_total, dp_exposed, offload_s = _data_parallel(cfg, dp, fam.trainable_gpu, fam.param_bytes_gpu, fwd_s, bwd_s,
                                                      comm_eff)

@@ -227,3 +227,14 @@ def test_bad_config_json(case: str, tmp_path: Path, capsys, monkeypatch) -> None
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert fragment in lines[0]
+
+
+def test_estimate_help_groups_its_options_in_panels(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich_help_panel (ftplan/options.py): the options of a long command read in groups at 80 columns."""
+    code, out, _ = run(capsys, monkeypatch, "estimate", "--help")
+    assert code == 0
+    panels = [p for p in ("Model", "Hardware", "Method", "Parallelism", "Batch", "Memory", "Output")
+              if f"─ {p} ─" in out]
+    assert panels == ["Model", "Hardware", "Method", "Parallelism", "Batch", "Memory", "Output"]
+    assert out.index("--zero") > out.index("─ Parallelism ─") > out.index("--lora-r")

@@ -19,6 +19,7 @@ from planner.strategy import (
     Engine,
     EngineChoice,
     FsdpStrategy,
+    Method,
     Offload,
     OffloadDevice,
     ParallelLayout,
@@ -105,3 +106,17 @@ def test_mfu_is_one_quantity() -> None:
     measured = compute.mfu(t.tokens_per_s, compute.model_flops_per_token(cfg), cfg.world_size,
                            compute.peak_flops_per_s(cfg.cluster.gpu, cfg.precision))
     assert measured == pytest.approx(t.mfu, rel=1e-12)
+
+
+def test_fit_failures_are_data() -> None:
+    from planner.build import build_config
+    from planner.estimate import FitKind, Limits, estimate
+
+    est = estimate(build_config(model="70b", gpus="1xA800", method=Method.full))
+    (failure,) = est.fit_failures
+    assert failure.kind is FitKind.gpu_memory and not est.fits
+    assert failure.needed_bytes == est.memory.total > failure.available_bytes == est.gpu_memory_bytes
+    offloaded = estimate(build_config(model="70b", gpus="1xA800", method=Method.full, zero=3, offload=Offload.all),
+                         Limits(host_bytes_per_node=2**30))
+    assert [f.kind for f in offloaded.fit_failures] == [FitKind.host_memory]
+    assert offloaded.fit_failures[0].available_bytes == 2**30
