@@ -84,3 +84,6 @@ PickOpt = Annotated[int, typer.Option(
     "--pick", help="With --emit: write the plan ranked N (the # column) instead of the best.")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Overwrite files that already exist in the --emit directory.")]
+RopeScalingOpt = Annotated[str | None, typer.Option(
+    "--rope-scaling", help="TYPE:FACTOR (linear, dynamic, yarn, llama3), e.g. linear:2.0: positions x FACTOR.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="List every fitting plan, not the best --top per method.")]

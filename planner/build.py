@@ -5,6 +5,7 @@ from __future__ import annotations
 from planner.errors import PlanError
 from planner.gpus import parse_gpus
 from planner.models import resolve
+from planner.rope import with_rope_scaling
 from planner.strategy import (
     Attn,
     Engine,
@@ -37,7 +38,7 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                  tp: int = 1, pp: int = 1, sequence_parallel: bool = False, micro_batch: int = 1,
                  grad_accum: int = 1, seq_len: int = 2048, grad_ckpt: GradCkpt = GradCkpt.none,
                  attn: Attn = Attn.sdpa, stage: Stage = Stage.sft, freeze_layers: int = 0,
-                 check: bool = True) -> TrainConfig:
+                 rope_scaling: str | None = None, check: bool = True) -> TrainConfig:
     for name, value in (("--micro-batch", micro_batch), ("--grad-accum", grad_accum), ("--seq-len", seq_len),
                         ("--tp", tp), ("--pp", pp), ("--lora-r", lora_r)):
         if value < 1:
@@ -50,7 +51,8 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
     if quant is None:
         quant = Quant.nf4 if method is Method.qlora else Quant.none
     cfg = TrainConfig(
-        model=resolve(model), cluster=parse_gpus(gpus), method=method, lora_r=lora_r, lora_alpha=lora_alpha,
+        model=with_rope_scaling(resolve(model), rope_scaling), cluster=parse_gpus(gpus), method=method,
+        lora_r=lora_r, lora_alpha=lora_alpha,
         lora_targets=parse_targets(lora_targets), quant=quant, precision=precision, optimizer=optimizer,
         engine=engine, zero=ZeroStage(zero or 0), fsdp=fsdp or FsdpStrategy.full_shard, offload=offload,
         offload_device=offload_device, tp=tp, pp=pp, sequence_parallel=sequence_parallel,

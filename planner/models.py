@@ -46,7 +46,8 @@ class ModelSpec:
     embedding_norm: bool = False  # BLOOM's word_embeddings_layernorm
     num_experts: int = 1
     experts_per_token: int = 1
-    max_seq_len: int = 4096
+    max_seq_len: int = 4096  # positions, x the RoPE factor when `rope_scaling` is set (planner/rope.py)
+    rope_scaling: str | None = None  # "linear:2.0" as given to --rope-scaling
     decoder_layer_class: str = "LlamaDecoderLayer"  # FSDP auto-wrap and ZeRO-3 leaf class
     source: str = ""
 

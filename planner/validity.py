@@ -43,7 +43,8 @@ def problems(cfg: TrainConfig) -> list[str]:
     if cfg.sequence_parallel and cfg.tp == 1:
         out.append("sequence parallelism needs TP > 1")
     if cfg.seq_len > m.max_seq_len:
-        out.append(f"--seq-len {cfg.seq_len} exceeds the {m.max_seq_len} positions of {m.name} (add RoPE scaling)")
+        out.append(f"--seq-len {cfg.seq_len} exceeds the {m.max_seq_len} positions of {m.name} "
+                   "(add --rope-scaling, e.g. linear:2.0)")
     # methods and precision
     if cfg.method is Method.qlora and cfg.quant is Quant.none:
         out.append("QLoRA needs --quant nf4 or int8")
