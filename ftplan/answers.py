@@ -188,3 +188,22 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
     result = scale(base, max_gpus, SearchSpace(methods=(method,), global_batch=global_batch),
                    limits_from(host_memory, nvme, headroom), load_calibration(calibration))
     return ScaleAnswer(result, base.model.name, spec.name, method, seq_len)
+
+
+def models_json() -> list[dict[str, Any]]:
+    """What `ftplan models --json` prints."""
+    from planner.models import from_name, model_names
+    from planner.params import total_params
+
+    return [{"name": m.name, "params": total_params(m), "layers": m.num_layers, "hidden": m.hidden_size,
+             "heads": m.num_heads, "kv_heads": m.num_kv_heads, "vocab": m.vocab_size, "experts": m.num_experts,
+             "source": m.source} for m in (from_name(n) for n in model_names())]
+
+
+def gpus_json() -> list[dict[str, Any]]:
+    """What `ftplan gpus --json` prints."""
+    import dataclasses
+
+    from planner.gpus import GPUS
+
+    return [dataclasses.asdict(g) for g in GPUS.values()]

@@ -106,11 +106,10 @@ def models(json_out: o.JsonOpt = False) -> None:
 
     rows = [from_name(n) for n in model_names()]
     if json_out:
+        from ftplan.answers import models_json
         from reports.fmt import print_json
 
-        print_json([{"name": m.name, "params": total_params(m), "layers": m.num_layers, "hidden": m.hidden_size,
-                     "heads": m.num_heads, "kv_heads": m.num_kv_heads, "vocab": m.vocab_size,
-                     "experts": m.num_experts, "source": m.source} for m in rows])
+        print_json(models_json())
         return
     from rich.table import Table
 
@@ -132,11 +131,10 @@ def gpus(json_out: o.JsonOpt = False) -> None:
     from planner.gpus import GPUS
 
     if json_out:
-        import dataclasses
-
+        from ftplan.answers import gpus_json
         from reports.fmt import print_json
 
-        print_json([dataclasses.asdict(g) for g in GPUS.values()])
+        print_json(gpus_json())
         return
     from rich.table import Table
 
