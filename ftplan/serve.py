@@ -119,27 +119,50 @@ def answer(name: str, body: dict[str, Any], commands: dict[str, Any]) -> dict[st
             raise PlanError(str(exc).replace(str(Path(tmp) / PASTED_MODEL_NAME), "model_config")) from None
 
 
-def emit_zip(body: dict[str, Any], commands: dict[str, Any]) -> tuple[str, bytes]:
-    """The files `plan --emit DIR --pick N` writes, as a zip whose folder is DIR (`emit`, default ftplan-emit):
-    paths inside them point at DIR under the server's working directory, where `ftplan serve` was started."""
-    from ftplan.answers import plan_answer
-    from planner.validity import problems
-    from runner.emit import render_files
+def _posted_plan(plan: Any, tmp: Path) -> Any:
+    """A plan entry (from /api/plan or /api/estimate, or a plan.json) read as `ftplan emit PLAN.json` reads it."""
+    from planner.estimate import estimate
+    from runner.emit import load_plan
 
-    pick, folder = body.get("pick", 1), body.get("emit", body.get("emit_dir", "ftplan-emit"))
+    file = tmp / "plan.json"
+    file.write_text(json.dumps(plan))
+    try:
+        return estimate(load_plan(file))
+    except PlanError as exc:
+        raise PlanError(str(exc).replace(str(file), "plan")) from None
+
+
+def _picked_plan(body: dict[str, Any], pick: Any, tmp: Path, commands: dict[str, Any]) -> Any:
+    from ftplan.answers import plan_answer
+
     if not isinstance(pick, int) or isinstance(pick, bool) or pick < 1:
         raise PlanError(f"--pick: expected a positive integer, got {json.dumps(pick)}")
-    if not isinstance(folder, str) or not folder or Path(folder).is_absolute() or ".." in Path(folder).parts:
-        raise PlanError(f"--emit: expected a relative folder name, got {json.dumps(folder)}")
-    with tempfile.TemporaryDirectory(prefix="ftplan-serve-") as tmp:
-        params = _params(commands["plan"], "plan", _with_pasted_model(body, Path(tmp)),
-                         {"model_config", "pick", "emit", "emit_dir"})
-        result = plan_answer(**params).result
+    params = _params(commands["plan"], "plan", _with_pasted_model(body, tmp), {"model_config", "pick", "emit"})
+    result = plan_answer(**params).result
     if not result.plans:
         raise PlanError("no plan fits, so there is nothing to --emit")
     if pick > len(result.plans):
         raise PlanError(f"--pick {pick} is outside the {len(result.plans)} fitting plans (1..{len(result.plans)})")
-    est = result.plans[pick - 1]
+    return result.plans[pick - 1]
+
+
+def emit_zip(body: dict[str, Any], commands: dict[str, Any]) -> tuple[str, bytes]:
+    """The files `ftplan emit` / `plan --emit DIR --pick N` write, as a zip holding the folder DIR (`emit`,
+    default ftplan-emit). Either `plan` (a plan entry of /api/plan, or a plan.json) or plan's options with
+    `pick`. Paths inside the files point at DIR under the directory `ftplan serve` was started in."""
+    from planner.validity import problems
+    from runner.emit import render_files
+
+    folder = body.get("emit", "ftplan-emit")
+    if not isinstance(folder, str) or not folder or Path(folder).is_absolute() or ".." in Path(folder).parts:
+        raise PlanError(f"--emit: expected a relative folder name, got {json.dumps(folder)}")
+    with tempfile.TemporaryDirectory(prefix="ftplan-serve-") as tmp:
+        if "plan" in body:
+            if set(body) - {"plan", "emit"}:
+                raise PlanError("give either 'plan' (a plan entry) or the plan options with 'pick', not both")
+            est = _posted_plan(body["plan"], Path(tmp))
+        else:
+            est = _picked_plan(body, body.get("pick", 1), Path(tmp), commands)
     found = problems(est.config)
     if found:
         raise PlanError(f"cannot emit an invalid plan: {found[0]}")
