@@ -211,8 +211,8 @@ function renderScale(data) {
   for (const r of rows) {
     svg += `<circle cx="${X(r.gpus)}" cy="${Y(r.speedup)}" r="4" fill="#2a62c9"><title>${r.gpus} GPUs: ` +
       `${r.plan}, ${fmtInt(r.tokens_per_s)} tokens/s, speedup ${r.speedup.toFixed(2)}×, efficiency ` +
-      `${(100 * r.efficiency).toFixed(0)}%</title></circle>` +
-      `<text x="${X(r.gpus) - 6}" y="${Y(r.speedup) - 8}" text-anchor="end">${(100 * r.efficiency).toFixed(0)}%</text>`;
+      `${(100 * r.efficiency).toFixed(0)}%</title></circle>` + (r.gpus === data.baseline_gpus ? "" :
+      `<text x="${X(r.gpus) - 6}" y="${Y(r.speedup) - 8}" text-anchor="end">${(100 * r.efficiency).toFixed(0)}%</text>`);
   }
   svg += `<line x1="${L + 14}" x2="${L + 40}" y1="${T + 6}" y2="${T + 6}" stroke="#2a62c9" stroke-width="2.5"/>` +
     `<text x="${L + 46}" y="${T + 10}">predicted speedup (labels: scaling efficiency)</text>` +
