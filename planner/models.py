@@ -215,7 +215,8 @@ def from_path(path: Path) -> ModelSpec:
     if not isinstance(cfg, dict):
         raise PlanError(f"model '{path}': {file} does not hold a JSON object")
     name = (path if path.is_dir() else path.parent).name or "custom"
-    return spec_from_hf_config(cfg, name=name, source=str(file))
+    # absolute: the source is read again by processes that start elsewhere (profiler workers, emitted files)
+    return spec_from_hf_config(cfg, name=name, source=str(file.resolve()))
 
 
 def resolve(model: str) -> ModelSpec:

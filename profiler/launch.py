@@ -93,7 +93,7 @@ def launch(cfg: TrainConfig, *, model_path: Path | None = None, warmup_steps: in
     n = cfg.world_size
     with tempfile.TemporaryDirectory(prefix="ftplan-profile-") as tmp:
         spec = {"config": config_to_dict(cfg), "warmup_steps": warmup_steps, "steps": steps,
-                "model_path": None if model_path is None else str(model_path)}
+                "model_path": None if model_path is None else str(Path(model_path).resolve())}  # workers run elsewhere
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps(spec))
         out = Path(tmp) / "out"
