@@ -4,7 +4,8 @@ A request body's fields are the CLI options of the same command (`seq_len` or `s
 `all` for `--all`, `method` as a list for `plan`). They are parsed by the command's own click parser, so
 types, choices, ranges and defaults are the CLI's, and the answer is built by the same function as
 `--json` (ftplan/answers.py). A mistake answers 422 with the one line the CLI prints after `ftplan: error: `.
-Nothing is shared between requests but read-only catalogs; a pasted config.json lives in a temporary
+Nothing is shared between requests but read-only catalogs (and a lock around option parsing, which typer
+does not make thread-safe); a pasted config.json lives in a temporary
 folder of its own request.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from importlib import resources
@@ -87,8 +89,16 @@ def body_to_args(command: Any, body: dict[str, Any], extra: set[str] = frozenset
     return args
 
 
+# typer's option parsing builds pydantic adapters inside a context manager that sets and deletes an
+# environment variable (typer/_adapters.py disabled_pydantic_plugins): two threads parsing at once raise
+# KeyError. Parsing takes microseconds; the planning after it runs concurrently.
+_PARSE_LOCK = threading.Lock()
+
+
 def _params(command: Any, name: str, body: dict[str, Any], extra: set[str] = frozenset()) -> dict[str, Any]:
-    ctx = command.make_context(name, body_to_args(command, body, extra))
+    args = body_to_args(command, body, extra)
+    with _PARSE_LOCK:
+        ctx = command.make_context(name, args)
     return {k: v for k, v in ctx.params.items() if k not in _CLI_ONLY}
 
 

@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from planner.tune_result import TrialRow, TuneResult
 from reports.wrap import HyphenWrapped
-from runner.tune import TrialRow, TuneResult
 
 _SHOWN_TRIALS = 20
 
