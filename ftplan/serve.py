@@ -15,6 +15,7 @@ import io
 import json
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from importlib import resources
@@ -177,9 +178,10 @@ def emit_zip(body: dict[str, Any], commands: dict[str, Any]) -> tuple[str, bytes
     if found:
         raise PlanError(f"cannot emit an invalid plan: {found[0]}")
     buffer = io.BytesIO()
+    now = time.localtime()[:6]
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for file_name, text in render_files(est, Path(folder)).items():
-            info = zipfile.ZipInfo(f"{Path(folder).name}/{file_name}")
+            info = zipfile.ZipInfo(f"{Path(folder).name}/{file_name}", date_time=now)
             info.external_attr = (0o755 if file_name.endswith(".sh") else 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, text)
