@@ -128,11 +128,7 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
 # --- time ---------------------------------------------------------------------------------------
 
 def optimizer_shards(cfg: TrainConfig) -> int:
-    if not is_sharded(cfg):
-        return 1
-    if cfg.fsdp is FsdpStrategy.hybrid_shard:
-        return max(1, min(cfg.dp, cfg.cluster.gpus_per_node // (cfg.tp * cfg.pp)))
-    return cfg.dp
+    return shard_group(cfg) if is_sharded(cfg) else 1
 
 
 gradient_offloads_per_step = ddp.gradient_offloads_per_step  # every micro-batch
