@@ -45,6 +45,7 @@ class RunOptions:
     modules_to_save: tuple[str, ...] = ()
     seed: int = 42
     report: bool = True  # `ftplan run` prints predicted vs measured at the end (reports.run_report)
+    calibration: Path | None = None  # `ftplan profile ... --calibrate` output, for the predictions of the summary
 
 
 def load_plan(path: Path) -> TrainConfig:
@@ -102,6 +103,9 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
         raise PlanError(f"--max-steps must be at least 1, got {opts.max_steps}")
     if opts.rope_scaling:
         parse_rope_scaling(opts.rope_scaling)
+    from planner.calibration import load_calibration
+
+    load_calibration(opts.calibration)
     model_source(opts.model_path)
     d.load_segments(opts.data, fmt=d.DataFormat(opts.data_format), template=opts.template,
                     sft=cfg.stage is not Stage.pt)
@@ -215,6 +219,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     from transformers import PrinterCallback, Trainer
 
     from runner import metrics as mt
+    from runner.memory_probe import MemoryProbe, gather
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -229,6 +234,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     if opts.resume and resume_from is None:
         raise PlanError(f"--resume: no checkpoint-N folder in {opts.output}")
     torch.manual_seed(opts.seed)
+    probe = MemoryProbe(on_cuda=on_cuda, rank=int(os.environ.get("RANK", "0")))  # RSS baseline before the model
     rope = opts.rope_scaling or cfg.model.rope_scaling  # a plan made with --rope-scaling carries it
     model = load_model(cfg, src, ModelOptions(modules_to_save=opts.modules_to_save, rope_scaling=rope,
                                               on_cuda=on_cuda))
@@ -247,9 +253,14 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
                                 max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                       data_collator=_Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-                      callbacks=[callback])
+                      callbacks=[callback, probe.callback()])
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its dict prints
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    probe.start(model)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        probe.stop()
+    ranks = gather(probe.m)  # every rank's memory and step figures, for rank 0's summary
     eval_metrics = trainer.evaluate() if eval_set else {}
     trainer.save_model(str(opts.output))  # the adapter (peft) or the full model, gathered under ZeRO-3 / FSDP
     summary = {
@@ -258,8 +269,6 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         "resumed_from_step": int(CHECKPOINT_RE.match(resume_from.name).group(1)) if resume_from else 0,
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
-        "measured_tokens_per_s": callback.tokens_total / callback.time_total if callback.time_total else 0.0,
-        "measured_peak_memory_bytes": mt.peak_memory_bytes(on_cuda),
         "world_size": world,
     }
     if eval_metrics:
@@ -267,10 +276,11 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         summary["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
     if is_main:
         tokenizer.save_pretrained(str(opts.output))
-        pred = mt.predicted(cfg)
-        summary["predicted_peak_memory_bytes"] = pred.memory_bytes
-        summary["predicted_tokens_per_s"] = pred.tokens_per_s
         from planner.atomic import write_text_atomic
+        from planner.calibration import load_calibration
+        from runner.summary import comparison
+
+        summary |= comparison(cfg, ranks, on_cuda=on_cuda, cal=load_calibration(opts.calibration))
 
         write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
@@ -297,13 +307,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
     p.add_argument("--rope-scaling", default=None)
     p.add_argument("--modules-to-save", default="")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--calibration", type=Path, default=None)
     a = p.parse_args(argv)
     return a.plan, RunOptions(
         model_path=a.model_path, data=a.data, output=a.output, max_steps=a.max_steps, resume=a.resume,
         save_steps=a.save_steps, eval_fraction=a.eval_fraction, learning_rate=a.learning_rate,
         warmup_steps=a.warmup_steps, data_format=a.data_format, template=a.template,
         neftune_alpha=a.neftune_alpha, rope_scaling=a.rope_scaling,
-        modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed)
+        modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed,
+        calibration=a.calibration)
 
 
 def to_argv(plan: Path, opts: RunOptions) -> list[str]:
@@ -313,7 +325,8 @@ def to_argv(plan: Path, opts: RunOptions) -> list[str]:
             "--eval-fraction", str(opts.eval_fraction), "--warmup-steps", str(opts.warmup_steps),
             "--format", opts.data_format, "--seed", str(opts.seed)]
     for flag, value in (("--learning-rate", opts.learning_rate), ("--template", opts.template),
-                        ("--neftune-alpha", opts.neftune_alpha), ("--rope-scaling", opts.rope_scaling)):
+                        ("--neftune-alpha", opts.neftune_alpha), ("--rope-scaling", opts.rope_scaling),
+                        ("--calibration", opts.calibration)):
         if value is not None:
             argv += [flag, str(value)]
     if opts.modules_to_save:
