@@ -13,8 +13,10 @@ from planner.estimate import Estimate, Limits
 from planner.search import PlanResult
 from planner.strategy import (
     Attn,
+    CrossEntropy,
     FsdpStrategy,
     GradCkpt,
+    Kernels,
     Method,
     Offload,
     OffloadDevice,
@@ -34,6 +36,29 @@ def limits_from(host_memory: float | None, nvme: float, headroom: float) -> Limi
     return Limits(headroom_fraction=headroom,
                   host_bytes_per_node=None if host_memory is None else host_memory * 2**30,
                   nvme_bytes_per_node=nvme * 2**30)
+
+
+def parse_choices(text: str | None, enum: type, option: str) -> tuple:
+    """A comma-separated list of enum values (`adamw,adamw_8bit`); None when not given."""
+    if text is None:
+        return ()
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            out.append(enum(part))
+        except ValueError:
+            raise PlanError(f"{option}: unknown value '{part}'; choose from "
+                            f"{', '.join(e.value for e in enum)}") from None
+    if not out:
+        raise PlanError(f"{option} is empty")
+    return tuple(dict.fromkeys(out))
+
+
+def _switches(cross_entropy: CrossEntropy, kernels: Kernels, activation_offload: bool,
+              fsdp_version: int) -> dict[str, Any]:
+    """The memory switches as build_config keyword arguments."""
+    return {"cross_entropy": cross_entropy, "kernels": kernels, "activation_offload": activation_offload,
+            "fsdp_version": fsdp_version}
 
 
 def check_positions(base: TrainConfig, seq_len: int) -> None:
@@ -64,7 +89,9 @@ def estimate_answer(*, model: str, gpus: str, method: Method = Method.lora, lora
                     attn: Attn = Attn.sdpa, stage: Stage = Stage.sft, freeze_layers: int = 0,
                     rope_scaling: str | None = None, host_memory: float | None = None, nvme: float = 2048.0,
                     headroom: float = 0.0, calibration: Path | None = None, tokens: float | None = None,
-                    samples: float | None = None, epochs: float = 1.0) -> EstimateAnswer:
+                    samples: float | None = None, epochs: float = 1.0,
+                    cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
+                    activation_offload: bool = False, fsdp_version: int = 2) -> EstimateAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.estimate import estimate
@@ -75,7 +102,8 @@ def estimate_answer(*, model: str, gpus: str, method: Method = Method.lora, lora
                        offload=offload, offload_device=offload_device, fsdp=fsdp, tp=tp, pp=pp,
                        sequence_parallel=sequence_parallel, micro_batch=micro_batch, grad_accum=grad_accum,
                        seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn, stage=stage, freeze_layers=freeze_layers,
-                       rope_scaling=rope_scaling)
+                       rope_scaling=rope_scaling,
+                       **_switches(cross_entropy, kernels, activation_offload, fsdp_version))
     size = job_size(tokens, samples, epochs)
     est = estimate(cfg, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
     job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
@@ -130,7 +158,10 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
                 precision: Precision = Precision.bf16_mixed, stage: Stage = Stage.sft,
                 rope_scaling: str | None = None, host_memory: float | None = None, nvme: float = 2048.0,
                 headroom: float = 0.0, top: int = 3, all_plans: bool = False, calibration: Path | None = None,
-                tokens: float | None = None, samples: float | None = None, epochs: float = 1.0) -> PlanAnswer:
+                tokens: float | None = None, samples: float | None = None, epochs: float = 1.0,
+                optimizer: Optimizer = Optimizer.adamw, optimizers: str | None = None, attns: str | None = None,
+                cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
+                activation_offload: bool = False, fsdp_version: int = 2) -> PlanAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.search import SearchSpace, plan
@@ -142,10 +173,12 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
         raise PlanError(f"--top must be a positive integer, got {top}")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
                         lora_targets=lora_targets, precision=precision, stage=stage, rope_scaling=rope_scaling,
-                        check=False)
+                        check=False, **_switches(cross_entropy, kernels, activation_offload, fsdp_version))
     check_positions(base, seq_len)
     space = SearchSpace(methods=tuple(dict.fromkeys(method)) if method else SearchSpace().methods,
-                        global_batch=global_batch)
+                        global_batch=global_batch,
+                        optimizers=parse_choices(optimizers, Optimizer, "--optimizers") or (optimizer,),
+                        attns=parse_choices(attns, Attn, "--attns") or SearchSpace().attns)
     size = job_size(tokens, samples, epochs)
     result = plan(base, space, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
     return PlanAnswer(result, size, top, all_plans)
@@ -170,7 +203,9 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
                  global_batch: int | None = None, lora_r: int = 8, lora_alpha: int = 16, lora_targets: str = "all",
                  precision: Precision = Precision.bf16_mixed, stage: Stage = Stage.sft,
                  rope_scaling: str | None = None, host_memory: float | None = None, nvme: float = 2048.0,
-                 headroom: float = 0.0, calibration: Path | None = None) -> ScaleAnswer:
+                 headroom: float = 0.0, calibration: Path | None = None,
+                 cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
+                 activation_offload: bool = False, fsdp_version: int = 2) -> ScaleAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.gpus import gpu_from_name
@@ -183,7 +218,8 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
         raise PlanError(f"--global-batch must be a positive integer, got {global_batch}")
     base = build_config(model=model, gpus=f"1x{spec.name}", method=method, seq_len=seq_len, lora_r=lora_r,
                         lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision, stage=stage,
-                        rope_scaling=rope_scaling, check=False)
+                        rope_scaling=rope_scaling, check=False,
+                        **_switches(cross_entropy, kernels, activation_offload, fsdp_version))
     check_positions(base, seq_len)
     result = scale(base, max_gpus, SearchSpace(methods=(method,), global_batch=global_batch),
                    limits_from(host_memory, nvme, headroom), load_calibration(calibration))

@@ -10,6 +10,12 @@ from planner.estimate import Limits
 from planner.strategy import Method
 
 
+def parse_choices(text: str | None, enum: type, option: str) -> tuple:
+    from ftplan.answers import parse_choices as parse
+
+    return parse(text, enum, option)
+
+
 def limits_from(host_memory: float | None, nvme: float, headroom: float) -> Limits:
     from ftplan.answers import limits_from as limits
 
@@ -28,7 +34,9 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
              rope_scaling: o.RopeScalingOpt = None, host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
              headroom: o.HeadroomOpt = 0.0, json_out: o.JsonOpt = False, emit_dir: o.EmitOpt = None,
              force: o.ForceOpt = False, calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None,
-             samples: o.SamplesOpt = None, epochs: o.EpochsOpt = 1.0) -> None:
+             samples: o.SamplesOpt = None, epochs: o.EpochsOpt = 1.0,
+             cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+             activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Memory and speed of one configuration, with their breakdowns."""
     from ftplan.answers import estimate_answer
 
@@ -38,7 +46,9 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
         offload_device=offload_device, fsdp=fsdp, tp=tp, pp=pp, sequence_parallel=sequence_parallel,
         micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
         stage=stage, freeze_layers=freeze_layers, rope_scaling=rope_scaling, host_memory=host_memory, nvme=nvme,
-        headroom=headroom, calibration=calibration, tokens=tokens, samples=samples, epochs=epochs)
+        headroom=headroom, calibration=calibration, tokens=tokens, samples=samples, epochs=epochs,
+        cross_entropy=cross_entropy, kernels=kernels, activation_offload=activation_offload,
+        fsdp_version=fsdp_version)
     est = answer.est
     emitted = None
     if emit_dir is not None:
@@ -68,8 +78,11 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
          nvme: o.NvmeOpt = 2048.0, headroom: o.HeadroomOpt = 0.0, top: o.TopOpt = 3, all_plans: o.AllOpt = False,
          json_out: o.JsonOpt = False, emit_dir: o.EmitOpt = None, pick: o.PickOpt = 1, force: o.ForceOpt = False,
          calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None, samples: o.SamplesOpt = None,
-         epochs: o.EpochsOpt = 1.0) -> None:
-    """Enumerate every valid strategy, keep those that fit, rank them by tokens/s."""
+         epochs: o.EpochsOpt = 1.0, optimizer: o.OptimizerOpt = o.Optimizer.adamw,
+         optimizers: o.OptimizersOpt = None, attns: o.AttnsOpt = None,
+         cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+         activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
+    """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (within 1%: simpler first)."""
     from ftplan.answers import plan_answer
     from planner.errors import PlanError
 
@@ -79,7 +92,9 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
                          lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision,
                          stage=stage, rope_scaling=rope_scaling, host_memory=host_memory, nvme=nvme,
                          headroom=headroom, top=top, all_plans=all_plans, calibration=calibration, tokens=tokens,
-                         samples=samples, epochs=epochs)
+                         samples=samples, epochs=epochs, optimizer=optimizer, optimizers=optimizers, attns=attns,
+                         cross_entropy=cross_entropy, kernels=kernels, activation_offload=activation_offload,
+                         fsdp_version=fsdp_version)
     emitted = None
     if emit_dir is not None:
         from ftplan.cmd_emit import emit_pick

@@ -18,7 +18,9 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
           precision: o.PrecisionOpt = o.Precision.bf16_mixed, stage: o.StageOpt = o.Stage.sft,
           rope_scaling: o.RopeScalingOpt = None, host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
           headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None,
-          out: o.OutDirOpt = Path("ftplan-reports"), force: o.ForceOpt = False, json_out: o.JsonOpt = False) -> None:
+          out: o.OutDirOpt = Path("ftplan-reports"), force: o.ForceOpt = False, json_out: o.JsonOpt = False,
+          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Speedup and scaling efficiency against GPU count; writes a PNG chart and a JSON file to --out."""
     import json
 
@@ -30,7 +32,8 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
     answer = scale_answer(model=model, gpu=gpu, max_gpus=max_gpus, method=method, seq_len=seq_len,
                           global_batch=global_batch, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
                           precision=precision, stage=stage, rope_scaling=rope_scaling, host_memory=host_memory,
-                          nvme=nvme, headroom=headroom, calibration=calibration)
+                          nvme=nvme, headroom=headroom, calibration=calibration, cross_entropy=cross_entropy,
+                          kernels=kernels, activation_offload=activation_offload, fsdp_version=fsdp_version)
     data = answer.json()
     stem = f"scale-{answer.model}-{answer.gpu}-{method.value}"
     names = [f"{stem}.png", f"{stem}.json"]

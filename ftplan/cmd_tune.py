@@ -61,7 +61,9 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
          stage: o.StageOpt = o.Stage.sft, rope_scaling: o.RopeScalingOpt = None,
          host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
          headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None, trial_steps: TrialStepsOpt = 3,
-         trial_timeout: TrialTimeoutOpt = 300.0, seed: SeedOpt = 0, json_out: o.JsonOpt = False) -> None:
+         trial_timeout: TrialTimeoutOpt = 300.0, seed: SeedOpt = 0, json_out: o.JsonOpt = False,
+         cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+         activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Autotune: search the plan space with Optuna (time model), optionally with short real trials."""
     from rich.console import Console
 
@@ -85,7 +87,7 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
         raise PlanError(f"{emit / 'plan.json'} exists; pass --force to overwrite")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
                         lora_targets=lora_targets, precision=precision, stage=stage, rope_scaling=rope_scaling,
-                        check=False)
+                        check=False, **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
     check_positions(base, seq_len)
     default = SearchSpace()
     space_def = SearchSpace(methods=tuple(dict.fromkeys(method)) if method else default.methods,

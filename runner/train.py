@@ -20,7 +20,18 @@ from typing import Any
 
 from planner.compute import model_flops_per_token, peak_flops_per_s
 from planner.errors import PlanError
-from planner.strategy import Engine, GradCkpt, Offload, Optimizer, Precision, Stage, TrainConfig
+from planner.strategy import (
+    CrossEntropy,
+    Engine,
+    FsdpVersion,
+    GradCkpt,
+    Offload,
+    Optimizer,
+    Precision,
+    Stage,
+    TrainConfig,
+)
+from runner import switches
 
 # `metrics.jsonl`, `run_summary.json` and checkpoints live in the output directory beside the adapter
 RUN_INFO_FILE = "ftplan_run.json"  # where the base model came from, for `ftplan merge`
@@ -117,6 +128,12 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
         raise PlanError(f"--output {opts.output} is not empty: pass --resume to continue its run, "
                         "or choose another directory")
     optim_name(cfg, on_cuda=cfg.cluster.gpu.name != "CPU")
+    if cfg.cross_entropy is CrossEntropy.chunked:
+        raise PlanError("the Trainer has no chunked cross-entropy (torchtune's): re-plan with --cross-entropy "
+                        "standard, or fused (Liger) on a CUDA GPU")
+    if switches.uses_liger(cfg) and cfg.cluster.gpu.name == "CPU":
+        raise PlanError("Liger's kernels are Triton kernels for CUDA GPUs: re-plan with --kernels eager "
+                        "--cross-entropy standard for the CPU")
 
 
 # TrainingArguments.optim names (transformers/training_args.py, OptimizerNames)
@@ -141,7 +158,10 @@ def _fsdp_args(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
                    "backward_prefetch": "backward_pre", "forward_prefetch": False,
                    # LoRA mixes frozen and trained tensors in one wrapped unit (FSDP1 needs the original params)
                    "use_orig_params": True, "sync_module_states": True,
-                   "activation_checkpointing": False}
+                   "activation_checkpointing": False, "version": int(cfg.fsdp_version)}
+    if cfg.fsdp_version is FsdpVersion.TWO:
+        for key in ("backward_prefetch", "forward_prefetch", "use_orig_params", "sync_module_states"):
+            fsdp_config.pop(key)  # FSDP1-only (transformers/training_args.py, _fsdp_plugin_args)
     return " ".join(words), fsdp_config
 
 
@@ -197,8 +217,24 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False if cfg.engine is Engine.ddp else None,
+        **switches.trainer_arguments(cfg),
         **kwargs,
     )
+
+
+def _offloading_trainer(base: type) -> type:
+    """The Trainer with every tensor autograd saves in a training step kept in (pinned) host memory:
+    torch.autograd.graph.save_on_cpu, what torchtune's OffloadActivations and accelerate's FSDP2
+    offload_wrapper build on. With checkpointing only the layer inputs are saved, so only they move;
+    backward's recomputation runs outside the context and stays on the device."""
+    import torch
+
+    class OffloadingTrainer(base):  # type: ignore[misc, valid-type]
+        def training_step(self, *args: Any, **kwargs: Any) -> Any:
+            with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+                return super().training_step(*args, **kwargs)
+
+    return OffloadingTrainer
 
 
 class _Collator:
@@ -251,7 +287,8 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
                                 peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
                                 is_main=is_main,
                                 max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+    trainer_class = _offloading_trainer(Trainer) if cfg.activation_offload else Trainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                       data_collator=_Collator(tokenizer.pad_token_id), processing_class=tokenizer,
                       callbacks=[callback, probe.callback()])
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its dict prints
