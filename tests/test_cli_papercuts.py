@@ -58,7 +58,9 @@ def test_plan_scale_tune_take_rope_scaling(capsys, monkeypatch, tmp_path: Path) 
                     str(tmp_path))
     assert scale["seq_len"] == 8192 and all(row["fits"] for row in scale["rows"][1:])
     tune = ok_json(capsys, monkeypatch, "tune", "--gpus", "2xA800", *common, "--storage", "memory")
-    assert tune["best"]["name"] == plan["plans"][0]["name"]
+    # the same winner up to the plan ranking's 1% tie rule (simpler first), which the tuner does not apply
+    assert tune["best"]["config"]["seq_len"] == 8192
+    assert tune["best"]["tokens_per_s"] == pytest.approx(plan["plans"][0]["tokens_per_s"], rel=0.01)
     code, _, err = run(capsys, monkeypatch, "plan", "--gpus", "2xA800", "--model", "7b", "--seq-len", "8192")
     assert code == 2 and "--rope-scaling" in err
 
@@ -74,4 +76,5 @@ def test_plan_json_top_and_all(capsys, monkeypatch) -> None:
     everything = ok_json(capsys, monkeypatch, *args, "--all")
     assert len(everything["plans"]) == everything["fitting"] == default["fitting"]
     speeds = [p["tokens_per_s"] for p in everything["plans"]]
-    assert speeds == sorted(speeds, reverse=True)
+    # best first; plans within 1% of each other rank simpler first
+    assert all(a >= 0.99 * b for a, b in zip(speeds, speeds[1:], strict=False))

@@ -33,7 +33,9 @@ def plan_cells(lines: list[str], header: str, next_header: str, first_col: str) 
     for line in lines[head + 2:]:
         if not line.strip():
             break
-        fragment = line[start:end].strip() if len(line) > start else ""
+        # a plan fragment has no spaces; a wide right-aligned neighbour may start inside the header's span
+        found = re.match(r"\S*", line[start:end + 8]) if len(line) > start else None
+        fragment = found.group(0) if found else ""
         if line[:start].strip() and line[key:start].strip():
             rows.append([fragment])
         elif fragment and rows:
