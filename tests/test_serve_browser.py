@@ -130,9 +130,10 @@ def test_page_in_chromium(server: str, page, tmp_path: Path) -> None:
     assert download.suggested_filename.endswith(".zip")
     with zipfile.ZipFile(io.BytesIO(Path(download.path()).read_bytes())) as zf:
         names = {Path(n).name for n in zf.namelist()}
-        assert {"plan.json", "ds_config.json", "accelerate.yaml", "launch.sh", "llamafactory.yaml"} <= names
+        assert {"plan.json", "accelerate.yaml", "launch.sh", "llamafactory.yaml"} <= names
         plan = json.loads(next(zf.read(n) for n in zf.namelist() if n.endswith("plan.json")))
     assert plan["name"] == full[0][1]
+    assert ("ds_config.json" in names) == (plan["config"]["engine"] == "deepspeed")
 
     # a bad GPU: the 422 line, as the CLI prints it
     page.fill("#gpus", "8xA9000")
