@@ -16,7 +16,7 @@ def _register() -> None:
     # Each command module adds its commands to `app`; planning modules import no torch at import time.
     from ftplan import cmd_plan  # noqa: F401
 
-    for optional in ("cmd_scale", "cmd_emit", "cmd_profile", "cmd_run", "cmd_tune"):
+    for optional in ("cmd_scale", "cmd_emit", "cmd_profile", "cmd_run", "cmd_tune", "cmd_serve"):
         try:
             __import__(f"ftplan.{optional}")
         except ModuleNotFoundError as exc:
@@ -30,23 +30,32 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def error_line(exc: BaseException) -> str | None:
+    """The one line a user's mistake gets (after `ftplan: error: `), or None for a bug; `ftplan serve` sends it
+    as the 422 detail."""
+    if isinstance(exc, PlanError):
+        return str(exc)
+    # click usage errors (typer vendors its own click) arrive here in non-standalone mode
+    if any(cls.__name__ == "ClickException" for cls in type(exc).__mro__):
+        param = getattr(exc, "param", None)
+        where = f"{'/'.join(param.opts)}: " if param is not None and getattr(param, "opts", None) else ""
+        return where + " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    return None
+
+
 def main() -> None:
     _register()
     try:
         app(standalone_mode=False)
-    except PlanError as exc:
-        fail(str(exc))
     except (typer.Abort, KeyboardInterrupt):
         fail("interrupted")
     except SystemExit:
         raise
     except Exception as exc:
-        # click usage errors (typer vendors its own click) arrive here in non-standalone mode
-        if any(cls.__name__ == "ClickException" for cls in type(exc).__mro__):
-            param = getattr(exc, "param", None)
-            where = f"{'/'.join(param.opts)}: " if param is not None and getattr(param, "opts", None) else ""
-            fail(where + " ".join(exc.format_message().split()))
-        raise
+        line = error_line(exc)
+        if line is None:
+            raise
+        fail(line)
 
 
 if __name__ == "__main__":

@@ -6,39 +6,20 @@ from rich.console import Console
 
 from ftplan import options as o
 from ftplan.cli import app
-from planner.build import build_config
 from planner.estimate import Limits
 from planner.strategy import Method
 
 
 def parse_choices(text: str | None, enum: type, option: str) -> tuple:
-    """A comma-separated list of enum values (`adamw,adamw_8bit`); None when not given."""
-    from planner.errors import PlanError
+    from ftplan.answers import parse_choices as parse
 
-    if text is None:
-        return ()
-    out = []
-    for part in (p.strip() for p in text.split(",")):
-        try:
-            out.append(enum(part))
-        except ValueError:
-            raise PlanError(f"{option}: unknown value '{part}'; choose from "
-                            f"{', '.join(e.value for e in enum)}") from None
-    if not out:
-        raise PlanError(f"{option} is empty")
-    return tuple(dict.fromkeys(out))
+    return parse(text, enum, option)
 
 
 def limits_from(host_memory: float | None, nvme: float, headroom: float) -> Limits:
-    from planner.errors import PlanError
+    from ftplan.answers import limits_from as limits
 
-    if host_memory is not None and host_memory <= 0:
-        raise PlanError(f"--host-memory must be a positive number of GiB, got {host_memory:g}")
-    if nvme < 0:
-        raise PlanError(f"--nvme must not be negative, got {nvme:g}")
-    return Limits(headroom_fraction=headroom,
-                  host_bytes_per_node=None if host_memory is None else host_memory * 2**30,
-                  nvme_bytes_per_node=nvme * 2**30)
+    return limits(host_memory, nvme, headroom)
 
 
 @app.command()
@@ -50,44 +31,41 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
              pp: o.PpOpt = 1, sequence_parallel: o.SpOpt = False, micro_batch: o.MicroBatchOpt = 1,
              grad_accum: o.GradAccumOpt = 1, seq_len: o.SeqLenOpt = 2048, grad_ckpt: o.GradCkptOpt = o.GradCkpt.none,
              attn: o.AttnOpt = o.Attn.sdpa, stage: o.StageOpt = o.Stage.sft, freeze_layers: o.FreezeOpt = 0,
-             host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0, headroom: o.HeadroomOpt = 0.0,
-             json_out: o.JsonOpt = False, emit_dir: o.EmitOpt = None, force: o.ForceOpt = False,
-             calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None, samples: o.SamplesOpt = None,
-             epochs: o.EpochsOpt = 1.0,
+             rope_scaling: o.RopeScalingOpt = None, host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
+             headroom: o.HeadroomOpt = 0.0, json_out: o.JsonOpt = False, emit_dir: o.EmitOpt = None,
+             force: o.ForceOpt = False, calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None,
+             samples: o.SamplesOpt = None, epochs: o.EpochsOpt = 1.0,
              cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
              activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Memory and speed of one configuration, with their breakdowns."""
-    from planner.calibration import load_calibration
-    from planner.estimate import estimate as run_estimate
-    from planner.estimate import estimate_to_dict
-    from planner.timing import job_size, job_time
+    from ftplan.answers import estimate_answer
 
-    cfg = build_config(model=model, gpus=gpus, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
-                       lora_targets=lora_targets, quant=quant, precision=precision, optimizer=optimizer, zero=zero,
-                       offload=offload, offload_device=offload_device, fsdp=fsdp, tp=tp, pp=pp,
-                       sequence_parallel=sequence_parallel, micro_batch=micro_batch, grad_accum=grad_accum,
-                       seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn, stage=stage, freeze_layers=freeze_layers,
-                       **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
-    size = job_size(tokens, samples, epochs)
-    est = run_estimate(cfg, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
-    job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
+    answer = estimate_answer(
+        model=model, gpus=gpus, method=method, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
+        quant=quant, precision=precision, optimizer=optimizer, zero=zero, offload=offload,
+        offload_device=offload_device, fsdp=fsdp, tp=tp, pp=pp, sequence_parallel=sequence_parallel,
+        micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
+        stage=stage, freeze_layers=freeze_layers, rope_scaling=rope_scaling, host_memory=host_memory, nvme=nvme,
+        headroom=headroom, calibration=calibration, tokens=tokens, samples=samples, epochs=epochs,
+        cross_entropy=cross_entropy, kernels=kernels, activation_offload=activation_offload,
+        fsdp_version=fsdp_version)
+    est = answer.est
     emitted = None
     if emit_dir is not None:
         from ftplan.cmd_emit import emit_files
 
         emitted = emit_files(est, emit_dir, force=force)
     if json_out:
-        from planner.timing import job_to_dict
         from reports.fmt import print_json
 
-        print_json({**estimate_to_dict(est), **({"job": job_to_dict(job)} if job else {})})
+        print_json(answer.json())
         return
     from reports.memory_report import estimate_view
     from reports.time_report import time_table
 
     Console().print(estimate_view(est))
     if est.time is not None:
-        Console().print(time_table(est.time, f"Step time: {cfg}", job))
+        Console().print(time_table(est.time, f"Step time: {est.config}", answer.job))
     if emitted is not None:
         Console().print(emitted)
 
@@ -96,54 +74,41 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
 def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_len: o.SeqLenOpt = 2048,
          global_batch: o.GlobalBatchOpt = None, lora_r: o.LoraROpt = 8, lora_alpha: o.LoraAlphaOpt = 16,
          lora_targets: o.LoraTargetsOpt = "all", precision: o.PrecisionOpt = o.Precision.bf16_mixed,
-         stage: o.StageOpt = o.Stage.sft, host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
-         headroom: o.HeadroomOpt = 0.0, top: o.TopOpt = 3, json_out: o.JsonOpt = False,
-         emit_dir: o.EmitOpt = None, pick: o.PickOpt = 1, force: o.ForceOpt = False,
+         stage: o.StageOpt = o.Stage.sft, rope_scaling: o.RopeScalingOpt = None, host_memory: o.HostMemOpt = None,
+         nvme: o.NvmeOpt = 2048.0, headroom: o.HeadroomOpt = 0.0, top: o.TopOpt = 3, all_plans: o.AllOpt = False,
+         json_out: o.JsonOpt = False, emit_dir: o.EmitOpt = None, pick: o.PickOpt = 1, force: o.ForceOpt = False,
          calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None, samples: o.SamplesOpt = None,
          epochs: o.EpochsOpt = 1.0, optimizer: o.OptimizerOpt = o.Optimizer.adamw,
          optimizers: o.OptimizersOpt = None, attns: o.AttnsOpt = None,
          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (within 1%: simpler first)."""
-    from planner.calibration import load_calibration
+    from ftplan.answers import plan_answer
     from planner.errors import PlanError
-    from planner.search import SearchSpace, search_space
-    from planner.search import plan as run_plan
-    from planner.timing import job_size, job_time
 
-    if top < 1:
-        raise PlanError(f"--top must be a positive integer, got {top}")
-    base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
-                        lora_targets=lora_targets, precision=precision, stage=stage, check=False,
-                        **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
-    space = search_space(base, methods=method, global_batch=global_batch,
-                         optimizers=parse_choices(optimizers, o.Optimizer, "--optimizers") or (optimizer,),
-                         attns=parse_choices(attns, o.Attn, "--attns") or SearchSpace().attns)
     if emit_dir is None and pick != 1:
         raise PlanError("--pick chooses the plan to --emit: pass --emit DIR too")
-    size = job_size(tokens, samples, epochs)
-    result = run_plan(base, space, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
-    best = result.plans[0] if result.plans else None
-    job = job_time(best.time, best.config, size) if size is not None and best and best.time else None
+    answer = plan_answer(model=model, gpus=gpus, method=method, seq_len=seq_len, global_batch=global_batch,
+                         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision,
+                         stage=stage, rope_scaling=rope_scaling, host_memory=host_memory, nvme=nvme,
+                         headroom=headroom, top=top, all_plans=all_plans, calibration=calibration, tokens=tokens,
+                         samples=samples, epochs=epochs, optimizer=optimizer, optimizers=optimizers, attns=attns,
+                         cross_entropy=cross_entropy, kernels=kernels, activation_offload=activation_offload,
+                         fsdp_version=fsdp_version)
     emitted = None
     if emit_dir is not None:
         from ftplan.cmd_emit import emit_pick
 
-        emitted = emit_pick(result, pick, emit_dir, force=force)
+        emitted = emit_pick(answer.result, pick, emit_dir, force=force)
     if json_out:
-        from planner.timing import job_to_dict
         from reports.fmt import print_json
-        from reports.plan_report import plans_json
 
-        data = plans_json(result, top)
-        if size is not None:
-            for entry, est in zip(data["plans"], _chosen(result, top), strict=True):
-                entry["job"] = job_to_dict(job_time(est.time, est.config, size))
-        print_json(data)
+        print_json(answer.json())
         return
     from reports.plan_report import plan_view
 
-    Console().print(plan_view(result, top, job))
+    per_method = len(answer.result.plans) if all_plans else top
+    Console().print(plan_view(answer.result, per_method, answer.job))
     if emitted is not None:
         Console().print(emitted)
 
@@ -174,13 +139,3 @@ def gpus(json_out: o.JsonOpt = False) -> None:
         return
     Console().print(gpus_table(list(GPUS.values())))
 
-
-def _chosen(result, top: int) -> list:
-    """The plans `plans_json` lists, in its order: the best `top` per method."""
-    shown: dict = {}
-    out = []
-    for est in result.plans:
-        if shown.get(est.config.method, 0) < top:
-            shown[est.config.method] = shown.get(est.config.method, 0) + 1
-            out.append(est)
-    return out

@@ -58,7 +58,8 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
          attn: AttnsOpt = None, optimizer: OptimizersOpt = None, tp: TpsOpt = None, pp: PpsOpt = None,
          virtual_stages: VirtualOpt = None, lora_r: o.LoraROpt = 8, lora_alpha: o.LoraAlphaOpt = 16,
          lora_targets: o.LoraTargetsOpt = "all", precision: o.PrecisionOpt = o.Precision.bf16_mixed,
-         stage: o.StageOpt = o.Stage.sft, host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
+         stage: o.StageOpt = o.Stage.sft, rope_scaling: o.RopeScalingOpt = None,
+         host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
          headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None, trial_steps: TrialStepsOpt = 3,
          trial_timeout: TrialTimeoutOpt = 300.0, seed: SeedOpt = 0, json_out: o.JsonOpt = False,
          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
@@ -66,7 +67,7 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     """Autotune: search the plan space with Optuna (time model), optionally with short real trials."""
     from rich.console import Console
 
-    from ftplan.cmd_plan import limits_from
+    from ftplan.answers import check_positions, limits_from
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.errors import PlanError
@@ -84,8 +85,9 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     if emit is not None and not force and (emit / "plan.json").exists():
         raise PlanError(f"{emit / 'plan.json'} exists; pass --force to overwrite")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
-                        lora_targets=lora_targets, precision=precision, stage=stage, check=False,
-                        **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
+                        lora_targets=lora_targets, precision=precision, stage=stage, rope_scaling=rope_scaling,
+                        check=False, **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
+    check_positions(base, seq_len)
     default = SearchSpace()
     space_def = search_space(base, methods=method, global_batch=global_batch,
                              micro_batches=_positive("--micro-batch", micro_batch) or default.micro_batches,

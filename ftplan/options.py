@@ -100,6 +100,9 @@ PickOpt = Annotated[int, _output(
     "--pick", help="With --emit: write the plan ranked N (the # column) instead of the best.")]
 ForceOpt = Annotated[bool, _output(
     "--force", help="Overwrite files that already exist in the --emit directory.")]
+RopeScalingOpt = Annotated[str | None, typer.Option(
+    "--rope-scaling", help="TYPE:FACTOR (linear, dynamic, yarn, llama3), e.g. linear:2.0: positions x FACTOR.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="List every fitting plan, not the best --top per method.")]
 CrossEntropyOpt = Annotated[CrossEntropy, typer.Option(
     "--cross-entropy", help="Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), "
                             "fused (Liger's fused linear cross-entropy).")]

@@ -6,6 +6,7 @@ from planner.errors import PlanError
 from planner.gpus import parse_gpus
 from planner.models import resolve
 from planner.params import resolve_lora_targets
+from planner.rope import with_rope_scaling
 from planner.strategy import (
     Adapter,
     Attn,
@@ -52,9 +53,9 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                  tp: int = 1, pp: int = 1, sequence_parallel: bool = False, micro_batch: int = 1,
                  grad_accum: int = 1, seq_len: int = 2048, grad_ckpt: GradCkpt = GradCkpt.none,
                  attn: Attn = Attn.sdpa, stage: Stage = Stage.sft, freeze_layers: int = 0,
-                 cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
-                 activation_offload: bool = False, fsdp_version: int = 2, double_quant: bool = True,
-                 check: bool = True) -> TrainConfig:
+                 rope_scaling: str | None = None, cross_entropy: CrossEntropy = CrossEntropy.standard,
+                 kernels: Kernels = Kernels.eager, activation_offload: bool = False, fsdp_version: int = 2,
+                 double_quant: bool = True, check: bool = True) -> TrainConfig:
     for name, value in (("--micro-batch", micro_batch), ("--grad-accum", grad_accum), ("--seq-len", seq_len),
                         ("--tp", tp), ("--pp", pp), ("--lora-r", lora_r)):
         if value < 1:
@@ -66,7 +67,7 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
     engine = Engine.deepspeed if zero is not None else Engine.fsdp if fsdp is not None else Engine.ddp
     if quant is None:
         quant = Quant.nf4 if method is Method.qlora else Quant.none
-    model_spec, cluster = resolve(model), parse_gpus(gpus)
+    model_spec, cluster = with_rope_scaling(resolve(model), rope_scaling), parse_gpus(gpus)
     engine_choice = EngineChoice(engine=engine, zero=ZeroStage(zero or 0), fsdp=fsdp or FsdpStrategy.full_shard,
                                  offload=offload, offload_device=offload_device,
                                  fsdp_version=_fsdp_version(fsdp_version))

@@ -46,7 +46,8 @@ class ModelSpec:
     embedding_norm: bool = False  # BLOOM's word_embeddings_layernorm
     num_experts: int = 1
     experts_per_token: int = 1
-    max_seq_len: int = 4096
+    max_seq_len: int = 4096  # positions, x the RoPE factor when `rope_scaling` is set (planner/rope.py)
+    rope_scaling: str | None = None  # "linear:2.0" as given to --rope-scaling
     decoder_layer_class: str = "LlamaDecoderLayer"  # FSDP auto-wrap and ZeRO-3 leaf class
     source: str = ""
 
@@ -214,7 +215,8 @@ def from_path(path: Path) -> ModelSpec:
     if not isinstance(cfg, dict):
         raise PlanError(f"model '{path}': {file} does not hold a JSON object")
     name = (path if path.is_dir() else path.parent).name or "custom"
-    return spec_from_hf_config(cfg, name=name, source=str(file))
+    # absolute: the source is read again by processes that start elsewhere (profiler workers, emitted files)
+    return spec_from_hf_config(cfg, name=name, source=str(file.resolve()))
 
 
 def resolve(model: str) -> ModelSpec:

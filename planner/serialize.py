@@ -27,6 +27,8 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     for name, value in cfg.flat().items():
         if name == "model":
             value = dataclasses.asdict(value)
+            if value["rope_scaling"] is None:  # plans without RoPE scaling read as before it existed
+                del value["rope_scaling"]
         elif name == "cluster":
             value = {"gpu": value.gpu.name, "nodes": value.nodes, "gpus_per_node": value.gpus_per_node}
         elif isinstance(value, Enum):

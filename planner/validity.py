@@ -21,7 +21,8 @@ def problems(cfg: TrainConfig) -> list[str]:
         return out
     out += parallel.problems(cfg)
     if cfg.seq_len > m.max_seq_len:
-        out.append(f"--seq-len {cfg.seq_len} exceeds the {m.max_seq_len} positions of {m.name} (add RoPE scaling)")
+        out.append(f"--seq-len {cfg.seq_len} exceeds the {m.max_seq_len} positions of {m.name} "
+                   "(add --rope-scaling, e.g. linear:2.0)")
     out += method_problems(cfg)
     if not cfg.cluster.gpu.supports_bf16 and cfg.precision in (Precision.bf16_mixed, Precision.bf16_true):
         out.append(f"{cfg.cluster.gpu.name} has no bf16 support: use --precision 16-mixed")

@@ -105,7 +105,9 @@ def _spec(cfg: TrainConfig, model_path: Path | None, warmup_steps: int, steps: i
         raise PlanError("measured steps run transformers' loss and kernels: re-plan with --cross-entropy standard "
                         "--kernels eager, or check chunked loss memory with `ftplan profile dry-run`")
     return {"config": config_to_dict(cfg), "warmup_steps": warmup_steps, "steps": steps,
-            "model_path": None if model_path is None else str(model_path), "track_memory": track_memory}
+            # absolute: the workers start in another directory
+            "model_path": None if model_path is None else str(Path(model_path).resolve()),
+            "track_memory": track_memory}
 
 
 def _torchrun(cfg: TrainConfig, spec: dict[str, Any], timeout_s: float,

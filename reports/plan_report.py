@@ -12,6 +12,7 @@ from planner.strategy import Method
 from planner.timing import JobTime
 from reports.fmt import params
 from reports.memory_report import memory_table
+from reports.wrap import HyphenWrapped
 
 
 def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
@@ -22,9 +23,8 @@ def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     for col, justify in (("#", "right"), ("method", "left"), ("plan", "left"), ("GiB/GPU (fill)", "right"),
                          ("tokens/s", "right"), ("step s", "right"), ("MFU", "right")):
-        # narrow enough for an 80-column terminal: the plan name folds, numbers never do
-        table.add_column(col, justify=justify, overflow="fold", no_wrap=col != "plan",
-                         min_width=20 if col == "plan" else None)
+        # narrow enough for an 80-column terminal: the plan name wraps at its `-` boundaries, numbers never do
+        table.add_column(col, justify=justify, no_wrap=col != "plan")
     shown: dict[Method, int] = {}
     for rank, est in enumerate(result.plans, 1):
         method = est.config.method
@@ -32,7 +32,7 @@ def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
             continue
         shown[method] = shown.get(method, 0) + 1
         t = est.time if est.time is not None else step_time(est.config)
-        table.add_row(str(rank), method.value, str(est.config), f"{est.memory.total / 2**30:.1f} "
+        table.add_row(str(rank), method.value, HyphenWrapped(str(est.config)), f"{est.memory.total / 2**30:.1f} "
                       f"({100 * est.memory.total / est.gpu_memory_bytes:.0f}%{' tight' if est.tight else ''})",
                       f"{t.tokens_per_s:,.0f}",
                       f"{t.step_time_s:.2f}", f"{100 * t.mfu:.0f}%")

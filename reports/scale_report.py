@@ -11,8 +11,9 @@ from rich.text import Text
 from planner.estimate import time_to_dict
 from planner.scaling import ScaleResult
 from reports.time_report import bar
+from reports.wrap import HyphenWrapped
 
-BAR_WIDTH = 20
+BAR_WIDTH = 10
 
 
 def scale_json(result: ScaleResult, *, model: str, gpu: str, method: str, seq_len: int) -> dict[str, Any]:
@@ -33,17 +34,21 @@ def scale_json(result: ScaleResult, *, model: str, gpu: str, method: str, seq_le
 def scale_view(result: ScaleResult, *, model: str, gpu: str, method: str, files: list[str] | None = None) -> Group:
     fitted = [p for p in result.points if p.best is not None and p.best.time is not None]
     top = max((p.best.time.tokens_per_s for p in fitted), default=1.0)
+    from rich import box
+
     table = Table(title=f"{model} ({method}) on {gpu}: best plan per GPU count, speedup against "
-                        f"{result.baseline_gpus or '-'} GPU(s)", title_justify="left")
+                        f"{result.baseline_gpus or '-'} GPU(s) (eff.: scaling efficiency)", title_justify="left",
+                  box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False)
     for col, justify in (("GPUs", "right"), ("plan", "left"), ("tokens/s", "right"), ("", "left"),
-                         ("speedup", "right"), ("efficiency", "right"), ("MFU", "right"), ("step s", "right")):
-        table.add_column(col, justify=justify)
+                         ("speedup", "right"), ("eff.", "right"), ("MFU", "right"), ("step s", "right")):
+        # fits 80 columns: the plan name wraps at its `-` boundaries, numbers and bars never wrap
+        table.add_column(col, justify=justify, no_wrap=col != "plan")
     for p in result.points:
         if p.best is None or p.best.time is None:
             table.add_row(str(p.gpus), Text("no plan fits", style="red"), "", "", "", "", "", "")
             continue
         t = p.best.time
-        table.add_row(str(p.gpus), str(p.best.config), f"{t.tokens_per_s:,.0f}",
+        table.add_row(str(p.gpus), HyphenWrapped(str(p.best.config)), f"{t.tokens_per_s:,.0f}",
                       bar(t.tokens_per_s / top, BAR_WIDTH), f"{p.speedup:.2f}x", f"{100 * p.efficiency:.0f}%",
                       f"{100 * t.mfu:.0f}%", f"{t.step_time_s:.2f}")
     parts: list = [table]

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from planner.tune_result import TrialRow, TuneResult
+from reports.wrap import HyphenWrapped
 
 _SHOWN_TRIALS = 20
 
@@ -61,7 +62,8 @@ def trials_table(result: TuneResult) -> Table:
         cols += [("pred tok/s", "right"), ("pred GiB", "right"), ("trial s", "right")]
     cols += [("reason", "left")]
     for col, justify in cols:
-        table.add_column(col, justify=justify)
+        # 80 columns: plan names wrap at their `-` boundaries, reasons at spaces, numbers never
+        table.add_column(col, justify=justify, no_wrap=col not in ("plan", "reason"))
     done = sorted((r for r in result.rows if r.state == "complete"), key=lambda r: -(r.tokens_per_s or 0))
     failed = [r for r in result.rows if r.state == "failed"]
     shown = done[:_SHOWN_TRIALS] + failed[:_SHOWN_TRIALS]
@@ -70,7 +72,8 @@ def trials_table(result: TuneResult) -> Table:
     for r in shown:
         style = "bold green" if r.number == result.best_row.number and r.state == "complete" else (
             "red" if r.state == "failed" else "")
-        cells = [str(r.number), r.name or _params_name(r), r.state, _num(r.tokens_per_s), _gib(r.peak_bytes)]
+        name = HyphenWrapped(r.name) if r.name else _params_name(r)
+        cells = [str(r.number), name, r.state, _num(r.tokens_per_s), _gib(r.peak_bytes)]
         if measured:
             cells += [_num(r.predicted_tokens_per_s), _gib(r.predicted_peak_bytes), _num(r.wall_s, ".1f")]
         cells.append(r.reason[:90])
@@ -92,9 +95,9 @@ def _params_name(r: TrialRow) -> str:
 def pareto_table(result: TuneResult) -> Table:
     table = Table(title="Pareto front (time model): no plan is both faster and smaller", title_justify="left")
     for col, justify in (("plan", "left"), ("method", "left"), ("tokens/s", "right"), ("GiB/GPU", "right")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify, no_wrap=col != "plan")
     for r in result.pareto:
-        table.add_row(r.name, str(r.params.get("method", "")), _num(r.tokens_per_s), _gib(r.peak_bytes))
+        table.add_row(HyphenWrapped(r.name), str(r.params.get("method", "")), _num(r.tokens_per_s), _gib(r.peak_bytes))
     return table
 
 

@@ -17,8 +17,9 @@ from runner import switches
 DS_TRAINER_CONFIG_FILE = "ds_config.trainer.json"
 
 # LLaMA-Factory's chat template names (src/llamafactory/data/template.py), by catalog name prefix
+# (0.9.5 registers no Baichuan2 template: those models get "default", said in the file's header)
 _TEMPLATES = (("llama-2", "llama2"), ("llama-3", "llama3"), ("mistral", "mistral"), ("mixtral", "mistral"),
-              ("qwen2", "qwen"), ("baichuan2", "baichuan2"), ("chatglm3", "chatglm3"))
+              ("qwen2", "qwen"), ("chatglm3", "chatglm3"))
 
 _OPTIM = {Optimizer.adamw: "adamw_torch", Optimizer.adamw_8bit: "adamw_bnb_8bit",
           Optimizer.paged_adamw: "paged_adamw_32bit", Optimizer.paged_adamw_8bit: "paged_adamw_8bit",
@@ -52,6 +53,7 @@ def _finetuning(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _precision(cfg: TrainConfig) -> dict[str, Any]:
+    # pure_bf16 is refused with ZeRO-3 (hparams/parser.py); the planner allows bf16-true with DDP/FSDP only
     if cfg.precision is Precision.bf16_true:
         return {"bf16": True, "pure_bf16": True}
     if cfg.precision is Precision.bf16_mixed:
@@ -66,6 +68,11 @@ def notes(cfg: TrainConfig) -> list[str]:
     out = []
     if cfg.tp > 1 or cfg.pp > 1:
         out.append(f"LLaMA-Factory trains data-parallel only: this plan's TP{cfg.tp}/PP{cfg.pp} needs `ftplan run`.")
+    if cfg.model.rope_scaling:
+        out.append(f"LLaMA-Factory picks the RoPE factor itself (cutoff_len / max_position_embeddings, rounded up); "
+                   f"the plan assumed {cfg.model.rope_scaling}.")
+    if template_for(cfg) == "default" and cfg.model.name.startswith("baichuan2"):
+        out.append("LLaMA-Factory 0.9.5 has no Baichuan2 chat template: 'default' is set; name yours in `template`.")
     if cfg.grad_ckpt is GradCkpt.selective:
         out.append("LLaMA-Factory checkpoints whole layers: the plan's selective checkpointing becomes full.")
     return out + switches.llamafactory_notes(cfg)
@@ -78,6 +85,8 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
     if cfg.model.model_type in ("chatglm", "baichuan"):
         out["trust_remote_code"] = True
     out.update({"stage": cfg.stage.value, "do_train": True, **_finetuning(cfg)})
+    if cfg.model.rope_scaling:
+        out["rope_scaling"] = cfg.model.rope_scaling.partition(":")[0]  # hparams/model_args.py RopeScaling
     if cfg.engine is Engine.deepspeed:
         out["deepspeed"] = ds_config_path
     out.update({

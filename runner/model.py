@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner import rope as planner_rope
 from planner.errors import PlanError
 from planner.strategy import Attn, Method, Precision, Quant, TrainConfig
 
 # transformers' names for the attention kernels (modeling_utils.py, `ALL_ATTENTION_FUNCTIONS`)
 _ATTN_IMPL = {Attn.eager: "eager", Attn.sdpa: "sdpa", Attn.flash: "flash_attention_2"}
-ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")  # transformers modeling_rope_utils.ROPE_INIT_FUNCTIONS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -63,16 +63,8 @@ def load_tokenizer(src: ModelSource) -> Any:
 
 def parse_rope_scaling(text: str) -> dict[str, Any]:
     """'linear:2.0' -> {'rope_type': 'linear', 'factor': 2.0} (transformers modeling_rope_utils.py)."""
-    kind, _, factor = text.partition(":")
-    if kind not in ROPE_TYPES:
-        raise PlanError(f"--rope-scaling '{text}': type must be one of {', '.join(ROPE_TYPES)}")
-    try:
-        value = float(factor)
-    except ValueError:
-        raise PlanError(f"--rope-scaling '{text}': write TYPE:FACTOR, e.g. linear:2.0") from None
-    if value <= 1.0:
-        raise PlanError(f"--rope-scaling '{text}': the factor must exceed 1")
-    return {"rope_type": kind, "factor": value}
+    kind, factor = planner_rope.parse_rope_scaling(text)
+    return {"rope_type": kind, "factor": factor}
 
 
 def attn_implementation(cfg: TrainConfig, on_cuda: bool) -> str:

@@ -271,7 +271,8 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         raise PlanError(f"--resume: no checkpoint-N folder in {opts.output}")
     torch.manual_seed(opts.seed)
     probe = MemoryProbe(on_cuda=on_cuda, rank=int(os.environ.get("RANK", "0")))  # RSS baseline before the model
-    model = load_model(cfg, src, ModelOptions(modules_to_save=opts.modules_to_save, rope_scaling=opts.rope_scaling,
+    rope = opts.rope_scaling or cfg.model.rope_scaling  # a plan made with --rope-scaling carries it
+    model = load_model(cfg, src, ModelOptions(modules_to_save=opts.modules_to_save, rope_scaling=rope,
                                               on_cuda=on_cuda))
     args = training_arguments(cfg, opts, on_cuda=on_cuda, has_eval=bool(eval_set))
     is_main = args.process_index == 0
