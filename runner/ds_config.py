@@ -151,6 +151,9 @@ def build_ds_config(cfg: TrainConfig, *, for_trainer: bool = False, hp: Hyperpar
     if cfg.tp > 1:
         # AutoTP training (deepspeed/runtime/tensor_parallel/config.py, TPTrainingConfig.autotp_size)
         out["tensor_parallel"] = {"autotp_size": cfg.tp}
+        # saving gathers the TP shards into one state dict (engine._replace_module_consolidated_state_dict); without
+        # it accelerate's get_state_dict refuses and the Trainer writes a DeepSpeed checkpoint in place of the model
+        out["zero_optimization"]["gather_16bit_weights_on_model_save"] = True
     out["steps_per_print"] = 10
     out["wall_clock_breakdown"] = False
     return out

@@ -92,11 +92,10 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     from runner import data as d
     from runner.model import model_source, parse_rope_scaling
 
-    if cfg.stage not in (Stage.pt, Stage.sft):
-        raise PlanError(f"stage '{cfg.stage.value}' is not run by ftplan run (pt and sft are)")
-    if cfg.tp > 1 or cfg.pp > 1:
-        raise PlanError(f"plan {cfg} uses TP/PP, which the Trainer-based runner does not run; "
-                        "re-plan with --tp 1 --pp 1")
+    from planner.runnable import unrunnable_reasons
+
+    for reason in unrunnable_reasons(cfg)[:1]:
+        raise PlanError(f"plan {cfg}: {reason}")
     if opts.max_steps < 1:
         raise PlanError(f"--max-steps must be at least 1, got {opts.max_steps}")
     if opts.rope_scaling:
@@ -215,6 +214,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
 
     from runner import metrics as mt
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
+    from runner.parallel import layout
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:
@@ -240,7 +240,9 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         else:
             metrics_path.unlink(missing_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
-    callback = mt.make_callback(path=metrics_path, world_size=world,
+    shapes = layout.full_shapes(model)
+    unsharded_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    callback = mt.make_callback(path=metrics_path, world_size=world, batch_copies=cfg.tp,
                                 flops_token=mt.flops_per_token(n_params, cfg.method is Method.full),
                                 peak_flops=mt.peak_flops_per_s(cfg, on_cuda), on_cuda=on_cuda, is_main=is_main,
                                 max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
@@ -250,6 +252,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its dict prints
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     eval_metrics = trainer.evaluate() if eval_set else {}
+    per_rank = layout.gather_rank_parameters(layout.rank_parameters(trainer.model_wrapped, shapes))
     trainer.save_model(str(opts.output))  # the adapter (peft) or the full model, gathered under ZeRO-3 / FSDP
     summary = {
         "plan": str(cfg),
@@ -260,6 +263,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         "measured_tokens_per_s": callback.tokens_total / callback.time_total if callback.time_total else 0.0,
         "measured_peak_memory_bytes": mt.peak_memory_bytes(on_cuda),
         "world_size": world,
+        **layout.summary_fields(per_rank, unsharded_bytes),
     }
     if eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
