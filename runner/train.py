@@ -89,13 +89,13 @@ def prepare_data(cfg: TrainConfig, opts: RunOptions, tokenizer: Any) -> tuple[li
 
 def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     """Checks that need no torch, run before anything is written (and before a launcher starts)."""
+    from planner.runnable import unrunnable_reasons
     from runner import data as d
     from runner.model import model_source, parse_rope_scaling
 
-    from planner.runnable import unrunnable_reasons
-
-    for reason in unrunnable_reasons(cfg)[:1]:
-        raise PlanError(f"plan {cfg}: {reason}")
+    reasons = unrunnable_reasons(cfg)
+    if reasons:
+        raise PlanError(f"plan {cfg} is not run by ftplan run: {reasons[0]}")
     if opts.max_steps < 1:
         raise PlanError(f"--max-steps must be at least 1, got {opts.max_steps}")
     if opts.rope_scaling:
@@ -221,6 +221,10 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         raise PlanError(f"plan {cfg} needs {cfg.world_size} processes, this run has {world}: "
                         "start it with `ftplan run`, which launches them")
     on_cuda = on_cuda_device(cfg)
+    if cfg.pp > 1:
+        from runner.parallel.pipeline import run_pipeline
+
+        return run_pipeline(cfg, opts, on_cuda=on_cuda)
     src = model_source(opts.model_path)
     tokenizer = load_tokenizer(src)
     train_set, eval_set = prepare_data(cfg, opts, tokenizer)
