@@ -79,8 +79,8 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
          headroom: o.HeadroomOpt = 0.0, top: o.TopOpt = 3, json_out: o.JsonOpt = False,
          emit_dir: o.EmitOpt = None, pick: o.PickOpt = 1, force: o.ForceOpt = False,
          calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None, samples: o.SamplesOpt = None,
-         epochs: o.EpochsOpt = 1.0) -> None:
-    """Enumerate every valid strategy, keep those that fit, rank them by tokens/s."""
+         epochs: o.EpochsOpt = 1.0, include_unrunnable: o.IncludeUnrunnableOpt = False) -> None:
+    """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (runnable plans first)."""
     from planner.calibration import load_calibration
     from planner.errors import PlanError
     from planner.search import SearchSpace
@@ -101,6 +101,12 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
         raise PlanError("--pick chooses the plan to --emit: pass --emit DIR too")
     size = job_size(tokens, samples, epochs)
     result = run_plan(base, space, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
+    if not include_unrunnable:
+        from dataclasses import replace
+
+        from planner.runnable import runnable_first
+
+        result = replace(result, plans=runnable_first(result.plans))
     best = result.plans[0] if result.plans else None
     job = job_time(best.time, best.config, size) if size is not None and best and best.time else None
     emitted = None
@@ -121,7 +127,7 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
         return
     from reports.plan_report import plan_view
 
-    Console().print(plan_view(result, top, job))
+    Console().print(plan_view(result, top, job, runnable_first=not include_unrunnable))
     if emitted is not None:
         Console().print(emitted)
 

@@ -82,5 +82,8 @@ EmitOpt = Annotated[Path | None, typer.Option(
     "--emit", help="Write plan.json, ds_config, accelerate.yaml, launch.sh and LLaMA-Factory YAML into this folder.")]
 PickOpt = Annotated[int, typer.Option(
     "--pick", help="With --emit: write the plan ranked N (the # column) instead of the best.")]
+IncludeUnrunnableOpt = Annotated[bool, typer.Option(
+    "--include-unrunnable", help="Rank every plan by speed, also those `ftplan run` does not execute "
+                                 "(default: the winner is the best plan it runs).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Overwrite files that already exist in the --emit directory.")]

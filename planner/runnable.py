@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from planner.strategy import Engine, Method, Offload, Optimizer, Quant, Stage, TrainConfig
+from planner.strategy import Engine, Method, Offload, Optimizer, PipeSchedule, Quant, Stage, TrainConfig
+
+# decoder layers with Llama's interface (hidden states in and out, rotary embeddings from the model's rotary_emb)
+PIPELINE_LAYER_CLASSES = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "MixtralDecoderLayer")
 
 Rule = tuple[str, Callable[[TrainConfig], bool]]  # (why the runner does not run it, when the rule applies)
 
@@ -51,13 +54,23 @@ RULES: tuple[Rule, ...] = (
      lambda c: c.pp > 1 and c.offload is not Offload.none),
     ("PP needs DeepSpeed's pipeline engine (--zero 0 or 1)",
      lambda c: c.pp > 1 and c.engine is not Engine.deepspeed),
+    ("interleaved pipeline schedule: DeepSpeed's pipeline engine runs 1F1B only "
+     "(deepspeed/runtime/pipe/schedule.py, TrainSchedule)",
+     lambda c: c.pp > 1 and (c.pp_schedule is PipeSchedule.interleaved or c.virtual_stages > 1)),
+    ("PP wraps Llama-style decoder layers ({layer_classes}); {model} has {layer_class}",
+     lambda c: c.pp > 1 and c.model.decoder_layer_class not in PIPELINE_LAYER_CLASSES),
+    ("PP with tied embeddings: the runner does not tie the first stage's embedding to the last stage's head",
+     lambda c: c.pp > 1 and c.model.tie_embeddings),
+    ("PP runs adamw or sgd (the pipeline runner builds the optimizer itself)",
+     lambda c: c.pp > 1 and c.optimizer not in (Optimizer.adamw, Optimizer.sgd)),
 )
 
 
 def unrunnable_reasons(cfg: TrainConfig) -> list[str]:
     """Why `ftplan run` does not execute `cfg` (empty when it does)."""
     fields = {"stage": cfg.stage.value, "optimizer": cfg.optimizer.value, "method": cfg.method.value,
-              "quant": cfg.quant.value}
+              "quant": cfg.quant.value, "model": cfg.model.name, "layer_class": cfg.model.decoder_layer_class,
+              "layer_classes": ", ".join(PIPELINE_LAYER_CLASSES)}
     return [reason.format(**fields) for reason, applies in RULES if applies(cfg)]
 
 

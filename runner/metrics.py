@@ -86,8 +86,9 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
                   batch_copies: int = 1) -> Any:
     """A transformers TrainerCallback writing one JSONL row (and TensorBoard scalars) per optimizer step and
     drawing the progress bar. `batch_copies` ranks see each batch (the TP degree: every rank of a tensor-parallel
-    group gets the same batch), so the Trainer's token count over all ranks is divided by it. TensorBoard events are written by the writer's background thread, flushed every
-    30 s and at the end, rather than flushed at every step as transformers' TensorBoardCallback does."""
+    group gets the same batch), so the Trainer's token count over all ranks is divided by it. TensorBoard events
+    are written by the writer's background thread, flushed every 30 s and at the end, rather than flushed at every
+    step as transformers' TensorBoardCallback does."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
