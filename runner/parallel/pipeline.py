@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planner.errors import PlanError
-from planner.strategy import Attn, GradCkpt, Optimizer, Precision, TrainConfig
+from planner.strategy import Attn, Optimizer, Precision, TrainConfig
 
 if TYPE_CHECKING:
     from runner.train import RunOptions
@@ -219,6 +219,7 @@ def _save_model(run: _Run, config: Any, names: dict[int, str], generation_config
 
 
 def _build_engine(cfg: TrainConfig, opts: RunOptions, model: Any, on_cuda: bool) -> Any:
+    """The pipeline engine as the ds_config's "pipeline" section describes it (stages, partition, recompute)."""
     import deepspeed
     from deepspeed.pipe import PipelineModule
     from deepspeed.runtime.activation_checkpointing.checkpointing import non_reentrant_checkpoint
@@ -226,11 +227,11 @@ def _build_engine(cfg: TrainConfig, opts: RunOptions, model: Any, on_cuda: bool)
 
     from runner.ds_config import learning_rate
 
-    ckpt = cfg.grad_ckpt is not GradCkpt.none
-    pipe = PipelineModule(layers=pipeline_layers(model, cfg), num_stages=cfg.pp,
-                          loss_fn=_loss_fn(model.config.vocab_size), partition_method="type:DecoderPipe",
-                          # HF checkpointing recomputes whole layers; the planner's "selective" maps to it too
-                          activation_checkpoint_interval=1 if ckpt else 0,
+    config = ds_config(cfg, on_cuda)
+    layout = config["pipeline"]  # HF-style checkpointing recomputes whole layers; "selective" maps to it too
+    pipe = PipelineModule(layers=pipeline_layers(model, cfg), num_stages=layout["stages"],
+                          loss_fn=_loss_fn(model.config.vocab_size), partition_method=layout["partition"],
+                          activation_checkpoint_interval=layout["activation_checkpoint_interval"],
                           activation_checkpoint_func=non_reentrant_checkpoint,
                           checkpointable_layers=["DecoderPipe"])
     params = [p for p in pipe.parameters() if p.requires_grad]
@@ -239,7 +240,7 @@ def _build_engine(cfg: TrainConfig, opts: RunOptions, model: Any, on_cuda: bool)
     # the Trainer's lr_scheduler_type="linear": warm-up, then linear decay to 0 at max_steps
     scheduler = get_linear_schedule_with_warmup(optimizer, opts.warmup_steps, opts.max_steps)
     engine, *_ = deepspeed.initialize(model=pipe, optimizer=optimizer, lr_scheduler=scheduler,
-                                      model_parameters=params, config=ds_config(cfg, on_cuda))
+                                      model_parameters=params, config=config)
     return engine
 
 
