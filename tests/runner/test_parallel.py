@@ -1,6 +1,6 @@
 """Tensor and pipeline parallelism through `ftplan run` on 2 CPU processes over gloo (tiny Llama of test_train):
 TP=2 through DeepSpeed AutoTP in the Trainer against TP=1 of the same seed; PP=2 through DeepSpeed's pipeline
-engine, with per-rank parameter bytes from run_summary.json, kill-free resume from a checkpoint, and a 2-node
+engine; per-rank parameter bytes from run_summary.json and resume from a checkpoint for both; and a 2-node
 launch.sh started twice on this machine (torchrun), plus the deepspeed launcher's hostfile and command."""
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def test_tp2_matches_tp1_and_halves_every_sharded_weight(tiny: Path, tmp_path: P
 
     common = {"method": Method.full, "zero": 1}
     _train(_plan(tiny, "tp1", "1xCPU", **common), tiny, tmp_path / "tp1", 4, "--save-steps", "100")
-    _train(_plan(tiny, "tp2", "2xCPU", tp=2, **common), tiny, tmp_path / "tp2", 4, "--save-steps", "100")
+    tp2 = _plan(tiny, "tp2", "2xCPU", tp=2, **common)
+    _train(tp2, tiny, tmp_path / "tp2", 4, "--save-steps", "2")
     one, two = _losses(tmp_path / "tp1"), _losses(tmp_path / "tp2")
     print("TP1 losses", one, "TP2 losses", two)
     assert len(one) == len(two) == 4 and two == pytest.approx(one, rel=TP_LOSS_RTOL)
@@ -56,6 +57,12 @@ def test_tp2_matches_tp1_and_halves_every_sharded_weight(tiny: Path, tmp_path: P
     # the saved model is gathered from both ranks: full shapes, loadable
     saved = AutoModelForCausalLM.from_pretrained(str(tmp_path / "tp2"))
     assert sum(p.numel() * p.element_size() for p in saved.parameters()) == s2["parameter_bytes"]
+    # cut off after checkpoint-2: --resume loads the AutoTP shards and steps 3..4 repeat the uninterrupted run
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "tp2", cut)
+    shutil.rmtree(cut / "checkpoint-4")
+    _train(tp2, tiny, cut, 4, "--save-steps", "2", "--resume")
+    assert _summary(cut)["resumed_from_step"] == 2 and _losses(cut) == pytest.approx(two, rel=1e-5)
 
 
 def _stage_bytes(model_dir: Path) -> list[int]:
