@@ -106,9 +106,9 @@ def _loss_fn(vocab_size: int) -> Any:
 
 
 def ds_config(cfg: TrainConfig, on_cuda: bool) -> dict[str, Any]:
-    """The emitted ds_config (runner.ds_config), with 16-bit compute only where the device has it: on the CPU a
+    """The emitted ds_config (planner.configs.ds_config), with 16-bit compute only where the device has it: on the CPU a
     mixed-precision plan trains in fp32, as the Trainer path does (runner.model.load_dtype)."""
-    from runner.ds_config import build_ds_config
+    from planner.configs.ds_config import build_ds_config
 
     out = build_ds_config(cfg)
     out["bf16"]["enabled"] = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.bf16_true)
@@ -155,7 +155,7 @@ def micro_batches(examples: list[Any], *, micro_batch: int, dp_rank: int, dp: in
 def _optimizer(cfg: TrainConfig, params: list[Any], lr: float) -> Any:
     import torch
 
-    from runner.ds_config import DEFAULT_HYPER as hp
+    from planner.configs.ds_config import DEFAULT_HYPER as hp
 
     if cfg.optimizer is Optimizer.adamw:
         return torch.optim.AdamW(params, lr=lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
@@ -225,7 +225,7 @@ def _build_engine(cfg: TrainConfig, opts: RunOptions, model: Any, on_cuda: bool)
     from deepspeed.runtime.activation_checkpointing.checkpointing import non_reentrant_checkpoint
     from transformers import get_linear_schedule_with_warmup
 
-    from runner.ds_config import learning_rate
+    from planner.configs.ds_config import learning_rate
 
     config = ds_config(cfg, on_cuda)
     layout = config["pipeline"]  # HF-style checkpointing recomputes whole layers; "selective" maps to it too
@@ -278,6 +278,7 @@ def _train_steps(run: _Run, batches: Iterator[MicroBatch], start: int, writer: A
     import torch
     import torch.distributed as dist
 
+    from planner.compute import mfu
     from runner import metrics as mt
 
     cfg, opts, eng = run.cfg, run.opts, run.engine
@@ -294,7 +295,7 @@ def _train_steps(run: _Run, batches: Iterator[MicroBatch], start: int, writer: A
         tokens = int(count) // cfg.pp  # every stage of a pipeline counted its replica's batch
         loss_sum, time_sum, tokens_sum = loss_sum + loss, time_sum + dt, tokens_sum + tokens
         row: dict[str, Any] = {"step": step, "step_time_s": dt, "tokens": tokens, "tokens_per_s": tokens / dt,
-                               "mfu": mt.mfu(tokens / dt, writer.flops_token, cfg.world_size, writer.peak_flops),
+                               "mfu": mfu(tokens / dt, writer.flops_token, cfg.world_size, writer.peak_flops),
                                "peak_memory_bytes": mt.peak_memory_bytes(run.on_cuda), "loss": loss, "lr": lr}
         norm = eng.get_global_grad_norm()
         if norm is not None:
@@ -333,6 +334,7 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     import torch.distributed as dist
 
     from planner.atomic import write_text_atomic
+    from planner.compute import model_flops_per_token, peak_flops_per_s
     from runner import metrics as mt
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
     from runner.train import CHECKPOINT_RE, RUN_INFO_FILE, latest_checkpoint, prepare_data
@@ -347,7 +349,6 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     model = load_model(cfg, src, ModelOptions(rope_scaling=opts.rope_scaling, on_cuda=on_cuda))
     names = {id(p): n for n, p in model.named_parameters()}
     unsharded_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    n_params = sum(p.numel() for p in model.parameters())
     config, generation_config = model.config, getattr(model, "generation_config", None)
     engine = _build_engine(cfg, opts, model, on_cuda)
     del model  # the other stages' layers go with it
@@ -372,8 +373,8 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(log_dir=str(opts.output / "runs"), flush_secs=30)
-    writer = _Writer(path=metrics_path, tb=tb, flops_token=mt.flops_per_token(n_params, True),
-                     peak_flops=mt.peak_flops_per_s(cfg, on_cuda), is_main=run.is_main)
+    writer = _Writer(path=metrics_path, tb=tb, flops_token=model_flops_per_token(cfg),
+                     peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), is_main=run.is_main)
     t_start = time.perf_counter()
     loss_sum, time_sum, tokens_sum = _train_steps(run, batches, start, writer)
     runtime = time.perf_counter() - t_start
@@ -398,8 +399,4 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
         write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
         write_text_atomic(opts.output / RUN_INFO_FILE, json.dumps(src_info, indent=2) + "\n")
-        if opts.report:
-            from reports.run_report import print_run_summary
-
-            print_run_summary(summary, on_cuda=on_cuda)
     return summary
