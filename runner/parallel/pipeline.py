@@ -273,7 +273,8 @@ def _layout(run: _Run, unsharded_bytes: int) -> dict[str, Any]:
             "rank_stage": [r["stage"] for r in per_rank], "stage_decoder_layers": stage_layers}
 
 
-def _train_steps(run: _Run, batches: Iterator[MicroBatch], start: int, writer: Any) -> tuple[float, float, int]:
+def _train_steps(run: _Run, batches: Iterator[MicroBatch], start: int, writer: Any,
+                 probe: Any) -> tuple[float, float, int]:
     """Steps start+1..max_steps; returns (summed loss, summed step seconds, summed tokens)."""
     import torch
     import torch.distributed as dist
@@ -284,12 +285,14 @@ def _train_steps(run: _Run, batches: Iterator[MicroBatch], start: int, writer: A
     cfg, opts, eng = run.cfg, run.opts, run.engine
     loss_sum = time_sum = 0.0
     tokens_sum = 0
+    probe.step_begin_clock()
     for step in range(start + 1, opts.max_steps + 1):
         micro = [next(batches) for _ in range(cfg.grad_accum)]
         lr = eng.get_lr()[0]
         t0 = time.perf_counter()
         loss = float(eng.train_batch(iter((m.inputs, m.labels) for m in micro)))
         dt = time.perf_counter() - t0
+        probe.step_end()
         count = torch.tensor(sum(m.tokens for m in micro))
         dist.all_reduce(count)
         tokens = int(count) // cfg.pp  # every stage of a pipeline counted its replica's batch
@@ -336,6 +339,7 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     from planner.atomic import write_text_atomic
     from planner.compute import model_flops_per_token, peak_flops_per_s
     from runner import metrics as mt
+    from runner.memory_probe import MemoryProbe, gather
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
     from runner.train import CHECKPOINT_RE, RUN_INFO_FILE, latest_checkpoint, prepare_data
 
@@ -346,6 +350,7 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     resume_from = latest_checkpoint(opts.output) if opts.resume else None
     start = int(CHECKPOINT_RE.match(resume_from.name).group(1)) if resume_from else 0
     torch.manual_seed(opts.seed)
+    probe = MemoryProbe(on_cuda=on_cuda, rank=dist.get_rank())  # RSS baseline before the model
     model = load_model(cfg, src, ModelOptions(rope_scaling=opts.rope_scaling, on_cuda=on_cuda))
     names = {id(p): n for n, p in model.named_parameters()}
     unsharded_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -376,16 +381,20 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     writer = _Writer(path=metrics_path, tb=tb, flops_token=model_flops_per_token(cfg),
                      peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), is_main=run.is_main)
     t_start = time.perf_counter()
-    loss_sum, time_sum, tokens_sum = _train_steps(run, batches, start, writer)
+    probe.start(engine.module)  # this stage's weights; the first stage's forward sees the (b, s) token batches
+    try:
+        loss_sum, time_sum, tokens_sum = _train_steps(run, batches, start, writer, probe)
+    finally:
+        probe.stop()
     runtime = time.perf_counter() - t_start
+    ranks = gather(probe.m)  # every rank's memory and step figures, for rank 0's summary
     if tb is not None:
         tb.close()
     eval_loss = _eval_loss(run, eval_set, tokenizer.pad_token_id)
     summary: dict[str, Any] = {
         "plan": str(cfg), "steps": opts.max_steps, "resumed_from_step": start,
         "train_loss": loss_sum / max(1, opts.max_steps - start), "train_runtime_s": runtime,
-        "measured_tokens_per_s": tokens_sum / time_sum if time_sum else 0.0,
-        "measured_peak_memory_bytes": mt.peak_memory_bytes(on_cuda), "world_size": cfg.world_size,
+        "tokens_per_s_logged": tokens_sum / time_sum if time_sum else 0.0, "world_size": cfg.world_size,
         "engine": "deepspeed-pipeline", **_layout(run, unsharded_bytes)}
     if eval_loss is not None:
         summary["eval_loss"] = eval_loss
@@ -393,9 +402,10 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     _save_model(run, config, names, generation_config)
     if run.is_main:
         tokenizer.save_pretrained(str(opts.output))
-        pred = mt.predicted(cfg)
-        summary["predicted_peak_memory_bytes"] = pred.memory_bytes
-        summary["predicted_tokens_per_s"] = pred.tokens_per_s
+        from planner.calibration import load_calibration
+        from runner.summary import comparison
+
+        summary |= comparison(cfg, ranks, on_cuda=on_cuda, cal=load_calibration(opts.calibration))
         write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
         write_text_atomic(opts.output / RUN_INFO_FILE, json.dumps(src_info, indent=2) + "\n")
