@@ -11,6 +11,24 @@ from planner.estimate import Limits
 from planner.strategy import Method
 
 
+def parse_choices(text: str | None, enum: type, option: str) -> tuple:
+    """A comma-separated list of enum values (`adamw,adamw_8bit`); None when not given."""
+    from planner.errors import PlanError
+
+    if text is None:
+        return ()
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            out.append(enum(part))
+        except ValueError:
+            raise PlanError(f"{option}: unknown value '{part}'; choose from "
+                            f"{', '.join(e.value for e in enum)}") from None
+    if not out:
+        raise PlanError(f"{option} is empty")
+    return tuple(dict.fromkeys(out))
+
+
 def limits_from(host_memory: float | None, nvme: float, headroom: float) -> Limits:
     from planner.errors import PlanError
 
@@ -82,11 +100,13 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
          headroom: o.HeadroomOpt = 0.0, top: o.TopOpt = 3, json_out: o.JsonOpt = False,
          emit_dir: o.EmitOpt = None, pick: o.PickOpt = 1, force: o.ForceOpt = False,
          calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None, samples: o.SamplesOpt = None,
-         epochs: o.EpochsOpt = 1.0,
+         epochs: o.EpochsOpt = 1.0, optimizer: o.OptimizerOpt = o.Optimizer.adamw,
+         optimizers: o.OptimizersOpt = None, attns: o.AttnsOpt = None,
          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
          include_unrunnable: o.IncludeUnrunnableOpt = False) -> None:
-    """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (runnable plans first)."""
+    """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (within 1%: simpler first;
+    plans `ftplan run` executes first unless --include-unrunnable)."""
     from planner.calibration import load_calibration
     from planner.errors import PlanError
     from planner.search import SearchSpace
@@ -103,7 +123,9 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
     if seq_len > base.model.max_seq_len:
         raise PlanError(f"--seq-len {seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
     space = SearchSpace(methods=tuple(dict.fromkeys(method)) if method else SearchSpace().methods,
-                        global_batch=global_batch)
+                        global_batch=global_batch,
+                        optimizers=parse_choices(optimizers, o.Optimizer, "--optimizers") or (optimizer,),
+                        attns=parse_choices(attns, o.Attn, "--attns") or SearchSpace().attns)
     if emit_dir is None and pick != 1:
         raise PlanError("--pick chooses the plan to --emit: pass --emit DIR too")
     size = job_size(tokens, samples, epochs)

@@ -153,13 +153,32 @@ def run(model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog
 
 
 @profile_app.command("calibrate")
-def calibrate_cmd(profiles: Annotated[list[Path], typer.Argument(help="Profile files from `profile run/dry-run "
-                                                                 "--save`.")],
-                  out: Annotated[Path, typer.Option("--out", "-o", help="Calibration file to write.")],
+def calibrate_cmd(out: Annotated[Path, typer.Option("--out", "-o", help="Calibration file to write.")],
+                  profiles: Annotated[list[Path] | None, typer.Argument(help="Profile files from `profile run/dry-run "
+                                                                        "--save`.")] = None,
+                  device: Annotated[bool, typer.Option(
+                      "--device", help="Measure this machine as the CPU device instead (GEMM rate vs size, memory "
+                      "bandwidth, op dispatch, gloo all-reduce) and write the fitted constants to --out.")] = False,
                   json_out: o.JsonOpt = False) -> None:
     """Fit the planner's correction factors to saved profiles; report the error before and after."""
+    if device:
+        from planner.atomic import write_text_atomic
+        from profiler.device_fit import fit_device
+        from reports.profile_report import device_fit_view
+
+        data = {"ftplan_device_fit": 1, **fit_device().to_dict()}
+        write_text_atomic(out, json.dumps(data, indent=2) + "\n")
+        if json_out:
+            from reports.fmt import print_json
+
+            print_json(data)
+            return
+        Console().print(device_fit_view(data, str(out)))
+        return
     from reports.profile_report import calibration_view
 
+    if not profiles:
+        raise PlanError("no profiles given: pass profile files written by `ftplan profile run --save`, or --device")
     data = _calibrate(profiles, [], out)
     if json_out:
         from reports.fmt import print_json

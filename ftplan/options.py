@@ -41,6 +41,10 @@ LoraTargetsOpt = Annotated[str, typer.Option(help="Comma-separated LoRA target m
 QuantOpt = Annotated[Quant | None, typer.Option(help="Base-weight quantization (QLoRA); default nf4 for qlora.")]
 PrecisionOpt = Annotated[Precision, typer.Option(help="Precision: fp32 master under *-mixed, none under bf16-true.")]
 OptimizerOpt = Annotated[Optimizer, typer.Option(help="Optimizer.")]
+OptimizersOpt = Annotated[str | None, typer.Option(
+    "--optimizers", help="Search these optimizers (comma-separated, e.g. adamw,adamw_8bit) instead of --optimizer.")]
+AttnsOpt = Annotated[str | None, typer.Option(
+    "--attns", help="Search these attention implementations (comma-separated, e.g. sdpa,eager) instead of sdpa.")]
 ZeroOpt = Annotated[int | None, typer.Option("--zero", min=0, max=3, help="DeepSpeed ZeRO stage (0-3).")]
 OffloadOpt = Annotated[Offload, typer.Option(help="Offload optimizer states, or everything.")]
 OffloadDeviceOpt = Annotated[OffloadDevice, typer.Option(help="Where offloaded states go.")]

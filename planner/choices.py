@@ -98,7 +98,7 @@ class CrossEntropy(str, Enum):
 
 class Kernels(str, Enum):
     eager = "eager"  # transformers' PyTorch modules
-    liger = "liger"  # Liger-Kernel's fused RMSNorm, SwiGLU and RoPE (planner.kernels)
+    liger = "liger"  # Liger-Kernel's fused RMSNorm, SwiGLU and RoPE (planner.liger_kernels)
 
 
 class FsdpVersion(IntEnum):

@@ -1,12 +1,12 @@
 """The memory switches users turn on, as the memory model (planner.memory) applies them to one config:
 cross-entropy implementation, Liger kernels, activation offloading, FSDP version, QLoRA sharded storage.
-The formulas live in planner.loss_memory, planner.kernels and planner.offload_activations."""
+The formulas live in planner.loss_memory, planner.liger_kernels and planner.offload_activations."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from planner import kernels, loss_memory, offload_activations
+from planner import liger_kernels, loss_memory, offload_activations
 from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Quant
 from planner.params import embedding_params, head_params, layer_params, quantizable_params
 
@@ -32,14 +32,14 @@ def kernel_saving_per_token(cfg: TrainConfig, act_bytes: int, *, recomputed: boo
     layer keeps only its input, so the saving applies to the one layer backward recomputes."""
     if cfg.kernels is not Kernels.liger or (cfg.grad_ckpt is GradCkpt.full and not recomputed):
         return 0.0
-    return kernels.liger_layer_saving_bytes_per_token(cfg.model, act_bytes=act_bytes, t=cfg.tp,
+    return liger_kernels.liger_layer_saving_bytes_per_token(cfg.model, act_bytes=act_bytes, t=cfg.tp,
                                                       sequence_parallel=cfg.sequence_parallel)
 
 
 def final_norm_saving_per_token(cfg: TrainConfig, act_bytes: int) -> float:
     if cfg.kernels is not Kernels.liger:
         return 0.0
-    return kernels.liger_final_norm_saving_bytes_per_token(cfg.model, act_bytes=act_bytes)
+    return liger_kernels.liger_final_norm_saving_bytes_per_token(cfg.model, act_bytes=act_bytes)
 
 
 def gpu_activation_bytes(cfg: TrainConfig, per_layer_bytes: float, layers: int) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from planner import collectives as col
 from planner import parallel_comm as pc
 from planner.choices import (
     Engine,
@@ -20,12 +21,12 @@ from planner.choices import (
     Quant,
     ZeroStage,
 )
-from planner.comm import Group, allreduce_time_s
+from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines import ddp
-from planner.engines.sharded import overlap, sharded_comm
+from planner.engines.sharded import overlap_for, sharded_comm
 from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.params import embedding_params, head_params, layer_params
-from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes
+from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, stage_layers
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -157,20 +158,30 @@ gradient_offloads_per_step = ddp.gradient_offloads_per_step  # every micro-batch
 
 def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
             comm_eff: float) -> tuple[float, float, float]:
-    """(total, exposed) data-parallel seconds per step, and host-link seconds of CPU offload."""
+    """(total, exposed) data-parallel seconds per step, and host-link seconds of CPU offload; one
+    all-gather and one reduce-scatter per unit (planner/collectives.py)."""
     # MixedPrecision reduces in 16 bits
     grad_bytes = trainable_gpu * (4.0 if cfg.precision is Precision.fp32 else 2.0)
     if cfg.fsdp is FsdpStrategy.no_shard:
-        ar = pc.grad_allreduce_s(grad_bytes, g)
-        return ar, overlap(ar, bwd_s, allreduce_time_s(min(ddp.DDP_BUCKET_BYTES, grad_bytes), g)), 0.0
-    unit = param_bytes_gpu / cfg.model.num_layers  # one decoder layer per FSDP unit (auto-wrap policy)
+        return ddp.bucketed_allreduce(cfg, g, grad_bytes, bwd_s)
+    units = col.fsdp_units(stage_layers(cfg.model.num_layers, cfg.pp))
     if cfg.fsdp is FsdpStrategy.hybrid_shard:
         shard = g.per_node
         intra = pc.intra_node_group(cfg.cluster, shard, comm_eff)
-        total, exposed, h2d = sharded_comm(cfg, intra, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, unit, gathers=2)
+        total, exposed, h2d = sharded_comm(cfg, intra, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, units, units,
+                                           gathers=2)
         replicas = Group(n=cfg.dp // shard, per_node=1, intra_bytes_per_s=g.intra_bytes_per_s,
                          inter_bytes_per_s=g.inter_bytes_per_s)
-        ar = cfg.grad_accum * allreduce_time_s(grad_bytes / shard, replicas)
-        return total + ar, exposed + overlap(ar, cfg.grad_accum * bwd_s, allreduce_time_s(unit / shard, replicas)), h2d
+        ar = cfg.grad_accum * split_time_s(allreduce_time_s, grad_bytes / shard, units, replicas)
+        return total + ar, exposed + overlap_for(cfg)(ar, cfg.grad_accum * bwd_s, ar / (cfg.grad_accum * units)), h2d
     gathers = 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
-    return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, unit, gathers=gathers)
+    return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, units, units, gathers=gathers)
+
+
+def hook_host_s(cfg: TrainConfig, layers: int) -> float:
+    """Per micro-batch: host work of FSDP's unit hooks (planner/collectives.py)."""
+    if not is_sharded(cfg):
+        return 0.0
+    gpu = cfg.cluster.gpu
+    per = gpu.fsdp_unit_host_s if gpu.fsdp_unit_host_s is not None else col.FSDP_UNIT_HOST_OPS * gpu.host_op_s
+    return col.fsdp_units(layers) * per
