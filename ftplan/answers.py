@@ -4,6 +4,7 @@ option names; each answer's `json()` is exactly what `--json` prints."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,9 +162,11 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
                 tokens: float | None = None, samples: float | None = None, epochs: float = 1.0,
                 optimizer: Optimizer = Optimizer.adamw, optimizers: str | None = None, attns: str | None = None,
                 cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
-                activation_offload: bool = False, fsdp_version: int = 2) -> PlanAnswer:
+                activation_offload: bool = False, fsdp_version: int = 2,
+                include_unrunnable: bool = False) -> PlanAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
+    from planner.runnable import runnable_first
     from planner.search import SearchSpace, plan, search_space
     from planner.timing import job_size
 
@@ -180,6 +183,8 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
                          attns=parse_choices(attns, Attn, "--attns") or SearchSpace().attns)
     size = job_size(tokens, samples, epochs)
     result = plan(base, space, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
+    if not include_unrunnable:  # the winner (and --emit's pick) is a plan `ftplan run` executes
+        result = dataclasses.replace(result, plans=runnable_first(result.plans))
     return PlanAnswer(result, size, top, all_plans)
 
 

@@ -81,8 +81,10 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
          epochs: o.EpochsOpt = 1.0, optimizer: o.OptimizerOpt = o.Optimizer.adamw,
          optimizers: o.OptimizersOpt = None, attns: o.AttnsOpt = None,
          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
-         activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
-    """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (within 1%: simpler first)."""
+         activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
+         include_unrunnable: o.IncludeUnrunnableOpt = False) -> None:
+    """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (within 1%: simpler first;
+    plans `ftplan run` executes first unless --include-unrunnable)."""
     from ftplan.answers import plan_answer
     from planner.errors import PlanError
 
@@ -94,7 +96,7 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
                          headroom=headroom, top=top, all_plans=all_plans, calibration=calibration, tokens=tokens,
                          samples=samples, epochs=epochs, optimizer=optimizer, optimizers=optimizers, attns=attns,
                          cross_entropy=cross_entropy, kernels=kernels, activation_offload=activation_offload,
-                         fsdp_version=fsdp_version)
+                         fsdp_version=fsdp_version, include_unrunnable=include_unrunnable)
     emitted = None
     if emit_dir is not None:
         from ftplan.cmd_emit import emit_pick
@@ -108,7 +110,7 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
     from reports.plan_report import plan_view
 
     per_method = len(answer.result.plans) if all_plans else top
-    Console().print(plan_view(answer.result, per_method, answer.job))
+    Console().print(plan_view(answer.result, per_method, answer.job, runnable_first=not include_unrunnable))
     if emitted is not None:
         Console().print(emitted)
 

@@ -28,7 +28,9 @@ def _plan_on_the_fly(model: str, gpus: str, method: Method, stage: Stage, seq_le
     if base.cluster.gpu.name == "CPU":
         # bitsandbytes optimizers and FlashAttention-2 need CUDA; TP/PP are not run by the Trainer-based runner
         space = replace(space, optimizers=(Optimizer.adamw,), attns=(Attn.sdpa,))
-    fitting = plan(base, space).plans
+    from planner.runnable import runnable
+
+    fitting = [est for est in plan(base, space).plans if runnable(est.config)]
     if base.cluster.gpu.name == "CPU":
         # on the CPU device, "device" memory is host memory: offloading to the host only adds copies
         fitting = [est for est in fitting if est.config.offload is Offload.none]

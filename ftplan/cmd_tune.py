@@ -63,7 +63,8 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
          headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None, trial_steps: TrialStepsOpt = 3,
          trial_timeout: TrialTimeoutOpt = 300.0, seed: SeedOpt = 0, json_out: o.JsonOpt = False,
          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
-         activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
+         activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
+         include_unrunnable: o.IncludeUnrunnableOpt = False) -> None:
     """Autotune: search the plan space with Optuna (time model), optionally with short real trials."""
     from rich.console import Console
 
@@ -107,7 +108,8 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     space = build_space(base, space_def, filters, runnable)
     opts = TuneOptions(trials=trials, measure=measure, top=top, storage=storage, study=study, timeout_s=timeout,
                        seed=seed, trial_steps=trial_steps, trial_timeout_s=trial_timeout,
-                       limits=limits_from(host_memory, nvme, headroom), cal=load_calibration(calibration))
+                       limits=limits_from(host_memory, nvme, headroom), cal=load_calibration(calibration),
+                       include_unrunnable=include_unrunnable)
     quiet_optuna()
     err = Console(stderr=True)
     from reports.tune_report import tune_progress

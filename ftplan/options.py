@@ -98,6 +98,9 @@ EmitOpt = Annotated[Path | None, _output(
     "--emit", help="Write plan.json, ds_config, accelerate.yaml, launch.sh and LLaMA-Factory YAML into this folder.")]
 PickOpt = Annotated[int, _output(
     "--pick", help="With --emit: write the plan ranked N (the # column) instead of the best.")]
+IncludeUnrunnableOpt = Annotated[bool, _output(
+    "--include-unrunnable", help="Rank every plan by speed, also those `ftplan run` does not execute "
+                                 "(default: the winner is the best plan it runs).")]
 ForceOpt = Annotated[bool, _output(
     "--force", help="Overwrite files that already exist in the --emit directory.")]
 RopeScalingOpt = Annotated[str | None, typer.Option(

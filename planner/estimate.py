@@ -117,12 +117,16 @@ def estimate(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration = DEF
 
 
 def estimate_to_dict(est: Estimate) -> dict[str, Any]:
+    from planner.runnable import unrunnable_reasons
     from planner.serialize import config_to_dict
 
     mem = est.memory
+    not_run = unrunnable_reasons(est.config)
     return {
         "name": str(est.config),
         "strategy": est.config.strategy_name(),
+        "runnable": not not_run,  # whether `ftplan run` executes this plan (planner/runnable.py)
+        "unrunnable_reasons": not_run,
         "params_total": est.params_total,
         "params_trainable": est.params_trainable,
         "gpu_memory_bytes": est.gpu_memory_bytes,

@@ -22,6 +22,7 @@ class TrialRow:
     predicted_peak_bytes: float | None
     reason: str
     wall_s: float | None
+    runnable: bool | None = None  # whether `ftplan run` executes the plan (planner/runnable.py)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,15 +14,20 @@ from reports.fmt import params
 from reports.memory_report import memory_table
 from reports.wrap import HyphenWrapped
 
+RUN_MARK, NO_RUN_MARK = "✓", "✗"
+
 
 def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
     from rich import box
 
+    from planner.runnable import runnable
     from planner.timing import step_time
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for col, justify in (("#", "right"), ("method", "left"), ("plan", "left"), ("GiB/GPU (fill)", "right"),
-                         ("tokens/s", "right"), ("step s", "right"), ("MFU", "right")):
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  caption=f"run: {RUN_MARK} = `ftplan run` executes the plan, {NO_RUN_MARK} = it does not "
+                          "(--json: unrunnable_reasons)", caption_justify="left")
+    for col, justify in (("#", "right"), ("method", "left"), ("plan", "left"), ("run", "left"),
+                         ("GiB/GPU (fill)", "right"), ("tokens/s", "right"), ("step s", "right"), ("MFU", "right")):
         # narrow enough for an 80-column terminal: the plan name wraps at its `-` boundaries, numbers never do
         table.add_column(col, justify=justify, no_wrap=col != "plan")
     shown: dict[Method, int] = {}
@@ -32,14 +37,15 @@ def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
             continue
         shown[method] = shown.get(method, 0) + 1
         t = est.time if est.time is not None else step_time(est.config)
-        table.add_row(str(rank), method.value, HyphenWrapped(str(est.config)), f"{est.memory.total / 2**30:.1f} "
+        table.add_row(str(rank), method.value, HyphenWrapped(str(est.config)),
+                      RUN_MARK if runnable(est.config) else NO_RUN_MARK, f"{est.memory.total / 2**30:.1f} "
                       f"({100 * est.memory.total / est.gpu_memory_bytes:.0f}%{' tight' if est.tight else ''})",
                       f"{t.tokens_per_s:,.0f}",
                       f"{t.step_time_s:.2f}", f"{100 * t.mfu:.0f}%")
     return table
 
 
-def plan_view(result: PlanResult, per_method: int, job: JobTime | None = None) -> Group:
+def plan_view(result: PlanResult, per_method: int, job: JobTime | None = None, runnable_first: bool = True) -> Group:
     if not result.plans:
         reasons = sorted(result.rejected.items(), key=lambda kv: -kv[1])[:5]
         lines = [Text(f"No plan fits ({result.candidates_evaluated:,} candidates evaluated).", style="red bold")]
@@ -55,8 +61,12 @@ def plan_view(result: PlanResult, per_method: int, job: JobTime | None = None) -
     from reports.time_report import time_table
 
     t = best.time if best.time is not None else step_time(cfg)
-    return Group(head, ranking_table(result, per_method, "Best plans per method (ranked by tokens/s)"),
-                 memory_table(best, title=f"Winner: {cfg.method.value} {cfg}"),
+    from planner.runnable import runnable
+
+    order = "ranked by tokens/s, plans `ftplan run` executes first" if runnable_first else "ranked by tokens/s"
+    win = f"Winner: {cfg.method.value} {cfg}" + ("" if runnable(cfg) else " (not run by `ftplan run`)")
+    return Group(head, ranking_table(result, per_method, f"Best plans per method ({order})"),
+                 memory_table(best, title=win),
                  time_table(t, f"Winner's step time: {cfg.method.value} {cfg}", job))
 
 

@@ -57,7 +57,8 @@ def trials_table(result: TuneResult) -> Table:
     measured = result.measured
     title = ("Measured trials" if measured else "Analytical trials") + " (best first; failures with their reason)"
     table = Table(title=title, title_justify="left")
-    cols = [("#", "right"), ("plan", "left"), ("state", "left"), ("tokens/s", "right"), ("GiB", "right")]
+    cols = [("#", "right"), ("plan", "left"), ("run", "left"), ("state", "left"), ("tokens/s", "right"),
+            ("GiB", "right")]
     if measured:
         cols += [("pred tok/s", "right"), ("pred GiB", "right"), ("trial s", "right")]
     cols += [("reason", "left")]
@@ -73,7 +74,7 @@ def trials_table(result: TuneResult) -> Table:
         style = "bold green" if r.number == result.best_row.number and r.state == "complete" else (
             "red" if r.state == "failed" else "")
         name = HyphenWrapped(r.name) if r.name else _params_name(r)
-        cells = [str(r.number), name, r.state, _num(r.tokens_per_s), _gib(r.peak_bytes)]
+        cells = [str(r.number), name, _run_mark(r.runnable), r.state, _num(r.tokens_per_s), _gib(r.peak_bytes)]
         if measured:
             cells += [_num(r.predicted_tokens_per_s), _gib(r.predicted_peak_bytes), _num(r.wall_s, ".1f")]
         cells.append(r.reason[:90])
@@ -86,6 +87,13 @@ def trials_table(result: TuneResult) -> Table:
                 counts[r.state] = counts.get(r.state, 0) + 1
         table.caption = f"{rest:,} more: " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items()))
     return table
+
+
+def _run_mark(flag: bool | None) -> str:
+    """Whether `ftplan run` executes the plan (marks as in `ftplan plan`); blank when the trial names no plan."""
+    from reports.plan_report import NO_RUN_MARK, RUN_MARK
+
+    return "" if flag is None else RUN_MARK if flag else NO_RUN_MARK
 
 
 def _params_name(r: TrialRow) -> str:
@@ -111,7 +119,10 @@ def tune_view(result: TuneResult) -> Group:
     parts: list[Any] = [head, trials_table(result), pareto_table(result)]
     b = result.best_row
     what = "measured" if result.measured else "predicted"
+    from planner.runnable import runnable
+
     win = Text.assemble(("Winner: ", "bold green"), (f"{cfg.method.value} {cfg}", "bold"),
+                        "" if runnable(cfg) else " (not run by `ftplan run`)",
                         f"  {_num(b.tokens_per_s)} tokens/s {what}, {_gib(result.best.memory.total)} GiB/GPU predicted")
     if result.measured:
         win.append(f"; real trials took {result.measured_trial_s:,.0f} s in all")
@@ -123,7 +134,7 @@ def _row_json(r: TrialRow) -> dict[str, Any]:
     return {"number": r.number, "phase": r.phase, "state": r.state, "name": r.name, "params": r.params,
             "tokens_per_s": r.tokens_per_s, "peak_bytes": r.peak_bytes,
             "predicted_tokens_per_s": r.predicted_tokens_per_s, "predicted_peak_bytes": r.predicted_peak_bytes,
-            "reason": r.reason, "wall_s": r.wall_s}
+            "reason": r.reason, "wall_s": r.wall_s, "runnable": r.runnable}
 
 
 def tune_json(result: TuneResult, emitted: list[str] | None = None) -> dict[str, Any]:

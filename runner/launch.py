@@ -98,10 +98,11 @@ def launch_script(cfg: TrainConfig) -> str:
         f"# Written by ftplan for {cfg} ({cfg.method.value} {cfg.model.name} on {cfg.cluster}: "
         f"{nodes} node(s) x {per_node} processes).",
         "#",
-        "# Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]",
+        "# Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER [RUN OPTIONS]]",
         "#   LAUNCHER: " + ("torchrun (default), " if multi else
                           "ftplan (default: `ftplan run` starts the launcher itself), torchrun, ")
         + ("deepspeed, " if lines.deepspeed else "") + "accelerate, llamafactory",
+        "#   RUN OPTIONS go to the training (not llamafactory), e.g. --output run/ --max-steps 500",
     ]
     if multi:
         out += [f"# Multi-node: run on each of the {nodes} nodes with NODE_RANK=0..{nodes - 1} and MASTER_ADDR set to",
@@ -120,22 +121,31 @@ def launch_script(cfg: TrainConfig) -> str:
         f'MASTER_PORT="${{MASTER_PORT:-{DEFAULT_MASTER_PORT}}}"',
         f'if [ "$NNODES" != "{nodes}" ]; then echo "this plan is for {nodes} node(s), NNODES=$NNODES" >&2; exit 2; fi',
         "export NNODES NODE_RANK MASTER_ADDR MASTER_PORT",
+    ]
+    if cfg.cluster.gpu.name == "CPU":
+        # as `ftplan run` sets them (runner/launcher.py, launch_env): DeepSpeed's CPU accelerator, one thread a rank
+        out += ['export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES=""']
+        if cfg.world_size > 1:
+            out += ['export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"']
+    out += [
+        f'LAUNCHER="${{1:-{"torchrun" if multi else "ftplan"}}}"',
+        "shift $(( $# > 0 ? 1 : 0 ))",
         "",
-        f'case "${{1:-{"torchrun" if multi else "ftplan"}}}" in',
+        'case "$LAUNCHER" in',
     ]
     if not multi:
         out += ["  ftplan)",
-                '    exec ftplan run "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;']
-    out += ["  torchrun)", f"    exec {lines.torchrun} ;;"]
+                '    exec ftplan run "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" "$@" ;;']
+    out += ["  torchrun)", f'    exec {lines.torchrun} "$@" ;;']
     if lines.deepspeed:
         out += ["  deepspeed)"]
         if multi:
             out += [f'    : "${{HOSTS:?set HOSTS to the {nodes} node names, node 0 first}}"',
                     f'    for h in $HOSTS; do echo "$h slots={per_node}"; done > "$HERE/hostfile"']
-        out += [f"    exec {lines.deepspeed} ;;"]
-    out += ["  accelerate)", f"    exec {lines.accelerate} ;;",
+        out += [f'    exec {lines.deepspeed} "$@" ;;']
+    out += ["  accelerate)", f'    exec {lines.accelerate} "$@" ;;',
             "  llamafactory)", f"    exec {lines.llamafactory} ;;",
-            '  *) echo "unknown launcher: $1" >&2; exit 2 ;;',
+            '  *) echo "unknown launcher: $LAUNCHER" >&2; exit 2 ;;',
             "esac",
             "",
             "# The same plan with your own training script:"]

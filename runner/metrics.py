@@ -48,10 +48,13 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops: float,
-                  on_cuda: bool, is_main: bool, max_steps: int, tensorboard_dir: Path | None = None) -> Any:
+                  on_cuda: bool, is_main: bool, max_steps: int, tensorboard_dir: Path | None = None,
+                  batch_copies: int = 1) -> Any:
     """A transformers TrainerCallback writing one JSONL row (and TensorBoard scalars) per optimizer step and
-    drawing the progress bar. TensorBoard events are written by the writer's background thread, flushed every
-    30 s and at the end, rather than flushed at every step as transformers' TensorBoardCallback does."""
+    drawing the progress bar. `batch_copies` ranks see each batch (the TP degree: every rank of a tensor-parallel
+    group gets the same batch), so the Trainer's token count over all ranks is divided by it. TensorBoard events
+    are written by the writer's background thread, flushed every 30 s and at the end, rather than flushed at every
+    step as transformers' TensorBoardCallback does."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -92,7 +95,7 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
             now = time.perf_counter()
             dt, self.t_last = now - self.t_last, now
             # the Trainer's count of unpadded tokens over all ranks (include_num_input_tokens_seen="non_padding")
-            tokens = state.num_input_tokens_seen - self.tokens_seen
+            tokens = (state.num_input_tokens_seen - self.tokens_seen) // batch_copies
             self.tokens_seen = state.num_input_tokens_seen
             tps = tokens / dt if dt > 0 else 0.0
             self.pending = {"step": state.global_step, "step_time_s": dt, "tokens": tokens, "tokens_per_s": tps,

@@ -102,14 +102,13 @@ def prepare_data(cfg: TrainConfig, opts: RunOptions, tokenizer: Any) -> tuple[li
 
 def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     """Checks that need no torch, run before anything is written (and before a launcher starts)."""
+    from planner.runnable import unrunnable_reasons
     from runner import data as d
     from runner.model import model_source, parse_rope_scaling
 
-    if cfg.stage not in (Stage.pt, Stage.sft):
-        raise PlanError(f"stage '{cfg.stage.value}' is not run by ftplan run (pt and sft are)")
-    if cfg.tp > 1 or cfg.pp > 1:
-        raise PlanError(f"plan {cfg} uses TP/PP, which the Trainer-based runner does not run; "
-                        "re-plan with --tp 1 --pp 1")
+    reasons = unrunnable_reasons(cfg)
+    if reasons:
+        raise PlanError(f"plan {cfg} is not run by ftplan run: {reasons[0]}")
     if opts.max_steps < 1:
         raise PlanError(f"--max-steps must be at least 1, got {opts.max_steps}")
     if opts.rope_scaling:
@@ -257,12 +256,17 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     from runner import metrics as mt
     from runner.memory_probe import MemoryProbe, gather
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
+    from runner.parallel import layout
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:
         raise PlanError(f"plan {cfg} needs {cfg.world_size} processes, this run has {world}: "
                         "start it with `ftplan run`, which launches them")
     on_cuda = on_cuda_device(cfg)
+    if cfg.pp > 1:
+        from runner.parallel.pipeline import run_pipeline
+
+        return run_pipeline(cfg, opts, on_cuda=on_cuda)
     src = model_source(opts.model_path)
     tokenizer = load_tokenizer(src)
     train_set, eval_set = prepare_data(cfg, opts, tokenizer)
@@ -283,7 +287,10 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
             mt.truncate_metrics(metrics_path, int(CHECKPOINT_RE.match(resume_from.name).group(1)))
         else:
             metrics_path.unlink(missing_ok=True)
-    callback = mt.make_callback(path=metrics_path, world_size=world, flops_token=model_flops_per_token(cfg),
+    shapes = layout.full_shapes(model)
+    unsharded_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    callback = mt.make_callback(path=metrics_path, world_size=world, batch_copies=cfg.tp,
+                                flops_token=model_flops_per_token(cfg),
                                 peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
                                 is_main=is_main,
                                 max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
@@ -299,6 +306,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         probe.stop()
     ranks = gather(probe.m)  # every rank's memory and step figures, for rank 0's summary
     eval_metrics = trainer.evaluate() if eval_set else {}
+    per_rank = layout.gather_rank_parameters(layout.rank_parameters(trainer.model_wrapped, shapes))
     trainer.save_model(str(opts.output))  # the adapter (peft) or the full model, gathered under ZeRO-3 / FSDP
     summary = {
         "plan": str(cfg),
@@ -307,6 +315,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "world_size": world,
+        **layout.summary_fields(per_rank, unsharded_bytes),
     }
     if eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]

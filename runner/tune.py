@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.estimate import Estimate, Limits, estimate
+from planner.runnable import runnable
 from planner.strategy import TrainConfig
 from planner.tune_result import TrialRow, TuneResult
 from planner.tune_space import (
@@ -78,6 +79,7 @@ class TuneOptions:
     trial_timeout_s: float = 300.0
     limits: Limits = field(default_factory=Limits)
     cal: Calibration = DEFAULT
+    include_unrunnable: bool = False  # False: the winner is the best plan `ftplan run` executes
 
 
 class _MeasuredFailure(Exception):
@@ -164,7 +166,8 @@ def _suggest(trial: optuna.Trial, space: TuneSpace) -> dict[str, Choice]:
 
 def _analytic_attrs(cfg: TrainConfig, s: Any) -> dict[str, Any]:
     attrs = {"name": trial_label(cfg), "tokens_per_s": s.tokens_per_s, "step_time_s": s.step_time_s,
-             "peak_bytes": s.peak_bytes, "overshoot_bytes": s.overshoot_bytes, "grad_accum": cfg.grad_accum}
+             "peak_bytes": s.peak_bytes, "overshoot_bytes": s.overshoot_bytes, "grad_accum": cfg.grad_accum,
+             "runnable": runnable(cfg)}
     if s.overshoot_bytes > 0:
         attrs["reason"] = "; ".join(s.estimate.fit_reasons) or "does not fit"
     return attrs
@@ -335,6 +338,7 @@ def measured_study(space: TuneSpace, ranked: list[tuple[TrainConfig, Any]], opts
             trial.set_user_attr("reason", f"same plan as trial {twin.number}: not run again")
             raise optuna.TrialPruned(f"duplicate of trial {twin.number}")
         trial.set_user_attr("name", trial_label(cfg))
+        trial.set_user_attr("runnable", runnable(cfg))
         trial.set_user_attr("grad_accum", cfg.grad_accum)
         trial.set_user_attr("predicted_tokens_per_s", s.tokens_per_s)
         trial.set_user_attr("predicted_peak_bytes", s.peak_bytes)
@@ -382,7 +386,22 @@ def _row(t: FrozenTrial, phase: str) -> TrialRow:
                     predicted_tokens_per_s=a.get("predicted_tokens_per_s") if measured else value,
                     predicted_peak_bytes=a.get("predicted_peak_bytes") if measured else a.get("peak_bytes"),
                     reason=str(a.get("reason", "") or (f"{a['failure']}" if "failure" in a else "")),
-                    wall_s=a.get("wall_s"))
+                    wall_s=a.get("wall_s"), runnable=a.get("runnable"))
+
+
+def _pick(ranked: list[FrozenTrial], space: TuneSpace, opts: TuneOptions) -> FrozenTrial:
+    """The winner among trials ranked best first: the best runnable one (the best of all when none is runnable,
+    or with --include-unrunnable). Trials stored before the flag existed are judged from their plan."""
+    if opts.include_unrunnable:
+        return ranked[0]
+    for t in ranked:
+        flag = t.user_attrs.get("runnable")
+        if flag is None:
+            cfg, _ = space.config_for(t.params)
+            flag = cfg is not None and runnable(cfg)
+        if flag:
+            return t
+    return ranked[0]
 
 
 def _estimate_for(space: TuneSpace, params: dict[str, Any], opts: TuneOptions) -> Estimate:
@@ -433,7 +452,7 @@ def tune(space: TuneSpace, opts: TuneOptions, progress: Progress | None = None) 
     feasible.sort(key=lambda t: rank_key(t.values[0], t.values[1]))
     measured_s = 0.0
     if not opts.measure:
-        best_t = feasible[0]
+        best_t = _pick(feasible, space, opts)
         rows = a_rows
         completed = len(feasible)
         failed = sum(1 for t in a_trials if t.state is TrialState.FAIL)
@@ -457,7 +476,7 @@ def tune(space: TuneSpace, opts: TuneOptions, progress: Progress | None = None) 
         if not ok:
             raise PlanError(f"no measured trial succeeded ({failed} failed"
                             + (f"; first: {rows[0].reason}" if rows else "") + f"); see study {name}:measured")
-        best_t = max(ok, key=lambda t: t.values[0])
+        best_t = _pick(sorted(ok, key=lambda t: -t.values[0]), space, opts)
         best_row = _row(best_t, "measured")
         best = _estimate_for(space, best_t.params, opts)
     return TuneResult(study=name, storage=url, measured=opts.measure, sampler="exhaustive" if exhaustive else "tpe",

@@ -17,6 +17,7 @@ from typing import Any
 from planner import deepspeed_sizes as sizes
 from planner.strategy import (
     Engine,
+    GradCkpt,
     Offload,
     OffloadDevice,
     Optimizer,
@@ -151,6 +152,14 @@ def build_ds_config(cfg: TrainConfig, *, for_trainer: bool = False, hp: Hyperpar
     if cfg.tp > 1:
         # AutoTP training (deepspeed/runtime/tensor_parallel/config.py, TPTrainingConfig.autotp_size)
         out["tensor_parallel"] = {"autotp_size": cfg.tp}
+        # saving gathers the TP shards into one state dict (engine._replace_module_consolidated_state_dict); without
+        # it accelerate's get_state_dict refuses and the Trainer writes a DeepSpeed checkpoint in place of the model
+        out["zero_optimization"]["gather_16bit_weights_on_model_save"] = True
+    if cfg.pp > 1:
+        # the pipeline engine's section (deepspeed/runtime/config.py, get_pipeline_config): p stages of the decoder
+        # layers, each recomputed in backward under checkpointing; runner/parallel/pipeline.py builds from it
+        out["pipeline"] = {"stages": cfg.pp, "partition": "type:DecoderPipe",
+                           "activation_checkpoint_interval": 0 if cfg.grad_ckpt is GradCkpt.none else 1}
     out["steps_per_print"] = 10
     out["wall_clock_breakdown"] = False
     return out

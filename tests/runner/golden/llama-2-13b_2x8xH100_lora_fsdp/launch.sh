@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Written by ftplan for <PLAN> (lora llama-2-13b on 2x8xH100: 2 node(s) x 8 processes).
 #
-# Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]
+# Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER [RUN OPTIONS]]
 #   LAUNCHER: torchrun (default), accelerate, llamafactory
+#   RUN OPTIONS go to the training (not llamafactory), e.g. --output run/ --max-steps 500
 # Multi-node: run on each of the 2 nodes with NODE_RANK=0..1 and MASTER_ADDR set to
 # node 0's address (torchrun, accelerate, llamafactory).
 set -euo pipefail
@@ -15,15 +16,17 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 if [ "$NNODES" != "2" ]; then echo "this plan is for 2 node(s), NNODES=$NNODES" >&2; exit 2; fi
 export NNODES NODE_RANK MASTER_ADDR MASTER_PORT
+LAUNCHER="${1:-torchrun}"
+shift $(( $# > 0 ? 1 : 0 ))
 
-case "${1:-torchrun}" in
+case "$LAUNCHER" in
   torchrun)
-    exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+    exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" "$@" ;;
   accelerate)
-    exec accelerate launch --config_file "$HERE/accelerate.yaml" --num_machines "$NNODES" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+    exec accelerate launch --config_file "$HERE/accelerate.yaml" --num_machines "$NNODES" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" "$@" ;;
   llamafactory)
     exec accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" src/train.py "$HERE/llamafactory.yaml" ;;
-  *) echo "unknown launcher: $1" >&2; exit 2 ;;
+  *) echo "unknown launcher: $LAUNCHER" >&2; exit 2 ;;
 esac
 
 # The same plan with your own training script:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Written by ftplan for <PLAN> (full llama-3-8b on 8xH100: 1 node(s) x 8 processes).
 #
-# Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]
+# Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER [RUN OPTIONS]]
 #   LAUNCHER: ftplan (default: `ftplan run` starts the launcher itself), torchrun, accelerate, llamafactory
+#   RUN OPTIONS go to the training (not llamafactory), e.g. --output run/ --max-steps 500
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${MODEL_PATH:?set MODEL_PATH to the model directory}"
@@ -13,17 +14,19 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 if [ "$NNODES" != "1" ]; then echo "this plan is for 1 node(s), NNODES=$NNODES" >&2; exit 2; fi
 export NNODES NODE_RANK MASTER_ADDR MASTER_PORT
+LAUNCHER="${1:-ftplan}"
+shift $(( $# > 0 ? 1 : 0 ))
 
-case "${1:-ftplan}" in
+case "$LAUNCHER" in
   ftplan)
-    exec ftplan run "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+    exec ftplan run "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" "$@" ;;
   torchrun)
-    exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+    exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" "$@" ;;
   accelerate)
-    exec accelerate launch --config_file "$HERE/accelerate.yaml" --num_machines "$NNODES" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+    exec accelerate launch --config_file "$HERE/accelerate.yaml" --num_machines "$NNODES" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" "$@" ;;
   llamafactory)
     exec accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" src/train.py "$HERE/llamafactory.yaml" ;;
-  *) echo "unknown launcher: $1" >&2; exit 2 ;;
+  *) echo "unknown launcher: $LAUNCHER" >&2; exit 2 ;;
 esac
 
 # The same plan with your own training script:

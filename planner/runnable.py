@@ -1,0 +1,84 @@
+"""Which plans `ftplan run` executes, as a table of rules: each row names a combination the runner does not run
+and says why, in the words a user reads. The planner ranks every valid plan (a plan can be valid for its engine
+and still be one the runner has no code path for); `plan` and `tune` mark each plan with `runnable(cfg)` and pick
+a runnable winner unless asked to rank everything.
+
+Pure and import-free beyond planner.strategy: planning must not import the runner, so the runner's abilities
+are restated here as data, and `runner.train.validate_inputs` refuses a plan with the same reasons.
+
+The engines behind the rules (what each one really runs, measured on 2 gloo processes on the CPU):
+- TP > 1: DeepSpeed AutoTP training through the transformers Trainer (ds_config `tensor_parallel.autotp_size`;
+  transformers/integrations/deepspeed.py calls `deepspeed.tp_model_init`, accelerate's `_prepare_deepspeed`
+  builds the TP mesh and feeds every rank of a TP group the same batch).
+- PP > 1: DeepSpeed's pipeline engine (`deepspeed.pipe.PipelineModule`, 1F1B `TrainSchedule`) over the model's
+  Hugging Face decoder layers (runner/parallel/pipeline.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from planner.strategy import Engine, Method, Offload, Optimizer, PipeSchedule, Quant, Stage, TrainConfig
+
+# decoder layers with Llama's interface (hidden states in and out, rotary embeddings from the model's rotary_emb)
+PIPELINE_LAYER_CLASSES = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "MixtralDecoderLayer")
+
+Rule = tuple[str, Callable[[TrainConfig], bool]]  # (why the runner does not run it, when the rule applies)
+
+
+def _cpu(cfg: TrainConfig) -> bool:
+    return cfg.cluster.gpu.name == "CPU"
+
+
+RULES: tuple[Rule, ...] = (
+    # stages
+    ("stage '{stage}' is not run by ftplan run (pt and sft are)",
+     lambda c: c.stage not in (Stage.pt, Stage.sft)),
+    # bitsandbytes on a plan for the CPU device
+    ("optimizer {optimizer} runs on bitsandbytes' CUDA kernels; a CPU plan runs adamw or sgd",
+     lambda c: _cpu(c) and c.optimizer not in (Optimizer.adamw, Optimizer.sgd)),
+    ("{method} with {quant} weights needs bitsandbytes' CUDA kernels; a CPU plan runs lora or full",
+     lambda c: _cpu(c) and c.quant is not Quant.none),
+    # tensor parallelism: DeepSpeed AutoTP through the Trainer
+    ("TP with LoRA: DeepSpeed AutoTP shards the layers after peft wrapped them and ZeRO's parameter map then "
+     "fails (KeyError in stage_1_and_2 _create_param_mapping); TP runs full fine-tuning",
+     lambda c: c.tp > 1 and c.method is not Method.full),
+    ("TP and PP together: DeepSpeed's pipeline engine and AutoTP are not combined by the runner",
+     lambda c: c.tp > 1 and c.pp > 1),
+    ("TP with offload: DeepSpeed's CPU Adam over AutoTP shards is not run by the runner",
+     lambda c: c.tp > 1 and c.offload is not Offload.none),
+    # pipeline parallelism: DeepSpeed's pipeline engine over the decoder layers
+    ("PP runs full fine-tuning (LoRA adapters are not wrapped into pipeline stages)",
+     lambda c: c.pp > 1 and c.method is not Method.full),
+    ("PP with offload: DeepSpeed's pipeline engine runs ZeRO-0/1 without offload here",
+     lambda c: c.pp > 1 and c.offload is not Offload.none),
+    ("PP needs DeepSpeed's pipeline engine (--zero 0 or 1)",
+     lambda c: c.pp > 1 and c.engine is not Engine.deepspeed),
+    ("interleaved pipeline schedule: DeepSpeed's pipeline engine runs 1F1B only "
+     "(deepspeed/runtime/pipe/schedule.py, TrainSchedule)",
+     lambda c: c.pp > 1 and (c.pp_schedule is PipeSchedule.interleaved or c.virtual_stages > 1)),
+    ("PP wraps Llama-style decoder layers ({layer_classes}); {model} has {layer_class}",
+     lambda c: c.pp > 1 and c.model.decoder_layer_class not in PIPELINE_LAYER_CLASSES),
+    ("PP with tied embeddings: the runner does not tie the first stage's embedding to the last stage's head",
+     lambda c: c.pp > 1 and c.model.tie_embeddings),
+    ("PP runs adamw or sgd (the pipeline runner builds the optimizer itself)",
+     lambda c: c.pp > 1 and c.optimizer not in (Optimizer.adamw, Optimizer.sgd)),
+)
+
+
+def unrunnable_reasons(cfg: TrainConfig) -> list[str]:
+    """Why `ftplan run` does not execute `cfg` (empty when it does)."""
+    fields = {"stage": cfg.stage.value, "optimizer": cfg.optimizer.value, "method": cfg.method.value,
+              "quant": cfg.quant.value, "model": cfg.model.name, "layer_class": cfg.model.decoder_layer_class,
+              "layer_classes": ", ".join(PIPELINE_LAYER_CLASSES)}
+    return [reason.format(**fields) for reason, applies in RULES if applies(cfg)]
+
+
+def runnable(cfg: TrainConfig) -> bool:
+    return not any(applies(cfg) for _, applies in RULES)
+
+
+def runnable_first(plans: list, key: Callable[[object], TrainConfig] = lambda e: e.config) -> list:
+    """`plans` (best first) with the runnable ones ahead, each group keeping its order: the default winner is
+    the best plan `ftplan run` executes."""
+    return sorted(plans, key=lambda e: not runnable(key(e)))
