@@ -236,6 +236,7 @@ class MeasuredTune:
         attrs.update({"peak_bytes": out.peak_bytes, "peak_rss_bytes": out.peak_rss_bytes,
                       "step_time_s": out.step_time_s, "step_times_s": list(times),
                       "tokens_per_s_low": tokens / max(times), "tokens_per_s_high": tokens / min(times)})
+        attrs["reason"] = ""  # a reaper that raced this trial's last heartbeat may have written "worker lost"
         self._finish(tid, TrialState.COMPLETE, out.tokens_per_s, attrs)
 
     def _finish(self, tid: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:

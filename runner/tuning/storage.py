@@ -182,11 +182,12 @@ def reap_lost(storage: optuna.storages.BaseStorage, study_id: int, grace_s: floa
         if seen is None or now - seen <= grace_s:
             continue
         try:
+            # the reason first: a finished trial takes no attributes (and two reapers write the same one)
+            storage.set_trial_user_attr(t._trial_id, "reason", WORKER_LOST)
+            storage.set_trial_user_attr(t._trial_id, "lost_after_s", round(now - seen, 1))
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:  # another worker reaped it, or its own worker just finished
             continue
-        storage.set_trial_user_attr(t._trial_id, "reason", WORKER_LOST)
-        storage.set_trial_user_attr(t._trial_id, "lost_after_s", round(now - seen, 1))
         reaped.append(t.number)
     return reaped
