@@ -25,11 +25,13 @@ measured plans, shrunk towards 1 by n / (n + 1) (a partial-pooling estimate: one
 strategy half-way). Each trial times `--trial-steps` steps after its warm-up; a candidate whose
 calibrated prediction, widened by the model's spread on the measured trials, reaches the leader's
 slowest measured step (the intervals overlap) gets twice the steps. The ranking, the calibration and
-the round plans live in the study's user attrs, so every worker and `optuna-dashboard` see them.
+the round plans live in the study's user attrs, so every worker and `optuna-dashboard` see them; a worker
+whose ranked plans differ from the study's (other options, another ftplan version) refuses to join.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -43,6 +45,7 @@ from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from planner.calibration import Calibration
+from planner.errors import PlanError
 from planner.strategy import TrainConfig
 from planner.tune_space import PARAM_NAMES, Choice, Score, TuneSpace, choices_of, params_key, trial_label
 from runner import trial as trial_mod
@@ -178,7 +181,21 @@ class MeasuredTune:
 
     # the loop -------------------------------------------------------------------------------------
 
+    def _check_space(self) -> None:
+        """Workers of one study must search the same plans (the same options and ftplan version)."""
+        labels = [trial_label(cfg) for cfg, _ in self.ranked]
+        digest = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
+        theirs = self.retry.call(lambda: self.storage.get_study_user_attrs(self.study_id), "reading the study")
+        if "space_digest" not in theirs:
+            self.retry.call(lambda: self.storage.set_study_user_attr(self.study_id, "space_digest", digest),
+                            "sharing the ranking")
+        elif theirs["space_digest"] != digest:
+            raise PlanError(f"study {self.study.study_name!r} was started with another search space or ranking "
+                            f"(other --micro-batch / --engine / ... options or another ftplan version); start "
+                            f"every worker with the same options, or pick another --study")
+
     def run(self) -> None:
+        self._check_space()
         while True:
             self.retry.call(lambda: reap_lost(self.storage, self.study_id, self.opts.grace_period_s), "reaping")
             trials = self.trials()

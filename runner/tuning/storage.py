@@ -3,8 +3,8 @@
 Storages (`--storage`):
 - `memory`: this process only;
 - any SQLAlchemy URL: `sqlite:///ftplan-tune.db` (the default; one machine), `postgresql://USER@HOST/DB`
-  (SQLAlchemy's default psycopg 3 driver: the `tune` extra) or `mysql://...`: Optuna's RDBStorage, shared by every worker that
-  reaches the server;
+  (SQLAlchemy's default psycopg 3 driver: the `tune` extra) or `mysql://...`: Optuna's RDBStorage,
+  shared by every worker that reaches the server;
 - `journal:PATH`: Optuna's JournalStorage over an append-only file (`JournalFileBackend` with
   `JournalFileOpenLock`, the O_EXCL lock Optuna documents for NFS), for clusters with a shared file
   system and no database server.

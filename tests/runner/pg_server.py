@@ -12,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +94,6 @@ def postgres() -> Iterator[PgServer]:
         yield server
     finally:
         if (data / "postmaster.pid").exists():
-            try:
+            with suppress(subprocess.SubprocessError):
                 server.stop()
-            except subprocess.SubprocessError:
-                pass
         shutil.rmtree(root, ignore_errors=True)
