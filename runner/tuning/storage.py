@@ -116,8 +116,8 @@ def open_storage(url: str | None, retry_s: float = 60.0) -> tuple[optuna.storage
             raise PlanError("--storage journal: needs a file path, e.g. journal:/shared/ftplan-tune.log")
         return Retry(url=url, retry_s=retry_s).call(lambda: _journal(path), "opening it"), url
     if "://" not in url:
-        raise PlanError(f"--storage {url!r} is not a database URL or journal:PATH: use sqlite:///PATH.db, postgresql://USER@HOST/DB, "
-                        f"journal:PATH or '{MEMORY_STORAGE}'")
+        raise PlanError(f"--storage {url!r} is not a database URL or journal:PATH: use sqlite:///PATH.db, "
+                        f"postgresql://USER@HOST/DB, journal:PATH or '{MEMORY_STORAGE}'")
     # a database server may be restarting: retry; a local SQLite file either opens or does not
     retry = Retry(url=url, retry_s=0.0 if url.startswith("sqlite") else retry_s)
     for attempt in range(3):
