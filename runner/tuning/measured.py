@@ -19,14 +19,15 @@ Rounds are successive halving over candidates (Jamieson & Talwalkar 2016, "Non-s
 Identification and Hyperparameter Optimization", Alg. 1, applied to the candidate list): round 0 takes
 `--top` plans (default half the budget) spread over strategies (`spread`); each later round takes half
 of the remaining budget, the best of the unmeasured plans re-ranked with the calibration fitted from
-every measured trial so far (`profiler.calibrate.fit`: memory factors, compute and communication
-efficiency) and, per strategy, the geometric-mean ratio measured / calibrated of that strategy's
-measured plans, shrunk towards 1 by n / (n + 1) (a partial-pooling estimate: one measurement moves a
-strategy half-way). Each trial times `--trial-steps` steps after its warm-up; a candidate whose
-calibrated prediction, widened by the model's spread on the measured trials, reaches the leader's
-slowest measured step (the intervals overlap) gets twice the steps. The ranking, the calibration and
-the round plans live in the study's user attrs, so every worker and `optuna-dashboard` see them; a worker
-whose ranked plans differ from the study's (other options, another ftplan version) refuses to join.
+every measured trial so far (`profiler.calibrate.fit_time`: compute and communication efficiency; the
+report adds the memory factors of `fit`) and, per strategy, the geometric-mean ratio measured /
+calibrated of that strategy's measured plans, shrunk towards 1 by n / (n + 1) (a partial-pooling
+estimate: one measurement moves a strategy half-way). Each trial times `--trial-steps` steps after its
+warm-up; a candidate whose calibrated prediction, widened by the model's spread on the measured trials,
+reaches the leader's slowest measured step (the intervals overlap) gets twice the steps. The ranking,
+the calibration and the round plans live in the study's user attrs, so every worker and
+`optuna-dashboard` see them; a worker whose ranked plans differ from the study's (other options, another
+ftplan version) refuses to join.
 """
 
 from __future__ import annotations
@@ -122,14 +123,16 @@ class Model:
         return tps * ratio ** (n / (n + 1))
 
 
-def fit_model(done: list[tuple[TrainConfig, FrozenTrial]], base: Calibration) -> Model:
+def fit_model(done: list[tuple[TrainConfig, FrozenTrial]], base: Calibration, with_memory: bool = False) -> Model:
     if not done:
         return Model(cal=base, ratio_by_strategy={}, log_spread=_DEFAULT_SPREAD, measured=0)
     from planner.timing import step_time
-    from profiler.calibrate import Profile, fit
+    from profiler.calibrate import Profile, fit, fit_time
 
-    cal = fit([Profile(config=cfg, peak_bytes=float(t.user_attrs["peak_bytes"]),
-                       step_time_s=float(t.user_attrs["step_time_s"])) for cfg, t in done])
+    profiles = [Profile(config=cfg, peak_bytes=float(t.user_attrs["peak_bytes"]),
+                        step_time_s=float(t.user_attrs["step_time_s"])) for cfg, t in done]
+    # the rounds re-rank by time: the time factors only (the memory fit is for the final report)
+    cal = fit(profiles) if with_memory else fit_time(profiles, base)
     logs: dict[str, list[float]] = {}
     for cfg, t in done:
         pred_s = step_time(cfg, cal).step_time_s
@@ -281,8 +284,8 @@ class MeasuredTune:
             first_seen = self._round_seen.setdefault(r - 1, time.monotonic())
             if time.monotonic() - first_seen < self.opts.grace_period_s:
                 return None
-        candidates = self._candidates(trials, r, left)
-        if not candidates:
+        held = {key_of(t.params) for t in trials if holds(t) and t.params}
+        if all(k in held for k in self.by_key):  # every plan measured, failed on its own, or in flight
             return 0
         name = f"{self.study.study_name}:round:{r}"
         try:
@@ -291,7 +294,7 @@ class MeasuredTune:
         except DuplicatedStudyError:
             return None
         round_id = self.retry.call(lambda: self.storage.get_study_id_from_name(name), "claiming a round")
-        # the winner re-reads the study: a trial may have finished since the candidates were chosen
+        # the winner re-reads the study (a trial may have finished since) and chooses the round's plans
         candidates = self._candidates(self.trials(), r, left)
         for c in candidates:
             attrs = {"name": trial_label(c.cfg), "grad_accum": c.cfg.grad_accum, "round": r, "steps": c.steps,
@@ -381,5 +384,5 @@ def final_model(space: TuneSpace, trials: list[FrozenTrial], base: Calibration) 
             cfg, _ = space.config_for(t.params)
             if cfg is not None:
                 done.append((cfg, t))
-    return fit_model(done, base)
+    return fit_model(done, base, with_memory=True)
 
