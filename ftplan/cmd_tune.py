@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,17 @@ TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials aft
 EmitOpt = Annotated[Path | None, typer.Option(help="Write the winner's files (plan.json, ds_config.json, ...) here.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files in --emit.")]
 SeedOpt = Annotated[int, typer.Option(help="Sampler seed.")]
+
+
+class Sampler(str, Enum):
+    auto = "auto"
+    tpe = "tpe"
+    grid = "grid"
+
+
+SamplerOpt = Annotated[Sampler, typer.Option(help="Analytical: 'grid' evaluates every plan, 'tpe' samples --trials "
+                                                  "distinct plans, 'auto' enumerates when that takes under a second "
+                                                  "and samples otherwise.")]
 EnginesOpt = Annotated[list[Engine] | None, typer.Option("--engine", help="Engines to search (repeat).")]
 ZerosOpt = Annotated[list[int] | None, typer.Option("--zero", min=0, max=3, help="ZeRO stages to search (repeat; "
                                                                                  "DeepSpeed only).")]
@@ -70,7 +82,8 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
          stage: o.StageOpt = o.Stage.sft, host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
          headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None, trial_steps: TrialStepsOpt = 3,
          trial_timeout: TrialTimeoutOpt = 300.0, heartbeat: HeartbeatOpt = 10.0,
-         storage_retry: StorageRetryOpt = 60.0, seed: SeedOpt = 0, json_out: o.JsonOpt = False) -> None:
+         storage_retry: StorageRetryOpt = 60.0, sampler: SamplerOpt = Sampler.auto, seed: SeedOpt = 0,
+         json_out: o.JsonOpt = False) -> None:
     """Autotune: search the plan space with Optuna (time model), optionally with short real trials.
 
     With --measure, every worker started with the same --storage and --study shares the trials; --gpus
@@ -94,6 +107,8 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     for name, seconds in (("--timeout", timeout), ("--heartbeat", heartbeat), ("--storage-retry", storage_retry)):
         if seconds is not None and seconds <= 0:
             raise PlanError(f"{name} must be positive, got {seconds}")
+    if sampler is Sampler.tpe and trials is None and not measure:
+        raise PlanError("--sampler tpe samples --trials plans: pass --trials N")
     if emit is not None and not force and (emit / "plan.json").exists():
         raise PlanError(f"{emit / 'plan.json'} exists; pass --force to overwrite")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
@@ -121,6 +136,7 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     opts = TuneOptions(trials=trials, measure=measure, top=top, storage=storage, study=study, timeout_s=timeout,
                        seed=seed, trial_steps=trial_steps, trial_timeout_s=trial_timeout, heartbeat_s=heartbeat,
                        storage_retry_s=storage_retry,
+                       enumerate_under_s={Sampler.auto: 1.0, Sampler.tpe: 0.0, Sampler.grid: float("inf")}[sampler],
                        limits=limits_from(host_memory, nvme, headroom), cal=load_calibration(calibration))
     quiet_optuna()
     err = Console(stderr=True)

@@ -119,7 +119,10 @@ def tune_view(result: TuneResult) -> Group:
     head = Text.assemble(
         ("ftplan tune ", "bold"), f"{cfg.model.name} on {cfg.cluster}, study '{result.study}' in {result.storage}: ",
         f"{result.space_points:,} points in the space, {result.runnable_plans:,} valid plans, "
-        f"sampler {result.sampler}. {result.trials_completed:,} trials completed, {result.trials_failed:,} failed, "
+        f"sampler {result.sampler}"
+        + (f" ({result.plans_evaluated:,} distinct plans evaluated, duplicates skipped)" if result.sampler == "tpe"
+           else "")
+        + f". {result.trials_completed:,} trials completed, {result.trials_failed:,} failed, "
         f"{result.trials_infeasible:,} infeasible or skipped"
         + (f", {result.trials_lost:,} lost with their worker (re-run)." if result.trials_lost else "."))
     parts: list[Any] = [head, trials_table(result)]
@@ -161,6 +164,7 @@ def tune_json(result: TuneResult, emitted: list[str] | None = None) -> dict[str,
         "space_points": result.space_points,
         "valid_plans": result.runnable_plans,
         "measured_trial_s": result.measured_trial_s,
+        "plans_evaluated": result.plans_evaluated,
         "pareto": [_row_json(r) for r in result.pareto],
     }
     if result.measured:

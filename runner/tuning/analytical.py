@@ -162,7 +162,9 @@ def sampled_study(space: TuneSpace, opts: TuneOptions, storage: optuna.storages.
         return s.tokens_per_s, s.peak_bytes
 
     def stop_at_budget(study: optuna.Study, t: FrozenTrial) -> None:
-        note(t)
+        # the whole study counts (other processes may share it): their plans are not evaluated again either
+        for other in study.get_trials(deepcopy=False):
+            note(other)
         if len(first) >= budget:
             study.stop()
 
