@@ -12,10 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-# `result` is runner.tuning.results.TuneResult and its rows TrialRow: plain dataclasses read by attribute
-# (reports/ imports neither runner nor optuna)
-TuneResult = Any
-TrialRow = Any
+from planner.tune_result import TrialRow, TuneResult
 
 _SHOWN_TRIALS = 20
 

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from planner.errors import PlanError
 from planner.estimate import Estimate, estimate
+from planner.tune_result import TrialRow, TuneResult
 from planner.tune_space import TuneSpace, analytic_score, pareto_front, rank_key
 from runner.tuning.analytical import (
     default_study_name,
@@ -30,7 +31,7 @@ from runner.tuning.analytical import (
     sampled_study,
 )
 from runner.tuning.measured import MeasuredTune, calibration_dict, final_model, is_verdict, spread
-from runner.tuning.results import Progress, TrialRow, TuneOptions, TuneResult
+from runner.tuning.results import Progress, TuneOptions
 from runner.tuning.storage import DEFAULT_STORAGE, MEMORY_STORAGE, WORKER_LOST, Retry, open_storage
 
 __all__ = ["DEFAULT_STORAGE", "MEMORY_STORAGE", "TrialRow", "TuneOptions", "TuneResult", "exhaustive_study",
