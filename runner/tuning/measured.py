@@ -216,7 +216,7 @@ class MeasuredTune:
                 # a round's measurements decide the next one (synchronous halving): wait for them
                 time.sleep(_POLL_S)
                 continue
-            planned = self._plan_round(trials, self.budget - verdicts)
+            planned = self._plan_round(trials)
             if planned == 0:  # nothing left to measure in the space
                 return
             if planned is None:  # another worker plans the round
@@ -275,7 +275,7 @@ class MeasuredTune:
         return sorted((s for s in studies if s.study_name.startswith(prefix)),
                       key=lambda s: int(s.study_name.rsplit(":", 1)[1]))
 
-    def _plan_round(self, trials: list[FrozenTrial], left: int) -> int | None:
+    def _plan_round(self, trials: list[FrozenTrial]) -> int | None:
         """Claim and plan the next round: the plans enqueued (0: none left), or None when another worker
         plans (or the previous round's planner has not finished: it is waited for up to the grace period)."""
         rounds = self._rounds()
@@ -294,8 +294,12 @@ class MeasuredTune:
         except DuplicatedStudyError:
             return None
         round_id = self.retry.call(lambda: self.storage.get_study_id_from_name(name), "claiming a round")
-        # the winner re-reads the study (a trial may have finished since) and chooses the round's plans
-        candidates = self._candidates(self.trials(), r, left)
+        # the winner re-reads the study: the budget left counts what is held *now* (a round planned by
+        # another worker since this one looked may have enqueued plans, and some may be running)
+        fresh = self.trials()
+        in_flight = any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in fresh)
+        left = self.budget - sum(1 for t in fresh if holds(t))
+        candidates = [] if in_flight or left <= 0 else self._candidates(fresh, r, left)
         for c in candidates:
             attrs = {"name": trial_label(c.cfg), "grad_accum": c.cfg.grad_accum, "round": r, "steps": c.steps,
                      "source": c.source, "predicted_tokens_per_s": c.predicted_tokens_per_s,
@@ -308,7 +312,7 @@ class MeasuredTune:
             self.retry.call(lambda f=frozen: self.study.add_trial(f), "enqueueing a plan")
         for k, v in (("worker", WORKER), ("plans", [trial_label(c.cfg) for c in candidates]), ("done", True)):
             self.retry.call(lambda k=k, v=v: self.storage.set_study_user_attr(round_id, k, v), "planning a round")
-        return len(candidates)
+        return len(candidates) if candidates or not in_flight else None
 
     def _round_size(self, r: int, left: int) -> int:
         if r == 0:
