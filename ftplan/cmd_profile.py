@@ -42,7 +42,8 @@ def dry_run(model: o.ModelOpt, gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = 
             precision: o.PrecisionOpt = Precision.bf16_mixed, optimizer: o.OptimizerOpt = o.Optimizer.adamw,
             micro_batch: o.MicroBatchOpt = 1, grad_accum: o.GradAccumOpt = 1, seq_len: o.SeqLenOpt = 2048,
             grad_ckpt: o.GradCkptOpt = o.GradCkpt.none, attn: o.AttnOpt = o.Attn.sdpa,
-            freeze_layers: o.FreezeOpt = 0, save: SaveOpt = None, json_out: o.JsonOpt = False) -> None:
+            freeze_layers: o.FreezeOpt = 0, save: SaveOpt = None, json_out: o.JsonOpt = False,
+            cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard) -> None:
     """Two training steps of the real transformers model on fake tensors; peak by category vs the planner."""
     from planner.memory import memory_per_gpu
     from profiler.dryrun import dry_run as run_dry
@@ -51,7 +52,7 @@ def dry_run(model: o.ModelOpt, gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = 
     cfg = build_config(model=model, gpus=gpus, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
                        lora_targets=lora_targets, precision=precision, optimizer=optimizer, micro_batch=micro_batch,
                        grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
-                       freeze_layers=freeze_layers)
+                       freeze_layers=freeze_layers, cross_entropy=cross_entropy)
     result = run_dry(cfg)
     predicted = memory_per_gpu(cfg)
     data = dry_run_json(result, predicted, str(cfg))
@@ -152,13 +153,32 @@ def run(model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog
 
 
 @profile_app.command("calibrate")
-def calibrate_cmd(profiles: Annotated[list[Path], typer.Argument(help="Profile files from `profile run/dry-run "
-                                                                 "--save`.")],
-                  out: Annotated[Path, typer.Option("--out", "-o", help="Calibration file to write.")],
+def calibrate_cmd(out: Annotated[Path, typer.Option("--out", "-o", help="Calibration file to write.")],
+                  profiles: Annotated[list[Path] | None, typer.Argument(help="Profile files from `profile run/dry-run "
+                                                                        "--save`.")] = None,
+                  device: Annotated[bool, typer.Option(
+                      "--device", help="Measure this machine as the CPU device instead (GEMM rate vs size, memory "
+                      "bandwidth, op dispatch, gloo all-reduce) and write the fitted constants to --out.")] = False,
                   json_out: o.JsonOpt = False) -> None:
     """Fit the planner's correction factors to saved profiles; report the error before and after."""
+    if device:
+        from planner.atomic import write_text_atomic
+        from profiler.device_fit import fit_device
+        from reports.profile_report import device_fit_view
+
+        data = {"ftplan_device_fit": 1, **fit_device().to_dict()}
+        write_text_atomic(out, json.dumps(data, indent=2) + "\n")
+        if json_out:
+            from reports.fmt import print_json
+
+            print_json(data)
+            return
+        Console().print(device_fit_view(data, str(out)))
+        return
     from reports.profile_report import calibration_view
 
+    if not profiles:
+        raise PlanError("no profiles given: pass profile files written by `ftplan profile run --save`, or --device")
     data = _calibrate(profiles, [], out)
     if json_out:
         from reports.fmt import print_json

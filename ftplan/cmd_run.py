@@ -82,6 +82,7 @@ def run(
     method: o.MethodOpt = Method.lora,
     stage: o.StageOpt = Stage.sft,
     seq_len: Annotated[int, typer.Option(help="Plan on the fly: tokens per sequence.")] = 512,
+    calibration: o.CalibrationOpt = None,
 ) -> None:
     """Train a plan with the transformers Trainer + peft, starting torchrun itself for several devices."""
     from runner.train import RunOptions, load_plan, validate_inputs
@@ -90,7 +91,8 @@ def run(
                       save_steps=save_steps, eval_fraction=eval_fraction, learning_rate=learning_rate,
                       warmup_steps=warmup_steps, data_format=data_format, template=template,
                       neftune_alpha=neftune_alpha, rope_scaling=rope_scaling,
-                      modules_to_save=tuple(m for m in modules_to_save.split(",") if m), seed=seed)
+                      modules_to_save=tuple(m for m in modules_to_save.split(",") if m), seed=seed,
+                      calibration=calibration)
     if plan is None and gpus is None:
         raise PlanError("give PLAN.json, or --gpus (with --model or --model-path) to plan on the fly")
     if plan is not None and gpus is not None:
@@ -119,9 +121,8 @@ def run(
     summary_file = opts.output / SUMMARY_FILE
     if opts.report and summary_file.exists():
         from reports.run_report import print_run_summary
-        from runner.train import on_cuda_device
 
-        print_run_summary(json.loads(summary_file.read_text()), on_cuda=on_cuda_device(cfg))
+        print_run_summary(json.loads(summary_file.read_text()))  # its rows follow the summary's `on_cuda`
 
 
 @app.command()

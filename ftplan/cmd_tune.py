@@ -83,7 +83,9 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
          headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None, trial_steps: TrialStepsOpt = 3,
          trial_timeout: TrialTimeoutOpt = 300.0, heartbeat: HeartbeatOpt = 10.0,
          storage_retry: StorageRetryOpt = 60.0, sampler: SamplerOpt = Sampler.auto, seed: SeedOpt = 0,
-         json_out: o.JsonOpt = False) -> None:
+         json_out: o.JsonOpt = False,
+         cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+         activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Autotune: search the plan space with Optuna (time model), optionally with short real trials.
 
     With --measure, every worker started with the same --storage and --study shares the trials; --gpus
@@ -112,7 +114,8 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     if emit is not None and not force and (emit / "plan.json").exists():
         raise PlanError(f"{emit / 'plan.json'} exists; pass --force to overwrite")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
-                        lora_targets=lora_targets, precision=precision, stage=stage, check=False)
+                        lora_targets=lora_targets, precision=precision, stage=stage, check=False,
+                        **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
     if seq_len > base.model.max_seq_len:
         raise PlanError(f"--seq-len {seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
     default = SearchSpace()

@@ -38,6 +38,7 @@ class Group:
     per_node: int
     intra_bytes_per_s: float  # effective (already times the efficiency)
     inter_bytes_per_s: float
+    alpha_s: float = ALPHA_INTRA_S  # per ring hop inside a node (a measured device replaces NCCL's)
 
     @property
     def nodes(self) -> int:
@@ -76,23 +77,30 @@ def p2p_time_s(message_bytes: float, bandwidth_bytes_per_s: float, alpha_s: floa
 def allreduce_time_s(message_bytes: float, g: Group) -> float:
     """Ring inside one node; hierarchical across nodes: RS (intra) + AR of M/g (inter) + AG (intra)."""
     if g.nodes <= 1:
-        return ring_allreduce_time_s(message_bytes, g.n, g.intra_bytes_per_s)
+        return ring_allreduce_time_s(message_bytes, g.n, g.intra_bytes_per_s, g.alpha_s)
     per = min(g.per_node, g.n)
-    return (ring_reduce_scatter_time_s(message_bytes, per, g.intra_bytes_per_s)
+    return (ring_reduce_scatter_time_s(message_bytes, per, g.intra_bytes_per_s, g.alpha_s)
             + ring_allreduce_time_s(message_bytes / per, g.nodes, g.inter_bytes_per_s, ALPHA_INTER_S)
-            + ring_allgather_time_s(message_bytes, per, g.intra_bytes_per_s))
+            + ring_allgather_time_s(message_bytes, per, g.intra_bytes_per_s, g.alpha_s))
 
 
 def allgather_time_s(message_bytes: float, g: Group) -> float:
     """Ring inside one node; across nodes: AG of each GPU's column over the nodes (M/g gathered size)
     through its own NIC, then AG of the full M inside the node."""
     if g.nodes <= 1:
-        return ring_allgather_time_s(message_bytes, g.n, g.intra_bytes_per_s)
+        return ring_allgather_time_s(message_bytes, g.n, g.intra_bytes_per_s, g.alpha_s)
     per = min(g.per_node, g.n)
     return (ring_allgather_time_s(message_bytes / per, g.nodes, g.inter_bytes_per_s, ALPHA_INTER_S)
-            + ring_allgather_time_s(message_bytes, per, g.intra_bytes_per_s))
+            + ring_allgather_time_s(message_bytes, per, g.intra_bytes_per_s, g.alpha_s))
 
 
 def reduce_scatter_time_s(message_bytes: float, g: Group) -> float:
     """The mirror image of `allgather_time_s`, same cost."""
     return allgather_time_s(message_bytes, g)
+
+
+def split_time_s(collective, total_bytes: float, calls: int, g: Group) -> float:
+    """`calls` equal calls of `collective` that move `total_bytes` together: each pays its own latency."""
+    if calls <= 0 or total_bytes <= 0:
+        return 0.0
+    return calls * collective(total_bytes / calls, g)

@@ -46,13 +46,16 @@ from planner.strategy import GradCkpt, Method, Precision, Quant, Stage, TrainCon
 # - GDDR boards (A10G, L40S, RTX 3090/4090, T4): no published LLM-training MFU from a primary source;
 #   their bandwidth per FLOP is lower than A100's (RTX 4090: 6.1 B/kFLOP vs A100: 6.5; L40S 2.4), so
 #   we take Hopper's 0.45 scaled by nothing better known: 0.40. Calibrate for quantitative use.
-# - CPU: the nominal peak of the pseudo-device is a rough AVX2 figure; 0.3 until calibrated.
+# - CPU: the peak is the fitted large-GEMM rate of one core (planner/gpus.py); the memory-bound rest of
+#   a step (norms, SiLU, softmax, residuals, loss: ~50 fp32 values read or written per token, layer and
+#   pass for a Llama layer, against ~6 x 4h^2 + 6 x 3hi GEMM FLOPs) costs about a tenth of the GEMM time
+#   at the fitted 1.67 GB/s and 8 GFLOP/s for h = 384..768: 0.9.
 DEFAULT_COMPUTE_EFFICIENCY: dict[str, float] = {
     "A100-80G": 0.55, "A100-40G": 0.55, "A800": 0.55,
     "H100": 0.45, "H800": 0.45, "H200": 0.45,
     "V100-32G": 0.33,
     "A10G": 0.40, "L40S": 0.40, "RTX3090": 0.40, "RTX4090": 0.40, "T4": 0.40,
-    "CPU": 0.30,
+    "CPU": 0.90,
 }
 FALLBACK_COMPUTE_EFFICIENCY = 0.40
 

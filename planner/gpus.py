@@ -15,6 +15,10 @@ from planner.errors import PlanError, unknown_name_error
 GB = 1e9
 TFLOPS = 1e12
 MiB = 2**20
+# Host dispatch time of one eager PyTorch op on a GPU node's host: python + autograd + ATen dispatcher +
+# cudaLaunchKernel, "~5-25 us of CPU-side work per op" (J. Lin, "From PyTorch op to kernel launch", the
+# dispatch-chain table); we take 10 us.
+HOST_OP_S = 10e-6
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +44,23 @@ class GPUSpec:
     # PyTorch's caching allocator holds freed blocks it cannot reuse (fragmentation): reserved minus
     # allocated at the peak, as a fraction of allocated. 0 on the CPU, where tensors go back to malloc.
     allocator_reserve_fraction: float = 0.05
+    # Streaming multiprocessors (the datasheet / architecture whitepaper of each GPU): GEMM tiles run one
+    # per SM at a time, so a GEMM's last partial wave idles SMs (NVIDIA GEMM guide, Sec. 3.2). 0 on the CPU.
+    sm_count: int = 0
+    # Host time to dispatch one eager PyTorch op (python -> dispatcher -> kernel launch or CPU kernel call).
+    host_op_s: float = HOST_OP_S
+    # CPU GEMM curve rate(m) = R m / (m + m0): m0 rows (planner/kernels.py); 0 on GPUs (waves instead).
+    gemm_half_rate_rows: float = 0.0
+    # Fixed cost of one collective call where measured (gloo on the CPU); None: NCCL's per-hop alphas
+    # (planner/comm.py).
+    collective_alpha_s: float | None = None
+    # Whether communication runs beside compute. On the CPU device each rank owns one core and gloo's
+    # reductions and copies run on it, so communication adds to compute.
+    overlaps_comm: bool = True
+    # Host work per ZeRO-3 submodule / FSDP unit and micro-batch where measured (the CPU); None: counted in
+    # eager ops (planner/collectives.py) times host_op_s.
+    zero3_module_host_s: float | None = None
+    fsdp_unit_host_s: float | None = None
 
     @property
     def supports_bf16(self) -> bool:
@@ -55,21 +76,21 @@ _PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nomina
 GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # NVIDIA A100 datasheet (2021): 312 TF bf16/fp16, 156 TF tf32, 19.5 TF fp32, 2039 GB/s (80GB SXM),
     # NVLink3 600 GB/s; DGX A100: 8 GPUs, 8x 200 Gb/s HDR InfiniBand.
-    _gpu(name="A100-80G", hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
+    _gpu(name="A100-80G", sm_count=108, hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
          peak_fp16_flops_per_s=312 * TFLOPS, peak_tf32_flops_per_s=156 * TFLOPS,
          peak_fp32_flops_per_s=19.5 * TFLOPS, hbm_bytes_per_s=2039 * GB, intra_node_link="NVLink3",
          intra_node_bytes_per_s=300 * GB, inter_node_network="HDR InfiniBand 200 Gb/s",
          inter_node_bytes_per_s=25 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
          source="NVIDIA A100 Tensor Core GPU datasheet; DGX A100 user guide"),
     # A100 40GB SXM: 1555 GB/s HBM2.
-    _gpu(name="A100-40G", hbm_bytes=40960 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
+    _gpu(name="A100-40G", sm_count=108, hbm_bytes=40960 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
          peak_fp16_flops_per_s=312 * TFLOPS, peak_tf32_flops_per_s=156 * TFLOPS,
          peak_fp32_flops_per_s=19.5 * TFLOPS, hbm_bytes_per_s=1555 * GB, intra_node_link="NVLink3",
          intra_node_bytes_per_s=300 * GB, inter_node_network="HDR InfiniBand 200 Gb/s",
          inter_node_bytes_per_s=25 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
          source="NVIDIA A100 Tensor Core GPU datasheet"),
     # A800: export variant of A100-80G with NVLink cut to 400 GB/s; compute and HBM unchanged.
-    _gpu(name="A800", hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
+    _gpu(name="A800", sm_count=108, hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
          peak_fp16_flops_per_s=312 * TFLOPS, peak_tf32_flops_per_s=156 * TFLOPS,
          peak_fp32_flops_per_s=19.5 * TFLOPS, hbm_bytes_per_s=2039 * GB, intra_node_link="NVLink3 (400 GB/s)",
          intra_node_bytes_per_s=200 * GB, inter_node_network="HDR InfiniBand 200 Gb/s",
@@ -77,28 +98,28 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          source="NVIDIA A800 40GB/80GB Active PCIe/SXM product brief"),
     # NVIDIA H100 SXM5 datasheet: 989.4 TF bf16/fp16 dense, 494.7 tf32, 66.9 fp32, 3.35 TB/s,
     # NVLink4 900 GB/s; DGX H100: 8x 400 Gb/s NDR (ConnectX-7).
-    _gpu(name="H100", hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
+    _gpu(name="H100", sm_count=132, hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
          peak_fp16_flops_per_s=989.4 * TFLOPS, peak_tf32_flops_per_s=494.7 * TFLOPS,
          peak_fp32_flops_per_s=66.9 * TFLOPS, hbm_bytes_per_s=3350 * GB, intra_node_link="NVLink4",
          intra_node_bytes_per_s=450 * GB, inter_node_network="NDR InfiniBand 400 Gb/s",
          inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
          source="NVIDIA H100 Tensor Core GPU datasheet (SXM5); DGX H100 user guide"),
     # H800 SXM: H100 compute with NVLink cut to 400 GB/s.
-    _gpu(name="H800", hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
+    _gpu(name="H800", sm_count=132, hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
          peak_fp16_flops_per_s=989.4 * TFLOPS, peak_tf32_flops_per_s=494.7 * TFLOPS,
          peak_fp32_flops_per_s=66.9 * TFLOPS, hbm_bytes_per_s=3350 * GB, intra_node_link="NVLink4 (400 GB/s)",
          intra_node_bytes_per_s=200 * GB, inter_node_network="NDR InfiniBand 400 Gb/s",
          inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
          source="NVIDIA H800 SXM5 product brief"),
     # NVIDIA H200 datasheet: 141 GB HBM3e at 4.8 TB/s, H100 compute, NVLink4 900 GB/s.
-    _gpu(name="H200", hbm_bytes=143771 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
+    _gpu(name="H200", sm_count=132, hbm_bytes=143771 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
          peak_fp16_flops_per_s=989.4 * TFLOPS, peak_tf32_flops_per_s=494.7 * TFLOPS,
          peak_fp32_flops_per_s=66.9 * TFLOPS, hbm_bytes_per_s=4800 * GB, intra_node_link="NVLink4",
          intra_node_bytes_per_s=450 * GB, inter_node_network="NDR InfiniBand 400 Gb/s",
          inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
          source="NVIDIA H200 Tensor Core GPU datasheet"),
     # NVIDIA V100 SXM2 datasheet: 125 TF fp16 tensor, 15.7 TF fp32, 900 GB/s, NVLink2 300 GB/s; no bf16/tf32.
-    _gpu(name="V100-32G", hbm_bytes=32768 * MiB, peak_bf16_flops_per_s=0.0,
+    _gpu(name="V100-32G", sm_count=80, hbm_bytes=32768 * MiB, peak_bf16_flops_per_s=0.0,
          peak_fp16_flops_per_s=125 * TFLOPS, peak_tf32_flops_per_s=15.7 * TFLOPS,
          peak_fp32_flops_per_s=15.7 * TFLOPS, hbm_bytes_per_s=900 * GB, intra_node_link="NVLink2",
          intra_node_bytes_per_s=150 * GB, inter_node_network="EDR InfiniBand 100 Gb/s",
@@ -108,14 +129,14 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # bf16, 62.5 TF tf32, 31.2 TF fp32): the A10G trades tensor throughput for CUDA-core throughput,
     # 70 TF fp16/bf16 dense tensor, 35 TF tf32, 35 TF fp32 (Baseten, "NVIDIA A10 vs A10G for ML model
     # inference", spec table; nvidia-smi on g5 shows 23028 MiB).
-    _gpu(name="A10G", hbm_bytes=23028 * MiB, peak_bf16_flops_per_s=70 * TFLOPS,
+    _gpu(name="A10G", sm_count=80, hbm_bytes=23028 * MiB, peak_bf16_flops_per_s=70 * TFLOPS,
          peak_fp16_flops_per_s=70 * TFLOPS, peak_tf32_flops_per_s=35 * TFLOPS,
          peak_fp32_flops_per_s=35 * TFLOPS, hbm_bytes_per_s=600 * GB, intra_node_link="PCIe4",
          intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 100 Gb/s",
          inter_node_bytes_per_s=100 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
          source="AWS EC2 G5 instances (A10G); Baseten A10 vs A10G spec comparison"),
     # NVIDIA L40S datasheet: 362.05 TF bf16/fp16 dense, 183 TF tf32, 91.6 TF fp32, 48 GB GDDR6 864 GB/s.
-    _gpu(name="L40S", hbm_bytes=46068 * MiB, peak_bf16_flops_per_s=362.05 * TFLOPS,
+    _gpu(name="L40S", sm_count=142, hbm_bytes=46068 * MiB, peak_bf16_flops_per_s=362.05 * TFLOPS,
          peak_fp16_flops_per_s=362.05 * TFLOPS, peak_tf32_flops_per_s=183 * TFLOPS,
          peak_fp32_flops_per_s=91.6 * TFLOPS, hbm_bytes_per_s=864 * GB, intra_node_link="PCIe4",
          intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 200 Gb/s",
@@ -123,7 +144,7 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          source="NVIDIA L40S datasheet"),
     # NVIDIA Ampere GA102 whitepaper, RTX 3090: 71 TF fp16/bf16 tensor with fp32 accumulate, 35.6 TF
     # tf32 and fp32, 936 GB/s GDDR6X; consumer boards talk over PCIe.
-    _gpu(name="RTX3090", hbm_bytes=24576 * MiB, peak_bf16_flops_per_s=71 * TFLOPS,
+    _gpu(name="RTX3090", sm_count=82, hbm_bytes=24576 * MiB, peak_bf16_flops_per_s=71 * TFLOPS,
          peak_fp16_flops_per_s=71 * TFLOPS, peak_tf32_flops_per_s=35.6 * TFLOPS,
          peak_fp32_flops_per_s=35.6 * TFLOPS, hbm_bytes_per_s=936 * GB, intra_node_link="PCIe4",
          intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 25 Gb/s",
@@ -131,27 +152,34 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          source="NVIDIA Ampere GA102 GPU architecture whitepaper"),
     # NVIDIA Ada GPU architecture whitepaper, RTX 4090: 165.2 TF fp16/bf16 tensor with fp32 accumulate,
     # 82.6 TF tf32 and fp32, 1008 GB/s GDDR6X; no NVLink, no P2P: collectives go through host memory.
-    _gpu(name="RTX4090", hbm_bytes=24564 * MiB, peak_bf16_flops_per_s=165.2 * TFLOPS,
+    _gpu(name="RTX4090", sm_count=128, hbm_bytes=24564 * MiB, peak_bf16_flops_per_s=165.2 * TFLOPS,
          peak_fp16_flops_per_s=165.2 * TFLOPS, peak_tf32_flops_per_s=82.6 * TFLOPS,
          peak_fp32_flops_per_s=82.6 * TFLOPS, hbm_bytes_per_s=1008 * GB, intra_node_link="PCIe4 (no P2P)",
          intra_node_bytes_per_s=_PCIE4 / 2, inter_node_network="Ethernet 25 Gb/s",
          inter_node_bytes_per_s=25 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
          source="NVIDIA Ada Lovelace GPU architecture whitepaper"),
     # NVIDIA T4 datasheet: 65 TF fp16 tensor (mixed), 8.1 TF fp32, 16 GB GDDR6 320 GB/s, PCIe3; no bf16.
-    _gpu(name="T4", hbm_bytes=15360 * MiB, peak_bf16_flops_per_s=0.0, peak_fp16_flops_per_s=65 * TFLOPS,
+    _gpu(name="T4", sm_count=40, hbm_bytes=15360 * MiB, peak_bf16_flops_per_s=0.0, peak_fp16_flops_per_s=65 * TFLOPS,
          peak_tf32_flops_per_s=8.1 * TFLOPS, peak_fp32_flops_per_s=8.1 * TFLOPS, hbm_bytes_per_s=320 * GB,
          intra_node_link="PCIe3", intra_node_bytes_per_s=_PCIE3, inter_node_network="Ethernet 25 Gb/s",
          inter_node_bytes_per_s=25 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE3, gpus_per_node=8,
          source="NVIDIA T4 Tensor Core GPU datasheet"),
-    # A CPU "device" for profiling and tests on machines without GPUs: ranks are processes over gloo,
-    # device memory is host memory. Peaks are nominal for a 2-core AVX2 VM (2 cores x 2.5 GHz x 32
-    # fp32 FLOP/cycle); calibrate with `ftplan profile run` for anything quantitative.
-    _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=80e9, peak_fp16_flops_per_s=20e9,
-         peak_tf32_flops_per_s=160e9, peak_fp32_flops_per_s=160e9, hbm_bytes_per_s=20 * GB,
-         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=2 * GB,
-         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=1 * GB, host_link_bytes_per_s=20 * GB,
-         gpus_per_node=64, source="nominal; replace by a calibration file", runtime_overhead_bytes=0,
-         allocator_reserve_fraction=0.0),
+    # A CPU "device" for profiling and tests on machines without GPUs: ranks are processes over gloo with
+    # one OpenMP thread each, device memory is host memory. The figures are per rank (one core), fitted on
+    # this project's 2-core x86 machine while other jobs loaded it (load average ~14), by
+    #   ftplan profile calibrate --device --out cpu-device.json
+    # (profiler/device_fit.py): fp32 GEMM rate 8.02 GFLOP/s for large shapes with half rate at 3.2 rows,
+    # copy bandwidth 1.67 GB/s, 12.0 us per eager op, gloo all-reduce 281 us + M / 39.5 MB/s between
+    # 2 ranks, ZeRO-3 hooks 18.7 ms per module and FSDP2 hooks 13.1 ms per unit (48-module probe). Rerun
+    # on a quiet machine and replace them. bf16 / fp16 matmuls run at 1/2 and 1/8 of fp32 on AVX2 cores
+    # without AMX (oneDNN converts); there is no TF32.
+    _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=4.01e9, peak_fp16_flops_per_s=1.0e9,
+         peak_tf32_flops_per_s=8.02e9, peak_fp32_flops_per_s=8.02e9, hbm_bytes_per_s=1.67 * GB,
+         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=0.0395 * GB,
+         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=0.0395 * GB, host_link_bytes_per_s=1.67 * GB,
+         gpus_per_node=64, source="fitted: ftplan profile calibrate --device (profiler/device_fit.py)",
+         runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=12.0e-6, gemm_half_rate_rows=3.2,
+         collective_alpha_s=281e-6, overlaps_comm=False, zero3_module_host_s=18.7e-3, fsdp_unit_host_s=13.1e-3),
 )}
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",

@@ -14,8 +14,14 @@ reduce-scatter plus an all-gather of the same total cost (Korthikanti et al. 202
 
 from __future__ import annotations
 
-from planner.comm import Group, allgather_time_s, allreduce_time_s, p2p_time_s, reduce_scatter_time_s
-from planner.gpus import Cluster
+from planner.comm import ALPHA_INTRA_S, Group, allgather_time_s, allreduce_time_s, p2p_time_s, reduce_scatter_time_s
+from planner.gpus import Cluster, GPUSpec
+
+
+def hop_alpha_s(gpu: GPUSpec) -> float:
+    """Latency per ring hop: NCCL's (planner/comm.py), or the device's measured per-call cost of a 2-rank
+    all-reduce, which runs 2(n-1) = 2 hops."""
+    return ALPHA_INTRA_S if gpu.collective_alpha_s is None else gpu.collective_alpha_s / 2
 
 
 def dp_group(cluster: Cluster, tp: int, pp: int, dp: int, efficiency: float) -> Group:
@@ -23,14 +29,14 @@ def dp_group(cluster: Cluster, tp: int, pp: int, dp: int, efficiency: float) -> 
     per_node = max(1, min(dp, cluster.gpus_per_node // (tp * pp)))
     gpu = cluster.gpu
     return Group(n=dp, per_node=per_node, intra_bytes_per_s=gpu.intra_node_bytes_per_s * efficiency,
-                 inter_bytes_per_s=gpu.inter_node_bytes_per_s * efficiency)
+                 inter_bytes_per_s=gpu.inter_node_bytes_per_s * efficiency, alpha_s=hop_alpha_s(gpu))
 
 
 def intra_node_group(cluster: Cluster, n: int, efficiency: float) -> Group:
     """A group inside one node (TP, FSDP hybrid shards)."""
     gpu = cluster.gpu
     return Group(n=n, per_node=n, intra_bytes_per_s=gpu.intra_node_bytes_per_s * efficiency,
-                 inter_bytes_per_s=gpu.inter_node_bytes_per_s * efficiency)
+                 inter_bytes_per_s=gpu.inter_node_bytes_per_s * efficiency, alpha_s=hop_alpha_s(gpu))
 
 
 def grad_allreduce_s(grad_bytes: float, g: Group) -> float:

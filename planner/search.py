@@ -2,7 +2,11 @@
 
 `candidates` yields TrainConfigs (ZeRO stage x offload x FSDP x TP x PP x micro-batch x
 checkpointing x attention x optimizer, per method); `plan` evaluates them all and keeps those that fit.
-Ranking is by the time model's tokens/s (`planner.timing`), ties broken by lower peak memory.
+Ranking is by the time model's tokens/s (`planner.timing`); plans within `TIE_FRACTION` of each other
+tie, and a tie goes to the simpler plan (`simplicity_key`): the model's error is larger than 1%, so
+a plan that needs offload, DeepSpeed or bitsandbytes, or shards more, must be faster by more than that
+to be recommended. The optimizer, precision and attention are the user's: the space holds the one
+the user chose unless a list is given (`--optimizers adamw,adamw_8bit`).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class SearchSpace:
     # newer, torch >= 2.2) save the same tensors and run the same FLOPs: the memory and time models
     # cannot tell them apart, so the default space keeps SDPA, transformers' default.
     attns: tuple[Attn, ...] = (Attn.sdpa,)
-    optimizers: tuple[Optimizer, ...] = (Optimizer.adamw, Optimizer.adamw_8bit)
+    # the user's optimizer only: 8-bit states change the numerics and need bitsandbytes (issue 11)
+    optimizers: tuple[Optimizer, ...] = (Optimizer.adamw,)
     tps: tuple[int, ...] | None = None  # None: powers of two within a node
     pps: tuple[int, ...] | None = None
 
@@ -126,10 +131,50 @@ class PlanResult:
     rejected: dict[str, int]  # reason -> count, for invalid or non-fitting candidates
 
 
+TIE_FRACTION = 0.01
+
+# How much sharding a strategy does (fewer shards first when plans tie)
+_SHARDING = {(Engine.ddp, ZeroStage.DISABLED): 0, (Engine.deepspeed, ZeroStage.DISABLED): 0,
+             (Engine.deepspeed, ZeroStage.OPTIMIZER_STATES): 1, (Engine.deepspeed, ZeroStage.GRADIENTS): 2,
+             (Engine.deepspeed, ZeroStage.WEIGHTS): 3}
+_FSDP_SHARDING = {FsdpStrategy.no_shard: 0, FsdpStrategy.shard_grad_op: 2, FsdpStrategy.hybrid_shard: 3,
+                  FsdpStrategy.full_shard: 3}
+
+
+def simplicity_key(cfg: TrainConfig) -> tuple[int, ...]:
+    """Smaller is simpler: no offload, fewer extra dependencies (DeepSpeed, bitsandbytes optimizers),
+    fewer shards, plain DDP before FSDP, no model parallelism, no checkpointing, less accumulation."""
+    offload = {Offload.none: 0, Offload.optimizer: 1, Offload.all: 2}[cfg.offload]
+    offload += 1 if cfg.offload_device is OffloadDevice.nvme and cfg.offload is not Offload.none else 0
+    deps = int(cfg.engine is Engine.deepspeed) + int(cfg.optimizer not in (Optimizer.adamw, Optimizer.sgd))
+    shards = _FSDP_SHARDING[cfg.fsdp] if cfg.engine is Engine.fsdp else _SHARDING[(cfg.engine, cfg.zero)]
+    wrapper = int(cfg.engine is Engine.fsdp)  # FSDP wraps the model even when it shards nothing
+    return (offload, deps, shards, wrapper, cfg.tp * cfg.pp, int(cfg.grad_ckpt is not GradCkpt.none),
+            cfg.grad_accum)
+
+
+def _tokens_per_s(est: Estimate) -> float:
+    return est.time.tokens_per_s if est.time is not None else step_time(est.config).tokens_per_s
+
+
 def rank_key(est: Estimate) -> tuple[float, float]:
-    """Sort key, smaller first: fastest (tokens/s of the whole job), then least memory."""
-    tps = est.time.tokens_per_s if est.time is not None else step_time(est.config).tokens_per_s
-    return (-tps, est.memory.total)
+    """Sort key before ties are resolved, smaller first: fastest (tokens/s of the job), then least memory."""
+    return (-_tokens_per_s(est), est.memory.total)
+
+
+def rank(plans: list[Estimate], tie_fraction: float = TIE_FRACTION) -> list[Estimate]:
+    """Fastest first; among the plans within `tie_fraction` of the fastest one left, the simplest goes
+    next (then the faster, then the one using less memory)."""
+    left = [(_tokens_per_s(e), simplicity_key(e.config), e) for e in sorted(plans, key=rank_key)]
+    out: list[Estimate] = []
+    while left:
+        floor = left[0][0] * (1 - tie_fraction)
+        window = 1
+        while window < len(left) and left[window][0] >= floor:
+            window += 1
+        pick = min(range(window), key=lambda i: (left[i][1], i))
+        out.append(left.pop(pick)[2])
+    return out
 
 
 def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits = Limits(),
@@ -163,5 +208,5 @@ def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits =
                 rejected[key] = rejected.get(key, 0) + 1
     if evaluated == 0:
         raise PlanError("the search space is empty: check --global-batch against the GPU count")
-    fitting.sort(key=rank_key)
+    fitting = rank(fitting)
     return PlanResult(plans=fitting, candidates_evaluated=evaluated, valid=valid, rejected=rejected)

@@ -20,6 +20,8 @@ from functools import cache, lru_cache
 
 from planner import compute as cp
 from planner import engines
+from planner import kernels as kn
+from planner import memory_knobs as knobs
 from planner import offload_time as off
 from planner import parallel_comm as pc
 from planner.calibration import DEFAULT, Calibration
@@ -44,7 +46,7 @@ from planner.strategy import (
 )
 
 BREAKDOWN_KEYS = ("compute", "recompute", "pipeline_bubble", "dequantize", "tp_comm", "pp_comm", "dp_comm",
-                  "offload", "optimizer")
+                  "offload", "optimizer", "framework")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -140,10 +142,11 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     comm_eff = cal.comm_efficiency if cal.comm_efficiency is not None else DEFAULT_COMM_EFFICIENCY
     sample_tokens = cp.tokens_per_sample(cfg)
     mb_tokens = mb * sample_tokens
-    mb_compute_s = cp.compute_time_s(fam.gpu_flops_tok * mb_tokens, fam.peak, eff)
-    mb_recompute_s = cp.compute_time_s(fam.recompute_tok * mb_tokens, fam.peak, eff)
+    mb_compute_s, mb_recompute_s = _micro_batch_compute_s(cfg, fam, mb_tokens, eff)
     compute_s = ga * (mb_compute_s - mb_recompute_s)
     recompute_s = ga * mb_recompute_s
+    framework_s = ga * (_host_dispatch_s(cfg, fam.stage_layers, mb_compute_s) +
+                        engines.of(cfg).hook_host_s(cfg, fam.stage_layers))
     # forward : backward split of one micro-batch, for the overlap windows (full: 1 : 2, frozen: 1 : 1)
     fwd_share = 1 / 3 if cfg.method is Method.full else 1 / 2
     fwd_s = (mb_compute_s - mb_recompute_s) * fwd_share
@@ -172,17 +175,64 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     dp_total, dp_exposed, offload_s = _data_parallel(cfg, dp, fam.trainable_gpu, fam.param_bytes_gpu, fwd_s, bwd_s,
                                                      comm_eff)
     offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s)
-    offload_s += offload_total
+    offload_s += offload_total + ga * knobs.activation_offload_exposed_s(cfg, fwd_s, bwd_s)
 
     parts = {"compute": compute_s, "recompute": recompute_s, "pipeline_bubble": bubble_s, "dequantize": dequant_s,
-             "tp_comm": tp_s, "pp_comm": pp_s, "dp_comm": dp_exposed, "offload": offload_s, "optimizer": opt_s}
-    step_s = compute_s + recompute_s + bubble_s + dequant_s + tp_s + pp_s + dp_exposed + offload_s + opt_s
+             "tp_comm": tp_s, "pp_comm": pp_s, "dp_comm": dp_exposed, "offload": offload_s, "optimizer": opt_s,
+             "framework": framework_s}
+    step_s = sum(parts.values())
     job_tokens = global_batch * sample_tokens
     peak_job = step_s * cluster.nodes * cluster.gpus_per_node * fam.peak
     return StepTime(step_time_s=step_s, breakdown_s=parts, tokens_per_s=global_batch * s / step_s,
                     samples_per_s=global_batch / step_s, mfu=fam.model_flops_tok * job_tokens / peak_job,
                     hfu=fam.hardware_flops_tok * job_tokens / peak_job,
                     model_flops_per_step=fam.model_flops_tok * job_tokens, dp_comm_total_s=dp_total)
+
+
+def _elem_bytes(cfg: TrainConfig) -> float:
+    return 4.0 if cfg.precision is Precision.fp32 else 2.0
+
+
+def _micro_batch_compute_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float) -> tuple[float, float]:
+    """(compute incl. recompute, recompute) seconds of one micro-batch: FLOPs at large-shape efficiency
+    times the GEMM shape factor, plus eager attention's and LoRA's memory traffic (planner/kernels.py)."""
+    shape = _shape_factor(cfg.model, cfg.cluster.gpu, tokens, cfg.adapter, cfg.tp, cfg.pp, cfg.precision, fam.peak,
+                          eff)
+    mb_s = shape * cp.compute_time_s(fam.gpu_flops_tok * tokens, fam.peak, eff)
+    mb_s += kn.attention_memory_s(cfg.model, cfg.attn, cfg.micro_batch, cp.tokens_per_sample(cfg), fam.stage_layers,
+                                  cfg.tp, _elem_bytes(cfg), cfg.cluster.gpu)
+    if cfg.method is not Method.full:
+        mb_s += fam.stage_layers * kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp,
+                                                             _elem_bytes(cfg)) / cfg.cluster.gpu.hbm_bytes_per_s
+    return mb_s, shape * cp.compute_time_s(fam.recompute_tok * tokens, fam.peak, eff)
+
+
+@lru_cache(maxsize=4096)
+def _shape_factor(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, tp: int, pp: int, precision: Precision,
+                  peak: float, eff: float) -> float:
+    """Time of one micro-batch's GEMMs (decoder layers and LM head) over the time of their FLOPs at
+    large-shape efficiency (planner/kernels.py: wave quantization, the CPU's GEMM curve, roofline)."""
+    full = adapter.method is Method.full
+    fwd, bwd = kn.layer_gemms(m, tokens, adapter.method, adapter.lora_r, adapter.lora_targets, full, tp)
+    v = max(1, m.vocab_size // tp)
+    head = (kn.Gemm(tokens, m.hidden_size, v), kn.Gemm(tokens, v, m.hidden_size)) + \
+        ((kn.Gemm(m.hidden_size, tokens, v),) if full else ())
+    elem = 4.0 if precision is Precision.fp32 else 2.0
+    layers = stage_layers(m.num_layers, pp)
+    flops = sum(2.0 * g.m * g.k * g.n * g.count for g in fwd + bwd) * layers + \
+        sum(2.0 * g.m * g.k * g.n for g in head)
+    actual = sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in fwd + bwd) * layers + \
+        sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in head)
+    return max(1.0, actual / (flops / (peak * eff))) if flops > 0 else 1.0
+
+
+def _host_dispatch_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> float:
+    """Host time of one micro-batch's eager ops not hidden behind the device (planner/kernels.py): all of
+    it on the CPU, where host and device are one; on a GPU only what exceeds the device's work."""
+    gpu = cfg.cluster.gpu
+    host_s = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) * \
+        gpu.host_op_s
+    return host_s if gpu.sm_count <= 0 else max(0.0, host_s - mb_compute_s)
 
 
 def _data_parallel(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,

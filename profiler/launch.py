@@ -15,7 +15,7 @@ from typing import Any
 
 from planner.errors import PlanError
 from planner.serialize import config_to_dict
-from planner.strategy import TrainConfig
+from planner.strategy import CrossEntropy, Kernels, TrainConfig
 from profiler.launcher import cpu_env, failure_cause, free_port, torchrun_command
 
 # A small Llama for CPU profiles: Llama-2's shapes scaled down (hidden 768, 12 layers, SwiGLU width
@@ -76,15 +76,43 @@ def check_device(cfg: TrainConfig) -> None:
 
 
 def launch(cfg: TrainConfig, *, model_path: Path | None = None, warmup_steps: int = 1, steps: int = 2,
-           timeout_s: float = 1800.0) -> RunResult:
-    """Run the worker on `cfg.world_size` local processes; PlanError naming the cause on failure."""
+           timeout_s: float = 1800.0, track_memory: bool = True) -> RunResult:
+    """Run the worker on `cfg.world_size` local processes; PlanError naming the cause on failure.
+    `track_memory=False` times the steps without the CPU storage tracker (which slows them down)."""
+    spec = _spec(cfg, model_path, warmup_steps, steps, track_memory)
+    return RunResult(config=cfg, ranks=_torchrun(cfg, spec, timeout_s, [""])[0])
+
+
+def launch_many(cfgs: list[TrainConfig], *, model_path: Path | None = None, warmup_steps: int = 1, steps: int = 2,
+                timeout_s: float = 3600.0, track_memory: bool = False) -> list[RunResult]:
+    """Several configurations of one world size, one after the other in one torchrun (profiler.worker's
+    `run_many`): the interpreter and library start-up is paid once."""
+    if not cfgs or len({c.world_size for c in cfgs}) != 1:
+        raise PlanError("launch_many needs configurations of one world size")
+    spec = {"runs": [_spec(c, model_path, warmup_steps, steps, track_memory) for c in cfgs]}
+    found = _torchrun(cfgs[0], spec, timeout_s, [f"run{i}" for i in range(len(cfgs))])
+    return [RunResult(config=c, ranks=ranks) for c, ranks in zip(cfgs, found, strict=True)]
+
+
+def _spec(cfg: TrainConfig, model_path: Path | None, warmup_steps: int, steps: int,
+          track_memory: bool) -> dict[str, Any]:
     check_device(cfg)
     if cfg.tp > 1 or cfg.pp > 1:
         raise PlanError("`profile run` measures data parallelism (DDP, ZeRO, FSDP); --tp/--pp are not supported")
+    if cfg.cross_entropy is not CrossEntropy.standard or cfg.kernels is not Kernels.eager:
+        # the worker runs transformers' own forward and loss under the engine's wrapper; torchtune's chunked
+        # loss and Liger's kernels would replace them (the dry run follows --cross-entropy chunked)
+        raise PlanError("measured steps run transformers' loss and kernels: re-plan with --cross-entropy standard "
+                        "--kernels eager, or check chunked loss memory with `ftplan profile dry-run`")
+    return {"config": config_to_dict(cfg), "warmup_steps": warmup_steps, "steps": steps,
+            "model_path": None if model_path is None else str(model_path), "track_memory": track_memory}
+
+
+def _torchrun(cfg: TrainConfig, spec: dict[str, Any], timeout_s: float,
+              subdirs: list[str]) -> list[tuple[dict[str, Any], ...]]:
+    """Run the worker under torchrun; the per-rank results found in each of `subdirs` of its output."""
     n = cfg.world_size
     with tempfile.TemporaryDirectory(prefix="ftplan-profile-") as tmp:
-        spec = {"config": config_to_dict(cfg), "warmup_steps": warmup_steps, "steps": steps,
-                "model_path": None if model_path is None else str(model_path)}
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps(spec))
         out = Path(tmp) / "out"
@@ -101,11 +129,14 @@ def launch(cfg: TrainConfig, *, model_path: Path | None = None, warmup_steps: in
         if proc.returncode != 0:
             raise PlanError(f"torchrun failed (exit {proc.returncode}, {cfg.strategy_name()} on {n} process(es)): "
                             f"{failure_cause(proc.stderr + proc.stdout)}")
-        ranks = []
-        for r in range(n):
-            f = out / f"rank{r}.json"
-            if not f.exists():
-                raise PlanError(f"torchrun finished but rank {r} wrote no result ({failure_cause(proc.stderr)})")
-            ranks.append(json.loads(f.read_text()))
-    return RunResult(config=cfg, ranks=tuple(ranks))
+        found = []
+        for sub in subdirs:
+            ranks = []
+            for r in range(n):
+                f = out / sub / f"rank{r}.json"
+                if not f.exists():
+                    raise PlanError(f"torchrun finished but rank {r} wrote no result ({failure_cause(proc.stderr)})")
+                ranks.append(json.loads(f.read_text()))
+            found.append(tuple(ranks))
+    return found
 

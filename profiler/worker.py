@@ -8,7 +8,9 @@ Memory: on CUDA, `torch.cuda.max_memory_allocated` / `max_memory_reserved` over 
 on the CPU, the peak of live tensor bytes (profiler.tracker.StorageTracker, the CPU analogue of
 max_memory_allocated, over the whole run: model, engine buffers and steps) and the process's peak
 RSS (`resource.getrusage`, which also holds the interpreter, libraries and the allocator's slack).
-Time: CUDA events (or perf_counter on the CPU) around each measured optimizer step.
+Time: CUDA events (or perf_counter on the CPU) around each measured optimizer step. The CPU tracker
+intercepts every storage allocation and roughly doubles a small model's step time, so timing runs pass
+`"track_memory": false` (peak tensor bytes are then reported as 0; peak RSS is still read).
 """
 
 from __future__ import annotations
@@ -120,21 +122,64 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
 
 
 def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    import torch
+    """One configuration: set up the process group, measure, write rank<R>.json, tear down."""
     import torch.distributed as dist
 
     cfg = config_from_dict(spec["config"])
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
+    _init(cfg)
+    result = _measure(spec, cfg, out_dir)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def run_many(spec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
+    """`{"runs": [spec, ...]}`: several configurations (same world size) in one process group, each
+    written to out_dir/run<i>/rank<R>.json. Saves the start-up of torch, transformers and DeepSpeed per
+    configuration (tens of seconds each on a small CPU), which dominates short timing runs."""
+    import gc
+
+    import torch.distributed as dist
+
+    runs = spec["runs"]
+    _init(config_from_dict(runs[0]["config"]), force=True)
+    results = []
+    for i, sub in enumerate(runs):
+        results.append(_measure(sub, config_from_dict(sub["config"]), out_dir / f"run{i}"))
+        gc.collect()
+        dist.barrier()
+    dist.destroy_process_group()
+    return results
+
+
+def _device(cfg: TrainConfig) -> tuple[Any, bool]:
+    import torch
+
     cuda = torch.cuda.is_available() and cfg.cluster.gpu.name != "CPU"
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    return (torch.device("cuda", local) if cuda else torch.device("cpu")), cuda
+
+
+def _init(cfg: TrainConfig, force: bool = False) -> None:
+    import torch
+    import torch.distributed as dist
+
+    device, cuda = _device(cfg)
     if cuda:
         torch.cuda.set_device(device)
-    if world > 1 or cfg.engine is not Engine.ddp:
+    if force or int(os.environ.get("WORLD_SIZE", 1)) > 1 or cfg.engine is not Engine.ddp:
         dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
+    import torch
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device, cuda = _device(cfg)
     from profiler.tracker import StorageTracker
 
-    tracker = StorageTracker() if not cuda else None
+    tracker = StorageTracker() if not cuda and spec.get("track_memory", True) else None
     with tracker if tracker is not None else contextlib.nullcontext():
         model = _load_model(cfg, spec.get("model_path"), _param_dtype(cfg)).to(device)
         engine, opt, is_ds = _wrap(cfg, model, device, world)
@@ -156,14 +201,22 @@ def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
             t0 = time.perf_counter()
-            for ids in batches:
-                with autocast:
-                    loss = engine(input_ids=ids, labels=ids).loss
-                if is_ds:
-                    engine.backward(loss)
-                    engine.step()
-                else:
-                    loss.backward()
+            for k, ids in enumerate(batches):
+                # DDP reduces gradients on the last micro-batch only (no_sync before), as the HF Trainer and
+                # accelerate's `accumulate` do and as planner.timing models it
+                sync = contextlib.nullcontext() if k == len(batches) - 1 or not hasattr(engine, "no_sync") \
+                    else engine.no_sync()
+                # --activation-offload: every saved tensor in (pinned) host memory, as runner.train does
+                offload = (torch.autograd.graph.save_on_cpu(pin_memory=cuda) if cfg.activation_offload
+                           else contextlib.nullcontext())
+                with sync, offload:
+                    with autocast:
+                        loss = engine(input_ids=ids, labels=ids).loss
+                    if is_ds:
+                        engine.backward(loss)
+                        engine.step()
+                    else:
+                        loss.backward()
                 del loss
             if not is_ds:
                 opt.step()
@@ -176,7 +229,8 @@ def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                 elapsed = time.perf_counter() - t0
             if i >= warmup:
                 step_times.append(elapsed)
-    peak_tensor = torch.cuda.max_memory_allocated(device) if cuda else tracker.finish().total_bytes
+    peak_tensor = (torch.cuda.max_memory_allocated(device) if cuda
+                   else tracker.finish().total_bytes if tracker is not None else 0)
     reserved = torch.cuda.max_memory_reserved(device) if cuda else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux (getrusage(2))
     step_time_s = sorted(step_times)[len(step_times) // 2]
@@ -189,9 +243,6 @@ def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
               "versions": versions(cuda)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
     return result
 
 
@@ -214,7 +265,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    run(json.loads(args.spec.read_text()), args.out)
+    spec = json.loads(args.spec.read_text())
+    if "runs" in spec:
+        run_many(spec, args.out)
+    else:
+        run(spec, args.out)
 
 
 if __name__ == "__main__":

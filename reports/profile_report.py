@@ -110,3 +110,15 @@ def accuracy_categories_table(rows: list[dict[str, Any]]) -> Table:
         cats = r["categories"]
         table.add_row(r["case"], *(_rel(cats[c][1], cats[c][0]) for c in (*CATEGORIES, "total")))
     return table
+
+
+def device_fit_view(data: dict[str, Any], path: str) -> Text:
+    """The fitted CPU-device constants, in the units planner/gpus.py takes them."""
+    lines = [f"CPU device fit written to {path} (per rank = one core):",
+             f"  host_op_s             {data['host_op_s'] * 1e6:.2f} us per eager op",
+             f"  peak_fp32_flops_per_s {data['peak_fp32_flops_per_s'] / 1e9:.2f} GFLOP/s (large GEMMs)",
+             f"  gemm_half_rate_rows   {data['gemm_half_rate_rows']:.1f} rows",
+             f"  hbm_bytes_per_s       {data['hbm_bytes_per_s'] / 1e9:.2f} GB/s (copy, read + write)",
+             f"  collective_alpha_s    {data['collective_alpha_s'] * 1e6:.1f} us per gloo all-reduce",
+             f"  intra_node_bytes_per_s {data['intra_node_bytes_per_s'] / 1e9:.3f} GB/s (gloo, 2 ranks)"]
+    return Text("\n".join(lines))

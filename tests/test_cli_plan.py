@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import run
 
+from planner.search import TIE_FRACTION
+
 
 @pytest.fixture(scope="module")
 def plan_json() -> dict:
@@ -39,7 +41,7 @@ def test_plan_table_has_every_method(capsys, monkeypatch) -> None:
 
 
 def test_plan_json_contract(plan_json: dict) -> None:
-    assert plan_json["candidates_evaluated"] >= 10_000
+    assert plan_json["candidates_evaluated"] >= 5_000  # one optimizer (the user's) unless --optimizers
     plans = plan_json["plans"]
     assert {p["config"]["method"] for p in plans} == {"full", "lora", "qlora"}
     for p in plans:
@@ -53,9 +55,19 @@ def test_plan_json_contract(plan_json: dict) -> None:
 
 
 def test_plan_json_best_first(plan_json: dict) -> None:
-    # the plans are a per-method prefix of the list ranked by the time model: fastest first
+    # the plans are a per-method prefix of the list ranked by the time model: fastest first, except that a
+    # simpler plan within 1% may go ahead (planner.search.rank), so none is >1% faster than one above it
     speeds = [p["tokens_per_s"] for p in plan_json["plans"]]
-    assert all(a >= b * (1 - 1e-9) for a, b in zip(speeds, speeds[1:], strict=False)), speeds
+    assert all(b <= a / (1 - TIE_FRACTION) * (1 + 1e-9) for i, a in enumerate(speeds) for b in speeds[i + 1:]), speeds
+
+
+def test_plan_optimizers_option(capsys, monkeypatch) -> None:
+    code, out, err = run(capsys, monkeypatch, "plan", "--model", "7b", "--gpus", "8xA800", "--method", "lora",
+                         "--optimizers", "adamw,adamw_8bit", "--top", "50", "--json")
+    assert code == 0, err
+    assert {p["config"]["optimizer"] for p in json.loads(out)["plans"]} <= {"adamw", "adamw_8bit"}
+    code, _, err = run(capsys, monkeypatch, "plan", "--model", "7b", "--gpus", "8xA800", "--optimizers", "adam")
+    assert code == 2 and "--optimizers: unknown value 'adam'" in err
 
 
 def test_plan_json_method_narrowing(capsys, monkeypatch) -> None:

@@ -107,7 +107,9 @@ def test_calibration_changes_speed(capsys, monkeypatch, tmp_path: Path) -> None:
     _, plain, _ = run(capsys, monkeypatch, *args)
     _, calibrated, _ = run(capsys, monkeypatch, *args, "--calibration", str(cal))
     a, b = json.loads(plain)["time_breakdown_s"], json.loads(calibrated)["time_breakdown_s"]
-    assert b["compute"] == pytest.approx(2 * a["compute"])  # A800 default 0.55 -> 0.275
+    # A800 default 0.55 -> 0.275 doubles the math time; LoRA's memory-bound adapter GEMMs (planner/kernels.py
+    # roofline) do not depend on the math efficiency
+    assert 1.8 * a["compute"] < b["compute"] <= 2 * a["compute"] * (1 + 1e-9)
 
 
 def test_plan_table_shows_speed(capsys, monkeypatch) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from planner import parallel_comm as pc
+from planner import collectives as col
 from planner.choices import Engine, FsdpStrategy, Method, Offload, OffloadDevice, Optimizer, Precision, ZeroStage
-from planner.comm import Group, allreduce_time_s
-from planner.engines.sharded import overlap
+from planner.comm import Group, allreduce_time_s, split_time_s
+from planner.engines.sharded import overlap_for
 from planner.states import StageParams, grad_dtype_bytes, is_mixed
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
 
-DDP_BUCKET_BYTES = 25 * 2**20  # torch DistributedDataParallel bucket_cap_mb=25 (its default)
 ROWS = ((Engine.ddp, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),)
 
 
@@ -105,8 +104,20 @@ def gradient_offloads_per_step(cfg: TrainConfig) -> int:
 def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
             comm_eff: float) -> tuple[float, float, float]:
     """(total, exposed) all-reduce seconds per step, and 0 host-link seconds. DDP reduces gradients in
-    the parameter's dtype: fp32 master weights under *-mixed."""
+    the parameter's dtype (fp32 master weights under *-mixed), one all-reduce per bucket
+    (planner/collectives.py)."""
     grad_bytes = trainable_gpu * grad_dtype_bytes(cfg.precision)
-    ar = pc.grad_allreduce_s(grad_bytes, g)
-    tail = allreduce_time_s(min(DDP_BUCKET_BYTES, grad_bytes), g)
-    return ar, overlap(ar, bwd_s, tail), 0.0
+    return bucketed_allreduce(cfg, g, grad_bytes, bwd_s)
+
+
+def bucketed_allreduce(cfg: TrainConfig, g: Group, grad_bytes: float, bwd_s: float) -> tuple[float, float, float]:
+    calls = col.ddp_buckets(grad_bytes)
+    if calls == 0:
+        return 0.0, 0.0, 0.0
+    ar = split_time_s(allreduce_time_s, grad_bytes, calls, g)
+    return ar, overlap_for(cfg)(ar, bwd_s, ar / calls), 0.0
+
+
+def hook_host_s(cfg: TrainConfig, layers: int) -> float:
+    """DDP's autograd hooks only copy gradients into buckets (counted in the op dispatch)."""
+    return 0.0

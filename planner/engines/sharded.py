@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from planner import offload_time as off
 from planner import parallel_comm as pc
 from planner.choices import Offload, OffloadDevice
-from planner.comm import Group
+from planner.comm import Group, split_time_s
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -27,22 +27,35 @@ def overlap(comm_s: float, window_s: float, tail_s: float) -> float:
     return max(comm_s - window_s, min(tail_s, comm_s))
 
 
+def no_overlap(comm_s: float, window_s: float, tail_s: float) -> float:
+    """Devices whose communication runs on the compute cores (the CPU device, gloo): nothing is hidden."""
+    return comm_s
+
+
+def overlap_for(cfg: TrainConfig):
+    """`overlap`, or `no_overlap` on a device that does not run communication beside compute."""
+    return overlap if cfg.cluster.gpu.overlaps_comm else no_overlap
+
+
 def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
-                 bucket_bytes: float, *, gathers: int) -> tuple[float, float, float]:
-    """ZeRO-3 / FSDP: per micro-batch, gather the weights for forward (and again for backward unless
-    they stay unsharded, SHARD_GRAD_OP) and reduce-scatter the gradients; with parameter offload the
-    partition first crosses the host link (Rajbhandari et al. 2021, ZeRO-Infinity Sec. 5).
+                 gather_calls: int, rs_calls: int, *, gathers: int) -> tuple[float, float, float]:
+    """ZeRO-3 / FSDP: per micro-batch, gather the weights module by module (unit by unit) for forward, and
+    again for backward unless they stay unsharded (SHARD_GRAD_OP), and reduce-scatter the gradients in
+    buckets; each call pays its latency (planner/collectives.py). With parameter offload the partition
+    first crosses the host link (Rajbhandari et al. 2021, ZeRO-Infinity Sec. 5). Prefetching overlaps a
+    gather with the previous module's compute, so the first gather of each pass (`tail`) is exposed.
     Returns (total, exposed) seconds per step and the host-to-GPU seconds of offloaded partitions."""
     ga = cfg.grad_accum
-    ag = pc.param_allgather_s(param_bytes_gpu, g)
-    rs = pc.grad_reduce_scatter_s(grad_bytes, g)
+    overlap = overlap_for(cfg)
+    ag = split_time_s(pc.param_allgather_s, param_bytes_gpu, gather_calls, g)
+    rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls, g)
     h2d = 0.0
     if cfg.offload is Offload.all:
         part = param_bytes_gpu / g.n
         if cfg.offload_device is OffloadDevice.nvme:
             h2d = off.nvme_time_s(part, cfg.cluster.gpus_per_node)
         h2d += off.pcie_time_s(part, cfg.cluster.gpu.host_link_bytes_per_s)
-    tail = pc.param_allgather_s(min(bucket_bytes, param_bytes_gpu), g)
+    tail = ag / max(1, gather_calls)
     fwd_exposed = overlap(ag, fwd_s, tail)
     bwd_exposed = overlap((gathers - 1) * ag + rs, bwd_s, tail)
     total = ga * (gathers * ag + rs)

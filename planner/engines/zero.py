@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from planner import collectives as col
 from planner import deepspeed_sizes as ds
 from planner import parallel_comm as pc
 from planner.choices import (
     Engine,
     FsdpStrategy,
+    GradCkpt,
     Method,
     Offload,
     OffloadDevice,
@@ -24,10 +26,11 @@ from planner.choices import (
     Quant,
     ZeroStage,
 )
-from planner.comm import Group, allreduce_time_s
-from planner.engines.sharded import overlap, sharded_comm
+from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
+from planner.deepspeed_sizes import allgather_bucket_elements, reduce_bucket_elements
+from planner.engines.sharded import overlap_for, sharded_comm
 from planner.params import embedding_params, head_params, layer_params
-from planner.states import StageParams, compute_copy_bytes, is_mixed
+from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -227,20 +230,38 @@ def gradient_offloads_per_step(cfg: TrainConfig) -> int:
 
 def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
             comm_eff: float) -> tuple[float, float, float]:
-    """(total, exposed) data-parallel seconds per step, and host-link seconds of parameter offload."""
-    fp32 = cfg.precision is Precision.fp32
-    grad_bytes = trainable_gpu * (4.0 if fp32 else 2.0)  # DeepSpeed reduces in 16 bits
-    bucket = min(2.0 * cfg.model.hidden_size ** 2, grad_bytes)  # reduce_bucket_size = h*h elements
+    """(total, exposed) data-parallel seconds per step, and host-link seconds of parameter offload; each
+    collective split into the calls DeepSpeed issues (planner/collectives.py)."""
+    elem = 4.0 if cfg.precision is Precision.fp32 else 2.0  # DeepSpeed reduces in 16 bits
+    grad_bytes = trainable_gpu * elem
+    rs_calls = col.buckets(grad_bytes, reduce_bucket_elements(cfg.model) * elem)
+    overlap = overlap_for(cfg)
     if cfg.zero is ZeroStage.DISABLED:
-        ar = pc.grad_allreduce_s(grad_bytes, g)
-        return ar, overlap(ar, bwd_s, allreduce_time_s(bucket, g)), 0.0
+        ar = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
+        return ar, overlap(ar, bwd_s, ar / max(1, rs_calls)), 0.0
     if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
-        rs = pc.grad_reduce_scatter_s(grad_bytes, g)
-        rs_tail = pc.grad_reduce_scatter_s(bucket, g)
+        rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls, g)
         # ZeRO-1 reduces once per step (it keeps whole gradients); ZeRO-2 every micro-batch, since
         # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
         n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum
-        ag = pc.param_allgather_s(trainable_gpu * (4.0 if fp32 else 2.0), g)
-        total = n_rs * rs + ag
-        return total, n_rs * overlap(rs, bwd_s, rs_tail) + ag, 0.0
-    return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, bucket, gathers=2)
+        ag_bytes = trainable_gpu * elem
+        ag = split_time_s(allgather_time_s, ag_bytes,
+                          col.buckets(ag_bytes, allgather_bucket_elements(cfg.model) * elem), g)
+        return n_rs * rs + ag, n_rs * overlap(rs, bwd_s, rs / max(1, rs_calls)) + ag, 0.0
+    layers = stage_layers(cfg.model.num_layers, cfg.pp)
+    modules = col.param_modules(cfg.model, layers, cfg.method, cfg.lora_targets)
+    # the recomputed forward of full checkpointing gathers the released parameters once more
+    gathers = 3 if cfg.grad_ckpt is GradCkpt.full else 2
+    return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, modules, rs_calls, gathers=gathers)
+
+
+def hook_host_s(cfg: TrainConfig, layers: int) -> float:
+    """Per micro-batch: host work of ZeRO-3's hooks on every submodule, on the critical path
+    (planner/collectives.py); a recomputed forward runs the forward hooks again (3 passes, not 2)."""
+    if cfg.zero is not ZeroStage.WEIGHTS:
+        return 0.0
+    gpu = cfg.cluster.gpu
+    per = gpu.zero3_module_host_s if gpu.zero3_module_host_s is not None else \
+        col.ZERO3_MODULE_HOST_OPS * gpu.host_op_s
+    passes = 1.5 if cfg.grad_ckpt is GradCkpt.full else 1.0
+    return col.zero3_modules(cfg.model, layers, cfg.method, cfg.lora_targets) * per * passes

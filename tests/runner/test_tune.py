@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from planner.build import build_config
-from planner.search import SearchSpace, plan
+from planner.search import TIE_FRACTION, SearchSpace, plan
 from planner.strategy import Method
 from planner.tune_space import Filters, build_space, choices_of, pareto_front
 from runner.tune import TuneOptions, tune
@@ -53,12 +53,16 @@ def test_pareto_front_keeps_only_undominated_points():
 
 def test_analytical_tune_agrees_with_exhaustive_plan(base_7b):
     # compared with plan() at test time: the time model is its own module and may change
+    # plan() lets a simpler plan within 1% go first (planner.search.rank); the tuner ranks by tokens/s
+    # alone, so its winner is the fastest plan of the leading tie group
     result = tune(build_space(base_7b, SearchSpace()), TuneOptions(storage="memory"))
-    expected = plan(base_7b, SearchSpace()).plans[0]
-    assert str(result.best.config) == str(expected.config)
-    assert result.best.config == expected.config
-    assert result.trials_completed == len(plan(base_7b, SearchSpace()).plans)
-    assert result.pareto[0].name.startswith(str(expected.config))
+    plans = plan(base_7b, SearchSpace()).plans
+    fastest = max(plans, key=lambda e: e.time.tokens_per_s)
+    assert result.best.config == fastest.config
+    assert result.best.config in {e.config for e in plans
+                                  if e.time.tokens_per_s >= plans[0].time.tokens_per_s * (1 - TIE_FRACTION)}
+    assert result.trials_completed == len(plans)
+    assert result.pareto[0].name.startswith(str(fastest.config))
 
 
 def test_small_space_is_enumerated_even_with_trials(base_7b):
@@ -129,9 +133,13 @@ def test_json_best_has_the_keys_of_plan_json(tmp_path):
     data = json.loads(out.stdout)
     plan_out = subprocess.run([sys.executable, "-m", "ftplan", "plan", "--model", "7b", "--gpus", "8xA800",
                                "--method", "qlora", "--json"], capture_output=True, text=True, check=True)
-    first = json.loads(plan_out.stdout)["plans"][0]
+    plans = json.loads(plan_out.stdout)["plans"]
+    first = plans[0]
     assert set(data["best"]) == set(first)
-    assert data["best"]["name"] == first["name"]
+    # the tuner takes the fastest plan; plan() puts a simpler one within 1% first (planner.search.rank)
+    leaders = [p for p in plans if p["tokens_per_s"] >= first["tokens_per_s"] * (1 - TIE_FRACTION)]
+    assert data["best"]["tokens_per_s"] >= first["tokens_per_s"] * (1 - TIE_FRACTION)
+    assert data["best"]["name"] in {p["name"] for p in leaders} or len(leaders) == len(plans)
     assert data["trials_completed"] > 0 and data["trials_failed"] == 0
     assert (tmp_path / "win" / "plan.json").exists()
 

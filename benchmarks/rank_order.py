@@ -1,0 +1,168 @@
+"""Does the time model rank plans in the order they really run? Real 2-process CPU steps vs predictions.
+
+A 16.6M-parameter Llama (hidden 384, 6 layers, vocab 8000, fp32, seq 128), built from a config (no
+download), runs real optimizer steps on 2 CPU processes over gloo (`profiler.launch`, the machinery of
+`ftplan profile run`, without the memory tracker so that the steps are timed untouched). Plans: DDP,
+ZeRO-1/2/3 and FSDP; micro-batch 1 to 8; activation checkpointing none / full; full fine-tuning and LoRA.
+Every plan is measured `--repeats` times (default 2), in interleaved rounds (all plans, then all plans
+again) so that a slow spell of the shared machine spreads over the plans instead of hitting one.
+
+Printed: per plan the measured step time (median of the repeats, and their spread), the predicted one
+with the planner's shipped CPU defaults (planner/gpus.py, fitted by `ftplan profile calibrate --device`),
+the error, then Kendall's tau between the measured and the predicted tokens/s and the median
+|step-time error|. Aims (issue 11): tau >= 0.8, median error <= 10%.
+
+Usage: python benchmarks/rank_order.py [--repeats 2] [--steps 2] [--save FILE] [--load FILE]
+                                      [--device-fit FILE] [--json]
+`--save` keeps the measurements; `--load` re-predicts saved measurements without running anything (to
+check a model change against the same measurements); `--device-fit` predicts with the constants of a
+fresh `ftplan profile calibrate --device --out FILE` instead of the shipped CPU defaults (fit and
+measure back to back when the machine's load changes). Whole run: about 6-10 minutes on a quiet 2-core
+machine; the machine's load shows in the spread column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from planner.build import build_config  # noqa: E402
+from planner.errors import PlanError  # noqa: E402
+from planner.strategy import FsdpStrategy, GradCkpt, Method, Precision, TrainConfig  # noqa: E402
+from planner.timing import step_time  # noqa: E402
+
+LLAMA_16M = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 8000, "hidden_size": 384,
+             "intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 6, "num_key_value_heads": 6,
+             "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+SEQ = 128
+
+# (label, engine kwargs, method, micro-batch, grad-accum, checkpointing): 14 plans
+PLANS: tuple[tuple[str, dict, Method, int, int, GradCkpt], ...] = (
+    ("ddp", {}, Method.full, 1, 2, GradCkpt.none),
+    ("ddp", {}, Method.full, 4, 1, GradCkpt.none),
+    ("ddp", {}, Method.full, 8, 1, GradCkpt.none),
+    ("ddp", {}, Method.full, 4, 1, GradCkpt.full),
+    ("z1", {"zero": 1}, Method.full, 2, 1, GradCkpt.none),
+    ("z2", {"zero": 2}, Method.full, 2, 1, GradCkpt.none),
+    ("z2", {"zero": 2}, Method.full, 8, 1, GradCkpt.none),
+    ("z3", {"zero": 3}, Method.full, 2, 1, GradCkpt.none),
+    ("z3", {"zero": 3}, Method.full, 8, 1, GradCkpt.full),
+    ("fsdp", {"fsdp": FsdpStrategy.full_shard}, Method.full, 2, 1, GradCkpt.none),
+    ("fsdp", {"fsdp": FsdpStrategy.full_shard}, Method.full, 8, 1, GradCkpt.none),
+    ("ddp", {}, Method.lora, 4, 1, GradCkpt.none),
+    ("z2", {"zero": 2}, Method.lora, 4, 1, GradCkpt.none),
+    ("z3", {"zero": 3}, Method.lora, 4, 1, GradCkpt.full),
+)
+
+
+def plan_configs(model_path: Path, device_fit: Path | None = None) -> list[TrainConfig]:
+    cfgs = [build_config(model=str(model_path), gpus="2xCPU", method=method, precision=Precision.fp32,
+                         micro_batch=mb, grad_accum=ga, seq_len=SEQ, grad_ckpt=ckpt, **kw)
+            for _, kw, method, mb, ga, ckpt in PLANS]
+    if device_fit is None:
+        return cfgs
+    fit = json.loads(device_fit.read_text())
+    gpu = replace(cfgs[0].cluster.gpu, host_op_s=fit["host_op_s"], peak_fp32_flops_per_s=fit["peak_fp32_flops_per_s"],
+                  peak_tf32_flops_per_s=fit["peak_fp32_flops_per_s"], gemm_half_rate_rows=fit["gemm_half_rate_rows"],
+                  hbm_bytes_per_s=fit["hbm_bytes_per_s"], collective_alpha_s=fit["collective_alpha_s"],
+                  intra_node_bytes_per_s=fit["intra_node_bytes_per_s"], zero3_module_host_s=fit["zero3_module_s"],
+                  fsdp_unit_host_s=fit["fsdp_unit_s"])
+    cluster = replace(cfgs[0].cluster, gpu=gpu)
+    return [replace(c, cluster=cluster) for c in cfgs]
+
+
+def plan_name(cfg: TrainConfig) -> str:
+    return f"{cfg.method.value}-{cfg}"
+
+
+def measure(cfgs: list[TrainConfig], repeats: int, steps: int) -> dict[str, list[float]]:
+    """`repeats` rounds; each round runs every plan once in one torchrun (profiler.launch.launch_many), the
+    order reversed every other round so that a plan's place in the round does not bias its time."""
+    from profiler.launch import launch_many
+
+    out: dict[str, list[float]] = {plan_name(c): [] for c in cfgs}
+    for r in range(repeats):
+        order = cfgs if r % 2 == 0 else cfgs[::-1]
+        t0 = time.perf_counter()
+        for result in launch_many(order, warmup_steps=1, steps=steps, track_memory=False):
+            out[plan_name(result.config)].append(result.step_time_s)
+        print(f"  round {r + 1}: {len(cfgs)} plans in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def kendall_tau(xs: list[float], ys: list[float]) -> float:
+    """Kendall's tau-a over all pairs: (concordant - discordant) / pairs."""
+    n, s = len(xs), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = xs[i] - xs[j], ys[i] - ys[j]
+            s += (a * b > 0) - (a * b < 0)
+    return s / (n * (n - 1) / 2)
+
+
+def report(cfgs: list[TrainConfig], measured: dict[str, list[float]]) -> dict:
+    rows = []
+    for cfg in cfgs:
+        times = measured[plan_name(cfg)]
+        meas = statistics.median(times)
+        try:
+            pred = step_time(cfg).step_time_s
+        except PlanError:
+            continue
+        tokens = cfg.global_batch * cfg.seq_len
+        rows.append({"plan": plan_name(cfg), "measured_s": meas, "spread": max(times) / min(times) - 1,
+                     "predicted_s": pred, "error": pred / meas - 1, "measured_tokens_per_s": tokens / meas,
+                     "predicted_tokens_per_s": tokens / pred, "repeats": len(times)})
+    tau = kendall_tau([r["measured_tokens_per_s"] for r in rows], [r["predicted_tokens_per_s"] for r in rows])
+    med = statistics.median(abs(r["error"]) for r in rows)
+    return {"rows": rows, "kendall_tau": tau, "median_abs_error": med,
+            "worst_abs_error": max(abs(r["error"]) for r in rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=2, help="measurements per plan (interleaved rounds)")
+    ap.add_argument("--steps", type=int, default=2, help="timed optimizer steps per measurement (median)")
+    ap.add_argument("--save", type=Path, help="write the measurements to this JSON file")
+    ap.add_argument("--load", type=Path, help="re-predict measurements saved with --save; run nothing")
+    ap.add_argument("--device-fit", type=Path, help="predict with this `profile calibrate --device` file")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = Path(tmp) / "llama-16m"
+        model_path.mkdir()
+        (model_path / "config.json").write_text(json.dumps(LLAMA_16M))
+        cfgs = plan_configs(model_path, args.device_fit)
+        if args.load:
+            measured = json.loads(args.load.read_text())["measured_s"]
+        else:
+            t0 = time.perf_counter()
+            measured = measure(cfgs, args.repeats, args.steps)
+            print(f"measured {len(cfgs)} plans x {args.repeats} in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr)
+            if args.save:
+                args.save.write_text(json.dumps({"model": LLAMA_16M, "seq_len": SEQ, "measured_s": measured},
+                                                indent=1) + "\n")
+        out = report(cfgs, measured)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"{'plan':48s} {'measured s':>10s} {'spread':>7s} {'predicted s':>11s} {'error':>7s}")
+    for r in out["rows"]:
+        print(f"{r['plan']:48s} {r['measured_s']:10.3f} {r['spread']:7.1%} {r['predicted_s']:11.3f} "
+              f"{r['error']:+7.1%}")
+    print(f"Kendall tau (tokens/s, measured vs predicted): {out['kendall_tau']:.3f}   (aim >= 0.8)")
+    print(f"median |step-time error|: {out['median_abs_error']:.1%}   worst: {out['worst_abs_error']:.1%}"
+          "   (aim median <= 10%)")
+
+
+if __name__ == "__main__":
+    main()

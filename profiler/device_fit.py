@@ -1,0 +1,236 @@
+"""Measure the CPU "device" the planner predicts: GEMM rate vs size, memory bandwidth, op dispatch, gloo.
+
+`ftplan profile calibrate --device` runs this and prints the fitted constants that planner/gpus.py ships
+as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one OpenMP thread
+(profiler/launch.py sets OMP_NUM_THREADS=1), so every figure is per core:
+- host_op_s: median time of a 1-element `torch.add` (python + dispatcher + kernel call);
+- GEMM: fp32 (m x k) @ (k x n) for k = n in {256, 512, 1024} and m from 16 to 1024 tokens; fitted by least
+  squares to t / (2kn) = (m + m0) / R (planner/kernels.py: a fixed weight-packing cost per call on top
+  of 2mkn / R), giving the large-GEMM rate R (the CPU's fp32 peak) and the half-rate rows m0;
+- memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time);
+- gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB, fitted to t = alpha + M / B (for 2
+  ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest
+  messages, alpha from the smallest;
+- sharding hooks: forward + backward of 48 tiny Linear(8, 8) modules under DeepSpeed ZeRO-3 and under
+  FSDP2 (one unit per module), both on one gloo rank, minus the same model unwrapped, per module: the
+  host work of fetching, releasing and reducing one module's parameters (DeepSpeed's
+  pre/post-submodule hooks, partitioned_param_coordinator.fetch_sub_module / release_sub_module;
+  FSDP2's pre/post-forward and backward hooks), where its data movement is negligible.
+Least squares on times measured in one run; medians of repeats damp a shared machine's noise, not remove it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeviceFit:
+    host_op_s: float
+    peak_fp32_flops_per_s: float
+    gemm_half_rate_rows: float
+    hbm_bytes_per_s: float
+    collective_alpha_s: float
+    intra_node_bytes_per_s: float
+    zero3_module_s: float  # host work per ZeRO-3 module and micro-batch (forward + backward)
+    fsdp_unit_s: float  # the same per FSDP unit
+    gemm_points: tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
+    allreduce_points: tuple[tuple[int, float], ...]  # (bytes, seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _median_time(fn: Any, repeats: int, inner: int = 1) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
+
+
+def _line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Slope and intercept minimizing the squared *relative* residuals (weights 1/y^2), so that the
+    small sizes, whose times are short, count as much as the large ones."""
+    w = [1.0 / (y * y) for y in ys]
+    sw = sum(w)
+    mx = sum(wi * x for wi, x in zip(w, xs, strict=True)) / sw
+    my = sum(wi * y for wi, y in zip(w, ys, strict=True)) / sw
+    sxx = sum(wi * (x - mx) ** 2 for wi, x in zip(w, xs, strict=True))
+    slope = sum(wi * (x - mx) * (y - my) for wi, x, y in zip(w, xs, ys, strict=True)) / sxx
+    return slope, my - slope * mx
+
+
+def measure_host_op_s() -> float:
+    import torch
+
+    a, b = torch.ones(1), torch.ones(1)
+    return _median_time(lambda: torch.add(a, b), repeats=7, inner=2000)
+
+
+def measure_gemms(host_op_s: float) -> tuple[float, float, tuple[tuple[int, int, int, float], ...]]:
+    import torch
+
+    points = []
+    for kn in (256, 512, 1024):
+        w = torch.randn(kn, kn)
+        for m in (16, 32, 64, 128, 256, 512, 1024):
+            x = torch.randn(m, kn)
+            torch.mm(x, w)
+            inner = max(1, int(2e8 / (2 * m * kn * kn)))
+            points.append((m, kn, kn, _median_time(lambda x=x, w=w: torch.mm(x, w), repeats=5, inner=inner)))
+    # t / (2kn) = m / R + m0 / R
+    slope, intercept = _line_fit([float(m) for m, _, _, _ in points],
+                                 [max(t - host_op_s, 1e-9) / (2 * k * n) for _, k, n, t in points])
+    rate = 1.0 / slope
+    return rate, max(0.0, intercept * rate), tuple(points)
+
+
+def measure_bandwidth() -> float:
+    import torch
+
+    src = torch.ones(16 * 2**20)
+    dst = torch.empty_like(src)
+    t = _median_time(lambda: dst.copy_(src), repeats=7, inner=3)
+    return 2 * src.numel() * 4 / t
+
+
+def _allreduce_rank(rank: int, port: int, sizes: list[int], out: Any) -> None:
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    results = []
+    for n_bytes in sizes:
+        t = torch.ones(max(1, n_bytes // 4))
+        for _ in range(3):
+            dist.all_reduce(t)
+        dist.barrier()
+        # back-to-back all-reduces: each one synchronizes the two ranks, so the median is the call's time
+        results.append((n_bytes, _median_time(lambda t=t: dist.all_reduce(t), repeats=15)))
+    if rank == 0:
+        out.put(results)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure_allreduce() -> tuple[float, float, tuple[tuple[int, float], ...]]:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    sizes = [4096 * 4**k for k in range(7)]  # 4 KiB .. 16 MiB
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_allreduce_rank, args=(r, port, sizes, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    points = queue.get(timeout=600)
+    for p in procs:
+        p.join(timeout=120)
+    return *fit_alpha_beta(points), tuple(points)
+
+
+def fit_alpha_beta(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """t = alpha + M / B: the bandwidth B from the three largest messages (plain least squares, where the
+    bytes dominate), the latency alpha from the two smallest (median of t - M / B)."""
+    ordered = sorted(points)
+    big = ordered[-3:]
+    mx = statistics.fmean(b for b, _ in big)
+    my = statistics.fmean(t for _, t in big)
+    slope = sum((b - mx) * (t - my) for b, t in big) / sum((b - mx) ** 2 for b, _ in big)
+    beta = 1.0 / max(slope, 1e-15)
+    alpha = statistics.median(t - b / beta for b, t in ordered[:2])
+    return max(1e-7, alpha), beta
+
+
+HOOK_MODULES = 48
+
+
+def _hook_rank(port: int, out: Any) -> None:
+    """One gloo rank: per-module host time of ZeRO-3 and FSDP2 hooks on tiny modules."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                      LOCAL_WORLD_SIZE="1", DS_ACCELERATOR="cpu")
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(HOOK_MODULES)])
+
+    x = torch.randn(4, 8)
+
+    def step_time(m: Any) -> float:
+        def once() -> None:
+            m(x).sum().backward()
+
+        for _ in range(3):
+            once()
+        return _median_time(once, repeats=9)
+
+    plain = step_time(model())
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=model(), model_parameters=None, config={
+        "train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "optimizer": {"type": "SGD", "params": {"lr": 0.0}}, "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9})
+
+    def z3_once() -> None:
+        engine.backward(engine(x).sum())
+
+    for _ in range(3):
+        z3_once()
+    z3 = _median_time(z3_once, repeats=9)
+    from torch.distributed.fsdp import fully_shard
+
+    fm = model()
+    for layer in fm:
+        fully_shard(layer)
+    fully_shard(fm)
+    fsdp = step_time(fm)
+    out.put(((z3 - plain) / HOOK_MODULES, (fsdp - plain) / HOOK_MODULES))
+    dist.destroy_process_group()
+
+
+def measure_hooks() -> tuple[float, float]:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_hook_rank, args=(port, queue))
+    proc.start()
+    z3, fsdp = queue.get(timeout=900)
+    proc.join(timeout=120)
+    return max(0.0, z3), max(0.0, fsdp)
+
+
+def fit_device() -> DeviceFit:
+    import torch
+
+    torch.set_num_threads(1)
+    host = measure_host_op_s()
+    rate, m0, gemms = measure_gemms(host)
+    bw = measure_bandwidth()
+    alpha, beta, ar = measure_allreduce()
+    z3, fsdp = measure_hooks()
+    return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, hbm_bytes_per_s=bw,
+                     collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
+                     gemm_points=gemms, allreduce_points=ar)

@@ -1,0 +1,79 @@
+"""The time terms that decide rankings (issue 11): GEMM shapes, collective calls, framework hooks."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner import collectives as col
+from planner import kernels as kn
+from planner.build import build_config
+from planner.gpus import gpu_from_name
+from planner.models import resolve
+from planner.strategy import GradCkpt, Method
+from planner.timing import step_time
+
+
+def test_wave_quantization_follows_the_nvidia_guide() -> None:
+    """NVIDIA GEMM guide, Sec. 3.2: on 108 SMs, 108 tiles fill one wave exactly; one tile more needs a second
+    wave that is almost empty. With 256 x 128 tiles, m x n = 2304 x 1536 is 9 x 12 = 108 tiles."""
+    assert kn.wave_efficiency(2304, 1536, 108) == pytest.approx(1.0)
+    assert kn.wave_efficiency(2304 + 1, 1536 + 1, 108) < 0.8
+    assert kn.wave_efficiency(64, 64, 0) == 1.0  # the CPU has no waves
+
+
+def test_lora_adapters_are_memory_bound() -> None:
+    a100 = gpu_from_name("A100-80G")
+    adapter = kn.Gemm(4096, 4096, 8)
+    math_s = 2 * 4096 * 4096 * 8 / (a100.peak_bf16_flops_per_s * 0.55)
+    assert kn.gemm_time_s(adapter, a100, a100.peak_bf16_flops_per_s, 0.55, 2.0) > 5 * math_s
+
+
+def test_cpu_gemm_rate_grows_with_rows() -> None:
+    cpu = gpu_from_name("CPU")
+    rate = [2 * m * 512 * 512 / kn.gemm_time_s(kn.Gemm(m, 512, 512), cpu, cpu.peak_fp32_flops_per_s, 1.0, 4.0)
+            for m in (1, 4, 64)]
+    assert rate[0] < rate[1] < rate[2] <= cpu.peak_fp32_flops_per_s
+
+
+def test_collective_calls_follow_each_engine() -> None:
+    assert col.ddp_buckets(2**20) == 1 and col.ddp_buckets(2**20 + 1) == 2
+    assert col.ddp_buckets(2**20 + 25 * 2**20 * 3) == 4
+    m = resolve("llama-2-7b")
+    # 32 layers x (7 linears + layer, attention, MLP, activation, two norms) + 6 top-level modules
+    assert col.zero3_modules(m, 32, Method.full, ("all",)) == 32 * 13 + 6
+    assert col.zero3_modules(m, 32, Method.lora, ("all",)) == 32 * (13 + 9 * 7) + 8
+    assert col.param_modules(m, 32, Method.full, ("all",)) == 32 * 9 + 3
+    assert col.fsdp_units(32) == 33
+
+
+def test_micro_batch_no_longer_ties_on_gpus() -> None:
+    """Issue 11: LoRA mb1/2/4 used to predict exactly the same tokens/s; larger GEMMs fill the waves better."""
+    speeds = [step_time(build_config(model="7b", gpus="8xA800", method=Method.lora, zero=1, micro_batch=mb,
+                                     grad_accum=8 // mb)).tokens_per_s for mb in (1, 2, 4)]
+    assert len({round(s) for s in speeds}) == 3
+    assert speeds[2] > speeds[0]
+
+
+@pytest.mark.parametrize(("model", "gpus"), [("7b", "8xA800"), ("llama-3.2-1b", "8xA100-80G")])
+def test_zero3_ranks_below_zero1_and_zero2(model: str, gpus: str) -> None:
+    """Issue 11 and the HF DeepSpeed guide: ZeRO-1/2 above ZeRO-3 for full fine-tuning at mb 2, ga 4."""
+    tps = {z: step_time(build_config(model=model, gpus=gpus, method=Method.full, zero=z, micro_batch=2,
+                                     grad_accum=4, check=False)).tokens_per_s for z in (1, 2, 3)}
+    assert tps[3] < tps[2] and tps[3] < tps[1]
+
+
+def test_zero3_pays_hooks_and_regathers_under_checkpointing() -> None:
+    plain = step_time(build_config(model="7b", gpus="8xA800", method=Method.full, zero=3, micro_batch=2,
+                                   grad_accum=4, check=False))
+    ckpt = step_time(build_config(model="7b", gpus="8xA800", method=Method.full, zero=3, micro_batch=2,
+                                  grad_accum=4, grad_ckpt=GradCkpt.full, check=False))
+    assert plain.breakdown_s["framework"] > 0
+    assert ckpt.breakdown_s["framework"] == pytest.approx(1.5 * plain.breakdown_s["framework"], rel=0.05)
+    assert ckpt.dp_comm_total_s > plain.dp_comm_total_s
+
+
+def test_cpu_communication_is_not_hidden() -> None:
+    """On the CPU device gloo runs on the ranks' own cores: DDP's all-reduce is all exposed."""
+    t = step_time(build_config(model="llama-3.2-1b", gpus="2xCPU", method=Method.full, seq_len=128,
+                               check=False))
+    assert t.breakdown_s["dp_comm"] == pytest.approx(t.dp_comm_total_s)

@@ -1,0 +1,28 @@
+"""`ftplan profile calibrate --device`: the fits that turn measured points into the CPU device's constants."""
+
+from __future__ import annotations
+
+import pytest
+from cli_helpers import run
+
+from profiler.device_fit import _line_fit, fit_alpha_beta
+
+
+def test_alpha_beta_recovered_from_exact_points() -> None:
+    alpha, beta = 300e-6, 40e6
+    points = [(n, alpha + n / beta) for n in (4096 * 4**k for k in range(7))]
+    a, b = fit_alpha_beta(points)
+    assert a == pytest.approx(alpha, rel=1e-6) and b == pytest.approx(beta, rel=1e-6)
+
+
+def test_gemm_curve_line_fit_is_exact_on_a_line() -> None:
+    """t / (2kn) = m / R + m0 / R: slope 1 / R, intercept m0 / R."""
+    rate, m0 = 8e9, 3.0
+    slope, intercept = _line_fit([16.0, 64.0, 256.0, 1024.0], [(m + m0) / rate for m in (16, 64, 256, 1024)])
+    assert 1 / slope == pytest.approx(rate, rel=1e-9) and intercept / slope == pytest.approx(m0, rel=1e-6)
+
+
+def test_calibrate_without_profiles_or_device_is_one_line(capsys, monkeypatch, tmp_path) -> None:
+    code, _, err = run(capsys, monkeypatch, "profile", "calibrate", "--out", str(tmp_path / "c.json"))
+    assert code == 2 and "no profiles given" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c.json").exists()
