@@ -72,7 +72,8 @@ def test_rounds_learn_what_the_model_misses(space, measured):
     assert rounds == sorted(rounds) and rounds[0] == 0 and rounds[-1] >= 1
     assert result.calibration is not None and result.calibration["from_trials"] == 6
     ratios = result.calibration["ratio_by_strategy"]
-    assert ratios["DDP"] > ratios["Z3"]  # the measured / calibrated factor per strategy
+    # the measured / calibrated factor per strategy: DDP is the fastest here, more than the model says
+    assert ratios["DDP"] == max(ratios.values()) and len(ratios) >= 2
     later = [r for r in result.rows if r.round and r.round > 0]
     assert all(r.calibrated_tokens_per_s and r.predicted_tokens_per_s for r in later)
     assert all(r.tokens_per_s_range and r.tokens_per_s_range[0] <= r.tokens_per_s <= r.tokens_per_s_range[1]
