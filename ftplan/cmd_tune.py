@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,17 +13,33 @@ from ftplan.cli import app
 from planner.strategy import Attn, Engine, GradCkpt, Offload, Optimizer
 
 TrialsOpt = Annotated[int | None, typer.Option(help="Trials: sampled plans (default: every valid plan, "
-                                                     "exhaustively); with --measure, real trials (default 8).")]
+                                                     "exhaustively); with --measure, real trials (default 8), "
+                                                     "the budget of the whole study across all workers.")]
 MeasureOpt = Annotated[bool, typer.Option("--measure", help="Run short real trials of the best analytical plans.")]
-TopOpt = Annotated[int | None, typer.Option("--top", help="--measure: best analytical plans run first "
-                                                          "(default half the trials); TPE proposes the rest.")]
-StorageOpt = Annotated[str | None, typer.Option(help="SQLAlchemy URL of the study storage, or 'memory' "
-                                                     "(default sqlite:///ftplan-tune.db).")]
+TopOpt = Annotated[int | None, typer.Option("--top", help="--measure: plans in the first round (default half the "
+                                                          "trials); later rounds re-rank with the fitted "
+                                                          "calibration.")]
+StorageOpt = Annotated[str | None, typer.Option(help="Study storage: an SQLAlchemy URL (sqlite:///F.db, "
+                                                     "postgresql://USER@HOST/DB), journal:PATH (a file on a "
+                                                     "shared file system) or 'memory' (default "
+                                                     "sqlite:///ftplan-tune.db). Workers started with the same "
+                                                     "--storage and --study split the trials.")]
 StudyOpt = Annotated[str | None, typer.Option(help="Study name (default from model, GPUs, global batch, seq-len).")]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")]
 EmitOpt = Annotated[Path | None, typer.Option(help="Write the winner's files (plan.json, ds_config.json, ...) here.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files in --emit.")]
 SeedOpt = Annotated[int, typer.Option(help="Sampler seed.")]
+
+
+class Sampler(str, Enum):
+    auto = "auto"
+    tpe = "tpe"
+    grid = "grid"
+
+
+SamplerOpt = Annotated[Sampler, typer.Option(help="Analytical: 'grid' evaluates every plan, 'tpe' samples --trials "
+                                                  "distinct plans, 'auto' enumerates when that takes under a second "
+                                                  "and samples otherwise.")]
 EnginesOpt = Annotated[list[Engine] | None, typer.Option("--engine", help="Engines to search (repeat).")]
 ZerosOpt = Annotated[list[int] | None, typer.Option("--zero", min=0, max=3, help="ZeRO stages to search (repeat; "
                                                                                  "DeepSpeed only).")]
@@ -37,6 +54,10 @@ VirtualOpt = Annotated[list[int] | None, typer.Option("--virtual-stages", help="
                                                                              "pipeline rank (repeat; default 1).")]
 TrialStepsOpt = Annotated[int, typer.Option(help="--measure: timed optimizer steps per trial (after one warm-up).")]
 TrialTimeoutOpt = Annotated[float, typer.Option(help="--measure: seconds before a trial counts as hung.")]
+HeartbeatOpt = Annotated[float, typer.Option(help="--measure: heartbeat interval in seconds; a trial silent for 6 "
+                                                  "intervals counts as 'worker lost' and is re-run by another.")]
+StorageRetryOpt = Annotated[float, typer.Option(help="Seconds to retry an unreachable storage (with backoff) "
+                                                     "before giving up with exit code 2.")]
 
 
 def _positive(name: str, values: list[int] | None) -> tuple[int, ...] | None:
@@ -61,11 +82,16 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
          stage: o.StageOpt = o.Stage.sft, rope_scaling: o.RopeScalingOpt = None,
          host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
          headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None, trial_steps: TrialStepsOpt = 3,
-         trial_timeout: TrialTimeoutOpt = 300.0, seed: SeedOpt = 0, json_out: o.JsonOpt = False,
+         trial_timeout: TrialTimeoutOpt = 300.0, heartbeat: HeartbeatOpt = 10.0,
+         storage_retry: StorageRetryOpt = 60.0, sampler: SamplerOpt = Sampler.auto, seed: SeedOpt = 0,
+         json_out: o.JsonOpt = False,
          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
          include_unrunnable: o.IncludeUnrunnableOpt = False) -> None:
-    """Autotune: search the plan space with Optuna (time model), optionally with short real trials."""
+    """Autotune: search the plan space with Optuna (time model), optionally with short real trials.
+
+    With --measure, every worker started with the same --storage and --study shares the trials; --gpus
+    is each worker's own device set (trials run on one node: multi-node trial plans are not measured)."""
     from rich.console import Console
 
     from ftplan.answers import check_positions, limits_from
@@ -81,8 +107,11 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     for name, value in (("--trials", trials), ("--top", top), ("--trial-steps", trial_steps)):
         if value is not None and value < 1:
             raise PlanError(f"{name} must be a positive integer, got {value}")
-    if timeout is not None and timeout <= 0:
-        raise PlanError(f"--timeout must be positive, got {timeout}")
+    for name, seconds in (("--timeout", timeout), ("--heartbeat", heartbeat), ("--storage-retry", storage_retry)):
+        if seconds is not None and seconds <= 0:
+            raise PlanError(f"{name} must be positive, got {seconds}")
+    if sampler is Sampler.tpe and trials is None and not measure:
+        raise PlanError("--sampler tpe samples --trials plans: pass --trials N")
     if emit is not None and not force and (emit / "plan.json").exists():
         raise PlanError(f"{emit / 'plan.json'} exists; pass --force to overwrite")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
@@ -107,7 +136,9 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
         runnable = unsupported
     space = build_space(base, space_def, filters, runnable)
     opts = TuneOptions(trials=trials, measure=measure, top=top, storage=storage, study=study, timeout_s=timeout,
-                       seed=seed, trial_steps=trial_steps, trial_timeout_s=trial_timeout,
+                       seed=seed, trial_steps=trial_steps, trial_timeout_s=trial_timeout, heartbeat_s=heartbeat,
+                       storage_retry_s=storage_retry,
+                       enumerate_under_s={Sampler.auto: 1.0, Sampler.tpe: 0.0, Sampler.grid: float("inf")}[sampler],
                        limits=limits_from(host_memory, nvme, headroom), cal=load_calibration(calibration),
                        include_unrunnable=include_unrunnable)
     quiet_optuna()

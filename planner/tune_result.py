@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from planner.estimate import Estimate
 from planner.tune_space import Choice
@@ -13,16 +14,21 @@ from planner.tune_space import Choice
 class TrialRow:
     phase: str  # analytical | measured
     number: int
-    state: str  # complete | infeasible | failed | duplicate | running | waiting
+    state: str  # complete | infeasible | failed | lost | duplicate | running | waiting
     name: str
     params: dict[str, Choice]
-    tokens_per_s: float | None  # measured in a measured row, the time model's otherwise
+    tokens_per_s: float | None  # measured (the median step) in a measured row, the time model's otherwise
     peak_bytes: float | None
-    predicted_tokens_per_s: float | None
+    predicted_tokens_per_s: float | None  # the time model with the user's calibration
     predicted_peak_bytes: float | None
     reason: str
     wall_s: float | None
     runnable: bool | None = None  # whether `ftplan run` executes the plan (planner/runnable.py)
+    calibrated_tokens_per_s: float | None = None  # measured: the re-ranked prediction it was chosen by
+    tokens_per_s_range: tuple[float, float] | None = None  # measured: slowest and fastest timed step
+    steps: int | None = None  # measured: timed steps (repeats)
+    round: int | None = None
+    worker: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,7 +36,7 @@ class TuneResult:
     study: str
     storage: str
     measured: bool
-    sampler: str  # exhaustive | tpe
+    sampler: str  # exhaustive | tpe | halving
     space_points: int  # the product of the dimensions
     runnable_plans: int  # valid plans in the space (that a measured trial can run, under --measure)
     best: Estimate
@@ -41,3 +47,6 @@ class TuneResult:
     trials_failed: int
     trials_infeasible: int
     measured_trial_s: float  # summed wall time of the real trials run or recorded
+    trials_lost: int = 0  # measured: trials whose worker died (re-run by another)
+    plans_evaluated: int = 0  # analytical: distinct plans the time model evaluated
+    calibration: dict[str, Any] | None = None  # measured: the factors fitted from the measured trials

@@ -105,8 +105,12 @@ def fit(profiles: Sequence[Profile]) -> Calibration:
     for _ in range(2):  # coordinate refinement
         a = _search_1d(lambda x, o=o: mem_loss(x, o), max(0.05, a - 0.1), a + 0.1, steps=10)
         o = _search_1d(lambda x, a=a: mem_loss(a, x), max(0.05, o - 0.1), o + 0.1, steps=10)
-    cal = Calibration(activation_multiplier=round(a, 4), overhead_multiplier=round(o, 4))
+    return fit_time(profiles, Calibration(activation_multiplier=round(a, 4), overhead_multiplier=round(o, 4)))
 
+
+def fit_time(profiles: Sequence[Profile], cal: Calibration = DEFAULT) -> Calibration:
+    """`cal` with the compute and communication efficiencies fitted to the timed profiles (the time half of
+    `fit`, which the measured tune runs after every round: the memory grid costs ~50x more)."""
     timed = [p for p in profiles if p.step_time_s]
     single = [p for p in timed if p.config.world_size == 1]
     multi = [p for p in timed if p.config.world_size > 1]

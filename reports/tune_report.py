@@ -60,23 +60,27 @@ def trials_table(result: TuneResult) -> Table:
     cols = [("#", "right"), ("plan", "left"), ("run", "left"), ("state", "left"), ("tokens/s", "right"),
             ("GiB", "right")]
     if measured:
-        cols += [("pred tok/s", "right"), ("pred GiB", "right"), ("trial s", "right")]
+        cols += [("step range tok/s", "right"), ("pred tok/s", "right"), ("calibrated", "right"),
+                 ("pred GiB", "right"), ("steps", "right"), ("round", "right"), ("trial s", "right")]
     cols += [("reason", "left")]
     for col, justify in cols:
         # 80 columns: plan names wrap at their `-` boundaries, reasons at spaces, numbers never
         table.add_column(col, justify=justify, no_wrap=col not in ("plan", "reason"))
     done = sorted((r for r in result.rows if r.state == "complete"), key=lambda r: -(r.tokens_per_s or 0))
-    failed = [r for r in result.rows if r.state == "failed"]
+    failed = [r for r in result.rows if r.state in ("failed", "lost")]
     shown = done[:_SHOWN_TRIALS] + failed[:_SHOWN_TRIALS]
     if measured:
         shown += [r for r in result.rows if r.state in ("running", "waiting")]
     for r in shown:
         style = "bold green" if r.number == result.best_row.number and r.state == "complete" else (
-            "red" if r.state == "failed" else "")
+            "red" if r.state in ("failed", "lost") else "")
         name = HyphenWrapped(r.name) if r.name else _params_name(r)
         cells = [str(r.number), name, _run_mark(r.runnable), r.state, _num(r.tokens_per_s), _gib(r.peak_bytes)]
         if measured:
-            cells += [_num(r.predicted_tokens_per_s), _gib(r.predicted_peak_bytes), _num(r.wall_s, ".1f")]
+            rng = r.tokens_per_s_range
+            cells += ["" if rng is None else f"{rng[0]:,.0f}-{rng[1]:,.0f}", _num(r.predicted_tokens_per_s),
+                      _num(r.calibrated_tokens_per_s), _gib(r.predicted_peak_bytes), _num(r.steps, "d"),
+                      _num(r.round, "d"), _num(r.wall_s, ".1f")]
         cells.append(r.reason[:90])
         table.add_row(*cells, style=style)
     rest = len(result.rows) - len(shown)
@@ -109,14 +113,30 @@ def pareto_table(result: TuneResult) -> Table:
     return table
 
 
+def calibration_text(cal: dict[str, Any]) -> Text:
+    """The calibration fitted from the measured trials, and the per-strategy residual factors."""
+    factors = ", ".join(f"{k} {v:.4g}" for k, v in cal["factors"].items() if v is not None)
+    ratios = ", ".join(f"{k} x{v:.2f}" for k, v in sorted(cal.get("ratio_by_strategy", {}).items()))
+    return Text.assemble(("Calibration fitted from ", "bold"), f"{cal['from_trials']} measured trials: {factors}; "
+                         f"measured / calibrated per strategy: {ratios}; model spread on the measured trials "
+                         f"{cal['log_spread']:.1%} (log). Re-ranked predictions are in the 'calibrated' column.")
+
+
 def tune_view(result: TuneResult) -> Group:
     cfg = result.best.config
     head = Text.assemble(
         ("ftplan tune ", "bold"), f"{cfg.model.name} on {cfg.cluster}, study '{result.study}' in {result.storage}: ",
         f"{result.space_points:,} points in the space, {result.runnable_plans:,} valid plans, "
-        f"sampler {result.sampler}. {result.trials_completed:,} trials completed, {result.trials_failed:,} failed, "
-        f"{result.trials_infeasible:,} infeasible or skipped.")
-    parts: list[Any] = [head, trials_table(result), pareto_table(result)]
+        f"sampler {result.sampler}"
+        + (f" ({result.plans_evaluated:,} distinct plans evaluated, duplicates skipped)" if result.sampler == "tpe"
+           else "")
+        + f". {result.trials_completed:,} trials completed, {result.trials_failed:,} failed, "
+        f"{result.trials_infeasible:,} infeasible or skipped"
+        + (f", {result.trials_lost:,} lost with their worker (re-run)." if result.trials_lost else "."))
+    parts: list[Any] = [head, trials_table(result)]
+    if result.measured and result.calibration:
+        parts.append(calibration_text(result.calibration))
+    parts.append(pareto_table(result))
     b = result.best_row
     what = "measured" if result.measured else "predicted"
     from planner.runnable import runnable
@@ -134,7 +154,9 @@ def _row_json(r: TrialRow) -> dict[str, Any]:
     return {"number": r.number, "phase": r.phase, "state": r.state, "name": r.name, "params": r.params,
             "tokens_per_s": r.tokens_per_s, "peak_bytes": r.peak_bytes,
             "predicted_tokens_per_s": r.predicted_tokens_per_s, "predicted_peak_bytes": r.predicted_peak_bytes,
-            "reason": r.reason, "wall_s": r.wall_s, "runnable": r.runnable}
+            "reason": r.reason, "wall_s": r.wall_s, "calibrated_tokens_per_s": r.calibrated_tokens_per_s,
+            "tokens_per_s_range": list(r.tokens_per_s_range) if r.tokens_per_s_range else None, "steps": r.steps,
+            "round": r.round, "worker": r.worker, "runnable": r.runnable}
 
 
 def tune_json(result: TuneResult, emitted: list[str] | None = None) -> dict[str, Any]:
@@ -153,10 +175,13 @@ def tune_json(result: TuneResult, emitted: list[str] | None = None) -> dict[str,
         "space_points": result.space_points,
         "valid_plans": result.runnable_plans,
         "measured_trial_s": result.measured_trial_s,
+        "plans_evaluated": result.plans_evaluated,
         "pareto": [_row_json(r) for r in result.pareto],
     }
     if result.measured:
         out["trials"] = [_row_json(r) for r in result.rows]
+        out["trials_lost"] = result.trials_lost
+        out["calibration"] = result.calibration
     if emitted is not None:
         out["emitted"] = emitted
     return out

@@ -12,6 +12,9 @@ exceptions: the study records them and goes on. CPU plans run over gloo (`DS_ACC
 
 Failure injection for tests and drills: FTPLAN_TRIAL_INJECT="REGEX=crash|oom|hang" makes every trial
 whose plan name (`str(cfg)`) matches REGEX fail that way on rank 0, before the profiler's worker starts.
+FTPLAN_TRIAL_DRILL=SECONDS replaces the training in every rank by a sleep of SECONDS and reports the time
+model's step time and memory as the "measurement": the tuner's scheduling, claiming and fault handling
+run for real (processes, process groups, timeouts, storages) in tests that cannot afford torch trials.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from planner.strategy import Attn, GradCkpt, Method, Offload, Optimizer, Stage, 
 from profiler.launcher import cpu_env, free_port
 
 INJECT_ENV = "FTPLAN_TRIAL_INJECT"
+DRILL_ENV = "FTPLAN_TRIAL_DRILL"
 _TAIL_CHARS = 4000
 
 
@@ -50,7 +54,8 @@ class Failure(str, Enum):
 class TrialOutcome:
     ok: bool
     tokens_per_s: float = 0.0
-    step_time_s: float = 0.0
+    step_time_s: float = 0.0  # the median timed step of the slowest rank
+    step_times_s: tuple[float, ...] = ()  # every timed step, the slowest rank's time at each
     peak_bytes: float = 0.0  # max over ranks: peak live tensor bytes (max_memory_allocated on CUDA)
     peak_rss_bytes: float = 0.0  # max over ranks: the process's peak resident set
     wall_s: float = 0.0  # the whole trial, process start to exit
@@ -170,7 +175,10 @@ def run_trial(cfg: TrainConfig, *, steps: int = 3, warmup_steps: int = 1, timeou
         ranks = [json.loads(p.read_text()) for p in results]
         # the slowest rank sets the pace; the most loaded one the memory (as profiler.launch.RunResult)
         step_time_s = max(float(r["step_time_s"]) for r in ranks)
+        per_rank = [r.get("step_times_s") or [r["step_time_s"]] for r in ranks]
+        per_step = tuple(max(ts) for ts in zip(*per_rank, strict=False))
         return TrialOutcome(ok=True, tokens_per_s=cfg.tokens_per_step / step_time_s, step_time_s=step_time_s,
+                            step_times_s=per_step,
                             peak_bytes=float(max(r["peak_allocated_bytes"] for r in ranks)),
                             peak_rss_bytes=float(max(r["peak_rss_bytes"] for r in ranks)), wall_s=wall_s)
     finally:
@@ -179,6 +187,20 @@ def run_trial(cfg: TrainConfig, *, steps: int = 3, warmup_steps: int = 1, timeou
 
 
 # ---------------------------------------------------------------- each rank
+
+def _drill(cfg: TrainConfig, seconds: float, out_dir: Path) -> None:
+    """FTPLAN_TRIAL_DRILL: sleep, then report the time and memory models' figures as this rank's result."""
+    from planner.memory import memory_per_gpu
+    from planner.timing import step_time
+
+    time.sleep(seconds)
+    step_s = step_time(cfg).step_time_s
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peak = memory_per_gpu(cfg).total
+    result = {"rank": int(os.environ.get("RANK", "0")), "step_time_s": step_s, "step_times_s": [step_s],
+              "peak_allocated_bytes": peak, "peak_rss_bytes": peak, "drill": True}
+    (out_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))
+
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m runner.trial --spec S --out D`: the failure injection, then `profiler.worker`."""
@@ -196,6 +218,10 @@ def main(argv: list[str] | None = None) -> None:
         raise MemoryError(f"injected out of memory ({INJECT_ENV}) for {cfg}")
     if injected is Failure.hang:
         time.sleep(10**6)
+    drill_s = os.environ.get(DRILL_ENV)
+    if drill_s:
+        _drill(cfg, float(drill_s), args.out)
+        return
     from profiler.worker import main as worker_main
 
     worker_main(["--spec", str(args.spec), "--out", str(args.out)])

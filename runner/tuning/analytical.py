@@ -1,0 +1,227 @@
+"""The analytical tune: the time and memory models as Optuna's objectives, every plan evaluated once.
+
+Two objectives: the time model's tokens/s (maximized) and the memory model's peak bytes per GPU
+(minimized). Plans that do not fit are kept as evaluated trials whose Optuna constraint
+(`constraints_func`, the excess in bytes over GPU, host or NVMe capacity) is positive, so samplers and
+`best_trials` treat them as infeasible; a choice combination that names no valid plan is pruned with its
+reason in the trial's user_attrs. Neither gets a made-up score.
+
+Enumerate or sample: when the space holds at most `trials` runnable plans, when no `trials` is given,
+or when evaluating every plan takes under `enumerate_under_s` (a second; timed on the first plans:
+`enumeration_s`), every
+plan is evaluated (the exhaustive grid, the same enumeration as `planner.search.plan`, so the exact
+winner) into an in-memory study: a model evaluation costs ~0.1 ms, a SQLite trial write ~15 ms, so
+persisting thousands of them would cost more than recomputing. Otherwise TPE (Watanabe 2023,
+"Tree-structured Parzen Estimator: Understanding Its Algorithm Components") samples `trials` distinct
+plans into the persistent study: a proposal that names a plan already in the study (TPE proposes the
+same categorical point again and again once it has converged) is recorded as a pruned duplicate that
+points at the first trial, costs no evaluation and no budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.samplers import TPESampler
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from planner.runnable import runnable
+
+from planner.errors import PlanError
+from planner.strategy import TrainConfig
+from planner.tune_space import (
+    Choice,
+    TuneSpace,
+    analytic_score,
+    choices_of,
+    params_key,
+    rank_key,
+    trial_label,
+)
+from runner.tuning.results import WORKER, Progress, TuneOptions
+
+# Optuna >= 5 constraints: system attr "constraints:<key>" (Trial.set_constraint); feasible when all <= 0
+CONSTRAINT = "overshoot_bytes"
+
+
+def default_study_name(space: TuneSpace) -> str:
+    b = space.base
+    return f"{b.model.name}@{b.cluster}-gb{space.global_batch}-seq{b.seq_len}"
+
+
+def _identity(space: TuneSpace) -> dict[str, Any]:
+    b = space.base
+    return {"ftplan_tune": 1, "model": b.model.name, "gpus": str(b.cluster), "global_batch": space.global_batch,
+            "seq_len": b.seq_len}
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str, space: TuneSpace, *, measured: bool,
+               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create or load `name`, refusing a study made for another model, cluster, batch or objective."""
+    directions = ["maximize"] if measured else ["maximize", "minimize"]
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                    load_if_exists=True)
+    except ValueError as exc:
+        raise PlanError(f"study {name!r}: {exc}") from None
+    mine = {**_identity(space), "phase": "measured" if measured else "analytical"}
+    theirs = study.user_attrs
+    if not theirs.get("ftplan_tune"):
+        if study.trials:
+            raise PlanError(f"study {name!r} exists and was not made by ftplan tune; pick another --study")
+        for k, v in mine.items():
+            study.set_user_attr(k, v)
+        return study
+    for key in ("model", "gpus", "global_batch", "seq_len", "phase"):
+        if theirs.get(key) != mine[key]:
+            raise PlanError(f"study {name!r} belongs to {theirs.get('model')} on {theirs.get('gpus')} (global batch "
+                            f"{theirs.get('global_batch')}, seq-len {theirs.get('seq_len')}, "
+                            f"{theirs.get('phase')}), not {mine['model']} on {mine['gpus']} (global batch "
+                            f"{mine['global_batch']}, seq-len {mine['seq_len']}, {mine['phase']}); "
+                            f"pick another --study")
+    if [d.name.lower() for d in study.directions] != directions:
+        raise PlanError(f"study {name!r} optimizes {len(study.directions)} objectives, not {len(directions)}")
+    return study
+
+
+def _distributions(space: TuneSpace) -> dict[str, optuna.distributions.CategoricalDistribution]:
+    return {d.name: optuna.distributions.CategoricalDistribution(d.choices) for d in space.dimensions}
+
+
+def _suggest(trial: optuna.Trial, space: TuneSpace) -> dict[str, Choice]:
+    return {d.name: trial.suggest_categorical(d.name, d.choices) for d in space.dimensions}
+
+
+# ---------------------------------------------------------------- analytical phase
+
+def _analytic_attrs(cfg: TrainConfig, s: Any) -> dict[str, Any]:
+    attrs = {"name": trial_label(cfg), "tokens_per_s": s.tokens_per_s, "step_time_s": s.step_time_s,
+             "peak_bytes": s.peak_bytes, "overshoot_bytes": s.overshoot_bytes, "grad_accum": cfg.grad_accum,
+             "runnable": runnable(cfg)}
+    if s.overshoot_bytes > 0:
+        attrs["reason"] = "; ".join(s.estimate.fit_reasons) or "does not fit"
+    return attrs
+
+
+def exhaustive_study(space: TuneSpace, opts: TuneOptions, progress: Progress | None = None) -> optuna.Study:
+    """Every runnable plan as a finished trial of an in-memory two-objective study."""
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name="analytical",
+                                sampler=optuna.samplers.RandomSampler(seed=opts.seed))
+    dists = _distributions(space)
+    configs = list(space.feasible())
+    best: tuple[float, float] | None = None
+    best_name = ""
+    batch: list[FrozenTrial] = []
+    for i, cfg in enumerate(configs, 1):
+        s = analytic_score(cfg, opts.limits, opts.cal)
+        if s.overshoot_bytes <= 0 and (best is None or rank_key(s.tokens_per_s, s.peak_bytes) < best):
+            best, best_name = rank_key(s.tokens_per_s, s.peak_bytes), f"{cfg} {s.tokens_per_s:,.0f} tok/s"
+        batch.append(create_trial(params=choices_of(cfg), distributions=dists, values=[s.tokens_per_s, s.peak_bytes],
+                                  user_attrs=_analytic_attrs(cfg, s),
+                                  system_attrs={f"constraints:{CONSTRAINT}": s.overshoot_bytes}))
+        if progress is not None and (i % 256 == 0 or i == len(configs)):
+            progress(i, len(configs), best_name)
+    study.add_trials(batch)
+    return study
+
+
+def sampled_study(space: TuneSpace, opts: TuneOptions, storage: optuna.storages.BaseStorage, name: str,
+                  progress: Progress | None = None) -> optuna.Study:
+    """TPE over the space into the persistent study: `opts.trials` distinct plans in all (across resumes and
+    processes sharing it), each evaluated once."""
+    assert opts.trials is not None
+    sampler = TPESampler(seed=opts.seed, multivariate=True)
+    study = load_study(storage, name, space, measured=False, sampler=sampler)
+    first: dict[tuple[Choice, ...], int] = {}  # plan -> the trial that evaluated it (this study, any process)
+
+    def note(t: FrozenTrial) -> None:
+        if t.params and "duplicate_of" not in t.user_attrs and t.state.is_finished():
+            first.setdefault(params_key(t.params), t.number)
+
+    for t in study.get_trials(deepcopy=False):
+        note(t)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        trial.set_user_attr("worker", WORKER)
+        params = _suggest(trial, space)
+        twin = first.get(params_key(params))
+        if twin is not None:
+            trial.set_user_attr("duplicate_of", twin)
+            trial.set_user_attr("reason", f"same plan as trial {twin}: not evaluated again")
+            raise optuna.TrialPruned(f"duplicate of trial {twin}")
+        first[params_key(params)] = trial.number
+        cfg, reason = space.config_for(params)
+        if cfg is None:
+            trial.set_user_attr("reason", reason)
+            trial.set_constraint(CONSTRAINT, 1.0)  # names no valid plan: infeasible by construction
+            raise optuna.TrialPruned(reason)
+        s = analytic_score(cfg, opts.limits, opts.cal)
+        for k, v in _analytic_attrs(cfg, s).items():
+            trial.set_user_attr(k, v)
+        trial.set_constraint(CONSTRAINT, s.overshoot_bytes)
+        return s.tokens_per_s, s.peak_bytes
+
+    def stop_at_budget(study: optuna.Study, t: FrozenTrial) -> None:
+        # the whole study counts (other processes may share it): their plans are not evaluated again either
+        for other in study.get_trials(deepcopy=False):
+            note(other)
+        if len(first) >= budget:
+            study.stop()
+
+    budget = min(opts.trials, space.size)  # distinct points of the product space: TPE cannot find more
+    if len(first) < budget:
+        # duplicates cost no evaluation; bound them all the same (a converged TPE proposes little else)
+        study.optimize(objective, n_trials=20 * opts.trials, timeout=opts.timeout_s,
+                       callbacks=[stop_at_budget, _progress_callback(progress, opts.trials)])
+    return study
+
+
+def evaluated(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials that evaluated a plan or named an invalid one (not the duplicates)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "duplicate_of" not in t.user_attrs]
+
+
+def enumeration_s(space: TuneSpace, opts: TuneOptions, runnable: int, sample: int = 16) -> float:
+    """Seconds to evaluate every runnable plan, from the first `sample` evaluations."""
+    t0 = time.perf_counter()
+    n = 0
+    for cfg in space.feasible():
+        analytic_score(cfg, opts.limits, opts.cal)
+        n += 1
+        if n >= sample:
+            break
+    return (time.perf_counter() - t0) / max(n, 1) * runnable
+
+
+def _progress_callback(progress: Progress | None, total: int | None) -> Callable:
+    """Best so far, kept incrementally (re-reading every trial from SQLite after each one is quadratic)."""
+    state: dict[str, Any] = {"best": None, "done": None}
+
+    def consider(t: FrozenTrial) -> None:
+        if feasible(t):
+            key = (t.values[0], -float(t.user_attrs.get("peak_bytes", 0.0)))
+            if state["best"] is None or key > state["best"][0]:
+                state["best"] = (key, f"{t.user_attrs.get('name', '')} {t.values[0]:,.0f} tok/s")
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if progress is None:
+            return
+        if state["done"] is None:
+            everything = study.get_trials(deepcopy=False)
+            for t in everything:
+                consider(t)
+            state["done"] = sum(1 for t in everything if t.state.is_finished())
+        else:
+            consider(trial)
+            state["done"] += 1
+        progress(state["done"], total, state["best"][1] if state["best"] else "")
+    return callback
+
+
+def feasible(t: FrozenTrial) -> bool:
+    return t.state is TrialState.COMPLETE and float(t.user_attrs.get("overshoot_bytes", 0.0)) <= 0
+
+

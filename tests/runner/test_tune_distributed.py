@@ -1,0 +1,156 @@
+"""Many workers, one measured study, on a real PostgreSQL server (started here) and on a journal file:
+two workers start, one is SIGKILLed mid-trial, a third finishes. Exactly N plans are measured, none
+twice, the killed worker's trial is FAIL "worker lost" and its plan is re-run, nothing stays RUNNING.
+A worker whose database goes away retries, then exits 2 with one line.
+
+Trials here are drills (FTPLAN_TRIAL_DRILL: every rank process sleeps, then reports the time model's
+figures) so the scheduling, claims, heartbeats and process handling run for real in seconds; one test
+runs real torch trials of a tiny Llama against PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from pg_server import PgServer, pg_bin, postgres
+
+from runner.trial import DRILL_ENV
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL server binaries (apt-get install postgresql)")]
+
+TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 1024, "hidden_size": 128,
+        "intermediate_size": 344, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+BUDGET = 6
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    with postgres() as server:
+        yield server
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny-llama" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def _worker(tiny: Path, storage: str, study: str, *extra: str, drill_s: float | None = 4.0) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ftplan", "tune", "--model", str(tiny), "--gpus", "2xCPU", "--method", "full",
+           "--seq-len", "128", "--engine", "ddp", "--engine", "deepspeed", "--micro-batch", "2", "--micro-batch", "8",
+           "--grad-ckpt", "none", "--grad-ckpt", "full", "--attn", "sdpa", "--optimizer", "adamw", "--measure",
+           "--storage", storage, "--study", study, "--heartbeat", "1", "--json", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    if drill_s is not None:
+        env[DRILL_ENV] = str(drill_s)
+    # its own session: SIGKILL to the group takes the worker and its trial's ranks at once
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    from runner.tuning.storage import open_storage
+
+    return open_storage(url)[0]
+
+
+def _trials(storage: optuna.storages.BaseStorage, study: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+def _wait_running(storage_url: str, study: str, pid: int, timeout_s: float = 300) -> None:
+    storage = _storage(storage_url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(t.state.name == "RUNNING" and str(t.user_attrs.get("worker", "")).endswith(f":{pid}")
+               for t in _trials(storage, study)):
+            return
+        time.sleep(0.3)
+    raise AssertionError("the first worker never ran a trial")
+
+
+def _kill_one_of_two(tiny: Path, url: str, study: str = "dist") -> tuple[list, list[subprocess.CompletedProcess]]:
+    budget = ("--trials", str(BUDGET), "--top", "3")
+    a = _worker(tiny, url, study, *budget)
+    b = _worker(tiny, url, study, *budget)
+    _wait_running(url, f"{study}:measured", a.pid)
+    os.killpg(a.pid, signal.SIGKILL)
+    a.communicate()
+    c = _worker(tiny, url, study, *budget)
+    outs = []
+    for p in (b, c):
+        out, err = p.communicate(timeout=600)
+        outs.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return _trials(_storage(url), f"{study}:measured"), outs
+
+
+def _check_split(trials: list, outs: list[subprocess.CompletedProcess]) -> None:
+    assert [o.returncode for o in outs] == [0, 0], [o.stderr[-2000:] for o in outs]
+    states = [t.state.name for t in trials]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    lost = [t for t in trials if t.state.name == "FAIL" and t.user_attrs.get("reason") == "worker lost"]
+    print(f"trials: {len(trials)}, complete {len(complete)}, lost {len(lost)}, states {states}")
+    assert len(complete) == BUDGET, states
+    keys = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(keys)) == len(keys), "a plan was measured twice"
+    assert "RUNNING" not in states and "WAITING" not in states
+    assert len(lost) == 1, states
+    rerun = [t for t in complete if t.user_attrs.get("rerun_of") == lost[0].number]
+    assert len(rerun) == 1 and rerun[0].params == lost[0].params
+    workers = {t.user_attrs["worker"] for t in complete}
+    assert len(workers) == 2  # the survivor and the late worker both measured
+    summary = json.loads(outs[0].stdout)
+    assert summary["trials_completed"] == BUDGET and summary["trials_lost"] == 1
+    assert summary["calibration"]["from_trials"] == BUDGET
+
+
+def test_postgresql_workers_split_the_budget_and_survive_a_killed_one(pg, tiny):
+    trials, outs = _kill_one_of_two(tiny, pg.url)
+    _check_split(trials, outs)
+    study = optuna.load_study(study_name="dist:measured", storage=_storage(pg.url))
+    assert study.user_attrs["ranking"] and study.user_attrs["calibration"]["factors"]
+
+
+def test_journal_workers_split_the_budget_and_survive_a_killed_one(tiny, tmp_path):
+    trials, outs = _kill_one_of_two(tiny, f"journal:{tmp_path / 'tune.log'}")
+    _check_split(trials, outs)
+
+
+def test_lost_database_exits_2_with_one_line(pg, tiny):
+    worker = _worker(tiny, pg.url, "outage", "--trials", "4", "--storage-retry", "4", drill_s=3.0)
+    _wait_running(pg.url, "outage:measured", worker.pid)
+    pg.stop()
+    try:
+        out, err = worker.communicate(timeout=120)
+    finally:
+        pg.start()
+    assert worker.returncode == 2, err[-2000:]
+    assert err.count("\n") == 1 and "unreachable for 4 s" in err and "Traceback" not in err
+
+
+def test_real_trials_on_postgresql(pg, tiny):
+    # two workers, real torch trials (2 processes over gloo each), one step each: the same path without drills
+    procs = [_worker(tiny, pg.url, "real", "--trials", "3", "--top", "2", "--trial-steps", "1", "--heartbeat", "5",
+                     drill_s=None) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    trials = _trials(_storage(pg.url), "real:measured")
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3 and len({tuple(sorted(t.params.items())) for t in complete}) == 3
+    assert all(t.values[0] > 0 and t.user_attrs["peak_bytes"] > 0 and len(t.user_attrs["step_times_s"]) >= 1
+               for t in complete)

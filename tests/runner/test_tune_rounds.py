@@ -1,0 +1,121 @@
+"""The measured tune's rounds in one process, with an in-process stand-in for the real trial (its
+"measurement" is the time model's prediction times a known per-strategy factor the model does not
+know): the rounds learn the factor, no plan is measured twice, the budget holds, a lost worker's plan
+is re-run. The real-trial paths are in test_tune_measured.py and test_tune_distributed.py (slow)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from planner.build import build_config
+from planner.search import SearchSpace
+from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, TrainConfig, ZeroStage
+from planner.timing import step_time
+from planner.tune_space import Filters, TuneSpace, build_space, choices_of, trial_label
+from runner import trial as trial_mod
+from runner.tune import TuneOptions, tune
+from runner.tuning.storage import HEARTBEAT_ATTR, WORKER_LOST, open_storage, reap_lost
+
+TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 1024, "hidden_size": 128,
+        "intermediate_size": 344, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+# what the "machine" does that the time model does not know: ZeRO-3 and checkpointing are slow here
+TRUTH = {"DDP": 1.3, "Z1": 1.0, "Z2": 0.9, "Z3": 0.45}
+
+
+def true_tokens_per_s(cfg: TrainConfig) -> float:
+    ckpt = 0.7 if cfg.grad_ckpt is GradCkpt.full else 1.0
+    return cfg.tokens_per_step / step_time(cfg).step_time_s * TRUTH[cfg.strategy_name()] * ckpt
+
+
+@pytest.fixture()
+def space(tmp_path: Path) -> TuneSpace:
+    path = tmp_path / "tiny-llama" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(TINY))
+    base = build_config(model=str(path), gpus="2xCPU", method=Method.full, seq_len=128, check=False)
+    space_def = SearchSpace(methods=(Method.full,), micro_batches=(2, 8), grad_ckpts=(GradCkpt.none, GradCkpt.full),
+                            attns=(Attn.sdpa,), optimizers=(Optimizer.adamw,))
+    filters = Filters(engines=(Engine.ddp, Engine.deepspeed), zero_stages=(ZeroStage(1), ZeroStage(2), ZeroStage(3)))
+    return build_space(base, space_def, filters, trial_mod.unsupported)
+
+
+@pytest.fixture()
+def measured(monkeypatch) -> list[tuple[str, int]]:
+    runs: list[tuple[str, int]] = []
+
+    def fake_run_trial(cfg: TrainConfig, *, steps: int, warmup_steps: int, timeout_s: float) -> trial_mod.TrialOutcome:
+        runs.append((trial_label(cfg), steps))
+        tps = true_tokens_per_s(cfg)
+        step_s = cfg.tokens_per_step / tps
+        times = tuple(step_s * (1 + 0.02 * ((i % 3) - 1)) for i in range(steps))
+        return trial_mod.TrialOutcome(ok=True, tokens_per_s=tps, step_time_s=step_s, step_times_s=times,
+                                      peak_bytes=1e8, peak_rss_bytes=2e8, wall_s=step_s * (steps + warmup_steps))
+
+    monkeypatch.setattr(trial_mod, "run_trial", fake_run_trial)
+    return runs
+
+
+def test_rounds_learn_what_the_model_misses(space, measured):
+    result = tune(space, TuneOptions(measure=True, trials=6, storage="memory"))
+    names = [n for n, _ in measured]
+    assert len(names) == 6 and len(set(names)) == 6, names  # the budget, no plan twice
+    best = max(space.feasible(), key=true_tokens_per_s)
+    assert result.best_row.name == trial_label(best)  # DDP without checkpointing, which the model ranks low
+    assert result.sampler == "halving" and result.trials_completed == 6
+    rounds = [r.round for r in sorted(result.rows, key=lambda r: r.number)]
+    assert rounds == sorted(rounds) and rounds[0] == 0 and rounds[-1] >= 1
+    assert result.calibration is not None and result.calibration["from_trials"] == 6
+    ratios = result.calibration["ratio_by_strategy"]
+    # the measured / calibrated factor per strategy: DDP is the fastest here, more than the model says
+    assert ratios["DDP"] == max(ratios.values()) and len(ratios) >= 2
+    later = [r for r in result.rows if r.round and r.round > 0]
+    assert all(r.calibrated_tokens_per_s and r.predicted_tokens_per_s for r in later)
+    assert all(r.tokens_per_s_range and r.tokens_per_s_range[0] <= r.tokens_per_s <= r.tokens_per_s_range[1]
+               for r in result.rows)
+
+
+def test_close_contests_get_more_repeats(space, measured, monkeypatch):
+    monkeypatch.setitem(TRUTH, "Z1", 1.28)  # Z1 and DDP within a few per cent: a close contest
+    monkeypatch.setitem(TRUTH, "Z2", 1.27)
+    tune(space, TuneOptions(measure=True, trials=8, trial_steps=2, storage="memory"))
+    steps = dict(measured)
+    assert set(steps.values()) <= {2, 4}
+    assert 4 in steps.values()  # a later-round plan predicted within the leader's interval
+
+
+def test_resumed_study_measures_nothing_twice(space, measured, tmp_path):
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    tune(space, TuneOptions(measure=True, trials=3, storage=db, study="s"))
+    result = tune(space, TuneOptions(measure=True, trials=5, storage=db, study="s"))
+    names = [n for n, _ in measured]
+    assert len(names) == 5 and len(set(names)) == 5
+    assert result.trials_completed == 5
+
+
+def test_a_silent_trial_is_reaped_and_its_plan_rerun(space, measured, tmp_path):
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    tune(space, TuneOptions(measure=True, trials=2, storage=db, study="s"))
+    storage, _ = open_storage(db)
+    study = optuna.load_study(study_name="s:measured", storage=storage)
+    # a worker that took a plan and died: RUNNING, its last heartbeat long ago
+    done = study.get_trials(deepcopy=False)
+    unmeasured = next(c for c in space.feasible() if trial_label(c) not in {t.user_attrs["name"] for t in done})
+    dists = {d.name: optuna.distributions.CategoricalDistribution(d.choices) for d in space.dimensions}
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=choices_of(unmeasured),
+                                              distributions=dists, user_attrs={"name": trial_label(unmeasured)}))
+    ghost = study.get_trials(deepcopy=False)[-1]
+    assert storage.set_trial_state_values(ghost._trial_id, optuna.trial.TrialState.RUNNING)
+    storage.set_trial_system_attr(ghost._trial_id, HEARTBEAT_ATTR, time.time() - 3600)
+    assert reap_lost(storage, study._study_id, grace_s=60) == [ghost.number]
+    assert reap_lost(storage, study._study_id, grace_s=60) == []  # reaped once
+    result = tune(space, TuneOptions(measure=True, trials=3, storage=db, study="s"))
+    lost = [r for r in result.rows if r.state == "lost"]
+    assert len(lost) == 1 and lost[0].reason == WORKER_LOST
+    rerun = [r for r in result.rows if r.state == "complete" and r.name == trial_label(unmeasured)]
+    assert len(rerun) == 1 and result.trials_completed == 3 and result.trials_lost == 1
