@@ -17,9 +17,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from planner.runnable import runnable
 from planner.errors import PlanError
 from planner.estimate import Estimate, estimate
+from planner.runnable import runnable
 from planner.tune_result import TrialRow, TuneResult
 from planner.tune_space import TuneSpace, analytic_score, pareto_front, rank_key
 from runner.tuning.analytical import (

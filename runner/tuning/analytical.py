@@ -28,9 +28,8 @@ import optuna
 from optuna.samplers import TPESampler
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from planner.runnable import runnable
-
 from planner.errors import PlanError
+from planner.runnable import runnable
 from planner.strategy import TrainConfig
 from planner.tune_space import (
     Choice,

@@ -45,9 +45,9 @@ import optuna
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from planner.runnable import runnable
 from planner.calibration import Calibration
 from planner.errors import PlanError
+from planner.runnable import runnable
 from planner.strategy import TrainConfig
 from planner.tune_space import PARAM_NAMES, Choice, Score, TuneSpace, choices_of, params_key, trial_label
 from runner import trial as trial_mod
