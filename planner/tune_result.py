@@ -29,6 +29,7 @@ class TrialRow:
     steps: int | None = None  # measured: timed steps (repeats)
     round: int | None = None
     worker: str = ""
+    fit_kinds: tuple[str, ...] = ()  # analytical: what does not fit (planner.estimate.FitKind values)
 
 
 @dataclass(frozen=True, kw_only=True)

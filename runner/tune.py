@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from planner.errors import PlanError
-from planner.estimate import Estimate, estimate
+from planner.estimate import Estimate, FitKind, estimate
 from planner.runnable import runnable
 from planner.tune_result import TrialRow, TuneResult
 from planner.tune_space import TuneSpace, analytic_score, pareto_front, rank_key
@@ -66,7 +66,7 @@ def _row(t: FrozenTrial, phase: str) -> TrialRow:
                     wall_s=a.get("wall_s"), calibrated_tokens_per_s=a.get("calibrated_tokens_per_s"),
                     tokens_per_s_range=(float(low), float(high)) if low is not None and high is not None else None,
                     steps=a.get("steps"), round=a.get("round"), worker=str(a.get("worker", "")),
-                    runnable=a.get("runnable"))
+                    runnable=a.get("runnable"), fit_kinds=tuple(a.get("fit_kinds", ())))
 
 
 def _pick(ranked: list[FrozenTrial], space: TuneSpace, opts: TuneOptions) -> FrozenTrial:
@@ -94,7 +94,7 @@ def _estimate_for(space: TuneSpace, params: dict[str, Any], opts: TuneOptions) -
 def _nothing_fits(space: TuneSpace, rows: list[TrialRow], what: str) -> PlanError:
     reasons: dict[str, int] = {}
     for r in rows:
-        key = "does not fit in GPU memory" if "per GPU" in r.reason else (r.reason or r.state)
+        key = "does not fit in GPU memory" if FitKind.gpu_memory.value in r.fit_kinds else (r.reason or r.state)
         reasons[key] = reasons.get(key, 0) + 1
     top = sorted(reasons.items(), key=lambda kv: -kv[1])[:2]
     detail = "; ".join(f"{n} x {k}" for k, n in top)

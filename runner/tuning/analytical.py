@@ -102,6 +102,7 @@ def _analytic_attrs(cfg: TrainConfig, s: Any) -> dict[str, Any]:
              "runnable": runnable(cfg)}
     if s.overshoot_bytes > 0:
         attrs["reason"] = "; ".join(s.estimate.fit_reasons) or "does not fit"
+        attrs["fit_kinds"] = [f.kind.value for f in s.estimate.fit_failures]
     return attrs
 
 
