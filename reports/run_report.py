@@ -30,7 +30,16 @@ def run_summary_table(summary: dict[str, Any], *, on_cuda: bool) -> Table:
                   _ratio(mt, pt))
     if "eval_loss" in summary:
         table.add_row("eval loss", "", f"{summary['eval_loss']:.4f}", "")
+    if "eval_perplexity" in summary:
         table.add_row("eval perplexity", "", f"{summary['eval_perplexity']:.2f}", "")
+    for key, label in (("final_reward_accuracy", "reward accuracy (last step)"),
+                       ("eval_reward_accuracy", "eval reward accuracy"), ("eval_reward_margin", "eval reward margin")):
+        if key in summary:
+            table.add_row(label, "", f"{summary[key]:.3f}", "")
+    pt_bytes, mt_bytes = summary.get("predicted_peak_memory_bytes"), summary.get("measured_peak_tensor_bytes")
+    if mt_bytes is not None:
+        table.add_row("peak live tensor bytes", gib(pt_bytes) if pt_bytes is not None else "-", gib(mt_bytes),
+                      _ratio(mt_bytes, pt_bytes))
     return table
 
 

@@ -92,8 +92,10 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     from runner import data as d
     from runner.model import model_source, parse_rope_scaling
 
-    if cfg.stage not in (Stage.pt, Stage.sft):
-        raise PlanError(f"stage '{cfg.stage.value}' is not run by ftplan run (pt and sft are)")
+    if cfg.stage is Stage.ppo:
+        from runner.stages import ppo_refusal
+
+        raise ppo_refusal()
     if cfg.tp > 1 or cfg.pp > 1:
         raise PlanError(f"plan {cfg} uses TP/PP, which the Trainer-based runner does not run; "
                         "re-plan with --tp 1 --pp 1")
@@ -102,8 +104,13 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     if opts.rope_scaling:
         parse_rope_scaling(opts.rope_scaling)
     model_source(opts.model_path)
-    d.load_segments(opts.data, fmt=d.DataFormat(opts.data_format), template=opts.template,
-                    sft=cfg.stage is not Stage.pt)
+    if cfg.stage in (Stage.rm, Stage.dpo):
+        from runner.stages.preference_data import load_pairs
+
+        load_pairs(opts.data)
+    else:
+        d.load_segments(opts.data, fmt=d.DataFormat(opts.data_format), template=opts.template,
+                        sft=cfg.stage is not Stage.pt)
     if opts.output.exists() and not opts.output.is_dir():
         raise PlanError(f"--output {opts.output} exists and is not a directory")
     if opts.resume and latest_checkpoint(opts.output) is None:
@@ -121,9 +128,11 @@ _OPTIM = {Optimizer.adamw: "adamw_torch", Optimizer.adamw_8bit: "adamw_bnb_8bit"
 
 
 def optim_name(cfg: TrainConfig, on_cuda: bool) -> str:
-    if cfg.optimizer not in (Optimizer.adamw, Optimizer.sgd) and not on_cuda:
-        raise PlanError(f"optimizer {cfg.optimizer.value} runs on bitsandbytes' CUDA kernels; this machine has no "
-                        "CUDA GPU: re-plan with --optimizer adamw")
+    """bitsandbytes' optimizers run on CUDA and on its CPU backend (runner.quant); paged ones run unpaged there."""
+    if cfg.optimizer not in (Optimizer.adamw, Optimizer.sgd):
+        from runner.quant import require_bitsandbytes
+
+        require_bitsandbytes(f"optimizer {cfg.optimizer.value}")
     return _OPTIM[cfg.optimizer]
 
 
@@ -140,7 +149,10 @@ def _fsdp_args(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
     return " ".join(words), fsdp_config
 
 
-def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool) -> Any:
+def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool,
+                       args_class: type | None = None, extra: dict[str, Any] | None = None) -> Any:
+    """TrainingArguments for the plan; `args_class` / `extra`: a TRL config class (a TrainingArguments subclass)
+    and its own fields, for the rm / dpo stages (runner.stages)."""
     from transformers import TrainingArguments
 
     from runner.ds_config import learning_rate
@@ -168,7 +180,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
             kwargs["ddp_backend"] = "gloo"
     mixed = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
     ckpt = cfg.grad_ckpt is not GradCkpt.none
-    return TrainingArguments(
+    return (args_class or TrainingArguments)(
         output_dir=str(opts.output),
         per_device_train_batch_size=cfg.micro_batch,
         per_device_eval_batch_size=cfg.micro_batch,
@@ -192,7 +204,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False if cfg.engine is Engine.ddp else None,
-        **kwargs,
+        **kwargs, **(extra or {}),
     )
 
 
@@ -216,6 +228,10 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     from runner import metrics as mt
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
 
+    if cfg.stage in (Stage.rm, Stage.dpo):
+        from runner.stages.common import run_stage
+
+        return run_stage(cfg, opts)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:
         raise PlanError(f"plan {cfg} needs {cfg.world_size} processes, this run has {world}: "
