@@ -43,6 +43,7 @@ class RunOptions:
     rope_scaling: str | None = None
     modules_to_save: tuple[str, ...] = ()
     seed: int = 42
+    dpo_beta: float = 0.1  # DPO's beta (trl DPOConfig.beta default)
     report: bool = True  # print predicted vs measured at the end
 
 
@@ -316,13 +317,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
     p.add_argument("--rope-scaling", default=None)
     p.add_argument("--modules-to-save", default="")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dpo-beta", type=float, default=RunOptions.dpo_beta)
     a = p.parse_args(argv)
     return a.plan, RunOptions(
         model_path=a.model_path, data=a.data, output=a.output, max_steps=a.max_steps, resume=a.resume,
         save_steps=a.save_steps, eval_fraction=a.eval_fraction, learning_rate=a.learning_rate,
         warmup_steps=a.warmup_steps, data_format=a.data_format, template=a.template,
         neftune_alpha=a.neftune_alpha, rope_scaling=a.rope_scaling,
-        modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed)
+        modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed, dpo_beta=a.dpo_beta)
 
 
 def to_argv(plan: Path, opts: RunOptions) -> list[str]:
@@ -330,7 +332,7 @@ def to_argv(plan: Path, opts: RunOptions) -> list[str]:
     argv = [str(plan), "--model-path", str(opts.model_path), "--data", str(opts.data), "--output", str(opts.output),
             "--max-steps", str(opts.max_steps), "--save-steps", str(opts.save_steps),
             "--eval-fraction", str(opts.eval_fraction), "--warmup-steps", str(opts.warmup_steps),
-            "--format", opts.data_format, "--seed", str(opts.seed)]
+            "--format", opts.data_format, "--seed", str(opts.seed), "--dpo-beta", str(opts.dpo_beta)]
     for flag, value in (("--learning-rate", opts.learning_rate), ("--template", opts.template),
                         ("--neftune-alpha", opts.neftune_alpha), ("--rope-scaling", opts.rope_scaling)):
         if value is not None:

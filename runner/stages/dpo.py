@@ -17,8 +17,6 @@ from typing import Any
 from planner.strategy import Method, TrainConfig
 from runner.stages.models import StageModels
 
-BETA = 0.1  # DPOConfig.beta default; Rafailov et al. 2023 use beta = 0.1 in most experiments (Sec. 6)
-
 
 def config_class() -> type:
     from trl import DPOConfig
@@ -28,7 +26,7 @@ def config_class() -> type:
 
 def config_fields(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     # prompt + completion per sequence, cut at the plan's sequence length (TRL truncates keep_start)
-    return {"beta": getattr(opts, "beta", None) or BETA, "max_length": cfg.seq_len}
+    return {"beta": opts.dpo_beta, "max_length": cfg.seq_len}
 
 
 def trains_all_weights(cfg: TrainConfig) -> bool:
