@@ -221,7 +221,11 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     weights = sp.trainable * trainable_w_bytes + (frozen - sp.quantized) * frozen_w_bytes + sp.quantized * q_bytes
     sixteen_bit_weights = sp.trainable * 2 + (frozen - sp.quantized) * 2 + sp.quantized * q_bytes
     if cfg.stage is Stage.dpo and cfg.method is Method.full:
-        weights += sixteen_bit_weights  # TRL's frozen reference model (peft reuses the base with adapters off)
+        # TRL's frozen reference model (peft reuses the base with adapters off) in the policy's dtype:
+        # DPOTrainer builds it with dtype=model.dtype (trl/trainer/dpo_trainer.py, ref_model_init_kwargs),
+        # so fp32 under DDP/FSDP mixed precision, where the policy holds fp32 masters, and DeepSpeed casts it
+        # to 16 bits with the engine (trl prepare_deepspeed). Measured: 2xCPU fp32 full DPO, see README.
+        weights += sp.total * trainable_w_bytes
     if cfg.stage is Stage.ppo:
         # actor and critic train, reference and reward models are frozen (TRL PPO); with peft the
         # reference is the base with adapters off and the critic is a value head on the actor.

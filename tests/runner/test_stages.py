@@ -76,7 +76,7 @@ def _run_in_process(tiny: Path, plan: Path, out: Path, steps: int, data: str = "
     return read_metrics(out / METRICS_FILE)
 
 
-def _ftplan(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def _ftplan(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ftplan", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -199,7 +199,7 @@ def test_dpo_kill_after_checkpoint_then_resume_joins_up(tiny: Path, tmp_path: Pa
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "ftplan", "run", str(plan), *args, "--output", str(out)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     while not (out / "checkpoint-3" / "trainer_state.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.05)
