@@ -19,7 +19,12 @@ import math
 from dataclasses import dataclass, field
 
 from planner import deepspeed_sizes as ds
-from planner.activations import LayerTraining, hf_layer_bytes_per_token, logits_bytes_per_token
+from planner.activations import (
+    LayerTraining,
+    hf_layer_bytes_per_token,
+    logits_bytes_per_token,
+    trl_logprob_head_bytes,
+)
 from planner.calibration import DEFAULT, Calibration
 from planner.params import (
     embedding_params,
@@ -318,6 +323,10 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         # with the final norm's saved input (RMSNorm: its fp32 upcast, 4h), freed with the head's buffers
         final_norm = (e if m.layernorm_bias else 4) * m.hidden_size / (cfg.tp if cfg.sequence_parallel else 1)
         items["logits and loss"] = (logits_bytes_per_token(m, act_bytes=e, t=cfg.tp) + final_norm) * tokens
+        if cfg.stage is Stage.dpo:  # TRL's chunked log-prob head instead of logits + cross-entropy
+            items["logits and loss"] = final_norm * tokens + trl_logprob_head_bytes(
+                m, tokens=tokens, compute_bytes=e, triton=gpu.name != "CPU", t=cfg.tp,
+                head_trains=cfg.method is Method.full and sp.trainable > 0)
     # The last layer is recomputed only after the loss and LM-head backward have freed the logits buffers,
     # so the recomputed layer and "logits and loss" are never live together: the backward peak holds the
     # larger of the two (seen in the profiler's dry run of Llama-2-7B with checkpointing).

@@ -9,7 +9,7 @@ on CPU. Falling back to non-paged optimizer behavior." and steps the same optimi
 
 FSDP + QLoRA: FSDP flattens every parameter of a wrapped unit into one buffer of a single dtype, so the 4-bit
 weights are stored in the dtype of the other parameters: `bnb_4bit_quant_storage` = the load dtype
-(transformers docs, quantization/bitsandbytes "FSDP-QLoRA"; Answer.AI's FSDP-QLoRA write-up).
+(transformers docs, "FSDP-QLoRA": bnb_4bit_quant_storage=torch.bfloat16 beside torch_dtype=torch.bfloat16).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 
 from planner.errors import PlanError
 from planner.strategy import Engine, FsdpStrategy, Precision, Quant, TrainConfig
+
+BNB_CONFIG_FILE = "bnb_config.json"  # written by `ftplan emit` for quantized plans
 
 
 def compute_dtype_name(cfg: TrainConfig, on_cuda: bool) -> str:
@@ -29,15 +31,14 @@ def compute_dtype_name(cfg: TrainConfig, on_cuda: bool) -> str:
     return "float16" if cfg.precision is Precision.fp16_mixed else "bfloat16"
 
 
-def quant_storage_name(cfg: TrainConfig, on_cuda: bool) -> str | None:
-    """FSDP (sharded) needs the packed 4-bit weights in the load dtype of the other parameters; None elsewhere
+def quant_storage_name(cfg: TrainConfig) -> str | None:
+    """FSDP (sharded) needs the packed 4-bit weights in the dtype of the other parameters, which the runner
+    loads in runner.model.load_dtype's dtype (bf16 for bf16-true, else fp32 masters); None elsewhere
     (bitsandbytes' default uint8 storage)."""
     sharded = cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard and cfg.world_size > 1
     if cfg.quant is not Quant.nf4 or not sharded:
         return None
-    if cfg.precision is Precision.bf16_true or (on_cuda and cfg.precision is Precision.bf16_mixed):
-        return "bfloat16"
-    return "float16" if on_cuda and cfg.precision is Precision.fp16_mixed else "float32"
+    return "bfloat16" if cfg.precision is Precision.bf16_true else "float32"
 
 
 def bnb_config_dict(cfg: TrainConfig, *, on_cuda: bool = True) -> dict[str, Any] | None:
@@ -50,7 +51,7 @@ def bnb_config_dict(cfg: TrainConfig, *, on_cuda: bool = True) -> dict[str, Any]
     out: dict[str, Any] = {"load_in_4bit": True, "bnb_4bit_quant_type": cfg.quant.value,
                            "bnb_4bit_use_double_quant": cfg.double_quant,
                            "bnb_4bit_compute_dtype": compute_dtype_name(cfg, on_cuda)}
-    storage = quant_storage_name(cfg, on_cuda)
+    storage = quant_storage_name(cfg)
     if storage is not None:
         out["bnb_4bit_quant_storage"] = storage
     return out

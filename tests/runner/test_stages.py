@@ -19,7 +19,7 @@ import pytest
 
 from planner.build import build_config
 from planner.errors import PlanError
-from planner.strategy import Method, Optimizer, Precision, Stage
+from planner.strategy import FsdpStrategy, Method, Optimizer, Precision, Stage
 from runner.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
 from runner.train import RunOptions, write_plan
 
@@ -216,3 +216,24 @@ def test_dpo_kill_after_checkpoint_then_resume_joins_up(tiny: Path, tmp_path: Pa
     for got, exp in zip(rows, want, strict=True):  # same data order, RNG, optimizer state and reference
         assert math.isclose(got["loss"], exp["loss"], rel_tol=1e-3), (rows, want)
         assert math.isclose(got["reward_margin"], exp["reward_margin"], rel_tol=1e-3, abs_tol=1e-4)
+
+
+def test_fsdp_qlora_emits_quant_storage_that_transformers_accepts(tmp_path: Path) -> None:
+    from transformers import BitsAndBytesConfig
+
+    from runner.emit import emit
+    from runner.quant import BNB_CONFIG_FILE, bnb_config
+
+    fsdp = build_config(model="llama-2-7b", gpus="8xA800", method=Method.qlora, fsdp=FsdpStrategy.full_shard,
+                        precision=Precision.bf16_true)
+    emit(fsdp, tmp_path / "fsdp")
+    written = json.loads((tmp_path / "fsdp" / BNB_CONFIG_FILE).read_text())
+    assert written["bnb_4bit_quant_storage"] == "bfloat16" and written["bnb_4bit_quant_type"] == "nf4"
+    loaded = BitsAndBytesConfig.from_dict(written)
+    assert loaded.load_in_4bit and str(loaded.bnb_4bit_quant_storage) == "torch.bfloat16"
+    # under mixed precision the runner loads fp32 masters (runner.model.load_dtype): the storage follows them
+    cpu = build_config(model="llama-2-7b", gpus="2xCPU", method=Method.qlora, fsdp=FsdpStrategy.full_shard)
+    assert str(bnb_config(cpu, on_cuda=False).bnb_4bit_quant_storage) == "torch.float32"
+    ddp = build_config(model="llama-2-7b", gpus="1xA800", method=Method.qlora)
+    assert "bnb_4bit_quant_storage" not in json.loads(emit(ddp, tmp_path / "ddp")[-1].parent.joinpath(
+        BNB_CONFIG_FILE).read_text())
