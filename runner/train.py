@@ -90,13 +90,12 @@ def prepare_data(cfg: TrainConfig, opts: RunOptions, tokenizer: Any) -> tuple[li
 
 def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     """Checks that need no torch, run before anything is written (and before a launcher starts)."""
+    from planner.runnable_stages import TRL_STAGES, stage_refusal
     from runner import data as d
     from runner.model import model_source, parse_rope_scaling
 
-    if cfg.stage is Stage.ppo:
-        from runner.stages import ppo_refusal
-
-        raise ppo_refusal()
+    if (refusal := stage_refusal(cfg)) is not None:
+        raise PlanError(refusal)
     if cfg.tp > 1 or cfg.pp > 1:
         raise PlanError(f"plan {cfg} uses TP/PP, which the Trainer-based runner does not run; "
                         "re-plan with --tp 1 --pp 1")
@@ -105,7 +104,7 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     if opts.rope_scaling:
         parse_rope_scaling(opts.rope_scaling)
     model_source(opts.model_path)
-    if cfg.stage in (Stage.rm, Stage.dpo):
+    if cfg.stage in TRL_STAGES:
         from runner.stages.preference_data import load_pairs
 
         load_pairs(opts.data)
@@ -226,10 +225,11 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     import torch
     from transformers import PrinterCallback, Trainer
 
+    from planner.runnable_stages import TRL_STAGES
     from runner import metrics as mt
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
 
-    if cfg.stage in (Stage.rm, Stage.dpo):
+    if cfg.stage in TRL_STAGES:
         from runner.stages.common import run_stage
 
         return run_stage(cfg, opts)

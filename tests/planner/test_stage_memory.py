@@ -43,3 +43,15 @@ def test_trl_head_buffer_is_full_width_and_the_cpu_fallback_adds_tile_temporarie
     big = trl_logprob_head_bytes(m, tokens=3 * TRL_TOKEN_TILE, compute_bytes=2, triton=True, head_trains=True)
     assert big == (TRL_TOKEN_TILE * TRL_VOCAB_TILE * 2 + 4 * 3 * TRL_TOKEN_TILE * m.hidden_size
                    + 4 * m.vocab_size * m.hidden_size)
+
+
+def test_runnable_stages() -> None:
+    from planner.runnable_stages import stage_refusal, stage_runnable
+    from planner.strategy import Optimizer
+
+    base = {"model": "llama-2-7b", "gpus": "8xA800", "seq_len": 512}
+    for stage in (Stage.pt, Stage.sft, Stage.rm, Stage.dpo):
+        for method in (Method.full, Method.lora, Method.qlora):
+            assert stage_runnable(build_config(**base, stage=stage, method=method, optimizer=Optimizer.adamw_8bit))
+    assert "no PPO trainer" in stage_refusal(build_config(**base, stage=Stage.ppo))
+    assert "--tp 1 --pp 1" in stage_refusal(build_config(**base, stage=Stage.dpo, tp=2))
