@@ -54,4 +54,4 @@ def test_runnable_stages() -> None:
         for method in (Method.full, Method.lora, Method.qlora):
             assert stage_runnable(build_config(**base, stage=stage, method=method, optimizer=Optimizer.adamw_8bit))
     assert "no PPO trainer" in stage_refusal(build_config(**base, stage=Stage.ppo))
-    assert "--tp 1 --pp 1" in stage_refusal(build_config(**base, stage=Stage.dpo, tp=2))
+    assert "--tp 1 --pp 1" in stage_refusal(build_config(**base, stage=Stage.dpo, tp=2, zero=1))
