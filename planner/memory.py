@@ -300,8 +300,10 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     e = activation_dtype_bytes(prec)
     tokens = cfg.micro_batch * cfg.seq_len * (2 if cfg.stage is Stage.dpo else 1)  # DPO: chosen + rejected
     lora_targets = frozenset(resolve_lora_targets(m, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
-    train = LayerTraining(weights=cfg.method is Method.full, lora_targets=lora_targets,
-                          lora_dropout=cfg.lora_dropout > 0)
+    # TRL's RewardTrainer and DPOTrainer set every dropout to p=0 (disable_dropout=True by default,
+    # trl/trainer/utils.py disable_dropout_in_model), LoRA's included: no dropout copy is saved
+    dropout = cfg.lora_dropout > 0 and cfg.stage not in (Stage.rm, Stage.dpo)
+    train = LayerTraining(weights=cfg.method is Method.full, lora_targets=lora_targets, lora_dropout=dropout)
     per_layer = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                          t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
                                          recompute=cfg.grad_ckpt) * tokens
