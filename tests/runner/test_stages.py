@@ -237,3 +237,46 @@ def test_fsdp_qlora_emits_quant_storage_that_transformers_accepts(tmp_path: Path
     ddp = build_config(model="llama-2-7b", gpus="1xA800", method=Method.qlora)
     assert "bnb_4bit_quant_storage" not in json.loads(emit(ddp, tmp_path / "ddp")[-1].parent.joinpath(
         BNB_CONFIG_FILE).read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [Method.full, Method.lora])
+def test_dpo_two_processes_peak_tensor_bytes_match_the_plan(tmp_path: Path, method: Method) -> None:
+    """2 CPU ranks over gloo, live tensor bytes counted (FTPLAN_TRACK_TENSORS=1) against the planner's peak:
+    full DPO holds policy + fp32 reference + Adam + TRL's chunked log-prob head; LoRA DPO the base, adapters
+    and the head. Tolerance 10% (the tracker also sees the runtime's own small tensors)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    model_dir = tmp_path / "model"
+    words = ["<pad>", "<s>", "</s>", "<unk>", "Q:", "A:"] + [f"w{i}" for i in range(N_WORDS)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(model_dir)
+    torch.manual_seed(0)
+    # a vocabulary wider than the tokenizer's: the head and its buffers weigh as in a real model
+    LlamaForCausalLM(LlamaConfig(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                 bos_token_id=1, eos_token_id=2, pad_token_id=0)).save_pretrained(model_dir)
+    rng = random.Random(0)
+
+    def text(n: int) -> str:
+        return " ".join(f"w{rng.randrange(N_WORDS)}" for _ in range(n))
+
+    # every pair exactly fills seq_len (prompt 16 + answer 47 + EOS), so each micro-batch is full width
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q: {text(14)} A:", "chosen": f" {text(47)}",
+                                        "rejected": f" {text(47)}"}) + "\n" for _ in range(32)))
+    plan = tmp_path / "plan.json"
+    write_plan(build_config(model=str(model_dir), gpus="2xCPU", method=method, stage=Stage.dpo, micro_batch=2,
+                            seq_len=64, precision=Precision.fp32), plan)
+    out = tmp_path / "out"
+    res = _ftplan("run", str(plan), "--model-path", str(model_dir), "--data", str(data), "--output", str(out),
+                  "--max-steps", "3", "--eval-fraction", "0", env={**os.environ, "FTPLAN_TRACK_TENSORS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    ratio = summary["measured_peak_tensor_bytes"] / summary["predicted_peak_memory_bytes"]
+    assert 0.9 < ratio < 1.1, summary
