@@ -31,6 +31,7 @@ from planner.params import (
     head_params,
     layer_params,
     lora_params,
+    norm_params,
     quantizable_params,
     resolve_lora_targets,
 )
@@ -132,7 +133,9 @@ def stage_params(cfg: TrainConfig, *, first: bool) -> StageParams:
     if has_embedding:
         total += embedding_params(m) / t
     if has_head:
-        total += head_params(m) / t
+        # a reward model (AutoModelForSequenceClassification) ends in a 1-output `score` (h weights) instead of
+        # the LM head (transformers' LlamaForSequenceClassification; TRL's RewardTrainer)
+        total += (norm_params(m) + m.hidden_size if cfg.stage is Stage.rm else head_params(m)) / t
     frozen_layers = min(cfg.freeze_layers, m.num_layers)
     if cfg.method is Method.full:
         trainable = total
@@ -146,8 +149,8 @@ def stage_params(cfg: TrainConfig, *, first: bool) -> StageParams:
         trainable = layers * lora_params(m, cfg.lora_r, cfg.lora_targets) / m.num_layers / t
         trainable_layers = layers
         quantized = layers * quantizable_params(m) / m.num_layers / t if cfg.quant is not Quant.none else 0.0
-    if cfg.stage is Stage.rm and has_head:
-        trainable += m.hidden_size  # the value head (v_head / score), trained in every method
+    if cfg.stage is Stage.rm and has_head and cfg.method is not Method.full:
+        trainable += m.hidden_size  # the score head trains beside the adapters (peft SEQ_CLS modules_to_save)
     return StageParams(total=total, trainable=trainable, quantized=quantized, layers=layers,
                        trainable_layers=trainable_layers, has_head=has_head)
 
