@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -117,6 +118,14 @@ def run(
     status = launch(cfg, plan, opts)
     if status:
         raise SystemExit(status)
+    from runner.metrics import SUMMARY_FILE
+
+    summary_file = opts.output / SUMMARY_FILE
+    if opts.report and summary_file.exists():
+        from reports.run_report import print_run_summary
+        from runner.train import on_cuda_device
+
+        print_run_summary(json.loads(summary_file.read_text()), on_cuda=on_cuda_device(cfg))
 
 
 @app.command()

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from planner.choices import Attn, GradCkpt
 from planner.models import ModelSpec
-from planner.strategy import Attn, GradCkpt
 
 
 def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int = 1, sequence_parallel: bool = False,
@@ -92,45 +92,54 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
 
     norm_in = e * h if m.layernorm_bias else 4 * h
     replicated = 0.0  # outside the TP region: split only by sequence parallelism
-    parallel = 0.0  # inside attention / MLP: split by t
     for consumers in (attn_in, mlp_in):
         replicated += norm_in
         if consumer_saves(consumers) or train.weights:
             replicated += e * h
         replicated += lora_copies(consumers)
 
-    # attention core
-    if recompute is not GradCkpt.selective:
-        if attn is Attn.eager:
-            parallel += e * (q + 2 * kv) + (4 + e) * a * seq_len + e * q
-        else:
-            parallel += e * (q + 2 * kv) + e * q + 4 * a
-    else:
-        # q, k, v are kept to recompute the core; the scores are not. The core's output stays as
-        # o_proj's input when o_proj needs it (Korthikanti et al. 2022, Sec. 4.2: selective recompute
-        # keeps the linear projection's 2sbh input, hence sbh(10 + 24/t) in Table 2)
-        parallel += e * (q + 2 * kv)
-        if attn is not Attn.eager and consumer_saves(attn_out):
-            parallel += e * q
-    if attn is Attn.eager and consumer_saves(attn_out):
-        parallel += e * q  # transpose(1, 2).contiguous() copy feeding o_proj
+    parallel = _attention_core_bytes(e=e, q=q, kv=kv, a=a, seq_len=seq_len, attn=attn, recompute=recompute,
+                                     o_proj_saves=consumer_saves(attn_out))  # inside attention / MLP: split by t
     parallel += lora_copies(attn_out)
-
-    # MLP
-    if m.is_moe:
-        k = m.experts_per_token
-        parallel += k * (e * h + 4 * e * m.intermediate_size) + 4 * m.num_experts
-    elif m.gated_mlp:
-        i = m.intermediate_size if m.model_type != "chatglm" else m.intermediate_size
-        # the product act(gate) * up is down_proj's input: saved only when down_proj's weight trains or a
-        # LoRA branch without dropout reads it (a frozen linear saves no input; the dry run shows it)
-        parallel += 3 * e * i + (e * i if consumer_saves(mlp_out) else 0.0)
-    else:
-        parallel += e * m.intermediate_size + (e * m.intermediate_size if consumer_saves(mlp_out) else 0.0)
+    parallel += _mlp_bytes(m, e=e, down_saves=consumer_saves(mlp_out))
     parallel += lora_copies(mlp_out)
     if sequence_parallel:
         return (replicated + parallel) / t
     return replicated + parallel / t
+
+
+def _attention_core_bytes(*, e: int, q: int, kv: int, a: int, seq_len: int, attn: Attn, recompute: GradCkpt,
+                          o_proj_saves: bool) -> float:
+    """Per token, what the attention core saves (before the TP split); see hf_layer_bytes_per_token."""
+    out = 0.0
+    if recompute is not GradCkpt.selective:
+        if attn is Attn.eager:
+            out += e * (q + 2 * kv) + (4 + e) * a * seq_len + e * q
+        else:
+            out += e * (q + 2 * kv) + e * q + 4 * a
+    else:
+        # q, k, v are kept to recompute the core; the scores are not. The core's output stays as
+        # o_proj's input when o_proj needs it (Korthikanti et al. 2022, Sec. 4.2: selective recompute
+        # keeps the linear projection's 2sbh input, hence sbh(10 + 24/t) in Table 2)
+        out += e * (q + 2 * kv)
+        if attn is not Attn.eager and o_proj_saves:
+            out += e * q
+    if attn is Attn.eager and o_proj_saves:
+        out += e * q  # transpose(1, 2).contiguous() copy feeding o_proj
+    return out
+
+
+def _mlp_bytes(m: ModelSpec, *, e: int, down_saves: bool) -> float:
+    """Per token, what the MLP saves (before the TP split); see hf_layer_bytes_per_token."""
+    if m.is_moe:
+        k = m.experts_per_token
+        return k * (e * m.hidden_size + 4 * e * m.intermediate_size) + 4 * m.num_experts
+    i = m.intermediate_size
+    if m.gated_mlp:
+        # the product act(gate) * up is down_proj's input: saved only when down_proj's weight trains or a
+        # LoRA branch without dropout reads it (a frozen linear saves no input; the dry run shows it)
+        return 3 * e * i + (e * i if down_saves else 0.0)
+    return e * i + (e * i if down_saves else 0.0)
 
 
 def logits_bytes_per_token(m: ModelSpec, *, act_bytes: int, t: int = 1) -> float:

@@ -5,15 +5,20 @@ from __future__ import annotations
 from planner.errors import PlanError
 from planner.gpus import parse_gpus
 from planner.models import resolve
+from planner.params import resolve_lora_targets
 from planner.strategy import (
+    Adapter,
     Attn,
+    Batch,
     Engine,
+    EngineChoice,
     FsdpStrategy,
     GradCkpt,
     Method,
     Offload,
     OffloadDevice,
     Optimizer,
+    ParallelLayout,
     Precision,
     Quant,
     Stage,
@@ -49,15 +54,15 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
     engine = Engine.deepspeed if zero is not None else Engine.fsdp if fsdp is not None else Engine.ddp
     if quant is None:
         quant = Quant.nf4 if method is Method.qlora else Quant.none
-    cfg = TrainConfig(
-        model=resolve(model), cluster=parse_gpus(gpus), method=method, lora_r=lora_r, lora_alpha=lora_alpha,
-        lora_targets=parse_targets(lora_targets), quant=quant, precision=precision, optimizer=optimizer,
-        engine=engine, zero=ZeroStage(zero or 0), fsdp=fsdp or FsdpStrategy.full_shard, offload=offload,
-        offload_device=offload_device, tp=tp, pp=pp, sequence_parallel=sequence_parallel,
-        micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
-        stage=stage, freeze_layers=freeze_layers)
+    model_spec, cluster = resolve(model), parse_gpus(gpus)
+    engine_choice = EngineChoice(engine=engine, zero=ZeroStage(zero or 0), fsdp=fsdp or FsdpStrategy.full_shard,
+                                 offload=offload, offload_device=offload_device)
+    adapter = Adapter(method=method, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=parse_targets(lora_targets),
+                      quant=quant, freeze_layers=freeze_layers)
+    cfg = TrainConfig(model=model_spec, cluster=cluster, adapter=adapter, engine_choice=engine_choice,
+                      layout=ParallelLayout(tp=tp, pp=pp, sequence_parallel=sequence_parallel),
+                      batch=Batch(micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len),
+                      precision=precision, optimizer=optimizer, grad_ckpt=grad_ckpt, attn=attn, stage=stage)
     if cfg.trains_adapter:
-        from planner.params import resolve_lora_targets
-
         resolve_lora_targets(cfg.model, cfg.lora_targets)
     return validate(cfg) if check else cfg

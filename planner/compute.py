@@ -24,8 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from planner.gpus import GPUSpec
 from planner.models import ModelSpec
-from planner.params import lora_params
+from planner.params import lora_params, quantizable_params
+from planner.states import stage_layers
 from planner.strategy import GradCkpt, Method, Precision, Quant, Stage, TrainConfig
 
 # Achievable fraction of the dense tensor-core peak over the compute part of a training step (GEMMs
@@ -62,7 +64,7 @@ def compute_efficiency(gpu_name: str, calibrated: float | None = None) -> float:
     return DEFAULT_COMPUTE_EFFICIENCY.get(gpu_name, FALLBACK_COMPUTE_EFFICIENCY)
 
 
-def peak_flops_per_s(gpu, precision: Precision) -> float:
+def peak_flops_per_s(gpu: GPUSpec, precision: Precision) -> float:
     """Dense peak for the precision's matmuls: 16-bit tensor cores under *-mixed / bf16-true; fp32
     (torch leaves TF32 off for matmuls by default, torch.backends.cuda.matmul.allow_tf32 = False)."""
     if precision is Precision.fp32:
@@ -164,23 +166,19 @@ def tokens_per_sample(cfg: TrainConfig) -> int:
     return cfg.seq_len * (2 if cfg.stage is Stage.dpo else 1)
 
 
-def step_flops(cfg: TrainConfig) -> StepFlops:
-    """FLOPs of one optimizer step for the whole job (every data-parallel replica)."""
-    per_token = flops_per_token(cfg.model, training_of(cfg))
-    tokens = cfg.global_batch * tokens_per_sample(cfg)
-    return StepFlops(model=per_token.model * tokens, hardware=per_token.hardware * tokens)
+def model_flops_per_token(cfg: TrainConfig) -> float:
+    """Model FLOPs (no recomputation) of the whole model per token of the sequences a step trains on:
+    MFU's numerator per token (PaLM, Chowdhery et al. 2022, App. B, counted as in `flops_per_token`, with
+    attention, frozen weights skipping their weight gradients, and DPO's chosen + rejected pair). The one
+    definition the planner's MFU, the runner's metrics and the profiler's worker share."""
+    return flops_per_token(cfg.model, training_of(cfg)).model * tokens_per_sample(cfg) / cfg.seq_len
 
 
-def stage_layers(cfg: TrainConfig) -> int:
-    """Decoder layers on the most loaded pipeline stage."""
-    return -(-cfg.model.num_layers // cfg.pp)
-
-
-def gpu_flops_per_micro_batch(cfg: TrainConfig) -> float:
-    """Hardware FLOPs one GPU runs per micro-batch: the last pipeline stage (its layers plus the LM
-    head, the most loaded stage), split over the tensor-parallel group."""
-    per_token = flops_per_token(cfg.model, training_of(cfg), layers=stage_layers(cfg), head=True)
-    return per_token.hardware * cfg.micro_batch * tokens_per_sample(cfg) / cfg.tp
+def mfu(tokens_per_s: float, flops_per_token_: float, world_size: int, peak_flops_per_s_: float) -> float:
+    """Model FLOPs utilization: achieved model FLOP/s over the devices' dense peak (0 without a peak)."""
+    if peak_flops_per_s_ <= 0:
+        return 0.0
+    return tokens_per_s * flops_per_token_ / (world_size * peak_flops_per_s_)
 
 
 def compute_time_s(flops: float, peak_flops_per_s: float, efficiency: float) -> float:
@@ -196,11 +194,9 @@ def dequant_bytes_per_micro_batch(cfg: TrainConfig) -> float:
     recompute forward under checkpointing."""
     if cfg.quant is Quant.none:
         return 0.0
-    from planner.params import quantizable_params
-
     q = 0.5 if cfg.quant is Quant.nf4 else 1.0
     passes = 2 + (1 if cfg.grad_ckpt is GradCkpt.full else 0)
-    weights = quantizable_params(cfg.model) * stage_layers(cfg) / cfg.model.num_layers / cfg.tp
+    weights = quantizable_params(cfg.model) * stage_layers(cfg.model.num_layers, cfg.pp) / cfg.model.num_layers / cfg.tp
     return passes * weights * (q + 4.0)
 
 

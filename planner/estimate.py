@@ -8,6 +8,7 @@ from typing import Any
 from planner.calibration import DEFAULT, Calibration
 from planner.memory import MemoryBreakdown, memory_per_gpu
 from planner.params import total_params
+from planner.states import param_counts
 from planner.strategy import TrainConfig
 from planner.timing import StepTime, step_time
 
@@ -38,28 +39,9 @@ class Estimate:
     time: StepTime | None = None  # the time model (planner.timing); None for plans the search rejected
 
 
-_TRAINABLE: dict[tuple, tuple[object, int]] = {}
-
-
 def trainable_params(cfg: TrainConfig) -> int:
-    """Trainable parameters of the whole model, memoized per model and method (the search asks often)."""
-    key = (id(cfg.model), cfg.method, cfg.lora_r, cfg.lora_targets, cfg.freeze_layers, cfg.stage, cfg.quant)
-    hit = _TRAINABLE.get(key)
-    if hit is not None and hit[0] is cfg.model:
-        return hit[1]
-    count = _trainable_params(cfg)
-    _TRAINABLE[key] = (cfg.model, count)
-    return count
-
-
-def _trainable_params(cfg: TrainConfig) -> int:
-    from planner.memory import stage_params
-
-    if cfg.pp == 1 and cfg.tp == 1:
-        return round(stage_params(cfg, first=True).trainable)
-    from dataclasses import replace
-
-    return round(stage_params(replace(cfg, tp=1, pp=1), first=True).trainable)
+    """Trainable parameters of the whole model (planner.states.param_counts, memoized)."""
+    return param_counts(cfg.model, cfg.adapter, cfg.stage).trainable
 
 
 def estimate(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration = DEFAULT,

@@ -7,7 +7,7 @@ with v model chunks per device cuts the bubble to (p-1)/(v m) at v times the poi
 
 from __future__ import annotations
 
-from planner.strategy import PipeSchedule
+from planner.choices import PipeSchedule
 
 
 def bubble_fraction(p: int, m: int, schedule: PipeSchedule = PipeSchedule.one_f_one_b, v: int = 1) -> float:

@@ -8,14 +8,18 @@ Ranking is by the time model's tokens/s (`planner.timing`), ties broken by lower
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 
+from planner import engines
 from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.estimate import Estimate, Limits, estimate
 from planner.strategy import (
     Attn,
+    Batch,
     Engine,
+    EngineChoice,
     FsdpStrategy,
     GradCkpt,
     Method,
@@ -32,25 +36,10 @@ from planner.validity import problems
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 
-# (engine, zero, fsdp strategy, offload, offload device)
-_ENGINES: tuple[tuple[Engine, ZeroStage, FsdpStrategy, Offload, OffloadDevice], ...] = (
-    (Engine.ddp, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
-    (Engine.deepspeed, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
-    (Engine.deepspeed, ZeroStage.OPTIMIZER_STATES, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
-    (Engine.deepspeed, ZeroStage.OPTIMIZER_STATES, FsdpStrategy.full_shard, Offload.optimizer, OffloadDevice.cpu),
-    (Engine.deepspeed, ZeroStage.GRADIENTS, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
-    (Engine.deepspeed, ZeroStage.GRADIENTS, FsdpStrategy.full_shard, Offload.optimizer, OffloadDevice.cpu),
-    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
-    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.optimizer, OffloadDevice.cpu),
-    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.all, OffloadDevice.cpu),
-    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.optimizer, OffloadDevice.nvme),
-    (Engine.deepspeed, ZeroStage.WEIGHTS, FsdpStrategy.full_shard, Offload.all, OffloadDevice.nvme),
-    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),
-    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.all, OffloadDevice.cpu),
-    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.shard_grad_op, Offload.none, OffloadDevice.cpu),
-    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.hybrid_shard, Offload.none, OffloadDevice.cpu),
-    (Engine.fsdp, ZeroStage.DISABLED, FsdpStrategy.no_shard, Offload.none, OffloadDevice.cpu),
-)
+# (engine, zero, fsdp strategy, offload, offload device): each engine module's rows (planner/engines/)
+_ENGINES: tuple[tuple[Engine, ZeroStage, FsdpStrategy, Offload, OffloadDevice], ...] = engines.ROWS
+_ENGINE_CHOICES: tuple[EngineChoice, ...] = tuple(
+    EngineChoice(engine=e, zero=z, fsdp=f, offload=o, offload_device=d) for e, z, f, o, d in _ENGINES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,8 +81,8 @@ def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, li
     if not base.cluster.gpu.supports_bf16 and precision is Precision.bf16_mixed:
         precision = Precision.fp16_mixed
     for method in space.methods:
-        quant = Quant.nf4 if method is Method.qlora else Quant.none
-        for engine, zero, fsdp, offload, device in _ENGINES:
+        adapter = replace(base.adapter, method=method, quant=Quant.nf4 if method is Method.qlora else Quant.none)
+        for engine_choice in _ENGINE_CHOICES:
             for tp in tps:
                 for pp in pps:
                     if world % (tp * pp):
@@ -102,19 +91,21 @@ def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, li
                     if global_batch % dp:
                         continue
                     per_dp = global_batch // dp
-                    variants = [{"micro_batch": mb, "grad_accum": per_dp // mb, "grad_ckpt": ckpt, "attn": attn}
+                    variants = [{"batch": Batch(micro_batch=mb, grad_accum=per_dp // mb, seq_len=base.seq_len),
+                                 "grad_ckpt": ckpt, "attn": attn}
                                 for mb in space.micro_batches if per_dp % mb == 0
                                 for ckpt in space.grad_ckpts for attn in space.attns]
                     if not variants:
                         continue
+                    layout = replace(base.layout, tp=tp, pp=pp)
                     for opt in space.optimizers:
-                        yield ({"method": method, "quant": quant, "precision": precision, "engine": engine,
-                                "zero": zero, "fsdp": fsdp, "offload": offload, "offload_device": device, "tp": tp,
-                                "pp": pp, "optimizer": opt}, variants)
+                        yield ({"adapter": adapter, "precision": precision, "engine_choice": engine_choice,
+                                "layout": layout, "optimizer": opt}, variants)
 
 
 def _base_fields(base: TrainConfig) -> dict:
-    return {name: getattr(base, name) for name in TrainConfig.__dataclass_fields__}
+    """The config's typed parts and flat fields, as TrainConfig's keywords."""
+    return {f.name: getattr(base, f.name) for f in dataclass_fields(TrainConfig)}
 
 
 def candidates(base: TrainConfig, space: SearchSpace = SearchSpace()) -> Iterator[TrainConfig]:
@@ -174,10 +165,3 @@ def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits =
         raise PlanError("the search space is empty: check --global-batch against the GPU count")
     fitting.sort(key=rank_key)
     return PlanResult(plans=fitting, candidates_evaluated=evaluated, valid=valid, rejected=rejected)
-
-
-def best_per_method(result: PlanResult) -> dict[Method, Estimate]:
-    best: dict[Method, Estimate] = {}
-    for est in result.plans:
-        best.setdefault(est.config.method, est)
-    return best

@@ -11,7 +11,7 @@ from planner import strategy as st
 from planner.errors import PlanError
 from planner.gpus import Cluster, gpu_from_name
 from planner.models import ModelSpec
-from planner.strategy import TrainConfig
+from planner.strategy import FLAT_FIELDS, TrainConfig
 
 _ENUMS: dict[str, type[Enum]] = {
     "method": st.Method, "quant": st.Quant, "precision": st.Precision, "optimizer": st.Optimizer,
@@ -23,37 +23,36 @@ _ENUMS: dict[str, type[Enum]] = {
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name == "model":
+    for name, value in cfg.flat().items():
+        if name == "model":
             value = dataclasses.asdict(value)
-        elif f.name == "cluster":
+        elif name == "cluster":
             value = {"gpu": value.gpu.name, "nodes": value.nodes, "gpus_per_node": value.gpus_per_node}
         elif isinstance(value, Enum):
             value = value.value
         elif isinstance(value, tuple):
             value = list(value)
-        out[f.name] = value
+        out[name] = value
     return out
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     try:
         kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(TrainConfig):
-            if f.name not in data:
+        for name in FLAT_FIELDS:
+            if name not in data:
                 continue
-            value = data[f.name]
-            if f.name == "model":
+            value = data[name]
+            if name == "model":
                 value = ModelSpec(**value)
-            elif f.name == "cluster":
+            elif name == "cluster":
                 value = Cluster(gpu=gpu_from_name(value["gpu"]), nodes=int(value["nodes"]),
                                 gpus_per_node=int(value["gpus_per_node"]))
-            elif f.name in _ENUMS:
-                value = _ENUMS[f.name](value)
-            elif f.name == "lora_targets":
+            elif name in _ENUMS:
+                value = _ENUMS[name](value)
+            elif name == "lora_targets":
                 value = tuple(value)
-            kwargs[f.name] = value
+            kwargs[name] = value
         if "model" not in kwargs or "cluster" not in kwargs:
             raise PlanError("plan lacks its 'model' or 'cluster'")
         return TrainConfig(**kwargs)

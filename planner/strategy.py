@@ -1,103 +1,54 @@
-"""The discrete choices of a fine-tuning run (enums shared with the CLI) and one configuration."""
+"""One fine-tuning configuration, built from typed parts, each checking itself.
+
+- `Adapter`: what trains (method, LoRA shape, quantized base, frozen layers);
+- `ParallelLayout`: tensor / pipeline parallelism, whose arithmetic against the GPU count checks itself
+  like torchtitan's `ParallelDims` (`TP(2) * PP(2) * DP(3) = 12 != 8 GPUs`);
+- `Batch`: micro-batch, accumulation, sequence length;
+- `EngineChoice`: DDP, DeepSpeed ZeRO-0..3 or FSDP with its offload; only the combinations the engines
+  accept can be built (each engine module under planner/engines/ states its own);
+- precision, optimizer, checkpointing, attention and training stage, flat.
+
+`TrainConfig(...)` also takes the flat keywords (`zero=3`, `tp=2`, `micro_batch=4`), so
+`dataclasses.replace(cfg, zero=ZeroStage.WEIGHTS)` works, and reads them back as properties
+(`cfg.zero`, `cfg.tp`). `str(cfg)` names it like Z3-TP2-PP1-DP4-mb2-ga8.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from typing import Any
 
+from planner import engines
+from planner.choices import (
+    Attn,
+    Engine,
+    FsdpStrategy,
+    GradCkpt,
+    Method,
+    Offload,
+    OffloadDevice,
+    Optimizer,
+    PipeSchedule,
+    Precision,
+    Quant,
+    Stage,
+    ZeroStage,
+)
+from planner.errors import PlanError
 from planner.gpus import Cluster
 from planner.models import ModelSpec
 
-
-class Method(str, Enum):
-    full = "full"
-    lora = "lora"
-    qlora = "qlora"
-
-
-class Quant(str, Enum):
-    none = "none"
-    nf4 = "nf4"  # bitsandbytes 4-bit NormalFloat (Dettmers et al. 2023, QLoRA)
-    int8 = "int8"  # bitsandbytes LLM.int8() (Dettmers et al. 2022)
-
-
-class Precision(str, Enum):
-    fp32 = "32-true"
-    fp16_mixed = "16-mixed"
-    bf16_mixed = "bf16-mixed"  # 16-bit compute, fp32 master weights
-    bf16_true = "bf16-true"  # everything in bf16, no master copy
-
-
-class Optimizer(str, Enum):
-    adamw = "adamw"
-    adamw_8bit = "adamw_8bit"  # bitsandbytes blockwise 8-bit states (Dettmers et al. 2021)
-    paged_adamw = "paged_adamw"  # bitsandbytes paged 32-bit AdamW (unified memory)
-    paged_adamw_8bit = "paged_adamw_8bit"
-    sgd = "sgd"  # with momentum
-
-
-class Engine(str, Enum):
-    ddp = "ddp"  # torch DistributedDataParallel (a single GPU is DDP at world size 1)
-    deepspeed = "deepspeed"
-    fsdp = "fsdp"
-
-
-class ZeroStage(IntEnum):
-    DISABLED = 0
-    OPTIMIZER_STATES = 1
-    GRADIENTS = 2
-    WEIGHTS = 3
-
-
-class FsdpStrategy(str, Enum):
-    full_shard = "full_shard"
-    shard_grad_op = "shard_grad_op"
-    hybrid_shard = "hybrid_shard"
-    no_shard = "no_shard"
-
-
-class Offload(str, Enum):
-    none = "none"
-    optimizer = "optimizer"
-    all = "all"  # optimizer states, gradients and parameters
-
-
-class OffloadDevice(str, Enum):
-    cpu = "cpu"
-    nvme = "nvme"
-
-
-class GradCkpt(str, Enum):
-    none = "none"
-    selective = "selective"  # recompute attention only (Korthikanti et al. 2022, Sec. 4.2)
-    full = "full"  # keep each layer's input only
-
-
-class Attn(str, Enum):
-    eager = "eager"  # materializes the s x s scores
-    sdpa = "sdpa"
-    flash = "flash"  # flash_attention_2
-
-
-class Stage(str, Enum):
-    pt = "pt"
-    sft = "sft"
-    rm = "rm"  # reward model: a scalar value head
-    dpo = "dpo"  # frozen reference model beside the policy
-    ppo = "ppo"  # actor, critic, reference and reward models
-
-
-class PipeSchedule(str, Enum):
-    one_f_one_b = "1f1b"
-    interleaved = "interleaved"
+__all__ = ["Adapter", "Attn", "Batch", "Engine", "EngineChoice", "FLAT_FIELDS", "FsdpStrategy", "GradCkpt", "Method",
+           "Offload", "OffloadDevice", "Optimizer", "ParallelLayout", "PipeSchedule", "Precision", "Quant", "Stage",
+           "TrainConfig", "ZeroStage"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class TrainConfig:
-    """One fine-tuning configuration on one cluster; `str()` names it like Z3-TP2-PP1-DP4-mb2-ga8."""
+class Adapter:
+    """What of the model trains: all weights (`full`, optionally freezing the first layers), or LoRA
+    adapters on a 16-bit (`lora`) or bitsandbytes-quantized (`qlora`) base."""
 
-    model: ModelSpec
-    cluster: Cluster
     method: Method = Method.lora
     lora_r: int = 8
     lora_alpha: int = 16
@@ -106,24 +57,135 @@ class TrainConfig:
     quant: Quant = Quant.none
     double_quant: bool = True
     freeze_layers: int = 0  # full method: the first N decoder layers (and the embedding) stay frozen
-    precision: Precision = Precision.bf16_mixed
-    optimizer: Optimizer = Optimizer.adamw
-    engine: Engine = Engine.ddp
-    zero: ZeroStage = ZeroStage.DISABLED
-    fsdp: FsdpStrategy = FsdpStrategy.full_shard
-    offload: Offload = Offload.none
-    offload_device: OffloadDevice = OffloadDevice.cpu
+
+    @property
+    def trains_adapter(self) -> bool:
+        return self.method is not Method.full
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ParallelLayout:
+    """Tensor and pipeline parallelism; data parallelism takes the GPUs left over."""
+
     tp: int = 1
     sequence_parallel: bool = False
     pp: int = 1
     pp_schedule: PipeSchedule = PipeSchedule.one_f_one_b
     virtual_stages: int = 1
+
+    def dp(self, world: int) -> int:
+        return world // (self.tp * self.pp)
+
+    def problems(self, world: int, dp: int | None = None) -> list[str]:
+        """Why TP x PP (x DP, when given) does not multiply out to `world` GPUs (torchtitan ParallelDims)."""
+        if world % (self.tp * self.pp):
+            return [f"TP({self.tp}) * PP({self.pp}) = {self.tp * self.pp} does not divide {world} GPUs"]
+        if dp is not None and dp * self.tp * self.pp != world:
+            return [f"TP({self.tp}) * PP({self.pp}) * DP({dp}) = {self.tp * self.pp * dp} != {world} GPUs"]
+        return []
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Batch:
+    """Sequences per forward per data-parallel rank, forwards per optimizer step, tokens per sequence."""
+
     micro_batch: int = 1
     grad_accum: int = 1
     seq_len: int = 2048
-    grad_ckpt: GradCkpt = GradCkpt.none
-    attn: Attn = Attn.sdpa
-    stage: Stage = Stage.sft
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EngineChoice:
+    """A legal engine / ZeRO stage / FSDP strategy / offload combination (PlanError otherwise). `fsdp`
+    means something only under FSDP; the other engines carry its default."""
+
+    engine: Engine = Engine.ddp
+    zero: ZeroStage = ZeroStage.DISABLED
+    fsdp: FsdpStrategy = FsdpStrategy.full_shard
+    offload: Offload = Offload.none
+    offload_device: OffloadDevice = OffloadDevice.cpu
+
+    def __post_init__(self) -> None:
+        problem = engines.combination_problem(self.engine, self.zero, self.offload, self.offload_device)
+        if problem:
+            raise PlanError(problem)
+        if self.engine is not Engine.fsdp and self.fsdp is not FsdpStrategy.full_shard:
+            object.__setattr__(self, "fsdp", FsdpStrategy.full_shard)
+
+
+_PARTS: dict[str, type] = {"adapter": Adapter, "layout": ParallelLayout, "batch": Batch, "engine_choice": EngineChoice}
+_PART_OF: dict[str, str] = {f.name: part for part, cls in _PARTS.items() for f in dataclasses.fields(cls)}
+# the flat names, in the order of plan.json's "config" (the JSON contract)
+FLAT_FIELDS: tuple[str, ...] = (
+    "model", "cluster", "method", "lora_r", "lora_alpha", "lora_targets", "lora_dropout", "quant", "double_quant",
+    "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
+    "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
+    "attn", "stage")
+
+
+@dataclass(frozen=True, init=False, slots=True)
+class TrainConfig:
+    """One fine-tuning configuration on one cluster; `str()` names it like Z3-TP2-PP1-DP4-mb2-ga8."""
+
+    model: ModelSpec
+    cluster: Cluster
+    adapter: Adapter
+    layout: ParallelLayout
+    batch: Batch
+    engine_choice: EngineChoice
+    precision: Precision
+    optimizer: Optimizer
+    grad_ckpt: GradCkpt
+    attn: Attn
+    stage: Stage
+
+    def __init__(self, *, model: ModelSpec, cluster: Cluster, adapter: Adapter | None = None,
+                 layout: ParallelLayout | None = None, batch: Batch | None = None,
+                 engine_choice: EngineChoice | None = None, precision: Precision = Precision.bf16_mixed,
+                 optimizer: Optimizer = Optimizer.adamw, grad_ckpt: GradCkpt = GradCkpt.none, attn: Attn = Attn.sdpa,
+                 stage: Stage = Stage.sft, **flat: Any) -> None:
+        given: dict[str, Any] = {"adapter": adapter, "layout": layout, "batch": batch, "engine_choice": engine_choice}
+        overrides: dict[str, dict[str, Any]] = {}
+        for name, value in flat.items():
+            part = _PART_OF.get(name)
+            if part is None:
+                raise TypeError(f"TrainConfig got an unexpected keyword argument '{name}'")
+            overrides.setdefault(part, {})[name] = value
+        for part, cls in _PARTS.items():
+            value = given[part]
+            if part in overrides:
+                value = cls(**overrides[part]) if value is None else dataclasses.replace(value, **overrides[part])
+            object.__setattr__(self, part, cls() if value is None else value)
+        for name, value in (("model", model), ("cluster", cluster), ("precision", precision),
+                            ("optimizer", optimizer), ("grad_ckpt", grad_ckpt), ("attn", attn), ("stage", stage)):
+            object.__setattr__(self, name, value)
+
+    # --- the parts' fields, read flat -------------------------------------------------------------
+    method = property(lambda self: self.adapter.method)
+    lora_r = property(lambda self: self.adapter.lora_r)
+    lora_alpha = property(lambda self: self.adapter.lora_alpha)
+    lora_targets = property(lambda self: self.adapter.lora_targets)
+    lora_dropout = property(lambda self: self.adapter.lora_dropout)
+    quant = property(lambda self: self.adapter.quant)
+    double_quant = property(lambda self: self.adapter.double_quant)
+    freeze_layers = property(lambda self: self.adapter.freeze_layers)
+    engine = property(lambda self: self.engine_choice.engine)
+    zero = property(lambda self: self.engine_choice.zero)
+    fsdp = property(lambda self: self.engine_choice.fsdp)
+    offload = property(lambda self: self.engine_choice.offload)
+    offload_device = property(lambda self: self.engine_choice.offload_device)
+    tp = property(lambda self: self.layout.tp)
+    sequence_parallel = property(lambda self: self.layout.sequence_parallel)
+    pp = property(lambda self: self.layout.pp)
+    pp_schedule = property(lambda self: self.layout.pp_schedule)
+    virtual_stages = property(lambda self: self.layout.virtual_stages)
+    micro_batch = property(lambda self: self.batch.micro_batch)
+    grad_accum = property(lambda self: self.batch.grad_accum)
+    seq_len = property(lambda self: self.batch.seq_len)
+
+    def flat(self) -> dict[str, Any]:
+        """Every field by its flat name, in plan.json's order."""
+        return {name: getattr(self, name) for name in FLAT_FIELDS}
 
     @property
     def world_size(self) -> int:
@@ -131,7 +193,7 @@ class TrainConfig:
 
     @property
     def dp(self) -> int:
-        return self.world_size // (self.tp * self.pp)
+        return self.layout.dp(self.world_size)
 
     @property
     def global_batch(self) -> int:
@@ -143,7 +205,7 @@ class TrainConfig:
 
     @property
     def trains_adapter(self) -> bool:
-        return self.method is not Method.full
+        return self.adapter.trains_adapter
 
     def strategy_name(self) -> str:
         if self.engine is Engine.deepspeed:

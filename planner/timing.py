@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from planner import compute as cp
+from planner import engines
 from planner import offload_time as off
 from planner import parallel_comm as pc
 from planner.calibration import DEFAULT, Calibration
-from planner.comm import DEFAULT_COMM_EFFICIENCY, Group, allreduce_time_s
+from planner.comm import DEFAULT_COMM_EFFICIENCY
 from planner.errors import PlanError
+from planner.gpus import GPUSpec
 from planner.models import ModelSpec
-from planner.params import embedding_params, layer_params, lora_params, quantizable_params, total_params
 from planner.pipeline import boundary_activation_bytes, bubble_fraction, p2p_messages_per_step
+from planner.states import param_counts, quant_bytes_per_param, stage_layers
 from planner.strategy import (
+    Adapter,
     Engine,
-    FsdpStrategy,
     GradCkpt,
     Method,
     Offload,
@@ -39,12 +41,10 @@ from planner.strategy import (
     Quant,
     Stage,
     TrainConfig,
-    ZeroStage,
 )
 
 BREAKDOWN_KEYS = ("compute", "recompute", "pipeline_bubble", "dequantize", "tp_comm", "pp_comm", "dp_comm",
                   "offload", "optimizer")
-DDP_BUCKET_BYTES = 25 * 2**20  # torch DistributedDataParallel bucket_cap_mb=25 (its default)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -69,33 +69,10 @@ class JobTime:
 
 
 @cache
-def _param_counts(m: ModelSpec, method: Method, r: int, targets: tuple[str, ...], freeze: int, quant: Quant,
-                  stage: Stage) -> tuple[float, float, float]:
-    """(total, trainable, quantized) parameters of the whole model."""
-    total = float(total_params(m))
-    if method is Method.full:
-        trainable = total
-        if freeze:
-            trainable -= min(freeze, m.num_layers) * layer_params(m) + embedding_params(m)
-    else:
-        trainable = float(lora_params(m, r, targets))
-    if stage is Stage.rm:
-        trainable += m.hidden_size
-    quantized = float(quantizable_params(m)) if quant is not Quant.none else 0.0
-    return total, trainable, quantized
-
-
-def _quant_bytes(quant: Quant) -> float:
-    from planner.memory import quant_bytes_per_param
-
-    return quant_bytes_per_param(quant, True)
-
-
-@cache
 def _flops(m: ModelSpec, tr: cp.Training, tp: int, pp: int) -> tuple[float, float, float]:
     """Per token: (hardware FLOPs on the most loaded GPU, model FLOPs of the whole model, recompute FLOPs
     on that GPU). The last pipeline stage holds ceil(L/p) layers and the LM head; TP splits it t ways."""
-    layers = -(-m.num_layers // pp)
+    layers = stage_layers(m.num_layers, pp)
     gpu = cp.flops_per_token(m, tr, layers=layers, head=True)
     job = cp.flops_per_token(m, tr)
     return gpu.hardware / tp, job.model, (gpu.hardware - gpu.model) / tp
@@ -112,20 +89,11 @@ def optimizer_bytes_per_param(optimizer: Optimizer, precision: Precision) -> flo
     return 2 * p + p + 2 * n_states * state + copy16
 
 
-def _overlap(comm_s: float, window_s: float, tail_s: float) -> float:
-    """Exposed part of communication that runs beside `window_s` of compute; the last bucket (`tail_s`)
-    is always exposed."""
-    if comm_s <= 0:
-        return 0.0
-    return max(comm_s - window_s, min(tail_s, comm_s))
-
-
 @dataclass(frozen=True, slots=True)
 class _Family:
     """What a step's time needs that does not depend on batch shape or engine: FLOPs per token and
     parameter bytes per GPU, for one model / method / parallel layout / precision."""
 
-    model: ModelSpec  # held so the id() in the cache key stays unique while cached
     gpu_flops_tok: float
     model_flops_tok: float
     hardware_flops_tok: float
@@ -136,28 +104,27 @@ class _Family:
     peak: float
 
 
-_FAMILIES: dict[tuple, _Family] = {}
+@lru_cache(maxsize=4096)
+def _family_of(m: ModelSpec, gpu: GPUSpec, adapter: Adapter, grad_ckpt: GradCkpt, seq_len: int, stage: Stage,
+               tp: int, pp: int, precision: Precision) -> _Family:
+    tr = cp.Training(method=adapter.method, lora_r=adapter.lora_r, lora_targets=adapter.lora_targets,
+                     freeze_layers=adapter.freeze_layers, grad_ckpt=grad_ckpt, seq_len=seq_len, stage=stage)
+    gpu_tok, model_tok, recompute_tok = _flops(m, tr, tp, pp)
+    counts = param_counts(m, adapter, stage)
+    total_p, trainable_p, quant_p = float(counts.total), float(counts.trainable), float(counts.quantized)
+    split = tp * pp
+    w_bytes = 4.0 if precision is Precision.fp32 else 2.0
+    q_bytes = quant_bytes_per_param(adapter.quant, adapter.double_quant)
+    return _Family(gpu_flops_tok=gpu_tok, model_flops_tok=model_tok,
+                   hardware_flops_tok=cp.flops_per_token(m, tr).hardware, recompute_tok=recompute_tok,
+                   trainable_gpu=trainable_p / split,
+                   param_bytes_gpu=((total_p - quant_p) * w_bytes + quant_p * q_bytes) / split,
+                   stage_layers=stage_layers(m.num_layers, pp), peak=cp.peak_flops_per_s(gpu, precision))
 
 
 def _family(cfg: TrainConfig) -> _Family:
-    m = cfg.model
-    key = (id(m), id(cfg.cluster.gpu), cfg.method, cfg.lora_r, cfg.lora_targets, cfg.freeze_layers, cfg.grad_ckpt,
-           cfg.seq_len, cfg.stage, cfg.tp, cfg.pp, cfg.precision, cfg.quant)
-    fam = _FAMILIES.get(key)
-    if fam is None or fam.model is not m:
-        tr = cp.training_of(cfg)
-        gpu_tok, model_tok, recompute_tok = _flops(m, tr, cfg.tp, cfg.pp)
-        total_p, trainable_p, quant_p = _param_counts(m, cfg.method, cfg.lora_r, cfg.lora_targets,
-                                                      cfg.freeze_layers, cfg.quant, cfg.stage)
-        split = cfg.tp * cfg.pp
-        w_bytes = 4.0 if cfg.precision is Precision.fp32 else 2.0
-        fam = _Family(model=m, gpu_flops_tok=gpu_tok, model_flops_tok=model_tok,
-                      hardware_flops_tok=cp.flops_per_token(m, tr).hardware, recompute_tok=recompute_tok,
-                      trainable_gpu=trainable_p / split,
-                      param_bytes_gpu=((total_p - quant_p) * w_bytes + quant_p * _quant_bytes(cfg.quant)) / split,
-                      stage_layers=cp.stage_layers(cfg), peak=cp.peak_flops_per_s(cfg.cluster.gpu, cfg.precision))
-        _FAMILIES[key] = fam
-    return fam
+    return _family_of(cfg.model, cfg.cluster.gpu, cfg.adapter, cfg.grad_ckpt, cfg.seq_len, cfg.stage, cfg.tp, cfg.pp,
+                      cfg.precision)
 
 
 def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
@@ -171,7 +138,7 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     fam = _family(cfg)
     eff = cp.compute_efficiency(gpu.name, cal.compute_efficiency)
     comm_eff = cal.comm_efficiency if cal.comm_efficiency is not None else DEFAULT_COMM_EFFICIENCY
-    sample_tokens = s * 2 if cfg.stage is Stage.dpo else s
+    sample_tokens = cp.tokens_per_sample(cfg)
     mb_tokens = mb * sample_tokens
     mb_compute_s = cp.compute_time_s(fam.gpu_flops_tok * mb_tokens, fam.peak, eff)
     mb_recompute_s = cp.compute_time_s(fam.recompute_tok * mb_tokens, fam.peak, eff)
@@ -221,85 +188,17 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
 def _data_parallel(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
                    comm_eff: float) -> tuple[float, float, float]:
     """(total, exposed) data-parallel communication per step, and host-link time of parameter offload that
-    rides on the gathers."""
-    ga, cluster = cfg.grad_accum, cfg.cluster
+    rides on the gathers: the engine's (planner/engines/)."""
     if dp <= 1:
         return 0.0, 0.0, 0.0
-    g = pc.dp_group(cluster, cfg.tp, cfg.pp, dp, comm_eff)
-    fp32 = cfg.precision is Precision.fp32
-    h2 = cfg.model.hidden_size ** 2
-    engine = cfg.engine
-    if engine is Engine.ddp:
-        # DDP reduces gradients in the parameter's dtype: fp32 master weights under *-mixed
-        grad_bytes = trainable_gpu * (2.0 if cfg.precision is Precision.bf16_true else 4.0)
-        ar = pc.grad_allreduce_s(grad_bytes, g)
-        tail = allreduce_time_s(min(DDP_BUCKET_BYTES, grad_bytes), g)
-        return ar, _overlap(ar, bwd_s, tail), 0.0
-    grad_bytes = trainable_gpu * (4.0 if fp32 else 2.0)  # DeepSpeed / FSDP MixedPrecision reduce in 16 bits
-    if engine is Engine.deepspeed:
-        bucket = min(2.0 * h2, grad_bytes)  # reduce_bucket_size = h*h elements (planner.deepspeed_sizes)
-        if cfg.zero is ZeroStage.DISABLED:
-            ar = pc.grad_allreduce_s(grad_bytes, g)
-            return ar, _overlap(ar, bwd_s, allreduce_time_s(bucket, g)), 0.0
-        rs = pc.grad_reduce_scatter_s(grad_bytes, g)
-        rs_tail = pc.grad_reduce_scatter_s(bucket, g)
-        if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
-            # ZeRO-1 reduces once per step (it keeps whole gradients); ZeRO-2 every micro-batch, since
-            # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
-            n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else ga
-            ag = pc.param_allgather_s(trainable_gpu * (4.0 if fp32 else 2.0), g)
-            total = n_rs * rs + ag
-            return total, n_rs * _overlap(rs, bwd_s, rs_tail) + ag, 0.0
-        return _sharded(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, bucket, gathers=2)
-    # FSDP
-    if cfg.fsdp is FsdpStrategy.no_shard:
-        ar = pc.grad_allreduce_s(grad_bytes, g)
-        return ar, _overlap(ar, bwd_s, allreduce_time_s(min(DDP_BUCKET_BYTES, grad_bytes), g)), 0.0
-    unit = param_bytes_gpu / cfg.model.num_layers  # one decoder layer per FSDP unit (auto-wrap policy)
-    if cfg.fsdp is FsdpStrategy.hybrid_shard:
-        shard = g.per_node
-        intra = pc.intra_node_group(cluster, shard, comm_eff)
-        total, exposed, h2d = _sharded(cfg, intra, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, unit, gathers=2)
-        replicas = Group(n=dp // shard, per_node=1, intra_bytes_per_s=g.intra_bytes_per_s,
-                         inter_bytes_per_s=g.inter_bytes_per_s)
-        ar = ga * allreduce_time_s(grad_bytes / shard, replicas)
-        return total + ar, exposed + _overlap(ar, ga * bwd_s, allreduce_time_s(unit / shard, replicas)), h2d
-    gathers = 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
-    return _sharded(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, unit, gathers=gathers)
-
-
-def _sharded(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
-             bucket_bytes: float, *, gathers: int) -> tuple[float, float, float]:
-    """ZeRO-3 / FSDP: per micro-batch, gather the weights for forward (and again for backward unless
-    they stay unsharded, SHARD_GRAD_OP) and reduce-scatter the gradients; with parameter offload the
-    partition first crosses the host link (Rajbhandari et al. 2021, ZeRO-Infinity Sec. 5)."""
-    ga = cfg.grad_accum
-    ag = pc.param_allgather_s(param_bytes_gpu, g)
-    rs = pc.grad_reduce_scatter_s(grad_bytes, g)
-    h2d = 0.0
-    if cfg.offload is Offload.all:
-        part = param_bytes_gpu / g.n
-        if cfg.offload_device is OffloadDevice.nvme:
-            h2d = off.nvme_time_s(part, cfg.cluster.gpus_per_node)
-        h2d += off.pcie_time_s(part, cfg.cluster.gpu.host_link_bytes_per_s)
-    tail = pc.param_allgather_s(min(bucket_bytes, param_bytes_gpu), g)
-    fwd_exposed = _overlap(ag, fwd_s, tail)
-    bwd_exposed = _overlap((gathers - 1) * ag + rs, bwd_s, tail)
-    total = ga * (gathers * ag + rs)
-    # host-to-GPU copies of offloaded partitions sit on the critical path: DeepSpeed copies the CPU
-    # partition into the gather buffer before launching the all-gather (partition_parameters.py,
-    # `_all_gather` of ds_tensor), and FSDP's CPUOffload moves the shard to the GPU before unsharding
-    return total, ga * (fwd_exposed + bwd_exposed), ga * gathers * h2d
+    g = pc.dp_group(cfg.cluster, cfg.tp, cfg.pp, dp, comm_eff)
+    return engines.of(cfg).dp_comm(cfg, g, trainable_gpu, param_bytes_gpu, fwd_s, bwd_s, comm_eff)
 
 
 def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_s: float) -> tuple[float, float]:
     """(offload seconds, GPU optimizer seconds) per step."""
-    gpu, ga = cfg.cluster.gpu, cfg.grad_accum
-    sharded_states = (cfg.engine is Engine.deepspeed and cfg.zero >= ZeroStage.OPTIMIZER_STATES) or \
-        (cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard)
-    n = dp if sharded_states else 1
-    if cfg.engine is Engine.fsdp and cfg.fsdp is FsdpStrategy.hybrid_shard:
-        n = max(1, min(dp, cfg.cluster.gpus_per_node // (cfg.tp * cfg.pp)))
+    gpu, eng = cfg.cluster.gpu, engines.of(cfg)
+    n = eng.optimizer_shards(cfg)
     params_rank = trainable_gpu / n
     if cfg.offload is Offload.none:
         opt_s = params_rank * optimizer_bytes_per_param(cfg.optimizer, cfg.precision) / gpu.hbm_bytes_per_s
@@ -309,7 +208,7 @@ def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_
     # gradients to the host (fp32 after DeepSpeed's upcast on the GPU), every micro-batch under
     # ZeRO-2/3 and FSDP, overlapped with backward; updated 16-bit weights back once per step
     d2h_each = off.pcie_time_s(params_rank * 4.0, link)
-    d2h_count = 1 if (cfg.engine is Engine.deepspeed and cfg.zero is ZeroStage.OPTIMIZER_STATES) else ga
+    d2h_count = eng.gradient_offloads_per_step(cfg)
     d2h_exposed = d2h_count * max(0.0, d2h_each - bwd_s)
     h2d = off.pcie_time_s(params_rank * 2.0, link) if cfg.offload is Offload.optimizer else 0.0
     adam = off.cpu_adam_time_s(params_rank, ranks, deepspeed_cpu_adam=cfg.engine is Engine.deepspeed)

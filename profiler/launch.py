@@ -7,11 +7,7 @@ each, so that N processes share the cores instead of oversubscribing them.
 from __future__ import annotations
 
 import json
-import os
-import re
-import socket
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +16,7 @@ from typing import Any
 from planner.errors import PlanError
 from planner.serialize import config_to_dict
 from planner.strategy import TrainConfig
+from profiler.launcher import cpu_env, failure_cause, free_port, torchrun_command
 
 # A small Llama for CPU profiles: Llama-2's shapes scaled down (hidden 768, 12 layers, SwiGLU width
 # 8/3 h rounded as Llama does, the Llama-2 tokenizer's 32000 tokens): 134M parameters, enough for
@@ -62,12 +59,6 @@ class RunResult:
         return dict(self.ranks[0].get("versions", {}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def check_device(cfg: TrainConfig) -> None:
     """The devices the plan names must exist here."""
     if cfg.cluster.nodes != 1:
@@ -97,17 +88,10 @@ def launch(cfg: TrainConfig, *, model_path: Path | None = None, warmup_steps: in
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps(spec))
         out = Path(tmp) / "out"
-        env = dict(os.environ)
-        cpu = cfg.cluster.gpu.name == "CPU"
-        if cpu:
-            env["DS_ACCELERATOR"] = "cpu"
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            if n > 1:
-                env["OMP_NUM_THREADS"] = "1"
+        env = cpu_env(cfg)
         env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--nnodes", "1",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "profiler.worker", "--spec", str(spec_file), "--out", str(out)]
+        cmd = torchrun_command(nproc_per_node=n, master_port=free_port()) + [
+            "-m", "profiler.worker", "--spec", str(spec_file), "--out", str(out)]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s,
                                   cwd=Path(__file__).resolve().parent.parent)
@@ -116,26 +100,12 @@ def launch(cfg: TrainConfig, *, model_path: Path | None = None, warmup_steps: in
                             ) from None
         if proc.returncode != 0:
             raise PlanError(f"torchrun failed (exit {proc.returncode}, {cfg.strategy_name()} on {n} process(es)): "
-                            f"{_cause(proc.stderr + proc.stdout)}")
+                            f"{failure_cause(proc.stderr + proc.stdout)}")
         ranks = []
         for r in range(n):
             f = out / f"rank{r}.json"
             if not f.exists():
-                raise PlanError(f"torchrun finished but rank {r} wrote no result ({_cause(proc.stderr)})")
+                raise PlanError(f"torchrun finished but rank {r} wrote no result ({failure_cause(proc.stderr)})")
             ranks.append(json.loads(f.read_text()))
     return RunResult(config=cfg, ranks=tuple(ranks))
 
-
-def _cause(text: str) -> str:
-    """The most telling line of a failed run's output: a rank's exception, else the last exception line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    rank_error = re.compile(r"^\[rank\d+\]:\s*([\w.]*(Error|Exception|Interrupt)\b.*)")
-    for ln in lines:
-        hit = rank_error.match(ln)
-        if hit:
-            return hit.group(1)[:300]
-    for ln in reversed(lines):
-        head = ln.split(":", 1)[0]
-        if head.endswith(("Error", "Exception")) and " " not in head and "ChildFailedError" not in head:
-            return ln[:300]
-    return lines[-1][:300] if lines else "no output"

@@ -23,17 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from planner.compute import mfu as compute_mfu
+from planner.compute import model_flops_per_token, peak_flops_per_s
 from planner.serialize import config_from_dict
 from planner.strategy import Engine, FsdpStrategy, GradCkpt, Method, Optimizer, Precision, TrainConfig
-
-
-def model_flops_per_token(cfg: TrainConfig) -> float:
-    """Training FLOPs per token, 6N + 12*L*h*s (Kaplan et al. 2020, Sec. 2.1, with the attention term;
-    PaLM, Chowdhery et al. 2022, App. B). N counts every weight that takes part in the matmuls."""
-    from planner.params import total_params
-
-    m = cfg.model
-    return 6.0 * total_params(m) + 12.0 * m.num_layers * m.hidden_size * cfg.seq_len
 
 
 def _load_model(cfg: TrainConfig, model_path: str | None, dtype: Any) -> Any:
@@ -92,7 +85,7 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
     if cfg.engine is Engine.deepspeed:
         import deepspeed
 
-        from runner.ds_config import build_ds_config
+        from planner.configs.ds_config import build_ds_config
 
         ds_cfg = build_ds_config(cfg)
         ds_cfg["zero_allow_untested_optimizer"] = True
@@ -188,11 +181,8 @@ def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux (getrusage(2))
     step_time_s = sorted(step_times)[len(step_times) // 2]
     tokens_per_s = cfg.micro_batch * cfg.seq_len * cfg.grad_accum * world / step_time_s
-    gpu = cfg.cluster.gpu
-    peak_flops = (gpu.peak_fp32_flops_per_s if cfg.precision is Precision.fp32
-                  else gpu.peak_bf16_flops_per_s if cfg.precision in (Precision.bf16_mixed, Precision.bf16_true)
-                  else gpu.peak_fp16_flops_per_s)
-    mfu = model_flops_per_token(cfg) * tokens_per_s / (world * peak_flops) if peak_flops else None
+    peak_flops = peak_flops_per_s(cfg.cluster.gpu, cfg.precision)
+    mfu = compute_mfu(tokens_per_s, model_flops_per_token(cfg), world, peak_flops) if peak_flops else None
     result = {"rank": rank, "world_size": world, "device": str(device), "config_name": str(cfg),
               "peak_allocated_bytes": int(peak_tensor), "peak_reserved_bytes": reserved, "peak_rss_bytes": rss,
               "step_times_s": step_times, "step_time_s": step_time_s, "tokens_per_s": tokens_per_s, "mfu": mfu,

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from runner.tune import TrialRow, TuneResult
+from planner.tune_result import TrialRow, TuneResult
 
 _SHOWN_TRIALS = 20
 

@@ -15,14 +15,14 @@ from typing import Any
 
 import yaml
 
+from planner.configs.accelerate_config import build_accelerate_config
+from planner.configs.ds_config import build_ds_config
 from planner.errors import PlanError
 from planner.estimate import Estimate, estimate, estimate_to_dict
 from planner.serialize import config_from_dict
 from planner.strategy import Engine, TrainConfig
 from planner.validity import problems
 from runner import launch as ln
-from runner.accelerate_config import build_accelerate_config
-from runner.ds_config import build_ds_config
 from runner.llamafactory import build_llamafactory_config
 from runner.llamafactory import notes as llamafactory_notes
 from runner.quant import BNB_CONFIG_FILE, bnb_config_dict
@@ -105,8 +105,8 @@ def _batch_problems(data: dict[str, Any], cfg: TrainConfig) -> list[str]:
         out.append(f"world_size {world} != {cfg.cluster} = {cfg.world_size} GPUs")
     if cfg.world_size % (cfg.tp * cfg.pp) == 0:
         dp = data.get("dp")
-        if dp is not None and dp * cfg.tp * cfg.pp != cfg.world_size:
-            out.append(f"TP({cfg.tp}) * PP({cfg.pp}) * DP({dp}) = {cfg.tp * cfg.pp * dp} != {cfg.world_size} GPUs")
+        if dp is not None:
+            out += cfg.layout.problems(cfg.world_size, dp)
         gb = data.get("global_batch")
         if gb is not None and gb != cfg.global_batch:
             out.append(f"micro-batch({cfg.micro_batch}) * grad-accum({cfg.grad_accum}) * DP({cfg.dp}) = "

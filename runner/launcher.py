@@ -11,33 +11,12 @@ from oversubscribing the cores, and a free port avoids clashing with other runs 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from planner.strategy import Engine, TrainConfig
+from profiler.launcher import cpu_env, free_port, is_cpu_plan, torchrun_command
 from runner.train import RunOptions, to_argv
-
-
-def is_cpu_plan(cfg: TrainConfig) -> bool:
-    return cfg.cluster.gpu.name == "CPU"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def launch_env(cfg: TrainConfig, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    if is_cpu_plan(cfg):
-        env["DS_ACCELERATOR"] = "cpu"
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        if cfg.world_size > 1:
-            env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def launch_command(cfg: TrainConfig, plan: Path, opts: RunOptions, *,
@@ -48,13 +27,9 @@ def launch_command(cfg: TrainConfig, plan: Path, opts: RunOptions, *,
         return None
     nodes = cfg.cluster.nodes
     port = master_port or int(os.environ.get("MASTER_PORT", 0)) or free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
-           "--nproc_per_node", str(cfg.cluster.gpus_per_node), "--master_port", str(port)]
-    if nodes > 1:
-        cmd += ["--node_rank", os.environ.get("NODE_RANK", "0"),
-                "--master_addr", os.environ.get("MASTER_ADDR", "127.0.0.1")]
-    else:
-        cmd += ["--master_addr", "127.0.0.1"]
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1") if nodes > 1 else "127.0.0.1"
+    cmd = torchrun_command(nproc_per_node=cfg.cluster.gpus_per_node, nnodes=nodes, master_port=port,
+                           node_rank=os.environ.get("NODE_RANK", "0"), master_addr=addr)
     return cmd + ["-m", "runner.train", *to_argv(plan, opts)]
 
 
@@ -76,4 +51,4 @@ def launch(cfg: TrainConfig, plan: Path, opts: RunOptions) -> int:
 
         run(cfg, opts)
         return 0
-    return subprocess.call(cmd, env=launch_env(cfg))
+    return subprocess.call(cmd, env=cpu_env(cfg))

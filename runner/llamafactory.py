@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner.configs.ds_config import DEFAULT_HYPER, Hyperparams, learning_rate
 from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, Precision, Quant, TrainConfig
-from runner.ds_config import DEFAULT_HYPER, Hyperparams, learning_rate
 
 DS_TRAINER_CONFIG_FILE = "ds_config.trainer.json"
 

@@ -1,10 +1,8 @@
 """Per-step metrics of a run (metrics JSONL, TensorBoard through the Trainer), a rich progress bar on rank 0,
 and the predicted-vs-measured summary at the end.
 
-MFU follows PaLM (Chowdhery et al. 2022, Appendix B): model FLOPs per token over the devices' peak, counting
-no recomputation. A token costs 2N FLOPs forward and 2N backward for the activation gradients; the weight
-gradients (another 2N) are computed only for trained weights, so full fine-tuning is the familiar 6N and
-LoRA about 4N (Hu et al. 2021, Sec. 4: no gradients for the frozen weights).
+MFU is the planner's (planner.compute.mfu with planner.compute.model_flops_per_token and the plan's peak
+FLOP/s, planner.compute.peak_flops_per_s), so the measured MFU is the same quantity the plan predicts.
 """
 
 from __future__ import annotations
@@ -17,28 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.strategy import Precision, TrainConfig
+from planner.compute import mfu
+from planner.strategy import TrainConfig
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "run_summary.json"
-
-
-def flops_per_token(n_params: int, trains_all_weights: bool) -> float:
-    """Model FLOPs per trained token (see module docstring)."""
-    return (6.0 if trains_all_weights else 4.0) * n_params
-
-
-def peak_flops_per_s(cfg: TrainConfig, on_cuda: bool) -> float:
-    gpu = cfg.cluster.gpu
-    if not on_cuda or cfg.precision is Precision.fp32:
-        return gpu.peak_fp32_flops_per_s
-    if cfg.precision is Precision.fp16_mixed:
-        return gpu.peak_fp16_flops_per_s
-    return gpu.peak_bf16_flops_per_s
-
-
-def mfu(tokens_per_s: float, flops_token: float, world_size: int, peak_flops: float) -> float:
-    return tokens_per_s * flops_token / (world_size * peak_flops) if peak_flops > 0 else 0.0
 
 
 def peak_memory_bytes(on_cuda: bool) -> int:

@@ -2,7 +2,7 @@
 one device or under torchrun / the deepspeed launcher for several (`ftplan run` picks the launcher itself).
 
 The transformers Trainer runs the plan: its micro-batch, accumulation, precision, activation checkpointing and
-attention, with the plan's engine (DeepSpeed through the ds_config from `runner.ds_config.build_ds_config`,
+attention, with the plan's engine (DeepSpeed through the ds_config from `planner.configs.ds_config.build_ds_config`,
 FSDP through TrainingArguments.fsdp wrapping the model's decoder layer class, or plain DDP).
 """
 
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner.compute import model_flops_per_token, peak_flops_per_s
 from planner.errors import PlanError
-from planner.strategy import Engine, GradCkpt, Method, Offload, Optimizer, Precision, Stage, TrainConfig
+from planner.strategy import Engine, GradCkpt, Offload, Optimizer, Precision, Stage, TrainConfig
 
 # `metrics.jsonl`, `run_summary.json` and checkpoints live in the output directory beside the adapter
 RUN_INFO_FILE = "ftplan_run.json"  # where the base model came from, for `ftplan merge`
@@ -35,7 +36,7 @@ class RunOptions:
     resume: bool = False
     save_steps: int = 50
     eval_fraction: float = 0.05
-    learning_rate: float | None = None  # None: the plan's (runner.ds_config.learning_rate)
+    learning_rate: float | None = None  # None: the plan's (planner.configs.ds_config.learning_rate)
     warmup_steps: int = 0
     data_format: str = "auto"
     template: str | None = None
@@ -44,7 +45,7 @@ class RunOptions:
     modules_to_save: tuple[str, ...] = ()
     seed: int = 42
     dpo_beta: float = 0.1  # DPO's beta (trl DPOConfig.beta default)
-    report: bool = True  # print predicted vs measured at the end
+    report: bool = True  # `ftplan run` prints predicted vs measured at the end (reports.run_report)
 
 
 def load_plan(path: Path) -> TrainConfig:
@@ -155,11 +156,11 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
     and its own fields, for the rm / dpo stages (runner.stages)."""
     from transformers import TrainingArguments
 
-    from runner.ds_config import learning_rate
+    from planner.configs.ds_config import learning_rate
 
     kwargs: dict[str, Any] = {}
     if cfg.engine is Engine.deepspeed:
-        from runner.ds_config import build_ds_config
+        from planner.configs.ds_config import build_ds_config
 
         kwargs["deepspeed"] = build_ds_config(cfg, for_trainer=True)
     elif cfg.engine is Engine.fsdp and cfg.world_size > 1:
@@ -256,10 +257,9 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
             mt.truncate_metrics(metrics_path, int(CHECKPOINT_RE.match(resume_from.name).group(1)))
         else:
             metrics_path.unlink(missing_ok=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    callback = mt.make_callback(path=metrics_path, world_size=world,
-                                flops_token=mt.flops_per_token(n_params, cfg.method is Method.full),
-                                peak_flops=mt.peak_flops_per_s(cfg, on_cuda), on_cuda=on_cuda, is_main=is_main,
+    callback = mt.make_callback(path=metrics_path, world_size=world, flops_token=model_flops_per_token(cfg),
+                                peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
+                                is_main=is_main,
                                 max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                       data_collator=_Collator(tokenizer.pad_token_id), processing_class=tokenizer,
@@ -291,10 +291,6 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
         write_text_atomic(opts.output / RUN_INFO_FILE, json.dumps(src_info, indent=2) + "\n")
-        if opts.report:
-            from reports.run_report import print_run_summary
-
-            print_run_summary(summary, on_cuda=on_cuda)
     return summary
 
 

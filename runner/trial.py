@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from planner.errors import PlanError
 from planner.serialize import config_from_dict, config_to_dict
 from planner.strategy import Attn, GradCkpt, Method, Offload, Optimizer, Stage, TrainConfig
+from profiler.launcher import cpu_env, free_port
 
 INJECT_ENV = "FTPLAN_TRIAL_INJECT"
 _TAIL_CHARS = 4000
@@ -56,10 +56,6 @@ class TrialOutcome:
     wall_s: float = 0.0  # the whole trial, process start to exit
     failure: Failure | None = None
     reason: str = ""
-
-
-def on_cpu(cfg: TrainConfig) -> bool:
-    return cfg.cluster.gpu.name == "CPU"
 
 
 def unsupported(cfg: TrainConfig) -> str | None:
@@ -104,12 +100,6 @@ def _classify(returncode: int, log_tail: str) -> tuple[Failure, str]:
     return Failure.crash, f"exit code {returncode}: {reason[-300:]}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _die_with_parent() -> None:
     """Ranks die with the tuner (a SIGKILLed tune leaves no orphan training): prctl(PR_SET_PDEATHSIG)."""
     with suppress(OSError, AttributeError):
@@ -143,10 +133,9 @@ def run_trial(cfg: TrainConfig, *, steps: int = 3, warmup_steps: int = 1, timeou
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
                                                       os.environ.get("PYTHONPATH", "")) if p),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(cfg.world_size),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(cfg.world_size),
                LOCAL_WORLD_SIZE=str(cfg.world_size))
-    if on_cpu(cfg):
-        env["DS_ACCELERATOR"] = "cpu"
+    env = cpu_env(cfg, env)
     cmd = [sys.executable, "-m", "runner.trial", "--spec", str(spec_path), "--out", str(out_dir)]
     # one process per rank with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*), launched
     # directly: a torchrun parent would cost one more torch import per trial and adds nothing on one node

@@ -39,6 +39,7 @@ from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.estimate import Estimate, Limits, estimate
 from planner.strategy import TrainConfig
+from planner.tune_result import TrialRow, TuneResult
 from planner.tune_space import (
     PARAM_NAMES,
     Choice,
@@ -77,39 +78,6 @@ class TuneOptions:
     trial_timeout_s: float = 300.0
     limits: Limits = field(default_factory=Limits)
     cal: Calibration = DEFAULT
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrialRow:
-    phase: str  # analytical | measured
-    number: int
-    state: str  # complete | infeasible | failed | duplicate | running | waiting
-    name: str
-    params: dict[str, Choice]
-    tokens_per_s: float | None  # measured in a measured row, the time model's otherwise
-    peak_bytes: float | None
-    predicted_tokens_per_s: float | None
-    predicted_peak_bytes: float | None
-    reason: str
-    wall_s: float | None
-
-
-@dataclass(frozen=True, kw_only=True)
-class TuneResult:
-    study: str
-    storage: str
-    measured: bool
-    sampler: str  # exhaustive | tpe
-    space_points: int  # the product of the dimensions
-    runnable_plans: int  # valid plans in the space (that a measured trial can run, under --measure)
-    best: Estimate
-    best_row: TrialRow
-    rows: list[TrialRow]  # the deciding phase's trials (measured under --measure)
-    pareto: list[TrialRow]  # feasible analytical plans no other beats on both tokens/s and memory
-    trials_completed: int
-    trials_failed: int
-    trials_infeasible: int
-    measured_trial_s: float  # summed wall time of the real trials run or recorded
 
 
 class _MeasuredFailure(Exception):

@@ -3,8 +3,10 @@ planner is pure Python; `python -X importtime -m ftplan plan ...` must not show 
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +35,56 @@ def imported_modules(*args: str) -> set[str]:
 def test_no_heavy_imports(command: tuple[str, ...]) -> None:
     heavy = sorted(m for m in imported_modules(*command) if m.split(".")[0] in HEAVY)
     assert not heavy, f"planning imported {heavy[:10]}"
+
+
+# --- package arrows, read from the source (function-level imports included) -------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("ftplan", "planner", "profiler", "runner", "reports")
+# STYLE.md: ftplan -> everything; runner -> profiler, planner; profiler -> planner; reports -> planner
+ALLOWED: dict[str, set[str]] = {
+    "ftplan": set(PACKAGES),
+    "runner": {"runner", "profiler", "planner"},
+    "profiler": {"profiler", "planner"},
+    "reports": {"reports", "planner"},
+    "planner": {"planner"},
+}
+# the planner is pure Python: not even a function may import these
+PLANNER_FORBIDDEN = (*HEAVY, "optuna", "rich", "typer", "matplotlib", "yaml")
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, imported module) of every import statement in the file, at any depth."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            out.append((node.lineno, path.relative_to(REPO).parts[0]))  # a relative import stays in its package
+    return out
+
+
+def package_modules() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
+
+
+def test_package_arrows_point_one_way() -> None:
+    wrong = []
+    for path in package_modules():
+        pkg = path.relative_to(REPO).parts[0]
+        for line, module in imports_of(path):
+            top = module.split(".")[0]
+            if top in PACKAGES and top not in ALLOWED[pkg]:
+                wrong.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+    assert len(package_modules()) > 50  # the walk found the packages
+    assert not wrong, "imports against the package arrows:\n" + "\n".join(wrong)
+
+
+def test_planner_imports_nothing_heavy_even_in_functions() -> None:
+    wrong = [f"{path.relative_to(REPO)}:{line} imports {module}"
+             for path in sorted((REPO / "planner").rglob("*.py"))
+             for line, module in imports_of(path) if module.split(".")[0] in PLANNER_FORBIDDEN]
+    assert not wrong, "\n".join(wrong)

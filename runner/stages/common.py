@@ -50,6 +50,7 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     import torch
     from transformers import PrinterCallback
 
+    from planner.compute import model_flops_per_token, peak_flops_per_s
     from runner import metrics as mt
     from runner.model import load_tokenizer, model_source
     from runner.stages.preference_data import load_pairs, split_pairs, to_dataset
@@ -81,10 +82,8 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
                 mt.truncate_metrics(metrics_path, int(CHECKPOINT_RE.match(resume_from.name).group(1)))
             else:
                 metrics_path.unlink(missing_ok=True)
-        n_params = sum(p.numel() for p in models.model.parameters())
-        callback = mt.make_callback(path=metrics_path, world_size=world,
-                                    flops_token=mt.flops_per_token(n_params, stage.trains_all_weights(cfg)),
-                                    peak_flops=mt.peak_flops_per_s(cfg, on_cuda), on_cuda=on_cuda,
+        callback = mt.make_callback(path=metrics_path, world_size=world, flops_token=model_flops_per_token(cfg),
+                                    peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
                                     is_main=is_main, max_steps=opts.max_steps,
                                     tensorboard_dir=opts.output / "runs")
         trainer = stage.make_trainer(models, args=args, tokenizer=tokenizer,
@@ -99,7 +98,7 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     trainer.save_model(str(opts.output))
     summary = _summary(cfg, trainer, result, callback, eval_metrics, resume_from, world, on_cuda, tracker)
     if is_main:
-        _write_outputs(cfg, opts, src, tokenizer, summary, on_cuda)
+        _write_outputs(cfg, opts, src, tokenizer, summary)
     return summary
 
 
@@ -138,8 +137,8 @@ def _summary(cfg: TrainConfig, trainer: Any, result: Any, callback: Any, eval_me
     return summary
 
 
-def _write_outputs(cfg: TrainConfig, opts: Any, src: Any, tokenizer: Any, summary: dict[str, Any],
-                   on_cuda: bool) -> None:
+def _write_outputs(cfg: TrainConfig, opts: Any, src: Any, tokenizer: Any, summary: dict[str, Any]) -> None:
+    """run_summary.json and the run info `ftplan merge` reads (`ftplan run` prints the summary)."""
     from planner.atomic import write_text_atomic
     from runner import metrics as mt
     from runner.train import RUN_INFO_FILE
@@ -153,7 +152,3 @@ def _write_outputs(cfg: TrainConfig, opts: Any, src: Any, tokenizer: Any, summar
     src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value,
                 "stage": cfg.stage.value}
     write_text_atomic(opts.output / RUN_INFO_FILE, json.dumps(src_info, indent=2) + "\n")
-    if opts.report:
-        from reports.run_report import print_run_summary
-
-        print_run_summary(summary, on_cuda=on_cuda)

@@ -29,10 +29,6 @@ def config_fields(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     return {"beta": opts.dpo_beta, "max_length": cfg.seq_len}
 
 
-def trains_all_weights(cfg: TrainConfig) -> bool:
-    return cfg.method is Method.full
-
-
 def load_models(cfg: TrainConfig, src: Any, opts: Any, *, on_cuda: bool) -> StageModels:
     """The policy (unwrapped: TRL applies the LoRA config), and for full fine-tuning a frozen reference."""
     from dataclasses import replace

@@ -25,12 +25,6 @@ def config_fields(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     return {"max_length": cfg.seq_len}
 
 
-def trains_all_weights(cfg: TrainConfig) -> bool:
-    from planner.strategy import Method
-
-    return cfg.method is Method.full
-
-
 def load_models(cfg: TrainConfig, src: Any, opts: Any, *, on_cuda: bool) -> StageModels:
     from planner.strategy import Method
     from runner.model import ModelOptions, load_model, lora_config

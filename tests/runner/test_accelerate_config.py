@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.build import build_config
+from planner.configs.accelerate_config import build_accelerate_config
+from planner.configs.ds_config import build_ds_config
 from planner.search import candidates
 from planner.strategy import Engine, FsdpStrategy, GradCkpt, Method, Offload, TrainConfig, ZeroStage
 from planner.validity import problems
-from runner.accelerate_config import build_accelerate_config
-from runner.ds_config import build_ds_config
 
 pytest.importorskip("accelerate")
 from accelerate.commands.config.config_args import ClusterConfig  # noqa: E402

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.build import build_config
+from planner.configs.ds_config import AUTO, build_ds_config
 from planner.search import candidates
 from planner.strategy import Engine, Offload, OffloadDevice, Optimizer, Precision, TrainConfig, ZeroStage
 from planner.validity import problems
-from runner.ds_config import AUTO, build_ds_config
 
 deepspeed = pytest.importorskip("deepspeed")
 from deepspeed.runtime import lr_schedules  # noqa: E402

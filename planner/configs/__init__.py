@@ -1,0 +1,1 @@
+"""Config files built from a TrainConfig as plain dicts (DeepSpeed JSON, accelerate YAML): pure, no torch."""

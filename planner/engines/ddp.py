@@ -1,0 +1,112 @@
+"""torch DistributedDataParallel (a single GPU is DDP at world size 1): every rank holds the whole
+model, its gradients and optimizer states; gradients are all-reduced in buckets during backward."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from planner import parallel_comm as pc
+from planner.choices import Engine, FsdpStrategy, Method, Offload, OffloadDevice, Optimizer, Precision, ZeroStage
+from planner.comm import Group, allreduce_time_s
+from planner.engines.sharded import overlap
+from planner.states import StageParams, grad_dtype_bytes, is_mixed
+
+if TYPE_CHECKING:
+    from planner.strategy import TrainConfig
+
+DDP_BUCKET_BYTES = 25 * 2**20  # torch DistributedDataParallel bucket_cap_mb=25 (its default)
+ROWS = ((Engine.ddp, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),)
+
+
+def combination_problem(zero: ZeroStage, offload: Offload, device: OffloadDevice) -> str | None:
+    if zero is not ZeroStage.DISABLED:
+        return "--zero needs DeepSpeed"
+    if offload is not Offload.none:
+        return "offload needs DeepSpeed ZeRO or FSDP"
+    return None
+
+
+def problems(cfg: TrainConfig) -> list[str]:
+    if cfg.pp > 1 or cfg.tp > 1:
+        return ["TP and PP need DeepSpeed (pipeline engine, AutoTP) here, not plain DDP"]
+    return []
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+def weight_bytes_per_param(cfg: TrainConfig) -> tuple[float, float]:
+    """(trainable, frozen): with mixed precision the trainable weights are the fp32 master and frozen
+    ones stay in 16 bits (how LLaMA-Factory and peft load them)."""
+    if cfg.precision is Precision.fp32:
+        return 4.0, 4.0
+    if cfg.precision is Precision.bf16_true:
+        return 2.0, 2.0
+    return 4.0, 2.0
+
+
+def shards_weights(cfg: TrainConfig) -> bool:
+    return False
+
+
+def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
+    """(GPU, host) bytes of gradients: whole, in the parameter's dtype."""
+    return trained * grad_dtype_bytes(cfg.precision), 0.0
+
+
+def grads_live_in_backward(cfg: TrainConfig) -> bool:
+    """Gradients exist at backward's start only when earlier micro-batches accumulated them."""
+    return cfg.grad_accum > 1
+
+
+def master_bytes(cfg: TrainConfig) -> float:
+    return 0.0
+
+
+def shards_optimizer(cfg: TrainConfig) -> bool:
+    return False
+
+
+def autocast_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    """autocast caches a 16-bit copy of every fp32 weight it casts; backward keeps them."""
+    if is_mixed(cfg.precision) and cfg.method is Method.full:
+        return {"autocast weight copies": 2.0 * sp.trainable / 1}
+    return {}
+
+
+def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool) -> dict[str, float]:
+    """DDP buckets hold a flat copy of every gradient (gradient_as_bucket_view=False, the default)."""
+    if cfg.dp > 1:
+        return {"DDP gradient buckets": trained * grad_dtype_bytes(cfg.precision)}
+    return {}
+
+
+def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
+    return adamw_foreach_items(cfg, trained, state_bytes, 1)
+
+
+def adamw_foreach_items(cfg: TrainConfig, trained: float, state_bytes: float, n: int) -> dict[str, float]:
+    """torch's foreach AdamW materializes sqrt(exp_avg_sq) for the whole parameter list
+    (torch/optim/adamw.py, _multi_tensor_adamw)."""
+    if cfg.offload is Offload.none and cfg.optimizer in (Optimizer.adamw, Optimizer.paged_adamw):
+        return {"AdamW foreach temporaries": trained * state_bytes / 2 / n}
+    return {}
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+def optimizer_shards(cfg: TrainConfig) -> int:
+    return 1
+
+
+def gradient_offloads_per_step(cfg: TrainConfig) -> int:
+    return cfg.grad_accum
+
+
+def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
+            comm_eff: float) -> tuple[float, float, float]:
+    """(total, exposed) all-reduce seconds per step, and 0 host-link seconds. DDP reduces gradients in
+    the parameter's dtype: fp32 master weights under *-mixed."""
+    grad_bytes = trainable_gpu * grad_dtype_bytes(cfg.precision)
+    ar = pc.grad_allreduce_s(grad_bytes, g)
+    tail = allreduce_time_s(min(DDP_BUCKET_BYTES, grad_bytes), g)
+    return ar, overlap(ar, bwd_s, tail), 0.0

@@ -1,0 +1,246 @@
+"""DeepSpeed ZeRO-0/1/2/3 (Rajbhandari et al. 2020), with CPU/NVMe offload (ZeRO-Offload, ZeRO-Infinity),
+AutoTP and the pipeline engine.
+
+ZeRO stage 1/2/3 partitions optimizer states / gradients / weights over the data-parallel group.
+DeepSpeed keeps 16-bit weights on the GPU (the fp32 master lives in the optimizer) and an extra fp32
+gradient partition (4 bytes), which its own estimator counts (deepspeed/runtime/zero/stage_1_and_2.py:
+2P + 18P/N for ZeRO-2). Buffer sizes are those the emitted ds_config uses (planner.deepspeed_sizes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from planner import deepspeed_sizes as ds
+from planner import parallel_comm as pc
+from planner.choices import (
+    Engine,
+    FsdpStrategy,
+    Method,
+    Offload,
+    OffloadDevice,
+    Optimizer,
+    Precision,
+    Quant,
+    ZeroStage,
+)
+from planner.comm import Group, allreduce_time_s
+from planner.engines.sharded import overlap, sharded_comm
+from planner.params import embedding_params, head_params, layer_params
+from planner.states import StageParams, compute_copy_bytes, is_mixed
+
+if TYPE_CHECKING:
+    from planner.strategy import TrainConfig
+
+_CPU, _NVME, _NONE = OffloadDevice.cpu, OffloadDevice.nvme, Offload.none
+ROWS = tuple((Engine.deepspeed, zero, FsdpStrategy.full_shard, offload, device) for zero, offload, device in (
+    (ZeroStage.DISABLED, _NONE, _CPU),
+    (ZeroStage.OPTIMIZER_STATES, _NONE, _CPU),
+    (ZeroStage.OPTIMIZER_STATES, Offload.optimizer, _CPU),
+    (ZeroStage.GRADIENTS, _NONE, _CPU),
+    (ZeroStage.GRADIENTS, Offload.optimizer, _CPU),
+    (ZeroStage.WEIGHTS, _NONE, _CPU),
+    (ZeroStage.WEIGHTS, Offload.optimizer, _CPU),
+    (ZeroStage.WEIGHTS, Offload.all, _CPU),
+    (ZeroStage.WEIGHTS, Offload.optimizer, _NVME),
+    (ZeroStage.WEIGHTS, Offload.all, _NVME),
+))
+
+
+def combination_problem(zero: ZeroStage, offload: Offload, device: OffloadDevice) -> str | None:
+    if offload is not Offload.none and zero is ZeroStage.DISABLED:
+        return "offload needs ZeRO stage 1, 2 or 3"
+    if offload is Offload.all and zero is not ZeroStage.WEIGHTS:
+        return "parameter offload needs ZeRO-3 (or FSDP)"
+    if device is OffloadDevice.nvme and offload is not Offload.none and zero is not ZeroStage.WEIGHTS:
+        return "NVMe offload (ZeRO-Infinity) needs ZeRO-3"
+    return None
+
+
+def problems(cfg: TrainConfig) -> list[str]:
+    out = []
+    if cfg.tp > 1 and cfg.zero >= ZeroStage.WEIGHTS:
+        # DeepSpeed AutoTP training (tensor_parallel.autotp_size, DeepSpeed >= 0.16.4) composes with
+        # ZeRO-0/1/2; ZeRO-3 partitions the same weights again (DeepSpeed AutoTP training tutorial)
+        out.append("DeepSpeed AutoTP training supports ZeRO-0/1/2, not ZeRO-3")
+    if cfg.pp > 1 and cfg.zero >= ZeroStage.GRADIENTS:
+        out.append("DeepSpeed's pipeline engine supports ZeRO-0/1 only, not ZeRO-2/3")
+    if cfg.precision is Precision.bf16_true:
+        out.append("DeepSpeed keeps fp32 master weights: use bf16-mixed (or DDP/FSDP for bf16-true)")
+    if cfg.offload is not Offload.none and cfg.optimizer is not Optimizer.adamw:
+        out.append("offloaded optimizer runs DeepSpeed's CPU Adam: use --optimizer adamw")
+    if cfg.optimizer in (Optimizer.paged_adamw, Optimizer.paged_adamw_8bit) and cfg.zero >= ZeroStage.WEIGHTS:
+        out.append("paged optimizers need whole tensors on the GPU, not ZeRO-3 partitions")
+    if cfg.method is Method.qlora and cfg.zero is ZeroStage.WEIGHTS and cfg.quant is not Quant.nf4:
+        out.append("QLoRA with ZeRO-3 needs nf4 with bnb_4bit_quant_storage (int8 cannot be sharded)")
+    return out
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+def weight_bytes_per_param(cfg: TrainConfig) -> tuple[float, float]:
+    """(trainable, frozen): 16-bit copies (the fp32 master lives in the optimizer), fp32 in a 32-true run."""
+    return (4.0, 4.0) if cfg.precision is Precision.fp32 else (2.0, 2.0)
+
+
+def shards_weights(cfg: TrainConfig) -> bool:
+    return cfg.zero >= ZeroStage.WEIGHTS
+
+
+def _fp32_grad_bytes(cfg: TrainConfig) -> float:
+    return 4.0 if is_mixed(cfg.precision) else 0.0
+
+
+def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
+    """(GPU, host) bytes of gradients: the 16-bit gradients plus DeepSpeed's fp32 partition, whole at
+    ZeRO-0, the fp32 part split at ZeRO-1, both split at ZeRO-2/3."""
+    zero, c16, fp32_grad = cfg.zero, compute_copy_bytes(cfg.precision), _fp32_grad_bytes(cfg)
+    if zero is ZeroStage.DISABLED:
+        grads = trained * (c16 + fp32_grad)
+    elif zero is ZeroStage.OPTIMIZER_STATES:
+        grads = trained * c16 + trained * fp32_grad / n
+    else:
+        grads = trained * (c16 + fp32_grad) / n
+    if cfg.offload is not Offload.none and zero >= ZeroStage.OPTIMIZER_STATES:
+        # gradients stream to pinned host buffers partition by partition (ZeRO-Offload): the fp32
+        # partition, plus ZeRO-1/2's 16-bit CPU accumulation buffers only when several micro-batches
+        # accumulate (stage_1_and_2.py, copy_grads_in_partition -> async_accumulate_grad_in_cpu_via_gpu);
+        # ZeRO-3 keeps its 16-bit gradient partition on the host either way (stage3.py).
+        host_16bit = 2.0 if (zero is ZeroStage.WEIGHTS or cfg.grad_accum > 1) else 0.0
+        host = trained * (host_16bit + fp32_grad) / n
+        return (trained * 2 if zero is ZeroStage.OPTIMIZER_STATES else 0.0), host
+    return grads, 0.0
+
+
+def grads_live_in_backward(cfg: TrainConfig) -> bool:
+    return True  # DeepSpeed allocates its gradient buffers up front
+
+
+def master_bytes(cfg: TrainConfig) -> float:
+    """The fp32 master copy. ZeRO-1/2 clone the fp32 partition even when the weights already are fp32
+    (stage_1_and_2.py: single_partition_of_fp32_groups = bit16 partition .detach().clone()). ZeRO-3 does
+    too: stage3.py `_create_fp32_partitions` reuses the partition only if its dtype matches and
+    `partition.device == self.device`, but self.device is the accelerator's device *name*, a str ('cuda:0',
+    'cpu': accelerator/*_accelerator.py, current_device_name), and torch.device == str is False, so it takes
+    the `.to(...).clone()` branch on every device (DeepSpeed 0.19.8; measured: a second fp32 partition)."""
+    fp32_clone = cfg.precision is Precision.fp32 and cfg.zero >= ZeroStage.OPTIMIZER_STATES
+    return 4.0 if (is_mixed(cfg.precision) or fp32_clone) else 0.0
+
+
+def shards_optimizer(cfg: TrainConfig) -> bool:
+    """ZeRO-1+; and the pipeline engine with bf16 runs BF16_Optimizer even at ZeRO-0 (engine.py,
+    _do_optimizer_sanity_check), which splits the fp32 master and Adam states over the DP group
+    (bf16_optimizer.py, fp32_groups_flat_partition) and keeps full bf16 + fp32 gradients."""
+    bf16_pipe = cfg.zero is ZeroStage.DISABLED and cfg.pp > 1 and cfg.precision is Precision.bf16_mixed
+    return cfg.zero >= ZeroStage.OPTIMIZER_STATES or bf16_pipe
+
+
+def autocast_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    return {}  # DeepSpeed runs the module in 16 bits itself: no autocast cache
+
+
+def zero3_kept_for_backward_elements(cfg: TrainConfig, sp: StageParams) -> float:
+    """Gathered parameters ZeRO-3 keeps from forward into backward, elements per GPU, at backward's start.
+
+    Once the module trace is complete (from the second step), releasing a module's parameters after its
+    forward skips every parameter that is used again within `stage3_max_reuse_distance` parameters of the
+    trace (partitioned_param_coordinator.py, `__params_to_release`: it walks `__submodule_order` from the
+    current step, counting `ds_numel`, and discards reused ones until the count reaches the distance).
+    The trace is forward then backward in reverse, so a module is next used after twice the parameters of
+    the modules that follow it in forward: it stays gathered iff 2 * (parameters after it) < the distance.
+    `stage3_max_live_parameters` only limits prefetching (`__max_n_available_params`), not this. Counted
+    per decoder layer (its linears are separate modules, so part of one more layer may stay as well).
+    Not modelled: the same function also keeps parameters whose next use a prefetch skipped
+    (`__most_recent_step_id_param_fetched_for`); with the default distance (1e9) this adds nothing for
+    a model under 5e8 parameters (all kept anyway), but with a distance of 0 it still kept 42 of the
+    85 decoder linears of a 134M Llama on 2 CPU ranks.
+    """
+    m, t = cfg.model, cfg.tp
+    forward = ([embedding_params(m) / t] if sp.has_embedding else []) + [layer_params(m) / t] * sp.layers + (
+        [head_params(m) / t] if sp.has_head else [])
+    kept, after = 0.0, 0.0
+    for numel in reversed(forward):
+        if 2 * after < ds.STAGE3_MAX_REUSE_DISTANCE:
+            kept += numel
+        after += numel
+    return kept
+
+
+def _zero3_buffers(cfg: TrainConfig, sp: StageParams, c16: float) -> dict[str, float]:
+    m, items = cfg.model, {}
+    # the largest module gathered at once: a decoder layer, or the LM head on the last stage (bigger
+    # than a layer for large vocabularies: Llama-3-8B's head is 525M parameters, a layer 218M)
+    biggest = max(layer_params(m), head_params(m) if sp.has_head else 0) / cfg.tp
+    live = min(ds.STAGE3_MAX_LIVE_PARAMETERS, biggest + ds.prefetch_bucket_elements(m))
+    items["ZeRO-3 gathered parameters"] = c16 * live
+    # from the second step on (the trace is complete) forward keeps what backward reuses soon
+    kept = zero3_kept_for_backward_elements(cfg, sp)
+    at_backward = min(sp.total, kept + min(ds.prefetch_bucket_elements(m),
+                                           max(0.0, ds.STAGE3_MAX_LIVE_PARAMETERS - kept)))
+    if at_backward > live:
+        items["ZeRO-3 parameters kept for backward"] = c16 * (at_backward - live)
+    # a gradient larger than the bucket is reduced on its own from the full tensor autograd made
+    # (stage3.py, reduce_independent_p_g_buckets_and_remove_grads): the LM head's, when it trains; the
+    # contiguous_gradients bucket itself is allocated once and stays (stage3.py, _setup_for_real_optimizer:
+    # `bucket.buffer = torch.empty(self.reduce_bucket_size, ...)`), so both are live together
+    head_grad = head_params(m) / cfg.tp if (sp.has_head and cfg.method is Method.full) else 0.0
+    items["ZeRO-3 reduce bucket"] = c16 * (ds.reduce_bucket_elements(m) + head_grad)
+    return items
+
+
+def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool) -> dict[str, float]:
+    """ZeRO-1/2's overlap_comm buckets (4.5x the bucket sizes, DeepSpeed docs); ZeRO-3's gathered
+    parameters and reduce bucket."""
+    c16 = compute_copy_bytes(cfg.precision)
+    if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
+        m = cfg.model
+        return {"ZeRO buckets (overlap_comm)": ds.OVERLAP_COMM_FACTOR * c16 * (
+            ds.reduce_bucket_elements(m) + ds.allgather_bucket_elements(m))}
+    if cfg.zero is ZeroStage.WEIGHTS:
+        return _zero3_buffers(cfg, sp, c16)
+    return {}
+
+
+def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
+    """DeepSpeed's fused/CPU Adam has no foreach temporaries, but ZeRO-1/2 take the gradient norm in
+    fp64, one gradient at a time (stage_1_and_2.py, get_grad_norm_direct: g.to(get_norm_dtype()), float64
+    wherever the accelerator has it)."""
+    if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS) and cfg.offload is Offload.none and \
+            cfg.method is Method.full:
+        m = cfg.model
+        largest = max([embedding_params(m), head_params(m)] + [lin.in_features * lin.out_features
+                                                                for lin in m.linears() if lin.copies == 1])
+        return {"ZeRO fp64 gradient-norm copy": 8.0 * largest / cfg.tp}
+    return {}
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+def optimizer_shards(cfg: TrainConfig) -> int:
+    return cfg.dp if cfg.zero >= ZeroStage.OPTIMIZER_STATES else 1
+
+
+def gradient_offloads_per_step(cfg: TrainConfig) -> int:
+    """ZeRO-1 keeps whole gradients and offloads once per step; ZeRO-2/3 every micro-batch."""
+    return 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum
+
+
+def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
+            comm_eff: float) -> tuple[float, float, float]:
+    """(total, exposed) data-parallel seconds per step, and host-link seconds of parameter offload."""
+    fp32 = cfg.precision is Precision.fp32
+    grad_bytes = trainable_gpu * (4.0 if fp32 else 2.0)  # DeepSpeed reduces in 16 bits
+    bucket = min(2.0 * cfg.model.hidden_size ** 2, grad_bytes)  # reduce_bucket_size = h*h elements
+    if cfg.zero is ZeroStage.DISABLED:
+        ar = pc.grad_allreduce_s(grad_bytes, g)
+        return ar, overlap(ar, bwd_s, allreduce_time_s(bucket, g)), 0.0
+    if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
+        rs = pc.grad_reduce_scatter_s(grad_bytes, g)
+        rs_tail = pc.grad_reduce_scatter_s(bucket, g)
+        # ZeRO-1 reduces once per step (it keeps whole gradients); ZeRO-2 every micro-batch, since
+        # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
+        n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum
+        ag = pc.param_allgather_s(trainable_gpu * (4.0 if fp32 else 2.0), g)
+        total = n_rs * rs + ag
+        return total, n_rs * overlap(rs, bwd_s, rs_tail) + ag, 0.0
+    return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, bucket, gathers=2)

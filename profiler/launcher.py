@@ -1,0 +1,66 @@
+"""What every multi-process start here shares: a free port, the environment of CPU ranks, the torchrun
+command line and the cause of a failed run. Used by `profiler.launch` (profile runs), `runner.launcher`
+(`ftplan run`) and `runner.trial` (measured tune trials); runner may import profiler, not the reverse.
+
+CPU ranks talk over gloo with DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu,
+deepspeed/accelerator/real_accelerator.py) and one OpenMP thread each, so that N processes share the
+cores instead of oversubscribing them; a free port avoids clashing with other runs on the machine.
+Rendezvous options are torchrun's (torch/distributed/run.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping
+
+from planner.strategy import TrainConfig
+
+
+def is_cpu_plan(cfg: TrainConfig) -> bool:
+    return cfg.cluster.gpu.name == "CPU"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_env(cfg: TrainConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with what CPU ranks of `cfg` need; unchanged for GPUs."""
+    env = dict(os.environ if base is None else base)
+    if is_cpu_plan(cfg):
+        env["DS_ACCELERATOR"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        if cfg.world_size > 1:
+            env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def torchrun_command(*, nproc_per_node: int, nnodes: int = 1, master_port: int, node_rank: str = "0",
+                     master_addr: str = "127.0.0.1") -> list[str]:
+    """`python -m torch.distributed.run` with the rendezvous options; the caller appends `-m module args`."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
+           "--nproc_per_node", str(nproc_per_node), "--master_port", str(master_port)]
+    if nnodes > 1:
+        cmd += ["--node_rank", node_rank]
+    return cmd + ["--master_addr", master_addr]
+
+
+def failure_cause(text: str) -> str:
+    """The most telling line of a failed run's output: a rank's exception, else the last exception line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    rank_error = re.compile(r"^\[rank\d+\]:\s*([\w.]*(Error|Exception|Interrupt)\b.*)")
+    for ln in lines:
+        hit = rank_error.match(ln)
+        if hit:
+            return hit.group(1)[:300]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and " " not in head and "ChildFailedError" not in head:
+            return ln[:300]
+    return lines[-1][:300] if lines else "no output"
