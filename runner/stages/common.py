@@ -6,9 +6,10 @@ Per step, metrics.jsonl carries the loss and TRL's reward accuracy and margin (D
 `rewards/margins`, the implicit rewards beta * log(pi/pi_ref) of Rafailov et al. 2023, Sec. 5; RM: `accuracy`,
 `margin` of the scalar scores), renamed `reward_accuracy` / `reward_margin` (runner.metrics).
 
-With FTPLAN_TRACK_TENSORS=1 in the environment, a CPU run also counts live tensor bytes from model load to the
-end of training (profiler.tracker.StorageTracker, the CPU analogue of torch.cuda.max_memory_allocated) and
-writes `measured_peak_tensor_bytes` beside the plan's prediction: the check of the planner's stage model.
+With FTPLAN_TRACK_TENSORS=1 in the environment, a CPU run also counts live tensor bytes from the loaded models
+to the end of training (profiler.tracker.StorageTracker, the CPU analogue of torch.cuda.max_memory_allocated;
+its peak is reset once the models are loaded) and writes `measured_peak_tensor_bytes` beside the plan's
+prediction: the check of the planner's stage model.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     with tracker if tracker is not None else contextlib.nullcontext():
         torch.manual_seed(opts.seed)
         models = stage.load_models(cfg, src, opts, on_cuda=on_cuda)
+        if tracker is not None:
+            # the plan describes the training step: loading holds the checkpoint's tensors (an LM head a reward
+            # model drops included) beside the new model for a moment, a host-side peak on a GPU machine
+            tracker.reset_peak()
         args = training_arguments(cfg, opts, on_cuda=on_cuda, has_eval=bool(eval_pairs),
                                   args_class=stage.config_class(), extra=stage.config_fields(cfg, opts))
         is_main = args.process_index == 0
