@@ -142,7 +142,7 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     (absent when the recomputed layer outweighs it: the two are never live together)."""
     m = cfg.model
     e = activation_dtype_bytes(cfg.precision)
-    tokens = cfg.micro_batch * tokens_per_sample(cfg)  # DPO: chosen + rejected
+    tokens = cfg.micro_batch * tokens_per_sample(cfg)  # DPO, RM: chosen + rejected
     lora_targets = frozenset(resolve_lora_targets(m, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
     # TRL's RewardTrainer and DPOTrainer set every dropout to p=0 (disable_dropout=True by default,
     # trl/trainer/utils.py disable_dropout_in_model), LoRA's included: no dropout copy is saved
