@@ -35,7 +35,9 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
              host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0, headroom: o.HeadroomOpt = 0.0,
              json_out: o.JsonOpt = False, emit_dir: o.EmitOpt = None, force: o.ForceOpt = False,
              calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None, samples: o.SamplesOpt = None,
-             epochs: o.EpochsOpt = 1.0) -> None:
+             epochs: o.EpochsOpt = 1.0,
+             cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+             activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Memory and speed of one configuration, with their breakdowns."""
     from planner.calibration import load_calibration
     from planner.estimate import estimate as run_estimate
@@ -46,7 +48,8 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
                        lora_targets=lora_targets, quant=quant, precision=precision, optimizer=optimizer, zero=zero,
                        offload=offload, offload_device=offload_device, fsdp=fsdp, tp=tp, pp=pp,
                        sequence_parallel=sequence_parallel, micro_batch=micro_batch, grad_accum=grad_accum,
-                       seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn, stage=stage, freeze_layers=freeze_layers)
+                       seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn, stage=stage, freeze_layers=freeze_layers,
+                       **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
     size = job_size(tokens, samples, epochs)
     est = run_estimate(cfg, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
     job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
@@ -79,7 +82,9 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
          headroom: o.HeadroomOpt = 0.0, top: o.TopOpt = 3, json_out: o.JsonOpt = False,
          emit_dir: o.EmitOpt = None, pick: o.PickOpt = 1, force: o.ForceOpt = False,
          calibration: o.CalibrationOpt = None, tokens: o.TokensOpt = None, samples: o.SamplesOpt = None,
-         epochs: o.EpochsOpt = 1.0) -> None:
+         epochs: o.EpochsOpt = 1.0,
+         cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+             activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Enumerate every valid strategy, keep those that fit, rank them by tokens/s."""
     from planner.calibration import load_calibration
     from planner.errors import PlanError
@@ -92,7 +97,8 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
     if top < 1:
         raise PlanError(f"--top must be a positive integer, got {top}")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
-                        lora_targets=lora_targets, precision=precision, stage=stage, check=False)
+                        lora_targets=lora_targets, precision=precision, stage=stage, check=False,
+                        **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
     if seq_len > base.model.max_seq_len:
         raise PlanError(f"--seq-len {seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
     space = SearchSpace(methods=tuple(dict.fromkeys(method)) if method else SearchSpace().methods,

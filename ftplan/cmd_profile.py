@@ -42,7 +42,8 @@ def dry_run(model: o.ModelOpt, gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = 
             precision: o.PrecisionOpt = Precision.bf16_mixed, optimizer: o.OptimizerOpt = o.Optimizer.adamw,
             micro_batch: o.MicroBatchOpt = 1, grad_accum: o.GradAccumOpt = 1, seq_len: o.SeqLenOpt = 2048,
             grad_ckpt: o.GradCkptOpt = o.GradCkpt.none, attn: o.AttnOpt = o.Attn.sdpa,
-            freeze_layers: o.FreezeOpt = 0, save: SaveOpt = None, json_out: o.JsonOpt = False) -> None:
+            freeze_layers: o.FreezeOpt = 0, save: SaveOpt = None, json_out: o.JsonOpt = False,
+            cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard) -> None:
     """Two training steps of the real transformers model on fake tensors; peak by category vs the planner."""
     from planner.memory import memory_per_gpu
     from profiler.dryrun import dry_run as run_dry
@@ -51,7 +52,7 @@ def dry_run(model: o.ModelOpt, gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = 
     cfg = build_config(model=model, gpus=gpus, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
                        lora_targets=lora_targets, precision=precision, optimizer=optimizer, micro_batch=micro_batch,
                        grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
-                       freeze_layers=freeze_layers)
+                       freeze_layers=freeze_layers, cross_entropy=cross_entropy)
     result = run_dry(cfg)
     predicted = memory_per_gpu(cfg)
     data = dry_run_json(result, predicted, str(cfg))

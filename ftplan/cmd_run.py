@@ -85,6 +85,7 @@ def run(
     method: o.MethodOpt = Method.lora,
     stage: o.StageOpt = Stage.sft,
     seq_len: Annotated[int, typer.Option(help="Plan on the fly: tokens per sequence.")] = 512,
+    calibration: o.CalibrationOpt = None,
 ) -> None:
     """Train a plan with the transformers Trainer + peft, starting torchrun itself for several devices."""
     from runner.train import RunOptions, load_plan, validate_inputs
@@ -94,7 +95,7 @@ def run(
                       warmup_steps=warmup_steps, data_format=data_format, template=template,
                       neftune_alpha=neftune_alpha, rope_scaling=rope_scaling,
                       modules_to_save=tuple(m for m in modules_to_save.split(",") if m), seed=seed,
-                      dpo_beta=dpo_beta)
+                      dpo_beta=dpo_beta, calibration=calibration)
     if plan is None and gpus is None:
         raise PlanError("give PLAN.json, or --gpus (with --model or --model-path) to plan on the fly")
     if plan is not None and gpus is not None:
@@ -123,9 +124,8 @@ def run(
     summary_file = opts.output / SUMMARY_FILE
     if opts.report and summary_file.exists():
         from reports.run_report import print_run_summary
-        from runner.train import on_cuda_device
 
-        print_run_summary(json.loads(summary_file.read_text()), on_cuda=on_cuda_device(cfg))
+        print_run_summary(json.loads(summary_file.read_text()))  # its rows follow the summary's `on_cuda`
 
 
 @app.command()

@@ -18,7 +18,9 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
           precision: o.PrecisionOpt = o.Precision.bf16_mixed, stage: o.StageOpt = o.Stage.sft,
           host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0, headroom: o.HeadroomOpt = 0.0,
           calibration: o.CalibrationOpt = None, out: o.OutDirOpt = Path("ftplan-reports"),
-          force: o.ForceOpt = False, json_out: o.JsonOpt = False) -> None:
+          force: o.ForceOpt = False, json_out: o.JsonOpt = False,
+          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Speedup and scaling efficiency against GPU count; writes a PNG chart and a JSON file to --out."""
     from ftplan.cmd_plan import limits_from
     from planner.atomic import atomic_files
@@ -37,7 +39,7 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
         raise PlanError(f"--global-batch must be a positive integer, got {global_batch}")
     base = build_config(model=model, gpus=f"1x{spec.name}", method=method, seq_len=seq_len, lora_r=lora_r,
                         lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision, stage=stage,
-                        check=False)
+                        check=False, **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
     if seq_len > base.model.max_seq_len:
         raise PlanError(f"--seq-len {seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
     limits = limits_from(host_memory, nvme, headroom)

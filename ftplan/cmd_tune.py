@@ -60,7 +60,9 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
          lora_targets: o.LoraTargetsOpt = "all", precision: o.PrecisionOpt = o.Precision.bf16_mixed,
          stage: o.StageOpt = o.Stage.sft, host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
          headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None, trial_steps: TrialStepsOpt = 3,
-         trial_timeout: TrialTimeoutOpt = 300.0, seed: SeedOpt = 0, json_out: o.JsonOpt = False) -> None:
+         trial_timeout: TrialTimeoutOpt = 300.0, seed: SeedOpt = 0, json_out: o.JsonOpt = False,
+         cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
+         activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
     """Autotune: search the plan space with Optuna (time model), optionally with short real trials."""
     from rich.console import Console
 
@@ -83,7 +85,8 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     if emit is not None and not force and (emit / "plan.json").exists():
         raise PlanError(f"{emit / 'plan.json'} exists; pass --force to overwrite")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
-                        lora_targets=lora_targets, precision=precision, stage=stage, check=False)
+                        lora_targets=lora_targets, precision=precision, stage=stage, check=False,
+                        **o.switches(cross_entropy, kernels, activation_offload, fsdp_version))
     if seq_len > base.model.max_seq_len:
         raise PlanError(f"--seq-len {seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
     default = SearchSpace()

@@ -9,8 +9,10 @@ import typer
 
 from planner.strategy import (
     Attn,
+    CrossEntropy,
     FsdpStrategy,
     GradCkpt,
+    Kernels,
     Method,
     Offload,
     OffloadDevice,
@@ -84,3 +86,19 @@ PickOpt = Annotated[int, typer.Option(
     "--pick", help="With --emit: write the plan ranked N (the # column) instead of the best.")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Overwrite files that already exist in the --emit directory.")]
+CrossEntropyOpt = Annotated[CrossEntropy, typer.Option(
+    "--cross-entropy", help="Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), "
+                            "fused (Liger's fused linear cross-entropy).")]
+KernelsOpt = Annotated[Kernels, typer.Option(
+    "--kernels", help="eager (transformers' modules) or liger (Liger's fused RMSNorm, SwiGLU, RoPE).")]
+ActivationOffloadOpt = Annotated[bool, typer.Option(
+    "--activation-offload/--no-activation-offload", help="Keep saved activations (checkpoints) in host memory.")]
+FsdpVersionOpt = Annotated[int, typer.Option(
+    "--fsdp-version", min=1, max=2, help="FSDP2 (per-parameter, accelerate fsdp_version: 2) or FSDP1.")]
+
+
+def switches(cross_entropy: CrossEntropy, kernels: Kernels, activation_offload: bool,
+             fsdp_version: int) -> dict:
+    """The memory switches as build_config keyword arguments."""
+    return {"cross_entropy": cross_entropy, "kernels": kernels, "activation_offload": activation_offload,
+            "fsdp_version": fsdp_version}

@@ -10,10 +10,13 @@ from planner.strategy import (
     Adapter,
     Attn,
     Batch,
+    CrossEntropy,
     Engine,
     EngineChoice,
     FsdpStrategy,
+    FsdpVersion,
     GradCkpt,
+    Kernels,
     Method,
     Offload,
     OffloadDevice,
@@ -22,6 +25,7 @@ from planner.strategy import (
     Precision,
     Quant,
     Stage,
+    Switches,
     TrainConfig,
     ZeroStage,
 )
@@ -35,6 +39,12 @@ def parse_targets(text: str) -> tuple[str, ...]:
     return targets
 
 
+def _fsdp_version(value: int) -> FsdpVersion:
+    if value not in (1, 2):
+        raise PlanError(f"--fsdp-version must be 1 or 2, got {value}")
+    return FsdpVersion(value)
+
+
 def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r: int = 8, lora_alpha: int = 16,
                  lora_targets: str = "all", quant: Quant | None = None, precision: Precision = Precision.bf16_mixed,
                  optimizer: Optimizer = Optimizer.adamw, zero: int | None = None, offload: Offload = Offload.none,
@@ -42,6 +52,8 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                  tp: int = 1, pp: int = 1, sequence_parallel: bool = False, micro_batch: int = 1,
                  grad_accum: int = 1, seq_len: int = 2048, grad_ckpt: GradCkpt = GradCkpt.none,
                  attn: Attn = Attn.sdpa, stage: Stage = Stage.sft, freeze_layers: int = 0,
+                 cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
+                 activation_offload: bool = False, fsdp_version: int = 2, double_quant: bool = True,
                  check: bool = True) -> TrainConfig:
     for name, value in (("--micro-batch", micro_batch), ("--grad-accum", grad_accum), ("--seq-len", seq_len),
                         ("--tp", tp), ("--pp", pp), ("--lora-r", lora_r)):
@@ -56,12 +68,15 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
         quant = Quant.nf4 if method is Method.qlora else Quant.none
     model_spec, cluster = resolve(model), parse_gpus(gpus)
     engine_choice = EngineChoice(engine=engine, zero=ZeroStage(zero or 0), fsdp=fsdp or FsdpStrategy.full_shard,
-                                 offload=offload, offload_device=offload_device)
+                                 offload=offload, offload_device=offload_device,
+                                 fsdp_version=_fsdp_version(fsdp_version))
     adapter = Adapter(method=method, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=parse_targets(lora_targets),
-                      quant=quant, freeze_layers=freeze_layers)
+                      quant=quant, double_quant=double_quant, freeze_layers=freeze_layers)
     cfg = TrainConfig(model=model_spec, cluster=cluster, adapter=adapter, engine_choice=engine_choice,
                       layout=ParallelLayout(tp=tp, pp=pp, sequence_parallel=sequence_parallel),
                       batch=Batch(micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len),
+                      switches=Switches(cross_entropy=cross_entropy, kernels=kernels,
+                                        activation_offload=activation_offload),
                       precision=precision, optimizer=optimizer, grad_ckpt=grad_ckpt, attn=attn, stage=stage)
     if cfg.trains_adapter:
         resolve_lora_targets(cfg.model, cfg.lora_targets)

@@ -86,3 +86,21 @@ class Stage(str, Enum):
 class PipeSchedule(str, Enum):
     one_f_one_b = "1f1b"
     interleaved = "interleaved"
+
+
+class CrossEntropy(str, Enum):
+    """How the LM head's loss is computed (planner.loss_memory)."""
+
+    standard = "standard"  # transformers' ForCausalLMLoss: all logits upcast to fp32 at once
+    chunked = "chunked"  # torchtune's CEWithChunkedOutputLoss: head and fp32 upcast chunk by chunk
+    fused = "fused"  # Liger's fused linear cross-entropy: the logits are never materialized
+
+
+class Kernels(str, Enum):
+    eager = "eager"  # transformers' PyTorch modules
+    liger = "liger"  # Liger-Kernel's fused RMSNorm, SwiGLU and RoPE (planner.kernels)
+
+
+class FsdpVersion(IntEnum):
+    ONE = 1  # FlatParameter FSDP (torch.distributed.fsdp.FullyShardedDataParallel)
+    TWO = 2  # per-parameter FSDP (torch.distributed.fsdp.fully_shard), accelerate `fsdp_version: 2`

@@ -12,6 +12,16 @@ from planner.states import param_counts
 from planner.strategy import TrainConfig
 from planner.timing import StepTime, step_time
 
+# Above this share of the GPU's memory a plan that fits is "tight": the caching allocator's fragmentation,
+# a library upgrade or a longer batch than planned can push it over (PyTorch's CUDA-semantics notes on
+# PYTORCH_CUDA_ALLOC_CONF expandable_segments: changing tensor sizes fragment the allocator's cache).
+TIGHT_FRACTION = 0.90
+
+
+def is_tight(total_bytes: float, gpu_bytes: float, fits: bool) -> bool:
+    """A plan that fits with less than 10% of the GPU to spare."""
+    return fits and total_bytes > TIGHT_FRACTION * gpu_bytes
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Limits:
@@ -37,6 +47,10 @@ class Estimate:
     fits: bool
     fit_reasons: tuple[str, ...]
     time: StepTime | None = None  # the time model (planner.timing); None for plans the search rejected
+
+    @property
+    def tight(self) -> bool:
+        return is_tight(self.memory.total, self.gpu_memory_bytes, self.fits)
 
 
 def trainable_params(cfg: TrainConfig) -> int:
@@ -79,6 +93,7 @@ def estimate_to_dict(est: Estimate) -> dict[str, Any]:
         "params_trainable": est.params_trainable,
         "gpu_memory_bytes": est.gpu_memory_bytes,
         "fits": est.fits,
+        "tight": est.tight,
         "fit_reasons": list(est.fit_reasons),
         "peak_phase": mem.phase,
         "memory_per_gpu_bytes": mem.as_dict(),

@@ -16,12 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner import engines
-from planner.activations import (
-    LayerTraining,
-    hf_layer_bytes_per_token,
-    logits_bytes_per_token,
-    trl_logprob_head_bytes,
-)
+from planner import memory_knobs as knobs
+from planner.activations import LayerTraining, hf_layer_bytes_per_token, trl_logprob_head_bytes
 from planner.calibration import DEFAULT, Calibration
 from planner.compute import tokens_per_sample
 from planner.engines import parallel
@@ -30,6 +26,7 @@ from planner.states import (
     ModelStates,
     StageParams,
     activation_dtype_bytes,
+    grad_dtype_bytes,
     optimizer_state_bytes_per_param,
     quant_bytes_per_param,
     stage_params,
@@ -112,7 +109,7 @@ def weight_bytes(cfg: TrainConfig, sp: StageParams, n: int) -> float:
         # reference is the base with adapters off and the critic is a value head on the actor.
         weights += sixteen_bit_weights * (3 if cfg.method is Method.full else 1)
     if eng.shards_weights(cfg):
-        weights /= n
+        weights = weights / n + knobs.replicated_quant_state_bytes(cfg, sp.quantized, n)
     return weights
 
 
@@ -138,8 +135,9 @@ def model_states(cfg: TrainConfig, sp: StageParams, n: int) -> ModelStates:
 
 def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, first: bool
                      ) -> tuple[float, dict[str, float]]:
-    """Saved activations of the micro-batches the stage keeps in flight, and the "logits and loss" item
-    (absent when the recomputed layer outweighs it: the two are never live together)."""
+    """Saved activations of the micro-batches the stage keeps in flight (on the GPU: with --activation-offload
+    only the resident layers), and the "logits and loss" item of the plan's cross-entropy (absent when the
+    recomputed layer outweighs it: the two are never live together). Liger's kernels save less per layer."""
     m = cfg.model
     e = activation_dtype_bytes(cfg.precision)
     tokens = cfg.micro_batch * tokens_per_sample(cfg)  # DPO, RM: chosen + rejected
@@ -148,22 +146,26 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     # trl/trainer/utils.py disable_dropout_in_model), LoRA's included: no dropout copy is saved
     dropout = cfg.lora_dropout > 0 and cfg.stage not in (Stage.rm, Stage.dpo)
     train = LayerTraining(weights=cfg.method is Method.full, lora_targets=lora_targets, lora_dropout=dropout)
-    per_layer = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
-                                         t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
-                                         recompute=cfg.grad_ckpt) * tokens
-    activations = per_layer * sp.trainable_layers * parallel.micro_batches_in_flight(cfg, first=first)
+    per_layer = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
+                                          t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
+                                          recompute=cfg.grad_ckpt) - knobs.kernel_saving_per_token(cfg, e)) * tokens
+    activations = knobs.gpu_activation_bytes(cfg, per_layer, sp.trainable_layers) * \
+        parallel.micro_batches_in_flight(cfg, first=first)
     recompute = 0.0
     if cfg.grad_ckpt is GradCkpt.full:
         # backward recomputes one layer at a time: one layer's full activations on top
-        recompute = hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
-                                             t=cfg.tp, sequence_parallel=cfg.sequence_parallel) * tokens
+        recompute = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
+                                              t=cfg.tp, sequence_parallel=cfg.sequence_parallel)
+                     - knobs.kernel_saving_per_token(cfg, e, recomputed=True)) * tokens
     activations *= cal.activation_multiplier
     recompute *= cal.activation_multiplier
     items: dict[str, float] = {}
     if sp.has_head and cfg.stage is not Stage.rm:
         # with the final norm's saved input (RMSNorm: its fp32 upcast, 4h), freed with the head's buffers
-        final_norm = (e if m.layernorm_bias else 4) * m.hidden_size / (cfg.tp if cfg.sequence_parallel else 1)
-        items["logits and loss"] = (logits_bytes_per_token(m, act_bytes=e, t=cfg.tp) + final_norm) * tokens
+        final_norm = ((e if m.layernorm_bias else 4) * m.hidden_size - knobs.final_norm_saving_per_token(cfg, e)) / (
+            cfg.tp if cfg.sequence_parallel else 1)
+        items["logits and loss"] = knobs.head_loss_bytes(cfg, tokens, e, grad_dtype_bytes(cfg.precision)) \
+            + final_norm * tokens
         if cfg.stage is Stage.dpo:  # TRL's chunked log-prob head instead of logits + cross-entropy
             items["logits and loss"] = final_norm * tokens + trl_logprob_head_bytes(
                 m, tokens=tokens, compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU", t=cfg.tp,
@@ -215,8 +217,9 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     gpu = cfg.cluster.gpu
     grads = states.gradients
     base = states.weights + grads + states.optimizer
-    buffers = sum(v for k, v in items.items() if k not in BACKWARD_ONLY_ITEMS)
-    transient = sum(v for k, v in items.items() if k in BACKWARD_ONLY_ITEMS)
+    backward_only = BACKWARD_ONLY_ITEMS + knobs.fsdp2_backward_only_items(cfg)
+    buffers = sum(v for k, v in items.items() if k not in backward_only)
+    transient = sum(v for k, v in items.items() if k in backward_only)
     # phase "backward": with accumulation, the gradients of earlier micro-batches are resident
     phase_a = base - grads + grads_in_backward + activations + buffers + transient
     phase_b = base + buffers
@@ -226,7 +229,7 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         other_items = dict(items)
         grads_shown, acts = grads_in_backward, activations
     else:
-        other_items = {k: v for k, v in items.items() if k not in BACKWARD_ONLY_ITEMS}
+        other_items = {k: v for k, v in items.items() if k not in backward_only}
         if phase == "optimizer":
             other_items.update(step_items)
         grads_shown, acts = grads, 0.0
@@ -241,6 +244,9 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     if cfg.offload_device is OffloadDevice.nvme:
         nvme = (states.host_optimizer + (states.host_weights if cfg.offload is Offload.all else 0.0)) * ranks_per_node
         host = offloaded - nvme
+    # offloaded activations: the micro-batches a stage keeps in flight, every rank of the node
+    host += knobs.offloaded_activation_bytes_per_micro_batch(cfg) * parallel.micro_batches_in_flight(cfg, first=True) \
+        * ranks_per_node
     return MemoryBreakdown(weights=states.weights, gradients=grads_shown, optimizer=states.optimizer,
                            activations=acts, other=other, phase=phase, other_items=other_items, host_bytes=host,
                            nvme_bytes=nvme)

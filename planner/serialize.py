@@ -17,7 +17,8 @@ _ENUMS: dict[str, type[Enum]] = {
     "method": st.Method, "quant": st.Quant, "precision": st.Precision, "optimizer": st.Optimizer,
     "engine": st.Engine, "zero": st.ZeroStage, "fsdp": st.FsdpStrategy, "offload": st.Offload,
     "offload_device": st.OffloadDevice, "grad_ckpt": st.GradCkpt, "attn": st.Attn, "stage": st.Stage,
-    "pp_schedule": st.PipeSchedule,
+    "pp_schedule": st.PipeSchedule, "cross_entropy": st.CrossEntropy, "kernels": st.Kernels,
+    "fsdp_version": st.FsdpVersion,
 }
 
 

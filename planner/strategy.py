@@ -22,9 +22,12 @@ from typing import Any
 from planner import engines
 from planner.choices import (
     Attn,
+    CrossEntropy,
     Engine,
     FsdpStrategy,
+    FsdpVersion,
     GradCkpt,
+    Kernels,
     Method,
     Offload,
     OffloadDevice,
@@ -39,9 +42,9 @@ from planner.errors import PlanError
 from planner.gpus import Cluster
 from planner.models import ModelSpec
 
-__all__ = ["Adapter", "Attn", "Batch", "Engine", "EngineChoice", "FLAT_FIELDS", "FsdpStrategy", "GradCkpt", "Method",
-           "Offload", "OffloadDevice", "Optimizer", "ParallelLayout", "PipeSchedule", "Precision", "Quant", "Stage",
-           "TrainConfig", "ZeroStage"]
+__all__ = ["Adapter", "Attn", "Batch", "CrossEntropy", "Engine", "EngineChoice", "FLAT_FIELDS", "FsdpStrategy",
+           "FsdpVersion", "GradCkpt", "Kernels", "Method", "Offload", "OffloadDevice", "Optimizer", "ParallelLayout",
+           "PipeSchedule", "Precision", "Quant", "Stage", "Switches", "TrainConfig", "ZeroStage"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -104,6 +107,7 @@ class EngineChoice:
     fsdp: FsdpStrategy = FsdpStrategy.full_shard
     offload: Offload = Offload.none
     offload_device: OffloadDevice = OffloadDevice.cpu
+    fsdp_version: FsdpVersion = FsdpVersion.TWO  # under FSDP: per-parameter FSDP2, or FSDP1 when asked
 
     def __post_init__(self) -> None:
         problem = engines.combination_problem(self.engine, self.zero, self.offload, self.offload_device)
@@ -111,16 +115,29 @@ class EngineChoice:
             raise PlanError(problem)
         if self.engine is not Engine.fsdp and self.fsdp is not FsdpStrategy.full_shard:
             object.__setattr__(self, "fsdp", FsdpStrategy.full_shard)
+        if self.engine is not Engine.fsdp and self.fsdp_version is not FsdpVersion.TWO:
+            object.__setattr__(self, "fsdp_version", FsdpVersion.TWO)
 
 
-_PARTS: dict[str, type] = {"adapter": Adapter, "layout": ParallelLayout, "batch": Batch, "engine_choice": EngineChoice}
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Switches:
+    """The memory switches users turn on (planner.memory_knobs): the loss's implementation, Liger's fused
+    kernels, and saved activations kept in host memory."""
+
+    cross_entropy: CrossEntropy = CrossEntropy.standard
+    kernels: Kernels = Kernels.eager
+    activation_offload: bool = False
+
+
+_PARTS: dict[str, type] = {"adapter": Adapter, "layout": ParallelLayout, "batch": Batch, "engine_choice": EngineChoice,
+                           "switches": Switches}
 _PART_OF: dict[str, str] = {f.name: part for part, cls in _PARTS.items() for f in dataclasses.fields(cls)}
 # the flat names, in the order of plan.json's "config" (the JSON contract)
 FLAT_FIELDS: tuple[str, ...] = (
     "model", "cluster", "method", "lora_r", "lora_alpha", "lora_targets", "lora_dropout", "quant", "double_quant",
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
-    "attn", "stage")
+    "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version")
 
 
 @dataclass(frozen=True, init=False, slots=True)
@@ -133,6 +150,7 @@ class TrainConfig:
     layout: ParallelLayout
     batch: Batch
     engine_choice: EngineChoice
+    switches: Switches
     precision: Precision
     optimizer: Optimizer
     grad_ckpt: GradCkpt
@@ -141,10 +159,12 @@ class TrainConfig:
 
     def __init__(self, *, model: ModelSpec, cluster: Cluster, adapter: Adapter | None = None,
                  layout: ParallelLayout | None = None, batch: Batch | None = None,
-                 engine_choice: EngineChoice | None = None, precision: Precision = Precision.bf16_mixed,
+                 engine_choice: EngineChoice | None = None, switches: Switches | None = None,
+                 precision: Precision = Precision.bf16_mixed,
                  optimizer: Optimizer = Optimizer.adamw, grad_ckpt: GradCkpt = GradCkpt.none, attn: Attn = Attn.sdpa,
                  stage: Stage = Stage.sft, **flat: Any) -> None:
-        given: dict[str, Any] = {"adapter": adapter, "layout": layout, "batch": batch, "engine_choice": engine_choice}
+        given: dict[str, Any] = {"adapter": adapter, "layout": layout, "batch": batch, "engine_choice": engine_choice,
+                                 "switches": switches}
         overrides: dict[str, dict[str, Any]] = {}
         for name, value in flat.items():
             part = _PART_OF.get(name)
@@ -174,6 +194,10 @@ class TrainConfig:
     fsdp = property(lambda self: self.engine_choice.fsdp)
     offload = property(lambda self: self.engine_choice.offload)
     offload_device = property(lambda self: self.engine_choice.offload_device)
+    fsdp_version = property(lambda self: self.engine_choice.fsdp_version)
+    cross_entropy = property(lambda self: self.switches.cross_entropy)
+    kernels = property(lambda self: self.switches.kernels)
+    activation_offload = property(lambda self: self.switches.activation_offload)
     tp = property(lambda self: self.layout.tp)
     sequence_parallel = property(lambda self: self.layout.sequence_parallel)
     pp = property(lambda self: self.layout.pp)

@@ -20,6 +20,7 @@ from functools import cache, lru_cache
 
 from planner import compute as cp
 from planner import engines
+from planner import memory_knobs as knobs
 from planner import offload_time as off
 from planner import parallel_comm as pc
 from planner.calibration import DEFAULT, Calibration
@@ -172,7 +173,7 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     dp_total, dp_exposed, offload_s = _data_parallel(cfg, dp, fam.trainable_gpu, fam.param_bytes_gpu, fwd_s, bwd_s,
                                                      comm_eff)
     offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s)
-    offload_s += offload_total
+    offload_s += offload_total + ga * knobs.activation_offload_exposed_s(cfg, fwd_s, bwd_s)
 
     parts = {"compute": compute_s, "recompute": recompute_s, "pipeline_bubble": bubble_s, "dequantize": dequant_s,
              "tp_comm": tp_s, "pp_comm": pp_s, "dp_comm": dp_exposed, "offload": offload_s, "optimizer": opt_s}

@@ -34,10 +34,22 @@ from typing import Any
 from unittest import mock
 
 from planner.errors import PlanError
+from planner.loss_memory import TORCHTUNE_OUTPUT_CHUNKS
 from planner.model_catalog import HF_CONFIGS
 from planner.models import ModelSpec
 from planner.params import resolve_lora_targets
-from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, Precision, Quant, TrainConfig
+from planner.strategy import (
+    Attn,
+    CrossEntropy,
+    Engine,
+    GradCkpt,
+    Kernels,
+    Method,
+    Optimizer,
+    Precision,
+    Quant,
+    TrainConfig,
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,6 +86,11 @@ def check_supported(cfg: TrainConfig) -> None:
         raise PlanError(f"the dry run supports the torch optimizers adamw and sgd, not {cfg.optimizer.value}")
     if cfg.stage.value != "sft":
         raise PlanError(f"the dry run runs the sft stage only, not {cfg.stage.value}")
+    if cfg.cross_entropy is CrossEntropy.fused or cfg.kernels is Kernels.liger:
+        raise PlanError("Liger's Triton kernels need a CUDA GPU; the dry run follows --cross-entropy "
+                        "standard or chunked and --kernels eager")
+    if cfg.activation_offload:
+        raise PlanError("the dry run has no host memory to offload activations to; drop --activation-offload")
 
 
 def _attn_impl(attn: Attn) -> str:
@@ -162,6 +179,40 @@ def emulate_cuda_dropout(model: Any) -> None:
                 setattr(module, child_name, _native_dropout_module(child.p))
 
 
+def chunked_cross_entropy_loss(model: Any, tokens: Any, labels: Any, num_chunks: int = TORCHTUNE_OUTPUT_CHUNKS) -> Any:
+    """torchtune's chunked loss on a transformers model, step by step as torchtune runs it.
+
+    torchtune's TransformerDecoder splits the final hidden states into `num_output_chunks` pieces along
+    the sequence *before* the output projection (`[self.output(chunk) for chunk in h.tensor_split(n,
+    dim=1)]`), and CEWithChunkedOutputLoss upcasts and scores one chunk at a time
+    (`F.cross_entropy(logits_chunk.float(), labels_chunk, reduction="sum")`), dividing the sum by the
+    count of labelled tokens (torchtune/modules/loss/ce_chunked_output_loss.py, PR 1390). Labels are
+    the next tokens, as transformers' ForCausalLMLoss shifts them (pad with -100, drop the first).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(input_ids=tokens).last_hidden_state
+    head = base.get_output_embeddings()
+    chunks = [head(h) for h in hidden.tensor_split(num_chunks, dim=1)]
+    del hidden
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
+    total = 0.0
+    for logits, target in zip(chunks, shifted.tensor_split(num_chunks, dim=1), strict=True):
+        total = total + F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
+                                        ignore_index=-100, reduction="sum")
+    del chunks  # the recipe drops the model's output before backward, as the Trainer does
+    return total / (shifted != -100).sum()
+
+
+def training_loss(cfg: TrainConfig, model: Any, tokens: Any, labels: Any) -> Any:
+    """The loss of one micro-batch along the plan's cross-entropy path."""
+    if cfg.cross_entropy is CrossEntropy.chunked:
+        return chunked_cross_entropy_loss(model, tokens, labels)
+    return model(input_ids=tokens, labels=labels).loss
+
+
 def _make_optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
     import torch
 
@@ -224,7 +275,7 @@ def dry_run(cfg: TrainConfig, *, steps: int = 2, full_first_step: bool = False) 
             for _ in range(cfg.grad_accum if step > 0 or steps == 1 or full_first_step else 0):
                 tracker.label = "forward"
                 with tracker.saved_tensors(), autocast:
-                    loss = model(input_ids=tokens, labels=labels).loss
+                    loss = training_loss(cfg, model, tokens, labels)
                 tracker.in_head = False
                 tracker.label = "backward"
                 loss.backward()

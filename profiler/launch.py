@@ -15,7 +15,7 @@ from typing import Any
 
 from planner.errors import PlanError
 from planner.serialize import config_to_dict
-from planner.strategy import TrainConfig
+from planner.strategy import CrossEntropy, Kernels, TrainConfig
 from profiler.launcher import cpu_env, failure_cause, free_port, torchrun_command
 
 # A small Llama for CPU profiles: Llama-2's shapes scaled down (hidden 768, 12 layers, SwiGLU width
@@ -81,6 +81,11 @@ def launch(cfg: TrainConfig, *, model_path: Path | None = None, warmup_steps: in
     check_device(cfg)
     if cfg.tp > 1 or cfg.pp > 1:
         raise PlanError("`profile run` measures data parallelism (DDP, ZeRO, FSDP); --tp/--pp are not supported")
+    if cfg.cross_entropy is not CrossEntropy.standard or cfg.kernels is not Kernels.eager:
+        # the worker runs transformers' own forward and loss under the engine's wrapper; torchtune's chunked
+        # loss and Liger's kernels would replace them (the dry run follows --cross-entropy chunked)
+        raise PlanError("measured steps run transformers' loss and kernels: re-plan with --cross-entropy standard "
+                        "--kernels eager, or check chunked loss memory with `ftplan profile dry-run`")
     n = cfg.world_size
     with tempfile.TemporaryDirectory(prefix="ftplan-profile-") as tmp:
         spec = {"config": config_to_dict(cfg), "warmup_steps": warmup_steps, "steps": steps,

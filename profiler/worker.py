@@ -157,13 +157,17 @@ def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                 start.record()
             t0 = time.perf_counter()
             for ids in batches:
-                with autocast:
-                    loss = engine(input_ids=ids, labels=ids).loss
-                if is_ds:
-                    engine.backward(loss)
-                    engine.step()
-                else:
-                    loss.backward()
+                # --activation-offload: every saved tensor in (pinned) host memory, as runner.train does
+                offload = (torch.autograd.graph.save_on_cpu(pin_memory=cuda) if cfg.activation_offload
+                           else contextlib.nullcontext())
+                with offload:
+                    with autocast:
+                        loss = engine(input_ids=ids, labels=ids).loss
+                    if is_ds:
+                        engine.backward(loss)
+                        engine.step()
+                    else:
+                        loss.backward()
                 del loss
             if not is_ds:
                 opt.step()

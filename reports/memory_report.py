@@ -42,7 +42,8 @@ def estimate_view(est: Estimate) -> Group:
     head = Text.assemble(
         (f"{cfg.model.name}", "bold"), f" on {cfg.cluster}  ", (cfg.method.value, "bold"),
         f"  params {params(est.params_total)}, trainable {params(est.params_trainable)}  ",
-        ("fits" if est.fits else "does NOT fit", "green" if est.fits else "red bold"))
+        ("fits" if est.fits else "does NOT fit", "green" if est.fits else "red bold"),
+        (" (tight: above 90% of the GPU)" if est.tight else "", "yellow bold"))
     parts = [head, memory_table(est)]
     if est.memory.host_bytes:
         parts.append(Text(f"host memory for offload: {gib(est.memory.host_bytes)} per node"))

@@ -33,7 +33,8 @@ def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
         shown[method] = shown.get(method, 0) + 1
         t = est.time if est.time is not None else step_time(est.config)
         table.add_row(str(rank), method.value, str(est.config), f"{est.memory.total / 2**30:.1f} "
-                      f"({100 * est.memory.total / est.gpu_memory_bytes:.0f}%)", f"{t.tokens_per_s:,.0f}",
+                      f"({100 * est.memory.total / est.gpu_memory_bytes:.0f}%{' tight' if est.tight else ''})",
+                      f"{t.tokens_per_s:,.0f}",
                       f"{t.step_time_s:.2f}", f"{100 * t.mfu:.0f}%")
     return table
 

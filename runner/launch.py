@@ -14,6 +14,7 @@ import shlex
 from dataclasses import dataclass
 
 from planner.strategy import Engine, TrainConfig
+from runner import switches
 
 PLAN_FILE = "plan.json"
 DS_CONFIG_FILE = "ds_config.json"
@@ -61,7 +62,7 @@ def launch_lines(cfg: TrainConfig, out_dir: str = ".") -> Launch:
     own: list[str] = []
     if cfg.engine is Engine.deepspeed:
         own.append(f'torchrun {rdzv} --nproc_per_node {per_node} train.py --deepspeed "$HERE/ds_config.trainer.json"'
-                   '  # transformers Trainer script')
+                   f'{switches.trainer_cli_flags(cfg)}  # transformers Trainer script')
         if nodes > 1:
             own.append('deepspeed --hostfile "$HERE/hostfile" train.py --deepspeed_config "$HERE/ds_config.json"'
                        '  # deepspeed.initialize script')
@@ -69,7 +70,8 @@ def launch_lines(cfg: TrainConfig, out_dir: str = ".") -> Launch:
             own.append(f'deepspeed --num_gpus {per_node} train.py --deepspeed_config "$HERE/ds_config.json"'
                        '  # deepspeed.initialize script')
     else:
-        own.append(f'torchrun {rdzv} --nproc_per_node {per_node} train.py  # your DDP/FSDP script')
+        own.append(f'torchrun {rdzv} --nproc_per_node {per_node} train.py{switches.trainer_cli_flags(cfg)}'
+                   '  # your DDP/FSDP script')
     own.append('accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" '
                '--main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" train.py  # accelerate script')
     if cfg.engine is Engine.fsdp:

@@ -12,6 +12,7 @@ from typing import Any
 
 from planner.configs.ds_config import DEFAULT_HYPER, Hyperparams, learning_rate
 from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, Precision, Quant, TrainConfig
+from runner import switches
 
 DS_TRAINER_CONFIG_FILE = "ds_config.trainer.json"
 
@@ -67,7 +68,7 @@ def notes(cfg: TrainConfig) -> list[str]:
         out.append(f"LLaMA-Factory trains data-parallel only: this plan's TP{cfg.tp}/PP{cfg.pp} needs `ftplan run`.")
     if cfg.grad_ckpt is GradCkpt.selective:
         out.append("LLaMA-Factory checkpoints whole layers: the plan's selective checkpointing becomes full.")
-    return out
+    return out + switches.llamafactory_notes(cfg)
 
 
 def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_path: str = DS_TRAINER_CONFIG_FILE,
@@ -98,6 +99,7 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
         "max_grad_norm": hp.max_grad_norm,
         "optim": _OPTIM[cfg.optimizer],
         **_precision(cfg),
+        **switches.llamafactory_arguments(cfg),
         "ddp_timeout": 180000000,
         "report_to": "none",
     })

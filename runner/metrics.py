@@ -1,5 +1,5 @@
-"""Per-step metrics of a run (metrics JSONL, TensorBoard through the Trainer), a rich progress bar on rank 0,
-and the predicted-vs-measured summary at the end.
+"""Per-step metrics of a run (metrics JSONL, TensorBoard through the Trainer) and a rich progress bar on rank 0.
+The predicted-vs-measured summary at the end is runner.summary's (measured by runner.memory_probe).
 
 MFU is the planner's (planner.compute.mfu with planner.compute.model_flops_per_token and the plan's peak
 FLOP/s, planner.compute.peak_flops_per_s), so the measured MFU is the same quantity the plan predicts.
@@ -11,12 +11,10 @@ import json
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from planner.compute import mfu
-from planner.strategy import TrainConfig
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "run_summary.json"
@@ -31,19 +29,6 @@ def peak_memory_bytes(on_cuda: bool) -> int:
         return int(torch.cuda.max_memory_allocated())
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(kib if sys.platform == "darwin" else kib * 1024)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Predicted:
-    memory_bytes: float
-    tokens_per_s: float
-
-
-def predicted(cfg: TrainConfig) -> Predicted:
-    from planner.memory import memory_per_gpu
-    from planner.timing import step_time
-
-    return Predicted(memory_bytes=memory_per_gpu(cfg).total, tokens_per_s=step_time(cfg).tokens_per_s)
 
 
 # TRL's per-step preference metrics (trl/trainer/dpo_trainer.py `_compute_loss`, reward_trainer.py
@@ -87,8 +72,6 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
             self.progress: Any = None
             self.tb: Any = None
             self.task: Any = None
-            self.tokens_total = 0
-            self.time_total = 0.0
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
             self.t_last = time.perf_counter()
@@ -121,8 +104,6 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
             # the Trainer's count of unpadded tokens over all ranks (include_num_input_tokens_seen="non_padding")
             tokens = state.num_input_tokens_seen - self.tokens_seen
             self.tokens_seen = state.num_input_tokens_seen
-            self.tokens_total += tokens
-            self.time_total += dt
             tps = tokens / dt if dt > 0 else 0.0
             self.pending = {"step": state.global_step, "step_time_s": dt, "tokens": tokens, "tokens_per_s": tps,
                             "mfu": mfu(tps, flops_token, world_size, peak_flops),

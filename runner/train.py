@@ -20,7 +20,18 @@ from typing import Any
 
 from planner.compute import model_flops_per_token, peak_flops_per_s
 from planner.errors import PlanError
-from planner.strategy import Engine, GradCkpt, Offload, Optimizer, Precision, Stage, TrainConfig
+from planner.strategy import (
+    CrossEntropy,
+    Engine,
+    FsdpVersion,
+    GradCkpt,
+    Offload,
+    Optimizer,
+    Precision,
+    Stage,
+    TrainConfig,
+)
+from runner import switches
 
 # `metrics.jsonl`, `run_summary.json` and checkpoints live in the output directory beside the adapter
 RUN_INFO_FILE = "ftplan_run.json"  # where the base model came from, for `ftplan merge`
@@ -46,6 +57,7 @@ class RunOptions:
     seed: int = 42
     dpo_beta: float = 0.1  # DPO's beta (trl DPOConfig.beta default)
     report: bool = True  # `ftplan run` prints predicted vs measured at the end (reports.run_report)
+    calibration: Path | None = None  # `ftplan profile ... --calibrate` output, for the predictions of the summary
 
 
 def load_plan(path: Path) -> TrainConfig:
@@ -104,6 +116,9 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
         raise PlanError(f"--max-steps must be at least 1, got {opts.max_steps}")
     if opts.rope_scaling:
         parse_rope_scaling(opts.rope_scaling)
+    from planner.calibration import load_calibration
+
+    load_calibration(opts.calibration)
     model_source(opts.model_path)
     if cfg.stage in TRL_STAGES:
         from runner.stages.preference_data import load_pairs
@@ -120,6 +135,12 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
         raise PlanError(f"--output {opts.output} is not empty: pass --resume to continue its run, "
                         "or choose another directory")
     optim_name(cfg, on_cuda=cfg.cluster.gpu.name != "CPU")
+    if cfg.cross_entropy is CrossEntropy.chunked:
+        raise PlanError("the Trainer has no chunked cross-entropy (torchtune's): re-plan with --cross-entropy "
+                        "standard, or fused (Liger) on a CUDA GPU")
+    if switches.uses_liger(cfg) and cfg.cluster.gpu.name == "CPU":
+        raise PlanError("Liger's kernels are Triton kernels for CUDA GPUs: re-plan with --kernels eager "
+                        "--cross-entropy standard for the CPU")
 
 
 # TrainingArguments.optim names (transformers/training_args.py, OptimizerNames)
@@ -146,7 +167,10 @@ def _fsdp_args(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
                    "backward_prefetch": "backward_pre", "forward_prefetch": False,
                    # LoRA mixes frozen and trained tensors in one wrapped unit (FSDP1 needs the original params)
                    "use_orig_params": True, "sync_module_states": True,
-                   "activation_checkpointing": False}
+                   "activation_checkpointing": False, "version": int(cfg.fsdp_version)}
+    if cfg.fsdp_version is FsdpVersion.TWO:
+        for key in ("backward_prefetch", "forward_prefetch", "use_orig_params", "sync_module_states"):
+            fsdp_config.pop(key)  # FSDP1-only (transformers/training_args.py, _fsdp_plugin_args)
     return " ".join(words), fsdp_config
 
 
@@ -205,8 +229,24 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False if cfg.engine is Engine.ddp else None,
+        **switches.trainer_arguments(cfg),
         **kwargs, **(extra or {}),
     )
+
+
+def _offloading_trainer(base: type) -> type:
+    """The Trainer with every tensor autograd saves in a training step kept in (pinned) host memory:
+    torch.autograd.graph.save_on_cpu, what torchtune's OffloadActivations and accelerate's FSDP2
+    offload_wrapper build on. With checkpointing only the layer inputs are saved, so only they move;
+    backward's recomputation runs outside the context and stays on the device."""
+    import torch
+
+    class OffloadingTrainer(base):  # type: ignore[misc, valid-type]
+        def training_step(self, *args: Any, **kwargs: Any) -> Any:
+            with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+                return super().training_step(*args, **kwargs)
+
+    return OffloadingTrainer
 
 
 class _Collator:
@@ -228,6 +268,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
 
     from planner.runnable_stages import TRL_STAGES
     from runner import metrics as mt
+    from runner.memory_probe import MemoryProbe, gather
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
 
     if cfg.stage in TRL_STAGES:
@@ -246,6 +287,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     if opts.resume and resume_from is None:
         raise PlanError(f"--resume: no checkpoint-N folder in {opts.output}")
     torch.manual_seed(opts.seed)
+    probe = MemoryProbe(on_cuda=on_cuda, rank=int(os.environ.get("RANK", "0")))  # RSS baseline before the model
     model = load_model(cfg, src, ModelOptions(modules_to_save=opts.modules_to_save, rope_scaling=opts.rope_scaling,
                                               on_cuda=on_cuda))
     args = training_arguments(cfg, opts, on_cuda=on_cuda, has_eval=bool(eval_set))
@@ -261,11 +303,17 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
                                 peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
                                 is_main=is_main,
                                 max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+    trainer_class = _offloading_trainer(Trainer) if cfg.activation_offload else Trainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                       data_collator=_Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-                      callbacks=[callback])
+                      callbacks=[callback, probe.callback()])
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its dict prints
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    probe.start(model)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        probe.stop()
+    ranks = gather(probe.m)  # every rank's memory and step figures, for rank 0's summary
     eval_metrics = trainer.evaluate() if eval_set else {}
     trainer.save_model(str(opts.output))  # the adapter (peft) or the full model, gathered under ZeRO-3 / FSDP
     summary = {
@@ -274,8 +322,6 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         "resumed_from_step": int(CHECKPOINT_RE.match(resume_from.name).group(1)) if resume_from else 0,
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
-        "measured_tokens_per_s": callback.tokens_total / callback.time_total if callback.time_total else 0.0,
-        "measured_peak_memory_bytes": mt.peak_memory_bytes(on_cuda),
         "world_size": world,
     }
     if eval_metrics:
@@ -283,10 +329,11 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         summary["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
     if is_main:
         tokenizer.save_pretrained(str(opts.output))
-        pred = mt.predicted(cfg)
-        summary["predicted_peak_memory_bytes"] = pred.memory_bytes
-        summary["predicted_tokens_per_s"] = pred.tokens_per_s
         from planner.atomic import write_text_atomic
+        from planner.calibration import load_calibration
+        from runner.summary import comparison
+
+        summary |= comparison(cfg, ranks, on_cuda=on_cuda, cal=load_calibration(opts.calibration))
 
         write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
@@ -314,13 +361,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
     p.add_argument("--modules-to-save", default="")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dpo-beta", type=float, default=RunOptions.dpo_beta)
+    p.add_argument("--calibration", type=Path, default=None)
     a = p.parse_args(argv)
     return a.plan, RunOptions(
         model_path=a.model_path, data=a.data, output=a.output, max_steps=a.max_steps, resume=a.resume,
         save_steps=a.save_steps, eval_fraction=a.eval_fraction, learning_rate=a.learning_rate,
         warmup_steps=a.warmup_steps, data_format=a.data_format, template=a.template,
         neftune_alpha=a.neftune_alpha, rope_scaling=a.rope_scaling,
-        modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed, dpo_beta=a.dpo_beta)
+        modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed, dpo_beta=a.dpo_beta,
+        calibration=a.calibration)
 
 
 def to_argv(plan: Path, opts: RunOptions) -> list[str]:
@@ -330,7 +379,8 @@ def to_argv(plan: Path, opts: RunOptions) -> list[str]:
             "--eval-fraction", str(opts.eval_fraction), "--warmup-steps", str(opts.warmup_steps),
             "--format", opts.data_format, "--seed", str(opts.seed), "--dpo-beta", str(opts.dpo_beta)]
     for flag, value in (("--learning-rate", opts.learning_rate), ("--template", opts.template),
-                        ("--neftune-alpha", opts.neftune_alpha), ("--rope-scaling", opts.rope_scaling)):
+                        ("--neftune-alpha", opts.neftune_alpha), ("--rope-scaling", opts.rope_scaling),
+                        ("--calibration", opts.calibration)):
         if value is not None:
             argv += [flag, str(value)]
     if opts.modules_to_save:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.strategy import Engine, FsdpStrategy, GradCkpt, Offload, Precision, TrainConfig, ZeroStage
+from planner.strategy import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Offload, Precision, TrainConfig, ZeroStage
 
 DS_CONFIG_FILE = "ds_config.json"
 
@@ -33,6 +33,8 @@ def distributed_type(cfg: TrainConfig) -> str:
 
 
 def fsdp_section(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.fsdp_version is FsdpVersion.TWO:
+        return fsdp2_section(cfg)
     return {
         "fsdp_version": 1,
         "fsdp_sharding_strategy": _FSDP_STRATEGY[cfg.fsdp],
@@ -52,6 +54,29 @@ def fsdp_section(cfg: TrainConfig) -> dict[str, Any]:
         "fsdp_use_orig_params": True,
         "fsdp_activation_checkpointing": cfg.grad_ckpt is GradCkpt.full,
     }
+
+
+def fsdp2_section(cfg: TrainConfig) -> dict[str, Any]:
+    """FSDP2 (`fully_shard` per decoder layer, then the root): FULL_SHARD is `reshard_after_forward: true`,
+    SHARD_GRAD_OP `false` (accelerate/utils/dataclasses.py, FullyShardedDataParallelPlugin); prefetching is
+    implicit and the original parameters are kept, so FSDP1's prefetch and use_orig_params keys go."""
+    ckpt = cfg.grad_ckpt is GradCkpt.full
+    out: dict[str, Any] = {
+        "fsdp_version": 2,
+        "fsdp_reshard_after_forward": cfg.fsdp is not FsdpStrategy.shard_grad_op,
+        "fsdp_offload_params": cfg.offload is Offload.all,
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_transformer_layer_cls_to_wrap": cfg.model.decoder_layer_class,
+        "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        # accelerate launch requires sync_module_states with cpu_ram_efficient_loading (utils/launch.py)
+        "fsdp_cpu_ram_efficient_loading": True,
+        "fsdp_sync_module_states": True,
+        "fsdp_activation_checkpointing": ckpt,
+    }
+    if ckpt and cfg.activation_offload:
+        # each checkpointed layer's input goes to pinned host memory (fsdp_utils.py, fsdp2_apply_ac)
+        out["fsdp_activation_checkpointing_offload"] = True
+    return out
 
 
 def build_accelerate_config(cfg: TrainConfig, *, ds_config_file: str = DS_CONFIG_FILE) -> dict[str, Any]:

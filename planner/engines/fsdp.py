@@ -1,17 +1,29 @@
-"""PyTorch FSDP (FSDP1 through accelerate's config): FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD (shard
-within a node, replicate across nodes) and NO_SHARD (which is DDP), with CPU offload of parameters,
-gradients and optimizer together (torch.distributed.fsdp.CPUOffload). One decoder layer per unit
-(the transformer auto-wrap policy), the embedding, final norm and head in the root unit."""
+"""PyTorch FSDP through accelerate's config, FSDP2 by default (FSDP1 with --fsdp-version 1): FULL_SHARD,
+SHARD_GRAD_OP, and with FSDP1 HYBRID_SHARD (shard within a node, replicate across nodes) and NO_SHARD
+(DDP), with CPU offload of parameters, gradients and optimizer together (torch.distributed.fsdp.CPUOffload).
+One decoder layer per unit (the transformer auto-wrap policy), the embedding, final norm and head in the
+root unit."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from planner import parallel_comm as pc
-from planner.choices import Engine, FsdpStrategy, Method, Offload, OffloadDevice, Precision, Quant, ZeroStage
+from planner.choices import (
+    Engine,
+    FsdpStrategy,
+    FsdpVersion,
+    Method,
+    Offload,
+    OffloadDevice,
+    Precision,
+    Quant,
+    ZeroStage,
+)
 from planner.comm import Group, allreduce_time_s
 from planner.engines import ddp
 from planner.engines.sharded import overlap, sharded_comm
+from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes
 
@@ -46,6 +58,10 @@ def problems(cfg: TrainConfig) -> list[str]:
                    "express (use DeepSpeed AutoTP with ZeRO-1/2)")
     if cfg.method is Method.qlora and cfg.quant is not Quant.nf4:
         out.append("QLoRA with FSDP needs nf4 with bnb_4bit_quant_storage (int8 cannot be sharded)")
+    if cfg.fsdp_version is FsdpVersion.TWO and cfg.fsdp in (FsdpStrategy.hybrid_shard, FsdpStrategy.no_shard):
+        # accelerate's FSDP2 plugin takes reshard_after_forward (a bool) only; the Trainer raises for the
+        # other strategies (transformers/training_args.py, _apply_legacy_fsdp_to_config)
+        out.append(f"FSDP2 shards fully or per step only; {cfg.fsdp.value} needs --fsdp-version 1")
     if cfg.fsdp is FsdpStrategy.hybrid_shard and cfg.cluster.nodes == 1:
         out.append("hybrid_shard shards within a node and replicates across nodes: it needs several nodes")
     return out
@@ -83,7 +99,10 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
 
 
 def grads_live_in_backward(cfg: TrainConfig) -> bool:
-    return is_sharded(cfg) or cfg.grad_accum > 1
+    """FSDP1's FlatParameter gradient shards exist when backward starts (the previous CPU profiling); FSDP2
+    reduce-scatters each unit's gradients into fresh shards as backward reaches it (torch/distributed/fsdp/
+    _fully_shard/_fsdp_param_group.py, post_backward), so with one micro-batch none exist yet."""
+    return (is_sharded(cfg) and cfg.fsdp_version is FsdpVersion.ONE) or cfg.grad_accum > 1
 
 
 def master_bytes(cfg: TrainConfig) -> float:
@@ -108,6 +127,8 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     items = {}
     if cfg.fsdp is FsdpStrategy.shard_grad_op:
         items["FSDP unsharded parameters"] = sixteen_bit_weights
+    elif cfg.quant is not Quant.none:
+        items["FSDP unsharded parameters"] = fsdp_quantized_units_bytes(cfg, c16)
     else:
         # the unit running plus the one prefetched (BACKWARD_PRE), and the root unit (embedding,
         # final norm, head), which FSDP does not reshard between forward and backward
@@ -128,11 +149,7 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
 # --- time ---------------------------------------------------------------------------------------
 
 def optimizer_shards(cfg: TrainConfig) -> int:
-    if not is_sharded(cfg):
-        return 1
-    if cfg.fsdp is FsdpStrategy.hybrid_shard:
-        return max(1, min(cfg.dp, cfg.cluster.gpus_per_node // (cfg.tp * cfg.pp)))
-    return cfg.dp
+    return shard_group(cfg) if is_sharded(cfg) else 1
 
 
 gradient_offloads_per_step = ddp.gradient_offloads_per_step  # every micro-batch

@@ -149,9 +149,11 @@ def _write_outputs(cfg: TrainConfig, opts: Any, src: Any, tokenizer: Any, summar
     from runner.train import RUN_INFO_FILE
 
     tokenizer.save_pretrained(str(opts.output))
-    pred = mt.predicted(cfg)
-    summary["predicted_peak_memory_bytes"] = pred.memory_bytes
-    summary["predicted_tokens_per_s"] = pred.tokens_per_s
+    from planner.memory import memory_per_gpu
+    from planner.timing import step_time
+
+    summary["predicted_peak_memory_bytes"] = memory_per_gpu(cfg).total
+    summary["predicted_tokens_per_s"] = step_time(cfg).tokens_per_s
     summary = {k: v for k, v in summary.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value,

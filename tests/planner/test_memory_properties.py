@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from planner.gpus import parse_gpus
-from planner.memory import CATEGORIES, MemoryBreakdown, memory_per_gpu
+from planner.memory import BACKWARD_ONLY_ITEMS, CATEGORIES, MemoryBreakdown, memory_per_gpu
 from planner.models import from_name
 from planner.search import _ENGINES, SearchSpace, candidates
 from planner.strategy import (
@@ -105,10 +105,17 @@ def test_offload_never_adds_gpu_memory(cfg: TrainConfig) -> None:
 
 @SETTINGS
 @given(configs())
-def test_total_is_the_sum_of_categories(cfg: TrainConfig) -> None:
+def test_breakdown_agrees_with_its_phase_and_reserve(cfg: TrainConfig) -> None:
     mem = memory_per_gpu(cfg)
-    assert mem.total == pytest.approx(sum(getattr(mem, c) for c in CATEGORIES), rel=1e-12)
-    assert mem.other == pytest.approx(sum(mem.other_items.values()), rel=1e-12)
+    gpu, items = cfg.cluster.gpu, mem.other_items
+    # the CUDA context is the GPU's, and the allocator reserve its fraction of the tensors' peak
+    assert items["CUDA context and workspaces"] == gpu.runtime_overhead_bytes
+    tensors = mem.total - items["allocator reserve"] - items["CUDA context and workspaces"]
+    assert items["allocator reserve"] == pytest.approx(gpu.allocator_reserve_fraction * tensors, rel=1e-9, abs=1e-6)
+    # only the backward peak holds activations and the backward-only buffers
+    if mem.phase != "backward":
+        assert mem.activations == 0 and not set(items) & set(BACKWARD_ONLY_ITEMS)
+    assert mem.phase in ("backward", "gradients", "optimizer")
     d = mem.as_dict()
     assert abs(sum(d[c] for c in CATEGORIES) - d["total"]) <= len(CATEGORIES)
     assert all(getattr(mem, c) >= 0 for c in CATEGORIES) and mem.host_bytes >= 0 and mem.nvme_bytes >= 0

@@ -74,11 +74,21 @@ def check_plan(cfg: TrainConfig, where: Path) -> None:
         from two_steps import fsdp_plugin_from_yaml
 
         plugin, precision = fsdp_plugin_from_yaml(where / "accelerate.yaml")
-        assert plugin.sharding_strategy.name == cfg.fsdp.value.upper()
-        assert plugin.cpu_offload.offload_params == (cfg.offload is Offload.all)
+        assert plugin.fsdp_version == int(cfg.fsdp_version)
+        if cfg.fsdp_version == 2:
+            assert plugin.reshard_after_forward == (cfg.fsdp is not FsdpStrategy.shard_grad_op)
+        else:
+            assert plugin.sharding_strategy.name == cfg.fsdp.value.upper()
+            assert plugin.use_orig_params
+        if cfg.fsdp_version == 2:  # FSDP2 takes an OffloadPolicy: CPUOffloadPolicy when parameters go to the host
+            from torch.distributed.fsdp import CPUOffloadPolicy
+
+            assert isinstance(plugin.cpu_offload, CPUOffloadPolicy) == (cfg.offload is Offload.all)
+        else:
+            assert plugin.cpu_offload.offload_params == (cfg.offload is Offload.all)
         assert plugin.transformer_cls_names_to_wrap == [cfg.model.decoder_layer_class]
         assert plugin.state_dict_type.name in ("SHARDED_STATE_DICT", "FULL_STATE_DICT")
-        assert plugin.cpu_ram_efficient_loading and plugin.sync_module_states and plugin.use_orig_params
+        assert plugin.cpu_ram_efficient_loading and (plugin.sync_module_states or cfg.fsdp_version == 2)
         assert plugin.activation_checkpointing == (cfg.grad_ckpt is GradCkpt.full)
         assert precision == {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(cfg.precision.value, "no")
 
@@ -108,7 +118,7 @@ def test_fixed_plans(tmp_path: Path, kind: str, gpus: str):
         pytest.skip("hybrid_shard needs several nodes")
     kw = {"z2": dict(zero=2), "z3-offload": dict(zero=3, offload=Offload.all),
           "fsdp": dict(fsdp=FsdpStrategy.full_shard, method=Method.full),
-          "fsdp-hybrid": dict(fsdp=FsdpStrategy.hybrid_shard), "ddp": {}}[kind]
+          "fsdp-hybrid": dict(fsdp=FsdpStrategy.hybrid_shard, fsdp_version=1), "ddp": {}}[kind]
     check_plan(build_config(model="7b", gpus=gpus, **kw), tmp_path)
 
 

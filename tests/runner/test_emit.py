@@ -14,7 +14,18 @@ import pytest
 from ftplan.cli import main
 from planner.build import build_config
 from planner.errors import PlanError
-from planner.strategy import FsdpStrategy, GradCkpt, Method, Offload, OffloadDevice, Optimizer, Precision, Quant
+from planner.strategy import (
+    CrossEntropy,
+    FsdpStrategy,
+    GradCkpt,
+    Kernels,
+    Method,
+    Offload,
+    OffloadDevice,
+    Optimizer,
+    Precision,
+    Quant,
+)
 from runner.emit import emit, load_plan
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -26,6 +37,10 @@ FIXED = {
     "llama-2-7b_8xA800_full_z3-offload-all": dict(
         model="7b", gpus="8xA800", method=Method.full, zero=3, offload=Offload.all, micro_batch=1, grad_accum=8,
         grad_ckpt=GradCkpt.full),
+    "llama-3-8b_8xH100_full_fsdp2_liger_offload": dict(
+        model="llama-3-8b", gpus="8xH100", method=Method.full, fsdp=FsdpStrategy.full_shard, micro_batch=4,
+        grad_accum=2, grad_ckpt=GradCkpt.full, kernels=Kernels.liger, cross_entropy=CrossEntropy.fused,
+        activation_offload=True),
     "llama-2-13b_2x8xH100_lora_fsdp": dict(
         model="13b", gpus="2x8xH100", method=Method.lora, fsdp=FsdpStrategy.full_shard, micro_batch=2, grad_accum=2),
     "qwen2.5-7b_8xV100-32G_full_z2-offload-fp16": dict(

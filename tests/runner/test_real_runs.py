@@ -15,7 +15,7 @@ import pytest
 
 from planner.gpus import parse_gpus
 from planner.models import spec_from_hf_config
-from planner.strategy import Engine, FsdpStrategy, Method, TrainConfig, ZeroStage
+from planner.strategy import Engine, FsdpStrategy, FsdpVersion, Method, TrainConfig, ZeroStage
 from planner.validity import validate
 from runner.emit import emit
 
@@ -61,7 +61,8 @@ def test_deepspeed_two_steps(tmp_path: Path, stage: ZeroStage):
 
 @pytest.mark.slow
 def test_fsdp_two_steps(tmp_path: Path):
-    cfg = tiny_plan(engine=Engine.fsdp, fsdp=FsdpStrategy.full_shard)
+    # two_steps.run_fsdp drives torch's FSDP1 class from the emitted accelerate config: an FSDP1 plan
+    cfg = tiny_plan(engine=Engine.fsdp, fsdp=FsdpStrategy.full_shard, fsdp_version=FsdpVersion.ONE)
     emit(cfg, tmp_path)
     steps = two_steps("fsdp", tmp_path)
     # one FSDP unit per decoder layer (the auto-wrap class from the model) plus the root

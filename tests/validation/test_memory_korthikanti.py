@@ -13,7 +13,9 @@ arXiv 2205.05198).
    m = 3 model chunks per stage is the value that reproduces all four figures (derived here).
    Weights + optimizer: 12h^2 parameters per layer (Sec. 4.1), L/p layers per stage, split by t,
    18 bytes each (Megatron's 16-bit weight + fp32 gradient + fp32 master + Adam; the paper's
-   figure excludes the embedding). Tolerance: 0.1%.
+   figure excludes the embedding). Tolerance: 0.1%. The same activations from `memory_per_gpu` (a GPT
+   layer as transformers' BLOOM, DeepSpeed's interleaved pipeline, stage 0 with p micro-batches in
+   flight) equal the figure minus what that layer does not save (see 3.): exact.
 3. The planner's own per-layer model of a transformers GPT layer (BLOOM: LayerNorm, 4h GeLU MLP,
    biases; SDPA) equals Table 2 minus what it does not save: the two dropout masks (sbh bytes each;
    fine-tuning runs hidden dropout 0), and the s^2 attention scores (5as^2b, replaced by flash/SDPA's
@@ -26,8 +28,10 @@ import pytest
 from memory_golden import GiB, report
 
 from planner.activations import LayerTraining, hf_layer_bytes_per_token, korthikanti_layer_bytes
+from planner.gpus import parse_gpus
+from planner.memory import memory_per_gpu
 from planner.models import spec_from_hf_config
-from planner.strategy import Attn, GradCkpt
+from planner.strategy import Attn, Engine, GradCkpt, Method, PipeSchedule, TrainConfig
 
 S, B = 2048, 1
 
@@ -59,6 +63,7 @@ FIGURE_1 = {
     "gpt3-175b": (12288, 96, 96, 8, 8, 45.5625, 66.84375, 12.3515625),
     "mt-nlg-530b": (20480, 128, 105, 8, 35, 31.640625, 114.0234375, 23.076171875),
 }
+FIGURE_1_GPUS = {"gpt3-175b": "8x8xA100-80G", "mt-nlg-530b": "35x8xA100-80G"}  # t x p GPUs, DP 1
 INTERLEAVED_CHUNKS = 3  # m, derived (see module docstring)
 MEGATRON_BYTES_PER_PARAM = 18  # megatron/training/theoretical_memory_usage.py without distributed optimizer
 
@@ -76,6 +81,30 @@ def test_figure1(name: str) -> None:
                                        ("activations, SP + selective", act_seqsel_gib, seqsel)):
         dev = report(f"Korthikanti Fig. 1 / Table 2, {name}", figure, published, planner, "GiB", "±0.1%")
         assert abs(dev) <= 1e-3
+
+
+@pytest.mark.parametrize("name", list(FIGURE_1))
+@pytest.mark.parametrize("seqsel", [False, True], ids=["tp-only", "sp-selective"])
+def test_figure1_activations_from_memory_per_gpu(name: str, seqsel: bool) -> None:
+    """The planner's peak on pipeline stage 0 holds Figure 1's activations, less the two dropout masks
+    per layer (2sbh, split by t under SP) and, without recompute, the scores (5as^2b/t) that SDPA
+    replaces by its log-sum-exp (4asb/t): the differences test 3 establishes per layer."""
+    h, a, layers, t, p, _, act_none_gib, act_seqsel_gib = FIGURE_1[name]
+    gpt = spec_from_hf_config({"model_type": "bloom", "vocab_size": 50304, "hidden_size": h, "n_layer": layers,
+                               "n_head": a, "seq_length": S}, name=name)
+    recompute = GradCkpt.selective if seqsel else GradCkpt.none
+    cfg = TrainConfig(model=gpt, cluster=parse_gpus(FIGURE_1_GPUS[name]), method=Method.full,
+                      engine=Engine.deepspeed, tp=t, pp=p, sequence_parallel=seqsel, grad_ckpt=recompute,
+                      pp_schedule=PipeSchedule.interleaved, virtual_stages=INTERLEAVED_CHUNKS, micro_batch=B,
+                      grad_accum=p, seq_len=S)
+    mem = memory_per_gpu(cfg)
+    assert mem.phase == "backward"
+    in_flight = 1 + (p - 1) / (p * INTERLEAVED_CHUNKS)
+    not_saved = 2 * S * B * h / (t if seqsel else 1)
+    if not seqsel:
+        not_saved += (5 * a * S * S * B - 4 * a * S * B) / t
+    published = (act_seqsel_gib if seqsel else act_none_gib) * GiB
+    assert mem.activations == pytest.approx(published - not_saved * layers * in_flight, rel=1e-12)
 
 
 @pytest.mark.parametrize("t", [1, 8])

@@ -1,0 +1,129 @@
+"""The memory switches users turn on, as the memory model (planner.memory) applies them to one config:
+cross-entropy implementation, Liger kernels, activation offloading, FSDP version, QLoRA sharded storage.
+The formulas live in planner.loss_memory, planner.kernels and planner.offload_activations."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from planner import kernels, loss_memory, offload_activations
+from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Quant
+from planner.params import embedding_params, head_params, layer_params, quantizable_params
+
+if TYPE_CHECKING:
+    from planner.strategy import TrainConfig
+
+NF4_DATA_BYTES = 0.5  # two 4-bit codes per byte (Dettmers et al. 2023)
+
+
+def head_loss_bytes(cfg: TrainConfig, tokens: int, act_bytes: int, grad_bytes: float) -> float:
+    """The LM head and loss of one micro-batch (planner.loss_memory), vocabulary split by TP.
+    Liger's fused loss keeps the head's weight gradient from forward when the head trains."""
+    m = cfg.model
+    head_weight = 0.0
+    if cfg.method is Method.full:
+        head_weight = grad_bytes * m.vocab_size * m.hidden_size / cfg.tp
+    return loss_memory.loss_bytes(cfg.cross_entropy, tokens=tokens, vocab=m.vocab_size / cfg.tp,
+                                  hidden=m.hidden_size, logit_bytes=act_bytes, head_weight_bytes=head_weight)
+
+
+def kernel_saving_per_token(cfg: TrainConfig, act_bytes: int, *, recomputed: bool = False) -> float:
+    """Saved bytes per token per decoder layer that Liger's kernels remove. With full checkpointing a
+    layer keeps only its input, so the saving applies to the one layer backward recomputes."""
+    if cfg.kernels is not Kernels.liger or (cfg.grad_ckpt is GradCkpt.full and not recomputed):
+        return 0.0
+    return kernels.liger_layer_saving_bytes_per_token(cfg.model, act_bytes=act_bytes, t=cfg.tp,
+                                                      sequence_parallel=cfg.sequence_parallel)
+
+
+def final_norm_saving_per_token(cfg: TrainConfig, act_bytes: int) -> float:
+    if cfg.kernels is not Kernels.liger:
+        return 0.0
+    return kernels.liger_final_norm_saving_bytes_per_token(cfg.model, act_bytes=act_bytes)
+
+
+def gpu_activation_bytes(cfg: TrainConfig, per_layer_bytes: float, layers: int) -> float:
+    """Saved activations on the GPU for one micro-batch: all layers', or the resident ones when offloaded."""
+    if cfg.activation_offload:
+        return offload_activations.gpu_resident_activation_bytes(per_layer_bytes, layers)
+    return per_layer_bytes * layers
+
+
+def host_activation_bytes(cfg: TrainConfig, per_layer_bytes: float, layers: int) -> float:
+    """Pinned host bytes per rank for offloaded activations of one micro-batch (0 without offload)."""
+    if not cfg.activation_offload:
+        return 0.0
+    return offload_activations.host_activation_bytes(per_layer_bytes, layers)
+
+
+def fsdp1_sharded(cfg: TrainConfig) -> bool:
+    """FSDP1's sharded FlatParameters: the gradient shards of every unit are allocated when backward
+    starts (the previous session's CPU profiling, README "How far the model is from measurements").
+    FSDP2 reduce-scatters each unit's gradients into fresh sharded gradients as backward reaches it,
+    so with one micro-batch per step none exist when backward starts (torch/distributed/fsdp/
+    _fully_shard/_fsdp_param_group.py, post_backward -> foreach_reduce)."""
+    return (cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard
+            and cfg.fsdp_version is FsdpVersion.ONE)
+
+
+def fsdp2_backward_only_items(cfg: TrainConfig) -> tuple[str, ...]:
+    """FSDP2 frees every unit's unsharded parameters and gradients by the end of backward: each group
+    reshards in post_backward, and the root's final callback reshards whatever is left
+    (torch/distributed/fsdp/_fully_shard/_fsdp_state.py, _root_post_backward_final_callback), so at the
+    optimizer step only the sharded states exist. (The FSDP1 model keeps them as resident buffers.)"""
+    if cfg.engine is not Engine.fsdp or cfg.fsdp_version is not FsdpVersion.TWO:
+        return ()
+    return ("FSDP unsharded parameters", "FSDP unsharded gradients")
+
+
+def replicated_quant_state_bytes(cfg: TrainConfig, quantized_params: float, n: int) -> float:
+    """QLoRA under FSDP / ZeRO-3 with `bnb_4bit_quant_storage` set to the compute dtype: the packed
+    4-bit codes are an ordinary float tensor that FSDP and ZeRO-3 shard, while the quantization
+    statistics (absmax per 64-weight block and, with double quantization, their constants) live in
+    the parameter's `quant_state` attribute (bitsandbytes/nn/modules.py, Params4bit), which every rank
+    keeps whole. Returns what the per-rank `weights / n` misses: the statistics' (1 - 1/n) share."""
+    if cfg.quant is not Quant.nf4 or quantized_params <= 0 or n <= 1:
+        return 0.0
+    from planner.states import quant_bytes_per_param
+
+    state = quant_bytes_per_param(cfg.quant, cfg.double_quant) - NF4_DATA_BYTES
+    return quantized_params * state * (1.0 - 1.0 / n)
+
+
+def fsdp_quantized_units_bytes(cfg: TrainConfig, compute_bytes: float) -> float:
+    """FSDP's gathered units for QLoRA: the running and the prefetched decoder layer (packed 4-bit codes
+    plus their 16-bit norms, biases and adapters) and the root unit (embedding, final norm, head) in 16 bits."""
+    m, t = cfg.model, cfg.tp
+    quantized_per_layer = quantizable_params(m) / m.num_layers
+    layer = quantized_per_layer * NF4_DATA_BYTES + (layer_params(m) - quantized_per_layer) * compute_bytes
+    root = (embedding_params(m) + head_params(m)) * compute_bytes
+    return (2 * layer + root) / t
+
+
+def offloaded_activation_bytes_per_micro_batch(cfg: TrainConfig) -> float:
+    """Bytes one rank copies to the host (and back) per micro-batch with --activation-offload: every trainable
+    layer's saved tensors on the most loaded pipeline stage (the first), as planner.memory counts them."""
+    if not cfg.activation_offload:
+        return 0.0
+    from planner.activations import LayerTraining, hf_layer_bytes_per_token
+    from planner.params import resolve_lora_targets
+    from planner.states import activation_dtype_bytes, stage_params
+
+    e = activation_dtype_bytes(cfg.precision)
+    targets = frozenset(resolve_lora_targets(cfg.model, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
+    train = LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=cfg.lora_dropout > 0)
+    per_token = hf_layer_bytes_per_token(cfg.model, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
+                                         t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
+                                         recompute=cfg.grad_ckpt) - kernel_saving_per_token(cfg, e)
+    tokens = cfg.micro_batch * cfg.seq_len * (2 if cfg.stage.value == "dpo" else 1)
+    return per_token * tokens * stage_params(cfg, first=True).trainable_layers
+
+
+def activation_offload_exposed_s(cfg: TrainConfig, fwd_s: float, bwd_s: float) -> float:
+    """Exposed PCIe seconds per micro-batch: device-to-host under forward, host-to-device under backward."""
+    moved = offloaded_activation_bytes_per_micro_batch(cfg)
+    if moved <= 0:
+        return 0.0
+    one_way = offload_activations.offload_transfer_s(moved, cfg.cluster.gpu.host_link_bytes_per_s)
+    return (offload_activations.exposed_offload_s(one_way, fwd_s)
+            + offload_activations.exposed_offload_s(one_way, bwd_s))

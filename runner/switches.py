@@ -1,0 +1,62 @@
+"""The memory switches (loss, kernels, activation offload, FSDP version) in each target library's words.
+
+- Hugging Face Trainer: `use_liger_kernel` with `liger_kernel_config` (transformers/training_args.py:
+  kwargs of Liger's `_apply_liger_kernel_to_instance`: rope, swiglu, rms_norm, cross_entropy,
+  fused_linear_cross_entropy), `fsdp_config["version"]` (2 is transformers' default).
+- LLaMA-Factory: `enable_liger_kernel` (hparams/model_args.py), which applies Liger's RoPE, RMSNorm,
+  SwiGLU and fused linear cross-entropy together (model/model_utils/liger_kernel.py).
+- accelerate: `fsdp_version`, `fsdp_reshard_after_forward`, and with FSDP2 and activation checkpointing,
+  `fsdp_activation_checkpointing_offload` (accelerate/utils/fsdp_utils.py fsdp2_apply_ac: offload_wrapper,
+  i.e. save_on_cpu around each checkpointed layer).
+Neither the Trainer nor LLaMA-Factory has torchtune's chunked loss; DeepSpeed's `cpu_checkpointing` acts only
+on deepspeed.checkpointing (Megatron-style models), not on transformers' torch.utils.checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from planner.strategy import CrossEntropy, Kernels, TrainConfig
+
+
+def uses_liger(cfg: TrainConfig) -> bool:
+    return cfg.kernels is Kernels.liger or cfg.cross_entropy is CrossEntropy.fused
+
+
+def liger_kernel_config(cfg: TrainConfig) -> dict[str, bool]:
+    """Trainer `liger_kernel_config`: the kernels the plan chose, and the fused loss if it chose it."""
+    kernels = cfg.kernels is Kernels.liger
+    return {"rope": kernels, "swiglu": kernels, "rms_norm": kernels, "cross_entropy": False,
+            "fused_linear_cross_entropy": cfg.cross_entropy is CrossEntropy.fused}
+
+
+def trainer_arguments(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainingArguments keywords for the switches."""
+    if not uses_liger(cfg):
+        return {}
+    return {"use_liger_kernel": True, "liger_kernel_config": liger_kernel_config(cfg)}
+
+
+def trainer_cli_flags(cfg: TrainConfig) -> str:
+    """Flags for a Trainer script's command line (HfArgumentParser). `liger_kernel_config` is not parsed
+    from the command line (it is not among TrainingArguments._VALID_DICT_FIELDS), so a script that wants
+    part of Liger sets it in code; the flag alone applies Liger's defaults (all kernels and the fused loss)."""
+    return " --use_liger_kernel True" if uses_liger(cfg) else ""
+
+
+def llamafactory_arguments(cfg: TrainConfig) -> dict[str, Any]:
+    return {"enable_liger_kernel": True} if uses_liger(cfg) else {}
+
+
+def llamafactory_notes(cfg: TrainConfig) -> list[str]:
+    out = []
+    if uses_liger(cfg) and not (cfg.kernels is Kernels.liger and cfg.cross_entropy is CrossEntropy.fused):
+        out.append("LLaMA-Factory's enable_liger_kernel applies Liger's RMSNorm, SwiGLU, RoPE and fused loss "
+                   "together; the plan chose only part of them (its memory is for that part).")
+    if cfg.cross_entropy is CrossEntropy.chunked:
+        out.append("LLaMA-Factory has no chunked cross-entropy: the plan's chunked loss runs as the standard one "
+                   "here (more memory), or use --cross-entropy fused (enable_liger_kernel).")
+    if cfg.activation_offload:
+        out.append("LLaMA-Factory has no activation offloading: `ftplan run` applies it (save_on_cpu), or plan "
+                   "without --activation-offload.")
+    return out

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Written by ftplan for <PLAN> (full llama-3-8b on 8xH100: 1 node(s) x 8 processes).
+#
+# Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER]
+#   LAUNCHER: ftplan (default: `ftplan run` starts the launcher itself), torchrun, accelerate, llamafactory
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+: "${MODEL_PATH:?set MODEL_PATH to the model directory}"
+: "${DATA:?set DATA to the training data file}"
+NNODES="${NNODES:-1}"
+NODE_RANK="${NODE_RANK:-0}"
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+MASTER_PORT="${MASTER_PORT:-29500}"
+if [ "$NNODES" != "1" ]; then echo "this plan is for 1 node(s), NNODES=$NNODES" >&2; exit 2; fi
+export NNODES NODE_RANK MASTER_ADDR MASTER_PORT
+
+case "${1:-ftplan}" in
+  ftplan)
+    exec ftplan run "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+  torchrun)
+    exec torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+  accelerate)
+    exec accelerate launch --config_file "$HERE/accelerate.yaml" --num_machines "$NNODES" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" -m runner.train "$HERE/plan.json" --model-path "$MODEL_PATH" --data "$DATA" ;;
+  llamafactory)
+    exec accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" src/train.py "$HERE/llamafactory.yaml" ;;
+  *) echo "unknown launcher: $1" >&2; exit 2 ;;
+esac
+
+# The same plan with your own training script:
+#   torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 train.py --use_liger_kernel True  # your DDP/FSDP script
+#   accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" train.py  # accelerate script

@@ -1,0 +1,201 @@
+"""Published peak GPU memory of real fine-tuning runs, each with its source, switches and unit.
+
+Every case names the framework, the page (and table) it comes from, the switches as the source states
+them, how the number was taken (`kind`) and its unit. `kind` decides which part of ftplan's peak is
+compared: "allocated" / "active" (torch.cuda.max_memory_allocated, memory_stats active_bytes) exclude
+the CUDA context and the allocator's cache; "nvidia-smi" / "unstated" include both (the whole process
+as the device sees it). GB = 1e9 bytes, GiB = 2**30; a source that prints "GB" from nvidia-smi's MiB
+is GiB and says so below. `oom` cases are labels: the source reports an out-of-memory failure.
+
+Only measurements: LLaMA-Factory's README hardware table is an estimate (not used). Each case maps the
+source's switches onto a planner configuration as stated; where the source's framework runs something
+the planner does not model, the case's `unmodelled` says what (those are strict xfails when outside the
+15% bar, and count in the statistics all the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from planner.build import build_config
+from planner.models import spec_from_hf_config
+from planner.strategy import (
+    Attn,
+    CrossEntropy,
+    FsdpStrategy,
+    GradCkpt,
+    Method,
+    Offload,
+    Optimizer,
+    Precision,
+    Quant,
+    TrainConfig,
+)
+
+GB, GiB = 1e9, 2**30
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublishedPeak:
+    id: str
+    framework: str
+    source: str  # page and table
+    switches: str  # the run's settings as the source states them
+    kind: str  # allocated | active | reserved | nvidia-smi | unstated
+    unit: float  # GB or GiB, in bytes
+    measured: float | None  # in `unit`; None for an out-of-memory label
+    build: dict[str, Any]  # build_config keyword arguments
+    hf_config: dict[str, Any] | None = None  # a model outside the catalog, as its config.json
+    unmodelled: str = ""  # what the framework does that the planner does not model
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def oom(self) -> bool:
+        return self.measured is None
+
+    def config(self) -> TrainConfig:
+        kw = dict(self.build)
+        dropout = kw.pop("lora_dropout", None)
+        cfg = build_config(**kw, check=self.hf_config is None)
+        if self.hf_config is not None:
+            cfg = replace(cfg, model=spec_from_hf_config(self.hf_config, name=self.id.split(":")[0]))
+        return cfg if dropout is None else replace(cfg, lora_dropout=dropout)
+
+
+# --- litgpt (Lightning-AI/litgpt tutorials/resource-tables.md, "Finetuning with LoRA on 1 GPU") -------
+# A100-SXM4-40GB, --precision bf16-true, finetune/lora.py defaults of commit 8641822: LoRA r=8, alpha=16,
+# dropout 0.05 on the query and value projections only (4,194,304 trainable parameters for Llama 2 7B =
+# 32 x 2 x 8 x (4096 + 4096), as the table's column shows), AdamW, no activation checkpointing, SDPA;
+# the first iteration uses the longest Alpaca sample (1,304 Llama 2 tokens: `longest_seq_ix` in
+# get_batch), so the peak is at sequence 1,304. "Max GPU RAM" is torch.cuda.max_memory_allocated()/1e9.
+# The loss is litgpt's chunked_cross_entropy (128-token chunks), on the bf16 logits.
+_LITGPT = dict(gpus="1xA100-40G", method=Method.lora, lora_r=8, lora_alpha=16, lora_targets="q_proj,v_proj",
+               precision=Precision.bf16_true, seq_len=1304, attn=Attn.sdpa, cross_entropy=CrossEntropy.chunked)
+_LITGPT_SRC = "litgpt tutorials/resource-tables.md (10/20/2023), LoRA on 1 GPU"
+
+
+def _litgpt(size: str, quant: str, mb: int, measured: float | None) -> PublishedPeak:
+    model = {"7B": "llama-2-7b", "13B": "llama-2-13b"}[size]
+    build: dict[str, Any] = {**_LITGPT, "model": model, "micro_batch": mb}
+    if quant != "none":
+        build.update(method=Method.qlora, quant=Quant.nf4, double_quant=quant == "nf4-dq")
+    return PublishedPeak(
+        id=f"litgpt:{size}-{quant}-mb{mb}", framework="litgpt", source=_LITGPT_SRC,
+        switches=f"Llama 2 {size}, LoRA q,v r8, bf16-true, micro-batch {mb}, quantization {quant}, seq 1304",
+        kind="allocated", unit=GB, measured=measured, build=build,
+        notes="bnb.nf4 rows: litgpt quantizes the linears with bitsandbytes (Linear4bit); the LM head stays "
+              "16-bit here")
+
+
+LITGPT = [
+    _litgpt("7B", "none", 1, 21.30), _litgpt("7B", "nf4", 1, 14.14), _litgpt("7B", "nf4-dq", 1, 13.84),
+    _litgpt("7B", "none", 2, 29.07), _litgpt("7B", "none", 4, None),
+    _litgpt("13B", "none", 1, 38.12), _litgpt("13B", "nf4", 1, 23.14), _litgpt("13B", "nf4-dq", 1, 22.55),
+    _litgpt("13B", "none", 2, None), _litgpt("13B", "none", 4, None),
+]
+
+# --- torchtune (pytorch/torchtune README.md, "Optimization flags") ---------------------------------------
+# Recipe full_finetune_single_device / lora_finetune_single_device, Llama 3.2 3B, batch size 2, max sequence
+# 4096, dataset packed (so every sequence is 4096 tokens), bf16 (torchtune's dtype: bf16 weights and
+# optimizer states), A100 (80 GB), no gradient accumulation; each row adds one technique to the previous.
+# "Peak Memory Active (GiB)" = torch.cuda.memory_stats()["active_bytes.all.peak"]. The unpacked baseline
+# row (25.5 GiB) depends on the data's lengths and is not used; the rows after "fuse optimizer step into
+# backward" need optimizer_in_bwd, which the planner does not model, except LoRA and QLoRA, which the
+# README says do not use it. LoRA: llama3_2/3B_lora_single_device.yaml, rank 64, alpha 128, dropout 0,
+# on q, v, output projections and the MLP.
+_TT = dict(model="llama-3.2-3b", gpus="1xA100-80G", precision=Precision.bf16_true, micro_batch=2, seq_len=4096,
+           attn=Attn.sdpa, optimizer=Optimizer.adamw)
+_TT_SRC = "torchtune README.md, Optimization flags (Llama 3.2 3B, bs 2, seq 4096, A100)"
+_TT_LORA = dict(lora_r=64, lora_alpha=128, lora_targets="q_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+_COMPILE = "torch.compile (Inductor fuses pointwise ops and saves fewer intermediates)"
+
+
+def _tt(row: str, gib: float, unmodelled: str = "", **kw: Any) -> PublishedPeak:
+    return PublishedPeak(id=f"torchtune:{row}", framework="torchtune", source=_TT_SRC, switches=row, kind="active",
+                         unit=GiB, measured=gib, build={**_TT, **kw}, unmodelled=unmodelled)
+
+
+TORCHTUNE = [
+    _tt("full+packed", 60.0, method=Method.full),
+    _tt("full+packed+compile", 51.0, _COMPILE, method=Method.full),
+    _tt("full+packed+compile+chunked-ce", 42.9, _COMPILE, method=Method.full, cross_entropy=CrossEntropy.chunked),
+    _tt("full+packed+compile+chunked-ce+ac", 24.9, _COMPILE, method=Method.full, cross_entropy=CrossEntropy.chunked,
+        grad_ckpt=GradCkpt.full),
+    _tt("lora+packed+compile+chunked-ce+ac+offload", 8.5, _COMPILE, method=Method.lora, **_TT_LORA,
+        lora_dropout=0.0, cross_entropy=CrossEntropy.chunked, grad_ckpt=GradCkpt.full, activation_offload=True),
+    _tt("qlora+packed+compile+chunked-ce+ac+offload", 4.6, _COMPILE, method=Method.qlora, **_TT_LORA,
+        lora_dropout=0.0, cross_entropy=CrossEntropy.chunked, grad_ckpt=GradCkpt.full, activation_offload=True),
+]
+
+# --- Hugging Face Trainer / TRL + PEFT (huggingface/peft docs/source/accelerate/{deepspeed,fsdp}.md) -------
+# examples/sft/train.py (TRL SFTTrainer), Llama-2-70b-hf, ultrachat packed to 2048 tokens, bf16, gradient
+# checkpointing, flash_attention_2, LoRA r=8, alpha=16, dropout 0.1 on all linear layers. Memory "as seen in
+# the screenshot" of nvidia-smi; "64 GB (80%)" of an 80 GB H100 is 64 GiB of its 79.6 GiB, so GB = GiB.
+_PEFT = dict(model="llama-2-70b", lora_r=8, lora_alpha=16, seq_len=2048, grad_ckpt=GradCkpt.full, attn=Attn.flash,
+             precision=Precision.bf16_mixed)
+_QLORA = dict(method=Method.qlora, quant=Quant.nf4, double_quant=True)
+HF_PEFT = [
+    PublishedPeak(id="peft:70b-lora-zero3-8xH100", framework="HF Trainer + PEFT", kind="nvidia-smi", unit=GiB,
+                  source="peft docs accelerate/deepspeed.md, Memory usage", measured=64.0,
+                  switches="ZeRO-3 (accelerate, zero3_init), mb 8, ga 4, LoRA all-linear, 8xH100",
+                  build={**_PEFT, "gpus": "8xH100", "method": Method.lora, "zero": 3, "micro_batch": 8,
+                         "grad_accum": 4}),
+    PublishedPeak(id="peft:70b-qlora-zero3-2xA100-40G", framework="HF Trainer + PEFT", kind="unstated", unit=GiB,
+                  source="peft docs accelerate/deepspeed.md, QLoRA + ZeRO-3 Memory usage", measured=36.6,
+                  switches="ZeRO-3, bnb_4bit_quant_storage bf16, nested quant, mb 2, ga 2, 2x40GB",
+                  build={**_PEFT, **_QLORA, "gpus": "2xA100-40G", "zero": 3, "micro_batch": 2, "grad_accum": 2}),
+    PublishedPeak(id="peft:70b-qlora-fsdp-offload-2x24GB", framework="HF Trainer + PEFT", kind="unstated", unit=GiB,
+                  source="peft docs accelerate/fsdp.md, QLoRA + FSDP Memory usage", measured=19.6,
+                  switches="FSDP1 full shard, fsdp_offload_params, quant storage bf16, mb 2, ga 2, 2x24GB",
+                  build={**_PEFT, **_QLORA, "gpus": "2xRTX4090", "fsdp": FsdpStrategy.full_shard, "fsdp_version": 1,
+                         "offload": Offload.all, "micro_batch": 2, "grad_accum": 2}),
+    PublishedPeak(id="peft:70b-qlora-fsdp-2GPU", framework="HF Trainer + PEFT", kind="unstated", unit=GiB,
+                  source="peft docs accelerate/fsdp.md, QLoRA + FSDP Memory usage (offload disabled)",
+                  measured=35.6, switches="as above without CPU offloading (GPU type not stated)",
+                  build={**_PEFT, **_QLORA, "gpus": "2xA100-80G", "fsdp": FsdpStrategy.full_shard, "fsdp_version": 1,
+                         "micro_batch": 2, "grad_accum": 2}),
+    PublishedPeak(id="peft:70b-lora-fsdp-8xH100", framework="HF Trainer + PEFT", kind="nvidia-smi", unit=GiB,
+                  source="peft docs accelerate/fsdp.md, Memory usage", measured=72.0,
+                  switches="FSDP1 full shard, use_orig_params false, mb 8, ga 4, LoRA all-linear, 8xH100; "
+                           "72-80 GB, the top of the range while saving a FULL_STATE_DICT at the end",
+                  build={**_PEFT, "gpus": "8xH100", "method": Method.lora, "fsdp": FsdpStrategy.full_shard,
+                         "fsdp_version": 1, "micro_batch": 8, "grad_accum": 4}),
+]
+
+# --- Qwen (QwenLM/Qwen README.md, "Profiling of Memory and Speed") ---------------------------------------
+# finetune.py (HF Trainer + peft) with finetune_lora_single_gpu.sh: one A100-SXM4-80G, bf16, flash
+# attention 2, batch size 1, gradient accumulation 8, gradient checkpointing, LoRA r=64, alpha=16,
+# dropout 0.05 on c_attn, c_proj, w1, w2 (every linear of the block), sequence 256 ... 8192. Unit: "G",
+# how it was read is not stated. The models' config.json (Qwen/Qwen-7B, Qwen/Qwen-1_8B): QWen blocks are
+# Llama-shaped (RMSNorm, RoPE, SwiGLU of width intermediate_size / 2, qkv bias, untied head).
+# Qwen's own modeling code computes the loss on the bf16 logits (no fp32 upcast), which the planner's
+# standard cross-entropy upcasts.
+_QWEN7B = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 11008,
+           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+           "max_position_embeddings": 8192, "tie_word_embeddings": False}
+_QWEN1_8B = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5504,
+             "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+             "max_position_embeddings": 8192, "tie_word_embeddings": False}
+_QWEN = dict(model="qwen2.5-7b", gpus="1xA100-80G", method=Method.lora, lora_r=64, lora_alpha=16,
+             lora_dropout=0.05, precision=Precision.bf16_mixed, attn=Attn.flash, grad_ckpt=GradCkpt.full,
+             micro_batch=1, grad_accum=8)
+_QWEN_LOSS = "Qwen's modeling_qwen.py takes cross-entropy on the bf16 logits (no fp32 upcast)"
+
+
+def _qwen(size: str, seq: int, gb: float) -> PublishedPeak:
+    hf = {"7B": _QWEN7B, "1.8B": _QWEN1_8B}[size]
+    return PublishedPeak(
+        id=f"qwen-{size}:lora-seq{seq}", framework="Qwen finetune.py (HF Trainer + PEFT)", kind="unstated",
+        unit=GiB, measured=gb, source="QwenLM/Qwen README.md, Profiling of Memory and Speed (LoRA, 1 GPU)",
+        switches=f"Qwen-{size} LoRA r64 all linears, bf16, flash-attn 2, grad ckpt, bs 1, seq {seq}",
+        build={**_QWEN, "seq_len": seq}, hf_config=hf, unmodelled=_QWEN_LOSS if seq >= 4096 else "")
+
+
+QWEN = [_qwen("7B", s, g) for s, g in ((256, 20.1), (512, 20.4), (1024, 21.5), (2048, 23.8), (4096, 29.7),
+                                       (8192, 36.6))] + \
+       [_qwen("1.8B", s, g) for s, g in ((256, 6.7), (512, 7.4), (1024, 8.4), (2048, 11.0), (4096, 16.2),
+                                         (8192, 21.8))]
+
+CASES: list[PublishedPeak] = [*LITGPT, *TORCHTUNE, *HF_PEFT, *QWEN]

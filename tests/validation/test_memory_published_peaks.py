@@ -1,0 +1,103 @@
+"""ftplan's peak against published measured peaks of four frameworks (tests/validation/published_peaks.py).
+
+Tolerance: each case within ±15% (the issue's "90% within 15%" bar, applied per case); out-of-memory
+cases must be predicted not to fit, measured ones to fit. Aims over all measured cases: median |error|
+<= 8% and 90% within 15%. Cases outside the bar are strict xfails naming their cause; the aggregate is a
+strict xfail while the aims are not met, and prints the figures either way (run with -s).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from published_peaks import CASES, GiB, PublishedPeak
+
+from planner.estimate import estimate
+
+NOT_ALLOCATED = ("CUDA context and workspaces", "allocator reserve")
+TOLERANCE = 0.15
+
+_COMPILE = ("torch.compile: Inductor's partitioner saves fewer intermediates, and torchtune compiles the "
+            "chunked loss so each chunk keeps its bf16 logits instead of an fp32 log_softmax; ftplan models eager")
+_OLD_BNB = ("bitsandbytes 0.41.1 (litgpt's run) saved every quantized linear's input for backward "
+            "(MatMul4Bit: ctx.tensors = (A, B)); the installed 0.50 saves none, which is what ftplan models")
+_NVSMI = ("not identified: ftplan is low on every Hugging Face Trainer run read from nvidia-smi or an "
+          "unstated tool (allocator cache beyond the modelled 5%, or switches the page does not state)")
+XFAIL: dict[str, str] = {
+    "torchtune:full+packed+compile+chunked-ce": _COMPILE,
+    "torchtune:full+packed+compile+chunked-ce+ac": _COMPILE,
+    "torchtune:lora+packed+compile+chunked-ce+ac+offload": _COMPILE,
+    "torchtune:qlora+packed+compile+chunked-ce+ac+offload": _COMPILE,
+    "litgpt:7B-nf4-mb1": _OLD_BNB, "litgpt:7B-nf4-dq-mb1": _OLD_BNB,
+    "litgpt:13B-nf4-mb1": _OLD_BNB, "litgpt:13B-nf4-dq-mb1": _OLD_BNB,
+    "peft:70b-lora-zero3-8xH100": _NVSMI, "peft:70b-qlora-zero3-2xA100-40G": _NVSMI,
+    "peft:70b-qlora-fsdp-offload-2x24GB": _NVSMI, "peft:70b-lora-fsdp-8xH100": _NVSMI,
+    **{f"qwen-1.8B:lora-seq{s}": _NVSMI for s in (256, 512, 1024, 2048, 4096)},
+}
+
+
+def planner_bytes(case: PublishedPeak) -> tuple[float, bool]:
+    """ftplan's figure comparable with the case's reading, and whether ftplan says it fits."""
+    est = estimate(case.config(), timed=False)
+    mem = est.memory
+    total = mem.total
+    if case.kind in ("allocated", "active"):
+        total -= sum(mem.other_items.get(k, 0.0) for k in NOT_ALLOCATED)
+    return total, est.fits
+
+
+def deviation(case: PublishedPeak) -> float:
+    pred, _ = planner_bytes(case)
+    return pred / (case.measured * case.unit) - 1.0
+
+
+MEASURED = [c for c in CASES if not c.oom]
+
+
+def _marks(case: PublishedPeak) -> list:
+    cause = XFAIL.get(case.id)
+    return [pytest.mark.xfail(strict=True, reason=cause)] if cause else []
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=_marks(c)) for c in MEASURED])
+def test_measured_peak(case: PublishedPeak) -> None:
+    pred, fits = planner_bytes(case)
+    dev = pred / (case.measured * case.unit) - 1.0
+    print(f"[published peak] {case.framework} | {case.id}: measured {case.measured * case.unit / GiB:.2f} GiB "
+          f"({case.kind}), ftplan {pred / GiB:.2f} GiB, deviation {dev:+.1%}")
+    assert fits, "the run was measured, so it fit"
+    assert abs(dev) <= TOLERANCE
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.oom], ids=lambda c: c.id)
+def test_out_of_memory_label(case: PublishedPeak) -> None:
+    _, fits = planner_bytes(case)
+    assert not fits
+
+
+def summary() -> dict[str, tuple[float, float, int]]:
+    """framework -> (median |deviation|, worst |deviation|, cases); "all" for every measured case."""
+    devs: dict[str, list[float]] = {}
+    for case in MEASURED:
+        devs.setdefault(case.framework, []).append(abs(deviation(case)))
+    devs["all"] = [d for v in devs.values() for d in v]
+    return {k: (statistics.median(v), max(v), len(v)) for k, v in devs.items()}
+
+
+def test_set_covers_four_frameworks_and_25_peaks() -> None:
+    assert len(MEASURED) >= 25
+    assert len({c.framework for c in MEASURED}) >= 4
+    assert all(c.source and c.switches and c.kind and c.unit in (1e9, 2**30) for c in CASES)
+
+
+@pytest.mark.xfail(strict=True, reason="aims not met yet: see the per-case xfails for the causes")
+def test_aims_median_8_percent_and_90_percent_within_15() -> None:
+    stats = summary()
+    for framework, (median, worst, n) in stats.items():
+        print(f"[published peaks] {framework}: {n} cases, median |error| {median:.1%}, worst {worst:.1%}")
+    errors = sorted(abs(deviation(c)) for c in MEASURED)
+    within = sum(e <= TOLERANCE for e in errors) / len(errors)
+    p90 = errors[min(len(errors) - 1, int(0.9 * len(errors)))]
+    print(f"[published peaks] all: 90th percentile |error| {p90:.1%}, {within:.0%} within 15%")
+    assert stats["all"][0] <= 0.08 and within >= 0.90
