@@ -149,11 +149,19 @@ def _write_outputs(cfg: TrainConfig, opts: Any, src: Any, tokenizer: Any, summar
     from runner.train import RUN_INFO_FILE
 
     tokenizer.save_pretrained(str(opts.output))
-    from planner.memory import memory_per_gpu
     from planner.timing import step_time
+    from runner.summary import predicted_memory
 
-    summary["predicted_peak_memory_bytes"] = memory_per_gpu(cfg).total
+    pred = predicted_memory(cfg)
+    summary["predicted_peak_memory_bytes"] = pred.total_bytes
     summary["predicted_tokens_per_s"] = step_time(cfg).tokens_per_s
+    # the keys of runner.summary, so that `ftplan run` prints the same memory row as for pt / sft
+    summary["device"] = cfg.cluster.gpu.name
+    summary["peak_tensor_bytes_predicted"] = pred.tensor_bytes
+    if "measured_peak_tensor_bytes" in summary:
+        summary["peak_tensor_bytes_measured"] = summary["measured_peak_tensor_bytes"]
+        summary["peak_tensor_source"] = "FTPLAN_TRACK_TENSORS=1, from the loaded models on"
+        summary["peak_tensor_steps"] = summary["steps"]
     summary = {k: v for k, v in summary.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value,
