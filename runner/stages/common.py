@@ -107,6 +107,11 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     return summary
 
 
+def _tokens_per_s(state: Any) -> float:
+    runtime = sum(h.get("train_runtime", 0.0) for h in state.log_history)
+    return state.num_input_tokens_seen / runtime if runtime else 0.0
+
+
 def _last(rows: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in rows if key in r]
     return vals[-1] if vals else None
@@ -124,7 +129,8 @@ def _summary(cfg: TrainConfig, trainer: Any, result: Any, callback: Any, eval_me
         "resumed_from_step": int(CHECKPOINT_RE.match(resume_from.name).group(1)) if resume_from else 0,
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
-        "measured_tokens_per_s": callback.tokens_total / callback.time_total if callback.time_total else 0.0,
+        # unpadded tokens per second over the run, from the steps metrics.jsonl logged (rank 0's view of all ranks)
+        "measured_tokens_per_s": _tokens_per_s(trainer.state),
         "measured_peak_memory_bytes": mt.peak_memory_bytes(on_cuda),
         "world_size": world,
     }
