@@ -26,7 +26,8 @@ def _plan_on_the_fly(model: str, gpus: str, method: Method, stage: Stage, seq_le
     base = build_config(model=model, gpus=gpus, method=method, seq_len=seq_len, stage=stage)
     space = SearchSpace(methods=(method,), tps=(1,), pps=(1,))
     if base.cluster.gpu.name == "CPU":
-        # bitsandbytes optimizers and FlashAttention-2 need CUDA; TP/PP are not run by the Trainer-based runner
+        # torch's AdamW (bitsandbytes' optimizers run on the CPU too, but are the user's choice through a plan),
+        # sdpa (FlashAttention-2 needs CUDA); TP/PP are not run by the Trainer-based runner
         space = replace(space, optimizers=(Optimizer.adamw,), attns=(Attn.sdpa,))
     from planner.runnable import runnable
 
@@ -75,6 +76,8 @@ def run(
     modules_to_save: Annotated[
         str, typer.Option(help="Comma-separated modules trained in full beside LoRA (embed_tokens,lm_head).")] = "",
     seed: Annotated[int, typer.Option(help="Random seed (data order, LoRA init, eval split).")] = 42,
+    dpo_beta: Annotated[
+        float, typer.Option(help="--stage dpo: beta, how far the policy may move from the reference.")] = 0.1,
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Plan on the fly: model name or directory (default: --model-path)."),
@@ -94,7 +97,7 @@ def run(
                       warmup_steps=warmup_steps, data_format=data_format, template=template,
                       neftune_alpha=neftune_alpha, rope_scaling=rope_scaling,
                       modules_to_save=tuple(m for m in modules_to_save.split(",") if m), seed=seed,
-                      calibration=calibration)
+                      dpo_beta=dpo_beta, calibration=calibration)
     if plan is None and gpus is None:
         raise PlanError("give PLAN.json, or --gpus (with --model or --model-path) to plan on the fly")
     if plan is not None and gpus is not None:

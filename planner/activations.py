@@ -152,3 +152,31 @@ def logits_bytes_per_token(m: ModelSpec, *, act_bytes: int, t: int = 1) -> float
     (transformers/loss/loss_utils.py ForCausalLMLoss; vocab-parallel cross-entropy splits V by t.)"""
     v = m.vocab_size / t
     return 12 * v
+
+
+# trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE and trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE (TRL 1.16)
+TRL_TOKEN_TILE = 4096
+TRL_VOCAB_TILE = 32768
+# fp32 tile-sized tensors live at once in the torch fallback of the backward (`_backward_tile`): y, z, log_p,
+# p and grad, plus two transients of `grad += g * (is_target.float() - p)` (CPython frees each operand once
+# consumed); and the bool `is_target`. Counted from the code and seen in a traced CPU run (7 x [508, 8192] fp32)
+_TRL_FALLBACK_FP32_TILES = 7
+
+
+def trl_logprob_head_bytes(m: ModelSpec, *, tokens: int, compute_bytes: int, triton: bool, head_trains: bool,
+                           t: int = 1) -> float:
+    """Peak bytes of the LM head under TRL's DPOTrainer, which never materializes the logits: its fused head
+    (trl/trainer/utils.py add_fused_lm_head -> ChunkedLogProbFunction) projects tiles of at most 4096 tokens
+    x 32768 vocabulary entries into one buffer allocated at the full [min(N, 4096), 32768] width in the compute
+    dtype, folding each tile into per-token fp32 statistics; backward re-projects each tile and accumulates the
+    hidden-state gradient (N x h) and, when the head trains, the weight gradient (V x h) in fp32. On CUDA the
+    Triton kernels work inside the tile; the torch fallback (the CPU) adds seven fp32 tile-sized tensors and a
+    bool mask. N = tokens of the micro-batch (chosen + rejected); bytes, per GPU."""
+    rows = min(tokens, TRL_TOKEN_TILE)
+    cols = min(m.vocab_size / t, TRL_VOCAB_TILE)
+    total = rows * TRL_VOCAB_TILE * compute_bytes + 4.0 * tokens * m.hidden_size
+    if head_trains:
+        total += 4.0 * m.vocab_size / t * m.hidden_size
+    if not triton:
+        total += rows * cols * (4 * _TRL_FALLBACK_FP32_TILES + 1)
+    return total

@@ -165,8 +165,10 @@ def flops_per_token(m: ModelSpec, tr: Training, *, layers: float | None = None, 
 
 
 def tokens_per_sample(cfg: TrainConfig) -> int:
-    """DPO scores a chosen and a rejected answer per sample: twice the tokens through the model."""
-    return cfg.seq_len * (2 if cfg.stage is Stage.dpo else 1)
+    """DPO and reward modelling score a chosen and a rejected answer per sample: twice the tokens through the
+    model (TRL's preference collators stack both halves into one batch: trl/trainer/dpo_trainer.py and
+    reward_trainer.py DataCollatorForPreference, `input_ids = chosen + rejected`)."""
+    return cfg.seq_len * (2 if cfg.stage in (Stage.dpo, Stage.rm) else 1)
 
 
 def model_flops_per_token(cfg: TrainConfig) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from planner import engines
 from planner import memory_knobs as knobs
-from planner.activations import LayerTraining, hf_layer_bytes_per_token
+from planner.activations import LayerTraining, hf_layer_bytes_per_token, trl_logprob_head_bytes
 from planner.calibration import DEFAULT, Calibration
 from planner.compute import tokens_per_sample
 from planner.engines import parallel
@@ -99,7 +99,11 @@ def weight_bytes(cfg: TrainConfig, sp: StageParams, n: int) -> float:
     weights = sp.trainable * trainable_w_bytes + (frozen - sp.quantized) * frozen_w_bytes + sp.quantized * q_bytes
     sixteen_bit_weights = sixteen_bit_weight_bytes(cfg, sp)
     if cfg.stage is Stage.dpo and cfg.method is Method.full:
-        weights += sixteen_bit_weights  # TRL's frozen reference model (peft reuses the base with adapters off)
+        # TRL's frozen reference model (peft reuses the base with adapters off) in the policy's dtype:
+        # DPOTrainer builds it with dtype=model.dtype (trl/trainer/dpo_trainer.py, ref_model_init_kwargs),
+        # so fp32 under DDP/FSDP mixed precision, where the policy holds fp32 masters, and DeepSpeed casts it
+        # to 16 bits with the engine (trl prepare_deepspeed). Measured: 2xCPU fp32 full DPO, see README.
+        weights += sp.total * trainable_w_bytes
     if cfg.stage is Stage.ppo:
         # actor and critic train, reference and reward models are frozen (TRL PPO); with peft the
         # reference is the base with adapters off and the critic is a value head on the actor.
@@ -136,10 +140,12 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     recomputed layer outweighs it: the two are never live together). Liger's kernels save less per layer."""
     m = cfg.model
     e = activation_dtype_bytes(cfg.precision)
-    tokens = cfg.micro_batch * tokens_per_sample(cfg)  # DPO: chosen + rejected
+    tokens = cfg.micro_batch * tokens_per_sample(cfg)  # DPO, RM: chosen + rejected
     lora_targets = frozenset(resolve_lora_targets(m, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
-    train = LayerTraining(weights=cfg.method is Method.full, lora_targets=lora_targets,
-                          lora_dropout=cfg.lora_dropout > 0)
+    # TRL's RewardTrainer and DPOTrainer set every dropout to p=0 (disable_dropout=True by default,
+    # trl/trainer/utils.py disable_dropout_in_model), LoRA's included: no dropout copy is saved
+    dropout = cfg.lora_dropout > 0 and cfg.stage not in (Stage.rm, Stage.dpo)
+    train = LayerTraining(weights=cfg.method is Method.full, lora_targets=lora_targets, lora_dropout=dropout)
     per_layer = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                           t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
                                           recompute=cfg.grad_ckpt) - knobs.kernel_saving_per_token(cfg, e)) * tokens
@@ -160,6 +166,10 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
             cfg.tp if cfg.sequence_parallel else 1)
         items["logits and loss"] = knobs.head_loss_bytes(cfg, tokens, e, grad_dtype_bytes(cfg.precision)) \
             + final_norm * tokens
+        if cfg.stage is Stage.dpo:  # TRL's chunked log-prob head instead of logits + cross-entropy
+            items["logits and loss"] = final_norm * tokens + trl_logprob_head_bytes(
+                m, tokens=tokens, compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU", t=cfg.tp,
+                head_trains=cfg.method is Method.full and sp.trainable > 0)
     # The last layer is recomputed only after the loss and LM-head backward have freed the logits buffers,
     # so the recomputed layer and "logits and loss" are never live together: the backward peak holds the
     # larger of the two (seen in the profiler's dry run of Llama-2-7B with checkpointing).

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from planner.strategy import Engine, Method, Offload, Optimizer, PipeSchedule, Quant, Stage, TrainConfig
+from planner.runnable_stages import PPO_REFUSAL, TRL_STAGES
+from planner.strategy import Engine, Method, Offload, Optimizer, PipeSchedule, Stage, TrainConfig
 
 # decoder layers with Llama's interface (hidden states in and out, rotary embeddings from the model's rotary_emb)
 PIPELINE_LAYER_CLASSES = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "MixtralDecoderLayer")
@@ -26,19 +27,12 @@ PIPELINE_LAYER_CLASSES = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2Deco
 Rule = tuple[str, Callable[[TrainConfig], bool]]  # (why the runner does not run it, when the rule applies)
 
 
-def _cpu(cfg: TrainConfig) -> bool:
-    return cfg.cluster.gpu.name == "CPU"
-
-
 RULES: tuple[Rule, ...] = (
-    # stages
-    ("stage '{stage}' is not run by ftplan run (pt and sft are)",
-     lambda c: c.stage not in (Stage.pt, Stage.sft)),
-    # bitsandbytes on a plan for the CPU device
-    ("optimizer {optimizer} runs on bitsandbytes' CUDA kernels; a CPU plan runs adamw or sgd",
-     lambda c: _cpu(c) and c.optimizer not in (Optimizer.adamw, Optimizer.sgd)),
-    ("{method} with {quant} weights needs bitsandbytes' CUDA kernels; a CPU plan runs lora or full",
-     lambda c: _cpu(c) and c.quant is not Quant.none),
+    # stages (planner/runnable_stages.py): pt / sft through the Trainer, rm / dpo through TRL's trainers with every
+    # method and optimizer (bitsandbytes' NF4 layers and 8-bit / paged optimizers run on its CPU backend too)
+    (PPO_REFUSAL, lambda c: c.stage is Stage.ppo),
+    ("stage '{stage}' runs through TRL's trainers, which take data parallelism only (DDP, FSDP, DeepSpeed ZeRO): "
+     "re-plan with --tp 1 --pp 1", lambda c: c.stage in TRL_STAGES and (c.tp > 1 or c.pp > 1)),
     # tensor parallelism: DeepSpeed AutoTP through the Trainer
     ("TP with LoRA: DeepSpeed AutoTP shards the layers after peft wrapped them and ZeRO's parameter map then "
      "fails (KeyError in stage_1_and_2 _create_param_mapping); TP runs full fine-tuning",

@@ -18,6 +18,7 @@ from planner.params import (
     head_params,
     layer_params,
     lora_params,
+    norm_params,
     quantizable_params,
     total_params,
 )
@@ -97,7 +98,9 @@ def stage_params(cfg: TrainConfig, *, first: bool) -> StageParams:
     if has_embedding:
         total += embedding_params(m) / t
     if has_head:
-        total += head_params(m) / t
+        # a reward model (AutoModelForSequenceClassification) ends in a 1-output `score` (h weights) instead of
+        # the LM head (transformers' LlamaForSequenceClassification; TRL's RewardTrainer)
+        total += (norm_params(m) + m.hidden_size if cfg.stage is Stage.rm else head_params(m)) / t
     frozen_layers = min(cfg.freeze_layers, m.num_layers)
     if cfg.method is Method.full:
         trainable = total
@@ -111,8 +114,8 @@ def stage_params(cfg: TrainConfig, *, first: bool) -> StageParams:
         trainable = layers * lora_params(m, cfg.lora_r, cfg.lora_targets) / m.num_layers / t
         trainable_layers = layers
         quantized = layers * quantizable_params(m) / m.num_layers / t if cfg.quant is not Quant.none else 0.0
-    if cfg.stage is Stage.rm and has_head:
-        trainable += m.hidden_size  # the value head (v_head / score), trained in every method
+    if cfg.stage is Stage.rm and has_head and cfg.method is not Method.full:
+        trainable += m.hidden_size  # the score head trains beside the adapters (peft SEQ_CLS modules_to_save)
     return StageParams(total=total, trainable=trainable, quantized=quantized, layers=layers,
                        trainable_layers=trainable_layers, has_head=has_head, has_embedding=has_embedding)
 
@@ -148,15 +151,17 @@ class ParamCounts:
 @lru_cache(maxsize=1024)
 def param_counts(m: ModelSpec, adapter: Adapter, stage: Stage) -> ParamCounts:
     """Full fine-tuning trains everything but the frozen first layers and the embedding (--freeze-layers);
-    LoRA trains its adapters (Hu et al. 2021); a reward model also trains its value head (h weights)."""
+    LoRA trains its adapters (Hu et al. 2021); a reward model also trains its score head (h weights)."""
     total = total_params(m)
+    if stage is Stage.rm:  # the 1-output score head replaces the LM head (see stage_params)
+        total += norm_params(m) + m.hidden_size - head_params(m)
     if adapter.method is Method.full:
         trainable = total
         if adapter.freeze_layers:
             trainable -= min(adapter.freeze_layers, m.num_layers) * layer_params(m) + embedding_params(m)
     else:
         trainable = lora_params(m, adapter.lora_r, adapter.lora_targets)
-    if stage is Stage.rm:
+    if stage is Stage.rm and adapter.method is not Method.full:
         trainable += m.hidden_size
     quantized = quantizable_params(m) if adapter.quant is not Quant.none else 0
     return ParamCounts(total=total, trainable=trainable, quantized=quantized)

@@ -111,8 +111,13 @@ def speed_rows(s: dict[str, Any]) -> list[Row]:
 def summary_rows(s: dict[str, Any]) -> list[Row]:
     rows = memory_rows(s) + speed_rows(s)
     if "eval_loss" in s:
-        rows += [Row(quantity="eval loss", measured=f"{s['eval_loss']:.4f}", predicted=""),
-                 Row(quantity="eval perplexity", measured=f"{s['eval_perplexity']:.2f}", predicted="")]
+        rows.append(Row(quantity="eval loss", measured=f"{s['eval_loss']:.4f}", predicted=""))
+    if "eval_perplexity" in s:  # not for rm / dpo, whose losses are no token cross-entropy
+        rows.append(Row(quantity="eval perplexity", measured=f"{s['eval_perplexity']:.2f}", predicted=""))
+    for key, label in (("final_reward_accuracy", "reward accuracy (last step)"),
+                       ("eval_reward_accuracy", "eval reward accuracy"), ("eval_reward_margin", "eval reward margin")):
+        if key in s:
+            rows.append(Row(quantity=label, measured=f"{s[key]:.3f}", predicted=""))
     return rows
 
 

@@ -1,8 +1,8 @@
 """Write every file a plan needs, atomically, and read plan.json back.
 
 `emit` writes plan.json (the whole estimate, `planner.estimate.estimate_to_dict`, plus the batch arithmetic),
-ds_config.json and ds_config.trainer.json (DeepSpeed plans), accelerate.yaml, launch.sh and
-llamafactory.yaml into a directory: all or nothing (`planner.atomic.atomic_files`), never over existing
+ds_config.json and ds_config.trainer.json (DeepSpeed plans), bnb_config.json (QLoRA plans), accelerate.yaml,
+launch.sh and llamafactory.yaml into a directory: all or nothing (`planner.atomic.atomic_files`), never over existing
 files unless `force`. `load_plan` turns plan.json back into a validated TrainConfig for every command.
 """
 
@@ -25,6 +25,7 @@ from planner.validity import problems
 from runner import launch as ln
 from runner.llamafactory import build_llamafactory_config
 from runner.llamafactory import notes as llamafactory_notes
+from runner.quant import BNB_CONFIG_FILE, bnb_config_dict
 
 PLAN_FORMAT = "ftplan-plan/1"
 
@@ -65,6 +66,9 @@ def render_files(est: Estimate, out_dir: Path) -> dict[str, str]:
     files[ln.ACCELERATE_FILE] = _yaml(build_accelerate_config(cfg, ds_config_file=str(where / ln.DS_CONFIG_FILE)),
                                       [f"accelerate config for {cfg} (written by ftplan)"])
     files[ln.LAUNCH_FILE] = ln.launch_script(cfg)
+    bnb = bnb_config_dict(cfg)
+    if bnb is not None:  # QLoRA: transformers.BitsAndBytesConfig(**this), with FSDP's bnb_4bit_quant_storage
+        files[BNB_CONFIG_FILE] = _json(bnb)
     lf = build_llamafactory_config(cfg, model_path=_model_path(cfg),
                                    ds_config_path=str(where / ln.DS_TRAINER_CONFIG_FILE))
     files[ln.LLAMAFACTORY_FILE] = _yaml(lf, [f"LLaMA-Factory config for {cfg} (written by ftplan)",

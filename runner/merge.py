@@ -36,15 +36,24 @@ def merge(adapter: Path, output: Path, *, model_path: Path | None = None, force:
     if output.exists() and any(output.iterdir()) and not force:
         raise PlanError(f"--output {output} is not empty; pass --force to replace it")
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from runner.model import model_source
 
     src = model_source(base_model_of(adapter, model_path))
-    kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
-    base = AutoModelForCausalLM.from_pretrained(str(src.directory), dtype="auto", **kwargs)
+    kwargs: dict = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    # a reward model's adapter (peft task SEQ_CLS, `ftplan run --stage rm`) carries its trained `score` head
+    # and merges into the sequence-classification model with one output; the others into the causal LM
+    seq_cls = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("task_type") == "SEQ_CLS"
+    if seq_cls:
+        kwargs["num_labels"] = 1
+    auto = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
+    base = auto.from_pretrained(str(src.directory), dtype="auto", **kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))
+    if seq_cls:
+        # the score is read at the last non-padding token, so the merged model needs the run's pad token id
+        merged.config.pad_token_id = tokenizer.pad_token_id
     # written beside the destination, then renamed into place: a failure leaves no half-written model
     output.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))

@@ -31,6 +31,16 @@ def peak_memory_bytes(on_cuda: bool) -> int:
     return int(kib if sys.platform == "darwin" else kib * 1024)
 
 
+# TRL's per-step preference metrics (trl/trainer/dpo_trainer.py `_compute_loss`, reward_trainer.py
+# `compute_loss`): the share of pairs whose chosen answer scores above the rejected one, and the mean gap
+REWARD_LOG_KEYS = {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin",
+                   "accuracy": "reward_accuracy", "margin": "reward_margin"}
+
+
+def reward_metrics(logs: dict[str, Any]) -> dict[str, float]:
+    return {ours: float(logs[theirs]) for theirs, ours in REWARD_LOG_KEYS.items() if theirs in logs}
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -109,12 +119,14 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
             row = {**self.pending, "loss": float(logs["loss"]), "lr": float(logs.get("learning_rate", 0.0))}
             if "grad_norm" in logs:
                 row["grad_norm"] = float(logs["grad_norm"])
+            row.update(reward_metrics(logs))
             self.pending = {}
             if is_main:
                 with path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 if self.tb is not None:
-                    for key in ("loss", "lr", "tokens_per_s", "mfu", "peak_memory_bytes", "grad_norm"):
+                    for key in ("loss", "lr", "tokens_per_s", "mfu", "peak_memory_bytes", "grad_norm",
+                                "reward_accuracy", "reward_margin"):
                         if key in row:
                             self.tb.add_scalar(f"train/{key}", row[key], row["step"])
                 if self.progress is not None:

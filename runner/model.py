@@ -10,7 +10,7 @@ from typing import Any
 
 from planner import rope as planner_rope
 from planner.errors import PlanError
-from planner.strategy import Attn, Method, Precision, Quant, TrainConfig
+from planner.strategy import Attn, Method, Precision, TrainConfig
 
 # transformers' names for the attention kernels (modeling_utils.py, `ALL_ATTENTION_FUNCTIONS`)
 _ATTN_IMPL = {Attn.eager: "eager", Attn.sdpa: "sdpa", Attn.flash: "flash_attention_2"}
@@ -23,6 +23,9 @@ class ModelOptions:
     modules_to_save: tuple[str, ...] = ()
     rope_scaling: str | None = None  # "linear:2.0": RoPE type and factor
     on_cuda: bool = False
+    # "CAUSAL_LM": AutoModelForCausalLM; "SEQ_CLS": AutoModelForSequenceClassification with one label, the
+    # scalar head of a reward model (peft TaskType names; peft trains and saves the `score` head with LoRA)
+    task: str = "CAUSAL_LM"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -91,23 +94,10 @@ def load_dtype(cfg: TrainConfig, on_cuda: bool) -> Any:
 
 
 def _quantization(cfg: TrainConfig, on_cuda: bool) -> Any:
-    if cfg.quant is Quant.none:
-        return None
-    if not on_cuda:
-        raise PlanError(f"{cfg.method.value} with {cfg.quant.value} weights needs a CUDA GPU (bitsandbytes' "
-                        "quantized kernels); this machine has none: re-plan with --method lora or full")
-    try:
-        import bitsandbytes  # noqa: F401
-        import torch
-        from transformers import BitsAndBytesConfig
-    except ModuleNotFoundError:
-        raise PlanError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
-    if cfg.quant is Quant.int8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.float16 if cfg.precision is Precision.fp16_mixed else torch.bfloat16
-    # QLoRA's recipe: NF4 storage, bf16 compute, optional double quantization (Dettmers et al. 2023, Sec. 3)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=compute)
+    """bitsandbytes' config for QLoRA plans; its CPU backend serves --gpus NxCPU plans (runner.quant)."""
+    from runner.quant import bnb_config
+
+    return bnb_config(cfg, on_cuda)
 
 
 def lora_target_modules(cfg: TrainConfig) -> str | list[str]:
@@ -115,9 +105,11 @@ def lora_target_modules(cfg: TrainConfig) -> str | list[str]:
     return "all-linear" if "all" in cfg.lora_targets else list(cfg.lora_targets)
 
 
-def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions) -> Any:
-    """The base model with the plan's settings, wrapped in peft LoRA for adapter methods."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions, *, wrap: bool = True) -> Any:
+    """The base model with the plan's settings, wrapped in peft LoRA for adapter methods (unless `wrap` is
+    False: TRL's trainers wrap it themselves from `lora_config`, keeping the adapter-free base as DPO's
+    reference)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     try:
@@ -134,7 +126,10 @@ def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions) -> Any:
     quant = _quantization(cfg, opts.on_cuda)
     if quant is not None:
         kwargs["quantization_config"] = quant
-    model = AutoModelForCausalLM.from_pretrained(
+    if opts.task == "SEQ_CLS":
+        config.num_labels = 1
+    auto = AutoModelForSequenceClassification if opts.task == "SEQ_CLS" else AutoModelForCausalLM
+    model = auto.from_pretrained(
         str(src.directory), config=config, dtype=load_dtype(cfg, opts.on_cuda),
         attn_implementation=attn_implementation(cfg, opts.on_cuda), **kwargs)
     model.config.use_cache = False  # the KV cache is for generation; training with checkpointing refuses it
@@ -143,17 +138,23 @@ def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions) -> Any:
     if cfg.method is Method.full:
         _freeze_first_layers(model, cfg.freeze_layers)
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quant is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=lora_target_modules(cfg),
-                      modules_to_save=list(opts.modules_to_save) or None)
+    if not wrap:
+        return model
     try:
-        return get_peft_model(model, lora)
+        return get_peft_model(model, lora_config(cfg, opts))
     except ValueError as exc:
         raise PlanError(f"LoRA: {str(exc).splitlines()[0]}") from None
+
+
+def lora_config(cfg: TrainConfig, opts: ModelOptions) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(task_type=opts.task, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=lora_target_modules(cfg), modules_to_save=list(opts.modules_to_save) or None)
 
 
 def _freeze_first_layers(model: Any, n: int) -> None:

@@ -55,6 +55,7 @@ class RunOptions:
     rope_scaling: str | None = None
     modules_to_save: tuple[str, ...] = ()
     seed: int = 42
+    dpo_beta: float = 0.1  # DPO's beta (trl DPOConfig.beta default)
     report: bool = True  # `ftplan run` prints predicted vs measured at the end (reports.run_report)
     calibration: Path | None = None  # `ftplan profile ... --calibrate` output, for the predictions of the summary
 
@@ -103,6 +104,7 @@ def prepare_data(cfg: TrainConfig, opts: RunOptions, tokenizer: Any) -> tuple[li
 def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     """Checks that need no torch, run before anything is written (and before a launcher starts)."""
     from planner.runnable import unrunnable_reasons
+    from planner.runnable_stages import TRL_STAGES
     from runner import data as d
     from runner.model import model_source, parse_rope_scaling
 
@@ -117,8 +119,13 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
 
     load_calibration(opts.calibration)
     model_source(opts.model_path)
-    d.load_segments(opts.data, fmt=d.DataFormat(opts.data_format), template=opts.template,
-                    sft=cfg.stage is not Stage.pt)
+    if cfg.stage in TRL_STAGES:
+        from runner.stages.preference_data import load_pairs
+
+        load_pairs(opts.data)
+    else:
+        d.load_segments(opts.data, fmt=d.DataFormat(opts.data_format), template=opts.template,
+                        sft=cfg.stage is not Stage.pt)
     if opts.output.exists() and not opts.output.is_dir():
         raise PlanError(f"--output {opts.output} exists and is not a directory")
     if opts.resume and latest_checkpoint(opts.output) is None:
@@ -142,9 +149,11 @@ _OPTIM = {Optimizer.adamw: "adamw_torch", Optimizer.adamw_8bit: "adamw_bnb_8bit"
 
 
 def optim_name(cfg: TrainConfig, on_cuda: bool) -> str:
-    if cfg.optimizer not in (Optimizer.adamw, Optimizer.sgd) and not on_cuda:
-        raise PlanError(f"optimizer {cfg.optimizer.value} runs on bitsandbytes' CUDA kernels; this machine has no "
-                        "CUDA GPU: re-plan with --optimizer adamw")
+    """bitsandbytes' optimizers run on CUDA and on its CPU backend (runner.quant); paged ones run unpaged there."""
+    if cfg.optimizer not in (Optimizer.adamw, Optimizer.sgd):
+        from runner.quant import require_bitsandbytes
+
+        require_bitsandbytes(f"optimizer {cfg.optimizer.value}")
     return _OPTIM[cfg.optimizer]
 
 
@@ -164,7 +173,10 @@ def _fsdp_args(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
     return " ".join(words), fsdp_config
 
 
-def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool) -> Any:
+def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool,
+                       args_class: type | None = None, extra: dict[str, Any] | None = None) -> Any:
+    """TrainingArguments for the plan; `args_class` / `extra`: a TRL config class (a TrainingArguments subclass)
+    and its own fields, for the rm / dpo stages (runner.stages)."""
     from transformers import TrainingArguments
 
     from planner.configs.ds_config import learning_rate
@@ -192,7 +204,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
             kwargs["ddp_backend"] = "gloo"
     mixed = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
     ckpt = cfg.grad_ckpt is not GradCkpt.none
-    return TrainingArguments(
+    return (args_class or TrainingArguments)(
         output_dir=str(opts.output),
         per_device_train_batch_size=cfg.micro_batch,
         per_device_eval_batch_size=cfg.micro_batch,
@@ -217,7 +229,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False if cfg.engine is Engine.ddp else None,
         **switches.trainer_arguments(cfg),
-        **kwargs,
+        **kwargs, **(extra or {}),
     )
 
 
@@ -253,11 +265,16 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     import torch
     from transformers import PrinterCallback, Trainer
 
+    from planner.runnable_stages import TRL_STAGES
     from runner import metrics as mt
     from runner.memory_probe import MemoryProbe, gather
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
     from runner.parallel import layout
 
+    if cfg.stage in TRL_STAGES:
+        from runner.stages.common import run_stage
+
+        return run_stage(cfg, opts)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:
         raise PlanError(f"plan {cfg} needs {cfg.world_size} processes, this run has {world}: "
@@ -353,6 +370,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
     p.add_argument("--rope-scaling", default=None)
     p.add_argument("--modules-to-save", default="")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dpo-beta", type=float, default=RunOptions.dpo_beta)
     p.add_argument("--calibration", type=Path, default=None)
     a = p.parse_args(argv)
     return a.plan, RunOptions(
@@ -360,7 +378,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
         save_steps=a.save_steps, eval_fraction=a.eval_fraction, learning_rate=a.learning_rate,
         warmup_steps=a.warmup_steps, data_format=a.data_format, template=a.template,
         neftune_alpha=a.neftune_alpha, rope_scaling=a.rope_scaling,
-        modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed,
+        modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed, dpo_beta=a.dpo_beta,
         calibration=a.calibration)
 
 
@@ -369,7 +387,7 @@ def to_argv(plan: Path, opts: RunOptions) -> list[str]:
     argv = [str(plan), "--model-path", str(opts.model_path), "--data", str(opts.data), "--output", str(opts.output),
             "--max-steps", str(opts.max_steps), "--save-steps", str(opts.save_steps),
             "--eval-fraction", str(opts.eval_fraction), "--warmup-steps", str(opts.warmup_steps),
-            "--format", opts.data_format, "--seed", str(opts.seed)]
+            "--format", opts.data_format, "--seed", str(opts.seed), "--dpo-beta", str(opts.dpo_beta)]
     for flag, value in (("--learning-rate", opts.learning_rate), ("--template", opts.template),
                         ("--neftune-alpha", opts.neftune_alpha), ("--rope-scaling", opts.rope_scaling),
                         ("--calibration", opts.calibration)):

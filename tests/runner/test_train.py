@@ -19,7 +19,7 @@ import pytest
 
 from planner.build import build_config
 from planner.errors import PlanError
-from planner.strategy import FsdpStrategy, Method, Precision
+from planner.strategy import FsdpStrategy, Precision
 from runner.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
 from runner.train import RunOptions, write_plan
 
@@ -130,16 +130,6 @@ def test_bad_data_exits_2_naming_file_and_line_and_writes_nothing(tiny: Path, tm
         assert res.returncode == 2, res.stderr
         assert f"{bad}{where}" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not out.exists()
-
-
-def test_qlora_without_cuda_is_a_clear_error(tiny: Path) -> None:
-    from runner.model import load_model, model_source
-
-    cfg = build_config(model=str(tiny / "model"), gpus="1xA100", method=Method.qlora, seq_len=32)
-    from runner.model import ModelOptions
-
-    with pytest.raises(PlanError, match="needs a CUDA GPU"):
-        load_model(cfg, model_source(tiny / "model"), ModelOptions(on_cuda=False))
 
 
 @pytest.mark.slow

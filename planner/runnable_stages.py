@@ -1,0 +1,32 @@
+"""Which stage / method / optimizer combinations `ftplan run` executes: the stage half of the runnable rules
+(pure data, no torch; the parallelism half, TP / PP / multi-node, lives with those engines).
+
+- `pt`, `sft`: the transformers Trainer; `rm`, `dpo`: TRL's RewardTrainer / DPOTrainer (runner.stages), all
+  three methods (full, LoRA, QLoRA) and every optimizer: bitsandbytes' NF4 layers and 8-bit / paged optimizers
+  run on CUDA and on its CPU backend (runner.quant).
+- `rm`, `dpo` run with data parallelism only (DDP, FSDP, DeepSpeed ZeRO): TRL's trainers take the Trainer's
+  engines, not tensor or pipeline parallel ones.
+- `ppo`: TRL 1.16 ships no PPO trainer (neither trl/trainer nor trl/experimental holds one).
+"""
+
+from __future__ import annotations
+
+from planner.strategy import Stage, TrainConfig
+
+PPO_REFUSAL = ("stage 'ppo' is not run by ftplan run: TRL 1.16 has no PPO trainer; train a reward model "
+               "(--stage rm) and use DPO (--stage dpo), or TRL's GRPOTrainer / RLOOTrainer for online RL")
+TRL_STAGES = (Stage.rm, Stage.dpo)
+
+
+def stage_refusal(cfg: TrainConfig) -> str | None:
+    """Why `ftplan run` does not execute this plan's stage, method and optimizer; None when it does."""
+    if cfg.stage is Stage.ppo:
+        return PPO_REFUSAL
+    if cfg.stage in TRL_STAGES and (cfg.tp > 1 or cfg.pp > 1):
+        return (f"stage '{cfg.stage.value}' runs through TRL's trainers, which take data parallelism only "
+                f"(DDP, FSDP, DeepSpeed ZeRO); plan {cfg} uses TP/PP: re-plan with --tp 1 --pp 1")
+    return None
+
+
+def stage_runnable(cfg: TrainConfig) -> bool:
+    return stage_refusal(cfg) is None
