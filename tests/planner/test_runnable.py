@@ -32,7 +32,12 @@ def test_rules(kw: dict, expected: bool) -> None:
 
 
 def test_cpu_plans_and_model_rules() -> None:
-    assert not runnable(build_config(model="7b", gpus="2xCPU", optimizer=Optimizer.adamw_8bit, seq_len=256))
+    # bitsandbytes' 8-bit optimizers and NF4 layers run on its CPU backend (runner/quant.py): a CPU plan runs them
+    assert runnable(build_config(model="7b", gpus="2xCPU", optimizer=Optimizer.adamw_8bit, seq_len=256))
+    # rm / dpo go through TRL's trainers: data parallelism only
+    dpo_tp = build_config(model="7b", gpus="8xA800", method=Method.full, zero=1, tp=2, stage=Stage.dpo)
+    assert any("TRL" in r for r in unrunnable_reasons(dpo_tp))
+    assert runnable(build_config(model="7b", gpus="8xA800", zero=1, stage=Stage.dpo))
     # Llama-3.2-1B ties its embedding to the head: the pipeline runner does not
     tied = build_config(model="llama-3.2-1b", gpus="8xA800", method=Method.full, zero=1, pp=2)
     assert any("tied" in r for r in unrunnable_reasons(tied))
