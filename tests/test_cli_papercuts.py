@@ -75,6 +75,9 @@ def test_plan_json_top_and_all(capsys, monkeypatch) -> None:
         next(p for p in default["plans"] if p["config"]["method"] == m)["name"] for m in per_method]
     everything = ok_json(capsys, monkeypatch, *args, "--all")
     assert len(everything["plans"]) == everything["fitting"] == default["fitting"]
-    speeds = [p["tokens_per_s"] for p in everything["plans"]]
-    # best first; plans within 1% of each other rank simpler first
-    assert all(a >= 0.99 * b for a, b in zip(speeds, speeds[1:], strict=False))
+    flags = [p["runnable"] for p in everything["plans"]]
+    assert flags == sorted(flags, reverse=True)  # plans `ftplan run` executes first (--include-unrunnable: all)
+    for group in (True, False):
+        speeds = [p["tokens_per_s"] for p in everything["plans"] if p["runnable"] is group]
+        # best first; plans within 1% of each other rank simpler first
+        assert all(a >= 0.99 * b for a, b in zip(speeds, speeds[1:], strict=False))

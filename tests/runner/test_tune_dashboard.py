@@ -37,7 +37,7 @@ def test_tune_study_in_optuna_dashboard(tmp_path: Path, capsys, monkeypatch) -> 
     (model / "config.json").write_text(json.dumps(TINY))
     url = f"sqlite:///{tmp_path / 'ftplan-tune.db'}"
     code, _, err = run(capsys, monkeypatch, "tune", "--model", str(model), "--gpus", "2xA800", "--method", "lora",
-                       "--seq-len", "128", "--trials", "6", "--storage", url, "--json")
+                       "--seq-len", "128", "--trials", "6", "--sampler", "tpe", "--storage", url, "--json")
     assert code == 0, err
 
     # what the dashboard reads: study attributes that name the run, trial attributes that are plain values
