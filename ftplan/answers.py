@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftplan.options import switches
 from planner.errors import PlanError
 from planner.estimate import Estimate, Limits
 from planner.search import PlanResult
@@ -55,13 +56,6 @@ def parse_choices(text: str | None, enum: type, option: str) -> tuple:
     return tuple(dict.fromkeys(out))
 
 
-def _switches(cross_entropy: CrossEntropy, kernels: Kernels, activation_offload: bool,
-              fsdp_version: int) -> dict[str, Any]:
-    """The memory switches as build_config keyword arguments."""
-    return {"cross_entropy": cross_entropy, "kernels": kernels, "activation_offload": activation_offload,
-            "fsdp_version": fsdp_version}
-
-
 def check_positions(base: TrainConfig, seq_len: int) -> None:
     if seq_len > base.model.max_seq_len:
         raise PlanError(f"--seq-len {seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}"
@@ -104,7 +98,7 @@ def estimate_answer(*, model: str, gpus: str, method: Method = Method.lora, lora
                        sequence_parallel=sequence_parallel, micro_batch=micro_batch, grad_accum=grad_accum,
                        seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn, stage=stage, freeze_layers=freeze_layers,
                        rope_scaling=rope_scaling,
-                       **_switches(cross_entropy, kernels, activation_offload, fsdp_version))
+                       **switches(cross_entropy, kernels, activation_offload, fsdp_version))
     size = job_size(tokens, samples, epochs)
     est = estimate(cfg, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
     job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
@@ -176,7 +170,7 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
         raise PlanError(f"--top must be a positive integer, got {top}")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
                         lora_targets=lora_targets, precision=precision, stage=stage, rope_scaling=rope_scaling,
-                        check=False, **_switches(cross_entropy, kernels, activation_offload, fsdp_version))
+                        check=False, **switches(cross_entropy, kernels, activation_offload, fsdp_version))
     check_positions(base, seq_len)
     space = search_space(base, methods=method, global_batch=global_batch,
                          optimizers=parse_choices(optimizers, Optimizer, "--optimizers") or (optimizer,),
@@ -223,7 +217,7 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
     base = build_config(model=model, gpus=f"1x{spec.name}", method=method, seq_len=seq_len, lora_r=lora_r,
                         lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision, stage=stage,
                         rope_scaling=rope_scaling, check=False,
-                        **_switches(cross_entropy, kernels, activation_offload, fsdp_version))
+                        **switches(cross_entropy, kernels, activation_offload, fsdp_version))
     check_positions(base, seq_len)
     result = scale(base, max_gpus, search_space(base, methods=(method,), global_batch=global_batch),
                    limits_from(host_memory, nvme, headroom), load_calibration(calibration))
