@@ -82,13 +82,7 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
             return 0.0
         return sum((e + 1) * linears[n].in_features for n in names if n in lora)
 
-    if m.model_type == "bloom" or m.model_type == "chatglm":
-        attn_in, attn_out, mlp_in, mlp_out = ("query_key_value",), ("dense",), ("dense_h_to_4h",), ("dense_4h_to_h",)
-    elif m.model_type == "baichuan":
-        attn_in, attn_out, mlp_in, mlp_out = ("W_pack",), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)
-    else:
-        attn_in, attn_out = ("q_proj", "k_proj", "v_proj"), ("o_proj",)
-        mlp_in, mlp_out = ("gate_proj", "up_proj"), ("down_proj",)
+    attn_in, attn_out, mlp_in, mlp_out = linear_groups(m)
 
     norm_in = e * h if m.layernorm_bias else 4 * h
     replicated = 0.0  # outside the TP region: split only by sequence parallelism
@@ -106,6 +100,38 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
     if sequence_parallel:
         return (replicated + parallel) / t
     return replicated + parallel / t
+
+
+def linear_groups(m: ModelSpec) -> tuple[tuple[str, ...], ...]:
+    """A layer's linears grouped by the tensor they read: attention input, attention output, MLP input,
+    MLP output (transformers' module names)."""
+    if m.model_type == "bloom" or m.model_type == "chatglm":
+        return ("query_key_value",), ("dense",), ("dense_h_to_4h",), ("dense_4h_to_h",)
+    if m.model_type == "baichuan":
+        return ("W_pack",), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)
+    return ("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)
+
+
+def kept_quantized_input_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining,
+                                         t: int = 1) -> float:
+    """Per token per layer, the inputs of the frozen 4-bit linears that bitsandbytes < 0.43.2 keeps for
+    backward (planner.bnb_versions) beyond what hf_layer_bytes_per_token already counts saved: one tensor per
+    group of linears reading it, unless a LoRA branch without dropout saves it already; o_proj's input is
+    the attention output SDPA/flash keep anyway (eager attention: its transposed copy). MoE experts are left
+    out (their gathered inputs are counted there)."""
+    if m.is_moe:
+        return 0.0
+    e, lora = act_bytes, train.lora_targets
+    linears = {lin.name: lin for lin in m.linears()}
+    kept = 0.0
+    for i, group in enumerate(linear_groups(m)):
+        if train.weights or any(n in lora and not train.lora_dropout for n in group):
+            continue  # saved already
+        if i == 1 and attn is not Attn.eager:
+            continue  # the attention output, saved by the SDPA / flash kernel
+        width = linears[group[0]].in_features
+        kept += e * width / (t if i in (1, 3) else 1)  # attention output and MLP product lie inside the TP split
+    return kept
 
 
 def _attention_core_bytes(*, e: int, q: int, kv: int, a: int, seq_len: int, attn: Attn, recompute: GradCkpt,

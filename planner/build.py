@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from planner.bnb_versions import parse_bnb_version
 from planner.errors import PlanError
 from planner.gpus import parse_gpus
 from planner.models import resolve
@@ -55,7 +56,8 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                  attn: Attn = Attn.sdpa, stage: Stage = Stage.sft, freeze_layers: int = 0,
                  rope_scaling: str | None = None, cross_entropy: CrossEntropy = CrossEntropy.standard,
                  kernels: Kernels = Kernels.eager, activation_offload: bool = False, fsdp_version: int = 2,
-                 double_quant: bool = True, check: bool = True) -> TrainConfig:
+                 torch_compile: bool = False, bnb_version: str = "", double_quant: bool = True,
+                 check: bool = True) -> TrainConfig:
     for name, value in (("--micro-batch", micro_batch), ("--grad-accum", grad_accum), ("--seq-len", seq_len),
                         ("--tp", tp), ("--pp", pp), ("--lora-r", lora_r)):
         if value < 1:
@@ -77,7 +79,8 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                       layout=ParallelLayout(tp=tp, pp=pp, sequence_parallel=sequence_parallel),
                       batch=Batch(micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len),
                       switches=Switches(cross_entropy=cross_entropy, kernels=kernels,
-                                        activation_offload=activation_offload),
+                                        activation_offload=activation_offload, torch_compile=torch_compile,
+                                        bnb_version=parse_bnb_version(bnb_version)),
                       precision=precision, optimizer=optimizer, grad_ckpt=grad_ckpt, attn=attn, stage=stage)
     if cfg.trains_adapter:
         resolve_lora_targets(cfg.model, cfg.lora_targets)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+from planner import torch_compile
 from planner.choices import CrossEntropy
 
 TORCHTUNE_OUTPUT_CHUNKS = 8  # CEWithChunkedOutputLoss(num_output_chunks=8), torchtune's default
@@ -62,8 +63,14 @@ def fused_loss_bytes(tokens: int, vocab: float, hidden: int, *, logit_bytes: int
 
 
 def loss_bytes(kind: CrossEntropy, *, tokens: int, vocab: float, hidden: int, logit_bytes: int,
-               head_weight_bytes: float = 0.0) -> float:
-    """Bytes the LM head and loss hold at their peak for one micro-batch of `tokens` tokens."""
+               head_weight_bytes: float = 0.0, compiled: bool = False) -> float:
+    """Bytes the LM head and loss hold at their peak for one micro-batch of `tokens` tokens; `compiled`:
+    under torch.compile (planner.torch_compile; Liger's fused loss is a Triton kernel either way)."""
+    if compiled and kind is CrossEntropy.chunked:
+        return torch_compile.compiled_chunked_loss_bytes(tokens, vocab, logit_bytes=logit_bytes,
+                                                         chunks=TORCHTUNE_OUTPUT_CHUNKS)
+    if compiled and kind is CrossEntropy.standard:
+        return torch_compile.compiled_standard_loss_bytes(tokens, vocab, logit_bytes=logit_bytes)
     if kind is CrossEntropy.chunked:
         return chunked_loss_bytes(tokens, vocab, logit_bytes=logit_bytes)
     if kind is CrossEntropy.fused:

@@ -149,7 +149,8 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     per_layer = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                           t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
                                           recompute=cfg.grad_ckpt) - knobs.kernel_saving_per_token(cfg, e)) * tokens
-    activations = knobs.gpu_activation_bytes(cfg, per_layer, sp.trainable_layers) * \
+    kept = knobs.bnb_kept_input_per_token(cfg, e, train) * tokens * sp.trainable_layers
+    activations = (knobs.gpu_activation_bytes(cfg, per_layer, sp.trainable_layers) + kept) * \
         parallel.micro_batches_in_flight(cfg, first=first)
     recompute = 0.0
     if cfg.grad_ckpt is GradCkpt.full:

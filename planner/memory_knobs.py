@@ -1,12 +1,14 @@
 """The memory switches users turn on, as the memory model (planner.memory) applies them to one config:
-cross-entropy implementation, Liger kernels, activation offloading, FSDP version, QLoRA sharded storage.
-The formulas live in planner.loss_memory, planner.liger_kernels and planner.offload_activations."""
+cross-entropy implementation, Liger kernels, torch.compile, activation offloading, FSDP version, QLoRA sharded
+storage, the bitsandbytes release. The formulas live in planner.loss_memory, planner.liger_kernels,
+planner.torch_compile, planner.offload_activations and planner.bnb_versions."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from planner import liger_kernels, loss_memory, offload_activations
+from planner import bnb_versions, liger_kernels, loss_memory, offload_activations
+from planner.activations import LayerTraining, kept_quantized_input_bytes_per_token
 from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Quant
 from planner.params import embedding_params, head_params, layer_params, quantizable_params
 
@@ -24,22 +26,37 @@ def head_loss_bytes(cfg: TrainConfig, tokens: int, act_bytes: int, grad_bytes: f
     if cfg.method is Method.full:
         head_weight = grad_bytes * m.vocab_size * m.hidden_size / cfg.tp
     return loss_memory.loss_bytes(cfg.cross_entropy, tokens=tokens, vocab=m.vocab_size / cfg.tp,
-                                  hidden=m.hidden_size, logit_bytes=act_bytes, head_weight_bytes=head_weight)
+                                  hidden=m.hidden_size, logit_bytes=act_bytes, head_weight_bytes=head_weight,
+                                  compiled=cfg.torch_compile)
+
+
+def fused_norm_and_mlp(cfg: TrainConfig) -> bool:
+    """Liger's kernels and torch.compile make the same savings (planner.torch_compile), counted once."""
+    return cfg.kernels is Kernels.liger or cfg.torch_compile
 
 
 def kernel_saving_per_token(cfg: TrainConfig, act_bytes: int, *, recomputed: bool = False) -> float:
-    """Saved bytes per token per decoder layer that Liger's kernels remove. With full checkpointing a
-    layer keeps only its input, so the saving applies to the one layer backward recomputes."""
-    if cfg.kernels is not Kernels.liger or (cfg.grad_ckpt is GradCkpt.full and not recomputed):
+    """Saved bytes per token per decoder layer that Liger's kernels or torch.compile remove. With full
+    checkpointing a layer keeps only its input, so the saving applies to the one layer backward recomputes."""
+    if not fused_norm_and_mlp(cfg) or (cfg.grad_ckpt is GradCkpt.full and not recomputed):
         return 0.0
     return liger_kernels.liger_layer_saving_bytes_per_token(cfg.model, act_bytes=act_bytes, t=cfg.tp,
                                                       sequence_parallel=cfg.sequence_parallel)
 
 
 def final_norm_saving_per_token(cfg: TrainConfig, act_bytes: int) -> float:
-    if cfg.kernels is not Kernels.liger:
+    if not fused_norm_and_mlp(cfg):
         return 0.0
     return liger_kernels.liger_final_norm_saving_bytes_per_token(cfg.model, act_bytes=act_bytes)
+
+
+def bnb_kept_input_per_token(cfg: TrainConfig, act_bytes: int, train: LayerTraining) -> float:
+    """Per token per trainable layer: the 4-bit linears' inputs an old bitsandbytes keeps (planner.bnb_versions),
+    in every layer whether checkpointed or not (a ctx attribute escapes the checkpoint's saved-tensor hooks)."""
+    if cfg.quant is not Quant.nf4 or not bnb_versions.keeps_quantized_input(cfg.bnb_version):
+        return 0.0
+    return kept_quantized_input_bytes_per_token(cfg.model, act_bytes=act_bytes, attn=cfg.attn, train=train,
+                                                t=cfg.tp)
 
 
 def gpu_activation_bytes(cfg: TrainConfig, per_layer_bytes: float, layers: int) -> float:

@@ -123,11 +123,14 @@ class EngineChoice:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Switches:
     """The memory switches users turn on (planner.memory_knobs): the loss's implementation, Liger's fused
-    kernels, and saved activations kept in host memory."""
+    kernels, saved activations kept in host memory, torch.compile, and the bitsandbytes release QLoRA runs
+    with ("" = a current one; planner.bnb_versions)."""
 
     cross_entropy: CrossEntropy = CrossEntropy.standard
     kernels: Kernels = Kernels.eager
     activation_offload: bool = False
+    torch_compile: bool = False
+    bnb_version: str = ""
 
 
 _PARTS: dict[str, type] = {"adapter": Adapter, "layout": ParallelLayout, "batch": Batch, "engine_choice": EngineChoice,
@@ -138,7 +141,7 @@ FLAT_FIELDS: tuple[str, ...] = (
     "model", "cluster", "method", "lora_r", "lora_alpha", "lora_targets", "lora_dropout", "quant", "double_quant",
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
-    "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version")
+    "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version")
 
 
 @dataclass(frozen=True, init=False, slots=True)
@@ -199,6 +202,8 @@ class TrainConfig:
     cross_entropy = property(attrgetter("switches.cross_entropy"))
     kernels = property(attrgetter("switches.kernels"))
     activation_offload = property(attrgetter("switches.activation_offload"))
+    torch_compile = property(attrgetter("switches.torch_compile"))
+    bnb_version = property(attrgetter("switches.bnb_version"))
     tp = property(attrgetter("layout.tp"))
     sequence_parallel = property(attrgetter("layout.sequence_parallel"))
     pp = property(attrgetter("layout.pp"))

@@ -80,13 +80,13 @@ def _litgpt(size: str, quant: str, mb: int, measured: float | None) -> Published
     model = {"7B": "llama-2-7b", "13B": "llama-2-13b"}[size]
     build: dict[str, Any] = {**_LITGPT, "model": model, "micro_batch": mb}
     if quant != "none":
-        build.update(method=Method.qlora, quant=Quant.nf4, double_quant=quant == "nf4-dq")
+        build.update(method=Method.qlora, quant=Quant.nf4, double_quant=quant == "nf4-dq", bnb_version="0.41.1")
     return PublishedPeak(
         id=f"litgpt:{size}-{quant}-mb{mb}", framework="litgpt", source=_LITGPT_SRC,
         switches=f"Llama 2 {size}, LoRA q,v r8, bf16-true, micro-batch {mb}, quantization {quant}, seq 1304",
         kind="allocated", unit=GB, measured=measured, build=build,
         notes="bnb.nf4 rows: litgpt quantizes the linears with bitsandbytes (Linear4bit); the LM head stays "
-              "16-bit here")
+              "16-bit here. bitsandbytes 0.41.1: litgpt's requirements of the time (requirements-all.txt)")
 
 
 LITGPT = [
@@ -108,24 +108,29 @@ LITGPT = [
 _TT = dict(model="llama-3.2-3b", gpus="1xA100-80G", precision=Precision.bf16_true, micro_batch=2, seq_len=4096,
            attn=Attn.sdpa, optimizer=Optimizer.adamw)
 _TT_SRC = "torchtune README.md, Optimization flags (Llama 3.2 3B, bs 2, seq 4096, A100)"
+_TT_UPCAST = ("without the chunked loss torchtune's TransformerDecoder upcasts the logits to fp32 in the eager "
+              "model (`self.output(h).float()`) and compiles only the loss module, so the fp32 logits and their "
+              "gradient exist; ftplan's compiled standard loss is the Trainer's, upcast and loss in one graph")
 _TT_LORA = dict(lora_r=64, lora_alpha=128, lora_targets="q_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
-_COMPILE = "torch.compile (Inductor fuses pointwise ops and saves fewer intermediates)"
+# torchtune's `compile: True` compiles each decoder layer and the loss (torchtune/training/_compile.py,
+# compile_model and compile_loss: for the chunked loss its compute_cross_entropy); --compile models both.
 
 
 def _tt(row: str, gib: float, unmodelled: str = "", **kw: Any) -> PublishedPeak:
+    build = {**_TT, **kw, "torch_compile": "+compile" in row}
     return PublishedPeak(id=f"torchtune:{row}", framework="torchtune", source=_TT_SRC, switches=row, kind="active",
-                         unit=GiB, measured=gib, build={**_TT, **kw}, unmodelled=unmodelled)
+                         unit=GiB, measured=gib, build=build, unmodelled=unmodelled)
 
 
 TORCHTUNE = [
     _tt("full+packed", 60.0, method=Method.full),
-    _tt("full+packed+compile", 51.0, _COMPILE, method=Method.full),
-    _tt("full+packed+compile+chunked-ce", 42.9, _COMPILE, method=Method.full, cross_entropy=CrossEntropy.chunked),
-    _tt("full+packed+compile+chunked-ce+ac", 24.9, _COMPILE, method=Method.full, cross_entropy=CrossEntropy.chunked,
+    _tt("full+packed+compile", 51.0, _TT_UPCAST, method=Method.full),
+    _tt("full+packed+compile+chunked-ce", 42.9, method=Method.full, cross_entropy=CrossEntropy.chunked),
+    _tt("full+packed+compile+chunked-ce+ac", 24.9, method=Method.full, cross_entropy=CrossEntropy.chunked,
         grad_ckpt=GradCkpt.full),
-    _tt("lora+packed+compile+chunked-ce+ac+offload", 8.5, _COMPILE, method=Method.lora, **_TT_LORA,
+    _tt("lora+packed+compile+chunked-ce+ac+offload", 8.5, method=Method.lora, **_TT_LORA,
         lora_dropout=0.0, cross_entropy=CrossEntropy.chunked, grad_ckpt=GradCkpt.full, activation_offload=True),
-    _tt("qlora+packed+compile+chunked-ce+ac+offload", 4.6, _COMPILE, method=Method.qlora, **_TT_LORA,
+    _tt("qlora+packed+compile+chunked-ce+ac+offload", 4.6, method=Method.qlora, **_TT_LORA,
         lora_dropout=0.0, cross_entropy=CrossEntropy.chunked, grad_ckpt=GradCkpt.full, activation_offload=True),
 ]
 
