@@ -86,7 +86,8 @@ def estimate_answer(*, model: str, gpus: str, method: Method = Method.lora, lora
                     headroom: float = 0.0, calibration: Path | None = None, tokens: float | None = None,
                     samples: float | None = None, epochs: float = 1.0,
                     cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
-                    activation_offload: bool = False, fsdp_version: int = 2) -> EstimateAnswer:
+                    activation_offload: bool = False, fsdp_version: int = 2,
+                    torch_compile: bool = False, bnb_version: str = "") -> EstimateAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.estimate import estimate
@@ -98,7 +99,7 @@ def estimate_answer(*, model: str, gpus: str, method: Method = Method.lora, lora
                        sequence_parallel=sequence_parallel, micro_batch=micro_batch, grad_accum=grad_accum,
                        seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn, stage=stage, freeze_layers=freeze_layers,
                        rope_scaling=rope_scaling,
-                       **switches(cross_entropy, kernels, activation_offload, fsdp_version))
+                       **switches(cross_entropy, kernels, activation_offload, fsdp_version, torch_compile, bnb_version))
     size = job_size(tokens, samples, epochs)
     est = estimate(cfg, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
     job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
@@ -157,6 +158,7 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
                 optimizer: Optimizer = Optimizer.adamw, optimizers: str | None = None, attns: str | None = None,
                 cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
                 activation_offload: bool = False, fsdp_version: int = 2,
+                torch_compile: bool = False, bnb_version: str = "",
                 include_unrunnable: bool = False) -> PlanAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
@@ -170,7 +172,8 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
         raise PlanError(f"--top must be a positive integer, got {top}")
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
                         lora_targets=lora_targets, precision=precision, stage=stage, rope_scaling=rope_scaling,
-                        check=False, **switches(cross_entropy, kernels, activation_offload, fsdp_version))
+                        check=False, **switches(cross_entropy, kernels, activation_offload, fsdp_version,
+                                                torch_compile, bnb_version))
     check_positions(base, seq_len)
     space = search_space(base, methods=method, global_batch=global_batch,
                          optimizers=parse_choices(optimizers, Optimizer, "--optimizers") or (optimizer,),
@@ -203,7 +206,8 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
                  rope_scaling: str | None = None, host_memory: float | None = None, nvme: float = 2048.0,
                  headroom: float = 0.0, calibration: Path | None = None,
                  cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
-                 activation_offload: bool = False, fsdp_version: int = 2) -> ScaleAnswer:
+                 activation_offload: bool = False, fsdp_version: int = 2,
+                 torch_compile: bool = False, bnb_version: str = "") -> ScaleAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.gpus import gpu_from_name
@@ -217,7 +221,8 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
     base = build_config(model=model, gpus=f"1x{spec.name}", method=method, seq_len=seq_len, lora_r=lora_r,
                         lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision, stage=stage,
                         rope_scaling=rope_scaling, check=False,
-                        **switches(cross_entropy, kernels, activation_offload, fsdp_version))
+                        **switches(cross_entropy, kernels, activation_offload, fsdp_version,
+                                   torch_compile, bnb_version))
     check_positions(base, seq_len)
     result = scale(base, max_gpus, search_space(base, methods=(method,), global_batch=global_batch),
                    limits_from(host_memory, nvme, headroom), load_calibration(calibration))

@@ -20,7 +20,8 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
           headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None,
           out: o.OutDirOpt = Path("ftplan-reports"), force: o.ForceOpt = False, json_out: o.JsonOpt = False,
           cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
-          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2) -> None:
+          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
+          torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "") -> None:
     """Speedup and scaling efficiency against GPU count; writes a PNG chart and a JSON file to --out."""
     import json
 
@@ -33,7 +34,8 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
                           global_batch=global_batch, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
                           precision=precision, stage=stage, rope_scaling=rope_scaling, host_memory=host_memory,
                           nvme=nvme, headroom=headroom, calibration=calibration, cross_entropy=cross_entropy,
-                          kernels=kernels, activation_offload=activation_offload, fsdp_version=fsdp_version)
+                          kernels=kernels, activation_offload=activation_offload, fsdp_version=fsdp_version,
+                          torch_compile=torch_compile, bnb_version=bnb_version)
     data = answer.json()
     stem = f"scale-{answer.model}-{answer.gpu}-{method.value}"
     names = [f"{stem}.png", f"{stem}.json"]

@@ -2,10 +2,11 @@
 
 bitsandbytes/autograd/_functions.py, class MatMul4Bit (the autograd function behind Linear4bit, QLoRA):
 - from 0.39.0 (QLoRA's 4-bit layers, commit 4ea489d3 "Refactor FP4 into 4Bit and integrate NF4 data type";
-  the repository's 0.39.1, 0.41.0 and 0.43.1 tags read the same) up to 0.43.1, forward ends with `ctx.tensors = (A, B)` whenever A or B needs a gradient: the layer's input A stays
-  alive until backward although backward needs only B (grad_A = grad_output @ dequantize(B)). It is a plain
-  ctx attribute, not ctx.save_for_backward, so saved-tensor hooks (non-reentrant activation checkpointing,
-  activation offloading) do not see it: every layer keeps it, checkpointed or not.
+  the repository's 0.39.1, 0.41.0 and 0.43.1 tags read the same) up to 0.43.1, forward ends with
+  `ctx.tensors = (A, B)` whenever A or B needs a gradient: the layer's input A stays alive until backward
+  although backward needs only B (grad_A = grad_output @ dequantize(B)). It is a plain ctx attribute, not
+  ctx.save_for_backward, so saved-tensor hooks (non-reentrant activation checkpointing, activation
+  offloading) do not see it: every layer keeps it, checkpointed or not.
 - from 0.43.2 on, commit 9e753741 (PR #1270, "fix QLoRA mem bug: delete useless buffered activation",
   2024-07-16) stores `ctx.tensors = (None, B)`: nothing of the input is kept.
 The planner's default ("" = a current release) is the second; `--bnb-version 0.41.1` asks for the first.

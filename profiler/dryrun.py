@@ -91,6 +91,9 @@ def check_supported(cfg: TrainConfig) -> None:
                         "standard or chunked and --kernels eager")
     if cfg.activation_offload:
         raise PlanError("the dry run has no host memory to offload activations to; drop --activation-offload")
+    if cfg.torch_compile:
+        raise PlanError("the dry run's fake tensors run eager PyTorch; drop --compile (what compiled layers save is "
+                        "measured by benchmarks/compile_saved.py)")
 
 
 def _attn_impl(attn: Attn) -> str:

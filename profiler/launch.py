@@ -104,6 +104,9 @@ def _spec(cfg: TrainConfig, model_path: Path | None, warmup_steps: int, steps: i
         # loss and Liger's kernels would replace them (the dry run follows --cross-entropy chunked)
         raise PlanError("measured steps run transformers' loss and kernels: re-plan with --cross-entropy standard "
                         "--kernels eager, or check chunked loss memory with `ftplan profile dry-run`")
+    if cfg.torch_compile:
+        raise PlanError("measured steps run eager PyTorch (a compile would dominate a few steps); re-plan "
+                        "without --compile")
     return {"config": config_to_dict(cfg), "warmup_steps": warmup_steps, "steps": steps,
             # absolute: the workers start in another directory
             "model_path": None if model_path is None else str(Path(model_path).resolve()),

@@ -5,6 +5,8 @@
   fused_linear_cross_entropy), `fsdp_config["version"]` (2 is transformers' default).
 - LLaMA-Factory: `enable_liger_kernel` (hparams/model_args.py), which applies Liger's RoPE, RMSNorm,
   SwiGLU and fused linear cross-entropy together (model/model_utils/liger_kernel.py).
+- torch.compile: the Trainer's `torch_compile` (accelerate compiles the whole model, loss included), which
+  LLaMA-Factory's YAML passes through to the Trainer's arguments as `torch_compile` too.
 - accelerate: `fsdp_version`, `fsdp_reshard_after_forward`, and with FSDP2 and activation checkpointing,
   `fsdp_activation_checkpointing_offload` (accelerate/utils/fsdp_utils.py fsdp2_apply_ac: offload_wrapper,
   i.e. save_on_cpu around each checkpointed layer).
@@ -32,20 +34,25 @@ def liger_kernel_config(cfg: TrainConfig) -> dict[str, bool]:
 
 def trainer_arguments(cfg: TrainConfig) -> dict[str, Any]:
     """TrainingArguments keywords for the switches."""
-    if not uses_liger(cfg):
-        return {}
-    return {"use_liger_kernel": True, "liger_kernel_config": liger_kernel_config(cfg)}
+    out: dict[str, Any] = {"torch_compile": True} if cfg.torch_compile else {}
+    if uses_liger(cfg):
+        out.update(use_liger_kernel=True, liger_kernel_config=liger_kernel_config(cfg))
+    return out
 
 
 def trainer_cli_flags(cfg: TrainConfig) -> str:
     """Flags for a Trainer script's command line (HfArgumentParser). `liger_kernel_config` is not parsed
     from the command line (it is not among TrainingArguments._VALID_DICT_FIELDS), so a script that wants
     part of Liger sets it in code; the flag alone applies Liger's defaults (all kernels and the fused loss)."""
-    return " --use_liger_kernel True" if uses_liger(cfg) else ""
+    return (" --use_liger_kernel True" if uses_liger(cfg) else "") + (" --torch_compile True" if cfg.torch_compile
+                                                                      else "")
 
 
 def llamafactory_arguments(cfg: TrainConfig) -> dict[str, Any]:
-    return {"enable_liger_kernel": True} if uses_liger(cfg) else {}
+    out: dict[str, Any] = {"enable_liger_kernel": True} if uses_liger(cfg) else {}
+    if cfg.torch_compile:
+        out["torch_compile"] = True  # a Seq2SeqTrainingArguments field, parsed from the YAML as is
+    return out
 
 
 def llamafactory_notes(cfg: TrainConfig) -> list[str]:

@@ -14,7 +14,8 @@ from planner.errors import PlanError
 from planner.estimate import estimate, estimate_to_dict
 from planner.loss_memory import chunked_loss_bytes, fused_loss_bytes, liger_chunk_tokens, standard_loss_bytes
 from planner.memory import memory_per_gpu
-from planner.strategy import CrossEntropy, FsdpStrategy, GradCkpt, Kernels, Method, Precision
+from planner.strategy import Attn, CrossEntropy, FsdpStrategy, GradCkpt, Kernels, Method, Precision
+from planner.torch_compile import ROW_STATS_BYTES
 from planner.validity import problems
 
 GiB = 2**30
@@ -132,3 +133,69 @@ def test_activation_offload_pcie_time_is_exposed_only_beyond_compute() -> None:
     ckpt = dict(kw, grad_ckpt=GradCkpt.full)
     assert step_time(build_config(**ckpt, activation_offload=True)).step_time_s == pytest.approx(
         step_time(build_config(**ckpt)).step_time_s)
+
+
+# benchmarks/compile_saved.py (torch 2.13.0+cpu): a bf16 Llama layer h 192, i 520, 3 heads, SDPA, 300 tokens,
+# full fine-tuning; bytes saved for backward per token. The compiled figure includes cos/sin (2 x 12,800 B over
+# 300 tokens), which the planner does not count per layer. The chunked loss: V 1,000, per token, with the int64
+# labels (8 B).
+COMPILED_FULL_LAYER_BYTES_PER_TOKEN = 6297.3 - 2 * 12_800 / 300
+COMPILED_CHUNK_LOSS_BYTES_PER_TOKEN = 2016.0 - 8
+EAGER_CHUNK_LOSS_BYTES_PER_TOKEN = 4008.0 - 8
+
+
+def test_compile_matches_the_cpu_measurement() -> None:
+    """Tolerance 1%: the compiled layer's saved bytes as benchmarks/compile_saved.py measured them."""
+    from planner.activations import LayerTraining, hf_layer_bytes_per_token
+    from planner.models import spec_from_hf_config
+    from planner.torch_compile import compiled_layer_saving_bytes_per_token
+
+    m = spec_from_hf_config({"model_type": "llama", "vocab_size": 1000, "hidden_size": 192, "intermediate_size": 520,
+                             "num_hidden_layers": 1, "num_attention_heads": 3, "num_key_value_heads": 3,
+                             "max_position_embeddings": 100}, name="bench")
+    eager = hf_layer_bytes_per_token(m, act_bytes=2, attn=Attn.sdpa, train=LayerTraining(weights=True), seq_len=100)
+    compiled = eager - compiled_layer_saving_bytes_per_token(m, act_bytes=2)
+    assert compiled == pytest.approx(COMPILED_FULL_LAYER_BYTES_PER_TOKEN, rel=0.01)
+    # the loss: compiled keeps the chunk's bf16 logits and two fp32 row statistics, eager the fp32 log_softmax
+    compiled_loss, eager_loss = COMPILED_CHUNK_LOSS_BYTES_PER_TOKEN, EAGER_CHUNK_LOSS_BYTES_PER_TOKEN
+    assert compiled_loss == pytest.approx(2 * 1000 + ROW_STATS_BYTES)
+    assert eager_loss == pytest.approx(4 * 1000, rel=0.01)
+
+
+def test_compile_lowers_memory_and_is_emitted() -> None:
+    from runner import switches
+
+    kw = dict(model="llama-3.2-3b", gpus="1xA100-80G", method=Method.full, precision=Precision.bf16_true,
+              micro_batch=2, seq_len=4096, cross_entropy=CrossEntropy.chunked)
+    eager, compiled = build_config(**kw), build_config(**kw, torch_compile=True)
+    assert memory_per_gpu(compiled).activations < memory_per_gpu(eager).activations
+    # --compile with --kernels liger: the same saving, counted once
+    liger = build_config(**kw, kernels=Kernels.liger)
+    both = build_config(**kw, kernels=Kernels.liger, torch_compile=True)
+    assert memory_per_gpu(both).activations == memory_per_gpu(liger).activations
+    assert switches.trainer_arguments(compiled) == {"torch_compile": True}
+    assert "--torch_compile True" in switches.trainer_cli_flags(compiled)
+    assert switches.llamafactory_arguments(compiled) == {"torch_compile": True}
+    assert switches.trainer_arguments(eager) == {}
+
+
+def test_bnb_version_registry_and_kept_inputs() -> None:
+    """bitsandbytes/autograd/_functions.py MatMul4Bit: `ctx.tensors = (A, B)` until 0.43.1, (None, B) from 0.43.2."""
+    from planner.bnb_versions import keeps_quantized_input, parse_bnb_version
+
+    assert keeps_quantized_input("0.41.1") and keeps_quantized_input("0.43.1")
+    assert not keeps_quantized_input("0.43.2") and not keeps_quantized_input("0.50.2")
+    assert not keeps_quantized_input("")
+    for bad in ("latest", "0.38.0"):
+        with pytest.raises(PlanError):
+            parse_bnb_version(bad)
+    kw = dict(model="llama-2-7b", gpus="1xA100-40G", method=Method.qlora, lora_targets="q_proj,v_proj",
+              precision=Precision.bf16_true, seq_len=1304)
+    old, new = build_config(**kw, bnb_version="0.41.1"), build_config(**kw)
+    # per layer: the two norm outputs (attention and MLP inputs) and the MLP product, e (2h + i) per token
+    kept = 2 * (2 * 4096 + 11008) * 1304 * 32
+    assert memory_per_gpu(old).activations - memory_per_gpu(new).activations == pytest.approx(kept)
+    # full fine-tuning or LoRA (no quantized linears): the release changes nothing
+    lora = dict(kw, method=Method.lora)
+    same = memory_per_gpu(build_config(**lora, bnb_version="0.41.1")).total
+    assert same == memory_per_gpu(build_config(**lora)).total
