@@ -37,7 +37,8 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
              samples: o.SamplesOpt = None, epochs: o.EpochsOpt = 1.0,
              cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
              activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
-             torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "") -> None:
+             torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
+             frozen_fp32: o.FrozenFp32Opt = False) -> None:
     """Memory and speed of one configuration, with their breakdowns."""
     from ftplan.answers import estimate_answer
 
@@ -49,7 +50,8 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
         stage=stage, freeze_layers=freeze_layers, rope_scaling=rope_scaling, host_memory=host_memory, nvme=nvme,
         headroom=headroom, calibration=calibration, tokens=tokens, samples=samples, epochs=epochs,
         cross_entropy=cross_entropy, kernels=kernels, activation_offload=activation_offload,
-        fsdp_version=fsdp_version, torch_compile=torch_compile, bnb_version=bnb_version)
+        fsdp_version=fsdp_version, torch_compile=torch_compile, bnb_version=bnb_version,
+        frozen_fp32=frozen_fp32)
     est = answer.est
     emitted = None
     if emit_dir is not None:
@@ -84,6 +86,7 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
          cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
          torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
+         frozen_fp32: o.FrozenFp32Opt = False,
          include_unrunnable: o.IncludeUnrunnableOpt = False) -> None:
     """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (within 1%: simpler first;
     plans `ftplan run` executes first unless --include-unrunnable)."""
@@ -99,7 +102,8 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
                          samples=samples, epochs=epochs, optimizer=optimizer, optimizers=optimizers, attns=attns,
                          cross_entropy=cross_entropy, kernels=kernels, activation_offload=activation_offload,
                          fsdp_version=fsdp_version,
-                         torch_compile=torch_compile, bnb_version=bnb_version, include_unrunnable=include_unrunnable)
+                         torch_compile=torch_compile, bnb_version=bnb_version,
+                         frozen_fp32=frozen_fp32, include_unrunnable=include_unrunnable)
     emitted = None
     if emit_dir is not None:
         from ftplan.cmd_emit import emit_pick

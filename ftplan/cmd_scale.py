@@ -21,7 +21,8 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
           out: o.OutDirOpt = Path("ftplan-reports"), force: o.ForceOpt = False, json_out: o.JsonOpt = False,
           cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
           activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
-          torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "") -> None:
+          torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
+          frozen_fp32: o.FrozenFp32Opt = False) -> None:
     """Speedup and scaling efficiency against GPU count; writes a PNG chart and a JSON file to --out."""
     import json
 
@@ -35,7 +36,8 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
                           precision=precision, stage=stage, rope_scaling=rope_scaling, host_memory=host_memory,
                           nvme=nvme, headroom=headroom, calibration=calibration, cross_entropy=cross_entropy,
                           kernels=kernels, activation_offload=activation_offload, fsdp_version=fsdp_version,
-                          torch_compile=torch_compile, bnb_version=bnb_version)
+                          torch_compile=torch_compile, bnb_version=bnb_version,
+                          frozen_fp32=frozen_fp32)
     data = answer.json()
     stem = f"scale-{answer.model}-{answer.gpu}-{method.value}"
     names = [f"{stem}.png", f"{stem}.json"]

@@ -115,17 +115,20 @@ ActivationOffloadOpt = Annotated[bool, typer.Option(
     "--activation-offload/--no-activation-offload", help="Keep saved activations (checkpoints) in host memory.")]
 FsdpVersionOpt = Annotated[int, typer.Option(
     "--fsdp-version", min=1, max=2, help="FSDP2 (per-parameter, accelerate fsdp_version: 2) or FSDP1.")]
-
-
 CompileOpt = Annotated[bool, typer.Option(
     "--compile/--no-compile", help="torch.compile (Trainer torch_compile): fewer saved activations, measured.")]
 BnbVersionOpt = Annotated[str, typer.Option(
     "--bnb-version", help="bitsandbytes release QLoRA runs with, e.g. 0.41.1 (before 0.43.2 each 4-bit linear "
                           "kept its input for backward); default: a current release.")]
+FrozenFp32Opt = Annotated[bool, typer.Option(
+    "--frozen-fp32/--no-frozen-fp32", help="Frozen weights loaded in fp32 (from_pretrained without torch_dtype); "
+                                           "DDP and FSDP keep them so, DeepSpeed casts them to 16 bits.")]
 
 
 def switches(cross_entropy: CrossEntropy, kernels: Kernels, activation_offload: bool,
-             fsdp_version: int, torch_compile: bool = False, bnb_version: str = "") -> dict:
+             fsdp_version: int, torch_compile: bool = False, bnb_version: str = "",
+             frozen_fp32: bool = False) -> dict:
     """The memory switches as build_config keyword arguments."""
     return {"cross_entropy": cross_entropy, "kernels": kernels, "activation_offload": activation_offload,
-            "fsdp_version": fsdp_version, "torch_compile": torch_compile, "bnb_version": bnb_version}
+            "fsdp_version": fsdp_version, "torch_compile": torch_compile, "bnb_version": bnb_version,
+            "frozen_fp32": frozen_fp32}

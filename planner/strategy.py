@@ -123,14 +123,15 @@ class EngineChoice:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Switches:
     """The memory switches users turn on (planner.memory_knobs): the loss's implementation, Liger's fused
-    kernels, saved activations kept in host memory, torch.compile, and the bitsandbytes release QLoRA runs
-    with ("" = a current one; planner.bnb_versions)."""
+    kernels, saved activations kept in host memory, torch.compile, the bitsandbytes release QLoRA runs
+    with ("" = a current one; planner.bnb_versions), and frozen weights loaded in fp32 (planner.engines.ddp)."""
 
     cross_entropy: CrossEntropy = CrossEntropy.standard
     kernels: Kernels = Kernels.eager
     activation_offload: bool = False
     torch_compile: bool = False
     bnb_version: str = ""
+    frozen_fp32: bool = False
 
 
 _PARTS: dict[str, type] = {"adapter": Adapter, "layout": ParallelLayout, "batch": Batch, "engine_choice": EngineChoice,
@@ -141,7 +142,8 @@ FLAT_FIELDS: tuple[str, ...] = (
     "model", "cluster", "method", "lora_r", "lora_alpha", "lora_targets", "lora_dropout", "quant", "double_quant",
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
-    "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version")
+    "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
+    "frozen_fp32")
 
 
 @dataclass(frozen=True, init=False, slots=True)
@@ -204,6 +206,7 @@ class TrainConfig:
     activation_offload = property(attrgetter("switches.activation_offload"))
     torch_compile = property(attrgetter("switches.torch_compile"))
     bnb_version = property(attrgetter("switches.bnb_version"))
+    frozen_fp32 = property(attrgetter("switches.frozen_fp32"))
     tp = property(attrgetter("layout.tp"))
     sequence_parallel = property(attrgetter("layout.sequence_parallel"))
     pp = property(attrgetter("layout.pp"))

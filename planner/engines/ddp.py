@@ -35,12 +35,14 @@ def problems(cfg: TrainConfig) -> list[str]:
 
 def weight_bytes_per_param(cfg: TrainConfig) -> tuple[float, float]:
     """(trainable, frozen): with mixed precision the trainable weights are the fp32 master and frozen
-    ones stay in 16 bits (how LLaMA-Factory and peft load them)."""
+    ones stay in 16 bits (how LLaMA-Factory and peft load them), or in fp32 with --frozen-fp32 (a script
+    that calls from_pretrained without torch_dtype, which transformers 4.x answers with fp32 weights;
+    autocast computes in 16 bits either way)."""
     if cfg.precision is Precision.fp32:
         return 4.0, 4.0
     if cfg.precision is Precision.bf16_true:
         return 2.0, 2.0
-    return 4.0, 2.0
+    return 4.0, 4.0 if cfg.frozen_fp32 else 2.0
 
 
 def shards_weights(cfg: TrainConfig) -> bool:

@@ -82,7 +82,10 @@ def problems(cfg: TrainConfig) -> list[str]:
 # --- memory -------------------------------------------------------------------------------------
 
 def weight_bytes_per_param(cfg: TrainConfig) -> tuple[float, float]:
-    """(trainable, frozen): 16-bit copies (the fp32 master lives in the optimizer), fp32 in a 32-true run."""
+    """(trainable, frozen): 16-bit copies (the fp32 master lives in the optimizer), fp32 in a 32-true run.
+    --frozen-fp32 changes nothing here: DeepSpeed casts the module's parameters to its bf16/fp16 dtype
+    (runtime/engine.py _configure_distributed_model), and zero.Init creates them in it (runtime/zero/
+    partition_parameters.py _set_dtype and the tensor-creation wrappers)."""
     return (4.0, 4.0) if cfg.precision is Precision.fp32 else (2.0, 2.0)
 
 

@@ -138,15 +138,21 @@ TORCHTUNE = [
 # examples/sft/train.py (TRL SFTTrainer), Llama-2-70b-hf, ultrachat packed to 2048 tokens, bf16, gradient
 # checkpointing, flash_attention_2, LoRA r=8, alpha=16, dropout 0.1 on all linear layers. Memory "as seen in
 # the screenshot" of nvidia-smi; "64 GB (80%)" of an 80 GB H100 is 64 GiB of its 79.6 GiB, so GB = GiB.
+# The LoRA rows (commit aa2ca83ca, 2024-02-26, which added them): examples/sft/utils.py calls from_pretrained
+# without torch_dtype, so transformers 4.x loads fp32 weights (--frozen-fp32): FSDP keeps the frozen base in
+# fp32 shards; DeepSpeed casts it to bf16 (zero3_init_flag: true). run_peft_{deepspeed,fsdp}.sh: mb 8, ga 4,
+# --use_reentrant False. The QLoRA rows (commit 6008f272a, 2024-03-13): torch_dtype = the quant storage dtype
+# (bf16), --use_reentrant True, mb 2, ga 2.
 _PEFT = dict(model="llama-2-70b", lora_r=8, lora_alpha=16, seq_len=2048, grad_ckpt=GradCkpt.full, attn=Attn.flash,
              precision=Precision.bf16_mixed)
 _QLORA = dict(method=Method.qlora, quant=Quant.nf4, double_quant=True)
 HF_PEFT = [
     PublishedPeak(id="peft:70b-lora-zero3-8xH100", framework="HF Trainer + PEFT", kind="nvidia-smi", unit=GiB,
                   source="peft docs accelerate/deepspeed.md, Memory usage", measured=64.0,
-                  switches="ZeRO-3 (accelerate, zero3_init), mb 8, ga 4, LoRA all-linear, 8xH100",
+                  switches="ZeRO-3 (accelerate, zero3_init), mb 8, ga 4, LoRA all-linear, 8xH100, weights loaded "
+                           "in fp32 (DeepSpeed casts them to bf16)",
                   build={**_PEFT, "gpus": "8xH100", "method": Method.lora, "zero": 3, "micro_batch": 8,
-                         "grad_accum": 4}),
+                         "grad_accum": 4, "frozen_fp32": True}),
     PublishedPeak(id="peft:70b-qlora-zero3-2xA100-40G", framework="HF Trainer + PEFT", kind="unstated", unit=GiB,
                   source="peft docs accelerate/deepspeed.md, QLoRA + ZeRO-3 Memory usage", measured=36.6,
                   switches="ZeRO-3, bnb_4bit_quant_storage bf16, nested quant, mb 2, ga 2, 2x40GB",
@@ -163,10 +169,11 @@ HF_PEFT = [
                          "micro_batch": 2, "grad_accum": 2}),
     PublishedPeak(id="peft:70b-lora-fsdp-8xH100", framework="HF Trainer + PEFT", kind="nvidia-smi", unit=GiB,
                   source="peft docs accelerate/fsdp.md, Memory usage", measured=72.0,
-                  switches="FSDP1 full shard, use_orig_params false, mb 8, ga 4, LoRA all-linear, 8xH100; "
+                  switches="FSDP1 full shard, use_orig_params false, mb 8, ga 4, LoRA all-linear, 8xH100, weights "
+                           "loaded in fp32; "
                            "72-80 GB, the top of the range while saving a FULL_STATE_DICT at the end",
                   build={**_PEFT, "gpus": "8xH100", "method": Method.lora, "fsdp": FsdpStrategy.full_shard,
-                         "fsdp_version": 1, "micro_batch": 8, "grad_accum": 4}),
+                         "fsdp_version": 1, "micro_batch": 8, "grad_accum": 4, "frozen_fp32": True}),
 ]
 
 # --- Qwen (QwenLM/Qwen README.md, "Profiling of Memory and Speed") ---------------------------------------
