@@ -199,3 +199,17 @@ def test_bnb_version_registry_and_kept_inputs() -> None:
     lora = dict(kw, method=Method.lora)
     same = memory_per_gpu(build_config(**lora, bnb_version="0.41.1")).total
     assert same == memory_per_gpu(build_config(**lora)).total
+
+
+def test_frozen_fp32_weights_follow_the_engine() -> None:
+    """from_pretrained without torch_dtype loads fp32: DDP and FSDP keep the frozen base so (4 bytes), DeepSpeed
+    casts the module to its 16-bit dtype (2 bytes either way). peft docs, FSDP LoRA 70B: see published_peaks.py."""
+    from planner.states import stage_params
+
+    kw = dict(model="llama-2-7b", gpus="8xA100-80G", method=Method.lora, precision=Precision.bf16_mixed)
+    for engine in ({}, {"fsdp": FsdpStrategy.full_shard}, {"zero": 3}):
+        base, fp32 = build_config(**kw, **engine), build_config(**kw, **engine, frozen_fp32=True)
+        frozen = stage_params(base, first=True).total
+        n = 1 if not engine else 8
+        extra = 0.0 if "zero" in engine else 2.0 * frozen / n
+        assert memory_per_gpu(fp32).weights - memory_per_gpu(base).weights == pytest.approx(extra, rel=1e-6)

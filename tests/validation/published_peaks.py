@@ -181,9 +181,11 @@ HF_PEFT = [
 # attention 2, batch size 1, gradient accumulation 8, gradient checkpointing, LoRA r=64, alpha=16,
 # dropout 0.05 on c_attn, c_proj, w1, w2 (every linear of the block), sequence 256 ... 8192. Unit: "G",
 # how it was read is not stated. The models' config.json (Qwen/Qwen-7B, Qwen/Qwen-1_8B): QWen blocks are
-# Llama-shaped (RMSNorm, RoPE, SwiGLU of width intermediate_size / 2, qkv bias, untied head).
-# Qwen's own modeling code computes the loss on the bf16 logits (no fp32 upcast), which the planner's
-# standard cross-entropy upcasts.
+# Llama-shaped (RMSNorm, RoPE, SwiGLU of width intermediate_size / 2, qkv bias, untied head). The "LoRA" rows
+# train no embedding or head (the README: "LoRA (emb)" is the other row; finetune.py adds wte and lm_head to
+# modules_to_save only for a base model without q_lora). Qwen's modeling_qwen.py calls CrossEntropyLoss on the
+# bf16 logits (plus a contiguous shifted copy), but under the Trainer's bf16 autocast cross_entropy runs in fp32
+# (torch autocast's fp32 op list), so the planner's standard loss (12 V per token at its peak) applies.
 _QWEN7B = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 11008,
            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
            "max_position_embeddings": 8192, "tie_word_embeddings": False}
@@ -193,7 +195,6 @@ _QWEN1_8B = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 2048, "
 _QWEN = dict(model="qwen2.5-7b", gpus="1xA100-80G", method=Method.lora, lora_r=64, lora_alpha=16,
              lora_dropout=0.05, precision=Precision.bf16_mixed, attn=Attn.flash, grad_ckpt=GradCkpt.full,
              micro_batch=1, grad_accum=8)
-_QWEN_LOSS = "Qwen's modeling_qwen.py takes cross-entropy on the bf16 logits (no fp32 upcast)"
 
 
 def _qwen(size: str, seq: int, gb: float) -> PublishedPeak:
@@ -202,7 +203,7 @@ def _qwen(size: str, seq: int, gb: float) -> PublishedPeak:
         id=f"qwen-{size}:lora-seq{seq}", framework="Qwen finetune.py (HF Trainer + PEFT)", kind="unstated",
         unit=GiB, measured=gb, source="QwenLM/Qwen README.md, Profiling of Memory and Speed (LoRA, 1 GPU)",
         switches=f"Qwen-{size} LoRA r64 all linears, bf16, flash-attn 2, grad ckpt, bs 1, seq {seq}",
-        build={**_QWEN, "seq_len": seq}, hf_config=hf, unmodelled=_QWEN_LOSS if seq >= 4096 else "")
+        build={**_QWEN, "seq_len": seq}, hf_config=hf)
 
 
 QWEN = [_qwen("7B", s, g) for s, g in ((256, 20.1), (512, 20.4), (1024, 21.5), (2048, 23.8), (4096, 29.7),
