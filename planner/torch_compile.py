@@ -3,7 +3,8 @@ a fine-tuning step saves for backward, measured rather than assumed.
 
 Measurement: benchmarks/compile_saved.py (torch 2.13.0+cpu, transformers 5.24.0; a bf16 Llama decoder layer,
 h 192, i 520, SDPA, 300 tokens, under torch.autograd.graph.saved_tensors_hooks, eager and compiled per layer
-as torchtune's `training.compile_model` does). What the compiled graph saves, per token:
+as torchtune's `training.compile_model` does; its output is kept in benchmarks/measured/compile_saved.txt).
+What the compiled graph saves, per token:
 - each RMSNorm keeps its 16-bit input and the fp32 inverse RMS (e h + 4) where eager transformers keeps the
   fp32 upcast of the input (4 h): Inductor recomputes the upcast in backward;
 - the SwiGLU MLP keeps the gate and up projections (2 e i), recomputing SiLU, where eager keeps SiLU's input,
