@@ -179,8 +179,12 @@ HF_PEFT = [
 # --- Qwen (QwenLM/Qwen README.md, "Profiling of Memory and Speed") ---------------------------------------
 # finetune.py (HF Trainer + peft) with finetune_lora_single_gpu.sh: one A100-SXM4-80G, bf16, flash
 # attention 2, batch size 1, gradient accumulation 8, gradient checkpointing, LoRA r=64, alpha=16,
-# dropout 0.05 on c_attn, c_proj, w1, w2 (every linear of the block), sequence 256 ... 8192. Unit: "G",
-# how it was read is not stated. The models' config.json (Qwen/Qwen-7B, Qwen/Qwen-1_8B): QWen blocks are
+# dropout 0.05 on c_attn, c_proj, w1, w2 (every linear of the block), sequence 256 ... 8192. The README
+# profiles "the memory (GB)" and does not say with which tool (kind "unstated"). Unit: GB = 1e9 bytes, as
+# labelled (this set's rule; only a reading of nvidia-smi's MiB makes "GB" GiB). The same README's inference
+# table, measured with Qwen's profile.py, reads the same way: Qwen-7B BF16 "16.99GB" for 2048 generated tokens
+# = 15.44 GB of weights + 1.07 GB of KV cache + the step's tensors (as GiB it would leave 1.7 GB unexplained).
+# (The previous session read GiB, which put every Qwen row 7.4% lower.) The models' config.json (Qwen/Qwen-7B, Qwen/Qwen-1_8B): QWen blocks are
 # Llama-shaped (RMSNorm, RoPE, SwiGLU of width intermediate_size / 2, qkv bias, untied head). The "LoRA" rows
 # train no embedding or head (the README: "LoRA (emb)" is the other row; finetune.py adds wte and lm_head to
 # modules_to_save only for a base model without q_lora). Qwen's modeling_qwen.py calls CrossEntropyLoss on the
@@ -201,7 +205,7 @@ def _qwen(size: str, seq: int, gb: float) -> PublishedPeak:
     hf = {"7B": _QWEN7B, "1.8B": _QWEN1_8B}[size]
     return PublishedPeak(
         id=f"qwen-{size}:lora-seq{seq}", framework="Qwen finetune.py (HF Trainer + PEFT)", kind="unstated",
-        unit=GiB, measured=gb, source="QwenLM/Qwen README.md, Profiling of Memory and Speed (LoRA, 1 GPU)",
+        unit=GB, measured=gb, source="QwenLM/Qwen README.md, Profiling of Memory and Speed (LoRA, 1 GPU)",
         switches=f"Qwen-{size} LoRA r64 all linears, bf16, flash-attn 2, grad ckpt, bs 1, seq {seq}",
         build={**_QWEN, "seq_len": seq}, hf_config=hf)
 
