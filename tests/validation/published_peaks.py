@@ -184,7 +184,8 @@ HF_PEFT = [
 # labelled (this set's rule; only a reading of nvidia-smi's MiB makes "GB" GiB). The same README's inference
 # table, measured with Qwen's profile.py, reads the same way: Qwen-7B BF16 "16.99GB" for 2048 generated tokens
 # = 15.44 GB of weights + 1.07 GB of KV cache + the step's tensors (as GiB it would leave 1.7 GB unexplained).
-# (The previous session read GiB, which put every Qwen row 7.4% lower.) The models' config.json (Qwen/Qwen-7B, Qwen/Qwen-1_8B): QWen blocks are
+# (The previous session read GiB, which put every Qwen row 7.4% lower.) The models' config.json (Qwen/Qwen-7B,
+# Qwen/Qwen-1_8B): QWen blocks are
 # Llama-shaped (RMSNorm, RoPE, SwiGLU of width intermediate_size / 2, qkv bias, untied head). The "LoRA" rows
 # train no embedding or head (the README: "LoRA (emb)" is the other row; finetune.py adds wte and lm_head to
 # modules_to_save only for a base model without q_lora). Qwen's modeling_qwen.py calls CrossEntropyLoss on the
