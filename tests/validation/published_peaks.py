@@ -202,18 +202,43 @@ _QWEN = dict(model="qwen2.5-7b", gpus="1xA100-80G", method=Method.lora, lora_r=6
              micro_batch=1, grad_accum=8)
 
 
+_QWEN_FW = "Qwen finetune.py (HF Trainer)"
+_QWEN_SRC = "QwenLM/Qwen README.md, Profiling of Memory and Speed"
+
+
 def _qwen(size: str, seq: int, gb: float) -> PublishedPeak:
     hf = {"7B": _QWEN7B, "1.8B": _QWEN1_8B}[size]
     return PublishedPeak(
-        id=f"qwen-{size}:lora-seq{seq}", framework="Qwen finetune.py (HF Trainer + PEFT)", kind="unstated",
-        unit=GB, measured=gb, source="QwenLM/Qwen README.md, Profiling of Memory and Speed (LoRA, 1 GPU)",
+        id=f"qwen-{size}:lora-seq{seq}", framework=_QWEN_FW, kind="unstated", unit=GB, measured=gb,
+        source=f"{_QWEN_SRC} (LoRA, 1 GPU)",
         switches=f"Qwen-{size} LoRA r64 all linears, bf16, flash-attn 2, grad ckpt, bs 1, seq {seq}",
         build={**_QWEN, "seq_len": seq}, hf_config=hf)
+
+
+# The table's "Full-parameter" rows: finetune/finetune_ds.sh at commit e8e1596 (2023-11-30, which added the 1.8B
+# rows): DeepSpeed ZeRO-3 (finetune/ds_config_zero3.json: no offload, DeepSpeed's AdamW), bf16, gradient
+# checkpointing, with the table's batch size 1 and accumulation 8. Qwen-1.8B on 1 GPU; Qwen-7B on 2 GPUs, where
+# the table gives the two GPUs' sum (139.2G-162.0G, more than one 80 GB card holds): per GPU = sum / 2.
+_QWEN_FULL = dict(model="qwen2.5-7b", method=Method.full, precision=Precision.bf16_mixed, attn=Attn.flash,
+                  grad_ckpt=GradCkpt.full, micro_batch=1, grad_accum=8, zero=3)
+
+
+def _qwen_full(size: str, seq: int, gb: float) -> PublishedPeak:
+    hf, gpus = {"7B": (_QWEN7B, 2), "1.8B": (_QWEN1_8B, 1)}[size]
+    return PublishedPeak(
+        id=f"qwen-{size}:full-seq{seq}", framework=_QWEN_FW, kind="unstated", unit=GB, measured=gb / gpus,
+        source=f"{_QWEN_SRC} (Full-parameter, {gpus} GPU{'s' if gpus > 1 else ''})",
+        switches=f"Qwen-{size} full fine-tuning, DeepSpeed ZeRO-3, bf16, flash-attn 2, grad ckpt, bs 1, seq {seq}",
+        build={**_QWEN_FULL, "gpus": f"{gpus}xA100-80G", "seq_len": seq}, hf_config=hf,
+        notes="the 7B figures are the sum over its 2 GPUs" if gpus > 1 else "")
 
 
 QWEN = [_qwen("7B", s, g) for s, g in ((256, 20.1), (512, 20.4), (1024, 21.5), (2048, 23.8), (4096, 29.7),
                                        (8192, 36.6))] + \
        [_qwen("1.8B", s, g) for s, g in ((256, 6.7), (512, 7.4), (1024, 8.4), (2048, 11.0), (4096, 16.2),
-                                         (8192, 21.8))]
+                                         (8192, 21.8))] + \
+       [_qwen_full("1.8B", s, g) for s, g in ((256, 43.5), (512, 43.5), (1024, 43.5), (2048, 43.5), (4096, 47.1),
+                                              (8192, 48.3))] + \
+       [_qwen_full("7B", s, g) for s, g in ((256, 139.2), (512, 148.0), (1024, 162.0))]
 
 CASES: list[PublishedPeak] = [*LITGPT, *TORCHTUNE, *HF_PEFT, *QWEN]
