@@ -42,7 +42,7 @@ def test_chunked_cross_entropy_matches_dry_run(wide_vocab: Path, method: Method)
 
 
 @pytest.mark.parametrize("switch", [{"cross_entropy": CrossEntropy.fused}, {"kernels": Kernels.liger},
-                                    {"activation_offload": True}])
+                                    {"activation_offload": True}, {"torch_compile": True}])
 def test_switches_without_a_cpu_emulation_are_refused(wide_vocab: Path, switch: dict) -> None:
     cfg = dataclasses.replace(build_config(model=str(wide_vocab), gpus="1xCPU", seq_len=64), **switch)
     with pytest.raises(PlanError):
