@@ -49,11 +49,11 @@ class GPUSpec:
     sm_count: int = 0
     # Host time to dispatch one eager PyTorch op (python -> dispatcher -> kernel launch or CPU kernel call).
     host_op_s: float = HOST_OP_S
-    # CPU GEMM curve rate = R x m / (m + m0) x n / (n + n0) x k / (k + k0) (planner/kernels.py): the
-    # half-rate rows m0, output columns n0 and inner size k0; 0 on GPUs (waves instead).
+    # CPU GEMM curve rate = R x m / (m + m0) (planner/kernels.py): the half-rate rows m0; 0 on GPUs (waves
+    # instead). Narrow outputs (LoRA's n = r) run at a measured share of that rate: (n, share) pairs,
+    # interpolated between, 1 above the widest; () on GPUs.
     gemm_half_rate_rows: float = 0.0
-    gemm_half_rate_cols: float = 0.0
-    gemm_half_rate_inner: float = 0.0
+    gemm_narrow_cols: tuple[tuple[int, float], ...] = ()
     # Values per second of a training-mode dropout (mask generation, compute-bound on the CPU's RNG) where
     # measured; None: a GPU's in-kernel Philox RNG, whose cost is the dropout's memory traffic.
     dropout_values_per_s: float | None = None
@@ -175,20 +175,24 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          source="NVIDIA T4 Tensor Core GPU datasheet"),
     # A CPU "device" for profiling and tests on machines without GPUs: ranks are processes over gloo with
     # one OpenMP thread each, device memory is host memory. The figures are per rank (one core), fitted on
-    # this project's 2-core x86 machine while other jobs loaded it (load average ~14), by
+    # this project's 2-core x86 VM (AMD EPYC) with no other job running, by
     #   ftplan profile calibrate --device --out cpu-device.json
-    # (profiler/device_fit.py): fp32 GEMM rate 8.02 GFLOP/s for large shapes with half rate at 3.2 rows,
-    # copy bandwidth 1.67 GB/s, 12.0 us per eager op, gloo all-reduce 281 us + M / 39.5 MB/s between
-    # 2 ranks, ZeRO-3 hooks 18.7 ms per module and FSDP2 hooks 13.1 ms per unit (48-module probe). Rerun
-    # on a quiet machine and replace them. bf16 / fp16 matmuls run at 1/2 and 1/8 of fp32 on AVX2 cores
-    # without AMX (oneDNN converts); there is no TF32.
-    _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=4.01e9, peak_fp16_flops_per_s=1.0e9,
-         peak_tf32_flops_per_s=8.02e9, peak_fp32_flops_per_s=8.02e9, hbm_bytes_per_s=1.67 * GB,
-         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=0.0395 * GB,
-         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=0.0395 * GB, host_link_bytes_per_s=1.67 * GB,
+    # (profiler/device_fit.py): fp32 GEMM rate 59.7 GFLOP/s for large shapes with half rate at 4.7 rows,
+    # narrow outputs (LoRA's r) at 0.13 (n = 8) and 0.79 (n = 16) of the row rate, copy bandwidth
+    # 10.1 GB/s, 3.82 us per eager op, dropout 46.3 M values/s, gloo all-reduce 916 us + M / 0.748 GB/s
+    # between 2 ranks, a collective beside compute 1.41x its time alone, ZeRO-3 hooks 2.10 ms per module
+    # and FSDP2 hooks 1.98 ms per unit (48-module probe). Repeated fits on this VM moved the rate by
+    # +-10% and the bandwidths and dropout rate by up to 2x (a shared host). bf16 / fp16 matmuls run at 1/2
+    # and 1/8 of fp32 on AVX2 cores without AMX (oneDNN converts); there is no TF32.
+    _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=29.9e9, peak_fp16_flops_per_s=7.47e9,
+         peak_tf32_flops_per_s=59.7e9, peak_fp32_flops_per_s=59.7e9, hbm_bytes_per_s=10.1 * GB,
+         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=0.748 * GB,
+         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=0.748 * GB, host_link_bytes_per_s=10.1 * GB,
          gpus_per_node=64, source="fitted: ftplan profile calibrate --device (profiler/device_fit.py)",
-         runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=12.0e-6, gemm_half_rate_rows=3.2,
-         collective_alpha_s=281e-6, overlaps_comm=False, zero3_module_host_s=18.7e-3, fsdp_unit_host_s=13.1e-3),
+         runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=3.82e-6, gemm_half_rate_rows=4.7,
+         gemm_narrow_cols=((8, 0.13), (16, 0.79), (32, 1.0)), dropout_values_per_s=46.3e6,
+         collective_alpha_s=916e-6, overlaps_comm=False, busy_comm_factor=1.41, zero3_module_host_s=2.10e-3,
+         fsdp_unit_host_s=1.98e-3),
 )}
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",
@@ -197,8 +201,8 @@ _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4
 
 # `ftplan profile calibrate --device` keys -> GPUSpec fields (the CPU device's fitted constants)
 DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp32_flops_per_s",
-                     "gemm_half_rate_rows": "gemm_half_rate_rows", "gemm_half_rate_cols": "gemm_half_rate_cols",
-                     "gemm_half_rate_inner": "gemm_half_rate_inner", "dropout_values_per_s": "dropout_values_per_s",
+                     "gemm_half_rate_rows": "gemm_half_rate_rows", "gemm_narrow_cols": "gemm_narrow_cols",
+                     "dropout_values_per_s": "dropout_values_per_s",
                      "hbm_bytes_per_s": "hbm_bytes_per_s", "collective_alpha_s": "collective_alpha_s",
                      "intra_node_bytes_per_s": "intra_node_bytes_per_s", "zero3_module_s": "zero3_module_host_s",
                      "fsdp_unit_s": "fsdp_unit_host_s", "busy_comm_factor": "busy_comm_factor"}
@@ -208,6 +212,8 @@ def with_device_fit(gpu: GPUSpec, fit: dict) -> GPUSpec:
     """`gpu` (the CPU entry) with the constants of a `profile calibrate --device` file; fp32 matmuls run
     at the fitted rate (no TF32 on a CPU); keys an older file lacks keep the entry's values."""
     values = {field: fit[key] for key, field in DEVICE_FIT_FIELDS.items() if key in fit}
+    if "gemm_narrow_cols" in values:
+        values["gemm_narrow_cols"] = tuple((int(n), float(f)) for n, f in values["gemm_narrow_cols"])
     if "peak_fp32_flops_per_s" in values:
         values["peak_tf32_flops_per_s"] = values["peak_fp32_flops_per_s"]
     return replace(gpu, **values)

@@ -9,10 +9,11 @@ NVIDIA's "Matrix Multiplication Background User's Guide", Sec. 2, "Math and memo
   128 x 128, cuBLAS's large tiles of Sec. 2.3, whichever fills the waves best), one thread block per
   tile, `sm_count` tiles at a time; the last partial wave leaves SMs idle, so the efficiency is
   tiles / (waves x SMs). On the CPU the measured curve is
-  rate = R x m / (m + m0) x n / (n + n0) x k / (k + k0) (`GPUSpec.gemm_half_rate_*`, fitted by
-  `ftplan profile calibrate --device`): oneDNN/MKL pack the k x n weight once per call, a cost
-  proportional to k x n, so the rate grows with the rows m that share it; outputs narrower than the
-  micro-kernel's register block (n0) and short inner loops (k0), LoRA's r = 8 sides, waste its lanes.
+  rate(m) = R x m / (m + m0) (`GPUSpec.gemm_half_rate_rows`, fitted by `ftplan profile calibrate
+  --device`): oneDNN/MKL pack the k x n weight once per call, a cost proportional to k x n, so the
+  rate grows with the rows m that share it; outputs narrower than the micro-kernel's register block
+  (LoRA's n = r) run at a measured share of it (`GPUSpec.gemm_narrow_cols`: on this machine n = 8
+  reaches about a sixth of the rate n = 16 does).
 - memory: the bytes of A, B and C over the memory bandwidth. LoRA's adapters (n or k = r, e.g. 8) are
   memory-bound GEMMs: reading the m x k input costs more than their 2mkr FLOPs.
 `efficiency` stays the achievable fraction of peak for large shapes (planner/compute.py, cited there),
@@ -67,15 +68,23 @@ def wave_efficiency(m: int, n: int, sm_count: int) -> float:
 
 
 def cpu_gemm_shape(g: Gemm, gpu: GPUSpec) -> float:
-    """The CPU's measured rate fraction m/(m+m0) x n/(n+n0) x k/(k+k0) (1 where not fitted): MKL/oneDNN
-    pack the weight once per call (rows share it), and their register-blocked micro-kernels leave lanes
-    idle when the output is narrower (LoRA's n = r) or the inner loop shorter (k = r) than a block."""
-    f = 1.0
-    for size, half in ((g.m, gpu.gemm_half_rate_rows), (g.n, gpu.gemm_half_rate_cols),
-                       (g.k, gpu.gemm_half_rate_inner)):
-        if half > 0:
-            f *= size / (size + half)
-    return f
+    """The CPU's measured share of its GEMM rate (1 where not fitted): m/(m+m0), since MKL/oneDNN pack the
+    weight once per call and rows share it, times the measured share for narrow outputs (LoRA's n = r: an
+    output narrower than the micro-kernel's register block leaves its lanes idle), interpolated."""
+    f = g.m / (g.m + gpu.gemm_half_rate_rows) if gpu.gemm_half_rate_rows > 0 else 1.0
+    return f * narrow_share(g.n, gpu.gemm_narrow_cols)
+
+
+def narrow_share(n: int, table: tuple[tuple[int, float], ...]) -> float:
+    """Linear interpolation in (size, share) pairs sorted by size; the first share below, 1 above the last."""
+    if not table or n >= table[-1][0]:
+        return 1.0
+    if n <= table[0][0]:
+        return table[0][1]
+    for (n0, f0), (n1, f1) in zip(table, table[1:], strict=False):
+        if n0 <= n <= n1:
+            return f0 + (f1 - f0) * (n - n0) / (n1 - n0)
+    return 1.0
 
 
 def gemm_time_s(g: Gemm, gpu: GPUSpec, peak_flops_per_s: float, efficiency: float, elem_bytes: float) -> float:

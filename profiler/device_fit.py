@@ -7,9 +7,8 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
 - GEMM: fp32 (m x k) @ (k x n) for k = n in {256, 512, 1024} and m from 16 to 1024 tokens; fitted by least
   squares to t / (2kn) = (m + m0) / R (planner/kernels.py: a fixed weight-packing cost per call on top
   of 2mkn / R), giving the large-GEMM rate R (the CPU's fp32 peak) and the half-rate rows m0; then
-  LoRA's thin shapes at 512 rows: narrow outputs (n = 8, 16, 32 for k = 384 .. 1024) give the half-rate
-  columns n0 and short inner loops (k = 8, 16, 32 for n = 384 .. 1024) the half-rate inner size k0
-  (median of what each point's time implies, rate = R m/(m+m0) n/(n+n0) k/(k+k0));
+  LoRA's narrow outputs at 512 rows (n = 8, 16, 32, 64 for k = 384, 640, 1024): per n the median share
+  of the row rate R m/(m+m0) reached (`gemm_narrow_cols`);
 - dropout: values per second of a training-mode `torch.nn.functional.dropout(p=0.05)` of 1 Mi values
   (the RNG draws one value per element; peft's LoRA dropout);
 - memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time);
@@ -45,8 +44,7 @@ class DeviceFit:
     host_op_s: float
     peak_fp32_flops_per_s: float
     gemm_half_rate_rows: float
-    gemm_half_rate_cols: float
-    gemm_half_rate_inner: float
+    gemm_narrow_cols: tuple[tuple[int, float], ...]
     dropout_values_per_s: float
     hbm_bytes_per_s: float
     collective_alpha_s: float
@@ -111,34 +109,35 @@ def _gemm_s(torch: Any, m: int, k: int, n: int) -> float:
     return _median_time(lambda: torch.mm(x, w), repeats=5, inner=inner)
 
 
-THIN_ROWS = 512
-THIN_SIDES = (8, 16, 32)
-WIDE_SIDES = (384, 640, 1024)
+NARROW_ROWS = 512
+NARROW_COLS = (8, 16, 32, 64)
+NARROW_INNER = (384, 640, 1024)
 
 
-def measure_thin_gemms(rate: float, m0: float,
-                       host_op_s: float) -> tuple[float, float, tuple[tuple[int, int, int, float], ...]]:
-    """(n0, k0, points): LoRA-shaped GEMMs at THIN_ROWS rows; each point's time gives the share of the
-    rate its thin side reaches, f = 2mkn / (R m/(m+m0)) / t, and n/(n+n0) = f means n0 = n (1/f - 1)."""
+Points = tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
+
+
+def measure_narrow_gemms(rate: float, m0: float, host_op_s: float) -> tuple[tuple[tuple[int, float], ...], Points]:
+    """((n, share), points): LoRA-shaped GEMMs (NARROW_ROWS x k) @ (k x n); a point's share of the row rate is
+    2mkn / (R m/(m+m0)) / t, capped at 1; per n the median over k."""
     import torch
 
-    m = THIN_ROWS
+    m = NARROW_ROWS
     row_rate = rate * m / (m + m0)
-    cols, inner, points = [], [], []
-    for thin in THIN_SIDES:
-        for wide in WIDE_SIDES:
-            for k, n, into in ((wide, thin, cols), (thin, wide, inner)):
-                t = max(_gemm_s(torch, m, k, n) - host_op_s, 1e-9)
-                points.append((m, k, n, t))
-                into.append(implied_half_rate(thin, 2.0 * m * k * n, row_rate, t))
-    return statistics.median(cols), statistics.median(inner), tuple(points)
+    table, points = [], []
+    for n in NARROW_COLS:
+        shares = []
+        for k in NARROW_INNER:
+            t = max(_gemm_s(torch, m, k, n) - host_op_s, 1e-9)
+            points.append((m, k, n, t))
+            shares.append(rate_share(2.0 * m * k * n, row_rate, t))
+        table.append((n, statistics.median(shares)))
+    return tuple(table), tuple(points)
 
 
-def implied_half_rate(side: int, flops: float, rate_flops_per_s: float, t_s: float) -> float:
-    """The half-rate size s0 of a GEMM side that reached the share f = flops / rate / t of `rate`:
-    side / (side + s0) = f, so s0 = side (1/f - 1); 0 where the GEMM ran at the full rate."""
-    f = min(1.0, flops / rate_flops_per_s / t_s)
-    return side * (1.0 / f - 1.0)
+def rate_share(flops: float, rate_flops_per_s: float, t_s: float) -> float:
+    """The share of `rate` a GEMM of `flops` reached in `t_s` seconds, at most 1."""
+    return min(1.0, flops / rate_flops_per_s / t_s)
 
 
 def measure_dropout() -> float:
@@ -335,11 +334,12 @@ def fit_device() -> DeviceFit:
     torch.set_num_threads(1)
     host = measure_host_op_s()
     rate, m0, gemms = measure_gemms(host)
-    n0, k0, thin = measure_thin_gemms(rate, m0, host)
+    narrow, narrow_points = measure_narrow_gemms(rate, m0, host)
     bw = measure_bandwidth()
     alpha, beta, ar = measure_allreduce()
     z3, fsdp = measure_hooks()
-    return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_half_rate_cols=n0,
-                     gemm_half_rate_inner=k0, dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
+    return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_narrow_cols=narrow,
+                     dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
-                     busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms + thin, allreduce_points=ar)
+                     busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms + narrow_points,
+                     allreduce_points=ar)

@@ -243,7 +243,10 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
         ar = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
         return ar, overlap(ar, bwd_s, ar / max(1, rs_calls)), 0.0
     if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
-        rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls, g)
+        # ZeRO-1/2's "reduce-scatter" is one dist.reduce per destination rank's slice of each bucket
+        # (runtime/zero/stage_1_and_2.py `average_tensor` -> `allreduce_no_retain(rank=dst)`): dp calls
+        # per bucket, each paying its latency; the bytes are those of a reduce-scatter
+        rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls * g.n, g)
         # ZeRO-1 reduces once per step (it keeps whole gradients); ZeRO-2 every micro-batch, since
         # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
         n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum

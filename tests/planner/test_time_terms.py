@@ -84,13 +84,14 @@ def test_cpu_communication_is_not_hidden() -> None:
     assert t.breakdown_s["dp_comm"] == pytest.approx(factor * t.dp_comm_total_s)
 
 
-def test_cpu_thin_gemms_run_below_the_row_rate() -> None:
-    """LoRA's r = 8 sides: a 512 x 1024 x 8 GEMM reaches a smaller share of the rate than 512 x 1024 x 1024
-    when the CPU's half-rate columns are fitted; on a GPU the factor is 1 (waves and roofline instead)."""
-    cpu = replace(gpu_from_name("CPU"), gemm_half_rate_cols=16.0, gemm_half_rate_inner=16.0)
-    assert kn.cpu_gemm_shape(kn.Gemm(512, 1024, 8), cpu) == pytest.approx(
-        kn.cpu_gemm_shape(kn.Gemm(512, 1024, 1024), cpu) * (8 / 24) / (1024 / 1040))
-    assert kn.cpu_gemm_shape(kn.Gemm(512, 8, 1024), cpu) < kn.cpu_gemm_shape(kn.Gemm(512, 1024, 1024), cpu)
+def test_cpu_narrow_outputs_run_at_their_measured_share() -> None:
+    """LoRA's r = 8 outputs: a 512 x 1024 x 8 GEMM runs at the fitted share for n = 8, interpolated between
+    sizes, the full row rate above the widest; on a GPU the factor is 1 (waves and roofline instead)."""
+    cpu = replace(gpu_from_name("CPU"), gemm_narrow_cols=((8, 0.2), (16, 0.8), (32, 1.0)))
+    row = kn.cpu_gemm_shape(kn.Gemm(512, 1024, 1024), cpu)
+    assert kn.cpu_gemm_shape(kn.Gemm(512, 1024, 8), cpu) == pytest.approx(0.2 * row)
+    assert kn.cpu_gemm_shape(kn.Gemm(512, 1024, 12), cpu) == pytest.approx(0.5 * row)
+    assert kn.cpu_gemm_shape(kn.Gemm(512, 1024, 4), cpu) == pytest.approx(0.2 * row)
     assert kn.cpu_gemm_shape(kn.Gemm(512, 1024, 8), gpu_from_name("A100-80G")) == 1.0
 
 
