@@ -246,8 +246,9 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
     """What the step adds to the gradients held (DeepSpeed's fused/CPU Adam has no foreach temporaries): the
     larger of two moments, which follow each other.
 
-    - ZeRO-1/2 first take the gradient norm in fp64, one gradient at a time (stage_1_and_2.py,
-      get_grad_norm_direct: g.to(get_norm_dtype()), float64 wherever the accelerator has it).
+    - First the gradient norm, taken in fp64 one gradient at a time (stage_1_and_2.py and stage3.py,
+      get_grad_norm_direct: g.to(get_norm_dtype()), float64 wherever the accelerator has it); at ZeRO-3 each
+      gradient is a partition (1/N of the tensor).
     - Then, per group, the 16-bit gradients are flattened into a new tensor and cast to fp32 while the flat copy
       lives (stage_1_and_2.py step: `self.flatten(...)` then `.to(fp32)`; stage3.py
       _prepare_fp32_grad_for_sub_group, the same line), the fp32 partition stays through the optimizer step and
@@ -259,10 +260,10 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
         return {}
     m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
     norm = 0.0
-    if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS) and cfg.method is Method.full:
+    if cfg.method is Method.full:
         largest = max([embedding_params(m), head_params(m)] + [lin.in_features * lin.out_features
                                                                 for lin in m.linears() if lin.copies == 1])
-        norm = 8.0 * largest / cfg.tp
+        norm = 8.0 * largest / cfg.tp / (n if cfg.zero is ZeroStage.WEIGHTS else 1)
     group = step_group_elements(cfg, trained, n)
     conversion = group * (c16 + _fp32_grad_bytes(cfg))  # the flat 16-bit copy and the fp32 partition
     if cfg.zero is ZeroStage.OPTIMIZER_STATES:
