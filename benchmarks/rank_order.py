@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from planner.build import build_config  # noqa: E402
 from planner.errors import PlanError  # noqa: E402
+from planner.gpus import with_device_fit  # noqa: E402
 from planner.strategy import FsdpStrategy, GradCkpt, Method, Precision, TrainConfig  # noqa: E402
 from planner.timing import step_time  # noqa: E402
 
@@ -69,12 +70,7 @@ def plan_configs(model_path: Path, device_fit: Path | None = None) -> list[Train
             for _, kw, method, mb, ga, ckpt in PLANS]
     if device_fit is None:
         return cfgs
-    fit = json.loads(device_fit.read_text())
-    gpu = replace(cfgs[0].cluster.gpu, host_op_s=fit["host_op_s"], peak_fp32_flops_per_s=fit["peak_fp32_flops_per_s"],
-                  peak_tf32_flops_per_s=fit["peak_fp32_flops_per_s"], gemm_half_rate_rows=fit["gemm_half_rate_rows"],
-                  hbm_bytes_per_s=fit["hbm_bytes_per_s"], collective_alpha_s=fit["collective_alpha_s"],
-                  intra_node_bytes_per_s=fit["intra_node_bytes_per_s"], zero3_module_host_s=fit["zero3_module_s"],
-                  fsdp_unit_host_s=fit["fsdp_unit_s"])
+    gpu = with_device_fit(cfgs[0].cluster.gpu, json.loads(device_fit.read_text()))
     cluster = replace(cfgs[0].cluster, gpu=gpu)
     return [replace(c, cluster=cluster) for c in cfgs]
 

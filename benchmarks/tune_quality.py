@@ -2,7 +2,8 @@
 
 A Llama where compute dominates (55M parameters: hidden 640, 10 layers, vocab 4096; seq-len 256;
 built from a config, no download) on 2 CPU processes over gloo. The space: DDP and DeepSpeed ZeRO-1/2/3
-x micro-batch 1, 2 (global batch 4) x activation checkpointing none/full = 16 plans.
+x micro-batch 1, 2 (global batch 4) x activation checkpointing none/full = 16 plans, in fp32 (a CPU
+without bf16 units emulates bf16-mixed autocast at a small fraction of its fp32 rate).
 
 1. The exhaustive grid: every plan measured `--grid-repeats` times (warm-up plus `--steps` timed steps
    each); a plan's grid figure is the mean of its repeats' median-step tokens/s. With `--grid-cache FILE`
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from planner.build import build_config  # noqa: E402
 from planner.search import SearchSpace  # noqa: E402
-from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, ZeroStage  # noqa: E402
+from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, Precision, ZeroStage  # noqa: E402
 from planner.tune_space import Filters, TuneSpace, build_space, trial_label  # noqa: E402
 from runner.trial import run_trial, unsupported  # noqa: E402
 from runner.tune import TuneOptions, quiet_optuna, tune  # noqa: E402
@@ -50,7 +51,8 @@ def make_space(model_dir: Path) -> TuneSpace:
     path = model_dir / "bench-llama-55m" / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(MODEL))
-    base = build_config(model=str(path), gpus="2xCPU", method=Method.full, seq_len=SEQ_LEN, check=False)
+    base = build_config(model=str(path), gpus="2xCPU", method=Method.full, precision=Precision.fp32, seq_len=SEQ_LEN,
+                        check=False)
     space_def = SearchSpace(methods=(Method.full,), global_batch=GLOBAL_BATCH, micro_batches=(1, 2),
                             grad_ckpts=(GradCkpt.none, GradCkpt.full), attns=(Attn.sdpa,),
                             optimizers=(Optimizer.adamw,))

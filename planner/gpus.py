@@ -8,7 +8,7 @@ direction (NVIDIA quotes NVLink as bidirectional totals: A100's 600 GB/s is 300 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.errors import PlanError, unknown_name_error
 
@@ -49,14 +49,23 @@ class GPUSpec:
     sm_count: int = 0
     # Host time to dispatch one eager PyTorch op (python -> dispatcher -> kernel launch or CPU kernel call).
     host_op_s: float = HOST_OP_S
-    # CPU GEMM curve rate(m) = R m / (m + m0): m0 rows (planner/kernels.py); 0 on GPUs (waves instead).
+    # CPU GEMM curve rate = R x m / (m + m0) x n / (n + n0) x k / (k + k0) (planner/kernels.py): the
+    # half-rate rows m0, output columns n0 and inner size k0; 0 on GPUs (waves instead).
     gemm_half_rate_rows: float = 0.0
+    gemm_half_rate_cols: float = 0.0
+    gemm_half_rate_inner: float = 0.0
+    # Values per second of a training-mode dropout (mask generation, compute-bound on the CPU's RNG) where
+    # measured; None: a GPU's in-kernel Philox RNG, whose cost is the dropout's memory traffic.
+    dropout_values_per_s: float | None = None
     # Fixed cost of one collective call where measured (gloo on the CPU); None: NCCL's per-hop alphas
     # (planner/comm.py).
     collective_alpha_s: float | None = None
     # Whether communication runs beside compute. On the CPU device each rank owns one core and gloo's
     # reductions and copies run on it, so communication adds to compute.
     overlaps_comm: bool = True
+    # On such a device: the time a collective issued while the ranks compute (from backward hooks: DDP
+    # buckets, ZeRO reductions and gathers, FSDP units) costs, relative to the same collective alone.
+    busy_comm_factor: float = 1.0
     # Host work per ZeRO-3 submodule / FSDP unit and micro-batch where measured (the CPU); None: counted in
     # eager ops (planner/collectives.py) times host_op_s.
     zero3_module_host_s: float | None = None
@@ -184,6 +193,24 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",
             "3090": "RTX3090", "V100": "V100-32G", "H100-80G": "H100"}
+
+
+# `ftplan profile calibrate --device` keys -> GPUSpec fields (the CPU device's fitted constants)
+DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp32_flops_per_s",
+                     "gemm_half_rate_rows": "gemm_half_rate_rows", "gemm_half_rate_cols": "gemm_half_rate_cols",
+                     "gemm_half_rate_inner": "gemm_half_rate_inner", "dropout_values_per_s": "dropout_values_per_s",
+                     "hbm_bytes_per_s": "hbm_bytes_per_s", "collective_alpha_s": "collective_alpha_s",
+                     "intra_node_bytes_per_s": "intra_node_bytes_per_s", "zero3_module_s": "zero3_module_host_s",
+                     "fsdp_unit_s": "fsdp_unit_host_s", "busy_comm_factor": "busy_comm_factor"}
+
+
+def with_device_fit(gpu: GPUSpec, fit: dict) -> GPUSpec:
+    """`gpu` (the CPU entry) with the constants of a `profile calibrate --device` file; fp32 matmuls run
+    at the fitted rate (no TF32 on a CPU); keys an older file lacks keep the entry's values."""
+    values = {field: fit[key] for key, field in DEVICE_FIT_FIELDS.items() if key in fit}
+    if "peak_fp32_flops_per_s" in values:
+        values["peak_tf32_flops_per_s"] = values["peak_fp32_flops_per_s"]
+    return replace(gpu, **values)
 
 
 def gpu_from_name(name: str) -> GPUSpec:

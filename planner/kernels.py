@@ -9,9 +9,10 @@ NVIDIA's "Matrix Multiplication Background User's Guide", Sec. 2, "Math and memo
   128 x 128, cuBLAS's large tiles of Sec. 2.3, whichever fills the waves best), one thread block per
   tile, `sm_count` tiles at a time; the last partial wave leaves SMs idle, so the efficiency is
   tiles / (waves x SMs). On the CPU the measured curve is
-  rate(m) = R x m / (m + m0) (`GPUSpec.gemm_half_rate_rows`, fitted by `ftplan profile calibrate
-  --device`): oneDNN/MKL pack the k x n weight once per call, a cost proportional to k x n, so the
-  rate grows with the rows m that share it.
+  rate = R x m / (m + m0) x n / (n + n0) x k / (k + k0) (`GPUSpec.gemm_half_rate_*`, fitted by
+  `ftplan profile calibrate --device`): oneDNN/MKL pack the k x n weight once per call, a cost
+  proportional to k x n, so the rate grows with the rows m that share it; outputs narrower than the
+  micro-kernel's register block (n0) and short inner loops (k0), LoRA's r = 8 sides, waste its lanes.
 - memory: the bytes of A, B and C over the memory bandwidth. LoRA's adapters (n or k = r, e.g. 8) are
   memory-bound GEMMs: reading the m x k input costs more than their 2mkr FLOPs.
 `efficiency` stays the achievable fraction of peak for large shapes (planner/compute.py, cited there),
@@ -65,12 +66,22 @@ def wave_efficiency(m: int, n: int, sm_count: int) -> float:
     return best
 
 
+def cpu_gemm_shape(g: Gemm, gpu: GPUSpec) -> float:
+    """The CPU's measured rate fraction m/(m+m0) x n/(n+n0) x k/(k+k0) (1 where not fitted): MKL/oneDNN
+    pack the weight once per call (rows share it), and their register-blocked micro-kernels leave lanes
+    idle when the output is narrower (LoRA's n = r) or the inner loop shorter (k = r) than a block."""
+    f = 1.0
+    for size, half in ((g.m, gpu.gemm_half_rate_rows), (g.n, gpu.gemm_half_rate_cols),
+                       (g.k, gpu.gemm_half_rate_inner)):
+        if half > 0:
+            f *= size / (size + half)
+    return f
+
+
 def gemm_time_s(g: Gemm, gpu: GPUSpec, peak_flops_per_s: float, efficiency: float, elem_bytes: float) -> float:
     """Roofline time of one GEMM (NVIDIA GEMM guide, Sec. 2): max(math, memory)."""
     flops = 2.0 * g.m * g.k * g.n
-    shape = wave_efficiency(g.m, g.n, gpu.sm_count)
-    if gpu.gemm_half_rate_rows > 0:
-        shape *= g.m / (g.m + gpu.gemm_half_rate_rows)
+    shape = wave_efficiency(g.m, g.n, gpu.sm_count) * cpu_gemm_shape(g, gpu)
     math_s = flops / (peak_flops_per_s * efficiency * shape)
     memory_s = (g.m * g.k + g.k * g.n + g.m * g.n) * elem_bytes / gpu.hbm_bytes_per_s
     return g.count * max(math_s, memory_s)
@@ -113,16 +124,25 @@ def gemm_shape_factor(gemms: tuple[Gemm, ...], gpu: GPUSpec, peak: float, effici
 
 
 def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...], tp: int,
-                           elem_bytes: float) -> float:
+                           elem_bytes: float, dropout: bool = True) -> float:
     """Memory traffic per layer and micro-batch of peft's LoRA branch besides its two GEMMs
     (peft/tuners/lora/layer.py Linear.forward: result + lora_B(lora_A(dropout(x))) * scaling): forward
-    dropout reads x and writes x' (2mk values), scaling and the add read and write the m x n branch and
-    result (5mn); backward runs the dropout mask over the branch's input gradient (2mk), the scaling
-    (2mn) and adds the branch's input gradient to the base layer's (3mk): 7mk + 7mn values."""
+    dropout reads x and writes x' (2mk values; peft's dropout is nn.Identity at lora_dropout 0), scaling
+    and the add read and write the m x n branch and result (5mn); backward runs the dropout mask over the
+    branch's input gradient (2mk), the scaling (2mn) and adds the branch's input gradient to the base
+    layer's (3mk): 7mk + 7mn values."""
     targets = set(resolve_lora_targets(m, lora_targets))
-    values = sum(7.0 * tokens * (lin.in_features + lin.out_features // tp) for lin in m.linears()
+    k_values = 7.0 if dropout else 3.0
+    values = sum(tokens * (k_values * lin.in_features + 7.0 * lin.out_features // tp) for lin in m.linears()
                  if lin.name in targets)
     return values * elem_bytes
+
+
+def lora_dropout_values(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...]) -> float:
+    """Values one layer's LoRA dropouts draw per micro-batch: every adapted linear has its own
+    `lora_dropout` module, so q/k/v (and gate/up) each draw a mask over the same input (m x k each)."""
+    targets = set(resolve_lora_targets(m, lora_targets))
+    return sum(float(tokens * lin.in_features) for lin in m.linears() if lin.name in targets)
 
 
 def eager_attention_bytes(b: int, s: int, heads: int, elem_bytes: float) -> float:

@@ -81,15 +81,32 @@ def _flops(m: ModelSpec, tr: cp.Training, tp: int, pp: int) -> tuple[float, floa
     return gpu.hardware / tp, job.model, (gpu.hardware - gpu.model) / tp
 
 
+# Values each torch optimizer reads plus writes per parameter in one step. torch.optim.AdamW's default
+# multi-tensor path (torch/optim/adam.py `_multi_tensor_adam`, decoupled weight decay; the Trainer's
+# `adamw_torch`, ftplan's runner and profiler) is eight separate foreach kernels: param *= 1 - lr*wd
+# (r1 w1), exp_avg.lerp_(grad) (r2 w1), exp_avg_sq *= beta2 (r1 w1), addcmul_(grad, grad) (r2 w1),
+# denom = sqrt(exp_avg_sq) (r1 w1), denom /= bias_correction2 (r1 w1), denom += eps (r1 w1),
+# param.addcdiv_(exp_avg, denom) (r3 w1): 12 reads + 8 writes. SGD with momentum (`_multi_tensor_sgd`):
+# buf *= momentum, buf += grad, param -= lr * buf: 5 reads + 3 writes.
+TORCH_ADAMW_VALUES = 20
+TORCH_SGD_VALUES = 8
+
+
 def optimizer_bytes_per_param(optimizer: Optimizer, precision: Precision) -> float:
-    """HBM bytes an AdamW step reads and writes per parameter: a memory-bound elementwise kernel
-    (torch's fused/foreach AdamW, torch/optim/adamw.py): read param, grad, m, v; write param, m, v; under
-    mixed precision the fp32 master also writes the 16-bit copy. 8-bit states: 1 byte each (+ absmax)."""
+    """Memory bytes one optimizer step reads and writes per parameter: a memory-bound elementwise pass.
+    torch AdamW / SGD: the foreach kernels above, on the parameter's dtype. bitsandbytes' optimizers
+    (8-bit blockwise and the paged 32-bit AdamW) are one fused kernel per tensor
+    (bitsandbytes/optim/optimizer.py -> `optimizer_update_32bit` / `optimizer_update_8bit_blockwise`):
+    read param, grad and the two states, write param and states (8-bit states: 1 byte each). Under
+    mixed precision with 16-bit model weights (DeepSpeed) the fp32 master also writes the 16-bit copy."""
     p = 2.0 if precision is Precision.bf16_true else 4.0
-    state = 1.0 if optimizer in (Optimizer.adamw_8bit, Optimizer.paged_adamw_8bit) else p
-    n_states = 1 if optimizer is Optimizer.sgd else 2
     copy16 = 2.0 if precision in (Precision.bf16_mixed, Precision.fp16_mixed) else 0.0
-    return 2 * p + p + 2 * n_states * state + copy16
+    if optimizer is Optimizer.adamw:
+        return TORCH_ADAMW_VALUES * p + copy16
+    if optimizer is Optimizer.sgd:
+        return TORCH_SGD_VALUES * p + copy16
+    state = 1.0 if optimizer in (Optimizer.adamw_8bit, Optimizer.paged_adamw_8bit) else 4.0
+    return 2 * p + p + 2 * 2 * state + copy16
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +207,18 @@ def _micro_batch_compute_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: flo
     mb_s += kn.attention_memory_s(cfg.model, cfg.attn, cfg.micro_batch, cp.tokens_per_sample(cfg), fam.stage_layers,
                                   cfg.tp, _elem_bytes(cfg), cfg.cluster.gpu)
     if cfg.method is not Method.full:
-        mb_s += fam.stage_layers * kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp,
-                                                             _elem_bytes(cfg)) / cfg.cluster.gpu.hbm_bytes_per_s
+        mb_s += fam.stage_layers * _lora_branch_s(cfg, tokens)
     return mb_s, shape * cp.compute_time_s(fam.recompute_tok * tokens, fam.peak, eff)
+
+
+def _lora_branch_s(cfg: TrainConfig, tokens: int) -> float:
+    """Per layer and micro-batch: the LoRA branch's elementwise traffic, and where the device's dropout is
+    measured (the CPU's RNG) its dropouts at that rate instead of their traffic (planner/kernels.py)."""
+    gpu = cfg.cluster.gpu
+    rng = gpu.dropout_values_per_s if cfg.lora_dropout > 0 else None
+    traffic = kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp, _elem_bytes(cfg),
+                                        dropout=cfg.lora_dropout > 0 and rng is None) / gpu.hbm_bytes_per_s
+    return traffic + (kn.lora_dropout_values(cfg.model, tokens, cfg.lora_targets) / rng if rng else 0.0)
 
 
 @lru_cache(maxsize=4096)

@@ -6,11 +6,20 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
 - host_op_s: median time of a 1-element `torch.add` (python + dispatcher + kernel call);
 - GEMM: fp32 (m x k) @ (k x n) for k = n in {256, 512, 1024} and m from 16 to 1024 tokens; fitted by least
   squares to t / (2kn) = (m + m0) / R (planner/kernels.py: a fixed weight-packing cost per call on top
-  of 2mkn / R), giving the large-GEMM rate R (the CPU's fp32 peak) and the half-rate rows m0;
+  of 2mkn / R), giving the large-GEMM rate R (the CPU's fp32 peak) and the half-rate rows m0; then
+  LoRA's thin shapes at 512 rows: narrow outputs (n = 8, 16, 32 for k = 384 .. 1024) give the half-rate
+  columns n0 and short inner loops (k = 8, 16, 32 for n = 384 .. 1024) the half-rate inner size k0
+  (median of what each point's time implies, rate = R m/(m+m0) n/(n+n0) k/(k+k0));
+- dropout: values per second of a training-mode `torch.nn.functional.dropout(p=0.05)` of 1 Mi values
+  (the RNG draws one value per element; peft's LoRA dropout);
 - memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time);
 - gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB, fitted to t = alpha + M / B (for 2
   ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest
   messages, alpha from the smallest;
+- busy collectives: DDP over a stack of 24 Linear(1024, 1024) (100 MB of fp32 gradients, 25 MB buckets)
+  on 2 ranks: (backward with gradient all-reduce - the same backward under `no_sync`) / one all-reduce of
+  the same bytes alone, medians of 9 interleaved repeats: what a collective issued from backward hooks
+  costs while both ranks compute, relative to the same collective alone;
 - sharding hooks: forward + backward of 48 tiny Linear(8, 8) modules under DeepSpeed ZeRO-3 and under
   FSDP2 (one unit per module), both on one gloo rank, minus the same model unwrapped, per module: the
   host work of fetching, releasing and reducing one module's parameters (DeepSpeed's
@@ -27,6 +36,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 
@@ -35,11 +45,15 @@ class DeviceFit:
     host_op_s: float
     peak_fp32_flops_per_s: float
     gemm_half_rate_rows: float
+    gemm_half_rate_cols: float
+    gemm_half_rate_inner: float
+    dropout_values_per_s: float
     hbm_bytes_per_s: float
     collective_alpha_s: float
     intra_node_bytes_per_s: float
     zero3_module_s: float  # host work per ZeRO-3 module and micro-batch (forward + backward)
     fsdp_unit_s: float  # the same per FSDP unit
+    busy_comm_factor: float  # a collective issued while the ranks compute / the same collective alone
     gemm_points: tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
     allreduce_points: tuple[tuple[int, float], ...]  # (bytes, seconds)
 
@@ -81,17 +95,58 @@ def measure_gemms(host_op_s: float) -> tuple[float, float, tuple[tuple[int, int,
 
     points = []
     for kn in (256, 512, 1024):
-        w = torch.randn(kn, kn)
         for m in (16, 32, 64, 128, 256, 512, 1024):
-            x = torch.randn(m, kn)
-            torch.mm(x, w)
-            inner = max(1, int(2e8 / (2 * m * kn * kn)))
-            points.append((m, kn, kn, _median_time(lambda x=x, w=w: torch.mm(x, w), repeats=5, inner=inner)))
+            points.append((m, kn, kn, _gemm_s(torch, m, kn, kn)))
     # t / (2kn) = m / R + m0 / R
     slope, intercept = _line_fit([float(m) for m, _, _, _ in points],
                                  [max(t - host_op_s, 1e-9) / (2 * k * n) for _, k, n, t in points])
     rate = 1.0 / slope
     return rate, max(0.0, intercept * rate), tuple(points)
+
+
+def _gemm_s(torch: Any, m: int, k: int, n: int) -> float:
+    x, w = torch.randn(m, k), torch.randn(k, n)
+    torch.mm(x, w)
+    inner = max(1, int(2e8 / (2 * m * k * n)))
+    return _median_time(lambda: torch.mm(x, w), repeats=5, inner=inner)
+
+
+THIN_ROWS = 512
+THIN_SIDES = (8, 16, 32)
+WIDE_SIDES = (384, 640, 1024)
+
+
+def measure_thin_gemms(rate: float, m0: float,
+                       host_op_s: float) -> tuple[float, float, tuple[tuple[int, int, int, float], ...]]:
+    """(n0, k0, points): LoRA-shaped GEMMs at THIN_ROWS rows; each point's time gives the share of the
+    rate its thin side reaches, f = 2mkn / (R m/(m+m0)) / t, and n/(n+n0) = f means n0 = n (1/f - 1)."""
+    import torch
+
+    m = THIN_ROWS
+    row_rate = rate * m / (m + m0)
+    cols, inner, points = [], [], []
+    for thin in THIN_SIDES:
+        for wide in WIDE_SIDES:
+            for k, n, into in ((wide, thin, cols), (thin, wide, inner)):
+                t = max(_gemm_s(torch, m, k, n) - host_op_s, 1e-9)
+                points.append((m, k, n, t))
+                into.append(implied_half_rate(thin, 2.0 * m * k * n, row_rate, t))
+    return statistics.median(cols), statistics.median(inner), tuple(points)
+
+
+def implied_half_rate(side: int, flops: float, rate_flops_per_s: float, t_s: float) -> float:
+    """The half-rate size s0 of a GEMM side that reached the share f = flops / rate / t of `rate`:
+    side / (side + s0) = f, so s0 = side (1/f - 1); 0 where the GEMM ran at the full rate."""
+    f = min(1.0, flops / rate_flops_per_s / t_s)
+    return side * (1.0 / f - 1.0)
+
+
+def measure_dropout() -> float:
+    import torch
+
+    x = torch.ones(2**20)
+    t = _median_time(lambda: torch.nn.functional.dropout(x, 0.05, training=True), repeats=7, inner=5)
+    return x.numel() / t
 
 
 def measure_bandwidth() -> float:
@@ -103,7 +158,7 @@ def measure_bandwidth() -> float:
     return 2 * src.numel() * 4 / t
 
 
-def _allreduce_rank(rank: int, port: int, sizes: list[int], out: Any) -> None:
+def _allreduce_rank(rank: int, port: int, out: Any, *, sizes: list[int]) -> None:
     import torch
     import torch.distributed as dist
 
@@ -113,11 +168,11 @@ def _allreduce_rank(rank: int, port: int, sizes: list[int], out: Any) -> None:
     results = []
     for n_bytes in sizes:
         t = torch.ones(max(1, n_bytes // 4))
-        for _ in range(3):
+        for _ in range(5):
             dist.all_reduce(t)
         dist.barrier()
         # back-to-back all-reduces: each one synchronizes the two ranks, so the median is the call's time
-        results.append((n_bytes, _median_time(lambda t=t: dist.all_reduce(t), repeats=15)))
+        results.append((n_bytes, _median_time(lambda t=t: dist.all_reduce(t), repeats=21)))
     if rank == 0:
         out.put(results)
     dist.barrier()
@@ -125,20 +180,8 @@ def _allreduce_rank(rank: int, port: int, sizes: list[int], out: Any) -> None:
 
 
 def measure_allreduce() -> tuple[float, float, tuple[tuple[int, float], ...]]:
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
     sizes = [4096 * 4**k for k in range(7)]  # 4 KiB .. 16 MiB
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_allreduce_rank, args=(r, port, sizes, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    points = queue.get(timeout=600)
-    for p in procs:
-        p.join(timeout=120)
+    points = _two_ranks(partial(_allreduce_rank, sizes=sizes))
     return *fit_alpha_beta(points), tuple(points)
 
 
@@ -153,6 +196,70 @@ def fit_alpha_beta(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
     beta = 1.0 / max(slope, 1e-15)
     alpha = statistics.median(t - b / beta for b, t in ordered[:2])
     return max(1e-7, alpha), beta
+
+
+BUSY_LAYERS, BUSY_WIDTH, BUSY_ROWS, BUSY_REPEATS = 24, 1024, 256, 9
+
+
+def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
+    """One of 2 gloo ranks: DDP backward with and without its gradient all-reduce, and that all-reduce alone."""
+    import contextlib
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(BUSY_WIDTH, BUSY_WIDTH) for _ in range(BUSY_LAYERS)])
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    x = torch.randn(BUSY_ROWS, BUSY_WIDTH)
+    flat = torch.ones(sum(p.numel() for p in model.parameters()))
+
+    def backward(sync: bool) -> None:
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            ddp(x).sum().backward()
+
+    def timed(fn: Any) -> float:
+        dist.barrier()
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    for _ in range(2):
+        backward(True), backward(False), dist.all_reduce(flat)
+    synced, unsynced, alone = [], [], []
+    for _ in range(BUSY_REPEATS):
+        unsynced.append(timed(lambda: backward(False)))
+        synced.append(timed(lambda: backward(True)))
+        alone.append(timed(lambda: dist.all_reduce(flat)))
+    if rank == 0:
+        out.put((statistics.median(synced) - statistics.median(unsynced)) / statistics.median(alone))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure_busy_comm_factor() -> float:
+    return max(1.0, _two_ranks(_busy_comm_rank))
+
+
+def _two_ranks(target: Any) -> Any:
+    """Run `target(rank, port, queue)` on 2 spawned processes; rank 0's answer."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    answer = queue.get(timeout=600)
+    for p in procs:
+        p.join(timeout=120)
+    return answer
 
 
 HOOK_MODULES = 48
@@ -228,9 +335,11 @@ def fit_device() -> DeviceFit:
     torch.set_num_threads(1)
     host = measure_host_op_s()
     rate, m0, gemms = measure_gemms(host)
+    n0, k0, thin = measure_thin_gemms(rate, m0, host)
     bw = measure_bandwidth()
     alpha, beta, ar = measure_allreduce()
     z3, fsdp = measure_hooks()
-    return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, hbm_bytes_per_s=bw,
+    return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_half_rate_cols=n0,
+                     gemm_half_rate_inner=k0, dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
-                     gemm_points=gemms, allreduce_points=ar)
+                     busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms + thin, allreduce_points=ar)

@@ -204,7 +204,8 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
             for k, ids in enumerate(batches):
                 # DDP reduces gradients on the last micro-batch only (no_sync before), as the HF Trainer and
                 # accelerate's `accumulate` do and as planner.timing models it
-                sync = contextlib.nullcontext() if k == len(batches) - 1 or not hasattr(engine, "no_sync") \
+                # (DeepSpeed's engine knows its accumulation boundary itself; its no_sync refuses ZeRO-2/3)
+                sync = contextlib.nullcontext() if k == len(batches) - 1 or is_ds or not hasattr(engine, "no_sync") \
                     else engine.no_sync()
                 # --activation-offload: every saved tensor in (pinned) host memory, as runner.train does
                 offload = (torch.autograd.graph.save_on_cpu(pin_memory=cuda) if cfg.activation_offload

@@ -118,7 +118,13 @@ def device_fit_view(data: dict[str, Any], path: str) -> Text:
              f"  host_op_s             {data['host_op_s'] * 1e6:.2f} us per eager op",
              f"  peak_fp32_flops_per_s {data['peak_fp32_flops_per_s'] / 1e9:.2f} GFLOP/s (large GEMMs)",
              f"  gemm_half_rate_rows   {data['gemm_half_rate_rows']:.1f} rows",
+             f"  gemm_half_rate_cols   {data.get('gemm_half_rate_cols', 0.0):.1f} output columns",
+             f"  gemm_half_rate_inner  {data.get('gemm_half_rate_inner', 0.0):.1f} inner size",
+             f"  dropout_values_per_s  {data.get('dropout_values_per_s', 0.0) / 1e6:.1f} M values/s",
              f"  hbm_bytes_per_s       {data['hbm_bytes_per_s'] / 1e9:.2f} GB/s (copy, read + write)",
              f"  collective_alpha_s    {data['collective_alpha_s'] * 1e6:.1f} us per gloo all-reduce",
-             f"  intra_node_bytes_per_s {data['intra_node_bytes_per_s'] / 1e9:.3f} GB/s (gloo, 2 ranks)"]
+             f"  intra_node_bytes_per_s {data['intra_node_bytes_per_s'] / 1e9:.3f} GB/s (gloo, 2 ranks)",
+             f"  busy_comm_factor      {data.get('busy_comm_factor', 1.0):.2f} x (a collective beside compute / alone)",
+             f"  zero3_module_s        {data.get('zero3_module_s', 0.0) * 1e3:.2f} ms per ZeRO-3 module",
+             f"  fsdp_unit_s           {data.get('fsdp_unit_s', 0.0) * 1e3:.2f} ms per FSDP unit"]
     return Text("\n".join(lines))

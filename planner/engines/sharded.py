@@ -8,6 +8,7 @@ fit under the compute of the same pass is exposed, and at least the last bucket 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from planner import offload_time as off
@@ -27,14 +28,17 @@ def overlap(comm_s: float, window_s: float, tail_s: float) -> float:
     return max(comm_s - window_s, min(tail_s, comm_s))
 
 
-def no_overlap(comm_s: float, window_s: float, tail_s: float) -> float:
-    """Devices whose communication runs on the compute cores (the CPU device, gloo): nothing is hidden."""
-    return comm_s
+def no_overlap(comm_s: float, window_s: float, tail_s: float, busy_factor: float = 1.0) -> float:
+    """Devices whose communication runs on the compute cores (the CPU device, gloo): nothing is hidden, and
+    a collective beside compute costs `busy_factor` times its time alone."""
+    return busy_factor * comm_s
 
 
 def overlap_for(cfg: TrainConfig):
-    """`overlap`, or `no_overlap` on a device that does not run communication beside compute."""
-    return overlap if cfg.cluster.gpu.overlaps_comm else no_overlap
+    """`overlap`, or on a device that does not run communication beside compute, all of it at the device's
+    measured cost of a collective issued while the ranks compute (`GPUSpec.busy_comm_factor`)."""
+    gpu = cfg.cluster.gpu
+    return overlap if gpu.overlaps_comm else partial(no_overlap, busy_factor=gpu.busy_comm_factor)
 
 
 def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from cli_helpers import run
 
-from profiler.device_fit import _line_fit, fit_alpha_beta
+from planner.gpus import gpu_from_name, with_device_fit
+from profiler.device_fit import _line_fit, fit_alpha_beta, implied_half_rate
 
 
 def test_alpha_beta_recovered_from_exact_points() -> None:
@@ -26,3 +27,22 @@ def test_calibrate_without_profiles_or_device_is_one_line(capsys, monkeypatch, t
     code, _, err = run(capsys, monkeypatch, "profile", "calibrate", "--out", str(tmp_path / "c.json"))
     assert code == 2 and "no profiles given" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c.json").exists()
+
+
+def test_thin_side_half_rate_inverts_the_curve() -> None:
+    """A side of 8 at half-rate size 24 runs at 8 / 32 of the rate: the time gives back 24."""
+    rate, flops = 50e9, 2.0 * 512 * 1024 * 8
+    t = flops / (rate * 8 / (8 + 24))
+    assert implied_half_rate(8, flops, rate, t) == pytest.approx(24.0, rel=1e-9)
+    assert implied_half_rate(8, flops, rate, flops / rate / 2) == 0.0  # faster than the rate: no penalty
+
+
+def test_device_fit_file_sets_the_cpu_entry() -> None:
+    cpu = gpu_from_name("CPU")
+    fit = {"host_op_s": 4e-6, "peak_fp32_flops_per_s": 60e9, "gemm_half_rate_cols": 20.0,
+           "dropout_values_per_s": 5e7, "zero3_module_s": 1e-3, "busy_comm_factor": 1.5}
+    got = with_device_fit(cpu, fit)
+    assert (got.host_op_s, got.peak_fp32_flops_per_s, got.peak_tf32_flops_per_s) == (4e-6, 60e9, 60e9)
+    assert (got.gemm_half_rate_cols, got.dropout_values_per_s, got.zero3_module_host_s) == (20.0, 5e7, 1e-3)
+    assert got.busy_comm_factor == 1.5
+    assert got.gemm_half_rate_rows == cpu.gemm_half_rate_rows  # keys the file lacks keep the entry's value
