@@ -270,7 +270,7 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
         conversion -= c16 * (trained - trained / n)
     if norm >= conversion:
         return {"ZeRO fp64 gradient-norm copy": norm} if norm else {}
-    return {"ZeRO fp32 gradient partition (largest group, with its flat 16-bit copy)": conversion}
+    return {"ZeRO fp32 gradients, one group (+ flat copy)": conversion}
 
 
 # --- time ---------------------------------------------------------------------------------------
