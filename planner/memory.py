@@ -38,9 +38,12 @@ __all__ = ["BACKWARD_ONLY_ITEMS", "CATEGORIES", "MemoryBreakdown", "StageParams"
            "optimizer_state_bytes_per_param", "quant_bytes_per_param", "shard_group", "stage_params"]
 
 CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
-# "other" items live only in the backward phase (gone by the end of backward and the optimizer step)
+# "other" items live only in the backward phase (gone by the end of backward and the optimizer step). ZeRO-3's
+# gathered parameters too: each module's are released after its backward, and step() starts by releasing any
+# left (stage3.py step: _partition_all_parameters); measured, the end of backward holds no more than before
+# forward (tests/validation/test_memory_zero_step_measured.py).
 BACKWARD_ONLY_ITEMS = ("logits and loss", "dequantized weight", "autocast weight copies",
-                       "ZeRO-3 parameters kept for backward")
+                       "ZeRO-3 gathered parameters", "ZeRO-3 parameters kept for backward")
 
 
 @dataclass(frozen=True, slots=True)

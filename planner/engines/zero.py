@@ -2,13 +2,16 @@
 AutoTP and the pipeline engine.
 
 ZeRO stage 1/2/3 partitions optimizer states / gradients / weights over the data-parallel group.
-DeepSpeed keeps 16-bit weights on the GPU (the fp32 master lives in the optimizer) and an extra fp32
-gradient partition (4 bytes), which its own estimator counts (deepspeed/runtime/zero/stage_1_and_2.py:
-2P + 18P/N for ZeRO-2). Buffer sizes are those the emitted ds_config uses (planner.deepspeed_sizes).
+DeepSpeed keeps 16-bit weights on the GPU (the fp32 master lives in the optimizer). Backward leaves 16-bit
+gradients; the fp32 gradient partition the optimizer reads exists only inside step(), one parameter group
+(ZeRO-1/2) or sub-group (ZeRO-3) at a time (step_items). Its estimator's 2P + 18P/N for ZeRO-2 (stage_1_and_2.py,
+estimate_zero2_model_states_mem_needs) counts that partition as resident: a bound, not the peak.
+Buffer sizes are those the emitted ds_config uses (planner.deepspeed_sizes).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from planner import collectives as col
@@ -98,15 +101,18 @@ def _fp32_grad_bytes(cfg: TrainConfig) -> float:
 
 
 def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
-    """(GPU, host) bytes of gradients: the 16-bit gradients plus DeepSpeed's fp32 partition, whole at
-    ZeRO-0, the fp32 part split at ZeRO-1, both split at ZeRO-2/3."""
+    """(GPU, host) bytes of the gradients held from backward to the step. ZeRO-0 with bf16 runs BF16_Optimizer,
+    whose fp32 gradient accumulators are allocated up front (bf16_optimizer.py, fp32_groups_gradients_flat):
+    16-bit + fp32, whole. ZeRO-1/2/3 hold only the 16-bit gradients, whole at ZeRO-1 (param.grad), a partition
+    at ZeRO-2 (copy_grads_in_partition's flat buffer) and ZeRO-3 (grad_partitions_flat_buffer); the fp32
+    partition is made in step() (step_items)."""
     zero, c16, fp32_grad = cfg.zero, compute_copy_bytes(cfg.precision), _fp32_grad_bytes(cfg)
     if zero is ZeroStage.DISABLED:
         grads = trained * (c16 + fp32_grad)
     elif zero is ZeroStage.OPTIMIZER_STATES:
-        grads = trained * c16 + trained * fp32_grad / n
+        grads = trained * c16
     else:
-        grads = trained * (c16 + fp32_grad) / n
+        grads = trained * c16 / n
     if cfg.offload is not Offload.none and zero >= ZeroStage.OPTIMIZER_STATES:
         # gradients stream to pinned host buffers partition by partition (ZeRO-Offload): the fp32
         # partition, plus ZeRO-1/2's 16-bit CPU accumulation buffers only when several micro-batches
@@ -207,17 +213,64 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool) -
     return {}
 
 
+def _decay_group_tensor_elements(cfg: TrainConfig) -> list[float]:
+    """A full fine-tune's weight matrices in registration order (embedding, each layer's linears, LM head), per
+    tensor-parallel rank: nearly all of the largest parameter group (the Trainer's weight-decay group,
+    get_decay_parameter_names, leaves out only biases and norms; an optimizer built by DeepSpeed from the
+    ds_config gets one group). An MoE layer's experts count as one fused tensor."""
+    m, t = cfg.model, cfg.tp
+    matrix = m.vocab_size * m.hidden_size / t
+    layer = [lin.copies * lin.in_features * lin.out_features / t for lin in m.linears()]
+    return [matrix] + layer * m.num_layers + ([] if m.tie_embeddings else [matrix])
+
+
+def step_group_elements(cfg: TrainConfig, trained: float, n: int) -> float:
+    """Elements per GPU of the largest group whose gradients step() converts to fp32 at once.
+
+    ZeRO-1/2 convert a whole parameter group's partition (stage_1_and_2.py, step: the loop over bit16_groups);
+    the weight-decay group holds nearly every trained parameter. ZeRO-3 splits each group into sub-groups
+    greedily, in parameter order, closing one when its partition elements reach sub_group_size (stage3.py,
+    _create_fp16_sub_groups), and converts one sub-group at a time (_prepare_sub_group ... _release_sub_group)."""
+    whole = trained / n
+    if cfg.zero is not ZeroStage.WEIGHTS or cfg.method is not Method.full or whole <= ds.SUB_GROUP_SIZE:
+        return whole
+    largest, current = 0.0, 0.0
+    for numel in _decay_group_tensor_elements(cfg):
+        current += math.ceil(numel / n)  # partition_numel: ceil(numel / world size), padded
+        if current >= ds.SUB_GROUP_SIZE:
+            largest, current = max(largest, current), 0.0
+    return min(whole, max(largest, current))
+
+
 def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
-    """DeepSpeed's fused/CPU Adam has no foreach temporaries, but ZeRO-1/2 take the gradient norm in
-    fp64, one gradient at a time (stage_1_and_2.py, get_grad_norm_direct: g.to(get_norm_dtype()), float64
-    wherever the accelerator has it)."""
-    if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS) and cfg.offload is Offload.none and \
-            cfg.method is Method.full:
-        m = cfg.model
+    """What the step adds to the gradients held (DeepSpeed's fused/CPU Adam has no foreach temporaries): the
+    larger of two moments, which follow each other.
+
+    - First the gradient norm, taken in fp64 one gradient at a time (stage_1_and_2.py and stage3.py,
+      get_grad_norm_direct: g.to(get_norm_dtype()), float64 wherever the accelerator has it); at ZeRO-3 each
+      gradient is a partition (1/N of the tensor).
+    - Then, per group, the 16-bit gradients are flattened into a new tensor and cast to fp32 while the flat copy
+      lives (stage_1_and_2.py step: `self.flatten(...)` then `.to(fp32)`; stage3.py
+      _prepare_fp32_grad_for_sub_group, the same line), the fp32 partition stays through the optimizer step and
+      is dropped before the next group (`single_partition_of_fp32_groups[i].grad = None`; stage3.py
+      _release_sub_group). ZeRO-1 first frees the group's gradients outside its partition
+      (free_grad_in_param_list(params_not_in_partition)), so this moment holds less of them.
+    With offloaded optimizer states the fp32 gradients live on the host (gradients())."""
+    if cfg.zero is ZeroStage.DISABLED or cfg.offload is not Offload.none:
+        return {}
+    m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
+    norm = 0.0
+    if cfg.method is Method.full:
         largest = max([embedding_params(m), head_params(m)] + [lin.in_features * lin.out_features
                                                                 for lin in m.linears() if lin.copies == 1])
-        return {"ZeRO fp64 gradient-norm copy": 8.0 * largest / cfg.tp}
-    return {}
+        norm = 8.0 * largest / cfg.tp / (n if cfg.zero is ZeroStage.WEIGHTS else 1)
+    group = step_group_elements(cfg, trained, n)
+    conversion = group * (c16 + _fp32_grad_bytes(cfg))  # the flat 16-bit copy and the fp32 partition
+    if cfg.zero is ZeroStage.OPTIMIZER_STATES:
+        conversion -= c16 * (trained - trained / n)
+    if norm >= conversion:
+        return {"ZeRO fp64 gradient-norm copy": norm} if norm else {}
+    return {"ZeRO fp32 gradients, one group (+ flat copy)": conversion}
 
 
 # --- time ---------------------------------------------------------------------------------------

@@ -79,3 +79,31 @@ def test_zero3_keeps_parameters_within_reuse_distance() -> None:
     assert gathered >= 4 * total_params(small.model) * 0.99
     assert "ZeRO-3 parameters kept for backward" not in memory_per_gpu(
         build_config(model="llama-3-8b", gpus="8xA800", method=Method.full, zero=3)).other_items
+
+
+@pytest.mark.parametrize("zero", [1, 2, 3])
+def test_zero_fp32_gradient_partition_lives_in_the_step(zero: int) -> None:
+    """DeepSpeed makes the fp32 gradient partition inside step(), one group (ZeRO-1/2, stage_1_and_2.py step) or
+    sub-group (ZeRO-3, stage3.py _prepare_fp32_grad_for_sub_group / _release_sub_group) at a time: the
+    gradients held are 16-bit (whole at ZeRO-1), and the step adds 6 bytes (the flat 16-bit copy and the fp32
+    cast) per element of the largest group. Measured: tests/validation/test_memory_zero_step_measured.py."""
+    from planner import deepspeed_sizes
+    from planner.engines import zero as zero_engine
+
+    cfg = build_config(model="llama-2-7b", gpus="8xA800", method=Method.full, zero=zero)
+    p, n = total_params(cfg.model), cfg.dp
+    assert memory_per_gpu(cfg).gradients == pytest.approx(2 * p / (1 if zero == 1 else n), rel=1e-9)
+    group = zero_engine.step_group_elements(cfg, p, n)
+    assert group == pytest.approx(p / n, rel=1e-9)  # 842M per rank: under sub_group_size, one (sub-)group
+    items = zero_engine.step_items(cfg, p, n, 4.0)
+    if zero == 1:  # the gradients outside the partition are freed first: the fp64 norm copy is the larger moment
+        assert list(items) == ["ZeRO fp64 gradient-norm copy"]
+    else:
+        assert sum(items.values()) == pytest.approx(6 * group, rel=1e-9)
+    one_gpu = replace(cfg, cluster=parse_gpus("1xA800"))
+    sub = zero_engine.step_group_elements(one_gpu, p, 1)
+    if zero == 3:  # sub-groups close once they reach sub_group_size, overshooting by less than one tensor
+        largest = cfg.model.vocab_size * cfg.model.hidden_size
+        assert deepspeed_sizes.SUB_GROUP_SIZE <= sub < deepspeed_sizes.SUB_GROUP_SIZE + largest
+    else:
+        assert sub == p

@@ -180,11 +180,11 @@ HF_PEFT = [
 # finetune.py (HF Trainer + peft) with finetune_lora_single_gpu.sh: one A100-SXM4-80G, bf16, flash
 # attention 2, batch size 1, gradient accumulation 8, gradient checkpointing, LoRA r=64, alpha=16,
 # dropout 0.05 on c_attn, c_proj, w1, w2 (every linear of the block), sequence 256 ... 8192. The README
-# profiles "the memory (GB)" and does not say with which tool (kind "unstated"). Unit: GB = 1e9 bytes, as
-# labelled (this set's rule; only a reading of nvidia-smi's MiB makes "GB" GiB). The same README's inference
-# table, measured with Qwen's profile.py, reads the same way: Qwen-7B BF16 "16.99GB" for 2048 generated tokens
-# = 15.44 GB of weights + 1.07 GB of KV cache + the step's tensors (as GiB it would leave 1.7 GB unexplained).
-# (The previous session read GiB, which put every Qwen row 7.4% lower.) The models' config.json (Qwen/Qwen-7B,
+# profiles "the memory (GB)" and does not say with which tool (kind "unstated"). Unit: GB = 1e9 bytes. The
+# table itself rules GiB out: its Qwen-7B full-parameter figure at 1024 tokens, 162.0G over 2 GPUs, is 81.0 per
+# GPU, more than an A100-80GB's 80 GiB, so it cannot be GiB (75.4 GiB as GB). (Its inference table is another
+# matter: Qwen's profile.py prints torch.cuda.max_memory_allocated() / 1024**3 labelled "GB", so there "GB" is
+# GiB; the finetuning table names no script.) The models' config.json (Qwen/Qwen-7B,
 # Qwen/Qwen-1_8B): QWen blocks are
 # Llama-shaped (RMSNorm, RoPE, SwiGLU of width intermediate_size / 2, qkv bias, untied head). The "LoRA" rows
 # train no embedding or head (the README: "LoRA (emb)" is the other row; finetune.py adds wte and lm_head to
@@ -218,7 +218,11 @@ def _qwen(size: str, seq: int, gb: float) -> PublishedPeak:
 # The table's "Full-parameter" rows: finetune/finetune_ds.sh at commit e8e1596 (2023-11-30, which added the 1.8B
 # rows): DeepSpeed ZeRO-3 (finetune/ds_config_zero3.json: no offload, DeepSpeed's AdamW), bf16, gradient
 # checkpointing, with the table's batch size 1 and accumulation 8. Qwen-1.8B on 1 GPU; Qwen-7B on 2 GPUs, where
-# the table gives the two GPUs' sum (139.2G-162.0G, more than one 80 GB card holds): per GPU = sum / 2.
+# the table gives the two GPUs' sum: per GPU = sum / 2. Evidence: 139.2G-162.0G is more than one 80 GB card
+# holds; the table's other multi-GPU rows are sums too (72B LoRA + ZeRO-3 on 4 GPUs: 215.4G-289.2G; 7B LoRA
+# multinode, 2x2 GPUs: 74.7G at 256 tokens, about 4x the 1-GPU LoRA row's 20.1G); and a Qwen maintainer sizes
+# full fine-tuning from this row as 18 bytes x 7.7B parameters, "close to 140" (QwenLM/Qwen issue 504), the
+# model states of both GPUs together.
 _QWEN_FULL = dict(model="qwen2.5-7b", method=Method.full, precision=Precision.bf16_mixed, attn=Attn.flash,
                   grad_ckpt=GradCkpt.full, micro_batch=1, grad_accum=8, zero=3)
 

@@ -18,9 +18,10 @@ The planner models transformers + DeepSpeed / FSDP / DDP, not Megatron. Two comp
 the allocated part of the planner's peak (total minus the CUDA context and the allocator reserve):
 1. The nearest configuration the planner models: DeepSpeed ZeRO-1 (the distributed optimizer shards
    the same states), full fine-tuning, bf16-mixed, AdamW, flash attention, same TP/PP/DP/MBS and
-   gradient accumulation GBS/(DP x MBS). Tolerance ±15%. The gap is mostly model states: Megatron
-   keeps a full fp32 gradient buffer (main_grad, 4P) where DeepSpeed ZeRO-1 keeps 16-bit gradients (2P)
-   plus an fp32 partition (4P/DP).
+   gradient accumulation GBS/(DP x MBS). The gap is mostly model states: Megatron keeps a full fp32
+   gradient buffer (main_grad, 4P) through backward where DeepSpeed ZeRO-1 keeps 16-bit gradients (2P) and
+   makes its fp32 partition only inside step() (stage_1_and_2.py step). Reported as is; asserted with
+   that stated difference (2P, on the planner's per-stage parameter count) added: ±15%.
 2. The planner's activations and logits for that configuration plus Megatron's own model-state
    accounting (megatron/training/theoretical_memory_usage.py: 6 + 12/DP bytes per parameter with the
    distributed optimizer) on the planner's per-stage parameter count: this isolates the activation
@@ -58,10 +59,15 @@ def run_estimate(run: str):
 
 @pytest.mark.parametrize("run", list(RUNS))
 def test_deepspeed_zero1_analogue(run: str) -> None:
-    _, mem = run_estimate(run)
+    cfg, mem = run_estimate(run)
     allocated = mem.total - sum(mem.other_items[k] for k in NOT_ALLOCATED)
-    dev = report("Megatron-LM PR 482 (H800, measured)", f"{run}, planner ZeRO-1 analogue", RUNS[run][-1],
-                 allocated / GiB, "GiB", "±15%")
+    report("Megatron-LM PR 482 (H800, measured)", f"{run}, planner ZeRO-1 analogue", RUNS[run][-1],
+           allocated / GiB, "GiB", "reported")
+    has_head = "logits and loss" in mem.other_items
+    params = stage_params(cfg, first=not has_head or cfg.pp == 1).total
+    main_grad_gap = 2.0 * params  # Megatron's fp32 main_grad (4P) against DeepSpeed ZeRO-1's 16-bit gradients (2P)
+    dev = report("Megatron-LM PR 482 (H800, measured)", f"{run}, planner ZeRO-1 analogue + fp32 main_grad gap",
+                 RUNS[run][-1], (allocated + main_grad_gap) / GiB, "GiB", "±15%")
     assert abs(dev) <= 0.15
 
 
