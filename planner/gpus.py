@@ -177,22 +177,23 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # one OpenMP thread each, device memory is host memory. The figures are per rank (one core), fitted on
     # this project's 2-core x86 VM (AMD EPYC) with no other job running, by
     #   ftplan profile calibrate --device --out cpu-device.json
-    # (profiler/device_fit.py): fp32 GEMM rate 59.7 GFLOP/s for large shapes with half rate at 4.7 rows,
-    # narrow outputs (LoRA's r) at 0.13 (n = 8) and 0.79 (n = 16) of the row rate, copy bandwidth
-    # 10.1 GB/s, 3.82 us per eager op, dropout 46.3 M values/s, gloo all-reduce 916 us + M / 0.748 GB/s
-    # between 2 ranks, a collective beside compute 1.41x its time alone, ZeRO-3 hooks 2.10 ms per module
-    # and FSDP2 hooks 1.98 ms per unit (48-module probe). Repeated fits on this VM moved the rate by
-    # +-10% and the bandwidths and dropout rate by up to 2x (a shared host). bf16 / fp16 matmuls run at 1/2
+    # (profiler/device_fit.py): fp32 GEMM rate 56.1 GFLOP/s for large shapes with half rate at 37.4 rows
+    # (both processes timing at once, operands cold), narrow outputs (LoRA's r) at 0.12 / 0.41 / 0.63 /
+    # 0.83 of the row rate for n = 8 / 16 / 32 / 64, copy bandwidth 10.0 GB/s, 3.97 us per eager op,
+    # dropout 72.6 M values/s, gloo all-reduce 1.31 ms + M / 0.695 GB/s between 2 ranks, a collective
+    # beside compute 2.06x its time alone, ZeRO-3 hooks 1.62 ms per module and FSDP2 hooks 1.54 ms per unit
+    # (48-module probe). Six fits on this VM within two hours moved the rate by +-10%, the all-reduce
+    # latency from 0.6 to 2.8 ms and the dropout rate by 2x (a shared host). bf16 / fp16 matmuls run at 1/2
     # and 1/8 of fp32 on AVX2 cores without AMX (oneDNN converts); there is no TF32.
-    _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=29.9e9, peak_fp16_flops_per_s=7.47e9,
-         peak_tf32_flops_per_s=59.7e9, peak_fp32_flops_per_s=59.7e9, hbm_bytes_per_s=10.1 * GB,
-         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=0.748 * GB,
-         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=0.748 * GB, host_link_bytes_per_s=10.1 * GB,
+    _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=28.1e9, peak_fp16_flops_per_s=7.02e9,
+         peak_tf32_flops_per_s=56.1e9, peak_fp32_flops_per_s=56.1e9, hbm_bytes_per_s=10.0 * GB,
+         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=0.695 * GB,
+         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=0.695 * GB, host_link_bytes_per_s=10.0 * GB,
          gpus_per_node=64, source="fitted: ftplan profile calibrate --device (profiler/device_fit.py)",
-         runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=3.82e-6, gemm_half_rate_rows=4.7,
-         gemm_narrow_cols=((8, 0.13), (16, 0.79), (32, 1.0)), dropout_values_per_s=46.3e6,
-         collective_alpha_s=916e-6, overlaps_comm=False, busy_comm_factor=1.41, zero3_module_host_s=2.10e-3,
-         fsdp_unit_host_s=1.98e-3),
+         runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=3.97e-6, gemm_half_rate_rows=37.4,
+         gemm_narrow_cols=((8, 0.12), (16, 0.41), (32, 0.63), (64, 0.83)), dropout_values_per_s=72.6e6,
+         collective_alpha_s=1.31e-3, overlaps_comm=False, busy_comm_factor=2.06, zero3_module_host_s=1.62e-3,
+         fsdp_unit_host_s=1.54e-3),
 )}
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from dataclasses import fields as dataclass_fields
-from typing import Any
+from typing import Any, TypeVar
 
 from planner import engines
 from planner.calibration import DEFAULT, Calibration
@@ -145,6 +145,7 @@ class PlanResult:
 
 
 TIE_FRACTION = 0.01
+T = TypeVar("T")
 
 # How much sharding a strategy does (fewer shards first when plans tie)
 _SHARDING = {(Engine.ddp, ZeroStage.DISABLED): 0, (Engine.deepspeed, ZeroStage.DISABLED): 0,
@@ -178,8 +179,17 @@ def rank_key(est: Estimate) -> tuple[float, float]:
 def rank(plans: list[Estimate], tie_fraction: float = TIE_FRACTION) -> list[Estimate]:
     """Fastest first; among the plans within `tie_fraction` of the fastest one left, the simplest goes
     next (then the faster, then the one using less memory)."""
-    left = [(_tokens_per_s(e), simplicity_key(e.config), e) for e in sorted(plans, key=rank_key)]
-    out: list[Estimate] = []
+    ordered = sorted(plans, key=rank_key)
+    return resolve_ties(ordered, [_tokens_per_s(e) for e in ordered], [simplicity_key(e.config) for e in ordered],
+                        tie_fraction)
+
+
+def resolve_ties(items: list[T], tokens_per_s: list[float], simplicity: list[tuple[int, ...]],
+                 tie_fraction: float = TIE_FRACTION) -> list[T]:
+    """`items` sorted fastest first (with their tokens/s and simplicity keys) in the ranking's order: among
+    those within `tie_fraction` of the fastest one left, the simplest goes next (then the earlier one)."""
+    left = list(zip(tokens_per_s, simplicity, items, strict=True))
+    out: list[T] = []
     while left:
         floor = left[0][0] * (1 - tie_fraction)
         window = 1

@@ -4,7 +4,9 @@
 as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one OpenMP thread
 (profiler/launch.py sets OMP_NUM_THREADS=1), so every figure is per core:
 - host_op_s: median time of a 1-element `torch.add` (python + dispatcher + kernel call);
-- GEMM: fp32 (m x k) @ (k x n) for k = n in {256, 512, 1024} and m from 16 to 1024 tokens; fitted by least
+- GEMM: fp32 (m x k) @ (k x n), timed on two processes at once (a step's ranks share the socket's cache
+  and memory; per shape the slower process counts) with cold operands (cycled through a pool larger than
+  the last-level cache), for k = n in {256, 512, 1024} and m from 16 to 1024 tokens; fitted by least
   squares to t / (2kn) = (m + m0) / R (planner/kernels.py: a fixed weight-packing cost per call on top
   of 2mkn / R), giving the large-GEMM rate R (the CPU's fp32 peak) and the half-rate rows m0; then
   LoRA's narrow outputs at 512 rows (n = 8, 16, 32, 64 for k = 384, 640, 1024): per n the median share
@@ -14,7 +16,7 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
 - memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time);
 - gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB, fitted to t = alpha + M / B (for 2
   ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest
-  messages, alpha from the smallest;
+  messages, alpha from the four smallest;
 - busy collectives: DDP over a stack of 24 Linear(1024, 1024) (100 MB of fp32 gradients, 25 MB buckets)
   on 2 ranks: (backward with gradient all-reduce - the same backward under `no_sync`) / one all-reduce of
   the same bytes alone, medians of 9 interleaved repeats: what a collective issued from backward hooks
@@ -29,6 +31,7 @@ Least squares on times measured in one run; medians of repeats damp a shared mac
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import statistics
@@ -37,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
+
+Points = tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -88,51 +93,81 @@ def measure_host_op_s() -> float:
     return _median_time(lambda: torch.add(a, b), repeats=7, inner=2000)
 
 
-def measure_gemms(host_op_s: float) -> tuple[float, float, tuple[tuple[int, int, int, float], ...]]:
+SQUARE_SIDES = (256, 512, 1024)
+SQUARE_ROWS = (16, 32, 64, 128, 256, 512, 1024)
+
+
+def gemm_shapes() -> list[tuple[int, int, int]]:
+    """(m, k, n) of the fitted GEMMs: square weights at 16-1024 rows, then LoRA's narrow outputs."""
+    return ([(m, kn, kn) for kn in SQUARE_SIDES for m in SQUARE_ROWS] +
+            [(NARROW_ROWS, k, n) for n in NARROW_COLS for k in NARROW_INNER])
+
+
+def _gemm_rank(rank: int, port: int, out: Any) -> None:
+    """One of two processes timing every shape at once with the other, as the ranks of a step share the
+    socket's cache and memory; reports (rank, host_op_s, [(m, k, n, seconds)])."""
     import torch
 
-    points = []
-    for kn in (256, 512, 1024):
-        for m in (16, 32, 64, 128, 256, 512, 1024):
-            points.append((m, kn, kn, _gemm_s(torch, m, kn, kn)))
-    # t / (2kn) = m / R + m0 / R
-    slope, intercept = _line_fit([float(m) for m, _, _, _ in points],
-                                 [max(t - host_op_s, 1e-9) / (2 * k * n) for _, k, n, t in points])
+    torch.set_num_threads(1)
+    host = measure_host_op_s()
+    out.put((rank, host, [(m, k, n, _gemm_s(torch, m, k, n)) for m, k, n in gemm_shapes()]))
+
+
+def fit_gemm_curve(points: Points, host_op_s: float) -> tuple[float, float]:
+    """(R, m0) from the square points: t / (2kn) = m / R + m0 / R (least squares on relative residuals)."""
+    square = [(m, k, n, t) for m, k, n, t in points if k == n]
+    slope, intercept = _line_fit([float(m) for m, _, _, _ in square],
+                                 [max(t - host_op_s, 1e-9) / (2 * k * n) for _, k, n, t in square])
     rate = 1.0 / slope
-    return rate, max(0.0, intercept * rate), tuple(points)
+    return rate, max(0.0, intercept * rate)
+
+
+def fit_narrow(points: Points, rate: float, m0: float, host_op_s: float) -> tuple[tuple[int, float], ...]:
+    """(n, share) for LoRA's narrow outputs: a point's share of the row rate R m/(m+m0) is 2mkn / rate / t,
+    capped at 1; per n the median over k."""
+    table = []
+    for n in NARROW_COLS:
+        shares = [rate_share(2.0 * m * k * nn, rate * m / (m + m0), max(t - host_op_s, 1e-9))
+                  for m, k, nn, t in points if nn == n and m == NARROW_ROWS and k in NARROW_INNER]
+        table.append((n, statistics.median(shares)))
+    return tuple(table)
+
+
+def measure_gemms() -> tuple[float, Points]:
+    """(host_op_s, points): every shape timed on two processes at once; per shape the slower one, since a
+    step waits for its slowest rank."""
+    answers = _on_ranks(_gemm_rank, 2)
+    host = max(h for _, h, _ in answers)
+    per_rank = [pts for _, _, pts in answers]
+    points = tuple((m, k, n, max(r[i][3] for r in per_rank)) for i, (m, k, n, _) in enumerate(per_rank[0]))
+    return host, points
+
+
+COLD_POOL_BYTES = 64 * 2**20  # more than a server CPU's last-level cache share
 
 
 def _gemm_s(torch: Any, m: int, k: int, n: int) -> float:
-    x, w = torch.randn(m, k), torch.randn(k, n)
-    torch.mm(x, w)
-    inner = max(1, int(2e8 / (2 * m * k * n)))
-    return _median_time(lambda: torch.mm(x, w), repeats=5, inner=inner)
+    """Median time of one (m x k) @ (k x n) with cold operands: the calls cycle through distinct inputs and
+    weights that together exceed the last-level cache, as a training step streams every layer's weights
+    and activations from memory once per pass (a repeated call on the same operands runs from cache)."""
+    pool = max(1, min(256, math.ceil(COLD_POOL_BYTES / ((m * k + k * n) * 4))))
+    xs = [torch.randn(m, k) for _ in range(pool)]
+    ws = [torch.randn(k, n) for _ in range(pool)]
+    inner = max(pool, int(2e8 / (2 * m * k * n)))
+    calls = iter(range(10**12))
+
+    def once() -> None:
+        i = next(calls) % pool
+        torch.mm(xs[i], ws[i])
+
+    for _ in range(pool):
+        once()
+    return _median_time(once, repeats=5, inner=inner)
 
 
 NARROW_ROWS = 512
 NARROW_COLS = (8, 16, 32, 64)
 NARROW_INNER = (384, 640, 1024)
-
-
-Points = tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
-
-
-def measure_narrow_gemms(rate: float, m0: float, host_op_s: float) -> tuple[tuple[tuple[int, float], ...], Points]:
-    """((n, share), points): LoRA-shaped GEMMs (NARROW_ROWS x k) @ (k x n); a point's share of the row rate is
-    2mkn / (R m/(m+m0)) / t, capped at 1; per n the median over k."""
-    import torch
-
-    m = NARROW_ROWS
-    row_rate = rate * m / (m + m0)
-    table, points = [], []
-    for n in NARROW_COLS:
-        shares = []
-        for k in NARROW_INNER:
-            t = max(_gemm_s(torch, m, k, n) - host_op_s, 1e-9)
-            points.append((m, k, n, t))
-            shares.append(rate_share(2.0 * m * k * n, row_rate, t))
-        table.append((n, statistics.median(shares)))
-    return tuple(table), tuple(points)
 
 
 def rate_share(flops: float, rate_flops_per_s: float, t_s: float) -> float:
@@ -186,14 +221,15 @@ def measure_allreduce() -> tuple[float, float, tuple[tuple[int, float], ...]]:
 
 def fit_alpha_beta(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
     """t = alpha + M / B: the bandwidth B from the three largest messages (plain least squares, where the
-    bytes dominate), the latency alpha from the two smallest (median of t - M / B)."""
+    bytes dominate), the latency alpha from the four smallest (median of t - M / B: gloo's small-message
+    time on a shared VM jumps between runs, and one size alone decides nothing)."""
     ordered = sorted(points)
     big = ordered[-3:]
     mx = statistics.fmean(b for b, _ in big)
     my = statistics.fmean(t for _, t in big)
     slope = sum((b - mx) * (t - my) for b, t in big) / sum((b - mx) ** 2 for b, _ in big)
     beta = 1.0 / max(slope, 1e-15)
-    alpha = statistics.median(t - b / beta for b, t in ordered[:2])
+    alpha = statistics.median(t - b / beta for b, t in ordered[:4])
     return max(1e-7, alpha), beta
 
 
@@ -245,6 +281,11 @@ def measure_busy_comm_factor() -> float:
 
 def _two_ranks(target: Any) -> Any:
     """Run `target(rank, port, queue)` on 2 spawned processes; rank 0's answer."""
+    return _on_ranks(target, 2, answers=1)[0]
+
+
+def _on_ranks(target: Any, n: int, answers: int | None = None) -> list[Any]:
+    """Run `target(rank, port, queue)` on `n` spawned processes at once; the `answers` (default n) they put."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
@@ -252,13 +293,13 @@ def _two_ranks(target: Any) -> Any:
         port = int(s.getsockname()[1])
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(r, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, port, queue)) for r in range(n)]
     for p in procs:
         p.start()
-    answer = queue.get(timeout=600)
+    got = [queue.get(timeout=900) for _ in range(n if answers is None else answers)]
     for p in procs:
         p.join(timeout=120)
-    return answer
+    return got
 
 
 HOOK_MODULES = 48
@@ -332,14 +373,13 @@ def fit_device() -> DeviceFit:
     import torch
 
     torch.set_num_threads(1)
-    host = measure_host_op_s()
-    rate, m0, gemms = measure_gemms(host)
-    narrow, narrow_points = measure_narrow_gemms(rate, m0, host)
+    host, gemms = measure_gemms()
+    rate, m0 = fit_gemm_curve(gemms, host)
+    narrow = fit_narrow(gemms, rate, m0, host)
     bw = measure_bandwidth()
     alpha, beta, ar = measure_allreduce()
     z3, fsdp = measure_hooks()
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_narrow_cols=narrow,
                      dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
-                     busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms + narrow_points,
-                     allreduce_points=ar)
+                     busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms, allreduce_points=ar)

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from planner.errors import PlanError
 from planner.estimate import Estimate, FitKind, estimate
 from planner.runnable import runnable
+from planner.search import resolve_ties, simplicity_key
 from planner.tune_result import TrialRow, TuneResult
 from planner.tune_space import TuneSpace, analytic_score, pareto_front, rank_key
 from runner.tuning.analytical import (
@@ -82,6 +83,11 @@ def _pick(ranked: list[FrozenTrial], space: TuneSpace, opts: TuneOptions) -> Fro
         if flag:
             return t
     return ranked[0]
+
+
+def _simplicity(space: TuneSpace, t: FrozenTrial) -> tuple[int, ...]:
+    cfg, _ = space.config_for(t.params)
+    return simplicity_key(cfg) if cfg is not None else (10**6,)
 
 
 def _estimate_for(space: TuneSpace, params: dict[str, Any], opts: TuneOptions) -> Estimate:
@@ -151,6 +157,8 @@ def tune(space: TuneSpace, opts: TuneOptions, progress: Progress | None = None) 
     if not fits:
         raise _nothing_fits(space, a_rows, "fits")
     fits.sort(key=lambda t: rank_key(t.values[0], t.values[1]))
+    # plan's tie rule: within 1% of the fastest left, the simpler plan first (planner/search.py)
+    fits = resolve_ties(fits, [t.values[0] for t in fits], [_simplicity(space, t) for t in fits])
     common = {"study": name, "storage": url, "measured": opts.measure, "space_points": space.size,
               "runnable_plans": n_valid, "pareto": pareto}
     if not opts.measure:

@@ -52,17 +52,15 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_analytical_tune_agrees_with_exhaustive_plan(base_7b):
-    # compared with plan() at test time: the time model is its own module and may change
-    # plan() lets a simpler plan within 1% go first (planner.search.rank); the tuner ranks by tokens/s
-    # alone, so its winner is the fastest plan of the leading tie group
+    # compared with plan() at test time: the time model is its own module and may change. Both rank with the
+    # same tie rule (planner.search.resolve_ties: within 1% of the fastest left, the simpler plan first),
+    # so the tune's winner is plan's first plan, not merely the fastest one
     result = tune(build_space(base_7b, SearchSpace()), TuneOptions(storage="memory"))
     plans = plan(base_7b, SearchSpace()).plans
-    fastest = max(plans, key=lambda e: e.time.tokens_per_s)
-    assert result.best.config == fastest.config
+    assert result.best.config == plans[0].config
     assert result.best.config in {e.config for e in plans
                                   if e.time.tokens_per_s >= plans[0].time.tokens_per_s * (1 - TIE_FRACTION)}
     assert result.trials_completed == len(plans)
-    assert result.pareto[0].name.startswith(str(fastest.config))
 
 
 def test_small_space_is_enumerated_even_with_trials(base_7b):
