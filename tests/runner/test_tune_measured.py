@@ -117,7 +117,7 @@ def test_killed_study_resumes_without_rerunning(tiny, tmp_path):
 
 def test_two_processes_share_one_sqlite_study(tmp_path):
     db = f"sqlite:///{tmp_path / 'shared.db'}"
-    cmd = [sys.executable, "-m", "ftplan", "tune", "--model", "7b", "--gpus", "8xA800", "--method", "full",
+    cmd = [sys.executable, "-m", "ftplan", "tune", "--model", "7b", "--gpus", "8xA800", "--method", "lora",
            "--trials", "30", "--sampler", "tpe", "--storage", db, "--study", "shared", "--json"]
     procs = [subprocess.Popen([*cmd, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for seed in (1, 2)]
