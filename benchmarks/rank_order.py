@@ -39,6 +39,7 @@ from planner.errors import PlanError  # noqa: E402
 from planner.gpus import with_device_fit  # noqa: E402
 from planner.strategy import FsdpStrategy, GradCkpt, Method, Precision, TrainConfig  # noqa: E402
 from planner.timing import step_time  # noqa: E402
+from profiler.calibrate import kendall_tau  # noqa: E402
 
 LLAMA_16M = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 8000, "hidden_size": 384,
              "intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 6, "num_key_value_heads": 6,
@@ -92,16 +93,6 @@ def measure(cfgs: list[TrainConfig], repeats: int, steps: int) -> dict[str, list
             out[plan_name(result.config)].append(result.step_time_s)
         print(f"  round {r + 1}: {len(cfgs)} plans in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return out
-
-
-def kendall_tau(xs: list[float], ys: list[float]) -> float:
-    """Kendall's tau-a over all pairs: (concordant - discordant) / pairs."""
-    n, s = len(xs), 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            a, b = xs[i] - xs[j], ys[i] - ys[j]
-            s += (a * b > 0) - (a * b < 0)
-    return s / (n * (n - 1) / 2)
 
 
 def report(cfgs: list[TrainConfig], measured: dict[str, list[float]]) -> dict:

@@ -186,3 +186,14 @@ def load_profile(path: Path) -> tuple[Profile, dict[str, str]]:
     if profile.peak_bytes <= 0:
         raise PlanError(f"profile {path}: measured peak must be positive")
     return profile, dict(data.get("versions") or {})
+
+
+def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Kendall's tau-a over all pairs: (concordant - discordant) / pairs. How well a predicted order of
+    plans agrees with the measured one (benchmarks/rank_order.py, tests/validation/test_rank_goldens.py)."""
+    n, s = len(xs), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = xs[i] - xs[j], ys[i] - ys[j]
+            s += (a * b > 0) - (a * b < 0)
+    return s / (n * (n - 1) / 2)

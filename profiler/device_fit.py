@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
+
+from profiler.launcher import free_port
 
 Points = tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
 
@@ -288,9 +289,7 @@ def _on_ranks(target: Any, n: int, answers: int | None = None) -> list[Any]:
     """Run `target(rank, port, queue)` on `n` spawned processes at once; the `answers` (default n) they put."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=target, args=(r, port, queue)) for r in range(n)]
@@ -305,7 +304,7 @@ def _on_ranks(target: Any, n: int, answers: int | None = None) -> list[Any]:
 HOOK_MODULES = 48
 
 
-def _hook_rank(port: int, out: Any) -> None:
+def _hook_rank(rank: int, port: int, out: Any) -> None:
     """One gloo rank: per-module host time of ZeRO-3 and FSDP2 hooks on tiny modules."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
                       LOCAL_WORLD_SIZE="1", DS_ACCELERATOR="cpu")
@@ -355,17 +354,7 @@ def _hook_rank(port: int, out: Any) -> None:
 
 
 def measure_hooks() -> tuple[float, float]:
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_hook_rank, args=(port, queue))
-    proc.start()
-    z3, fsdp = queue.get(timeout=900)
-    proc.join(timeout=120)
+    z3, fsdp = _on_ranks(_hook_rank, 1)[0]
     return max(0.0, z3), max(0.0, fsdp)
 
 

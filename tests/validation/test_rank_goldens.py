@@ -25,6 +25,7 @@ import pytest
 from planner.build import build_config
 from planner.strategy import GradCkpt, Method, Offload, Precision
 from planner.timing import step_time
+from profiler.calibrate import kendall_tau
 
 TIE = 0.01
 STAGES = [("Z0", {"zero": 0}), ("Z1", {"zero": 1}), ("Z2", {"zero": 2}),
@@ -96,19 +97,10 @@ def _gist_predicted(z: int, ckpt: bool, opt_off: bool, param_off: bool, mb: int,
     return step_time(cfg).samples_per_s
 
 
-def _kendall_tau(xs: list[float], ys: list[float]) -> float:
-    n, s = len(xs), 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            a, b = xs[i] - xs[j], ys[i] - ys[j]
-            s += (a * b > 0) - (a * b < 0)
-    return s / (n * (n - 1) / 2)
-
-
 def test_llama7b_a800_gist_rank_agreement() -> None:
     measured = [row[-1] for row in GIST]
     predicted = [_gist_predicted(*row[:-1]) for row in GIST]
-    tau = _kendall_tau(measured, predicted)
+    tau = kendall_tau(measured, predicted)
     for row, p in zip(GIST, predicted, strict=True):
         print(f"[rank golden] gist LLaMA-7B 8xA800 Z{row[0]} ckpt={row[1]} off={row[2]}/{row[3]} mb{row[4]} "
               f"gbs{row[5]}: measured {row[6]}, predicted {p:.2f} samples/s")
