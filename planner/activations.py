@@ -50,8 +50,12 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
 
     e = bytes of an activation element (2 for 16-bit compute, 4 for fp32). Per token:
     - RMSNorm: `hidden_states.to(float32)` is saved by pow/mul: 4h; LayerNorm saves its input: e*h.
-      Its normalized output (e*h) is saved by the next linear when that linear's weight trains, by the
-      norm's own weight when it trains, and by a LoRA branch without dropout.
+      Its output (e*h) is saved by the next linear when that linear's weight trains, and by a LoRA branch
+      without dropout. When the norm's own weight trains (full fine-tuning), `self.weight *
+      hidden_states.to(input_dtype)` also saves its 16-bit right operand, a tensor distinct from the output:
+      e*h more (LlamaRMSNorm.forward; seen in benchmarks/measured/compile_saved.txt as the two
+      (3, 100, 192) bf16 tensors of the eager full layer). LayerNorm computes its weight's gradient from
+      the saved input and statistics: nothing more.
     - Attention: SDPA/flash save q (e*a*d), k and v (e*kv*d: transformers passes enable_gqa when there
       is no padding mask), the output (e*a*d, shared with o_proj's input) and the fp32 log-sum-exp
       (4a). Eager keeps q, k, v, the fp32 softmax output (4*a*s) and its 16-bit copy (e*a*s), and the
@@ -84,7 +88,7 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
 
     attn_in, attn_out, mlp_in, mlp_out = linear_groups(m)
 
-    norm_in = e * h if m.layernorm_bias else 4 * h
+    norm_in = norm_saved_bytes_per_token(m, act_bytes=e, weight_trains=train.weights)
     replicated = 0.0  # outside the TP region: split only by sequence parallelism
     for consumers in (attn_in, mlp_in):
         replicated += norm_in
@@ -100,6 +104,16 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
     if sequence_parallel:
         return (replicated + parallel) / t
     return replicated + parallel / t
+
+
+def norm_saved_bytes_per_token(m: ModelSpec, *, act_bytes: int, weight_trains: bool) -> float:
+    """Per token, what one norm saves for its own backward (not its output, which its readers save):
+    LayerNorm its input (e*h); RMSNorm the fp32 upcast of its input (4h) and, when its weight trains, the
+    16-bit normalized tensor the weight multiplies (e*h). See hf_layer_bytes_per_token."""
+    h = m.hidden_size
+    if m.layernorm_bias:
+        return float(act_bytes * h)
+    return 4.0 * h + (act_bytes * h if weight_trains else 0.0)
 
 
 def linear_groups(m: ModelSpec) -> tuple[tuple[str, ...], ...]:

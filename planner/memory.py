@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 
 from planner import engines
 from planner import memory_knobs as knobs
-from planner.activations import LayerTraining, hf_layer_bytes_per_token, trl_logprob_head_bytes
+from planner.activations import (
+    LayerTraining,
+    hf_layer_bytes_per_token,
+    norm_saved_bytes_per_token,
+    trl_logprob_head_bytes,
+)
 from planner.calibration import DEFAULT, Calibration
 from planner.compute import tokens_per_sample
 from planner.engines import parallel
@@ -165,9 +170,13 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     recompute *= cal.activation_multiplier
     items: dict[str, float] = {}
     if sp.has_head and cfg.stage is not Stage.rm:
-        # with the final norm's saved input (RMSNorm: its fp32 upcast, 4h), freed with the head's buffers
-        final_norm = ((e if m.layernorm_bias else 4) * m.hidden_size - knobs.final_norm_saving_per_token(cfg, e)) / (
-            cfg.tp if cfg.sequence_parallel else 1)
+        # with what the final norm saves (RMSNorm: its fp32 upcast, 4h, and when its weight trains the 16-bit
+        # tensor the weight multiplies) and, when the head's weight trains, the head's input (the norm's
+        # output, e*h): freed with the head's buffers
+        full = cfg.method is Method.full
+        final_norm = (norm_saved_bytes_per_token(m, act_bytes=e, weight_trains=full)
+                      + (e * m.hidden_size if full else 0.0)
+                      - knobs.final_norm_saving_per_token(cfg, e)) / (cfg.tp if cfg.sequence_parallel else 1)
         items["logits and loss"] = knobs.head_loss_bytes(cfg, tokens, e, grad_dtype_bytes(cfg.precision)) \
             + final_norm * tokens
         if cfg.stage is Stage.dpo:  # TRL's chunked log-prob head instead of logits + cross-entropy

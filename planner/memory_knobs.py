@@ -41,13 +41,15 @@ def kernel_saving_per_token(cfg: TrainConfig, act_bytes: int, *, recomputed: boo
     if not fused_norm_and_mlp(cfg) or (cfg.grad_ckpt is GradCkpt.full and not recomputed):
         return 0.0
     return liger_kernels.liger_layer_saving_bytes_per_token(cfg.model, act_bytes=act_bytes, t=cfg.tp,
-                                                      sequence_parallel=cfg.sequence_parallel)
+                                                            sequence_parallel=cfg.sequence_parallel,
+                                                            norms_train=cfg.method is Method.full)
 
 
 def final_norm_saving_per_token(cfg: TrainConfig, act_bytes: int) -> float:
     if not fused_norm_and_mlp(cfg):
         return 0.0
-    return liger_kernels.liger_final_norm_saving_bytes_per_token(cfg.model, act_bytes=act_bytes)
+    return liger_kernels.liger_final_norm_saving_bytes_per_token(cfg.model, act_bytes=act_bytes,
+                                                                 weight_trains=cfg.method is Method.full)
 
 
 def bnb_kept_input_per_token(cfg: TrainConfig, act_bytes: int, train: LayerTraining) -> float:

@@ -6,14 +6,16 @@ h 192, i 520, SDPA, 300 tokens, under torch.autograd.graph.saved_tensors_hooks, 
 as torchtune's `training.compile_model` does; its output is kept in benchmarks/measured/compile_saved.txt).
 What the compiled graph saves, per token:
 - each RMSNorm keeps its 16-bit input and the fp32 inverse RMS (e h + 4) where eager transformers keeps the
-  fp32 upcast of the input (4 h): Inductor recomputes the upcast in backward;
+  fp32 upcast of the input (4 h) and, as the norm's weight trains here, the 16-bit normalized tensor the
+  weight multiplies (e h): Inductor recomputes both in backward;
 - the SwiGLU MLP keeps the gate and up projections (2 e i), recomputing SiLU, where eager keeps SiLU's input,
   its output and the up projection (3 e i); down_proj's input is kept exactly when eager keeps it;
 - the attention core (q, k, v, its output, the fp32 log-sum-exp) is unchanged.
 These are the savings Liger's hand-written RMSNorm and SwiGLU kernels make (planner.liger_kernels), and the
-measured full fine-tuning layer agrees with them to the byte: eager 8,873 B/token (8,097 of them the
-planner's eager bookkeeping plus cos/sin, the rest two CPU-only copies), compiled 6,297 = 8,097 - 1,800
-(1,800 = 2 x (2 x 192 - 4) + 2 x 520). LoRA layers (frozen base) show the same two changes.
+measured full fine-tuning layer agrees with them to the byte: eager 8,873 B/token (the planner's eager
+bookkeeping, 8,865, plus the two norms' 4-byte inverse RMS), compiled 6,297 = 8,873 - 2,576 (2,576 =
+2 x (4 x 192 - 4) + 2 x 520 - 8, the last 8 being the inverse RMS both keep). LoRA layers (frozen base,
+frozen norms: (4 - e) h - 4 per norm) show the same two changes.
 
 The loss, measured on torchtune's CEWithChunkedOutputLoss.compute_cross_entropy (the chunk's bf16 logits
 upcast to fp32, then cross_entropy), which torchtune's `training.compile_loss` compiles: eager saves the fp32
@@ -32,16 +34,18 @@ ROW_STATS_BYTES = 8.0  # two fp32 per-row statistics (max and log-sum-exp) the c
 
 
 def compiled_layer_saving_bytes_per_token(m: ModelSpec, *, act_bytes: int, t: int = 1,
-                                          sequence_parallel: bool = False) -> float:
+                                          sequence_parallel: bool = False, norms_train: bool = False) -> float:
     """Saved bytes per token per decoder layer that the compiled layer no longer keeps (measured above:
     the RMSNorm and SwiGLU savings Liger's kernels also make)."""
     return liger_kernels.liger_layer_saving_bytes_per_token(m, act_bytes=act_bytes, t=t,
-                                                            sequence_parallel=sequence_parallel)
+                                                            sequence_parallel=sequence_parallel,
+                                                            norms_train=norms_train)
 
 
-def compiled_final_norm_saving_bytes_per_token(m: ModelSpec, *, act_bytes: int) -> float:
+def compiled_final_norm_saving_bytes_per_token(m: ModelSpec, *, act_bytes: int, weight_trains: bool = False
+                                               ) -> float:
     """The final RMSNorm keeps its 16-bit input instead of the fp32 upcast when it is compiled."""
-    return liger_kernels.liger_final_norm_saving_bytes_per_token(m, act_bytes=act_bytes)
+    return liger_kernels.liger_final_norm_saving_bytes_per_token(m, act_bytes=act_bytes, weight_trains=weight_trains)
 
 
 def compiled_standard_loss_bytes(tokens: float, vocab: float, *, logit_bytes: int) -> float:

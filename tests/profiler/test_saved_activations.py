@@ -1,0 +1,64 @@
+"""The planner's per-layer activation bookkeeping against what autograd really saves in a transformers
+LlamaDecoderLayer (planner/activations.py hf_layer_bytes_per_token).
+
+Every tensor saved for backward while one decoder layer runs forward is recorded once per storage under
+torch.autograd.graph.saved_tensors_hooks; parameters are left out. cos/sin of RoPE are computed once per
+model and shared by every layer, so they are taken off the per-layer figure. Tolerance 1.5%: what is left
+unmodelled is the norms' 4-byte inverse RMS per token and, for LoRA, the r-wide outputs of lora_A that lora_B
+saves (7 x 8 fp32 values per token here, 1.2% of this 256-wide layer; under 1% for r 64 at h 4096).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from planner.activations import LayerTraining, hf_layer_bytes_per_token  # noqa: E402
+from planner.choices import Attn  # noqa: E402
+from planner.models import spec_from_hf_config  # noqa: E402
+
+HF = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 256, "intermediate_size": 688,
+      "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+TOKENS = 128
+LORA_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+
+
+def _saved_bytes_per_token(dtype: torch.dtype, lora: bool) -> float:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**{k: v for k, v in HF.items() if k != "model_type"}, attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(cfg).to(dtype)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+        model = model.get_base_model()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    hidden = torch.randn(1, TOKENS, HF["hidden_size"], dtype=dtype, requires_grad=True)
+    pos = torch.arange(TOKENS)[None]
+    cos, sin = model.model.rotary_emb(hidden, pos)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model.model.layers[0](hidden, position_embeddings=(cos, sin), position_ids=pos)
+    out = out[0] if isinstance(out, tuple) else out
+    out.float().sum().backward()
+    shared = cos.untyped_storage().nbytes() + sin.untyped_storage().nbytes()
+    return (sum(seen.values()) - shared) / TOKENS
+
+
+@pytest.mark.parametrize(("dtype", "lora"), [(torch.bfloat16, False), (torch.float32, False), (torch.float32, True)],
+                         ids=["full-bf16", "full-fp32", "lora-fp32"])
+def test_layer_saved_bytes_match_the_planner(dtype: torch.dtype, lora: bool) -> None:
+    measured = _saved_bytes_per_token(dtype, lora)
+    m = spec_from_hf_config(HF, name="saved")
+    train = LayerTraining(weights=not lora, lora_targets=LORA_TARGETS if lora else frozenset())
+    planned = hf_layer_bytes_per_token(m, act_bytes=dtype.itemsize, attn=Attn.sdpa, train=train, seq_len=TOKENS)
+    assert planned == pytest.approx(measured, rel=0.015)
