@@ -84,6 +84,25 @@ def on_cuda_device(cfg: TrainConfig) -> bool:
     return torch.cuda.is_available()
 
 
+def checkpoint_step(checkpoint: Path | None) -> int:
+    """The global step of a Trainer checkpoint folder (checkpoint-N), 0 for none."""
+    return int(CHECKPOINT_RE.match(checkpoint.name).group(1)) if checkpoint is not None else 0
+
+
+def start_metrics(output: Path, resume_from: Path | None, *, is_main: bool) -> Path:
+    """The run's metrics file: on resume kept up to the checkpoint's step, else begun afresh (main process only)."""
+    from runner import metrics as mt
+
+    path = output / mt.METRICS_FILE
+    if is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None:
+            mt.truncate_metrics(path, checkpoint_step(resume_from))
+        else:
+            path.unlink(missing_ok=True)
+    return path
+
+
 def latest_checkpoint(output: Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in output.glob("checkpoint-*")
              if (m := CHECKPOINT_RE.match(p.name)) and (p / "trainer_state.json").exists()]
@@ -297,13 +316,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
                                               on_cuda=on_cuda))
     args = training_arguments(cfg, opts, on_cuda=on_cuda, has_eval=bool(eval_set))
     is_main = args.process_index == 0
-    metrics_path = opts.output / mt.METRICS_FILE
-    if is_main:
-        opts.output.mkdir(parents=True, exist_ok=True)
-        if resume_from is not None:
-            mt.truncate_metrics(metrics_path, int(CHECKPOINT_RE.match(resume_from.name).group(1)))
-        else:
-            metrics_path.unlink(missing_ok=True)
+    metrics_path = start_metrics(opts.output, resume_from, is_main=is_main)
     shapes = layout.full_shapes(model)
     unsharded_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     callback = mt.make_callback(path=metrics_path, world_size=world, batch_copies=cfg.tp,
@@ -328,7 +341,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     summary = {
         "plan": str(cfg),
         "steps": trainer.state.global_step,
-        "resumed_from_step": int(CHECKPOINT_RE.match(resume_from.name).group(1)) if resume_from else 0,
+        "resumed_from_step": checkpoint_step(resume_from),
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "world_size": world,
@@ -338,17 +351,24 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         summary["eval_loss"] = eval_metrics["eval_loss"]
         summary["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
     if is_main:
-        tokenizer.save_pretrained(str(opts.output))
-        from planner.atomic import write_text_atomic
-        from planner.calibration import load_calibration
-        from runner.summary import comparison
-
-        summary |= comparison(cfg, ranks, on_cuda=on_cuda, cal=load_calibration(opts.calibration))
-
-        write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
-        write_text_atomic(opts.output / RUN_INFO_FILE, json.dumps(src_info, indent=2) + "\n")
+        write_run_files(cfg, ranks, summary, opts=opts, tokenizer=tokenizer, src=src, on_cuda=on_cuda)
     return summary
+
+
+def write_run_files(cfg: TrainConfig, ranks: list[dict[str, Any]], summary: dict[str, Any], *, opts: RunOptions,
+                    tokenizer: Any, src: Any, on_cuda: bool) -> None:
+    """Main process, after training: the tokenizer beside the model, run_summary.json with the planner's
+    figures compared (its rows added to `summary`), and run_info.json naming the model the run started from."""
+    from planner.atomic import write_text_atomic
+    from planner.calibration import load_calibration
+    from runner import metrics as mt
+    from runner.summary import comparison
+
+    tokenizer.save_pretrained(str(opts.output))
+    summary |= comparison(cfg, ranks, on_cuda=on_cuda, cal=load_calibration(opts.calibration))
+    write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
+    write_text_atomic(opts.output / RUN_INFO_FILE, json.dumps(src_info, indent=2) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:

@@ -336,19 +336,17 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     import torch
     import torch.distributed as dist
 
-    from planner.atomic import write_text_atomic
     from planner.compute import model_flops_per_token, peak_flops_per_s
-    from runner import metrics as mt
     from runner.memory_probe import MemoryProbe, gather
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
-    from runner.train import CHECKPOINT_RE, RUN_INFO_FILE, latest_checkpoint, prepare_data
+    from runner.train import checkpoint_step, latest_checkpoint, prepare_data, start_metrics, write_run_files
 
     deepspeed.init_distributed(dist_backend="nccl" if on_cuda else "gloo")
     src = model_source(opts.model_path)
     tokenizer = load_tokenizer(src)
     train_set, eval_set = prepare_data(cfg, opts, tokenizer)
     resume_from = latest_checkpoint(opts.output) if opts.resume else None
-    start = int(CHECKPOINT_RE.match(resume_from.name).group(1)) if resume_from else 0
+    start = checkpoint_step(resume_from)
     torch.manual_seed(opts.seed)
     probe = MemoryProbe(on_cuda=on_cuda, rank=dist.get_rank())  # RSS baseline before the model
     model = load_model(cfg, src, ModelOptions(rope_scaling=opts.rope_scaling, on_cuda=on_cuda))
@@ -358,13 +356,7 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     engine = _build_engine(cfg, opts, model, on_cuda)
     del model  # the other stages' layers go with it
     run = _Run(cfg=cfg, opts=opts, engine=engine, is_main=dist.get_rank() == 0, on_cuda=on_cuda)
-    metrics_path = opts.output / mt.METRICS_FILE
-    if run.is_main:
-        opts.output.mkdir(parents=True, exist_ok=True)
-        if resume_from is not None:
-            mt.truncate_metrics(metrics_path, start)
-        else:
-            metrics_path.unlink(missing_ok=True)
+    metrics_path = start_metrics(opts.output, resume_from, is_main=run.is_main)
     if resume_from is not None:
         engine.load_checkpoint(str(resume_from), tag=CKPT_TAG, load_optimizer_states=True,
                                load_lr_scheduler_states=True)
@@ -401,12 +393,5 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
         summary["eval_perplexity"] = math.exp(min(eval_loss, 50.0))
     _save_model(run, config, names, generation_config)
     if run.is_main:
-        tokenizer.save_pretrained(str(opts.output))
-        from planner.calibration import load_calibration
-        from runner.summary import comparison
-
-        summary |= comparison(cfg, ranks, on_cuda=on_cuda, cal=load_calibration(opts.calibration))
-        write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
-        write_text_atomic(opts.output / RUN_INFO_FILE, json.dumps(src_info, indent=2) + "\n")
+        write_run_files(cfg, ranks, summary, opts=opts, tokenizer=tokenizer, src=src, on_cuda=on_cuda)
     return summary

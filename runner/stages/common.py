@@ -55,7 +55,7 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     from runner import metrics as mt
     from runner.model import load_tokenizer, model_source
     from runner.stages.preference_data import load_pairs, split_pairs, to_dataset
-    from runner.train import CHECKPOINT_RE, latest_checkpoint, on_cuda_device, training_arguments
+    from runner.train import latest_checkpoint, on_cuda_device, start_metrics, training_arguments
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:
@@ -80,13 +80,7 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
         args = training_arguments(cfg, opts, on_cuda=on_cuda, has_eval=bool(eval_pairs),
                                   args_class=stage.config_class(), extra=stage.config_fields(cfg, opts))
         is_main = args.process_index == 0
-        metrics_path = opts.output / mt.METRICS_FILE
-        if is_main:
-            opts.output.mkdir(parents=True, exist_ok=True)
-            if resume_from is not None:
-                mt.truncate_metrics(metrics_path, int(CHECKPOINT_RE.match(resume_from.name).group(1)))
-            else:
-                metrics_path.unlink(missing_ok=True)
+        metrics_path = start_metrics(opts.output, resume_from, is_main=is_main)
         callback = mt.make_callback(path=metrics_path, world_size=world, flops_token=model_flops_per_token(cfg),
                                     peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
                                     is_main=is_main, max_steps=opts.max_steps,
@@ -120,13 +114,13 @@ def _last(rows: list[dict[str, Any]], key: str) -> float | None:
 def _summary(cfg: TrainConfig, trainer: Any, result: Any, callback: Any, eval_metrics: dict[str, float],
              resume_from: Any, world: int, on_cuda: bool, tracker: Any) -> dict[str, Any]:
     from runner import metrics as mt
-    from runner.train import CHECKPOINT_RE
+    from runner.train import checkpoint_step
 
     summary: dict[str, Any] = {
         "plan": str(cfg),
         "stage": cfg.stage.value,
         "steps": trainer.state.global_step,
-        "resumed_from_step": int(CHECKPOINT_RE.match(resume_from.name).group(1)) if resume_from else 0,
+        "resumed_from_step": checkpoint_step(resume_from),
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
         # unpadded tokens per second over the run, from the steps metrics.jsonl logged (rank 0's view of all ranks)
