@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftplan.options import switches
+from ftplan.options import LORA_DROPOUT, switches
 from planner.errors import PlanError
 from planner.estimate import Estimate, Limits
 from planner.search import PlanResult
@@ -88,7 +88,7 @@ def estimate_answer(*, model: str, gpus: str, method: Method = Method.lora, lora
                     cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
                     activation_offload: bool = False, fsdp_version: int = 2,
                     torch_compile: bool = False, bnb_version: str = "",
-                    frozen_fp32: bool = False) -> EstimateAnswer:
+                    frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT) -> EstimateAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.estimate import estimate
@@ -101,7 +101,7 @@ def estimate_answer(*, model: str, gpus: str, method: Method = Method.lora, lora
                        seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn, stage=stage, freeze_layers=freeze_layers,
                        rope_scaling=rope_scaling,
                        **switches(cross_entropy, kernels, activation_offload, fsdp_version, torch_compile, bnb_version,
-                                  frozen_fp32))
+                                  frozen_fp32, lora_dropout))
     size = job_size(tokens, samples, epochs)
     est = estimate(cfg, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
     job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
@@ -161,7 +161,7 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
                 cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
                 activation_offload: bool = False, fsdp_version: int = 2,
                 torch_compile: bool = False, bnb_version: str = "",
-                frozen_fp32: bool = False,
+                frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT,
                 include_unrunnable: bool = False) -> PlanAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
@@ -176,7 +176,7 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
                         lora_targets=lora_targets, precision=precision, stage=stage, rope_scaling=rope_scaling,
                         check=False, **switches(cross_entropy, kernels, activation_offload, fsdp_version,
-                                                torch_compile, bnb_version, frozen_fp32))
+                                                torch_compile, bnb_version, frozen_fp32, lora_dropout))
     check_positions(base, seq_len)
     space = search_space(base, methods=method, global_batch=global_batch,
                          optimizers=parse_choices(optimizers, Optimizer, "--optimizers") or (optimizer,),
@@ -211,7 +211,7 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
                  cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
                  activation_offload: bool = False, fsdp_version: int = 2,
                  torch_compile: bool = False, bnb_version: str = "",
-                 frozen_fp32: bool = False) -> ScaleAnswer:
+                 frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT) -> ScaleAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.gpus import gpu_from_name
@@ -226,7 +226,7 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
                         lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision, stage=stage,
                         rope_scaling=rope_scaling, check=False,
                         **switches(cross_entropy, kernels, activation_offload, fsdp_version,
-                                   torch_compile, bnb_version, frozen_fp32))
+                                   torch_compile, bnb_version, frozen_fp32, lora_dropout))
     check_positions(base, seq_len)
     result = scale(base, max_gpus, search_space(base, methods=(method,), global_batch=global_batch),
                    limits_from(host_memory, nvme, headroom), load_calibration(calibration))

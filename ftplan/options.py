@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from planner.strategy import (
+    LORA_DROPOUT,
     Attn,
     CrossEntropy,
     FsdpStrategy,
@@ -48,6 +49,9 @@ MethodsOpt = Annotated[
 LoraROpt = Annotated[int, _method(help="LoRA rank.")]
 LoraAlphaOpt = Annotated[int, _method(help="LoRA alpha.")]
 LoraTargetsOpt = Annotated[str, _method(help="Comma-separated LoRA target modules, or 'all'.")]
+LoraDropoutOpt = Annotated[float, _method(
+    "--lora-dropout", help="LoRA dropout (peft lora_dropout): above 0 every adapted linear keeps a dropped-out "
+                           "copy of its input and a mask for backward.")]
 QuantOpt = Annotated[Quant | None, _method(help="Base-weight quantization (QLoRA); default nf4 for qlora.")]
 PrecisionOpt = Annotated[Precision, _method(help="Precision: fp32 master under *-mixed, none under bf16-true.")]
 OptimizerOpt = Annotated[Optimizer, _method(help="Optimizer.")]
@@ -127,8 +131,8 @@ FrozenFp32Opt = Annotated[bool, typer.Option(
 
 def switches(cross_entropy: CrossEntropy, kernels: Kernels, activation_offload: bool,
              fsdp_version: int, torch_compile: bool = False, bnb_version: str = "",
-             frozen_fp32: bool = False) -> dict:
+             frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT) -> dict:
     """The memory switches as build_config keyword arguments."""
     return {"cross_entropy": cross_entropy, "kernels": kernels, "activation_offload": activation_offload,
             "fsdp_version": fsdp_version, "torch_compile": torch_compile, "bnb_version": bnb_version,
-            "frozen_fp32": frozen_fp32}
+            "frozen_fp32": frozen_fp32, "lora_dropout": lora_dropout}

@@ -40,6 +40,9 @@ class LayerTraining:
     weights: bool  # every weight of the layer has requires_grad (full fine-tuning)
     lora_targets: frozenset[str] = frozenset()
     lora_dropout: bool = False  # dropout > 0 makes a fresh copy of each LoRA branch's input
+    # each LoRA branch casts its input to the adapters' dtype first (peft's Linear.forward `_cast_input_dtype`):
+    # fp32 adapters on a 16-bit model under autocast, where the branch then saves its own 16-bit copy
+    lora_input_copies: bool = False
 
 
 @cache  # pure in hashable arguments; the search asks for it per candidate
@@ -65,7 +68,11 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
       GeLU MLP (BLOOM): GeLU input e*4h, and its output (down's input) under the same condition.
       MoE: each token visits k experts, each keeps
       its gathered input (e*h) and the gated-MLP tensors.
-    - LoRA branch with dropout: the dropped-out input copy (e*in) and its bool mask (in bytes).
+    - LoRA branch with dropout: the dropped-out input copy (e*in) and its bool mask (in bytes). Without dropout
+      a branch reads the shared input, except when peft casts the input to the adapters' dtype first (fp32
+      adapters under 16-bit autocast, `lora_input_copies`): each branch then saves its own e-byte copy, the
+      autocast cast of that fp32 copy (peft/tuners/lora/layer.py Linear.forward; seen per target in
+      tests/profiler/test_saved_activations.py).
     Tensor parallelism (Megatron-style, Korthikanti Sec. 4.1) splits what lies between the f and g
     operators (attention and MLP internals) by t; sequence parallelism also splits the norms and
     the linears' inputs. Selective recompute drops the attention core (Korthikanti Sec. 4.2);
@@ -79,12 +86,13 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
     linears = {lin.name: lin for lin in m.linears()}
 
     def consumer_saves(names: tuple[str, ...]) -> bool:
-        return train.weights or any(n in lora and not train.lora_dropout for n in names)
+        return train.weights or any(n in lora and reads_shared_input(train) for n in names)
 
     def lora_copies(names: tuple[str, ...]) -> float:
-        if not train.lora_dropout:
+        if reads_shared_input(train):
             return 0.0
-        return sum((e + 1) * linears[n].in_features for n in names if n in lora)
+        per_element = e + 1 if train.lora_dropout else e  # the copy, and the dropout's bool mask
+        return sum(per_element * linears[n].in_features for n in names if n in lora)
 
     attn_in, attn_out, mlp_in, mlp_out = linear_groups(m)
 
@@ -104,6 +112,11 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
     if sequence_parallel:
         return (replicated + parallel) / t
     return replicated + parallel / t
+
+
+def reads_shared_input(train: LayerTraining) -> bool:
+    """Whether a LoRA branch saves the very tensor its base linear reads (no dropout, no dtype cast)."""
+    return not train.lora_dropout and not train.lora_input_copies
 
 
 def norm_saved_bytes_per_token(m: ModelSpec, *, act_bytes: int, weight_trains: bool) -> float:
@@ -139,7 +152,7 @@ def kept_quantized_input_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: 
     linears = {lin.name: lin for lin in m.linears()}
     kept = 0.0
     for i, group in enumerate(linear_groups(m)):
-        if train.weights or any(n in lora and not train.lora_dropout for n in group):
+        if train.weights or any(n in lora and reads_shared_input(train) for n in group):
             continue  # saved already
         if i == 1 and attn is not Attn.eager:
             continue  # the attention output, saved by the SDPA / flash kernel

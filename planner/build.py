@@ -9,6 +9,7 @@ from planner.models import resolve
 from planner.params import resolve_lora_targets
 from planner.rope import with_rope_scaling
 from planner.strategy import (
+    LORA_DROPOUT,
     Adapter,
     Attn,
     Batch,
@@ -57,12 +58,14 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                  rope_scaling: str | None = None, cross_entropy: CrossEntropy = CrossEntropy.standard,
                  kernels: Kernels = Kernels.eager, activation_offload: bool = False, fsdp_version: int = 2,
                  torch_compile: bool = False, bnb_version: str = "", frozen_fp32: bool = False,
-                 double_quant: bool = True,
+                 lora_dropout: float = LORA_DROPOUT, double_quant: bool = True,
                  check: bool = True) -> TrainConfig:
     for name, value in (("--micro-batch", micro_batch), ("--grad-accum", grad_accum), ("--seq-len", seq_len),
                         ("--tp", tp), ("--pp", pp), ("--lora-r", lora_r)):
         if value < 1:
             raise PlanError(f"{name} must be a positive integer, got {value}")
+    if not 0.0 <= lora_dropout < 1.0:
+        raise PlanError(f"--lora-dropout must be in [0, 1), got {lora_dropout}")
     if freeze_layers < 0:
         raise PlanError(f"--freeze-layers must not be negative, got {freeze_layers}")
     if zero is not None and fsdp is not None:
@@ -75,7 +78,7 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                                  offload=offload, offload_device=offload_device,
                                  fsdp_version=_fsdp_version(fsdp_version))
     adapter = Adapter(method=method, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=parse_targets(lora_targets),
-                      quant=quant, double_quant=double_quant, freeze_layers=freeze_layers)
+                      lora_dropout=lora_dropout, quant=quant, double_quant=double_quant, freeze_layers=freeze_layers)
     cfg = TrainConfig(model=model_spec, cluster=cluster, adapter=adapter, engine_choice=engine_choice,
                       layout=ParallelLayout(tp=tp, pp=pp, sequence_parallel=sequence_parallel),
                       batch=Batch(micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len),

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from planner import engines
 from planner import memory_knobs as knobs
 from planner.activations import (
-    LayerTraining,
     hf_layer_bytes_per_token,
     norm_saved_bytes_per_token,
     trl_logprob_head_bytes,
@@ -26,7 +25,6 @@ from planner.activations import (
 from planner.calibration import DEFAULT, Calibration
 from planner.compute import tokens_per_sample
 from planner.engines import parallel
-from planner.params import resolve_lora_targets
 from planner.states import (
     ModelStates,
     StageParams,
@@ -149,11 +147,7 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     m = cfg.model
     e = activation_dtype_bytes(cfg.precision)
     tokens = cfg.micro_batch * tokens_per_sample(cfg)  # DPO, RM: chosen + rejected
-    lora_targets = frozenset(resolve_lora_targets(m, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
-    # TRL's RewardTrainer and DPOTrainer set every dropout to p=0 (disable_dropout=True by default,
-    # trl/trainer/utils.py disable_dropout_in_model), LoRA's included: no dropout copy is saved
-    dropout = cfg.lora_dropout > 0 and cfg.stage not in (Stage.rm, Stage.dpo)
-    train = LayerTraining(weights=cfg.method is Method.full, lora_targets=lora_targets, lora_dropout=dropout)
+    train = knobs.layer_training(cfg)
     per_layer = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                           t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
                                           recompute=cfg.grad_ckpt) - knobs.kernel_saving_per_token(cfg, e)) * tokens

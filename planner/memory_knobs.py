@@ -119,18 +119,36 @@ def fsdp_quantized_units_bytes(cfg: TrainConfig, compute_bytes: float) -> float:
     return (2 * layer + root) / t
 
 
+def layer_training(cfg: TrainConfig) -> LayerTraining:
+    """What of each decoder layer trains, as planner.activations counts it.
+
+    TRL's RewardTrainer and DPOTrainer set every dropout to p=0 (disable_dropout=True by default,
+    trl/trainer/utils.py disable_dropout_in_model), LoRA's included: no dropout copy is saved. peft keeps the
+    adapters in fp32 on a 16-bit model (get_peft_model autocast_adapter_dtype=True; ftplan's runner and dry run
+    keep them 16-bit under bf16-true) and casts each adapted linear's input to fp32 (lora/layer.py Linear.forward);
+    under mixed-precision autocast every branch then saves its own 16-bit copy. Its bitsandbytes layers cast only
+    without autocast (lora/bnb.py), so QLoRA branches read the shared input."""
+    from planner.params import resolve_lora_targets
+    from planner.states import is_mixed
+    from planner.strategy import Stage
+
+    targets = frozenset(resolve_lora_targets(cfg.model, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
+    dropout = cfg.lora_dropout > 0 and cfg.stage not in (Stage.rm, Stage.dpo)
+    copies = bool(targets) and is_mixed(cfg.precision) and cfg.quant is Quant.none
+    return LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=dropout,
+                         lora_input_copies=copies)
+
+
 def offloaded_activation_bytes_per_micro_batch(cfg: TrainConfig) -> float:
     """Bytes one rank copies to the host (and back) per micro-batch with --activation-offload: every trainable
     layer's saved tensors on the most loaded pipeline stage (the first), as planner.memory counts them."""
     if not cfg.activation_offload:
         return 0.0
-    from planner.activations import LayerTraining, hf_layer_bytes_per_token
-    from planner.params import resolve_lora_targets
+    from planner.activations import hf_layer_bytes_per_token
     from planner.states import activation_dtype_bytes, stage_params
 
     e = activation_dtype_bytes(cfg.precision)
-    targets = frozenset(resolve_lora_targets(cfg.model, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
-    train = LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=cfg.lora_dropout > 0)
+    train = layer_training(cfg)
     per_token = hf_layer_bytes_per_token(cfg.model, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                          t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
                                          recompute=cfg.grad_ckpt) - kernel_saving_per_token(cfg, e)

@@ -48,6 +48,11 @@ __all__ = ["Adapter", "Attn", "Batch", "CrossEntropy", "Engine", "EngineChoice",
            "PipeSchedule", "Precision", "Quant", "Stage", "Switches", "TrainConfig", "ZeroStage"]
 
 
+# peft's LoraConfig.lora_dropout as ftplan plans and emits it unless --lora-dropout says otherwise (MedicalGPT's and
+# Qwen's scripts use 0.05; PEFT's and LLaMA-Factory's own default is 0)
+LORA_DROPOUT = 0.05
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Adapter:
     """What of the model trains: all weights (`full`, optionally freezing the first layers), or LoRA
@@ -57,7 +62,7 @@ class Adapter:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = ("all",)
-    lora_dropout: float = 0.05
+    lora_dropout: float = LORA_DROPOUT
     quant: Quant = Quant.none
     double_quant: bool = True
     freeze_layers: int = 0  # full method: the first N decoder layers (and the embedding) stay frozen

@@ -31,7 +31,7 @@ from planner.errors import PlanError
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
 from planner.pipeline import bubble_fraction
-from planner.states import param_counts, quant_bytes_per_param, stage_layers
+from planner.states import activation_dtype_bytes, param_counts, quant_bytes_per_param, stage_layers
 from planner.strategy import (
     Adapter,
     Engine,
@@ -218,6 +218,9 @@ def _lora_branch_s(cfg: TrainConfig, tokens: int) -> float:
     rng = gpu.dropout_values_per_s if cfg.lora_dropout > 0 else None
     traffic = kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp, _elem_bytes(cfg),
                                         dropout=cfg.lora_dropout > 0 and rng is None) / gpu.hbm_bytes_per_s
+    if knobs.layer_training(cfg).lora_input_copies:
+        traffic += kn.lora_input_cast_bytes(cfg.model, tokens, cfg.lora_targets,
+                                            activation_dtype_bytes(cfg.precision)) / gpu.hbm_bytes_per_s
     return traffic + (kn.lora_dropout_values(cfg.model, tokens, cfg.lora_targets) / rng if rng else 0.0)
 
 

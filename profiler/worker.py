@@ -54,7 +54,7 @@ def _load_model(cfg: TrainConfig, model_path: str | None, dtype: Any) -> Any:
 
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(resolve_lora_targets(cfg.model, cfg.lora_targets)), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lcfg)
+        model = get_peft_model(model, lcfg, autocast_adapter_dtype=cfg.precision is not Precision.bf16_true)
     if cfg.grad_ckpt is GradCkpt.full:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -145,7 +145,10 @@ def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions, *, wrap: 
     if not wrap:
         return model
     try:
-        return get_peft_model(model, lora_config(cfg, opts))
+        # adapters in fp32 on a 16-bit model (peft's default), except under bf16-true, where everything trains in
+        # bf16 (LLaMA-Factory's pure_bf16 does the same): what the planner's states and activations count
+        return get_peft_model(model, lora_config(cfg, opts),
+                              autocast_adapter_dtype=cfg.precision is not Precision.bf16_true)
     except ValueError as exc:
         raise PlanError(f"LoRA: {str(exc).splitlines()[0]}") from None
 

@@ -216,3 +216,41 @@ def test_frozen_fp32_weights_follow_the_engine() -> None:
         n = 1 if not engine else 8
         extra = 0.0 if "zero" in engine else 2.0 * frozen / n
         assert memory_per_gpu(fp32).weights - memory_per_gpu(base).weights == pytest.approx(extra, rel=1e-6)
+
+
+def test_lora_dropout_option_memory_cli_and_emitted(tmp_path) -> None:
+    """--lora-dropout: at 0 no adapted linear keeps a dropped-out copy of its input (bf16: e + 1 bytes per input
+    element with the mask, planner.activations); the value travels in plan.json and into LLaMA-Factory's YAML and
+    peft's LoraConfig; outside [0, 1) it is one line and exit 2."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from planner.activations import hf_layer_bytes_per_token
+    from planner.memory_knobs import layer_training
+    from planner.serialize import config_from_dict, config_to_dict
+    from runner import llamafactory
+    from runner.model import ModelOptions, lora_config
+
+    kw = dict(model="llama-3-8b", gpus="1xA100-80G", method=Method.lora, seq_len=2048)
+    off, on = build_config(**kw, lora_dropout=0.0), build_config(**kw)
+    assert on.lora_dropout == 0.05 and off.lora_dropout == 0.0
+    # bf16 mixed: each branch keeps a bf16 copy of its input either way (peft's fp32 cast under autocast); the
+    # dropout adds its bool mask, one byte per input element of every adapted linear
+    per_token = {c.lora_dropout: hf_layer_bytes_per_token(c.model, act_bytes=2, attn=c.attn, seq_len=2048,
+                                                          train=layer_training(c)) for c in (off, on)}
+    layers, tokens = on.model.num_layers, 2048
+    assert memory_per_gpu(on).activations - memory_per_gpu(off).activations == pytest.approx(
+        (per_token[0.05] - per_token[0.0]) * layers * tokens, rel=1e-9)
+    inputs = sum(lin.in_features for lin in on.model.linears())
+    assert per_token[0.05] - per_token[0.0] == pytest.approx(inputs)
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(off)))).lora_dropout == 0.0
+    assert llamafactory.build_llamafactory_config(off, model_path="m")["lora_dropout"] == 0.0
+    assert lora_config(off, ModelOptions()).lora_dropout == 0.0
+    with pytest.raises(PlanError, match="--lora-dropout"):
+        build_config(**kw, lora_dropout=1.0)
+    repo = Path(__file__).resolve().parents[2]
+    bad = subprocess.run([sys.executable, "-m", "ftplan", "estimate", "--model", "7b", "--gpus", "1xA100-80G",
+                          "--lora-dropout", "-0.1"], cwd=repo, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--lora-dropout" in bad.stderr

@@ -16,6 +16,7 @@ from profiler.dryrun import dry_run
 CASES = {
     "full": {"method": Method.full},
     "lora": {"method": Method.lora},
+    "lora-no-dropout": {"method": Method.lora, "lora_dropout": 0.0},  # --lora-dropout 0: no dropped-out copies
     "lora-ckpt": {"method": Method.lora, "grad_ckpt": GradCkpt.full},
     "full-fp32": {"method": Method.full, "precision": Precision.fp32},
 }
