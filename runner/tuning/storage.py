@@ -123,15 +123,16 @@ def open_storage(url: str | None, retry_s: float = 60.0) -> tuple[optuna.storage
     for attempt in range(3):
         try:
             return retry.call(lambda: _rdb(url), "opening it"), url
-        except PlanError as exc:
-            raise PlanError(f"cannot open {exc}") from None
         except Exception as exc:  # sqlalchemy raises driver-specific types (ArgumentError, NoSuchModuleError, ...)
             first = _first_line(exc)
-            # two processes creating the same new database race on its tables; the loser retries
+            # two processes creating the same new database race on its tables; the loser retries (the race
+            # reaches here as a PlanError too: sqlite's OperationalError is one of the transient errors)
             if attempt < 2 and any(m in first for m in ("already exists", "UNIQUE constraint", "locked",
                                                         "duplicate key")):
                 time.sleep(1.0)
                 continue
+            if isinstance(exc, PlanError):
+                raise PlanError(f"cannot open {exc}") from None
             if "Failed to import DB access module" in first or "No module named" in first:
                 first += " (install the PostgreSQL driver: pip install 'ftplan[tune]')"
             raise PlanError(f"cannot open tune storage {url}: {first}") from None

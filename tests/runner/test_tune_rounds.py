@@ -119,3 +119,24 @@ def test_a_silent_trial_is_reaped_and_its_plan_rerun(space, measured, tmp_path):
     assert len(lost) == 1 and lost[0].reason == WORKER_LOST
     rerun = [r for r in result.rows if r.state == "complete" and r.name == trial_label(unmeasured)]
     assert len(rerun) == 1 and result.trials_completed == 3 and result.trials_lost == 1
+
+
+def test_a_process_losing_the_table_creation_race_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers opening one new SQLite study at once race on creating its tables; SQLite reports the loser's
+    CREATE TABLE as an OperationalError ('table studies already exists'), one of the errors Retry treats as
+    transient, which used to end the loser with 'cannot open tune storage'. It now opens the storage again."""
+    import sqlalchemy.exc
+
+    from runner.tuning import storage as st
+
+    real, calls = st._rdb, []
+
+    def racing(url: str):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return real(url)
+
+    monkeypatch.setattr(st, "_rdb", racing)
+    storage, url = open_storage(f"sqlite:///{tmp_path / 'race.db'}")
+    assert len(calls) == 2 and isinstance(storage, optuna.storages.RDBStorage)
