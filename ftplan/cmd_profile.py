@@ -43,7 +43,8 @@ def dry_run(model: o.ModelOpt, gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = 
             micro_batch: o.MicroBatchOpt = 1, grad_accum: o.GradAccumOpt = 1, seq_len: o.SeqLenOpt = 2048,
             grad_ckpt: o.GradCkptOpt = o.GradCkpt.none, attn: o.AttnOpt = o.Attn.sdpa,
             freeze_layers: o.FreezeOpt = 0, save: SaveOpt = None, json_out: o.JsonOpt = False,
-            cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard) -> None:
+            cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard,
+            lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT) -> None:
     """Two training steps of the real transformers model on fake tensors; peak by category vs the planner."""
     from planner.memory import memory_per_gpu
     from profiler.dryrun import dry_run as run_dry
@@ -52,7 +53,7 @@ def dry_run(model: o.ModelOpt, gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = 
     cfg = build_config(model=model, gpus=gpus, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
                        lora_targets=lora_targets, precision=precision, optimizer=optimizer, micro_batch=micro_batch,
                        grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
-                       freeze_layers=freeze_layers, cross_entropy=cross_entropy)
+                       freeze_layers=freeze_layers, cross_entropy=cross_entropy, lora_dropout=lora_dropout)
     result = run_dry(cfg)
     predicted = memory_per_gpu(cfg)
     data = dry_run_json(result, predicted, str(cfg))
