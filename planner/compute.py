@@ -191,6 +191,15 @@ def compute_time_s(flops: float, peak_flops_per_s: float, efficiency: float) -> 
     return flops / (peak_flops_per_s * efficiency)
 
 
+# Share of HBM bandwidth bitsandbytes' dequantization reaches in training, measured from litgpt's resource tables
+# (tutorials/resource-tables.md of 10/20/2023: A100-SXM4-40GB, bitsandbytes 0.41.1, LoRA, micro-batch 1, no
+# checkpointing). The time per iteration of bnb.nf4 minus that of the 16-bit run is the dequantization:
+# Llama 2 7B 79.2 ms (3.68 - 2.36 min per 1k iterations), 13B 191.4 ms (6.38 - 3.19). The traffic below at the
+# full 1,555 GB/s takes 37.5 and 73.4 ms: shares 0.47 and 0.38; 0.43 is their geometric mean
+# (tests/validation/test_throughput_goldens.py holds both rows within 15%).
+BNB_DEQUANT_BANDWIDTH_FRACTION = 0.43
+
+
 def dequant_bytes_per_micro_batch(cfg: TrainConfig) -> float:
     """HBM traffic of bitsandbytes dequantization per micro-batch on one GPU: every quantized weight is
     read (0.5 B/param for nf4, 1 for int8) and written as a 16-bit copy that the matmul reads back

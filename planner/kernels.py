@@ -147,16 +147,6 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
     return values * elem_bytes
 
 
-def lora_input_cast_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...], act_bytes: int) -> float:
-    """Traffic per layer and micro-batch of peft's input casts where fp32 adapters sit on a 16-bit model under
-    autocast (planner.memory_knobs.layer_training): each adapted linear casts its e-byte input to fp32 and
-    autocast casts it back for lora_A (2e + 8 bytes per input element), and backward casts the gradient both
-    ways again (2e + 8)."""
-    targets = set(resolve_lora_targets(m, lora_targets))
-    elements = sum(float(tokens * lin.in_features) for lin in m.linears() if lin.name in targets)
-    return elements * 2 * (2 * act_bytes + 8)
-
-
 def lora_dropout_values(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...]) -> float:
     """Values one layer's LoRA dropouts draw per micro-batch: every adapted linear has its own
     `lora_dropout` module, so q/k/v (and gate/up) each draw a mask over the same input (m x k each)."""

@@ -31,7 +31,7 @@ from planner.errors import PlanError
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
 from planner.pipeline import bubble_fraction
-from planner.states import activation_dtype_bytes, param_counts, quant_bytes_per_param, stage_layers
+from planner.states import param_counts, quant_bytes_per_param, stage_layers
 from planner.strategy import (
     Adapter,
     Engine,
@@ -171,8 +171,8 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     bwd_s = mb_compute_s - fwd_s
 
     bubble_s = (compute_s + recompute_s) * bubble_fraction(pp, ga, cfg.pp_schedule, cfg.virtual_stages)
-    dequant_s = ga * cp.dequant_bytes_per_micro_batch(cfg) / gpu.hbm_bytes_per_s if cfg.quant is not Quant.none \
-        else 0.0
+    dequant_s = ga * cp.dequant_bytes_per_micro_batch(cfg) / (gpu.hbm_bytes_per_s * cp.BNB_DEQUANT_BANDWIDTH_FRACTION) \
+        if cfg.quant is not Quant.none else 0.0
 
     tp_s = parallel.tp_comm_s(cfg, stage_layers=fam.stage_layers, comm_eff=comm_eff)
     pp_s = parallel.pp_comm_s(cfg, comm_eff=comm_eff)
@@ -218,9 +218,6 @@ def _lora_branch_s(cfg: TrainConfig, tokens: int) -> float:
     rng = gpu.dropout_values_per_s if cfg.lora_dropout > 0 else None
     traffic = kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp, _elem_bytes(cfg),
                                         dropout=cfg.lora_dropout > 0 and rng is None) / gpu.hbm_bytes_per_s
-    if knobs.layer_training(cfg).lora_input_copies:
-        traffic += kn.lora_input_cast_bytes(cfg.model, tokens, cfg.lora_targets,
-                                            activation_dtype_bytes(cfg.precision)) / gpu.hbm_bytes_per_s
     return traffic + (kn.lora_dropout_values(cfg.model, tokens, cfg.lora_targets) / rng if rng else 0.0)
 
 

@@ -152,6 +152,7 @@ FILE_ROLES = {
     ln.ACCELERATE_FILE: "accelerate launch --config_file",
     ln.LAUNCH_FILE: "launch lines, single and multi-node",
     ln.LLAMAFACTORY_FILE: "llamafactory-cli train",
+    BNB_CONFIG_FILE: "bitsandbytes BitsAndBytesConfig (4-bit base weights)",
 }
 
 

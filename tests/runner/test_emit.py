@@ -145,9 +145,20 @@ def test_done_criterion_plan_emit(tmp_path: Path):
     names = {p.name for p in out.iterdir()}
     cfg = load_plan(out / "plan.json")
     deepspeed = {"ds_config.json", "ds_config.trainer.json"} if cfg.engine.value == "deepspeed" else set()
-    assert names == {"plan.json", "accelerate.yaml", "launch.sh", "llamafactory.yaml"} | deepspeed
+    quantized = {"bnb_config.json"} if cfg.quant.value != "none" else set()
+    assert names == {"plan.json", "accelerate.yaml", "launch.sh", "llamafactory.yaml"} | deepspeed | quantized
     assert "Start training" in proc.stdout and f"ftplan run {out}/plan.json" in proc.stdout
     assert str(cfg) == json.loads((out / "plan.json").read_text())["name"]
+
+
+def test_qlora_plan_emit_lists_its_bitsandbytes_config(tmp_path: Path):
+    """A QLoRA plan's --emit writes bnb_config.json and the report names its role (it raised KeyError before)."""
+    out = tmp_path / "q"
+    proc = subprocess.run([sys.executable, "-m", "ftplan", "plan", "--model", "7b", "--gpus", "8xA800", "--method",
+                           "qlora", "--emit", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "bnb_config.json").exists() and "BitsAndBytesConfig" in proc.stdout
 
 
 def test_plan_pick_and_estimate_emit(tmp_path: Path, capsys):
