@@ -5,12 +5,14 @@ planner.torch_compile, planner.offload_activations and planner.bnb_versions."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING
 
 from planner import bnb_versions, liger_kernels, loss_memory, offload_activations
 from planner.activations import LayerTraining, kept_quantized_input_bytes_per_token
-from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Quant
-from planner.params import embedding_params, head_params, layer_params, quantizable_params
+from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Precision, Quant, Stage
+from planner.models import ModelSpec
+from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -128,15 +130,16 @@ def layer_training(cfg: TrainConfig) -> LayerTraining:
     keep them 16-bit under bf16-true) and casts each adapted linear's input to fp32 (lora/layer.py Linear.forward);
     under mixed-precision autocast every branch then saves its own 16-bit copy. Its bitsandbytes layers cast only
     without autocast (lora/bnb.py), so QLoRA branches read the shared input."""
-    from planner.params import resolve_lora_targets
-    from planner.states import is_mixed
-    from planner.strategy import Stage
-
-    targets = frozenset(resolve_lora_targets(cfg.model, cfg.lora_targets)) if cfg.trains_adapter else frozenset()
+    targets = _lora_targets(cfg.model, cfg.lora_targets) if cfg.trains_adapter else frozenset()
     dropout = cfg.lora_dropout > 0 and cfg.stage not in (Stage.rm, Stage.dpo)
-    copies = bool(targets) and is_mixed(cfg.precision) and cfg.quant is Quant.none
+    copies = bool(targets) and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed) and cfg.quant is Quant.none
     return LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=dropout,
                          lora_input_copies=copies)
+
+
+@cache  # the search asks per candidate; models and target tuples are hashable
+def _lora_targets(m: ModelSpec, targets: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(resolve_lora_targets(m, targets))
 
 
 def offloaded_activation_bytes_per_micro_batch(cfg: TrainConfig) -> float:

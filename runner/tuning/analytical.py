@@ -71,8 +71,12 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, space: TuneSpace
     if not theirs.get("ftplan_tune"):
         if study.trials:
             raise PlanError(f"study {name!r} exists and was not made by ftplan tune; pick another --study")
+        # the marker last: a worker loading the study while this one writes sees no marker yet (and writes the
+        # same identity), never a marked study with some keys still missing
         for k, v in mine.items():
-            study.set_user_attr(k, v)
+            if k != "ftplan_tune":
+                study.set_user_attr(k, v)
+        study.set_user_attr("ftplan_tune", mine["ftplan_tune"])
         return study
     for key in ("model", "gpus", "global_batch", "seq_len", "phase"):
         if theirs.get(key) != mine[key]:

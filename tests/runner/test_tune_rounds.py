@@ -140,3 +140,20 @@ def test_a_process_losing_the_table_creation_race_retries(tmp_path: Path, monkey
     monkeypatch.setattr(st, "_rdb", racing)
     storage, url = open_storage(f"sqlite:///{tmp_path / 'race.db'}")
     assert len(calls) == 2 and isinstance(storage, optuna.storages.RDBStorage)
+
+
+def test_new_study_identity_is_marked_last(space: TuneSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second worker loading a study while the first writes its identity must never see the ftplan marker with
+    keys still missing (PostgreSQL CI once failed with "belongs to ... (None), not ... (measured)"): the marker is
+    written after every other key."""
+    from runner.tuning.analytical import load_study
+
+    storage, _ = open_storage(f"sqlite:///{tmp_path / 'id.db'}")
+    order: list[str] = []
+    real = optuna.Study.set_user_attr
+    monkeypatch.setattr(optuna.Study, "set_user_attr", lambda self, k, v: (order.append(k), real(self, k, v))[1])
+    study = load_study(storage, "s", space, measured=True, sampler=optuna.samplers.RandomSampler(seed=0))
+    assert order[-1] == "ftplan_tune" and {"model", "gpus", "global_batch", "seq_len", "phase"} <= set(order)
+    # a worker that finds the keys written but no marker yet writes the same identity and goes on
+    assert load_study(storage, "s", space, measured=True, sampler=optuna.samplers.RandomSampler(seed=0))
+    assert study.user_attrs["phase"] == "measured"
