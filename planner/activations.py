@@ -123,10 +123,15 @@ def norm_saved_bytes_per_token(m: ModelSpec, *, act_bytes: int, weight_trains: b
     """Per token, what one norm saves for its own backward (not its output, which its readers save):
     LayerNorm its input (e*h); RMSNorm the fp32 upcast of its input (4h) and, when its weight trains, the
     16-bit normalized tensor the weight multiplies (e*h). See hf_layer_bytes_per_token."""
-    h = m.hidden_size
     if m.layernorm_bias:
-        return float(act_bytes * h)
-    return 4.0 * h + (act_bytes * h if weight_trains else 0.0)
+        return float(act_bytes * m.hidden_size)
+    return rmsnorm_saved_bytes_per_token(m.hidden_size, act_bytes=act_bytes, weight_trains=weight_trains)
+
+
+def rmsnorm_saved_bytes_per_token(hidden: int, *, act_bytes: int, weight_trains: bool) -> float:
+    """transformers' RMSNorm: the fp32 upcast of its input (4h) and, when its weight trains, the 16-bit
+    normalized tensor the weight multiplies (e*h)."""
+    return 4.0 * hidden + (act_bytes * hidden if weight_trains else 0.0)
 
 
 def linear_groups(m: ModelSpec) -> tuple[tuple[str, ...], ...]:

@@ -17,12 +17,15 @@ The end-to-end savings the Liger README reports come mostly from FusedLinearCros
 
 from __future__ import annotations
 
+from planner.activations import rmsnorm_saved_bytes_per_token
 from planner.models import ModelSpec
 
 
 def rmsnorm_saving_bytes_per_token(hidden: int, *, act_bytes: int, weight_trains: bool = False) -> float:
-    """Bytes per token one Liger RMSNorm saves less than transformers' RMSNorm."""
-    return max(0.0, (4 - act_bytes) * hidden - 4.0 + (act_bytes * hidden if weight_trains else 0.0))
+    """Bytes per token one Liger RMSNorm saves less than transformers' RMSNorm: what that one keeps
+    (planner.activations) less Liger's input and fp32 inverse RMS (e h + 4)."""
+    eager = rmsnorm_saved_bytes_per_token(hidden, act_bytes=act_bytes, weight_trains=weight_trains)
+    return max(0.0, eager - (act_bytes * hidden + 4.0))
 
 
 def swiglu_saving_bytes_per_token(intermediate: int, *, act_bytes: int) -> float:

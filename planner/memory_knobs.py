@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 
 from planner import bnb_versions, liger_kernels, loss_memory, offload_activations
 from planner.activations import LayerTraining, kept_quantized_input_bytes_per_token
-from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Precision, Quant, Stage
+from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Quant, Stage
 from planner.models import ModelSpec
 from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
+from planner.states import fp32_adapters, is_mixed
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -132,7 +133,7 @@ def layer_training(cfg: TrainConfig) -> LayerTraining:
     without autocast (lora/bnb.py), so QLoRA branches read the shared input."""
     targets = _lora_targets(cfg.model, cfg.lora_targets) if cfg.trains_adapter else frozenset()
     dropout = cfg.lora_dropout > 0 and cfg.stage not in (Stage.rm, Stage.dpo)
-    copies = bool(targets) and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed) and cfg.quant is Quant.none
+    copies = bool(targets) and is_mixed(cfg.precision) and fp32_adapters(cfg.precision) and cfg.quant is Quant.none
     return LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=dropout,
                          lora_input_copies=copies)
 

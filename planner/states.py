@@ -71,6 +71,13 @@ def is_mixed(precision: Precision) -> bool:
     return precision in (Precision.bf16_mixed, Precision.fp16_mixed)
 
 
+def fp32_adapters(precision: Precision) -> bool:
+    """Whether LoRA adapters are kept in fp32: peft's default (get_peft_model autocast_adapter_dtype=True), which
+    ftplan's runner, profiler and dry run pass except under bf16-true, where everything trains in bf16 (as
+    LLaMA-Factory's pure_bf16 does) and the planner's states count bf16 adapters."""
+    return precision is not Precision.bf16_true
+
+
 def stage_layers(num_layers: int, pp: int) -> int:
     """Decoder layers on the most loaded pipeline stage: ceil(L / p)."""
     return -(-num_layers // pp)

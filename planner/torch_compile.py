@@ -42,12 +42,6 @@ def compiled_layer_saving_bytes_per_token(m: ModelSpec, *, act_bytes: int, t: in
                                                             norms_train=norms_train)
 
 
-def compiled_final_norm_saving_bytes_per_token(m: ModelSpec, *, act_bytes: int, weight_trains: bool = False
-                                               ) -> float:
-    """The final RMSNorm keeps its 16-bit input instead of the fp32 upcast when it is compiled."""
-    return liger_kernels.liger_final_norm_saving_bytes_per_token(m, act_bytes=act_bytes, weight_trains=weight_trains)
-
-
 def compiled_standard_loss_bytes(tokens: float, vocab: float, *, logit_bytes: int) -> float:
     """transformers' loss compiled with the model: forward keeps the 16-bit logits and the row statistics;
     backward holds them and the 16-bit gradient: 2 e V T + 8 T."""

@@ -38,6 +38,7 @@ from planner.loss_memory import TORCHTUNE_OUTPUT_CHUNKS
 from planner.model_catalog import HF_CONFIGS
 from planner.models import ModelSpec
 from planner.params import resolve_lora_targets
+from planner.states import fp32_adapters
 from planner.strategy import (
     Attn,
     CrossEntropy,
@@ -140,8 +141,7 @@ def build_model(cfg: TrainConfig) -> Any:
         targets = list(resolve_lora_targets(cfg.model, cfg.lora_targets))
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=targets, task_type="CAUSAL_LM")
-        # peft upcasts adapter weights to fp32 (autocast_adapter_dtype=True) except under bf16-true
-        model = get_peft_model(model, lcfg, autocast_adapter_dtype=cfg.precision is not Precision.bf16_true)
+        model = get_peft_model(model, lcfg, autocast_adapter_dtype=fp32_adapters(cfg.precision))
         if cfg.precision is Precision.bf16_true:
             model.to(torch.bfloat16)
     elif cfg.freeze_layers:

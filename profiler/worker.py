@@ -28,6 +28,7 @@ from typing import Any
 from planner.compute import mfu as compute_mfu
 from planner.compute import model_flops_per_token, peak_flops_per_s
 from planner.serialize import config_from_dict
+from planner.states import fp32_adapters
 from planner.strategy import Engine, FsdpStrategy, GradCkpt, Method, Optimizer, Precision, TrainConfig
 
 
@@ -54,7 +55,7 @@ def _load_model(cfg: TrainConfig, model_path: str | None, dtype: Any) -> Any:
 
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(resolve_lora_targets(cfg.model, cfg.lora_targets)), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lcfg, autocast_adapter_dtype=cfg.precision is not Precision.bf16_true)
+        model = get_peft_model(model, lcfg, autocast_adapter_dtype=fp32_adapters(cfg.precision))
     if cfg.grad_ckpt is GradCkpt.full:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -10,6 +10,7 @@ from typing import Any
 
 from planner import rope as planner_rope
 from planner.errors import PlanError
+from planner.states import fp32_adapters
 from planner.strategy import Attn, Method, Precision, TrainConfig
 
 # transformers' names for the attention kernels (modeling_utils.py, `ALL_ATTENTION_FUNCTIONS`)
@@ -145,10 +146,7 @@ def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions, *, wrap: 
     if not wrap:
         return model
     try:
-        # adapters in fp32 on a 16-bit model (peft's default), except under bf16-true, where everything trains in
-        # bf16 (LLaMA-Factory's pure_bf16 does the same): what the planner's states and activations count
-        return get_peft_model(model, lora_config(cfg, opts),
-                              autocast_adapter_dtype=cfg.precision is not Precision.bf16_true)
+        return get_peft_model(model, lora_config(cfg, opts), autocast_adapter_dtype=fp32_adapters(cfg.precision))
     except ValueError as exc:
         raise PlanError(f"LoRA: {str(exc).splitlines()[0]}") from None
 
