@@ -157,6 +157,17 @@ def build_model(cfg: TrainConfig) -> Any:
     return model
 
 
+def retie_embeddings(model: Any) -> None:
+    """Tie the input embedding and the LM head again after `to_empty`.
+
+    `Module.to_empty` gives every module's parameters new storage one module at a time, so a Parameter
+    shared by two modules (tie_word_embeddings: Llama 3.2, Qwen2.5 0.5-3B, Gemma) comes out as two
+    tensors: the dry run would hold, train and step both. transformers' `tie_weights` shares them again
+    (PreTrainedModel.tie_weights; it does nothing when the config does not tie)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.tie_weights()
+
+
 def _native_dropout_module(p: float) -> Any:
     import torch
 
@@ -253,6 +264,7 @@ def dry_run(cfg: TrainConfig, *, steps: int = 2, full_first_step: bool = False) 
         model.to_empty(device="cpu")
         # rotary inv_freq is a non-persistent buffer computed at init: to_empty leaves it uninitialized,
         # which fake tensors do not mind (no values are read)
+        retie_embeddings(model)
         params = list(model.parameters())
         trainable = [p for p in params if p.requires_grad]
         tracker.weight_serials = {s for p in params if (s := tracker.serial_of(p)) is not None}
