@@ -1,0 +1,142 @@
+"""litgpt's own model code on fake tensors, against ftplan and litgpt's published peaks.
+
+ftplan's litgpt cases (tests/validation/published_peaks.py, LITGPT) model the run with transformers'
+layers. This script runs the code that produced the published figures instead: `lit_gpt/model.py` and
+`lit_gpt/lora.py` of litgpt commit 8641822 (the resource table's), LoRA r 8, alpha 16, dropout 0.05 on
+the query and value of the fused qkv, bf16 weights, one training iteration of finetune/lora.py (the LM
+head in 128-token chunks, `chunked_cross_entropy`, torch AdamW over the adapters), at full size on fake
+tensors with profiler.tracker.StorageTracker (as `ftplan profile dry-run` does). The rotary cache is
+rebuilt in fp32, as finetune/lora.py's `model.max_seq_length = longest_seq_length` does outside
+Fabric's bf16 context, and dropout keeps CUDA's 1-byte mask (profiler.dryrun._native_dropout_module).
+
+What it tells: whether ftplan's per-layer bookkeeping holds for litgpt's layers (bf16 RMSNorm, one
+dropout shared by q and v, zero-padded conv1d LoRA B), and so whether the published gap lies in the
+tensors or outside them (CUDA kernels, allocator).
+
+Usage: python benchmarks/litgpt_dry_run.py LITGPT_SRC
+LITGPT_SRC holds lit_gpt/{__init__,config,model,lora,utils}.py of commit 8641822, e.g.
+    git --git-dir=<litgpt.git> archive 8641822 lit_gpt | tar -x -C LITGPT_SRC
+Only lit_gpt.utils' helper functions are taken (its module imports lightning); lightning_utilities'
+RequirementCache (model.py asks it whether flash-attn is installed) is answered "no". About 15 s per case.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+GiB = 2**30
+# (litgpt config name, micro-batch, published max_memory_allocated in GB, ftplan case id)
+CASES = [("Llama-2-7b-hf", 1, 21.30, "litgpt:7B-none-mb1"), ("Llama-2-7b-hf", 2, 29.07, "litgpt:7B-none-mb2"),
+         ("Llama-2-13b-hf", 1, 38.12, "litgpt:13B-none-mb1")]
+SEQ_LEN = 1304  # the longest Alpaca sample in Llama 2 tokens: litgpt's first iteration
+
+
+def _install_shims(src: Path) -> None:
+    """lit_gpt importable without lightning: a RequirementCache that finds nothing, and lit_gpt.utils
+    reduced to its functions that model.py, config.py, lora.py and the training step call."""
+    imports = types.ModuleType("lightning_utilities.core.imports")
+
+    class RequirementCache:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __bool__(self) -> bool:
+            return False
+
+    imports.RequirementCache = RequirementCache
+    for name in ("lightning_utilities", "lightning_utilities.core"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["lightning_utilities.core.imports"] = imports
+    tree = ast.parse((src / "lit_gpt" / "utils.py").read_text())
+    wanted = {"find_multiple", "chunked_cross_entropy", "map_old_state_dict_weights"}
+    body = [*ast.parse("import torch\nfrom typing import *").body,
+            *(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted)]
+    utils = types.ModuleType("lit_gpt.utils")
+    exec(compile(ast.Module(body=body, type_ignores=[]), "lit_gpt/utils.py", "exec"), utils.__dict__)
+    sys.modules["lit_gpt.utils"] = utils
+    package = types.ModuleType("lit_gpt")
+    package.__path__ = [str(src / "lit_gpt")]
+    sys.modules["lit_gpt"] = package
+    sys.path.insert(0, str(src))
+    import lit_gpt.model  # noqa: F401  (first, as lit_gpt/__init__.py does: config.py and model.py import each other)
+
+
+def litgpt_peak_bytes(name: str, micro_batch: int) -> dict[str, float]:
+    import torch
+    from lit_gpt.lora import GPT, Config, mark_only_lora_as_trainable
+    from lit_gpt.utils import chunked_cross_entropy
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from profiler.dryrun import _native_dropout_module
+    from profiler.tracker import StorageTracker
+
+    cfg = Config.from_name(name, r=8, alpha=16, dropout=0.05, to_query=True, to_key=False, to_value=True)
+    torch.set_default_dtype(torch.bfloat16)  # Fabric's bf16-true init_module
+    with torch.device("meta"):
+        model = GPT(cfg)
+    mark_only_lora_as_trainable(model)
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Dropout) and child.p > 0:
+                setattr(module, child_name, _native_dropout_module(child.p))
+    tracker = StorageTracker()
+    with FakeTensorMode(allow_non_fake_inputs=True), tracker:
+        model.to_empty(device="cpu")
+        torch.set_default_dtype(torch.float32)
+        model.max_seq_length = SEQ_LEN  # rebuilds cos/sin in the default dtype, fp32 by then
+        torch.set_default_dtype(torch.bfloat16)
+        params = list(model.parameters())
+        trainable = [p for p in params if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=3e-4, foreach=True)  # CUDA's default implementation
+        for p in trainable:  # the state a first step leaves
+            p.grad = torch.empty_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        weights = {s for p in params if (s := tracker.serial_of(p)) is not None}
+        idx = torch.zeros(micro_batch, SEQ_LEN, dtype=torch.long)
+        targets = torch.zeros(micro_batch, SEQ_LEN, dtype=torch.long)
+        tracker.reset_peak()
+        tracker.label = "forward"
+        with tracker.saved_tensors():
+            logits = model(idx, lm_head_chunk_size=128)
+            logits[-1] = logits[-1][..., :-1, :]
+            loss = chunked_cross_entropy(logits, targets[..., 1:])
+        tracker.label = "backward"
+        loss.backward()
+        tracker.label = "optimizer"
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        snap = tracker.finish()
+        peak = tracker.categorize(snap, weights=weights, gradients=set(), optimizer=set())
+    torch.set_default_dtype(torch.float32)
+    return {**peak, "phase": snap.label}
+
+
+def main() -> None:
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "lit_gpt" / "lora.py").is_file():
+        sys.exit("usage: python benchmarks/litgpt_dry_run.py LITGPT_SRC (a folder with lit_gpt/ of commit 8641822)")
+    _install_shims(Path(sys.argv[1]).resolve())
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "validation"))
+    from published_peaks import CASES as PUBLISHED
+    from test_memory_published_peaks import planner_bytes
+
+    by_id = {c.id: c for c in PUBLISHED}
+    print("| case | litgpt code, fake tensors | ftplan | ftplan / litgpt code | published (allocated) | "
+          "published / litgpt code |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, mb, published_gb, case_id in CASES:
+        peak = litgpt_peak_bytes(name, mb)
+        ftplan, _ = planner_bytes(by_id[case_id])
+        published = published_gb * 1e9
+        print(f"| {case_id} | {peak['total'] / GiB:.2f} GiB ({peak['phase']}; activations "
+              f"{peak['activations'] / GiB:.2f}) | {ftplan / GiB:.2f} GiB | {ftplan / peak['total'] - 1:+.1%} | "
+              f"{published / GiB:.2f} GiB | {published / peak['total'] - 1:+.1%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
