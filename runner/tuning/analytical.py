@@ -21,6 +21,7 @@ points at the first trial, costs no evaluation and no budget.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,20 @@ from runner.tuning.results import WORKER, Progress, TuneOptions
 
 # Optuna >= 5 constraints: system attr "constraints:<key>" (Trial.set_constraint); feasible when all <= 0
 CONSTRAINT = "overshoot_bytes"
+
+
+ANALYTICAL_METRICS = ("tokens_per_s", "peak_bytes")  # the two objectives, as optuna-dashboard labels them
+MEASURED_METRICS = ("tokens_per_s",)
+
+
+def name_metrics(study: optuna.Study, names: tuple[str, ...]) -> None:
+    """Label the objectives (Study.set_metric_names, experimental since Optuna 3.2): without it
+    optuna-dashboard and `optuna trials` show "Objective 0" and "Objective 1"."""
+    if study.metric_names == list(names):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(names))
 
 
 def default_study_name(space: TuneSpace) -> str:
@@ -76,6 +91,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, space: TuneSpace
         for k, v in mine.items():
             if k != "ftplan_tune":
                 study.set_user_attr(k, v)
+        name_metrics(study, MEASURED_METRICS if measured else ANALYTICAL_METRICS)
         study.set_user_attr("ftplan_tune", mine["ftplan_tune"])
         return study
     for key in ("model", "gpus", "global_batch", "seq_len", "phase"):
@@ -87,6 +103,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, space: TuneSpace
                             f"pick another --study")
     if [d.name.lower() for d in study.directions] != directions:
         raise PlanError(f"study {name!r} optimizes {len(study.directions)} objectives, not {len(directions)}")
+    name_metrics(study, MEASURED_METRICS if measured else ANALYTICAL_METRICS)  # studies of older ftplan versions
     return study
 
 
@@ -114,6 +131,7 @@ def exhaustive_study(space: TuneSpace, opts: TuneOptions, progress: Progress | N
     """Every runnable plan as a finished trial of an in-memory two-objective study."""
     study = optuna.create_study(directions=["maximize", "minimize"], study_name="analytical",
                                 sampler=optuna.samplers.RandomSampler(seed=opts.seed))
+    name_metrics(study, ANALYTICAL_METRICS)
     dists = _distributions(space)
     configs = list(space.feasible())
     best: tuple[float, float] | None = None

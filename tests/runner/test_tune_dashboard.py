@@ -45,6 +45,7 @@ def test_tune_study_in_optuna_dashboard(tmp_path: Path, capsys, monkeypatch) -> 
     study = optuna.load_study(study_name=summary.study_name, storage=url)
     assert study.user_attrs["model"] == "tiny" and study.user_attrs["gpus"] == "2xA800"
     assert all(isinstance(v, str | int | float | bool) for v in study.user_attrs.values())
+    assert study.metric_names == ["tokens_per_s", "peak_bytes"]  # not "Objective 0" and "Objective 1"
     complete = [t for t in study.trials if t.state is optuna.trial.TrialState.COMPLETE]
     assert complete
     for t in complete:
@@ -72,6 +73,7 @@ def test_tune_study_in_optuna_dashboard(tmp_path: Path, capsys, monkeypatch) -> 
         assert {a["key"]: a["value"] for a in listed["user_attrs"]}["model"] == "tiny"
         detail = httpx.get(f"{base}/api/studies/{listed['study_id']}", timeout=60).json()
         assert len(detail["trials"]) == len(study.trials)
+        assert detail["objective_names"] == ["tokens_per_s", "peak_bytes"]
         keys = {a["key"]: a["sortable"] for a in detail["union_user_attrs"]}
         assert keys["tokens_per_s"] and keys["peak_bytes"] and not keys["name"]  # numbers sort, names read
         page = httpx.get(f"{base}/dashboard", timeout=30)
