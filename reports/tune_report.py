@@ -53,7 +53,9 @@ def _gib(x: float | None) -> str:
 
 
 def trials_table(result: TuneResult) -> Table:
-    """The best completed trials (by tokens/s), then every failed one, then a count of the rest."""
+    """The best completed trials, then every failed one, then a count of the rest. "Best" is the tuner's
+    order: its winner first (which follows `plan`'s tie rule: within 1% of the fastest, the simpler plan),
+    then the others by tokens/s, so the first row is the plan the tuner recommends."""
     measured = result.measured
     title = ("Measured trials" if measured else "Analytical trials") + " (best first; failures with their reason)"
     table = Table(title=title, title_justify="left")
@@ -66,7 +68,8 @@ def trials_table(result: TuneResult) -> Table:
     for col, justify in cols:
         # 80 columns: plan names wrap at their `-` boundaries, reasons at spaces, numbers never
         table.add_column(col, justify=justify, no_wrap=col not in ("plan", "reason"))
-    done = sorted((r for r in result.rows if r.state == "complete"), key=lambda r: -(r.tokens_per_s or 0))
+    done = sorted((r for r in result.rows if r.state == "complete"),
+                  key=lambda r: (r.number != result.best_row.number, -(r.tokens_per_s or 0)))
     failed = [r for r in result.rows if r.state in ("failed", "lost")]
     shown = done[:_SHOWN_TRIALS] + failed[:_SHOWN_TRIALS]
     if measured:
