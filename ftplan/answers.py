@@ -88,7 +88,8 @@ def estimate_answer(*, model: str, gpus: str, method: Method = Method.lora, lora
                     cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
                     activation_offload: bool = False, fsdp_version: int = 2,
                     torch_compile: bool = False, bnb_version: str = "",
-                    frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT) -> EstimateAnswer:
+                    frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT,
+                    kbit_prep: bool = True) -> EstimateAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.estimate import estimate
@@ -101,7 +102,7 @@ def estimate_answer(*, model: str, gpus: str, method: Method = Method.lora, lora
                        seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn, stage=stage, freeze_layers=freeze_layers,
                        rope_scaling=rope_scaling,
                        **switches(cross_entropy, kernels, activation_offload, fsdp_version, torch_compile, bnb_version,
-                                  frozen_fp32, lora_dropout))
+                                  frozen_fp32, lora_dropout, kbit_prep))
     size = job_size(tokens, samples, epochs)
     est = estimate(cfg, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
     job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
@@ -161,7 +162,7 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
                 cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
                 activation_offload: bool = False, fsdp_version: int = 2,
                 torch_compile: bool = False, bnb_version: str = "",
-                frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT,
+                frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT, kbit_prep: bool = True,
                 include_unrunnable: bool = False) -> PlanAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
@@ -176,7 +177,7 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
                         lora_targets=lora_targets, precision=precision, stage=stage, rope_scaling=rope_scaling,
                         check=False, **switches(cross_entropy, kernels, activation_offload, fsdp_version,
-                                                torch_compile, bnb_version, frozen_fp32, lora_dropout))
+                                                torch_compile, bnb_version, frozen_fp32, lora_dropout, kbit_prep))
     check_positions(base, seq_len)
     space = search_space(base, methods=method, global_batch=global_batch,
                          optimizers=parse_choices(optimizers, Optimizer, "--optimizers") or (optimizer,),
@@ -211,7 +212,8 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
                  cross_entropy: CrossEntropy = CrossEntropy.standard, kernels: Kernels = Kernels.eager,
                  activation_offload: bool = False, fsdp_version: int = 2,
                  torch_compile: bool = False, bnb_version: str = "",
-                 frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT) -> ScaleAnswer:
+                 frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT,
+                 kbit_prep: bool = True) -> ScaleAnswer:
     from planner.build import build_config
     from planner.calibration import load_calibration
     from planner.gpus import gpu_from_name
@@ -226,7 +228,7 @@ def scale_answer(*, model: str, gpu: str, max_gpus: int = 64, method: Method = M
                         lora_alpha=lora_alpha, lora_targets=lora_targets, precision=precision, stage=stage,
                         rope_scaling=rope_scaling, check=False,
                         **switches(cross_entropy, kernels, activation_offload, fsdp_version,
-                                   torch_compile, bnb_version, frozen_fp32, lora_dropout))
+                                   torch_compile, bnb_version, frozen_fp32, lora_dropout, kbit_prep))
     check_positions(base, seq_len)
     result = scale(base, max_gpus, search_space(base, methods=(method,), global_batch=global_batch),
                    limits_from(host_memory, nvme, headroom), load_calibration(calibration))

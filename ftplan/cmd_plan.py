@@ -38,7 +38,8 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
              cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
              activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
              torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
-             frozen_fp32: o.FrozenFp32Opt = False, lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT) -> None:
+             frozen_fp32: o.FrozenFp32Opt = False, lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT,
+         kbit_prep: o.KbitPrepOpt = True) -> None:
     """Memory and speed of one configuration, with their breakdowns."""
     from ftplan.answers import estimate_answer
 
@@ -51,7 +52,7 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
         headroom=headroom, calibration=calibration, tokens=tokens, samples=samples, epochs=epochs,
         cross_entropy=cross_entropy, kernels=kernels, activation_offload=activation_offload,
         fsdp_version=fsdp_version, torch_compile=torch_compile, bnb_version=bnb_version,
-        frozen_fp32=frozen_fp32, lora_dropout=lora_dropout)
+        frozen_fp32=frozen_fp32, lora_dropout=lora_dropout, kbit_prep=kbit_prep)
     est = answer.est
     emitted = None
     if emit_dir is not None:
@@ -87,6 +88,7 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
          torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
          frozen_fp32: o.FrozenFp32Opt = False, lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT,
+         kbit_prep: o.KbitPrepOpt = True,
          include_unrunnable: o.IncludeUnrunnableOpt = False) -> None:
     """Enumerate every valid strategy, keep those that fit, rank them by tokens/s (within 1%: simpler first;
     plans `ftplan run` executes first unless --include-unrunnable)."""
@@ -103,7 +105,8 @@ def plan(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, seq_le
                          cross_entropy=cross_entropy, kernels=kernels, activation_offload=activation_offload,
                          fsdp_version=fsdp_version,
                          torch_compile=torch_compile, bnb_version=bnb_version,
-                         frozen_fp32=frozen_fp32, lora_dropout=lora_dropout, include_unrunnable=include_unrunnable)
+                         frozen_fp32=frozen_fp32, lora_dropout=lora_dropout, kbit_prep=kbit_prep,
+                         include_unrunnable=include_unrunnable)
     emitted = None
     if emit_dir is not None:
         from ftplan.cmd_emit import emit_pick

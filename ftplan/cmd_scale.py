@@ -22,7 +22,8 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
           cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
           activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
           torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
-          frozen_fp32: o.FrozenFp32Opt = False, lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT) -> None:
+          frozen_fp32: o.FrozenFp32Opt = False, lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT,
+         kbit_prep: o.KbitPrepOpt = True) -> None:
     """Speedup and scaling efficiency against GPU count; writes a PNG chart and a JSON file to --out."""
     import json
 
@@ -37,7 +38,7 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
                           nvme=nvme, headroom=headroom, calibration=calibration, cross_entropy=cross_entropy,
                           kernels=kernels, activation_offload=activation_offload, fsdp_version=fsdp_version,
                           torch_compile=torch_compile, bnb_version=bnb_version,
-                          frozen_fp32=frozen_fp32, lora_dropout=lora_dropout)
+                          frozen_fp32=frozen_fp32, lora_dropout=lora_dropout, kbit_prep=kbit_prep)
     data = answer.json()
     stem = f"scale-{answer.model}-{answer.gpu}-{method.value}"
     names = [f"{stem}.png", f"{stem}.json"]

@@ -89,6 +89,7 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
          activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
          torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
          frozen_fp32: o.FrozenFp32Opt = False, lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT,
+         kbit_prep: o.KbitPrepOpt = True,
          include_unrunnable: o.IncludeUnrunnableOpt = False) -> None:
     """Autotune: search the plan space with Optuna (time model), optionally with short real trials.
 
@@ -119,7 +120,7 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
                         lora_targets=lora_targets, precision=precision, stage=stage, rope_scaling=rope_scaling,
                         check=False, **o.switches(cross_entropy, kernels, activation_offload, fsdp_version,
-                                                  torch_compile, bnb_version, frozen_fp32, lora_dropout))
+                                                  torch_compile, bnb_version, frozen_fp32, lora_dropout, kbit_prep))
     check_positions(base, seq_len)
     default = SearchSpace()
     space_def = search_space(base, methods=method, global_batch=global_batch,

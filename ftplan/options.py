@@ -128,11 +128,16 @@ FrozenFp32Opt = Annotated[bool, typer.Option(
     "--frozen-fp32/--no-frozen-fp32", help="Frozen weights loaded in fp32 (from_pretrained without torch_dtype); "
                                            "DDP and FSDP keep them so, DeepSpeed casts them to 16 bits.")]
 
+KbitPrepOpt = Annotated[bool, typer.Option(
+    "--kbit-prep/--no-kbit-prep", help="QLoRA: peft's prepare_model_for_kbit_training runs (TRL, the QLoRA "
+                                       "script, MedicalGPT, ftplan run; not LLaMA-Factory): fp32 non-quantized "
+                                       "weights and residual stream under DDP autocast.")]
+
 
 def switches(cross_entropy: CrossEntropy, kernels: Kernels, activation_offload: bool,
              fsdp_version: int, torch_compile: bool = False, bnb_version: str = "",
-             frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT) -> dict:
+             frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT, kbit_prep: bool = True) -> dict:
     """The memory switches as build_config keyword arguments."""
     return {"cross_entropy": cross_entropy, "kernels": kernels, "activation_offload": activation_offload,
             "fsdp_version": fsdp_version, "torch_compile": torch_compile, "bnb_version": bnb_version,
-            "frozen_fp32": frozen_fp32, "lora_dropout": lora_dropout}
+            "frozen_fp32": frozen_fp32, "lora_dropout": lora_dropout, "kbit_prep": kbit_prep}

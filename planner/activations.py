@@ -43,6 +43,10 @@ class LayerTraining:
     # each LoRA branch casts its input to the adapters' dtype first (peft's Linear.forward `_cast_input_dtype`):
     # fp32 adapters on a 16-bit model under autocast, where the branch then saves its own 16-bit copy
     lora_input_copies: bool = False
+    # bytes per element of the residual stream and of the frozen linears' outputs when not the activation dtype:
+    # 4 when prepare_model_for_kbit_training made the non-quantized weights fp32 (planner.states.kbit_prepared);
+    # 0 = the activation dtype
+    stream_bytes: int = 0
 
 
 @cache  # pure in hashable arguments; the search asks for it per candidate
@@ -73,15 +77,21 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
       adapters under 16-bit autocast, `lora_input_copies`): each branch then saves its own e-byte copy, the
       autocast cast of that fp32 copy (peft/tuners/lora/layer.py Linear.forward; seen per target in
       tests/profiler/test_saved_activations.py).
+    - A 4-bit model after prepare_model_for_kbit_training (`train.stream_bytes` = 4): the residual stream and
+      the frozen linears' outputs are fp32 (bitsandbytes casts each output back to its input's dtype), so the
+      MLP's tensors and the checkpointed layer input take 4 bytes; SDPA's autocast still saves 16-bit q, k, v
+      and output, and each LoRA branch saves its own 16-bit cast of the fp32 input (`lora_input_copies`). The
+      norms save their fp32 input (4h) as before. Measured to the byte: tests/profiler/test_saved_activations.py.
     Tensor parallelism (Megatron-style, Korthikanti Sec. 4.1) splits what lies between the f and g
     operators (attention and MLP internals) by t; sequence parallelism also splits the norms and
     the linears' inputs. Selective recompute drops the attention core (Korthikanti Sec. 4.2);
-    full recompute keeps the layer input only (e*h) and is accounted by the caller.
+    full recompute keeps the layer input only (e*h, or the fp32 stream's 4h) and is accounted by the caller.
     """
     h, e = m.hidden_size, act_bytes
     q, kv, a = m.q_dim, m.kv_dim, m.num_heads
+    s = train.stream_bytes or e
     if recompute is GradCkpt.full:
-        return e * h / (t if sequence_parallel else 1)
+        return s * h / (t if sequence_parallel else 1)
     lora = train.lora_targets
     linears = {lin.name: lin for lin in m.linears()}
 
@@ -107,7 +117,7 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
     parallel = _attention_core_bytes(e=e, q=q, kv=kv, a=a, seq_len=seq_len, attn=attn, recompute=recompute,
                                      o_proj_saves=consumer_saves(attn_out))  # inside attention / MLP: split by t
     parallel += lora_copies(attn_out)
-    parallel += _mlp_bytes(m, e=e, down_saves=consumer_saves(mlp_out))
+    parallel += _mlp_bytes(m, e=s, down_saves=consumer_saves(mlp_out))
     parallel += lora_copies(mlp_out)
     if sequence_parallel:
         return (replicated + parallel) / t

@@ -30,6 +30,7 @@ from planner.states import (
     StageParams,
     activation_dtype_bytes,
     grad_dtype_bytes,
+    kbit_prepared,
     optimizer_state_bytes_per_param,
     quant_bytes_per_param,
     stage_params,
@@ -177,6 +178,11 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
             items["logits and loss"] = final_norm * tokens + trl_logprob_head_bytes(
                 m, tokens=tokens, compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU", t=cfg.tp,
                 head_trains=cfg.method is Method.full and sp.trainable > 0)
+        if kbit_prepared(cfg):
+            # prepare_model_for_kbit_training leaves the LM head fp32; under autocast F.linear saves its 16-bit
+            # cast of the weight for the input's gradient, from the head's forward to its backward (measured:
+            # tests/profiler/test_saved_activations.py)
+            items["logits and loss"] += 2.0 * m.vocab_size * m.hidden_size / cfg.tp
     # The last layer is recomputed only after the loss and LM-head backward have freed the logits buffers,
     # so the recomputed layer and "logits and loss" are never live together: the backward peak holds the
     # larger of the two (seen in the profiler's dry run of Llama-2-7B with checkpointing).

@@ -13,7 +13,7 @@ from planner.activations import LayerTraining, kept_quantized_input_bytes_per_to
 from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Quant, Stage
 from planner.models import ModelSpec
 from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
-from planner.states import fp32_adapters, is_mixed
+from planner.states import fp32_adapters, is_mixed, kbit_prepared
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -130,12 +130,16 @@ def layer_training(cfg: TrainConfig) -> LayerTraining:
     adapters in fp32 on a 16-bit model (get_peft_model autocast_adapter_dtype=True; ftplan's runner and dry run
     keep them 16-bit under bf16-true) and casts each adapted linear's input to fp32 (lora/layer.py Linear.forward);
     under mixed-precision autocast every branch then saves its own 16-bit copy. Its bitsandbytes layers cast only
-    without autocast (lora/bnb.py), so QLoRA branches read the shared input."""
+    without autocast (lora/bnb.py), so QLoRA branches read the shared input, unless prepare_model_for_kbit_training
+    made the stream fp32 (planner.states.kbit_prepared): autocast then casts each branch's fp32 input to 16 bits
+    on its own, and the stream and the 4-bit linears' outputs are 4 bytes per element."""
     targets = _lora_targets(cfg.model, cfg.lora_targets) if cfg.trains_adapter else frozenset()
     dropout = cfg.lora_dropout > 0 and cfg.stage not in (Stage.rm, Stage.dpo)
-    copies = bool(targets) and is_mixed(cfg.precision) and fp32_adapters(cfg.precision) and cfg.quant is Quant.none
+    prepared = kbit_prepared(cfg)
+    copies = bool(targets) and is_mixed(cfg.precision) and (
+        fp32_adapters(cfg.precision) and cfg.quant is Quant.none or prepared)
     return LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=dropout,
-                         lora_input_copies=copies)
+                         lora_input_copies=copies, stream_bytes=4 if prepared else 0)
 
 
 @cache  # the search asks per candidate; models and target tuples are hashable

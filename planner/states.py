@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from planner.choices import Method, Optimizer, Precision, Quant, Stage
+from planner.choices import Engine, Method, Optimizer, Precision, Quant, Stage
 from planner.models import ModelSpec
 from planner.params import (
     embedding_params,
@@ -76,6 +76,23 @@ def fp32_adapters(precision: Precision) -> bool:
     ftplan's runner, profiler and dry run pass except under bf16-true, where everything trains in bf16 (as
     LLaMA-Factory's pure_bf16 does) and the planner's states count bf16 adapters."""
     return precision is not Precision.bf16_true
+
+
+def kbit_prepared(cfg: TrainConfig) -> bool:
+    """Whether peft's prepare_model_for_kbit_training shapes the run of a 4-bit plan (--kbit-prep, the default).
+
+    It casts every parameter that is not quantized (embeddings, norms, LM head) to fp32 (peft/utils/other.py
+    prepare_model_for_kbit_training), so under mixed-precision autocast the residual stream, the norms' outputs
+    and the 4-bit linears' outputs (bitsandbytes casts them back to the input's dtype) are fp32: planner.memory
+    counts fp32 non-quantized weights, an fp32 residual stream and MLP, each LoRA branch's own 16-bit copy of its
+    input, and the LM head's 16-bit weight copy. TRL's SFTTrainer calls it for a 4-bit model that is not sharded
+    (FSDP / ZeRO-3 QLoRA skip it, trl/trainer/sft_trainer.py), as do the QLoRA reference script (qlora.py),
+    MedicalGPT and Qwen's finetune.py; LLaMA-Factory does not (--no-kbit-prep). It shapes only DDP (one GPU
+    included) under autocast: DeepSpeed's engine casts every parameter back to 16 bits at initialization
+    (deepspeed/runtime/engine.py _cast_module_mixed_precision), and bf16-true plans stay bf16 throughout.
+    ftplan's runner calls it exactly when this is True (runner/model.py)."""
+    return (cfg.kbit_prep and cfg.quant is not Quant.none and cfg.engine is Engine.ddp
+            and is_mixed(cfg.precision))
 
 
 def stage_layers(num_layers: int, pp: int) -> int:

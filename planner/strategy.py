@@ -129,7 +129,8 @@ class EngineChoice:
 class Switches:
     """The memory switches users turn on (planner.memory_knobs): the loss's implementation, Liger's fused
     kernels, saved activations kept in host memory, torch.compile, the bitsandbytes release QLoRA runs
-    with ("" = a current one; planner.bnb_versions), and frozen weights loaded in fp32 (planner.engines.ddp)."""
+    with ("" = a current one; planner.bnb_versions), frozen weights loaded in fp32 (planner.engines.ddp), and
+    whether peft's prepare_model_for_kbit_training runs on a 4-bit model (planner.states.kbit_prepared)."""
 
     cross_entropy: CrossEntropy = CrossEntropy.standard
     kernels: Kernels = Kernels.eager
@@ -137,6 +138,7 @@ class Switches:
     torch_compile: bool = False
     bnb_version: str = ""
     frozen_fp32: bool = False
+    kbit_prep: bool = True
 
 
 _PARTS: dict[str, type] = {"adapter": Adapter, "layout": ParallelLayout, "batch": Batch, "engine_choice": EngineChoice,
@@ -148,7 +150,7 @@ FLAT_FIELDS: tuple[str, ...] = (
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
     "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
-    "frozen_fp32")
+    "frozen_fp32", "kbit_prep")
 
 
 @dataclass(frozen=True, init=False, slots=True)
@@ -212,6 +214,7 @@ class TrainConfig:
     torch_compile = property(attrgetter("switches.torch_compile"))
     bnb_version = property(attrgetter("switches.bnb_version"))
     frozen_fp32 = property(attrgetter("switches.frozen_fp32"))
+    kbit_prep = property(attrgetter("switches.kbit_prep"))
     tp = property(attrgetter("layout.tp"))
     sequence_parallel = property(attrgetter("layout.sequence_parallel"))
     pp = property(attrgetter("layout.pp"))

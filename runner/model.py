@@ -10,7 +10,7 @@ from typing import Any
 
 from planner import rope as planner_rope
 from planner.errors import PlanError
-from planner.states import fp32_adapters
+from planner.states import fp32_adapters, kbit_prepared
 from planner.strategy import Attn, Method, Precision, TrainConfig
 
 # transformers' names for the attention kernels (modeling_utils.py, `ALL_ATTENTION_FUNCTIONS`)
@@ -141,7 +141,9 @@ def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions, *, wrap: 
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if quant is not None:
+    if quant is not None and kbit_prepared(cfg):
+        # what the planner counts (planner.states.kbit_prepared): TRL's rule, not under sharding, DeepSpeed or
+        # bf16-true; it casts the weights bitsandbytes left unquantized to fp32
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if not wrap:
         return model

@@ -9,7 +9,7 @@ from planner import collectives as col
 from planner.choices import Engine, FsdpStrategy, Method, Offload, OffloadDevice, Optimizer, Precision, ZeroStage
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines.sharded import overlap_for
-from planner.states import StageParams, grad_dtype_bytes, is_mixed
+from planner.states import StageParams, grad_dtype_bytes, is_mixed, kbit_prepared
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -42,7 +42,8 @@ def weight_bytes_per_param(cfg: TrainConfig) -> tuple[float, float]:
         return 4.0, 4.0
     if cfg.precision is Precision.bf16_true:
         return 2.0, 2.0
-    return 4.0, 4.0 if cfg.frozen_fp32 else 2.0
+    # a 4-bit model after prepare_model_for_kbit_training: its weights that are not quantized are fp32
+    return 4.0, 4.0 if cfg.frozen_fp32 or kbit_prepared(cfg) else 2.0
 
 
 def shards_weights(cfg: TrainConfig) -> bool:
