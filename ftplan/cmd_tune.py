@@ -38,8 +38,8 @@ class Sampler(str, Enum):
 
 
 SamplerOpt = Annotated[Sampler, typer.Option(help="Analytical: 'grid' evaluates every plan, 'tpe' samples --trials "
-                                                  "distinct plans, 'auto' enumerates when that takes under a second "
-                                                  "and samples otherwise.")]
+                                                  "distinct plans, 'auto' enumerates a space of at most 10,000 "
+                                                  "runnable plans and samples larger ones.")]
 EnginesOpt = Annotated[list[Engine] | None, typer.Option("--engine", help="Engines to search (repeat).")]
 ZerosOpt = Annotated[list[int] | None, typer.Option("--zero", min=0, max=3, help="ZeRO stages to search (repeat; "
                                                                                  "DeepSpeed only).")]
@@ -106,6 +106,7 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     from planner.tune_space import Filters, build_space
     from runner.tune import TuneOptions, quiet_optuna
     from runner.tune import tune as run_tune
+    from runner.tuning.results import ENUMERATE_UP_TO
 
     for name, value in (("--trials", trials), ("--top", top), ("--trial-steps", trial_steps)):
         if value is not None and value < 1:
@@ -142,7 +143,8 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     opts = TuneOptions(trials=trials, measure=measure, top=top, storage=storage, study=study, timeout_s=timeout,
                        seed=seed, trial_steps=trial_steps, trial_timeout_s=trial_timeout, heartbeat_s=heartbeat,
                        storage_retry_s=storage_retry,
-                       enumerate_under_s={Sampler.auto: 1.0, Sampler.tpe: 0.0, Sampler.grid: float("inf")}[sampler],
+                       enumerate_up_to={Sampler.auto: ENUMERATE_UP_TO, Sampler.tpe: 0,
+                                        Sampler.grid: float("inf")}[sampler],
                        limits=limits_from(host_memory, nvme, headroom), cal=load_calibration(calibration),
                        include_unrunnable=include_unrunnable)
     quiet_optuna()

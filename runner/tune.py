@@ -25,7 +25,6 @@ from planner.tune_result import TrialRow, TuneResult
 from planner.tune_space import TuneSpace, analytic_score, pareto_front, rank_key
 from runner.tuning.analytical import (
     default_study_name,
-    enumeration_s,
     evaluated,
     exhaustive_study,
     feasible,
@@ -111,8 +110,7 @@ def _nothing_fits(space: TuneSpace, rows: list[TrialRow], what: str) -> PlanErro
 def _analytical(space: TuneSpace, opts: TuneOptions, storage: optuna.storages.BaseStorage, name: str,
                 runnable: int, progress: Progress | None) -> tuple[optuna.Study, bool]:
     """The analytical study, and whether it enumerated the space."""
-    exhaustive = opts.measure or opts.trials is None or opts.trials >= runnable or \
-        enumeration_s(space, opts, runnable) < opts.enumerate_under_s
+    exhaustive = opts.measure or opts.trials is None or opts.trials >= runnable or runnable <= opts.enumerate_up_to
     if not exhaustive:
         return sampled_study(space, opts, storage, name, progress), False
     if not opts.measure:

@@ -7,9 +7,9 @@ Two objectives: the time model's tokens/s (maximized) and the memory model's pea
 reason in the trial's user_attrs. Neither gets a made-up score.
 
 Enumerate or sample: when the space holds at most `trials` runnable plans, when no `trials` is given,
-or when evaluating every plan takes under `enumerate_under_s` (a second; timed on the first plans:
-`enumeration_s`), every
-plan is evaluated (the exhaustive grid, the same enumeration as `planner.search.plan`, so the exact
+or when the space holds at most `enumerate_up_to` runnable plans (runner.tuning.results.ENUMERATE_UP_TO, 10,000:
+a count, so the choice does not depend on the machine's speed), every plan is evaluated (the exhaustive grid,
+the same enumeration as `planner.search.plan`, so the exact
 winner) into an in-memory study: a model evaluation costs ~0.1 ms, a SQLite trial write ~15 ms, so
 persisting thousands of them would cost more than recomputing. Otherwise TPE (Watanabe 2023,
 "Tree-structured Parzen Estimator: Understanding Its Algorithm Components") samples `trials` distinct
@@ -20,7 +20,6 @@ points at the first trial, costs no evaluation and no budget.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -204,18 +203,6 @@ def sampled_study(space: TuneSpace, opts: TuneOptions, storage: optuna.storages.
 def evaluated(study: optuna.Study) -> list[FrozenTrial]:
     """The trials that evaluated a plan or named an invalid one (not the duplicates)."""
     return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "duplicate_of" not in t.user_attrs]
-
-
-def enumeration_s(space: TuneSpace, opts: TuneOptions, runnable: int, sample: int = 16) -> float:
-    """Seconds to evaluate every runnable plan, from the first `sample` evaluations."""
-    t0 = time.perf_counter()
-    n = 0
-    for cfg in space.feasible():
-        analytic_score(cfg, opts.limits, opts.cal)
-        n += 1
-        if n >= sample:
-            break
-    return (time.perf_counter() - t0) / max(n, 1) * runnable
 
 
 def _progress_callback(progress: Progress | None, total: int | None) -> Callable:

@@ -11,6 +11,10 @@ from planner.calibration import DEFAULT, Calibration
 from planner.estimate import Limits
 
 DEFAULT_MEASURED_TRIALS = 8
+# --sampler auto enumerates a space of at most this many runnable plans, whatever --trials says: `plan` evaluates
+# that many in well under a second (benchmarks/plan_speed.py: 16,128 candidates in 0.5 s of planning on this
+# 2-core VM). A count, not a timing, so the same command picks the same sampler on every machine and load.
+ENUMERATE_UP_TO = 10_000
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial of a shared study
 Progress = Callable[[int, int | None, str], None]  # (trials done, trials planned or None, best so far)
 
@@ -29,7 +33,7 @@ class TuneOptions:
     trial_timeout_s: float = 300.0
     heartbeat_s: float = 10.0  # measured: a worker's heartbeat interval while it runs a trial
     grace_s: float | None = None  # silence after which a trial's worker counts as lost (default 6 heartbeats)
-    enumerate_under_s: float = 1.0  # analytical: enumerate the space when evaluating all of it takes less
+    enumerate_up_to: float = ENUMERATE_UP_TO  # analytical: enumerate a space of at most this many runnable plans
     storage_retry_s: float = 60.0  # how long a worker retries an unreachable storage before exiting 2
     limits: Limits = field(default_factory=Limits)
     cal: Calibration = DEFAULT

@@ -67,7 +67,7 @@ def test_small_space_is_enumerated_even_with_trials(base_7b):
     # a space the models evaluate within `enumerate_under_s` (a second by default; timed on its first plans)
     # is enumerated: the exact winner, not a TPE sample. The limit is raised so the test never times anything.
     space = build_space(base_7b, SearchSpace(methods=(Method.full,)))
-    result = tune(space, TuneOptions(storage="memory", trials=25, enumerate_under_s=1e9))
+    result = tune(space, TuneOptions(storage="memory", trials=25, enumerate_up_to=float("inf")))
     assert result.sampler == "exhaustive"
     assert result.best.config == plan(base_7b, SearchSpace(methods=(Method.full,))).plans[0].config
 
@@ -75,7 +75,7 @@ def test_small_space_is_enumerated_even_with_trials(base_7b):
 def test_sampled_tune_rejects_infeasible_without_a_score(base_7b, tmp_path):
     space = build_space(base_7b, SearchSpace(methods=(Method.full,)))
     result = tune(space, TuneOptions(storage=f"sqlite:///{tmp_path / 't.db'}", trials=25, seed=3,
-                                     enumerate_under_s=0.0))
+                                     enumerate_up_to=0))
     assert result.sampler == "tpe"
     assert result.trials_completed + result.trials_infeasible + result.trials_failed == 25
     infeasible = [r for r in result.rows if r.state == "infeasible"]
@@ -86,7 +86,7 @@ def test_sampled_tune_rejects_infeasible_without_a_score(base_7b, tmp_path):
 
 def test_sampled_tune_never_evaluates_a_plan_twice(base_7b):
     space = build_space(base_7b, SearchSpace(methods=(Method.lora,)))
-    result = tune(space, TuneOptions(storage="memory", trials=150, seed=0, enumerate_under_s=0.0))
+    result = tune(space, TuneOptions(storage="memory", trials=150, seed=0, enumerate_up_to=0))
     names = [r.name for r in result.rows if r.state in ("complete", "infeasible") and r.name]
     assert len(names) == len(set(names)), "a plan was evaluated twice"
     assert result.plans_evaluated == len([r for r in result.rows if r.state != "infeasible" or r.name])
