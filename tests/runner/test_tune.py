@@ -12,6 +12,7 @@ from planner.search import TIE_FRACTION, SearchSpace, plan
 from planner.strategy import Method
 from planner.tune_space import Filters, build_space, choices_of, pareto_front
 from runner.tune import TuneOptions, tune
+from runner.tuning.results import ENUMERATE_UP_TO
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,11 @@ def test_analytical_tune_agrees_with_exhaustive_plan(base_7b):
 
 
 def test_small_space_is_enumerated_even_with_trials(base_7b):
-    # a space the models evaluate within `enumerate_under_s` (a second by default; timed on its first plans)
-    # is enumerated: the exact winner, not a TPE sample. The limit is raised so the test never times anything.
+    # a space of at most ENUMERATE_UP_TO runnable plans (the default option) is enumerated: the exact winner, not
+    # a TPE sample of 25
     space = build_space(base_7b, SearchSpace(methods=(Method.full,)))
-    result = tune(space, TuneOptions(storage="memory", trials=25, enumerate_up_to=float("inf")))
+    assert 25 < sum(1 for _ in space.feasible()) <= ENUMERATE_UP_TO
+    result = tune(space, TuneOptions(storage="memory", trials=25))
     assert result.sampler == "exhaustive"
     assert result.best.config == plan(base_7b, SearchSpace(methods=(Method.full,))).plans[0].config
 
