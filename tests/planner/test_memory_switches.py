@@ -254,3 +254,39 @@ def test_lora_dropout_option_memory_cli_and_emitted(tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "ftplan", "estimate", "--model", "7b", "--gpus", "1xA100-80G",
                           "--lora-dropout", "-0.1"], cwd=repo, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--lora-dropout" in bad.stderr
+
+
+def test_kbit_prep_follows_the_engine_precision_and_cli(capsys, monkeypatch) -> None:
+    """--kbit-prep (default): prepare_model_for_kbit_training's fp32 weights and stream count only for QLoRA under
+    DDP autocast; DeepSpeed casts the model back to 16 bits, sharded QLoRA skips the call (TRL), bf16-true stays
+    bf16. The non-quantized frozen weights (embeddings, head, norms) take 4 bytes; the checkpointed layer input
+    4h. The switch travels in plan.json; --no-kbit-prep on the command line turns it off."""
+    import json
+
+    from cli_helpers import run
+
+    from planner.serialize import config_from_dict, config_to_dict
+    from planner.states import kbit_prepared, stage_params
+
+    kw = dict(model="llama-2-7b", gpus="1xA100-80G", method=Method.qlora, seq_len=2048, micro_batch=4,
+              grad_ckpt=GradCkpt.full)
+    on, off = build_config(**kw), build_config(**kw, kbit_prep=False)
+    assert kbit_prepared(on) and not kbit_prepared(off)
+    sp = stage_params(on, first=True)
+    assert memory_per_gpu(on).weights - memory_per_gpu(off).weights == pytest.approx(2.0 * (sp.total - sp.quantized))
+    m = on.model
+    checkpoints = 2.0 * m.hidden_size * 2048 * 4 * m.num_layers  # 4h instead of 2h per token and layer
+    assert memory_per_gpu(on).activations - memory_per_gpu(off).activations == pytest.approx(checkpoints)
+    for other in (dict(kw, zero=2, gpus="2xA100-80G"), dict(kw, fsdp=FsdpStrategy.full_shard, gpus="2xA100-80G"),
+                  dict(kw, precision=Precision.bf16_true), dict(kw, method=Method.lora)):
+        a, b = build_config(**other), build_config(**other, kbit_prep=False)
+        assert not kbit_prepared(a) and memory_per_gpu(a).total == memory_per_gpu(b).total
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(off)))).kbit_prep is False
+    args = ["estimate", "--model", "7b", "--gpus", "1xA100-80G", "--method", "qlora", "--grad-ckpt", "full", "--json"]
+    totals = []
+    for extra in ([], ["--no-kbit-prep"]):
+        code, out, err = run(capsys, monkeypatch, *args, *extra)
+        assert code == 0, err
+        totals.append(json.loads(out)["memory_per_gpu_bytes"]["total"])
+        assert json.loads(out)["config"]["kbit_prep"] is not bool(extra)
+    assert totals[0] > totals[1]
