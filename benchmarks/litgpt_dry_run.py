@@ -7,7 +7,7 @@ the query and value of the fused qkv, bf16 weights, one training iteration of fi
 head in 128-token chunks, `chunked_cross_entropy`, torch AdamW over the adapters), at full size on fake
 tensors with profiler.tracker.StorageTracker (as `ftplan profile dry-run` does). The rotary cache is
 rebuilt in fp32, as finetune/lora.py's `model.max_seq_length = longest_seq_length` does outside
-Fabric's bf16 context, and dropout keeps CUDA's 1-byte mask (profiler.dryrun._native_dropout_module).
+Fabric's bf16 context, and dropout keeps CUDA's 1-byte mask (profiler.dryrun.emulate_cuda_dropout).
 
 What it tells: whether ftplan's per-layer bookkeeping holds for litgpt's layers (bf16 RMSNorm, one
 dropout shared by q and v, zero-padded conv1d LoRA B), and so whether the published gap lies in the
@@ -72,7 +72,7 @@ def litgpt_peak_bytes(name: str, micro_batch: int) -> dict[str, float]:
     from lit_gpt.utils import chunked_cross_entropy
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from profiler.dryrun import _native_dropout_module
+    from profiler.dryrun import emulate_cuda_dropout
     from profiler.tracker import StorageTracker
 
     cfg = Config.from_name(name, r=8, alpha=16, dropout=0.05, to_query=True, to_key=False, to_value=True)
@@ -80,10 +80,7 @@ def litgpt_peak_bytes(name: str, micro_batch: int) -> dict[str, float]:
     with torch.device("meta"):
         model = GPT(cfg)
     mark_only_lora_as_trainable(model)
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Dropout) and child.p > 0:
-                setattr(module, child_name, _native_dropout_module(child.p))
+    emulate_cuda_dropout(model)
     tracker = StorageTracker()
     with FakeTensorMode(allow_non_fake_inputs=True), tracker:
         model.to_empty(device="cpu")

@@ -39,7 +39,7 @@ def estimate(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodOpt = Method.lo
              activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
              torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
              frozen_fp32: o.FrozenFp32Opt = False, lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT,
-         kbit_prep: o.KbitPrepOpt = True) -> None:
+             kbit_prep: o.KbitPrepOpt = True) -> None:
     """Memory and speed of one configuration, with their breakdowns."""
     from ftplan.answers import estimate_answer
 

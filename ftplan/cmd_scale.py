@@ -23,7 +23,7 @@ def scale(model: o.ModelOpt, gpu: o.GpuOpt, max_gpus: o.MaxGpusOpt = 64, method:
           activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
           torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
           frozen_fp32: o.FrozenFp32Opt = False, lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT,
-         kbit_prep: o.KbitPrepOpt = True) -> None:
+          kbit_prep: o.KbitPrepOpt = True) -> None:
     """Speedup and scaling efficiency against GPU count; writes a PNG chart and a JSON file to --out."""
     import json
 

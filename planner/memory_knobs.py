@@ -137,7 +137,7 @@ def layer_training(cfg: TrainConfig) -> LayerTraining:
     dropout = cfg.lora_dropout > 0 and cfg.stage not in (Stage.rm, Stage.dpo)
     prepared = kbit_prepared(cfg)
     copies = bool(targets) and is_mixed(cfg.precision) and (
-        fp32_adapters(cfg.precision) and cfg.quant is Quant.none or prepared)
+        (fp32_adapters(cfg.precision) and cfg.quant is Quant.none) or prepared)
     return LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=dropout,
                          lora_input_copies=copies, stream_bytes=4 if prepared else 0)
 

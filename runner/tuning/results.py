@@ -11,9 +11,9 @@ from planner.calibration import DEFAULT, Calibration
 from planner.estimate import Limits
 
 DEFAULT_MEASURED_TRIALS = 8
-# --sampler auto enumerates a space of at most this many runnable plans, whatever --trials says: `plan` evaluates
-# that many in well under a second (benchmarks/plan_speed.py: 16,128 candidates in 0.5 s of planning on this
-# 2-core VM). A count, not a timing, so the same command picks the same sampler on every machine and load.
+# --sampler auto enumerates a space of at most this many runnable plans even when --trials asks for fewer: `plan`
+# evaluates that many in well under a second (benchmarks/plan_speed.py: 16,128 candidates in 0.5 s of planning on
+# this 2-core VM). A count, not a timing, so the same command picks the same sampler on every machine and load.
 ENUMERATE_UP_TO = 10_000
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial of a shared study
 Progress = Callable[[int, int | None, str], None]  # (trials done, trials planned or None, best so far)

@@ -10,6 +10,8 @@ saves (7 x 8 fp32 values per token here, 1.2% of this 256-wide layer; under 1% f
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -26,6 +28,43 @@ TOKENS = 100  # no activation shape (TOKENS, x) may equal a weight shape, which 
 LORA_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 
 
+def _saved(fn, params: list, *, autocast: bool = True) -> dict[str, int]:
+    """Bytes of every storage autograd saves while `fn` runs (parameters left out), split by shape: tensors shaped
+    like a weight (or its transpose) are autocast's 16-bit weight casts, the rest activations. No activation shape
+    (TOKENS, x) may equal a weight shape."""
+    ptrs = {p.untyped_storage().data_ptr() for p in params}
+    shapes = {tuple(p.shape) for p in params} | {tuple(p.t().shape) for p in params if p.dim() == 2}
+    seen: dict[int, tuple[tuple[int, ...], int]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in ptrs:
+            seen[ptr] = (tuple(t.shape), t.untyped_storage().nbytes())
+        return t
+
+    cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+    with cast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return {"activations": sum(n for s, n in seen.values() if s not in shapes),
+            "weight copies": sum(n for s, n in seen.values() if s in shapes)}
+
+
+def _layer_bytes_per_token(model, stream: torch.dtype, *, autocast: bool) -> float:
+    """Activations the first decoder layer saves per token, with an input of the residual stream's dtype. cos/sin
+    of RoPE are computed once per model and shared by every layer, so they are taken off."""
+    hidden = torch.randn(1, TOKENS, HF["hidden_size"], dtype=stream, requires_grad=True)
+    pos = torch.arange(TOKENS)[None]
+    cos, sin = model.model.rotary_emb(hidden, pos)
+
+    outs: list[torch.Tensor] = []
+    saved = _saved(lambda: outs.append(model.model.layers[0](hidden, position_embeddings=(cos, sin),
+                                                             position_ids=pos)),
+                   list(model.parameters()), autocast=autocast)["activations"]
+    out = outs[0][0] if isinstance(outs[0], tuple) else outs[0]
+    out.float().sum().backward()
+    return (saved - cos.untyped_storage().nbytes() - sin.untyped_storage().nbytes()) / TOKENS
+
+
 def _saved_bytes_per_token(dtype: torch.dtype, lora: bool, *, autocast: bool = False, dropout: float = 0.0) -> float:
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(**{k: v for k, v in HF.items() if k != "model_type"}, attn_implementation="sdpa")
@@ -35,28 +74,8 @@ def _saved_bytes_per_token(dtype: torch.dtype, lora: bool, *, autocast: bool = F
 
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear"))
         model = model.get_base_model()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     # autocast saves 16-bit casts of the fp32 adapter weights: per layer, not per token; left out by shape
-    param_shapes = {tuple(p.shape) for p in model.parameters()} | {tuple(p.t().shape) for p in model.parameters()
-                                                                   if p.dim() == 2}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params and tuple(t.shape) not in param_shapes:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    hidden = torch.randn(1, TOKENS, HF["hidden_size"], dtype=dtype, requires_grad=True)
-    pos = torch.arange(TOKENS)[None]
-    cos, sin = model.model.rotary_emb(hidden, pos)
-    cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
-    with cast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model.model.layers[0](hidden, position_embeddings=(cos, sin), position_ids=pos)
-    out = out[0] if isinstance(out, tuple) else out
-    out.float().sum().backward()
-    shared = cos.untyped_storage().nbytes() + sin.untyped_storage().nbytes()
-    return (sum(seen.values()) - shared) / TOKENS
+    return _layer_bytes_per_token(model, dtype, autocast=autocast)
 
 
 @pytest.mark.parametrize(("dtype", "lora"), [(torch.bfloat16, False), (torch.float32, False), (torch.float32, True)],
@@ -104,23 +123,6 @@ def _prepared_qlora(tmp_path) -> object:
     return model.get_base_model()
 
 
-def _saved(fn, params: list) -> dict[int, int]:
-    ptrs = {p.untyped_storage().data_ptr() for p in params}
-    shapes = {tuple(p.shape) for p in params} | {tuple(p.t().shape) for p in params if p.dim() == 2}
-    seen: dict[int, tuple[tuple[int, ...], int]] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in ptrs:
-            seen[ptr] = (tuple(t.shape), t.untyped_storage().nbytes())
-        return t
-
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return {"activations": sum(n for s, n in seen.values() if s not in shapes),
-            "weight copies": sum(n for s, n in seen.values() if s in shapes)}
-
-
 def test_qlora_after_prepare_model_for_kbit_training(tmp_path) -> None:
     """prepare_model_for_kbit_training casts the embeddings, norms and LM head to fp32: the residual stream and
     the 4-bit linears' outputs (bitsandbytes casts them back to the input's dtype) are fp32, SDPA's autocast saves
@@ -136,15 +138,10 @@ def test_qlora_after_prepare_model_for_kbit_training(tmp_path) -> None:
     from planner.strategy import Method, Precision
 
     model = _prepared_qlora(tmp_path)
-    params = list(model.parameters())
-    hidden = torch.randn(1, TOKENS, HF["hidden_size"], dtype=torch.float32, requires_grad=True)  # the fp32 stream
-    pos = torch.arange(TOKENS)[None]
-    cos, sin = model.model.rotary_emb(hidden, pos)
-    layer = _saved(lambda: model.model.layers[0](hidden, position_embeddings=(cos, sin), position_ids=pos), params)
-    measured = (layer["activations"] - cos.untyped_storage().nbytes() - sin.untyped_storage().nbytes()) / TOKENS
+    measured = _layer_bytes_per_token(model, torch.float32, autocast=True)  # the fp32 stream
 
     (tmp_path / "plan").mkdir()
-    (tmp_path / "plan" / "config.json").write_text(__import__("json").dumps(HF))
+    (tmp_path / "plan" / "config.json").write_text(json.dumps(HF))
     cfg = build_config(model=str(tmp_path / "plan"), gpus="1xA100-80G", method=Method.qlora, lora_r=8,
                        lora_targets="all", lora_dropout=0.0, precision=Precision.bf16_mixed, seq_len=TOKENS)
     train = layer_training(cfg)
@@ -159,7 +156,7 @@ def test_qlora_after_prepare_model_for_kbit_training(tmp_path) -> None:
                                     seq_len=TOKENS) < 0.7 * measured
 
     final = torch.randn(1, TOKENS, HF["hidden_size"], dtype=torch.float32, requires_grad=True)
-    head = _saved(lambda: model.lm_head(final), params)
+    head = _saved(lambda: model.lm_head(final), list(model.parameters()))
     assert head == {"activations": 0, "weight copies": 2 * HF["vocab_size"] * HF["hidden_size"]}
     items = [activation_bytes(c, stage_params(c, first=True), DEFAULT_CAL, first=True)[1]["logits and loss"]
              for c in (cfg, unprepared)]
