@@ -15,7 +15,8 @@ persisting thousands of them would cost more than recomputing. Otherwise TPE (Wa
 "Tree-structured Parzen Estimator: Understanding Its Algorithm Components") samples `trials` distinct
 plans into the persistent study: a proposal that names a plan already in the study (TPE proposes the
 same categorical point again and again once it has converged) is recorded as a pruned duplicate that
-points at the first trial, costs no evaluation and no budget.
+points at the first trial, and one that names no plan is recorded as pruned with its reason; neither
+costs an evaluation or budget.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ from runner.tuning.results import WORKER, Progress, TuneOptions
 
 # Optuna >= 5 constraints: system attr "constraints:<key>" (Trial.set_constraint); feasible when all <= 0
 CONSTRAINT = "overshoot_bytes"
+# the constraint of a point that names no plan: above any plan's excess in bytes, so that TPE's infeasible
+# split (optuna/samplers/_tpe/sampler.py, _split_infeasible_trials: ascending total violation) ranks every
+# real plan, fitting or not, ahead of it. With 1.0 it ranked such points first, and two processes sharing a
+# study converged on them (30 proposals, 2 plans, neither fitting)
+NO_PLAN_OVERSHOOT = 1e30
 
 
 ANALYTICAL_METRICS = ("tokens_per_s", "peak_bytes")  # the two objectives, as optuna-dashboard labels them
@@ -151,16 +157,21 @@ def exhaustive_study(space: TuneSpace, opts: TuneOptions, progress: Progress | N
 
 def sampled_study(space: TuneSpace, opts: TuneOptions, storage: optuna.storages.BaseStorage, name: str,
                   progress: Progress | None = None) -> optuna.Study:
-    """TPE over the space into the persistent study: `opts.trials` distinct plans in all (across resumes and
-    processes sharing it), each evaluated once."""
+    """TPE over the space into the persistent study until it holds `opts.trials` evaluated plans (across
+    resumes and processes sharing it), each evaluated once. A proposal that names no plan (TP x PP that does
+    not divide the GPUs, ZeRO-3 under AutoTP, ...) is recorded, infeasible, and costs no budget either: in
+    the product of the dimensions most points name no plan (4,032 points, 738 plans for a 7B LoRA on 8 GPUs)."""
     assert opts.trials is not None
     sampler = TPESampler(seed=opts.seed, multivariate=True)
     study = load_study(storage, name, space, measured=False, sampler=sampler)
-    first: dict[tuple[Choice, ...], int] = {}  # plan -> the trial that evaluated it (this study, any process)
+    seen: dict[tuple[Choice, ...], tuple[int, float]] = {}  # point -> (its first trial, any process; constraint)
+    plans: set[int] = set()  # the trials that evaluated a plan: the budget
 
     def note(t: FrozenTrial) -> None:
         if t.params and "duplicate_of" not in t.user_attrs and t.state.is_finished():
-            first.setdefault(params_key(t.params), t.number)
+            seen.setdefault(params_key(t.params), (t.number, t.constraints.get(CONSTRAINT, 0.0)))
+            if t.state is TrialState.COMPLETE:
+                plans.add(t.number)
 
     for t in study.get_trials(deepcopy=False):
         note(t)
@@ -168,33 +179,36 @@ def sampled_study(space: TuneSpace, opts: TuneOptions, storage: optuna.storages.
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         trial.set_user_attr("worker", WORKER)
         params = _suggest(trial, space)
-        twin = first.get(params_key(params))
+        twin = seen.get(params_key(params))
         if twin is not None:
-            trial.set_user_attr("duplicate_of", twin)
-            trial.set_user_attr("reason", f"same plan as trial {twin}: not evaluated again")
-            raise optuna.TrialPruned(f"duplicate of trial {twin}")
-        first[params_key(params)] = trial.number
+            trial.set_user_attr("duplicate_of", twin[0])
+            trial.set_user_attr("reason", f"same plan as trial {twin[0]}: not evaluated again")
+            trial.set_constraint(CONSTRAINT, twin[1])  # TPE sees the point as what it is, not as a fresh pruning
+            raise optuna.TrialPruned(f"duplicate of trial {twin[0]}")
         cfg, reason = space.config_for(params)
         if cfg is None:
+            seen[params_key(params)] = (trial.number, NO_PLAN_OVERSHOOT)
             trial.set_user_attr("reason", reason)
-            trial.set_constraint(CONSTRAINT, 1.0)  # names no valid plan: infeasible by construction
+            trial.set_constraint(CONSTRAINT, NO_PLAN_OVERSHOOT)
             raise optuna.TrialPruned(reason)
         s = analytic_score(cfg, opts.limits, opts.cal)
+        seen[params_key(params)] = (trial.number, s.overshoot_bytes)
         for k, v in _analytic_attrs(cfg, s).items():
             trial.set_user_attr(k, v)
         trial.set_constraint(CONSTRAINT, s.overshoot_bytes)
         return s.tokens_per_s, s.peak_bytes
 
     def stop_at_budget(study: optuna.Study, t: FrozenTrial) -> None:
-        # the whole study counts (other processes may share it): their plans are not evaluated again either
+        # the whole study counts (other processes may share it): their points are not evaluated again either
         for other in study.get_trials(deepcopy=False):
             note(other)
-        if len(first) >= budget:
+        if len(plans) >= budget:
             study.stop()
 
-    budget = min(opts.trials, space.size)  # distinct points of the product space: TPE cannot find more
-    if len(first) < budget:
-        # duplicates cost no evaluation; bound them all the same (a converged TPE proposes little else)
+    budget = min(opts.trials, sum(1 for _ in space.feasible()))  # TPE cannot find more plans than exist
+    if len(plans) < budget:
+        # proposals that are duplicates or name no plan cost no evaluation; bound them all the same (a converged
+        # TPE proposes little else)
         study.optimize(objective, n_trials=20 * opts.trials, timeout=opts.timeout_s,
                        callbacks=[stop_at_budget, _progress_callback(progress, opts.trials)])
     return study

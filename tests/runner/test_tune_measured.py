@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from planner.build import build_config
 from planner.search import SearchSpace
@@ -22,6 +23,7 @@ from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, ZeroStag
 from planner.tune_space import Filters, build_space
 from runner.trial import INJECT_ENV, unsupported
 from runner.tune import TuneOptions, exhaustive_study, spread, tune
+from runner.tuning.analytical import feasible
 
 pytestmark = pytest.mark.slow
 
@@ -124,10 +126,11 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
     trials = _trials(db, "shared")
-    # each stops once the study holds 30 evaluated trials; proposals of a plan already evaluated are recorded as
-    # pruned duplicates and cost no budget (runner/tuning/analytical.py)
-    evaluated = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    # each stops once the study holds 30 evaluated plans; proposals of a plan already evaluated (pruned duplicates)
+    # or of no plan (pruned with the reason) cost no budget (runner/tuning/analytical.py)
+    evaluated = [t for t in trials if t.state is TrialState.COMPLETE]
     assert 30 <= len(evaluated) <= 32
+    assert any(feasible(t) for t in evaluated)
     assert all(t.state.is_finished() for t in trials)
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     assert len({t.user_attrs["worker"] for t in trials}) == 2
