@@ -220,7 +220,8 @@ def evaluated(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _progress_callback(progress: Progress | None, total: int | None) -> Callable:
-    """Best so far, kept incrementally (re-reading every trial from SQLite after each one is quadratic)."""
+    """Plans evaluated so far (the budget's count: duplicates and points that name no plan are not counted) and
+    the best so far, kept incrementally (re-reading every trial from SQLite after each one is quadratic)."""
     state: dict[str, Any] = {"best": None, "done": None}
 
     def consider(t: FrozenTrial) -> None:
@@ -236,10 +237,10 @@ def _progress_callback(progress: Progress | None, total: int | None) -> Callable
             everything = study.get_trials(deepcopy=False)
             for t in everything:
                 consider(t)
-            state["done"] = sum(1 for t in everything if t.state.is_finished())
+            state["done"] = sum(1 for t in everything if t.state is TrialState.COMPLETE)
         else:
             consider(trial)
-            state["done"] += 1
+            state["done"] += trial.state is TrialState.COMPLETE
         progress(state["done"], total, state["best"][1] if state["best"] else "")
     return callback
 

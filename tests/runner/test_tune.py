@@ -96,6 +96,17 @@ def test_sampled_tune_never_evaluates_a_plan_twice(base_7b):
     assert result.plans_evaluated == 150  # the budget counts distinct plans (duplicates cost nothing)
 
 
+def test_sampled_tune_progress_counts_plans_not_proposals(base_7b):
+    # most points of the LoRA space name no plan (TP x PP that does not divide the GPUs, ...): they are recorded
+    # for free, so the progress reads plans evaluated out of --trials, never more
+    space = build_space(base_7b, SearchSpace(methods=(Method.lora,)))
+    seen: list[tuple[int, int | None]] = []
+    result = tune(space, TuneOptions(storage="memory", trials=20, seed=1, enumerate_up_to=0),
+                  progress=lambda done, total, best: seen.append((done, total)))
+    assert result.plans_evaluated == 20 and result.trials_infeasible > 0
+    assert seen[-1] == (20, 20) and all(done <= 20 for done, _ in seen)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ftplan", "tune", *args], capture_output=True, text=True,
                           timeout=120)
