@@ -124,11 +124,14 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
 
 def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """One configuration: set up the process group, measure, write rank<R>.json, tear down."""
+    import gc
+
     import torch.distributed as dist
 
     cfg = config_from_dict(spec["config"])
     _init(cfg)
     result = _measure(spec, cfg, out_dir)
+    gc.collect()  # the measured model's DDP reducer holds the group: free it while the interpreter lives
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

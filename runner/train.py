@@ -430,11 +430,19 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     finally:
         # tear the process group down before interpreter exit: a gloo group left to the atexit
-        # destructors can abort a rank ("terminate called without an active exception")
+        # destructors can abort a rank ("terminate called without an active exception": seen once in CI,
+        # rare). Objects in reference cycles (the Trainer's) can keep DDP's reducer, and through it
+        # the ProcessGroupGloo and its worker threads' pending work, alive past destroy_process_group; freed
+        # during interpreter finalization, that work's tensors take the GIL and the rank aborts (the diagnosis
+        # of pytorch/pytorch PR 179291, not merged). Collect them while the interpreter is whole.
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        gc.collect()
 
 
 if __name__ == "__main__":
