@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import pytest
+from optuna.trial import TrialState
 
 from planner.build import build_config
 from planner.search import TIE_FRACTION, SearchSpace, plan
 from planner.strategy import Method
 from planner.tune_space import Filters, build_space, choices_of, pareto_front
 from runner.tune import TuneOptions, tune
+from runner.tuning.analytical import CONSTRAINT
 from runner.tuning.results import ENUMERATE_UP_TO
 
 
@@ -105,6 +107,23 @@ def test_sampled_tune_progress_counts_plans_not_proposals(base_7b):
                   progress=lambda done, total, best: seen.append((done, total)))
     assert result.plans_evaluated == 20 and result.trials_infeasible > 0
     assert seen[-1] == (20, 20) and all(done <= 20 for done, _ in seen)
+
+
+def test_points_that_name_no_plan_rank_below_every_plan(base_7b, tmp_path):
+    # TPE ranks infeasible trials by ascending total violation (optuna/samplers/_tpe/sampler.py,
+    # _split_infeasible_trials): a point that names no plan must violate more than any plan that does not fit,
+    # or TPE prefers invalid points (two processes sharing a study once converged on them and found no plan)
+    import optuna
+
+    space = build_space(base_7b, SearchSpace(methods=(Method.lora,)))
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    tune(space, TuneOptions(storage=url, study="s", trials=20, seed=1, enumerate_up_to=0))
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    no_plan = [t.constraints[CONSTRAINT] for t in trials
+               if t.state is TrialState.PRUNED and "duplicate_of" not in t.user_attrs]
+    plans = [t.constraints[CONSTRAINT] for t in trials if t.state is TrialState.COMPLETE]
+    assert no_plan and any(c > 0 for c in plans)
+    assert min(no_plan) > max(plans)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
