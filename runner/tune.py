@@ -112,7 +112,7 @@ def _analytical(space: TuneSpace, opts: TuneOptions, storage: optuna.storages.Ba
     """The analytical study, and whether it enumerated the space."""
     exhaustive = opts.measure or opts.trials is None or opts.trials >= runnable or runnable <= opts.enumerate_up_to
     if not exhaustive:
-        return sampled_study(space, opts, storage, name, progress), False
+        return sampled_study(space, opts, storage, name, runnable, progress), False
     if not opts.measure:
         # the persistent study is still opened: its identity is checked even when nothing is stored in it
         load_study(storage, name, space, measured=False, sampler=optuna.samplers.RandomSampler())

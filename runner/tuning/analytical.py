@@ -156,11 +156,12 @@ def exhaustive_study(space: TuneSpace, opts: TuneOptions, progress: Progress | N
 
 
 def sampled_study(space: TuneSpace, opts: TuneOptions, storage: optuna.storages.BaseStorage, name: str,
-                  progress: Progress | None = None) -> optuna.Study:
-    """TPE over the space into the persistent study until it holds `opts.trials` evaluated plans (across
-    resumes and processes sharing it), each evaluated once. A proposal that names no plan (TP x PP that does
-    not divide the GPUs, ZeRO-3 under AutoTP, ...) is recorded, infeasible, and costs no budget either: in
-    the product of the dimensions most points name no plan (4,032 points, 738 plans for a 7B LoRA on 8 GPUs)."""
+                  runnable: int, progress: Progress | None = None) -> optuna.Study:
+    """TPE over the space into the persistent study until it holds `opts.trials` evaluated plans (at most the
+    space's `runnable` plans; across resumes and processes sharing it), each evaluated once. A proposal that
+    names no plan (TP x PP that does not divide the GPUs, ZeRO-3 under AutoTP, ...) is recorded, infeasible,
+    and costs no budget either: in the product of the dimensions most points name no plan (4,032 points, 738
+    plans for a 7B LoRA on 8 GPUs)."""
     assert opts.trials is not None
     sampler = TPESampler(seed=opts.seed, multivariate=True)
     study = load_study(storage, name, space, measured=False, sampler=sampler)
@@ -205,7 +206,7 @@ def sampled_study(space: TuneSpace, opts: TuneOptions, storage: optuna.storages.
         if len(plans) >= budget:
             study.stop()
 
-    budget = min(opts.trials, sum(1 for _ in space.feasible()))  # TPE cannot find more plans than exist
+    budget = min(opts.trials, runnable)  # TPE cannot find more plans than exist
     if len(plans) < budget:
         # proposals that are duplicates or name no plan cost no evaluation; bound them all the same (a converged
         # TPE proposes little else)

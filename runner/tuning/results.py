@@ -16,7 +16,7 @@ DEFAULT_MEASURED_TRIALS = 8
 # this 2-core VM). A count, not a timing, so the same command picks the same sampler on every machine and load.
 ENUMERATE_UP_TO = 10_000
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial of a shared study
-Progress = Callable[[int, int | None, str], None]  # (trials done, trials planned or None, best so far)
+Progress = Callable[[int, int | None, str], None]  # (trials or sampled plans done, planned or None, best so far)
 
 
 @dataclass(frozen=True, kw_only=True)
