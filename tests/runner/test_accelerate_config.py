@@ -73,7 +73,7 @@ def check_plan(cfg: TrainConfig, where: Path) -> None:
     elif cfg.engine is Engine.fsdp:
         from two_steps import fsdp_plugin_from_yaml
 
-        plugin, precision = fsdp_plugin_from_yaml(where / "accelerate.yaml")
+        plugin, precision, loading = fsdp_plugin_from_yaml(where / "accelerate.yaml")
         assert plugin.fsdp_version == int(cfg.fsdp_version)
         if cfg.fsdp_version == 2:
             assert plugin.reshard_after_forward == (cfg.fsdp is not FsdpStrategy.shard_grad_op)
@@ -88,7 +88,7 @@ def check_plan(cfg: TrainConfig, where: Path) -> None:
             assert plugin.cpu_offload.offload_params == (cfg.offload is Offload.all)
         assert plugin.transformer_cls_names_to_wrap == [cfg.model.decoder_layer_class]
         assert plugin.state_dict_type.name in ("SHARDED_STATE_DICT", "FULL_STATE_DICT")
-        assert plugin.cpu_ram_efficient_loading and (plugin.sync_module_states or cfg.fsdp_version == 2)
+        assert loading["cpu_ram_efficient_loading"] and loading["sync_module_states"]
         assert plugin.activation_checkpointing == (cfg.grad_ckpt is GradCkpt.full)
         assert precision == {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(cfg.precision.value, "no")
 

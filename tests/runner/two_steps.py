@@ -75,21 +75,26 @@ def run_deepspeed(out: Path) -> None:
 
 
 def fsdp_plugin_from_yaml(yaml_path: Path):
-    """accelerate's own path: config file -> launch args -> FSDP_* environment -> FullyShardedDataParallelPlugin."""
+    """accelerate's own path: config file -> launch args -> FSDP_* environment -> FullyShardedDataParallelPlugin.
+
+    Returns the plugin, the mixed precision, and the two loading switches the yaml asks for
+    (`sync_module_states`, `cpu_ram_efficient_loading`). accelerate refuses both on a CPU-only machine
+    (FullyShardedDataParallelPlugin.__post_init__: "not supported on cpu"), so the plugin is built here
+    without them, through its public constructor, and the caller checks and applies them itself.
+    """
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     args = launch_command_parser().parse_args(["--config_file", str(yaml_path), "train.py"])
     args, _, _ = _validate_launch_command(args)
-    env = prepare_multi_gpu_env(args)
-    # the plugin asks a GPU backend for the device that sync_module_states materializes on; here it is the CPU
-    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith(("FSDP_", "ACCELERATE_"))}), \
-            mock.patch("accelerate.utils.dataclasses.is_cuda_available", return_value=True), \
-            mock.patch("torch.cuda.current_device", return_value=0):
-        plugin = FullyShardedDataParallelPlugin()
+    env = {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith(("FSDP_", "ACCELERATE_"))}
+    loading = {key: env.pop(f"FSDP_{key.upper()}", "false").lower() == "true"
+               for key in ("sync_module_states", "cpu_ram_efficient_loading")}
+    with mock.patch.dict(os.environ, env):
+        plugin = FullyShardedDataParallelPlugin(sync_module_states=False, cpu_ram_efficient_loading=False)
     plugin.param_init_fn = lambda module: module.to_empty(device=torch.device("cpu"), recurse=False)
-    return plugin, args.mixed_precision
+    return plugin, args.mixed_precision, loading
 
 
 def run_fsdp(out: Path) -> None:
@@ -99,10 +104,10 @@ def run_fsdp(out: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     plan = load_plan(out / "plan.json")
-    plugin, precision = fsdp_plugin_from_yaml(out / "accelerate.yaml")
+    plugin, precision, loading = fsdp_plugin_from_yaml(out / "accelerate.yaml")
     model = tiny_llama(out / "plan.json")
     plugin.set_auto_wrap_policy(model)
-    if plugin.sync_module_states:
+    if loading["sync_module_states"]:
         # torch FSDP1 broadcasts rank 0's states only from a GPU; on the CPU the same broadcast is done here
         for tensor in [*model.parameters(), *model.buffers()]:
             dist.broadcast(tensor.data, src=0)
