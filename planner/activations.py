@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from planner.choices import Attn, GradCkpt
+from planner.model_layers import LayerKind, Saved
 from planner.models import ModelSpec
 
 
@@ -47,6 +48,10 @@ class LayerTraining:
     # 4 when prepare_model_for_kbit_training made the non-quantized weights fp32 (planner.states.kbit_prepared);
     # 0 = the activation dtype
     stream_bytes: int = 0
+    # 16-bit compute under autocast (fp32 masters for full fine-tuning, fp32 adapters for LoRA), as opposed to
+    # bf16-true; only the measured tables of a derived model tell the two apart (derived_layer_bytes_per_token)
+    mixed: bool = True
+    lora_r: int = 8
 
 
 @cache  # pure in hashable arguments; the search asks for it per candidate
@@ -87,6 +92,9 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
     the linears' inputs. Selective recompute drops the attention core (Korthikanti Sec. 4.2);
     full recompute keeps the layer input only (e*h, or the fp32 stream's 4h) and is accounted by the caller.
     """
+    if m.layer_kinds:
+        return derived_layer_bytes_per_token(m, act_bytes=act_bytes, attn=attn, train=train, seq_len=seq_len, t=t,
+                                             sequence_parallel=sequence_parallel, recompute=recompute)
     h, e = m.hidden_size, act_bytes
     q, kv, a = m.q_dim, m.kv_dim, m.num_heads
     s = train.stream_bytes or e
@@ -248,3 +256,125 @@ def trl_logprob_head_bytes(m: ModelSpec, *, tokens: int, compute_bytes: int, tri
     if not triton:
         total += rows * cols * (4 * _TRL_FALLBACK_FP32_TILES + 1)
     return total
+
+
+# --- models read from transformers: composed from the measured tables (profiler/spec_activations.py) ------------
+
+MEASURED_LORA_R = 8  # the rank profiler/spec_activations.py measures LoRA at
+
+
+def regime(act_bytes: int, train: LayerTraining) -> str:
+    """Which measured table applies: fp32, 16-bit under autocast ("mixed"), or bf16 throughout."""
+    if act_bytes >= 4:
+        return "fp32"
+    return "mixed" if train.mixed else "bf16"
+
+
+def _sub(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(x - y for x, y in zip(a, b, strict=True))
+
+
+def _add(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+def _lora_delta(kind: LayerKind, table: dict[str, Saved], train: LayerTraining, act_bytes: int) -> tuple[float, ...]:
+    """What LoRA adds to the frozen layer: peft's all-linear selection as measured, or per group of linears that
+    read one tensor (the first target of a group saves the shared input and its branch; each further one its
+    own branch), plus lora_B's r-wide input beyond the measured rank (e r per adapted linear and token)."""
+    zero = (0.0, 0.0, 0.0, 0.0)
+    frozen = table["frozen"]
+    targets = train.lora_targets
+    suffix = ":dropout" if train.lora_dropout else ""
+    chosen = [lin for lin in kind.linears if lin.name in targets and (lin.lora_targetable or lin.all_linear)]
+    all_linear = {lin.name for lin in kind.linears if lin.all_linear}
+    if set(targets) >= all_linear and f"lora_all{suffix}" in table:
+        delta = _sub(table[f"lora_all{suffix}"], frozen)
+    else:
+        delta = zero
+        groups: dict[str, int] = {}
+        for lin in chosen:
+            if lin.group:
+                groups[lin.group] = groups.get(lin.group, 0) + 1
+        for group, k in groups.items():
+            whole = table.get(f"lora:{group}{suffix}")
+            if whole is None:
+                continue
+            size = len(group.split(","))
+            d_group = _sub(whole, frozen)
+            if k >= size:
+                delta = _add(delta, d_group)
+                continue
+            d_one = _sub(table[f"lora1:{group}{suffix}"], frozen)
+            own = tuple(x / (size - 1) for x in _sub(d_group, d_one))
+            delta = _add(delta, _add(d_one, tuple((k - 1) * x for x in own)))
+    extra_r = (train.lora_r - MEASURED_LORA_R) * act_bytes * len(chosen)
+    return _add(delta, (0.0, extra_r, 0.0, 0.0))
+
+
+def _kind_saved(kind: LayerKind, *, act_bytes: int, attn: Attn, train: LayerTraining) -> tuple[float, ...]:
+    """(replicated, split, per attended position, per layer) bytes one layer of `kind` saves, no recompute."""
+    reg = regime(act_bytes, train)
+    if train.stream_bytes == 4 and not train.weights:
+        # QLoRA after prepare_model_for_kbit_training: an fp32 stream through 4-bit linears that return fp32. The
+        # fp32 table's frozen layer stands in for it (it keeps the attention's q, k, v at 4 bytes where autocast
+        # keeps 2: an overestimate of 2(2q + 2kv) bytes per token); the branches are the mixed table's
+        table = kind.table("fp32")
+        base = table["frozen_eager" if attn is Attn.eager else "frozen"]
+        lora = kind.table("mixed")
+        return _add(base, _lora_delta(kind, lora, train, 2)) if train.lora_targets else base
+    table = kind.table(reg)
+    name = "full" if train.weights else "frozen"
+    base = table[f"{name}_eager" if attn is Attn.eager else name]
+    if not train.weights and train.lora_targets:
+        base = _add(base, _lora_delta(kind, table, train, act_bytes))
+    return base
+
+
+def _kind_stream_bytes(kind: LayerKind, *, act_bytes: int, train: LayerTraining) -> int:
+    """Bytes per element of the layer's input, which full recompute keeps: fp32 under mixed precision for full
+    fine-tuning (the fp32 embedding starts an fp32 residual stream) and after kbit preparation."""
+    if train.stream_bytes:
+        return train.stream_bytes
+    reg = regime(act_bytes, train)
+    key = "mixed_full" if reg == "mixed" and train.weights else reg
+    return kind.stream(key) or act_bytes
+
+
+def derived_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining, seq_len: int,
+                                  t: int = 1, sequence_parallel: bool = False,
+                                  recompute: GradCkpt = GradCkpt.none) -> float:
+    """Per token, the mean over a derived model's layers of what one saves for backward, composed from the tables
+    measured on its real layers (profiler/spec_activations.py): the frozen or fully trained layer of the plan's
+    regime, eager attention's per-position scores (the full s x s matrix: transformers' eager path masks a
+    sliding window, it does not shorten the rows), LoRA's branches per group of linears, tensor parallelism
+    splitting all but the replicated residual-width tensors (sequence parallelism those too; Korthikanti et al.
+    2022, Sec. 4.2.2). Full recompute keeps the layer input; selective recompute drops the attention core's output
+    and log-sum-exp (e a d_v + 4a: the tensors SDPA saves beyond q, k, v) and eager's scores. Per-layer constants
+    (LoRA on fused experts) are `derived_layer_fixed_bytes`."""
+    total = 0.0
+    for kind in m.layer_kinds:
+        if recompute is GradCkpt.full:
+            per = _kind_stream_bytes(kind, act_bytes=act_bytes, train=train) * m.hidden_size
+            total += kind.count * per / (t if sequence_parallel else 1)
+            continue
+        repl, par, per_ctx, _ = _kind_saved(kind, act_bytes=act_bytes, attn=attn, train=train)
+        par += per_ctx * seq_len
+        if recompute is GradCkpt.selective:
+            a = kind.attention
+            par -= act_bytes * a.heads * a.v_head_dim + 4 * a.heads + per_ctx * seq_len
+        total += kind.count * (repl / (t if sequence_parallel else 1) + par / t)
+    return total / m.num_layers
+
+
+def derived_layer_fixed_bytes(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining,
+                              recompute: GradCkpt = GradCkpt.none, t: int = 1) -> float:
+    """Mean bytes per layer that one layer saves whatever the tokens: LoRA on fused expert tensors, which peft
+    applies as a parametrization, makes the merged expert weights W + B A the grouped matmul saves (peft/tuners/
+    lora/layer.py _LoraFactorsProxy: a full copy of the layer's experts). 0 for hand-written families and under
+    full recompute (the recomputed layer's are counted by the caller's one-layer term)."""
+    if not m.layer_kinds or recompute is GradCkpt.full:
+        return 0.0
+    total = sum(kind.count * _kind_saved(kind, act_bytes=act_bytes, attn=attn, train=train)[3]
+                for kind in m.layer_kinds)
+    return total / m.num_layers / t

@@ -139,7 +139,8 @@ def layer_training(cfg: TrainConfig) -> LayerTraining:
     copies = bool(targets) and is_mixed(cfg.precision) and (
         (fp32_adapters(cfg.precision) and cfg.quant is Quant.none) or prepared)
     return LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=dropout,
-                         lora_input_copies=copies, stream_bytes=4 if prepared else 0)
+                         lora_input_copies=copies, stream_bytes=4 if prepared else 0, mixed=is_mixed(cfg.precision),
+                         lora_r=cfg.lora_r)
 
 
 @cache  # the search asks per candidate; models and target tuples are hashable

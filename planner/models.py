@@ -6,31 +6,30 @@ model directory as plain JSON (never imports transformers, never runs remote cod
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
 from planner.errors import PlanError, unknown_name_error
 from planner.model_catalog import ALIASES, HF_CONFIGS
+from planner.model_layers import LayerKind, LinearShape
+
+__all__ = ["LayerKind", "LinearShape", "ModelSpec", "from_name", "from_path", "model_names", "resolve",
+           "spec_from_hf_config"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class LinearShape:
-    """One linear module of a decoder layer, as peft sees it (`name` is the LoRA target)."""
-
-    name: str
-    in_features: int
-    out_features: int
-    bias: bool = False
-    copies: int = 1  # experts of an MoE layer hold `copies` of it
-    lora_targetable: bool = True  # fused expert tensors are parameters, not nn.Linear
-
-
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ModelSpec:
+    """The shapes that decide memory and time. Hand-written families (llama, mistral, mixtral, qwen2, and the
+    remote-code baichuan, chatglm and bloom) fill the uniform fields from config.json; a model read from
+    transformers itself (profiler/spec_derive.py) also carries `layer_kinds`, one record per distinct decoder
+    layer, from which the uniform fields are filled with the most common layer's values (the MoE layer's for
+    `num_experts`, `experts_per_token` and `intermediate_size`)."""
+
     name: str
-    model_type: str  # the config.json `model_type`
+    model_type: str  # the config.json `model_type` (the text model's, for a multimodal config)
     vocab_size: int
     hidden_size: int  # h
     intermediate_size: int  # MLP width per expert
@@ -50,6 +49,42 @@ class ModelSpec:
     rope_scaling: str | None = None  # "linear:2.0" as given to --rope-scaling
     decoder_layer_class: str = "LlamaDecoderLayer"  # FSDP auto-wrap and ZeRO-3 leaf class
     source: str = ""
+    # --- read from the transformers model (empty for the hand-written families) ---
+    layer_kinds: tuple[LayerKind, ...] = ()
+    final_norm_params: int = -1  # parameters of the final norm; -1: one norm of width h (norm_params)
+    extra_params: int = 0  # parameters outside the layers, embedding, final norm and head
+    attn_kernels: tuple[str, ...] = ("eager", "sdpa", "flash")  # attention implementations the class accepts
+    causal_lm_class: str = ""  # e.g. Qwen3ForCausalLM
+    text_config: bool = False  # the config.json is multimodal; its text_config is the model planned
+    config_sha256: str = ""  # key of the config.json content the structure was read from
+
+    def __post_init__(self) -> None:
+        # plan.json and the spec JSON carry the records as dicts and lists
+        if self.layer_kinds and not all(isinstance(k, LayerKind) for k in self.layer_kinds) \
+                or not isinstance(self.layer_kinds, tuple):
+            object.__setattr__(self, "layer_kinds", tuple(k if isinstance(k, LayerKind) else LayerKind(**k)
+                                                          for k in self.layer_kinds))
+        if not isinstance(self.attn_kernels, tuple):
+            object.__setattr__(self, "attn_kernels", tuple(self.attn_kernels))
+
+    # Hashing a spec with its layer records on every cached call would cost more than the cached work: the
+    # hash is computed once per object.
+    def _key(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def __hash__(self) -> int:
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(self._key())
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, ModelSpec):
+            return NotImplemented
+        return hash(self) == hash(other) and self._key() == other._key()
 
     @property
     def q_dim(self) -> int:
@@ -63,13 +98,22 @@ class ModelSpec:
     def is_moe(self) -> bool:
         return self.num_experts > 1
 
+    @property
+    def derived(self) -> bool:
+        """The structure was read from the transformers model (profiler/spec_derive.py)."""
+        return bool(self.layer_kinds)
+
     def linears(self) -> tuple[LinearShape, ...]:
-        """The linear modules of one decoder layer, named as the family's modeling code names them."""
+        """The linear maps of one decoder layer, named as the family's modeling code names them. Where layers
+        differ (DeepSeek-V3's dense-first layers) every distinct linear appears once, with `layer_share` the
+        fraction of layers that hold it: per-layer sums weight each linear by it."""
         return _linears(self)
 
 
 @lru_cache(maxsize=4096)  # pure in the (frozen) spec; the search asks for it per candidate
 def _linears(m: ModelSpec) -> tuple[LinearShape, ...]:
+    if m.layer_kinds:
+        return _union_of_kinds(m)
     h, i, q, kv = m.hidden_size, m.intermediate_size, m.q_dim, m.kv_dim
     b = m.linear_bias
     if m.model_type == "bloom":
@@ -91,19 +135,33 @@ def _linears(m: ModelSpec) -> tuple[LinearShape, ...]:
                 LinearShape(name="v_proj", in_features=h, out_features=kv, bias=m.qkv_bias or b),
                 LinearShape(name="o_proj", in_features=q, out_features=h, bias=b))
     if m.is_moe:
-        # transformers >= 5 stores experts as fused 3-D parameters (gate_up_proj, down_proj) and the
-        # router as `gate`; see MixtralSparseMoeBlock in modeling_mixtral.py.
-        e = m.num_experts
-        mlp = (LinearShape(name="gate", in_features=h, out_features=e),
+        # transformers >= 5 stores experts as fused 3-D parameters (gate_up_proj, down_proj) and the router as
+        # `gate` (MixtralTopKRouter, not an nn.Linear); see modeling_mixtral.py. peft 0.21 adapts the router and,
+        # under "all-linear", both expert tensors as parameters, doubling the rank of the fused gate_up
+        # (peft/utils/transformers_weight_conversion.py _convert_peft_config_moe)
+        e, k = m.num_experts, float(m.experts_per_token)
+        mlp = (LinearShape(name="gate", in_features=h, out_features=e, role="router", lora_param=True),
                LinearShape(name="experts.gate_up_proj", in_features=h, out_features=2 * i, copies=e,
-                           lora_targetable=False),
+                           lora_targetable=False, in_all_linear=True, lora_param=True, active=k, role="expert",
+                           lora_per_rank=2 * e * (h + 2 * i)),
                LinearShape(name="experts.down_proj", in_features=i, out_features=h, copies=e,
-                           lora_targetable=False))
+                           lora_targetable=False, in_all_linear=True, lora_param=True, active=k, role="expert"))
     else:
         mlp = (LinearShape(name="gate_proj", in_features=h, out_features=i, bias=b),
                LinearShape(name="up_proj", in_features=h, out_features=i, bias=b),
                LinearShape(name="down_proj", in_features=i, out_features=h, bias=b))
     return attn + mlp
+
+
+def _union_of_kinds(m: ModelSpec) -> tuple[LinearShape, ...]:
+    """Every distinct linear of the layer kinds once, with the share of the layers that hold it."""
+    shares: dict[LinearShape, float] = {}
+    for kind in m.layer_kinds:
+        for lin in kind.linears:
+            key = dataclasses.replace(lin, layer_share=1.0)
+            shares[key] = shares.get(key, 0.0) + kind.count / m.num_layers
+    return tuple(lin if abs(share - 1.0) < 1e-12 else dataclasses.replace(lin, layer_share=share)
+                 for lin, share in shares.items())
 
 
 def _need(cfg: dict, *keys: str, where: str) -> int:
@@ -137,13 +195,20 @@ _LAYER_CLASS = {"llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer",
                 "baichuan": "DecoderLayer", "chatglm": "GLMBlock", "bloom": "BloomBlock"}
 
 
+# The families with a hand-written rule: the remote-code models (baichuan, chatglm; transformers cannot build
+# them without running their code) and the Llama-shaped families whose rule tests/planner/test_model_derive.py
+# checks against the structure and saved tensors transformers gives. Every other model_type is read from the
+# transformers model (spec_from_config).
+HAND_FAMILIES = frozenset(_LAYER_CLASS)
+
+
 def spec_from_hf_config(cfg: dict, *, name: str, source: str = "") -> ModelSpec:
     """Parse a config.json dict (llama, mistral, mixtral, qwen2, baichuan, chatglm, bloom) into a ModelSpec."""
     model_type = str(cfg.get("model_type", "llama")).lower()
     where = f"model '{name}'"
     if model_type not in _LAYER_CLASS:
-        raise PlanError(f"{where}: model_type '{model_type}' is not supported "
-                        f"(supported: {', '.join(sorted(_LAYER_CLASS))})")
+        raise PlanError(f"{where}: model_type '{model_type}' has no hand-written rule "
+                        f"(those exist for {', '.join(sorted(_LAYER_CLASS))}); read it with spec_from_config")
     if model_type == "bloom":
         h = _need(cfg, "hidden_size", "n_embed", where=where)
         heads = _need(cfg, "n_head", "num_attention_heads", where=where)
@@ -189,6 +254,31 @@ def spec_from_hf_config(cfg: dict, *, name: str, source: str = "") -> ModelSpec:
         decoder_layer_class=_LAYER_CLASS[model_type], source=source)
 
 
+def spec_from_config(cfg: dict, *, name: str, source: str = "") -> ModelSpec:
+    """A config.json dict as a ModelSpec: the hand-written rule of its family, or the structure read from the
+    transformers model (planner/spec_cache.py; derived once per config content, then read from the cache)."""
+    model_type = str(cfg.get("model_type", "llama")).lower()
+    if model_type in _LAYER_CLASS:
+        return spec_from_hf_config(cfg, name=name, source=source)
+    from planner.spec_cache import config_sha256, derived_spec_dict
+
+    return spec_from_dict(derived_spec_dict(cfg, name=name), name=name, source=source,
+                          config_sha256=config_sha256(cfg))
+
+
+def spec_from_dict(data: dict, *, name: str, source: str, config_sha256: str = "") -> ModelSpec:
+    """A ModelSpec from the JSON written by profiler.spec_derive, under the name and source given here."""
+    known = {f.name for f in fields(ModelSpec)}
+    values = {k: v for k, v in data.items() if k in known}
+    values.update(name=name, source=source)
+    if config_sha256:
+        values["config_sha256"] = config_sha256
+    try:
+        return ModelSpec(**values)
+    except (TypeError, ValueError) as exc:
+        raise PlanError(f"model '{name}': its derived spec does not load ({exc}); remove the spec cache entry") from None
+
+
 def model_names() -> list[str]:
     return list(HF_CONFIGS)
 
@@ -198,7 +288,17 @@ def from_name(name: str) -> ModelSpec:
     key = ALIASES.get(name.lower(), name.lower())
     if key not in HF_CONFIGS:
         raise unknown_name_error("model", name, [*HF_CONFIGS, *ALIASES])
-    return spec_from_hf_config(HF_CONFIGS[key], name=key, source=f"catalog:{key}")
+    model_type = str(HF_CONFIGS[key].get("model_type", "llama")).lower()
+    if model_type in _LAYER_CLASS:
+        return spec_from_hf_config(HF_CONFIGS[key], name=key, source=f"catalog:{key}")
+    from planner.spec_cache import catalog_spec_path, config_sha256, load_spec_json
+
+    path = catalog_spec_path(key)
+    if not path.exists():
+        raise PlanError(f"model '{key}': its catalog spec {path.name} is missing "
+                        "(python -m profiler.spec_derive --catalog writes it)")
+    data = load_spec_json(path)
+    return spec_from_dict(data["spec"], name=key, source=f"catalog:{key}", config_sha256=config_sha256(HF_CONFIGS[key]))
 
 
 def from_path(path: Path) -> ModelSpec:
@@ -216,7 +316,7 @@ def from_path(path: Path) -> ModelSpec:
         raise PlanError(f"model '{path}': {file} does not hold a JSON object")
     name = (path if path.is_dir() else path.parent).name or "custom"
     # absolute: the source is read again by processes that start elsewhere (profiler workers, emitted files)
-    return spec_from_hf_config(cfg, name=name, source=str(file.resolve()))
+    return spec_from_config(cfg, name=name, source=str(file.resolve()))
 
 
 def resolve(model: str) -> ModelSpec:

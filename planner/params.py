@@ -17,36 +17,52 @@ def norm_params(m: ModelSpec) -> int:
     return m.hidden_size * (2 if m.layernorm_bias else 1)
 
 
-def layer_linear_params(m: ModelSpec) -> int:
-    return sum(lin.copies * (lin.in_features * lin.out_features + (lin.out_features if lin.bias else 0))
+def layer_linear_params(m: ModelSpec) -> float:
+    """Mean over the layers of the parameters in one layer's linears (all experts)."""
+    return sum(lin.layer_share * lin.copies * (lin.in_features * lin.out_features + (lin.out_features if lin.bias
+                                                                                       else 0))
                for lin in m.linears())
 
 
 @lru_cache(maxsize=4096)
-def layer_params(m: ModelSpec) -> int:
-    """One decoder layer: its linears (all experts) plus its two norms."""
+def layer_params(m: ModelSpec) -> float:
+    """One decoder layer: its linears (all experts) plus its two norms. For a model read from transformers, the
+    count transformers builds (every norm, q/k norms, sinks, router biases), averaged over the layers where they
+    differ (an int where they do not)."""
+    if m.layer_kinds:
+        total = sum(k.count * k.params for k in m.layer_kinds)
+        return total // m.num_layers if total % m.num_layers == 0 else total / m.num_layers
     return layer_linear_params(m) + 2 * norm_params(m)
 
 
 def embedding_params(m: ModelSpec) -> int:
-    """Input embedding, plus BLOOM's word_embeddings_layernorm."""
-    return m.vocab_size * m.hidden_size + (norm_params(m) if m.embedding_norm else 0)
+    """Input embedding, plus BLOOM's word_embeddings_layernorm and, for a model read from transformers, the
+    parameters outside its layers, embedding, final norm and head (counted on the first pipeline stage)."""
+    return m.vocab_size * m.hidden_size + (norm_params(m) if m.embedding_norm else 0) + m.extra_params
 
 
 def head_params(m: ModelSpec) -> int:
     """Final norm plus the LM head when it is not tied to the input embedding."""
-    return norm_params(m) + (0 if m.tie_embeddings else m.vocab_size * m.hidden_size)
+    final_norm = m.final_norm_params if m.final_norm_params >= 0 else norm_params(m)
+    return final_norm + (0 if m.tie_embeddings else m.vocab_size * m.hidden_size)
 
 
 @lru_cache(maxsize=4096)
 def total_params(m: ModelSpec) -> int:
+    if m.layer_kinds:
+        return embedding_params(m) + sum(k.count * k.params for k in m.layer_kinds) + head_params(m)
     return embedding_params(m) + m.num_layers * layer_params(m) + head_params(m)
 
 
 def active_params(m: ModelSpec) -> int:
-    """Parameters that touch one token: an MoE layer runs `experts_per_token` of its experts."""
+    """Parameters that touch one token: an MoE layer runs `experts_per_token` of its experts (the model card's
+    "active parameters"; how transformers dispatches them is planner/compute.py's concern)."""
     if not m.is_moe:
         return total_params(m)
+    if m.layer_kinds:
+        inactive = sum(k.count * lin.in_features * lin.out_features * (lin.copies - k.mlp.top_k)
+                       for k in m.layer_kinds for lin in k.linears if lin.role == "expert")
+        return total_params(m) - inactive
     expert = sum(lin.in_features * lin.out_features for lin in m.linears() if lin.copies > 1)
     inactive = m.num_layers * expert * (m.num_experts - m.experts_per_token)
     return total_params(m) - inactive
@@ -62,11 +78,14 @@ def largest_layer_params(m: ModelSpec) -> int:
     return max(m.vocab_size * m.hidden_size, biggest_linear, experts)
 
 
-def quantizable_params(m: ModelSpec) -> int:
-    """Weights that bitsandbytes quantizes: every linear inside the decoder layers (not embeddings,
-    norms, biases, the LM head or the MoE router, which transformers keeps in 16 bits)."""
-    per_layer = sum(lin.copies * lin.in_features * lin.out_features for lin in m.linears() if lin.name != "gate"
-                    or not m.is_moe)
+def quantizable_params(m: ModelSpec) -> float:
+    """Weights that bitsandbytes quantizes: every nn.Linear inside the decoder layers (transformers'
+    replace_with_bnb_linear; not embeddings, norms, biases, the LM head or a router that is not an nn.Linear).
+    Fused expert tensors (transformers >= 5 stores a MoE layer's experts as 3-D parameters) are parameters, not
+    nn.Linear modules, so they stay in 16 bits (transformers/integrations/bitsandbytes.py converts nn.Linear)."""
+    per_layer = sum(lin.layer_share * lin.in_features * lin.out_features for lin in m.linears()
+                    if lin.copies == 1 and lin.lora_targetable and not (lin.name == "gate" and m.is_moe
+                                                                         and not m.layer_kinds))
     return m.num_layers * per_layer
 
 
@@ -74,10 +93,12 @@ ALL_TARGETS = "all"
 
 
 def resolve_lora_targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[str, ...]:
-    """`all` means every nn.Linear of the decoder layers (LLaMA-Factory's `lora_target: all`)."""
-    available = [lin.name for lin in m.linears() if lin.lora_targetable]
+    """`all` means what peft's target_modules="all-linear" adapts (LLaMA-Factory's `lora_target: all`): every
+    nn.Linear of the decoder layers and, for the MoE models peft 0.21 converts, the fused expert tensors and the
+    router as parameters (read from peft itself for a derived model)."""
+    available = list(dict.fromkeys(lin.name for lin in m.linears() if lin.lora_targetable))
     if targets == (ALL_TARGETS,) or not targets:
-        return tuple(available)
+        return tuple(dict.fromkeys(lin.name for lin in m.linears() if lin.all_linear))
     unknown = [t for t in targets if t not in available]
     if unknown:
         raise PlanError(f"LoRA target {', '.join(unknown)} is not a linear module of {m.name} "
@@ -89,6 +110,7 @@ def resolve_lora_targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[str, .
 def lora_params(m: ModelSpec, r: int, targets: tuple[str, ...]) -> int:
     """peft LoRA adds A (r x in) and B (out x r) per targeted linear, no bias (Hu et al. 2021)."""
     chosen = set(resolve_lora_targets(m, targets))
-    per_layer = sum(lin.copies * r * (lin.in_features + lin.out_features)
-                    for lin in m.linears() if lin.name in chosen)
-    return m.num_layers * per_layer
+    per_layer = sum(lin.layer_share * r * lin.lora_params_per_rank()
+                    for lin in m.linears() if lin.name in chosen and (lin.lora_targetable or lin.all_linear))
+    total = m.num_layers * per_layer
+    return round(total)

@@ -97,6 +97,17 @@ def check_supported(cfg: TrainConfig) -> None:
                         "measured by benchmarks/compile_saved.py)")
 
 
+def weights_dtype(method: Method, precision: Precision) -> Any:
+    """Frozen weights load in 16 bits under mixed precision (peft / LLaMA-Factory); full fine-tuning keeps fp32
+    master weights; bf16-true is bf16 throughout; 32-true fp32 throughout."""
+    import torch
+
+    sixteen = torch.float16 if precision is Precision.fp16_mixed else torch.bfloat16
+    if precision is Precision.fp32 or (method is Method.full and precision is not Precision.bf16_true):
+        return torch.float32
+    return sixteen
+
+
 def _attn_impl(attn: Attn) -> str:
     # flash_attention_2 needs CUDA; on fake CPU tensors its memory is that of SDPA's flash kernel
     return "eager" if attn is Attn.eager else "sdpa"
@@ -110,25 +121,25 @@ def _first_sentence(exc: BaseException) -> str:
 def build_model(cfg: TrainConfig) -> Any:
     """The transformers model (and peft wrapper) on the meta device, in the plan's dtypes."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from profiler.spec_structure import load_config
 
     raw = hf_config_dict(cfg.model)
     model_type = raw.get("model_type")
     try:
-        hf_cfg = AutoConfig.for_model(**raw)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PlanError(f"the dry run cannot build model {cfg.model.name} (model_type {model_type!r}): "
-                        f"{_first_sentence(exc)}; transformers has no built-in class for it and the dry run "
-                        "never runs remote code") from None
-    hf_cfg._attn_implementation = _attn_impl(cfg.attn)
+        loaded = load_config(raw, name=cfg.model.name)
+    except PlanError as exc:
+        raise PlanError(f"the dry run cannot build model {cfg.model.name} (model_type {model_type!r}): {exc}; "
+                        "transformers has no built-in class for it and the dry run never runs remote code") from None
+    hf_cfg = loaded.config
+    impl = _attn_impl(cfg.attn)
+    if impl not in cfg.model.attn_kernels:
+        raise PlanError(f"{cfg.model.name} has no {cfg.attn.value} attention in transformers (its class takes "
+                        f"{', '.join(cfg.model.attn_kernels)}); the dry run stands SDPA in for flash: use --attn eager")
+    hf_cfg._attn_implementation = impl
     hf_cfg.use_cache = False
-    sixteen = torch.float16 if cfg.precision is Precision.fp16_mixed else torch.bfloat16
-    # frozen weights load in 16 bits under mixed precision (peft / LLaMA-Factory); full fine-tuning keeps
-    # fp32 master weights; bf16-true is bf16 throughout; 32-true fp32 throughout
-    if cfg.precision is Precision.fp32 or (cfg.method is Method.full and cfg.precision is not Precision.bf16_true):
-        dtype = torch.float32
-    else:
-        dtype = sixteen
+    dtype = weights_dtype(cfg.method, cfg.precision)
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
@@ -138,7 +149,9 @@ def build_model(cfg: TrainConfig) -> Any:
     if cfg.method is Method.lora:
         from peft import LoraConfig, get_peft_model
 
-        targets = list(resolve_lora_targets(cfg.model, cfg.lora_targets))
+        # "all": peft's own all-linear selection, as the runner passes it (runner/model.py lora_target_modules)
+        targets: Any = "all-linear" if cfg.lora_targets == ("all",) else \
+            list(resolve_lora_targets(cfg.model, cfg.lora_targets))
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=targets, task_type="CAUSAL_LM")
         model = get_peft_model(model, lcfg, autocast_adapter_dtype=fp32_adapters(cfg.precision))
@@ -227,6 +240,28 @@ def training_loss(cfg: TrainConfig, model: Any, tokens: Any, labels: Any) -> Any
     return model(input_ids=tokens, labels=labels).loss
 
 
+def fake_tensor_patches() -> contextlib.ExitStack:
+    """What running transformers on fake tensors needs:
+    - "not packed": transformers cannot read the values of fake position ids and would treat every batch as packed
+      sequences (see the module docstring); real unpacked batches call SDPA with is_causal=True.
+    - MoE experts in fp32: transformers' grouped_mm path calls torch's grouped_mm, whose CPU kernel takes fp32 and
+      bf16 but whose meta kernel (the one fake tensors run) mirrors CUDA's bf16-only check
+      (torch/_meta_registrations.py `_meta_grouped_mm_common`); for other dtypes the experts take transformers'
+      registered fallback op (transformers/integrations/moe.py `grouped_mm_fallback`), which saves the same input
+      and weight for backward."""
+    import torch
+    import transformers.integrations.moe as moe
+    import transformers.masking_utils as masking_utils
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None))
+    can_use = moe._can_use_grouped_mm
+    stack.enter_context(mock.patch.object(
+        moe, "_can_use_grouped_mm",
+        lambda input, weight, offs: weight.dtype == torch.bfloat16 and can_use(input, weight, offs)))
+    return stack
+
+
 def _make_optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
     import torch
 
@@ -257,10 +292,7 @@ def dry_run(cfg: TrainConfig, *, steps: int = 2, full_first_step: bool = False) 
                 else contextlib.nullcontext())
     step_peaks: list[int] = []
     fake = FakeTensorMode(allow_non_fake_inputs=True)
-    import transformers.masking_utils as masking_utils
-
-    not_packed = mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
-    with fake, tracker, not_packed:
+    with fake, tracker, fake_tensor_patches():
         model.to_empty(device="cpu")
         # rotary inv_freq is a non-persistent buffer computed at init: to_empty leaves it uninitialized,
         # which fake tensors do not mind (no values are read)

@@ -1,0 +1,106 @@
+"""Specs read from the transformers model, kept as JSON so that planning never imports torch.
+
+A config.json of an architecture without a hand-written rule (planner/models.py) is planned from the structure
+transformers itself builds: `python -m profiler.spec_derive` builds the model on the meta device, walks its modules
+and measures one layer of each kind on fake tensors, and writes the spec as JSON. The planner runs it once per
+config content in a subprocess and keeps the result in the spec cache (`$FTPLAN_SPEC_CACHE`, default
+~/.cache/ftplan/specs), keyed by the config's content and the installed transformers, peft and torch releases
+(their modeling code decides the structure). The catalog ships its specs as JSON (planner/model_specs/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlanError
+
+CATALOG_SPECS = Path(__file__).resolve().parent / "model_specs"
+SPEC_FORMAT = 1
+# Building a 235B-class model on the meta device takes seconds; measuring its layers on fake tensors a minute
+DERIVE_TIMEOUT_S = 900
+
+
+def config_sha256(cfg: dict[str, Any]) -> str:
+    """The key of a config.json's content (key order and whitespace do not matter)."""
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> str:
+    """The releases whose modeling code the derived structure depends on (read from package metadata: no
+    import of the packages themselves)."""
+    parts = []
+    for name in ("transformers", "peft", "torch"):
+        try:
+            parts.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name}=absent")
+    return ",".join(parts)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FTPLAN_SPEC_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "ftplan" / "specs"
+
+
+def cache_path(cfg: dict[str, Any]) -> Path:
+    key = hashlib.sha256(f"{config_sha256(cfg)}|{library_versions()}|{SPEC_FORMAT}".encode()).hexdigest()
+    return cache_dir() / f"{key[:32]}.json"
+
+
+def catalog_spec_path(name: str) -> Path:
+    return CATALOG_SPECS / f"{name}.json"
+
+
+def load_spec_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PlanError(f"cannot read the model spec {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != SPEC_FORMAT or not isinstance(data.get("spec"), dict):
+        raise PlanError(f"{path} is not an ftplan model spec of format {SPEC_FORMAT}: remove it to derive it again")
+    return data
+
+
+def derived_spec_dict(cfg: dict[str, Any], *, name: str) -> dict[str, Any]:
+    """The spec of `cfg` from the cache, deriving it in a subprocess the first time."""
+    path = cache_path(cfg)
+    if not path.exists():
+        derive_in_subprocess(cfg, path, name=name)
+    return load_spec_json(path)["spec"]
+
+
+def derive_in_subprocess(cfg: dict[str, Any], out: Path, *, name: str) -> None:
+    """Run profiler.spec_derive on `cfg` in a fresh interpreter (torch stays out of this process); its one-line
+    error becomes a PlanError."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg, f)
+        config_file = f.name
+    try:
+        proc = subprocess.run([sys.executable, "-m", "profiler.spec_derive", "--config", config_file, "--name", name,
+                               "--out", str(out)], capture_output=True, text=True, env=env, cwd=root,
+                              timeout=DERIVE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise PlanError(f"model '{name}': reading its structure from transformers took over {DERIVE_TIMEOUT_S} s")
+    finally:
+        os.unlink(config_file)
+    if proc.returncode != 0 or not out.exists():
+        lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
+        last = lines[-1].removeprefix("ftplan: error: ") if lines else f"exit code {proc.returncode}"
+        if "No module named 'torch'" in last or "No module named 'transformers'" in last:
+            last = (f"model '{name}': its structure is read from transformers once (pip install 'ftplan[train]'), "
+                    "then planning runs without it")
+        raise PlanError(last)

@@ -1,0 +1,252 @@
+"""Derive a model spec from a config.json by reading the transformers model itself, and write it as JSON.
+
+    python -m profiler.spec_derive --config path/config.json --name NAME --out spec.json
+    python -m profiler.spec_derive --catalog [NAME ...]    # rewrite planner/model_specs/*.json
+
+The planner runs the first form in a subprocess the first time it plans a config.json whose family has no
+hand-written rule (planner/spec_cache.py); the catalog's specs are written by the second. The structure comes from
+profiler/spec_structure.py (meta device), what each layer saves from profiler/spec_activations.py (fake tensors).
+Bad input: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlanError
+
+SPEC_FORMAT = 1
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"transformers": transformers.__version__, "peft": peft.__version__, "torch": torch.__version__}
+
+
+def reduce_to(model: Any, config: Any, indices: list[int]) -> Any:
+    """The model with only the decoder layers at `indices` (their modules, indices and layer types kept)."""
+    from torch import nn
+
+    from profiler.spec_structure import decoder_layers
+
+    layers = decoder_layers(model, config)
+    parent_name, _, attr = next(n for n, m in model.named_modules() if m is layers).rpartition(".")
+    parent = model.get_submodule(parent_name)
+    setattr(parent, attr, nn.ModuleList([layers[i] for i in indices]))
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in indices]
+    config.num_hidden_layers = len(indices)
+    return model
+
+
+def _modes(groups: dict[tuple[str, ...], None], lora_dropout_ok: bool) -> list[Any]:
+    from profiler.spec_activations import LORA_DROPOUT, Mode
+
+    modes = [Mode("frozen"), Mode("full", weights=True), Mode("frozen_eager", attn="eager"),
+             Mode("full_eager", weights=True, attn="eager"), Mode("lora_all", targets=("all-linear",))]
+    if lora_dropout_ok:
+        modes.append(Mode("lora_all_dropout", targets=("all-linear",), dropout=LORA_DROPOUT))
+    for group in groups:
+        key = ",".join(group)
+        modes.append(Mode(f"lora:{key}", targets=group))
+        modes.append(Mode(f"lora:{key}:dropout", targets=group, dropout=LORA_DROPOUT))
+        if len(group) > 1:
+            modes.append(Mode(f"lora1:{key}", targets=group[:1]))
+            modes.append(Mode(f"lora1:{key}:dropout", targets=group[:1], dropout=LORA_DROPOUT))
+    return modes
+
+
+def _lora_dropout_refused(kinds: list[dict[str, Any]]) -> bool:
+    """peft adapts fused expert tensors with ParamWrapper, which refuses lora_dropout > 0 (peft/tuners/lora/
+    layer.py ParamWrapper.__init__)."""
+    return any(lin.get("in_all_linear") and lin.get("lora_param") for k in kinds for lin in k["linears"])
+
+
+def measure(model: Any, config: Any, kinds: list[dict[str, Any]], *, log: Any = None) -> None:
+    """Fill each kind's `saved`, `stream_bytes` and its linears' `group` (the reduced model holds one layer per
+    kind, in the order of `kinds`)."""
+    from profiler.spec_activations import (
+        EAGER_SHAPES,
+        ONE_SHAPE,
+        REGIMES,
+        SDPA_SHAPES,
+        Mode,
+        fit,
+        input_groups,
+        prepare,
+        run_once,
+    )
+    from profiler.spec_structure import decoder_layers
+
+    hidden = int(config.hidden_size)
+    layers_prefix = next(n for n, m in model.named_modules() if m is decoder_layers(model, config))
+    # which nn.Linear reads which tensor: one frozen run records each linear's input
+    paths = {i: [lin["path"] for lin in k["linears"] if lin.get("nn_linear")] for i, k in enumerate(kinds)}
+    probe_model = prepare(model, "fp32", Mode("frozen"), layers_prefix)
+    base = probe_model.get_base_model() if hasattr(probe_model, "get_base_model") else probe_model
+    probe = run_once(probe_model, decoder_layers(base, config), "fp32", Mode("frozen"), SDPA_SHAPES[0], hidden,
+                     linear_paths=paths)
+    groups: dict[tuple[str, ...], None] = {}
+    for i, kind in enumerate(kinds):
+        for group in input_groups(probe, i, paths[i]):
+            groups[group] = None
+            for lin in kind["linears"]:
+                if lin["path"] in group:
+                    lin["group"] = ",".join(group)
+    modes = _modes(groups, not _lora_dropout_refused(kinds))
+    for kind in kinds:
+        kind["saved"], kind["stream_bytes"] = {r: {} for r in REGIMES}, {}
+    for regime in REGIMES:
+        for mode in modes:
+            t0 = time.perf_counter()
+            shapes = EAGER_SHAPES if mode.attn == "eager" else SDPA_SHAPES if mode.targets == ("all-linear",) \
+                else ONE_SHAPE
+            runs = {}
+            for shape in shapes:
+                prepared = prepare(model, regime, mode, layers_prefix)
+                inner = prepared.get_base_model() if hasattr(prepared, "get_base_model") else prepared
+                runs[shape] = run_once(prepared, decoder_layers(inner, config), regime, mode, shape, hidden)
+            for i, kind in enumerate(kinds):
+                group = mode.name.split(":")[1] if ":" in mode.name else None
+                if group is not None and not any(lin.get("group") == group for lin in kind["linears"]):
+                    continue
+                kind["saved"][regime][mode.name] = list(fit(runs, i))
+                if mode.name == "frozen" or (mode.name == "full" and regime == "mixed"):
+                    key = regime if mode.name == "frozen" else "mixed_full"
+                    kind["stream_bytes"][key] = runs[shapes[0]].layers[i].stream_bytes
+            if log:
+                log(f"  {regime} {mode.name}: {time.perf_counter() - t0:.1f} s")
+
+
+def derive(raw: dict[str, Any], *, name: str, log: Any = None) -> dict[str, Any]:
+    """The spec JSON of a config.json dict: ModelSpec's fields (planner/models.py) under "spec"."""
+    from profiler.spec_structure import (
+        all_linear_lora,
+        build_meta_model,
+        decoder_layers,
+        layer_kinds,
+        load_config,
+        outside_params,
+    )
+
+    t0 = time.perf_counter()
+    loaded = load_config(raw, name=name)
+    config = loaded.config
+    model = build_meta_model(loaded, name=name)
+    kinds = layer_kinds(model, config)
+    outside = outside_params(model, config)
+    firsts = [k["first"] for k in kinds]
+    lora = all_linear_lora(model, firsts, config)
+    for kind in kinds:
+        for lin in kind["linears"]:
+            per_rank, as_param = lora.get((kind["first"], lin["path"]), (None, False))
+            lin["in_all_linear"] = per_rank is not None
+            if per_rank:
+                lin["lora_per_rank"] = per_rank
+            if as_param:
+                lin["lora_param"] = True
+                lin["lora_targetable"] = lin["lora_targetable"] or lin["role"] == "router"
+    outside["layer_class"] = type(decoder_layers(model, config)[0]).__name__
+    reduce_to(model, config, firsts)
+    if log:
+        log(f"{name}: structure read in {time.perf_counter() - t0:.1f} s ({len(kinds)} layer kinds)")
+    measure(model, config, kinds, log=log)
+    for kind in kinds:
+        for lin in kind["linears"]:
+            lin.pop("nn_linear", None)
+    return {"format": SPEC_FORMAT, "versions": _versions(), "spec": _spec(loaded, model, kinds, outside, raw)}
+
+
+def _spec(loaded: Any, model: Any, kinds: list[dict[str, Any]], outside: dict[str, Any],
+          raw: dict[str, Any]) -> dict[str, Any]:
+    """ModelSpec's fields: the uniform ones from the most common layer kind (the MoE kind for the expert fields)."""
+    config = loaded.config
+    layers = sum(k["count"] for k in kinds)
+    main = max(kinds, key=lambda k: k["count"])
+    moe = max((k for k in kinds if k["mlp"]["kind"] == "moe"), key=lambda k: k["count"], default=None)
+    attn = main["attention"]
+    norms_bias = any(n["bias"] for k in kinds for n in k["norms"])
+    linears = main["linears"]
+    cls = type(model)
+    kernels = ["eager"] + (["sdpa"] if getattr(cls, "_supports_sdpa", False) else []) + \
+        (["flash"] if getattr(cls, "_supports_flash_attn", False) else [])
+    max_pos = getattr(config, "max_position_embeddings", None) or raw.get("max_position_embeddings") or 4096
+    layer_class = outside["layer_class"]
+    return {
+        "model_type": loaded.model_type, "vocab_size": int(config.vocab_size), "hidden_size": int(config.hidden_size),
+        "intermediate_size": int((moe or main)["mlp"]["intermediate"]), "num_layers": layers,
+        "num_heads": attn["heads"], "num_kv_heads": attn["kv_heads"], "head_dim": attn["qk_head_dim"],
+        "tie_embeddings": bool(outside["tied"]),
+        "qkv_bias": any(lin["bias"] for lin in linears if lin["name"] in ("q_proj", "k_proj", "v_proj")),
+        "linear_bias": any(lin["bias"] for lin in linears if lin["role"] == "" and not lin["path"].startswith(
+            ("self_attn", "attention"))),
+        "gated_mlp": bool(main["mlp"]["gated"]), "layernorm_bias": norms_bias,
+        "num_experts": int(moe["mlp"]["experts"]) if moe else 1,
+        "experts_per_token": int(moe["mlp"]["top_k"]) if moe else 1,
+        "max_seq_len": int(max_pos), "decoder_layer_class": layer_class, "layer_kinds": kinds,
+        "final_norm_params": int(outside["final_norm"]), "extra_params": int(outside["extra"]),
+        "attn_kernels": kernels, "causal_lm_class": cls.__name__, "text_config": loaded.text_config,
+        "params_total": int(outside["params_total"]),
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically: a reader never sees half a spec."""
+    from planner.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m profiler.spec_derive", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="a config.json")
+    parser.add_argument("--name", default="custom")
+    parser.add_argument("--out", type=Path, help="where to write the spec JSON")
+    parser.add_argument("--catalog", nargs="*", default=None, help="rewrite the catalog's specs (all, or these names)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    log = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        if args.catalog is not None:
+            return _catalog(args.catalog, log)
+        if args.config is None or args.out is None:
+            raise PlanError("give --config FILE --out FILE, or --catalog")
+        try:
+            raw = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PlanError(f"cannot read {args.config}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise PlanError(f"{args.config} does not hold a JSON object")
+        write_json(args.out, derive(raw, name=args.name))
+        return 0
+    except PlanError as exc:
+        print(f"ftplan: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _catalog(names: list[str], log: Any) -> int:
+    from planner.model_catalog import HF_CONFIGS
+    from planner.models import HAND_FAMILIES
+    from planner.spec_cache import catalog_spec_path, config_sha256
+
+    chosen = names or [n for n, c in HF_CONFIGS.items() if str(c.get("model_type")).lower() not in HAND_FAMILIES]
+    for name in chosen:
+        t0 = time.perf_counter()
+        data = derive(dict(HF_CONFIGS[name]), name=name, log=log)
+        data["config_sha256"] = config_sha256(HF_CONFIGS[name])
+        write_json(catalog_spec_path(name), data)
+        if log:
+            log(f"{name}: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
