@@ -360,11 +360,29 @@ def derived_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, t
             continue
         repl, par, per_ctx, _ = _kind_saved(kind, act_bytes=act_bytes, attn=attn, train=train)
         par += per_ctx * seq_len
+        repl += sdpa_window_mask_bytes_per_token(kind, attn=attn, seq_len=seq_len, act_bytes=act_bytes, train=train)
         if recompute is GradCkpt.selective:
             a = kind.attention
             par -= act_bytes * a.heads * a.v_head_dim + 4 * a.heads + per_ctx * seq_len
         total += kind.count * (repl / (t if sequence_parallel else 1) + par / t)
     return total / m.num_layers
+
+
+def sdpa_window_mask_bytes_per_token(kind: LayerKind, *, attn: Attn, seq_len: int, act_bytes: int,
+                                     train: LayerTraining) -> float:
+    """A sliding-window (or chunked) layer under SDPA, past its window, gets a materialized mask: transformers
+    builds a boolean (b, 1, s, s) mask (masking_utils.sdpa_mask; it skips the mask while s <= the window,
+    `_ignore_causal_mask_sdpa`), and SDPA turns it into an additive mask of the query's dtype on every call
+    (aten/src/ATen/native/transformers/attention.cpp, convert_boolean_attn_mask), which the memory-efficient kernel
+    keeps for backward: about e s bytes per token and layer, measured past the window ("*_window" tables; a
+    small Gemma 3's dry run checks it, tests/profiler/test_dryrun_families.py). FlashAttention-2 takes the window
+    as an argument and builds no mask; eager attention adds the mask to scores it keeps anyway."""
+    w = kind.attention.window
+    if attn is not Attn.sdpa or w <= 0 or seq_len <= w:
+        return 0.0
+    table = kind.table("fp32" if train.stream_bytes == 4 else regime(act_bytes, train))
+    entry = table.get("full_window" if train.weights else "frozen_window")
+    return entry[0] + entry[2] * seq_len if entry else float(act_bytes * seq_len)
 
 
 def derived_layer_fixed_bytes(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from planner import engines
 from planner import memory_knobs as knobs
 from planner.activations import (
+    derived_layer_fixed_bytes,
     hf_layer_bytes_per_token,
     norm_saved_bytes_per_token,
     trl_logprob_head_bytes,
@@ -152,6 +153,10 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     per_layer = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                           t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
                                           recompute=cfg.grad_ckpt) - knobs.kernel_saving_per_token(cfg, e)) * tokens
+    # a model read from transformers: bytes per layer whatever the tokens (LoRA on fused experts' merged weights,
+    # Gemma's norm scales; planner.activations)
+    per_layer += derived_layer_fixed_bytes(m, act_bytes=e, attn=cfg.attn, train=train, recompute=cfg.grad_ckpt,
+                                           t=cfg.tp)
     kept = knobs.bnb_kept_input_per_token(cfg, e, train) * tokens * sp.trainable_layers
     activations = (knobs.gpu_activation_bytes(cfg, per_layer, sp.trainable_layers) + kept) * \
         parallel.micro_batches_in_flight(cfg, first=first)
@@ -161,6 +166,7 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
         recompute = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                               t=cfg.tp, sequence_parallel=cfg.sequence_parallel)
                      - knobs.kernel_saving_per_token(cfg, e, recomputed=True)) * tokens
+        recompute += derived_layer_fixed_bytes(m, act_bytes=e, attn=cfg.attn, train=train, t=cfg.tp)
     activations *= cal.activation_multiplier
     recompute *= cal.activation_multiplier
     items: dict[str, float] = {}

@@ -35,6 +35,7 @@ class LinearShape:
     # peft adapts it as a parameter (ParamWrapper: fused experts, routers that are not nn.Linear), which refuses
     # lora_dropout > 0 (peft/tuners/lora/layer.py ParamWrapper.__init__)
     lora_param: bool = False
+    lora_error: str = ""  # why peft's LoRA fails on it (measured: profiler/spec_derive.py); "" = it runs
     group: str = ""  # linears reading the same input tensor share a group (q, k, v: the attention input)
     layer_share: float = 1.0  # fraction of the decoder layers holding this linear (1 unless layers differ)
 

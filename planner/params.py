@@ -114,3 +114,29 @@ def lora_params(m: ModelSpec, r: int, targets: tuple[str, ...]) -> int:
                     for lin in m.linears() if lin.name in chosen and (lin.lora_targetable or lin.all_linear))
     total = m.num_layers * per_layer
     return round(total)
+
+
+def lora_dropout_problem(m: ModelSpec, targets: tuple[str, ...], dropout: float) -> str | None:
+    """peft adapts fused expert tensors and routers that are not nn.Linear as parameters (ParamWrapper), and a
+    ParamWrapper refuses lora_dropout > 0 (peft/tuners/lora/layer.py ParamWrapper.__init__: dropout cannot be
+    factored out of W + B A)."""
+    if dropout <= 0:
+        return None
+    chosen = set(resolve_lora_targets(m, targets))
+    wrapped = list(dict.fromkeys(lin.name for lin in m.linears() if lin.lora_param and lin.name in chosen))
+    if not wrapped:
+        return None
+    return (f"peft adapts {', '.join(wrapped)} of {m.name} as parameters, which refuse lora_dropout > 0: use "
+            f"--lora-dropout 0, or --lora-targets without them")
+
+
+def lora_target_problem(m: ModelSpec, targets: tuple[str, ...]) -> str | None:
+    """A target peft adapts but cannot run (found by running it on fake tensors when the spec was derived: Llama
+    4's router is an nn.Linear subclass that returns a tuple, which peft's LoRA Linear cannot add to)."""
+    chosen = set(resolve_lora_targets(m, targets))
+    broken = [lin for lin in m.linears() if lin.lora_error and lin.name in chosen]
+    if not broken:
+        return None
+    fine = [n for n in dict.fromkeys(lin.name for lin in m.linears() if lin.lora_targetable and not lin.lora_error)]
+    return (f"peft's LoRA fails on {broken[0].name} of {m.name} ({broken[0].lora_error}): name the targets without "
+            f"it, e.g. --lora-targets {','.join(fine)}")

@@ -8,7 +8,11 @@ from __future__ import annotations
 from planner import engines
 from planner.engines import parallel
 from planner.errors import PlanError
-from planner.strategy import Method, Precision, Quant, TrainConfig
+from planner.params import lora_dropout_problem, lora_target_problem
+from planner.strategy import Attn, Method, Precision, Quant, TrainConfig
+
+# transformers' attention implementation behind each --attn choice (planner.models.ModelSpec.attn_kernels)
+ATTN_KERNEL = {Attn.eager: "eager", Attn.sdpa: "sdpa", Attn.flash: "flash"}
 
 
 def problems(cfg: TrainConfig) -> list[str]:
@@ -24,6 +28,7 @@ def problems(cfg: TrainConfig) -> list[str]:
         out.append(f"--seq-len {cfg.seq_len} exceeds the {m.max_seq_len} positions of {m.name} "
                    "(add --rope-scaling, e.g. linear:2.0)")
     out += method_problems(cfg)
+    out += attention_problems(cfg)
     if not cfg.cluster.gpu.supports_bf16 and cfg.precision in (Precision.bf16_mixed, Precision.bf16_true):
         out.append(f"{cfg.cluster.gpu.name} has no bf16 support: use --precision 16-mixed")
     return out + engines.of(cfg).problems(cfg)
@@ -41,7 +46,26 @@ def method_problems(cfg: TrainConfig) -> list[str]:
         out.append("--freeze-layers applies to full fine-tuning; LoRA already freezes the base model")
     if cfg.freeze_layers >= m.num_layers:
         out.append(f"--freeze-layers {cfg.freeze_layers} leaves none of the {m.num_layers} layers to train")
+    if cfg.trains_adapter and cfg.stage.value not in ("rm", "dpo"):  # TRL's trainers set dropout to 0
+        dropout = lora_dropout_problem(m, cfg.lora_targets, cfg.lora_dropout)
+        if dropout:
+            out.append(dropout)
+    if cfg.trains_adapter:
+        broken = lora_target_problem(m, cfg.lora_targets)
+        if broken:
+            out.append(broken)
     return out
+
+
+def attention_problems(cfg: TrainConfig) -> list[str]:
+    """An attention implementation the model's transformers class does not take (gpt-oss has no SDPA path: its
+    attention sinks are not an SDPA argument; transformers refuses `attn_implementation="sdpa"` for it)."""
+    m = cfg.model
+    if ATTN_KERNEL[cfg.attn] in m.attn_kernels:
+        return []
+    others = [a.value for a, k in ATTN_KERNEL.items() if k in m.attn_kernels]
+    return [f"{m.name} has no {cfg.attn.value} attention in transformers ({m.causal_lm_class or m.model_type} takes "
+            f"{', '.join(others)}): use --attn {others[-1]}"]
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

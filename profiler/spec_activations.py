@@ -32,9 +32,11 @@ from profiler.tracker import StorageTracker
 REGIMES = ("fp32", "mixed", "bf16")
 # sequence lengths of the fits: short (fake tensors cost no memory, but each op costs time either way)
 S1, S2 = 16, 32
-ONE_SHAPE = ((1, S1),)  # no per-layer constant: bytes = b s A
-SDPA_SHAPES = ((1, S1), (2, S1))  # bytes = K + b s A (LoRA on fused experts saves merged expert weights)
-EAGER_SHAPES = ((1, S1), (1, S2))  # bytes = s A + s^2 C
+ONE_SHAPE = ((1, S1),)
+# bytes = K + b s A: K per layer (Gemma's (1 + weight) norm scales, the merged expert weights of LoRA on fused
+# experts), A per token
+SDPA_SHAPES = ((1, S1), (2, S1))
+EAGER_SHAPES = ((1, S1), (2, S1), (1, S2))  # bytes = K + b s A + b s^2 C
 LORA_R = 8  # the rank measured; the planner adds (r - 8) e per adapted linear for lora_B's saved r-wide input
 LORA_DROPOUT = 0.05
 
@@ -101,7 +103,13 @@ def prepare(model: nn.Module, regime: str, mode: Mode, layers_prefix: str) -> nn
             model.to(torch.bfloat16)
     emulate_cuda_dropout(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.set_attn_implementation(mode.attn)
+    if mode.attn == "sdpa" and not getattr(type(base), "_supports_sdpa", False):
+        # no SDPA path (gpt-oss's attention sinks): its FlashAttention path saves what SDPA's flash kernel saves
+        # (q, k, v, the output and the log-sum-exp), so SDPA stands in for it here (the sinks do not change what
+        # is saved per token: one scalar per head)
+        base.config._attn_implementation_internal = "sdpa"
+    else:
+        base.set_attn_implementation(mode.attn)
     base.config.use_cache = False
     base.enable_input_require_grads()
     model.train()
@@ -249,14 +257,16 @@ def fit(runs: dict[tuple[int, int], Run], index: int) -> tuple[float, float, flo
     runs at ONE_SHAPE (bytes = s A), SDPA_SHAPES (K + b s A) or EAGER_SHAPES (s A + s^2 C)."""
     def coef(kind: str) -> tuple[float, float, float]:
         b1 = getattr(runs[(1, S1)].layers[index], kind)
-        if (2, S1) in runs:
-            b2 = getattr(runs[(2, S1)].layers[index], kind)
-            return (b2 - b1) / S1, 0.0, b1 - (b2 - b1)
-        if (1, S2) in runs:
-            b3 = getattr(runs[(1, S2)].layers[index], kind)
-            c = (b3 / S2 - b1 / S1) / (S2 - S1)
-            return b1 / S1 - S1 * c, c, 0.0
-        return b1 / S1, 0.0, 0.0
+        if (2, S1) not in runs:
+            return b1 / S1, 0.0, 0.0
+        b2 = getattr(runs[(2, S1)].layers[index], kind)
+        at_s1 = (b2 - b1) / S1  # A + S1 C
+        k = b1 - (b2 - b1)
+        if (1, S2) not in runs:
+            return at_s1, 0.0, k
+        b3 = getattr(runs[(1, S2)].layers[index], kind)
+        c = ((b3 - k) / S2 - at_s1) / (S2 - S1)
+        return at_s1 - S1 * c, c, k
 
     repl, c_repl, k_repl = coef("repl")
     par, c_par, k_par = coef("par")

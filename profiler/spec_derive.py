@@ -75,7 +75,6 @@ def measure(model: Any, config: Any, kinds: list[dict[str, Any]], *, log: Any = 
     kind, in the order of `kinds`)."""
     from profiler.spec_activations import (
         EAGER_SHAPES,
-        ONE_SHAPE,
         REGIMES,
         SDPA_SHAPES,
         Mode,
@@ -104,16 +103,24 @@ def measure(model: Any, config: Any, kinds: list[dict[str, Any]], *, log: Any = 
     modes = _modes(groups, not _lora_dropout_refused(kinds))
     for kind in kinds:
         kind["saved"], kind["stream_bytes"] = {r: {} for r in REGIMES}, {}
+    failed: dict[str, str] = {}  # mode -> why peft's LoRA failed there
     for regime in REGIMES:
         for mode in modes:
+            if mode.name in failed:
+                continue
             t0 = time.perf_counter()
-            shapes = EAGER_SHAPES if mode.attn == "eager" else SDPA_SHAPES if mode.targets == ("all-linear",) \
-                else ONE_SHAPE
+            shapes = EAGER_SHAPES if mode.attn == "eager" else SDPA_SHAPES
             runs = {}
-            for shape in shapes:
-                prepared = prepare(model, regime, mode, layers_prefix)
-                inner = prepared.get_base_model() if hasattr(prepared, "get_base_model") else prepared
-                runs[shape] = run_once(prepared, decoder_layers(inner, config), regime, mode, shape, hidden)
+            try:
+                for shape in shapes:
+                    prepared = prepare(model, regime, mode, layers_prefix)
+                    inner = prepared.get_base_model() if hasattr(prepared, "get_base_model") else prepared
+                    runs[shape] = run_once(prepared, decoder_layers(inner, config), regime, mode, shape, hidden)
+            except Exception as exc:  # a layer peft's LoRA cannot run (Llama 4's router returns a tuple)
+                if not mode.targets:
+                    raise
+                failed[mode.name] = _first_line(exc)
+                continue
             for i, kind in enumerate(kinds):
                 group = mode.name.split(":")[1] if ":" in mode.name else None
                 if group is not None and not any(lin.get("group") == group for lin in kind["linears"]):
@@ -124,10 +131,71 @@ def measure(model: Any, config: Any, kinds: list[dict[str, Any]], *, log: Any = 
                     kind["stream_bytes"][key] = runs[shapes[0]].layers[i].stream_bytes
             if log:
                 log(f"  {regime} {mode.name}: {time.perf_counter() - t0:.1f} s")
+        _window_masks(model, config, kinds, regime, layers_prefix, hidden)
+    if failed:
+        _blame(model, config, kinds, failed, layers_prefix, hidden)
 
 
-def derive(raw: dict[str, Any], *, name: str, log: Any = None) -> dict[str, Any]:
-    """The spec JSON of a config.json dict: ModelSpec's fields (planner/models.py) under "spec"."""
+def _window_masks(model: Any, config: Any, kinds: list[dict[str, Any]], regime: str, layers_prefix: str,
+                  hidden: int) -> None:
+    """What a windowed layer keeps under SDPA past its window, where transformers materializes the mask (below it
+    the mask is skipped): SDPA at two lengths beyond the largest window, fitted as bytes per token per position
+    beyond what the same layer keeps within its window: ("frozen_window" / "full_window") [a, 0, c, 0] for a + c s
+    bytes per token."""
+    from profiler.spec_activations import S1, S2, Mode, prepare, run_once
+    from profiler.spec_structure import decoder_layers
+
+    window = max(k["attention"]["window"] for k in kinds)
+    if window <= 0 or not getattr(type(model), "_supports_sdpa", False):
+        return
+    for name, weights in (("frozen", False), ("full", True)):
+        mode = Mode(name, weights=weights)
+        per_token = {}
+        for s in (window + S1, window + S2):
+            prepared = prepare(model, regime, mode, layers_prefix)
+            inner = prepared.get_base_model() if hasattr(prepared, "get_base_model") else prepared
+            per_token[s] = run_once(prepared, decoder_layers(inner, config), regime, mode, (1, s), hidden)
+        for i, kind in enumerate(kinds):
+            if kind["attention"]["window"] <= 0:
+                continue
+            repl, par, _, k = kind["saved"][regime][name]
+            excess = {s: (r.layers[i].repl + r.layers[i].par - k) / s - repl - par for s, r in per_token.items()}
+            slope = (excess[window + S2] - excess[window + S1]) / (S2 - S1)
+            intercept = excess[window + S1] - slope * (window + S1)
+            kind["saved"][regime][f"{name}_window"] = [round(intercept, 3), 0.0, round(slope, 4), 0.0]
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+
+
+def _blame(model: Any, config: Any, kinds: list[dict[str, Any]], failed: dict[str, str], layers_prefix: str,
+           hidden: int) -> None:
+    """Which adapted linears make peft's LoRA fail: each target of a failed group tried alone; their linears get
+    `lora_error` (the planner refuses LoRA plans that name them)."""
+    from profiler.spec_activations import ONE_SHAPE, Mode, prepare, run_once
+    from profiler.spec_structure import decoder_layers
+
+    suspects = {t for name in failed if name.startswith("lora:") and not name.endswith(":dropout")
+                for t in name.split(":")[1].split(",")}
+    if not suspects:  # only peft's all-linear selection failed: try each linear it adapts
+        suspects = {lin["path"] for k in kinds for lin in k["linears"] if lin.get("in_all_linear")}
+    for target in sorted(suspects):
+        mode = Mode(f"lora:{target}", targets=(target,))
+        try:
+            prepared = prepare(model, "fp32", mode, layers_prefix)
+            inner = prepared.get_base_model() if hasattr(prepared, "get_base_model") else prepared
+            run_once(prepared, decoder_layers(inner, config), "fp32", mode, ONE_SHAPE[0], hidden)
+        except Exception as exc:
+            for kind in kinds:
+                for lin in kind["linears"]:
+                    if lin["path"] == target:
+                        lin["lora_error"] = _first_line(exc)
+
+
+def derive(raw: dict[str, Any], *, name: str, log: Any = None, activations: bool = True) -> dict[str, Any]:
+    """The spec JSON of a config.json dict: ModelSpec's fields (planner/models.py) under "spec". Without
+    `activations` the saved-tensor tables are left empty (the structure and parameter counts alone, for tests)."""
     from profiler.spec_structure import (
         all_linear_lora,
         build_meta_model,
@@ -144,21 +212,23 @@ def derive(raw: dict[str, Any], *, name: str, log: Any = None) -> dict[str, Any]
     kinds = layer_kinds(model, config)
     outside = outside_params(model, config)
     firsts = [k["first"] for k in kinds]
-    lora = all_linear_lora(model, firsts, config)
-    for kind in kinds:
+    outside["layer_class"] = type(decoder_layers(model, config)[0]).__name__
+    reduce_to(model, config, firsts)
+    # peft on the reduced model (one layer per kind: position i is kind i); the whole model only costs time
+    lora = all_linear_lora(model, list(range(len(kinds))), config)
+    for i, kind in enumerate(kinds):
         for lin in kind["linears"]:
-            per_rank, as_param = lora.get((kind["first"], lin["path"]), (None, False))
+            per_rank, as_param = lora.get((i, lin["path"]), (None, False))
             lin["in_all_linear"] = per_rank is not None
             if per_rank:
                 lin["lora_per_rank"] = per_rank
             if as_param:
                 lin["lora_param"] = True
                 lin["lora_targetable"] = lin["lora_targetable"] or lin["role"] == "router"
-    outside["layer_class"] = type(decoder_layers(model, config)[0]).__name__
-    reduce_to(model, config, firsts)
     if log:
         log(f"{name}: structure read in {time.perf_counter() - t0:.1f} s ({len(kinds)} layer kinds)")
-    measure(model, config, kinds, log=log)
+    if activations:
+        measure(model, config, kinds, log=log)
     for kind in kinds:
         for lin in kind["linears"]:
             lin.pop("nn_linear", None)

@@ -36,7 +36,7 @@ class LoadedConfig:
     text_config: bool  # taken from a multimodal config's text_config
 
 
-def load_config(raw: dict[str, Any], *, name: str, trust_remote_code: bool = False) -> LoadedConfig:
+def load_config(raw: dict[str, Any], *, name: str) -> LoadedConfig:
     """The transformers config a config.json stands for; a multimodal config (Gemma 3 4B+, Llama 4) gives its
     text model, which is what a text fine-tune trains (the vision tower is not counted)."""
     from transformers import AutoConfig
@@ -44,12 +44,11 @@ def load_config(raw: dict[str, Any], *, name: str, trust_remote_code: bool = Fal
     model_type = raw.get("model_type")
     if not isinstance(model_type, str):
         raise PlanError(f"model '{name}': config.json lacks 'model_type'")
+    # a checkpoint's quantization (DeepSeek-V3's fp8, gpt-oss's MXFP4 experts) is how its weights are stored, not
+    # what a fine-tune trains (ftplan's QLoRA is its own choice); auto_map names remote code, which is never run
+    raw = {k: v for k, v in raw.items() if k not in ("quantization_config", "auto_map")}
     try:
-        if trust_remote_code and "auto_map" in raw:
-            raise PlanError(f"model '{name}': remote code is loaded only from a model directory")
         hf = AutoConfig.for_model(**raw)
-    except PlanError:
-        raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PlanError(f"model '{name}': transformers cannot build model_type {model_type!r} from its config "
                         f"({_first_sentence(exc)}); ftplan reads structures from transformers' own classes and never "
