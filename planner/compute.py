@@ -83,14 +83,23 @@ def layer_linear_flops(m: ModelSpec) -> float:
     layer runs `experts_per_token` of its `num_experts` copies)."""
     total = 0.0
     for lin in m.linears():
-        copies = m.experts_per_token if lin.copies > 1 else 1
-        total += 2.0 * copies * lin.in_features * lin.out_features
+        # the experts each token runs through as transformers dispatches them (planner.model_layers: top-k of the
+        # routed experts; Llama 4's experts run every token through every expert), weighted by the share of the
+        # layers that hold the linear (DeepSeek-V3's dense-first layers)
+        copies = lin.active_copies if lin.copies > 1 else 1
+        total += 2.0 * copies * lin.in_features * lin.out_features * lin.layer_share
     return total
 
 
 def attention_flops(m: ModelSpec, s: int) -> float:
     """Forward FLOPs per token of the attention core: Q K^T and scores x V, 2 x 2 x s x q_dim
-    (Narayanan et al. 2021, eq. 3's s/(6h) term; no causal halving, as in the paper)."""
+    (Narayanan et al. 2021, eq. 3's s/(6h) term; no causal halving, as in the paper). A model read from
+    transformers counts each layer's own head sizes: 2 s a (d_qk + d_v), which multi-head latent attention makes
+    unequal (DeepSeek-V3: 192 and 128). Sliding windows are not taken off: only FlashAttention-2 skips the
+    masked blocks; SDPA's memory-efficient kernel and eager attention compute the full s x s scores."""
+    if m.layer_kinds:
+        return sum(k.count * 2.0 * s * k.attention.heads * (k.attention.qk_head_dim + k.attention.v_head_dim)
+                   for k in m.layer_kinds) / m.num_layers
     return 4.0 * s * m.q_dim
 
 

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
+from planner import moe
 from planner.choices import Attn, GradCkpt, Method
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
@@ -53,6 +54,10 @@ class Gemm:
     k: int
     n: int
     count: int = 1  # identical GEMMs (e.g. the experts a token visits)
+    # one grouped GEMM over `count` groups (transformers' grouped_mm experts, planner/moe.py) rather than
+    # `count` separate launches
+    grouped: bool = False
+    weight: float = 1.0  # share of the decoder layers holding it (DeepSeek-V3's MoE layers: 58 of 61)
 
 
 def wave_efficiency(m: int, n: int, sm_count: int) -> float:
@@ -90,42 +95,59 @@ def narrow_share(n: int, table: tuple[tuple[int, float], ...]) -> float:
 def gemm_time_s(g: Gemm, gpu: GPUSpec, peak_flops_per_s: float, efficiency: float, elem_bytes: float) -> float:
     """Roofline time of one GEMM (NVIDIA GEMM guide, Sec. 2): max(math, memory)."""
     flops = 2.0 * g.m * g.k * g.n
-    shape = wave_efficiency(g.m, g.n, gpu.sm_count) * cpu_gemm_shape(g, gpu)
+    if g.grouped and g.count > 1:  # experts: one grouped kernel, or transformers' loop of one GEMM per expert
+        waves = moe.grouped_wave_efficiency(g.m, g.n, g.count, gpu.sm_count, TILES) if grouped_mm_runs(gpu) \
+            else moe.looped_wave_efficiency(g.m, g.n, gpu.sm_count, TILES)
+    else:
+        waves = wave_efficiency(g.m, g.n, gpu.sm_count)
+    shape = waves * cpu_gemm_shape(g, gpu)
     math_s = flops / (peak_flops_per_s * efficiency * shape)
     memory_s = (g.m * g.k + g.k * g.n + g.m * g.n) * elem_bytes / gpu.hbm_bytes_per_s
-    return g.count * max(math_s, memory_s)
+    return g.weight * g.count * max(math_s, memory_s)
+
+
+def grouped_mm_runs(gpu: GPUSpec) -> bool:
+    """transformers' grouped_mm experts run as one grouped GEMM where torch has the kernel (planner/moe.py)."""
+    return moe.grouped_mm_available(gpu)
 
 
 @cache
 def layer_gemms(m: ModelSpec, tokens: int, method: Method, lora_r: int, lora_targets: tuple[str, ...],
-                trains_weights: bool, tp: int) -> tuple[tuple[Gemm, ...], tuple[Gemm, ...]]:
+                trains_weights: bool, tp: int, ep: int = 1) -> tuple[tuple[Gemm, ...], tuple[Gemm, ...]]:
     """(forward GEMMs, backward GEMMs) of one decoder layer for a micro-batch of `tokens` tokens; TP
     splits each weight's output (column-parallel) or input (row-parallel) dimension t ways."""
     fwd: list[Gemm] = []
     bwd: list[Gemm] = []
     lora = set(resolve_lora_targets(m, lora_targets)) if method is not Method.full else set()
     for lin in m.linears():
-        # an MoE linear: `num_experts` GEMMs, each over the tokens routed to it (experts_per_token of
-        # num_experts on average); a dense one: one GEMM over every token
-        c = m.num_experts if lin.copies > 1 else 1
-        rows = max(1, tokens * m.experts_per_token // m.num_experts) if lin.copies > 1 else tokens
+        # an MoE linear: one GEMM per expert over the tokens routed to it (active of copies on average, as one
+        # grouped GEMM where transformers runs grouped_mm: planner/moe.py); a dense one: one GEMM over every token
+        c = lin.copies
+        rows = max(1, round(tokens * lin.active_copies / lin.copies)) if c > 1 else tokens
         k, n = lin.in_features, max(1, lin.out_features // tp)
-        fwd.append(Gemm(rows, k, n, c))
-        bwd.append(Gemm(rows, n, k, c))  # input gradient
+        grouped, w = c > 1, lin.layer_share
+        if grouped and ep > 1:
+            # expert parallelism: each rank runs its c / ep experts on the tokens the whole group routes to them,
+            # and the step waits for the busiest rank (planner/moe.py load_imbalance_factor)
+            c, rows = max(1, c // ep), rows * ep
+            w *= moe.load_imbalance_factor(tokens, lin.copies, int(lin.active_copies), ep)
+        fwd.append(Gemm(rows, k, n, c, grouped, w))
+        bwd.append(Gemm(rows, n, k, c, grouped, w))  # input gradient
         if trains_weights:
-            bwd.append(Gemm(k, rows, n, c))  # weight gradient
+            bwd.append(Gemm(k, rows, n, c, grouped, w))  # weight gradient
         if lin.name in lora:
             r = lora_r
-            fwd += [Gemm(rows, k, r, c), Gemm(rows, r, n, c)]
+            fwd += [Gemm(rows, k, r, c, grouped, w), Gemm(rows, r, n, c, grouped, w)]
             # input gradients through B and A, weight gradients of A and B
-            bwd += [Gemm(rows, n, r, c), Gemm(rows, r, k, c), Gemm(k, rows, r, c), Gemm(r, rows, n, c)]
+            bwd += [Gemm(rows, n, r, c, grouped, w), Gemm(rows, r, k, c, grouped, w), Gemm(k, rows, r, c, grouped, w),
+                    Gemm(r, rows, n, c, grouped, w)]
     return tuple(fwd), tuple(bwd)
 
 
 def gemm_shape_factor(gemms: tuple[Gemm, ...], gpu: GPUSpec, peak: float, efficiency: float,
                       elem_bytes: float) -> float:
     """Time of the GEMMs over the time their FLOPs take at large-shape efficiency (>= 1)."""
-    flops = sum(2.0 * g.m * g.k * g.n * g.count for g in gemms)
+    flops = sum(2.0 * g.m * g.k * g.n * g.count * g.weight for g in gemms)
     if flops <= 0:
         return 1.0
     actual = sum(gemm_time_s(g, gpu, peak, efficiency, elem_bytes) for g in gemms)

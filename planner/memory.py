@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner import engines
+from planner import engines, moe
 from planner import memory_knobs as knobs
 from planner.activations import (
     derived_layer_fixed_bytes,
@@ -30,6 +30,7 @@ from planner.states import (
     ModelStates,
     StageParams,
     activation_dtype_bytes,
+    compute_copy_bytes,
     grad_dtype_bytes,
     kbit_prepared,
     optimizer_state_bytes_per_param,
@@ -219,6 +220,11 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     items.update(dequantized_weight_items(cfg))
     if eng is engines.fsdp:
         items.update(eng.buffers(cfg, sp, trained, first=first, sixteen_bit_weights=sixteen_bit_weight_bytes(cfg, sp)))
+        if cfg.ep > 1:  # a rank gathers only the experts it owns (planner/moe.py)
+            params_saved, grads_saved = moe.ep_unsharded_saving_bytes(cfg, compute_copy_bytes(cfg.precision))
+            for key, saved in (("FSDP unsharded parameters", params_saved), ("FSDP unsharded gradients", grads_saved)):
+                if key in items:
+                    items[key] = max(0.0, items[key] - saved)
     else:
         items.update(eng.buffers(cfg, sp, trained, first=first))
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)

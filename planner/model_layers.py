@@ -137,7 +137,8 @@ class LayerKind:
                 for regime, modes in sorted(self.saved.items())))
         elif self.saved and not isinstance(self.saved, tuple):
             object.__setattr__(self, "saved", tuple(
-                (regime, tuple((mode, tuple(float(x) for x in v)) for mode, v in modes)) for regime, modes in self.saved))
+                (regime, tuple((mode, tuple(float(x) for x in v)) for mode, v in modes))
+                for regime, modes in self.saved))
         if isinstance(self.stream_bytes, dict):
             object.__setattr__(self, "stream_bytes", tuple(sorted(self.stream_bytes.items())))
         elif self.stream_bytes and not isinstance(self.stream_bytes, tuple):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from planner.errors import PlanError, unknown_name_error
 from planner.model_catalog import ALIASES, HF_CONFIGS
-from planner.model_layers import LayerKind, LinearShape
+from planner.model_layers import LayerKind, LinearShape, layer_kind_to_dict
 
 __all__ = ["LayerKind", "LinearShape", "ModelSpec", "from_name", "from_path", "model_names", "resolve",
            "spec_from_hf_config"]
@@ -254,6 +254,26 @@ def spec_from_hf_config(cfg: dict, *, name: str, source: str = "") -> ModelSpec:
         decoder_layer_class=_LAYER_CLASS[model_type], source=source)
 
 
+# Fields of a model read from transformers, left out of plan.json while they hold their defaults (plans of the
+# hand-written families read exactly as before they existed)
+_DERIVED_FIELDS = ("layer_kinds", "final_norm_params", "extra_params", "attn_kernels", "causal_lm_class",
+                   "text_config", "config_sha256")
+
+
+def model_to_dict(m: ModelSpec) -> dict:
+    """The spec as plan.json carries it: its fields, without the defaults a hand-written family leaves unset."""
+    out = dataclasses.asdict(m)
+    defaults = {f.name: f.default for f in fields(ModelSpec)}
+    for name in (*_DERIVED_FIELDS, "rope_scaling"):
+        if out[name] == defaults[name] or (name == "attn_kernels" and tuple(out[name]) == defaults[name]):
+            del out[name]
+    out["layer_kinds"] = [layer_kind_to_dict(k) for k in m.layer_kinds] if m.layer_kinds else out.pop("layer_kinds",
+                                                                                                      None)
+    if out["layer_kinds"] is None:
+        del out["layer_kinds"]
+    return out
+
+
 def spec_from_config(cfg: dict, *, name: str, source: str = "") -> ModelSpec:
     """A config.json dict as a ModelSpec: the hand-written rule of its family, or the structure read from the
     transformers model (planner/spec_cache.py; derived once per config content, then read from the cache)."""
@@ -276,7 +296,8 @@ def spec_from_dict(data: dict, *, name: str, source: str, config_sha256: str = "
     try:
         return ModelSpec(**values)
     except (TypeError, ValueError) as exc:
-        raise PlanError(f"model '{name}': its derived spec does not load ({exc}); remove the spec cache entry") from None
+        raise PlanError(f"model '{name}': its derived spec does not load ({exc}); remove the spec cache entry"
+                        ) from None
 
 
 def model_names() -> list[str]:

@@ -60,8 +60,8 @@ def active_params(m: ModelSpec) -> int:
     if not m.is_moe:
         return total_params(m)
     if m.layer_kinds:
-        inactive = sum(k.count * lin.in_features * lin.out_features * (lin.copies - k.mlp.top_k)
-                       for k in m.layer_kinds for lin in k.linears if lin.role == "expert")
+        inactive = sum(k.count * (lin.in_features + (1 if lin.bias else 0)) * lin.out_features
+                       * (lin.copies - k.mlp.top_k) for k in m.layer_kinds for lin in k.linears if lin.role == "expert")
         return total_params(m) - inactive
     expert = sum(lin.in_features * lin.out_features for lin in m.linears() if lin.copies > 1)
     inactive = m.num_layers * expert * (m.num_experts - m.experts_per_token)

@@ -3,14 +3,13 @@ config.json fields so a plan made from a local config stays loadable without tha
 
 from __future__ import annotations
 
-import dataclasses
 from enum import Enum
 from typing import Any
 
 from planner import strategy as st
 from planner.errors import PlanError
 from planner.gpus import Cluster, gpu_from_name
-from planner.models import ModelSpec
+from planner.models import ModelSpec, model_to_dict
 from planner.strategy import FLAT_FIELDS, TrainConfig
 
 _ENUMS: dict[str, type[Enum]] = {
@@ -26,9 +25,9 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in cfg.flat().items():
         if name == "model":
-            value = dataclasses.asdict(value)
-            if value["rope_scaling"] is None:  # plans without RoPE scaling read as before it existed
-                del value["rope_scaling"]
+            # without the defaults of the fields a model read from transformers fills (planner.models); plans
+            # without RoPE scaling read as before it existed
+            value = model_to_dict(value)
         elif name == "cluster":
             value = {"gpu": value.gpu.name, "nodes": value.nodes, "gpus_per_node": value.gpus_per_node}
         elif isinstance(value, Enum):
@@ -36,6 +35,8 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
         elif isinstance(value, tuple):
             value = list(value)
         out[name] = value
+    if cfg.ep > 1:  # expert parallelism (planner/moe.py): absent from plans without it
+        out["ep"] = cfg.ep
     return out
 
 
@@ -56,6 +57,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
             elif name == "lora_targets":
                 value = tuple(value)
             kwargs[name] = value
+        if "ep" in data:
+            kwargs["ep"] = int(data["ep"])
         if "model" not in kwargs or "cluster" not in kwargs:
             raise PlanError("plan lacks its 'model' or 'cluster'")
         return TrainConfig(**kwargs)

@@ -94,7 +94,8 @@ def derive_in_subprocess(cfg: dict[str, Any], out: Path, *, name: str) -> None:
                                "--out", str(out)], capture_output=True, text=True, env=env, cwd=root,
                               timeout=DERIVE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise PlanError(f"model '{name}': reading its structure from transformers took over {DERIVE_TIMEOUT_S} s")
+        raise PlanError(f"model '{name}': reading its structure from transformers took over {DERIVE_TIMEOUT_S} s"
+                        ) from None
     finally:
         os.unlink(config_file)
     if proc.returncode != 0 or not out.exists():

@@ -81,6 +81,9 @@ class ParallelLayout:
     pp: int = 1
     pp_schedule: PipeSchedule = PipeSchedule.one_f_one_b
     virtual_stages: int = 1
+    # expert parallelism: the data-parallel ranks split a MoE layer's experts ep ways and send tokens to them
+    # (planner/moe.py); 1 = every rank computes all experts of its tokens
+    ep: int = 1
 
     def dp(self, world: int) -> int:
         return world // (self.tp * self.pp)
@@ -220,6 +223,7 @@ class TrainConfig:
     pp = property(attrgetter("layout.pp"))
     pp_schedule = property(attrgetter("layout.pp_schedule"))
     virtual_stages = property(attrgetter("layout.virtual_stages"))
+    ep = property(attrgetter("layout.ep"))
     micro_batch = property(attrgetter("batch.micro_batch"))
     grad_accum = property(attrgetter("batch.grad_accum"))
     seq_len = property(attrgetter("batch.seq_len"))
@@ -266,6 +270,8 @@ class TrainConfig:
         sp = "SP" if self.sequence_parallel else ""
         parts = [self.strategy_name(), f"TP{self.tp}{sp}", f"PP{self.pp}", f"DP{self.dp}",
                  f"mb{self.micro_batch}", f"ga{self.grad_accum}"]
+        if self.ep > 1:
+            parts.insert(4, f"EP{self.ep}")
         if self.grad_ckpt is not GradCkpt.none:
             parts.append(f"ckpt-{self.grad_ckpt.value}")
         if self.optimizer is not Optimizer.adamw:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner import compute as cp
-from planner import engines
+from planner import engines, moe
 from planner import kernels as kn
 from planner import memory_knobs as knobs
 from planner import offload_time as off
@@ -47,7 +47,7 @@ from planner.strategy import (
 )
 
 BREAKDOWN_KEYS = ("compute", "recompute", "pipeline_bubble", "dequantize", "tp_comm", "pp_comm", "dp_comm",
-                  "offload", "optimizer", "framework")
+                  "ep_comm", "offload", "optimizer", "framework")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -177,13 +177,17 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     tp_s = parallel.tp_comm_s(cfg, stage_layers=fam.stage_layers, comm_eff=comm_eff)
     pp_s = parallel.pp_comm_s(cfg, comm_eff=comm_eff)
 
-    dp_total, dp_exposed, offload_s = _data_parallel(cfg, dp, fam.trainable_gpu, fam.param_bytes_gpu, fwd_s, bwd_s,
-                                                     comm_eff)
+    # expert parallelism: the experts' FSDP traffic runs over dp / ep ranks with 1/ep of them (planner/moe.py)
+    share = moe.ep_gradient_share(cfg)
+    dp_total, dp_exposed, offload_s = _data_parallel(cfg, dp, fam.trainable_gpu * share, fam.param_bytes_gpu * share,
+                                                     fwd_s, bwd_s, comm_eff)
+    ep_s = ga * moe.ep_comm_s(cfg, tokens=mb_tokens, layers=fam.stage_layers, comm_eff=comm_eff)
     offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s)
     offload_s += offload_total + ga * knobs.activation_offload_exposed_s(cfg, fwd_s, bwd_s)
 
     parts = {"compute": compute_s, "recompute": recompute_s, "pipeline_bubble": bubble_s, "dequantize": dequant_s,
-             "tp_comm": tp_s, "pp_comm": pp_s, "dp_comm": dp_exposed, "offload": offload_s, "optimizer": opt_s,
+             "tp_comm": tp_s, "pp_comm": pp_s, "dp_comm": dp_exposed, "ep_comm": ep_s, "offload": offload_s,
+             "optimizer": opt_s,
              "framework": framework_s}
     step_s = sum(parts.values())
     job_tokens = global_batch * sample_tokens
@@ -202,7 +206,7 @@ def _micro_batch_compute_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: flo
     """(compute incl. recompute, recompute) seconds of one micro-batch: FLOPs at large-shape efficiency
     times the GEMM shape factor, plus eager attention's and LoRA's memory traffic (planner/kernels.py)."""
     shape = _shape_factor(cfg.model, cfg.cluster.gpu, tokens, cfg.adapter, cfg.tp, cfg.pp, cfg.precision, fam.peak,
-                          eff)
+                          eff, cfg.ep)
     mb_s = shape * cp.compute_time_s(fam.gpu_flops_tok * tokens, fam.peak, eff)
     mb_s += kn.attention_memory_s(cfg.model, cfg.attn, cfg.micro_batch, cp.tokens_per_sample(cfg), fam.stage_layers,
                                   cfg.tp, _elem_bytes(cfg), cfg.cluster.gpu)
@@ -223,17 +227,17 @@ def _lora_branch_s(cfg: TrainConfig, tokens: int) -> float:
 
 @lru_cache(maxsize=4096)
 def _shape_factor(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, tp: int, pp: int, precision: Precision,
-                  peak: float, eff: float) -> float:
+                  peak: float, eff: float, ep: int = 1) -> float:
     """Time of one micro-batch's GEMMs (decoder layers and LM head) over the time of their FLOPs at
     large-shape efficiency (planner/kernels.py: wave quantization, the CPU's GEMM curve, roofline)."""
     full = adapter.method is Method.full
-    fwd, bwd = kn.layer_gemms(m, tokens, adapter.method, adapter.lora_r, adapter.lora_targets, full, tp)
+    fwd, bwd = kn.layer_gemms(m, tokens, adapter.method, adapter.lora_r, adapter.lora_targets, full, tp, ep)
     v = max(1, m.vocab_size // tp)
     head = (kn.Gemm(tokens, m.hidden_size, v), kn.Gemm(tokens, v, m.hidden_size)) + \
         ((kn.Gemm(m.hidden_size, tokens, v),) if full else ())
     elem = 4.0 if precision is Precision.fp32 else 2.0
     layers = stage_layers(m.num_layers, pp)
-    flops = sum(2.0 * g.m * g.k * g.n * g.count for g in fwd + bwd) * layers + \
+    flops = sum(2.0 * g.m * g.k * g.n * g.count * g.weight for g in fwd + bwd) * layers + \
         sum(2.0 * g.m * g.k * g.n for g in head)
     actual = sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in fwd + bwd) * layers + \
         sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in head)
@@ -244,8 +248,10 @@ def _host_dispatch_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> floa
     """Host time of one micro-batch's eager ops not hidden behind the device (planner/kernels.py): all of
     it on the CPU, where host and device are one; on a GPU only what exceeds the device's work."""
     gpu = cfg.cluster.gpu
-    host_s = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) * \
-        gpu.host_op_s
+    passes = 3 + (1 if cfg.grad_ckpt is GradCkpt.full else 0)
+    ops = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) + \
+        moe.moe_host_ops_per_micro_batch(cfg.model, gpu, layers, passes)
+    host_s = ops * gpu.host_op_s
     return host_s if gpu.sm_count <= 0 else max(0.0, host_s - mb_compute_s)
 
 

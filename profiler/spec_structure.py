@@ -54,7 +54,8 @@ def load_config(raw: dict[str, Any], *, name: str) -> LoadedConfig:
                         f"({_first_sentence(exc)}); ftplan reads structures from transformers' own classes and never "
                         "runs remote code") from None
     text = hf.get_text_config(decoder=True)
-    return LoadedConfig(config=text, model_type=str(getattr(text, "model_type", model_type)), text_config=text is not hf)
+    return LoadedConfig(config=text, model_type=str(getattr(text, "model_type", model_type)),
+                        text_config=text is not hf)
 
 
 def build_meta_model(loaded: LoadedConfig, *, name: str, dtype: Any = None) -> nn.Module:
@@ -67,7 +68,8 @@ def build_meta_model(loaded: LoadedConfig, *, name: str, dtype: Any = None) -> n
             return AutoModelForCausalLM.from_config(loaded.config, **kwargs)
     except Exception as exc:  # transformers raises many types for configs it cannot build
         raise PlanError(f"model '{name}': transformers has no causal-LM class that builds model_type "
-                        f"{loaded.model_type!r} ({_first_sentence(exc)}); ftplan plans decoder-only causal LMs") from None
+                        f"{loaded.model_type!r} ({_first_sentence(exc)}); ftplan plans decoder-only causal LMs"
+                        ) from None
 
 
 def decoder_layers(model: nn.Module, config: Any) -> nn.ModuleList:
@@ -157,9 +159,10 @@ def _linears(layer: nn.Module, hidden: int) -> list[dict[str, Any]]:
                     continue
                 e = p.shape[0]
                 in_f, out_f = _expert_shape(mod, pname, tuple(p.shape), hidden)
+                bias = isinstance(getattr(mod, f"{pname}_bias", None), nn.Parameter)
                 out.append({"name": f"{path.split('.')[-1]}.{pname}", "path": f"{path}.{pname}", "in_features": in_f,
-                            "out_features": out_f, "bias": isinstance(getattr(mod, f"{pname}_bias", None), nn.Parameter),
-                            "copies": int(e), "lora_targetable": False, "role": "expert"})
+                            "out_features": out_f, "bias": bias, "copies": int(e), "lora_targetable": False,
+                            "role": "expert"})
             continue
         parent = path.rsplit(".", 1)[0] if "." in path else ""
         sibling_experts = [ep for ep in experts if (ep.rsplit(".", 1)[0] if "." in ep else "") == parent]

@@ -8,7 +8,8 @@ from planner.timing import JobTime, StepTime
 
 _LABELS = {"compute": "compute", "recompute": "recompute (checkpointing)", "pipeline_bubble": "pipeline bubble",
            "dequantize": "QLoRA dequantization", "tp_comm": "tensor-parallel comm", "pp_comm": "pipeline p2p",
-           "dp_comm": "data-parallel comm (exposed)", "offload": "offload (PCIe, CPU Adam, NVMe)",
+           "dp_comm": "data-parallel comm (exposed)", "ep_comm": "expert-parallel all-to-all",
+           "offload": "offload (PCIe, CPU Adam, NVMe)",
            "optimizer": "optimizer step (GPU)", "framework": "framework (op dispatch, ZeRO-3/FSDP hooks)"}
 BAR_WIDTH = 24
 

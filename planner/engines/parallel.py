@@ -29,6 +29,10 @@ def problems(cfg: TrainConfig) -> list[str]:
         out.append(f"interleaved schedule needs layers ({m.num_layers}) divisible by PP x virtual stages")
     if cfg.sequence_parallel and cfg.tp == 1:
         out.append("sequence parallelism needs TP > 1")
+    if cfg.ep > 1:
+        from planner.moe import ep_problems
+
+        out += ep_problems(cfg)
     return out
 
 

@@ -156,7 +156,8 @@ def test_a_users_config_goes_through_the_subprocess_and_the_cache(tmp_path: Path
 def test_an_architecture_that_cannot_be_planned_gets_one_line(tmp_path: Path, raw: dict, needle: str) -> None:
     (tmp_path / "config.json").write_text(json.dumps(raw))
     env_cache = tmp_path / "cache"
-    proc = subprocess.run([sys.executable, "-m", "ftplan", "estimate", "--model", str(tmp_path), "--gpus", "1xA100-80G"],
+    proc = subprocess.run([sys.executable, "-m", "ftplan", "estimate", "--model", str(tmp_path),
+                           "--gpus", "1xA100-80G"],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "FTPLAN_SPEC_CACHE": str(env_cache)})
     assert proc.returncode == 2, proc.stderr
