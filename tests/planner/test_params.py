@@ -35,8 +35,10 @@ def hf_config(name: str):
     raw = dict(HF_CONFIGS[name])
     model_type = raw["model_type"]
     kw = {k: v for k, v in raw.items() if k not in _DROP}
-    if model_type in ("llama", "mistral", "mixtral", "qwen2", "bloom"):
-        return transformers.AutoConfig.for_model(model_type, **kw)
+    if model_type not in ("baichuan", "chatglm"):  # transformers' own classes (for a multimodal excerpt, its text)
+        from profiler.spec_structure import load_config
+
+        return load_config(raw, name=name).config
     if model_type == "baichuan":
         # Proxy: Baichuan2's W_pack (h -> 3h, no bias) holds exactly the q, k, v weights of a LlamaConfig
         # with the same dims (MHA, no bias); everything else (RMSNorm, SwiGLU, untied head) is Llama's.
@@ -129,7 +131,8 @@ LORA_CASES = [
     ("qwen2.5-7b", 16, ("all",)),
     ("bloom-7b1", 8, ("query_key_value",)),
     ("bloom-7b1", 4, ("all",)),
-    ("mixtral-8x7b", 8, ("all",)),  # attention + router; fused expert tensors are not nn.Linear
+    ("mixtral-8x7b", 8, ("all",)),  # attention, and router and fused experts adapted as parameters
+    ("mixtral-8x7b", 8, ("q_proj", "gate")),  # the router alone, as a parameter
 ]
 
 
@@ -139,8 +142,11 @@ def test_lora_trainable_equal_peft(name: str, r: int, targets: tuple[str, ...]) 
     peft = pytest.importorskip("peft")
     m = from_name(name)
     model = meta_model(hf_config(name))
-    config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(resolve_lora_targets(m, targets)),
-                             lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    # "all" is peft's all-linear, as the runner and the dry run pass it (for Mixtral peft also adapts the fused
+    # experts as parameters)
+    modules = "all-linear" if targets == ("all",) else list(resolve_lora_targets(m, targets))
+    config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules, lora_dropout=0.0, bias="none",
+                             task_type="CAUSAL_LM")
     with torch.device("meta"):
         wrapped = peft.get_peft_model(model, config)
     trainable, total = wrapped.get_nb_trainable_parameters()
