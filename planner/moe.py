@@ -201,3 +201,24 @@ def ep_comm_s(cfg: TrainConfig, *, tokens: int, layers: int, comm_eff: float) ->
     message *= load_imbalance_factor(tokens, m.num_experts, m.experts_per_token, cfg.ep)
     calls = all_to_alls_per_layer(cfg.grad_ckpt.value == "full")
     return moe_layers(m, layers) * calls * all_to_all_time_s(message, cfg.ep, link, alpha)
+
+
+def overlapped_ep_comm_s(all_to_all_s: float, expert_compute_s: float) -> float:
+    """Exposed all-to-all when the dispatch overlaps expert compute (DeepEP's normal kernels, Zhao et al. 2025,
+    DeepEP README: communication runs on separate SMs beside the computation of other micro-batch chunks): what
+    exceeds the compute it can hide behind. transformers 5.25's own expert parallelism calls the collectives in
+    line (all_to_all_single_autograd), so planned EP plans count the all-to-all whole (`ep_comm_s`); this is for
+    comparing with engines that overlap (tests/validation/test_moe_throughput.py)."""
+    return max(0.0, all_to_all_s - expert_compute_s)
+
+
+def expert_compute_share(m: ModelSpec) -> float:
+    """Share of a layer's forward linear FLOPs in its experts (routed and shared): the compute an overlapped
+    dispatch can hide behind."""
+    total = expert = 0.0
+    for lin in m.linears():
+        flops = lin.layer_share * lin.active_copies * lin.in_features * lin.out_features
+        total += flops
+        if lin.role in ("expert", "shared_expert"):
+            expert += flops
+    return expert / total if total else 0.0
