@@ -120,10 +120,19 @@ def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, li
                                 for ckpt in space.grad_ckpts for attn in space.attns]
                     if not variants:
                         continue
-                    layout = replace(base.layout, tp=tp, pp=pp)
-                    for opt in space.optimizers:
-                        yield ({"adapter": adapter, "precision": precision, "engine_choice": engine_choice,
-                                "layout": layout, "optimizer": opt}, variants)
+                    for ep in _ep_degrees(base, engine_choice, tp, pp, dp):
+                        layout = replace(base.layout, tp=tp, pp=pp, ep=ep)
+                        for opt in space.optimizers:
+                            yield ({"adapter": adapter, "precision": precision, "engine_choice": engine_choice,
+                                    "layout": layout, "optimizer": opt}, variants)
+
+
+def _ep_degrees(base: TrainConfig, engine_choice: EngineChoice, tp: int, pp: int, dp: int) -> tuple[int, ...]:
+    """Expert-parallel degrees searched: for a MoE model on FSDP without TP or PP, the powers of two that divide
+    both its experts and the data-parallel ranks (planner/moe.py); 1 elsewhere."""
+    if not base.model.is_moe or engine_choice.engine is not Engine.fsdp or tp > 1 or pp > 1:
+        return (1,)
+    return tuple(e for e in _powers_of_two(dp) if base.model.num_experts % e == 0)
 
 
 def _base_fields(base: TrainConfig) -> dict:
