@@ -50,9 +50,9 @@ def load_config(raw: dict[str, Any], *, name: str) -> LoadedConfig:
     try:
         hf = AutoConfig.for_model(**raw)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise PlanError(f"model '{name}': transformers cannot build model_type {model_type!r} from its config "
-                        f"({_first_sentence(exc)}); ftplan reads structures from transformers' own classes and never "
-                        "runs remote code") from None
+        raise PlanError(f"model '{name}': model_type {model_type!r} is not supported: transformers cannot build it "
+                        f"from its config ({_first_sentence(exc)}); ftplan reads structures from transformers' own "
+                        "classes and never runs remote code") from None
     text = hf.get_text_config(decoder=True)
     return LoadedConfig(config=text, model_type=str(getattr(text, "model_type", model_type)),
                         text_config=text is not hf)
@@ -67,8 +67,8 @@ def build_meta_model(loaded: LoadedConfig, *, name: str, dtype: Any = None) -> n
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(loaded.config, **kwargs)
     except Exception as exc:  # transformers raises many types for configs it cannot build
-        raise PlanError(f"model '{name}': transformers has no causal-LM class that builds model_type "
-                        f"{loaded.model_type!r} ({_first_sentence(exc)}); ftplan plans decoder-only causal LMs"
+        raise PlanError(f"model '{name}': model_type {loaded.model_type!r} is not supported: transformers has no "
+                        f"causal-LM class for it ({_first_sentence(exc)}); ftplan plans decoder-only causal LMs"
                         ) from None
 
 
