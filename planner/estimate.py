@@ -19,9 +19,9 @@ from planner.timing import StepTime, step_time
 TIGHT_FRACTION = 0.90
 
 
-def is_tight(total_bytes: float, gpu_bytes: float, fits: bool) -> bool:
-    """A plan that fits with less than 10% of the GPU to spare."""
-    return fits and total_bytes > TIGHT_FRACTION * gpu_bytes
+def is_tight(device_bytes: float, gpu_bytes: float, fits: bool) -> bool:
+    """A plan that fits with less than 10% of the GPU to spare (device reading, allocator cache included)."""
+    return fits and device_bytes > TIGHT_FRACTION * gpu_bytes
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,8 +57,8 @@ def fit_failures(cfg: TrainConfig, mem: MemoryBreakdown, limits: Limits) -> tupl
     """Every capacity the configuration exceeds, GPU memory first."""
     out = []
     usable = cfg.cluster.gpu.hbm_bytes * (1 - limits.headroom_fraction)
-    if mem.total > usable:
-        out.append(FitFailure(kind=FitKind.gpu_memory, needed_bytes=mem.total, available_bytes=usable))
+    if mem.fit_bytes > usable:
+        out.append(FitFailure(kind=FitKind.gpu_memory, needed_bytes=mem.fit_bytes, available_bytes=usable))
     host_limit = limits.host_bytes_per_node if limits.host_bytes_per_node is not None else default_host_bytes(cfg)
     if mem.host_bytes > host_limit:
         out.append(FitFailure(kind=FitKind.host_memory, needed_bytes=mem.host_bytes, available_bytes=host_limit))
@@ -97,7 +97,7 @@ class Estimate:
 
     @property
     def tight(self) -> bool:
-        return is_tight(self.memory.total, self.gpu_memory_bytes, self.fits)
+        return is_tight(self.memory.device_wanted, self.gpu_memory_bytes, self.fits)
 
 
 def trainable_params(cfg: TrainConfig) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner import engines
+from planner import allocator, engines, nccl_memory
 from planner import memory_knobs as knobs
 from planner.activations import (
     hf_layer_bytes_per_token,
@@ -48,6 +48,12 @@ CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
 # forward (tests/validation/test_memory_zero_step_measured.py).
 BACKWARD_ONLY_ITEMS = ("logits and loss", "dequantized weight", "autocast weight copies",
                        "ZeRO-3 gathered parameters", "ZeRO-3 parameters kept for backward")
+# Buffers made once and reused every step (DDP's buckets, DeepSpeed's bucket and flat buffers): laid out once, they
+# do not fragment the caching allocator; every other "other" item is allocated and freed within a step.
+PERSISTENT_ITEMS = ("DDP gradient buckets", "ZeRO buckets (overlap_comm)", "ZeRO-3 reduce bucket",
+                    "ZeRO-3 persistent parameters")
+# What a GPU holds besides the tensors (the three readings: allocated <= reserved <= device)
+NOT_ALLOCATED_ITEMS = ("allocator reserve", "CUDA context and workspaces", "NCCL communicator buffers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +67,43 @@ class MemoryBreakdown:
     other_items: dict[str, float] = field(default_factory=dict)
     host_bytes: float = 0.0  # per node, for offload
     nvme_bytes: float = 0.0  # per node, for NVMe offload
+    # the caching allocator's reserve on a card with room for it (the reserve item is capped at the card)
+    reserve_wanted: float = 0.0
 
     @property
     def total(self) -> float:
+        """The device reading (what nvidia-smi shows the process holding): the fit verdict's figure."""
         return self.weights + self.gradients + self.optimizer + self.activations + self.other
+
+    @property
+    def allocated(self) -> float:
+        """`torch.cuda.max_memory_allocated`: the tensors at the peak."""
+        return self.total - sum(self.other_items.get(k, 0.0) for k in NOT_ALLOCATED_ITEMS)
+
+    @property
+    def reserved(self) -> float:
+        """`torch.cuda.max_memory_reserved`: the tensors plus the caching allocator's unusable free blocks."""
+        return self.allocated + self.other_items.get("allocator reserve", 0.0)
+
+    @property
+    def device(self) -> float:
+        """nvidia-smi's memory in use: reserved + the CUDA context + NCCL's buffers outside the allocator."""
+        return self.total
+
+    @property
+    def device_wanted(self) -> float:
+        """The device reading if the card had room for the whole cache: above the card, the allocator frees and
+        retries (slow, and fragmentation can still end it in an out-of-memory error): a tight plan."""
+        return self.total - self.other_items.get("allocator reserve", 0.0) + self.reserve_wanted
+
+    @property
+    def fit_bytes(self) -> float:
+        """What must fit on the card: the tensors, the CUDA context, NCCL's buffers and the part of the allocator's
+        reserve it cannot release when memory runs short (planner.allocator.RETAINED_RESERVE_FRACTION)."""
+        return self.allocated + self.total - self.reserved + allocator.RETAINED_RESERVE_FRACTION * self.reserve_wanted
+
+    def readings(self) -> dict[str, int]:
+        return {"allocated": round(self.allocated), "reserved": round(self.reserved), "device": round(self.device)}
 
     def as_dict(self) -> dict[str, int]:
         return {"weights": round(self.weights), "gradients": round(self.gradients),
@@ -230,14 +269,14 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     gpu = cfg.cluster.gpu
     grads = states.gradients
     base = states.weights + grads + states.optimizer
-    backward_only = BACKWARD_ONLY_ITEMS + knobs.fsdp2_backward_only_items(cfg)
+    backward_only = BACKWARD_ONLY_ITEMS + knobs.fsdp_backward_only_items(cfg)
     buffers = sum(v for k, v in items.items() if k not in backward_only)
     transient = sum(v for k, v in items.items() if k in backward_only)
     # phase "backward": with accumulation, the gradients of earlier micro-batches are resident
     phase_a = base - grads + grads_in_backward + activations + buffers + transient
     phase_b = base + buffers
     phase_c = base + buffers + sum(step_items.values())
-    phase, peak = max((("backward", phase_a), ("gradients", phase_b), ("optimizer", phase_c)), key=lambda x: x[1])
+    phase = max((("backward", phase_a), ("gradients", phase_b), ("optimizer", phase_c)), key=lambda x: x[1])[0]
     if phase == "backward":
         other_items = dict(items)
         grads_shown, acts = grads_in_backward, activations
@@ -246,8 +285,16 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         if phase == "optimizer":
             other_items.update(step_items)
         grads_shown, acts = grads, 0.0
-    other_items["CUDA context and workspaces"] = float(gpu.runtime_overhead_bytes)
-    other_items["allocator reserve"] = gpu.allocator_reserve_fraction * peak
+    tensors = states.weights + grads_shown + states.optimizer + acts + sum(other_items.values())
+    transient = acts + sum(v for k, v in other_items.items() if k not in PERSISTENT_ITEMS)
+    context, nccl = float(gpu.runtime_overhead_bytes), nccl_memory.nccl_bytes(cfg)
+    wanted = allocator.reserve_bytes(cfg, transient)
+    # the cache grows only while the card has room: a failed cudaMalloc makes the allocator free its cached
+    # blocks and retry before it reports out of memory (c10/cuda/CUDACachingAllocator.cpp, `malloc`:
+    # release_cached_blocks), so reserved memory stops at the card less what lives outside the allocator
+    other_items["allocator reserve"] = min(wanted, max(0.0, gpu.hbm_bytes - context - nccl - tensors))
+    other_items["CUDA context and workspaces"] = context
+    other_items["NCCL communicator buffers"] = nccl
     other = sum(other_items.values())
 
     ranks_per_node = cfg.cluster.gpus_per_node
@@ -262,4 +309,4 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         * ranks_per_node
     return MemoryBreakdown(weights=states.weights, gradients=grads_shown, optimizer=states.optimizer,
                            activations=acts, other=other, phase=phase, other_items=other_items, host_bytes=host,
-                           nvme_bytes=nvme)
+                           nvme_bytes=nvme, reserve_wanted=wanted)

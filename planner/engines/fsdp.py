@@ -100,10 +100,13 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
 
 
 def grads_live_in_backward(cfg: TrainConfig) -> bool:
-    """FSDP1's FlatParameter gradient shards exist when backward starts (the previous CPU profiling); FSDP2
-    reduce-scatters each unit's gradients into fresh shards as backward reaches it (torch/distributed/fsdp/
-    _fully_shard/_fsdp_param_group.py, post_backward), so with one micro-batch none exist yet."""
-    return (is_sharded(cfg) and cfg.fsdp_version is FsdpVersion.ONE) or cfg.grad_accum > 1
+    """Gradient shards exist at backward's start only when earlier micro-batches accumulated them. The Trainer's
+    `model.zero_grad()` sets them to None after each step (set_to_none); FSDP1 allocates a unit's fp32 shard when
+    its reduce-scatter lands (torch/distributed/fsdp/_runtime_utils.py `_accumulate_sharded_grad`:
+    `flat_param._saved_grad_shard = sharded_grad`), FSDP2 reduce-scatters into fresh shards
+    (_fully_shard/_fsdp_param_group.py, post_backward -> foreach_reduce): with one micro-batch neither holds any
+    when backward starts (measured on 2 CPU ranks for both: tests/validation/test_memory_sharded_measured.py)."""
+    return cfg.grad_accum > 1
 
 
 def master_bytes(cfg: TrainConfig) -> float:

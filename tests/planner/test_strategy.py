@@ -115,7 +115,7 @@ def test_fit_failures_are_data() -> None:
     est = estimate(build_config(model="70b", gpus="1xA800", method=Method.full))
     (failure,) = est.fit_failures
     assert failure.kind is FitKind.gpu_memory and not est.fits
-    assert failure.needed_bytes == est.memory.total > failure.available_bytes == est.gpu_memory_bytes
+    assert failure.needed_bytes == est.memory.fit_bytes > failure.available_bytes == est.gpu_memory_bytes
     offloaded = estimate(build_config(model="70b", gpus="1xA800", method=Method.full, zero=3, offload=Offload.all),
                          Limits(host_bytes_per_node=2**30))
     assert [f.kind for f in offloaded.fit_failures] == [FitKind.host_memory]
