@@ -254,6 +254,14 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items.update(eng.buffers(cfg, sp, trained, first=first, sixteen_bit_weights=sixteen_bit_weight_bytes(cfg, sp)))
     else:
         items.update(eng.buffers(cfg, sp, trained, first=first))
+    window = items.pop("FSDP unsharded layers", 0.0)
+    if window:
+        # the last layer's backward begins once the head's is over: its window and the logits are never live
+        # together, and by the end of the window that layer's own activations are freed
+        exposed = max(0.0, window - activations / max(1, sp.trainable_layers))
+        if exposed > items.get("logits and loss", 0.0):
+            items.pop("logits and loss", None)
+            items["FSDP unsharded layers"] = exposed
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)
     step_items = eng.step_items(cfg, trained, n, state_bytes)
     if cal.overhead_multiplier != 1.0:

@@ -118,8 +118,13 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
         # partition, plus ZeRO-1/2's 16-bit CPU accumulation buffers only when several micro-batches
         # accumulate (stage_1_and_2.py, copy_grads_in_partition -> async_accumulate_grad_in_cpu_via_gpu);
         # ZeRO-3 keeps its 16-bit gradient partition on the host either way (stage3.py).
-        host_16bit = 2.0 if (zero is ZeroStage.WEIGHTS or cfg.grad_accum > 1) else 0.0
-        host = trained * (host_16bit + fp32_grad) / n
+        # The fp32 gradient partition the offloaded optimizer reads is allocated up front in every precision
+        # (stage3.py `initialize_optimizer_states`: `subgroup_gradient_buffer = torch.zeros(num_elements,
+        # dtype=gradient_dtype)`, the fp32 partition's dtype; stage_1_and_2.py pins a zeros buffer for
+        # `single_partition_of_fp32_groups[i].grad`): measured on 2 CPU ranks with fp32 weights
+        # (tests/validation/test_memory_sharded_measured.py).
+        host_16bit = c16 if (zero is ZeroStage.WEIGHTS or cfg.grad_accum > 1) else 0.0
+        host = trained * (host_16bit + 4.0) / n
         return (trained * 2 if zero is ZeroStage.OPTIMIZER_STATES else 0.0), host
     return grads, 0.0
 
