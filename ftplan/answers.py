@@ -147,9 +147,12 @@ class PlanAnswer:
             if self.size is not None and est.time is not None:
                 entry["job"] = job_to_dict(job_time(est.time, est.config, self.size))
             plans.append(entry)
+        from planner.search import recommendation_to_dict
+
         r = self.result
         return {"plans": plans, "candidates_evaluated": r.candidates_evaluated, "valid": r.valid,
-                "fitting": len(r.plans), "rejected": r.rejected}
+                "fitting": len(r.plans), "rejected": r.rejected,
+                "recommendation": recommendation_to_dict(r.recommendation)}
 
 
 def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, seq_len: int = 2048,
@@ -185,7 +188,9 @@ def plan_answer(*, model: str, gpus: str, method: list[Method] | None = None, se
     size = job_size(tokens, samples, epochs)
     result = plan(base, space, limits_from(host_memory, nvme, headroom), load_calibration(calibration))
     if not include_unrunnable:  # the winner (and --emit's pick) is a plan `ftplan run` executes
-        result = dataclasses.replace(result, plans=runnable_first(result.plans))
+        from planner.search import with_recommendation
+
+        result = with_recommendation(dataclasses.replace(result, plans=runnable_first(result.plans)))
     return PlanAnswer(result, size, top, all_plans)
 
 

@@ -135,6 +135,9 @@ def estimate_to_dict(est: Estimate) -> dict[str, Any]:
         "fit_reasons": list(est.fit_reasons),
         "peak_phase": mem.phase,
         "memory_per_gpu_bytes": mem.as_dict(),
+        # torch.cuda.max_memory_allocated, max_memory_reserved, and nvidia-smi's memory in use (planner/memory.py)
+        "memory_readings_bytes": mem.readings(),
+        "fit_bytes": round(mem.fit_bytes),  # what the fit verdict compares with the GPU (less --headroom)
         "other_bytes": {k: round(v) for k, v in mem.other_items.items()},
         "host_memory_bytes_per_node": round(mem.host_bytes),
         "nvme_bytes_per_node": round(mem.nvme_bytes),

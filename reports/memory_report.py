@@ -37,6 +37,13 @@ def memory_table(est: Estimate, title: str | None = None) -> Table:
     return table
 
 
+def readings_line(est: Estimate) -> Text:
+    """The three readings a GPU run reports: max_memory_allocated, max_memory_reserved, nvidia-smi."""
+    mem = est.memory
+    return Text(f"readings per GPU: allocated {gib(mem.allocated)}, reserved {gib(mem.reserved)}, "
+                f"device (nvidia-smi) {gib(mem.device)}; the fit needs {gib(mem.fit_bytes)}")
+
+
 def estimate_view(est: Estimate) -> Group:
     cfg = est.config
     head = Text.assemble(
@@ -44,7 +51,7 @@ def estimate_view(est: Estimate) -> Group:
         f"  params {params(est.params_total)}, trainable {params(est.params_trainable)}  ",
         ("fits" if est.fits else "does NOT fit", "green" if est.fits else "red bold"),
         (" (tight: above 90% of the GPU)" if est.tight else "", "yellow bold"))
-    parts = [head, memory_table(est)]
+    parts = [head, memory_table(est), readings_line(est)]
     if est.memory.host_bytes:
         parts.append(Text(f"host memory for offload: {gib(est.memory.host_bytes)} per node"))
     if est.memory.nvme_bytes:

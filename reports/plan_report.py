@@ -65,9 +65,26 @@ def plan_view(result: PlanResult, per_method: int, job: JobTime | None = None, r
 
     order = "ranked by tokens/s, plans `ftplan run` executes first" if runnable_first else "ranked by tokens/s"
     win = f"Winner: {cfg.method.value} {cfg}" + ("" if runnable(cfg) else " (not run by `ftplan run`)")
-    return Group(head, ranking_table(result, per_method, f"Best plans per method ({order})"),
-                 memory_table(best, title=win),
+    parts = [head, ranking_table(result, per_method, f"Best plans per method ({order})")]
+    rec = result.recommendation
+    if rec is not None:
+        parts.append(recommendation_line(rec))
+    return Group(*parts, memory_table(best, title=win),
                  time_table(t, f"Winner's step time: {cfg.method.value} {cfg}", job))
+
+
+def recommendation_line(rec) -> Text:
+    """Why the winner is the winner: the fastest plan with headroom, or a tight one and by how much it is faster."""
+    plan = rec.plan
+    fill = 100 * plan.memory.device_wanted / plan.gpu_memory_bytes
+    line = Text.assemble(("Recommended: ", "bold"), f"{plan.config.method.value} {plan.config} ({fill:.0f}% of the GPU"
+                         f"{', tight' if plan.tight else ''}): {rec.reason}.")
+    if rec.fastest is not plan:
+        fastest = rec.fastest
+        line.append(f" Fastest: {fastest.config.method.value} {fastest.config} "
+                    f"({100 * fastest.memory.device_wanted / fastest.gpu_memory_bytes:.0f}% of the GPU, tight).",
+                    style="yellow")
+    return line
 
 
 def plans_json(result: PlanResult, top: int) -> dict:
