@@ -19,12 +19,15 @@ from planner.strategy import Method
 class EstimateAnswer:
     est: Estimate
     job: Any  # planner.timing.JobTime | None
+    limit: Any = None  # planner.limits.Limit | None (--solve)
 
     def json(self) -> dict[str, Any]:
         from planner.estimate import estimate_to_dict
+        from planner.limits import limit_to_dict
         from planner.timing import job_to_dict
 
-        return {**estimate_to_dict(self.est), **({"job": job_to_dict(self.job)} if self.job else {})}
+        return {**estimate_to_dict(self.est), **({"job": job_to_dict(self.job)} if self.job else {}),
+                **({"limit": limit_to_dict(self.limit)} if self.limit is not None else {})}
 
 
 def _job_size(opts: Options) -> Any:
@@ -41,9 +44,19 @@ def estimate_answer(opts: Options) -> EstimateAnswer:
 
     cfg = config_from(opts)
     size = _job_size(opts)
-    est = estimate(cfg, limits_from(opts.limits), load_calibration(opts.limits.calibration))
+    limits, cal = limits_from(opts.limits), load_calibration(opts.limits.calibration)
+    est = estimate(cfg, limits, cal)
     job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
-    return EstimateAnswer(est, job)
+    return EstimateAnswer(est, job, _solved(opts, cfg, limits, cal))
+
+
+def _solved(opts: Options, cfg: Any, limits: Any, cal: Any) -> Any:
+    """--solve: the limit of `cfg` (planner.limits.solve), or None when not asked."""
+    if opts.solve.solve is None or cfg is None:
+        return None
+    from planner.limits import solve
+
+    return solve(cfg, opts.solve.solve, limits, cal)
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ class PlanAnswer:
     size: Any  # planner.timing.JobSize | None
     top: int
     all_plans: bool
+    limit: Any = None  # planner.limits.Limit | None: --solve, of the recommended plan
 
     @property
     def job(self) -> Any:
@@ -87,9 +101,14 @@ class PlanAnswer:
         from planner.search import recommendation_to_dict
 
         r = self.result
-        return {"plans": plans, "candidates_evaluated": r.candidates_evaluated, "valid": r.valid,
-                "fitting": len(r.plans), "rejected": r.rejected,
-                "recommendation": recommendation_to_dict(r.recommendation)}
+        from planner.limits import limit_to_dict
+
+        out = {"plans": plans, "candidates_evaluated": r.candidates_evaluated, "valid": r.valid,
+               "fitting": len(r.plans), "rejected": r.rejected,
+               "recommendation": recommendation_to_dict(r.recommendation)}
+        if self.limit is not None:
+            out["limit"] = limit_to_dict(self.limit)
+        return out
 
 
 def plan_answer(opts: Options) -> PlanAnswer:
@@ -110,12 +129,14 @@ def plan_answer(opts: Options) -> PlanAnswer:
                          or (opts.strategy.optimizer,),
                          attns=parse_choices(search.attns, Attn, "--attns") or SearchSpace().attns)
     size = _job_size(opts)
-    result = plan(base, space, limits_from(opts.limits), load_calibration(opts.limits.calibration))
+    limits, cal = limits_from(opts.limits), load_calibration(opts.limits.calibration)
+    result = plan(base, space, limits, cal)
     if not search.include_unrunnable:  # the winner (and --emit's pick) is a plan `ftplan run` executes
         from planner.search import with_recommendation
 
         result = with_recommendation(dataclasses.replace(result, plans=runnable_first(result.plans)))
-    return PlanAnswer(result, size, opts.show.top, opts.show.all_plans)
+    best = result.plans[0].config if result.plans else None
+    return PlanAnswer(result, size, opts.show.top, opts.show.all_plans, _solved(opts, best, limits, cal))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ A new option goes into the group it belongs to, as `name: type = option(default,
 - `Switches`: the memory switches (planner.strategy);
 - `SearchArgs`: what `plan` searches (methods, global batch, optimizers, attentions);
 - `LimitArgs`: memory beside the GPU, headroom, the calibration and device-fit files;
-- `JobArgs`: job size for time and GPU-hours; `ShowArgs`: how many plans the answer lists.
+- `JobArgs`: job size for time and GPU-hours; `ShowArgs`: how many plans the answer lists;
+- `SolveArgs`: a limit to solve for (the longest sequence or the largest micro-batch that fits).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from planner.choices import (
     Stage,
 )
 from planner.fields import option
+from planner.limits import Knob
 from planner.strategy import LORA_DROPOUT, Switches
 
 
@@ -150,6 +152,18 @@ class ShowArgs:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SolveArgs:
+    """A limit the answer solves for (planner.limits): for `estimate` of its configuration, for `plan` of the
+    recommended plan."""
+
+    solve: Knob | None = option(None, help=(
+        "Also find the largest value of this knob that fits, the rest held: seq-len (the longest sequence) or "
+        "micro-batch."))
+
+    PANEL: ClassVar[str] = "Output"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ScaleArgs:
     """`scale`: the GPU type and the largest count."""
 
@@ -190,6 +204,7 @@ class Options:
     limits: LimitArgs = field(default_factory=LimitArgs)
     job: JobArgs = field(default_factory=JobArgs)
     show: ShowArgs = field(default_factory=ShowArgs)
+    solve: SolveArgs = field(default_factory=SolveArgs)
 
 
 def is_group(cls: Any) -> bool:

@@ -59,3 +59,18 @@ def estimate_view(est: Estimate) -> Group:
     for reason in est.fit_reasons:
         parts.append(Text(f"✗ {reason}", style="red"))
     return Group(*parts)
+
+
+def limit_line(lim) -> Text:
+    """--solve's answer (planner.limits.Limit): the value that fits, and what one step more needs."""
+    what = "longest sequence" if lim.knob.value == "seq-len" else "largest micro-batch"
+    unit = "tokens" if lim.knob.value == "seq-len" else "sequences"
+    if lim.value is None:
+        return Text(f"{what} that fits: none (at 1 it needs {gib(lim.above.memory.fit_bytes)} per GPU)", style="red")
+    out = Text.assemble((f"{what.capitalize()} that fits: {lim.value:,} {unit}", "bold"),
+                        f" ({gib(lim.at_value.memory.fit_bytes)} needed per GPU")
+    if lim.above is not None:
+        out.append(f"; at {lim.value + lim.step:,}: {gib(lim.above.memory.fit_bytes)}, does not fit)")
+    else:
+        out.append(f"; bounded by {lim.bound})")
+    return out
