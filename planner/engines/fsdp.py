@@ -1,6 +1,7 @@
 """PyTorch FSDP through accelerate's config, FSDP2 by default (FSDP1 with --fsdp-version 1): FULL_SHARD,
-SHARD_GRAD_OP, and with FSDP1 HYBRID_SHARD (shard within a node, replicate across nodes) and NO_SHARD
-(DDP), with CPU offload of parameters, gradients and optimizer together (torch.distributed.fsdp.CPUOffload).
+SHARD_GRAD_OP, HYBRID_SHARD (shard within a node, replicate across nodes: FSDP1's strategy, FSDP2's `fully_shard`
+over a 2-D DeviceMesh (replicate, shard)) and, with FSDP1, NO_SHARD (DDP), with CPU offload of parameters,
+gradients and optimizer together (torch.distributed.fsdp.CPUOffload, FSDP2's CPUOffloadPolicy).
 One decoder layer per unit (the transformer auto-wrap policy), the embedding, final norm and head in the
 root unit."""
 
@@ -49,10 +50,11 @@ def problems(cfg: TrainConfig) -> list[str]:
                    "express (use DeepSpeed AutoTP with ZeRO-1/2)")
     if cfg.method is Method.qlora and cfg.quant is not Quant.nf4:
         out.append("QLoRA with FSDP needs nf4 with bnb_4bit_quant_storage (int8 cannot be sharded)")
-    if cfg.fsdp_version is FsdpVersion.TWO and cfg.fsdp in (FsdpStrategy.hybrid_shard, FsdpStrategy.no_shard):
+    if cfg.fsdp_version is FsdpVersion.TWO and cfg.fsdp is FsdpStrategy.no_shard:
         # accelerate's FSDP2 plugin takes reshard_after_forward (a bool) only; the Trainer raises for the
-        # other strategies (transformers/training_args.py, _apply_legacy_fsdp_to_config)
-        out.append(f"FSDP2 shards fully or per step only; {cfg.fsdp.value} needs --fsdp-version 1")
+        # other strategies (transformers/training_args.py, _apply_legacy_fsdp_to_config). Hybrid sharding is
+        # FSDP2's 2-D device mesh instead (accelerate's parallelism_config, planner/configs/accelerate_config.py)
+        out.append(f"FSDP2 shards fully, per step, or hybrid over a 2-D mesh; {cfg.fsdp.value} needs --fsdp-version 1")
     if cfg.fsdp is FsdpStrategy.hybrid_shard and cfg.cluster.nodes == 1:
         out.append("hybrid_shard shards within a node and replicates across nodes: it needs several nodes")
     return out
