@@ -19,7 +19,7 @@ MB = 1e6
 def test_nccl_per_connection_buffers_are_ncclss_defaults() -> None:
     """LL 512 KiB + LL128 4,800 KiB + Simple 4 MiB = 9.19 MiB per connection (NCCL's defaults; the DGX Spark
     measurement of NCCL's allocations reads ~9.19 MiB each)."""
-    assert nccl_memory.CONNECTION_BYTES / 2**20 == pytest.approx(9.1875)
+    assert pytest.approx(9.1875) == nccl_memory.CONNECTION_BYTES / 2**20
 
 
 def test_nccl_communicator_on_4_a100s_as_measured() -> None:
