@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import cache
 from typing import TYPE_CHECKING
 
 from planner.choices import Engine, GradCkpt, Offload, ZeroStage
@@ -107,7 +108,11 @@ def utilization(cfg: TrainConfig) -> Utilization:
     """The engine's own measurement for the largest measured subset of the plan's techniques, else the
     generic (ZeRO-3) figure of the largest measured subset. GMLake measured no strategy without recomputation
     but N, so LoRA or offload alone count as N."""
-    used, family = techniques(cfg), engine_family(cfg)
+    return _utilization(engine_family(cfg), techniques(cfg))
+
+
+@cache
+def _utilization(family: EngineFamily, used: frozenset[Technique]) -> Utilization:
     subsets = sorted((s for s in GENERIC if s <= used), key=len, reverse=True)
     for strategy in subsets:
         if (family, strategy) in BY_ENGINE:

@@ -69,6 +69,7 @@ class MemoryBreakdown:
     nvme_bytes: float = 0.0  # per node, for NVMe offload
     # the caching allocator's reserve on a card with room for it (the reserve item is capped at the card)
     reserve_wanted: float = 0.0
+    tensor_bytes: float = 0.0  # the allocated reading, as _peak added it up
 
     @property
     def total(self) -> float:
@@ -78,7 +79,7 @@ class MemoryBreakdown:
     @property
     def allocated(self) -> float:
         """`torch.cuda.max_memory_allocated`: the tensors at the peak."""
-        return self.total - sum(self.other_items.get(k, 0.0) for k in NOT_ALLOCATED_ITEMS)
+        return self.tensor_bytes
 
     @property
     def reserved(self) -> float:
@@ -100,7 +101,9 @@ class MemoryBreakdown:
     def fit_bytes(self) -> float:
         """What must fit on the card: the tensors, the CUDA context, NCCL's buffers and the part of the allocator's
         reserve it cannot release when memory runs short (planner.allocator.RETAINED_RESERVE_FRACTION)."""
-        return self.allocated + self.total - self.reserved + allocator.RETAINED_RESERVE_FRACTION * self.reserve_wanted
+        items = self.other_items
+        outside = items.get("CUDA context and workspaces", 0.0) + items.get("NCCL communicator buffers", 0.0)
+        return self.tensor_bytes + outside + allocator.RETAINED_RESERVE_FRACTION * self.reserve_wanted
 
     def readings(self) -> dict[str, int]:
         return {"allocated": round(self.allocated), "reserved": round(self.reserved), "device": round(self.device)}
@@ -317,4 +320,4 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         * ranks_per_node
     return MemoryBreakdown(weights=states.weights, gradients=grads_shown, optimizer=states.optimizer,
                            activations=acts, other=other, phase=phase, other_items=other_items, host_bytes=host,
-                           nvme_bytes=nvme, reserve_wanted=wanted)
+                           nvme_bytes=nvme, reserve_wanted=wanted, tensor_bytes=tensors)

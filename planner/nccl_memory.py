@@ -25,12 +25,13 @@ Check against a measurement: 4 A100s over NVLink, one process group of 3-4 GPUs 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from planner.choices import Engine, FsdpStrategy, ZeroStage
+from planner.gpus import GPUSpec
 
 if TYPE_CHECKING:
-    from planner.gpus import GPUSpec
     from planner.strategy import TrainConfig
 
 MiB = 2**20
@@ -115,5 +116,9 @@ def communicators(cfg: TrainConfig) -> list[tuple[int, int]]:
 
 def nccl_bytes(cfg: TrainConfig) -> float:
     """NCCL's device buffers per GPU over the plan's communicators."""
-    gpu = cfg.cluster.gpu
-    return sum(communicator_bytes(gpu, ranks, on_node) for ranks, on_node in communicators(cfg))
+    return _total(cfg.cluster.gpu, tuple(communicators(cfg)))
+
+
+@cache  # the search asks per candidate; GPUs and communicator tuples are hashable
+def _total(gpu: GPUSpec, comms: tuple[tuple[int, int], ...]) -> float:
+    return sum(communicator_bytes(gpu, ranks, on_node) for ranks, on_node in comms)
