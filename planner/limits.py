@@ -13,8 +13,7 @@ from enum import Enum
 from typing import Any
 
 from planner.calibration import DEFAULT, Calibration
-from planner.errors import PlanError
-from planner.estimate import Estimate, Limits, estimate, estimate_to_dict
+from planner.estimate import Estimate, Limits, estimate
 from planner.strategy import TrainConfig
 
 
@@ -77,13 +76,6 @@ def solve(cfg: TrainConfig, knob: Knob, limits: Limits = Limits(), cal: Calibrat
     return Limit(knob=knob, value=lo, step=1, at_value=lo_est, above=hi_est)
 
 
-def parse_knob(text: str) -> Knob:
-    try:
-        return Knob(text)
-    except ValueError:
-        raise PlanError(f"--solve takes {' or '.join(k.value for k in Knob)}, got '{text}'") from None
-
-
 def limit_to_dict(lim: Limit) -> dict[str, Any]:
     """The answer as `--json` prints it: the value, and the memory at it and one step above."""
     out: dict[str, Any] = {"knob": lim.knob.value, "value": lim.value, "step": lim.step, "bound": lim.bound or None}
@@ -91,11 +83,8 @@ def limit_to_dict(lim: Limit) -> dict[str, Any]:
         out["at_value"] = {"name": str(lim.at_value.config), "fit_bytes": round(lim.at_value.memory.fit_bytes),
                            "memory_readings_bytes": lim.at_value.memory.readings()}
     if lim.above is not None:
-        above = _with(lim.above.config, lim.knob, getattr(lim.above.config, lim.knob.name))
-        out["one_step_above"] = {"value": getattr(above, lim.knob.name), "fits": lim.above.fits,
+        out["one_step_above"] = {"value": getattr(lim.above.config, lim.knob.name), "fits": lim.above.fits,
                                  "fit_bytes": round(lim.above.memory.fit_bytes),
                                  "fit_reasons": list(lim.above.fit_reasons)}
     return out
 
-
-__all__ = ["Knob", "Limit", "estimate_to_dict", "limit_to_dict", "parse_knob", "solve"]
