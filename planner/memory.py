@@ -25,6 +25,7 @@ from planner.activations import (
 from planner.calibration import DEFAULT, Calibration
 from planner.compute import tokens_per_sample
 from planner.engines import parallel
+from planner.rl.settings import is_online_rl, logprob_head_rows
 from planner.states import (
     ModelStates,
     StageParams,
@@ -80,7 +81,17 @@ def shard_group(cfg: TrainConfig) -> int:
 
 
 def memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
-    """Peak bytes on the most loaded GPU (pipeline stage 0 or the last stage)."""
+    """Peak bytes on the most loaded GPU (pipeline stage 0 or the last stage). The online RL stages add their
+    models and generation engine to the policy's training step (planner.rl.memory)."""
+    if is_online_rl(cfg.stage):
+        from planner.rl.memory import rl_memory_per_gpu
+
+        return rl_memory_per_gpu(cfg, cal)
+    return training_memory_per_gpu(cfg, cal)
+
+
+def training_memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
+    """Peak bytes of the training step alone on the most loaded GPU (pipeline stage 0 or the last stage)."""
     if cfg.pp == 1:
         return _stage_memory(cfg, cal, first=True)
     first, last = _stage_memory(cfg, cal, first=True), _stage_memory(cfg, cal, first=False)
@@ -174,10 +185,10 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
                       - knobs.final_norm_saving_per_token(cfg, e)) / (cfg.tp if cfg.sequence_parallel else 1)
         items["logits and loss"] = knobs.head_loss_bytes(cfg, tokens, e, grad_dtype_bytes(cfg.precision)) \
             + final_norm * tokens
-        if cfg.stage is Stage.dpo:  # TRL's chunked log-prob head instead of logits + cross-entropy
+        if cfg.stage in (Stage.dpo, Stage.grpo, Stage.rloo):  # TRL's chunked log-prob head, no logits
             items["logits and loss"] = final_norm * tokens + trl_logprob_head_bytes(
-                m, tokens=tokens, compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU", t=cfg.tp,
-                head_trains=cfg.method is Method.full and sp.trainable > 0)
+                m, tokens=logprob_head_rows(cfg, tokens), compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU",
+                t=cfg.tp, head_trains=cfg.method is Method.full and sp.trainable > 0)
         if kbit_prepared(cfg):
             # prepare_model_for_kbit_training leaves the LM head fp32; under autocast F.linear saves its 16-bit
             # cast of the weight for the input's gradient, from the head's forward to its backward (measured:

@@ -31,6 +31,7 @@ from planner.errors import PlanError
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
 from planner.pipeline import bubble_fraction
+from planner.rl.settings import is_online_rl
 from planner.states import param_counts, quant_bytes_per_param, stage_layers
 from planner.strategy import (
     Adapter,
@@ -148,7 +149,17 @@ def _family(cfg: TrainConfig) -> _Family:
 
 
 def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
-    """Seconds per optimizer step on the slowest GPU (the last pipeline stage), with its breakdown."""
+    """Seconds per optimizer step on the slowest GPU (the last pipeline stage), with its breakdown. The online RL
+    stages add generation, scoring and the weight sync to the policy's training step (planner.rl.timing)."""
+    if is_online_rl(cfg.stage):
+        from planner.rl.timing import rl_step_time
+
+        return rl_step_time(cfg, cal)
+    return training_step_time(cfg, cal)
+
+
+def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
+    """Seconds per optimizer step of the training alone (forward, backward, communication, optimizer)."""
     cluster = cfg.cluster
     gpu = cluster.gpu
     tp, pp, mb, ga = cfg.tp, cfg.pp, cfg.micro_batch, cfg.grad_accum
