@@ -27,6 +27,7 @@ from planner.strategy import (
     ParallelLayout,
     Precision,
     Quant,
+    Rollout,
     Stage,
     Switches,
     TrainConfig,
@@ -59,7 +60,7 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                  kernels: Kernels = Kernels.eager, activation_offload: bool = False, fsdp_version: int = 2,
                  torch_compile: bool = False, bnb_version: str = "", frozen_fp32: bool = False,
                  lora_dropout: float = LORA_DROPOUT, double_quant: bool = True, kbit_prep: bool = True,
-                 check: bool = True) -> TrainConfig:
+                 rollout: Rollout | None = None, check: bool = True) -> TrainConfig:
     for name, value in (("--micro-batch", micro_batch), ("--grad-accum", grad_accum), ("--seq-len", seq_len),
                         ("--tp", tp), ("--pp", pp), ("--lora-r", lora_r)):
         if value < 1:
@@ -86,7 +87,8 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                                         activation_offload=activation_offload, torch_compile=torch_compile,
                                         bnb_version=parse_bnb_version(bnb_version), frozen_fp32=frozen_fp32,
                                         kbit_prep=kbit_prep),
-                      precision=precision, optimizer=optimizer, grad_ckpt=grad_ckpt, attn=attn, stage=stage)
+                      rollout=rollout, precision=precision, optimizer=optimizer, grad_ckpt=grad_ckpt, attn=attn,
+                      stage=stage)
     if cfg.trains_adapter:
         resolve_lora_targets(cfg.model, cfg.lora_targets)
     return validate(cfg) if check else cfg

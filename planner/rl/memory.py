@@ -27,6 +27,7 @@ buffers) and the rollout, each with the other models' resident states.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 
 from planner import engines
 from planner.calibration import DEFAULT, Calibration
@@ -43,7 +44,7 @@ from planner.memory_knobs import fsdp2_backward_only_items
 from planner.models import ModelSpec, resolve
 from planner.params import total_params
 from planner.rl import generation as gen
-from planner.rl.settings import Generation
+from planner.rl.settings import Generation, training_part
 from planner.states import compute_copy_bytes, trained_params
 from planner.strategy import Engine, Method, Stage, TrainConfig, ZeroStage
 
@@ -108,7 +109,22 @@ def generations_bytes(cfg: TrainConfig) -> float:
     return b * (cfg.seq_len * 2 * 8.0 + cfg.rollout.completion_len * 4.0 * logprob_buffers(cfg))
 
 
+@lru_cache(maxsize=8192)
+def _training_memory(cfg: TrainConfig, cal: Calibration) -> MemoryBreakdown:
+    return training_memory_per_gpu(cfg, cal)
+
+
+def training_memory(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
+    """The policy's training step (planner.memory), once per strategy whatever the generation settings."""
+    return _training_memory(training_part(cfg), cal)
+
+
 def resident_training_states(cfg: TrainConfig) -> dict[str, float]:
+    return _resident_training_states(training_part(cfg))
+
+
+@lru_cache(maxsize=8192)
+def _resident_training_states(cfg: TrainConfig) -> dict[str, float]:
     """What the trainer holds between steps: weights and optimizer states (gradients freed by zero_grad) and
     the engine's persistent buffers (not those that live only in backward or in the optimizer step)."""
     eng = engines.of(cfg)
@@ -145,7 +161,7 @@ def generation_engine_items(cfg: TrainConfig) -> dict[str, float]:
 def rl_memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
     if cfg.stage is Stage.ppo:
         return ppo_memory_per_gpu(cfg, cal)
-    train = training_memory_per_gpu(cfg, cal)
+    train = training_memory(cfg, cal)
     resident = {"reference model": reference_bytes(cfg), "reward model": reward_model_bytes(cfg),
                 "buffered generations": generations_bytes(cfg)}
     vllm = vllm_colocated_bytes(cfg)

@@ -55,16 +55,30 @@ class Rollout:
 
 # TRL 1.16's defaults per stage (GRPOConfig: num_generations 8, beta 0.0; RLOOConfig: num_generations 2, beta 0.05;
 # trl/trainer/rloo_config.py). PPO follows verl's ppo_trainer.yaml: one response per prompt (rollout.n = 1), the KL
-# penalty in the reward (algorithm.kl_ctrl.kl_coef 0.001) with a reference model.
+# penalty in the reward (algorithm.kl_ctrl.kl_coef 0.001) with a reference model, and vLLM beside the models
+# (actor_rollout_ref.rollout: name vllm, gpu_memory_utilization 0.5, free_cache_engine True: asleep while training).
 STAGE_DEFAULTS: dict[Stage, dict[str, object]] = {
     Stage.grpo: {},
     Stage.rloo: {"num_generations": 2, "kl_beta": 0.05},
-    Stage.ppo: {"num_generations": 1, "kl_beta": 0.001},
+    Stage.ppo: {"num_generations": 1, "kl_beta": 0.001, "generation": Generation.vllm_colocate, "vllm_memory": 0.5,
+                "vllm_sleep": True},
 }
 
 
 def default_rollout(stage: Stage) -> Rollout:
     return Rollout(**STAGE_DEFAULTS.get(stage, {}))  # type: ignore[arg-type]
+
+
+def training_part(cfg: TrainConfig) -> TrainConfig:
+    """The configuration with only the rollout settings its training step reads (the completion length, for
+    TRL's log-prob head): one key for every generation setting of the same strategy, so the search computes
+    the training step once per strategy (planner.rl.memory / timing memoize on it)."""
+    from dataclasses import replace
+
+    if cfg.rollout.generation is Generation.transformers and cfg.rollout == Rollout(
+            completion_len=cfg.rollout.completion_len):
+        return cfg
+    return replace(cfg, rollout=Rollout(completion_len=cfg.rollout.completion_len))
 
 
 def is_online_rl(stage: Stage) -> bool:

@@ -15,6 +15,7 @@ PPO (verl) adds the critic's value forward and its update, each as long as the c
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 
 from planner import compute as cp
 from planner.calibration import DEFAULT, Calibration
@@ -23,11 +24,16 @@ from planner.parallel_comm import dp_group
 from planner.params import active_params
 from planner.rl import generation as gen
 from planner.rl.memory import critic_config, old_logprobs, reward_spec
-from planner.rl.settings import Generation
+from planner.rl.settings import Generation, training_part
 from planner.strategy import GradCkpt, Method, Stage, TrainConfig
 from planner.timing import StepTime, training_step_time
 
 RL_BREAKDOWN_KEYS = ("generation", "scoring", "weight_sync")
+
+
+@lru_cache(maxsize=8192)
+def _training_step(cfg: TrainConfig, cal: Calibration) -> StepTime:
+    return training_step_time(cfg, cal)
 
 
 def forward_pass_s(cfg: TrainConfig, train: StepTime) -> float:
@@ -54,7 +60,7 @@ def rl_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
         critic = training_step_time(critic_config(cfg), cal)
     else:
         actor_cfg = cfg
-        train = training_step_time(cfg, cal)
+        train = _training_step(training_part(cfg), cal)
         critic = None
     r = cfg.rollout
     eff = cp.compute_efficiency(cfg.cluster.gpu.name, cal.compute_efficiency)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from planner.gpus import parse_gpus
 from planner.memory import BACKWARD_ONLY_ITEMS, CATEGORIES, MemoryBreakdown, memory_per_gpu
 from planner.models import from_name
+from planner.rl.settings import is_online_rl
 from planner.search import _ENGINES, SearchSpace, candidates
 from planner.strategy import (
     Attn,
@@ -29,7 +30,6 @@ from planner.strategy import (
     TrainConfig,
     ZeroStage,
 )
-from planner.rl.settings import is_online_rl
 from planner.validity import problems
 
 MODELS = ("llama-2-7b", "llama-3-8b", "llama-3.2-1b", "mistral-7b", "mixtral-8x7b", "qwen2.5-7b", "baichuan2-7b",
