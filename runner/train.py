@@ -56,6 +56,7 @@ class RunOptions:
     modules_to_save: tuple[str, ...] = ()
     seed: int = 42
     dpo_beta: float = 0.1  # DPO's beta (trl DPOConfig.beta default)
+    rewards: tuple[str, ...] = ()  # grpo / rloo: reward rules, module:function or reward model dirs (stages.rewards)
     report: bool = True  # `ftplan run` prints predicted vs measured at the end (reports.run_report)
     calibration: Path | None = None  # `ftplan profile ... --calibrate` output, for the predictions of the summary
 
@@ -138,7 +139,13 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
 
     load_calibration(opts.calibration)
     model_source(opts.model_path)
-    if cfg.stage in TRL_STAGES:
+    if cfg.stage in (Stage.grpo, Stage.rloo):
+        from runner.stages.prompt_data import load_prompts
+        from runner.stages.rewards import parse_rewards
+
+        parse_rewards(opts.rewards)
+        load_prompts(opts.data)
+    elif cfg.stage in TRL_STAGES:
         from runner.stages.preference_data import load_pairs
 
         load_pairs(opts.data)
@@ -223,7 +230,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
             kwargs["ddp_backend"] = "gloo"
     mixed = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
     ckpt = cfg.grad_ckpt is not GradCkpt.none
-    return (args_class or TrainingArguments)(
+    fields: dict[str, Any] = dict(
         output_dir=str(opts.output),
         per_device_train_batch_size=cfg.micro_batch,
         per_device_eval_batch_size=cfg.micro_batch,
@@ -248,8 +255,10 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False if cfg.engine is Engine.ddp else None,
         **switches.trainer_arguments(cfg),
-        **kwargs, **(extra or {}),
+        **kwargs,
     )
+    fields.update(extra or {})  # a stage's own values win (GRPO counts its tokens itself)
+    return (args_class or TrainingArguments)(**fields)
 
 
 def _offloading_trainer(base: type) -> type:
@@ -391,6 +400,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
     p.add_argument("--modules-to-save", default="")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dpo-beta", type=float, default=RunOptions.dpo_beta)
+    p.add_argument("--reward", action="append", default=[])
     p.add_argument("--calibration", type=Path, default=None)
     a = p.parse_args(argv)
     return a.plan, RunOptions(
@@ -399,7 +409,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
         warmup_steps=a.warmup_steps, data_format=a.data_format, template=a.template,
         neftune_alpha=a.neftune_alpha, rope_scaling=a.rope_scaling,
         modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed, dpo_beta=a.dpo_beta,
-        calibration=a.calibration)
+        calibration=a.calibration, rewards=tuple(a.reward))
 
 
 def to_argv(plan: Path, opts: RunOptions) -> list[str]:
@@ -415,6 +425,8 @@ def to_argv(plan: Path, opts: RunOptions) -> list[str]:
             argv += [flag, str(value)]
     if opts.modules_to_save:
         argv += ["--modules-to-save", ",".join(opts.modules_to_save)]
+    for reward in opts.rewards:
+        argv += ["--reward", reward]
     if opts.resume:
         argv.append("--resume")
     return argv
