@@ -66,11 +66,14 @@ class PlanAnswer:
         """The plans `--json` lists, best first: every fitting plan with --all, else the best `top` per method."""
         if self.all_plans:
             return list(self.result.plans)
-        shown: dict[Method, int] = {}
+        from planner.rl.settings import plan_group
+
+        shown: dict[tuple, int] = {}
         out = []
         for est in self.result.plans:
-            if shown.get(est.config.method, 0) < self.top:
-                shown[est.config.method] = shown.get(est.config.method, 0) + 1
+            group = plan_group(est.config)  # by method (online RL: and generation engine)
+            if shown.get(group, 0) < self.top:
+                shown[group] = shown.get(group, 0) + 1
                 out.append(est)
         return out
 
@@ -92,8 +95,8 @@ class PlanAnswer:
 def plan_answer(opts: Options) -> PlanAnswer:
     from planner.build import check_global_batch, check_positions, config_from, limits_from, parse_choices
     from planner.calibration import load_calibration
-    from planner.runnable import runnable_first
     from planner.rl.options import rollout_space
+    from planner.runnable import runnable_first
     from planner.search import SearchSpace, plan, search_space
     from planner.strategy import Attn, Optimizer
 

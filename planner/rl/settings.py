@@ -81,6 +81,14 @@ def training_part(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, rollout=Rollout(completion_len=cfg.rollout.completion_len))
 
 
+def plan_group(cfg: TrainConfig) -> tuple:
+    """How answers group plans for their best-N lists: by method, and for online RL by generation engine too (so
+    transformers' generate, vLLM colocated and a vLLM server each show their best)."""
+    if is_online_rl(cfg.stage):
+        return (cfg.method, cfg.rollout.generation)
+    return (cfg.method,)
+
+
 def is_online_rl(stage: Stage) -> bool:
     return stage in ONLINE_RL_STAGES
 
