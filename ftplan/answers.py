@@ -66,7 +66,7 @@ class PlanAnswer:
         """The plans `--json` lists, best first: every fitting plan with --all, else the best `top` per method."""
         if self.all_plans:
             return list(self.result.plans)
-        from planner.rl.settings import plan_group
+        from planner.rl.parts import plan_group
 
         shown: dict[tuple, int] = {}
         out = []

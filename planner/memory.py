@@ -25,7 +25,9 @@ from planner.activations import (
 from planner.calibration import DEFAULT, Calibration
 from planner.compute import tokens_per_sample
 from planner.engines import parallel
-from planner.rl.settings import is_online_rl, logprob_head_rows
+from planner.rl import memory as rl_memory
+from planner.rl.parts import logprob_head_rows
+from planner.rl.settings import is_online_rl
 from planner.states import (
     ModelStates,
     StageParams,
@@ -84,9 +86,7 @@ def memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakd
     """Peak bytes on the most loaded GPU (pipeline stage 0 or the last stage). The online RL stages add their
     models and generation engine to the policy's training step (planner.rl.memory)."""
     if is_online_rl(cfg.stage):
-        from planner.rl.memory import rl_memory_per_gpu
-
-        return rl_memory_per_gpu(cfg, cal)
+        return rl_memory.rl_memory_per_gpu(_TRAINING, cfg, cal)
     return training_memory_per_gpu(cfg, cal)
 
 
@@ -274,3 +274,26 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     return MemoryBreakdown(weights=states.weights, gradients=grads_shown, optimizer=states.optimizer,
                            activations=acts, other=other, phase=phase, other_items=other_items, host_bytes=host,
                            nvme_bytes=nvme)
+
+
+def resident_training_states(cfg: TrainConfig) -> dict[str, float]:
+    """What a trainer holds between steps (while an online RL stage generates): weights and optimizer states
+    (gradients are freed by the Trainer's zero_grad(set_to_none=True)) and the engine's persistent buffers, not those
+    that live only in backward or in the optimizer step."""
+    eng = engines.of(cfg)
+    sp = stage_params(cfg, first=True)
+    n = shard_group(cfg)
+    states = model_states(cfg, sp, n)
+    trained = trained_params(cfg, sp)
+    if eng is engines.fsdp:
+        items = eng.buffers(cfg, sp, trained, first=True, sixteen_bit_weights=sixteen_bit_weight_bytes(cfg, sp))
+    else:
+        items = eng.buffers(cfg, sp, trained, first=True)
+    transient = BACKWARD_ONLY_ITEMS + knobs.fsdp2_backward_only_items(cfg)
+    return {"weights": states.weights, "optimizer": states.optimizer,
+            "persistent buffers": sum(v for k, v in items.items() if k not in transient)}
+
+
+# what planner.rl.memory builds the online RL stages' peak from (it cannot import this module: this one imports it)
+_TRAINING = rl_memory.TrainingMemory(peak=training_memory_per_gpu, resident=resident_training_states,
+                                     breakdown=MemoryBreakdown)

@@ -20,8 +20,8 @@ from planner import engines
 from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.estimate import Estimate, FitKind, Limits, estimate, fit_reason
-from planner.rl.search import RolloutSpace
-from planner.rl.settings import is_online_rl
+from planner.rl import search as rl_search
+from planner.rl.settings import RolloutSpace, is_online_rl
 from planner.strategy import (
     Attn,
     Batch,
@@ -212,9 +212,7 @@ def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits =
     checks the verdict against `problems` on each variant). Online RL stages search their generation settings
     too (planner.rl.search)."""
     if is_online_rl(base.stage):
-        from planner.rl.search import rl_plan
-
-        return rl_plan(base, space, limits, cal)
+        return rl_search.rl_plan(_RL_PARTS, base, space, limits, cal)
     evaluated = valid = 0
     fitting: list[Estimate] = []
     rejected: dict[str, int] = {}
@@ -242,3 +240,8 @@ def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits =
         raise PlanError("the search space is empty: check --global-batch against the GPU count")
     fitting = rank(fitting)
     return PlanResult(plans=fitting, candidates_evaluated=evaluated, valid=valid, rejected=rejected)
+
+
+# what planner.rl.search plans the online RL stages with (it cannot import this module: this one imports it)
+_RL_PARTS = rl_search.SearchParts(candidates=candidates, default_global_batch=default_global_batch, rank_key=rank_key,
+                                  resolve_ties=resolve_ties, simplicity_key=simplicity_key, result=PlanResult)

@@ -7,7 +7,8 @@ from rich.table import Table
 from rich.text import Text
 
 from planner.estimate import Estimate
-from planner.rl.settings import is_online_rl, plan_group
+from planner.rl.parts import plan_group
+from planner.rl.settings import is_online_rl
 from planner.rl.timing import generation_share
 from planner.search import PlanResult
 from planner.timing import JobTime

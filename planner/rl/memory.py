@@ -26,27 +26,20 @@ buffers) and the rollout, each with the other models' resident states.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 from planner import engines
 from planner.calibration import DEFAULT, Calibration
-from planner.memory import (
-    BACKWARD_ONLY_ITEMS,
-    MemoryBreakdown,
-    model_states,
-    shard_group,
-    sixteen_bit_weight_bytes,
-    stage_params,
-    training_memory_per_gpu,
-)
-from planner.memory_knobs import fsdp2_backward_only_items
 from planner.models import ModelSpec, resolve
 from planner.params import total_params
 from planner.rl import generation as gen
-from planner.rl.settings import Generation, training_part
-from planner.states import compute_copy_bytes, trained_params
-from planner.strategy import Engine, Method, Stage, TrainConfig, ZeroStage
+from planner.rl.parts import training_part
+from planner.rl.settings import Generation
+from planner.states import compute_copy_bytes, stage_params
+from planner.strategy import Engine, FsdpStrategy, Method, Stage, TrainConfig, ZeroStage
 
 _CONTEXT = "CUDA context and workspaces"
 _RESERVE = "allocator reserve"
@@ -55,6 +48,13 @@ _RESERVE = "allocator reserve"
 def reward_spec(cfg: TrainConfig) -> ModelSpec | None:
     """The reward model's shape (`reward_model`: a catalog name, config.json or directory), None for rule rewards."""
     return resolve(cfg.rollout.reward_model) if cfg.rollout.reward_model else None
+
+
+def _shard_group(cfg: TrainConfig) -> int:
+    """Ranks a sharded state is split over (planner.memory.shard_group): FSDP's hybrid shards within a node."""
+    if cfg.fsdp is FsdpStrategy.hybrid_shard:
+        return engines.fsdp.shard_group(cfg)
+    return cfg.dp
 
 
 def shards_frozen_models(cfg: TrainConfig) -> bool:
@@ -73,7 +73,7 @@ def reference_bytes(cfg: TrainConfig) -> float:
     if cfg.engine is Engine.deepspeed:
         trainable_w_bytes = compute_copy_bytes(cfg.precision)
     ref = sp.total * trainable_w_bytes
-    return ref / shard_group(cfg) if shards_frozen_models(cfg) else ref
+    return ref / _shard_group(cfg) if shards_frozen_models(cfg) else ref
 
 
 def reward_model_bytes(cfg: TrainConfig) -> float:
@@ -84,7 +84,7 @@ def reward_model_bytes(cfg: TrainConfig) -> float:
     params = total_params(spec) - spec.vocab_size * spec.hidden_size * (0 if spec.tie_embeddings else 1) \
         + spec.hidden_size
     w = params * compute_copy_bytes(cfg.precision)
-    return w / shard_group(cfg) if shards_frozen_models(cfg) else w
+    return w / _shard_group(cfg) if shards_frozen_models(cfg) else w
 
 
 def old_logprobs(cfg: TrainConfig) -> bool:
@@ -109,36 +109,28 @@ def generations_bytes(cfg: TrainConfig) -> float:
     return b * (cfg.seq_len * 2 * 8.0 + cfg.rollout.completion_len * 4.0 * logprob_buffers(cfg))
 
 
-@lru_cache(maxsize=8192)
-def _training_memory(cfg: TrainConfig, cal: Calibration) -> MemoryBreakdown:
-    return training_memory_per_gpu(cfg, cal)
+@dataclass(frozen=True, slots=True)
+class TrainingMemory:
+    """What planner.memory hands in (it imports this module, so this one does not import it): the peak of a
+    training step (a MemoryBreakdown), the states a trainer keeps between steps, and the breakdown's class."""
 
-
-def training_memory(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
-    """The policy's training step (planner.memory), once per strategy whatever the generation settings."""
-    return _training_memory(training_part(cfg), cal)
-
-
-def resident_training_states(cfg: TrainConfig) -> dict[str, float]:
-    return _resident_training_states(training_part(cfg))
+    peak: Callable[[TrainConfig, Calibration], Any]
+    resident: Callable[[TrainConfig], dict[str, float]]
+    breakdown: type
 
 
 @lru_cache(maxsize=8192)
-def _resident_training_states(cfg: TrainConfig) -> dict[str, float]:
-    """What the trainer holds between steps: weights and optimizer states (gradients freed by zero_grad) and
-    the engine's persistent buffers (not those that live only in backward or in the optimizer step)."""
-    eng = engines.of(cfg)
-    sp = stage_params(cfg, first=True)
-    n = shard_group(cfg)
-    states = model_states(cfg, sp, n)
-    trained = trained_params(cfg, sp)
-    if eng is engines.fsdp:
-        items = eng.buffers(cfg, sp, trained, first=True, sixteen_bit_weights=sixteen_bit_weight_bytes(cfg, sp))
-    else:
-        items = eng.buffers(cfg, sp, trained, first=True)
-    transient = BACKWARD_ONLY_ITEMS + fsdp2_backward_only_items(cfg)
-    return {"weights": states.weights, "optimizer": states.optimizer,
-            "persistent buffers": sum(v for k, v in items.items() if k not in transient)}
+def _cached(fn: Callable, cfg: TrainConfig, *args: Any) -> Any:
+    return fn(cfg, *args)
+
+
+def training_memory(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration) -> Any:
+    """The policy's training step, once per strategy whatever the generation settings (the search's hot path)."""
+    return _cached(tm.peak, training_part(cfg), cal)
+
+
+def resident_states(tm: TrainingMemory, cfg: TrainConfig) -> dict[str, float]:
+    return _cached(tm.resident, training_part(cfg))
 
 
 def vllm_colocated_bytes(cfg: TrainConfig) -> float:
@@ -158,24 +150,25 @@ def generation_engine_items(cfg: TrainConfig) -> dict[str, float]:
     return {}
 
 
-def rl_memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
+def rl_memory_per_gpu(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration = DEFAULT) -> Any:
+    """The stage's peak per GPU, a MemoryBreakdown (planner.memory.memory_per_gpu calls this for online RL)."""
     if cfg.stage is Stage.ppo:
-        return ppo_memory_per_gpu(cfg, cal)
-    train = training_memory(cfg, cal)
+        return ppo_memory_per_gpu(tm, cfg, cal)
+    train = training_memory(tm, cfg, cal)
     resident = {"reference model": reference_bytes(cfg), "reward model": reward_model_bytes(cfg),
                 "buffered generations": generations_bytes(cfg)}
     vllm = vllm_colocated_bytes(cfg)
     if vllm and not cfg.rollout.vllm_sleep:
         resident["vLLM (gpu_memory_utilization)"] = vllm
     engine = {k: v for k, v in generation_engine_items(cfg).items() if k not in resident}
-    return _combine(cfg, train, resident, resident_training_states(cfg), engine)
+    return _combine(tm, cfg, train, resident, resident_states(tm, cfg), engine)
 
 
 _WEIGHT_ITEMS = ("reference model", "reward model")
 
 
-def _combine(cfg: TrainConfig, train: MemoryBreakdown, resident: dict[str, float], states: dict[str, float],
-             engine_items: dict[str, float]) -> MemoryBreakdown:
+def _combine(tm: TrainingMemory, cfg: TrainConfig, train: Any, resident: dict[str, float],
+             states: dict[str, float], engine_items: dict[str, float]) -> Any:
     """The larger of the training step with the resident RL parts beside it and the generation phase (the
     trainer's resident `states`, the resident RL parts and the engine's generation memory), with the CUDA context
     and the allocator reserve on the new peak."""
@@ -198,7 +191,7 @@ def _combine(cfg: TrainConfig, train: MemoryBreakdown, resident: dict[str, float
         phase, peak = train.phase, training_total
     other[_CONTEXT] = float(gpu.runtime_overhead_bytes)
     other[_RESERVE] = gpu.allocator_reserve_fraction * peak
-    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
+    return tm.breakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
                            other=sum(other.values()), phase=phase, other_items=other, host_bytes=train.host_bytes,
                            nvme_bytes=train.nvme_bytes)
 
@@ -212,14 +205,14 @@ def critic_config(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, model=spec, stage=Stage.sft)
 
 
-def ppo_memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
+def ppo_memory_per_gpu(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration = DEFAULT) -> Any:
     actor_cfg, critic_cfg = replace(cfg, stage=Stage.sft), critic_config(cfg)
-    actor = training_memory_per_gpu(actor_cfg, cal)
-    critic = training_memory_per_gpu(critic_cfg, cal)
+    actor = training_memory(tm, actor_cfg, cal)
+    critic = training_memory(tm, critic_cfg, cal)
     # the value head emits one number per token: no vocabulary-wide logits or loss buffers
     critic_items = {k: v for k, v in critic.other_items.items() if k != "logits and loss"}
     critic = replace(critic, other=sum(critic_items.values()), other_items=critic_items)
-    actor_states, critic_states = resident_training_states(actor_cfg), resident_training_states(critic_cfg)
+    actor_states, critic_states = resident_states(tm, actor_cfg), resident_states(tm, critic_cfg)
     frozen = {"reference model": reference_bytes(actor_cfg) if cfg.rollout.kl_beta else 0.0,
               "reward model": reward_model_bytes(cfg)}
     vllm = vllm_colocated_bytes(cfg)
@@ -227,6 +220,6 @@ def ppo_memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBr
     engine = {"vLLM (gpu_memory_utilization)": vllm} if asleep == {} and vllm else {}
     critic_beside = {**frozen, **asleep, "critic (weights, optimizer)": sum(critic_states.values())}
     actor_beside = {**frozen, **asleep, "actor (weights, optimizer)": sum(actor_states.values())}
-    by_actor = _combine(cfg, actor, critic_beside, actor_states, engine)
-    by_critic = _combine(cfg, critic, actor_beside, critic_states, engine)
+    by_actor = _combine(tm, cfg, actor, critic_beside, actor_states, engine)
+    by_critic = _combine(tm, cfg, critic, actor_beside, critic_states, engine)
     return by_actor if by_actor.total >= by_critic.total else by_critic

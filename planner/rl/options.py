@@ -6,8 +6,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from planner.rl.generation import VLLM_SERVER_MEMORY
-from planner.rl.search import RolloutSpace
-from planner.rl.settings import Generation, Rollout, default_rollout
+from planner.rl.settings import Generation, Rollout, RolloutSpace, default_rollout
 from planner.strategy import Stage
 
 if TYPE_CHECKING:

@@ -13,35 +13,32 @@ of the training GPUs: every plan uses the same GPUs and their tokens/s compare.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.estimate import Estimate, FitKind, Limits, estimate, fit_reason
 from planner.gpus import Cluster
 from planner.rl import generation as gen
-from planner.rl.settings import Generation, Rollout
+from planner.rl.settings import Generation, Rollout, RolloutSpace
 from planner.strategy import TrainConfig
-
-if TYPE_CHECKING:
-    from planner.search import PlanResult, SearchSpace
 
 MEMORY_STEP = 0.05  # vLLM's share is searched on this grid
 MAX_MEMORY = 0.95
 
 
-@dataclass(frozen=True, kw_only=True)
-class RolloutSpace:
-    """The generation settings searched; a field the user set holds that value alone."""
+@dataclass(frozen=True, slots=True)
+class SearchParts:
+    """What planner.search hands in (it imports this module, so this one does not import it)."""
 
-    generations: tuple[Generation, ...] = tuple(Generation)
-    vllm_memory: float | None = None  # None: chosen per plan (module docstring)
-    vllm_sleep: tuple[bool, ...] = (False, True)
-    vllm_server_gpus: tuple[int, ...] | None = None  # None: powers of two that leave a valid training cluster
-    vllm_tp: int | None = None  # None: the smallest power of two whose engine holds the model
-    generation_steps: tuple[int, ...] = (1, 2, 4)
+    candidates: Callable[..., Iterator[TrainConfig]]
+    default_global_batch: Callable[[TrainConfig], int]
+    rank_key: Callable[[Estimate], Any]
+    resolve_ties: Callable[..., list]
+    simplicity_key: Callable[[TrainConfig], tuple[int, ...]]
+    result: type
 
 
 def _powers_of_two(limit: int) -> list[int]:
@@ -133,15 +130,14 @@ def choose_memory_share(cfg: TrainConfig, limits: Limits, cal: Calibration) -> E
     return estimate(smaller, limits, cal, timed=None)
 
 
-def rl_plan(base: TrainConfig, space: SearchSpace, limits: Limits = Limits(), cal: Calibration = DEFAULT
-            ) -> PlanResult:
-    """Every training strategy (planner.search's space, data parallel only) under every generation setting,
-    ranked together by tokens/s (planner.search.rank)."""
-    from planner import search
+def rl_plan(parts: SearchParts, base: TrainConfig, space: Any, limits: Limits = Limits(), cal: Calibration = DEFAULT
+            ) -> Any:
+    """Every training strategy (planner.search's SearchSpace, data parallel only) under every generation setting,
+    ranked together by tokens/s as planner.search ranks (a PlanResult)."""
     from planner.validity import problems
 
     rspace = space.rollouts or RolloutSpace()
-    global_batch = space.global_batch or search.default_global_batch(base)
+    global_batch = space.global_batch or parts.default_global_batch(base)
     strategy_space = replace(space, global_batch=global_batch, tps=(1,), pps=(1,))
     evaluated = valid = 0
     fitting: list[Estimate] = []
@@ -151,7 +147,7 @@ def rl_plan(base: TrainConfig, space: SearchSpace, limits: Limits = Limits(), ca
         b = replace(base, cluster=cluster, rollout=rollout)
         if global_batch % b.world_size:
             continue
-        for cfg in search.candidates(b, strategy_space):
+        for cfg in parts.candidates(b, strategy_space):
             evaluated += 1
             key = (cfg.engine_choice, cfg.adapter, cfg.optimizer, cfg.batch, cfg.rollout.generation,
                    cfg.rollout.vllm_tp, cfg.cluster)
@@ -173,10 +169,10 @@ def rl_plan(base: TrainConfig, space: SearchSpace, limits: Limits = Limits(), ca
     if evaluated == 0:
         raise PlanError(f"the search space is empty: the global batch of {global_batch} completions must split "
                         "evenly over the training GPUs and hold whole groups of --num-generations")
-    ordered = sorted(fitting, key=search.rank_key)
-    ranked = search.resolve_ties(ordered, [e.time.tokens_per_s if e.time else 0.0 for e in ordered],
-                                 [search.simplicity_key(e.config) + rl_simplicity_key(e.config) for e in ordered])
-    return search.PlanResult(plans=ranked, candidates_evaluated=evaluated, valid=valid, rejected=rejected)
+    ordered = sorted(fitting, key=parts.rank_key)
+    ranked = parts.resolve_ties(ordered, [e.time.tokens_per_s if e.time else 0.0 for e in ordered],
+                                [parts.simplicity_key(e.config) + rl_simplicity_key(e.config) for e in ordered])
+    return parts.result(plans=ranked, candidates_evaluated=evaluated, valid=valid, rejected=rejected)
 
 
 def rl_simplicity_key(cfg: TrainConfig) -> tuple[int, ...]:

@@ -13,12 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from planner.choices import Stage
-
-if TYPE_CHECKING:
-    from planner.strategy import TrainConfig
 
 ONLINE_RL_STAGES = (Stage.grpo, Stage.rloo, Stage.ppo)
 TRL_RL_STAGES = (Stage.grpo, Stage.rloo)  # run through TRL's trainers; ppo is handed to verl
@@ -69,26 +65,6 @@ def default_rollout(stage: Stage) -> Rollout:
     return Rollout(**STAGE_DEFAULTS.get(stage, {}))  # type: ignore[arg-type]
 
 
-def training_part(cfg: TrainConfig) -> TrainConfig:
-    """The configuration with only the rollout settings its training step reads (the completion length, for
-    TRL's log-prob head): one key for every generation setting of the same strategy, so the search computes
-    the training step once per strategy (planner.rl.memory / timing memoize on it)."""
-    from dataclasses import replace
-
-    if cfg.rollout.generation is Generation.transformers and cfg.rollout == Rollout(
-            completion_len=cfg.rollout.completion_len):
-        return cfg
-    return replace(cfg, rollout=Rollout(completion_len=cfg.rollout.completion_len))
-
-
-def plan_group(cfg: TrainConfig) -> tuple:
-    """How answers group plans for their best-N lists: by method, and for online RL by generation engine too (so
-    transformers' generate, vLLM colocated and a vLLM server each show their best)."""
-    if is_online_rl(cfg.stage):
-        return (cfg.method, cfg.rollout.generation)
-    return (cfg.method,)
-
-
 def is_online_rl(stage: Stage) -> bool:
     return stage in ONLINE_RL_STAGES
 
@@ -96,15 +72,6 @@ def is_online_rl(stage: Stage) -> bool:
 def prompt_len(seq_len: int, rollout: Rollout) -> int:
     """Tokens of the longest prompt: the sequence less the completion."""
     return seq_len - rollout.completion_len
-
-
-def logprob_head_rows(cfg: TrainConfig, tokens: int) -> int:
-    """Rows TRL's fused log-prob head projects in one micro-batch (trl/trainer/utils.py add_fused_lm_head): on
-    Triton devices only the positions whose label is scored (GRPO / RLOO: the completion tokens), elsewhere (the
-    CPU) every position; DPO's count stays every token of chosen + rejected."""
-    if cfg.stage in TRL_RL_STAGES and cfg.cluster.gpu.name != "CPU":
-        return cfg.micro_batch * cfg.rollout.completion_len
-    return tokens
 
 
 def rollout_problems(seq_len: int, global_batch: int, rollout: Rollout) -> list[str]:
@@ -132,3 +99,15 @@ def rollout_problems(seq_len: int, global_batch: int, rollout: Rollout) -> list[
     if rollout.vllm_server_gpus < 0:
         out.append(f"--vllm-server-gpus must not be negative, got {rollout.vllm_server_gpus}")
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutSpace:
+    """The generation settings `plan` searches (planner.rl.search); a field the user set holds that value alone."""
+
+    generations: tuple[Generation, ...] = tuple(Generation)
+    vllm_memory: float | None = None  # None: chosen per plan (planner.rl.search)
+    vllm_sleep: tuple[bool, ...] = (False, True)
+    vllm_server_gpus: tuple[int, ...] | None = None  # None: powers of two that leave a valid training cluster
+    vllm_tp: int | None = None  # None: the smallest power of two whose engine holds the model
+    generation_steps: tuple[int, ...] = (1, 2, 4)

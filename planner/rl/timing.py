@@ -14,8 +14,10 @@ PPO (verl) adds the critic's value forward and its update, each as long as the c
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 from planner import compute as cp
 from planner.calibration import DEFAULT, Calibration
@@ -24,19 +26,28 @@ from planner.parallel_comm import dp_group
 from planner.params import active_params
 from planner.rl import generation as gen
 from planner.rl.memory import critic_config, old_logprobs, reward_spec
-from planner.rl.settings import Generation, training_part
+from planner.rl.parts import training_part
+from planner.rl.settings import Generation
 from planner.strategy import GradCkpt, Method, Stage, TrainConfig
-from planner.timing import StepTime, training_step_time
 
 RL_BREAKDOWN_KEYS = ("generation", "scoring", "weight_sync")
 
 
+@dataclass(frozen=True, slots=True)
+class TrainingTime:
+    """What planner.timing hands in (it imports this module, so this one does not import it): the training step's
+    time (a StepTime) and the StepTime class."""
+
+    step: Callable[[TrainConfig, Calibration], Any]
+    step_time: type
+
+
 @lru_cache(maxsize=8192)
-def _training_step(cfg: TrainConfig, cal: Calibration) -> StepTime:
-    return training_step_time(cfg, cal)
+def _training_step(fn: Callable, cfg: TrainConfig, cal: Calibration) -> Any:
+    return fn(cfg, cal)
 
 
-def forward_pass_s(cfg: TrainConfig, train: StepTime) -> float:
+def forward_pass_s(cfg: TrainConfig, train: Any) -> float:
     """A no-grad forward over the rank's generation batch, from the training step's own terms: the forward's
     share of its compute (1/3 with every weight trained, 1/2 frozen: backward is 2x or 1x the forward,
     planner.compute) and of its host dispatch (one pass of three, four with full recomputation)."""
@@ -46,21 +57,21 @@ def forward_pass_s(cfg: TrainConfig, train: StepTime) -> float:
     return per_step * cfg.generation_steps
 
 
-def generation_share(t: StepTime) -> float:
+def generation_share(t: Any) -> float:
     """Generation's share of the step's time (0 for stages without generation)."""
     return t.breakdown_s.get("generation", 0.0) / t.step_time_s if t.step_time_s else 0.0
 
 
-def rl_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
+def rl_step_time(tt: TrainingTime, cfg: TrainConfig, cal: Calibration = DEFAULT) -> Any:
     """Seconds per optimizer step of GRPO / RLOO (or PPO), with `generation`, `scoring` and `weight_sync` beside
     the training step's parts; rates count the trained completions (prompt + completion tokens)."""
     if cfg.stage is Stage.ppo:
         actor_cfg = replace(cfg, stage=Stage.sft)
-        train = training_step_time(actor_cfg, cal)
-        critic = training_step_time(critic_config(cfg), cal)
+        train = _training_step(tt.step, actor_cfg, cal)
+        critic = _training_step(tt.step, critic_config(cfg), cal)
     else:
         actor_cfg = cfg
-        train = _training_step(training_part(cfg), cal)
+        train = _training_step(tt.step, training_part(cfg), cal)
         critic = None
     r = cfg.rollout
     eff = cp.compute_efficiency(cfg.cluster.gpu.name, cal.compute_efficiency)
@@ -87,7 +98,7 @@ def rl_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     samples = cfg.global_batch
     peak = cp.peak_flops_per_s(cfg.cluster.gpu, cfg.precision)
     model_flops = train.model_flops_per_step
-    return StepTime(step_time_s=step_s, breakdown_s=parts, tokens_per_s=samples * cfg.seq_len / step_s,
+    return tt.step_time(step_time_s=step_s, breakdown_s=parts, tokens_per_s=samples * cfg.seq_len / step_s,
                     samples_per_s=samples / step_s, mfu=model_flops / (step_s * gpus * peak) if peak else 0.0,
                     hfu=train.hfu * train.step_time_s * cfg.world_size / (step_s * gpus),
                     model_flops_per_step=model_flops, dp_comm_total_s=train.dp_comm_total_s)

@@ -17,8 +17,8 @@ from planner.memory import memory_per_gpu
 from planner.rl import generation as gen
 from planner.rl.memory import reference_bytes
 from planner.rl.options import rollout_space
-from planner.rl.search import RolloutSpace, needed_memory_share, training_cluster
-from planner.rl.settings import Generation
+from planner.rl.search import needed_memory_share, training_cluster
+from planner.rl.settings import Generation, RolloutSpace
 from planner.search import SearchSpace, plan
 from planner.strategy import GradCkpt, Method, Stage, ZeroStage
 from planner.timing import step_time
