@@ -80,11 +80,14 @@ class PlanAnswer:
         """The plans `--json` lists, best first: every fitting plan with --all, else the best `top` per method."""
         if self.all_plans:
             return list(self.result.plans)
-        shown: dict[Method, int] = {}
+        from planner.rl.parts import plan_group
+
+        shown: dict[tuple, int] = {}
         out = []
         for est in self.result.plans:
-            if shown.get(est.config.method, 0) < self.top:
-                shown[est.config.method] = shown.get(est.config.method, 0) + 1
+            group = plan_group(est.config)  # by method (online RL: and generation engine)
+            if shown.get(group, 0) < self.top:
+                shown[group] = shown.get(group, 0) + 1
                 out.append(est)
         return out
 
@@ -114,6 +117,7 @@ class PlanAnswer:
 def plan_answer(opts: Options) -> PlanAnswer:
     from planner.build import check_global_batch, check_positions, config_from, limits_from, parse_choices
     from planner.calibration import load_calibration
+    from planner.rl.options import rollout_space
     from planner.runnable import runnable_first
     from planner.search import SearchSpace, plan, search_space
     from planner.strategy import Attn, Optimizer
@@ -127,7 +131,8 @@ def plan_answer(opts: Options) -> PlanAnswer:
     space = search_space(base, methods=search.methods, global_batch=search.global_batch,
                          optimizers=parse_choices(search.optimizers, Optimizer, "--optimizers")
                          or (opts.strategy.optimizer,),
-                         attns=parse_choices(search.attns, Attn, "--attns") or SearchSpace().attns)
+                         attns=parse_choices(search.attns, Attn, "--attns") or SearchSpace().attns,
+                         rollouts=rollout_space(opts.rollout, base.stage))
     size = _job_size(opts)
     limits, cal = limits_from(opts.limits), load_calibration(opts.limits.calibration)
     result = plan(base, space, limits, cal)
@@ -158,6 +163,7 @@ def scale_answer(opts: Options, scale_args: ScaleArgs) -> ScaleAnswer:
     from planner.build import check_global_batch, check_positions, config_from, limits_from
     from planner.calibration import load_calibration
     from planner.gpus import gpu_from_name
+    from planner.rl.options import rollout_space
     from planner.scaling import gpu_counts, scale
     from planner.search import search_space
 
@@ -168,7 +174,8 @@ def scale_answer(opts: Options, scale_args: ScaleArgs) -> ScaleAnswer:
     check_positions(base)
     method = opts.adapter.method
     result = scale(base, scale_args.max_gpus,
-                   search_space(base, methods=(method,), global_batch=opts.search.global_batch),
+                   search_space(base, methods=(method,), global_batch=opts.search.global_batch,
+                                rollouts=rollout_space(opts.rollout, base.stage)),
                    limits_from(opts.limits), load_calibration(opts.limits.calibration))
     return ScaleAnswer(result, base.model.name, spec.name, method, base.seq_len)
 

@@ -150,5 +150,8 @@ def time_to_dict(t: StepTime | None) -> dict[str, Any]:
     """The time model's outputs; rates are the whole job's (every GPU together)."""
     if t is None:
         return {}
-    return {"step_time_s": t.step_time_s, "tokens_per_s": t.tokens_per_s, "samples_per_s": t.samples_per_s,
-            "mfu": t.mfu, "hfu": t.hfu, "time_breakdown_s": dict(t.breakdown_s)}
+    out = {"step_time_s": t.step_time_s, "tokens_per_s": t.tokens_per_s, "samples_per_s": t.samples_per_s,
+           "mfu": t.mfu, "hfu": t.hfu, "time_breakdown_s": dict(t.breakdown_s)}
+    if "generation" in t.breakdown_s:  # online RL stages (planner.rl.timing)
+        out["generation_share"] = t.breakdown_s["generation"] / t.step_time_s if t.step_time_s else 0.0
+    return out

@@ -25,6 +25,9 @@ from planner.activations import (
 from planner.calibration import DEFAULT, Calibration
 from planner.compute import tokens_per_sample
 from planner.engines import parallel
+from planner.rl import memory as rl_memory
+from planner.rl.parts import logprob_head_rows
+from planner.rl.settings import is_online_rl
 from planner.states import (
     ModelStates,
     StageParams,
@@ -122,7 +125,15 @@ def shard_group(cfg: TrainConfig) -> int:
 
 
 def memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
-    """Peak bytes on the most loaded GPU (pipeline stage 0 or the last stage)."""
+    """Peak bytes on the most loaded GPU (pipeline stage 0 or the last stage). The online RL stages add their
+    models and generation engine to the policy's training step (planner.rl.memory)."""
+    if is_online_rl(cfg.stage):
+        return rl_memory.rl_memory_per_gpu(_TRAINING, cfg, cal)
+    return training_memory_per_gpu(cfg, cal)
+
+
+def training_memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
+    """Peak bytes of the training step alone on the most loaded GPU (pipeline stage 0 or the last stage)."""
     if cfg.pp == 1:
         return _stage_memory(cfg, cal, first=True)
     first, last = _stage_memory(cfg, cal, first=True), _stage_memory(cfg, cal, first=False)
@@ -216,10 +227,10 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
                       - knobs.final_norm_saving_per_token(cfg, e)) / (cfg.tp if cfg.sequence_parallel else 1)
         items["logits and loss"] = knobs.head_loss_bytes(cfg, tokens, e, grad_dtype_bytes(cfg.precision)) \
             + final_norm * tokens
-        if cfg.stage is Stage.dpo:  # TRL's chunked log-prob head instead of logits + cross-entropy
+        if cfg.stage in (Stage.dpo, Stage.grpo, Stage.rloo):  # TRL's chunked log-prob head, no logits
             items["logits and loss"] = final_norm * tokens + trl_logprob_head_bytes(
-                m, tokens=tokens, compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU", t=cfg.tp,
-                head_trains=cfg.method is Method.full and sp.trainable > 0)
+                m, tokens=logprob_head_rows(cfg, tokens), compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU",
+                t=cfg.tp, head_trains=cfg.method is Method.full and sp.trainable > 0)
         if kbit_prepared(cfg):
             # prepare_model_for_kbit_training leaves the LM head fp32; under autocast F.linear saves its 16-bit
             # cast of the weight for the input's gradient, from the head's forward to its backward (measured:
@@ -321,3 +332,26 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     return MemoryBreakdown(weights=states.weights, gradients=grads_shown, optimizer=states.optimizer,
                            activations=acts, other=other, phase=phase, other_items=other_items, host_bytes=host,
                            nvme_bytes=nvme, reserve_wanted=wanted, tensor_bytes=tensors)
+
+
+def resident_training_states(cfg: TrainConfig) -> dict[str, float]:
+    """What a trainer holds between steps (while an online RL stage generates): weights and optimizer states
+    (gradients are freed by the Trainer's zero_grad(set_to_none=True)) and the engine's persistent buffers, not those
+    that live only in backward or in the optimizer step."""
+    eng = engines.of(cfg)
+    sp = stage_params(cfg, first=True)
+    n = shard_group(cfg)
+    states = model_states(cfg, sp, n)
+    trained = trained_params(cfg, sp)
+    if eng is engines.fsdp:
+        items = eng.buffers(cfg, sp, trained, first=True, sixteen_bit_weights=sixteen_bit_weight_bytes(cfg, sp))
+    else:
+        items = eng.buffers(cfg, sp, trained, first=True)
+    transient = BACKWARD_ONLY_ITEMS + knobs.fsdp_backward_only_items(cfg)
+    return {"weights": states.weights, "optimizer": states.optimizer,
+            "persistent buffers": sum(v for k, v in items.items() if k not in transient)}
+
+
+# what planner.rl.memory builds the online RL stages' peak from (it cannot import this module: this one imports it)
+_TRAINING = rl_memory.TrainingMemory(peak=training_memory_per_gpu, resident=resident_training_states,
+                                     breakdown=MemoryBreakdown)

@@ -41,6 +41,7 @@ from planner.choices import (
 )
 from planner.fields import option
 from planner.limits import Knob
+from planner.rl.settings import Generation
 from planner.strategy import LORA_DROPOUT, Switches
 
 
@@ -99,6 +100,38 @@ class StrategyArgs:
     attn: Attn = option(Attn.sdpa, help="Attention implementation.", panel="Memory")
 
     PANEL: ClassVar[str] = "Parallelism"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutArgs:
+    """The online RL stages' rollout (grpo, rloo: TRL's GRPOConfig / RLOOConfig fields; ppo: verl's). A field left
+    unset takes the stage's default in `estimate` and is searched by `plan` where it decides fit and speed."""
+
+    num_generations: int | None = option(None, help=(
+        "Completions per prompt (num_generations); default the stage's: grpo 8, rloo 2, ppo 1."))
+    completion_len: int = option(512, help="Tokens of a completion (max_completion_length); --seq-len is the "
+                                           "prompt plus this.")
+    kl_beta: float | None = option(None, help=(
+        "KL coefficient; 0 loads no reference model. Default the stage's: grpo 0, rloo 0.05, ppo 0.001."))
+    generation: Generation | None = option(None, help=(
+        "Where completions are generated: transformers' generate, vLLM beside training, or a vLLM server on "
+        "GPUs of its own. Default: plan searches all three, estimate uses transformers (ppo: vllm-colocate)."))
+    vllm_memory: float | None = option(None, min=0.05, max=1.0, help=(
+        "vllm_gpu_memory_utilization. Default: plan picks the share the KV cache needs; estimate 0.3 colocated "
+        "(TRL), 0.9 for a server (trl vllm-serve), 0.5 for ppo (verl)."))
+    vllm_sleep: bool | None = option(None, help=(
+        "vLLM sleep mode: its weights and KV cache freed while training (default: plan searches both)."))
+    vllm_server_gpus: int | None = option(None, help=(
+        "GPUs of --gpus given to the vLLM server (--generation vllm-server; default: plan searches powers of two)."))
+    vllm_tp: int | None = option(None, help="vLLM tensor parallelism (default: the least that holds the model).")
+    generation_steps: int | None = option(None, help=(
+        "Optimizer steps one generation feeds (steps_per_generation / grad accumulation; default: plan searches "
+        "1, 2, 4; estimate 1)."))
+    num_iterations: int = option(1, help="Passes over each generation batch (GRPO's mu).")
+    reward_model: str | None = option(None, help=(
+        "A reward model scoring the completions (catalog name, config.json or directory); default rule rewards."))
+
+    PANEL: ClassVar[str] = "Online RL"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +233,7 @@ class Options:
     adapter: AdapterArgs = field(default_factory=AdapterArgs)
     strategy: StrategyArgs = field(default_factory=StrategyArgs)
     switches: Switches = field(default_factory=Switches)
+    rollout: RolloutArgs = field(default_factory=RolloutArgs)
     search: SearchArgs = field(default_factory=SearchArgs)
     limits: LimitArgs = field(default_factory=LimitArgs)
     job: JobArgs = field(default_factory=JobArgs)

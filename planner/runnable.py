@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from planner.runnable_stages import PPO_REFUSAL, TRL_STAGES
+from planner.rl.settings import Generation
+from planner.runnable_stages import PPO_REFUSAL, SERVER_REFUSAL, TRL_STAGES
 from planner.strategy import Engine, FsdpStrategy, Method, Offload, Optimizer, PipeSchedule, Stage, TrainConfig
 
 # decoder layers with Llama's interface (hidden states in and out, rotary embeddings from the model's rotary_emb)
@@ -31,6 +32,7 @@ RULES: tuple[Rule, ...] = (
     # stages (planner/runnable_stages.py): pt / sft through the Trainer, rm / dpo through TRL's trainers with every
     # method and optimizer (bitsandbytes' NF4 layers and 8-bit / paged optimizers run on its CPU backend too)
     (PPO_REFUSAL, lambda c: c.stage is Stage.ppo),
+    (SERVER_REFUSAL, lambda c: c.stage in (Stage.grpo, Stage.rloo) and c.rollout.generation is Generation.vllm_server),
     ("stage '{stage}' runs through TRL's trainers, which take data parallelism only (DDP, FSDP, DeepSpeed ZeRO): "
      "re-plan with --tp 1 --pp 1", lambda c: c.stage in TRL_STAGES and (c.tp > 1 or c.pp > 1)),
     # tensor parallelism: DeepSpeed AutoTP through the Trainer

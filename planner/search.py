@@ -20,6 +20,8 @@ from planner import engines
 from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.estimate import Estimate, FitKind, Limits, estimate, fit_reason
+from planner.rl import search as rl_search
+from planner.rl.settings import RolloutSpace, is_online_rl
 from planner.strategy import (
     Attn,
     Batch,
@@ -61,6 +63,7 @@ class SearchSpace:
     optimizers: tuple[Optimizer, ...] = (Optimizer.adamw,)
     tps: tuple[int, ...] | None = None  # None: powers of two within a node
     pps: tuple[int, ...] | None = None
+    rollouts: RolloutSpace | None = None  # online RL stages: the generation settings (planner.rl.search)
 
 
 def search_space(base: TrainConfig, *, methods: list[Method] | tuple[Method, ...] | None = None,
@@ -271,7 +274,10 @@ def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits =
     one that fits. The validity rules (`validity.problems`) read no micro-batch, accumulation,
     checkpointing or attention field, so one check decides every variant of a strategy: a rejected
     strategy counts all its variants as evaluated and rejected (tests/planner/test_search_fast.py
-    checks the verdict against `problems` on each variant)."""
+    checks the verdict against `problems` on each variant). Online RL stages search their generation settings
+    too (planner.rl.search)."""
+    if is_online_rl(base.stage):
+        return rl_search.rl_plan(_RL_PARTS, base, space, limits, cal)
     evaluated = valid = 0
     fitting: list[Estimate] = []
     rejected: dict[str, int] = {}
@@ -300,3 +306,8 @@ def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits =
     fitting, recommendation = recommend(rank(fitting))
     return PlanResult(plans=fitting, candidates_evaluated=evaluated, valid=valid, rejected=rejected,
                       recommendation=recommendation)
+
+
+# what planner.rl.search plans the online RL stages with (it cannot import this module: this one imports it)
+_RL_PARTS = rl_search.SearchParts(candidates=candidates, default_global_batch=default_global_batch, rank_key=rank_key,
+                                  resolve_ties=resolve_ties, simplicity_key=simplicity_key, result=PlanResult)

@@ -2,8 +2,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const FIELDS = ["model", "gpus", "method", "seq_len", "global_batch", "solve"];
-const DEFAULTS = { model: "llama-2-7b", gpus: "8xA800", method: "", seq_len: "2048", global_batch: "", solve: "" };
+const FIELDS = ["model", "gpus", "method", "stage", "seq_len", "global_batch", "solve"];
+const DEFAULTS = { model: "llama-2-7b", gpus: "8xA800", method: "", stage: "sft", seq_len: "2048", global_batch: "",
+  solve: "" };
 const COLORS = { weights: "#4e79a7", gradients: "#b07aa1", optimizer: "#f2a93b", activations: "#59a14f",
   other: "#9aa3b2" };
 const TIME_COLORS = ["#4e79a7", "#e15759", "#76b7b2", "#f28e2b", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
@@ -62,6 +63,7 @@ function requestBody(values) {
     body.model = values.model;
   }
   if (values.global_batch) body.global_batch = values.global_batch;
+  if (values.stage && values.stage !== DEFAULTS.stage) body.stage = values.stage;
   if (values.solve) body.solve = values.solve;
   return body;
 }
@@ -132,7 +134,9 @@ function renderPlans(data) {
     row.innerHTML = `<td>${i + 1}</td><td>${esc(p.config.method)}</td><td class="plan">${esc(p.name)}</td>` +
       `<td>${gib(p.memory_per_gpu_bytes.total)} (${fill}%)</td>` +
       `<td class="${p.fits ? "yes" : "no"}">${p.fits ? "yes" : "no"}</td><td>${fmtInt(p.tokens_per_s)}</td>` +
-      `<td>${p.step_time_s.toFixed(2)}</td><td>${(100 * p.mfu).toFixed(0)}%</td>` +
+      `<td>${p.step_time_s.toFixed(2)}</td><td>${(100 * p.mfu).toFixed(0)}%` +
+      // online RL: generation's share of the step beside MFU
+      `${p.generation_share === undefined ? "" : ` / gen ${(100 * p.generation_share).toFixed(0)}%`}</td>` +
       `<td><button type="button" class="small" title="download this plan's files">files</button></td>`;
     row.querySelector("button").addEventListener("click", () => download(p));
   });

@@ -15,6 +15,7 @@ from planner import nccl_memory
 from planner.gpus import parse_gpus
 from planner.memory import BACKWARD_ONLY_ITEMS, CATEGORIES, MemoryBreakdown, memory_per_gpu
 from planner.models import from_name
+from planner.rl.settings import is_online_rl
 from planner.search import _ENGINES, SearchSpace, candidates
 from planner.strategy import (
     Attn,
@@ -82,7 +83,9 @@ def test_monotonic_in_seq_len(cfg: TrainConfig) -> None:
 @SETTINGS
 @given(configs(), st.sampled_from([Offload.none, Offload.optimizer]))
 def test_higher_zero_stage_never_adds_model_states(cfg: TrainConfig, offload: Offload) -> None:
-    # pp = 1: with a pipeline the heavier stage is reported, and which one that is may change with the stage
+    # pp = 1: with a pipeline the heavier stage is reported, and which one that is may change with the stage;
+    # online RL stages may peak while generating, where no gradient exists
+    assume(not is_online_rl(cfg.stage))
     stages = [s for s in ZeroStage if offload is Offload.none or s >= ZeroStage.OPTIMIZER_STATES]
     base = replace(cfg, engine=Engine.deepspeed, zero=stages[0], offload=offload, offload_device=OffloadDevice.cpu,
                    precision=Precision.bf16_mixed, pp=1)
@@ -120,7 +123,7 @@ def test_breakdown_agrees_with_its_phase_and_reserve(cfg: TrainConfig) -> None:
     # only the backward peak holds activations and the backward-only buffers
     if mem.phase != "backward":
         assert mem.activations == 0 and not set(items) & set(BACKWARD_ONLY_ITEMS)
-    assert mem.phase in ("backward", "gradients", "optimizer")
+    assert mem.phase in ("backward", "gradients", "optimizer", "generation")  # generation: online RL stages
     d = mem.as_dict()
     assert abs(sum(d[c] for c in CATEGORIES) - d["total"]) <= len(CATEGORIES)
     assert all(getattr(mem, c) >= 0 for c in CATEGORIES) and mem.host_bytes >= 0 and mem.nvme_bytes >= 0
