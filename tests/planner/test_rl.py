@@ -42,8 +42,9 @@ def test_reference_model_follows_beta_and_method() -> None:
     assert reference_bytes(grpo(method=Method.lora, kl_beta=0.04)) == 0  # peft: the adapter-disabled base
     rloo = grpo(stage=Stage.rloo)
     assert rloo.kl_beta == 0.05 and rloo.num_generations == 2  # RLOOConfig's defaults
+    # the allocator's reserve follows the step's transient tensors (planner.allocator), not a resident model
     assert memory_per_gpu(full).total - memory_per_gpu(grpo(method=Method.full)).total == pytest.approx(
-        reference_bytes(full) * 1.05, rel=0.02)  # plus the allocator reserve on it
+        reference_bytes(full), rel=0.02)
 
 
 def test_vllm_share_sleep_mode_and_transformers_kv_cache() -> None:
@@ -51,7 +52,7 @@ def test_vllm_share_sleep_mode_and_transformers_kv_cache() -> None:
     colo = memory_per_gpu(grpo(generation=Generation.vllm_colocate, vllm_memory=0.4))
     # colocated vLLM holds its share through training: 0.4 of the GPU beside the step
     assert colo.other_items["vLLM (gpu_memory_utilization)"] == pytest.approx(0.4 * 80 * GiB, rel=0.01)
-    assert colo.total - tf.total == pytest.approx(0.4 * 80 * GiB * 1.05, rel=0.02)
+    assert colo.total - tf.total == pytest.approx(0.4 * 80 * GiB, rel=0.02)  # no allocator reserve on a resident share
     asleep = memory_per_gpu(grpo(generation=Generation.vllm_colocate, vllm_memory=0.4, vllm_sleep=True))
     assert asleep.total < colo.total  # freed while training, taken again only to generate
     # transformers' generate over a large generation batch at long completions: its KV cache makes the peak
