@@ -149,7 +149,8 @@ def test_a_users_config_goes_through_the_subprocess_and_the_cache(tmp_path: Path
 
 
 @pytest.mark.parametrize(("raw", "needle"), [
-    ({"model_type": "no_such_family", "hidden_size": 8}, "'no_such_family' is not supported: transformers cannot build"),
+    ({"model_type": "no_such_family", "hidden_size": 8},
+     "'no_such_family' is not supported: transformers cannot build"),
     ({"model_type": "t5", "d_model": 32, "num_layers": 1, "num_heads": 2, "d_kv": 16, "d_ff": 64, "vocab_size": 64},
      "not supported: transformers has no causal-LM class"),
 ], ids=["unknown", "encoder-decoder"])

@@ -14,8 +14,12 @@ import functools
 
 import pytest
 
-from planner.activations import LayerTraining, derived_layer_bytes_per_token, derived_layer_fixed_bytes, \
-    hf_layer_bytes_per_token
+from planner.activations import (
+    LayerTraining,
+    derived_layer_bytes_per_token,
+    derived_layer_fixed_bytes,
+    hf_layer_bytes_per_token,
+)
 from planner.choices import Attn
 from planner.models import spec_from_dict, spec_from_hf_config
 

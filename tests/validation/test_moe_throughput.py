@@ -71,5 +71,6 @@ def test_native_transformers_v5_qwen3_moe() -> None:
     assert memory_per_gpu(cfg).total / 2**30 == pytest.approx(68.2, rel=0.15)  # the setting that fits the peak
     predicted = step_time(cfg).tokens_per_s / cfg.world_size
     dev = predicted / 3075.0 - 1
-    print(f"\nHF blog, native Transformers v5 Qwen3-30B-A3B: published 3,075, ftplan {predicted:,.0f} ({100 * dev:+.1f}%)")
+    print(f"\nHF blog, native Transformers v5 Qwen3-30B-A3B: published 3,075, ftplan {predicted:,.0f} "
+          f"({100 * dev:+.1f}%)")
     assert abs(dev) <= TOLERANCE
