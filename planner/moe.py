@@ -222,3 +222,24 @@ def expert_compute_share(m: ModelSpec) -> float:
         if lin.role in ("expert", "shared_expert"):
             expert += flops
     return expert / total if total else 0.0
+
+
+def grouped_expert_params(m: ModelSpec, layers: int) -> float:
+    """Parameters of the fused expert tensors that transformers runs through grouped_mm (routed dispatch) in
+    `layers` decoder layers. torch's autocast does not list grouped_mm, and transformers casts the input to the
+    weights' dtype before it (integrations/moe.py `_grouped_mm`), so autocast makes no 16-bit copy of them: under
+    bf16-mixed full fine-tuning the fp32 experts run in fp32 (the dry run of Qwen3-30B-A3B at 16 sequences had 55 GiB
+    of autocast copies fewer than a count over every weight)."""
+    if not m.is_moe:
+        return 0.0
+    if not m.layer_kinds:
+        per_layer = sum(lin.copies * lin.in_features * lin.out_features for lin in m.linears() if lin.copies > 1)
+        return layers * per_layer
+    total = 0.0
+    for kind in m.layer_kinds:
+        if kind.mlp.kind != "moe" or kind.mlp.dispatch != "routed":
+            continue
+        per_layer = sum(lin.copies * lin.in_features * (lin.out_features + (1 if lin.bias else 0))
+                        for lin in kind.linears if lin.role == "expert")
+        total += kind.count * per_layer
+    return total * layers / m.num_layers

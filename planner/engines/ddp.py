@@ -63,7 +63,11 @@ def shards_optimizer(cfg: TrainConfig) -> bool:
 def autocast_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
     """autocast caches a 16-bit copy of every fp32 weight it casts; backward keeps them."""
     if is_mixed(cfg.precision) and cfg.method is Method.full:
-        return {"autocast weight copies": 2.0 * sp.trainable / 1}
+        # fused experts under transformers' grouped_mm are not autocast ops (the input is cast to the weight's
+        # dtype instead): no 16-bit copies of them (planner/moe.py)
+        from planner.moe import grouped_expert_params
+
+        return {"autocast weight copies": 2.0 * (sp.trainable - grouped_expert_params(cfg.model, sp.layers) / cfg.tp)}
     return {}
 
 
