@@ -8,7 +8,10 @@ Two models live here:
   (RMSNorm upcast to fp32, RoPE, SwiGLU of width i, GQA, SDPA/flash kernels that keep no s x s
   scores, peft LoRA branches), derived by listing the saved tensors of LlamaDecoderLayer.forward
   (transformers/models/llama/modeling_llama.py) and integrations/sdpa_attention.py. The profiler's
-  dry run measures the same quantity on the real model (benchmarks/accuracy.py).
+  dry run measures the same quantity on the real model (benchmarks/accuracy.py). It serves the hand-written
+  families (planner/models.py HAND_FAMILIES).
+- `derived_layer_bytes_per_token`: every model read from transformers (ModelSpec.layer_kinds), composed from the
+  tensors its real layers save on fake tensors (profiler/spec_activations.py), not from a per-family formula.
 """
 
 from __future__ import annotations
