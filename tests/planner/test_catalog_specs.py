@@ -2,7 +2,7 @@
 the shipped specs (planner/model_specs/*.json) belong to the catalog's current config excerpts; the published sizes
 (model cards and reports, rounded as published) and active-parameter counts hold.
 
-Every catalog model is built whole on the meta device (about 20 s for the 45 entries on this machine: a meta build
+Every catalog model is built whole on the meta device (about 20 s for the 46 entries on this machine: a meta build
 allocates nothing, and transformers 5 stores a MoE layer's experts as a few fused tensors, so even the 671B
 DeepSeek-V3 builds in under a second). The remote-code families (baichuan, chatglm) go through the proxies of
 tests/planner/test_params.py.
