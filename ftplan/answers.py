@@ -153,8 +153,9 @@ def answer(name: str, params: dict[str, Any]) -> Any:
     opts, rest = from_flat(Options, params)
     if name == "scale":
         scale_args, rest = from_flat(ScaleArgs, rest)
-    if rest:
-        raise PlanError(f"No such option: --{next(iter(rest)).replace('_', '-')}")
+    given = [name for name, value in rest.items() if value not in (None, [], ())]
+    if given:  # an option of the command line only (--from reads local files)
+        raise PlanError(f"No such option: --{'from' if given[0] == 'from_file' else given[0].replace('_', '-')}")
     if name == "scale":
         return scale_answer(opts, scale_args)
     return {"estimate": estimate_answer, "plan": plan_answer}[name](opts)

@@ -12,10 +12,11 @@ from planner.options import Options
 
 # estimate: one configuration, every option of it; plan: the search fixes no strategy, only the batch shape,
 # the user's optimizer and the FSDP version
-ESTIMATE = o.expose(target=o.ALL, adapter=o.ALL, strategy=o.ALL, switches=o.ALL, limits=o.ALL, job=o.ALL)
+ESTIMATE = o.expose(target=o.ALL, adapter=o.ALL, strategy=o.ALL, switches=o.ALL, limits=o.ALL, job=o.ALL,
+                    sources=True)
 PLAN = o.expose(target=o.ALL, adapter=("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision"),
                 strategy=("seq_len", "optimizer", "fsdp_version"), switches=o.ALL, search=o.ALL, limits=o.ALL,
-                job=o.ALL, show=o.ALL)
+                job=o.ALL, show=o.ALL, sources=True)
 
 
 @app.command()
