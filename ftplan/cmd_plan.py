@@ -19,6 +19,13 @@ PLAN = o.expose(target=o.ALL, adapter=("lora_r", "lora_alpha", "lora_targets", "
                 job=o.ALL, show=o.ALL, sources=True)
 
 
+def _fit_line(fit: object) -> None:
+    if fit is not None:
+        from reports.fit_report import device_fit_line
+
+        Console().print(device_fit_line(fit))  # type: ignore[arg-type]
+
+
 @app.command()
 @o.grouped
 def estimate(opts: Annotated[Options, ESTIMATE], out: o.EmitOutput) -> None:
@@ -43,6 +50,7 @@ def estimate(opts: Annotated[Options, ESTIMATE], out: o.EmitOutput) -> None:
     Console().print(estimate_view(est))
     if est.time is not None:
         Console().print(time_table(est.time, f"Step time: {est.config}", answer.job))
+    _fit_line(answer.fit)
     if emitted is not None:
         Console().print(emitted)
 
@@ -73,6 +81,7 @@ def plan(opts: Annotated[Options, PLAN], out: o.PlanOutput) -> None:
     per_method = len(answer.result.plans) if opts.show.all_plans else opts.show.top
     Console().print(plan_view(answer.result, per_method, answer.job,
                               runnable_first=not opts.search.include_unrunnable))
+    _fit_line(answer.fit)
     if emitted is not None:
         Console().print(emitted)
 

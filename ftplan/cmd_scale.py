@@ -43,3 +43,7 @@ def scale(opts: Annotated[Options, SCALE], scale_args: ScaleArgs, out: o.ScaleOu
         return
     Console().print(scale_view(answer.result, model=answer.model, gpu=answer.gpu, method=method.value,
                                files=[str(out.out / n) for n in names]))
+    if answer.fit is not None:
+        from reports.fit_report import device_fit_line
+
+        Console().print(device_fit_line(answer.fit))

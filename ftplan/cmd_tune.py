@@ -82,7 +82,7 @@ def tune(opts: Annotated[Options, TUNE], dims: TuneSpaceArgs, run: TuneRunArgs, 
     is each worker's own device set (trials run on one node: multi-node trial plans are not measured)."""
     from rich.console import Console
 
-    from planner.build import check_positions, config_from, limits_from
+    from planner.build import check_positions, config_from, device_fit_for, limits_from
     from planner.calibration import load_calibration
     from planner.errors import PlanError
     from planner.search import SearchSpace, search_space
@@ -143,15 +143,20 @@ def tune(opts: Annotated[Options, TUNE], dims: TuneSpaceArgs, run: TuneRunArgs, 
         from runner.emit import emit as emit_files
 
         emitted = [str(p) for p in emit_files(result.best, out.emit, force=out.force)]
+    fit = device_fit_for(opts)
     if out.json_out:
         from reports.fmt import print_json
         from reports.tune_report import tune_json
 
-        print_json(tune_json(result, emitted))
+        print_json({**tune_json(result, emitted), **({"device_fit": fit.summary()} if fit else {})})
         return
     from reports.tune_report import tune_view
 
     console = Console()
     console.print(tune_view(result))
+    if fit is not None:
+        from reports.fit_report import device_fit_line
+
+        console.print(device_fit_line(fit))
     if emitted:
         console.print(f"Wrote {', '.join(emitted)}")
