@@ -14,17 +14,13 @@ field replaces which GPU-spec constant is planner.gpus.with_device_fit's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import platform
 import re
-import socket
 import stat
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +55,7 @@ class DeviceFitFile:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _safe(name: str) -> str:
@@ -69,7 +65,9 @@ def _safe(name: str) -> str:
 def machine_id() -> str:
     """This machine's key: its host name and the start of systemd's /etc/machine-id (stable across reboots,
     distinct between machines that share a host name), hashed so the id itself is not written out."""
-    host = socket.gethostname()
+    import hashlib  # here, not at import: every plan looks for a fit, few write one
+
+    host = os.uname().nodename
     try:
         raw = Path("/etc/machine-id").read_text().strip()
     except OSError:
@@ -79,11 +77,15 @@ def machine_id() -> str:
 
 
 def machine_info() -> dict[str, str]:
-    return {"id": machine_id(), "hostname": socket.gethostname(), "platform": platform.platform(),
+    import platform
+
+    return {"id": machine_id(), "hostname": os.uname().nodename, "platform": platform.platform(),
             "processor": _cpu_model()}
 
 
 def _cpu_model() -> str:
+    import platform
+
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -167,9 +169,11 @@ def load(path: Path) -> DeviceFitFile:
     if not isinstance(device, str) or not device or not isinstance(machine, dict):
         raise PlanError(f"device fit {path}: 'device' must name a device and 'machine' be an object")
     written = data.get("written_at")
+    import calendar
+
     try:
-        written_at = None if written is None else datetime.strptime(str(written), "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=timezone.utc).timestamp()
+        written_at = None if written is None else float(calendar.timegm(time.strptime(str(written),
+                                                                                      "%Y-%m-%dT%H:%M:%SZ")))
     except ValueError:
         raise PlanError(f"device fit {path}: written_at '{written}' is not YYYY-MM-DDTHH:MM:SSZ") from None
     values = {k: v for k, v in data.items() if k not in METADATA}
@@ -187,6 +191,8 @@ def resolve(choice: str | Path | None, device: str, env: dict[str, str] | None =
     if choice is None or str(choice) == NONE:
         return None
     if str(choice) == AUTO:
+        if not default_dir(env).is_dir():  # no fit written on this machine: the usual case, answered first
+            return None
         path = default_path(device, env)
         return load(path) if path.exists() or path.is_symlink() else None
     fit = load(Path(choice))
