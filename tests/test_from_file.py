@@ -161,3 +161,11 @@ def test_the_server_takes_no_from(capsys, monkeypatch) -> None:
 
     with pytest.raises(Exception, match="No such option: --from"):
         answer("estimate", {"model": "7b", "gpus": "8xA800", "from_file": ["/etc/passwd"]})
+
+
+def test_tune_keeps_the_setups_method_and_attention(capsys, monkeypatch) -> None:
+    code, out, err = run(capsys, monkeypatch, "tune", "--from", str(SETUPS / "axolotl_llama3_70b_qlora_fsdp.yaml"),
+                         "--gpus", "8xA100-80G", "--storage", "memory", "--json")
+    assert code == 0, err
+    best = json.loads(out)["best"]["config"]
+    assert (best["method"], best["attn"], best["seq_len"]) == ("qlora", "flash", 512)
