@@ -112,3 +112,8 @@ def apply(opts: Options, paths: list[Path], explicit: set[str]) -> Options:
             flat["rope_scaling"] = rope_for(pending["rope_type"], flat["seq_len"], spec.max_seq_len)
     built, _ = from_flat(Options, flat)
     return built
+
+
+def note(paths: list[Path]) -> str:
+    """The line that says what --from read (printed on stderr, beside --json's clean stdout)."""
+    return "read " + ", ".join(f"{r.source} ({r.kind})" for r in readings(paths))

@@ -209,12 +209,15 @@ def grouped(func: Any) -> Any:
         built = {slot.name: _build(slot, kwargs) for slot in slots}
         shown = {n for slot in slots for _, names in slot.parts for n in names}
         if files:
-            from ftplan.from_file import apply
+            import sys
+
+            from ftplan.from_file import apply, note
 
             explicit = {n for n in shown if _given(ctx, n)}
             for slot in slots:
                 if slot.sources:
                     built[slot.name] = apply(built[slot.name], list(files), explicit)
+            print(f"ftplan: {note(list(files))}; flags given on the command line win", file=sys.stderr)
         rest = {k: v for k, v in kwargs.items() if k not in shown}
         return func(**built, **rest)
 

@@ -169,3 +169,11 @@ def test_tune_keeps_the_setups_method_and_attention(capsys, monkeypatch) -> None
     assert code == 0, err
     best = json.loads(out)["best"]["config"]
     assert (best["method"], best["attn"], best["seq_len"]) == ("qlora", "flash", 512)
+
+
+def test_what_was_read_is_said_on_stderr(capsys, monkeypatch) -> None:
+    code, out, err = run(capsys, monkeypatch, "estimate", "--from", str(SETUPS / "lf_llama3_lora_sft_ds3.yaml"),
+                         "--gpus", "8xA800", "--json")
+    assert code == 0 and json.loads(out)
+    assert err == ("ftplan: read lf_llama3_lora_sft_ds3.yaml (LLaMA-Factory YAML), ds_z3_config.json (DeepSpeed "
+                   "config); flags given on the command line win\n")
