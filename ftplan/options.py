@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,8 +210,6 @@ def grouped(func: Any) -> Any:
         built = {slot.name: _build(slot, kwargs) for slot in slots}
         shown = {n for slot in slots for _, names in slot.parts for n in names}
         if files:
-            import sys
-
             from ftplan.from_file import apply, note
 
             explicit = {n for n in shown if _given(ctx, n)}
