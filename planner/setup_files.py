@@ -298,34 +298,8 @@ _LF_REFUSED = {
 }
 
 
-def llamafactory(data: dict[str, Any], source: str, exists: Callable[[str], bool]) -> Reading:
-    keys = _Keys(data, source)
-    keys.refuse_any(_LF_REFUSED)
-    values: dict[str, Any] = {}
-    defaults: dict[str, Any] = {
-        # TrainingArguments' micro-batch; LLaMA-Factory's cutoff_len, LoRA shape, dropout 0 and checkpointing on
-        "micro_batch": 8, "grad_accum": 1, "seq_len": 2048, "method": Method.lora, "stage": Stage.sft,
-        "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_targets": "all", "precision": Precision.fp32,
-        "grad_ckpt": GradCkpt.full, "attn": Attn.sdpa, "optimizer": Optimizer.adamw,
-        # LLaMA-Factory does not call peft's prepare_model_for_kbit_training (runner/llamafactory.py notes)
-        "kbit_prep": False,
-    }
-    problem = _model(keys, "model_name_or_path", exists, values)
-    _trainer_common(keys, values)
-    # LLaMA-Factory checkpoints unless disable_gradient_checkpointing says no (model/model_utils/checkpointing.py);
-    # the Trainer's own switch can only turn it on
-    trainer_ckpt = values.pop("grad_ckpt", None)
-    if "disable_gradient_checkpointing" in keys:
-        off = keys.flag("disable_gradient_checkpointing") and trainer_ckpt is not GradCkpt.full
-        values["grad_ckpt"] = GradCkpt.none if off else GradCkpt.full
-    elif trainer_ckpt is GradCkpt.full:
-        values["grad_ckpt"] = GradCkpt.full
-    stage = keys.text("stage")
-    if stage is not None:
-        if stage not in ("pt", "sft", "rm", "ppo", "dpo"):
-            raise keys.refuse("stage", f"'{stage}' is not planned (pt, sft, rm, ppo, dpo)")
-        values["stage"] = Stage(stage)
-    pending: dict[str, Any] = {}
+def _lf_method(keys: _Keys, values: dict[str, Any], pending: dict[str, Any]) -> None:
+    """finetuning_type and the quantized base (hparams/finetuning_args.py, model_args.py)."""
     kind = keys.text("finetuning_type") or "lora"
     bits = keys.positive_int("quantization_bit")
     if kind == "oft":
@@ -355,6 +329,9 @@ def llamafactory(data: dict[str, Any], source: str, exists: Callable[[str], bool
         pending["trainable_layers"] = trainable
     elif "finetuning_type" in keys:
         values["method"] = Method.lora
+
+
+def _lf_lora(keys: _Keys, values: dict[str, Any]) -> None:
     rank = keys.positive_int("lora_rank")
     if rank is not None:
         values["lora_r"] = rank
@@ -367,11 +344,10 @@ def llamafactory(data: dict[str, Any], source: str, exists: Callable[[str], bool
     target = keys.text("lora_target")
     if target is not None:
         values["lora_targets"] = target
-    if keys.flag("pure_bf16") if "pure_bf16" in keys else False:
-        values["precision"] = Precision.bf16_true  # no fp32 upcast of the trained weights (model/adapter.py)
-    seq = keys.positive_int("cutoff_len")
-    if seq is not None:
-        values["seq_len"] = seq
+
+
+def _lf_model_args(keys: _Keys, values: dict[str, Any], pending: dict[str, Any]) -> None:
+    """Attention, Liger's kernels and RoPE scaling (hparams/model_args.py)."""
     attn = keys.text("flash_attn")
     if attn is not None:
         table = {"auto": Attn.sdpa, "disabled": Attn.eager, "sdpa": Attn.sdpa, "fa2": Attn.flash, "fa3": Attn.flash}
@@ -388,6 +364,44 @@ def llamafactory(data: dict[str, Any], source: str, exists: Callable[[str], bool
         if rope not in ("linear", "dynamic", "yarn", "llama3"):
             raise keys.refuse("rope_scaling", f"'{rope}' is not one of linear, dynamic, yarn, llama3")
         pending["rope_type"] = rope
+
+
+def llamafactory(data: dict[str, Any], source: str, exists: Callable[[str], bool]) -> Reading:
+    keys = _Keys(data, source)
+    keys.refuse_any(_LF_REFUSED)
+    values: dict[str, Any] = {}
+    defaults: dict[str, Any] = {
+        # TrainingArguments' micro-batch; LLaMA-Factory's cutoff_len, LoRA shape, dropout 0 and checkpointing on
+        "micro_batch": 8, "grad_accum": 1, "seq_len": 2048, "method": Method.lora, "stage": Stage.sft,
+        "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_targets": "all", "precision": Precision.fp32,
+        "grad_ckpt": GradCkpt.full, "attn": Attn.sdpa, "optimizer": Optimizer.adamw,
+        # LLaMA-Factory does not call peft's prepare_model_for_kbit_training (runner/llamafactory.py notes)
+        "kbit_prep": False,
+    }
+    problem = _model(keys, "model_name_or_path", exists, values)
+    _trainer_common(keys, values)
+    # LLaMA-Factory checkpoints unless disable_gradient_checkpointing says no (model/model_utils/checkpointing.py);
+    # the Trainer's own switch can only turn it on
+    trainer_ckpt = values.pop("grad_ckpt", None)
+    if "disable_gradient_checkpointing" in keys:
+        off = keys.flag("disable_gradient_checkpointing") and trainer_ckpt is not GradCkpt.full
+        values["grad_ckpt"] = GradCkpt.none if off else GradCkpt.full
+    elif trainer_ckpt is GradCkpt.full:
+        values["grad_ckpt"] = GradCkpt.full
+    stage = keys.text("stage")
+    if stage is not None:
+        if stage not in ("pt", "sft", "rm", "ppo", "dpo"):
+            raise keys.refuse("stage", f"'{stage}' is not planned (pt, sft, rm, ppo, dpo)")
+        values["stage"] = Stage(stage)
+    pending: dict[str, Any] = {}
+    _lf_method(keys, values, pending)
+    _lf_lora(keys, values)
+    if keys.flag("pure_bf16") if "pure_bf16" in keys else False:
+        values["precision"] = Precision.bf16_true  # no fp32 upcast of the trained weights (model/adapter.py)
+    seq = keys.positive_int("cutoff_len")
+    if seq is not None:
+        values["seq_len"] = seq
+    _lf_model_args(keys, values, pending)
     return Reading(source, KINDS["llamafactory"], values, defaults, _references(keys), pending, problem)
 
 
@@ -407,20 +421,8 @@ _AXOLOTL_REFUSED = {
 }
 
 
-def axolotl(data: dict[str, Any], source: str, exists: Callable[[str], bool]) -> Reading:
-    keys = _Keys(data, source)
-    keys.refuse_any(_AXOLOTL_REFUSED)
-    values: dict[str, Any] = {}
-    # axolotl's defaults: sequence_len 512, no checkpointing, no LoRA dropout, transformers' default SDPA
-    defaults: dict[str, Any] = {"micro_batch": 1, "grad_accum": 1, "seq_len": 512, "method": Method.full,
-                                "lora_dropout": 0.0, "precision": Precision.fp32, "grad_ckpt": GradCkpt.none,
-                                "attn": Attn.sdpa, "optimizer": Optimizer.adamw, "stage": Stage.sft}
-    problem = _model(keys, "base_model", exists, values)
-    for key, name in (("micro_batch_size", "micro_batch"), ("gradient_accumulation_steps", "grad_accum"),
-                      ("sequence_len", "seq_len")):
-        value = keys.positive_int(key)
-        if value is not None:
-            values[name] = value
+def _axolotl_adapter(keys: _Keys, values: dict[str, Any]) -> None:
+    """adapter, the bitsandbytes base and the LoRA shape."""
     adapter = keys.text("adapter")
     four, eight = (keys.flag(k) if k in keys else False for k in ("load_in_4bit", "load_in_8bit"))
     if four and eight:
@@ -454,6 +456,9 @@ def axolotl(data: dict[str, Any], source: str, exists: Callable[[str], bool]) ->
             values["lora_targets"] = targets
         else:  # peft's own default for Llama-style models (peft/utils/constants.py)
             values["lora_targets"] = "q_proj,v_proj"
+
+
+def _axolotl_precision_and_checkpointing(keys: _Keys, values: dict[str, Any]) -> None:
     # bf16 (true or auto) and fp16 are the Trainer's AMP; the model is loaded in that dtype (resolve_dtype), so a
     # full fine-tune outside DeepSpeed keeps no fp32 master copy: bf16-true. `bfloat16: true` asks for that outright.
     if keys.get("bf16") == "auto":
@@ -471,6 +476,9 @@ def axolotl(data: dict[str, Any], source: str, exists: Callable[[str], bool]) ->
             values["activation_offload"] = True
     if keys.flag("activation_offloading") if "activation_offloading" in keys else False:
         values["activation_offload"], values["grad_ckpt"] = True, GradCkpt.full
+
+
+def _axolotl_attention(keys: _Keys, values: dict[str, Any]) -> None:
     chosen = [name for name in ("flash_attention", "sdp_attention", "xformers_attention", "eager_attention",
                                 "flex_attention") if keys.get(name) in (True, "true")]
     if keys.text("attention") is not None:  # newer axolotl: `attention: flash | sdpa | xformers | eager | flex`
@@ -487,11 +495,10 @@ def axolotl(data: dict[str, Any], source: str, exists: Callable[[str], bool]) ->
         # xformers' memory-efficient attention saves what SDPA's does (q, k, v, output, log-sum-exp)
         values["attn"] = {"flash_attention": Attn.flash, "sdp_attention": Attn.sdpa,
                           "xformers_attention": Attn.sdpa, "eager_attention": Attn.eager}[chosen[0]]
-    optimizer = optimizer_of(keys, "optimizer")
-    if optimizer is not None:
-        values["optimizer"] = optimizer
-    if "torch_compile" in keys:
-        values["torch_compile"] = keys.get("torch_compile") not in (False, "false")
+
+
+def _axolotl_kernels_stage_rope(keys: _Keys, values: dict[str, Any]) -> None:
+    """Liger's kernels (its plugin's keys), cut cross-entropy, the preference stages and RoPE scaling."""
     if any(keys.get(k) in (True, "true") for k in ("liger_rms_norm", "liger_glu_activation", "liger_rope")):
         values["kernels"] = Kernels.liger
     if keys.get("liger_fused_linear_cross_entropy") in (True, "true") or keys.get("cut_cross_entropy") in (True,
@@ -511,6 +518,31 @@ def axolotl(data: dict[str, Any], source: str, exists: Callable[[str], bool]) ->
         if kind not in ("linear", "dynamic", "yarn", "llama3") or not isinstance(factor, int | float):
             raise keys.refuse("rope_scaling", f"expected type (linear, dynamic, yarn, llama3) and factor, got {rope}")
         values["rope_scaling"] = f"{kind}:{float(factor)}"
+
+
+def axolotl(data: dict[str, Any], source: str, exists: Callable[[str], bool]) -> Reading:
+    keys = _Keys(data, source)
+    keys.refuse_any(_AXOLOTL_REFUSED)
+    values: dict[str, Any] = {}
+    # axolotl's defaults: sequence_len 512, no checkpointing, no LoRA dropout, transformers' default SDPA
+    defaults: dict[str, Any] = {"micro_batch": 1, "grad_accum": 1, "seq_len": 512, "method": Method.full,
+                                "lora_dropout": 0.0, "precision": Precision.fp32, "grad_ckpt": GradCkpt.none,
+                                "attn": Attn.sdpa, "optimizer": Optimizer.adamw, "stage": Stage.sft}
+    problem = _model(keys, "base_model", exists, values)
+    for key, name in (("micro_batch_size", "micro_batch"), ("gradient_accumulation_steps", "grad_accum"),
+                      ("sequence_len", "seq_len")):
+        value = keys.positive_int(key)
+        if value is not None:
+            values[name] = value
+    _axolotl_adapter(keys, values)
+    _axolotl_precision_and_checkpointing(keys, values)
+    _axolotl_attention(keys, values)
+    optimizer = optimizer_of(keys, "optimizer")
+    if optimizer is not None:
+        values["optimizer"] = optimizer
+    if "torch_compile" in keys:
+        values["torch_compile"] = keys.get("torch_compile") not in (False, "false")
+    _axolotl_kernels_stage_rope(keys, values)
     if keys.get("deepspeed") and keys.get("fsdp") not in (None, False, "", []):
         raise keys.refuse("deepspeed / fsdp", "both are set: DeepSpeed and FSDP are exclusive")
     _fsdp(keys, values, default_version=1)
