@@ -12,11 +12,11 @@ from planner.options import Options
 
 # estimate: one configuration, every option of it; plan: the search fixes no strategy, only the batch shape,
 # the user's optimizer and the FSDP version
-ESTIMATE = o.expose(target=o.ALL, adapter=o.ALL, strategy=o.ALL, switches=o.ALL, limits=o.ALL, job=o.ALL,
-                    sources=True)
+ESTIMATE = o.expose(target=o.ALL, adapter=o.ALL, strategy=o.ALL, switches=o.ALL, rollout=o.ALL, limits=o.ALL,
+                    job=o.ALL, solve=o.ALL, sources=True)
 PLAN = o.expose(target=o.ALL, adapter=("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision"),
-                strategy=("seq_len", "optimizer", "fsdp_version"), switches=o.ALL, search=o.ALL, limits=o.ALL,
-                job=o.ALL, show=o.ALL, sources=True)
+                strategy=("seq_len", "optimizer", "fsdp_version"), switches=o.ALL, rollout=o.ALL, search=o.ALL,
+                limits=o.ALL, job=o.ALL, show=o.ALL, solve=o.ALL, sources=True)
 
 
 def _fit_line(fit: object) -> None:
@@ -48,6 +48,10 @@ def estimate(opts: Annotated[Options, ESTIMATE], out: o.EmitOutput) -> None:
     from reports.time_report import time_table
 
     Console().print(estimate_view(est))
+    if answer.limit is not None:
+        from reports.memory_report import limit_line
+
+        Console().print(limit_line(answer.limit))
     if est.time is not None:
         Console().print(time_table(est.time, f"Step time: {est.config}", answer.job))
     _fit_line(answer.fit)
@@ -81,6 +85,10 @@ def plan(opts: Annotated[Options, PLAN], out: o.PlanOutput) -> None:
     per_method = len(answer.result.plans) if opts.show.all_plans else opts.show.top
     Console().print(plan_view(answer.result, per_method, answer.job,
                               runnable_first=not opts.search.include_unrunnable))
+    if answer.limit is not None:
+        from reports.memory_report import limit_line
+
+        Console().print(limit_line(answer.limit))
     _fit_line(answer.fit)
     if emitted is not None:
         Console().print(emitted)

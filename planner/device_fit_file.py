@@ -6,8 +6,10 @@ the plan's GPU is the device it measured:
 
     ${FTPLAN_DEVICE_FIT_DIR:-${XDG_CACHE_HOME:-~/.cache}/ftplan/device-fit}/<machine>/<device>.json
 
-The file is JSON: {"ftplan_device_fit": 1, "device": "CPU", "machine": {...}, "written_at": "<ISO 8601 UTC>",
-<fit fields>}. Files written before these keys existed (version 1 without `device`) are CPU fits. This module
+The file is JSON: {"ftplan_device_fit": 1, "device": "CPU", "backend": "cpu", "machine": {...}, "written_at":
+"<ISO 8601 UTC>", <fit fields>}: `device` is the catalog GPU name the fit replaces ("CPU", or e.g. "H100" for a
+CUDA fit), `backend` "cpu" or "cuda". Files written before these keys existed (version 1 without `device`) are CPU
+fits; a file that says "device": "cuda" and names its GPU in "gpu" is read as that GPU's fit. This module
 locates, validates and describes the file (a regular file of at most 1 MiB; every number finite); which fit
 field replaces which GPU-spec constant is planner.gpus.with_device_fit's.
 """
@@ -29,7 +31,7 @@ from planner.errors import PlanError
 FORMAT = "ftplan_device_fit"
 VERSIONS = (1,)
 MAX_BYTES = 1 << 20
-METADATA = (FORMAT, "device", "machine", "written_at")
+METADATA = (FORMAT, "device", "backend", "gpu", "machine", "written_at")
 AUTO = "auto"  # --device-fit's default: this machine's fit of the plan's device, when one was written
 NONE = "none"  # --device-fit none: the catalog's constants
 
@@ -111,8 +113,9 @@ def default_path(device: str, env: dict[str, str] | None = None) -> Path:
 def stamped(fit: dict[str, Any], device: str, now: float | None = None) -> dict[str, Any]:
     """The file's content for a fresh fit: header, device, machine and time first."""
     written = time.time() if now is None else now
-    return {FORMAT: VERSIONS[-1], "device": device, "machine": machine_info(), "written_at": _iso(written),
-            **{k: v for k, v in fit.items() if k not in METADATA}}
+    backend = str(fit.get("backend") or ("cpu" if device == "CPU" else "cuda"))
+    return {FORMAT: VERSIONS[-1], "device": device, "backend": backend, "machine": machine_info(),
+            "written_at": _iso(written), **{k: v for k, v in fit.items() if k not in METADATA}}
 
 
 def _reject_constant(name: str) -> float:
@@ -165,6 +168,8 @@ def load(path: Path) -> DeviceFitFile:
         raise PlanError(f"{path} is not an ftplan device fit (no '{FORMAT}': "
                         f"{' or '.join(str(v) for v in VERSIONS)})")
     device = data.get("device", "CPU")
+    if isinstance(device, str) and device.lower() == "cuda" and isinstance(data.get("gpu"), str):
+        device = data["gpu"]  # the header before "device" named the catalog GPU
     machine = data.get("machine") or {}
     if not isinstance(device, str) or not device or not isinstance(machine, dict):
         raise PlanError(f"device fit {path}: 'device' must name a device and 'machine' be an object")

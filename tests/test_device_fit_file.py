@@ -163,3 +163,11 @@ def test_only_small_regular_files_are_read(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="larger than 1024 KiB"):
         dff.load(big)
     assert dff.load(real).device == "CPU"
+
+
+def test_the_header_names_the_device_and_its_backend(tmp_path: Path) -> None:
+    stamped = dff.stamped(fast_fit(), "CPU")
+    assert (stamped["device"], stamped["backend"]) == ("CPU", "cpu")
+    assert dff.stamped({"peak": 1.0}, "H100")["backend"] == "cuda"
+    older = write(tmp_path, json.dumps({"ftplan_device_fit": 1, "device": "cuda", "gpu": "H100", "peak": 1.0}))
+    assert dff.load(older).device == "H100"
