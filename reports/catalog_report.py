@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rich.table import Table
-
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
 from planner.params import total_params
 from reports.fit import Col, FitTable
 from reports.fmt import params
+from reports.wrap import HyphenWrapped
 
 
 def models_json(rows: list[ModelSpec]) -> list[dict[str, Any]]:
@@ -20,12 +19,14 @@ def models_json(rows: list[ModelSpec]) -> list[dict[str, Any]]:
              "experts": m.num_experts, "source": m.source} for m in rows]
 
 
-def models_table(rows: list[ModelSpec]) -> Table:
-    table = Table(title="Models (aliases: 7b, 13b, 70b = Llama-2)", title_justify="left")
-    for col in ("name", "params", "layers", "hidden", "heads/kv", "vocab", "experts"):
-        table.add_column(col, justify="left" if col == "name" else "right")
+def models_table(rows: list[ModelSpec]) -> FitTable:
+    # catalog names (deepseek-r1-distill-llama-70b) wrap at their hyphens at 80 columns; the numbers keep one line
+    table = FitTable([Col("name", wrap=True, min_width=17), Col("params", "right"), Col("layers", "right"),
+                      Col("hidden", "right"), Col("heads/kv", "right"), Col("vocab", "right"),
+                      Col("experts", "right")],
+                     title="Models (aliases: 7b, 13b, 70b = Llama-2)", title_justify="left")
     for m in rows:
-        table.add_row(m.name, params(total_params(m)), str(m.num_layers), str(m.hidden_size),
+        table.add_row(HyphenWrapped(m.name), params(total_params(m)), str(m.num_layers), str(m.hidden_size),
                       f"{m.num_heads}/{m.num_kv_heads}", f"{m.vocab_size:,}",
                       f"{m.experts_per_token}/{m.num_experts}" if m.is_moe else "")
     return table
