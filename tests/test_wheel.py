@@ -63,7 +63,8 @@ def test_the_wheel_holds_every_package_and_its_data(venv: tuple[Path, Path, dict
     sources = {p.relative_to(REPO).as_posix() for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
     installed = {p.relative_to(site).as_posix() for pkg in PACKAGES for p in (site / pkg).rglob("*.py")}
     assert sources <= installed, f"missing from the wheel: {sorted(sources - installed)[:10]}"
-    for data in ("ftplan/web/index.html", "ftplan/web/app.js", "ftplan/web/style.css"):
+    for data in ("ftplan/web/index.html", "ftplan/web/app.js", "ftplan/web/style.css",
+                 "planner/model_specs/qwen3-8b.json"):  # the catalog's specs read from transformers
         assert (site / data).is_file(), data
     (wheel,) = (site.parents[3] / "dist").glob("ftplan-*.whl")  # root/venv/lib/pythonX.Y/site-packages
     assert "planner/engines/zero.py" in zipfile.ZipFile(wheel).namelist()
