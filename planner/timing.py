@@ -269,7 +269,8 @@ def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freez
         _, frozen_bwd = kn.layer_gemms(m, tokens, adapter.method, adapter.lora_r, adapter.lora_targets, False, tp)
         share = 1.0 - min(freeze_layers, m.num_layers) / m.num_layers
         bwd = share * bwd + (1.0 - share) * sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in frozen_bwd)
-    if gpu.attention_efficiency is not None and attn is not Attn.eager:
+    # FlashAttention-2 runs 16-bit inputs only; fp32 SDPA falls back to its math / memory-efficient kernels
+    if gpu.attention_efficiency is not None and attn is not Attn.eager and precision is not Precision.fp32:
         attn_fwd, attn_bwd = kn.flash_attention_s(m, b, s, tp, gpu, peak, gpu.attention_efficiency)
     else:
         # the full s x s matmuls (eager, or a device without a measured attention kernel) at the GEMM rate
@@ -310,9 +311,18 @@ def _host_exposed_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> float
     enqueues kernels asynchronously and runs ahead of the device (PyTorch "CUDA semantics: asynchronous
     execution"), so only a host-bound micro-batch pays the excess; on the CPU host and device are one."""
     gpu = cfg.cluster.gpu
-    host_s = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) * \
-        gpu.host_op_s + engines.of(cfg).hook_host_s(cfg, layers)
-    return host_s if gpu.sm_count <= 0 else max(0.0, host_s - mb_compute_s)
+    dispatch_s = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) * \
+        gpu.host_op_s
+    hooks_s = engines.of(cfg).hook_host_s(cfg, layers)
+    if gpu.sm_count <= 0:
+        return dispatch_s + hooks_s
+    if hooks_s > 0 and cfg.dp > 1:
+        # with gathers in flight the hooks wait on them: DeepSpeed's fetch_sub_module synchronizes on its ongoing
+        # fetch events (partitioned_param_coordinator.py, __ongoing_fetch_events), FSDP's rate limiter on its
+        # all-gather events (limit_all_gathers), so the device idles while the host runs them ("the idle time
+        # between layers was caused by the overhead associated with handling hooks", deepspeedai/DeepSpeed#5047)
+        return max(0.0, dispatch_s - mb_compute_s) + hooks_s
+    return max(0.0, dispatch_s + hooks_s - mb_compute_s)
 
 
 def _data_parallel(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,

@@ -132,7 +132,7 @@ def _qwen(size: str, method: str, gpus: int, seq: int, secs: float) -> Published
     return PublishedSpeed(
         id=f"qwen-{size}:{method}-seq{seq}", source="Qwen README", page=_QWEN_PAGE, unit="s/step", published=secs,
         switches=f"Qwen-{size} {what}, bf16, flash-attn 2, grad ckpt, bs 1, ga 8, seq {seq}", build=build,
-        hf_config=QWEN_MODELS[size], group=f"qwen-{size}-seq{seq}" if size in ("1.8B", "7B") else "",
+        hf_config=QWEN_MODELS[size], group=f"qwen-1.8B-1gpu-seq{seq}" if size == "1.8B" else "",
         unmodelled="Qwen's remote modeling code (modeling_qwen.py) runs a few more eager ops per layer than "
                    "transformers' Qwen2 (its rotary and attention wrappers)")
 
