@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -107,8 +108,14 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.3, help="tuner trials as a fraction of the grid's plans")
     ap.add_argument("--runs", type=int, default=3, help="tuner runs against the one grid")
     ap.add_argument("--grid-cache", type=Path, help="read the grid from this JSON file, or write it there")
+    ap.add_argument("--max-load", type=float, default=1.0,
+                    help="refuse to start when the 1-minute load average is above this (other work biases times)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    load = os.getloadavg()[0]
+    if load > args.max_load:
+        sys.exit(f"the 1-minute load average is {load:.2f} (> --max-load {args.max_load}): other work shares the "
+                 f"cores and would bias the trials; wait for a quiet machine or raise --max-load")
     quiet_optuna()
     with tempfile.TemporaryDirectory() as tmp:
         space = make_space(Path(tmp))
