@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from ftplan.cli import error_line
+from ftplan.errors import error_line
 from planner.errors import PlanError
 
 # options that write files or change how the CLI prints: not request fields (POST /api/emit returns the files)
@@ -40,10 +39,10 @@ PASTED_MODEL_NAME = "custom"
 def _commands() -> dict[str, Any]:
     import typer
 
-    from ftplan import cli
+    from ftplan import cmd_plan, cmd_scale  # noqa: F401  (they add estimate, plan and scale to the app)
+    from ftplan.app import app
 
-    cli._register()
-    group = typer.main.get_command(cli.app)
+    group = typer.main.get_command(app)
     return {name: group.commands[name] for name in ("estimate", "plan", "scale")}  # type: ignore[attr-defined]
 
 
@@ -120,12 +119,10 @@ def answer(name: str, body: dict[str, Any], commands: dict[str, Any]) -> dict[st
     """What `ftplan NAME --json` prints for these options."""
     from ftplan import answers
 
-    build: dict[str, Callable[..., Any]] = {"estimate": answers.estimate_answer, "plan": answers.plan_answer,
-                                            "scale": answers.scale_answer}
     with tempfile.TemporaryDirectory(prefix="ftplan-serve-") as tmp:
         params = _params(commands[name], name, _with_pasted_model(body, Path(tmp)), {"model_config"})
         try:
-            return build[name](**params).json()
+            return answers.answer(name, params).json()
         except PlanError as exc:
             raise PlanError(str(exc).replace(str(Path(tmp) / PASTED_MODEL_NAME), "model_config")) from None
 
@@ -144,12 +141,12 @@ def _posted_plan(plan: Any, tmp: Path) -> Any:
 
 
 def _picked_plan(body: dict[str, Any], pick: Any, tmp: Path, commands: dict[str, Any]) -> Any:
-    from ftplan.answers import plan_answer
+    from ftplan import answers
 
     if not isinstance(pick, int) or isinstance(pick, bool) or pick < 1:
         raise PlanError(f"--pick: expected a positive integer, got {json.dumps(pick)}")
     params = _params(commands["plan"], "plan", _with_pasted_model(body, tmp), {"model_config", "pick", "emit"})
-    result = plan_answer(**params).result
+    result = answers.answer("plan", params).result
     if not result.plans:
         raise PlanError("no plan fits, so there is nothing to --emit")
     if pick > len(result.plans):

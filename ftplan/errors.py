@@ -1,0 +1,27 @@
+"""How a user's mistake reaches them: one line on stderr and exit code 2 (the CLI), or the same line as the
+422 detail (`ftplan serve`)."""
+
+from __future__ import annotations
+
+import sys
+
+from planner.errors import PlanError
+
+
+def fail(message: str) -> None:
+    """One readable line on stderr, exit code 2."""
+    print(f"ftplan: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def error_line(exc: BaseException) -> str | None:
+    """The one line a user's mistake gets (after `ftplan: error: `), or None for a bug; `ftplan serve` sends it
+    as the 422 detail."""
+    if isinstance(exc, PlanError):
+        return str(exc)
+    # click usage errors (typer vendors its own click) arrive here in non-standalone mode
+    if any(cls.__name__ == "ClickException" for cls in type(exc).__mro__):
+        param = getattr(exc, "param", None)
+        where = f"{'/'.join(param.opts)}: " if param is not None and getattr(param, "opts", None) else ""
+        return where + " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    return None
