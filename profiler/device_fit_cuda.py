@@ -40,7 +40,7 @@ from planner.comm import DEFAULT_COMM_EFFICIENCY
 from planner.errors import PlanError
 from planner.gpus import GPUS, GPUSpec
 from planner.kernels import FLASH_BACKWARD_OVER_FORWARD, FLASH_BLOCK_ROWS, causal_block_share, wave_efficiency
-from profiler.device_fit import _line_fit
+from profiler.fit_helpers import _line_fit
 
 GemmPoints = tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
 SizePoints = tuple[tuple[int, float], ...]  # (bytes, seconds)
@@ -279,7 +279,7 @@ def measure_collectives(n: int) -> dict[str, SizePoints]:
         return {}
     from functools import partial
 
-    from profiler.device_fit import _on_ranks
+    from profiler.fit_helpers import _on_ranks
 
     got = _on_ranks(partial(_collective_rank, n=n), n, answers=1)[0]
     return {k: tuple(v) for k, v in got.items()}
