@@ -75,6 +75,13 @@ class GPUSpec:
     # published (planner/kernels.py flash_attention_s); None: attention runs as its full s x s matmuls at the
     # GEMM rate (V100 and the CPU have no FlashAttention-2).
     attention_efficiency: float | None = None
+    # Share of `hbm_bytes_per_s` that a step's memory-bound kernels reach on the bytes planner/kernels.py counts for
+    # them (every op's inputs and outputs, as a dispatch mode sees them): a layer's eager elementwise, reduction, cast
+    # and cat kernels, the loss, eager attention's score traffic, and fused ones (Liger, Inductor) alike; not the
+    # optimizer's multi-tensor kernels, which stream whole parameter chunks at the memory bandwidth. 1.0 where
+    # hbm_bytes_per_s is itself a measured rate of such ops (the CPU device fit); GPUs take
+    # ELEMENTWISE_BANDWIDTH_FRACTION.
+    elementwise_bandwidth_fraction: float = 1.0
     # Host work per ZeRO-3 submodule / FSDP unit and micro-batch where measured (the CPU); None: counted in
     # eager ops (planner/collectives.py) times host_op_s.
     zero3_module_host_s: float | None = None
@@ -84,8 +91,25 @@ class GPUSpec:
     def supports_bf16(self) -> bool:
         return self.peak_bf16_flops_per_s > 0
 
+    @property
+    def elementwise_bytes_per_s(self) -> float:
+        """The rate memory-bound kernels move the bytes planner/kernels.py counts for them."""
+        return self.hbm_bytes_per_s * self.elementwise_bandwidth_fraction
+
+
+# The share of the datasheet memory bandwidth memory-bound kernels reach on the bytes counted for them, on GPUs: the
+# median over the published per-kernel benchmarks of Liger-Kernel (linkedin/Liger-Kernel,
+# benchmark/data/all_benchmark_data.csv, forward + backward of: transformers' LlamaRMSNorm, apply_rotary_pos_emb and
+# torch's CrossEntropyLoss and LayerNorm on A100-SXM4-80GB, an eager residual add + RMSNorm and torch's LayerNorm on
+# H100 80GB HBM3, Liger's RMSNorm and cross-entropy kernels on A100), each row's bytes counted op by op by a dispatch
+# mode and its time taken as the slope between the two largest sizes (launch overhead cancels); the rows range
+# 0.32-1.0 (tests/validation/test_elementwise_published.py reproduces them).
+ELEMENTWISE_BANDWIDTH_FRACTION = 0.55
+
 
 def _gpu(**kw) -> GPUSpec:
+    if kw.get("sm_count", 0) > 0:
+        kw.setdefault("elementwise_bandwidth_fraction", ELEMENTWISE_BANDWIDTH_FRACTION)
     return GPUSpec(**kw)
 
 

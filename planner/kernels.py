@@ -60,8 +60,9 @@ OPS_PER_LORA_LINEAR = 8
 FLASH_BLOCK_ROWS = 128
 FLASH_BACKWARD_OVER_FORWARD = 2.5
 # Backward of an elementwise op reads its output gradient and the inputs it saved and writes an input gradient per
-# input: about twice the forward's traffic (the same count as the op's forward plus its gradient's read and write).
-ELEMENTWISE_BACKWARD_OVER_FORWARD = 2.0
+# input, and autograd adds the gradients of tensors used twice: a dispatch mode over transformers' LlamaDecoderLayer
+# counts 2.21x the forward's bytes in bf16 and 2.22x in fp32 (tests/profiler/test_elementwise_bytes.py).
+ELEMENTWISE_BACKWARD_OVER_FORWARD = 2.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ def attention_memory_s(m: ModelSpec, attn: Attn, b: int, s: int, layers: int, tp
     """Extra memory time of eager attention (FlashAttention/SDPA keep the scores on chip)."""
     if attn is not Attn.eager:
         return 0.0
-    return layers * eager_attention_bytes(b, s, max(1, m.num_heads // tp), elem_bytes) / gpu.hbm_bytes_per_s
+    return layers * eager_attention_bytes(b, s, max(1, m.num_heads // tp), elem_bytes) / gpu.elementwise_bytes_per_s
 
 
 def causal_block_share(s: int, block: int = FLASH_BLOCK_ROWS) -> float:

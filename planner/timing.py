@@ -167,7 +167,7 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     mb_compute_s, mb_recompute_s = _micro_batch_compute_s(cfg, fam, mb_tokens, eff)
     compute_s = ga * (mb_compute_s - mb_recompute_s)
     recompute_s = ga * mb_recompute_s
-    framework_s = ga * _host_exposed_s(cfg, fam.stage_layers, mb_compute_s)
+    dispatch_s, hooks_s = _host_exposed_s(cfg, fam.stage_layers, mb_compute_s)
     # forward : backward split of one micro-batch, for the overlap windows (full: 1 : 2, frozen: 1 : 1)
     fwd_share = 1 / 3 if cfg.method is Method.full else 1 / 2
     fwd_s = (mb_compute_s - mb_recompute_s) * fwd_share
@@ -185,6 +185,10 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
     offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s)
     offload_s += offload_total + ga * knobs.activation_offload_exposed_s(cfg, fwd_s, bwd_s)
 
+    # hooks that wait on in-flight gathers (ZeRO-3, FSDP with more than one rank) run while those gathers are
+    # exposed: the device idles for the longer of the two, not for both
+    framework_s = ga * dispatch_s + (max(0.0, ga * hooks_s - dp_exposed) if gpu.sm_count > 0 and dp > 1
+                                     else ga * hooks_s)
     parts = {"compute": compute_s, "recompute": recompute_s, "pipeline_bubble": bubble_s, "dequantize": dequant_s,
              "tp_comm": tp_s, "pp_comm": pp_s, "dp_comm": dp_exposed, "offload": offload_s, "optimizer": opt_s,
              "framework": framework_s}
@@ -250,7 +254,7 @@ def _loss_s(cfg: TrainConfig, tokens: int) -> float:
     gpu = cfg.cluster.gpu
     v = max(1, cfg.model.vocab_size // cfg.tp)
     fused = cfg.cross_entropy is CrossEntropy.fused
-    return tokens * kn.loss_elementwise_bytes(v, _elem_bytes(cfg), fused) / gpu.hbm_bytes_per_s
+    return tokens * kn.loss_elementwise_bytes(v, _elem_bytes(cfg), fused) / gpu.elementwise_bytes_per_s
 
 
 @lru_cache(maxsize=4096)
@@ -280,7 +284,7 @@ def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freez
             kn.gemm_time_s(kn.Gemm(s, s, m.head_dim, bh), gpu, peak, eff, elem) \
             if gpu.sm_count > 0 else cp.compute_time_s(flops, peak, eff)
         attn_bwd = 2.0 * attn_fwd
-    elementwise = tokens * kn.layer_elementwise_bytes(m, elem, fused, tp) / gpu.hbm_bytes_per_s
+    elementwise = tokens * kn.layer_elementwise_bytes(m, elem, fused, tp) / gpu.elementwise_bytes_per_s
     fwd += attn_fwd + elementwise
     bwd += attn_bwd + kn.ELEMENTWISE_BACKWARD_OVER_FORWARD * elementwise
     head_fwd = head_bwd = 0.0
@@ -301,28 +305,29 @@ def _lora_branch_s(cfg: TrainConfig, tokens: int) -> float:
     mixed = cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
     traffic = kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp, _elem_bytes(cfg),
                                         dropout=cfg.lora_dropout > 0 and rng is None,
-                                        fp32_adapters=mixed) / gpu.hbm_bytes_per_s
+                                        fp32_adapters=mixed) / gpu.elementwise_bytes_per_s
     return traffic + (kn.lora_dropout_values(cfg.model, tokens, cfg.lora_targets) / rng if rng else 0.0)
 
 
-def _host_exposed_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> float:
-    """Host time of one micro-batch not hidden behind the device: the eager ops' dispatch (planner/kernels.py)
-    plus the framework's hooks (ZeRO-3 per module, FSDP per unit: planner/collectives.py). On a GPU the host
-    enqueues kernels asynchronously and runs ahead of the device (PyTorch "CUDA semantics: asynchronous
-    execution"), so only a host-bound micro-batch pays the excess; on the CPU host and device are one."""
+def _host_exposed_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> tuple[float, float]:
+    """Host time of one micro-batch not hidden behind the device, as (eager dispatch, framework hooks): the eager
+    ops' dispatch (planner/kernels.py) and the framework's hooks (ZeRO-3 per module, FSDP per unit:
+    planner/collectives.py). On a GPU the host enqueues kernels asynchronously and runs ahead of the device
+    (PyTorch "CUDA semantics: asynchronous execution"), so only a host-bound micro-batch pays the excess; on the
+    CPU host and device are one."""
     gpu = cfg.cluster.gpu
     dispatch_s = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) * \
         gpu.host_op_s
     hooks_s = engines.of(cfg).hook_host_s(cfg, layers)
     if gpu.sm_count <= 0:
-        return dispatch_s + hooks_s
+        return dispatch_s, hooks_s
     if hooks_s > 0 and cfg.dp > 1:
         # with gathers in flight the hooks wait on them: DeepSpeed's fetch_sub_module synchronizes on its ongoing
         # fetch events (partitioned_param_coordinator.py, __ongoing_fetch_events), FSDP's rate limiter on its
         # all-gather events (limit_all_gathers), so the device idles while the host runs them ("the idle time
         # between layers was caused by the overhead associated with handling hooks", deepspeedai/DeepSpeed#5047)
-        return max(0.0, dispatch_s - mb_compute_s) + hooks_s
-    return max(0.0, dispatch_s + hooks_s - mb_compute_s)
+        return max(0.0, dispatch_s - mb_compute_s), hooks_s
+    return max(0.0, dispatch_s + hooks_s - mb_compute_s), 0.0
 
 
 def _data_parallel(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,

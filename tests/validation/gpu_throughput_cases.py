@@ -32,7 +32,17 @@ from typing import Any
 from planner.build import build_config
 from planner.gpus import GB, Cluster
 from planner.models import ModelSpec, spec_from_hf_config
-from planner.strategy import Attn, FsdpStrategy, GradCkpt, Method, Offload, Precision, Stage, TrainConfig
+from planner.strategy import (
+    Attn,
+    FsdpStrategy,
+    GradCkpt,
+    Kernels,
+    Method,
+    Offload,
+    Precision,
+    Stage,
+    TrainConfig,
+)
 from planner.timing import step_time
 
 
@@ -89,13 +99,19 @@ class PublishedSpeed:
 
 # --- Qwen (first generation) README --------------------------------------------------------------------------
 # Model shapes: the Qwen technical report (Bai et al. 2023, arXiv 2309.16609, Table 1) and the models' config.json:
-# QWen blocks are Llama-shaped (RMSNorm, RoPE, SwiGLU of width intermediate_size / 2, qkv bias, untied head),
-# vocabulary 151,936 (1.8B, 7B) or 152,064 (14B, 72B). LoRA rows: finetune_lora_single_gpu.sh (r 64, alpha 16,
-# dropout 0.05 on c_attn, c_proj, w1, w2: every linear of the block; no DeepSpeed). Full-parameter rows:
-# finetune_ds.sh with finetune/ds_config_zero3.json (ZeRO-3, no offload, DeepSpeed's AdamW), 1.8B on 1 GPU, 7B on
-# 2 GPUs. 72B: finetune_lora_ds.sh with --deepspeed finetune/ds_config_zero3.json on 4 GPUs (the README).
+# QWen blocks are Llama-shaped (RMSNorm, RoPE, SwiGLU of width intermediate_size / 2, untied head) with one fused
+# qkv projection (c_attn, h -> 3h), the attention output c_proj, and w1, w2, mlp.c_proj: five linears, the layout
+# of the planner's "baichuan" family (W_pack, o_proj, gate/up/down); vocabulary 151,936 (1.8B, 7B) or 152,064 (14B,
+# 72B). LoRA rows: finetune_lora_single_gpu.sh (r 64, alpha 16, dropout 0.05 on c_attn, c_proj, w1, w2: every
+# linear of the block, c_proj matching both; no DeepSpeed). Full-parameter rows: finetune_ds.sh with
+# finetune/ds_config_zero3.json (ZeRO-3, no offload, DeepSpeed's AdamW), 1.8B on 1 GPU, 7B on 2 GPUs. 72B:
+# finetune_lora_ds.sh with --deepspeed finetune/ds_config_zero3.json on 4 GPUs (the README).
+# Kernels: Qwen's remote modeling_qwen.py (`_import_flash_attn`) runs flash-attn's fused rotary kernel
+# (flash_attn.layers.rotary.apply_rotary_emb_func, shipped with flash-attn >= 2.1.1) and its fused RMSNorm
+# (flash_attn.ops.rms_norm, the csrc/layer_norm build the README's install steps list) whenever flash-attn is
+# installed, as it is for these profiles ("Flash attention 2 is applied"): planned with fused elementwise kernels.
 def _qwen_cfg(h: int, i: int, layers: int, heads: int, vocab: int) -> dict[str, Any]:
-    return {"model_type": "qwen2", "vocab_size": vocab, "hidden_size": h, "intermediate_size": i,
+    return {"model_type": "baichuan", "vocab_size": vocab, "hidden_size": h, "intermediate_size": i,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,
             "max_position_embeddings": 8192, "tie_word_embeddings": False}
 
@@ -105,7 +121,7 @@ QWEN_MODELS = {"1.8B": _qwen_cfg(2048, 5504, 24, 16, 151936), "7B": _qwen_cfg(40
 QWEN_SEQS = (256, 512, 1024, 2048, 4096, 8192)
 _QWEN_PAGE = "QwenLM/Qwen README.md, Profiling of Memory and Speed"
 _QWEN_BASE = dict(model="qwen2.5-7b", precision=Precision.bf16_mixed, attn=Attn.flash, grad_ckpt=GradCkpt.full,
-                  micro_batch=1, grad_accum=8)
+                  micro_batch=1, grad_accum=8, kernels=Kernels.liger)
 _QWEN_LORA = dict(method=Method.lora, lora_r=64, lora_alpha=16, lora_dropout=0.05)
 # (size, method, GPUs, s/it at 256 ... 8192; None where the table has none)
 QWEN_SPEEDS: tuple[tuple[str, str, int, tuple[float | None, ...]], ...] = (
@@ -133,8 +149,8 @@ def _qwen(size: str, method: str, gpus: int, seq: int, secs: float) -> Published
         id=f"qwen-{size}:{method}-seq{seq}", source="Qwen README", page=_QWEN_PAGE, unit="s/step", published=secs,
         switches=f"Qwen-{size} {what}, bf16, flash-attn 2, grad ckpt, bs 1, ga 8, seq {seq}", build=build,
         hf_config=QWEN_MODELS[size], group=f"qwen-1.8B-1gpu-seq{seq}" if size == "1.8B" else "",
-        unmodelled="Qwen's remote modeling code (modeling_qwen.py) runs a few more eager ops per layer than "
-                   "transformers' Qwen2 (its rotary and attention wrappers)")
+        unmodelled="Qwen's SwiGLU (a1 * silu(a2)) runs eager where the planner's fused kernels fuse it too; "
+                   "c_attn has a bias the stand-in lacks")
 
 
 QWEN = [_qwen(size, method, gpus, seq, secs) for size, method, gpus, row in QWEN_SPEEDS
@@ -241,22 +257,27 @@ FALCON_7B = ModelSpec(name="falcon-7b (Llama-shaped stand-in)", model_type="llam
                       hidden_size=4544, intermediate_size=12117, num_layers=32, num_heads=71, num_kv_heads=1,
                       head_dim=64, tie_embeddings=True, max_seq_len=4096, decoder_layer_class="FalconDecoderLayer")
 _DS3901_PAGE = "deepspeedai/DeepSpeed issue 3901 (2023-07-07), the benchmark table"
-# (label, engine keywords, seconds)
-DS3901 = (("fsdp", {"fsdp": FsdpStrategy.full_shard, "fsdp_version": 1}, 2.93),
-          ("z2-offload-all", {"zero": 2, "offload": Offload.optimizer}, 9.60),
-          ("z3", {"zero": 3}, 2.86),
-          ("z3-offload-all", {"zero": 3, "offload": Offload.all}, 13.70))
+# Checkpointing, from the memory row of the same table (GB per GPU) against the planner's peak for micro-batch 1
+# (planner/memory.py, with / without full checkpointing): FSDP 23.8 (20.3 / 43.2: without it a 40 GB card
+# overflows), ZeRO-2 + optimizer offload 36 (18.8 / 41.8), ZeRO-3 38 (19.8 / 42.7), ZeRO-3 + full offload 21
+# (6.2 / 29.2); ZeRO-2 without offload "OOM" (with checkpointing it would fit: 2P + 14P/8 + 1.2 GB). So FSDP ran
+# with accelerate's activation checkpointing and the DeepSpeed runs without.
+# (label, engine keywords, checkpointing, seconds)
+DS3901 = (("fsdp", {"fsdp": FsdpStrategy.full_shard, "fsdp_version": 1}, GradCkpt.full, 2.93),
+          ("z2-offload-all", {"zero": 2, "offload": Offload.optimizer}, GradCkpt.none, 9.60),
+          ("z3", {"zero": 3}, GradCkpt.none, 2.86),
+          ("z3-offload-all", {"zero": 3, "offload": Offload.all}, GradCkpt.none, 13.70))
 
 
-def _ds3901(label: str, kw: dict[str, Any], secs: float) -> PublishedSpeed:
+def _ds3901(label: str, kw: dict[str, Any], ckpt: GradCkpt, secs: float) -> PublishedSpeed:
     return PublishedSpeed(
         id=f"ds3901-falcon7b:{label}", source="DeepSpeed issue 3901", page=_DS3901_PAGE, unit="s/step",
         published=secs, switches=f"Falcon-7B fine-tuning, 4k context, 8x A100-40GB, {label}",
         build=dict(model="llama-2-7b", gpus="8xA100-40G", method=Method.full, precision=Precision.bf16_mixed,
-                   micro_batch=1, grad_accum=1, seq_len=4096, grad_ckpt=GradCkpt.full, attn=Attn.sdpa, **kw),
+                   micro_batch=1, grad_accum=1, seq_len=4096, grad_ckpt=ckpt, attn=Attn.sdpa, **kw),
         model=FALCON_7B, group="ds3901-falcon7b",
-        assumed="micro-batch 1, no accumulation, gradient checkpointing (the attached script is not readable "
-                "offline; 4k tokens of a 7B model without checkpointing exceed the 23.8 GB FSDP reports)")
+        assumed="micro-batch 1 (the memory row leaves no room for 2) and no accumulation: the attached script is not "
+                "readable offline; checkpointing as the memory row shows (above)")
 
 
 DS3901_CASES = [_ds3901(*row) for row in DS3901]

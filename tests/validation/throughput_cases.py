@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from planner.compute import megatron_iteration_flops
 from planner.gpus import GPUS, Cluster
 from planner.models import ModelSpec
-from planner.strategy import Attn, Engine, GradCkpt, Method, PipeSchedule, Precision, Stage, TrainConfig, ZeroStage
+from planner.strategy import (
+    Attn,
+    Engine,
+    GradCkpt,
+    Kernels,
+    Method,
+    PipeSchedule,
+    Precision,
+    Stage,
+    TrainConfig,
+    ZeroStage,
+)
 from planner.timing import step_time
 
 
@@ -42,7 +53,7 @@ def megatron_config(m: ModelSpec, *, gpus: int, tp: int, pp: int, batch: int, ck
     return TrainConfig(model=m, cluster=cluster, method=Method.full, precision=Precision.fp16_mixed,
                        engine=Engine.deepspeed, zero=ZeroStage.DISABLED, tp=tp, pp=pp, sequence_parallel=sp,
                        micro_batch=mb, grad_accum=batch // (dp * mb), seq_len=2048, grad_ckpt=ckpt, stage=Stage.pt,
-                       attn=Attn.eager,
+                       attn=Attn.eager, kernels=Kernels.liger,
                        pp_schedule=PipeSchedule.interleaved if v > 1 else PipeSchedule.one_f_one_b,
                        virtual_stages=v)
 
