@@ -99,11 +99,11 @@ class GPUSpec:
 
 # The share of the datasheet memory bandwidth memory-bound kernels reach on the bytes counted for them, on GPUs: the
 # median over the published per-kernel benchmarks of Liger-Kernel (linkedin/Liger-Kernel,
-# benchmark/data/all_benchmark_data.csv, forward + backward of: transformers' LlamaRMSNorm, apply_rotary_pos_emb and
+# benchmark/data/all_benchmark_data.csv, forward + backward of transformers' LlamaRMSNorm, apply_rotary_pos_emb and
 # torch's CrossEntropyLoss and LayerNorm on A100-SXM4-80GB, an eager residual add + RMSNorm and torch's LayerNorm on
-# H100 80GB HBM3, Liger's RMSNorm and cross-entropy kernels on A100), each row's bytes counted op by op by a dispatch
-# mode and its time taken as the slope between the two largest sizes (launch overhead cancels); the rows range
-# 0.32-1.0 (tests/validation/test_elementwise_published.py reproduces them).
+# H100 80GB HBM3, Liger's RMSNorm and cross-entropy kernels on A100), each row's bytes counted op by op as the planner
+# counts a layer's and its time taken as the slope between its two largest sizes (launch overhead cancels). The rows
+# range 0.32-0.96 (tests/validation/test_elementwise_published.py reproduces them).
 ELEMENTWISE_BANDWIDTH_FRACTION = 0.55
 
 

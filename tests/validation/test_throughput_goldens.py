@@ -4,15 +4,17 @@ Sources and configurations: tests/validation/throughput_cases.py (Narayanan et a
 Korthikanti et al. 2022 Tables 3 and 5; MT-NLG 530B, Smith et al. 2022 Sec. 3.3; DeepSpeedExamples
 autotuning/hf README). Tolerance: 25% relative on each figure, chosen before looking at the results.
 Known misses are strict xfails with their cause, so an improvement shows up as an XPASS to tighten:
-- MT-NLG 530B on 3360 GPUs: the planner is 26% fast (23-24% on 2240 / 2800, inside the tolerance). Megatron-
-  DeepSpeed's 35-stage pipeline with interleaving is modelled with the DeepSpeed pipeline engine's sends (not split
-  over TP) and a bubble of (p-1)/m; what else the 2021 run spent is not stated.
+- MT-NLG 530B (2240 / 2800 / 3360 GPUs): the planner is 27-30% fast, where Megatron-LM's own 529.6B run (Table 1)
+  is met within 7%. Megatron-DeepSpeed's 35-stage pipeline is modelled with the DeepSpeed pipeline engine's sends
+  (not split over TP) and a bubble of (p-1)/m; the run reached 113-126 TFLOP/s per GPU against Megatron-LM's 163 on
+  the same model size, and what else it spent is not stated (Smith et al. 2022, Sec. 3.3).
 - DeepSpeed autotuning, GPT-2 large on 16 V100s: the planner is about 2x fast. HF GPT-2 (h = 1280, eager attention
   with its fp32 upcast and masking ops) on V100s, where no FlashAttention runs and no measured matmul efficiency
   exists (the fallback 0.80); at micro-batch 2-3 of 1024 tokens the step is short and the run's per-step work
   (the Trainer, DeepSpeed's fp16 loss scaling and overflow checks) is not counted.
 The Megatron-LM runs (2021-2022) computed attention with materialized scores (fused scale-mask-softmax, no
-FlashAttention): they are planned with eager attention.
+FlashAttention) and ran Megatron's fused elementwise kernels: they are planned with eager attention and fused
+elementwise kernels (throughput_cases.megatron_config).
 Run with `pytest -s` to see every deviation.
 """
 
@@ -21,7 +23,8 @@ from __future__ import annotations
 import pytest
 from throughput_cases import cases, report
 
-KNOWN_MISSES = {"mtnlg-530b-3360", "ds-autotuning-gpt2-large-mb2", "ds-autotuning-gpt2-large-mb3"}
+KNOWN_MISSES = {"mtnlg-530b-2240", "mtnlg-530b-2800", "mtnlg-530b-3360", "ds-autotuning-gpt2-large-mb2",
+                "ds-autotuning-gpt2-large-mb3"}
 TOLERANCE = 0.25
 
 

@@ -45,7 +45,10 @@ def gpt(name: str, *, h: int, a: int, L: int, V: int = 51200, s: int = 2048) -> 
 def megatron_config(m: ModelSpec, *, gpus: int, tp: int, pp: int, batch: int, ckpt: GradCkpt,
                     sp: bool = False, gpu: str = "A100-80G", mb: int = 1, v: int = 1) -> TrainConfig:
     """Megatron-LM: fp16 mixed precision, data parallelism with an all-reduce of 16-bit gradients
-    (modelled as DeepSpeed ZeRO-0, the same collective), TP inside a node, PP across."""
+    (modelled as DeepSpeed ZeRO-0, the same collective), TP inside a node, PP across. Its fused kernels
+    (Narayanan et al. 2021, Sec. 4.2: bias + GeLU, bias + dropout + add, scale + mask + softmax; apex's fused
+    LayerNorm) are counted as the planner counts fused elementwise kernels (Kernels.liger: one read and one
+    write per tensor), its attention as materialized scores (no FlashAttention in 2021-2022)."""
     per_node = GPUS[gpu].gpus_per_node
     cluster = Cluster(gpu=GPUS[gpu], nodes=gpus // per_node, gpus_per_node=per_node) if gpus >= per_node else \
         Cluster(gpu=GPUS[gpu], nodes=1, gpus_per_node=gpus)
