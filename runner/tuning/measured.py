@@ -29,7 +29,9 @@ trial-to-trial spread this study's repeats show (15% before any repeat: a shared
 trial, so a trial's own step range understates it), and the last `CONFIRM_SHARE` of the budget is kept for
 confirmation rounds, each one repeat trial of the leader (the plan whose interval's lower end is highest) or of
 the contender whose interval overlaps it, whichever has fewer trials (the leader on a tie), until the two
-intervals separate; a reserve not needed goes to the next plans. The winner is
+intervals separate; a reserve not needed goes to the next plans. An explicit `--top` is measured in full in round 0
+even where it leaves less than the reserve (`--trials 3 --top 3` measures three plans and confirms nothing): the
+user asked for those plans; `--trials` above `--top` leaves room to confirm. The winner is
 the plan with the best lower bound (`rank_by_lower_bound`). The ranking,
 the calibration and the round plans live in the study's user attrs, so every worker and
 `optuna-dashboard` see them; a worker whose ranked plans differ from the study's (other options, another
@@ -414,8 +416,9 @@ class MeasuredTune:
         candidates = [] if in_flight or left <= 0 else self._confirmation(fresh, r, left)
         if not in_flight and left > 0 and not candidates:
             # plan rounds keep the reserve for the confirmation rounds; once only the reserve is left and the
-            # leader's interval is clear of every other, it measures further plans
-            reserve = confirm_reserve(self.budget)
+            # leader's interval is clear of every other, it measures further plans. An explicit --top is the
+            # user's first round: it is measured in full, and confirmation gets what the budget has left after it
+            reserve = 0 if r == 0 and self.opts.top is not None else confirm_reserve(self.budget)
             candidates = self._candidates(fresh, r, left - reserve if left > reserve else left)
         for c in candidates:
             attrs = {"name": trial_label(c.cfg), "grad_accum": c.cfg.grad_accum, "round": r, "steps": c.steps,

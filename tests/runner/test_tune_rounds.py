@@ -83,6 +83,14 @@ def test_rounds_learn_what_the_model_misses(space, measured):
                for r in result.rows)
 
 
+def test_an_explicit_top_is_measured_in_full(space, measured):
+    """--trials 3 --top 3: the three plans asked for, in round 0, and no confirmation left (the user's choice);
+    without --top the reserve keeps a trial back from the plan rounds."""
+    result = tune(space, TuneOptions(measure=True, trials=3, top=3, storage="memory"))
+    round0 = [r.name for r in result.rows if r.round == 0]
+    assert len(round0) == 3 == len(set(round0)) == len(measured)
+
+
 def test_close_contests_are_repeated_until_they_separate(space, measured, monkeypatch):
     """Z1 and DDP within a few per cent, inside each trial's +-2% step range: the reserve goes to a repeat of the
     leader or its contender instead of another plan, and the budget still holds."""
