@@ -247,8 +247,8 @@ _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4
 
 # `ftplan profile calibrate --device` keys -> GPUSpec fields. A CPU fit (profiler/device_fit.py) sets the CPU
 # entry's constants; a CUDA fit (profiler/device_fit_cuda.py, "device": "cuda") adds gemm_efficiency,
-# gemm_half_rate_inner and attention_efficiency and replaces host_op_s, hbm_bytes_per_s, collective_alpha_s and
-# intra_node_bytes_per_s of the GPU it names ("gpu").
+# gemm_half_rate_inner and attention_efficiency, sets elementwise_bandwidth_fraction (against its measured copy rate)
+# and replaces host_op_s, hbm_bytes_per_s, collective_alpha_s and intra_node_bytes_per_s of the GPU it names ("gpu").
 DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp32_flops_per_s",
                      "gemm_half_rate_rows": "gemm_half_rate_rows", "gemm_narrow_cols": "gemm_narrow_cols",
                      "dropout_values_per_s": "dropout_values_per_s",
@@ -256,7 +256,8 @@ DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp
                      "intra_node_bytes_per_s": "intra_node_bytes_per_s", "zero3_module_s": "zero3_module_host_s",
                      "fsdp_unit_s": "fsdp_unit_host_s", "busy_comm_factor": "busy_comm_factor",
                      "gemm_efficiency": "gemm_efficiency", "gemm_half_rate_inner": "gemm_half_rate_inner",
-                     "attention_efficiency": "attention_efficiency"}
+                     "attention_efficiency": "attention_efficiency",
+                     "elementwise_bandwidth_fraction": "elementwise_bandwidth_fraction"}
 
 
 def device_fit_gpu_name(fit: dict) -> str:

@@ -11,7 +11,10 @@ planner and checks it against real steps. What is measured and how it is fitted:
   t x peak x waves / (2 m k n) = 1 / E + (k0 / E) x 1 / k: E is the large-GEMM efficiency the planner's
   `compute_efficiency` takes (GPUSpec.gemm_efficiency), k0 the inner size at which a tile's fixed prologue and
   epilogue halve its rate (GPUSpec.gemm_half_rate_inner).
-- HBM bandwidth: a 1 GiB device-to-device copy (read + write bytes over its time), the rate elementwise ops get.
+- HBM bandwidth: a 1 GiB device-to-device copy (read + write bytes over its time). The share of it eager
+  elementwise ops reach on the bytes the planner counts for them (GPUSpec.elementwise_bandwidth_fraction): forward
+  + backward of transformers' RMSNorm ops (fp32 upcast, pow, mean, rsqrt, the casts, the weight) on bf16
+  8192 x 4096, ELEMENTWISE_PROBE_BYTES_PER_VALUE over its time and the copy rate.
 - FlashAttention: torch's SDPA, causal, bf16, forward + backward at 2048-8192 tokens and the model's head shape;
   its FLOPs (the causal blocks, 3.5 x the forward's: planner/kernels.py) over time and peak, divided by the waves
   of its 128-row blocks: GPUSpec.attention_efficiency.
@@ -50,6 +53,10 @@ GEMM_ROWS = (256, 1024, 4096, 16384)
 ATTENTION_SEQS = (2048, 4096, 8192)
 COLLECTIVE_SIZES = tuple(2**k for k in range(16, 31, 2))  # 64 KiB .. 1 GiB
 L2_POOL_BYTES = 256 * 2**20  # several times an H100's 50 MB L2
+# Bytes per value the elementwise probe's ops read and write, forward + backward, as a dispatch mode counts them
+# (tests/profiler/test_device_fit_cuda.py counts `rmsnorm_probe` on the CPU): 36 forward, 96 backward.
+ELEMENTWISE_PROBE_BYTES_PER_VALUE = 132.0
+ELEMENTWISE_PROBE_SHAPE = (8192, 4096)
 BUS_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
               "reduce_scatter": lambda n: (n - 1) / n}
 STEP_ENGINES = (("ddp", {}), ("zero2", {"zero": 2}), ("zero3", {"zero": 3}), ("fsdp", {"fsdp": "full_shard"}))
@@ -139,6 +146,7 @@ class CudaDeviceFit:
     gemm_efficiency: float
     gemm_half_rate_inner: float
     hbm_bytes_per_s: float
+    elementwise_bandwidth_fraction: float
     attention_efficiency: float
     collective_alpha_s: float  # as a 2-rank call (planner/parallel_comm.py hop_alpha_s halves it)
     intra_node_bytes_per_s: float  # nominal: the fitted bus bandwidth over the planner's link efficiency
@@ -152,14 +160,23 @@ class CudaDeviceFit:
         return asdict(self)
 
 
+def fit_elementwise(probe_s: float, copy_bytes_per_s: float, values: int = math.prod(ELEMENTWISE_PROBE_SHAPE)) -> float:
+    """The share of the copy rate the elementwise probe reaches on its counted bytes."""
+    return ELEMENTWISE_PROBE_BYTES_PER_VALUE * values / probe_s / copy_bytes_per_s
+
+
 def constants_from(gpu: GPUSpec, *, gemm: GemmPoints, attention: Sequence[tuple[int, int, int, int, float]],
                    copy_bytes_per_s: float, host_op_s: float, collectives: dict[str, SizePoints],
-                   n: int) -> dict[str, Any]:
-    """Every fitted constant from the raw points (no torch): the part of a CUDA fit the tests check."""
+                   n: int, elementwise_s: float | None = None) -> dict[str, Any]:
+    """Every fitted constant from the raw points (no torch): the part of a CUDA fit the tests check. Without the
+    elementwise probe's time the catalog's share is carried over to the copy rate's scale."""
     peak = gpu.peak_bf16_flops_per_s or gpu.peak_fp16_flops_per_s
     eff, k0 = fit_gemm(gemm, peak, gpu.sm_count)
     fitted = {kind: fit_collective(pts, n, kind) for kind, pts in collectives.items() if len(pts) >= 4}
+    share = fit_elementwise(elementwise_s, copy_bytes_per_s) if elementwise_s else \
+        gpu.elementwise_bytes_per_s / copy_bytes_per_s
     out: dict[str, Any] = {"gemm_efficiency": eff, "gemm_half_rate_inner": k0, "hbm_bytes_per_s": copy_bytes_per_s,
+                           "elementwise_bandwidth_fraction": share,
                            "attention_efficiency": fit_attention(attention, peak, gpu.sm_count) if attention else
                            gpu.attention_efficiency, "host_op_s": host_op_s,
                            "collectives": {k: {"alpha_s": a, "bus_bytes_per_s": b} for k, (a, b) in fitted.items()}}
@@ -215,6 +232,26 @@ def measure_bandwidth(torch: Any) -> float:
     dst.copy_(src)
     t = _events_time_s(torch, lambda: dst.copy_(src), 10)
     return 2 * src.numel() * 2 / t
+
+
+def rmsnorm_probe(torch: Any, x: Any, weight: Any, eps: float = 1e-6) -> Any:
+    """transformers' LlamaRMSNorm.forward, op for op (modeling_llama.py)."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def measure_elementwise(torch: Any) -> float:
+    m, n = ELEMENTWISE_PROBE_SHAPE
+    x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.ones(n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+
+    def step() -> None:
+        rmsnorm_probe(torch, x, weight).backward(dy)
+
+    step()
+    return _events_time_s(torch, step, 10)
 
 
 def measure_attention(torch: Any, heads: int = 32, head_dim: int = 128) -> tuple[tuple[int, int, int, int, float], ...]:
@@ -321,14 +358,17 @@ def fit_cuda_device(*, real_steps: bool = True) -> CudaDeviceFit:
     gemm = measure_gemms(torch)
     attention = measure_attention(torch)
     bandwidth = measure_bandwidth(torch)
+    elementwise = measure_elementwise(torch)
     host = measure_host_op_s(torch)
     collectives = measure_collectives(n)
     fitted = constants_from(gpu, gemm=gemm, attention=attention, copy_bytes_per_s=bandwidth, host_op_s=host,
-                            collectives=collectives, n=n)
+                            collectives=collectives, n=n, elementwise_s=elementwise)
     steps = measure_steps(gpu, n, fitted) if real_steps else ()
     return CudaDeviceFit(device="cuda", gpu=gpu.name, device_name=name, gpus=n, host_op_s=host,
                          gemm_efficiency=fitted["gemm_efficiency"], gemm_half_rate_inner=fitted["gemm_half_rate_inner"],
-                         hbm_bytes_per_s=bandwidth, attention_efficiency=fitted["attention_efficiency"],
+                         hbm_bytes_per_s=bandwidth,
+                         elementwise_bandwidth_fraction=fitted["elementwise_bandwidth_fraction"],
+                         attention_efficiency=fitted["attention_efficiency"],
                          collective_alpha_s=fitted["collective_alpha_s"],
                          intra_node_bytes_per_s=fitted["intra_node_bytes_per_s"], collectives=fitted["collectives"],
                          gemm_points=gemm, attention_points=attention, collective_points=collectives, steps=steps)

@@ -137,6 +137,8 @@ def _cuda_fit_view(data: dict[str, Any], path: str) -> Text:
              f"half rate at k = {data['gemm_half_rate_inner']:.0f}",
              f"  attention_efficiency   {data['attention_efficiency']:.3f} of peak (causal SDPA, fwd + bwd)",
              f"  hbm_bytes_per_s        {data['hbm_bytes_per_s'] / 1e9:.0f} GB/s (copy, read + write)",
+             f"  elementwise share      {data.get('elementwise_bandwidth_fraction', 1.0):.2f} of the copy rate "
+             f"(eager RMSNorm forward + backward, counted bytes)",
              f"  host_op_s              {data['host_op_s'] * 1e6:.2f} us per eager op",
              f"  intra_node_bytes_per_s {data['intra_node_bytes_per_s'] / 1e9:.0f} GB/s nominal (NCCL bus bandwidth "
              f"over the link efficiency)"]

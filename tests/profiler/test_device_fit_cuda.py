@@ -8,6 +8,8 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from planner import kernels as kn
 from planner.build import build_config
@@ -19,6 +21,8 @@ from planner.strategy import Method
 from profiler.device_fit_cuda import (
     BUS_FACTOR,
     COLLECTIVE_SIZES,
+    ELEMENTWISE_PROBE_BYTES_PER_VALUE,
+    ELEMENTWISE_PROBE_SHAPE,
     GEMM_ROWS,
     GEMM_SIDES,
     CudaDeviceFit,
@@ -26,12 +30,31 @@ from profiler.device_fit_cuda import (
     constants_from,
     fit_attention,
     fit_collective,
+    fit_elementwise,
     fit_gemm,
+    rmsnorm_probe,
     select_device,
 )
 
 A100 = GPUS["A100-80G"]
 PEAK = A100.peak_bf16_flops_per_s
+_VIEWS = {"view", "_unsafe_view", "t", "transpose", "expand", "slice", "select", "unsqueeze", "squeeze", "as_strided",
+          "permute", "reshape", "alias", "detach"}
+
+
+class _Bytes(TorchDispatchMode):
+    """Every non-view aten op's input and output bytes (the planner's way of counting elementwise traffic)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ not in _VIEWS:
+            tensors = [*args, *(kwargs or {}).values(), *(out if isinstance(out, (tuple, list)) else [out])]
+            self.total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        return out
 
 
 def test_device_selection() -> None:
@@ -101,6 +124,7 @@ def _fit_dict() -> dict:
     fit = CudaDeviceFit(device="cuda", gpu="A100-80G", device_name="NVIDIA A100-SXM4-80GB", gpus=n,
                         host_op_s=c["host_op_s"], gemm_efficiency=c["gemm_efficiency"],
                         gemm_half_rate_inner=c["gemm_half_rate_inner"], hbm_bytes_per_s=c["hbm_bytes_per_s"],
+                        elementwise_bandwidth_fraction=c["elementwise_bandwidth_fraction"],
                         attention_efficiency=c["attention_efficiency"], collective_alpha_s=c["collective_alpha_s"],
                         intra_node_bytes_per_s=c["intra_node_bytes_per_s"], collectives=c["collectives"])
     # what `ftplan profile calibrate --device --out F` writes (ftplan/cmd_profile.py), through JSON
@@ -115,6 +139,24 @@ def test_constants_from_points() -> None:
     assert fit["intra_node_bytes_per_s"] == pytest.approx(150e9 / DEFAULT_COMM_EFFICIENCY, rel=1e-6)
     # an 8-rank all-reduce of 2 x 7 hops: the per-hop alpha, written as a 2-hop (2-rank) call
     assert fit["collective_alpha_s"] == pytest.approx(2 * 20e-6 / 14, rel=1e-6)
+
+
+def test_elementwise_share_from_the_probe_and_its_counted_bytes() -> None:
+    # without the probe the catalog's share carries over to the measured copy rate's scale: the same bytes per second
+    fit = _fit_dict()
+    assert fit["elementwise_bandwidth_fraction"] * 1.6e12 == pytest.approx(A100.elementwise_bytes_per_s)
+    # a probe that moves its counted bytes at half the copy rate
+    values = math.prod(ELEMENTWISE_PROBE_SHAPE)
+    probe_s = ELEMENTWISE_PROBE_BYTES_PER_VALUE * values / 0.8e12
+    assert fit_elementwise(probe_s, 1.6e12) == pytest.approx(0.5)
+    # the probe's bytes are what a dispatch mode counts for transformers' RMSNorm ops, forward + backward
+    m, n = 512, 256
+    x = torch.randn(m, n, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.ones(n, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(m, n, dtype=torch.bfloat16)
+    with _Bytes() as count:
+        rmsnorm_probe(torch, x, weight).backward(dy)
+    assert count.total / (m * n) == pytest.approx(ELEMENTWISE_PROBE_BYTES_PER_VALUE, rel=0.01)
 
 
 def test_a_cuda_fit_file_sets_its_gpu_entry_and_estimate_reads_it() -> None:
