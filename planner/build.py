@@ -13,6 +13,7 @@ from planner.gpus import parse_gpus
 from planner.models import resolve
 from planner.options import AdapterArgs, LimitArgs, Options, StrategyArgs, Target, from_flat, group_of
 from planner.params import resolve_lora_targets
+from planner.rl.options import rollout_from
 from planner.rope import with_rope_scaling
 from planner.strategy import (
     Adapter,
@@ -31,7 +32,7 @@ from planner.strategy import (
 from planner.validity import validate
 
 # the groups a TrainConfig is made of; the others (search, limits, job, show) do not change one
-CONFIG_GROUPS = ("target", "adapter", "strategy", "switches")
+CONFIG_GROUPS = ("target", "adapter", "strategy", "switches", "rollout")
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -92,7 +93,8 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
                       layout=ParallelLayout(tp=s.tp, pp=s.pp, sequence_parallel=s.sequence_parallel),
                       batch=Batch(micro_batch=s.micro_batch, grad_accum=s.grad_accum, seq_len=s.seq_len),
                       switches=switches, precision=opts.adapter.precision, optimizer=s.optimizer,
-                      grad_ckpt=s.grad_ckpt, attn=s.attn, stage=opts.target.stage)
+                      grad_ckpt=s.grad_ckpt, attn=s.attn, stage=opts.target.stage,
+                      rollout=rollout_from(opts.rollout, opts.target.stage))
     if cfg.trains_adapter:
         resolve_lora_targets(cfg.model, cfg.lora_targets)
     return validate(cfg) if check else cfg

@@ -11,20 +11,24 @@ from planner import strategy as st
 from planner.errors import PlanError
 from planner.gpus import Cluster, gpu_from_name
 from planner.models import ModelSpec
-from planner.strategy import FLAT_FIELDS, TrainConfig
+from planner.rl.settings import is_online_rl
+from planner.strategy import FLAT_FIELDS, ROLLOUT_FIELDS, TrainConfig
 
 _ENUMS: dict[str, type[Enum]] = {
     "method": st.Method, "quant": st.Quant, "precision": st.Precision, "optimizer": st.Optimizer,
     "engine": st.Engine, "zero": st.ZeroStage, "fsdp": st.FsdpStrategy, "offload": st.Offload,
     "offload_device": st.OffloadDevice, "grad_ckpt": st.GradCkpt, "attn": st.Attn, "stage": st.Stage,
     "pp_schedule": st.PipeSchedule, "cross_entropy": st.CrossEntropy, "kernels": st.Kernels,
-    "fsdp_version": st.FsdpVersion,
+    "fsdp_version": st.FsdpVersion, "generation": st.Generation,
 }
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    rl = is_online_rl(cfg.stage)
     for name, value in cfg.flat().items():
+        if name in ROLLOUT_FIELDS and not rl:  # plans of the other stages read as before these existed
+            continue
         if name == "model":
             value = dataclasses.asdict(value)
             if value["rope_scaling"] is None:  # plans without RoPE scaling read as before it existed
