@@ -28,8 +28,8 @@ class TuneRunArgs:
         "the budget of the whole study across all workers."))
     measure: bool = option(False, flags=("--measure",), help="Run short real trials of the best analytical plans.")
     top: int | None = option(None, flags=("--top",), help=(
-        "--measure: plans in the first round (default half the trials); later rounds re-rank with the fitted "
-        "calibration."))
+        "--measure: plans in the first round (default half the trials), measured in full; later rounds re-rank "
+        "with the fitted calibration, and the last 30% of --trials confirms the leader where it is left."))
     storage: str | None = option(None, help=(
         "Study storage: an SQLAlchemy URL (sqlite:///F.db, postgresql://USER@HOST/DB), journal:PATH (a file on a "
         "shared file system) or 'memory' (default sqlite:///ftplan-tune.db). Workers started with the same "

@@ -27,20 +27,33 @@ autograd wrappers around the module (~3), the gradient hook's copy into the redu
 about 20 per pass, 40 per micro-batch. FSDP2 per unit and pass: all-gather copy-in (empty + foreach copy),
 the collective, copy-out (split_with_sizes_copy), reshard (storage free), and in backward the
 reduce-scatter copy-in, collective and copy-out: about 12 per pass, 24 per micro-batch.
+A submodule without parameters of its own (a decoder layer, its attention and MLP containers, peft's ModuleDicts
+and Dropout) runs the same hooks with an empty parameter set: fetch_sub_module skips the gather, the wait and the
+release (`params_to_fetch` is empty), leaving the stream wait on the all-gather stream, the trace bookkeeping and the
+Pre/PostBackwardFunction autograd wrappers in both passes: about 8 per micro-batch.
+ZeRO-3's gradient path adds, per trainable parameter tensor and micro-batch, the backward hook's copy into the
+reduce bucket (stage3.py __add_grad_to_ipg_bucket: stream wait, narrow, view, copy_, record_stream, the .data swap)
+and its share of partition_grads (the partition's narrow, the copy or add into the flat gradient buffer, the
+bookkeeping): about 15; and per reduce bucket (__reduce_and_partition_ipg_grads: the event checks, the
+reduce-scatter's flatten / pad / collective / chunk, the event record): about 20. World size 1 runs them too.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from planner.choices import Method
-from planner.models import ModelSpec
+from planner.models import LinearShape, ModelSpec
 from planner.params import resolve_lora_targets
 
 DDP_FIRST_BUCKET_BYTES = 2**20
 DDP_BUCKET_BYTES = 25 * 2**20
 # Host work per ZeRO-3 submodule and per FSDP unit and micro-batch, in eager-op dispatches (counted above)
 ZERO3_MODULE_HOST_OPS = 40.0
+ZERO3_CONTAINER_HOST_OPS = 8.0
+ZERO3_GRAD_TENSOR_HOST_OPS = 15.0
+ZERO3_REDUCE_BUCKET_HOST_OPS = 20.0
 FSDP_UNIT_HOST_OPS = 24.0
 
 
@@ -61,6 +74,9 @@ def buckets(total_bytes: float, bucket_bytes: float) -> int:
 # Modules of one decoder layer in transformers' modeling code besides its linears: the layer, its
 # attention and MLP containers, the activation and two norms (modeling_llama.py LlamaDecoderLayer).
 LAYER_MODULES_BESIDES_LINEARS = 6
+# The containers among them (the layer, attention, MLP, activation): a layer read from transformers
+# (planner.model_layers) lists its norms and parameter-owning modules itself.
+LAYER_CONTAINERS = 4
 # Top-level modules: the CausalLM wrapper, the base model, embedding, final norm, rotary embedding, LM head.
 ROOT_MODULES = 6
 # Modules peft adds per adapted linear (peft/tuners/lora/layer.py LoraLayer): the lora_dropout, lora_A,
@@ -70,25 +86,114 @@ LORA_MODULES_PER_LINEAR = 9
 PEFT_ROOT_MODULES = 2
 
 
+def _owner(lin: LinearShape) -> str:
+    """The module that owns a linear's weight: the linear itself, or for fused expert tensors (transformers >= 5
+    stores a MoE layer's experts as 3-D parameters of one experts module) that module."""
+    where = lin.path or lin.name
+    return where.rsplit(".", 1)[0] if lin.copies > 1 and "." in where else where
+
+
+@lru_cache(maxsize=1024)
+def layer_structure(m: ModelSpec) -> tuple[float, float]:
+    """(modules that own parameters, parameter tensors) of a mean decoder layer. A hand-written family: its linears
+    and two norms (weight, and bias for LayerNorm); a model read from transformers: each layer kind's own modules
+    (the fused experts one module with two or four tensors, Qwen3's q/k norms, Gemma 3's four sandwich norms),
+    weighted by the kind's share of the layers."""
+    if not m.layer_kinds:
+        per_norm = 2 if m.layernorm_bias else 1
+        return float(len(m.linears()) + 2), float(sum(2 if lin.bias else 1 for lin in m.linears()) + 2 * per_norm)
+    owners = tensors = 0.0
+    for kind in m.layer_kinds:
+        share = kind.count / m.num_layers
+        owners += share * (len({_owner(lin) for lin in kind.linears}) + len(kind.norms))
+        tensors += share * (sum(2 if lin.bias else 1 for lin in kind.linears) +
+                            sum(2 if norm.bias else 1 for norm in kind.norms))
+    return owners, tensors
+
+
 def zero3_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
     """Modules DeepSpeed hooks: every submodule, with parameters or not
     (parameter_offload.py `_register_hooks_recursively` walks all children, and fetch_sub_module runs for
     each, with an empty parameter set for containers)."""
-    per_layer = len(m.linears()) + LAYER_MODULES_BESIDES_LINEARS
+    per_layer = len(m.linears()) + LAYER_MODULES_BESIDES_LINEARS if not m.layer_kinds else \
+        layer_structure(m)[0] + LAYER_CONTAINERS
     root = ROOT_MODULES
     if method is not Method.full:
         per_layer += LORA_MODULES_PER_LINEAR * len(resolve_lora_targets(m, lora_targets))
         root += PEFT_ROOT_MODULES
-    return layers * per_layer + root
+    return round(layers * per_layer) + root
 
 
 def param_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
-    """Modules that own parameters, one ZeRO-3 all-gather each per pass: the linears and two norms per
-    layer (for LoRA also each adapted linear's A and B), the embedding, the final norm, an untied head."""
+    """Modules that own parameters, one ZeRO-3 all-gather each per pass: each layer's linears (fused experts one
+    module) and norms (for LoRA also each adapted linear's A and B), the embedding, the final norm, an untied
+    head."""
     lora = 2 * len(resolve_lora_targets(m, lora_targets)) if method is not Method.full else 0
-    return layers * (len(m.linears()) + 2 + lora) + 2 + (0 if m.tie_embeddings else 1)
+    return round(layers * (layer_structure(m)[0] + lora)) + 2 + (0 if m.tie_embeddings else 1)
 
 
 def fsdp_units(layers: int) -> int:
     """Decoder layers wrapped one unit each, plus the root unit (embedding, norm, head)."""
     return layers + 1
+
+
+def zero3_host_ops(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> float:
+    """Eager-op equivalents of DeepSpeed ZeRO-3's hooks per micro-batch (forward and backward): the full fetch /
+    release path for the modules that own parameters, the empty-set path for the others (module docstring)."""
+    owners = param_modules(m, layers, method, lora_targets)
+    containers = max(0, zero3_modules(m, layers, method, lora_targets) - owners)
+    return owners * ZERO3_MODULE_HOST_OPS + containers * ZERO3_CONTAINER_HOST_OPS
+
+
+def trainable_tensors(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
+    """Trainable parameter tensors on one stage: every weight (and bias) of a full fine-tune's layers plus the
+    embedding, final norm and untied head; LoRA's A and B per adapted linear."""
+    if method is not Method.full:
+        return layers * 2 * len(resolve_lora_targets(m, lora_targets))
+    return round(layers * layer_structure(m)[1]) + 2 + (0 if m.tie_embeddings else 1)
+
+
+def _tensor_elements(lin: LinearShape, tp: int) -> tuple[float, ...]:
+    weight = lin.copies * lin.in_features * lin.out_features / tp
+    return (weight, lin.copies * lin.out_features / tp) if lin.bias else (weight,)
+
+
+def _layer_tensor_elements(m: ModelSpec, method: Method, lora_r: int, lora_targets: tuple[str, ...],
+                           tp: int) -> tuple[tuple[float, tuple[float, ...]], ...]:
+    """(share of the layers, trainable tensor sizes in elements, in module order) per layer kind, TP-split."""
+    kinds = [(k.count / m.num_layers, k.linears, k.norms) for k in m.layer_kinds]
+    if method is not Method.full:
+        chosen = set(resolve_lora_targets(m, lora_targets))
+        return tuple((share, tuple(lora_r * lin.lora_params_per_rank() / 2 / tp for lin in lins if lin.name in chosen
+                                   for _ in range(2)))
+                     for share, lins, _ in kinds or [(1.0, m.linears(), ())])
+    if not kinds:
+        norms = (float(m.hidden_size),) * (4 if m.layernorm_bias else 2)
+        return ((1.0, norms + tuple(x for lin in m.linears() for x in _tensor_elements(lin, tp))),)
+    return tuple((share, tuple(float(n.width) for n in norms for _ in range(2 if n.bias else 1)) +
+                  tuple(x for lin in lins for x in _tensor_elements(lin, tp)))
+                 for share, lins, norms in kinds)
+
+
+@lru_cache(maxsize=1024)
+def reduce_bucket_calls(m: ModelSpec, layers: int, method: Method, lora_r: int, lora_targets: tuple[str, ...],
+                        tp: int, bucket_elements: int, outside_elements: tuple[float, ...] = ()) -> int:
+    """Gradient reductions DeepSpeed issues per micro-batch over one stage's trainable tensors: a tensor whose
+    gradient would overflow the bucket flushes it first, and a tensor larger than the bucket is reduced alone
+    (deepspeed/runtime/zero/stage3.py and stage_1_and_2.py `reduce_independent_p_g_buckets_and_remove_grads`:
+    `if bucket.elements + param.numel() > reduce_bucket_size: reduce`), so a model of few large tensors (a MoE
+    layer's fused experts) makes about one call per tensor, not one per bucket of its total size.
+    `outside_elements`: the trainable tensors outside the layers (embedding, final norm, head), packed last."""
+    bucket = max(1, bucket_elements)
+    calls, filled = 0, 0.0
+    for share, sizes in _layer_tensor_elements(m, method, lora_r, lora_targets, tp):
+        for _ in range(round(share * layers)):  # a kind of share f holds round(f x layers) of the stage's layers
+            for size in reversed(sizes):  # backward reaches a layer's tensors last-first
+                if filled > 0 and filled + size > bucket:
+                    calls, filled = calls + 1, 0.0
+                filled += size
+    for size in outside_elements:
+        if filled > 0 and filled + size > bucket:
+            calls, filled = calls + 1, 0.0
+        filled += size
+    return calls + (1 if filled > 0 else 0)

@@ -16,12 +16,17 @@ NVIDIA's "Matrix Multiplication Background User's Guide", Sec. 2, "Math and memo
   reaches about a sixth of the rate n = 16 does).
 - memory: the bytes of A, B and C over the memory bandwidth. LoRA's adapters (n or k = r, e.g. 8) are
   memory-bound GEMMs: reading the m x k input costs more than their 2mkr FLOPs.
-`efficiency` stays the achievable fraction of peak for large shapes (planner/compute.py, cited there),
-which also covers the memory-bound norms, activations and softmax that scale with the GEMMs.
-Attention: FlashAttention / SDPA run the core at the same efficiency; eager attention also writes and
-reads the b x a x s x s scores and probabilities (4 passes of 16-bit or fp32 values per forward,
-twice that in backward). Every eager op also costs the host a dispatch (`GPUSpec.host_op_s`): on a
-GPU the host runs ahead and only a host-bound micro-batch pays it; on the CPU host and device are one.
+`efficiency` is the achievable fraction of peak for large GEMMs (planner/compute.py: the measured
+"maximum achievable matmul FLOPS" of each GPU, cited there).
+Elementwise ops (the norms, rotary embedding, SwiGLU, residual adds, the loss's upcast and log-softmax) are
+memory-bound: their bytes per token are counted from transformers' Llama layer (`layer_elementwise_bytes`)
+and take bytes / memory bandwidth; fused kernels (Liger, torch.compile) read and write each tensor once.
+Attention: FlashAttention-2 / SDPA's flash kernel computes only the blocks left of the causal diagonal and
+runs at the GPU's measured attention efficiency, its 128-row blocks spread over the SMs like GEMM tiles
+(`flash_attention_s`); eager attention runs the full s x s matmuls and writes and reads the b x a x s x s
+scores and probabilities (4 passes of 16-bit or fp32 values per forward, twice that in backward). Every
+eager op also costs the host a dispatch (`GPUSpec.host_op_s`): on a GPU the host runs ahead of the device
+and only a host-bound micro-batch pays it; on the CPU host and device are one.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from functools import cache
 from planner import moe
 from planner.choices import Attn, GradCkpt, Method
 from planner.gpus import GPUSpec
+from planner.model_layers import AttentionShape, LayerKind, MlpShape, NormShape
 from planner.models import ModelSpec
 from planner.params import resolve_lora_targets
 
@@ -45,7 +51,20 @@ TILES = ((256, 128), (128, 256), (128, 128))
 # reshape 2), SwiGLU (silu, mul: 2), two residual adds, the 7 projections: 46 in forward. Backward runs
 # about one autograd node per forward op plus the weight-gradient GEMMs: x2.
 OPS_PER_LAYER_FORWARD = 46
-OPS_PER_LORA_LINEAR = 4  # dropout, lora_A, lora_B, scale-and-add (peft/tuners/lora/layer.py Linear.forward)
+# peft/tuners/lora/layer.py Linear.forward per adapted linear: the cast of x to lora_A's dtype, dropout, lora_A,
+# lora_B, the scaling multiply and the add into the base result (under autocast also the casts of lora_A's and
+# lora_B's fp32 weights and inputs to 16 bits, which autocast dispatches as ops of their own): 8.
+OPS_PER_LORA_LINEAR = 8
+# FlashAttention-2 splits every (batch, head) into blocks of 128 query rows, one thread block each (Dao 2023,
+# "FlashAttention-2", arXiv 2307.08691, Sec. 3.2 "parallelism over the sequence length"); with a causal mask the
+# blocks right of the diagonal are skipped (Sec. 3.1.1), and the backward pass runs 2.5x the forward FLOPs since it
+# recomputes the attention matrix (Sec. 4.1: "the backward pass ... 2.5 times the forward").
+FLASH_BLOCK_ROWS = 128
+FLASH_BACKWARD_OVER_FORWARD = 2.5
+# Backward of an elementwise op reads its output gradient and the inputs it saved and writes an input gradient per
+# input, and autograd adds the gradients of tensors used twice: a dispatch mode over transformers' LlamaDecoderLayer
+# counts 2.21x the forward's bytes in bf16 and 2.22x in fp32 (tests/profiler/test_elementwise_bytes.py).
+ELEMENTWISE_BACKWARD_OVER_FORWARD = 2.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +77,7 @@ class Gemm:
     # `count` separate launches
     grouped: bool = False
     weight: float = 1.0  # share of the decoder layers holding it (DeepSeek-V3's MoE layers: 58 of 61)
+    reads: int = 0  # values read besides A and B (the weight a LoRA fold adds its product to)
 
 
 def wave_efficiency(m: int, n: int, sm_count: int) -> float:
@@ -101,8 +121,10 @@ def gemm_time_s(g: Gemm, gpu: GPUSpec, peak_flops_per_s: float, efficiency: floa
     else:
         waves = wave_efficiency(g.m, g.n, gpu.sm_count)
     shape = waves * cpu_gemm_shape(g, gpu)
+    if gpu.gemm_half_rate_inner > 0:  # a measured tile prologue / epilogue (profiler/device_fit_cuda.py)
+        shape *= g.k / (g.k + gpu.gemm_half_rate_inner)
     math_s = flops / (peak_flops_per_s * efficiency * shape)
-    memory_s = (g.m * g.k + g.k * g.n + g.m * g.n) * elem_bytes / gpu.hbm_bytes_per_s
+    memory_s = (g.m * g.k + g.k * g.n + g.m * g.n + g.reads) * elem_bytes / gpu.hbm_bytes_per_s
     return g.weight * g.count * max(math_s, memory_s)
 
 
@@ -135,7 +157,19 @@ def layer_gemms(m: ModelSpec, tokens: int, method: Method, lora_r: int, lora_tar
         bwd.append(Gemm(rows, n, k, c, grouped, w))  # input gradient
         if trains_weights:
             bwd.append(Gemm(k, rows, n, c, grouped, w))  # weight gradient
-        if lin.name in lora:
+        if lin.name in lora and lin.lora_param:
+            # peft's ParamWrapper (LoRA on a parameter: fused experts, a router that is not nn.Linear) folds the
+            # update into the weight on every forward, W' = W + s A B, one batched product over the experts that
+            # reads W and writes W' whatever the tokens (peft/tuners/lora/layer.py _LoraFactorsProxy, baddbmm);
+            # backward needs the weight gradient dW' of the expert GEMMs (as a full fine-tune does) and folds it
+            # into A's and B's gradients (two batched products reading dW'). Its rank is peft's (gate_up: 2r).
+            r = max(1, round(lora_r * lin.lora_params_per_rank() / (lin.copies * (lin.in_features + lin.out_features))))
+            share = lin.layer_share
+            fwd.append(Gemm(k, r, n, c, weight=share, reads=k * n))
+            if not trains_weights:
+                bwd.append(Gemm(k, rows, n, c, grouped, w))
+            bwd += [Gemm(k, n, r, c, weight=share), Gemm(r, k, n, c, weight=share)]
+        elif lin.name in lora:
             r = lora_r
             fwd += [Gemm(rows, k, r, c, grouped, w), Gemm(rows, r, n, c, grouped, w)]
             # input gradients through B and A, weight gradients of A and B
@@ -155,25 +189,45 @@ def gemm_shape_factor(gemms: tuple[Gemm, ...], gpu: GPUSpec, peak: float, effici
 
 
 def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...], tp: int,
-                           elem_bytes: float, dropout: bool = True) -> float:
+                           elem_bytes: float, dropout: bool = True, fp32_adapters: bool = False) -> float:
     """Memory traffic per layer and micro-batch of peft's LoRA branch besides its two GEMMs
-    (peft/tuners/lora/layer.py Linear.forward: result + lora_B(lora_A(dropout(x))) * scaling): forward
-    dropout reads x and writes x' (2mk values; peft's dropout is nn.Identity at lora_dropout 0), scaling
-    and the add read and write the m x n branch and result (5mn); backward runs the dropout mask over the
-    branch's input gradient (2mk), the scaling (2mn) and adds the branch's input gradient to the base
-    layer's (3mk): 7mk + 7mn values."""
+    (peft/tuners/lora/layer.py Linear.forward: result + lora_B(lora_A(dropout(x))) * scaling), in bytes, for
+    inputs of `elem_bytes`. Per input value (k side): forward dropout reads x and writes x' and a 1-byte mask
+    (peft's dropout is nn.Identity at lora_dropout 0), backward runs the mask over the branch's input gradient,
+    and adds the branch's input gradient to the base layer's (read 2, write 1 values). With fp32 adapters under
+    16-bit mixed precision (`fp32_adapters`: peft keeps adapter weights in fp32, `autocast_adapter_dtype`) peft
+    casts x to fp32 before the dropout (`_cast_input_dtype`) and autocast casts the fp32 x' back to 16 bits for
+    lora_A's matmul: (e + 4) + (4 + e) bytes each way, and the dropout runs on fp32 values. Per output value
+    (n side): the scaling and the add read and write the branch and result (5 values), their backward 2."""
+    # peft's ParamWrapper targets have no branch on the input (their update is folded into the weight, layer_gemms)
     targets = set(resolve_lora_targets(m, lora_targets))
-    k_values = 7.0 if dropout else 3.0
-    values = sum(tokens * (k_values * lin.in_features + 7.0 * lin.out_features // tp) for lin in m.linears()
-                 if lin.name in targets)
-    return values * elem_bytes
+    e = elem_bytes
+    a = 4.0 if fp32_adapters else e  # the dropout's operand
+    casts = 2 * (e + 4.0) if fp32_adapters else 0.0
+    k_bytes = 2 * casts + (2 * (2 * a + 1.0) if dropout else 0.0) + 3.0 * e
+    total = sum(lin.layer_share * tokens * (k_bytes * lin.in_features + 7.0 * e * lin.out_features / tp)
+                for lin in m.linears() if lin.name in targets and not lin.lora_param)
+    return total
 
 
 def lora_dropout_values(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...]) -> float:
     """Values one layer's LoRA dropouts draw per micro-batch: every adapted linear has its own
     `lora_dropout` module, so q/k/v (and gate/up) each draw a mask over the same input (m x k each)."""
     targets = set(resolve_lora_targets(m, lora_targets))
-    return sum(float(tokens * lin.in_features) for lin in m.linears() if lin.name in targets)
+    return sum(lin.layer_share * tokens * lin.in_features for lin in m.linears()
+               if lin.name in targets and not lin.lora_param)
+
+
+@cache
+def attention_shapes(m: ModelSpec) -> tuple[tuple[float, AttentionShape], ...]:
+    """(share of the decoder layers, attention) per layer kind as transformers builds them (planner.model_layers:
+    Gemma 3's sliding and global layers, gpt-oss's alternating windows, DeepSeek-V3's latent attention with query /
+    key heads of 192 and value heads of 128); a hand-written family has one causal multi-head / grouped-query
+    shape."""
+    if m.layer_kinds:
+        return tuple((k.count / m.num_layers, k.attention) for k in m.layer_kinds)
+    return ((1.0, AttentionShape(heads=m.num_heads, kv_heads=m.num_kv_heads, qk_head_dim=m.head_dim,
+                                 v_head_dim=m.head_dim)),)
 
 
 def eager_attention_bytes(b: int, s: int, heads: int, elem_bytes: float) -> float:
@@ -193,7 +247,238 @@ def host_ops_per_micro_batch(m: ModelSpec, layers: int, method: Method, lora_tar
 
 def attention_memory_s(m: ModelSpec, attn: Attn, b: int, s: int, layers: int, tp: int, elem_bytes: float,
                        gpu: GPUSpec) -> float:
-    """Extra memory time of eager attention (FlashAttention/SDPA keep the scores on chip)."""
+    """Extra memory time of eager attention (FlashAttention/SDPA keep the scores on chip): every layer kind's
+    heads write and read their full s x s scores (eager attention applies a window as a mask, after QK^T)."""
     if attn is not Attn.eager:
         return 0.0
-    return layers * eager_attention_bytes(b, s, max(1, m.num_heads // tp), elem_bytes) / gpu.hbm_bytes_per_s
+    per_layer = sum(share * eager_attention_bytes(b, s, max(1, a.heads // tp), elem_bytes)
+                    for share, a in attention_shapes(m))
+    return layers * per_layer / gpu.elementwise_bytes_per_s
+
+
+def causal_block_share(s: int, block: int = FLASH_BLOCK_ROWS) -> float:
+    """Share of the s x s attention blocks a causal flash kernel computes: n(n+1)/2 of n^2 blocks of `block`
+    rows (the diagonal blocks are computed whole)."""
+    n = max(1, math.ceil(s / block))
+    return (n + 1) / (2 * n)
+
+
+@cache
+def attended_block_share(s: int, window: int = 0, window_kind: str = "", block: int = FLASH_BLOCK_ROWS) -> float:
+    """Share of the s x s blocks a flash kernel computes for a causal mask limited to a window: FlashAttention-2's
+    local attention (`window_size`, Dao's flash_attn README "sliding window local attention") starts each block
+    row of queries at the key block holding its first query's first visible key, max(0, q - window + 1), and
+    ends at the diagonal; a chunked layer (Llama 4's local layers) attends within its chunk of `window` tokens.
+    Without a window (or one no shorter than s) the causal share."""
+    if window <= 0 or window >= s:
+        return causal_block_share(s, block)
+    n = math.ceil(s / block)
+    computed = 0
+    for i in range(n):
+        first_query = i * block
+        first_key = (first_query // window) * window if window_kind == "chunked" else \
+            max(0, first_query - window + 1)
+        computed += i - first_key // block + 1
+    return computed / (n * n)
+
+
+def sdpa_masks_window(a: AttentionShape, s: int) -> bool:
+    """transformers hands SDPA an explicit mask for a layer whose window is shorter than the sequence
+    (masking_utils._ignore_causal_mask_sdpa: `local_attention_size is not None and kv_length >=
+    local_attention_size` keeps the mask), and with an attn_mask torch's SDPA cannot run its flash kernel: the
+    memory-efficient kernel computes every block and masks it."""
+    return 0 < a.window < s
+
+
+def flash_attention_s(m: ModelSpec, b: int, s: int, tp: int, gpu: GPUSpec, peak_flops_per_s: float,
+                      efficiency: float, attn: Attn = Attn.flash) -> tuple[float, float]:
+    """(forward, backward) seconds of one (mean) layer's FlashAttention-2 / SDPA core for a micro-batch: each layer
+    kind's computed blocks' FLOPs, 2 s a (d_qk + d_v) per token at full s (Narayanan et al.'s count with
+    multi-head latent attention's unequal head sizes), at the GPU's attention efficiency, the b x heads x
+    ceil(s / 128) thread blocks filling the SMs in waves like GEMM tiles. FlashAttention-2 skips the blocks
+    outside a layer's window (`attended_block_share`); SDPA with a window's explicit mask runs every block
+    (`sdpa_masks_window`)."""
+    fwd_s = 0.0
+    for share, a in attention_shapes(m):
+        heads = max(1, a.heads // tp)
+        blocks = 1.0 if attn is Attn.sdpa and sdpa_masks_window(a, s) else \
+            attended_block_share(s, a.window, a.window_kind)
+        fwd_flops = b * s * 2.0 * s * heads * (a.qk_head_dim + a.v_head_dim) * blocks
+        tiles = b * heads * math.ceil(s / FLASH_BLOCK_ROWS)
+        waves = tiles / (math.ceil(tiles / gpu.sm_count) * gpu.sm_count) if gpu.sm_count > 0 else 1.0
+        fwd_s += share * fwd_flops / (peak_flops_per_s * efficiency * waves)
+    return fwd_s, FLASH_BACKWARD_OVER_FORWARD * fwd_s
+
+
+def attention_matmuls(m: ModelSpec, b: int, s: int, tp: int) -> tuple[Gemm, ...]:
+    """Eager attention's two batched matmuls per layer kind, Q K^T (s x d_qk x s) and P V (s x s x d_v) over
+    b x heads, weighted by the kind's share of the layers: the full s x s (eager attention masks a window after
+    the product)."""
+    out = []
+    for share, a in attention_shapes(m):
+        bh = b * max(1, a.heads // tp)
+        out += [Gemm(s, a.qk_head_dim, s, bh, weight=share), Gemm(s, s, a.v_head_dim, bh, weight=share)]
+    return tuple(out)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FamilyOps:
+    """How a family's modeling code runs the elementwise ops ftplan counts, where it differs from Llama's."""
+
+    fp32_norm_weight: bool = False  # RMSNorm multiplies by its weight in fp32, then casts back
+    gated_act_bytes: float = 5.0  # e-byte reads and writes per gated intermediate value (act(gate) * up: 5)
+    fp32_routing: bool = False  # the router runs in fp32 and its top-k weights stay fp32
+    fp32_rope: bool = False  # rotary embedding promotes q and k to fp32 (fp32 cos / sin) and casts back
+    rope_cat: bool = False  # rotary embedding concatenates the rotated and passed-through parts
+    complex_rope: bool = False  # rotary embedding as a complex multiply on fp32 copies of q and k
+    # rotary embedding and a weightless q/k RMSNorm on the windowed (chunked) layers only; the other layers (NoPE)
+    # scale the query by a temperature in fp32
+    rope_on_windowed: bool = False
+
+
+# transformers 5.25's modeling files: Gemma3RMSNorm ("Llama does x.to(float16) * w whilst Gemma3 is
+# (x * w).to(float16)"), Olmo2RMSNorm and GptOssRMSNorm ("main diff with Llama") multiply by the weight in fp32;
+# GptOssExperts._apply_gate clamps gate and up, scales, sigmoids and multiplies (2 + 2 + 2 + 2 + 3 + 2 + 3 = 16 per
+# value); DeepseekV3TopkRouter casts the hidden states to fp32 and returns fp32 weights, so the experts' weighted
+# outputs are restored and summed in fp32; Olmo2's apply_rotary_pos_emb computes in cos's fp32 and casts back (per
+# value: q * cos (e + 4), rotate_half's neg and cat (2 e each), * sin (e + 4), the add (12), the cast (4 + e): 7 e +
+# 24); Phi3's concatenates the rotated part with the rest (2 e); Llama4TextAttention rotates and q/k-normalizes
+# (Llama4TextL2Norm, 2 e + 28 per value) only its chunked layers, as a complex multiply on fp32 copies
+# (apply_rotary_emb: float, view_as_complex, * freqs_cis, type_as: 2 e + 16), and scales the query of the others by
+# the temperature (2 e + 8).
+FAMILY_OPS: dict[str, FamilyOps] = {
+    "gemma": FamilyOps(fp32_norm_weight=True), "gemma2": FamilyOps(fp32_norm_weight=True),
+    "gemma3": FamilyOps(fp32_norm_weight=True), "gemma3_text": FamilyOps(fp32_norm_weight=True),
+    "olmo2": FamilyOps(fp32_norm_weight=True, fp32_rope=True), "phi3": FamilyOps(rope_cat=True),
+    "llama4": FamilyOps(rope_on_windowed=True, complex_rope=True),
+    "llama4_text": FamilyOps(rope_on_windowed=True, complex_rope=True),
+    "gpt_oss": FamilyOps(fp32_norm_weight=True, gated_act_bytes=16.0),
+    "deepseek_v3": FamilyOps(fp32_routing=True),
+}
+LLAMA_OPS = FamilyOps()
+
+
+def norm_bytes(h: float, e: float, fused: bool, fp32_weight: bool = False) -> float:
+    """Forward bytes per token of one RMSNorm over h values in a stream of e-byte values. transformers'
+    LlamaRMSNorm.forward: to(float32) (read e, write 4), pow(2) (read 4, write 4), mean (read 4), x * rsqrt (read
+    4, write 4), to(input dtype) (read 4, write e), weight * x (read e, write e); the casts are no-ops for an fp32
+    stream. Gemma's, OLMo 2's and gpt-oss's norms multiply by the weight before the cast (`fp32_weight`: read 4,
+    write 4). A fused kernel (Liger's, Inductor's) reads e and writes e."""
+    if fused:
+        return 2.0 * e * h
+    casts = 0.0 if e >= 4 else (e + 4.0) * 2
+    weight = 8.0 if fp32_weight else 2.0 * e
+    return h * (casts + 8.0 + 4.0 + 8.0 + weight)
+
+
+def layer_elementwise_bytes(m: ModelSpec, e: float, fused: bool, tp: int = 1) -> float:
+    """Forward memory traffic per token of one (mean) decoder layer's elementwise ops, for e-byte activations. A
+    hand-written family counts transformers' modeling_llama.py LlamaDecoderLayer: two norms; rotary embedding on q
+    and k (apply_rotary_pos_emb: q * cos, rotate_half's neg and cat, * sin, the add: about 10 e per value); the
+    attention output's transpose to contiguous (2 e per value); two residual adds (3 e per value); SwiGLU's
+    act(gate) and * up (5 e per intermediate value; GeLU MLPs 2 e). MoE layers run `experts_per_token` MLPs per
+    token. Fused kernels (`fused`: Liger or torch.compile) apply rotary in place (2 e) and SwiGLU in one pass
+    (3 e). TP splits the attention and MLP parts, not the norms and residual stream. A model read from
+    transformers counts each layer kind's own norms, attention and MLP (`kind_elementwise_bytes`)."""
+    if m.layer_kinds:
+        ops = FAMILY_OPS.get(m.model_type, LLAMA_OPS)
+        return sum(k.count * kind_elementwise_bytes(k, m.hidden_size, e, fused, tp, ops)
+                   for k in m.layer_kinds) / m.num_layers
+    h = m.hidden_size
+    q, kv = m.q_dim / tp, m.kv_dim / tp
+    i = m.intermediate_size * (m.experts_per_token if m.is_moe else 1) / tp
+    rope = 0.0 if m.model_type == "bloom" else (2.0 if fused else 10.0) * e * (q + kv)
+    mlp = (3.0 if fused else 5.0) * e * i if m.gated_mlp else 2.0 * e * i
+    return 2 * norm_bytes(h, e, fused) + rope + 2.0 * e * q + 2 * 3.0 * e * h + mlp
+
+
+def _normed_values(norm: NormShape, a: AttentionShape, tp: int) -> float:
+    """Values per token a norm runs over: Qwen3's and Gemma 3's per-head q/k norms (weight of one head's width)
+    and OLMo 2's whole-projection ones both cover every query / key value; other norms their width."""
+    leaf = norm.path.rsplit(".", 1)[-1]
+    if leaf == "q_norm":
+        return a.heads * a.qk_head_dim / tp
+    if leaf == "k_norm":
+        return a.kv_heads * a.qk_head_dim / tp
+    return float(norm.width)
+
+
+def _mla_rope_dim(kind: LayerKind) -> int:
+    """Rotary width of multi-head latent attention: kv_a_proj_with_mqa writes the compressed key / value
+    (kv_a_layernorm's width) and the shared rotary key (modeling_deepseek_v3.py: split into kv_lora_rank and
+    qk_rope_head_dim)."""
+    compressed = next((lin.out_features for lin in kind.linears if lin.path.endswith("kv_a_proj_with_mqa")), 0)
+    latent = next((n.width for n in kind.norms if n.path.endswith("kv_a_layernorm")), 0)
+    return compressed - latent if 0 < latent < compressed else kind.attention.qk_head_dim
+
+
+def kind_elementwise_bytes(kind: LayerKind, h: int, e: float, fused: bool, tp: int = 1,
+                           ops: FamilyOps = LLAMA_OPS) -> float:
+    """Forward memory traffic per token of one layer of `kind`, as its transformers modeling code runs it: the
+    layer's own norms (q/k norms, Gemma 3's and OLMo 2's sandwich norms, DeepSeek's latent norms, each as
+    `norm_bytes`, the weight applied in fp32 where the family does); rotary embedding on the query and key heads
+    (multi-head latent attention rotates only its rotary part, heads x r of the query and one shared r-wide key,
+    then concatenates the query and assembles the key: 2 e per query / key value each, modeling_deepseek_v3.py;
+    the families' own rotary variants in `FAMILY_OPS`); the attention output's transpose; two residual adds; the
+    MLP (`mlp_elementwise_bytes`). Checked against a dispatch count of each family's layer
+    (tests/profiler/test_elementwise_bytes.py)."""
+    a = kind.attention
+    q, k, o = a.heads * a.qk_head_dim / tp, a.kv_heads * a.qk_head_dim / tp, a.heads * a.v_head_dim / tp
+    norms = sum(norm_bytes(_normed_values(n, a, tp), e, fused, ops.fp32_norm_weight) for n in kind.norms)
+    casts = 2 * (e + 4.0) if e < 4 else 0.0  # an fp32 copy and the cast back, for a 16-bit stream
+    rope_per_value = 2.0 * e if fused else casts + 8.0 if ops.complex_rope else \
+        7.0 * e + 24.0 if ops.fp32_rope and e < 4 else 10.0 * e
+    rope_per_value += 2.0 * e if ops.rope_cat and not fused else 0.0
+    if ops.rope_on_windowed and a.window <= 0:
+        rope = (2.0 * e + 8.0 if e < 4 else 3.0 * e) * q  # NoPE layer: the query's temperature
+    elif ops.rope_on_windowed:
+        weightless_norm = casts + 20.0
+        rope = (rope_per_value + weightless_norm) * (q + k)
+    elif a.kind == "mla":
+        r = _mla_rope_dim(kind)
+        rope = rope_per_value * (a.heads * r / tp + r) + 2.0 * e * 2 * q
+    else:
+        rope = rope_per_value * (q + k)
+    expert_bias_out = sum(lin.out_features for lin in kind.linears if lin.role == "expert" and lin.bias)
+    return norms + rope + 2.0 * e * o + 2 * 3.0 * e * h + \
+        mlp_elementwise_bytes(kind.mlp, h, e, fused, tp, ops, expert_bias_out)
+
+
+def mlp_elementwise_bytes(mlp: MlpShape, h: int, e: float, fused: bool, tp: int = 1, ops: FamilyOps = LLAMA_OPS,
+                          expert_bias_out: int = 0) -> float:
+    """Forward bytes per token of an MLP's elementwise ops. Activation: act(gate) * up, 5 e per intermediate value
+    (3 e fused; 2 e ungated; gpt-oss's clamped gate `FAMILY_OPS`) for every expert a token runs. A routed MoE layer
+    (transformers 5.25 integrations/moe.py grouped_mm_experts_forward, S = k rows per token) also gathers its
+    tokens into expert order (reads the token, writes k rows: (1 + k) e h), weights the k outputs ((e + w) h k),
+    restores their order (2 w h k) and sums them (w h k + w h), w = e, or 4 for routers that keep fp32 weights
+    (then a cast back, (4 + e) h, and the router's fp32 copy of its input, (e + 4) h); each expert bias is
+    gathered per row and added in place (4 e per output value and row); the router's softmax and top-k in fp32
+    cost (e + 8) per expert. Llama 4's experts (modeling_llama4.py Llama4TextMoe) repeat every token for every
+    expert, scale it, sum the outputs and add the shared expert's in place: (4 E + 5) e h. A shared expert runs
+    its own activation and is added to the output (3 e h)."""
+    act = (3.0 if fused else ops.gated_act_bytes) if mlp.gated else 2.0
+    if mlp.kind != "moe":
+        return act * e * mlp.intermediate / tp
+    k = mlp.top_k
+    if mlp.dispatch == "all_experts":
+        out = act * e * mlp.intermediate * mlp.experts + (4 * mlp.experts + 5) * e * h
+    else:
+        w = 4.0 if ops.fp32_routing else e
+        out = act * e * mlp.intermediate * k + (1 + k) * e * h + (e + w) * h * k + 3 * w * h * k + w * h + \
+            4.0 * e * expert_bias_out * k + (e + 8.0) * mlp.experts
+        if ops.fp32_routing and e < 4:
+            out += 2 * (4.0 + e) * h
+    if mlp.shared_intermediate:
+        out += act * e * mlp.shared_intermediate / tp + (3.0 * e * h if mlp.dispatch != "all_experts" else 0.0)
+    return out
+
+
+def loss_elementwise_bytes(vocab: int, e: float, fused_loss: bool) -> float:
+    """Forward plus backward memory traffic per token of the LM loss besides the head GEMM (transformers'
+    ForCausalLMLoss: logits.float() (read e, write 4), cross_entropy's log_softmax (read 4, write 4) and its
+    backward (read 4 twice, write 4), the gradient cast back (read 4, write e)); Liger's fused linear
+    cross-entropy keeps the logits on chip chunk by chunk: about one read and write of e per value."""
+    if fused_loss:
+        return 2.0 * e * vocab
+    casts = 0.0 if e >= 4 else 2 * (e + 4.0)
+    return vocab * (casts + 8.0 + 12.0)

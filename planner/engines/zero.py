@@ -305,6 +305,21 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
 
 # --- time ---------------------------------------------------------------------------------------
 
+def reduce_calls(cfg: TrainConfig, layers: int) -> int:
+    """Gradient reductions per micro-batch on one stage of `layers` layers, as DeepSpeed fills its reduce buckets
+    (planner/collectives.py reduce_bucket_calls): the trained layers' tensors, then the embedding, final norm and
+    untied head of a full fine-tune (the embedding frozen with --freeze-layers)."""
+    m, full = cfg.model, cfg.method is Method.full
+    trained = layers - round(min(cfg.freeze_layers, m.num_layers) * layers / m.num_layers) if full else layers
+    outside: tuple[float, ...] = ()
+    if full:
+        table = m.vocab_size * m.hidden_size / cfg.tp
+        outside = ((table,) if not cfg.freeze_layers else ()) + (float(m.hidden_size),) + \
+            ((table,) if not m.tie_embeddings else ())
+    return col.reduce_bucket_calls(m, max(0, trained), cfg.method, cfg.lora_r, cfg.lora_targets, cfg.tp,
+                                   reduce_bucket_elements(m), outside)
+
+
 def optimizer_shards(cfg: TrainConfig) -> int:
     return cfg.dp if cfg.zero >= ZeroStage.OPTIMIZER_STATES else 1
 
@@ -320,7 +335,7 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
     collective split into the calls DeepSpeed issues (planner/collectives.py)."""
     elem = 4.0 if cfg.precision is Precision.fp32 else 2.0  # DeepSpeed reduces in 16 bits
     grad_bytes = trainable_gpu * elem
-    rs_calls = col.buckets(grad_bytes, reduce_bucket_elements(cfg.model) * elem)
+    rs_calls = reduce_calls(cfg, stage_layers(cfg.model.num_layers, cfg.pp))
     overlap = overlap_for(cfg)
     if cfg.zero is ZeroStage.DISABLED:
         ar = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
@@ -350,7 +365,11 @@ def hook_host_s(cfg: TrainConfig, layers: int) -> float:
     if cfg.zero is not ZeroStage.WEIGHTS:
         return 0.0
     gpu = cfg.cluster.gpu
-    per = gpu.zero3_module_host_s if gpu.zero3_module_host_s is not None else \
-        col.ZERO3_MODULE_HOST_OPS * gpu.host_op_s
     passes = 1.5 if cfg.grad_ckpt is GradCkpt.full else 1.0
-    return col.zero3_modules(cfg.model, layers, cfg.method, cfg.lora_targets) * per * passes
+    if gpu.zero3_module_host_s is not None:  # measured per module, over a mix of owners and containers
+        return col.zero3_modules(cfg.model, layers, cfg.method, cfg.lora_targets) * gpu.zero3_module_host_s * passes
+    m = cfg.model
+    buckets = reduce_calls(cfg, layers)
+    grad_path = col.trainable_tensors(m, layers, cfg.method, cfg.lora_targets) * col.ZERO3_GRAD_TENSOR_HOST_OPS + \
+        buckets * col.ZERO3_REDUCE_BUCKET_HOST_OPS
+    return (col.zero3_host_ops(m, layers, cfg.method, cfg.lora_targets) * passes + grad_path) * gpu.host_op_s

@@ -27,9 +27,11 @@ def _tokens_per_s(model: str, gpus: str = "8xH100", **kw) -> float:
 
 def test_moe_speed_follows_active_parameters() -> None:
     """Qwen3-30B-A3B (30.5B total, 3.3B active) against Qwen3-32B (32.8B, dense, about the same total) and Qwen3-4B
-    (4.0B dense, about its active size): far faster than the dense model of its total size, though not as much
-    faster as its FLOPs alone would allow (small per-expert GEMMs fill fewer tiles, the dispatch costs host ops),
-    and of the order of the dense model of its active size."""
+    (4.0B dense, about its active size): far faster than the dense model of its total size (more than 3x), though
+    not as much faster as its FLOPs alone would allow (small per-expert GEMMs fill fewer tiles, the dispatch costs
+    host ops, and transformers' eager gather, weighting and scatter around the grouped GEMMs move about as many
+    bytes per token as its q/k/v and norms do: planner/kernels.py mlp_elementwise_bytes, checked by
+    tests/profiler/test_elementwise_bytes.py), and of the order of the dense model of its active size."""
     moe, dense_total, dense_active = (from_name(n) for n in ("qwen3-30b-a3b", "qwen3-32b", "qwen3-4b"))
     assert total_params(moe) == pytest.approx(total_params(dense_total), rel=0.1)
     assert active_params(moe) < 0.12 * total_params(moe)
@@ -39,7 +41,7 @@ def test_moe_speed_follows_active_parameters() -> None:
              for m in (moe, dense_total, dense_active)}
     flop_ratio = flops["qwen3-32b"] / flops["qwen3-30b-a3b"]
     speed_ratio = speed["qwen3-30b-a3b"] / speed["qwen3-32b"]
-    assert 4.0 < speed_ratio < flop_ratio, (speed_ratio, flop_ratio)
+    assert 3.0 < speed_ratio < flop_ratio, (speed_ratio, flop_ratio)
     assert 0.5 < speed["qwen3-30b-a3b"] / speed["qwen3-4b"] < 1.5
 
 
