@@ -3,6 +3,7 @@ vocabulary, strings and enums), with user-facing errors."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -13,10 +14,11 @@ from planner.estimate import Limits
 from planner.gpus import parse_gpus, with_device_fit
 from planner.models import resolve
 from planner.options import AdapterArgs, LimitArgs, Options, StrategyArgs, Target, from_flat, group_of
-from planner.params import resolve_lora_targets
+from planner.params import lora_dropout_for, resolve_lora_targets
 from planner.rl.options import rollout_from
 from planner.rope import with_rope_scaling
 from planner.strategy import (
+    LORA_DROPOUT,
     Adapter,
     Batch,
     Engine,
@@ -61,13 +63,14 @@ def required(target: Target) -> tuple[str, str]:
 def _adapter(a: AdapterArgs) -> Adapter:
     if a.lora_r < 1:
         raise PlanError(f"--lora-r must be a positive integer, got {a.lora_r}")
-    if not 0.0 <= a.lora_dropout < 1.0:
+    if a.lora_dropout is not None and not 0.0 <= a.lora_dropout < 1.0:
         raise PlanError(f"--lora-dropout must be in [0, 1), got {a.lora_dropout}")
     if a.freeze_layers < 0:
         raise PlanError(f"--freeze-layers must not be negative, got {a.freeze_layers}")
     quant = a.quant if a.quant is not None else Quant.nf4 if a.method is Method.qlora else Quant.none
     return Adapter(method=a.method, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
-                   lora_targets=parse_targets(a.lora_targets), lora_dropout=a.lora_dropout, quant=quant,
+                   lora_targets=parse_targets(a.lora_targets),
+                   lora_dropout=LORA_DROPOUT if a.lora_dropout is None else a.lora_dropout, quant=quant,
                    double_quant=a.double_quant, freeze_layers=a.freeze_layers)
 
 
@@ -89,6 +92,13 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
             raise PlanError(f"{name} must be a positive integer, got {value}")
     adapter, engine_choice = _adapter(opts.adapter), _engine_choice(s)
     model_spec, cluster = with_rope_scaling(resolve(model), opts.target.rope_scaling), parse_gpus(gpus)
+    if opts.adapter.lora_dropout is None:
+        # unset: ftplan's default, or 0 where peft wraps a target as a parameter (planner.params.lora_dropout_for);
+        # resolved whatever the method, since `plan` searches LoRA from this adapter (targets a full fine-tune does
+        # not use may not resolve: those keep the default)
+        with contextlib.suppress(PlanError):
+            adapter = dataclasses.replace(adapter, lora_dropout=lora_dropout_for(
+                model_spec, adapter.lora_targets, None, LORA_DROPOUT))
     fit = device_fit_file.resolve(opts.limits.device_fit, cluster.gpu.name)
     if fit is not None:
         cluster = dataclasses.replace(cluster, gpu=with_device_fit(cluster.gpu, fit.values))

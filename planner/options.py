@@ -67,9 +67,10 @@ class AdapterArgs:
     lora_r: int = option(8, help="LoRA rank.")
     lora_alpha: int = option(16, help="LoRA alpha.")
     lora_targets: str = option("all", help="Comma-separated LoRA target modules, or 'all'.")
-    lora_dropout: float = option(LORA_DROPOUT, help=(
-        "LoRA dropout (peft lora_dropout): above 0 every adapted linear keeps a dropped-out copy of its input and "
-        "a mask for backward."))
+    lora_dropout: float | None = option(None, help=(
+        f"LoRA dropout (peft lora_dropout): above 0 every adapted linear keeps a dropped-out copy of its input and "
+        f"a mask for backward. Default {LORA_DROPOUT}, or 0 where peft adapts a target as a parameter (the fused "
+        f"experts of Qwen3-MoE, Mixtral, DeepSeek-V3 under 'all'), which takes no dropout."))
     quant: Quant | None = option(None, help="Base-weight quantization (QLoRA); default nf4 for qlora.")
     double_quant: bool = option(True, help="QLoRA's double quantization of the quantization constants.", cli=False)
     freeze_layers: int = option(0, help="Full method: freeze the first N decoder layers.")

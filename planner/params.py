@@ -116,18 +116,46 @@ def lora_params(m: ModelSpec, r: int, targets: tuple[str, ...]) -> int:
     return round(total)
 
 
+def wrapped_lora_targets(m: ModelSpec, targets: tuple[str, ...]) -> list[str]:
+    """The chosen targets peft adapts as parameters (ParamWrapper, peft/tuners/lora/layer.py): fused expert tensors
+    and routers that are not nn.Linear. peft 0.21's target_modules="all-linear" includes them for the MoE families
+    whose checkpoints transformers converts (peft/utils/transformers_weight_conversion.py _convert_peft_config_moe:
+    Mixtral, Qwen2/3-MoE, DeepSeek-V3 move the v4 expert and router names to `target_parameters`); gpt-oss's and
+    Llama 4's experts are not nn.Linear and stay out of all-linear."""
+    chosen = set(resolve_lora_targets(m, targets))
+    return list(dict.fromkeys(lin.name for lin in m.linears() if lin.lora_param and lin.name in chosen))
+
+
+def lora_dropout_for(m: ModelSpec, targets: tuple[str, ...], requested: float | None, default: float) -> float:
+    """The LoRA dropout a plan uses: the user's, or else ftplan's default where peft can drop out every target and 0
+    where it adapts one as a parameter (a ParamWrapper has no dropout, `lora_dropout_problem`): a plan for a MoE
+    model's all-linear LoRA, not a refusal of a value the user never gave."""
+    if requested is not None:
+        return requested
+    return 0.0 if wrapped_lora_targets(m, targets) else default
+
+
 def lora_dropout_problem(m: ModelSpec, targets: tuple[str, ...], dropout: float) -> str | None:
     """peft adapts fused expert tensors and routers that are not nn.Linear as parameters (ParamWrapper), and a
     ParamWrapper refuses lora_dropout > 0 (peft/tuners/lora/layer.py ParamWrapper.__init__: dropout cannot be
     factored out of W + B A)."""
     if dropout <= 0:
         return None
-    chosen = set(resolve_lora_targets(m, targets))
-    wrapped = list(dict.fromkeys(lin.name for lin in m.linears() if lin.lora_param and lin.name in chosen))
+    wrapped = wrapped_lora_targets(m, targets)
     if not wrapped:
         return None
     return (f"peft adapts {', '.join(wrapped)} of {m.name} as parameters, which refuse lora_dropout > 0: use "
-            f"--lora-dropout 0, or --lora-targets without them")
+            f"--lora-dropout 0 (its default for these targets), or --lora-targets without them")
+
+
+def lora_dropout_note(m: ModelSpec, targets: tuple[str, ...], dropout: float) -> str | None:
+    """What a LoRA plan without dropout on parameter-wrapped targets says about it (the plan's report, the emitted
+    files' headers)."""
+    wrapped = wrapped_lora_targets(m, targets) if dropout <= 0 else []
+    if not wrapped:
+        return None
+    return (f"LoRA dropout 0: peft adapts {', '.join(wrapped)} of {m.name} as parameters (ParamWrapper), which take "
+            "no dropout; ftplan's default dropout 0.05 applies where every target is an nn.Linear")
 
 
 def lora_target_problem(m: ModelSpec, targets: tuple[str, ...]) -> str | None:

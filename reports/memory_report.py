@@ -59,7 +59,20 @@ def estimate_view(est: Estimate) -> Group:
         parts.append(Text(f"NVMe for offload: {gib(est.memory.nvme_bytes)} per node"))
     for reason in est.fit_reasons:
         parts.append(Text(f"✗ {reason}", style="red"))
+    note = lora_dropout_line(cfg)
+    if note is not None:
+        parts.append(note)
     return Group(*parts)
+
+
+def lora_dropout_line(cfg) -> Text | None:
+    """A LoRA plan whose targets peft adapts as parameters has no dropout: say so (planner.params)."""
+    from planner.params import lora_dropout_note
+
+    if not cfg.trains_adapter:
+        return None
+    note = lora_dropout_note(cfg.model, cfg.lora_targets, cfg.lora_dropout)
+    return Text(note, style="yellow") if note else None
 
 
 def limit_line(lim) -> Text:
