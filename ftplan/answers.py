@@ -5,6 +5,7 @@ option names; each answer's `json()` is exactly what `--json` prints."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,13 @@ from planner.strategy import (
 
 
 def limits_from(host_memory: float | None, nvme: float, headroom: float) -> Limits:
-    if host_memory is not None and host_memory <= 0:
+    # written so that NaN fails too (NaN passes `<= 0`, and would switch the capacity check off)
+    if host_memory is not None and not 0 < host_memory < math.inf:
         raise PlanError(f"--host-memory must be a positive number of GiB, got {host_memory:g}")
-    if nvme < 0:
+    if not 0 <= nvme < math.inf:
         raise PlanError(f"--nvme must not be negative, got {nvme:g}")
+    if not 0 <= headroom < 1:
+        raise PlanError(f"--headroom must lie in [0, 1), got {headroom:g}")
     return Limits(headroom_fraction=headroom,
                   host_bytes_per_node=None if host_memory is None else host_memory * 2**30,
                   nvme_bytes_per_node=nvme * 2**30)

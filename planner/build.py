@@ -5,6 +5,7 @@ from __future__ import annotations
 from planner.bnb_versions import parse_bnb_version
 from planner.errors import PlanError
 from planner.gpus import parse_gpus
+from planner.input_checks import check_config
 from planner.models import resolve
 from planner.params import resolve_lora_targets
 from planner.rope import with_rope_scaling
@@ -87,6 +88,7 @@ def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r:
                                         bnb_version=parse_bnb_version(bnb_version), frozen_fp32=frozen_fp32,
                                         kbit_prep=kbit_prep),
                       precision=precision, optimizer=optimizer, grad_ckpt=grad_ckpt, attn=attn, stage=stage)
+    check_config(cfg)  # the domain's bounds (planner/input_checks.py), the same as a plan.json's
     if cfg.trains_adapter:
         resolve_lora_targets(cfg.model, cfg.lora_targets)
     return validate(cfg) if check else cfg

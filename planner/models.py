@@ -6,12 +6,13 @@ model directory as plain JSON (never imports transformers, never runs remote cod
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from planner.errors import PlanError, unknown_name_error
+from planner.input_checks import check_model_spec
+from planner.input_files import read_json_file
 from planner.model_catalog import ALIASES, HF_CONFIGS
 
 
@@ -198,25 +199,19 @@ def from_name(name: str) -> ModelSpec:
     key = ALIASES.get(name.lower(), name.lower())
     if key not in HF_CONFIGS:
         raise unknown_name_error("model", name, [*HF_CONFIGS, *ALIASES])
-    return spec_from_hf_config(HF_CONFIGS[key], name=key, source=f"catalog:{key}")
+    return check_model_spec(spec_from_hf_config(HF_CONFIGS[key], name=key, source=f"catalog:{key}"))
 
 
 def from_path(path: Path) -> ModelSpec:
     """Read a local config.json, or the config.json inside a model directory, as plain JSON."""
     file = path / "config.json" if path.is_dir() else path
-    try:
-        cfg = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"model '{path}': no such file {file}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"model '{path}': cannot read {file}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"model '{path}': {file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    # a regular file of bounded size, strict JSON (planner/input_files.py): a FIFO or /dev/zero cannot hang it
+    cfg = read_json_file(file, what=f"model '{path}': config")
     if not isinstance(cfg, dict):
         raise PlanError(f"model '{path}': {file} does not hold a JSON object")
     name = (path if path.is_dir() else path.parent).name or "custom"
     # absolute: the source is read again by processes that start elsewhere (profiler workers, emitted files)
-    return spec_from_hf_config(cfg, name=name, source=str(file.resolve()))
+    return check_model_spec(spec_from_hf_config(cfg, name=name, source=str(file.resolve())))
 
 
 def resolve(model: str) -> ModelSpec:

@@ -15,6 +15,8 @@ from planner.errors import PlanError
 from planner.models import ModelSpec
 
 ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
+# published factors reach 32-64 (YaRN, LongRoPE); 1024 keeps positions x factor within MODEL_BOUNDS
+MAX_ROPE_FACTOR = 1024.0
 
 
 def parse_rope_scaling(text: str) -> tuple[str, float]:
@@ -28,6 +30,8 @@ def parse_rope_scaling(text: str) -> tuple[str, float]:
         raise PlanError(f"--rope-scaling '{text}': write TYPE:FACTOR, e.g. linear:2.0") from None
     if not math.isfinite(value) or value <= 1.0:
         raise PlanError(f"--rope-scaling '{text}': the factor must exceed 1")
+    if value > MAX_ROPE_FACTOR:
+        raise PlanError(f"--rope-scaling '{text}': the factor must be at most {MAX_ROPE_FACTOR:g}")
     return kind, value
 
 

@@ -1,5 +1,6 @@
 """TrainConfig <-> plain dict (plan.json). Enums go out as their values; the model travels as its
-config.json fields so a plan made from a local config stays loadable without that file."""
+config.json fields so a plan made from a local config stays loadable without that file. Reading back is
+the plan.json schema: each field of its type, within the domain's bounds (planner/input_checks.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,26 @@ from enum import Enum
 from typing import Any
 
 from planner import strategy as st
+from planner.bnb_versions import parse_bnb_version
 from planner.errors import PlanError
 from planner.gpus import Cluster, gpu_from_name
+from planner.input_checks import (
+    CONFIG_BOUNDS,
+    DEFAULT_INT_BOUNDS,
+    MODEL_BOUNDS,
+    MODEL_TEXTS,
+    check_bool,
+    check_cluster_size,
+    check_config,
+    check_fields,
+    check_float,
+    check_int,
+    check_lora_targets,
+    check_model_spec,
+    check_text,
+    field_kinds,
+    one_line,
+)
 from planner.models import ModelSpec
 from planner.strategy import FLAT_FIELDS, TrainConfig
 
@@ -39,27 +58,77 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+# the parts' scalar fields by flat name: their runtime types (int, float, bool, str, tuple) from the dataclasses
+_PART_KINDS: dict[str, tuple[type, ...]] = {
+    name: kinds for part in (st.Adapter, st.ParallelLayout, st.Batch, st.EngineChoice, st.Switches)
+    for name, kinds in field_kinds(part).items()}
+_WHERE = "not a valid ftplan configuration: "
+
+
+def _enum(name: str, value: Any) -> Enum:
+    cls = _ENUMS[name]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise PlanError(f"{_WHERE}'{name}' must be one of {', '.join(str(e.value) for e in cls)}, got {value!r}")
     try:
-        kwargs: dict[str, Any] = {}
-        for name in FLAT_FIELDS:
-            if name not in data:
-                continue
-            value = data[name]
-            if name == "model":
-                value = ModelSpec(**value)
-            elif name == "cluster":
-                value = Cluster(gpu=gpu_from_name(value["gpu"]), nodes=int(value["nodes"]),
-                                gpus_per_node=int(value["gpus_per_node"]))
-            elif name in _ENUMS:
-                value = _ENUMS[name](value)
-            elif name == "lora_targets":
-                value = tuple(value)
-            kwargs[name] = value
-        if "model" not in kwargs or "cluster" not in kwargs:
-            raise PlanError("plan lacks its 'model' or 'cluster'")
-        return TrainConfig(**kwargs)
-    except PlanError:
-        raise
-    except (TypeError, ValueError, KeyError) as exc:
+        return cls(value)
+    except ValueError:
+        raise PlanError(f"{_WHERE}'{name}' must be one of {', '.join(str(e.value) for e in cls)}, "
+                        f"got {one_line(repr(value))[:60]}") from None
+
+
+def _scalar(name: str, value: Any) -> Any:
+    """One flat field of plan.json's config, checked against its type and the domain's bounds."""
+    if name in _ENUMS:
+        return _enum(name, value)
+    kinds = _PART_KINDS[name]
+    if bool in kinds:
+        return check_bool(value, f"'{name}'", where=_WHERE)
+    if int in kinds:
+        return check_int(value, f"'{name}'", CONFIG_BOUNDS.get(name, DEFAULT_INT_BOUNDS), where=_WHERE)
+    if float in kinds:  # lora_dropout, the one float: peft's dropout probability
+        return check_float(value, f"'{name}'", 0.0, 1.0, where=_WHERE, hi_open=True)
+    if name == "lora_targets":
+        return check_lora_targets(value, where=_WHERE)
+    if name == "bnb_version":
+        return parse_bnb_version(check_text(value, f"'{name}'", where=_WHERE, max_chars=32))
+    raise PlanError(f"{_WHERE}'{name}' cannot be read")  # a new field without a rule here: refuse, do not guess
+
+
+def _model(value: Any) -> ModelSpec:
+    where = "plan model: "
+    kwargs = check_fields(ModelSpec, value, where=where, bounds=MODEL_BOUNDS, texts=MODEL_TEXTS)
+    try:
+        spec = ModelSpec(**kwargs)
+    except TypeError as exc:  # a required field missing
+        raise PlanError(f"{where}{exc}") from None
+    return check_model_spec(spec)
+
+
+def _cluster(value: Any) -> Cluster:
+    where = "plan cluster: "
+    if not isinstance(value, dict) or set(value) != {"gpu", "nodes", "gpus_per_node"}:
+        raise PlanError(f"{where}must be an object with 'gpu', 'nodes' and 'gpus_per_node'")
+    gpu = gpu_from_name(check_text(value["gpu"], "'gpu'", where=where, max_chars=64, empty=False))
+    check_cluster_size(value["nodes"], value["gpus_per_node"], where=where)
+    return Cluster(gpu=gpu, nodes=value["nodes"], gpus_per_node=value["gpus_per_node"])
+
+
+def config_from_dict(data: Any) -> TrainConfig:
+    """plan.json's "config" -> a TrainConfig: every field of its type and within the domain's bounds
+    (planner/input_checks.py), unknown fields refused, the model checked as every model is."""
+    if not isinstance(data, dict):
+        raise PlanError(f"{_WHERE}must be a JSON object")
+    unknown = sorted(k for k in data if k not in FLAT_FIELDS)
+    if unknown:
+        raise PlanError(f"{_WHERE}has no field {one_line(repr(unknown[0]))[:60]}")
+    if "model" not in data or "cluster" not in data:
+        raise PlanError("plan lacks its 'model' or 'cluster'")
+    kwargs: dict[str, Any] = {"model": _model(data["model"]), "cluster": _cluster(data["cluster"])}
+    for name in FLAT_FIELDS:
+        if name in data and name not in kwargs:
+            kwargs[name] = _scalar(name, data[name])
+    try:
+        cfg = TrainConfig(**kwargs)
+    except TypeError as exc:
         raise PlanError(f"not a valid ftplan configuration: {exc}") from None
+    return check_config(cfg)

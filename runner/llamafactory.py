@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from planner.configs.ds_config import DEFAULT_HYPER, Hyperparams, learning_rate
+from planner.input_checks import slug
+from planner.rope import parse_rope_scaling
 from planner.states import kbit_prepared
 from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, Precision, Quant, TrainConfig
 from runner import switches
@@ -70,8 +72,9 @@ def notes(cfg: TrainConfig) -> list[str]:
     if cfg.tp > 1 or cfg.pp > 1:
         out.append(f"LLaMA-Factory trains data-parallel only: this plan's TP{cfg.tp}/PP{cfg.pp} needs `ftplan run`.")
     if cfg.model.rope_scaling:
+        kind, factor = parse_rope_scaling(cfg.model.rope_scaling)  # the header says it in ftplan's words only
         out.append(f"LLaMA-Factory picks the RoPE factor itself (cutoff_len / max_position_embeddings, rounded up); "
-                   f"the plan assumed {cfg.model.rope_scaling}.")
+                   f"the plan assumed {kind}:{factor:g}.")
     if template_for(cfg) == "default" and cfg.model.name.startswith("baichuan2"):
         out.append("LLaMA-Factory 0.9.5 has no Baichuan2 chat template: 'default' is set; name yours in `template`.")
     if cfg.grad_ckpt is GradCkpt.selective:
@@ -91,7 +94,7 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
         out["trust_remote_code"] = True
     out.update({"stage": cfg.stage.value, "do_train": True, **_finetuning(cfg)})
     if cfg.model.rope_scaling:
-        out["rope_scaling"] = cfg.model.rope_scaling.partition(":")[0]  # hparams/model_args.py RopeScaling
+        out["rope_scaling"] = parse_rope_scaling(cfg.model.rope_scaling)[0]  # hparams/model_args.py RopeScaling
     if cfg.engine is Engine.deepspeed:
         out["deepspeed"] = ds_config_path
     out.update({
@@ -100,7 +103,8 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
         "dataset": "alpaca_en_demo",  # LLaMA-Factory's bundled demo set; name yours in data/dataset_info.json
         "template": template_for(cfg),
         "cutoff_len": cfg.seq_len,
-        "output_dir": f"saves/{cfg.model.name}/{cfg.method.value}/{cfg.stage.value}",
+        # a relative folder under saves/ whatever the model is called (slug: no separators, never `..`)
+        "output_dir": f"saves/{slug(cfg.model.name)}/{cfg.method.value}/{cfg.stage.value}",
         "logging_steps": 10,
         "save_steps": 500,
         "plot_loss": True,
