@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from ftplan import options as o
-from ftplan.cli import app
+from ftplan.app import app
 from planner.errors import PlanError
 from planner.estimate import Estimate
 from planner.search import PlanResult

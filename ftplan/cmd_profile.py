@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 
 from ftplan import options as o
-from ftplan.cli import app
-from planner.build import build_config
+from ftplan.app import app
+from planner.build import config_from
 from planner.errors import PlanError
+from planner.options import Options, replace_flat
 from planner.strategy import Method, Precision
 
 profile_app = typer.Typer(no_args_is_help=True, help="Measure memory and time: dry runs on fake tensors, real "
@@ -36,24 +37,25 @@ def _write_profile(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+DRY_RUN = o.expose(target=("model", "gpus"),
+                   adapter=("method", "lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision",
+                            "freeze_layers"),
+                   strategy=("optimizer", "micro_batch", "grad_accum", "seq_len", "grad_ckpt", "attn"),
+                   switches=("cross_entropy",), defaults={"gpus": "1xCPU"})
+RUN = o.expose(target=("gpus",), adapter=("method", "lora_r", "lora_alpha", "lora_targets"),
+               strategy=("optimizer", "zero", "fsdp", "micro_batch", "grad_accum", "seq_len", "grad_ckpt", "attn"),
+               defaults={"gpus": "1xCPU", "method": Method.full, "seq_len": 256})
+
+
 @profile_app.command("dry-run")
-def dry_run(model: o.ModelOpt, gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = Method.lora, lora_r: o.LoraROpt = 8,
-            lora_alpha: o.LoraAlphaOpt = 16, lora_targets: o.LoraTargetsOpt = "all",
-            precision: o.PrecisionOpt = Precision.bf16_mixed, optimizer: o.OptimizerOpt = o.Optimizer.adamw,
-            micro_batch: o.MicroBatchOpt = 1, grad_accum: o.GradAccumOpt = 1, seq_len: o.SeqLenOpt = 2048,
-            grad_ckpt: o.GradCkptOpt = o.GradCkpt.none, attn: o.AttnOpt = o.Attn.sdpa,
-            freeze_layers: o.FreezeOpt = 0, save: SaveOpt = None, json_out: o.JsonOpt = False,
-            cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard,
-            lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT) -> None:
+@o.grouped
+def dry_run(opts: Annotated[Options, DRY_RUN], save: SaveOpt = None, json_out: o.JsonOpt = False) -> None:
     """Two training steps of the real transformers model on fake tensors; peak by category vs the planner."""
     from planner.memory import memory_per_gpu
     from profiler.dryrun import dry_run as run_dry
     from reports.profile_report import dry_run_json, dry_run_view
 
-    cfg = build_config(model=model, gpus=gpus, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
-                       lora_targets=lora_targets, precision=precision, optimizer=optimizer, micro_batch=micro_batch,
-                       grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt, attn=attn,
-                       freeze_layers=freeze_layers, cross_entropy=cross_entropy, lora_dropout=lora_dropout)
+    cfg = config_from(opts)
     result = run_dry(cfg)
     predicted = memory_per_gpu(cfg)
     data = dry_run_json(result, predicted, str(cfg))
@@ -90,16 +92,14 @@ def _calibrate(profiles_paths: list[Path], extra: list, out: Path) -> dict:
 
 
 @profile_app.command("run")
-def run(model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name or config.json, built with "
+@o.grouped
+def run(*, model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name or config.json, built with "
                                                   "random weights; default: a 134M-parameter Llama.")] = None,
         model_path: Annotated[Path | None, typer.Option("--model-path", help="A local model directory "
                                                         "(config.json, and weights if present).")] = None,
-        gpus: o.GpusOpt = "1xCPU", method: o.MethodOpt = Method.full, lora_r: o.LoraROpt = 8,
-        lora_alpha: o.LoraAlphaOpt = 16, lora_targets: o.LoraTargetsOpt = "all",
+        opts: Annotated[Options, RUN],
         precision: Annotated[Precision | None, typer.Option(help="Default: 32-true on the CPU, bf16-mixed on GPUs.")]
-        = None, optimizer: o.OptimizerOpt = o.Optimizer.adamw, zero: o.ZeroOpt = None, fsdp: o.FsdpOpt = None,
-        micro_batch: o.MicroBatchOpt = 1, grad_accum: o.GradAccumOpt = 1, seq_len: o.SeqLenOpt = 256,
-        grad_ckpt: o.GradCkptOpt = o.GradCkpt.none, attn: o.AttnOpt = o.Attn.sdpa,
+        = None,
         warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps, not measured.")] = 1,
         steps: Annotated[int, typer.Option(min=1, help="Measured steps (the median is reported).")] = 2,
         save: SaveOpt = None, calibrate: CalibrateOpt = None,
@@ -119,16 +119,14 @@ def run(model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog
         raise PlanError("give --model or --model-path, not both")
     if model_path is not None and not (model_path / "config.json").is_file():
         raise PlanError(f"--model-path {model_path}: no config.json there")
+    gpus = opts.target.gpus or ""
     if precision is None:
         precision = Precision.fp32 if gpus.upper().endswith("CPU") else Precision.bf16_mixed
     with tempfile.TemporaryDirectory(prefix="ftplan-model-") as tmp:
         target = str(model_path) if model_path is not None else model
         if target is None:
             target = str(write_model_config(SMALL_LLAMA, Path(tmp) / "small-llama"))
-        cfg = build_config(model=target, gpus=gpus, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
-                           lora_targets=lora_targets, precision=precision, optimizer=optimizer, zero=zero, fsdp=fsdp,
-                           micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len, grad_ckpt=grad_ckpt,
-                           attn=attn)
+        cfg = config_from(replace_flat(opts, model=target, precision=precision))
         result = launch(cfg, model_path=model_path, warmup_steps=warmup, steps=steps)
     predicted = memory_per_gpu(cfg)
     try:

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from ftplan import options as o
-from ftplan.cli import app
+from ftplan.app import app
 from planner.errors import PlanError
+from planner.options import AdapterArgs, LimitArgs, Target
 from planner.strategy import Method, Stage
 
 
@@ -84,10 +85,10 @@ def run(
     ] = None,
     gpus: Annotated[
         str | None, typer.Option("--gpus", "-g", help="Plan on the fly for these devices: 1xA800, 2xCPU.")] = None,
-    method: o.MethodOpt = Method.lora,
-    stage: o.StageOpt = Stage.sft,
+    method: o.flag(AdapterArgs, "method") = Method.lora,  # type: ignore[valid-type]
+    stage: o.flag(Target, "stage") = Stage.sft,  # type: ignore[valid-type]
     seq_len: Annotated[int, typer.Option(help="Plan on the fly: tokens per sequence.")] = 512,
-    calibration: o.CalibrationOpt = None,
+    calibration: o.flag(LimitArgs, "calibration") = None,  # type: ignore[valid-type]
 ) -> None:
     """Train a plan with the transformers Trainer + peft, starting torchrun itself for several devices."""
     from runner.train import RunOptions, load_plan, validate_inputs

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ftplan.cli import app
+from ftplan.app import app
 
 HostOpt = Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")]
 PortOpt = Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")]

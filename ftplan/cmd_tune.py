@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
-
-import typer
+from typing import Annotated, ClassVar
 
 from ftplan import options as o
-from ftplan.cli import app
-from planner.strategy import Attn, Engine, GradCkpt, Offload, Optimizer
-
-TrialsOpt = Annotated[int | None, typer.Option(help="Trials: sampled plans (default: every valid plan, "
-                                                     "exhaustively); with --measure, real trials (default 8), "
-                                                     "the budget of the whole study across all workers.")]
-MeasureOpt = Annotated[bool, typer.Option("--measure", help="Run short real trials of the best analytical plans.")]
-TopOpt = Annotated[int | None, typer.Option("--top", help="--measure: plans in the first round (default half the "
-                                                          "trials); later rounds re-rank with the fitted "
-                                                          "calibration.")]
-StorageOpt = Annotated[str | None, typer.Option(help="Study storage: an SQLAlchemy URL (sqlite:///F.db, "
-                                                     "postgresql://USER@HOST/DB), journal:PATH (a file on a "
-                                                     "shared file system) or 'memory' (default "
-                                                     "sqlite:///ftplan-tune.db). Workers started with the same "
-                                                     "--storage and --study split the trials.")]
-StudyOpt = Annotated[str | None, typer.Option(help="Study name (default from model, GPUs, global batch, seq-len).")]
-TimeoutOpt = Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")]
-EmitOpt = Annotated[Path | None, typer.Option(help="Write the winner's files (plan.json, ds_config.json, ...) here.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files in --emit.")]
-SeedOpt = Annotated[int, typer.Option(help="Sampler seed.")]
+from ftplan.app import app
+from planner.fields import option
+from planner.options import Options, TuneSpaceArgs
 
 
 class Sampler(str, Enum):
@@ -37,27 +19,48 @@ class Sampler(str, Enum):
     grid = "grid"
 
 
-SamplerOpt = Annotated[Sampler, typer.Option(help="Analytical: 'grid' evaluates every plan, 'tpe' samples --trials "
-                                                  "distinct plans, 'auto' enumerates a space of at most 10,000 "
-                                                  "runnable plans and samples larger ones.")]
-EnginesOpt = Annotated[list[Engine] | None, typer.Option("--engine", help="Engines to search (repeat).")]
-ZerosOpt = Annotated[list[int] | None, typer.Option("--zero", min=0, max=3, help="ZeRO stages to search (repeat; "
-                                                                                 "DeepSpeed only).")]
-OffloadsOpt = Annotated[list[Offload] | None, typer.Option("--offload", help="Offload settings to search (repeat).")]
-MicroBatchesOpt = Annotated[list[int] | None, typer.Option("--micro-batch", help="Micro-batches to search (repeat).")]
-CkptsOpt = Annotated[list[GradCkpt] | None, typer.Option("--grad-ckpt", help="Checkpointing to search (repeat).")]
-AttnsOpt = Annotated[list[Attn] | None, typer.Option("--attn", help="Attention implementations (repeat).")]
-OptimizersOpt = Annotated[list[Optimizer] | None, typer.Option("--optimizer", help="Optimizers (repeat).")]
-TpsOpt = Annotated[list[int] | None, typer.Option("--tp", help="TP degrees (repeat; default powers of two).")]
-PpsOpt = Annotated[list[int] | None, typer.Option("--pp", help="PP degrees (repeat; default powers of two).")]
-VirtualOpt = Annotated[list[int] | None, typer.Option("--virtual-stages", help="Interleaved virtual stages per "
-                                                                             "pipeline rank (repeat; default 1).")]
-TrialStepsOpt = Annotated[int, typer.Option(help="--measure: timed optimizer steps per trial (after one warm-up).")]
-TrialTimeoutOpt = Annotated[float, typer.Option(help="--measure: seconds before a trial counts as hung.")]
-HeartbeatOpt = Annotated[float, typer.Option(help="--measure: heartbeat interval in seconds; a trial silent for 6 "
-                                                  "intervals counts as 'worker lost' and is re-run by another.")]
-StorageRetryOpt = Annotated[float, typer.Option(help="Seconds to retry an unreachable storage (with backoff) "
-                                                     "before giving up with exit code 2.")]
+@dataclass(frozen=True, kw_only=True)
+class TuneRunArgs:
+    """How the tune runs: its budget, real trials, the study's storage and the workers' timing."""
+
+    trials: int | None = option(None, help=(
+        "Trials: sampled plans (default: every valid plan, exhaustively); with --measure, real trials (default 8), "
+        "the budget of the whole study across all workers."))
+    measure: bool = option(False, flags=("--measure",), help="Run short real trials of the best analytical plans.")
+    top: int | None = option(None, flags=("--top",), help=(
+        "--measure: plans in the first round (default half the trials); later rounds re-rank with the fitted "
+        "calibration."))
+    storage: str | None = option(None, help=(
+        "Study storage: an SQLAlchemy URL (sqlite:///F.db, postgresql://USER@HOST/DB), journal:PATH (a file on a "
+        "shared file system) or 'memory' (default sqlite:///ftplan-tune.db). Workers started with the same "
+        "--storage and --study split the trials."))
+    study: str | None = option(None, help="Study name (default from model, GPUs, global batch, seq-len).")
+    timeout: float | None = option(None, help="Stop starting trials after this many seconds.")
+    trial_steps: int = option(3, help="--measure: timed optimizer steps per trial (after one warm-up).")
+    trial_timeout: float = option(300.0, help="--measure: seconds before a trial counts as hung.")
+    heartbeat: float = option(10.0, help=(
+        "--measure: heartbeat interval in seconds; a trial silent for 6 intervals counts as 'worker lost' and is "
+        "re-run by another."))
+    storage_retry: float = option(60.0, help=(
+        "Seconds to retry an unreachable storage (with backoff) before giving up with exit code 2."))
+    sampler: Sampler = option(Sampler.auto, help=(
+        "Analytical: 'grid' evaluates every plan, 'tpe' samples --trials distinct plans, 'auto' enumerates a space "
+        "of at most 10,000 runnable plans and samples larger ones."))
+    seed: int = option(0, help="Sampler seed.")
+
+    PANEL: ClassVar[str] = "Tuning"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneOutput(o.JsonOutput):
+    emit: Path | None = option(None, help="Write the winner's files (plan.json, ds_config.json, ...) here.")
+    force: bool = option(False, flags=("--force",), help="Overwrite files in --emit.")
+
+
+# the tune searches the strategy (TuneSpaceArgs says which values); the question's other groups as plan's
+TUNE = o.expose(target=o.ALL, adapter=("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision"),
+                strategy=("seq_len", "fsdp_version"), switches=o.ALL,
+                search=("methods", "global_batch", "include_unrunnable"), limits=o.ALL)
 
 
 def _positive(name: str, values: list[int] | None) -> tuple[int, ...] | None:
@@ -71,34 +74,15 @@ def _positive(name: str, values: list[int] | None) -> tuple[int, ...] | None:
 
 
 @app.command()
-def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials: TrialsOpt = None,
-         measure: MeasureOpt = False, top: TopOpt = None, storage: StorageOpt = None, study: StudyOpt = None,
-         timeout: TimeoutOpt = None, emit: EmitOpt = None, force: ForceOpt = False, seq_len: o.SeqLenOpt = 2048,
-         global_batch: o.GlobalBatchOpt = None, engine: EnginesOpt = None, zero: ZerosOpt = None,
-         offload: OffloadsOpt = None, micro_batch: MicroBatchesOpt = None, grad_ckpt: CkptsOpt = None,
-         attn: AttnsOpt = None, optimizer: OptimizersOpt = None, tp: TpsOpt = None, pp: PpsOpt = None,
-         virtual_stages: VirtualOpt = None, lora_r: o.LoraROpt = 8, lora_alpha: o.LoraAlphaOpt = 16,
-         lora_targets: o.LoraTargetsOpt = "all", precision: o.PrecisionOpt = o.Precision.bf16_mixed,
-         stage: o.StageOpt = o.Stage.sft, rope_scaling: o.RopeScalingOpt = None,
-         host_memory: o.HostMemOpt = None, nvme: o.NvmeOpt = 2048.0,
-         headroom: o.HeadroomOpt = 0.0, calibration: o.CalibrationOpt = None, trial_steps: TrialStepsOpt = 3,
-         trial_timeout: TrialTimeoutOpt = 300.0, heartbeat: HeartbeatOpt = 10.0,
-         storage_retry: StorageRetryOpt = 60.0, sampler: SamplerOpt = Sampler.auto, seed: SeedOpt = 0,
-         json_out: o.JsonOpt = False,
-         cross_entropy: o.CrossEntropyOpt = o.CrossEntropy.standard, kernels: o.KernelsOpt = o.Kernels.eager,
-         activation_offload: o.ActivationOffloadOpt = False, fsdp_version: o.FsdpVersionOpt = 2,
-         torch_compile: o.CompileOpt = False, bnb_version: o.BnbVersionOpt = "",
-         frozen_fp32: o.FrozenFp32Opt = False, lora_dropout: o.LoraDropoutOpt = o.LORA_DROPOUT,
-         kbit_prep: o.KbitPrepOpt = True,
-         include_unrunnable: o.IncludeUnrunnableOpt = False) -> None:
+@o.grouped
+def tune(opts: Annotated[Options, TUNE], dims: TuneSpaceArgs, run: TuneRunArgs, out: TuneOutput) -> None:
     """Autotune: search the plan space with Optuna (time model), optionally with short real trials.
 
     With --measure, every worker started with the same --storage and --study shares the trials; --gpus
     is each worker's own device set (trials run on one node: multi-node trial plans are not measured)."""
     from rich.console import Console
 
-    from ftplan.answers import check_positions, limits_from
-    from planner.build import build_config
+    from planner.build import check_positions, config_from, limits_from
     from planner.calibration import load_calibration
     from planner.errors import PlanError
     from planner.search import SearchSpace, search_space
@@ -108,58 +92,58 @@ def tune(model: o.ModelOpt, gpus: o.GpusOpt, method: o.MethodsOpt = None, trials
     from runner.tune import tune as run_tune
     from runner.tuning.results import ENUMERATE_UP_TO
 
-    for name, value in (("--trials", trials), ("--top", top), ("--trial-steps", trial_steps)):
+    for name, value in (("--trials", run.trials), ("--top", run.top), ("--trial-steps", run.trial_steps)):
         if value is not None and value < 1:
             raise PlanError(f"{name} must be a positive integer, got {value}")
-    for name, seconds in (("--timeout", timeout), ("--heartbeat", heartbeat), ("--storage-retry", storage_retry)):
+    for name, seconds in (("--timeout", run.timeout), ("--heartbeat", run.heartbeat),
+                          ("--storage-retry", run.storage_retry)):
         if seconds is not None and seconds <= 0:
             raise PlanError(f"{name} must be positive, got {seconds}")
-    if sampler is Sampler.tpe and trials is None and not measure:
+    if run.sampler is Sampler.tpe and run.trials is None and not run.measure:
         raise PlanError("--sampler tpe samples --trials plans: pass --trials N")
-    if emit is not None and not force and (emit / "plan.json").exists():
-        raise PlanError(f"{emit / 'plan.json'} exists; pass --force to overwrite")
-    base = build_config(model=model, gpus=gpus, seq_len=seq_len, lora_r=lora_r, lora_alpha=lora_alpha,
-                        lora_targets=lora_targets, precision=precision, stage=stage, rope_scaling=rope_scaling,
-                        check=False, **o.switches(cross_entropy, kernels, activation_offload, fsdp_version,
-                                                  torch_compile, bnb_version, frozen_fp32, lora_dropout, kbit_prep))
-    check_positions(base, seq_len)
+    if out.emit is not None and not out.force and (out.emit / "plan.json").exists():
+        raise PlanError(f"{out.emit / 'plan.json'} exists; pass --force to overwrite")
+    base = config_from(opts, check=False)
+    check_positions(base)
     default = SearchSpace()
-    space_def = search_space(base, methods=method, global_batch=global_batch,
-                             micro_batches=_positive("--micro-batch", micro_batch) or default.micro_batches,
-                             grad_ckpts=tuple(dict.fromkeys(grad_ckpt)) if grad_ckpt else default.grad_ckpts,
-                             attns=tuple(dict.fromkeys(attn)) if attn else default.attns,
-                             optimizers=tuple(dict.fromkeys(optimizer)) if optimizer else default.optimizers,
-                             tps=_positive("--tp", tp), pps=_positive("--pp", pp))
-    filters = Filters(engines=tuple(engine) if engine else None,
-                      zero_stages=tuple(ZeroStage(z) for z in zero) if zero else None,
-                      offloads=tuple(offload) if offload else None,
-                      virtual_stages=_positive("--virtual-stages", virtual_stages) or (1,))
+    space_def = search_space(base, methods=opts.search.methods, global_batch=opts.search.global_batch,
+                             micro_batches=_positive("--micro-batch", dims.micro_batch) or default.micro_batches,
+                             grad_ckpts=tuple(dict.fromkeys(dims.grad_ckpt)) if dims.grad_ckpt else default.grad_ckpts,
+                             attns=tuple(dict.fromkeys(dims.attn)) if dims.attn else default.attns,
+                             optimizers=tuple(dict.fromkeys(dims.optimizer)) if dims.optimizer
+                             else default.optimizers,
+                             tps=_positive("--tp", dims.tp), pps=_positive("--pp", dims.pp))
+    filters = Filters(engines=tuple(dims.engine) if dims.engine else None,
+                      zero_stages=tuple(ZeroStage(z) for z in dims.zero) if dims.zero else None,
+                      offloads=tuple(dims.offload) if dims.offload else None,
+                      virtual_stages=_positive("--virtual-stages", dims.virtual_stages) or (1,))
     runnable = None
-    if measure:
+    if run.measure:
         from runner.trial import unsupported
 
         runnable = unsupported
     space = build_space(base, space_def, filters, runnable)
-    opts = TuneOptions(trials=trials, measure=measure, top=top, storage=storage, study=study, timeout_s=timeout,
-                       seed=seed, trial_steps=trial_steps, trial_timeout_s=trial_timeout, heartbeat_s=heartbeat,
-                       storage_retry_s=storage_retry,
-                       enumerate_up_to={Sampler.auto: ENUMERATE_UP_TO, Sampler.tpe: 0,
-                                        Sampler.grid: float("inf")}[sampler],
-                       limits=limits_from(host_memory, nvme, headroom), cal=load_calibration(calibration),
-                       include_unrunnable=include_unrunnable)
+    tune_opts = TuneOptions(trials=run.trials, measure=run.measure, top=run.top, storage=run.storage,
+                            study=run.study, timeout_s=run.timeout, seed=run.seed, trial_steps=run.trial_steps,
+                            trial_timeout_s=run.trial_timeout, heartbeat_s=run.heartbeat,
+                            storage_retry_s=run.storage_retry,
+                            enumerate_up_to={Sampler.auto: ENUMERATE_UP_TO, Sampler.tpe: 0,
+                                             Sampler.grid: float("inf")}[run.sampler],
+                            limits=limits_from(opts.limits), cal=load_calibration(opts.limits.calibration),
+                            include_unrunnable=opts.search.include_unrunnable)
     quiet_optuna()
     err = Console(stderr=True)
     from reports.tune_report import tune_progress
 
-    title = "measured trials" if measure else "analytical trials"
+    title = "measured trials" if run.measure else "analytical trials"
     with tune_progress(err, title) as progress:
-        result = run_tune(space, opts, progress)
+        result = run_tune(space, tune_opts, progress)
     emitted: list[str] | None = None
-    if emit is not None:
+    if out.emit is not None:
         from runner.emit import emit as emit_files
 
-        emitted = [str(p) for p in emit_files(result.best, emit, force=force)]
-    if json_out:
+        emitted = [str(p) for p in emit_files(result.best, out.emit, force=out.force)]
+    if out.json_out:
         from reports.fmt import print_json
         from reports.tune_report import tune_json
 

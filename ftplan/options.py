@@ -1,143 +1,195 @@
-"""Options shared by every command, one vocabulary (typer Annotated types; enums are the choices)."""
+"""Every command's options, built once from the option groups (planner.options: dataclasses whose fields carry
+help text, flag names and ranges; typer makes them flags and the enums their choices).
+
+A command names the groups it takes; `@grouped` turns each group's fields into flags and hands the command
+the built groups:
+
+    @app.command()
+    @grouped
+    def estimate(opts: Annotated[Options, ESTIMATE], out: EmitOutput) -> None: ...
+
+`Expose` says which fields of which groups a command shows (all of a group by default) and its own defaults;
+the fields it hides keep the group's defaults. A new option therefore goes into its group in planner/options.py
+(a memory switch into planner.strategy.Switches) and reaches every command that shows the group.
+"""
 
 from __future__ import annotations
 
-from functools import partial
+import dataclasses
+import functools
+import inspect
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import typer
 
-from planner.strategy import (
-    LORA_DROPOUT,
-    Attn,
-    CrossEntropy,
-    FsdpStrategy,
-    GradCkpt,
-    Kernels,
-    Method,
-    Offload,
-    OffloadDevice,
-    Optimizer,
-    Precision,
-    Quant,
-    Stage,
-)
+from planner.fields import option, option_fields
+from planner.options import field_types, is_group
 
-# --help groups the options in these panels (rich_help_panel), so a long command reads at 80 columns
-_model = partial(typer.Option, rich_help_panel="Model")
-_hardware = partial(typer.Option, rich_help_panel="Hardware")
-_method = partial(typer.Option, rich_help_panel="Method")
-_parallelism = partial(typer.Option, rich_help_panel="Parallelism")
-_batch = partial(typer.Option, rich_help_panel="Batch")
-_memory = partial(typer.Option, rich_help_panel="Memory")
-_output = partial(typer.Option, rich_help_panel="Output")
-
-ModelOpt = Annotated[
-    str,
-    _model("--model", "-m", help="Catalog name or alias (7b, llama-3-8b), a config.json, or a model directory."),
-]
-GpusOpt = Annotated[
-    str,
-    _hardware("--gpus", "-g", help="COUNTxTYPE or NODESxPER_NODExTYPE: 8xA800, 2x8xH100, 2xCPU."),
-]
-MethodOpt = Annotated[Method, _method(help="Fine-tuning method.")]
-MethodsOpt = Annotated[
-    list[Method] | None,
-    _method("--method", help="Methods to plan (repeat); default all three."),
-]
-LoraROpt = Annotated[int, _method(help="LoRA rank.")]
-LoraAlphaOpt = Annotated[int, _method(help="LoRA alpha.")]
-LoraTargetsOpt = Annotated[str, _method(help="Comma-separated LoRA target modules, or 'all'.")]
-LoraDropoutOpt = Annotated[float, _method(
-    "--lora-dropout", help="LoRA dropout (peft lora_dropout): above 0 every adapted linear keeps a dropped-out "
-                           "copy of its input and a mask for backward.")]
-QuantOpt = Annotated[Quant | None, _method(help="Base-weight quantization (QLoRA); default nf4 for qlora.")]
-PrecisionOpt = Annotated[Precision, _method(help="Precision: fp32 master under *-mixed, none under bf16-true.")]
-OptimizerOpt = Annotated[Optimizer, _method(help="Optimizer.")]
-OptimizersOpt = Annotated[str | None, _method(
-    "--optimizers", help="Search these optimizers (comma-separated, e.g. adamw,adamw_8bit) instead of --optimizer.")]
-AttnsOpt = Annotated[str | None, _memory(
-    "--attns", help="Search these attention implementations (comma-separated, e.g. sdpa,eager) instead of sdpa.")]
-ZeroOpt = Annotated[int | None, _parallelism("--zero", min=0, max=3, help="DeepSpeed ZeRO stage (0-3).")]
-OffloadOpt = Annotated[Offload, _parallelism(help="Offload optimizer states, or everything.")]
-OffloadDeviceOpt = Annotated[OffloadDevice, _parallelism(help="Where offloaded states go.")]
-FsdpOpt = Annotated[FsdpStrategy | None, _parallelism(help="Use FSDP with this sharding strategy.")]
-TpOpt = Annotated[int, _parallelism(help="Tensor-parallel degree.")]
-PpOpt = Annotated[int, _parallelism(help="Pipeline-parallel degree.")]
-SpOpt = Annotated[
-    bool,
-    _parallelism("--sequence-parallel/--no-sequence-parallel", help="Sequence parallelism with TP."),
-]
-MicroBatchOpt = Annotated[int, _batch(help="Sequences per GPU per forward.")]
-GradAccumOpt = Annotated[int, _batch(help="Gradient-accumulation steps.")]
-SeqLenOpt = Annotated[int, _batch(help="Tokens per sequence.")]
-GradCkptOpt = Annotated[GradCkpt, _memory(help="Activation checkpointing.")]
-AttnOpt = Annotated[Attn, _memory(help="Attention implementation.")]
-StageOpt = Annotated[Stage, _model(help="Training stage.")]
-FreezeOpt = Annotated[int, _method(help="Full method: freeze the first N decoder layers.")]
-JsonOpt = Annotated[bool, _output("--json", help="Print machine-readable JSON.")]
-HostMemOpt = Annotated[
-    float | None,
-    _memory("--host-memory", help="Host RAM per node in GiB (default: 2x the node's GPU memory)."),
-]
-NvmeOpt = Annotated[float, _memory("--nvme", help="NVMe space per node in GiB for ZeRO-Infinity.")]
-HeadroomOpt = Annotated[float, _memory(min=0.0, max=0.9, help="Fraction of GPU memory to keep free.")]
-GlobalBatchOpt = Annotated[
-    int | None,
-    _batch(help="Sequences per optimizer step, held fixed (default 8 per GPU)."),
-]
-CalibrationOpt = Annotated[Path | None, _hardware(help="Calibration JSON written by `ftplan profile`.")]
-TopOpt = Annotated[int, _output(help="Plans to show per method.")]
-TokensOpt = Annotated[float | None, _batch(
-    "--tokens", help="Job size in tokens per epoch (packed into --seq-len sequences): job time and GPU-hours.")]
-SamplesOpt = Annotated[float | None, _batch(
-    "--samples", help="Job size in sequences per epoch: job time and GPU-hours.")]
-EpochsOpt = Annotated[float, _batch("--epochs", help="Passes over --tokens / --samples.")]
-GpuOpt = Annotated[str, _hardware("--gpu", help="GPU type from the catalog (ftplan gpus), e.g. A800.")]
-MaxGpusOpt = Annotated[int, _hardware(
-    "--max-gpus", help="Largest GPU count: 1, 2, 4, 8, then whole nodes up to it.")]
-OutDirOpt = Annotated[Path, _output("--out", help="Directory for the report files (PNG chart and JSON).")]
-EmitOpt = Annotated[Path | None, _output(
-    "--emit", help="Write plan.json, ds_config, accelerate.yaml, launch.sh and LLaMA-Factory YAML into this folder.")]
-PickOpt = Annotated[int, _output(
-    "--pick", help="With --emit: write the plan ranked N (the # column) instead of the best.")]
-IncludeUnrunnableOpt = Annotated[bool, _output(
-    "--include-unrunnable", help="Rank every plan by speed, also those `ftplan run` does not execute "
-                                 "(default: the winner is the best plan it runs).")]
-ForceOpt = Annotated[bool, _output(
-    "--force", help="Overwrite files that already exist in the --emit directory.")]
-RopeScalingOpt = Annotated[str | None, typer.Option(
-    "--rope-scaling", help="TYPE:FACTOR (linear, dynamic, yarn, llama3), e.g. linear:2.0: positions x FACTOR.")]
-AllOpt = Annotated[bool, typer.Option("--all", help="List every fitting plan, not the best --top per method.")]
-CrossEntropyOpt = Annotated[CrossEntropy, typer.Option(
-    "--cross-entropy", help="Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), "
-                            "fused (Liger's fused linear cross-entropy).")]
-KernelsOpt = Annotated[Kernels, typer.Option(
-    "--kernels", help="eager (transformers' modules) or liger (Liger's fused RMSNorm, SwiGLU, RoPE).")]
-ActivationOffloadOpt = Annotated[bool, typer.Option(
-    "--activation-offload/--no-activation-offload", help="Keep saved activations (checkpoints) in host memory.")]
-FsdpVersionOpt = Annotated[int, typer.Option(
-    "--fsdp-version", min=1, max=2, help="FSDP2 (per-parameter, accelerate fsdp_version: 2) or FSDP1.")]
-CompileOpt = Annotated[bool, typer.Option(
-    "--compile/--no-compile", help="torch.compile (Trainer torch_compile): fewer saved activations, measured.")]
-BnbVersionOpt = Annotated[str, typer.Option(
-    "--bnb-version", help="bitsandbytes release QLoRA runs with, e.g. 0.41.1 (before 0.43.2 each 4-bit linear "
-                          "kept its input for backward); default: a current release.")]
-FrozenFp32Opt = Annotated[bool, typer.Option(
-    "--frozen-fp32/--no-frozen-fp32", help="Frozen weights loaded in fp32 (from_pretrained without torch_dtype); "
-                                           "DDP and FSDP keep them so, DeepSpeed casts them to 16 bits.")]
-
-KbitPrepOpt = Annotated[bool, typer.Option(
-    "--kbit-prep/--no-kbit-prep", help="QLoRA: peft's prepare_model_for_kbit_training runs (TRL, the QLoRA "
-                                       "script, MedicalGPT, ftplan run; not LLaMA-Factory): fp32 non-quantized "
-                                       "weights and residual stream under DDP autocast.")]
+ALL: tuple[str, ...] | None = None  # every field of the group
 
 
-def switches(cross_entropy: CrossEntropy, kernels: Kernels, activation_offload: bool,
-             fsdp_version: int, torch_compile: bool = False, bnb_version: str = "",
-             frozen_fp32: bool = False, lora_dropout: float = LORA_DROPOUT, kbit_prep: bool = True) -> dict:
-    """The memory switches as build_config keyword arguments."""
-    return {"cross_entropy": cross_entropy, "kernels": kernels, "activation_offload": activation_offload,
-            "fsdp_version": fsdp_version, "torch_compile": torch_compile, "bnb_version": bnb_version,
-            "frozen_fp32": frozen_fp32, "lora_dropout": lora_dropout, "kbit_prep": kbit_prep}
+@dataclass(frozen=True)
+class Expose:
+    """Which fields of a composite's groups a command shows: group name -> field names (ALL: every one);
+    groups not named stay hidden. `defaults` replaces a shown field's default for this command."""
+
+    groups: tuple[tuple[str, tuple[str, ...] | None], ...]
+    defaults: tuple[tuple[str, Any], ...] = ()
+
+    def shown(self, group: str, names: list[str]) -> list[str]:
+        picked = dict(self.groups)
+        if group not in picked:
+            return []
+        wanted = picked[group]
+        if wanted is None:
+            return names
+        unknown = set(wanted) - set(names)
+        if unknown:
+            raise TypeError(f"group {group} has no field {sorted(unknown)}")
+        return [n for n in names if n in wanted]
+
+
+def expose(*, defaults: dict[str, Any] | None = None, **groups: tuple[str, ...] | None) -> Expose:
+    return Expose(tuple(groups.items()), tuple((defaults or {}).items()))
+
+
+# --- output options (not part of the question, so not in planner.options) ---------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class JsonOutput:
+    json_out: bool = option(False, flags=("--json",), help="Print machine-readable JSON.")
+
+    PANEL: ClassVar[str] = "Output"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmitOutput(JsonOutput):
+    emit_dir: Path | None = option(None, flags=("--emit",), help=(
+        "Write plan.json, ds_config, accelerate.yaml, launch.sh and LLaMA-Factory YAML into this folder."))
+    force: bool = option(False, flags=("--force",), help="Overwrite files that already exist in the --emit "
+                                                          "directory.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanOutput(EmitOutput):
+    pick: int = option(1, help="With --emit: write the plan ranked N (the # column) instead of the best.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleOutput(JsonOutput):
+    out: Path = option(Path("ftplan-reports"), flags=("--out",), help=(
+        "Directory for the report files (PNG chart and JSON)."))
+    force: bool = option(False, flags=("--force",), help="Overwrite the report files if they exist.")
+
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files that already exist.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.", rich_help_panel="Output")]
+
+
+# --- groups -> typer parameters -----------------------------------------------------------------------------
+
+def _typer_annotation(f: dataclasses.Field, typ: Any, panel: str | None) -> Any:
+    meta = f.metadata
+    kwargs: dict[str, Any] = {"help": meta["help"], "rich_help_panel": meta["panel"] or panel}
+    for bound in ("min", "max"):
+        if meta[bound] is not None:
+            kwargs[bound] = meta[bound]
+    return Annotated[typ, typer.Option(*meta["flags"], **kwargs)]
+
+
+def flag(group: type, name: str) -> Any:
+    """One group field as a typer parameter type, for a command that takes it alone."""
+    f = next(f for f in dataclasses.fields(group) if f.name == name)
+    return _typer_annotation(f, field_types(group)[name], getattr(group, "PANEL", None))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One command parameter that is a group (or a composite of groups) and the flags it became."""
+
+    name: str
+    cls: type
+    parts: tuple[tuple[str | None, tuple[str, ...]], ...]  # (group field of the composite or None, flags shown)
+
+
+def _unpack(annotation: Any) -> tuple[type | None, Expose | None]:
+    if typing.get_origin(annotation) is Annotated:
+        base, *extras = typing.get_args(annotation)
+        spec = next((e for e in extras if isinstance(e, Expose)), None)
+        if is_group(base) and (spec is not None or not extras):
+            return base, spec
+        return None, None
+    return (annotation, None) if is_group(annotation) else (None, None)
+
+
+def _parameters(cls: type, spec: Expose | None, taken: set[str]) -> tuple[list[inspect.Parameter], _Slot]:
+    types = field_types(cls)
+    defaults = dict(spec.defaults) if spec else {}
+    composite = all(is_group(types[f.name]) for f in dataclasses.fields(cls))
+    params: list[inspect.Parameter] = []
+    parts: list[tuple[str | None, tuple[str, ...]]] = []
+    groups = [(f.name, types[f.name]) for f in dataclasses.fields(cls)] if composite else [(None, cls)]
+    for group_name, group in groups:
+        names = [f.name for f in option_fields(group)]
+        shown = names if spec is None else spec.shown(group_name or "", names)
+        if composite and spec is None:
+            raise TypeError(f"{cls.__name__} is a composite: say which groups a command shows with Expose")
+        group_types = field_types(group)
+        by_name = {f.name: f for f in dataclasses.fields(group)}
+        for name in shown:
+            if name in taken:
+                raise TypeError(f"option '{name}' is shown twice")
+            taken.add(name)
+            f = by_name[name]
+            params.append(inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(name, _default(f)),
+                annotation=_typer_annotation(f, group_types[name], getattr(group, "PANEL", None))))
+        parts.append((group_name, tuple(shown)))
+    return params, _Slot("", cls, tuple(parts))
+
+
+def _build(slot: _Slot, values: dict[str, Any]) -> Any:
+    types = field_types(slot.cls)
+    if slot.parts and slot.parts[0][0] is None:
+        return slot.cls(**{n: values[n] for n in slot.parts[0][1]})
+    return slot.cls(**{group: types[group](**{n: values[n] for n in shown}) for group, shown in slot.parts if shown})
+
+
+def grouped(func: Any) -> Any:
+    """Turn a command's group parameters into their flags (see the module docstring)."""
+    hints = typing.get_type_hints(func, include_extras=True)
+    params: list[inspect.Parameter] = []
+    slots: list[_Slot] = []
+    signature = inspect.signature(func).parameters
+    taken = {name for name, param in signature.items() if _unpack(hints.get(name, param.annotation))[0] is None}
+    for name, param in signature.items():
+        annotation = hints.get(name, param.annotation)
+        cls, spec = _unpack(annotation)
+        if cls is None:
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=annotation))
+            continue
+        group_params, slot = _parameters(cls, spec, taken)
+        params += group_params
+        slots.append(dataclasses.replace(slot, name=name))
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        built = {slot.name: _build(slot, kwargs) for slot in slots}
+        shown = {n for slot in slots for _, names in slot.parts for n in names}
+        rest = {k: v for k, v in kwargs.items() if k not in shown}
+        return func(**built, **rest)
+
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper

@@ -36,7 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ftplan.cli import error_line
+from ftplan.errors import error_line
 from ftplan.serve_pool import PoolError, PoolSettings, WorkerPool, default_workers
 from ftplan.serve_work import ENDPOINTS, Job, WorkSettings
 from planner.errors import PlanError

@@ -21,7 +21,6 @@ import time
 import traceback
 import typing
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,10 +72,10 @@ class UserError(PlanError):
 def commands() -> dict[str, Any]:
     import typer
 
-    from ftplan import cli
+    from ftplan import cmd_plan, cmd_scale  # noqa: F401  (they add estimate, plan and scale to the app)
+    from ftplan.app import app
 
-    cli._register()
-    group = typer.main.get_command(cli.app)
+    group = typer.main.get_command(app)
     return {name: group.commands[name] for name in ENDPOINTS}  # type: ignore[attr-defined]
 
 
@@ -86,8 +85,9 @@ def _takes_path(annotation: Any) -> bool:
 
 def file_options(command: Any) -> set[str]:
     """Parameters of a command whose value is a file or folder: never read or written for a request."""
-    hints = typing.get_type_hints(inspect.unwrap(command.callback), include_extras=True)
-    return {name for name, annotation in hints.items() if _takes_path(annotation)}
+    # the signature typer reads (option groups make theirs: ftplan/options.py `grouped`)
+    parameters = inspect.signature(command.callback).parameters
+    return {name for name, p in parameters.items() if _takes_path(p.annotation)}
 
 
 def _field_names(command: Any) -> dict[str, Any]:
@@ -244,12 +244,10 @@ def answer(name: str, body: dict[str, Any], cmds: dict[str, Any], tmp: Path, set
     """What `ftplan NAME --json` prints for these options."""
     from ftplan import answers
 
-    build: dict[str, Callable[..., Any]] = {"estimate": answers.estimate_answer, "plan": answers.plan_answer,
-                                            "scale": answers.scale_answer}
     body, _ = model_argument(body, tmp, settings)
     params = parse_params(cmds[name], name, body)
     _check_gpus(params)
-    return build[name](**params).json()
+    return answers.answer(name, params).json()
 
 
 def _posted_plan(plan: Any, tmp: Path) -> Any:
@@ -266,7 +264,7 @@ def _posted_plan(plan: Any, tmp: Path) -> Any:
 
 
 def _picked_plan(body: dict[str, Any], tmp: Path, cmds: dict[str, Any], settings: WorkSettings) -> Any:
-    from ftplan.answers import plan_answer
+    from ftplan import answers
 
     pick = body.get("pick", 1)
     if not isinstance(pick, int) or isinstance(pick, bool) or pick < 1:
@@ -274,7 +272,7 @@ def _picked_plan(body: dict[str, Any], tmp: Path, cmds: dict[str, Any], settings
     body, _ = model_argument(body, tmp, settings)
     params = parse_params(cmds["plan"], "plan", body, {"pick", "emit"})
     _check_gpus(params)
-    result = plan_answer(**params).result
+    result = answers.answer("plan", params).result
     if not result.plans:
         raise UserError("no plan fits, so there is nothing to --emit")
     if pick > len(result.plans):
@@ -318,7 +316,7 @@ def emit_zip(body: dict[str, Any], base_dir: str, cmds: dict[str, Any], tmp: Pat
 def handle(job: Job, cmds: dict[str, Any], settings: WorkSettings, scratch: Path) -> tuple[str, Any]:
     """One job -> ("json", bytes) | ("zip", (file name, bytes)) | ("user", line) | ("bug", traceback text).
     `scratch` is a folder of the worker's own; each request gets a fresh folder inside it."""
-    from ftplan.cli import error_line
+    from ftplan.errors import error_line
 
     with tempfile.TemporaryDirectory(prefix="request-", dir=scratch) as name:
         tmp = Path(name)

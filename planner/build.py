@@ -1,39 +1,39 @@
-"""Build a TrainConfig from the CLI's vocabulary (strings and enums), with user-facing errors."""
+"""Build a TrainConfig, Limits and a search space from the options object (planner.options: the CLI's
+vocabulary, strings and enums), with user-facing errors."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any
+
 from planner.bnb_versions import parse_bnb_version
 from planner.errors import PlanError
+from planner.estimate import Limits
 from planner.gpus import parse_gpus
 from planner.input_checks import check_config
 from planner.models import resolve
+from planner.options import AdapterArgs, LimitArgs, Options, StrategyArgs, Target, from_flat, group_of
 from planner.params import resolve_lora_targets
 from planner.rope import with_rope_scaling
 from planner.strategy import (
-    LORA_DROPOUT,
     Adapter,
-    Attn,
     Batch,
-    CrossEntropy,
     Engine,
     EngineChoice,
     FsdpStrategy,
     FsdpVersion,
-    GradCkpt,
-    Kernels,
     Method,
-    Offload,
-    OffloadDevice,
-    Optimizer,
     ParallelLayout,
-    Precision,
     Quant,
-    Stage,
     Switches,
     TrainConfig,
     ZeroStage,
 )
 from planner.validity import validate
+
+# the groups a TrainConfig is made of; the others (search, limits, job, show) do not change one
+CONFIG_GROUPS = ("target", "adapter", "strategy", "switches")
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -49,46 +49,104 @@ def _fsdp_version(value: int) -> FsdpVersion:
     return FsdpVersion(value)
 
 
-def build_config(*, model: str, gpus: str, method: Method = Method.lora, lora_r: int = 8, lora_alpha: int = 16,
-                 lora_targets: str = "all", quant: Quant | None = None, precision: Precision = Precision.bf16_mixed,
-                 optimizer: Optimizer = Optimizer.adamw, zero: int | None = None, offload: Offload = Offload.none,
-                 offload_device: OffloadDevice = OffloadDevice.cpu, fsdp: FsdpStrategy | None = None,
-                 tp: int = 1, pp: int = 1, sequence_parallel: bool = False, micro_batch: int = 1,
-                 grad_accum: int = 1, seq_len: int = 2048, grad_ckpt: GradCkpt = GradCkpt.none,
-                 attn: Attn = Attn.sdpa, stage: Stage = Stage.sft, freeze_layers: int = 0,
-                 rope_scaling: str | None = None, cross_entropy: CrossEntropy = CrossEntropy.standard,
-                 kernels: Kernels = Kernels.eager, activation_offload: bool = False, fsdp_version: int = 2,
-                 torch_compile: bool = False, bnb_version: str = "", frozen_fp32: bool = False,
-                 lora_dropout: float = LORA_DROPOUT, double_quant: bool = True, kbit_prep: bool = True,
-                 check: bool = True) -> TrainConfig:
-    for name, value in (("--micro-batch", micro_batch), ("--grad-accum", grad_accum), ("--seq-len", seq_len),
-                        ("--tp", tp), ("--pp", pp), ("--lora-r", lora_r)):
+def required(target: Target) -> tuple[str, str]:
+    """The model and devices, which every question names (on the command line or in --from FILE)."""
+    if not target.model:
+        raise PlanError("--model is required: a catalog name (7b, llama-3-8b), a config.json or a model directory")
+    if not target.gpus:
+        raise PlanError("--gpus is required: COUNTxTYPE or NODESxPER_NODExTYPE, e.g. 8xA800, 2x8xH100, 2xCPU")
+    return target.model, target.gpus
+
+
+def _adapter(a: AdapterArgs) -> Adapter:
+    if a.lora_r < 1:
+        raise PlanError(f"--lora-r must be a positive integer, got {a.lora_r}")
+    if not 0.0 <= a.lora_dropout < 1.0:
+        raise PlanError(f"--lora-dropout must be in [0, 1), got {a.lora_dropout}")
+    if a.freeze_layers < 0:
+        raise PlanError(f"--freeze-layers must not be negative, got {a.freeze_layers}")
+    quant = a.quant if a.quant is not None else Quant.nf4 if a.method is Method.qlora else Quant.none
+    return Adapter(method=a.method, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
+                   lora_targets=parse_targets(a.lora_targets), lora_dropout=a.lora_dropout, quant=quant,
+                   double_quant=a.double_quant, freeze_layers=a.freeze_layers)
+
+
+def _engine_choice(s: StrategyArgs) -> EngineChoice:
+    if s.zero is not None and s.fsdp is not None:
+        raise PlanError("FSDP and ZeRO are exclusive: give --zero or --fsdp, not both")
+    engine = Engine.deepspeed if s.zero is not None else Engine.fsdp if s.fsdp is not None else Engine.ddp
+    return EngineChoice(engine=engine, zero=ZeroStage(s.zero or 0), fsdp=s.fsdp or FsdpStrategy.full_shard,
+                        offload=s.offload, offload_device=s.offload_device, fsdp_version=_fsdp_version(s.fsdp_version))
+
+
+def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
+    """The configuration the options describe; `check` validates it (a search base skips that)."""
+    model, gpus = required(opts.target)
+    s = opts.strategy
+    for name, value in (("--micro-batch", s.micro_batch), ("--grad-accum", s.grad_accum), ("--seq-len", s.seq_len),
+                        ("--tp", s.tp), ("--pp", s.pp)):
         if value < 1:
             raise PlanError(f"{name} must be a positive integer, got {value}")
-    if not 0.0 <= lora_dropout < 1.0:
-        raise PlanError(f"--lora-dropout must be in [0, 1), got {lora_dropout}")
-    if freeze_layers < 0:
-        raise PlanError(f"--freeze-layers must not be negative, got {freeze_layers}")
-    if zero is not None and fsdp is not None:
-        raise PlanError("FSDP and ZeRO are exclusive: give --zero or --fsdp, not both")
-    engine = Engine.deepspeed if zero is not None else Engine.fsdp if fsdp is not None else Engine.ddp
-    if quant is None:
-        quant = Quant.nf4 if method is Method.qlora else Quant.none
-    model_spec, cluster = with_rope_scaling(resolve(model), rope_scaling), parse_gpus(gpus)
-    engine_choice = EngineChoice(engine=engine, zero=ZeroStage(zero or 0), fsdp=fsdp or FsdpStrategy.full_shard,
-                                 offload=offload, offload_device=offload_device,
-                                 fsdp_version=_fsdp_version(fsdp_version))
-    adapter = Adapter(method=method, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=parse_targets(lora_targets),
-                      lora_dropout=lora_dropout, quant=quant, double_quant=double_quant, freeze_layers=freeze_layers)
+    adapter, engine_choice = _adapter(opts.adapter), _engine_choice(s)
+    model_spec, cluster = with_rope_scaling(resolve(model), opts.target.rope_scaling), parse_gpus(gpus)
+    switches: Switches = dataclasses.replace(opts.switches, bnb_version=parse_bnb_version(opts.switches.bnb_version))
     cfg = TrainConfig(model=model_spec, cluster=cluster, adapter=adapter, engine_choice=engine_choice,
-                      layout=ParallelLayout(tp=tp, pp=pp, sequence_parallel=sequence_parallel),
-                      batch=Batch(micro_batch=micro_batch, grad_accum=grad_accum, seq_len=seq_len),
-                      switches=Switches(cross_entropy=cross_entropy, kernels=kernels,
-                                        activation_offload=activation_offload, torch_compile=torch_compile,
-                                        bnb_version=parse_bnb_version(bnb_version), frozen_fp32=frozen_fp32,
-                                        kbit_prep=kbit_prep),
-                      precision=precision, optimizer=optimizer, grad_ckpt=grad_ckpt, attn=attn, stage=stage)
+                      layout=ParallelLayout(tp=s.tp, pp=s.pp, sequence_parallel=s.sequence_parallel),
+                      batch=Batch(micro_batch=s.micro_batch, grad_accum=s.grad_accum, seq_len=s.seq_len),
+                      switches=switches, precision=opts.adapter.precision, optimizer=s.optimizer,
+                      grad_ckpt=s.grad_ckpt, attn=s.attn, stage=opts.target.stage)
     check_config(cfg)  # the domain's bounds (planner/input_checks.py), the same as a plan.json's
     if cfg.trains_adapter:
         resolve_lora_targets(cfg.model, cfg.lora_targets)
     return validate(cfg) if check else cfg
+
+
+def build_config(*, check: bool = True, **flat: Any) -> TrainConfig:
+    """config_from with the options given flat, by their CLI names (`build_config(model="7b", gpus="8xA800",
+    method=Method.full, zero=3)`): the short form tests, benchmarks and the runner use."""
+    where = group_of(Options)
+    stray = [name for name in flat if where.get(name) not in CONFIG_GROUPS]
+    if stray:
+        raise TypeError(f"build_config got an unexpected keyword argument '{stray[0]}'")
+    opts, _ = from_flat(Options, flat)
+    return config_from(opts, check=check)
+
+
+def limits_from(args: LimitArgs) -> Limits:
+    # written so that NaN fails too (NaN passes `<= 0`, and would switch the capacity check off)
+    if args.host_memory is not None and not 0 < args.host_memory < math.inf:
+        raise PlanError(f"--host-memory must be a positive number of GiB, got {args.host_memory:g}")
+    if not 0 <= args.nvme < math.inf:
+        raise PlanError(f"--nvme must not be negative, got {args.nvme:g}")
+    if not 0 <= args.headroom < 1:
+        raise PlanError(f"--headroom must lie in [0, 1), got {args.headroom:g}")
+    return Limits(headroom_fraction=args.headroom,
+                  host_bytes_per_node=None if args.host_memory is None else args.host_memory * 2**30,
+                  nvme_bytes_per_node=args.nvme * 2**30)
+
+
+def parse_choices(text: str | None, enum: type, option: str) -> tuple:
+    """A comma-separated list of enum values (`adamw,adamw_8bit`); () when not given."""
+    if text is None:
+        return ()
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            out.append(enum(part))
+        except ValueError:
+            raise PlanError(f"{option}: unknown value '{part}'; choose from "
+                            f"{', '.join(e.value for e in enum)}") from None
+    if not out:
+        raise PlanError(f"{option} is empty")
+    return tuple(dict.fromkeys(out))
+
+
+def check_positions(base: TrainConfig) -> None:
+    if base.seq_len > base.model.max_seq_len:
+        raise PlanError(f"--seq-len {base.seq_len} exceeds the {base.model.max_seq_len} positions of "
+                        f"{base.model.name} (add --rope-scaling, e.g. linear:2.0)")
+
+
+def check_global_batch(global_batch: int | None) -> None:
+    if global_batch is not None and global_batch < 1:
+        raise PlanError(f"--global-batch must be a positive integer, got {global_batch}")

@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from planner.errors import PlanError
+from planner.rope_text import parse_rope_scaling
 
 # model shapes: (lowest, highest) allowed, inclusive
 MODEL_BOUNDS: dict[str, tuple[int, int]] = {
@@ -208,8 +209,6 @@ def check_fields(cls: type, data: Any, *, where: str, bounds: Mapping[str, tuple
 # ---------------------------------------------------------------- models and configurations
 
 def _check_rope(value: Any, name: str, *, where: str = "") -> str:
-    from planner.rope import parse_rope_scaling
-
     text = check_text(value, name, where=where, max_chars=64)
     try:
         parse_rope_scaling(text)

@@ -217,6 +217,10 @@ def from_path(path: Path) -> ModelSpec:
 def resolve(model: str) -> ModelSpec:
     """A catalog name or alias, or a path to a config.json or model directory."""
     path = Path(model)
-    if model.endswith(".json") or path.is_dir() or path.exists():
+    try:
+        is_file = model.endswith(".json") or path.is_dir() or path.exists()
+    except OSError:  # a name too long to be a path (ENAMETOOLONG) names no file
+        is_file = False
+    if is_file:
         return from_path(path)
     return from_name(model)

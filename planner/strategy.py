@@ -5,7 +5,7 @@
   like torchtitan's `ParallelDims` (`TP(2) * PP(2) * DP(3) = 12 != 8 GPUs`);
 - `Batch`: micro-batch, accumulation, sequence length;
 - `EngineChoice`: DDP, DeepSpeed ZeRO-0..3 or FSDP with its offload; only the combinations the engines
-  accept can be built (each engine module under planner/engines/ states its own);
+  accept can be built (planner/engine_combinations.py);
 - precision, optimizer, checkpointing, attention and training stage, flat.
 
 `TrainConfig(...)` also takes the flat keywords (`zero=3`, `tp=2`, `micro_batch=4`), so
@@ -18,9 +18,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, ClassVar
 
-from planner import engines
 from planner.choices import (
     Attn,
     CrossEntropy,
@@ -39,7 +38,9 @@ from planner.choices import (
     Stage,
     ZeroStage,
 )
+from planner.engine_combinations import combination_problem
 from planner.errors import PlanError
+from planner.fields import option
 from planner.gpus import Cluster
 from planner.models import ModelSpec
 
@@ -116,7 +117,7 @@ class EngineChoice:
     fsdp_version: FsdpVersion = FsdpVersion.TWO  # under FSDP: per-parameter FSDP2, or FSDP1 when asked
 
     def __post_init__(self) -> None:
-        problem = engines.combination_problem(self.engine, self.zero, self.offload, self.offload_device)
+        problem = combination_problem(self.engine, self.zero, self.offload, self.offload_device)
         if problem:
             raise PlanError(problem)
         if self.engine is not Engine.fsdp and self.fsdp is not FsdpStrategy.full_shard:
@@ -132,13 +133,25 @@ class Switches:
     with ("" = a current one; planner.bnb_versions), frozen weights loaded in fp32 (planner.engines.ddp), and
     whether peft's prepare_model_for_kbit_training runs on a 4-bit model (planner.states.kbit_prepared)."""
 
-    cross_entropy: CrossEntropy = CrossEntropy.standard
-    kernels: Kernels = Kernels.eager
-    activation_offload: bool = False
-    torch_compile: bool = False
-    bnb_version: str = ""
-    frozen_fp32: bool = False
-    kbit_prep: bool = True
+    cross_entropy: CrossEntropy = option(CrossEntropy.standard, help=(
+        "Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), fused (Liger's fused "
+        "linear cross-entropy)."))
+    kernels: Kernels = option(Kernels.eager, help="eager (transformers' modules) or liger (Liger's fused RMSNorm, "
+                                                  "SwiGLU, RoPE).")
+    activation_offload: bool = option(False, help="Keep saved activations (checkpoints) in host memory.")
+    torch_compile: bool = option(False, flags=("--compile/--no-compile",), help=(
+        "torch.compile (Trainer torch_compile): fewer saved activations, measured."))
+    bnb_version: str = option("", help=(
+        "bitsandbytes release QLoRA runs with, e.g. 0.41.1 (before 0.43.2 each 4-bit linear kept its input for "
+        "backward); default: a current release."))
+    frozen_fp32: bool = option(False, help=(
+        "Frozen weights loaded in fp32 (from_pretrained without torch_dtype); DDP and FSDP keep them so, "
+        "DeepSpeed casts them to 16 bits."))
+    kbit_prep: bool = option(True, help=(
+        "QLoRA: peft's prepare_model_for_kbit_training runs (TRL, the QLoRA script, MedicalGPT, ftplan run; not "
+        "LLaMA-Factory): fp32 non-quantized weights and residual stream under DDP autocast."))
+
+    PANEL: ClassVar[str] = "Switches"
 
 
 _PARTS: dict[str, type] = {"adapter": Adapter, "layout": ParallelLayout, "batch": Batch, "engine_choice": EngineChoice,

@@ -45,12 +45,13 @@ def test_nan_capacities_do_not_switch_checks_off(capsys, monkeypatch, option: st
 
 
 def test_library_limits_refuse_nan_too() -> None:
-    from ftplan.answers import limits_from
+    from planner.build import limits_from
+    from planner.options import LimitArgs
 
     for kwargs in ({"host_memory": float("nan"), "nvme": 1.0}, {"host_memory": None, "nvme": float("nan")},
-                   {"host_memory": float("inf"), "nvme": 1.0}):
+                   {"host_memory": float("inf"), "nvme": 1.0}, {"headroom": float("nan")}):
         with pytest.raises(PlanError):
-            limits_from(headroom=0.0, **kwargs)
+            limits_from(LimitArgs(**kwargs))
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -65,6 +66,7 @@ def test_library_limits_refuse_nan_too() -> None:
     (("--rope-scaling", "linear:1e300"), "the factor must be at most 1024"),
     (("--bnb-version", "0." + "9" * 5000), "--bnb-version must look like"),
     (("--lora-targets", "q_proj,$(touch /tmp/x)"), "has characters other than"),
+    (("--model", "9" * 5000), "unknown model '999"),  # too long to be a path (ENAMETOOLONG): found by the fuzz
 ])
 def test_numbers_and_names_out_of_range_are_one_line(capsys, monkeypatch, args: tuple[str, ...], needle: str) -> None:
     base = {"--model": "7b", "--gpus": "8xA800"}

@@ -379,7 +379,8 @@ def test_no_cors_unless_asked() -> None:
     with TestClient(create_app(ServeSettings(workers=1))) as c:
         response = c.options("/api/plan", headers=preflight)
         assert "access-control-allow-origin" not in response.headers
-        simple = c.post("/api/estimate", json={"model": "7b", "gpus": "8xA800"}, headers={"Origin": preflight["Origin"]})
+        simple = c.post("/api/estimate", json={"model": "7b", "gpus": "8xA800"},
+                        headers={"Origin": preflight["Origin"]})
         assert "access-control-allow-origin" not in simple.headers
     with TestClient(create_app(ServeSettings(workers=1, cors_origins=("http://localhost:3000",)))) as c:
         asked = c.options("/api/plan", headers={**preflight, "Origin": "http://localhost:3000"})

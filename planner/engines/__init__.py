@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from planner.choices import Engine, Offload, OffloadDevice, ZeroStage
+from planner.choices import Engine
 from planner.engines import ddp, fsdp, zero  # noqa: I001  (fsdp reuses ddp's parts)
 
 if TYPE_CHECKING:
@@ -24,9 +24,3 @@ def of(cfg: TrainConfig) -> ModuleType:
     """The module of the configuration's engine."""
     return MODULES[cfg.engine]
 
-
-def combination_problem(engine: Engine, zero_stage: ZeroStage, offload: Offload, device: OffloadDevice) -> str | None:
-    """Why the engine cannot take this ZeRO stage and offload (None: it can)."""
-    if offload is Offload.none and device is OffloadDevice.nvme:
-        return "--offload-device nvme needs --offload optimizer or all"
-    return MODULES[engine].combination_problem(zero_stage, offload, device)

@@ -17,14 +17,6 @@ if TYPE_CHECKING:
 ROWS = ((Engine.ddp, ZeroStage.DISABLED, FsdpStrategy.full_shard, Offload.none, OffloadDevice.cpu),)
 
 
-def combination_problem(zero: ZeroStage, offload: Offload, device: OffloadDevice) -> str | None:
-    if zero is not ZeroStage.DISABLED:
-        return "--zero needs DeepSpeed"
-    if offload is not Offload.none:
-        return "offload needs DeepSpeed ZeRO or FSDP"
-    return None
-
-
 def problems(cfg: TrainConfig) -> list[str]:
     if cfg.pp > 1 or cfg.tp > 1:
         return ["TP and PP need DeepSpeed (pipeline engine, AutoTP) here, not plain DDP"]

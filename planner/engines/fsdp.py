@@ -40,16 +40,6 @@ ROWS = tuple((Engine.fsdp, ZeroStage.DISABLED, strategy, offload, OffloadDevice.
 ))
 
 
-def combination_problem(zero: ZeroStage, offload: Offload, device: OffloadDevice) -> str | None:
-    if zero is not ZeroStage.DISABLED:
-        return "FSDP and ZeRO are exclusive"
-    if offload is Offload.optimizer:
-        return "FSDP offloads parameters, gradients and optimizer together: use --offload all"
-    if device is OffloadDevice.nvme and offload is not Offload.none:
-        return "FSDP offloads to CPU only; NVMe offload needs DeepSpeed ZeRO-3"
-    return None
-
-
 def problems(cfg: TrainConfig) -> list[str]:
     out = []
     if cfg.pp > 1:

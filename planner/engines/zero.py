@@ -53,16 +53,6 @@ ROWS = tuple((Engine.deepspeed, zero, FsdpStrategy.full_shard, offload, device) 
 ))
 
 
-def combination_problem(zero: ZeroStage, offload: Offload, device: OffloadDevice) -> str | None:
-    if offload is not Offload.none and zero is ZeroStage.DISABLED:
-        return "offload needs ZeRO stage 1, 2 or 3"
-    if offload is Offload.all and zero is not ZeroStage.WEIGHTS:
-        return "parameter offload needs ZeRO-3 (or FSDP)"
-    if device is OffloadDevice.nvme and offload is not Offload.none and zero is not ZeroStage.WEIGHTS:
-        return "NVMe offload (ZeRO-Infinity) needs ZeRO-3"
-    return None
-
-
 def problems(cfg: TrainConfig) -> list[str]:
     out = []
     if cfg.tp > 1 and cfg.zero >= ZeroStage.WEIGHTS:

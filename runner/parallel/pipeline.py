@@ -31,9 +31,9 @@ from planner.errors import PlanError
 from planner.strategy import Attn, Optimizer, Precision, TrainConfig
 
 if TYPE_CHECKING:
-    from runner.train import RunOptions
+    from runner.run_common import RunOptions
 
-STATE_FILE = "trainer_state.json"  # the file `runner.train.latest_checkpoint` looks for in checkpoint-N/
+STATE_FILE = "trainer_state.json"  # the file `runner.run_common.latest_checkpoint` looks for in checkpoint-N/
 CKPT_TAG = "pipeline"
 
 
@@ -339,7 +339,7 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     from planner.compute import model_flops_per_token, peak_flops_per_s
     from runner.memory_probe import MemoryProbe, gather
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source
-    from runner.train import checkpoint_step, latest_checkpoint, prepare_data, start_metrics, write_run_files
+    from runner.run_common import checkpoint_step, latest_checkpoint, prepare_data, start_metrics, write_run_files
 
     deepspeed.init_distributed(dist_backend="nccl" if on_cuda else "gloo")
     src = model_source(opts.model_path)

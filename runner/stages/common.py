@@ -54,8 +54,8 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     from planner.compute import model_flops_per_token, peak_flops_per_s
     from runner import metrics as mt
     from runner.model import load_tokenizer, model_source
+    from runner.run_common import latest_checkpoint, on_cuda_device, start_metrics, training_arguments
     from runner.stages.preference_data import load_pairs, split_pairs, to_dataset
-    from runner.train import latest_checkpoint, on_cuda_device, start_metrics, training_arguments
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:
@@ -114,7 +114,7 @@ def _last(rows: list[dict[str, Any]], key: str) -> float | None:
 def _summary(cfg: TrainConfig, trainer: Any, result: Any, callback: Any, eval_metrics: dict[str, float],
              resume_from: Any, world: int, on_cuda: bool, tracker: Any) -> dict[str, Any]:
     from runner import metrics as mt
-    from runner.train import checkpoint_step
+    from runner.run_common import checkpoint_step
 
     summary: dict[str, Any] = {
         "plan": str(cfg),
@@ -146,7 +146,7 @@ def _write_outputs(cfg: TrainConfig, opts: Any, src: Any, tokenizer: Any, summar
     """run_summary.json and the run info `ftplan merge` reads (`ftplan run` prints the summary)."""
     from planner.atomic import write_text_atomic
     from runner import metrics as mt
-    from runner.train import RUN_INFO_FILE
+    from runner.run_common import RUN_INFO_FILE
 
     tokenizer.save_pretrained(str(opts.output))
     from planner.timing import step_time

@@ -1,0 +1,196 @@
+"""What the trainers share (the Trainer path in runner.train, DeepSpeed's pipeline engine in
+runner.parallel.pipeline, the TRL stages in runner.stages): the run's options, its output folder (checkpoints,
+metrics, run files), its data and its TrainingArguments. Apart from runner.train, which dispatches to the
+others, so that no import runs in a circle."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlanError
+from planner.strategy import Engine, FsdpVersion, GradCkpt, Offload, Optimizer, Precision, Stage, TrainConfig
+from runner import switches
+
+# `metrics.jsonl`, `run_summary.json` and checkpoints live in the output directory beside the adapter
+RUN_INFO_FILE = "ftplan_run.json"  # where the base model came from, for `ftplan merge`
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    model_path: Path
+    data: Path
+    output: Path
+    max_steps: int = 30
+    resume: bool = False
+    save_steps: int = 50
+    eval_fraction: float = 0.05
+    learning_rate: float | None = None  # None: the plan's (planner.configs.ds_config.learning_rate)
+    warmup_steps: int = 0
+    data_format: str = "auto"
+    template: str | None = None
+    neftune_alpha: float | None = None
+    rope_scaling: str | None = None
+    modules_to_save: tuple[str, ...] = ()
+    seed: int = 42
+    dpo_beta: float = 0.1  # DPO's beta (trl DPOConfig.beta default)
+    report: bool = True  # `ftplan run` prints predicted vs measured at the end (reports.run_report)
+    calibration: Path | None = None  # `ftplan profile ... --calibrate` output, for the predictions of the summary
+
+
+def on_cuda_device(cfg: TrainConfig) -> bool:
+    if cfg.cluster.gpu.name == "CPU":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def checkpoint_step(checkpoint: Path | None) -> int:
+    """The global step of a Trainer checkpoint folder (checkpoint-N), 0 for none."""
+    return int(CHECKPOINT_RE.match(checkpoint.name).group(1)) if checkpoint is not None else 0
+
+
+def start_metrics(output: Path, resume_from: Path | None, *, is_main: bool) -> Path:
+    """The run's metrics file: on resume kept up to the checkpoint's step, else begun afresh (main process only)."""
+    from runner import metrics as mt
+
+    path = output / mt.METRICS_FILE
+    if is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None:
+            mt.truncate_metrics(path, checkpoint_step(resume_from))
+        else:
+            path.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in output.glob("checkpoint-*")
+             if (m := CHECKPOINT_RE.match(p.name)) and (p / "trainer_state.json").exists()]
+    return max(found)[1] if found else None
+
+
+def prepare_data(cfg: TrainConfig, opts: RunOptions, tokenizer: Any) -> tuple[list, list]:
+    from runner import data as d
+
+    sft = cfg.stage is not Stage.pt
+    segments = d.load_segments(opts.data, fmt=d.DataFormat(opts.data_format), template=opts.template, sft=sft)
+    examples = (d.tokenize_sft if sft else d.tokenize_pt)(segments, tokenizer, cfg.seq_len)
+    if not examples:
+        raise PlanError(f"{opts.data}: no example keeps a trained token within seq_len {cfg.seq_len}")
+    return d.split_eval(examples, opts.eval_fraction, opts.seed)
+
+
+# TrainingArguments.optim names (transformers/training_args.py, OptimizerNames)
+_OPTIM = {Optimizer.adamw: "adamw_torch", Optimizer.adamw_8bit: "adamw_bnb_8bit",
+          Optimizer.paged_adamw: "paged_adamw_32bit", Optimizer.paged_adamw_8bit: "paged_adamw_8bit",
+          Optimizer.sgd: "sgd"}
+
+
+def optim_name(cfg: TrainConfig, on_cuda: bool) -> str:
+    """bitsandbytes' optimizers run on CUDA and on its CPU backend (runner.quant); paged ones run unpaged there."""
+    if cfg.optimizer not in (Optimizer.adamw, Optimizer.sgd):
+        from runner.quant import require_bitsandbytes
+
+        require_bitsandbytes(f"optimizer {cfg.optimizer.value}")
+    return _OPTIM[cfg.optimizer]
+
+
+def _fsdp_args(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
+    # TrainingArguments.fsdp words (transformers/trainer_utils.py FSDPOption)
+    words = [cfg.fsdp.value, "auto_wrap"]
+    if cfg.offload is Offload.all:
+        words.append("offload")
+    fsdp_config = {"transformer_layer_cls_to_wrap": [cfg.model.decoder_layer_class],
+                   "backward_prefetch": "backward_pre", "forward_prefetch": False,
+                   # LoRA mixes frozen and trained tensors in one wrapped unit (FSDP1 needs the original params)
+                   "use_orig_params": True, "sync_module_states": True,
+                   "activation_checkpointing": False, "version": int(cfg.fsdp_version)}
+    if cfg.fsdp_version is FsdpVersion.TWO:
+        for key in ("backward_prefetch", "forward_prefetch", "use_orig_params", "sync_module_states"):
+            fsdp_config.pop(key)  # FSDP1-only (transformers/training_args.py, _fsdp_plugin_args)
+    return " ".join(words), fsdp_config
+
+
+def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool,
+                       args_class: type | None = None, extra: dict[str, Any] | None = None) -> Any:
+    """TrainingArguments for the plan; `args_class` / `extra`: a TRL config class (a TrainingArguments subclass)
+    and its own fields, for the rm / dpo stages (runner.stages)."""
+    from transformers import TrainingArguments
+
+    from planner.configs.ds_config import learning_rate
+
+    kwargs: dict[str, Any] = {}
+    if cfg.engine is Engine.deepspeed:
+        from planner.configs.ds_config import build_ds_config
+
+        kwargs["deepspeed"] = build_ds_config(cfg, for_trainer=True)
+    elif cfg.engine is Engine.fsdp and cfg.world_size > 1:
+        kwargs["fsdp"], kwargs["fsdp_config"] = _fsdp_args(cfg)
+    if not on_cuda and cfg.engine is Engine.deepspeed:
+        # DeepSpeed picks the CPU through DS_ACCELERATOR=cpu, but the Trainer gives accelerate no backend for
+        # DeepSpeed and accelerate then counts one process (accelerate/state.py, PartialState: "No backend == no
+        # distributed training"), so the batch sizes would not multiply out. Set the shared state up with gloo first.
+        from accelerate import PartialState
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+        kwargs["accelerator_config"] = {"use_configured_state": True}
+    elif not on_cuda:
+        # DDP / FSDP on the CPU: accelerate's cpu flag and gloo
+        kwargs["use_cpu"] = True
+        if cfg.world_size > 1:
+            kwargs["ddp_backend"] = "gloo"
+    mixed = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
+    ckpt = cfg.grad_ckpt is not GradCkpt.none
+    return (args_class or TrainingArguments)(
+        output_dir=str(opts.output),
+        per_device_train_batch_size=cfg.micro_batch,
+        per_device_eval_batch_size=cfg.micro_batch,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_steps=opts.max_steps,
+        learning_rate=opts.learning_rate if opts.learning_rate is not None else learning_rate(cfg),
+        warmup_steps=opts.warmup_steps,
+        lr_scheduler_type="linear",
+        optim=optim_name(cfg, on_cuda),
+        bf16=mixed and cfg.precision is Precision.bf16_mixed,
+        fp16=mixed and cfg.precision is Precision.fp16_mixed,
+        # HF checkpointing recomputes whole layers; the planner's "selective" maps to it as its closest
+        gradient_checkpointing=ckpt,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if ckpt else None,
+        neftune_noise_alpha=opts.neftune_alpha,
+        logging_strategy="steps", logging_steps=1,
+        save_strategy="steps", save_steps=opts.save_steps,
+        eval_strategy="no", do_eval=has_eval,
+        report_to=[],  # TensorBoard events come from runner.metrics' callback, under output_dir/runs
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
+        remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False if cfg.engine is Engine.ddp else None,
+        **switches.trainer_arguments(cfg),
+        **kwargs, **(extra or {}),
+    )
+
+
+def write_run_files(cfg: TrainConfig, ranks: list[dict[str, Any]], summary: dict[str, Any], *, opts: RunOptions,
+                    tokenizer: Any, src: Any, on_cuda: bool) -> None:
+    """Main process, after training: the tokenizer beside the model, run_summary.json with the planner's
+    figures compared (its rows added to `summary`), and run_info.json naming the model the run started from."""
+    from planner.atomic import write_text_atomic
+    from planner.calibration import load_calibration
+    from runner import metrics as mt
+    from runner.summary import comparison
+
+    tokenizer.save_pretrained(str(opts.output))
+    summary |= comparison(cfg, ranks, on_cuda=on_cuda, cal=load_calibration(opts.calibration))
+    write_text_atomic(opts.output / mt.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    src_info = {"model_path": str(src.directory), "gguf_file": src.gguf_file, "method": cfg.method.value}
+    write_text_atomic(opts.output / RUN_INFO_FILE, json.dumps(src_info, indent=2) + "\n")
+
+
