@@ -7,8 +7,9 @@ bodies and relays answers. A request that outlives `timeout_s`, or whose client 
 killed (SIGKILL: the work stops at once) and a fresh worker takes its place. At most `max_waiting`
 requests wait for a worker; beyond that the answer is "busy" at once. Workers start from a forkserver that
 has imported the planner once (`multiprocessing`'s forkserver start method), ignore SIGINT (the server stops
-them), die with the server on Linux (PR_SET_PDEATHSIG), and run in a scratch folder of their own, so that a
-name in a request never resolves against the server's working directory.
+them), die with the server on Linux (PR_SET_PDEATHSIG), run at a lower scheduling priority than the server
+process (so that on a saturated machine the pages still answer), and run in a scratch folder of their own, so
+that a name in a request never resolves against the server's working directory.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from typing import Any
 
 from ftplan.serve_work import Job, WorkSettings
 
+# scheduling priority of workers below the server process (Unix nice): on a saturated machine the event loop
+# that answers pages, catalogs and the next request still gets the CPU when it needs it
+WORKER_NICENESS = 5
 WORKER_MODULES = ["ftplan.serve_pool", "ftplan.serve_work", "ftplan.answers", "planner.search"]
 
 
@@ -83,6 +87,8 @@ def worker_main(conn: Any, settings: PoolSettings, scratch: str) -> None:
     """A worker: answer jobs from `conn` until it closes."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(WORKER_NICENESS)  # planning yields the CPU to the server's own process: pages answer at once
     from ftplan import serve_work
 
     cmds = serve_work.commands()
