@@ -344,7 +344,7 @@ def test_an_internal_error_is_logged_not_returned(monkeypatch, caplog) -> None:
 def test_a_bug_in_a_worker_comes_back_as_a_traceback_for_the_log(monkeypatch, tmp_path: Path) -> None:
     from ftplan import answers, serve_work
 
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(answers, "estimate_answer", broken)
