@@ -19,12 +19,15 @@ from planner.strategy import Method
 class EstimateAnswer:
     est: Estimate
     job: Any  # planner.timing.JobTime | None
+    limit: Any = None  # planner.limits.Limit | None (--solve)
 
     def json(self) -> dict[str, Any]:
         from planner.estimate import estimate_to_dict
+        from planner.limits import limit_to_dict
         from planner.timing import job_to_dict
 
-        return {**estimate_to_dict(self.est), **({"job": job_to_dict(self.job)} if self.job else {})}
+        return {**estimate_to_dict(self.est), **({"job": job_to_dict(self.job)} if self.job else {}),
+                **({"limit": limit_to_dict(self.limit)} if self.limit is not None else {})}
 
 
 def _job_size(opts: Options) -> Any:
@@ -41,9 +44,19 @@ def estimate_answer(opts: Options) -> EstimateAnswer:
 
     cfg = config_from(opts)
     size = _job_size(opts)
-    est = estimate(cfg, limits_from(opts.limits), load_calibration(opts.limits.calibration))
+    limits, cal = limits_from(opts.limits), load_calibration(opts.limits.calibration)
+    est = estimate(cfg, limits, cal)
     job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
-    return EstimateAnswer(est, job)
+    return EstimateAnswer(est, job, _solved(opts, cfg, limits, cal))
+
+
+def _solved(opts: Options, cfg: Any, limits: Any, cal: Any) -> Any:
+    """--solve: the limit of `cfg` (planner.limits.solve), or None when not asked."""
+    if opts.solve.solve is None or cfg is None:
+        return None
+    from planner.limits import solve
+
+    return solve(cfg, opts.solve.solve, limits, cal)
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ class PlanAnswer:
     size: Any  # planner.timing.JobSize | None
     top: int
     all_plans: bool
+    limit: Any = None  # planner.limits.Limit | None: --solve, of the recommended plan
 
     @property
     def job(self) -> Any:
@@ -66,11 +80,14 @@ class PlanAnswer:
         """The plans `--json` lists, best first: every fitting plan with --all, else the best `top` per method."""
         if self.all_plans:
             return list(self.result.plans)
-        shown: dict[Method, int] = {}
+        from planner.rl.parts import plan_group
+
+        shown: dict[tuple, int] = {}
         out = []
         for est in self.result.plans:
-            if shown.get(est.config.method, 0) < self.top:
-                shown[est.config.method] = shown.get(est.config.method, 0) + 1
+            group = plan_group(est.config)  # by method (online RL: and generation engine)
+            if shown.get(group, 0) < self.top:
+                shown[group] = shown.get(group, 0) + 1
                 out.append(est)
         return out
 
@@ -84,14 +101,23 @@ class PlanAnswer:
             if self.size is not None and est.time is not None:
                 entry["job"] = job_to_dict(job_time(est.time, est.config, self.size))
             plans.append(entry)
+        from planner.search import recommendation_to_dict
+
         r = self.result
-        return {"plans": plans, "candidates_evaluated": r.candidates_evaluated, "valid": r.valid,
-                "fitting": len(r.plans), "rejected": r.rejected}
+        from planner.limits import limit_to_dict
+
+        out = {"plans": plans, "candidates_evaluated": r.candidates_evaluated, "valid": r.valid,
+               "fitting": len(r.plans), "rejected": r.rejected,
+               "recommendation": recommendation_to_dict(r.recommendation)}
+        if self.limit is not None:
+            out["limit"] = limit_to_dict(self.limit)
+        return out
 
 
 def plan_answer(opts: Options) -> PlanAnswer:
     from planner.build import check_global_batch, check_positions, config_from, limits_from, parse_choices
     from planner.calibration import load_calibration
+    from planner.rl.options import rollout_space
     from planner.runnable import runnable_first
     from planner.search import SearchSpace, plan, search_space
     from planner.strategy import Attn, Optimizer
@@ -105,12 +131,17 @@ def plan_answer(opts: Options) -> PlanAnswer:
     space = search_space(base, methods=search.methods, global_batch=search.global_batch,
                          optimizers=parse_choices(search.optimizers, Optimizer, "--optimizers")
                          or (opts.strategy.optimizer,),
-                         attns=parse_choices(search.attns, Attn, "--attns") or SearchSpace().attns)
+                         attns=parse_choices(search.attns, Attn, "--attns") or SearchSpace().attns,
+                         rollouts=rollout_space(opts.rollout, base.stage))
     size = _job_size(opts)
-    result = plan(base, space, limits_from(opts.limits), load_calibration(opts.limits.calibration))
+    limits, cal = limits_from(opts.limits), load_calibration(opts.limits.calibration)
+    result = plan(base, space, limits, cal)
     if not search.include_unrunnable:  # the winner (and --emit's pick) is a plan `ftplan run` executes
-        result = dataclasses.replace(result, plans=runnable_first(result.plans))
-    return PlanAnswer(result, size, opts.show.top, opts.show.all_plans)
+        from planner.search import with_recommendation
+
+        result = with_recommendation(dataclasses.replace(result, plans=runnable_first(result.plans)))
+    best = result.plans[0].config if result.plans else None
+    return PlanAnswer(result, size, opts.show.top, opts.show.all_plans, _solved(opts, best, limits, cal))
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,7 @@ def scale_answer(opts: Options, scale_args: ScaleArgs) -> ScaleAnswer:
     from planner.build import check_global_batch, check_positions, config_from, limits_from
     from planner.calibration import load_calibration
     from planner.gpus import gpu_from_name
+    from planner.rl.options import rollout_space
     from planner.scaling import gpu_counts, scale
     from planner.search import search_space
 
@@ -142,7 +174,8 @@ def scale_answer(opts: Options, scale_args: ScaleArgs) -> ScaleAnswer:
     check_positions(base)
     method = opts.adapter.method
     result = scale(base, scale_args.max_gpus,
-                   search_space(base, methods=(method,), global_batch=opts.search.global_batch),
+                   search_space(base, methods=(method,), global_batch=opts.search.global_batch,
+                                rollouts=rollout_space(opts.rollout, base.stage)),
                    limits_from(opts.limits), load_calibration(opts.limits.calibration))
     return ScaleAnswer(result, base.model.name, spec.name, method, base.seq_len)
 

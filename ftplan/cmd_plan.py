@@ -12,10 +12,11 @@ from planner.options import Options
 
 # estimate: one configuration, every option of it; plan: the search fixes no strategy, only the batch shape,
 # the user's optimizer and the FSDP version
-ESTIMATE = o.expose(target=o.ALL, adapter=o.ALL, strategy=o.ALL, switches=o.ALL, limits=o.ALL, job=o.ALL)
+ESTIMATE = o.expose(target=o.ALL, adapter=o.ALL, strategy=o.ALL, switches=o.ALL, rollout=o.ALL, limits=o.ALL,
+                    job=o.ALL, solve=o.ALL)
 PLAN = o.expose(target=o.ALL, adapter=("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision"),
-                strategy=("seq_len", "optimizer", "fsdp_version"), switches=o.ALL, search=o.ALL, limits=o.ALL,
-                job=o.ALL, show=o.ALL)
+                strategy=("seq_len", "optimizer", "fsdp_version"), switches=o.ALL, rollout=o.ALL, search=o.ALL,
+                limits=o.ALL, job=o.ALL, show=o.ALL, solve=o.ALL)
 
 
 @app.command()
@@ -40,6 +41,10 @@ def estimate(opts: Annotated[Options, ESTIMATE], out: o.EmitOutput) -> None:
     from reports.time_report import time_table
 
     Console().print(estimate_view(est))
+    if answer.limit is not None:
+        from reports.memory_report import limit_line
+
+        Console().print(limit_line(answer.limit))
     if est.time is not None:
         Console().print(time_table(est.time, f"Step time: {est.config}", answer.job))
     if emitted is not None:
@@ -72,6 +77,10 @@ def plan(opts: Annotated[Options, PLAN], out: o.PlanOutput) -> None:
     per_method = len(answer.result.plans) if opts.show.all_plans else opts.show.top
     Console().print(plan_view(answer.result, per_method, answer.job,
                               runnable_first=not opts.search.include_unrunnable))
+    if answer.limit is not None:
+        from reports.memory_report import limit_line
+
+        Console().print(limit_line(answer.limit))
     if emitted is not None:
         Console().print(emitted)
 

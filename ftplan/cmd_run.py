@@ -15,7 +15,8 @@ from planner.options import AdapterArgs, LimitArgs, Target
 from planner.strategy import Method, Stage
 
 
-def _plan_on_the_fly(model: str, gpus: str, method: Method, stage: Stage, seq_len: int, out: Path) -> Path:
+def _plan_on_the_fly(model: str, gpus: str, method: Method, stage: Stage, seq_len: int, out: Path,
+                     rollout: dict | None = None) -> Path:
     """The best plan for `model` on `gpus` (planner.search.plan), written as plan.json into the output folder."""
     from dataclasses import replace
 
@@ -24,7 +25,7 @@ def _plan_on_the_fly(model: str, gpus: str, method: Method, stage: Stage, seq_le
     from planner.strategy import Attn, Offload, Optimizer
     from runner.train import write_plan
 
-    base = build_config(model=model, gpus=gpus, method=method, seq_len=seq_len, stage=stage)
+    base = build_config(model=model, gpus=gpus, method=method, seq_len=seq_len, stage=stage, **(rollout or {}))
     space = SearchSpace(methods=(method,), tps=(1,), pps=(1,))
     if base.cluster.gpu.name == "CPU":
         # torch's AdamW (bitsandbytes' optimizers run on the CPU too, but are the user's choice through a plan),
@@ -88,6 +89,11 @@ def run(
     method: o.flag(AdapterArgs, "method") = Method.lora,  # type: ignore[valid-type]
     stage: o.flag(Target, "stage") = Stage.sft,  # type: ignore[valid-type]
     seq_len: Annotated[int, typer.Option(help="Plan on the fly: tokens per sequence.")] = 512,
+    completion_len: Annotated[int, typer.Option(help="Plan on the fly, --stage grpo / rloo: tokens per completion "
+                                                     "(the prompt gets the rest of --seq-len).")] = 128,
+    reward: Annotated[list[str] | None, typer.Option(help=(
+        "--stage grpo / rloo: a reward (repeat): keyword:WORD, length:N, regex:PATTERN, match (the row's 'answer' "
+        "column), module:function, or a reward model directory."))] = None,
     calibration: o.flag(LimitArgs, "calibration") = None,  # type: ignore[valid-type]
 ) -> None:
     """Train a plan with the transformers Trainer + peft, starting torchrun itself for several devices."""
@@ -98,7 +104,7 @@ def run(
                       warmup_steps=warmup_steps, data_format=data_format, template=template,
                       neftune_alpha=neftune_alpha, rope_scaling=rope_scaling,
                       modules_to_save=tuple(m for m in modules_to_save.split(",") if m), seed=seed,
-                      dpo_beta=dpo_beta, calibration=calibration)
+                      dpo_beta=dpo_beta, calibration=calibration, rewards=tuple(reward or ()))
     if plan is None and gpus is None:
         raise PlanError("give PLAN.json, or --gpus (with --model or --model-path) to plan on the fly")
     if plan is not None and gpus is not None:
@@ -111,11 +117,12 @@ def run(
     else:
         from planner.build import build_config
 
+        rl = {"completion_len": completion_len} if stage in (Stage.grpo, Stage.rloo) else {}
         probe = build_config(model=model or str(model_path), gpus=gpus, method=method, seq_len=seq_len,
-                             stage=stage)
+                             stage=stage, **rl)
         validate_inputs(probe, opts)  # bad data or paths: nothing written yet
         output.mkdir(parents=True, exist_ok=True)
-        plan = _plan_on_the_fly(model or str(model_path), gpus, method, stage, seq_len, output)
+        plan = _plan_on_the_fly(model or str(model_path), gpus, method, stage, seq_len, output, rl)
         cfg = load_plan(plan)
     from runner.launcher import launch
 

@@ -13,7 +13,8 @@ from planner.options import Options, ScaleArgs
 # the GPU count varies (ScaleArgs), so --gpus is not shown; one method, the search's global batch
 SCALE = o.expose(target=("model", "rope_scaling", "stage"),
                  adapter=("method", "lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision"),
-                 strategy=("seq_len", "fsdp_version"), switches=o.ALL, search=("global_batch",), limits=o.ALL)
+                 strategy=("seq_len", "fsdp_version"), switches=o.ALL, rollout=o.ALL, search=("global_batch",),
+                 limits=o.ALL)
 
 
 @app.command()

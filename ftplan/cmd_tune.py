@@ -59,7 +59,7 @@ class TuneOutput(o.JsonOutput):
 
 # the tune searches the strategy (TuneSpaceArgs says which values); the question's other groups as plan's
 TUNE = o.expose(target=o.ALL, adapter=("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision"),
-                strategy=("seq_len", "fsdp_version"), switches=o.ALL,
+                strategy=("seq_len", "fsdp_version"), switches=o.ALL, rollout=o.ALL,
                 search=("methods", "global_batch", "include_unrunnable"), limits=o.ALL)
 
 

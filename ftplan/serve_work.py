@@ -184,7 +184,7 @@ def _inside(models_dir: Path, name: str) -> Path:
 def model_argument(body: dict[str, Any], tmp: Path, settings: WorkSettings) -> tuple[dict[str, Any], Any]:
     """The body with `model` as the CLI should read it (a catalog key, or a file path the server chose), and
     the model's spec, checked against REQUEST_BOUNDS."""
-    from planner.models import from_name, from_path
+    from planner.models import from_path
 
     pasted = body.get("model_config")
     body = {k: v for k, v in body.items() if k != "model_config"}
@@ -201,22 +201,44 @@ def model_argument(body: dict[str, Any], tmp: Path, settings: WorkSettings) -> t
         name = body.get("model")
         if not isinstance(name, str):
             return body, None  # missing or not a string: the command's parser says so, as the CLI does
-        key = _catalog_key(name)
-        if key is not None:
-            spec, model = from_name(key), key
-        elif settings.models_dir is not None:
-            path = _inside(settings.models_dir, name)
-            spec, model = from_path(path), str(path)
-        elif "/" in name or "\\" in name or name.endswith(".json") or name.startswith("."):
-            raise UserError(f"model '{name[:80]}': this server reads no files; name a catalog model, paste the "
-                            "config.json as model_config, or start the server with --models-dir DIR")
-        else:
-            from_name(name)  # the CLI's "unknown model ... did you mean" line
-            raise AssertionError("unreachable")
+        model, spec = named_model(name, settings)
+    _check_layers(spec)
+    return {**body, "model": model}, spec
+
+
+def named_model(name: str, settings: WorkSettings, option: str = "model") -> tuple[str, Any]:
+    """A model a request names (`model`, `reward_model`): a catalog key, or a path the server resolved inside
+    --models-dir; and its spec. Anything else is refused without touching the file system."""
+    from planner.models import from_name, from_path
+
+    key = _catalog_key(name)
+    if key is not None:
+        return key, from_name(key)
+    if settings.models_dir is not None:
+        path = _inside(settings.models_dir, name)
+        return str(path), from_path(path)
+    if "/" in name or "\\" in name or name.endswith(".json") or name.startswith(".") or "\x00" in name:
+        raise UserError(f"{option} '{name[:80]}': this server reads no files; name a catalog model"
+                        + (", paste the config.json as model_config," if option == "model" else "")
+                        + " or start the server with --models-dir DIR")
+    from_name(name)  # the CLI's "unknown model ... did you mean" line
+    raise AssertionError("unreachable")
+
+
+def _check_layers(spec: Any) -> None:
     if spec.num_layers > REQUEST_BOUNDS["num_layers"]:
         raise UserError(f"model '{spec.name}' has {spec.num_layers:,} layers; this server plans at most "
                         f"{REQUEST_BOUNDS['num_layers']:,} per request")
-    return {**body, "model": model}, spec
+
+
+def _reward_model(params: dict[str, Any], settings: WorkSettings) -> dict[str, Any]:
+    """The online RL stages' `reward_model` names a model too: the same rule as `model`."""
+    name = params.get("reward_model")
+    if not name:
+        return params
+    model, spec = named_model(name, settings, option="--reward-model")
+    _check_layers(spec)
+    return {**params, "reward_model": model}
 
 
 def _check_gpus(params: dict[str, Any]) -> None:
@@ -245,16 +267,21 @@ def answer(name: str, body: dict[str, Any], cmds: dict[str, Any], tmp: Path, set
     from ftplan import answers
 
     body, _ = model_argument(body, tmp, settings)
-    params = parse_params(cmds[name], name, body)
+    params = _reward_model(parse_params(cmds[name], name, body), settings)
     _check_gpus(params)
     return answers.answer(name, params).json()
 
 
-def _posted_plan(plan: Any, tmp: Path) -> Any:
-    """A plan entry (from /api/plan or /api/estimate, or a plan.json) read as `ftplan emit PLAN.json` reads it."""
+def _posted_plan(plan: Any, tmp: Path, settings: WorkSettings) -> Any:
+    """A plan entry (from /api/plan or /api/estimate, or a plan.json) read as `ftplan emit PLAN.json` reads it
+    (its model travels as fields; a reward model it names follows the rule of `named_model`)."""
     from planner.estimate import estimate
     from runner.emit import load_plan
 
+    config = plan.get("config") if isinstance(plan, dict) else None
+    if isinstance(config, dict) and isinstance(config.get("reward_model"), str) and config["reward_model"]:
+        reward, _ = named_model(config["reward_model"], settings, option="reward_model")
+        plan = {**plan, "config": {**config, "reward_model": reward}}
     file = tmp / "plan.json"
     file.write_text(json.dumps(plan))
     try:
@@ -270,7 +297,7 @@ def _picked_plan(body: dict[str, Any], tmp: Path, cmds: dict[str, Any], settings
     if not isinstance(pick, int) or isinstance(pick, bool) or pick < 1:
         raise UserError(f"--pick: expected a positive integer, got {json.dumps(pick)[:40]}")
     body, _ = model_argument(body, tmp, settings)
-    params = parse_params(cmds["plan"], "plan", body, {"pick", "emit"})
+    params = _reward_model(parse_params(cmds["plan"], "plan", body, {"pick", "emit"}), settings)
     _check_gpus(params)
     result = answers.answer("plan", params).result
     if not result.plans:
@@ -296,7 +323,7 @@ def emit_zip(body: dict[str, Any], base_dir: str, cmds: dict[str, Any], tmp: Pat
     if "plan" in body:
         if set(body) - {"plan", "emit"}:
             raise UserError("give either 'plan' (a plan entry) or the plan options with 'pick', not both")
-        est = _posted_plan(body["plan"], tmp)
+        est = _posted_plan(body["plan"], tmp, settings)
     else:
         est = _picked_plan(body, tmp, cmds, settings)
     found = problems(est.config)

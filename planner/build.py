@@ -15,6 +15,7 @@ from planner.input_checks import check_config
 from planner.models import resolve
 from planner.options import AdapterArgs, LimitArgs, Options, StrategyArgs, Target, from_flat, group_of
 from planner.params import resolve_lora_targets
+from planner.rl.options import rollout_from
 from planner.rope import with_rope_scaling
 from planner.strategy import (
     Adapter,
@@ -33,7 +34,7 @@ from planner.strategy import (
 from planner.validity import validate
 
 # the groups a TrainConfig is made of; the others (search, limits, job, show) do not change one
-CONFIG_GROUPS = ("target", "adapter", "strategy", "switches")
+CONFIG_GROUPS = ("target", "adapter", "strategy", "switches", "rollout")
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -94,7 +95,8 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
                       layout=ParallelLayout(tp=s.tp, pp=s.pp, sequence_parallel=s.sequence_parallel),
                       batch=Batch(micro_batch=s.micro_batch, grad_accum=s.grad_accum, seq_len=s.seq_len),
                       switches=switches, precision=opts.adapter.precision, optimizer=s.optimizer,
-                      grad_ckpt=s.grad_ckpt, attn=s.attn, stage=opts.target.stage)
+                      grad_ckpt=s.grad_ckpt, attn=s.attn, stage=opts.target.stage,
+                      rollout=rollout_from(opts.rollout, opts.target.stage))
     check_config(cfg)  # the domain's bounds (planner/input_checks.py), the same as a plan.json's
     if cfg.trains_adapter:
         resolve_lora_targets(cfg.model, cfg.lora_targets)

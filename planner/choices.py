@@ -80,7 +80,9 @@ class Stage(str, Enum):
     sft = "sft"
     rm = "rm"  # reward model: a scalar value head
     dpo = "dpo"  # frozen reference model beside the policy
-    ppo = "ppo"  # actor, critic, reference and reward models
+    ppo = "ppo"  # actor, critic, reference and reward models (planned here, run by verl)
+    grpo = "grpo"  # online RL through TRL's GRPOTrainer: generations scored by rewards, group-relative advantages
+    rloo = "rloo"  # TRL's RLOOTrainer: REINFORCE with the leave-one-out baseline
 
 
 class PipeSchedule(str, Enum):

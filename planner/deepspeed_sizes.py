@@ -6,31 +6,61 @@ stage3_param_persistence_threshold = 10*h. The memory model and the ds_config em
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from planner.models import ModelSpec
 
 # DeepSpeed's own defaults (deepspeed/runtime/zero/config.py), used where we keep them.
 STAGE3_MAX_LIVE_PARAMETERS = 1_000_000_000
 STAGE3_MAX_REUSE_DISTANCE = 1_000_000_000
 SUB_GROUP_SIZE = 1_000_000_000
-# overlap_comm "uses 4.5x the allgather_bucket_size and reduce_bucket_size values"
-# (DeepSpeed docs, config-json.md, zero_optimization.overlap_comm).
-OVERLAP_COMM_FACTOR = 4.5
+# ftplan's ds_config sets overlap_comm true (planner/configs/ds_config.py); LLaMA-Factory's and ms-swift's
+# ZeRO-3 configs set it false.
+OVERLAP_COMM = True
+
+# A run whose ds_config sets its own sizes (a published run's, a user's file): `configured(...)` replaces the
+# values below for the code inside the block. Keys: reduce_bucket, allgather_bucket, prefetch_bucket,
+# persistence_threshold, overlap_comm.
+_CONFIGURED: ContextVar[dict[str, float] | None] = ContextVar("ds_sizes", default=None)
+KEYS = ("reduce_bucket", "allgather_bucket", "prefetch_bucket", "persistence_threshold", "overlap_comm")
+
+
+@contextmanager
+def configured(**sizes: float) -> Iterator[None]:
+    unknown = set(sizes) - set(KEYS)
+    if unknown:
+        raise KeyError(f"unknown DeepSpeed size {sorted(unknown)}; known: {', '.join(KEYS)}")
+    token = _CONFIGURED.set({**(_CONFIGURED.get() or {}), **sizes})
+    try:
+        yield
+    finally:
+        _CONFIGURED.reset(token)
+
+
+def _configured() -> dict[str, float]:
+    return _CONFIGURED.get() or {}
 
 
 def reduce_bucket_elements(m: ModelSpec) -> int:
-    return m.hidden_size * m.hidden_size
+    return int(_configured().get("reduce_bucket", m.hidden_size * m.hidden_size))
 
 
 def allgather_bucket_elements(m: ModelSpec) -> int:
-    return m.hidden_size * m.hidden_size
+    return int(_configured().get("allgather_bucket", m.hidden_size * m.hidden_size))
 
 
 def prefetch_bucket_elements(m: ModelSpec) -> int:
-    return int(0.9 * m.hidden_size * m.hidden_size)
+    return int(_configured().get("prefetch_bucket", int(0.9 * m.hidden_size * m.hidden_size)))
 
 
 def param_persistence_threshold(m: ModelSpec) -> int:
-    return 10 * m.hidden_size
+    return int(_configured().get("persistence_threshold", 10 * m.hidden_size))
+
+
+def overlap_comm() -> bool:
+    return bool(_configured().get("overlap_comm", OVERLAP_COMM))
 
 
 # ZeRO-Infinity parameter offload swaps whole tensors through fixed pinned buffers and asserts

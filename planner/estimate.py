@@ -19,9 +19,9 @@ from planner.timing import StepTime, step_time
 TIGHT_FRACTION = 0.90
 
 
-def is_tight(total_bytes: float, gpu_bytes: float, fits: bool) -> bool:
-    """A plan that fits with less than 10% of the GPU to spare."""
-    return fits and total_bytes > TIGHT_FRACTION * gpu_bytes
+def is_tight(device_bytes: float, gpu_bytes: float, fits: bool) -> bool:
+    """A plan that fits with less than 10% of the GPU to spare (device reading, allocator cache included)."""
+    return fits and device_bytes > TIGHT_FRACTION * gpu_bytes
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,8 +57,8 @@ def fit_failures(cfg: TrainConfig, mem: MemoryBreakdown, limits: Limits) -> tupl
     """Every capacity the configuration exceeds, GPU memory first."""
     out = []
     usable = cfg.cluster.gpu.hbm_bytes * (1 - limits.headroom_fraction)
-    if mem.total > usable:
-        out.append(FitFailure(kind=FitKind.gpu_memory, needed_bytes=mem.total, available_bytes=usable))
+    if mem.fit_bytes > usable:
+        out.append(FitFailure(kind=FitKind.gpu_memory, needed_bytes=mem.fit_bytes, available_bytes=usable))
     host_limit = limits.host_bytes_per_node if limits.host_bytes_per_node is not None else default_host_bytes(cfg)
     if mem.host_bytes > host_limit:
         out.append(FitFailure(kind=FitKind.host_memory, needed_bytes=mem.host_bytes, available_bytes=host_limit))
@@ -97,7 +97,7 @@ class Estimate:
 
     @property
     def tight(self) -> bool:
-        return is_tight(self.memory.total, self.gpu_memory_bytes, self.fits)
+        return is_tight(self.memory.device_wanted, self.gpu_memory_bytes, self.fits)
 
 
 def trainable_params(cfg: TrainConfig) -> int:
@@ -135,6 +135,9 @@ def estimate_to_dict(est: Estimate) -> dict[str, Any]:
         "fit_reasons": list(est.fit_reasons),
         "peak_phase": mem.phase,
         "memory_per_gpu_bytes": mem.as_dict(),
+        # torch.cuda.max_memory_allocated, max_memory_reserved, and nvidia-smi's memory in use (planner/memory.py)
+        "memory_readings_bytes": mem.readings(),
+        "fit_bytes": round(mem.fit_bytes),  # what the fit verdict compares with the GPU (less --headroom)
         "other_bytes": {k: round(v) for k, v in mem.other_items.items()},
         "host_memory_bytes_per_node": round(mem.host_bytes),
         "nvme_bytes_per_node": round(mem.nvme_bytes),
@@ -147,5 +150,8 @@ def time_to_dict(t: StepTime | None) -> dict[str, Any]:
     """The time model's outputs; rates are the whole job's (every GPU together)."""
     if t is None:
         return {}
-    return {"step_time_s": t.step_time_s, "tokens_per_s": t.tokens_per_s, "samples_per_s": t.samples_per_s,
-            "mfu": t.mfu, "hfu": t.hfu, "time_breakdown_s": dict(t.breakdown_s)}
+    out = {"step_time_s": t.step_time_s, "tokens_per_s": t.tokens_per_s, "samples_per_s": t.samples_per_s,
+           "mfu": t.mfu, "hfu": t.hfu, "time_breakdown_s": dict(t.breakdown_s)}
+    if "generation" in t.breakdown_s:  # online RL stages (planner.rl.timing)
+        out["generation_share"] = t.breakdown_s["generation"] / t.step_time_s if t.step_time_s else 0.0
+    return out

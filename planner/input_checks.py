@@ -52,6 +52,19 @@ CONFIG_BOUNDS: dict[str, tuple[int, int]] = {
     "micro_batch": (1, 2**20),
     "grad_accum": (1, 2**24),
     "seq_len": (1, MODEL_BOUNDS["max_seq_len"][1]),
+    # online RL's rollout (planner.rl.settings.Rollout)
+    "num_generations": (1, 2**16),
+    "completion_len": (1, MODEL_BOUNDS["max_seq_len"][1]),
+    "vllm_server_gpus": (0, 2**20),
+    "vllm_tp": (1, 2**14),
+    "generation_steps": (1, 2**16),
+    "num_iterations": (1, 2**16),
+}
+# a TrainConfig's float fields: (lowest, highest, highest excluded)
+CONFIG_FLOAT_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "lora_dropout": (0.0, 1.0, True),  # a dropout probability
+    "kl_beta": (0.0, 1e6, False),
+    "vllm_memory": (0.0, 1.0, False),  # vllm_gpu_memory_utilization, a share of the GPU
 }
 MAX_GPUS = 2**20  # GPUs in one cluster (nodes x GPUs per node)
 MAX_GPUS_PER_NODE = 2**10
@@ -262,7 +275,12 @@ def check_config(cfg: Any) -> Any:
     check_model_spec(cfg.model)
     check_cluster_size(cfg.cluster.nodes, cfg.cluster.gpus_per_node)
     for name, bounds in CONFIG_BOUNDS.items():
-        check_int(getattr(cfg, name), f"--{name.replace('_', '-')}", bounds)
-    check_float(cfg.lora_dropout, "--lora-dropout", 0.0, 1.0, hi_open=True)
+        if getattr(cfg, name, None) is not None:
+            check_int(getattr(cfg, name), f"--{name.replace('_', '-')}", bounds)
+    for name, (lo, hi, hi_open) in CONFIG_FLOAT_BOUNDS.items():
+        if getattr(cfg, name, None) is not None:
+            check_float(getattr(cfg, name), f"--{name.replace('_', '-')}", lo, hi, hi_open=hi_open)
     check_lora_targets(cfg.lora_targets)
+    if getattr(cfg, "reward_model", None):
+        check_text(cfg.reward_model, "--reward-model", empty=False)
     return cfg

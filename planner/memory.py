@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner import engines
+from planner import allocator, engines, nccl_memory
 from planner import memory_knobs as knobs
 from planner.activations import (
     hf_layer_bytes_per_token,
@@ -25,6 +25,9 @@ from planner.activations import (
 from planner.calibration import DEFAULT, Calibration
 from planner.compute import tokens_per_sample
 from planner.engines import parallel
+from planner.rl import memory as rl_memory
+from planner.rl.parts import logprob_head_rows
+from planner.rl.settings import is_online_rl
 from planner.states import (
     ModelStates,
     StageParams,
@@ -48,6 +51,12 @@ CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
 # forward (tests/validation/test_memory_zero_step_measured.py).
 BACKWARD_ONLY_ITEMS = ("logits and loss", "dequantized weight", "autocast weight copies",
                        "ZeRO-3 gathered parameters", "ZeRO-3 parameters kept for backward")
+# Buffers made once and reused every step (DDP's buckets, DeepSpeed's bucket and flat buffers): laid out once, they
+# do not fragment the caching allocator; every other "other" item is allocated and freed within a step.
+PERSISTENT_ITEMS = ("DDP gradient buckets", "ZeRO buckets (overlap_comm)", "ZeRO-3 reduce bucket",
+                    "ZeRO-3 persistent parameters")
+# What a GPU holds besides the tensors (the three readings: allocated <= reserved <= device)
+NOT_ALLOCATED_ITEMS = ("allocator reserve", "CUDA context and workspaces", "NCCL communicator buffers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +70,46 @@ class MemoryBreakdown:
     other_items: dict[str, float] = field(default_factory=dict)
     host_bytes: float = 0.0  # per node, for offload
     nvme_bytes: float = 0.0  # per node, for NVMe offload
+    # the caching allocator's reserve on a card with room for it (the reserve item is capped at the card)
+    reserve_wanted: float = 0.0
+    tensor_bytes: float = 0.0  # the allocated reading, as _peak added it up
 
     @property
     def total(self) -> float:
+        """The device reading (what nvidia-smi shows the process holding): the fit verdict's figure."""
         return self.weights + self.gradients + self.optimizer + self.activations + self.other
+
+    @property
+    def allocated(self) -> float:
+        """`torch.cuda.max_memory_allocated`: the tensors at the peak."""
+        return self.tensor_bytes
+
+    @property
+    def reserved(self) -> float:
+        """`torch.cuda.max_memory_reserved`: the tensors plus the caching allocator's unusable free blocks."""
+        return self.allocated + self.other_items.get("allocator reserve", 0.0)
+
+    @property
+    def device(self) -> float:
+        """nvidia-smi's memory in use: reserved + the CUDA context + NCCL's buffers outside the allocator."""
+        return self.total
+
+    @property
+    def device_wanted(self) -> float:
+        """The device reading if the card had room for the whole cache: above the card, the allocator frees and
+        retries (slow, and fragmentation can still end it in an out-of-memory error): a tight plan."""
+        return self.total - self.other_items.get("allocator reserve", 0.0) + self.reserve_wanted
+
+    @property
+    def fit_bytes(self) -> float:
+        """What must fit on the card: the tensors, the CUDA context, NCCL's buffers and the part of the allocator's
+        reserve it cannot release when memory runs short (planner.allocator.RETAINED_RESERVE_FRACTION)."""
+        items = self.other_items
+        outside = items.get("CUDA context and workspaces", 0.0) + items.get("NCCL communicator buffers", 0.0)
+        return self.tensor_bytes + outside + allocator.RETAINED_RESERVE_FRACTION * self.reserve_wanted
+
+    def readings(self) -> dict[str, int]:
+        return {"allocated": round(self.allocated), "reserved": round(self.reserved), "device": round(self.device)}
 
     def as_dict(self) -> dict[str, int]:
         return {"weights": round(self.weights), "gradients": round(self.gradients),
@@ -80,7 +125,15 @@ def shard_group(cfg: TrainConfig) -> int:
 
 
 def memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
-    """Peak bytes on the most loaded GPU (pipeline stage 0 or the last stage)."""
+    """Peak bytes on the most loaded GPU (pipeline stage 0 or the last stage). The online RL stages add their
+    models and generation engine to the policy's training step (planner.rl.memory)."""
+    if is_online_rl(cfg.stage):
+        return rl_memory.rl_memory_per_gpu(_TRAINING, cfg, cal)
+    return training_memory_per_gpu(cfg, cal)
+
+
+def training_memory_per_gpu(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryBreakdown:
+    """Peak bytes of the training step alone on the most loaded GPU (pipeline stage 0 or the last stage)."""
     if cfg.pp == 1:
         return _stage_memory(cfg, cal, first=True)
     first, last = _stage_memory(cfg, cal, first=True), _stage_memory(cfg, cal, first=False)
@@ -174,10 +227,10 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
                       - knobs.final_norm_saving_per_token(cfg, e)) / (cfg.tp if cfg.sequence_parallel else 1)
         items["logits and loss"] = knobs.head_loss_bytes(cfg, tokens, e, grad_dtype_bytes(cfg.precision)) \
             + final_norm * tokens
-        if cfg.stage is Stage.dpo:  # TRL's chunked log-prob head instead of logits + cross-entropy
+        if cfg.stage in (Stage.dpo, Stage.grpo, Stage.rloo):  # TRL's chunked log-prob head, no logits
             items["logits and loss"] = final_norm * tokens + trl_logprob_head_bytes(
-                m, tokens=tokens, compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU", t=cfg.tp,
-                head_trains=cfg.method is Method.full and sp.trainable > 0)
+                m, tokens=logprob_head_rows(cfg, tokens), compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU",
+                t=cfg.tp, head_trains=cfg.method is Method.full and sp.trainable > 0)
         if kbit_prepared(cfg):
             # prepare_model_for_kbit_training leaves the LM head fp32; under autocast F.linear saves its 16-bit
             # cast of the weight for the input's gradient, from the head's forward to its backward (measured:
@@ -215,6 +268,14 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items.update(eng.buffers(cfg, sp, trained, first=first, sixteen_bit_weights=sixteen_bit_weight_bytes(cfg, sp)))
     else:
         items.update(eng.buffers(cfg, sp, trained, first=first))
+    window = items.pop("FSDP unsharded layers", 0.0)
+    if window:
+        # the last layer's backward begins once the head's is over: its window and the logits are never live
+        # together, and by the end of the window that layer's own activations are freed
+        exposed = max(0.0, window - activations / max(1, sp.trainable_layers))
+        if exposed > items.get("logits and loss", 0.0):
+            items.pop("logits and loss", None)
+            items["FSDP unsharded layers"] = exposed
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)
     step_items = eng.step_items(cfg, trained, n, state_bytes)
     if cal.overhead_multiplier != 1.0:
@@ -230,14 +291,14 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     gpu = cfg.cluster.gpu
     grads = states.gradients
     base = states.weights + grads + states.optimizer
-    backward_only = BACKWARD_ONLY_ITEMS + knobs.fsdp2_backward_only_items(cfg)
+    backward_only = BACKWARD_ONLY_ITEMS + knobs.fsdp_backward_only_items(cfg)
     buffers = sum(v for k, v in items.items() if k not in backward_only)
     transient = sum(v for k, v in items.items() if k in backward_only)
     # phase "backward": with accumulation, the gradients of earlier micro-batches are resident
     phase_a = base - grads + grads_in_backward + activations + buffers + transient
     phase_b = base + buffers
     phase_c = base + buffers + sum(step_items.values())
-    phase, peak = max((("backward", phase_a), ("gradients", phase_b), ("optimizer", phase_c)), key=lambda x: x[1])
+    phase = max((("backward", phase_a), ("gradients", phase_b), ("optimizer", phase_c)), key=lambda x: x[1])[0]
     if phase == "backward":
         other_items = dict(items)
         grads_shown, acts = grads_in_backward, activations
@@ -246,8 +307,16 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         if phase == "optimizer":
             other_items.update(step_items)
         grads_shown, acts = grads, 0.0
-    other_items["CUDA context and workspaces"] = float(gpu.runtime_overhead_bytes)
-    other_items["allocator reserve"] = gpu.allocator_reserve_fraction * peak
+    tensors = states.weights + grads_shown + states.optimizer + acts + sum(other_items.values())
+    transient = acts + sum(v for k, v in other_items.items() if k not in PERSISTENT_ITEMS)
+    context, nccl = float(gpu.runtime_overhead_bytes), nccl_memory.nccl_bytes(cfg)
+    wanted = allocator.reserve_bytes(cfg, transient)
+    # the cache grows only while the card has room: a failed cudaMalloc makes the allocator free its cached
+    # blocks and retry before it reports out of memory (c10/cuda/CUDACachingAllocator.cpp, `malloc`:
+    # release_cached_blocks), so reserved memory stops at the card less what lives outside the allocator
+    other_items["allocator reserve"] = min(wanted, max(0.0, gpu.hbm_bytes - context - nccl - tensors))
+    other_items["CUDA context and workspaces"] = context
+    other_items["NCCL communicator buffers"] = nccl
     other = sum(other_items.values())
 
     ranks_per_node = cfg.cluster.gpus_per_node
@@ -262,4 +331,27 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         * ranks_per_node
     return MemoryBreakdown(weights=states.weights, gradients=grads_shown, optimizer=states.optimizer,
                            activations=acts, other=other, phase=phase, other_items=other_items, host_bytes=host,
-                           nvme_bytes=nvme)
+                           nvme_bytes=nvme, reserve_wanted=wanted, tensor_bytes=tensors)
+
+
+def resident_training_states(cfg: TrainConfig) -> dict[str, float]:
+    """What a trainer holds between steps (while an online RL stage generates): weights and optimizer states
+    (gradients are freed by the Trainer's zero_grad(set_to_none=True)) and the engine's persistent buffers, not those
+    that live only in backward or in the optimizer step."""
+    eng = engines.of(cfg)
+    sp = stage_params(cfg, first=True)
+    n = shard_group(cfg)
+    states = model_states(cfg, sp, n)
+    trained = trained_params(cfg, sp)
+    if eng is engines.fsdp:
+        items = eng.buffers(cfg, sp, trained, first=True, sixteen_bit_weights=sixteen_bit_weight_bytes(cfg, sp))
+    else:
+        items = eng.buffers(cfg, sp, trained, first=True)
+    transient = BACKWARD_ONLY_ITEMS + knobs.fsdp_backward_only_items(cfg)
+    return {"weights": states.weights, "optimizer": states.optimizer,
+            "persistent buffers": sum(v for k, v in items.items() if k not in transient)}
+
+
+# what planner.rl.memory builds the online RL stages' peak from (it cannot import this module: this one imports it)
+_TRAINING = rl_memory.TrainingMemory(peak=training_memory_per_gpu, resident=resident_training_states,
+                                     breakdown=MemoryBreakdown)

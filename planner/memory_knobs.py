@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from planner import bnb_versions, liger_kernels, loss_memory, offload_activations
 from planner.activations import LayerTraining, kept_quantized_input_bytes_per_token
-from planner.choices import Engine, FsdpStrategy, FsdpVersion, GradCkpt, Kernels, Method, Quant, Stage
+from planner.choices import Engine, FsdpStrategy, GradCkpt, Kernels, Method, Quant, Stage
 from planner.models import ModelSpec
 from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
 from planner.states import fp32_adapters, is_mixed, kbit_prepared
@@ -21,13 +21,24 @@ if TYPE_CHECKING:
 NF4_DATA_BYTES = 0.5  # two 4-bit codes per byte (Dettmers et al. 2023)
 
 
+def head_weight_compute_bytes(cfg: TrainConfig, grad_bytes: float) -> float:
+    """Bytes per element of the LM head's weight as the loss sees it: FSDP's MixedPrecision all-gathers it in
+    16 bits and DeepSpeed runs the module in 16 bits, so a gradient computed against it (Liger's fused loss:
+    `grad_weight = torch.zeros_like(weight)`, liger_kernel/ops/fused_linear_cross_entropy.py) takes that dtype;
+    under DDP autocast the weight is the fp32 parameter."""
+    sharded_fsdp = cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard
+    if is_mixed(cfg.precision) and (sharded_fsdp or cfg.engine is Engine.deepspeed):
+        return 2.0
+    return grad_bytes
+
+
 def head_loss_bytes(cfg: TrainConfig, tokens: int, act_bytes: int, grad_bytes: float) -> float:
     """The LM head and loss of one micro-batch (planner.loss_memory), vocabulary split by TP.
     Liger's fused loss keeps the head's weight gradient from forward when the head trains."""
     m = cfg.model
     head_weight = 0.0
     if cfg.method is Method.full:
-        head_weight = grad_bytes * m.vocab_size * m.hidden_size / cfg.tp
+        head_weight = head_weight_compute_bytes(cfg, grad_bytes) * m.vocab_size * m.hidden_size / cfg.tp
     return loss_memory.loss_bytes(cfg.cross_entropy, tokens=tokens, vocab=m.vocab_size / cfg.tp,
                                   hidden=m.hidden_size, logit_bytes=act_bytes, head_weight_bytes=head_weight,
                                   compiled=cfg.torch_compile)
@@ -78,24 +89,16 @@ def host_activation_bytes(cfg: TrainConfig, per_layer_bytes: float, layers: int)
     return offload_activations.host_activation_bytes(per_layer_bytes, layers)
 
 
-def fsdp1_sharded(cfg: TrainConfig) -> bool:
-    """FSDP1's sharded FlatParameters: the gradient shards of every unit are allocated when backward
-    starts (the previous session's CPU profiling, README "How far the model is from measurements").
-    FSDP2 reduce-scatters each unit's gradients into fresh sharded gradients as backward reaches it,
-    so with one micro-batch per step none exist when backward starts (torch/distributed/fsdp/
-    _fully_shard/_fsdp_param_group.py, post_backward -> foreach_reduce)."""
-    return (cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard
-            and cfg.fsdp_version is FsdpVersion.ONE)
-
-
-def fsdp2_backward_only_items(cfg: TrainConfig) -> tuple[str, ...]:
-    """FSDP2 frees every unit's unsharded parameters and gradients by the end of backward: each group
-    reshards in post_backward, and the root's final callback reshards whatever is left
-    (torch/distributed/fsdp/_fully_shard/_fsdp_state.py, _root_post_backward_final_callback), so at the
-    optimizer step only the sharded states exist. (The FSDP1 model keeps them as resident buffers.)"""
-    if cfg.engine is not Engine.fsdp or cfg.fsdp_version is not FsdpVersion.TWO:
+def fsdp_backward_only_items(cfg: TrainConfig) -> tuple[str, ...]:
+    """Sharded FSDP frees every unit's unsharded parameters and gradients by the end of backward, so at the
+    optimizer step only the sharded states exist. FSDP2: each group reshards in post_backward and the root's final
+    callback reshards whatever is left (torch/distributed/fsdp/_fully_shard/_fsdp_state.py,
+    _root_post_backward_final_callback). FSDP1: each handle's post-backward hook reshards when
+    `_should_free_in_backward` (every sharded strategy when gradients sync) and `_catch_all_reshard` catches the
+    rest, the root's included (torch/distributed/fsdp/_runtime_utils.py)."""
+    if cfg.engine is not Engine.fsdp or cfg.fsdp is FsdpStrategy.no_shard:
         return ()
-    return ("FSDP unsharded parameters", "FSDP unsharded gradients")
+    return ("FSDP unsharded parameters", "FSDP unsharded layers", "FSDP unsharded gradients")
 
 
 def replicated_quant_state_bytes(cfg: TrainConfig, quantized_params: float, n: int) -> float:

@@ -13,7 +13,8 @@ A new option goes into the group it belongs to, as `name: type = option(default,
 - `Switches`: the memory switches (planner.strategy);
 - `SearchArgs`: what `plan` searches (methods, global batch, optimizers, attentions);
 - `LimitArgs`: memory beside the GPU, headroom, the calibration and device-fit files;
-- `JobArgs`: job size for time and GPU-hours; `ShowArgs`: how many plans the answer lists.
+- `JobArgs`: job size for time and GPU-hours; `ShowArgs`: how many plans the answer lists;
+- `SolveArgs`: a limit to solve for (the longest sequence or the largest micro-batch that fits).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from planner.choices import (
     Stage,
 )
 from planner.fields import option
+from planner.limits import Knob
+from planner.rl.settings import Generation
 from planner.strategy import LORA_DROPOUT, Switches
 
 
@@ -100,6 +103,38 @@ class StrategyArgs:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RolloutArgs:
+    """The online RL stages' rollout (grpo, rloo: TRL's GRPOConfig / RLOOConfig fields; ppo: verl's). A field left
+    unset takes the stage's default in `estimate` and is searched by `plan` where it decides fit and speed."""
+
+    num_generations: int | None = option(None, help=(
+        "Completions per prompt (num_generations); default the stage's: grpo 8, rloo 2, ppo 1."))
+    completion_len: int = option(512, help="Tokens of a completion (max_completion_length); --seq-len is the "
+                                           "prompt plus this.")
+    kl_beta: float | None = option(None, help=(
+        "KL coefficient; 0 loads no reference model. Default the stage's: grpo 0, rloo 0.05, ppo 0.001."))
+    generation: Generation | None = option(None, help=(
+        "Where completions are generated: transformers' generate, vLLM beside training, or a vLLM server on "
+        "GPUs of its own. Default: plan searches all three, estimate uses transformers (ppo: vllm-colocate)."))
+    vllm_memory: float | None = option(None, min=0.05, max=1.0, help=(
+        "vllm_gpu_memory_utilization. Default: plan picks the share the KV cache needs; estimate 0.3 colocated "
+        "(TRL), 0.9 for a server (trl vllm-serve), 0.5 for ppo (verl)."))
+    vllm_sleep: bool | None = option(None, help=(
+        "vLLM sleep mode: its weights and KV cache freed while training (default: plan searches both)."))
+    vllm_server_gpus: int | None = option(None, help=(
+        "GPUs of --gpus given to the vLLM server (--generation vllm-server; default: plan searches powers of two)."))
+    vllm_tp: int | None = option(None, help="vLLM tensor parallelism (default: the least that holds the model).")
+    generation_steps: int | None = option(None, help=(
+        "Optimizer steps one generation feeds (steps_per_generation / grad accumulation; default: plan searches "
+        "1, 2, 4; estimate 1)."))
+    num_iterations: int = option(1, help="Passes over each generation batch (GRPO's mu).")
+    reward_model: str | None = option(None, help=(
+        "A reward model scoring the completions (catalog name, config.json or directory); default rule rewards."))
+
+    PANEL: ClassVar[str] = "Online RL"
+
+
+@dataclass(frozen=True, kw_only=True)
 class SearchArgs:
     """What `plan` searches beyond the engines and batch shapes: methods, global batch, optimizers, attentions."""
 
@@ -150,6 +185,18 @@ class ShowArgs:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SolveArgs:
+    """A limit the answer solves for (planner.limits): for `estimate` of its configuration, for `plan` of the
+    recommended plan."""
+
+    solve: Knob | None = option(None, help=(
+        "Also find the largest value of this knob that fits, the rest held: seq-len (the longest sequence) or "
+        "micro-batch."))
+
+    PANEL: ClassVar[str] = "Output"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ScaleArgs:
     """`scale`: the GPU type and the largest count."""
 
@@ -186,10 +233,12 @@ class Options:
     adapter: AdapterArgs = field(default_factory=AdapterArgs)
     strategy: StrategyArgs = field(default_factory=StrategyArgs)
     switches: Switches = field(default_factory=Switches)
+    rollout: RolloutArgs = field(default_factory=RolloutArgs)
     search: SearchArgs = field(default_factory=SearchArgs)
     limits: LimitArgs = field(default_factory=LimitArgs)
     job: JobArgs = field(default_factory=JobArgs)
     show: ShowArgs = field(default_factory=ShowArgs)
+    solve: SolveArgs = field(default_factory=SolveArgs)
 
 
 def is_group(cls: Any) -> bool:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from planner.runnable_stages import PPO_REFUSAL, TRL_STAGES
-from planner.strategy import Engine, Method, Offload, Optimizer, PipeSchedule, Stage, TrainConfig
+from planner.rl.settings import Generation
+from planner.runnable_stages import PPO_REFUSAL, SERVER_REFUSAL, TRL_STAGES
+from planner.strategy import Engine, FsdpStrategy, Method, Offload, Optimizer, PipeSchedule, Stage, TrainConfig
 
 # decoder layers with Llama's interface (hidden states in and out, rotary embeddings from the model's rotary_emb)
 PIPELINE_LAYER_CLASSES = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "MixtralDecoderLayer")
@@ -31,6 +32,7 @@ RULES: tuple[Rule, ...] = (
     # stages (planner/runnable_stages.py): pt / sft through the Trainer, rm / dpo through TRL's trainers with every
     # method and optimizer (bitsandbytes' NF4 layers and 8-bit / paged optimizers run on its CPU backend too)
     (PPO_REFUSAL, lambda c: c.stage is Stage.ppo),
+    (SERVER_REFUSAL, lambda c: c.stage in (Stage.grpo, Stage.rloo) and c.rollout.generation is Generation.vllm_server),
     ("stage '{stage}' runs through TRL's trainers, which take data parallelism only (DDP, FSDP, DeepSpeed ZeRO): "
      "re-plan with --tp 1 --pp 1", lambda c: c.stage in TRL_STAGES and (c.tp > 1 or c.pp > 1)),
     # tensor parallelism: DeepSpeed AutoTP through the Trainer
@@ -57,6 +59,11 @@ RULES: tuple[Rule, ...] = (
      lambda c: c.pp > 1 and c.model.tie_embeddings),
     ("PP runs adamw or sgd (the pipeline runner builds the optimizer itself)",
      lambda c: c.pp > 1 and c.optimizer not in (Optimizer.adamw, Optimizer.sgd)),
+    # FSDP2's hybrid sharding is accelerate's parallelism_config (a 2-D mesh); the runner passes
+    # TrainingArguments.fsdp, which takes full_shard / shard_grad_op for FSDP2
+    ("FSDP2 hybrid sharding runs from the emitted accelerate config (parallelism_config), not `ftplan run`: "
+     "launch it with `accelerate launch --config_file accelerate.yaml`",
+     lambda c: c.engine is Engine.fsdp and c.fsdp is FsdpStrategy.hybrid_shard and c.fsdp_version == 2),
 )
 
 

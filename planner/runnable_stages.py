@@ -6,22 +6,32 @@
   run on CUDA and on its CPU backend (runner.quant).
 - `rm`, `dpo` run with data parallelism only (DDP, FSDP, DeepSpeed ZeRO): TRL's trainers take the Trainer's
   engines, not tensor or pipeline parallel ones.
-- `ppo`: TRL 1.16 ships no PPO trainer (neither trl/trainer nor trl/experimental holds one).
+- `grpo`, `rloo`: TRL's GRPOTrainer / RLOOTrainer (runner.stages.grpo), generating with transformers' `generate`
+  or a colocated vLLM engine (which needs CUDA and the vllm package where it runs); a vLLM server is started by the
+  user (`trl vllm-serve`, the command launch.sh prints), so such plans are emitted, not run.
+- `ppo`: TRL 1.16 ships no PPO trainer (neither trl/trainer nor trl/experimental holds one): PPO plans are handed to
+  verl (verl.yaml and its launch line in the emitted files, planner.rl.verl), which needs GPUs, Ray and vLLM.
 """
 
 from __future__ import annotations
 
+from planner.rl.settings import Generation
 from planner.strategy import Stage, TrainConfig
 
-PPO_REFUSAL = ("stage 'ppo' is not run by ftplan run: TRL 1.16 has no PPO trainer; train a reward model "
-               "(--stage rm) and use DPO (--stage dpo), or TRL's GRPOTrainer / RLOOTrainer for online RL")
-TRL_STAGES = (Stage.rm, Stage.dpo)
+PPO_REFUSAL = ("stage 'ppo' is not run by ftplan run: TRL 1.16 has no PPO trainer; the plan is handed to verl "
+               "(--emit writes verl.yaml and its launch line: it needs GPUs, Ray and vLLM), or use TRL's GRPOTrainer "
+               "/ RLOOTrainer here (--stage grpo / rloo)")
+SERVER_REFUSAL = ("generation on a vLLM server: start `trl vllm-serve` on its GPUs first (--emit's launch.sh prints "
+                  "the command), then train with the emitted files; ftplan run does not start the server")
+TRL_STAGES = (Stage.rm, Stage.dpo, Stage.grpo, Stage.rloo)
 
 
 def stage_refusal(cfg: TrainConfig) -> str | None:
     """Why `ftplan run` does not execute this plan's stage, method and optimizer; None when it does."""
     if cfg.stage is Stage.ppo:
         return PPO_REFUSAL
+    if cfg.stage in (Stage.grpo, Stage.rloo) and cfg.rollout.generation is Generation.vllm_server:
+        return SERVER_REFUSAL
     if cfg.stage in TRL_STAGES and (cfg.tp > 1 or cfg.pp > 1):
         return (f"stage '{cfg.stage.value}' runs through TRL's trainers, which take data parallelism only "
                 f"(DDP, FSDP, DeepSpeed ZeRO); plan {cfg} uses TP/PP: re-plan with --tp 1 --pp 1")

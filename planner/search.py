@@ -20,6 +20,8 @@ from planner import engines
 from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.estimate import Estimate, FitKind, Limits, estimate, fit_reason
+from planner.rl import search as rl_search
+from planner.rl.settings import RolloutSpace, is_online_rl
 from planner.strategy import (
     Attn,
     Batch,
@@ -61,6 +63,7 @@ class SearchSpace:
     optimizers: tuple[Optimizer, ...] = (Optimizer.adamw,)
     tps: tuple[int, ...] | None = None  # None: powers of two within a node
     pps: tuple[int, ...] | None = None
+    rollouts: RolloutSpace | None = None  # online RL stages: the generation settings (planner.rl.search)
 
 
 def search_space(base: TrainConfig, *, methods: list[Method] | tuple[Method, ...] | None = None,
@@ -137,14 +140,32 @@ def candidates(base: TrainConfig, space: SearchSpace = SearchSpace()) -> Iterato
 
 
 @dataclass(frozen=True, kw_only=True)
+class Recommendation:
+    """The plan recommended and why: the fastest plan that is not tight (planner.estimate.is_tight), unless every
+    fitting plan is tight or the fastest one is tight and faster than it by more than `margin`."""
+
+    plan: Estimate
+    fastest: Estimate  # the fastest fitting plan, in the ranking's order (ties resolved)
+    reason: str
+    fastest_gain: float  # fastest's tokens/s over the recommended plan's, minus 1 (0 when they are the same)
+    margin: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class PlanResult:
-    plans: list[Estimate]  # fitting plans, best first
+    plans: list[Estimate]  # fitting plans, the recommended one first, then by rank
     candidates_evaluated: int
     valid: int
     rejected: dict[str, int]  # reason -> count, for invalid or non-fitting candidates
+    recommendation: Recommendation | None = None
 
 
 TIE_FRACTION = 0.01
+# A tight plan (above 90% of the GPU's memory, allocator cache included) is recommended over the fastest plan with
+# headroom only when it is faster by more than this: ftplan's step times are within about 5-15% of measured steps
+# and its multi-GPU memory within a median 7% (README, "How far the model is from measurements"), so a smaller gain
+# is inside the model's error while an out-of-memory an hour in costs the hour.
+TIGHT_MARGIN = 0.05
 T = TypeVar("T")
 
 # How much sharding a strategy does (fewer shards first when plans tie)
@@ -200,13 +221,63 @@ def resolve_ties(items: list[T], tokens_per_s: list[float], simplicity: list[tup
     return out
 
 
+def recommend(plans: list[Estimate], margin: float = TIGHT_MARGIN) -> tuple[list[Estimate], Recommendation | None]:
+    """`plans` (ranked, best first) with the recommended one moved to the front, and why it was chosen."""
+    if not plans:
+        return plans, None
+    fastest = plans[0]
+    loose = next((e for e in plans if not e.tight), None)
+    if loose is None:
+        return plans, Recommendation(plan=fastest, fastest=fastest, fastest_gain=0.0, margin=margin,
+                                     reason="every plan that fits is tight (above 90% of the GPU): the fastest")
+    if loose is fastest:
+        return plans, Recommendation(plan=fastest, fastest=fastest, fastest_gain=0.0, margin=margin,
+                                     reason="the fastest plan, with headroom")
+    gain = _tokens_per_s(fastest) / _tokens_per_s(loose) - 1.0
+    if gain > margin:
+        return plans, Recommendation(plan=fastest, fastest=fastest, fastest_gain=gain, margin=margin,
+                                     reason=f"tight, but faster than the fastest plan with headroom ({loose.config}) "
+                                            f"by {gain:.1%}, more than the {margin:.0%} margin")
+    ordered = [loose] + [e for e in plans if e is not loose]
+    return ordered, Recommendation(plan=loose, fastest=fastest, fastest_gain=gain, margin=margin,
+                                   reason=f"the fastest plan with headroom; the fastest plan is tight and faster by "
+                                          f"{gain:.2%}, within the {margin:.0%} margin")
+
+
+def with_recommendation(result: PlanResult, margin: float = TIGHT_MARGIN) -> PlanResult:
+    """`result` re-recommended over its plans as ordered now (after runnable_first, say)."""
+    plans, rec = recommend(_ranked_again(result), margin)
+    return replace(result, plans=plans, recommendation=rec)
+
+
+def _ranked_again(result: PlanResult) -> list[Estimate]:
+    """Undo a previous recommendation's move to the front: the fastest plan first again."""
+    rec = result.recommendation
+    if rec is None or rec.plan is rec.fastest or not result.plans or result.plans[0] is not rec.plan:
+        return list(result.plans)
+    rest = result.plans[1:]
+    at = next((i for i, e in enumerate(rest) if e is rec.fastest), 0)
+    return rest[:at + 1] + [rec.plan] + rest[at + 1:]
+
+
+def recommendation_to_dict(rec: Recommendation | None) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    return {"plan": str(rec.plan.config), "method": rec.plan.config.method.value, "tight": rec.plan.tight,
+            "fastest": str(rec.fastest.config), "fastest_tight": rec.fastest.tight,
+            "fastest_gain": rec.fastest_gain, "tight_margin": rec.margin, "reason": rec.reason}
+
+
 def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits = Limits(),
          cal: Calibration = DEFAULT) -> PlanResult:
     """Evaluate every candidate: its validity, then the memory of each valid one, then the time of each
     one that fits. The validity rules (`validity.problems`) read no micro-batch, accumulation,
     checkpointing or attention field, so one check decides every variant of a strategy: a rejected
     strategy counts all its variants as evaluated and rejected (tests/planner/test_search_fast.py
-    checks the verdict against `problems` on each variant)."""
+    checks the verdict against `problems` on each variant). Online RL stages search their generation settings
+    too (planner.rl.search)."""
+    if is_online_rl(base.stage):
+        return rl_search.rl_plan(_RL_PARTS, base, space, limits, cal)
     evaluated = valid = 0
     fitting: list[Estimate] = []
     rejected: dict[str, int] = {}
@@ -232,5 +303,11 @@ def plan(base: TrainConfig, space: SearchSpace = SearchSpace(), limits: Limits =
                 rejected[key] = rejected.get(key, 0) + 1
     if evaluated == 0:
         raise PlanError("the search space is empty: check --global-batch against the GPU count")
-    fitting = rank(fitting)
-    return PlanResult(plans=fitting, candidates_evaluated=evaluated, valid=valid, rejected=rejected)
+    fitting, recommendation = recommend(rank(fitting))
+    return PlanResult(plans=fitting, candidates_evaluated=evaluated, valid=valid, rejected=rejected,
+                      recommendation=recommendation)
+
+
+# what planner.rl.search plans the online RL stages with (it cannot import this module: this one imports it)
+_RL_PARTS = rl_search.SearchParts(candidates=candidates, default_global_batch=default_global_batch, rank_key=rank_key,
+                                  resolve_ties=resolve_ties, simplicity_key=simplicity_key, result=PlanResult)

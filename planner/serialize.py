@@ -14,6 +14,7 @@ from planner.errors import PlanError
 from planner.gpus import Cluster, gpu_from_name
 from planner.input_checks import (
     CONFIG_BOUNDS,
+    CONFIG_FLOAT_BOUNDS,
     DEFAULT_INT_BOUNDS,
     MODEL_BOUNDS,
     MODEL_TEXTS,
@@ -30,20 +31,24 @@ from planner.input_checks import (
     one_line,
 )
 from planner.models import ModelSpec
-from planner.strategy import FLAT_FIELDS, TrainConfig
+from planner.rl.settings import Rollout, is_online_rl
+from planner.strategy import FLAT_FIELDS, ROLLOUT_FIELDS, TrainConfig
 
 _ENUMS: dict[str, type[Enum]] = {
     "method": st.Method, "quant": st.Quant, "precision": st.Precision, "optimizer": st.Optimizer,
     "engine": st.Engine, "zero": st.ZeroStage, "fsdp": st.FsdpStrategy, "offload": st.Offload,
     "offload_device": st.OffloadDevice, "grad_ckpt": st.GradCkpt, "attn": st.Attn, "stage": st.Stage,
     "pp_schedule": st.PipeSchedule, "cross_entropy": st.CrossEntropy, "kernels": st.Kernels,
-    "fsdp_version": st.FsdpVersion,
+    "fsdp_version": st.FsdpVersion, "generation": st.Generation,
 }
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    rl = is_online_rl(cfg.stage)
     for name, value in cfg.flat().items():
+        if name in ROLLOUT_FIELDS and not rl:  # plans of the other stages read as before these existed
+            continue
         if name == "model":
             value = dataclasses.asdict(value)
             if value["rope_scaling"] is None:  # plans without RoPE scaling read as before it existed
@@ -60,7 +65,7 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 # the parts' scalar fields by flat name: their runtime types (int, float, bool, str, tuple) from the dataclasses
 _PART_KINDS: dict[str, tuple[type, ...]] = {
-    name: kinds for part in (st.Adapter, st.ParallelLayout, st.Batch, st.EngineChoice, st.Switches)
+    name: kinds for part in (st.Adapter, st.ParallelLayout, st.Batch, st.EngineChoice, st.Switches, Rollout)
     for name, kinds in field_kinds(part).items()}
 _WHERE = "not a valid ftplan configuration: "
 
@@ -85,12 +90,15 @@ def _scalar(name: str, value: Any) -> Any:
         return check_bool(value, f"'{name}'", where=_WHERE)
     if int in kinds:
         return check_int(value, f"'{name}'", CONFIG_BOUNDS.get(name, DEFAULT_INT_BOUNDS), where=_WHERE)
-    if float in kinds:  # lora_dropout, the one float: peft's dropout probability
-        return check_float(value, f"'{name}'", 0.0, 1.0, where=_WHERE, hi_open=True)
+    if float in kinds:
+        lo, hi, hi_open = CONFIG_FLOAT_BOUNDS[name]
+        return check_float(value, f"'{name}'", lo, hi, where=_WHERE, hi_open=hi_open)
     if name == "lora_targets":
         return check_lora_targets(value, where=_WHERE)
     if name == "bnb_version":
         return parse_bnb_version(check_text(value, f"'{name}'", where=_WHERE, max_chars=32))
+    if name == "reward_model":  # "" (rule rewards), a catalog name or a config.json / model directory
+        return check_text(value, f"'{name}'", where=_WHERE)
     raise PlanError(f"{_WHERE}'{name}' cannot be read")  # a new field without a rule here: refuse, do not guess
 
 
@@ -129,6 +137,8 @@ def config_from_dict(data: Any) -> TrainConfig:
             kwargs[name] = _scalar(name, data[name])
     try:
         cfg = TrainConfig(**kwargs)
-    except TypeError as exc:
+    except PlanError:
+        raise
+    except (TypeError, ValueError) as exc:
         raise PlanError(f"not a valid ftplan configuration: {exc}") from None
     return check_config(cfg)

@@ -43,10 +43,12 @@ from planner.errors import PlanError
 from planner.fields import option
 from planner.gpus import Cluster
 from planner.models import ModelSpec
+from planner.rl.settings import Generation, Rollout, default_rollout, is_online_rl
 
 __all__ = ["Adapter", "Attn", "Batch", "CrossEntropy", "Engine", "EngineChoice", "FLAT_FIELDS", "FsdpStrategy",
-           "FsdpVersion", "GradCkpt", "Kernels", "Method", "Offload", "OffloadDevice", "Optimizer", "ParallelLayout",
-           "PipeSchedule", "Precision", "Quant", "Stage", "Switches", "TrainConfig", "ZeroStage"]
+           "FsdpVersion", "Generation", "GradCkpt", "Kernels", "Method", "Offload", "OffloadDevice", "Optimizer",
+           "ParallelLayout", "PipeSchedule", "Precision", "Quant", "ROLLOUT_FIELDS", "Rollout", "Stage", "Switches",
+           "TrainConfig", "ZeroStage"]
 
 
 # peft's LoraConfig.lora_dropout as ftplan plans and emits it unless --lora-dropout says otherwise (MedicalGPT's and
@@ -155,7 +157,7 @@ class Switches:
 
 
 _PARTS: dict[str, type] = {"adapter": Adapter, "layout": ParallelLayout, "batch": Batch, "engine_choice": EngineChoice,
-                           "switches": Switches}
+                           "switches": Switches, "rollout": Rollout}
 _PART_OF: dict[str, str] = {f.name: part for part, cls in _PARTS.items() for f in dataclasses.fields(cls)}
 # the flat names, in the order of plan.json's "config" (the JSON contract)
 FLAT_FIELDS: tuple[str, ...] = (
@@ -163,7 +165,10 @@ FLAT_FIELDS: tuple[str, ...] = (
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
     "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
-    "frozen_fp32", "kbit_prep")
+    "frozen_fp32", "kbit_prep", "num_generations", "completion_len", "kl_beta", "generation", "vllm_memory",
+    "vllm_sleep", "vllm_server_gpus", "vllm_tp", "generation_steps", "num_iterations", "reward_model")
+# the online RL stages' settings (planner.rl.settings.Rollout): plan.json carries them for those stages only
+ROLLOUT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Rollout))
 
 
 @dataclass(frozen=True, init=False, slots=True)
@@ -177,6 +182,7 @@ class TrainConfig:
     batch: Batch
     engine_choice: EngineChoice
     switches: Switches
+    rollout: Rollout
     precision: Precision
     optimizer: Optimizer
     grad_ckpt: GradCkpt
@@ -186,11 +192,11 @@ class TrainConfig:
     def __init__(self, *, model: ModelSpec, cluster: Cluster, adapter: Adapter | None = None,
                  layout: ParallelLayout | None = None, batch: Batch | None = None,
                  engine_choice: EngineChoice | None = None, switches: Switches | None = None,
-                 precision: Precision = Precision.bf16_mixed,
+                 rollout: Rollout | None = None, precision: Precision = Precision.bf16_mixed,
                  optimizer: Optimizer = Optimizer.adamw, grad_ckpt: GradCkpt = GradCkpt.none, attn: Attn = Attn.sdpa,
                  stage: Stage = Stage.sft, **flat: Any) -> None:
         given: dict[str, Any] = {"adapter": adapter, "layout": layout, "batch": batch, "engine_choice": engine_choice,
-                                 "switches": switches}
+                                 "switches": switches, "rollout": rollout}
         overrides: dict[str, dict[str, Any]] = {}
         for name, value in flat.items():
             part = _PART_OF.get(name)
@@ -199,6 +205,8 @@ class TrainConfig:
             overrides.setdefault(part, {})[name] = value
         for part, cls in _PARTS.items():
             value = given[part]
+            if value is None and part == "rollout":
+                value = default_rollout(stage)  # each stage's trainer defaults (RLOO: 2 generations, beta 0.05)
             if part in overrides:
                 value = cls(**overrides[part]) if value is None else dataclasses.replace(value, **overrides[part])
             object.__setattr__(self, part, cls() if value is None else value)
@@ -236,6 +244,17 @@ class TrainConfig:
     micro_batch = property(attrgetter("batch.micro_batch"))
     grad_accum = property(attrgetter("batch.grad_accum"))
     seq_len = property(attrgetter("batch.seq_len"))
+    num_generations = property(attrgetter("rollout.num_generations"))
+    completion_len = property(attrgetter("rollout.completion_len"))
+    kl_beta = property(attrgetter("rollout.kl_beta"))
+    generation = property(attrgetter("rollout.generation"))
+    vllm_memory = property(attrgetter("rollout.vllm_memory"))
+    vllm_sleep = property(attrgetter("rollout.vllm_sleep"))
+    vllm_server_gpus = property(attrgetter("rollout.vllm_server_gpus"))
+    vllm_tp = property(attrgetter("rollout.vllm_tp"))
+    generation_steps = property(attrgetter("rollout.generation_steps"))
+    num_iterations = property(attrgetter("rollout.num_iterations"))
+    reward_model = property(attrgetter("rollout.reward_model"))
 
     def flat(self) -> dict[str, Any]:
         """Every field by its flat name, in plan.json's order."""
@@ -283,4 +302,16 @@ class TrainConfig:
             parts.append(f"ckpt-{self.grad_ckpt.value}")
         if self.optimizer is not Optimizer.adamw:
             parts.append(self.optimizer.value)
+        if is_online_rl(self.stage):
+            parts.append(self.rollout_name())
         return "-".join(parts)
+
+    def rollout_name(self) -> str:
+        """The generation engine as plan names show it: gen (transformers), vllm0.3 / vllm0.3-sleep (colocated,
+        with its memory share), vllm-srv2 (a server on 2 GPUs)."""
+        r = self.rollout
+        if r.generation is Generation.transformers:
+            return "gen"
+        if r.generation is Generation.vllm_server:
+            return f"vllm-srv{r.vllm_server_gpus}"
+        return f"vllm{r.vllm_memory:g}" + ("-sleep" if r.vllm_sleep else "")

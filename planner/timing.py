@@ -31,6 +31,8 @@ from planner.errors import PlanError
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
 from planner.pipeline import bubble_fraction
+from planner.rl import timing as rl_timing
+from planner.rl.settings import is_online_rl
 from planner.states import param_counts, quant_bytes_per_param, stage_layers
 from planner.strategy import (
     Adapter,
@@ -148,7 +150,15 @@ def _family(cfg: TrainConfig) -> _Family:
 
 
 def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
-    """Seconds per optimizer step on the slowest GPU (the last pipeline stage), with its breakdown."""
+    """Seconds per optimizer step on the slowest GPU (the last pipeline stage), with its breakdown. The online RL
+    stages add generation, scoring and the weight sync to the policy's training step (planner.rl.timing)."""
+    if is_online_rl(cfg.stage):
+        return rl_timing.rl_step_time(_TRAINING, cfg, cal)
+    return training_step_time(cfg, cal)
+
+
+def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
+    """Seconds per optimizer step of the training alone (forward, backward, communication, optimizer)."""
     cluster = cfg.cluster
     gpu = cluster.gpu
     tp, pp, mb, ga = cfg.tp, cfg.pp, cfg.micro_batch, cfg.grad_accum
@@ -192,6 +202,10 @@ def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
                     samples_per_s=global_batch / step_s, mfu=fam.model_flops_tok * job_tokens / peak_job,
                     hfu=fam.hardware_flops_tok * job_tokens / peak_job,
                     model_flops_per_step=fam.model_flops_tok * job_tokens, dp_comm_total_s=dp_total)
+
+
+# what planner.rl.timing builds the online RL stages' step from (it cannot import this module: this one imports it)
+_TRAINING = rl_timing.TrainingTime(step=training_step_time, step_time=StepTime)
 
 
 def _elem_bytes(cfg: TrainConfig) -> float:

@@ -158,7 +158,7 @@ class Score:
     estimate: Estimate
     tokens_per_s: float
     step_time_s: float
-    peak_bytes: float  # per GPU, the memory model's total
+    peak_bytes: float  # per GPU, the memory model's device reading
     overshoot_bytes: float  # > 0: the largest excess over GPU, host or NVMe capacity (infeasible)
 
 
@@ -169,7 +169,7 @@ def analytic_score(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration
     t = est.time if est.time is not None else step_time(cfg, cal)  # the ranking plan() uses (search.rank_key)
     mem = est.memory
     host_limit = limits.host_bytes_per_node if limits.host_bytes_per_node is not None else default_host_bytes(cfg)
-    over = max(mem.total - cfg.cluster.gpu.hbm_bytes * (1 - limits.headroom_fraction),
+    over = max(mem.fit_bytes - cfg.cluster.gpu.hbm_bytes * (1 - limits.headroom_fraction),
                mem.host_bytes - host_limit, mem.nvme_bytes - limits.nvme_bytes_per_node)
     if not est.fits:
         over = max(over, 1.0)  # estimate() is the authority on fitting; keep the constraint consistent with it

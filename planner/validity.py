@@ -8,6 +8,7 @@ from __future__ import annotations
 from planner import engines
 from planner.engines import parallel
 from planner.errors import PlanError
+from planner.rl.settings import is_online_rl
 from planner.strategy import Method, Precision, Quant, TrainConfig
 
 
@@ -26,6 +27,10 @@ def problems(cfg: TrainConfig) -> list[str]:
     out += method_problems(cfg)
     if not cfg.cluster.gpu.supports_bf16 and cfg.precision in (Precision.bf16_mixed, Precision.bf16_true):
         out.append(f"{cfg.cluster.gpu.name} has no bf16 support: use --precision 16-mixed")
+    if is_online_rl(cfg.stage):
+        from planner.rl.validity import rl_problems
+
+        out += rl_problems(cfg)
     return out + engines.of(cfg).problems(cfg)
 
 

@@ -37,6 +37,13 @@ def memory_table(est: Estimate, title: str | None = None) -> Table:
     return table
 
 
+def readings_line(est: Estimate) -> Text:
+    """The three readings a GPU run reports: max_memory_allocated, max_memory_reserved, nvidia-smi."""
+    mem = est.memory
+    return Text(f"readings per GPU: allocated {gib(mem.allocated)}, reserved {gib(mem.reserved)}, "
+                f"device (nvidia-smi) {gib(mem.device)}; the fit needs {gib(mem.fit_bytes)}")
+
+
 def estimate_view(est: Estimate) -> Group:
     cfg = est.config
     head = Text.assemble(
@@ -44,7 +51,7 @@ def estimate_view(est: Estimate) -> Group:
         f"  params {params(est.params_total)}, trainable {params(est.params_trainable)}  ",
         ("fits" if est.fits else "does NOT fit", "green" if est.fits else "red bold"),
         (" (tight: above 90% of the GPU)" if est.tight else "", "yellow bold"))
-    parts = [head, memory_table(est)]
+    parts = [head, memory_table(est), readings_line(est)]
     if est.memory.host_bytes:
         parts.append(Text(f"host memory for offload: {gib(est.memory.host_bytes)} per node"))
     if est.memory.nvme_bytes:
@@ -52,3 +59,18 @@ def estimate_view(est: Estimate) -> Group:
     for reason in est.fit_reasons:
         parts.append(Text(f"✗ {reason}", style="red"))
     return Group(*parts)
+
+
+def limit_line(lim) -> Text:
+    """--solve's answer (planner.limits.Limit): the value that fits, and what one step more needs."""
+    what = "longest sequence" if lim.knob.value == "seq-len" else "largest micro-batch"
+    unit = "tokens" if lim.knob.value == "seq-len" else "sequences"
+    if lim.value is None:
+        return Text(f"{what} that fits: none (at 1 it needs {gib(lim.above.memory.fit_bytes)} per GPU)", style="red")
+    out = Text.assemble((f"{what.capitalize()} that fits: {lim.value:,} {unit}", "bold"),
+                        f" ({gib(lim.at_value.memory.fit_bytes)} needed per GPU")
+    if lim.above is not None:
+        out.append(f"; at {lim.value + lim.step:,}: {gib(lim.above.memory.fit_bytes)}, does not fit)")
+    else:
+        out.append(f"; bounded by {lim.bound})")
+    return out

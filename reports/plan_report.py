@@ -7,8 +7,10 @@ from rich.table import Table
 from rich.text import Text
 
 from planner.estimate import Estimate
+from planner.rl.parts import plan_group
+from planner.rl.settings import is_online_rl
+from planner.rl.timing import generation_share
 from planner.search import PlanResult
-from planner.strategy import Method
 from planner.timing import JobTime
 from reports.fmt import params
 from reports.memory_report import memory_table
@@ -26,22 +28,26 @@ def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
                   caption=f"run: {RUN_MARK} = `ftplan run` executes the plan, {NO_RUN_MARK} = it does not "
                           "(--json: unrunnable_reasons)", caption_justify="left")
+    # online RL: generation's share of the step instead of MFU (the step is mostly decoding)
+    rl = bool(result.plans) and is_online_rl(result.plans[0].config.stage)
     for col, justify in (("#", "right"), ("method", "left"), ("plan", "left"), ("run", "left"),
-                         ("GiB/GPU (fill)", "right"), ("tokens/s", "right"), ("step s", "right"), ("MFU", "right")):
+                         ("GiB/GPU (fill)", "right"), ("tokens/s", "right"), ("step s", "right"),
+                         ("gen" if rl else "MFU", "right")):
         # narrow enough for an 80-column terminal: the plan name wraps at its `-` boundaries, numbers never do
         table.add_column(col, justify=justify, no_wrap=col != "plan")
-    shown: dict[Method, int] = {}
+    shown: dict[tuple, int] = {}
     for rank, est in enumerate(result.plans, 1):
-        method = est.config.method
-        if shown.get(method, 0) >= per_method:
+        group = plan_group(est.config)
+        if shown.get(group, 0) >= per_method:
             continue
-        shown[method] = shown.get(method, 0) + 1
+        shown[group] = shown.get(group, 0) + 1
         t = est.time if est.time is not None else step_time(est.config)
-        table.add_row(str(rank), method.value, HyphenWrapped(str(est.config)),
+        last = f"{100 * generation_share(t):.0f}%" if rl else f"{100 * t.mfu:.0f}%"
+        table.add_row(str(rank), est.config.method.value, HyphenWrapped(str(est.config)),
                       RUN_MARK if runnable(est.config) else NO_RUN_MARK, f"{est.memory.total / 2**30:.1f} "
                       f"({100 * est.memory.total / est.gpu_memory_bytes:.0f}%{' tight' if est.tight else ''})",
                       f"{t.tokens_per_s:,.0f}",
-                      f"{t.step_time_s:.2f}", f"{100 * t.mfu:.0f}%")
+                      f"{t.step_time_s:.2f}", last)
     return table
 
 
@@ -65,19 +71,37 @@ def plan_view(result: PlanResult, per_method: int, job: JobTime | None = None, r
 
     order = "ranked by tokens/s, plans `ftplan run` executes first" if runnable_first else "ranked by tokens/s"
     win = f"Winner: {cfg.method.value} {cfg}" + ("" if runnable(cfg) else " (not run by `ftplan run`)")
-    return Group(head, ranking_table(result, per_method, f"Best plans per method ({order})"),
-                 memory_table(best, title=win),
+    parts = [head, ranking_table(result, per_method, f"Best plans per method ({order})")]
+    rec = result.recommendation
+    if rec is not None:
+        parts.append(recommendation_line(rec))
+    return Group(*parts, memory_table(best, title=win),
                  time_table(t, f"Winner's step time: {cfg.method.value} {cfg}", job))
+
+
+def recommendation_line(rec) -> Text:
+    """Why the winner is the winner: the fastest plan with headroom, or a tight one and by how much it is faster."""
+    plan = rec.plan
+    fill = 100 * plan.memory.device_wanted / plan.gpu_memory_bytes
+    line = Text.assemble(("Recommended: ", "bold"), f"{plan.config.method.value} {plan.config} ({fill:.0f}% of the GPU"
+                         f"{', tight' if plan.tight else ''}): {rec.reason}.")
+    if rec.fastest is not plan:
+        fastest = rec.fastest
+        line.append(f" Fastest: {fastest.config.method.value} {fastest.config} "
+                    f"({100 * fastest.memory.device_wanted / fastest.gpu_memory_bytes:.0f}% of the GPU, tight).",
+                    style="yellow")
+    return line
 
 
 def plans_json(result: PlanResult, top: int) -> dict:
     from planner.estimate import estimate_to_dict
 
-    per_method: dict[Method, int] = {}
+    per_group: dict[tuple, int] = {}
     chosen: list[Estimate] = []
     for est in result.plans:
-        if per_method.get(est.config.method, 0) < top:
-            per_method[est.config.method] = per_method.get(est.config.method, 0) + 1
+        group = plan_group(est.config)
+        if per_group.get(group, 0) < top:
+            per_group[group] = per_group.get(group, 0) + 1
             chosen.append(est)
     return {"plans": [estimate_to_dict(e) for e in chosen], "candidates_evaluated": result.candidates_evaluated,
             "valid": result.valid, "fitting": len(result.plans), "rejected": result.rejected}

@@ -9,7 +9,9 @@ from planner.timing import JobTime, StepTime
 _LABELS = {"compute": "compute", "recompute": "recompute (checkpointing)", "pipeline_bubble": "pipeline bubble",
            "dequantize": "QLoRA dequantization", "tp_comm": "tensor-parallel comm", "pp_comm": "pipeline p2p",
            "dp_comm": "data-parallel comm (exposed)", "offload": "offload (PCIe, CPU Adam, NVMe)",
-           "optimizer": "optimizer step (GPU)", "framework": "framework (op dispatch, ZeRO-3/FSDP hooks)"}
+           "optimizer": "optimizer step (GPU)", "framework": "framework (op dispatch, ZeRO-3/FSDP hooks)",
+           "generation": "generation (rollouts)", "scoring": "scoring (reference, old policy, rewards)",
+           "weight_sync": "weight sync to vLLM"}
 BAR_WIDTH = 24
 
 

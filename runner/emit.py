@@ -28,6 +28,8 @@ from runner import launch as ln
 from runner.llamafactory import build_llamafactory_config
 from runner.llamafactory import notes as llamafactory_notes
 from runner.quant import BNB_CONFIG_FILE, bnb_config_dict
+from runner.stages.rl_files import FILE_ROLES as RL_FILE_ROLES
+from runner.stages.rl_files import VERL_SCRIPT, rl_files
 
 PLAN_FORMAT = "ftplan-plan/1"
 
@@ -74,6 +76,7 @@ def render_files(est: Estimate, out_dir: Path) -> dict[str, str]:
         files[BNB_CONFIG_FILE] = _json(bnb)
     lf = build_llamafactory_config(cfg, model_path=_model_path(cfg),
                                    ds_config_path=str(where / ln.DS_TRAINER_CONFIG_FILE))
+    files.update(rl_files(cfg, _model_path(cfg)))  # online RL: TRL's trainer config, or verl's for PPO
     files[ln.LLAMAFACTORY_FILE] = _yaml(lf, [f"LLaMA-Factory config for {cfg} (written by ftplan)",
                                              "set model_name_or_path and dataset to yours",
                                              *llamafactory_notes(cfg)])
@@ -96,8 +99,10 @@ def emit(est_or_plan: Estimate | TrainConfig, out_dir: Path | str, *, force: boo
     with atomic_files(out_dir, list(files), force=force) as stage:
         for name, text in files.items():
             (stage / name).write_text(text)
-        launch = stage / ln.LAUNCH_FILE
-        launch.chmod(launch.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        for script in (ln.LAUNCH_FILE, VERL_SCRIPT):
+            launch = stage / script
+            if launch.exists():
+                launch.chmod(launch.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return [out_dir / name for name in files]
 
 
@@ -153,6 +158,7 @@ FILE_ROLES = {
     ln.LAUNCH_FILE: "launch lines, single and multi-node",
     ln.LLAMAFACTORY_FILE: "llamafactory-cli train",
     BNB_CONFIG_FILE: "bitsandbytes BitsAndBytesConfig (4-bit base weights)",
+    **RL_FILE_ROLES,
 }
 
 

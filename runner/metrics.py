@@ -34,7 +34,11 @@ def peak_memory_bytes(on_cuda: bool) -> int:
 # TRL's per-step preference metrics (trl/trainer/dpo_trainer.py `_compute_loss`, reward_trainer.py
 # `compute_loss`): the share of pairs whose chosen answer scores above the rejected one, and the mean gap
 REWARD_LOG_KEYS = {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin",
-                   "accuracy": "reward_accuracy", "margin": "reward_margin"}
+                   "accuracy": "reward_accuracy", "margin": "reward_margin",
+                   # GRPO / RLOO (trl/trainer/grpo_trainer.py `_generate_and_score_completions`): the mean reward of
+                   # the step's completions, its spread, the KL to the reference and the completions' mean length
+                   "reward": "reward_mean", "reward_std": "reward_std", "kl": "kl",
+                   "completions/mean_length": "completion_length"}
 
 
 def reward_metrics(logs: dict[str, Any]) -> dict[str, float]:
@@ -126,7 +130,7 @@ def make_callback(*, path: Path, world_size: int, flops_token: float, peak_flops
                     fh.write(json.dumps(row) + "\n")
                 if self.tb is not None:
                     for key in ("loss", "lr", "tokens_per_s", "mfu", "peak_memory_bytes", "grad_norm",
-                                "reward_accuracy", "reward_margin"):
+                                "reward_accuracy", "reward_margin", "reward_mean", "kl"):
                         if key in row:
                             self.tb.add_scalar(f"train/{key}", row[key], row["step"])
                 if self.progress is not None:

@@ -39,6 +39,7 @@ class RunOptions:
     modules_to_save: tuple[str, ...] = ()
     seed: int = 42
     dpo_beta: float = 0.1  # DPO's beta (trl DPOConfig.beta default)
+    rewards: tuple[str, ...] = ()  # grpo / rloo: reward rules, module:function or reward model dirs (stages.rewards)
     report: bool = True  # `ftplan run` prints predicted vs measured at the end (reports.run_report)
     calibration: Path | None = None  # `ftplan profile ... --calibrate` output, for the predictions of the summary
 
@@ -149,7 +150,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
             kwargs["ddp_backend"] = "gloo"
     mixed = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
     ckpt = cfg.grad_ckpt is not GradCkpt.none
-    return (args_class or TrainingArguments)(
+    fields: dict[str, Any] = dict(
         output_dir=str(opts.output),
         per_device_train_batch_size=cfg.micro_batch,
         per_device_eval_batch_size=cfg.micro_batch,
@@ -174,8 +175,10 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False if cfg.engine is Engine.ddp else None,
         **switches.trainer_arguments(cfg),
-        **kwargs, **(extra or {}),
+        **kwargs,
     )
+    fields.update(extra or {})  # a stage's own values win (GRPO counts its tokens itself)
+    return (args_class or TrainingArguments)(**fields)
 
 
 def write_run_files(cfg: TrainConfig, ranks: list[dict[str, Any]], summary: dict[str, Any], *, opts: RunOptions,

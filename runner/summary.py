@@ -3,10 +3,10 @@ same quantity, at the shape that actually ran. Pure Python (the measurements com
 runner.memory_probe, one per rank), so that the pairing can be tested with made-up numbers.
 
 Pairs (measured <-> predicted):
-- peak tensor bytes of the most loaded rank <-> the planner's total per GPU minus its CUDA context and allocator
-  reserve items (planner/memory.py: total = peak + context + reserve x peak); on the CPU device both items are 0;
-- CUDA: the allocator's peak reservation <-> peak + allocator reserve; the driver's device memory in use <->
-  the planner's total; driver minus reserved (context, NCCL and library workspaces) <-> the context item;
+- peak tensor bytes of the most loaded rank <-> the planner's allocated reading (planner/memory.py: allocated <=
+  reserved <= device); on the CPU device the three are equal;
+- CUDA: the allocator's peak reservation <-> the reserved reading; the driver's device memory in use <-> the
+  device reading; driver minus reserved (context, NCCL and library workspaces) <-> device minus reserved;
 - RSS above its baseline: the host's view, no planner figure (it holds the allocator's slack and library
   buffers too);
 - median step time after warm-up <-> the time model's step time, with tokens/s counted the planner's way
@@ -45,16 +45,13 @@ class MemoryPrediction:
 
 
 def predicted_memory(cfg: TrainConfig, cal: Calibration = DEFAULT) -> MemoryPrediction:
-    """The planner's per-GPU total split back into tensors, allocator reserve and CUDA context (planner/memory.py
-    adds `runtime_overhead_bytes` and `allocator_reserve_fraction` x the tensor peak to the peak phase)."""
+    """The planner's three readings (planner/memory.py): allocated (the tensors), reserved (+ the allocator's
+    reserve), and the device's (+ the CUDA context and NCCL's buffers, here together as `context_bytes`)."""
     from planner.memory import memory_per_gpu
 
-    gpu = cfg.cluster.gpu
-    total = memory_per_gpu(cfg, cal).total
-    context = float(gpu.runtime_overhead_bytes)
-    tensors = (total - context) / (1.0 + gpu.allocator_reserve_fraction)
-    return MemoryPrediction(tensor_bytes=tensors, allocator_reserve_bytes=tensors * gpu.allocator_reserve_fraction,
-                            context_bytes=context, total_bytes=total)
+    mem = memory_per_gpu(cfg, cal)
+    return MemoryPrediction(tensor_bytes=mem.allocated, allocator_reserve_bytes=mem.reserved - mem.allocated,
+                            context_bytes=mem.device - mem.reserved, total_bytes=mem.device)
 
 
 def time_model_basis(gpu_name: str, cal: Calibration = DEFAULT) -> str:

@@ -74,7 +74,13 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
 
     load_calibration(opts.calibration)
     model_source(opts.model_path)
-    if cfg.stage in TRL_STAGES:
+    if cfg.stage in (Stage.grpo, Stage.rloo):
+        from runner.stages.prompt_data import load_prompts
+        from runner.stages.rewards import parse_rewards
+
+        parse_rewards(opts.rewards)
+        load_prompts(opts.data)
+    elif cfg.stage in TRL_STAGES:
         from runner.stages.preference_data import load_pairs
 
         load_pairs(opts.data)
@@ -220,6 +226,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
     p.add_argument("--modules-to-save", default="")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dpo-beta", type=float, default=RunOptions.dpo_beta)
+    p.add_argument("--reward", action="append", default=[])
     p.add_argument("--calibration", type=Path, default=None)
     a = p.parse_args(argv)
     return a.plan, RunOptions(
@@ -228,7 +235,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, RunOptions]:
         warmup_steps=a.warmup_steps, data_format=a.data_format, template=a.template,
         neftune_alpha=a.neftune_alpha, rope_scaling=a.rope_scaling,
         modules_to_save=tuple(m for m in a.modules_to_save.split(",") if m), seed=a.seed, dpo_beta=a.dpo_beta,
-        calibration=a.calibration)
+        calibration=a.calibration, rewards=tuple(a.reward))
 
 
 def to_argv(plan: Path, opts: RunOptions) -> list[str]:
@@ -244,6 +251,8 @@ def to_argv(plan: Path, opts: RunOptions) -> list[str]:
             argv += [flag, str(value)]
     if opts.modules_to_save:
         argv += ["--modules-to-save", ",".join(opts.modules_to_save)]
+    for reward in opts.rewards:
+        argv += ["--reward", reward]
     if opts.resume:
         argv.append("--resume")
     return argv

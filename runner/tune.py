@@ -91,6 +91,22 @@ def _pick(ranked: list[FrozenTrial], space: TuneSpace, opts: TuneOptions) -> Fro
     return ranked[0]
 
 
+def _with_headroom(ranked: list[FrozenTrial], best: FrozenTrial, space: TuneSpace, opts: TuneOptions) -> FrozenTrial:
+    """plan's recommendation (planner/search.py `recommend`): a tight winner gives way to the fastest plan with
+    headroom unless it is faster by more than the margin."""
+    from planner.search import TIGHT_MARGIN
+
+    if not _estimate_for(space, best.params, opts).tight:
+        return best
+    for t in ranked:
+        cfg, _ = space.config_for(t.params)
+        if cfg is None or (not opts.include_unrunnable and not runnable(cfg)):
+            continue
+        if not estimate(cfg, opts.limits, opts.cal, timed=False).tight:
+            return t if best.values[0] / t.values[0] - 1.0 <= TIGHT_MARGIN else best
+    return best
+
+
 def _simplicity(space: TuneSpace, t: FrozenTrial) -> tuple[int, ...]:
     cfg, _ = space.config_for(t.params)
     return simplicity_key(cfg) if cfg is not None else (10**6,)
@@ -181,7 +197,7 @@ def _tune(space: TuneSpace, opts: TuneOptions, progress: Progress | None = None)
               "runnable_plans": n_valid, "pareto": pareto}
     if not opts.measure:
         failed = sum(1 for t in a_trials if t.state is TrialState.FAIL)
-        best_a = _pick(fits, space, opts)
+        best_a = _with_headroom(fits, _pick(fits, space, opts), space, opts)
         return TuneResult(**common, sampler="exhaustive" if exhaustive else "tpe",
                           best=_estimate_for(space, best_a.params, opts), best_row=_row(best_a, "analytical"),
                           rows=a_rows, trials_completed=len(fits), trials_failed=failed,

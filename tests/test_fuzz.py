@@ -266,7 +266,7 @@ PLANS: dict[str, dict[str, Any]] = {}
 
 
 def base_plans() -> dict[str, dict[str, Any]]:
-    """A few real plan.json files (ZeRO-2 with RoPE scaling, FSDP, QLoRA, TP x PP over two nodes, MoE)."""
+    """A few real plan.json files (ZeRO-2 with RoPE scaling, FSDP, QLoRA, TP x PP over two nodes, MoE, GRPO)."""
     if PLANS:
         return PLANS
     from planner.build import build_config
@@ -278,11 +278,13 @@ def base_plans() -> dict[str, dict[str, Any]]:
                      "fsdp": {"model": "llama-3-8b", "gpus": "4xA800", "fsdp": "full_shard", "method": "full"},
                      "qlora": {"model": "7b", "gpus": "1xRTX4090", "method": "qlora", "grad_ckpt": "full"},
                      "tp-pp": {"model": "13b", "gpus": "2x8xH100", "tp": 2, "pp": 2, "zero": 1, "method": "full"},
-                     "moe": {"model": "mixtral-8x7b", "gpus": "8xH100", "zero": 3, "method": "lora"}}.items():
-        from planner.strategy import FsdpStrategy, GradCkpt, Method
+                     "moe": {"model": "mixtral-8x7b", "gpus": "8xH100", "zero": 3, "method": "lora"},
+                     "grpo": {"model": "llama-3.2-1b", "gpus": "8xH100", "stage": "grpo", "zero": 2,
+                              "reward_model": "llama-3.2-1b"}}.items():
+        from planner.strategy import FsdpStrategy, GradCkpt, Method, Stage
 
         kw = dict(kw)
-        for key, cls in (("fsdp", FsdpStrategy), ("grad_ckpt", GradCkpt), ("method", Method)):
+        for key, cls in (("fsdp", FsdpStrategy), ("grad_ckpt", GradCkpt), ("method", Method), ("stage", Stage)):
             if key in kw:
                 kw[key] = cls(kw[key])
         PLANS[name] = json.loads(json.dumps(plan_dict(estimate(build_config(**kw)))))

@@ -168,6 +168,10 @@ def emitted_plan(capsys, monkeypatch, tmp_path: Path) -> dict:
     ("config", "zero", True, "'zero' must be one of 0, 1, 2, 3"),
     ("config", "lora_targets", ["q_proj\nx"], "a LoRA target holds a control character"),
     ("cluster", "nodes", 10**12, "nodes must lie in 1..1,048,576"),
+    ("config", "num_generations", 0, "'num_generations' must lie in 1..65,536"),
+    ("config", "kl_beta", -1, "'kl_beta' must lie in [0, 1e+06]"),
+    ("config", "generation", "warp-drive", "'generation' must be one of"),
+    ("config", "reward_model", "x\ny", "'reward_model' holds a control character"),
     ("top", "global_batch", "64", "'global_batch' must be an integer"),
 ])
 def test_hostile_plan_json_is_refused(capsys, monkeypatch, tmp_path: Path, where: str, key: str, value,

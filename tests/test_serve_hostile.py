@@ -183,6 +183,25 @@ def test_forty_fifo_requests_take_no_worker(client) -> None:
     assert client.post("/api/estimate", json={"model": "tiny", "gpus": "1xA800"}).status_code == 200
 
 
+def test_a_reward_model_follows_the_same_rule(no_files_client, client) -> None:
+    """The online RL stages' reward model is a model a request names: catalog, or inside --models-dir."""
+    base = {"model": "7b", "gpus": "8xA800", "stage": "grpo"}
+    for c, name, needle in ((no_files_client, "/etc/passwd", "this server reads no files"),
+                            (no_files_client, "tiny", "unknown model 'tiny'"),
+                            (client, "../outside", "'..' is not allowed"),
+                            (client, "link-out", "leads out of the server's models folder")):
+        for key in ("reward_model", "reward-model"):
+            response = c.post("/api/estimate", json={**base, key: name})
+            assert response.status_code == 422 and needle in detail(response), (name, response.text)
+    ok = no_files_client.post("/api/estimate", json={**base, "reward_model": "llama-3.2-1b"})
+    assert ok.status_code == 200, ok.text
+    assert client.post("/api/estimate", json={**base, "reward_model": "tiny"}).status_code == 200
+    entry = ok.json()
+    entry["config"]["reward_model"] = "/etc/passwd"  # a posted plan names a file
+    response = no_files_client.post("/api/emit", json={"plan": entry})
+    assert response.status_code == 422 and "this server reads no files" in detail(response)
+
+
 @pytest.mark.parametrize("field", ["calibration", "emit_dir", "out"])
 def test_file_options_are_cli_only(client, field: str) -> None:
     response = client.post("/api/plan", json={"model": "7b", "gpus": "8xA800", field: "/etc/passwd"})

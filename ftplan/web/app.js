@@ -2,8 +2,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const FIELDS = ["model", "gpus", "method", "seq_len", "global_batch"];
-const DEFAULTS = { model: "llama-2-7b", gpus: "8xA800", method: "", seq_len: "2048", global_batch: "" };
+const FIELDS = ["model", "gpus", "method", "stage", "seq_len", "global_batch", "solve"];
+const DEFAULTS = { model: "llama-2-7b", gpus: "8xA800", method: "", stage: "sft", seq_len: "2048", global_batch: "",
+  solve: "" };
 const COLORS = { weights: "#4e79a7", gradients: "#b07aa1", optimizer: "#f2a93b", activations: "#59a14f",
   other: "#9aa3b2" };
 const TIME_COLORS = ["#4e79a7", "#e15759", "#76b7b2", "#f28e2b", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
@@ -62,6 +63,8 @@ function requestBody(values) {
     body.model = values.model;
   }
   if (values.global_batch) body.global_batch = values.global_batch;
+  if (values.stage && values.stage !== DEFAULTS.stage) body.stage = values.stage;
+  if (values.solve) body.solve = values.solve;
   return body;
 }
 
@@ -122,7 +125,8 @@ function renderPlans(data) {
   $("summary").innerHTML = `<strong>${esc(cfg.model.name)}</strong> on ${esc(cluster)}: ` +
     `${fmtInt(data.candidates_evaluated)} candidates, ${fmtInt(data.valid)} valid, ${fmtInt(data.fitting)} fit. ` +
     `Winner: <strong>${esc(cfg.method)} ${esc(winner.name)}</strong>, ${fmtInt(winner.tokens_per_s)} tokens/s, ` +
-    `${gib(winner.memory_per_gpu_bytes.total)} of ${gib(winner.gpu_memory_bytes)} GiB per GPU.`;
+    `${gib(winner.memory_per_gpu_bytes.total)} of ${gib(winner.gpu_memory_bytes)} GiB per GPU.` +
+    headroomNote(data) + limitNote(data.limit);
   plans.forEach((p, i) => {
     const row = tbody.insertRow();
     if (i === 0) row.className = "winner";
@@ -130,12 +134,30 @@ function renderPlans(data) {
     row.innerHTML = `<td>${i + 1}</td><td>${esc(p.config.method)}</td><td class="plan">${esc(p.name)}</td>` +
       `<td>${gib(p.memory_per_gpu_bytes.total)} (${fill}%)</td>` +
       `<td class="${p.fits ? "yes" : "no"}">${p.fits ? "yes" : "no"}</td><td>${fmtInt(p.tokens_per_s)}</td>` +
-      `<td>${p.step_time_s.toFixed(2)}</td><td>${(100 * p.mfu).toFixed(0)}%</td>` +
+      `<td>${p.step_time_s.toFixed(2)}</td><td>${(100 * p.mfu).toFixed(0)}%` +
+      // online RL: generation's share of the step beside MFU
+      `${p.generation_share === undefined ? "" : ` / gen ${(100 * p.generation_share).toFixed(0)}%`}</td>` +
       `<td><button type="button" class="small" title="download this plan's files">files</button></td>`;
     row.querySelector("button").addEventListener("click", () => download(p));
   });
   renderMemory(winner);
   renderTime(winner);
+}
+
+// the recommendation with headroom (planner/search.py recommend) and --solve's answer (planner/limits.py)
+function headroomNote(data) {
+  const r = data.recommendation;
+  if (!r || r.fastest === r.plan) return "";
+  const gain = (100 * r.fastest_gain).toFixed(2);
+  return ` <span class="note">Recommended over the fastest plan, ${esc(r.fastest)} (tight), which is ${gain}% ` +
+    `faster: ${esc(r.reason)}.</span>`;
+}
+
+function limitNote(limit) {
+  if (!limit) return "";
+  const what = limit.knob === "seq-len" ? "Longest sequence" : "Largest micro-batch";
+  return limit.value === null ? ` ${what} that fits: none.` :
+    ` <strong>${what} that fits: ${fmtInt(limit.value)}</strong>.`;
 }
 
 function renderMemory(p) {
@@ -154,8 +176,10 @@ function renderMemory(p) {
       `<text x="${lx + 14}" y="${ly}">${k} ${gib(m[k])} GiB</text>`;
   });
   const capX = x0 + cap * scale;
+  const r = p.memory_readings_bytes || {};
   $("memory-title").textContent = `Winner's memory per GPU: ${gib(m.total)} GiB of ${gib(cap)} GiB ` +
-    `(peak in ${p.peak_phase})`;
+    `(peak in ${p.peak_phase}; allocated ${gib(r.allocated)}, reserved ${gib(r.reserved)}, ` +
+    `device ${gib(r.device)} GiB)`;
   $("memory-chart").innerHTML = `<rect x="${x0}" y="22" width="${width}" height="34" fill="#f0f2f5"/>` + bars +
     `<line x1="${capX}" x2="${capX}" y1="12" y2="64" stroke="${p.fits ? "#1d2430" : "#b3261e"}" ` +
     `stroke-width="2" stroke-dasharray="4 2"/>` +
@@ -258,7 +282,7 @@ async function init() {
   }
   $("inputs").addEventListener("submit", (e) => { e.preventDefault(); run(); });
   for (const f of ["model", "method"]) $(f).addEventListener("change", run);
-  for (const f of ["gpus", "seq_len", "global_batch"]) $(f).addEventListener("change", run);
+  for (const f of ["gpus", "seq_len", "global_batch", "solve"]) $(f).addEventListener("change", run);
   $("model_config").addEventListener("change", run);
   $("download").addEventListener("click", () => winner && download(winner));
   run();

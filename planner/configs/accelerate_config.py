@@ -108,4 +108,19 @@ def build_accelerate_config(cfg: TrainConfig, *, ds_config_file: str = DS_CONFIG
         out["deepspeed_config"] = ds
     elif cfg.engine is Engine.fsdp:
         out["fsdp_config"] = fsdp_section(cfg)
+        if cfg.fsdp_version is FsdpVersion.TWO and cfg.fsdp is FsdpStrategy.hybrid_shard:
+            out["parallelism_config"] = parallelism_section(cfg)
     return out
+
+
+def parallelism_section(cfg: TrainConfig) -> dict[str, Any]:
+    """FSDP2's hybrid sharding: accelerate's ParallelismConfig builds a 2-D DeviceMesh (dp_replicate, dp_shard)
+    and `fully_shard` shards over its shard dimension, all-reducing across the replicate one
+    (accelerate/parallelism_config.py: "dp_replicate_size > 1 and dp_shard_size > 1 ... Hybrid Sharded Data
+    Parallel"; the keys `accelerate config` writes, commands/config/cluster.py). The shard group is a node's
+    GPUs (planner.engines.fsdp.shard_group), the replicas are the nodes."""
+    from planner.engines.fsdp import shard_group
+
+    shard = shard_group(cfg)
+    return {"parallelism_config_dp_replicate_size": cfg.dp // shard, "parallelism_config_dp_shard_size": shard,
+            "parallelism_config_tp_size": 1, "parallelism_config_cp_size": 1}

@@ -93,7 +93,7 @@ def _zero(cfg: TrainConfig, hp: Hyperparams, auto: bool) -> dict[str, Any]:
     z: dict[str, Any] = {"stage": int(cfg.zero)}
     if cfg.zero is ZeroStage.DISABLED:
         return z
-    z["overlap_comm"] = True
+    z["overlap_comm"] = sizes.OVERLAP_COMM
     z["contiguous_gradients"] = True
     z["reduce_bucket_size"] = AUTO if auto else sizes.reduce_bucket_elements(m)
     if cfg.zero < ZeroStage.WEIGHTS:

@@ -1,6 +1,7 @@
 """PyTorch FSDP through accelerate's config, FSDP2 by default (FSDP1 with --fsdp-version 1): FULL_SHARD,
-SHARD_GRAD_OP, and with FSDP1 HYBRID_SHARD (shard within a node, replicate across nodes) and NO_SHARD
-(DDP), with CPU offload of parameters, gradients and optimizer together (torch.distributed.fsdp.CPUOffload).
+SHARD_GRAD_OP, HYBRID_SHARD (shard within a node, replicate across nodes: FSDP1's strategy, FSDP2's `fully_shard`
+over a 2-D DeviceMesh (replicate, shard)) and, with FSDP1, NO_SHARD (DDP), with CPU offload of parameters,
+gradients and optimizer together (torch.distributed.fsdp.CPUOffload, FSDP2's CPUOffloadPolicy).
 One decoder layer per unit (the transformer auto-wrap policy), the embedding, final norm and head in the
 root unit."""
 
@@ -49,10 +50,11 @@ def problems(cfg: TrainConfig) -> list[str]:
                    "express (use DeepSpeed AutoTP with ZeRO-1/2)")
     if cfg.method is Method.qlora and cfg.quant is not Quant.nf4:
         out.append("QLoRA with FSDP needs nf4 with bnb_4bit_quant_storage (int8 cannot be sharded)")
-    if cfg.fsdp_version is FsdpVersion.TWO and cfg.fsdp in (FsdpStrategy.hybrid_shard, FsdpStrategy.no_shard):
+    if cfg.fsdp_version is FsdpVersion.TWO and cfg.fsdp is FsdpStrategy.no_shard:
         # accelerate's FSDP2 plugin takes reshard_after_forward (a bool) only; the Trainer raises for the
-        # other strategies (transformers/training_args.py, _apply_legacy_fsdp_to_config)
-        out.append(f"FSDP2 shards fully or per step only; {cfg.fsdp.value} needs --fsdp-version 1")
+        # other strategies (transformers/training_args.py, _apply_legacy_fsdp_to_config). Hybrid sharding is
+        # FSDP2's 2-D device mesh instead (accelerate's parallelism_config, planner/configs/accelerate_config.py)
+        out.append(f"FSDP2 shards fully, per step, or hybrid over a 2-D mesh; {cfg.fsdp.value} needs --fsdp-version 1")
     if cfg.fsdp is FsdpStrategy.hybrid_shard and cfg.cluster.nodes == 1:
         out.append("hybrid_shard shards within a node and replicates across nodes: it needs several nodes")
     return out
@@ -79,21 +81,41 @@ def shards_weights(cfg: TrainConfig) -> bool:
     return cfg.fsdp in (FsdpStrategy.full_shard, FsdpStrategy.hybrid_shard)
 
 
+def frozen_in_mixed_units(cfg: TrainConfig) -> float:
+    """Frozen elements per tensor-parallel rank that FSDP1 gives gradients anyway: with use_orig_params=True (what
+    ftplan's accelerate config sets) a FlatParameter that mixes frozen and trained tensors requires grad as a whole
+    (torch/distributed/fsdp/_flat_param.py `_reset_flat_param_grad_info_if_needed`: "as long as one parameter
+    requires gradient, then the flat parameter must require gradient"), so its gradient and its sharded gradient
+    cover the frozen tensors too (the FSDP docstring: mixing them leads to "higher than expected gradient memory
+    usage"). With --freeze-layers the frozen layers are units of their own, but the root unit mixes the frozen
+    embedding with the trained final norm and head. LoRA under the Trainer gets peft's wrap policy, which makes
+    every trained LoRA linear a unit of its own (peft/utils/other.py `fsdp_auto_wrap_policy`): nothing mixes.
+    FSDP2 shards per parameter and gives a frozen one no gradient."""
+    if (cfg.fsdp_version is not FsdpVersion.ONE or not is_sharded(cfg) or cfg.method is not Method.full
+            or cfg.freeze_layers <= 0 or cfg.pp > 1):
+        return 0.0
+    return embedding_params(cfg.model) / cfg.tp
+
+
 def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
-    """(GPU, host) bytes: sharded gradients in the parameter's dtype (on the host under CPU offload)."""
+    """(GPU, host) bytes: sharded gradients in the parameter's dtype (on the host under CPU offload), frozen
+    tensors of a mixed FSDP1 unit included (frozen_in_mixed_units)."""
     if not is_sharded(cfg):
         return ddp.gradients(cfg, trained, n)
-    grads = trained * grad_dtype_bytes(cfg.precision) / n
+    grads = (trained + frozen_in_mixed_units(cfg)) * grad_dtype_bytes(cfg.precision) / n
     if cfg.offload is Offload.all:
         return 0.0, grads
     return grads, 0.0
 
 
 def grads_live_in_backward(cfg: TrainConfig) -> bool:
-    """FSDP1's FlatParameter gradient shards exist when backward starts (the previous CPU profiling); FSDP2
-    reduce-scatters each unit's gradients into fresh shards as backward reaches it (torch/distributed/fsdp/
-    _fully_shard/_fsdp_param_group.py, post_backward), so with one micro-batch none exist yet."""
-    return (is_sharded(cfg) and cfg.fsdp_version is FsdpVersion.ONE) or cfg.grad_accum > 1
+    """Gradient shards exist at backward's start only when earlier micro-batches accumulated them. The Trainer's
+    `model.zero_grad()` sets them to None after each step (set_to_none); FSDP1 allocates a unit's fp32 shard when
+    its reduce-scatter lands (torch/distributed/fsdp/_runtime_utils.py `_accumulate_sharded_grad`:
+    `flat_param._saved_grad_shard = sharded_grad`), FSDP2 reduce-scatters into fresh shards
+    (_fully_shard/_fsdp_param_group.py, post_backward -> foreach_reduce): with one micro-batch neither holds any
+    when backward starts (measured on 2 CPU ranks for both: tests/validation/test_memory_sharded_measured.py)."""
+    return cfg.grad_accum > 1
 
 
 def master_bytes(cfg: TrainConfig) -> float:
@@ -111,25 +133,42 @@ def autocast_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
 
 def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
             sixteen_bit_weights: float = 0.0) -> dict[str, float]:
+    """What sharded FSDP holds unsharded in backward, in the compute dtype (MixedPrecision's param_dtype).
+
+    - "FSDP unsharded parameters": the root unit (embedding, final norm, head), which FSDP does not reshard
+      between forward and backward (FSDP1 `_post_forward_reshard` skips the root; FSDP2's root state), or under
+      SHARD_GRAD_OP every unit (no reshard after forward).
+    - "FSDP unsharded layers": the window of the last decoder layer's backward: the layer all-gathered again and
+      the one prefetched before it (FSDP1 BACKWARD_PRE under limit_all_gathers, at most two all-gathers in flight:
+      torch/distributed/fsdp/_limiter_utils.py `_max_num_inflight_all_gathers = 2`; FSDP2 prefetches the next
+      group in backward), and the unit's unsharded gradient before its reduce-scatter. planner.memory keeps it or
+      "logits and loss", whichever is larger: the head's backward is over before the last layer's begins.
+    - "FSDP unsharded gradients": the LM head's gradient when the head trains: the root's gradients are
+      reduce-scattered together at the end of backward.
+    Measured on 2 CPU ranks (tests/validation/test_memory_sharded_measured.py): FSDP2's backward peak is this
+    window's moment to 1%."""
     if not is_sharded(cfg):
         return {}
     m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
     layer16 = c16 * layer_params(m) / cfg.tp
+    root = c16 * (embedding_params(m) + head_params(m)) / cfg.tp
     items = {}
     if cfg.fsdp is FsdpStrategy.shard_grad_op:
         items["FSDP unsharded parameters"] = sixteen_bit_weights
+        window = 0.0
     elif cfg.quant is not Quant.none:
-        items["FSDP unsharded parameters"] = fsdp_quantized_units_bytes(cfg, c16)
+        units = fsdp_quantized_units_bytes(cfg, c16)
+        items["FSDP unsharded parameters"] = root
+        window = units - root
     else:
-        # the unit running plus the one prefetched (BACKWARD_PRE), and the root unit (embedding,
-        # final norm, head), which FSDP does not reshard between forward and backward
-        root = (embedding_params(m) + head_params(m)) / cfg.tp
-        items["FSDP unsharded parameters"] = 2 * layer16 + c16 * root
-    # one unit's unsharded gradients, and the root unit's LM-head gradient: it is computed first in
-    # backward and reduce-scattered only with the root's other gradients (the embedding's) at its end
-    items["FSDP unsharded gradients"] = (layer16 + (c16 * head_params(m) / cfg.tp
-                                                    if cfg.method is Method.full and sp.has_head else 0.0)
-                                         if sp.trainable else 0.0)
+        items["FSDP unsharded parameters"] = root
+        window = 2 * layer16
+    trained_layer = layer16 if cfg.method is Method.full else 0.0
+    if sp.trainable:
+        window += trained_layer
+    items["FSDP unsharded layers"] = window
+    if cfg.method is Method.full and sp.has_head and sp.trainable:
+        items["FSDP unsharded gradients"] = c16 * (head_params(m) / cfg.tp + frozen_in_mixed_units(cfg))
     return items
 
 

@@ -108,8 +108,13 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
         # partition, plus ZeRO-1/2's 16-bit CPU accumulation buffers only when several micro-batches
         # accumulate (stage_1_and_2.py, copy_grads_in_partition -> async_accumulate_grad_in_cpu_via_gpu);
         # ZeRO-3 keeps its 16-bit gradient partition on the host either way (stage3.py).
-        host_16bit = 2.0 if (zero is ZeroStage.WEIGHTS or cfg.grad_accum > 1) else 0.0
-        host = trained * (host_16bit + fp32_grad) / n
+        # The fp32 gradient partition the offloaded optimizer reads is allocated up front in every precision
+        # (stage3.py `initialize_optimizer_states`: `subgroup_gradient_buffer = torch.zeros(num_elements,
+        # dtype=gradient_dtype)`, the fp32 partition's dtype; stage_1_and_2.py pins a zeros buffer for
+        # `single_partition_of_fp32_groups[i].grad`): measured on 2 CPU ranks with fp32 weights
+        # (tests/validation/test_memory_sharded_measured.py).
+        host_16bit = c16 if (zero is ZeroStage.WEIGHTS or cfg.grad_accum > 1) else 0.0
+        host = trained * (host_16bit + 4.0) / n
         return (trained * 2 if zero is ZeroStage.OPTIMIZER_STATES else 0.0), host
     return grads, 0.0
 
@@ -168,8 +173,38 @@ def zero3_kept_for_backward_elements(cfg: TrainConfig, sp: StageParams) -> float
     return kept
 
 
+def zero3_persistent_elements(cfg: TrainConfig, sp: StageParams) -> float:
+    """Elements ZeRO-3 keeps whole on every rank: parameters with fewer elements than
+    stage3_param_persistence_threshold (10 h with the Trainer's "auto", transformers/integrations/deepspeed.py)
+    are gathered once and never released (partition_parameters.py `_convert_to_deepspeed_param`: `ds_persist`
+    when `numel <= param_persistence_threshold`; partitioned_param_coordinator.py keeps `ds_persist` params
+    AVAILABLE). That is every norm weight, the attention biases, and LoRA's A and B matrices while r x width
+    stays under the threshold (r <= 9 for square linears). Per tensor-parallel rank, this stage's layers."""
+    from planner.params import norm_params
+
+    m, threshold = cfg.model, ds.param_persistence_threshold(cfg.model)
+    per_layer = 2 * norm_params(m) if norm_params(m) <= threshold else 0
+    for lin in m.linears():
+        if lin.bias and lin.out_features <= threshold:
+            per_layer += lin.copies * lin.out_features
+    if cfg.trains_adapter:
+        from planner.memory_knobs import layer_training
+
+        for lin in m.linears():
+            if lin.name in layer_training(cfg).lora_targets:
+                per_layer += lin.copies * sum(n for n in (cfg.lora_r * lin.in_features, cfg.lora_r * lin.out_features)
+                                              if n <= threshold)
+    final_norm = norm_params(m) if sp.has_head and norm_params(m) <= threshold else 0
+    return (per_layer * sp.layers + final_norm) / cfg.tp
+
+
 def _zero3_buffers(cfg: TrainConfig, sp: StageParams, c16: float) -> dict[str, float]:
     m, items = cfg.model, {}
+    n = cfg.dp
+    persistent = zero3_persistent_elements(cfg, sp)
+    if persistent and n > 1:
+        # whole on every rank where the weights count 1/n of them
+        items["ZeRO-3 persistent parameters"] = c16 * persistent * (1.0 - 1.0 / n)
     # the largest module gathered at once: a decoder layer, or the LM head on the last stage (bigger
     # than a layer for large vocabularies: Llama-3-8B's head is 525M parameters, a layer 218M)
     biggest = max(layer_params(m), head_params(m) if sp.has_head else 0) / cfg.tp
@@ -191,13 +226,18 @@ def _zero3_buffers(cfg: TrainConfig, sp: StageParams, c16: float) -> dict[str, f
 
 
 def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool) -> dict[str, float]:
-    """ZeRO-1/2's overlap_comm buckets (4.5x the bucket sizes, DeepSpeed docs); ZeRO-3's gathered
-    parameters and reduce bucket."""
+    """ZeRO-1/2's gradient buckets; ZeRO-3's gathered parameters, persistent parameters and reduce bucket.
+
+    ZeRO-1/2 with contiguous_gradients copy each gradient into a bucket of reduce_bucket_size elements in the
+    16-bit dtype, two of them with overlap_comm ("double buffers to avoid data access conflict":
+    stage_1_and_2.py `setup_buckets`, buf_0 and buf_1; the dtype is the model's unless grad_accum_dtype differs,
+    `_gradient_reduction_buffer_dtype`); the updated 16-bit partitions are all-gathered into the flat buffer
+    in place (runtime/utils.py `all_gather_dp_groups`), so allgather_bucket_size allocates nothing. (DeepSpeed's
+    docs' "4.5x the bucket sizes" for overlap_comm is not what 0.19.8 allocates.)"""
     c16 = compute_copy_bytes(cfg.precision)
     if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
-        m = cfg.model
-        return {"ZeRO buckets (overlap_comm)": ds.OVERLAP_COMM_FACTOR * c16 * (
-            ds.reduce_bucket_elements(m) + ds.allgather_bucket_elements(m))}
+        buckets = 2 if ds.overlap_comm() else 1
+        return {"ZeRO buckets (overlap_comm)": buckets * c16 * ds.reduce_bucket_elements(cfg.model)}
     if cfg.zero is ZeroStage.WEIGHTS:
         return _zero3_buffers(cfg, sp, c16)
     return {}

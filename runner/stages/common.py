@@ -27,6 +27,10 @@ TRACK_ENV = "FTPLAN_TRACK_TENSORS"
 
 
 def _stage_module(cfg: TrainConfig) -> Any:
+    if cfg.stage in (Stage.grpo, Stage.rloo):
+        from runner.stages import grpo
+
+        return grpo
     if cfg.stage is Stage.dpo:
         from runner.stages import dpo
 
@@ -35,7 +39,7 @@ def _stage_module(cfg: TrainConfig) -> Any:
         from runner.stages import rm
 
         return rm
-    raise PlanError(f"stage '{cfg.stage.value}' is not a preference stage")
+    raise PlanError(f"stage '{cfg.stage.value}' is not run through TRL's trainers")
 
 
 def _tracker(on_cuda: bool) -> Any:
@@ -47,7 +51,7 @@ def _tracker(on_cuda: bool) -> Any:
 
 
 def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
-    """Train a rm / dpo plan in this process (one rank of the launcher's group); returns the summary."""
+    """Train a rm / dpo / grpo / rloo plan in this process (one rank of the launcher's group); returns the summary."""
     import torch
     from transformers import PrinterCallback
 
@@ -55,7 +59,6 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     from runner import metrics as mt
     from runner.model import load_tokenizer, model_source
     from runner.run_common import latest_checkpoint, on_cuda_device, start_metrics, training_arguments
-    from runner.stages.preference_data import load_pairs, split_pairs, to_dataset
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:
@@ -65,7 +68,7 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     on_cuda = on_cuda_device(cfg)
     src = model_source(opts.model_path)
     tokenizer = load_tokenizer(src)
-    train_pairs, eval_pairs = split_pairs(load_pairs(opts.data), opts.eval_fraction, opts.seed)
+    train_set, eval_set = stage.datasets(cfg, opts, tokenizer)
     resume_from = latest_checkpoint(opts.output) if opts.resume else None
     if opts.resume and resume_from is None:
         raise PlanError(f"--resume: no checkpoint-N folder in {opts.output}")
@@ -77,23 +80,21 @@ def run_stage(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
             # the plan describes the training step: loading holds the checkpoint's tensors (an LM head a reward
             # model drops included) beside the new model for a moment, a host-side peak on a GPU machine
             tracker.reset_peak()
-        args = training_arguments(cfg, opts, on_cuda=on_cuda, has_eval=bool(eval_pairs),
-                                  args_class=stage.config_class(), extra=stage.config_fields(cfg, opts))
+        args = training_arguments(cfg, opts, on_cuda=on_cuda, has_eval=eval_set is not None,
+                                  args_class=stage.config_class(cfg), extra=stage.config_fields(cfg, opts))
         is_main = args.process_index == 0
         metrics_path = start_metrics(opts.output, resume_from, is_main=is_main)
         callback = mt.make_callback(path=metrics_path, world_size=world, flops_token=model_flops_per_token(cfg),
                                     peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
                                     is_main=is_main, max_steps=opts.max_steps,
                                     tensorboard_dir=opts.output / "runs")
-        trainer = stage.make_trainer(models, args=args, tokenizer=tokenizer,
-                                     train_dataset=to_dataset(train_pairs),
-                                     eval_dataset=to_dataset(eval_pairs) if eval_pairs else None,
-                                     callbacks=[callback])
+        trainer = stage.make_trainer(models, args=args, tokenizer=tokenizer, train_dataset=train_set,
+                                     eval_dataset=eval_set, callbacks=[callback], cfg=cfg, opts=opts)
         if len(trainer.train_dataset) == 0:
-            raise PlanError(f"{opts.data}: no preference pair fits within seq_len {cfg.seq_len}")
+            raise PlanError(f"{opts.data}: no example fits within seq_len {cfg.seq_len}")
         trainer.remove_callback(PrinterCallback)
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    eval_metrics = trainer.evaluate() if eval_pairs else {}
+    eval_metrics = trainer.evaluate() if eval_set is not None else {}
     trainer.save_model(str(opts.output))
     summary = _summary(cfg, trainer, result, callback, eval_metrics, resume_from, world, on_cuda, tracker)
     if is_main:
@@ -129,10 +130,13 @@ def _summary(cfg: TrainConfig, trainer: Any, result: Any, callback: Any, eval_me
         "world_size": world,
     }
     rows = [mt.reward_metrics(h) for h in trainer.state.log_history if "loss" in h]
-    for key in ("reward_accuracy", "reward_margin"):
+    for key in ("reward_accuracy", "reward_margin", "reward_mean", "kl"):
         value = _last(rows, key)
         if value is not None:
             summary[f"final_{key}"] = value
+    firsts = [r["reward_mean"] for r in rows if "reward_mean" in r]
+    if firsts:  # online RL: the mean reward of the first and the last steps logged
+        summary["first_reward_mean"] = firsts[0]
     if eval_metrics:
         summary["eval_loss"] = eval_metrics["eval_loss"]
         evals = mt.reward_metrics({k.removeprefix("eval_"): v for k, v in eval_metrics.items()})

@@ -18,7 +18,7 @@ from planner.strategy import Method, TrainConfig
 from runner.stages.models import StageModels
 
 
-def config_class() -> type:
+def config_class(cfg: TrainConfig) -> type:
     from trl import DPOConfig
 
     return DPOConfig
@@ -27,6 +27,14 @@ def config_class() -> type:
 def config_fields(cfg: TrainConfig, opts: Any) -> dict[str, Any]:
     # prompt + completion per sequence, cut at the plan's sequence length (TRL truncates keep_start)
     return {"beta": opts.dpo_beta, "max_length": cfg.seq_len}
+
+
+def datasets(cfg: TrainConfig, opts: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """TRL's preference datasets (prompt / chosen / rejected): a seeded eval split as SFT data."""
+    from runner.stages.preference_data import load_pairs, split_pairs, to_dataset
+
+    train, held_out = split_pairs(load_pairs(opts.data), opts.eval_fraction, opts.seed)
+    return to_dataset(train), to_dataset(held_out) if held_out else None
 
 
 def load_models(cfg: TrainConfig, src: Any, opts: Any, *, on_cuda: bool) -> StageModels:
@@ -45,7 +53,7 @@ def load_models(cfg: TrainConfig, src: Any, opts: Any, *, on_cuda: bool) -> Stag
 
 
 def make_trainer(models: StageModels, *, args: Any, tokenizer: Any, train_dataset: Any, eval_dataset: Any,
-                 callbacks: list[Any]) -> Any:
+                 callbacks: list[Any], **_: Any) -> Any:
     from trl import DPOTrainer
 
     return DPOTrainer(model=models.model, ref_model=models.ref_model, args=args, train_dataset=train_dataset,

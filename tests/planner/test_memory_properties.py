@@ -11,9 +11,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from planner import nccl_memory
 from planner.gpus import parse_gpus
 from planner.memory import BACKWARD_ONLY_ITEMS, CATEGORIES, MemoryBreakdown, memory_per_gpu
 from planner.models import from_name
+from planner.rl.settings import is_online_rl
 from planner.search import _ENGINES, SearchSpace, candidates
 from planner.strategy import (
     Attn,
@@ -81,7 +83,9 @@ def test_monotonic_in_seq_len(cfg: TrainConfig) -> None:
 @SETTINGS
 @given(configs(), st.sampled_from([Offload.none, Offload.optimizer]))
 def test_higher_zero_stage_never_adds_model_states(cfg: TrainConfig, offload: Offload) -> None:
-    # pp = 1: with a pipeline the heavier stage is reported, and which one that is may change with the stage
+    # pp = 1: with a pipeline the heavier stage is reported, and which one that is may change with the stage;
+    # online RL stages may peak while generating, where no gradient exists
+    assume(not is_online_rl(cfg.stage))
     stages = [s for s in ZeroStage if offload is Offload.none or s >= ZeroStage.OPTIMIZER_STATES]
     base = replace(cfg, engine=Engine.deepspeed, zero=stages[0], offload=offload, offload_device=OffloadDevice.cpu,
                    precision=Precision.bf16_mixed, pp=1)
@@ -98,8 +102,9 @@ def test_offload_never_adds_gpu_memory(cfg: TrainConfig) -> None:
         ladder = [Offload.none, Offload.all]
     else:
         return
+    # the tensors (allocated): the allocator's reserve grows with offload (GMLake measures offload fragmenting more)
     totals = [memory_per_gpu(replace(cfg, offload=o, offload_device=OffloadDevice.cpu,
-                                     optimizer=Optimizer.adamw)).total for o in ladder]
+                                     optimizer=Optimizer.adamw)).allocated for o in ladder]
     assert all(b <= a * (1 + 1e-12) for a, b in zip(totals, totals[1:], strict=False)), (str(cfg), totals)
 
 
@@ -108,14 +113,17 @@ def test_offload_never_adds_gpu_memory(cfg: TrainConfig) -> None:
 def test_breakdown_agrees_with_its_phase_and_reserve(cfg: TrainConfig) -> None:
     mem = memory_per_gpu(cfg)
     gpu, items = cfg.cluster.gpu, mem.other_items
-    # the CUDA context is the GPU's, and the allocator reserve its fraction of the tensors' peak
+    # the CUDA context is the GPU's; the allocator reserve is (1/u - 1) x the step's transient tensors, capped by the
+    # card; NCCL's buffers and the context lie outside the allocator: allocated <= reserved <= device
     assert items["CUDA context and workspaces"] == gpu.runtime_overhead_bytes
-    tensors = mem.total - items["allocator reserve"] - items["CUDA context and workspaces"]
-    assert items["allocator reserve"] == pytest.approx(gpu.allocator_reserve_fraction * tensors, rel=1e-9, abs=1e-6)
+    assert items["NCCL communicator buffers"] == pytest.approx(nccl_memory.nccl_bytes(cfg))
+    assert 0 <= items["allocator reserve"] <= mem.reserve_wanted * (1 + 1e-12) + 1e-6
+    assert mem.allocated <= mem.reserved <= mem.device == mem.total
+    assert mem.fit_bytes <= mem.device_wanted + 1e-6
     # only the backward peak holds activations and the backward-only buffers
     if mem.phase != "backward":
         assert mem.activations == 0 and not set(items) & set(BACKWARD_ONLY_ITEMS)
-    assert mem.phase in ("backward", "gradients", "optimizer")
+    assert mem.phase in ("backward", "gradients", "optimizer", "generation")  # generation: online RL stages
     d = mem.as_dict()
     assert abs(sum(d[c] for c in CATEGORIES) - d["total"]) <= len(CATEGORIES)
     assert all(getattr(mem, c) >= 0 for c in CATEGORIES) and mem.host_bytes >= 0 and mem.nvme_bytes >= 0

@@ -91,11 +91,15 @@ def test_fsdp2_allocates_no_gradient_shards_before_backward() -> None:
         memory_per_gpu(build_config(**acc, fsdp_version=1)).total)
 
 
-def test_fsdp2_has_no_hybrid_or_no_shard() -> None:
-    cfg = build_config(model="7b", gpus="2x8xA800", fsdp=FsdpStrategy.hybrid_shard, fsdp_version=1)
-    assert not problems(cfg)
+def test_fsdp2_hybrid_shards_within_the_node_and_has_no_no_shard() -> None:
+    """FSDP2's hybrid sharding (a 2-D mesh) plans like FSDP1's: states sharded over a node's GPUs."""
+    one = build_config(model="7b", gpus="2x8xA800", fsdp=FsdpStrategy.hybrid_shard, fsdp_version=1)
+    two = build_config(model="7b", gpus="2x8xA800", fsdp=FsdpStrategy.hybrid_shard)
+    assert not problems(one) and not problems(two) and two.fsdp_version == 2
+    full = build_config(model="7b", gpus="2x8xA800", fsdp=FsdpStrategy.full_shard)
+    assert memory_per_gpu(two).weights == pytest.approx(2 * memory_per_gpu(full).weights)
     with pytest.raises(PlanError, match="needs --fsdp-version 1"):
-        build_config(model="7b", gpus="2x8xA800", fsdp=FsdpStrategy.hybrid_shard)
+        build_config(model="7b", gpus="2x8xA800", fsdp=FsdpStrategy.no_shard)
 
 
 def test_qlora_quant_storage_shards_codes_and_keeps_statistics() -> None:

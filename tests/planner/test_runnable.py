@@ -9,7 +9,7 @@ from cli_helpers import run
 
 from planner.build import build_config
 from planner.runnable import RULES, runnable, runnable_first, unrunnable_reasons
-from planner.strategy import Method, Optimizer, Stage
+from planner.strategy import FsdpStrategy, Method, Optimizer, Stage
 
 
 @pytest.mark.parametrize(("kw", "expected"), [
@@ -22,7 +22,8 @@ from planner.strategy import Method, Optimizer, Stage
     ({"zero": 1, "tp": 2, "pp": 2, "method": Method.full}, False),
     ({"zero": 1, "pp": 2, "method": Method.full, "optimizer": Optimizer.adamw_8bit}, False),
     ({"zero": 3}, True),
-    ({"stage": Stage.ppo}, False),
+    ({"stage": Stage.ppo, "fsdp": FsdpStrategy.full_shard}, False),  # handed to verl
+    ({"stage": Stage.grpo, "zero": 2}, True),
 ], ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(f"{k}={getattr(x, 'value', x)}"
                                                                    for k, x in v.items()))
 def test_rules(kw: dict, expected: bool) -> None:

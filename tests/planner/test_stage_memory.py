@@ -8,7 +8,7 @@ import pytest
 from planner.activations import TRL_TOKEN_TILE, TRL_VOCAB_TILE, trl_logprob_head_bytes
 from planner.build import build_config
 from planner.memory import memory_per_gpu, stage_params
-from planner.strategy import Method, Precision, Stage
+from planner.strategy import FsdpStrategy, Method, Precision, Stage
 
 
 @pytest.mark.parametrize(("precision", "zero", "ref_bytes"), [
@@ -53,5 +53,6 @@ def test_runnable_stages() -> None:
     for stage in (Stage.pt, Stage.sft, Stage.rm, Stage.dpo):
         for method in (Method.full, Method.lora, Method.qlora):
             assert stage_runnable(build_config(**base, stage=stage, method=method, optimizer=Optimizer.adamw_8bit))
-    assert "no PPO trainer" in stage_refusal(build_config(**base, stage=Stage.ppo))
+    ppo = build_config(**{**base, "seq_len": 1024}, stage=Stage.ppo, fsdp=FsdpStrategy.full_shard)
+    assert "no PPO trainer" in stage_refusal(ppo) and "verl" in stage_refusal(ppo)
     assert "--tp 1 --pp 1" in stage_refusal(build_config(**base, stage=Stage.dpo, tp=2, zero=1))

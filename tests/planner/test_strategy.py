@@ -16,13 +16,16 @@ from planner.search import _ENGINES
 from planner.serialize import config_from_dict, config_to_dict
 from planner.strategy import (
     FLAT_FIELDS,
+    ROLLOUT_FIELDS,
     Engine,
     EngineChoice,
     FsdpStrategy,
+    Generation,
     Method,
     Offload,
     OffloadDevice,
     ParallelLayout,
+    Stage,
     TrainConfig,
     ZeroStage,
 )
@@ -86,8 +89,13 @@ def test_flat_keywords_and_reads_still_work() -> None:
 def test_plan_json_keeps_its_flat_keys_in_order() -> None:
     cfg = seven_b(engine=Engine.fsdp, fsdp=FsdpStrategy.shard_grad_op, tp=1)
     data = config_to_dict(cfg)
-    assert tuple(data) == FLAT_FIELDS
+    # the online RL settings travel only with those stages (plan.json of the others reads as before them)
+    assert tuple(data) == tuple(f for f in FLAT_FIELDS if f not in ROLLOUT_FIELDS)
     assert config_from_dict(json.loads(json.dumps(data))) == cfg
+    grpo = replace(cfg, stage=Stage.grpo, generation=Generation.vllm_colocate, vllm_memory=0.45)
+    data = config_to_dict(grpo)
+    assert tuple(data) == FLAT_FIELDS and data["generation"] == "vllm-colocate"
+    assert config_from_dict(json.loads(json.dumps(data))) == grpo
 
 
 @pytest.mark.parametrize("plan", sorted(GOLDEN.glob("*/plan.json")), ids=lambda p: p.parent.name)
@@ -115,7 +123,7 @@ def test_fit_failures_are_data() -> None:
     est = estimate(build_config(model="70b", gpus="1xA800", method=Method.full))
     (failure,) = est.fit_failures
     assert failure.kind is FitKind.gpu_memory and not est.fits
-    assert failure.needed_bytes == est.memory.total > failure.available_bytes == est.gpu_memory_bytes
+    assert failure.needed_bytes == est.memory.fit_bytes > failure.available_bytes == est.gpu_memory_bytes
     offloaded = estimate(build_config(model="70b", gpus="1xA800", method=Method.full, zero=3, offload=Offload.all),
                          Limits(host_bytes_per_node=2**30))
     assert [f.kind for f in offloaded.fit_failures] == [FitKind.host_memory]

@@ -112,13 +112,14 @@ def test_random_plans_load_through_accelerate(tmp_path: Path):
 
 
 @pytest.mark.parametrize("gpus", ["8xA800", "2x8xA800"])
-@pytest.mark.parametrize("kind", ["z2", "z3-offload", "fsdp", "fsdp-hybrid", "ddp"])
+@pytest.mark.parametrize("kind", ["z2", "z3-offload", "fsdp", "fsdp-hybrid", "fsdp2-hybrid", "ddp"])
 def test_fixed_plans(tmp_path: Path, kind: str, gpus: str):
-    if kind == "fsdp-hybrid" and gpus == "8xA800":
+    if kind.endswith("hybrid") and gpus == "8xA800":
         pytest.skip("hybrid_shard needs several nodes")
     kw = {"z2": dict(zero=2), "z3-offload": dict(zero=3, offload=Offload.all),
           "fsdp": dict(fsdp=FsdpStrategy.full_shard, method=Method.full),
-          "fsdp-hybrid": dict(fsdp=FsdpStrategy.hybrid_shard, fsdp_version=1), "ddp": {}}[kind]
+          "fsdp-hybrid": dict(fsdp=FsdpStrategy.hybrid_shard, fsdp_version=1),
+          "fsdp2-hybrid": dict(fsdp=FsdpStrategy.hybrid_shard), "ddp": {}}[kind]
     check_plan(build_config(model="7b", gpus=gpus, **kw), tmp_path)
 
 
@@ -126,3 +127,16 @@ def test_single_gpu_is_not_distributed(tmp_path: Path):
     cfg = build_config(model="7b", gpus="1xA100-80G")
     env, cluster = launch_env(cfg, tmp_path)
     assert str(cluster.distributed_type.value) == "NO" and cluster.num_processes == 1
+
+
+def test_fsdp2_hybrid_is_a_2d_mesh_of_nodes_by_gpus(tmp_path: Path):
+    """accelerate's own launch path turns the emitted parallelism_config into its ParallelismConfig: 2 replicas
+    (nodes) x 8 shards (a node's GPUs), which accelerate calls hybrid sharded data parallel."""
+    from accelerate.parallelism_config import ParallelismConfig
+
+    cfg = build_config(model="7b", gpus="2x8xA800", fsdp=FsdpStrategy.hybrid_shard)
+    env, _ = launch_env(cfg, tmp_path)
+    assert env["ACCELERATE_USE_PARALLELISM_CONFIG"] == "true"
+    with mock.patch.dict(os.environ, env):
+        pc = ParallelismConfig()
+    assert (pc.dp_replicate_size, pc.dp_shard_size) == (2, 8) and pc.dp_replicate_enabled and pc.total_size == 16

@@ -181,8 +181,11 @@ def test_cli_bad_preference_row_and_ppo_exit_2_in_one_line(tiny: Path, tmp_path:
     res = _ftplan("run", str(_plan(tiny, "dpo-bad", stage=Stage.dpo)), "--data", str(bad), *common)
     assert res.returncode == 2 and res.stderr.strip() == f"ftplan: error: {bad}:2: missing column 'chosen'", \
         res.stderr
-    res = _ftplan("run", str(_plan(tiny, "ppo", stage=Stage.ppo)), "--data", str(tiny / "pref.jsonl"), *common)
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "GRPO" in res.stderr, res.stderr
+    # a PPO plan (verl's layout: FSDP, vLLM beside the models, so a GPU cluster) is handed to verl, not run here
+    ppo = _plan(tiny, "ppo", gpus="1xA800", stage=Stage.ppo, fsdp=FsdpStrategy.full_shard, completion_len=16,
+                precision=Precision.bf16_mixed)
+    res = _ftplan("run", str(ppo), "--data", str(tiny / "pref.jsonl"), *common)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "verl" in res.stderr, res.stderr
     assert not out.exists()
 
 

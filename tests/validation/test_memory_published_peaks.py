@@ -1,9 +1,13 @@
-"""ftplan's peak against published measured peaks of four frameworks (tests/validation/published_peaks.py).
+"""ftplan's peak against published measured peaks (tests/validation/published_peaks.py and published_peaks_sharded.py).
 
-Tolerance: each case within ±15% (the issue's "90% within 15%" bar, applied per case); out-of-memory
-cases must be predicted not to fit, measured ones to fit. Aims over all measured cases: median |error|
-<= 8% and 90% within 15%. Cases outside the bar are strict xfails naming their cause; the aggregate is a
-strict xfail while the aims are not met, and prints the figures either way (run with -s).
+Each case is compared with the reading its source used (planner.memory.MemoryBreakdown): `allocated` / `active`
+(torch.cuda.max_memory_allocated, active_bytes) with ftplan's allocated reading, `reserved` (max_memory_reserved)
+with its reserved reading, `nvidia-smi` and `unstated` with its device reading (reserved + CUDA context + NCCL).
+
+Tolerance: each case within +-15%, and a multi-GPU sharded run (ZeRO-2/3, FSDP, offload) not under-predicted by
+more than 10% (the issue's "none under-predicted by more than 10%"); measured runs must fit, out-of-memory labels
+must not. Cases outside are strict xfails naming their cause or what was checked. Aims over the set (printed with
+-s, a strict xfail while unmet): multi-GPU sharded runs median |error| <= 8%, the whole set median <= 6%.
 """
 
 from __future__ import annotations
@@ -11,56 +15,119 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from published_peaks import CASES, GiB, PublishedPeak
+from published_peaks import CASES as SINGLE_SOURCES
+from published_peaks import GiB, PublishedPeak
+from published_peaks_sharded import CASES as SHARDED_SOURCES
 
-from planner.estimate import estimate
+from planner import deepspeed_sizes
+from planner.estimate import Estimate, estimate
+from planner.strategy import Engine, FsdpStrategy, Offload, ZeroStage
 
-NOT_ALLOCATED = ("CUDA context and workspaces", "allocator reserve")
+CASES = [*SINGLE_SOURCES, *SHARDED_SOURCES]
 TOLERANCE = 0.15
+UNDER_TOLERANCE_SHARDED = 0.10
 
 _TT_UPCAST = ("torchtune without its chunked loss upcasts the logits to fp32 in the eager model and compiles only "
               "the loss module (fp32 logits and gradient remain, 8V per token); ftplan's compiled standard loss is "
               "the Trainer's, upcast and loss in one graph (2eV)")
 _TT_FOREACH = ("not identified: the peak is the optimizer step, where ftplan counts torch.optim.AdamW's foreach "
                "temporary (torch/optim/adam.py _multi_tensor_adam: _foreach_sqrt of every exp_avg_sq, one bf16 "
-               "parameter-sized buffer, 5.98 GiB; without it -3.9%). Checked: optimizer_in_bwd is off in this row "
-               "(the config's default True is the table's next row, '+ Fuse optimizer step into backward', 23.1 GiB; "
-               "the README's command sets optimizer_in_bwd=False optimizer=torch.optim.AdamW, no fused flag, so "
-               "foreach on CUDA); yet the measured 24.9 GiB leaves no room for the buffer above weights + gradients "
-               "+ states (23.93 GiB), and fusing the step into backward saves only 1.8 GiB")
+               "parameter-sized buffer, 5.98 GiB; without it -3.9%). Checked: optimizer_in_bwd is off in this row; "
+               "the measured 24.9 GiB leaves no room for the buffer above weights + gradients + states (23.93 GiB)")
+# within the bar, for the README's litgpt note
+_LITGPT_NF4 = ("not identified: litgpt's own model code on fake tensors agrees with ftplan within 0.4% "
+               "(benchmarks/litgpt_dry_run.py); the published allocated peaks sit above the tensors litgpt's layers "
+               "save, -9 to -10% on the bitsandbytes 0.41 rows (kernel buffers or block rounding: a GPU run tells)")
 _NVSMI = ("not identified: ftplan is low on these Trainer runs read from nvidia-smi or an unstated tool. Checked: "
-          "peft examples/sft at the docs' commits (aa2ca83ca LoRA, 6008f272a QLoRA: dtype, use_reentrant, batch, "
-          "packing, all-linear, flash-attn; DeepSpeed casts fp32-loaded weights to bf16); reentrant checkpointing "
-          "keeps no bitsandbytes input. Left: the allocator cache beyond the modelled 5% (reserved vs allocated)")
-_QWEN = ("not identified: Qwen-1.8B LoRA sits 0.7-1.3 GiB above ftplan at 256-2048 tokens (-11 to -13%) and "
-         "2.3 GiB at 4096, while Qwen-7B is within -4.1..+2.5% at every length and 1.8B within 1% at 8192. Checked: "
-         "the LoRA rows train no embedding/head; the loss runs in fp32 under autocast (modelled); bs 1, padded to "
-         "the length; reentrant checkpointing. The reading's tool is not stated")
+          "peft examples/sft at the docs' commits (dtype, use_reentrant, batch, packing, all-linear, flash-attn); "
+          "the device reading counts the CUDA context, NCCL's buffers (2 communicators under DeepSpeed) and "
+          "GMLake's fragmentation for LoRA + recomputation. Needs allocated / reserved / nvidia-smi side by side")
+# within the +-15% bar, and kept for the README: Qwen-1.8B sits 11-15% under ftplan at 256-4096 tokens
+_QWEN_18 = ("not identified: Qwen-1.8B sits 0.7-1.3 GiB above ftplan's device reading at 256-4096 tokens while "
+            "Qwen-7B is within -4..+5% at every length and 1.8B within 8% at 8192; transformers' Qwen2 layers of "
+            "this shape on fake tensors hold exactly ftplan's tensors (7.77 GiB at 2048): the gap is in what the "
+            "run adds (remote code under PyTorch 2.0, an unstated reading), which only a GPU run can show")
+_QWEN_72 = ("not identified: Qwen-72B LoRA + ZeRO-3 sits a constant ~7.5 GiB per GPU above ftplan at 256-1024 "
+            "tokens and its growth per token is 0.56x ftplan's (the remote code's loss on bf16 logits, no fp32 "
+            "upcast under DeepSpeed, explains the slope, not the constant). Checked: ZeRO-3 persistent parameters "
+            "(r 64 adapters are above 10h), gathered and kept-for-backward parameters, 2 NCCL communicators")
+_QWEN_7F = ("not identified: Qwen-7B full ZeRO-3 on 2 GPUs grows 10.6 GB from 256 to 1024 tokens where ftplan's "
+            "optimizer-step peak does not move (the table's 256 / 512 rows are within 3%)")
+_AAI_INIT = ("the reserved figure holds more than the step: train.py resets the peak after loading, flattening and "
+             "sharding the model, whose cached blocks stay reserved (the log's reserved_after_model_wrap is 3.72 GiB "
+             "for 2.0 GiB of 4-bit weights); the LoRA row's published allocated peak is within 3% of ftplan")
+_AAI_LORA = ("not identified: FSDP1 LoRA rows at larger batch sit 14-16% under the reserved reading; the rows' "
+             "allocated peaks are not published (the two that are, at batch 1, are within 3% and 8%), so which "
+             "of the tensors or the allocator's reserve is short needs a GPU run")
+_LIGER_HF = ("the fp32 logits and their loss temporaries (12 bytes per logit, 24 GiB of the 43 allocated at 2048 "
+             "tokens) fragment the cache beyond GMLake's recomputation median (u = 0.84): measured reserved 59.3 GiB "
+             "over ftplan's 43.4 GiB allocated is u = 0.73. A reserved / allocated pair from a GPU run of this loss "
+             "would size it; ftplan does not fit the constant to this row")
+_LIGER_OOM = ("the out-of-memory at 4096 tokens follows from that fragmentation: ftplan's allocated 75 GiB plus the "
+              "retained half of GMLake's reserve fits in 80 GiB; at the measured u = 0.73 it would not")
 XFAIL: dict[str, str] = {
-    "torchtune:full+packed+compile": _TT_UPCAST,
-    "torchtune:full+packed+compile+chunked-ce+ac": _TT_FOREACH,
+    "torchtune:full+packed+compile": _TT_UPCAST, "torchtune:full+packed+compile+chunked-ce+ac": _TT_FOREACH,
     "peft:70b-lora-zero3-8xH100": _NVSMI, "peft:70b-qlora-zero3-2xA100-40G": _NVSMI,
     "peft:70b-qlora-fsdp-offload-2x24GB": _NVSMI,
-    "qwen-1.8B:lora-seq4096": _QWEN,
+    "qwen-7B:full-seq1024": _QWEN_7F,
+    **{f"qwen-72B:lora-zero3-seq{s}": _QWEN_72 for s in (256, 512, 1024)},
+    "answerai:llama-2-7b-qlora-fsdp-mb1-seq512": _AAI_INIT, "answerai:llama-2-7b-lora-fsdp-mb1-seq512": _AAI_INIT,
+    "answerai:llama-2-7b-lora-fsdp-mb6-seq2048": _AAI_LORA,
+    "answerai:llama-2-7b-lora-fsdp-offload-mb10-seq2048": _AAI_LORA,
+    "answerai:llama-2-70b-qlora-fsdp-offload-mb2-seq2048": _AAI_LORA,
+    "liger:hf-seq1024": _LIGER_HF, "liger:hf-seq2048": _LIGER_HF,
+}
+XFAIL_OOM: dict[str, str] = {
+    "litgpt:7B-none-mb4": ("the litgpt rows' allocated peaks sit 4-7% above ftplan (see the bnb rows): at batch 4 "
+                           "that is the 2 GiB between ftplan's 38.0 GiB and an A100-40GB"),
+    "liger:hf-seq4096": _LIGER_OOM,
 }
 
 
-def planner_bytes(case: PublishedPeak) -> tuple[float, bool]:
-    """ftplan's figure comparable with the case's reading, and whether ftplan says it fits."""
-    est = estimate(case.config(), timed=False)
+def estimate_case(case: PublishedPeak) -> Estimate:
+    with deepspeed_sizes.configured(**case.extra.get("ds_sizes", {})):
+        return estimate(case.config(), timed=False)
+
+
+def reading_bytes(kind: str, est: Estimate) -> float:
     mem = est.memory
-    total = mem.total
-    if case.kind in ("allocated", "active"):
-        total -= sum(mem.other_items.get(k, 0.0) for k in NOT_ALLOCATED)
-    return total, est.fits
+    if kind in ("allocated", "active"):
+        return mem.allocated
+    if kind == "reserved":
+        return mem.reserved
+    return mem.device  # nvidia-smi, or a tool the source does not name: the whole process as the device sees it
+
+
+def planner_bytes(case: PublishedPeak) -> tuple[float, bool]:
+    """ftplan's figure in the case's reading, and whether ftplan says it fits."""
+    est = estimate_case(case)
+    return reading_bytes(case.kind, est), est.fits
 
 
 def deviation(case: PublishedPeak) -> float:
-    pred, _ = planner_bytes(case)
-    return pred / (case.measured * case.unit) - 1.0
+    return planner_bytes(case)[0] / (case.measured * case.unit) - 1.0
+
+
+def engine_label(case: PublishedPeak) -> str:
+    cfg = case.config()
+    if cfg.engine is Engine.deepspeed:
+        out = f"ZeRO-{int(cfg.zero)}"
+    elif cfg.engine is Engine.fsdp:
+        out = f"FSDP{int(cfg.fsdp_version)}" + ("" if cfg.fsdp is FsdpStrategy.full_shard else f" {cfg.fsdp.value}")
+    else:
+        out = "DDP" if cfg.world_size > 1 else "1 GPU"
+    return out + (" + offload" if cfg.offload is not Offload.none else "")
+
+
+def sharded_multi_gpu(case: PublishedPeak) -> bool:
+    cfg = case.config()
+    sharded = (cfg.engine is Engine.deepspeed and cfg.zero >= ZeroStage.GRADIENTS) or (
+        cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard) or cfg.offload is not Offload.none
+    return cfg.world_size > 1 and sharded
 
 
 MEASURED = [c for c in CASES if not c.oom]
+SHARDED = [c for c in MEASURED if sharded_multi_gpu(c)]
 
 
 def _marks(case: PublishedPeak) -> list:
@@ -72,41 +139,53 @@ def _marks(case: PublishedPeak) -> list:
 def test_measured_peak(case: PublishedPeak) -> None:
     pred, fits = planner_bytes(case)
     dev = pred / (case.measured * case.unit) - 1.0
-    print(f"[published peak] {case.framework} | {case.id}: measured {case.measured * case.unit / GiB:.2f} GiB "
-          f"({case.kind}), ftplan {pred / GiB:.2f} GiB, deviation {dev:+.1%}")
+    print(f"[published peak] {case.framework} | {engine_label(case)} | {case.id}: measured "
+          f"{case.measured * case.unit / GiB:.2f} GiB ({case.kind}), ftplan {pred / GiB:.2f} GiB, deviation {dev:+.1%}")
     assert fits, "the run was measured, so it fit"
     assert abs(dev) <= TOLERANCE
+    if sharded_multi_gpu(case):
+        assert dev >= -UNDER_TOLERANCE_SHARDED
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.oom], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True,
+                                                                                      reason=XFAIL_OOM[c.id])]
+                                               if c.id in XFAIL_OOM else []) for c in CASES if c.oom])
 def test_out_of_memory_label(case: PublishedPeak) -> None:
-    _, fits = planner_bytes(case)
-    assert not fits
+    assert not estimate_case(case).fits
+
+
+@pytest.mark.parametrize("case", [c for c in MEASURED if "allocated" in c.extra], ids=lambda c: c.id)
+def test_second_reading_of_the_same_run(case: PublishedPeak) -> None:
+    """Answer.AI's text gives the allocated peak of two of its reserved rows: ftplan's allocated reading, within 10%."""
+    est = estimate_case(case)
+    dev = est.memory.allocated / (case.extra["allocated"] * case.unit) - 1
+    print(f"[published peak] {case.id}: allocated {case.extra['allocated']:.2f} GiB, ftplan "
+          f"{est.memory.allocated / GiB:.2f} GiB ({dev:+.1%})")
+    assert abs(dev) <= 0.10
 
 
 def summary() -> dict[str, tuple[float, float, int]]:
-    """framework -> (median |deviation|, worst |deviation|, cases); "all" for every measured case."""
+    """(source, engine) -> (median |deviation|, worst |deviation|, cases); "all" and "multi-GPU sharded" too."""
     devs: dict[str, list[float]] = {}
     for case in MEASURED:
-        devs.setdefault(case.framework, []).append(abs(deviation(case)))
-    devs["all"] = [d for v in devs.values() for d in v]
+        devs.setdefault(f"{case.framework} | {engine_label(case)}", []).append(abs(deviation(case)))
+    devs["multi-GPU sharded"] = [abs(deviation(c)) for c in SHARDED]
+    devs["all"] = [abs(deviation(c)) for c in MEASURED]
     return {k: (statistics.median(v), max(v), len(v)) for k, v in devs.items()}
 
 
-def test_set_covers_four_frameworks_and_25_peaks() -> None:
-    assert len(MEASURED) >= 25
-    assert len({c.framework for c in MEASURED}) >= 4
-    assert all(c.source and c.switches and c.kind and c.unit in (1e9, 2**30) for c in CASES)
+def test_set_has_50_peaks_15_sharded_from_5_sources() -> None:
+    assert len(MEASURED) >= 50
+    assert len(SHARDED) >= 15 and len({c.framework for c in SHARDED}) >= 5
+    assert all(c.source and c.switches and c.kind in ("allocated", "active", "reserved", "nvidia-smi", "unstated")
+               and c.unit in (1e9, 2**30, 2**20) for c in CASES)
 
 
-@pytest.mark.xfail(strict=True, reason="aims not met: median 9.5% > 8%, 33 of 39 (85%) within 15%; see the per-case "
-                                       "xfails for the 6 outside it")
-def test_aims_median_8_percent_and_90_percent_within_15() -> None:
+@pytest.mark.xfail(strict=True, reason="aims not met: see the README table (the per-case xfails name the causes)")
+def test_aims_sharded_median_8_percent_all_median_6_percent_none_sharded_under_10() -> None:
     stats = summary()
-    for framework, (median, worst, n) in stats.items():
-        print(f"[published peaks] {framework}: {n} cases, median |error| {median:.1%}, worst {worst:.1%}")
-    errors = sorted(abs(deviation(c)) for c in MEASURED)
-    within = sum(e <= TOLERANCE for e in errors) / len(errors)
-    p90 = errors[min(len(errors) - 1, int(0.9 * len(errors)))]
-    print(f"[published peaks] all: 90th percentile |error| {p90:.1%}, {within:.0%} within 15%")
-    assert stats["all"][0] <= 0.08 and within >= 0.90
+    for key, (median, worst, n) in sorted(stats.items()):
+        print(f"[published peaks] {key}: {n} cases, median |error| {median:.1%}, worst {worst:.1%}")
+    under = [c.id for c in SHARDED if deviation(c) < -UNDER_TOLERANCE_SHARDED]
+    print(f"[published peaks] multi-GPU sharded runs under-predicted by more than 10%: {len(under)} {under}")
+    assert stats["multi-GPU sharded"][0] <= 0.08 and stats["all"][0] <= 0.06 and not under

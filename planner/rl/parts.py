@@ -1,0 +1,35 @@
+"""Online RL helpers that read a whole TrainConfig (planner.rl.settings stays below planner.strategy)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from planner.rl.settings import TRL_RL_STAGES, Generation, Rollout, is_online_rl
+from planner.strategy import TrainConfig
+
+
+def logprob_head_rows(cfg: TrainConfig, tokens: int) -> int:
+    """Rows TRL's fused log-prob head projects in one micro-batch (trl/trainer/utils.py add_fused_lm_head): on
+    Triton devices only the positions whose label is scored (GRPO / RLOO: the completion tokens), elsewhere (the
+    CPU) every position; DPO's count stays every token of chosen + rejected."""
+    if cfg.stage in TRL_RL_STAGES and cfg.cluster.gpu.name != "CPU":
+        return cfg.micro_batch * cfg.rollout.completion_len
+    return tokens
+
+
+def training_part(cfg: TrainConfig) -> TrainConfig:
+    """The configuration with only the rollout settings its training step reads (the completion length, for
+    TRL's log-prob head): one key for every generation setting of the same strategy, so the search computes
+    the training step once per strategy (planner.rl.memory / timing memoize on it)."""
+    if cfg.rollout.generation is Generation.transformers and cfg.rollout == Rollout(
+            completion_len=cfg.rollout.completion_len):
+        return cfg
+    return replace(cfg, rollout=Rollout(completion_len=cfg.rollout.completion_len))
+
+
+def plan_group(cfg: TrainConfig) -> tuple:
+    """How answers group plans for their best-N lists: by method, and for online RL by generation engine too (so
+    transformers' generate, vLLM colocated and a vLLM server each show their best)."""
+    if is_online_rl(cfg.stage):
+        return (cfg.method, cfg.rollout.generation)
+    return (cfg.method,)

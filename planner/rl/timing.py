@@ -1,0 +1,104 @@
+"""One optimizer step of an online RL stage: the policy's training step (planner.timing) plus, once per
+generation, generating the completions, scoring them and pushing the new weights to vLLM.
+
+TRL's step (trl/trainer/grpo_trainer.py `_prepare_inputs` / `_generate_and_score_completions`) runs these one
+after the other, nothing overlapped: a generation every steps_per_generation x num_iterations micro-batches,
+so every `generation_steps x num_iterations` optimizer steps, then no-grad forwards over the whole generation
+batch for the old policy's log-probabilities (when generation runs ahead of the optimizer, or always with vLLM's
+importance-sampling correction, GRPOConfig.vllm_importance_sampling_correction=True), for the reference's (beta
+> 0) and for each reward model, then the micro-batches' forward and backward. A vLLM server generates while the
+trainer waits (the blog "No GPU left behind", TRL 2025: training and generation GPUs take turns idling).
+
+PPO (verl) adds the critic's value forward and its update, each as long as the critic model's training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+from planner import compute as cp
+from planner.calibration import DEFAULT, Calibration
+from planner.comm import DEFAULT_COMM_EFFICIENCY
+from planner.parallel_comm import dp_group
+from planner.params import active_params
+from planner.rl import generation as gen
+from planner.rl.memory import critic_config, old_logprobs, reward_spec
+from planner.rl.parts import training_part
+from planner.rl.settings import Generation
+from planner.strategy import GradCkpt, Method, Stage, TrainConfig
+
+RL_BREAKDOWN_KEYS = ("generation", "scoring", "weight_sync")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingTime:
+    """What planner.timing hands in (it imports this module, so this one does not import it): the training step's
+    time (a StepTime) and the StepTime class."""
+
+    step: Callable[[TrainConfig, Calibration], Any]
+    step_time: type
+
+
+@lru_cache(maxsize=8192)
+def _training_step(fn: Callable, cfg: TrainConfig, cal: Calibration) -> Any:
+    return fn(cfg, cal)
+
+
+def forward_pass_s(cfg: TrainConfig, train: Any) -> float:
+    """A no-grad forward over the rank's generation batch, from the training step's own terms: the forward's
+    share of its compute (1/3 with every weight trained, 1/2 frozen: backward is 2x or 1x the forward,
+    planner.compute) and of its host dispatch (one pass of three, four with full recomputation)."""
+    share = 1 / 3 if cfg.method is Method.full else 1 / 2
+    passes = 4 if cfg.grad_ckpt is GradCkpt.full else 3
+    per_step = train.breakdown_s["compute"] * share + train.breakdown_s["framework"] / passes
+    return per_step * cfg.generation_steps
+
+
+def generation_share(t: Any) -> float:
+    """Generation's share of the step's time (0 for stages without generation)."""
+    return t.breakdown_s.get("generation", 0.0) / t.step_time_s if t.step_time_s else 0.0
+
+
+def rl_step_time(tt: TrainingTime, cfg: TrainConfig, cal: Calibration = DEFAULT) -> Any:
+    """Seconds per optimizer step of GRPO / RLOO (or PPO), with `generation`, `scoring` and `weight_sync` beside
+    the training step's parts; rates count the trained completions (prompt + completion tokens)."""
+    if cfg.stage is Stage.ppo:
+        actor_cfg = replace(cfg, stage=Stage.sft)
+        train = _training_step(tt.step, actor_cfg, cal)
+        critic = _training_step(tt.step, critic_config(cfg), cal)
+    else:
+        actor_cfg = cfg
+        train = _training_step(tt.step, training_part(cfg), cal)
+        critic = None
+    r = cfg.rollout
+    eff = cp.compute_efficiency(cfg.cluster.gpu.name, cal.compute_efficiency)
+    comm_eff = cal.comm_efficiency if cal.comm_efficiency is not None else DEFAULT_COMM_EFFICIENCY
+    group = dp_group(cfg.cluster, cfg.tp, cfg.pp, cfg.dp, comm_eff) if cfg.dp > 1 else None
+    g = gen.generation_time(cfg, eff, group)
+    sync = gen.weight_sync_s(cfg, group)
+    fwd = forward_pass_s(actor_cfg, train)
+    scoring = fwd * (int(r.kl_beta > 0) + int(old_logprobs(cfg)))
+    spec = reward_spec(cfg)
+    if spec is not None:
+        scoring += fwd * active_params(spec) / active_params(cfg.model)
+    per_generation = r.generation_steps * r.num_iterations  # optimizer steps one generation feeds
+    parts = dict(train.breakdown_s)
+    if critic is not None:
+        # the critic's value forward over the batch and its update; the reference forward rides in `scoring`
+        scoring += forward_pass_s(actor_cfg, critic)
+        parts = {k: v + critic.breakdown_s.get(k, 0.0) for k, v in parts.items()}
+    parts["generation"] = g.total_s / per_generation
+    parts["scoring"] = scoring / per_generation
+    parts["weight_sync"] = sync / per_generation
+    step_s = sum(parts.values())
+    gpus = cfg.world_size + (r.vllm_server_gpus if r.generation is Generation.vllm_server else 0)
+    samples = cfg.global_batch
+    peak = cp.peak_flops_per_s(cfg.cluster.gpu, cfg.precision)
+    model_flops = train.model_flops_per_step
+    return tt.step_time(step_time_s=step_s, breakdown_s=parts, tokens_per_s=samples * cfg.seq_len / step_s,
+                    samples_per_s=samples / step_s, mfu=model_flops / (step_s * gpus * peak) if peak else 0.0,
+                    hfu=train.hfu * train.step_time_s * cfg.world_size / (step_s * gpus),
+                    model_flops_per_step=model_flops, dp_comm_total_s=train.dp_comm_total_s)

@@ -1,0 +1,153 @@
+"""Worker for test_memory_sharded_measured.py: one rank of a 2-process gloo run of a sharded engine on a small
+Llama (fp32, SGD-free AdamW), live tensor bytes counted by profiler.tracker.StorageTracker over the second step.
+
+Engines: fsdp1 (FullyShardedDataParallel, FULL_SHARD, one unit per decoder layer and the root, use_orig_params,
+limit_all_gathers, BACKWARD_PRE; device_id=cpu), fsdp2 (fully_shard per layer and the root), zero3 and zero3-offload
+(DeepSpeed 0.19.8 on the CPU accelerator, the planner's own ds_config; offload keeps a torch AdamW through
+zero_force_ds_cpu_optimizer false, so no CPU-Adam build). `freeze` freezes the embedding and the first decoder
+layer (the planner's --freeze-layers 1): under FSDP1 the root unit then mixes a frozen embedding with the trained
+head and norm.
+
+Usage: python -m torch.distributed.run --nproc_per_node 2 sharded_probe.py ENGINE FREEZE GRAD_ACCUM (env:
+DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1). Rank 0 prints one JSON line:
+- before: live bytes before the second step's forward (states and persistent buffers);
+- grads_at_backward: bytes of .grad storages when the last micro-batch's backward starts;
+- backward_peak, after_backward, step_peak: the tracker's peak of forward + backward, the live bytes after backward,
+  and the peak of the optimizer step (zero_grad included);
+- sharded_grad_bytes: the gradient bytes held after backward (FSDP: each FlatParameter's or DTensor's .grad);
+- persistent_numel (ZeRO-3): elements of parameters DeepSpeed keeps whole (`ds_persist`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from profiler.tracker import StorageTracker
+
+CONFIG = dict(vocab_size=2048, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+              num_key_value_heads=8, max_position_embeddings=256, tie_word_embeddings=False)
+MICRO_BATCH, SEQ = 2, 128
+
+
+def _grad_bytes(params: list[torch.nn.Parameter]) -> int:
+    seen, total = set(), 0
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        g = getattr(g, "_local_tensor", g)
+        st = g.untyped_storage()
+        if st._cdata not in seen:
+            seen.add(st._cdata)
+            total += st.nbytes()
+    return total
+
+
+def _wrap(engine: str, model: torch.nn.Module) -> tuple[torch.nn.Module, object, bool]:
+    if engine == "fsdp1":
+        import functools
+
+        from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+        policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={LlamaDecoderLayer})
+        wrapped = FSDP(model, device_id=torch.device("cpu"), auto_wrap_policy=policy, use_orig_params=True,
+                       sharding_strategy=ShardingStrategy.FULL_SHARD, limit_all_gathers=True,
+                       backward_prefetch=BackwardPrefetch.BACKWARD_PRE)
+        return wrapped, torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], foreach=True), False
+    if engine == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True), False
+    import deepspeed
+
+    from planner.build import build_config
+    from planner.configs.ds_config import build_ds_config
+    from planner.models import spec_from_hf_config
+
+    offload = engine == "zero3-offload"
+    from planner.strategy import Method, Offload, Precision
+
+    cfg = build_config(model="llama-2-7b", gpus="2xCPU", method=Method.full, zero=3, precision=Precision.fp32,
+                       offload=Offload.all if offload else Offload.none, micro_batch=MICRO_BATCH, seq_len=SEQ,
+                       check=False)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, model=spec_from_hf_config({"model_type": "llama", **CONFIG}, name="probe"))
+    ds = build_ds_config(cfg)
+    ds.pop("optimizer", None)
+    ds.pop("scheduler", None)
+    ds.update(zero_allow_untested_optimizer=True, zero_force_ds_cpu_optimizer=False, steps_per_print=10**9)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=False)
+    engine_, opt, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+    return engine_, opt, True
+
+
+def main(engine: str, freeze: bool, grad_accum: int) -> None:
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**CONFIG))
+    if freeze:  # as --freeze-layers 1: the embedding and the first decoder layer
+        model.model.embed_tokens.requires_grad_(False)
+        model.model.layers[0].requires_grad_(False)
+    module, opt, is_ds = _wrap(engine, model)
+    params = list(module.parameters())
+    g = torch.Generator().manual_seed(dist.get_rank())
+    batches = [torch.randint(0, CONFIG["vocab_size"], (MICRO_BATCH, SEQ), generator=g) for _ in range(grad_accum)]
+    out: dict = {}
+    for _ in range(2):  # the second step: every state exists
+        gc.collect()
+        tracker = StorageTracker()
+        tracker.track_all(o for o in gc.get_objects() if isinstance(o, torch.Tensor))
+        before = tracker.current_bytes
+        with tracker:
+            for k, ids in enumerate(batches):
+                tracker.label = "forward"
+                loss = module(input_ids=ids, labels=ids).loss
+                if k == len(batches) - 1:
+                    out["grads_at_backward"] = _grad_bytes(params)
+                tracker.label = "backward"
+                if is_ds:
+                    module.backward(loss)
+                else:
+                    loss.backward()
+                del loss
+            peak = tracker.finish()
+            backward_peak, out["backward_peak_label"] = peak.total_bytes, peak.label
+            after_backward = tracker.current_bytes
+            out["sharded_grad_bytes"] = _grad_bytes(params)
+            tracker.reset_peak()
+            tracker.label = "step"
+            if is_ds:
+                module.step()
+            else:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            step_peak = tracker.finish().total_bytes
+        out.update(before=before, backward_peak=backward_peak, after_backward=after_backward, step_peak=step_peak)
+    if is_ds:
+        out["persistent_numel"] = sum(p.ds_numel for p in params if getattr(p, "ds_persist", False))
+    if dist.get_rank() == 0:
+        print(json.dumps(out))
+    gc.collect()
+    with contextlib.suppress(Exception):
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]))
