@@ -13,6 +13,9 @@ without bf16 units emulates bf16-mixed autocast at a small fraction of its fp32 
 Printed per tuner run:
   quality = grid tokens/s of the tuner's winner / best grid tokens/s                     (aim >= 0.95)
   time    = the tuner's summed trial wall time / one pass of the grid's trial wall time (aim <= 0.35)
+and per trial its measured tokens/s, how far apart its timed steps were (the spread it saw), whether it was a
+confirmation repeat (runner/tuning/measured.py), the time model's and the calibrated prediction, and the grid's
+figure; then the worst run and the grid's repeat spread.
 One pass of the grid is the grid's summed trial time divided by its repeats (the cost of measuring every
 plan once with the same steps: the cheapest exhaustive alternative, so the ratio is conservative).
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -88,6 +92,10 @@ def tune_once(space: TuneSpace, grid: dict[str, dict[str, float]], trials: int, 
             "tune_trial_s": result.measured_trial_s, "grid_pass_trial_s": grid_pass_s,
             "time_ratio": result.measured_trial_s / grid_pass_s,
             "trials": [{"name": r.name, "round": r.round, "steps": r.steps, "measured": r.tokens_per_s,
+                        "range": r.tokens_per_s_range,
+                        "spread": (r.tokens_per_s_range[1] / r.tokens_per_s_range[0] - 1)
+                        if r.tokens_per_s_range and r.tokens_per_s_range[0] > 0 else None,
+                        "repeat": sum(1 for q in result.rows if q.name == r.name and q.number < r.number) > 0,
                         "predicted": r.predicted_tokens_per_s, "calibrated": r.calibrated_tokens_per_s,
                         "grid": grid.get(r.name, {}).get("tokens_per_s")} for r in result.rows],
             "calibration": result.calibration}
@@ -100,8 +108,14 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.3, help="tuner trials as a fraction of the grid's plans")
     ap.add_argument("--runs", type=int, default=3, help="tuner runs against the one grid")
     ap.add_argument("--grid-cache", type=Path, help="read the grid from this JSON file, or write it there")
+    ap.add_argument("--max-load", type=float, default=1.0,
+                    help="refuse to start when the 1-minute load average is above this (other work biases times)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    load = os.getloadavg()[0]
+    if load > args.max_load:
+        sys.exit(f"the 1-minute load average is {load:.2f} (> --max-load {args.max_load}): other work shares the "
+                 f"cores and would bias the trials; wait for a quiet machine or raise --max-load")
     quiet_optuna()
     with tempfile.TemporaryDirectory() as tmp:
         space = make_space(Path(tmp))
@@ -129,9 +143,16 @@ def main() -> None:
               f"grid; best {r['grid_best']} {r['grid_best_tokens_per_s']:,.0f}): quality {r['quality']:.3f}, "
               f"trial time {r['tune_trial_s']:,.0f} s / {r['grid_pass_trial_s']:,.0f} s = {r['time_ratio']:.3f}")
         for t in r["trials"]:
-            print(f"    round {t['round']} {t['name']:36s} steps {t['steps']}  measured {t['measured'] or 0:9,.0f}  "
+            spread = f"{t['spread']:5.1%}" if t["spread"] is not None else "    -"
+            print(f"    round {t['round']} {t['name']:36s}{' (repeat)' if t['repeat'] else '         '} steps "
+                  f"{t['steps']}  measured {t['measured'] or 0:9,.0f} (steps {spread} apart)  "
                   f"predicted {t['predicted'] or 0:9,.0f}  calibrated {t['calibrated'] or 0:9,.0f}  "
                   f"grid {t['grid'] or 0:9,.0f}")
+    qualities = [r["quality"] for r in runs]
+    ratios = [r["time_ratio"] for r in runs]
+    spreads = [g["spread"] for g in grid.values()]
+    print(f"quality min {min(qualities):.3f} (aim >= 0.95 in every run); trial time max {max(ratios):.3f} "
+          f"(aim <= 0.35); grid repeat spread median {statistics.median(spreads):.1%}, max {max(spreads):.1%}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,15 @@ autograd wrappers around the module (~3), the gradient hook's copy into the redu
 about 20 per pass, 40 per micro-batch. FSDP2 per unit and pass: all-gather copy-in (empty + foreach copy),
 the collective, copy-out (split_with_sizes_copy), reshard (storage free), and in backward the
 reduce-scatter copy-in, collective and copy-out: about 12 per pass, 24 per micro-batch.
+A submodule without parameters of its own (a decoder layer, its attention and MLP containers, peft's ModuleDicts
+and Dropout) runs the same hooks with an empty parameter set: fetch_sub_module skips the gather, the wait and the
+release (`params_to_fetch` is empty), leaving the stream wait on the all-gather stream, the trace bookkeeping and the
+Pre/PostBackwardFunction autograd wrappers in both passes: about 8 per micro-batch.
+ZeRO-3's gradient path adds, per trainable parameter tensor and micro-batch, the backward hook's copy into the
+reduce bucket (stage3.py __add_grad_to_ipg_bucket: stream wait, narrow, view, copy_, record_stream, the .data swap)
+and its share of partition_grads (the partition's narrow, the copy or add into the flat gradient buffer, the
+bookkeeping): about 15; and per reduce bucket (__reduce_and_partition_ipg_grads: the event checks, the
+reduce-scatter's flatten / pad / collective / chunk, the event record): about 20. World size 1 runs them too.
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ DDP_FIRST_BUCKET_BYTES = 2**20
 DDP_BUCKET_BYTES = 25 * 2**20
 # Host work per ZeRO-3 submodule and per FSDP unit and micro-batch, in eager-op dispatches (counted above)
 ZERO3_MODULE_HOST_OPS = 40.0
+ZERO3_CONTAINER_HOST_OPS = 8.0
+ZERO3_GRAD_TENSOR_HOST_OPS = 15.0
+ZERO3_REDUCE_BUCKET_HOST_OPS = 20.0
 FSDP_UNIT_HOST_OPS = 24.0
 
 
@@ -92,3 +104,20 @@ def param_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple
 def fsdp_units(layers: int) -> int:
     """Decoder layers wrapped one unit each, plus the root unit (embedding, norm, head)."""
     return layers + 1
+
+
+def zero3_host_ops(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> float:
+    """Eager-op equivalents of DeepSpeed ZeRO-3's hooks per micro-batch (forward and backward): the full fetch /
+    release path for the modules that own parameters, the empty-set path for the others (module docstring)."""
+    owners = param_modules(m, layers, method, lora_targets)
+    containers = max(0, zero3_modules(m, layers, method, lora_targets) - owners)
+    return owners * ZERO3_MODULE_HOST_OPS + containers * ZERO3_CONTAINER_HOST_OPS
+
+
+def trainable_tensors(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
+    """Trainable parameter tensors on one stage: every weight (and bias) of a full fine-tune's layers plus the
+    embedding, final norm and untied head; LoRA's A and B per adapted linear."""
+    if method is not Method.full:
+        return layers * 2 * len(resolve_lora_targets(m, lora_targets))
+    per_layer = sum(2 if lin.bias else 1 for lin in m.linears()) + 2 * (2 if m.layernorm_bias else 1)
+    return layers * per_layer + 2 + (0 if m.tie_embeddings else 1)

@@ -30,40 +30,31 @@ from planner.params import lora_params, quantizable_params
 from planner.states import stage_layers
 from planner.strategy import GradCkpt, Method, Precision, Quant, Stage, TrainConfig
 
-# Achievable fraction of the dense tensor-core peak over the compute part of a training step (GEMMs
-# plus the memory-bound norms, activations, softmax and optimizer-free elementwise kernels), keyed by
-# architecture. Replaced by `Calibration.compute_efficiency` when a profile exists. Sources:
-# - Ampere datacenter (A100/A800): Megatron-LM reaches 44-52% of peak *including* communication and
-#   pipeline bubbles (Narayanan et al. 2021, Table 1) and 54-56% hardware FLOPs utilization for
-#   175B-1T with selective recompute (Korthikanti et al. 2022, Table 5); the compute alone is a little
-#   higher: 0.55.
-# - Hopper (H100/H800/H200): Llama 3 pre-training reports 38-43% BF16 MFU on 8-16K H100s (Dubey et al.
-#   2024, Table 4), again including communication; compute alone 0.45 (Hopper's peak grew 3.2x over
-#   A100, its memory bandwidth 1.6x, so memory-bound kernels weigh more).
-# - Volta (V100): Megatron-LM v1 sustains 39 TFLOP/s of 125 on one V100 (Shoeybi et al. 2019, Sec. 5.1,
-#   30% including the optimizer); ZeRO reports 38-41 TFLOP/s per V100 (Rajbhandari et al. 2020, Sec.
-#   10.2): 0.33.
-# - GDDR boards (A10G, L40S, RTX 3090/4090, T4): no published LLM-training MFU from a primary source;
-#   their bandwidth per FLOP is lower than A100's (RTX 4090: 6.1 B/kFLOP vs A100: 6.5; L40S 2.4), so
-#   we take Hopper's 0.45 scaled by nothing better known: 0.40. Calibrate for quantitative use.
-# - CPU: the peak is the fitted large-GEMM rate of one core (planner/gpus.py); the memory-bound rest of
-#   a step (norms, SiLU, softmax, residuals, loss: ~50 fp32 values read or written per token, layer and
-#   pass for a Llama layer, against ~6 x 4h^2 + 6 x 3hi GEMM FLOPs) costs about a tenth of the GEMM time
-#   at the fitted 1.67 GB/s and 8 GFLOP/s for h = 384..768: 0.9.
+# Achievable fraction of the dense tensor-core peak for large GEMMs, keyed by GPU: the "Maximum Achievable Matmul
+# FLOPS" (MAMF) measured with torch.matmul over a search of shapes (S. Bekman, ml-engineering,
+# compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS comparison table", BF16): A100 SXM 271.2 of 312
+# TFLOP/s (86.9%), H100 SXM 794.5 of 989 (80.3%, "H200 is the same"). A800 / H800 are the same chips with cut
+# NVLink. The rest of a step is counted apart from this (planner/kernels.py): wave quantization of each GEMM's
+# tiles, the elementwise ops' bytes at the memory bandwidth, attention at FlashAttention's own efficiency, host
+# dispatch and framework hooks. Replaced by `Calibration.compute_efficiency` when a profile exists.
+# - GPUs without a MAMF figure (V100, the GDDR boards) take the fallback: A100 PCIe's 81.1% in the same table,
+#   the lowest NVIDIA datacenter figure there, rounded down (0.80).
+# - CPU: the peak is the fitted GEMM rate itself (planner/gpus.py, `ftplan profile calibrate --device`): 1.0.
 DEFAULT_COMPUTE_EFFICIENCY: dict[str, float] = {
-    "A100-80G": 0.55, "A100-40G": 0.55, "A800": 0.55,
-    "H100": 0.45, "H800": 0.45, "H200": 0.45,
-    "V100-32G": 0.33,
-    "A10G": 0.40, "L40S": 0.40, "RTX3090": 0.40, "RTX4090": 0.40, "T4": 0.40,
-    "CPU": 0.90,
+    "A100-80G": 0.869, "A100-40G": 0.869, "A800": 0.869,
+    "H100": 0.803, "H800": 0.803, "H200": 0.803,
+    "CPU": 1.0,
 }
-FALLBACK_COMPUTE_EFFICIENCY = 0.40
+FALLBACK_COMPUTE_EFFICIENCY = 0.80
 
 
-def compute_efficiency(gpu_name: str, calibrated: float | None = None) -> float:
-    """Fraction of peak FLOP/s a training step's compute achieves; a calibration file overrides it."""
+def compute_efficiency(gpu_name: str, calibrated: float | None = None, fitted: float | None = None) -> float:
+    """Fraction of peak FLOP/s large GEMMs achieve: a calibration file's, else the device fit's
+    (GPUSpec.gemm_efficiency), else the GPU's published figure."""
     if calibrated is not None:
         return calibrated
+    if fitted is not None:
+        return fitted
     return DEFAULT_COMPUTE_EFFICIENCY.get(gpu_name, FALLBACK_COMPUTE_EFFICIENCY)
 
 

@@ -67,6 +67,22 @@ class GPUSpec:
     # On such a device: the time a collective issued while the ranks compute (from backward hooks: DDP
     # buckets, ZeRO reductions and gathers, FSDP units) costs, relative to the same collective alone.
     busy_comm_factor: float = 1.0
+    # Fraction of the dense peak large GEMMs reach where measured on this machine (`ftplan profile calibrate --device`
+    # on CUDA); None: the GPU's published figure (planner/compute.py DEFAULT_COMPUTE_EFFICIENCY). With it the inner
+    # size at which a GEMM tile's fixed prologue and epilogue halve its rate (rate x k / (k + k0)); 0: not measured.
+    gemm_efficiency: float | None = None
+    gemm_half_rate_inner: float = 0.0
+    # Fraction of the 16-bit peak FlashAttention-2 (and SDPA's flash kernel) reaches over forward + backward where
+    # published (planner/kernels.py flash_attention_s); None: attention runs as its full s x s matmuls at the
+    # GEMM rate (V100 and the CPU have no FlashAttention-2).
+    attention_efficiency: float | None = None
+    # Share of `hbm_bytes_per_s` that a step's memory-bound kernels reach on the bytes planner/kernels.py counts for
+    # them (every op's inputs and outputs, as a dispatch mode sees them): a layer's eager elementwise, reduction, cast
+    # and cat kernels, the loss, eager attention's score traffic, and fused ones (Liger, Inductor) alike; not the
+    # optimizer's multi-tensor kernels, which stream whole parameter chunks at the memory bandwidth. 1.0 where
+    # hbm_bytes_per_s is itself a measured rate of such ops (the CPU device fit); GPUs take
+    # ELEMENTWISE_BANDWIDTH_FRACTION.
+    elementwise_bandwidth_fraction: float = 1.0
     # Host work per ZeRO-3 submodule / FSDP unit and micro-batch where measured (the CPU); None: counted in
     # eager ops (planner/collectives.py) times host_op_s.
     zero3_module_host_s: float | None = None
@@ -76,31 +92,57 @@ class GPUSpec:
     def supports_bf16(self) -> bool:
         return self.peak_bf16_flops_per_s > 0
 
+    @property
+    def elementwise_bytes_per_s(self) -> float:
+        """The rate memory-bound kernels move the bytes planner/kernels.py counts for them."""
+        return self.hbm_bytes_per_s * self.elementwise_bandwidth_fraction
+
+
+# The share of the datasheet memory bandwidth memory-bound kernels reach on the bytes counted for them, on GPUs: the
+# median over the published per-kernel benchmarks of Liger-Kernel (linkedin/Liger-Kernel,
+# benchmark/data/all_benchmark_data.csv, forward + backward of transformers' LlamaRMSNorm, apply_rotary_pos_emb and
+# torch's CrossEntropyLoss and LayerNorm on A100-SXM4-80GB, an eager residual add + RMSNorm and torch's LayerNorm on
+# H100 80GB HBM3, Liger's RMSNorm and cross-entropy kernels on A100), each row's bytes counted op by op as the planner
+# counts a layer's and its time taken as the slope between its two largest sizes (launch overhead cancels). The rows
+# range 0.32-0.96 (tests/validation/test_elementwise_published.py reproduces them).
+ELEMENTWISE_BANDWIDTH_FRACTION = 0.55
+
 
 def _gpu(**kw) -> GPUSpec:
+    if kw.get("sm_count", 0) > 0:
+        kw.setdefault("elementwise_bandwidth_fraction", ELEMENTWISE_BANDWIDTH_FRACTION)
     return GPUSpec(**kw)
 
 
 _PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nominal
+# FlashAttention-2 on A100: up to 73% of peak in forward and 63% in backward (Dao 2023, arXiv 2307.08691, Sec. 4.1
+# and Fig. 4-6); backward runs 2.5x the forward's FLOPs, so forward + backward reach 3.5 / (1/0.73 + 2.5/0.63) = 0.65.
+_FA2_AMPERE = 0.65
+# FlashAttention-2 on H100 "achieves only 35% utilization" (Shah et al. 2024, FlashAttention-3, arXiv 2407.08608,
+# abstract); FlashAttention-3 is not what transformers' flash_attention_2 or torch's SDPA run.
+_FA2_HOPPER = 0.35
 
 GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # NVIDIA A100 datasheet (2021): 312 TF bf16/fp16, 156 TF tf32, 19.5 TF fp32, 2039 GB/s (80GB SXM),
     # NVLink3 600 GB/s; DGX A100: 8 GPUs, 8x 200 Gb/s HDR InfiniBand.
-    _gpu(name="A100-80G", sm_count=108, hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
+    _gpu(name="A100-80G", sm_count=108, attention_efficiency=_FA2_AMPERE,
+         hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
          peak_fp16_flops_per_s=312 * TFLOPS, peak_tf32_flops_per_s=156 * TFLOPS,
          peak_fp32_flops_per_s=19.5 * TFLOPS, hbm_bytes_per_s=2039 * GB, intra_node_link="NVLink3",
          intra_node_bytes_per_s=300 * GB, inter_node_network="HDR InfiniBand 200 Gb/s",
          inter_node_bytes_per_s=25 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
          source="NVIDIA A100 Tensor Core GPU datasheet; DGX A100 user guide"),
     # A100 40GB SXM: 1555 GB/s HBM2.
-    _gpu(name="A100-40G", sm_count=108, hbm_bytes=40960 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
+    _gpu(name="A100-40G", sm_count=108, attention_efficiency=_FA2_AMPERE,
+         hbm_bytes=40960 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
          peak_fp16_flops_per_s=312 * TFLOPS, peak_tf32_flops_per_s=156 * TFLOPS,
          peak_fp32_flops_per_s=19.5 * TFLOPS, hbm_bytes_per_s=1555 * GB, intra_node_link="NVLink3",
          intra_node_bytes_per_s=300 * GB, inter_node_network="HDR InfiniBand 200 Gb/s",
          inter_node_bytes_per_s=25 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
          source="NVIDIA A100 Tensor Core GPU datasheet"),
     # A800: export variant of A100-80G with NVLink cut to 400 GB/s; compute and HBM unchanged.
-    _gpu(name="A800", sm_count=108, hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
+    _gpu(name="A800", sm_count=108, attention_efficiency=_FA2_AMPERE,
+         hbm_bytes=81920 * MiB, peak_bf16_flops_per_s=312 * TFLOPS,
          peak_fp16_flops_per_s=312 * TFLOPS, peak_tf32_flops_per_s=156 * TFLOPS,
          peak_fp32_flops_per_s=19.5 * TFLOPS, hbm_bytes_per_s=2039 * GB, intra_node_link="NVLink3 (400 GB/s)",
          intra_node_bytes_per_s=200 * GB, inter_node_network="HDR InfiniBand 200 Gb/s",
@@ -108,21 +150,24 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          source="NVIDIA A800 40GB/80GB Active PCIe/SXM product brief"),
     # NVIDIA H100 SXM5 datasheet: 989.4 TF bf16/fp16 dense, 494.7 tf32, 66.9 fp32, 3.35 TB/s,
     # NVLink4 900 GB/s; DGX H100: 8x 400 Gb/s NDR (ConnectX-7).
-    _gpu(name="H100", sm_count=132, hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
+    _gpu(name="H100", sm_count=132, attention_efficiency=_FA2_HOPPER,
+         hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
          peak_fp16_flops_per_s=989.4 * TFLOPS, peak_tf32_flops_per_s=494.7 * TFLOPS,
          peak_fp32_flops_per_s=66.9 * TFLOPS, hbm_bytes_per_s=3350 * GB, intra_node_link="NVLink4",
          intra_node_bytes_per_s=450 * GB, inter_node_network="NDR InfiniBand 400 Gb/s",
          inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
          source="NVIDIA H100 Tensor Core GPU datasheet (SXM5); DGX H100 user guide"),
     # H800 SXM: H100 compute with NVLink cut to 400 GB/s.
-    _gpu(name="H800", sm_count=132, hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
+    _gpu(name="H800", sm_count=132, attention_efficiency=_FA2_HOPPER,
+         hbm_bytes=81559 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
          peak_fp16_flops_per_s=989.4 * TFLOPS, peak_tf32_flops_per_s=494.7 * TFLOPS,
          peak_fp32_flops_per_s=66.9 * TFLOPS, hbm_bytes_per_s=3350 * GB, intra_node_link="NVLink4 (400 GB/s)",
          intra_node_bytes_per_s=200 * GB, inter_node_network="NDR InfiniBand 400 Gb/s",
          inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
          source="NVIDIA H800 SXM5 product brief"),
     # NVIDIA H200 datasheet: 141 GB HBM3e at 4.8 TB/s, H100 compute, NVLink4 900 GB/s.
-    _gpu(name="H200", sm_count=132, hbm_bytes=143771 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
+    _gpu(name="H200", sm_count=132, attention_efficiency=_FA2_HOPPER,
+         hbm_bytes=143771 * MiB, peak_bf16_flops_per_s=989.4 * TFLOPS,
          peak_fp16_flops_per_s=989.4 * TFLOPS, peak_tf32_flops_per_s=494.7 * TFLOPS,
          peak_fp32_flops_per_s=66.9 * TFLOPS, hbm_bytes_per_s=4800 * GB, intra_node_link="NVLink4",
          intra_node_bytes_per_s=450 * GB, inter_node_network="NDR InfiniBand 400 Gb/s",
@@ -201,24 +246,45 @@ _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4
             "3090": "RTX3090", "V100": "V100-32G", "H100-80G": "H100"}
 
 
-# `ftplan profile calibrate --device` keys -> GPUSpec fields (the CPU device's fitted constants)
+# `ftplan profile calibrate --device` keys -> GPUSpec fields. A CPU fit (profiler/device_fit.py) sets the CPU
+# entry's constants; a CUDA fit (profiler/device_fit_cuda.py, "device": "cuda") adds gemm_efficiency,
+# gemm_half_rate_inner and attention_efficiency, sets elementwise_bandwidth_fraction (against its measured copy rate)
+# and replaces host_op_s, hbm_bytes_per_s, collective_alpha_s and intra_node_bytes_per_s of the GPU it names ("gpu").
 DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp32_flops_per_s",
                      "gemm_half_rate_rows": "gemm_half_rate_rows", "gemm_narrow_cols": "gemm_narrow_cols",
                      "dropout_values_per_s": "dropout_values_per_s",
                      "hbm_bytes_per_s": "hbm_bytes_per_s", "collective_alpha_s": "collective_alpha_s",
                      "intra_node_bytes_per_s": "intra_node_bytes_per_s", "zero3_module_s": "zero3_module_host_s",
-                     "fsdp_unit_s": "fsdp_unit_host_s", "busy_comm_factor": "busy_comm_factor"}
+                     "fsdp_unit_s": "fsdp_unit_host_s", "busy_comm_factor": "busy_comm_factor",
+                     "gemm_efficiency": "gemm_efficiency", "gemm_half_rate_inner": "gemm_half_rate_inner",
+                     "attention_efficiency": "attention_efficiency",
+                     "elementwise_bandwidth_fraction": "elementwise_bandwidth_fraction"}
+
+
+def device_fit_gpu_name(fit: dict) -> str:
+    """The catalog entry a device-fit file describes: "CPU" for a CPU fit (files without "device")."""
+    return str(fit.get("gpu", "CPU")) if fit.get("device", "cpu") == "cuda" else "CPU"
 
 
 def with_device_fit(gpu: GPUSpec, fit: dict) -> GPUSpec:
-    """`gpu` (the CPU entry) with the constants of a `profile calibrate --device` file; fp32 matmuls run
-    at the fitted rate (no TF32 on a CPU); keys an older file lacks keep the entry's values."""
-    values = {field: fit[key] for key, field in DEVICE_FIT_FIELDS.items() if key in fit}
+    """`gpu` with the constants of a `profile calibrate --device` file; keys an older file lacks keep the entry's
+    values. A CPU fit's fp32 matmuls run at the fitted rate (no TF32 on a CPU). A fit of another device than `gpu`
+    is refused: its constants describe other hardware."""
+    name = device_fit_gpu_name(fit)
+    if name != gpu.name:
+        raise PlanError(f"the device fit describes {name}, not {gpu.name}: plan for --gpus ...x{name}, or fit this "
+                        f"machine with `ftplan profile calibrate --device`")
+    values = {field: fit[key] for key, field in DEVICE_FIT_FIELDS.items() if key in fit and fit[key] is not None}
     if "gemm_narrow_cols" in values:
         values["gemm_narrow_cols"] = tuple((int(n), float(f)) for n, f in values["gemm_narrow_cols"])
-    if "peak_fp32_flops_per_s" in values:
+    if "peak_fp32_flops_per_s" in values and name == "CPU":
         values["peak_tf32_flops_per_s"] = values["peak_fp32_flops_per_s"]
     return replace(gpu, **values)
+
+
+def cluster_with_device_fit(cluster: Cluster, fit: dict) -> Cluster:
+    """The cluster with its GPU replaced by the device fit's constants (`with_device_fit`)."""
+    return Cluster(gpu=with_device_fit(cluster.gpu, fit), nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node)
 
 
 def gpu_from_name(name: str) -> GPUSpec:

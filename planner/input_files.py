@@ -89,7 +89,7 @@ def _no_constant(name: str) -> Any:
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} does not fit a float")
+        raise ValueError(f"{text[:40]} is not a finite number (it overflows a float)")
     return value
 
 

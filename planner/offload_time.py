@@ -17,6 +17,14 @@ CPU_ADAM_PARAMS_PER_S_PER_NODE = 10e9 / 2.6
 # re-checked against DeepSpeed's ZeRO-Offload tutorial, deepspeed.ai/tutorials/zero-offload:
 # "DeepSpeedCPUAdam is 5X-7X faster than the standard PyTorch implementation").
 TORCH_CPU_ADAM_PARAMS_PER_S_PER_NODE = CPU_ADAM_PARAMS_PER_S_PER_NODE / 6
+# The DGX-2 host behind that rate: two 24-core Xeon Platinum 8168, 48 cores, each updating its share of the
+# parameters (CPU-Adam's `#pragma omp parallel for` over the partition, deepspeed/ops/csrc/adam/cpu_adam_impl.cpp).
+CPU_ADAM_HOST_CORES = 48
+# Threads each rank's CPU optimizer gets: torchrun and `accelerate launch` set OMP_NUM_THREADS=1 for every process
+# when a node runs several (torch/distributed/run.py: "Setting OMP_NUM_THREADS environment variable for each process
+# to be 1 in default"; accelerate/utils/launch.py: num_cpu_threads_per_process, default 1), so each rank's
+# partition is updated by one core while the node's other ranks update theirs.
+CPU_OPTIMIZER_THREADS_PER_RANK = 1
 # One PCIe Gen4 x4 NVMe drive per node (the planner's default 2 TiB local NVMe): ~7 GB/s sequential
 # read, ~4 GB/s write on datacenter U.2 drives (e.g. Samsung PM9A3 product brief); mixed 5 GB/s.
 NVME_BYTES_PER_S_PER_NODE = 5e9
@@ -29,11 +37,14 @@ def pcie_time_s(n_bytes: float, host_link_bytes_per_s: float) -> float:
     return n_bytes / host_link_bytes_per_s if n_bytes > 0 else 0.0
 
 
-def cpu_adam_time_s(params_per_rank: float, ranks_per_node: int, *, deepspeed_cpu_adam: bool = True) -> float:
-    """The optimizer step on the host: every rank of the node updates its partition at once, sharing the
-    host's cores (Ren et al. 2021, Table 2 throughput)."""
+def cpu_adam_time_s(params_per_rank: float, ranks_per_node: int, *, deepspeed_cpu_adam: bool = True,
+                    threads_per_rank: int = CPU_OPTIMIZER_THREADS_PER_RANK) -> float:
+    """The optimizer step on the host: every rank of the node updates its partition at once on its own
+    `threads_per_rank` cores, at Ren et al. 2021's CPU-Adam rate per core (Table 2 over the DGX-2's 48 cores),
+    and never faster than the whole host's rate shared by the node's ranks."""
     rate = CPU_ADAM_PARAMS_PER_S_PER_NODE if deepspeed_cpu_adam else TORCH_CPU_ADAM_PARAMS_PER_S_PER_NODE
-    return params_per_rank * ranks_per_node / rate
+    per_rank = min(rate * threads_per_rank / CPU_ADAM_HOST_CORES, rate / max(1, ranks_per_node))
+    return params_per_rank / per_rank
 
 
 def nvme_time_s(bytes_per_rank: float, ranks_per_node: int,

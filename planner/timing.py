@@ -36,8 +36,11 @@ from planner.rl.settings import is_online_rl
 from planner.states import param_counts, quant_bytes_per_param, stage_layers
 from planner.strategy import (
     Adapter,
+    Attn,
+    CrossEntropy,
     Engine,
     GradCkpt,
+    Kernels,
     Method,
     Offload,
     OffloadDevice,
@@ -46,6 +49,7 @@ from planner.strategy import (
     Quant,
     Stage,
     TrainConfig,
+    ZeroStage,
 )
 
 BREAKDOWN_KEYS = ("compute", "recompute", "pipeline_bubble", "dequantize", "tp_comm", "pp_comm", "dp_comm",
@@ -166,15 +170,14 @@ def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime
     global_batch = mb * ga * dp
     s = cfg.seq_len
     fam = _family(cfg)
-    eff = cp.compute_efficiency(gpu.name, cal.compute_efficiency)
+    eff = cp.compute_efficiency(gpu.name, cal.compute_efficiency, gpu.gemm_efficiency)
     comm_eff = cal.comm_efficiency if cal.comm_efficiency is not None else DEFAULT_COMM_EFFICIENCY
     sample_tokens = cp.tokens_per_sample(cfg)
     mb_tokens = mb * sample_tokens
     mb_compute_s, mb_recompute_s = _micro_batch_compute_s(cfg, fam, mb_tokens, eff)
     compute_s = ga * (mb_compute_s - mb_recompute_s)
     recompute_s = ga * mb_recompute_s
-    framework_s = ga * (_host_dispatch_s(cfg, fam.stage_layers, mb_compute_s) +
-                        engines.of(cfg).hook_host_s(cfg, fam.stage_layers))
+    dispatch_s, hooks_s = _host_exposed_s(cfg, fam.stage_layers, mb_compute_s)
     # forward : backward split of one micro-batch, for the overlap windows (full: 1 : 2, frozen: 1 : 1)
     fwd_share = 1 / 3 if cfg.method is Method.full else 1 / 2
     fwd_s = (mb_compute_s - mb_recompute_s) * fwd_share
@@ -192,6 +195,10 @@ def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime
     offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s)
     offload_s += offload_total + ga * knobs.activation_offload_exposed_s(cfg, fwd_s, bwd_s)
 
+    # hooks that wait on in-flight gathers (ZeRO-3, FSDP with more than one rank) run while those gathers are
+    # exposed: the device idles for the longer of the two, not for both
+    framework_s = ga * dispatch_s + (max(0.0, ga * hooks_s - dp_exposed) if gpu.sm_count > 0 and dp > 1
+                                     else ga * hooks_s)
     parts = {"compute": compute_s, "recompute": recompute_s, "pipeline_bubble": bubble_s, "dequantize": dequant_s,
              "tp_comm": tp_s, "pp_comm": pp_s, "dp_comm": dp_exposed, "offload": offload_s, "optimizer": opt_s,
              "framework": framework_s}
@@ -213,16 +220,95 @@ def _elem_bytes(cfg: TrainConfig) -> float:
 
 
 def _micro_batch_compute_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float) -> tuple[float, float]:
-    """(compute incl. recompute, recompute) seconds of one micro-batch: FLOPs at large-shape efficiency
-    times the GEMM shape factor, plus eager attention's and LoRA's memory traffic (planner/kernels.py)."""
-    shape = _shape_factor(cfg.model, cfg.cluster.gpu, tokens, cfg.adapter, cfg.tp, cfg.pp, cfg.precision, fam.peak,
-                          eff)
-    mb_s = shape * cp.compute_time_s(fam.gpu_flops_tok * tokens, fam.peak, eff)
-    mb_s += kn.attention_memory_s(cfg.model, cfg.attn, cfg.micro_batch, cp.tokens_per_sample(cfg), fam.stage_layers,
-                                  cfg.tp, _elem_bytes(cfg), cfg.cluster.gpu)
+    """(device time incl. recompute, recompute) seconds of one micro-batch, pass by pass (planner/kernels.py):
+    each linear's GEMMs on the roofline at the GPU's large-GEMM efficiency (wave quantization; the CPU's measured
+    GEMM curve), the attention core (FlashAttention-2's causal blocks at the GPU's attention efficiency, or the
+    full s x s matmuls at the GEMM rate where no attention figure exists or attention is eager), the elementwise
+    ops' bytes at the memory bandwidth, eager attention's score traffic and LoRA's branch. A calibrated
+    efficiency scales the whole device time. Forward runs once (plus the reference / reward models' forwards
+    of DPO and PPO), backward once per trained model, full checkpointing repeats the forward (selective: the
+    attention core)."""
+    m, gpu = cfg.model, cfg.cluster.gpu
+    default_eff = cp.compute_efficiency(gpu.name, fitted=gpu.gemm_efficiency)
+    scale = default_eff / eff  # a calibration file's efficiency scales every device term alike
+    # sequences of seq_len each: DPO and RM stack the chosen and rejected answers into the batch
+    seqs = max(1, tokens // cfg.seq_len)
+    fwd, bwd, head_fwd, head_bwd, attn_fwd, _ = _pass_times(
+        m, gpu, tokens, cfg.adapter, cfg.freeze_layers, cfg.tp, cfg.precision, fam.peak, default_eff, seqs,
+        cfg.seq_len, cfg.attn, _fused(cfg), cfg.stage)
+    layers = fam.stage_layers
+    extra = kn.attention_memory_s(m, cfg.attn, seqs, cfg.seq_len, layers, cfg.tp, _elem_bytes(cfg), gpu)
     if cfg.method is not Method.full:
-        mb_s += fam.stage_layers * _lora_branch_s(cfg, tokens)
-    return mb_s, shape * cp.compute_time_s(fam.recompute_tok * tokens, fam.peak, eff)
+        extra += layers * _lora_branch_s(cfg, tokens)
+    trained, forward_only = _model_passes(cfg.stage)
+    loss = _loss_s(cfg, tokens) if cfg.stage is not Stage.rm else 0.0
+    train_s = layers * (fwd + bwd) + head_fwd + head_bwd + loss + extra
+    ref_s = layers * fwd + head_fwd  # a frozen model's forward
+    recompute = {GradCkpt.full: layers * fwd, GradCkpt.selective: layers * attn_fwd}.get(cfg.grad_ckpt, 0.0)
+    total = trained * (train_s + recompute) + forward_only * ref_s
+    return scale * total, scale * trained * recompute
+
+
+def _model_passes(stage: Stage) -> tuple[int, int]:
+    """(models trained, extra frozen forwards) per micro-batch: DPO's reference forward; PPO's actor and critic
+    trained, reference and reward forwards (TRL PPO, as planner.compute counts FLOPs)."""
+    if stage is Stage.dpo:
+        return 1, 1
+    if stage is Stage.ppo:
+        return 2, 2
+    return 1, 0
+
+
+def _fused(cfg: TrainConfig) -> bool:
+    """Elementwise ops run as fused kernels: Liger's (RMSNorm, RoPE, SwiGLU) or Inductor's (torch.compile)."""
+    return cfg.kernels is not Kernels.eager or cfg.torch_compile
+
+
+def _loss_s(cfg: TrainConfig, tokens: int) -> float:
+    gpu = cfg.cluster.gpu
+    v = max(1, cfg.model.vocab_size // cfg.tp)
+    fused = cfg.cross_entropy is CrossEntropy.fused
+    return tokens * kn.loss_elementwise_bytes(v, _elem_bytes(cfg), fused) / gpu.elementwise_bytes_per_s
+
+
+@lru_cache(maxsize=4096)
+def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freeze_layers: int, tp: int,
+                precision: Precision, peak: float, eff: float, b: int, s: int, attn: Attn, fused: bool,
+                stage: Stage) -> tuple[float, float, float, float, float, float]:
+    """Seconds of one decoder layer's forward and backward, the head's forward and backward, and one layer's
+    attention core forward and backward (part of the layer's), for a micro-batch of `tokens` = b x s tokens."""
+    full = adapter.method is Method.full
+    elem = 4.0 if precision is Precision.fp32 else 2.0
+    fwd_g, bwd_g = kn.layer_gemms(m, tokens, adapter.method, adapter.lora_r, adapter.lora_targets, full, tp)
+    fwd = sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in fwd_g)
+    bwd = sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in bwd_g)
+    if full and freeze_layers:
+        # frozen layers skip their weight gradients: the share of layers that train keeps them
+        _, frozen_bwd = kn.layer_gemms(m, tokens, adapter.method, adapter.lora_r, adapter.lora_targets, False, tp)
+        share = 1.0 - min(freeze_layers, m.num_layers) / m.num_layers
+        bwd = share * bwd + (1.0 - share) * sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in frozen_bwd)
+    # FlashAttention-2 runs 16-bit inputs only; fp32 SDPA falls back to its math / memory-efficient kernels
+    if gpu.attention_efficiency is not None and attn is not Attn.eager and precision is not Precision.fp32:
+        attn_fwd, attn_bwd = kn.flash_attention_s(m, b, s, tp, gpu, peak, gpu.attention_efficiency)
+    else:
+        # the full s x s matmuls (eager, or a device without a measured attention kernel) at the GEMM rate
+        flops = tokens * cp.attention_flops(m, s) / tp
+        bh = b * max(1, m.num_heads // tp)
+        attn_fwd = kn.gemm_time_s(kn.Gemm(s, m.head_dim, s, bh), gpu, peak, eff, elem) + \
+            kn.gemm_time_s(kn.Gemm(s, s, m.head_dim, bh), gpu, peak, eff, elem) \
+            if gpu.sm_count > 0 else cp.compute_time_s(flops, peak, eff)
+        attn_bwd = 2.0 * attn_fwd
+    elementwise = tokens * kn.layer_elementwise_bytes(m, elem, fused, tp) / gpu.elementwise_bytes_per_s
+    fwd += attn_fwd + elementwise
+    bwd += attn_bwd + kn.ELEMENTWISE_BACKWARD_OVER_FORWARD * elementwise
+    head_fwd = head_bwd = 0.0
+    if stage is not Stage.rm:
+        v = max(1, m.vocab_size // tp)
+        head_fwd = kn.gemm_time_s(kn.Gemm(tokens, m.hidden_size, v), gpu, peak, eff, elem)
+        head_bwd = kn.gemm_time_s(kn.Gemm(tokens, v, m.hidden_size), gpu, peak, eff, elem)
+        if full and not (m.tie_embeddings and freeze_layers):
+            head_bwd += kn.gemm_time_s(kn.Gemm(m.hidden_size, tokens, v), gpu, peak, eff, elem)
+    return fwd, bwd, head_fwd, head_bwd, attn_fwd, attn_bwd
 
 
 def _lora_branch_s(cfg: TrainConfig, tokens: int) -> float:
@@ -230,37 +316,32 @@ def _lora_branch_s(cfg: TrainConfig, tokens: int) -> float:
     measured (the CPU's RNG) its dropouts at that rate instead of their traffic (planner/kernels.py)."""
     gpu = cfg.cluster.gpu
     rng = gpu.dropout_values_per_s if cfg.lora_dropout > 0 else None
+    mixed = cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
     traffic = kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp, _elem_bytes(cfg),
-                                        dropout=cfg.lora_dropout > 0 and rng is None) / gpu.hbm_bytes_per_s
+                                        dropout=cfg.lora_dropout > 0 and rng is None,
+                                        fp32_adapters=mixed) / gpu.elementwise_bytes_per_s
     return traffic + (kn.lora_dropout_values(cfg.model, tokens, cfg.lora_targets) / rng if rng else 0.0)
 
 
-@lru_cache(maxsize=4096)
-def _shape_factor(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, tp: int, pp: int, precision: Precision,
-                  peak: float, eff: float) -> float:
-    """Time of one micro-batch's GEMMs (decoder layers and LM head) over the time of their FLOPs at
-    large-shape efficiency (planner/kernels.py: wave quantization, the CPU's GEMM curve, roofline)."""
-    full = adapter.method is Method.full
-    fwd, bwd = kn.layer_gemms(m, tokens, adapter.method, adapter.lora_r, adapter.lora_targets, full, tp)
-    v = max(1, m.vocab_size // tp)
-    head = (kn.Gemm(tokens, m.hidden_size, v), kn.Gemm(tokens, v, m.hidden_size)) + \
-        ((kn.Gemm(m.hidden_size, tokens, v),) if full else ())
-    elem = 4.0 if precision is Precision.fp32 else 2.0
-    layers = stage_layers(m.num_layers, pp)
-    flops = sum(2.0 * g.m * g.k * g.n * g.count for g in fwd + bwd) * layers + \
-        sum(2.0 * g.m * g.k * g.n for g in head)
-    actual = sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in fwd + bwd) * layers + \
-        sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in head)
-    return max(1.0, actual / (flops / (peak * eff))) if flops > 0 else 1.0
-
-
-def _host_dispatch_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> float:
-    """Host time of one micro-batch's eager ops not hidden behind the device (planner/kernels.py): all of
-    it on the CPU, where host and device are one; on a GPU only what exceeds the device's work."""
+def _host_exposed_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> tuple[float, float]:
+    """Host time of one micro-batch not hidden behind the device, as (eager dispatch, framework hooks): the eager
+    ops' dispatch (planner/kernels.py) and the framework's hooks (ZeRO-3 per module, FSDP per unit:
+    planner/collectives.py). On a GPU the host enqueues kernels asynchronously and runs ahead of the device
+    (PyTorch "CUDA semantics: asynchronous execution"), so only a host-bound micro-batch pays the excess; on the
+    CPU host and device are one."""
     gpu = cfg.cluster.gpu
-    host_s = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) * \
+    dispatch_s = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) * \
         gpu.host_op_s
-    return host_s if gpu.sm_count <= 0 else max(0.0, host_s - mb_compute_s)
+    hooks_s = engines.of(cfg).hook_host_s(cfg, layers)
+    if gpu.sm_count <= 0:
+        return dispatch_s, hooks_s
+    if hooks_s > 0 and cfg.dp > 1:
+        # with gathers in flight the hooks wait on them: DeepSpeed's fetch_sub_module synchronizes on its ongoing
+        # fetch events (partitioned_param_coordinator.py, __ongoing_fetch_events), FSDP's rate limiter on its
+        # all-gather events (limit_all_gathers), so the device idles while the host runs them ("the idle time
+        # between layers was caused by the overhead associated with handling hooks", deepspeedai/DeepSpeed#5047)
+        return max(0.0, dispatch_s - mb_compute_s), hooks_s
+    return max(0.0, dispatch_s + hooks_s - mb_compute_s), 0.0
 
 
 def _data_parallel(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
@@ -283,11 +364,21 @@ def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_
         return 0.0, opt_s
     ranks = cfg.cluster.gpus_per_node
     link = gpu.host_link_bytes_per_s
-    # gradients to the host (fp32 after DeepSpeed's upcast on the GPU), every micro-batch under
-    # ZeRO-2/3 and FSDP, overlapped with backward; updated 16-bit weights back once per step
-    d2h_each = off.pcie_time_s(params_rank * 4.0, link)
+    # gradients to the host, overlapped with backward; updated 16-bit weights back once per step. ZeRO-1/2
+    # (deepspeed/runtime/zero/stage_1_and_2.py copy_grads_in_partition): with accumulation every micro-batch
+    # brings the partition's accumulated 16-bit gradients back from the host, adds its own on the GPU and copies
+    # them out again (async_accumulate_grad_in_cpu_via_gpu: 2 x 16-bit per micro-batch), and the boundary copies
+    # them out as fp32 (async_inplace_copy_grad_to_fp32_buffer_from_gpu); ZeRO-3 and FSDP move fp32 gradients
+    # every micro-batch
     d2h_count = eng.gradient_offloads_per_step(cfg)
-    d2h_exposed = d2h_count * max(0.0, d2h_each - bwd_s)
+    if cfg.engine is Engine.deepspeed and cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS) and \
+            cfg.grad_accum > 1:
+        d2h_each = off.pcie_time_s(params_rank * 2.0 * _elem_bytes(cfg), link)
+        d2h_exposed = cfg.grad_accum * max(0.0, d2h_each - bwd_s) + \
+            max(0.0, off.pcie_time_s(params_rank * 4.0, link) - bwd_s)
+    else:
+        d2h_each = off.pcie_time_s(params_rank * 4.0, link)
+        d2h_exposed = d2h_count * max(0.0, d2h_each - bwd_s)
     h2d = off.pcie_time_s(params_rank * 2.0, link) if cfg.offload is Offload.optimizer else 0.0
     adam = off.cpu_adam_time_s(params_rank, ranks, deepspeed_cpu_adam=cfg.engine is Engine.deepspeed)
     nvme = 0.0

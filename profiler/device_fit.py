@@ -13,7 +13,9 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
   of the row rate R m/(m+m0) reached (`gemm_narrow_cols`);
 - dropout: values per second of a training-mode `torch.nn.functional.dropout(p=0.05)` of 1 Mi values
   (the RNG draws one value per element; peft's LoRA dropout);
-- memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time);
+- memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time) on two processes at once, the slower
+  counting: a step's ranks share the memory bus, so each gets less than one process alone (`hbm_bytes_per_s`, the
+  rate of the time model's elementwise traffic, planner/kernels.py);
 - gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB, fitted to t = alpha + M / B (for 2
   ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest
   messages, alpha from the four smallest;
@@ -40,7 +42,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
-from profiler.launcher import free_port
+from profiler.fit_helpers import _line_fit, _median_time, _on_ranks
 
 Points = tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
 
@@ -63,28 +65,6 @@ class DeviceFit:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _median_time(fn: Any, repeats: int, inner: int = 1) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times)
-
-
-def _line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Slope and intercept minimizing the squared *relative* residuals (weights 1/y^2), so that the
-    small sizes, whose times are short, count as much as the large ones."""
-    w = [1.0 / (y * y) for y in ys]
-    sw = sum(w)
-    mx = sum(wi * x for wi, x in zip(w, xs, strict=True)) / sw
-    my = sum(wi * y for wi, y in zip(w, ys, strict=True)) / sw
-    sxx = sum(wi * (x - mx) ** 2 for wi, x in zip(w, xs, strict=True))
-    slope = sum(wi * (x - mx) * (y - my) for wi, x, y in zip(w, xs, ys, strict=True)) / sxx
-    return slope, my - slope * mx
 
 
 def measure_host_op_s() -> float:
@@ -184,13 +164,25 @@ def measure_dropout() -> float:
     return x.numel() / t
 
 
-def measure_bandwidth() -> float:
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 64 MiB fp32 copy on this process."""
     import torch
 
+    torch.set_num_threads(1)
     src = torch.ones(16 * 2**20)
     dst = torch.empty_like(src)
     t = _median_time(lambda: dst.copy_(src), repeats=7, inner=3)
     return 2 * src.numel() * 4 / t
+
+
+def _bandwidth_rank(rank: int, port: int, out: Any) -> None:
+    out.put(copy_bandwidth())
+
+
+def measure_bandwidth() -> float:
+    """The copy bandwidth each of a step's two ranks gets while the other copies too (both processes at once, the
+    slower counts): the memory bus is shared, and a rank's elementwise ops run beside the other's."""
+    return min(_on_ranks(_bandwidth_rank, 2))
 
 
 def _allreduce_rank(rank: int, port: int, out: Any, *, sizes: list[int]) -> None:
@@ -285,22 +277,6 @@ def _two_ranks(target: Any) -> Any:
     return _on_ranks(target, 2, answers=1)[0]
 
 
-def _on_ranks(target: Any, n: int, answers: int | None = None) -> list[Any]:
-    """Run `target(rank, port, queue)` on `n` spawned processes at once; the `answers` (default n) they put."""
-    import torch.multiprocessing as mp
-
-    port = free_port()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(r, port, queue)) for r in range(n)]
-    for p in procs:
-        p.start()
-    got = [queue.get(timeout=900) for _ in range(n if answers is None else answers)]
-    for p in procs:
-        p.join(timeout=120)
-    return got
-
-
 HOOK_MODULES = 48
 
 
@@ -358,7 +334,18 @@ def measure_hooks() -> tuple[float, float]:
     return max(0.0, z3), max(0.0, fsdp)
 
 
-def fit_device() -> DeviceFit:
+def fit_device(device: str = "auto") -> Any:
+    """The CPU device's fit (`DeviceFit`), or on a machine with CUDA the GPU's (profiler/device_fit_cuda.py)."""
+    import torch
+
+    from profiler.device_fit_cuda import fit_cuda_device, select_device
+
+    if select_device(device, torch.cuda.is_available()) == "cuda":
+        return fit_cuda_device()
+    return fit_cpu_device()
+
+
+def fit_cpu_device() -> DeviceFit:
     import torch
 
     torch.set_num_threads(1)

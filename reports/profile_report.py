@@ -113,7 +113,9 @@ def accuracy_categories_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def device_fit_view(data: dict[str, Any], path: str) -> Text:
-    """The fitted CPU-device constants, in the units planner/gpus.py takes them."""
+    """The fitted device constants, in the units planner/gpus.py takes them."""
+    if data.get("device") == "cuda":
+        return _cuda_fit_view(data, path)
     lines = [f"CPU device fit written to {path} (per rank = one core):",
              f"  host_op_s             {data['host_op_s'] * 1e6:.2f} us per eager op",
              f"  peak_fp32_flops_per_s {data['peak_fp32_flops_per_s'] / 1e9:.2f} GFLOP/s (large GEMMs)",
@@ -126,4 +128,23 @@ def device_fit_view(data: dict[str, Any], path: str) -> Text:
              f"  busy_comm_factor      {data.get('busy_comm_factor', 1.0):.2f} x (a collective beside compute / alone)",
              f"  zero3_module_s        {data.get('zero3_module_s', 0.0) * 1e3:.2f} ms per ZeRO-3 module",
              f"  fsdp_unit_s           {data.get('fsdp_unit_s', 0.0) * 1e3:.2f} ms per FSDP unit"]
+    return Text("\n".join(lines))
+
+
+def _cuda_fit_view(data: dict[str, Any], path: str) -> Text:
+    lines = [f"CUDA device fit written to {path}: {data['device_name']} x {data['gpus']} (replaces {data['gpu']}):",
+             f"  gemm_efficiency        {data['gemm_efficiency']:.3f} of peak (large GEMMs), "
+             f"half rate at k = {data['gemm_half_rate_inner']:.0f}",
+             f"  attention_efficiency   {data['attention_efficiency']:.3f} of peak (causal SDPA, fwd + bwd)",
+             f"  hbm_bytes_per_s        {data['hbm_bytes_per_s'] / 1e9:.0f} GB/s (copy, read + write)",
+             f"  elementwise share      {data.get('elementwise_bandwidth_fraction', 1.0):.2f} of the copy rate "
+             f"(eager RMSNorm forward + backward, counted bytes)",
+             f"  host_op_s              {data['host_op_s'] * 1e6:.2f} us per eager op",
+             f"  intra_node_bytes_per_s {data['intra_node_bytes_per_s'] / 1e9:.0f} GB/s nominal (NCCL bus bandwidth "
+             f"over the link efficiency)"]
+    for kind, c in data.get("collectives", {}).items():
+        lines.append(f"  {kind:22s} {c['alpha_s'] * 1e6:.1f} us + bus {c['bus_bytes_per_s'] / 1e9:.0f} GB/s")
+    for st in data.get("steps", ()):
+        lines.append(f"  step {st['engine']:6s} {st['plan']:32s} measured {st['measured_s']:.3f} s, predicted "
+                     f"{st['predicted_s']:.3f} s ({st['error']:+.1%})")
     return Text("\n".join(lines))

@@ -31,7 +31,14 @@ from runner.tuning.analytical import (
     load_study,
     sampled_study,
 )
-from runner.tuning.measured import MeasuredTune, calibration_dict, final_model, is_verdict, spread
+from runner.tuning.measured import (
+    MeasuredTune,
+    calibration_dict,
+    final_model,
+    is_verdict,
+    rank_by_lower_bound,
+    spread,
+)
 from runner.tuning.results import Progress, TuneOptions
 from runner.tuning.storage import (
     DEFAULT_STORAGE,
@@ -215,7 +222,8 @@ def _tune(space: TuneSpace, opts: TuneOptions, progress: Progress | None = None)
     if not ok:
         raise PlanError(f"no measured trial succeeded ({failed} failed"
                         + (f"; first: {rows[0].reason}" if rows else "") + f"); see study {name}:measured")
-    best_t = _pick(sorted(ok, key=lambda t: -t.values[0]), space, opts)
+    # the plan whose pooled interval's lower end is best: a lucky fast trial does not crown a plan
+    best_t = _pick(rank_by_lower_bound(ok), space, opts)
     return TuneResult(**common, sampler="halving", best=_estimate_for(space, best_t.params, opts),
                       best_row=_row(best_t, "measured"), rows=rows, trials_completed=len(ok), trials_failed=failed,
                       trials_infeasible=sum(1 for t in m_trials if t.state is TrialState.PRUNED),

@@ -92,7 +92,7 @@ def test_hidden_size_below_head_count_is_refused(capsys, monkeypatch, tmp_path: 
 @pytest.mark.parametrize(("text", "needle"), [
     ('{"model_type": "llama", "hidden_size": Infinity}', "Infinity is not a JSON number"),
     ('{"model_type": "llama", "hidden_size": NaN}', "NaN is not a JSON number"),
-    ('{"model_type": "llama", "hidden_size": 1e999}', "does not fit a float"),
+    ('{"model_type": "llama", "hidden_size": 1e999}', "is not a finite number (it overflows a float)"),
     ('{"model_type": "llama", "hidden_size": ' + "9" * 5000 + "}", "Exceeds the limit"),
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     (json.dumps({**TINY, "num_hidden_layers": 10**9}), "must lie in 1..4,096"),

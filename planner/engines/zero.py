@@ -33,7 +33,7 @@ from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
 from planner.deepspeed_sizes import allgather_bucket_elements, reduce_bucket_elements
 from planner.engines.sharded import overlap_for, sharded_comm
 from planner.params import embedding_params, head_params, layer_params
-from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
+from planner.states import StageParams, compute_copy_bytes, is_mixed, param_counts, stage_layers
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -350,7 +350,12 @@ def hook_host_s(cfg: TrainConfig, layers: int) -> float:
     if cfg.zero is not ZeroStage.WEIGHTS:
         return 0.0
     gpu = cfg.cluster.gpu
-    per = gpu.zero3_module_host_s if gpu.zero3_module_host_s is not None else \
-        col.ZERO3_MODULE_HOST_OPS * gpu.host_op_s
     passes = 1.5 if cfg.grad_ckpt is GradCkpt.full else 1.0
-    return col.zero3_modules(cfg.model, layers, cfg.method, cfg.lora_targets) * per * passes
+    if gpu.zero3_module_host_s is not None:  # measured per module, over a mix of owners and containers
+        return col.zero3_modules(cfg.model, layers, cfg.method, cfg.lora_targets) * gpu.zero3_module_host_s * passes
+    m = cfg.model
+    trained = param_counts(m, cfg.adapter, cfg.stage).trainable / (cfg.tp * cfg.pp)
+    buckets = col.buckets(trained, reduce_bucket_elements(m))
+    grad_path = col.trainable_tensors(m, layers, cfg.method, cfg.lora_targets) * col.ZERO3_GRAD_TENSOR_HOST_OPS + \
+        buckets * col.ZERO3_REDUCE_BUCKET_HOST_OPS
+    return (col.zero3_host_ops(m, layers, cfg.method, cfg.lora_targets) * passes + grad_path) * gpu.host_op_s

@@ -23,8 +23,16 @@ every measured trial so far (`profiler.calibrate.fit_time`: compute and communic
 report adds the memory factors of `fit`) and, per strategy, the geometric-mean ratio measured /
 calibrated of that strategy's measured plans, shrunk towards 1 by n / (n + 1) (a partial-pooling
 estimate: one measurement moves a strategy half-way). Each trial times `--trial-steps` steps after its
-warm-up; a candidate whose calibrated prediction, widened by the model's spread on the measured trials,
-reaches the leader's slowest measured step (the intervals overlap) gets twice the steps. The ranking,
+warm-up and records the range of its steps (tokens/s at its slowest and fastest step) and their spread.
+Noise decides nothing alone: a plan's estimate pools its trials, its interval is -+ one standard error at the
+trial-to-trial spread this study's repeats show (15% before any repeat: a shared machine's slow spells outlast a
+trial, so a trial's own step range understates it), and the last `CONFIRM_SHARE` of the budget is kept for
+confirmation rounds, each one repeat trial of the leader (the plan whose interval's lower end is highest) or of
+the contender whose interval overlaps it, whichever has fewer trials (the leader on a tie), until the two
+intervals separate; a reserve not needed goes to the next plans. An explicit `--top` is measured in full in round 0
+even where it leaves less than the reserve (`--trials 3 --top 3` measures three plans and confirms nothing): the
+user asked for those plans; `--trials` above `--top` leaves room to confirm. The winner is
+the plan with the best lower bound (`rank_by_lower_bound`). The ranking,
 the calibration and the round plans live in the study's user attrs, so every worker and
 `optuna-dashboard` see them; a worker whose ranked plans differ from the study's (other options, another
 ftplan version) refuses to join.
@@ -103,6 +111,7 @@ class Candidate:
     steps: int
     source: str
     rerun_of: int | None = None
+    repeat_of: int | None = None  # a confirmation repeat of this trial's plan
 
 
 # ---------------------------------------------------------------- re-ranking from measurements
@@ -145,13 +154,115 @@ def fit_model(done: list[tuple[TrainConfig, FrozenTrial]], base: Calibration, wi
     return Model(cal=cal, ratio_by_strategy=ratios, log_spread=max(spread_, 0.02), measured=len(done))
 
 
-def _leader_low(done: list[tuple[TrainConfig, FrozenTrial]]) -> float | None:
-    """The leader's slowest timed step as tokens/s (the low end of its interval)."""
-    if not done:
+# Share of the budget kept back from the plan rounds for confirmation rounds (at least one trial)
+CONFIRM_SHARE = 0.3
+
+
+def confirm_reserve(budget: int) -> int:
+    return max(1, round(CONFIRM_SHARE * budget)) if budget > 2 else 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanInterval:
+    """What the completed trials of one plan measured: each trial's median-step tokens/s and every step's. Its
+    estimate is the geometric mean of the trials' medians, its interval that estimate -+ one standard error,
+    log-spread / sqrt(trials), with the study's trial-to-trial log-spread (`trial_noise`)."""
+
+    key: Key
+    trials: tuple[FrozenTrial, ...]
+    step_tokens_per_s: tuple[float, ...]
+    noise: float = _DEFAULT_SPREAD
+
+    @property
+    def medians(self) -> tuple[float, ...]:
+        return tuple(float(t.values[0]) for t in self.trials)
+
+    @property
+    def mean_log(self) -> float:
+        return statistics.fmean(math.log(x) for x in self.medians)
+
+    @property
+    def estimate(self) -> float:
+        return math.exp(self.mean_log)
+
+    @property
+    def stderr(self) -> float:
+        return self.noise / math.sqrt(len(self.trials))
+
+    @property
+    def low(self) -> float:
+        return math.exp(self.mean_log - self.stderr)
+
+    @property
+    def high(self) -> float:
+        return math.exp(self.mean_log + self.stderr)
+
+    @property
+    def spread(self) -> float:
+        """Slowest to fastest step over all its trials."""
+        return max(self.step_tokens_per_s) / min(self.step_tokens_per_s) - 1.0
+
+    def overlaps(self, other: PlanInterval) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+
+def _step_tokens_per_s(t: FrozenTrial) -> list[float]:
+    """Tokens/s of each timed step of a completed trial (its median alone for trials stored without steps)."""
+    a = t.user_attrs
+    times = a.get("step_times_s") or []
+    tokens = float(t.values[0]) * float(a["step_time_s"]) if "step_time_s" in a else 0.0
+    return [tokens / float(x) for x in times if float(x) > 0] or [float(t.values[0])]
+
+
+def trial_noise(groups: Iterable[list[float]]) -> float:
+    """The trial-to-trial log-spread of one plan's repeated measurements, pooled over the plans measured more than
+    once (standard deviation with n - 1); `_DEFAULT_SPREAD` until a plan has been repeated. Steps within one trial
+    vary less than trials do: a shared machine's slow spells last longer than a trial."""
+    ss, dof = 0.0, 0
+    for values in groups:
+        if len(values) >= 2:
+            logs = [math.log(v) for v in values]
+            m = statistics.fmean(logs)
+            ss += sum((x - m) ** 2 for x in logs)
+            dof += len(logs) - 1
+    return max(math.sqrt(ss / dof), 0.01) if dof else _DEFAULT_SPREAD
+
+
+def plan_intervals(trials: Iterable[FrozenTrial]) -> list[PlanInterval]:
+    """One interval per measured plan, pooling all its completed trials."""
+    by: dict[Key, list[FrozenTrial]] = {}
+    for t in trials:
+        if t.state is TrialState.COMPLETE and t.params and t.values:
+            by.setdefault(key_of(t.params), []).append(t)
+    noise = trial_noise([float(t.values[0]) for t in ts] for ts in by.values())
+    return [PlanInterval(key=k, trials=tuple(ts), noise=noise,
+                         step_tokens_per_s=tuple(x for t in ts for x in _step_tokens_per_s(t))) for k, ts in by.items()]
+
+
+def rank_by_lower_bound(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """Completed trials best plan first, a plan's rank being its interval's lower end (then its estimate); each
+    plan's trials together, its best trial first."""
+    out: list[FrozenTrial] = []
+    for iv in sorted(plan_intervals(trials), key=lambda iv: (-iv.low, -iv.estimate)):
+        out += sorted(iv.trials, key=lambda t: -t.values[0])
+    return out
+
+
+def contest(trials: Iterable[FrozenTrial]) -> tuple[PlanInterval, PlanInterval] | None:
+    """(leader, contender): the plan with the best lower bound and the best other plan whose interval overlaps it;
+    None when the leader's interval is clear of every other plan's (or fewer than two plans were measured)."""
+    ivs = sorted(plan_intervals(trials), key=lambda iv: (-iv.low, -iv.estimate))
+    if len(ivs) < 2:
         return None
-    _, best = max(done, key=lambda ct: ct[1].values[0])
-    low = best.user_attrs.get("tokens_per_s_low")
-    return float(low) if low is not None else float(best.values[0])
+    leader = ivs[0]
+    rivals = [iv for iv in ivs[1:] if iv.overlaps(leader)]
+    return (leader, max(rivals, key=lambda iv: iv.estimate)) if rivals else None
+
+
+def _leader_low(done: list[tuple[TrainConfig, FrozenTrial]]) -> float | None:
+    """The leader's lower bound: the slowest step, as tokens/s, of the plan whose pooled steps' slowest is best."""
+    ivs = plan_intervals(t for _, t in done)
+    return max(iv.low for iv in ivs) if ivs else None
 
 
 # ---------------------------------------------------------------- the study
@@ -256,7 +367,8 @@ class MeasuredTune:
         times = out.step_times_s or (out.step_time_s,)
         attrs.update({"peak_bytes": out.peak_bytes, "peak_rss_bytes": out.peak_rss_bytes,
                       "step_time_s": out.step_time_s, "step_times_s": list(times),
-                      "tokens_per_s_low": tokens / max(times), "tokens_per_s_high": tokens / min(times)})
+                      "tokens_per_s_low": tokens / max(times), "tokens_per_s_high": tokens / min(times),
+                      "spread": max(times) / min(times) - 1.0})
         attrs["reason"] = ""  # a reaper that raced this trial's last heartbeat may have written "worker lost"
         self._finish(tid, TrialState.COMPLETE, out.tokens_per_s, attrs)
 
@@ -286,8 +398,9 @@ class MeasuredTune:
             if time.monotonic() - first_seen < self.opts.grace_period_s:
                 return None
         held = {key_of(t.params) for t in trials if holds(t) and t.params}
-        if all(k in held for k in self.by_key):  # every plan measured, failed on its own, or in flight
-            return 0
+        budget_left = self.budget - sum(1 for t in trials if holds(t))
+        if all(k in held for k in self.by_key) and (budget_left <= 0 or contest(trials) is None):
+            return 0  # every plan measured, failed on its own or in flight, and nothing left to confirm
         name = f"{self.study.study_name}:round:{r}"
         try:
             self.retry.call(lambda: self.storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name),
@@ -300,9 +413,16 @@ class MeasuredTune:
         fresh = self.trials()
         in_flight = any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in fresh)
         left = self.budget - sum(1 for t in fresh if holds(t))
-        candidates = [] if in_flight or left <= 0 else self._candidates(fresh, r, left)
+        candidates = [] if in_flight or left <= 0 else self._confirmation(fresh, r, left)
+        if not in_flight and left > 0 and not candidates:
+            # plan rounds keep the reserve for the confirmation rounds; once only the reserve is left and the
+            # leader's interval is clear of every other, it measures further plans. An explicit --top is the
+            # user's first round: it is measured in full, and confirmation gets what the budget has left after it
+            reserve = 0 if r == 0 and self.opts.top is not None else confirm_reserve(self.budget)
+            candidates = self._candidates(fresh, r, left - reserve if left > reserve else left)
         for c in candidates:
             attrs = {"name": trial_label(c.cfg), "grad_accum": c.cfg.grad_accum, "round": r, "steps": c.steps,
+                     "repeat_of": c.repeat_of,
                      "runnable": runnable(c.cfg),
                      "source": c.source, "predicted_tokens_per_s": c.predicted_tokens_per_s,
                      "predicted_peak_bytes": c.predicted_peak_bytes,
@@ -315,6 +435,37 @@ class MeasuredTune:
         for k, v in (("worker", WORKER), ("plans", [trial_label(c.cfg) for c in candidates]), ("done", True)):
             self.retry.call(lambda k=k, v=v: self.storage.set_study_user_attr(round_id, k, v), "planning a round")
         return len(candidates) if candidates or not in_flight else None
+
+    def _confirmation(self, trials: list[FrozenTrial], r: int, left: int) -> list[Candidate]:
+        """A confirmation round: once the plan rounds have spent all but the reserve, one repeat trial of the leader
+        or of its overlapping contender (the one with fewer pooled steps; the contender on a tie), while their
+        intervals overlap and the budget lasts."""
+        plans_measured = len(plan_intervals(trials))
+        if left > confirm_reserve(self.budget) and plans_measured < len(self.by_key):
+            return []  # plan rounds first
+        held = {key_of(t.params) for t in trials if holds(t) and t.params}
+        if any(t.state is TrialState.FAIL and not is_verdict(t) and t.params and key_of(t.params) not in held
+               for t in trials):
+            return []  # a lost worker's plan is re-run first
+        pair = contest(trials)
+        if pair is None:
+            return []
+        leader, rival = pair
+        # the leader's claim first: the one with fewer trials, the leader on a tie
+        again = rival if len(rival.trials) < len(leader.trials) else leader
+        if again.key not in self.by_key:
+            return []
+        cfg, s = self.by_key[again.key]
+        done = [(self.by_key[key_of(t.params)][0], t) for t in trials
+                if t.state is TrialState.COMPLETE and key_of(t.params) in self.by_key]
+        model = fit_model(done, self.opts.cal)
+        self._share(model, r)
+        first = min(again.trials, key=lambda t: t.number)
+        return [Candidate(cfg=cfg, predicted_tokens_per_s=s.tokens_per_s, predicted_peak_bytes=s.peak_bytes,
+                          calibrated_tokens_per_s=model.predict(cfg), steps=self.opts.trial_steps,
+                          source=f"repeat: intervals of {trial_label(self.by_key[leader.key][0])} and "
+                                 f"{trial_label(self.by_key[rival.key][0])} overlap",
+                          repeat_of=first.number)]
 
     def _round_size(self, r: int, left: int) -> int:
         if r == 0:
@@ -356,10 +507,11 @@ class MeasuredTune:
                    rerun_of: int | None) -> Candidate:
         _, s = self.by_key[key_of(choices_of(cfg))]
         calibrated = model.predict(cfg) if model.measured else s.tokens_per_s
+        # a candidate the model cannot tell from the leader is labelled so; confirmation rounds settle it
         close = leader_low is not None and calibrated * math.exp(model.log_spread) >= leader_low
         return Candidate(cfg=cfg, predicted_tokens_per_s=s.tokens_per_s, predicted_peak_bytes=s.peak_bytes,
-                         calibrated_tokens_per_s=calibrated, steps=self.opts.trial_steps * (2 if close else 1),
-                         source=source, rerun_of=rerun_of)
+                         calibrated_tokens_per_s=calibrated, steps=self.opts.trial_steps,
+                         source=source + (" (close to the leader)" if close else ""), rerun_of=rerun_of)
 
     def _share(self, model: Model, r: int) -> None:
         """The ranking and the calibration, for other workers and optuna-dashboard (study user attrs)."""

@@ -28,7 +28,7 @@ class TuneOptions:
     study: str | None = None  # None: derived from model, GPUs, global batch and sequence length
     timeout_s: float | None = None
     seed: int = 0
-    trial_steps: int = 3  # timed steps of a trial (repeats); doubled where the leaders' intervals overlap
+    trial_steps: int = 3  # timed steps of a trial; close contests get repeat trials (runner/tuning/measured.py)
     trial_warmup_steps: int = 1
     trial_timeout_s: float = 300.0
     heartbeat_s: float = 10.0  # measured: a worker's heartbeat interval while it runs a trial

@@ -70,7 +70,11 @@ def test_zero3_pays_hooks_and_regathers_under_checkpointing() -> None:
     ckpt = step_time(build_config(model="7b", gpus="8xA800", method=Method.full, zero=3, micro_batch=2,
                                   grad_accum=4, grad_ckpt=GradCkpt.full, check=False))
     assert plain.breakdown_s["framework"] > 0
-    assert ckpt.breakdown_s["framework"] == pytest.approx(1.5 * plain.breakdown_s["framework"], rel=0.05)
+    # the recomputed forward runs the module hooks once more (1.5 passes); the gradient path runs once
+    module_hooks_s = 4 * col.zero3_host_ops(resolve("7b"), 32, Method.full, ("all",)) * \
+        gpu_from_name("A800").host_op_s
+    assert ckpt.breakdown_s["framework"] - plain.breakdown_s["framework"] == pytest.approx(0.5 * module_hooks_s,
+                                                                                            rel=0.05)
     assert ckpt.dp_comm_total_s > plain.dp_comm_total_s
 
 

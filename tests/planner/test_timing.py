@@ -153,7 +153,8 @@ def test_rates_and_mfu_are_consistent() -> None:
     assert t.samples_per_s == pytest.approx(c.global_batch / t.step_time_s)
     peak = c.cluster.gpu.peak_bf16_flops_per_s
     assert t.mfu == pytest.approx(t.model_flops_per_step / (t.step_time_s * 8 * peak))
-    assert 0 < t.mfu < 0.55  # below the compute efficiency, since communication is added
+    # below the GEMM efficiency (A800: 0.869), since attention, elementwise ops and communication are added
+    assert 0 < t.mfu < 0.869
     assert sum(t.breakdown_s.values()) == pytest.approx(t.step_time_s)
 
 
@@ -167,7 +168,8 @@ def test_more_gpus_more_throughput() -> None:
 def test_calibration_replaces_efficiencies() -> None:
     c = cfg(zero=ZeroStage.WEIGHTS)
     base = step_time(c)
-    slow = step_time(c, Calibration(compute_efficiency=0.275, comm_efficiency=0.375))
+    # half the A800's GEMM efficiency (0.869) and half the link efficiency: every device term takes twice as long
+    slow = step_time(c, Calibration(compute_efficiency=0.869 / 2, comm_efficiency=0.375))
     assert slow.breakdown_s["compute"] == pytest.approx(2 * base.breakdown_s["compute"])
     assert slow.dp_comm_total_s > 1.9 * base.dp_comm_total_s
 
@@ -175,7 +177,9 @@ def test_calibration_replaces_efficiencies() -> None:
 def test_fp32_uses_fp32_peak() -> None:
     a = step_time(cfg(precision=Precision.fp32, engine=Engine.ddp, zero=ZeroStage.DISABLED))
     b = step_time(cfg(engine=Engine.ddp, zero=ZeroStage.DISABLED))
-    assert a.breakdown_s["compute"] == pytest.approx(b.breakdown_s["compute"] * 312 / 19.5)
+    # the GEMMs take 312 / 19.5 times as long; the memory-bound elementwise ops only twice (4 bytes, not 2), and
+    # fp32 attention runs the full s x s matmuls at the GEMM rate instead of FlashAttention-2's causal blocks
+    assert a.breakdown_s["compute"] / b.breakdown_s["compute"] == pytest.approx(312 / 19.5, rel=0.2)
 
 
 def test_job_time() -> None:

@@ -106,8 +106,9 @@ def _check_split(trials: list, outs: list[subprocess.CompletedProcess]) -> None:
     lost = [t for t in trials if t.state.name == "FAIL" and t.user_attrs.get("reason") == "worker lost"]
     print(f"trials: {len(trials)}, complete {len(complete)}, lost {len(lost)}, states {states}")
     assert len(complete) == BUDGET, states
-    keys = [tuple(sorted(t.params.items())) for t in complete]
-    assert len(set(keys)) == len(keys), "a plan was measured twice"
+    # a plan is measured once, except for the confirmation rounds' repeats of the leader or its contender
+    keys = [tuple(sorted(t.params.items())) for t in complete if t.user_attrs.get("repeat_of") is None]
+    assert len(set(keys)) == len(keys), "a plan was measured twice outside a confirmation repeat"
     assert "RUNNING" not in states and "WAITING" not in states
     assert len(lost) == 1, states
     rerun = [t for t in complete if t.user_attrs.get("rerun_of") == lost[0].number]
@@ -152,10 +153,12 @@ def test_real_trials_on_postgresql(pg, tiny):
     trials = _trials(_storage(pg.url), "real:measured")
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     # a real trial that crashes, OOMs or outlives --trial-timeout on a loaded machine is a recorded verdict (FAIL
-    # with its failure), and the budget counts it: 3 verdicts on 3 distinct plans, at least one measured
+    # with its failure), and the budget counts it: 3 verdicts on distinct plans, at least one measured; the third
+    # may be a confirmation repeat of the two --top plans when their intervals overlap (runner/tuning/measured.py)
     verdicts = complete + [t for t in trials if t.state.name == "FAIL" and "failure" in t.user_attrs]
     states = [(t.number, t.state.name, t.user_attrs.get("reason", "")) for t in trials]
-    assert len(verdicts) == 3 and len({tuple(sorted(t.params.items())) for t in verdicts}) == 3, states
+    firsts = [t for t in verdicts if t.user_attrs.get("repeat_of") is None]
+    assert len(verdicts) == 3 and len({tuple(sorted(t.params.items())) for t in firsts}) == len(firsts) >= 2, states
     assert complete and all(t.state.name != "RUNNING" for t in trials), states
     assert all(t.values[0] > 0 and t.user_attrs["peak_bytes"] > 0 and len(t.user_attrs["step_times_s"]) >= 1
                for t in complete)

@@ -43,7 +43,8 @@ def _tokens_per_s(model: str, gpus: str, **kw) -> float:
 
 _Z2_OFF_VS_Z3 = ("the guide's 'Stage 2 + offload > Stage 3' is contradicted on 8x A800 by the gist below (ZeRO-2 + "
                  "optimizer offload 1.81 vs ZeRO-3 4.45 samples/s, both with checkpointing): the planner follows "
-                 "the measurement (host Adam and PCIe traffic per step exceed ZeRO-3's gathers and hooks)")
+                 "the measurement (host Adam, one core per rank under torchrun / accelerate, and PCIe traffic per "
+                 "step exceed ZeRO-3's gathers and hooks, for the 1B model too)")
 _Z0_VS_Z1 = ("ZeRO-1 partitions the optimizer step (each rank updates 1/N of the parameters): torch's foreach AdamW "
              "reads and writes 20 values per parameter, which saves more than the 1/N all-gather costs, so the "
              "planner puts ZeRO-1 ahead, as llm.c measured for GPT-2 XL on 8 A100 (karpathy/llm.c PR 469: ZeRO-1 "
@@ -58,10 +59,6 @@ def _pair_params():
     for model in MODELS:
         for gpus in CLUSTERS:
             for fast, slow, tie_ok, miss in PAIRS:
-                # for the 1B model ZeRO-3's hooks on ~300 small modules outweigh the host Adam of 1.2B
-                # parameters: there the guide's order holds in the planner too
-                if miss is _Z2_OFF_VS_Z3 and model == "llama-3.2-1b":
-                    miss = None
                 # across two nodes ZeRO-1/2 issue one reduce per rank and bucket (16 per bucket), which for
                 # the 1B model costs more than the partitioned optimizer step saves: the guide's order holds
                 if miss is _Z0_VS_Z1 and (model, gpus) == ("llama-3.2-1b", "2x8xH100"):

@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from planner.compute import megatron_iteration_flops
 from planner.gpus import GPUS, Cluster
 from planner.models import ModelSpec
-from planner.strategy import Engine, GradCkpt, Method, PipeSchedule, Precision, Stage, TrainConfig, ZeroStage
+from planner.strategy import (
+    Attn,
+    Engine,
+    GradCkpt,
+    Kernels,
+    Method,
+    PipeSchedule,
+    Precision,
+    Stage,
+    TrainConfig,
+    ZeroStage,
+)
 from planner.timing import step_time
 
 
@@ -34,7 +45,10 @@ def gpt(name: str, *, h: int, a: int, L: int, V: int = 51200, s: int = 2048) -> 
 def megatron_config(m: ModelSpec, *, gpus: int, tp: int, pp: int, batch: int, ckpt: GradCkpt,
                     sp: bool = False, gpu: str = "A100-80G", mb: int = 1, v: int = 1) -> TrainConfig:
     """Megatron-LM: fp16 mixed precision, data parallelism with an all-reduce of 16-bit gradients
-    (modelled as DeepSpeed ZeRO-0, the same collective), TP inside a node, PP across."""
+    (modelled as DeepSpeed ZeRO-0, the same collective), TP inside a node, PP across. Its fused kernels
+    (Narayanan et al. 2021, Sec. 4.2: bias + GeLU, bias + dropout + add, scale + mask + softmax; apex's fused
+    LayerNorm) are counted as the planner counts fused elementwise kernels (Kernels.liger: one read and one
+    write per tensor), its attention as materialized scores (no FlashAttention in 2021-2022)."""
     per_node = GPUS[gpu].gpus_per_node
     cluster = Cluster(gpu=GPUS[gpu], nodes=gpus // per_node, gpus_per_node=per_node) if gpus >= per_node else \
         Cluster(gpu=GPUS[gpu], nodes=1, gpus_per_node=gpus)
@@ -42,6 +56,7 @@ def megatron_config(m: ModelSpec, *, gpus: int, tp: int, pp: int, batch: int, ck
     return TrainConfig(model=m, cluster=cluster, method=Method.full, precision=Precision.fp16_mixed,
                        engine=Engine.deepspeed, zero=ZeroStage.DISABLED, tp=tp, pp=pp, sequence_parallel=sp,
                        micro_batch=mb, grad_accum=batch // (dp * mb), seq_len=2048, grad_ckpt=ckpt, stage=Stage.pt,
+                       attn=Attn.eager, kernels=Kernels.liger,
                        pp_schedule=PipeSchedule.interleaved if v > 1 else PipeSchedule.one_f_one_b,
                        virtual_stages=v)
 

@@ -1,0 +1,286 @@
+"""Published fine-tuning (and FSDP pre-training) speeds on GPUs, each with the configuration behind it.
+
+Every case names its source (page and table), the run's switches as the source states them, the figure and
+its unit, and the planner configuration it maps to. Details a source leaves out are stated per case as
+`assumed`; what the source's stack runs that the planner does not model is stated as `unmodelled`. Cases
+that share `group` are one source's comparison of strategies on one setup: their order is scored too
+(tests/validation/test_gpu_throughput_published.py).
+
+Sources (5, 55 figures):
+- Qwen (QwenLM/Qwen README.md, "Profiling of Memory and Speed"): HF Trainer + peft / DeepSpeed, A100-SXM4-80G,
+  CUDA 11.8, PyTorch 2.0, flash-attention 2, batch 1 and gradient accumulation 8 (one iteration = 8 sequences
+  per GPU, every one padded to the length: Qwen's finetune.py pads to model_max_length), gradient
+  checkpointing, bf16; seconds per iteration at 256 ... 8192 tokens.
+- fms-fsdp (foundation-model-stack/fms-fsdp README.md at commit cf6e42c, 2024-02-27, the eager figures before
+  the May 2024 update to torch.compile): IBM's Llama 2 replicas pre-trained with FSDP1 (bf16 MixedPrecision,
+  torch AdamW, SDPA flash attention, one micro-batch per step, sequence 4096) on 128 A100-80G with 400 Gbps
+  per node and 96 H100 with 800 Gbps per node; tokens/s per GPU.
+- chenyaofo, "Benchmark of LLaMA-7B models using deepspeed-based training code" (GitHub gist
+  d4cd6a20ab4b95cb3a49491747e2139a): 8x A800, seq 4096, DeepSpeed 0.14.2, PyTorch 2.2; samples/s.
+- Hugging Face blog "From DeepSpeed to FSDP and Back Again with Hugging Face Accelerate" (2024-06-13), Table 3:
+  IBM Granite 7B (Llama 2 7B architecture) on four A100s, FSDP full shard vs DeepSpeed ZeRO-3, bf16 mixed,
+  batch 8; tokens/s per device.
+- DeepSpeed issue 3901 ("Training speed is slower and consumes more memory than FSDP"): Falcon-7B, 4k context,
+  8x A100-40GB, FSDP vs ZeRO-2/3 with offloads; seconds per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from planner.build import build_config
+from planner.gpus import GB, Cluster
+from planner.models import ModelSpec, spec_from_hf_config
+from planner.strategy import (
+    Attn,
+    FsdpStrategy,
+    GradCkpt,
+    Kernels,
+    Method,
+    Offload,
+    Precision,
+    Stage,
+    TrainConfig,
+)
+from planner.timing import step_time
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublishedSpeed:
+    id: str
+    source: str  # the source's short name: the README table groups by it
+    page: str  # page and table
+    switches: str  # as the source states them
+    unit: str  # "s/step" | "tokens/s/GPU" | "samples/s"
+    published: float
+    build: dict[str, Any]  # build_config keyword arguments
+    hf_config: dict[str, Any] | None = None
+    model: ModelSpec | None = None  # a test-local stand-in (see its comment)
+    inter_node_bytes_per_s: float | None = None  # the source's network, per GPU, where it is not the GPU entry's
+    group: str = ""  # one source's comparison of strategies on one setup
+    assumed: str = ""
+    unmodelled: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self) -> TrainConfig:
+        cfg = build_config(**self.build, check=False)
+        if self.hf_config is not None:
+            cfg = replace(cfg, model=spec_from_hf_config(self.hf_config, name=self.id.split(":")[0]))
+        if self.model is not None:
+            cfg = replace(cfg, model=self.model)
+        if self.inter_node_bytes_per_s is not None:
+            gpu = replace(cfg.cluster.gpu, inter_node_bytes_per_s=self.inter_node_bytes_per_s)
+            cfg = replace(cfg, cluster=Cluster(gpu=gpu, nodes=cfg.cluster.nodes,
+                                               gpus_per_node=cfg.cluster.gpus_per_node))
+        return cfg
+
+    def predicted(self) -> float:
+        """The planner's figure in the source's unit."""
+        cfg = self.config()
+        t = step_time(cfg)
+        if self.unit == "s/step":
+            return t.step_time_s
+        if self.unit == "tokens/s/GPU":
+            return t.tokens_per_s / cfg.world_size
+        if self.unit == "samples/s":
+            return t.samples_per_s
+        raise ValueError(self.unit)
+
+    @property
+    def faster_is_higher(self) -> bool:
+        return self.unit != "s/step"
+
+    def speed_error(self) -> float:
+        """Predicted speed over published speed - 1 (+: the planner says faster)."""
+        p = self.predicted()
+        return (p / self.published if self.faster_is_higher else self.published / p) - 1.0
+
+
+# --- Qwen (first generation) README --------------------------------------------------------------------------
+# Model shapes: the Qwen technical report (Bai et al. 2023, arXiv 2309.16609, Table 1) and the models' config.json:
+# QWen blocks are Llama-shaped (RMSNorm, RoPE, SwiGLU of width intermediate_size / 2, untied head) with one fused
+# qkv projection (c_attn, h -> 3h), the attention output c_proj, and w1, w2, mlp.c_proj: five linears, the layout
+# of the planner's "baichuan" family (W_pack, o_proj, gate/up/down); vocabulary 151,936 (1.8B, 7B) or 152,064 (14B,
+# 72B). LoRA rows: finetune_lora_single_gpu.sh (r 64, alpha 16, dropout 0.05 on c_attn, c_proj, w1, w2: every
+# linear of the block, c_proj matching both; no DeepSpeed). Full-parameter rows: finetune_ds.sh with
+# finetune/ds_config_zero3.json (ZeRO-3, no offload, DeepSpeed's AdamW), 1.8B on 1 GPU, 7B on 2 GPUs. 72B:
+# finetune_lora_ds.sh with --deepspeed finetune/ds_config_zero3.json on 4 GPUs (the README).
+# Kernels: Qwen's remote modeling_qwen.py (`_import_flash_attn`) runs flash-attn's fused rotary kernel
+# (flash_attn.layers.rotary.apply_rotary_emb_func, shipped with flash-attn >= 2.1.1) and its fused RMSNorm
+# (flash_attn.ops.rms_norm, the csrc/layer_norm build the README's install steps list) whenever flash-attn is
+# installed, as it is for these profiles ("Flash attention 2 is applied"): planned with fused elementwise kernels.
+def _qwen_cfg(h: int, i: int, layers: int, heads: int, vocab: int) -> dict[str, Any]:
+    return {"model_type": "baichuan", "vocab_size": vocab, "hidden_size": h, "intermediate_size": i,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,
+            "max_position_embeddings": 8192, "tie_word_embeddings": False}
+
+
+QWEN_MODELS = {"1.8B": _qwen_cfg(2048, 5504, 24, 16, 151936), "7B": _qwen_cfg(4096, 11008, 32, 32, 151936),
+               "14B": _qwen_cfg(5120, 13696, 40, 40, 152064), "72B": _qwen_cfg(8192, 24576, 80, 64, 152064)}
+QWEN_SEQS = (256, 512, 1024, 2048, 4096, 8192)
+_QWEN_PAGE = "QwenLM/Qwen README.md, Profiling of Memory and Speed"
+_QWEN_BASE = dict(model="qwen2.5-7b", precision=Precision.bf16_mixed, attn=Attn.flash, grad_ckpt=GradCkpt.full,
+                  micro_batch=1, grad_accum=8, kernels=Kernels.liger)
+_QWEN_LORA = dict(method=Method.lora, lora_r=64, lora_alpha=16, lora_dropout=0.05)
+# (size, method, GPUs, s/it at 256 ... 8192; None where the table has none)
+QWEN_SPEEDS: tuple[tuple[str, str, int, tuple[float | None, ...]], ...] = (
+    ("1.8B", "lora", 1, (1.0, 1.0, 1.1, 1.7, 3.3, 6.8)),
+    ("7B", "lora", 1, (1.2, 1.5, 2.8, 5.2, 10.1, 21.3)),
+    ("14B", "lora", 1, (1.6, 2.4, 4.4, 8.4, 17.0, 36.0)),
+    ("1.8B", "full", 1, (2.1, 2.2, 2.2, 2.3, 2.8, 5.6)),
+    ("7B", "full", 2, (4.0, 4.0, 4.5, None, None, None)),
+    ("72B", "lora-zero3", 4, (17.6, 20.5, 29.4, 45.7, 83.4, 161.5)),
+)
+
+
+def _qwen(size: str, method: str, gpus: int, seq: int, secs: float) -> PublishedSpeed:
+    build: dict[str, Any] = {**_QWEN_BASE, "gpus": f"{gpus}xA100-80G", "seq_len": seq}
+    if method == "full":
+        build.update(method=Method.full, zero=3)
+        what = f"full fine-tuning, DeepSpeed ZeRO-3 on {gpus} GPU{'s' if gpus > 1 else ''}"
+    elif method == "lora-zero3":
+        build.update(_QWEN_LORA, zero=3)
+        what = f"LoRA r64 all linears + DeepSpeed ZeRO-3 on {gpus} GPUs"
+    else:
+        build.update(_QWEN_LORA)
+        what = "LoRA r64 all linears, 1 GPU"
+    return PublishedSpeed(
+        id=f"qwen-{size}:{method}-seq{seq}", source="Qwen README", page=_QWEN_PAGE, unit="s/step", published=secs,
+        switches=f"Qwen-{size} {what}, bf16, flash-attn 2, grad ckpt, bs 1, ga 8, seq {seq}", build=build,
+        hf_config=QWEN_MODELS[size], group=f"qwen-1.8B-1gpu-seq{seq}" if size == "1.8B" else "",
+        unmodelled="Qwen's SwiGLU (a1 * silu(a2)) runs eager where the planner's fused kernels fuse it too; "
+                   "c_attn has a bias the stand-in lacks")
+
+
+QWEN = [_qwen(size, method, gpus, seq, secs) for size, method, gpus, row in QWEN_SPEEDS
+        for seq, secs in zip(QWEN_SEQS, row, strict=True) if secs is not None]
+# Left out: "LoRA (emb)" (trains the embedding and head: no planner option); Q-LoRA (Qwen's Int4 models are GPTQ,
+# run by auto-gptq's kernels, not bitsandbytes); "LoRA (multinode)" (2 nodes x 2 GPUs, ZeRO-2): each GPU does the
+# 1-GPU LoRA row's work, yet every length is 1.74-2.1x slower, in proportion to the length (2.09 / 1.2 at 256,
+# 37.4 / 21.3 at 8192), which no communication term explains: the run differs in something the README does not
+# state.
+
+
+# --- fms-fsdp (IBM), README at cf6e42c --------------------------------------------------------------------------
+# main_training.py at that commit: FSDP1 (FlatParameter) with the bfSixteen MixedPrecision policy (bf16 params,
+# reductions and buffers; fp32 sharded master weights), the transformer-block wrapping policy, limit_all_gathers,
+# torch.optim.AdamW, clip_grad_norm_ every step, no accumulation, no compile (use_torch_compile=False in
+# scripts/*.sh), SDPA (flash) attention. Models (fms_fsdp/utils/config_utils.py): 7b = Llama 2 7B, 34b = 8192 wide,
+# 48 layers, 64 heads / 8 KV heads, MLP 22016 (Code Llama 34B's shape), 70b = Llama 2 70B; vocabulary 32,000.
+# "A100 80G 128 GPUs with 400Gbps" / "H100 96 GPUs with 800 Gbps": per node, so 50 / 100 GB/s shared by 8 GPUs.
+_FMS_PAGE = "foundation-model-stack/fms-fsdp README.md (cf6e42c, 2024-02-27), Training throughput benchmarks"
+_FMS_34B = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 8192, "intermediate_size": 22016,
+            "num_hidden_layers": 48, "num_attention_heads": 64, "num_key_value_heads": 8,
+            "max_position_embeddings": 16384, "tie_word_embeddings": False}
+# (size, sharding, checkpointing, batch, A100 tokens/s/GPU, H100 tokens/s/GPU)
+FMS_SPEEDS = (("7b", FsdpStrategy.hybrid_shard, False, 2, 3650.0, 7500.0),
+              ("34b", FsdpStrategy.full_shard, True, 2, 700.0, 1550.0),
+              ("70b", FsdpStrategy.full_shard, True, 2, 370.0, 800.0))
+# Left out: 13b "Selective AC" (fms-fsdp's selective_checkpointing checkpoints a share of the blocks; the share
+# the table's run used is not stated, and scripts/13b.sh of that week turns checkpointing off).
+
+
+def _fms(size: str, sharding: FsdpStrategy, ckpt: bool, batch: int, gpu: str, gpus: int, tps: float,
+         node_gbps: float) -> PublishedSpeed:
+    model = {"7b": "llama-2-7b", "34b": "llama-2-7b", "70b": "llama-2-70b"}[size]
+    build = dict(model=model, gpus=f"{gpus}x{gpu}", method=Method.full, precision=Precision.bf16_mixed,
+                 fsdp=sharding, fsdp_version=1, micro_batch=batch, grad_accum=1, seq_len=4096,
+                 grad_ckpt=GradCkpt.full if ckpt else GradCkpt.none, attn=Attn.sdpa, stage=Stage.pt)
+    return PublishedSpeed(
+        id=f"fms-{size}:{gpu}x{gpus}", source="fms-fsdp (IBM)", page=_FMS_PAGE, unit="tokens/s/GPU", published=tps,
+        switches=f"Llama 2 {size} pre-training, FSDP1 {sharding.value}, AC {'on' if ckpt else 'off'}, bs {batch}, "
+                 f"seq 4096, {gpus} {gpu}, {node_gbps:g} Gbps per node",
+        build=build, hf_config=_FMS_34B if size == "34b" else None,
+        inter_node_bytes_per_s=node_gbps / 8 * GB / 8, unmodelled="IBM's own FMS Llama modules, not transformers'")
+
+
+FMS = [_fms(size, shard, ckpt, bs, gpu, n, tps, gbps) for size, shard, ckpt, bs, a100, h100 in FMS_SPEEDS
+       for gpu, n, tps, gbps in (("A100-80G", 128, a100, 400.0), ("H100", 96, h100, 800.0))]
+
+
+# --- chenyaofo gist: LLaMA-7B on 8x A800 ------------------------------------------------------------------------
+# (ZeRO stage, checkpointing, optimizer offload, parameter offload, micro-batch, global batch, samples/s)
+GIST = [
+    (2, False, False, False, 1, 64, 5.33), (2, True, False, False, 1, 64, 4.19), (2, True, True, False, 1, 64, 1.81),
+    (2, True, False, False, 4, 64, 4.69), (3, False, False, False, 2, 64, 4.95), (3, True, False, False, 2, 64, 4.45),
+    (3, True, True, False, 2, 64, 2.05), (3, True, True, True, 4, 64, 2.06), (3, True, False, False, 8, 64, 4.73),
+    (3, True, False, False, 8, 128, 4.32),
+]
+_GIST_PAGE = "gist chenyaofo/d4cd6a20ab4b95cb3a49491747e2139a (DeepSpeed 0.14.2, PyTorch 2.2)"
+
+
+def _gist(z: int, ckpt: bool, opt_off: bool, param_off: bool, mb: int, gbs: int, sps: float) -> PublishedSpeed:
+    offload = Offload.all if param_off else Offload.optimizer if opt_off else Offload.none
+    name = f"z{z}{'-ckpt' if ckpt else ''}{'-offopt' if opt_off else ''}{'-offparam' if param_off else ''}-mb{mb}" \
+           f"-gbs{gbs}"
+    return PublishedSpeed(
+        id=f"gist-llama7b:{name}", source="chenyaofo gist", page=_GIST_PAGE, unit="samples/s", published=sps,
+        switches=f"LLaMA-7B full fine-tuning, 8x A800, seq 4096, ZeRO-{z}, checkpointing {ckpt}, offload "
+                 f"optimizer {opt_off} / parameters {param_off}, micro-batch {mb}, global batch {gbs}",
+        build=dict(model="llama-2-7b", gpus="8xA800", method=Method.full, precision=Precision.bf16_mixed, zero=z,
+                   offload=offload, micro_batch=mb, grad_accum=gbs // (8 * mb), seq_len=4096,
+                   grad_ckpt=GradCkpt.full if ckpt else GradCkpt.none),
+        group="gist-llama7b-8xA800", assumed="SDPA attention (the gist's transformers default)")
+
+
+GIST_CASES = [_gist(*row) for row in GIST]
+
+
+# --- Hugging Face blog: FSDP vs DeepSpeed ZeRO-3, Granite 7B on 4 A100 ---------------------------------------------
+# Table 3: tokens/s/device 3158.7 (FSDP, 10.4 s per step) and 3094.5 (DeepSpeed, 10.6 s): 3158.7 x 10.4 = 32,850
+# tokens per device and step = 8 sequences of 4096. Accelerate 0.30 (FSDP1, the "aligned" fp32 master mode),
+# DeepSpeed 0.14 (accelerate issue 2624's configs: FULL_SHARD with BACKWARD_PRE prefetch; ZeRO-3 without offload).
+_BLOG_PAGE = "huggingface.co/blog/deepspeed-to-fsdp-and-back, Table 3"
+
+
+def _blog(engine: str, tps: float) -> PublishedSpeed:
+    kw: dict[str, Any] = {"fsdp": FsdpStrategy.full_shard, "fsdp_version": 1} if engine == "fsdp" else {"zero": 3}
+    return PublishedSpeed(
+        id=f"hf-blog-granite7b:{engine}", source="HF accelerate blog", page=_BLOG_PAGE, unit="tokens/s/GPU",
+        published=tps, switches=f"Granite 7B (Llama 2 7B shape), 4x A100, {engine}, bf16 mixed, batch 8",
+        build=dict(model="llama-2-7b", gpus="4xA100-80G", method=Method.full, precision=Precision.bf16_mixed,
+                   micro_batch=8, grad_accum=1, seq_len=4096, grad_ckpt=GradCkpt.full, attn=Attn.sdpa, **kw),
+        group="hf-blog-granite7b", assumed="sequence 4096 (from tokens/s x step time = 8 x 4096), A100 80GB, "
+                                           "gradient checkpointing (8 x 4096 tokens of a 7B model do not fit without)")
+
+
+BLOG = [_blog("fsdp", 3158.7), _blog("zero3", 3094.5)]
+
+
+# --- DeepSpeed issue 3901: Falcon-7B, 4k context, 8x A100-40GB ---------------------------------------------------
+# Falcon-7B (tiiuae/falcon-7b config.json): hidden 4544, 32 layers, 71 heads of 64, multi-query attention (one K/V
+# head), a 4h GELU MLP (18,176), vocabulary 65,024, tied embeddings. The planner has no Falcon layout; the stand-in
+# below is Llama-shaped with the same matmul FLOPs per token (q 4544, k and v 64 each, output 4544; a gated MLP of
+# width 8h/3 = 12,117 has 3 h x 12,117 weights, Falcon's two 4h matrices 8 h^2).
+FALCON_7B = ModelSpec(name="falcon-7b (Llama-shaped stand-in)", model_type="llama", vocab_size=65024,
+                      hidden_size=4544, intermediate_size=12117, num_layers=32, num_heads=71, num_kv_heads=1,
+                      head_dim=64, tie_embeddings=True, max_seq_len=4096, decoder_layer_class="FalconDecoderLayer")
+_DS3901_PAGE = "deepspeedai/DeepSpeed issue 3901 (2023-07-07), the benchmark table"
+# Checkpointing, from the memory row of the same table (GB per GPU) against the planner's peak for micro-batch 1
+# (planner/memory.py, with / without full checkpointing): FSDP 23.8 (20.3 / 43.2: without it a 40 GB card
+# overflows), ZeRO-2 + optimizer offload 36 (18.8 / 41.8), ZeRO-3 38 (19.8 / 42.7), ZeRO-3 + full offload 21
+# (6.2 / 29.2); ZeRO-2 without offload "OOM" (with checkpointing it would fit: 2P + 14P/8 + 1.2 GB). So FSDP ran
+# with accelerate's activation checkpointing and the DeepSpeed runs without.
+# (label, engine keywords, checkpointing, seconds)
+DS3901 = (("fsdp", {"fsdp": FsdpStrategy.full_shard, "fsdp_version": 1}, GradCkpt.full, 2.93),
+          ("z2-offload-all", {"zero": 2, "offload": Offload.optimizer}, GradCkpt.none, 9.60),
+          ("z3", {"zero": 3}, GradCkpt.none, 2.86),
+          ("z3-offload-all", {"zero": 3, "offload": Offload.all}, GradCkpt.none, 13.70))
+
+
+def _ds3901(label: str, kw: dict[str, Any], ckpt: GradCkpt, secs: float) -> PublishedSpeed:
+    return PublishedSpeed(
+        id=f"ds3901-falcon7b:{label}", source="DeepSpeed issue 3901", page=_DS3901_PAGE, unit="s/step",
+        published=secs, switches=f"Falcon-7B fine-tuning, 4k context, 8x A100-40GB, {label}",
+        build=dict(model="llama-2-7b", gpus="8xA100-40G", method=Method.full, precision=Precision.bf16_mixed,
+                   micro_batch=1, grad_accum=1, seq_len=4096, grad_ckpt=ckpt, attn=Attn.sdpa, **kw),
+        model=FALCON_7B, group="ds3901-falcon7b",
+        assumed="micro-batch 1 (the memory row leaves no room for 2) and no accumulation: the attached script is not "
+                "readable offline; checkpointing as the memory row shows (above)")
+
+
+DS3901_CASES = [_ds3901(*row) for row in DS3901]
+# Left out: "Stage-3 offload params" (6.05 s): parameters offloaded without the optimizer is not a planner option.
+
+CASES: list[PublishedSpeed] = [*QWEN, *FMS, *GIST_CASES, *BLOG, *DS3901_CASES]
