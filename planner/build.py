@@ -29,6 +29,7 @@ from planner.strategy import (
     TrainConfig,
     ZeroStage,
 )
+from planner.transformers_versions import parse_transformers_version
 from planner.validity import validate
 
 # the groups a TrainConfig is made of; the others (search, limits, job, show) do not change one
@@ -88,7 +89,9 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
             raise PlanError(f"{name} must be a positive integer, got {value}")
     adapter, engine_choice = _adapter(opts.adapter), _engine_choice(s)
     model_spec, cluster = with_rope_scaling(resolve(model), opts.target.rope_scaling), parse_gpus(gpus)
-    switches: Switches = dataclasses.replace(opts.switches, bnb_version=parse_bnb_version(opts.switches.bnb_version))
+    switches: Switches = dataclasses.replace(
+        opts.switches, bnb_version=parse_bnb_version(opts.switches.bnb_version),
+        transformers_version=parse_transformers_version(opts.switches.transformers_version))
     cfg = TrainConfig(model=model_spec, cluster=cluster, adapter=adapter, engine_choice=engine_choice,
                       layout=ParallelLayout(tp=s.tp, pp=s.pp, sequence_parallel=s.sequence_parallel),
                       batch=Batch(micro_batch=s.micro_batch, grad_accum=s.grad_accum, seq_len=s.seq_len),

@@ -30,10 +30,6 @@ UNDER_TOLERANCE_SHARDED = 0.10
 _TT_UPCAST = ("torchtune without its chunked loss upcasts the logits to fp32 in the eager model and compiles only "
               "the loss module (fp32 logits and gradient remain, 8V per token); ftplan's compiled standard loss is "
               "the Trainer's, upcast and loss in one graph (2eV)")
-_TT_FOREACH = ("not identified: the peak is the optimizer step, where ftplan counts torch.optim.AdamW's foreach "
-               "temporary (torch/optim/adam.py _multi_tensor_adam: _foreach_sqrt of every exp_avg_sq, one bf16 "
-               "parameter-sized buffer, 5.98 GiB; without it -3.9%). Checked: optimizer_in_bwd is off in this row; "
-               "the measured 24.9 GiB leaves no room for the buffer above weights + gradients + states (23.93 GiB)")
 # within the bar, for the README's litgpt note
 _LITGPT_NF4 = ("not identified: litgpt's own model code on fake tensors agrees with ftplan within 0.4% "
                "(benchmarks/litgpt_dry_run.py); the published allocated peaks sit above the tensors litgpt's layers "
@@ -66,7 +62,7 @@ _LIGER_HF = ("the fp32 logits and their loss temporaries (12 bytes per logit, 24
 _LIGER_OOM = ("the out-of-memory at 4096 tokens follows from that fragmentation: ftplan's allocated 75 GiB plus the "
               "retained half of GMLake's reserve fits in 80 GiB; at the measured u = 0.73 it would not")
 XFAIL: dict[str, str] = {
-    "torchtune:full+packed+compile": _TT_UPCAST, "torchtune:full+packed+compile+chunked-ce+ac": _TT_FOREACH,
+    "torchtune:full+packed+compile": _TT_UPCAST,
     "peft:70b-lora-zero3-8xH100": _NVSMI, "peft:70b-qlora-zero3-2xA100-40G": _NVSMI,
     "peft:70b-qlora-fsdp-offload-2x24GB": _NVSMI,
     "qwen-7B:full-seq1024": _QWEN_7F,
