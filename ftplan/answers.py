@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from planner.device_fit_file import AUTO, DeviceFitFile
 from planner.errors import PlanError
 from planner.estimate import Estimate
 from planner.options import Options, ScaleArgs, from_flat, replace_flat
@@ -15,11 +16,17 @@ from planner.search import PlanResult
 from planner.strategy import Method
 
 
+def _fit_json(fit: DeviceFitFile | None) -> dict[str, Any]:
+    """The device fit the answer used, when one was (its device, machine and age)."""
+    return {"device_fit": fit.summary()} if fit is not None else {}
+
+
 @dataclass(frozen=True)
 class EstimateAnswer:
     est: Estimate
     job: Any  # planner.timing.JobTime | None
     limit: Any = None  # planner.limits.Limit | None (--solve)
+    fit: DeviceFitFile | None = None
 
     def json(self) -> dict[str, Any]:
         from planner.estimate import estimate_to_dict
@@ -27,7 +34,7 @@ class EstimateAnswer:
         from planner.timing import job_to_dict
 
         return {**estimate_to_dict(self.est), **({"job": job_to_dict(self.job)} if self.job else {}),
-                **({"limit": limit_to_dict(self.limit)} if self.limit is not None else {})}
+                **({"limit": limit_to_dict(self.limit)} if self.limit is not None else {}), **_fit_json(self.fit)}
 
 
 def _job_size(opts: Options) -> Any:
@@ -37,7 +44,7 @@ def _job_size(opts: Options) -> Any:
 
 
 def estimate_answer(opts: Options) -> EstimateAnswer:
-    from planner.build import config_from, limits_from
+    from planner.build import config_from, device_fit_for, limits_from
     from planner.calibration import load_calibration
     from planner.estimate import estimate
     from planner.timing import job_time
@@ -47,7 +54,7 @@ def estimate_answer(opts: Options) -> EstimateAnswer:
     limits, cal = limits_from(opts.limits), load_calibration(opts.limits.calibration)
     est = estimate(cfg, limits, cal)
     job = job_time(est.time, cfg, size) if size is not None and est.time is not None else None
-    return EstimateAnswer(est, job, _solved(opts, cfg, limits, cal))
+    return EstimateAnswer(est, job, _solved(opts, cfg, limits, cal), device_fit_for(opts))
 
 
 def _solved(opts: Options, cfg: Any, limits: Any, cal: Any) -> Any:
@@ -66,6 +73,7 @@ class PlanAnswer:
     top: int
     all_plans: bool
     limit: Any = None  # planner.limits.Limit | None: --solve, of the recommended plan
+    fit: DeviceFitFile | None = None
 
     @property
     def job(self) -> Any:
@@ -108,14 +116,21 @@ class PlanAnswer:
 
         out = {"plans": plans, "candidates_evaluated": r.candidates_evaluated, "valid": r.valid,
                "fitting": len(r.plans), "rejected": r.rejected,
-               "recommendation": recommendation_to_dict(r.recommendation)}
+               "recommendation": recommendation_to_dict(r.recommendation), **_fit_json(self.fit)}
         if self.limit is not None:
             out["limit"] = limit_to_dict(self.limit)
         return out
 
 
 def plan_answer(opts: Options) -> PlanAnswer:
-    from planner.build import check_global_batch, check_positions, config_from, limits_from, parse_choices
+    from planner.build import (
+        check_global_batch,
+        check_positions,
+        config_from,
+        device_fit_for,
+        limits_from,
+        parse_choices,
+    )
     from planner.calibration import load_calibration
     from planner.rl.options import rollout_space
     from planner.runnable import runnable_first
@@ -141,7 +156,8 @@ def plan_answer(opts: Options) -> PlanAnswer:
 
         result = with_recommendation(dataclasses.replace(result, plans=runnable_first(result.plans)))
     best = result.plans[0].config if result.plans else None
-    return PlanAnswer(result, size, opts.show.top, opts.show.all_plans, _solved(opts, best, limits, cal))
+    return PlanAnswer(result, size, opts.show.top, opts.show.all_plans, _solved(opts, best, limits, cal),
+                      device_fit_for(opts))
 
 
 @dataclass(frozen=True)
@@ -151,16 +167,17 @@ class ScaleAnswer:
     gpu: str
     method: Method
     seq_len: int
+    fit: DeviceFitFile | None = None
 
     def json(self) -> dict[str, Any]:
         from reports.scale_report import scale_json
 
-        return scale_json(self.result, model=self.model, gpu=self.gpu, method=self.method.value,
-                          seq_len=self.seq_len)
+        return {**scale_json(self.result, model=self.model, gpu=self.gpu, method=self.method.value,
+                             seq_len=self.seq_len), **_fit_json(self.fit)}
 
 
 def scale_answer(opts: Options, scale_args: ScaleArgs) -> ScaleAnswer:
-    from planner.build import check_global_batch, check_positions, config_from, limits_from
+    from planner.build import check_global_batch, check_positions, config_from, device_fit_for, limits_from
     from planner.calibration import load_calibration
     from planner.gpus import gpu_from_name
     from planner.rl.options import rollout_space
@@ -170,14 +187,15 @@ def scale_answer(opts: Options, scale_args: ScaleArgs) -> ScaleAnswer:
     spec = gpu_from_name(scale_args.gpu)
     gpu_counts(scale_args.max_gpus, spec.gpus_per_node)  # checks --max-gpus before any work
     check_global_batch(opts.search.global_batch)
-    base = config_from(replace_flat(opts, gpus=f"1x{spec.name}"), check=False)
+    opts = replace_flat(opts, gpus=f"1x{spec.name}")
+    base = config_from(opts, check=False)
     check_positions(base)
     method = opts.adapter.method
     result = scale(base, scale_args.max_gpus,
                    search_space(base, methods=(method,), global_batch=opts.search.global_batch,
                                 rollouts=rollout_space(opts.rollout, base.stage)),
                    limits_from(opts.limits), load_calibration(opts.limits.calibration))
-    return ScaleAnswer(result, base.model.name, spec.name, method, base.seq_len)
+    return ScaleAnswer(result, base.model.name, spec.name, method, base.seq_len, device_fit_for(opts))
 
 
 def answer(name: str, params: dict[str, Any]) -> Any:
@@ -186,8 +204,11 @@ def answer(name: str, params: dict[str, Any]) -> Any:
     opts, rest = from_flat(Options, params)
     if name == "scale":
         scale_args, rest = from_flat(ScaleArgs, rest)
-    if rest:
-        raise PlanError(f"No such option: --{next(iter(rest)).replace('_', '-')}")
+    given = [name for name, value in rest.items() if value not in (None, [], ())]
+    if str(opts.limits.device_fit) != AUTO:  # the server uses its own machine's fit, never a file a request names
+        given.insert(0, "device_fit")
+    if given:  # an option of the command line only (--from reads local files)
+        raise PlanError(f"No such option: --{'from' if given[0] == 'from_file' else given[0].replace('_', '-')}")
     if name == "scale":
         return scale_answer(opts, scale_args)
     return {"estimate": estimate_answer, "plan": plan_answer}[name](opts)

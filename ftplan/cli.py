@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import typer
 
 from ftplan.app import app
@@ -9,14 +12,22 @@ from ftplan.errors import error_line, fail
 
 __all__ = ["app", "error_line", "fail", "main"]
 
+# which module adds which command: `ftplan plan ...` imports cmd_plan alone (planning starts sooner); help, a
+# mistyped command or none at all imports them all
+COMMANDS = {"estimate": "cmd_plan", "plan": "cmd_plan", "models": "cmd_plan", "gpus": "cmd_plan",
+            "scale": "cmd_scale", "emit": "cmd_emit", "profile": "cmd_profile", "run": "cmd_run", "merge": "cmd_run",
+            "tune": "cmd_tune", "serve": "cmd_serve"}  # in --help's order
 
-def _register() -> None:
+
+def _register(command: str | None = None) -> None:
     # each command module adds its commands to `app`; planning modules import no torch at import time
-    from ftplan import cmd_emit, cmd_plan, cmd_profile, cmd_run, cmd_scale, cmd_serve, cmd_tune  # noqa: F401
+    modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in modules:
+        importlib.import_module(f"ftplan.{name}")
 
 
 def main() -> None:
-    _register()
+    _register(sys.argv[1] if len(sys.argv) > 1 else None)
     try:
         app(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):

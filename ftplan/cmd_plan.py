@@ -13,10 +13,17 @@ from planner.options import Options
 # estimate: one configuration, every option of it; plan: the search fixes no strategy, only the batch shape,
 # the user's optimizer and the FSDP version
 ESTIMATE = o.expose(target=o.ALL, adapter=o.ALL, strategy=o.ALL, switches=o.ALL, rollout=o.ALL, limits=o.ALL,
-                    job=o.ALL, solve=o.ALL)
+                    job=o.ALL, solve=o.ALL, sources=True)
 PLAN = o.expose(target=o.ALL, adapter=("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision"),
                 strategy=("seq_len", "optimizer", "fsdp_version"), switches=o.ALL, rollout=o.ALL, search=o.ALL,
-                limits=o.ALL, job=o.ALL, show=o.ALL, solve=o.ALL)
+                limits=o.ALL, job=o.ALL, show=o.ALL, solve=o.ALL, sources=True)
+
+
+def _fit_line(fit: object) -> None:
+    if fit is not None:
+        from reports.fit_report import device_fit_line
+
+        Console().print(device_fit_line(fit))  # type: ignore[arg-type]
 
 
 @app.command()
@@ -47,6 +54,7 @@ def estimate(opts: Annotated[Options, ESTIMATE], out: o.EmitOutput) -> None:
         Console().print(limit_line(answer.limit))
     if est.time is not None:
         Console().print(time_table(est.time, f"Step time: {est.config}", answer.job))
+    _fit_line(answer.fit)
     if emitted is not None:
         Console().print(emitted)
 
@@ -81,6 +89,7 @@ def plan(opts: Annotated[Options, PLAN], out: o.PlanOutput) -> None:
         from reports.memory_report import limit_line
 
         Console().print(limit_line(answer.limit))
+    _fit_line(answer.fit)
     if emitted is not None:
         Console().print(emitted)
 

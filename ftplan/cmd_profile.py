@@ -11,7 +11,7 @@ from rich.console import Console
 
 from ftplan import options as o
 from ftplan.app import app
-from planner.build import config_from
+from planner.build import config_from, device_fit_for
 from planner.errors import PlanError
 from planner.options import Options, replace_flat
 from planner.strategy import Method, Precision
@@ -44,7 +44,7 @@ DRY_RUN = o.expose(target=("model", "gpus"),
                    switches=("cross_entropy",), defaults={"gpus": "1xCPU"})
 RUN = o.expose(target=("gpus",), adapter=("method", "lora_r", "lora_alpha", "lora_targets"),
                strategy=("optimizer", "zero", "fsdp", "micro_batch", "grad_accum", "seq_len", "grad_ckpt", "attn"),
-               defaults={"gpus": "1xCPU", "method": Method.full, "seq_len": 256})
+               limits=("device_fit",), defaults={"gpus": "1xCPU", "method": Method.full, "seq_len": 256})
 
 
 @profile_app.command("dry-run")
@@ -134,6 +134,9 @@ def run(*, model: Annotated[str | None, typer.Option("--model", "-m", help="Cata
     except PlanError:  # a configuration the time model does not cover
         pred_time = None
     data = run_json(result, predicted, pred_time)
+    fit = device_fit_for(replace_flat(opts, model=target))
+    if fit is not None:
+        data["device_fit"] = fit.summary()
     prof = Profile(config=cfg, peak_bytes=result.peak_bytes, step_time_s=result.step_time_s)
     if save is not None:
         _write_profile(save, profile_dict(prof, kind="run", versions=result.versions, extra=data))
@@ -147,35 +150,48 @@ def run(*, model: Annotated[str | None, typer.Option("--model", "-m", help="Cata
         return
     console = Console()
     console.print(run_view(result, predicted, pred_time))
+    if fit is not None:
+        from reports.fit_report import device_fit_line
+
+        console.print(device_fit_line(fit))
     if cal_data is not None:
         console.print(calibration_view(cal_data, str(calibrate)))
 
 
 @profile_app.command("calibrate")
-def calibrate_cmd(out: Annotated[Path, typer.Option("--out", "-o", help="Calibration file to write.")],
+def calibrate_cmd(out: Annotated[Path | None, typer.Option(
+                      "--out", "-o", "--device-fit", help="File to write: the calibration, or with --device the "
+                      "device fit (default: this machine's fit in the cache folder, which every command reads).")]
+                  = None,
                   profiles: Annotated[list[Path] | None, typer.Argument(help="Profile files from `profile run/dry-run "
                                                                         "--save`.")] = None,
                   device: Annotated[bool, typer.Option(
                       "--device", help="Measure this machine as the CPU device instead (GEMM rate vs size, memory "
-                      "bandwidth, op dispatch, gloo all-reduce) and write the fitted constants to --out.")] = False,
+                      "bandwidth, op dispatch, gloo all-reduce) and write the fitted constants.")] = False,
                   json_out: o.JsonOpt = False) -> None:
     """Fit the planner's correction factors to saved profiles; report the error before and after."""
     if device:
         from planner.atomic import write_text_atomic
+        from planner.device_fit_file import default_path, stamped
         from profiler.device_fit import fit_device
         from reports.profile_report import device_fit_view
 
-        data = {"ftplan_device_fit": 1, **fit_device().to_dict()}
-        write_text_atomic(out, json.dumps(data, indent=2) + "\n")
+        fitted = fit_device().to_dict()
+        data = stamped(fitted, device=str(fitted.get("device", "CPU")))
+        target = out if out is not None else default_path(data["device"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(target, json.dumps(data, indent=2) + "\n")
         if json_out:
             from reports.fmt import print_json
 
             print_json(data)
             return
-        Console().print(device_fit_view(data, str(out)))
+        Console().print(device_fit_view(data, str(target)))
         return
     from reports.profile_report import calibration_view
 
+    if out is None:
+        raise PlanError("--out FILE: where to write the calibration")
     if not profiles:
         raise PlanError("no profiles given: pass profile files written by `ftplan profile run --save`, or --device")
     data = _calibrate(profiles, [], out)

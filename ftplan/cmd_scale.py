@@ -14,7 +14,7 @@ from planner.options import Options, ScaleArgs
 SCALE = o.expose(target=("model", "rope_scaling", "stage"),
                  adapter=("method", "lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision"),
                  strategy=("seq_len", "fsdp_version"), switches=o.ALL, rollout=o.ALL, search=("global_batch",),
-                 limits=o.ALL)
+                 limits=o.ALL, sources=True)
 
 
 @app.command()
@@ -43,3 +43,7 @@ def scale(opts: Annotated[Options, SCALE], scale_args: ScaleArgs, out: o.ScaleOu
         return
     Console().print(scale_view(answer.result, model=answer.model, gpu=answer.gpu, method=method.value,
                                files=[str(out.out / n) for n in names]))
+    if answer.fit is not None:
+        from reports.fit_report import device_fit_line
+
+        Console().print(device_fit_line(answer.fit))

@@ -60,7 +60,7 @@ class TuneOutput(o.JsonOutput):
 # the tune searches the strategy (TuneSpaceArgs says which values); the question's other groups as plan's
 TUNE = o.expose(target=o.ALL, adapter=("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "precision"),
                 strategy=("seq_len", "fsdp_version"), switches=o.ALL, rollout=o.ALL,
-                search=("methods", "global_batch", "include_unrunnable"), limits=o.ALL)
+                search=("methods", "global_batch", "include_unrunnable"), limits=o.ALL, sources=True)
 
 
 def _positive(name: str, values: list[int] | None) -> tuple[int, ...] | None:
@@ -82,11 +82,11 @@ def tune(opts: Annotated[Options, TUNE], dims: TuneSpaceArgs, run: TuneRunArgs, 
     is each worker's own device set (trials run on one node: multi-node trial plans are not measured)."""
     from rich.console import Console
 
-    from planner.build import check_positions, config_from, limits_from
+    from planner.build import check_positions, config_from, device_fit_for, limits_from, parse_choices
     from planner.calibration import load_calibration
     from planner.errors import PlanError
     from planner.search import SearchSpace, search_space
-    from planner.strategy import ZeroStage
+    from planner.strategy import Attn, ZeroStage
     from planner.tune_space import Filters, build_space
     from runner.tune import TuneOptions, quiet_optuna
     from runner.tune import tune as run_tune
@@ -109,9 +109,11 @@ def tune(opts: Annotated[Options, TUNE], dims: TuneSpaceArgs, run: TuneRunArgs, 
     space_def = search_space(base, methods=opts.search.methods, global_batch=opts.search.global_batch,
                              micro_batches=_positive("--micro-batch", dims.micro_batch) or default.micro_batches,
                              grad_ckpts=tuple(dict.fromkeys(dims.grad_ckpt)) if dims.grad_ckpt else default.grad_ckpts,
-                             attns=tuple(dict.fromkeys(dims.attn)) if dims.attn else default.attns,
+                             # the attention and optimizer a --from setup names, unless --attn / --optimizer
+                             attns=tuple(dict.fromkeys(dims.attn)) if dims.attn
+                             else parse_choices(opts.search.attns, Attn, "--attn") or default.attns,
                              optimizers=tuple(dict.fromkeys(dims.optimizer)) if dims.optimizer
-                             else default.optimizers,
+                             else (opts.strategy.optimizer,),
                              tps=_positive("--tp", dims.tp), pps=_positive("--pp", dims.pp))
     filters = Filters(engines=tuple(dims.engine) if dims.engine else None,
                       zero_stages=tuple(ZeroStage(z) for z in dims.zero) if dims.zero else None,
@@ -143,15 +145,20 @@ def tune(opts: Annotated[Options, TUNE], dims: TuneSpaceArgs, run: TuneRunArgs, 
         from runner.emit import emit as emit_files
 
         emitted = [str(p) for p in emit_files(result.best, out.emit, force=out.force)]
+    fit = device_fit_for(opts)
     if out.json_out:
         from reports.fmt import print_json
         from reports.tune_report import tune_json
 
-        print_json(tune_json(result, emitted))
+        print_json({**tune_json(result, emitted), **({"device_fit": fit.summary()} if fit else {})})
         return
     from reports.tune_report import tune_view
 
     console = Console()
     console.print(tune_view(result))
+    if fit is not None:
+        from reports.fit_report import device_fit_line
+
+        console.print(device_fit_line(fit))
     if emitted:
         console.print(f"Wrote {', '.join(emitted)}")

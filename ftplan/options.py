@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ class Expose:
 
     groups: tuple[tuple[str, tuple[str, ...] | None], ...]
     defaults: tuple[tuple[str, Any], ...] = ()
+    sources: bool = False  # --from FILE: the options from a training setup (ftplan/from_file.py)
 
     def shown(self, group: str, names: list[str]) -> list[str]:
         picked = dict(self.groups)
@@ -52,8 +54,17 @@ class Expose:
         return [n for n in names if n in wanted]
 
 
-def expose(*, defaults: dict[str, Any] | None = None, **groups: tuple[str, ...] | None) -> Expose:
-    return Expose(tuple(groups.items()), tuple((defaults or {}).items()))
+def expose(*, defaults: dict[str, Any] | None = None, sources: bool = False,
+           **groups: tuple[str, ...] | None) -> Expose:
+    return Expose(tuple(groups.items()), tuple((defaults or {}).items()), sources)
+
+
+FROM = "from_file"
+_CONTEXT = "ftplan_context"
+FromOpt = Annotated[list[Path] | None, typer.Option(
+    "--from", help="Your training setup: a LLaMA-Factory or axolotl YAML, a TrainingArguments JSON, a ds_config.json "
+                   "or an accelerate config (repeat to combine; a YAML's `deepspeed:` file is read too). Flags on "
+                   "the command line win over the files.", rich_help_panel="Model")]
 
 
 # --- output options (not part of the question, so not in planner.options) ---------------------------------
@@ -121,6 +132,7 @@ class _Slot:
     name: str
     cls: type
     parts: tuple[tuple[str | None, tuple[str, ...]], ...]  # (group field of the composite or None, flags shown)
+    sources: bool = False
 
 
 def _unpack(annotation: Any) -> tuple[type | None, Expose | None]:
@@ -156,7 +168,7 @@ def _parameters(cls: type, spec: Expose | None, taken: set[str]) -> tuple[list[i
                 name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(name, _default(f)),
                 annotation=_typer_annotation(f, group_types[name], getattr(group, "PANEL", None))))
         parts.append((group_name, tuple(shown)))
-    return params, _Slot("", cls, tuple(parts))
+    return params, _Slot("", cls, tuple(parts), bool(spec and spec.sources))
 
 
 def _build(slot: _Slot, values: dict[str, Any]) -> Any:
@@ -164,6 +176,12 @@ def _build(slot: _Slot, values: dict[str, Any]) -> Any:
     if slot.parts and slot.parts[0][0] is None:
         return slot.cls(**{n: values[n] for n in slot.parts[0][1]})
     return slot.cls(**{group: types[group](**{n: values[n] for n in shown}) for group, shown in slot.parts if shown})
+
+
+def _given(ctx: Any, name: str) -> bool:
+    """Whether the user gave this option (on the command line or through its environment variable)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def grouped(func: Any) -> Any:
@@ -182,11 +200,23 @@ def grouped(func: Any) -> Any:
         group_params, slot = _parameters(cls, spec, taken)
         params += group_params
         slots.append(dataclasses.replace(slot, name=name))
+    if any(slot.sources for slot in slots):
+        params.append(inspect.Parameter(FROM, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=FromOpt))
+    params.append(inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
+        ctx, files = kwargs.pop(_CONTEXT), kwargs.pop(FROM, None)
         built = {slot.name: _build(slot, kwargs) for slot in slots}
         shown = {n for slot in slots for _, names in slot.parts for n in names}
+        if files:
+            from ftplan.from_file import apply, note
+
+            explicit = {n for n in shown if _given(ctx, n)}
+            for slot in slots:
+                if slot.sources:
+                    built[slot.name] = apply(built[slot.name], list(files), explicit)
+            print(f"ftplan: {note(list(files))}; flags given on the command line win", file=sys.stderr)
         rest = {k: v for k, v in kwargs.items() if k not in shown}
         return func(**built, **rest)
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from planner import device_fit_file
 from planner.bnb_versions import parse_bnb_version
 from planner.errors import PlanError
 from planner.estimate import Limits
-from planner.gpus import parse_gpus
+from planner.gpus import parse_gpus, with_device_fit
 from planner.models import resolve
 from planner.options import AdapterArgs, LimitArgs, Options, StrategyArgs, Target, from_flat, group_of
 from planner.params import resolve_lora_targets
@@ -89,6 +90,9 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
             raise PlanError(f"{name} must be a positive integer, got {value}")
     adapter, engine_choice = _adapter(opts.adapter), _engine_choice(s)
     model_spec, cluster = with_rope_scaling(resolve(model), opts.target.rope_scaling), parse_gpus(gpus)
+    fit = device_fit_file.resolve(opts.limits.device_fit, cluster.gpu.name)
+    if fit is not None:
+        cluster = dataclasses.replace(cluster, gpu=with_device_fit(cluster.gpu, fit.values))
     switches: Switches = dataclasses.replace(
         opts.switches, bnb_version=parse_bnb_version(opts.switches.bnb_version),
         transformers_version=parse_transformers_version(opts.switches.transformers_version))
@@ -105,13 +109,21 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
 
 def build_config(*, check: bool = True, **flat: Any) -> TrainConfig:
     """config_from with the options given flat, by their CLI names (`build_config(model="7b", gpus="8xA800",
-    method=Method.full, zero=3)`): the short form tests, benchmarks and the runner use."""
+    method=Method.full, zero=3)`): the short form tests, benchmarks and the runner use. It reads no device fit
+    (the catalog's constants, whatever this machine holds)."""
     where = group_of(Options)
     stray = [name for name in flat if where.get(name) not in CONFIG_GROUPS]
     if stray:
         raise TypeError(f"build_config got an unexpected keyword argument '{stray[0]}'")
-    opts, _ = from_flat(Options, flat)
+    opts, _ = from_flat(Options, {**flat, "device_fit": device_fit_file.NONE})
     return config_from(opts, check=check)
+
+
+def device_fit_for(opts: Options) -> device_fit_file.DeviceFitFile | None:
+    """The device fit config_from applies to these options (None: the catalog's constants), for reports."""
+    if not opts.target.gpus:
+        return None
+    return device_fit_file.resolve(opts.limits.device_fit, parse_gpus(opts.target.gpus).gpu.name)
 
 
 def limits_from(args: LimitArgs) -> Limits:

@@ -160,6 +160,10 @@ class LimitArgs:
     nvme: float = option(2048.0, help="NVMe space per node in GiB for ZeRO-Infinity.", panel="Memory")
     headroom: float = option(0.0, help="Fraction of GPU memory to keep free.", panel="Memory", min=0.0, max=0.9)
     calibration: Path | None = option(None, help="Calibration JSON written by `ftplan profile`.", panel="Hardware")
+    # planner.device_fit_file: "auto" finds this machine's fit of the plan's device; build_config passes "none"
+    device_fit: str | None = option("auto", panel="Hardware", help=(
+        "Device fit from `ftplan profile calibrate --device`: a file, 'auto' (this machine's fit of the plan's "
+        "device, when one was written) or 'none' (the catalog's constants)."))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,6 +10,7 @@ from rich.table import Table
 from planner.gpus import GPUSpec
 from planner.models import ModelSpec
 from planner.params import total_params
+from reports.fit import Col, FitTable
 from reports.fmt import params
 
 
@@ -34,10 +35,13 @@ def gpus_json(rows: list[GPUSpec]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(g) for g in rows]
 
 
-def gpus_table(rows: list[GPUSpec]) -> Table:
-    table = Table(title="GPUs (dense peaks; link bandwidth per GPU, one direction)", title_justify="left")
-    for col in ("name", "memory GiB", "bf16 TF/s", "fp32 TF/s", "HBM GB/s", "intra-node", "GB/s", "inter-node GB/s"):
-        table.add_column(col, justify="left" if col in ("name", "intra-node") else "right")
+def gpus_table(rows: list[GPUSpec]) -> FitTable:
+    # names and numbers never wrap; the link's name does; a narrow terminal drops the fp32 peak first
+    table = FitTable([Col("name"), Col("memory\nGiB", "right"), Col("bf16\nTF/s", "right"),
+                      Col("fp32\nTF/s", "right", drop=2), Col("HBM\nGB/s", "right"),
+                      Col("intra-node", wrap=True, min_width=10), Col("GB/s", "right"),
+                      Col("inter-node\nGB/s", "right", drop=1)],
+                     title="GPUs (dense peaks; link bandwidth per GPU, one direction)", title_justify="left")
     for g in rows:
         table.add_row(g.name, f"{g.hbm_bytes / 2**30:.1f}", f"{g.peak_bf16_flops_per_s / 1e12:.1f}",
                       f"{g.peak_fp32_flops_per_s / 1e12:.1f}", f"{g.hbm_bytes_per_s / 1e9:.0f}", g.intra_node_link,

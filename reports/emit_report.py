@@ -13,7 +13,7 @@ def emit_view(plan_name: str, files: list[tuple[Path, str]], start: str, others:
               warnings: tuple[str, ...] = ()) -> Group:
     """`files`: (path, what it is); `start`: the command to run; `others`: (launcher, how to pick it)."""
     table = Table(title=f"Files for {plan_name}", title_justify="left")
-    table.add_column("file")
+    table.add_column("file", overflow="fold")  # a long path breaks across lines, never loses its end
     table.add_column("what")
     for path, role in files:
         table.add_row(str(path), role)

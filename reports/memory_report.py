@@ -8,6 +8,7 @@ from rich.text import Text
 
 from planner.estimate import Estimate
 from planner.memory import CATEGORIES
+from reports.fit import Bar
 from reports.fmt import gib, params
 
 _COLORS = {"weights": "cyan", "gradients": "magenta", "optimizer": "yellow", "activations": "green",
@@ -27,7 +28,7 @@ def memory_table(est: Estimate, title: str | None = None) -> Table:
     for cat in CATEGORIES:
         share = values[cat] / total if total else 0.0
         table.add_row(cat, gib(values[cat]).removesuffix(" GiB"), f"{100 * share:.0f}%",
-                      Text("█" * round(40 * share), style=_COLORS[cat]))
+                      Bar(share, 40, style=_COLORS[cat]))
     for name, value in mem.other_items.items():
         if value >= 2**20:
             table.add_row(Text(f"  {name}", style="dim"), Text(f"{value / 2**30:,.2f}", style="dim"), "", "")

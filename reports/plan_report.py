@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from planner.estimate import Estimate
@@ -12,6 +11,7 @@ from planner.rl.settings import is_online_rl
 from planner.rl.timing import generation_share
 from planner.search import PlanResult
 from planner.timing import JobTime
+from reports.fit import Col, FitTable
 from reports.fmt import params
 from reports.memory_report import memory_table
 from reports.wrap import HyphenWrapped
@@ -19,22 +19,22 @@ from reports.wrap import HyphenWrapped
 RUN_MARK, NO_RUN_MARK = "✓", "✗"
 
 
-def ranking_table(result: PlanResult, per_method: int, title: str) -> Table:
+def ranking_table(result: PlanResult, per_method: int, title: str) -> FitTable:
     from rich import box
 
     from planner.runnable import runnable
     from planner.timing import step_time
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
-                  caption=f"run: {RUN_MARK} = `ftplan run` executes the plan, {NO_RUN_MARK} = it does not "
-                          "(--json: unrunnable_reasons)", caption_justify="left")
     # online RL: generation's share of the step instead of MFU (the step is mostly decoding)
     rl = bool(result.plans) and is_online_rl(result.plans[0].config.stage)
-    for col, justify in (("#", "right"), ("method", "left"), ("plan", "left"), ("run", "left"),
-                         ("GiB/GPU (fill)", "right"), ("tokens/s", "right"), ("step s", "right"),
-                         ("gen" if rl else "MFU", "right")):
-        # narrow enough for an 80-column terminal: the plan name wraps at its `-` boundaries, numbers never do
-        table.add_column(col, justify=justify, no_wrap=col != "plan")
+    # at 80 columns the plan name wraps at its `-` boundaries into two lines, numbers never wrap, and the step
+    # time (tokens/s says it) and then MFU make way
+    table = FitTable([Col("#", "right"), Col("method"), Col("plan", wrap=True, min_width=20), Col("run"),
+                      Col("GiB/GPU (fill)", "right"), Col("tokens/s", "right"), Col("step s", "right", drop=2),
+                      Col("gen" if rl else "MFU", "right", drop=1)],
+                     title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                     caption=f"run: {RUN_MARK} = `ftplan run` executes the plan, {NO_RUN_MARK} = it does not "
+                             "(--json: unrunnable_reasons)", caption_justify="left")
     shown: dict[tuple, int] = {}
     for rank, est in enumerate(result.plans, 1):
         group = plan_group(est.config)

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from planner.estimate import time_to_dict
 from planner.scaling import ScaleResult
-from reports.time_report import bar
+from reports.fit import Bar
 from reports.wrap import HyphenWrapped
 
 BAR_WIDTH = 10
@@ -49,7 +49,7 @@ def scale_view(result: ScaleResult, *, model: str, gpu: str, method: str, files:
             continue
         t = p.best.time
         table.add_row(str(p.gpus), HyphenWrapped(str(p.best.config)), f"{t.tokens_per_s:,.0f}",
-                      bar(t.tokens_per_s / top, BAR_WIDTH), f"{p.speedup:.2f}x", f"{100 * p.efficiency:.0f}%",
+                      Bar(t.tokens_per_s / top, BAR_WIDTH), f"{p.speedup:.2f}x", f"{100 * p.efficiency:.0f}%",
                       f"{100 * t.mfu:.0f}%", f"{t.step_time_s:.2f}")
     parts: list = [table]
     if files:

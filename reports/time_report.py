@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from planner.timing import JobTime, StepTime
+from reports.fit import Bar
 
 _LABELS = {"compute": "compute", "recompute": "recompute (checkpointing)", "pipeline_bubble": "pipeline bubble",
            "dequantize": "QLoRA dequantization", "tp_comm": "tensor-parallel comm", "pp_comm": "pipeline p2p",
@@ -43,7 +44,7 @@ def time_table(t: StepTime, title: str, job: JobTime | None = None) -> Table:
         if seconds <= 0:
             continue
         share = seconds / t.step_time_s
-        table.add_row(_LABELS.get(key, key), duration(seconds), f"{100 * share:.0f}%", bar(share))
+        table.add_row(_LABELS.get(key, key), duration(seconds), f"{100 * share:.0f}%", Bar(share, BAR_WIDTH))
     table.add_row("step", duration(t.step_time_s), "100%", "", style="bold")
     table.add_row("tokens/s (job)", f"{t.tokens_per_s:,.0f}", "", "")
     table.add_row("samples/s (job)", f"{t.samples_per_s:,.2f}", "", "")

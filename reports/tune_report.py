@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from planner.tune_result import TrialRow, TuneResult
+from reports.fit import Col, FitTable
 from reports.wrap import HyphenWrapped
 
 _SHOWN_TRIALS = 20
@@ -52,22 +53,27 @@ def _gib(x: float | None) -> str:
     return "" if x is None else f"{x / 2**30:.2f}"
 
 
-def trials_table(result: TuneResult) -> Table:
+def trials_table(result: TuneResult) -> FitTable:
     """The best completed trials, then every failed one, then a count of the rest. "Best" is the tuner's
     order: its winner first (which follows `plan`'s tie rule: within 1% of the fastest, the simpler plan),
     then the others by tokens/s, so the first row is the plan the tuner recommends."""
     measured = result.measured
     title = ("Measured trials" if measured else "Analytical trials") + " (best first; failures with their reason)"
-    table = Table(title=title, title_justify="left")
-    cols = [("#", "right"), ("plan", "left"), ("run", "left"), ("state", "left"), ("tokens/s", "right"),
-            ("GiB", "right")]
+    # plan names wrap at their `-` boundaries, reasons at spaces, numbers never; a narrow terminal drops the
+    # measured trials' details first (trial seconds, steps, step range, predicted GiB, round), the calibrated
+    # prediction the trial was chosen by last
+    cols = [Col("#", "right"), Col("plan", wrap=True, min_width=20), Col("run"), Col("state"),
+            Col("tokens/s", "right"), Col("GiB", "right", drop=3)]
     if measured:
-        cols += [("step range tok/s", "right"), ("pred tok/s", "right"), ("calibrated", "right"),
-                 ("pred GiB", "right"), ("steps", "right"), ("round", "right"), ("trial s", "right")]
-    cols += [("reason", "left")]
-    for col, justify in cols:
-        # 80 columns: plan names wrap at their `-` boundaries, reasons at spaces, numbers never
-        table.add_column(col, justify=justify, no_wrap=col not in ("plan", "reason"))
+        cols.pop(2)  # every measured trial ran: `run` marks say nothing there
+    if measured:
+        cols += [Col("step range\ntok/s", "right", drop=6), Col("pred\ntok/s", "right", drop=2),
+                 Col("calibrated", "right", drop=1), Col("pred\nGiB", "right", drop=5),
+                 Col("steps", "right", drop=7), Col("round", "right", drop=4), Col("trial s", "right", drop=7)]
+    cols += [Col("reason", wrap=True)]
+    from rich import box
+
+    table = FitTable(cols, title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     done = sorted((r for r in result.rows if r.state == "complete"),
                   key=lambda r: (r.number != result.best_row.number, -(r.tokens_per_s or 0)))
     failed = [r for r in result.rows if r.state in ("failed", "lost")]
@@ -80,11 +86,12 @@ def trials_table(result: TuneResult) -> Table:
         name = HyphenWrapped(r.name) if r.name else _params_name(r)
         cells = [str(r.number), name, _run_mark(r.runnable), r.state, _num(r.tokens_per_s), _gib(r.peak_bytes)]
         if measured:
+            cells.pop(2)
             rng = r.tokens_per_s_range
             cells += ["" if rng is None else f"{rng[0]:,.0f}-{rng[1]:,.0f}", _num(r.predicted_tokens_per_s),
                       _num(r.calibrated_tokens_per_s), _gib(r.predicted_peak_bytes), _num(r.steps, "d"),
                       _num(r.round, "d"), _num(r.wall_s, ".1f")]
-        cells.append(r.reason[:90])
+        cells.append(r.reason[:240])  # a reason is one line; the whole of it is in --json
         table.add_row(*cells, style=style)
     rest = len(result.rows) - len(shown)
     if rest > 0:

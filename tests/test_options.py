@@ -52,8 +52,11 @@ def test_every_flag_and_default_of_before_is_kept() -> None:
     for command, rows in before.items():
         assert command in now, command
         for flag, default in rows.items():
-            assert flag in now[command], f"{command} lost {flag}"
-            assert repr(now[command][flag]) == default, f"{command} {flag}: {now[command][flag]!r} != {default}"
+            # a parameter keeps its names (it may have gained one: calibrate's --out is also --device-fit)
+            names = set(flag.split("/"))
+            match = [key for key in now[command] if names <= set(key.split("/"))]
+            assert match, f"{command} lost {flag}"
+            assert repr(now[command][match[0]]) == default, f"{command} {flag}: {now[command][match[0]]!r} != {default}"
 
 
 def test_option_names_are_unique_across_groups() -> None:

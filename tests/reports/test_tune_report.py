@@ -25,6 +25,6 @@ def test_winner_by_the_tie_rule_is_the_first_row() -> None:
                         runnable_plans=3, best=best, best_row=rows[2], rows=rows, pareto=[], trials_completed=3,
                         trials_failed=0, trials_infeasible=0, measured_trial_s=0.0)
     table = trials_table(result)
-    numbers = list(table.columns[0].cells)
+    numbers = list(table.table().columns[0].cells)
     assert numbers == ["2", "1", "0"]
-    assert list(trials_table(replace(result, best_row=rows[1])).columns[0].cells) == ["1", "2", "0"]
+    assert list(trials_table(replace(result, best_row=rows[1])).table().columns[0].cells) == ["1", "2", "0"]
