@@ -32,6 +32,7 @@ from planner.strategy import (
     TrainConfig,
     ZeroStage,
 )
+from planner.transformers_versions import parse_transformers_version
 from planner.validity import validate
 
 # the groups a TrainConfig is made of; the others (search, limits, job, show) do not change one
@@ -94,7 +95,9 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
     fit = device_fit_file.resolve(opts.limits.device_fit, cluster.gpu.name)
     if fit is not None:
         cluster = dataclasses.replace(cluster, gpu=with_device_fit(cluster.gpu, fit.values))
-    switches: Switches = dataclasses.replace(opts.switches, bnb_version=parse_bnb_version(opts.switches.bnb_version))
+    switches: Switches = dataclasses.replace(
+        opts.switches, bnb_version=parse_bnb_version(opts.switches.bnb_version),
+        transformers_version=parse_transformers_version(opts.switches.transformers_version))
     cfg = TrainConfig(model=model_spec, cluster=cluster, adapter=adapter, engine_choice=engine_choice,
                       layout=ParallelLayout(tp=s.tp, pp=s.pp, sequence_parallel=s.sequence_parallel),
                       batch=Batch(micro_batch=s.micro_batch, grad_accum=s.grad_accum, seq_len=s.seq_len),

@@ -43,11 +43,17 @@ _ENUMS: dict[str, type[Enum]] = {
 }
 
 
+# switches added after plan.json's first release, written only when set: plans without them read as before
+OMITTED_AT_DEFAULT: dict[str, Any] = {"transformers_version": "", "fused_adamw": False}
+
+
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     rl = is_online_rl(cfg.stage)
     for name, value in cfg.flat().items():
         if name in ROLLOUT_FIELDS and not rl:  # plans of the other stages read as before these existed
+            continue
+        if name in OMITTED_AT_DEFAULT and value == OMITTED_AT_DEFAULT[name]:
             continue
         if name == "model":
             value = dataclasses.asdict(value)

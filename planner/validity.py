@@ -9,7 +9,7 @@ from planner import engines
 from planner.engines import parallel
 from planner.errors import PlanError
 from planner.rl.settings import is_online_rl
-from planner.strategy import Method, Precision, Quant, TrainConfig
+from planner.strategy import Method, Optimizer, Precision, Quant, TrainConfig
 
 
 def problems(cfg: TrainConfig) -> list[str]:
@@ -27,6 +27,8 @@ def problems(cfg: TrainConfig) -> list[str]:
     out += method_problems(cfg)
     if not cfg.cluster.gpu.supports_bf16 and cfg.precision in (Precision.bf16_mixed, Precision.bf16_true):
         out.append(f"{cfg.cluster.gpu.name} has no bf16 support: use --precision 16-mixed")
+    if cfg.fused_adamw and cfg.optimizer is not Optimizer.adamw:
+        out.append(f"--fused-adamw is torch's AdamW kernel: it needs --optimizer adamw, not {cfg.optimizer.value}")
     if is_online_rl(cfg.stage):
         from planner.rl.validity import rl_problems
 

@@ -233,6 +233,8 @@ def _make_optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
     if cfg.optimizer is Optimizer.sgd:
         return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
     # foreach=True: the GPU default (see the module docstring)
+    if cfg.fused_adamw:  # torch's fused kernel (it has fake-tensor kernels): no foreach temporaries
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
     return torch.optim.AdamW(params, lr=1e-4, foreach=True)
 
 

@@ -115,7 +115,7 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.1,
         "max_grad_norm": hp.max_grad_norm,
-        "optim": _OPTIM[cfg.optimizer],
+        "optim": "adamw_torch_fused" if cfg.fused_adamw and cfg.optimizer is Optimizer.adamw else _OPTIM[cfg.optimizer],
         **_precision(cfg),
         **switches.llamafactory_arguments(cfg),
         "ddp_timeout": 180000000,
