@@ -33,6 +33,7 @@ from planner.input_checks import (
 from planner.models import ModelSpec
 from planner.rl.settings import Rollout, is_online_rl
 from planner.strategy import FLAT_FIELDS, ROLLOUT_FIELDS, TrainConfig
+from planner.transformers_versions import parse_transformers_version
 
 _ENUMS: dict[str, type[Enum]] = {
     "method": st.Method, "quant": st.Quant, "precision": st.Precision, "optimizer": st.Optimizer,
@@ -103,6 +104,8 @@ def _scalar(name: str, value: Any) -> Any:
         return check_lora_targets(value, where=_WHERE)
     if name == "bnb_version":
         return parse_bnb_version(check_text(value, f"'{name}'", where=_WHERE, max_chars=32))
+    if name == "transformers_version":
+        return parse_transformers_version(check_text(value, f"'{name}'", where=_WHERE, max_chars=32))
     if name == "reward_model":  # "" (rule rewards), a catalog name or a config.json / model directory
         return check_text(value, f"'{name}'", where=_WHERE)
     raise PlanError(f"{_WHERE}'{name}' cannot be read")  # a new field without a rule here: refuse, do not guess

@@ -35,7 +35,7 @@ def parse_transformers_version(text: str) -> str:
     text = text.strip()
     if not text:
         return ""
-    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", text):
+    if not re.fullmatch(r"\d{1,4}\.\d{1,4}(\.\d{1,4})?", text):
         raise PlanError(f"--transformers-version must look like 4.46.1, got {text!r}")
     if _release(text) < LOSS_SHIFTED_COPY[0][0]:
         raise PlanError(f"transformers {text} is older than the 4.x releases the planner knows")

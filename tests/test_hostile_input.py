@@ -65,6 +65,7 @@ def test_library_limits_refuse_nan_too() -> None:
     (("--gpus", "999999x8xA800"), "exceed the 1,048,576 a plan may span"),
     (("--rope-scaling", "linear:1e300"), "the factor must be at most 1024"),
     (("--bnb-version", "0." + "9" * 5000), "--bnb-version must look like"),
+    (("--transformers-version", "4." + "9" * 5000), "--transformers-version must look like"),
     (("--lora-targets", "q_proj,$(touch /tmp/x)"), "has characters other than"),
     (("--model", "9" * 5000), "unknown model '999"),  # too long to be a path (ENAMETOOLONG): found by the fuzz
 ])
@@ -172,6 +173,8 @@ def emitted_plan(capsys, monkeypatch, tmp_path: Path) -> dict:
     ("config", "kl_beta", -1, "'kl_beta' must lie in [0, 1e+06]"),
     ("config", "generation", "warp-drive", "'generation' must be one of"),
     ("config", "reward_model", "x\ny", "'reward_model' holds a control character"),
+    ("config", "transformers_version", "4.46.1\nx", "'transformers_version' holds a control character"),
+    ("config", "fused_adamw", "yes", "'fused_adamw' must be true or false"),
     ("top", "global_batch", "64", "'global_batch' must be an integer"),
 ])
 def test_hostile_plan_json_is_refused(capsys, monkeypatch, tmp_path: Path, where: str, key: str, value,
