@@ -27,9 +27,12 @@ def _register(command: str | None = None) -> None:
 
 
 def main() -> None:
+    from ftplan.guard import guard_commands
+
     _register(sys.argv[1] if len(sys.argv) > 1 else None)
     try:
-        app(standalone_mode=False)
+        # every command checks its numbers (finite, bounded) before it runs (ftplan/guard.py)
+        guard_commands(typer.main.get_command(app))(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
         fail("interrupted")
     except SystemExit:

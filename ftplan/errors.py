@@ -17,11 +17,16 @@ def fail(message: str) -> None:
 def error_line(exc: BaseException) -> str | None:
     """The one line a user's mistake gets (after `ftplan: error: `), or None for a bug; `ftplan serve` sends it
     as the 422 detail."""
+    from planner.input_checks import one_line  # control characters from the input stay on one line
+
     if isinstance(exc, PlanError):
-        return str(exc)
+        return one_line(str(exc))
     # click usage errors (typer vendors its own click) arrive here in non-standalone mode
     if any(cls.__name__ == "ClickException" for cls in type(exc).__mro__):
         param = getattr(exc, "param", None)
         where = f"{'/'.join(param.opts)}: " if param is not None and getattr(param, "opts", None) else ""
-        return where + " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        return one_line(where + " ".join(exc.format_message().split()))  # type: ignore[attr-defined]
+    # sizes past what the input checks bound (a last line of defence: those checks come first)
+    if isinstance(exc, OverflowError | RecursionError | MemoryError):
+        return f"the input is too large to plan ({type(exc).__name__})"
     return None

@@ -1,22 +1,32 @@
 """`ftplan serve`: the planner as a JSON API and one web page (FastAPI; the `serve` extra).
 
 A request body's fields are the CLI options of the same command (`seq_len` or `seq-len` for `--seq-len`,
-`all` for `--all`, `method` as a list for `plan`). They are parsed by the command's own click parser, so
-types, choices, ranges and defaults are the CLI's, and the answer is built by the same function as
-`--json` (ftplan/answers.py). A mistake answers 422 with the one line the CLI prints after `ftplan: error: `.
-Nothing is shared between requests but read-only catalogs (and a lock around option parsing, which typer
-does not make thread-safe); a pasted config.json lives in a temporary
-folder of its own request.
+`all` for `--all`, `method` as a list for `plan`), parsed by the command's own click parser and answered by
+the same function as `--json` (ftplan/serve_work.py, ftplan/answers.py). A mistake answers 422 with the one
+line the CLI prints after `ftplan: error: `.
+
+What any web page, script or scanner can send is bounded here:
+- POST bodies must be `application/json` (415 otherwise: a page elsewhere cannot send one without a CORS
+  preflight, which this server does not answer unless `--cors-origin` names that page's origin), at most
+  `max_body_bytes` (413), arriving within `timeout_s` (408), strict JSON (no NaN, no 1e999, bounded nesting);
+- with `allowed_hosts` (the loopback names when `ftplan serve` listens on loopback), a request whose Host
+  header names another machine is refused (400): a DNS-rebinding page cannot reach the API;
+- planning runs in worker processes (ftplan/serve_pool.py), never on the event loop: the page and the
+  catalogs answer while requests plan; each request has a deadline (504), an abandoned one is stopped, and
+  when every worker is busy and `max_waiting` requests wait, the next is told so at once (503);
+- the request may not name files or ask for unbounded work (ftplan/serve_work.py: REQUEST_BOUNDS);
+- an internal error answers 500 with a line saying it is a bug; the traceback goes to the server's log only.
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
 import json
-import tempfile
-import threading
-import time
-import zipfile
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,240 +34,190 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ftplan.errors import error_line
+from ftplan.serve_pool import PoolError, PoolSettings, WorkerPool, default_workers
+from ftplan.serve_work import ENDPOINTS, Job, WorkSettings
 from planner.errors import PlanError
 
-# options that write files or change how the CLI prints: not request fields (POST /api/emit returns the files)
-_CLI_ONLY = {"json_out", "emit_dir", "force", "pick", "out"}
+log = logging.getLogger("ftplan.serve")
+
 _WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
               "style.css": "text/css; charset=utf-8"}
-# a pasted config.json becomes the model `<tmp>/custom/config.json`: its folder name is the model's name
-PASTED_MODEL_NAME = "custom"
+# loopback names a browser puts in the Host header for this machine
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+BUG = "internal error: a bug in ftplan, not a problem with the request; the server's log has the traceback"
 
 
-def _commands() -> dict[str, Any]:
-    import typer
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything `ftplan serve`'s options decide."""
 
-    from ftplan import cmd_plan, cmd_scale  # noqa: F401  (they add estimate, plan and scale to the app)
-    from ftplan.app import app
+    models_dir: Path | None = None  # the only folder requests may name models in (None: no files at all)
+    workers: int = field(default_factory=default_workers)
+    timeout_s: float = 60.0  # per request, waiting for a worker and planning each
+    max_waiting: int = 256  # requests waiting for a worker before the next is answered 503
+    max_body_bytes: int = 2**20  # a config.json or a plan entry is a few KiB
+    memory_limit_bytes: int | None = 4 * 2**30  # address space of one worker process
+    allowed_hosts: tuple[str, ...] | None = None  # Host headers accepted (None: any)
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (none unless asked)
 
-    group = typer.main.get_command(app)
-    return {name: group.commands[name] for name in ("estimate", "plan", "scale")}  # type: ignore[attr-defined]
-
-
-def _field_names(command: Any) -> dict[str, Any]:
-    """Request field -> click parameter: the Python name and every option name without dashes."""
-    out: dict[str, Any] = {}
-    for param in command.params:
-        for opt in [*param.opts, *param.secondary_opts]:
-            if opt.startswith("--"):
-                out[opt[2:]] = param
-                out[opt[2:].replace("-", "_")] = param
-        out[param.name] = param
-    return out
+    def pool(self) -> PoolSettings:
+        return PoolSettings(workers=self.workers, timeout_s=self.timeout_s, max_waiting=self.max_waiting,
+                            memory_limit_bytes=self.memory_limit_bytes,
+                            work=WorkSettings(models_dir=self.models_dir))
 
 
-def body_to_args(command: Any, body: dict[str, Any], extra: set[str] = frozenset()) -> list[str]:
-    """A JSON body as the command line the CLI would get; unknown and CLI-only fields are refused."""
-    fields = _field_names(command)
-    args: list[str] = []
-    for key, value in body.items():
-        if key in extra:
-            continue
-        param = fields.get(key)
-        if param is None or param.name in _CLI_ONLY:
-            raise PlanError(f"No such option: --{key.replace('_', '-')}")
-        flag = param.opts[0]
-        if value is None:
-            continue
-        if getattr(param, "is_flag", False):
-            if not isinstance(value, bool):
-                raise PlanError(f"{flag}: expected true or false, got {json.dumps(value)}")
-            if value:
-                args.append(flag)
-            elif param.secondary_opts:
-                args.append(param.secondary_opts[0])
-            continue
-        values = value if isinstance(value, list) else [value]
-        if isinstance(value, list) and not getattr(param, "multiple", False):
-            raise PlanError(f"{flag}: takes one value, got a list")
-        for v in values:
-            if isinstance(v, dict | list):
-                raise PlanError(f"{flag}: expected a number or a string, got {json.dumps(v)}")
-            args += [flag, json.dumps(v) if isinstance(v, bool) else str(v)]
-    return args
+class RequestError(Exception):
+    """A request answered with `status` and a one-line `detail`."""
 
-
-# typer's option parsing builds pydantic adapters inside a context manager that sets and deletes an
-# environment variable (typer/_adapters.py disabled_pydantic_plugins): two threads parsing at once raise
-# KeyError. Parsing takes microseconds; the planning after it runs concurrently.
-_PARSE_LOCK = threading.Lock()
-
-
-def _params(command: Any, name: str, body: dict[str, Any], extra: set[str] = frozenset()) -> dict[str, Any]:
-    args = body_to_args(command, body, extra)
-    with _PARSE_LOCK:
-        ctx = command.make_context(name, args)
-    return {k: v for k, v in ctx.params.items() if k not in _CLI_ONLY}
-
-
-def _with_pasted_model(body: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """`model_config` (a config.json object) becomes the model, read by the CLI's own config reader."""
-    pasted = body.get("model_config")
-    if pasted is None:
-        return body
-    if not isinstance(pasted, dict):
-        raise PlanError("model_config must be a config.json object")
-    folder = tmp / PASTED_MODEL_NAME
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(pasted))
-    return {**{k: v for k, v in body.items() if k != "model_config"}, "model": str(folder)}
-
-
-def answer(name: str, body: dict[str, Any], commands: dict[str, Any]) -> dict[str, Any]:
-    """What `ftplan NAME --json` prints for these options."""
-    from ftplan import answers
-
-    with tempfile.TemporaryDirectory(prefix="ftplan-serve-") as tmp:
-        params = _params(commands[name], name, _with_pasted_model(body, Path(tmp)), {"model_config"})
-        try:
-            return answers.answer(name, params).json()
-        except PlanError as exc:
-            raise PlanError(str(exc).replace(str(Path(tmp) / PASTED_MODEL_NAME), "model_config")) from None
-
-
-def _posted_plan(plan: Any, tmp: Path) -> Any:
-    """A plan entry (from /api/plan or /api/estimate, or a plan.json) read as `ftplan emit PLAN.json` reads it."""
-    from planner.estimate import estimate
-    from runner.emit import load_plan
-
-    file = tmp / "plan.json"
-    file.write_text(json.dumps(plan))
-    try:
-        return estimate(load_plan(file))
-    except PlanError as exc:
-        raise PlanError(str(exc).replace(str(file), "plan")) from None
-
-
-def _picked_plan(body: dict[str, Any], pick: Any, tmp: Path, commands: dict[str, Any]) -> Any:
-    from ftplan import answers
-
-    if not isinstance(pick, int) or isinstance(pick, bool) or pick < 1:
-        raise PlanError(f"--pick: expected a positive integer, got {json.dumps(pick)}")
-    params = _params(commands["plan"], "plan", _with_pasted_model(body, tmp), {"model_config", "pick", "emit"})
-    result = answers.answer("plan", params).result
-    if not result.plans:
-        raise PlanError("no plan fits, so there is nothing to --emit")
-    if pick > len(result.plans):
-        raise PlanError(f"--pick {pick} is outside the {len(result.plans)} fitting plans (1..{len(result.plans)})")
-    return result.plans[pick - 1]
-
-
-def emit_zip(body: dict[str, Any], commands: dict[str, Any]) -> tuple[str, bytes]:
-    """The files `ftplan emit` / `plan --emit DIR --pick N` write, as a zip holding the folder DIR (`emit`,
-    default ftplan-emit). Either `plan` (a plan entry of /api/plan, or a plan.json) or plan's options with
-    `pick`. Paths inside the files point at DIR under the directory `ftplan serve` was started in."""
-    from planner.validity import problems
-    from runner.emit import render_files
-
-    folder = body.get("emit", "ftplan-emit")
-    if not isinstance(folder, str) or not folder or Path(folder).is_absolute() or ".." in Path(folder).parts:
-        raise PlanError(f"--emit: expected a relative folder name, got {json.dumps(folder)}")
-    with tempfile.TemporaryDirectory(prefix="ftplan-serve-") as tmp:
-        if "plan" in body:
-            if set(body) - {"plan", "emit"}:
-                raise PlanError("give either 'plan' (a plan entry) or the plan options with 'pick', not both")
-            est = _posted_plan(body["plan"], Path(tmp))
-        else:
-            est = _picked_plan(body, body.get("pick", 1), Path(tmp), commands)
-    found = problems(est.config)
-    if found:
-        raise PlanError(f"cannot emit an invalid plan: {found[0]}")
-    buffer = io.BytesIO()
-    now = time.localtime()[:6]
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for file_name, text in render_files(est, Path(folder)).items():
-            info = zipfile.ZipInfo(f"{Path(folder).name}/{file_name}", date_time=now)
-            info.external_attr = (0o755 if file_name.endswith(".sh") else 0o644) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, text)
-    return f"{Path(folder).name}-{est.config}.zip", buffer.getvalue()
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 def _web_file(name: str) -> str:
     return resources.files("ftplan").joinpath("web", name).read_text(encoding="utf-8")
 
 
-def create_app() -> FastAPI:
+async def read_json_body(request: Request, limit_bytes: int, timeout_s: float) -> dict[str, Any]:
+    """The body as a JSON object: application/json, at most `limit_bytes`, within `timeout_s`."""
+    from planner.input_files import JSONInputError, parse_json
+
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise RequestError(415, "send the body as JSON with the header Content-Type: application/json")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit_bytes):
+        raise RequestError(413, f"the request body is larger than {limit_bytes:,} bytes")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit_bytes:
+                raise RequestError(413, f"the request body is larger than {limit_bytes:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        raw = await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {timeout_s:g} s") from None
+    try:
+        body = parse_json(raw or b"{}", what="the request body")
+    except JSONInputError as exc:
+        raise RequestError(422, f"the request body is not valid JSON ({exc.reason})") from None
+    if not isinstance(body, dict):
+        raise RequestError(422, "the request body must be a JSON object of the command's options")
+    return body
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
     from ftplan.answers import gpus_json, models_json
 
-    commands = _commands()
-    app = FastAPI(title="ftplan", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    settings = settings or ServeSettings()
+    pool = WorkerPool(settings.pool())
 
-    from typer._click.exceptions import ClickException
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(pool.start)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(pool.close)
 
-    async def _user_error(request: Request, exc: Exception) -> JSONResponse:
+    app = FastAPI(title="ftplan", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
+                  lifespan=lifespan)
+    app.state.pool = pool
+    app.state.settings = settings
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type"])
+    if settings.allowed_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
+
+    # the answers that never change, made once: GET requests cost the event loop nothing
+    catalogs = {"models": json.dumps(models_json()).encode(), "gpus": json.dumps(gpus_json()).encode()}
+    pages = {name: _web_file(name) for name in _WEB_FILES}
+
+    @app.exception_handler(RequestError)
+    async def _refused(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(PlanError)
+    async def _user_error(request: Request, exc: PlanError) -> JSONResponse:
         return JSONResponse({"detail": error_line(exc)}, status_code=422)
-
-    app.add_exception_handler(PlanError, _user_error)
-    app.add_exception_handler(ClickException, _user_error)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        # a bug, not the user's mistake: answered, logged with its traceback by uvicorn, and the server goes on
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": "the request body must be a JSON object of the command's options"},
                             status_code=422)
 
-    async def _body(request: Request) -> dict[str, Any]:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # a bug, not the user's mistake: logged with its traceback here (and by uvicorn), never sent
+        log.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": BUG}, status_code=500)
+
+    async def _work(request: Request, endpoint: str) -> tuple[str, Any]:
+        body = await read_json_body(request, settings.max_body_bytes, settings.timeout_s)
+        job = Job(endpoint=endpoint, body=body, base_dir=os.getcwd())
         try:
-            body = json.loads(await request.body() or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise PlanError("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise PlanError("the request body must be a JSON object of the command's options")
-        return body
+            kind, payload = await pool.run(job, request.is_disconnected)
+        except PoolError as exc:
+            if exc.status == 500:
+                log.error("a worker died while answering %s %s", request.method, request.url.path)
+                raise RequestError(500, BUG) from None
+            headers = {"Retry-After": "1"} if exc.status == 503 else None
+            raise RequestError(exc.status, exc.detail, headers) from None
+        if kind == "user":
+            raise RequestError(422, payload)
+        if kind == "bug":
+            log.error("internal error answering %s %s:\n%s", request.method, request.url.path, payload)
+            raise RequestError(500, BUG)
+        return kind, payload
 
-    def _run(name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return answer(name, body, commands)
-
-    for name in ("estimate", "plan", "scale"):
-        async def endpoint(request: Request, _name: str = name) -> JSONResponse:
-            from starlette.concurrency import run_in_threadpool
-
-            return JSONResponse(await run_in_threadpool(_run, _name, await _body(request)))
+    for name in ENDPOINTS:
+        async def endpoint(request: Request, _name: str = name) -> Response:
+            _, data = await _work(request, _name)
+            return Response(data, media_type="application/json")
 
         app.add_api_route(f"/api/{name}", endpoint, methods=["POST"], name=name,
                           summary=f"What `ftplan {name} --json` prints; the body's fields are its options.")
 
     @app.post("/api/emit", summary="The files `plan --emit` writes, as a zip (fields: plan's options, pick, emit).")
     async def emit(request: Request) -> Response:
-        from starlette.concurrency import run_in_threadpool
-
-        filename, data = await run_in_threadpool(emit_zip, await _body(request), commands)
+        _, (filename, data) = await _work(request, "emit")
         return Response(data, media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     @app.get("/api/models", summary="What `ftplan models --json` prints.")
-    def models() -> JSONResponse:
-        return JSONResponse(models_json())
+    async def models() -> Response:
+        return Response(catalogs["models"], media_type="application/json")
 
     @app.get("/api/gpus", summary="What `ftplan gpus --json` prints.")
-    def gpus() -> JSONResponse:
-        return JSONResponse(gpus_json())
+    async def gpus() -> Response:
+        return Response(catalogs["gpus"], media_type="application/json")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> HTMLResponse:
-        return HTMLResponse(_web_file("index.html"))
+    async def index() -> HTMLResponse:
+        return HTMLResponse(pages["index.html"])
 
     @app.get("/static/{name}", include_in_schema=False)
-    def static(name: str) -> Response:
+    async def static(name: str) -> Response:
         if name not in _WEB_FILES:
-            return JSONResponse({"detail": f"no such file: {name}"}, status_code=404)
-        return Response(_web_file(name), media_type=_WEB_FILES[name], headers={"Cache-Control": "no-cache"})
+            return JSONResponse({"detail": f"no such file: {name[:80]}"}, status_code=404)
+        return Response(pages[name], media_type=_WEB_FILES[name], headers={"Cache-Control": "no-cache"})
 
     return app
+

@@ -30,7 +30,7 @@ def parse_bnb_version(text: str) -> str:
     text = text.strip()
     if not text:
         return ""
-    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", text):
+    if not re.fullmatch(r"\d{1,4}\.\d{1,4}(\.\d{1,4})?", text):
         raise PlanError(f"--bnb-version must look like 0.41.1, got {text!r}")
     if _release(text) < MATMUL_4BIT_KEEPS_INPUT[0][0]:
         raise PlanError(f"bitsandbytes {text} has no 4-bit layers (they came in 0.39.0)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Any
 
 from planner import device_fit_file
@@ -12,6 +13,7 @@ from planner.bnb_versions import parse_bnb_version
 from planner.errors import PlanError
 from planner.estimate import Limits
 from planner.gpus import parse_gpus, with_device_fit
+from planner.input_checks import check_config
 from planner.models import resolve
 from planner.options import AdapterArgs, LimitArgs, Options, StrategyArgs, Target, from_flat, group_of
 from planner.params import lora_dropout_for, resolve_lora_targets
@@ -32,6 +34,7 @@ from planner.strategy import (
     TrainConfig,
     ZeroStage,
 )
+from planner.transformers_versions import parse_transformers_version
 from planner.validity import validate
 
 # the groups a TrainConfig is made of; the others (search, limits, job, show) do not change one
@@ -102,13 +105,16 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
     fit = device_fit_file.resolve(opts.limits.device_fit, cluster.gpu.name)
     if fit is not None:
         cluster = dataclasses.replace(cluster, gpu=with_device_fit(cluster.gpu, fit.values))
-    switches: Switches = dataclasses.replace(opts.switches, bnb_version=parse_bnb_version(opts.switches.bnb_version))
+    switches: Switches = dataclasses.replace(
+        opts.switches, bnb_version=parse_bnb_version(opts.switches.bnb_version),
+        transformers_version=parse_transformers_version(opts.switches.transformers_version))
     cfg = TrainConfig(model=model_spec, cluster=cluster, adapter=adapter, engine_choice=engine_choice,
                       layout=ParallelLayout(tp=s.tp, pp=s.pp, sequence_parallel=s.sequence_parallel),
                       batch=Batch(micro_batch=s.micro_batch, grad_accum=s.grad_accum, seq_len=s.seq_len),
                       switches=switches, precision=opts.adapter.precision, optimizer=s.optimizer,
                       grad_ckpt=s.grad_ckpt, attn=s.attn, stage=opts.target.stage,
                       rollout=rollout_from(opts.rollout, opts.target.stage))
+    check_config(cfg)  # the domain's bounds (planner/input_checks.py), the same as a plan.json's
     if cfg.trains_adapter:
         resolve_lora_targets(cfg.model, cfg.lora_targets)
     return validate(cfg) if check else cfg
@@ -134,10 +140,13 @@ def device_fit_for(opts: Options) -> device_fit_file.DeviceFitFile | None:
 
 
 def limits_from(args: LimitArgs) -> Limits:
-    if args.host_memory is not None and args.host_memory <= 0:
+    # written so that NaN fails too (NaN passes `<= 0`, and would switch the capacity check off)
+    if args.host_memory is not None and not 0 < args.host_memory < math.inf:
         raise PlanError(f"--host-memory must be a positive number of GiB, got {args.host_memory:g}")
-    if args.nvme < 0:
+    if not 0 <= args.nvme < math.inf:
         raise PlanError(f"--nvme must not be negative, got {args.nvme:g}")
+    if not 0 <= args.headroom < 1:
+        raise PlanError(f"--headroom must lie in [0, 1), got {args.headroom:g}")
     return Limits(headroom_fraction=args.headroom,
                   host_bytes_per_node=None if args.host_memory is None else args.host_memory * 2**30,
                   nvme_bytes_per_node=args.nvme * 2**30)

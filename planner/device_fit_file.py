@@ -16,7 +16,6 @@ field replaces which GPU-spec constant is planner.gpus.with_device_fit's.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlanError
+from planner.input_files import JSONInputError, read_json_file
 
 FORMAT = "ftplan_device_fit"
 VERSIONS = (1,)
@@ -118,10 +118,6 @@ def stamped(fit: dict[str, Any], device: str, now: float | None = None) -> dict[
             "written_at": _iso(written), **{k: v for k, v in fit.items() if k not in METADATA}}
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a finite number")
-
-
 def _check_values(value: Any, where: str, depth: int = 0) -> None:
     if depth > 8:
         raise PlanError(f"{where}: nested too deep")
@@ -158,12 +154,10 @@ def load(path: Path) -> DeviceFitFile:
         raise PlanError(f"device fit {path} is not a regular file")
     if info.st_size > MAX_BYTES:
         raise PlanError(f"device fit {path} is larger than {MAX_BYTES // 1024} KiB: not a device fit")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"device fit {path}: cannot read it ({exc})") from None
-    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
-        raise PlanError(f"device fit {path} is not valid JSON ({exc})") from None
+    try:  # opened non-blocking and checked again on the open file, read to MAX_BYTES (planner/input_files.py)
+        data = read_json_file(path, what="device fit", limit_bytes=MAX_BYTES)
+    except JSONInputError as exc:
+        raise PlanError(f"device fit {path} is not valid JSON ({exc.reason})") from None
     if not isinstance(data, dict) or data.get(FORMAT) not in VERSIONS:
         raise PlanError(f"{path} is not an ftplan device fit (no '{FORMAT}': "
                         f"{' or '.join(str(v) for v in VERSIONS)})")

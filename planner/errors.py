@@ -10,6 +10,7 @@ class PlanError(ValueError):
 
 
 def unknown_name_error(kind: str, name: str, known: list[str]) -> PlanError:
-    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.4)
+    close = difflib.get_close_matches(name.lower()[:200], known, n=3, cutoff=0.4)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
-    return PlanError(f"unknown {kind} '{name}'{hint}")
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    return PlanError(f"unknown {kind} '{shown}'{hint}")

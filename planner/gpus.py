@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, replace
 
 from planner.errors import PlanError, unknown_name_error
+from planner.input_checks import check_cluster_size
 
 GB = 1e9
 TFLOPS = 1e12
@@ -320,6 +321,8 @@ def parse_gpus(text: str) -> Cluster:
     if not match:
         raise PlanError(f"--gpus '{text}' is malformed; write COUNTxTYPE or NODESxPER_NODExTYPE, e.g. 8xA800")
     first, second, name = match.groups()
+    if any(n is not None and len(n) > 7 for n in (first, second)):  # int() of a 5,000-digit count raises
+        raise PlanError(f"--gpus '{text[:40]}': GPU and node counts must be below 10,000,000")
     gpu = gpu_from_name(name)
     if second is not None:
         nodes, per_node = int(first), int(second)
@@ -336,4 +339,5 @@ def parse_gpus(text: str) -> Cluster:
         raise PlanError(f"--gpus '{text}': GPU and node counts must be at least 1")
     if per_node > gpu.gpus_per_node:
         raise PlanError(f"--gpus '{text}': a {gpu.name} node holds at most {gpu.gpus_per_node} GPUs")
+    check_cluster_size(nodes, per_node, where=f"--gpus '{text}': ")
     return Cluster(gpu=gpu, nodes=nodes, gpus_per_node=per_node)

@@ -33,9 +33,14 @@ from planner.choices import CrossEntropy
 TORCHTUNE_OUTPUT_CHUNKS = 8  # CEWithChunkedOutputLoss(num_output_chunks=8), torchtune's default
 
 
-def standard_loss_bytes(tokens: float, vocab: float, *, logit_bytes: int) -> float:
-    """transformers' ForCausalLMLoss: max(forward (e + 8) V T, backward 12 V T)."""
-    return max(logit_bytes + 8.0, 12.0) * vocab * tokens
+def standard_loss_bytes(tokens: float, vocab: float, *, logit_bytes: int, shifted_copy: bool = False) -> float:
+    """transformers' ForCausalLMLoss: max(forward (e + 8) V T, backward 12 V T). `shifted_copy`: a release that
+    shifts a contiguous fp32 copy of the logits while the model's 16-bit logits live (4.46-4.48,
+    planner.transformers_versions): forward (e + 12) V T, or 12 V T in fp32 where the upcast is the same tensor."""
+    forward = logit_bytes + 8.0
+    if shifted_copy:
+        forward = logit_bytes + (4.0 if logit_bytes < 4 else 0.0) + 8.0
+    return max(forward, 12.0) * vocab * tokens
 
 
 def chunked_loss_bytes(tokens: float, vocab: float, *, logit_bytes: int,
@@ -63,9 +68,10 @@ def fused_loss_bytes(tokens: int, vocab: float, hidden: int, *, logit_bytes: int
 
 
 def loss_bytes(kind: CrossEntropy, *, tokens: int, vocab: float, hidden: int, logit_bytes: int,
-               head_weight_bytes: float = 0.0, compiled: bool = False) -> float:
+               head_weight_bytes: float = 0.0, compiled: bool = False, shifted_copy: bool = False) -> float:
     """Bytes the LM head and loss hold at their peak for one micro-batch of `tokens` tokens; `compiled`:
-    under torch.compile (planner.torch_compile; Liger's fused loss is a Triton kernel either way)."""
+    under torch.compile (planner.torch_compile; Liger's fused loss is a Triton kernel either way); `shifted_copy`:
+    transformers' eager loss of 4.46-4.48 (standard_loss_bytes)."""
     if compiled and kind is CrossEntropy.chunked:
         return torch_compile.compiled_chunked_loss_bytes(tokens, vocab, logit_bytes=logit_bytes,
                                                          chunks=TORCHTUNE_OUTPUT_CHUNKS)
@@ -75,4 +81,4 @@ def loss_bytes(kind: CrossEntropy, *, tokens: int, vocab: float, hidden: int, lo
         return chunked_loss_bytes(tokens, vocab, logit_bytes=logit_bytes)
     if kind is CrossEntropy.fused:
         return fused_loss_bytes(tokens, vocab, hidden, logit_bytes=logit_bytes, head_weight_bytes=head_weight_bytes)
-    return standard_loss_bytes(tokens, vocab, logit_bytes=logit_bytes)
+    return standard_loss_bytes(tokens, vocab, logit_bytes=logit_bytes, shifted_copy=shifted_copy)

@@ -252,6 +252,36 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     return activations, items
 
 
+def tied_embedding_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    """The end of backward of a model whose embedding and LM head share one trained weight (tie_word_embeddings).
+
+    The weight is used twice, so autograd collects both gradients in the input buffer of its one AccumulateGrad node
+    before that node runs (torch/csrc/autograd/input_buffer.cpp, `InputBuffer::add` -> `accumulate`; the engine runs
+    a node once all its inputs are in): the head's V x H gradient waits there from the head's backward to the
+    embedding's, the last op of backward. `accumulate` adds in place only into a plain tensor it holds the last
+    reference to; the head's gradient arrives as TBackward's transpose of the mm that made it, and the sum is taken
+    out of place (measured: `aten.add.Tensor`), so the waiting gradient, the embedding's and their sum exist at once
+    beside every other gradient, before AccumulateGrad stores the sum as `.grad`: two V x H more than the gradients
+    the states hold. Where those are not whole tensors (ZeRO-2/3 partitions, sharded FSDP's shards) all three come on
+    top, in the compute dtype. Measured on one CPU process with a tied Llama (tests/profiler/test_tied_embedding.py)."""
+    m = cfg.model
+    if not (m.tie_embeddings and cfg.method is Method.full and cfg.freeze_layers == 0 and sp.has_embedding
+            and sp.has_head and cfg.stage is not Stage.rm):
+        return {}
+    matrix = m.vocab_size * m.hidden_size / cfg.tp
+    eng = engines.of(cfg)
+    if eng is engines.zero:
+        whole, grad = cfg.zero <= 1, compute_copy_bytes(cfg.precision) * matrix
+    elif eng is engines.fsdp and engines.fsdp.is_sharded(cfg):
+        whole, grad = False, compute_copy_bytes(cfg.precision) * matrix
+    else:
+        whole, grad = True, grad_dtype_bytes(cfg.precision) * matrix
+    items = {"tied embedding: its second gradient": grad, "tied embedding: the sum of its two gradients": grad}
+    if not whole:
+        items["tied embedding: the head's gradient, whole"] = grad
+    return items
+
+
 def dequantized_weight_items(cfg: TrainConfig) -> dict[str, float]:
     """bitsandbytes dequantizes one linear at a time into a 16-bit copy."""
     if cfg.quant is Quant.none:
@@ -294,12 +324,15 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}
         step_items = {k: v * cal.overhead_multiplier for k, v in step_items.items()}
     grads_in_backward = states.gradients if eng.grads_live_in_backward(cfg) else 0.0
-    return _peak(cfg, states, grads_in_backward, activations, items, step_items)
+    return _peak(cfg, states, grads_in_backward, activations, items, step_items, tied_embedding_items(cfg, sp))
 
 
 def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activations: float,
-          items: dict[str, float], step_items: dict[str, float]) -> MemoryBreakdown:
-    """The largest of the three phases, with its breakdown, and the host / NVMe bytes per node."""
+          items: dict[str, float], step_items: dict[str, float], end_items: dict[str, float] | None = None
+          ) -> MemoryBreakdown:
+    """The largest of the three phases, with its breakdown, and the host / NVMe bytes per node. `end_items` live
+    only at the end of backward (phase "gradients")."""
+    end_items = end_items or {}
     gpu = cfg.cluster.gpu
     grads = states.gradients
     base = states.weights + grads + states.optimizer
@@ -308,7 +341,7 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     transient = sum(v for k, v in items.items() if k in backward_only)
     # phase "backward": with accumulation, the gradients of earlier micro-batches are resident
     phase_a = base - grads + grads_in_backward + activations + buffers + transient
-    phase_b = base + buffers
+    phase_b = base + buffers + sum(end_items.values())
     phase_c = base + buffers + sum(step_items.values())
     phase = max((("backward", phase_a), ("gradients", phase_b), ("optimizer", phase_c)), key=lambda x: x[1])[0]
     if phase == "backward":
@@ -318,6 +351,8 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         other_items = {k: v for k, v in items.items() if k not in backward_only}
         if phase == "optimizer":
             other_items.update(step_items)
+        else:
+            other_items.update(end_items)
         grads_shown, acts = grads, 0.0
     tensors = states.weights + grads_shown + states.optimizer + acts + sum(other_items.values())
     transient = acts + sum(v for k, v in other_items.items() if k not in PERSISTENT_ITEMS)

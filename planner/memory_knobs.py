@@ -1,14 +1,15 @@
 """The memory switches users turn on, as the memory model (planner.memory) applies them to one config:
 cross-entropy implementation, Liger kernels, torch.compile, activation offloading, FSDP version, QLoRA sharded
-storage, the bitsandbytes release. The formulas live in planner.loss_memory, planner.liger_kernels,
-planner.torch_compile, planner.offload_activations and planner.bnb_versions."""
+storage, the bitsandbytes and transformers releases. The formulas live in planner.loss_memory,
+planner.liger_kernels, planner.torch_compile, planner.offload_activations, planner.bnb_versions and
+planner.transformers_versions."""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import TYPE_CHECKING
 
-from planner import bnb_versions, liger_kernels, loss_memory, offload_activations
+from planner import bnb_versions, liger_kernels, loss_memory, offload_activations, transformers_versions
 from planner.activations import LayerTraining, kept_quantized_input_bytes_per_token
 from planner.choices import Engine, FsdpStrategy, GradCkpt, Kernels, Method, Quant, Stage
 from planner.models import ModelSpec
@@ -41,7 +42,14 @@ def head_loss_bytes(cfg: TrainConfig, tokens: int, act_bytes: int, grad_bytes: f
         head_weight = head_weight_compute_bytes(cfg, grad_bytes) * m.vocab_size * m.hidden_size / cfg.tp
     return loss_memory.loss_bytes(cfg.cross_entropy, tokens=tokens, vocab=m.vocab_size / cfg.tp,
                                   hidden=m.hidden_size, logit_bytes=act_bytes, head_weight_bytes=head_weight,
-                                  compiled=cfg.torch_compile)
+                                  compiled=cfg.torch_compile, shifted_copy=loss_keeps_shifted_copy(cfg))
+
+
+def loss_keeps_shifted_copy(cfg: TrainConfig) -> bool:
+    """transformers 4.46-4.48's shifted fp32 copy of the logits (planner.transformers_versions): with one sequence
+    per micro-batch `logits[..., :-1, :]` is already contiguous and `.contiguous()` copies nothing (measured:
+    tests/profiler/test_loss_releases.py)."""
+    return cfg.micro_batch > 1 and transformers_versions.loss_keeps_shifted_copy(cfg.transformers_version)
 
 
 def fused_norm_and_mlp(cfg: TrainConfig) -> bool:

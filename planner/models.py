@@ -7,12 +7,13 @@ model directory as plain JSON (never imports transformers, never runs remote cod
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
 from planner.errors import PlanError, unknown_name_error
+from planner.input_checks import check_model_spec
+from planner.input_files import read_json_file
 from planner.model_catalog import ALIASES, HF_CONFIGS
 from planner.model_layers import LayerKind, LinearShape, layer_kind_to_dict
 
@@ -311,7 +312,7 @@ def from_name(name: str) -> ModelSpec:
         raise unknown_name_error("model", name, [*HF_CONFIGS, *ALIASES])
     model_type = str(HF_CONFIGS[key].get("model_type", "llama")).lower()
     if model_type in _LAYER_CLASS:
-        return spec_from_hf_config(HF_CONFIGS[key], name=key, source=f"catalog:{key}")
+        return check_model_spec(spec_from_hf_config(HF_CONFIGS[key], name=key, source=f"catalog:{key}"))
     from planner.spec_cache import catalog_spec_path, config_sha256, load_spec_json
 
     path = catalog_spec_path(key)
@@ -319,30 +320,29 @@ def from_name(name: str) -> ModelSpec:
         raise PlanError(f"model '{key}': its catalog spec {path.name} is missing "
                         "(python -m profiler.spec_derive --catalog writes it)")
     data = load_spec_json(path)
-    return spec_from_dict(data["spec"], name=key, source=f"catalog:{key}", config_sha256=config_sha256(HF_CONFIGS[key]))
+    return check_model_spec(spec_from_dict(data["spec"], name=key, source=f"catalog:{key}",
+                                           config_sha256=config_sha256(HF_CONFIGS[key])))
 
 
 def from_path(path: Path) -> ModelSpec:
     """Read a local config.json, or the config.json inside a model directory, as plain JSON."""
     file = path / "config.json" if path.is_dir() else path
-    try:
-        cfg = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"model '{path}': no such file {file}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"model '{path}': cannot read {file}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"model '{path}': {file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    # a regular file of bounded size, strict JSON (planner/input_files.py): a FIFO or /dev/zero cannot hang it
+    cfg = read_json_file(file, what=f"model '{path}': config")
     if not isinstance(cfg, dict):
         raise PlanError(f"model '{path}': {file} does not hold a JSON object")
     name = (path if path.is_dir() else path.parent).name or "custom"
     # absolute: the source is read again by processes that start elsewhere (profiler workers, emitted files)
-    return spec_from_config(cfg, name=name, source=str(file.resolve()))
+    return check_model_spec(spec_from_config(cfg, name=name, source=str(file.resolve())))
 
 
 def resolve(model: str) -> ModelSpec:
     """A catalog name or alias, or a path to a config.json or model directory."""
     path = Path(model)
-    if model.endswith(".json") or path.is_dir() or path.exists():
+    try:
+        is_file = model.endswith(".json") or path.is_dir() or path.exists()
+    except OSError:  # a name too long to be a path (ENAMETOOLONG) names no file
+        is_file = False
+    if is_file:
         return from_path(path)
     return from_name(model)

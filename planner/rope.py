@@ -9,26 +9,12 @@ no saved tensors: memory and time follow the longer `seq_len` through the usual 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from planner.errors import PlanError
 from planner.models import ModelSpec
+from planner.rope_text import MAX_ROPE_FACTOR, ROPE_TYPES, parse_rope_scaling
 
-ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
-
-
-def parse_rope_scaling(text: str) -> tuple[str, float]:
-    """'linear:2.0' -> ('linear', 2.0)."""
-    kind, _, factor = text.partition(":")
-    if kind not in ROPE_TYPES:
-        raise PlanError(f"--rope-scaling '{text}': type must be one of {', '.join(ROPE_TYPES)}")
-    try:
-        value = float(factor)
-    except ValueError:
-        raise PlanError(f"--rope-scaling '{text}': write TYPE:FACTOR, e.g. linear:2.0") from None
-    if not math.isfinite(value) or value <= 1.0:
-        raise PlanError(f"--rope-scaling '{text}': the factor must exceed 1")
-    return kind, value
+__all__ = ["MAX_ROPE_FACTOR", "ROPE_TYPES", "parse_rope_scaling", "with_rope_scaling"]
 
 
 def with_rope_scaling(model: ModelSpec, text: str | None) -> ModelSpec:

@@ -63,10 +63,11 @@ def catalog_spec_path(name: str) -> Path:
 
 
 def load_spec_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PlanError(f"cannot read the model spec {path}: {exc}") from None
+    # the one reader of outside files (planner/input_files.py: a regular file of bounded size, strict JSON); the
+    # spec itself is checked as every model is (planner.input_checks.check_model_spec)
+    from planner.input_files import read_json_file
+
+    data = read_json_file(path, what="model spec")
     if not isinstance(data, dict) or data.get("format") != SPEC_FORMAT or not isinstance(data.get("spec"), dict):
         raise PlanError(f"{path} is not an ftplan model spec of format {SPEC_FORMAT}: remove it to derive it again")
     return data

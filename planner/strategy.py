@@ -135,8 +135,10 @@ class EngineChoice:
 class Switches:
     """The memory switches users turn on (planner.memory_knobs): the loss's implementation, Liger's fused
     kernels, saved activations kept in host memory, torch.compile, the bitsandbytes release QLoRA runs
-    with ("" = a current one; planner.bnb_versions), frozen weights loaded in fp32 (planner.engines.ddp), and
-    whether peft's prepare_model_for_kbit_training runs on a 4-bit model (planner.states.kbit_prepared)."""
+    with ("" = a current one; planner.bnb_versions), frozen weights loaded in fp32 (planner.engines.ddp),
+    whether peft's prepare_model_for_kbit_training runs on a 4-bit model (planner.states.kbit_prepared), torch's
+    AdamW as its fused kernel (planner.engines.ddp.adamw_foreach_items), and the transformers release whose loss the
+    run computes ("" = a current one; planner.transformers_versions)."""
 
     cross_entropy: CrossEntropy = option(CrossEntropy.standard, help=(
         "Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), fused (Liger's fused "
@@ -155,6 +157,12 @@ class Switches:
     kbit_prep: bool = option(True, help=(
         "QLoRA: peft's prepare_model_for_kbit_training runs (TRL, the QLoRA script, MedicalGPT, ftplan run; not "
         "LLaMA-Factory): fp32 non-quantized weights and residual stream under DDP autocast."))
+    transformers_version: str = option("", help=(
+        "transformers release the run uses, e.g. 4.46.1 (4.46-4.48's causal-LM loss kept a shifted fp32 copy of the "
+        "logits beside the 16-bit ones); default: a current release."))
+    fused_adamw: bool = option(False, help=(
+        "--optimizer adamw as torch's fused kernel (the Trainer's adamw_torch_fused, its default from torch 2.8; "
+        "torchtune's fused: True) instead of foreach: no parameter-sized step temporaries."))
 
     PANEL: ClassVar[str] = "Switches"
 
@@ -168,8 +176,9 @@ FLAT_FIELDS: tuple[str, ...] = (
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
     "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
-    "frozen_fp32", "kbit_prep", "num_generations", "completion_len", "kl_beta", "generation", "vllm_memory",
-    "vllm_sleep", "vllm_server_gpus", "vllm_tp", "generation_steps", "num_iterations", "reward_model")
+    "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "num_generations", "completion_len", "kl_beta",
+    "generation", "vllm_memory", "vllm_sleep", "vllm_server_gpus", "vllm_tp", "generation_steps", "num_iterations",
+    "reward_model")
 # the online RL stages' settings (planner.rl.settings.Rollout): plan.json carries them for those stages only
 ROLLOUT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Rollout))
 
@@ -239,6 +248,8 @@ class TrainConfig:
     bnb_version = property(attrgetter("switches.bnb_version"))
     frozen_fp32 = property(attrgetter("switches.frozen_fp32"))
     kbit_prep = property(attrgetter("switches.kbit_prep"))
+    fused_adamw = property(attrgetter("switches.fused_adamw"))
+    transformers_version = property(attrgetter("switches.transformers_version"))
     tp = property(attrgetter("layout.tp"))
     sequence_parallel = property(attrgetter("layout.sequence_parallel"))
     pp = property(attrgetter("layout.pp"))

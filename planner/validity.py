@@ -10,7 +10,7 @@ from planner.engines import parallel
 from planner.errors import PlanError
 from planner.params import lora_dropout_problem, lora_target_problem
 from planner.rl.settings import is_online_rl
-from planner.strategy import Attn, Method, Precision, Quant, TrainConfig
+from planner.strategy import Attn, Method, Optimizer, Precision, Quant, TrainConfig
 
 # transformers' attention implementation behind each --attn choice (planner.models.ModelSpec.attn_kernels)
 ATTN_KERNEL = {Attn.eager: "eager", Attn.sdpa: "sdpa", Attn.flash: "flash"}
@@ -32,6 +32,8 @@ def problems(cfg: TrainConfig) -> list[str]:
     out += attention_problems(cfg)
     if not cfg.cluster.gpu.supports_bf16 and cfg.precision in (Precision.bf16_mixed, Precision.bf16_true):
         out.append(f"{cfg.cluster.gpu.name} has no bf16 support: use --precision 16-mixed")
+    if cfg.fused_adamw and cfg.optimizer is not Optimizer.adamw:
+        out.append(f"--fused-adamw is torch's AdamW kernel: it needs --optimizer adamw, not {cfg.optimizer.value}")
     if is_online_rl(cfg.stage):
         from planner.rl.validity import rl_problems
 

@@ -168,14 +168,13 @@ def profile_dict(profile: Profile, *, kind: str, versions: dict[str, str], extra
 
 
 def load_profile(path: Path) -> tuple[Profile, dict[str, str]]:
+    from planner.input_files import JSONInputError, read_json_file
     from planner.serialize import config_from_dict
 
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise PlanError(f"profile {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanError(f"profile {path} is not readable JSON: {exc}") from None
+    try:  # a regular file of bounded size, strict JSON (planner/input_files.py)
+        data = read_json_file(path, what="profile")
+    except JSONInputError as exc:
+        raise PlanError(f"profile {path} is not readable JSON: {exc.reason}") from None
     if not isinstance(data, dict) or data.get("ftplan_profile") != 1:
         raise PlanError(f"{path} is not an ftplan profile (written by `ftplan profile run/dry-run --save`)")
     try:

@@ -67,10 +67,10 @@ def hf_config_dict(m: ModelSpec) -> dict[str, Any]:
     """The config.json a catalog name or a user's file stands for."""
     if m.source.startswith("catalog:"):
         return dict(HF_CONFIGS[m.source.removeprefix("catalog:")])
-    import json
-    from pathlib import Path
+    from planner.input_files import read_json_file
 
-    return json.loads(Path(m.source).read_text())
+    # a plan.json names this file: a regular file of bounded size, strict JSON (planner/input_files.py)
+    return read_json_file(m.source, what=f"model '{m.name}': config")
 
 
 def check_supported(cfg: TrainConfig) -> None:
@@ -268,6 +268,8 @@ def _make_optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
     if cfg.optimizer is Optimizer.sgd:
         return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
     # foreach=True: the GPU default (see the module docstring)
+    if cfg.fused_adamw:  # torch's fused kernel (it has fake-tensor kernels): no foreach temporaries
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
     return torch.optim.AdamW(params, lr=1e-4, foreach=True)
 
 

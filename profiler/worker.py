@@ -78,6 +78,8 @@ def _optimizer(cfg: TrainConfig, params: list[Any], device: Any) -> Any:
     # foreach=True: the CUDA default, made explicit so CPU runs match the planner (see profiler/dryrun.py)
     if cfg.optimizer is Optimizer.sgd:
         return torch.optim.SGD(params, lr=1e-5, momentum=0.9, foreach=True)
+    if cfg.fused_adamw:  # torch's fused kernel, as the plan asked
+        return torch.optim.AdamW(params, lr=1e-5, fused=True)
     return torch.optim.AdamW(params, lr=1e-5, foreach=True)
 
 

@@ -19,6 +19,8 @@ from planner.configs.accelerate_config import build_accelerate_config
 from planner.configs.ds_config import build_ds_config
 from planner.errors import PlanError
 from planner.estimate import Estimate, estimate, estimate_to_dict
+from planner.input_checks import MAX_GPUS, check_int, one_line
+from planner.input_files import JSONInputError, parse_json, read_bytes_file
 from planner.serialize import config_from_dict
 from planner.strategy import Engine, TrainConfig
 from planner.validity import problems
@@ -48,7 +50,8 @@ def _model_path(cfg: TrainConfig) -> str:
 
 
 def _yaml(data: dict[str, Any], header: list[str]) -> str:
-    head = "".join(f"# {line}\n" for line in header)
+    # comments are ftplan's own words; one_line keeps any text from the plan on its comment line
+    head = "".join(f"# {one_line(line)}\n" for line in header)
     return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
@@ -122,14 +125,11 @@ def _batch_problems(data: dict[str, Any], cfg: TrainConfig) -> list[str]:
 def load_plan(path: Path | str) -> TrainConfig:
     """plan.json (as `emit` writes it, or `ftplan estimate --json` output) -> a validated TrainConfig."""
     path = Path(path)
+    # a regular file of bounded size, strict JSON (planner/input_files.py): no FIFO hang, no NaN, no 1e999
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"{path}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"{path} is not an ftplan plan (not JSON: {exc.msg} at line {exc.lineno})") from None
+        data = parse_json(read_bytes_file(path, what="plan"), what=str(path))
+    except JSONInputError as exc:
+        raise PlanError(f"{path} is not an ftplan plan (not JSON: {exc.reason})") from None
     config = data.get("config") if isinstance(data, dict) else None
     if not isinstance(config, dict) or not {"model", "cluster"} <= config.keys():
         raise PlanError(f"{path} is not an ftplan plan (no 'config' with a model and cluster; "
@@ -141,10 +141,10 @@ def load_plan(path: Path | str) -> TrainConfig:
         cfg = config_from_dict(config)
     except PlanError as exc:
         raise PlanError(f"{path}: {exc}") from None
-    try:
-        found = _batch_problems(data, cfg) + problems(cfg)
-    except TypeError:  # a number edited into a string or a list
-        raise PlanError(f"{path}: a numeric field of the plan is not a number") from None
+    for key, bounds in (("world_size", (1, MAX_GPUS)), ("dp", (1, MAX_GPUS)), ("global_batch", (1, 2**62))):
+        if data.get(key) is not None:
+            check_int(data[key], f"'{key}'", bounds, where=f"{path}: ")
+    found = _batch_problems(data, cfg) + problems(cfg)
     if found:
         raise PlanError(f"{path} is inconsistent: {found[0]}")
     return cfg

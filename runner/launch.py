@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from planner.input_checks import one_line
 from planner.strategy import Engine, TrainConfig
 from runner import switches
 
@@ -39,6 +40,11 @@ class Launch:
 
 def _q(path: str) -> str:
     return shlex.quote(path)
+
+
+def _comment(line: str) -> str:
+    """A comment line of the script: text from the plan (the model's name) cannot end it and start a command."""
+    return one_line(line)
 
 
 def launch_lines(cfg: TrainConfig, out_dir: str = ".") -> Launch:
@@ -95,8 +101,8 @@ def launch_script(cfg: TrainConfig) -> str:
     multi = nodes > 1
     out = [
         "#!/usr/bin/env bash",
-        f"# Written by ftplan for {cfg} ({cfg.method.value} {cfg.model.name} on {cfg.cluster}: "
-        f"{nodes} node(s) x {per_node} processes).",
+        _comment(f"# Written by ftplan for {cfg} ({cfg.method.value} {cfg.model.name} on {cfg.cluster}: "
+                 f"{nodes} node(s) x {per_node} processes)."),
         "#",
         "# Usage:  MODEL_PATH=/path/to/model DATA=/path/to/train.jsonl bash launch.sh [LAUNCHER [RUN OPTIONS]]",
         "#   LAUNCHER: " + ("torchrun (default), " if multi else

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from planner.configs.ds_config import DEFAULT_HYPER, Hyperparams, learning_rate
+from planner.input_checks import slug
 from planner.params import lora_dropout_note
+from planner.rope import parse_rope_scaling
 from planner.states import kbit_prepared
 from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, Precision, Quant, TrainConfig
 from runner import switches
@@ -71,8 +73,9 @@ def notes(cfg: TrainConfig) -> list[str]:
     if cfg.tp > 1 or cfg.pp > 1:
         out.append(f"LLaMA-Factory trains data-parallel only: this plan's TP{cfg.tp}/PP{cfg.pp} needs `ftplan run`.")
     if cfg.model.rope_scaling:
+        kind, factor = parse_rope_scaling(cfg.model.rope_scaling)  # the header says it in ftplan's words only
         out.append(f"LLaMA-Factory picks the RoPE factor itself (cutoff_len / max_position_embeddings, rounded up); "
-                   f"the plan assumed {cfg.model.rope_scaling}.")
+                   f"the plan assumed {kind}:{factor:g}.")
     if template_for(cfg) == "default" and cfg.model.name.startswith("baichuan2"):
         out.append("LLaMA-Factory 0.9.5 has no Baichuan2 chat template: 'default' is set; name yours in `template`.")
     if cfg.grad_ckpt is GradCkpt.selective:
@@ -95,7 +98,7 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
         out["trust_remote_code"] = True
     out.update({"stage": cfg.stage.value, "do_train": True, **_finetuning(cfg)})
     if cfg.model.rope_scaling:
-        out["rope_scaling"] = cfg.model.rope_scaling.partition(":")[0]  # hparams/model_args.py RopeScaling
+        out["rope_scaling"] = parse_rope_scaling(cfg.model.rope_scaling)[0]  # hparams/model_args.py RopeScaling
     if cfg.engine is Engine.deepspeed:
         out["deepspeed"] = ds_config_path
     out.update({
@@ -104,7 +107,8 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
         "dataset": "alpaca_en_demo",  # LLaMA-Factory's bundled demo set; name yours in data/dataset_info.json
         "template": template_for(cfg),
         "cutoff_len": cfg.seq_len,
-        "output_dir": f"saves/{cfg.model.name}/{cfg.method.value}/{cfg.stage.value}",
+        # a relative folder under saves/ whatever the model is called (slug: no separators, never `..`)
+        "output_dir": f"saves/{slug(cfg.model.name)}/{cfg.method.value}/{cfg.stage.value}",
         "logging_steps": 10,
         "save_steps": 500,
         "plot_loss": True,
@@ -115,7 +119,7 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.1,
         "max_grad_norm": hp.max_grad_norm,
-        "optim": _OPTIM[cfg.optimizer],
+        "optim": "adamw_torch_fused" if cfg.fused_adamw and cfg.optimizer is Optimizer.adamw else _OPTIM[cfg.optimizer],
         **_precision(cfg),
         **switches.llamafactory_arguments(cfg),
         "ddp_timeout": 180000000,

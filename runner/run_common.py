@@ -100,7 +100,12 @@ def optim_name(cfg: TrainConfig, on_cuda: bool) -> str:
         from runner.quant import require_bitsandbytes
 
         require_bitsandbytes(f"optimizer {cfg.optimizer.value}")
-    return _OPTIM[cfg.optimizer]
+    return fused_adamw_name(cfg) or _OPTIM[cfg.optimizer]
+
+
+def fused_adamw_name(cfg: TrainConfig) -> str:
+    """TrainingArguments.optim for torch's fused AdamW (--fused-adamw), '' otherwise."""
+    return "adamw_torch_fused" if cfg.fused_adamw and cfg.optimizer is Optimizer.adamw else ""
 
 
 def _fsdp_args(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:

@@ -40,7 +40,14 @@ from runner.tuning.measured import (
     spread,
 )
 from runner.tuning.results import Progress, TuneOptions
-from runner.tuning.storage import DEFAULT_STORAGE, MEMORY_STORAGE, WORKER_LOST, Retry, open_storage
+from runner.tuning.storage import (
+    DEFAULT_STORAGE,
+    MEMORY_STORAGE,
+    WORKER_LOST,
+    Retry,
+    new_sqlite_file,
+    open_storage,
+)
 
 __all__ = ["DEFAULT_STORAGE", "MEMORY_STORAGE", "TrialRow", "TuneOptions", "TuneResult", "exhaustive_study",
            "open_storage", "quiet_optuna", "spread", "tune"]
@@ -159,6 +166,19 @@ def _measured(space: TuneSpace, ranked: list, opts: TuneOptions, storage: optuna
 
 
 def tune(space: TuneSpace, opts: TuneOptions, progress: Progress | None = None) -> TuneResult:
+    """The tune; a SQLite file it created is removed again when it fails (an interrupted measured tune keeps
+    it: that tune resumes from it)."""
+    created = new_sqlite_file(opts.storage or DEFAULT_STORAGE)
+    try:
+        return _tune(space, opts, progress)
+    except BaseException as exc:
+        if created is not None and not (opts.measure and isinstance(exc, KeyboardInterrupt)):
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                created.with_name(created.name + suffix).unlink(missing_ok=True)
+        raise
+
+
+def _tune(space: TuneSpace, opts: TuneOptions, progress: Progress | None = None) -> TuneResult:
     if opts.measure:
         from profiler.launch import check_device
 

@@ -21,15 +21,16 @@ httpx = pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (t
 from cli_helpers import run  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from ftplan.serve import create_app  # noqa: E402
+from ftplan.serve import ServeSettings, create_app  # noqa: E402
 
 TINY = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 512, "intermediate_size": 1376,
         "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 2048}
 
 
 @pytest.fixture(scope="module")
-def client() -> TestClient:
-    return TestClient(create_app())
+def client():
+    with TestClient(create_app(ServeSettings(workers=2))) as c:  # `with`: the lifespan starts the workers
+        yield c
 
 
 def cli_json(capsys, monkeypatch, *args: str):

@@ -83,9 +83,12 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
 
 
 def adamw_foreach_items(cfg: TrainConfig, trained: float, state_bytes: float, n: int) -> dict[str, float]:
-    """torch's foreach AdamW materializes sqrt(exp_avg_sq) for the whole parameter list
-    (torch/optim/adamw.py, _multi_tensor_adamw)."""
-    if cfg.offload is Offload.none and cfg.optimizer in (Optimizer.adamw, Optimizer.paged_adamw):
+    """torch's foreach AdamW (its default: torch/optim/adam.py `adam` picks foreach, not fused, when neither is given)
+    materializes sqrt(exp_avg_sq) for the whole parameter list (`_multi_tensor_adam`: `exp_avg_sq_sqrt =
+    torch._foreach_sqrt(device_exp_avg_sqs)`), one state-sized buffer. Its fused kernel (`_fused_adam`, fused=True)
+    and bitsandbytes' optimizers (paged 32-bit included: `optimizer_update_32bit`, one kernel per parameter) update
+    in place."""
+    if cfg.offload is Offload.none and cfg.optimizer is Optimizer.adamw and not cfg.fused_adamw:
         return {"AdamW foreach temporaries": trained * state_bytes / 2 / n}
     return {}
 

@@ -24,6 +24,7 @@ stayed unreachable.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import warnings
@@ -60,6 +61,37 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
+def redact(text: str, url: str) -> str:
+    """`text` without the password of `url` (postgresql://USER:PASSWORD@HOST/DB): every `USER:...@` of a URL
+    in it, and the password itself wherever a driver's message repeats it, become `***`."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    out = re.sub(r"(\w[\w+.-]*://[^/\s:@]*:)[^@/\s]*@", r"\1***@", text)
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        out = out.replace(secret, "***")
+    return out
+
+
+def new_sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names when it does not exist yet (opening the storage creates it), else None."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # an unparsable URL is refused by open_storage with its own line
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database)
+    return None if path.exists() else path
+
+
 @dataclass(frozen=True, kw_only=True)
 class Retry:
     """Backoff for storage calls: `retry_s` seconds in all, waits doubling from 1 s up to 15 s."""
@@ -84,7 +116,8 @@ class Retry:
                 wait = next(waits, None)
                 if wait is None:
                     tried = f"unreachable for {self.retry_s:.0f} s " if self.retry_s else ""
-                    raise PlanError(f"tune storage {self.url}: {tried}while {what}: {_first_line(exc)}") from None
+                    raise PlanError(redact(f"tune storage {self.url}: {tried}while {what}: {_first_line(exc)}",
+                                           self.url)) from None
                 time.sleep(wait)
 
 
@@ -106,8 +139,10 @@ def _rdb(url: str) -> optuna.storages.BaseStorage:
 
 
 def open_storage(url: str | None, retry_s: float = 60.0) -> tuple[optuna.storages.BaseStorage, str]:
-    """The storage behind `url`, and the URL to show (retried while the server is unreachable)."""
+    """The storage behind `url`, and the URL to show, without its password (retried while the server is
+    unreachable)."""
     url = url or DEFAULT_STORAGE
+    shown = redact(url, url)
     if url == MEMORY_STORAGE:
         return optuna.storages.InMemoryStorage(), url
     if url.startswith(JOURNAL_PREFIX):
@@ -116,13 +151,13 @@ def open_storage(url: str | None, retry_s: float = 60.0) -> tuple[optuna.storage
             raise PlanError("--storage journal: needs a file path, e.g. journal:/shared/ftplan-tune.log")
         return Retry(url=url, retry_s=retry_s).call(lambda: _journal(path), "opening it"), url
     if "://" not in url:
-        raise PlanError(f"--storage {url!r} is not a database URL or journal:PATH: use sqlite:///PATH.db, "
+        raise PlanError(f"--storage {shown!r} is not a database URL or journal:PATH: use sqlite:///PATH.db, "
                         f"postgresql://USER@HOST/DB, journal:PATH or '{MEMORY_STORAGE}'")
     # a database server may be restarting: retry; a local SQLite file either opens or does not
     retry = Retry(url=url, retry_s=0.0 if url.startswith("sqlite") else retry_s)
     for attempt in range(3):
         try:
-            return retry.call(lambda: _rdb(url), "opening it"), url
+            return retry.call(lambda: _rdb(url), "opening it"), shown
         except Exception as exc:  # sqlalchemy raises driver-specific types (ArgumentError, NoSuchModuleError, ...)
             first = _first_line(exc)
             # two processes creating the same new database race on its tables; the loser retries (the race
@@ -132,10 +167,10 @@ def open_storage(url: str | None, retry_s: float = 60.0) -> tuple[optuna.storage
                 time.sleep(1.0)
                 continue
             if isinstance(exc, PlanError):
-                raise PlanError(f"cannot open {exc}") from None
+                raise PlanError(redact(f"cannot open {exc}", url)) from None
             if "Failed to import DB access module" in first or "No module named" in first:
                 first += " (install the PostgreSQL driver: pip install 'ftplan[tune]')"
-            raise PlanError(f"cannot open tune storage {url}: {first}") from None
+            raise PlanError(redact(f"cannot open tune storage {url}: {first}", url)) from None
     raise AssertionError("unreachable")
 
 

@@ -14,7 +14,7 @@ from planner.errors import PlanError
 from planner.estimate import estimate, estimate_to_dict
 from planner.loss_memory import chunked_loss_bytes, fused_loss_bytes, liger_chunk_tokens, standard_loss_bytes
 from planner.memory import memory_per_gpu
-from planner.strategy import Attn, CrossEntropy, FsdpStrategy, GradCkpt, Kernels, Method, Precision
+from planner.strategy import Attn, CrossEntropy, FsdpStrategy, GradCkpt, Kernels, Method, Optimizer, Precision
 from planner.torch_compile import ROW_STATS_BYTES
 from planner.validity import problems
 
@@ -294,3 +294,50 @@ def test_kbit_prep_follows_the_engine_precision_and_cli(capsys, monkeypatch) -> 
         totals.append(json.loads(out)["memory_per_gpu_bytes"]["total"])
         assert json.loads(out)["config"]["kbit_prep"] is not bool(extra)
     assert totals[0] > totals[1]
+
+
+def test_fused_adamw_has_no_foreach_temporaries_and_is_emitted() -> None:
+    """torch/optim/adam.py: foreach (the default) materializes sqrt(exp_avg_sq) for every parameter; the fused kernel
+    (fused=True, the Trainer's adamw_torch_fused) updates in place. bitsandbytes' paged 32-bit AdamW is one kernel
+    per parameter too."""
+    from planner.params import total_params
+    from planner.validity import problems
+    from runner.llamafactory import build_llamafactory_config
+    from runner.run_common import optim_name
+
+    kw = dict(model="llama-3.2-3b", gpus="1xA100-80G", method=Method.full, precision=Precision.bf16_true,
+              micro_batch=1, seq_len=512)
+    foreach, fused = build_config(**kw), build_config(**kw, fused_adamw=True)
+    temp = memory_per_gpu(foreach).other_items["AdamW foreach temporaries"]
+    assert temp == pytest.approx(2 * total_params(foreach.model))  # one bf16 state-sized buffer
+    assert "AdamW foreach temporaries" not in memory_per_gpu(fused).other_items
+    paged = build_config(**kw, optimizer=Optimizer.paged_adamw)
+    assert "AdamW foreach temporaries" not in memory_per_gpu(paged).other_items
+    assert optim_name(foreach, on_cuda=True) == "adamw_torch"
+    assert optim_name(fused, on_cuda=True) == "adamw_torch_fused"
+    assert build_llamafactory_config(fused, model_path="m")["optim"] == "adamw_torch_fused"
+    assert any("--fused-adamw" in p for p in problems(build_config(**kw, optimizer=Optimizer.adamw_8bit,
+                                                                    fused_adamw=True, check=False)))
+
+
+def test_transformers_version_registry() -> None:
+    """transformers/loss/loss_utils.py ForCausalLMLoss shifts a contiguous fp32 copy of the logits in 4.46.0-4.48.x
+    (4.45 upcast in the model and dropped the 16-bit logits; 4.49 shifts the labels instead): 2 bytes more per logit
+    at forward's peak under bf16, with more than one sequence per micro-batch."""
+    from planner.transformers_versions import loss_keeps_shifted_copy, parse_transformers_version
+
+    assert loss_keeps_shifted_copy("4.46.0") and loss_keeps_shifted_copy("4.48.3")
+    assert not loss_keeps_shifted_copy("4.45.2") and not loss_keeps_shifted_copy("4.49.0")
+    assert not loss_keeps_shifted_copy("")
+    for bad in ("latest", "3.5.1"):
+        with pytest.raises(PlanError):
+            parse_transformers_version(bad)
+    kw = dict(model="llama-3-8b", gpus="1xA100-80G", method=Method.lora, precision=Precision.bf16_mixed,
+              grad_ckpt=GradCkpt.full, micro_batch=2, seq_len=4096)
+    old, new = build_config(**kw, transformers_version="4.46.1"), build_config(**kw)
+    logits = 2 * 4096 * 128256
+    assert (memory_per_gpu(old).other_items["logits and loss"] - memory_per_gpu(new).other_items["logits and loss"]
+            == pytest.approx(2 * logits))
+    one = dict(kw, micro_batch=1)  # one sequence: the shifted slice is contiguous already
+    assert memory_per_gpu(build_config(**one, transformers_version="4.46.1")).total == \
+        memory_per_gpu(build_config(**one)).total

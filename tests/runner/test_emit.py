@@ -120,7 +120,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path):
             raise OSError("disk full")
         return real(self, text, *a, **k)
 
-    with mock.patch.object(Path, "write_text", flaky), pytest.raises(OSError):
+    with mock.patch.object(Path, "write_text", flaky), pytest.raises(PlanError, match="cannot write .*disk full"):
         emit(cfg, tmp_path / "out")
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
@@ -220,7 +220,7 @@ def _set(**kv):
     (_set(tp=4), "TP(4) * PP(1) = 4 does not divide 6 GPUs"),
     (_set(dp=3), "TP(1) * PP(1) * DP(3) = 3 != 6 GPUs"),
     (_set(zero=7), "not a valid ftplan configuration"),
-    (_set(micro_batch="two"), "not a number"),
+    (_set(micro_batch="two"), "'micro_batch' must be an integer, got 'two'"),
     (lambda d: d.pop("config"), "is not an ftplan plan"),
     (lambda d: d.update(format="ftplan-plan/99"), "plan format 'ftplan-plan/99'"),
 ])

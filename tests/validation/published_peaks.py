@@ -105,8 +105,13 @@ LITGPT = [
 # backward" need optimizer_in_bwd, which the planner does not model, except LoRA and QLoRA, which the
 # README says do not use it. LoRA: llama3_2/3B_lora_single_device.yaml, rank 64, alpha 128, dropout 0,
 # on q, v, output projections and the MLP.
+# The optimizer: torch.optim.AdamW as torchtune's Llama 3.2 configs give it, `fused: True` (every llama3_2 config
+# with a torch AdamW at the table's commit 1814feb17: 1B/3B full, LoRA and QLoRA); 3B_full_single_device.yaml
+# itself names bitsandbytes' PagedAdamW8bit, which the table replaces ("+ 8-bit AdamW" is a later row). The
+# checkpointing row rules foreach out as well: its 24.9 GiB leaves no room for foreach's parameter-sized sqrt
+# buffer above weights, gradients and states (23.9 GiB).
 _TT = dict(model="llama-3.2-3b", gpus="1xA100-80G", precision=Precision.bf16_true, micro_batch=2, seq_len=4096,
-           attn=Attn.sdpa, optimizer=Optimizer.adamw)
+           attn=Attn.sdpa, optimizer=Optimizer.adamw, fused_adamw=True)
 _TT_SRC = "torchtune README.md, Optimization flags (Llama 3.2 3B, bs 2, seq 4096, A100)"
 _TT_UPCAST = ("without the chunked loss torchtune's TransformerDecoder upcasts the logits to fp32 in the eager "
               "model (`self.output(h).float()`) and compiles only the loss module, so the fp32 logits and their "

@@ -4,7 +4,13 @@ Llama (fp32, SGD-free AdamW), live tensor bytes counted by profiler.tracker.Stor
 Engines: fsdp1 (FullyShardedDataParallel, FULL_SHARD, one unit per decoder layer and the root, use_orig_params,
 limit_all_gathers, BACKWARD_PRE; device_id=cpu), fsdp2 (fully_shard per layer and the root), zero3 and zero3-offload
 (DeepSpeed 0.19.8 on the CPU accelerator, the planner's own ds_config; offload keeps a torch AdamW through
-zero_force_ds_cpu_optimizer false, so no CPU-Adam build). `freeze` freezes the embedding and the first decoder
+zero_force_ds_cpu_optimizer false, so no CPU-Adam build), zero3-lora (Qwen's finetune.py path under ZeRO-3: peft
+LoRA r 16 on every linear, the base frozen, transformers' reentrant gradient checkpointing with
+enable_input_require_grads, two micro-batches accumulated; `LORA_R` x 512 lies above the persistence threshold as
+Qwen-72B's r 64 x 8192 does). Its LoRA dropout is 0 (Qwen's is 0.05): on the CPU `torch.nn.functional.dropout` draws
+its mask in the input's dtype (aten/src/ATen/native/Dropout.cpp: the fused kernel with a 1-byte mask is taken on
+CUDA only), four bytes per element where a GPU keeps one, a CPU artifact the planner's GPU figures do not carry.
+`freeze` freezes the embedding and the first decoder
 layer (the planner's --freeze-layers 1): under FSDP1 the root unit then mixes a frozen embedding with the trained
 head and norm.
 
@@ -36,6 +42,8 @@ from profiler.tracker import StorageTracker
 CONFIG = dict(vocab_size=2048, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
               num_key_value_heads=8, max_position_embeddings=256, tie_word_embeddings=False)
 MICRO_BATCH, SEQ = 2, 128
+LORA_R, LORA_DROPOUT = 16, 0.0
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _grad_bytes(params: list[torch.nn.Parameter]) -> int:
@@ -79,11 +87,12 @@ def _wrap(engine: str, model: torch.nn.Module) -> tuple[torch.nn.Module, object,
     from planner.models import spec_from_hf_config
 
     offload = engine == "zero3-offload"
-    from planner.strategy import Method, Offload, Precision
+    from planner.strategy import GradCkpt, Method, Offload, Precision
 
-    cfg = build_config(model="llama-2-7b", gpus="2xCPU", method=Method.full, zero=3, precision=Precision.fp32,
+    lora = dict(method=Method.lora, lora_r=LORA_R, lora_targets=",".join(LORA_TARGETS), grad_ckpt=GradCkpt.full)
+    cfg = build_config(model="llama-2-7b", gpus="2xCPU", zero=3, precision=Precision.fp32,
                        offload=Offload.all if offload else Offload.none, micro_batch=MICRO_BATCH, seq_len=SEQ,
-                       check=False)
+                       check=False, **(lora if engine == "zero3-lora" else {"method": Method.full}))
     import dataclasses
 
     cfg = dataclasses.replace(cfg, model=spec_from_hf_config({"model_type": "llama", **CONFIG}, name="probe"))
@@ -103,6 +112,14 @@ def main(engine: str, freeze: bool, grad_accum: int) -> None:
     if freeze:  # as --freeze-layers 1: the embedding and the first decoder layer
         model.model.embed_tokens.requires_grad_(False)
         model.model.layers[0].requires_grad_(False)
+    if engine == "zero3-lora":  # as Qwen's finetune.py: peft's LoRA, then the Trainer's checkpointing switches
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=16, lora_dropout=LORA_DROPOUT,
+                                                 target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        model.enable_input_require_grads()
+        model.train()
     module, opt, is_ds = _wrap(engine, model)
     params = list(module.parameters())
     g = torch.Generator().manual_seed(dist.get_rank())

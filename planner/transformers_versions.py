@@ -1,0 +1,56 @@
+"""What transformers' causal-LM loss holds, by release (a registry as data).
+
+The loss a `*ForCausalLM` model computes when given labels (the Trainer's, TRL's SFTTrainer's), on logits that the
+LM head makes in the compute dtype (e bytes):
+- up to 4.45 the model upcasts them as it makes them (`logits = self.lm_head(...).float()`, the 16-bit tensor is
+  dropped at once) and shifts a contiguous copy (`shift_logits = logits[..., :-1, :].contiguous()`): forward holds
+  the fp32 logits, their shifted copy and log_softmax's fp32 output, 12 bytes per logit;
+- 4.46.0 to 4.48.x move the loss into `loss/loss_utils.py` `ForCausalLMLoss`, called with the model's 16-bit logits,
+  which the model keeps for its output while the loss runs: `logits = logits.float()` then the same contiguous
+  shifted copy, then cross_entropy's log_softmax: e + 4 + 4 + 4 bytes per logit at forward's peak (14 under bf16;
+  in fp32 `.float()` returns the same tensor: 12);
+- from 4.49.0 the labels are shifted instead (`nn.functional.pad(labels, (0, 1), value=ignore_index)`, PR #35646,
+  "removing unnecessary contiguous() call"): e + 4 + 4 at forward's peak.
+Backward holds log_softmax's saved fp32 output and the two fp32 gradients, 12 bytes per logit, in every release
+(planner.loss_memory). Read from the released wheels' `transformers/loss/loss_utils.py` (4.46.1, 4.48.3, 4.49.0)
+and `models/llama/modeling_llama.py` (4.45.2). The planner's default ("" = a current release) is the last.
+"""
+
+from __future__ import annotations
+
+import re
+
+from planner.errors import PlanError
+
+# (first release, last release, the loss keeps a shifted fp32 copy of the logits beside the model's 16-bit logits)
+LOSS_SHIFTED_COPY: tuple[tuple[tuple[int, int, int], tuple[int, int, int], bool], ...] = (
+    ((4, 0, 0), (4, 45, 99), False),
+    ((4, 46, 0), (4, 48, 99), True),
+    ((4, 49, 0), (99, 0, 0), False),
+)
+
+
+def parse_transformers_version(text: str) -> str:
+    """'' (a current release) or MAJOR.MINOR[.PATCH] of a transformers release (>= 4.0)."""
+    text = text.strip()
+    if not text:
+        return ""
+    if not re.fullmatch(r"\d{1,4}\.\d{1,4}(\.\d{1,4})?", text):
+        raise PlanError(f"--transformers-version must look like 4.46.1, got {text!r}")
+    if _release(text) < LOSS_SHIFTED_COPY[0][0]:
+        raise PlanError(f"transformers {text} is older than the 4.x releases the planner knows")
+    return text
+
+
+def _release(text: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in text.split(".")] + [0]
+    return parts[0], parts[1], parts[2]
+
+
+def loss_keeps_shifted_copy(version: str) -> bool:
+    """Whether transformers `version`'s causal-LM loss holds the model's 16-bit logits, their fp32 upcast and a
+    shifted fp32 copy at once ('' = current: no)."""
+    if not version:
+        return False
+    release = _release(version)
+    return any(first <= release <= last and keeps for first, last, keeps in LOSS_SHIFTED_COPY)
