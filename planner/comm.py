@@ -39,6 +39,11 @@ class Group:
     intra_bytes_per_s: float  # effective (already times the efficiency)
     inter_bytes_per_s: float
     alpha_s: float = ALPHA_INTRA_S  # per ring hop inside a node (a measured device replaces NCCL's)
+    # All-gather and reduce-scatter inside a node where measured apart from the all-reduce, as (full bytes,
+    # seconds) between 2 ranks, already divided by the efficiency (gloo: `GPUSpec.allgather_points`); (): rings at
+    # `intra_bytes_per_s`, as NCCL runs all three.
+    gather_points: tuple[tuple[float, float], ...] = ()
+    scatter_points: tuple[tuple[float, float], ...] = ()
 
     @property
     def nodes(self) -> int:
@@ -86,17 +91,45 @@ def allreduce_time_s(message_bytes: float, g: Group) -> float:
 
 def allgather_time_s(message_bytes: float, g: Group) -> float:
     """Ring inside one node; across nodes: AG of each GPU's column over the nodes (M/g gathered size)
-    through its own NIC, then AG of the full M inside the node."""
-    if g.nodes <= 1:
-        return ring_allgather_time_s(message_bytes, g.n, g.intra_bytes_per_s, g.alpha_s)
-    per = min(g.per_node, g.n)
-    return (ring_allgather_time_s(message_bytes / per, g.nodes, g.inter_bytes_per_s, ALPHA_INTER_S)
-            + ring_allgather_time_s(message_bytes, per, g.intra_bytes_per_s, g.alpha_s))
+    through its own NIC, then AG of the full M inside the node. Inside the node at the measured times where
+    the device has them (gloo)."""
+    return _two_level_gather_s(message_bytes, g, g.gather_points)
 
 
 def reduce_scatter_time_s(message_bytes: float, g: Group) -> float:
-    """The mirror image of `allgather_time_s`, same cost."""
-    return allgather_time_s(message_bytes, g)
+    """The mirror image of `allgather_time_s`, the same cost on rings (NCCL); at the device's measured
+    reduce-scatter times where it has them (gloo)."""
+    return _two_level_gather_s(message_bytes, g, g.scatter_points)
+
+
+def _two_level_gather_s(message_bytes: float, g: Group, points: tuple[tuple[float, float], ...]) -> float:
+    def intra(m: float, n: int) -> float:
+        if points and n > 1 and m > 0:
+            return measured_collective_s(points, m, n, g.alpha_s)
+        return ring_allgather_time_s(m, n, g.intra_bytes_per_s, g.alpha_s)
+
+    if g.nodes <= 1:
+        return intra(message_bytes, g.n)
+    per = min(g.per_node, g.n)
+    return (ring_allgather_time_s(message_bytes / per, g.nodes, g.inter_bytes_per_s, ALPHA_INTER_S)
+            + intra(message_bytes, per))
+
+
+def measured_collective_s(points: tuple[tuple[float, float], ...], message_bytes: float, n: int,
+                          hop_alpha_s: float) -> float:
+    """An all-gather / reduce-scatter of full size M over n ranks from its times measured between 2 ranks at full
+    sizes `points` (bytes, seconds): a ring moves (n-1)/n x M per rank, as 2 ranks do at the full size
+    2(n-1)/n x M, and runs n-2 more hops (nccl-tests PERFORMANCE.md). Piecewise linear between the measured sizes
+    (gloo's time per byte grows with the size: 1 to 64 MiB), the end segments extended, at least one hop."""
+    size = 2 * (n - 1) / n * message_bytes
+    pts = sorted(points)
+    if len(pts) == 1:
+        t = pts[0][1] * size / pts[0][0]
+    else:
+        i = next((k for k in range(1, len(pts) - 1) if size <= pts[k][0]), len(pts) - 1)
+        (b0, t0), (b1, t1) = pts[i - 1], pts[i]
+        t = t0 + (t1 - t0) * (size - b0) / (b1 - b0)
+    return max(hop_alpha_s, t) + (n - 2) * hop_alpha_s
 
 
 def split_time_s(collective, total_bytes: float, calls: int, g: Group) -> float:

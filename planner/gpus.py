@@ -67,6 +67,12 @@ class GPUSpec:
     # On such a device: the time a collective issued while the ranks compute (from backward hooks: DDP
     # buckets, ZeRO reductions and gathers, FSDP units) costs, relative to the same collective alone.
     busy_comm_factor: float = 1.0
+    # All-gather and reduce-scatter times where measured apart from the all-reduce, (full bytes, seconds) between 2
+    # ranks: the CPU device, where gloo's all_gather_into_tensor and reduce_scatter_tensor are not the ring halves of
+    # its all-reduce and cost more per byte as messages grow (profiler/device_fit.py); (): rings at
+    # intra_node_bytes_per_s, as NCCL runs all three (planner/comm.py).
+    allgather_points: tuple[tuple[float, float], ...] = ()
+    reduce_scatter_points: tuple[tuple[float, float], ...] = ()
     # Fraction of the dense peak large GEMMs reach where measured on this machine (`ftplan profile calibrate --device`
     # on CUDA); None: the GPU's published figure (planner/compute.py DEFAULT_COMPUTE_EFFICIENCY). With it the inner
     # size at which a GEMM tile's fixed prologue and epilogue halve its rate (rate x k / (k + k0)); 0: not measured.
@@ -115,6 +121,13 @@ def _gpu(**kw) -> GPUSpec:
 
 
 _PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nominal
+# gloo's all_gather_into_tensor and reduce_scatter_tensor between the CPU entry's 2 ranks, (full bytes, seconds):
+# per size the median of 4 runs of profiler/device_fit.py measure_gather_scatter on this 2-core VM while other
+# work loaded it (1-minute load 2.5-3.8; the same runs' all-reduce of 16 MiB took 17-24 ms). The time per byte
+# grows with the size (64 MiB: 10x the time of 16 MiB), so ZeRO-1/2's one gather of the whole model is dear.
+_CPU_ALLGATHER_POINTS = ((2**18, 1.00e-3), (2**20, 1.82e-3), (2**22, 6.85e-3), (2**24, 24.0e-3), (2**26, 244e-3))
+_CPU_REDUCE_SCATTER_POINTS = ((2**18, 1.20e-3), (2**20, 3.38e-3), (2**22, 9.75e-3), (2**24, 35.7e-3),
+                              (2**26, 203e-3))
 # FlashAttention-2 on A100: up to 73% of peak in forward and 63% in backward (Dao 2023, arXiv 2307.08691, Sec. 4.1
 # and Fig. 4-6); backward runs 2.5x the forward's FLOPs, so forward + backward reach 3.5 / (1/0.73 + 2.5/0.63) = 0.65.
 _FA2_AMPERE = 0.65
@@ -239,7 +252,8 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=3.97e-6, gemm_half_rate_rows=37.4,
          gemm_narrow_cols=((8, 0.12), (16, 0.41), (32, 0.63), (64, 0.83)), dropout_values_per_s=72.6e6,
          collective_alpha_s=1.31e-3, overlaps_comm=False, busy_comm_factor=2.06, zero3_module_host_s=1.62e-3,
-         fsdp_unit_host_s=1.54e-3),
+         fsdp_unit_host_s=1.54e-3, allgather_points=_CPU_ALLGATHER_POINTS,
+         reduce_scatter_points=_CPU_REDUCE_SCATTER_POINTS),
 )}
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",
@@ -256,6 +270,7 @@ DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp
                      "hbm_bytes_per_s": "hbm_bytes_per_s", "collective_alpha_s": "collective_alpha_s",
                      "intra_node_bytes_per_s": "intra_node_bytes_per_s", "zero3_module_s": "zero3_module_host_s",
                      "fsdp_unit_s": "fsdp_unit_host_s", "busy_comm_factor": "busy_comm_factor",
+                     "allgather_points": "allgather_points", "reduce_scatter_points": "reduce_scatter_points",
                      "gemm_efficiency": "gemm_efficiency", "gemm_half_rate_inner": "gemm_half_rate_inner",
                      "attention_efficiency": "attention_efficiency",
                      "elementwise_bandwidth_fraction": "elementwise_bandwidth_fraction"}
@@ -277,6 +292,9 @@ def with_device_fit(gpu: GPUSpec, fit: dict) -> GPUSpec:
     values = {field: fit[key] for key, field in DEVICE_FIT_FIELDS.items() if key in fit and fit[key] is not None}
     if "gemm_narrow_cols" in values:
         values["gemm_narrow_cols"] = tuple((int(n), float(f)) for n, f in values["gemm_narrow_cols"])
+    for key in ("allgather_points", "reduce_scatter_points"):
+        if key in values:
+            values[key] = tuple((float(b), float(t)) for b, t in values[key])
     if "peak_fp32_flops_per_s" in values and name == "CPU":
         values["peak_tf32_flops_per_s"] = values["peak_fp32_flops_per_s"]
     return replace(gpu, **values)

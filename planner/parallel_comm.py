@@ -29,14 +29,22 @@ def dp_group(cluster: Cluster, tp: int, pp: int, dp: int, efficiency: float) -> 
     per_node = max(1, min(dp, cluster.gpus_per_node // (tp * pp)))
     gpu = cluster.gpu
     return Group(n=dp, per_node=per_node, intra_bytes_per_s=gpu.intra_node_bytes_per_s * efficiency,
-                 inter_bytes_per_s=gpu.inter_node_bytes_per_s * efficiency, alpha_s=hop_alpha_s(gpu))
+                 inter_bytes_per_s=gpu.inter_node_bytes_per_s * efficiency, alpha_s=hop_alpha_s(gpu),
+                 **_gather_scatter(gpu, efficiency))
 
 
 def intra_node_group(cluster: Cluster, n: int, efficiency: float) -> Group:
     """A group inside one node (TP, FSDP hybrid shards)."""
     gpu = cluster.gpu
     return Group(n=n, per_node=n, intra_bytes_per_s=gpu.intra_node_bytes_per_s * efficiency,
-                 inter_bytes_per_s=gpu.inter_node_bytes_per_s * efficiency, alpha_s=hop_alpha_s(gpu))
+                 inter_bytes_per_s=gpu.inter_node_bytes_per_s * efficiency, alpha_s=hop_alpha_s(gpu),
+                 **_gather_scatter(gpu, efficiency))
+
+
+def _gather_scatter(gpu: GPUSpec, efficiency: float) -> dict[str, tuple[tuple[float, float], ...]]:
+    """The device's measured all-gather / reduce-scatter times (gloo), at the same efficiency as its bandwidths."""
+    return {"gather_points": tuple((b, t / efficiency) for b, t in gpu.allgather_points),
+            "scatter_points": tuple((b, t / efficiency) for b, t in gpu.reduce_scatter_points)}
 
 
 def grad_allreduce_s(grad_bytes: float, g: Group) -> float:

@@ -19,6 +19,12 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
 - gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB, fitted to t = alpha + M / B (for 2
   ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest
   messages, alpha from the four smallest;
+- gloo all-gather and reduce-scatter (all_gather_into_tensor / reduce_scatter_tensor: ZeRO-1/2's one gather of
+  the updated partitions, ZeRO-3's and FSDP's gathers and gradient reductions) between the same 2 processes at
+  full (gathered / reduced) sizes of 256 KiB to 64 MiB, kept as measured points that the planner interpolates
+  (planner/comm.py measured_collective_s): gloo does not run them as the ring halves of its all-reduce (they took
+  1-5x the all-reduce of the same full size here), and their time jumps at 32 MiB (GATHER_SIZES), so neither a
+  ring model of the all-reduce's fit nor one alpha-beta line describes them;
 - busy collectives: DDP over a stack of 24 Linear(1024, 1024) (100 MB of fp32 gradients, 25 MB buckets)
   on 2 ranks: (backward with gradient all-reduce - the same backward under `no_sync`) / one all-reduce of
   the same bytes alone, medians of 9 interleaved repeats: what a collective issued from backward hooks
@@ -45,6 +51,7 @@ from typing import Any
 from profiler.fit_helpers import _line_fit, _median_time, _on_ranks
 
 Points = tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
+SizePoints = tuple[tuple[int, float], ...]  # (bytes, seconds)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,6 +69,8 @@ class DeviceFit:
     busy_comm_factor: float  # a collective issued while the ranks compute / the same collective alone
     gemm_points: tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
     allreduce_points: tuple[tuple[int, float], ...]  # (bytes, seconds)
+    allgather_points: tuple[tuple[int, float], ...] = ()  # (gathered bytes, seconds) of all_gather_into_tensor
+    reduce_scatter_points: tuple[tuple[int, float], ...] = ()  # (reduced bytes, seconds) of reduce_scatter_tensor
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,6 +201,10 @@ def _allreduce_rank(rank: int, port: int, out: Any, *, sizes: list[int]) -> None
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    # the first calls after the group starts run slow (connection set-up): they made the smallest size the slowest
+    warm = torch.ones(1024)
+    for _ in range(50):
+        dist.all_reduce(warm)
     results = []
     for n_bytes in sizes:
         t = torch.ones(max(1, n_bytes // 4))
@@ -224,6 +237,43 @@ def fit_alpha_beta(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
     beta = 1.0 / max(slope, 1e-15)
     alpha = statistics.median(t - b / beta for b, t in ordered[:4])
     return max(1e-7, alpha), beta
+
+
+# full sizes 256 KiB .. 64 MiB, with both sides of 32 MiB: glibc serves larger blocks by a fresh mmap each call
+# (mallopt(3): M_MMAP_THRESHOLD's dynamic ceiling is DEFAULT_MMAP_THRESHOLD_MAX = 4 Mi x sizeof(long) = 32 MiB on
+# 64-bit), whose pages fault in again; measured here, a gather of 33 MiB took 2.5-3x one of 31 MiB
+GATHER_SIZES = (2**18, 2**20, 2**22, 2**24, 31 * 2**20, 33 * 2**20, 2**26)
+
+
+def _gather_scatter_rank(rank: int, port: int, out: Any, *, sizes: Sequence[int]) -> None:
+    """One of 2 gloo ranks: median times of all_gather_into_tensor and reduce_scatter_tensor per full size,
+    the two collectives interleaved per size so that a slow spell of the machine hits both."""
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    gather, scatter = [], []
+    for n_bytes in sizes:
+        full, part = torch.ones(max(2, n_bytes // 4)), torch.ones(max(1, n_bytes // 8))
+        calls = (partial(dist.all_gather_into_tensor, full, part), partial(dist.reduce_scatter_tensor, part, full))
+        for call in calls:
+            call()
+        dist.barrier()
+        repeats = 9 if n_bytes <= 2**22 else 5
+        gather.append((n_bytes, _median_time(calls[0], repeats=repeats)))
+        scatter.append((n_bytes, _median_time(calls[1], repeats=repeats)))
+    if rank == 0:
+        out.put((tuple(gather), tuple(scatter)))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure_gather_scatter() -> tuple[SizePoints, SizePoints]:
+    """(all-gather points, reduce-scatter points): median seconds per full size, which the planner interpolates
+    (planner/comm.py measured_collective_s)."""
+    return _two_ranks(partial(_gather_scatter_rank, sizes=GATHER_SIZES))
 
 
 BUSY_LAYERS, BUSY_WIDTH, BUSY_ROWS, BUSY_REPEATS = 24, 1024, 256, 9
@@ -354,8 +404,10 @@ def fit_cpu_device() -> DeviceFit:
     narrow = fit_narrow(gemms, rate, m0, host)
     bw = measure_bandwidth()
     alpha, beta, ar = measure_allreduce()
+    gather_pts, scatter_pts = measure_gather_scatter()
     z3, fsdp = measure_hooks()
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_narrow_cols=narrow,
                      dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
-                     busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms, allreduce_points=ar)
+                     busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms, allreduce_points=ar,
+                     allgather_points=gather_pts, reduce_scatter_points=scatter_pts)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from planner import collectives as col
 from planner import deepspeed_sizes as ds
-from planner import parallel_comm as pc
 from planner.choices import (
     Engine,
     FsdpStrategy,
@@ -30,7 +29,7 @@ from planner.choices import (
     ZeroStage,
 )
 from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
-from planner.deepspeed_sizes import allgather_bucket_elements, reduce_bucket_elements
+from planner.deepspeed_sizes import reduce_bucket_elements
 from planner.engines.sharded import overlap_for, sharded_comm
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
@@ -329,6 +328,13 @@ def gradient_offloads_per_step(cfg: TrainConfig) -> int:
     return 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum
 
 
+# The updated partitions are all-gathered in one call per parameter group: `all_gather_dp_groups` takes
+# `all_gather_into_tensor_dp_groups` wherever the backend has all_gather_into_tensor (NCCL, gloo), which ignores
+# allgather_bucket_size (runtime/utils.py, DeepSpeed 0.19.8); the Trainer's optimizer has two groups (weight decay
+# and not: get_decay_parameter_names), the second holding only norms and biases.
+ZERO12_ALLGATHER_CALLS = 2
+
+
 def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
             comm_eff: float) -> tuple[float, float, float]:
     """(total, exposed) data-parallel seconds per step, and host-link seconds of parameter offload; each
@@ -341,16 +347,15 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
         ar = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
         return ar, overlap(ar, bwd_s, ar / max(1, rs_calls)), 0.0
     if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
-        # ZeRO-1/2's "reduce-scatter" is one dist.reduce per destination rank's slice of each bucket
-        # (runtime/zero/stage_1_and_2.py `average_tensor` -> `allreduce_no_retain(rank=dst)`): dp calls
-        # per bucket, each paying its latency; the bytes are those of a reduce-scatter
-        rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls * g.n, g)
+        # ZeRO-1/2 all-reduce each whole reduce bucket: `use_multi_rank_bucket_allreduce` defaults to True
+        # (runtime/zero/config.py), so `average_tensor` sends every slice to `allreduce_and_scatter` ->
+        # `allreduce_bucket` -> dist.all_reduce of the flat bucket, and each rank keeps its own slices
+        # (runtime/zero/stage_1_and_2.py, DeepSpeed 0.19.8): an all-reduce's bytes, not a reduce-scatter's.
+        rs = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
         # ZeRO-1 reduces once per step (it keeps whole gradients); ZeRO-2 every micro-batch, since
         # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
         n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum
-        ag_bytes = trainable_gpu * elem
-        ag = split_time_s(allgather_time_s, ag_bytes,
-                          col.buckets(ag_bytes, allgather_bucket_elements(cfg.model) * elem), g)
+        ag = split_time_s(allgather_time_s, trainable_gpu * elem, ZERO12_ALLGATHER_CALLS, g)
         return n_rs * rs + ag, n_rs * overlap(rs, bwd_s, rs / max(1, rs_calls)) + ag, 0.0
     layers = stage_layers(cfg.model.num_layers, cfg.pp)
     modules = col.param_modules(cfg.model, layers, cfg.method, cfg.lora_targets)

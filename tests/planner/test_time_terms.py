@@ -120,3 +120,42 @@ def test_lora_dropout_costs_its_rng_where_measured() -> None:
     extra = step_time(cfg).step_time_s - step_time(no_drop).step_time_s
     draws = cfg.grad_accum * m.num_layers * kn.lora_dropout_values(m, cfg.micro_batch * 128, ("all",)) / 5e7
     assert extra > 0.9 * draws
+
+
+def test_gloo_gather_and_scatter_run_at_their_measured_times() -> None:
+    """A device that measured all-gather / reduce-scatter apart from the all-reduce (gloo) prices them from its
+    points, interpolated by size; without them (NCCL) both are the ring's half of an all-reduce."""
+    from planner.comm import Group, allgather_time_s, allreduce_time_s, measured_collective_s, reduce_scatter_time_s
+
+    ring = Group(n=2, per_node=2, intra_bytes_per_s=1e9, inter_bytes_per_s=1e9, alpha_s=1e-4)
+    assert allgather_time_s(1e8, ring) == reduce_scatter_time_s(1e8, ring) == pytest.approx(
+        allreduce_time_s(1e8, ring) / 2)
+    pts = ((2**20, 2e-3), (2**22, 5e-3), (2**24, 30e-3))
+    gloo = replace(ring, gather_points=pts, scatter_points=tuple((b, 2 * t) for b, t in pts))
+    assert allgather_time_s(2**22, gloo) == pytest.approx(5e-3)
+    assert allgather_time_s(5 * 2**19, gloo) == pytest.approx(3.5e-3)  # halfway between 1 and 4 MiB
+    assert reduce_scatter_time_s(2**22, gloo) == pytest.approx(10e-3)
+    assert allgather_time_s(2**25, gloo) == pytest.approx(30e-3 + 25e-3 * 2**24 / (2**24 - 2**22))  # last slope
+    assert allgather_time_s(1.0, gloo) == pytest.approx(1e-3, rel=1e-3)  # the first segment extended down
+    assert allreduce_time_s(1e8, gloo) == allreduce_time_s(1e8, ring)
+    # 4 ranks move 3/4 of the full size each, as 2 ranks do at 1.5 x, and run 2 more hops
+    assert measured_collective_s(pts, 2**22, 4, 1e-4) == pytest.approx(measured_collective_s(pts, 1.5 * 2**22, 2, 1e-4)
+                                                                      + 2e-4)
+
+
+def test_zero12_all_reduce_each_bucket_and_gather_once() -> None:
+    """DeepSpeed 0.19.8 ZeRO-1/2 all-reduce every whole reduce bucket (use_multi_rank_bucket_allreduce) and gather
+    the updated partitions with one all_gather_into_tensor per parameter group: on a ring of 8 the gradient
+    reduction moves an all-reduce's bytes, twice a reduce-scatter's."""
+    from planner import parallel_comm as pc
+    from planner.comm import allgather_time_s, allreduce_time_s, split_time_s
+    from planner.engines import zero
+
+    cfg = build_config(model="7b", gpus="8xA800", method=Method.full, zero=2, micro_batch=2, grad_accum=1,
+                       check=False)
+    g = pc.dp_group(cfg.cluster, 1, 1, 8, 0.75)
+    grad_bytes = 6.7e9 * 2
+    total, _, _ = zero.dp_comm(cfg, g, 6.7e9, 13.4e9, 1.0, 2.0, 0.75)
+    calls = zero.reduce_calls(cfg, 32)
+    assert total == pytest.approx(split_time_s(allreduce_time_s, grad_bytes, calls, g)
+                                  + split_time_s(allgather_time_s, grad_bytes, zero.ZERO12_ALLGATHER_CALLS, g))

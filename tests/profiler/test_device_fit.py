@@ -44,3 +44,11 @@ def test_device_fit_file_sets_the_cpu_entry() -> None:
     assert (got.dropout_values_per_s, got.zero3_module_host_s) == (5e7, 1e-3)
     assert got.busy_comm_factor == 1.5
     assert got.gemm_half_rate_rows == cpu.gemm_half_rate_rows  # keys the file lacks keep the entry's value
+
+
+def test_device_fit_sets_gloo_gather_and_scatter_times() -> None:
+    cpu = gpu_from_name("CPU")
+    got = with_device_fit(cpu, {"allgather_points": [[2**20, 2e-3], [2**22, 6e-3]],
+                                "reduce_scatter_points": [[2**20, 3e-3]]})
+    assert got.allgather_points == ((2**20, 2e-3), (2**22, 6e-3)) and got.reduce_scatter_points == ((2**20, 3e-3),)
+    assert with_device_fit(cpu, {"host_op_s": 4e-6}).allgather_points == cpu.allgather_points  # an older file
