@@ -122,12 +122,16 @@ def _gpu(**kw) -> GPUSpec:
 
 _PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nominal
 # gloo's all_gather_into_tensor and reduce_scatter_tensor between the CPU entry's 2 ranks, (full bytes, seconds):
-# per size the median of 4 runs of profiler/device_fit.py measure_gather_scatter on this 2-core VM while other
-# work loaded it (1-minute load 2.5-3.8; the same runs' all-reduce of 16 MiB took 17-24 ms). The time per byte
-# grows with the size (64 MiB: 10x the time of 16 MiB), so ZeRO-1/2's one gather of the whole model is dear.
-_CPU_ALLGATHER_POINTS = ((2**18, 1.00e-3), (2**20, 1.82e-3), (2**22, 6.85e-3), (2**24, 24.0e-3), (2**26, 244e-3))
-_CPU_REDUCE_SCATTER_POINTS = ((2**18, 1.20e-3), (2**20, 3.38e-3), (2**22, 9.75e-3), (2**24, 35.7e-3),
-                              (2**26, 203e-3))
+# per size the median of 5-9 runs of profiler/device_fit.py measure_gather_scatter on this 2-core VM while other
+# work loaded it (1-minute load 2.5-3.8; the same runs' all-reduce of 16 MiB took 17-24 ms). Both cost 1-5x the
+# all-reduce of the same full size, and jump at 32 MiB (profiler/device_fit.py GATHER_SIZES: glibc mmaps larger
+# blocks afresh), so ZeRO-1/2's one gather of a whole model above 32 MiB is dear.
+_CPU_ALLGATHER_POINTS = ((2**18, 0.99e-3), (2**20, 2.12e-3), (2**22, 5.69e-3), (2**24, 24.8e-3),
+                         (31 * 2**20, 78.7e-3), (33 * 2**20, 134e-3), (2**26, 243e-3))
+_CPU_REDUCE_SCATTER_POINTS = ((2**18, 1.10e-3), (2**20, 3.31e-3), (2**22, 9.02e-3), (2**24, 46.8e-3),
+                              (31 * 2**20, 90.1e-3), (33 * 2**20, 122e-3), (2**26, 226e-3))
+
+
 # FlashAttention-2 on A100: up to 73% of peak in forward and 63% in backward (Dao 2023, arXiv 2307.08691, Sec. 4.1
 # and Fig. 4-6); backward runs 2.5x the forward's FLOPs, so forward + backward reach 3.5 / (1/0.73 + 2.5/0.63) = 0.65.
 _FA2_AMPERE = 0.65
