@@ -82,11 +82,14 @@ def test_pr3162_qwen_7b_colocated_at_0_3_fits_on_7_gpus(micro_batch: int) -> Non
 
 
 @pytest.mark.xfail(strict=True, reason="ftplan predicts colocation about 1.1-1.3x faster than a 1-GPU server, the PR "
-                   "measured ~2x: decoding is modelled at the datasheet bandwidth on both sides, so the server's "
-                   "single engine (7x the batch, waves bounded by its KV cache) is not slowed by what the PR's "
-                   "server paid (vLLM V0's per-sequence scheduling and sampling on the host, growing with its 7x "
-                   "batch; per-parameter HTTP + NCCL weight updates of TRL 0.16's vllm-serve); needs a GPU run "
-                   "to split")
+                   "measured ~2x against TRL 0.16's server, which ftplan (TRL 1.16) does not plan: its trainer sent "
+                   "one engine every prompt once with n = num_generations (trl v0.16.0 grpo_trainer.py; the "
+                   "colocated engines of v0.18 generate with n = 1), on vLLM's V0 engine where verl's "
+                   "docs/README_vllm0.7.md reports generation-time bursts for n > 1, and it pushed the weights "
+                   "one parameter at a time, an HTTP request + NCCL broadcast + barrier each (vllm_client.py "
+                   "update_model_params; ~1.5 ms per tensor by TRL PR #5249's 0.6 -> 0.15 s for Qwen2-0.5B, "
+                   "~0.5 s per step here: too little alone). TRL 1.16 streams the sync in one request; a GPU run "
+                   "of both versions would split the rest")
 @pytest.mark.parametrize("micro_batch", [4, 16])
 def test_pr3162_qwen_7b_colocated_about_2x_faster_than_a_server(micro_batch: int) -> None:
     colo = estimate(build_config(gpus="7xH100", generation=Generation.vllm_colocate, vllm_memory=0.3,
