@@ -257,7 +257,9 @@ def _gather_scatter_rank(rank: int, port: int, out: Any, *, sizes: Sequence[int]
     gather, scatter = [], []
     for n_bytes in sizes:
         full, part = torch.ones(max(2, n_bytes // 4)), torch.ones(max(1, n_bytes // 8))
-        calls = (partial(dist.all_gather_into_tensor, full, part), partial(dist.reduce_scatter_tensor, part, full))
+        all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)  # torch 2.13's name for it
+        reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+        calls = (partial(all_gather, full, part), partial(reduce_scatter, part, full))
         for call in calls:
             call()
         dist.barrier()
