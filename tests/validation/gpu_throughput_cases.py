@@ -134,8 +134,8 @@ QWEN_SPEEDS: tuple[tuple[str, str, int, tuple[float | None, ...]], ...] = (
 )
 
 
-_QWEN_ADAPTERS = ("fp32 adapters under bf16 autocast, as peft 0.5 and >= 0.12 keep them (0.6-0.11 cast them to the base "
-                  "weights' bf16); the README does not state peft's version")
+_QWEN_ADAPTERS = ("fp32 adapters under bf16 autocast, as peft 0.5 and >= 0.12 keep them (0.6-0.11 cast them to the "
+                  "base weights' bf16); the README does not state peft's version")
 
 
 def _qwen(size: str, method: str, gpus: int, seq: int, secs: float) -> PublishedSpeed:
