@@ -304,6 +304,7 @@ class _StrategyParts:
     step_items: dict[str, float]
     end_items: dict[str, float]
     grads_in_backward: float
+    nccl_bytes: float  # NCCL's buffers over the strategy's communicators (planner.nccl_memory)
 
 
 # The search evaluates every batch shape, checkpointing and attention of a strategy in a row: their strategy parts are
@@ -352,13 +353,33 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     step_items = eng.step_items(cfg, trained, n, state_bytes)
     grads_in_backward = states.gradients if eng.grads_live_in_backward(cfg) else 0.0
     return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
-                          end_items=tied_embedding_items(cfg, sp), grads_in_backward=grads_in_backward)
+                          end_items=tied_embedding_items(cfg, sp), grads_in_backward=grads_in_backward,
+                          nccl_bytes=nccl_memory.nccl_bytes(cfg))
+
+
+# A stage's activations do not depend on the optimizer, the ZeRO stage or the offload: the engine reaches them only
+# through the LM head weight's dtype under the loss (memory_knobs.head_weight_compute_bytes) and through
+# prepare_model_for_kbit_training (states.kbit_prepared), which the key carries as values. Strategies that differ
+# only there share them.
+_ACTIVATIONS: dict[tuple, tuple[float, dict[str, float]]] = {}
+
+
+def _activations(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, first: bool) -> tuple[float, dict[str, float]]:
+    key = (cfg.model, cfg.cluster.gpu.name, cfg.adapter, cfg.layout, cfg.batch, cfg.switches,
+           cfg.rollout.completion_len, cfg.precision, cfg.stage, cfg.grad_ckpt, cfg.attn, cal.activation_multiplier,
+           first, sp, knobs.head_weight_compute_bytes(cfg, grad_dtype_bytes(cfg.precision)), kbit_prepared(cfg))
+    hit = _ACTIVATIONS.get(key)
+    if hit is None:
+        if len(_ACTIVATIONS) >= _STRATEGY_PARTS_MAX:
+            _ACTIVATIONS.clear()
+        hit = _ACTIVATIONS[key] = activation_bytes(cfg, sp, cal, first=first)
+    return hit[0], dict(hit[1])
 
 
 def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryBreakdown:
     parts = _strategy_parts(cfg, first=first)
     sp = parts.sp
-    activations, items = activation_bytes(cfg, sp, cal, first=first)
+    activations, items = _activations(cfg, sp, cal, first=first)
     items.update(parts.items)
     window = items.pop("FSDP unsharded layers", 0.0)
     if window:
@@ -372,14 +393,15 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     if cal.overhead_multiplier != 1.0:
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}
         step_items = {k: v * cal.overhead_multiplier for k, v in step_items.items()}
-    return _peak(cfg, parts.states, parts.grads_in_backward, activations, items, step_items, parts.end_items)
+    return _peak(cfg, parts.states, parts.grads_in_backward, activations, items, step_items, parts.end_items,
+                 nccl=parts.nccl_bytes)
 
 
 def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activations: float,
-          items: dict[str, float], step_items: dict[str, float], end_items: dict[str, float] | None = None
-          ) -> MemoryBreakdown:
+          items: dict[str, float], step_items: dict[str, float], end_items: dict[str, float] | None = None,
+          *, nccl: float | None = None) -> MemoryBreakdown:
     """The largest of the three phases, with its breakdown, and the host / NVMe bytes per node. `end_items` live
-    only at the end of backward (phase "gradients")."""
+    only at the end of backward (phase "gradients"); `nccl`: NCCL's buffers when already known."""
     end_items = end_items or {}
     gpu = cfg.cluster.gpu
     grads = states.gradients
@@ -404,7 +426,9 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         grads_shown, acts = grads, 0.0
     tensors = states.weights + grads_shown + states.optimizer + acts + sum(other_items.values())
     transient = acts + sum(v for k, v in other_items.items() if k not in PERSISTENT_ITEMS)
-    context, nccl = float(gpu.runtime_overhead_bytes), nccl_memory.nccl_bytes(cfg)
+    context = float(gpu.runtime_overhead_bytes)
+    if nccl is None:
+        nccl = nccl_memory.nccl_bytes(cfg)
     wanted = allocator.reserve_bytes(cfg, transient)
     # the cache grows only while the card has room: a failed cudaMalloc makes the allocator free its cached
     # blocks and retry before it reports out of memory (c10/cuda/CUDACachingAllocator.cpp, `malloc`:
