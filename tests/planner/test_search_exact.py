@@ -10,11 +10,15 @@ import sys
 
 import pytest
 
+from planner import memory, timing
 from planner.build import build_config
 from planner.estimate import FitKind, estimate, fit_reason
 from planner.search import SearchSpace, candidates, plan, search_space
-from planner.strategy import GradCkpt, Method
+from planner.strategy import Attn, GradCkpt, Method, Stage
 from planner.validity import problems
+
+# the memos keyed on part of a config (planner.memory, planner.timing)
+MEMOS = (memory._STRATEGY_PARTS, memory._ACTIVATIONS, timing._MICRO_BATCH_S)
 
 
 def _clear_caches() -> None:
@@ -69,6 +73,28 @@ def test_plan_agrees_with_estimating_every_candidate(model: str, gpus: str, narr
         assert est.time == other.time
         assert (est.params_total, est.params_trainable, est.fit_failures) == \
             (other.params_total, other.params_trainable, other.fit_failures)
+
+
+@pytest.mark.parametrize(("model", "gpus", "stage", "narrow"), [
+    ("7b", "8xA800", Stage.sft, {"attns": (Attn.sdpa, Attn.eager)}),
+    ("qwen3-30b-a3b", "2x8xH100", Stage.sft, {"micro_batches": (1, 2, 8)}),
+    ("gemma-3-4b", "4xL40S", Stage.dpo, {}),
+    ("qwen3-0.6b", "2xCPU", Stage.sft, {}),
+], ids=["llama-7b-eager", "qwen3-moe-2nodes", "gemma3-dpo", "cpu"])
+def test_memos_keyed_on_part_of_a_config_read_nothing_else(model: str, gpus: str, stage: Stage, narrow: dict) -> None:
+    """Every memo keyed on part of a config (a strategy's memory parts, activations shared across engines, a
+    micro-batch's device time) returns, for every valid candidate of a search, what a fresh computation of that
+    candidate returns: a field they read but leave out of their key would show here."""
+    base = build_config(model=model, gpus=gpus, stage=stage, check=False)
+    space = search_space(base, **narrow)
+    configs = [cfg for cfg in candidates(base, space) if not problems(cfg)]
+    assert configs
+    warm = [(memory.memory_per_gpu(cfg), timing.step_time(cfg)) for cfg in configs]
+    for cfg, (mem, step) in zip(configs, warm, strict=True):
+        for memo in MEMOS:
+            memo.clear()
+        assert memory.memory_per_gpu(cfg) == mem, str(cfg)
+        assert timing.step_time(cfg) == step, str(cfg)
 
 
 def test_qwen3_8b_plan_evaluates_as_many_candidates_as_the_7b_plan() -> None:
