@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
+from functools import lru_cache
+from operator import attrgetter
 
 from planner.rl.settings import TRL_RL_STAGES, Generation, Rollout, is_online_rl
 from planner.strategy import TrainConfig
@@ -20,11 +22,38 @@ def logprob_head_rows(cfg: TrainConfig, tokens: int) -> int:
 def training_part(cfg: TrainConfig) -> TrainConfig:
     """The configuration with only the rollout settings its training step reads (the completion length, for
     TRL's log-prob head): one key for every generation setting of the same strategy, so the search computes
-    the training step once per strategy (planner.rl.memory / timing memoize on it)."""
-    if cfg.rollout.generation is Generation.transformers and cfg.rollout == Rollout(
-            completion_len=cfg.rollout.completion_len):
+    the training step once per strategy (planner.rl.memory / timing memoize on it). The search asks for it several
+    times per candidate: made once per config."""
+    if cfg is _LAST[0]:  # memory, resident states and time ask in a row for the same candidate
+        return _LAST[1]
+    part = _part(cfg)
+    _LAST[:] = [cfg, part]
+    return part
+
+
+_LAST: list = [None, None]
+
+
+def _part(cfg: TrainConfig) -> TrainConfig:
+    plain = _plain_rollout(cfg.rollout.completion_len)
+    if cfg.rollout.generation is Generation.transformers and cfg.rollout == plain:
         return cfg
-    return replace(cfg, rollout=Rollout(completion_len=cfg.rollout.completion_len))
+    key = (*_other_fields(cfg), plain)  # every field but the rollout, which the part replaces
+    part = _TRAINING_PARTS.get(key)
+    if part is None:
+        if len(_TRAINING_PARTS) >= 8192:
+            _TRAINING_PARTS.clear()
+        part = _TRAINING_PARTS[key] = replace(cfg, rollout=plain)
+    return part
+
+
+_TRAINING_PARTS: dict[tuple, TrainConfig] = {}
+_other_fields = attrgetter(*(f.name for f in fields(TrainConfig) if f.name != "rollout"))
+
+
+@lru_cache(maxsize=64)
+def _plain_rollout(completion_len: int) -> Rollout:
+    return Rollout(completion_len=completion_len)
 
 
 def plan_group(cfg: TrainConfig) -> tuple:
