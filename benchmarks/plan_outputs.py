@@ -47,8 +47,8 @@ ESTIMATES: dict[str, list[str]] = {
                             "--seq-len", "4096"],
     "est_gpt_oss_20b_lora": ["--model", "gpt-oss-20b", "--gpus", "8xH100", "--method", "lora", "--attn", "eager",
                              "--zero", "2"],
-    "est_70b_tp_pp": ["--model", "llama-3.1-70b", "--gpus", "2x8xH100", "--method", "full", "--zero", "1", "--tp", "8", "--pp", "2",
-                      "--micro-batch", "1", "--grad-accum", "8", "--grad-ckpt", "selective"],
+    "est_70b_tp_pp": ["--model", "llama-3.1-70b", "--gpus", "2x8xH100", "--method", "full", "--zero", "1", "--tp", "8",
+                      "--pp", "2", "--micro-batch", "1", "--grad-accum", "8", "--grad-ckpt", "selective"],
     "est_grpo_7b": ["--model", "7b", "--gpus", "8xA800", "--stage", "grpo", "--method", "lora"],
     "est_cpu_qwen3_0.6b": ["--model", "qwen3-0.6b", "--gpus", "2xCPU", "--method", "full", "--seq-len", "256"],
 }
