@@ -14,12 +14,10 @@ The planner's default ("" = a current release) is the second; `--bnb-version 0.4
 
 from __future__ import annotations
 
-import re
-
-from planner.errors import PlanError
+from planner.releases import ReleaseRanges, has_behaviour, parse_release
 
 # (first release, last release, keeps the 4-bit linear's input for backward); releases as (major, minor, patch)
-MATMUL_4BIT_KEEPS_INPUT: tuple[tuple[tuple[int, int, int], tuple[int, int, int], bool], ...] = (
+MATMUL_4BIT_KEEPS_INPUT: ReleaseRanges = (
     ((0, 39, 0), (0, 43, 1), True),
     ((0, 43, 2), (99, 0, 0), False),
 )
@@ -27,24 +25,10 @@ MATMUL_4BIT_KEEPS_INPUT: tuple[tuple[tuple[int, int, int], tuple[int, int, int],
 
 def parse_bnb_version(text: str) -> str:
     """'' (a current release) or MAJOR.MINOR[.PATCH] of a bitsandbytes release with 4-bit layers (>= 0.39.0)."""
-    text = text.strip()
-    if not text:
-        return ""
-    if not re.fullmatch(r"\d{1,4}\.\d{1,4}(\.\d{1,4})?", text):
-        raise PlanError(f"--bnb-version must look like 0.41.1, got {text!r}")
-    if _release(text) < MATMUL_4BIT_KEEPS_INPUT[0][0]:
-        raise PlanError(f"bitsandbytes {text} has no 4-bit layers (they came in 0.39.0)")
-    return text
-
-
-def _release(text: str) -> tuple[int, int, int]:
-    parts = [int(p) for p in text.split(".")] + [0]
-    return parts[0], parts[1], parts[2]
+    return parse_release(text, option="--bnb-version", example="0.41.1", oldest=MATMUL_4BIT_KEEPS_INPUT[0][0],
+                         too_old=f"bitsandbytes {text.strip()} has no 4-bit layers (they came in 0.39.0)")
 
 
 def keeps_quantized_input(version: str) -> bool:
     """Whether bitsandbytes `version` keeps every 4-bit linear's input until backward ('' = current: no)."""
-    if not version:
-        return False
-    release = _release(version)
-    return any(first <= release <= last and keeps for first, last, keeps in MATMUL_4BIT_KEEPS_INPUT)
+    return has_behaviour(version, MATMUL_4BIT_KEEPS_INPUT)

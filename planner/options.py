@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +40,7 @@ from planner.choices import (
     Quant,
     Stage,
 )
+from planner.errors import PlanError
 from planner.fields import option
 from planner.limits import Knob
 from planner.rl.settings import Generation
@@ -274,10 +276,25 @@ def from_flat(cls: type, flat: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         for name, value in flat.items():
             if name in where:
                 parts.setdefault(where[name], {})[name] = value
-        given = {g: types[g](**parts[g]) for g in parts}
+        given = {g: from_flat(types[g], parts[g])[0] for g in parts}
         rest = {k: v for k, v in flat.items() if k not in where}
         return cls(**given), rest
-    return cls(**{k: v for k, v in flat.items() if k in own}), {k: v for k, v in flat.items() if k not in own}
+    return (cls(**{k: _enum_value(types[k], k, v) for k, v in flat.items() if k in own}),
+            {k: v for k, v in flat.items() if k not in own})
+
+
+def _enum_value(kind: Any, name: str, value: Any) -> Any:
+    """A choice given by its name (`fsdp="full_shard"`, as the CLI and a JSON body spell it) as its enum member,
+    so that an API caller's string is what the CLI's parsed value is; anything else as it is."""
+    enums = [k for k in (typing.get_args(kind) or (kind,)) if isinstance(k, type) and issubclass(k, Enum)]
+    if not (isinstance(value, str) and len(enums) == 1):  # `FsdpStrategy | None` too
+        return value
+    kind = enums[0]
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in kind)
+        raise PlanError(f"{name} must be one of {choices}, got {value!r}") from None
 
 
 def to_flat(obj: Any) -> dict[str, Any]:

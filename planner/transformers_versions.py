@@ -18,12 +18,10 @@ and `models/llama/modeling_llama.py` (4.45.2). The planner's default ("" = a cur
 
 from __future__ import annotations
 
-import re
-
-from planner.errors import PlanError
+from planner.releases import ReleaseRanges, has_behaviour, parse_release
 
 # (first release, last release, the loss keeps a shifted fp32 copy of the logits beside the model's 16-bit logits)
-LOSS_SHIFTED_COPY: tuple[tuple[tuple[int, int, int], tuple[int, int, int], bool], ...] = (
+LOSS_SHIFTED_COPY: ReleaseRanges = (
     ((4, 0, 0), (4, 45, 99), False),
     ((4, 46, 0), (4, 48, 99), True),
     ((4, 49, 0), (99, 0, 0), False),
@@ -32,25 +30,11 @@ LOSS_SHIFTED_COPY: tuple[tuple[tuple[int, int, int], tuple[int, int, int], bool]
 
 def parse_transformers_version(text: str) -> str:
     """'' (a current release) or MAJOR.MINOR[.PATCH] of a transformers release (>= 4.0)."""
-    text = text.strip()
-    if not text:
-        return ""
-    if not re.fullmatch(r"\d{1,4}\.\d{1,4}(\.\d{1,4})?", text):
-        raise PlanError(f"--transformers-version must look like 4.46.1, got {text!r}")
-    if _release(text) < LOSS_SHIFTED_COPY[0][0]:
-        raise PlanError(f"transformers {text} is older than the 4.x releases the planner knows")
-    return text
-
-
-def _release(text: str) -> tuple[int, int, int]:
-    parts = [int(p) for p in text.split(".")] + [0]
-    return parts[0], parts[1], parts[2]
+    return parse_release(text, option="--transformers-version", example="4.46.1", oldest=LOSS_SHIFTED_COPY[0][0],
+                         too_old=f"transformers {text.strip()} is older than the 4.x releases the planner knows")
 
 
 def loss_keeps_shifted_copy(version: str) -> bool:
     """Whether transformers `version`'s causal-LM loss holds the model's 16-bit logits, their fp32 upcast and a
     shifted fp32 copy at once ('' = current: no)."""
-    if not version:
-        return False
-    release = _release(version)
-    return any(first <= release <= last and keeps for first, last, keeps in LOSS_SHIFTED_COPY)
+    return has_behaviour(version, LOSS_SHIFTED_COPY)

@@ -193,23 +193,33 @@ def detect_format(record: Record, template: str | None) -> DataFormat:
                     "instruction/input/output (alpaca), conversations (sharegpt) or text, or pass --template")
 
 
-def _field(record: Record, name: str, *, required: bool = True) -> str:
-    if name not in record.fields or record.fields[name] is None:
+def column_text(record: Record, name: str, *, required: bool = True, hint: str = "") -> str:
+    """The record's column `name` as text ("" when absent and not required); a dict or list is refused, with
+    `hint` (" (...)") saying which form the reader takes instead. Shared by the SFT, preference and prompt readers."""
+    value = record.fields.get(name)
+    if value is None:
         if required:
             raise PlanError(f"{record.where}: missing column '{name}'")
         return ""
-    value = record.fields[name]
     if isinstance(value, (dict, list)):
-        raise PlanError(f"{record.where}: column '{name}' must be text, got {type(value).__name__}")
+        raise PlanError(f"{record.where}: column '{name}' must be text, got {type(value).__name__}{hint}")
     return str(value)
 
 
+def alpaca_prompt(instruction: str, extra: str) -> str:
+    """stanford_alpaca's prompt (train.py PROMPT_DICT): with the input when there is one."""
+    return (ALPACA_PROMPT_INPUT.format(instruction=instruction, input=extra) if extra
+            else ALPACA_PROMPT_NO_INPUT.format(instruction=instruction))
+
+
+def record_alpaca_prompt(record: Record, *, hint: str = "") -> str:
+    """The alpaca prompt of a record with `instruction` and an optional `input` column."""
+    return alpaca_prompt(column_text(record, "instruction", hint=hint),
+                         column_text(record, "input", required=False, hint=hint))
+
+
 def _alpaca(record: Record) -> list[Segment]:
-    instruction, output = _field(record, "instruction"), _field(record, "output")
-    extra = _field(record, "input", required=False)
-    prompt = (ALPACA_PROMPT_INPUT.format(instruction=instruction, input=extra) if extra
-              else ALPACA_PROMPT_NO_INPUT.format(instruction=instruction))
-    return [Segment(prompt, False), Segment(output, True)]
+    return [Segment(record_alpaca_prompt(record), False), Segment(column_text(record, "output"), True)]
 
 
 def _sharegpt(record: Record) -> list[Segment]:
@@ -241,7 +251,7 @@ def _sharegpt(record: Record) -> list[Segment]:
 
 def _template(record: Record, template: str, *, split_last: bool) -> list[Segment]:
     names = template_fields(template)
-    values = {name: _field(record, name) for name in names}
+    values = {name: column_text(record, name) for name in names}
     if not split_last:
         return [Segment(template.format(**values), True)]
     # everything up to the last placeholder is prompt; the last field (and any literal after it) is trained on
@@ -257,7 +267,7 @@ def to_segments(record: Record, fmt: DataFormat, template: str | None, *, sft: b
     elif fmt is DataFormat.sharegpt:
         segs = _sharegpt(record)
     elif fmt is DataFormat.text:
-        segs = [Segment(_field(record, "text"), True)]
+        segs = [Segment(column_text(record, "text"), True)]
     else:
         if not template:
             raise PlanError("--format template needs --template, e.g. 'Q: {question} A: {answer}'")

@@ -20,10 +20,15 @@ from runner import switches
 
 DS_TRAINER_CONFIG_FILE = "ds_config.trainer.json"
 
-# LLaMA-Factory's chat template names (src/llamafactory/data/template.py), by catalog name prefix
-# (0.9.5 registers no Baichuan2 template: those models get "default", said in the file's header)
-_TEMPLATES = (("llama-2", "llama2"), ("llama-3", "llama3"), ("mistral", "mistral"), ("mixtral", "mistral"),
-              ("qwen2", "qwen"), ("chatglm3", "chatglm3"))
+# LLaMA-Factory's chat template names (src/llamafactory/data/template.py), by catalog name prefix, first match wins;
+# each as extras/constants.py registers the family's models (0.9.5: Qwen3 and Qwen3-MoE "qwen3", Gemma 3 "gemma3",
+# GPT-OSS "gpt_oss", the DeepSeek-R1 distills "deepseekr1", DeepSeek-V3 "deepseek3", Phi-4 "phi4", Llama 4 "llama4",
+# Mistral-Small-3.x "mistral_small", Mistral-Nemo "ministral"). 0.9.5 registers no Baichuan2 or OLMo 2 template:
+# those models get "default", said in the file's header.
+_TEMPLATES = (("llama-2", "llama2"), ("llama-3", "llama3"), ("llama-4", "llama4"), ("mistral-small", "mistral_small"),
+              ("mistral-nemo", "ministral"), ("mistral", "mistral"), ("mixtral", "mistral"), ("qwen3", "qwen3"),
+              ("qwen2", "qwen"), ("chatglm3", "chatglm3"), ("gemma-3", "gemma3"), ("gpt-oss", "gpt_oss"),
+              ("deepseek-r1-distill", "deepseekr1"), ("deepseek-v3", "deepseek3"), ("phi-4", "phi4"))
 
 _OPTIM = {Optimizer.adamw: "adamw_torch", Optimizer.adamw_8bit: "adamw_bnb_8bit",
           Optimizer.paged_adamw: "paged_adamw_32bit", Optimizer.paged_adamw_8bit: "paged_adamw_8bit",

@@ -118,3 +118,16 @@ def test_flat_round_trip_and_build_config_agree() -> None:
         replace_flat(opts, bogus=1)
     with pytest.raises(TypeError, match="unexpected keyword argument 'top'"):
         build_config(model="7b", gpus="8xA800", top=3)  # not part of a configuration
+
+
+def test_choices_given_by_name_become_their_enum_members() -> None:
+    """An API caller's `fsdp="full_shard"` is the CLI's parsed FsdpStrategy.full_shard (an optional choice too);
+    a name that is no choice is one PlanError naming the choices."""
+    from planner.errors import PlanError
+    from planner.strategy import FsdpStrategy
+
+    by_name = build_config(model="7b", gpus="8xA800", method="lora", fsdp="full_shard")
+    by_enum = build_config(model="7b", gpus="8xA800", method=Method.lora, fsdp=FsdpStrategy.full_shard)
+    assert by_name == by_enum and by_name.fsdp is FsdpStrategy.full_shard
+    with pytest.raises(PlanError, match="method must be one of full, lora, qlora, got 'lorax'"):
+        build_config(model="7b", gpus="8xA800", method="lorax")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlanError
-from runner.data import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, Record, read_records
+from runner.data import Record, alpaca_prompt, column_text, read_records, record_alpaca_prompt
 
 # MedicalGPT's reward/DPO rows: {"system", "history", "question", "response_chosen", "response_rejected"}
 # (shibing624/MedicalGPT data/reward/dpo_zh_500.jsonl)
@@ -30,16 +30,11 @@ class Pair:
     rejected: str
 
 
+_HINT = " (conversational preference data is not supported; give plain text)"
+
+
 def _text(record: Record, name: str, *, required: bool = True) -> str:
-    value = record.fields.get(name)
-    if value is None:
-        if required:
-            raise PlanError(f"{record.where}: missing column '{name}'")
-        return ""
-    if isinstance(value, (dict, list)):
-        raise PlanError(f"{record.where}: column '{name}' must be text, got {type(value).__name__} "
-                        "(conversational preference data is not supported; give plain text)")
-    return str(value)
+    return column_text(record, name, required=required, hint=_HINT)
 
 
 def to_pair(record: Record) -> Pair:
@@ -47,11 +42,9 @@ def to_pair(record: Record) -> Pair:
     if "prompt" in keys:
         prompt = _text(record, "prompt")
     elif "instruction" in keys:
-        instruction, extra = _text(record, "instruction"), _text(record, "input", required=False)
-        prompt = (ALPACA_PROMPT_INPUT.format(instruction=instruction, input=extra) if extra
-                  else ALPACA_PROMPT_NO_INPUT.format(instruction=instruction))
+        prompt = record_alpaca_prompt(record, hint=_HINT)
     elif _MEDICALGPT[0] in keys:
-        prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=_text(record, "question"))
+        prompt = alpaca_prompt(_text(record, "question"), "")
         return Pair(prompt, _nonempty(record, "response_chosen"), _nonempty(record, "response_rejected"))
     else:
         raise PlanError(f"{record.where}: cannot tell the preference format from columns {sorted(keys)}; expected "

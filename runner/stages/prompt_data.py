@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlanError
-from runner.data import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, Record, read_records
+from runner.data import Record, alpaca_prompt, column_text, read_records, record_alpaca_prompt
 
 _PROMPT_COLUMNS = ("prompt", "instruction", "input", "question")
 
@@ -28,16 +28,11 @@ class Prompt:
     where: str = ""
 
 
+_HINT = " (conversational prompts are not supported; give plain text)"
+
+
 def _text(record: Record, name: str, *, required: bool = True) -> str:
-    value = record.fields.get(name)
-    if value is None:
-        if required:
-            raise PlanError(f"{record.where}: missing column '{name}'")
-        return ""
-    if isinstance(value, (dict, list)):
-        raise PlanError(f"{record.where}: column '{name}' must be text, got {type(value).__name__} "
-                        "(conversational prompts are not supported; give plain text)")
-    return str(value)
+    return column_text(record, name, required=required, hint=_HINT)
 
 
 def to_prompt(record: Record) -> Prompt:
@@ -45,11 +40,9 @@ def to_prompt(record: Record) -> Prompt:
     if "prompt" in keys:
         text = _text(record, "prompt")
     elif "instruction" in keys:
-        instruction, extra = _text(record, "instruction"), _text(record, "input", required=False)
-        text = (ALPACA_PROMPT_INPUT.format(instruction=instruction, input=extra) if extra
-                else ALPACA_PROMPT_NO_INPUT.format(instruction=instruction))
+        text = record_alpaca_prompt(record, hint=_HINT)
     elif "question" in keys:
-        text = ALPACA_PROMPT_NO_INPUT.format(instruction=_text(record, "question"))
+        text = alpaca_prompt(_text(record, "question"), "")
     else:
         raise PlanError(f"{record.where}: cannot tell the prompt from columns {sorted(keys)}; expected 'prompt', "
                         "'instruction' (with 'input') or 'question'")

@@ -41,6 +41,8 @@ BASES: tuple[tuple[str, str, Precision], ...] = (
     ("chatglm3-6b", "2x4xT4", Precision.fp16_mixed),
     ("bloom-7b1", "16xA100-80G", Precision.bf16_mixed),
     ("baichuan2-13b", "8xA100-40G", Precision.fp16_mixed),
+    ("qwen3-30b-a3b", "2x8xH100", Precision.bf16_mixed),
+    ("gemma-3-12b", "8xA100-80G", Precision.bf16_mixed),
 )
 N_PLANS = 500
 

@@ -41,6 +41,15 @@ CASES = {
     "rm-lora-chatglm": dict(model="chatglm3-6b", gpus="4xA800", method=Method.lora, stage=Stage.rm),
     "pt-full-sgd": dict(model="baichuan2-7b", gpus="8xA800", method=Method.full, zero=3, stage=Stage.pt,
                         optimizer=Optimizer.sgd),
+    # the families read from transformers: q/k norms, mixture of experts, sliding-window layers, sinks
+    "qwen3-lora-z2": dict(model="qwen3-8b", gpus="8xH100", method=Method.lora, zero=2, grad_ckpt=GradCkpt.full),
+    "qwen3-moe-full-z3": dict(model="qwen3-30b-a3b", gpus="2x8xH100", method=Method.full, zero=3,
+                              grad_ckpt=GradCkpt.full),
+    "gemma3-lora-fsdp": dict(model="gemma-3-12b", gpus="8xA100-80G", method=Method.lora,
+                             fsdp=FsdpStrategy.full_shard, attn=Attn.eager),
+    "gpt-oss-lora-ddp": dict(model="gpt-oss-20b", gpus="8xH100", method=Method.lora, grad_ckpt=GradCkpt.full,
+                             attn=Attn.eager),
+    "r1-distill-lora": dict(model="deepseek-r1-distill-qwen-7b", gpus="4xA800", method=Method.lora, zero=1),
 }
 
 

@@ -9,13 +9,12 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from kill_run import kill_run_at_checkpoint
 
 from planner.build import build_config
 from planner.errors import PlanError
@@ -200,14 +199,7 @@ def test_dpo_kill_after_checkpoint_then_resume_joins_up(tiny: Path, tmp_path: Pa
     assert res.returncode == 0, res.stderr[-3000:]
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "ftplan", "run", str(plan), *args, "--output", str(out)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 900
-    while not (out / "checkpoint-3" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_run_at_checkpoint([str(plan), *args, "--output", str(out)], out / "checkpoint-3")
     assert not (out / SUMMARY_FILE).exists()
 
     res = _ftplan("run", str(plan), *args, "--output", str(out), "--resume")

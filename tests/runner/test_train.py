@@ -7,15 +7,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from kill_run import kill_run_at_checkpoint
 
 from planner.build import build_config
 from planner.errors import PlanError
@@ -157,15 +155,8 @@ def test_kill_after_checkpoint_then_resume_joins_up(tiny: Path, tmp_path: Path) 
     assert res.returncode == 0, res.stderr[-3000:]
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "ftplan", "run", str(plan),
-                             *_run_args(tiny, out, steps, "--save-steps", "4")],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while not (out / "checkpoint-4" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_run_at_checkpoint([str(plan), *_run_args(tiny, out, steps, "--save-steps", "4")], out / "checkpoint-4",
+                           timeout_s=180)
     assert not (out / SUMMARY_FILE).exists()  # it did not finish
 
     res = _ftplan("run", str(plan), *_run_args(tiny, out, steps, "--save-steps", "4", "--resume"))
