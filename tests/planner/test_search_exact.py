@@ -111,3 +111,20 @@ def test_qwen3_8b_plan_evaluates_as_many_candidates_as_the_7b_plan() -> None:
 def test_the_default_space_is_searched_in_full() -> None:
     base = build_config(model="7b", gpus="8xA800", check=False)
     assert sum(1 for _ in candidates(base, SearchSpace())) == plan(base).candidates_evaluated
+
+
+def test_the_rl_search_shortcuts_build_the_same_configs() -> None:
+    """planner.rl.search builds vLLM's memory-share probes from the config's parts, and planner.rl.parts hands out
+    one training part per strategy: both equal what dataclasses.replace makes."""
+    from dataclasses import replace
+
+    from planner.rl.parts import training_part
+    from planner.rl.search import with_memory_share
+    from planner.rl.settings import Generation, Rollout
+
+    base = build_config(model="7b", gpus="8xA800", stage=Stage.grpo, method="full", micro_batch=2, check=False)
+    cfg = replace(base, rollout=replace(base.rollout, generation=Generation.vllm_colocate, vllm_tp=2, kl_beta=0.04))
+    assert with_memory_share(cfg, 0.45) == replace(cfg, rollout=replace(cfg.rollout, vllm_memory=0.45))
+    part = training_part(cfg)
+    assert part == replace(cfg, rollout=Rollout(completion_len=cfg.rollout.completion_len))
+    assert training_part(replace(cfg, rollout=replace(cfg.rollout, vllm_sleep=True))) is part
