@@ -190,7 +190,8 @@ def gemm_shape_factor(gemms: tuple[Gemm, ...], gpu: GPUSpec, peak: float, effici
 
 @lru_cache(maxsize=8192)  # pure in hashable arguments; the search asks for it per candidate
 def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...], tp: int,
-                           elem_bytes: float, dropout: bool = True, fp32_adapters: bool = False) -> float:
+                           elem_bytes: float, dropout: bool = True, fp32_adapters: bool = False,
+                           forward_only: bool = False) -> float:
     """Memory traffic per layer and micro-batch of peft's LoRA branch besides its two GEMMs
     (peft/tuners/lora/layer.py Linear.forward: result + lora_B(lora_A(dropout(x))) * scaling), in bytes, for
     inputs of `elem_bytes`. Per input value (k side): forward dropout reads x and writes x' and a 1-byte mask
@@ -199,14 +200,18 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
     16-bit mixed precision (`fp32_adapters`: peft keeps adapter weights in fp32, `autocast_adapter_dtype`) peft
     casts x to fp32 before the dropout (`_cast_input_dtype`) and autocast casts the fp32 x' back to 16 bits for
     lora_A's matmul: (e + 4) + (4 + e) bytes each way, and the dropout runs on fp32 values. Per output value
-    (n side): the scaling and the add read and write the branch and result (5 values), their backward 2."""
+    (n side): the scaling and the add read and write the branch and result (5 values), their backward 2.
+    `forward_only`: the forward's share (the casts and the dropout one way, the scaling and the add), which a
+    checkpointed layer runs again in backward."""
     # peft's ParamWrapper targets have no branch on the input (their update is folded into the weight, layer_gemms)
     targets = set(resolve_lora_targets(m, lora_targets))
     e = elem_bytes
     a = 4.0 if fp32_adapters else e  # the dropout's operand
     casts = 2 * (e + 4.0) if fp32_adapters else 0.0
-    k_bytes = 2 * casts + (2 * (2 * a + 1.0) if dropout else 0.0) + 3.0 * e
-    total = sum(lin.layer_share * tokens * (k_bytes * lin.in_features + 7.0 * e * lin.out_features / tp)
+    drop = 2 * a + 1.0 if dropout else 0.0  # one way: read and write the operand, and the 1-byte mask
+    k_bytes = casts + drop if forward_only else 2 * casts + 2 * drop + 3.0 * e
+    n_bytes = 5.0 * e if forward_only else 7.0 * e
+    total = sum(lin.layer_share * tokens * (k_bytes * lin.in_features + n_bytes * lin.out_features / tp)
                 for lin in m.linears() if lin.name in targets and not lin.lora_param)
     return total
 
@@ -236,6 +241,10 @@ def eager_attention_bytes(b: int, s: int, heads: int, elem_bytes: float) -> floa
     """Scores and probabilities of eager attention per layer, forward and backward: written and read
     twice each in forward (QK^T -> softmax -> PV), about twice that in backward."""
     return 3 * 4 * b * heads * s * s * elem_bytes
+
+
+# The forward's 4 of those 12 passes: what a recomputed (checkpointed) forward writes and reads again.
+EAGER_ATTENTION_FORWARD_SHARE = 4 / 12
 
 
 @lru_cache(maxsize=8192)

@@ -259,14 +259,22 @@ def _device_time_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float) -> t
         m, gpu, tokens, cfg.adapter, cfg.freeze_layers, cfg.tp, cfg.precision, fam.peak, default_eff, seqs,
         cfg.seq_len, cfg.attn, _fused(cfg), cfg.stage, cfg.ep)
     layers = fam.stage_layers
-    extra = kn.attention_memory_s(m, cfg.attn, seqs, cfg.seq_len, layers, cfg.tp, _elem_bytes(cfg), gpu)
-    if cfg.method is not Method.full:
-        extra += layers * _lora_branch_s(cfg, tokens)
+    eager_scores = kn.attention_memory_s(m, cfg.attn, seqs, cfg.seq_len, layers, cfg.tp, _elem_bytes(cfg), gpu)
+    extra = eager_scores + (layers * _lora_branch_s(cfg, tokens) if cfg.method is not Method.full else 0.0)
     trained, forward_only = _model_passes(cfg.stage)
     loss = _loss_s(cfg, tokens) if cfg.stage is not Stage.rm else 0.0
     train_s = layers * (fwd + bwd) + head_fwd + head_bwd + loss + extra
     ref_s = layers * fwd + head_fwd  # a frozen model's forward
-    recompute = {GradCkpt.full: layers * fwd, GradCkpt.selective: layers * attn_fwd}.get(cfg.grad_ckpt, 0.0)
+    # a checkpointed layer runs its whole forward again in backward (torch/utils/checkpoint.py reruns the wrapped
+    # function): with it peft's LoRA branch (lora.Linear.forward: the casts, the dropout, the scaling and the add)
+    # and eager attention's forward score traffic; selective checkpointing reruns the attention core only
+    eager_fwd = kn.EAGER_ATTENTION_FORWARD_SHARE * eager_scores
+    recompute = 0.0
+    if cfg.grad_ckpt is GradCkpt.full:
+        recompute = layers * fwd + eager_fwd + (layers * _lora_branch_s(cfg, tokens, forward_only=True)
+                                                if cfg.method is not Method.full else 0.0)
+    elif cfg.grad_ckpt is GradCkpt.selective:
+        recompute = layers * attn_fwd + eager_fwd
     total = trained * (train_s + recompute) + forward_only * ref_s
     return scale * total, scale * trained * recompute
 
@@ -334,15 +342,16 @@ def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freez
     return fwd, bwd, head_fwd, head_bwd, attn_fwd, attn_bwd
 
 
-def _lora_branch_s(cfg: TrainConfig, tokens: int) -> float:
+def _lora_branch_s(cfg: TrainConfig, tokens: int, forward_only: bool = False) -> float:
     """Per layer and micro-batch: the LoRA branch's elementwise traffic, and where the device's dropout is
-    measured (the CPU's RNG) its dropouts at that rate instead of their traffic (planner/kernels.py)."""
+    measured (the CPU's RNG) its dropouts at that rate instead of their traffic (planner/kernels.py);
+    `forward_only`: the forward's share, which a recomputed forward runs again (dropout redraws its masks)."""
     gpu = cfg.cluster.gpu
     rng = gpu.dropout_values_per_s if cfg.lora_dropout > 0 else None
     mixed = cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
     traffic = kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp, _elem_bytes(cfg),
                                         dropout=cfg.lora_dropout > 0 and rng is None,
-                                        fp32_adapters=mixed) / gpu.elementwise_bytes_per_s
+                                        fp32_adapters=mixed, forward_only=forward_only) / gpu.elementwise_bytes_per_s
     return traffic + (kn.lora_dropout_values(cfg.model, tokens, cfg.lora_targets) / rng if rng else 0.0)
 
 

@@ -42,12 +42,14 @@ def overlap_for(cfg: TrainConfig):
 
 
 def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
-                 gather_calls: int, rs_calls: int, *, gathers: int) -> tuple[float, float, float]:
+                 gather_calls: int, rs_calls: int, *, gathers: int, rs_overlap=None) -> tuple[float, float, float]:
     """ZeRO-3 / FSDP: per micro-batch, gather the weights module by module (unit by unit) for forward, and
     again for backward unless they stay unsharded (SHARD_GRAD_OP), and reduce-scatter the gradients in
     buckets; each call pays its latency (planner/collectives.py). With parameter offload the partition
     first crosses the host link (Rajbhandari et al. 2021, ZeRO-Infinity Sec. 5). Prefetching overlaps a
     gather with the previous module's compute, so the first gather of each pass (`tail`) is exposed.
+    `rs_overlap`: how the reduce-scatters overlap backward where they do not share the gathers' stream
+    (DeepSpeed ZeRO-3 without overlap_comm runs them on the compute stream); None: beside the gathers.
     Returns (total, exposed) seconds per step and the host-to-GPU seconds of offloaded partitions."""
     ga = cfg.grad_accum
     overlap = overlap_for(cfg)
@@ -61,7 +63,10 @@ def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu:
         h2d += off.pcie_time_s(part, cfg.cluster.gpu.host_link_bytes_per_s)
     tail = ag / max(1, gather_calls)
     fwd_exposed = overlap(ag, fwd_s, tail)
-    bwd_exposed = overlap((gathers - 1) * ag + rs, bwd_s, tail)
+    if rs_overlap is None:
+        bwd_exposed = overlap((gathers - 1) * ag + rs, bwd_s, tail)
+    else:
+        bwd_exposed = overlap((gathers - 1) * ag, bwd_s, tail) + rs_overlap(rs, bwd_s, rs / max(1, rs_calls))
     total = ga * (gathers * ag + rs)
     # host-to-GPU copies of offloaded partitions sit on the critical path: DeepSpeed copies the CPU
     # partition into the gather buffer before launching the all-gather (partition_parameters.py,

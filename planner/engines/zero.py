@@ -12,11 +12,11 @@ Buffer sizes are those the emitted ds_config uses (planner.deepspeed_sizes).
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import TYPE_CHECKING
 
 from planner import collectives as col
 from planner import deepspeed_sizes as ds
-from planner import parallel_comm as pc
 from planner.choices import (
     Engine,
     FsdpStrategy,
@@ -31,7 +31,7 @@ from planner.choices import (
 )
 from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
 from planner.deepspeed_sizes import allgather_bucket_elements, reduce_bucket_elements
-from planner.engines.sharded import overlap_for, sharded_comm
+from planner.engines.sharded import no_overlap, overlap_for, sharded_comm
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
 
@@ -340,23 +340,30 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
     if cfg.zero is ZeroStage.DISABLED:
         ar = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
         return ar, overlap(ar, bwd_s, ar / max(1, rs_calls)), 0.0
+    reduce_overlap = overlap if ds.overlap_comm() else partial(no_overlap, busy_factor=cfg.cluster.gpu.busy_comm_factor)
     if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
-        # ZeRO-1/2's "reduce-scatter" is one dist.reduce per destination rank's slice of each bucket
-        # (runtime/zero/stage_1_and_2.py `average_tensor` -> `allreduce_no_retain(rank=dst)`): dp calls
-        # per bucket, each paying its latency; the bytes are those of a reduce-scatter
-        rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls * g.n, g)
+        # ZeRO-1/2 reduce each gradient bucket with one all-reduce of the whole bucket and each rank keeps its own
+        # slices: `use_multi_rank_bucket_allreduce` defaults to True (runtime/zero/config.py, since DeepSpeed
+        # 0.12.4, #4695), so stage_1_and_2.py `average_tensor` hands every slice to `allreduce_and_scatter` ->
+        # `allreduce_bucket` -> dist.all_reduce, not one dist.reduce per destination rank: an all-reduce's bytes
+        # (twice a reduce-scatter's) and one call per bucket. Without overlap_comm it runs on the compute stream
+        # (`average_tensor`: `stream = ... current_stream()`), after each bucket fills, so none of it hides.
+        rs = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
         # ZeRO-1 reduces once per step (it keeps whole gradients); ZeRO-2 every micro-batch, since
         # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
         n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum
         ag_bytes = trainable_gpu * elem
         ag = split_time_s(allgather_time_s, ag_bytes,
                           col.buckets(ag_bytes, allgather_bucket_elements(cfg.model) * elem), g)
-        return n_rs * rs + ag, n_rs * overlap(rs, bwd_s, rs / max(1, rs_calls)) + ag, 0.0
+        return n_rs * rs + ag, n_rs * reduce_overlap(rs, bwd_s, rs / max(1, rs_calls)) + ag, 0.0
     layers = stage_layers(cfg.model.num_layers, cfg.pp)
     modules = col.param_modules(cfg.model, layers, cfg.method, cfg.lora_targets)
     # the recomputed forward of full checkpointing gathers the released parameters once more
     gathers = 3 if cfg.grad_ckpt is GradCkpt.full else 2
-    return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, modules, rs_calls, gathers=gathers)
+    # without overlap_comm ZeRO-3 reduces on the default stream (stage3.py: `reduce_and_partition_stream = ...
+    # Stream() if overlap_comm else default_stream()`); its gathers keep their own stream either way
+    return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, modules, rs_calls, gathers=gathers,
+                        rs_overlap=None if ds.overlap_comm() else reduce_overlap)
 
 
 def hook_host_s(cfg: TrainConfig, layers: int) -> float:

@@ -134,6 +134,10 @@ QWEN_SPEEDS: tuple[tuple[str, str, int, tuple[float | None, ...]], ...] = (
 )
 
 
+_QWEN_ADAPTERS = ("fp32 adapters under bf16 autocast, as peft 0.5 and >= 0.12 keep them (0.6-0.11 cast them to the "
+                  "base weights' bf16); the README does not state peft's version")
+
+
 def _qwen(size: str, method: str, gpus: int, seq: int, secs: float) -> PublishedSpeed:
     build: dict[str, Any] = {**_QWEN_BASE, "gpus": f"{gpus}xA100-80G", "seq_len": seq}
     if method == "full":
@@ -149,6 +153,7 @@ def _qwen(size: str, method: str, gpus: int, seq: int, secs: float) -> Published
         id=f"qwen-{size}:{method}-seq{seq}", source="Qwen README", page=_QWEN_PAGE, unit="s/step", published=secs,
         switches=f"Qwen-{size} {what}, bf16, flash-attn 2, grad ckpt, bs 1, ga 8, seq {seq}", build=build,
         hf_config=QWEN_MODELS[size], group=f"qwen-1.8B-1gpu-seq{seq}" if size == "1.8B" else "",
+        assumed="" if method == "full" else _QWEN_ADAPTERS,
         unmodelled="Qwen's SwiGLU (a1 * silu(a2)) runs eager where the planner's fused kernels fuse it too; "
                    "c_attn has a bias the stand-in lacks")
 
