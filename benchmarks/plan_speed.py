@@ -1,7 +1,9 @@
 """Wall time of `ftplan plan --model 7b --gpus 8xA800`, as a ratio to `python -c "import torch"` timed in the
 same run (both include Python start-up), and the number of candidates the plan evaluated; the same for the plan
 that also searches the 8-bit optimizer (`--optimizers adamw,adamw_8bit`, twice the candidates: the default plan
-searches only the optimizer the user chose).
+searches only the optimizer the user chose), for a model read from transformers (`--model qwen3-8b --gpus 8xH100`,
+its spec shipped as JSON: as many candidates as the Llama plan) and for an online RL plan (`--stage grpo`, which
+also searches the generation settings).
 
     python benchmarks/plan_speed.py [--repeats 5]
 
@@ -26,6 +28,9 @@ import time
 
 PLAN = [sys.executable, "-m", "ftplan", "plan", "--model", "7b", "--gpus", "8xA800"]
 PLAN_WIDE = [*PLAN, "--optimizers", "adamw,adamw_8bit"]
+PLAN_QWEN3 = [sys.executable, "-m", "ftplan", "plan", "--model", "qwen3-8b", "--gpus", "8xH100"]
+PLAN_GRPO = [*PLAN, "--stage", "grpo"]
+PLANS = {"plan": PLAN, "wide": PLAN_WIDE, "qwen3": PLAN_QWEN3, "grpo": PLAN_GRPO}
 TORCH = [sys.executable, "-c", "import torch"]
 
 
@@ -48,18 +53,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ftplan-plan-speed-pyc-") as pyc:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = pyc
-        for cmd in (PLAN, PLAN_WIDE, TORCH):  # warm the file cache and write the bytecode
+        commands = {**PLANS, "torch": TORCH}
+        for cmd in commands.values():  # warm the file cache and write the bytecode
             timed(cmd, env)
-        runs: dict[str, list[tuple[float, float]]] = {"plan": [], "wide": [], "torch": []}
-        for _ in range(args.repeats):  # interleaved, so load changes hit all three
-            for key, cmd in (("plan", PLAN), ("wide", PLAN_WIDE), ("torch", TORCH)):
+        runs: dict[str, list[tuple[float, float]]] = {key: [] for key in commands}
+        for _ in range(args.repeats):  # interleaved, so load changes hit every command alike
+            for key, cmd in commands.items():
                 runs[key].append(timed(cmd, env))
         wall = {k: [w for w, _ in v] for k, v in runs.items()}
         cpu = {k: [c for _, c in v] for k, v in runs.items()}
         torch_wall, torch_cpu = statistics.median(wall["torch"]), statistics.median(cpu["torch"])
         print(f'python -c "import torch": median {torch_wall:.3f} s wall (min {min(wall["torch"]):.3f} s), '
               f"{torch_cpu:.3f} s CPU")
-        for key, cmd in (("plan", PLAN), ("wide", PLAN_WIDE)):
+        for key, cmd in PLANS.items():
             data = json.loads(subprocess.run([*cmd, "--json"], check=True, capture_output=True, text=True,
                                              env=env).stdout)
             w, c = statistics.median(wall[key]), statistics.median(cpu[key])

@@ -17,7 +17,7 @@ Two models live here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from planner.choices import Attn, GradCkpt
 from planner.model_layers import LayerKind, Saved
@@ -388,6 +388,7 @@ def sdpa_window_mask_bytes_per_token(kind: LayerKind, *, attn: Attn, seq_len: in
     return entry[0] + entry[2] * seq_len if entry else float(act_bytes * seq_len)
 
 
+@lru_cache(maxsize=8192)  # pure in hashable arguments; the search asks for it per candidate
 def derived_layer_fixed_bytes(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining,
                               recompute: GradCkpt = GradCkpt.none, t: int = 1) -> float:
     """Mean bytes per layer that one layer saves whatever the tokens: LoRA on fused expert tensors, which peft

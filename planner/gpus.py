@@ -8,7 +8,7 @@ direction (NVIDIA quotes NVLink as bidirectional totals: A100's 600 GB/s is 300 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from planner.errors import PlanError, unknown_name_error
 from planner.input_checks import check_cluster_size
@@ -93,6 +93,15 @@ class GPUSpec:
     # eager ops (planner/collectives.py) times host_op_s.
     zero3_module_host_s: float | None = None
     fsdp_unit_host_s: float | None = None
+
+    # The search hashes the GPU on every memoized call (planner.timing, planner.nccl_memory): computed once per object,
+    # over the same fields the dataclass's own hash reads.
+    def __hash__(self) -> int:
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     @property
     def supports_bf16(self) -> bool:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from planner import moe
 from planner.choices import Attn, GradCkpt, Method
@@ -188,6 +188,7 @@ def gemm_shape_factor(gemms: tuple[Gemm, ...], gpu: GPUSpec, peak: float, effici
     return max(1.0, actual / (flops / (peak * efficiency)))
 
 
+@lru_cache(maxsize=8192)  # pure in hashable arguments; the search asks for it per candidate
 def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...], tp: int,
                            elem_bytes: float, dropout: bool = True, fp32_adapters: bool = False,
                            forward_only: bool = False) -> float:
@@ -215,6 +216,7 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
     return total
 
 
+@lru_cache(maxsize=8192)
 def lora_dropout_values(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...]) -> float:
     """Values one layer's LoRA dropouts draw per micro-batch: every adapted linear has its own
     `lora_dropout` module, so q/k/v (and gate/up) each draw a mask over the same input (m x k each)."""
@@ -245,6 +247,7 @@ def eager_attention_bytes(b: int, s: int, heads: int, elem_bytes: float) -> floa
 EAGER_ATTENTION_FORWARD_SHARE = 4 / 12
 
 
+@lru_cache(maxsize=8192)
 def host_ops_per_micro_batch(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...],
                              grad_ckpt: GradCkpt) -> float:
     """Eager ops the host dispatches for one micro-batch: forward, backward (x2), recomputed forward."""

@@ -292,13 +292,52 @@ def dequantized_weight_items(cfg: TrainConfig) -> dict[str, float]:
 
 # --- the three phases ---------------------------------------------------------------------------
 
-def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryBreakdown:
+@dataclass(frozen=True, slots=True)
+class _StrategyParts:
+    """What a stage's peak takes from the strategy alone, not from the batch shape, checkpointing or attention (the
+    fields the search varies within one strategy): the stage's parameters, model states, the engine's buffers and
+    step items, the end-of-backward items, and whether gradients are live when backward starts."""
+
+    sp: StageParams
+    states: ModelStates
+    items: dict[str, float]  # autocast copies, dequantized weight, the engine's buffers (read-only: copied by users)
+    step_items: dict[str, float]
+    end_items: dict[str, float]
+    grads_in_backward: float
+    nccl_bytes: float  # NCCL's buffers over the strategy's communicators (planner.nccl_memory)
+
+
+# The search evaluates every batch shape, checkpointing and attention of a strategy in a row: their strategy parts are
+# computed once. The key is the config without its micro-batch, accumulation, checkpointing and attention; of those
+# the strategy parts read only whether gradients accumulate (grad_accum > 1: ZeRO-Offload's 16-bit host buffers,
+# DDP's and FSDP's gradients live at backward's start). tests/planner/test_search_exact.py checks the parts against a
+# fresh computation for every candidate of several searches.
+_STRATEGY_PARTS: dict[tuple, _StrategyParts] = {}
+_STRATEGY_PARTS_MAX = 8192
+
+
+def _strategy_key(cfg: TrainConfig, first: bool) -> tuple:
+    return (cfg.model, cfg.cluster, cfg.adapter, cfg.layout, cfg.engine_choice, cfg.switches, cfg.rollout,
+            cfg.precision, cfg.optimizer, cfg.stage, cfg.seq_len, cfg.grad_accum > 1, first)
+
+
+def _strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
+    key = _strategy_key(cfg, first)
+    parts = _STRATEGY_PARTS.get(key)
+    if parts is None:
+        if len(_STRATEGY_PARTS) >= _STRATEGY_PARTS_MAX:
+            _STRATEGY_PARTS.clear()
+        parts = _STRATEGY_PARTS[key] = _compute_strategy_parts(cfg, first=first)
+    return parts
+
+
+def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     eng = engines.of(cfg)
     sp = stage_params(cfg, first=first)
     n = shard_group(cfg)
     states = model_states(cfg, sp, n)
     trained = trained_params(cfg, sp)
-    activations, items = activation_bytes(cfg, sp, cal, first=first)
+    items: dict[str, float] = {}
     items.update(eng.autocast_items(cfg, sp))
     items.update(dequantized_weight_items(cfg))
     if eng is engines.fsdp:
@@ -310,6 +349,38 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
                     items[key] = max(0.0, items[key] - saved)
     else:
         items.update(eng.buffers(cfg, sp, trained, first=first))
+    state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)
+    step_items = eng.step_items(cfg, trained, n, state_bytes)
+    grads_in_backward = states.gradients if eng.grads_live_in_backward(cfg) else 0.0
+    return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
+                          end_items=tied_embedding_items(cfg, sp), grads_in_backward=grads_in_backward,
+                          nccl_bytes=nccl_memory.nccl_bytes(cfg))
+
+
+# A stage's activations do not depend on the optimizer, the ZeRO stage or the offload: the engine reaches them only
+# through the LM head weight's dtype under the loss (memory_knobs.head_weight_compute_bytes) and through
+# prepare_model_for_kbit_training (states.kbit_prepared), which the key carries as values. Strategies that differ
+# only there share them.
+_ACTIVATIONS: dict[tuple, tuple[float, dict[str, float]]] = {}
+
+
+def _activations(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, first: bool) -> tuple[float, dict[str, float]]:
+    key = (cfg.model, cfg.cluster.gpu.name, cfg.adapter, cfg.layout, cfg.batch, cfg.switches,
+           cfg.rollout.completion_len, cfg.precision, cfg.stage, cfg.grad_ckpt, cfg.attn, cal.activation_multiplier,
+           first, sp, knobs.head_weight_compute_bytes(cfg, grad_dtype_bytes(cfg.precision)), kbit_prepared(cfg))
+    hit = _ACTIVATIONS.get(key)
+    if hit is None:
+        if len(_ACTIVATIONS) >= _STRATEGY_PARTS_MAX:
+            _ACTIVATIONS.clear()
+        hit = _ACTIVATIONS[key] = activation_bytes(cfg, sp, cal, first=first)
+    return hit[0], dict(hit[1])
+
+
+def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryBreakdown:
+    parts = _strategy_parts(cfg, first=first)
+    sp = parts.sp
+    activations, items = _activations(cfg, sp, cal, first=first)
+    items.update(parts.items)
     window = items.pop("FSDP unsharded layers", 0.0)
     if window:
         # the last layer's backward begins once the head's is over: its window and the logits are never live
@@ -318,20 +389,19 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         if exposed > items.get("logits and loss", 0.0):
             items.pop("logits and loss", None)
             items["FSDP unsharded layers"] = exposed
-    state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)
-    step_items = eng.step_items(cfg, trained, n, state_bytes)
+    step_items = parts.step_items
     if cal.overhead_multiplier != 1.0:
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}
         step_items = {k: v * cal.overhead_multiplier for k, v in step_items.items()}
-    grads_in_backward = states.gradients if eng.grads_live_in_backward(cfg) else 0.0
-    return _peak(cfg, states, grads_in_backward, activations, items, step_items, tied_embedding_items(cfg, sp))
+    return _peak(cfg, parts.states, parts.grads_in_backward, activations, items, step_items, parts.end_items,
+                 nccl=parts.nccl_bytes)
 
 
 def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activations: float,
-          items: dict[str, float], step_items: dict[str, float], end_items: dict[str, float] | None = None
-          ) -> MemoryBreakdown:
+          items: dict[str, float], step_items: dict[str, float], end_items: dict[str, float] | None = None,
+          *, nccl: float | None = None) -> MemoryBreakdown:
     """The largest of the three phases, with its breakdown, and the host / NVMe bytes per node. `end_items` live
-    only at the end of backward (phase "gradients")."""
+    only at the end of backward (phase "gradients"); `nccl`: NCCL's buffers when already known."""
     end_items = end_items or {}
     gpu = cfg.cluster.gpu
     grads = states.gradients
@@ -356,7 +426,9 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         grads_shown, acts = grads, 0.0
     tensors = states.weights + grads_shown + states.optimizer + acts + sum(other_items.values())
     transient = acts + sum(v for k, v in other_items.items() if k not in PERSISTENT_ITEMS)
-    context, nccl = float(gpu.runtime_overhead_bytes), nccl_memory.nccl_bytes(cfg)
+    context = float(gpu.runtime_overhead_bytes)
+    if nccl is None:
+        nccl = nccl_memory.nccl_bytes(cfg)
     wanted = allocator.reserve_bytes(cfg, transient)
     # the cache grows only while the card has room: a failed cudaMalloc makes the allocator free its cached
     # blocks and retry before it reports out of memory (c10/cuda/CUDACachingAllocator.cpp, `malloc`:

@@ -78,6 +78,7 @@ def largest_layer_params(m: ModelSpec) -> int:
     return max(m.vocab_size * m.hidden_size, biggest_linear, experts)
 
 
+@lru_cache(maxsize=4096)
 def quantizable_params(m: ModelSpec) -> float:
     """Weights that bitsandbytes quantizes: every nn.Linear inside the decoder layers (transformers'
     replace_with_bnb_linear; not embeddings, norms, biases, the LM head or a router that is not an nn.Linear).
@@ -92,6 +93,7 @@ def quantizable_params(m: ModelSpec) -> float:
 ALL_TARGETS = "all"
 
 
+@lru_cache(maxsize=4096)
 def resolve_lora_targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[str, ...]:
     """`all` means what peft's target_modules="all-linear" adapts (LLaMA-Factory's `lora_target: all`): every
     nn.Linear of the decoder layers and, for the MoE models peft 0.21 converts, the fused expert tensors and the

@@ -223,7 +223,25 @@ def _elem_bytes(cfg: TrainConfig) -> float:
     return 4.0 if cfg.precision is Precision.fp32 else 2.0
 
 
+# The search times every engine, ZeRO stage, offload and optimizer of a layout and batch shape: the device time of a
+# micro-batch reads none of them. Its key is every config field it reads (the model, GPU, adapter, layout, precision,
+# sequence, attention, switches (fused kernels, the loss), stage, checkpointing) and the arguments;
+# tests/planner/test_search_exact.py checks it against a fresh computation for every candidate of several searches.
+_MICRO_BATCH_S: dict[tuple, tuple[float, float]] = {}
+
+
 def _micro_batch_compute_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float) -> tuple[float, float]:
+    key = (cfg.model, cfg.cluster.gpu, cfg.adapter, cfg.layout, cfg.precision, cfg.seq_len, cfg.attn, cfg.switches,
+           cfg.stage, cfg.grad_ckpt, fam, tokens, eff)
+    hit = _MICRO_BATCH_S.get(key)
+    if hit is None:
+        if len(_MICRO_BATCH_S) >= 8192:
+            _MICRO_BATCH_S.clear()
+        hit = _MICRO_BATCH_S[key] = _device_time_s(cfg, fam, tokens, eff)
+    return hit
+
+
+def _device_time_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float) -> tuple[float, float]:
     """(device time incl. recompute, recompute) seconds of one micro-batch, pass by pass (planner/kernels.py):
     each linear's GEMMs on the roofline at the GPU's large-GEMM efficiency (wave quantization; the CPU's measured
     GEMM curve), the attention core (FlashAttention-2's causal blocks at the GPU's attention efficiency, or the

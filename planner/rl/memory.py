@@ -36,7 +36,7 @@ from planner.calibration import DEFAULT, Calibration
 from planner.models import ModelSpec, resolve
 from planner.params import total_params
 from planner.rl import generation as gen
-from planner.rl.parts import training_part
+from planner.rl.parts import training_memo, training_part
 from planner.rl.settings import Generation
 from planner.states import compute_copy_bytes, stage_params
 from planner.strategy import Engine, FsdpStrategy, Method, Stage, TrainConfig, ZeroStage
@@ -127,11 +127,11 @@ def _cached(fn: Callable, cfg: TrainConfig, *args: Any) -> Any:
 
 def training_memory(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration) -> Any:
     """The policy's training step, once per strategy whatever the generation settings (the search's hot path)."""
-    return _cached(tm.peak, training_part(cfg), cal)
+    return training_memo(_cached, tm.peak, training_part(cfg), cal)
 
 
 def resident_states(tm: TrainingMemory, cfg: TrainConfig) -> dict[str, float]:
-    return _cached(tm.resident, training_part(cfg))
+    return training_memo(_cached, tm.resident, training_part(cfg))
 
 
 def vllm_colocated_bytes(cfg: TrainConfig) -> float:

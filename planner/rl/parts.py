@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import fields, replace
+from functools import lru_cache
+from operator import attrgetter
+from typing import Any
 
 from planner.rl.settings import TRL_RL_STAGES, Generation, Rollout, is_online_rl
 from planner.strategy import TrainConfig
@@ -20,11 +24,54 @@ def logprob_head_rows(cfg: TrainConfig, tokens: int) -> int:
 def training_part(cfg: TrainConfig) -> TrainConfig:
     """The configuration with only the rollout settings its training step reads (the completion length, for
     TRL's log-prob head): one key for every generation setting of the same strategy, so the search computes
-    the training step once per strategy (planner.rl.memory / timing memoize on it)."""
-    if cfg.rollout.generation is Generation.transformers and cfg.rollout == Rollout(
-            completion_len=cfg.rollout.completion_len):
-        return cfg
-    return replace(cfg, rollout=Rollout(completion_len=cfg.rollout.completion_len))
+    the training step once per strategy (planner.rl.memory / timing memoize on it). The search asks for it several
+    times per candidate: made once per config."""
+    if cfg is _LAST[0]:  # memory, resident states and time ask in a row for the same candidate
+        return _LAST[1]
+    part = _part(cfg)
+    _LAST[:] = [cfg, part]
+    return part
+
+
+_LAST: list = [None, None]
+
+
+def _part(cfg: TrainConfig) -> TrainConfig:
+    """One object per training part (`training_memo` finds its results by identity)."""
+    plain = _plain_rollout(cfg.rollout.completion_len)
+    key = (*_other_fields(cfg), plain)  # every field but the rollout, which the part replaces
+    part = _TRAINING_PARTS.get(key)
+    if part is None:
+        if len(_TRAINING_PARTS) >= 8192:
+            _TRAINING_PARTS.clear()
+        plain_already = cfg.rollout.generation is Generation.transformers and cfg.rollout == plain
+        part = _TRAINING_PARTS[key] = cfg if plain_already else replace(cfg, rollout=plain)
+    return part
+
+
+def training_memo(cached: Callable[..., Any], fn: Callable[..., Any], part: TrainConfig, *args: Any) -> Any:
+    """`cached(fn, part, *args)` (an lru_cache keyed on the config's value), found first by the part's identity:
+    `training_part` hands out one object per part, and hashing a whole config for every candidate costs more than
+    the lookup saves. The entry holds the part, so its id is not reused while the entry lives."""
+    key = (fn, id(part), *args)
+    hit = _BY_IDENTITY.get(key)
+    if hit is None or hit[0] is not part:
+        if len(_BY_IDENTITY) >= 8192:
+            _BY_IDENTITY.clear()
+        hit = _BY_IDENTITY[key] = (part, cached(fn, part, *args))
+    return hit[1]
+
+
+_BY_IDENTITY: dict[tuple, tuple[TrainConfig, Any]] = {}
+
+
+_TRAINING_PARTS: dict[tuple, TrainConfig] = {}
+_other_fields = attrgetter(*(f.name for f in fields(TrainConfig) if f.name != "rollout"))
+
+
+@lru_cache(maxsize=64)
+def _plain_rollout(completion_len: int) -> Rollout:
+    return Rollout(completion_len=completion_len)
 
 
 def plan_group(cfg: TrainConfig) -> tuple:

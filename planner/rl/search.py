@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from planner.calibration import DEFAULT, Calibration
@@ -101,9 +103,25 @@ def variants(base: TrainConfig, space: RolloutSpace) -> Iterator[tuple[Cluster, 
                     yield cluster, replace(common, vllm_memory=u, vllm_sleep=False, vllm_server_gpus=k, vllm_tp=tp)
 
 
+def with_memory_share(cfg: TrainConfig, share: float) -> TrainConfig:
+    """`cfg` with vLLM's memory share `share`: built from its parts (the search asks several times per candidate;
+    dataclasses.replace would pass every field through its checks again)."""
+    return TrainConfig(**dict(zip(_OTHER_FIELDS, _other_values(cfg), strict=True)),
+                       rollout=_rollout_with_memory(cfg.rollout, share))
+
+
+_OTHER_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "rollout")
+_other_values = attrgetter(*_OTHER_FIELDS)
+
+
+@lru_cache(maxsize=1024)
+def _rollout_with_memory(rollout: Rollout, share: float) -> Rollout:
+    return replace(rollout, vllm_memory=share)
+
+
 def needed_memory_share(cfg: TrainConfig) -> float:
     """The smallest share on the grid whose KV cache holds the engine's whole batch at full length."""
-    probe = gen.vllm_budget(replace(cfg, rollout=replace(cfg.rollout, vllm_memory=1.0)))
+    probe = gen.vllm_budget(with_memory_share(cfg, 1.0))
     kv_seq = gen.kv_bytes_per_token(cfg.model, 2.0) / cfg.rollout.vllm_tp * cfg.seq_len
     need = probe.weights + probe.activations + kv_seq * gen.engine_batch(cfg)
     share = math.ceil(need / cfg.cluster.gpu.hbm_bytes / MEMORY_STEP - 1e-9) * MEMORY_STEP
@@ -112,7 +130,7 @@ def needed_memory_share(cfg: TrainConfig) -> float:
 
 def choose_memory_share(cfg: TrainConfig, limits: Limits, cal: Calibration) -> Estimate:
     """Estimate a colocated plan at the share it needs, or at the largest that fits beside its training step."""
-    cfg = replace(cfg, rollout=replace(cfg.rollout, vllm_memory=needed_memory_share(cfg)))
+    cfg = with_memory_share(cfg, needed_memory_share(cfg))
     est = estimate(cfg, limits, cal, timed=None)
     if est.fits:
         return est
@@ -124,7 +142,7 @@ def choose_memory_share(cfg: TrainConfig, limits: Limits, cal: Calibration) -> E
     share = round(share, 2)
     if share < MEMORY_STEP or share >= cfg.rollout.vllm_memory:
         return est
-    smaller = replace(cfg, rollout=replace(cfg.rollout, vllm_memory=share))
+    smaller = with_memory_share(cfg, share)
     if gen.vllm_budget(smaller).max_sequences < 1:
         return est
     return estimate(smaller, limits, cal, timed=None)

@@ -26,7 +26,7 @@ from planner.parallel_comm import dp_group
 from planner.params import active_params
 from planner.rl import generation as gen
 from planner.rl.memory import critic_config, old_logprobs, reward_spec
-from planner.rl.parts import training_part
+from planner.rl.parts import training_memo, training_part
 from planner.rl.settings import Generation
 from planner.strategy import GradCkpt, Method, Stage, TrainConfig
 
@@ -71,7 +71,7 @@ def rl_step_time(tt: TrainingTime, cfg: TrainConfig, cal: Calibration = DEFAULT)
         critic = _training_step(tt.step, critic_config(cfg), cal)
     else:
         actor_cfg = cfg
-        train = _training_step(tt.step, training_part(cfg), cal)
+        train = training_memo(_training_step, tt.step, training_part(cfg), cal)
         critic = None
     r = cfg.rollout
     eff = cp.compute_efficiency(cfg.cluster.gpu.name, cal.compute_efficiency)
