@@ -421,6 +421,17 @@ _AXOLOTL_REFUSED = {
 }
 
 
+def _peft_numbers(keys: _Keys, values: dict[str, Any]) -> None:
+    """lora_r, lora_alpha and lora_dropout under peft's own names (axolotl, TRL's ModelConfig), where given."""
+    for key in ("lora_r", "lora_alpha"):
+        value = keys.positive_int(key)
+        if value is not None:
+            values[key] = value
+    dropout = keys.number("lora_dropout")
+    if dropout is not None:
+        values["lora_dropout"] = dropout
+
+
 def _axolotl_adapter(keys: _Keys, values: dict[str, Any]) -> None:
     """adapter, the bitsandbytes base and the LoRA shape."""
     adapter = keys.text("adapter")
@@ -440,13 +451,7 @@ def _axolotl_adapter(keys: _Keys, values: dict[str, Any]) -> None:
     elif four or eight:
         raise keys.refuse("load_in_4bit" if four else "load_in_8bit", "a quantized base needs adapter: lora or qlora")
     if values.get("method") in (Method.lora, Method.qlora):
-        for key, name in (("lora_r", "lora_r"), ("lora_alpha", "lora_alpha")):
-            value = keys.positive_int(key)
-            if value is not None:
-                values[name] = value
-        dropout = keys.number("lora_dropout")
-        if dropout is not None:
-            values["lora_dropout"] = dropout
+        _peft_numbers(keys, values)
         targets = keys.get("lora_target_modules")
         if keys.flag("lora_target_linear") if "lora_target_linear" in keys else False:
             values["lora_targets"] = "all"
@@ -566,13 +571,7 @@ def trainer(data: dict[str, Any], source: str, exists: Callable[[str], bool]) ->
     # TRL's ModelConfig / a peft script's arguments
     if keys.get("use_peft") in (True, "true") or "lora_r" in keys:
         values["method"] = Method.lora
-        for key, name in (("lora_r", "lora_r"), ("lora_alpha", "lora_alpha")):
-            value = keys.positive_int(key)
-            if value is not None:
-                values[name] = value
-        dropout = keys.number("lora_dropout")
-        if dropout is not None:
-            values["lora_dropout"] = dropout
+        _peft_numbers(keys, values)
         targets = keys.get("lora_target_modules")
         if isinstance(targets, list) and targets:
             values["lora_targets"] = ",".join(str(t) for t in targets)
