@@ -25,7 +25,8 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar
+from types import UnionType
+from typing import Any, ClassVar, Union
 
 from planner.choices import (
     Attn,
@@ -279,17 +280,27 @@ def from_flat(cls: type, flat: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         given = {g: from_flat(types[g], parts[g])[0] for g in parts}
         rest = {k: v for k, v in flat.items() if k not in where}
         return cls(**given), rest
-    return (cls(**{k: _enum_value(types[k], k, v) for k, v in flat.items() if k in own}),
+    return (cls(**{k: _typed_value(types[k], k, v) for k, v in flat.items() if k in own}),
             {k: v for k, v in flat.items() if k not in own})
 
 
-def _enum_value(kind: Any, name: str, value: Any) -> Any:
-    """A choice given by its name (`fsdp="full_shard"`, as the CLI and a JSON body spell it) as its enum member,
-    so that an API caller's string is what the CLI's parsed value is; anything else as it is."""
-    enums = [k for k in (typing.get_args(kind) or (kind,)) if isinstance(k, type) and issubclass(k, Enum)]
-    if not (isinstance(value, str) and len(enums) == 1):  # `FsdpStrategy | None` too
+def _typed_value(kind: Any, name: str, value: Any) -> Any:
+    """A value as its field's type where a parser hands over text: a choice given by its name (`fsdp="full_shard"`,
+    as the CLI and a JSON body spell it) as its enum member, a list of choices (`--method lora --method full`)
+    as a list of members, a path's text as a Path; anything else as it is. Click's parameters (typer up to 0.28)
+    and a JSON body give text here, typer 0.29's pydantic coercion the types: both end as the same object."""
+    kinds = [k for k in (typing.get_args(kind) if typing.get_origin(kind) in (Union, UnionType) else (kind,))
+             if k is not type(None)]
+    if len(kinds) != 1 or value is None:  # `int | None` and the like stay as they are
         return value
-    kind = enums[0]
+    kind = kinds[0]
+    if typing.get_origin(kind) is list and isinstance(value, list | tuple):
+        (item,) = typing.get_args(kind)
+        return [_typed_value(item, name, v) for v in value]
+    if isinstance(kind, type) and issubclass(kind, Path) and isinstance(value, str):
+        return Path(value)
+    if not (isinstance(kind, type) and issubclass(kind, Enum) and isinstance(value, str)):
+        return value
     try:
         return kind(value)
     except ValueError:

@@ -144,7 +144,10 @@ class MemoryProbe:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-        self.m.rss_peak_bytes = peak_rss_bytes()
+        # The window's peak includes the baseline sample: VmRSS and VmHWM are sums of per-CPU counters read without
+        # folding (mm/rss_stat, percpu_counter_read_positive since Linux 6.2), so VmHWM can read a few hundred KiB
+        # below an earlier VmRSS. The max keeps peak >= baseline, as it is by definition.
+        self.m.rss_peak_bytes = max(peak_rss_bytes(), current_rss_bytes(), self.m.rss_baseline_bytes)
         if self.on_cuda:
             import torch
 
