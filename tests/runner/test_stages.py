@@ -9,8 +9,10 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,17 @@ def _run_in_process(tiny: Path, plan: Path, out: Path, steps: int, data: str = "
 def _ftplan(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ftplan", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def _ftplan_bg(*args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """`python -m ftplan *args` started in the background, its stderr into `log` (a pipe left unread could fill)."""
+    with log.open("w") as err:
+        return subprocess.Popen([sys.executable, "-m", "ftplan", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=err, text=True, env=env, start_new_session=True)
+
+
+def _wait_ok(proc: subprocess.Popen, log: Path) -> None:
+    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
 
 
 def _mean(xs: list[float]) -> float:
@@ -195,12 +208,13 @@ def test_dpo_kill_after_checkpoint_then_resume_joins_up(tiny: Path, tmp_path: Pa
     args = ["--model-path", str(tiny / "model"), "--data", str(tiny / "pref.jsonl"), "--max-steps", str(steps),
             "--learning-rate", "1e-2", "--save-steps", "3"]
     ref = tmp_path / "ref"
-    res = _ftplan("run", str(plan), *args, "--output", str(ref))
-    assert res.returncode == 0, res.stderr[-3000:]
-
+    # the uninterrupted reference runs beside the run that is killed: each is one process, mostly importing
+    # (single-threaded), so the two share this machine's cores instead of queueing
+    ref_proc = _ftplan_bg("run", str(plan), *args, "--output", str(ref), log=tmp_path / "ref.log")
     out = tmp_path / "out"
     kill_run_at_checkpoint([str(plan), *args, "--output", str(out)], out / "checkpoint-3")
     assert not (out / SUMMARY_FILE).exists()
+    _wait_ok(ref_proc, tmp_path / "ref.log")
 
     res = _ftplan("run", str(plan), *args, "--output", str(out), "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -234,17 +248,19 @@ def test_fsdp_qlora_emits_quant_storage_that_transformers_accepts(tmp_path: Path
         BNB_CONFIG_FILE).read_text())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", [Method.full, Method.lora])
-def test_dpo_two_processes_peak_tensor_bytes_match_the_plan(tmp_path: Path, method: Method) -> None:
-    """2 CPU ranks over gloo, live tensor bytes counted (FTPLAN_TRACK_TENSORS=1) against the planner's peak:
-    full DPO holds policy + fp32 reference + Adam + TRL's chunked log-prob head; LoRA DPO the base, adapters
-    and the head. Tolerance 10% (the tracker also sees the runtime's own small tensors)."""
+PEAK_METHODS = [Method.full, Method.lora]
+
+
+@pytest.fixture(scope="module")
+def dpo_peak_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Method, tuple[subprocess.Popen, Path]]]:
+    """The tracked 2-rank runs of every case of the test below on one model and data set, started together (each
+    test waits for its own): they spend most of their time importing, so side by side they share the cores."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    model_dir = tmp_path / "model"
+    root = tmp_path_factory.mktemp("dpo-peak")
+    model_dir = root / "model"
     words = ["<pad>", "<s>", "</s>", "<unk>", "Q:", "A:"] + [f"w{i}" for i in range(N_WORDS)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -261,16 +277,34 @@ def test_dpo_two_processes_peak_tensor_bytes_match_the_plan(tmp_path: Path, meth
         return " ".join(f"w{rng.randrange(N_WORDS)}" for _ in range(n))
 
     # every pair exactly fills seq_len (prompt 16 + answer 47 + EOS), so each micro-batch is full width
-    data = tmp_path / "pairs.jsonl"
+    data = root / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Q: {text(14)} A:", "chosen": f" {text(47)}",
                                         "rejected": f" {text(47)}"}) + "\n" for _ in range(32)))
-    plan = tmp_path / "plan.json"
-    write_plan(build_config(model=str(model_dir), gpus="2xCPU", method=method, stage=Stage.dpo, micro_batch=2,
-                            seq_len=64, precision=Precision.fp32), plan)
-    out = tmp_path / "out"
-    res = _ftplan("run", str(plan), "--model-path", str(model_dir), "--data", str(data), "--output", str(out),
-                  "--max-steps", "3", "--eval-fraction", "0", env={**os.environ, "FTPLAN_TRACK_TENSORS": "1"})
-    assert res.returncode == 0, res.stderr[-3000:]
+    runs = {}
+    for method in PEAK_METHODS:
+        plan = root / f"plan-{method.value}.json"
+        write_plan(build_config(model=str(model_dir), gpus="2xCPU", method=method, stage=Stage.dpo, micro_batch=2,
+                                seq_len=64, precision=Precision.fp32), plan)
+        out = root / f"out-{method.value}"
+        runs[method] = (_ftplan_bg("run", str(plan), "--model-path", str(model_dir), "--data", str(data),
+                                   "--output", str(out), "--max-steps", "3", "--eval-fraction", "0",
+                                   log=root / f"{method.value}.log", env={**os.environ, "FTPLAN_TRACK_TENSORS": "1"}),
+                        out)
+    yield runs
+    for proc, _ in runs.values():  # a case deselected or failed early: its run (a process group) is not left behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", PEAK_METHODS)
+def test_dpo_two_processes_peak_tensor_bytes_match_the_plan(dpo_peak_runs: dict, method: Method) -> None:
+    """2 CPU ranks over gloo, live tensor bytes counted (FTPLAN_TRACK_TENSORS=1) against the planner's peak:
+    full DPO holds policy + fp32 reference + Adam + TRL's chunked log-prob head; LoRA DPO the base, adapters
+    and the head. Tolerance 10% (the tracker also sees the runtime's own small tensors)."""
+    proc, out = dpo_peak_runs[method]
+    _wait_ok(proc, out.parent / f"{method.value}.log")
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
     ratio = summary["measured_peak_tensor_bytes"] / summary["predicted_peak_memory_bytes"]
