@@ -10,8 +10,10 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,17 @@ def _plan(root: Path, name: str, gpus: str = "1xCPU", **kw) -> Path:
 def _ftplan(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ftplan", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def _ftplan_bg(*args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """`python -m ftplan *args` started in the background, its stderr into `log` (a pipe left unread could fill)."""
+    with log.open("w") as err:
+        return subprocess.Popen([sys.executable, "-m", "ftplan", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=err, text=True, env=env, start_new_session=True)
+
+
+def _wait_ok(proc: subprocess.Popen, log: Path) -> None:
+    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
 
 
 def _mean(xs: list[float]) -> float:
@@ -171,8 +184,14 @@ def test_grpo_reward_rises_over_30_steps_and_a_killed_run_resumes_onto_it(tiny: 
     args = ["--model-path", str(tiny / "model"), "--data", str(tiny / "prompts.jsonl"), "--max-steps", str(steps),
             "--learning-rate", "1e-2", "--save-steps", "10", "--reward", "keyword:w1"]
     ref = tmp_path / "ref"
-    res = _ftplan("run", str(plan), *args, "--output", str(ref))
-    assert res.returncode == 0, res.stderr[-3000:]
+    # the uninterrupted reference runs beside the run that is killed at checkpoint-20 (one process each, so the
+    # two share this machine's cores instead of queueing: the killed run's steps cost little, the resumed ones
+    # after it are the ones waited for)
+    ref_proc = _ftplan_bg("run", str(plan), *args, "--output", str(ref), log=tmp_path / "ref.log")
+    out = tmp_path / "out"
+    kill_run_at_checkpoint([str(plan), *args, "--output", str(out)], out / "checkpoint-20")
+    assert not (out / SUMMARY_FILE).exists()
+    _wait_ok(ref_proc, tmp_path / "ref.log")
     rows = read_metrics(ref / METRICS_FILE)
     rewards = [r["reward_mean"] for r in rows]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
@@ -181,13 +200,10 @@ def test_grpo_reward_rises_over_30_steps_and_a_killed_run_resumes_onto_it(tiny: 
     summary = json.loads((ref / SUMMARY_FILE).read_text())
     assert summary["stage"] == "grpo" and summary["final_reward_mean"] > summary["first_reward_mean"]
 
-    out = tmp_path / "out"
-    kill_run_at_checkpoint([str(plan), *args, "--output", str(out)], out / "checkpoint-10")
-    assert not (out / SUMMARY_FILE).exists()
     res = _ftplan("run", str(plan), *args, "--output", str(out), "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = read_metrics(out / METRICS_FILE)
-    assert json.loads((out / SUMMARY_FILE).read_text())["resumed_from_step"] in (10, 20)
+    assert json.loads((out / SUMMARY_FILE).read_text())["resumed_from_step"] in (20, 30)
     assert [r["step"] for r in resumed] == list(range(1, steps + 1))
     # same prompts, sampling RNG, adapter and optimizer state: the same completions and rewards after the restart
     for got, want in zip(resumed, rows, strict=True):
@@ -207,22 +223,44 @@ def test_grpo_two_processes_reward_rises(tiny: Path, tmp_path: Path) -> None:
     assert json.loads((out / SUMMARY_FILE).read_text())["world_size"] == 2
 
 
+PEAK_CASES = [(Method.lora, 0.04), (Method.full, 0.04)]
+
+
+@pytest.fixture(scope="module")
+def grpo_peak_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple, tuple[subprocess.Popen, Path]]]:
+    """The tracked 2-rank runs of every case of the test below, started together (each waits for its own): they
+    spend most of their time importing, one process at a time per rank, so side by side they share the cores."""
+    runs = {}
+    for method, beta in PEAK_CASES:
+        root = tmp_path_factory.mktemp(f"grpo-peak-{method.value}")
+        model = _tokenizer_and_model(root / "model", vocab=8192, hidden=256, inter=688, layers=4)
+        data = _prompts(root / "prompts.jsonl", 32, 14)  # 16 prompt tokens
+        plan = root / "plan.json"
+        write_plan(build_config(model=str(model), gpus="2xCPU", method=method, stage=Stage.grpo, micro_batch=8,
+                                seq_len=48, completion_len=32, num_generations=4, kl_beta=beta,
+                                precision=Precision.fp32), plan)
+        out = root / "out"
+        runs[method, beta] = (_ftplan_bg("run", str(plan), "--model-path", str(model), "--data", str(data),
+                                         "--output", str(out), "--max-steps", "2", "--reward", "keyword:w1",
+                                         log=root / "run.log", env={**os.environ, "FTPLAN_TRACK_TENSORS": "1"}),
+                              out)
+    yield runs
+    for proc, _ in runs.values():  # a case deselected or failed early: its run (a process group) is not left behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "beta"), [(Method.lora, 0.04), (Method.full, 0.04)])
-def test_grpo_two_processes_peak_tensor_bytes_match_the_plan(tmp_path: Path, method: Method, beta: float) -> None:
+@pytest.mark.parametrize(("method", "beta"), PEAK_CASES)
+def test_grpo_two_processes_peak_tensor_bytes_match_the_plan(grpo_peak_runs: dict, method: Method,
+                                                             beta: float) -> None:
     """2 CPU ranks over gloo, live tensor bytes from the loaded models on (FTPLAN_TRACK_TENSORS=1) against the plan:
     the policy, Adam, TRL's fused log-prob head over every position (no Triton here), the reference model (full
     fine-tuning: TRL's copy; LoRA: none), the buffered generations, transformers' KV cache. Prompts fill the plan's
     prompt length and a vocabulary of 8192 gives the head its real weight. Tolerance 10%."""
-    model = _tokenizer_and_model(tmp_path / "model", vocab=8192, hidden=256, inter=688, layers=4)
-    data = _prompts(tmp_path / "prompts.jsonl", 32, 14)  # 16 prompt tokens
-    plan = tmp_path / "plan.json"
-    write_plan(build_config(model=str(model), gpus="2xCPU", method=method, stage=Stage.grpo, micro_batch=8, seq_len=48,
-                            completion_len=32, num_generations=4, kl_beta=beta, precision=Precision.fp32), plan)
-    out = tmp_path / "out"
-    res = _ftplan("run", str(plan), "--model-path", str(model), "--data", str(data), "--output", str(out),
-                  "--max-steps", "2", "--reward", "keyword:w1", env={**os.environ, "FTPLAN_TRACK_TENSORS": "1"})
-    assert res.returncode == 0, res.stderr[-3000:]
+    proc, out = grpo_peak_runs[method, beta]
+    _wait_ok(proc, out.parent / "run.log")
     summary = json.loads((out / SUMMARY_FILE).read_text())
     ratio = summary["measured_peak_tensor_bytes"] / summary["predicted_peak_memory_bytes"]
     assert 0.9 < ratio < 1.1, summary
