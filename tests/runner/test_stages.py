@@ -97,15 +97,27 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def test_dpo_lora_loss_falls_reward_accuracy_rises_and_adapter_merges(tiny: Path, tmp_path: Path) -> None:
+DPO_STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def dpo_lora_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict]]:
+    """One 12-step LoRA DPO run in this process (plan, output, metrics rows): the test of what it learns and the
+    reference of the kill-and-resume test (checkpoints do not change the steps)."""
+    plan = _plan(tiny, "dpo", stage=Stage.dpo)
+    out = tmp_path_factory.mktemp("dpo-lora") / "dpo"
+    return plan, out, _run_in_process(tiny, plan, out, DPO_STEPS)
+
+
+def test_dpo_lora_loss_falls_reward_accuracy_rises_and_adapter_merges(tiny: Path, tmp_path: Path,
+                                                                      dpo_lora_run: tuple) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from runner.merge import merge
 
-    out = tmp_path / "dpo"
-    rows = _run_in_process(tiny, _plan(tiny, "dpo", stage=Stage.dpo), out, 12)
+    _, out, rows = dpo_lora_run
     assert [r["step"] for r in rows] == list(range(1, 13))
     losses = [r["loss"] for r in rows]
     # DPO's loss starts at log 2 (policy = reference) and falls as the chosen answer gains on the rejected one
@@ -202,25 +214,22 @@ def test_cli_bad_preference_row_and_ppo_exit_2_in_one_line(tiny: Path, tmp_path:
 
 
 @pytest.mark.slow
-def test_dpo_kill_after_checkpoint_then_resume_joins_up(tiny: Path, tmp_path: Path) -> None:
-    plan = _plan(tiny, "dpo-resume", stage=Stage.dpo)
-    steps = 8
+def test_dpo_kill_after_checkpoint_then_resume_joins_up(tiny: Path, tmp_path: Path, dpo_lora_run: tuple) -> None:
+    # the uninterrupted reference is the 12-step run of the test above (same plan, data, seed and learning rate;
+    # the linear schedule follows --max-steps, so the runs here take the same 12)
+    plan, _, want = dpo_lora_run
+    steps = DPO_STEPS
     args = ["--model-path", str(tiny / "model"), "--data", str(tiny / "pref.jsonl"), "--max-steps", str(steps),
             "--learning-rate", "1e-2", "--save-steps", "3"]
-    ref = tmp_path / "ref"
-    # the uninterrupted reference runs beside the run that is killed: each is one process, mostly importing
-    # (single-threaded), so the two share this machine's cores instead of queueing
-    ref_proc = _ftplan_bg("run", str(plan), *args, "--output", str(ref), log=tmp_path / "ref.log")
     out = tmp_path / "out"
     kill_run_at_checkpoint([str(plan), *args, "--output", str(out)], out / "checkpoint-3")
     assert not (out / SUMMARY_FILE).exists()
-    _wait_ok(ref_proc, tmp_path / "ref.log")
 
     res = _ftplan("run", str(plan), *args, "--output", str(out), "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["resumed_from_step"] in (3, 6) and summary["steps"] == steps
-    rows, want = read_metrics(out / METRICS_FILE), read_metrics(ref / METRICS_FILE)
+    rows = read_metrics(out / METRICS_FILE)
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     for got, exp in zip(rows, want, strict=True):  # same data order, RNG, optimizer state and reference
         assert math.isclose(got["loss"], exp["loss"], rel_tol=1e-3), (rows, want)
