@@ -148,11 +148,16 @@ def test_two_processes_over_gloo(tiny: Path, tmp_path: Path, name: str, kw: dict
 
 @pytest.mark.slow
 def test_kill_after_checkpoint_then_resume_joins_up(tiny: Path, tmp_path: Path) -> None:
+    from runner.launcher import launch
+    from runner.train import load_plan
+
     plan = _plan(tiny, "resume", "1xCPU")
     steps = 16
+    # the uninterrupted reference, in this process (launch runs a one-device plan in place, as `ftplan run` does)
     ref = tmp_path / "ref"
-    res = _ftplan("run", str(plan), *_run_args(tiny, ref, steps, "--save-steps", "4"))
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert launch(load_plan(plan), plan, RunOptions(model_path=tiny / "model", data=tiny / "data.jsonl", output=ref,
+                                                    max_steps=steps, save_steps=4, learning_rate=1e-2,
+                                                    template=TEMPLATE, report=False)) == 0
 
     out = tmp_path / "out"
     kill_run_at_checkpoint([str(plan), *_run_args(tiny, out, steps, "--save-steps", "4")], out / "checkpoint-4",
@@ -206,9 +211,14 @@ def test_smollm2_gguf_fine_tunes_with_its_tokenizer(tmp_path: Path) -> None:
     data.write_text("".join(json.dumps({"instruction": f"Add one to {k}.", "output": str(k + 1)}) + "\n"
                             for k in range(8)))
     out = tmp_path / "out"
-    res = _ftplan("run", str(plan), "--model-path", str(gguf), "--data", str(data), "--output", str(out),
-                  "--max-steps", "2", "--eval-fraction", "0", timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    # `ftplan run PLAN --model-path X.gguf` runs a one-device plan in place (runner.launcher.launch): here in this
+    # process, which has torch, transformers and peft imported already (the command line: test_plan_on_the_fly)
+    from runner.launcher import launch
+    from runner.train import load_plan, validate_inputs
+
+    opts = RunOptions(model_path=gguf, data=data, output=out, max_steps=2, eval_fraction=0.0, report=False)
+    validate_inputs(load_plan(plan), opts)
+    assert launch(load_plan(plan), plan, opts) == 0
     assert len(_losses(out)) == 2 and all(math.isfinite(x) for x in _losses(out))
     assert (out / "adapter_model.safetensors").exists() and (out / "tokenizer.json").exists()
 

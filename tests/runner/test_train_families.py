@@ -75,11 +75,23 @@ def _plan(model: Path, tmp: Path, gpus: str, method: Method, **kw) -> Path:
 
 
 def _run(plan: Path, model: Path, out: Path, steps: int) -> list[float]:
-    proc = subprocess.run([sys.executable, "-m", "ftplan", "run", str(plan), "--model-path", str(model),
-                           "--data", str(model.parent / "data.jsonl"), "--output", str(out), "--template", TEMPLATE,
-                           "--max-steps", str(steps), "--learning-rate", "1e-2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """`ftplan run PLAN` as its command line does it: one process trains in place (runner.launcher.launch, here in
+    this process, as the command's own process would: no interpreter and library start-up to pay), several start
+    torchrun (a subprocess of `ftplan run`)."""
+    from runner.launcher import launch
+    from runner.train import RunOptions, load_plan
+
+    cfg = load_plan(plan)
+    if cfg.world_size == 1:
+        opts = RunOptions(model_path=model, data=model.parent / "data.jsonl", output=out, template=TEMPLATE,
+                          max_steps=steps, learning_rate=1e-2, report=False)
+        assert launch(cfg, plan, opts) == 0
+    else:
+        proc = subprocess.run([sys.executable, "-m", "ftplan", "run", str(plan), "--model-path", str(model),
+                               "--data", str(model.parent / "data.jsonl"), "--output", str(out), "--template",
+                               TEMPLATE, "--max-steps", str(steps), "--learning-rate", "1e-2"],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [row["loss"] for row in read_metrics(out / METRICS_FILE)]
     assert len(losses) == steps
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
