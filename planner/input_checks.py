@@ -66,6 +66,7 @@ CONFIG_BOUNDS: dict[str, tuple[int, int]] = {
     # online RL's rollout (planner.rl.settings.Rollout)
     "num_generations": (1, 2**16),
     "completion_len": (1, MODEL_BOUNDS["max_seq_len"][1]),
+    "completion_len_mean": (1, MODEL_BOUNDS["max_seq_len"][1]),
     "vllm_server_gpus": (0, 2**20),
     "vllm_tp": (1, 2**14),
     "generation_steps": (1, 2**16),

@@ -115,6 +115,10 @@ class RolloutArgs:
         "Completions per prompt (num_generations); default the stage's: grpo 8, rloo 2, ppo 1."))
     completion_len: int = option(512, help="Tokens of a completion (max_completion_length); --seq-len is the "
                                            "prompt plus this.")
+    completion_len_mean: int | None = option(None, help=(
+        "Average tokens of a completion (completions stop at EOS; --completion-len is the longest): generation "
+        "decodes until a batch's longest is done, training runs at the length TRL pads to (verl: the mean), "
+        "memory plans the longest. Default: every completion runs --completion-len."))
     kl_beta: float | None = option(None, help=(
         "KL coefficient; 0 loads no reference model. Default the stage's: grpo 0, rloo 0.05, ppo 0.001."))
     generation: Generation | None = option(None, help=(

@@ -46,7 +46,7 @@ _ENUMS: dict[str, type[Enum]] = {
 
 
 # switches added after plan.json's first release, written only when set: plans without them read as before
-OMITTED_AT_DEFAULT: dict[str, Any] = {"transformers_version": "", "fused_adamw": False}
+OMITTED_AT_DEFAULT: dict[str, Any] = {"transformers_version": "", "fused_adamw": False, "completion_len_mean": None}
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -96,6 +96,8 @@ def _scalar(name: str, value: Any) -> Any:
     if name in _ENUMS:
         return _enum(name, value)
     kinds = _PART_KINDS[name]
+    if value is None and type(None) in kinds:  # an optional field left unset (completion_len_mean)
+        return None
     if bool in kinds:
         return check_bool(value, f"'{name}'", where=_WHERE)
     if int in kinds:

@@ -178,7 +178,7 @@ FLAT_FIELDS: tuple[str, ...] = (
     "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
     "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "num_generations", "completion_len", "kl_beta",
     "generation", "vllm_memory", "vllm_sleep", "vllm_server_gpus", "vllm_tp", "generation_steps", "num_iterations",
-    "reward_model")
+    "reward_model", "completion_len_mean")
 # the online RL stages' settings (planner.rl.settings.Rollout): plan.json carries them for those stages only
 ROLLOUT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Rollout))
 
@@ -261,6 +261,7 @@ class TrainConfig:
     seq_len = property(attrgetter("batch.seq_len"))
     num_generations = property(attrgetter("rollout.num_generations"))
     completion_len = property(attrgetter("rollout.completion_len"))
+    completion_len_mean = property(attrgetter("rollout.completion_len_mean"))
     kl_beta = property(attrgetter("rollout.kl_beta"))
     generation = property(attrgetter("rollout.generation"))
     vllm_memory = property(attrgetter("rollout.vllm_memory"))

@@ -51,7 +51,11 @@ def cli_json(capsys, monkeypatch, *args: str):
       "--grad-ckpt", "full", "--micro-batch", "2", "--no-sequence-parallel")),
     ("estimate", {"model": "7b", "gpus": "8xA800", "seq_len": 8192, "rope_scaling": "linear:2.0"},
      ("estimate", "--model", "7b", "--gpus", "8xA800", "--seq-len", "8192", "--rope-scaling", "linear:2.0")),
-], ids=["plan-lora-qlora", "plan-full-job", "estimate-zero3", "estimate-rope"])
+    ("estimate", {"model": "llama-3.1-8b", "gpus": "8xH100", "stage": "grpo", "generation": "vllm-colocate",
+                  "seq_len": 4096, "completion_len": 3968, "completion_len_mean": 1019},
+     ("estimate", "--model", "llama-3.1-8b", "--gpus", "8xH100", "--stage", "grpo", "--generation", "vllm-colocate",
+      "--seq-len", "4096", "--completion-len", "3968", "--completion-len-mean", "1019")),
+], ids=["plan-lora-qlora", "plan-full-job", "estimate-zero3", "estimate-rope", "estimate-grpo-mean"])
 def test_api_answers_like_cli(client, capsys, monkeypatch, endpoint: str, body: dict, args: tuple[str, ...]) -> None:
     response = client.post(f"/api/{endpoint}", json=body)
     assert response.status_code == 200, response.text
@@ -103,7 +107,10 @@ def test_pasted_config_is_read_like_a_file(client, capsys, monkeypatch, tmp_path
      ("estimate", "--model", "7b", "--gpus", "8xA800", "--rope-scaling", "cubic:2")),
     ("scale", {"model": "7b", "gpu": "A800", "max_gpus": 0}, ("scale", "--model", "7b", "--gpu", "A800",
                                                                "--max-gpus", "0")),
-], ids=["bad-gpu", "bad-model", "zero-range", "not-int", "bad-choice", "missing", "positions", "rope", "max-gpus"])
+    ("estimate", {"model": "7b", "gpus": "8xA800", "stage": "grpo", "completion_len_mean": 600},
+     ("estimate", "--model", "7b", "--gpus", "8xA800", "--stage", "grpo", "--completion-len-mean", "600")),
+], ids=["bad-gpu", "bad-model", "zero-range", "not-int", "bad-choice", "missing", "positions", "rope", "max-gpus",
+        "mean-above-cap"])
 def test_bad_input_is_422_with_the_cli_line(client, capsys, monkeypatch, tmp_path: Path, endpoint: str, body: dict,
                                             args: tuple[str, ...]) -> None:
     response = client.post(f"/api/{endpoint}", json=body)

@@ -21,7 +21,20 @@ and each sequence's KV cache so far (the roofline model of Williams et al. 2009 
 Pope et al. 2022, "Efficiently Scaling Transformer Inference", Sec. 2.1); prefill is bound by FLOPs
 (2 x parameters per token, Kaplan et al. 2020). Traffic runs at the datasheet bandwidth here, FLOPs at the
 planner's compute efficiency (planner.compute): an upper bound on decoding speed until a GPU run calibrates
-it. Every completion is planned at `completion_len` tokens (none stops early at EOS).
+it.
+
+Completion lengths (planner.rl.lengths). Without `completion_len_mean` (or with it at the cap) every completion
+runs `completion_len` tokens. With a mean below the cap, completions stop at EOS and:
+- decoding lasts until the longest of a batch stops, every step reading every weight: transformers' `generate`
+  keeps feeding finished rows (pad tokens, generation/utils.py `_sample`: `unfinished_sequences`) until all are done
+  or max_new_tokens, each step over the whole batch; vLLM's scheduler runs continuous batching (Yu et al. 2022,
+  Orca, iteration-level scheduling; Kwon et al. 2023, PagedAttention): a finished request leaves the running
+  batch and frees its KV blocks, a waiting one takes its place (vllm/v1/core/sched/scheduler.py `schedule`,
+  `_free_request`), so its KV reads and per-token FLOPs follow the mean length while its weight reads follow the
+  steps: (waves - 1) x the mean while requests wait, then the longest of the last wave;
+- the training step waits for the slowest engine (TRL gathers every process's completions and rewards before it
+  trains), so the last wave's longest is that of every engine's last wave together;
+- memory still plans every sequence at full length (vLLM's max_model_len, the longest batch's peak).
 """
 
 from __future__ import annotations
@@ -34,7 +47,8 @@ from planner.comm import DEFAULT_COMM_EFFICIENCY, Group, allgather_time_s
 from planner.kernels import OPS_PER_LAYER_FORWARD, OPS_PER_LORA_LINEAR
 from planner.models import ModelSpec
 from planner.params import active_params, quantizable_params, resolve_lora_targets, total_params
-from planner.rl.settings import Generation, prompt_len
+from planner.rl import lengths
+from planner.rl.settings import Generation, lengths_vary, prompt_len
 from planner.states import activation_dtype_bytes, quant_bytes_per_param
 from planner.strategy import Engine, Method, Precision, Quant, TrainConfig, ZeroStage
 
@@ -148,13 +162,32 @@ def vllm_budget(cfg: TrainConfig) -> VllmBudget:
     return VllmBudget(budget=budget, weights=weights, activations=acts, kv_cache=kv, max_sequences=int(kv // per_seq))
 
 
+def wave_tokens_per_sequence(cfg: TrainConfig) -> float:
+    """Tokens a sequence of a wave holds in vLLM's KV cache at the wave's peak: seq_len when every completion runs
+    to the cap; with completions stopping at EOS, the peak over the steps of the running share x prompt + steps
+    (planner.rl.lengths.peak_tokens_per_sequence; finished requests free their blocks)."""
+    r = cfg.rollout
+    if not lengths_vary(r):
+        return cfg.seq_len
+    return lengths.peak_tokens_per_sequence(r.completion_len_mean, r.completion_len, prompt_len(cfg.seq_len, r))
+
+
 def concurrency(cfg: TrainConfig) -> int:
     """Sequences decoded together: the whole engine batch for transformers (it runs them as one batch), and for
     vLLM what its KV cache holds (its scheduler runs the rest as the running ones finish)."""
     batch = engine_batch(cfg)
     if cfg.rollout.generation is Generation.transformers:
         return batch
-    return max(1, min(batch, vllm_budget(cfg).max_sequences))
+    if not lengths_vary(cfg.rollout):
+        return max(1, min(batch, vllm_budget(cfg).max_sequences))
+    budget = vllm_budget(cfg)
+    per_seq = kv_bytes_per_token(cfg.model, _kv_elem_bytes(cfg)) / cfg.rollout.vllm_tp * wave_tokens_per_sequence(cfg)
+    return max(1, min(batch, int(budget.kv_cache // per_seq)))
+
+
+def _kv_elem_bytes(cfg: TrainConfig) -> float:
+    """vLLM's KV-cache element size as vllm_budget counts it (16 bits on a GPU)."""
+    return compute_bytes(cfg) if cfg.cluster.gpu.name == "CPU" else 2.0
 
 
 # --- transformers' generate: memory -----------------------------------------------------------------
@@ -229,19 +262,25 @@ class GenerationTime:
 
 
 def generation_time(cfg: TrainConfig, eff: float, dp_group: Group | None) -> GenerationTime:
-    """One generation: prefill and `completion_len` decoding steps per wave of `concurrency` sequences, waves
-    until the engine's batch is done. transformers adds its host dispatch per step (beside the device on a GPU,
-    before it on the CPU) and the weight gathers of sharded engines."""
+    """One generation: prefill and decoding per wave of `concurrency` sequences, waves until the engine's batch is
+    done; every completion at `completion_len` tokens, or stopping at EOS around `completion_len_mean`
+    (`_decode_steps`, `_continuous_decode_s`). transformers adds its host dispatch per step (beside the device on a
+    GPU, before it on the CPU) and the weight gathers of sharded engines."""
     gpu = cfg.cluster.gpu
     r = cfg.rollout
     p = prompt_len(cfg.seq_len, r)
-    c_len = r.completion_len
     batch = engine_batch(cfg)
     conc = concurrency(cfg)
     waves = math.ceil(batch / conc)
+    prefill = prefill_s(cfg, conc * p, p / 2, eff)
+    gather = 0.0
+    if lengths_vary(r) and r.generation is not Generation.transformers:
+        decode_total = _continuous_decode_s(cfg, conc, waves, p, eff)
+        return GenerationTime(total_s=waves * prefill + decode_total, prefill_s=waves * prefill,
+                              decode_s=decode_total, gather_s=0.0, concurrency=conc, waves=waves)
+    c_len = _decode_steps(cfg, batch)
     mean_context = p + c_len / 2
     step = decode_step_s(cfg, conc, mean_context, eff)
-    gather = 0.0
     if r.generation is Generation.transformers:
         host = _generate_host_ops(cfg) * gpu.host_op_s
         step = step + host if gpu.sm_count <= 0 else max(step, host)
@@ -251,11 +290,43 @@ def generation_time(cfg: TrainConfig, eff: float, dp_group: Group | None) -> Gen
                 gather = allgather_time_s(w16, dp_group)
             elif cfg.engine is Engine.fsdp and cfg.fsdp.value in ("full_shard", "hybrid_shard"):
                 gather = (c_len + 1) * allgather_time_s(w16, dp_group)  # every forward gathers every unit
-    prefill = prefill_s(cfg, conc * p, p / 2, eff)
     decode = c_len * step
     total = waves * (prefill + decode) + gather
     return GenerationTime(total_s=total, prefill_s=waves * prefill, decode_s=waves * decode, gather_s=gather,
                           concurrency=conc, waves=waves)
+
+
+def _decode_steps(cfg: TrainConfig, batch: int) -> float:
+    """Decoding steps of one batch run as a block (transformers' generate): completion_len, or with completions
+    stopping at EOS the longest of every rank's batch (finished rows keep decoding pad tokens until the batch's
+    longest is done, and the step waits for the slowest rank)."""
+    r = cfg.rollout
+    if not lengths_vary(r):
+        return r.completion_len
+    return lengths.expected_longest(r.completion_len_mean, r.completion_len, batch * engines(cfg))
+
+
+def _continuous_decode_s(cfg: TrainConfig, conc: int, waves: int, p: int, eff: float) -> float:
+    """vLLM's decoding of one engine's batch with completions stopping at EOS (continuous batching): the
+    steps are (waves - 1) x the mean length while requests wait for a slot (the slots stay full), then the longest of
+    the last wave, taken over every engine's last wave (the trainer waits for the slowest); each step reads every
+    weight; the KV reads and FLOPs follow each completion's own length, sum over its L steps of (prompt + tokens so
+    far) = p L + L^2 / 2, in expectation p E[L] + E[L^2] / 2 (planner.rl.lengths). Charged as `waves` full waves of
+    `conc` sequences, as the uniform plan charges them; the roofline of the whole decode (larger of its traffic
+    and its FLOPs) rather than step by step."""
+    m_spec = cfg.model
+    r = cfg.rollout
+    mean, cap = r.completion_len_mean, r.completion_len
+    tp = engine_tp(cfg)
+    last = lengths.expected_longest(mean, cap, conc * engines(cfg))
+    steps = (waves - 1) * mean + last
+    sequences = waves * conc
+    context_tokens = p * mean + lengths.mean_square(mean, cap) / 2  # sum over a completion's steps of its context
+    traffic = (steps * inference_weight_bytes(cfg) / tp
+               + sequences * kv_bytes_per_token(m_spec, compute_bytes(cfg)) / tp * context_tokens)
+    flops = sequences * (2.0 * active_params(m_spec) * mean
+                         + 4.0 * context_tokens * m_spec.q_dim * m_spec.num_layers) / tp
+    return max(traffic / cfg.cluster.gpu.hbm_bytes_per_s, flops / (_peak_flops(cfg) * eff))
 
 
 def weight_sync_s(cfg: TrainConfig, dp_group: Group | None) -> float:

@@ -20,7 +20,8 @@ def rollout_from(args: RolloutArgs, stage: Stage) -> Rollout:
     given = {name: getattr(args, name) for name in ("num_generations", "kl_beta", "generation", "vllm_memory",
                                                     "vllm_sleep", "vllm_server_gpus", "vllm_tp", "generation_steps",
                                                     "reward_model")}
-    r = replace(r, completion_len=args.completion_len, num_iterations=args.num_iterations,
+    r = replace(r, completion_len=args.completion_len, completion_len_mean=args.completion_len_mean,
+                num_iterations=args.num_iterations,
                 **{k: v for k, v in given.items() if v is not None})
     if r.generation is Generation.vllm_server and args.vllm_memory is None:
         r = replace(r, vllm_memory=VLLM_SERVER_MEMORY)

@@ -120,9 +120,10 @@ def _rollout_with_memory(rollout: Rollout, share: float) -> Rollout:
 
 
 def needed_memory_share(cfg: TrainConfig) -> float:
-    """The smallest share on the grid whose KV cache holds the engine's whole batch at full length."""
+    """The smallest share on the grid whose KV cache holds the engine's whole batch at once (at full length, or
+    with completions stopping at EOS at a wave's peak, planner.rl.generation.wave_tokens_per_sequence)."""
     probe = gen.vllm_budget(with_memory_share(cfg, 1.0))
-    kv_seq = gen.kv_bytes_per_token(cfg.model, 2.0) / cfg.rollout.vllm_tp * cfg.seq_len
+    kv_seq = gen.kv_bytes_per_token(cfg.model, 2.0) / cfg.rollout.vllm_tp * gen.wave_tokens_per_sequence(cfg)
     need = probe.weights + probe.activations + kv_seq * gen.engine_batch(cfg)
     share = math.ceil(need / cfg.cluster.gpu.hbm_bytes / MEMORY_STEP - 1e-9) * MEMORY_STEP
     return round(min(MAX_MEMORY, max(MEMORY_STEP, share)), 2)

@@ -33,7 +33,9 @@ class Rollout:
     """How completions are produced and scored. Defaults are GRPOConfig's (default_rollout gives each stage's)."""
 
     num_generations: int = 8  # G, completions per prompt (GRPOConfig.num_generations)
-    completion_len: int = 512  # max_completion_length; every completion is planned at this length
+    completion_len: int = 512  # max_completion_length: the longest a completion may run (memory plans at it)
+    # the completions' average length (they stop at EOS; planner.rl.lengths); None: every one runs to completion_len
+    completion_len_mean: int | None = None
     kl_beta: float = 0.0  # KL coefficient: 0 loads no reference model (GRPOConfig.beta)
     generation: Generation = Generation.transformers
     vllm_memory: float = 0.3  # vllm_gpu_memory_utilization: colocated, TRL's 0.3; a server's own, 0.9
@@ -74,6 +76,13 @@ def prompt_len(seq_len: int, rollout: Rollout) -> int:
     return seq_len - rollout.completion_len
 
 
+def lengths_vary(rollout: Rollout) -> bool:
+    """Whether completions stop short of the cap on average (a mean below completion_len): generation and
+    training then follow planner.rl.lengths; otherwise every completion is planned at completion_len."""
+    mean = rollout.completion_len_mean
+    return mean is not None and mean < rollout.completion_len
+
+
 def rollout_problems(seq_len: int, global_batch: int, rollout: Rollout) -> list[str]:
     """Why these rollout settings cannot run (GRPOConfig.__post_init__'s checks, and the plan's own)."""
     out = []
@@ -82,6 +91,10 @@ def rollout_problems(seq_len: int, global_batch: int, rollout: Rollout) -> list[
     elif rollout.completion_len >= seq_len:
         out.append(f"--completion-len {rollout.completion_len} leaves no prompt within --seq-len {seq_len} "
                    "(a sequence is the prompt and its completion)")
+    mean = rollout.completion_len_mean
+    if mean is not None and rollout.completion_len >= 1 and not 1 <= mean <= rollout.completion_len:
+        out.append(f"--completion-len-mean must be between 1 and --completion-len {rollout.completion_len} (the "
+                   f"longest a completion runs), got {mean}")
     if rollout.num_generations < 1:
         out.append(f"--num-generations must be a positive integer, got {rollout.num_generations}")
     elif global_batch % rollout.num_generations:

@@ -10,10 +10,21 @@ importance-sampling correction, GRPOConfig.vllm_importance_sampling_correction=T
 trainer waits (the blog "No GPU left behind", TRL 2025: training and generation GPUs take turns idling).
 
 PPO (verl) adds the critic's value forward and its update, each as long as the critic model's training step.
+
+With completions stopping at EOS (`completion_len_mean`, planner.rl.lengths) the training step and the scoring
+forwards run at the length the trainer pads to (`trained_config`): TRL pads every process's whole generation batch
+(per_device_train_batch_size x steps_per_generation completions) to its longest completion before it splits it
+into micro-batches (trl/trainer/grpo_trainer.py `_generate_and_score_completions`: `pad(completion_ids, ...,
+padding_side="right")`, then `_prepare_inputs`: `split_tensor_dict`), and the ranks meet at every gradient
+reduction, so the step runs at the longest of every rank's generation batch together; verl (PPO) removes the
+padding (actor/critic use_remove_padding, dynamic batches of ppo_max_token_len_per_gpu tokens: docs/perf/
+perf_tuning.rst), so its passes follow the mean. Rates count the tokens a run has (prompt + the mean completion,
+what TRL logs as num_tokens), not its padding, and MFU the model FLOPs of those tokens.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -25,9 +36,10 @@ from planner.comm import DEFAULT_COMM_EFFICIENCY
 from planner.parallel_comm import dp_group
 from planner.params import active_params
 from planner.rl import generation as gen
+from planner.rl import lengths
 from planner.rl.memory import critic_config, old_logprobs, reward_spec
 from planner.rl.parts import training_memo, training_part
-from planner.rl.settings import Generation
+from planner.rl.settings import Generation, lengths_vary, prompt_len
 from planner.strategy import GradCkpt, Method, Stage, TrainConfig
 
 RL_BREAKDOWN_KEYS = ("generation", "scoring", "weight_sync")
@@ -45,6 +57,31 @@ class TrainingTime:
 @lru_cache(maxsize=8192)
 def _training_step(fn: Callable, cfg: TrainConfig, cal: Calibration) -> Any:
     return fn(cfg, cal)
+
+
+def trained_length(cfg: TrainConfig) -> int:
+    """Tokens per sequence of the training and scoring passes: seq_len when every completion runs to the cap;
+    with completions stopping at EOS, the prompt + the longest completion of every rank's generation batch (TRL
+    pads to it) or + the mean (verl's PPO removes padding), rounded up to a whole token."""
+    r = cfg.rollout
+    if not lengths_vary(r):
+        return cfg.seq_len
+    p = prompt_len(cfg.seq_len, r)
+    if cfg.stage is Stage.ppo:
+        return p + r.completion_len_mean
+    rows = gen.rank_generation_batch(cfg) * cfg.world_size
+    return p + min(r.completion_len, math.ceil(lengths.expected_longest(r.completion_len_mean, r.completion_len, rows)))
+
+
+def trained_config(cfg: TrainConfig) -> TrainConfig:
+    """The configuration its training step runs at: `cfg` itself, or with completions stopping at EOS its
+    sequences at `trained_length` (memory keeps planning `cfg`: the peak is the longest batch)."""
+    if not lengths_vary(cfg.rollout):
+        return cfg
+    length = trained_length(cfg)
+    completion = length - prompt_len(cfg.seq_len, cfg.rollout)
+    return replace(cfg, batch=replace(cfg.batch, seq_len=length),
+                   rollout=replace(cfg.rollout, completion_len=completion, completion_len_mean=None))
 
 
 def forward_pass_s(cfg: TrainConfig, train: Any) -> float:
@@ -65,13 +102,14 @@ def generation_share(t: Any) -> float:
 def rl_step_time(tt: TrainingTime, cfg: TrainConfig, cal: Calibration = DEFAULT) -> Any:
     """Seconds per optimizer step of GRPO / RLOO (or PPO), with `generation`, `scoring` and `weight_sync` beside
     the training step's parts; rates count the trained completions (prompt + completion tokens)."""
+    trained = trained_config(cfg)
     if cfg.stage is Stage.ppo:
-        actor_cfg = replace(cfg, stage=Stage.sft)
+        actor_cfg = replace(trained, stage=Stage.sft)
         train = _training_step(tt.step, actor_cfg, cal)
-        critic = _training_step(tt.step, critic_config(cfg), cal)
+        critic = _training_step(tt.step, critic_config(trained), cal)
     else:
-        actor_cfg = cfg
-        train = training_memo(_training_step, tt.step, training_part(cfg), cal)
+        actor_cfg = trained
+        train = training_memo(_training_step, tt.step, training_part(trained), cal)
         critic = None
     r = cfg.rollout
     eff = cp.compute_efficiency(cfg.cluster.gpu.name, cal.compute_efficiency)
@@ -98,7 +136,11 @@ def rl_step_time(tt: TrainingTime, cfg: TrainConfig, cal: Calibration = DEFAULT)
     samples = cfg.global_batch
     peak = cp.peak_flops_per_s(cfg.cluster.gpu, cfg.precision)
     model_flops = train.model_flops_per_step
-    return tt.step_time(step_time_s=step_s, breakdown_s=parts, tokens_per_s=samples * cfg.seq_len / step_s,
+    tokens = cfg.seq_len
+    if trained is not cfg:  # the run's tokens, not the padding the trainer adds
+        tokens = prompt_len(cfg.seq_len, r) + r.completion_len_mean
+        model_flops = model_flops * tokens / trained.seq_len
+    return tt.step_time(step_time_s=step_s, breakdown_s=parts, tokens_per_s=samples * tokens / step_s,
                     samples_per_s=samples / step_s, mfu=model_flops / (step_s * gpus * peak) if peak else 0.0,
                     hfu=train.hfu * train.step_time_s * cfg.world_size / (step_s * gpus),
                     model_flops_per_step=model_flops, dp_comm_total_s=train.dp_comm_total_s)
