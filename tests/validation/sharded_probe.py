@@ -14,8 +14,11 @@ CUDA only), four bytes per element where a GPU keeps one, a CPU artifact the pla
 layer (the planner's --freeze-layers 1): under FSDP1 the root unit then mixes a frozen embedding with the trained
 head and norm.
 
-Usage: python -m torch.distributed.run --nproc_per_node 2 sharded_probe.py ENGINE FREEZE GRAD_ACCUM (env:
-DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1). Rank 0 prints one JSON line:
+Usage: python -m torch.distributed.run --nproc_per_node 2 sharded_probe.py ENGINE:FREEZE:GRAD_ACCUM:PORT ... (env:
+DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1). Each rank imports the libraries once, then runs every case in a process
+forked from itself (forked_cases.py), the cases one after the other; the two ranks' children of a case meet in a
+gloo group of their own on PORT (a free port the caller chose; rank 0's child holds the store). Rank 0 prints one
+JSON line per case, its "case" with:
 - before: live bytes before the second step's forward (states and persistent buffers);
 - grads_at_backward: bytes of .grad storages when the last micro-batch's backward starts;
 - backward_peak, after_backward, step_peak: the tracker's peak of forward + backward, the live bytes after backward,
@@ -31,6 +34,7 @@ import gc
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -105,7 +109,7 @@ def _wrap(engine: str, model: torch.nn.Module) -> tuple[torch.nn.Module, object,
     return engine_, opt, True
 
 
-def main(engine: str, freeze: bool, grad_accum: int) -> None:
+def main(engine: str, freeze: bool, grad_accum: int) -> dict:
     dist.init_process_group("gloo")
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**CONFIG))
@@ -157,14 +161,38 @@ def main(engine: str, freeze: bool, grad_accum: int) -> None:
         out.update(before=before, backward_peak=backward_peak, after_backward=after_backward, step_peak=step_peak)
     if is_ds:
         out["persistent_numel"] = sum(p.ds_numel for p in params if getattr(p, "ds_persist", False))
-    if dist.get_rank() == 0:
-        print(json.dumps(out))
     gc.collect()
     with contextlib.suppress(Exception):
         dist.barrier()
     dist.destroy_process_group()
+    return out
+
+
+def _case(case: str) -> None:
+    engine, freeze, grad_accum, port = case.split(":")
+    # this case's own group: rank 0's child serves the store on PORT (not torchrun's agent store, which the
+    # children of every case would share)
+    os.environ.update(MASTER_PORT=port, TORCHELASTIC_USE_AGENT_STORE="False")
+    out = main(engine, freeze == "1", int(grad_accum))
+    if int(os.environ["RANK"]) == 0:
+        print(json.dumps({"case": case, **out}), flush=True)
+
+
+def _preload() -> None:
+    """The engines' libraries, imported once before the cases fork; so is the CPU accelerator's shared-memory
+    collectives op that deepspeed.comm loads in every process (its JIT load runs a ninja check each time), and the
+    module ZeRO's optimizer check imports (it compiles a Muon step with torch.compile: 3 s)."""
+    import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
+    import peft  # noqa: F401
+    from deepspeed.comm.torch import build_shm_op  # deepspeed.comm's `torch` attribute is the torch package
+
+    build_shm_op()
 
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: forked_cases.py
+    from forked_cases import run_forked
+
+    _preload()
+    run_forked(sys.argv[1:], _case)

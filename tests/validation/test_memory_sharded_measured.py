@@ -1,7 +1,8 @@
 """The sharded engines' terms against real 2-process runs on this CPU (gloo, live tensor bytes of rank 0 over the
-second step; sharded_probe.py): FSDP1 (with the frozen-embedding root unit that mixes frozen and trained tensors),
-FSDP2, DeepSpeed ZeRO-3, ZeRO-3 with optimizer and parameter offload, and ZeRO-3 LoRA the way Qwen's finetune.py runs
-it (peft on every linear, reentrant checkpointing, accumulation).
+second step; sharded_probe.py, every case from one torchrun, each in processes forked for it): FSDP1 (with the
+frozen-embedding root unit that mixes frozen and trained tensors), FSDP2, DeepSpeed ZeRO-3, ZeRO-3 with optimizer and
+parameter offload, and ZeRO-3 LoRA the way Qwen's finetune.py runs it (peft on every linear, reentrant checkpointing,
+accumulation).
 
 Checked, each against the planner's own figure for the same model and batch (fp32, micro-batch 2 x 128 tokens,
 a 14.8M-parameter Llama):
@@ -52,13 +53,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(engine: str, freeze: bool) -> dict:
+@pytest.fixture(scope="module")
+def measured() -> dict[str, dict]:
+    """Every case from one torchrun (each rank imports the libraries once and forks a process per case)."""
+    pytest.importorskip("deepspeed")
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cases = {f"{engine}:{int(freeze)}:{GRAD_ACCUM.get(engine, 1)}:{_free_port()}": name
+             for name, (engine, freeze) in CASES.items()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(PROBE), engine, "1" if freeze else "0", str(GRAD_ACCUM.get(engine, 1))]
-    res = subprocess.run(cmd, cwd=PROBE.parent, env=env, capture_output=True, text=True, timeout=600)
+           str(_free_port()), str(PROBE), *cases]
+    res = subprocess.run(cmd, cwd=PROBE.parent, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads([line for line in res.stdout.splitlines() if line.startswith("{")][-1])
+    found = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    return {cases[got.pop("case")]: got for got in found}
 
 
 def planned(engine: str, freeze: bool) -> TrainConfig:
@@ -80,10 +87,9 @@ def planned(engine: str, freeze: bool) -> TrainConfig:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_sharded_engine_terms_and_peaks(case: str) -> None:
-    pytest.importorskip("deepspeed")
+def test_sharded_engine_terms_and_peaks(measured: dict[str, dict], case: str) -> None:
     engine, freeze = CASES[case]
-    got = measure(engine, freeze)
+    got = measured[case]
     cfg = planned(engine, freeze)
     sp = stage_params(cfg, first=True)
     mem = memory_per_gpu(cfg)

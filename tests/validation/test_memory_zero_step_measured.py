@@ -2,8 +2,9 @@
 (ZeRO-3) at a time, next to the flat 16-bit copy it is cast from (stage_1_and_2.py step; stage3.py
 _prepare_fp32_grad_for_sub_group / _release_sub_group).
 
-One process (zero_step_probe.py: DeepSpeed 0.19.8, CPU accelerator, bf16, a 3.7M-parameter Llama, plain SGD so
-the optimizer adds nothing), live tensor bytes counted by profiler.tracker on the second step. Checked:
+One process per case (zero_step_probe.py, each case forked from one interpreter start: DeepSpeed 0.19.8, CPU
+accelerator, bf16, a 3.7M-parameter Llama, plain SGD so the optimizer adds nothing), live tensor bytes
+counted by profiler.tracker on the second step. Checked:
 - the end of backward holds no fp32 gradient: ZeRO-2 adds the 16-bit gradients (2 bytes per parameter) to what
   lived before forward, ZeRO-3 nothing (its 16-bit gradient partition buffer is allocated at initialization);
 - the step's peak over the end of backward equals the planner's step item, 6 bytes x the largest group
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,29 +35,27 @@ PROBE = Path(__file__).with_name("zero_step_probe.py")
 CASES = {"zero2": (2, 1_000_000_000), "zero3-one-sub-group": (3, 1_000_000_000), "zero3-sub-groups": (3, 1_000_000)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def measure(stage: int, sub_group_size: int) -> dict:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, str(PROBE), str(stage), str(sub_group_size)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def measured() -> dict[str, dict]:
+    """Every case from one probe start (the imports paid once; each case in a forked process of its own)."""
+    pytest.importorskip("deepspeed")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cases = {f"{stage}:{size}": name for name, (stage, size) in CASES.items()}
+    res = subprocess.run([sys.executable, str(PROBE), *cases], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    found = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    return {cases[got.pop("case")]: got for got in found}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_step_peak_is_the_largest_group_in_fp32_plus_its_flat_copy(case: str, monkeypatch) -> None:
-    pytest.importorskip("deepspeed")
+def test_step_peak_is_the_largest_group_in_fp32_plus_its_flat_copy(measured: dict[str, dict], case: str,
+                                                                    monkeypatch) -> None:
     from zero_step_probe import CONFIG
 
     stage, sub_group_size = CASES[case]
-    got = measure(stage, sub_group_size)
+    got = measured[case]
     assert got["peak_label"] == "step"
     grown = got["after_backward"] - got["before"]
     assert grown == pytest.approx(2 * sum(got["numels"]) if stage == 2 else 0, rel=0.01, abs=1024)

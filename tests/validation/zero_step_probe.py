@@ -3,7 +3,9 @@ a small Llama; prints, as one JSON line, the live tensor bytes before forward, a
 of the step
 that follows (profiler.tracker.StorageTracker, second step: every state exists), with the parameter list.
 
-Usage: python zero_step_probe.py STAGE SUB_GROUP_SIZE (run with DS_ACCELERATOR=cpu and a free MASTER_PORT).
+Usage: python zero_step_probe.py STAGE:SUB_GROUP_SIZE ... (run with DS_ACCELERATOR=cpu): the libraries are
+imported once and each case runs in a process forked from this one (forked_cases.py) on a free port of its own; each
+prints its JSON line with its "case".
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
 import sys
+from pathlib import Path
 
-import deepspeed
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -23,8 +26,16 @@ CONFIG = dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidde
               num_key_value_heads=4, max_position_embeddings=256)
 
 
-def main(stage: int, sub_group_size: int) -> None:
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(stage: int, sub_group_size: int) -> dict:
+    import deepspeed
+
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**CONFIG))
     numels = [p.numel() for p in model.parameters()]
@@ -48,9 +59,28 @@ def main(stage: int, sub_group_size: int) -> None:
             tracker.label = "step"
             engine.step()
         peak = tracker.finish()
-    print(json.dumps({"numels": numels, "before": before, "after_backward": after_backward,
-                      "step_peak": peak.total_bytes, "peak_label": peak.label}))
+    return {"numels": numels, "before": before, "after_backward": after_backward, "step_peak": peak.total_bytes,
+            "peak_label": peak.label}
+
+
+def _case(case: str) -> None:
+    stage, sub_group_size = case.split(":")
+    print(json.dumps({"case": case, **main(int(stage), int(float(sub_group_size)))}), flush=True)
+
+
+def _preload() -> None:
+    """DeepSpeed imported once before the cases fork; so is the CPU accelerator's shared-memory collectives op
+    that deepspeed.comm loads in every process (its JIT load runs a ninja check each time), and the module ZeRO's
+    optimizer check imports (it compiles a Muon step with torch.compile: 3 s)."""
+    import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
+    from deepspeed.comm.torch import build_shm_op  # deepspeed.comm's `torch` attribute is the torch package
+
+    build_shm_op()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(float(sys.argv[2])))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: forked_cases.py
+    from forked_cases import run_forked
+
+    _preload()
+    run_forked(sys.argv[1:], _case)
