@@ -10,11 +10,13 @@ Rendezvous options are torchrun's (torch/distributed/run.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NoReturn
 
 from planner.strategy import TrainConfig
 
@@ -64,3 +66,36 @@ def failure_cause(text: str) -> str:
         if head.endswith(("Error", "Exception")) and " " not in head and "ChildFailedError" not in head:
             return ln[:300]
     return lines[-1][:300] if lines else "no output"
+
+
+def exit_worker(main: Callable[[], object]) -> NoReturn:
+    """Run a launched rank's `main` and leave without interpreter finalization, with its exit status.
+
+    A rank's work is done (and saved) when `main` returns; what is left is the interpreter's teardown, in which
+    torch's C++ objects still alive (a gloo process group's threads, DDP's reducer held by reference cycles) are
+    destroyed in whatever order finalization reaches them, and a rank can abort there ("terminate called without
+    an active exception", SIGABRT: seen in a 2-rank `ftplan run` after it had written its summary, and in CI) and
+    turn a finished run into a failed one. So stdout, stderr and logging are flushed and the process ends with
+    os._exit (as multiprocessing's children end, Lib/multiprocessing/popen_fork.py): no atexit handler nor
+    finalizer runs after the work. An exception still prints its traceback and ends with status 1; SystemExit
+    keeps its code, and a text code is printed as the interpreter would."""
+    import logging
+    import traceback
+
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        if isinstance(exc.code, int):
+            code = exc.code
+        elif exc.code is not None:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # noqa: BLE001 - any failure: its traceback, then status 1, as the interpreter would
+        traceback.print_exc()
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken stream: nothing left to flush
+            stream.flush()
+    os._exit(code)

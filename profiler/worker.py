@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -280,4 +279,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from profiler.launcher import exit_worker
+
+    exit_worker(main)

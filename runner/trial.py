@@ -228,4 +228,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from profiler.launcher import exit_worker
+
+    exit_worker(main)

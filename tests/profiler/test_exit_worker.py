@@ -1,0 +1,32 @@
+"""profiler.launcher.exit_worker: a launched rank ends with its main's status and flushed output, without the
+interpreter's finalization (where a gloo group's threads can abort a finished rank)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("body", "code", "stderr_has"), [
+    ("print('done', end='')", 0, ""),
+    ("raise SystemExit(2)", 2, ""),
+    ("raise SystemExit('ftplan: error: bad plan')", 1, "ftplan: error: bad plan"),
+    ("raise ValueError('boom')", 1, "ValueError: boom"),
+])
+def test_status_output_and_no_finalizers(body: str, code: int, stderr_has: str) -> None:
+    script = ("import atexit, sys\n"
+              "from profiler.launcher import exit_worker\n"
+              "atexit.register(lambda: print('FINALIZED', file=sys.stderr))\n"
+              "def main():\n"
+              "    print('out', end='')\n"
+              f"    {body}\n"
+              "exit_worker(main)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.startswith("out")  # flushed before os._exit
+    assert stderr_has in proc.stderr and "FINALIZED" not in proc.stderr
