@@ -10,14 +10,13 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kill_run import kill_run_at_checkpoint
+from kill_run import ftplan_bg, kill_left_behind, kill_run_at_checkpoint, wait_ok
 
 from planner.build import build_config
 from planner.errors import PlanError
@@ -76,17 +75,6 @@ def _plan(root: Path, name: str, gpus: str = "1xCPU", **kw) -> Path:
 def _ftplan(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ftplan", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
-
-
-def _ftplan_bg(*args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
-    """`python -m ftplan *args` started in the background, its stderr into `log` (a pipe left unread could fill)."""
-    with log.open("w") as err:
-        return subprocess.Popen([sys.executable, "-m", "ftplan", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=err, text=True, env=env, start_new_session=True)
-
-
-def _wait_ok(proc: subprocess.Popen, log: Path) -> None:
-    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
 
 
 def _mean(xs: list[float]) -> float:
@@ -187,11 +175,11 @@ def test_grpo_reward_rises_over_30_steps_and_a_killed_run_resumes_onto_it(tiny: 
     # the uninterrupted reference runs beside the run that is killed at checkpoint-20 (one process each, so the
     # two share this machine's cores instead of queueing: the killed run's steps cost little, the resumed ones
     # after it are the ones waited for)
-    ref_proc = _ftplan_bg("run", str(plan), *args, "--output", str(ref), log=tmp_path / "ref.log")
+    ref_proc = ftplan_bg("run", str(plan), *args, "--output", str(ref), log=tmp_path / "ref.log")
     out = tmp_path / "out"
     kill_run_at_checkpoint([str(plan), *args, "--output", str(out)], out / "checkpoint-20")
     assert not (out / SUMMARY_FILE).exists()
-    _wait_ok(ref_proc, tmp_path / "ref.log")
+    wait_ok(ref_proc, tmp_path / "ref.log")
     rows = read_metrics(ref / METRICS_FILE)
     rewards = [r["reward_mean"] for r in rows]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
@@ -240,15 +228,12 @@ def grpo_peak_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tu
                                 seq_len=48, completion_len=32, num_generations=4, kl_beta=beta,
                                 precision=Precision.fp32), plan)
         out = root / "out"
-        runs[method, beta] = (_ftplan_bg("run", str(plan), "--model-path", str(model), "--data", str(data),
+        runs[method, beta] = (ftplan_bg("run", str(plan), "--model-path", str(model), "--data", str(data),
                                          "--output", str(out), "--max-steps", "2", "--reward", "keyword:w1",
                                          log=root / "run.log", env={**os.environ, "FTPLAN_TRACK_TENSORS": "1"}),
                               out)
     yield runs
-    for proc, _ in runs.values():  # a case deselected or failed early: its run (a process group) is not left behind
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    kill_left_behind(proc for proc, _ in runs.values())
 
 
 @pytest.mark.slow
@@ -260,7 +245,7 @@ def test_grpo_two_processes_peak_tensor_bytes_match_the_plan(grpo_peak_runs: dic
     fine-tuning: TRL's copy; LoRA: none), the buffered generations, transformers' KV cache. Prompts fill the plan's
     prompt length and a vocabulary of 8192 gives the head its real weight. Tolerance 10%."""
     proc, out = grpo_peak_runs[method, beta]
-    _wait_ok(proc, out.parent / "run.log")
+    wait_ok(proc, out.parent / "run.log")
     summary = json.loads((out / SUMMARY_FILE).read_text())
     ratio = summary["measured_peak_tensor_bytes"] / summary["predicted_peak_memory_bytes"]
     assert 0.9 < ratio < 1.1, summary

@@ -9,14 +9,13 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kill_run import kill_run_at_checkpoint
+from kill_run import ftplan_bg, kill_left_behind, kill_run_at_checkpoint, wait_ok
 
 from planner.build import build_config
 from planner.errors import PlanError
@@ -80,17 +79,6 @@ def _run_in_process(tiny: Path, plan: Path, out: Path, steps: int, data: str = "
 def _ftplan(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ftplan", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
-
-
-def _ftplan_bg(*args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
-    """`python -m ftplan *args` started in the background, its stderr into `log` (a pipe left unread could fill)."""
-    with log.open("w") as err:
-        return subprocess.Popen([sys.executable, "-m", "ftplan", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=err, text=True, env=env, start_new_session=True)
-
-
-def _wait_ok(proc: subprocess.Popen, log: Path) -> None:
-    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
 
 
 def _mean(xs: list[float]) -> float:
@@ -295,15 +283,12 @@ def dpo_peak_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Met
         write_plan(build_config(model=str(model_dir), gpus="2xCPU", method=method, stage=Stage.dpo, micro_batch=2,
                                 seq_len=64, precision=Precision.fp32), plan)
         out = root / f"out-{method.value}"
-        runs[method] = (_ftplan_bg("run", str(plan), "--model-path", str(model_dir), "--data", str(data),
+        runs[method] = (ftplan_bg("run", str(plan), "--model-path", str(model_dir), "--data", str(data),
                                    "--output", str(out), "--max-steps", "3", "--eval-fraction", "0",
                                    log=root / f"{method.value}.log", env={**os.environ, "FTPLAN_TRACK_TENSORS": "1"}),
                         out)
     yield runs
-    for proc, _ in runs.values():  # a case deselected or failed early: its run (a process group) is not left behind
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    kill_left_behind(proc for proc, _ in runs.values())
 
 
 @pytest.mark.slow
@@ -313,7 +298,7 @@ def test_dpo_two_processes_peak_tensor_bytes_match_the_plan(dpo_peak_runs: dict,
     full DPO holds policy + fp32 reference + Adam + TRL's chunked log-prob head; LoRA DPO the base, adapters
     and the head. Tolerance 10% (the tracker also sees the runtime's own small tensors)."""
     proc, out = dpo_peak_runs[method]
-    _wait_ok(proc, out.parent / f"{method.value}.log")
+    wait_ok(proc, out.parent / f"{method.value}.log")
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
     ratio = summary["measured_peak_tensor_bytes"] / summary["predicted_peak_memory_bytes"]
