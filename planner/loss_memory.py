@@ -40,7 +40,13 @@ def standard_loss_bytes(tokens: float, vocab: float, *, logit_bytes: int, shifte
     forward = logit_bytes + 8.0
     if shifted_copy:
         forward = logit_bytes + (4.0 if logit_bytes < 4 else 0.0) + 8.0
-    return max(forward, 12.0) * vocab * tokens
+    return max(forward * vocab * tokens, standard_loss_backward_bytes(tokens, vocab))
+
+
+def standard_loss_backward_bytes(tokens: float, vocab: float) -> float:
+    """transformers' standard loss in backward, every release: log_softmax's saved fp32 output and the fp32
+    gradients of nll and log_softmax, 12 V T."""
+    return 12.0 * vocab * tokens
 
 
 def chunked_loss_bytes(tokens: float, vocab: float, *, logit_bytes: int,

@@ -53,6 +53,9 @@ CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
 # forward (tests/validation/test_memory_zero_step_measured.py).
 BACKWARD_ONLY_ITEMS = ("logits and loss", "dequantized weight", "autocast weight copies",
                        "ZeRO-3 gathered parameters", "ZeRO-3 parameters kept for backward")
+# The model's output (its logits) that a training loop keeps until after the optimizer step (--keeps-output,
+# planner.memory_knobs.held_output_bytes_per_logit): in every phase, allocated anew each micro-batch
+HELD_OUTPUT_ITEM = "model output the loop holds"
 # Buffers made once and reused every step (DDP's buckets, DeepSpeed's bucket and flat buffers): laid out once, they
 # do not fragment the caching allocator; every other "other" item is allocated and freed within a step.
 PERSISTENT_ITEMS = ("DDP gradient buckets", "ZeRO buckets (overlap_comm)", "ZeRO-3 reduce bucket",
@@ -238,6 +241,10 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
             items["logits and loss"] = final_norm * tokens + trl_logprob_head_bytes(
                 m, tokens=logprob_head_rows(cfg, tokens), compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU",
                 t=cfg.tp, head_trains=cfg.method is Method.full and sp.trainable > 0)
+        else:
+            held = knobs.held_output_bytes(cfg, tokens, e)
+            if held:  # the loop's reference keeps them from forward to the end of the optimizer step
+                items[HELD_OUTPUT_ITEM] = held
         if kbit_prepared(cfg):
             # prepare_model_for_kbit_training leaves the LM head fp32; under autocast F.linear saves its 16-bit
             # cast of the weight for the input's gradient, from the head's forward to its backward (measured:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from planner import bnb_versions, liger_kernels, loss_memory, offload_activations, transformers_versions
 from planner.activations import LayerTraining, kept_quantized_input_bytes_per_token
-from planner.choices import Engine, FsdpStrategy, GradCkpt, Kernels, Method, Quant, Stage
+from planner.choices import CrossEntropy, Engine, FsdpStrategy, GradCkpt, Kernels, Method, Quant, Stage
 from planner.models import ModelSpec
 from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
 from planner.states import fp32_adapters, is_mixed, kbit_prepared
@@ -40,9 +40,33 @@ def head_loss_bytes(cfg: TrainConfig, tokens: int, act_bytes: int, grad_bytes: f
     head_weight = 0.0
     if cfg.method is Method.full:
         head_weight = head_weight_compute_bytes(cfg, grad_bytes) * m.vocab_size * m.hidden_size / cfg.tp
-    return loss_memory.loss_bytes(cfg.cross_entropy, tokens=tokens, vocab=m.vocab_size / cfg.tp,
+    loss = loss_memory.loss_bytes(cfg.cross_entropy, tokens=tokens, vocab=m.vocab_size / cfg.tp,
                                   hidden=m.hidden_size, logit_bytes=act_bytes, head_weight_bytes=head_weight,
                                   compiled=cfg.torch_compile, shifted_copy=loss_keeps_shifted_copy(cfg))
+    held = held_output_bytes(cfg, tokens, act_bytes)
+    if held:
+        # forward's peak counts the output already (it lives through forward in every release): what the loss adds
+        # beside it is the rest of forward's peak or backward's buffers, whichever is larger
+        loss = max(loss - held, loss_memory.standard_loss_backward_bytes(tokens, m.vocab_size / cfg.tp))
+    return loss
+
+
+def held_output_bytes_per_logit(cfg: TrainConfig, act_bytes: int) -> float:
+    """Bytes per logit of the model's output when the training loop keeps it through backward and the optimizer step
+    (--keeps-output): Answer.AI's fsdp_qlora train.py binds `output = model(input_ids, labels=...)`, runs
+    `loss.backward()` and `optimizer.step()`, and only then sets `output = None` (train.py at 05ed9f2, "Delete the
+    output so more memory frees up before the next forward pass"); the Trainer's compute_loss returns the loss alone,
+    so its output is gone before backward. The logits are fp32 where the model upcasts them (transformers up to
+    4.45) and in the compute dtype after (planner.transformers_versions.output_logits_fp32). transformers' eager
+    standard loss only: Liger's fused loss returns no logits, the chunked and compiled losses are not modelled so."""
+    if not cfg.keeps_output or cfg.cross_entropy is not CrossEntropy.standard or cfg.torch_compile:
+        return 0.0
+    return 4.0 if transformers_versions.output_logits_fp32(cfg.transformers_version) else float(act_bytes)
+
+
+def held_output_bytes(cfg: TrainConfig, tokens: int, act_bytes: int) -> float:
+    """The logits of one micro-batch that the loop keeps (held_output_bytes_per_logit), vocabulary split by TP."""
+    return held_output_bytes_per_logit(cfg, act_bytes) * cfg.model.vocab_size / cfg.tp * tokens
 
 
 def loss_keeps_shifted_copy(cfg: TrainConfig) -> bool:

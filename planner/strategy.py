@@ -137,8 +137,9 @@ class Switches:
     kernels, saved activations kept in host memory, torch.compile, the bitsandbytes release QLoRA runs
     with ("" = a current one; planner.bnb_versions), frozen weights loaded in fp32 (planner.engines.ddp),
     whether peft's prepare_model_for_kbit_training runs on a 4-bit model (planner.states.kbit_prepared), torch's
-    AdamW as its fused kernel (planner.engines.ddp.adamw_foreach_items), and the transformers release whose loss the
-    run computes ("" = a current one; planner.transformers_versions)."""
+    AdamW as its fused kernel (planner.engines.ddp.adamw_foreach_items), the transformers release whose loss the
+    run computes ("" = a current one; planner.transformers_versions), and whether the training loop keeps the model's
+    output through backward (planner.memory_knobs.held_output_bytes_per_logit)."""
 
     cross_entropy: CrossEntropy = option(CrossEntropy.standard, help=(
         "Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), fused (Liger's fused "
@@ -163,6 +164,9 @@ class Switches:
     fused_adamw: bool = option(False, help=(
         "--optimizer adamw as torch's fused kernel (the Trainer's adamw_torch_fused, its default from torch 2.8; "
         "torchtune's fused: True) instead of foreach: no parameter-sized step temporaries."))
+    keeps_output: bool = option(False, help=(
+        "Your training loop keeps the model's output (its logits) through backward and the optimizer step, as "
+        "Answer.AI's fsdp_qlora train.py does; the Trainer drops it before backward."))
 
     PANEL: ClassVar[str] = "Switches"
 
@@ -176,9 +180,9 @@ FLAT_FIELDS: tuple[str, ...] = (
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
     "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
-    "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "num_generations", "completion_len", "kl_beta",
-    "generation", "vllm_memory", "vllm_sleep", "vllm_server_gpus", "vllm_tp", "generation_steps", "num_iterations",
-    "reward_model", "completion_len_mean")
+    "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "keeps_output", "num_generations",
+    "completion_len", "kl_beta", "generation", "vllm_memory", "vllm_sleep", "vllm_server_gpus", "vllm_tp",
+    "generation_steps", "num_iterations", "reward_model", "completion_len_mean")
 # the online RL stages' settings (planner.rl.settings.Rollout): plan.json carries them for those stages only
 ROLLOUT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Rollout))
 
@@ -249,6 +253,7 @@ class TrainConfig:
     frozen_fp32 = property(attrgetter("switches.frozen_fp32"))
     kbit_prep = property(attrgetter("switches.kbit_prep"))
     fused_adamw = property(attrgetter("switches.fused_adamw"))
+    keeps_output = property(attrgetter("switches.keeps_output"))
     transformers_version = property(attrgetter("switches.transformers_version"))
     tp = property(attrgetter("layout.tp"))
     sequence_parallel = property(attrgetter("layout.sequence_parallel"))

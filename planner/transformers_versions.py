@@ -12,7 +12,9 @@ LM head makes in the compute dtype (e bytes):
 - from 4.49.0 the labels are shifted instead (`nn.functional.pad(labels, (0, 1), value=ignore_index)`, PR #35646,
   "removing unnecessary contiguous() call"): e + 4 + 4 at forward's peak.
 Backward holds log_softmax's saved fp32 output and the two fp32 gradients, 12 bytes per logit, in every release
-(planner.loss_memory). Read from the released wheels' `transformers/loss/loss_utils.py` (4.46.1, 4.48.3, 4.49.0)
+(planner.loss_memory). The logits the model returns for its output are therefore fp32 up to 4.45 and in the compute
+dtype from 4.46 (OUTPUT_LOGITS_FP32): what a training loop that keeps the output through backward holds
+(planner.memory_knobs.held_output_bytes_per_logit). Read from the released wheels' `transformers/loss/loss_utils.py` (4.46.1, 4.48.3, 4.49.0)
 and `models/llama/modeling_llama.py` (4.45.2). The planner's default ("" = a current release) is the last.
 """
 
@@ -28,6 +30,14 @@ LOSS_SHIFTED_COPY: ReleaseRanges = (
 )
 
 
+# (first release, last release, the model's output logits are fp32: `logits = logits.float()` in the model whenever
+# labels are given, modeling_llama.py up to 4.45.2; from 4.46.0 the upcast is inside the loss function)
+OUTPUT_LOGITS_FP32: ReleaseRanges = (
+    ((4, 0, 0), (4, 45, 99), True),
+    ((4, 46, 0), (99, 0, 0), False),
+)
+
+
 def parse_transformers_version(text: str) -> str:
     """'' (a current release) or MAJOR.MINOR[.PATCH] of a transformers release (>= 4.0)."""
     return parse_release(text, option="--transformers-version", example="4.46.1", oldest=LOSS_SHIFTED_COPY[0][0],
@@ -38,3 +48,9 @@ def loss_keeps_shifted_copy(version: str) -> bool:
     """Whether transformers `version`'s causal-LM loss holds the model's 16-bit logits, their fp32 upcast and a
     shifted fp32 copy at once ('' = current: no)."""
     return has_behaviour(version, LOSS_SHIFTED_COPY)
+
+
+def output_logits_fp32(version: str) -> bool:
+    """Whether transformers `version`'s causal-LM model returns fp32 logits when given labels ('' = current: no, the
+    compute dtype)."""
+    return has_behaviour(version, OUTPUT_LOGITS_FP32)

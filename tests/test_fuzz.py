@@ -278,7 +278,7 @@ def base_plans() -> dict[str, dict[str, Any]]:
     for name, kw in {"zero2": {"model": "7b", "gpus": "8xA800", "zero": 2, "seq_len": 4096,
                                "rope_scaling": "linear:2"},
                      "fsdp": {"model": "llama-3-8b", "gpus": "4xA800", "fsdp": "full_shard", "method": "full",
-                              "transformers_version": "4.46.1", "fused_adamw": True},
+                              "transformers_version": "4.46.1", "fused_adamw": True, "keeps_output": True},
                      "qlora": {"model": "7b", "gpus": "1xRTX4090", "method": "qlora", "grad_ckpt": "full"},
                      "tp-pp": {"model": "13b", "gpus": "2x8xH100", "tp": 2, "pp": 2, "zero": 1, "method": "full"},
                      "moe": {"model": "mixtral-8x7b", "gpus": "8xH100", "zero": 3, "method": "lora"},

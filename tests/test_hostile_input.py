@@ -175,6 +175,7 @@ def emitted_plan(capsys, monkeypatch, tmp_path: Path) -> dict:
     ("config", "reward_model", "x\ny", "'reward_model' holds a control character"),
     ("config", "transformers_version", "4.46.1\nx", "'transformers_version' holds a control character"),
     ("config", "fused_adamw", "yes", "'fused_adamw' must be true or false"),
+    ("config", "keeps_output", "no", "'keeps_output' must be true or false"),
     ("top", "global_batch", "64", "'global_batch' must be an integer"),
 ])
 def test_hostile_plan_json_is_refused(capsys, monkeypatch, tmp_path: Path, where: str, key: str, value,

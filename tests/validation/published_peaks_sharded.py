@@ -14,7 +14,10 @@ Sources (read at the commits named):
   limit_all_gathers=True, BACKWARD_PRE, activation checkpointing of each decoder layer (the template passes
   --reentrant_checkpointing True), CPUOffload(offload_params) with --use_cpu_offload, dataset "dummy" truncated to
   the context length, torch.optim.AdamW. QLoRA: bitsandbytes Linear4bit nf4 with quant_storage bf16, compress
-  statistics (double quantization), no prepare_model_for_kbit_training.
+  statistics (double quantization), no prepare_model_for_kbit_training. Its loop keeps the model's output until after
+  the optimizer step (`output = model(...)`, `loss.backward()`, `optimizer.step()`, then `output = None`:
+  --keeps-output), with the transformers of February-March 2024 (4.37-4.39; the README later excludes 4.38 and 4.39),
+  whose Llama returns fp32 logits (`logits = logits.float()` up to 4.45): 4 bytes per logit through backward.
 - ms-swift (modelscope/ms-swift examples/train at 3602360): `swift sft` (the HF Trainer) with `--deepspeed zero3`
   (swift/config/zero3.json: overlap_comm false, sub_group_size 1e9, "auto" buckets), gradient checkpointing on
   (swift/trainers/arguments.py: gradient_checkpointing True), packing to max_length (every sequence full),
@@ -76,7 +79,8 @@ QWEN_SHARDED = [_qwen72b(s, g) for s, g in ((256, 215.4), (512, 217.7), (1024, 2
 
 # --- Answer.AI fsdp_qlora benchmarks (FSDP1, 2 x 24 GB) -------------------------------------------------------------
 _AAI = dict(lora_r=64, lora_alpha=16, lora_dropout=0.1, lora_targets="q_proj,k_proj,v_proj,gate_proj,up_proj,down_proj",
-            precision=Precision.bf16_true, grad_ckpt=GradCkpt.full, attn=Attn.sdpa, fsdp_version=1, kbit_prep=False)
+            precision=Precision.bf16_true, grad_ckpt=GradCkpt.full, attn=Attn.sdpa, fsdp_version=1, kbit_prep=False,
+            keeps_output=True, transformers_version="4.38.2")
 _AAI_FW = "Answer.AI fsdp_qlora (FSDP1)"
 _AAI_SRC = "AnswerDotAI/fsdp_qlora benchmarks_03_2024.md"
 _YI34B = {"model_type": "llama", "vocab_size": 64000, "hidden_size": 7168, "intermediate_size": 20480,
