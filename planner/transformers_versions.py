@@ -14,8 +14,9 @@ LM head makes in the compute dtype (e bytes):
 Backward holds log_softmax's saved fp32 output and the two fp32 gradients, 12 bytes per logit, in every release
 (planner.loss_memory). The logits the model returns for its output are therefore fp32 up to 4.45 and in the compute
 dtype from 4.46 (OUTPUT_LOGITS_FP32): what a training loop that keeps the output through backward holds
-(planner.memory_knobs.held_output_bytes_per_logit). Read from the released wheels' `transformers/loss/loss_utils.py` (4.46.1, 4.48.3, 4.49.0)
-and `models/llama/modeling_llama.py` (4.45.2). The planner's default ("" = a current release) is the last.
+(planner.memory_knobs.held_output_bytes_per_logit). Read from the released wheels'
+`transformers/loss/loss_utils.py` (4.46.1, 4.48.3, 4.49.0) and `models/llama/modeling_llama.py` (4.45.2). The
+planner's default ("" = a current release) is the last.
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ def _current_release_peak(*, keep: bool, batch: int) -> tuple[int, int]:
 @pytest.mark.parametrize("batch", [1, 2])
 def test_upcast_in_model_output_kept_through_backward(batch: int) -> None:
     kept, dropped = _upcast_in_model_peak(keep=True, batch=batch), _upcast_in_model_peak(keep=False, batch=batch)
-    cfg = build_config(model="llama-2-7b", gpus="1xA100-80G", method="lora", micro_batch=batch, transformers_version="4.38.2",
-                       keeps_output=True, check=False)
+    cfg = build_config(model="llama-2-7b", gpus="1xA100-80G", method="lora", micro_batch=batch,
+                       transformers_version="4.38.2", keeps_output=True, check=False)
     held = held_output_bytes(cfg, batch * T, 2) * 4096 / cfg.model.vocab_size  # this test's vocabulary
     assert held == 4 * V * batch * T
     planned = head_loss_bytes(cfg, batch * T, 2, 4.0) * V / cfg.model.vocab_size + held
