@@ -183,7 +183,8 @@ def model_states(cfg: TrainConfig, sp: StageParams, n: int) -> ModelStates:
     eng = engines.of(cfg)
     weights, host_weights = weight_bytes(cfg, sp, n), 0.0
     if cfg.offload is Offload.all:
-        host_weights, weights = weights, 0.0
+        kept = knobs.offload_kept_quant_state_bytes(cfg, sp.quantized)
+        host_weights, weights = weights - kept, kept
     trained = trained_params(cfg, sp)
     grads, host_grads = eng.gradients(cfg, trained, n)
     optim = trained * (optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision) + eng.master_bytes(cfg))

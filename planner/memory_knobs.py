@@ -147,6 +147,19 @@ def replicated_quant_state_bytes(cfg: TrainConfig, quantized_params: float, n: i
     return quantized_params * state * (1.0 - 1.0 / n)
 
 
+def offload_kept_quant_state_bytes(cfg: TrainConfig, quantized_params: float) -> float:
+    """QLoRA under FSDP's CPU offload: the quantization statistics stay on the GPU, whole on every rank. FSDP moves
+    the FlatParameter's storage to the host (torch/distributed/fsdp/_flat_param.py: the local shard is a view of the
+    flattened `.data`), while a Params4bit's `quant_state` is an attribute of the parameter object that the earlier
+    `module.to(device)` moved with it (bitsandbytes/nn/modules.py, Params4bit.to moves quant_state) and nothing moves
+    back; Linear4bit dequantizes with it on the device. The packed 4-bit codes go to the host with the shard."""
+    if cfg.engine is not Engine.fsdp or cfg.quant is not Quant.nf4 or quantized_params <= 0:
+        return 0.0
+    from planner.states import quant_bytes_per_param
+
+    return quantized_params * (quant_bytes_per_param(cfg.quant, cfg.double_quant) - NF4_DATA_BYTES)
+
+
 def fsdp_quantized_units_bytes(cfg: TrainConfig, compute_bytes: float) -> float:
     """FSDP's gathered units for QLoRA: the running and the prefetched decoder layer (packed 4-bit codes
     plus their 16-bit norms, biases and adapters) and the root unit (embedding, final norm, head) in 16 bits."""
