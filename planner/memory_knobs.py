@@ -150,9 +150,12 @@ def replicated_quant_state_bytes(cfg: TrainConfig, quantized_params: float, n: i
 def offload_kept_quant_state_bytes(cfg: TrainConfig, quantized_params: float) -> float:
     """QLoRA under FSDP's CPU offload: the quantization statistics stay on the GPU, whole on every rank. FSDP moves
     the FlatParameter's storage to the host (torch/distributed/fsdp/_flat_param.py: the local shard is a view of the
-    flattened `.data`), while a Params4bit's `quant_state` is an attribute of the parameter object that the earlier
-    `module.to(device)` moved with it (bitsandbytes/nn/modules.py, Params4bit.to moves quant_state) and nothing moves
-    back; Linear4bit dequantizes with it on the device. The packed 4-bit codes go to the host with the shard."""
+    flattened `.data`), while the statistics are no tensor FSDP flattens: Params4bit.to moves its `quant_state` to the
+    device with the weight when the model is moved there, the Linear4bit module keeps a reference (`module.quant_state`)
+    and reattaches it to the flattened view it gets back (bitsandbytes/nn/modules.py 0.50.2,
+    `fix_4bit_weight_quant_state_from_module`: "the quant state got lost when the parameter got converted. This
+    happens for example for fsdp"), and dequantizes with it on the device. The packed 4-bit codes go to the host with
+    the shard."""
     if cfg.engine is not Engine.fsdp or cfg.quant is not Quant.nf4 or quantized_params <= 0:
         return 0.0
     from planner.states import quant_bytes_per_param
