@@ -83,8 +83,8 @@ def plan_name(cfg: TrainConfig) -> str:
 
 
 def measure(cfgs: list[TrainConfig], repeats: int, steps: int) -> tuple[dict[str, list[float]], dict]:
-    """`repeats` rounds; each round runs every plan once in one torchrun (profiler.launch.launch_many), the
-    order reversed every other round so that a plan's place in the round does not bias its time. Returns the
+    """`repeats` rounds; each round runs every plan once in one torchrun (profiler.launch.launch_many; each plan in
+    a process forked fresh from the rank, profiler.worker.run_many), the order reversed every other round so that a plan's place in the round does not bias its time. Returns the
     median step time per plan and round, and the raw record: every rank's every timed step, and the machine's
     1-minute load average before and after each round (a round whose load rose was shared with other work)."""
     from profiler.launch import launch_many
