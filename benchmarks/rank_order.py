@@ -12,7 +12,7 @@ with the planner's shipped CPU defaults (planner/gpus.py, fitted by `ftplan prof
 the error, then Kendall's tau between the measured and the predicted tokens/s and the median
 |step-time error|. Aims (issue 27): tau >= 0.8, median error <= 15%, with a fresh device fit of the machine.
 
-Usage: python benchmarks/rank_order.py [--repeats 2] [--steps 2] [--save FILE] [--load FILE]
+Usage: python benchmarks/rank_order.py [--repeats 2] [--steps 3] [--save FILE] [--load FILE]
                                       [--device-fit FILE] [--json]
 `--save` keeps the measurements (per plan and round the median step, every rank's every step, the load average
 around each round and the device fit predicted with); `--load` re-predicts saved measurements without running
@@ -83,10 +83,11 @@ def plan_name(cfg: TrainConfig) -> str:
 
 
 def measure(cfgs: list[TrainConfig], repeats: int, steps: int) -> tuple[dict[str, list[float]], dict]:
-    """`repeats` rounds; each round runs every plan once in one torchrun (profiler.launch.launch_many), the
-    order reversed every other round so that a plan's place in the round does not bias its time. Returns the
-    median step time per plan and round, and the raw record: every rank's every timed step, and the machine's
-    1-minute load average before and after each round (a round whose load rose was shared with other work)."""
+    """`repeats` rounds; each round runs every plan once in one torchrun (profiler.launch.launch_many; each plan in
+    a process forked fresh from the rank, profiler.worker.run_many), the order reversed every other round so that
+    a plan's place in the round does not bias its time. Returns the median step time per plan and round, and the
+    raw record: every rank's every timed step, and the machine's 1-minute load average before and after each
+    round (a round whose load rose was shared with other work)."""
     from profiler.launch import launch_many
 
     out: dict[str, list[float]] = {plan_name(c): [] for c in cfgs}
@@ -126,7 +127,9 @@ def report(cfgs: list[TrainConfig], measured: dict[str, list[float]]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="measurements per plan (interleaved rounds)")
-    ap.add_argument("--steps", type=int, default=2, help="timed optimizer steps per measurement (median)")
+    ap.add_argument("--steps", type=int, default=3,
+                    help="timed optimizer steps per measurement (their median: ZeRO-3's first step after the warm-up "
+                         "can still take 2-3x, while DeepSpeed records its module trace)")
     ap.add_argument("--save", type=Path, help="write the measurements to this JSON file")
     ap.add_argument("--load", type=Path, help="re-predict measurements saved with --save; run nothing")
     ap.add_argument("--device-fit", type=Path, help="predict with this `profile calibrate --device` file")

@@ -79,10 +79,13 @@ LAYER_MODULES_BESIDES_LINEARS = 6
 LAYER_CONTAINERS = 4
 # Top-level modules: the CausalLM wrapper, the base model, embedding, final norm, rotary embedding, LM head.
 ROOT_MODULES = 6
-# Modules peft adds per adapted linear (peft/tuners/lora/layer.py LoraLayer): the lora_dropout, lora_A,
-# lora_B and lora_magnitude_vector ModuleDicts, the lora_embedding_A/B ParameterDicts, and the Dropout
-# and the two Linear layers inside them; plus PeftModel and LoraModel at the top.
-LORA_MODULES_PER_LINEAR = 9
+# Modules peft adds per adapted linear whose forward runs (peft/tuners/lora/layer.py Linear.forward): the
+# lora.Linear wrapper (its base_layer is the original linear), lora_dropout[adapter] (Dropout or Identity),
+# lora_A[adapter] and lora_B[adapter]; plus PeftModel and LoraModel at the top. LoraLayer also registers the
+# lora_dropout / lora_A / lora_B / lora_magnitude_vector ModuleDicts and the lora_embedding_A/B ParameterDicts
+# (9 modules per linear in all), but those are only indexed, never called, so the module hooks DeepSpeed puts
+# on them never run (counted on a peft model: tests/profiler/test_zero3_hook_modules.py).
+LORA_MODULES_PER_LINEAR = 4
 PEFT_ROOT_MODULES = 2
 
 
@@ -112,9 +115,10 @@ def layer_structure(m: ModelSpec) -> tuple[float, float]:
 
 
 def zero3_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
-    """Modules DeepSpeed hooks: every submodule, with parameters or not
+    """Modules whose ZeRO-3 hooks run per pass: every submodule that is called, with parameters or not
     (parameter_offload.py `_register_hooks_recursively` walks all children, and fetch_sub_module runs for
-    each, with an empty parameter set for containers)."""
+    each called one, with an empty parameter set for containers; a module hook runs only when the module is
+    called, torch/nn/modules/module.py `_call_impl`)."""
     per_layer = len(m.linears()) + LAYER_MODULES_BESIDES_LINEARS if not m.layer_kinds else \
         layer_structure(m)[0] + LAYER_CONTAINERS
     root = ROOT_MODULES

@@ -11,11 +11,14 @@ Rendezvous options are torchrun's (torch/distributed/run.py).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
+import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import NoReturn
 
 from planner.strategy import TrainConfig
@@ -99,3 +102,29 @@ def exit_worker(main: Callable[[], object]) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):  # a closed or broken stream: nothing left to flush
             stream.flush()
     os._exit(code)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def run_in_fork(work: Callable[[], object]) -> int:
+    """Run `work` in a child forked from this process and return the child's exit status (0: it returned).
+
+    The child starts with what this process has imported (torch, transformers, DeepSpeed: seconds each) and
+    nothing an earlier piece of work left behind: its own allocator, tensors, process group and DeepSpeed
+    state. It ends as a launched rank does (`exit_worker`) and dies with its parent (PR_SET_PDEATHSIG,
+    prctl(2)), so a rank that torchrun kills leaves no child behind. Linux only (prctl); never after CUDA has
+    been initialized in this process (a forked child cannot use it)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    pid = os.fork()
+    if pid == 0:
+        exit_worker(partial(_die_with_parent_then, work))
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _die_with_parent_then(work: Callable[[], object]) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    work()

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -140,22 +141,68 @@ def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
 
 def run_many(spec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
-    """`{"runs": [spec, ...]}`: several configurations (same world size) in one process group, each
+    """`{"runs": [spec, ...]}`: several configurations (same world size) from one interpreter start, each
     written to out_dir/run<i>/rank<R>.json. Saves the start-up of torch, transformers and DeepSpeed per
-    configuration (tens of seconds each on a small CPU), which dominates short timing runs."""
+    configuration (tens of seconds each on a small CPU), which dominates short timing runs.
+
+    On the CPU each configuration runs in a child forked from this rank (`profiler.launcher.run_in_fork`) with
+    a process group of its own, as a fresh process: one run after another in one process ran slower by what
+    the earlier runs left behind (measured here: a ZeRO-2 step 0.61 s in a fresh process, 0.72-0.74 s after
+    another DeepSpeed run in the same process), and its RSS peak included theirs. On CUDA (where a forked
+    child cannot use a device its parent initialized) they run one after the other in this process."""
+    runs = spec["runs"]
+    cfgs = [config_from_dict(sub["config"]) for sub in runs]
+    if all(c.cluster.gpu.name == "CPU" for c in cfgs):
+        return _run_many_forked(runs, cfgs, out_dir)
     import gc
 
     import torch.distributed as dist
 
-    runs = spec["runs"]
-    _init(config_from_dict(runs[0]["config"]), force=True)
+    _init(cfgs[0], force=True)
     results = []
-    for i, sub in enumerate(runs):
-        results.append(_measure(sub, config_from_dict(sub["config"]), out_dir / f"run{i}"))
+    for i, (sub, cfg) in enumerate(zip(runs, cfgs, strict=True)):
+        results.append(_measure(sub, cfg, out_dir / f"run{i}"))
         gc.collect()
         dist.barrier()
     dist.destroy_process_group()
     return results
+
+
+def _run_many_forked(runs: list[dict[str, Any]], cfgs: list[TrainConfig], out_dir: Path) -> list[dict[str, Any]]:
+    import importlib
+
+    import torch  # noqa: F401 - imported once here, inherited by every forked configuration
+    import transformers  # noqa: F401
+
+    from profiler.launcher import run_in_fork
+
+    for name, wanted in (("deepspeed", any(c.engine is Engine.deepspeed for c in cfgs)),
+                         ("peft", any(c.method is Method.lora for c in cfgs))):
+        if wanted:
+            importlib.import_module(name)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, (sub, cfg) in enumerate(zip(runs, cfgs, strict=True)):
+        run_dir = out_dir / f"run{i}"
+        # the ranks' children meet in a file store of their own (both ranks' out_dir is one directory)
+        store = out_dir / f"run{i}.store"
+        code = run_in_fork(lambda sub=sub, cfg=cfg, run_dir=run_dir, store=store:
+                           _measure_in_own_group(sub, cfg, run_dir, store, rank, world))
+        if code != 0:
+            raise SystemExit(f"configuration {i} ({cfg}) failed on rank {rank} (exit {code})")
+        results.append(json.loads((run_dir / f"rank{rank}.json").read_text()))
+    return results
+
+
+def _measure_in_own_group(sub: dict[str, Any], cfg: TrainConfig, run_dir: Path, store: Path, rank: int,
+                          world: int) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    _measure(sub, cfg, run_dir)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _device(cfg: TrainConfig) -> tuple[Any, bool]:
@@ -239,7 +286,7 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
                    else tracker.finish().total_bytes if tracker is not None else 0)
     reserved = torch.cuda.max_memory_reserved(device) if cuda else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux (getrusage(2))
-    step_time_s = sorted(step_times)[len(step_times) // 2]
+    step_time_s = statistics.median(step_times)
     tokens_per_s = cfg.micro_batch * cfg.seq_len * cfg.grad_accum * world / step_time_s
     peak_flops = peak_flops_per_s(cfg.cluster.gpu, cfg.precision)
     mfu = compute_mfu(tokens_per_s, model_flops_per_token(cfg), world, peak_flops) if peak_flops else None

@@ -10,14 +10,11 @@ A script run as `python tests/<dir>/script.py` imports it after `sys.path.insert
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
 import sys
-import traceback
 from collections.abc import Callable, Iterable
+from functools import partial
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+from profiler.launcher import run_in_fork
 
 
 def run_forked(cases: Iterable[str], body: Callable[[str], None]) -> None:
@@ -25,21 +22,6 @@ def run_forked(cases: Iterable[str], body: Callable[[str], None]) -> None:
     case that failed (its traceback on stderr). A child dies with its parent (PR_SET_PDEATHSIG), so a rank that a
     launcher kills leaves no case behind."""
     for case in cases:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-                body(case)
-                code = 0
-            except BaseException:  # noqa: BLE001 - reported, then the child exits
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            sys.exit(f"case {case} failed (exit {os.waitstatus_to_exitcode(status)})")
+        code = run_in_fork(partial(body, case))
+        if code != 0:
+            sys.exit(f"case {case} failed (exit {code})")

@@ -153,13 +153,12 @@ def vllm_budget(cfg: TrainConfig) -> VllmBudget:
     r = cfg.rollout
     gpu = cfg.cluster.gpu
     tp = r.vllm_tp
-    e = compute_bytes(cfg) if gpu.name == "CPU" else 2.0
     budget = r.vllm_memory * gpu.hbm_bytes
     weights = inference_weight_bytes(cfg) / tp
-    acts = vllm_activation_bytes(cfg.model, engine_batch(cfg), tp, e)
+    acts = vllm_activation_bytes(cfg.model, engine_batch(cfg), tp, _kv_elem_bytes(cfg))
     kv = max(0.0, budget - weights - acts)
-    per_seq = kv_bytes_per_token(cfg.model, e) / tp * cfg.seq_len
-    return VllmBudget(budget=budget, weights=weights, activations=acts, kv_cache=kv, max_sequences=int(kv // per_seq))
+    return VllmBudget(budget=budget, weights=weights, activations=acts, kv_cache=kv,
+                      max_sequences=int(kv // kv_bytes_per_sequence(cfg, cfg.seq_len)))
 
 
 def wave_tokens_per_sequence(cfg: TrainConfig) -> float:
@@ -180,14 +179,18 @@ def concurrency(cfg: TrainConfig) -> int:
         return batch
     if not lengths_vary(cfg.rollout):
         return max(1, min(batch, vllm_budget(cfg).max_sequences))
-    budget = vllm_budget(cfg)
-    per_seq = kv_bytes_per_token(cfg.model, _kv_elem_bytes(cfg)) / cfg.rollout.vllm_tp * wave_tokens_per_sequence(cfg)
-    return max(1, min(batch, int(budget.kv_cache // per_seq)))
+    kv_cache = vllm_budget(cfg).kv_cache
+    return max(1, min(batch, int(kv_cache // kv_bytes_per_sequence(cfg, wave_tokens_per_sequence(cfg)))))
 
 
 def _kv_elem_bytes(cfg: TrainConfig) -> float:
-    """vLLM's KV-cache element size as vllm_budget counts it (16 bits on a GPU)."""
+    """The element size of vLLM's KV cache and activations: 16 bits on a GPU, the training precision's on the CPU."""
     return compute_bytes(cfg) if cfg.cluster.gpu.name == "CPU" else 2.0
+
+
+def kv_bytes_per_sequence(cfg: TrainConfig, tokens: float) -> float:
+    """Bytes of one sequence of `tokens` tokens in one vLLM engine's KV cache (per GPU of its TP group)."""
+    return kv_bytes_per_token(cfg.model, _kv_elem_bytes(cfg)) / cfg.rollout.vllm_tp * tokens
 
 
 # --- transformers' generate: memory -----------------------------------------------------------------
