@@ -151,17 +151,26 @@ TORCHTUNE = [
 _PEFT = dict(model="llama-2-70b", lora_r=8, lora_alpha=16, seq_len=2048, grad_ckpt=GradCkpt.full, attn=Attn.flash,
              precision=Precision.bf16_mixed)
 _QLORA = dict(method=Method.qlora, quant=Quant.nf4, double_quant=True)
+# The DeepSpeed rows run from accelerate's yaml alone (deepspeed_config: zero_stage 3, no deepspeed_config_file):
+# accelerate builds a ds_config with only the stage, offload devices and 16-bit save (accelerate/utils/dataclasses.py
+# DeepSpeedPlugin.__post_init__), so no size is "auto" for the Trainer to fill (transformers/integrations/
+# deepspeed.py trainer_config_finalize fills only keys set to "auto") and DeepSpeed's own defaults apply
+# (deepspeed/runtime/zero/config.py): reduce_bucket_size 5e8, stage3_prefetch_bucket_size 5e7,
+# stage3_param_persistence_threshold 1e5, overlap_comm true at stage 3.
+_DS_DEFAULT_SIZES = {"ds_sizes": {"reduce_bucket": 500_000_000, "prefetch_bucket": 50_000_000,
+                                  "persistence_threshold": 100_000, "overlap_comm": True}}
 HF_PEFT = [
     PublishedPeak(id="peft:70b-lora-zero3-8xH100", framework="HF Trainer + PEFT", kind="nvidia-smi", unit=GiB,
                   source="peft docs accelerate/deepspeed.md, Memory usage", measured=64.0,
                   switches="ZeRO-3 (accelerate, zero3_init), mb 8, ga 4, LoRA all-linear, 8xH100, weights loaded "
                            "in fp32 (DeepSpeed casts them to bf16)",
                   build={**_PEFT, "gpus": "8xH100", "method": Method.lora, "zero": 3, "micro_batch": 8,
-                         "grad_accum": 4, "frozen_fp32": True}),
+                         "grad_accum": 4, "frozen_fp32": True}, extra=_DS_DEFAULT_SIZES),
     PublishedPeak(id="peft:70b-qlora-zero3-2xA100-40G", framework="HF Trainer + PEFT", kind="unstated", unit=GiB,
                   source="peft docs accelerate/deepspeed.md, QLoRA + ZeRO-3 Memory usage", measured=36.6,
                   switches="ZeRO-3, bnb_4bit_quant_storage bf16, nested quant, mb 2, ga 2, 2x40GB",
-                  build={**_PEFT, **_QLORA, "gpus": "2xA100-40G", "zero": 3, "micro_batch": 2, "grad_accum": 2}),
+                  build={**_PEFT, **_QLORA, "gpus": "2xA100-40G", "zero": 3, "micro_batch": 2, "grad_accum": 2},
+                  extra=_DS_DEFAULT_SIZES),
     PublishedPeak(id="peft:70b-qlora-fsdp-offload-2x24GB", framework="HF Trainer + PEFT", kind="unstated", unit=GiB,
                   source="peft docs accelerate/fsdp.md, QLoRA + FSDP Memory usage", measured=19.6,
                   switches="FSDP1 full shard, fsdp_offload_params, quant storage bf16, mb 2, ga 2, 2x24GB",
