@@ -56,8 +56,8 @@ def held_output_bytes_per_logit(cfg: TrainConfig, act_bytes: int) -> float:
     (--keeps-output): Answer.AI's fsdp_qlora train.py binds `output = model(input_ids, labels=...)`, runs
     `loss.backward()` and `optimizer.step()`, and only then sets `output = None` (train.py at 05ed9f2, "Delete the
     output so more memory frees up before the next forward pass"); the Trainer's compute_loss returns the loss alone,
-    so its output is gone before backward. The logits are fp32 where the model upcasts them (transformers up to
-    4.45) and in the compute dtype after (planner.transformers_versions.output_logits_fp32). transformers' eager
+    so its output is gone before backward. The logits are fp32 where the model upcasts them (transformers 4.31 to
+    4.45) and in the compute dtype otherwise (planner.transformers_versions.output_logits_fp32). transformers' eager
     standard loss only: Liger's fused loss returns no logits, the chunked and compiled losses are not modelled so."""
     if not cfg.keeps_output or cfg.cross_entropy is not CrossEntropy.standard or cfg.torch_compile:
         return 0.0

@@ -12,8 +12,8 @@ LM head makes in the compute dtype (e bytes):
 - from 4.49.0 the labels are shifted instead (`nn.functional.pad(labels, (0, 1), value=ignore_index)`, PR #35646,
   "removing unnecessary contiguous() call"): e + 4 + 4 at forward's peak.
 Backward holds log_softmax's saved fp32 output and the two fp32 gradients, 12 bytes per logit, in every release
-(planner.loss_memory). The logits the model returns for its output are therefore fp32 up to 4.45 and in the compute
-dtype from 4.46 (OUTPUT_LOGITS_FP32): what a training loop that keeps the output through backward holds
+(planner.loss_memory). The logits the model returns for its output are therefore fp32 from 4.31 to 4.45 and in the
+compute dtype otherwise (OUTPUT_LOGITS_FP32): what a training loop that keeps the output through backward holds
 (planner.memory_knobs.held_output_bytes_per_logit). Read from the released wheels'
 `transformers/loss/loss_utils.py` (4.46.1, 4.48.3, 4.49.0) and `models/llama/modeling_llama.py` (4.45.2). The
 planner's default ("" = a current release) is the last.
@@ -31,10 +31,13 @@ LOSS_SHIFTED_COPY: ReleaseRanges = (
 )
 
 
-# (first release, last release, the model's output logits are fp32: `logits = logits.float()` in the model whenever
-# labels are given, modeling_llama.py up to 4.45.2; from 4.46.0 the upcast is inside the loss function)
+# (first release, last release, the model's output logits are fp32). Read from the released wheels'
+# models/llama/modeling_llama.py: 4.30.2 returns the lm_head's output as it is; 4.31.0 adds `logits = logits.float()`
+# after the head (with Llama 2's pretraining_tp) and 4.45.2 still upcasts (`.float()`, "remove the float() operation
+# in v4.46"); 4.46.0 passes the head's logits to `self.loss_function`, which upcasts inside.
 OUTPUT_LOGITS_FP32: ReleaseRanges = (
-    ((4, 0, 0), (4, 45, 99), True),
+    ((4, 0, 0), (4, 30, 99), False),
+    ((4, 31, 0), (4, 45, 99), True),
     ((4, 46, 0), (99, 0, 0), False),
 )
 

@@ -17,7 +17,7 @@ Sources (read at the commits named):
   statistics (double quantization), no prepare_model_for_kbit_training. Its loop keeps the model's output until after
   the optimizer step (`output = model(...)`, `loss.backward()`, `optimizer.step()`, then `output = None`:
   --keeps-output), with the transformers of February-March 2024 (4.37-4.39; the README later excludes 4.38 and 4.39),
-  whose Llama returns fp32 logits (`logits = logits.float()` up to 4.45): 4 bytes per logit through backward.
+  whose Llama returns fp32 logits (`logits = logits.float()` from 4.31 to 4.45): 4 bytes per logit through backward.
 - ms-swift (modelscope/ms-swift examples/train at 3602360): `swift sft` (the HF Trainer) with `--deepspeed zero3`
   (swift/config/zero3.json: overlap_comm false, sub_group_size 1e9, "auto" buckets), gradient checkpointing on
   (swift/trainers/arguments.py: gradient_checkpointing True), packing to max_length (every sequence full),

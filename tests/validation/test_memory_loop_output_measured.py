@@ -4,7 +4,7 @@ planner.memory_knobs.held_output_bytes_per_logit), measured on this CPU with pro
 Answer.AI's fsdp_qlora train.py (05ed9f2) binds `output = model(input_ids, labels=...)`, calls `loss.backward()` and
 `optimizer.step()`, and sets `output = None` only after them; the Trainer returns the loss alone from compute_loss. The
 bytes the head and loss add at their peak are compared with the planner's, for the two kinds of output logits:
-- transformers up to 4.45: the model upcasts the logits itself (`logits = logits.float()`) and returns the fp32
+- transformers 4.31 to 4.45: the model upcasts the logits itself (`logits = logits.float()`) and returns the fp32
   tensor, shifting a contiguous copy for the loss (the operations of modeling_llama.py 4.45.2, as
   tests/profiler/test_loss_releases.py runs them);
 - a current release (5.x here): a real LlamaForCausalLM in bf16 returns its bf16 logits and the loss upcasts them.
@@ -36,7 +36,7 @@ def _upcast_in_model_peak(*, keep: bool, batch: int) -> int:
     tracker.track_all([head.weight, hidden, labels])
     before = tracker.current_bytes
     with tracker:
-        output = head(hidden).float()  # modeling_llama.py up to 4.45: the fp32 logits are the output
+        output = head(hidden).float()  # modeling_llama.py 4.31-4.45: the fp32 logits are the output
         shifted = output[..., :-1, :].contiguous()
         loss = F.cross_entropy(shifted.view(-1, V), labels[..., 1:].reshape(-1))
         del shifted
@@ -112,3 +112,12 @@ def test_held_output_lives_through_the_step_and_only_when_asked() -> None:
     assert old.other_items[HELD_OUTPUT_ITEM] == 4 * logits
     fused = memory_per_gpu(build_config(**kw, keeps_output=True, cross_entropy="fused", kernels="liger"))
     assert HELD_OUTPUT_ITEM not in fused.other_items  # Liger's fused loss returns no logits
+
+
+def test_output_logits_dtype_by_release() -> None:
+    """modeling_llama.py of the released wheels: 4.30.2 returns the head's output, 4.31.0-4.45.2 upcast it, 4.46.0
+    leaves the upcast to the loss function (planner.transformers_versions.OUTPUT_LOGITS_FP32)."""
+    from planner.transformers_versions import output_logits_fp32
+
+    assert [output_logits_fp32(v) for v in ("4.30.2", "4.31.0", "4.38.2", "4.45.2", "4.46.0", "4.49.0", "")] == \
+        [False, True, True, True, False, False, False]
