@@ -360,7 +360,13 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
         # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
         n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum
         ag = split_time_s(allgather_time_s, trainable_gpu * elem, ZERO12_ALLGATHER_CALLS, g)
-        return n_rs * rs + ag, n_rs * reduce_overlap(rs, bwd_s, rs / max(1, rs_calls)) + ag, 0.0
+        copy_in, reduce_side = zero12_bucket_passes_s(cfg, trainable_gpu)
+        if cfg.cluster.gpu.overlaps_comm:  # the reduction stream runs the bucket's passes before its all-reduce
+            path = rs + reduce_side
+            reduce_exposed = reduce_overlap(path, bwd_s, path / max(1, rs_calls))
+        else:  # gloo on the compute cores: the passes run between the all-reduces, nothing hides them
+            reduce_exposed = reduce_overlap(rs, bwd_s, rs / max(1, rs_calls)) + reduce_side
+        return (n_rs * (rs + copy_in + reduce_side) + ag, n_rs * (copy_in + reduce_exposed) + ag, 0.0)
     layers = stage_layers(cfg.model.num_layers, cfg.pp)
     modules = col.param_modules(cfg.model, layers, cfg.method, cfg.lora_targets)
     # the recomputed forward of full checkpointing gathers the released parameters once more
@@ -369,6 +375,22 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
     # Stream() if overlap_comm else default_stream()`); its gathers keep their own stream either way
     return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, modules, rs_calls, gathers=gathers,
                         rs_overlap=None if ds.overlap_comm() else reduce_overlap)
+
+
+def zero12_bucket_passes_s(cfg: TrainConfig, trainable_gpu: float) -> tuple[float, float]:
+    """(compute-stream, reduction-path) seconds per reduction of ZeRO-1/2's own memory passes over the gradients
+    (deepspeed/runtime/zero/stage_1_and_2.py, 0.19.8), each a read and a write at the device's elementwise
+    bandwidth, in the bucket's dtype:
+    - the gradient hook copies each gradient into the contiguous bucket, on the compute stream
+      (`reduce_independent_p_g_buckets_and_remove_grads`: `new_grad_tensor.copy_(grad_reduc.view(-1))`);
+    - `average_tensor` divides the bucket by the ranks (`tensor.div_`), `allreduce_bucket` flattens the bucket's
+      slices into a new tensor before the all-reduce (`self.flatten(bucket)`), and
+      `allreduce_and_copy_with_multiple_ranks` copies this rank's slices (1/dp of them) back (`buf.copy_(synced)`)."""
+    e = compute_copy_bytes(cfg.precision)
+    bw = cfg.cluster.gpu.elementwise_bytes_per_s
+    copy_in = 2 * e * trainable_gpu / bw
+    reduce_side = (2 * e + 2 * e + 2 * e / max(1, cfg.dp)) * trainable_gpu / bw
+    return copy_in, reduce_side
 
 
 def hook_host_s(cfg: TrainConfig, layers: int) -> float:

@@ -158,4 +158,19 @@ def test_zero12_all_reduce_each_bucket_and_gather_once() -> None:
     total, _, _ = zero.dp_comm(cfg, g, 6.7e9, 13.4e9, 1.0, 2.0, 0.75)
     calls = zero.reduce_calls(cfg, 32)
     assert total == pytest.approx(split_time_s(allreduce_time_s, grad_bytes, calls, g)
-                                  + split_time_s(allgather_time_s, grad_bytes, zero.ZERO12_ALLGATHER_CALLS, g))
+                                  + split_time_s(allgather_time_s, grad_bytes, zero.ZERO12_ALLGATHER_CALLS, g)
+                                  + sum(zero.zero12_bucket_passes_s(cfg, 6.7e9)))
+
+
+@pytest.mark.parametrize(("precision", "elem"), [(Precision.fp32, 4.0), (Precision.bf16_mixed, 2.0)])
+def test_zero12_bucket_passes_read_and_write_each_gradient(precision: Precision, elem: float) -> None:
+    """DeepSpeed ZeRO-1/2's own passes per reduction (stage_1_and_2.py): the hook's copy into the bucket on the
+    compute stream; divide, flatten and the copy back of this rank's 1/dp on the reduction path; each a read and a
+    write of the bucket's dtype at the elementwise bandwidth."""
+    from planner.engines import zero
+
+    cfg = build_config(model="7b", gpus="8xA800", method=Method.full, zero=2, precision=precision, check=False)
+    bw = cfg.cluster.gpu.elementwise_bytes_per_s
+    copy_in, reduce_side = zero.zero12_bucket_passes_s(cfg, 1e9)
+    assert copy_in == pytest.approx(2 * elem * 1e9 / bw)
+    assert reduce_side == pytest.approx((4 + 2 / 8) * elem * 1e9 / bw)
