@@ -11,26 +11,16 @@ The bytes the head and loss add at their peak (forward or backward) are compared
 from __future__ import annotations
 
 import pytest
+from head_loss_case import T, V, head_case
 
 from planner.build import build_config
 from planner.loss_memory import standard_loss_bytes
 
-V, T, H = 4096, 256, 64
-
 
 def _peak_added_bytes(*, shifted_copy: bool, batch: int) -> int:
-    torch = pytest.importorskip("torch")
-    import torch.nn.functional as F  # noqa: N812
-
-    from profiler.tracker import StorageTracker
-
-    torch.manual_seed(0)
-    head = torch.nn.Linear(H, V, bias=False, dtype=torch.bfloat16)
-    hidden = torch.randn(batch, T, H, dtype=torch.bfloat16, requires_grad=True)
-    labels = torch.randint(0, V, (batch, T))
-    tracker = StorageTracker()
-    tracker.track_all([head.weight, hidden, labels])
-    before = tracker.current_bytes
+    case = head_case(batch)
+    F, head, hidden, labels, tracker, before = (case.F, case.head, case.hidden, case.labels, case.tracker,
+                                                 case.before_bytes)
     with tracker:
         tracker.label = "forward"
         logits = head(hidden)  # the model's 16-bit logits, kept for its output

@@ -13,28 +13,18 @@ bytes the head and loss add at their peak are compared with the planner's, for t
 from __future__ import annotations
 
 import pytest
+from head_loss_case import H, T, V, head_case
 
 from planner.build import build_config
 from planner.memory import HELD_OUTPUT_ITEM, memory_per_gpu
 from planner.memory_knobs import head_loss_bytes, held_output_bytes
 
-V, T, H = 4096, 256, 64
-
 
 def _upcast_in_model_peak(*, keep: bool, batch: int) -> int:
     """Peak bytes above the inputs: bf16 head, the model's fp32 upcast (its output), the 4.45 loss, backward."""
-    torch = pytest.importorskip("torch")
-    import torch.nn.functional as F  # noqa: N812
-
-    from profiler.tracker import StorageTracker
-
-    torch.manual_seed(0)
-    head = torch.nn.Linear(H, V, bias=False, dtype=torch.bfloat16)
-    hidden = torch.randn(batch, T, H, dtype=torch.bfloat16, requires_grad=True)
-    labels = torch.randint(0, V, (batch, T))
-    tracker = StorageTracker()
-    tracker.track_all([head.weight, hidden, labels])
-    before = tracker.current_bytes
+    case = head_case(batch)
+    F, head, hidden, labels, tracker, before = (case.F, case.head, case.hidden, case.labels, case.tracker,
+                                                 case.before_bytes)
     with tracker:
         output = head(hidden).float()  # modeling_llama.py 4.31-4.45: the fp32 logits are the output
         shifted = output[..., :-1, :].contiguous()
