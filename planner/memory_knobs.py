@@ -14,7 +14,7 @@ from planner.activations import LayerTraining, kept_quantized_input_bytes_per_to
 from planner.choices import CrossEntropy, Engine, FsdpStrategy, GradCkpt, Kernels, Method, Quant, Stage
 from planner.models import ModelSpec
 from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
-from planner.states import fp32_adapters, is_mixed, kbit_prepared
+from planner.states import fp32_adapters, is_mixed, kbit_prepared, quant_bytes_per_param
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -141,10 +141,12 @@ def replicated_quant_state_bytes(cfg: TrainConfig, quantized_params: float, n: i
     keeps whole. Returns what the per-rank `weights / n` misses: the statistics' (1 - 1/n) share."""
     if cfg.quant is not Quant.nf4 or quantized_params <= 0 or n <= 1:
         return 0.0
-    from planner.states import quant_bytes_per_param
+    return quantized_params * nf4_state_bytes_per_param(cfg) * (1.0 - 1.0 / n)
 
-    state = quant_bytes_per_param(cfg.quant, cfg.double_quant) - NF4_DATA_BYTES
-    return quantized_params * state * (1.0 - 1.0 / n)
+
+def nf4_state_bytes_per_param(cfg: TrainConfig) -> float:
+    """NF4's quantization statistics per quantized weight: its bytes per weight less the packed 4-bit code."""
+    return quant_bytes_per_param(cfg.quant, cfg.double_quant) - NF4_DATA_BYTES
 
 
 def offload_kept_quant_state_bytes(cfg: TrainConfig, quantized_params: float) -> float:
@@ -158,9 +160,7 @@ def offload_kept_quant_state_bytes(cfg: TrainConfig, quantized_params: float) ->
     the shard."""
     if cfg.engine is not Engine.fsdp or cfg.quant is not Quant.nf4 or quantized_params <= 0:
         return 0.0
-    from planner.states import quant_bytes_per_param
-
-    return quantized_params * (quant_bytes_per_param(cfg.quant, cfg.double_quant) - NF4_DATA_BYTES)
+    return quantized_params * nf4_state_bytes_per_param(cfg)
 
 
 def fsdp_quantized_units_bytes(cfg: TrainConfig, compute_bytes: float) -> float:

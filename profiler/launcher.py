@@ -98,10 +98,14 @@ def exit_worker(main: Callable[[], object]) -> NoReturn:
         traceback.print_exc()
         code = 1
     logging.shutdown()
+    _flush_output()
+    os._exit(code)
+
+
+def _flush_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed or broken stream: nothing left to flush
             stream.flush()
-    os._exit(code)
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -115,9 +119,7 @@ def run_in_fork(work: Callable[[], object]) -> int:
     state. It ends as a launched rank does (`exit_worker`) and dies with its parent (PR_SET_PDEATHSIG,
     prctl(2)), so a rank that torchrun kills leaves no child behind. Linux only (prctl); never after CUDA has
     been initialized in this process (a forked child cannot use it)."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+    _flush_output()  # or the child would print this process's buffered output again
     pid = os.fork()
     if pid == 0:
         exit_worker(partial(_die_with_parent_then, work))

@@ -22,6 +22,7 @@ import os
 import resource
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from planner.compute import model_flops_per_token, peak_flops_per_s
 from planner.serialize import config_from_dict
 from planner.states import fp32_adapters
 from planner.strategy import Engine, FsdpStrategy, GradCkpt, Method, Optimizer, Precision, TrainConfig
+from profiler.launcher import exit_worker, is_cpu_plan, run_in_fork
 
 
 def _load_model(cfg: TrainConfig, model_path: str | None, dtype: Any) -> Any:
@@ -152,7 +154,7 @@ def run_many(spec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
     child cannot use a device its parent initialized) they run one after the other in this process."""
     runs = spec["runs"]
     cfgs = [config_from_dict(sub["config"]) for sub in runs]
-    if all(c.cluster.gpu.name == "CPU" for c in cfgs):
+    if all(is_cpu_plan(c) for c in cfgs):
         return _run_many_forked(runs, cfgs, out_dir)
     import gc
 
@@ -174,8 +176,6 @@ def _run_many_forked(runs: list[dict[str, Any]], cfgs: list[TrainConfig], out_di
     import torch  # noqa: F401 - imported once here, inherited by every forked configuration
     import transformers  # noqa: F401
 
-    from profiler.launcher import run_in_fork
-
     for name, wanted in (("deepspeed", any(c.engine is Engine.deepspeed for c in cfgs)),
                          ("peft", any(c.method is Method.lora for c in cfgs))):
         if wanted:
@@ -187,8 +187,7 @@ def _run_many_forked(runs: list[dict[str, Any]], cfgs: list[TrainConfig], out_di
         run_dir = out_dir / f"run{i}"
         # the ranks' children meet in a file store of their own (both ranks' out_dir is one directory)
         store = out_dir / f"run{i}.store"
-        code = run_in_fork(lambda sub=sub, cfg=cfg, run_dir=run_dir, store=store:
-                           _measure_in_own_group(sub, cfg, run_dir, store, rank, world))
+        code = run_in_fork(partial(_measure_in_own_group, sub, cfg, run_dir, store, rank, world))
         if code != 0:
             raise SystemExit(f"configuration {i} ({cfg}) failed on rank {rank} (exit {code})")
         results.append(json.loads((run_dir / f"rank{rank}.json").read_text()))
@@ -326,6 +325,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from profiler.launcher import exit_worker
-
     exit_worker(main)
