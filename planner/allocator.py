@@ -16,6 +16,10 @@ reserve = (1/u - 1) x transient. (GMLake's runs filled an 80 GB card with activa
 mostly transient; applying u to the whole peak would charge fragmentation to states laid out once.)
 `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` maps segments growably (CUDA virtual memory) and
 fragments less; it is not modelled (the runs below used the default).
+
+The standard loss's blocks are the step's largest, and what the allocator reserves for them is set by its block
+rules, not by the step's size: replayed under those rules (planner.loss_allocations, planner.caching_allocator) they
+give a floor under the reserve wherever the loss sets the peak (reserve_bytes).
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING
 
-from planner.choices import Engine, GradCkpt, Offload, ZeroStage
+from planner import loss_allocations
+from planner.caching_allocator import Replay
+from planner.choices import Attn, CrossEntropy, Engine, GradCkpt, Offload, Stage, ZeroStage
+from planner.states import activation_dtype_bytes
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -131,9 +138,34 @@ def _utilization(family: EngineFamily, used: frozenset[Technique]) -> Utilizatio
 RETAINED_RESERVE_FRACTION = 0.5
 
 
-def reserve_bytes(cfg: TrainConfig, transient_bytes: float) -> float:
-    """Reserved minus allocated bytes at the peak: (1/u - 1) x the step's transient bytes; 0 on a device
-    without a caching allocator (the CPU: tensors go back to malloc)."""
+def loss_replay(cfg: TrainConfig) -> Replay | None:
+    """The caching allocator's replay of the loss's blocks (planner.loss_allocations) where the plan runs transformers'
+    eager standard loss on the whole vocabulary (pretraining and SFT: the preference and RL stages compute log-probs
+    their own way, the reward model has no LM head; no torch.compile; no tensor parallelism, whose vocabulary-parallel
+    loss is another sequence) and its blocks outsize every block a layer frees before them (V at least the MLP's width
+    and, under eager attention, the heads x sequence of the scores), so that none of them is served from the layers'
+    cached blocks; None otherwise."""
+    m = cfg.model
+    layer_width = max(m.intermediate_size, m.num_heads * cfg.seq_len if cfg.attn is Attn.eager else 0)
+    if (cfg.cross_entropy is not CrossEntropy.standard or cfg.torch_compile or cfg.tp != 1
+            or cfg.stage not in (Stage.pt, Stage.sft) or m.vocab_size < layer_width):
+        return None
+    return loss_allocations.standard_loss_replay(
+        batch=cfg.micro_batch, seq_len=cfg.seq_len, vocab=m.vocab_size,
+        logit_bytes=activation_dtype_bytes(cfg.precision), version=cfg.transformers_version,
+        keeps_output=cfg.keeps_output)
+
+
+def reserve_bytes(cfg: TrainConfig, transient_bytes: float, *, loss_live: bool = False) -> float:
+    """Reserved minus allocated bytes at the peak: (1/u - 1) x the step's transient bytes, and where the loss's blocks
+    are live at the peak (`loss_live`) at least their replayed reserve (loss_replay); 0 on a device without a caching
+    allocator (the CPU: tensors go back to malloc).
+
+    The replay is a floor: at a peak set by the loss, the segments made for the loss's blocks are all reserved and
+    the step's other segments hold at least their live blocks, so reserved - allocated >= the loss's segments - the
+    loss's live peak. GMLake's share is a whole-step average: the larger of the two is the reserve."""
     if cfg.cluster.gpu.sm_count == 0 or transient_bytes <= 0:
         return 0.0
-    return (1.0 / utilization(cfg).ratio - 1.0) * transient_bytes
+    share = (1.0 / utilization(cfg).ratio - 1.0) * transient_bytes
+    replayed = loss_replay(cfg) if loss_live else None
+    return share if replayed is None else max(share, float(replayed.reserve_bytes))

@@ -437,7 +437,8 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     context = float(gpu.runtime_overhead_bytes)
     if nccl is None:
         nccl = nccl_memory.nccl_bytes(cfg)
-    wanted = allocator.reserve_bytes(cfg, transient)
+    # where the loss's blocks are live at this peak, their replay is a floor under the reserve (planner.allocator)
+    wanted = allocator.reserve_bytes(cfg, transient, loss_live="logits and loss" in other_items)
     # the cache grows only while the card has room: a failed cudaMalloc makes the allocator free its cached
     # blocks and retry before it reports out of memory (c10/cuda/CUDACachingAllocator.cpp, `malloc`:
     # release_cached_blocks), so reserved memory stops at the card less what lives outside the allocator

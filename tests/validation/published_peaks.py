@@ -148,8 +148,10 @@ TORCHTUNE = [
 # fp32 shards; DeepSpeed casts it to bf16 (zero3_init_flag: true). run_peft_{deepspeed,fsdp}.sh: mb 8, ga 4,
 # --use_reentrant False. The QLoRA rows (commit 6008f272a, 2024-03-13): torch_dtype = the quant storage dtype
 # (bf16), --use_reentrant True, mb 2, ga 2.
+# transformers: examples/sft/requirements.txt at both commits installs transformers from git main, 4.39.0.dev0 in
+# February-March 2024: the model upcasts its logits and shifts a contiguous fp32 copy (planner.transformers_versions).
 _PEFT = dict(model="llama-2-70b", lora_r=8, lora_alpha=16, seq_len=2048, grad_ckpt=GradCkpt.full, attn=Attn.flash,
-             precision=Precision.bf16_mixed)
+             precision=Precision.bf16_mixed, transformers_version="4.39.0")
 _QLORA = dict(method=Method.qlora, quant=Quant.nf4, double_quant=True)
 # The DeepSpeed rows run from accelerate's yaml alone (deepspeed_config: zero_stage 3, no deepspeed_config_file):
 # accelerate builds a ds_config with only the stage, offload devices and 16-bit save (accelerate/utils/dataclasses.py

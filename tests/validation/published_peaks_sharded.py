@@ -158,8 +158,12 @@ SWIFT = [
 # auto_wrap", backward_prefetch backward_pre, forward_prefetch, FSDP activation checkpointing. "Peak Reserved
 # Memory (MB)": max_memory_reserved in binary MB (examples/huggingface/callback.py: "For memory, we use binary
 # system"), read off the bar chart's pixels against its 20,000 MB gridlines (+-0.4 GB); OOM bars are labels.
+# transformers: the chart came with commit e85611c9 (2024-08-13), whose setup.py asks for transformers>=4.40.1; the
+# newest release that day was 4.44.0. Every release between upcasts the logits in the model and shifts a contiguous
+# fp32 copy for the loss (planner.transformers_versions: 4.31-4.45), so 4.44.0 stands for them.
 _LIGER = dict(model="llama-3-8b", gpus="8xA100-80G", method=Method.full, precision=Precision.bf16_mixed,
-              fsdp=FsdpStrategy.full_shard, fsdp_version=1, micro_batch=8, grad_ckpt=GradCkpt.full, attn=Attn.sdpa)
+              fsdp=FsdpStrategy.full_shard, fsdp_version=1, micro_batch=8, grad_ckpt=GradCkpt.full, attn=Attn.sdpa,
+              transformers_version="4.44.0")
 _LIGER_SRC = "linkedin/Liger-Kernel README.md, docs/images/e2e-memory.png"
 
 

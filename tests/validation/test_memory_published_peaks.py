@@ -70,31 +70,16 @@ _AAI_INIT = ("the reserved figure holds more than the step: train.py resets the 
              "8.67): the reserved peak is set before the step. FSDP1's init (per unit: the moved tensors, "
              "sync_module_states' broadcast buckets, the FlatParameter's concatenation, the shard's clone) leaves "
              "that cache; sizing it needs the caching allocator's replay of those allocations, a GPU run's")
-_LIGER_HF = ("the fp32 logits and their loss temporaries (12 bytes per logit, 24 GiB of the 43 allocated at 2048 "
-             "tokens) fragment the cache beyond GMLake's recomputation median (u = 0.84): measured reserved 59.3 GiB "
-             "over ftplan's 43.4 GiB allocated is u = 0.73. From 1024 to 2048 tokens the Hugging Face bars grow 20 "
-             "bytes of reserved memory per logit more than the Liger bars, where the loss allocates 12 at its peak: "
-             "a best-fit replay of the loss's own blocks (c10/cuda/CUDACachingAllocator.cpp: no cached block serves "
-             "a larger request, segments never merge; bf16 logits 2, fp32 upcast 4, shifted copy 4, log_softmax 4, "
-             "and backward's full-length slice gradient 4, which fits none of the freed ones) reserves 18. The loop "
-             "is not published: docs/images/e2e-memory.png (2024-08-13) predates the repository's Hugging Face "
-             "example (2024-08-15, Alpaca padded to each batch's longest prompt, not the chart's lengths), so "
-             "whether it kept the output is unknown. A reserved / allocated pair from a GPU run of this loss would "
-             "settle it; ftplan does not fit the constant to this row")
-_LIGER_OOM = ("the out-of-memory at 4096 tokens follows from that fragmentation: ftplan's allocated 75 GiB plus the "
-              "retained half of GMLake's reserve fits in 80 GiB; at the measured u = 0.73 it would not")
 XFAIL: dict[str, str] = {
     "torchtune:full+packed+compile": _TT_UPCAST,
     "peft:70b-qlora-fsdp-offload-2x24GB": _NVSMI,
     "qwen-7B:full-seq1024": _QWEN_7F,
     **{f"qwen-72B:lora-zero3-seq{s}": _QWEN_72 for s in (256, 512, 1024)},
     "answerai:llama-2-7b-qlora-fsdp-mb1-seq512": _AAI_INIT, "answerai:llama-2-7b-lora-fsdp-mb1-seq512": _AAI_INIT,
-    "liger:hf-seq1024": _LIGER_HF, "liger:hf-seq2048": _LIGER_HF,
 }
 XFAIL_OOM: dict[str, str] = {
     "litgpt:7B-none-mb4": ("the litgpt rows' allocated peaks sit 4-7% above ftplan (see the bnb rows): at batch 4 "
                            "that is the 2 GiB between ftplan's 38.0 GiB and an A100-40GB"),
-    "liger:hf-seq4096": _LIGER_OOM,
 }
 
 
