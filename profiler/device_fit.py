@@ -16,9 +16,10 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
 - memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time) on two processes at once, the slower
   counting: a step's ranks share the memory bus, so each gets less than one process alone (`hbm_bytes_per_s`, the
   rate of the time model's elementwise traffic, planner/kernels.py);
-- gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB, fitted to t = alpha + M / B (for 2
-  ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest
-  messages, alpha from the four smallest;
+- gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB (2^k and 3 x 2^k), fitted to t = alpha + M / B (for
+  2 ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest messages,
+  alpha from the four smallest; the points themselves are kept, and the planner interpolates them (gloo's time
+  is not one line in the size);
 - gloo all-gather and reduce-scatter (all_gather_into_tensor / reduce_scatter_tensor: ZeRO-1/2's one gather of
   the updated partitions, ZeRO-3's and FSDP's gathers and gradient reductions) between the same 2 processes at
   full (gathered / reduced) sizes of 256 KiB to 64 MiB, kept as measured points that the planner interpolates
@@ -220,7 +221,10 @@ def _allreduce_rank(rank: int, port: int, out: Any, *, sizes: list[int]) -> None
 
 
 def measure_allreduce() -> tuple[float, float, tuple[tuple[int, float], ...]]:
-    sizes = [4096 * 4**k for k in range(7)]  # 4 KiB .. 16 MiB
+    # 4 KiB .. 16 MiB at 2^k and 3 x 2^k: gloo's time is not one line in the size (planner/gpus.py
+    # GPUSpec.allreduce_points): measured here 1.0-1.3 ms at 1 MiB, 2.1-2.7 ms at 1.5 MiB, where ZeRO-1/2's reduce
+    # buckets of small models fall
+    sizes = sorted([4096 * 2**k for k in range(13)] + [3 * 4096 * 2**k for k in range(12)])
     points = _two_ranks(partial(_allreduce_rank, sizes=sizes))
     return *fit_alpha_beta(points), tuple(points)
 
@@ -386,18 +390,24 @@ def measure_hooks() -> tuple[float, float]:
     return max(0.0, z3), max(0.0, fsdp)
 
 
-def fit_device(device: str = "auto") -> Any:
-    """The CPU device's fit (`DeviceFit`), or on a machine with CUDA the GPU's (profiler/device_fit_cuda.py)."""
+def fit_device(device: str = "auto", passes: int = 1) -> Any:
+    """The CPU device's fit (`DeviceFit`, from the medians of `passes` passes), or on a machine with CUDA the GPU's
+    (profiler/device_fit_cuda.py, one pass: a GPU's timings repeat within a few percent, and it takes medians of
+    repeats per point)."""
     import torch
 
     from profiler.device_fit_cuda import fit_cuda_device, select_device
 
     if select_device(device, torch.cuda.is_available()) == "cuda":
         return fit_cuda_device()
-    return fit_cpu_device()
+    return fit_cpu_device(passes)
 
 
-def fit_cpu_device() -> DeviceFit:
+def fit_cpu_device(passes: int = 1) -> DeviceFit:
+    """The CPU device's fit; with `passes` > 1 every measurement runs that many times and the fit is made from the
+    medians (`median_fit`)."""
+    if passes > 1:
+        return median_fit([fit_cpu_device() for _ in range(passes)])
     import torch
 
     torch.set_num_threads(1)
@@ -413,3 +423,44 @@ def fit_cpu_device() -> DeviceFit:
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
                      busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms, allreduce_points=ar,
                      allgather_points=gather_pts, reduce_scatter_points=scatter_pts)
+
+
+def _median_points(runs: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[tuple[Any, ...], ...]:
+    """Per measured point (the same sizes in every run, the time last), its median time over the runs."""
+    return tuple((*pts[0][:-1], statistics.median(p[-1] for p in pts)) for pts in zip(*runs, strict=True))
+
+
+def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
+    """One fit from several passes over the same measurements: every measured point's median time and every directly
+    measured constant's median, then the GEMM curve, LoRA's narrow shares and gloo's alpha-beta line fitted again to
+    the median points (not medians of fitted constants, which could pair a rate from one pass with a half-rate
+    row count from another). A slow spell of a shared machine that hits one pass of three then moves no constant;
+    in one pass it sets them (measured: the busy-comm factor 1.26-2.35 and the GEMM rate 102-146 GFLOP/s in four
+    fits of one quiet VM within 70 minutes)."""
+    if len(fits) == 1:
+        return fits[0]
+
+    def med(name: str) -> float:
+        return statistics.median(getattr(f, name) for f in fits)
+
+    host = med("host_op_s")
+    gemms = _median_points([f.gemm_points for f in fits])
+    rate, m0 = fit_gemm_curve(gemms, host)
+    allreduce = _median_points([f.allreduce_points for f in fits])
+    alpha, beta = fit_alpha_beta(allreduce)
+    return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0,
+                     gemm_narrow_cols=fit_narrow(gemms, rate, m0, host),
+                     dropout_values_per_s=med("dropout_values_per_s"),
+                     hbm_bytes_per_s=med("hbm_bytes_per_s"), collective_alpha_s=alpha, intra_node_bytes_per_s=beta,
+                     zero3_module_s=med("zero3_module_s"), fsdp_unit_s=med("fsdp_unit_s"),
+                     busy_comm_factor=med("busy_comm_factor"), gemm_points=gemms, allreduce_points=allreduce,
+                     allgather_points=_median_points([f.allgather_points for f in fits]),
+                     reduce_scatter_points=_median_points([f.reduce_scatter_points for f in fits]))
+
+
+def device_fit_from_dict(data: dict[str, Any]) -> DeviceFit:
+    """A CPU `DeviceFit` from its JSON form (`to_dict`, or a file `profile calibrate --device` wrote: its header
+    fields are ignored)."""
+    names = DeviceFit.__dataclass_fields__
+    kept = {k: v for k, v in data.items() if k in names}
+    return DeviceFit(**{k: tuple(tuple(p) for p in v) if isinstance(v, list) else v for k, v in kept.items()})
