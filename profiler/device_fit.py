@@ -29,7 +29,10 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
 - busy collectives: DDP over a stack of 24 Linear(1024, 1024) (100 MB of fp32 gradients, 25 MB buckets)
   on 2 ranks: (backward with gradient all-reduce - the same backward under `no_sync`) / one all-reduce of
   the same bytes alone, medians of 9 interleaved repeats: what a collective issued from backward hooks
-  costs while both ranks compute, relative to the same collective alone;
+  costs while both ranks compute, relative to the same collective alone; and the same backward with a
+  synchronous all-reduce of each gradient from its post-accumulate hook (ZeRO-1/2's bucket all-reduce, FSDP's
+  and ZeRO-3's synchronous collectives between modules) over those all-reduces back to back: a rank that arrives
+  first waits for the other, and the caches and cores are the compute's (`sync_comm_factor`, 1.3-1.5 here);
 - sharding hooks: forward + backward of 48 tiny Linear(8, 8) modules under DeepSpeed ZeRO-3 and under
   FSDP2 (one unit per module), both on one gloo rank, minus the same model unwrapped, per module: the
   host work of fetching, releasing and reducing one module's parameters (DeepSpeed's
@@ -72,6 +75,7 @@ class DeviceFit:
     allreduce_points: tuple[tuple[int, float], ...]  # (bytes, seconds)
     allgather_points: tuple[tuple[int, float], ...] = ()  # (gathered bytes, seconds) of all_gather_into_tensor
     reduce_scatter_points: tuple[tuple[int, float], ...] = ()  # (reduced bytes, seconds) of reduce_scatter_tensor
+    sync_comm_factor: float = 1.0  # a synchronous collective between the ranks' compute / the same calls alone
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,7 +290,9 @@ BUSY_LAYERS, BUSY_WIDTH, BUSY_ROWS, BUSY_REPEATS = 24, 1024, 256, 9
 
 
 def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
-    """One of 2 gloo ranks: DDP backward with and without its gradient all-reduce, and that all-reduce alone."""
+    """One of 2 gloo ranks: DDP backward with and without its gradient all-reduce, and that all-reduce alone; the
+    same backward with a synchronous all-reduce of each gradient from its hook (as DeepSpeed ZeRO-1/2 reduce a
+    bucket), and those all-reduces alone. Puts (busy factor, synchronous factor)."""
     import contextlib
 
     import torch
@@ -300,10 +306,28 @@ def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     x = torch.randn(BUSY_ROWS, BUSY_WIDTH)
     flat = torch.ones(sum(p.numel() for p in model.parameters()))
+    params = list(model.parameters())
+    hooks_on = [False]
+
+    def reduce_now(p: Any) -> None:
+        if hooks_on[0]:
+            dist.all_reduce(p.grad)
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(reduce_now)
 
     def backward(sync: bool) -> None:
         with contextlib.nullcontext() if sync else ddp.no_sync():
             ddp(x).sum().backward()
+
+    def hooked() -> None:
+        hooks_on[0] = True
+        backward(False)
+        hooks_on[0] = False
+
+    def each_alone() -> None:
+        for p in params:
+            dist.all_reduce(p.grad)
 
     def timed(fn: Any) -> float:
         dist.barrier()
@@ -312,20 +336,26 @@ def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
         return time.perf_counter() - t0
 
     for _ in range(2):
-        backward(True), backward(False), dist.all_reduce(flat)
-    synced, unsynced, alone = [], [], []
+        backward(True), backward(False), dist.all_reduce(flat), hooked(), each_alone()
+    synced, unsynced, alone, in_hooks, hooks_alone = [], [], [], [], []
     for _ in range(BUSY_REPEATS):
         unsynced.append(timed(lambda: backward(False)))
         synced.append(timed(lambda: backward(True)))
         alone.append(timed(lambda: dist.all_reduce(flat)))
+        in_hooks.append(timed(hooked))
+        hooks_alone.append(timed(each_alone))
+    med = statistics.median
     if rank == 0:
-        out.put((statistics.median(synced) - statistics.median(unsynced)) / statistics.median(alone))
+        out.put(((med(synced) - med(unsynced)) / med(alone), (med(in_hooks) - med(unsynced)) / med(hooks_alone)))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def measure_busy_comm_factor() -> float:
-    return max(1.0, _two_ranks(_busy_comm_rank))
+def measure_comm_factors() -> tuple[float, float]:
+    """(busy, synchronous): what a collective costs between the ranks' compute, relative to the same calls alone,
+    issued asynchronously beside it (DDP) or synchronously from the gradient hooks (ZeRO-1/2's bucket all-reduce)."""
+    busy, sync = _two_ranks(_busy_comm_rank)
+    return max(1.0, busy), max(1.0, sync)
 
 
 def _two_ranks(target: Any) -> Any:
@@ -418,11 +448,12 @@ def fit_cpu_device(passes: int = 1) -> DeviceFit:
     alpha, beta, ar = measure_allreduce()
     gather_pts, scatter_pts = measure_gather_scatter()
     z3, fsdp = measure_hooks()
+    busy, sync = measure_comm_factors()
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_narrow_cols=narrow,
                      dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
-                     busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms, allreduce_points=ar,
-                     allgather_points=gather_pts, reduce_scatter_points=scatter_pts)
+                     busy_comm_factor=busy, gemm_points=gemms, allreduce_points=ar,
+                     allgather_points=gather_pts, reduce_scatter_points=scatter_pts, sync_comm_factor=sync)
 
 
 def _median_points(runs: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[tuple[Any, ...], ...]:
@@ -455,7 +486,8 @@ def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
                      zero3_module_s=med("zero3_module_s"), fsdp_unit_s=med("fsdp_unit_s"),
                      busy_comm_factor=med("busy_comm_factor"), gemm_points=gemms, allreduce_points=allreduce,
                      allgather_points=_median_points([f.allgather_points for f in fits]),
-                     reduce_scatter_points=_median_points([f.reduce_scatter_points for f in fits]))
+                     reduce_scatter_points=_median_points([f.reduce_scatter_points for f in fits]),
+                     sync_comm_factor=med("sync_comm_factor"))
 
 
 def device_fit_from_dict(data: dict[str, Any]) -> DeviceFit:

@@ -45,11 +45,13 @@ def overlap_for(cfg: TrainConfig, *, issued_async: bool = True):
       (runtime/comm/coalesced_collectives.py `_torch_reduce_scatter_fn`: async_op=False), and every FSDP2
       collective (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py: `foreach_all_gather` with
       `unshard_async_op` False by default, `foreach_reduce`'s reduce-scatter without async_op; FSDP1's likewise).
-      On a GPU the CUDA streams let even these run beside compute; on the CPU's one core per rank they do not."""
+      On a GPU the CUDA streams let even these run beside compute; on the CPU's one core per rank they do not.
+      Between compute segments such calls still cost more than back to back (a rank that arrives first waits for
+      the other): the device's measured `sync_comm_factor`."""
     gpu = cfg.cluster.gpu
     if gpu.overlaps_comm:
         return overlap
-    return partial(no_overlap, busy_factor=gpu.busy_comm_factor if issued_async else 1.0)
+    return partial(no_overlap, busy_factor=gpu.busy_comm_factor if issued_async else gpu.sync_comm_factor)
 
 
 def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
