@@ -67,10 +67,10 @@ class GPUSpec:
     # On such a device: the time a collective issued while the ranks compute (from backward hooks: DDP
     # buckets, ZeRO reductions and gathers, FSDP units) costs, relative to the same collective alone.
     busy_comm_factor: float = 1.0
-    # The same for a synchronous collective between the ranks' compute (the main thread waits in it: ZeRO-1/2's bucket
-    # all-reduce, ZeRO-3's reduce-scatter, FSDP's collectives), relative to the same calls back to back
-    # (profiler/device_fit.py: 1.3-1.5 on this VM, where the async factor was 1.3-1.8 in the same runs).
-    sync_comm_factor: float = 1.0
+    # What each synchronous collective between the ranks' compute (the main thread waits in it: ZeRO-1/2's bucket
+    # all-reduce, ZeRO-3's reduce-scatter, FSDP's collectives) costs more than the same call back to back: the rank
+    # that arrives first waits, and blocked threads wake on busy cores (profiler/device_fit.py `sync_call_s`).
+    sync_call_s: float = 0.0
     # All-gather and reduce-scatter times where measured apart from the all-reduce, (full bytes, seconds) between 2
     # ranks: the CPU device, where gloo's all_gather_into_tensor and reduce_scatter_tensor are not the ring halves of
     # its all-reduce and cost more per byte as messages grow (profiler/device_fit.py); (): rings at
@@ -293,7 +293,7 @@ DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp
                      "hbm_bytes_per_s": "hbm_bytes_per_s", "collective_alpha_s": "collective_alpha_s",
                      "intra_node_bytes_per_s": "intra_node_bytes_per_s", "zero3_module_s": "zero3_module_host_s",
                      "fsdp_unit_s": "fsdp_unit_host_s", "busy_comm_factor": "busy_comm_factor",
-                     "sync_comm_factor": "sync_comm_factor",
+                     "sync_call_s": "sync_call_s",
                      "allgather_points": "allgather_points", "reduce_scatter_points": "reduce_scatter_points",
                      "allreduce_points": "allreduce_points",
                      "gemm_efficiency": "gemm_efficiency", "gemm_half_rate_inner": "gemm_half_rate_inner",

@@ -24,7 +24,7 @@ from planner.choices import (
 )
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines import ddp
-from planner.engines.sharded import overlap_for, sharded_comm
+from planner.engines.sharded import overlap_for, sharded_comm, sync_calls_s
 from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, stage_layers
@@ -204,7 +204,8 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
                          inter_bytes_per_s=g.inter_bytes_per_s)
         ar = cfg.grad_accum * split_time_s(allreduce_time_s, grad_bytes / shard, units, replicas)
         ar_exposed = overlap_for(cfg, issued_async=False)(ar, cfg.grad_accum * bwd_s, ar / (cfg.grad_accum * units))
-        total, exposed = total + ar, exposed + ar_exposed
+        ar_sync = sync_calls_s(cfg, cfg.grad_accum * units)
+        total, exposed = total + ar + ar_sync, exposed + ar_exposed + ar_sync
     else:
         shard = g.n
         # FSDP1 and FSDP2 issue their all-gathers and reduce-scatters synchronously (sharded.overlap_for)

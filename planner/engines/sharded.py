@@ -46,12 +46,19 @@ def overlap_for(cfg: TrainConfig, *, issued_async: bool = True):
       collective (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py: `foreach_all_gather` with
       `unshard_async_op` False by default, `foreach_reduce`'s reduce-scatter without async_op; FSDP1's likewise).
       On a GPU the CUDA streams let even these run beside compute; on the CPU's one core per rank they do not.
-      Between compute segments such calls still cost more than back to back (a rank that arrives first waits for
-      the other): the device's measured `sync_comm_factor`."""
+      Each such call between compute segments costs a fixed time more (`sync_calls_s`)."""
     gpu = cfg.cluster.gpu
     if gpu.overlaps_comm:
         return overlap
-    return partial(no_overlap, busy_factor=gpu.busy_comm_factor if issued_async else gpu.sync_comm_factor)
+    return partial(no_overlap, busy_factor=gpu.busy_comm_factor if issued_async else 1.0)
+
+
+def sync_calls_s(cfg: TrainConfig, calls: float) -> float:
+    """What `calls` synchronous collectives between the ranks' compute cost more than back to back, on a device
+    whose communication runs on the compute cores (`GPUSpec.sync_call_s`, measured by the device fit: the rank that
+    arrives first waits for the other, and a blocked rank's threads wake on busy cores); 0 on GPUs."""
+    gpu = cfg.cluster.gpu
+    return 0.0 if gpu.overlaps_comm else calls * gpu.sync_call_s
 
 
 def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
@@ -84,8 +91,9 @@ def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu:
     else:
         rs_side = rs_overlap if rs_overlap is not None else overlap_for(cfg, issued_async=rs_async)
         bwd_exposed = gather_overlap((gathers - 1) * ag, bwd_s, tail) + rs_side(rs, bwd_s, rs / max(1, rs_calls))
-    total = ga * (gathers * ag + rs)
+    sync = sync_calls_s(cfg, ga * ((0 if rs_async else rs_calls) + (0 if gathers_async else gathers * gather_calls)))
+    total = ga * (gathers * ag + rs) + sync
     # host-to-GPU copies of offloaded partitions sit on the critical path: DeepSpeed copies the CPU
     # partition into the gather buffer before launching the all-gather (partition_parameters.py,
     # `_all_gather` of ds_tensor), and FSDP's CPUOffload moves the shard to the GPU before unsharding
-    return total, ga * (fwd_exposed + bwd_exposed), ga * gathers * h2d
+    return total, ga * (fwd_exposed + bwd_exposed) + sync, ga * gathers * h2d

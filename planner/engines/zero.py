@@ -30,7 +30,7 @@ from planner.choices import (
 )
 from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
 from planner.deepspeed_sizes import reduce_bucket_elements
-from planner.engines.sharded import no_overlap, overlap_for, sharded_comm
+from planner.engines.sharded import no_overlap, overlap_for, sharded_comm, sync_calls_s
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
 
@@ -371,7 +371,9 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
             reduce_exposed = reduce_overlap(path, bwd_s, path / max(1, rs_calls))
         else:  # gloo on the compute cores: the passes run between the all-reduces, nothing hides them
             reduce_exposed = reduce_overlap(rs, bwd_s, rs / max(1, rs_calls)) + reduce_side
-        return (n_rs * (rs + copy_in + reduce_side) + ag, n_rs * (copy_in + reduce_exposed) + ag, 0.0)
+        # every bucket's all-reduce and the step's gathers are synchronous calls between compute (sharded.overlap_for)
+        sync = sync_calls_s(cfg, n_rs * rs_calls + ZERO12_ALLGATHER_CALLS)
+        return (n_rs * (rs + copy_in + reduce_side) + ag + sync, n_rs * (copy_in + reduce_exposed) + ag + sync, 0.0)
     layers = stage_layers(cfg.model.num_layers, cfg.pp)
     modules = col.param_modules(cfg.model, layers, cfg.method, cfg.lora_targets)
     # the recomputed forward of full checkpointing gathers the released parameters once more

@@ -91,19 +91,22 @@ def test_cpu_communication_is_not_hidden() -> None:
 def test_cpu_synchronous_collectives_cost_their_time_alone() -> None:
     """Over gloo only a collective issued asynchronously runs beside the rank's compute (DDP's buckets, ZeRO-3's
     prefetched gathers) and costs the busy factor; ZeRO-1/2's bucket all-reduce, ZeRO-3's reduce-scatter and every
-    FSDP collective are synchronous (the main thread waits in them) and cost the measured factor of such calls
-    between compute segments."""
-    def cpu(**kw):  # factors of 2 and 1 make the cases plain
+    FSDP collective are synchronous (the main thread waits in them) and cost their time alone plus the measured
+    `sync_call_s` per call."""
+    def cpu(sync_call_s: float = 0.0, **kw):  # a busy factor of 2 makes the cases plain
         cfg = build_config(model="llama-3.2-1b", gpus="2xCPU", method=Method.full, seq_len=128, check=False, **kw)
-        gpu = replace(cfg.cluster.gpu, busy_comm_factor=2.0, sync_comm_factor=1.0)
+        gpu = replace(cfg.cluster.gpu, busy_comm_factor=2.0, sync_call_s=sync_call_s)
         return replace(cfg, cluster=replace(cfg.cluster, gpu=gpu))
+
+    from planner.engines import zero
 
     for kw in ({"zero": 1}, {"zero": 2}, {"fsdp": FsdpStrategy.full_shard}):
         t = step_time(cpu(**kw))
         assert t.breakdown_s["dp_comm"] == pytest.approx(t.dp_comm_total_s), kw
-        slow = cpu(**kw)
-        slow = replace(slow, cluster=replace(slow.cluster, gpu=replace(slow.cluster.gpu, sync_comm_factor=1.5)))
-        assert step_time(slow).breakdown_s["dp_comm"] > t.breakdown_s["dp_comm"], kw
+        slow = step_time(cpu(2e-3, **kw))
+        calls = (zero.reduce_calls(cpu(**kw), 16) + zero.ZERO12_ALLGATHER_CALLS if "zero" in kw
+                 else 2 * 17 + 17)  # FSDP: 16 layers and the root, gathered twice and reduced once
+        assert slow.breakdown_s["dp_comm"] - t.breakdown_s["dp_comm"] == pytest.approx(2e-3 * calls), kw
     z3 = step_time(cpu(zero=3))
     assert z3.dp_comm_total_s < z3.breakdown_s["dp_comm"] < 2 * z3.dp_comm_total_s
     ddp = step_time(cpu())

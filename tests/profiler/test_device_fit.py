@@ -77,7 +77,7 @@ def _synthetic_fit(slow: float, busy: float) -> DeviceFit:
                      dropout_values_per_s=1e8 / slow, hbm_bytes_per_s=1e10 / slow, collective_alpha_s=0.0,
                      intra_node_bytes_per_s=0.0, zero3_module_s=slow * 1e-3, fsdp_unit_s=slow * 8e-4,
                      busy_comm_factor=busy, gemm_points=gemms, allreduce_points=allreduce, allgather_points=gather,
-                     reduce_scatter_points=gather, sync_comm_factor=busy - 0.1)
+                     reduce_scatter_points=gather, sync_call_s=slow * 1e-3)
 
 
 def test_median_fit_ignores_one_slow_pass() -> None:
@@ -89,7 +89,7 @@ def test_median_fit_ignores_one_slow_pass() -> None:
     assert fit.collective_alpha_s == pytest.approx(4e-4, rel=1e-6)
     assert fit.intra_node_bytes_per_s == pytest.approx(1e9, rel=1e-6)
     assert fit.busy_comm_factor == pytest.approx(1.4)
-    assert fit.sync_comm_factor == pytest.approx(1.3)
+    assert fit.sync_call_s == pytest.approx(1e-3)
     assert fit.zero3_module_s == pytest.approx(1e-3)
     assert fit.allgather_points == _synthetic_fit(1.0, 1.0).allgather_points
     assert [n for n, _ in fit.gemm_narrow_cols] == list(NARROW_COLS)
