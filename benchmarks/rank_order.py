@@ -13,13 +13,15 @@ the error, then Kendall's tau between the measured and the predicted tokens/s an
 |step-time error|. Aims (issue 27): tau >= 0.8, median error <= 15%, with a fresh device fit of the machine.
 
 Usage: python benchmarks/rank_order.py [--repeats 2] [--steps 3] [--save FILE] [--load FILE]
-                                      [--device-fit FILE] [--json]
+                                      [--device-fit FILE | --fit-each-round] [--json]
 `--save` keeps the measurements (per plan and round the median step, every rank's every step, the load average
 around each round and the device fit predicted with); `--load` re-predicts saved measurements without running
 anything (to check a model change against the same measurements); `--device-fit` predicts with the constants of a
 fresh `ftplan profile calibrate --device --out FILE` instead of the shipped CPU defaults (fit and
-measure back to back when the machine's load changes). Whole run: about 6-10 minutes on a quiet 2-core
-machine; the machine's load shows in the spread column.
+measure back to back when the machine's load changes); `--fit-each-round` runs one pass of that fit before each
+round and predicts with their medians (`ftplan profile calibrate --device --passes N`'s combination), so that the
+VM's speed, which drifts 15-30% within minutes, is sampled alike by the fit and the steps. Whole run: about 6-10
+minutes on a quiet 2-core machine (each fit pass adds about a minute); the machine's load shows in the spread column.
 """
 
 from __future__ import annotations
@@ -82,17 +84,25 @@ def plan_name(cfg: TrainConfig) -> str:
     return f"{cfg.method.value}-{cfg}"
 
 
-def measure(cfgs: list[TrainConfig], repeats: int, steps: int) -> tuple[dict[str, list[float]], dict]:
+def measure(cfgs: list[TrainConfig], repeats: int, steps: int, *, fit_each_round: bool = False
+            ) -> tuple[dict[str, list[float]], dict]:
     """`repeats` rounds; each round runs every plan once in one torchrun (profiler.launch.launch_many; each plan in
     a process forked fresh from the rank, profiler.worker.run_many), the order reversed every other round so that
     a plan's place in the round does not bias its time. Returns the median step time per plan and round, and the
     raw record: every rank's every timed step, and the machine's 1-minute load average before and after each
-    round (a round whose load rose was shared with other work)."""
+    round (a round whose load rose was shared with other work). With `fit_each_round` one pass of the CPU device fit
+    runs before each round (raw["device_fits"]): the fit and the steps then sample the same stretch of the machine's
+    drifting speed."""
+    from profiler.device_fit import fit_cpu_device
     from profiler.launch import launch_many
 
     out: dict[str, list[float]] = {plan_name(c): [] for c in cfgs}
-    raw: dict = {"steps_s": {plan_name(c): [] for c in cfgs}, "rounds": []}
+    raw: dict = {"steps_s": {plan_name(c): [] for c in cfgs}, "rounds": [], "device_fits": []}
     for r in range(repeats):
+        if fit_each_round:
+            t0 = time.perf_counter()
+            raw["device_fits"].append(fit_cpu_device().to_dict())
+            print(f"  device fit {r + 1}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         order = cfgs if r % 2 == 0 else cfgs[::-1]
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
         for result in launch_many(order, warmup_steps=1, steps=steps, track_memory=False):
@@ -133,6 +143,9 @@ def main() -> None:
     ap.add_argument("--save", type=Path, help="write the measurements to this JSON file")
     ap.add_argument("--load", type=Path, help="re-predict measurements saved with --save; run nothing")
     ap.add_argument("--device-fit", type=Path, help="predict with this `profile calibrate --device` file")
+    ap.add_argument("--fit-each-round", action="store_true",
+                    help="run one pass of the device fit before each round and predict with the median of the "
+                         "passes (profiler.device_fit.median_fit)")
     ap.add_argument("--max-load", type=float, default=1.0,
                     help="refuse to measure when the 1-minute load average is above this (other work biases times)")
     ap.add_argument("--json", action="store_true")
@@ -153,9 +166,14 @@ def main() -> None:
                 sys.exit(f"the 1-minute load average is {load:.2f} (> --max-load {args.max_load}): other work shares "
                          f"the cores and would bias the times; wait for a quiet machine or raise --max-load")
             t0 = time.perf_counter()
-            measured, raw = measure(cfgs, args.repeats, args.steps)
+            measured, raw = measure(cfgs, args.repeats, args.steps, fit_each_round=args.fit_each_round)
             print(f"measured {len(cfgs)} plans x {args.repeats} in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr)
+            if raw["device_fits"]:
+                from profiler.device_fit import device_fit_from_dict, median_fit
+
+                fit = median_fit([device_fit_from_dict(f) for f in raw["device_fits"]]).to_dict()
+                cfgs = plan_configs(model_path, fit)
             if args.save:
                 args.save.write_text(json.dumps({"model": LLAMA_16M, "seq_len": SEQ, "measured_s": measured,
                                                  "raw": raw, "device_fit": fit}, indent=1) + "\n")

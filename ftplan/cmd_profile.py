@@ -168,6 +168,10 @@ def calibrate_cmd(out: Annotated[Path | None, typer.Option(
                   device: Annotated[bool, typer.Option(
                       "--device", help="Measure this machine as the CPU device instead (GEMM rate vs size, memory "
                       "bandwidth, op dispatch, gloo all-reduce) and write the fitted constants.")] = False,
+                  passes: Annotated[int, typer.Option(
+                      "--passes", min=1, max=9, help="With --device on a CPU: measure everything this many times and "
+                      "fit the medians, so that a slow spell of a shared machine in one pass sets no constant "
+                      "(each pass about a minute).")] = 1,
                   json_out: o.JsonOpt = False) -> None:
     """Fit the planner's correction factors to saved profiles; report the error before and after."""
     if device:
@@ -176,7 +180,7 @@ def calibrate_cmd(out: Annotated[Path | None, typer.Option(
         from profiler.device_fit import fit_device
         from reports.profile_report import device_fit_view
 
-        fitted = fit_device().to_dict()
+        fitted = fit_device(passes=passes).to_dict()
         data = stamped(fitted, device=str(fitted.get("device", "CPU")))
         target = out if out is not None else default_path(data["device"])
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,12 @@ ZERO3_CONTAINER_HOST_OPS = 8.0
 ZERO3_GRAD_TENSOR_HOST_OPS = 15.0
 ZERO3_REDUCE_BUCKET_HOST_OPS = 20.0
 FSDP_UNIT_HOST_OPS = 24.0
+# The CPU device fit's ZeRO-3 probe (profiler/device_fit.py `_hook_rank`): 48 Linear(8, 8) modules in one Sequential,
+# each owning 2 trainable tensors, all in one reduce bucket; its measured time per module is this many op-equivalents
+# of the counts above, so the planner prices a model's hooks at that measured cost per op-equivalent.
+ZERO3_PROBE_MODULES = 48
+ZERO3_PROBE_OPS_PER_MODULE = ZERO3_MODULE_HOST_OPS + 2 * ZERO3_GRAD_TENSOR_HOST_OPS + \
+    (ZERO3_CONTAINER_HOST_OPS + ZERO3_REDUCE_BUCKET_HOST_OPS) / ZERO3_PROBE_MODULES
 
 
 def ddp_buckets(grad_bytes: float) -> int:
@@ -188,16 +194,34 @@ def reduce_bucket_calls(m: ModelSpec, layers: int, method: Method, lora_r: int, 
     `if bucket.elements + param.numel() > reduce_bucket_size: reduce`), so a model of few large tensors (a MoE
     layer's fused experts) makes about one call per tensor, not one per bucket of its total size.
     `outside_elements`: the trainable tensors outside the layers (embedding, final norm, head), packed last."""
+    return sum(n for _, n in reduce_bucket_sizes(m, layers, method, lora_r, lora_targets, tp, bucket_elements,
+                                                 outside_elements))
+
+
+def reduce_bucket_sizes(m: ModelSpec, layers: int, method: Method, lora_r: int, lora_targets: tuple[str, ...],
+                        tp: int, bucket_elements: int, outside_elements: tuple[float, ...] = ()
+                        ) -> tuple[tuple[float, int], ...]:
+    """The reductions of `reduce_bucket_calls` as (elements, how many calls of that size): a device whose
+    collective time is not linear in the size (gloo, measured points) prices each size apart."""
     bucket = max(1, bucket_elements)
-    calls, filled = 0, 0.0
+    calls: dict[float, int] = {}
+    filled = 0.0
+
+    def flush() -> None:
+        calls[filled] = calls.get(filled, 0) + 1
+
     for share, sizes in _layer_tensor_elements(m, method, lora_r, lora_targets, tp):
         for _ in range(round(share * layers)):  # a kind of share f holds round(f x layers) of the stage's layers
             for size in reversed(sizes):  # backward reaches a layer's tensors last-first
                 if filled > 0 and filled + size > bucket:
-                    calls, filled = calls + 1, 0.0
+                    flush()
+                    filled = 0.0
                 filled += size
     for size in outside_elements:
         if filled > 0 and filled + size > bucket:
-            calls, filled = calls + 1, 0.0
+            flush()
+            filled = 0.0
         filled += size
-    return calls + (1 if filled > 0 else 0)
+    if filled > 0:
+        flush()
+    return tuple(calls.items())

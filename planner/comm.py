@@ -44,6 +44,7 @@ class Group:
     # `intra_bytes_per_s`, as NCCL runs all three.
     gather_points: tuple[tuple[float, float], ...] = ()
     scatter_points: tuple[tuple[float, float], ...] = ()
+    allreduce_points: tuple[tuple[float, float], ...] = ()  # the same for the all-reduce (`GPUSpec.allreduce_points`)
 
     @property
     def nodes(self) -> int:
@@ -80,8 +81,13 @@ def p2p_time_s(message_bytes: float, bandwidth_bytes_per_s: float, alpha_s: floa
 
 
 def allreduce_time_s(message_bytes: float, g: Group) -> float:
-    """Ring inside one node; hierarchical across nodes: RS (intra) + AR of M/g (inter) + AG (intra)."""
+    """Ring inside one node (at the device's measured times where it has them: gloo); hierarchical across nodes:
+    RS (intra) + AR of M/g (inter) + AG (intra)."""
     if g.nodes <= 1:
+        if g.allreduce_points and g.n > 1 and message_bytes > 0:
+            # a ring all-reduce is 2(n-1) hops of M/n; between 2 ranks 2 hops of M/2: the same bytes per rank as 2
+            # ranks at 2(n-1)/n x M, with 2(n-2) more hops
+            return measured_collective_s(g.allreduce_points, message_bytes, g.n, g.alpha_s, extra_hops=2 * (g.n - 2))
         return ring_allreduce_time_s(message_bytes, g.n, g.intra_bytes_per_s, g.alpha_s)
     per = min(g.per_node, g.n)
     return (ring_reduce_scatter_time_s(message_bytes, per, g.intra_bytes_per_s, g.alpha_s)
@@ -116,11 +122,12 @@ def _two_level_gather_s(message_bytes: float, g: Group, points: tuple[tuple[floa
 
 
 def measured_collective_s(points: tuple[tuple[float, float], ...], message_bytes: float, n: int,
-                          hop_alpha_s: float) -> float:
+                          hop_alpha_s: float, extra_hops: int | None = None) -> float:
     """An all-gather / reduce-scatter of full size M over n ranks from its times measured between 2 ranks at full
     sizes `points` (bytes, seconds): a ring moves (n-1)/n x M per rank, as 2 ranks do at the full size
     2(n-1)/n x M, and runs n-2 more hops (nccl-tests PERFORMANCE.md). Piecewise linear between the measured sizes
-    (gloo's time per byte grows with the size: 1 to 64 MiB), the end segments extended, at least one hop."""
+    (gloo's time per byte grows with the size: 1 to 64 MiB), the end segments extended, at least one hop.
+    `extra_hops` (default n - 2) for collectives with more hops per rank (the all-reduce's 2(n - 2))."""
     size = 2 * (n - 1) / n * message_bytes
     pts = sorted(points)
     if len(pts) == 1:
@@ -129,7 +136,7 @@ def measured_collective_s(points: tuple[tuple[float, float], ...], message_bytes
         i = next((k for k in range(1, len(pts) - 1) if size <= pts[k][0]), len(pts) - 1)
         (b0, t0), (b1, t1) = pts[i - 1], pts[i]
         t = t0 + (t1 - t0) * (size - b0) / (b1 - b0)
-    return max(hop_alpha_s, t) + (n - 2) * hop_alpha_s
+    return max(hop_alpha_s, t) + (n - 2 if extra_hops is None else extra_hops) * hop_alpha_s
 
 
 def split_time_s(collective, total_bytes: float, calls: int, g: Group) -> float:

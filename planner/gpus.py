@@ -67,12 +67,22 @@ class GPUSpec:
     # On such a device: the time a collective issued while the ranks compute (from backward hooks: DDP
     # buckets, ZeRO reductions and gathers, FSDP units) costs, relative to the same collective alone.
     busy_comm_factor: float = 1.0
+    # What each synchronous collective between the ranks' compute (the main thread waits in it: ZeRO-1/2's bucket
+    # all-reduce, ZeRO-3's reduce-scatter, FSDP's collectives) costs more than the same call back to back: the rank
+    # that arrives first waits, and blocked threads wake on busy cores (profiler/device_fit.py `sync_call_s`).
+    sync_call_s: float = 0.0
     # All-gather and reduce-scatter times where measured apart from the all-reduce, (full bytes, seconds) between 2
     # ranks: the CPU device, where gloo's all_gather_into_tensor and reduce_scatter_tensor are not the ring halves of
     # its all-reduce and cost more per byte as messages grow (profiler/device_fit.py); (): rings at
     # intra_node_bytes_per_s, as NCCL runs all three (planner/comm.py).
     allgather_points: tuple[tuple[float, float], ...] = ()
     reduce_scatter_points: tuple[tuple[float, float], ...] = ()
+    # The all-reduce's measured times, (bytes, seconds) between 2 ranks, where a device fit kept them: gloo's time
+    # is not one line in the size (on this VM 1.0-1.3 ms at 1 MiB, 2.1-2.7 ms at 1.5 MiB, three runs; in two of four
+    # fits of session 10 the 1 MiB point itself was 3 ms), and ZeRO-1/2's reduce buckets of a small model fall there,
+    # so the planner interpolates them as it does the gathers'; (): alpha + M / B (collective_alpha_s,
+    # intra_node_bytes_per_s), or NCCL's rings.
+    allreduce_points: tuple[tuple[float, float], ...] = ()
     # Fraction of the dense peak large GEMMs reach where measured on this machine (`ftplan profile calibrate --device`
     # on CUDA); None: the GPU's published figure (planner/compute.py DEFAULT_COMPUTE_EFFICIENCY). With it the inner
     # size at which a GEMM tile's fixed prologue and epilogue halve its rate (rate x k / (k + k0)); 0: not measured.
@@ -283,7 +293,9 @@ DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp
                      "hbm_bytes_per_s": "hbm_bytes_per_s", "collective_alpha_s": "collective_alpha_s",
                      "intra_node_bytes_per_s": "intra_node_bytes_per_s", "zero3_module_s": "zero3_module_host_s",
                      "fsdp_unit_s": "fsdp_unit_host_s", "busy_comm_factor": "busy_comm_factor",
+                     "sync_call_s": "sync_call_s",
                      "allgather_points": "allgather_points", "reduce_scatter_points": "reduce_scatter_points",
+                     "allreduce_points": "allreduce_points",
                      "gemm_efficiency": "gemm_efficiency", "gemm_half_rate_inner": "gemm_half_rate_inner",
                      "attention_efficiency": "attention_efficiency",
                      "elementwise_bandwidth_fraction": "elementwise_bandwidth_fraction"}
@@ -305,7 +317,7 @@ def with_device_fit(gpu: GPUSpec, fit: dict) -> GPUSpec:
     values = {field: fit[key] for key, field in DEVICE_FIT_FIELDS.items() if key in fit and fit[key] is not None}
     if "gemm_narrow_cols" in values:
         values["gemm_narrow_cols"] = tuple((int(n), float(f)) for n, f in values["gemm_narrow_cols"])
-    for key in ("allgather_points", "reduce_scatter_points"):
+    for key in ("allgather_points", "reduce_scatter_points", "allreduce_points"):
         if key in values:
             values[key] = tuple((float(b), float(t)) for b, t in values[key])
     if "peak_fp32_flops_per_s" in values and name == "CPU":

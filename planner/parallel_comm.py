@@ -42,9 +42,11 @@ def intra_node_group(cluster: Cluster, n: int, efficiency: float) -> Group:
 
 
 def _gather_scatter(gpu: GPUSpec, efficiency: float) -> dict[str, tuple[tuple[float, float], ...]]:
-    """The device's measured all-gather / reduce-scatter times (gloo), at the same efficiency as its bandwidths."""
+    """The device's measured all-gather / reduce-scatter / all-reduce times (gloo), at the same efficiency as its
+    bandwidths."""
     return {"gather_points": tuple((b, t / efficiency) for b, t in gpu.allgather_points),
-            "scatter_points": tuple((b, t / efficiency) for b, t in gpu.reduce_scatter_points)}
+            "scatter_points": tuple((b, t / efficiency) for b, t in gpu.reduce_scatter_points),
+            "allreduce_points": tuple((b, t / efficiency) for b, t in gpu.allreduce_points)}
 
 
 def grad_allreduce_s(grad_bytes: float, g: Group) -> float:

@@ -115,6 +115,15 @@ def optimizer_bytes_per_param(optimizer: Optimizer, precision: Precision) -> flo
     return 2 * p + p + 2 * 2 * state + copy16
 
 
+def clip_bytes_per_param(precision: Precision) -> float:
+    """Gradient clipping, every step, on every engine: the Trainer clips at max_grad_norm 1.0 by default
+    (transformers TrainingArguments; accelerate's clip_grad_norm_ -> torch/nn/utils/clip_grad.py: a foreach norm that
+    reads each gradient, then `_foreach_mul_` by the clamped coefficient, always), and DeepSpeed at its
+    gradient_clipping, which the emitted config sets to the same (stage_1_and_2.py / stage3.py: the partition's norm,
+    then `unscale_and_clip_grads`: `mul_` always): one read and one read + write of each gradient on the rank."""
+    return 3.0 * (2.0 if precision is Precision.bf16_true else 4.0)
+
+
 @dataclass(frozen=True, slots=True)
 class _Family:
     """What a step's time needs that does not depend on batch shape or engine: FLOPs per token and
@@ -395,8 +404,13 @@ def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_
     n = eng.optimizer_shards(cfg)
     params_rank = trainable_gpu / n
     if cfg.offload is Offload.none:
-        opt_s = params_rank * optimizer_bytes_per_param(cfg.optimizer, cfg.precision) / gpu.hbm_bytes_per_s
-        return 0.0, opt_s
+        per_param = optimizer_bytes_per_param(cfg.optimizer, cfg.precision) + clip_bytes_per_param(cfg.precision)
+        if cfg.engine is Engine.deepspeed and cfg.precision is Precision.fp32:
+            # DeepSpeed keeps an fp32 partition apart from the model's flat weights even in fp32 and copies it back
+            # after the step (stage_1_and_2.py step: `bit16_partitions[partition_id].data.copy_(...)`; stage3.py
+            # likewise): a read and a write, where mixed precision's 16-bit write is in optimizer_bytes_per_param
+            per_param += 8.0
+        return 0.0, params_rank * per_param / gpu.hbm_bytes_per_s
     ranks = cfg.cluster.gpus_per_node
     link = gpu.host_link_bytes_per_s
     # gradients to the host, overlapped with backward; updated 16-bit weights back once per step. ZeRO-1/2

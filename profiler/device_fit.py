@@ -16,9 +16,10 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
 - memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time) on two processes at once, the slower
   counting: a step's ranks share the memory bus, so each gets less than one process alone (`hbm_bytes_per_s`, the
   rate of the time model's elementwise traffic, planner/kernels.py);
-- gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB, fitted to t = alpha + M / B (for 2
-  ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest
-  messages, alpha from the four smallest;
+- gloo: all-reduce between 2 local processes for 4 KiB to 16 MiB (2^k and 3 x 2^k), fitted to t = alpha + M / B (for
+  2 ranks the ring all-reduce moves M per rank, nccl-tests' factor 2(n-1)/n = 1): B from the largest messages,
+  alpha from the four smallest; the points themselves are kept, and the planner interpolates them (gloo's time
+  is not one line in the size);
 - gloo all-gather and reduce-scatter (all_gather_into_tensor / reduce_scatter_tensor: ZeRO-1/2's one gather of
   the updated partitions, ZeRO-3's and FSDP's gathers and gradient reductions) between the same 2 processes at
   full (gathered / reduced) sizes of 256 KiB to 64 MiB, kept as measured points that the planner interpolates
@@ -28,7 +29,13 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
 - busy collectives: DDP over a stack of 24 Linear(1024, 1024) (100 MB of fp32 gradients, 25 MB buckets)
   on 2 ranks: (backward with gradient all-reduce - the same backward under `no_sync`) / one all-reduce of
   the same bytes alone, medians of 9 interleaved repeats: what a collective issued from backward hooks
-  costs while both ranks compute, relative to the same collective alone;
+  costs while both ranks compute, relative to the same collective alone; and the same backward with a
+  synchronous all-reduce of each gradient from its post-accumulate hook (ZeRO-1/2's bucket all-reduce, FSDP's
+  and ZeRO-3's synchronous collectives between modules), less the backward without them and less those
+  all-reduces back to back, per call (`sync_call_s`): a rank that arrives first waits for the other, and a
+  blocked rank's threads wake on busy cores. Timed inside a ZeRO-2 step of the benchmark model, such calls took
+  about 2 ms more each than back to back at every size (1.5 KB: 3.2 against 0.45 ms; 576 KB: 2.6 against 1.0;
+  1.5 MB: 4.4 against 2.5), an additive cost per call, not a factor;
 - sharding hooks: forward + backward of 48 tiny Linear(8, 8) modules under DeepSpeed ZeRO-3 and under
   FSDP2 (one unit per module), both on one gloo rank, minus the same model unwrapped, per module: the
   host work of fetching, releasing and reducing one module's parameters (DeepSpeed's
@@ -71,6 +78,7 @@ class DeviceFit:
     allreduce_points: tuple[tuple[int, float], ...]  # (bytes, seconds)
     allgather_points: tuple[tuple[int, float], ...] = ()  # (gathered bytes, seconds) of all_gather_into_tensor
     reduce_scatter_points: tuple[tuple[int, float], ...] = ()  # (reduced bytes, seconds) of reduce_scatter_tensor
+    sync_call_s: float = 0.0  # a synchronous collective between the ranks' compute, over the same call back to back
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,7 +228,10 @@ def _allreduce_rank(rank: int, port: int, out: Any, *, sizes: list[int]) -> None
 
 
 def measure_allreduce() -> tuple[float, float, tuple[tuple[int, float], ...]]:
-    sizes = [4096 * 4**k for k in range(7)]  # 4 KiB .. 16 MiB
+    # 4 KiB .. 16 MiB at 2^k and 3 x 2^k: gloo's time is not one line in the size (planner/gpus.py
+    # GPUSpec.allreduce_points): measured here 1.0-1.3 ms at 1 MiB, 2.1-2.7 ms at 1.5 MiB, where ZeRO-1/2's reduce
+    # buckets of small models fall
+    sizes = sorted([4096 * 2**k for k in range(13)] + [3 * 4096 * 2**k for k in range(12)])
     points = _two_ranks(partial(_allreduce_rank, sizes=sizes))
     return *fit_alpha_beta(points), tuple(points)
 
@@ -282,7 +293,9 @@ BUSY_LAYERS, BUSY_WIDTH, BUSY_ROWS, BUSY_REPEATS = 24, 1024, 256, 9
 
 
 def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
-    """One of 2 gloo ranks: DDP backward with and without its gradient all-reduce, and that all-reduce alone."""
+    """One of 2 gloo ranks: DDP backward with and without its gradient all-reduce, and that all-reduce alone; the
+    same backward with a synchronous all-reduce of each gradient from its hook (as DeepSpeed ZeRO-1/2 reduce a
+    bucket), and those all-reduces alone. Puts (busy factor, seconds more per synchronous call)."""
     import contextlib
 
     import torch
@@ -296,10 +309,28 @@ def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     x = torch.randn(BUSY_ROWS, BUSY_WIDTH)
     flat = torch.ones(sum(p.numel() for p in model.parameters()))
+    params = list(model.parameters())
+    hooks_on = [False]
+
+    def reduce_now(p: Any) -> None:
+        if hooks_on[0]:
+            dist.all_reduce(p.grad)
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(reduce_now)
 
     def backward(sync: bool) -> None:
         with contextlib.nullcontext() if sync else ddp.no_sync():
             ddp(x).sum().backward()
+
+    def hooked() -> None:
+        hooks_on[0] = True
+        backward(False)
+        hooks_on[0] = False
+
+    def each_alone() -> None:
+        for p in params:
+            dist.all_reduce(p.grad)
 
     def timed(fn: Any) -> float:
         dist.barrier()
@@ -308,20 +339,28 @@ def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
         return time.perf_counter() - t0
 
     for _ in range(2):
-        backward(True), backward(False), dist.all_reduce(flat)
-    synced, unsynced, alone = [], [], []
+        backward(True), backward(False), dist.all_reduce(flat), hooked(), each_alone()
+    synced, unsynced, alone, in_hooks, hooks_alone = [], [], [], [], []
     for _ in range(BUSY_REPEATS):
         unsynced.append(timed(lambda: backward(False)))
         synced.append(timed(lambda: backward(True)))
         alone.append(timed(lambda: dist.all_reduce(flat)))
+        in_hooks.append(timed(hooked))
+        hooks_alone.append(timed(each_alone))
+    med = statistics.median
     if rank == 0:
-        out.put((statistics.median(synced) - statistics.median(unsynced)) / statistics.median(alone))
+        out.put(((med(synced) - med(unsynced)) / med(alone),
+                 (med(in_hooks) - med(unsynced) - med(hooks_alone)) / len(params)))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def measure_busy_comm_factor() -> float:
-    return max(1.0, _two_ranks(_busy_comm_rank))
+def measure_comm_factors() -> tuple[float, float]:
+    """(busy factor, sync_call_s): what a collective issued asynchronously beside the ranks' compute (DDP) costs over
+    the same collective alone, and what each synchronous one from the gradient hooks (ZeRO-1/2's bucket all-reduce)
+    costs more than back to back."""
+    busy, sync = _two_ranks(_busy_comm_rank)
+    return max(1.0, busy), max(0.0, sync)
 
 
 def _two_ranks(target: Any) -> Any:
@@ -386,18 +425,24 @@ def measure_hooks() -> tuple[float, float]:
     return max(0.0, z3), max(0.0, fsdp)
 
 
-def fit_device(device: str = "auto") -> Any:
-    """The CPU device's fit (`DeviceFit`), or on a machine with CUDA the GPU's (profiler/device_fit_cuda.py)."""
+def fit_device(device: str = "auto", passes: int = 1) -> Any:
+    """The CPU device's fit (`DeviceFit`, from the medians of `passes` passes), or on a machine with CUDA the GPU's
+    (profiler/device_fit_cuda.py, one pass: a GPU's timings repeat within a few percent, and it takes medians of
+    repeats per point)."""
     import torch
 
     from profiler.device_fit_cuda import fit_cuda_device, select_device
 
     if select_device(device, torch.cuda.is_available()) == "cuda":
         return fit_cuda_device()
-    return fit_cpu_device()
+    return fit_cpu_device(passes)
 
 
-def fit_cpu_device() -> DeviceFit:
+def fit_cpu_device(passes: int = 1) -> DeviceFit:
+    """The CPU device's fit; with `passes` > 1 every measurement runs that many times and the fit is made from the
+    medians (`median_fit`)."""
+    if passes > 1:
+        return median_fit([fit_cpu_device() for _ in range(passes)])
     import torch
 
     torch.set_num_threads(1)
@@ -408,8 +453,51 @@ def fit_cpu_device() -> DeviceFit:
     alpha, beta, ar = measure_allreduce()
     gather_pts, scatter_pts = measure_gather_scatter()
     z3, fsdp = measure_hooks()
+    busy, sync = measure_comm_factors()
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_narrow_cols=narrow,
                      dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
-                     busy_comm_factor=measure_busy_comm_factor(), gemm_points=gemms, allreduce_points=ar,
-                     allgather_points=gather_pts, reduce_scatter_points=scatter_pts)
+                     busy_comm_factor=busy, gemm_points=gemms, allreduce_points=ar,
+                     allgather_points=gather_pts, reduce_scatter_points=scatter_pts, sync_call_s=sync)
+
+
+def _median_points(runs: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[tuple[Any, ...], ...]:
+    """Per measured point (the same sizes in every run, the time last), its median time over the runs."""
+    return tuple((*pts[0][:-1], statistics.median(p[-1] for p in pts)) for pts in zip(*runs, strict=True))
+
+
+def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
+    """One fit from several passes over the same measurements: every measured point's median time and every directly
+    measured constant's median, then the GEMM curve, LoRA's narrow shares and gloo's alpha-beta line fitted again to
+    the median points (not medians of fitted constants, which could pair a rate from one pass with a half-rate
+    row count from another). A slow spell of a shared machine that hits one pass of three then moves no constant;
+    in one pass it sets them (measured: the busy-comm factor 1.26-2.35 and the GEMM rate 102-146 GFLOP/s in four
+    fits of one quiet VM within 70 minutes)."""
+    if len(fits) == 1:
+        return fits[0]
+
+    def med(name: str) -> float:
+        return statistics.median(getattr(f, name) for f in fits)
+
+    host = med("host_op_s")
+    gemms = _median_points([f.gemm_points for f in fits])
+    rate, m0 = fit_gemm_curve(gemms, host)
+    allreduce = _median_points([f.allreduce_points for f in fits])
+    alpha, beta = fit_alpha_beta(allreduce)
+    return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0,
+                     gemm_narrow_cols=fit_narrow(gemms, rate, m0, host),
+                     dropout_values_per_s=med("dropout_values_per_s"),
+                     hbm_bytes_per_s=med("hbm_bytes_per_s"), collective_alpha_s=alpha, intra_node_bytes_per_s=beta,
+                     zero3_module_s=med("zero3_module_s"), fsdp_unit_s=med("fsdp_unit_s"),
+                     busy_comm_factor=med("busy_comm_factor"), gemm_points=gemms, allreduce_points=allreduce,
+                     allgather_points=_median_points([f.allgather_points for f in fits]),
+                     reduce_scatter_points=_median_points([f.reduce_scatter_points for f in fits]),
+                     sync_call_s=med("sync_call_s"))
+
+
+def device_fit_from_dict(data: dict[str, Any]) -> DeviceFit:
+    """A CPU `DeviceFit` from its JSON form (`to_dict`, or a file `profile calibrate --device` wrote: its header
+    fields are ignored)."""
+    names = DeviceFit.__dataclass_fields__
+    kept = {k: v for k, v in data.items() if k in names}
+    return DeviceFit(**{k: tuple(tuple(p) for p in v) if isinstance(v, list) else v for k, v in kept.items()})

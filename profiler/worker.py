@@ -28,6 +28,7 @@ from typing import Any
 
 from planner.compute import mfu as compute_mfu
 from planner.compute import model_flops_per_token, peak_flops_per_s
+from planner.configs.ds_config import DEFAULT_HYPER
 from planner.serialize import config_from_dict
 from planner.states import fp32_adapters
 from planner.strategy import Engine, FsdpStrategy, GradCkpt, Method, Optimizer, Precision, TrainConfig
@@ -271,6 +272,10 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
                         loss.backward()
                 del loss
             if not is_ds:
+                # the Trainer clips every step (max_grad_norm 1.0 by default, as DeepSpeed's emitted
+                # gradient_clipping does inside engine.step) and planner.timing counts it
+                torch.nn.utils.clip_grad_norm_([p for p in engine.parameters() if p.requires_grad],
+                                               DEFAULT_HYPER.max_grad_norm)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             if cuda:

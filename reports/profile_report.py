@@ -126,6 +126,8 @@ def device_fit_view(data: dict[str, Any], path: str) -> Text:
              f"  collective_alpha_s    {data['collective_alpha_s'] * 1e6:.1f} us per gloo all-reduce",
              f"  intra_node_bytes_per_s {data['intra_node_bytes_per_s'] / 1e9:.3f} GB/s (gloo, 2 ranks)",
              f"  busy_comm_factor      {data.get('busy_comm_factor', 1.0):.2f} x (a collective beside compute / alone)",
+             f"  sync_call_s           {data.get('sync_call_s', 0.0) * 1e3:.2f} ms more per synchronous call between "
+             "compute",
              f"  zero3_module_s        {data.get('zero3_module_s', 0.0) * 1e3:.2f} ms per ZeRO-3 module",
              f"  fsdp_unit_s           {data.get('fsdp_unit_s', 0.0) * 1e3:.2f} ms per FSDP unit"]
     return Text("\n".join(lines))

@@ -24,7 +24,7 @@ from planner.choices import (
 )
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines import ddp
-from planner.engines.sharded import overlap_for, sharded_comm
+from planner.engines.sharded import overlap_for, sharded_comm, sync_calls_s
 from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, stage_layers
@@ -194,17 +194,57 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
     if cfg.fsdp is FsdpStrategy.no_shard:
         return ddp.bucketed_allreduce(cfg, g, grad_bytes, bwd_s)
     units = col.fsdp_units(stage_layers(cfg.model.num_layers, cfg.pp))
+    gathers = 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
     if cfg.fsdp is FsdpStrategy.hybrid_shard:
         shard = g.per_node
         intra = pc.intra_node_group(cfg.cluster, shard, comm_eff)
         total, exposed, h2d = sharded_comm(cfg, intra, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, units, units,
-                                           gathers=2)
+                                           gathers=gathers, gathers_async=False, rs_async=False)
         replicas = Group(n=cfg.dp // shard, per_node=1, intra_bytes_per_s=g.intra_bytes_per_s,
                          inter_bytes_per_s=g.inter_bytes_per_s)
         ar = cfg.grad_accum * split_time_s(allreduce_time_s, grad_bytes / shard, units, replicas)
-        return total + ar, exposed + overlap_for(cfg)(ar, cfg.grad_accum * bwd_s, ar / (cfg.grad_accum * units)), h2d
-    gathers = 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
-    return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, units, units, gathers=gathers)
+        ar_exposed = overlap_for(cfg, issued_async=False)(ar, cfg.grad_accum * bwd_s, ar / (cfg.grad_accum * units))
+        ar_sync = sync_calls_s(cfg, cfg.grad_accum * units)
+        total, exposed = total + ar + ar_sync, exposed + ar_exposed + ar_sync
+    else:
+        shard = g.n
+        # FSDP1 and FSDP2 issue their all-gathers and reduce-scatters synchronously (sharded.overlap_for)
+        total, exposed, h2d = sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, units, units,
+                                           gathers=gathers, gathers_async=False, rs_async=False)
+    on_compute, on_side = copy_passes_s(cfg, param_bytes_gpu, grad_bytes, gathers, shard)
+    hidden = on_side if cfg.cluster.gpu.overlaps_comm else 0.0
+    return (total + cfg.grad_accum * (on_compute + on_side), exposed + cfg.grad_accum * (on_compute + on_side - hidden),
+            h2d)
+
+
+def copy_passes_s(cfg: TrainConfig, param_bytes: float, grad_bytes: float, gathers: int, shard: int
+                  ) -> tuple[float, float]:
+    """(compute-stream, side-stream) seconds per micro-batch of FSDP's own memory passes around its collectives, each
+    a read and a write at the device's elementwise bandwidth (`param_bytes` / `grad_bytes`: the unsharded sizes).
+    FSDP2 (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py, torch 2.13), per gather: the copy-in of the
+    local shards into the all-gather input (`foreach_all_gather`, all_gather_copy_in, on the copy-in stream) and the
+    copy-out into the unsharded parameters (`foreach_all_gather_copy_out`, split_with_sizes_copy, on the compute
+    stream in `wait_for_unshard`); per reduction the copy-in of the unsharded gradients into the reduce-scatter
+    input (`foreach_reduce_scatter_copy_in`, compute stream). fp32 and bf16 reduce with ReduceOp.AVG: no division.
+    FSDP1 gathers into the FlatParameter and reduces its flat gradient in place, but divides it before and after
+    the reduce-scatter (torch/distributed/fsdp/_runtime_utils.py `_reduce_grad`: `_div_if_needed` with the
+    predivide factor and n / factor after, each only where above 1, on the post-backward stream)."""
+    bw = cfg.cluster.gpu.elementwise_bytes_per_s
+    if cfg.fsdp_version is FsdpVersion.TWO:
+        return (gathers * 2 * param_bytes + 2 * grad_bytes) / bw, gathers * 2 * param_bytes / shard / bw
+    pre = predivide_factor(shard)
+    side = (2 * grad_bytes if pre > 1 else 0.0) + (2 * grad_bytes / shard if shard / pre > 1 else 0.0)
+    return 0.0, side / bw
+
+
+def predivide_factor(world: int) -> int:
+    """FSDP1's gradient predivide factor (torch/distributed/algorithms/_comm_hooks/default_hooks.py
+    `DefaultState._get_gradient_predivide_factor`, which fsdp/_init_utils.py sets):
+    doubled while it divides the world size and is below world / factor."""
+    factor = 1
+    while world % factor == 0 and world / factor > factor:
+        factor *= 2
+    return factor
 
 
 def hook_host_s(cfg: TrainConfig, layers: int) -> float:

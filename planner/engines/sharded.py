@@ -34,15 +34,36 @@ def no_overlap(comm_s: float, window_s: float, tail_s: float, busy_factor: float
     return busy_factor * comm_s
 
 
-def overlap_for(cfg: TrainConfig):
-    """`overlap`, or on a device that does not run communication beside compute, all of it at the device's
-    measured cost of a collective issued while the ranks compute (`GPUSpec.busy_comm_factor`)."""
+def overlap_for(cfg: TrainConfig, *, issued_async: bool = True):
+    """`overlap`, or on a device that does not run communication beside compute (the CPU over gloo), all of it:
+    - a collective issued asynchronously runs on gloo's worker thread while the rank's main thread computes, and
+      costs the device's measured factor over its time alone (`GPUSpec.busy_comm_factor`, measured on DDP, whose
+      reducer issues its bucket all-reduces so: torch/csrc/distributed/c10d/reducer.cpp);
+    - a collective issued synchronously (`async_op=False`: the main thread waits in `work.wait()` and nothing
+      computes beside it) costs its time alone, as the device fit measures it: ZeRO-1/2's bucket all-reduce
+      (stage_1_and_2.py `allreduce_bucket`) and partition all-gather, ZeRO-3's reduce-scatter
+      (runtime/comm/coalesced_collectives.py `_torch_reduce_scatter_fn`: async_op=False), and every FSDP2
+      collective (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py: `foreach_all_gather` with
+      `unshard_async_op` False by default, `foreach_reduce`'s reduce-scatter without async_op; FSDP1's likewise).
+      On a GPU the CUDA streams let even these run beside compute; on the CPU's one core per rank they do not.
+      Each such call between compute segments costs a fixed time more (`sync_calls_s`)."""
     gpu = cfg.cluster.gpu
-    return overlap if gpu.overlaps_comm else partial(no_overlap, busy_factor=gpu.busy_comm_factor)
+    if gpu.overlaps_comm:
+        return overlap
+    return partial(no_overlap, busy_factor=gpu.busy_comm_factor if issued_async else 1.0)
+
+
+def sync_calls_s(cfg: TrainConfig, calls: float) -> float:
+    """What `calls` synchronous collectives between the ranks' compute cost more than back to back, on a device
+    whose communication runs on the compute cores (`GPUSpec.sync_call_s`, measured by the device fit: the rank that
+    arrives first waits for the other, and a blocked rank's threads wake on busy cores); 0 on GPUs."""
+    gpu = cfg.cluster.gpu
+    return 0.0 if gpu.overlaps_comm else calls * gpu.sync_call_s
 
 
 def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
-                 gather_calls: int, rs_calls: int, *, gathers: int, rs_overlap=None) -> tuple[float, float, float]:
+                 gather_calls: int, rs_calls: int, *, gathers: int, rs_overlap=None, gathers_async: bool,
+                 rs_async: bool) -> tuple[float, float, float]:
     """ZeRO-3 / FSDP: per micro-batch, gather the weights module by module (unit by unit) for forward, and
     again for backward unless they stay unsharded (SHARD_GRAD_OP), and reduce-scatter the gradients in
     buckets; each call pays its latency (planner/collectives.py). With parameter offload the partition
@@ -50,9 +71,11 @@ def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu:
     gather with the previous module's compute, so the first gather of each pass (`tail`) is exposed.
     `rs_overlap`: how the reduce-scatters overlap backward where they do not share the gathers' stream
     (DeepSpeed ZeRO-3 without overlap_comm runs them on the compute stream); None: beside the gathers.
-    Returns (total, exposed) seconds per step and the host-to-GPU seconds of offloaded partitions."""
+    `gathers_async` / `rs_async`: whether the engine issues them asynchronously (`overlap_for`: on the CPU device
+    that decides whether they cost the busy factor). Returns (total, exposed) seconds per step and the host-to-GPU
+    seconds of offloaded partitions."""
     ga = cfg.grad_accum
-    overlap = overlap_for(cfg)
+    gather_overlap = overlap_for(cfg, issued_async=gathers_async)
     ag = split_time_s(pc.param_allgather_s, param_bytes_gpu, gather_calls, g)
     rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls, g)
     h2d = 0.0
@@ -62,13 +85,15 @@ def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu:
             h2d = off.nvme_time_s(part, cfg.cluster.gpus_per_node)
         h2d += off.pcie_time_s(part, cfg.cluster.gpu.host_link_bytes_per_s)
     tail = ag / max(1, gather_calls)
-    fwd_exposed = overlap(ag, fwd_s, tail)
-    if rs_overlap is None:
+    fwd_exposed = gather_overlap(ag, fwd_s, tail)
+    if rs_overlap is None and cfg.cluster.gpu.overlaps_comm:
         bwd_exposed = overlap((gathers - 1) * ag + rs, bwd_s, tail)
     else:
-        bwd_exposed = overlap((gathers - 1) * ag, bwd_s, tail) + rs_overlap(rs, bwd_s, rs / max(1, rs_calls))
-    total = ga * (gathers * ag + rs)
+        rs_side = rs_overlap if rs_overlap is not None else overlap_for(cfg, issued_async=rs_async)
+        bwd_exposed = gather_overlap((gathers - 1) * ag, bwd_s, tail) + rs_side(rs, bwd_s, rs / max(1, rs_calls))
+    sync = sync_calls_s(cfg, ga * ((0 if rs_async else rs_calls) + (0 if gathers_async else gathers * gather_calls)))
+    total = ga * (gathers * ag + rs) + sync
     # host-to-GPU copies of offloaded partitions sit on the critical path: DeepSpeed copies the CPU
     # partition into the gather buffer before launching the all-gather (partition_parameters.py,
     # `_all_gather` of ds_tensor), and FSDP's CPUOffload moves the shard to the GPU before unsharding
-    return total, ga * (fwd_exposed + bwd_exposed), ga * gathers * h2d
+    return total, ga * (fwd_exposed + bwd_exposed) + sync, ga * gathers * h2d

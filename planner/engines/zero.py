@@ -12,7 +12,6 @@ Buffer sizes are those the emitted ds_config uses (planner.deepspeed_sizes).
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import TYPE_CHECKING
 
 from planner import collectives as col
@@ -31,7 +30,7 @@ from planner.choices import (
 )
 from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
 from planner.deepspeed_sizes import reduce_bucket_elements
-from planner.engines.sharded import no_overlap, overlap_for, sharded_comm
+from planner.engines.sharded import no_overlap, overlap_for, sharded_comm, sync_calls_s
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
 
@@ -309,6 +308,11 @@ def reduce_calls(cfg: TrainConfig, layers: int) -> int:
     """Gradient reductions per micro-batch on one stage of `layers` layers, as DeepSpeed fills its reduce buckets
     (planner/collectives.py reduce_bucket_calls): the trained layers' tensors, then the embedding, final norm and
     untied head of a full fine-tune (the embedding frozen with --freeze-layers)."""
+    return sum(n for _, n in reduce_sizes(cfg, layers))
+
+
+def reduce_sizes(cfg: TrainConfig, layers: int) -> tuple[tuple[float, int], ...]:
+    """The reductions of `reduce_calls` as (elements, calls of that size)."""
     m, full = cfg.model, cfg.method is Method.full
     trained = layers - round(min(cfg.freeze_layers, m.num_layers) * layers / m.num_layers) if full else layers
     outside: tuple[float, ...] = ()
@@ -316,7 +320,7 @@ def reduce_calls(cfg: TrainConfig, layers: int) -> int:
         table = m.vocab_size * m.hidden_size / cfg.tp
         outside = ((table,) if not cfg.freeze_layers else ()) + (float(m.hidden_size),) + \
             ((table,) if not m.tie_embeddings else ())
-    return col.reduce_bucket_calls(m, max(0, trained), cfg.method, cfg.lora_r, cfg.lora_targets, cfg.tp,
+    return col.reduce_bucket_sizes(m, max(0, trained), cfg.method, cfg.lora_r, cfg.lora_targets, cfg.tp,
                                    reduce_bucket_elements(m), outside)
 
 
@@ -347,7 +351,8 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
     if cfg.zero is ZeroStage.DISABLED:
         ar = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
         return ar, overlap(ar, bwd_s, ar / max(1, rs_calls)), 0.0
-    reduce_overlap = overlap if ds.overlap_comm() else partial(no_overlap, busy_factor=cfg.cluster.gpu.busy_comm_factor)
+    # without overlap_comm, or over gloo (a synchronous all_reduce / reduce-scatter: sharded.overlap_for), nothing hides
+    reduce_overlap = overlap_for(cfg, issued_async=False) if ds.overlap_comm() else no_overlap
     if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
         # ZeRO-1/2 reduce each gradient bucket with one all-reduce of the whole bucket and each rank keeps its own
         # slices: `use_multi_rank_bucket_allreduce` defaults to True (runtime/zero/config.py, since DeepSpeed
@@ -355,7 +360,7 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
         # `allreduce_bucket` -> dist.all_reduce, not one dist.reduce per destination rank: an all-reduce's bytes
         # (twice a reduce-scatter's) and one call per bucket. Without overlap_comm it runs on the compute stream
         # (`average_tensor`: `stream = ... current_stream()`), after each bucket fills, so none of it hides.
-        rs = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
+        rs = bucket_allreduces_s(cfg, g, grad_bytes, elem)
         # ZeRO-1 reduces once per step (it keeps whole gradients); ZeRO-2 every micro-batch, since
         # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
         n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum
@@ -366,15 +371,31 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
             reduce_exposed = reduce_overlap(path, bwd_s, path / max(1, rs_calls))
         else:  # gloo on the compute cores: the passes run between the all-reduces, nothing hides them
             reduce_exposed = reduce_overlap(rs, bwd_s, rs / max(1, rs_calls)) + reduce_side
-        return (n_rs * (rs + copy_in + reduce_side) + ag, n_rs * (copy_in + reduce_exposed) + ag, 0.0)
+        # every bucket's all-reduce and the step's gathers are synchronous calls between compute (sharded.overlap_for)
+        sync = sync_calls_s(cfg, n_rs * rs_calls + ZERO12_ALLGATHER_CALLS)
+        return (n_rs * (rs + copy_in + reduce_side) + ag + sync, n_rs * (copy_in + reduce_exposed) + ag + sync, 0.0)
     layers = stage_layers(cfg.model.num_layers, cfg.pp)
     modules = col.param_modules(cfg.model, layers, cfg.method, cfg.lora_targets)
     # the recomputed forward of full checkpointing gathers the released parameters once more
     gathers = 3 if cfg.grad_ckpt is GradCkpt.full else 2
     # without overlap_comm ZeRO-3 reduces on the default stream (stage3.py: `reduce_and_partition_stream = ...
     # Stream() if overlap_comm else default_stream()`); its gathers keep their own stream either way
+    # the gathers are issued async (partition_parameters.py `_dist_allgather_fn`: async_op=True) and prefetched beside
+    # compute once the trace is recorded; the reduce-scatter is synchronous (coalesced_collectives.py)
     return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, modules, rs_calls, gathers=gathers,
-                        rs_overlap=None if ds.overlap_comm() else reduce_overlap)
+                        rs_overlap=None if ds.overlap_comm() else reduce_overlap, gathers_async=True, rs_async=False)
+
+
+def bucket_allreduces_s(cfg: TrainConfig, g: Group, grad_bytes: float, elem_bytes: float) -> float:
+    """ZeRO-1/2's bucket all-reduces per reduction: each bucket at its own size where the device measured its
+    all-reduce (gloo's time is not linear in the size: planner/gpus.py GPUSpec.allreduce_points; the 16.6M benchmark
+    model's buckets are 0.6, 1.6 and 12 MB); elsewhere the time is linear in the size and equal calls cost the same."""
+    sizes = reduce_sizes(cfg, stage_layers(cfg.model.num_layers, cfg.pp))
+    if not g.allreduce_points:
+        return split_time_s(allreduce_time_s, grad_bytes, sum(n for _, n in sizes), g)
+    total_elements = sum(e * n for e, n in sizes)
+    scale = grad_bytes / (elem_bytes * total_elements) if total_elements else 0.0  # the bytes on this rank's stage
+    return sum(n * allreduce_time_s(e * elem_bytes * scale, g) for e, n in sizes)
 
 
 def zero12_bucket_passes_s(cfg: TrainConfig, trainable_gpu: float) -> tuple[float, float]:
@@ -395,15 +416,19 @@ def zero12_bucket_passes_s(cfg: TrainConfig, trainable_gpu: float) -> tuple[floa
 
 def hook_host_s(cfg: TrainConfig, layers: int) -> float:
     """Per micro-batch: host work of ZeRO-3's hooks on every submodule, on the critical path
-    (planner/collectives.py); a recomputed forward runs the forward hooks again (3 passes, not 2)."""
+    (planner/collectives.py); a recomputed forward runs the forward hooks again (3 passes, not 2). In eager-op
+    equivalents: the owners' full fetch / release path, the containers' empty one, the gradient path per trainable
+    tensor and per reduce bucket; each at the host's `host_op_s`, or where the device fit measured the hooks (the
+    CPU), at the probe's measured time per op-equivalent (a peft model's Dropouts and containers no longer cost an
+    owner's gather each: 113 of the benchmark LoRA model's 254 hooked modules)."""
     if cfg.zero is not ZeroStage.WEIGHTS:
         return 0.0
     gpu = cfg.cluster.gpu
     passes = 1.5 if cfg.grad_ckpt is GradCkpt.full else 1.0
-    if gpu.zero3_module_host_s is not None:  # measured per module, over a mix of owners and containers
-        return col.zero3_modules(cfg.model, layers, cfg.method, cfg.lora_targets) * gpu.zero3_module_host_s * passes
+    per_op_s = gpu.host_op_s if gpu.zero3_module_host_s is None else \
+        gpu.zero3_module_host_s / col.ZERO3_PROBE_OPS_PER_MODULE
     m = cfg.model
     buckets = reduce_calls(cfg, layers)
     grad_path = col.trainable_tensors(m, layers, cfg.method, cfg.lora_targets) * col.ZERO3_GRAD_TENSOR_HOST_OPS + \
         buckets * col.ZERO3_REDUCE_BUCKET_HOST_OPS
-    return (col.zero3_host_ops(m, layers, cfg.method, cfg.lora_targets) * passes + grad_path) * gpu.host_op_s
+    return (col.zero3_host_ops(m, layers, cfg.method, cfg.lora_targets) * passes + grad_path) * per_op_s

@@ -11,7 +11,7 @@ from planner import kernels as kn
 from planner.build import build_config
 from planner.gpus import gpu_from_name
 from planner.models import resolve
-from planner.strategy import GradCkpt, Method, Optimizer, Precision
+from planner.strategy import FsdpStrategy, GradCkpt, Method, Optimizer, Precision
 from planner.timing import optimizer_bytes_per_param, step_time
 
 
@@ -88,6 +88,31 @@ def test_cpu_communication_is_not_hidden() -> None:
     assert t.breakdown_s["dp_comm"] == pytest.approx(factor * t.dp_comm_total_s)
 
 
+def test_cpu_synchronous_collectives_cost_their_time_alone() -> None:
+    """Over gloo only a collective issued asynchronously runs beside the rank's compute (DDP's buckets, ZeRO-3's
+    prefetched gathers) and costs the busy factor; ZeRO-1/2's bucket all-reduce, ZeRO-3's reduce-scatter and every
+    FSDP collective are synchronous (the main thread waits in them) and cost their time alone plus the measured
+    `sync_call_s` per call."""
+    def cpu(sync_call_s: float = 0.0, **kw):  # a busy factor of 2 makes the cases plain
+        cfg = build_config(model="llama-3.2-1b", gpus="2xCPU", method=Method.full, seq_len=128, check=False, **kw)
+        gpu = replace(cfg.cluster.gpu, busy_comm_factor=2.0, sync_call_s=sync_call_s)
+        return replace(cfg, cluster=replace(cfg.cluster, gpu=gpu))
+
+    from planner.engines import zero
+
+    for kw in ({"zero": 1}, {"zero": 2}, {"fsdp": FsdpStrategy.full_shard}):
+        t = step_time(cpu(**kw))
+        assert t.breakdown_s["dp_comm"] == pytest.approx(t.dp_comm_total_s), kw
+        slow = step_time(cpu(2e-3, **kw))
+        calls = (zero.reduce_calls(cpu(**kw), 16) + zero.ZERO12_ALLGATHER_CALLS if "zero" in kw
+                 else 2 * 17 + 17)  # FSDP: 16 layers and the root, gathered twice and reduced once
+        assert slow.breakdown_s["dp_comm"] - t.breakdown_s["dp_comm"] == pytest.approx(2e-3 * calls), kw
+    z3 = step_time(cpu(zero=3))
+    assert z3.dp_comm_total_s < z3.breakdown_s["dp_comm"] < 2 * z3.dp_comm_total_s
+    ddp = step_time(cpu())
+    assert ddp.breakdown_s["dp_comm"] == pytest.approx(2 * ddp.dp_comm_total_s)
+
+
 def test_cpu_narrow_outputs_run_at_their_measured_share() -> None:
     """LoRA's r = 8 outputs: a 512 x 1024 x 8 GEMM runs at the fitted share for n = 8, interpolated between
     sizes, the full row rate above the widest; on a GPU the factor is 1 (waves and roofline instead)."""
@@ -138,6 +163,12 @@ def test_gloo_gather_and_scatter_run_at_their_measured_times() -> None:
     assert allgather_time_s(2**25, gloo) == pytest.approx(30e-3 + 25e-3 * 2**24 / (2**24 - 2**22))  # last slope
     assert allgather_time_s(1.0, gloo) == pytest.approx(1e-3, rel=1e-3)  # the first segment extended down
     assert allreduce_time_s(1e8, gloo) == allreduce_time_s(1e8, ring)
+    # a device fit's all-reduce points replace the alpha-beta line (gloo jumps between 256 KiB and 1 MiB)
+    jumpy = replace(ring, allreduce_points=((2**18, 0.6e-3), (2**20, 3.3e-3), (2**22, 5.4e-3)))
+    assert allreduce_time_s(2**20, jumpy) == pytest.approx(3.3e-3)
+    assert allreduce_time_s(5 * 2**18, jumpy) == pytest.approx(3.3e-3 + 2.1e-3 / 12)
+    assert allreduce_time_s(2**20, replace(jumpy, n=4, per_node=4)) == pytest.approx(
+        measured_collective_s(jumpy.allreduce_points, 1.5 * 2**20, 2, 1e-4) + 4e-4)
     # 4 ranks move 3/4 of the full size each, as 2 ranks do at 1.5 x, and run 2 more hops
     assert measured_collective_s(pts, 2**22, 4, 1e-4) == pytest.approx(measured_collective_s(pts, 1.5 * 2**22, 2, 1e-4)
                                                                       + 2e-4)

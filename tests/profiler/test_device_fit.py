@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from cli_helpers import run
 
 from planner.gpus import gpu_from_name, with_device_fit
-from profiler.device_fit import _line_fit, fit_alpha_beta, rate_share
+from profiler.device_fit import (
+    GATHER_SIZES,
+    NARROW_COLS,
+    DeviceFit,
+    _line_fit,
+    device_fit_from_dict,
+    fit_alpha_beta,
+    gemm_shapes,
+    median_fit,
+    rate_share,
+)
 
 
 def test_alpha_beta_recovered_from_exact_points() -> None:
@@ -52,3 +64,40 @@ def test_device_fit_sets_gloo_gather_and_scatter_times() -> None:
                                 "reduce_scatter_points": [[2**20, 3e-3]]})
     assert got.allgather_points == ((2**20, 2e-3), (2**22, 6e-3)) and got.reduce_scatter_points == ((2**20, 3e-3),)
     assert with_device_fit(cpu, {"host_op_s": 4e-6}).allgather_points == cpu.allgather_points  # an older file
+
+
+def _synthetic_fit(slow: float, busy: float) -> DeviceFit:
+    """A CPU fit whose every time follows known constants (R 100 GFLOP/s, m0 24 rows, alpha 0.4 ms, B 1 GB/s), all
+    times multiplied by `slow` (a slow spell of the machine)."""
+    host, rate, m0 = 3e-6, 1e11, 24.0
+    gemms = tuple((m, k, n, slow * (host + 2 * k * n * (m + m0) / rate)) for m, k, n in gemm_shapes())
+    allreduce = tuple((b, slow * (4e-4 + b / 1e9)) for b in (4096 * 4**i for i in range(7)))
+    gather = tuple((b, slow * b / 5e8) for b in GATHER_SIZES)
+    return DeviceFit(host_op_s=slow * host, peak_fp32_flops_per_s=0.0, gemm_half_rate_rows=0.0, gemm_narrow_cols=(),
+                     dropout_values_per_s=1e8 / slow, hbm_bytes_per_s=1e10 / slow, collective_alpha_s=0.0,
+                     intra_node_bytes_per_s=0.0, zero3_module_s=slow * 1e-3, fsdp_unit_s=slow * 8e-4,
+                     busy_comm_factor=busy, gemm_points=gemms, allreduce_points=allreduce, allgather_points=gather,
+                     reduce_scatter_points=gather, sync_call_s=slow * 1e-3)
+
+
+def test_median_fit_ignores_one_slow_pass() -> None:
+    """Three passes, one in a slow spell (every time 1.5x) with a high busy factor: the median fit is the quiet
+    passes' fit, the curves refitted to the median points (`--passes`, rank_order.py --fit-each-round)."""
+    fit = median_fit([_synthetic_fit(1.0, 1.3), _synthetic_fit(1.5, 2.4), _synthetic_fit(1.0, 1.4)])
+    assert fit.peak_fp32_flops_per_s == pytest.approx(1e11, rel=1e-6)
+    assert fit.gemm_half_rate_rows == pytest.approx(24.0, rel=1e-6)
+    assert fit.collective_alpha_s == pytest.approx(4e-4, rel=1e-6)
+    assert fit.intra_node_bytes_per_s == pytest.approx(1e9, rel=1e-6)
+    assert fit.busy_comm_factor == pytest.approx(1.4)
+    assert fit.sync_call_s == pytest.approx(1e-3)
+    assert fit.zero3_module_s == pytest.approx(1e-3)
+    assert fit.allgather_points == _synthetic_fit(1.0, 1.0).allgather_points
+    assert [n for n, _ in fit.gemm_narrow_cols] == list(NARROW_COLS)
+    assert all(share == pytest.approx(1.0) for _, share in fit.gemm_narrow_cols)
+
+
+def test_device_fit_round_trips_through_its_json_file(tmp_path) -> None:
+    fit = _synthetic_fit(1.0, 1.3)
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps({"ftplan_device_fit": 1, "device": "CPU", **fit.to_dict()}))
+    assert device_fit_from_dict(json.loads(path.read_text())) == fit
