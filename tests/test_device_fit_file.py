@@ -102,13 +102,17 @@ def test_calibrate_device_writes_the_default_file(capsys, monkeypatch, fit_dir: 
     measured = json.loads(MEASURED.read_text())
     fields = {k: measured[k] for k in DeviceFit.__dataclass_fields__ if k in measured}  # older files lack some
     fields["gemm_narrow_cols"] = tuple(tuple(p) for p in fields["gemm_narrow_cols"])
-    monkeypatch.setattr(device_fit, "fit_device", lambda: DeviceFit(**fields))
-    code, out, err = run(capsys, monkeypatch, "profile", "calibrate", "--device")
+    asked: list[int] = []
+    monkeypatch.setattr(device_fit, "fit_device", lambda passes=1: asked.append(passes) or DeviceFit(**fields))
+    code, out, err = run(capsys, monkeypatch, "profile", "calibrate", "--device", "--passes", "3")
     assert code == 0, err
+    assert asked == [3]
     fit = dff.load(dff.default_path("CPU"))
     assert fit.device == "CPU" and fit.machine["id"] == dff.machine_id() and fit.age_s() < 60
     assert fit.values["peak_fp32_flops_per_s"] == measured["peak_fp32_flops_per_s"]
     assert str(dff.default_path("CPU")) in out
+    code, _, err = run(capsys, monkeypatch, "profile", "calibrate", "--device", "--passes", "0")
+    assert code == 2 and len(err.strip().splitlines()) == 1
 
 
 def test_serve_uses_its_own_fit_never_a_requested_file(fit_dir: Path) -> None:
