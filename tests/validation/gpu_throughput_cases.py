@@ -262,16 +262,23 @@ FALCON_7B = ModelSpec(name="falcon-7b (Llama-shaped stand-in)", model_type="llam
                       hidden_size=4544, intermediate_size=12117, num_layers=32, num_heads=71, num_kv_heads=1,
                       head_dim=64, tie_embeddings=True, max_seq_len=4096, decoder_layer_class="FalconDecoderLayer")
 _DS3901_PAGE = "deepspeedai/DeepSpeed issue 3901 (2023-07-07), the benchmark table"
-# Checkpointing, from the memory row of the same table (GB per GPU) against the planner's peak for micro-batch 1
-# (planner/memory.py, with / without full checkpointing): FSDP 23.8 (20.3 / 43.2: without it a 40 GB card
-# overflows), ZeRO-2 + optimizer offload 36 (18.8 / 41.8), ZeRO-3 38 (19.8 / 42.7), ZeRO-3 + full offload 21
-# (6.2 / 29.2); ZeRO-2 without offload "OOM" (with checkpointing it would fit: 2P + 14P/8 + 1.2 GB). So FSDP ran
-# with accelerate's activation checkpointing and the DeepSpeed runs without.
+# Attention: SDPA's math path, the planner's eager attention. In July 2023 Falcon-7B ran through its remote RW code
+# (tiiuae/falcon-7b modelling_RW.py; transformers' own Falcon came with 4.33 in September 2023), whose
+# Attention.forward hands F.scaled_dot_product_attention its 71 query heads and the one key / value head of
+# multi-query attention as they are (`num_kv = 1`: key and value reshaped to (b, 1, s, 64), not expanded), with
+# is_causal=True. PyTorch 2.0.1, the release of that summer (2.1 came in October), runs its flash and memory-efficient
+# kernels only when query, key and value have the same number of heads (aten/src/ATen/native/transformers/cuda/
+# sdp_utils.h at v2.0.1, e9ebda29: check_equal_batch_size_and_num_heads is a constraint of both use_flash_attention
+# and use_mem_efficient_attention; 2.1-2.4 keep the check for dense inputs), so every layer falls back to the math
+# kernel: the full b x 71 x s x s scores, their softmax and the product with V, in bf16.
+# Checkpointing: on that path each layer keeps its 71 x 4096 x 4096 bf16 probabilities for backward (2.4 GB; 76 GB
+# over 32 layers), so no run of the table fits a 40 GB card without activation checkpointing, and all four
+# checkpoint. (An earlier reading of the memory row, planned with flash attention, put checkpointing on FSDP only.)
 # (label, engine keywords, checkpointing, seconds)
 DS3901 = (("fsdp", {"fsdp": FsdpStrategy.full_shard, "fsdp_version": 1}, GradCkpt.full, 2.93),
-          ("z2-offload-all", {"zero": 2, "offload": Offload.optimizer}, GradCkpt.none, 9.60),
-          ("z3", {"zero": 3}, GradCkpt.none, 2.86),
-          ("z3-offload-all", {"zero": 3, "offload": Offload.all}, GradCkpt.none, 13.70))
+          ("z2-offload-all", {"zero": 2, "offload": Offload.optimizer}, GradCkpt.full, 9.60),
+          ("z3", {"zero": 3}, GradCkpt.full, 2.86),
+          ("z3-offload-all", {"zero": 3, "offload": Offload.all}, GradCkpt.full, 13.70))
 
 
 def _ds3901(label: str, kw: dict[str, Any], ckpt: GradCkpt, secs: float) -> PublishedSpeed:
@@ -279,10 +286,12 @@ def _ds3901(label: str, kw: dict[str, Any], ckpt: GradCkpt, secs: float) -> Publ
         id=f"ds3901-falcon7b:{label}", source="DeepSpeed issue 3901", page=_DS3901_PAGE, unit="s/step",
         published=secs, switches=f"Falcon-7B fine-tuning, 4k context, 8x A100-40GB, {label}",
         build=dict(model="llama-2-7b", gpus="8xA100-40G", method=Method.full, precision=Precision.bf16_mixed,
-                   micro_batch=1, grad_accum=1, seq_len=4096, grad_ckpt=ckpt, attn=Attn.sdpa, **kw),
+                   micro_batch=1, grad_accum=1, seq_len=4096, grad_ckpt=ckpt, attn=Attn.eager, **kw),
         model=FALCON_7B, group="ds3901-falcon7b",
-        assumed="micro-batch 1 (the memory row leaves no room for 2) and no accumulation: the attached script is not "
-                "readable offline; checkpointing as the memory row shows (above)")
+        assumed="micro-batch 1 and no accumulation: the attached script is not readable offline; PyTorch 2.0.x, so "
+                "SDPA runs its math kernel on the RW code's one key / value head (above), planned as eager attention",
+        unmodelled="Falcon's LayerNorm, GELU MLP and parallel attention stood in by a Llama-shaped layer of the same "
+                   "matmul FLOPs")
 
 
 DS3901_CASES = [_ds3901(*row) for row in DS3901]
