@@ -31,8 +31,9 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
   the same bytes alone, medians of 9 interleaved repeats: what a collective issued from backward hooks
   costs while both ranks compute, relative to the same collective alone; and the same backward with a
   synchronous all-reduce of each gradient from its post-accumulate hook (ZeRO-1/2's bucket all-reduce, FSDP's
-  and ZeRO-3's synchronous collectives between modules), less the backward without them and less those
-  all-reduces back to back, per call (`sync_call_s`): a rank that arrives first waits for the other, and a
+  and ZeRO-3's synchronous collectives between modules; the layers without biases, so that a call follows each
+  layer's compute), less the backward without them and less those all-reduces back to back, per call
+  (`sync_call_s`): a rank that arrives first waits for the other, and a
   blocked rank's threads wake on busy cores. Timed inside a ZeRO-2 step of the benchmark model, such calls took
   about 2 ms more each than back to back at every size (1.5 KB: 3.2 against 0.45 ms; 576 KB: 2.6 against 1.0;
   1.5 MB: 4.4 against 2.5), an additive cost per call, not a factor;
@@ -294,8 +295,9 @@ BUSY_LAYERS, BUSY_WIDTH, BUSY_ROWS, BUSY_REPEATS = 24, 1024, 256, 9
 
 def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
     """One of 2 gloo ranks: DDP backward with and without its gradient all-reduce, and that all-reduce alone; the
-    same backward with a synchronous all-reduce of each gradient from its hook (as DeepSpeed ZeRO-1/2 reduce a
-    bucket), and those all-reduces alone. Puts (busy factor, seconds more per synchronous call)."""
+    same layers without biases, whose backward all-reduces each weight's gradient synchronously from its hook (as
+    DeepSpeed ZeRO-1/2 reduce a bucket: one call after each layer's compute), and those all-reduces back to back.
+    Puts (busy factor, seconds more per synchronous call)."""
     import contextlib
 
     import torch
@@ -309,7 +311,9 @@ def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     x = torch.randn(BUSY_ROWS, BUSY_WIDTH)
     flat = torch.ones(sum(p.numel() for p in model.parameters()))
-    params = list(model.parameters())
+    # no biases: every hooked call follows a layer's compute (a bias's hook would fire right after its weight's)
+    chain = torch.nn.Sequential(*[torch.nn.Linear(BUSY_WIDTH, BUSY_WIDTH, bias=False) for _ in range(BUSY_LAYERS)])
+    params = list(chain.parameters())
     hooks_on = [False]
 
     def reduce_now(p: Any) -> None:
@@ -323,9 +327,12 @@ def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
         with contextlib.nullcontext() if sync else ddp.no_sync():
             ddp(x).sum().backward()
 
+    def chain_backward() -> None:
+        chain(x).sum().backward()
+
     def hooked() -> None:
         hooks_on[0] = True
-        backward(False)
+        chain_backward()
         hooks_on[0] = False
 
     def each_alone() -> None:
@@ -339,18 +346,19 @@ def _busy_comm_rank(rank: int, port: int, out: Any) -> None:
         return time.perf_counter() - t0
 
     for _ in range(2):
-        backward(True), backward(False), dist.all_reduce(flat), hooked(), each_alone()
-    synced, unsynced, alone, in_hooks, hooks_alone = [], [], [], [], []
+        backward(True), backward(False), dist.all_reduce(flat), chain_backward(), hooked(), each_alone()
+    synced, unsynced, alone, plain, in_hooks, hooks_alone = [], [], [], [], [], []
     for _ in range(BUSY_REPEATS):
         unsynced.append(timed(lambda: backward(False)))
         synced.append(timed(lambda: backward(True)))
         alone.append(timed(lambda: dist.all_reduce(flat)))
+        plain.append(timed(chain_backward))
         in_hooks.append(timed(hooked))
         hooks_alone.append(timed(each_alone))
     med = statistics.median
     if rank == 0:
         out.put(((med(synced) - med(unsynced)) / med(alone),
-                 (med(in_hooks) - med(unsynced) - med(hooks_alone)) / len(params)))
+                 (med(in_hooks) - med(plain) - med(hooks_alone)) / len(params)))
     dist.barrier()
     dist.destroy_process_group()
 
