@@ -185,7 +185,6 @@ def _layer_tensor_elements(m: ModelSpec, method: Method, lora_r: int, lora_targe
                  for share, lins, norms in kinds)
 
 
-@lru_cache(maxsize=1024)
 def reduce_bucket_calls(m: ModelSpec, layers: int, method: Method, lora_r: int, lora_targets: tuple[str, ...],
                         tp: int, bucket_elements: int, outside_elements: tuple[float, ...] = ()) -> int:
     """Gradient reductions DeepSpeed issues per micro-batch over one stage's trainable tensors: a tensor whose
@@ -198,6 +197,7 @@ def reduce_bucket_calls(m: ModelSpec, layers: int, method: Method, lora_r: int, 
                                                  outside_elements))
 
 
+@lru_cache(maxsize=1024)  # per candidate in the search; pure in hashable arguments
 def reduce_bucket_sizes(m: ModelSpec, layers: int, method: Method, lora_r: int, lora_targets: tuple[str, ...],
                         tp: int, bucket_elements: int, outside_elements: tuple[float, ...] = ()
                         ) -> tuple[tuple[float, int], ...]:

@@ -346,7 +346,8 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
     collective split into the calls DeepSpeed issues (planner/collectives.py)."""
     elem = 4.0 if cfg.precision is Precision.fp32 else 2.0  # DeepSpeed reduces in 16 bits
     grad_bytes = trainable_gpu * elem
-    rs_calls = reduce_calls(cfg, stage_layers(cfg.model.num_layers, cfg.pp))
+    sizes = reduce_sizes(cfg, stage_layers(cfg.model.num_layers, cfg.pp))
+    rs_calls = sum(n for _, n in sizes)
     overlap = overlap_for(cfg)
     if cfg.zero is ZeroStage.DISABLED:
         ar = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
@@ -360,7 +361,7 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
         # `allreduce_bucket` -> dist.all_reduce, not one dist.reduce per destination rank: an all-reduce's bytes
         # (twice a reduce-scatter's) and one call per bucket. Without overlap_comm it runs on the compute stream
         # (`average_tensor`: `stream = ... current_stream()`), after each bucket fills, so none of it hides.
-        rs = bucket_allreduces_s(cfg, g, grad_bytes, elem)
+        rs = bucket_allreduces_s(g, sizes, grad_bytes, elem)
         # ZeRO-1 reduces once per step (it keeps whole gradients); ZeRO-2 every micro-batch, since
         # it keeps only its partition; then the updated 16-bit partitions are all-gathered.
         n_rs = 1 if cfg.zero is ZeroStage.OPTIMIZER_STATES else cfg.grad_accum
@@ -386,11 +387,12 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
                         rs_overlap=None if ds.overlap_comm() else reduce_overlap, gathers_async=True, rs_async=False)
 
 
-def bucket_allreduces_s(cfg: TrainConfig, g: Group, grad_bytes: float, elem_bytes: float) -> float:
-    """ZeRO-1/2's bucket all-reduces per reduction: each bucket at its own size where the device measured its
-    all-reduce (gloo's time is not linear in the size: planner/gpus.py GPUSpec.allreduce_points; the 16.6M benchmark
-    model's buckets are 0.6, 1.6 and 12 MB); elsewhere the time is linear in the size and equal calls cost the same."""
-    sizes = reduce_sizes(cfg, stage_layers(cfg.model.num_layers, cfg.pp))
+def bucket_allreduces_s(g: Group, sizes: tuple[tuple[float, int], ...], grad_bytes: float, elem_bytes: float
+                        ) -> float:
+    """ZeRO-1/2's bucket all-reduces per reduction (`sizes`: reduce_sizes): each bucket at its own size where the
+    device measured its all-reduce (gloo's time is not linear in the size: planner/gpus.py GPUSpec.allreduce_points;
+    the 16.6M benchmark model's buckets are 0.6, 1.6 and 12 MB); elsewhere the time is linear in the size and equal
+    calls cost the same."""
     if not g.allreduce_points:
         return split_time_s(allreduce_time_s, grad_bytes, sum(n for _, n in sizes), g)
     total_elements = sum(e * n for e, n in sizes)
