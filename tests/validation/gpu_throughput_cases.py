@@ -322,7 +322,7 @@ _TT_ASSUMED = ("the planner counts all 2 x 4096 tokens of a step; torchtune coun
                "ignore_index, so a pack's padding after its last Alpaca sample (a few percent of the 4096, from "
                "the data) is left out of the published figure")
 _TT_UNMODELLED = ("flex_attention with the packs' block-causal document mask, planned as causal flash attention over "
-                  "the whole 4096 tokens (the attention core is about 12% of each planned step); torchtune's own "
+                  "the whole 4096 tokens (the attention core is 10-12% of each planned step); torchtune's own "
                   "modules (its RMSNorm and RoPE upcast to fp32 in eager), planned with transformers' elementwise "
                   "traffic")
 # (the memory set's row, tokens/s per GPU)
