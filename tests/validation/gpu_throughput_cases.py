@@ -6,7 +6,7 @@ its unit, and the planner configuration it maps to. Details a source leaves out 
 that share `group` are one source's comparison of strategies on one setup: their order is scored too
 (tests/validation/test_gpu_throughput_published.py).
 
-Sources (7, 68 figures):
+Sources (7, 71 figures):
 - Qwen (QwenLM/Qwen README.md, "Profiling of Memory and Speed"): HF Trainer + peft / DeepSpeed, A100-SXM4-80G,
   CUDA 11.8, PyTorch 2.0, flash-attention 2, batch 1 and gradient accumulation 8 (one iteration = 8 sequences
   per GPU, every one padded to the length: Qwen's finetune.py pads to model_max_length), gradient
@@ -23,7 +23,8 @@ Sources (7, 68 figures):
 - DeepSpeed issue 3901 ("Training speed is slower and consumes more memory than FSDP"): Falcon-7B, 4k context,
   8x A100-40GB, FSDP vs ZeRO-2/3 with offloads; seconds per step.
 - torchtune README "Optimization flags" (pytorch/torchtune 1814feb17, 2024-11-18): Llama 3.2 3B on one A100,
-  batch 2, packed to 4096, bf16, one technique added per row; tokens/s per GPU (the memory set's rows).
+  batch 2, packed to 4096, bf16, one technique added per row; tokens/s per GPU (the memory set's rows); and its
+  Llama 3.1 table (30b8519e8, 2024-09-24): 8B full, LoRA and QLoRA on one RTX 4090, batch 2, packed to 2048, compiled.
 - Liger-Kernel README (linkedin/Liger-Kernel e85611c9, 2024-08-13, docs/images/e2e-tps.png): LLaMA 3-8B, FSDP1 on
   8 A100s, batch 8, checkpointing, 1K-16K tokens, with and without Liger's kernels; tokens/s (the memory set's runs).
 """
@@ -38,11 +39,13 @@ from planner.gpus import GB, Cluster
 from planner.models import ModelSpec, spec_from_hf_config
 from planner.strategy import (
     Attn,
+    CrossEntropy,
     FsdpStrategy,
     GradCkpt,
     Kernels,
     Method,
     Offload,
+    Optimizer,
     Precision,
     Stage,
     TrainConfig,
@@ -348,6 +351,45 @@ def _torchtune_speed(row: str, tps: float) -> PublishedSpeed:
 
 
 TORCHTUNE_SPEEDS = [_torchtune_speed(row, tps) for row, tps in TORCHTUNE_TPS]
+
+# The README's Llama 3.1 table (pytorch/torchtune README.md at 30b8519e8, 2024-09-24): "batch size 2 (without gradient
+# accumulation), a dataset packed to sequence length 2048, and torch compile enabled", tokens/s "measured over one
+# full training epoch" (the first step's compilation included: a minute or two of an epoch of about an hour). The
+# rest from the recipes' configs at that commit (recipes/configs/llama3_1/8B_{full,lora,qlora}_single_device.yaml):
+# bf16 weights, activation checkpointing on, CEWithChunkedOutputLoss; full: bitsandbytes' PagedAdamW8bit with
+# optimizer_in_bwd (the step runs per parameter inside backward: the same optimizer work, planned as a step after
+# it); LoRA: q and v, rank 8, alpha 16, dropout 0, fused torch AdamW; QLoRA: q, k, v, output and the MLP, rank 8,
+# alpha 16, torchao NF4 base weights. The three single-GPU rows on the RTX 4090 (the planner has no RTX A6000 entry:
+# its two rows are left out; the 8x A100 rows are left out too: the distributed recipes of that commit log
+# tokens_per_second_per_gpu from each rank's own tokens, while 3,497 tokens/s per A100 for Llama 3.1 70B LoRA would
+# need 1.5 PFLOP/s each, so the table's unit for them is not the recipe's).
+_TT31_PAGE = "pytorch/torchtune README.md (30b8519e8), Llama 3.1 memory and training speed table"
+_TT31 = dict(model="llama-3.1-8b", gpus="1xRTX4090", precision=Precision.bf16_true, micro_batch=2, grad_accum=1,
+             seq_len=2048, attn=Attn.sdpa, torch_compile=True, cross_entropy=CrossEntropy.chunked,
+             grad_ckpt=GradCkpt.full)
+_TT31_LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, optimizer=Optimizer.adamw, fused_adamw=True)
+# (method, tokens/s, build keywords)
+TORCHTUNE31_TPS = (
+    ("full", 1650.0, dict(method=Method.full, optimizer=Optimizer.paged_adamw_8bit)),
+    ("lora", 3083.0, dict(method=Method.lora, lora_targets="q_proj,v_proj", **_TT31_LORA)),
+    ("qlora", 2413.0, dict(method=Method.qlora, lora_targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                           **_TT31_LORA)),
+)
+
+
+def _torchtune31_speed(method: str, tps: float, kw: dict[str, Any]) -> PublishedSpeed:
+    return PublishedSpeed(
+        id=f"torchtune-llama3.1-8b:{method}-4090", source="torchtune README", page=_TT31_PAGE, unit="tokens/s/GPU",
+        published=tps, switches=f"Llama 3.1 8B {method}, 1x RTX 4090, bs 2, packed 2048, compile, checkpointing, "
+                                f"chunked CE, bf16", build={**_TT31, **kw}, group="torchtune-llama3.1-8b-4090",
+        assumed=_TT_ASSUMED.replace("2 x 4096", "2 x 2048").replace("the 4096", "the 2048"),
+        unmodelled=_TT_UNMODELLED.replace("4096", "2048").replace(" (the attention core is 10-12% of each planned "
+                                                                   "step)", "")
+        + ("; bitsandbytes' paged states moving over PCIe" if method == "full" else "")
+        + ("; torchao's NF4 tensors, planned at bitsandbytes' dequantization rate" if method == "qlora" else ""))
+
+
+TORCHTUNE_SPEEDS += [_torchtune31_speed(*row) for row in TORCHTUNE31_TPS]
 
 
 # --- Liger-Kernel README (linkedin/Liger-Kernel docs/images/e2e-tps.png, added in e85611c9, 2024-08-13) ------------
