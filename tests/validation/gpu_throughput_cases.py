@@ -34,6 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from published_peaks import TORCHTUNE as TORCHTUNE_PEAKS  # the memory set's configurations
+from published_peaks_sharded import LIGER as LIGER_PEAKS
+
 from planner.build import build_config
 from planner.gpus import GB, Cluster
 from planner.models import ModelSpec, spec_from_hf_config
@@ -338,9 +341,7 @@ TORCHTUNE_TPS = (("full+packed", 7075.0), ("full+packed+compile", 8998.0), ("ful
 
 
 def _torchtune_speed(row: str, tps: float) -> PublishedSpeed:
-    from published_peaks import TORCHTUNE  # the memory set's configurations
-
-    peak = next(p for p in TORCHTUNE if p.id == f"torchtune:{row}")
+    peak = next(p for p in TORCHTUNE_PEAKS if p.id == f"torchtune:{row}")
     qlora = row.startswith("qlora")
     return PublishedSpeed(
         id=f"torchtune-llama3.2-3b:{row}", source="torchtune README", page=_TT_PAGE, unit="tokens/s/GPU",
@@ -411,9 +412,7 @@ LIGER_TPS = ((False, 1024, 3170.0), (False, 2048, 3264.0), (True, 1024, 3604.0),
 
 
 def _liger_speed(liger: bool, seq: int, tps: float) -> PublishedSpeed:
-    from published_peaks_sharded import LIGER  # the memory set's configurations
-
-    peak = next(p for p in LIGER if p.id == f"liger:{'liger' if liger else 'hf'}-seq{seq}")
+    peak = next(p for p in LIGER_PEAKS if p.id == f"liger:{'liger' if liger else 'hf'}-seq{seq}")
     return PublishedSpeed(
         id=f"liger-llama3-8b:{'liger' if liger else 'hf'}-seq{seq}", source="Liger-Kernel README", page=_LIGER_PAGE,
         unit="tokens/s/GPU", published=tps, build=dict(peak.build), group="liger-llama3-8b-8xA100",
