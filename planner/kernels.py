@@ -260,7 +260,9 @@ def attention_shapes(m: ModelSpec) -> tuple[tuple[float, AttentionShape], ...]:
 #   and a 16-bit copy of P; torch 2.13's dispatch log shows it. No plan the planner makes reaches that kernel.)
 # - "fused_softmax": one fused scale + mask + softmax kernel (Megatron-LM's FusedScaleMaskSoftmax, Narayanan et al.
 #   2021, Sec. 4.2; megatron/model/fused_softmax.py): forward reads the scores and writes P, backward reads grad P
-#   and P and writes grad S. The planner's fused kernels (`Kernels.liger`, torch.compile) run eager attention so.
+#   and P and writes grad S. torch.compile's Inductor fuses eager attention's scaling, mask add, casts and softmax
+#   into its reduction kernels and is counted so (a looped reduction over long rows may read the scores more than
+#   once: not measured); Liger's kernels (RMSNorm, RoPE, SwiGLU, the loss) leave transformers' attention alone.
 SCORE_PASSES: dict[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]] = {
     ("hf_eager", "16-bit"): ((6, 4), (4, 5)),
     ("hf_eager", "fp16-cuda"): ((6, 2), (4, 3)),
@@ -288,12 +290,12 @@ def score_bytes_per_element(kernel: str, dtype: str, elem_bytes: float) -> tuple
     return fe * elem_bytes + ff * FP32_BYTES, be * elem_bytes + bf * FP32_BYTES
 
 
-def attention_kernel(attn: Attn, fused: bool) -> str | None:
+def attention_kernel(attn: Attn, compiled: bool) -> str | None:
     """The score-materializing kernel behind an attention choice: eager runs transformers' ops, or one fused softmax
-    where the planner's fused kernels run; SDPA and FlashAttention keep the scores on chip (None)."""
+    under torch.compile; SDPA and FlashAttention keep the scores on chip (None)."""
     if attn is not Attn.eager:
         return None
-    return "fused_softmax" if fused else "hf_eager"
+    return "fused_softmax" if compiled else "hf_eager"
 
 
 @lru_cache(maxsize=8192)

@@ -275,7 +275,7 @@ def _device_time_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float,
     layers = fam.stage_layers
     if attention_kernel is not None and cfg.attn is not Attn.eager:
         raise ValueError(f"attention kernel {attention_kernel} materializes the scores: plan it with eager attention")
-    kernel = attention_kernel or kn.attention_kernel(cfg.attn, _fused(cfg))
+    kernel = attention_kernel or kn.attention_kernel(cfg.attn, cfg.torch_compile)
     dtype = kn.score_dtype(_elem_bytes(cfg), cfg.precision is Precision.fp16_mixed, gpu.sm_count > 0)
     scores_fwd, scores_bwd = kn.attention_memory_s(m, kernel, dtype, seqs, cfg.seq_len, layers, cfg.tp,
                                                    _elem_bytes(cfg), gpu)
