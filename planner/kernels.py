@@ -256,8 +256,9 @@ def attention_shapes(m: ModelSpec) -> tuple[tuple[float, AttentionShape], ...]:
 # - "sdpa_math": PyTorch 2.0-2.4's `_scaled_dot_product_attention_math` (aten/src/ATen/native/transformers/
 #   attention.cpp): q and k scaled before QK^T (head-sized tensors), the causal mask added in place
 #   (`attn.add_(*attn_mask)`), `at::softmax` in the inputs' dtype, P V; backward: softmax's backward only. (From
-#   2.5 it upcasts q, k and v to fp32 unless allowFP16BF16ReductionMathSDP is set: fp32 GEMMs, fp32 add and softmax
-#   and a 16-bit copy of P; torch 2.13's dispatch log shows it. No plan the planner makes reaches that kernel.)
+#   2.5 it upcasts q, k and v to fp32, pytorch/pytorch#128922 of July 2024, unless allow_fp16_bf16_reduction_math_sdp
+#   is set, #135964: fp32 GEMMs, fp32 add and softmax and a 16-bit copy of P, as torch 2.13's dispatch log shows. No
+#   plan the planner makes reaches that kernel.)
 # - "fused_softmax": one fused scale + mask + softmax kernel (Megatron-LM's FusedScaleMaskSoftmax, Narayanan et al.
 #   2021, Sec. 4.2; megatron/model/fused_softmax.py): forward reads the scores and writes P, backward reads grad P
 #   and P and writes grad S. torch.compile's Inductor fuses eager attention's scaling, mask add, casts and softmax
