@@ -23,8 +23,8 @@ memory-bound: their bytes per token are counted from transformers' Llama layer (
 and take bytes / memory bandwidth; fused kernels (Liger, torch.compile) read and write each tensor once.
 Attention: FlashAttention-2 / SDPA's flash kernel computes only the blocks left of the causal diagonal and
 runs at the GPU's measured attention efficiency, its 128-row blocks spread over the SMs like GEMM tiles
-(`flash_attention_s`); eager attention runs the full s x s matmuls and writes and reads the b x a x s x s
-scores and probabilities (4 passes of 16-bit or fp32 values per forward, twice that in backward). Every
+(`flash_attention_s`); eager attention and SDPA's math kernel run the full s x s matmuls and pass over the
+b x a x s x s scores as many times, in the dtypes, their ops do (`SCORE_PASSES`, one count per kernel). Every
 eager op also costs the host a dispatch (`GPUSpec.host_op_s`): on a GPU the host runs ahead of the device
 and only a host-bound micro-batch pays it; on the CPU host and device are one.
 """
@@ -244,14 +244,66 @@ def attention_shapes(m: ModelSpec) -> tuple[tuple[float, AttentionShape], ...]:
                                  v_head_dim=m.head_dim)),)
 
 
-def eager_attention_bytes(b: int, s: int, heads: int, elem_bytes: float) -> float:
-    """Scores and probabilities of eager attention per layer, forward and backward: written and read
-    twice each in forward (QK^T -> softmax -> PV), about twice that in backward."""
-    return 3 * 4 * b * heads * s * s * elem_bytes
+# Bytes an attention kernel moves per element of one layer's b x heads x s x s scores outside its two batched GEMMs
+# (Q K^T's write and P V's read of the scores, and in backward grad P's write, P's read for grad V and grad S's two
+# reads, sit in those GEMMs' roofline: `attention_matmuls`), as (e, f) passes of the compute dtype's e bytes and of
+# fp32, forward and backward. A checkpointed layer's recomputed forward moves the forward's passes again. The mask
+# (b x 1 x s x s in transformers, L x S in PyTorch's math kernel) is not counted: it is read once per head from a
+# tensor `heads` times smaller. Counted from the sources, and checked op by op with a dispatch mode over torch
+# 2.13 and transformers 5.25 on the CPU (tests/planner/test_attention_passes.py):
+# - "hf_eager": transformers' eager attention (modeling_llama.py eager_attention_forward, 4.36-5.25; the same ops
+#   inline in LlamaAttention.forward in 4.31-4.35: `/ math.sqrt(head_dim)` for `* scaling`). Forward: the scaling
+#   multiply (read, write), the mask add (read, write), `softmax(dtype=torch.float32)` and `.to(query.dtype)`;
+#   dropout at p = 0 returns its input (aten/src/ATen/native/Dropout.cpp, `p == 0` returns the input). Torch's
+#   softmax with a dtype (aten/src/ATen/native/SoftMax.cpp, `softmax(input_, dim_, dtype)`) runs its fused
+#   half-to-float kernel only for fp16 on CUDA; bf16 (and fp16 on the CPU) is first copied to an fp32 tensor
+#   (`input_.toType(dtype)`), so a 16-bit layer moves e + f (copy), 2f (softmax), f + e (cast back) where fp16 on
+#   CUDA moves e + f (softmax) and f + e; in fp32 both casts are no-ops. Backward: the cast's grad back to fp32,
+#   softmax's backward (reads grad and output, writes grad: fp32), the copy's grad to 16 bits, the multiply's.
+# - "sdpa_math": PyTorch 2.0-2.4's `_scaled_dot_product_attention_math` (aten/src/ATen/native/transformers/
+#   attention.cpp): q and k scaled before QK^T (head-sized tensors), the causal mask added in place
+#   (`attn.add_(*attn_mask)`), `at::softmax` in the inputs' dtype, P V; backward: softmax's backward only. (From
+#   2.5 it upcasts q, k and v to fp32, pytorch/pytorch#128922 of July 2024, unless allow_fp16_bf16_reduction_math_sdp
+#   is set, #135964: fp32 GEMMs, fp32 add and softmax and a 16-bit copy of P, as torch 2.13's dispatch log shows. No
+#   plan the planner makes reaches that kernel.)
+# - "fused_softmax": one fused scale + mask + softmax kernel (Megatron-LM's FusedScaleMaskSoftmax, Narayanan et al.
+#   2021, Sec. 4.2; megatron/model/fused_softmax.py): forward reads the scores and writes P, backward reads grad P
+#   and P and writes grad S. torch.compile's Inductor fuses eager attention's scaling, mask add, casts and softmax
+#   into its reduction kernels and is counted so (a looped reduction over long rows may read the scores more than
+#   once: not measured); Liger's kernels (RMSNorm, RoPE, SwiGLU, the loss) leave transformers' attention alone.
+SCORE_PASSES: dict[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]] = {
+    ("hf_eager", "16-bit"): ((6, 4), (4, 5)),
+    ("hf_eager", "fp16-cuda"): ((6, 2), (4, 3)),
+    ("hf_eager", "fp32"): ((6, 0), (5, 0)),
+    ("sdpa_math", "16-bit"): ((4, 0), (3, 0)),
+    ("sdpa_math", "fp16-cuda"): ((4, 0), (3, 0)),
+    ("sdpa_math", "fp32"): ((4, 0), (3, 0)),
+    ("fused_softmax", "16-bit"): ((2, 0), (3, 0)),
+    ("fused_softmax", "fp16-cuda"): ((2, 0), (3, 0)),
+    ("fused_softmax", "fp32"): ((2, 0), (3, 0)),
+}
+FP32_BYTES = 4.0
 
 
-# The forward's 4 of those 12 passes: what a recomputed (checkpointed) forward writes and reads again.
-EAGER_ATTENTION_FORWARD_SHARE = 4 / 12
+def score_dtype(elem_bytes: float, fp16: bool, cuda: bool) -> str:
+    """The SCORE_PASSES column of a run: fp32, fp16 on CUDA (softmax's half-to-float kernel), or 16 bits."""
+    if elem_bytes >= FP32_BYTES:
+        return "fp32"
+    return "fp16-cuda" if fp16 and cuda else "16-bit"
+
+
+def score_bytes_per_element(kernel: str, dtype: str, elem_bytes: float) -> tuple[float, float]:
+    """(forward, backward) bytes one attention kernel moves per score element outside its GEMMs (SCORE_PASSES)."""
+    (fe, ff), (be, bf) = SCORE_PASSES[(kernel, dtype)]
+    return fe * elem_bytes + ff * FP32_BYTES, be * elem_bytes + bf * FP32_BYTES
+
+
+def attention_kernel(attn: Attn, compiled: bool) -> str | None:
+    """The score-materializing kernel behind an attention choice: eager runs transformers' ops, or one fused softmax
+    under torch.compile; SDPA and FlashAttention keep the scores on chip (None)."""
+    if attn is not Attn.eager:
+        return None
+    return "fused_softmax" if compiled else "hf_eager"
 
 
 @lru_cache(maxsize=8192)
@@ -264,15 +316,16 @@ def host_ops_per_micro_batch(m: ModelSpec, layers: int, method: Method, lora_tar
     return layers * fwd * passes
 
 
-def attention_memory_s(m: ModelSpec, attn: Attn, b: int, s: int, layers: int, tp: int, elem_bytes: float,
-                       gpu: GPUSpec) -> float:
-    """Extra memory time of eager attention (FlashAttention/SDPA keep the scores on chip): every layer kind's
-    heads write and read their full s x s scores (eager attention applies a window as a mask, after QK^T)."""
-    if attn is not Attn.eager:
-        return 0.0
-    per_layer = sum(share * eager_attention_bytes(b, s, max(1, a.heads // tp), elem_bytes)
-                    for share, a in attention_shapes(m))
-    return layers * per_layer / gpu.elementwise_bytes_per_s
+def attention_memory_s(m: ModelSpec, kernel: str | None, dtype: str, b: int, s: int, layers: int, tp: int,
+                       elem_bytes: float, gpu: GPUSpec) -> tuple[float, float]:
+    """(forward, backward) memory time of a score-materializing kernel's passes over every layer's b x heads x s x s
+    scores outside its GEMMs (SCORE_PASSES; each layer kind's heads, the full s x s: eager attention applies a window
+    as a mask, after QK^T); 0 for SDPA's fused kernels and FlashAttention, which keep the scores on chip."""
+    if kernel is None:
+        return 0.0, 0.0
+    elements = layers * sum(share * b * max(1, a.heads // tp) * s * s for share, a in attention_shapes(m))
+    fwd_b, bwd_b = score_bytes_per_element(kernel, dtype, elem_bytes)
+    return elements * fwd_b / gpu.elementwise_bytes_per_s, elements * bwd_b / gpu.elementwise_bytes_per_s
 
 
 def causal_block_share(s: int, block: int = FLASH_BLOCK_ROWS) -> float:

@@ -162,15 +162,18 @@ def _family(cfg: TrainConfig) -> _Family:
                       cfg.precision)
 
 
-def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
+def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT, attention_kernel: str | None = None) -> StepTime:
     """Seconds per optimizer step on the slowest GPU (the last pipeline stage), with its breakdown. The online RL
-    stages add generation, scoring and the weight sync to the policy's training step (planner.rl.timing)."""
+    stages add generation, scoring and the weight sync to the policy's training step (planner.rl.timing).
+    `attention_kernel` names the SCORE_PASSES kernel eager attention runs where it is not transformers' own
+    (planner/kernels.py): "sdpa_math" for a run whose modeling code hands SDPA inputs its fused kernels refuse,
+    so that SDPA falls back to its math kernel (no choice a user makes: the validation cases name it)."""
     if is_online_rl(cfg.stage):
         return rl_timing.rl_step_time(_TRAINING, cfg, cal)
-    return training_step_time(cfg, cal)
+    return training_step_time(cfg, cal, attention_kernel)
 
 
-def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime:
+def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT, attention_kernel: str | None = None) -> StepTime:
     """Seconds per optimizer step of the training alone (forward, backward, communication, optimizer)."""
     cluster = cfg.cluster
     gpu = cluster.gpu
@@ -183,7 +186,7 @@ def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT) -> StepTime
     comm_eff = cal.comm_efficiency if cal.comm_efficiency is not None else DEFAULT_COMM_EFFICIENCY
     sample_tokens = cp.tokens_per_sample(cfg)
     mb_tokens = mb * sample_tokens
-    mb_compute_s, mb_recompute_s = _micro_batch_compute_s(cfg, fam, mb_tokens, eff)
+    mb_compute_s, mb_recompute_s = _micro_batch_compute_s(cfg, fam, mb_tokens, eff, attention_kernel)
     compute_s = ga * (mb_compute_s - mb_recompute_s)
     recompute_s = ga * mb_recompute_s
     dispatch_s, hooks_s = _host_exposed_s(cfg, fam.stage_layers, mb_compute_s)
@@ -239,18 +242,20 @@ def _elem_bytes(cfg: TrainConfig) -> float:
 _MICRO_BATCH_S: dict[tuple, tuple[float, float]] = {}
 
 
-def _micro_batch_compute_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float) -> tuple[float, float]:
+def _micro_batch_compute_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float,
+                           attention_kernel: str | None = None) -> tuple[float, float]:
     key = (cfg.model, cfg.cluster.gpu, cfg.adapter, cfg.layout, cfg.precision, cfg.seq_len, cfg.attn, cfg.switches,
-           cfg.stage, cfg.grad_ckpt, fam, tokens, eff)
+           cfg.stage, cfg.grad_ckpt, fam, tokens, eff, attention_kernel)
     hit = _MICRO_BATCH_S.get(key)
     if hit is None:
         if len(_MICRO_BATCH_S) >= 8192:
             _MICRO_BATCH_S.clear()
-        hit = _MICRO_BATCH_S[key] = _device_time_s(cfg, fam, tokens, eff)
+        hit = _MICRO_BATCH_S[key] = _device_time_s(cfg, fam, tokens, eff, attention_kernel)
     return hit
 
 
-def _device_time_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float) -> tuple[float, float]:
+def _device_time_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float,
+                   attention_kernel: str | None = None) -> tuple[float, float]:
     """(device time incl. recompute, recompute) seconds of one micro-batch, pass by pass (planner/kernels.py):
     each linear's GEMMs on the roofline at the GPU's large-GEMM efficiency (wave quantization; the CPU's measured
     GEMM curve), the attention core (FlashAttention-2's causal blocks at the GPU's attention efficiency, or the
@@ -268,22 +273,26 @@ def _device_time_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float) -> t
         m, gpu, tokens, cfg.adapter, cfg.freeze_layers, cfg.tp, cfg.precision, fam.peak, default_eff, seqs,
         cfg.seq_len, cfg.attn, _fused(cfg), cfg.stage, cfg.ep)
     layers = fam.stage_layers
-    eager_scores = kn.attention_memory_s(m, cfg.attn, seqs, cfg.seq_len, layers, cfg.tp, _elem_bytes(cfg), gpu)
-    extra = eager_scores + (layers * _lora_branch_s(cfg, tokens) if cfg.method is not Method.full else 0.0)
+    if attention_kernel is not None and cfg.attn is not Attn.eager:
+        raise ValueError(f"attention kernel {attention_kernel} materializes the scores: plan it with eager attention")
+    kernel = attention_kernel or kn.attention_kernel(cfg.attn, cfg.torch_compile)
+    dtype = kn.score_dtype(_elem_bytes(cfg), cfg.precision is Precision.fp16_mixed, gpu.sm_count > 0)
+    scores_fwd, scores_bwd = kn.attention_memory_s(m, kernel, dtype, seqs, cfg.seq_len, layers, cfg.tp,
+                                                   _elem_bytes(cfg), gpu)
+    extra = scores_fwd + scores_bwd + (layers * _lora_branch_s(cfg, tokens) if cfg.method is not Method.full else 0.0)
     trained, forward_only = _model_passes(cfg.stage)
     loss = _loss_s(cfg, tokens) if cfg.stage is not Stage.rm else 0.0
     train_s = layers * (fwd + bwd) + head_fwd + head_bwd + loss + extra
     ref_s = layers * fwd + head_fwd  # a frozen model's forward
     # a checkpointed layer runs its whole forward again in backward (torch/utils/checkpoint.py reruns the wrapped
     # function): with it peft's LoRA branch (lora.Linear.forward: the casts, the dropout, the scaling and the add)
-    # and eager attention's forward score traffic; selective checkpointing reruns the attention core only
-    eager_fwd = kn.EAGER_ATTENTION_FORWARD_SHARE * eager_scores
+    # and a score-materializing kernel's forward passes; selective checkpointing reruns the attention core only
     recompute = 0.0
     if cfg.grad_ckpt is GradCkpt.full:
-        recompute = layers * fwd + eager_fwd + (layers * _lora_branch_s(cfg, tokens, forward_only=True)
+        recompute = layers * fwd + scores_fwd + (layers * _lora_branch_s(cfg, tokens, forward_only=True)
                                                 if cfg.method is not Method.full else 0.0)
     elif cfg.grad_ckpt is GradCkpt.selective:
-        recompute = layers * attn_fwd + eager_fwd
+        recompute = layers * attn_fwd + scores_fwd
     total = trained * (train_s + recompute) + forward_only * ref_s
     return scale * total, scale * trained * recompute
 

@@ -68,6 +68,7 @@ class PublishedSpeed:
     hf_config: dict[str, Any] | None = None
     model: ModelSpec | None = None  # a test-local stand-in (see its comment)
     inter_node_bytes_per_s: float | None = None  # the source's network, per GPU, where it is not the GPU entry's
+    attention_kernel: str | None = None  # planner/kernels.py SCORE_PASSES: the kernel eager attention stands in for
     group: str = ""  # one source's comparison of strategies on one setup
     assumed: str = ""
     unmodelled: str = ""
@@ -88,7 +89,7 @@ class PublishedSpeed:
     def predicted(self) -> float:
         """The planner's figure in the source's unit."""
         cfg = self.config()
-        t = step_time(cfg)
+        t = step_time(cfg, attention_kernel=self.attention_kernel)
         if self.unit == "s/step":
             return t.step_time_s
         if self.unit == "tokens/s/GPU":
@@ -272,15 +273,17 @@ FALCON_7B = ModelSpec(name="falcon-7b (Llama-shaped stand-in)", model_type="llam
                       hidden_size=4544, intermediate_size=12117, num_layers=32, num_heads=71, num_kv_heads=1,
                       head_dim=64, tie_embeddings=True, max_seq_len=4096, decoder_layer_class="FalconDecoderLayer")
 _DS3901_PAGE = "deepspeedai/DeepSpeed issue 3901 (2023-07-07), the benchmark table"
-# Attention: SDPA's math path, the planner's eager attention. In July 2023 Falcon-7B ran through its remote RW code
-# (tiiuae/falcon-7b modelling_RW.py; transformers' own Falcon came with 4.33 in September 2023), whose
-# Attention.forward hands F.scaled_dot_product_attention its 71 query heads and the one key / value head of
+# Attention: SDPA's math kernel (planner/kernels.py SCORE_PASSES "sdpa_math"). In July 2023 Falcon-7B ran through
+# its remote RW code (tiiuae/falcon-7b modelling_RW.py; transformers' own Falcon came with 4.33 in September
+# 2023), whose Attention.forward hands F.scaled_dot_product_attention its 71 query heads and the one key / value head of
 # multi-query attention as they are (`num_kv = 1`: key and value reshaped to (b, 1, s, 64), not expanded), with
 # is_causal=True. PyTorch 2.0.1, the release of that summer (2.1 came in October), runs its flash and memory-efficient
 # kernels only when query, key and value have the same number of heads (aten/src/ATen/native/transformers/cuda/
 # sdp_utils.h at v2.0.1, e9ebda29: check_equal_batch_size_and_num_heads is a constraint of both use_flash_attention
 # and use_mem_efficient_attention; 2.1-2.4 keep the check for dense inputs), so every layer falls back to the math
-# kernel: the full b x 71 x s x s scores, their softmax and the product with V, in bf16.
+# kernel: the full b x 71 x s x s scores, their softmax and the product with V, in bf16. Its passes over the scores
+# beside the two GEMMs: the mask's in-place add and softmax forward, softmax's backward (7 of 16 bits; transformers'
+# eager attention, the planner's Attn.eager, moves 28 bytes forward and 28 backward per score element in bf16).
 # Checkpointing: on that path each layer keeps its 71 x 4096 x 4096 bf16 probabilities for backward (2.4 GB; 76 GB
 # over 32 layers), so no run of the table fits a 40 GB card without activation checkpointing, and all four
 # checkpoint. (An earlier reading of the memory row, planned with flash attention, put checkpointing on FSDP only.)
@@ -297,9 +300,11 @@ def _ds3901(label: str, kw: dict[str, Any], ckpt: GradCkpt, secs: float) -> Publ
         published=secs, switches=f"Falcon-7B fine-tuning, 4k context, 8x A100-40GB, {label}",
         build=dict(model="llama-2-7b", gpus="8xA100-40G", method=Method.full, precision=Precision.bf16_mixed,
                    micro_batch=1, grad_accum=1, seq_len=4096, grad_ckpt=ckpt, attn=Attn.eager, **kw),
-        model=FALCON_7B, group="ds3901-falcon7b",
+        model=FALCON_7B, group="ds3901-falcon7b", attention_kernel="sdpa_math",
         assumed="micro-batch 1 and no accumulation: the attached script is not readable offline; PyTorch 2.0.x, so "
-                "SDPA runs its math kernel on the RW code's one key / value head (above), planned as eager attention",
+                "SDPA runs its math kernel on the RW code's one key / value head (above): planned as eager attention "
+                "(the full s x s GEMMs, the scores kept for backward) with the math kernel's own passes over the "
+                "scores (planner/kernels.py SCORE_PASSES 'sdpa_math')",
         unmodelled="Falcon's LayerNorm, GELU MLP and parallel attention stood in by a Llama-shaped layer of the same "
                    "matmul FLOPs")
 

@@ -72,7 +72,10 @@ class Case:
     config: TrainConfig
 
     def planner_value(self) -> float:
-        t = step_time(self.config)
+        # megatron_config plans Megatron-LM's attention as eager attention; its scores pass through one fused
+        # scale + mask + softmax kernel (planner/kernels.py SCORE_PASSES "fused_softmax"), not transformers' ops
+        fused = "fused_softmax" if self.config.attn is Attn.eager else None
+        t = step_time(self.config, attention_kernel=fused)
         if self.unit == "TFLOP/s per GPU":
             c, m = self.config, self.config.model
             flops = megatron_iteration_flops(c.global_batch, c.seq_len, m.num_layers, m.hidden_size, m.vocab_size)
