@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from planner.caching_allocator import CachingAllocator, round_size, segment_bytes
+from planner.caching_allocator import CachingAllocator, Event, round_size, segment_bytes
 from planner.choices import Engine, Method, Offload, Quant
 from planner.engines import ddp, fsdp
 from planner.params import embedding_params, norm_params, resolve_lora_targets
@@ -93,75 +93,89 @@ def broadcast_buckets(sizes: tuple[int, ...], limit: int = PARAM_BROADCAST_BUCKE
     return buckets
 
 
-def _unit_events(alloc: CachingAllocator, sizes: tuple[int, ...], *, world: int, shard: bool, sync: bool,
-                 keep: list[int], offload: bool = False) -> None:
-    """One unit's `_init_param_handle_from_module` on `alloc`; the blocks it leaves live go to `keep`."""
-    params = [alloc.malloc(n) for n in sizes]  # _move_module_to_device / param_init_fn's to_empty
-    if sync and world > 1:
-        in_flight: list[int | None] = []
-        for bucket in broadcast_buckets(sizes):
-            if len(in_flight) >= MAX_BROADCASTS_IN_FLIGHT:
-                done = in_flight.pop(0)
-                if done is not None:
-                    alloc.free(done)
-            in_flight.append(alloc.malloc(sum(sizes[i] for i in bucket)) if len(bucket) > 1 else None)
-        for done in in_flight:
+def broadcast_events(sizes: tuple[int, ...], *, unit: int = 0, limit: int = PARAM_BROADCAST_BUCKET_BYTES
+                     ) -> list[Event]:
+    """`broadcast_coalesced` (torch/csrc/distributed/c10d/comm.cpp) on tensors of `sizes`: a flat buffer per bucket of
+    several tensors, and before a third bucket starts the oldest in flight finishes and its buffer goes."""
+    ev: list[Event] = []
+    in_flight: list[str | None] = []
+    for j, bucket in enumerate(broadcast_buckets(sizes, limit)):
+        if len(in_flight) >= MAX_BROADCASTS_IN_FLIGHT:
+            done = in_flight.pop(0)
             if done is not None:
-                alloc.free(done)
+                ev.append(("free", done))
+        name = f"u{unit}.bucket{j}" if len(bucket) > 1 else None  # one tensor: flatten_dense_tensors makes a view
+        if name is not None:
+            ev.append(("alloc", name, sum(sizes[i] for i in bucket)))  # flatten_dense_tensors: at::cat
+        in_flight.append(name)
+    return ev + [("free", done) for done in in_flight if done is not None]
+
+
+def unit_events(sizes: tuple[int, ...], *, unit: int = 0, world: int, shard: bool, sync: bool,
+                offload: bool = False) -> list[Event]:
+    """One unit's `_init_param_handle_from_module` on rank 0, as ("alloc", name, bytes) / ("free", name) events;
+    what it leaves live: the shard (the whole flat parameter under NO_SHARD; nothing under CPU offload)."""
+    ev: list[Event] = [("alloc", f"u{unit}.p{i}", n) for i, n in enumerate(sizes)]  # the move / to_empty
+    if sync and world > 1:
+        ev += broadcast_events(sizes, unit=unit)
     total = sum(sizes)
-    flat = alloc.malloc(total)  # flatten_tensors: torch.cat
+    ev.append(("alloc", f"u{unit}.flat", total))  # flatten_tensors: torch.cat
+    local = f"u{unit}.flat"
     if shard and world > 1:
-        local = alloc.malloc(-(-total // world))  # _get_shard: chunk.clone()
-        alloc.free(flat)  # shard(): _typed_storage()._resize_(0)
-    else:
-        local = flat
+        local = f"u{unit}.shard"
+        ev += [("alloc", local, -(-total // world)),  # _get_shard: chunk.clone()
+               ("free", f"u{unit}.flat")]  # shard(): _typed_storage()._resize_(0)
     if offload:  # _init_param_handle_from_params: handle.flat_param_to(cpu)
-        alloc.free(local)
-    else:
-        keep.append(local)
-    for addr in params:  # managed_params released when the unit's init returns
-        alloc.free(addr)
+        ev.append(("free", local))
+    ev += [("free", f"u{unit}.p{i}") for i in range(len(sizes))]  # managed_params released on return
+    return ev
 
 
-def _quantize_events(alloc: CachingAllocator, numels: tuple[int, ...], *, double_quant: bool, keep: list[int]) -> None:
-    """Answer.AI's load_and_quantize of each 4-bit linear (16-bit weight on the GPU, quantize_4bit, codes moved off),
-    then torch.cuda.empty_cache()."""
-    code = None
-    for n in numels:
-        weight = alloc.malloc(2 * n)  # value.to(device, bf16)
+def quantize_events(numels: tuple[int, ...], *, double_quant: bool) -> list[Event]:
+    """Answer.AI's load_and_quantize of each 4-bit linear: its 16-bit weight on the GPU, quantize_4bit, the packed
+    codes moved off; the statistics stay. (torch.cuda.empty_cache() follows: fsdp1_init_replay.)"""
+    ev: list[Event] = []
+    for k, n in enumerate(numels):
         blocks = -(-n // NF4_BLOCK)
-        absmax = alloc.malloc(4 * blocks)  # torch.zeros((blocks,), float32)
-        packed = alloc.malloc(-(-n // 2))  # torch.zeros(((n + 1) // mod, 1), quant_storage)
+        ev += [("alloc", f"w{k}", 2 * n),  # value.to(device, bf16)
+               ("alloc", f"absmax{k}", 4 * blocks),  # torch.zeros((blocks,), float32)
+               ("alloc", f"packed{k}", -(-n // 2))]  # torch.zeros(((n + 1) // mod, 1), quant_storage)
         if double_quant:
-            keep.append(alloc.malloc(4))  # offset = absmax.mean()
-            if code is None:
-                code = alloc.malloc(256 * 4)  # the dynamic map, made once on the device
-                keep.append(code)
-            keep.append(alloc.malloc(4 * -(-blocks // NESTED_BLOCK)))  # quantize_blockwise: absmax2, fp32
-            keep.append(alloc.malloc(blocks))  # quantize_blockwise: the uint8 codes of the absmax
-            alloc.free(absmax)  # del absmax
+            ev.append(("alloc", f"offset{k}", 4))  # offset = absmax.mean()
+            if k == 0:
+                ev.append(("alloc", "code", 256 * 4))  # the dynamic map, made once on the device
+            ev += [("alloc", f"absmax2.{k}", 4 * -(-blocks // NESTED_BLOCK)),  # quantize_blockwise: fp32 absmax
+                   ("alloc", f"qabsmax{k}", blocks),  # quantize_blockwise: uint8 codes of the absmax
+                   ("free", f"absmax{k}")]  # del absmax
+        ev += [("free", f"w{k}"),  # Params4bit._quantize: self.data = w_4bit
+               ("free", f"packed{k}")]  # value.data.to("cpu" / "meta")
+    return ev
+
+
+def _run(alloc: CachingAllocator, events: list[Event], live: dict[str, int]) -> None:
+    for event in events:
+        if event[0] == "alloc":
+            live[event[1]] = alloc.malloc(event[2])
         else:
-            keep.append(absmax)
-        alloc.free(weight)  # Params4bit._quantize: self.data = w_4bit
-        alloc.free(packed)  # value.data.to("cpu" / "meta")
-    alloc.release_cached()  # torch.cuda.empty_cache()
+            alloc.free(live.pop(event[1]))
 
 
 @lru_cache(maxsize=256)
 def fsdp1_init_replay(units: tuple[tuple[int, ...], ...], *, world: int, shard: bool, sync: bool,
                       quantized_numels: tuple[int, ...] = (), double_quant: bool = True,
                       offload: bool = False) -> InitReplay:
-    """The caching allocator after loading (`quantized_numels`: the 4-bit linears Answer.AI quantizes on the GPU)
-    and FSDP1's init of `units` (each the byte sizes of its parameters, in the module's order), on rank 0."""
+    """The caching allocator after loading (`quantized_numels`: the 4-bit linears Answer.AI quantizes on the GPU,
+    then torch.cuda.empty_cache()) and FSDP1's init of `units` (each the byte sizes of its parameters, in the
+    module's order, inner units first), on rank 0."""
     alloc = CachingAllocator()
-    keep: list[int] = []
+    live: dict[str, int] = {}
     if quantized_numels:
-        _quantize_events(alloc, quantized_numels, double_quant=double_quant, keep=keep)
-    for sizes in units:
-        _unit_events(alloc, sizes, world=world, shard=shard, sync=sync, keep=keep, offload=offload)
+        _run(alloc, quantize_events(quantized_numels, double_quant=double_quant), live)
+        alloc.release_cached()
+    for k, sizes in enumerate(units):
+        _run(alloc, unit_events(sizes, unit=k, world=world, shard=shard, sync=sync, offload=offload), live)
     return InitReplay(allocated_bytes=alloc.allocated_bytes, reserved_bytes=alloc.reserved_bytes,
                       peak_reserved_bytes=alloc.peak_reserved_bytes)
-
 
 
 # --- the units of a plan ------------------------------------------------------------------------------------------
