@@ -232,6 +232,21 @@ def reserved_floor_bytes(cfg: TrainConfig) -> float:
     (its dtype, whether rank 0 alone loads) is not stated, so no floor is claimed for full fine-tunes."""
     if cfg.engine is not Engine.fsdp or int(cfg.fsdp_version) != 1 or cfg.method is Method.full:
         return 0.0
+    # what plan_units and the replay read: the search asks once per strategy, seq_len and accumulation, so cache
+    key = (cfg.model, cfg.adapter, cfg.precision, cfg.switches, cfg.engine_choice, cfg.tp, cfg.pp,
+           fsdp.shard_group(cfg))
+    floor = _FLOORS.get(key)
+    if floor is None:
+        if len(_FLOORS) >= 1024:
+            _FLOORS.clear()
+        floor = _FLOORS[key] = _reserved_floor_bytes(cfg)
+    return floor
+
+
+_FLOORS: dict[tuple, float] = {}
+
+
+def _reserved_floor_bytes(cfg: TrainConfig) -> float:
     laid_out = plan_units(cfg)
     if laid_out is None:
         return 0.0
