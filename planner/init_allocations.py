@@ -37,6 +37,11 @@ codes; the fp32 absmax is then deleted), and the packed codes go to the CPU (ran
 quantization statistics stay on the GPU. `torch.cuda.empty_cache()` follows the loading. Threads may interleave the
 linears (train.py `parallel(..., threadpool=True)`); the replay takes them in the checkpoint's order.
 
+FSDP materializes or moves a unit's parameters breadth-first (norms and non-adapted linears before the adapted
+linears' base weights); the replay takes them in `module.parameters()` order, the order the flat parameter and the
+broadcast use: on Llama-2-7B both orders leave the same reservation (LoRA 8.15, QLoRA 3.23 GiB). Traced on 2 CPU
+ranks (tests/planner/test_init_allocations.py), every unit makes and frees the replay's tensors.
+
 Not modelled: buffers (the rotary caches, transformers 4.38's causal-mask buffer: non-persistent, moved with their
 unit, each a live block; tens of MiB), the CPU-offload variant (the shard goes to the host, the GPU blocks are freed
 but stay cached) and rank k > 0's padding (`F.pad` of a short last chunk).
