@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner import allocator, engines, moe, nccl_memory
+from planner import allocator, engines, init_allocations, moe, nccl_memory
 from planner import memory_knobs as knobs
 from planner.activations import (
     derived_layer_fixed_bytes,
@@ -103,7 +103,7 @@ class MemoryBreakdown:
     def device_wanted(self) -> float:
         """The device reading if the card had room for the whole cache: above the card, the allocator frees and
         retries (slow, and fragmentation can still end it in an out-of-memory error): a tight plan."""
-        return self.total - self.other_items.get("allocator reserve", 0.0) + self.reserve_wanted
+        return max(self.total, self.total - self.other_items.get("allocator reserve", 0.0) + self.reserve_wanted)
 
     @property
     def fit_bytes(self) -> float:
@@ -313,6 +313,7 @@ class _StrategyParts:
     end_items: dict[str, float]
     grads_in_backward: float
     nccl_bytes: float  # NCCL's buffers over the strategy's communicators (planner.nccl_memory)
+    reserved_floor: float = 0.0  # FSDP1's init cache and all-gather segments (planner.init_allocations)
 
 
 # The search evaluates every batch shape, checkpointing and attention of a strategy in a row: their strategy parts are
@@ -362,7 +363,8 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     grads_in_backward = states.gradients if eng.grads_live_in_backward(cfg) else 0.0
     return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
                           end_items=tied_embedding_items(cfg, sp), grads_in_backward=grads_in_backward,
-                          nccl_bytes=nccl_memory.nccl_bytes(cfg))
+                          nccl_bytes=nccl_memory.nccl_bytes(cfg),
+                          reserved_floor=init_allocations.reserved_floor_bytes(cfg))
 
 
 # A stage's activations do not depend on the optimizer, the ZeRO stage or the offload: the engine reaches them only
@@ -402,14 +404,15 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}
         step_items = {k: v * cal.overhead_multiplier for k, v in step_items.items()}
     return _peak(cfg, parts.states, parts.grads_in_backward, activations, items, step_items, parts.end_items,
-                 nccl=parts.nccl_bytes)
+                 nccl=parts.nccl_bytes, reserved_floor=parts.reserved_floor)
 
 
 def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activations: float,
           items: dict[str, float], step_items: dict[str, float], end_items: dict[str, float] | None = None,
-          *, nccl: float | None = None) -> MemoryBreakdown:
+          *, nccl: float | None = None, reserved_floor: float = 0.0) -> MemoryBreakdown:
     """The largest of the three phases, with its breakdown, and the host / NVMe bytes per node. `end_items` live
-    only at the end of backward (phase "gradients"); `nccl`: NCCL's buffers when already known."""
+    only at the end of backward (phase "gradients"); `nccl`: NCCL's buffers when already known; `reserved_floor`:
+    what the reserved reading holds at least, whatever the step (planner.init_allocations: FSDP1's init cache)."""
     end_items = end_items or {}
     gpu = cfg.cluster.gpu
     grads = states.gradients
@@ -442,7 +445,10 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     # the cache grows only while the card has room: a failed cudaMalloc makes the allocator free its cached
     # blocks and retry before it reports out of memory (c10/cuda/CUDACachingAllocator.cpp, `malloc`:
     # release_cached_blocks), so reserved memory stops at the card less what lives outside the allocator
-    other_items["allocator reserve"] = min(wanted, max(0.0, gpu.hbm_bytes - context - nccl - tensors))
+    # FSDP1's init leaves segments cached that the step's blocks may reuse: the reading holds at least the floor. The
+    # fit keeps the step's own reserve: those segments hold no live block, and a cudaMalloc short of room frees them
+    carried = max(wanted, reserved_floor - tensors) if gpu.sm_count else wanted
+    other_items["allocator reserve"] = min(carried, max(0.0, gpu.hbm_bytes - context - nccl - tensors))
     other_items["CUDA context and workspaces"] = context
     other_items["NCCL communicator buffers"] = nccl
     other = sum(other_items.values())
