@@ -363,7 +363,8 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     grads_in_backward = states.gradients if eng.grads_live_in_backward(cfg) else 0.0
     return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
                           end_items=tied_embedding_items(cfg, sp), grads_in_backward=grads_in_backward,
-                          nccl_bytes=nccl_memory.nccl_bytes(cfg), zero3_sub_groups=allocator.zero3_sub_groups(cfg, trained, n))
+                          nccl_bytes=nccl_memory.nccl_bytes(cfg),
+                          zero3_sub_groups=allocator.zero3_sub_groups(cfg, trained, n))
 
 
 # A stage's activations do not depend on the optimizer, the ZeRO stage or the offload: the engine reaches them only
