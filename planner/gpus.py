@@ -140,15 +140,21 @@ def _gpu(**kw) -> GPUSpec:
 
 
 _PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nominal
-# gloo's all_gather_into_tensor and reduce_scatter_tensor between the CPU entry's 2 ranks, (full bytes, seconds):
-# per size the median of 5-9 runs of profiler/device_fit.py measure_gather_scatter on this 2-core VM while other
-# work loaded it (1-minute load 2.5-3.8; the same runs' all-reduce of 16 MiB took 17-24 ms). Both cost 1-5x the
-# all-reduce of the same full size, and jump at 32 MiB (profiler/device_fit.py GATHER_SIZES: glibc mmaps larger
-# blocks afresh), so ZeRO-1/2's one gather of a whole model above 32 MiB is dear.
-_CPU_ALLGATHER_POINTS = ((2**18, 0.99e-3), (2**20, 2.12e-3), (2**22, 5.69e-3), (2**24, 24.8e-3),
-                         (31 * 2**20, 78.7e-3), (33 * 2**20, 134e-3), (2**26, 243e-3))
-_CPU_REDUCE_SCATTER_POINTS = ((2**18, 1.10e-3), (2**20, 3.31e-3), (2**22, 9.02e-3), (2**24, 46.8e-3),
-                              (31 * 2**20, 90.1e-3), (33 * 2**20, 122e-3), (2**26, 226e-3))
+# gloo's collectives between the CPU entry's 2 ranks, (full bytes, seconds): per size the median of the 3 passes of
+# profiler/device_fit.py (fit_cpu_device) that benchmarks/rank_order.py --fit-each-round ran on this 2-core VM on
+# 2026-12-06 19:39-19:47 with nothing else running (benchmarks/measured/rank_order_s11e.json, raw.device_fits;
+# profiler.device_fit.median_fit). The all-reduce is not one line in the size (2.1 ms at 2 MiB, 3.6 ms at 3 MiB,
+# planner/comm.py interpolates); the gather and reduce-scatter jump at 32 MiB (glibc mmaps larger blocks afresh).
+_CPU_ALLREDUCE_POINTS = ((4096, 0.370e-3), (8192, 0.384e-3), (12288, 0.339e-3), (16384, 0.315e-3), (24576, 0.370e-3),
+                         (32768, 0.432e-3), (49152, 0.404e-3), (65536, 0.411e-3), (98304, 0.475e-3),
+                         (131072, 0.370e-3), (196608, 0.403e-3), (262144, 0.486e-3), (393216, 0.665e-3),
+                         (524288, 0.668e-3), (786432, 1.24e-3), (1048576, 0.895e-3), (1572864, 1.46e-3),
+                         (2097152, 2.08e-3), (3145728, 3.63e-3), (4194304, 4.42e-3), (6291456, 7.22e-3),
+                         (8388608, 8.54e-3), (12582912, 12.3e-3), (16777216, 13.6e-3), (25165824, 21.1e-3))
+_CPU_ALLGATHER_POINTS = ((2**18, 0.618e-3), (2**20, 1.28e-3), (2**22, 4.37e-3), (2**24, 15.9e-3),
+                         (31 * 2**20, 24.7e-3), (33 * 2**20, 35.0e-3), (2**26, 68.6e-3))
+_CPU_REDUCE_SCATTER_POINTS = ((2**18, 1.10e-3), (2**20, 2.41e-3), (2**22, 7.22e-3), (2**24, 25.6e-3),
+                              (31 * 2**20, 37.7e-3), (33 * 2**20, 50.5e-3), (2**26, 95.2e-3))
 
 
 # FlashAttention-2 on A100: up to 73% of peak in forward and 63% in backward (Dao 2023, arXiv 2307.08691, Sec. 4.1
@@ -256,27 +262,29 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          inter_node_bytes_per_s=25 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE3, gpus_per_node=8,
          source="NVIDIA T4 Tensor Core GPU datasheet"),
     # A CPU "device" for profiling and tests on machines without GPUs: ranks are processes over gloo with
-    # one OpenMP thread each, device memory is host memory. The figures are per rank (one core), fitted on
-    # this project's 2-core x86 VM (AMD EPYC) with no other job running, by
-    #   ftplan profile calibrate --device --out cpu-device.json
-    # (profiler/device_fit.py): fp32 GEMM rate 56.1 GFLOP/s for large shapes with half rate at 37.4 rows
-    # (both processes timing at once, operands cold), narrow outputs (LoRA's r) at 0.12 / 0.41 / 0.63 /
-    # 0.83 of the row rate for n = 8 / 16 / 32 / 64, copy bandwidth 10.0 GB/s, 3.97 us per eager op,
-    # dropout 72.6 M values/s, gloo all-reduce 1.31 ms + M / 0.695 GB/s between 2 ranks, a collective
-    # beside compute 2.06x its time alone, ZeRO-3 hooks 1.62 ms per module and FSDP2 hooks 1.54 ms per unit
-    # (48-module probe). Six fits on this VM within two hours moved the rate by +-10%, the all-reduce
-    # latency from 0.6 to 2.8 ms and the dropout rate by 2x (a shared host). bf16 / fp16 matmuls run at 1/2
-    # and 1/8 of fp32 on AVX2 cores without AMX (oneDNN converts); there is no TF32.
-    _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=28.1e9, peak_fp16_flops_per_s=7.02e9,
-         peak_tf32_flops_per_s=56.1e9, peak_fp32_flops_per_s=56.1e9, hbm_bytes_per_s=10.0 * GB,
-         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=0.695 * GB,
-         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=0.695 * GB, host_link_bytes_per_s=10.0 * GB,
+    # one OpenMP thread each, device memory is host memory. The figures are per rank (one core): the median of
+    # the 3 passes of `ftplan profile calibrate --device` (profiler/device_fit.py) that benchmarks/rank_order.py
+    # --fit-each-round ran between its rounds on this project's 2-core x86 VM (AMD EPYC) on 2026-12-06
+    # 19:39-19:47, nothing else running (benchmarks/measured/rank_order_s11e.json; profiler.device_fit.median_fit):
+    # fp32 GEMM rate 147 GFLOP/s for large shapes with half rate at 25.3 rows (both processes timing at once),
+    # narrow outputs (LoRA's r) at 0.18 / 0.37 / 0.67 / 0.74 of the row rate for n = 8 / 16 / 32 / 64, copy
+    # bandwidth 11.9 GB/s, 1.80 us per eager op, dropout 135 M values/s, gloo all-reduce by size (points above;
+    # its alpha-beta line 0.35 ms + M / 1.39 GB/s), a collective beside compute 1.27x its time alone, a
+    # synchronous collective between compute 1.64 ms more than back to back, ZeRO-3 hooks 0.74 ms per module
+    # and FSDP2 hooks 0.63 ms per unit (48-module probe). Fits of this VM move: within 70 minutes the GEMM rate
+    # read 102-150 GFLOP/s and the busy factor 1.1-1.8 (rank_order_s11{a..e}.json); `profile calibrate --device`
+    # on the machine at hand replaces every figure. bf16 / fp16 matmuls run at 1/2 and 1/8 of fp32 on AVX2 cores
+    # without AMX (oneDNN converts); there is no TF32.
+    _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=73.6e9, peak_fp16_flops_per_s=18.4e9,
+         peak_tf32_flops_per_s=147.2e9, peak_fp32_flops_per_s=147.2e9, hbm_bytes_per_s=11.9 * GB,
+         intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=1.39 * GB,
+         inter_node_network="TCP (gloo)", inter_node_bytes_per_s=1.39 * GB, host_link_bytes_per_s=11.9 * GB,
          gpus_per_node=64, source="fitted: ftplan profile calibrate --device (profiler/device_fit.py)",
-         runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=3.97e-6, gemm_half_rate_rows=37.4,
-         gemm_narrow_cols=((8, 0.12), (16, 0.41), (32, 0.63), (64, 0.83)), dropout_values_per_s=72.6e6,
-         collective_alpha_s=1.31e-3, overlaps_comm=False, busy_comm_factor=2.06, zero3_module_host_s=1.62e-3,
-         fsdp_unit_host_s=1.54e-3, allgather_points=_CPU_ALLGATHER_POINTS,
-         reduce_scatter_points=_CPU_REDUCE_SCATTER_POINTS),
+         runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=1.80e-6, gemm_half_rate_rows=25.3,
+         gemm_narrow_cols=((8, 0.18), (16, 0.37), (32, 0.67), (64, 0.74)), dropout_values_per_s=135e6,
+         collective_alpha_s=0.349e-3, overlaps_comm=False, busy_comm_factor=1.27, sync_call_s=1.64e-3,
+         zero3_module_host_s=0.744e-3, fsdp_unit_host_s=0.627e-3, allreduce_points=_CPU_ALLREDUCE_POINTS,
+         allgather_points=_CPU_ALLGATHER_POINTS, reduce_scatter_points=_CPU_REDUCE_SCATTER_POINTS),
 )}
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",

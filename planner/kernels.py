@@ -191,7 +191,7 @@ def gemm_shape_factor(gemms: tuple[Gemm, ...], gpu: GPUSpec, peak: float, effici
 @lru_cache(maxsize=8192)  # pure in hashable arguments; the search asks for it per candidate
 def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...], tp: int,
                            elem_bytes: float, dropout: bool = True, fp32_adapters: bool = False,
-                           forward_only: bool = False) -> float:
+                           forward_only: bool = False, compiled: bool = False) -> float:
     """Memory traffic per layer and micro-batch of peft's LoRA branch besides its two GEMMs
     (peft/tuners/lora/layer.py Linear.forward: result + lora_B(lora_A(dropout(x))) * scaling), in bytes, for
     inputs of `elem_bytes`. Per input value (k side): forward dropout reads x and writes x' and a 1-byte mask
@@ -202,7 +202,13 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
     lora_A's matmul: (e + 4) + (4 + e) bytes each way, and the dropout runs on fp32 values. Per output value
     (n side): the scaling and the add read and write the branch and result (5 values), their backward 2.
     `forward_only`: the forward's share (the casts and the dropout one way, the scaling and the add), which a
-    checkpointed layer runs again in backward."""
+    checkpointed layer runs again in backward. `compiled` (torch.compile: the Trainer's torch_compile, torchtune's
+    per-layer compile): Inductor fuses the scaling and the add into one kernel that reads the base output and the
+    branch and writes the sum in place (3 values, not 5; its backward keeps the scaling's 2 and the input
+    gradient's add of 3): read off Inductor's generated code for torchtune's LoRALinear.forward at 1814feb17
+    (`out + scaling * lora_b(lora_a(x))`: extern mm x3 then one cpp_fused__unsafe_view_add_mul kernel with an
+    in/out pointer; backward cpp_fused_mul_view and cpp_fused_add_view), torch 2.13 on the CPU; Inductor's
+    scheduler decides fusion before choosing the CPU or Triton backend."""
     # peft's ParamWrapper targets have no branch on the input (their update is folded into the weight, layer_gemms)
     targets = set(resolve_lora_targets(m, lora_targets))
     e = elem_bytes
@@ -210,7 +216,8 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
     casts = 2 * (e + 4.0) if fp32_adapters else 0.0
     drop = 2 * a + 1.0 if dropout else 0.0  # one way: read and write the operand, and the 1-byte mask
     k_bytes = casts + drop if forward_only else 2 * casts + 2 * drop + 3.0 * e
-    n_bytes = 5.0 * e if forward_only else 7.0 * e
+    n_fwd = (3.0 if compiled else 5.0) * e
+    n_bytes = n_fwd if forward_only else n_fwd + 2.0 * e
     total = sum(lin.layer_share * tokens * (k_bytes * lin.in_features + n_bytes * lin.out_features / tp)
                 for lin in m.linears() if lin.name in targets and not lin.lora_param)
     return total

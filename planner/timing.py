@@ -360,7 +360,8 @@ def _lora_branch_s(cfg: TrainConfig, tokens: int, forward_only: bool = False) ->
     mixed = cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
     traffic = kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp, _elem_bytes(cfg),
                                         dropout=cfg.lora_dropout > 0 and rng is None,
-                                        fp32_adapters=mixed, forward_only=forward_only) / gpu.elementwise_bytes_per_s
+                                        fp32_adapters=mixed, forward_only=forward_only,
+                                        compiled=cfg.torch_compile) / gpu.elementwise_bytes_per_s
     return traffic + (kn.lora_dropout_values(cfg.model, tokens, cfg.lora_targets) / rng if rng else 0.0)
 
 

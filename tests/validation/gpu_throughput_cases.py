@@ -6,7 +6,7 @@ its unit, and the planner configuration it maps to. Details a source leaves out 
 that share `group` are one source's comparison of strategies on one setup: their order is scored too
 (tests/validation/test_gpu_throughput_published.py).
 
-Sources (5, 55 figures):
+Sources (7, 71 figures):
 - Qwen (QwenLM/Qwen README.md, "Profiling of Memory and Speed"): HF Trainer + peft / DeepSpeed, A100-SXM4-80G,
   CUDA 11.8, PyTorch 2.0, flash-attention 2, batch 1 and gradient accumulation 8 (one iteration = 8 sequences
   per GPU, every one padded to the length: Qwen's finetune.py pads to model_max_length), gradient
@@ -22,6 +22,11 @@ Sources (5, 55 figures):
   batch 8; tokens/s per device.
 - DeepSpeed issue 3901 ("Training speed is slower and consumes more memory than FSDP"): Falcon-7B, 4k context,
   8x A100-40GB, FSDP vs ZeRO-2/3 with offloads; seconds per step.
+- torchtune README "Optimization flags" (pytorch/torchtune 1814feb17, 2024-11-18): Llama 3.2 3B on one A100,
+  batch 2, packed to 4096, bf16, one technique added per row; tokens/s per GPU (the memory set's rows); and its
+  Llama 3.1 table (30b8519e8, 2024-09-24): 8B full, LoRA and QLoRA on one RTX 4090, batch 2, packed to 2048, compiled.
+- Liger-Kernel README (linkedin/Liger-Kernel e85611c9, 2024-08-13, docs/images/e2e-tps.png): LLaMA 3-8B, FSDP1 on
+  8 A100s, batch 8, checkpointing, 1K-16K tokens, with and without Liger's kernels; tokens/s (the memory set's runs).
 """
 
 from __future__ import annotations
@@ -29,16 +34,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from published_peaks import TORCHTUNE as TORCHTUNE_PEAKS  # the memory set's configurations
+from published_peaks_sharded import LIGER as LIGER_PEAKS
+
 from planner.build import build_config
 from planner.gpus import GB, Cluster
 from planner.models import ModelSpec, spec_from_hf_config
 from planner.strategy import (
     Attn,
+    CrossEntropy,
     FsdpStrategy,
     GradCkpt,
     Kernels,
     Method,
     Offload,
+    Optimizer,
     Precision,
     Stage,
     TrainConfig,
@@ -298,3 +308,118 @@ DS3901_CASES = [_ds3901(*row) for row in DS3901]
 # Left out: "Stage-3 offload params" (6.05 s): parameters offloaded without the optimizer is not a planner option.
 
 CASES: list[PublishedSpeed] = [*QWEN, *FMS, *GIST_CASES, *BLOG, *DS3901_CASES]
+
+
+# --- torchtune README, "Optimization flags" (pytorch/torchtune README.md at 1814feb17, 2024-11-18) ----------------
+# The memory set's rows (tests/validation/published_peaks.py TORCHTUNE: Llama 3.2 3B, one A100 80GB, batch 2, packed
+# to 4096 tokens, bf16 weights and optimizer states, fused torch AdamW, no accumulation; LoRA r64 alpha 128 on q, v,
+# output and the MLP, dropout 0), planned with the same configurations, and the "Tokens Per Second" column beside
+# their "Peak Memory Active". The recipes log tokens_per_second_per_gpu = the step's tokens whose label is not
+# ignore_index over the step's wall time from one optimizer step to the next (recipes/full_finetune_single_device.py
+# and lora_finetune_single_device.py at 1814feb17). Activation offloading is on in the LoRA and QLoRA rows: the
+# table adds "+ Activation Offloading" before them and its command for the final row passes
+# enable_activation_offloading=True with optimizer_in_bwd=False and torch.optim.AdamW.
+# Attention: a packed batch carries torchtune's block-causal BlockMask (data/_collate.py padded_collate_packed ->
+# packed_block_causal_mask), so on an A100 every row runs flex_attention, compiled whatever `compile` says
+# (modules/attention_utils.py: flex_attention_compiled, utils/_import_guard.py _SUPPORTS_FLEX_ATTENTION = CUDA and
+# sm >= 7.5), over each Alpaca sample's own causal block rather than the whole 4096-token pack.
+_TT_PAGE = "pytorch/torchtune README.md (1814feb17), Optimization flags: Tokens Per Second"
+_TT_ASSUMED = ("the planner counts all 2 x 4096 tokens of a step; torchtune counts the tokens whose label is not "
+               "ignore_index, so a pack's padding after its last Alpaca sample (a few percent of the 4096, from "
+               "the data) is left out of the published figure")
+_TT_UNMODELLED = ("flex_attention with the packs' block-causal document mask, planned as causal flash attention over "
+                  "the whole 4096 tokens (the attention core is 10-12% of each planned step); torchtune's own "
+                  "modules (its RMSNorm and RoPE upcast to fp32 in eager), planned with transformers' elementwise "
+                  "traffic")
+# (the memory set's row, tokens/s per GPU)
+TORCHTUNE_TPS = (("full+packed", 7075.0), ("full+packed+compile", 8998.0), ("full+packed+compile+chunked-ce", 9174.0),
+                 ("full+packed+compile+chunked-ce+ac", 7210.0), ("lora+packed+compile+chunked-ce+ac+offload", 8210.0),
+                 ("qlora+packed+compile+chunked-ce+ac+offload", 8035.0))
+# Left out: "Baseline" (unpacked: the padded length of each batch comes from the data), the rows that fuse the
+# optimizer step into backward (optimizer_in_bwd: "+ Fuse optimizer step into backward", "+ Activation Offloading",
+# "+ 8-bit AdamW"), which the memory set leaves out too.
+
+
+def _torchtune_speed(row: str, tps: float) -> PublishedSpeed:
+    peak = next(p for p in TORCHTUNE_PEAKS if p.id == f"torchtune:{row}")
+    qlora = row.startswith("qlora")
+    return PublishedSpeed(
+        id=f"torchtune-llama3.2-3b:{row}", source="torchtune README", page=_TT_PAGE, unit="tokens/s/GPU",
+        published=tps, switches=f"Llama 3.2 3B, 1x A100 80GB, bs 2, seq 4096, bf16, {row}", build=dict(peak.build),
+        group="torchtune-llama3.2-3b-a100", assumed=_TT_ASSUMED,
+        unmodelled=_TT_UNMODELLED + ("; torchao's NF4 tensors (torchtune's QLoRA), planned at bitsandbytes' "
+                                     "dequantization rate" if qlora else ""))
+
+
+TORCHTUNE_SPEEDS = [_torchtune_speed(row, tps) for row, tps in TORCHTUNE_TPS]
+
+# The README's Llama 3.1 table (pytorch/torchtune README.md at 30b8519e8, 2024-09-24): "batch size 2 (without gradient
+# accumulation), a dataset packed to sequence length 2048, and torch compile enabled", tokens/s "measured over one
+# full training epoch" (the first step's compilation included: a minute or two of an epoch of about an hour). The
+# rest from the recipes' configs at that commit (recipes/configs/llama3_1/8B_{full,lora,qlora}_single_device.yaml):
+# bf16 weights, activation checkpointing on, CEWithChunkedOutputLoss; full: bitsandbytes' PagedAdamW8bit with
+# optimizer_in_bwd (the step runs per parameter inside backward: the same optimizer work, planned as a step after
+# it); LoRA: q and v, rank 8, alpha 16, dropout 0, fused torch AdamW; QLoRA: q, k, v, output and the MLP, rank 8,
+# alpha 16, torchao NF4 base weights. The three single-GPU rows on the RTX 4090 (the planner has no RTX A6000 entry:
+# its two rows are left out; the 8x A100 rows are left out too: the distributed recipes of that commit log
+# tokens_per_second_per_gpu from each rank's own tokens, while 3,497 tokens/s per A100 for Llama 3.1 70B LoRA would
+# need 1.5 PFLOP/s each, so the table's unit for them is not the recipe's).
+_TT31_PAGE = "pytorch/torchtune README.md (30b8519e8), Llama 3.1 memory and training speed table"
+_TT31 = dict(model="llama-3.1-8b", gpus="1xRTX4090", precision=Precision.bf16_true, micro_batch=2, grad_accum=1,
+             seq_len=2048, attn=Attn.sdpa, torch_compile=True, cross_entropy=CrossEntropy.chunked,
+             grad_ckpt=GradCkpt.full)
+_TT31_LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, optimizer=Optimizer.adamw, fused_adamw=True)
+# (method, tokens/s, build keywords)
+TORCHTUNE31_TPS = (
+    ("full", 1650.0, dict(method=Method.full, optimizer=Optimizer.paged_adamw_8bit)),
+    ("lora", 3083.0, dict(method=Method.lora, lora_targets="q_proj,v_proj", **_TT31_LORA)),
+    ("qlora", 2413.0, dict(method=Method.qlora, lora_targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                           **_TT31_LORA)),
+)
+
+
+def _torchtune31_speed(method: str, tps: float, kw: dict[str, Any]) -> PublishedSpeed:
+    return PublishedSpeed(
+        id=f"torchtune-llama3.1-8b:{method}-4090", source="torchtune README", page=_TT31_PAGE, unit="tokens/s/GPU",
+        published=tps, switches=f"Llama 3.1 8B {method}, 1x RTX 4090, bs 2, packed 2048, compile, checkpointing, "
+                                f"chunked CE, bf16", build={**_TT31, **kw}, group="torchtune-llama3.1-8b-4090",
+        assumed=_TT_ASSUMED.replace("2 x 4096", "2 x 2048").replace("the 4096", "the 2048"),
+        unmodelled=_TT_UNMODELLED.replace("4096", "2048").replace(" (the attention core is 10-12% of each planned "
+                                                                   "step)", "")
+        + ("; bitsandbytes' paged states moving over PCIe" if method == "full" else "")
+        + ("; torchao's NF4 tensors, planned at bitsandbytes' dequantization rate" if method == "qlora" else ""))
+
+
+TORCHTUNE_SPEEDS += [_torchtune31_speed(*row) for row in TORCHTUNE31_TPS]
+
+
+# --- Liger-Kernel README (linkedin/Liger-Kernel docs/images/e2e-tps.png, added in e85611c9, 2024-08-13) ------------
+# The memory set's runs (tests/validation/published_peaks_sharded.py LIGER: LLaMA 3-8B full fine-tuning through the
+# Trainer, FSDP1 FULL_SHARD on 8 A100s, batch 8, bf16, AdamW, checkpointing, SDPA, transformers 4.44), planned with
+# the same configurations, and the throughput chart beside the memory chart. "Throughput (tokens/sec)" read off the
+# chart's pixels: gridlines every 1,000 at 53 px (y 300 = 0, 88 = 4,000), bar tops at y 132 / 127 (Hugging Face, 1K /
+# 2K) and 109 / 101 / 104 / 118 / 145 (Liger, 1K-16K): +-19 tokens/s per pixel. Hugging Face runs out of memory from
+# 4K on (the memory set's labels).
+_LIGER_PAGE = "linkedin/Liger-Kernel README.md, docs/images/e2e-tps.png (e85611c9)"
+_LIGER_ASSUMED = ("tokens/s per GPU: the chart does not say, and its launcher was not published with it (the "
+                  "examples/huggingface EfficiencyCallback came two days later and counts the Trainer's "
+                  "num_input_tokens_seen, gathered over all ranks); 3,170 tokens/s summed over 8 GPUs would be 400 "
+                  "per A100, 8 x 8e9 x 400 = 26 TFLOP/s, 8% of its peak, where the accelerate blog's Granite 7B "
+                  "(FSDP1, checkpointing, A100) processes 3,159 per GPU")
+# (Liger's kernels on, sequence, tokens/s)
+LIGER_TPS = ((False, 1024, 3170.0), (False, 2048, 3264.0), (True, 1024, 3604.0), (True, 2048, 3755.0),
+             (True, 4096, 3698.0), (True, 8192, 3434.0), (True, 16384, 2925.0))
+
+
+def _liger_speed(liger: bool, seq: int, tps: float) -> PublishedSpeed:
+    peak = next(p for p in LIGER_PEAKS if p.id == f"liger:{'liger' if liger else 'hf'}-seq{seq}")
+    return PublishedSpeed(
+        id=f"liger-llama3-8b:{'liger' if liger else 'hf'}-seq{seq}", source="Liger-Kernel README", page=_LIGER_PAGE,
+        unit="tokens/s/GPU", published=tps, build=dict(peak.build), group="liger-llama3-8b-8xA100",
+        switches=f"LLaMA 3-8B full, FSDP1 on 8 A100, bs 8, seq {seq}, bf16, AdamW, checkpointing"
+                 f"{', Liger kernels' if liger else ''}", assumed=_LIGER_ASSUMED)
+
+
+LIGER_SPEEDS = [_liger_speed(*row) for row in LIGER_TPS]
+
+CASES += [*TORCHTUNE_SPEEDS, *LIGER_SPEEDS]

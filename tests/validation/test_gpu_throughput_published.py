@@ -1,5 +1,5 @@
-"""Published fine-tuning speeds on GPUs against the time model (tests/validation/gpu_throughput_cases.py: 5 sources,
-55 figures), by value and, where one source compares strategies on one setup, by order.
+"""Published fine-tuning speeds on GPUs against the time model (tests/validation/gpu_throughput_cases.py: 7 sources,
+71 figures), by value and, where one source compares strategies on one setup, by order.
 
 Speed error = predicted speed / published speed - 1 (+: the planner says faster). Tolerances, fixed before the
 results were seen: 25% per figure (as the Megatron goldens), and the issue's aims for the set: median |error| <= 15%,
@@ -48,7 +48,18 @@ _GIST = ("the gist's code, transformers version and ds_config are not published,
          "gist's runs process 2,150-2,420 tokens/s per GPU (0.41-0.47 ms per token at micro-batch 1-8) where the "
          "accelerate blog's Granite 7B (same shape, checkpointing, micro-batch 8, A100) processes 3,159: 23-32% "
          "slower on the same model and kernel class, for a cause the gist does not show")
+_TT_4090 = ("the RTX 4090 entry has no attention efficiency, so the planner runs attention as the full s x s "
+            "matmuls at the GEMM rate (planner/timing.py _pass_times): 0.61 s of the planned 2.25 s (LoRA) / 2.73 s "
+            "(QLoRA) step, where causal FlashAttention-2 blocks at its Ampere rate take 0.13 s and torchtune's packed "
+            "batches run flex_attention over each Alpaca sample's own block (less still); at the Ampere rate the "
+            "rows sit at -24% (LoRA, QLoRA) and the full row at +9%. The rest is the figure itself: 3,083 tokens/s "
+            "for LoRA with checkpointing over the planner's FLOPs per token is 90% of the card's whitepaper bf16 "
+            "peak (165.2 TFLOP/s with fp32 accumulate, at the 2,520 MHz boost clock), 86% with causal attention, "
+            "82% with none, where the full row measures 63% and QLoRA 71%; not identified further (the card's clocks "
+            "under load, the epoch's tokens as torchtune counts them) without the card")
 _CAUSES = {
+    "torchtune-llama3.1-8b:lora": _TT_4090,
+    "torchtune-llama3.1-8b:qlora": _TT_4090,
     **{f"qwen-{size}:lora-seq{seq}": _HOST_BOUND for size in ("1.8B", "7B", "14B") for seq in (256, 512, 1024)},
     "qwen-7B:full-seq256": "ZeRO-3 on 2 GPUs at 256 tokens: " + _HOST_BOUND,
     "qwen-1.8B:full": "ZeRO-3 on one GPU: every length from 256 to 8192 tokens (host-bound and device-bound alike) "
@@ -119,11 +130,10 @@ def test_print_table_by_source() -> None:
     assert len(by_source()) >= 5 and len(CASES) >= 30
 
 
-@pytest.mark.xfail(strict=True, reason="median |error| 16.7%: the gist (10 figures, +47%) and fms-fsdp on H100 (3, "
-                                       "+25-30%) stay far from the planner for the causes named per case, DeepSpeed "
-                                       "#3901's ZeRO-2 with optimizer offload (-32%) and ZeRO-3 (-17%) sit below it, "
-                                       "and Qwen's host-bound rows (above) sit above 15%")
 def test_set_median_within_15_percent() -> None:
+    """8.8% over 71 figures; 16.7% over the 55 before torchtune's and Liger-Kernel's tables joined (14 of their 16
+    figures sit within 12%, torchtune's RTX 4090 LoRA and QLoRA rows at -41% / -38%): the gist (+47%), fms-fsdp
+    (+21%) and DeepSpeed #3901 (-12.7%) stay where they were, each source is held to its own bias bar below."""
     every = [abs(x) for e in by_source().values() for x in e]
     assert statistics.median(every) <= 0.15
 
@@ -181,6 +191,15 @@ _ORDER_MISSES = {
         "the gist measures global batch 128 slower per sample than 64 (4.32 vs 4.73 samples/s at micro-batch 8); "
         "more accumulation amortizes the optimizer step, so the planner can only put 128 level or ahead",
     ("gist-llama7b:z3-ckpt-mb8-gbs64", "gist-llama7b:z3-ckpt-mb8-gbs128"): "as above",
+    ("liger-llama3-8b:liger-seq2048", "liger-llama3-8b:liger-seq1024"):
+        "the chart puts Liger at 2K 4.2% ahead of 1K (3,755 vs 3,604 tokens/s, one bar each), the planner 0.8% behind "
+        "(3,831 vs 3,862): a cost that weighs more on the 2.1 s step at 1K than on the 4.3 s step at 2K. Checked: "
+        "the step's fixed parts the planner counts (AdamW on the 1/8 shard, 0.05 s; FSDP1's gathers and "
+        "reduce-scatters, hidden behind the compute at both lengths); Liger's fused linear cross-entropy of that "
+        "commit (ops/fused_linear_cross_entropy.py at e85611c9) runs cdiv(V, H) = 32 chunks whatever the length, "
+        "each addmm(beta=1) reading and writing the 1.05 GB bf16 head gradient (about 40 ms per step, not counted: "
+        "-1.9% at 1K, -1.0% at 2K) and two .item() syncs; together under 1.5 of the 5 points, the rest not "
+        "identified",
 }
 
 
@@ -227,3 +246,19 @@ def test_ds3901_math_attention_needs_checkpointing(case: PublishedSpeed) -> None
     assert with_ckpt <= 1.05 * measured
     if case.id.endswith(":fsdp"):
         assert abs(with_ckpt / measured - 1) <= 0.10
+
+
+def test_compiled_lora_branch_fuses_scaling_and_add() -> None:
+    """torchtune's rows compile each layer: Inductor runs the LoRA branch's scaling and its add to the base output as
+    one kernel (read both, write the sum: 3 values per output, not 5), its backward unchanged (planner/kernels.py
+    lora_elementwise_bytes). torchtune's LoRA rows: dropout 0, bf16 weights (no casts)."""
+    from planner import kernels as kn
+
+    case = next(c for c in CASES if c.id == "torchtune-llama3.2-3b:lora+packed+compile+chunked-ce+ac+offload")
+    cfg = case.config()
+    m, tokens, e = cfg.model, cfg.micro_batch * cfg.seq_len, 2.0
+    outputs = sum(lin.out_features for lin in m.linears() if lin.name in kn.resolve_lora_targets(m, cfg.lora_targets))
+    for forward_only in (True, False):
+        eager, compiled = (kn.lora_elementwise_bytes(m, tokens, cfg.lora_targets, 1, e, dropout=False,
+                                                     forward_only=forward_only, compiled=c) for c in (False, True))
+        assert eager - compiled == pytest.approx(2 * e * tokens * outputs)
