@@ -163,6 +163,15 @@ _FA2_AMPERE = 0.65
 # FlashAttention-2 on H100 "achieves only 35% utilization" (Shah et al. 2024, FlashAttention-3, arXiv 2407.08608,
 # abstract); FlashAttention-3 is not what transformers' flash_attention_2 or torch's SDPA run.
 _FA2_HOPPER = 0.35
+# Ampere and Ada boards other than the A100 (sm86: A10G, RTX 3090; sm89: L40S, RTX 4090) run FlashAttention-2 as well
+# (flash-attn supports Ampere, Ada and Hopper; torch's SDPA flash kernel sm80-sm90, sdp_utils.cpp
+# check_flash_attention_hardware_support): they take the A100's share of their own dense tensor peak (fp32
+# accumulate, which GeForce boards run at half their fp16-accumulate rate: the catalog's bf16 figures). Checked on a
+# published benchmark_flash_attention.py run on an RTX A5000 (GA102, sm86; gpu-mode/ring-attention issue 10,
+# 2024-02-22): FlashAttention-2 forward + backward 73.0 / 76.6 / 78.6 TFLOPS at head dim 64, sequences 2048 / 4096 /
+# 8192, 0.66-0.71 of the board's 111 TFLOPS dense (NVIDIA RTX A5000 datasheet: 222.2 with sparsity). Without it
+# these boards priced SDPA's attention as the full s x s matmuls at the GEMM rate, eager attention's cost.
+_FA2_AMPERE_ADA = _FA2_AMPERE
 
 GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # NVIDIA A100 datasheet (2021): 312 TF bf16/fp16, 156 TF tf32, 19.5 TF fp32, 2039 GB/s (80GB SXM),
@@ -226,14 +235,16 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # bf16, 62.5 TF tf32, 31.2 TF fp32): the A10G trades tensor throughput for CUDA-core throughput,
     # 70 TF fp16/bf16 dense tensor, 35 TF tf32, 35 TF fp32 (Baseten, "NVIDIA A10 vs A10G for ML model
     # inference", spec table; nvidia-smi on g5 shows 23028 MiB).
-    _gpu(name="A10G", sm_count=80, hbm_bytes=23028 * MiB, peak_bf16_flops_per_s=70 * TFLOPS,
+    _gpu(name="A10G", attention_efficiency=_FA2_AMPERE_ADA,
+         sm_count=80, hbm_bytes=23028 * MiB, peak_bf16_flops_per_s=70 * TFLOPS,
          peak_fp16_flops_per_s=70 * TFLOPS, peak_tf32_flops_per_s=35 * TFLOPS,
          peak_fp32_flops_per_s=35 * TFLOPS, hbm_bytes_per_s=600 * GB, intra_node_link="PCIe4",
          intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 100 Gb/s",
          inter_node_bytes_per_s=100 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
          source="AWS EC2 G5 instances (A10G); Baseten A10 vs A10G spec comparison"),
     # NVIDIA L40S datasheet: 362.05 TF bf16/fp16 dense, 183 TF tf32, 91.6 TF fp32, 48 GB GDDR6 864 GB/s.
-    _gpu(name="L40S", sm_count=142, hbm_bytes=46068 * MiB, peak_bf16_flops_per_s=362.05 * TFLOPS,
+    _gpu(name="L40S", attention_efficiency=_FA2_AMPERE_ADA,
+         sm_count=142, hbm_bytes=46068 * MiB, peak_bf16_flops_per_s=362.05 * TFLOPS,
          peak_fp16_flops_per_s=362.05 * TFLOPS, peak_tf32_flops_per_s=183 * TFLOPS,
          peak_fp32_flops_per_s=91.6 * TFLOPS, hbm_bytes_per_s=864 * GB, intra_node_link="PCIe4",
          intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 200 Gb/s",
@@ -241,7 +252,8 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          source="NVIDIA L40S datasheet"),
     # NVIDIA Ampere GA102 whitepaper, RTX 3090: 71 TF fp16/bf16 tensor with fp32 accumulate, 35.6 TF
     # tf32 and fp32, 936 GB/s GDDR6X; consumer boards talk over PCIe.
-    _gpu(name="RTX3090", sm_count=82, hbm_bytes=24576 * MiB, peak_bf16_flops_per_s=71 * TFLOPS,
+    _gpu(name="RTX3090", attention_efficiency=_FA2_AMPERE_ADA,
+         sm_count=82, hbm_bytes=24576 * MiB, peak_bf16_flops_per_s=71 * TFLOPS,
          peak_fp16_flops_per_s=71 * TFLOPS, peak_tf32_flops_per_s=35.6 * TFLOPS,
          peak_fp32_flops_per_s=35.6 * TFLOPS, hbm_bytes_per_s=936 * GB, intra_node_link="PCIe4",
          intra_node_bytes_per_s=_PCIE4, inter_node_network="Ethernet 25 Gb/s",
@@ -249,7 +261,8 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          source="NVIDIA Ampere GA102 GPU architecture whitepaper"),
     # NVIDIA Ada GPU architecture whitepaper, RTX 4090: 165.2 TF fp16/bf16 tensor with fp32 accumulate,
     # 82.6 TF tf32 and fp32, 1008 GB/s GDDR6X; no NVLink, no P2P: collectives go through host memory.
-    _gpu(name="RTX4090", sm_count=128, hbm_bytes=24564 * MiB, peak_bf16_flops_per_s=165.2 * TFLOPS,
+    _gpu(name="RTX4090", attention_efficiency=_FA2_AMPERE_ADA,
+         sm_count=128, hbm_bytes=24564 * MiB, peak_bf16_flops_per_s=165.2 * TFLOPS,
          peak_fp16_flops_per_s=165.2 * TFLOPS, peak_tf32_flops_per_s=82.6 * TFLOPS,
          peak_fp32_flops_per_s=82.6 * TFLOPS, hbm_bytes_per_s=1008 * GB, intra_node_link="PCIe4 (no P2P)",
          intra_node_bytes_per_s=_PCIE4 / 2, inter_node_network="Ethernet 25 Gb/s",
