@@ -24,15 +24,18 @@ give a floor under the reserve wherever the loss sets the peak (reserve_bytes).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING
 
-from planner import loss_allocations
+from planner import deepspeed_sizes, loss_allocations, zero3_init_allocations
 from planner.caching_allocator import Replay
-from planner.choices import Attn, CrossEntropy, Engine, GradCkpt, Offload, Stage, ZeroStage
-from planner.states import activation_dtype_bytes
+from planner.choices import Attn, CrossEntropy, Engine, GradCkpt, Method, Offload, Stage, ZeroStage
+from planner.engines import zero as zero_engine
+from planner.params import embedding_params, head_params
+from planner.states import activation_dtype_bytes, compute_copy_bytes, optimizer_state_bytes_per_param
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -169,3 +172,29 @@ def reserve_bytes(cfg: TrainConfig, transient_bytes: float, *, loss_live: bool =
     share = (1.0 / utilization(cfg).ratio - 1.0) * transient_bytes
     replayed = loss_replay(cfg) if loss_live else None
     return share if replayed is None else max(share, float(replayed.reserve_bytes))
+
+
+def zero3_sub_groups(cfg: TrainConfig, trained: float, n: int) -> tuple[int, ...]:
+    """ZeRO-3's sub-groups on a rank (planner.engines.zero.zero3_sub_group_elements) where DeepSpeed runs ZeRO-3 without
+    offload on a GPU, whose construction and step zero3_optimizer_replay replays; () otherwise. `trained`: the stage's
+    trained parameters, `n`: the ranks they are partitioned over."""
+    if (cfg.cluster.gpu.sm_count == 0 or cfg.engine is not Engine.deepspeed or cfg.zero is not ZeroStage.WEIGHTS
+            or cfg.offload is not Offload.none or trained <= 0):
+        return ()
+    return tuple(math.ceil(s) for s in zero_engine.zero3_sub_group_elements(cfg, trained, n))
+
+
+def zero3_optimizer_replay(cfg: TrainConfig, sub_groups: tuple[int, ...], n: int) -> Replay | None:
+    """The caching allocator's replay of ZeRO-3's optimizer construction and one step on a rank
+    (planner.zero3_init_allocations) as the run's DeepSpeed release allocates them (planner.deepspeed_sizes.release),
+    for the sub-groups zero3_sub_groups gives; None where there are none."""
+    if not sub_groups:
+        return None
+    m, c16 = cfg.model, int(compute_copy_bytes(cfg.precision))
+    state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)
+    # Adam's two fp32 moments are two tensors; another optimizer's state one tensor of its bytes per element
+    states = (4.0, 4.0) if state_bytes == 8 else ((state_bytes,) if state_bytes else ())
+    largest = max(embedding_params(m), head_params(m)) / cfg.tp / n if cfg.method is Method.full else 0.0
+    return zero3_init_allocations.init_and_step_replay(
+        sub_groups=sub_groups, c16=c16, state_bytes=states, bucket=deepspeed_sizes.reduce_bucket_elements(m),
+        largest_partition=math.ceil(largest), version=deepspeed_sizes.release())

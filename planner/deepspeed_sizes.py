@@ -22,13 +22,15 @@ OVERLAP_COMM = True
 
 # A run whose ds_config sets its own sizes (a published run's, a user's file): `configured(...)` replaces the
 # values below for the code inside the block. Keys: reduce_bucket, allgather_bucket, prefetch_bucket,
-# persistence_threshold, overlap_comm.
+# persistence_threshold, overlap_comm, and the run's DeepSpeed release ("0.12.3": planner.zero3_init_allocations).
 _CONFIGURED: ContextVar[dict[str, float] | None] = ContextVar("ds_sizes", default=None)
-KEYS = ("reduce_bucket", "allgather_bucket", "prefetch_bucket", "persistence_threshold", "overlap_comm")
+KEYS = ("reduce_bucket", "allgather_bucket", "prefetch_bucket", "persistence_threshold", "overlap_comm", "release")
+# The DeepSpeed release ftplan pins (its ZeRO-3 construction is replayed as this release allocates).
+RELEASE = "0.19.8"
 
 
 @contextmanager
-def configured(**sizes: float) -> Iterator[None]:
+def configured(**sizes: float | str) -> Iterator[None]:
     unknown = set(sizes) - set(KEYS)
     if unknown:
         raise KeyError(f"unknown DeepSpeed size {sorted(unknown)}; known: {', '.join(KEYS)}")
@@ -39,8 +41,12 @@ def configured(**sizes: float) -> Iterator[None]:
         _CONFIGURED.reset(token)
 
 
-def _configured() -> dict[str, float]:
+def _configured() -> dict[str, float | str]:
     return _CONFIGURED.get() or {}
+
+
+def release() -> str:
+    return str(_configured().get("release", RELEASE))
 
 
 def reduce_bucket_elements(m: ModelSpec) -> int:

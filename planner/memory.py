@@ -314,6 +314,7 @@ class _StrategyParts:
     grads_in_backward: float
     nccl_bytes: float  # NCCL's buffers over the strategy's communicators (planner.nccl_memory)
     reserved_floor: float = 0.0  # FSDP1's init cache and all-gather segments (planner.init_allocations)
+    zero3_sub_groups: tuple[int, ...] = ()  # ZeRO-3's sub-groups on a rank, whose construction is replayed
 
 
 # The search evaluates every batch shape, checkpointing and attention of a strategy in a row: their strategy parts are
@@ -364,7 +365,8 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
                           end_items=tied_embedding_items(cfg, sp), grads_in_backward=grads_in_backward,
                           nccl_bytes=nccl_memory.nccl_bytes(cfg),
-                          reserved_floor=init_allocations.reserved_floor_bytes(cfg))
+                          reserved_floor=init_allocations.reserved_floor_bytes(cfg),
+                          zero3_sub_groups=allocator.zero3_sub_groups(cfg, trained, n))
 
 
 # A stage's activations do not depend on the optimizer, the ZeRO stage or the offload: the engine reaches them only
@@ -404,15 +406,18 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}
         step_items = {k: v * cal.overhead_multiplier for k, v in step_items.items()}
     return _peak(cfg, parts.states, parts.grads_in_backward, activations, items, step_items, parts.end_items,
-                 nccl=parts.nccl_bytes, reserved_floor=parts.reserved_floor)
+                 nccl=parts.nccl_bytes, reserved_floor=parts.reserved_floor, zero3_sub_groups=parts.zero3_sub_groups)
 
 
 def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activations: float,
           items: dict[str, float], step_items: dict[str, float], end_items: dict[str, float] | None = None,
-          *, nccl: float | None = None, reserved_floor: float = 0.0) -> MemoryBreakdown:
+          *, nccl: float | None = None, reserved_floor: float = 0.0,
+          zero3_sub_groups: tuple[int, ...] = ()) -> MemoryBreakdown:
     """The largest of the three phases, with its breakdown, and the host / NVMe bytes per node. `end_items` live
     only at the end of backward (phase "gradients"); `nccl`: NCCL's buffers when already known; `reserved_floor`:
-    what the reserved reading holds at least, whatever the step (planner.init_allocations: FSDP1's init cache)."""
+    what the reserved reading holds at least, whatever the step (planner.init_allocations: FSDP1's init cache);
+    `zero3_sub_groups`: ZeRO-3's sub-groups on a rank (planner.allocator.zero3_sub_groups), whose optimizer
+    construction is replayed."""
     end_items = end_items or {}
     gpu = cfg.cluster.gpu
     grads = states.gradients
@@ -442,6 +447,11 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         nccl = nccl_memory.nccl_bytes(cfg)
     # where the loss's blocks are live at this peak, their replay is a floor under the reserve (planner.allocator)
     wanted = allocator.reserve_bytes(cfg, transient, loss_live="logits and loss" in other_items)
+    zero3 = allocator.zero3_optimizer_replay(cfg, zero3_sub_groups, shard_group(cfg))
+    if zero3 is not None:
+        # ZeRO-3's optimizer leaves segments its step cannot fill (planner.zero3_init_allocations); they stay reserved
+        # for the run, so the reserved peak is at least the step's tensors plus their free part, whichever phase peaks
+        wanted = max(wanted, phase_c + zero3.reserve_bytes - tensors)
     # the cache grows only while the card has room: a failed cudaMalloc makes the allocator free its cached
     # blocks and retry before it reports out of memory (c10/cuda/CUDACachingAllocator.cpp, `malloc`:
     # release_cached_blocks), so reserved memory stops at the card less what lives outside the allocator

@@ -253,22 +253,42 @@ def _decay_group_tensor_elements(cfg: TrainConfig) -> list[float]:
     return [matrix] + layer * m.num_layers + ([] if m.tie_embeddings else [matrix])
 
 
+def zero3_sub_group_elements(cfg: TrainConfig, trained: float, n: int) -> tuple[float, ...]:
+    """ZeRO-3's sub-groups on a rank, partition elements each, in order: each parameter group split greedily in
+    parameter order, a sub-group closed when its partition elements reach sub_group_size or at the group's last
+    parameter (stage3.py, `_create_fp16_sub_groups`; a group no larger than sub_group_size stays whole). A full
+    fine-tune's weight matrices make the weight-decay group (_decay_group_tensor_elements); what the trained partition
+    holds beyond them (norms and biases: the Trainer's no-decay group) closes the list. A stage or frozen layers that
+    leave fewer trained elements than the matrices cut the list at the trained partition."""
+    whole = trained / n
+    if cfg.method is not Method.full or whole <= ds.SUB_GROUP_SIZE:
+        return (whole,)
+    groups: list[float] = []
+    current = 0.0
+    for numel in _decay_group_tensor_elements(cfg):
+        current += math.ceil(numel / n)  # partition_numel: ceil(numel / world size), padded
+        if current >= ds.SUB_GROUP_SIZE:
+            groups.append(current)
+            current = 0.0
+    groups.append(current)
+    out: list[float] = []
+    for size in groups:
+        size = min(size, whole - sum(out))
+        if size > 0:
+            out.append(size)
+    rest = whole - sum(out)
+    return tuple(out + ([rest] if rest > 0 else []))
+
+
 def step_group_elements(cfg: TrainConfig, trained: float, n: int) -> float:
     """Elements per GPU of the largest group whose gradients step() converts to fp32 at once.
 
     ZeRO-1/2 convert a whole parameter group's partition (stage_1_and_2.py, step: the loop over bit16_groups);
-    the weight-decay group holds nearly every trained parameter. ZeRO-3 splits each group into sub-groups
-    greedily, in parameter order, closing one when its partition elements reach sub_group_size (stage3.py,
-    _create_fp16_sub_groups), and converts one sub-group at a time (_prepare_sub_group ... _release_sub_group)."""
-    whole = trained / n
-    if cfg.zero is not ZeroStage.WEIGHTS or cfg.method is not Method.full or whole <= ds.SUB_GROUP_SIZE:
-        return whole
-    largest, current = 0.0, 0.0
-    for numel in _decay_group_tensor_elements(cfg):
-        current += math.ceil(numel / n)  # partition_numel: ceil(numel / world size), padded
-        if current >= ds.SUB_GROUP_SIZE:
-            largest, current = max(largest, current), 0.0
-    return min(whole, max(largest, current))
+    the weight-decay group holds nearly every trained parameter. ZeRO-3 converts one sub-group at a time
+    (zero3_sub_group_elements; stage3.py _prepare_sub_group ... _release_sub_group)."""
+    if cfg.zero is not ZeroStage.WEIGHTS:
+        return trained / n
+    return max(zero3_sub_group_elements(cfg, trained, n))
 
 
 def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:

@@ -239,6 +239,14 @@ def _qwen(size: str, seq: int, gb: float) -> PublishedPeak:
 # multinode, 2x2 GPUs: 74.7G at 256 tokens, about 4x the 1-GPU LoRA row's 20.1G); and a Qwen maintainer sizes
 # full fine-tuning from this row as 18 bytes x 7.7B parameters, "close to 140" (QwenLM/Qwen issue 504), the
 # model states of both GPUs together.
+# DeepSpeed of the table's time: 0.12.x (0.12.3, November 2023; every release up to 0.18 builds ZeRO-3's fp32
+# master through a 16-bit clone, planner.zero3_init_allocations). The optimizer's construction leaves segments its
+# step cannot fill: replayed under the caching allocator's rules, 2.65 GiB free at the step for 1.8B on 1 GPU and
+# 3.77 GiB for 7B on 2 GPUs (sub_group_size 1e9: 2 and 4 sub-groups; the 4-byte gradient_buffer of the largest
+# sub-group stays cached where the 16-bit gradient partitions outgrow it). Not explained: the 7B rows grow 10.6 GB
+# per GPU from 256 to 1024 tokens (the 1024 row fills 95% of the card) where no tensor grows by more than ~1 GB, and
+# the 1.8B rows' constant sits 3.8 GiB above ftplan's device reading.
+_QWEN_DEEPSPEED = "0.12.3"
 _QWEN_FULL = dict(model="qwen2.5-7b", method=Method.full, precision=Precision.bf16_mixed, attn=Attn.flash,
                   grad_ckpt=GradCkpt.full, micro_batch=1, grad_accum=8, zero=3)
 
@@ -250,6 +258,7 @@ def _qwen_full(size: str, seq: int, gb: float) -> PublishedPeak:
         source=f"{_QWEN_SRC} (Full-parameter, {gpus} GPU{'s' if gpus > 1 else ''})",
         switches=f"Qwen-{size} full fine-tuning, DeepSpeed ZeRO-3, bf16, flash-attn 2, grad ckpt, bs 1, seq {seq}",
         build={**_QWEN_FULL, "gpus": f"{gpus}xA100-80G", "seq_len": seq}, hf_config=hf,
+        extra={"ds_sizes": {"release": _QWEN_DEEPSPEED}},
         notes="the 7B figures are the sum over its 2 GPUs" if gpus > 1 else "")
 
 
