@@ -160,7 +160,8 @@ def flops_per_token(m: ModelSpec, tr: Training, *, layers: float | None = None, 
     model = _flops_at(m, tr, attention_flops(m, attended_tokens(tr.seq_len, tr.doc_len)), layers, head)
     if not tr.doc_len or tr.doc_kernel:
         return model
-    return StepFlops(model=model.model, hardware=_flops_at(m, tr, attention_flops(m, tr.seq_len), layers, head).hardware)
+    executed = _flops_at(m, tr, attention_flops(m, tr.seq_len), layers, head)
+    return StepFlops(model=model.model, hardware=executed.hardware)
 
 
 def _flops_at(m: ModelSpec, tr: Training, att: float, layers: float | None, head: bool) -> StepFlops:
