@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 from planner.choices import Attn, GradCkpt
-from planner.model_layers import LayerKind, Saved
+from planner.model_layers import AttentionShape, LayerKind, Saved
 from planner.models import ModelSpec
 
 
@@ -55,6 +55,9 @@ class LayerTraining:
     # bf16-true; only the measured tables of a derived model tell the two apart (derived_layer_bytes_per_token)
     mixed: bool = True
     lora_r: int = 8
+    # the attention gets packed documents' mask as a materialized tensor (SDPA with --doc-len shorter than the
+    # sequence: planner.activations.packed_mask); not what trains, but what every layer saves with it
+    packed_mask: bool = False
 
 
 @cache  # pure in hashable arguments; the search asks for it per candidate
@@ -130,9 +133,15 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
     parallel += lora_copies(attn_out)
     parallel += _mlp_bytes(m, e=s, down_saves=consumer_saves(mlp_out))
     parallel += lora_copies(mlp_out)
+    mask = 0.0
+    if train.packed_mask and attn is Attn.sdpa and recompute is not GradCkpt.selective:
+        shape = AttentionShape(heads=a, kv_heads=m.num_kv_heads, qk_head_dim=m.head_dim, v_head_dim=m.head_dim)
+        keys_cast = e < 4 and (train.stream_bytes == 4 or (train.mixed and train.weights))
+        mask, repeated = sdpa_packed_mask_bytes_per_token(shape, seq_len=seq_len, act_bytes=e, keys_cast=keys_cast)
+        parallel += repeated
     if sequence_parallel:
-        return (replicated + parallel) / t
-    return replicated + parallel / t
+        return (replicated + parallel) / t + mask
+    return replicated + parallel / t + mask
 
 
 def reads_shared_input(train: LayerTraining) -> bool:
@@ -363,11 +372,21 @@ def derived_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, t
             continue
         repl, par, per_ctx, _ = _kind_saved(kind, act_bytes=act_bytes, attn=attn, train=train)
         par += per_ctx * seq_len
-        repl += sdpa_window_mask_bytes_per_token(kind, attn=attn, seq_len=seq_len, act_bytes=act_bytes, train=train)
+        mask = 0.0
+        if train.packed_mask and attn is Attn.sdpa:
+            # the documents' mask replaces a window's (one materialized mask per layer, whatever it masks)
+            if recompute is not GradCkpt.selective:
+                wider = _kind_stream_bytes(kind, act_bytes=act_bytes, train=train) > act_bytes
+                mask, repeated = sdpa_packed_mask_bytes_per_token(kind.attention, seq_len=seq_len,
+                                                                  act_bytes=act_bytes, keys_cast=wider)
+                par += repeated
+        else:
+            repl += sdpa_window_mask_bytes_per_token(kind, attn=attn, seq_len=seq_len, act_bytes=act_bytes,
+                                                     train=train)
         if recompute is GradCkpt.selective:
             a = kind.attention
             par -= act_bytes * a.heads * a.v_head_dim + 4 * a.heads + per_ctx * seq_len
-        total += kind.count * (repl / (t if sequence_parallel else 1) + par / t)
+        total += kind.count * (repl / (t if sequence_parallel else 1) + par / t + mask)
     return total / m.num_layers
 
 
@@ -386,6 +405,49 @@ def sdpa_window_mask_bytes_per_token(kind: LayerKind, *, attn: Attn, seq_len: in
     table = kind.table("fp32" if train.stream_bytes == 4 else regime(act_bytes, train))
     entry = table.get("full_window" if train.weights else "frozen_window")
     return entry[0] + entry[2] * seq_len if entry else float(act_bytes * seq_len)
+
+
+def packed_mask(attn: Attn, seq_len: int, doc_len: int | None) -> bool:
+    """Whether the attention gets the packed documents' mask as a tensor: SDPA, with documents shorter than the
+    sequence. transformers reads packing from position_ids that restart inside a row when no 2-D attention mask
+    and no cache are passed (masking_utils._preprocess_mask_arguments -> find_packed_sequence_indices; TRL's
+    SFTTrainer passes use_cache=False and its padding-free collator no attention_mask) and then builds the mask
+    (create_causal_mask: `packed_sequence_mask` sets allow_is_causal_skip = False, so sdpa_mask never returns None
+    for is_causal). Documents as long as the sequence leave one per row, which find_packed_sequence_indices reports
+    as no packing (is_causal, no mask). FlashAttention-2 gets no mask (varlen); eager attention adds its float mask
+    to scores it keeps anyway."""
+    return attn is Attn.sdpa and doc_len is not None and 0 < doc_len < seq_len
+
+
+def sdpa_packed_mask_bytes_per_token(a: AttentionShape, *, seq_len: int, act_bytes: int,
+                                     keys_cast: bool = False) -> tuple[float, float]:
+    """(mask, repeated keys and values): bytes per token that one layer under SDPA saves for a packed sequence's
+    materialized mask beyond what it saves under is_causal, e = the query's bytes per element.
+    - The mask: transformers builds one boolean (b, 1, s, s) tensor per forward (masking_utils.sdpa_mask, the
+      `packed_sequence_mask_function` and causal mask broadcast over (batch, 1, q, kv)) and hands it to every layer;
+      SDPA converts it on each call into an additive mask of the query's dtype (aten/src/ATen/native/transformers/
+      attention.cpp convert_boolean_attn_mask: `where(mask, 0, -inf)`, a new tensor per layer), which the kernel
+      keeps for backward: CUDA's memory-efficient kernel (the first in torch 2.13's priority order, flash, efficient,
+      math, cuDNN, to take a mask: `aten::_scaled_dot_product_efficient_attention_backward(..., Tensor attn_bias,
+      ...)`) and the CPU's flash kernel (`_scaled_dot_product_flash_attention_for_cpu_backward(..., Tensor?
+      attn_mask)`): e s per token and layer. The mask is not split by the heads' tensor parallelism.
+    - Keys and values: with a mask transformers does not pass enable_gqa on CUDA or the CPU
+      (integrations/sdpa_attention.py use_gqa_in_sdpa: `attention_mask is None and ...`) and expands them with
+      repeat_kv to every query head, a copy the kernel saves in place of the kv-head tensors:
+      e (heads - kv_heads)(d_qk + d_v) more, split by tensor parallelism. With one kv head repeat_kv's reshape of the
+      expanded tensor is a view (the size-1 dimension merges with the stride-0 one): no copy, unless autocast casts
+      the keys to the compute dtype after it (`keys_cast`: an fp32 residual stream under 16-bit autocast, where
+      RoPE's fp32 cos / sin leave the keys fp32 and the values come 16-bit from v_proj), which writes the expanded
+      keys out: e (heads - 1) d_qk.
+    Measured to the byte on the CPU (a transformers Llama under SDPA with packed position_ids,
+    tests/planner/test_packed_sdpa_mask.py), and the same sums as the window tables measured on Gemma 3 4B and
+    Llama 4 Scout (`sdpa_window_mask_bytes_per_token`: the same mask path for a sliding window)."""
+    repeated = 0.0
+    if 1 < a.kv_heads < a.heads:
+        repeated = float(act_bytes * (a.heads - a.kv_heads) * (a.qk_head_dim + a.v_head_dim))
+    elif a.kv_heads == 1 < a.heads and keys_cast:
+        repeated = float(act_bytes * (a.heads - 1) * a.qk_head_dim)
+    return float(act_bytes * seq_len), repeated
 
 
 @lru_cache(maxsize=8192)  # pure in hashable arguments; the search asks for it per candidate

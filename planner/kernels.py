@@ -401,6 +401,16 @@ def sdpa_masks_window(a: AttentionShape, s: int) -> bool:
     return 0 < a.window < s
 
 
+def sdpa_masks_documents(s: int, doc_len: int) -> bool:
+    """transformers hands SDPA a materialized (b, 1, s, s) mask for packed documents shorter than the sequence
+    (masking_utils.create_causal_mask: a detected `packed_sequence_mask` sets allow_is_causal_skip = False;
+    planner/activations.py packed_mask) and is_causal = False with it (integrations/sdpa_attention.py).
+    FlashAttention-2 takes no mask, so torch 2.13's dispatch (priority flash, efficient, math, cuDNN:
+    torch._C._get_sdp_priority_order) runs the memory-efficient kernel, whose loop over key blocks ends early only
+    for its own causal mask type (custom_mask_type), which an explicit mask never sets: every block runs."""
+    return 0 < doc_len < s
+
+
 def flash_attention_s(m: ModelSpec, b: int, s: int, tp: int, gpu: GPUSpec, peak_flops_per_s: float,
                       efficiency: float, attn: Attn = Attn.flash, doc_len: int = 0) -> tuple[float, float]:
     """(forward, backward) seconds of one (mean) layer's FlashAttention-2 / SDPA core for a micro-batch: each layer
@@ -408,14 +418,15 @@ def flash_attention_s(m: ModelSpec, b: int, s: int, tp: int, gpu: GPUSpec, peak_
     multi-head latent attention's unequal head sizes), at the GPU's attention efficiency, the b x heads x
     ceil(s / 128) thread blocks filling the SMs in waves like GEMM tiles. FlashAttention-2 skips the blocks
     outside a layer's window (`attended_block_share`); SDPA with a window's explicit mask runs every block
-    (`sdpa_masks_window`). Packed documents (`doc_len`, FlashAttention-2 only: planner/validity.py refuses SDPA with
-    them) run as FlashAttention-2's varlen kernel, each document its own blocks (`document_block_share`)."""
+    (`sdpa_masks_window`). Packed documents (`doc_len`) run as FlashAttention-2's varlen kernel, each document its
+    own blocks (`document_block_share`); under SDPA they come as a materialized mask (`sdpa_masks_documents`), with
+    which the memory-efficient kernel runs every block: no saving, and not the causal half either."""
     fwd_s = 0.0
     docs = doc_len if attn is Attn.flash else 0
     for share, a in attention_shapes(m):
         heads = max(1, a.heads // tp)
-        blocks = 1.0 if attn is Attn.sdpa and sdpa_masks_window(a, s) else \
-            document_block_share(s, docs, a.window, a.window_kind)
+        masked = attn is Attn.sdpa and (sdpa_masks_window(a, s) or sdpa_masks_documents(s, doc_len))
+        blocks = 1.0 if masked else document_block_share(s, docs, a.window, a.window_kind)
         fwd_flops = b * s * 2.0 * s * heads * (a.qk_head_dim + a.v_head_dim) * blocks
         tiles = b * heads * document_query_blocks(s, docs)
         waves = tiles / (math.ceil(tiles / gpu.sm_count) * gpu.sm_count) if gpu.sm_count > 0 else 1.0

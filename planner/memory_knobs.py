@@ -10,7 +10,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from planner import bnb_versions, liger_kernels, loss_memory, offload_activations, transformers_versions
-from planner.activations import LayerTraining, kept_quantized_input_bytes_per_token
+from planner.activations import LayerTraining, kept_quantized_input_bytes_per_token, packed_mask
 from planner.choices import CrossEntropy, Engine, FsdpStrategy, GradCkpt, Kernels, Method, Quant, Stage
 from planner.models import ModelSpec
 from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
@@ -191,7 +191,7 @@ def layer_training(cfg: TrainConfig) -> LayerTraining:
         (fp32_adapters(cfg.precision) and cfg.quant is Quant.none) or prepared)
     return LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=dropout,
                          lora_input_copies=copies, stream_bytes=4 if prepared else 0, mixed=is_mixed(cfg.precision),
-                         lora_r=cfg.lora_r)
+                         lora_r=cfg.lora_r, packed_mask=packed_mask(cfg.attn, cfg.seq_len, cfg.doc_len))
 
 
 @cache  # the search asks per candidate; models and target tuples are hashable

@@ -78,13 +78,10 @@ def attention_problems(cfg: TrainConfig) -> list[str]:
 
 def document_problems(cfg: TrainConfig) -> list[str]:
     """--doc-len: documents of 1 to seq_len tokens, packed for SFT or pre-training (the preference and RL trainers
-    batch their own pairs and completions), under an attention whose cost and memory the planner counts for a
-    per-document mask. SDPA is refused: transformers hands it the packed sequences' mask as a materialized
-    (b, 1, s, s) tensor (masking_utils.create_causal_mask: a detected `packed_sequence_mask` sets
-    allow_is_causal_skip = False; LLaMA-Factory's neat_packing builds the 4-D mask itself, data/collator.py
-    prepare_4d_attention_mask), so the memory-efficient kernel runs every block and keeps that mask for backward,
-    a memory term the activation model counts only for sliding windows (planner/activations.py
-    sdpa_window_mask_bytes_per_token)."""
+    batch their own pairs and completions). Every attention is planned with them: FlashAttention-2's varlen kernel
+    per document, eager attention over the whole s x s, SDPA over every block with the packed sequences'
+    materialized mask, which each layer keeps (planner/activations.py sdpa_packed_mask_bytes_per_token,
+    planner/kernels.py flash_attention_s)."""
     d = cfg.doc_len
     if d is None:
         return []
@@ -92,10 +89,6 @@ def document_problems(cfg: TrainConfig) -> list[str]:
         return [f"--doc-len must be between 1 and --seq-len {cfg.seq_len}, got {d}"]
     if cfg.stage not in (Stage.sft, Stage.pt):
         return [f"--doc-len packs documents for sft or pt; the {cfg.stage.value} trainer batches its own sequences"]
-    if cfg.attn is Attn.sdpa:
-        return ["--doc-len with --attn sdpa: SDPA takes a document mask as a materialized (b, 1, s, s) tensor, runs "
-                "every block and keeps the mask, which ftplan does not plan: use --attn flash (varlen, per document) "
-                "or eager"]
     return []
 
 

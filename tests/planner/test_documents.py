@@ -127,14 +127,13 @@ def test_the_cpu_computes_the_whole_square() -> None:
     (dict(doc_len=0), "--doc-len must be between 1 and --seq-len 4096, got 0"),
     (dict(doc_len=S + 1), "--doc-len must be between 1 and --seq-len 4096, got 4097"),
     (dict(doc_len=300, stage=Stage.dpo), "--doc-len packs documents for sft or pt"),
-    (dict(doc_len=300, attn=Attn.sdpa), "--doc-len with --attn sdpa"),
 ])
 def test_invalid_documents_are_refused(kw, message: str) -> None:
     assert any(p.startswith(message) for p in problems(_cfg(**kw)))
 
 
 @pytest.mark.parametrize("kw", [dict(doc_len=1), dict(doc_len=S), dict(doc_len=300, attn=Attn.eager),
-                                dict(doc_len=300, stage=Stage.pt)])
+                                dict(doc_len=300, attn=Attn.sdpa), dict(doc_len=300, stage=Stage.pt)])
 def test_valid_documents(kw) -> None:
     assert not [p for p in problems(_cfg(**kw)) if "doc-len" in p]
 
