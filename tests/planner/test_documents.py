@@ -178,3 +178,46 @@ def test_llamafactory_yaml_gets_neat_packing(tmp_path) -> None:
     pt = (tmp_path / "pt" / "llamafactory.yaml").read_text()
     assert "neat_packing" not in yaml.safe_load(pt) and "neat_packing is SFT only" in pt
     assert math.isclose(json.loads((tmp_path / "docs" / "plan.json").read_text())["config"]["doc_len"], 300)
+
+
+# --- SDPA: the packed sequences' materialized mask ----------------------------------------------------------------
+
+def test_sdpa_runs_every_block_with_the_documents_mask() -> None:
+    """The memory-efficient kernel with an explicit mask skips no block (planner/kernels.py sdpa_masks_documents):
+    the attention core costs the whole s x s, not the causal half SDPA's is_causal runs without documents."""
+    cfg = _cfg(attn=Attn.sdpa)
+    m, gpu = cfg.model, cfg.cluster.gpu
+    peak = cp.peak_flops_per_s(gpu, cfg.precision)
+    causal = kn.flash_attention_s(m, 2, S, 1, gpu, peak, gpu.attention_efficiency, Attn.sdpa)[0]
+    masked = kn.flash_attention_s(m, 2, S, 1, gpu, peak, gpu.attention_efficiency, Attn.sdpa, 300)[0]
+    assert masked / causal == pytest.approx(1.0 / kn.causal_block_share(S))
+    assert kn.flash_attention_s(m, 2, S, 1, gpu, peak, gpu.attention_efficiency, Attn.sdpa, S)[0] == causal
+    plain, docs = step_time(cfg).step_time_s, step_time(_cfg(attn=Attn.sdpa, doc_len=300)).step_time_s
+    assert docs > plain > step_time(_cfg(doc_len=300)).step_time_s  # flash's varlen the fastest
+    # MFU's model FLOPs count the documents whatever the kernel; the hardware FLOPs the whole square
+    flops = cp.flops_per_token(m, cp.training_of(_cfg(attn=Attn.sdpa, doc_len=300)))
+    assert flops.model == cp.flops_per_token(m, cp.training_of(_cfg(doc_len=300))).model
+    assert flops.hardware == pytest.approx(cp.flops_per_token(m, cp.training_of(cfg)).hardware)
+
+
+@pytest.mark.parametrize(("method", "precision"), [("full", "bf16-true"), ("lora", "bf16-mixed")])
+def test_sdpa_keeps_the_mask_in_every_layer(method: str, precision: str) -> None:
+    """Each layer keeps the additive mask (e s per token) and the keys and values repeated to every query head
+    (Llama 3.2 3B: 24 query heads, 8 kv heads of 128): planner/activations.py sdpa_packed_mask_bytes_per_token, over
+    the 2 x 4096 tokens of the micro-batch and its 28 layers; checkpointing keeps one layer's at most (the recomputed
+    layer, when it outweighs the logits and loss it is never live with)."""
+    from planner.memory import memory_per_gpu
+
+    cfg = _cfg(attn=Attn.sdpa, method=method, precision=precision)
+    m, tokens, e = cfg.model, 2 * S, 2
+    per_layer = tokens * (e * S + e * (24 - 8) * (128 + 128))
+    plain = memory_per_gpu(cfg).activations
+    assert memory_per_gpu(_cfg(attn=Attn.sdpa, method=method, precision=precision, doc_len=300)).activations - \
+        plain == pytest.approx(m.num_layers * per_layer)
+    assert memory_per_gpu(_cfg(attn=Attn.sdpa, method=method, precision=precision, doc_len=S)).activations == plain
+    for attn in (Attn.flash, Attn.eager):  # no mask kept: varlen takes none, eager keeps its scores anyway
+        kw = dict(attn=attn, method=method, precision=precision)
+        assert memory_per_gpu(_cfg(**kw, doc_len=300)).activations == memory_per_gpu(_cfg(**kw)).activations
+    ckpt = dict(attn=Attn.sdpa, method=method, precision=precision, grad_ckpt="full")
+    grew = memory_per_gpu(_cfg(**ckpt, doc_len=300)).total - memory_per_gpu(_cfg(**ckpt)).total
+    assert 0 <= grew <= per_layer * 1.0001
