@@ -11,7 +11,7 @@ from typing import Any
 
 from planner.errors import PlanError
 from planner.options import Options, from_flat, to_flat
-from planner.setup_files import Reading, combine, deepspeed, freeze_layers_for, read, rope_for
+from planner.setup_files import Reading, combine, deepspeed, freeze_layers_for, packing_problem, read, rope_for
 
 MAX_BYTES = 1 << 20  # a training setup is a few KiB; anything larger is not one
 
@@ -102,6 +102,11 @@ def apply(opts: Options, paths: list[Path], explicit: set[str]) -> Options:
         problem = next(((r.source, r.model_problem) for r in found if r.model_problem), None)
         if problem is not None:
             raise PlanError(f"{problem[0]}: {problem[1]}")
+    for reading in found:  # a setup that packs documents: --doc-len beside it, or none (planner/setup_files.py)
+        problem = packing_problem(reading.pending, reading.source, doc_len_given="doc_len" in explicit,
+                                  attn=flat["attn"], micro_batch=flat["micro_batch"], seq_len=flat["seq_len"])
+        if problem is not None:
+            raise PlanError(problem)
     pending = {k: v for r in found for k, v in r.pending.items()}
     source = found[0].source
     if pending and flat["model"]:

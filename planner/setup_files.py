@@ -10,6 +10,12 @@ values that need the model (`pending`). Keys that change nothing the planner mod
 rate, logging, ...) are ignored; keys whose effect the planner does not model (DoRA, GaLore, trained
 embeddings, ...) or that contradict each other are refused with one line naming file and key.
 
+Packing (`packing_of`): a setup that packs documents with attention kept within each (LLaMA-Factory's neat_packing,
+TRL's padding_free or bfd packing, axolotl's sample_packing under flash / sdp / xformers attention) gives no mean
+document length, and the plan needs one (--doc-len): ftplan asks for it in one line rather than guess it; a setup that
+packs across documents (LLaMA-Factory's packing without neat_packing, its pre-training, TRL's wrapped packing,
+axolotl's sample_packing under eager attention) refuses --doc-len.
+
 Sources: LLaMA-Factory 0.9.5 src/llamafactory/hparams/{model,data,finetuning}_args.py and model/adapter.py;
 axolotl's config reference (docs/config-reference) and src/axolotl/utils/config/__init__.py (resolve_dtype);
 transformers 5.25 TrainingArguments (training_args.py, OptimizerNames, FSDPOption); DeepSpeed's config-json
@@ -111,6 +117,90 @@ class _Keys:
             value = self.data.get(key)
             if value not in (None, False, "", [], {}, 0, "false", "none"):
                 raise self.refuse(key, why)
+
+
+# --- packed documents -------------------------------------------------------------------------------------
+
+# Reading.pending keys for packing: the setting that packs, as the file spells it
+DOCUMENTS = "documents"  # documents packed with attention kept within each: the plan needs --doc-len
+ACROSS = "packed_across"  # documents packed into one causal sequence: --doc-len does not apply
+FLATTENED = "flattened"  # the micro-batch flattened into one row (TRL padding_free): one mask over the whole row
+
+
+def packing_problem(pending: dict[str, Any], source: str, *, doc_len_given: bool, attn: Attn, micro_batch: int,
+                    seq_len: int) -> str | None:
+    """The one line a setup's packing needs said, if any: per-document packing without --doc-len (the files carry no
+    mean document length, and ftplan does not invent one), --doc-len where the setup packs across documents, and
+    TRL's padding-free row of micro_batch x seq_len tokens under an attention that sees it as one sequence."""
+    if DOCUMENTS in pending and not doc_len_given:
+        return (f"{source}: {pending[DOCUMENTS]} packs documents with attention kept within each, and the file "
+                f"gives no mean document length: add --doc-len TOKENS (their mean tokens)")
+    if ACROSS in pending and doc_len_given:
+        return f"{source}: {pending[ACROSS]}: --doc-len does not apply"
+    if FLATTENED in pending and attn is not Attn.flash and micro_batch > 1:
+        return (f"{source}: {pending[FLATTENED]} flattens each micro-batch of {micro_batch} into one row of "
+                f"{micro_batch} x {seq_len} tokens, which {attn.value} attention masks as one sequence (only "
+                f"FlashAttention-2's varlen kernel reads the documents' boundaries): plan --micro-batch 1 --seq-len "
+                f"{micro_batch * seq_len}, or use attn_implementation: flash_attention_2")
+    return None
+
+
+def _lf_packing(keys: _Keys, stage: Stage, pending: dict[str, Any]) -> None:
+    """neat_packing: SFT samples packed into cutoff_len with attention kept within each (hparams/data_args.py
+    "sequence packing without cross-attention", which turns packing on; SFT only, hparams/parser.py); packing
+    alone, and pre-training's default packing (parser.py: `packing = stage == "pt"` when unset), concatenate
+    documents under one causal mask."""
+    neat = keys.flag("neat_packing") if "neat_packing" in keys else False
+    if neat:
+        if stage is not Stage.sft:
+            raise keys.refuse("neat_packing", f"LLaMA-Factory packs without cross-attention for sft only, not "
+                                              f"{stage.value}")
+        pending[DOCUMENTS] = "neat_packing: true"
+        return
+    packing = keys.flag("packing") if "packing" in keys else stage is Stage.pt
+    if packing:
+        pending[ACROSS] = ("packing: true without neat_packing lets each pack's documents attend to each other"
+                           if "packing" in keys else
+                           "stage: pt packs documents into one causal sequence (LLaMA-Factory's pre-training packing)")
+
+
+# TRL 1.16 SFTConfig.packing_strategy (and its deprecated alias, sft_config.py __post_init__)
+_TRL_STRATEGIES = {"bfd": "bfd", "bfd_split": "bfd_split", "bfd-requeue": "bfd_split", "wrapped": "wrapped"}
+
+
+def _trl_packing(keys: _Keys, pending: dict[str, Any]) -> None:
+    """TRL's SFTConfig: padding_free flattens each micro-batch into one row whose position_ids restart per example,
+    and bfd packing turns it on (sft_trainer.py: `padding_free or (packing and packing_strategy in {"bfd",
+    "bfd_split"})`); FlashAttention-2 then runs each document on its own (cu_seq_lens), and transformers builds the
+    documents' mask for SDPA and eager from the position_ids. "wrapped" packing cuts the stream of documents into
+    rows with no boundaries kept: one causal sequence per row."""
+    free = keys.flag("padding_free") if "padding_free" in keys else False
+    packing = keys.flag("packing") if "packing" in keys else False
+    strategy = keys.text("packing_strategy") or "bfd"
+    if strategy not in _TRL_STRATEGIES:
+        raise keys.refuse("packing_strategy", f"'{strategy}' is not one of bfd, bfd_split, wrapped")
+    strategy = _TRL_STRATEGIES[strategy]
+    if packing and strategy == "wrapped":
+        pending[ACROSS] = "packing_strategy: wrapped cuts the documents into rows with no boundaries kept"
+        if free:
+            pending[FLATTENED] = "padding_free: true"
+        return
+    if free or packing:
+        setting = "padding_free: true" if free else f"packing: true (packing_strategy {strategy}, padding-free)"
+        pending[DOCUMENTS] = pending[FLATTENED] = setting
+
+
+def _axolotl_packing(keys: _Keys, values: dict[str, Any], pending: dict[str, Any]) -> None:
+    """sample_packing: samples packed into sequence_len with per-sample position_ids, kept apart under flash, sdp or
+    xformers attention; under any other axolotl warns "sample_packing without flash, sdp, xformers or flex attention
+    does not handle cross sample decontamination" (utils/schemas/validation.py)."""
+    if not (keys.flag("sample_packing") if "sample_packing" in keys else False):
+        return
+    if values.get("attn") in (Attn.flash, Attn.sdpa):
+        pending[DOCUMENTS] = "sample_packing: true"
+    else:
+        pending[ACROSS] = ("sample_packing: true without flash, sdp or xformers attention lets the packed samples "
+                           "attend to each other (axolotl's own warning)")
 
 
 # --- shared vocabularies --------------------------------------------------------------------------------
@@ -402,6 +492,7 @@ def llamafactory(data: dict[str, Any], source: str, exists: Callable[[str], bool
     if seq is not None:
         values["seq_len"] = seq
     _lf_model_args(keys, values, pending)
+    _lf_packing(keys, values.get("stage", Stage.sft), pending)
     return Reading(source, KINDS["llamafactory"], values, defaults, _references(keys), pending, problem)
 
 
@@ -554,7 +645,9 @@ def axolotl(data: dict[str, Any], source: str, exists: Callable[[str], bool]) ->
     if values.get("method", Method.full) is Method.full and values.get("precision") is Precision.bf16_mixed \
             and "deepspeed" not in keys:
         values["precision"] = Precision.bf16_true
-    return Reading(source, KINDS["axolotl"], values, defaults, _references(keys), {}, problem)
+    pending: dict[str, Any] = {}
+    _axolotl_packing(keys, values, pending)
+    return Reading(source, KINDS["axolotl"], values, defaults, _references(keys), pending, problem)
 
 
 # --- transformers TrainingArguments (and a training script's arguments) ----------------------------------
@@ -594,7 +687,9 @@ def trainer(data: dict[str, Any], source: str, exists: Callable[[str], bool]) ->
     dtype = keys.text("torch_dtype") or keys.text("dtype")
     if dtype == "bfloat16" and values.get("method", Method.full) is Method.full and "deepspeed" not in keys:
         values["precision"] = Precision.bf16_true  # weights loaded in bf16, trained without an fp32 copy
-    return Reading(source, KINDS["trainer"], values, defaults, _references(keys), {}, problem)
+    pending: dict[str, Any] = {}
+    _trl_packing(keys, pending)
+    return Reading(source, KINDS["trainer"], values, defaults, _references(keys), pending, problem)
 
 
 # --- DeepSpeed ds_config.json ----------------------------------------------------------------------------

@@ -76,8 +76,45 @@ def test_an_axolotl_yaml_is_planned(capsys, monkeypatch) -> None:
 ], ids=["axolotl-zero2-offload", "trl-json", "lf+accelerate-fsdp", "lf-freeze-liger", "lf-qlora"])
 def test_each_kind_of_setup(capsys, monkeypatch, files: tuple[str, ...], expected: dict) -> None:
     args = [a for f in files for a in ("--from", str(SETUPS / f))]
-    cfg = config_of(capsys, monkeypatch, *args, "--gpus", "8xA800")
+    # axolotl's example packs its Alpaca samples under sdp attention (sample_packing): their mean length is the user's
+    packs = ("--doc-len", "256") if files == ("axolotl_mistral_lora_zero2.yaml",) else ()
+    cfg = config_of(capsys, monkeypatch, *args, "--gpus", "8xA800", *packs)
     assert picked(cfg, *expected) == expected
+
+
+def test_a_setup_that_packs_documents_asks_for_their_length(capsys, monkeypatch, tmp_path: Path) -> None:
+    """axolotl's sample_packing under sdp attention keeps each sample's attention to itself: the plan needs the
+    samples' mean length, which no setup file says, so --from asks for --doc-len in one line; given, the plan has it
+    (and SDPA's mask: planner/activations.py). A setup that packs across documents refuses --doc-len."""
+    setup = str(SETUPS / "axolotl_mistral_lora_zero2.yaml")
+    code, out, err = run(capsys, monkeypatch, "estimate", "--from", setup, "--gpus", "8xA800")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "axolotl_mistral_lora_zero2.yaml: sample_packing: true packs documents" in err and "--doc-len" in err
+    cfg = config_of(capsys, monkeypatch, "--from", setup, "--gpus", "8xA800", "--doc-len", "256")
+    assert picked(cfg, "doc_len", "attn", "seq_len") == {"doc_len": 256, "attn": "sdpa", "seq_len": 4096}
+    code, _, err = run(capsys, monkeypatch, "estimate", "--from", str(SETUPS / "lf_qwen_freeze_sft.yaml"), "--gpus",
+                       "8xA800", "--doc-len", "256")
+    assert code == 2 and "packing: true without neat_packing" in err and "--doc-len does not apply" in err
+    # LLaMA-Factory's neat_packing and TRL's bfd packing (padding-free) under FlashAttention-2
+    lf = write(tmp_path, "neat.yaml", "model_name_or_path: meta-llama/Meta-Llama-3-8B\nfinetuning_type: lora\n"
+                                      "stage: sft\nneat_packing: true\nflash_attn: fa2\ncutoff_len: 4096\n"
+                                      "per_device_train_batch_size: 1\n")
+    code, _, err = run(capsys, monkeypatch, "estimate", "--from", lf, "--gpus", "1xA100-80G")
+    assert code == 2 and "neat.yaml: neat_packing: true packs documents" in err
+    assert config_of(capsys, monkeypatch, "--from", lf, "--gpus", "1xA100-80G", "--doc-len", "300")["doc_len"] == 300
+    trl = {"model_name_or_path": "meta-llama/Meta-Llama-3-8B", "output_dir": "o", "per_device_train_batch_size": 2,
+           "max_length": 2048, "packing": True, "attn_implementation": "flash_attention_2", "bf16": True}
+    path = write(tmp_path, "trl.json", json.dumps(trl))
+    cfg = config_of(capsys, monkeypatch, "--from", path, "--gpus", "1xA100-80G", "--doc-len", "300")
+    assert picked(cfg, "doc_len", "attn", "micro_batch") == {"doc_len": 300, "attn": "flash", "micro_batch": 2}
+    # padding-free under SDPA: TRL flattens the two packs into one row of 4096 tokens, one mask over it
+    path = write(tmp_path, "trl_sdpa.json", json.dumps({**trl, "attn_implementation": "sdpa"}))
+    code, _, err = run(capsys, monkeypatch, "estimate", "--from", path, "--gpus", "1xA100-80G", "--doc-len", "300")
+    assert code == 2 and "--micro-batch 1 --seq-len 4096" in err
+    cfg = config_of(capsys, monkeypatch, "--from", path, "--gpus", "1xA100-80G", "--doc-len", "300",
+                    "--micro-batch", "1", "--seq-len", "4096")
+    assert picked(cfg, "doc_len", "attn", "micro_batch", "seq_len") == {"doc_len": 300, "attn": "sdpa",
+                                                                         "micro_batch": 1, "seq_len": 4096}
 
 
 def test_a_ds_config_alone_sets_the_engine(capsys, monkeypatch) -> None:

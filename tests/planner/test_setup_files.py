@@ -7,6 +7,9 @@ import pytest
 from planner.choices import Attn, FsdpStrategy, GradCkpt, Method, Offload, OffloadDevice, Precision, Quant, Stage
 from planner.errors import PlanError
 from planner.setup_files import (
+    ACROSS,
+    DOCUMENTS,
+    FLATTENED,
     axolotl,
     combine,
     deepspeed,
@@ -14,6 +17,7 @@ from planner.setup_files import (
     freeze_layers_for,
     llamafactory,
     model_value,
+    packing_problem,
     rope_for,
     trainer,
 )
@@ -140,3 +144,55 @@ def test_an_unknown_hub_id_is_a_problem_only_when_used() -> None:
     value, problem = model_value("mistralai/Mistral-7B-v0.3", nowhere)
     assert value is None and "pass --model" in problem
     assert model_value("/models/mine", lambda s: True) == ("/models/mine", None)
+
+
+# --- packed documents ---------------------------------------------------------------------------------------------
+
+_LF = {"model_name_or_path": "7b", "finetuning_type": "lora"}
+_AX = {"base_model": "7b", "adapter": "lora"}
+_TRL = {"output_dir": "o", "per_device_train_batch_size": 2}
+
+
+@pytest.mark.parametrize(("reader", "data", "pending"), [
+    (llamafactory, {**_LF, "neat_packing": True}, {DOCUMENTS: "neat_packing: true"}),
+    (llamafactory, {**_LF, "packing": True}, {ACROSS}),
+    (llamafactory, {**_LF, "stage": "pt"}, {ACROSS}),  # LLaMA-Factory packs pre-training data by default
+    (llamafactory, {**_LF, "stage": "pt", "packing": False}, {}),
+    (llamafactory, _LF, {}),
+    (trainer, {**_TRL, "padding_free": True}, {DOCUMENTS: "padding_free: true", FLATTENED: "padding_free: true"}),
+    (trainer, {**_TRL, "packing": True}, {DOCUMENTS, FLATTENED}),  # bfd, TRL's default strategy, is padding-free
+    (trainer, {**_TRL, "packing": True, "packing_strategy": "bfd-requeue"}, {DOCUMENTS, FLATTENED}),
+    (trainer, {**_TRL, "packing": True, "packing_strategy": "wrapped"}, {ACROSS}),
+    (trainer, _TRL, {}),
+    (axolotl, {**_AX, "sample_packing": True, "flash_attention": True}, {DOCUMENTS: "sample_packing: true"}),
+    (axolotl, {**_AX, "sample_packing": True, "sdp_attention": True}, {DOCUMENTS}),
+    (axolotl, {**_AX, "sample_packing": True, "xformers_attention": True}, {DOCUMENTS}),
+    (axolotl, {**_AX, "sample_packing": True}, {ACROSS}),  # axolotl warns: no decontamination
+    (axolotl, {**_AX, "sample_packing": True, "eager_attention": True}, {ACROSS}),
+    (axolotl, _AX, {}),
+], ids=["lf-neat", "lf-packing", "lf-pt", "lf-pt-off", "lf-none", "trl-padding-free", "trl-bfd", "trl-requeue",
+        "trl-wrapped", "trl-none", "ax-flash", "ax-sdp", "ax-xformers", "ax-default", "ax-eager", "ax-none"])
+def test_what_packing_each_setup_reads(reader, data: dict, pending) -> None:
+    found = {k: v for k, v in reader(data, "s", nowhere).pending.items() if k in (DOCUMENTS, ACROSS, FLATTENED)}
+    assert (found if isinstance(pending, dict) else set(found)) == pending
+
+
+def test_packing_settings_the_tools_refuse() -> None:
+    with pytest.raises(PlanError, match="s: neat_packing: LLaMA-Factory packs without cross-attention for sft only"):
+        llamafactory({**_LF, "stage": "dpo", "neat_packing": True}, "s", nowhere)
+    with pytest.raises(PlanError, match="s: packing_strategy: 'ffd' is not one of"):
+        trainer({**_TRL, "packing": True, "packing_strategy": "ffd"}, "s", nowhere)
+
+
+def test_packing_problems() -> None:
+    docs, across, flat = {DOCUMENTS: "neat_packing: true"}, {ACROSS: "packing: true ..."}, \
+        {DOCUMENTS: "padding_free: true", FLATTENED: "padding_free: true"}
+    kw = dict(attn=Attn.flash, micro_batch=2, seq_len=2048)
+    assert "add --doc-len TOKENS" in packing_problem(docs, "f.yaml", doc_len_given=False, **kw)
+    assert packing_problem(docs, "f.yaml", doc_len_given=True, **kw) is None
+    assert packing_problem(across, "f.yaml", doc_len_given=False, **kw) is None
+    assert packing_problem(across, "f.yaml", doc_len_given=True, **kw).endswith("--doc-len does not apply")
+    assert packing_problem(flat, "f.json", doc_len_given=True, **kw) is None  # varlen keeps the packs apart
+    assert "--micro-batch 1 --seq-len 4096" in packing_problem(flat, "f.json", doc_len_given=True,
+                                                               **{**kw, "attn": Attn.sdpa})
+    assert packing_problem(flat, "f.json", doc_len_given=True, **{**kw, "attn": Attn.sdpa, "micro_batch": 1}) is None
