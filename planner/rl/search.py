@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
-from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
@@ -24,6 +23,7 @@ from planner.errors import PlanError
 from planner.estimate import Estimate, FitKind, Limits, estimate, fit_reason
 from planner.gpus import Cluster
 from planner.rl import generation as gen
+from planner.rl.parts import memo_by_parts
 from planner.rl.settings import Generation, Rollout, RolloutSpace
 from planner.strategy import TrainConfig
 
@@ -106,22 +106,46 @@ def variants(base: TrainConfig, space: RolloutSpace) -> Iterator[tuple[Cluster, 
 def with_memory_share(cfg: TrainConfig, share: float) -> TrainConfig:
     """`cfg` with vLLM's memory share `share`: built from its parts (the search asks several times per candidate;
     dataclasses.replace would pass every field through its checks again)."""
-    return TrainConfig(**dict(zip(_OTHER_FIELDS, _other_values(cfg), strict=True)),
-                       rollout=_rollout_with_memory(cfg.rollout, share))
+    return config_of(_other_values(cfg), _rollout_with_memory(cfg.rollout, share))
 
 
 _OTHER_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "rollout")
 _other_values = attrgetter(*_OTHER_FIELDS)
 
 
-@lru_cache(maxsize=1024)
+def config_of(others: tuple, rollout: Rollout) -> TrainConfig:
+    """The TrainConfig of every field but the rollout (`others`, in `_OTHER_FIELDS`' order) and `rollout`: what
+    TrainConfig(**fields) makes when every part is given (its __init__ fills in only the parts left out), set field
+    by field as its __init__ sets them."""
+    cfg = object.__new__(TrainConfig)
+    for name, value in zip(_OTHER_FIELDS, others, strict=True):
+        object.__setattr__(cfg, name, value)
+    object.__setattr__(cfg, "rollout", rollout)
+    return cfg
+
+
 def _rollout_with_memory(rollout: Rollout, share: float) -> Rollout:
-    return replace(rollout, vllm_memory=share)
+    """One Rollout object per (rollout, share), found by the rollout's identity (memos downstream key on it)."""
+    return memo_by_parts(_WITH_MEMORY, (rollout,), (share,), lambda: replace(rollout, vllm_memory=share))
+
+
+_WITH_MEMORY: dict[tuple, tuple[tuple, Rollout]] = {}
 
 
 def needed_memory_share(cfg: TrainConfig) -> float:
     """The smallest share on the grid whose KV cache holds the engine's whole batch at once (at full length, or
-    with completions stopping at EOS at a wave's peak, planner.rl.generation.wave_tokens_per_sequence)."""
+    with completions stopping at EOS at a wave's peak, planner.rl.generation.wave_tokens_per_sequence). Memoized
+    on what it reads: the model, cluster, rollout, adapter (quantization), precision, sequence length and the
+    rank's generation batch (micro_batch x grad_accum)."""
+    return memo_by_parts(_NEEDED, (cfg.model, cfg.cluster, cfg.rollout, cfg.adapter),
+                         (cfg.precision, cfg.seq_len, cfg.micro_batch * cfg.grad_accum),
+                         lambda: _needed_memory_share(cfg))
+
+
+_NEEDED: dict[tuple, tuple[tuple, float]] = {}
+
+
+def _needed_memory_share(cfg: TrainConfig) -> float:
     probe = gen.vllm_budget(with_memory_share(cfg, 1.0))
     kv_seq = gen.kv_bytes_per_token(cfg.model, 2.0) / cfg.rollout.vllm_tp * gen.wave_tokens_per_sequence(cfg)
     need = probe.weights + probe.activations + kv_seq * gen.engine_batch(cfg)
@@ -162,14 +186,24 @@ def rl_plan(parts: SearchParts, base: TrainConfig, space: Any, limits: Limits = 
     fitting: list[Estimate] = []
     rejected: dict[str, int] = {}
     seen: dict[tuple, list[str]] = {}
+    # the training strategies of each training cluster, as the parts of their configs: planner.search.candidates
+    # reads no rollout setting, so every generation setting on a cluster has the same strategies, in the same
+    # order; built once, the same part objects serve every generation setting (memos key on their identity)
+    strategies: dict[Cluster, list[tuple]] = {}
     for cluster, rollout in variants(base, rspace):
         b = replace(base, cluster=cluster, rollout=rollout)
         if global_batch % b.world_size:
             continue
-        for cfg in parts.candidates(b, strategy_space):
+        listed = strategies.get(cluster)
+        if listed is None:
+            listed = strategies[cluster] = [_other_values(c) for c in parts.candidates(b, strategy_space)]
+        auto = rollout.generation is Generation.vllm_colocate and rspace.vllm_memory is None
+        for others in listed:
+            cfg = config_of(others, rollout)
             evaluated += 1
-            key = (cfg.engine_choice, cfg.adapter, cfg.optimizer, cfg.batch, cfg.rollout.generation,
-                   cfg.rollout.vllm_tp, cfg.cluster)
+            # validity reads these (the objects live in `strategies` for the whole search)
+            key = (id(cfg.engine_choice), id(cfg.adapter), cfg.optimizer, cfg.batch, rollout.generation,
+                   rollout.vllm_tp, id(cluster))
             found = seen.get(key)
             if found is None:
                 found = seen[key] = problems(cfg)
@@ -177,7 +211,6 @@ def rl_plan(parts: SearchParts, base: TrainConfig, space: Any, limits: Limits = 
                 rejected[found[0]] = rejected.get(found[0], 0) + 1
                 continue
             valid += 1
-            auto = rollout.generation is Generation.vllm_colocate and rspace.vllm_memory is None
             est = choose_memory_share(cfg, limits, cal) if auto else estimate(cfg, limits, cal, timed=None)
             if est.fits:
                 fitting.append(est)
