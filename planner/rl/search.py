@@ -113,14 +113,21 @@ _OTHER_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "rollout"
 _other_values = attrgetter(*_OTHER_FIELDS)
 
 
+_MODEL, _ADAPTER, _BATCH, _ENGINE_CHOICE, _PRECISION, _OPTIMIZER = (
+    _OTHER_FIELDS.index(name) for name in ("model", "adapter", "batch", "engine_choice", "precision", "optimizer"))
+# TrainConfig's slots (frozen: its own __setattr__ refuses, as it does for its __init__, which sets them through them)
+_SET_OTHERS = tuple(getattr(TrainConfig, name).__set__ for name in _OTHER_FIELDS)
+_SET_ROLLOUT = TrainConfig.rollout.__set__  # type: ignore[attr-defined]
+
+
 def config_of(others: tuple, rollout: Rollout) -> TrainConfig:
     """The TrainConfig of every field but the rollout (`others`, in `_OTHER_FIELDS`' order) and `rollout`: what
     TrainConfig(**fields) makes when every part is given (its __init__ fills in only the parts left out), set field
     by field as its __init__ sets them."""
     cfg = object.__new__(TrainConfig)
-    for name, value in zip(_OTHER_FIELDS, others, strict=True):
-        object.__setattr__(cfg, name, value)
-    object.__setattr__(cfg, "rollout", rollout)
+    for set_field, value in zip(_SET_OTHERS, others, strict=True):
+        set_field(cfg, value)
+    _SET_ROLLOUT(cfg, rollout)
     return cfg
 
 
@@ -134,12 +141,17 @@ _WITH_MEMORY: dict[tuple, tuple[tuple, Rollout]] = {}
 
 def needed_memory_share(cfg: TrainConfig) -> float:
     """The smallest share on the grid whose KV cache holds the engine's whole batch at once (at full length, or
-    with completions stopping at EOS at a wave's peak, planner.rl.generation.wave_tokens_per_sequence). Memoized
-    on what it reads: the model, cluster, rollout, adapter (quantization), precision, sequence length and the
-    rank's generation batch (micro_batch x grad_accum)."""
-    return memo_by_parts(_NEEDED, (cfg.model, cfg.cluster, cfg.rollout, cfg.adapter),
-                         (cfg.precision, cfg.seq_len, cfg.micro_batch * cfg.grad_accum),
+    with completions stopping at EOS at a wave's peak, planner.rl.generation.wave_tokens_per_sequence)."""
+    return _needed_share(cfg.model, cfg.cluster, cfg.rollout, cfg.adapter, cfg.precision, cfg.batch,
                          lambda: _needed_memory_share(cfg))
+
+
+def _needed_share(model: Any, cluster: Cluster, rollout: Rollout, adapter: Any, precision: Any, batch: Any,
+                  compute: Callable[[], float]) -> float:
+    """`needed_memory_share`, memoized on what it reads: the model, cluster, rollout, adapter (quantization),
+    precision, sequence length and the rank's generation batch (micro_batch x grad_accum)."""
+    return memo_by_parts(_NEEDED, (model, cluster, rollout, adapter),
+                         (precision, batch.seq_len, batch.micro_batch * batch.grad_accum), compute)
 
 
 _NEEDED: dict[tuple, tuple[tuple, float]] = {}
@@ -155,7 +167,11 @@ def _needed_memory_share(cfg: TrainConfig) -> float:
 
 def choose_memory_share(cfg: TrainConfig, limits: Limits, cal: Calibration) -> Estimate:
     """Estimate a colocated plan at the share it needs, or at the largest that fits beside its training step."""
-    cfg = with_memory_share(cfg, needed_memory_share(cfg))
+    return _estimate_at_needed_share(with_memory_share(cfg, needed_memory_share(cfg)), limits, cal)
+
+
+def _estimate_at_needed_share(cfg: TrainConfig, limits: Limits, cal: Calibration) -> Estimate:
+    """`cfg` (at the share it needs) estimated, or at the largest share that fits beside its training step."""
     est = estimate(cfg, limits, cal, timed=None)
     if est.fits:
         return est
@@ -198,20 +214,26 @@ def rl_plan(parts: SearchParts, base: TrainConfig, space: Any, limits: Limits = 
         if listed is None:
             listed = strategies[cluster] = [_other_values(c) for c in parts.candidates(b, strategy_space)]
         auto = rollout.generation is Generation.vllm_colocate and rspace.vllm_memory is None
+        setting = (rollout.generation, rollout.vllm_tp, id(cluster))
         for others in listed:
-            cfg = config_of(others, rollout)
             evaluated += 1
-            # validity reads these (the objects live in `strategies` for the whole search)
-            key = (id(cfg.engine_choice), id(cfg.adapter), cfg.optimizer, cfg.batch, rollout.generation,
-                   rollout.vllm_tp, id(cluster))
+            # what validity reads (planner.validity.problems; the objects live in `strategies` for the whole search)
+            key = (id(others[_ENGINE_CHOICE]), id(others[_ADAPTER]), others[_OPTIMIZER], others[_BATCH], *setting)
             found = seen.get(key)
             if found is None:
-                found = seen[key] = problems(cfg)
+                found = seen[key] = problems(config_of(others, rollout))
             if found:
                 rejected[found[0]] = rejected.get(found[0], 0) + 1
                 continue
             valid += 1
-            est = choose_memory_share(cfg, limits, cal) if auto else estimate(cfg, limits, cal, timed=None)
+            if auto:  # at the share it needs (choose_memory_share), the config built once at that share
+                share = _needed_share(others[_MODEL], cluster, rollout, others[_ADAPTER], others[_PRECISION],
+                                      others[_BATCH], lambda o=others, r=rollout: _needed_memory_share(config_of(o, r)))
+                cfg = config_of(others, _rollout_with_memory(rollout, share))
+                est = _estimate_at_needed_share(cfg, limits, cal)
+            else:
+                cfg = config_of(others, rollout)
+                est = estimate(cfg, limits, cal, timed=None)
             if est.fits:
                 fitting.append(est)
             else:
