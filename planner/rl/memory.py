@@ -131,7 +131,39 @@ def training_memory(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration) -> A
 
 
 def resident_states(tm: TrainingMemory, cfg: TrainConfig) -> dict[str, float]:
-    return training_memo(_cached, tm.resident, training_part(cfg))
+    return training_memo(_resident_cached, tm.resident, training_part(cfg))
+
+
+def _resident_cached(fn: Callable, part: TrainConfig) -> dict[str, float]:
+    """The trainer's resident states, memoized on what they read: the fields of planner.memory's strategy key
+    (`_strategy_key`: weights, optimizer states and the engine's buffers at the first stage read no micro-batch,
+    checkpointing or attention, and of the accumulation only whether there is any), so every batch shape and
+    checkpointing of a strategy shares them."""
+    return memo_by_parts(_RESIDENT, (fn, part.model, part.cluster, part.adapter, part.layout, part.engine_choice,
+                                     part.switches, part.rollout),
+                         (part.precision, part.optimizer, part.stage, part.seq_len, part.grad_accum > 1),
+                         lambda: fn(part))
+
+
+_RESIDENT: dict[tuple, tuple[tuple, dict[str, float]]] = {}
+
+
+def _training_of(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration) -> tuple[Any, dict[str, float], float]:
+    """The training step's peak, the resident states and their sum, found in one lookup by the training part's
+    identity (each candidate asks for the three together)."""
+    part = training_part(cfg)
+    key = (id(part), id(tm), id(cal))
+    hit = _TRAINING_OF.get(key)
+    if hit is None:
+        if len(_TRAINING_OF) >= 8192:
+            _TRAINING_OF.clear()
+        states = resident_states(tm, part)
+        hit = _TRAINING_OF[key] = ((part, tm, cal), training_memo(_cached, tm.peak, part, cal), states,
+                                   _states_total(states))
+    return hit[1], hit[2], hit[3]
+
+
+_TRAINING_OF: dict[tuple, tuple[tuple, Any, dict[str, float], float]] = {}
 
 
 def vllm_colocated_bytes(cfg: TrainConfig) -> float:
@@ -155,10 +187,8 @@ def rl_memory_per_gpu(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration = D
     """The stage's peak per GPU, a MemoryBreakdown (planner.memory.memory_per_gpu calls this for online RL)."""
     if cfg.stage is Stage.ppo:
         return ppo_memory_per_gpu(tm, cfg, cal)
-    part = training_part(cfg)
-    train = training_memo(_cached, tm.peak, part, cal)
-    states = training_memo(_cached, tm.resident, part)
-    return _combine(tm, cfg, train, _rl_parts(cfg), _states_total(states), states)
+    train, states, states_total = _training_of(tm, cfg, cal)
+    return _combine(tm, cfg, train, _rl_parts(cfg), states_total, states)
 
 
 def _rl_parts(cfg: TrainConfig) -> _Beside:
