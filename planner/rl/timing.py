@@ -155,13 +155,14 @@ class _RolloutTerms:
 
 def _rollout_terms(cfg: TrainConfig, cal: Calibration) -> _RolloutTerms:
     """`_rollout_terms_of`, memoized: generation and the weight sync read the model, cluster, rollout, adapter
-    (method, LoRA targets, quantization), engine choice (engine, ZeRO stage, FSDP strategy), layout (the
-    data-parallel group), precision, sequence length and the rank's generation batch (micro_batch x grad_accum),
-    and the calibration's efficiencies; not the micro-batch split, checkpointing, attention, optimizer or switches.
-    Every batch shape and checkpointing of a strategy, and every optimizer and offload, shares it."""
-    return memo_by_parts(_ROLLOUT_TERMS, (cfg.model, cfg.cluster, cfg.rollout, cfg.adapter, cfg.engine_choice,
-                                          cfg.layout, cal),
-                         (cfg.precision, cfg.seq_len, cfg.micro_batch * cfg.grad_accum),
+    (method, LoRA targets, quantization), the engine, ZeRO stage and FSDP strategy (gathers for generation), the
+    TP / PP / DP degrees (the data-parallel group), precision, sequence length and the rank's generation batch
+    (micro_batch x grad_accum), and the calibration's efficiencies; not the micro-batch split, checkpointing,
+    attention, optimizer, offload or switches. Every batch shape and checkpointing of a strategy, and every
+    optimizer and offload, shares it."""
+    return memo_by_parts(_ROLLOUT_TERMS, (cfg.model, cfg.cluster, cfg.rollout, cfg.adapter, cal),
+                         (cfg.engine, cfg.zero, cfg.fsdp, cfg.tp, cfg.pp, cfg.dp, cfg.precision, cfg.seq_len,
+                          cfg.micro_batch * cfg.grad_accum),
                          lambda: _rollout_terms_of(cfg, cal))
 
 
