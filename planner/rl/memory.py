@@ -261,8 +261,7 @@ def _combine(tm: TrainingMemory, cfg: TrainConfig, train: Any, beside: _Beside, 
     else:
         weights, optimizer = train.weights + beside.frozen_weights, train.optimizer
         grads, acts = train.gradients, train.activations
-        other = {**{k: v for k, v in train.other_items.items() if k not in (_CONTEXT, _RESERVE, _NCCL)},
-                 **beside.other_resident}
+        other = {**_kept_items(train), **beside.other_resident}
         phase, peak = train.phase, training_total
     # the readings of planner.memory: the training step's allocator reserve (its transient tensors), capped by the
     # card, the CUDA context and NCCL's buffers outside the allocator
@@ -273,6 +272,21 @@ def _combine(tm: TrainingMemory, cfg: TrainConfig, train: Any, beside: _Beside, 
     return tm.breakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
                            other=sum(other.values()), phase=phase, other_items=other, host_bytes=train.host_bytes,
                            nvme_bytes=train.nvme_bytes, reserve_wanted=train.reserve_wanted, tensor_bytes=peak)
+
+
+def _kept_items(train: Any) -> dict[str, float]:
+    """The training step's other items but the CUDA context, the allocator reserve and NCCL's buffers (`_combine`
+    puts them back on the new peak), once per training step (the dict is only read)."""
+    hit = _KEPT.get(id(train))
+    if hit is None or hit[0] is not train:
+        if len(_KEPT) >= 8192:
+            _KEPT.clear()
+        hit = _KEPT[id(train)] = (train, {k: v for k, v in train.other_items.items()
+                                          if k not in (_CONTEXT, _RESERVE, _NCCL)})
+    return hit[1]
+
+
+_KEPT: dict[int, tuple[Any, dict[str, float]]] = {}
 
 
 # --- PPO (verl) ------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from planner.validity import problems
 # the memos keyed on part of a config, or on the identity of its parts
 MEMOS = (memory._STRATEGY_PARTS, memory._ACTIVATIONS, timing._MICRO_BATCH_S, rl_memory._RL_PARTS,
          rl_memory._RESIDENT, rl_memory._TRAINING_OF, rl_timing._ROLLOUT_TERMS, rl_search._NEEDED,
-         rl_search._WITH_MEMORY, rl_parts._PART_BY_IDENTITY, rl_parts._BY_IDENTITY, rl_parts._TRAINING_PARTS)
+         rl_memory._KEPT, rl_search._WITH_MEMORY, rl_parts._PART_BY_IDENTITY, rl_parts._BY_IDENTITY,
+         rl_parts._TRAINING_PARTS)
 
 CASES = [
     ("7b", "8xA800", Stage.grpo, {}, {"methods": (Method.full, Method.lora), "micro_batches": (1, 4, 8)}),
