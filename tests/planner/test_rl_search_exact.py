@@ -35,10 +35,13 @@ CASES = [
     ("7b", "8xA800", Stage.grpo, {}, {"methods": (Method.full, Method.lora), "micro_batches": (1, 4, 8)}),
     ("qwen3-8b", "2x8xH100", Stage.grpo, {"completion_len_mean": 200, "kl_beta": 0.04, "reward_model": "qwen3-0.6b"},
      {"methods": (Method.lora, Method.qlora), "micro_batches": (2, 8), "grad_ckpts": (GradCkpt.full,)}),
-    ("gemma-3-4b", "4xL40S", Stage.rloo, {"completion_len_mean": 300}, {"micro_batches": (1, 2, 8)}),
+    ("gemma-3-4b", "4xL40S", Stage.rloo, {"completion_len_mean": 300},
+     {"methods": (Method.full, Method.qlora), "micro_batches": (1, 8)}),
     ("qwen3-8b", "8xH100", Stage.ppo, {"reward_model": "qwen3-0.6b"}, {"methods": (Method.full, Method.lora)}),
+    ("qwen3-30b-a3b", "8xH100", Stage.grpo, {"kl_beta": 0.04},
+     {"methods": (Method.full, Method.lora), "micro_batches": (1, 8), "grad_ckpts": (GradCkpt.full,)}),
 ]
-IDS = ["grpo-7b", "grpo-2nodes-eos-kl-reward", "rloo-eos", "ppo-reward"]
+IDS = ["grpo-7b", "grpo-2nodes-eos-kl-reward", "rloo-eos", "ppo-reward", "grpo-moe-expert-parallel"]
 
 
 def _clear_caches() -> None:
