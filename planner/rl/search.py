@@ -113,8 +113,11 @@ _OTHER_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "rollout"
 _other_values = attrgetter(*_OTHER_FIELDS)
 
 
-_MODEL, _ADAPTER, _BATCH, _ENGINE_CHOICE, _PRECISION, _OPTIMIZER = (
-    _OTHER_FIELDS.index(name) for name in ("model", "adapter", "batch", "engine_choice", "precision", "optimizer"))
+_MODEL, _ADAPTER, _BATCH, _ENGINE_CHOICE, _SWITCHES, _PRECISION, _OPTIMIZER, _ATTN, _STAGE = (
+    _OTHER_FIELDS.index(name) for name in ("model", "adapter", "batch", "engine_choice", "switches", "precision",
+                                           "optimizer", "attn", "stage"))
+# the parts validity reads whole, first in TrainConfig's order (model, cluster, adapter, layout)
+_VALIDITY_PARTS = _OTHER_FIELDS.index("batch")
 # TrainConfig's slots (frozen: its own __setattr__ refuses, as it does for its __init__, which sets them through them)
 _SET_OTHERS = tuple(getattr(TrainConfig, name).__set__ for name in _OTHER_FIELDS)
 _SET_ROLLOUT = TrainConfig.rollout.__set__  # type: ignore[attr-defined]
@@ -206,6 +209,7 @@ def rl_plan(parts: SearchParts, base: TrainConfig, space: Any, limits: Limits = 
     # reads no rollout setting, so every generation setting on a cluster has the same strategies, in the same
     # order; built once, the same part objects serve every generation setting (memos key on their identity)
     strategies: dict[Cluster, list[tuple]] = {}
+    held: list[Rollout] = []
     for cluster, rollout in variants(base, rspace):
         b = replace(base, cluster=cluster, rollout=rollout)
         if global_batch % b.world_size:
@@ -214,11 +218,19 @@ def rl_plan(parts: SearchParts, base: TrainConfig, space: Any, limits: Limits = 
         if listed is None:
             listed = strategies[cluster] = [_other_values(c) for c in parts.candidates(b, strategy_space)]
         auto = rollout.generation is Generation.vllm_colocate and rspace.vllm_memory is None
-        setting = (rollout.generation, rollout.vllm_tp, id(cluster))
+        held.append(rollout)  # its id keys `seen` while the search runs
+        setting = (id(rollout), id(cluster))
         for others in listed:
             evaluated += 1
-            # what validity reads (planner.validity.problems; the objects live in `strategies` for the whole search)
-            key = (id(others[_ENGINE_CHOICE]), id(others[_ADAPTER]), others[_OPTIMIZER], others[_BATCH], *setting)
+            batch = others[_BATCH]
+            # what validity reads (planner.validity.problems and the engines', planner.rl.validity.rl_problems):
+            # every part of the config but the batch and checkpointing; of the batch whether micro-batch and
+            # accumulation are positive, the sequence length and the rank's batch (the global batch, vLLM's
+            # max_num_seqs); the parts live in `strategies` for the whole search
+            key = (*map(id, others[:_VALIDITY_PARTS]), id(others[_ENGINE_CHOICE]), id(others[_SWITCHES]),
+                   others[_OPTIMIZER], others[_PRECISION], others[_ATTN],
+                   others[_STAGE], batch.micro_batch >= 1, batch.grad_accum >= 1, batch.seq_len,
+                   batch.micro_batch * batch.grad_accum, *setting)
             found = seen.get(key)
             if found is None:
                 found = seen[key] = problems(config_of(others, rollout))

@@ -148,8 +148,8 @@ def test_rl_memos_keyed_on_parts_of_a_config_read_nothing_else(model: str, gpus:
 
 
 def test_the_default_grpo_plan_decides_validity_as_every_candidate_alone() -> None:
-    """rl_plan decides validity once per (engine choice, adapter, optimizer, batch, generation engine, vLLM TP,
-    cluster): every candidate of the default 7B GRPO search gets the verdict `problems` gives it alone."""
+    """rl_plan decides validity once per strategy and generation setting, whatever the micro-batch split and
+    checkpointing: every candidate of the default 7B GRPO search gets the verdict `problems` gives it alone."""
     base = build_config(model="7b", gpus="8xA800", stage=Stage.grpo, check=False)
     space = search_space(base)
     every = _every_candidate(base, space)
