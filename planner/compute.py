@@ -28,7 +28,7 @@ from planner.gpus import GPUSpec
 from planner.models import ModelSpec
 from planner.params import lora_params, quantizable_params
 from planner.states import stage_layers
-from planner.strategy import GradCkpt, Method, Precision, Quant, Stage, TrainConfig
+from planner.strategy import Attn, GradCkpt, Method, Precision, Quant, Stage, TrainConfig
 
 # Achievable fraction of the dense tensor-core peak for large GEMMs, keyed by GPU: the "Maximum Achievable Matmul
 # FLOPS" (MAMF) measured with torch.matmul over a search of shapes (S. Bekman, ml-engineering,
@@ -82,7 +82,7 @@ def layer_linear_flops(m: ModelSpec) -> float:
     return total
 
 
-def attention_flops(m: ModelSpec, s: int) -> float:
+def attention_flops(m: ModelSpec, s: float) -> float:
     """Forward FLOPs per token of the attention core: Q K^T and scores x V, 2 x 2 x s x q_dim
     (Narayanan et al. 2021, eq. 3's s/(6h) term; no causal halving, as in the paper). A model read from
     transformers counts each layer's own head sizes: 2 s a (d_qk + d_v), which multi-head latent attention makes
@@ -92,6 +92,17 @@ def attention_flops(m: ModelSpec, s: int) -> float:
         return sum(k.count * 2.0 * s * k.attention.heads * (k.attention.qk_head_dim + k.attention.v_head_dim)
                    for k in m.layer_kinds) / m.num_layers
     return 4.0 * s * m.q_dim
+
+
+def attended_tokens(s: int, doc_len: int = 0) -> float:
+    """Mean positions a token's attention spans in Narayanan's count (the full square, no causal halving): s for one
+    sequence; for documents of `doc_len` tokens packed into s under a per-document mask, each document's own square,
+    (floor(s/d) d^2 + r^2) / s with r the remainder (documents of the mean length, as planner/kernels.py
+    document_block_share)."""
+    if doc_len <= 0 or doc_len >= s:
+        return float(s)
+    whole, rest = divmod(s, doc_len)
+    return (whole * doc_len * doc_len + rest * rest) / s
 
 
 def head_flops(m: ModelSpec) -> float:
@@ -119,11 +130,21 @@ class Training:
     grad_ckpt: GradCkpt = GradCkpt.none
     seq_len: int = 2048
     stage: Stage = Stage.sft
+    doc_len: int = 0  # packed documents under a per-document mask (0: one sequence of seq_len)
+    doc_kernel: bool = False  # the attention kernel skips the other documents' blocks (FlashAttention-2's varlen)
+
+
+def document_kernel(cfg: TrainConfig) -> bool:
+    """The attention kernel computes each packed document on its own: FlashAttention-2 (varlen), in 16 bits on a
+    device that runs it (the GPU entries with an attention efficiency; planner/timing.py _pass_times)."""
+    return bool(cfg.doc_len) and cfg.attn is Attn.flash and cfg.precision is not Precision.fp32 and \
+        cfg.cluster.gpu.attention_efficiency is not None
 
 
 def training_of(cfg: TrainConfig) -> Training:
     return Training(method=cfg.method, lora_r=cfg.lora_r, lora_targets=cfg.lora_targets,
-                    freeze_layers=cfg.freeze_layers, grad_ckpt=cfg.grad_ckpt, seq_len=cfg.seq_len, stage=cfg.stage)
+                    freeze_layers=cfg.freeze_layers, grad_ckpt=cfg.grad_ckpt, seq_len=cfg.seq_len, stage=cfg.stage,
+                    doc_len=cfg.doc_len or 0, doc_kernel=document_kernel(cfg))
 
 
 @lru_cache(maxsize=4096)
@@ -131,10 +152,22 @@ def flops_per_token(m: ModelSpec, tr: Training, *, layers: float | None = None, 
     """Training FLOPs per token of one micro-batch over `layers` decoder layers (all by default) and the
     LM head. Forward F; backward = F (input gradients) + F of the trainable weights (weight gradients);
     the attention core's backward is twice its forward; recompute adds a forward (full) or the
-    attention core (selective)."""
+    attention core (selective). Packed documents under a per-document mask (`tr.doc_len`): the model FLOPs
+    (MFU's numerator) count each document's own attention square (`attended_tokens`), the convention's count
+    for the attention the model computes (PaLM App. B's 12 L H Q T per token with T the span a token attends,
+    here its document); the hardware FLOPs count the whole s x s unless the kernel skips the other documents
+    (`tr.doc_kernel`: eager attention computes them and masks them after the product)."""
+    model = _flops_at(m, tr, attention_flops(m, attended_tokens(tr.seq_len, tr.doc_len)), layers, head)
+    if not tr.doc_len or tr.doc_kernel:
+        return model
+    executed = _flops_at(m, tr, attention_flops(m, tr.seq_len), layers, head)
+    return StepFlops(model=model.model, hardware=executed.hardware)
+
+
+def _flops_at(m: ModelSpec, tr: Training, att: float, layers: float | None, head: bool) -> StepFlops:
+    """`flops_per_token` with the attention core's forward FLOPs per token given."""
     n_layers = m.num_layers if layers is None else layers
     lin = layer_linear_flops(m)
-    att = attention_flops(m, tr.seq_len)
     full = tr.method is Method.full
     adapter = 0.0 if full else 2.0 * lora_params(m, tr.lora_r, tr.lora_targets) / m.num_layers
     trainable_share = 1.0 - min(tr.freeze_layers, m.num_layers) / m.num_layers if full else 0.0

@@ -354,6 +354,45 @@ def attended_block_share(s: int, window: int = 0, window_kind: str = "", block: 
     return computed / (n * n)
 
 
+def _sequence_blocks(n_tokens: int, window: int, window_kind: str, block: int) -> float:
+    """Blocks a flash kernel computes for one causal sequence of `n_tokens` (its own ceil(n / block)^2 grid)."""
+    if n_tokens <= 0:
+        return 0.0
+    n = math.ceil(n_tokens / block)
+    return attended_block_share(n_tokens, window, window_kind, block) * n * n
+
+
+@cache
+def document_block_share(s: int, doc_len: int, window: int = 0, window_kind: str = "",
+                         block: int = FLASH_BLOCK_ROWS) -> float:
+    """Share of a packed sequence's ceil(s / block)^2 blocks FlashAttention-2's varlen kernel computes when the s
+    tokens hold documents of `doc_len` tokens, each attending only within itself. flash_attn_varlen_func
+    (Dao's flash_attn README: "varlen", `cu_seqlens` marking each sequence's start) runs every document as a
+    sequence of its own: its query blocks start at the document's first token, and each runs its own causal (or
+    windowed) blocks; transformers takes that path when packed position_ids restart per document (TRL's
+    padding_free collator, LLaMA-Factory's neat_packing: `_flash_attention_forward` with `cu_seq_lens`). Documents
+    of the mean length are the approximation: floor(s / d) whole ones and the remainder as one more (a
+    distribution with the same mean has a larger mean square, so this is the low end of the cost). Without
+    documents (d >= s) the sequence's own share (`attended_block_share`)."""
+    if doc_len <= 0 or doc_len >= s:
+        return attended_block_share(s, window, window_kind, block)
+    whole, rest = divmod(s, doc_len)
+    blocks = whole * _sequence_blocks(doc_len, window, window_kind, block) + \
+        _sequence_blocks(rest, window, window_kind, block)
+    n = math.ceil(s / block)
+    return blocks / (n * n)
+
+
+def document_query_blocks(s: int, doc_len: int, block: int = FLASH_BLOCK_ROWS) -> int:
+    """Query blocks (thread blocks per batch row and head) of a sequence of s tokens run as documents of `doc_len`:
+    each document's ceil(d / block) (FlashAttention-2's varlen grid launches max_seqlen's blocks per document and
+    returns at once from those past a document's end, which the count leaves out)."""
+    if doc_len <= 0 or doc_len >= s:
+        return math.ceil(s / block)
+    whole, rest = divmod(s, doc_len)
+    return whole * math.ceil(doc_len / block) + math.ceil(rest / block)
+
+
 def sdpa_masks_window(a: AttentionShape, s: int) -> bool:
     """transformers hands SDPA an explicit mask for a layer whose window is shorter than the sequence
     (masking_utils._ignore_causal_mask_sdpa: `local_attention_size is not None and kv_length >=
@@ -363,20 +402,22 @@ def sdpa_masks_window(a: AttentionShape, s: int) -> bool:
 
 
 def flash_attention_s(m: ModelSpec, b: int, s: int, tp: int, gpu: GPUSpec, peak_flops_per_s: float,
-                      efficiency: float, attn: Attn = Attn.flash) -> tuple[float, float]:
+                      efficiency: float, attn: Attn = Attn.flash, doc_len: int = 0) -> tuple[float, float]:
     """(forward, backward) seconds of one (mean) layer's FlashAttention-2 / SDPA core for a micro-batch: each layer
     kind's computed blocks' FLOPs, 2 s a (d_qk + d_v) per token at full s (Narayanan et al.'s count with
     multi-head latent attention's unequal head sizes), at the GPU's attention efficiency, the b x heads x
     ceil(s / 128) thread blocks filling the SMs in waves like GEMM tiles. FlashAttention-2 skips the blocks
     outside a layer's window (`attended_block_share`); SDPA with a window's explicit mask runs every block
-    (`sdpa_masks_window`)."""
+    (`sdpa_masks_window`). Packed documents (`doc_len`, FlashAttention-2 only: planner/validity.py refuses SDPA with
+    them) run as FlashAttention-2's varlen kernel, each document its own blocks (`document_block_share`)."""
     fwd_s = 0.0
+    docs = doc_len if attn is Attn.flash else 0
     for share, a in attention_shapes(m):
         heads = max(1, a.heads // tp)
         blocks = 1.0 if attn is Attn.sdpa and sdpa_masks_window(a, s) else \
-            attended_block_share(s, a.window, a.window_kind)
+            document_block_share(s, docs, a.window, a.window_kind)
         fwd_flops = b * s * 2.0 * s * heads * (a.qk_head_dim + a.v_head_dim) * blocks
-        tiles = b * heads * math.ceil(s / FLASH_BLOCK_ROWS)
+        tiles = b * heads * document_query_blocks(s, docs)
         waves = tiles / (math.ceil(tiles / gpu.sm_count) * gpu.sm_count) if gpu.sm_count > 0 else 1.0
         fwd_s += share * fwd_flops / (peak_flops_per_s * efficiency * waves)
     return fwd_s, FLASH_BACKWARD_OVER_FORWARD * fwd_s

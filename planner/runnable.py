@@ -67,6 +67,9 @@ RULES: tuple[Rule, ...] = (
     # expert parallelism: transformers 5.25 runs it from DistributedConfig(ep_size=..., fsdp_size=...) on its own
     # FSDP2 device mesh (transformers/distributed/expert_parallel.py, all-to-all token dispatch); the runner
     # drives the Trainer's FSDP / DeepSpeed, which build no expert-parallel group
+    # packed documents: runner/data.py feeds the Trainer one example per row, padded; it packs nothing
+    ("packed documents (--doc-len): `ftplan run` trains unpacked, padded examples; run the plan from the emitted "
+     "llamafactory.yaml (neat_packing: true, FlashAttention-2)", lambda c: c.doc_len is not None),
     ("expert parallelism (EP{ep}) runs in transformers' DistributedConfig(ep_size={ep}) with its own FSDP2 mesh, which "
      "ftplan run does not set up: ranked for comparison, run it with transformers' distributed API",
      lambda c: c.ep > 1),

@@ -47,7 +47,7 @@ _ENUMS: dict[str, type[Enum]] = {
 
 # switches added after plan.json's first release, written only when set: plans without them read as before
 OMITTED_AT_DEFAULT: dict[str, Any] = {"transformers_version": "", "fused_adamw": False, "keeps_output": False,
-                                      "completion_len_mean": None}
+                                      "doc_len": None, "completion_len_mean": None}
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def _scalar(name: str, value: Any) -> Any:
     if name in _ENUMS:
         return _enum(name, value)
     kinds = _PART_KINDS[name]
-    if value is None and type(None) in kinds:  # an optional field left unset (completion_len_mean)
+    if value is None and type(None) in kinds:  # an optional field left unset (completion_len_mean, doc_len)
         return None
     if bool in kinds:
         return check_bool(value, f"'{name}'", where=_WHERE)

@@ -138,8 +138,10 @@ class Switches:
     with ("" = a current one; planner.bnb_versions), frozen weights loaded in fp32 (planner.engines.ddp),
     whether peft's prepare_model_for_kbit_training runs on a 4-bit model (planner.states.kbit_prepared), torch's
     AdamW as its fused kernel (planner.engines.ddp.adamw_foreach_items), the transformers release whose loss the
-    run computes ("" = a current one; planner.transformers_versions), and whether the training loop keeps the model's
-    output through backward (planner.memory_knobs.held_output_bytes_per_logit)."""
+    run computes ("" = a current one; planner.transformers_versions), whether the training loop keeps the model's
+    output through backward (planner.memory_knobs.held_output_bytes_per_logit), and the mean length of the documents
+    packed into each sequence under a per-document attention mask (planner.kernels.document_block_share: the
+    attention core's time; planner.compute.attended_tokens: MFU's attention FLOPs)."""
 
     cross_entropy: CrossEntropy = option(CrossEntropy.standard, help=(
         "Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), fused (Liger's fused "
@@ -167,6 +169,11 @@ class Switches:
     keeps_output: bool = option(False, help=(
         "Your training loop keeps the model's output (its logits) through backward and the optimizer step, as "
         "Answer.AI's fsdp_qlora train.py does; the Trainer drops it before backward."))
+    doc_len: int | None = option(None, panel="Batch", help=(
+        "Mean tokens of the documents packed into each --seq-len sequence, attention kept within each document "
+        "(TRL packing / padding_free, LLaMA-Factory neat_packing, torchtune's packed datasets): with --attn flash "
+        "FlashAttention-2's varlen kernel computes each document's own causal blocks; eager attention still "
+        "computes the whole s x s. Default: one causal sequence per --seq-len."))
 
     PANEL: ClassVar[str] = "Switches"
 
@@ -180,7 +187,7 @@ FLAT_FIELDS: tuple[str, ...] = (
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
     "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
-    "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "keeps_output", "num_generations",
+    "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "keeps_output", "doc_len", "num_generations",
     "completion_len", "kl_beta", "generation", "vllm_memory", "vllm_sleep", "vllm_server_gpus", "vllm_tp",
     "generation_steps", "num_iterations", "reward_model", "completion_len_mean")
 # the online RL stages' settings (planner.rl.settings.Rollout): plan.json carries them for those stages only
@@ -254,6 +261,7 @@ class TrainConfig:
     kbit_prep = property(attrgetter("switches.kbit_prep"))
     fused_adamw = property(attrgetter("switches.fused_adamw"))
     keeps_output = property(attrgetter("switches.keeps_output"))
+    doc_len = property(attrgetter("switches.doc_len"))
     transformers_version = property(attrgetter("switches.transformers_version"))
     tp = property(attrgetter("layout.tp"))
     sequence_parallel = property(attrgetter("layout.sequence_parallel"))
@@ -325,6 +333,8 @@ class TrainConfig:
             parts.append(f"ckpt-{self.grad_ckpt.value}")
         if self.optimizer is not Optimizer.adamw:
             parts.append(self.optimizer.value)
+        if self.doc_len:
+            parts.append(f"doc{self.doc_len}")
         if is_online_rl(self.stage):
             parts.append(self.rollout_name())
         return "-".join(parts)

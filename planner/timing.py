@@ -141,9 +141,10 @@ class _Family:
 
 @lru_cache(maxsize=4096)
 def _family_of(m: ModelSpec, gpu: GPUSpec, adapter: Adapter, grad_ckpt: GradCkpt, seq_len: int, stage: Stage,
-               tp: int, pp: int, precision: Precision) -> _Family:
+               tp: int, pp: int, precision: Precision, doc_len: int = 0, doc_kernel: bool = False) -> _Family:
     tr = cp.Training(method=adapter.method, lora_r=adapter.lora_r, lora_targets=adapter.lora_targets,
-                     freeze_layers=adapter.freeze_layers, grad_ckpt=grad_ckpt, seq_len=seq_len, stage=stage)
+                     freeze_layers=adapter.freeze_layers, grad_ckpt=grad_ckpt, seq_len=seq_len, stage=stage,
+                     doc_len=doc_len, doc_kernel=doc_kernel)
     gpu_tok, model_tok, recompute_tok = _flops(m, tr, tp, pp)
     counts = param_counts(m, adapter, stage)
     total_p, trainable_p, quant_p = float(counts.total), float(counts.trainable), float(counts.quantized)
@@ -159,7 +160,7 @@ def _family_of(m: ModelSpec, gpu: GPUSpec, adapter: Adapter, grad_ckpt: GradCkpt
 
 def _family(cfg: TrainConfig) -> _Family:
     return _family_of(cfg.model, cfg.cluster.gpu, cfg.adapter, cfg.grad_ckpt, cfg.seq_len, cfg.stage, cfg.tp, cfg.pp,
-                      cfg.precision)
+                      cfg.precision, cfg.doc_len or 0, cp.document_kernel(cfg))
 
 
 def step_time(cfg: TrainConfig, cal: Calibration = DEFAULT, attention_kernel: str | None = None) -> StepTime:
@@ -271,7 +272,7 @@ def _device_time_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float,
     seqs = max(1, tokens // cfg.seq_len)
     fwd, bwd, head_fwd, head_bwd, attn_fwd, _ = _pass_times(
         m, gpu, tokens, cfg.adapter, cfg.freeze_layers, cfg.tp, cfg.precision, fam.peak, default_eff, seqs,
-        cfg.seq_len, cfg.attn, _fused(cfg), cfg.stage, cfg.ep)
+        cfg.seq_len, cfg.attn, _fused(cfg), cfg.stage, cfg.ep, cfg.doc_len or 0)
     layers = fam.stage_layers
     if attention_kernel is not None and cfg.attn is not Attn.eager:
         raise ValueError(f"attention kernel {attention_kernel} materializes the scores: plan it with eager attention")
@@ -322,12 +323,15 @@ def _loss_s(cfg: TrainConfig, tokens: int) -> float:
 @lru_cache(maxsize=4096)
 def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freeze_layers: int, tp: int,
                 precision: Precision, peak: float, eff: float, b: int, s: int, attn: Attn, fused: bool,
-                stage: Stage, ep: int = 1) -> tuple[float, float, float, float, float, float]:
+                stage: Stage, ep: int = 1, doc_len: int = 0) -> tuple[float, float, float, float, float, float]:
     """Seconds of one (mean) decoder layer's forward and backward, the head's forward and backward, and one layer's
     attention core forward and backward (part of the layer's), for a micro-batch of `tokens` = b x s tokens. Each
     linear's GEMMs count its active experts, its share of the layers (DeepSeek-V3's dense-first layers), whether
     its experts run as one grouped GEMM, and their expert-parallel split (planner/kernels.py layer_gemms,
-    planner/moe.py); attention follows each layer kind's heads and window."""
+    planner/moe.py); attention follows each layer kind's heads and window, and FlashAttention-2 the packed
+    documents of `doc_len` tokens (planner/kernels.py document_block_share). The matmul path below (eager, fp32, a
+    device without a measured attention kernel: FlashAttention-2 runs on none of them, and on the CPU
+    runner/model.py loads SDPA for it) computes the whole s x s whatever the documents."""
     full = adapter.method is Method.full
     elem = 4.0 if precision is Precision.fp32 else 2.0
     fwd_g, bwd_g = kn.layer_gemms(m, tokens, adapter.method, adapter.lora_r, adapter.lora_targets, full, tp, ep)
@@ -340,7 +344,7 @@ def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freez
         bwd = share * bwd + (1.0 - share) * sum(kn.gemm_time_s(g, gpu, peak, eff, elem) for g in frozen_bwd)
     # FlashAttention-2 runs 16-bit inputs only; fp32 SDPA falls back to its math / memory-efficient kernels
     if gpu.attention_efficiency is not None and attn is not Attn.eager and precision is not Precision.fp32:
-        attn_fwd, attn_bwd = kn.flash_attention_s(m, b, s, tp, gpu, peak, gpu.attention_efficiency, attn)
+        attn_fwd, attn_bwd = kn.flash_attention_s(m, b, s, tp, gpu, peak, gpu.attention_efficiency, attn, doc_len)
     else:
         # the full s x s matmuls (eager, or a device without a measured attention kernel) at the GEMM rate
         flops = tokens * cp.attention_flops(m, s) / tp

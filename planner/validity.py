@@ -10,7 +10,7 @@ from planner.engines import parallel
 from planner.errors import PlanError
 from planner.params import lora_dropout_problem, lora_target_problem
 from planner.rl.settings import is_online_rl
-from planner.strategy import Attn, Method, Optimizer, Precision, Quant, TrainConfig
+from planner.strategy import Attn, Method, Optimizer, Precision, Quant, Stage, TrainConfig
 
 # transformers' attention implementation behind each --attn choice (planner.models.ModelSpec.attn_kernels)
 ATTN_KERNEL = {Attn.eager: "eager", Attn.sdpa: "sdpa", Attn.flash: "flash"}
@@ -30,6 +30,7 @@ def problems(cfg: TrainConfig) -> list[str]:
                    "(add --rope-scaling, e.g. linear:2.0)")
     out += method_problems(cfg)
     out += attention_problems(cfg)
+    out += document_problems(cfg)
     if not cfg.cluster.gpu.supports_bf16 and cfg.precision in (Precision.bf16_mixed, Precision.bf16_true):
         out.append(f"{cfg.cluster.gpu.name} has no bf16 support: use --precision 16-mixed")
     if cfg.fused_adamw and cfg.optimizer is not Optimizer.adamw:
@@ -73,6 +74,29 @@ def attention_problems(cfg: TrainConfig) -> list[str]:
     others = [a.value for a, k in ATTN_KERNEL.items() if k in m.attn_kernels]
     return [f"{m.name} has no {cfg.attn.value} attention in transformers ({m.causal_lm_class or m.model_type} takes "
             f"{', '.join(others)}): use --attn {others[-1]}"]
+
+
+def document_problems(cfg: TrainConfig) -> list[str]:
+    """--doc-len: documents of 1 to seq_len tokens, packed for SFT or pre-training (the preference and RL trainers
+    batch their own pairs and completions), under an attention whose cost and memory the planner counts for a
+    per-document mask. SDPA is refused: transformers hands it the packed sequences' mask as a materialized
+    (b, 1, s, s) tensor (masking_utils.create_causal_mask: a detected `packed_sequence_mask` sets
+    allow_is_causal_skip = False; LLaMA-Factory's neat_packing builds the 4-D mask itself, data/collator.py
+    prepare_4d_attention_mask), so the memory-efficient kernel runs every block and keeps that mask for backward,
+    a memory term the activation model counts only for sliding windows (planner/activations.py
+    sdpa_window_mask_bytes_per_token)."""
+    d = cfg.doc_len
+    if d is None:
+        return []
+    if not 1 <= d <= cfg.seq_len:
+        return [f"--doc-len must be between 1 and --seq-len {cfg.seq_len}, got {d}"]
+    if cfg.stage not in (Stage.sft, Stage.pt):
+        return [f"--doc-len packs documents for sft or pt; the {cfg.stage.value} trainer batches its own sequences"]
+    if cfg.attn is Attn.sdpa:
+        return ["--doc-len with --attn sdpa: SDPA takes a document mask as a materialized (b, 1, s, s) tensor, runs "
+                "every block and keeps the mask, which ftplan does not plan: use --attn flash (varlen, per document) "
+                "or eager"]
+    return []
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

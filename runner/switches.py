@@ -12,13 +12,17 @@
   i.e. save_on_cpu around each checkpointed layer).
 Neither the Trainer nor LLaMA-Factory has torchtune's chunked loss; DeepSpeed's `cpu_checkpointing` acts only
 on deepspeed.checkpointing (Megatron-style models), not on transformers' torch.utils.checkpoint.
+- Packed documents (`doc_len`): LLaMA-Factory's `neat_packing` (hparams/data_args.py: "sequence packing without
+  cross-attention", which turns `packing` on; SFT only, hparams/parser.py), which runs FlashAttention-2's varlen
+  kernel under `flash_attn: fa2` (data/collator.py SFTDataCollatorWith4DAttentionMask: position_ids restart per
+  document, no attention mask) and a 4-D block-diagonal mask otherwise (prepare_4d_attention_mask).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from planner.strategy import CrossEntropy, Kernels, TrainConfig
+from planner.strategy import Attn, CrossEntropy, Kernels, Stage, TrainConfig
 
 
 def uses_liger(cfg: TrainConfig) -> bool:
@@ -52,6 +56,8 @@ def llamafactory_arguments(cfg: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"enable_liger_kernel": True} if uses_liger(cfg) else {}
     if cfg.torch_compile:
         out["torch_compile"] = True  # a Seq2SeqTrainingArguments field, parsed from the YAML as is
+    if cfg.doc_len and cfg.stage is Stage.sft:
+        out["neat_packing"] = True  # packs samples into cutoff_len, attention kept within each (implies packing)
     return out
 
 
@@ -66,4 +72,20 @@ def llamafactory_notes(cfg: TrainConfig) -> list[str]:
     if cfg.activation_offload:
         out.append("LLaMA-Factory has no activation offloading: `ftplan run` applies it (save_on_cpu), or plan "
                    "without --activation-offload.")
+    out += _document_notes(cfg)
+    return out
+
+
+def _document_notes(cfg: TrainConfig) -> list[str]:
+    """What LLaMA-Factory 0.9.5 does with a plan's packed documents that the plan does not."""
+    if not cfg.doc_len:
+        return []
+    if cfg.stage is not Stage.sft:
+        return [f"LLaMA-Factory packs {cfg.stage.value} data across documents (neat_packing is SFT only, "
+                f"hparams/parser.py): its attention spans the whole cutoff_len, more than this plan's --doc-len "
+                f"{cfg.doc_len} counts."]
+    out = [f"neat_packing: the plan assumes documents of {cfg.doc_len} tokens on average in each pack (--doc-len)."]
+    if cfg.attn is Attn.flash and cfg.micro_batch > 1:
+        out.append(f"LLaMA-Factory 0.9.5 runs neat_packing under fa2 one pack per device (data/collator.py asserts a "
+                   f"batch of 1): this plan's micro-batch {cfg.micro_batch} needs per_device_train_batch_size 1 there.")
     return out

@@ -9,7 +9,7 @@ from cli_helpers import run
 
 from planner.build import build_config
 from planner.runnable import RULES, runnable, runnable_first, unrunnable_reasons
-from planner.strategy import FsdpStrategy, Method, Optimizer, Stage
+from planner.strategy import Attn, FsdpStrategy, Method, Optimizer, Stage
 
 
 @pytest.mark.parametrize(("kw", "expected"), [
@@ -24,6 +24,7 @@ from planner.strategy import FsdpStrategy, Method, Optimizer, Stage
     ({"zero": 3}, True),
     ({"stage": Stage.ppo, "fsdp": FsdpStrategy.full_shard}, False),  # handed to verl
     ({"stage": Stage.grpo, "zero": 2}, True),
+    ({"doc_len": 256, "attn": Attn.flash}, False),  # packed documents: run from the emitted LLaMA-Factory config
 ], ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(f"{k}={getattr(x, 'value', x)}"
                                                                    for k, x in v.items()))
 def test_rules(kw: dict, expected: bool) -> None:

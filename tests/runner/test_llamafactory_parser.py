@@ -50,6 +50,9 @@ CASES = {
     "gpt-oss-lora-ddp": dict(model="gpt-oss-20b", gpus="8xH100", method=Method.lora, grad_ckpt=GradCkpt.full,
                              attn=Attn.eager),
     "r1-distill-lora": dict(model="deepseek-r1-distill-qwen-7b", gpus="4xA800", method=Method.lora, zero=1),
+    # packed documents (--doc-len): neat_packing, FlashAttention-2's varlen path
+    "lora-fa2-neat-packing": dict(model="llama-3-8b", gpus="1xA100-80G", method=Method.lora, attn=Attn.flash,
+                                  seq_len=4096, doc_len=300, grad_ckpt=GradCkpt.full),
 }
 
 
@@ -90,7 +93,9 @@ def test_llamafactory_parses_the_emitted_yaml(parsed, name: str) -> None:
     assert got["stage"] == cfg.stage.value
     assert got["per_device_train_batch_size"] == cfg.micro_batch
     assert got["gradient_accumulation_steps"] == cfg.grad_accum
-    assert got["cutoff_len"] == cfg.seq_len
+    # packing keeps one position free (hparams/data_args.py: `cutoff_len -= 1` under packing)
+    assert got["cutoff_len"] == cfg.seq_len - (1 if got["neat_packing"] else 0)
+    assert got["neat_packing"] == bool(cfg.doc_len) and (got["packing"] or not cfg.doc_len)
     assert got["template"] == template_for(cfg) and got["template_known"]
     assert got["gradient_checkpointing"] == (cfg.grad_ckpt is not GradCkpt.none)
     assert (got["deepspeed"] is not None) == (cfg.engine.value == "deepspeed")

@@ -327,13 +327,33 @@ CASES: list[PublishedSpeed] = [*QWEN, *FMS, *GIST_CASES, *BLOG, *DS3901_CASES]
 # Attention: a packed batch carries torchtune's block-causal BlockMask (data/_collate.py padded_collate_packed ->
 # packed_block_causal_mask), so on an A100 every row runs flex_attention, compiled whatever `compile` says
 # (modules/attention_utils.py: flex_attention_compiled, utils/_import_guard.py _SUPPORTS_FLEX_ATTENTION = CUDA and
-# sm >= 7.5), over each Alpaca sample's own causal block rather than the whole 4096-token pack.
+# sm >= 7.5), over each Alpaca sample's own causal block rather than the whole 4096-token pack. Planned as packed
+# documents (`doc_len`) under FlashAttention-2's varlen kernel, the planner's one attention that skips the other
+# documents' blocks (planner/kernels.py document_block_share): flex's BlockMask works on the pack's own 128 x 128
+# blocks, so a sample straddling a block boundary costs blocks on both sides (kernels.attended_block_share with a
+# "chunked" window of the document length: 0.060 of the 4096-token pack's blocks against varlen's 0.034, where
+# causal attention over the pack computes 0.516; tests/planner/test_documents.py), under 1% of a step more than
+# planned.
+# Documents: the recipes' dataset is torchtune.datasets.alpaca_dataset (recipes/configs/llama3_2/
+# 3B_full_single_device.yaml: tatsu-lab/alpaca, 52,002 samples, about 40% with an input: the Stanford Alpaca
+# datasheet), each sample one document of the pack (datasets/_packed.py PackedDataset: greedy, no sample split across
+# packs). Its mean length in Llama 3 tokens is an estimate, not a count (no copy of the data or of the tokenizer is
+# readable offline): Wang et al. 2023 ("How Far Can Camels Go?", arXiv 2306.04751, Table 1) count Alpaca's prompts
+# at 27.8 and completions at 64.6 LLaMA tokens on average, 92.4; Llama 3's tokenizer writes English text in up to
+# 15% fewer tokens than Llama 2's (the same 32K vocabulary as LLaMA's; Meta's Llama 3 announcement), 79-92; torchtune's
+# AlpacaToMessages wraps each sample in the Stanford prompt (about 41 tokens with an input, 27 without, counted at a
+# word or punctuation mark per token: 33 on average) and the tokenizer adds BOS and EOS: 114-127 tokens, 120 taken.
+# Across that range the planned rows move by under 0.1%; the packs' tail padding (greedy packing leaves on average
+# about half a sample, 60 of 4096 tokens) is planned as a short document.
+TT_DOC_LEN = 120
 _TT_PAGE = "pytorch/torchtune README.md (1814feb17), Optimization flags: Tokens Per Second"
 _TT_ASSUMED = ("the planner counts all 2 x 4096 tokens of a step; torchtune counts the tokens whose label is not "
-               "ignore_index, so a pack's padding after its last Alpaca sample (a few percent of the 4096, from "
-               "the data) is left out of the published figure")
-_TT_UNMODELLED = ("flex_attention with the packs' block-causal document mask, planned as causal flash attention over "
-                  "the whole 4096 tokens (the attention core is 10-12% of each planned step); torchtune's own "
+               "ignore_index, so a pack's padding after its last Alpaca sample (about 60 of the 4096, 1.5%) is left "
+               "out of the published figure; documents of 120 Llama 3 tokens, estimated from Wang et al. 2023's "
+               "Alpaca lengths (see TT_DOC_LEN)")
+_TT_UNMODELLED = ("flex_attention's BlockMask over the packs' documents, planned as FlashAttention-2's varlen kernel "
+                  "over documents of the mean length (flex computes 0.060 of the 4096-token pack's blocks where "
+                  "varlen computes 0.034: under 1% of a step); torchtune's own "
                   "modules (its RMSNorm and RoPE upcast to fp32 in eager), planned with transformers' elementwise "
                   "traffic")
 # (the memory set's row, tokens/s per GPU)
@@ -350,7 +370,8 @@ def _torchtune_speed(row: str, tps: float) -> PublishedSpeed:
     qlora = row.startswith("qlora")
     return PublishedSpeed(
         id=f"torchtune-llama3.2-3b:{row}", source="torchtune README", page=_TT_PAGE, unit="tokens/s/GPU",
-        published=tps, switches=f"Llama 3.2 3B, 1x A100 80GB, bs 2, seq 4096, bf16, {row}", build=dict(peak.build),
+        published=tps, switches=f"Llama 3.2 3B, 1x A100 80GB, bs 2, seq 4096, bf16, {row}",
+        build={**peak.build, "attn": Attn.flash, "doc_len": TT_DOC_LEN},
         group="torchtune-llama3.2-3b-a100", assumed=_TT_ASSUMED,
         unmodelled=_TT_UNMODELLED + ("; torchao's NF4 tensors (torchtune's QLoRA), planned at bitsandbytes' "
                                      "dequantization rate" if qlora else ""))
@@ -368,10 +389,11 @@ TORCHTUNE_SPEEDS = [_torchtune_speed(row, tps) for row, tps in TORCHTUNE_TPS]
 # alpha 16, torchao NF4 base weights. The three single-GPU rows on the RTX 4090 (the planner has no RTX A6000 entry:
 # its two rows are left out; the 8x A100 rows are left out too: the distributed recipes of that commit log
 # tokens_per_second_per_gpu from each rank's own tokens, while 3,497 tokens/s per A100 for Llama 3.1 70B LoRA would
-# need 1.5 PFLOP/s each, so the table's unit for them is not the recipe's).
+# need 1.5 PFLOP/s each, so the table's unit for them is not the recipe's). The packs hold the same Alpaca samples
+# (the configs' alpaca_dataset) under flex_attention's document mask, planned as above (TT_DOC_LEN).
 _TT31_PAGE = "pytorch/torchtune README.md (30b8519e8), Llama 3.1 memory and training speed table"
 _TT31 = dict(model="llama-3.1-8b", gpus="1xRTX4090", precision=Precision.bf16_true, micro_batch=2, grad_accum=1,
-             seq_len=2048, attn=Attn.sdpa, torch_compile=True, cross_entropy=CrossEntropy.chunked,
+             seq_len=2048, attn=Attn.flash, doc_len=TT_DOC_LEN, torch_compile=True, cross_entropy=CrossEntropy.chunked,
              grad_ckpt=GradCkpt.full)
 _TT31_LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, optimizer=Optimizer.adamw, fused_adamw=True)
 # (method, tokens/s, build keywords)
@@ -389,8 +411,7 @@ def _torchtune31_speed(method: str, tps: float, kw: dict[str, Any]) -> Published
         published=tps, switches=f"Llama 3.1 8B {method}, 1x RTX 4090, bs 2, packed 2048, compile, checkpointing, "
                                 f"chunked CE, bf16", build={**_TT31, **kw}, group="torchtune-llama3.1-8b-4090",
         assumed=_TT_ASSUMED.replace("2 x 4096", "2 x 2048").replace("the 4096", "the 2048"),
-        unmodelled=_TT_UNMODELLED.replace("4096", "2048").replace(" (the attention core is 10-12% of each planned "
-                                                                   "step)", "")
+        unmodelled=_TT_UNMODELLED.replace("4096", "2048").replace("0.060", "0.117").replace("0.034", "0.070")
         + ("; bitsandbytes' paged states moving over PCIe" if method == "full" else "")
         + ("; torchao's NF4 tensors, planned at bitsandbytes' dequantization rate" if method == "qlora" else ""))
 
