@@ -12,7 +12,9 @@ slows both sides alike. Besides wall time the CPU time (user + system) of each p
 shared with other jobs stretches wall time by waiting, much less the CPU a process uses. Every process runs with
 bytecode caching on, in a folder of its own (PYTHONPYCACHEPREFIX), so ftplan's modules load as an installed
 package's do, like torch's: with PYTHONDONTWRITEBYTECODE set, ftplan alone would be compiled from source on
-every run. Prints; asserts nothing (timing belongs in benchmarks, not tests).
+every run. Then the search alone: the CPU time of the first `planner.search.plan` call of a fresh process for each
+plan (what the command spends besides Python's start-up, the imports and printing the answer). Prints; asserts
+nothing (timing belongs in benchmarks, not tests).
 """
 
 from __future__ import annotations
@@ -32,6 +34,25 @@ PLAN_QWEN3 = [sys.executable, "-m", "ftplan", "plan", "--model", "qwen3-8b", "--
 PLAN_GRPO = [*PLAN, "--stage", "grpo"]
 PLANS = {"plan": PLAN, "wide": PLAN_WIDE, "qwen3": PLAN_QWEN3, "grpo": PLAN_GRPO}
 TORCH = [sys.executable, "-c", "import torch"]
+# the same plans, searched in-process: build_config's keywords and search_space's narrowing
+SEARCHES = {"plan": ({"model": "7b", "gpus": "8xA800"}, {}),
+            "wide": ({"model": "7b", "gpus": "8xA800"}, {"optimizers": ("adamw", "adamw_8bit")}),
+            "qwen3": ({"model": "qwen3-8b", "gpus": "8xH100"}, {}),
+            "grpo": ({"model": "7b", "gpus": "8xA800", "stage": "grpo"}, {})}
+SEARCH_ONCE = """
+import json, sys, time
+from planner.build import build_config
+from planner.search import plan, search_space
+from planner.strategy import Optimizer
+flat, narrow = json.loads(sys.argv[1])
+if "optimizers" in narrow:
+    narrow["optimizers"] = tuple(Optimizer(o) for o in narrow["optimizers"])
+base = build_config(check=False, **flat)
+space = search_space(base, **narrow)
+start = time.process_time()
+plan(base, space)
+print(time.process_time() - start)
+"""
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -73,6 +94,12 @@ def main() -> None:
                   f"ratio to import torch {w / torch_wall:.2f} (min-based {min(wall[key]) / min(wall['torch']):.2f}); "
                   f"CPU {c:.3f} s, ratio {c / torch_cpu:.2f}; candidates evaluated {data['candidates_evaluated']:,}, "
                   f"valid (memory + time estimated one by one) {data['valid']:,}, fitting {data['fitting']:,}")
+        for key, search in SEARCHES.items():
+            cpu_s = [float(subprocess.run([sys.executable, "-c", SEARCH_ONCE, json.dumps(search)], check=True,
+                                          capture_output=True, text=True, env=env).stdout)
+                     for _ in range(args.repeats)]
+            print(f"planner.search.plan alone ({key}): median {statistics.median(cpu_s):.3f} s CPU over "
+                  f"{args.repeats} fresh processes (min {min(cpu_s):.3f} s)")
 
 
 if __name__ == "__main__":

@@ -223,15 +223,19 @@ def resolve_ties(items: list[T], tokens_per_s: list[float], simplicity: list[tup
                  tie_fraction: float = TIE_FRACTION) -> list[T]:
     """`items` sorted fastest first (with their tokens/s and simplicity keys) in the ranking's order: among
     those within `tie_fraction` of the fastest one left, the simplest goes next (then the earlier one)."""
-    left = list(zip(tokens_per_s, simplicity, items, strict=True))
+    speeds, keys, left = list(tokens_per_s), list(simplicity), list(items)
+    if not len(speeds) == len(keys) == len(left):
+        raise ValueError("resolve_ties: items, tokens_per_s and simplicity differ in length")
     out: list[T] = []
     while left:
-        floor = left[0][0] * (1 - tie_fraction)
+        floor = speeds[0] * (1 - tie_fraction)
         window = 1
-        while window < len(left) and left[window][0] >= floor:
+        while window < len(left) and speeds[window] >= floor:
             window += 1
-        pick = min(range(window), key=lambda i: (left[i][1], i))
-        out.append(left.pop(pick)[2])
+        # the first of the simplest (list.index finds the first key equal to the least)
+        pick = keys.index(min(keys[:window])) if window > 1 else 0
+        del speeds[pick], keys[pick]
+        out.append(left.pop(pick))
     return out
 
 

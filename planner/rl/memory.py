@@ -36,7 +36,7 @@ from planner.calibration import DEFAULT, Calibration
 from planner.models import ModelSpec, resolve
 from planner.params import total_params
 from planner.rl import generation as gen
-from planner.rl.parts import training_memo, training_part
+from planner.rl.parts import memo_by_parts, training_memo, training_part
 from planner.rl.settings import Generation
 from planner.states import compute_copy_bytes, stage_params
 from planner.strategy import Engine, FsdpStrategy, Method, Stage, TrainConfig, ZeroStage
@@ -131,7 +131,39 @@ def training_memory(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration) -> A
 
 
 def resident_states(tm: TrainingMemory, cfg: TrainConfig) -> dict[str, float]:
-    return training_memo(_cached, tm.resident, training_part(cfg))
+    return training_memo(_resident_cached, tm.resident, training_part(cfg))
+
+
+def _resident_cached(fn: Callable, part: TrainConfig) -> dict[str, float]:
+    """The trainer's resident states, memoized on what they read: the fields of planner.memory's strategy key
+    (`_strategy_key`: weights, optimizer states and the engine's buffers at the first stage read no micro-batch,
+    checkpointing or attention, and of the accumulation only whether there is any), so every batch shape and
+    checkpointing of a strategy shares them."""
+    return memo_by_parts(_RESIDENT, (fn, part.model, part.cluster, part.adapter, part.layout, part.engine_choice,
+                                     part.switches, part.rollout),
+                         (part.precision, part.optimizer, part.stage, part.seq_len, part.grad_accum > 1),
+                         lambda: fn(part))
+
+
+_RESIDENT: dict[tuple, tuple[tuple, dict[str, float]]] = {}
+
+
+def _training_of(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration) -> tuple[Any, dict[str, float], float]:
+    """The training step's peak, the resident states and their sum, found in one lookup by the training part's
+    identity (each candidate asks for the three together)."""
+    part = training_part(cfg)
+    key = (id(part), id(tm), id(cal))
+    hit = _TRAINING_OF.get(key)
+    if hit is None:
+        if len(_TRAINING_OF) >= 8192:
+            _TRAINING_OF.clear()
+        states = resident_states(tm, part)
+        hit = _TRAINING_OF[key] = ((part, tm, cal), training_memo(_cached, tm.peak, part, cal), states,
+                                   _states_total(states))
+    return hit[1], hit[2], hit[3]
+
+
+_TRAINING_OF: dict[tuple, tuple[tuple, Any, dict[str, float], float]] = {}
 
 
 def vllm_colocated_bytes(cfg: TrainConfig) -> float:
@@ -155,41 +187,81 @@ def rl_memory_per_gpu(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration = D
     """The stage's peak per GPU, a MemoryBreakdown (planner.memory.memory_per_gpu calls this for online RL)."""
     if cfg.stage is Stage.ppo:
         return ppo_memory_per_gpu(tm, cfg, cal)
-    train = training_memory(tm, cfg, cal)
+    train, states, states_total = _training_of(tm, cfg, cal)
+    return _combine(tm, cfg, train, _rl_parts(cfg), states_total, states)
+
+
+def _rl_parts(cfg: TrainConfig) -> _Beside:
+    """What RL holds beside the training step (`_rl_parts_of`), memoized: it reads the model, cluster, adapter,
+    layout, engine choice, switches, rollout, precision, stage and sequence length, and of the batch only the
+    rank's generation batch (micro_batch x grad_accum); not the micro-batch split, checkpointing, attention or
+    optimizer (the key carries the optimizer all the same). Every batch shape and checkpointing of a strategy
+    shares it."""
+    return memo_by_parts(_RL_PARTS, (cfg.model, cfg.cluster, cfg.adapter, cfg.layout, cfg.engine_choice,
+                                     cfg.switches, cfg.rollout),
+                         (cfg.precision, cfg.optimizer, cfg.stage, cfg.seq_len, cfg.micro_batch * cfg.grad_accum),
+                         lambda: _rl_parts_of(cfg))
+
+
+_RL_PARTS: dict[tuple, tuple[tuple, _Beside]] = {}
+
+
+def _rl_parts_of(cfg: TrainConfig) -> _Beside:
     resident = {"reference model": reference_bytes(cfg), "reward model": reward_model_bytes(cfg),
                 "buffered generations": generations_bytes(cfg)}
     vllm = vllm_colocated_bytes(cfg)
     if vllm and not cfg.rollout.vllm_sleep:
         resident["vLLM (gpu_memory_utilization)"] = vllm
     engine = {k: v for k, v in generation_engine_items(cfg).items() if k not in resident}
-    return _combine(tm, cfg, train, resident, resident_states(tm, cfg), engine)
+    return _beside(resident, engine)
 
 
 _WEIGHT_ITEMS = ("reference model", "reward model")
 
 
-def _combine(tm: TrainingMemory, cfg: TrainConfig, train: Any, resident: dict[str, float],
-             states: dict[str, float], engine_items: dict[str, float]) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Beside:
+    """The RL parts beside a training step, summed as `_combine` sums them: the resident parts that hold memory,
+    their frozen weights, the others, and the generation engine's items."""
+
+    resident: dict[str, float]
+    frozen_weights: float
+    other_resident: dict[str, float]
+    resident_total: float
+    engine_items: dict[str, float]
+    engine_total: float
+
+
+def _beside(resident: dict[str, float], engine_items: dict[str, float]) -> _Beside:
+    resident = {k: v for k, v in resident.items() if v}
+    return _Beside(resident=resident, frozen_weights=sum(v for k, v in resident.items() if k in _WEIGHT_ITEMS),
+                   other_resident={k: v for k, v in resident.items() if k not in _WEIGHT_ITEMS},
+                   resident_total=sum(resident.values()), engine_items=engine_items,
+                   engine_total=sum(engine_items.values()))
+
+
+def _states_total(states: dict[str, float]) -> float:
+    return sum(states.values())
+
+
+def _combine(tm: TrainingMemory, cfg: TrainConfig, train: Any, beside: _Beside, states_total: float,
+             states: dict[str, float]) -> Any:
     """The larger of the training step with the resident RL parts beside it and the generation phase (the
     trainer's resident `states`, the resident RL parts and the engine's generation memory), with the CUDA context
     and the allocator reserve on the new peak."""
     gpu = cfg.cluster.gpu
-    resident = {k: v for k, v in resident.items() if v}
-    frozen_weights = sum(v for k, v in resident.items() if k in _WEIGHT_ITEMS)
-    other_resident = {k: v for k, v in resident.items() if k not in _WEIGHT_ITEMS}
     tensors = train.allocated  # planner.memory's allocated reading: the training step's tensors
-    training_total = tensors + sum(resident.values())
-    generating = sum(states.values()) + sum(resident.values()) + sum(engine_items.values())
+    training_total = tensors + beside.resident_total
+    generating = states_total + beside.resident_total + beside.engine_total
     if generating > training_total:
-        weights, optimizer = states["weights"] + frozen_weights, states["optimizer"]
-        other = {"persistent buffers": states["persistent buffers"], **other_resident, **engine_items}
+        weights, optimizer = states["weights"] + beside.frozen_weights, states["optimizer"]
+        other = {"persistent buffers": states["persistent buffers"], **beside.other_resident, **beside.engine_items}
         other = {k: v for k, v in other.items() if v}
         grads, acts, phase, peak = 0.0, 0.0, "generation", generating
     else:
-        weights, optimizer = train.weights + frozen_weights, train.optimizer
+        weights, optimizer = train.weights + beside.frozen_weights, train.optimizer
         grads, acts = train.gradients, train.activations
-        other = {**{k: v for k, v in train.other_items.items() if k not in (_CONTEXT, _RESERVE, _NCCL)},
-                 **other_resident}
+        other = {**_kept_items(train), **beside.other_resident}
         phase, peak = train.phase, training_total
     # the readings of planner.memory: the training step's allocator reserve (its transient tensors), capped by the
     # card, the CUDA context and NCCL's buffers outside the allocator
@@ -200,6 +272,21 @@ def _combine(tm: TrainingMemory, cfg: TrainConfig, train: Any, resident: dict[st
     return tm.breakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
                            other=sum(other.values()), phase=phase, other_items=other, host_bytes=train.host_bytes,
                            nvme_bytes=train.nvme_bytes, reserve_wanted=train.reserve_wanted, tensor_bytes=peak)
+
+
+def _kept_items(train: Any) -> dict[str, float]:
+    """The training step's other items but the CUDA context, the allocator reserve and NCCL's buffers (`_combine`
+    puts them back on the new peak), once per training step (the dict is only read)."""
+    hit = _KEPT.get(id(train))
+    if hit is None or hit[0] is not train:
+        if len(_KEPT) >= 8192:
+            _KEPT.clear()
+        hit = _KEPT[id(train)] = (train, {k: v for k, v in train.other_items.items()
+                                          if k not in (_CONTEXT, _RESERVE, _NCCL)})
+    return hit[1]
+
+
+_KEPT: dict[int, tuple[Any, dict[str, float]]] = {}
 
 
 # --- PPO (verl) ------------------------------------------------------------------------------------
@@ -226,6 +313,7 @@ def ppo_memory_per_gpu(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration = 
     engine = {"vLLM (gpu_memory_utilization)": vllm} if asleep == {} and vllm else {}
     critic_beside = {**frozen, **asleep, "critic (weights, optimizer)": sum(critic_states.values())}
     actor_beside = {**frozen, **asleep, "actor (weights, optimizer)": sum(actor_states.values())}
-    by_actor = _combine(tm, cfg, actor, critic_beside, actor_states, engine)
-    by_critic = _combine(tm, cfg, critic, actor_beside, critic_states, engine)
+    by_actor = _combine(tm, cfg, actor, _beside(critic_beside, engine), _states_total(actor_states), actor_states)
+    by_critic = _combine(tm, cfg, critic, _beside(actor_beside, engine), _states_total(critic_states),
+                         critic_states)
     return by_actor if by_actor.total >= by_critic.total else by_critic

@@ -25,15 +25,39 @@ def training_part(cfg: TrainConfig) -> TrainConfig:
     """The configuration with only the rollout settings its training step reads (the completion length, for
     TRL's log-prob head): one key for every generation setting of the same strategy, so the search computes
     the training step once per strategy (planner.rl.memory / timing memoize on it). The search asks for it several
-    times per candidate: made once per config."""
+    times per candidate: made once per config, and found by the identity of the config's parts first (the search
+    builds every candidate of a strategy from the same part objects, planner.rl.search.rl_plan), by their value
+    when those objects are new."""
     if cfg is _LAST[0]:  # memory, resident states and time ask in a row for the same candidate
         return _LAST[1]
-    part = _part(cfg)
-    _LAST[:] = [cfg, part]
-    return part
+    others = _other_fields(cfg)
+    key = (*map(id, others), cfg.rollout.completion_len)
+    hit = _PART_BY_IDENTITY.get(key)
+    if hit is None:
+        if len(_PART_BY_IDENTITY) >= 8192:
+            _PART_BY_IDENTITY.clear()
+        hit = _PART_BY_IDENTITY[key] = (others, _part(cfg))  # the entry holds the parts: their ids stay theirs
+    _LAST[:] = [cfg, hit[1]]
+    return hit[1]
 
 
 _LAST: list = [None, None]
+_PART_BY_IDENTITY: dict[tuple, tuple[tuple, TrainConfig]] = {}
+
+
+def memo_by_parts(store: dict, objects: tuple, values: tuple, compute: Callable[[], Any]) -> Any:
+    """`compute()`, memoized in `store` on the identity of `objects` (a config's parts: its model, cluster,
+    rollout...) and on `values` (plain numbers and enum members). Hashing a config's parts by value on every
+    candidate costs more than most of the work memoized (a GPU's spec hashes every field it has); the entry holds
+    the objects, so no other object takes their ids while it lives. Each caller's key names every config field its
+    computation reads (tests/planner/test_search_exact.py checks the results against a fresh computation)."""
+    key = (*map(id, objects), *values)
+    hit = store.get(key)
+    if hit is None:
+        if len(store) >= 8192:
+            store.clear()
+        hit = store[key] = (objects, compute())
+    return hit[1]
 
 
 def _part(cfg: TrainConfig) -> TrainConfig:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
-from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
@@ -24,6 +23,7 @@ from planner.errors import PlanError
 from planner.estimate import Estimate, FitKind, Limits, estimate, fit_reason
 from planner.gpus import Cluster
 from planner.rl import generation as gen
+from planner.rl.parts import memo_by_parts
 from planner.rl.settings import Generation, Rollout, RolloutSpace
 from planner.strategy import TrainConfig
 
@@ -106,22 +106,61 @@ def variants(base: TrainConfig, space: RolloutSpace) -> Iterator[tuple[Cluster, 
 def with_memory_share(cfg: TrainConfig, share: float) -> TrainConfig:
     """`cfg` with vLLM's memory share `share`: built from its parts (the search asks several times per candidate;
     dataclasses.replace would pass every field through its checks again)."""
-    return TrainConfig(**dict(zip(_OTHER_FIELDS, _other_values(cfg), strict=True)),
-                       rollout=_rollout_with_memory(cfg.rollout, share))
+    return config_of(_other_values(cfg), _rollout_with_memory(cfg.rollout, share))
 
 
 _OTHER_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "rollout")
 _other_values = attrgetter(*_OTHER_FIELDS)
 
 
-@lru_cache(maxsize=1024)
+_MODEL, _ADAPTER, _BATCH, _ENGINE_CHOICE, _SWITCHES, _PRECISION, _OPTIMIZER, _ATTN, _STAGE = (
+    _OTHER_FIELDS.index(name) for name in ("model", "adapter", "batch", "engine_choice", "switches", "precision",
+                                           "optimizer", "attn", "stage"))
+# the parts validity reads whole, first in TrainConfig's order (model, cluster, adapter, layout)
+_VALIDITY_PARTS = _OTHER_FIELDS.index("batch")
+# TrainConfig's slots (frozen: its own __setattr__ refuses, as it does for its __init__, which sets them through them)
+_SET_OTHERS = tuple(getattr(TrainConfig, name).__set__ for name in _OTHER_FIELDS)
+_SET_ROLLOUT = TrainConfig.rollout.__set__  # type: ignore[attr-defined]
+
+
+def config_of(others: tuple, rollout: Rollout) -> TrainConfig:
+    """The TrainConfig of every field but the rollout (`others`, in `_OTHER_FIELDS`' order) and `rollout`: what
+    TrainConfig(**fields) makes when every part is given (its __init__ fills in only the parts left out), set field
+    by field as its __init__ sets them."""
+    cfg = object.__new__(TrainConfig)
+    for set_field, value in zip(_SET_OTHERS, others, strict=True):
+        set_field(cfg, value)
+    _SET_ROLLOUT(cfg, rollout)
+    return cfg
+
+
 def _rollout_with_memory(rollout: Rollout, share: float) -> Rollout:
-    return replace(rollout, vllm_memory=share)
+    """One Rollout object per (rollout, share), found by the rollout's identity (memos downstream key on it)."""
+    return memo_by_parts(_WITH_MEMORY, (rollout,), (share,), lambda: replace(rollout, vllm_memory=share))
+
+
+_WITH_MEMORY: dict[tuple, tuple[tuple, Rollout]] = {}
 
 
 def needed_memory_share(cfg: TrainConfig) -> float:
     """The smallest share on the grid whose KV cache holds the engine's whole batch at once (at full length, or
     with completions stopping at EOS at a wave's peak, planner.rl.generation.wave_tokens_per_sequence)."""
+    return _needed_share(cfg.model, cfg.cluster, cfg.rollout, cfg.adapter, cfg.precision, cfg.batch,
+                         lambda: _needed_memory_share(cfg))
+
+
+def _needed_share(model: Any, cluster: Cluster, rollout: Rollout, adapter: Any, precision: Any, batch: Any,
+                  compute: Callable[[], float]) -> float:
+    """`needed_memory_share`, memoized on what it reads: the model, cluster, rollout, adapter (quantization),
+    precision, sequence length and the rank's generation batch (micro_batch x grad_accum)."""
+    return memo_by_parts(_NEEDED, (model, cluster, rollout, adapter),
+                         (precision, batch.seq_len, batch.micro_batch * batch.grad_accum), compute)
+
+
+_NEEDED: dict[tuple, tuple[tuple, float]] = {}
+
+
+def _needed_memory_share(cfg: TrainConfig) -> float:
     probe = gen.vllm_budget(with_memory_share(cfg, 1.0))
     kv_seq = gen.kv_bytes_per_token(cfg.model, 2.0) / cfg.rollout.vllm_tp * gen.wave_tokens_per_sequence(cfg)
     need = probe.weights + probe.activations + kv_seq * gen.engine_batch(cfg)
@@ -131,7 +170,11 @@ def needed_memory_share(cfg: TrainConfig) -> float:
 
 def choose_memory_share(cfg: TrainConfig, limits: Limits, cal: Calibration) -> Estimate:
     """Estimate a colocated plan at the share it needs, or at the largest that fits beside its training step."""
-    cfg = with_memory_share(cfg, needed_memory_share(cfg))
+    return _estimate_at_needed_share(with_memory_share(cfg, needed_memory_share(cfg)), limits, cal)
+
+
+def _estimate_at_needed_share(cfg: TrainConfig, limits: Limits, cal: Calibration) -> Estimate:
+    """`cfg` (at the share it needs) estimated, or at the largest share that fits beside its training step."""
     est = estimate(cfg, limits, cal, timed=None)
     if est.fits:
         return est
@@ -162,23 +205,47 @@ def rl_plan(parts: SearchParts, base: TrainConfig, space: Any, limits: Limits = 
     fitting: list[Estimate] = []
     rejected: dict[str, int] = {}
     seen: dict[tuple, list[str]] = {}
+    # the training strategies of each training cluster, as the parts of their configs: planner.search.candidates
+    # reads no rollout setting, so every generation setting on a cluster has the same strategies, in the same
+    # order; built once, the same part objects serve every generation setting (memos key on their identity)
+    strategies: dict[Cluster, list[tuple]] = {}
+    held: list[Rollout] = []
     for cluster, rollout in variants(base, rspace):
         b = replace(base, cluster=cluster, rollout=rollout)
         if global_batch % b.world_size:
             continue
-        for cfg in parts.candidates(b, strategy_space):
+        listed = strategies.get(cluster)
+        if listed is None:
+            listed = strategies[cluster] = [_other_values(c) for c in parts.candidates(b, strategy_space)]
+        auto = rollout.generation is Generation.vllm_colocate and rspace.vllm_memory is None
+        held.append(rollout)  # its id keys `seen` while the search runs
+        setting = (id(rollout), id(cluster))
+        for others in listed:
             evaluated += 1
-            key = (cfg.engine_choice, cfg.adapter, cfg.optimizer, cfg.batch, cfg.rollout.generation,
-                   cfg.rollout.vllm_tp, cfg.cluster)
+            batch = others[_BATCH]
+            # what validity reads (planner.validity.problems and the engines', planner.rl.validity.rl_problems):
+            # every part of the config but the batch and checkpointing; of the batch whether micro-batch and
+            # accumulation are positive, the sequence length and the rank's batch (the global batch, vLLM's
+            # max_num_seqs); the parts live in `strategies` for the whole search
+            key = (*map(id, others[:_VALIDITY_PARTS]), id(others[_ENGINE_CHOICE]), id(others[_SWITCHES]),
+                   others[_OPTIMIZER], others[_PRECISION], others[_ATTN],
+                   others[_STAGE], batch.micro_batch >= 1, batch.grad_accum >= 1, batch.seq_len,
+                   batch.micro_batch * batch.grad_accum, *setting)
             found = seen.get(key)
             if found is None:
-                found = seen[key] = problems(cfg)
+                found = seen[key] = problems(config_of(others, rollout))
             if found:
                 rejected[found[0]] = rejected.get(found[0], 0) + 1
                 continue
             valid += 1
-            auto = rollout.generation is Generation.vllm_colocate and rspace.vllm_memory is None
-            est = choose_memory_share(cfg, limits, cal) if auto else estimate(cfg, limits, cal, timed=None)
+            if auto:  # at the share it needs (choose_memory_share), the config built once at that share
+                share = _needed_share(others[_MODEL], cluster, rollout, others[_ADAPTER], others[_PRECISION],
+                                      others[_BATCH], lambda o=others, r=rollout: _needed_memory_share(config_of(o, r)))
+                cfg = config_of(others, _rollout_with_memory(rollout, share))
+                est = _estimate_at_needed_share(cfg, limits, cal)
+            else:
+                cfg = config_of(others, rollout)
+                est = estimate(cfg, limits, cal, timed=None)
             if est.fits:
                 fitting.append(est)
             else:

@@ -38,7 +38,7 @@ from planner.params import active_params
 from planner.rl import generation as gen
 from planner.rl import lengths
 from planner.rl.memory import critic_config, old_logprobs, reward_spec
-from planner.rl.parts import training_memo, training_part
+from planner.rl.parts import memo_by_parts, training_memo, training_part
 from planner.rl.settings import Generation, lengths_vary, prompt_len
 from planner.strategy import GradCkpt, Method, Stage, TrainConfig
 
@@ -112,29 +112,24 @@ def rl_step_time(tt: TrainingTime, cfg: TrainConfig, cal: Calibration = DEFAULT)
         train = training_memo(_training_step, tt.step, training_part(trained), cal)
         critic = None
     r = cfg.rollout
-    eff = cp.compute_efficiency(cfg.cluster.gpu.name, cal.compute_efficiency)
-    comm_eff = cal.comm_efficiency if cal.comm_efficiency is not None else DEFAULT_COMM_EFFICIENCY
-    group = dp_group(cfg.cluster, cfg.tp, cfg.pp, cfg.dp, comm_eff) if cfg.dp > 1 else None
-    g = gen.generation_time(cfg, eff, group)
-    sync = gen.weight_sync_s(cfg, group)
+    terms = _rollout_terms(cfg, cal)
     fwd = forward_pass_s(actor_cfg, train)
-    scoring = fwd * (int(r.kl_beta > 0) + int(old_logprobs(cfg)))
-    spec = reward_spec(cfg)
-    if spec is not None:
-        scoring += fwd * active_params(spec) / active_params(cfg.model)
+    scoring = fwd * terms.scoring_passes
+    if terms.reward_share is not None:
+        scoring += fwd * terms.reward_share[0] / terms.reward_share[1]
     per_generation = r.generation_steps * r.num_iterations  # optimizer steps one generation feeds
     parts = dict(train.breakdown_s)
     if critic is not None:
         # the critic's value forward over the batch and its update; the reference forward rides in `scoring`
         scoring += forward_pass_s(actor_cfg, critic)
         parts = {k: v + critic.breakdown_s.get(k, 0.0) for k, v in parts.items()}
-    parts["generation"] = g.total_s / per_generation
+    parts["generation"] = terms.generation_s / per_generation
     parts["scoring"] = scoring / per_generation
-    parts["weight_sync"] = sync / per_generation
+    parts["weight_sync"] = terms.sync_s / per_generation
     step_s = sum(parts.values())
-    gpus = cfg.world_size + (r.vllm_server_gpus if r.generation is Generation.vllm_server else 0)
+    gpus = terms.gpus
     samples = cfg.global_batch
-    peak = cp.peak_flops_per_s(cfg.cluster.gpu, cfg.precision)
+    peak = terms.peak_flops_per_s
     model_flops = train.model_flops_per_step
     tokens = cfg.seq_len
     if trained is not cfg:  # the run's tokens, not the padding the trainer adds
@@ -144,3 +139,45 @@ def rl_step_time(tt: TrainingTime, cfg: TrainConfig, cal: Calibration = DEFAULT)
                     samples_per_s=samples / step_s, mfu=model_flops / (step_s * gpus * peak) if peak else 0.0,
                     hfu=train.hfu * train.step_time_s * cfg.world_size / (step_s * gpus),
                     model_flops_per_step=model_flops, dp_comm_total_s=train.dp_comm_total_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _RolloutTerms:
+    """The parts of an RL step that read no training strategy beyond its engine and data-parallel group."""
+
+    generation_s: float  # one generation (planner.rl.generation.generation_time)
+    sync_s: float  # one weight push to vLLM
+    scoring_passes: int  # no-grad forwards of the policy (reference, old policy)
+    reward_share: tuple[int, int] | None  # (reward model's, policy's) active parameters
+    gpus: int  # training GPUs and the vLLM server's
+    peak_flops_per_s: float
+
+
+def _rollout_terms(cfg: TrainConfig, cal: Calibration) -> _RolloutTerms:
+    """`_rollout_terms_of`, memoized: generation and the weight sync read the model, cluster, rollout, adapter
+    (method, LoRA targets, quantization), the engine, ZeRO stage and FSDP strategy (gathers for generation), the
+    TP / PP / DP degrees (the data-parallel group), precision, sequence length and the rank's generation batch
+    (micro_batch x grad_accum), and the calibration's efficiencies; not the micro-batch split, checkpointing,
+    attention, optimizer, offload or switches. Every batch shape and checkpointing of a strategy, and every
+    optimizer and offload, shares it."""
+    return memo_by_parts(_ROLLOUT_TERMS, (cfg.model, cfg.cluster, cfg.rollout, cfg.adapter, cal),
+                         (cfg.engine, cfg.zero, cfg.fsdp, cfg.tp, cfg.pp, cfg.dp, cfg.precision, cfg.seq_len,
+                          cfg.micro_batch * cfg.grad_accum),
+                         lambda: _rollout_terms_of(cfg, cal))
+
+
+_ROLLOUT_TERMS: dict[tuple, tuple[tuple, _RolloutTerms]] = {}
+
+
+def _rollout_terms_of(cfg: TrainConfig, cal: Calibration) -> _RolloutTerms:
+    r = cfg.rollout
+    eff = cp.compute_efficiency(cfg.cluster.gpu.name, cal.compute_efficiency)
+    comm_eff = cal.comm_efficiency if cal.comm_efficiency is not None else DEFAULT_COMM_EFFICIENCY
+    group = dp_group(cfg.cluster, cfg.tp, cfg.pp, cfg.dp, comm_eff) if cfg.dp > 1 else None
+    spec = reward_spec(cfg)
+    return _RolloutTerms(generation_s=gen.generation_time(cfg, eff, group).total_s,
+                         sync_s=gen.weight_sync_s(cfg, group),
+                         scoring_passes=int(r.kl_beta > 0) + int(old_logprobs(cfg)),
+                         reward_share=None if spec is None else (active_params(spec), active_params(cfg.model)),
+                         gpus=cfg.world_size + (r.vllm_server_gpus if r.generation is Generation.vllm_server else 0),
+                         peak_flops_per_s=cp.peak_flops_per_s(cfg.cluster.gpu, cfg.precision))
