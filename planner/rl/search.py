@@ -218,8 +218,12 @@ def rl_plan(parts: SearchParts, base: TrainConfig, space: Any, limits: Limits = 
         if listed is None:
             listed = strategies[cluster] = [_other_values(c) for c in parts.candidates(b, strategy_space)]
         auto = rollout.generation is Generation.vllm_colocate and rspace.vllm_memory is None
-        held.append(rollout)  # its id keys `seen` while the search runs
-        setting = (id(rollout), id(cluster))
+        # validity reads vLLM's share (planner.rl.validity: one sequence must fit in it); where the search chooses
+        # the share, a candidate is valid if the largest share it may choose holds one, as `variants` chose the
+        # engine's TP (the share itself is then chosen per candidate, and the fit decides the rest)
+        checked = _rollout_with_memory(rollout, MAX_MEMORY) if auto else rollout
+        held.append(checked)  # its id keys `seen` while the search runs
+        setting = (id(checked), id(cluster))
         for others in listed:
             evaluated += 1
             batch = others[_BATCH]
@@ -233,7 +237,7 @@ def rl_plan(parts: SearchParts, base: TrainConfig, space: Any, limits: Limits = 
                    batch.micro_batch * batch.grad_accum, *setting)
             found = seen.get(key)
             if found is None:
-                found = seen[key] = problems(config_of(others, rollout))
+                found = seen[key] = problems(config_of(others, checked))
             if found:
                 rejected[found[0]] = rejected.get(found[0], 0) + 1
                 continue
