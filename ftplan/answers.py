@@ -13,7 +13,7 @@ from planner.errors import PlanError
 from planner.estimate import Estimate
 from planner.options import Options, ScaleArgs, from_flat, replace_flat
 from planner.search import PlanResult
-from planner.strategy import Method
+from planner.strategy import FsdpVersion, Method
 
 
 def _fit_json(fit: DeviceFitFile | None) -> dict[str, Any]:
@@ -144,6 +144,7 @@ def plan_answer(opts: Options) -> PlanAnswer:
     base = config_from(opts, check=False)
     check_positions(base)
     space = search_space(base, methods=search.methods, global_batch=search.global_batch,
+                         fsdp_version=FsdpVersion(opts.strategy.fsdp_version),
                          optimizers=parse_choices(search.optimizers, Optimizer, "--optimizers")
                          or (opts.strategy.optimizer,),
                          attns=parse_choices(search.attns, Attn, "--attns") or SearchSpace().attns,
@@ -193,6 +194,7 @@ def scale_answer(opts: Options, scale_args: ScaleArgs) -> ScaleAnswer:
     method = opts.adapter.method
     result = scale(base, scale_args.max_gpus,
                    search_space(base, methods=(method,), global_batch=opts.search.global_batch,
+                                fsdp_version=FsdpVersion(opts.strategy.fsdp_version),
                                 rollouts=rollout_space(opts.rollout, base.stage)),
                    limits_from(opts.limits), load_calibration(opts.limits.calibration))
     return ScaleAnswer(result, base.model.name, spec.name, method, base.seq_len, device_fit_for(opts))

@@ -86,7 +86,7 @@ def tune(opts: Annotated[Options, TUNE], dims: TuneSpaceArgs, run: TuneRunArgs, 
     from planner.calibration import load_calibration
     from planner.errors import PlanError
     from planner.search import SearchSpace, search_space
-    from planner.strategy import Attn, ZeroStage
+    from planner.strategy import Attn, FsdpVersion, ZeroStage
     from planner.tune_space import Filters, build_space
     from runner.tune import TuneOptions, quiet_optuna
     from runner.tune import tune as run_tune
@@ -107,6 +107,7 @@ def tune(opts: Annotated[Options, TUNE], dims: TuneSpaceArgs, run: TuneRunArgs, 
     check_positions(base)
     default = SearchSpace()
     space_def = search_space(base, methods=opts.search.methods, global_batch=opts.search.global_batch,
+                             fsdp_version=FsdpVersion(opts.strategy.fsdp_version),
                              micro_batches=_positive("--micro-batch", dims.micro_batch) or default.micro_batches,
                              grad_ckpts=tuple(dict.fromkeys(dims.grad_ckpt)) if dims.grad_ckpt else default.grad_ckpts,
                              # the attention and optimizer a --from setup names, unless --attn / --optimizer

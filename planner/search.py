@@ -28,6 +28,7 @@ from planner.strategy import (
     Engine,
     EngineChoice,
     FsdpStrategy,
+    FsdpVersion,
     GradCkpt,
     Method,
     Offload,
@@ -47,6 +48,9 @@ MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 _ENGINES: tuple[tuple[Engine, ZeroStage, FsdpStrategy, Offload, OffloadDevice], ...] = engines.ROWS
 _ENGINE_CHOICES: tuple[EngineChoice, ...] = tuple(
     EngineChoice(engine=e, zero=z, fsdp=f, offload=o, offload_device=d) for e, z, f, o, d in _ENGINES)
+# the same rows with FSDP1 (`--fsdp-version 1`): the FSDP the user asked for is the one searched
+_ENGINE_CHOICES_FSDP1: tuple[EngineChoice, ...] = tuple(
+    replace(c, fsdp_version=FsdpVersion.ONE) if c.engine is Engine.fsdp else c for c in _ENGINE_CHOICES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +68,8 @@ class SearchSpace:
     tps: tuple[int, ...] | None = None  # None: powers of two within a node
     pps: tuple[int, ...] | None = None
     rollouts: RolloutSpace | None = None  # online RL stages: the generation settings (planner.rl.search)
+    # the FSDP the FSDP rows run (--fsdp-version): the user's, never searched
+    fsdp_version: FsdpVersion = FsdpVersion.TWO
 
 
 def search_space(base: TrainConfig, *, methods: list[Method] | tuple[Method, ...] | None = None,
@@ -108,7 +114,7 @@ def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, li
         precision = Precision.fp16_mixed
     for method in space.methods:
         adapter = replace(base.adapter, method=method, quant=Quant.nf4 if method is Method.qlora else Quant.none)
-        for engine_choice in _ENGINE_CHOICES:
+        for engine_choice in (_ENGINE_CHOICES_FSDP1 if space.fsdp_version is FsdpVersion.ONE else _ENGINE_CHOICES):
             for tp in tps:
                 for pp in pps:
                     if world % (tp * pp):
