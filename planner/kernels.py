@@ -271,6 +271,19 @@ def attention_shapes(m: ModelSpec) -> tuple[tuple[float, AttentionShape], ...]:
 #   and P and writes grad S. torch.compile's Inductor fuses eager attention's scaling, mask add, casts and softmax
 #   into its reduction kernels and is counted so (a looped reduction over long rows may read the scores more than
 #   once: not measured); Liger's kernels (RMSNorm, RoPE, SwiGLU, the loss) leave transformers' attention alone.
+# - "gpt2_eager": GPT-2's own attention in transformers 4.10-4.21 (GPT2Attention._attn, before SDPA: the form of
+#   transformers 4.12, which DeepSpeedExamples' autotuning/hf/gpt2-large README names, divides by
+#   `float(value.size(-1)) ** 0.5` and masks with `torch.where(causal_mask, attn_weights, self.masked_bias...)`;
+#   later releases divide by `torch.full([], ...)` and mask with finfo.min, the same ops). Forward: the division
+#   (read, write), torch.where against the boolean `bias` buffer (1 x 1 x s x s, not counted), the padding mask's
+#   add (b x 1 x 1 x s: run_clm's tokenizer output keeps attention_mask, which GPT2Model turns into an additive
+#   mask), `nn.Softmax` in the scores' own dtype (no fp32 upcast: a model run in 16 bits, as DeepSpeed's fp16
+#   engine runs it without autocast, reads and writes 16 bits), `.type(value.dtype)` (a no-op in one dtype) and
+#   attn_dropout at attn_pdrop = 0.1 in training: CUDA's fused dropout (aten/src/ATen/native/Dropout.cpp,
+#   is_fused_kernel_acceptable -> native_dropout; torch 1.x's _fused_dropout) reads the scores and writes the
+#   output and a one-byte mask (`SCORE_MASK_BYTES`). Backward: dropout's (grad and mask in, grad out), softmax's
+#   (grad and output in, grad out), where's (grad in, grad out) and the division's; the add passes its gradient
+#   through. fp16 on CUDA takes no half-to-float kernel here (softmax is given no dtype).
 SCORE_PASSES: dict[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]] = {
     ("hf_eager", "16-bit"): ((6, 4), (4, 5)),
     ("hf_eager", "fp16-cuda"): ((6, 2), (4, 3)),
@@ -281,7 +294,14 @@ SCORE_PASSES: dict[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]] = {
     ("fused_softmax", "16-bit"): ((2, 0), (3, 0)),
     ("fused_softmax", "fp16-cuda"): ((2, 0), (3, 0)),
     ("fused_softmax", "fp32"): ((2, 0), (3, 0)),
+    ("gpt2_eager", "16-bit"): ((10, 0), (9, 0)),
+    ("gpt2_eager", "fp16-cuda"): ((10, 0), (9, 0)),
+    ("gpt2_eager", "fp32"): ((10, 0), (9, 0)),
 }
+# (forward, backward) one-byte passes per score element besides SCORE_PASSES: attention dropout's mask, written in
+# forward and read in backward (bool in native_dropout, uint8 in torch 1.x's _fused_dropout); the kernels at p = 0
+# write none (Dropout.cpp: `p == 0` returns the input)
+SCORE_MASK_BYTES: dict[str, tuple[int, int]] = {"gpt2_eager": (1, 1)}
 FP32_BYTES = 4.0
 
 
@@ -295,7 +315,8 @@ def score_dtype(elem_bytes: float, fp16: bool, cuda: bool) -> str:
 def score_bytes_per_element(kernel: str, dtype: str, elem_bytes: float) -> tuple[float, float]:
     """(forward, backward) bytes one attention kernel moves per score element outside its GEMMs (SCORE_PASSES)."""
     (fe, ff), (be, bf) = SCORE_PASSES[(kernel, dtype)]
-    return fe * elem_bytes + ff * FP32_BYTES, be * elem_bytes + bf * FP32_BYTES
+    fm, bm = SCORE_MASK_BYTES.get(kernel, (0, 0))
+    return fe * elem_bytes + ff * FP32_BYTES + fm, be * elem_bytes + bf * FP32_BYTES + bm
 
 
 def attention_kernel(attn: Attn, compiled: bool) -> str | None:

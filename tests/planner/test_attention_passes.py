@@ -1,6 +1,6 @@
 """The attention kernels' passes over the b x heads x s x s scores (planner/kernels.py SCORE_PASSES), counted from the
-aten ops torch 2.13 dispatches for transformers 5.25's eager attention and for SDPA's math kernel, forward and
-backward, on the CPU: every op that reads or writes a tensor of the scores' size adds its bytes, the two batched
+aten ops torch 2.13 dispatches for transformers 5.25's eager attention, for SDPA's math kernel and for GPT-2's own
+attention of transformers 4.12 (re-implemented op for op below), forward and backward, on the CPU: every op that reads or writes a tensor of the scores' size adds its bytes, the two batched
 GEMMs aside (their passes sit in the GEMMs' roofline) and views, which move nothing. The mask is built b x 1 x s x s
 (transformers) or s x s (SDPA), smaller than the scores, and not counted, as in the planner.
 
@@ -75,6 +75,27 @@ def _sdpa_math(q, k, v):
         return F.scaled_dot_product_attention(q, k.expand(-1, H, -1, -1), v.expand(-1, H, -1, -1), is_causal=True)
 
 
+def _gpt2_eager_2021(q, k, v):
+    """GPT2Attention._attn of transformers 4.12 (the release DeepSpeedExamples' autotuning/hf/gpt2-large README
+    names), op for op: the division by sqrt(d), torch.where against the boolean causal `bias` buffer and
+    `masked_bias`, the additive padding mask GPT2Model builds from run_clm's all-ones attention_mask (b x 1 x 1 x s),
+    nn.Softmax in the scores' dtype, `.type(value.dtype)` and attn_dropout at GPT-2's attn_pdrop = 0.1, as CUDA runs
+    nn.Dropout in training: aten's native_dropout (Dropout.cpp is_fused_kernel_acceptable; the CPU's nn.Dropout
+    takes the unfused bernoulli path instead, so the op is called directly)."""
+    k, v = k.expand(-1, H, -1, -1), v.expand(-1, H, -1, -1)
+    causal = torch.tril(torch.ones((S, S), dtype=torch.uint8)).view(1, 1, S, S).bool()
+    masked_bias = torch.tensor(-1e4)
+    padding = (1.0 - torch.ones(B, S, dtype=q.dtype)[:, None, None, :]) * -10000.0
+    w = torch.matmul(q, k.transpose(-1, -2))
+    w = w / (float(v.size(-1)) ** 0.5)
+    w = torch.where(causal, w, masked_bias.to(w.dtype))
+    w = w + padding
+    w = nn.Softmax(dim=-1)(w)
+    w = w.type(v.dtype)
+    w = torch.native_dropout(w, 0.1, True)[0]
+    return torch.matmul(w, v)
+
+
 def _expected(kernel: str, dtype: torch.dtype) -> tuple[float, float]:
     elem = torch.empty((), dtype=dtype).element_size()
     return kn.score_bytes_per_element(kernel, kn.score_dtype(elem, fp16=dtype is torch.float16, cuda=False), elem)
@@ -83,6 +104,17 @@ def _expected(kernel: str, dtype: torch.dtype) -> tuple[float, float]:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 def test_transformers_eager_attention_passes(dtype: torch.dtype) -> None:
     assert _passes(_hf_eager, dtype) == _expected("hf_eager", dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_gpt2_eager_attention_of_2021_passes(dtype: torch.dtype) -> None:
+    """fp16 as DeepSpeed's fp16 engine ran GPT-2 (a half model, no autocast): softmax without a dtype stays 16-bit,
+    and the dropout's one-byte mask adds a byte each way."""
+    assert _passes(_gpt2_eager_2021, dtype) == _expected("gpt2_eager", dtype)
+    elem = torch.empty((), dtype=dtype).element_size()
+    cuda = kn.score_bytes_per_element("gpt2_eager", kn.score_dtype(elem, fp16=dtype is torch.float16, cuda=True),
+                                      elem)
+    assert cuda == (10 * elem + 1, 9 * elem + 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)

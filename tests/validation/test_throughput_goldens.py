@@ -8,10 +8,16 @@ Known misses are strict xfails with their cause, so an improvement shows up as a
   is met within 7%. Megatron-DeepSpeed's 35-stage pipeline is modelled with the DeepSpeed pipeline engine's sends
   (not split over TP) and a bubble of (p-1)/m; the run reached 113-126 TFLOP/s per GPU against Megatron-LM's 163 on
   the same model size, and what else it spent is not stated (Smith et al. 2022, Sec. 3.3).
-- DeepSpeed autotuning, GPT-2 large on 16 V100s: the planner is about 2x fast. HF GPT-2 (h = 1280, eager attention
-  with its fp32 upcast and masking ops) on V100s, where no FlashAttention runs and no measured matmul efficiency
-  exists (the fallback 0.80); at micro-batch 2-3 of 1024 tokens the step is short and the run's per-step work
-  (the Trainer, DeepSpeed's fp16 loss scaling and overflow checks) is not counted.
+- DeepSpeed autotuning, GPT-2 large on 16 V100s, micro-batch 2: the planner is 47% fast (micro-batch 3: +24%, within
+  the bar). The run (transformers 4.12.0.dev0, the gpt2-large README says) computed GPT-2's own eager attention, before
+  transformers had SDPA, and is planned so (planner/kernels.py SCORE_PASSES "gpt2_eager", checked op by op in
+  tests/planner/test_attention_passes.py); planned with SDPA it was +116% / +84%. What is left is the shape: from
+  micro-batch 2 to 3 the run's step went from 0.563 to 0.695 s, a line of 0.13 s per sample and GPU plus 0.30 s per
+  step; the planner's is 0.18 s per sample plus 0.02 s (ZeRO-1's all-reduce and Adam). What the run's 0.3 s per step
+  was is not established (the Trainer's per-step work, DeepSpeed's fp16 loss scaling and overflow checks, and the
+  start-up share of a 200-step train_runtime are candidates; none is measured on V100s, where no measured matmul
+  efficiency exists either: the fallback 0.80). Micro-batch 3 passes by the two errors cancelling:
+  test_gpt2_autotuning_micro_batch_gain is the strict xfail that shows it.
 The Megatron-LM runs (2021-2022) computed attention with materialized scores (fused scale-mask-softmax, no
 FlashAttention) and ran Megatron's fused elementwise kernels: they are planned with eager attention and fused
 elementwise kernels (throughput_cases.megatron_config).
@@ -23,8 +29,7 @@ from __future__ import annotations
 import pytest
 from throughput_cases import cases, report
 
-KNOWN_MISSES = {"mtnlg-530b-2240", "mtnlg-530b-2800", "mtnlg-530b-3360", "ds-autotuning-gpt2-large-mb2",
-                "ds-autotuning-gpt2-large-mb3"}
+KNOWN_MISSES = {"mtnlg-530b-2240", "mtnlg-530b-2800", "mtnlg-530b-3360", "ds-autotuning-gpt2-large-mb2"}
 TOLERANCE = 0.25
 
 
@@ -63,6 +68,20 @@ def test_mtnlg_strong_scaling_ratio() -> None:
     published = 60.1 / 44.4
     planner = by_id["mtnlg-530b-2240"].planner_value() / by_id["mtnlg-530b-3360"].planner_value()
     dev = report("Smith et al. 2022 (MT-NLG)", "speedup 2240 -> 3360 GPUs", published, planner, "x", "10%")
+    assert abs(dev) <= 0.10
+
+
+@pytest.mark.xfail(strict=True, reason="the run's step has 0.3 s besides its per-sample time that the planner does "
+                   "not count (0.02 s), see module docstring")
+def test_gpt2_autotuning_micro_batch_gain() -> None:
+    """DeepSpeedExamples autotuning/hf/gpt2-large README: micro-batch 3 ran 69.061 samples/s, micro-batch 2 56.797
+    (1.216x), both ZeRO-1 on the same 16 V100s; tolerance 10%, as the other ratios."""
+    by_id = {c.id: c for c in cases()}
+    published = 69.06 / 56.80
+    planner = (by_id["ds-autotuning-gpt2-large-mb3"].planner_value()
+               / by_id["ds-autotuning-gpt2-large-mb2"].planner_value())
+    dev = report("DeepSpeedExamples autotuning/hf README", "GPT-2 large mb3 / mb2 samples/s", published, planner, "x",
+                 "10%")
     assert abs(dev) <= 0.10
 
 

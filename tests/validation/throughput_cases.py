@@ -70,12 +70,14 @@ class Case:
     unit: str
     tolerance: float  # relative
     config: TrainConfig
+    # planner/kernels.py SCORE_PASSES: the kernel a case's eager attention runs ("gpt2_eager": GPT-2's own _attn)
+    attention_kernel: str | None = None
 
     def planner_value(self) -> float:
         # megatron_config plans Megatron-LM's attention as eager attention; its scores pass through one fused
         # scale + mask + softmax kernel (planner/kernels.py SCORE_PASSES "fused_softmax"), not transformers' ops
-        fused = "fused_softmax" if self.config.attn is Attn.eager else None
-        t = step_time(self.config, attention_kernel=fused)
+        kernel = self.attention_kernel or ("fused_softmax" if self.config.attn is Attn.eager else None)
+        t = step_time(self.config, attention_kernel=kernel)
         if self.unit == "TFLOP/s per GPU":
             c, m = self.config, self.config.model
             flops = megatron_iteration_flops(c.global_batch, c.seq_len, m.num_layers, m.hidden_size, m.vocab_size)
@@ -121,6 +123,9 @@ MTNLG = [(2240, 60.1), (2800, 50.2), (3360, 44.4)]
 # DeepSpeedExamples autotuning/hf/README.md: GPT-2 large fine-tuned with the HF Trainer on 16 V100s
 # (one DGX-2-class node, fp16, ZeRO-1): 56.80 samples/s hand-tuned (micro-batch 2), 69.06 autotuned
 # (micro-batch 3). Assumed: sequence length 1024 (run_clm's block size for GPT-2), no accumulation.
+# Attention: the gpt2-large README names transformers 4.12.0.dev0, whose GPT-2 had no SDPA path: GPT2Attention._attn
+# materializes the scores and passes over them with its own ops (planner/kernels.py SCORE_PASSES "gpt2_eager";
+# DeepSpeed's fp16 engine runs the model in half precision, so softmax stays fp16).
 GPT2_LARGE = gpt("gpt2-large", h=1280, a=20, L=36, V=50257, s=1024)
 
 
@@ -128,7 +133,7 @@ def _gpt2_config(mb: int) -> TrainConfig:
     cluster = Cluster(gpu=GPUS["V100-32G"], nodes=1, gpus_per_node=16)
     return TrainConfig(model=GPT2_LARGE, cluster=cluster, method=Method.full, precision=Precision.fp16_mixed,
                        engine=Engine.deepspeed, zero=ZeroStage.OPTIMIZER_STATES, micro_batch=mb, grad_accum=1,
-                       seq_len=1024, stage=Stage.sft)
+                       seq_len=1024, stage=Stage.sft, attn=Attn.eager)
 
 
 def cases() -> list[Case]:
@@ -154,5 +159,5 @@ def cases() -> list[Case]:
     for mb, published in ((2, 56.80), (3, 69.06)):
         out.append(Case(f"ds-autotuning-gpt2-large-mb{mb}", "DeepSpeedExamples autotuning/hf README",
                         f"GPT-2 large, 16 V100, ZeRO-1, micro-batch {mb}", published, "samples/s", 1.0,
-                        _gpt2_config(mb)))
+                        _gpt2_config(mb), attention_kernel="gpt2_eager"))
     return out
