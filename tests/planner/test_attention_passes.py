@@ -1,13 +1,15 @@
 """The attention kernels' passes over the b x heads x s x s scores (planner/kernels.py SCORE_PASSES), counted from the
 aten ops torch 2.13 dispatches for transformers 5.25's eager attention, for SDPA's math kernel and for GPT-2's own
-attention of transformers 4.12 (re-implemented op for op below), forward and backward, on the CPU: every op that reads or writes a tensor of the scores' size adds its bytes, the two batched
-GEMMs aside (their passes sit in the GEMMs' roofline) and views, which move nothing. The mask is built b x 1 x s x s
-(transformers) or s x s (SDPA), smaller than the scores, and not counted, as in the planner.
+attention of transformers 4.12 (re-implemented op for op below), forward and backward, on the CPU: every op that
+reads or writes a tensor of the scores' size adds its bytes, the two batched GEMMs aside (their passes sit in the
+GEMMs' roofline) and views, which move nothing. The mask is built b x 1 x s x s (transformers) or s x s (SDPA),
+smaller than the scores, and not counted, as in the planner.
 
 What the CPU cannot show: fp16 on CUDA takes softmax's half-to-float kernel (the "fp16-cuda" column, read from
-aten/src/ATen/native/SoftMax.cpp), and PyTorch 2.0-2.4's math kernel in its inputs' dtype is checked here through
-2.13's allow_fp16_bf16_reduction_math_sdp, which keeps 2.13's math kernel in the inputs' dtype as those releases
-ran it."""
+aten/src/ATen/native/SoftMax.cpp); training's attention dropout on CUDA runs the fused native_dropout (the CPU's
+nn.Dropout draws a separate noise tensor, so the GPT-2 test calls the CUDA path's op); PyTorch 2.0-2.4's math kernel
+in its inputs' dtype is checked here through 2.13's allow_fp16_bf16_reduction_math_sdp, which keeps 2.13's math
+kernel in the inputs' dtype as those releases ran it."""
 
 from __future__ import annotations
 

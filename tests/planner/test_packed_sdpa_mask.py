@@ -50,9 +50,22 @@ class _Calls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _saved_bytes(kv_heads: int, packed: bool, *, autocast: bool) -> tuple[int, list]:
+def _collator_mask(dtype: torch.dtype) -> torch.Tensor:
+    """The additive (b, 1, s, s) mask LLaMA-Factory 0.9.5's SFT collator builds for neat_packing under sdpa or eager
+    (data/collator.py SFTDataCollatorWith4DAttentionMask with block_diag_attn = neat_packing, hparams/parser.py;
+    prepare_4d_attention_mask: the same document, causal, not padding -> 0, else finfo(compute_dtype).min), for rows
+    of documents of DOC tokens."""
+    whole, rest = divmod(S, DOC)
+    doc = torch.cat([torch.full((DOC,), i + 1) for i in range(whole)] + [torch.full((rest,), whole + 1)])
+    allowed = (doc[:, None] == doc[None, :]) & torch.tril(torch.ones((S, S), dtype=torch.bool))
+    allowed = allowed[None, None].expand(B, 1, S, S)
+    return torch.where(allowed, torch.tensor(0, dtype=dtype), torch.finfo(dtype).min)
+
+
+def _saved_bytes(kv_heads: int, packed: bool, *, autocast: bool, collator_mask: bool = False) -> tuple[int, list]:
     """Bytes of every storage the model saves for backward in one forward (parameters left out), and the attention
-    kernels it ran."""
+    kernels it ran. `collator_mask`: the packed rows come with LLaMA-Factory's 4-D mask instead of restarting
+    position_ids."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(**{k: v for k, v in HF.items() if k != "model_type"},
                                       num_key_value_heads=kv_heads, attn_implementation="sdpa")
@@ -75,7 +88,11 @@ def _saved_bytes(kv_heads: int, packed: bool, *, autocast: bool) -> tuple[int, l
     calls = _Calls()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), calls:
-        out = model(input_ids=ids, position_ids=row.expand(B, S), use_cache=False)
+        if collator_mask:
+            mask = _collator_mask(torch.bfloat16 if autocast else torch.float32)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=row.expand(B, S), use_cache=False)
+        else:
+            out = model(input_ids=ids, position_ids=row.expand(B, S), use_cache=False)
     out.logits.float().sum().backward()
     return sum(seen.values()), calls.calls
 
@@ -99,6 +116,25 @@ def test_each_layer_keeps_the_mask_and_the_repeated_keys_and_values(kv_heads: in
     shape = AttentionShape(heads=4, kv_heads=kv_heads, qk_head_dim=64, v_head_dim=64)
     # the fp32 model under bf16 autocast: RoPE leaves the keys fp32, autocast writes the expanded one-head keys out
     assert planned == sum(sdpa_packed_mask_bytes_per_token(shape, seq_len=S, act_bytes=act_bytes, keys_cast=autocast))
+
+
+@pytest.mark.parametrize(("autocast", "act_bytes"), [(False, 4), (True, 2)])
+def test_llamafactory_s_collator_mask_is_one_tensor_every_layer_shares(autocast: bool, act_bytes: int) -> None:
+    """LLaMA-Factory's neat_packing under SDPA hands the model its own 4-D additive mask: transformers returns a 4-D
+    mask as it is (masking_utils._preprocess_mask_arguments, "If the mask is already 4D, simply return as-is"), SDPA
+    takes an additive mask as it is (convert_boolean_attn_mask converts booleans only), and every layer's kernel saves
+    that one tensor: e s per token once per step, not per layer; the repeated keys and values stay per layer.
+    The planner does not model this source of the mask (no option says which tool packs: TRL's padding-free packing
+    under SDPA, its default bfd packing included, gets transformers' per-layer conversion, measured above), so for
+    LLaMA-Factory it counts (layers - 1) e s per token too many (README, packed documents)."""
+    kv_heads = 2  # grouped-query: the repeated keys and values show the per-layer term beside the shared mask
+    plain, _ = _saved_bytes(kv_heads, packed=False, autocast=autocast)
+    packed, calls = _saved_bytes(kv_heads, packed=True, autocast=autocast, collator_mask=True)
+    dtype = torch.bfloat16 if autocast else torch.float32
+    assert calls == [("aten._scaled_dot_product_flash_attention_for_cpu.default", dtype)] * LAYERS
+    shape = AttentionShape(heads=4, kv_heads=kv_heads, qk_head_dim=64, v_head_dim=64)
+    mask, repeated = sdpa_packed_mask_bytes_per_token(shape, seq_len=S, act_bytes=act_bytes)
+    assert packed - plain == B * S * (mask + LAYERS * repeated)
 
 
 def test_when_the_mask_is_built() -> None:
