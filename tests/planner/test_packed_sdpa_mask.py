@@ -125,8 +125,8 @@ def test_llamafactory_s_collator_mask_is_one_tensor_every_layer_shares(autocast:
     takes an additive mask as it is (convert_boolean_attn_mask converts booleans only), and every layer's kernel saves
     that one tensor: e s per token once per step, not per layer; the repeated keys and values stay per layer.
     The planner does not model this source of the mask (no option says which tool packs: TRL's padding-free packing
-    under SDPA, its default bfd packing included, gets transformers' per-layer conversion, measured above), so for
-    LLaMA-Factory it counts (layers - 1) e s per token too many (README, packed documents)."""
+    under SDPA, bfd being its default packing strategy, gets transformers' per-layer conversion, measured above), so
+    for LLaMA-Factory it counts (layers - 1) e s per token too many (README, packed documents)."""
     kv_heads = 2  # grouped-query: the repeated keys and values show the per-layer term beside the shared mask
     plain, _ = _saved_bytes(kv_heads, packed=False, autocast=autocast)
     packed, calls = _saved_bytes(kv_heads, packed=True, autocast=autocast, collator_mask=True)
