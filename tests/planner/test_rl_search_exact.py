@@ -8,10 +8,10 @@ that candidate with the memos emptied (a memo keyed on too few fields would hand
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 
 import pytest
+from planner_caches import clear_lru_caches
 
 from planner import memory, timing
 from planner.build import build_config
@@ -45,13 +45,7 @@ IDS = ["grpo-7b", "grpo-2nodes-eos-kl-reward", "rloo-eos", "ppo-reward", "grpo-m
 
 
 def _clear_caches() -> None:
-    for name, module in list(sys.modules.items()):
-        if name.split(".")[0] != "planner" or module is None:
-            continue
-        for value in list(vars(module).values()):
-            clear = getattr(value, "cache_clear", None)
-            if callable(clear):
-                clear()
+    clear_lru_caches()
     _clear_memos()
 
 

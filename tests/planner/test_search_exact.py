@@ -6,9 +6,8 @@ hand-written one (issue 23: `plan --model qwen3-8b --gpus 8xH100` evaluates as m
 
 from __future__ import annotations
 
-import sys
-
 import pytest
+from planner_caches import clear_lru_caches
 
 from planner import memory, timing
 from planner.build import build_config
@@ -22,13 +21,7 @@ MEMOS = (memory._STRATEGY_PARTS, memory._ACTIVATIONS, timing._MICRO_BATCH_S)
 
 
 def _clear_caches() -> None:
-    for name, module in list(sys.modules.items()):
-        if name.split(".")[0] != "planner" or module is None:
-            continue
-        for value in list(vars(module).values()):
-            clear = getattr(value, "cache_clear", None)
-            if callable(clear):
-                clear()
+    clear_lru_caches()
 
 
 def _one_by_one(base, space):
