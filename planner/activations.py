@@ -61,6 +61,18 @@ class LayerTraining:
 
 
 @cache  # pure in hashable arguments; the search asks for it per candidate
+def _packed_sdpa_bytes_per_token(m: ModelSpec, *, train: LayerTraining, attn: Attn, recompute: GradCkpt,
+                                 seq_len: int, act_bytes: int) -> tuple[float, float]:
+    """(mask, expanded keys and values) bytes per token of one layer under SDPA with packed documents
+    (sdpa_packed_mask_bytes_per_token); nothing without them, or under selective recompute."""
+    if not (train.packed_mask and attn is Attn.sdpa and recompute is not GradCkpt.selective):
+        return 0.0, 0.0
+    e = act_bytes
+    shape = AttentionShape(heads=m.num_heads, kv_heads=m.num_kv_heads, qk_head_dim=m.head_dim, v_head_dim=m.head_dim)
+    keys_cast = e < 4 and (train.stream_bytes == 4 or (train.mixed and train.weights))
+    return sdpa_packed_mask_bytes_per_token(shape, seq_len=seq_len, act_bytes=e, keys_cast=keys_cast)
+
+
 def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining,
                              seq_len: int, t: int = 1, sequence_parallel: bool = False,
                              recompute: GradCkpt = GradCkpt.none) -> float:
@@ -133,12 +145,9 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
     parallel += lora_copies(attn_out)
     parallel += _mlp_bytes(m, e=s, down_saves=consumer_saves(mlp_out))
     parallel += lora_copies(mlp_out)
-    mask = 0.0
-    if train.packed_mask and attn is Attn.sdpa and recompute is not GradCkpt.selective:
-        shape = AttentionShape(heads=a, kv_heads=m.num_kv_heads, qk_head_dim=m.head_dim, v_head_dim=m.head_dim)
-        keys_cast = e < 4 and (train.stream_bytes == 4 or (train.mixed and train.weights))
-        mask, repeated = sdpa_packed_mask_bytes_per_token(shape, seq_len=seq_len, act_bytes=e, keys_cast=keys_cast)
-        parallel += repeated
+    mask, repeated = _packed_sdpa_bytes_per_token(m, train=train, attn=attn, recompute=recompute, seq_len=seq_len,
+                                                  act_bytes=e)
+    parallel += repeated
     if sequence_parallel:
         return (replicated + parallel) / t + mask
     return replicated + parallel / t + mask
