@@ -45,6 +45,12 @@ def _configured() -> dict[str, float | str]:
     return _CONFIGURED.get() or {}
 
 
+def configuration() -> tuple[tuple[str, float | str], ...]:
+    """The sizes `configured` set for the code running now (empty outside a block): memos of what reads them key on
+    it (planner.memory's strategy parts)."""
+    return tuple(sorted(_configured().items()))
+
+
 def release() -> str:
     return str(_configured().get("release", RELEASE))
 

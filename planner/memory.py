@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner import allocator, engines, init_allocations, moe, nccl_memory
+from planner import allocator, deepspeed_sizes, engines, init_allocations, moe, nccl_memory
 from planner import memory_knobs as knobs
 from planner.activations import (
     derived_layer_fixed_bytes,
@@ -314,7 +314,9 @@ class _StrategyParts:
     grads_in_backward: float
     nccl_bytes: float  # NCCL's buffers over the strategy's communicators (planner.nccl_memory)
     reserved_floor: float = 0.0  # FSDP1's init cache and all-gather segments (planner.init_allocations)
-    zero3_sub_groups: tuple[int, ...] = ()  # ZeRO-3's sub-groups on a rank, whose construction is replayed
+    # what ZeRO-3's optimizer construction and step leave reserved and free (planner.zero3_init_allocations); None
+    # where it is not replayed
+    zero3_free: float | None = None
 
 
 # The search evaluates every batch shape, checkpointing and attention of a strategy in a row: their strategy parts are
@@ -327,8 +329,10 @@ _STRATEGY_PARTS_MAX = 8192
 
 
 def _strategy_key(cfg: TrainConfig, first: bool) -> tuple:
+    # DeepSpeed's buffers and ZeRO-3's replayed construction read the sizes and release `configured` sets
     return (cfg.model, cfg.cluster, cfg.adapter, cfg.layout, cfg.engine_choice, cfg.switches, cfg.rollout,
-            cfg.precision, cfg.optimizer, cfg.stage, cfg.seq_len, cfg.grad_accum > 1, first)
+            cfg.precision, cfg.optimizer, cfg.stage, cfg.seq_len, cfg.grad_accum > 1, first,
+            deepspeed_sizes.configuration())
 
 
 def _strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
@@ -366,7 +370,15 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
                           end_items=tied_embedding_items(cfg, sp), grads_in_backward=grads_in_backward,
                           nccl_bytes=nccl_memory.nccl_bytes(cfg),
                           reserved_floor=init_allocations.reserved_floor_bytes(cfg),
-                          zero3_sub_groups=allocator.zero3_sub_groups(cfg, trained, n))
+                          zero3_free=_zero3_free_bytes(cfg, trained, n))
+
+
+def _zero3_free_bytes(cfg: TrainConfig, trained: float, n: int) -> float | None:
+    """The free bytes in the segments ZeRO-3's optimizer construction and first step leave reserved on a rank (the
+    caching allocator's replay, planner.allocator.zero3_optimizer_replay); None where there is no replay. Per
+    strategy: it reads no micro-batch, checkpointing or attention."""
+    replay = allocator.zero3_optimizer_replay(cfg, allocator.zero3_sub_groups(cfg, trained, n), n)
+    return None if replay is None else float(replay.reserve_bytes)
 
 
 # A stage's activations do not depend on the optimizer, the ZeRO stage or the offload: the engine reaches them only
@@ -406,18 +418,18 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}
         step_items = {k: v * cal.overhead_multiplier for k, v in step_items.items()}
     return _peak(cfg, parts.states, parts.grads_in_backward, activations, items, step_items, parts.end_items,
-                 nccl=parts.nccl_bytes, reserved_floor=parts.reserved_floor, zero3_sub_groups=parts.zero3_sub_groups)
+                 nccl=parts.nccl_bytes, reserved_floor=parts.reserved_floor, zero3_free=parts.zero3_free)
 
 
 def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activations: float,
           items: dict[str, float], step_items: dict[str, float], end_items: dict[str, float] | None = None,
           *, nccl: float | None = None, reserved_floor: float = 0.0,
-          zero3_sub_groups: tuple[int, ...] = ()) -> MemoryBreakdown:
+          zero3_free: float | None = None) -> MemoryBreakdown:
     """The largest of the three phases, with its breakdown, and the host / NVMe bytes per node. `end_items` live
     only at the end of backward (phase "gradients"); `nccl`: NCCL's buffers when already known; `reserved_floor`:
     what the reserved reading holds at least, whatever the step (planner.init_allocations: FSDP1's init cache);
-    `zero3_sub_groups`: ZeRO-3's sub-groups on a rank (planner.allocator.zero3_sub_groups), whose optimizer
-    construction is replayed."""
+    `zero3_free`: the free bytes ZeRO-3's replayed optimizer construction and step leave reserved
+    (_zero3_free_bytes)."""
     end_items = end_items or {}
     gpu = cfg.cluster.gpu
     grads = states.gradients
@@ -447,11 +459,10 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         nccl = nccl_memory.nccl_bytes(cfg)
     # where the loss's blocks are live at this peak, their replay is a floor under the reserve (planner.allocator)
     wanted = allocator.reserve_bytes(cfg, transient, loss_live="logits and loss" in other_items)
-    zero3 = allocator.zero3_optimizer_replay(cfg, zero3_sub_groups, shard_group(cfg))
-    if zero3 is not None:
+    if zero3_free is not None:
         # ZeRO-3's optimizer leaves segments its step cannot fill (planner.zero3_init_allocations); they stay reserved
         # for the run, so the reserved peak is at least the step's tensors plus their free part, whichever phase peaks
-        wanted = max(wanted, phase_c + zero3.reserve_bytes - tensors)
+        wanted = max(wanted, phase_c + zero3_free - tensors)
     # the cache grows only while the card has room: a failed cudaMalloc makes the allocator free its cached
     # blocks and retry before it reports out of memory (c10/cuda/CUDACachingAllocator.cpp, `malloc`:
     # release_cached_blocks), so reserved memory stops at the card less what lives outside the allocator
