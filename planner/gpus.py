@@ -90,8 +90,11 @@ class GPUSpec:
     gemm_half_rate_inner: float = 0.0
     # Fraction of the 16-bit peak FlashAttention-2 (and SDPA's flash kernel) reaches over forward + backward where
     # published (planner/kernels.py flash_attention_s); None: attention runs as its full s x s matmuls at the
-    # GEMM rate (V100 and the CPU have no FlashAttention-2).
+    # GEMM rate (the CPU; the V100 and T4, where SDPA runs the memory-efficient kernel: see their entries).
     attention_efficiency: float | None = None
+    # CUDA compute capability (major, minor) of the board, from `_COMPUTE_CAPABILITY`; None: not a CUDA device (the
+    # CPU). FlashAttention-2 runs from 8.0 (Ampere) on: `flash_attention_2_problem`.
+    compute_capability: tuple[int, int] | None = None
     # Share of `hbm_bytes_per_s` that a step's memory-bound kernels reach on the bytes planner/kernels.py counts for
     # them (every op's inputs and outputs, as a dispatch mode sees them): a layer's eager elementwise, reduction, cast
     # and cat kernels, the loss, eager attention's score traffic, and fused ones (Liger, Inductor) alike; not the
@@ -133,10 +136,35 @@ class GPUSpec:
 ELEMENTWISE_BANDWIDTH_FRACTION = 0.55
 
 
+# CUDA compute capability of each catalog board (NVIDIA, "CUDA GPUs - Compute Capability", developer.nvidia.com/
+# cuda-gpus): Volta 7.0, Turing 7.5, Ampere 8.0 (A100, A800) and 8.6 (GA102: A10G, RTX 3090), Ada 8.9, Hopper 9.0.
+_COMPUTE_CAPABILITY = {"A100-80G": (8, 0), "A100-40G": (8, 0), "A800": (8, 0), "H100": (9, 0), "H800": (9, 0),
+                       "H200": (9, 0), "V100-32G": (7, 0), "A10G": (8, 6), "L40S": (8, 9), "RTX3090": (8, 6),
+                       "RTX4090": (8, 9), "T4": (7, 5)}
+# FlashAttention-2 "currently supports: Ampere, Ada, or Hopper GPUs (e.g., A100, RTX 3090, RTX 4090, H100). Support
+# for Turing GPUs (T4, RTX 2080) is coming soon" (Dao-AILab/flash-attention README, "NVIDIA CUDA Support"); its
+# kernels refuse anything older ("FlashAttention only supports Ampere GPUs or newer."), and torch's SDPA flash and
+# cuDNN kernels take [sm80, sm121] (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp,
+# check_flash_attention_hardware_support, check_cudnn_hardware_support).
+FLASH_ATTENTION_2_MIN_CAPABILITY = (8, 0)
+
+
 def _gpu(**kw) -> GPUSpec:
     if kw.get("sm_count", 0) > 0:
         kw.setdefault("elementwise_bandwidth_fraction", ELEMENTWISE_BANDWIDTH_FRACTION)
+    kw.setdefault("compute_capability", _COMPUTE_CAPABILITY.get(kw["name"]))
     return GPUSpec(**kw)
+
+
+def flash_attention_2_problem(gpu: GPUSpec) -> str | None:
+    """Why `--attn flash` (transformers' flash_attention_2) cannot run on `gpu`, or None where it can: a CUDA board
+    older than Ampere. The CPU runs it as SDPA (runner/model.py), as a CUDA device fit keeps its board's name."""
+    cc = gpu.compute_capability
+    if cc is None or cc >= FLASH_ATTENTION_2_MIN_CAPABILITY:
+        return None
+    return (f"--attn flash is FlashAttention-2, which needs an Ampere or newer GPU (compute capability 8.0+); the "
+            f"{gpu.name} is {cc[0]}.{cc[1]}: use --attn sdpa (PyTorch runs its memory-efficient kernel there) "
+            "or --attn eager")
 
 
 _PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nominal
@@ -225,6 +253,12 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
          source="NVIDIA H200 Tensor Core GPU datasheet"),
     # NVIDIA V100 SXM2 datasheet: 125 TF fp16 tensor, 15.7 TF fp32, 900 GB/s, NVLink2 300 GB/s; no bf16/tf32.
+    # Attention (V100 and T4 alike): no FlashAttention-2 (sm80+); torch's SDPA runs its memory-efficient kernel
+    # (xformers' CUTLASS FMHA, sm50-sm121, fp16 / fp32 below sm80: sdp_utils.cpp can_use_mem_efficient_attention),
+    # which skips the blocks above the causal diagonal at a share of peak no published sm70 / sm75 figure gives
+    # (xformers PRs 362 / 389 tabulate 2022 kernels against eager attention, the FlashAttention-1 README's T4 charts
+    # are FlashAttention-1's speedups over eager attention): no attention_efficiency, the full matmuls at the GEMM
+    # rate stand in; `profile calibrate --device` on the board measures SDPA and sets it.
     _gpu(name="V100-32G", sm_count=80, hbm_bytes=32768 * MiB, peak_bf16_flops_per_s=0.0,
          peak_fp16_flops_per_s=125 * TFLOPS, peak_tf32_flops_per_s=15.7 * TFLOPS,
          peak_fp32_flops_per_s=15.7 * TFLOPS, hbm_bytes_per_s=900 * GB, intra_node_link="NVLink2",
