@@ -70,6 +70,7 @@ class PublishedSpeed:
     inter_node_bytes_per_s: float | None = None  # the source's network, per GPU, where it is not the GPU entry's
     attention_kernel: str | None = None  # planner/kernels.py SCORE_PASSES: the kernel eager attention stands in for
     group: str = ""  # one source's comparison of strategies on one setup
+    counted_token_share: float = 1.0  # of the planned tokens, the share the source's tokens/s counts
     assumed: str = ""
     unmodelled: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +94,7 @@ class PublishedSpeed:
         if self.unit == "s/step":
             return t.step_time_s
         if self.unit == "tokens/s/GPU":
-            return t.tokens_per_s / cfg.world_size
+            return t.tokens_per_s / cfg.world_size * self.counted_token_share
         if self.unit == "samples/s":
             return t.samples_per_s
         raise ValueError(self.unit)
@@ -342,15 +343,32 @@ CASES: list[PublishedSpeed] = [*QWEN, *FMS, *GIST_CASES, *BLOG, *DS3901_CASES]
 # at 27.8 and completions at 64.6 LLaMA tokens on average, 92.4; Llama 3's tokenizer writes English text in up to
 # 15% fewer tokens than Llama 2's (the same 32K vocabulary as LLaMA's; Meta's Llama 3 announcement), 79-92; torchtune's
 # AlpacaToMessages wraps each sample in the Stanford prompt (about 41 tokens with an input, 27 without, counted at a
-# word or punctuation mark per token: 33 on average) and the tokenizer adds BOS and EOS: 114-127 tokens, 120 taken.
-# Across that range the planned rows move by under 0.1%; the packs' tail padding (greedy packing leaves on average
-# about half a sample, 60 of 4096 tokens) is planned as a short document.
-TT_DOC_LEN = 120
+# word or punctuation mark per token: 33 on average) as a user message and the output as an assistant message; the
+# Llama 3 tokenizer adds BOS and EOS and, around each message, a header and its end (<|start_header_id|>, the role,
+# <|end_header_id|>, "\n\n", <|eot_id|>: 5 tokens, 10 per sample; models/llama3/_tokenizer.py tokenize_message):
+# 124-137 tokens, 130 taken. The planned rows step by 1.2-1.6 points between 128 and 129 tokens (one 128-row block
+# per document below, two from 129: the mean-length stand-in is not smooth there) and by under 0.1% elsewhere in
+# that range: the source's median error is +7.0% at 124-128 and +5.5% at 129-137. The packs' tail padding is planned
+# as a short document.
+TT_DOC_LEN = 130
+# What the A100 table's tokens/s counts: from 2024-10-25 (#1875, 23c8829ac, before the table's 1814feb17) the recipes
+# count the tokens whose label is not ignore_index. Each sample's BOS and EOS are always masked (llama3/_tokenizer.py
+# tokenize_messages: "bos and eos are always masked"; with alpaca_dataset's default train_on_input=True nothing else
+# of a sample is), and PackedDataset pads each pack's labels with CROSS_ENTROPY_IGNORE_IDX after its last sample
+# (datasets/_packed.py _pad_pack; split_across_pack=False: a sample that does not fit starts the next pack), about
+# half a sample at these lengths (the low end: a spread of lengths leaves more). The Llama 3.1 table (30b8519e8)
+# predates #1875: its recipes count batch["tokens"].numel(), every token.
+TT_MASKED_PER_DOC = 2
+
+
+def _tt_counted_share(seq_len: int) -> float:
+    """Of a pack's seq_len planned tokens, the share torchtune's tokens_per_second_per_gpu counts (1814feb17)."""
+    return (1.0 - TT_DOC_LEN / 2 / seq_len) * (1.0 - TT_MASKED_PER_DOC / TT_DOC_LEN)
 _TT_PAGE = "pytorch/torchtune README.md (1814feb17), Optimization flags: Tokens Per Second"
-_TT_ASSUMED = ("the planner counts all 2 x 4096 tokens of a step; torchtune counts the tokens whose label is not "
-               "ignore_index, so a pack's padding after its last Alpaca sample (about 60 of the 4096, 1.5%) is left "
-               "out of the published figure; documents of 120 Llama 3 tokens, estimated from Wang et al. 2023's "
-               "Alpaca lengths (see TT_DOC_LEN)")
+_TT_ASSUMED = ("torchtune counts the tokens whose label is not ignore_index: compared at that count, each sample's "
+               "BOS and EOS and a pack's padding after its last sample (about half a sample) left out (3.1% of the "
+               "4096); documents of 130 Llama 3 tokens, estimated from Wang et al. 2023's Alpaca lengths (see "
+               "TT_DOC_LEN)")
 _TT_UNMODELLED = ("flex_attention's BlockMask over the packs' documents, planned as FlashAttention-2's varlen kernel "
                   "over documents of the mean length (flex computes 0.060 of the 4096-token pack's blocks where "
                   "varlen computes 0.034: under 1% of a step); torchtune's own "
@@ -372,7 +390,7 @@ def _torchtune_speed(row: str, tps: float) -> PublishedSpeed:
         id=f"torchtune-llama3.2-3b:{row}", source="torchtune README", page=_TT_PAGE, unit="tokens/s/GPU",
         published=tps, switches=f"Llama 3.2 3B, 1x A100 80GB, bs 2, seq 4096, bf16, {row}",
         build={**peak.build, "attn": Attn.flash, "doc_len": TT_DOC_LEN},
-        group="torchtune-llama3.2-3b-a100", assumed=_TT_ASSUMED,
+        group="torchtune-llama3.2-3b-a100", assumed=_TT_ASSUMED, counted_token_share=_tt_counted_share(4096),
         unmodelled=_TT_UNMODELLED + ("; torchao's NF4 tensors (torchtune's QLoRA), planned at bitsandbytes' "
                                      "dequantization rate" if qlora else ""))
 
@@ -410,7 +428,9 @@ def _torchtune31_speed(method: str, tps: float, kw: dict[str, Any]) -> Published
         id=f"torchtune-llama3.1-8b:{method}-4090", source="torchtune README", page=_TT31_PAGE, unit="tokens/s/GPU",
         published=tps, switches=f"Llama 3.1 8B {method}, 1x RTX 4090, bs 2, packed 2048, compile, checkpointing, "
                                 f"chunked CE, bf16", build={**_TT31, **kw}, group="torchtune-llama3.1-8b-4090",
-        assumed=_TT_ASSUMED.replace("2 x 4096", "2 x 2048").replace("the 4096", "the 2048"),
+        assumed=("the recipes of 30b8519e8 count every token of a pack (batch[\"tokens\"].numel()), as the planner "
+                 "does; documents of 130 Llama 3 tokens, estimated from Wang et al. 2023's Alpaca lengths (see "
+                 "TT_DOC_LEN)"),
         unmodelled=_TT_UNMODELLED.replace("4096", "2048").replace("0.060", "0.117").replace("0.034", "0.070")
         + ("; bitsandbytes' paged states moving over PCIe" if method == "full" else "")
         + ("; torchao's NF4 tensors, planned at bitsandbytes' dequantization rate" if method == "qlora" else ""))
