@@ -39,6 +39,7 @@ from published_peaks_sharded import LIGER as LIGER_PEAKS
 
 from planner.build import build_config
 from planner.gpus import GB, Cluster
+from planner.kernels import attended_block_share, document_block_share
 from planner.models import ModelSpec, spec_from_hf_config
 from planner.strategy import (
     Attn,
@@ -332,9 +333,10 @@ CASES: list[PublishedSpeed] = [*QWEN, *FMS, *GIST_CASES, *BLOG, *DS3901_CASES]
 # documents (`doc_len`) under FlashAttention-2's varlen kernel, the planner's one attention that skips the other
 # documents' blocks (planner/kernels.py document_block_share): flex's BlockMask works on the pack's own 128 x 128
 # blocks, so a sample straddling a block boundary costs blocks on both sides (kernels.attended_block_share with a
-# "chunked" window of the document length: 0.060 of the 4096-token pack's blocks against varlen's 0.034, where
-# causal attention over the pack computes 0.516; tests/planner/test_documents.py), under 1% of a step more than
-# planned.
+# "chunked" window of the document length: 0.062 of the 4096-token pack's blocks at 130-token documents, 0.060 at
+# 120; tests/planner/test_documents.py), where varlen over documents of the mean length computes 0.092 at 130 and
+# 0.034 at 120 (a document of 129 tokens or more runs two query blocks) and causal attention over the pack 0.516:
+# under 1% of a step either way (the attention core was 9-13% of each A100 step at the causal count).
 # Documents: the recipes' dataset is torchtune.datasets.alpaca_dataset (recipes/configs/llama3_2/
 # 3B_full_single_device.yaml: tatsu-lab/alpaca, 52,002 samples, about 40% with an input: the Stanford Alpaca
 # datasheet), each sample one document of the pack (datasets/_packed.py PackedDataset: greedy, no sample split across
@@ -369,11 +371,16 @@ _TT_ASSUMED = ("torchtune counts the tokens whose label is not ignore_index: com
                "BOS and EOS and a pack's padding after its last sample (about half a sample) left out (3.1% of the "
                "4096); documents of 130 Llama 3 tokens, estimated from Wang et al. 2023's Alpaca lengths (see "
                "TT_DOC_LEN)")
-_TT_UNMODELLED = ("flex_attention's BlockMask over the packs' documents, planned as FlashAttention-2's varlen kernel "
-                  "over documents of the mean length (flex computes 0.060 of the 4096-token pack's blocks where "
-                  "varlen computes 0.034: under 1% of a step); torchtune's own "
-                  "modules (its RMSNorm and RoPE upcast to fp32 in eager), planned with transformers' elementwise "
-                  "traffic")
+
+
+def _tt_unmodelled(seq_len: int) -> str:
+    return ("flex_attention's BlockMask over the packs' documents, planned as FlashAttention-2's varlen kernel over "
+            f"documents of the mean length (flex computes {attended_block_share(seq_len, TT_DOC_LEN, 'chunked'):.3f} "
+            f"of the {seq_len}-token pack's blocks where varlen computes "
+            f"{document_block_share(seq_len, TT_DOC_LEN):.3f}: under 1% of a step); torchtune's own modules (its "
+            "RMSNorm and RoPE upcast to fp32 in eager), planned with transformers' elementwise traffic")
+
+
 # (the memory set's row, tokens/s per GPU)
 TORCHTUNE_TPS = (("full+packed", 7075.0), ("full+packed+compile", 8998.0), ("full+packed+compile+chunked-ce", 9174.0),
                  ("full+packed+compile+chunked-ce+ac", 7210.0), ("lora+packed+compile+chunked-ce+ac+offload", 8210.0),
@@ -391,7 +398,7 @@ def _torchtune_speed(row: str, tps: float) -> PublishedSpeed:
         published=tps, switches=f"Llama 3.2 3B, 1x A100 80GB, bs 2, seq 4096, bf16, {row}",
         build={**peak.build, "attn": Attn.flash, "doc_len": TT_DOC_LEN},
         group="torchtune-llama3.2-3b-a100", assumed=_TT_ASSUMED, counted_token_share=_tt_counted_share(4096),
-        unmodelled=_TT_UNMODELLED + ("; torchao's NF4 tensors (torchtune's QLoRA), planned at bitsandbytes' "
+        unmodelled=_tt_unmodelled(4096) + ("; torchao's NF4 tensors (torchtune's QLoRA), planned at bitsandbytes' "
                                      "dequantization rate" if qlora else ""))
 
 
@@ -431,7 +438,7 @@ def _torchtune31_speed(method: str, tps: float, kw: dict[str, Any]) -> Published
         assumed=("the recipes of 30b8519e8 count every token of a pack (batch[\"tokens\"].numel()), as the planner "
                  "does; documents of 130 Llama 3 tokens, estimated from Wang et al. 2023's Alpaca lengths (see "
                  "TT_DOC_LEN)"),
-        unmodelled=_TT_UNMODELLED.replace("4096", "2048").replace("0.060", "0.117").replace("0.034", "0.070")
+        unmodelled=_tt_unmodelled(2048)
         + ("; bitsandbytes' paged states moving over PCIe" if method == "full" else "")
         + ("; torchao's NF4 tensors, planned at bitsandbytes' dequantization rate" if method == "qlora" else ""))
 
