@@ -78,6 +78,9 @@ class MemoryBreakdown:
     # the caching allocator's reserve on a card with room for it (the reserve item is capped at the card)
     reserve_wanted: float = 0.0
     tensor_bytes: float = 0.0  # the allocated reading, as _peak added it up
+    # what the reserved reading holds at least whatever the step, on a GPU (FSDP1's init cache: _peak's
+    # `reserved_floor`); planner.rl.memory carries it onto an online RL stage's peak
+    reserved_floor: float = 0.0
 
     @property
     def total(self) -> float:
@@ -468,7 +471,8 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     # release_cached_blocks), so reserved memory stops at the card less what lives outside the allocator
     # FSDP1's init leaves segments cached that the step's blocks may reuse: the reading holds at least the floor. The
     # fit keeps the step's own reserve: those segments hold no live block, and a cudaMalloc short of room frees them
-    carried = max(wanted, reserved_floor - tensors) if gpu.sm_count else wanted
+    floor = reserved_floor if gpu.sm_count else 0.0
+    carried = max(wanted, floor - tensors)
     other_items["allocator reserve"] = min(carried, max(0.0, gpu.hbm_bytes - context - nccl - tensors))
     other_items["CUDA context and workspaces"] = context
     other_items["NCCL communicator buffers"] = nccl
@@ -486,7 +490,7 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         * ranks_per_node
     return MemoryBreakdown(weights=states.weights, gradients=grads_shown, optimizer=states.optimizer,
                            activations=acts, other=other, phase=phase, other_items=other_items, host_bytes=host,
-                           nvme_bytes=nvme, reserve_wanted=wanted, tensor_bytes=tensors)
+                           nvme_bytes=nvme, reserve_wanted=wanted, tensor_bytes=tensors, reserved_floor=floor)
 
 
 def resident_training_states(cfg: TrainConfig) -> dict[str, float]:
