@@ -90,6 +90,8 @@ def document_problems(cfg: TrainConfig) -> list[str]:
     planner/kernels.py flash_attention_s)."""
     d = cfg.doc_len
     if d is None:
+        if cfg.collator_mask:
+            return ["--collator-mask plans the packed documents' mask a collator builds: it needs --doc-len"]
         return []
     if not 1 <= d <= cfg.seq_len:
         return [f"--doc-len must be between 1 and --seq-len {cfg.seq_len}, got {d}"]

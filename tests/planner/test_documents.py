@@ -226,3 +226,12 @@ def test_sdpa_keeps_the_mask_in_every_layer(method: str, precision: str) -> None
     ckpt = dict(attn=Attn.sdpa, method=method, precision=precision, grad_ckpt="full")
     grew = memory_per_gpu(_cfg(**ckpt, doc_len=300)).total - memory_per_gpu(_cfg(**ckpt)).total
     assert 0 <= grew <= per_layer * 1.0001
+
+
+def test_collator_mask_needs_documents() -> None:
+    """--collator-mask plans a packed documents' mask: without --doc-len it would change nothing, so it is refused."""
+    from planner.validity import problems
+
+    found = problems(_cfg(collator_mask=True))
+    assert found == ["--collator-mask plans the packed documents' mask a collator builds: it needs --doc-len"]
+    assert not problems(_cfg(collator_mask=True, doc_len=300))

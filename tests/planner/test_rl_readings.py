@@ -133,3 +133,21 @@ def test_a_configured_block_changes_the_rl_estimate_that_reads_its_sizes() -> No
     after = memory.memory_per_gpu(replace(cfg))  # outside the block: the default sizes again
     assert (after.allocated, after.reserved, after.reserve_wanted) == \
         (before.allocated, before.reserved, before.reserve_wanted)
+
+
+def test_a_configured_block_changes_the_rl_step_time_that_reads_its_sizes() -> None:
+    """ZeRO's collectives read deepspeed_sizes (planner/engines/zero.py: the reduce bucket sets how many
+    reduce-scatters a step issues, each with its latency); the RL
+    step time's training-step memo keys on deepspeed_sizes.configuration(), so a `configured` block is not answered
+    from a memo filled outside it."""
+    from planner.timing import step_time
+
+    cfg = _zero3_full()
+    before = step_time(cfg).step_time_s
+    with deepspeed_sizes.configured(reduce_bucket=5e5):
+        inside = step_time(cfg).step_time_s
+        _clear()
+        clear_lru_caches()
+        fresh = step_time(cfg).step_time_s
+    assert inside != before and inside == fresh
+    assert step_time(replace(cfg)).step_time_s == before
