@@ -178,6 +178,11 @@ def test_llamafactory_yaml_gets_neat_packing(tmp_path) -> None:
     pt = (tmp_path / "pt" / "llamafactory.yaml").read_text()
     assert "neat_packing" not in yaml.safe_load(pt) and "neat_packing is SFT only" in pt
     assert math.isclose(json.loads((tmp_path / "docs" / "plan.json").read_text())["config"]["doc_len"], 300)
+    # under SDPA LLaMA-Factory's collator builds the mask: the header names the switch that plans it
+    emit(_cfg(doc_len=300, method="lora", attn=Attn.sdpa), tmp_path / "sdpa")
+    assert "--collator-mask" in (tmp_path / "sdpa" / "llamafactory.yaml").read_text()
+    emit(_cfg(doc_len=300, method="lora", attn=Attn.sdpa, collator_mask=True), tmp_path / "collator")
+    assert "--collator-mask" not in (tmp_path / "collator" / "llamafactory.yaml").read_text()
 
 
 # --- SDPA: the packed sequences' materialized mask ----------------------------------------------------------------
