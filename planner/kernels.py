@@ -172,9 +172,13 @@ def layer_gemms(m: ModelSpec, tokens: int, method: Method, lora_r: int, lora_tar
         elif lin.name in lora:
             r = lora_r
             fwd += [Gemm(rows, k, r, c, grouped, w), Gemm(rows, r, n, c, grouped, w)]
-            # input gradients through B and A, weight gradients of A and B
-            bwd += [Gemm(rows, n, r, c, grouped, w), Gemm(rows, r, k, c, grouped, w), Gemm(k, rows, r, c, grouped, w),
-                    Gemm(r, rows, n, c, grouped, w)]
+            # input gradients through B and A, weight gradients of A and B. F.linear multiplies by the weight's
+            # transpose, a column-major operand, for which autograd's mm_mat2_backward (torch/csrc/autograd/
+            # FunctionsManual.cpp) runs grad.t().mm(input).t(): out x rows x in, so A's (r x k) gradient is an
+            # r-row GEMM and B's (n x r) one an r-wide output (torch.profiler on a LoRA step of
+            # benchmarks/rank_order.py: aten::mm [8, 512] x [512, 384] and [384, 512] x [512, 8])
+            bwd += [Gemm(rows, n, r, c, grouped, w), Gemm(rows, r, k, c, grouped, w), Gemm(r, rows, k, c, grouped, w),
+                    Gemm(n, rows, r, c, grouped, w)]
     return tuple(fwd), tuple(bwd)
 
 
@@ -191,7 +195,7 @@ def gemm_shape_factor(gemms: tuple[Gemm, ...], gpu: GPUSpec, peak: float, effici
 @lru_cache(maxsize=8192)  # pure in hashable arguments; the search asks for it per candidate
 def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...], tp: int,
                            elem_bytes: float, dropout: bool = True, fp32_adapters: bool = False,
-                           forward_only: bool = False, compiled: bool = False) -> float:
+                           forward_only: bool = False, compiled: bool = False, rng_measured: bool = False) -> float:
     """Memory traffic per layer and micro-batch of peft's LoRA branch besides its two GEMMs
     (peft/tuners/lora/layer.py Linear.forward: result + lora_B(lora_A(dropout(x))) * scaling), in bytes, for
     inputs of `elem_bytes`. Per input value (k side): forward dropout reads x and writes x' and a 1-byte mask
@@ -208,7 +212,15 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
     gradient's add of 3): read off Inductor's generated code for torchtune's LoRALinear.forward at 1814feb17
     (`out + scaling * lora_b(lora_a(x))`: extern mm x3 then one cpp_fused__unsafe_view_add_mul kernel with an
     in/out pointer; backward cpp_fused_mul_view and cpp_fused_add_view), torch 2.13 on the CPU; Inductor's
-    scheduler decides fusion before choosing the CPU or Triton backend."""
+    scheduler decides fusion before choosing the CPU or Triton backend. `rng_measured` (a device whose dropout rate
+    is measured, the CPU: planner/timing.py prices the forward's draws, division and multiply at that rate, with
+    `dropout` False here): torch's CPU dropout is not the fused native_dropout (Dropout.cpp `dropout` calls it only
+    where `is_fused_kernel_acceptable`: CUDA, XPU, lazy, privateuse1) but `_dropout_impl`, `noise =
+    empty_like(input); noise.bernoulli_(1 - p); noise.div_(1 - p); return input * noise`, so the noise has the
+    input's dtype and autograd's MulBackward0 multiplies the branch's gradient by it in backward: 3 values of the
+    operand's width per input value (read the gradient and the noise, write the product), which the measured
+    forward rate leaves out (in a 2-rank LoRA step of benchmarks/rank_order.py, torch.profiler showed aten::mul
+    27 ms higher with lora_dropout 0.05 than at 0: the forward's and the backward's multiply)."""
     # peft's ParamWrapper targets have no branch on the input (their update is folded into the weight, layer_gemms)
     targets = set(resolve_lora_targets(m, lora_targets))
     e = elem_bytes
@@ -216,6 +228,8 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
     casts = 2 * (e + 4.0) if fp32_adapters else 0.0
     drop = 2 * a + 1.0 if dropout else 0.0  # one way: read and write the operand, and the 1-byte mask
     k_bytes = casts + drop if forward_only else 2 * casts + 2 * drop + 3.0 * e
+    if rng_measured and not forward_only:
+        k_bytes += 3.0 * a  # the backward's grad * noise (MulBackward0 of `input * noise`)
     n_fwd = (3.0 if compiled else 5.0) * e
     n_bytes = n_fwd if forward_only else n_fwd + 2.0 * e
     total = sum(lin.layer_share * tokens * (k_bytes * lin.in_features + n_bytes * lin.out_features / tp)

@@ -366,7 +366,8 @@ def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freez
 
 def _lora_branch_s(cfg: TrainConfig, tokens: int, forward_only: bool = False) -> float:
     """Per layer and micro-batch: the LoRA branch's elementwise traffic, and where the device's dropout is
-    measured (the CPU's RNG) its dropouts at that rate instead of their traffic (planner/kernels.py);
+    measured (the CPU's RNG) its dropouts' forwards at that rate instead of their traffic, and their backward
+    mask multiplies as traffic (planner/kernels.py lora_elementwise_bytes, `rng_measured`);
     `forward_only`: the forward's share, which a recomputed forward runs again (dropout redraws its masks)."""
     gpu = cfg.cluster.gpu
     rng = gpu.dropout_values_per_s if cfg.lora_dropout > 0 else None
@@ -374,7 +375,8 @@ def _lora_branch_s(cfg: TrainConfig, tokens: int, forward_only: bool = False) ->
     traffic = kn.lora_elementwise_bytes(cfg.model, tokens, cfg.lora_targets, cfg.tp, _elem_bytes(cfg),
                                         dropout=cfg.lora_dropout > 0 and rng is None,
                                         fp32_adapters=mixed, forward_only=forward_only,
-                                        compiled=cfg.torch_compile) / gpu.elementwise_bytes_per_s
+                                        compiled=cfg.torch_compile, rng_measured=rng is not None) / \
+        gpu.elementwise_bytes_per_s
     return traffic + (kn.lora_dropout_values(cfg.model, tokens, cfg.lora_targets) / rng if rng else 0.0)
 
 

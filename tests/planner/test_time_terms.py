@@ -147,6 +147,30 @@ def test_lora_dropout_costs_its_rng_where_measured() -> None:
     assert extra > 0.9 * draws
 
 
+def test_measured_dropout_still_pays_its_backward_mask_multiply() -> None:
+    """torch's CPU dropout (Dropout.cpp _dropout_impl: input * noise, the noise in the input's dtype) multiplies the
+    branch's gradient by the noise in backward; the measured rate prices the forward only, so the backward's
+    3 values per dropped input value stay traffic; a recomputed forward (forward_only) has none of it."""
+    m = resolve("llama-3.2-1b")
+    args = (m, 10, ("all",), 1, 4.0)
+    plain = kn.lora_elementwise_bytes(*args, dropout=False)
+    measured = kn.lora_elementwise_bytes(*args, dropout=False, rng_measured=True)
+    assert measured - plain == pytest.approx(3 * 4.0 * kn.lora_dropout_values(m, 10, ("all",)))
+    assert kn.lora_elementwise_bytes(*args, dropout=False, rng_measured=True, forward_only=True) == \
+        kn.lora_elementwise_bytes(*args, dropout=False, forward_only=True)
+
+
+def test_lora_weight_gradients_run_as_autograd_shapes_them() -> None:
+    """F.linear's weight enters mm transposed, so autograd's mm_mat2_backward computes grad.t() @ input: A's gradient
+    is an r-row GEMM (r x rows x k), B's an r-wide output (n x rows x r), as torch.profiler showed in a LoRA step."""
+    m = resolve("llama-3.2-1b")
+    _, bwd = kn.layer_gemms(m, 512, Method.lora, 8, ("q_proj",), False, 1)
+    h = m.hidden_size
+    lora_bwd = [(g.m, g.k, g.n) for g in bwd if 8 in (g.m, g.k, g.n)]
+    q_out = next(lin.out_features for lin in m.linears() if lin.name == "q_proj")
+    assert lora_bwd == [(512, q_out, 8), (512, 8, h), (8, 512, h), (q_out, 512, 8)]
+
+
 def test_gloo_gather_and_scatter_run_at_their_measured_times() -> None:
     """A device that measured all-gather / reduce-scatter apart from the all-reduce (gloo) prices them from its
     points, interpolated by size; without them (NCCL) both are the ring's half of an all-reduce."""
