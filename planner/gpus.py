@@ -55,6 +55,9 @@ class GPUSpec:
     # interpolated between, 1 above the widest; () on GPUs.
     gemm_half_rate_rows: float = 0.0
     gemm_narrow_cols: tuple[tuple[int, float], ...] = ()
+    # LoRA's narrow inner dimension (k = r: lora_B's forward, lora_A's input gradient) likewise: (k, share) pairs of
+    # that rate, measured writing into cold outputs (profiler/device_fit.py); () on GPUs.
+    gemm_narrow_inner: tuple[tuple[int, float], ...] = ()
     # Values per second of a training-mode dropout (mask generation, compute-bound on the CPU's RNG) where
     # measured; None: a GPU's in-kernel Philox RNG, whose cost is the dropout's memory traffic.
     dropout_values_per_s: float | None = None
@@ -351,7 +354,8 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          inter_node_network="TCP (gloo)", inter_node_bytes_per_s=1.39 * GB, host_link_bytes_per_s=11.9 * GB,
          gpus_per_node=64, source="fitted: ftplan profile calibrate --device (profiler/device_fit.py)",
          runtime_overhead_bytes=0, allocator_reserve_fraction=0.0, host_op_s=1.80e-6, gemm_half_rate_rows=25.3,
-         gemm_narrow_cols=((8, 0.18), (16, 0.37), (32, 0.67), (64, 0.74)), dropout_values_per_s=135e6,
+         gemm_narrow_cols=((8, 0.18), (16, 0.37), (32, 0.67), (64, 0.74)),
+         gemm_narrow_inner=((8, 0.19), (16, 0.38), (32, 0.63), (64, 0.62)), dropout_values_per_s=135e6,
          collective_alpha_s=0.349e-3, overlaps_comm=False, busy_comm_factor=1.27, sync_call_s=1.64e-3,
          zero3_module_host_s=0.744e-3, fsdp_unit_host_s=0.627e-3, allreduce_points=_CPU_ALLREDUCE_POINTS,
          allgather_points=_CPU_ALLGATHER_POINTS, reduce_scatter_points=_CPU_REDUCE_SCATTER_POINTS),
@@ -367,6 +371,7 @@ _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4
 # and replaces host_op_s, hbm_bytes_per_s, collective_alpha_s and intra_node_bytes_per_s of the GPU it names ("gpu").
 DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp32_flops_per_s",
                      "gemm_half_rate_rows": "gemm_half_rate_rows", "gemm_narrow_cols": "gemm_narrow_cols",
+                     "gemm_narrow_inner": "gemm_narrow_inner",
                      "dropout_values_per_s": "dropout_values_per_s",
                      "hbm_bytes_per_s": "hbm_bytes_per_s", "collective_alpha_s": "collective_alpha_s",
                      "intra_node_bytes_per_s": "intra_node_bytes_per_s", "zero3_module_s": "zero3_module_host_s",
@@ -393,8 +398,9 @@ def with_device_fit(gpu: GPUSpec, fit: dict) -> GPUSpec:
         raise PlanError(f"the device fit describes {name}, not {gpu.name}: plan for --gpus ...x{name}, or fit this "
                         f"machine with `ftplan profile calibrate --device`")
     values = {field: fit[key] for key, field in DEVICE_FIT_FIELDS.items() if key in fit and fit[key] is not None}
-    if "gemm_narrow_cols" in values:
-        values["gemm_narrow_cols"] = tuple((int(n), float(f)) for n, f in values["gemm_narrow_cols"])
+    for key in ("gemm_narrow_cols", "gemm_narrow_inner"):
+        if key in values:
+            values[key] = tuple((int(n), float(f)) for n, f in values[key])
     for key in ("allgather_points", "reduce_scatter_points", "allreduce_points"):
         if key in values:
             values[key] = tuple((float(b), float(t)) for b, t in values[key])

@@ -95,9 +95,11 @@ def wave_efficiency(m: int, n: int, sm_count: int) -> float:
 def cpu_gemm_shape(g: Gemm, gpu: GPUSpec) -> float:
     """The CPU's measured share of its GEMM rate (1 where not fitted): m/(m+m0), since MKL/oneDNN pack the
     weight once per call and rows share it, times the measured share for narrow outputs (LoRA's n = r: an
-    output narrower than the micro-kernel's register block leaves its lanes idle), interpolated."""
+    output narrower than the micro-kernel's register block leaves its lanes idle), and the measured share for a
+    narrow inner dimension (LoRA's k = r: a few multiply-adds per output value, whose write is then the cost),
+    interpolated."""
     f = g.m / (g.m + gpu.gemm_half_rate_rows) if gpu.gemm_half_rate_rows > 0 else 1.0
-    return f * narrow_share(g.n, gpu.gemm_narrow_cols)
+    return f * narrow_share(g.n, gpu.gemm_narrow_cols) * narrow_share(g.k, gpu.gemm_narrow_inner)
 
 
 def narrow_share(n: int, table: tuple[tuple[int, float], ...]) -> float:

@@ -10,7 +10,13 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
   squares to t / (2kn) = (m + m0) / R (planner/kernels.py: a fixed weight-packing cost per call on top
   of 2mkn / R), giving the large-GEMM rate R (the CPU's fp32 peak) and the half-rate rows m0; then
   LoRA's narrow outputs at 512 rows (n = 8, 16, 32, 64 for k = 384, 640, 1024): per n the median share
-  of the row rate R m/(m+m0) reached (`gemm_narrow_cols`);
+  of the row rate R m/(m+m0) reached (`gemm_narrow_cols`); and LoRA's narrow inner dimension (B's forward x' A B
+  and A's input gradient: k = r = 8 ... 64 for n = 384, 640, 1024 at 512 rows), each writing its output to memory
+  no earlier call touched (a pool of outputs, `out=`), as a step writes every activation to fresh memory: with so
+  little arithmetic per output value the write is the cost (measured here, two processes at once: 512 x 8 x 384
+  took 0.061 ms writing into the call before's output, 0.132 ms into a cold one, and 0.131 ms per call inside a
+  profiled LoRA step of benchmarks/rank_order.py; the wide shapes moved within noise): per k the median share of
+  the row rate (`gemm_narrow_inner`);
 - dropout: values per second of a training-mode `torch.nn.functional.dropout(p=0.05)` of 1 Mi values
   (the RNG draws one value per element; peft's LoRA dropout);
 - memory bandwidth: a 64 MiB fp32 copy (read + write bytes over its time) on two processes at once, the slower
@@ -69,6 +75,7 @@ class DeviceFit:
     gemm_half_rate_rows: float
     gemm_narrow_cols: tuple[tuple[int, float], ...]
     dropout_values_per_s: float
+    gemm_narrow_inner: tuple[tuple[int, float], ...] = ()  # (k, share): LoRA's k = r GEMMs, cold outputs
     hbm_bytes_per_s: float
     collective_alpha_s: float
     intra_node_bytes_per_s: float
@@ -102,6 +109,11 @@ def gemm_shapes() -> list[tuple[int, int, int]]:
             [(NARROW_ROWS, k, n) for n in NARROW_COLS for k in NARROW_INNER])
 
 
+def narrow_inner_shapes() -> list[tuple[int, int, int]]:
+    """(m, k, n) of LoRA's k = r GEMMs (lora_B's forward, lora_A's input gradient), timed into cold outputs."""
+    return [(NARROW_ROWS, k, n) for k in NARROW_COLS for n in NARROW_INNER]
+
+
 def _gemm_rank(rank: int, port: int, out: Any) -> None:
     """One of two processes timing every shape at once with the other, as the ranks of a step share the
     socket's cache and memory; reports (rank, host_op_s, [(m, k, n, seconds)])."""
@@ -109,7 +121,9 @@ def _gemm_rank(rank: int, port: int, out: Any) -> None:
 
     torch.set_num_threads(1)
     host = measure_host_op_s()
-    out.put((rank, host, [(m, k, n, _gemm_s(torch, m, k, n)) for m, k, n in gemm_shapes()]))
+    points = [(m, k, n, _gemm_s(torch, m, k, n)) for m, k, n in gemm_shapes()]
+    points += [(m, k, n, _gemm_s(torch, m, k, n, cold_output=True)) for m, k, n in narrow_inner_shapes()]
+    out.put((rank, host, points))
 
 
 def fit_gemm_curve(points: Points, host_op_s: float) -> tuple[float, float]:
@@ -132,6 +146,18 @@ def fit_narrow(points: Points, rate: float, m0: float, host_op_s: float) -> tupl
     return tuple(table)
 
 
+def fit_narrow_inner(points: Points, rate: float, m0: float, host_op_s: float) -> tuple[tuple[int, float], ...]:
+    """(k, share) for LoRA's narrow inner dimension (k = r): per k the median over n of a point's share of the row
+    rate R m/(m+m0), capped at 1; () where the points lack them (a fit made before they were measured)."""
+    table = []
+    for k in NARROW_COLS:
+        shares = [rate_share(2.0 * m * kk * n, rate * m / (m + m0), max(t - host_op_s, 1e-9))
+                  for m, kk, n, t in points if kk == k and m == NARROW_ROWS and n in NARROW_INNER]
+        if shares:
+            table.append((k, statistics.median(shares)))
+    return tuple(table)
+
+
 def measure_gemms() -> tuple[float, Points]:
     """(host_op_s, points): every shape timed on two processes at once; per shape the slower one, since a
     step waits for its slowest rank."""
@@ -145,19 +171,26 @@ def measure_gemms() -> tuple[float, Points]:
 COLD_POOL_BYTES = 64 * 2**20  # more than a server CPU's last-level cache share
 
 
-def _gemm_s(torch: Any, m: int, k: int, n: int) -> float:
+def _gemm_s(torch: Any, m: int, k: int, n: int, cold_output: bool = False) -> float:
     """Median time of one (m x k) @ (k x n) with cold operands: the calls cycle through distinct inputs and
     weights that together exceed the last-level cache, as a training step streams every layer's weights
-    and activations from memory once per pass (a repeated call on the same operands runs from cache)."""
-    pool = max(1, min(256, math.ceil(COLD_POOL_BYTES / ((m * k + k * n) * 4))))
+    and activations from memory once per pass (a repeated call on the same operands runs from cache);
+    `cold_output`: each call writes into an output of the pool too (otherwise the allocator hands back the
+    previous call's output, still in cache)."""
+    out_values = m * n if cold_output else 0
+    pool = max(1, min(256, math.ceil(COLD_POOL_BYTES / ((m * k + k * n + out_values) * 4))))
     xs = [torch.randn(m, k) for _ in range(pool)]
     ws = [torch.randn(k, n) for _ in range(pool)]
+    outs = [torch.empty(m, n) for _ in range(pool)] if cold_output else None
     inner = max(pool, int(2e8 / (2 * m * k * n)))
     calls = iter(range(10**12))
 
     def once() -> None:
         i = next(calls) % pool
-        torch.mm(xs[i], ws[i])
+        if outs is None:
+            torch.mm(xs[i], ws[i])
+        else:
+            torch.mm(xs[i], ws[i], out=outs[i])
 
     for _ in range(pool):
         once()
@@ -457,13 +490,14 @@ def fit_cpu_device(passes: int = 1) -> DeviceFit:
     host, gemms = measure_gemms()
     rate, m0 = fit_gemm_curve(gemms, host)
     narrow = fit_narrow(gemms, rate, m0, host)
+    inner = fit_narrow_inner(gemms, rate, m0, host)
     bw = measure_bandwidth()
     alpha, beta, ar = measure_allreduce()
     gather_pts, scatter_pts = measure_gather_scatter()
     z3, fsdp = measure_hooks()
     busy, sync = measure_comm_factors()
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_narrow_cols=narrow,
-                     dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
+                     gemm_narrow_inner=inner, dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
                      busy_comm_factor=busy, gemm_points=gemms, allreduce_points=ar,
                      allgather_points=gather_pts, reduce_scatter_points=scatter_pts, sync_call_s=sync)
@@ -494,6 +528,7 @@ def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
     alpha, beta = fit_alpha_beta(allreduce)
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0,
                      gemm_narrow_cols=fit_narrow(gemms, rate, m0, host),
+                     gemm_narrow_inner=fit_narrow_inner(gemms, rate, m0, host),
                      dropout_values_per_s=med("dropout_values_per_s"),
                      hbm_bytes_per_s=med("hbm_bytes_per_s"), collective_alpha_s=alpha, intra_node_bytes_per_s=beta,
                      zero3_module_s=med("zero3_module_s"), fsdp_unit_s=med("fsdp_unit_s"),

@@ -124,6 +124,16 @@ def test_cpu_narrow_outputs_run_at_their_measured_share() -> None:
     assert kn.cpu_gemm_shape(kn.Gemm(512, 1024, 8), gpu_from_name("A100-80G")) == 1.0
 
 
+def test_cpu_narrow_inner_dimension_runs_at_its_measured_share() -> None:
+    """LoRA's k = r GEMMs (lora_B's forward, lora_A's input gradient) run at the fitted share for their inner
+    dimension; a wide k is untouched, and a GPU has no such table."""
+    cpu = replace(gpu_from_name("CPU"), gemm_narrow_cols=(), gemm_narrow_inner=((8, 0.25), (64, 1.0)))
+    row = kn.cpu_gemm_shape(kn.Gemm(512, 1024, 1024), cpu)
+    assert kn.cpu_gemm_shape(kn.Gemm(512, 8, 1024), cpu) == pytest.approx(0.25 * row)
+    assert kn.cpu_gemm_shape(kn.Gemm(512, 384, 1024), cpu) == pytest.approx(row)
+    assert gpu_from_name("A100-80G").gemm_narrow_inner == ()
+
+
 def test_torch_adamw_step_counts_its_foreach_kernels() -> None:
     """torch's multi-tensor AdamW: 12 reads + 8 writes per parameter (torch/optim/adam.py); bitsandbytes'
     fused 8-bit step reads and writes the param, grad and 1-byte states once."""

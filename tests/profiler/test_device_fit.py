@@ -15,8 +15,10 @@ from profiler.device_fit import (
     _line_fit,
     device_fit_from_dict,
     fit_alpha_beta,
+    fit_narrow_inner,
     gemm_shapes,
     median_fit,
+    narrow_inner_shapes,
     rate_share,
 )
 
@@ -70,7 +72,8 @@ def _synthetic_fit(slow: float, busy: float) -> DeviceFit:
     """A CPU fit whose every time follows known constants (R 100 GFLOP/s, m0 24 rows, alpha 0.4 ms, B 1 GB/s), all
     times multiplied by `slow` (a slow spell of the machine)."""
     host, rate, m0 = 3e-6, 1e11, 24.0
-    gemms = tuple((m, k, n, slow * (host + 2 * k * n * (m + m0) / rate)) for m, k, n in gemm_shapes())
+    gemms = tuple((m, k, n, slow * (host + 2 * k * n * (m + m0) / rate))
+                  for m, k, n in gemm_shapes() + narrow_inner_shapes())
     allreduce = tuple((b, slow * (4e-4 + b / 1e9)) for b in (4096 * 4**i for i in range(7)))
     gather = tuple((b, slow * b / 5e8) for b in GATHER_SIZES)
     return DeviceFit(host_op_s=slow * host, peak_fp32_flops_per_s=0.0, gemm_half_rate_rows=0.0, gemm_narrow_cols=(),
@@ -94,6 +97,20 @@ def test_median_fit_ignores_one_slow_pass() -> None:
     assert fit.allgather_points == _synthetic_fit(1.0, 1.0).allgather_points
     assert [n for n, _ in fit.gemm_narrow_cols] == list(NARROW_COLS)
     assert all(share == pytest.approx(1.0) for _, share in fit.gemm_narrow_cols)
+    assert [k for k, _ in fit.gemm_narrow_inner] == list(NARROW_COLS)  # LoRA's k = r GEMMs, their own shares
+    assert all(share == pytest.approx(1.0) for _, share in fit.gemm_narrow_inner)
+
+
+def test_narrow_inner_share_is_the_row_rate_reached() -> None:
+    """A k = 8 GEMM that takes 5x its time at the row rate R m/(m+m0) reached a share of 0.2; a fit made before
+    these points were measured has none (the CPU entry's shares then stand)."""
+    rate, m0 = 1e11, 24.0
+    pts = tuple((512, k, n, (5.0 if k == 8 else 1.0) * 2 * 512 * k * n * (512 + m0) / (512 * rate))
+                for _, k, n in narrow_inner_shapes())
+    table = dict(fit_narrow_inner(pts, rate, m0, 0.0))
+    assert table[8] == pytest.approx(0.2) and table[64] == pytest.approx(1.0)
+    assert fit_narrow_inner(tuple((m, k, n, 1e-3) for m, k, n in gemm_shapes()), rate, m0, 0.0) == ()
+    assert with_device_fit(gpu_from_name("CPU"), {"gemm_narrow_inner": [[8, 0.2]]}).gemm_narrow_inner == ((8, 0.2),)
 
 
 def test_device_fit_round_trips_through_its_json_file(tmp_path) -> None:
