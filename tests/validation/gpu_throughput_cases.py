@@ -39,6 +39,7 @@ from published_peaks_sharded import LIGER as LIGER_PEAKS
 
 from planner.build import build_config
 from planner.gpus import GB, Cluster
+from planner.kernels import attended_block_share, document_block_share
 from planner.models import ModelSpec, spec_from_hf_config
 from planner.strategy import (
     Attn,
@@ -70,6 +71,7 @@ class PublishedSpeed:
     inter_node_bytes_per_s: float | None = None  # the source's network, per GPU, where it is not the GPU entry's
     attention_kernel: str | None = None  # planner/kernels.py SCORE_PASSES: the kernel eager attention stands in for
     group: str = ""  # one source's comparison of strategies on one setup
+    counted_token_share: float = 1.0  # of the planned tokens, the share the source's tokens/s counts
     assumed: str = ""
     unmodelled: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +95,7 @@ class PublishedSpeed:
         if self.unit == "s/step":
             return t.step_time_s
         if self.unit == "tokens/s/GPU":
-            return t.tokens_per_s / cfg.world_size
+            return t.tokens_per_s / cfg.world_size * self.counted_token_share
         if self.unit == "samples/s":
             return t.samples_per_s
         raise ValueError(self.unit)
@@ -334,9 +336,10 @@ CASES: list[PublishedSpeed] = [*QWEN, *FMS, *GIST_CASES, *BLOG, *DS3901_CASES]
 # documents (`doc_len`) under FlashAttention-2's varlen kernel, the planner's one attention that skips the other
 # documents' blocks (planner/kernels.py document_block_share): flex's BlockMask works on the pack's own 128 x 128
 # blocks, so a sample straddling a block boundary costs blocks on both sides (kernels.attended_block_share with a
-# "chunked" window of the document length: 0.060 of the 4096-token pack's blocks against varlen's 0.034, where
-# causal attention over the pack computes 0.516; tests/planner/test_documents.py), under 1% of a step more than
-# planned.
+# "chunked" window of the document length: 0.062 of the 4096-token pack's blocks at 130-token documents, 0.060 at
+# 120; tests/planner/test_documents.py), where varlen over documents of the mean length computes 0.092 at 130 and
+# 0.034 at 120 (a document of 129 tokens or more runs two query blocks) and causal attention over the pack 0.516:
+# under 1% of a step either way (the attention core was 9-13% of each A100 step at the causal count).
 # Documents: the recipes' dataset is torchtune.datasets.alpaca_dataset (recipes/configs/llama3_2/
 # 3B_full_single_device.yaml: tatsu-lab/alpaca, 52,002 samples, about 40% with an input: the Stanford Alpaca
 # datasheet), each sample one document of the pack (datasets/_packed.py PackedDataset: greedy, no sample split across
@@ -345,20 +348,42 @@ CASES: list[PublishedSpeed] = [*QWEN, *FMS, *GIST_CASES, *BLOG, *DS3901_CASES]
 # at 27.8 and completions at 64.6 LLaMA tokens on average, 92.4; Llama 3's tokenizer writes English text in up to
 # 15% fewer tokens than Llama 2's (the same 32K vocabulary as LLaMA's; Meta's Llama 3 announcement), 79-92; torchtune's
 # AlpacaToMessages wraps each sample in the Stanford prompt (about 41 tokens with an input, 27 without, counted at a
-# word or punctuation mark per token: 33 on average) and the tokenizer adds BOS and EOS: 114-127 tokens, 120 taken.
-# Across that range the planned rows move by under 0.1%; the packs' tail padding (greedy packing leaves on average
-# about half a sample, 60 of 4096 tokens) is planned as a short document.
-TT_DOC_LEN = 120
+# word or punctuation mark per token: 33 on average) as a user message and the output as an assistant message; the
+# Llama 3 tokenizer adds BOS and EOS and, around each message, a header and its end (<|start_header_id|>, the role,
+# <|end_header_id|>, "\n\n", <|eot_id|>: 5 tokens, 10 per sample; models/llama3/_tokenizer.py tokenize_message):
+# 124-137 tokens, 130 taken. The planned rows step by 1.2-1.6 points between 128 and 129 tokens (one 128-row block
+# per document below, two from 129: the mean-length stand-in is not smooth there) and by under 0.1% elsewhere in
+# that range: the source's median error is +7.0% at 124-128 and +5.5% at 129-137. The packs' tail padding is planned
+# as a short document.
+TT_DOC_LEN = 130
+# What the A100 table's tokens/s counts: from 2024-10-25 (#1875, 23c8829ac, before the table's 1814feb17) the recipes
+# count the tokens whose label is not ignore_index. Each sample's BOS and EOS are always masked (llama3/_tokenizer.py
+# tokenize_messages: "bos and eos are always masked"; with alpaca_dataset's default train_on_input=True nothing else
+# of a sample is), and PackedDataset pads each pack's labels with CROSS_ENTROPY_IGNORE_IDX after its last sample
+# (datasets/_packed.py _pad_pack; split_across_pack=False: a sample that does not fit starts the next pack), about
+# half a sample at these lengths (the low end: a spread of lengths leaves more). The Llama 3.1 table (30b8519e8)
+# predates #1875: its recipes count batch["tokens"].numel(), every token.
+TT_MASKED_PER_DOC = 2
+
+
+def _tt_counted_share(seq_len: int) -> float:
+    """Of a pack's seq_len planned tokens, the share torchtune's tokens_per_second_per_gpu counts (1814feb17)."""
+    return (1.0 - TT_DOC_LEN / 2 / seq_len) * (1.0 - TT_MASKED_PER_DOC / TT_DOC_LEN)
 _TT_PAGE = "pytorch/torchtune README.md (1814feb17), Optimization flags: Tokens Per Second"
-_TT_ASSUMED = ("the planner counts all 2 x 4096 tokens of a step; torchtune counts the tokens whose label is not "
-               "ignore_index, so a pack's padding after its last Alpaca sample (about 60 of the 4096, 1.5%) is left "
-               "out of the published figure; documents of 120 Llama 3 tokens, estimated from Wang et al. 2023's "
-               "Alpaca lengths (see TT_DOC_LEN)")
-_TT_UNMODELLED = ("flex_attention's BlockMask over the packs' documents, planned as FlashAttention-2's varlen kernel "
-                  "over documents of the mean length (flex computes 0.060 of the 4096-token pack's blocks where "
-                  "varlen computes 0.034: under 1% of a step); torchtune's own "
-                  "modules (its RMSNorm and RoPE upcast to fp32 in eager), planned with transformers' elementwise "
-                  "traffic")
+_TT_ASSUMED = ("torchtune counts the tokens whose label is not ignore_index: compared at that count, each sample's "
+               "BOS and EOS and a pack's padding after its last sample (about half a sample) left out (3.1% of the "
+               "4096); documents of 130 Llama 3 tokens, estimated from Wang et al. 2023's Alpaca lengths (see "
+               "TT_DOC_LEN)")
+
+
+def _tt_unmodelled(seq_len: int) -> str:
+    return ("flex_attention's BlockMask over the packs' documents, planned as FlashAttention-2's varlen kernel over "
+            f"documents of the mean length (flex computes {attended_block_share(seq_len, TT_DOC_LEN, 'chunked'):.3f} "
+            f"of the {seq_len}-token pack's blocks where varlen computes "
+            f"{document_block_share(seq_len, TT_DOC_LEN):.3f}: under 1% of a step); torchtune's own modules (its "
+            "RMSNorm and RoPE upcast to fp32 in eager), planned with transformers' elementwise traffic")
+
+
 # (the memory set's row, tokens/s per GPU)
 TORCHTUNE_TPS = (("full+packed", 7075.0), ("full+packed+compile", 8998.0), ("full+packed+compile+chunked-ce", 9174.0),
                  ("full+packed+compile+chunked-ce+ac", 7210.0), ("lora+packed+compile+chunked-ce+ac+offload", 8210.0),
@@ -375,8 +400,8 @@ def _torchtune_speed(row: str, tps: float) -> PublishedSpeed:
         id=f"torchtune-llama3.2-3b:{row}", source="torchtune README", page=_TT_PAGE, unit="tokens/s/GPU",
         published=tps, switches=f"Llama 3.2 3B, 1x A100 80GB, bs 2, seq 4096, bf16, {row}",
         build={**peak.build, "attn": Attn.flash, "doc_len": TT_DOC_LEN},
-        group="torchtune-llama3.2-3b-a100", assumed=_TT_ASSUMED,
-        unmodelled=_TT_UNMODELLED + ("; torchao's NF4 tensors (torchtune's QLoRA), planned at bitsandbytes' "
+        group="torchtune-llama3.2-3b-a100", assumed=_TT_ASSUMED, counted_token_share=_tt_counted_share(4096),
+        unmodelled=_tt_unmodelled(4096) + ("; torchao's NF4 tensors (torchtune's QLoRA), planned at bitsandbytes' "
                                      "dequantization rate" if qlora else ""))
 
 
@@ -413,8 +438,10 @@ def _torchtune31_speed(method: str, tps: float, kw: dict[str, Any]) -> Published
         id=f"torchtune-llama3.1-8b:{method}-4090", source="torchtune README", page=_TT31_PAGE, unit="tokens/s/GPU",
         published=tps, switches=f"Llama 3.1 8B {method}, 1x RTX 4090, bs 2, packed 2048, compile, checkpointing, "
                                 f"chunked CE, bf16", build={**_TT31, **kw}, group="torchtune-llama3.1-8b-4090",
-        assumed=_TT_ASSUMED.replace("2 x 4096", "2 x 2048").replace("the 4096", "the 2048"),
-        unmodelled=_TT_UNMODELLED.replace("4096", "2048").replace("0.060", "0.117").replace("0.034", "0.070")
+        assumed=("the recipes of 30b8519e8 count every token of a pack (batch[\"tokens\"].numel()), as the planner "
+                 "does; documents of 130 Llama 3 tokens, estimated from Wang et al. 2023's Alpaca lengths (see "
+                 "TT_DOC_LEN)"),
+        unmodelled=_tt_unmodelled(2048)
         + ("; bitsandbytes' paged states moving over PCIe" if method == "full" else "")
         + ("; torchao's NF4 tensors, planned at bitsandbytes' dequantization rate" if method == "qlora" else ""))
 
