@@ -13,7 +13,7 @@ the error, then Kendall's tau between the measured and the predicted tokens/s an
 |step-time error|. Aims (issue 27): tau >= 0.8, median error <= 15%, with a fresh device fit of the machine.
 
 Usage: python benchmarks/rank_order.py [--repeats 2] [--steps 3] [--save FILE] [--load FILE]
-                                      [--device-fit FILE | --fit-each-round] [--json]
+                                      [--device-fit FILE | --fit-each-round] [--harness fork|fresh] [--json]
 `--save` keeps the measurements (per plan and round the median step, every rank's every step, the load average
 around each round and the device fit predicted with); `--load` re-predicts saved measurements without running
 anything (to check a model change against the same measurements); `--device-fit` predicts with the constants of a
@@ -84,20 +84,27 @@ def plan_name(cfg: TrainConfig) -> str:
     return f"{cfg.method.value}-{cfg}"
 
 
-def measure(cfgs: list[TrainConfig], repeats: int, steps: int, *, fit_each_round: bool = False
-            ) -> tuple[dict[str, list[float]], dict]:
-    """`repeats` rounds; each round runs every plan once in one torchrun (profiler.launch.launch_many; each plan in
-    a process forked fresh from the rank, profiler.worker.run_many), the order reversed every other round so that
-    a plan's place in the round does not bias its time. Returns the median step time per plan and round, and the
-    raw record: every rank's every timed step, and the machine's 1-minute load average before and after each
-    round (a round whose load rose was shared with other work). With `fit_each_round` one pass of the CPU device fit
-    runs before each round (raw["device_fits"]): the fit and the steps then sample the same stretch of the machine's
-    drifting speed."""
+def measure(cfgs: list[TrainConfig], repeats: int, steps: int, *, fit_each_round: bool = False,
+            harness: str = "fork") -> tuple[dict[str, list[float]], dict]:
+    """`repeats` rounds; each round runs every plan once, the order reversed every other round so that a plan's
+    place in the round does not bias its time. `harness` "fork": all plans in one torchrun
+    (profiler.launch.launch_many; each plan in a process forked fresh from the rank, profiler.worker.run_many);
+    "fresh": each plan in a torchrun of its own (profiler.launch.launch, the plan in the rank itself, as a user's
+    run), which pays the interpreter's and the libraries' start-up per plan (5-10 s on this VM). Returns the
+    median step time per plan and round, and the raw record: every rank's every timed step, and the machine's
+    1-minute load average before and after each round (a round whose load rose was shared with other work). With
+    `fit_each_round` one pass of the CPU device fit runs before each round (raw["device_fits"]): the fit and the
+    steps then sample the same stretch of the machine's drifting speed."""
     from profiler.device_fit import fit_cpu_device
-    from profiler.launch import launch_many
+    from profiler.launch import launch, launch_many
+
+    def run_round(order: list[TrainConfig]) -> list:
+        if harness == "fresh":
+            return [launch(c, warmup_steps=1, steps=steps, track_memory=False) for c in order]
+        return launch_many(order, warmup_steps=1, steps=steps, track_memory=False)
 
     out: dict[str, list[float]] = {plan_name(c): [] for c in cfgs}
-    raw: dict = {"steps_s": {plan_name(c): [] for c in cfgs}, "rounds": [], "device_fits": []}
+    raw: dict = {"harness": harness, "steps_s": {plan_name(c): [] for c in cfgs}, "rounds": [], "device_fits": []}
     for r in range(repeats):
         if fit_each_round:
             t0 = time.perf_counter()
@@ -105,7 +112,7 @@ def measure(cfgs: list[TrainConfig], repeats: int, steps: int, *, fit_each_round
             print(f"  device fit {r + 1}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         order = cfgs if r % 2 == 0 else cfgs[::-1]
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
-        for result in launch_many(order, warmup_steps=1, steps=steps, track_memory=False):
+        for result in run_round(order):
             out[plan_name(result.config)].append(result.step_time_s)
             raw["steps_s"][plan_name(result.config)].append([list(rk.get("step_times_s", ())) for rk in result.ranks])
         load1 = os.getloadavg()[0]
@@ -146,6 +153,9 @@ def main() -> None:
     ap.add_argument("--fit-each-round", action="store_true",
                     help="run one pass of the device fit before each round and predict with the median of the "
                          "passes (profiler.device_fit.median_fit)")
+    ap.add_argument("--harness", choices=("fork", "fresh"), default="fork",
+                    help="fork: every plan of a round from one torchrun, each in a child forked from the rank "
+                         "(imports paid once); fresh: each plan in a torchrun of its own, as a user's run")
     ap.add_argument("--max-load", type=float, default=1.0,
                     help="refuse to measure when the 1-minute load average is above this (other work biases times)")
     ap.add_argument("--json", action="store_true")
@@ -166,7 +176,8 @@ def main() -> None:
                 sys.exit(f"the 1-minute load average is {load:.2f} (> --max-load {args.max_load}): other work shares "
                          f"the cores and would bias the times; wait for a quiet machine or raise --max-load")
             t0 = time.perf_counter()
-            measured, raw = measure(cfgs, args.repeats, args.steps, fit_each_round=args.fit_each_round)
+            measured, raw = measure(cfgs, args.repeats, args.steps, fit_each_round=args.fit_each_round,
+                                   harness=args.harness)
             print(f"measured {len(cfgs)} plans x {args.repeats} in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr)
             if raw["device_fits"]:

@@ -58,6 +58,10 @@ class LayerTraining:
     # the attention gets packed documents' mask as a materialized tensor (SDPA with --doc-len shorter than the
     # sequence: planner.activations.packed_mask); not what trains, but what every layer saves with it
     packed_mask: bool = False
+    # that mask comes from the data collator, one tensor every layer shares (LLaMA-Factory's neat_packing,
+    # Switches.collator_mask): no layer converts or saves a mask of its own (planner.memory.collator_mask_bytes
+    # counts the shared one once per micro-batch); the repeated keys and values stay per layer
+    shared_mask: bool = False
 
 
 @cache  # pure in hashable arguments; the search asks for it per candidate
@@ -70,7 +74,8 @@ def _packed_sdpa_bytes_per_token(m: ModelSpec, *, train: LayerTraining, attn: At
     e = act_bytes
     shape = AttentionShape(heads=m.num_heads, kv_heads=m.num_kv_heads, qk_head_dim=m.head_dim, v_head_dim=m.head_dim)
     keys_cast = e < 4 and (train.stream_bytes == 4 or (train.mixed and train.weights))
-    return sdpa_packed_mask_bytes_per_token(shape, seq_len=seq_len, act_bytes=e, keys_cast=keys_cast)
+    mask, repeated = sdpa_packed_mask_bytes_per_token(shape, seq_len=seq_len, act_bytes=e, keys_cast=keys_cast)
+    return (0.0 if train.shared_mask else mask), repeated
 
 
 def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining,
@@ -388,6 +393,7 @@ def derived_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, t
                 wider = _kind_stream_bytes(kind, act_bytes=act_bytes, train=train) > act_bytes
                 mask, repeated = sdpa_packed_mask_bytes_per_token(kind.attention, seq_len=seq_len,
                                                                   act_bytes=act_bytes, keys_cast=wider)
+                mask = 0.0 if train.shared_mask else mask
                 par += repeated
         else:
             repl += sdpa_window_mask_bytes_per_token(kind, attn=attn, seq_len=seq_len, act_bytes=act_bytes,
@@ -416,7 +422,7 @@ def sdpa_window_mask_bytes_per_token(kind: LayerKind, *, attn: Attn, seq_len: in
     return entry[0] + entry[2] * seq_len if entry else float(act_bytes * seq_len)
 
 
-def packed_mask(attn: Attn, seq_len: int, doc_len: int | None) -> bool:
+def packed_mask(attn: Attn, seq_len: int, doc_len: int | None, *, collator: bool = False) -> bool:
     """Whether the attention gets the packed documents' mask as a tensor: SDPA, with documents shorter than the
     sequence. transformers reads packing from position_ids that restart inside a row when no 2-D attention mask
     and no cache are passed (masking_utils._preprocess_mask_arguments -> find_packed_sequence_indices; TRL's
@@ -424,8 +430,10 @@ def packed_mask(attn: Attn, seq_len: int, doc_len: int | None) -> bool:
     (create_causal_mask: `packed_sequence_mask` sets allow_is_causal_skip = False, so sdpa_mask never returns None
     for is_causal). Documents as long as the sequence leave one per row, which find_packed_sequence_indices reports
     as no packing (is_causal, no mask). FlashAttention-2 gets no mask (varlen); eager attention adds its float mask
-    to scores it keeps anyway."""
-    return attn is Attn.sdpa and doc_len is not None and 0 < doc_len < seq_len
+    to scores it keeps anyway. A mask from the data collator (`collator`: LLaMA-Factory's neat_packing, whose
+    SFTDataCollatorWith4DAttentionMask builds it under any attention but FlashAttention-2, data/collator.py) reaches
+    SDPA whatever the documents' length."""
+    return attn is Attn.sdpa and doc_len is not None and (collator or 0 < doc_len < seq_len)
 
 
 def sdpa_packed_mask_bytes_per_token(a: AttentionShape, *, seq_len: int, act_bytes: int,

@@ -90,8 +90,12 @@ class GPUSpec:
     gemm_half_rate_inner: float = 0.0
     # Fraction of the 16-bit peak FlashAttention-2 (and SDPA's flash kernel) reaches over forward + backward where
     # published (planner/kernels.py flash_attention_s); None: attention runs as its full s x s matmuls at the
-    # GEMM rate (V100 and the CPU have no FlashAttention-2).
+    # GEMM rate (the CPU; the V100, where SDPA runs the memory-efficient kernel: see its entry). On the T4 the share
+    # is the memory-efficient kernel's (`_MEM_EFFICIENT_TURING`).
     attention_efficiency: float | None = None
+    # CUDA compute capability (major, minor) of the board, from `_COMPUTE_CAPABILITY`; None: not a CUDA device (the
+    # CPU). FlashAttention-2 runs from 8.0 (Ampere) on: `flash_attention_2_problem`.
+    compute_capability: tuple[int, int] | None = None
     # Share of `hbm_bytes_per_s` that a step's memory-bound kernels reach on the bytes planner/kernels.py counts for
     # them (every op's inputs and outputs, as a dispatch mode sees them): a layer's eager elementwise, reduction, cast
     # and cat kernels, the loss, eager attention's score traffic, and fused ones (Liger, Inductor) alike; not the
@@ -133,10 +137,35 @@ class GPUSpec:
 ELEMENTWISE_BANDWIDTH_FRACTION = 0.55
 
 
+# CUDA compute capability of each catalog board (NVIDIA, "CUDA GPUs - Compute Capability", developer.nvidia.com/
+# cuda-gpus): Volta 7.0, Turing 7.5, Ampere 8.0 (A100, A800) and 8.6 (GA102: A10G, RTX 3090), Ada 8.9, Hopper 9.0.
+_COMPUTE_CAPABILITY = {"A100-80G": (8, 0), "A100-40G": (8, 0), "A800": (8, 0), "H100": (9, 0), "H800": (9, 0),
+                       "H200": (9, 0), "V100-32G": (7, 0), "A10G": (8, 6), "L40S": (8, 9), "RTX3090": (8, 6),
+                       "RTX4090": (8, 9), "T4": (7, 5)}
+# FlashAttention-2 "currently supports: Ampere, Ada, or Hopper GPUs (e.g., A100, RTX 3090, RTX 4090, H100). Support
+# for Turing GPUs (T4, RTX 2080) is coming soon" (Dao-AILab/flash-attention README, "NVIDIA CUDA Support"); its
+# kernels refuse anything older ("FlashAttention only supports Ampere GPUs or newer."), and torch's SDPA flash and
+# cuDNN kernels take [sm80, sm121] (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp,
+# check_flash_attention_hardware_support, check_cudnn_hardware_support).
+FLASH_ATTENTION_2_MIN_CAPABILITY = (8, 0)
+
+
 def _gpu(**kw) -> GPUSpec:
     if kw.get("sm_count", 0) > 0:
         kw.setdefault("elementwise_bandwidth_fraction", ELEMENTWISE_BANDWIDTH_FRACTION)
+    kw.setdefault("compute_capability", _COMPUTE_CAPABILITY.get(kw["name"]))
     return GPUSpec(**kw)
+
+
+def flash_attention_2_problem(gpu: GPUSpec) -> str | None:
+    """Why `--attn flash` (transformers' flash_attention_2) cannot run on `gpu`, or None where it can: a CUDA board
+    older than Ampere. The CPU runs it as SDPA (runner/model.py), as a CUDA device fit keeps its board's name."""
+    cc = gpu.compute_capability
+    if cc is None or cc >= FLASH_ATTENTION_2_MIN_CAPABILITY:
+        return None
+    return (f"--attn flash is FlashAttention-2, which needs an Ampere or newer GPU (compute capability 8.0+); the "
+            f"{gpu.name} is {cc[0]}.{cc[1]}: use --attn sdpa (PyTorch runs its memory-efficient kernel there) "
+            "or --attn eager")
 
 
 _PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nominal
@@ -172,6 +201,27 @@ _FA2_HOPPER = 0.35
 # 8192, 0.66-0.71 of the board's 111 TFLOPS dense (NVIDIA RTX A5000 datasheet: 222.2 with sparsity). Without it
 # these boards priced SDPA's attention as the full s x s matmuls at the GEMM rate, eager attention's cost.
 _FA2_AMPERE_ADA = _FA2_AMPERE
+# Before Ampere (V100 sm70, T4 sm75) torch's SDPA runs its memory-efficient kernel (xformers' CUTLASS FMHA; flash and
+# cuDNN take sm80+, the memory-efficient one sm50-sm121 in fp16 / fp32 below sm80: sdp_utils.cpp
+# can_use_mem_efficient_attention). Its share of the T4's peak, from ssiu/flash-attention-turing, a FlashAttention-2
+# port to sm75 benchmarked on a T4 against torch's SDPA (fp16, batch 4, 32 heads, head dim 128; Nsight Compute's "SM
+# throughput", sm__throughput.avg.pct_of_peak_sustained_elapsed, utils/plot_kernels.py):
+# - forward: the memory-efficient kernel's own SM throughput, 27.8 / 29.2 / 30.0 / 30.3 / 30.2 / 30.2% at 512-16384
+#   tokens without a mask (README and utils/Compute_Throughput.png, 2025-03-10, torch 2.5.1). The port's 52.5-63.6%
+#   over it, 1.89-2.10x, is its published speedup, 1.86-2.07x (utils/Speed_Up.png), within 2%: both kernels' SM
+#   throughput tracks their useful work, as the tensor pipe's share does; the later README's "up to 2.19x" at "up to
+#   66%" gives 0.30 again. Forward: 0.30.
+# - backward: the port runs two kernels, dQ (recomputing S and dP, then dQ: 3 of the forward's 2 s^2 d GEMM units;
+#   csrc/flash_attn/src/flash_bwd_kernel.h compute_dq_1rowblock) at up to 45% and dK dV (S, dP, dV, dK: 4 units) at up
+#   to 49%, 3 / 0.45 + 4 / 0.49 = 14.8 units of time per peak unit, and is up to 1.51x faster than torch's causal
+#   backward (README at dd057fe4, 2026; 1.35x without a mask). The memory-efficient backward does FlashAttention-2's 5
+#   units (2.5x the forward) in 1.51 x 14.8 = 22.4: 5 / 22.4 = 0.22 causal (0.25 without a mask).
+# - forward + backward: 3.5 / (1 / 0.30 + 2.5 / 0.223) = 0.24 (causal, as fine-tuning runs).
+# Nsight's SM throughput is the busiest unit's share, so each figure bounds the tensor share from above, at the clock
+# the profiler ran; a T4 held to its 70 W may run below the 1590 MHz its 65 TF datasheet peak assumes, which would put
+# the share of that peak lower: 0.24 is the high end (tests/planner/test_attention_boards.py reproduces it). The V100
+# (sm70) has no such figure: its entry keeps the matmul stand-in.
+_MEM_EFFICIENT_TURING = 0.24
 
 GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # NVIDIA A100 datasheet (2021): 312 TF bf16/fp16, 156 TF tf32, 19.5 TF fp32, 2039 GB/s (80GB SXM),
@@ -225,6 +275,11 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          inter_node_bytes_per_s=50 * GB, host_link_bytes_per_s=_PCIE5, gpus_per_node=8,
          source="NVIDIA H200 Tensor Core GPU datasheet"),
     # NVIDIA V100 SXM2 datasheet: 125 TF fp16 tensor, 15.7 TF fp32, 900 GB/s, NVLink2 300 GB/s; no bf16/tf32.
+    # Attention: no FlashAttention-2 (sm80+); torch's SDPA runs its memory-efficient kernel, which skips the blocks
+    # above the causal diagonal at a share of peak no published sm70 figure gives (searched: xformers PRs 362 / 389,
+    # which tabulate 2022 kernels against eager attention; CUTLASS example 41; V100 FlashAttention ports' READMEs,
+    # speedups only; torch and xformers issues): no attention_efficiency, the full s x s matmuls at the GEMM rate
+    # stand in; `profile calibrate --device` on the board measures SDPA and sets it.
     _gpu(name="V100-32G", sm_count=80, hbm_bytes=32768 * MiB, peak_bf16_flops_per_s=0.0,
          peak_fp16_flops_per_s=125 * TFLOPS, peak_tf32_flops_per_s=15.7 * TFLOPS,
          peak_fp32_flops_per_s=15.7 * TFLOPS, hbm_bytes_per_s=900 * GB, intra_node_link="NVLink2",
@@ -268,8 +323,10 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          intra_node_bytes_per_s=_PCIE4 / 2, inter_node_network="Ethernet 25 Gb/s",
          inter_node_bytes_per_s=25 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE4, gpus_per_node=8,
          source="NVIDIA Ada Lovelace GPU architecture whitepaper"),
-    # NVIDIA T4 datasheet: 65 TF fp16 tensor (mixed), 8.1 TF fp32, 16 GB GDDR6 320 GB/s, PCIe3; no bf16.
-    _gpu(name="T4", sm_count=40, hbm_bytes=15360 * MiB, peak_bf16_flops_per_s=0.0, peak_fp16_flops_per_s=65 * TFLOPS,
+    # NVIDIA T4 datasheet: 65 TF fp16 tensor (mixed), 8.1 TF fp32, 16 GB GDDR6 320 GB/s, PCIe3; no bf16. SDPA runs
+    # the memory-efficient kernel: `_MEM_EFFICIENT_TURING`.
+    _gpu(name="T4", sm_count=40, attention_efficiency=_MEM_EFFICIENT_TURING,
+         hbm_bytes=15360 * MiB, peak_bf16_flops_per_s=0.0, peak_fp16_flops_per_s=65 * TFLOPS,
          peak_tf32_flops_per_s=8.1 * TFLOPS, peak_fp32_flops_per_s=8.1 * TFLOPS, hbm_bytes_per_s=320 * GB,
          intra_node_link="PCIe3", intra_node_bytes_per_s=_PCIE3, inter_node_network="Ethernet 25 Gb/s",
          inter_node_bytes_per_s=25 / 8 / 8 * GB, host_link_bytes_per_s=_PCIE3, gpus_per_node=8,

@@ -41,7 +41,7 @@ from planner.states import (
     stage_params,
     trained_params,
 )
-from planner.strategy import FsdpStrategy, GradCkpt, Method, Offload, OffloadDevice, Quant, Stage, TrainConfig
+from planner.strategy import Attn, FsdpStrategy, GradCkpt, Method, Offload, OffloadDevice, Quant, Stage, TrainConfig
 
 __all__ = ["BACKWARD_ONLY_ITEMS", "CATEGORIES", "MemoryBreakdown", "StageParams", "memory_per_gpu",
            "optimizer_state_bytes_per_param", "quant_bytes_per_param", "shard_group", "stage_params"]
@@ -56,6 +56,9 @@ BACKWARD_ONLY_ITEMS = ("logits and loss", "dequantized weight", "autocast weight
 # The model's output (its logits) that a training loop keeps until after the optimizer step (--keeps-output,
 # planner.memory_knobs.held_output_bytes_per_logit): in every phase, allocated anew each micro-batch
 HELD_OUTPUT_ITEM = "model output the loop holds"
+# The packed documents' 4-D mask a data collator builds (--collator-mask, collator_mask_bytes): in every phase, made
+# anew each step
+COLLATOR_MASK_ITEM = "packed documents' mask (collator)"
 # Buffers made once and reused every step (DDP's buckets, DeepSpeed's bucket and flat buffers): laid out once, they
 # do not fragment the caching allocator; every other "other" item is allocated and freed within a step.
 PERSISTENT_ITEMS = ("DDP gradient buckets", "ZeRO buckets (overlap_comm)", "ZeRO-3 reduce bucket",
@@ -78,6 +81,9 @@ class MemoryBreakdown:
     # the caching allocator's reserve on a card with room for it (the reserve item is capped at the card)
     reserve_wanted: float = 0.0
     tensor_bytes: float = 0.0  # the allocated reading, as _peak added it up
+    # what the reserved reading holds at least whatever the step, on a GPU (FSDP1's init cache: _peak's
+    # `reserved_floor`); planner.rl.memory carries it onto an online RL stage's peak
+    reserved_floor: float = 0.0
 
     @property
     def total(self) -> float:
@@ -257,7 +263,30 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     if recompute > items.get("logits and loss", 0.0):
         activations += recompute
         items.pop("logits and loss", None)
+    mask = collator_mask_bytes(cfg)
+    if mask:
+        items[COLLATOR_MASK_ITEM] = mask
     return activations, items
+
+
+def collator_mask_bytes(cfg: TrainConfig) -> float:
+    """The packed documents' mask a data collator builds (Switches.collator_mask), per GPU, once per micro-batch of the
+    step. LLaMA-Factory 0.9.5's neat_packing under any attention but FlashAttention-2 (data/collator.py
+    SFTDataCollatorWith4DAttentionMask with block_diag_attn = neat_packing, hparams/parser.py):
+    prepare_4d_attention_mask makes a (b, 1, s, s) additive mask of model_args.compute_dtype (bf16 / fp16 under bf16 /
+    fp16 training, parser.py), which transformers hands every layer as it is (masking_utils._preprocess_mask_arguments:
+    a 4-D mask is returned as-is) and SDPA takes as it is (convert_boolean_attn_mask converts booleans only): one tensor
+    every layer's kernel saves, measured on the CPU (tests/planner/test_packed_sdpa_mask.py), so no layer counts a mask
+    of its own (planner.activations, LayerTraining.shared_mask). accelerate's DataLoaderShard moves each batch to the
+    GPU before yielding it (data_loader.py `send_to_device(current_batch, ...)`), and the Trainer fetches the step's
+    gradient_accumulation_steps micro-batches before its first forward and holds them in one list until the step ends
+    (transformers 5.25 trainer.py: `batch_samples, ... = self.get_batch_samples(...)`, then `for i, inputs in
+    enumerate(batch_samples)`, the optimizer step inside that loop): every micro-batch's mask is live from the first
+    forward through the optimizer step, grad_accum x b s^2 x e bytes. The compute dtype's bytes stand for e (an fp32
+    plan's 4 may be 2 where LLaMA-Factory infers bf16 from the checkpoint: the plan errs high)."""
+    if not cfg.collator_mask or cfg.doc_len is None or cfg.attn is Attn.flash:
+        return 0.0
+    return float(cfg.grad_accum * cfg.micro_batch * cfg.seq_len * cfg.seq_len * compute_copy_bytes(cfg.precision))
 
 
 def tied_embedding_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
@@ -468,7 +497,8 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
     # release_cached_blocks), so reserved memory stops at the card less what lives outside the allocator
     # FSDP1's init leaves segments cached that the step's blocks may reuse: the reading holds at least the floor. The
     # fit keeps the step's own reserve: those segments hold no live block, and a cudaMalloc short of room frees them
-    carried = max(wanted, reserved_floor - tensors) if gpu.sm_count else wanted
+    floor = reserved_floor if gpu.sm_count else 0.0
+    carried = max(wanted, floor - tensors)
     other_items["allocator reserve"] = min(carried, max(0.0, gpu.hbm_bytes - context - nccl - tensors))
     other_items["CUDA context and workspaces"] = context
     other_items["NCCL communicator buffers"] = nccl
@@ -486,7 +516,7 @@ def _peak(cfg: TrainConfig, states: ModelStates, grads_in_backward: float, activ
         * ranks_per_node
     return MemoryBreakdown(weights=states.weights, gradients=grads_shown, optimizer=states.optimizer,
                            activations=acts, other=other, phase=phase, other_items=other_items, host_bytes=host,
-                           nvme_bytes=nvme, reserve_wanted=wanted, tensor_bytes=tensors)
+                           nvme_bytes=nvme, reserve_wanted=wanted, tensor_bytes=tensors, reserved_floor=floor)
 
 
 def resident_training_states(cfg: TrainConfig) -> dict[str, float]:

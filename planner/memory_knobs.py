@@ -191,7 +191,9 @@ def layer_training(cfg: TrainConfig) -> LayerTraining:
         (fp32_adapters(cfg.precision) and cfg.quant is Quant.none) or prepared)
     return LayerTraining(weights=cfg.method is Method.full, lora_targets=targets, lora_dropout=dropout,
                          lora_input_copies=copies, stream_bytes=4 if prepared else 0, mixed=is_mixed(cfg.precision),
-                         lora_r=cfg.lora_r, packed_mask=packed_mask(cfg.attn, cfg.seq_len, cfg.doc_len))
+                         lora_r=cfg.lora_r,
+                         packed_mask=packed_mask(cfg.attn, cfg.seq_len, cfg.doc_len, collator=cfg.collator_mask),
+                         shared_mask=cfg.collator_mask and cfg.doc_len is not None)
 
 
 @cache  # the search asks per candidate; models and target tuples are hashable

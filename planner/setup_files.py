@@ -145,17 +145,20 @@ def packing_problem(pending: dict[str, Any], source: str, *, doc_len_given: bool
     return None
 
 
-def _lf_packing(keys: _Keys, stage: Stage, pending: dict[str, Any]) -> None:
+def _lf_packing(keys: _Keys, values: dict[str, Any], pending: dict[str, Any]) -> None:
     """neat_packing: SFT samples packed into cutoff_len with attention kept within each (hparams/data_args.py
-    "sequence packing without cross-attention", which turns packing on; SFT only, hparams/parser.py); packing
-    alone, and pre-training's default packing (parser.py: `packing = stage == "pt"` when unset), concatenate
-    documents under one causal mask."""
+    "sequence packing without cross-attention", which turns packing on; SFT only, hparams/parser.py), under a 4-D
+    mask its collator builds for every attention but FlashAttention-2 (collator_mask: data/collator.py
+    SFTDataCollatorWith4DAttentionMask, block_diag_attn = neat_packing); packing alone, and pre-training's default
+    packing (parser.py: `packing = stage == "pt"` when unset), concatenate documents under one causal mask."""
+    stage = values.get("stage", Stage.sft)
     neat = keys.flag("neat_packing") if "neat_packing" in keys else False
     if neat:
         if stage is not Stage.sft:
             raise keys.refuse("neat_packing", f"LLaMA-Factory packs without cross-attention for sft only, not "
                                               f"{stage.value}")
         pending[DOCUMENTS] = "neat_packing: true"
+        values["collator_mask"] = True
         return
     packing = keys.flag("packing") if "packing" in keys else stage is Stage.pt
     if packing:
@@ -492,7 +495,7 @@ def llamafactory(data: dict[str, Any], source: str, exists: Callable[[str], bool
     if seq is not None:
         values["seq_len"] = seq
     _lf_model_args(keys, values, pending)
-    _lf_packing(keys, values.get("stage", Stage.sft), pending)
+    _lf_packing(keys, values, pending)
     return Reading(source, KINDS["llamafactory"], values, defaults, _references(keys), pending, problem)
 
 

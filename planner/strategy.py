@@ -139,9 +139,11 @@ class Switches:
     whether peft's prepare_model_for_kbit_training runs on a 4-bit model (planner.states.kbit_prepared), torch's
     AdamW as its fused kernel (planner.engines.ddp.adamw_foreach_items), the transformers release whose loss the
     run computes ("" = a current one; planner.transformers_versions), whether the training loop keeps the model's
-    output through backward (planner.memory_knobs.held_output_bytes_per_logit), and the mean length of the documents
+    output through backward (planner.memory_knobs.held_output_bytes_per_logit), the mean length of the documents
     packed into each sequence under a per-document attention mask (planner.kernels.document_block_share: the
-    attention core's time; planner.compute.attended_tokens: MFU's attention FLOPs)."""
+    attention core's time; planner.compute.attended_tokens: MFU's attention FLOPs), and whether that mask comes
+    from the data collator, one tensor every layer shares (planner.memory.collator_mask_bytes), rather than from
+    transformers, converted in every layer (planner.activations.sdpa_packed_mask_bytes_per_token)."""
 
     cross_entropy: CrossEntropy = option(CrossEntropy.standard, help=(
         "Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), fused (Liger's fused "
@@ -174,6 +176,11 @@ class Switches:
         "(TRL packing / padding_free, LLaMA-Factory neat_packing, torchtune's packed datasets): with --attn flash "
         "FlashAttention-2's varlen kernel computes each document's own causal blocks; eager attention still "
         "computes the whole s x s. Default: one causal sequence per --seq-len."))
+    collator_mask: bool = option(False, panel="Batch", help=(
+        "With --doc-len under SDPA or eager attention: the packed documents' mask comes from the data collator as "
+        "one 4-D tensor per micro-batch that every layer shares (LLaMA-Factory's neat_packing; --from sets it), "
+        "held with the step's prefetched micro-batches. Default: transformers builds it from the position_ids and "
+        "SDPA converts it in every layer (TRL's padding_free and bfd packing)."))
 
     PANEL: ClassVar[str] = "Switches"
 
@@ -187,7 +194,8 @@ FLAT_FIELDS: tuple[str, ...] = (
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
     "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
-    "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "keeps_output", "doc_len", "num_generations",
+    "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "keeps_output", "doc_len", "collator_mask",
+    "num_generations",
     "completion_len", "kl_beta", "generation", "vllm_memory", "vllm_sleep", "vllm_server_gpus", "vllm_tp",
     "generation_steps", "num_iterations", "reward_model", "completion_len_mean")
 # the online RL stages' settings (planner.rl.settings.Rollout): plan.json carries them for those stages only
@@ -262,6 +270,7 @@ class TrainConfig:
     fused_adamw = property(attrgetter("switches.fused_adamw"))
     keeps_output = property(attrgetter("switches.keeps_output"))
     doc_len = property(attrgetter("switches.doc_len"))
+    collator_mask = property(attrgetter("switches.collator_mask"))
     transformers_version = property(attrgetter("switches.transformers_version"))
     tp = property(attrgetter("layout.tp"))
     sequence_parallel = property(attrgetter("layout.sequence_parallel"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from planner import engines
 from planner.engines import parallel
 from planner.errors import PlanError
+from planner.gpus import flash_attention_2_problem
 from planner.params import lora_dropout_problem, lora_target_problem
 from planner.rl.settings import is_online_rl
 from planner.strategy import Attn, Method, Optimizer, Precision, Quant, Stage, TrainConfig
@@ -67,8 +68,13 @@ def method_problems(cfg: TrainConfig) -> list[str]:
 
 def attention_problems(cfg: TrainConfig) -> list[str]:
     """An attention implementation the model's transformers class does not take (gpt-oss has no SDPA path: its
-    attention sinks are not an SDPA argument; transformers refuses `attn_implementation="sdpa"` for it)."""
+    attention sinks are not an SDPA argument; transformers refuses `attn_implementation="sdpa"` for it), or
+    FlashAttention-2 on a board older than Ampere (V100, T4: planner/gpus.py flash_attention_2_problem)."""
     m = cfg.model
+    if cfg.attn is Attn.flash:
+        board = flash_attention_2_problem(cfg.cluster.gpu)
+        if board:
+            return [board]
     if ATTN_KERNEL[cfg.attn] in m.attn_kernels:
         return []
     others = [a.value for a, k in ATTN_KERNEL.items() if k in m.attn_kernels]
@@ -84,6 +90,8 @@ def document_problems(cfg: TrainConfig) -> list[str]:
     planner/kernels.py flash_attention_s)."""
     d = cfg.doc_len
     if d is None:
+        if cfg.collator_mask:
+            return ["--collator-mask plans the packed documents' mask a collator builds: it needs --doc-len"]
         return []
     if not 1 <= d <= cfg.seq_len:
         return [f"--doc-len must be between 1 and --seq-len {cfg.seq_len}, got {d}"]

@@ -116,9 +116,12 @@ def run_in_fork(work: Callable[[], object]) -> int:
 
     The child starts with what this process has imported (torch, transformers, DeepSpeed: seconds each) and
     nothing an earlier piece of work left behind: its own allocator, tensors, process group and DeepSpeed
-    state. It ends as a launched rank does (`exit_worker`) and dies with its parent (PR_SET_PDEATHSIG,
-    prctl(2)), so a rank that torchrun kills leaves no child behind. Linux only (prctl); never after CUDA has
-    been initialized in this process (a forked child cannot use it)."""
+    state. Its glibc heap starts as this process's, so its steps fault pages in as a fresh process's do (a LoRA
+    DDP step: 8-19k minor faults per step either way, from the heap's top trimmed and grown again; 0-1 in a process
+    that had run a full fine-tuning plan before); timed back to back, forked and fresh runs of one plan agree within
+    the machine's noise (README, rank order, session 13). It ends as a launched rank does (`exit_worker`) and
+    dies with its parent (PR_SET_PDEATHSIG, prctl(2)), so a rank that torchrun kills leaves no child behind.
+    Linux only (prctl); never after CUDA has been initialized in this process (a forked child cannot use it)."""
     _flush_output()  # or the child would print this process's buffered output again
     pid = os.fork()
     if pid == 0:

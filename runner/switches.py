@@ -85,6 +85,10 @@ def _document_notes(cfg: TrainConfig) -> list[str]:
                 f"hparams/parser.py): its attention spans the whole cutoff_len, more than this plan's --doc-len "
                 f"{cfg.doc_len} counts."]
     out = [f"neat_packing: the plan assumes documents of {cfg.doc_len} tokens on average in each pack (--doc-len)."]
+    if cfg.attn is not Attn.flash and not cfg.collator_mask:
+        out.append("neat_packing under sdpa or eager hands every layer one 4-D mask per micro-batch from "
+                   "LLaMA-Factory's collator; this plan counts transformers' mask converted in every layer instead "
+                   "(TRL's packing): plan with --collator-mask for LLaMA-Factory's.")
     if cfg.attn is Attn.flash and cfg.micro_batch > 1:
         out.append(f"LLaMA-Factory 0.9.5 runs neat_packing under fa2 one pack per device (data/collator.py asserts a "
                    f"batch of 1): this plan's micro-batch {cfg.micro_batch} needs per_device_train_batch_size 1 there.")

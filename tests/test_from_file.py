@@ -102,11 +102,16 @@ def test_a_setup_that_packs_documents_asks_for_their_length(capsys, monkeypatch,
     code, _, err = run(capsys, monkeypatch, "estimate", "--from", lf, "--gpus", "1xA100-80G")
     assert code == 2 and "neat.yaml: neat_packing: true packs documents" in err
     assert config_of(capsys, monkeypatch, "--from", lf, "--gpus", "1xA100-80G", "--doc-len", "300")["doc_len"] == 300
+    # under SDPA its collator's 4-D mask is what the plan counts (planner.memory.collator_mask_bytes)
+    sdpa = write(tmp_path, "neat_sdpa.yaml", Path(lf).read_text().replace("flash_attn: fa2", "flash_attn: sdpa"))
+    assert picked(config_of(capsys, monkeypatch, "--from", sdpa, "--gpus", "1xA100-80G", "--doc-len", "300"),
+                  "attn", "collator_mask") == {"attn": "sdpa", "collator_mask": True}
     trl = {"model_name_or_path": "meta-llama/Meta-Llama-3-8B", "output_dir": "o", "per_device_train_batch_size": 2,
            "max_length": 2048, "packing": True, "attn_implementation": "flash_attention_2", "bf16": True}
     path = write(tmp_path, "trl.json", json.dumps(trl))
     cfg = config_of(capsys, monkeypatch, "--from", path, "--gpus", "1xA100-80G", "--doc-len", "300")
     assert picked(cfg, "doc_len", "attn", "micro_batch") == {"doc_len": 300, "attn": "flash", "micro_batch": 2}
+    assert "collator_mask" not in cfg  # TRL's packing: transformers builds the mask (the default, not written)
     # padding-free under SDPA: TRL flattens the two packs into one row of 4096 tokens, one mask over it
     path = write(tmp_path, "trl_sdpa.json", json.dumps({**trl, "attn_implementation": "sdpa"}))
     code, _, err = run(capsys, monkeypatch, "estimate", "--from", path, "--gpus", "1xA100-80G", "--doc-len", "300")

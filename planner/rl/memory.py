@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from planner import engines
+from planner import deepspeed_sizes, engines
 from planner.calibration import DEFAULT, Calibration
 from planner.models import ModelSpec, resolve
 from planner.params import total_params
@@ -121,27 +121,31 @@ class TrainingMemory:
 
 
 @lru_cache(maxsize=8192)
-def _cached(fn: Callable, cfg: TrainConfig, *args: Any) -> Any:
+def _cached(fn: Callable, cfg: TrainConfig, sizes: tuple, *args: Any) -> Any:
+    """`fn(cfg, *args)`, memoized on the config's value and on `sizes`, the DeepSpeed sizes a
+    `deepspeed_sizes.configured` block sets (deepspeed_sizes.configuration()): the training step's DeepSpeed buffers
+    and ZeRO-3's replayed optimizer construction read them, as planner.memory's strategy-parts memo keys on them."""
     return fn(cfg, *args)
 
 
 def training_memory(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration) -> Any:
     """The policy's training step, once per strategy whatever the generation settings (the search's hot path)."""
-    return training_memo(_cached, tm.peak, training_part(cfg), cal)
+    return training_memo(_cached, tm.peak, training_part(cfg), deepspeed_sizes.configuration(), cal)
 
 
 def resident_states(tm: TrainingMemory, cfg: TrainConfig) -> dict[str, float]:
-    return training_memo(_resident_cached, tm.resident, training_part(cfg))
+    return training_memo(_resident_cached, tm.resident, training_part(cfg), deepspeed_sizes.configuration())
 
 
-def _resident_cached(fn: Callable, part: TrainConfig) -> dict[str, float]:
+def _resident_cached(fn: Callable, part: TrainConfig, sizes: tuple) -> dict[str, float]:
     """The trainer's resident states, memoized on what they read: the fields of planner.memory's strategy key
     (`_strategy_key`: weights, optimizer states and the engine's buffers at the first stage read no micro-batch,
-    checkpointing or attention, and of the accumulation only whether there is any), so every batch shape and
-    checkpointing of a strategy shares them."""
+    checkpointing or attention, and of the accumulation only whether there is any), and like it on `sizes`
+    (deepspeed_sizes.configuration(): DeepSpeed's buffers read the sizes a `configured` block sets), so every batch
+    shape and checkpointing of a strategy shares them."""
     return memo_by_parts(_RESIDENT, (fn, part.model, part.cluster, part.adapter, part.layout, part.engine_choice,
                                      part.switches, part.rollout),
-                         (part.precision, part.optimizer, part.stage, part.seq_len, part.grad_accum > 1),
+                         (part.precision, part.optimizer, part.stage, part.seq_len, part.grad_accum > 1, sizes),
                          lambda: fn(part))
 
 
@@ -152,13 +156,14 @@ def _training_of(tm: TrainingMemory, cfg: TrainConfig, cal: Calibration) -> tupl
     """The training step's peak, the resident states and their sum, found in one lookup by the training part's
     identity (each candidate asks for the three together)."""
     part = training_part(cfg)
-    key = (id(part), id(tm), id(cal))
+    sizes = deepspeed_sizes.configuration()
+    key = (id(part), id(tm), id(cal), sizes)
     hit = _TRAINING_OF.get(key)
     if hit is None:
         if len(_TRAINING_OF) >= 8192:
             _TRAINING_OF.clear()
         states = resident_states(tm, part)
-        hit = _TRAINING_OF[key] = ((part, tm, cal), training_memo(_cached, tm.peak, part, cal), states,
+        hit = _TRAINING_OF[key] = ((part, tm, cal), training_memo(_cached, tm.peak, part, sizes, cal), states,
                                    _states_total(states))
     return hit[1], hit[2], hit[3]
 
@@ -263,15 +268,21 @@ def _combine(tm: TrainingMemory, cfg: TrainConfig, train: Any, beside: _Beside, 
         grads, acts = train.gradients, train.activations
         other = {**_kept_items(train), **beside.other_resident}
         phase, peak = train.phase, training_total
-    # the readings of planner.memory: the training step's allocator reserve (its transient tensors), capped by the
-    # card, the CUDA context and NCCL's buffers outside the allocator
+    # the readings of planner.memory (_peak), with its rules: the training step's allocator reserve (its transient
+    # tensors; under ZeRO-3 at least the free part of the segments its replayed optimizer construction leaves, which
+    # `reserve_wanted` carries: on the training peak the reserved reading is then at least the step's tensors plus
+    # that free part, and on a larger generation peak more), raised to FSDP1's init floor on a GPU (the floor holds
+    # whatever the phase: the reserved reading is at least `reserved_floor`), capped by what the card has left beside
+    # the CUDA context and NCCL's buffers outside the allocator
     context, nccl = float(gpu.runtime_overhead_bytes), train.other_items.get(_NCCL, 0.0)
-    other[_RESERVE] = min(train.reserve_wanted, max(0.0, gpu.hbm_bytes - context - nccl - peak))
+    carried = max(train.reserve_wanted, train.reserved_floor - peak)
+    other[_RESERVE] = min(carried, max(0.0, gpu.hbm_bytes - context - nccl - peak))
     other[_CONTEXT] = context
     other[_NCCL] = nccl
     return tm.breakdown(weights=weights, gradients=grads, optimizer=optimizer, activations=acts,
                            other=sum(other.values()), phase=phase, other_items=other, host_bytes=train.host_bytes,
-                           nvme_bytes=train.nvme_bytes, reserve_wanted=train.reserve_wanted, tensor_bytes=peak)
+                           nvme_bytes=train.nvme_bytes, reserve_wanted=train.reserve_wanted, tensor_bytes=peak,
+                           reserved_floor=train.reserved_floor)
 
 
 def _kept_items(train: Any) -> dict[str, float]:

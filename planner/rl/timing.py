@@ -31,6 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from planner import compute as cp
+from planner import deepspeed_sizes
 from planner.calibration import DEFAULT, Calibration
 from planner.comm import DEFAULT_COMM_EFFICIENCY
 from planner.parallel_comm import dp_group
@@ -55,7 +56,8 @@ class TrainingTime:
 
 
 @lru_cache(maxsize=8192)
-def _training_step(fn: Callable, cfg: TrainConfig, cal: Calibration) -> Any:
+def _training_step(fn: Callable, cfg: TrainConfig, cal: Calibration, sizes: tuple) -> Any:
+    """`fn(cfg, cal)`, memoized on the config, the calibration and `sizes` (deepspeed_sizes.configuration())."""
     return fn(cfg, cal)
 
 
@@ -103,13 +105,16 @@ def rl_step_time(tt: TrainingTime, cfg: TrainConfig, cal: Calibration = DEFAULT)
     """Seconds per optimizer step of GRPO / RLOO (or PPO), with `generation`, `scoring` and `weight_sync` beside
     the training step's parts; rates count the trained completions (prompt + completion tokens)."""
     trained = trained_config(cfg)
+    # the training step's memos key on deepspeed_sizes.configuration() as the memory memos do: ZeRO's collectives read
+    # the sizes a `configured` block sets (planner/engines/zero.py)
+    sizes = deepspeed_sizes.configuration()
     if cfg.stage is Stage.ppo:
         actor_cfg = replace(trained, stage=Stage.sft)
-        train = _training_step(tt.step, actor_cfg, cal)
-        critic = _training_step(tt.step, critic_config(trained), cal)
+        train = _training_step(tt.step, actor_cfg, cal, sizes)
+        critic = _training_step(tt.step, critic_config(trained), cal, sizes)
     else:
         actor_cfg = trained
-        train = training_memo(_training_step, tt.step, training_part(trained), cal)
+        train = training_memo(_training_step, tt.step, training_part(trained), cal, sizes)
         critic = None
     r = cfg.rollout
     terms = _rollout_terms(cfg, cal)

@@ -178,6 +178,11 @@ def test_llamafactory_yaml_gets_neat_packing(tmp_path) -> None:
     pt = (tmp_path / "pt" / "llamafactory.yaml").read_text()
     assert "neat_packing" not in yaml.safe_load(pt) and "neat_packing is SFT only" in pt
     assert math.isclose(json.loads((tmp_path / "docs" / "plan.json").read_text())["config"]["doc_len"], 300)
+    # under SDPA LLaMA-Factory's collator builds the mask: the header names the switch that plans it
+    emit(_cfg(doc_len=300, method="lora", attn=Attn.sdpa), tmp_path / "sdpa")
+    assert "--collator-mask" in (tmp_path / "sdpa" / "llamafactory.yaml").read_text()
+    emit(_cfg(doc_len=300, method="lora", attn=Attn.sdpa, collator_mask=True), tmp_path / "collator")
+    assert "--collator-mask" not in (tmp_path / "collator" / "llamafactory.yaml").read_text()
 
 
 # --- SDPA: the packed sequences' materialized mask ----------------------------------------------------------------
@@ -221,3 +226,12 @@ def test_sdpa_keeps_the_mask_in_every_layer(method: str, precision: str) -> None
     ckpt = dict(attn=Attn.sdpa, method=method, precision=precision, grad_ckpt="full")
     grew = memory_per_gpu(_cfg(**ckpt, doc_len=300)).total - memory_per_gpu(_cfg(**ckpt)).total
     assert 0 <= grew <= per_layer * 1.0001
+
+
+def test_collator_mask_needs_documents() -> None:
+    """--collator-mask plans a packed documents' mask: without --doc-len it would change nothing, so it is refused."""
+    from planner.validity import problems
+
+    found = problems(_cfg(collator_mask=True))
+    assert found == ["--collator-mask plans the packed documents' mask a collator builds: it needs --doc-len"]
+    assert not problems(_cfg(collator_mask=True, doc_len=300))

@@ -26,7 +26,9 @@ from planner.activations import (  # noqa: E402
     packed_mask,
     sdpa_packed_mask_bytes_per_token,
 )
-from planner.choices import Attn, GradCkpt  # noqa: E402
+from planner.build import build_config  # noqa: E402
+from planner.choices import Attn, GradCkpt, Method, Precision  # noqa: E402
+from planner.memory import COLLATOR_MASK_ITEM, collator_mask_bytes, memory_per_gpu  # noqa: E402
 from planner.model_layers import AttentionShape  # noqa: E402
 from planner.models import resolve, spec_from_hf_config  # noqa: E402
 
@@ -124,9 +126,8 @@ def test_llamafactory_s_collator_mask_is_one_tensor_every_layer_shares(autocast:
     mask as it is (masking_utils._preprocess_mask_arguments, "If the mask is already 4D, simply return as-is"), SDPA
     takes an additive mask as it is (convert_boolean_attn_mask converts booleans only), and every layer's kernel saves
     that one tensor: e s per token once per step, not per layer; the repeated keys and values stay per layer.
-    The planner does not model this source of the mask (no option says which tool packs: TRL's padding-free packing
-    under SDPA, bfd being its default packing strategy, gets transformers' per-layer conversion, measured above), so
-    for LLaMA-Factory it counts (layers - 1) e s per token too many (README, packed documents)."""
+    The plan counts it so with --collator-mask (--from sets it for neat_packing): no layer keeps a mask of its own
+    (LayerTraining.shared_mask), and planner.memory.collator_mask_bytes counts the one tensor per micro-batch."""
     kv_heads = 2  # grouped-query: the repeated keys and values show the per-layer term beside the shared mask
     plain, _ = _saved_bytes(kv_heads, packed=False, autocast=autocast)
     packed, calls = _saved_bytes(kv_heads, packed=True, autocast=autocast, collator_mask=True)
@@ -135,11 +136,21 @@ def test_llamafactory_s_collator_mask_is_one_tensor_every_layer_shares(autocast:
     shape = AttentionShape(heads=4, kv_heads=kv_heads, qk_head_dim=64, v_head_dim=64)
     mask, repeated = sdpa_packed_mask_bytes_per_token(shape, seq_len=S, act_bytes=act_bytes)
     assert packed - plain == B * S * (mask + LAYERS * repeated)
+    # the planner's terms: per layer the repeated keys and values only, and the collator's mask once
+    m = spec_from_hf_config({**HF, "num_key_value_heads": kv_heads}, name="packed")
+    train = LayerTraining(weights=True, mixed=autocast)
+    shared = LayerTraining(weights=True, mixed=autocast, packed_mask=True, shared_mask=True)
+    per_layer = (hf_layer_bytes_per_token(m, act_bytes=act_bytes, attn=Attn.sdpa, train=shared, seq_len=S)
+                 - hf_layer_bytes_per_token(m, act_bytes=act_bytes, attn=Attn.sdpa, train=train, seq_len=S))
+    cfg = build_config(model="qwen3-0.6b", gpus="1xH100", micro_batch=B, seq_len=S, doc_len=DOC, collator_mask=True,
+                       precision=Precision.bf16_mixed if autocast else Precision.fp32, check=False)
+    assert packed - plain == LAYERS * B * S * per_layer + collator_mask_bytes(cfg)
 
 
 def test_when_the_mask_is_built() -> None:
     assert packed_mask(Attn.sdpa, 4096, 300)
     assert not packed_mask(Attn.sdpa, 4096, 4096)  # one document per row: no packing found, is_causal
+    assert packed_mask(Attn.sdpa, 4096, 4096, collator=True)  # LLaMA-Factory's collator builds it all the same
     assert not packed_mask(Attn.sdpa, 4096, None)
     assert not packed_mask(Attn.flash, 4096, 300) and not packed_mask(Attn.eager, 4096, 300)
 
@@ -181,3 +192,60 @@ def test_a_derived_model_adds_the_term_to_every_layer_kind_once() -> None:
         assert derived_layer_bytes_per_token(m, act_bytes=e, attn=Attn.sdpa, train=packed, seq_len=s,
                                              recompute=recompute) == \
             derived_layer_bytes_per_token(m, act_bytes=e, attn=Attn.sdpa, train=base, seq_len=s, recompute=recompute)
+
+
+def test_the_trainer_holds_every_micro_batch_of_the_step_until_its_optimizer_step(tmp_path) -> None:
+    """The collator's mask lives as long as its batch: transformers 5.25's Trainer fetches the step's
+    gradient_accumulation_steps micro-batches first (get_batch_samples) and loops over that list, so at the optimizer
+    step every micro-batch's mask is still alive (collator_mask_bytes: grad_accum x b s^2 e). A real Trainer on the
+    CPU, its collator's masks followed by weak references."""
+    import weakref
+
+    from torch.utils.data import Dataset
+
+    accum, alive_at_step = 3, []
+    masks: weakref.WeakSet = weakref.WeakSet()
+
+    class Rows(Dataset):
+        def __len__(self) -> int:
+            return B * accum
+
+        def __getitem__(self, i: int) -> dict:
+            return {"input_ids": torch.randint(0, HF["vocab_size"], (S,))}
+
+    def collate(rows: list[dict]) -> dict:
+        ids = torch.stack([r["input_ids"] for r in rows])
+        mask = _collator_mask(torch.float32)[: len(rows)].clone()
+        masks.add(mask)
+        return {"input_ids": ids, "labels": ids, "attention_mask": mask}
+
+    class Count(transformers.TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            alive_at_step.append(len(masks))
+
+    config = transformers.LlamaConfig(**{k: v for k, v in HF.items() if k != "model_type"}, num_key_value_heads=2,
+                                      attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(config)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=B, max_steps=1,
+                                          gradient_accumulation_steps=accum, use_cpu=True, report_to=[],
+                                          save_strategy="no", dataloader_num_workers=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collate,
+                                   callbacks=[Count()])
+    trainer.train()
+    assert alive_at_step == [accum]
+
+
+def test_the_plan_counts_the_collator_s_mask_once_per_micro_batch() -> None:
+    """Llama-3.1-8B LoRA at 4096 tokens of 300-token documents under SDPA: with --collator-mask the 32 layers keep no
+    mask of their own (32 x b s^2 e less activation), and the step holds grad_accum x b s^2 e in every phase; under
+    FlashAttention-2 LLaMA-Factory's collator builds none."""
+    kw = dict(model="llama-3.1-8b", gpus="1xH100", method=Method.lora, seq_len=4096, doc_len=300, micro_batch=2,
+              grad_accum=4, check=False)
+    per_layer, collator = memory_per_gpu(build_config(**kw)), memory_per_gpu(build_config(**kw, collator_mask=True))
+    b, s, e = 2, 4096, 2
+    assert collator.other_items[COLLATOR_MASK_ITEM] == 4 * b * s * s * e
+    assert COLLATOR_MASK_ITEM not in per_layer.other_items
+    assert per_layer.phase == collator.phase == "backward"
+    assert per_layer.activations - collator.activations == pytest.approx(32 * b * s * s * e, rel=1e-9)
+    flash = memory_per_gpu(build_config(**{**kw, "attn": Attn.flash}, collator_mask=True))
+    assert COLLATOR_MASK_ITEM not in flash.other_items

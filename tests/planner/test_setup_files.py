@@ -177,6 +177,14 @@ def test_what_packing_each_setup_reads(reader, data: dict, pending) -> None:
     assert (found if isinstance(pending, dict) else set(found)) == pending
 
 
+def test_neat_packing_says_the_collator_builds_the_mask() -> None:
+    """LLaMA-Factory's neat_packing: its SFT collator builds the packed documents' 4-D mask (collator_mask, planner.
+    memory.collator_mask_bytes); TRL's padding-free packing leaves it to transformers (the default)."""
+    assert llamafactory({**_LF, "neat_packing": True}, "s", nowhere).values["collator_mask"] is True
+    assert "collator_mask" not in llamafactory(_LF, "s", nowhere).values
+    assert "collator_mask" not in trainer({**_TRL, "packing": True}, "s", nowhere).values
+
+
 def test_packing_settings_the_tools_refuse() -> None:
     with pytest.raises(PlanError, match="s: neat_packing: LLaMA-Factory packs without cross-attention for sft only"):
         llamafactory({**_LF, "stage": "dpo", "neat_packing": True}, "s", nowhere)
