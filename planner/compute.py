@@ -30,19 +30,30 @@ from planner.params import lora_params, quantizable_params
 from planner.states import stage_layers
 from planner.strategy import Attn, GradCkpt, Method, Precision, Quant, Stage, TrainConfig
 
-# Achievable fraction of the dense tensor-core peak for large GEMMs, keyed by GPU: the "Maximum Achievable Matmul
-# FLOPS" (MAMF) measured with torch.matmul over a search of shapes (S. Bekman, ml-engineering,
-# compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS comparison table", BF16): A100 SXM 271.2 of 312
-# TFLOP/s (86.9%), H100 SXM 794.5 of 989 (80.3%, "H200 is the same"). A800 / H800 are the same chips with cut
-# NVLink. The rest of a step is counted apart from this (planner/kernels.py): wave quantization of each GEMM's
-# tiles, the elementwise ops' bytes at the memory bandwidth, attention at FlashAttention's own efficiency, host
-# dispatch and framework hooks. Replaced by `Calibration.compute_efficiency` when a profile exists.
-# - GPUs without a MAMF figure (V100, the GDDR boards) take the fallback: A100 PCIe's 81.1% in the same table,
+# Achievable fraction of the dense tensor-core peak for large GEMMs in a training step, keyed by GPU. Ampere: the
+# "Maximum Achievable Matmul FLOPS" (MAMF) measured with torch.matmul over a search of shapes (S. Bekman,
+# ml-engineering, compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS comparison table", BF16): A100 SXM
+# 271.2 of 312 TFLOP/s (86.9%); A800 is the same chip with cut NVLink. Hopper (H100, H800, H200: one GH100 die at
+# 700 W): the "Maximum Sustainable Matmul FLOPS" (MSMF), the rate a matmul holds once the board sits at its power
+# limit and its clock has settled below boost, which mamf-finder.py reports beside the boost-burst MAMF and which its
+# author names the rate that "matches real training throughput" (a training step is one long saturated run): on an
+# H200, five `--search auto` runs gave MSMF 743-746 TFLOP/s against MAMF 843-850 (ml-engineering
+# compute/accelerator/benchmarks/README.md, "How MAMF and MSMF are defined"); 745 of 989.4 is 75.3%. The figure taken
+# before, H100 SXM 794.5 (80.3%, "H200 is the same"), came from 100-iteration bursts: on that H200 a 0.3 s window read
+# one shape at 745-752 that held 736-739 over 10 s. Per TFLOP Hopper has less power headroom than Ampere (700 W for
+# 989 TFLOP/s against 400 W for 312); no sustained figure is published for the A100, which keeps its MAMF. The rest
+# of a step is counted apart from this (planner/kernels.py): wave quantization of each GEMM's tiles, the elementwise
+# ops' bytes at the memory bandwidth, attention at FlashAttention's own efficiency, host dispatch and framework
+# hooks. Replaced by `Calibration.compute_efficiency` when a profile exists.
+# - GPUs without a MAMF figure (V100, the GDDR boards) take the fallback: A100 PCIe's 81.1% in the MAMF table,
 #   the lowest NVIDIA datacenter figure there, rounded down (0.80).
 # - CPU: the peak is the fitted GEMM rate itself (planner/gpus.py, `ftplan profile calibrate --device`): 1.0.
+HOPPER_SUSTAINED_MATMUL_FLOPS_PER_S = 745e12  # H200 MSMF, the middle of the five runs' 743-746 (above)
+HOPPER_BF16_PEAK_FLOPS_PER_S = 989.4e12  # NVIDIA H100 / H200 SXM datasheet, dense
+_HOPPER_EFFICIENCY = round(HOPPER_SUSTAINED_MATMUL_FLOPS_PER_S / HOPPER_BF16_PEAK_FLOPS_PER_S, 3)  # 0.753
 DEFAULT_COMPUTE_EFFICIENCY: dict[str, float] = {
     "A100-80G": 0.869, "A100-40G": 0.869, "A800": 0.869,
-    "H100": 0.803, "H800": 0.803, "H200": 0.803,
+    "H100": _HOPPER_EFFICIENCY, "H800": _HOPPER_EFFICIENCY, "H200": _HOPPER_EFFICIENCY,
     "CPU": 1.0,
 }
 FALLBACK_COMPUTE_EFFICIENCY = 0.80

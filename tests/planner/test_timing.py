@@ -200,3 +200,20 @@ def test_estimate_dict_carries_time() -> None:
     d = estimate_to_dict(estimate(cfg()))
     assert {"step_time_s", "tokens_per_s", "samples_per_s", "mfu", "time_breakdown_s"} <= set(d)
     assert set(d["time_breakdown_s"]) == set(BREAKDOWN_KEYS)
+
+
+def test_hopper_gemms_run_at_the_sustained_matmul_rate() -> None:
+    """A training step is one long run at the board's power limit: Hopper's large GEMMs take the H200's measured
+    Maximum Sustainable Matmul FLOPS (745 TFLOP/s, ml-engineering's mamf-finder), not the boost burst
+    (planner/compute.py);
+    the A100 keeps its MAMF (no sustained figure is published for it)."""
+    from planner.compute import DEFAULT_COMPUTE_EFFICIENCY, compute_efficiency
+    from planner.kernels import Gemm, gemm_time_s
+
+    for name in ("H100", "H800", "H200"):
+        assert compute_efficiency(name) * GPUS[name].peak_bf16_flops_per_s == pytest.approx(745e12, rel=1e-3)
+    assert DEFAULT_COMPUTE_EFFICIENCY["A100-80G"] == 0.869
+    h100 = GPUS["H100"]
+    g = Gemm(8192, 4096, 4096)  # a Llama 2 7B projection at 2 x 4096 tokens
+    rate = 2 * 8192 * 4096 * 4096 / gemm_time_s(g, h100, h100.peak_bf16_flops_per_s, compute_efficiency("H100"), 2.0)
+    assert 0.7 * 745e12 < rate <= 745e12

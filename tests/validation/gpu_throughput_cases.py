@@ -187,6 +187,9 @@ QWEN = [_qwen(size, method, gpus, seq, secs) for size, method, gpus, row in QWEN
 # scripts/*.sh), SDPA (flash) attention. Models (fms_fsdp/utils/config_utils.py): 7b = Llama 2 7B, 34b = 8192 wide,
 # 48 layers, 64 heads / 8 KV heads, MLP 22016 (Code Llama 34B's shape), 70b = Llama 2 70B; vocabulary 32,000.
 # "A100 80G 128 GPUs with 400Gbps" / "H100 96 GPUs with 800 Gbps": per node, so 50 / 100 GB/s shared by 8 GPUs.
+# The figure (fms_fsdp/utils/train_utils.py `train`): every step's tokens since the loop began over the wall time,
+# divided by the world size; each step ends in host syncs (loss.item(), clip_grad_norm_().item()) and the loader
+# runs in the main process (dataloader_utils.py: num_workers=0), a pyarrow slice per 4,097-token line: milliseconds.
 _FMS_PAGE = "foundation-model-stack/fms-fsdp README.md (cf6e42c, 2024-02-27), Training throughput benchmarks"
 _FMS_34B = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 8192, "intermediate_size": 22016,
             "num_hidden_layers": 48, "num_attention_heads": 64, "num_key_value_heads": 8,
