@@ -121,6 +121,7 @@ def device_fit_view(data: dict[str, Any], path: str) -> Text:
              f"  peak_fp32_flops_per_s {data['peak_fp32_flops_per_s'] / 1e9:.2f} GFLOP/s (large GEMMs)",
              f"  gemm_half_rate_rows   {data['gemm_half_rate_rows']:.1f} rows",
              "  gemm_narrow_cols      " + ", ".join(f"n={n}: {f:.2f}" for n, f in data.get("gemm_narrow_cols", ())),
+             "  gemm_narrow_inner     " + ", ".join(f"k={k}: {f:.2f}" for k, f in data.get("gemm_narrow_inner", ())),
              f"  dropout_values_per_s  {data.get('dropout_values_per_s', 0.0) / 1e6:.1f} M values/s",
              f"  hbm_bytes_per_s       {data['hbm_bytes_per_s'] / 1e9:.2f} GB/s (copy, read + write)",
              f"  collective_alpha_s    {data['collective_alpha_s'] * 1e6:.1f} us per gloo all-reduce",
