@@ -108,7 +108,11 @@ def main() -> None:
         dist._broadcast_coalesced(dist.group.WORLD, layer, limit, 0)
     if dist.get_rank() == 0:
         print(json.dumps({"units": units, "events": trace.events, "broadcast": {
-            "sizes": [t.numel() * 2 for t in layer], "limit": limit, "events": bcast.events}}))
+            "sizes": [t.numel() * 2 for t in layer], "limit": limit, "events": bcast.events}}), flush=True)
+    # both ranks finish before either tears gloo down: a rank that destroys the group and exits while the other
+    # still holds the pair's connection once aborted the other in gloo's thread ("terminate called without an
+    # active exception", a clean-clone CI run of session 13)
+    dist.barrier()
     dist.destroy_process_group()
 
 
