@@ -103,8 +103,9 @@ def cpu_gemm_shape(g: Gemm, gpu: GPUSpec) -> float:
 
 
 def narrow_share(n: int, table: tuple[tuple[int, float], ...]) -> float:
-    """Linear interpolation in (size, share) pairs sorted by size; the first share below, 1 above the last."""
-    if not table or n >= table[-1][0]:
+    """Linear interpolation in (size, share) pairs sorted by size; the first share below, the last at its own size
+    (LoRA's r = 64 is a measured point), 1 above the last."""
+    if not table or n > table[-1][0]:
         return 1.0
     if n <= table[0][0]:
         return table[0][1]

@@ -124,6 +124,16 @@ def test_cpu_narrow_outputs_run_at_their_measured_share() -> None:
     assert kn.cpu_gemm_shape(kn.Gemm(512, 1024, 8), gpu_from_name("A100-80G")) == 1.0
 
 
+def test_the_widest_measured_size_keeps_its_share() -> None:
+    """The last measured size is a point of the table (LoRA's r = 64 on the CPU entry: n = 64 at 0.74, k = 64 at
+    0.62), not the first size above it: only wider shapes run at the full row rate."""
+    cpu = replace(gpu_from_name("CPU"), gemm_narrow_cols=((8, 0.2), (64, 0.7)), gemm_narrow_inner=((8, 0.3), (64, 0.6)))
+    row = kn.cpu_gemm_shape(kn.Gemm(512, 1024, 1024), cpu)
+    assert kn.cpu_gemm_shape(kn.Gemm(512, 1024, 64), cpu) == pytest.approx(0.7 * row)
+    assert kn.cpu_gemm_shape(kn.Gemm(512, 64, 1024), cpu) == pytest.approx(0.6 * row)
+    assert kn.cpu_gemm_shape(kn.Gemm(512, 1024, 65), cpu) == pytest.approx(row)
+
+
 def test_cpu_narrow_inner_dimension_runs_at_its_measured_share() -> None:
     """LoRA's k = r GEMMs (lora_B's forward, lora_A's input gradient) run at the fitted share for their inner
     dimension; a wide k is untouched, and a GPU has no such table."""
