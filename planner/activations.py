@@ -64,7 +64,6 @@ class LayerTraining:
     shared_mask: bool = False
 
 
-@cache  # pure in hashable arguments; the search asks for it per candidate
 def _packed_sdpa_bytes_per_token(m: ModelSpec, *, train: LayerTraining, attn: Attn, recompute: GradCkpt,
                                  seq_len: int, act_bytes: int) -> tuple[float, float]:
     """(mask, expanded keys and values) bytes per token of one layer under SDPA with packed documents
@@ -78,6 +77,7 @@ def _packed_sdpa_bytes_per_token(m: ModelSpec, *, train: LayerTraining, attn: At
     return (0.0 if train.shared_mask else mask), repeated
 
 
+@cache  # pure in hashable arguments; the search asks for it per candidate
 def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining,
                              seq_len: int, t: int = 1, sequence_parallel: bool = False,
                              recompute: GradCkpt = GradCkpt.none) -> float:
