@@ -138,24 +138,27 @@ def fit_gemm_curve(points: Points, host_op_s: float) -> tuple[float, float]:
 def fit_narrow(points: Points, rate: float, m0: float, host_op_s: float) -> tuple[tuple[int, float], ...]:
     """(n, share) for LoRA's narrow outputs: a point's share of the row rate R m/(m+m0) is 2mkn / rate / t,
     capped at 1; per n the median over k."""
-    table = []
-    for n in NARROW_COLS:
-        shares = [rate_share(2.0 * m * k * nn, rate * m / (m + m0), max(t - host_op_s, 1e-9))
-                  for m, k, nn, t in points if nn == n and m == NARROW_ROWS and k in NARROW_INNER]
-        table.append((n, statistics.median(shares)))
-    return tuple(table)
+    return _narrow_table(points, rate, m0, host_op_s, inner=False)
 
 
 def fit_narrow_inner(points: Points, rate: float, m0: float, host_op_s: float) -> tuple[tuple[int, float], ...]:
     """(k, share) for LoRA's narrow inner dimension (k = r): per k the median over n of a point's share of the row
     rate R m/(m+m0), capped at 1; () where the points lack them (a fit made before they were measured)."""
-    table = []
-    for k in NARROW_COLS:
-        shares = [rate_share(2.0 * m * kk * n, rate * m / (m + m0), max(t - host_op_s, 1e-9))
-                  for m, kk, n, t in points if kk == k and m == NARROW_ROWS and n in NARROW_INNER]
-        if shares:
-            table.append((k, statistics.median(shares)))
-    return tuple(table)
+    return _narrow_table(points, rate, m0, host_op_s, inner=True)
+
+
+def _narrow_table(points: Points, rate: float, m0: float, host_op_s: float, *,
+                  inner: bool) -> tuple[tuple[int, float], ...]:
+    """Per narrow size (NARROW_COLS) of the output (`inner` False: n) or of the inner dimension (`inner` True: k),
+    the median over the other, wide one (NARROW_INNER) of the 512-row points' shares of the row rate; sizes without
+    points are left out."""
+    shares: dict[int, list[float]] = {}
+    for m, k, n, t in points:
+        narrow, wide = (k, n) if inner else (n, k)
+        if m == NARROW_ROWS and narrow in NARROW_COLS and wide in NARROW_INNER:
+            shares.setdefault(narrow, []).append(rate_share(2.0 * m * k * n, rate * m / (m + m0),
+                                                            max(t - host_op_s, 1e-9)))
+    return tuple((size, statistics.median(shares[size])) for size in NARROW_COLS if size in shares)
 
 
 def measure_gemms() -> tuple[float, Points]:
