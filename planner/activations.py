@@ -158,6 +158,60 @@ def hf_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train:
     return replicated + parallel / t + mask
 
 
+# litgpt's LoRAQKVLinear (lit_gpt/lora.py of lit-gpt 8641822) adapts the fused qkv linear; transformers' names of
+# its parts, as ftplan's --lora-targets gives them
+LITGPT_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+@cache  # pure in hashable arguments; the search would ask per candidate
+def litgpt_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, train: LayerTraining) -> float:
+    """Bytes one litgpt Block saves for backward, per token: lit-gpt at 8641822 (the commit litgpt's resource tables
+    measured, tutorials/resource-tables.md), a Llama-shaped model with LoRA, frozen base weights, no checkpointing,
+    SDPA/flash. Listed from the source and measured op by op on this CPU (saved_tensors_hooks over a 2-layer
+    Llama-2-shaped GPT of that commit, CUDA's dropout: 39.24 h per token where this formula gives 39.16 h and
+    transformers' layer 38.1 h; the rest is per-layer constants, the zero-pad index and the conv weight):
+    - RMSNorm (lit_gpt/rmsnorm.py:19-21) computes in the activation dtype: `x * x` and `x * rsqrt(...)` save x
+      (e*h), no fp32 copy; the frozen weight saves nothing more. Two per layer.
+    - Attention (lit_gpt/model.py:196-227): one fused linear gives qkv (e(q + 2kv) per token); q, k, v are views of
+      it (`view`, `permute`, `split`, and `reshape` at 215 is a view for MHA). RoPE and `torch.cat` (219-220) make
+      new q (e*q) and k (e*kv), but v stays a view, so SDPA's saved v keeps the whole fused output alive; SDPA/flash
+      also keeps its output (e*q) and the fp32 log-sum-exp (4a). Under GQA (1 < groups < heads) `expand` +
+      `reshape` copy k and v to all heads (e*q each) and the fused output is not kept.
+    - LoRA on the fused linear (lit_gpt/lora.py:375-385): one dropout of the shared input (its output e*h, saved by
+      lora_A's matmul, and CUDA's bool mask, h; without dropout lora_A saves the input itself), then `zero_pad`
+      (lora.py:293-294) scatters the adapted outputs with `index_copy`, whose backward keeps `source`: a 16-bit
+      tensor of the adapted widths (e(q + kv) for query and value), unless all three are adapted (no padding).
+      Other targets (the projection, the MLP) are LoRALinear (lora.py:143-150): each its dropout copy and mask, as
+      peft's; without dropout each saves the input it reads (the attention output is SDPA's already).
+    - LLaMAMLP (model.py:302-304): SiLU input, SiLU output and the up projection's output, 3e*i, as transformers'.
+    The bookkeeping outside these (a trained weight, checkpointing, a 4-bit stream) is transformers' (the caller
+    uses this only for a frozen-weight LoRA layer without recompute)."""
+    h, e = m.hidden_size, act_bytes
+    q, kv, a = m.q_dim, m.kv_dim, m.num_heads
+    lora = train.lora_targets
+    linears = {lin.name: lin for lin in m.linears()}
+    norms = 2.0 * e * h
+    groups_copy = 1 < m.num_kv_heads < m.num_heads
+    if attn is Attn.eager:  # litgpt 8641822 always calls SDPA (or flash-attn): no eager path
+        raise ValueError("litgpt's attention is SDPA or flash-attn, not eager")
+    if groups_copy:
+        core = e * q + e * q + e * q + e * q + 4.0 * a  # q roped, k and v expanded copies, the output
+    else:
+        core = e * (q + 2 * kv) + e * q + e * kv + e * q + 4.0 * a  # the fused output kept by v, q and k roped, out
+    adapted = [n for n in LITGPT_QKV if n in lora]
+    branches = 0.0
+    if adapted:
+        branches += (e + 1.0) * h if train.lora_dropout else e * h  # the dropout's copy and mask, or n_1 itself
+        if len(adapted) < 3:
+            branches += e * sum(linears[n].out_features for n in adapted)
+    if train.lora_dropout:
+        branches += sum((e + 1.0) * linears[n].in_features for n in lora if n not in LITGPT_QKV)
+    else:  # a branch saves the input it reads: the attention output is SDPA's already; n_2 once; the MLP product
+        branches += (e * h if lora & {"gate_proj", "up_proj"} else 0.0) + (
+            e * m.intermediate_size if "down_proj" in lora else 0.0)
+    return norms + core + branches + _mlp_bytes(m, e=e, down_saves=False)
+
+
 def reads_shared_input(train: LayerTraining) -> bool:
     """Whether a LoRA branch saves the very tensor its base linear reads (no dropout, no dtype cast)."""
     return not train.lora_dropout and not train.lora_input_copies

@@ -216,7 +216,8 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
     train = knobs.layer_training(cfg)
     per_layer = (hf_layer_bytes_per_token(m, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                           t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
-                                          recompute=cfg.grad_ckpt) - knobs.kernel_saving_per_token(cfg, e)) * tokens
+                                          recompute=cfg.grad_ckpt) - knobs.kernel_saving_per_token(cfg, e)
+                 + knobs.litgpt_layer_delta_per_token(cfg, e, train)) * tokens
     # a model read from transformers: bytes per layer whatever the tokens (LoRA on fused experts' merged weights,
     # Gemma's norm scales; planner.activations)
     per_layer += derived_layer_fixed_bytes(m, act_bytes=e, attn=cfg.attn, train=train, recompute=cfg.grad_ckpt,

@@ -10,7 +10,13 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from planner import bnb_versions, liger_kernels, loss_memory, offload_activations, transformers_versions
-from planner.activations import LayerTraining, kept_quantized_input_bytes_per_token, packed_mask
+from planner.activations import (
+    LayerTraining,
+    hf_layer_bytes_per_token,
+    kept_quantized_input_bytes_per_token,
+    litgpt_layer_bytes_per_token,
+    packed_mask,
+)
 from planner.choices import CrossEntropy, Engine, FsdpStrategy, GradCkpt, Kernels, Method, Quant, Stage
 from planner.models import ModelSpec
 from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
@@ -33,10 +39,41 @@ def head_weight_compute_bytes(cfg: TrainConfig, grad_bytes: float) -> float:
     return grad_bytes
 
 
+# lit_gpt/utils.py chunked_cross_entropy's default chunk, the chunks finetune/lora.py asks the head for
+# (`model(input_ids, lm_head_chunk_size=128)`, finetune/lora.py:216 at lit-gpt 8641822)
+LITGPT_CHUNK_TOKENS = 128
+
+
+def litgpt_loss_bytes(tokens: int, vocab: float) -> float:
+    """litgpt's head and loss in its training loop (lit-gpt 8641822), besides the logits the loop holds
+    (held_output_bytes_per_logit): Fabric's bf16-true returns the head's chunks converted to the default dtype,
+    fp32 (lightning/fabric/wrappers.py _FabricModule.forward `convert_output`; plugins/precision/half.py
+    `convert_output(... dst_type=torch.get_default_dtype())`), and `chunked_cross_entropy` (lit_gpt/utils.py:256-262)
+    runs cross_entropy on each fp32 chunk: log_softmax keeps its fp32 output (4 V per token), and backward adds
+    one chunk's two fp32 gradients (nll's and log_softmax's, 8 V per chunk token) before the cast back. Forward's
+    own peak (the 16-bit chunks beside their fp32 copies, 6 V per token) is lower."""
+    return 4.0 * vocab * tokens + 8.0 * vocab * min(tokens, LITGPT_CHUNK_TOKENS)
+
+
+def litgpt_layer_delta_per_token(cfg: TrainConfig, act_bytes: int, train: LayerTraining) -> float:
+    """Per token per layer, what litgpt's Block saves beyond transformers' decoder layer
+    (planner.activations.litgpt_layer_bytes_per_token less hf_layer_bytes_per_token): for a --litgpt run in 16-bit
+    true precision (litgpt's bf16-true / 16-true), LoRA on frozen weights, no checkpointing, one GPU's layer (no
+    TP); 0 otherwise, where transformers' bookkeeping stands."""
+    m = cfg.model
+    if (not cfg.litgpt or train.weights or is_mixed(cfg.precision) or cfg.grad_ckpt is not GradCkpt.none
+            or cfg.tp > 1 or m.layer_kinds or m.is_moe or not m.gated_mlp or m.layernorm_bias):
+        return 0.0
+    return (litgpt_layer_bytes_per_token(m, act_bytes=act_bytes, attn=cfg.attn, train=train)
+            - hf_layer_bytes_per_token(m, act_bytes=act_bytes, attn=cfg.attn, train=train, seq_len=cfg.seq_len))
+
+
 def head_loss_bytes(cfg: TrainConfig, tokens: int, act_bytes: int, grad_bytes: float) -> float:
     """The LM head and loss of one micro-batch (planner.loss_memory), vocabulary split by TP.
     Liger's fused loss keeps the head's weight gradient from forward when the head trains."""
     m = cfg.model
+    if cfg.litgpt:
+        return litgpt_loss_bytes(tokens, m.vocab_size / cfg.tp)
     head_weight = 0.0
     if cfg.method is Method.full:
         head_weight = head_weight_compute_bytes(cfg, grad_bytes) * m.vocab_size * m.hidden_size / cfg.tp
@@ -58,7 +95,12 @@ def held_output_bytes_per_logit(cfg: TrainConfig, act_bytes: int) -> float:
     output so more memory frees up before the next forward pass"); the Trainer's compute_loss returns the loss alone,
     so its output is gone before backward. The logits are fp32 where the model upcasts them (transformers 4.31 to
     4.45) and in the compute dtype otherwise (planner.transformers_versions.output_logits_fp32). transformers' eager
-    standard loss only: Liger's fused loss returns no logits, the chunked and compiled losses are not modelled so."""
+    standard loss only: Liger's fused loss returns no logits, the chunked and compiled losses are not modelled so.
+    litgpt's loop (--litgpt) holds its fp32 logit chunks the same way (litgpt_loss_bytes)."""
+    if cfg.litgpt:
+        # finetune/lora.py:216 binds `logits = model(...)`, the fp32 chunks Fabric returns (litgpt_loss_bytes), and
+        # rebinds it only at the next iteration's forward
+        return 4.0
     if not cfg.keeps_output or cfg.cross_entropy is not CrossEntropy.standard or cfg.torch_compile:
         return 0.0
     return 4.0 if transformers_versions.output_logits_fp32(cfg.transformers_version) else float(act_bytes)
@@ -92,6 +134,9 @@ def kernel_saving_per_token(cfg: TrainConfig, act_bytes: int, *, recomputed: boo
 
 
 def final_norm_saving_per_token(cfg: TrainConfig, act_bytes: int) -> float:
+    if cfg.litgpt and not cfg.model.layernorm_bias and cfg.method is not Method.full:
+        # litgpt's RMSNorm computes in the activation dtype (lit_gpt/rmsnorm.py:19-21): its input, e*h, not 4h
+        return (4.0 - act_bytes) * cfg.model.hidden_size
     if not fused_norm_and_mlp(cfg):
         return 0.0
     return liger_kernels.liger_final_norm_saving_bytes_per_token(cfg.model, act_bytes=act_bytes,
@@ -206,14 +251,14 @@ def offloaded_activation_bytes_per_micro_batch(cfg: TrainConfig) -> float:
     layer's saved tensors on the most loaded pipeline stage (the first), as planner.memory counts them."""
     if not cfg.activation_offload:
         return 0.0
-    from planner.activations import hf_layer_bytes_per_token
     from planner.states import activation_dtype_bytes, stage_params
 
     e = activation_dtype_bytes(cfg.precision)
     train = layer_training(cfg)
     per_token = hf_layer_bytes_per_token(cfg.model, act_bytes=e, attn=cfg.attn, train=train, seq_len=cfg.seq_len,
                                          t=cfg.tp, sequence_parallel=cfg.sequence_parallel,
-                                         recompute=cfg.grad_ckpt) - kernel_saving_per_token(cfg, e)
+                                         recompute=cfg.grad_ckpt) - kernel_saving_per_token(cfg, e) \
+        + litgpt_layer_delta_per_token(cfg, e, train)
     tokens = cfg.micro_batch * cfg.seq_len * (2 if cfg.stage.value == "dpo" else 1)
     return per_token * tokens * stage_params(cfg, first=True).trainable_layers
 

@@ -47,7 +47,8 @@ _ENUMS: dict[str, type[Enum]] = {
 
 # switches added after plan.json's first release, written only when set: plans without them read as before
 OMITTED_AT_DEFAULT: dict[str, Any] = {"transformers_version": "", "fused_adamw": False, "keeps_output": False,
-                                      "doc_len": None, "collator_mask": False, "completion_len_mean": None}
+                                      "doc_len": None, "collator_mask": False, "completion_len_mean": None,
+                                      "litgpt": False}
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

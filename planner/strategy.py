@@ -143,7 +143,8 @@ class Switches:
     packed into each sequence under a per-document attention mask (planner.kernels.document_block_share: the
     attention core's time; planner.compute.attended_tokens: MFU's attention FLOPs), and whether that mask comes
     from the data collator, one tensor every layer shares (planner.memory.collator_mask_bytes), rather than from
-    transformers, converted in every layer (planner.activations.sdpa_packed_mask_bytes_per_token)."""
+    transformers, converted in every layer (planner.activations.sdpa_packed_mask_bytes_per_token), and whether the
+    run is litgpt's own model code rather than transformers + peft (a validation case's framework)."""
 
     cross_entropy: CrossEntropy = option(CrossEntropy.standard, help=(
         "Loss: standard (transformers, fp32 logits), chunked (torchtune's chunked loss), fused (Liger's fused "
@@ -181,6 +182,11 @@ class Switches:
         "one 4-D tensor per micro-batch that every layer shares (LLaMA-Factory's neat_packing; --from sets it), "
         "held with the step's prefetched micro-batches. Default: transformers builds it from the position_ids and "
         "SDPA converts it in every layer (TRL's padding_free and bfd packing)."))
+    litgpt: bool = option(False, help=(
+        "Your run is litgpt's finetune/lora.py (lit-gpt of Oct 2023, Lightning Fabric, bf16-true) rather than "
+        "transformers + peft: its model code saves a fused qkv, 16-bit RMSNorm inputs and one LoRA dropout per "
+        "layer, and its loop holds the fp32 logits Fabric returns through backward. Emitted configs stay the "
+        "Trainer's."))
 
     PANEL: ClassVar[str] = "Switches"
 
@@ -195,7 +201,7 @@ FLAT_FIELDS: tuple[str, ...] = (
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
     "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
     "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "keeps_output", "doc_len", "collator_mask",
-    "num_generations",
+    "litgpt", "num_generations",
     "completion_len", "kl_beta", "generation", "vllm_memory", "vllm_sleep", "vllm_server_gpus", "vllm_tp",
     "generation_steps", "num_iterations", "reward_model", "completion_len_mean")
 # the online RL stages' settings (planner.rl.settings.Rollout): plan.json carries them for those stages only
@@ -271,6 +277,7 @@ class TrainConfig:
     keeps_output = property(attrgetter("switches.keeps_output"))
     doc_len = property(attrgetter("switches.doc_len"))
     collator_mask = property(attrgetter("switches.collator_mask"))
+    litgpt = property(attrgetter("switches.litgpt"))
     transformers_version = property(attrgetter("switches.transformers_version"))
     tp = property(attrgetter("layout.tp"))
     sequence_parallel = property(attrgetter("layout.sequence_parallel"))

@@ -70,9 +70,13 @@ class PublishedPeak:
 # 32 x 2 x 8 x (4096 + 4096), as the table's column shows), AdamW, no activation checkpointing, SDPA;
 # the first iteration uses the longest Alpaca sample (1,304 Llama 2 tokens: `longest_seq_ix` in
 # get_batch), so the peak is at sequence 1,304. "Max GPU RAM" is torch.cuda.max_memory_allocated()/1e9.
-# The loss is litgpt's chunked_cross_entropy (128-token chunks), on the bf16 logits.
+# The model is litgpt's own code (`litgpt=True`: planner.activations.litgpt_layer_bytes_per_token): a fused qkv
+# linear whose output SDPA's saved v keeps whole, 16-bit RMSNorm, one LoRA dropout on the fused input and the
+# zero-pad's index_copy source; Fabric's bf16-true returns the head's 128-token chunks in fp32, which the loop holds
+# through backward, and chunked_cross_entropy runs on them (planner.memory_knobs.litgpt_loss_bytes).
 _LITGPT = dict(gpus="1xA100-40G", method=Method.lora, lora_r=8, lora_alpha=16, lora_targets="q_proj,v_proj",
-               precision=Precision.bf16_true, seq_len=1304, attn=Attn.sdpa, cross_entropy=CrossEntropy.chunked)
+               precision=Precision.bf16_true, seq_len=1304, attn=Attn.sdpa, cross_entropy=CrossEntropy.chunked,
+               litgpt=True)
 _LITGPT_SRC = "litgpt tutorials/resource-tables.md (10/20/2023), LoRA on 1 GPU"
 
 
