@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -59,6 +60,9 @@ GEMM_ROWS = (256, 1024, 4096, 16384)
 ATTENTION_SEQS = (2048, 4096, 8192)
 COLLECTIVE_SIZES = tuple(2**k for k in range(16, 31, 2))  # 64 KiB .. 1 GiB
 L2_POOL_BYTES = 256 * 2**20  # several times an H100's 50 MB L2
+# mamf-finder's MAMF bursts each start "after 0.25s of idle so the SM clock climbs back to boost"
+# (stas00/ml-engineering compute/accelerator/benchmarks/README.md, "How MAMF and MSMF are defined")
+BURST_IDLE_S = 0.25
 # Bytes per value the elementwise probe's ops read and write, forward + backward, as a dispatch mode counts them
 # (tests/profiler/test_device_fit_cuda.py counts `rmsnorm_probe` on the CPU): 36 forward, 96 backward.
 ELEMENTWISE_PROBE_BYTES_PER_VALUE = 132.0
@@ -245,13 +249,16 @@ def gemm_shapes() -> tuple[tuple[int, int], ...]:
     return tuple((m, kn) for kn in GEMM_SIDES for m in GEMM_ROWS)
 
 
-def measure_gemm_bursts(torch: Any) -> GemmPoints:
-    """Each shape fresh: the median of 5 bursts of max(pool, 8) products, near the boost clock (for information
-    beside the sustained rate: mamf-finder's MAMF regime)."""
+def measure_gemm_bursts(torch: Any, idle_s: float = BURST_IDLE_S,
+                        sleep: Callable[[float], None] = time.sleep) -> GemmPoints:
+    """Each shape after `idle_s` of idle: the median of 5 bursts of max(pool, 8) products, near the boost clock
+    (for information beside the sustained rate: mamf-finder's MAMF regime)."""
     points = []
     for m, kn in gemm_shapes():
         run, pool = _gemm_operands(torch, m, kn)
         inner = max(pool, 8)
+        torch.cuda.synchronize()
+        sleep(idle_s)
         run(inner)
         points.append((m, kn, kn, _events_time_s(torch, lambda run=run, inner=inner: run(inner), 5) / inner))
         del run
@@ -319,8 +326,6 @@ def measure_attention(torch: Any, heads: int = 32, head_dim: int = 128) -> tuple
 
 
 def measure_host_op_s(torch: Any) -> float:
-    import time
-
     a = torch.ones(1, device="cuda")
     torch.cuda.synchronize()
     times = []
