@@ -4,18 +4,17 @@ collectives by size, and a short real step of a ~1B Llama per engine (validation
 `ftplan profile calibrate --device` runs this when torch sees a CUDA device (`select_device`), and the fitted
 constants replace the GPU entry's (planner/gpus.py `with_device_fit`), so the first run on a GPU calibrates the
 planner and checks it against real steps. What is measured and how it is fitted:
-- GEMM: bf16 (m x k) @ (k x n) timed with CUDA events, operands cycled through a pool larger than the L2 cache (a
-  step streams every weight from HBM), for training shapes: k = n in {1024, 2048, 4096, 8192} and m from 256 to
-  16384 tokens. Each shape is timed twice: first as a burst (5 x max(pool, 8) products on a board that has not
-  been held at load: near the boost clock, mamf-finder's MAMF regime), then, after the board has been held at full
-  load until its clock settled, over a timed window (profiler/gemm_sustained.py: mamf-finder's MSMF, the rate a
-  training step sustains). Each time is divided by the tile-wave quantization the planner applies
-  (planner/kernels.py `wave_efficiency`), then fitted by least squares (relative residuals) to
-  t x peak x waves / (2 m k n) = 1 / E + (k0 / E) x 1 / k: E is the large-GEMM efficiency the planner's
-  `compute_efficiency` takes (GPUSpec.gemm_efficiency), k0 the inner size at which a tile's fixed prologue and
-  epilogue halve its rate (GPUSpec.gemm_half_rate_inner). The sustained points set E and k0; the bursts' fit is
-  written beside them (gemm_burst_efficiency) for information: on Hopper the two differ by about 10%
-  (planner/compute.py, H200 MAMF 843-850 against MSMF 743-746 TFLOP/s).
+- GEMM: bf16 (fp16 on V100 / T4) (m x k) @ (k x n) timed with CUDA events, operands cycled through a pool larger than
+  the L2 cache (a step streams every weight from HBM), for training shapes: k = n in {1024, 2048, 4096, 8192} and m
+  from 256 to 16384 tokens. Each shape is timed twice: first as a burst (5 x max(pool, 8) products on a board that
+  has not been held at load: near the boost clock, mamf-finder's MAMF regime), then, after the board has been held at
+  full load until its clock settled, over a timed window (profiler/gemm_sustained.py: mamf-finder's MSMF, the rate a
+  training step sustains). Each time is divided by the tile-wave quantization the planner applies (planner/kernels.py
+  `wave_efficiency`), then fitted by least squares (relative residuals) to t x peak x waves / (2 m k n) = 1 / E + (k0
+  / E) x 1 / k: E is the large-GEMM efficiency the planner's `compute_efficiency` takes (GPUSpec.gemm_efficiency), k0
+  the inner size at which a tile's fixed prologue and epilogue halve its rate (GPUSpec.gemm_half_rate_inner). The
+  sustained points set E and k0; the bursts' fit is written beside them (gemm_burst_efficiency) for information: on
+  Hopper the two differ by about 10% (planner/compute.py, H200 MAMF 843-850 against MSMF 743-746 TFLOP/s).
 - HBM bandwidth: a 1 GiB device-to-device copy (read + write bytes over its time). The share of it eager
   elementwise ops reach on the bytes the planner counts for them (GPUSpec.elementwise_bandwidth_fraction): forward
   + backward of transformers' RMSNorm ops (fp32 upcast, pow, mean, rsqrt, the casts, the weight) on bf16
@@ -229,13 +228,19 @@ def _events_time_s(torch: Any, fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _gemm_operands(torch: Any, m: int, kn: int) -> tuple[Callable[[int], None], int]:
-    """`run(n)`: n bf16 (m x kn) @ (kn x kn) products cycling through a pool of operands larger than the L2 cache
+def gemm_dtype(torch: Any, gpu: GPUSpec) -> Any:
+    """The 16-bit type whose tensor-core peak the GEMM fit divides by (constants_from): bf16, or fp16 on the boards
+    without bf16 tensor cores (V100, T4), where cuBLAS has no bf16 tensor-core GEMM."""
+    return torch.bfloat16 if gpu.peak_bf16_flops_per_s > 0 else torch.float16
+
+
+def _gemm_operands(torch: Any, m: int, kn: int, dtype: Any) -> tuple[Callable[[int], None], int]:
+    """`run(n)`: n 16-bit (m x kn) @ (kn x kn) products cycling through a pool of operands larger than the L2 cache
     (a step streams every weight from HBM); and the pool's size."""
     size = (m * kn + kn * kn) * 2
     pool = max(1, min(64, math.ceil(L2_POOL_BYTES / size)))
-    xs = [torch.randn(m, kn, device="cuda", dtype=torch.bfloat16) for _ in range(pool)]
-    ws = [torch.randn(kn, kn, device="cuda", dtype=torch.bfloat16) for _ in range(pool)]
+    xs = [torch.randn(m, kn, device="cuda", dtype=dtype) for _ in range(pool)]
+    ws = [torch.randn(kn, kn, device="cuda", dtype=dtype) for _ in range(pool)]
 
     def run(n: int) -> None:
         for i in range(n):
@@ -249,13 +254,13 @@ def gemm_shapes() -> tuple[tuple[int, int], ...]:
     return tuple((m, kn) for kn in GEMM_SIDES for m in GEMM_ROWS)
 
 
-def measure_gemm_bursts(torch: Any, idle_s: float = BURST_IDLE_S,
+def measure_gemm_bursts(torch: Any, dtype: Any, idle_s: float = BURST_IDLE_S,
                         sleep: Callable[[float], None] = time.sleep) -> GemmPoints:
     """Each shape after `idle_s` of idle: the median of 5 bursts of max(pool, 8) products, near the boost clock
     (for information beside the sustained rate: mamf-finder's MAMF regime)."""
     points = []
     for m, kn in gemm_shapes():
-        run, pool = _gemm_operands(torch, m, kn)
+        run, pool = _gemm_operands(torch, m, kn, dtype)
         inner = max(pool, 8)
         torch.cuda.synchronize()
         sleep(idle_s)
@@ -265,13 +270,13 @@ def measure_gemm_bursts(torch: Any, idle_s: float = BURST_IDLE_S,
     return tuple(points)
 
 
-def measure_gemms_sustained(torch: Any, bursts: GemmPoints, phase: SustainedPhase) -> dict[str, Any]:
+def measure_gemms_sustained(torch: Any, bursts: GemmPoints, phase: SustainedPhase, dtype: Any) -> dict[str, Any]:
     """The settle phase, then every shape's timed window (profiler/gemm_sustained.py): the points the fit takes,
     each window's steadiness and the board readings after it."""
-    settled = settle(torch, phase)
+    settled = settle(torch, phase, dtype)
     points, windows = [], []
     for m, k, n, burst_s in bursts:
-        run, _ = _gemm_operands(torch, m, k)
+        run, _ = _gemm_operands(torch, m, k, dtype)
         w = measure_window(torch, run, burst_s, phase)
         points.append((m, k, n, w.seconds_per_iteration))
         windows.append({"m": m, "k": k, "n": n, "drop": w.drop, "spread": w.spread, "steady": w.steady,
@@ -411,8 +416,9 @@ def fit_cuda_device(*, real_steps: bool = True, phase: SustainedPhase | None = N
     gpu = GPUS[catalog_gpu_name(name, torch.cuda.get_device_properties(0).total_memory)]
     n = torch.cuda.device_count()
     readings = board_readings(torch)
-    bursts = measure_gemm_bursts(torch)
-    sustained = measure_gemms_sustained(torch, bursts, phase)
+    dtype = gemm_dtype(torch, gpu)
+    bursts = measure_gemm_bursts(torch, dtype)
+    sustained = measure_gemms_sustained(torch, bursts, phase, dtype)
     attention = measure_attention(torch)
     bandwidth = measure_bandwidth(torch)
     elementwise = measure_elementwise(torch)

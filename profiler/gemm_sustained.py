@@ -10,12 +10,12 @@ runs gave MSMF 743-746 TFLOP/s against MAMF 843-850; a 0.3 s window read one sha
 728-735 and a 10 s run at 736-739. planner/compute.py takes Hopper's efficiency from that MSMF, so the device fit
 measures the same quantity, the same way:
 
-1. Settle: 8192 x 8192 x 8192 bf16 matmuls at full load until the SM clock stops dropping (three chunks in a row
-   within 5 MHz of the one before: mamf-finder's `settle_clock`), at most `settle_s` = 20 s (its
-   `msmf_settle_clock_s`). Without a clock reading (torch reads it through NVML, `torch.cuda.clock_rate`, absent
-   without nvidia-ml-py) the throughput's plateau decides instead: the last 4 chunks within a 2% coefficient of
-   variation and 1% of the 4 before (mamf-finder's adaptive warm-up). Either way not before 2 s: its
-   WARMUP_MIN_SECONDS, "a chip can read stable-but-hot in the first chunks right after a boost".
+1. Settle: 8192 x 8192 x 8192 bf16 matmuls (fp16 on the boards without bf16 tensor cores) at full load until the SM
+   clock stops dropping (three chunks in a row within 5 MHz of the one before: mamf-finder's `settle_clock`), at most
+   `settle_s` = 20 s (its `msmf_settle_clock_s`). Without a clock reading (torch reads it through NVML,
+   `torch.cuda.clock_rate`, absent without nvidia-ml-py) the throughput's plateau decides instead: the last 4 chunks
+   within a 2% coefficient of variation and 1% of the 4 before (mamf-finder's adaptive warm-up). Either way not
+   before 2 s: its WARMUP_MIN_SECONDS, "a chip can read stable-but-hot in the first chunks right after a boost".
 2. Window, per shape: `warm_s` = 1 s untimed (a GPU keeps some boost for a fraction of a second after a shape
    starts), then `window_s` = 2 s timed in 8 consecutive sub-windows; the rate is the window's FLOPs over its time.
    A shape is steady if its last 4 sub-windows are at most 1% slower than its first 4 and the sub-windows spread
@@ -160,12 +160,13 @@ def _timed(torch: Any, fn: Callable[[int], None], iterations: int) -> float:
     return start.elapsed_time(end) / 1e3
 
 
-def settle(torch: Any, phase: SustainedPhase) -> dict[str, Any]:
-    """Hold the board at full load until its clock settles (`settle_reason`); what it saw."""
+def settle(torch: Any, phase: SustainedPhase, dtype: Any) -> dict[str, Any]:
+    """Hold the board at full load with `dtype` products (the fit's 16-bit type) until its clock settles
+    (`settle_reason`); what it saw."""
     side = SETTLE_SIDE
-    a = torch.randn(side, side, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(side, side, device="cuda", dtype=torch.bfloat16)
-    c = torch.empty(side, side, device="cuda", dtype=torch.bfloat16)
+    a = torch.randn(side, side, device="cuda", dtype=dtype)
+    b = torch.randn(side, side, device="cuda", dtype=dtype)
+    c = torch.empty(side, side, device="cuda", dtype=dtype)
 
     def run(n: int) -> None:
         for _ in range(n):

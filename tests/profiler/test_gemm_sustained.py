@@ -21,6 +21,7 @@ from profiler.device_fit_cuda import (
     GEMM_SIDES,
     CudaDeviceFit,
     constants_from,
+    gemm_dtype,
     measure_gemm_bursts,
     measure_gemms_sustained,
 )
@@ -127,7 +128,7 @@ class _Board:
     """A GPU whose matmuls take the planner's GEMM time at the settled clock, scaled by settled / clock; the clock
     falls toward SETTLED_MHZ under load and climbs back toward BOOST_MHZ when idle (time constants in seconds)."""
 
-    bfloat16 = "bfloat16"
+    bfloat16, float16 = "bfloat16", "float16"
 
     def __init__(self, *, clock: bool = False, heat_s: float = 0.6, cool_s: float = 0.1) -> None:
         self.now_s, self.heat, self.heat_s, self.cool_s = 0.0, 0.0, heat_s, cool_s
@@ -158,8 +159,8 @@ _PHASE = SustainedPhase(warm_s=0.01, window_s=0.02)
 
 
 def _measure(board: _Board) -> tuple[tuple, dict]:
-    bursts = measure_gemm_bursts(board, sleep=board.sleep)
-    return bursts, measure_gemms_sustained(board, bursts, _PHASE)
+    bursts = measure_gemm_bursts(board, board.bfloat16, sleep=board.sleep)
+    return bursts, measure_gemms_sustained(board, bursts, _PHASE, board.bfloat16)
 
 
 @pytest.mark.parametrize("clock", [False, True], ids=["no-nvml", "nvml-clock"])
@@ -190,8 +191,14 @@ class _SwingingBoard(_Board):
 
 def test_a_board_that_never_settles_stops_at_the_cap() -> None:
     settled = measure_gemms_sustained(_SwingingBoard(), ((4096, 4096, 4096, 1e-4),),
-                                      replace(_PHASE, settle_s=3.0))["settle"]
+                                      replace(_PHASE, settle_s=3.0), "bfloat16")["settle"]
     assert settled["reason"] == "cap" and settled["seconds"] >= 3.0
+
+
+def test_the_gemm_phase_times_the_type_whose_peak_the_fit_divides_by() -> None:
+    board = _Board()
+    assert gemm_dtype(board, H100) == "bfloat16"
+    assert gemm_dtype(board, GPUS["V100-32G"]) == gemm_dtype(board, GPUS["T4"]) == "float16"
 
 
 def test_readings_are_none_where_torch_cannot_give_them() -> None:
