@@ -14,7 +14,7 @@ planner and checks it against real steps. What is measured and how it is fitted:
   / E) x 1 / k: E is the large-GEMM efficiency the planner's `compute_efficiency` takes (GPUSpec.gemm_efficiency), k0
   the inner size at which a tile's fixed prologue and epilogue halve its rate (GPUSpec.gemm_half_rate_inner). The
   sustained points set E and k0; the bursts' fit is written beside them (gemm_burst_efficiency) for information: on
-  Hopper the two differ by about 10% (planner/compute.py, H200 MAMF 843-850 against MSMF 743-746 TFLOP/s).
+  Hopper the burst reads about 13% above (planner/compute.py, H200 MAMF 843-850 against MSMF 743-746 TFLOP/s).
 - HBM bandwidth: a 1 GiB device-to-device copy (read + write bytes over its time). The share of it eager
   elementwise ops reach on the bytes the planner counts for them (GPUSpec.elementwise_bandwidth_fraction): forward
   + backward of transformers' RMSNorm ops (fp32 upcast, pow, mean, rsqrt, the casts, the weight) on bf16
