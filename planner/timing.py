@@ -345,6 +345,9 @@ def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freez
     # FlashAttention-2 runs 16-bit inputs only; fp32 SDPA falls back to its math / memory-efficient kernels
     if gpu.attention_efficiency is not None and attn is not Attn.eager and precision is not Precision.fp32:
         attn_fwd, attn_bwd = kn.flash_attention_s(m, b, s, tp, gpu, peak, gpu.attention_efficiency, attn, doc_len)
+    elif gpu.attention_points and attn is not Attn.eager and precision is Precision.fp32:
+        # SDPA's CPU flash kernel at its measured time per computed score element (the points are fp32 timings)
+        attn_fwd, attn_bwd = kn.cpu_sdpa_attention_s(m, b, s, tp, gpu, doc_len)
     else:
         # the full s x s matmuls (eager, or a device without a measured attention kernel) at the GEMM rate
         flops = tokens * cp.attention_flops(m, s) / tp
@@ -426,7 +429,8 @@ def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_
             # after the step (stage_1_and_2.py step: `bit16_partitions[partition_id].data.copy_(...)`; stage3.py
             # likewise): a read and a write, where mixed precision's 16-bit write is in optimizer_bytes_per_param
             per_param += 8.0
-        return 0.0, params_rank * per_param / gpu.hbm_bytes_per_s
+        # at the rate the device fit measured for this step where it has one (the CPU), else the memory bandwidth
+        return 0.0, params_rank * per_param / (gpu.optimizer_bytes_per_s or gpu.hbm_bytes_per_s)
     ranks = cfg.cluster.gpus_per_node
     link = gpu.host_link_bytes_per_s
     # gradients to the host, overlapped with backward; updated 16-bit weights back once per step. ZeRO-1/2
