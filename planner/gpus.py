@@ -104,6 +104,10 @@ class GPUSpec:
     # (torch.optim.AdamW's foreach kernels and clip_grad_norm_) where measured (the CPU device fit); None: the
     # memory bandwidth hbm_bytes_per_s.
     optimizer_bytes_per_s: float | None = None
+    # Host time peft's lora.Linear adds per adapted linear and micro-batch (forward + backward) over its frozen base
+    # linear where measured (the CPU device fit); None: planner/kernels.py OPS_PER_LORA_LINEAR eager ops per pass at
+    # host_op_s.
+    lora_linear_host_s: float | None = None
     # CUDA compute capability (major, minor) of the board, from `_COMPUTE_CAPABILITY`; None: not a CUDA device (the
     # CPU). FlashAttention-2 runs from 8.0 (Ampere) on: `flash_attention_2_problem`.
     compute_capability: tuple[int, int] | None = None
@@ -363,7 +367,9 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # synchronous collective between compute 1.64 ms more than back to back, ZeRO-3 hooks 0.74 ms per module
     # and FSDP2 hooks 0.63 ms per unit (48-module probe); SDPA per computed score element (_CPU_ATTENTION_POINTS) and
     # the clip + AdamW step at 12.4 GB/s of its counted bytes (12.1 and 12.7 in two passes of measure_optimizer, the
-    # copy 10.7 and 10.3 GB/s beside them; 2026-12-07 03:26). Fits of this VM move: within 70 minutes the GEMM rate
+    # copy 10.7 and 10.3 GB/s beside them; 2026-12-07 03:26); peft's lora.Linear 129 us per adapted linear and
+    # micro-batch over its frozen base (126-133 us in three passes of measure_lora_host, 03:44; the count it replaces,
+    # 8 ops x 3 passes at 1.8 us, was 43 us). Fits of this VM move: within 70 minutes the GEMM rate
     # read 102-150 GFLOP/s and the busy factor 1.1-1.8 (rank_order_s11{a..e}.json); `profile calibrate --device`
     # on the machine at hand replaces every figure. bf16 / fp16 matmuls run at 1/2 and 1/8 of fp32 on AVX2 cores
     # without AMX (oneDNN converts); there is no TF32.
@@ -378,7 +384,7 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          collective_alpha_s=0.349e-3, overlaps_comm=False, busy_comm_factor=1.27, sync_call_s=1.64e-3,
          zero3_module_host_s=0.744e-3, fsdp_unit_host_s=0.627e-3, allreduce_points=_CPU_ALLREDUCE_POINTS,
          allgather_points=_CPU_ALLGATHER_POINTS, reduce_scatter_points=_CPU_REDUCE_SCATTER_POINTS,
-         attention_points=_CPU_ATTENTION_POINTS, optimizer_bytes_per_s=12.4 * GB),
+         attention_points=_CPU_ATTENTION_POINTS, optimizer_bytes_per_s=12.4 * GB, lora_linear_host_s=129e-6),
 )}
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",
@@ -401,7 +407,7 @@ DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp
                      "allreduce_points": "allreduce_points",
                      "gemm_efficiency": "gemm_efficiency", "gemm_half_rate_inner": "gemm_half_rate_inner",
                      "attention_efficiency": "attention_efficiency", "attention_points": "attention_points",
-                     "optimizer_bytes_per_s": "optimizer_bytes_per_s",
+                     "optimizer_bytes_per_s": "optimizer_bytes_per_s", "lora_linear_host_s": "lora_linear_host_s",
                      "elementwise_bandwidth_fraction": "elementwise_bandwidth_fraction"}
 
 

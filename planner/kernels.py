@@ -346,12 +346,24 @@ def attention_kernel(attn: Attn, compiled: bool) -> str | None:
 
 @lru_cache(maxsize=8192)
 def host_ops_per_micro_batch(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...],
-                             grad_ckpt: GradCkpt) -> float:
-    """Eager ops the host dispatches for one micro-batch: forward, backward (x2), recomputed forward."""
-    lora = len(resolve_lora_targets(m, lora_targets)) if method is not Method.full else 0
+                             grad_ckpt: GradCkpt, lora_ops: bool = True) -> float:
+    """Eager ops the host dispatches for one micro-batch: forward, backward (x2), recomputed forward; `lora_ops`
+    False leaves out peft's (a device that measured their host time: `lora_host_s`)."""
+    lora = len(resolve_lora_targets(m, lora_targets)) if method is not Method.full and lora_ops else 0
     fwd = OPS_PER_LAYER_FORWARD + OPS_PER_LORA_LINEAR * lora
     passes = 3 + (1 if grad_ckpt is GradCkpt.full else 0)
     return layers * fwd * passes
+
+
+def lora_host_s(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...], grad_ckpt: GradCkpt,
+                gpu: GPUSpec) -> float:
+    """Host seconds peft's adapted linears add to one micro-batch at the device's measured time per adapted linear
+    (forward + backward: the count's three passes; a recomputed forward adds one more third); 0 where not measured
+    (their ops are then in `host_ops_per_micro_batch`)."""
+    if method is Method.full or not gpu.lora_linear_host_s:
+        return 0.0
+    passes = 3 + (1 if grad_ckpt is GradCkpt.full else 0)
+    return layers * len(resolve_lora_targets(m, lora_targets)) * gpu.lora_linear_host_s * passes / 3
 
 
 def attention_memory_s(m: ModelSpec, kernel: str | None, dtype: str, b: int, s: int, layers: int, tp: int,

@@ -392,9 +392,12 @@ def _host_exposed_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> tuple
     CPU host and device are one."""
     gpu = cfg.cluster.gpu
     passes = 3 + (1 if cfg.grad_ckpt is GradCkpt.full else 0)
-    ops = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) + \
+    measured_lora = bool(gpu.lora_linear_host_s)
+    ops = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt,
+                                      lora_ops=not measured_lora) + \
         moe.moe_host_ops_per_micro_batch(cfg.model, gpu, layers, passes)
-    dispatch_s = ops * gpu.host_op_s
+    dispatch_s = ops * gpu.host_op_s + kn.lora_host_s(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt,
+                                                      gpu)
     hooks_s = engines.of(cfg).hook_host_s(cfg, layers)
     if gpu.sm_count <= 0:
         return dispatch_s, hooks_s

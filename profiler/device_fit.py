@@ -48,6 +48,14 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
   host work of fetching, releasing and reducing one module's parameters (DeepSpeed's
   pre/post-submodule hooks, partitioned_param_coordinator.fetch_sub_module / release_sub_module;
   FSDP2's pre/post-forward and backward hooks), where its data movement is negligible.
+- SDPA: the causal fp32 CPU flash kernel's forward and backward at 128-2048 tokens and head sizes 64 and 128, both
+  processes at once, per computed score element (planner/kernels.py cpu_flash_computed_scores: whole key blocks up
+  to the last visible key), the shapes taking turns within each repeat (`attention_points`);
+- the optimizer: clip_grad_norm_ + torch.optim.AdamW(foreach=True) over 24 x 1 Mi parameters on both processes at
+  once, as the counted bytes (planner/timing.py) per second (`optimizer_bytes_per_s`): in-place updates skip the
+  write-allocate read a copy pays, so the step moves its bytes faster than the copy that sets hbm_bytes_per_s;
+- peft's host work per adapted linear: forward + backward of 48 tiny frozen Linear(8, 8) with and without LoRA
+  (r 8, dropout 0.05), one process, per adapted linear (`lora_linear_host_s`).
 Least squares on times measured in one run; medians of repeats damp a shared machine's noise, not remove it.
 """
 
@@ -90,6 +98,7 @@ class DeviceFit:
     # (length, head size, forward s, backward s) per computed score element of SDPA's causal CPU flash kernel
     attention_points: tuple[tuple[int, int, float, float], ...] = ()
     optimizer_bytes_per_s: float = 0.0  # AdamW (foreach) + clip_grad_norm_: counted bytes per second; 0: not measured
+    lora_linear_host_s: float = 0.0  # peft's host work per adapted linear and micro-batch (fwd + bwd); 0: not measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -551,6 +560,45 @@ def _hook_rank(rank: int, port: int, out: Any) -> None:
     dist.destroy_process_group()
 
 
+def _lora_host_rank(rank: int, port: int, out: Any) -> None:
+    """One process: forward + backward of HOOK_MODULES tiny frozen Linear(8, 8) with and without peft's LoRA on each
+    (r 8, dropout 0.05, as the planner's defaults), per adapted linear: the Python peft's lora.Linear.forward runs
+    per call (peft/tuners/lora/layer.py: the active-adapter loop, the dtype cast, the dropout module, lora_A and
+    lora_B, the scaling lookup and the add) and its autograd nodes, where the tiny shapes make the arithmetic
+    negligible."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.set_num_threads(1)
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(HOOK_MODULES)])
+        m.requires_grad_(False)
+        return m
+
+    x = torch.randn(4, 8, requires_grad=True)
+
+    def step_time(m: Any) -> float:
+        def once() -> None:
+            m(x).sum().backward()
+
+        for _ in range(3):
+            once()
+        return _median_time(once, repeats=9)
+
+    plain = model()
+    adapted = get_peft_model(model(), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                 target_modules=[str(i) for i in range(HOOK_MODULES)]))
+    adapted.train()
+    times = [(step_time(adapted), step_time(plain)) for _ in range(3)]  # interleaved: a slow spell hits both
+    out.put(statistics.median(a - p for a, p in times) / HOOK_MODULES)
+
+
+def measure_lora_host() -> float:
+    return max(0.0, _on_ranks(_lora_host_rank, 1)[0])
+
+
 def measure_hooks() -> tuple[float, float]:
     z3, fsdp = _on_ranks(_hook_rank, 1)[0]
     return max(0.0, z3), max(0.0, fsdp)
@@ -588,12 +636,13 @@ def fit_cpu_device(passes: int = 1) -> DeviceFit:
     busy, sync = measure_comm_factors()
     attention = measure_attention()
     optimizer = measure_optimizer()
+    lora_host = measure_lora_host()
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_narrow_cols=narrow,
                      gemm_narrow_inner=inner, dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
                      busy_comm_factor=busy, gemm_points=gemms, allreduce_points=ar,
                      allgather_points=gather_pts, reduce_scatter_points=scatter_pts, sync_call_s=sync,
-                     attention_points=attention, optimizer_bytes_per_s=optimizer)
+                     attention_points=attention, optimizer_bytes_per_s=optimizer, lora_linear_host_s=lora_host)
 
 
 def _median_points(runs: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[tuple[Any, ...], ...]:
@@ -641,7 +690,7 @@ def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
                      reduce_scatter_points=_median_points([f.reduce_scatter_points for f in fits]),
                      sync_call_s=med("sync_call_s"),
                      attention_points=_median_attention([f.attention_points for f in fits]),
-                     optimizer_bytes_per_s=med("optimizer_bytes_per_s"))
+                     optimizer_bytes_per_s=med("optimizer_bytes_per_s"), lora_linear_host_s=med("lora_linear_host_s"))
 
 
 def device_fit_from_dict(data: dict[str, Any]) -> DeviceFit:

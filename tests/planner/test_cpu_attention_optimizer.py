@@ -1,5 +1,6 @@
-"""The CPU device's SDPA and optimizer terms: SDPA's CPU flash kernel at its measured time per computed score element
-(planner/kernels.py cpu_sdpa_attention_s), and the clip + AdamW step at its measured rate (planner/timing.py)."""
+"""The CPU device's SDPA, optimizer and peft host terms: SDPA's CPU flash kernel at its measured time per computed score
+element (planner/kernels.py cpu_sdpa_attention_s), the clip + AdamW step at its measured rate (planner/timing.py), and
+peft's host time per adapted linear (planner/kernels.py lora_host_s)."""
 
 from __future__ import annotations
 
@@ -100,3 +101,21 @@ def test_device_fit_sets_attention_points_and_optimizer_rate() -> None:
     assert got.attention_points == POINTS and got.optimizer_bytes_per_s == 9e9
     older = with_device_fit(cpu, {"host_op_s": 4e-6})  # a file from before: the entry's
     assert older.attention_points == cpu.attention_points and older.optimizer_bytes_per_s == cpu.optimizer_bytes_per_s
+
+
+def test_cpu_lora_host_time_replaces_the_counted_ops(model_path) -> None:
+    """With a measured host time per adapted linear the LoRA plan's framework time is the layers' base ops at
+    host_op_s plus 6 layers x 7 adapted linears x that time (a recomputed forward one third more); without one, peft's
+    8 ops per pass at host_op_s. Full plans and GPU entries carry none."""
+    cfg = _cpu_cfg(model_path, method=Method.lora)
+    gpu = cfg.cluster.gpu
+    assert gpu.lora_linear_host_s is not None
+    counted = replace(cfg, cluster=replace(cfg.cluster, gpu=replace(gpu, lora_linear_host_s=None)))
+    added = step_time(cfg).breakdown_s["framework"] - step_time(counted).breakdown_s["framework"]
+    assert added == pytest.approx(6 * 7 * (gpu.lora_linear_host_s - kn.OPS_PER_LORA_LINEAR * 3 * gpu.host_op_s))
+    ckpt = _cpu_cfg(model_path, method=Method.lora, grad_ckpt="full")
+    assert kn.lora_host_s(ckpt.model, 6, Method.lora, ckpt.lora_targets, ckpt.grad_ckpt, gpu) == pytest.approx(
+        6 * 7 * gpu.lora_linear_host_s * 4 / 3)
+    assert kn.lora_host_s(cfg.model, 6, Method.full, cfg.lora_targets, cfg.grad_ckpt, gpu) == 0.0
+    assert all(g.lora_linear_host_s is None for name, g in GPUS.items() if name != "CPU")
+    assert with_device_fit(gpu_from_name("CPU"), {"lora_linear_host_s": 1e-4}).lora_linear_host_s == 1e-4

@@ -83,7 +83,7 @@ def _synthetic_fit(slow: float, busy: float) -> DeviceFit:
                      busy_comm_factor=busy, gemm_points=gemms, allreduce_points=allreduce, allgather_points=gather,
                      reduce_scatter_points=gather, sync_call_s=slow * 1e-3,
                      attention_points=((128, 64, slow * 4e-9, slow * 12e-9), (512, 64, slow * 3e-9, slow * 8e-9)),
-                     optimizer_bytes_per_s=1.2e10 / slow)
+                     optimizer_bytes_per_s=1.2e10 / slow, lora_linear_host_s=slow * 1.3e-4)
 
 
 def test_median_fit_ignores_one_slow_pass() -> None:
@@ -104,6 +104,7 @@ def test_median_fit_ignores_one_slow_pass() -> None:
     assert all(share == pytest.approx(1.0) for _, share in fit.gemm_narrow_inner)
     assert fit.attention_points == _synthetic_fit(1.0, 1.0).attention_points  # per point, forward and backward
     assert fit.optimizer_bytes_per_s == pytest.approx(1.2e10)
+    assert fit.lora_linear_host_s == pytest.approx(1.3e-4)
 
 
 def test_median_fit_keeps_attention_points_of_the_passes_that_have_them() -> None:
