@@ -493,7 +493,7 @@ def flash_attention_s(m: ModelSpec, b: int, s: int, tp: int, gpu: GPUSpec, peak_
 # block computes all 128 keys, at 1024 three quarters of the square. Per computed score element the kernel runs
 # QK^T and PV's multiply-adds (fp32 accumulation), the scale, max, exp and sum of its online softmax; the backward
 # recomputes the scores and exp from the saved logsumexp (`cpu_flash_attention_backward`) and runs three more
-# products (grad V, grad P, grad Q and K). The device fit times both per computed element (`attention_points`).
+# products (grad V, grad P, grad Q and K). The device fit times both per computed element (`sdpa_points`).
 CPU_FLASH_KV_SPLIT = 512
 
 
@@ -537,7 +537,7 @@ def cpu_attention_element_s(gpu: GPUSpec, s: int, head_dim: float) -> tuple[floa
     (the products' work grows with it, the softmax's does not), extrapolated linearly from the two nearest sizes and
     never below the smallest size's time."""
     by_dim: dict[float, list[tuple[float, float, float]]] = {}
-    for length, dim, fwd, bwd in gpu.attention_points:
+    for length, dim, fwd, bwd in gpu.sdpa_points:
         by_dim.setdefault(float(dim), []).append((float(length), fwd, bwd))
     dims = sorted(by_dim)
     per_dim = []

@@ -345,7 +345,7 @@ def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freez
     # FlashAttention-2 runs 16-bit inputs only; fp32 SDPA falls back to its math / memory-efficient kernels
     if gpu.attention_efficiency is not None and attn is not Attn.eager and precision is not Precision.fp32:
         attn_fwd, attn_bwd = kn.flash_attention_s(m, b, s, tp, gpu, peak, gpu.attention_efficiency, attn, doc_len)
-    elif gpu.attention_points and attn is not Attn.eager and precision is Precision.fp32:
+    elif gpu.sdpa_points and attn is not Attn.eager and precision is Precision.fp32:
         # SDPA's CPU flash kernel at its measured time per computed score element (the points are fp32 timings)
         attn_fwd, attn_bwd = kn.cpu_sdpa_attention_s(m, b, s, tp, gpu, doc_len)
     else:

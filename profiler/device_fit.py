@@ -50,7 +50,7 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
   FSDP2's pre/post-forward and backward hooks), where its data movement is negligible.
 - SDPA: the causal fp32 CPU flash kernel's forward and backward at 128-2048 tokens and head sizes 64 and 128, both
   processes at once, per computed score element (planner/kernels.py cpu_flash_computed_scores: whole key blocks up
-  to the last visible key), the shapes taking turns within each repeat (`attention_points`);
+  to the last visible key), the shapes taking turns within each repeat (`sdpa_points`);
 - the optimizer: clip_grad_norm_ + torch.optim.AdamW(foreach=True) over 24 x 1 Mi parameters on both processes at
   once, as the counted bytes (planner/timing.py) per second (`optimizer_bytes_per_s`): in-place updates skip the
   write-allocate read a copy pays, so the step moves its bytes faster than the copy that sets hbm_bytes_per_s;
@@ -96,7 +96,7 @@ class DeviceFit:
     reduce_scatter_points: tuple[tuple[int, float], ...] = ()  # (reduced bytes, seconds) of reduce_scatter_tensor
     sync_call_s: float = 0.0  # a synchronous collective between the ranks' compute, over the same call back to back
     # (length, head size, forward s, backward s) per computed score element of SDPA's causal CPU flash kernel
-    attention_points: tuple[tuple[int, int, float, float], ...] = ()
+    sdpa_points: tuple[tuple[int, int, float, float], ...] = ()
     optimizer_bytes_per_s: float = 0.0  # AdamW (foreach) + clip_grad_norm_: counted bytes per second; 0: not measured
     lora_linear_host_s: float = 0.0  # peft's host work per adapted linear and micro-batch (fwd + bwd); 0: not measured
 
@@ -642,7 +642,7 @@ def fit_cpu_device(passes: int = 1) -> DeviceFit:
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
                      busy_comm_factor=busy, gemm_points=gemms, allreduce_points=ar,
                      allgather_points=gather_pts, reduce_scatter_points=scatter_pts, sync_call_s=sync,
-                     attention_points=attention, optimizer_bytes_per_s=optimizer, lora_linear_host_s=lora_host)
+                     sdpa_points=attention, optimizer_bytes_per_s=optimizer, lora_linear_host_s=lora_host)
 
 
 def _median_points(runs: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[tuple[Any, ...], ...]:
@@ -689,7 +689,7 @@ def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
                      allgather_points=_median_points([f.allgather_points for f in fits]),
                      reduce_scatter_points=_median_points([f.reduce_scatter_points for f in fits]),
                      sync_call_s=med("sync_call_s"),
-                     attention_points=_median_attention([f.attention_points for f in fits]),
+                     sdpa_points=_median_attention([f.sdpa_points for f in fits]),
                      optimizer_bytes_per_s=med("optimizer_bytes_per_s"), lora_linear_host_s=med("lora_linear_host_s"))
 
 

@@ -35,7 +35,7 @@ POINTS = ((128, 64, 4e-9, 12e-9), (512, 64, 3e-9, 8e-9), (128, 128, 7e-9, 24e-9)
 
 
 def test_attention_element_time_interpolates_the_measured_points() -> None:
-    gpu = replace(gpu_from_name("CPU"), attention_points=POINTS)
+    gpu = replace(gpu_from_name("CPU"), sdpa_points=POINTS)
     assert kn.cpu_attention_element_s(gpu, 128, 64) == pytest.approx((4e-9, 12e-9))
     assert kn.cpu_attention_element_s(gpu, 512, 128) == pytest.approx((5e-9, 14e-9))
     assert kn.cpu_attention_element_s(gpu, 256, 64) == pytest.approx((3.5e-9, 10e-9))  # halfway in log length
@@ -68,14 +68,14 @@ def test_cpu_sdpa_is_the_measured_kernel_per_computed_score(model_path) -> None:
     fwd_e, bwd_e = kn.cpu_attention_element_s(gpu, 128, 64)
     fwd, bwd = kn.cpu_sdpa_attention_s(cfg.model, 4, 128, 1, gpu)
     assert (fwd, bwd) == pytest.approx((4 * 6 * 128 * 128 * fwd_e, 4 * 6 * 128 * 128 * bwd_e))
-    without = replace(cfg, cluster=replace(cfg.cluster, gpu=replace(gpu, attention_points=())))
+    without = replace(cfg, cluster=replace(cfg.cluster, gpu=replace(gpu, sdpa_points=())))
     old_attention = 3 * 6 * 4 * 128 * 4 * 128 * 384 / gpu.peak_fp32_flops_per_s  # 4 s q_dim per token, x3 passes
     added = step_time(cfg).breakdown_s["compute"] - step_time(without).breakdown_s["compute"]
     assert added == pytest.approx(6 * (fwd + bwd) - old_attention, rel=1e-6)
     # eager attention keeps its matmuls and score passes; a bf16 plan its old count (the points are fp32 timings)
     for other in (dict(attn=Attn.eager), dict(precision=Precision.bf16_mixed)):
         c = _cpu_cfg(model_path, **other)
-        c_without = replace(c, cluster=replace(c.cluster, gpu=replace(c.cluster.gpu, attention_points=())))
+        c_without = replace(c, cluster=replace(c.cluster, gpu=replace(c.cluster.gpu, sdpa_points=())))
         assert step_time(c).step_time_s == step_time(c_without).step_time_s
 
 
@@ -91,16 +91,16 @@ def test_cpu_optimizer_runs_at_its_measured_rate(model_path) -> None:
     slower = replace(cfg, cluster=replace(cfg.cluster, gpu=replace(gpu, optimizer_bytes_per_s=gpu.hbm_bytes_per_s)))
     assert step_time(slower).breakdown_s["optimizer"] == pytest.approx(
         step_time(cfg).breakdown_s["optimizer"] * gpu.optimizer_bytes_per_s / gpu.hbm_bytes_per_s)
-    assert all(g.optimizer_bytes_per_s is None and g.attention_points == () for name, g in GPUS.items()
+    assert all(g.optimizer_bytes_per_s is None and g.sdpa_points == () for name, g in GPUS.items()
                if name != "CPU")
 
 
 def test_device_fit_sets_attention_points_and_optimizer_rate() -> None:
     cpu = gpu_from_name("CPU")
-    got = with_device_fit(cpu, {"attention_points": [list(p) for p in POINTS], "optimizer_bytes_per_s": 9e9})
-    assert got.attention_points == POINTS and got.optimizer_bytes_per_s == 9e9
+    got = with_device_fit(cpu, {"sdpa_points": [list(p) for p in POINTS], "optimizer_bytes_per_s": 9e9})
+    assert got.sdpa_points == POINTS and got.optimizer_bytes_per_s == 9e9
     older = with_device_fit(cpu, {"host_op_s": 4e-6})  # a file from before: the entry's
-    assert older.attention_points == cpu.attention_points and older.optimizer_bytes_per_s == cpu.optimizer_bytes_per_s
+    assert older.sdpa_points == cpu.sdpa_points and older.optimizer_bytes_per_s == cpu.optimizer_bytes_per_s
 
 
 def test_cpu_lora_host_time_replaces_the_counted_ops(model_path) -> None:
@@ -119,3 +119,11 @@ def test_cpu_lora_host_time_replaces_the_counted_ops(model_path) -> None:
     assert kn.lora_host_s(cfg.model, 6, Method.full, cfg.lora_targets, cfg.grad_ckpt, gpu) == 0.0
     assert all(g.lora_linear_host_s is None for name, g in GPUS.items() if name != "CPU")
     assert with_device_fit(gpu_from_name("CPU"), {"lora_linear_host_s": 1e-4}).lora_linear_host_s == 1e-4
+
+
+def test_a_cuda_fit_sets_no_cpu_sdpa_points() -> None:
+    """A CUDA device fit keeps its own attention timings under `attention_points` (profiler/device_fit_cuda.py,
+    (b, heads, s, d, seconds)); the CPU kernel's points have a key of their own, so a GPU never takes the CPU path."""
+    fit = {"device": "cuda", "gpu": "H100", "attention_efficiency": 0.4, "attention_points": [[4, 16, 2048, 128, 1e-3]]}
+    got = with_device_fit(gpu_from_name("H100"), fit)
+    assert got.sdpa_points == () and got.attention_efficiency == 0.4
