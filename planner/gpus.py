@@ -96,6 +96,18 @@ class GPUSpec:
     # GEMM rate (the CPU; the V100, where SDPA runs the memory-efficient kernel: see its entry). On the T4 the share
     # is the memory-efficient kernel's (`_MEM_EFFICIENT_TURING`).
     attention_efficiency: float | None = None
+    # SDPA's CPU flash kernel where measured (the CPU device fit, fp32): (query length, head size, forward seconds,
+    # backward seconds per computed score element), which planner/kernels.py cpu_sdpa_attention_s interpolates; ():
+    # the attention efficiency above, or the full s x s matmuls at the GEMM rate.
+    sdpa_points: tuple[tuple[float, float, float, float], ...] = ()
+    # The rate an optimizer step with its gradient clipping moves the bytes planner/timing.py counts for them
+    # (torch.optim.AdamW's foreach kernels and clip_grad_norm_) where measured (the CPU device fit); None: the
+    # memory bandwidth hbm_bytes_per_s.
+    optimizer_bytes_per_s: float | None = None
+    # Host time peft's lora.Linear adds per adapted linear and micro-batch (forward + backward) over its frozen base
+    # linear where measured (the CPU device fit); None: planner/kernels.py OPS_PER_LORA_LINEAR eager ops per pass at
+    # host_op_s.
+    lora_linear_host_s: float | None = None
     # CUDA compute capability (major, minor) of the board, from `_COMPUTE_CAPABILITY`; None: not a CUDA device (the
     # CPU). FlashAttention-2 runs from 8.0 (Ampere) on: `flash_attention_2_problem`.
     compute_capability: tuple[int, int] | None = None
@@ -177,6 +189,15 @@ _PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nomina
 # 2026-12-06 19:39-19:47 with nothing else running (benchmarks/measured/rank_order_s11e.json, raw.device_fits;
 # profiler.device_fit.median_fit). The all-reduce is not one line in the size (2.1 ms at 2 MiB, 3.6 ms at 3 MiB,
 # planner/comm.py interpolates); the gather and reduce-scatter jump at 32 MiB (glibc mmaps larger blocks afresh).
+# SDPA's causal CPU flash kernel on this VM, fp32, both processes at once (profiler/device_fit.py measure_attention,
+# 2026-12-07 03:26, two passes' medians, the machine otherwise idle): (length, head size, forward, backward seconds
+# per computed score element). Per element the backward costs 2.3-3.8x the forward (it recomputes the scores and
+# their exp and runs three more products), and short sequences cost more per element (at 128 tokens the kernel runs
+# blocks of 32 queries against all 128 keys: planner/kernels.py cpu_flash_computed_scores).
+_CPU_SDPA_POINTS = ((128, 64, 4.37e-9, 13.6e-9), (256, 64, 3.73e-9, 8.61e-9), (512, 64, 2.99e-9, 7.35e-9),
+                         (1024, 64, 2.83e-9, 6.63e-9), (2048, 64, 2.65e-9, 6.20e-9), (128, 128, 7.02e-9, 26.8e-9),
+                         (256, 128, 5.76e-9, 16.1e-9), (512, 128, 5.46e-9, 13.2e-9), (1024, 128, 4.63e-9, 10.7e-9),
+                         (2048, 128, 4.37e-9, 10.7e-9))
 _CPU_ALLREDUCE_POINTS = ((4096, 0.370e-3), (8192, 0.384e-3), (12288, 0.339e-3), (16384, 0.315e-3), (24576, 0.370e-3),
                          (32768, 0.432e-3), (49152, 0.404e-3), (65536, 0.411e-3), (98304, 0.475e-3),
                          (131072, 0.370e-3), (196608, 0.403e-3), (262144, 0.486e-3), (393216, 0.665e-3),
@@ -344,7 +365,11 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # bandwidth 11.9 GB/s, 1.80 us per eager op, dropout 135 M values/s, gloo all-reduce by size (points above;
     # its alpha-beta line 0.35 ms + M / 1.39 GB/s), a collective beside compute 1.27x its time alone, a
     # synchronous collective between compute 1.64 ms more than back to back, ZeRO-3 hooks 0.74 ms per module
-    # and FSDP2 hooks 0.63 ms per unit (48-module probe). Fits of this VM move: within 70 minutes the GEMM rate
+    # and FSDP2 hooks 0.63 ms per unit (48-module probe); SDPA per computed score element (_CPU_SDPA_POINTS) and
+    # the clip + AdamW step at 12.4 GB/s of its counted bytes (12.1 and 12.7 in two passes of measure_optimizer, the
+    # copy 10.7 and 10.3 GB/s beside them; 2026-12-07 03:26); peft's lora.Linear 129 us per adapted linear and
+    # micro-batch over its frozen base (126-133 us in three passes of measure_lora_host, 03:44; the count it replaces,
+    # 8 ops x 3 passes at 1.8 us, was 43 us). Fits of this VM move: within 70 minutes the GEMM rate
     # read 102-150 GFLOP/s and the busy factor 1.1-1.8 (rank_order_s11{a..e}.json); `profile calibrate --device`
     # on the machine at hand replaces every figure. bf16 / fp16 matmuls run at 1/2 and 1/8 of fp32 on AVX2 cores
     # without AMX (oneDNN converts); there is no TF32.
@@ -358,7 +383,8 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          gemm_narrow_inner=((8, 0.19), (16, 0.38), (32, 0.63), (64, 0.62)), dropout_values_per_s=135e6,
          collective_alpha_s=0.349e-3, overlaps_comm=False, busy_comm_factor=1.27, sync_call_s=1.64e-3,
          zero3_module_host_s=0.744e-3, fsdp_unit_host_s=0.627e-3, allreduce_points=_CPU_ALLREDUCE_POINTS,
-         allgather_points=_CPU_ALLGATHER_POINTS, reduce_scatter_points=_CPU_REDUCE_SCATTER_POINTS),
+         allgather_points=_CPU_ALLGATHER_POINTS, reduce_scatter_points=_CPU_REDUCE_SCATTER_POINTS,
+         sdpa_points=_CPU_SDPA_POINTS, optimizer_bytes_per_s=12.4 * GB, lora_linear_host_s=129e-6),
 )}
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",
@@ -380,7 +406,8 @@ DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp
                      "allgather_points": "allgather_points", "reduce_scatter_points": "reduce_scatter_points",
                      "allreduce_points": "allreduce_points",
                      "gemm_efficiency": "gemm_efficiency", "gemm_half_rate_inner": "gemm_half_rate_inner",
-                     "attention_efficiency": "attention_efficiency",
+                     "attention_efficiency": "attention_efficiency", "sdpa_points": "sdpa_points",
+                     "optimizer_bytes_per_s": "optimizer_bytes_per_s", "lora_linear_host_s": "lora_linear_host_s",
                      "elementwise_bandwidth_fraction": "elementwise_bandwidth_fraction"}
 
 
@@ -404,6 +431,8 @@ def with_device_fit(gpu: GPUSpec, fit: dict) -> GPUSpec:
     for key in ("allgather_points", "reduce_scatter_points", "allreduce_points"):
         if key in values:
             values[key] = tuple((float(b), float(t)) for b, t in values[key])
+    if "sdpa_points" in values:
+        values["sdpa_points"] = tuple(tuple(float(x) for x in p) for p in values["sdpa_points"])
     if "peak_fp32_flops_per_s" in values and name == "CPU":
         values["peak_tf32_flops_per_s"] = values["peak_fp32_flops_per_s"]
     return replace(gpu, **values)

@@ -346,12 +346,24 @@ def attention_kernel(attn: Attn, compiled: bool) -> str | None:
 
 @lru_cache(maxsize=8192)
 def host_ops_per_micro_batch(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...],
-                             grad_ckpt: GradCkpt) -> float:
-    """Eager ops the host dispatches for one micro-batch: forward, backward (x2), recomputed forward."""
-    lora = len(resolve_lora_targets(m, lora_targets)) if method is not Method.full else 0
+                             grad_ckpt: GradCkpt, lora_ops: bool = True) -> float:
+    """Eager ops the host dispatches for one micro-batch: forward, backward (x2), recomputed forward; `lora_ops`
+    False leaves out peft's (a device that measured their host time: `lora_host_s`)."""
+    lora = len(resolve_lora_targets(m, lora_targets)) if method is not Method.full and lora_ops else 0
     fwd = OPS_PER_LAYER_FORWARD + OPS_PER_LORA_LINEAR * lora
     passes = 3 + (1 if grad_ckpt is GradCkpt.full else 0)
     return layers * fwd * passes
+
+
+def lora_host_s(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...], grad_ckpt: GradCkpt,
+                gpu: GPUSpec) -> float:
+    """Host seconds peft's adapted linears add to one micro-batch at the device's measured time per adapted linear
+    (forward + backward: the count's three passes; a recomputed forward adds one more third); 0 where not measured
+    (their ops are then in `host_ops_per_micro_batch`)."""
+    if method is Method.full or not gpu.lora_linear_host_s:
+        return 0.0
+    passes = 3 + (1 if grad_ckpt is GradCkpt.full else 0)
+    return layers * len(resolve_lora_targets(m, lora_targets)) * gpu.lora_linear_host_s * passes / 3
 
 
 def attention_memory_s(m: ModelSpec, kernel: str | None, dtype: str, b: int, s: int, layers: int, tp: int,
@@ -470,6 +482,92 @@ def flash_attention_s(m: ModelSpec, b: int, s: int, tp: int, gpu: GPUSpec, peak_
         waves = tiles / (math.ceil(tiles / gpu.sm_count) * gpu.sm_count) if gpu.sm_count > 0 else 1.0
         fwd_s += share * fwd_flops / (peak_flops_per_s * efficiency * waves)
     return fwd_s, FLASH_BACKWARD_OVER_FORWARD * fwd_s
+
+
+# SDPA's CPU flash kernel (torch 2.13 aten/src/ATen/native/cpu/FlashAttentionKernel.cpp, `cpu_flash_attention`, which
+# `_fused_sdp_choice_cpp` picks for fp32 / bf16 / fp16 inputs without dropout): each thread takes one (batch, head,
+# block of q_split_size query rows); the query length sets the split (flash_attention_kernel_impl: 256 rows from 768
+# queries, 64 from 192, else 32) and keys run in blocks of kv_split_size = 512 (at most the key length). Under a
+# causal mask a query block stops at `num_keys = min(m + qBlockSize, kvSize)`, but the key block that holds its last
+# key runs whole (`kvBlockSize = min(kvSplitSize, kvSize - n)`, then masked to -inf): at 128 tokens every query
+# block computes all 128 keys, at 1024 three quarters of the square. Per computed score element the kernel runs
+# QK^T and PV's multiply-adds (fp32 accumulation), the scale, max, exp and sum of its online softmax; the backward
+# recomputes the scores and exp from the saved logsumexp (`cpu_flash_attention_backward`) and runs three more
+# products (grad V, grad P, grad Q and K). The device fit times both per computed element (`sdpa_points`).
+CPU_FLASH_KV_SPLIT = 512
+
+
+def cpu_flash_q_split(s: int) -> int:
+    """Query rows per block of SDPA's CPU flash kernel at query length s (flash_attention_kernel_impl)."""
+    return 256 if s >= 768 else 64 if s >= 192 else 32
+
+
+@cache
+def cpu_flash_computed_scores(s: int, causal: bool = True) -> int:
+    """Score elements SDPA's CPU flash kernel computes for one (batch, head) of s queries and s keys: per query
+    block the key blocks up to its last visible key, each whole (the key length where shorter)."""
+    if not causal:
+        return s * s
+    q_split, kv_split = min(cpu_flash_q_split(s), s), min(CPU_FLASH_KV_SPLIT, s)
+    total = 0
+    for m in range(0, s, q_split):
+        rows = min(q_split, s - m)
+        keys = min(m + rows, s)
+        total += rows * min(math.ceil(keys / kv_split) * kv_split, s)
+    return total
+
+
+def _interpolate(points: tuple[tuple[float, float], ...], x: float, log_x: bool = False) -> float:
+    """Piecewise-linear interpolation of (x, y) points sorted by x (in log x where asked), the end values beyond."""
+    if x <= points[0][0]:
+        return points[0][1]
+    if x >= points[-1][0]:
+        return points[-1][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x <= x1:
+            f = (math.log(x / x0) / math.log(x1 / x0)) if log_x else (x - x0) / (x1 - x0)
+            return y0 + f * (y1 - y0)
+    return points[-1][1]
+
+
+def cpu_attention_element_s(gpu: GPUSpec, s: int, head_dim: float) -> tuple[float, float]:
+    """(forward, backward) seconds per computed score element of SDPA's CPU flash kernel at length s and head size
+    `head_dim` ((d_qk + d_v) / 2), from the device fit's points (length, head size, forward, backward): per head
+    size interpolated in log length (the end values beyond the measured lengths), then linearly in the head size
+    (the products' work grows with it, the softmax's does not), extrapolated linearly from the two nearest sizes and
+    never below the smallest size's time."""
+    by_dim: dict[float, list[tuple[float, float, float]]] = {}
+    for length, dim, fwd, bwd in gpu.sdpa_points:
+        by_dim.setdefault(float(dim), []).append((float(length), fwd, bwd))
+    dims = sorted(by_dim)
+    per_dim = []
+    for d in dims:
+        pts = sorted(by_dim[d])
+        per_dim.append((d, _interpolate(tuple((x, f) for x, f, _ in pts), s, log_x=True),
+                        _interpolate(tuple((x, b) for x, _, b in pts), s, log_x=True)))
+    if len(per_dim) == 1:
+        return per_dim[0][1], per_dim[0][2]
+    i = max(0, min(len(per_dim) - 2, next((j - 1 for j, (d, _, _) in enumerate(per_dim) if d >= head_dim),
+                                          len(per_dim) - 2)))
+    (d0, f0, b0), (d1, f1, b1) = per_dim[i], per_dim[i + 1]
+    t = (head_dim - d0) / (d1 - d0)
+    return max(per_dim[0][1], f0 + t * (f1 - f0)), max(per_dim[0][2], b0 + t * (b1 - b0))
+
+
+def cpu_sdpa_attention_s(m: ModelSpec, b: int, s: int, tp: int, gpu: GPUSpec, doc_len: int = 0) -> tuple[float, float]:
+    """(forward, backward) seconds of one (mean) layer's SDPA on the CPU for a micro-batch of b sequences: each
+    layer kind's b x heads x the CPU flash kernel's computed scores (`cpu_flash_computed_scores`; every score where
+    transformers hands SDPA an explicit mask: a window shorter than s or packed documents, is_causal False) at the
+    device fit's measured time per element (`cpu_attention_element_s`)."""
+    fwd_s = bwd_s = 0.0
+    for share, a in attention_shapes(m):
+        heads = max(1, a.heads // tp)
+        causal = not (sdpa_masks_window(a, s) or sdpa_masks_documents(s, doc_len))
+        elements = b * heads * cpu_flash_computed_scores(s, causal)
+        fwd_e, bwd_e = cpu_attention_element_s(gpu, s, (a.qk_head_dim + a.v_head_dim) / 2)
+        fwd_s += share * elements * fwd_e
+        bwd_s += share * elements * bwd_e
+    return fwd_s, bwd_s
 
 
 def attention_matmuls(m: ModelSpec, b: int, s: int, tp: int) -> tuple[Gemm, ...]:

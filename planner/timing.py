@@ -345,6 +345,9 @@ def _pass_times(m: ModelSpec, gpu: GPUSpec, tokens: int, adapter: Adapter, freez
     # FlashAttention-2 runs 16-bit inputs only; fp32 SDPA falls back to its math / memory-efficient kernels
     if gpu.attention_efficiency is not None and attn is not Attn.eager and precision is not Precision.fp32:
         attn_fwd, attn_bwd = kn.flash_attention_s(m, b, s, tp, gpu, peak, gpu.attention_efficiency, attn, doc_len)
+    elif gpu.sdpa_points and attn is not Attn.eager and precision is Precision.fp32:
+        # SDPA's CPU flash kernel at its measured time per computed score element (the points are fp32 timings)
+        attn_fwd, attn_bwd = kn.cpu_sdpa_attention_s(m, b, s, tp, gpu, doc_len)
     else:
         # the full s x s matmuls (eager, or a device without a measured attention kernel) at the GEMM rate
         flops = tokens * cp.attention_flops(m, s) / tp
@@ -389,9 +392,12 @@ def _host_exposed_s(cfg: TrainConfig, layers: int, mb_compute_s: float) -> tuple
     CPU host and device are one."""
     gpu = cfg.cluster.gpu
     passes = 3 + (1 if cfg.grad_ckpt is GradCkpt.full else 0)
-    ops = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt) + \
+    measured_lora = bool(gpu.lora_linear_host_s)
+    ops = kn.host_ops_per_micro_batch(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt,
+                                      lora_ops=not measured_lora) + \
         moe.moe_host_ops_per_micro_batch(cfg.model, gpu, layers, passes)
-    dispatch_s = ops * gpu.host_op_s
+    dispatch_s = ops * gpu.host_op_s + kn.lora_host_s(cfg.model, layers, cfg.method, cfg.lora_targets, cfg.grad_ckpt,
+                                                      gpu)
     hooks_s = engines.of(cfg).hook_host_s(cfg, layers)
     if gpu.sm_count <= 0:
         return dispatch_s, hooks_s
@@ -426,7 +432,8 @@ def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_
             # after the step (stage_1_and_2.py step: `bit16_partitions[partition_id].data.copy_(...)`; stage3.py
             # likewise): a read and a write, where mixed precision's 16-bit write is in optimizer_bytes_per_param
             per_param += 8.0
-        return 0.0, params_rank * per_param / gpu.hbm_bytes_per_s
+        # at the rate the device fit measured for this step where it has one (the CPU), else the memory bandwidth
+        return 0.0, params_rank * per_param / (gpu.optimizer_bytes_per_s or gpu.hbm_bytes_per_s)
     ranks = cfg.cluster.gpus_per_node
     link = gpu.host_link_bytes_per_s
     # gradients to the host, overlapped with backward; updated 16-bit weights back once per step. ZeRO-1/2

@@ -48,6 +48,14 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
   host work of fetching, releasing and reducing one module's parameters (DeepSpeed's
   pre/post-submodule hooks, partitioned_param_coordinator.fetch_sub_module / release_sub_module;
   FSDP2's pre/post-forward and backward hooks), where its data movement is negligible.
+- SDPA: the causal fp32 CPU flash kernel's forward and backward at 128-2048 tokens and head sizes 64 and 128, both
+  processes at once, per computed score element (planner/kernels.py cpu_flash_computed_scores: whole key blocks up
+  to the last visible key), the shapes taking turns within each repeat (`sdpa_points`);
+- the optimizer: clip_grad_norm_ + torch.optim.AdamW(foreach=True) over 24 x 1 Mi parameters on both processes at
+  once, as the counted bytes (planner/timing.py) per second (`optimizer_bytes_per_s`): in-place updates skip the
+  write-allocate read a copy pays, so the step moves its bytes faster than the copy that sets hbm_bytes_per_s;
+- peft's host work per adapted linear: forward + backward of 48 tiny frozen Linear(8, 8) with and without LoRA
+  (r 8, dropout 0.05), one process, per adapted linear (`lora_linear_host_s`).
 Least squares on times measured in one run; medians of repeats damp a shared machine's noise, not remove it.
 """
 
@@ -87,6 +95,10 @@ class DeviceFit:
     allgather_points: tuple[tuple[int, float], ...] = ()  # (gathered bytes, seconds) of all_gather_into_tensor
     reduce_scatter_points: tuple[tuple[int, float], ...] = ()  # (reduced bytes, seconds) of reduce_scatter_tensor
     sync_call_s: float = 0.0  # a synchronous collective between the ranks' compute, over the same call back to back
+    # (length, head size, forward s, backward s) per computed score element of SDPA's causal CPU flash kernel
+    sdpa_points: tuple[tuple[int, int, float, float], ...] = ()
+    optimizer_bytes_per_s: float = 0.0  # AdamW (foreach) + clip_grad_norm_: counted bytes per second; 0: not measured
+    lora_linear_host_s: float = 0.0  # peft's host work per adapted linear and micro-batch (fwd + bwd); 0: not measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,6 +249,90 @@ def measure_bandwidth() -> float:
     """The copy bandwidth each of a step's two ranks gets while the other copies too (both processes at once, the
     slower counts): the memory bus is shared, and a rank's elementwise ops run beside the other's."""
     return min(_on_ranks(_bandwidth_rank, 2))
+
+
+# SDPA's CPU flash kernel, causal, fp32, at the lengths and head sizes plans use: per (length, head size) enough
+# (batch x heads) rows for about ATTENTION_SCORES computed score elements per call
+ATTENTION_LENGTHS = (128, 256, 512, 1024, 2048)
+ATTENTION_HEAD_DIMS = (64, 128)
+ATTENTION_SCORES = 2**19
+ATTENTION_REPEATS = 7
+
+
+def _attention_rank(rank: int, port: int, out: Any) -> None:
+    """One of two processes timing SDPA's forward and backward at once with the other (a step's ranks share the
+    socket); puts (length, head size, forward s, backward s per computed score element). The shapes take turns
+    within each repeat, so that a slow spell of the machine spreads over them (medians of the repeats)."""
+    import torch
+
+    from planner.kernels import cpu_flash_computed_scores
+
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    cases = []
+    for d in ATTENTION_HEAD_DIMS:
+        for s in ATTENTION_LENGTHS:
+            elements = cpu_flash_computed_scores(s)
+            rows = max(1, round(ATTENTION_SCORES / elements))
+            qkv = [torch.randn(1, rows, s, d, requires_grad=True) for _ in range(3)]
+            cases.append((s, d, rows * elements, qkv, torch.randn(1, rows, s, d), [], []))
+    for r in range(ATTENTION_REPEATS + 1):
+        for _, _, _, (q, k, v), grad, fwd, bwd in cases:
+            t0 = time.perf_counter()
+            o = sdpa(q, k, v, is_causal=True)
+            t1 = time.perf_counter()
+            o.backward(grad)
+            t2 = time.perf_counter()
+            q.grad = k.grad = v.grad = None
+            if r > 0:  # the first round warms up
+                fwd.append(t1 - t0)
+                bwd.append(t2 - t1)
+    out.put([(s, d, statistics.median(fwd) / n, statistics.median(bwd) / n) for s, d, n, _, _, fwd, bwd in cases])
+
+
+def measure_attention() -> tuple[tuple[int, int, float, float], ...]:
+    """SDPA's CPU flash kernel per computed score element, both processes at once, the slower per point."""
+    answers = _on_ranks(_attention_rank, 2)
+    return tuple((s, d, max(a[i][2] for a in answers), max(a[i][3] for a in answers))
+                 for i, (s, d, _, _) in enumerate(answers[0]))
+
+
+# The optimizer step the time model counts (planner/timing.py optimizer_bytes_per_param + clip_bytes_per_param):
+# torch.optim.AdamW(foreach=True), as profiler/worker.py builds it, after clip_grad_norm_, over OPTIMIZER_TENSORS
+# parameters of OPTIMIZER_TENSOR_VALUES each (every state array 96 MiB, beyond the last-level cache, as a model's)
+OPTIMIZER_TENSORS, OPTIMIZER_TENSOR_VALUES = 24, 2**20
+
+
+def _optimizer_rank(rank: int, port: int, out: Any) -> None:
+    """One of two processes timing clip + AdamW steps at once with the other; puts the counted bytes per second."""
+    import torch
+
+    from planner.strategy import Optimizer, Precision
+    from planner.timing import clip_bytes_per_param, optimizer_bytes_per_param
+
+    torch.set_num_threads(1)
+    params = [torch.nn.Parameter(torch.randn(OPTIMIZER_TENSOR_VALUES)) for _ in range(OPTIMIZER_TENSORS)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.AdamW(params, lr=1e-5, foreach=True)
+
+    def step() -> None:
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    step()
+    t = _median_time(step, repeats=7)
+    per_param = optimizer_bytes_per_param(Optimizer.adamw, Precision.fp32) + clip_bytes_per_param(Precision.fp32)
+    out.put(per_param * OPTIMIZER_TENSORS * OPTIMIZER_TENSOR_VALUES / t)
+
+
+def measure_optimizer() -> float:
+    """The clip + AdamW step's counted bytes per second on each of two processes stepping at once (the slower):
+    its foreach kernels mostly update in place, which writes back lines just read, where the copy that measures
+    hbm_bytes_per_s also fetches every destination line before writing it (write-allocate), so the step moves its
+    counted bytes faster than the copy does."""
+    return min(_on_ranks(_optimizer_rank, 2))
 
 
 def _allreduce_rank(rank: int, port: int, out: Any, *, sizes: list[int]) -> None:
@@ -464,6 +560,45 @@ def _hook_rank(rank: int, port: int, out: Any) -> None:
     dist.destroy_process_group()
 
 
+def _lora_host_rank(rank: int, port: int, out: Any) -> None:
+    """One process: forward + backward of HOOK_MODULES tiny frozen Linear(8, 8) with and without peft's LoRA on each
+    (r 8, dropout 0.05, as the planner's defaults), per adapted linear: the Python peft's lora.Linear.forward runs
+    per call (peft/tuners/lora/layer.py: the active-adapter loop, the dtype cast, the dropout module, lora_A and
+    lora_B, the scaling lookup and the add) and its autograd nodes, where the tiny shapes make the arithmetic
+    negligible."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.set_num_threads(1)
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(HOOK_MODULES)])
+        m.requires_grad_(False)
+        return m
+
+    x = torch.randn(4, 8, requires_grad=True)
+
+    def step_time(m: Any) -> float:
+        def once() -> None:
+            m(x).sum().backward()
+
+        for _ in range(3):
+            once()
+        return _median_time(once, repeats=9)
+
+    plain = model()
+    adapted = get_peft_model(model(), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                 target_modules=[str(i) for i in range(HOOK_MODULES)]))
+    adapted.train()
+    times = [(step_time(adapted), step_time(plain)) for _ in range(3)]  # interleaved: a slow spell hits both
+    out.put(statistics.median(a - p for a, p in times) / HOOK_MODULES)
+
+
+def measure_lora_host() -> float:
+    return max(0.0, _on_ranks(_lora_host_rank, 1)[0])
+
+
 def measure_hooks() -> tuple[float, float]:
     z3, fsdp = _on_ranks(_hook_rank, 1)[0]
     return max(0.0, z3), max(0.0, fsdp)
@@ -499,16 +634,31 @@ def fit_cpu_device(passes: int = 1) -> DeviceFit:
     gather_pts, scatter_pts = measure_gather_scatter()
     z3, fsdp = measure_hooks()
     busy, sync = measure_comm_factors()
+    attention = measure_attention()
+    optimizer = measure_optimizer()
+    lora_host = measure_lora_host()
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_narrow_cols=narrow,
                      gemm_narrow_inner=inner, dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
                      busy_comm_factor=busy, gemm_points=gemms, allreduce_points=ar,
-                     allgather_points=gather_pts, reduce_scatter_points=scatter_pts, sync_call_s=sync)
+                     allgather_points=gather_pts, reduce_scatter_points=scatter_pts, sync_call_s=sync,
+                     sdpa_points=attention, optimizer_bytes_per_s=optimizer, lora_linear_host_s=lora_host)
 
 
 def _median_points(runs: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[tuple[Any, ...], ...]:
     """Per measured point (the same sizes in every run, the time last), its median time over the runs."""
     return tuple((*pts[0][:-1], statistics.median(p[-1] for p in pts)) for pts in zip(*runs, strict=True))
+
+
+def _median_attention(runs: Sequence[Sequence[tuple[int, int, float, float]]]) -> tuple[tuple[int, int, float, float],
+                                                                                      ...]:
+    """Per (length, head size) the median forward and the median backward time over the runs that measured them
+    (fits made before the attention points have none)."""
+    runs = [r for r in runs if r]
+    if not runs:
+        return ()
+    return tuple((pts[0][0], pts[0][1], statistics.median(p[2] for p in pts), statistics.median(p[3] for p in pts))
+                 for pts in zip(*runs, strict=True))
 
 
 def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
@@ -538,7 +688,9 @@ def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
                      busy_comm_factor=med("busy_comm_factor"), gemm_points=gemms, allreduce_points=allreduce,
                      allgather_points=_median_points([f.allgather_points for f in fits]),
                      reduce_scatter_points=_median_points([f.reduce_scatter_points for f in fits]),
-                     sync_call_s=med("sync_call_s"))
+                     sync_call_s=med("sync_call_s"),
+                     sdpa_points=_median_attention([f.sdpa_points for f in fits]),
+                     optimizer_bytes_per_s=med("optimizer_bytes_per_s"), lora_linear_host_s=med("lora_linear_host_s"))
 
 
 def device_fit_from_dict(data: dict[str, Any]) -> DeviceFit:

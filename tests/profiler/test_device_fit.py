@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from cli_helpers import run
@@ -80,7 +81,9 @@ def _synthetic_fit(slow: float, busy: float) -> DeviceFit:
                      dropout_values_per_s=1e8 / slow, hbm_bytes_per_s=1e10 / slow, collective_alpha_s=0.0,
                      intra_node_bytes_per_s=0.0, zero3_module_s=slow * 1e-3, fsdp_unit_s=slow * 8e-4,
                      busy_comm_factor=busy, gemm_points=gemms, allreduce_points=allreduce, allgather_points=gather,
-                     reduce_scatter_points=gather, sync_call_s=slow * 1e-3)
+                     reduce_scatter_points=gather, sync_call_s=slow * 1e-3,
+                     sdpa_points=((128, 64, slow * 4e-9, slow * 12e-9), (512, 64, slow * 3e-9, slow * 8e-9)),
+                     optimizer_bytes_per_s=1.2e10 / slow, lora_linear_host_s=slow * 1.3e-4)
 
 
 def test_median_fit_ignores_one_slow_pass() -> None:
@@ -99,6 +102,18 @@ def test_median_fit_ignores_one_slow_pass() -> None:
     assert all(share == pytest.approx(1.0) for _, share in fit.gemm_narrow_cols)
     assert [k for k, _ in fit.gemm_narrow_inner] == list(NARROW_COLS)  # LoRA's k = r GEMMs, their own shares
     assert all(share == pytest.approx(1.0) for _, share in fit.gemm_narrow_inner)
+    assert fit.sdpa_points == _synthetic_fit(1.0, 1.0).sdpa_points  # per point, forward and backward
+    assert fit.optimizer_bytes_per_s == pytest.approx(1.2e10)
+    assert fit.lora_linear_host_s == pytest.approx(1.3e-4)
+
+
+def test_median_fit_keeps_attention_points_of_the_passes_that_have_them() -> None:
+    """A pass from before the SDPA points (none) leaves the others' medians; none at all: none."""
+    older = replace(_synthetic_fit(1.0, 1.3), sdpa_points=())
+    fit = median_fit([older, _synthetic_fit(1.0, 1.3), _synthetic_fit(2.0, 1.3)])
+    assert [p[:2] for p in fit.sdpa_points] == [(128, 64), (512, 64)]
+    assert [p[2:] for p in fit.sdpa_points] == [pytest.approx((6e-9, 18e-9)), pytest.approx((4.5e-9, 12e-9))]
+    assert median_fit([older, older]).sdpa_points == ()
 
 
 def test_narrow_inner_share_is_the_row_rate_reached() -> None:
