@@ -177,11 +177,12 @@ def calibrate_cmd(out: Annotated[Path | None, typer.Option(
     if device:
         from planner.atomic import write_text_atomic
         from planner.device_fit_file import default_path, stamped
+        from planner.gpus import device_fit_gpu_name
         from profiler.device_fit import fit_device
         from reports.profile_report import device_fit_view
 
         fitted = fit_device(passes=passes).to_dict()
-        data = stamped(fitted, device=str(fitted.get("device", "CPU")))
+        data = stamped(fitted, device=device_fit_gpu_name(fitted))  # "CPU", or the catalog GPU a CUDA fit replaces
         target = out if out is not None else default_path(data["device"])
         target.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(target, json.dumps(data, indent=2) + "\n")

@@ -104,7 +104,7 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
                 model_spec, adapter.lora_targets, None, LORA_DROPOUT))
     fit = device_fit_file.resolve(opts.limits.device_fit, cluster.gpu.name)
     if fit is not None:
-        cluster = dataclasses.replace(cluster, gpu=with_device_fit(cluster.gpu, fit.values))
+        cluster = dataclasses.replace(cluster, gpu=with_device_fit(cluster.gpu, fit.constants()))
     switches: Switches = dataclasses.replace(
         opts.switches, bnb_version=parse_bnb_version(opts.switches.bnb_version),
         transformers_version=parse_transformers_version(opts.switches.transformers_version))

@@ -45,15 +45,30 @@ from planner.strategy import Attn, GradCkpt, Method, Precision, Quant, Stage, Tr
 # of a step is counted apart from this (planner/kernels.py): wave quantization of each GEMM's tiles, the elementwise
 # ops' bytes at the memory bandwidth, attention at FlashAttention's own efficiency, host dispatch and framework
 # hooks. Replaced by `Calibration.compute_efficiency` when a profile exists.
-# - GPUs without a MAMF figure (V100, the GDDR boards) take the fallback: A100 PCIe's 81.1% in the MAMF table,
-#   the lowest NVIDIA datacenter figure there, rounded down (0.80).
+# - T4 (70 W): a user's cuBLAS fp16 4096^3 products, the mean of 100, ran at "about 24T" of its 65 TFLOP/s, which
+#   the NVIDIA forum's answer puts down to power capping, "expected behavior for approximately continuous matrix
+#   multiply operations on a T4" (forums.developer.nvidia.com/t/about-gpu-peak-performance/264462): a sustained
+#   rate, 24/65.
+# - V100 (SXM2, 125 TFLOP/s): cuBLAS tensor-core GEMM "up to 83 Tflops/s in mixed precision" of the 125 the paper
+#   takes as the board's peak (Markidis et al. 2018, "NVIDIA Tensor Core Programmability, Performance & Precision",
+#   IPDPSW 2018, abstract; CUDA 9's cuBLAS): 83/125, a figure from 2018's libraries, not a sustained window.
+# - GPUs without a published figure (A10G, L40S, RTX 3090, RTX 4090) take the fallback: A100 PCIe's 81.1% in the
+#   MAMF table, the lowest NVIDIA datacenter figure there, rounded down (0.80). The RTX 4090's one published search
+#   (mag-/gpu_benchmark, mamf-finder with Optuna: 178.4 TFLOP/s at 14336x4096x4096) is a burst above the 165.2 its
+#   datasheet counts at the 2520 MHz boost clock, so it says nothing of the rate a 450 W board sustains.
 # - CPU: the peak is the fitted GEMM rate itself (planner/gpus.py, `ftplan profile calibrate --device`): 1.0.
 HOPPER_SUSTAINED_MATMUL_FLOPS_PER_S = 745e12  # H200 MSMF, the middle of the five runs' 743-746 (above)
 HOPPER_BF16_PEAK_FLOPS_PER_S = 989.4e12  # NVIDIA H100 / H200 SXM datasheet, dense
 _HOPPER_EFFICIENCY = round(HOPPER_SUSTAINED_MATMUL_FLOPS_PER_S / HOPPER_BF16_PEAK_FLOPS_PER_S, 3)  # 0.753
+T4_SUSTAINED_FP16_FLOPS_PER_S = 24e12  # NVIDIA forum 264462: "about 24T", power-capped at 70 W
+T4_FP16_PEAK_FLOPS_PER_S = 65e12  # NVIDIA T4 datasheet, mixed precision
+V100_CUBLAS_FP16_FLOPS_PER_S = 83e12  # Markidis et al. 2018: "up to 83 Tflops/s"
+V100_FP16_PEAK_FLOPS_PER_S = 125e12  # NVIDIA Tesla V100 SXM2 datasheet, as the paper takes it
 DEFAULT_COMPUTE_EFFICIENCY: dict[str, float] = {
     "A100-80G": 0.869, "A100-40G": 0.869, "A800": 0.869,
     "H100": _HOPPER_EFFICIENCY, "H800": _HOPPER_EFFICIENCY, "H200": _HOPPER_EFFICIENCY,
+    "T4": round(T4_SUSTAINED_FP16_FLOPS_PER_S / T4_FP16_PEAK_FLOPS_PER_S, 3),  # 0.369
+    "V100-32G": round(V100_CUBLAS_FP16_FLOPS_PER_S / V100_FP16_PEAK_FLOPS_PER_S, 3),  # 0.664
     "CPU": 1.0,
 }
 FALLBACK_COMPUTE_EFFICIENCY = 0.80

@@ -50,6 +50,11 @@ class DeviceFitFile:
         return None if self.written_at is None else max(0.0, (time.time() if now is None else now)
                                                          - self.written_at)
 
+    def constants(self) -> dict[str, Any]:
+        """The fitted values as planner.gpus.with_device_fit reads them: a GPU's fit (any device but the CPU) names
+        its catalog entry ("device": "cuda", "gpu": ...), which the header holds and `values` leaves out."""
+        return dict(self.values) if self.device == "CPU" else {**self.values, "device": "cuda", "gpu": self.device}
+
     def summary(self, now: float | None = None) -> dict[str, Any]:
         """What answers show (no path: `ftplan serve` answers too)."""
         return {"device": self.device, "machine": self.machine.get("hostname") or self.machine.get("id", ""),

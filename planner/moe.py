@@ -44,10 +44,16 @@ LOOPED_OPS_PER_EXPERT_FORWARD = 2 * 3
 LOOPED_OPS_PER_EXPERT_BACKWARD = 2 * 4
 
 
+GROUPED_MM_MIN_CAPABILITY = (8, 0)
+
+
 def grouped_mm_available(gpu: GPUSpec) -> bool:
-    """Whether torch runs transformers' grouped_mm as one kernel: CUDA compute capability >= 8.0 (the GPUs with
-    bf16 tensor cores in planner/gpus.py) or the CPU (torch >= 2.10)."""
-    return gpu.sm_count <= 0 or gpu.supports_bf16
+    """Whether torch runs transformers' grouped_mm as one kernel, as transformers decides it
+    (transformers/integrations/moe.py `_can_use_grouped_mm`, 5.x with torch >= 2.9: on CUDA
+    `torch.cuda.get_device_capability() >= (8, 0)`; on the CPU from torch 2.10); None is the CPU (no CUDA
+    capability, planner/gpus.py)."""
+    cc = gpu.compute_capability
+    return cc is None or cc >= GROUPED_MM_MIN_CAPABILITY
 
 
 def _tile_efficiency(m: int, n: int, groups: int, sm_count: int, tiles: tuple[tuple[int, int], ...]) -> float:

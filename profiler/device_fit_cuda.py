@@ -4,13 +4,17 @@ collectives by size, and a short real step of a ~1B Llama per engine (validation
 `ftplan profile calibrate --device` runs this when torch sees a CUDA device (`select_device`), and the fitted
 constants replace the GPU entry's (planner/gpus.py `with_device_fit`), so the first run on a GPU calibrates the
 planner and checks it against real steps. What is measured and how it is fitted:
-- GEMM: bf16 (m x k) @ (k x n) timed with CUDA events, operands cycled through a pool larger than the L2 cache (a
-  step streams every weight from HBM), for training shapes: k = n in {1024, 2048, 4096, 8192} and m from 256 to
-  16384 tokens. Each time is divided by the tile-wave quantization the planner applies (planner/kernels.py
-  `wave_efficiency`), then fitted by least squares (relative residuals) to
-  t x peak x waves / (2 m k n) = 1 / E + (k0 / E) x 1 / k: E is the large-GEMM efficiency the planner's
-  `compute_efficiency` takes (GPUSpec.gemm_efficiency), k0 the inner size at which a tile's fixed prologue and
-  epilogue halve its rate (GPUSpec.gemm_half_rate_inner).
+- GEMM: bf16 (fp16 on V100 / T4) (m x k) @ (k x n) timed with CUDA events, operands cycled through a pool larger than
+  the L2 cache (a step streams every weight from HBM), for training shapes: k = n in {1024, 2048, 4096, 8192} and m
+  from 256 to 16384 tokens. Each shape is timed twice: first as a burst (5 x max(pool, 8) products on a board that
+  has not been held at load: near the boost clock, mamf-finder's MAMF regime), then, after the board has been held at
+  full load until its clock settled, over a timed window (profiler/gemm_sustained.py: mamf-finder's MSMF, the rate a
+  training step sustains). Each time is divided by the tile-wave quantization the planner applies (planner/kernels.py
+  `wave_efficiency`), then fitted by least squares (relative residuals) to t x peak x waves / (2 m k n) = 1 / E + (k0
+  / E) x 1 / k: E is the large-GEMM efficiency the planner's `compute_efficiency` takes (GPUSpec.gemm_efficiency), k0
+  the inner size at which a tile's fixed prologue and epilogue halve its rate (GPUSpec.gemm_half_rate_inner). The
+  sustained points set E and k0; the bursts' fit is written beside them (gemm_burst_efficiency) for information: on
+  Hopper the burst reads about 13% above (planner/compute.py, H200 MAMF 843-850 against MSMF 743-746 TFLOP/s).
 - HBM bandwidth: a 1 GiB device-to-device copy (read + write bytes over its time). The share of it eager
   elementwise ops reach on the bytes the planner counts for them (GPUSpec.elementwise_bandwidth_fraction): forward
   + backward of transformers' RMSNorm ops (fp32 upcast, pow, mean, rsqrt, the casts, the weight) on bf16
@@ -35,7 +39,8 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,6 +49,7 @@ from planner.errors import PlanError
 from planner.gpus import GPUS, GPUSpec
 from planner.kernels import FLASH_BACKWARD_OVER_FORWARD, FLASH_BLOCK_ROWS, causal_block_share, wave_efficiency
 from profiler.fit_helpers import _line_fit
+from profiler.gemm_sustained import SustainedPhase, board_readings, measure_window, settle
 
 GemmPoints = tuple[tuple[int, int, int, float], ...]  # (m, k, n, seconds)
 SizePoints = tuple[tuple[int, float], ...]  # (bytes, seconds)
@@ -53,6 +59,9 @@ GEMM_ROWS = (256, 1024, 4096, 16384)
 ATTENTION_SEQS = (2048, 4096, 8192)
 COLLECTIVE_SIZES = tuple(2**k for k in range(16, 31, 2))  # 64 KiB .. 1 GiB
 L2_POOL_BYTES = 256 * 2**20  # several times an H100's 50 MB L2
+# mamf-finder's MAMF bursts each start "after 0.25s of idle so the SM clock climbs back to boost"
+# (stas00/ml-engineering compute/accelerator/benchmarks/README.md, "How MAMF and MSMF are defined")
+BURST_IDLE_S = 0.25
 # Bytes per value the elementwise probe's ops read and write, forward + backward, as a dispatch mode counts them
 # (tests/profiler/test_device_fit_cuda.py counts `rmsnorm_probe` on the CPU): 36 forward, 96 backward.
 ELEMENTWISE_PROBE_BYTES_PER_VALUE = 132.0
@@ -155,6 +164,16 @@ class CudaDeviceFit:
     attention_points: tuple[tuple[int, int, int, int, float], ...] = ()
     collective_points: dict[str, SizePoints] = field(default_factory=dict)
     steps: tuple[dict[str, Any], ...] = ()  # per engine: plan, measured_s, predicted_s, error
+    # Since the sustained phase (files without these keys timed bursts only, and gemm_points were the bursts):
+    # gemm_points above are the sustained windows' points that gemm_efficiency / gemm_half_rate_inner are fitted
+    # from; the bursts' points and fit are kept for information, with each window's steadiness, the board's clock,
+    # power, utilization and temperature where torch can read them (None where not), and the settle phase.
+    gemm_timing: str = "sustained"  # "sustained": gemm_efficiency is the settled-board rate
+    gemm_burst_efficiency: float | None = None
+    gemm_burst_half_rate_inner: float | None = None
+    gemm_burst_points: GemmPoints = ()
+    gemm_windows: tuple[dict[str, Any], ...] = ()
+    gemm_settle: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,15 +186,18 @@ def fit_elementwise(probe_s: float, copy_bytes_per_s: float, values: int = math.
 
 def constants_from(gpu: GPUSpec, *, gemm: GemmPoints, attention: Sequence[tuple[int, int, int, int, float]],
                    copy_bytes_per_s: float, host_op_s: float, collectives: dict[str, SizePoints],
-                   n: int, elementwise_s: float | None = None) -> dict[str, Any]:
-    """Every fitted constant from the raw points (no torch): the part of a CUDA fit the tests check. Without the
-    elementwise probe's time the catalog's share is carried over to the copy rate's scale."""
+                   n: int, elementwise_s: float | None = None, gemm_bursts: GemmPoints = ()) -> dict[str, Any]:
+    """Every fitted constant from the raw points (no torch): the part of a CUDA fit the tests check. `gemm` are the
+    sustained points (they set gemm_efficiency), `gemm_bursts` the bursts (fitted apart, for information). Without
+    the elementwise probe's time the catalog's share is carried over to the copy rate's scale."""
     peak = gpu.peak_bf16_flops_per_s or gpu.peak_fp16_flops_per_s
     eff, k0 = fit_gemm(gemm, peak, gpu.sm_count)
+    burst_eff, burst_k0 = fit_gemm(gemm_bursts, peak, gpu.sm_count) if len(gemm_bursts) >= 2 else (None, None)
     fitted = {kind: fit_collective(pts, n, kind) for kind, pts in collectives.items() if len(pts) >= 4}
     share = fit_elementwise(elementwise_s, copy_bytes_per_s) if elementwise_s else \
         gpu.elementwise_bytes_per_s / copy_bytes_per_s
-    out: dict[str, Any] = {"gemm_efficiency": eff, "gemm_half_rate_inner": k0, "hbm_bytes_per_s": copy_bytes_per_s,
+    out: dict[str, Any] = {"gemm_efficiency": eff, "gemm_half_rate_inner": k0, "gemm_burst_efficiency": burst_eff,
+                           "gemm_burst_half_rate_inner": burst_k0, "hbm_bytes_per_s": copy_bytes_per_s,
                            "elementwise_bandwidth_fraction": share,
                            "attention_efficiency": fit_attention(attention, peak, gpu.sm_count) if attention else
                            gpu.attention_efficiency, "host_op_s": host_op_s,
@@ -206,24 +228,61 @@ def _events_time_s(torch: Any, fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_gemms(torch: Any) -> GemmPoints:
+def gemm_dtype(torch: Any, gpu: GPUSpec) -> Any:
+    """The 16-bit type whose tensor-core peak the GEMM fit divides by (constants_from): bf16, or fp16 on the boards
+    without bf16 tensor cores (V100, T4), where cuBLAS has no bf16 tensor-core GEMM."""
+    return torch.bfloat16 if gpu.peak_bf16_flops_per_s > 0 else torch.float16
+
+
+def _gemm_operands(torch: Any, m: int, kn: int, dtype: Any) -> tuple[Callable[[int], None], int]:
+    """`run(n)`: n 16-bit (m x kn) @ (kn x kn) products cycling through a pool of operands larger than the L2 cache
+    (a step streams every weight from HBM); and the pool's size."""
+    size = (m * kn + kn * kn) * 2
+    pool = max(1, min(64, math.ceil(L2_POOL_BYTES / size)))
+    xs = [torch.randn(m, kn, device="cuda", dtype=dtype) for _ in range(pool)]
+    ws = [torch.randn(kn, kn, device="cuda", dtype=dtype) for _ in range(pool)]
+
+    def run(n: int) -> None:
+        for i in range(n):
+            torch.mm(xs[i % pool], ws[i % pool])
+
+    return run, pool
+
+
+def gemm_shapes() -> tuple[tuple[int, int], ...]:
+    """(m, k = n) of the fit's GEMMs."""
+    return tuple((m, kn) for kn in GEMM_SIDES for m in GEMM_ROWS)
+
+
+def measure_gemm_bursts(torch: Any, dtype: Any, idle_s: float = BURST_IDLE_S,
+                        sleep: Callable[[float], None] = time.sleep) -> GemmPoints:
+    """Each shape after `idle_s` of idle: the median of 5 bursts of max(pool, 8) products, near the boost clock
+    (for information beside the sustained rate: mamf-finder's MAMF regime)."""
     points = []
-    for kn in GEMM_SIDES:
-        for m in GEMM_ROWS:
-            size = (m * kn + kn * kn) * 2
-            pool = max(1, min(64, math.ceil(L2_POOL_BYTES / size)))
-            xs = [torch.randn(m, kn, device="cuda", dtype=torch.bfloat16) for _ in range(pool)]
-            ws = [torch.randn(kn, kn, device="cuda", dtype=torch.bfloat16) for _ in range(pool)]
-            inner = max(pool, 8)
-
-            def run(xs: list = xs, ws: list = ws, inner: int = inner, pool: int = pool) -> None:
-                for i in range(inner):
-                    torch.mm(xs[i % pool], ws[i % pool])
-
-            run()
-            points.append((m, kn, kn, _events_time_s(torch, run, 5) / inner))
-            del xs, ws
+    for m, kn in gemm_shapes():
+        run, pool = _gemm_operands(torch, m, kn, dtype)
+        inner = max(pool, 8)
+        torch.cuda.synchronize()
+        sleep(idle_s)
+        run(inner)
+        points.append((m, kn, kn, _events_time_s(torch, lambda run=run, inner=inner: run(inner), 5) / inner))
+        del run
     return tuple(points)
+
+
+def measure_gemms_sustained(torch: Any, bursts: GemmPoints, phase: SustainedPhase, dtype: Any) -> dict[str, Any]:
+    """The settle phase, then every shape's timed window (profiler/gemm_sustained.py): the points the fit takes,
+    each window's steadiness and the board readings after it."""
+    settled = settle(torch, phase, dtype)
+    points, windows = [], []
+    for m, k, n, burst_s in bursts:
+        run, _ = _gemm_operands(torch, m, k, dtype)
+        w = measure_window(torch, run, burst_s, phase)
+        points.append((m, k, n, w.seconds_per_iteration))
+        windows.append({"m": m, "k": k, "n": n, "drop": w.drop, "spread": w.spread, "steady": w.steady,
+                        "sub_rates": list(w.sub_rates), **board_readings(torch)})
+        del run
+    return {"points": tuple(points), "windows": tuple(windows), "settle": settled}
 
 
 def measure_bandwidth(torch: Any) -> float:
@@ -272,8 +331,6 @@ def measure_attention(torch: Any, heads: int = 32, head_dim: int = 128) -> tuple
 
 
 def measure_host_op_s(torch: Any) -> float:
-    import time
-
     a = torch.ones(1, device="cuda")
     torch.cuda.synchronize()
     times = []
@@ -349,20 +406,27 @@ def measure_steps(gpu: GPUSpec, n: int, fitted: dict[str, Any], steps: int = 3) 
     return tuple(out)
 
 
-def fit_cuda_device(*, real_steps: bool = True) -> CudaDeviceFit:
+def fit_cuda_device(*, real_steps: bool = True, phase: SustainedPhase | None = None) -> CudaDeviceFit:
+    """Measure this CUDA machine. `phase` sets the sustained GEMM phase's durations (default: mamf-finder's MSMF
+    settle and window, at most SustainedPhase.added_s(16) = 68 s on top of the rest)."""
     import torch
 
+    phase = phase or SustainedPhase()
     name = torch.cuda.get_device_name()
     gpu = GPUS[catalog_gpu_name(name, torch.cuda.get_device_properties(0).total_memory)]
     n = torch.cuda.device_count()
-    gemm = measure_gemms(torch)
+    readings = board_readings(torch)
+    dtype = gemm_dtype(torch, gpu)
+    bursts = measure_gemm_bursts(torch, dtype)
+    sustained = measure_gemms_sustained(torch, bursts, phase, dtype)
     attention = measure_attention(torch)
     bandwidth = measure_bandwidth(torch)
     elementwise = measure_elementwise(torch)
     host = measure_host_op_s(torch)
     collectives = measure_collectives(n)
-    fitted = constants_from(gpu, gemm=gemm, attention=attention, copy_bytes_per_s=bandwidth, host_op_s=host,
-                            collectives=collectives, n=n, elementwise_s=elementwise)
+    fitted = constants_from(gpu, gemm=sustained["points"], attention=attention, copy_bytes_per_s=bandwidth,
+                            host_op_s=host, collectives=collectives, n=n, elementwise_s=elementwise,
+                            gemm_bursts=bursts)
     steps = measure_steps(gpu, n, fitted) if real_steps else ()
     return CudaDeviceFit(device="cuda", gpu=gpu.name, device_name=name, gpus=n, host_op_s=host,
                          gemm_efficiency=fitted["gemm_efficiency"], gemm_half_rate_inner=fitted["gemm_half_rate_inner"],
@@ -371,4 +435,8 @@ def fit_cuda_device(*, real_steps: bool = True) -> CudaDeviceFit:
                          attention_efficiency=fitted["attention_efficiency"],
                          collective_alpha_s=fitted["collective_alpha_s"],
                          intra_node_bytes_per_s=fitted["intra_node_bytes_per_s"], collectives=fitted["collectives"],
-                         gemm_points=gemm, attention_points=attention, collective_points=collectives, steps=steps)
+                         gemm_points=sustained["points"], attention_points=attention, collective_points=collectives,
+                         steps=steps, gemm_burst_efficiency=fitted["gemm_burst_efficiency"],
+                         gemm_burst_half_rate_inner=fitted["gemm_burst_half_rate_inner"], gemm_burst_points=bursts,
+                         gemm_windows=sustained["windows"],
+                         gemm_settle={**sustained["settle"], "before_fit": readings})

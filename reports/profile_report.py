@@ -114,7 +114,7 @@ def accuracy_categories_table(rows: list[dict[str, Any]]) -> Table:
 
 def device_fit_view(data: dict[str, Any], path: str) -> Text:
     """The fitted device constants, in the units planner/gpus.py takes them."""
-    if data.get("device") == "cuda":
+    if data.get("backend") == "cuda" or data.get("device") == "cuda":
         return _cuda_fit_view(data, path)
     lines = [f"CPU device fit written to {path} (per rank = one core):",
              f"  host_op_s             {data['host_op_s'] * 1e6:.2f} us per eager op",
@@ -135,16 +135,21 @@ def device_fit_view(data: dict[str, Any], path: str) -> Text:
 
 
 def _cuda_fit_view(data: dict[str, Any], path: str) -> Text:
-    lines = [f"CUDA device fit written to {path}: {data['device_name']} x {data['gpus']} (replaces {data['gpu']}):",
+    gpu = data.get("gpu") or data["device"]
+    lines = [f"CUDA device fit written to {path}: {data['device_name']} x {data['gpus']} (replaces {gpu}):",
              f"  gemm_efficiency        {data['gemm_efficiency']:.3f} of peak (large GEMMs), "
-             f"half rate at k = {data['gemm_half_rate_inner']:.0f}",
-             f"  attention_efficiency   {data['attention_efficiency']:.3f} of peak (causal SDPA, fwd + bwd)",
-             f"  hbm_bytes_per_s        {data['hbm_bytes_per_s'] / 1e9:.0f} GB/s (copy, read + write)",
-             f"  elementwise share      {data.get('elementwise_bandwidth_fraction', 1.0):.2f} of the copy rate "
-             f"(eager RMSNorm forward + backward, counted bytes)",
-             f"  host_op_s              {data['host_op_s'] * 1e6:.2f} us per eager op",
-             f"  intra_node_bytes_per_s {data['intra_node_bytes_per_s'] / 1e9:.0f} GB/s nominal (NCCL bus bandwidth "
-             f"over the link efficiency)"]
+             f"half rate at k = {data['gemm_half_rate_inner']:.0f}"
+             + (" (sustained)" if data.get("gemm_timing") == "sustained" else "")]
+    if data.get("gemm_burst_efficiency") is not None:
+        lines.append(f"  gemm burst             {data['gemm_burst_efficiency']:.3f} of peak (near boost, for "
+                     "information)")
+    lines += [f"  attention_efficiency   {data['attention_efficiency']:.3f} of peak (causal SDPA, fwd + bwd)",
+              f"  hbm_bytes_per_s        {data['hbm_bytes_per_s'] / 1e9:.0f} GB/s (copy, read + write)",
+              f"  elementwise share      {data.get('elementwise_bandwidth_fraction', 1.0):.2f} of the copy rate "
+              f"(eager RMSNorm forward + backward, counted bytes)",
+              f"  host_op_s              {data['host_op_s'] * 1e6:.2f} us per eager op",
+              f"  intra_node_bytes_per_s {data['intra_node_bytes_per_s'] / 1e9:.0f} GB/s nominal (NCCL bus bandwidth "
+              f"over the link efficiency)"]
     for kind, c in data.get("collectives", {}).items():
         lines.append(f"  {kind:22s} {c['alpha_s'] * 1e6:.1f} us + bus {c['bus_bytes_per_s'] / 1e9:.0f} GB/s")
     for st in data.get("steps", ()):

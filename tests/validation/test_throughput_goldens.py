@@ -8,16 +8,17 @@ Known misses are strict xfails with their cause, so an improvement shows up as a
   is met within 7%. Megatron-DeepSpeed's 35-stage pipeline is modelled with the DeepSpeed pipeline engine's sends
   (not split over TP) and a bubble of (p-1)/m; the run reached 113-126 TFLOP/s per GPU against Megatron-LM's 163 on
   the same model size, and what else it spent is not stated (Smith et al. 2022, Sec. 3.3).
-- DeepSpeed autotuning, GPT-2 large on 16 V100s, micro-batch 2: the planner is 47% fast (micro-batch 3: +24%, within
-  the bar). The run (transformers 4.12.0.dev0, the gpt2-large README says) computed GPT-2's own eager attention, before
-  transformers had SDPA, and is planned so (planner/kernels.py SCORE_PASSES "gpt2_eager", checked op by op in
+- DeepSpeed autotuning, GPT-2 large on 16 V100s, micro-batch 2: the planner is 36% fast (micro-batch 3: +14%, within
+  the bar; +47% / +24% at the fallback GEMM efficiency 0.80, before the V100's published 83 of 125 TFLOP/s). The run
+  (transformers 4.12.0.dev0, the gpt2-large README says) computed GPT-2's own eager attention, before transformers
+  had SDPA, and is planned so (planner/kernels.py SCORE_PASSES "gpt2_eager", checked op by op in
   tests/planner/test_attention_passes.py); planned with SDPA it was +116% / +84%. What is left is the shape: from
   micro-batch 2 to 3 the run's step went from 0.563 to 0.695 s, a line of 0.13 s per sample and GPU plus 0.30 s per
-  step; the planner's is 0.18 s per sample plus 0.02 s (ZeRO-1's all-reduce and Adam). What the run's 0.3 s per step
-  was is not established (the Trainer's per-step work, DeepSpeed's fp16 loss scaling and overflow checks, and the
-  start-up share of a 200-step train_runtime are candidates; none is measured on V100s, where no measured matmul
-  efficiency exists either: the fallback 0.80). Micro-batch 3 passes by the two errors cancelling:
-  test_gpt2_autotuning_micro_batch_gain is the strict xfail that shows it.
+  step; the planner's is 0.195 s per sample plus 0.02 s (ZeRO-1's all-reduce and Adam; 0.18 s at the fallback 0.80).
+  What the run's 0.3 s per step was is not established (the Trainer's per-step work, DeepSpeed's fp16 loss scaling
+  and overflow checks, and the start-up share of a 200-step train_runtime are candidates; none is measured on V100s,
+  whose matmul efficiency is one 2018 cuBLAS figure, planner/compute.py). Micro-batch 3 passes by the two errors
+  cancelling: test_gpt2_autotuning_micro_batch_gain is the strict xfail that shows it.
 The Megatron-LM runs (2021-2022) computed attention with materialized scores (fused scale-mask-softmax, no
 FlashAttention) and ran Megatron's fused elementwise kernels: they are planned with eager attention and fused
 elementwise kernels (throughput_cases.megatron_config).
