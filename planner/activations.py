@@ -73,8 +73,8 @@ def _packed_sdpa_bytes_per_token(m: ModelSpec, *, train: LayerTraining, attn: At
     e = act_bytes
     shape = AttentionShape(heads=m.num_heads, kv_heads=m.num_kv_heads, qk_head_dim=m.head_dim, v_head_dim=m.head_dim)
     keys_cast = e < 4 and (train.stream_bytes == 4 or (train.mixed and train.weights))
-    mask, repeated = sdpa_packed_mask_bytes_per_token(shape, seq_len=seq_len, act_bytes=e, keys_cast=keys_cast)
-    return (0.0 if train.shared_mask else mask), repeated
+    return sdpa_packed_mask_bytes_per_token(shape, seq_len=seq_len, act_bytes=e, keys_cast=keys_cast,
+                                            shared_mask=train.shared_mask)
 
 
 @cache  # pure in hashable arguments; the search asks for it per candidate
@@ -446,8 +446,8 @@ def derived_layer_bytes_per_token(m: ModelSpec, *, act_bytes: int, attn: Attn, t
             if recompute is not GradCkpt.selective:
                 wider = _kind_stream_bytes(kind, act_bytes=act_bytes, train=train) > act_bytes
                 mask, repeated = sdpa_packed_mask_bytes_per_token(kind.attention, seq_len=seq_len,
-                                                                  act_bytes=act_bytes, keys_cast=wider)
-                mask = 0.0 if train.shared_mask else mask
+                                                                  act_bytes=act_bytes, keys_cast=wider,
+                                                                  shared_mask=train.shared_mask)
                 par += repeated
         else:
             repl += sdpa_window_mask_bytes_per_token(kind, attn=attn, seq_len=seq_len, act_bytes=act_bytes,
@@ -491,7 +491,7 @@ def packed_mask(attn: Attn, seq_len: int, doc_len: int | None, *, collator: bool
 
 
 def sdpa_packed_mask_bytes_per_token(a: AttentionShape, *, seq_len: int, act_bytes: int,
-                                     keys_cast: bool = False) -> tuple[float, float]:
+                                     keys_cast: bool = False, shared_mask: bool = False) -> tuple[float, float]:
     """(mask, repeated keys and values): bytes per token that one layer under SDPA saves for a packed sequence's
     materialized mask beyond what it saves under is_causal, e = the query's bytes per element.
     - The mask: transformers builds one boolean (b, 1, s, s) tensor per forward (masking_utils.sdpa_mask, the
@@ -501,7 +501,9 @@ def sdpa_packed_mask_bytes_per_token(a: AttentionShape, *, seq_len: int, act_byt
       keeps for backward: CUDA's memory-efficient kernel (the first in torch 2.13's priority order, flash, efficient,
       math, cuDNN, to take a mask: `aten::_scaled_dot_product_efficient_attention_backward(..., Tensor attn_bias,
       ...)`) and the CPU's flash kernel (`_scaled_dot_product_flash_attention_for_cpu_backward(..., Tensor?
-      attn_mask)`): e s per token and layer. The mask is not split by the heads' tensor parallelism.
+      attn_mask)`): e s per token and layer. The mask is not split by the heads' tensor parallelism. A mask from
+      the data collator (`shared_mask`: LayerTraining.shared_mask) is one tensor every layer shares: no layer
+      converts or saves one of its own, 0 here (planner.memory.collator_mask_bytes counts it once per micro-batch).
     - Keys and values: with a mask transformers does not pass enable_gqa on CUDA or the CPU
       (integrations/sdpa_attention.py use_gqa_in_sdpa: `attention_mask is None and ...`) and expands them with
       repeat_kv to every query head, a copy the kernel saves in place of the kv-head tensors:
@@ -518,7 +520,7 @@ def sdpa_packed_mask_bytes_per_token(a: AttentionShape, *, seq_len: int, act_byt
         repeated = float(act_bytes * (a.heads - a.kv_heads) * (a.qk_head_dim + a.v_head_dim))
     elif a.kv_heads == 1 < a.heads and keys_cast:
         repeated = float(act_bytes * (a.heads - 1) * a.qk_head_dim)
-    return float(act_bytes * seq_len), repeated
+    return (0.0 if shared_mask else float(act_bytes * seq_len)), repeated
 
 
 @lru_cache(maxsize=8192)  # pure in hashable arguments; the search asks for it per candidate

@@ -168,17 +168,12 @@ def weight_bytes(cfg: TrainConfig, sp: StageParams, n: int) -> float:
     trainable_w_bytes, frozen_w_bytes = eng.weight_bytes_per_param(cfg)
     q_bytes = quant_bytes_per_param(cfg.quant, cfg.double_quant)
     weights = sp.trainable * trainable_w_bytes + (frozen - sp.quantized) * frozen_w_bytes + sp.quantized * q_bytes
-    sixteen_bit_weights = sixteen_bit_weight_bytes(cfg, sp)
     if cfg.stage is Stage.dpo and cfg.method is Method.full:
         # TRL's frozen reference model (peft reuses the base with adapters off) in the policy's dtype:
         # DPOTrainer builds it with dtype=model.dtype (trl/trainer/dpo_trainer.py, ref_model_init_kwargs),
         # so fp32 under DDP/FSDP mixed precision, where the policy holds fp32 masters, and DeepSpeed casts it
         # to 16 bits with the engine (trl prepare_deepspeed). Measured: 2xCPU fp32 full DPO, see README.
         weights += sp.total * trainable_w_bytes
-    if cfg.stage is Stage.ppo:
-        # actor and critic train, reference and reward models are frozen (TRL PPO); with peft the
-        # reference is the base with adapters off and the critic is a value head on the actor.
-        weights += sixteen_bit_weights * (3 if cfg.method is Method.full else 1)
     if eng.shards_weights(cfg):
         weights = weights / n + knobs.replicated_quant_state_bytes(cfg, sp.quantized, n)
     return weights

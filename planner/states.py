@@ -145,10 +145,9 @@ def stage_params(cfg: TrainConfig, *, first: bool) -> StageParams:
 
 
 def trained_params(cfg: TrainConfig, sp: StageParams) -> float:
-    """Trainable parameters whose gradients and optimizer states this GPU keeps: PPO with full
-    fine-tuning trains the critic beside the actor (TRL PPO), so twice the stage's."""
-    models_trained = 2 if (cfg.stage is Stage.ppo and cfg.method is Method.full) else 1
-    return sp.trainable * models_trained
+    """Trainable parameters whose gradients and optimizer states this GPU keeps: the stage's (one trained model;
+    PPO's actor and critic are two training steps of their own, planner.rl.memory.ppo_memory_per_gpu)."""
+    return sp.trainable
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

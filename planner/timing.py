@@ -262,9 +262,8 @@ def _device_time_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float,
     GEMM curve), the attention core (FlashAttention-2's causal blocks at the GPU's attention efficiency, or the
     full s x s matmuls at the GEMM rate where no attention figure exists or attention is eager), the elementwise
     ops' bytes at the memory bandwidth, eager attention's score traffic and LoRA's branch. A calibrated
-    efficiency scales the whole device time. Forward runs once (plus the reference / reward models' forwards
-    of DPO and PPO), backward once per trained model, full checkpointing repeats the forward (selective: the
-    attention core)."""
+    efficiency scales the whole device time. Forward runs once (plus DPO's reference forward), backward once,
+    full checkpointing repeats the forward (selective: the attention core)."""
     m, gpu = cfg.model, cfg.cluster.gpu
     default_eff = cp.compute_efficiency(gpu.name, fitted=gpu.gemm_efficiency)
     scale = default_eff / eff  # a calibration file's efficiency scales every device term alike
@@ -299,12 +298,10 @@ def _device_time_s(cfg: TrainConfig, fam: _Family, tokens: int, eff: float,
 
 
 def _model_passes(stage: Stage) -> tuple[int, int]:
-    """(models trained, extra frozen forwards) per micro-batch: DPO's reference forward; PPO's actor and critic
-    trained, reference and reward forwards (TRL PPO, as planner.compute counts FLOPs)."""
+    """(models trained, extra frozen forwards) per micro-batch: DPO's reference forward. PPO's actor and critic are
+    two training steps of their own (planner.rl.timing.rl_step_time)."""
     if stage is Stage.dpo:
         return 1, 1
-    if stage is Stage.ppo:
-        return 2, 2
     return 1, 0
 
 

@@ -4,7 +4,9 @@ or full fine-tuning with the first layers frozen)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,61 @@ def model_source(path: Path) -> ModelSource:
     return ModelSource(directory=path.resolve())
 
 
+def model_config(src: ModelSource) -> Any:
+    """The model's transformers config, a copy the caller may change. A GGUF file's is parsed once per version of
+    the file (`_gguf_config`): for the architectures transformers' own GGUF reader does not cover (llama, qwen2,
+    mistral, ...) the metadata goes through gguf-py's GGUFReader (configuration_utils.py -> load_gguf_checkpoint), which
+    reads every field, the vocabulary's arrays included: seconds per parse (SmolLM2-135M's 49,152 tokens: about 5 s on
+    this 2-core VM under load)."""
+    from transformers import AutoConfig
+
+    if src.gguf_file:
+        return copy.deepcopy(_gguf_config(*_gguf_key(src)))
+    return AutoConfig.from_pretrained(str(src.directory))
+
+
+@lru_cache(maxsize=4)
+def _gguf_config(path: str, mtime_ns: int, size: int) -> Any:
+    """A GGUF file's config, memoized on the file's path, modification time and size (a rewritten file is read
+    again); `model_config` hands out copies."""
+    from transformers import AutoConfig
+
+    p = Path(path)
+    return AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name)
+
+
+def _gguf_tokenizer_class(src: ModelSource) -> Any:
+    """The tokenizer class AutoTokenizer picks for a GGUF file, from the memoized config (models/auto/
+    tokenization_auto.py: for a `gguf_file` it parses the file's config again only to choose the class, and with no
+    tokenizer_config.json and no `tokenizer_class` in the config it takes TOKENIZER_MAPPING[type(config)], else
+    TokenizersBackend). None where AutoTokenizer's other rules could apply (a tokenizer_config.json beside the file,
+    a config naming its tokenizer class, Mistral's own backend): AutoTokenizer decides there."""
+    from transformers import TokenizersBackend
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+    if (src.directory / "tokenizer_config.json").exists():
+        return None
+    config = _gguf_config(*_gguf_key(src))
+    if getattr(config, "tokenizer_class", None):
+        return None
+    cls = TOKENIZER_MAPPING.get(type(config), TokenizersBackend)
+    return None if cls is None or cls.__name__ == "MistralCommonBackend" else cls
+
+
+def _gguf_key(src: ModelSource) -> tuple[str, int, int]:
+    assert src.gguf_file is not None
+    path = src.directory / src.gguf_file
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
+
+
 def load_tokenizer(src: ModelSource) -> Any:
     from transformers import AutoTokenizer
 
     kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     try:
-        tok = AutoTokenizer.from_pretrained(str(src.directory), **kwargs)
+        cls = _gguf_tokenizer_class(src) if src.gguf_file else None
+        tok = (cls or AutoTokenizer).from_pretrained(str(src.directory), **kwargs)
     except (OSError, ValueError) as exc:
         raise PlanError(f"cannot load a tokenizer from {src.directory}: {str(exc).splitlines()[0]}") from None
     if tok.pad_token_id is None:
@@ -110,11 +161,11 @@ def load_model(cfg: TrainConfig, src: ModelSource, opts: ModelOptions, *, wrap: 
     """The base model with the plan's settings, wrapped in peft LoRA for adapter methods (unless `wrap` is
     False: TRL's trainers wrap it themselves from `lora_config`, keeping the adapter-free base as DPO's
     reference)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     try:
-        config = AutoConfig.from_pretrained(str(src.directory), **kwargs)
+        config = model_config(src)
     except (OSError, ValueError) as exc:
         raise PlanError(f"cannot read the model config in {src.directory}: {str(exc).splitlines()[0]}") from None
     if opts.rope_scaling:

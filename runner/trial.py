@@ -15,6 +15,9 @@ whose plan name (`str(cfg)`) matches REGEX fail that way on rank 0, before the p
 FTPLAN_TRIAL_DRILL=SECONDS replaces the training in every rank by a sleep of SECONDS and reports the time
 model's step time and memory as the "measurement": the tuner's scheduling, claiming and fault handling
 run for real (processes, process groups, timeouts, storages) in tests that cannot afford torch trials.
+FTPLAN_TRIAL_DRILL_GATE=PATH (drills only) holds every drilled rank until the file PATH exists, so a test
+orders workers by what it sees in the storage (a worker's trial stays RUNNING, heartbeats and all, until the
+test opens the gate): it waits no longer than the trial's timeout, past which the trial is a hang like any other.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from profiler.launcher import cpu_env, free_port
 
 INJECT_ENV = "FTPLAN_TRIAL_INJECT"
 DRILL_ENV = "FTPLAN_TRIAL_DRILL"
+DRILL_GATE_ENV = "FTPLAN_TRIAL_DRILL_GATE"
+_GATE_POLL_S = 0.1
 _TAIL_CHARS = 4000
 
 
@@ -189,10 +194,14 @@ def run_trial(cfg: TrainConfig, *, steps: int = 3, warmup_steps: int = 1, timeou
 # ---------------------------------------------------------------- each rank
 
 def _drill(cfg: TrainConfig, seconds: float, out_dir: Path) -> None:
-    """FTPLAN_TRIAL_DRILL: sleep, then report the time and memory models' figures as this rank's result."""
+    """FTPLAN_TRIAL_DRILL: wait for the gate (FTPLAN_TRIAL_DRILL_GATE, when set), sleep, then report the time and
+    memory models' figures as this rank's result."""
     from planner.memory import memory_per_gpu
     from planner.timing import step_time
 
+    gate = os.environ.get(DRILL_GATE_ENV)
+    while gate and not Path(gate).exists():  # the tuner's trial timeout bounds the wait (run_trial kills the group)
+        time.sleep(_GATE_POLL_S)
     time.sleep(seconds)
     step_s = step_time(cfg).step_time_s
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,8 @@ def test_llamafactory_s_collator_mask_is_one_tensor_every_layer_shares(autocast:
     shape = AttentionShape(heads=4, kv_heads=kv_heads, qk_head_dim=64, v_head_dim=64)
     mask, repeated = sdpa_packed_mask_bytes_per_token(shape, seq_len=S, act_bytes=act_bytes)
     assert packed - plain == B * S * (mask + LAYERS * repeated)
+    # one function owns the per-layer mask: none of its own under the collator's shared mask, the same repeated k, v
+    assert sdpa_packed_mask_bytes_per_token(shape, seq_len=S, act_bytes=act_bytes, shared_mask=True) == (0.0, repeated)
     # the planner's terms: per layer the repeated keys and values only, and the collator's mask once
     m = spec_from_hf_config({**HF, "num_key_value_heads": kv_heads}, name="packed")
     train = LayerTraining(weights=True, mixed=autocast)

@@ -5,7 +5,9 @@ A worker whose database goes away retries, then exits 2 with one line.
 
 Trials here are drills (FTPLAN_TRIAL_DRILL: every rank process sleeps, then reports the time model's
 figures) so the scheduling, claims, heartbeats and process handling run for real in seconds; one test
-runs real torch trials of a tiny Llama against PostgreSQL."""
+runs real torch trials of a tiny Llama against PostgreSQL. The split is ordered by what the storage shows, not
+by how fast processes start: the survivor's first trial waits at a gate (FTPLAN_TRIAL_DRILL_GATE) until the late
+worker has claimed a trial of its own."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import optuna
 import pytest
 from pg_server import PgServer, pg_bin, postgres
 
-from runner.trial import DRILL_ENV
+from runner.trial import DRILL_ENV, DRILL_GATE_ENV
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL server binaries (apt-get install postgresql)")]
@@ -48,7 +50,8 @@ def tiny(tmp_path: Path) -> Path:
     return path
 
 
-def _worker(tiny: Path, storage: str, study: str, *extra: str, drill_s: float | None = 4.0) -> subprocess.Popen:
+def _worker(tiny: Path, storage: str, study: str, *extra: str, drill_s: float | None = 4.0,
+            gate: Path | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ftplan", "tune", "--model", str(tiny), "--gpus", "2xCPU", "--method", "full",
            "--seq-len", "128", "--engine", "ddp", "--engine", "deepspeed", "--micro-batch", "2", "--micro-batch", "8",
            "--grad-ckpt", "none", "--grad-ckpt", "full", "--attn", "sdpa", "--optimizer", "adamw", "--measure",
@@ -56,6 +59,8 @@ def _worker(tiny: Path, storage: str, study: str, *extra: str, drill_s: float | 
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     if drill_s is not None:
         env[DRILL_ENV] = str(drill_s)
+    if gate is not None:
+        env[DRILL_GATE_ENV] = str(gate)
     # its own session: SIGKILL to the group takes the worker and its trial's ranks at once
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
@@ -74,7 +79,8 @@ def _trials(storage: optuna.storages.BaseStorage, study: str) -> list[optuna.tri
         return []
 
 
-def _wait_running(storage_url: str, study: str, pid: int, timeout_s: float = 300) -> None:
+def _wait_running(storage_url: str, study: str, pid: int, timeout_s: float = 300,
+                  who: str = "the first worker") -> None:
     storage = _storage(storage_url)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -82,24 +88,38 @@ def _wait_running(storage_url: str, study: str, pid: int, timeout_s: float = 300
                for t in _trials(storage, study)):
             return
         time.sleep(0.3)
-    raise AssertionError("the first worker never ran a trial")
+    raise AssertionError(f"{who} never ran a trial")
 
 
-def _kill_one_of_two(tiny: Path, url: str, study: str = "dist") -> tuple[list, list[subprocess.CompletedProcess]]:
+def _kill_one_of_two(tiny: Path, url: str, gate: Path,
+                     study: str = "dist") -> tuple[list, list[subprocess.CompletedProcess]]:
     budget = ("--trials", str(BUDGET), "--top", "3")
+    measured = f"{study}:measured"
     # the worker killed as soon as its first trial runs: a drill far longer than the poll that sees it running, so
     # the kill always lands mid-trial (it costs nothing: the trial never finishes)
     a = _worker(tiny, url, study, *budget, drill_s=120.0)
-    b = _worker(tiny, url, study, *budget)
-    _wait_running(url, f"{study}:measured", a.pid)
-    os.killpg(a.pid, signal.SIGKILL)
-    a.communicate()
-    c = _worker(tiny, url, study, *budget)
+    # the survivor's trials wait at the gate until the late worker has claimed one. Without it the late worker,
+    # started only after the kill, had one sure chance: round 0's third plan, had it claimed it before the
+    # survivor's first trial ended (a 4 s drill). Every later round holds one trial (--trials 6 --top 3 keeps 2 for
+    # confirmation), which the worker that finishes a trial plans and claims at once while the other polls every
+    # second (measured._POLL_S), so where the late worker's start outlasted that drill (a loaded machine) the
+    # survivor could measure all six (session 13's CI run: trial 1 lost, 0 and 2-6 on one worker)
+    b = _worker(tiny, url, study, *budget, gate=gate)
+    try:
+        _wait_running(url, measured, a.pid)
+        # the survivor holds a trial at the gate: round 0's third plan stays WAITING for the late worker
+        _wait_running(url, measured, b.pid, who="the survivor")
+        os.killpg(a.pid, signal.SIGKILL)
+        a.communicate()
+        c = _worker(tiny, url, study, *budget)
+        _wait_running(url, measured, c.pid, who="the late worker")
+    finally:
+        gate.touch()
     outs = []
     for p in (b, c):
         out, err = p.communicate(timeout=600)
         outs.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-    return _trials(_storage(url), f"{study}:measured"), outs
+    return _trials(_storage(url), measured), outs
 
 
 def _check_split(trials: list, outs: list[subprocess.CompletedProcess]) -> None:
@@ -133,7 +153,8 @@ def split_runs(pg, tmp_path_factory) -> dict[str, tuple[list, list[subprocess.Co
     config.write_text(json.dumps(TINY))
     urls = {"postgresql": pg.url, "journal": f"journal:{root / 'tune.log'}"}
     with ThreadPoolExecutor(len(urls)) as pool:
-        futures = {name: pool.submit(_kill_one_of_two, config, url) for name, url in urls.items()}
+        futures = {name: pool.submit(_kill_one_of_two, config, url, root / f"{name}.gate")
+                   for name, url in urls.items()}
         return {name: f.result() for name, f in futures.items()}
 
 
