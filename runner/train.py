@@ -132,10 +132,15 @@ class _Collator:
 
 def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     """Train in this process (one rank of the launcher's group); returns the summary (on every rank)."""
+    from planner.runnable_stages import PPO_REFUSAL, TRL_STAGES
+
+    if cfg.stage is Stage.ppo:
+        # launch.sh's torchrun / deepspeed / accelerate lines start this module for every plan; a PPO plan is
+        # verl's (its emitted script), and the Trainer path below would train it as SFT without a word
+        raise PlanError(PPO_REFUSAL)
     import torch
     from transformers import PrinterCallback, Trainer
 
-    from planner.runnable_stages import TRL_STAGES
     from runner import metrics as mt
     from runner.memory_probe import MemoryProbe, gather
     from runner.model import ModelOptions, load_model, load_tokenizer, model_source

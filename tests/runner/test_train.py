@@ -257,3 +257,20 @@ def test_training_arguments_follow_the_plan(tiny: Path, tmp_path: Path) -> None:
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 3)
     assert args.gradient_checkpointing and args.neftune_noise_alpha == 5.0
     assert not args.bf16 and not args.fp16  # the CPU trains in fp32
+
+
+def test_the_launch_scripts_trainer_refuses_a_ppo_plan_in_one_line(tmp_path: Path) -> None:
+    # launch.sh's torchrun / deepspeed / accelerate lines start runner.train whatever the stage; a PPO plan is
+    # verl's (its own emitted script), and the Trainer path would otherwise fine-tune it as SFT without a word
+    from planner.strategy import Stage
+
+    plan = tmp_path / "plan.json"
+    write_plan(build_config(model="llama-3.1-8b", gpus="8xH100", stage=Stage.ppo, seq_len=1024,
+                            fsdp="full_shard"), plan)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "runner.train", str(plan), "--model-path", str(tmp_path / "model"),
+                          "--data", str(tmp_path / "data.jsonl"), "--output", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "stage 'ppo' is not run" in res.stderr, res.stderr
+    assert not out.exists()
