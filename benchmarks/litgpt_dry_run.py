@@ -1,7 +1,10 @@
 """litgpt's own model code on fake tensors, against ftplan and litgpt's published peaks.
 
-ftplan's litgpt cases (tests/validation/published_peaks.py, LITGPT) model the run with transformers'
-layers. This script runs the code that produced the published figures instead: `lit_gpt/model.py` and
+ftplan's litgpt cases (tests/validation/published_peaks.py, LITGPT) set --litgpt: litgpt's own saved set
+(planner.activations.litgpt_layer_bytes_per_token, measured op by op in tests/profiler/test_litgpt_saved_measured.py)
+and the fp32 logit chunks Fabric's bf16-true hands the loop (`_FabricModule.forward` -> convert_output to the
+default dtype), which this script does not apply: its logits stay bf16, so its head and loss read below ftplan's.
+This script runs the code that produced the published figures: `lit_gpt/model.py` and
 `lit_gpt/lora.py` of litgpt commit 8641822 (the resource table's), LoRA r 8, alpha 16, dropout 0.05 on
 the query and value of the fused qkv, bf16 weights, one training iteration of finetune/lora.py (the LM
 head in 128-token chunks, `chunked_cross_entropy`, torch AdamW over the adapters), at full size on fake
