@@ -511,6 +511,16 @@ def _two_ranks(target: Any) -> Any:
 HOOK_MODULES = 48
 
 
+def _forward_backward_s(m: Any, x: Any) -> float:
+    """Median seconds of one forward + backward of `m` on `x` (sum as the loss), after three warm-up calls."""
+    def once() -> None:
+        m(x).sum().backward()
+
+    for _ in range(3):
+        once()
+    return _median_time(once, repeats=9)
+
+
 def _hook_rank(rank: int, port: int, out: Any) -> None:
     """One gloo rank: per-module host time of ZeRO-3 and FSDP2 hooks on tiny modules."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
@@ -526,16 +536,7 @@ def _hook_rank(rank: int, port: int, out: Any) -> None:
         return torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(HOOK_MODULES)])
 
     x = torch.randn(4, 8)
-
-    def step_time(m: Any) -> float:
-        def once() -> None:
-            m(x).sum().backward()
-
-        for _ in range(3):
-            once()
-        return _median_time(once, repeats=9)
-
-    plain = step_time(model())
+    plain = _forward_backward_s(model(), x)
     import deepspeed
 
     engine, *_ = deepspeed.initialize(model=model(), model_parameters=None, config={
@@ -555,7 +556,7 @@ def _hook_rank(rank: int, port: int, out: Any) -> None:
     for layer in fm:
         fully_shard(layer)
     fully_shard(fm)
-    fsdp = step_time(fm)
+    fsdp = _forward_backward_s(fm, x)
     out.put(((z3 - plain) / HOOK_MODULES, (fsdp - plain) / HOOK_MODULES))
     dist.destroy_process_group()
 
@@ -578,20 +579,12 @@ def _lora_host_rank(rank: int, port: int, out: Any) -> None:
         return m
 
     x = torch.randn(4, 8, requires_grad=True)
-
-    def step_time(m: Any) -> float:
-        def once() -> None:
-            m(x).sum().backward()
-
-        for _ in range(3):
-            once()
-        return _median_time(once, repeats=9)
-
     plain = model()
     adapted = get_peft_model(model(), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                                  target_modules=[str(i) for i in range(HOOK_MODULES)]))
     adapted.train()
-    times = [(step_time(adapted), step_time(plain)) for _ in range(3)]  # interleaved: a slow spell hits both
+    # interleaved: a slow spell hits both
+    times = [(_forward_backward_s(adapted, x), _forward_backward_s(plain, x)) for _ in range(3)]
     out.put(statistics.median(a - p for a, p in times) / HOOK_MODULES)
 
 
