@@ -107,12 +107,7 @@ def narrow_share(n: int, table: tuple[tuple[int, float], ...]) -> float:
     (LoRA's r = 64 is a measured point), 1 above the last."""
     if not table or n > table[-1][0]:
         return 1.0
-    if n <= table[0][0]:
-        return table[0][1]
-    for (n0, f0), (n1, f1) in zip(table, table[1:], strict=False):
-        if n0 <= n <= n1:
-            return f0 + (f1 - f0) * (n - n0) / (n1 - n0)
-    return 1.0
+    return _interpolate(table, n)
 
 
 def gemm_time_s(g: Gemm, gpu: GPUSpec, peak_flops_per_s: float, efficiency: float, elem_bytes: float) -> float:

@@ -39,7 +39,6 @@ from planner.states import (
     optimizer_state_bytes_per_param,
     quant_bytes_per_param,
     stage_params,
-    trained_params,
 )
 from planner.strategy import Attn, FsdpStrategy, GradCkpt, Method, Offload, OffloadDevice, Quant, Stage, TrainConfig
 
@@ -186,7 +185,7 @@ def model_states(cfg: TrainConfig, sp: StageParams, n: int) -> ModelStates:
     if cfg.offload is Offload.all:
         kept = knobs.offload_kept_quant_state_bytes(cfg, sp.quantized)
         host_weights, weights = weights - kept, kept
-    trained = trained_params(cfg, sp)
+    trained = sp.trainable
     grads, host_grads = eng.gradients(cfg, trained, n)
     optim = trained * (optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision) + eng.master_bytes(cfg))
     if eng.shards_optimizer(cfg):
@@ -375,7 +374,7 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     sp = stage_params(cfg, first=first)
     n = shard_group(cfg)
     states = model_states(cfg, sp, n)
-    trained = trained_params(cfg, sp)
+    trained = sp.trainable
     items: dict[str, float] = {}
     items.update(eng.autocast_items(cfg, sp))
     items.update(dequantized_weight_items(cfg))
@@ -523,7 +522,7 @@ def resident_training_states(cfg: TrainConfig) -> dict[str, float]:
     sp = stage_params(cfg, first=True)
     n = shard_group(cfg)
     states = model_states(cfg, sp, n)
-    trained = trained_params(cfg, sp)
+    trained = sp.trainable
     if eng is engines.fsdp:
         items = eng.buffers(cfg, sp, trained, first=True, sixteen_bit_weights=sixteen_bit_weight_bytes(cfg, sp))
     else:

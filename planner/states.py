@@ -144,12 +144,6 @@ def stage_params(cfg: TrainConfig, *, first: bool) -> StageParams:
                        trainable_layers=trainable_layers, has_head=has_head, has_embedding=has_embedding)
 
 
-def trained_params(cfg: TrainConfig, sp: StageParams) -> float:
-    """Trainable parameters whose gradients and optimizer states this GPU keeps: the stage's (one trained model;
-    PPO's actor and critic are two training steps of their own, planner.rl.memory.ppo_memory_per_gpu)."""
-    return sp.trainable
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelStates:
     """Bytes per GPU of weights, gradients and optimizer states, and what of them lives on the host."""

@@ -20,7 +20,6 @@ from planner.engines import zero as zero_engine
 from planner.gpus import parse_gpus
 from planner.memory import memory_per_gpu, stage_params
 from planner.models import spec_from_hf_config
-from planner.states import trained_params
 from planner.strategy import Method, Offload, TrainConfig
 
 MiB = 2**20
@@ -39,7 +38,7 @@ def qwen7b_full(gpus: str = "2xA100-80G", **kw: object) -> TrainConfig:
 
 
 def trained(cfg: TrainConfig) -> float:
-    return trained_params(cfg, stage_params(cfg, first=True))
+    return stage_params(cfg, first=True).trainable
 
 
 def _replay(version: str) -> caching_allocator.Replay:
