@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from kill_run import ftplan_bg, kill_left_behind, kill_run_at_checkpoint, wait_ok
+from toy_model import save_tiny_llama
 
 from planner.build import build_config
 from planner.errors import PlanError
@@ -30,23 +31,10 @@ PROMPT_WORDS = 6  # "Q:" + 6 words + "A:": every prompt fills the plan's 8 promp
 
 
 def _tokenizer_and_model(root: Path, *, vocab: int = 0, hidden: int = 64, inter: int = 128, layers: int = 2) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = ["<pad>", "<s>", "</s>", "<unk>", "Q:", "A:"] + [f"w{i}" for i in range(N_WORDS)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                            unk_token="<unk>").save_pretrained(root)
-    torch.manual_seed(0)
     # initializer_range 0.2: logits spread enough that a policy can concentrate on one word (at 0.02 the frozen
     # LM head caps any word near 12% whatever the adapters learn)
-    LlamaForCausalLM(LlamaConfig(vocab_size=vocab or len(words), hidden_size=hidden, intermediate_size=inter,
-                                 num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=128, initializer_range=0.2, bos_token_id=1, eos_token_id=2,
-                                 pad_token_id=0)).save_pretrained(root)
-    return root
+    return save_tiny_llama(root, N_WORDS, vocab=vocab, hidden_size=hidden, intermediate_size=inter,
+                           num_hidden_layers=layers, initializer_range=0.2)
 
 
 def _prompts(path: Path, n: int, words: int, seed: int = 0) -> Path:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from toy_model import save_tiny_llama
 
 from planner.build import build_config
 from planner.strategy import Method, Precision, Stage
@@ -24,22 +25,10 @@ N_WORDS = 1020
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("small")
-    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(N_WORDS)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                            unk_token="<unk>").save_pretrained(root / "model")
-    torch.manual_seed(0)
     # tensors dominate: 3.7M fp32 parameters, with ZeRO-2's states about 90 MB per rank
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    save_tiny_llama(root / "model", N_WORDS, qa=False, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                    num_key_value_heads=4, max_position_embeddings=256)
     rng = random.Random(0)
     (root / "data.jsonl").write_text("".join(
         json.dumps({"text": " ".join(f"w{rng.randrange(N_WORDS)}" for _ in range(200))}) + "\n" for _ in range(60)))

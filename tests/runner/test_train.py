@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from kill_run import kill_run_at_checkpoint
 from smollm2 import SKIP_REASON, smollm2_gguf
+from toy_model import save_tiny_llama
 
 from planner.build import build_config
 from planner.errors import PlanError
@@ -35,22 +36,8 @@ def _toy_rows(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("tiny")
-    words = ["<pad>", "<s>", "</s>", "<unk>", "Q:", "A:"] + [f"w{i}" for i in range(N_WORDS)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-    fast.save_pretrained(root / "model")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    save_tiny_llama(root / "model", N_WORDS)
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _toy_rows(96)))
     return root
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from toy_model import word_tokenizer
 
 from planner.build import build_config
 from planner.strategy import FsdpStrategy, Method, Precision
@@ -43,20 +44,14 @@ def _rows(n: int, seed: int = 0) -> list[dict]:
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import torch
     import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("families")
-    words = ["<pad>", "<s>", "</s>", "<unk>", "Q:", "A:"] + [f"w{i}" for i in range(N_WORDS)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    fast = word_tokenizer(N_WORDS)
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(96)))
     out = {}
     for family, (config_cls, model_cls, extra) in FAMILIES.items():
         torch.manual_seed(0)
-        cfg = getattr(transformers, config_cls)(vocab_size=len(words), **_DIMS, **extra)
+        cfg = getattr(transformers, config_cls)(vocab_size=len(fast), **_DIMS, **extra)
         path = root / family
         getattr(transformers, model_cls)(cfg).save_pretrained(path)
         fast.save_pretrained(path)
