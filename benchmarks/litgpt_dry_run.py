@@ -17,17 +17,13 @@ dropout shared by q and v, zero-padded conv1d LoRA B), and so whether the publis
 tensors or outside them (CUDA kernels, allocator).
 
 Usage: python benchmarks/litgpt_dry_run.py LITGPT_SRC
-LITGPT_SRC holds lit_gpt/{__init__,config,model,lora,utils}.py of commit 8641822, e.g.
-    git --git-dir=<litgpt.git> archive 8641822 lit_gpt | tar -x -C LITGPT_SRC
-Only lit_gpt.utils' helper functions are taken (its module imports lightning); lightning_utilities'
-RequirementCache (model.py asks it whether flash-attn is installed) is answered "no". About 15 s per case.
+LITGPT_SRC holds lit_gpt/ of commit 8641822 (profiler/litgpt_source.py imports it without lightning). About 15 s
+per case.
 """
 
 from __future__ import annotations
 
-import ast
 import sys
-import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,36 +33,6 @@ GiB = 2**30
 CASES = [("Llama-2-7b-hf", 1, 21.30, "litgpt:7B-none-mb1"), ("Llama-2-7b-hf", 2, 29.07, "litgpt:7B-none-mb2"),
          ("Llama-2-13b-hf", 1, 38.12, "litgpt:13B-none-mb1")]
 SEQ_LEN = 1304  # the longest Alpaca sample in Llama 2 tokens: litgpt's first iteration
-
-
-def _install_shims(src: Path) -> None:
-    """lit_gpt importable without lightning: a RequirementCache that finds nothing, and lit_gpt.utils
-    reduced to its functions that model.py, config.py, lora.py and the training step call."""
-    imports = types.ModuleType("lightning_utilities.core.imports")
-
-    class RequirementCache:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def __bool__(self) -> bool:
-            return False
-
-    imports.RequirementCache = RequirementCache
-    for name in ("lightning_utilities", "lightning_utilities.core"):
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["lightning_utilities.core.imports"] = imports
-    tree = ast.parse((src / "lit_gpt" / "utils.py").read_text())
-    wanted = {"find_multiple", "chunked_cross_entropy", "map_old_state_dict_weights"}
-    body = [*ast.parse("import torch\nfrom typing import *").body,
-            *(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted)]
-    utils = types.ModuleType("lit_gpt.utils")
-    exec(compile(ast.Module(body=body, type_ignores=[]), "lit_gpt/utils.py", "exec"), utils.__dict__)
-    sys.modules["lit_gpt.utils"] = utils
-    package = types.ModuleType("lit_gpt")
-    package.__path__ = [str(src / "lit_gpt")]
-    sys.modules["lit_gpt"] = package
-    sys.path.insert(0, str(src))
-    import lit_gpt.model  # noqa: F401  (first, as lit_gpt/__init__.py does: config.py and model.py import each other)
 
 
 def litgpt_peak_bytes(name: str, micro_batch: int) -> dict[str, float]:
@@ -120,7 +86,9 @@ def litgpt_peak_bytes(name: str, micro_batch: int) -> dict[str, float]:
 def main() -> None:
     if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "lit_gpt" / "lora.py").is_file():
         sys.exit("usage: python benchmarks/litgpt_dry_run.py LITGPT_SRC (a folder with lit_gpt/ of commit 8641822)")
-    _install_shims(Path(sys.argv[1]).resolve())
+    from profiler.litgpt_source import import_lit_gpt
+
+    import_lit_gpt(Path(sys.argv[1]))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "validation"))
     from published_peaks import CASES as PUBLISHED
     from test_memory_published_peaks import planner_bytes

@@ -16,8 +16,6 @@ decoder layer was running when it was packed.
 
 from __future__ import annotations
 
-import ast
-import importlib
 import os
 import sys
 import types
@@ -32,35 +30,9 @@ pytestmark = pytest.mark.skipif(not (SRC and (Path(SRC) / "lit_gpt" / "lora.py")
 
 
 def _import_lit_gpt() -> types.ModuleType:
-    if "lit_gpt.lora" in sys.modules:
-        return sys.modules["lit_gpt.lora"]
-    imports = types.ModuleType("lightning_utilities.core.imports")
+    from profiler.litgpt_source import import_lit_gpt
 
-    class RequirementCache:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def __bool__(self) -> bool:
-            return False
-
-    imports.RequirementCache = RequirementCache  # type: ignore[attr-defined]
-    for name in ("lightning_utilities", "lightning_utilities.core"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    sys.modules["lightning_utilities.core.imports"] = imports
-    src = Path(SRC).resolve()
-    tree = ast.parse((src / "lit_gpt" / "utils.py").read_text())
-    wanted = {"find_multiple", "chunked_cross_entropy", "map_old_state_dict_weights"}
-    body = [*ast.parse("import torch\nfrom typing import *").body,
-            *(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted)]
-    utils = types.ModuleType("lit_gpt.utils")
-    exec(compile(ast.Module(body=body, type_ignores=[]), "lit_gpt/utils.py", "exec"), utils.__dict__)  # noqa: S102
-    sys.modules["lit_gpt.utils"] = utils
-    package = types.ModuleType("lit_gpt")
-    package.__path__ = [str(src / "lit_gpt")]  # type: ignore[attr-defined]
-    sys.modules["lit_gpt"] = package
-    # config.py and model.py import each other: model first, as lit_gpt/__init__.py does
-    importlib.import_module("lit_gpt.model")
-    return importlib.import_module("lit_gpt.lora")
+    return import_lit_gpt(Path(SRC))
 
 
 def _saved_by_layer(config_kw: dict, tokens: int) -> tuple[dict, float, int]:
