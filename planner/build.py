@@ -35,7 +35,7 @@ from planner.strategy import (
     ZeroStage,
 )
 from planner.transformers_versions import parse_transformers_version
-from planner.validity import validate
+from planner.validity import default_attn, validate
 
 # the groups a TrainConfig is made of; the others (search, limits, job, show) do not change one
 CONFIG_GROUPS = ("target", "adapter", "strategy", "switches", "rollout")
@@ -112,7 +112,8 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
                       layout=ParallelLayout(tp=s.tp, pp=s.pp, sequence_parallel=s.sequence_parallel),
                       batch=Batch(micro_batch=s.micro_batch, grad_accum=s.grad_accum, seq_len=s.seq_len),
                       switches=switches, precision=opts.adapter.precision, optimizer=s.optimizer,
-                      grad_ckpt=s.grad_ckpt, attn=s.attn, stage=opts.target.stage,
+                      grad_ckpt=s.grad_ckpt, attn=default_attn(model_spec) if s.attn is None else s.attn,
+                      stage=opts.target.stage,
                       rollout=rollout_from(opts.rollout, opts.target.stage))
     check_config(cfg)  # the domain's bounds (planner/input_checks.py), the same as a plan.json's
     if cfg.trains_adapter:

@@ -101,7 +101,8 @@ class StrategyArgs:
     grad_accum: int = option(1, help="Gradient-accumulation steps.", panel="Batch")
     seq_len: int = option(2048, help="Tokens per sequence.", panel="Batch")
     grad_ckpt: GradCkpt = option(GradCkpt.none, help="Activation checkpointing.", panel="Memory")
-    attn: Attn = option(Attn.sdpa, help="Attention implementation.", panel="Memory")
+    attn: Attn | None = option(None, help="Attention implementation; default what transformers picks: sdpa, or "
+                                          "eager where the model has no sdpa path (gpt-oss).", panel="Memory")
 
     PANEL: ClassVar[str] = "Parallelism"
 
@@ -153,7 +154,8 @@ class SearchArgs:
     optimizers: str | None = option(None, panel="Method", help=(
         "Search these optimizers (comma-separated, e.g. adamw,adamw_8bit) instead of --optimizer."))
     attns: str | None = option(None, panel="Memory", help=(
-        "Search these attention implementations (comma-separated, e.g. sdpa,eager) instead of sdpa."))
+        "Search these attention implementations (comma-separated, e.g. sdpa,eager) instead of what transformers "
+        "picks (sdpa, or eager where the model has no sdpa path)."))
     include_unrunnable: bool = option(False, flags=("--include-unrunnable",), panel="Output", help=(
         "Rank every plan by speed, also those `ftplan run` does not execute (default: the winner is the best plan "
         "it runs)."))
