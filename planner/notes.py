@@ -4,7 +4,7 @@ reports, the JSON (`notes`, planner.estimate.estimate_to_dict) and the emitted f
 
 from __future__ import annotations
 
-from planner.params import lora_dropout_note
+from planner.params import lora_dropout_note, lora_targets_note
 from planner.strategy import TrainConfig
 from planner.validity import attention_note
 
@@ -12,6 +12,7 @@ from planner.validity import attention_note
 def plan_notes(cfg: TrainConfig) -> list[str]:
     out: list[str] = []
     if cfg.trains_adapter:
-        out.append(lora_dropout_note(cfg.model, cfg.lora_targets, cfg.lora_dropout))
+        out += [lora_targets_note(cfg.model, cfg.lora_targets), lora_dropout_note(cfg.model, cfg.lora_targets,
+                                                                                  cfg.lora_dropout)]
     out.append(attention_note(cfg))
     return [n for n in out if n]

@@ -69,7 +69,9 @@ class AdapterArgs:
     method: Method = option(Method.lora, help="Fine-tuning method.")
     lora_r: int = option(8, help="LoRA rank.")
     lora_alpha: int = option(16, help="LoRA alpha.")
-    lora_targets: str = option("all", help="Comma-separated LoRA target modules, or 'all'.")
+    lora_targets: str | None = option(None, help=(
+        "Comma-separated LoRA target modules, or 'all' (peft's all-linear). Default: all, less the linears peft's "
+        "LoRA cannot run (Llama 4's router), named one by one."))
     lora_dropout: float | None = option(None, help=(
         f"LoRA dropout (peft lora_dropout): above 0 every adapted linear keeps a dropped-out copy of its input and "
         f"a mask for backward. Default {LORA_DROPOUT}, or 0 where peft adapts a target as a parameter (the fused "
