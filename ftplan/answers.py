@@ -134,7 +134,7 @@ def plan_answer(opts: Options) -> PlanAnswer:
     from planner.calibration import load_calibration
     from planner.rl.options import rollout_space
     from planner.runnable import runnable_first
-    from planner.search import SearchSpace, plan, search_space
+    from planner.search import plan, search_space
     from planner.strategy import Attn, Optimizer
 
     search = opts.search
@@ -147,7 +147,7 @@ def plan_answer(opts: Options) -> PlanAnswer:
                          fsdp_version=FsdpVersion(opts.strategy.fsdp_version),
                          optimizers=parse_choices(search.optimizers, Optimizer, "--optimizers")
                          or (opts.strategy.optimizer,),
-                         attns=parse_choices(search.attns, Attn, "--attns") or SearchSpace().attns,
+                         attns=parse_choices(search.attns, Attn, "--attns"),
                          rollouts=rollout_space(opts.rollout, base.stage))
     size = _job_size(opts)
     limits, cal = limits_from(opts.limits), load_calibration(opts.limits.calibration)

@@ -112,7 +112,7 @@ def tune(opts: Annotated[Options, TUNE], dims: TuneSpaceArgs, run: TuneRunArgs, 
                              grad_ckpts=tuple(dict.fromkeys(dims.grad_ckpt)) if dims.grad_ckpt else default.grad_ckpts,
                              # the attention and optimizer a --from setup names, unless --attn / --optimizer
                              attns=tuple(dict.fromkeys(dims.attn)) if dims.attn
-                             else parse_choices(opts.search.attns, Attn, "--attn") or default.attns,
+                             else parse_choices(opts.search.attns, Attn, "--attn"),
                              optimizers=tuple(dict.fromkeys(dims.optimizer)) if dims.optimizer
                              else (opts.strategy.optimizer,),
                              tps=_positive("--tp", dims.tp), pps=_positive("--pp", dims.pp))

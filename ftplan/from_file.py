@@ -79,8 +79,10 @@ _ENGINE = ("zero", "fsdp", "offload", "offload_device", "fsdp_version")
 
 def apply(opts: Options, paths: list[Path], explicit: set[str]) -> Options:
     """`opts` with what the files set, except options given explicitly (`explicit`: their names)."""
+    from planner.choices import Attn
     from planner.gpus import parse_gpus
     from planner.models import resolve
+    from planner.validity import default_attn
 
     found = readings(paths)
     values, _ = combine(found)
@@ -102,9 +104,11 @@ def apply(opts: Options, paths: list[Path], explicit: set[str]) -> Options:
         problem = next(((r.source, r.model_problem) for r in found if r.model_problem), None)
         if problem is not None:
             raise PlanError(f"{problem[0]}: {problem[1]}")
+    # an attention neither the files nor the command line name: what transformers picks for the model
+    attn = flat["attn"] if flat["attn"] is not None or not flat["model"] else default_attn(resolve(flat["model"]))
     for reading in found:  # a setup that packs documents: --doc-len beside it, or none (planner/setup_files.py)
         problem = packing_problem(reading.pending, reading.source, doc_len_given="doc_len" in explicit,
-                                  attn=flat["attn"], micro_batch=flat["micro_batch"], seq_len=flat["seq_len"])
+                                  attn=attn or Attn.sdpa, micro_batch=flat["micro_batch"], seq_len=flat["seq_len"])
         if problem is not None:
             raise PlanError(problem)
     pending = {k: v for r in found for k, v in r.pending.items()}

@@ -16,7 +16,7 @@ from planner.gpus import parse_gpus, with_device_fit
 from planner.input_checks import check_config
 from planner.models import resolve
 from planner.options import AdapterArgs, LimitArgs, Options, StrategyArgs, Target, from_flat, group_of
-from planner.params import lora_dropout_for, resolve_lora_targets
+from planner.params import ALL_TARGETS, default_lora_targets, lora_dropout_for, resolve_lora_targets
 from planner.rl.options import rollout_from
 from planner.rope import with_rope_scaling
 from planner.strategy import (
@@ -35,7 +35,7 @@ from planner.strategy import (
     ZeroStage,
 )
 from planner.transformers_versions import parse_transformers_version
-from planner.validity import validate
+from planner.validity import default_attn, validate
 
 # the groups a TrainConfig is made of; the others (search, limits, job, show) do not change one
 CONFIG_GROUPS = ("target", "adapter", "strategy", "switches", "rollout")
@@ -72,7 +72,7 @@ def _adapter(a: AdapterArgs) -> Adapter:
         raise PlanError(f"--freeze-layers must not be negative, got {a.freeze_layers}")
     quant = a.quant if a.quant is not None else Quant.nf4 if a.method is Method.qlora else Quant.none
     return Adapter(method=a.method, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
-                   lora_targets=parse_targets(a.lora_targets),
+                   lora_targets=parse_targets(a.lora_targets or ALL_TARGETS),
                    lora_dropout=LORA_DROPOUT if a.lora_dropout is None else a.lora_dropout, quant=quant,
                    double_quant=a.double_quant, freeze_layers=a.freeze_layers)
 
@@ -95,6 +95,8 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
             raise PlanError(f"{name} must be a positive integer, got {value}")
     adapter, engine_choice = _adapter(opts.adapter), _engine_choice(s)
     model_spec, cluster = with_rope_scaling(resolve(model), opts.target.rope_scaling), parse_gpus(gpus)
+    if opts.adapter.lora_targets is None:  # unset: what peft's all-linear adapts and can run (planner.params)
+        adapter = dataclasses.replace(adapter, lora_targets=default_lora_targets(model_spec))
     if opts.adapter.lora_dropout is None:
         # unset: ftplan's default, or 0 where peft wraps a target as a parameter (planner.params.lora_dropout_for);
         # resolved whatever the method, since `plan` searches LoRA from this adapter (targets a full fine-tune does
@@ -112,7 +114,8 @@ def config_from(opts: Options, *, check: bool = True) -> TrainConfig:
                       layout=ParallelLayout(tp=s.tp, pp=s.pp, sequence_parallel=s.sequence_parallel),
                       batch=Batch(micro_batch=s.micro_batch, grad_accum=s.grad_accum, seq_len=s.seq_len),
                       switches=switches, precision=opts.adapter.precision, optimizer=s.optimizer,
-                      grad_ckpt=s.grad_ckpt, attn=s.attn, stage=opts.target.stage,
+                      grad_ckpt=s.grad_ckpt, attn=default_attn(model_spec) if s.attn is None else s.attn,
+                      stage=opts.target.stage,
                       rollout=rollout_from(opts.rollout, opts.target.stage))
     check_config(cfg)  # the domain's bounds (planner/input_checks.py), the same as a plan.json's
     if cfg.trains_adapter:

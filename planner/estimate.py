@@ -117,6 +117,7 @@ def estimate(cfg: TrainConfig, limits: Limits = Limits(), cal: Calibration = DEF
 
 
 def estimate_to_dict(est: Estimate) -> dict[str, Any]:
+    from planner.notes import plan_notes
     from planner.runnable import unrunnable_reasons
     from planner.serialize import config_to_dict
 
@@ -143,6 +144,7 @@ def estimate_to_dict(est: Estimate) -> dict[str, Any]:
         "nvme_bytes_per_node": round(mem.nvme_bytes),
         **time_to_dict(est.time),
         "config": config_to_dict(est.config),
+        **({"notes": notes} if (notes := plan_notes(est.config)) else {}),  # planner/notes.py
     }
 
 

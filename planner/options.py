@@ -69,7 +69,9 @@ class AdapterArgs:
     method: Method = option(Method.lora, help="Fine-tuning method.")
     lora_r: int = option(8, help="LoRA rank.")
     lora_alpha: int = option(16, help="LoRA alpha.")
-    lora_targets: str = option("all", help="Comma-separated LoRA target modules, or 'all'.")
+    lora_targets: str | None = option(None, help=(
+        "Comma-separated LoRA target modules, or 'all' (peft's all-linear). Default: all, less the linears peft's "
+        "LoRA cannot run (Llama 4's router), named one by one."))
     lora_dropout: float | None = option(None, help=(
         f"LoRA dropout (peft lora_dropout): above 0 every adapted linear keeps a dropped-out copy of its input and "
         f"a mask for backward. Default {LORA_DROPOUT}, or 0 where peft adapts a target as a parameter (the fused "
@@ -101,7 +103,8 @@ class StrategyArgs:
     grad_accum: int = option(1, help="Gradient-accumulation steps.", panel="Batch")
     seq_len: int = option(2048, help="Tokens per sequence.", panel="Batch")
     grad_ckpt: GradCkpt = option(GradCkpt.none, help="Activation checkpointing.", panel="Memory")
-    attn: Attn = option(Attn.sdpa, help="Attention implementation.", panel="Memory")
+    attn: Attn | None = option(None, help="Attention implementation; default what transformers picks: sdpa, or "
+                                          "eager where the model has no sdpa path (gpt-oss).", panel="Memory")
 
     PANEL: ClassVar[str] = "Parallelism"
 
@@ -153,7 +156,8 @@ class SearchArgs:
     optimizers: str | None = option(None, panel="Method", help=(
         "Search these optimizers (comma-separated, e.g. adamw,adamw_8bit) instead of --optimizer."))
     attns: str | None = option(None, panel="Memory", help=(
-        "Search these attention implementations (comma-separated, e.g. sdpa,eager) instead of sdpa."))
+        "Search these attention implementations (comma-separated, e.g. sdpa,eager) instead of what transformers "
+        "picks (sdpa, or eager where the model has no sdpa path)."))
     include_unrunnable: bool = option(False, flags=("--include-unrunnable",), panel="Output", help=(
         "Rank every plan by speed, also those `ftplan run` does not execute (default: the winner is the best plan "
         "it runs)."))

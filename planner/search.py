@@ -40,7 +40,7 @@ from planner.strategy import (
     ZeroStage,
 )
 from planner.timing import step_time
-from planner.validity import problems
+from planner.validity import default_attn, problems
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 
@@ -81,11 +81,10 @@ def search_space(base: TrainConfig, *, methods: list[Method] | tuple[Method, ...
     if base.seq_len > base.model.max_seq_len:
         raise PlanError(f"--seq-len {base.seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
     chosen = tuple(dict.fromkeys(methods)) if methods else SearchSpace().methods
-    if narrowing.get("attns", SearchSpace().attns) == SearchSpace().attns and "sdpa" not in base.model.attn_kernels:
-        # the default attention where the model has no SDPA path (gpt-oss): what transformers itself falls back
-        # to (PreTrainedModel._check_and_adjust_attn_implementation picks eager), as OpenAI's gpt-oss fine-tuning
-        # cookbook runs it
-        narrowing["attns"] = (Attn.eager,)
+    if not narrowing.get("attns"):
+        # attentions not given: the one transformers itself picks for the model (eager where it has no SDPA path:
+        # gpt-oss), as every command plans it (planner.validity.default_attn); a list given is the user's
+        narrowing["attns"] = (default_attn(base.model),)
     return SearchSpace(methods=chosen, global_batch=global_batch, **narrowing)
 
 

@@ -443,10 +443,13 @@ def _lf_model_args(keys: _Keys, values: dict[str, Any], pending: dict[str, Any])
     """Attention, Liger's kernels and RoPE scaling (hparams/model_args.py)."""
     attn = keys.text("flash_attn")
     if attn is not None:
-        table = {"auto": Attn.sdpa, "disabled": Attn.eager, "sdpa": Attn.sdpa, "fa2": Attn.flash, "fa3": Attn.flash}
+        # auto: LLaMA-Factory names none, and transformers picks (sdpa, or eager where the model has no sdpa path:
+        # planner.validity.default_attn, which plans an attention left unset)
+        table = {"auto": None, "disabled": Attn.eager, "sdpa": Attn.sdpa, "fa2": Attn.flash, "fa3": Attn.flash}
         if attn not in table:
             raise keys.refuse("flash_attn", f"'{attn}' is not one of {', '.join(table)}")
-        values["attn"] = table[attn]
+        if table[attn] is not None:
+            values["attn"] = table[attn]
     if keys.flag("enable_liger_kernel") if "enable_liger_kernel" in keys else False:
         values["kernels"] = Kernels.liger
         # the fused linear cross-entropy only where logits are not needed (model/model_utils/liger_kernel.py)
@@ -467,7 +470,7 @@ def llamafactory(data: dict[str, Any], source: str, exists: Callable[[str], bool
         # TrainingArguments' micro-batch; LLaMA-Factory's cutoff_len, LoRA shape, dropout 0 and checkpointing on
         "micro_batch": 8, "grad_accum": 1, "seq_len": 2048, "method": Method.lora, "stage": Stage.sft,
         "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_targets": "all", "precision": Precision.fp32,
-        "grad_ckpt": GradCkpt.full, "attn": Attn.sdpa, "optimizer": Optimizer.adamw,
+        "grad_ckpt": GradCkpt.full, "optimizer": Optimizer.adamw,
         # LLaMA-Factory does not call peft's prepare_model_for_kbit_training (runner/llamafactory.py notes)
         "kbit_prep": False,
     }
@@ -623,10 +626,11 @@ def axolotl(data: dict[str, Any], source: str, exists: Callable[[str], bool]) ->
     keys = _Keys(data, source)
     keys.refuse_any(_AXOLOTL_REFUSED)
     values: dict[str, Any] = {}
-    # axolotl's defaults: sequence_len 512, no checkpointing, no LoRA dropout, transformers' default SDPA
+    # axolotl's defaults: sequence_len 512, no checkpointing, no LoRA dropout; no attention named, so transformers
+    # picks (planner.validity.default_attn)
     defaults: dict[str, Any] = {"micro_batch": 1, "grad_accum": 1, "seq_len": 512, "method": Method.full,
                                 "lora_dropout": 0.0, "precision": Precision.fp32, "grad_ckpt": GradCkpt.none,
-                                "attn": Attn.sdpa, "optimizer": Optimizer.adamw, "stage": Stage.sft}
+                                "optimizer": Optimizer.adamw, "stage": Stage.sft}
     problem = _model(keys, "base_model", exists, values)
     for key, name in (("micro_batch_size", "micro_batch"), ("gradient_accumulation_steps", "grad_accum"),
                       ("sequence_len", "seq_len")):

@@ -9,6 +9,7 @@ from planner import engines
 from planner.engines import parallel
 from planner.errors import PlanError
 from planner.gpus import flash_attention_2_problem
+from planner.models import ModelSpec
 from planner.params import lora_dropout_problem, lora_target_problem
 from planner.rl.settings import is_online_rl
 from planner.strategy import Attn, Method, Optimizer, Precision, Quant, Stage, TrainConfig
@@ -80,6 +81,23 @@ def attention_problems(cfg: TrainConfig) -> list[str]:
     others = [a.value for a, k in ATTN_KERNEL.items() if k in m.attn_kernels]
     return [f"{m.name} has no {cfg.attn.value} attention in transformers ({m.causal_lm_class or m.model_type} takes "
             f"{', '.join(others)}): use --attn {others[-1]}"]
+
+
+def default_attn(m: ModelSpec) -> Attn:
+    """The attention transformers picks when none is named: SDPA where the model's class has that path, else eager
+    (transformers 5.25 modeling_utils.py PreTrainedModel._check_and_adjust_attn_implementation; gpt-oss has no SDPA
+    path, and OpenAI's gpt-oss fine-tuning cookbook runs it eager). What every command plans when --attn is not
+    given (planner.build.config_from) and what `plan` searches without --attns (planner.search.search_space)."""
+    return Attn.sdpa if ATTN_KERNEL[Attn.sdpa] in m.attn_kernels else Attn.eager
+
+
+def attention_note(cfg: TrainConfig) -> str | None:
+    """What a plan on a model without SDPA says about its attention (the reports, the JSON, the emitted files)."""
+    m = cfg.model
+    if ATTN_KERNEL[Attn.sdpa] in m.attn_kernels or cfg.attn is not default_attn(m):
+        return None
+    return (f"attention {cfg.attn.value}: {m.causal_lm_class or m.model_type} has no sdpa path in transformers, and "
+            f"eager is what transformers picks for {m.name} when none is named (--attn flash for FlashAttention-2)")
 
 
 def document_problems(cfg: TrainConfig) -> list[str]:

@@ -44,11 +44,13 @@ LORA_DROPOUT = 0.05
 @dataclass(frozen=True)
 class Mode:
     """What trains in one measurement: nothing, every weight, or LoRA on `targets` (module paths inside a layer;
-    ("all-linear",) for peft's own selection)."""
+    ("all-linear",) for peft's own selection) and on `params` (parameter paths inside a layer: fused expert tensors,
+    routers that are not nn.Linear, which peft adapts through `target_parameters`)."""
 
     name: str
     weights: bool = False
     targets: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
     dropout: float = 0.0
     attn: str = "sdpa"
 
@@ -86,16 +88,18 @@ def prepare(model: nn.Module, regime: str, mode: Mode, layers_prefix: str) -> nn
     dtype, _ = _dtypes(regime, mode.weights)
     model = copy.deepcopy(model).to(dtype)
     model.requires_grad_(mode.weights)
-    if mode.targets:
+    if mode.targets or mode.params:
         from peft import LoraConfig, get_peft_model
 
+        targets: Any = None
         if mode.targets == ("all-linear",):
-            targets: Any = "all-linear"
-        else:
+            targets = "all-linear"
+        elif mode.targets:
             # full module paths, so a leaf name shared by other linears (gate_proj of a shared expert) stays out
             alternatives = "|".join(t.replace(".", r"\.") for t in mode.targets)
             targets = rf".*{layers_prefix.replace('.', chr(92) + '.')}\.\d+\.({alternatives})"
         lcfg = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=mode.dropout, target_modules=targets,
+                          target_parameters=parameter_targets(model, mode.params, layers_prefix) or None,
                           task_type="CAUSAL_LM")
         precision = {"fp32": Precision.fp32, "mixed": Precision.bf16_mixed, "bf16": Precision.bf16_true}[regime]
         model = get_peft_model(model, lcfg, autocast_adapter_dtype=fp32_adapters(precision))
@@ -114,6 +118,25 @@ def prepare(model: nn.Module, regime: str, mode: Mode, layers_prefix: str) -> nn
     base.enable_input_require_grads()
     model.train()
     return model
+
+
+def parameter_targets(model: nn.Module, params: tuple[str, ...], layers_prefix: str) -> list[str]:
+    """peft `target_parameters` for parameter paths inside a layer: the full name of each in every layer that holds
+    it, as peft's own all-linear conversion adapts fused experts and routers (peft/utils/
+    transformers_weight_conversion.py _convert_peft_config_moe moves them to target_parameters; peft/tuners/
+    tuners_utils.py _inject_parameters matches a name exactly or as a dotted suffix). A regex in target_modules
+    cannot name them: it matches modules, and a fused tensor is a parameter."""
+    if not params:
+        return []
+    prefix = layers_prefix + "."
+    out = []
+    for name, _ in model.named_parameters():
+        if not name.startswith(prefix):
+            continue
+        index, _, inner = name[len(prefix):].partition(".")
+        if index.isdigit() and inner in params:
+            out.append(name)
+    return out
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:

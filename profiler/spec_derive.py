@@ -54,6 +54,14 @@ def _modes(groups: dict[tuple[str, ...], None], lora_dropout_ok: bool) -> list[A
              Mode("full_eager", weights=True, attn="eager"), Mode("lora_all", targets=("all-linear",))]
     if lora_dropout_ok:
         modes.append(Mode("lora_all_dropout", targets=("all-linear",), dropout=LORA_DROPOUT))
+    return modes + _group_modes(groups)
+
+
+def _group_modes(groups: dict[tuple[str, ...], None]) -> list[Any]:
+    """LoRA on each group of linears that read one tensor, with and without dropout, and on its first linear alone."""
+    from profiler.spec_activations import LORA_DROPOUT, Mode
+
+    modes = []
     for group in groups:
         key = ",".join(group)
         modes.append(Mode(f"lora:{key}", targets=group))
@@ -74,11 +82,9 @@ def measure(model: Any, config: Any, kinds: list[dict[str, Any]], *, log: Any = 
     """Fill each kind's `saved`, `stream_bytes` and its linears' `group` (the reduced model holds one layer per
     kind, in the order of `kinds`)."""
     from profiler.spec_activations import (
-        EAGER_SHAPES,
         REGIMES,
         SDPA_SHAPES,
         Mode,
-        fit,
         input_groups,
         prepare,
         run_once,
@@ -103,6 +109,23 @@ def measure(model: Any, config: Any, kinds: list[dict[str, Any]], *, log: Any = 
     modes = _modes(groups, not _lora_dropout_refused(kinds))
     for kind in kinds:
         kind["saved"], kind["stream_bytes"] = {r: {} for r in REGIMES}, {}
+    failed = _run_modes(model, config, kinds, modes, layers_prefix, hidden, log=log, windows=True)
+    if failed:
+        _blame(model, config, kinds, failed, layers_prefix, hidden)
+        # the linears that share a tensor with a broken one, measured without it: Llama 4's shared-expert gate_proj
+        # and up_proj read the router's input, and ftplan's default targets adapt them without the router
+        regrouped = _without_broken(kinds)
+        if regrouped:
+            _run_modes(model, config, kinds, _group_modes(regrouped), layers_prefix, hidden, log=log, windows=False)
+
+
+def _run_modes(model: Any, config: Any, kinds: list[dict[str, Any]], modes: list[Any], layers_prefix: str,
+               hidden: int, *, log: Any, windows: bool) -> dict[str, str]:
+    """Each mode in each regime into the kinds' `saved` tables (a group's mode into the kinds that hold the group);
+    returns the LoRA modes peft failed on, with why."""
+    from profiler.spec_activations import EAGER_SHAPES, REGIMES, SDPA_SHAPES, fit, prepare, run_once
+    from profiler.spec_structure import decoder_layers
+
     failed: dict[str, str] = {}  # mode -> why peft's LoRA failed there
     for regime in REGIMES:
         for mode in modes:
@@ -120,6 +143,8 @@ def measure(model: Any, config: Any, kinds: list[dict[str, Any]], *, log: Any = 
                 if not mode.targets:
                     raise
                 failed[mode.name] = _first_line(exc)
+                if log:
+                    log(f"  {regime} {mode.name}: peft's LoRA failed ({failed[mode.name]})")
                 continue
             for i, kind in enumerate(kinds):
                 group = mode.name.split(":")[1] if ":" in mode.name else None
@@ -131,9 +156,25 @@ def measure(model: Any, config: Any, kinds: list[dict[str, Any]], *, log: Any = 
                     kind["stream_bytes"][key] = runs[shapes[0]].layers[i].stream_bytes
             if log:
                 log(f"  {regime} {mode.name}: {time.perf_counter() - t0:.1f} s")
-        _window_masks(model, config, kinds, regime, layers_prefix, hidden)
-    if failed:
-        _blame(model, config, kinds, failed, layers_prefix, hidden)
+        if windows:
+            _window_masks(model, config, kinds, regime, layers_prefix, hidden)
+    return failed
+
+
+def _without_broken(kinds: list[dict[str, Any]]) -> dict[tuple[str, ...], None]:
+    """The groups that hold a linear peft's LoRA fails on (`lora_error`), less it: each other member's `group`
+    becomes the rest (the planner composes LoRA from the tables of its linears' groups); the new groups."""
+    out: dict[tuple[str, ...], None] = {}
+    for kind in kinds:
+        broken = {lin["path"] for lin in kind["linears"] if lin.get("lora_error")}
+        for lin in kind["linears"]:
+            members = tuple(lin.get("group", "").split(",")) if lin.get("group") else ()
+            if lin["path"] in broken or not broken & set(members):
+                continue
+            rest = tuple(p for p in members if p not in broken)
+            lin["group"] = ",".join(rest)
+            out[rest] = None
+    return out
 
 
 def _window_masks(model: Any, config: Any, kinds: list[dict[str, Any]], regime: str, layers_prefix: str,
@@ -171,17 +212,22 @@ def _first_line(exc: BaseException) -> str:
 
 def _blame(model: Any, config: Any, kinds: list[dict[str, Any]], failed: dict[str, str], layers_prefix: str,
            hidden: int) -> None:
-    """Which adapted linears make peft's LoRA fail: each target of a failed group tried alone; their linears get
-    `lora_error` (the planner refuses LoRA plans that name them)."""
-    from profiler.spec_activations import ONE_SHAPE, Mode, prepare, run_once
+    """Which adapted linears make peft's LoRA fail: each target of a failed group (or, where peft's all-linear
+    selection failed, each linear it adapts) tried alone, as peft adapts it: an nn.Linear through target_modules, a
+    fused expert tensor or router through target_parameters (`_lone_mode`); their linears get `lora_error` (the
+    planner refuses LoRA plans that name them). A group that failed only with dropout (peft's ParamWrapper refuses
+    it) or only with its first linear alone (peft refuses half of a fused pair) blames no linear: those modes are
+    logged and their tables left out."""
+    from profiler.spec_activations import ONE_SHAPE, prepare, run_once
     from profiler.spec_structure import decoder_layers
 
     suspects = {t for name in failed if name.startswith("lora:") and not name.endswith(":dropout")
                 for t in name.split(":")[1].split(",")}
-    if not suspects:  # only peft's all-linear selection failed: try each linear it adapts
-        suspects = {lin["path"] for k in kinds for lin in k["linears"] if lin.get("in_all_linear")}
+    if "lora_all" in failed:  # peft's all-linear selection failed: try each linear it adapts
+        suspects |= {lin["path"] for k in kinds for lin in k["linears"] if lin.get("in_all_linear")}
+    linears = {lin["path"]: lin for k in kinds for lin in k["linears"]}
     for target in sorted(suspects):
-        mode = Mode(f"lora:{target}", targets=(target,))
+        mode = _lone_mode(model, target, linears[target], layers_prefix)
         try:
             prepared = prepare(model, "fp32", mode, layers_prefix)
             inner = prepared.get_base_model() if hasattr(prepared, "get_base_model") else prepared
@@ -191,6 +237,19 @@ def _blame(model: Any, config: Any, kinds: list[dict[str, Any]], failed: dict[st
                 for lin in kind["linears"]:
                     if lin["path"] == target:
                         lin["lora_error"] = _first_line(exc)
+
+
+def _lone_mode(model: Any, path: str, lin: dict[str, Any], layers_prefix: str) -> Any:
+    """LoRA on one linear of a layer as peft adapts it: a module regex for an nn.Linear; for a linear peft wraps as a
+    parameter (`lora_param`: a fused expert tensor, a router that is not nn.Linear) its tensor by name, the path
+    itself where it is a parameter (experts.gate_up_proj), else the module's weight (DeepSeek-V3's router mlp.gate:
+    peft's all-linear conversion names it gate.weight)."""
+    from profiler.spec_activations import Mode
+
+    if not lin.get("lora_param"):
+        return Mode(f"lora:{path}", targets=(path,))
+    names = {name.split(".", 1)[1] for name, _ in model.get_submodule(layers_prefix).named_parameters()}
+    return Mode(f"lora:{path}", params=(path if path in names else f"{path}.weight",))
 
 
 def derive(raw: dict[str, Any], *, name: str, log: Any = None, activations: bool = True) -> dict[str, Any]:

@@ -59,20 +59,16 @@ def estimate_view(est: Estimate) -> Group:
         parts.append(Text(f"NVMe for offload: {gib(est.memory.nvme_bytes)} per node"))
     for reason in est.fit_reasons:
         parts.append(Text(f"✗ {reason}", style="red"))
-    note = lora_dropout_line(cfg)
-    if note is not None:
-        parts.append(note)
+    parts += note_lines(cfg)
     return Group(*parts)
 
 
-def lora_dropout_line(cfg) -> Text | None:
-    """A LoRA plan whose targets peft adapts as parameters has no dropout: say so (planner.params)."""
-    from planner.params import lora_dropout_note
+def note_lines(*cfgs) -> list[Text]:
+    """What the plans say about the defaults ftplan chose for them (planner/notes.py: LoRA targets and dropout peft
+    can run, the attention transformers picks), each note once."""
+    from planner.notes import plan_notes
 
-    if not cfg.trains_adapter:
-        return None
-    note = lora_dropout_note(cfg.model, cfg.lora_targets, cfg.lora_dropout)
-    return Text(note, style="yellow") if note else None
+    return [Text(note, style="yellow") for note in dict.fromkeys(n for cfg in cfgs for n in plan_notes(cfg))]
 
 
 def limit_line(lim) -> Text:

@@ -13,7 +13,7 @@ from planner.search import PlanResult
 from planner.timing import JobTime
 from reports.fit import Col, FitTable
 from reports.fmt import params
-from reports.memory_report import lora_dropout_line, memory_table
+from reports.memory_report import memory_table, note_lines
 from reports.wrap import HyphenWrapped
 
 RUN_MARK, NO_RUN_MARK = "✓", "✗"
@@ -73,9 +73,7 @@ def plan_view(result: PlanResult, per_method: int, job: JobTime | None = None, r
     win = f"Winner: {cfg.method.value} {cfg}" + ("" if runnable(cfg) else " (not run by `ftplan run`)")
     parts = [head, ranking_table(result, per_method, f"Best plans per method ({order})")]
     lora = next((e.config for e in result.plans if e.config.trains_adapter), None)
-    note = lora_dropout_line(lora) if lora is not None else None
-    if note is not None:
-        parts.append(note)
+    parts += note_lines(cfg, *([lora] if lora is not None else []))
     rec = result.recommendation
     if rec is not None:
         parts.append(recommendation_line(rec))

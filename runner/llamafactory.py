@@ -12,7 +12,7 @@ from typing import Any
 
 from planner.configs.ds_config import DEFAULT_HYPER, Hyperparams, learning_rate
 from planner.input_checks import slug
-from planner.params import lora_dropout_note
+from planner.notes import plan_notes
 from planner.rope import parse_rope_scaling
 from planner.states import kbit_prepared
 from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, Precision, Quant, TrainConfig
@@ -85,9 +85,7 @@ def notes(cfg: TrainConfig) -> list[str]:
         out.append("LLaMA-Factory 0.9.5 has no Baichuan2 chat template: 'default' is set; name yours in `template`.")
     if cfg.grad_ckpt is GradCkpt.selective:
         out.append("LLaMA-Factory checkpoints whole layers: the plan's selective checkpointing becomes full.")
-    dropout = lora_dropout_note(cfg.model, cfg.lora_targets, cfg.lora_dropout) if cfg.trains_adapter else None
-    if dropout:
-        out.append(dropout + ".")
+    out += [note + "." for note in plan_notes(cfg)]  # LoRA targets and dropout, attention (planner/notes.py)
     if kbit_prepared(cfg):
         out.append("LLaMA-Factory does not call peft's prepare_model_for_kbit_training: its QLoRA keeps the "
                    "non-quantized weights and the residual stream in 16 bits, below this plan's memory "

@@ -27,9 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
     ("qwen3-8b", LORA_DROPOUT), ("llama-2-7b", LORA_DROPOUT),
 ])
 def test_unset_dropout_resolves_per_target(model: str, dropout: float) -> None:
-    # unchecked: DeepSeek-V3's all-linear fails in peft for a reason of its own (planner.params.lora_target_problem)
-    cfg = build_config(model=model, gpus="8xH100", fsdp=FsdpStrategy.full_shard, seq_len=1024, attn=Attn.flash,
-                       check=False)
+    cfg = build_config(model=model, gpus="8xH100", fsdp=FsdpStrategy.full_shard, seq_len=1024, attn=Attn.flash)
     assert cfg.lora_dropout == dropout
     assert (lora_dropout_note(cfg.model, cfg.lora_targets, cfg.lora_dropout) is not None) == (dropout == 0.0)
 

@@ -49,6 +49,10 @@ CASES = {
                              fsdp=FsdpStrategy.full_shard, attn=Attn.eager),
     "gpt-oss-lora-ddp": dict(model="gpt-oss-20b", gpus="8xH100", method=Method.lora, grad_ckpt=GradCkpt.full,
                              attn=Attn.eager),
+    # defaults ftplan chose (planner/notes.py): gpt-oss's eager attention, Llama 4's all-linear less its router
+    "gpt-oss-lora-default-attn": dict(model="gpt-oss-20b", gpus="8xH100", method=Method.lora, zero=2),
+    "llama4-lora-default-targets": dict(model="llama-4-scout-17b-16e", gpus="4x8xH200", method=Method.lora, zero=3,
+                                        grad_ckpt=GradCkpt.full),
     "r1-distill-lora": dict(model="deepseek-r1-distill-qwen-7b", gpus="4xA800", method=Method.lora, zero=1),
     # packed documents (--doc-len): neat_packing, FlashAttention-2's varlen path
     "lora-fa2-neat-packing": dict(model="llama-3-8b", gpus="1xA100-80G", method=Method.lora, attn=Attn.flash,
@@ -111,6 +115,7 @@ def test_llamafactory_parses_the_emitted_yaml(parsed, name: str) -> None:
     else:
         assert got["finetuning_type"] == "lora"
         assert (got["lora_rank"], got["lora_alpha"]) == (cfg.lora_r, cfg.lora_alpha)
+        assert got["lora_target"] == list(cfg.lora_targets)  # ["all"], or the targets planned by name
         assert got["quantization_bit"] == ({Quant.nf4: 4, Quant.int8: 8}[cfg.quant]
                                            if cfg.method is Method.qlora else None)
     assert got["rope_scaling"] == (cfg.model.rope_scaling.partition(":")[0] if cfg.model.rope_scaling else None)
