@@ -148,6 +148,16 @@ def test_a_users_config_goes_through_the_subprocess_and_the_cache(tmp_path: Path
     assert resolve(str(model)) == m  # read back from the cache
 
 
+def test_a_spec_cached_by_an_earlier_derivation_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache key carries the derivation's revision: a spec that an earlier profiler/spec_derive.py wrote (with
+    revision 1's false blame of DeepSeek-V3's fused experts) is derived again, not read back."""
+    from planner import spec_cache
+
+    now = spec_cache.cache_path(FAMILIES["olmo2"])
+    monkeypatch.setattr(spec_cache, "DERIVE_REVISION", spec_cache.DERIVE_REVISION - 1)
+    assert spec_cache.cache_path(FAMILIES["olmo2"]) != now
+
+
 @pytest.mark.parametrize(("raw", "needle"), [
     ({"model_type": "no_such_family", "hidden_size": 8},
      "'no_such_family' is not supported: transformers cannot build"),
