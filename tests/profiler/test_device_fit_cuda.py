@@ -34,6 +34,7 @@ from profiler.device_fit_cuda import (
     fit_gemm,
     rmsnorm_probe,
     select_device,
+    step_engines,
 )
 
 A100 = GPUS["A100-80G"]
@@ -178,3 +179,22 @@ def test_a_fit_of_another_device_is_refused() -> None:
         with_device_fit(GPUS["H100"], _fit_dict())
     with pytest.raises(PlanError, match="describes CPU"):
         with_device_fit(A100, {"ftplan_device_fit": 1, "host_op_s": 4e-6})
+
+
+def test_the_real_steps_run_the_engines_the_machine_has() -> None:
+    """ZeRO needs deepspeed: on a machine without it (the GPU session's image) the real steps run DDP and FSDP only,
+    instead of failing every engine's steps in their one torchrun."""
+    assert [label for label, _ in step_engines(deepspeed_available=False)] == ["ddp", "fsdp"]
+    assert [label for label, _ in step_engines(deepspeed_available=True)] == ["ddp", "zero2", "zero3", "fsdp"]
+
+
+def test_a_fit_whose_steps_failed_still_shows_its_constants() -> None:
+    from reports.profile_report import device_fit_view
+
+    fit = CudaDeviceFit(device="cuda", gpu="A100-80G", device_name="NVIDIA A100-SXM4-80GB", gpus=1, host_op_s=5e-6,
+                        gemm_efficiency=0.8, gemm_half_rate_inner=100.0, hbm_bytes_per_s=1.8e12,
+                        elementwise_bandwidth_fraction=0.5, attention_efficiency=0.4, collective_alpha_s=1e-5,
+                        intra_node_bytes_per_s=2e11, steps_error="torchrun failed (exit 1): ModuleNotFoundError")
+    text = device_fit_view(fit.to_dict(), "A100-80G.json").plain
+    assert "gemm_efficiency        0.800" in text and "real steps failed: torchrun failed" in text
+
