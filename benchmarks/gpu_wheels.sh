@@ -5,9 +5,9 @@
 # The device tool's image ('cuda', as its KINDS.md lists it on 2026-11-17: Python 3.12, torch 2.11, transformers 5.17,
 # huggingface_hub 1.33, accelerate 1.15, peft of no stated version, no deepspeed / optuna / bitsandbytes) then runs the
 # worker with the libraries at requirements-lock.txt's versions, which the planner's readings were taken with:
-#   transformers   the lock's 5.25 (the image's 5.17 builds other modules and losses)
+#   transformers   the lock's 5.25 (the image's 5.17 is eight minor releases older; not compared)
 #   peft           the lock's (the image's version is not listed)
-#   accelerate     the lock's (peft imports it; the image's 1.15 predates huggingface_hub 2)
+#   accelerate     the lock's (peft imports it beside huggingface_hub 2.4; the image's 1.15 was not tried with it)
 #   huggingface_hub  transformers 5.25 requires >= 2.4 at import (dependency_versions_check.py); the image has 1.33
 #   httpx2, httpcore2, truststore  huggingface_hub 2's HTTP client, imported with it (not in the image)
 #   regex          transformers checks regex >= 2025.10.22 at import; the image lists regex without a version
