@@ -91,17 +91,30 @@ GPU_PLANS: tuple[StepPlan, ...] = (
                                             "checkpointed layer keeps", needs_s=90.0),
 )
 
-# --smoke: the same phases on this machine's CPU, on a 2-layer Llama built from this config (no download)
-SMOKE_MODEL = "tiny-llama"
-SMOKE_CONFIG: dict[str, Any] = {
-    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 64,
-    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
-    "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+# --smoke: the same phases on this machine's CPU, on 2-layer models of the plans' three families built from these
+# configs (no download): the catalog's configs (planner/model_specs, profiler/dryrun.py HF_CONFIGS) scaled down
+SMOKE_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256,
+                   "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 4, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
+                   "tie_word_embeddings": False},
+    "tiny-qwen3": {"model_type": "qwen3", "vocab_size": 256, "head_dim": 16, "hidden_size": 64,
+                   "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
+    "tiny-gemma3": {"model_type": "gemma3_text", "vocab_size": 256, "head_dim": 32, "query_pre_attn_scalar": 32,
+                    "sliding_window": 16, "sliding_window_pattern": 2, "hidden_size": 64, "intermediate_size": 128,
+                    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                    "max_position_embeddings": 128, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
+                    "tie_word_embeddings": True},
+}
 SMOKE_PLANS: tuple[StepPlan, ...] = (
-    StepPlan(label="tiny-full", model=SMOKE_MODEL, method=Method.full, micro_batch=2, seq_len=32,
+    StepPlan(label="tiny-llama-full", model="tiny-llama", method=Method.full, micro_batch=2, seq_len=32,
              precision=Precision.fp32, tests="the smoke run's full fine-tuning", needs_s=60.0),
-    StepPlan(label="tiny-lora", model=SMOKE_MODEL, method=Method.lora, micro_batch=2, seq_len=32,
-             precision=Precision.fp32, tests="the smoke run's LoRA", needs_s=60.0),
+    StepPlan(label="tiny-qwen3-lora", model="tiny-qwen3", method=Method.lora, micro_batch=2, seq_len=32,
+             precision=Precision.fp32, tests="the smoke run's LoRA of a Qwen3", needs_s=60.0),
+    StepPlan(label="tiny-gemma3-lora-ckpt", model="tiny-gemma3", method=Method.lora, micro_batch=2, seq_len=32,
+             grad_ckpt=GradCkpt.full, precision=Precision.fp32,
+             tests="the smoke run's LoRA of a Gemma 3, checkpointed", needs_s=60.0),
 )
 
 
@@ -369,8 +382,8 @@ def steps_phase(check: Check) -> dict[str, Any]:
                            "plans": rows}
     check.summary["phases"]["steps"].update(out)
     with tempfile.TemporaryDirectory(prefix="ftplan-gpu-check-") as tmp:
-        smoke_model = Path(tmp) / "config.json"
-        smoke_model.write_text(json.dumps(SMOKE_CONFIG))
+        for name, config in SMOKE_CONFIGS.items():
+            (Path(tmp) / f"{name}.json").write_text(json.dumps(config))
         for plan in selected_plans(check.opts):
             row: dict[str, Any] = {"label": plan.label, "model": plan.model, "tests": plan.tests}
             rows.append(row)
@@ -381,7 +394,8 @@ def steps_phase(check: Check) -> dict[str, Any]:
                 continue
             t0 = check.seams.clock()
             try:
-                cfg = plan_config(plan, check.gpu, str(smoke_model) if plan.model == SMOKE_MODEL else plan.model)
+                model = str(Path(tmp) / f"{plan.model}.json") if plan.model in SMOKE_CONFIGS else plan.model
+                cfg = plan_config(plan, check.gpu, model)
                 row["plan"] = str(cfg)
                 row["predicted"] = predicted(cfg, check.fit_constants)
                 row["device_used_before_bytes"] = _device_used_now(check)

@@ -356,7 +356,8 @@ def test_the_smoke_run_on_this_cpu_writes_every_phase(tmp_path: Path) -> None:
     one tiny plan through the worker of `profile run`, the table; exit 0, files the device tool takes."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(out), "--smoke", "--plans",
-                           "tiny-lora", "--steps", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "tiny-gemma3-lora-ckpt", "--steps", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     phases = summary["phases"]
@@ -369,7 +370,7 @@ def test_the_smoke_run_on_this_cpu_writes_every_phase(tmp_path: Path) -> None:
     assert len(row["measured"]["step_times_s"]) == 1
     assert row["measured"]["device_bytes"] is None  # no device reading on the CPU
     assert row["errors"]["allocated"] is not None and row["errors"]["step_time"] is not None
-    assert "### Real steps on 1xCPU" in proc.stdout and "tiny-lora" in (out / "table.md").read_text()
+    assert "### Real steps on 1xCPU" in proc.stdout and "tiny-gemma3-lora-ckpt" in (out / "table.md").read_text()
     assert summary["out_files"]["problems"] == [] and len(summary["out_files"]["files"]) <= MAX_OUT_FILES
 
 
