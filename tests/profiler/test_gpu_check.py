@@ -379,3 +379,17 @@ def test_the_scripts_bad_options_are_one_line_and_exit_2(tmp_path: Path) -> None
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown plan 'x'" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_device_command_is_one_line_in_the_docstring_and_the_readme() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_script", ROOT / "benchmarks" / "gpu_check.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    command = script.DEVICE_COMMAND
+    assert len(command) <= 2000 and "\n" not in command  # the device tool's limit for a command
+    assert ".whl/*.whl" in command and "--out $OUT" in command and "--budget-s 420" in command
+    assert command in script.__doc__.splitlines()
+    assert command in (ROOT / "README.md").read_text().splitlines()
+    assert script.DEVICE_TIMEOUT_S == 540 and f"timeout_s {script.DEVICE_TIMEOUT_S}" in script.__doc__
