@@ -164,7 +164,7 @@ class CudaDeviceFit:
     hbm_bytes_per_s: float
     elementwise_bandwidth_fraction: float
     attention_efficiency: float
-    collective_alpha_s: float  # as a 2-rank call (planner/parallel_comm.py hop_alpha_s halves it)
+    collective_alpha_s: float | None  # as a 2-rank call (parallel_comm.py hop_alpha_s halves it); None: one GPU
     intra_node_bytes_per_s: float  # nominal: the fitted bus bandwidth over the planner's link efficiency
     collectives: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> alpha_s, bus_bytes_per_s
     gemm_points: GemmPoints = ()
@@ -217,7 +217,9 @@ def constants_from(gpu: GPUSpec, *, gemm: GemmPoints, attention: Sequence[tuple[
         out["collective_alpha_s"] = 2.0 * alpha / (2 * (n - 1))
         out["intra_node_bytes_per_s"] = bus / DEFAULT_COMM_EFFICIENCY
     else:
-        out["collective_alpha_s"] = gpu.collective_alpha_s if gpu.collective_alpha_s is not None else 0.0
+        # nothing measured on one GPU: None keeps NCCL's per-hop alphas (planner/parallel_comm.py hop_alpha_s), where
+        # a 0 would make every collective of a multi-GPU plan read with this fit free of latency
+        out["collective_alpha_s"] = gpu.collective_alpha_s
         out["intra_node_bytes_per_s"] = gpu.intra_node_bytes_per_s
     return out
 

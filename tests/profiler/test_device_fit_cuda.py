@@ -198,3 +198,18 @@ def test_a_fit_whose_steps_failed_still_shows_its_constants() -> None:
     text = device_fit_view(fit.to_dict(), "A100-80G.json").plain
     assert "gemm_efficiency        0.800" in text and "real steps failed: torchrun failed" in text
 
+
+def test_a_one_gpu_fit_keeps_nccls_latencies() -> None:
+    """One GPU measures no collective: the fit leaves collective_alpha_s unset (None), so a multi-GPU plan read with
+    it keeps NCCL's per-hop alphas instead of a zero latency."""
+    gemm = tuple((m, k, k, 2.0 * m * k * k / (0.8 * PEAK)) for k in GEMM_SIDES for m in GEMM_ROWS)
+    c = constants_from(A100, gemm=gemm, attention=(), copy_bytes_per_s=1.8e12, host_op_s=5e-6, collectives={}, n=1)
+    assert c["collective_alpha_s"] is None and c["intra_node_bytes_per_s"] == A100.intra_node_bytes_per_s
+    gpu = with_device_fit(A100, {**c, "device": "cuda", "gpu": A100.name})
+    assert gpu.collective_alpha_s is None
+    cfg = build_config(model="7b", gpus="8xA100-80G", method=Method.full, zero=3)
+    fitted = replace(cfg, cluster=cluster_with_device_fit(cfg.cluster, {**c, "device": "cuda", "gpu": A100.name}))
+    from planner.parallel_comm import hop_alpha_s
+
+    assert hop_alpha_s(fitted.cluster.gpu) == hop_alpha_s(A100) > 0
+
