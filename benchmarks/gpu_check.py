@@ -44,8 +44,14 @@ DEVICE_COMMAND = ("python3 -m pip install -q --no-index --no-deps --no-compile -
 DEVICE_TIMEOUT_S = 540
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line on stderr, exit 2 (argparse would print its usage first)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for summary.json, table.md and the rest")
     parser.add_argument("--budget-s", type=float, default=420.0, help="wall seconds for all phases")
     parser.add_argument("--smoke", action="store_true", help="the CPU and a tiny Llama instead of the GPU plans")

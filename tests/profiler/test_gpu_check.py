@@ -374,10 +374,13 @@ def test_the_smoke_run_on_this_cpu_writes_every_phase(tmp_path: Path) -> None:
     assert summary["out_files"]["problems"] == [] and len(summary["out_files"]["files"]) <= MAX_OUT_FILES
 
 
-def test_the_scripts_bad_options_are_one_line_and_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path / "o"), "--plans", "x"],
+@pytest.mark.parametrize(("args", "message"), [(("--plans", "x"), "unknown plan 'x'"),
+                                               (("--budget-s", "soon"), "invalid float value: 'soon'"),
+                                               (("--budget-s", "-1"), "--budget-s must be a positive number")])
+def test_the_scripts_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path / "o"), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown plan 'x'" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
