@@ -17,8 +17,9 @@ plan, so a run cut short still leaves what it measured.
    device's memory in use (the three readings, planner/memory.py MemoryBreakdown) and the step time, with the
    catalog's constants and with the fit of phase 2.
 4. table: phases 2 and 3 as markdown (reports/gpu_check_table.py), in table.md and in the summary.
-This process never initializes CUDA: the GPU work runs in children, so each plan's device reading holds its own
-process alone (the driver's count covers every process on the board).
+This process never initializes CUDA: the GPU work runs in children (profiler/gpu_check_child.py, and the worker's
+torchrun), so each plan's device reading holds its own process alone (the driver's count covers every process on the
+board). The plans are profiler/gpu_check_plans.py's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlanError
-from planner.strategy import GradCkpt, Method, Precision, TrainConfig
+from planner.strategy import TrainConfig
+from profiler.gpu_check_child import LIBRARIES
+from profiler.gpu_check_plans import GPU_PLANS, SMOKE_CONFIGS, SMOKE_PLANS, StepPlan
 
 SUMMARY_FILE = "summary.json"
 TABLE_FILE = "table.md"
@@ -52,70 +55,6 @@ MAX_OUT_FOLDERS = 2
 FIT_NEEDS_S = 100.0
 ENV_CHILD_S = 90.0  # torch's import and the device's properties
 RESERVE_S = 5.0  # left for the table and the last summary when a child is stopped at the budget
-LIBRARIES = ("torch", "transformers", "peft", "accelerate", "huggingface_hub", "tokenizers", "safetensors",
-             "deepspeed", "bitsandbytes")
-
-
-@dataclass(frozen=True, kw_only=True)
-class StepPlan:
-    """One real-step plan: its options (build_config's names) and why it is here."""
-
-    label: str  # a file-safe id, `--plans` names it
-    model: str
-    method: Method
-    micro_batch: int
-    seq_len: int
-    grad_ckpt: GradCkpt = GradCkpt.none
-    precision: Precision = Precision.bf16_mixed
-    tests: str  # the terms it tests that only a GPU can confirm
-    # the wall time it may take on an H100 (torchrun and the worker's imports, about 15 s; the model built on the
-    # GPU; a warm-up and the measured steps at ftplan's step time): it runs only when the budget has this much left
-    needs_s: float
-
-
-# Cheapest first: the budget decides how many run. Memory by `ftplan estimate --gpus 1xH100` (fit_bytes): 31.9,
-# 30.1 (Qwen3-4B), 30.1 (Gemma 3 4B), 31.0 and 20.1 GB: every plan fits an H100's 80 GB.
-GPU_PLANS: tuple[StepPlan, ...] = (
-    StepPlan(label="llama32-1b-full-mb2", model="llama-3.2-1b", method=Method.full, micro_batch=2, seq_len=2048,
-             tests="full fine-tuning bf16-mixed AdamW: fp32 master weights and states, a 128k vocabulary's loss; the "
-                   "allocator's reserve and the CUDA context (the three readings, issue 24)", needs_s=60.0),
-    StepPlan(label="qwen3-4b-lora-mb1", model="qwen3-4b", method=Method.lora, micro_batch=1, seq_len=2048,
-             tests="a new family: Qwen3 (q/k norms, GQA 32/8), LoRA on every linear, SDPA", needs_s=60.0),
-    StepPlan(label="gemma3-4b-lora-mb1", model="gemma-3-4b", method=Method.lora, micro_batch=1, seq_len=2048,
-             tests="a new family: Gemma 3 (262k vocabulary, head size 256, sliding-window layers), LoRA", needs_s=60.0),
-    StepPlan(label="llama2-7b-lora-mb1", model="llama-2-7b", method=Method.lora, micro_batch=1, seq_len=2048,
-             tests="LoRA bf16 SDPA without checkpointing: the saved set per layer; sustained GEMM and FlashAttention "
-                   "time (issue 27)", needs_s=75.0),
-    StepPlan(label="llama2-7b-lora-ckpt-mb4", model="llama-2-7b", method=Method.lora, micro_batch=4, seq_len=2048,
-             grad_ckpt=GradCkpt.full, tests="full checkpointing at micro-batch 4: the recompute's time and what a "
-                                            "checkpointed layer keeps", needs_s=90.0),
-)
-
-# --smoke: the same phases on this machine's CPU, on 2-layer models of the plans' three families built from these
-# configs (no download): the catalog's configs (planner/model_specs, profiler/dryrun.py HF_CONFIGS) scaled down
-SMOKE_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny-llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256,
-                   "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                   "num_key_value_heads": 4, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
-                   "tie_word_embeddings": False},
-    "tiny-qwen3": {"model_type": "qwen3", "vocab_size": 256, "head_dim": 16, "hidden_size": 64,
-                   "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                   "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
-    "tiny-gemma3": {"model_type": "gemma3_text", "vocab_size": 256, "head_dim": 32, "query_pre_attn_scalar": 32,
-                    "sliding_window": 16, "sliding_window_pattern": 2, "hidden_size": 64, "intermediate_size": 128,
-                    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-                    "max_position_embeddings": 128, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
-                    "tie_word_embeddings": True},
-}
-SMOKE_PLANS: tuple[StepPlan, ...] = (
-    StepPlan(label="tiny-llama-full", model="tiny-llama", method=Method.full, micro_batch=2, seq_len=32,
-             precision=Precision.fp32, tests="the smoke run's full fine-tuning", needs_s=60.0),
-    StepPlan(label="tiny-qwen3-lora", model="tiny-qwen3", method=Method.lora, micro_batch=2, seq_len=32,
-             precision=Precision.fp32, tests="the smoke run's LoRA of a Qwen3", needs_s=60.0),
-    StepPlan(label="tiny-gemma3-lora-ckpt", model="tiny-gemma3", method=Method.lora, micro_batch=2, seq_len=32,
-             grad_ckpt=GradCkpt.full, precision=Precision.fp32,
-             tests="the smoke run's LoRA of a Gemma 3, checkpointed", needs_s=60.0),
-)
 
 
 class BudgetStop(Exception):
@@ -125,12 +64,12 @@ class BudgetStop(Exception):
 # ----------------------------------------------------------------------------------------------- the seams
 
 def run_child(args: list[str], timeout_s: float) -> str:
-    """`python -m profiler.gpu_check ARGS` (a fresh process: CUDA starts there, not here); its stdout. BudgetStop
+    """`python -m profiler.gpu_check_child ARGS` (a fresh process: CUDA starts there, not here); its stdout. BudgetStop
     when it runs past `timeout_s` (it is killed: it starts no process of its own), PlanError with its cause when it
     fails."""
     from profiler.launcher import failure_cause
 
-    cmd = [sys.executable, "-m", "profiler.gpu_check", *args]
+    cmd = [sys.executable, "-m", "profiler.gpu_check_child", *args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, timeout_s),
                               cwd=Path(__file__).resolve().parent.parent)
@@ -487,64 +426,3 @@ def run_check(opts: CheckOptions, seams: Seams | None = None) -> dict[str, Any]:
     check.summary["out_files"] = out_files(opts.out_dir)
     check.flush()
     return check.summary
-
-
-# ----------------------------------------------------------------------------------------------- the children
-
-def torch_environment() -> dict[str, Any]:
-    """torch, CUDA, the libraries (version and where each loads from) and the device's properties."""
-    import importlib.util
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    from profiler.gemm_sustained import board_readings
-
-    libraries = {}
-    for name in LIBRARIES:
-        spec = importlib.util.find_spec(name)
-        try:
-            v = version(name)
-        except PackageNotFoundError:
-            v = None
-        libraries[name] = {"version": v, "origin": None if spec is None else spec.origin}
-    out: dict[str, Any] = {"python": sys.version.split()[0], "torch_cuda": torch.version.cuda,
-                           "cudnn": torch.backends.cudnn.version(), "cuda_available": torch.cuda.is_available(),
-                           "device_count": torch.cuda.device_count(), "libraries": libraries}
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        out["device_properties"] = {k: getattr(props, k) for k in dir(props) if not k.startswith("_")
-                                    and isinstance(getattr(props, k), int | float | str | bool)}
-        out["device_name"] = torch.cuda.get_device_name(0)
-        out["board"] = board_readings(torch)
-    return out
-
-
-def write_device_fit(out_dir: Path) -> dict[str, Any]:
-    """The CUDA fit without real steps, written as `ftplan profile calibrate --device` writes it, into out_dir."""
-    from planner.device_fit_file import write_fit
-    from planner.gpus import device_fit_gpu_name
-    from profiler.device_fit_cuda import fit_cuda_device
-
-    t0 = time.monotonic()
-    fitted = fit_cuda_device(real_steps=False).to_dict()
-    fit_s = time.monotonic() - t0
-    _, path = write_fit(fitted, out_dir / f"{device_fit_gpu_name(fitted)}.json")
-    return {"path": str(path), "fit_s": fit_s}
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="A child of the GPU check: `env` or `fit`.")
-    parser.add_argument("what", choices=("env", "fit"))
-    parser.add_argument("--out-dir", type=Path)
-    args = parser.parse_args(argv)
-    answer = torch_environment() if args.what == "env" else write_device_fit(args.out_dir)
-    print(json.dumps(answer, default=str))
-
-
-if __name__ == "__main__":
-    from profiler.launcher import exit_worker
-
-    exit_worker(main)

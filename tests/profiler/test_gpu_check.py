@@ -26,11 +26,9 @@ from profiler.device_fit_cuda import (
 )
 from profiler.gpu_check import (
     FIT_NEEDS_S,
-    GPU_PLANS,
     MAX_OUT_FILES,
     OUT_NAME,
     PHASES,
-    SMOKE_PLANS,
     BudgetStop,
     CheckOptions,
     Seams,
@@ -41,6 +39,7 @@ from profiler.gpu_check import (
     run_check,
     selected_plans,
 )
+from profiler.gpu_check_plans import GPU_PLANS, SMOKE_PLANS
 from profiler.launch import RunResult
 from profiler.nvidia_smi import excerpts, parse_memory_query, parse_query_q
 from reports.gpu_check_table import markdown
