@@ -398,6 +398,10 @@ def run_check(opts: CheckOptions, seams: Seams | None = None) -> dict[str, Any]:
     if opts.steps < 1 or opts.warmup_steps < 0:
         raise PlanError("--steps must be at least 1 and the warm-up steps at least 0")
     selected_plans(opts)
+    if opts.gpu is not None:
+        from planner.gpus import gpu_from_name
+
+        opts = replace(opts, gpu=gpu_from_name(opts.gpu).name)  # an unknown name lists the catalog's
     check = Check(opts=opts, seams=seams, started=seams.clock())
     check.summary = {"check": "ftplan GPU check (issues 24 and 27)", "mode": "smoke" if opts.smoke else "gpu",
                      "budget_s": opts.budget_s, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -314,7 +314,8 @@ def test_a_child_or_a_plan_past_the_budget_is_stopped(tmp_path: Path) -> None:
 
 def test_bad_options_write_nothing(tmp_path: Path) -> None:
     for kw, match in (({"budget_s": 0.0}, "--budget-s"), ({"budget_s": math.nan}, "--budget-s"),
-                      ({"plans": ("llama2-70b",)}, "unknown plan 'llama2-70b'"), ({"steps": 0}, "--steps")):
+                      ({"plans": ("llama2-70b",)}, "unknown plan 'llama2-70b'"), ({"steps": 0}, "--steps"),
+                      ({"gpu": "H1000"}, "H1000")):
         with pytest.raises(PlanError, match=match):
             run_check(CheckOptions(out_dir=tmp_path / "out", **kw), Board().seams())
     assert not (tmp_path / "out").exists()
