@@ -175,17 +175,12 @@ def calibrate_cmd(out: Annotated[Path | None, typer.Option(
                   json_out: o.JsonOpt = False) -> None:
     """Fit the planner's correction factors to saved profiles; report the error before and after."""
     if device:
-        from planner.atomic import write_text_atomic
-        from planner.device_fit_file import default_path, stamped
-        from planner.gpus import device_fit_gpu_name
+        from planner.device_fit_file import write_fit
         from profiler.device_fit import fit_device
         from reports.profile_report import device_fit_view
 
-        fitted = fit_device(passes=passes).to_dict()
-        data = stamped(fitted, device=device_fit_gpu_name(fitted))  # "CPU", or the catalog GPU a CUDA fit replaces
-        target = out if out is not None else default_path(data["device"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(target, json.dumps(data, indent=2) + "\n")
+        # named "CPU", or by the catalog GPU a CUDA fit replaces
+        data, target = write_fit(fit_device(passes=passes).to_dict(), out)
         if json_out:
             from reports.fmt import print_json
 

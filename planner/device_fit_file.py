@@ -123,6 +123,21 @@ def stamped(fit: dict[str, Any], device: str, now: float | None = None) -> dict[
             "written_at": _iso(written), **{k: v for k, v in fit.items() if k not in METADATA}}
 
 
+def write_fit(fit: dict[str, Any], out: Path | None = None) -> tuple[dict[str, Any], Path]:
+    """A fresh fit written as `ftplan profile calibrate --device` writes it: stamped (`stamped`), for the device it
+    replaces ("CPU", or the catalog GPU a CUDA fit names), to `out` or this machine's default place (`default_path`),
+    atomically; (the file's content, its path)."""
+    import json
+
+    from planner.atomic import write_text_atomic
+    from planner.gpus import device_fit_gpu_name
+
+    data = stamped(fit, device=device_fit_gpu_name(fit))
+    target = Path(out) if out is not None else default_path(data["device"])
+    write_text_atomic(target, json.dumps(data, indent=2) + "\n")
+    return data, target
+
+
 def _check_values(value: Any, where: str, depth: int = 0) -> None:
     if depth > 8:
         raise PlanError(f"{where}: nested too deep")

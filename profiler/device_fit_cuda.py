@@ -36,6 +36,7 @@ The fits are pure functions over (shape, seconds) points, tested without a GPU (
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import statistics
@@ -69,6 +70,12 @@ ELEMENTWISE_PROBE_SHAPE = (8192, 4096)
 BUS_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
               "reduce_scatter": lambda n: (n - 1) / n}
 STEP_ENGINES = (("ddp", {}), ("zero2", {"zero": 2}), ("zero3", {"zero": 3}), ("fsdp", {"fsdp": "full_shard"}))
+
+
+def step_engines(deepspeed_available: bool) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """The engines the real steps run: STEP_ENGINES, less ZeRO where deepspeed is not installed (one torchrun runs
+    them all, and a rank that cannot import deepspeed would fail every engine's steps)."""
+    return tuple((label, kw) for label, kw in STEP_ENGINES if deepspeed_available or "zero" not in kw)
 
 
 def select_device(requested: str, cuda_available: bool) -> str:
@@ -157,13 +164,14 @@ class CudaDeviceFit:
     hbm_bytes_per_s: float
     elementwise_bandwidth_fraction: float
     attention_efficiency: float
-    collective_alpha_s: float  # as a 2-rank call (planner/parallel_comm.py hop_alpha_s halves it)
+    collective_alpha_s: float | None  # as a 2-rank call (parallel_comm.py hop_alpha_s halves it); None: one GPU
     intra_node_bytes_per_s: float  # nominal: the fitted bus bandwidth over the planner's link efficiency
     collectives: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> alpha_s, bus_bytes_per_s
     gemm_points: GemmPoints = ()
     attention_points: tuple[tuple[int, int, int, int, float], ...] = ()
     collective_points: dict[str, SizePoints] = field(default_factory=dict)
     steps: tuple[dict[str, Any], ...] = ()  # per engine: plan, measured_s, predicted_s, error
+    steps_error: str | None = None  # why the real steps failed (the fit's constants stand without them)
     # Since the sustained phase (files without these keys timed bursts only, and gemm_points were the bursts):
     # gemm_points above are the sustained windows' points that gemm_efficiency / gemm_half_rate_inner are fitted
     # from; the bursts' points and fit are kept for information, with each window's steadiness, the board's clock,
@@ -209,7 +217,9 @@ def constants_from(gpu: GPUSpec, *, gemm: GemmPoints, attention: Sequence[tuple[
         out["collective_alpha_s"] = 2.0 * alpha / (2 * (n - 1))
         out["intra_node_bytes_per_s"] = bus / DEFAULT_COMM_EFFICIENCY
     else:
-        out["collective_alpha_s"] = gpu.collective_alpha_s if gpu.collective_alpha_s is not None else 0.0
+        # nothing measured on one GPU: None keeps NCCL's per-hop alphas (planner/parallel_comm.py hop_alpha_s), where
+        # a 0 would make every collective of a multi-GPU plan read with this fit free of latency
+        out["collective_alpha_s"] = gpu.collective_alpha_s
         out["intra_node_bytes_per_s"] = gpu.intra_node_bytes_per_s
     return out
 
@@ -393,7 +403,7 @@ def measure_steps(gpu: GPUSpec, n: int, fitted: dict[str, Any], steps: int = 3) 
     fitted_gpu = with_device_fit(gpu, {**fitted, "device": "cuda", "gpu": gpu.name})
     out = []
     cfgs = []
-    for label, kw in STEP_ENGINES:
+    for label, kw in step_engines(importlib.util.find_spec("deepspeed") is not None):
         kw = {k: (FsdpStrategy(v) if k == "fsdp" else v) for k, v in kw.items()}
         cfg = build_config(model="llama-3.2-1b", gpus=f"{n}x{gpu.name}", method=Method.full,
                            precision=Precision.bf16_mixed, micro_batch=2, grad_accum=1, seq_len=1024, check=False, **kw)
@@ -427,7 +437,12 @@ def fit_cuda_device(*, real_steps: bool = True, phase: SustainedPhase | None = N
     fitted = constants_from(gpu, gemm=sustained["points"], attention=attention, copy_bytes_per_s=bandwidth,
                             host_op_s=host, collectives=collectives, n=n, elementwise_s=elementwise,
                             gemm_bursts=bursts)
-    steps = measure_steps(gpu, n, fitted) if real_steps else ()
+    steps, steps_error = (), None
+    if real_steps:
+        try:
+            steps = measure_steps(gpu, n, fitted)
+        except PlanError as exc:  # a failed step run (torchrun's cause) must not lose the minutes of measurement
+            steps_error = str(exc)[:200]
     return CudaDeviceFit(device="cuda", gpu=gpu.name, device_name=name, gpus=n, host_op_s=host,
                          gemm_efficiency=fitted["gemm_efficiency"], gemm_half_rate_inner=fitted["gemm_half_rate_inner"],
                          hbm_bytes_per_s=bandwidth,
@@ -436,7 +451,7 @@ def fit_cuda_device(*, real_steps: bool = True, phase: SustainedPhase | None = N
                          collective_alpha_s=fitted["collective_alpha_s"],
                          intra_node_bytes_per_s=fitted["intra_node_bytes_per_s"], collectives=fitted["collectives"],
                          gemm_points=sustained["points"], attention_points=attention, collective_points=collectives,
-                         steps=steps, gemm_burst_efficiency=fitted["gemm_burst_efficiency"],
+                         steps=steps, steps_error=steps_error, gemm_burst_efficiency=fitted["gemm_burst_efficiency"],
                          gemm_burst_half_rate_inner=fitted["gemm_burst_half_rate_inner"], gemm_burst_points=bursts,
                          gemm_windows=sustained["windows"],
                          gemm_settle={**sustained["settle"], "before_fit": readings})

@@ -113,6 +113,32 @@ def _spec(cfg: TrainConfig, model_path: Path | None, warmup_steps: int, steps: i
             "track_memory": track_memory}
 
 
+# How long torchrun's agent may take to stop its ranks after SIGTERM: it gives them 30 s before SIGKILL
+# (torch/distributed/elastic/multiprocessing/api.py, PContext.close's timeout)
+STOP_GRACE_S = 40.0
+
+
+def run_stopping_ranks(cmd: list[str], *, env: dict[str, str], timeout_s: float, cwd: Path,
+                       grace_s: float = STOP_GRACE_S) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s), except that a torchrun past its time
+    is stopped with SIGTERM first, then SIGKILL after `grace_s`: its agent starts every rank in a session of its own
+    (torch/distributed/elastic/multiprocessing/subprocess_handler/subprocess_handler.py, start_new_session=True) and
+    stops them on SIGTERM (SignalException -> the agent's _shutdown), while subprocess.run's SIGKILL would leave the
+    ranks running, holding their GPU, after the caller has gone on. Raises TimeoutExpired as subprocess.run does."""
+    with subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _torchrun(cfg: TrainConfig, spec: dict[str, Any], timeout_s: float,
               subdirs: list[str]) -> list[tuple[dict[str, Any], ...]]:
     """Run the worker under torchrun; the per-rank results found in each of `subdirs` of its output."""
@@ -126,8 +152,7 @@ def _torchrun(cfg: TrainConfig, spec: dict[str, Any], timeout_s: float,
         cmd = torchrun_command(nproc_per_node=n, master_port=free_port()) + [
             "-m", "profiler.worker", "--spec", str(spec_file), "--out", str(out)]
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s,
-                                  cwd=Path(__file__).resolve().parent.parent)
+            proc = run_stopping_ranks(cmd, env=env, timeout_s=timeout_s, cwd=Path(__file__).resolve().parent.parent)
         except subprocess.TimeoutExpired:
             raise PlanError(f"torchrun ({n} process(es), {cfg.strategy_name()}) did not finish in {timeout_s:.0f} s"
                             ) from None

@@ -4,7 +4,8 @@ Run under torchrun (`python -m torch.distributed.run --nproc_per_node N -m profi
 every rank writes D/rank<R>.json. The spec is `{"config": <planner.serialize.config_to_dict>,
 "warmup_steps": W, "steps": K, "model_path": str | null}`.
 
-Memory: on CUDA, `torch.cuda.max_memory_allocated` / `max_memory_reserved` over the measured steps;
+Memory: on CUDA, `torch.cuda.max_memory_allocated` / `max_memory_reserved` over the measured steps, and the
+device's memory in use after each measured step (profiler/device_memory.py: the driver's count, nvidia-smi's);
 on the CPU, the peak of live tensor bytes (profiler.tracker.StorageTracker, the CPU analogue of
 max_memory_allocated, over the whole run: model, engine buffers and steps) and the process's peak
 RSS (`resource.getrusage`, which also holds the interpreter, libraries and the allocator's slack).
@@ -32,10 +33,15 @@ from planner.configs.ds_config import DEFAULT_HYPER
 from planner.serialize import config_from_dict
 from planner.states import fp32_adapters
 from planner.strategy import Engine, FsdpStrategy, GradCkpt, Method, Optimizer, Precision, TrainConfig
+from profiler.device_memory import device_memory_in_use
 from profiler.launcher import exit_worker, is_cpu_plan, run_in_fork
 
 
-def _load_model(cfg: TrainConfig, model_path: str | None, dtype: Any) -> Any:
+def _load_model(cfg: TrainConfig, model_path: str | None, dtype: Any, device: Any = None) -> Any:
+    """The plan's model: a local checkpoint's weights, else built from its config with random weights, on `device`
+    (None: torch's default device) under torch's device context, so that a GPU initializes its own weights: the
+    CPU's random number generator fills about 1.4e8 values a second, one thread (measured here: normal_ on 2e8
+    fp32 values took 1.45 s with 1 or 2 threads), 30-50 s of a 7B plan, while the measured steps are the same."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -49,7 +55,8 @@ def _load_model(cfg: TrainConfig, model_path: str | None, dtype: Any) -> Any:
         hf_cfg = AutoConfig.for_model(**hf_config_dict(cfg.model))
         hf_cfg._attn_implementation = attn
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
     model.config.use_cache = False
     if cfg.method is Method.lora:
         from peft import LoraConfig, get_peft_model
@@ -233,7 +240,7 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
 
     tracker = StorageTracker() if not cuda and spec.get("track_memory", True) else None
     with tracker if tracker is not None else contextlib.nullcontext():
-        model = _load_model(cfg, spec.get("model_path"), _param_dtype(cfg)).to(device)
+        model = _load_model(cfg, spec.get("model_path"), _param_dtype(cfg), device).to(device)
         engine, opt, is_ds = _wrap(cfg, model, device, world)
         g = torch.Generator().manual_seed(rank)
         vocab = cfg.model.vocab_size
@@ -244,6 +251,7 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
                     if cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed) and not is_ds
                     and cfg.engine is not Engine.fsdp else contextlib.nullcontext())
         step_times: list[float] = []
+        device_used, non_torch = None, None  # the third reading (profiler/device_memory.py), max over step ends
         warmup, steps = int(spec.get("warmup_steps", 1)), int(spec.get("steps", 2))
         for i in range(warmup + steps):
             if i == warmup and cuda:
@@ -282,6 +290,9 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
                 end.record()
                 torch.cuda.synchronize()
                 elapsed = start.elapsed_time(end) / 1e3
+                if i >= warmup:
+                    used, outside = device_memory_in_use(torch.cuda)
+                    device_used, non_torch = max(used, device_used or 0), max(outside, non_torch or 0)
             else:
                 elapsed = time.perf_counter() - t0
             if i >= warmup:
@@ -295,7 +306,8 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
     peak_flops = peak_flops_per_s(cfg.cluster.gpu, cfg.precision)
     mfu = compute_mfu(tokens_per_s, model_flops_per_token(cfg), world, peak_flops) if peak_flops else None
     result = {"rank": rank, "world_size": world, "device": str(device), "config_name": str(cfg),
-              "peak_allocated_bytes": int(peak_tensor), "peak_reserved_bytes": reserved, "peak_rss_bytes": rss,
+              "peak_allocated_bytes": int(peak_tensor), "peak_reserved_bytes": reserved,
+              "device_used_bytes": device_used, "non_torch_bytes": non_torch, "peak_rss_bytes": rss,
               "step_times_s": step_times, "step_time_s": step_time_s, "tokens_per_s": tokens_per_s, "mfu": mfu,
               "versions": versions(cuda)}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -155,4 +155,6 @@ def _cuda_fit_view(data: dict[str, Any], path: str) -> Text:
     for st in data.get("steps", ()):
         lines.append(f"  step {st['engine']:6s} {st['plan']:32s} measured {st['measured_s']:.3f} s, predicted "
                      f"{st['predicted_s']:.3f} s ({st['error']:+.1%})")
+    if data.get("steps_error"):
+        lines.append(f"  real steps failed: {data['steps_error']}")
     return Text("\n".join(lines))

@@ -174,9 +174,9 @@ class MemoryProbe:
     def _sample_cuda(self) -> None:
         import torch
 
-        free, total = torch.cuda.mem_get_info()
-        used = int(total - free)
-        non_torch = used - int(torch.cuda.memory_reserved())
+        from profiler.device_memory import device_memory_in_use
+
+        used, non_torch = device_memory_in_use(torch.cuda)
         m = self.m
         m.cuda_device_used_bytes = max(used, m.cuda_device_used_bytes or 0)
         m.cuda_non_torch_bytes = max(non_torch, m.cuda_non_torch_bytes or 0)

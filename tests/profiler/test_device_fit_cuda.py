@@ -34,6 +34,7 @@ from profiler.device_fit_cuda import (
     fit_gemm,
     rmsnorm_probe,
     select_device,
+    step_engines,
 )
 
 A100 = GPUS["A100-80G"]
@@ -178,3 +179,37 @@ def test_a_fit_of_another_device_is_refused() -> None:
         with_device_fit(GPUS["H100"], _fit_dict())
     with pytest.raises(PlanError, match="describes CPU"):
         with_device_fit(A100, {"ftplan_device_fit": 1, "host_op_s": 4e-6})
+
+
+def test_the_real_steps_run_the_engines_the_machine_has() -> None:
+    """ZeRO needs deepspeed: on a machine without it (the GPU session's image) the real steps run DDP and FSDP only,
+    instead of failing every engine's steps in their one torchrun."""
+    assert [label for label, _ in step_engines(deepspeed_available=False)] == ["ddp", "fsdp"]
+    assert [label for label, _ in step_engines(deepspeed_available=True)] == ["ddp", "zero2", "zero3", "fsdp"]
+
+
+def test_a_fit_whose_steps_failed_still_shows_its_constants() -> None:
+    from reports.profile_report import device_fit_view
+
+    fit = CudaDeviceFit(device="cuda", gpu="A100-80G", device_name="NVIDIA A100-SXM4-80GB", gpus=1, host_op_s=5e-6,
+                        gemm_efficiency=0.8, gemm_half_rate_inner=100.0, hbm_bytes_per_s=1.8e12,
+                        elementwise_bandwidth_fraction=0.5, attention_efficiency=0.4, collective_alpha_s=1e-5,
+                        intra_node_bytes_per_s=2e11, steps_error="torchrun failed (exit 1): ModuleNotFoundError")
+    text = device_fit_view(fit.to_dict(), "A100-80G.json").plain
+    assert "gemm_efficiency        0.800" in text and "real steps failed: torchrun failed" in text
+
+
+def test_a_one_gpu_fit_keeps_nccls_latencies() -> None:
+    """One GPU measures no collective: the fit leaves collective_alpha_s unset (None), so a multi-GPU plan read with
+    it keeps NCCL's per-hop alphas instead of a zero latency."""
+    gemm = tuple((m, k, k, 2.0 * m * k * k / (0.8 * PEAK)) for k in GEMM_SIDES for m in GEMM_ROWS)
+    c = constants_from(A100, gemm=gemm, attention=(), copy_bytes_per_s=1.8e12, host_op_s=5e-6, collectives={}, n=1)
+    assert c["collective_alpha_s"] is None and c["intra_node_bytes_per_s"] == A100.intra_node_bytes_per_s
+    gpu = with_device_fit(A100, {**c, "device": "cuda", "gpu": A100.name})
+    assert gpu.collective_alpha_s is None
+    cfg = build_config(model="7b", gpus="8xA100-80G", method=Method.full, zero=3)
+    fitted = replace(cfg, cluster=cluster_with_device_fit(cfg.cluster, {**c, "device": "cuda", "gpu": A100.name}))
+    from planner.parallel_comm import hop_alpha_s
+
+    assert hop_alpha_s(fitted.cluster.gpu) == hop_alpha_s(A100) > 0
+

@@ -30,7 +30,7 @@ def test_relative_model_paths_reach_the_workers_absolute(tmp_path: Path, monkeyp
         seen.update(spec=spec, cwd=kwargs.get("cwd"))
         return subprocess.CompletedProcess(cmd, 1, "", "stopped by the test")
 
-    monkeypatch.setattr(launch_module.subprocess, "run", fake_run)
+    monkeypatch.setattr(launch_module, "run_stopping_ranks", fake_run)
     with pytest.raises(Exception, match="stopped by the test"):
         launch_module.launch(cfg, model_path=Path("model"))
     assert Path(seen["cwd"]).resolve() != tmp_path.resolve()  # why relative paths broke
