@@ -74,7 +74,7 @@ def real_rows() -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             result = launch(cfg, warmup_steps=1, steps=1)
             rows.append({"case": case, "kind": "CPU steps", "measured": result.peak_bytes,
-                         "predicted": round(memory_per_gpu(cfg).total), "step_time_s": result.step_time_s,
+                         "predicted": round(memory_per_gpu(cfg).allocated), "step_time_s": result.step_time_s,
                          "wall_s": round(time.perf_counter() - t0, 1)})
             print(f"  {case}: {rows[-1]['wall_s']} s", file=sys.stderr)
     return rows

@@ -126,6 +126,13 @@ class MemoryBreakdown:
                 "optimizer": round(self.optimizer), "activations": round(self.activations),
                 "other": round(self.other), "total": round(self.total)}
 
+    def allocated_dict(self) -> dict[str, int]:
+        """as_dict for the allocated reading: "other" without what lies outside the tensors (NOT_ALLOCATED_ITEMS:
+        the allocator's reserve, the CUDA context, NCCL's buffers), "total" the allocated peak: what a run's
+        max_memory_allocated, or a dry run's live fake tensors, is compared with. On the CPU it equals as_dict."""
+        outside = sum(self.other_items.get(k, 0.0) for k in NOT_ALLOCATED_ITEMS)
+        return {**self.as_dict(), "other": round(self.other - outside), "total": round(self.allocated)}
+
 
 def shard_group(cfg: TrainConfig) -> int:
     """Ranks a sharded state is split over: the data-parallel group, or within one node for FSDP's hybrid."""

@@ -1,6 +1,7 @@
 """Fit the planner's correction factors from measured profiles, and write the calibration file.
 
-Each profile is a configuration with its measured peak bytes (the most loaded rank) and, for real
+Each profile is a configuration with its measured peak bytes (the most loaded rank; the allocated reading,
+max_memory_allocated on CUDA and live tensors on the CPU, compared with the planner's allocated reading) and, for real
 runs, its measured step time. The factors (planner/calibration.py documents them and the file):
 - activation_multiplier, overhead_multiplier: scale the saved activations and the framework buffers
   in planner.memory.memory_per_gpu; fitted together by minimizing the sum of squared log-ratios
@@ -64,7 +65,7 @@ def predicted_step_time_s(cfg: TrainConfig, cal: Calibration) -> float:
 
 
 def errors(profiles: Sequence[Profile], cal: Calibration) -> Errors:
-    mem = tuple(memory_per_gpu(p.config, cal).total / p.peak_bytes - 1 for p in profiles)
+    mem = tuple(memory_per_gpu(p.config, cal).allocated / p.peak_bytes - 1 for p in profiles)
     tim = tuple(predicted_step_time_s(p.config, cal) / p.step_time_s - 1 for p in profiles if p.step_time_s)
     return Errors(memory=mem, time=tim)
 
@@ -98,7 +99,7 @@ def fit(profiles: Sequence[Profile]) -> Calibration:
         # a weak pull towards 1 picks, among factors that fit equally well (one profile cannot tell
         # activations from buffers), the ones closest to the unmodified model
         prior = RIDGE * (math.log(a) ** 2 + math.log(o) ** 2)
-        return _log_loss([(memory_per_gpu(p.config, cal).total, p.peak_bytes) for p in profiles]) + prior
+        return _log_loss([(memory_per_gpu(p.config, cal).allocated, p.peak_bytes) for p in profiles]) + prior
 
     grid = [0.5 + 0.05 * k for k in range(51)]  # 0.5 .. 3.0
     a, o = min(((a, o) for a in grid for o in grid), key=lambda ao: mem_loss(*ao))

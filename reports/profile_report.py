@@ -20,11 +20,14 @@ def _rel(pred: float, meas: float) -> str:
 
 
 def dry_run_json(result: Any, predicted: Any, cfg_name: str) -> dict[str, Any]:
-    """`measured_peak_bytes` (total + categories) and `predicted_peak_bytes` (the planner's total)."""
-    pred = predicted.as_dict()
+    """`measured_peak_bytes` (total + categories: live fake tensors) and `predicted_peak_bytes` (the planner's
+    allocated reading, its categories without the allocator's reserve, the CUDA context and NCCL's buffers, which
+    `predicted_readings` adds)."""
+    pred = predicted.allocated_dict()
     return {"config": cfg_name, "measured_peak_bytes": dict(result.peak_bytes),
             "measured_peak_phase": result.peak_phase,
             "predicted_peak_bytes": pred["total"], "predicted_bytes": pred, "predicted_peak_phase": predicted.phase,
+            "predicted_readings": predicted.readings(),
             "relative_error": {k: (pred[k] / result.peak_bytes[k] - 1) if result.peak_bytes[k] else None
                                for k in (*CATEGORIES, "total")},
             "params_total": result.params_total, "params_trainable": result.params_trainable,
@@ -32,7 +35,7 @@ def dry_run_json(result: Any, predicted: Any, cfg_name: str) -> dict[str, Any]:
 
 
 def dry_run_view(result: Any, predicted: Any, cfg_name: str) -> Group:
-    pred = predicted.as_dict()
+    pred = predicted.allocated_dict()
     table = Table(title=f"Dry run {cfg_name}: peak of step {len(result.step_peaks_bytes)} "
                         f"(measured in {result.peak_phase}, planner's peak in {predicted.phase})", title_justify="left")
     for col in ("category", "dry run", "planner", "difference", "planner / dry run"):
@@ -42,15 +45,36 @@ def dry_run_view(result: Any, predicted: Any, cfg_name: str) -> Group:
         table.add_row(cat, gib(meas), gib(p), gib(p - meas), _rel(p, meas), style="bold" if cat == "total" else None)
     note = Text(f"{result.params_total:,} parameters, {result.params_trainable:,} trainable; "
                 f"{result.wall_s:.1f} s on fake tensors", style="dim")
+    if predicted.device > predicted.allocated:
+        r = predicted.readings()
+        note.append(f"\nthe tensors are the allocated reading; the planner's reserved and device (nvidia-smi) "
+                    f"readings, which fake tensors cannot show: {gib(r['reserved'])} and {gib(r['device'])}",
+                    style="dim")
     return Group(table, note)
 
 
+def _readings(result: Any) -> dict[str, float | None]:
+    """The most loaded rank's three readings: allocated (tensors), reserved and the device's memory in use (CUDA
+    only; profiler/worker.py)."""
+    def most(key: str) -> float | None:
+        values = [r[key] for r in result.ranks if r.get(key) is not None]
+        return max(values) if values else None
+
+    return {"allocated": result.peak_bytes, "reserved": most("peak_reserved_bytes"),
+            "device": most("device_used_bytes")}
+
+
 def run_json(result: Any, predicted: Any, predicted_step_time_s: float | None) -> dict[str, Any]:
-    pred = predicted.as_dict()
-    measured = result.peak_bytes
+    """Memory compared reading by reading (planner/memory.py: allocated <= reserved <= device): the tensors with
+    the allocated reading, and on CUDA the allocator's and the driver's peaks with the reserved and device ones."""
+    measured, pred = _readings(result), predicted.readings()
     return {"config": str(result.config), "world_size": result.config.world_size,
-            "measured_peak_bytes": measured, "predicted_peak_bytes": pred["total"], "predicted_bytes": pred,
-            "memory_relative_error": pred["total"] / measured - 1,
+            "measured_peak_bytes": measured["allocated"], "predicted_peak_bytes": pred["allocated"],
+            "predicted_bytes": predicted.allocated_dict(),
+            "memory_relative_error": pred["allocated"] / measured["allocated"] - 1,
+            "readings": {k: {"measured": measured[k], "predicted": pred[k],
+                             "relative_error": None if not measured[k] else pred[k] / measured[k] - 1}
+                         for k in pred},
             "step_time_s": result.step_time_s, "predicted_step_time_s": predicted_step_time_s,
             "time_relative_error": (None if predicted_step_time_s is None
                                     else predicted_step_time_s / result.step_time_s - 1),
@@ -66,8 +90,11 @@ def run_view(result: Any, predicted: Any, predicted_step_time_s: float | None) -
                       "" if r.get("peak_reserved_bytes") is None else gib(r["peak_reserved_bytes"]),
                       gib(r["peak_rss_bytes"]), f"{r['step_time_s']:.3f} s", f"{r['tokens_per_s']:,.0f}",
                       "" if r.get("mfu") is None else pct(r["mfu"]))
-    lines = [f"peak: measured {gib(result.peak_bytes)}, planner {gib(predicted.total)} "
-             f"({_rel(predicted.total, result.peak_bytes)})"]
+    measured, pred = _readings(result), predicted.readings()
+    lines = [f"peak {name}: measured {gib(measured[key])}, planner {gib(pred[key])} "
+             f"({_rel(pred[key], measured[key])})"
+             for key, name in (("allocated", "tensors (allocated)"), ("reserved", "reserved"),
+                               ("device", "device memory in use (nvidia-smi)")) if measured[key] is not None]
     if predicted_step_time_s is not None:
         lines.append(f"step: measured {result.step_time_s:.3f} s, planner {predicted_step_time_s:.3f} s "
                      f"({_rel(predicted_step_time_s, result.step_time_s)})")

@@ -205,7 +205,7 @@ def _drill(cfg: TrainConfig, seconds: float, out_dir: Path) -> None:
     time.sleep(seconds)
     step_s = step_time(cfg).step_time_s
     out_dir.mkdir(parents=True, exist_ok=True)
-    peak = memory_per_gpu(cfg).total
+    peak = memory_per_gpu(cfg).allocated  # what a real rank reports as peak_allocated_bytes
     result = {"rank": int(os.environ.get("RANK", "0")), "step_time_s": step_s, "step_times_s": [step_s],
               "peak_allocated_bytes": peak, "peak_rss_bytes": peak, "drill": True}
     (out_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))

@@ -23,7 +23,7 @@ def _synthetic_profiles() -> list[Profile]:
     out = []
     for seq_len, ckpt in ((1024, GradCkpt.none), (2048, GradCkpt.none), (4096, GradCkpt.none), (2048, GradCkpt.full)):
         cfg = build_config(model="llama-2-7b", gpus="1xA100", method=Method.lora, seq_len=seq_len, grad_ckpt=ckpt)
-        out.append(Profile(config=cfg, peak_bytes=memory_per_gpu(cfg, true).total))
+        out.append(Profile(config=cfg, peak_bytes=memory_per_gpu(cfg, true).allocated))  # max_memory_allocated
     return out
 
 
