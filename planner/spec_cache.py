@@ -25,6 +25,9 @@ from planner.errors import PlanError
 
 CATALOG_SPECS = Path(__file__).resolve().parent / "model_specs"
 SPEC_FORMAT = 1
+# What the derivation measures, in the cache key: a spec cached before a change to it is derived again (2: the
+# LoRA tables of the fused experts and router peft's MoE conversion adapts, `lora:mlp.experts.gate_up_proj`...)
+DERIVE_REVISION = 2
 # Building a 235B-class model on the meta device takes seconds; measuring its layers on fake tensors a minute
 DERIVE_TIMEOUT_S = 900
 
@@ -54,7 +57,8 @@ def cache_dir() -> Path:
 
 
 def cache_path(cfg: dict[str, Any]) -> Path:
-    key = hashlib.sha256(f"{config_sha256(cfg)}|{library_versions()}|{SPEC_FORMAT}".encode()).hexdigest()
+    key = hashlib.sha256(f"{config_sha256(cfg)}|{library_versions()}|{SPEC_FORMAT}|{DERIVE_REVISION}".encode()
+                         ).hexdigest()
     return cache_dir() / f"{key[:32]}.json"
 
 
