@@ -9,7 +9,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 from planner.errors import PlanError
+from planner.model_layers import LinearShape
 from planner.models import ModelSpec
+from planner.peft_moe import TARGET_MAPPING, convert_targets, parameter_key, parameter_matches, pattern_of
 
 
 def norm_params(m: ModelSpec) -> int:
@@ -93,19 +95,40 @@ def quantizable_params(m: ModelSpec) -> float:
 ALL_TARGETS = "all"
 
 
+def targetable_names(m: ModelSpec) -> tuple[str, ...]:
+    """The names --lora-targets accepts for a model: its nn.Linear (and routers peft adapts as parameters) by leaf
+    name, and the v4 names peft converts to a fused expert tensor the model holds (planner/peft_moe.py: gate_proj,
+    up_proj, down_proj for Qwen3-MoE and DeepSeek-V3; w1, w2, w3 for Mixtral)."""
+    names = [lin.name for lin in m.linears() if lin.lora_targetable]
+    names += [old for old, new in TARGET_MAPPING.get(pattern_of(m.model_type) or "", ())
+              if any(parameter_matches(_parameter_key(lin), (new,)) for lin in m.linears())]
+    return tuple(dict.fromkeys(names))
+
+
+def _parameter_key(lin: LinearShape) -> str:
+    return parameter_key(lin.path or lin.name, fused_tensor=lin.role == "expert" and lin.copies > 1)
+
+
 @lru_cache(maxsize=4096)
 def resolve_lora_targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[str, ...]:
-    """`all` means what peft's target_modules="all-linear" adapts (LLaMA-Factory's `lora_target: all`): every
-    nn.Linear of the decoder layers and, for the MoE models peft 0.21 converts, the fused expert tensors and the
-    router as parameters (read from peft itself for a derived model)."""
-    available = list(dict.fromkeys(lin.name for lin in m.linears() if lin.lora_targetable))
+    """The linears peft adapts, by name. `all` means what peft's target_modules="all-linear" adapts (LLaMA-Factory's
+    `lora_target: all`): every nn.Linear of the decoder layers and, for the MoE models peft 0.21 converts, the fused
+    expert tensors and the router as parameters (read from peft itself for a derived model). Named targets go
+    through peft's MoE conversion first (planner/peft_moe.py): a v4 expert name becomes the fused tensor it maps
+    to (gate_proj and up_proj: experts.gate_up_proj at twice the rank; down_proj: experts.down_proj), and no
+    nn.Linear of that name is adapted (DeepSeek-V3's dense and shared-expert MLPs); half a fused pair is refused
+    with peft's reason."""
     if targets == (ALL_TARGETS,) or not targets:
         return tuple(dict.fromkeys(lin.name for lin in m.linears() if lin.all_linear))
+    available = targetable_names(m)
     unknown = [t for t in targets if t not in available]
     if unknown:
         raise PlanError(f"LoRA target {', '.join(unknown)} is not a linear module of {m.name} "
                         f"(its linears: {', '.join(available)}, or 'all')")
-    return targets
+    modules, params = convert_targets(m.model_type, targets)
+    return tuple(dict.fromkeys(lin.name for lin in m.linears()
+                               if (lin.name in modules and lin.lora_targetable)
+                               or (params and parameter_matches(_parameter_key(lin), params))))
 
 
 @lru_cache(maxsize=4096)

@@ -27,8 +27,9 @@ CATALOG_SPECS = Path(__file__).resolve().parent / "model_specs"
 SPEC_FORMAT = 1
 # What profiler/spec_derive.py measures, by revision: a cached spec derived by an earlier revision is derived again
 # (the catalog's specs are rewritten with the code that changes it). 2: peft's parameter-wrapped linears blamed
-# through target_parameters, which revision 1 blamed falsely (DeepSeek-V3's experts.gate_up_proj)
-DERIVE_REVISION = 2
+# through target_parameters, which revision 1 blamed falsely (DeepSeek-V3's experts.gate_up_proj); 3: the LoRA tables
+# of the fused experts and router that peft's MoE conversion adapts (`lora:mlp.experts.gate_up_proj`, ...)
+DERIVE_REVISION = 3
 # Building a 235B-class model on the meta device takes seconds; measuring its layers on fake tensors a minute
 DERIVE_TIMEOUT_S = 900
 

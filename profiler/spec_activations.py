@@ -45,12 +45,15 @@ LORA_DROPOUT = 0.05
 class Mode:
     """What trains in one measurement: nothing, every weight, or LoRA on `targets` (module paths inside a layer;
     ("all-linear",) for peft's own selection) and on `params` (parameter paths inside a layer: fused expert tensors,
-    routers that are not nn.Linear, which peft adapts through `target_parameters`)."""
+    routers that are not nn.Linear, which peft adapts through `target_parameters`), or on `names`: leaf names passed
+    to peft as a list, as a user writes them, which peft's MoE conversion maps to fused expert tensors (planner/
+    peft_moe.py)."""
 
     name: str
     weights: bool = False
     targets: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
     dropout: float = 0.0
     attn: str = "sdpa"
 
@@ -88,11 +91,13 @@ def prepare(model: nn.Module, regime: str, mode: Mode, layers_prefix: str) -> nn
     dtype, _ = _dtypes(regime, mode.weights)
     model = copy.deepcopy(model).to(dtype)
     model.requires_grad_(mode.weights)
-    if mode.targets or mode.params:
+    if mode.targets or mode.params or mode.names:
         from peft import LoraConfig, get_peft_model
 
         targets: Any = None
-        if mode.targets == ("all-linear",):
+        if mode.names:
+            targets = list(mode.names)
+        elif mode.targets == ("all-linear",):
             targets = "all-linear"
         elif mode.targets:
             # full module paths, so a leaf name shared by other linears (gate_proj of a shared expert) stays out

@@ -72,6 +72,56 @@ def _group_modes(groups: dict[tuple[str, ...], None]) -> list[Any]:
     return modes
 
 
+def _without_converted(model_type: str, kinds: list[dict[str, Any]],
+                       groups: dict[tuple[str, ...], None]) -> dict[tuple[str, ...], None]:
+    """The groups less the nn.Linear whose leaf names peft's MoE conversion moves to the fused expert tensors
+    (DeepSeek-V3's dense mlp.gate_proj, its shared experts' gate_proj, up_proj, down_proj): peft cannot adapt them
+    by name, and a mode naming them would measure the routed experts under their label. Their `group` goes; each
+    other member's becomes the rest."""
+    from planner.peft_moe import convertible_names
+
+    names = set(convertible_names(model_type))
+    if not names:
+        return groups
+
+    def kept(paths: Any) -> tuple[str, ...]:
+        return tuple(p for p in paths if p.rsplit(".", 1)[-1] not in names)
+
+    for kind in kinds:
+        for lin in kind["linears"]:
+            if not lin.get("group"):
+                continue
+            rest = kept(lin["group"].split(","))
+            if lin["path"] in rest:
+                lin["group"] = ",".join(rest)
+            else:
+                del lin["group"]
+    return {kept(g): None for g in groups if kept(g)}
+
+
+def _converted_modes(model_type: str, kinds: list[dict[str, Any]]) -> list[Any]:
+    """LoRA on each tensor peft's MoE conversion adapts (the routed experts' gate_up_proj and down_proj, the
+    router), through the v4 names a user writes (gate_proj and up_proj, down_proj, gate: planner/peft_moe.py), so
+    that peft converts them as it converts the user's, fused rank included; each such linear becomes a group of
+    its own (`group` = its path, the table `lora:PATH`). No dropout: peft's ParamWrapper refuses it."""
+    from planner.peft_moe import TARGET_MAPPING, parameter_key, parameter_matches, pattern_of
+    from profiler.spec_activations import Mode
+
+    pattern = pattern_of(model_type)
+    if pattern is None:
+        return []
+    modes: dict[str, Any] = {}
+    for kind in kinds:
+        for lin in kind["linears"]:
+            key = parameter_key(lin["path"], fused_tensor=lin["role"] == "expert")
+            names = tuple(old for old, new in TARGET_MAPPING[pattern] if parameter_matches(key, (new,)))
+            if not names or not lin.get("lora_param"):
+                continue
+            lin["group"] = lin["path"]
+            modes[lin["path"]] = Mode(f"lora:{lin['path']}", names=names)
+    return list(modes.values())
+
+
 def _lora_dropout_refused(kinds: list[dict[str, Any]]) -> bool:
     """peft adapts fused expert tensors with ParamWrapper, which refuses lora_dropout > 0 (peft/tuners/lora/
     layer.py ParamWrapper.__init__)."""
@@ -106,7 +156,9 @@ def measure(model: Any, config: Any, kinds: list[dict[str, Any]], *, log: Any = 
             for lin in kind["linears"]:
                 if lin["path"] in group:
                     lin["group"] = ",".join(group)
-    modes = _modes(groups, not _lora_dropout_refused(kinds))
+    model_type = str(getattr(config, "model_type", ""))
+    groups = _without_converted(model_type, kinds, groups)
+    modes = _modes(groups, not _lora_dropout_refused(kinds)) + _converted_modes(model_type, kinds)
     for kind in kinds:
         kind["saved"], kind["stream_bytes"] = {r: {} for r in REGIMES}, {}
     failed = _run_modes(model, config, kinds, modes, layers_prefix, hidden, log=log, windows=True)
@@ -140,7 +192,7 @@ def _run_modes(model: Any, config: Any, kinds: list[dict[str, Any]], modes: list
                     inner = prepared.get_base_model() if hasattr(prepared, "get_base_model") else prepared
                     runs[shape] = run_once(prepared, decoder_layers(inner, config), regime, mode, shape, hidden)
             except Exception as exc:  # a layer peft's LoRA cannot run (Llama 4's router returns a tuple)
-                if not mode.targets:
+                if not (mode.targets or mode.names):
                     raise
                 failed[mode.name] = _first_line(exc)
                 if log:

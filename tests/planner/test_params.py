@@ -133,6 +133,11 @@ LORA_CASES = [
     ("bloom-7b1", 4, ("all",)),
     ("mixtral-8x7b", 8, ("all",)),  # attention, and router and fused experts adapted as parameters
     ("mixtral-8x7b", 8, ("q_proj", "gate")),  # the router alone, as a parameter
+    # v4 expert names, which peft converts to the fused tensors (planner/peft_moe.py): gate_up_proj at rank 2r
+    ("mixtral-8x7b", 8, ("q_proj", "w1", "w3", "w2")),
+    ("qwen3-30b-a3b", 16, ("q_proj", "gate_proj", "up_proj", "down_proj")),
+    ("qwen3-30b-a3b", 8, ("down_proj", "gate")),
+    ("deepseek-v3", 8, ("gate_proj", "up_proj", "down_proj")),  # the routed experts only, not the dense/shared MLPs
 ]
 
 
@@ -143,8 +148,9 @@ def test_lora_trainable_equal_peft(name: str, r: int, targets: tuple[str, ...]) 
     m = from_name(name)
     model = meta_model(hf_config(name))
     # "all" is peft's all-linear, as the runner and the dry run pass it (for Mixtral peft also adapts the fused
-    # experts as parameters)
-    modules = "all-linear" if targets == ("all",) else list(resolve_lora_targets(m, targets))
+    # experts as parameters); named targets go to peft as the user wrote them, as the runner passes them
+    resolve_lora_targets(m, targets)
+    modules = "all-linear" if targets == ("all",) else list(targets)
     config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules, lora_dropout=0.0, bias="none",
                              task_type="CAUSAL_LM")
     with torch.device("meta"):

@@ -100,6 +100,21 @@ def test_lora_on_one_process_loss_falls(models: dict[str, Path], tmp_path: Path,
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
+def test_lora_on_named_v4_expert_targets_trains(models: dict[str, Path], tmp_path: Path) -> None:
+    """The common Qwen3-MoE target list (LLaMA-Factory's, written for transformers v4's per-expert nn.Linear): the
+    plan keeps the names, the runner hands them to peft, which converts them to the fused experts
+    (planner/peft_moe.py), and the adapter trains."""
+    from safetensors import safe_open
+
+    targets = "q_proj,gate_proj,up_proj,down_proj"
+    plan = _plan(models["qwen3_moe"], tmp_path, "1xCPU", Method.lora, lora_targets=targets)
+    assert json.loads(plan.read_text())["config"]["lora_targets"] == targets.split(",")
+    _run(plan, models["qwen3_moe"], tmp_path / "out", 12)
+    with safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("experts" in k for k in keys) and any("q_proj" in k for k in keys), keys
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_full_on_one_process_loss_falls(models: dict[str, Path], tmp_path: Path, family: str) -> None:
