@@ -11,6 +11,7 @@ import re
 from collections import Counter
 
 import pytest
+from tiny_moe import DEEPSEEK_V3, MIXTRAL, QWEN3_MOE
 
 from planner.models import spec_from_dict, spec_from_hf_config
 from planner.params import resolve_lora_targets
@@ -20,17 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
-
-_SMALL = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-          "num_key_value_heads": 4, "max_position_embeddings": 256}
-DEEPSEEK_V3 = {**_SMALL, "model_type": "deepseek_v3", "num_hidden_layers": 3, "first_k_dense_replace": 1,
-               "moe_intermediate_size": 32, "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
-               "q_lora_rank": 32, "kv_lora_rank": 16, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
-               "v_head_dim": 16, "n_group": 2, "topk_group": 1}
-QWEN3_MOE = {**_SMALL, "model_type": "qwen3_moe", "num_hidden_layers": 2, "num_key_value_heads": 2, "head_dim": 16,
-             "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2}
-MIXTRAL = {**_SMALL, "model_type": "mixtral", "num_hidden_layers": 2, "num_key_value_heads": 2,
-           "num_local_experts": 8, "num_experts_per_tok": 2}
 
 
 def test_the_registry_is_the_installed_peft_tables() -> None:
