@@ -183,13 +183,18 @@ def lora_dropout_note(m: ModelSpec, targets: tuple[str, ...], dropout: float) ->
             "no dropout; ftplan's default dropout 0.05 applies where every target is an nn.Linear")
 
 
+def _broken_all_linear(m: ModelSpec) -> list[LinearShape]:
+    """The linears peft's all-linear adapts and its LoRA fails on (`lora_error`, found when the spec was derived)."""
+    return [lin for lin in m.linears() if lin.all_linear and lin.lora_error]
+
+
 @lru_cache(maxsize=256)
 def default_lora_targets(m: ModelSpec) -> tuple[str, ...]:
     """The LoRA targets planned when --lora-targets is not given: peft's all-linear (`all`, which the emitted files
     pass on as target_modules="all-linear"), or, where peft's LoRA fails on a linear all-linear adapts (measured
     when the spec was derived: Llama 4's router returns a tuple), the others by name, so that the plan and the
     emitted files adapt the linears peft can run."""
-    broken = {lin.name for lin in m.linears() if lin.all_linear and lin.lora_error}
+    broken = {lin.name for lin in _broken_all_linear(m)}
     if not broken:
         return (ALL_TARGETS,)
     return tuple(dict.fromkeys(lin.name for lin in m.linears()
@@ -201,7 +206,7 @@ def lora_targets_note(m: ModelSpec, targets: tuple[str, ...]) -> str | None:
     the emitted files' headers)."""
     if targets == (ALL_TARGETS,) or targets != default_lora_targets(m):
         return None
-    broken = [lin for lin in m.linears() if lin.all_linear and lin.lora_error]
+    broken = _broken_all_linear(m)
     names = ", ".join(dict.fromkeys(lin.name for lin in broken))
     return (f"LoRA targets {','.join(targets)}: peft's all-linear without {names}, on which peft's LoRA fails in "
             f"{m.name} ({broken[0].lora_error}); --lora-targets names others")
