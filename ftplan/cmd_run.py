@@ -23,12 +23,11 @@ def _plan_on_the_fly(model: str, gpus: str, method: Method, stage: Stage, seq_le
     from planner.build import build_config
     from planner.search import SearchSpace, plan
     from planner.strategy import Offload, Optimizer
-    from planner.validity import default_attn
     from runner.train import write_plan
 
     base = build_config(model=model, gpus=gpus, method=method, seq_len=seq_len, stage=stage, **(rollout or {}))
-    # the attention transformers picks for the model (planner.validity.default_attn: sdpa, or eager for gpt-oss)
-    space = SearchSpace(methods=(method,), tps=(1,), pps=(1,), attns=(default_attn(base.model),))
+    # attention: the one transformers picks for the model (SearchSpace's default: sdpa, or eager for gpt-oss)
+    space = SearchSpace(methods=(method,), tps=(1,), pps=(1,))
     if base.cluster.gpu.name == "CPU":
         # torch's AdamW (bitsandbytes' optimizers run on the CPU too, but are the user's choice through a plan),
         # no FlashAttention-2 (it needs CUDA); TP/PP are not run by the Trainer-based runner

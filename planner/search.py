@@ -61,8 +61,9 @@ class SearchSpace:
     grad_ckpts: tuple[GradCkpt, ...] = (GradCkpt.none, GradCkpt.selective, GradCkpt.full)
     # flash_attention_2 and SDPA (which dispatches to the same FlashAttention-2 kernel on Ampere and
     # newer, torch >= 2.2) save the same tensors and run the same FLOPs: the memory and time models
-    # cannot tell them apart, so the default space keeps SDPA, transformers' default.
-    attns: tuple[Attn, ...] = (Attn.sdpa,)
+    # cannot tell them apart, so the default space keeps one attention: None is the one transformers itself picks
+    # for the model (SDPA, or eager where the class has no SDPA path: gpt-oss; planner.validity.default_attn)
+    attns: tuple[Attn, ...] | None = None
     # the user's optimizer only: 8-bit states change the numerics and need bitsandbytes (issue 11)
     optimizers: tuple[Optimizer, ...] = (Optimizer.adamw,)
     tps: tuple[int, ...] | None = None  # None: powers of two within a node
@@ -82,9 +83,7 @@ def search_space(base: TrainConfig, *, methods: list[Method] | tuple[Method, ...
         raise PlanError(f"--seq-len {base.seq_len} exceeds the {base.model.max_seq_len} positions of {base.model.name}")
     chosen = tuple(dict.fromkeys(methods)) if methods else SearchSpace().methods
     if not narrowing.get("attns"):
-        # attentions not given: the one transformers itself picks for the model (eager where it has no SDPA path:
-        # gpt-oss), as every command plans it (planner.validity.default_attn); a list given is the user's
-        narrowing["attns"] = (default_attn(base.model),)
+        narrowing["attns"] = None  # not given (None or empty): the model's default (SearchSpace.attns)
     return SearchSpace(methods=chosen, global_batch=global_batch, **narrowing)
 
 
@@ -108,6 +107,7 @@ def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, li
     global_batch = space.global_batch or default_global_batch(base)
     tps = space.tps or _powers_of_two(base.cluster.gpus_per_node)
     pps = space.pps or _powers_of_two(min(world, base.model.num_layers))
+    attns = space.attns or (default_attn(base.model),)
     precision = base.precision
     if not base.cluster.gpu.supports_bf16 and precision is Precision.bf16_mixed:
         precision = Precision.fp16_mixed
@@ -125,7 +125,7 @@ def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, li
                     variants = [{"batch": Batch(micro_batch=mb, grad_accum=per_dp // mb, seq_len=base.seq_len),
                                  "grad_ckpt": ckpt, "attn": attn}
                                 for mb in space.micro_batches if per_dp % mb == 0
-                                for ckpt in space.grad_ckpts for attn in space.attns]
+                                for ckpt in space.grad_ckpts for attn in attns]
                     if not variants:
                         continue
                     for ep in _ep_degrees(base, engine_choice, tp, pp, dp):

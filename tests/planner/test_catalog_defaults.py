@@ -76,3 +76,14 @@ def test_llama4_default_targets_plan_the_shared_expert_branches() -> None:
     fewer = estimate(build_config(model="llama-4-scout-17b-16e", gpus="8xH100", zero=3, lora_targets=without))
     default = estimate(build_config(model="llama-4-scout-17b-16e", gpus="8xH100", zero=3))
     assert default.memory.activations > fewer.memory.activations
+
+
+def test_the_planner_api_searches_the_models_own_attention_when_none_is_given() -> None:
+    # `plan(base)` with the bare SearchSpace() (the Python API, as `ftplan run` calls it) searches the attention
+    # transformers picks, as `search_space` does for the CLI: eager for gpt-oss, where SDPA would only be refused
+    from planner.search import SearchSpace, candidates, plan
+    base = build_config(model="gpt-oss-20b", gpus="8xH100", method=Method.lora)
+    assert {c.attn for c in candidates(base, SearchSpace(methods=(Method.lora,)))} == {Attn.eager}
+    assert plan(base, SearchSpace(methods=(Method.lora,))).plans
+    llama = build_config(model="7b", gpus="8xH100", method=Method.lora)
+    assert {c.attn for c in candidates(llama, SearchSpace(methods=(Method.lora,)))} == {Attn.sdpa}
