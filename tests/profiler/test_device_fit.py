@@ -156,3 +156,7 @@ def test_device_fit_round_trips_through_its_json_file(tmp_path) -> None:
     path = tmp_path / "fit.json"
     path.write_text(json.dumps({"ftplan_device_fit": 1, "device": "CPU", **fit.to_dict()}))
     assert device_fit_from_dict(json.loads(path.read_text())) == fit
+    # what a plan reads from it: the single-tensor AdamW's fitted terms
+    fitted = median_fit([fit, fit])
+    gpu = with_device_fit(gpu_from_name("CPU"), json.loads(json.dumps(fitted.to_dict())))
+    assert (gpu.adamw_single_tensor_bytes_per_s, gpu.adamw_single_tensor_s) == pytest.approx((1.4e10, 3.5e-5))
