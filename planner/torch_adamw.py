@@ -19,7 +19,7 @@ The values each reads and writes per parameter are the same for foreach and sing
 TORCH_ADAMW_VALUES: the same eight elementwise passes, one parameter at a time in the loop); the loop adds host
 work per parameter tensor: ten eager ops (`step_t += 1`, `param.mul_`, `exp_avg.lerp_`, `exp_avg_sq.mul_`,
 `addcmul_`, `_get_value`'s `.item()`, `sqrt`, the division, `add_`, `addcdiv_`) and its Python, which the CPU device
-fit measures (profiler/device_fit.py measure_optimizer: a per-tensor cost and a per-byte rate).
+fit measures (profiler/device_fit.py measure_single_tensor_optimizer: a per-tensor cost and a per-byte rate).
 """
 
 from __future__ import annotations
