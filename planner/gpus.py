@@ -104,6 +104,12 @@ class GPUSpec:
     # (torch.optim.AdamW's foreach kernels and clip_grad_norm_) where measured (the CPU device fit); None: the
     # memory bandwidth hbm_bytes_per_s.
     optimizer_bytes_per_s: float | None = None
+    # torch.optim.AdamW's single-tensor loop (the implementation torch picks on the CPU: planner/torch_adamw.py) with
+    # its clip_grad_norm_, where measured (the CPU device fit): the rate it moves the same counted bytes and the
+    # seconds it adds per parameter tensor; None: planner/torch_adamw.py's fallbacks (from optimizer_bytes_per_s and
+    # host_op_s by measured ratios).
+    adamw_single_tensor_bytes_per_s: float | None = None
+    adamw_single_tensor_s: float | None = None
     # Host time peft's lora.Linear adds per adapted linear and micro-batch (forward + backward) over its frozen base
     # linear where measured (the CPU device fit); None: planner/kernels.py OPS_PER_LORA_LINEAR eager ops per pass at
     # host_op_s.
@@ -182,6 +188,17 @@ def flash_attention_2_problem(gpu: GPUSpec) -> str | None:
             f"{gpu.name} is {cc[0]}.{cc[1]}: use --attn sdpa (PyTorch runs its memory-efficient kernel there) "
             "or --attn eager")
 
+
+# torch.optim.AdamW's single-tensor loop on the CPU against its foreach step.
+# Measured beside each other (two processes stepping at once, 9 interleaved rounds, twice; the CPU shared with other
+# work, 2026-12-07 08:49): the single-tensor clip + step over 24 x 1 Mi fp32 parameters took 0.848 and 0.898 of the
+# foreach one's time (0.75-0.89 in an earlier session's runs), and over 384 x 64 parameters 61 and 68 us per tensor
+# above its bytes at the large tensors' rate, 18.3 and 20.6 times a 1-element torch.add timed with them (host_op_s):
+# the loop's ten eager ops (planner/torch_adamw.py) and its Python. A device fit without the single-tensor measurement
+# (and the catalog's CPU entry below, from the foreach rate and host_op_s of its quiet fit) takes the step from these
+# (planner/torch_adamw.py single_tensor_bytes_per_s, single_tensor_host_s).
+SINGLE_OVER_FOREACH_TIME = 0.873
+SINGLE_TENSOR_HOST_OPS = 19.5
 
 _PCIE3, _PCIE4, _PCIE5 = 16 * GB, 32 * GB, 64 * GB  # x16, one direction, nominal
 # gloo's collectives between the CPU entry's 2 ranks, (full bytes, seconds): per size the median of the 3 passes of
@@ -372,7 +389,9 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     # 8 ops x 3 passes at 1.8 us, was 43 us). Fits of this VM move: within 70 minutes the GEMM rate
     # read 102-150 GFLOP/s and the busy factor 1.1-1.8 (rank_order_s11{a..e}.json); `profile calibrate --device`
     # on the machine at hand replaces every figure. bf16 / fp16 matmuls run at 1/2 and 1/8 of fp32 on AVX2 cores
-    # without AMX (oneDNN converts); there is no TF32.
+    # without AMX (oneDNN converts); there is no TF32. torch's CPU AdamW, the single-tensor loop, from the foreach
+    # step's rate and host_op_s above by the ratios planner/torch_adamw.py measured beside them (the machine was
+    # shared when they were taken, so the ratios, not its absolute times): 14.2 GB/s and 35 us per tensor.
     _gpu(name="CPU", hbm_bytes=24 * 2**30, peak_bf16_flops_per_s=73.6e9, peak_fp16_flops_per_s=18.4e9,
          peak_tf32_flops_per_s=147.2e9, peak_fp32_flops_per_s=147.2e9, hbm_bytes_per_s=11.9 * GB,
          intra_node_link="shared memory (gloo)", intra_node_bytes_per_s=1.39 * GB,
@@ -384,7 +403,9 @@ GPUS: dict[str, GPUSpec] = {g.name: g for g in (
          collective_alpha_s=0.349e-3, overlaps_comm=False, busy_comm_factor=1.27, sync_call_s=1.64e-3,
          zero3_module_host_s=0.744e-3, fsdp_unit_host_s=0.627e-3, allreduce_points=_CPU_ALLREDUCE_POINTS,
          allgather_points=_CPU_ALLGATHER_POINTS, reduce_scatter_points=_CPU_REDUCE_SCATTER_POINTS,
-         sdpa_points=_CPU_SDPA_POINTS, optimizer_bytes_per_s=12.4 * GB, lora_linear_host_s=129e-6),
+         sdpa_points=_CPU_SDPA_POINTS, optimizer_bytes_per_s=12.4 * GB, lora_linear_host_s=129e-6,
+         adamw_single_tensor_bytes_per_s=12.4 * GB / SINGLE_OVER_FOREACH_TIME,
+         adamw_single_tensor_s=SINGLE_TENSOR_HOST_OPS * 1.80e-6),
 )}
 
 _ALIASES = {"A100": "A100-80G", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "4090": "RTX4090",
@@ -408,6 +429,8 @@ DEVICE_FIT_FIELDS = {"host_op_s": "host_op_s", "peak_fp32_flops_per_s": "peak_fp
                      "gemm_efficiency": "gemm_efficiency", "gemm_half_rate_inner": "gemm_half_rate_inner",
                      "attention_efficiency": "attention_efficiency", "sdpa_points": "sdpa_points",
                      "optimizer_bytes_per_s": "optimizer_bytes_per_s", "lora_linear_host_s": "lora_linear_host_s",
+                     "adamw_single_tensor_bytes_per_s": "adamw_single_tensor_bytes_per_s",
+                     "adamw_single_tensor_s": "adamw_single_tensor_s",
                      "elementwise_bandwidth_fraction": "elementwise_bandwidth_fraction"}
 
 
@@ -418,8 +441,8 @@ def device_fit_gpu_name(fit: dict) -> str:
 
 def with_device_fit(gpu: GPUSpec, fit: dict) -> GPUSpec:
     """`gpu` with the constants of a `profile calibrate --device` file; keys an older file lacks keep the entry's
-    values. A CPU fit's fp32 matmuls run at the fitted rate (no TF32 on a CPU). A fit of another device than `gpu`
-    is refused: its constants describe other hardware."""
+    values, except a CPU fit's single-tensor AdamW figures (see below). A CPU fit's fp32 matmuls run at the fitted rate
+    (no TF32 on a CPU). A fit of another device than `gpu` is refused: its constants describe other hardware."""
     name = device_fit_gpu_name(fit)
     if name != gpu.name:
         raise PlanError(f"the device fit describes {name}, not {gpu.name}: plan for --gpus ...x{name}, or fit this "
@@ -435,6 +458,10 @@ def with_device_fit(gpu: GPUSpec, fit: dict) -> GPUSpec:
         values["sdpa_points"] = tuple(tuple(float(x) for x in p) for p in values["sdpa_points"])
     if "peak_fp32_flops_per_s" in values and name == "CPU":
         values["peak_tf32_flops_per_s"] = values["peak_fp32_flops_per_s"]
+    if name == "CPU" and "adamw_single_tensor_bytes_per_s" not in values:
+        # a CPU fit written before the single-tensor AdamW was measured: the step follows from that fit's own figures
+        # (planner/torch_adamw.py: its foreach rate and host_op_s by the measured ratios), not the catalog's
+        values.update(adamw_single_tensor_bytes_per_s=None, adamw_single_tensor_s=None)
     return replace(gpu, **values)
 
 

@@ -137,7 +137,7 @@ class Switches:
     kernels, saved activations kept in host memory, torch.compile, the bitsandbytes release QLoRA runs
     with ("" = a current one; planner.bnb_versions), frozen weights loaded in fp32 (planner.engines.ddp),
     whether peft's prepare_model_for_kbit_training runs on a 4-bit model (planner.states.kbit_prepared), torch's
-    AdamW as its fused kernel (planner.engines.ddp.adamw_foreach_items), the transformers release whose loss the
+    AdamW as its fused kernel (planner.engines.ddp.adamw_step_items), the transformers release whose loss the
     run computes ("" = a current one; planner.transformers_versions), whether the training loop keeps the model's
     output through backward (planner.memory_knobs.held_output_bytes_per_logit), the mean length of the documents
     packed into each sequence under a per-document attention mask (planner.kernels.document_block_share: the

@@ -51,6 +51,13 @@ from planner.strategy import (
     TrainConfig,
     ZeroStage,
 )
+from planner.torch_adamw import (
+    AdamwKernel,
+    adamw_kernel,
+    single_tensor_bytes_per_s,
+    single_tensor_host_s,
+    trainable_tensors,
+)
 
 BREAKDOWN_KEYS = ("compute", "recompute", "pipeline_bubble", "dequantize", "tp_comm", "pp_comm", "dp_comm",
                   "ep_comm", "offload", "optimizer", "framework")
@@ -87,9 +94,10 @@ def _flops(m: ModelSpec, tr: cp.Training, tp: int, pp: int) -> tuple[float, floa
     return gpu.hardware / tp, job.model, (gpu.hardware - gpu.model) / tp
 
 
-# Values each torch optimizer reads plus writes per parameter in one step. torch.optim.AdamW's default
-# multi-tensor path (torch/optim/adam.py `_multi_tensor_adam`, decoupled weight decay; the Trainer's
-# `adamw_torch`, ftplan's runner and profiler) is eight separate foreach kernels: param *= 1 - lr*wd
+# Values each torch optimizer reads plus writes per parameter in one step. torch.optim.AdamW's default on a GPU,
+# the multi-tensor path (torch/optim/adam.py `_multi_tensor_adam`, decoupled weight decay; the Trainer's
+# `adamw_torch`, ftplan's runner and profiler), is eight separate foreach kernels (on the CPU torch's default runs
+# the same eight passes one tensor at a time, `_single_tensor_adam`: planner/torch_adamw.py): param *= 1 - lr*wd
 # (r1 w1), exp_avg.lerp_(grad) (r2 w1), exp_avg_sq *= beta2 (r1 w1), addcmul_(grad, grad) (r2 w1),
 # denom = sqrt(exp_avg_sq) (r1 w1), denom /= bias_correction2 (r1 w1), denom += eps (r1 w1),
 # param.addcdiv_(exp_avg, denom) (r3 w1): 12 reads + 8 writes. SGD with momentum (`_multi_tensor_sgd`):
@@ -429,6 +437,11 @@ def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_
             # after the step (stage_1_and_2.py step: `bit16_partitions[partition_id].data.copy_(...)`; stage3.py
             # likewise): a read and a write, where mixed precision's 16-bit write is in optimizer_bytes_per_param
             per_param += 8.0
+        if adamw_kernel(cfg) is AdamwKernel.single_tensor:
+            # torch's CPU default, a for-loop over the parameter tensors (planner/torch_adamw.py): the same bytes at
+            # the loop's measured rate, plus its host work per tensor (every rank holds every tensor, FSDP's shards)
+            tensors = trainable_tensors(cfg.model, cfg.adapter, cfg.stage)
+            return 0.0, params_rank * per_param / single_tensor_bytes_per_s(gpu) + tensors * single_tensor_host_s(gpu)
         # at the rate the device fit measured for this step where it has one (the CPU), else the memory bandwidth
         return 0.0, params_rank * per_param / (gpu.optimizer_bytes_per_s or gpu.hbm_bytes_per_s)
     ranks = cfg.cluster.gpus_per_node

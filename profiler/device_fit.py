@@ -54,6 +54,11 @@ as the CPU entry's defaults. One rank of `--gpus NxCPU` is one process with one 
 - the optimizer: clip_grad_norm_ + torch.optim.AdamW(foreach=True) over 24 x 1 Mi parameters on both processes at
   once, as the counted bytes (planner/timing.py) per second (`optimizer_bytes_per_s`): in-place updates skip the
   write-allocate read a copy pays, so the step moves its bytes faster than the copy that sets hbm_bytes_per_s;
+  then the same step with torch's CPU default, the single-tensor loop (planner/torch_adamw.py), over 24 x 1 Mi
+  and 384 x 64 parameters (SINGLE_TENSOR_SHAPES), fitted (least squares on relative residuals) to
+  t = tensors x c + bytes / R
+  (`adamw_single_tensor_s` c, `adamw_single_tensor_bytes_per_s` R): the large tensors set the rate, the tiny ones
+  the loop's host work per tensor;
 - peft's host work per adapted linear: forward + backward of 48 tiny frozen Linear(8, 8) with and without LoRA
   (r 8, dropout 0.05), one process, per adapted linear (`lora_linear_host_s`).
 Least squares on times measured in one run; medians of repeats damp a shared machine's noise, not remove it.
@@ -98,6 +103,11 @@ class DeviceFit:
     # (length, head size, forward s, backward s) per computed score element of SDPA's causal CPU flash kernel
     sdpa_points: tuple[tuple[int, int, float, float], ...] = ()
     optimizer_bytes_per_s: float = 0.0  # AdamW (foreach) + clip_grad_norm_: counted bytes per second; 0: not measured
+    # AdamW single-tensor (torch's CPU default) + clip_grad_norm_: (tensors, values per tensor, seconds) measured, and
+    # the counted bytes per second and seconds per tensor fitted to them; 0 / (): not measured
+    adamw_single_tensor_points: tuple[tuple[int, int, float], ...] = ()
+    adamw_single_tensor_bytes_per_s: float = 0.0
+    adamw_single_tensor_s: float = 0.0
     lora_linear_host_s: float = 0.0  # peft's host work per adapted linear and micro-batch (fwd + bwd); 0: not measured
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,6 +335,70 @@ def _optimizer_rank(rank: int, port: int, out: Any) -> None:
     t = _median_time(step, repeats=7)
     per_param = optimizer_bytes_per_param(Optimizer.adamw, Precision.fp32) + clip_bytes_per_param(Precision.fp32)
     out.put(per_param * OPTIMIZER_TENSORS * OPTIMIZER_TENSOR_VALUES / t)
+
+
+# (tensors, values per tensor) of the single-tensor step's shapes: 24 x 1 Mi, every state array 96 MiB, beyond the
+# last-level cache, as a model's, where the bytes are the cost; 384 x 64, where the loop's host work per tensor is.
+# Not a middle size: tensors of 16-64 Ki values that a repeated step keeps in cache moved their bytes at 3-4x the
+# large tensors' rate here (one process, 2026-12-07: 8 Ki values 21 us per tensor above the tiny ones' 29 us), which
+# a step between a forward and a backward does not see.
+SINGLE_TENSOR_SHAPES = ((24, 2**20), (384, 64))
+
+
+def _single_tensor_rank(rank: int, port: int, out: Any) -> None:
+    """One of two processes timing clip + AdamW steps at once with the other, AdamW as the Trainer builds it on the
+    CPU (no foreach or fused given: torch runs `_single_tensor_adam`); puts [(tensors, values, seconds)]."""
+    import torch
+
+    torch.set_num_threads(1)
+    points = []
+    for tensors, values in SINGLE_TENSOR_SHAPES:
+        params = [torch.nn.Parameter(torch.randn(values)) for _ in range(tensors)]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt = torch.optim.AdamW(params, lr=1e-5)
+
+        def step(params: list[Any] = params, opt: Any = opt) -> None:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+        step()
+        points.append((tensors, values, _median_time(step, repeats=7)))
+        del params, opt
+    out.put(points)
+
+
+def fit_single_tensor(points: Sequence[tuple[int, int, float]]) -> tuple[float, float]:
+    """(bytes per second, seconds per tensor) of t = tensors x c + counted bytes / R over the measured (tensors,
+    values per tensor, seconds), least squares on relative residuals (each point's equation divided by its time, so
+    the tiny tensors' milliseconds count as much as the large ones' tenths of a second); a term that comes out
+    negative is dropped and the other fitted alone."""
+    from planner.strategy import Optimizer, Precision
+    from planner.timing import clip_bytes_per_param, optimizer_bytes_per_param
+
+    per_param = optimizer_bytes_per_param(Optimizer.adamw, Precision.fp32) + clip_bytes_per_param(Precision.fp32)
+    rows = [(n / t, n * v * per_param / t) for n, v, t in points]  # (tensors, bytes) / t: a c + b B = 1, b = 1/R
+    saa = sum(a * a for a, _ in rows)
+    sbb = sum(b * b for _, b in rows)
+    sab = sum(a * b for a, b in rows)
+    sa = sum(a for a, _ in rows)
+    sb = sum(b for _, b in rows)
+    det = saa * sbb - sab * sab
+    c = (sa * sbb - sb * sab) / det if det else 0.0
+    inv_rate = (saa * sb - sab * sa) / det if det else sb / sbb
+    if c < 0:
+        c, inv_rate = 0.0, sb / sbb
+    elif inv_rate <= 0:
+        return 0.0, sa / saa
+    return 1.0 / inv_rate, c
+
+
+def measure_single_tensor_optimizer() -> tuple[tuple[tuple[int, int, float], ...], float, float]:
+    """The single-tensor clip + AdamW step on two processes at once: per shape the slower process's time, and the
+    rate and per-tensor cost fitted to them (`fit_single_tensor`)."""
+    answers = _on_ranks(_single_tensor_rank, 2)
+    points = tuple((n, v, max(a[i][2] for a in answers)) for i, (n, v, _) in enumerate(answers[0]))
+    return (points, *fit_single_tensor(points))
 
 
 def measure_optimizer() -> float:
@@ -629,13 +703,16 @@ def fit_cpu_device(passes: int = 1) -> DeviceFit:
     busy, sync = measure_comm_factors()
     attention = measure_attention()
     optimizer = measure_optimizer()
+    single_points, single_rate, single_tensor_s = measure_single_tensor_optimizer()
     lora_host = measure_lora_host()
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0, gemm_narrow_cols=narrow,
                      gemm_narrow_inner=inner, dropout_values_per_s=measure_dropout(), hbm_bytes_per_s=bw,
                      collective_alpha_s=alpha, intra_node_bytes_per_s=beta, zero3_module_s=z3, fsdp_unit_s=fsdp,
                      busy_comm_factor=busy, gemm_points=gemms, allreduce_points=ar,
                      allgather_points=gather_pts, reduce_scatter_points=scatter_pts, sync_call_s=sync,
-                     sdpa_points=attention, optimizer_bytes_per_s=optimizer, lora_linear_host_s=lora_host)
+                     sdpa_points=attention, optimizer_bytes_per_s=optimizer, lora_linear_host_s=lora_host,
+                     adamw_single_tensor_points=single_points, adamw_single_tensor_bytes_per_s=single_rate,
+                     adamw_single_tensor_s=single_tensor_s)
 
 
 def _median_points(runs: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[tuple[Any, ...], ...]:
@@ -672,6 +749,9 @@ def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
     rate, m0 = fit_gemm_curve(gemms, host)
     allreduce = _median_points([f.allreduce_points for f in fits])
     alpha, beta = fit_alpha_beta(allreduce)
+    single = [f.adamw_single_tensor_points for f in fits if f.adamw_single_tensor_points]
+    single_points = _median_points(single) if single else ()
+    single_rate, single_tensor_s = fit_single_tensor(single_points) if single_points else (0.0, 0.0)
     return DeviceFit(host_op_s=host, peak_fp32_flops_per_s=rate, gemm_half_rate_rows=m0,
                      gemm_narrow_cols=fit_narrow(gemms, rate, m0, host),
                      gemm_narrow_inner=fit_narrow_inner(gemms, rate, m0, host),
@@ -683,7 +763,9 @@ def median_fit(fits: Sequence[DeviceFit]) -> DeviceFit:
                      reduce_scatter_points=_median_points([f.reduce_scatter_points for f in fits]),
                      sync_call_s=med("sync_call_s"),
                      sdpa_points=_median_attention([f.sdpa_points for f in fits]),
-                     optimizer_bytes_per_s=med("optimizer_bytes_per_s"), lora_linear_host_s=med("lora_linear_host_s"))
+                     optimizer_bytes_per_s=med("optimizer_bytes_per_s"), lora_linear_host_s=med("lora_linear_host_s"),
+                     adamw_single_tensor_points=single_points, adamw_single_tensor_bytes_per_s=single_rate,
+                     adamw_single_tensor_s=single_tensor_s)
 
 
 def device_fit_from_dict(data: dict[str, Any]) -> DeviceFit:

@@ -10,9 +10,11 @@ the state, see `dry_run`). `profiler.tracker.StorageTracker`
 counts bytes by storage and splits the peak into categories.
 
 GPU emulation on the CPU: the run uses device "cpu" (fake tensors need no GPU), CPU autocast with the
-plan's 16-bit dtype, and AdamW with `foreach=True` given explicitly, because torch picks the
-multi-tensor implementation by default only for CUDA tensors (torch/optim/optimizer.py,
-_default_to_fused_or_foreach); the planner models that GPU default (its "AdamW foreach temporaries").
+plan's 16-bit dtype, and for a GPU plan AdamW with `foreach=True` given explicitly, because torch picks the
+multi-tensor implementation by default only for CUDA-like tensors (torch/optim/optimizer.py,
+_default_to_fused_or_foreach) and the fake tensors live on "cpu": the planner models that GPU default (its "AdamW
+foreach temporaries"). A plan for the CPU itself gets torch's default there, the single-tensor loop, as its run
+would (planner/torch_adamw.py; "AdamW single-tensor temporaries").
 Dropout on the CPU draws a noise tensor of the input's dtype and saves it (aten/src/ATen/native/
 Dropout.cpp, `_dropout_impl`; the fused `native_dropout` with a 1-byte bool mask is used only when
 `is_fused_kernel_acceptable`, i.e. for CUDA inputs), so the dry run swaps every `nn.Dropout` with
@@ -51,6 +53,7 @@ from planner.strategy import (
     Quant,
     TrainConfig,
 )
+from planner.torch_adamw import runs_on_cpu
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -265,12 +268,13 @@ def fake_tensor_patches() -> contextlib.ExitStack:
 def _make_optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
     import torch
 
+    # foreach=True: the GPU default; None on a CPU plan: torch's CPU default (see the module docstring)
+    foreach = None if runs_on_cpu(cfg.cluster.gpu) else True
     if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
-    # foreach=True: the GPU default (see the module docstring)
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=foreach)
     if cfg.fused_adamw:  # torch's fused kernel (it has fake-tensor kernels): no foreach temporaries
         return torch.optim.AdamW(params, lr=1e-4, fused=True)
-    return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+    return torch.optim.AdamW(params, lr=1e-4, foreach=foreach)
 
 
 def dry_run(cfg: TrainConfig, *, steps: int = 2, full_first_step: bool = False) -> DryRunResult:

@@ -67,12 +67,12 @@ def run_child(args: list[str], timeout_s: float) -> str:
     """`python -m profiler.gpu_check_child ARGS` (a fresh process: CUDA starts there, not here); its stdout. BudgetStop
     when it runs past `timeout_s` (it is killed: it starts no process of its own), PlanError with its cause when it
     fails."""
-    from profiler.launcher import failure_cause
+    from profiler.launcher import failure_cause, offline_env
 
     cmd = [sys.executable, "-m", "profiler.gpu_check_child", *args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, timeout_s),
-                              cwd=Path(__file__).resolve().parent.parent)
+                              cwd=Path(__file__).resolve().parent.parent, env=offline_env())
     except subprocess.TimeoutExpired:
         raise BudgetStop(f"stopped after {timeout_s:.0f} s (the budget)") from None
     if proc.returncode != 0:

@@ -16,7 +16,7 @@ from typing import Any
 from planner.errors import PlanError
 from planner.serialize import config_to_dict
 from planner.strategy import CrossEntropy, Kernels, TrainConfig
-from profiler.launcher import cpu_env, failure_cause, free_port, torchrun_command
+from profiler.launcher import failure_cause, free_port, rank_env, torchrun_command
 
 # A small Llama for CPU profiles: Llama-2's shapes scaled down (hidden 768, 12 layers, SwiGLU width
 # 8/3 h rounded as Llama does, the Llama-2 tokenizer's 32000 tokens): 134M parameters, enough for
@@ -147,7 +147,7 @@ def _torchrun(cfg: TrainConfig, spec: dict[str, Any], timeout_s: float,
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps(spec))
         out = Path(tmp) / "out"
-        env = cpu_env(cfg)
+        env = rank_env(cfg)
         env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
         cmd = torchrun_command(nproc_per_node=n, master_port=free_port()) + [
             "-m", "profiler.worker", "--spec", str(spec_file), "--out", str(out)]

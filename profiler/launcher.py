@@ -1,4 +1,4 @@
-"""What every multi-process start here shares: a free port, the environment of CPU ranks, the torchrun
+"""What every multi-process start here shares: a free port, the environment of ranks (offline; CPU ranks), the torchrun
 command line and the cause of a failed run. Used by `profiler.launch` (profile runs), `runner.launcher`
 (`ftplan run`) and `runner.trial` (measured tune trials); runner may import profiler, not the reverse.
 
@@ -35,9 +35,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_env(cfg: TrainConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (default: this process's environment) with what CPU ranks of `cfg` need; unchanged for GPUs."""
+# Hugging Face's offline switches. No run reaches the network: a plan's model is a local directory and its data a
+# local file, and what a library would fetch on its own at run time is refused. huggingface_hub reads HF_HUB_OFFLINE
+# (or TRANSFORMERS_OFFLINE) once, at import (huggingface_hub/constants.py); transformers and `kernels` go through it,
+# and datasets' HF_DATASETS_OFFLINE defaults to it (datasets/config.py). The case in point: bitsandbytes 0.50's CPU
+# backend calls `kernels.get_kernel("kernels-community/quantization-bitsandbytes")` at import on AVX512-BF16 CPUs
+# (bitsandbytes/backends/cpu/ops.py), which online asks the Hub whether the publisher is trusted and downloads the
+# kernel; offline it looks in the local cache only (kernels/_internals/hf_hub.py `_check_trust_remote_code` skips
+# the Hub's trust check there: what is cached was fetched by a trusted run or by the user).
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def offline_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with HF_HUB_OFFLINE=1, unless the user set any of the offline
+    switches (OFFLINE_VARS): then theirs stand, all three as given (HF_HUB_OFFLINE=0 with our
+    HF_DATASETS_OFFLINE=1 would take datasets offline against their choice)."""
     env = dict(os.environ if base is None else base)
+    if not any(key in env for key in OFFLINE_VARS):
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def rank_env(cfg: TrainConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) offline (`offline_env`), with what CPU ranks of `cfg` need."""
+    env = offline_env(base)
     if is_cpu_plan(cfg):
         env["DS_ACCELERATOR"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""

@@ -85,12 +85,14 @@ def _param_dtype(cfg: TrainConfig) -> Any:
 def _optimizer(cfg: TrainConfig, params: list[Any], device: Any) -> Any:
     import torch
 
-    # foreach=True: the CUDA default, made explicit so CPU runs match the planner (see profiler/dryrun.py)
+    # neither foreach nor fused given, as the Trainer builds them (transformers trainer_optimizer.py
+    # `_get_adamw_torch`): torch picks foreach on a GPU and the single-tensor loop on the CPU, which the planner
+    # models per device (planner/torch_adamw.py)
     if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, lr=1e-5, momentum=0.9, foreach=True)
+        return torch.optim.SGD(params, lr=1e-5, momentum=0.9)
     if cfg.fused_adamw:  # torch's fused kernel, as the plan asked
         return torch.optim.AdamW(params, lr=1e-5, fused=True)
-    return torch.optim.AdamW(params, lr=1e-5, foreach=True)
+    return torch.optim.AdamW(params, lr=1e-5)
 
 
 def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, Any, bool]:

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from planner.strategy import Engine, TrainConfig
-from profiler.launcher import cpu_env, free_port, is_cpu_plan, torchrun_command
+from profiler.launcher import free_port, is_cpu_plan, offline_env, rank_env, torchrun_command
 from runner.train import RunOptions, to_argv
 
 
@@ -40,6 +40,8 @@ def launch(cfg: TrainConfig, plan: Path, opts: RunOptions) -> int:
         if is_cpu_plan(cfg):
             # before deepspeed is imported anywhere in this process
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # before huggingface_hub is imported (it reads the switch once): the CLI that calls this imports none of it
+        os.environ.update(offline_env())
         if cfg.engine is Engine.deepspeed:
             # a group of one, as a launcher would describe it; without these deepspeed.init_distributed
             # falls back to MPI discovery (deepspeed/comm/comm.py, init_distributed)
@@ -51,4 +53,4 @@ def launch(cfg: TrainConfig, plan: Path, opts: RunOptions) -> int:
 
         run(cfg, opts)
         return 0
-    return subprocess.call(cmd, env=cpu_env(cfg))
+    return subprocess.call(cmd, env=rank_env(cfg))

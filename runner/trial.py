@@ -40,7 +40,7 @@ from pathlib import Path
 from planner.errors import PlanError
 from planner.serialize import config_from_dict, config_to_dict
 from planner.strategy import Attn, GradCkpt, Method, Offload, Optimizer, Stage, TrainConfig
-from profiler.launcher import cpu_env, free_port
+from profiler.launcher import free_port, rank_env
 
 INJECT_ENV = "FTPLAN_TRIAL_INJECT"
 DRILL_ENV = "FTPLAN_TRIAL_DRILL"
@@ -145,7 +145,7 @@ def run_trial(cfg: TrainConfig, *, steps: int = 3, warmup_steps: int = 1, timeou
                                                       os.environ.get("PYTHONPATH", "")) if p),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(cfg.world_size),
                LOCAL_WORLD_SIZE=str(cfg.world_size))
-    env = cpu_env(cfg, env)
+    env = rank_env(cfg, env)
     cmd = [sys.executable, "-m", "runner.trial", "--spec", str(spec_path), "--out", str(out_dir)]
     # one process per rank with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*), launched
     # directly: a torchrun parent would cost one more torch import per trial and adds nothing on one node

@@ -5,8 +5,9 @@ Run from the repository root with the repository on PYTHONPATH:
 (PLAN as benchmarks/rank_order.py names them, e.g. full-DDP-TP1-PP1-DP2-mb4-ga1). Per rank it prints: SDPA's causal
 fp32 forward and backward per layer call at the plans' shapes (b x 6 heads x 128 x 64), both ranks at once; per plan
 the medians of 7 steps (after 2) of the forward, the backward with DDP's reduce (bwd_sync), the same micro-batch's
-forward and backward under no_sync (fwd2, bwd_nosync), clip_grad_norm_ and the AdamW (foreach) step as
-profiler/worker.py builds them, and one all-reduce of all gradients alone. bwd_sync - bwd_nosync is the reduce's
+forward and backward under no_sync (fwd2, bwd_nosync), clip_grad_norm_ and the AdamW step as
+profiler/worker.py builds them (foreach=True when ddp_phases_s14.json was taken; torch's CPU default, the single-tensor
+loop, since session 16), and one all-reduce of all gradients alone. bwd_sync - bwd_nosync is the reduce's
 exposed time (DDP's backward returns after its buckets' all-reduces finish). Output of two runs:
 benchmarks/measured/ddp_phases_s14.json.
 """

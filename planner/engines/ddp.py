@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from planner import collectives as col
-from planner.choices import Engine, FsdpStrategy, Method, Offload, OffloadDevice, Optimizer, Precision, ZeroStage
+from planner.choices import Engine, FsdpStrategy, Method, Offload, OffloadDevice, Precision, ZeroStage
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines.sharded import overlap_for
 from planner.states import StageParams, grad_dtype_bytes, is_mixed, kbit_prepared
+from planner.torch_adamw import AdamwKernel, adamw_kernel, single_tensor_temporary_bytes
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -79,17 +80,21 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool) -
 
 
 def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
-    return adamw_foreach_items(cfg, trained, state_bytes, 1)
+    return adamw_step_items(cfg, trained, state_bytes, 1)
 
 
-def adamw_foreach_items(cfg: TrainConfig, trained: float, state_bytes: float, n: int) -> dict[str, float]:
-    """torch's foreach AdamW (its default: torch/optim/adam.py `adam` picks foreach, not fused, when neither is given)
-    materializes sqrt(exp_avg_sq) for the whole parameter list (`_multi_tensor_adam`: `exp_avg_sq_sqrt =
-    torch._foreach_sqrt(device_exp_avg_sqs)`), one state-sized buffer. Its fused kernel (`_fused_adam`, fused=True)
-    and bitsandbytes' optimizers (paged 32-bit included: `optimizer_update_32bit`, one kernel per parameter) update
-    in place."""
-    if cfg.offload is Offload.none and cfg.optimizer is Optimizer.adamw and not cfg.fused_adamw:
+def adamw_step_items(cfg: TrainConfig, trained: float, state_bytes: float, n: int) -> dict[str, float]:
+    """What torch's AdamW allocates during step() beyond its states, by the implementation the run gets
+    (planner/torch_adamw.py): foreach (the GPU default) materializes sqrt(exp_avg_sq) for the whole parameter list
+    (`_multi_tensor_adam`: `exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)`), one state-sized buffer; the
+    single-tensor loop (the CPU default) two buffers the size of the largest parameter (`_single_tensor_adam`). Its
+    fused kernel (`_fused_adam`, fused=True) and bitsandbytes' optimizers (paged 32-bit included:
+    `optimizer_update_32bit`, one kernel per parameter) update in place."""
+    kernel = adamw_kernel(cfg)
+    if kernel is AdamwKernel.foreach:
         return {"AdamW foreach temporaries": trained * state_bytes / 2 / n}
+    if kernel is AdamwKernel.single_tensor:
+        return {"AdamW single-tensor temporaries": single_tensor_temporary_bytes(cfg, state_bytes / 2, n)}
     return {}
 
 

@@ -173,7 +173,7 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
 
 
 def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
-    return ddp.adamw_foreach_items(cfg, trained, state_bytes, n if is_sharded(cfg) else 1)
+    return ddp.adamw_step_items(cfg, trained, state_bytes, n if is_sharded(cfg) else 1)
 
 
 # --- time ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The CPU device's SDPA, optimizer and peft host terms: SDPA's CPU flash kernel at its measured time per computed score
-element (planner/kernels.py cpu_sdpa_attention_s), the clip + AdamW step at its measured rate (planner/timing.py), and
+element (planner/kernels.py cpu_sdpa_attention_s), the clip + AdamW step at its measured rate (planner/timing.py; on the
+CPU torch's single-tensor loop, planner/torch_adamw.py), and
 peft's host time per adapted linear (planner/kernels.py lora_host_s)."""
 
 from __future__ import annotations
@@ -10,9 +11,17 @@ import pytest
 
 from planner import kernels as kn
 from planner.build import build_config
-from planner.gpus import GPUS, gpu_from_name, with_device_fit
+from planner.engines import ddp
+from planner.gpus import GPUS, SINGLE_OVER_FOREACH_TIME, SINGLE_TENSOR_HOST_OPS, gpu_from_name, with_device_fit
 from planner.strategy import Attn, Method, Optimizer, Precision
 from planner.timing import clip_bytes_per_param, optimizer_bytes_per_param, step_time
+from planner.torch_adamw import (
+    AdamwKernel,
+    adamw_kernel,
+    single_tensor_bytes_per_s,
+    single_tensor_host_s,
+    trainable_tensors,
+)
 
 # the rank-order benchmark's model (benchmarks/rank_order.py LLAMA_16M), as a config transformers reads
 LLAMA_16M = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 8000, "hidden_size": 384,
@@ -79,28 +88,67 @@ def test_cpu_sdpa_is_the_measured_kernel_per_computed_score(model_path) -> None:
         assert step_time(c).step_time_s == step_time(c_without).step_time_s
 
 
-def test_cpu_optimizer_runs_at_its_measured_rate(model_path) -> None:
-    """DDP's AdamW and clipping move 20 + 3 fp32 values per parameter at the measured rate of that step; GPUs keep
-    the memory bandwidth (no GPU entry carries the rate)."""
+def test_cpu_optimizer_runs_torchs_cpu_default_the_single_tensor_loop(model_path) -> None:
+    """On the CPU torch.optim.AdamW without foreach / fused runs its single-tensor loop (planner/torch_adamw.py): DDP's
+    AdamW and clipping move 20 + 3 fp32 values per parameter at the loop's measured rate, plus its host work per
+    tensor (LLAMA_16M: 6 layers x (7 linears + 2 norms), embedding, final norm, head: 57 tensors; LoRA on every
+    linear: 6 x 7 x 2 = 84). GPUs run foreach at the memory bandwidth (no GPU entry carries a measured rate); the
+    fused kernel on the CPU keeps the foreach rate, no per-tensor term."""
     cfg = _cpu_cfg(model_path)
     gpu = cfg.cluster.gpu
     counted = optimizer_bytes_per_param(Optimizer.adamw, Precision.fp32) + clip_bytes_per_param(Precision.fp32)
     assert counted == 92
-    params = step_time(cfg).breakdown_s["optimizer"] * gpu.optimizer_bytes_per_s / counted
+    assert adamw_kernel(cfg) is AdamwKernel.single_tensor
+    assert trainable_tensors(cfg.model, cfg.adapter, cfg.stage) == 57
+    lora = _cpu_cfg(model_path, method=Method.lora)
+    assert trainable_tensors(lora.model, lora.adapter, lora.stage) == 84
+    params = (step_time(cfg).breakdown_s["optimizer"] - 57 * gpu.adamw_single_tensor_s) \
+        * gpu.adamw_single_tensor_bytes_per_s / counted
     assert 16.0e6 < params < 17.5e6  # the benchmark model's 16.8M parameters
-    slower = replace(cfg, cluster=replace(cfg.cluster, gpu=replace(gpu, optimizer_bytes_per_s=gpu.hbm_bytes_per_s)))
+    fused = _cpu_cfg(model_path, fused_adamw=True)
+    assert adamw_kernel(fused) is AdamwKernel.fused
+    assert step_time(fused).breakdown_s["optimizer"] == pytest.approx(params * counted / gpu.optimizer_bytes_per_s)
+    slow_loop = replace(gpu, adamw_single_tensor_s=2 * gpu.adamw_single_tensor_s)
+    slower = replace(cfg, cluster=replace(cfg.cluster, gpu=slow_loop))
     assert step_time(slower).breakdown_s["optimizer"] == pytest.approx(
-        step_time(cfg).breakdown_s["optimizer"] * gpu.optimizer_bytes_per_s / gpu.hbm_bytes_per_s)
-    assert all(g.optimizer_bytes_per_s is None and g.sdpa_points == () for name, g in GPUS.items()
-               if name != "CPU")
+        step_time(cfg).breakdown_s["optimizer"] + 57 * gpu.adamw_single_tensor_s)
+    assert all(g.optimizer_bytes_per_s is None and g.adamw_single_tensor_bytes_per_s is None and g.sdpa_points == ()
+               for name, g in GPUS.items() if name != "CPU")
+    on_gpu = build_config(model=model_path, gpus="2xH100", method=Method.full, precision=Precision.fp32, micro_batch=4,
+                          seq_len=128)
+    assert adamw_kernel(on_gpu) is AdamwKernel.foreach
+
+
+def test_single_tensor_step_holds_its_largest_parameters_temporaries(model_path) -> None:
+    """`_single_tensor_adam` holds sqrt(exp_avg_sq), its quotient and the previous parameter's denom: LLAMA_16M full,
+    2 x the 8000 x 384 embedding (first, nothing before it) in fp32; LoRA r 8, 3 x its widest tensor (8 x 1024: up's B
+    before down's A). Measured with profiler.tracker (benchmarks/cpu_adamw_step.py): 24,577,536 and 98,304 bytes
+    (the full step's extra 1,536 bytes: the final norm's denom before the head). A GPU plan keeps foreach's
+    state-sized buffer."""
+    from planner.torch_adamw import single_tensor_temporary_bytes
+
+    full, lora = _cpu_cfg(model_path), _cpu_cfg(model_path, method=Method.lora)
+    assert single_tensor_temporary_bytes(full, 4.0, 1) == 2 * 8000 * 384 * 4
+    assert single_tensor_temporary_bytes(lora, 4.0, 1) == 3 * 8 * 1024 * 4
+    items = ddp.step_items(full, 16_765_824, 1, 8.0)
+    assert items == {"AdamW single-tensor temporaries": 2 * 8000 * 384 * 4}
+    on_gpu = build_config(model=model_path, gpus="2xH100", method=Method.full, precision=Precision.fp32, micro_batch=4,
+                          seq_len=128)
+    assert ddp.step_items(on_gpu, 16_765_824, 1, 8.0) == {"AdamW foreach temporaries": 16_765_824 * 4}
 
 
 def test_device_fit_sets_attention_points_and_optimizer_rate() -> None:
     cpu = gpu_from_name("CPU")
-    got = with_device_fit(cpu, {"sdpa_points": [list(p) for p in POINTS], "optimizer_bytes_per_s": 9e9})
+    got = with_device_fit(cpu, {"sdpa_points": [list(p) for p in POINTS], "optimizer_bytes_per_s": 9e9,
+                                "adamw_single_tensor_bytes_per_s": 1e10, "adamw_single_tensor_s": 4e-5})
     assert got.sdpa_points == POINTS and got.optimizer_bytes_per_s == 9e9
-    older = with_device_fit(cpu, {"host_op_s": 4e-6})  # a file from before: the entry's
-    assert older.sdpa_points == cpu.sdpa_points and older.optimizer_bytes_per_s == cpu.optimizer_bytes_per_s
+    assert single_tensor_bytes_per_s(got) == 1e10 and single_tensor_host_s(got) == 4e-5
+    older = with_device_fit(cpu, {"host_op_s": 4e-6, "optimizer_bytes_per_s": 9e9})  # a file from before
+    assert older.sdpa_points == cpu.sdpa_points
+    # its single-tensor step from its own foreach rate and host op, by the measured ratios (not the catalog's figures)
+    assert single_tensor_bytes_per_s(older) == pytest.approx(9e9 / SINGLE_OVER_FOREACH_TIME)
+    assert single_tensor_host_s(older) == pytest.approx(SINGLE_TENSOR_HOST_OPS * 4e-6)
+    assert single_tensor_bytes_per_s(cpu) == cpu.adamw_single_tensor_bytes_per_s
 
 
 def test_cpu_lora_host_time_replaces_the_counted_ops(model_path) -> None:

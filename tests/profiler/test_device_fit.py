@@ -12,11 +12,13 @@ from planner.gpus import gpu_from_name, with_device_fit
 from profiler.device_fit import (
     GATHER_SIZES,
     NARROW_COLS,
+    SINGLE_TENSOR_SHAPES,
     DeviceFit,
     _line_fit,
     device_fit_from_dict,
     fit_alpha_beta,
     fit_narrow_inner,
+    fit_single_tensor,
     gemm_shapes,
     median_fit,
     narrow_inner_shapes,
@@ -83,7 +85,23 @@ def _synthetic_fit(slow: float, busy: float) -> DeviceFit:
                      busy_comm_factor=busy, gemm_points=gemms, allreduce_points=allreduce, allgather_points=gather,
                      reduce_scatter_points=gather, sync_call_s=slow * 1e-3,
                      sdpa_points=((128, 64, slow * 4e-9, slow * 12e-9), (512, 64, slow * 3e-9, slow * 8e-9)),
-                     optimizer_bytes_per_s=1.2e10 / slow, lora_linear_host_s=slow * 1.3e-4)
+                     optimizer_bytes_per_s=1.2e10 / slow, lora_linear_host_s=slow * 1.3e-4,
+                     adamw_single_tensor_points=_single_tensor_points(slow))
+
+
+def _single_tensor_points(slow: float, per_tensor_s: float = 3.5e-5, rate: float = 1.4e10) -> tuple:
+    """The single-tensor step's shapes timed as tensors x c + 92 counted bytes per value / R."""
+    return tuple((n, v, slow * (n * per_tensor_s + n * v * 92 / rate)) for n, v in SINGLE_TENSOR_SHAPES)
+
+
+def test_single_tensor_step_fit_recovers_its_two_terms() -> None:
+    """t = tensors x c + bytes / R: the large tensors set R, the tiny ones c; a third shape on the same line leaves
+    both; a negative per-tensor cost (bytes alone explain the times) is dropped."""
+    assert fit_single_tensor(_single_tensor_points(1.0)) == pytest.approx((1.4e10, 3.5e-5))
+    three = (*_single_tensor_points(1.0), (96, 2**14, 96 * 3.5e-5 + 96 * 2**14 * 92 / 1.4e10))
+    assert fit_single_tensor(three) == pytest.approx((1.4e10, 3.5e-5))
+    rate, per_tensor = fit_single_tensor(_single_tensor_points(1.0, per_tensor_s=0.0))
+    assert rate == pytest.approx(1.4e10) and per_tensor == pytest.approx(0.0, abs=1e-12)
 
 
 def test_median_fit_ignores_one_slow_pass() -> None:
@@ -105,6 +123,11 @@ def test_median_fit_ignores_one_slow_pass() -> None:
     assert fit.sdpa_points == _synthetic_fit(1.0, 1.0).sdpa_points  # per point, forward and backward
     assert fit.optimizer_bytes_per_s == pytest.approx(1.2e10)
     assert fit.lora_linear_host_s == pytest.approx(1.3e-4)
+    # the single-tensor step refitted to the median points: the quiet passes' terms
+    assert (fit.adamw_single_tensor_bytes_per_s, fit.adamw_single_tensor_s) == pytest.approx((1.4e10, 3.5e-5))
+    assert fit.adamw_single_tensor_points == _single_tensor_points(1.0)
+    older = median_fit([replace(_synthetic_fit(1.0, 1.3), adamw_single_tensor_points=())] * 2)
+    assert older.adamw_single_tensor_points == () and older.adamw_single_tensor_s == 0.0  # fits from before
 
 
 def test_median_fit_keeps_attention_points_of_the_passes_that_have_them() -> None:
@@ -133,3 +156,7 @@ def test_device_fit_round_trips_through_its_json_file(tmp_path) -> None:
     path = tmp_path / "fit.json"
     path.write_text(json.dumps({"ftplan_device_fit": 1, "device": "CPU", **fit.to_dict()}))
     assert device_fit_from_dict(json.loads(path.read_text())) == fit
+    # what a plan reads from it: the single-tensor AdamW's fitted terms
+    fitted = median_fit([fit, fit])
+    gpu = with_device_fit(gpu_from_name("CPU"), json.loads(json.dumps(fitted.to_dict())))
+    assert (gpu.adamw_single_tensor_bytes_per_s, gpu.adamw_single_tensor_s) == pytest.approx((1.4e10, 3.5e-5))

@@ -76,14 +76,14 @@ def _wrap(engine: str, model: torch.nn.Module) -> tuple[torch.nn.Module, object,
         wrapped = FSDP(model, device_id=torch.device("cpu"), auto_wrap_policy=policy, use_orig_params=True,
                        sharding_strategy=ShardingStrategy.FULL_SHARD, limit_all_gathers=True,
                        backward_prefetch=BackwardPrefetch.BACKWARD_PRE)
-        return wrapped, torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], foreach=True), False
+        return wrapped, torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad]), False
     if engine == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
-        return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True), False
+        return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]), False
     import deepspeed
 
     from planner.build import build_config

@@ -1,0 +1,140 @@
+"""Which implementation of torch.optim.AdamW a run gets, and what that implementation adds to a step.
+
+torch.optim.AdamW given neither `foreach` nor `fused` (the Trainer's `adamw_torch`: transformers
+trainer_optimizer.py `_get_adamw_torch` adds only `fused=True` for `adamw_torch_fused`; ftplan's runner and
+profiler worker likewise) picks its implementation from the parameters' device (torch/optim/optimizer.py
+`_default_to_fused_or_foreach`): the multi-tensor (foreach) kernels when every parameter lives on a device of
+torch/utils/_foreach_utils.py `_get_foreach_kernels_supported_devices` (cuda, xpu, mtia and the private-use
+backend), else the single-tensor for-loop (`_single_tensor_adam`) - on the CPU. `fused=True` (--fused-adamw) runs
+`_fused_adam` on either.
+
+What each leaves live during `step()` beyond the states (torch/optim/adam.py):
+- foreach (`_multi_tensor_adam`): `exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)`, divided and
+  shifted in place, one state-sized buffer for the whole parameter list;
+- single-tensor: per parameter `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`: the sqrt and the
+  quotient are both live while the division runs, with the previous parameter's `denom` (`single_tensor_temporary_
+  bytes`): a few parameter-sized buffers of the largest parameters, not a state-sized one;
+- fused: updates in place.
+The values each reads and writes per parameter are the same for foreach and single-tensor (planner/timing.py
+TORCH_ADAMW_VALUES: the same eight elementwise passes, one parameter at a time in the loop); the loop adds host
+work per parameter tensor: ten eager ops (`step_t += 1`, `param.mul_`, `exp_avg.lerp_`, `exp_avg_sq.mul_`,
+`addcmul_`, `_get_value`'s `.item()`, `sqrt`, the division, `add_`, `addcdiv_`) and its Python, which the CPU device
+fit measures (profiler/device_fit.py measure_single_tensor_optimizer: a per-tensor cost and a per-byte rate).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from planner.choices import Engine, Method, Offload, Optimizer, Stage
+from planner.gpus import SINGLE_OVER_FOREACH_TIME, SINGLE_TENSOR_HOST_OPS, GPUSpec  # measured ratios: see there
+from planner.params import resolve_lora_targets
+
+if TYPE_CHECKING:
+    from planner.model_layers import LinearShape
+    from planner.models import ModelSpec
+    from planner.strategy import Adapter, TrainConfig
+
+
+class AdamwKernel(StrEnum):
+    fused = "fused"
+    foreach = "foreach"
+    single_tensor = "single_tensor"
+
+
+def adamw_kernel(cfg: TrainConfig) -> AdamwKernel | None:
+    """The torch AdamW implementation the run's step executes on the model's own parameters; None where no torch
+    AdamW steps them (SGD, bitsandbytes' optimizers, DeepSpeed's optimizer over its flat partitions, an offloaded
+    step)."""
+    if cfg.optimizer is not Optimizer.adamw or cfg.offload is not Offload.none or cfg.engine is Engine.deepspeed:
+        return None
+    if cfg.fused_adamw:
+        return AdamwKernel.fused
+    return AdamwKernel.single_tensor if runs_on_cpu(cfg.cluster.gpu) else AdamwKernel.foreach
+
+
+def runs_on_cpu(gpu: GPUSpec) -> bool:
+    """The catalog's CPU entry: ranks are CPU processes (torch tensors on device "cpu")."""
+    return gpu.name == "CPU"
+
+
+def _tensors_of(lin: LinearShape) -> int:
+    """Parameter tensors of one linear: a fused expert tensor (copies > 1, transformers >= 5's 3-D parameter) is
+    one, with one bias tensor if it has biases; a plain nn.Linear is its weight and bias."""
+    return 1 + (1 if lin.bias else 0)
+
+
+def _elements_of(lin: LinearShape) -> int:
+    return lin.copies * lin.in_features * lin.out_features
+
+
+def _lora_linears(m: ModelSpec, adapter: Adapter) -> list[LinearShape]:
+    chosen = set(resolve_lora_targets(m, adapter.lora_targets))
+    return [lin for lin in m.linears() if lin.name in chosen and (lin.lora_targetable or lin.all_linear)]
+
+
+@lru_cache(maxsize=4096)
+def trainable_tensors(m: ModelSpec, adapter: Adapter, stage: Stage) -> float:
+    """Trainable parameter tensors of the whole model, as the optimizer's for-loop visits them. Full: per decoder
+    layer its linears (weight, bias) and two norms (weight, and bias for LayerNorm), the embedding (and BLOOM's
+    embedding norm), the final norm and an untied head, less the frozen layers and embedding (--freeze-layers); a
+    model read from transformers may hold a few more small tensors per layer (q/k norms, sinks), not counted.
+    LoRA: A and B per adapted linear (peft/tuners/lora/layer.py update_layer). A reward model adds its score head."""
+    norm = 2 if m.layernorm_bias else 1
+    if adapter.method is Method.full:
+        per_layer = sum(lin.layer_share * _tensors_of(lin) for lin in m.linears()) + 2 * norm
+        layers = m.num_layers - (min(adapter.freeze_layers, m.num_layers) if adapter.freeze_layers else 0)
+        embedding = 0 if adapter.freeze_layers else 1 + (norm if m.embedding_norm else 0)
+        head = 1 if stage is Stage.rm or not m.tie_embeddings else 0
+        return layers * per_layer + embedding + norm + head
+    adapters = m.num_layers * sum(lin.layer_share * 2 for lin in _lora_linears(m, adapter))
+    return adapters + (1 if stage is Stage.rm else 0)
+
+
+@lru_cache(maxsize=4096)
+def largest_trainable_tensors(m: ModelSpec, adapter: Adapter, stage: Stage) -> tuple[float, float]:
+    """Elements of the largest trainable parameter tensor (outside the decoder layers, inside one). Full: the embedding
+    (unless frozen) or an untied head; the largest linear (a fused expert tensor whole). LoRA: none outside (a reward
+    model's score head, h); inside, the larger of A (r x in) and B (out x r) of the widest adapted linear, its rank's
+    parameters (LinearShape.lora_params_per_rank) split between A and B in proportion to in : out."""
+    if adapter.method is Method.full:
+        vocab = m.vocab_size * m.hidden_size
+        embedding = 0 if adapter.freeze_layers else vocab
+        head = vocab if stage is not Stage.rm and not m.tie_embeddings else 0
+        return float(max(embedding, head)), float(max((_elements_of(lin) for lin in m.linears()), default=0))
+    widest = max((adapter.lora_r * lin.lora_params_per_rank() * max(lin.in_features, lin.out_features)
+                  / (lin.in_features + lin.out_features) for lin in _lora_linears(m, adapter)), default=0.0)
+    return float(m.hidden_size) if stage is Stage.rm else 0.0, widest
+
+
+def single_tensor_temporary_bytes(cfg: TrainConfig, state_dtype_bytes: float, shards: int) -> float:
+    """`_single_tensor_adam`'s step peak above the states, in the states' dtype (the parameter's). At parameter i
+    the sqrt and the quotient are live together, and the loop variable `denom` still holds parameter i-1's until the
+    new one is bound: 2 x size(i) + size(i-1), in the order of model.parameters(). The embedding comes first and an
+    untied head after the final norm: 2 x their size. Inside a decoder layer the largest tensor follows one of its
+    own size (transformers' Llama-style order q, k, v, o, gate, up, down: up after gate; LoRA's A and B of a square
+    or, for the MLP, B of up (i x r) before A of down (r x i)): 3 x its size, which bounds the layer's pairs. Per rank:
+    its tensor-parallel slice; FSDP's shard (FSDP2 shards each parameter on dim 0; FSDP1's flat shard holds at most
+    that many of its elements). Measured (benchmarks/cpu_adamw_step.py, profiler.tracker): LLAMA_16M full 24.6 MB
+    (2 x the 8000 x 384 embedding), LoRA r 8 98 KB (3 x 8 x 1024)."""
+    outer, layer = largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage)
+    return max(2 * outer, 3 * layer) / cfg.tp / shards * state_dtype_bytes
+
+
+def single_tensor_host_s(gpu: GPUSpec) -> float:
+    """Seconds the single-tensor loop adds per parameter tensor: the device fit's measured cost where it has one,
+    else SINGLE_TENSOR_HOST_OPS eager ops at the device's host_op_s."""
+    if gpu.adamw_single_tensor_s:  # None or 0: not measured
+        return gpu.adamw_single_tensor_s
+    return SINGLE_TENSOR_HOST_OPS * gpu.host_op_s
+
+
+def single_tensor_bytes_per_s(gpu: GPUSpec) -> float:
+    """The rate the single-tensor step (with its clipping) moves its counted bytes: the device fit's measurement
+    where it has one, else the foreach step's (optimizer_bytes_per_s, else the memory bandwidth) over
+    SINGLE_OVER_FOREACH_TIME."""
+    if gpu.adamw_single_tensor_bytes_per_s:  # None or 0: not measured
+        return gpu.adamw_single_tensor_bytes_per_s
+    return (gpu.optimizer_bytes_per_s or gpu.hbm_bytes_per_s) / SINGLE_OVER_FOREACH_TIME
