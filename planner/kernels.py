@@ -40,7 +40,7 @@ from planner.choices import Attn, GradCkpt, Method
 from planner.gpus import GPUSpec
 from planner.model_layers import AttentionShape, LayerKind, MlpShape, NormShape
 from planner.models import ModelSpec
-from planner.params import resolve_lora_targets
+from planner.params import adapted_count, resolve_lora_targets
 
 # cuBLAS's large tiles on Ampere/Hopper (NVIDIA GEMM guide, Sec. 2.3); its heuristics pick, per shape,
 # the tile whose waves fill the SMs best, and these three are about equally efficient per tile.
@@ -344,7 +344,8 @@ def host_ops_per_micro_batch(m: ModelSpec, layers: int, method: Method, lora_tar
                              grad_ckpt: GradCkpt, lora_ops: bool = True) -> float:
     """Eager ops the host dispatches for one micro-batch: forward, backward (x2), recomputed forward; `lora_ops`
     False leaves out peft's (a device that measured their host time: `lora_host_s`)."""
-    lora = len(resolve_lora_targets(m, lora_targets)) if method is not Method.full and lora_ops else 0
+    # adapted targets of a mean layer, each weighted by the share of the layers that hold it (adapted_per_layer)
+    lora = adapted_count(m, lora_targets) if method is not Method.full and lora_ops else 0.0
     fwd = OPS_PER_LAYER_FORWARD + OPS_PER_LORA_LINEAR * lora
     passes = 3 + (1 if grad_ckpt is GradCkpt.full else 0)
     return layers * fwd * passes
@@ -358,7 +359,7 @@ def lora_host_s(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[s
     if method is Method.full or not gpu.lora_linear_host_s:
         return 0.0
     passes = 3 + (1 if grad_ckpt is GradCkpt.full else 0)
-    return layers * len(resolve_lora_targets(m, lora_targets)) * gpu.lora_linear_host_s * passes / 3
+    return layers * adapted_count(m, lora_targets) * gpu.lora_linear_host_s * passes / 3
 
 
 def attention_memory_s(m: ModelSpec, kernel: str | None, dtype: str, b: int, s: int, layers: int, tp: int,
