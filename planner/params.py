@@ -106,7 +106,7 @@ def targetable_names(m: ModelSpec) -> tuple[str, ...]:
 
 
 def _parameter_key(lin: LinearShape) -> str:
-    return parameter_key(lin.path or lin.name, fused_tensor=lin.role == "expert" and lin.copies > 1)
+    return parameter_key(lin.path or lin.name, role=lin.role)
 
 
 @lru_cache(maxsize=4096)

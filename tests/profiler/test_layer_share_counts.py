@@ -11,7 +11,7 @@ lora_A's and lora_B's weights in a parametrization); both add two modules that o
 from __future__ import annotations
 
 import pytest
-from tiny_moe import DEEPSEEK_V3, LLAMA4, MIXTRAL, QWEN3_MOE
+from tiny_moe import DEEPSEEK_V3, GPT_OSS, LLAMA4, MIXTRAL, QWEN3_MOE
 
 from planner import collectives as col
 from planner.choices import Method
@@ -23,9 +23,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-GPT_OSS = {"model_type": "gpt_oss", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 32,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_hidden_layers": 2,
-           "num_local_experts": 4, "num_experts_per_tok": 2, "max_position_embeddings": 256, "sliding_window": 8}
 QWEN3_MOE_DENSE_FIRST = {**QWEN3_MOE, "num_hidden_layers": 3, "mlp_only_layers": [0]}
 LLAMA4_INTERLEAVED = {**LLAMA4, "num_hidden_layers": 4}  # layers 1 and 3 hold the experts
 R = 4
