@@ -45,7 +45,7 @@ from functools import lru_cache
 
 from planner.choices import Method
 from planner.models import LinearShape, ModelSpec
-from planner.params import resolve_lora_targets
+from planner.params import adapted_count, adapted_per_layer, resolve_lora_targets
 
 DDP_FIRST_BUCKET_BYTES = 2**20
 DDP_BUCKET_BYTES = 25 * 2**20
@@ -92,6 +92,11 @@ ROOT_MODULES = 6
 # (9 modules per linear in all), but those are only indexed, never called, so the module hooks DeepSpeed puts
 # on them never run (counted on a peft model: tests/profiler/test_zero3_hook_modules.py).
 LORA_MODULES_PER_LINEAR = 4
+# Modules peft adds per adapted parameter whose forward runs: the ParamWrapper only (peft/tuners/lora/layer.py
+# ParamWrapper.forward calls its base_layer under a parametrization that reads lora_A / lora_B's weights,
+# `_activate_lora`, never calling them); an experts module with both fused tensors adapted is wrapped twice, nested
+# (counted on tiny DeepSeek-V3 and Qwen3-MoE models: tests/profiler/test_layer_share_counts.py).
+LORA_MODULES_PER_PARAMETER = 1
 PEFT_ROOT_MODULES = 2
 
 
@@ -129,16 +134,18 @@ def zero3_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple
         layer_structure(m)[0] + LAYER_CONTAINERS
     root = ROOT_MODULES
     if method is not Method.full:
-        per_layer += LORA_MODULES_PER_LINEAR * len(resolve_lora_targets(m, lora_targets))
+        linears, params = adapted_per_layer(m, lora_targets)  # each weighted by the share of layers holding it
+        per_layer += LORA_MODULES_PER_LINEAR * linears + LORA_MODULES_PER_PARAMETER * params
         root += PEFT_ROOT_MODULES
     return round(layers * per_layer) + root
 
 
 def param_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
     """Modules that own parameters, one ZeRO-3 all-gather each per pass: each layer's linears (fused experts one
-    module) and norms (for LoRA also each adapted linear's A and B), the embedding, the final norm, an untied
-    head."""
-    lora = 2 * len(resolve_lora_targets(m, lora_targets)) if method is not Method.full else 0
+    module) and norms (for LoRA also each adapted linear's or parameter's A and B, peft/tuners/lora/layer.py
+    LoraLayer.update_layer and ParamWrapper.update_layer: two nn.Linear each, in the layers that hold the target),
+    the embedding, the final norm, an untied head."""
+    lora = 2 * adapted_count(m, lora_targets) if method is not Method.full else 0
     return round(layers * (layer_structure(m)[0] + lora)) + 2 + (0 if m.tie_embeddings else 1)
 
 
@@ -157,9 +164,10 @@ def zero3_host_ops(m: ModelSpec, layers: int, method: Method, lora_targets: tupl
 
 def trainable_tensors(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
     """Trainable parameter tensors on one stage: every weight (and bias) of a full fine-tune's layers plus the
-    embedding, final norm and untied head; LoRA's A and B per adapted linear."""
+    embedding, final norm and untied head; LoRA's A and B per adapted linear or parameter, in the layers that hold
+    it (DeepSeek-V3's 3 dense layers of 61 hold no experts: `adapted_per_layer`)."""
     if method is not Method.full:
-        return layers * 2 * len(resolve_lora_targets(m, lora_targets))
+        return round(layers * 2 * adapted_count(m, lora_targets))
     return round(layers * layer_structure(m)[1]) + 2 + (0 if m.tie_embeddings else 1)
 
 
@@ -174,7 +182,8 @@ def _layer_tensor_elements(m: ModelSpec, method: Method, lora_r: int, lora_targe
     kinds = [(k.count / m.num_layers, k.linears, k.norms) for k in m.layer_kinds]
     if method is not Method.full:
         chosen = set(resolve_lora_targets(m, lora_targets))
-        return tuple((share, tuple(lora_r * lin.lora_params_per_rank() / 2 / tp for lin in lins if lin.name in chosen
+        return tuple((share, tuple(lora_r * lin.lora_params_per_rank() / 2 / tp for lin in lins
+                                   if lin.name in chosen and (lin.lora_targetable or lin.all_linear)
                                    for _ in range(2)))
                      for share, lins, _ in kinds or [(1.0, m.linears(), ())])
     if not kinds:

@@ -40,7 +40,7 @@ from planner.choices import Attn, GradCkpt, Method
 from planner.gpus import GPUSpec
 from planner.model_layers import AttentionShape, LayerKind, MlpShape, NormShape
 from planner.models import ModelSpec
-from planner.params import resolve_lora_targets
+from planner.params import adapted_count, adapted_linears
 
 # cuBLAS's large tiles on Ampere/Hopper (NVIDIA GEMM guide, Sec. 2.3); its heuristics pick, per shape,
 # the tile whose waves fill the SMs best, and these three are about equally efficient per tile.
@@ -138,7 +138,7 @@ def layer_gemms(m: ModelSpec, tokens: int, method: Method, lora_r: int, lora_tar
     splits each weight's output (column-parallel) or input (row-parallel) dimension t ways."""
     fwd: list[Gemm] = []
     bwd: list[Gemm] = []
-    lora = set(resolve_lora_targets(m, lora_targets)) if method is not Method.full else set()
+    lora = set(adapted_linears(m, lora_targets)) if method is not Method.full else set()
     for lin in m.linears():
         # an MoE linear: one GEMM per expert over the tokens routed to it (active of copies on average, as one
         # grouped GEMM where transformers runs grouped_mm: planner/moe.py); a dense one: one GEMM over every token
@@ -155,7 +155,7 @@ def layer_gemms(m: ModelSpec, tokens: int, method: Method, lora_r: int, lora_tar
         bwd.append(Gemm(rows, n, k, c, grouped, w))  # input gradient
         if trains_weights:
             bwd.append(Gemm(k, rows, n, c, grouped, w))  # weight gradient
-        if lin.name in lora and lin.lora_param:
+        if lin in lora and lin.lora_param:
             # peft's ParamWrapper (LoRA on a parameter: fused experts, a router that is not nn.Linear) folds the
             # update into the weight on every forward, W' = W + s A B, one batched product over the experts that
             # reads W and writes W' whatever the tokens (peft/tuners/lora/layer.py _LoraFactorsProxy, baddbmm);
@@ -167,7 +167,7 @@ def layer_gemms(m: ModelSpec, tokens: int, method: Method, lora_r: int, lora_tar
             if not trains_weights:
                 bwd.append(Gemm(k, rows, n, c, grouped, w))
             bwd += [Gemm(k, n, r, c, weight=share), Gemm(r, k, n, c, weight=share)]
-        elif lin.name in lora:
+        elif lin in lora:
             r = lora_r
             fwd += [Gemm(rows, k, r, c, grouped, w), Gemm(rows, r, n, c, grouped, w)]
             # input gradients through B and A, weight gradients of A and B. F.linear multiplies by the weight's
@@ -220,7 +220,6 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
     forward rate leaves out (in a 2-rank LoRA step of benchmarks/rank_order.py, torch.profiler showed aten::mul
     27 ms higher with lora_dropout 0.05 than at 0: the forward's and the backward's multiply)."""
     # peft's ParamWrapper targets have no branch on the input (their update is folded into the weight, layer_gemms)
-    targets = set(resolve_lora_targets(m, lora_targets))
     e = elem_bytes
     a = 4.0 if fp32_adapters else e  # the dropout's operand
     casts = 2 * (e + 4.0) if fp32_adapters else 0.0
@@ -231,7 +230,7 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
     n_fwd = (3.0 if compiled else 5.0) * e
     n_bytes = n_fwd if forward_only else n_fwd + 2.0 * e
     total = sum(lin.layer_share * tokens * (k_bytes * lin.in_features + n_bytes * lin.out_features / tp)
-                for lin in m.linears() if lin.name in targets and not lin.lora_param)
+                for lin in adapted_linears(m, lora_targets) if not lin.lora_param)
     return total
 
 
@@ -239,9 +238,8 @@ def lora_elementwise_bytes(m: ModelSpec, tokens: int, lora_targets: tuple[str, .
 def lora_dropout_values(m: ModelSpec, tokens: int, lora_targets: tuple[str, ...]) -> float:
     """Values one layer's LoRA dropouts draw per micro-batch: every adapted linear has its own
     `lora_dropout` module, so q/k/v (and gate/up) each draw a mask over the same input (m x k each)."""
-    targets = set(resolve_lora_targets(m, lora_targets))
-    return sum(lin.layer_share * tokens * lin.in_features for lin in m.linears()
-               if lin.name in targets and not lin.lora_param)
+    return sum(lin.layer_share * tokens * lin.in_features for lin in adapted_linears(m, lora_targets)
+               if not lin.lora_param)
 
 
 @cache
@@ -344,7 +342,8 @@ def host_ops_per_micro_batch(m: ModelSpec, layers: int, method: Method, lora_tar
                              grad_ckpt: GradCkpt, lora_ops: bool = True) -> float:
     """Eager ops the host dispatches for one micro-batch: forward, backward (x2), recomputed forward; `lora_ops`
     False leaves out peft's (a device that measured their host time: `lora_host_s`)."""
-    lora = len(resolve_lora_targets(m, lora_targets)) if method is not Method.full and lora_ops else 0
+    # adapted targets of a mean layer, each weighted by the share of the layers that hold it (adapted_per_layer)
+    lora = adapted_count(m, lora_targets) if method is not Method.full and lora_ops else 0.0
     fwd = OPS_PER_LAYER_FORWARD + OPS_PER_LORA_LINEAR * lora
     passes = 3 + (1 if grad_ckpt is GradCkpt.full else 0)
     return layers * fwd * passes
@@ -358,7 +357,7 @@ def lora_host_s(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[s
     if method is Method.full or not gpu.lora_linear_host_s:
         return 0.0
     passes = 3 + (1 if grad_ckpt is GradCkpt.full else 0)
-    return layers * len(resolve_lora_targets(m, lora_targets)) * gpu.lora_linear_host_s * passes / 3
+    return layers * adapted_count(m, lora_targets) * gpu.lora_linear_host_s * passes / 3
 
 
 def attention_memory_s(m: ModelSpec, kernel: str | None, dtype: str, b: int, s: int, layers: int, tp: int,

@@ -106,7 +106,7 @@ def targetable_names(m: ModelSpec) -> tuple[str, ...]:
 
 
 def _parameter_key(lin: LinearShape) -> str:
-    return parameter_key(lin.path or lin.name, fused_tensor=lin.role == "expert" and lin.copies > 1)
+    return parameter_key(lin.path or lin.name, role=lin.role)
 
 
 @lru_cache(maxsize=4096)
@@ -134,11 +134,45 @@ def resolve_lora_targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[str, .
 @lru_cache(maxsize=4096)
 def lora_params(m: ModelSpec, r: int, targets: tuple[str, ...]) -> int:
     """peft LoRA adds A (r x in) and B (out x r) per targeted linear, no bias (Hu et al. 2021)."""
-    chosen = set(resolve_lora_targets(m, targets))
-    per_layer = sum(lin.layer_share * r * lin.lora_params_per_rank()
-                    for lin in m.linears() if lin.name in chosen and (lin.lora_targetable or lin.all_linear))
+    per_layer = sum(lin.layer_share * r * lin.lora_params_per_rank() for lin in adapted_linears(m, targets))
     total = m.num_layers * per_layer
     return round(total)
+
+
+@lru_cache(maxsize=4096)
+def adapted_linears(m: ModelSpec, targets: tuple[str, ...]) -> tuple[LinearShape, ...]:
+    """The linears peft adapts, each once with the share of the decoder layers that hold it (`layer_share`): a target
+    name reaches every linear of that name peft can adapt (peft/tuners/tuners_utils.py BaseTuner.inject_adapter
+    matches target_modules by module-name suffix, target_parameters by `parameter_matches`), and a layer holds only
+    its own kind's linears (DeepSeek-V3's dense layers hold no experts, its MoE layers no dense MLP)."""
+    chosen = set(resolve_lora_targets(m, targets))
+    return tuple(lin for lin in m.linears() if lin.name in chosen and (lin.lora_targetable or lin.all_linear))
+
+
+@lru_cache(maxsize=4096)
+def adapted_per_layer(m: ModelSpec, targets: tuple[str, ...]) -> tuple[float, float]:
+    """(nn.Linear modules, parameters) peft adapts in a mean decoder layer, each weighted by its `layer_share`: the
+    first become a lora.Linear (peft/tuners/lora/layer.py Linear), the second a ParamWrapper (fused expert tensors,
+    routers that are not nn.Linear; two wrappers, nested, on an experts module whose two tensors are both
+    adapted). Counted on tiny DeepSeek-V3 (first_k_dense_replace), Qwen3-MoE (mlp_only_layers), Llama 4
+    (interleave_moe_layer_step 2) and gpt-oss models: tests/profiler/test_layer_share_counts.py."""
+    adapted = adapted_linears(m, targets)
+    return (sum(lin.layer_share for lin in adapted if not lin.lora_param),
+            sum(lin.layer_share for lin in adapted if lin.lora_param))
+
+
+def lora_tensor_elements(lin: LinearShape, r: int) -> tuple[float, float]:
+    """Elements of the lora_A and lora_B tensors peft gives one adapted linear: r x in and out x r for an nn.Linear
+    (peft/tuners/lora/layer.py LoraLayer.update_layer); one (r' e) x in and one out x (r' e) tensor for a fused
+    tensor of e experts (ParamWrapper.update_layer; r' = 2r on a converted gate_up_proj, `lora_per_rank`), read off a
+    tiny DeepSeek-V3 (mlp.experts.lora_A (r' e, h), lora_B (2i, r' e))."""
+    rank = r * lin.lora_params_per_rank() / (lin.in_features + lin.out_features)  # r' e, or r for an nn.Linear
+    return rank * lin.in_features, rank * lin.out_features
+
+
+def adapted_count(m: ModelSpec, targets: tuple[str, ...]) -> float:
+    """Targets (nn.Linear and parameters) peft adapts in a mean decoder layer (`adapted_per_layer`)."""
+    return sum(adapted_per_layer(m, targets))
 
 
 def wrapped_lora_targets(m: ModelSpec, targets: tuple[str, ...]) -> list[str]:

@@ -94,10 +94,14 @@ def convert_targets(model_type: str, targets: tuple[str, ...]) -> tuple[tuple[st
     return tuple(dict.fromkeys(modules)), tuple(dict.fromkeys(params))
 
 
-def parameter_key(path: str, *, fused_tensor: bool) -> str:
-    """The "module.param" key peft matches target parameters against: a fused expert tensor is itself the
-    parameter (mlp.experts.gate_up_proj); any other linear's is its weight (mlp.gate.weight)."""
-    return path if fused_tensor else f"{path}.weight"
+def parameter_key(path: str, *, role: str) -> str:
+    """The "module.param" key peft matches target parameters against for a linear of a decoder layer at `path`: a
+    fused expert tensor (role "expert") is itself the parameter (mlp.experts.gate_up_proj); any other linear is a
+    module whose key is its weight (mlp.gate.weight, DeepSeek-V3's router; peft's all-linear conversion names it
+    so). The one rule for the planner (params.py: named targets, targetable names) and the spec derivation (the
+    converted and the lone LoRA modes): the derivation records role "expert" for the 3-D parameters of an experts
+    module, and only for them (profiler/spec_structure.py `_linears`), so the role says which a path is."""
+    return path if role == "expert" else f"{path}.weight"
 
 
 def parameter_matches(key: str, params: tuple[str, ...]) -> bool:

@@ -113,7 +113,7 @@ def _converted_modes(model_type: str, kinds: list[dict[str, Any]]) -> list[Any]:
     modes: dict[str, Any] = {}
     for kind in kinds:
         for lin in kind["linears"]:
-            key = parameter_key(lin["path"], fused_tensor=lin["role"] == "expert")
+            key = parameter_key(lin["path"], role=lin["role"])
             names = tuple(old for old, new in TARGET_MAPPING[pattern] if parameter_matches(key, (new,)))
             if not names or not lin.get("lora_param"):
                 continue
@@ -279,7 +279,7 @@ def _blame(model: Any, config: Any, kinds: list[dict[str, Any]], failed: dict[st
         suspects |= {lin["path"] for k in kinds for lin in k["linears"] if lin.get("in_all_linear")}
     linears = {lin["path"]: lin for k in kinds for lin in k["linears"]}
     for target in sorted(suspects):
-        mode = _lone_mode(model, target, linears[target], layers_prefix)
+        mode = _lone_mode(target, linears[target])
         try:
             prepared = prepare(model, "fp32", mode, layers_prefix)
             inner = prepared.get_base_model() if hasattr(prepared, "get_base_model") else prepared
@@ -291,17 +291,16 @@ def _blame(model: Any, config: Any, kinds: list[dict[str, Any]], failed: dict[st
                         lin["lora_error"] = _first_line(exc)
 
 
-def _lone_mode(model: Any, path: str, lin: dict[str, Any], layers_prefix: str) -> Any:
+def _lone_mode(path: str, lin: dict[str, Any]) -> Any:
     """LoRA on one linear of a layer as peft adapts it: a module regex for an nn.Linear; for a linear peft wraps as a
-    parameter (`lora_param`: a fused expert tensor, a router that is not nn.Linear) its tensor by name, the path
-    itself where it is a parameter (experts.gate_up_proj), else the module's weight (DeepSeek-V3's router mlp.gate:
-    peft's all-linear conversion names it gate.weight)."""
+    parameter (`lora_param`: a fused expert tensor, a router that is not nn.Linear) its tensor by name
+    (planner/peft_moe.py `parameter_key`: experts.gate_up_proj itself, DeepSeek-V3's router mlp.gate.weight)."""
+    from planner.peft_moe import parameter_key
     from profiler.spec_activations import Mode
 
     if not lin.get("lora_param"):
         return Mode(f"lora:{path}", targets=(path,))
-    names = {name.split(".", 1)[1] for name, _ in model.get_submodule(layers_prefix).named_parameters()}
-    return Mode(f"lora:{path}", params=(path if path in names else f"{path}.weight",))
+    return Mode(f"lora:{path}", params=(parameter_key(path, role=lin["role"]),))
 
 
 def derive(raw: dict[str, Any], *, name: str, log: Any = None, activations: bool = True) -> dict[str, Any]:

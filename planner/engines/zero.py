@@ -178,21 +178,20 @@ def zero3_persistent_elements(cfg: TrainConfig, sp: StageParams) -> float:
     are gathered once and never released (partition_parameters.py `_convert_to_deepspeed_param`: `ds_persist`
     when `numel <= param_persistence_threshold`; partitioned_param_coordinator.py keeps `ds_persist` params
     AVAILABLE). That is every norm weight, the attention biases, and LoRA's A and B matrices while r x width
-    stays under the threshold (r <= 9 for square linears). Per tensor-parallel rank, this stage's layers."""
-    from planner.params import norm_params
+    stays under the threshold (r <= 9 for square linears), each in the share of the layers that hold it; a fused
+    expert tensor's bias and LoRA matrices are one tensor over all its experts (planner.params
+    lora_tensor_elements), which the threshold compares whole. Per tensor-parallel rank, this stage's layers."""
+    from planner.params import adapted_linears, lora_tensor_elements, norm_params
 
     m, threshold = cfg.model, ds.param_persistence_threshold(cfg.model)
     per_layer = 2 * norm_params(m) if norm_params(m) <= threshold else 0
-    for lin in m.linears():
-        if lin.bias and lin.out_features <= threshold:
-            per_layer += lin.copies * lin.out_features
+    for lin in m.linears():  # each in the share of the layers that hold it
+        bias = lin.copies * lin.out_features  # a fused tensor's bias is one (experts x out) tensor (gpt-oss)
+        if lin.bias and bias <= threshold:
+            per_layer += lin.layer_share * bias
     if cfg.trains_adapter:
-        from planner.memory_knobs import layer_training
-
-        for lin in m.linears():
-            if lin.name in layer_training(cfg).lora_targets:
-                per_layer += lin.copies * sum(n for n in (cfg.lora_r * lin.in_features, cfg.lora_r * lin.out_features)
-                                              if n <= threshold)
+        for lin in adapted_linears(m, cfg.lora_targets):  # a fused tensor's A and B hold every expert's rows
+            per_layer += lin.layer_share * sum(n for n in lora_tensor_elements(lin, cfg.lora_r) if n <= threshold)
     final_norm = norm_params(m) if sp.has_head and norm_params(m) <= threshold else 0
     return (per_layer * sp.layers + final_norm) / cfg.tp
 
@@ -246,11 +245,16 @@ def _decay_group_tensor_elements(cfg: TrainConfig) -> list[float]:
     """A full fine-tune's weight matrices in registration order (embedding, each layer's linears, LM head), per
     tensor-parallel rank: nearly all of the largest parameter group (the Trainer's weight-decay group,
     get_decay_parameter_names, leaves out only biases and norms; an optimizer built by DeepSpeed from the
-    ds_config gets one group). An MoE layer's experts count as one fused tensor."""
+    ds_config gets one group). An MoE layer's experts count as one fused tensor. A model whose layers differ holds
+    each kind's own linears in its layers (DeepSeek-V3: 3 dense layers, then 58 with experts), the kinds in the
+    order of their first layer (exact where each kind's layers are contiguous or the kinds share their linears)."""
     m, t = cfg.model, cfg.tp
     matrix = m.vocab_size * m.hidden_size / t
-    layer = [lin.copies * lin.in_features * lin.out_features / t for lin in m.linears()]
-    return [matrix] + layer * m.num_layers + ([] if m.tie_embeddings else [matrix])
+    kinds = sorted(m.layer_kinds, key=lambda k: k.first) or None
+    layers = [x for kind in kinds for x in [lin.copies * lin.in_features * lin.out_features / t
+                                             for lin in kind.linears] * kind.count] if kinds else \
+        [lin.copies * lin.in_features * lin.out_features / t for lin in m.linears()] * m.num_layers
+    return [matrix] + layers + ([] if m.tie_embeddings else [matrix])
 
 
 def zero3_sub_group_elements(cfg: TrainConfig, trained: float, n: int) -> tuple[float, ...]:

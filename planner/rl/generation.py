@@ -46,7 +46,7 @@ from planner import compute as cp
 from planner.comm import DEFAULT_COMM_EFFICIENCY, Group, allgather_time_s
 from planner.kernels import OPS_PER_LAYER_FORWARD, OPS_PER_LORA_LINEAR
 from planner.models import ModelSpec
-from planner.params import active_params, quantizable_params, resolve_lora_targets, total_params
+from planner.params import active_params, adapted_count, quantizable_params, total_params
 from planner.rl import lengths
 from planner.rl.settings import Generation, lengths_vary, prompt_len
 from planner.states import activation_dtype_bytes, quant_bytes_per_param
@@ -248,7 +248,7 @@ def _generate_host_ops(cfg: TrainConfig) -> float:
     """Eager ops transformers' generate dispatches per decoding step: the layers' forward ops (peft's adapters
     stay unmerged during generation, four more ops per adapted linear) and the sampling loop's."""
     m = cfg.model
-    lora = len(resolve_lora_targets(m, cfg.lora_targets)) if cfg.method is not Method.full else 0
+    lora = adapted_count(m, cfg.lora_targets) if cfg.method is not Method.full else 0.0  # share-weighted per layer
     return m.num_layers * (OPS_PER_LAYER_FORWARD + OPS_PER_LORA_LINEAR * lora) + GENERATE_STEP_OPS
 
 

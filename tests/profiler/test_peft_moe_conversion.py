@@ -11,7 +11,7 @@ import re
 from collections import Counter
 
 import pytest
-from tiny_moe import DEEPSEEK_V3, MIXTRAL, QWEN3_MOE
+from tiny_moe import DEEPSEEK_V3, GPT_OSS, LLAMA4, MIXTRAL, QWEN3_MOE
 
 from planner.models import spec_from_dict, spec_from_hf_config
 from planner.params import resolve_lora_targets
@@ -127,3 +127,22 @@ def test_the_derivation_measures_the_converted_selection() -> None:
     assert table["lora:mlp.experts.gate_up_proj"][3] - frozen == e * h * 2 * i * 2
     assert table["lora:mlp.experts.down_proj"][3] - frozen == e * i * h * 2
     assert not any(key.startswith("lora") and "mlp." in key for key in dense["saved"]["mixed"] if key != "lora_all")
+
+
+@pytest.mark.parametrize("raw", [DEEPSEEK_V3, QWEN3_MOE, LLAMA4, GPT_OSS], ids=lambda raw: raw["model_type"])
+def test_the_parameter_key_rule_names_the_models_own_parameters(raw: dict) -> None:
+    """planner/peft_moe.py `parameter_key`, the one rule the planner and the derivation use for the key peft matches
+    target parameters against (a fused expert tensor itself, any other linear its module's weight), names a
+    parameter the built model has, in the layers of each kind: the check the derivation's lone LoRA mode made on
+    the model before it used the rule."""
+    from planner.peft_moe import parameter_key
+    from profiler.spec_derive import derive
+    from profiler.spec_structure import build_meta_model, load_config
+
+    loaded = load_config(dict(raw), name="t")
+    model = build_meta_model(loaded, name="t")
+    names = {name for name, _ in model.named_parameters()}
+    for kind in derive(dict(raw), name="tiny", activations=False)["spec"]["layer_kinds"]:
+        for lin in kind["linears"]:
+            key = parameter_key(lin["path"], role=lin["role"])
+            assert any(n.endswith(f"layers.{kind['first']}.{key}") for n in names), (kind["first"], key)

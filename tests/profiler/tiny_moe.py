@@ -17,3 +17,7 @@ LLAMA4 = {**_SMALL, "model_type": "llama4_text", "num_hidden_layers": 2, "num_ke
           "interleave_moe_layer_step": 2}
 MIXTRAL = {**_SMALL, "model_type": "mixtral", "num_hidden_layers": 2, "num_key_value_heads": 2,
            "num_local_experts": 8, "num_experts_per_tok": 2}
+# every layer MoE, sliding and full attention alternating; experts and router with biases, attention sinks
+GPT_OSS = {"model_type": "gpt_oss", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 32,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_hidden_layers": 2,
+           "num_local_experts": 4, "num_experts_per_tok": 2, "max_position_embeddings": 256, "sliding_window": 8}
