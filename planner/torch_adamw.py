@@ -28,9 +28,10 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from planner import collectives as col
 from planner.choices import Engine, Method, Offload, Optimizer, Stage
 from planner.gpus import SINGLE_OVER_FOREACH_TIME, SINGLE_TENSOR_HOST_OPS, GPUSpec  # measured ratios: see there
-from planner.params import resolve_lora_targets
+from planner.params import adapted_linears, lora_tensor_elements
 
 if TYPE_CHECKING:
     from planner.model_layers import LinearShape
@@ -60,52 +61,40 @@ def runs_on_cpu(gpu: GPUSpec) -> bool:
     return gpu.name == "CPU"
 
 
-def _tensors_of(lin: LinearShape) -> int:
-    """Parameter tensors of one linear: a fused expert tensor (copies > 1, transformers >= 5's 3-D parameter) is
-    one, with one bias tensor if it has biases; a plain nn.Linear is its weight and bias."""
-    return 1 + (1 if lin.bias else 0)
-
-
 def _elements_of(lin: LinearShape) -> int:
     return lin.copies * lin.in_features * lin.out_features
 
 
-def _lora_linears(m: ModelSpec, adapter: Adapter) -> list[LinearShape]:
-    chosen = set(resolve_lora_targets(m, adapter.lora_targets))
-    return [lin for lin in m.linears() if lin.name in chosen and (lin.lora_targetable or lin.all_linear)]
-
-
 @lru_cache(maxsize=4096)
 def trainable_tensors(m: ModelSpec, adapter: Adapter, stage: Stage) -> float:
-    """Trainable parameter tensors of the whole model, as the optimizer's for-loop visits them. Full: per decoder
-    layer its linears (weight, bias) and two norms (weight, and bias for LayerNorm), the embedding (and BLOOM's
-    embedding norm), the final norm and an untied head, less the frozen layers and embedding (--freeze-layers); a
-    model read from transformers may hold a few more small tensors per layer (q/k norms, sinks), not counted.
-    LoRA: A and B per adapted linear (peft/tuners/lora/layer.py update_layer). A reward model adds its score head."""
+    """Trainable parameter tensors of the whole model, as the optimizer's for-loop visits them. Full: a decoder
+    layer's parameter tensors (planner.collectives.layer_structure: its linears' weights and biases, a fused expert
+    tensor one, and its norms, Qwen3's q/k norms and Gemma 3's sandwich norms included for a derived model), the
+    embedding (and BLOOM's embedding norm), the final norm and an untied head, less the frozen layers and embedding
+    (--freeze-layers). LoRA: A and B per adapted linear or parameter in the layers that hold it
+    (planner.collectives.trainable_tensors). A reward model adds its score head."""
+    head = 1 if stage is Stage.rm else 0
+    if adapter.method is not Method.full:
+        return col.trainable_tensors(m, m.num_layers, adapter.method, adapter.lora_targets) + head
     norm = 2 if m.layernorm_bias else 1
-    if adapter.method is Method.full:
-        per_layer = sum(lin.layer_share * _tensors_of(lin) for lin in m.linears()) + 2 * norm
-        layers = m.num_layers - (min(adapter.freeze_layers, m.num_layers) if adapter.freeze_layers else 0)
-        embedding = 0 if adapter.freeze_layers else 1 + (norm if m.embedding_norm else 0)
-        head = 1 if stage is Stage.rm or not m.tie_embeddings else 0
-        return layers * per_layer + embedding + norm + head
-    adapters = m.num_layers * sum(lin.layer_share * 2 for lin in _lora_linears(m, adapter))
-    return adapters + (1 if stage is Stage.rm else 0)
+    layers = m.num_layers - (min(adapter.freeze_layers, m.num_layers) if adapter.freeze_layers else 0)
+    embedding = 0 if adapter.freeze_layers else 1 + (norm if m.embedding_norm else 0)
+    head = 1 if stage is Stage.rm or not m.tie_embeddings else 0
+    return layers * col.layer_structure(m)[1] + embedding + norm + head
 
 
 @lru_cache(maxsize=4096)
 def largest_trainable_tensors(m: ModelSpec, adapter: Adapter, stage: Stage) -> tuple[float, float]:
     """Elements of the largest trainable parameter tensor (outside the decoder layers, inside one). Full: the embedding
     (unless frozen) or an untied head; the largest linear (a fused expert tensor whole). LoRA: none outside (a reward
-    model's score head, h); inside, the larger of A (r x in) and B (out x r) of the widest adapted linear, its rank's
-    parameters (LinearShape.lora_params_per_rank) split between A and B in proportion to in : out."""
+    model's score head, h); inside, the largest A or B of an adapted linear (planner.params.lora_tensor_elements)."""
     if adapter.method is Method.full:
         vocab = m.vocab_size * m.hidden_size
         embedding = 0 if adapter.freeze_layers else vocab
         head = vocab if stage is not Stage.rm and not m.tie_embeddings else 0
         return float(max(embedding, head)), float(max((_elements_of(lin) for lin in m.linears()), default=0))
-    widest = max((adapter.lora_r * lin.lora_params_per_rank() * max(lin.in_features, lin.out_features)
-                  / (lin.in_features + lin.out_features) for lin in _lora_linears(m, adapter)), default=0.0)
+    widest = max((max(lora_tensor_elements(lin, adapter.lora_r))
+                  for lin in adapted_linears(m, adapter.lora_targets)), default=0.0)
     return float(m.hidden_size) if stage is Stage.rm else 0.0, widest
 
 
