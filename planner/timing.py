@@ -215,7 +215,8 @@ def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT, attention_k
     dp_total, dp_exposed, offload_s = _data_parallel(cfg, dp, fam.trainable_gpu * share, fam.param_bytes_gpu * share,
                                                      fwd_s, bwd_s, comm_eff)
     ep_s = ga * moe.ep_comm_s(cfg, tokens=mb_tokens, layers=fam.stage_layers, comm_eff=comm_eff)
-    offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s)
+    reduce_s = _reduce_chain_s(cfg, dp, fam.trainable_gpu * share, fam.param_bytes_gpu * share, comm_eff)
+    offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s, reduce_s)
     offload_s += offload_total + ga * knobs.activation_offload_exposed_s(cfg, fwd_s, bwd_s)
 
     # hooks that wait on in-flight gathers (ZeRO-3, FSDP with more than one rank) run while those gathers are
@@ -431,8 +432,20 @@ def _data_parallel(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_
     return engines.of(cfg).dp_comm(cfg, g, trainable_gpu, param_bytes_gpu, fwd_s, bwd_s, comm_eff)
 
 
-def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_s: float) -> tuple[float, float]:
-    """(offload seconds, GPU optimizer seconds) per step."""
+def _reduce_chain_s(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_gpu: float, comm_eff: float) -> float:
+    """Seconds per gradient reduction of the traffic an offloaded gradient's copy to the host waits behind on its
+    stream (the engine's reduce_chain_s); 0 without offload or data parallelism."""
+    if dp <= 1 or cfg.offload is Offload.none:
+        return 0.0
+    g = pc.dp_group(cfg.cluster, cfg.tp, cfg.pp, dp, comm_eff)
+    return engines.of(cfg).reduce_chain_s(cfg, g, trainable_gpu, param_bytes_gpu)
+
+
+def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_s: float,
+                           reduce_s: float = 0.0) -> tuple[float, float]:
+    """(offload seconds, GPU optimizer seconds) per step. `reduce_s`: the reduction the gradients' copies follow on
+    their stream (_reduce_chain_s), in every micro-batch that reduces; the copies overlap only the backward it
+    leaves."""
     gpu, eng = cfg.cluster.gpu, engines.of(cfg)
     n = eng.optimizer_shards(cfg)
     params_rank = trainable_gpu / n
@@ -454,16 +467,19 @@ def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_
     # them out as fp32 (async_inplace_copy_grad_to_fp32_buffer_from_gpu); ZeRO-3 and FSDP move fp32 gradients
     # every micro-batch
     d2h_count = eng.gradient_offloads_per_step(cfg)
+    # the boundary micro-batch always reduces; the others too where each micro-batch offloads (ZeRO-2/3, FSDP)
+    left_s = max(0.0, bwd_s - reduce_s)
+    other_s = left_s if d2h_count == cfg.grad_accum else bwd_s
     if cfg.engine is Engine.deepspeed and cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS) and \
             cfg.grad_accum > 1:
         # the boundary micro-batch runs both in its one backward, one after the other (copy_grads_in_partition:
         # the accumulation, then async_inplace_copy_grad_to_fp32_buffer_from_gpu when is_gradient_accumulation_boundary)
         d2h_each = off.pcie_time_s(params_rank * 2.0 * _elem_bytes(cfg), link)
-        d2h_exposed = (cfg.grad_accum - 1) * max(0.0, d2h_each - bwd_s) + \
-            max(0.0, d2h_each + off.pcie_time_s(params_rank * 4.0, link) - bwd_s)
+        d2h_exposed = (cfg.grad_accum - 1) * max(0.0, d2h_each - other_s) + \
+            max(0.0, d2h_each + off.pcie_time_s(params_rank * 4.0, link) - left_s)
     else:
         d2h_each = off.pcie_time_s(params_rank * 4.0, link)
-        d2h_exposed = d2h_count * max(0.0, d2h_each - bwd_s)
+        d2h_exposed = d2h_count * max(0.0, d2h_each - left_s)
     h2d = off.pcie_time_s(params_rank * 2.0, link) if cfg.offload is Offload.optimizer else 0.0
     adam = off.cpu_adam_time_s(params_rank, ranks, deepspeed_cpu_adam=cfg.engine is Engine.deepspeed)
     nvme = 0.0

@@ -7,14 +7,7 @@ Each asserts only what the engines themselves guarantee, cited at the test:
   optimizer <= parameters);
 - more gradient accumulation costs between nothing and proportionally more;
 - the recommendation is deterministic, and the ranking does not depend on the candidates' order.
-
-The step-time monotonicity properties leave out two layouts whose windows the model still credits twice (found by
-these properties, not fixed here): offload, where ZeRO's gradient reduction and its device-to-host copies run one
-after the other on one stream (stage_1_and_2.py reduce_ipg_grads -> copy_grads_in_partition; stage3.py
-__reduce_and_partition_ipg_grads -> partition_grads) but each is overlapped with the whole backward, and FSDP's
-hybrid shard, whose intra-node reduce-scatters and inter-node all-reduces are each overlapped with the whole backward
-(planner/engines/fsdp.py dp_comm). There a longer backward shortens two exposures at once and can shorten the step
-(test_known_double_window_examples)."""
+"""
 
 from __future__ import annotations
 
@@ -82,11 +75,6 @@ def configs(draw: st.DrawFn, stages: tuple[Stage, ...] = (Stage.pt, Stage.sft, S
     return cfg
 
 
-def single_window(cfg: TrainConfig) -> bool:
-    """No offload and no hybrid shard: every exposed transfer is overlapped with a window of its own."""
-    return cfg.offload is Offload.none and not (cfg.engine is Engine.fsdp and cfg.fsdp is FsdpStrategy.hybrid_shard)
-
-
 def seconds(cfg: TrainConfig) -> float:
     return step_time(cfg).step_time_s
 
@@ -98,7 +86,6 @@ def non_decreasing(times: list[float]) -> bool:
 @SETTINGS
 @given(configs())
 def test_larger_micro_batch_never_faster_nor_more_than_proportionally_slower(cfg: TrainConfig) -> None:
-    assume(single_window(cfg))
     # the same kernels over twice the rows at the same accumulation, communication and optimizer step: a GEMM's time
     # does not fall with its M (wave quantization ceil(tiles / SMs) only grows, and 2 x ceil(n) >= ceil(2n)), the
     # elementwise passes scale with the tokens, attention with the sequences at a fixed length
@@ -112,7 +99,6 @@ def test_larger_micro_batch_never_faster_nor_more_than_proportionally_slower(cfg
 @SETTINGS
 @given(configs())
 def test_longer_sequence_never_faster(cfg: TrainConfig) -> None:
-    assume(single_window(cfg))
     longer = replace(cfg, seq_len=2 * cfg.seq_len)
     assume(not problems(longer))
     assert seconds(longer) >= seconds(cfg) * (1 - EPS), str(cfg)
@@ -121,7 +107,6 @@ def test_longer_sequence_never_faster(cfg: TrainConfig) -> None:
 @SETTINGS
 @given(configs())
 def test_checkpointing_never_makes_a_step_faster(cfg: TrainConfig) -> None:
-    assume(single_window(cfg))
     # torch/utils/checkpoint.py reruns the checkpointed forward in backward; selective checkpointing reruns the
     # attention core only (Korthikanti et al. 2022, Sec. 5): none <= selective <= full
     times = [seconds(replace(cfg, grad_ckpt=c)) for c in (GradCkpt.none, GradCkpt.selective, GradCkpt.full)]
@@ -195,14 +180,33 @@ def test_online_rl_step_monotonic_in_micro_batch() -> None:
     assert non_decreasing(times), times
 
 
-@pytest.mark.xfail(strict=True, reason="open: two transfers credited the same backward window (module docstring)")
 @pytest.mark.parametrize(("gpus", "model", "fields"), [
+    # FSDP hybrid shard: the inter-node all-reduces were overlapped with a backward of their own beside the intra-node
+    # chain's; mb 4 -> 8 took 7.013 s -> 6.280 s a step before
     ("2x8xH100", "mixtral-8x7b", {"engine": Engine.fsdp, "fsdp": FsdpStrategy.hybrid_shard, "micro_batch": 4,
                                   "grad_accum": 6, "seq_len": 256, "grad_ckpt": GradCkpt.full,
                                   "precision": Precision.bf16_true, "attn": Attn.eager, "stage": Stage.pt}),
+    # ZeRO-2 offload: the gradients' copies to the host were overlapped with the whole backward beside the reduction
+    # they follow on its stream; mb 1 -> 2 took 25.769 s -> 25.742 s before
     ("4xRTX4090", "mistral-7b", {"engine": Engine.deepspeed, "zero": ZeroStage.GRADIENTS, "offload": Offload.optimizer,
-                                 "micro_batch": 1, "grad_accum": 1, "seq_len": 256, "stage": Stage.pt})])
-def test_known_double_window_examples(gpus: str, model: str, fields: dict) -> None:
+                                 "micro_batch": 1, "grad_accum": 1, "seq_len": 256, "stage": Stage.pt}),
+    # DDP, host-bound: the device's busy time was the all-reduces' window, not the micro-batch's wall time; mb 1 -> 2
+    # took 80.5 ms -> 77.5 ms before
+    ("8xH100", "llama-3.2-1b", {"micro_batch": 1, "grad_accum": 1, "seq_len": 256, "stage": Stage.pt})])
+def test_found_examples_no_longer_speed_up_with_more_work(gpus: str, model: str, fields: dict) -> None:
     cfg = TrainConfig(model=from_name(model), cluster=parse_gpus(gpus), method=Method.full, **fields)
     assert not problems(cfg)
-    assert seconds(replace(cfg, micro_batch=2 * cfg.micro_batch)) >= seconds(cfg)
+    assert seconds(replace(cfg, micro_batch=2 * cfg.micro_batch)) >= seconds(cfg) * (1 - EPS)
+
+
+@pytest.mark.xfail(strict=True, reason="open: a host-bound micro-batch's windows follow the device's forward share")
+def test_host_bound_forward_window_example() -> None:
+    # FSDP with its hooks, host-bound at 256 tokens (dispatch 8.8 ms over 13.3 ms of device time a micro-batch): at
+    # 512 tokens the micro-batch's wall time grows 0.4 ms, but forward's window (the device's forward) grows 3.1 ms and
+    # hides more of the forward gathers than backward's shrinking window exposes: 70.2 ms -> 67.5 ms a step. The
+    # device's forward share is not forward's wall time when the host is behind: the windows would have to follow the
+    # host's launches pass by pass (planner/timing.py training_step_time)
+    cfg = TrainConfig(model=from_name("llama-3.2-1b"), cluster=parse_gpus("2x8xH100"), method=Method.full,
+                      engine=Engine.fsdp, fsdp=FsdpStrategy.hybrid_shard, micro_batch=2, grad_accum=2, seq_len=256,
+                      stage=Stage.pt)
+    assert seconds(replace(cfg, seq_len=512)) >= seconds(cfg)
