@@ -213,11 +213,13 @@ def _tokens_per_s(est: Estimate) -> float:
 
 def rank_key(est: Estimate) -> tuple[float, float, tuple[str, ...]]:
     """Sort key before ties are resolved, smaller first: fastest (tokens/s of the job), then least memory, then the
-    plan's name and the choices it does not show (plans the models cannot tell apart, SDPA and FlashAttention-2 under
-    --attns sdpa,flash, tie on both), so that the order never depends on the order the candidates came in."""
+    plan's name and the choices it does not show, the attention transformers picks by default first (plans the models
+    cannot tell apart, SDPA and FlashAttention-2 under --attns sdpa,flash, tie on both: SDPA needs no flash-attn
+    package), so that the order never depends on the order the candidates came in."""
     cfg = est.config
-    names = (str(cfg), cfg.method.value, cfg.attn.value, cfg.fsdp_version.name, cfg.precision.value,
-             cfg.optimizer.value, cfg.rollout_name() if is_online_rl(cfg.stage) else "")
+    names = (str(cfg), cfg.method.value, str(int(cfg.attn is not default_attn(cfg.model))), cfg.attn.value,
+             cfg.fsdp_version.name, cfg.precision.value, cfg.optimizer.value,
+             cfg.rollout_name() if is_online_rl(cfg.stage) else "")
     return (-_tokens_per_s(est), est.memory.total, names)
 
 

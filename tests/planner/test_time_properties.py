@@ -154,6 +154,16 @@ def test_recommendation_is_deterministic_and_independent_of_candidate_order(mode
     assert [str(e.config) for e in first.plans] == [str(e.config) for e in second.plans]
     assert first.recommendation is not None and second.recommendation is not None
     assert str(first.recommendation.plan.config) == str(second.recommendation.plan.config)
+    if space.attns == (Attn.sdpa, Attn.flash):
+        # where SDPA and FlashAttention-2 tie exactly (planner.search.SearchSpace.attns; not under Gemma 3's sliding
+        # windows, which FlashAttention-2 skips), the default goes first
+        at = {(str(e.config), e.config.method, e.config.attn): i for i, e in enumerate(first.plans)}
+        ties = [(i, at[key[0], key[1], Attn.flash]) for key, i in at.items()
+                if key[2] is Attn.sdpa and (key[0], key[1], Attn.flash) in at
+                and first.plans[i].time.tokens_per_s == first.plans[at[key[0], key[1], Attn.flash]].time.tokens_per_s]
+        assert all(i < j for i, j in ties)
+        assert [_name(e.config) for e in plan(base, replace(space, attns=(Attn.flash, Attn.sdpa))).plans] == \
+            [_name(e.config) for e in first.plans]
     fitting = [estimate(e.config) for e in first.plans]
     order = [_name(e.config) for e in recommend(rank(fitting))[0]]
     for seed in range(3):
