@@ -7,6 +7,12 @@ Each asserts only what the engines themselves guarantee, cited at the test:
   optimizer <= parameters);
 - more gradient accumulation costs between nothing and proportionally more;
 - the recommendation is deterministic, and the ranking does not depend on the candidates' order.
+
+Not asserted, because the engines do not guarantee them: ZeRO-3 communicating at least ZeRO-2's time (at ga = 1 both
+move 3 psi, Rajbhandari et al. 2020 Sec. 7.2.2 with DeepSpeed's bucket all-reduce for ZeRO-2, and ZeRO-2's time adds
+its bucket copy passes, planner/engines/zero.py zero12_bucket_passes_s), and LoRA never slower than full fine-tuning
+(LoRA adds its branches' kernels and launches, which at small micro-batches outweigh the weight gradients it skips).
+Open (strict xfail): a host-bound micro-batch's overlap windows follow the device's forward share.
 """
 
 from __future__ import annotations
