@@ -211,9 +211,16 @@ def _tokens_per_s(est: Estimate) -> float:
     return est.time.tokens_per_s if est.time is not None else step_time(est.config).tokens_per_s
 
 
-def rank_key(est: Estimate) -> tuple[float, float]:
-    """Sort key before ties are resolved, smaller first: fastest (tokens/s of the job), then least memory."""
-    return (-_tokens_per_s(est), est.memory.total)
+def rank_key(est: Estimate) -> tuple[float, float, tuple[str, ...]]:
+    """Sort key before ties are resolved, smaller first: fastest (tokens/s of the job), then least memory, then the
+    plan's name and the choices it does not show, the attention transformers picks by default first (plans the models
+    cannot tell apart, SDPA and FlashAttention-2 under --attns sdpa,flash, tie on both: SDPA needs no flash-attn
+    package), so that the order never depends on the order the candidates came in."""
+    cfg = est.config
+    names = (str(cfg), cfg.method.value, str(int(cfg.attn is not default_attn(cfg.model))), cfg.attn.value,
+             cfg.fsdp_version.name, cfg.precision.value, cfg.optimizer.value,
+             cfg.rollout_name() if is_online_rl(cfg.stage) else "")
+    return (-_tokens_per_s(est), est.memory.total, names)
 
 
 def rank(plans: list[Estimate], tie_fraction: float = TIE_FRACTION) -> list[Estimate]:

@@ -203,6 +203,13 @@ def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT, attention_k
     fwd_share = 1 / 3 if cfg.method is Method.full else 1 / 2
     fwd_s = (mb_compute_s - mb_recompute_s) * fwd_share
     bwd_s = mb_compute_s - fwd_s
+    if gpu.sm_count > 0:
+        # a host-bound micro-batch lasts as long as the host's launches, not the device's busy time (the device waits
+        # on them: _host_exposed_s), and the collectives and copies on their own streams run through that wall time:
+        # DDP's bucket all-reduces and ZeRO's reductions start from the autograd hooks as backward proceeds (Li et
+        # al. 2020 Sec. 3.2.3), so backward's window is the micro-batch's wall time less forward's. Forward keeps the
+        # device's time, so the windows sum to the wall time and grow only as it does
+        bwd_s += dispatch_s
 
     bubble_s = (compute_s + recompute_s) * bubble_fraction(pp, ga, cfg.pp_schedule, cfg.virtual_stages)
     dequant_s = ga * cp.dequant_bytes_per_micro_batch(cfg) / (gpu.hbm_bytes_per_s * cp.BNB_DEQUANT_BANDWIDTH_FRACTION) \
@@ -216,7 +223,8 @@ def training_step_time(cfg: TrainConfig, cal: Calibration = DEFAULT, attention_k
     dp_total, dp_exposed, offload_s = _data_parallel(cfg, dp, fam.trainable_gpu * share, fam.param_bytes_gpu * share,
                                                      fwd_s, bwd_s, comm_eff)
     ep_s = ga * moe.ep_comm_s(cfg, tokens=mb_tokens, layers=fam.stage_layers, comm_eff=comm_eff)
-    offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s)
+    reduce_s = _reduce_chain_s(cfg, dp, fam.trainable_gpu * share, fam.param_bytes_gpu * share, comm_eff)
+    offload_total, opt_s = _offload_and_optimizer(cfg, dp, fam.trainable_gpu, bwd_s, reduce_s)
     offload_s += offload_total + ga * knobs.activation_offload_exposed_s(cfg, fwd_s, bwd_s)
 
     # hooks that wait on in-flight gathers (ZeRO-3, FSDP with more than one rank) run while those gathers are
@@ -419,14 +427,33 @@ def _data_parallel(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_
                    comm_eff: float) -> tuple[float, float, float]:
     """(total, exposed) data-parallel communication per step, and host-link time of parameter offload that
     rides on the gathers: the engine's (planner/engines/)."""
-    if dp <= 1:
+    if dp <= 1 and cfg.offload is not Offload.all:
         return 0.0, 0.0, 0.0
     g = pc.dp_group(cfg.cluster, cfg.tp, cfg.pp, dp, comm_eff)
+    if dp <= 1:
+        # one rank gathers nothing, but its offloaded parameters still cross the host link before each use: DeepSpeed
+        # ZeRO-3 copies the CPU partition to the GPU before its (one-rank) all-gather (partition_parameters.py
+        # `_all_gather` of ds_tensor), FSDP's CPU offload moves the shard to the GPU before unsharding (FSDP2
+        # fsdp_param.py `all_gather_inputs`: `.to(self.device, non_blocking=True)`; FSDP1 flat_param.py
+        # `pre_unshard`: `flat_param_to(self.device)`, NO_SHARD included)
+        return 0.0, 0.0, engines.of(cfg).dp_comm(cfg, g, trainable_gpu, param_bytes_gpu, fwd_s, bwd_s, comm_eff)[2]
     return engines.of(cfg).dp_comm(cfg, g, trainable_gpu, param_bytes_gpu, fwd_s, bwd_s, comm_eff)
 
 
-def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_s: float) -> tuple[float, float]:
-    """(offload seconds, GPU optimizer seconds) per step."""
+def _reduce_chain_s(cfg: TrainConfig, dp: int, trainable_gpu: float, param_bytes_gpu: float, comm_eff: float) -> float:
+    """Seconds per gradient reduction of the traffic an offloaded gradient's copy to the host waits behind on its
+    stream (the engine's reduce_chain_s); 0 without offload or data parallelism."""
+    if dp <= 1 or cfg.offload is Offload.none:
+        return 0.0
+    g = pc.dp_group(cfg.cluster, cfg.tp, cfg.pp, dp, comm_eff)
+    return engines.of(cfg).reduce_chain_s(cfg, g, trainable_gpu, param_bytes_gpu)
+
+
+def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_s: float,
+                           reduce_s: float = 0.0) -> tuple[float, float]:
+    """(offload seconds, GPU optimizer seconds) per step. `reduce_s`: the reduction the gradients' copies follow on
+    their stream (_reduce_chain_s), in every micro-batch that reduces; the copies overlap only the backward it
+    leaves."""
     gpu, eng = cfg.cluster.gpu, engines.of(cfg)
     n = eng.optimizer_shards(cfg)
     params_rank = trainable_gpu / n
@@ -453,14 +480,19 @@ def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_
     # them out as fp32 (async_inplace_copy_grad_to_fp32_buffer_from_gpu); ZeRO-3 and FSDP move fp32 gradients
     # every micro-batch
     d2h_count = eng.gradient_offloads_per_step(cfg)
+    # the boundary micro-batch always reduces; the others too where each micro-batch offloads (ZeRO-2/3, FSDP)
+    left_s = max(0.0, bwd_s - reduce_s)
+    other_s = left_s if d2h_count == cfg.grad_accum else bwd_s
     if cfg.engine is Engine.deepspeed and cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS) and \
             cfg.grad_accum > 1:
+        # the boundary micro-batch runs both in its one backward, one after the other (copy_grads_in_partition:
+        # the accumulation, then async_inplace_copy_grad_to_fp32_buffer_from_gpu when is_gradient_accumulation_boundary)
         d2h_each = off.pcie_time_s(params_rank * 2.0 * _elem_bytes(cfg), link)
-        d2h_exposed = cfg.grad_accum * max(0.0, d2h_each - bwd_s) + \
-            max(0.0, off.pcie_time_s(params_rank * 4.0, link) - bwd_s)
+        d2h_exposed = (cfg.grad_accum - 1) * max(0.0, d2h_each - other_s) + \
+            max(0.0, d2h_each + off.pcie_time_s(params_rank * 4.0, link) - left_s)
     else:
         d2h_each = off.pcie_time_s(params_rank * 4.0, link)
-        d2h_exposed = d2h_count * max(0.0, d2h_each - bwd_s)
+        d2h_exposed = d2h_count * max(0.0, d2h_each - left_s)
     h2d = off.pcie_time_s(params_rank * 2.0, link) if cfg.offload is Offload.optimizer else 0.0
     adam = off.cpu_adam_time_s(params_rank, ranks, deepspeed_cpu_adam=cfg.engine is Engine.deepspeed)
     nvme = 0.0

@@ -125,6 +125,11 @@ def bucketed_allreduce(cfg: TrainConfig, g: Group, grad_bytes: float, bwd_s: flo
     return ar, overlap_for(cfg)(ar, bwd_s, ar / calls), 0.0
 
 
+def reduce_chain_s(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float) -> float:
+    """DDP offloads nothing: no gradient copy waits behind its all-reduces."""
+    return 0.0
+
+
 def hook_host_s(cfg: TrainConfig, layers: int) -> float:
     """DDP's autograd hooks only copy gradients into buckets (counted in the op dispatch)."""
     return 0.0

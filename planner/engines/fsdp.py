@@ -24,7 +24,7 @@ from planner.choices import (
 )
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines import ddp
-from planner.engines.sharded import overlap_for, sharded_comm, sync_calls_s
+from planner.engines.sharded import backward_chain_s, overlap_for, sharded_comm, sync_calls_s
 from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, stage_layers
@@ -203,7 +203,14 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
         replicas = Group(n=cfg.dp // shard, per_node=1, intra_bytes_per_s=g.intra_bytes_per_s,
                          inter_bytes_per_s=g.inter_bytes_per_s)
         ar = cfg.grad_accum * split_time_s(allreduce_time_s, grad_bytes / shard, units, replicas)
-        ar_exposed = overlap_for(cfg, issued_async=False)(ar, cfg.grad_accum * bwd_s, ar / (cfg.grad_accum * units))
+        # each unit's all-reduce runs on a stream of its own once that unit's reduce-scatter is done (FSDP1
+        # _runtime_utils.py `_reduce_grad`: `_all_reduce_stream.wait_stream(_post_backward_stream)`; FSDP2
+        # _fsdp_collectives.py `foreach_reduce`: `all_reduce_stream.wait_stream(reduce_scatter_stream)`), over other
+        # links: the all-reduces hide behind the longer of backward and the intra-node chain (whose own excess over
+        # backward sharded_comm counts), not behind a backward of their own
+        chain = cfg.grad_accum * backward_chain_s(intra, grad_bytes, param_bytes_gpu, units, units, gathers)
+        window = max(cfg.grad_accum * bwd_s, chain) if cfg.cluster.gpu.overlaps_comm else cfg.grad_accum * bwd_s
+        ar_exposed = overlap_for(cfg, issued_async=False)(ar, window, ar / (cfg.grad_accum * units))
         ar_sync = sync_calls_s(cfg, cfg.grad_accum * units)
         total, exposed = total + ar + ar_sync, exposed + ar_exposed + ar_sync
     else:
@@ -215,6 +222,20 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
     hidden = on_side if cfg.cluster.gpu.overlaps_comm else 0.0
     return (total + cfg.grad_accum * (on_compute + on_side), exposed + cfg.grad_accum * (on_compute + on_side - hidden),
             h2d)
+
+
+def reduce_chain_s(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float) -> float:
+    """Seconds per micro-batch of the backward-side traffic the CPU offload's gradient copies wait behind: FSDP copies
+    each unit's reduced shard to the host on the stream that reduced it, after the reduction (FSDP1
+    _runtime_utils.py `_post_reduce_grad_callback` -> `_offload_grad` on the post-backward stream; FSDP2
+    _fsdp_collectives.py `foreach_reduce`: `new_sharded_grad.to(cpu)` under `post_reduce_stream`): the chain of
+    backward gathers and reduce-scatters sharded_comm overlaps with backward. CPU offload is FULL_SHARD's only."""
+    if not is_sharded(cfg) or cfg.fsdp is FsdpStrategy.hybrid_shard:
+        return 0.0
+    units = col.fsdp_units(stage_layers(cfg.model.num_layers, cfg.pp))
+    gathers = 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
+    grad_bytes = trainable_gpu * (4.0 if cfg.precision is Precision.fp32 else 2.0)
+    return backward_chain_s(g, grad_bytes, param_bytes_gpu, units, units, gathers)
 
 
 def copy_passes_s(cfg: TrainConfig, param_bytes: float, grad_bytes: float, gathers: int, shard: int

@@ -61,6 +61,16 @@ def sync_calls_s(cfg: TrainConfig, calls: float) -> float:
     return 0.0 if gpu.overlaps_comm else calls * gpu.sync_call_s
 
 
+def backward_chain_s(g: Group, grad_bytes: float, param_bytes_gpu: float, gather_calls: int, rs_calls: int,
+                     gathers: int) -> float:
+    """Seconds per micro-batch of ZeRO-3's / FSDP's backward-side collectives as sharded_comm chains them on a device
+    that overlaps communication: the backward gathers (`gathers` - 1: forward has the first) and the gradients'
+    reduce-scatter."""
+    ag = split_time_s(pc.param_allgather_s, param_bytes_gpu, gather_calls, g)
+    rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls, g)
+    return (gathers - 1) * ag + rs
+
+
 def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
                  gather_calls: int, rs_calls: int, *, gathers: int, rs_overlap=None, gathers_async: bool,
                  rs_async: bool) -> tuple[float, float, float]:

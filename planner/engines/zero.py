@@ -30,7 +30,7 @@ from planner.choices import (
 )
 from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
 from planner.deepspeed_sizes import reduce_bucket_elements
-from planner.engines.sharded import no_overlap, overlap_for, sharded_comm, sync_calls_s
+from planner.engines.sharded import backward_chain_s, no_overlap, overlap_for, sharded_comm, sync_calls_s
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
 
@@ -409,6 +409,28 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
     # compute once the trace is recorded; the reduce-scatter is synchronous (coalesced_collectives.py)
     return sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, modules, rs_calls, gathers=gathers,
                         rs_overlap=None if ds.overlap_comm() else reduce_overlap, gathers_async=True, rs_async=False)
+
+
+def reduce_chain_s(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float) -> float:
+    """Seconds per gradient reduction (gradient_offloads_per_step of them a step) of the backward-side traffic the
+    gradients' copies to the host wait behind: DeepSpeed runs each bucket's offload copy on the reduction stream after
+    its reduction, one after the other (stage_1_and_2.py `reduce_ipg_grads`: `average_tensor`, then
+    `copy_grads_in_partition`; stage3.py `__reduce_and_partition_ipg_grads`: the reduce-scatter, then
+    `partition_grads`' copy into the host buffer), so the copies overlap only the backward the reduction leaves.
+    ZeRO-1/2: the bucket all-reduces and their reduction-path passes (dp_comm); ZeRO-3: the chain sharded_comm
+    overlaps with backward (its gathers and reduce-scatter)."""
+    elem = 4.0 if cfg.precision is Precision.fp32 else 2.0
+    grad_bytes = trainable_gpu * elem
+    sizes = reduce_sizes(cfg, stage_layers(cfg.model.num_layers, cfg.pp))
+    rs_calls = sum(n for _, n in sizes)
+    if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
+        return bucket_allreduces_s(g, sizes, grad_bytes, elem) + zero12_bucket_passes_s(cfg, trainable_gpu)[1]
+    if cfg.zero is ZeroStage.WEIGHTS:
+        modules = col.param_modules(cfg.model, stage_layers(cfg.model.num_layers, cfg.pp), cfg.method,
+                                    cfg.lora_targets)
+        gathers = 3 if cfg.grad_ckpt is GradCkpt.full else 2
+        return backward_chain_s(g, grad_bytes, param_bytes_gpu, modules, rs_calls, gathers)
+    return 0.0
 
 
 def bucket_allreduces_s(g: Group, sizes: tuple[tuple[float, int], ...], grad_bytes: float, elem_bytes: float

@@ -1,6 +1,9 @@
 """Properties of the memory model (hypothesis): monotonic in micro-batch and sequence length, ZeRO
 stages never add model-state memory, offload never adds GPU memory, totals are the sum of their
-categories, and every valid search candidate has a finite positive total."""
+categories, and every valid search candidate has a finite positive total. Drawn over one model of every
+catalog family (config.json model_type: the MoE ones, gpt-oss at its default eager attention, Gemma 3's
+sliding windows, DeepSeek-V3's MLA) and the switches: FSDP1/FSDP2 and their sharding strategies, TP/PP, expert
+parallelism, every training stage (the online RL ones included)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import math
 from dataclasses import replace
 
 import pytest
+from catalog_families import FAMILIES
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +24,7 @@ from planner.search import _ENGINES, SearchSpace, candidates
 from planner.strategy import (
     Attn,
     Engine,
+    FsdpVersion,
     GradCkpt,
     Method,
     Offload,
@@ -31,12 +36,12 @@ from planner.strategy import (
     TrainConfig,
     ZeroStage,
 )
-from planner.validity import problems
+from planner.validity import default_attn, problems
 
-MODELS = ("llama-2-7b", "llama-3-8b", "llama-3.2-1b", "mistral-7b", "mixtral-8x7b", "qwen2.5-7b", "baichuan2-7b",
-          "chatglm3-6b", "bloom-7b1")
+# every catalog family (tests/planner/catalog_families.py) and the older models this file began with
+MODELS = ("llama-2-7b", "llama-3-8b", *FAMILIES)
 CLUSTERS = ("1xA800", "8xA800", "2x8xH100", "4xRTX4090")
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 
 
 @st.composite
@@ -44,21 +49,28 @@ def configs(draw: st.DrawFn) -> TrainConfig:
     cluster = parse_gpus(draw(st.sampled_from(CLUSTERS)))
     model = from_name(draw(st.sampled_from(MODELS)))
     engine, zero, fsdp, offload, device = draw(st.sampled_from(_ENGINES))
+    fsdp_version = draw(st.sampled_from(list(FsdpVersion))) if engine is Engine.fsdp else FsdpVersion.TWO
     method = draw(st.sampled_from(list(Method)))
     quant = Quant.nf4 if method is Method.qlora else Quant.none
     powers = [k for k in (1, 2, 4, 8) if cluster.world_size % k == 0]
     tp = draw(st.sampled_from(powers))
     pp = draw(st.sampled_from([k for k in powers if cluster.world_size % (tp * k) == 0]))
+    dp = cluster.world_size // (tp * pp)
+    # expert parallelism: FSDP without TP or PP, a degree dividing the experts and the data-parallel ranks
+    eps = [k for k in powers if dp % k == 0 and model.num_experts % k == 0] \
+        if model.is_moe and engine is Engine.fsdp and tp == pp == 1 else [1]
     cfg = TrainConfig(
         model=model, cluster=cluster, method=method, quant=quant, engine=engine, zero=zero, fsdp=fsdp,
-        offload=offload, offload_device=device, tp=tp, pp=pp, lora_r=draw(st.sampled_from([4, 8, 64])),
+        offload=offload, offload_device=device, fsdp_version=fsdp_version, tp=tp, pp=pp, ep=draw(st.sampled_from(eps)),
+        lora_r=draw(st.sampled_from([4, 8, 64])),
         precision=draw(st.sampled_from([Precision.bf16_mixed, Precision.bf16_true, Precision.fp32])),
         optimizer=draw(st.sampled_from([Optimizer.adamw, Optimizer.adamw_8bit, Optimizer.sgd])),
         micro_batch=draw(st.integers(1, 16)), grad_accum=draw(st.integers(1, 16)),
         seq_len=draw(st.sampled_from([128, 512, 2048, 4096])), grad_ckpt=draw(st.sampled_from(list(GradCkpt))),
-        attn=draw(st.sampled_from(list(Attn))), stage=draw(st.sampled_from(list(Stage))),
+        attn=draw(st.sampled_from([default_attn(model), *Attn])), stage=draw(st.sampled_from(list(Stage))),
         sequence_parallel=tp > 1 and draw(st.booleans()))
-    assume(not problems(cfg))
+    # Gemma 3 1B's eager tables are open (test_gemma3_1b_eager_activations_grow_with_the_sequence)
+    assume(not problems(cfg) and not (model.name == "gemma-3-1b" and cfg.attn is Attn.eager))
     return cfg
 
 
@@ -113,11 +125,14 @@ def test_offload_never_adds_gpu_memory(cfg: TrainConfig) -> None:
 def test_breakdown_agrees_with_its_phase_and_reserve(cfg: TrainConfig) -> None:
     mem = memory_per_gpu(cfg)
     gpu, items = cfg.cluster.gpu, mem.other_items
-    # the CUDA context is the GPU's; the allocator reserve is (1/u - 1) x the step's transient tensors, capped by the
-    # card; NCCL's buffers and the context lie outside the allocator: allocated <= reserved <= device
+    # the CUDA context is the GPU's; the allocator reserve is (1/u - 1) x the step's transient tensors, or what FSDP1's
+    # init leaves cached above the step's tensors where that is more (planner/memory.py _peak: the reading holds at
+    # least that floor, planner.init_allocations.reserved_floor_bytes), capped by the card; NCCL's buffers and the
+    # context lie outside the allocator: allocated <= reserved <= device
     assert items["CUDA context and workspaces"] == gpu.runtime_overhead_bytes
     assert items["NCCL communicator buffers"] == pytest.approx(nccl_memory.nccl_bytes(cfg))
-    assert 0 <= items["allocator reserve"] <= mem.reserve_wanted * (1 + 1e-12) + 1e-6
+    carried = max(mem.reserve_wanted, mem.reserved_floor - mem.tensor_bytes)
+    assert 0 <= items["allocator reserve"] <= carried * (1 + 1e-12) + 1e-6
     assert mem.allocated <= mem.reserved <= mem.device == mem.total
     assert mem.fit_bytes <= mem.device_wanted + 1e-6
     # only the backward peak holds activations and the backward-only buffers
@@ -141,3 +156,16 @@ def test_every_valid_candidate_has_a_finite_positive_total(model: str, gpus: str
         total = memory_per_gpu(cfg).total
         assert math.isfinite(total) and total > 0, str(cfg)
     assert valid > 100
+
+
+@pytest.mark.xfail(strict=True, reason="open: gemma-3-1b's eager tables fit a negative score term")
+def test_gemma3_1b_eager_activations_grow_with_the_sequence() -> None:
+    # the spec cache's eager tables for Gemma 3 1B (profiler/spec_activations.py, fitted from three shapes at 16 and
+    # 32 tokens) carry C = -368 bytes per token and attended position and K = -176,128 bytes per layer in fp32 (-168
+    # and -77,824 in bf16), where Gemma 3 4B's carry +32 / +48 (eager keeps each head's fp32 softmax): the saved
+    # activations fall as the sequence grows and go negative past ~600 tokens (0.26 GiB at 512, -13.5 GiB at 1024
+    # for mb 3 in fp32), and the peak falls from 24.75 GiB (backward) to 23.65 GiB (optimizer step)
+    cfg = TrainConfig(model=from_name("gemma-3-1b"), cluster=parse_gpus("8xA800"), method=Method.full,
+                      precision=Precision.fp32, micro_batch=3, grad_accum=2, seq_len=512, attn=Attn.eager,
+                      stage=Stage.pt)
+    assert memory_per_gpu(replace(cfg, seq_len=1024)).activations >= memory_per_gpu(cfg).activations > 0
