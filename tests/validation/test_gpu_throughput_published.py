@@ -263,11 +263,12 @@ def test_compiled_lora_branch_fuses_scaling_and_add() -> None:
     one kernel (read both, write the sum: 3 values per output, not 5), its backward unchanged (planner/kernels.py
     lora_elementwise_bytes). torchtune's LoRA rows: dropout 0, bf16 weights (no casts)."""
     from planner import kernels as kn
+    from planner.params import resolve_lora_targets
 
     case = next(c for c in CASES if c.id == "torchtune-llama3.2-3b:lora+packed+compile+chunked-ce+ac+offload")
     cfg = case.config()
     m, tokens, e = cfg.model, cfg.micro_batch * cfg.seq_len, 2.0
-    outputs = sum(lin.out_features for lin in m.linears() if lin.name in kn.resolve_lora_targets(m, cfg.lora_targets))
+    outputs = sum(lin.out_features for lin in m.linears() if lin.name in resolve_lora_targets(m, cfg.lora_targets))
     for forward_only in (True, False):
         eager, compiled = (kn.lora_elementwise_bytes(m, tokens, cfg.lora_targets, 1, e, dropout=False,
                                                      forward_only=forward_only, compiled=c) for c in (False, True))
