@@ -45,7 +45,7 @@ from functools import lru_cache
 
 from planner.choices import Method
 from planner.models import LinearShape, ModelSpec
-from planner.params import adapted_count, adapted_per_layer, resolve_lora_targets
+from planner.params import adapted_count, adapted_per_layer, lora_tensor_elements, resolve_lora_targets
 
 DDP_FIRST_BUCKET_BYTES = 2**20
 DDP_BUCKET_BYTES = 25 * 2**20
@@ -182,9 +182,10 @@ def _layer_tensor_elements(m: ModelSpec, method: Method, lora_r: int, lora_targe
     kinds = [(k.count / m.num_layers, k.linears, k.norms) for k in m.layer_kinds]
     if method is not Method.full:
         chosen = set(resolve_lora_targets(m, lora_targets))
-        return tuple((share, tuple(lora_r * lin.lora_params_per_rank() / 2 / tp for lin in lins
+        # lora_A then lora_B of each adapted linear, at their own sizes (r x in, out x r: params.lora_tensor_elements)
+        return tuple((share, tuple(x / tp for lin in lins
                                    if lin.name in chosen and (lin.lora_targetable or lin.all_linear)
-                                   for _ in range(2)))
+                                   for x in lora_tensor_elements(lin, lora_r)))
                      for share, lins, _ in kinds or [(1.0, m.linears(), ())])
     if not kinds:
         norms = (float(m.hidden_size),) * (4 if m.layernorm_bias else 2)

@@ -147,3 +147,14 @@ def test_reduce_buckets_follow_deepspeeds_rule(model: str) -> None:
     assert calls == pytest.approx(_greedy(sizes, bucket), rel=0.25)
     large = sum(1 for size in sizes if size > bucket)
     assert large <= calls <= len(sizes)
+
+
+def test_lora_reduce_buckets_hold_a_and_b_at_their_own_sizes() -> None:
+    """peft's lora_A is r x in and lora_B out x r (peft/tuners/lora/layer.py update_layer): the gradients DeepSpeed
+    packs are these two sizes, A then B per adapted linear (backward reaches them last-first), not two halves."""
+    m = from_name("llama-2-7b")
+    r, h, i = 8, m.hidden_size, m.intermediate_size
+    bucket = i * r  # exactly one lora_B of gate_proj / up_proj
+    sizes = dict(col.reduce_bucket_sizes(m, 1, Method.lora, r, ("gate_proj", "up_proj"), 1, bucket))
+    # backward meets up_proj's B (fills the bucket), its A, then gate_proj's B (overflows: flush A), its A
+    assert sizes == {float(i * r): 2, float(r * h): 2}
