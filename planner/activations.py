@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 from planner.choices import Attn, GradCkpt
-from planner.model_layers import AttentionShape, LayerKind, Saved
+from planner.model_layers import ONE_ROW_SUFFIX, AttentionShape, LayerKind, Saved
 from planner.models import ModelSpec
 
 
@@ -62,6 +62,9 @@ class LayerTraining:
     # Switches.collator_mask): no layer converts or saves a mask of its own (planner.memory.collator_mask_bytes
     # counts the shared one once per micro-batch); the repeated keys and values stay per layer
     shared_mask: bool = False
+    # the forward holds one sequence (micro-batch 1, one row per sample): a derived model's "*_one_row" tables
+    # where it has them (eager attention: planner/model_layers.py ONE_ROW_SUFFIX)
+    one_row: bool = False
 
 
 def _packed_sdpa_bytes_per_token(m: ModelSpec, *, train: LayerTraining, attn: Attn, recompute: GradCkpt,
@@ -392,6 +395,14 @@ def _lora_delta(kind: LayerKind, table: dict[str, Saved], train: LayerTraining, 
     return _add(delta, (0.0, extra_r, 0.0, 0.0))
 
 
+def _mode_table(table: dict[str, Saved], name: str, *, attn: Attn, train: LayerTraining) -> Saved:
+    """The frozen or full layer's table under the plan's attention, at one row where it has one of its own."""
+    mode = f"{name}_eager" if attn is Attn.eager else name
+    if train.one_row and mode + ONE_ROW_SUFFIX in table:
+        return table[mode + ONE_ROW_SUFFIX]
+    return table[mode]
+
+
 def _kind_saved(kind: LayerKind, *, act_bytes: int, attn: Attn, train: LayerTraining) -> tuple[float, ...]:
     """(replicated, split, per attended position, per layer) bytes one layer of `kind` saves, no recompute."""
     reg = regime(act_bytes, train)
@@ -400,12 +411,11 @@ def _kind_saved(kind: LayerKind, *, act_bytes: int, attn: Attn, train: LayerTrai
         # fp32 table's frozen layer stands in for it (it keeps the attention's q, k, v at 4 bytes where autocast
         # keeps 2: an overestimate of 2(2q + 2kv) bytes per token); the branches are the mixed table's
         table = kind.table("fp32")
-        base = table["frozen_eager" if attn is Attn.eager else "frozen"]
+        base = _mode_table(table, "frozen", attn=attn, train=train)
         lora = kind.table("mixed")
         return _add(base, _lora_delta(kind, lora, train, 2)) if train.lora_targets else base
     table = kind.table(reg)
-    name = "full" if train.weights else "frozen"
-    base = table[f"{name}_eager" if attn is Attn.eager else name]
+    base = _mode_table(table, "full" if train.weights else "frozen", attn=attn, train=train)
     if not train.weights and train.lora_targets:
         base = _add(base, _lora_delta(kind, table, train, act_bytes))
     return base

@@ -223,11 +223,16 @@ def _flops_at(m: ModelSpec, tr: Training, att: float, layers: float | None, head
     return StepFlops(model=model_flops, hardware=model_flops + n_layers * recompute)
 
 
-def tokens_per_sample(cfg: TrainConfig) -> int:
-    """DPO and reward modelling score a chosen and a rejected answer per sample: twice the tokens through the
-    model (TRL's preference collators stack both halves into one batch: trl/trainer/dpo_trainer.py and
+def rows_per_sample(cfg: TrainConfig) -> int:
+    """Rows of the batch the model runs per sample: DPO and reward modelling score a chosen and a rejected answer
+    (TRL's preference collators stack both halves into one batch: trl/trainer/dpo_trainer.py and
     reward_trainer.py DataCollatorForPreference, `input_ids = chosen + rejected`)."""
-    return cfg.seq_len * (2 if cfg.stage in (Stage.dpo, Stage.rm) else 1)
+    return 2 if cfg.stage in (Stage.dpo, Stage.rm) else 1
+
+
+def tokens_per_sample(cfg: TrainConfig) -> int:
+    """Tokens through the model per sample: a row of seq_len each (`rows_per_sample`)."""
+    return cfg.seq_len * rows_per_sample(cfg)
 
 
 def model_flops_per_token(cfg: TrainConfig) -> float:

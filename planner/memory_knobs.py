@@ -18,6 +18,7 @@ from planner.activations import (
     packed_mask,
 )
 from planner.choices import CrossEntropy, Engine, FsdpStrategy, GradCkpt, Kernels, Method, Quant, Stage
+from planner.compute import rows_per_sample
 from planner.models import ModelSpec
 from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
 from planner.states import fp32_adapters, is_mixed, kbit_prepared, quant_bytes_per_param
@@ -238,7 +239,8 @@ def layer_training(cfg: TrainConfig) -> LayerTraining:
                          lora_input_copies=copies, stream_bytes=4 if prepared else 0, mixed=is_mixed(cfg.precision),
                          lora_r=cfg.lora_r,
                          packed_mask=packed_mask(cfg.attn, cfg.seq_len, cfg.doc_len, collator=cfg.collator_mask),
-                         shared_mask=cfg.collator_mask and cfg.doc_len is not None)
+                         shared_mask=cfg.collator_mask and cfg.doc_len is not None,
+                         one_row=cfg.micro_batch * rows_per_sample(cfg) == 1)
 
 
 @cache  # the search asks per candidate; models and target tuples are hashable

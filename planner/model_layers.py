@@ -107,6 +107,10 @@ class NormShape:
 # planner/activations.py `derived_layer_bytes_per_token`): (replicated bytes, TP-split bytes, bytes per attended
 # position, bytes per layer independent of the tokens).
 Saved = tuple[float, float, float, float]
+# a mode's table at one row (micro-batch 1) where it differs from two rows and more: eager attention's torch.matmul
+# saves views at one row where it saves copies beyond (a single key/value head's keys and values once rather than
+# per head, MLA's value with k_nope beside it: profiler/spec_activations.py EAGER_SHAPES)
+ONE_ROW_SUFFIX = "_one_row"
 
 
 @dataclass(frozen=True, kw_only=True)

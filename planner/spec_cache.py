@@ -28,8 +28,10 @@ SPEC_FORMAT = 1
 # What profiler/spec_derive.py measures, by revision: a cached spec derived by an earlier revision is derived again
 # (the catalog's specs are rewritten with the code that changes it). 2: peft's parameter-wrapped linears blamed
 # through target_parameters, which revision 1 blamed falsely (DeepSeek-V3's experts.gate_up_proj); 3: the LoRA tables
-# of the fused experts and router that peft's MoE conversion adapts (`lora:mlp.experts.gate_up_proj`, ...)
-DERIVE_REVISION = 3
+# of the fused experts and router that peft's MoE conversion adapts (`lora:mlp.experts.gate_up_proj`, ...); 4: eager
+# tables fitted from two rows and more, one row apart ("*_one_row": profiler/spec_activations.py EAGER_SHAPES), where
+# revision 3 fitted one row and two together (a single key/value head's negative per-position bytes)
+DERIVE_REVISION = 4
 # Building a 235B-class model on the meta device takes seconds; measuring its layers on fake tensors a minute
 DERIVE_TIMEOUT_S = 900
 

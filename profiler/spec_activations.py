@@ -11,7 +11,8 @@ attention masks), which are charged to the model once.
 Each mode is run at two or three (batch, sequence) shapes and fitted as bytes = K + b s A + b s^2 C: A per token
 (split into the tensors of the residual width h, which tensor parallelism replicates, and the rest, which it
 splits), C per token and attended position (eager attention's scores), K per layer (LoRA on fused experts saves
-the merged expert weights, whatever the tokens). The planner composes these numbers (planner/activations.py
+the merged expert weights, whatever the tokens). Eager attention is fitted at two rows and more, and at one row
+apart (EAGER_SHAPES says why). The planner composes these numbers (planner/activations.py
 `derived_layer_bytes_per_token`); tests/planner/test_model_derive.py checks the composition against direct runs.
 """
 
@@ -36,7 +37,25 @@ ONE_SHAPE = ((1, S1),)
 # bytes = K + b s A: K per layer (Gemma's (1 + weight) norm scales, the merged expert weights of LoRA on fused
 # experts), A per token
 SDPA_SHAPES = ((1, S1), (2, S1))
-EAGER_SHAPES = ((1, S1), (2, S1), (1, S2))  # bytes = K + b s A + b s^2 C
+# bytes = K + b s A + b s^2 C, fitted at two rows or more: eager attention's torch.matmul folds (b, heads) into
+# bmm's batch axis (aten/src/ATen/native/LinearAlgebra.cpp `_matmul_impl`: expand, then reshape to 3-D), and bmm
+# saves the folded operands for backward. At one row that reshape is a view of whatever the operand views, beyond
+# it a copy of the operand's own elements whenever the operand is not laid out (b, h)-contiguous, so one row saves
+# other bytes per token than two:
+# - one key/value head (Gemma 3 1B): transformers' repeat_kv (models/gemma3/modeling_gemma3.py; the same in every
+#   family) expands (b, 1, s, d) to (b, 1, n_rep, s, d) and reshapes to (b, h, s, d), a stride-0 view; one row
+#   saves the keys and values once, more rows once per head: 2 (h - 1) d e bytes per token more. Fitted from one
+#   row and two, that step went into K and C, negative (-176,128 bytes per layer and -368 per token and position
+#   in fp32), and the planned activations fell as the sequence grew.
+# - a value sliced out of a wider projection (DeepSeek-V3's MLA: models/deepseek_v3/modeling_deepseek_v3.py splits
+#   kv_b_proj's output into k_nope and the value): one row saves the value as a view, which keeps the whole output
+#   (k_nope too: a d_nope h e bytes per token more), more rows a copy of the value alone. Fitted from one row and
+#   two, that went into K and C, positive (C = 4,608 bytes per position where the scores take 512 in fp32).
+# One row (micro-batch 1) is fitted apart from three lengths (bytes = K + s A + s^2 C, `fit_one_row`) and kept as
+# its own table where it differs (planner/model_layers.py ONE_ROW_SUFFIX).
+EAGER_SHAPES = ((2, S1), (4, S1), (2, S2))
+S3 = 48
+EAGER_ONE_ROW_SHAPES = ((1, S1), (1, S2), (1, S3))
 LORA_R = 8  # the rank measured; the planner adds (r - 8) e per adapted linear for lora_B's saved r-wide input
 LORA_DROPOUT = 0.05
 
@@ -282,19 +301,48 @@ def _is_lora_layer(module: nn.Module) -> bool:
 
 def fit(runs: dict[tuple[int, int], Run], index: int) -> tuple[float, float, float, float]:
     """(replicated per token, split per token, per token per attended position, per layer) of layer `index` from
-    runs at ONE_SHAPE (bytes = s A), SDPA_SHAPES (K + b s A) or EAGER_SHAPES (s A + s^2 C)."""
+    runs at ONE_SHAPE (bytes = s A), SDPA_SHAPES (K + b s A) or EAGER_SHAPES (K + b s A + b s^2 C): shapes
+    (b, s1), (2 b, s1) and optionally (b, s2), in that order."""
+    shapes = list(runs)
+    (b, s1) = shapes[0]
+
     def coef(kind: str) -> tuple[float, float, float]:
-        b1 = getattr(runs[(1, S1)].layers[index], kind)
-        if (2, S1) not in runs:
-            return b1 / S1, 0.0, 0.0
-        b2 = getattr(runs[(2, S1)].layers[index], kind)
-        at_s1 = (b2 - b1) / S1  # A + S1 C
+        b1 = getattr(runs[shapes[0]].layers[index], kind)
+        if len(shapes) == 1:
+            return b1 / (b * s1), 0.0, 0.0
+        if shapes[1] != (2 * b, s1):
+            raise ValueError(f"fit needs (b, s) then (2b, s), got {shapes}")
+        b2 = getattr(runs[shapes[1]].layers[index], kind)
+        at_s1 = (b2 - b1) / (b * s1)  # A + s1 C
         k = b1 - (b2 - b1)
-        if (1, S2) not in runs:
+        if len(shapes) == 2:
             return at_s1, 0.0, k
-        b3 = getattr(runs[(1, S2)].layers[index], kind)
-        c = ((b3 - k) / S2 - at_s1) / (S2 - S1)
-        return at_s1 - S1 * c, c, k
+        (b3_batch, s2) = shapes[2]
+        if b3_batch != b:
+            raise ValueError(f"fit needs (b, s1), (2b, s1), (b, s2), got {shapes}")
+        b3 = getattr(runs[shapes[2]].layers[index], kind)
+        c = ((b3 - k) / (b * s2) - at_s1) / (s2 - s1)
+        return at_s1 - s1 * c, c, k
+
+    repl, c_repl, k_repl = coef("repl")
+    par, c_par, k_par = coef("par")
+    return (round(repl, 3), round(par, 3), round(c_repl + c_par, 4), round(k_repl + k_par, 1))
+
+
+def fit_one_row(runs: dict[tuple[int, int], Run], index: int) -> tuple[float, float, float, float]:
+    """`fit`'s four numbers of layer `index` from one-row runs at three lengths (s1, s2, s3): bytes = K + s A + s^2 C
+    solved exactly (the per-layer K in the split part, as `fit` sums it)."""
+    (b, s1), (_, s2), (_, s3) = list(runs)[:3]
+    if b != 1 or any(shape[0] != 1 for shape in list(runs)[:3]):
+        raise ValueError(f"fit_one_row needs three shapes of one row, got {list(runs)}")
+
+    def coef(kind: str) -> tuple[float, float, float]:
+        y1, y2, y3 = (getattr(runs[(1, s)].layers[index], kind) for s in (s1, s2, s3))
+        # divided differences of y(s) = K + A s + C s^2
+        d12, d23 = (y2 - y1) / (s2 - s1), (y3 - y2) / (s3 - s2)
+        c = (d23 - d12) / (s3 - s1)
+        a = d12 - c * (s1 + s2)
+        return a, c, y1 - a * s1 - c * s1 * s1
 
     repl, c_repl, k_repl = coef("repl")
     par, c_par, k_par = coef("par")

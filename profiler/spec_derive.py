@@ -175,7 +175,17 @@ def _run_modes(model: Any, config: Any, kinds: list[dict[str, Any]], modes: list
                hidden: int, *, log: Any, windows: bool) -> dict[str, str]:
     """Each mode in each regime into the kinds' `saved` tables (a group's mode into the kinds that hold the group);
     returns the LoRA modes peft failed on, with why."""
-    from profiler.spec_activations import EAGER_SHAPES, REGIMES, SDPA_SHAPES, fit, prepare, run_once
+    from planner.model_layers import ONE_ROW_SUFFIX
+    from profiler.spec_activations import (
+        EAGER_ONE_ROW_SHAPES,
+        EAGER_SHAPES,
+        REGIMES,
+        SDPA_SHAPES,
+        fit,
+        fit_one_row,
+        prepare,
+        run_once,
+    )
     from profiler.spec_structure import decoder_layers
 
     failed: dict[str, str] = {}  # mode -> why peft's LoRA failed there
@@ -184,7 +194,9 @@ def _run_modes(model: Any, config: Any, kinds: list[dict[str, Any]], modes: list
             if mode.name in failed:
                 continue
             t0 = time.perf_counter()
-            shapes = EAGER_SHAPES if mode.attn == "eager" else SDPA_SHAPES
+            eager = mode.attn == "eager"
+            fitted = EAGER_SHAPES if eager else SDPA_SHAPES
+            shapes = fitted + EAGER_ONE_ROW_SHAPES if eager else fitted
             runs = {}
             try:
                 for shape in shapes:
@@ -202,7 +214,13 @@ def _run_modes(model: Any, config: Any, kinds: list[dict[str, Any]], modes: list
                 group = mode.name.split(":")[1] if ":" in mode.name else None
                 if group is not None and not any(lin.get("group") == group for lin in kind["linears"]):
                     continue
-                kind["saved"][regime][mode.name] = list(fit(runs, i))
+                kind["saved"][regime][mode.name] = list(fit({s: runs[s] for s in fitted}, i))
+                if eager:
+                    # one row where it differs from two or more (a single key/value head: spec_activations.py
+                    # EAGER_SHAPES); the planner reads it at micro-batch 1 (planner/activations.py `_kind_saved`)
+                    one_row = list(fit_one_row({s: runs[s] for s in EAGER_ONE_ROW_SHAPES}, i))
+                    if one_row != kind["saved"][regime][mode.name]:
+                        kind["saved"][regime][mode.name + ONE_ROW_SUFFIX] = one_row
                 if mode.name == "frozen" or (mode.name == "full" and regime == "mixed"):
                     key = regime if mode.name == "frozen" else "mixed_full"
                     kind["stream_bytes"][key] = runs[shapes[0]].layers[i].stream_bytes

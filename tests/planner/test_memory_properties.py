@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from planner import nccl_memory
+from planner.activations import derived_layer_bytes_per_token
 from planner.gpus import parse_gpus
 from planner.memory import BACKWARD_ONLY_ITEMS, CATEGORIES, MemoryBreakdown, memory_per_gpu
+from planner.memory_knobs import layer_training
 from planner.models import from_name
 from planner.rl.settings import is_online_rl
 from planner.search import _ENGINES, SearchSpace, candidates
@@ -69,8 +71,7 @@ def configs(draw: st.DrawFn) -> TrainConfig:
         seq_len=draw(st.sampled_from([128, 512, 2048, 4096])), grad_ckpt=draw(st.sampled_from(list(GradCkpt))),
         attn=draw(st.sampled_from([default_attn(model), *Attn])), stage=draw(st.sampled_from(list(Stage))),
         sequence_parallel=tp > 1 and draw(st.booleans()))
-    # Gemma 3 1B's eager tables are open (test_gemma3_1b_eager_activations_grow_with_the_sequence)
-    assume(not problems(cfg) and not (model.name == "gemma-3-1b" and cfg.attn is Attn.eager))
+    assume(not problems(cfg))
     return cfg
 
 
@@ -158,14 +159,32 @@ def test_every_valid_candidate_has_a_finite_positive_total(model: str, gpus: str
     assert valid > 100
 
 
-@pytest.mark.xfail(strict=True, reason="open: gemma-3-1b's eager tables fit a negative score term")
 def test_gemma3_1b_eager_activations_grow_with_the_sequence() -> None:
-    # the spec cache's eager tables for Gemma 3 1B (profiler/spec_activations.py, fitted from three shapes at 16 and
-    # 32 tokens) carry C = -368 bytes per token and attended position and K = -176,128 bytes per layer in fp32 (-168
-    # and -77,824 in bf16), where Gemma 3 4B's carry +32 / +48 (eager keeps each head's fp32 softmax): the saved
-    # activations fall as the sequence grows and go negative past ~600 tokens (0.26 GiB at 512, -13.5 GiB at 1024
-    # for mb 3 in fp32), and the peak falls from 24.75 GiB (backward) to 23.65 GiB (optimizer step)
+    # found by the properties above: the spec cache's eager tables for Gemma 3 1B, fitted from one row and two
+    # (profiler/spec_activations.py EAGER_SHAPES), carried C = -368 bytes per token and attended position and
+    # K = -176,128 bytes per layer in fp32: the activations fell from 0.26 GiB at 512 tokens to -13.5 GiB at 1024
+    # for mb 3 in fp32. Fitted from two rows and more: C = +16 (four heads' fp32 softmax), K = +20,480 (the norms'
+    # (1 + weight) scales), 7.12 and 14.86 GiB
     cfg = TrainConfig(model=from_name("gemma-3-1b"), cluster=parse_gpus("8xA800"), method=Method.full,
                       precision=Precision.fp32, micro_batch=3, grad_accum=2, seq_len=512, attn=Attn.eager,
                       stage=Stage.pt)
     assert memory_per_gpu(replace(cfg, seq_len=1024)).activations >= memory_per_gpu(cfg).activations > 0
+
+
+@pytest.mark.parametrize(("model", "one_row_minus_rows"), [
+    ("gemma-3-1b", -2 * (4 - 1) * 256 * 4),  # one key/value head: keys and values saved once, not once per head
+    ("deepseek-v3", 128 * 128 * 4),  # MLA's value view keeps kv_b_proj's whole output, k_nope included
+    ("qwen3-0.6b", 0)])
+def test_one_row_reads_the_eager_one_row_tables(model: str, one_row_minus_rows: int) -> None:
+    # profiler/spec_activations.py EAGER_SHAPES: torch.matmul's (batch, heads) fold is a view at one row, a copy
+    # beyond it; per token and layer, fp32 full fine-tuning, every layer kind alike
+    m = from_name(model)
+    cfg = TrainConfig(model=m, cluster=parse_gpus("8xA800"), method=Method.full, precision=Precision.fp32,
+                      micro_batch=1, seq_len=512, attn=Attn.eager, stage=Stage.pt)
+    one = layer_training(cfg)
+    assert one.one_row and not layer_training(replace(cfg, micro_batch=2)).one_row
+    assert not layer_training(replace(cfg, stage=Stage.dpo)).one_row  # chosen and rejected: two rows
+    rows = replace(one, one_row=False)
+    per_token = [derived_layer_bytes_per_token(m, act_bytes=4, attn=Attn.eager, train=t, seq_len=512)
+                 for t in (one, rows)]
+    assert per_token[0] - per_token[1] == pytest.approx(one_row_minus_rows)
