@@ -95,7 +95,11 @@ LORA_MODULES_PER_LINEAR = 4
 # Modules peft adds per adapted parameter whose forward runs: the ParamWrapper only (peft/tuners/lora/layer.py
 # ParamWrapper.forward calls its base_layer under a parametrization that reads lora_A / lora_B's weights,
 # `_activate_lora`, never calling them); an experts module with both fused tensors adapted is wrapped twice, nested
-# (counted on tiny DeepSeek-V3 and Qwen3-MoE models: tests/profiler/test_layer_share_counts.py).
+# (counted on tiny DeepSeek-V3 and Qwen3-MoE models: tests/profiler/test_layer_share_counts.py). Under ZeRO-3 the
+# weights it reads are gathered on first access and registered as external parameters of the module then running
+# (deepspeed/runtime/zero/parameter_offload.py ZeROOrderedDict.__getitem__), which later fetches take with that
+# module's own (partitioned_param_coordinator.py get_all_parameters: ds_external_parameters): no fetch of their
+# own; it trains to DDP's adapter within fp32 rounding on 2 CPU processes (tests/runner/test_moe_lora_sharded.py).
 LORA_MODULES_PER_PARAMETER = 1
 PEFT_ROOT_MODULES = 2
 

@@ -26,7 +26,7 @@ from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines import ddp
 from planner.engines.sharded import backward_chain_s, overlap_for, sharded_comm, sync_calls_s
 from planner.memory_knobs import fsdp_quantized_units_bytes
-from planner.params import embedding_params, head_params, layer_params
+from planner.params import embedding_params, head_params, layer_params, wrapped_lora_targets
 from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, stage_layers
 
 if TYPE_CHECKING:
@@ -57,7 +57,34 @@ def problems(cfg: TrainConfig) -> list[str]:
         out.append(f"FSDP2 shards fully, per step, or hybrid over a 2-D mesh; {cfg.fsdp.value} needs --fsdp-version 1")
     if cfg.fsdp is FsdpStrategy.hybrid_shard and cfg.cluster.nodes == 1:
         out.append("hybrid_shard shards within a node and replicates across nodes: it needs several nodes")
+    wrapped = fsdp1_wrapped_lora_problem(cfg)
+    if wrapped:
+        out.append(wrapped)
     return out
+
+
+def fsdp1_wrapped_lora_problem(cfg: TrainConfig) -> str | None:
+    """FSDP1 cannot train LoRA on targets peft adapts as parameters (fused MoE experts, routers that are not
+    nn.Linear: planner.params.wrapped_lora_targets). peft's ParamWrapper reads its lora_A / lora_B weights without
+    calling those modules and lays W + B A over the base tensor with torch's parametrization (peft/tuners/lora/
+    layer.py ParamWrapper._activate_lora, torch/nn/utils/parametrize.py register_parametrization). Under FSDP1 every
+    one of them breaks: the Trainer's wrap policy for a peft model makes each lora_A / lora_B a unit of its own
+    (transformers/distributed/fsdp.py update_fsdp_plugin_peft -> peft/utils/other.py fsdp_auto_wrap_policy), and a
+    unit that is never called is never unsharded (torch/distributed/fsdp/_runtime_utils.py _pre_forward_unshard),
+    so B A meets this rank's shard ("inconsistent tensor size"); with the decoder layers as the only units,
+    ParametrizationList.__init__'s `original.set_(...)` rewrites a view FSDP1 split off its flat parameter
+    (torch/distributed/fsdp/_flat_param.py FlatParamHandle._use_unsharded_views, torch.split: "a view ... modified
+    inplace"), and NO_SHARD leaves the tensor a plain attribute that register_parametrization refuses. All three seen
+    on 2 CPU processes (tests/runner/test_moe_lora_sharded.py). FSDP2 (its units the decoder layers, which
+    unshard every weight inside them) and DeepSpeed ZeRO-2/3 train them to DDP's weights (the same test)."""
+    if cfg.fsdp_version is not FsdpVersion.ONE or not cfg.trains_adapter:
+        return None
+    wrapped = wrapped_lora_targets(cfg.model, cfg.lora_targets)
+    if not wrapped:
+        return None
+    return (f"FSDP1 cannot train LoRA on {', '.join(wrapped)} of {cfg.model.name}: peft adapts them as parameters "
+            "(ParamWrapper), reading lora_A / lora_B without calling them, so FSDP1 never unshards those weights; "
+            "use --fsdp-version 2, DeepSpeed ZeRO, or --lora-targets without them")
 
 
 def is_sharded(cfg: TrainConfig) -> bool:
