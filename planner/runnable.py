@@ -59,6 +59,14 @@ RULES: tuple[Rule, ...] = (
      lambda c: c.pp > 1 and c.model.tie_embeddings),
     ("PP runs adamw or sgd (the pipeline runner builds the optimizer itself)",
      lambda c: c.pp > 1 and c.optimizer not in (Optimizer.adamw, Optimizer.sgd)),
+    # FSDP through the Trainer needs accelerate's FSDP state, which it sets up only on GPU-like devices
+    # (accelerate/state.py AcceleratorState.__init__: DistributedType.FSDP is chosen inside the MULTI_GPU / NPU / XPU
+    # ... branch; MULTI_CPU never becomes FSDP), so on the CPU the Trainer would train the plan as DDP, unsharded
+    # (measured: a 2-process run's sharded parameter bytes 0 on both ranks, its peak DDP's to 0.01%)
+    ("FSDP on the CPU: accelerate sets FSDP up only on GPUs (accelerate/state.py), so the Trainer would train "
+     "this plan as DDP; run it on GPUs, or plan DDP / DeepSpeed ZeRO for the CPU (`ftplan profile run` measures "
+     "FSDP2 on the CPU with its own loop)",
+     lambda c: c.engine is Engine.fsdp and c.world_size > 1 and c.cluster.gpu.name == "CPU"),
     # FSDP2's hybrid sharding is accelerate's parallelism_config (a 2-D mesh); the runner passes
     # TrainingArguments.fsdp, which takes full_shard / shard_grad_op for FSDP2
     ("FSDP2 hybrid sharding runs from the emitted accelerate config (parallelism_config), not `ftplan run`: "

@@ -122,7 +122,7 @@ def test_bad_data_exits_2_naming_file_and_line_and_writes_nothing(tiny: Path, tm
 @pytest.mark.parametrize(("name", "kw"), [
     # LoRA under DDP on 2 processes (world size, loss, adapter, checkpoint-5): test_train_families.py
     # test_two_processes_over_gloo[qwen3-lora-ddp], a Qwen3 decoder (Llama's with q/k norms)
-    ("fsdp", {"fsdp": FsdpStrategy.full_shard}), ("zero2", {"zero": 2}), ("zero3", {"zero": 3}),
+    ("zero2", {"zero": 2}), ("zero3", {"zero": 3}),
 ])
 def test_two_processes_over_gloo(tiny: Path, tmp_path: Path, name: str, kw: dict) -> None:
     plan = _plan(tiny, name, "2xCPU", micro_batch=2, **kw)
@@ -134,6 +134,17 @@ def test_two_processes_over_gloo(tiny: Path, tmp_path: Path, name: str, kw: dict
     losses = _losses(out)
     assert len(losses) == 10 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     assert (out / "adapter_model.safetensors").exists() and (out / "checkpoint-5").is_dir()
+
+
+def test_an_fsdp_plan_on_the_cpu_is_refused_in_one_line_not_trained_as_ddp(tiny: Path, tmp_path: Path) -> None:
+    # accelerate sets FSDP up only on GPU-like devices (accelerate/state.py): on the CPU the Trainer would train the
+    # plan unsharded, as DDP, under the FSDP plan's name (planner/runnable.py)
+    plan = _plan(tiny, "fsdp", "2xCPU", micro_batch=2, fsdp=FsdpStrategy.full_shard)
+    out = tmp_path / "out"
+    res = _ftplan("run", str(plan), *_run_args(tiny, out, 2), timeout=120)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert len(res.stderr.strip().splitlines()) == 1 and "FSDP on the CPU" in res.stderr, res.stderr
+    assert not out.exists()
 
 
 @pytest.mark.slow
