@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from contextlib import contextmanager
 from typing import Any
 
-from profiler.launcher import free_port
+from profiler.launcher import free_port, offline_env
 
 
 def _median_time(fn: Any, repeats: int, inner: int = 1) -> float:
@@ -31,16 +33,32 @@ def _line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
+@contextmanager
+def _offline_children() -> Any:
+    """This process's environment offline (profiler.launcher.offline_env) while children start: a spawned process
+    copies os.environ at start (multiprocessing has no env argument), and the fit's ranks import DeepSpeed and
+    transformers, whose bitsandbytes would otherwise ask the Hub for a kernel (profiler/launcher.py). Restored after."""
+    added = {k: v for k, v in offline_env().items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def _on_ranks(target: Any, n: int, answers: int | None = None) -> list[Any]:
-    """Run `target(rank, port, queue)` on `n` spawned processes at once; the `answers` (default n) they put."""
+    """Run `target(rank, port, queue)` on `n` spawned processes at once, offline; the `answers` (default n) they
+    put."""
     import torch.multiprocessing as mp
 
     port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=target, args=(r, port, queue)) for r in range(n)]
-    for p in procs:
-        p.start()
+    with _offline_children():
+        for p in procs:
+            p.start()
     got = [queue.get(timeout=900) for _ in range(n if answers is None else answers)]
     for p in procs:
         p.join(timeout=120)

@@ -37,3 +37,21 @@ def test_ranks_start_offline_on_every_device(gpus: str) -> None:
 def test_a_users_offline_switch_stands(user: dict[str, str]) -> None:
     env = offline_env({**_clean(), **user})
     assert {k: env[k] for k in OFFLINE_VARS if k in env} == user
+
+
+def _report_offline(rank: int, port: int, queue) -> None:
+    import os
+
+    queue.put(os.environ.get("HF_HUB_OFFLINE"))
+
+
+def test_the_device_fits_spawned_ranks_start_offline_and_the_parent_is_left_as_it_was(monkeypatch) -> None:
+    # the device fit's ranks are multiprocessing children (profiler/fit_helpers.py _on_ranks), which copy os.environ
+    from profiler.fit_helpers import _on_ranks
+
+    for key in OFFLINE_VARS:
+        monkeypatch.delenv(key, raising=False)
+    assert _on_ranks(_report_offline, 2) == ["1", "1"]
+    assert "HF_HUB_OFFLINE" not in __import__("os").environ
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's own switch stands
+    assert _on_ranks(_report_offline, 1) == ["0"]
