@@ -11,7 +11,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from catalog_families import FAMILIES
+from catalog_families import FAMILIES, offload_ladder
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -109,11 +109,8 @@ def test_higher_zero_stage_never_adds_model_states(cfg: TrainConfig, offload: Of
 @SETTINGS
 @given(configs())
 def test_offload_never_adds_gpu_memory(cfg: TrainConfig) -> None:
-    if cfg.engine is Engine.deepspeed and cfg.zero >= ZeroStage.OPTIMIZER_STATES:
-        ladder = [Offload.none, Offload.optimizer] + ([Offload.all] if cfg.zero is ZeroStage.WEIGHTS else [])
-    elif cfg.engine is Engine.fsdp:
-        ladder = [Offload.none, Offload.all]
-    else:
+    ladder = offload_ladder(cfg)
+    if not ladder:
         return
     # the tensors (allocated): the allocator's reserve grows with offload (GMLake measures offload fragmenting more)
     totals = [memory_per_gpu(replace(cfg, offload=o, offload_device=OffloadDevice.cpu,

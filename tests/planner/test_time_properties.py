@@ -21,7 +21,7 @@ import random
 from dataclasses import replace
 
 import pytest
-from catalog_families import FAMILIES
+from catalog_families import FAMILIES, offload_ladder
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -125,11 +125,8 @@ def test_offload_never_makes_a_step_faster(cfg: TrainConfig) -> None:
     # ZeRO-Offload (Ren et al. 2021, Sec. 4) moves the gradients over PCIe and runs the optimizer on the CPU, which
     # the GPU-resident step does on the GPU; ZeRO-3's parameter offload adds their host-to-device copies; FSDP's
     # CPUOffload likewise (torch/distributed/fsdp: gradients to the host, the optimizer there)
-    if cfg.engine is Engine.deepspeed and cfg.zero >= ZeroStage.OPTIMIZER_STATES:
-        ladder = [Offload.none, Offload.optimizer] + ([Offload.all] if cfg.zero is ZeroStage.WEIGHTS else [])
-    elif cfg.engine is Engine.fsdp:
-        ladder = [Offload.none, Offload.all]
-    else:
+    ladder = offload_ladder(cfg)
+    if not ladder:
         return
     times = [seconds(replace(cfg, offload=o, offload_device=OffloadDevice.cpu)) for o in ladder]
     assert non_decreasing(times), (str(cfg), times)
