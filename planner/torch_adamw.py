@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from planner.strategy import Adapter, TrainConfig
 
 
+# `_single_tensor_adam`'s parameter-sized temporaries live at once: sqrt(exp_avg_sq) and its quotient
+SINGLE_TENSOR_TEMPORARIES = 2
+
+
 class AdamwKernel(StrEnum):
     fused = "fused"
     foreach = "foreach"
@@ -109,7 +113,8 @@ def single_tensor_temporary_bytes(cfg: TrainConfig, state_dtype_bytes: float, sh
     that many of its elements). Measured (benchmarks/cpu_adamw_step.py, profiler.tracker): LLAMA_16M full 24.6 MB
     (2 x the 8000 x 384 embedding), LoRA r 8 98 KB (3 x 8 x 1024)."""
     outer, layer = largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage)
-    return max(2 * outer, 3 * layer) / cfg.tp / shards * state_dtype_bytes
+    largest = max(SINGLE_TENSOR_TEMPORARIES * outer, (SINGLE_TENSOR_TEMPORARIES + 1) * layer)
+    return largest / cfg.tp / shards * state_dtype_bytes
 
 
 def single_tensor_host_s(gpu: GPUSpec) -> float:

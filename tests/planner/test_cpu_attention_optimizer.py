@@ -137,6 +137,28 @@ def test_single_tensor_step_holds_its_largest_parameters_temporaries(model_path)
     assert ddp.step_items(on_gpu, 16_765_824, 1, 8.0) == {"AdamW foreach temporaries": 16_765_824 * 4}
 
 
+def test_zero_on_the_cpu_steps_torchs_adamw_one_flat_partition_at_a_time(model_path) -> None:
+    """ZeRO-1/2 step the client's torch AdamW over each group's flat fp32 partition (stage_1_and_2.py
+    `_optimizer_step`); on the CPU its single-tensor loop holds 2 fp32 partitions of temporaries with the group's fp32
+    gradient: none of its own at ZeRO-2 in fp32 (the contiguous gradient partition is it), a new one at ZeRO-1.
+    Measured (benchmarks/accuracy.py, 134M Llama fp32, 2 ranks): ZeRO-2 2,145,696,020 B against 2,150,412,288 now,
+    1,909,834,752 before. A GPU plan's step is unchanged (the fused / DeepSpeed optimizer terms)."""
+    from planner.engines import zero
+
+    trained = 16_765_824
+    z2 = _cpu_cfg(model_path, zero=2)
+    group = zero.step_group_elements(z2, trained, 2)
+    assert zero.step_items(z2, trained, 2, 8.0) == {
+        "ZeRO fp32 gradients + torch AdamW single-tensor temporaries, one group": group * 8.0}
+    z1 = _cpu_cfg(model_path, zero=1)
+    assert zero.step_items(z1, trained, 2, 8.0) == {
+        "ZeRO fp32 gradients + torch AdamW single-tensor temporaries, one group":
+            group * 12.0 - 4.0 * (trained - trained / 2)}
+    on_gpu = build_config(model=model_path, gpus="2xH100", method=Method.full, precision=Precision.fp32, micro_batch=4,
+                          seq_len=128, zero=2)
+    assert not any("torch AdamW" in k for k in zero.step_items(on_gpu, trained, 2, 8.0))
+
+
 def test_device_fit_sets_attention_points_and_optimizer_rate() -> None:
     cpu = gpu_from_name("CPU")
     got = with_device_fit(cpu, {"sdpa_points": [list(p) for p in POINTS], "optimizer_bytes_per_s": 9e9,
