@@ -134,3 +134,13 @@ def test_spec_without_measured_calls_keeps_the_rule() -> None:
     owners = col.layer_structure(old)[0]
     assert col.zero3_modules(old, old.num_layers, Method.full, ()) == \
         round(old.num_layers * (owners + col.LAYER_CONTAINERS)) + col.ROOT_MODULES
+
+
+def test_measured_fields_travel_in_plan_json() -> None:
+    # plan.json and the spec cache read layer kinds through check_layer_kinds: gpt-oss's sinks and calls come back
+    from planner.input_checks import check_layer_kinds
+    from planner.model_layers import layer_kind_to_dict
+
+    m = _spec(GPT_OSS)
+    assert all(k.called_modules and [p.path for p in k.other_params] == ["self_attn.sinks"] for k in m.layer_kinds)
+    assert check_layer_kinds([layer_kind_to_dict(k) for k in m.layer_kinds], where="") == m.layer_kinds
