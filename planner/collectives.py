@@ -77,11 +77,9 @@ def buckets(total_bytes: float, bucket_bytes: float) -> int:
     return max(1, math.ceil(total_bytes / max(1.0, bucket_bytes)))
 
 
-# Modules of one decoder layer in transformers' modeling code besides its linears: the layer, its
-# attention and MLP containers, the activation and two norms (modeling_llama.py LlamaDecoderLayer).
-LAYER_MODULES_BESIDES_LINEARS = 6
-# The containers among them (the layer, attention, MLP, activation): a layer read from transformers
-# (planner.model_layers) lists its norms and parameter-owning modules itself.
+# Modules of one decoder layer in transformers' modeling code that a forward calls and that own no parameter: the
+# layer, its attention and MLP containers and the activation (modeling_llama.py LlamaDecoderLayer; Mixtral's
+# `experts.act_fn` in place of the MLP's); its norms and linears (the fused experts one module) own parameters.
 LAYER_CONTAINERS = 4
 # Top-level modules: the CausalLM wrapper, the base model, embedding, final norm, rotary embedding, LM head.
 ROOT_MODULES = 6
@@ -114,19 +112,34 @@ def _owner(lin: LinearShape) -> str:
 @lru_cache(maxsize=1024)
 def layer_structure(m: ModelSpec) -> tuple[float, float]:
     """(modules that own parameters, parameter tensors) of a mean decoder layer. A hand-written family: its linears
-    and two norms (weight, and bias for LayerNorm); a model read from transformers: each layer kind's own modules
-    (the fused experts one module with two or four tensors, Qwen3's q/k norms, Gemma 3's four sandwich norms),
-    weighted by the kind's share of the layers."""
+    (Mixtral's fused experts one module) and two norms (weight, and bias for LayerNorm); a model read from
+    transformers: each layer kind's own modules (the fused experts one module with two or four tensors, Qwen3's q/k
+    norms, Gemma 3's four sandwich norms) and its parameters that no linear or norm holds (gpt-oss's
+    `self_attn.sinks`, which makes its attention module an owner: transformers/models/gpt_oss/modeling_gpt_oss.py
+    GptOssAttention), weighted by the kind's share of the layers."""
     if not m.layer_kinds:
         per_norm = 2 if m.layernorm_bias else 1
-        return float(len(m.linears()) + 2), float(sum(2 if lin.bias else 1 for lin in m.linears()) + 2 * per_norm)
+        return float(len({_owner(lin) for lin in m.linears()}) + 2), \
+            float(sum(2 if lin.bias else 1 for lin in m.linears()) + 2 * per_norm)
     owners = tensors = 0.0
     for kind in m.layer_kinds:
         share = kind.count / m.num_layers
-        owners += share * (len({_owner(lin) for lin in kind.linears}) + len(kind.norms))
+        held = {_owner(lin) for lin in kind.linears} | {norm.path for norm in kind.norms}
+        others = {p.path.rsplit(".", 1)[0] if "." in p.path else "" for p in kind.other_params}
+        owners += share * len(held | others)
         tensors += share * (sum(2 if lin.bias else 1 for lin in kind.linears) +
-                            sum(2 if norm.bias else 1 for norm in kind.norms))
+                            sum(2 if norm.bias else 1 for norm in kind.norms) + len(kind.other_params))
     return owners, tensors
+
+
+def called_per_layer(m: ModelSpec) -> float:
+    """Modules of a mean decoder layer that a forward calls: as measured per layer kind where the spec holds it
+    (profiler/spec_derive.py `called_modules`: DeepSeek-V3's MoE layer also calls its shared expert and two
+    `act_fn`, gpt-oss's experts no `act_fn`), else the rule: its parameter owners and LAYER_CONTAINERS (hand-written
+    families, and specs derived before the calls were measured)."""
+    if m.layer_kinds and all(kind.called_modules for kind in m.layer_kinds):
+        return sum(kind.count * kind.called_modules for kind in m.layer_kinds) / m.num_layers
+    return layer_structure(m)[0] + LAYER_CONTAINERS
 
 
 def zero3_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple[str, ...]) -> int:
@@ -134,8 +147,7 @@ def zero3_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple
     (parameter_offload.py `_register_hooks_recursively` walks all children, and fetch_sub_module runs for
     each called one, with an empty parameter set for containers; a module hook runs only when the module is
     called, torch/nn/modules/module.py `_call_impl`)."""
-    per_layer = len(m.linears()) + LAYER_MODULES_BESIDES_LINEARS if not m.layer_kinds else \
-        layer_structure(m)[0] + LAYER_CONTAINERS
+    per_layer = called_per_layer(m)
     root = ROOT_MODULES
     if method is not Method.full:
         linears, params = adapted_per_layer(m, lora_targets)  # each weighted by the share of layers holding it
@@ -183,20 +195,23 @@ def _tensor_elements(lin: LinearShape, tp: int) -> tuple[float, ...]:
 def _layer_tensor_elements(m: ModelSpec, method: Method, lora_r: int, lora_targets: tuple[str, ...],
                            tp: int) -> tuple[tuple[float, tuple[float, ...]], ...]:
     """(share of the layers, trainable tensor sizes in elements, in module order) per layer kind, TP-split."""
-    kinds = [(k.count / m.num_layers, k.linears, k.norms) for k in m.layer_kinds]
+    kinds = [(k.count / m.num_layers, k.linears, k.norms, k.other_params) for k in m.layer_kinds]
     if method is not Method.full:
         chosen = set(resolve_lora_targets(m, lora_targets))
         # lora_A then lora_B of each adapted linear, at their own sizes (r x in, out x r: params.lora_tensor_elements)
         return tuple((share, tuple(x / tp for lin in lins
                                    if lin.name in chosen and (lin.lora_targetable or lin.all_linear)
                                    for x in lora_tensor_elements(lin, lora_r)))
-                     for share, lins, _ in kinds or [(1.0, m.linears(), ())])
+                     for share, lins, _, _ in kinds or [(1.0, m.linears(), (), ())])
     if not kinds:
         norms = (float(m.hidden_size),) * (4 if m.layernorm_bias else 2)
         return ((1.0, norms + tuple(x for lin in m.linears() for x in _tensor_elements(lin, tp))),)
+    # then the parameters no linear or norm holds (gpt-oss's sinks, one element per head) at their whole size, as
+    # the norms: a bucket holds thousands of them
     return tuple((share, tuple(float(n.width) for n in norms for _ in range(2 if n.bias else 1)) +
-                  tuple(x for lin in lins for x in _tensor_elements(lin, tp)))
-                 for share, lins, norms in kinds)
+                  tuple(x for lin in lins for x in _tensor_elements(lin, tp)) +
+                  tuple(float(p.elements) for p in others))
+                 for share, lins, norms, others in kinds)
 
 
 def reduce_bucket_calls(m: ModelSpec, layers: int, method: Method, lora_r: int, lora_targets: tuple[str, ...],

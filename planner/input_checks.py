@@ -45,7 +45,7 @@ LAYER_BOUNDS: dict[str, tuple[int, int]] = {
     "in_features": (1, 2**24), "out_features": (1, 2**24), "copies": (1, MODEL_BOUNDS["num_experts"][1]),
     "width": (1, 2**24), "heads": (1, 2**14), "kv_heads": (1, 2**14), "qk_head_dim": (1, 2**14),
     "v_head_dim": (1, 2**14), "window": (0, 2**30), "intermediate": (0, 2**22), "experts": (0, 2**14),
-    "top_k": (0, 2**14), "shared_intermediate": (0, 2**22),
+    "top_k": (0, 2**14), "shared_intermediate": (0, 2**22), "elements": (1, 2**40), "called_modules": (0, 2**16),
 }
 ATTN_KERNELS = ("eager", "sdpa", "flash")
 # an integer field of a spec this table does not name (a reader may add fields): non-negative, bounded
@@ -295,7 +295,7 @@ def _checked_kinds(spec: Any) -> None:
 def check_layer_kinds(value: Any, *, where: str) -> tuple[Any, ...]:
     """A model's layer records from JSON (plan.json, the spec cache, the catalog's specs; planner/model_layers.py):
     every record and nested shape of its type and within the model's bounds, the saved-bytes tables finite."""
-    from planner.model_layers import AttentionShape, LayerKind, LinearShape, MlpShape, NormShape
+    from planner.model_layers import AttentionShape, LayerKind, LinearShape, MlpShape, NormShape, ParamShape
 
     if not isinstance(value, list | tuple) or not value or len(value) > MODEL_BOUNDS["num_layers"][1]:
         raise PlanError(f"{where}'layer_kinds' must be a non-empty list of layer records, got {_show(value)}")
@@ -305,8 +305,9 @@ def check_layer_kinds(value: Any, *, where: str) -> tuple[Any, ...]:
         if not isinstance(raw, Mapping):
             raise PlanError(f"{at}must be a JSON object, got {_show(raw)}")
         raw = dict(raw)
-        nested = {key: raw.pop(key, None) for key in ("linears", "norms", "attention", "mlp", "saved", "stream_bytes")}
-        for key in ("linears", "norms"):
+        nested = {key: raw.pop(key, None) for key in ("linears", "norms", "other_params", "attention", "mlp", "saved",
+                                                      "stream_bytes")}
+        for key in ("linears", "norms", "other_params"):
             if not isinstance(nested[key] or [], list | tuple) or len(nested[key] or []) > 4096:
                 raise PlanError(f"{at}'{key}' must be a list, got {_show(nested[key])}")
         linears = tuple(LinearShape(**check_fields(LinearShape, lin, where=at, bounds=LAYER_BOUNDS))
@@ -317,6 +318,8 @@ def check_layer_kinds(value: Any, *, where: str) -> tuple[Any, ...]:
             raise PlanError(f"{at}has no linears")
         norms = tuple(NormShape(**check_fields(NormShape, n, where=at, bounds=LAYER_BOUNDS))
                       for n in nested["norms"] or ())
+        others = tuple(ParamShape(**check_fields(ParamShape, p, where=at, bounds=LAYER_BOUNDS))
+                       for p in nested["other_params"] or ())
         attention = AttentionShape(**check_fields(AttentionShape, nested["attention"], where=at, bounds=LAYER_BOUNDS))
         mlp = MlpShape(**check_fields(MlpShape, nested["mlp"], where=at, bounds=LAYER_BOUNDS))
         if attention.kv_heads > attention.heads or attention.heads % attention.kv_heads:
@@ -329,8 +332,8 @@ def check_layer_kinds(value: Any, *, where: str) -> tuple[Any, ...]:
                   check_int(v, "'stream_bytes'", (0, 64), where=at) for k, v in stream.items()}
         rest = check_fields(LayerKind, raw, where=at, bounds=LAYER_BOUNDS)
         try:
-            out.append(LayerKind(**rest, linears=linears, norms=norms, attention=attention, mlp=mlp, saved=saved,
-                                 stream_bytes=stream))
+            out.append(LayerKind(**rest, linears=linears, norms=norms, other_params=others, attention=attention,
+                                 mlp=mlp, saved=saved, stream_bytes=stream))
         except TypeError as exc:  # a required field missing
             raise PlanError(f"{at}{exc}") from None
     return tuple(out)

@@ -103,6 +103,15 @@ class NormShape:
     bias: bool = False
 
 
+@dataclass(frozen=True, kw_only=True)
+class ParamShape:
+    """A parameter of a decoder layer held by none of its linears and norms (gpt-oss's attention sinks,
+    `self_attn.sinks`): its path inside the layer and its elements."""
+
+    path: str
+    elements: int
+
+
 # What one decoder layer saves for backward in one training regime, per token of the micro-batch (see
 # planner/activations.py `derived_layer_bytes_per_token`): (replicated bytes, TP-split bytes, bytes per attended
 # position, bytes per layer independent of the tokens).
@@ -127,10 +136,15 @@ class LayerKind:
     # regime ("fp32", "mixed", "bf16") -> mode -> Saved, as pairs so the record stays hashable
     saved: tuple[tuple[str, tuple[tuple[str, Saved], ...]], ...] = ()
     stream_bytes: tuple[tuple[str, int], ...] = ()  # regime -> bytes per element of the layer's input
+    other_params: tuple[ParamShape, ...] = ()  # parameters held by none of its linears and norms
+    # modules of one such layer a forward calls, the layer included (profiler/spec_derive.py `called_modules`);
+    # 0 = not measured (specs derived before DERIVE_REVISION 5: planner.collectives.zero3_modules' rule)
+    called_modules: int = 0
 
     def __post_init__(self) -> None:
         _coerce(self, "linears", LinearShape)
         _coerce(self, "norms", NormShape)
+        _coerce(self, "other_params", ParamShape)
         if isinstance(self.attention, dict):
             object.__setattr__(self, "attention", AttentionShape(**self.attention))
         if isinstance(self.mlp, dict):

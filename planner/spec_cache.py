@@ -30,8 +30,9 @@ SPEC_FORMAT = 1
 # through target_parameters, which revision 1 blamed falsely (DeepSeek-V3's experts.gate_up_proj); 3: the LoRA tables
 # of the fused experts and router that peft's MoE conversion adapts (`lora:mlp.experts.gate_up_proj`, ...); 4: eager
 # tables fitted from two rows and more, one row apart ("*_one_row": profiler/spec_activations.py EAGER_SHAPES), where
-# revision 3 fitted one row and two together (a single key/value head's negative per-position bytes)
-DERIVE_REVISION = 4
+# revision 3 fitted one row and two together (a single key/value head's negative per-position bytes); 5: each layer
+# kind's `called_modules` (the modules a forward calls, whose ZeRO-3 hooks run) and `other_params` (gpt-oss's sinks)
+DERIVE_REVISION = 5
 # Building a 235B-class model on the meta device takes seconds; measuring its layers on fake tensors a minute
 DERIVE_TIMEOUT_S = 900
 

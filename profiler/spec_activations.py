@@ -89,6 +89,7 @@ class Run:
     layers: dict[int, LayerRun] = field(default_factory=dict)
     shared_saved: int = 0  # model-level tensors (cos/sin, masks) some layer saved, counted once
     inputs: dict[int, dict[str, int]] = field(default_factory=dict)  # layer -> linear path -> serial of its input
+    called: dict[int, set[str]] = field(default_factory=dict)  # layer -> paths of its submodules the forward called
 
 
 def _dtypes(regime: str, weights: bool) -> tuple[torch.dtype, bool]:
@@ -195,6 +196,8 @@ def run_once(model: nn.Module, layers: nn.ModuleList, regime: str, mode: Mode, s
     def push(path: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             stack.append((path, module))
+            if current[0] is not None:
+                run.called.setdefault(current[0], set()).add(path)
             first = _tensors((args, kwargs))
             if first:
                 module_inputs[id(module)] = tracker.serial_of(first[0]) or -1

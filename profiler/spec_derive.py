@@ -330,6 +330,7 @@ def derive(raw: dict[str, Any], *, name: str, log: Any = None, activations: bool
         decoder_layers,
         layer_kinds,
         load_config,
+        other_params,
         outside_params,
     )
 
@@ -357,10 +358,29 @@ def derive(raw: dict[str, Any], *, name: str, log: Any = None, activations: bool
         log(f"{name}: structure read in {time.perf_counter() - t0:.1f} s ({len(kinds)} layer kinds)")
     if activations:
         measure(model, config, kinds, log=log)
-    for kind in kinds:
+    called = called_modules(model, config, len(kinds))
+    for i, (kind, layer) in enumerate(zip(kinds, decoder_layers(model, config), strict=True)):
         for lin in kind["linears"]:
             lin.pop("nn_linear", None)
+        kind["other_params"] = other_params(layer, kind)
+        kind["called_modules"] = called[i]
     return {"format": SPEC_FORMAT, "versions": _versions(), "spec": _spec(loaded, model, kinds, outside, raw)}
+
+
+def called_modules(model: Any, config: Any, kinds: int) -> list[int]:
+    """Modules of each layer kind (the layer itself included) that one training forward calls, on fake tokens: the
+    modules whose ZeRO-3 hooks run (deepspeed/runtime/zero/parameter_offload.py `_register_hooks_recursively` hooks
+    every submodule; a hook runs only when its module is called, torch/nn/modules/module.py `_call_impl`). Counted
+    once per module however often it runs: DeepSeek-V3's MoE layer calls its routed experts' and its shared
+    expert's `act_fn`, gpt-oss's experts none (planner.collectives.zero3_modules)."""
+    from profiler.spec_activations import ONE_SHAPE, Mode, prepare, run_once
+    from profiler.spec_structure import decoder_layers
+
+    layers_prefix = next(n for n, m in model.named_modules() if m is decoder_layers(model, config))
+    prepared = prepare(model, "fp32", Mode("frozen"), layers_prefix)
+    run = run_once(prepared, decoder_layers(prepared, config), "fp32", Mode("frozen"), ONE_SHAPE[0],
+                   int(config.hidden_size))
+    return [1 + len(run.called.get(i, ())) for i in range(kinds)]
 
 
 def _spec(loaded: Any, model: Any, kinds: list[dict[str, Any]], outside: dict[str, Any],

@@ -214,6 +214,17 @@ def layer_record(config: Any, index: int, layer: nn.Module) -> dict[str, Any]:
             "attention": _attention(config, index, layer), "mlp": mlp}
 
 
+def other_params(layer: nn.Module, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The layer's parameters held by none of its linears (their weights and biases, a fused expert tensor and its
+    `<name>_bias`) and norms: gpt-oss's per-head attention sinks (`self_attn.sinks`,
+    transformers/models/gpt_oss/modeling_gpt_oss.py GptOssAttention), each with its path and elements."""
+    covered = {f"{n['path']}.{t}" for n in record["norms"] for t in ("weight", "bias")}
+    for lin in record["linears"]:
+        covered |= {lin["path"], f"{lin['path']}_bias"} if lin["role"] == "expert" else \
+            {f"{lin['path']}.weight", f"{lin['path']}.bias"}
+    return [{"path": n, "elements": int(p.numel())} for n, p in layer.named_parameters() if n not in covered]
+
+
 def _signature(layer: nn.Module, record: dict[str, Any]) -> tuple:
     params = tuple((n, tuple(p.shape)) for n, p in layer.named_parameters())
     attn = record["attention"]

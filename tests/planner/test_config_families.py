@@ -43,7 +43,10 @@ FAMILIES: dict[str, dict] = {
                                  "num_attention_heads": 2, "image_size": 28, "patch_size": 14}},
     "gpt_oss": {**_SMALL, "model_type": "gpt_oss", "num_local_experts": 8, "num_experts_per_tok": 2,
                 "sliding_window": 32},
+    # one key/value head per head, as DeepSeek-V3 has (128 of 128): the derivation runs a forward (the modules it
+    # calls), and transformers repeats MLA's per-head keys heads / key_value_heads times under SDPA (a size mismatch)
     "deepseek_v3": {**{k: v for k, v in _SMALL.items() if k != "head_dim"}, "model_type": "deepseek_v3",
+                    "num_key_value_heads": _SMALL["num_attention_heads"],
                     "moe_intermediate_size": 32, "n_routed_experts": 8, "num_experts_per_tok": 2,
                     "n_shared_experts": 1, "first_k_dense_replace": 2, "q_lora_rank": 32, "kv_lora_rank": 16,
                     "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16, "n_group": 2, "topk_group": 1},

@@ -6,7 +6,11 @@ DeepSeek-V3's dense-first layers hold no experts and its MoE layers no dense MLP
 dense, Llama 4 interleaves its MoE layers (interleave_moe_layer_step 2), gpt-oss alternates its attention.
 
 A lora.Linear adds four called modules (the wrapper, lora_dropout, lora_A, lora_B), a ParamWrapper one (it reads
-lora_A's and lora_B's weights in a parametrization); both add two modules that own a parameter (lora_A, lora_B)."""
+lora_A's and lora_B's weights in a parametrization); both add two modules that own a parameter (lora_A, lora_B).
+
+A full fine-tune's counts are the model's own: the modules a forward calls as the derivation measures them per layer
+kind (DeepSeek-V3's MoE layer calls its shared expert and two `act_fn`, gpt-oss's experts none, Llama 4's interleaved
+layers their own), the modules owning a parameter and the parameter tensors (gpt-oss's `self_attn.sinks`)."""
 
 from __future__ import annotations
 
@@ -34,6 +38,14 @@ def _spec(raw: dict):  # noqa: ANN202
     from profiler.spec_derive import derive
 
     return spec_from_dict(derive(dict(raw), name="tiny", activations=False)["spec"], name="tiny", source="test")
+
+
+_TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+         "num_key_value_heads": 4, "head_dim": 16, "max_position_embeddings": 256}
+# the dense families the catalog derives (planner/model_specs): their counts were right before and must stay
+QWEN3 = {**_TINY, "model_type": "qwen3", "num_hidden_layers": 2, "num_key_value_heads": 2}
+PHI3 = {**_TINY, "model_type": "phi3", "num_hidden_layers": 2, "pad_token_id": 0}
+OLMO2 = {**_TINY, "model_type": "olmo2", "num_hidden_layers": 2}
 
 
 def _counts(raw: dict, targets: tuple[str, ...] | None) -> dict[str, int]:
@@ -98,3 +110,37 @@ def test_dense_first_layers_hold_no_experts() -> None:
     assert linears == pytest.approx(5.0)
     assert params == pytest.approx(3 * 58 / 61)
     assert col.trainable_tensors(m, 61, Method.lora, ("all",)) == 2 * (5 * 61 + 3 * 58)
+
+
+# Mixtral is a hand-written family (planner/models.py): its fused experts one module, its act_fn a container
+FULL = [DEEPSEEK_V3, GPT_OSS, LLAMA4_INTERLEAVED, QWEN3_MOE_DENSE_FIRST, MIXTRAL, QWEN3, PHI3, OLMO2]
+
+
+@pytest.mark.parametrize("raw", FULL, ids=[raw["model_type"] for raw in FULL])
+def test_full_fine_tune_counts_are_the_models_own(raw: dict) -> None:
+    m = _spec(raw)
+    real = _counts(raw, None)
+    assert col.zero3_modules(m, m.num_layers, Method.full, ()) == real["called"]
+    assert col.param_modules(m, m.num_layers, Method.full, ()) == real["owners"]
+    assert col.trainable_tensors(m, m.num_layers, Method.full, ()) == real["trainable"]
+
+
+def test_spec_without_measured_calls_keeps_the_rule() -> None:
+    # a spec derived before the calls were measured (called_modules 0): the layer's owners and LAYER_CONTAINERS
+    import dataclasses
+
+    m = _spec(DEEPSEEK_V3)
+    old = dataclasses.replace(m, layer_kinds=tuple(dataclasses.replace(k, called_modules=0) for k in m.layer_kinds))
+    owners = col.layer_structure(old)[0]
+    assert col.zero3_modules(old, old.num_layers, Method.full, ()) == \
+        round(old.num_layers * (owners + col.LAYER_CONTAINERS)) + col.ROOT_MODULES
+
+
+def test_measured_fields_travel_in_plan_json() -> None:
+    # plan.json and the spec cache read layer kinds through check_layer_kinds: gpt-oss's sinks and calls come back
+    from planner.input_checks import check_layer_kinds
+    from planner.model_layers import layer_kind_to_dict
+
+    m = _spec(GPT_OSS)
+    assert all(k.called_modules and [p.path for p in k.other_params] == ["self_attn.sinks"] for k in m.layer_kinds)
+    assert check_layer_kinds([layer_kind_to_dict(k) for k in m.layer_kinds], where="") == m.layer_kinds
