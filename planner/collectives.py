@@ -45,7 +45,7 @@ from functools import lru_cache
 
 from planner.choices import Method
 from planner.models import LinearShape, ModelSpec
-from planner.params import adapted_count, adapted_per_layer, lora_tensor_elements, resolve_lora_targets
+from planner.params import adapted_count, adapted_linears, adapted_per_layer, lora_tensor_elements
 
 DDP_FIRST_BUCKET_BYTES = 2**20
 DDP_BUCKET_BYTES = 25 * 2**20
@@ -197,10 +197,9 @@ def _layer_tensor_elements(m: ModelSpec, method: Method, lora_r: int, lora_targe
     """(share of the layers, trainable tensor sizes in elements, in module order) per layer kind, TP-split."""
     kinds = [(k.count / m.num_layers, k.linears, k.norms, k.other_params) for k in m.layer_kinds]
     if method is not Method.full:
-        chosen = set(resolve_lora_targets(m, lora_targets))
+        adapted = {lin.name for lin in adapted_linears(m, lora_targets)}
         # lora_A then lora_B of each adapted linear, at their own sizes (r x in, out x r: params.lora_tensor_elements)
-        return tuple((share, tuple(x / tp for lin in lins
-                                   if lin.name in chosen and (lin.lora_targetable or lin.all_linear)
+        return tuple((share, tuple(x / tp for lin in lins if lin.name in adapted
                                    for x in lora_tensor_elements(lin, lora_r)))
                      for share, lins, _, _ in kinds or [(1.0, m.linears(), (), ())])
     if not kinds:

@@ -309,7 +309,7 @@ def measure_attention() -> tuple[tuple[int, int, float, float], ...]:
 
 
 # The optimizer step the time model counts (planner/timing.py optimizer_bytes_per_param + clip_bytes_per_param):
-# torch.optim.AdamW(foreach=True), as profiler/worker.py builds it, after clip_grad_norm_, over OPTIMIZER_TENSORS
+# torch.optim.AdamW(foreach=True), torch's default on GPUs, after clip_grad_norm_, over OPTIMIZER_TENSORS
 # parameters of OPTIMIZER_TENSOR_VALUES each (every state array 96 MiB, beyond the last-level cache, as a model's)
 OPTIMIZER_TENSORS, OPTIMIZER_TENSOR_VALUES = 24, 2**20
 
@@ -318,23 +318,36 @@ def _optimizer_rank(rank: int, port: int, out: Any) -> None:
     """One of two processes timing clip + AdamW steps at once with the other; puts the counted bytes per second."""
     import torch
 
-    from planner.strategy import Optimizer, Precision
-    from planner.timing import clip_bytes_per_param, optimizer_bytes_per_param
 
     torch.set_num_threads(1)
-    params = [torch.nn.Parameter(torch.randn(OPTIMIZER_TENSOR_VALUES)) for _ in range(OPTIMIZER_TENSORS)]
+    t = _clip_adamw_step_s(OPTIMIZER_TENSORS, OPTIMIZER_TENSOR_VALUES, foreach=True)
+    out.put(_step_bytes_per_value() * OPTIMIZER_TENSORS * OPTIMIZER_TENSOR_VALUES / t)
+
+
+def _clip_adamw_step_s(tensors: int, values: int, **adamw: Any) -> float:
+    """Median seconds of clip_grad_norm_ + torch.optim.AdamW(**adamw).step() over `tensors` fp32 parameters of
+    `values` each with their gradients, after one warm-up step (which also allocates the states)."""
+    import torch
+
+    params = [torch.nn.Parameter(torch.randn(values)) for _ in range(tensors)]
     for p in params:
         p.grad = torch.randn_like(p)
-    opt = torch.optim.AdamW(params, lr=1e-5, foreach=True)
+    opt = torch.optim.AdamW(params, lr=1e-5, **adamw)
 
     def step() -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
     step()
-    t = _median_time(step, repeats=7)
-    per_param = optimizer_bytes_per_param(Optimizer.adamw, Precision.fp32) + clip_bytes_per_param(Precision.fp32)
-    out.put(per_param * OPTIMIZER_TENSORS * OPTIMIZER_TENSOR_VALUES / t)
+    return _median_time(step, repeats=7)
+
+
+def _step_bytes_per_value() -> float:
+    """Bytes the time model counts per fp32 parameter of a clip + AdamW step (planner/timing.py)."""
+    from planner.strategy import Optimizer, Precision
+    from planner.timing import clip_bytes_per_param, optimizer_bytes_per_param
+
+    return optimizer_bytes_per_param(Optimizer.adamw, Precision.fp32) + clip_bytes_per_param(Precision.fp32)
 
 
 # (tensors, values per tensor) of the single-tensor step's shapes: 24 x 1 Mi, every state array 96 MiB, beyond the
@@ -351,21 +364,7 @@ def _single_tensor_rank(rank: int, port: int, out: Any) -> None:
     import torch
 
     torch.set_num_threads(1)
-    points = []
-    for tensors, values in SINGLE_TENSOR_SHAPES:
-        params = [torch.nn.Parameter(torch.randn(values)) for _ in range(tensors)]
-        for p in params:
-            p.grad = torch.randn_like(p)
-        opt = torch.optim.AdamW(params, lr=1e-5)
-
-        def step(params: list[Any] = params, opt: Any = opt) -> None:
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-
-        step()
-        points.append((tensors, values, _median_time(step, repeats=7)))
-        del params, opt
-    out.put(points)
+    out.put([(tensors, values, _clip_adamw_step_s(tensors, values)) for tensors, values in SINGLE_TENSOR_SHAPES])
 
 
 def fit_single_tensor(points: Sequence[tuple[int, int, float]]) -> tuple[float, float]:
@@ -373,10 +372,7 @@ def fit_single_tensor(points: Sequence[tuple[int, int, float]]) -> tuple[float, 
     values per tensor, seconds), least squares on relative residuals (each point's equation divided by its time, so
     the tiny tensors' milliseconds count as much as the large ones' tenths of a second); a term that comes out
     negative is dropped and the other fitted alone."""
-    from planner.strategy import Optimizer, Precision
-    from planner.timing import clip_bytes_per_param, optimizer_bytes_per_param
-
-    per_param = optimizer_bytes_per_param(Optimizer.adamw, Precision.fp32) + clip_bytes_per_param(Precision.fp32)
+    per_param = _step_bytes_per_value()
     rows = [(n / t, n * v * per_param / t) for n, v, t in points]  # (tensors, bytes) / t: a c + b B = 1, b = 1/R
     saa = sum(a * a for a, _ in rows)
     sbb = sum(b * b for _, b in rows)

@@ -216,12 +216,9 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
             comm_eff: float) -> tuple[float, float, float]:
     """(total, exposed) data-parallel seconds per step, and host-link seconds of CPU offload; one
     all-gather and one reduce-scatter per unit (planner/collectives.py)."""
-    # MixedPrecision reduces in 16 bits
-    grad_bytes = trainable_gpu * (4.0 if cfg.precision is Precision.fp32 else 2.0)
+    grad_bytes, units, gathers = _unit_collectives(cfg, trainable_gpu)
     if cfg.fsdp is FsdpStrategy.no_shard:
         return ddp.bucketed_allreduce(cfg, g, grad_bytes, bwd_s)
-    units = col.fsdp_units(stage_layers(cfg.model.num_layers, cfg.pp))
-    gathers = 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
     if cfg.fsdp is FsdpStrategy.hybrid_shard:
         shard = g.per_node
         intra = pc.intra_node_group(cfg.cluster, shard, comm_eff)
@@ -259,10 +256,17 @@ def reduce_chain_s(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes
     backward gathers and reduce-scatters sharded_comm overlaps with backward. CPU offload is FULL_SHARD's only."""
     if not is_sharded(cfg) or cfg.fsdp is FsdpStrategy.hybrid_shard:
         return 0.0
-    units = col.fsdp_units(stage_layers(cfg.model.num_layers, cfg.pp))
-    gathers = 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
-    grad_bytes = trainable_gpu * (4.0 if cfg.precision is Precision.fp32 else 2.0)
+    grad_bytes, units, gathers = _unit_collectives(cfg, trainable_gpu)
     return backward_chain_s(g, grad_bytes, param_bytes_gpu, units, units, gathers)
+
+
+def _unit_collectives(cfg: TrainConfig, trainable_gpu: float) -> tuple[float, int, int]:
+    """(gradient bytes reduced per micro-batch, FSDP units, all-gathers of each unit per micro-batch): MixedPrecision
+    reduces in 16 bits (fp32 in a 32-true run); one all-gather and one reduce-scatter per unit, the backward's
+    all-gather again unless SHARD_GRAD_OP keeps the unit gathered."""
+    grad_bytes = trainable_gpu * (4.0 if cfg.precision is Precision.fp32 else 2.0)
+    units = col.fsdp_units(stage_layers(cfg.model.num_layers, cfg.pp))
+    return grad_bytes, units, 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
 
 
 def copy_passes_s(cfg: TrainConfig, param_bytes: float, grad_bytes: float, gathers: int, shard: int

@@ -391,10 +391,7 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
             comm_eff: float) -> tuple[float, float, float]:
     """(total, exposed) data-parallel seconds per step, and host-link seconds of parameter offload; each
     collective split into the calls DeepSpeed issues (planner/collectives.py)."""
-    elem = 4.0 if cfg.precision is Precision.fp32 else 2.0  # DeepSpeed reduces in 16 bits
-    grad_bytes = trainable_gpu * elem
-    sizes = reduce_sizes(cfg, stage_layers(cfg.model.num_layers, cfg.pp))
-    rs_calls = sum(n for _, n in sizes)
+    elem, grad_bytes, sizes, rs_calls = _reductions(cfg, trainable_gpu)
     overlap = overlap_for(cfg)
     if cfg.zero is ZeroStage.DISABLED:
         ar = split_time_s(allreduce_time_s, grad_bytes, rs_calls, g)
@@ -422,10 +419,7 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
         # every bucket's all-reduce and the step's gathers are synchronous calls between compute (sharded.overlap_for)
         sync = sync_calls_s(cfg, n_rs * rs_calls + ZERO12_ALLGATHER_CALLS)
         return (n_rs * (rs + copy_in + reduce_side) + ag + sync, n_rs * (copy_in + reduce_exposed) + ag + sync, 0.0)
-    layers = stage_layers(cfg.model.num_layers, cfg.pp)
-    modules = col.param_modules(cfg.model, layers, cfg.method, cfg.lora_targets)
-    # the recomputed forward of full checkpointing gathers the released parameters once more
-    gathers = 3 if cfg.grad_ckpt is GradCkpt.full else 2
+    modules, gathers = _zero3_gathers(cfg)
     # without overlap_comm ZeRO-3 reduces on the default stream (stage3.py: `reduce_and_partition_stream = ...
     # Stream() if overlap_comm else default_stream()`); its gathers keep their own stream either way
     # the gathers are issued async (partition_parameters.py `_dist_allgather_fn`: async_op=True) and prefetched beside
@@ -442,18 +436,28 @@ def reduce_chain_s(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes
     `partition_grads`' copy into the host buffer), so the copies overlap only the backward the reduction leaves.
     ZeRO-1/2: the bucket all-reduces and their reduction-path passes (dp_comm); ZeRO-3: the chain sharded_comm
     overlaps with backward (its gathers and reduce-scatter)."""
-    elem = 4.0 if cfg.precision is Precision.fp32 else 2.0
-    grad_bytes = trainable_gpu * elem
-    sizes = reduce_sizes(cfg, stage_layers(cfg.model.num_layers, cfg.pp))
-    rs_calls = sum(n for _, n in sizes)
+    elem, grad_bytes, sizes, rs_calls = _reductions(cfg, trainable_gpu)
     if cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS):
         return bucket_allreduces_s(g, sizes, grad_bytes, elem) + zero12_bucket_passes_s(cfg, trainable_gpu)[1]
     if cfg.zero is ZeroStage.WEIGHTS:
-        modules = col.param_modules(cfg.model, stage_layers(cfg.model.num_layers, cfg.pp), cfg.method,
-                                    cfg.lora_targets)
-        gathers = 3 if cfg.grad_ckpt is GradCkpt.full else 2
+        modules, gathers = _zero3_gathers(cfg)
         return backward_chain_s(g, grad_bytes, param_bytes_gpu, modules, rs_calls, gathers)
     return 0.0
+
+
+def _reductions(cfg: TrainConfig, trainable_gpu: float) -> tuple[float, float, tuple[tuple[float, int], ...], int]:
+    """(bytes per gradient element, gradient bytes, the reductions' (elements, calls) sizes, calls) per micro-batch:
+    DeepSpeed reduces in 16 bits (fp32 in a 32-true run), split into the calls reduce_sizes lists."""
+    elem = 4.0 if cfg.precision is Precision.fp32 else 2.0
+    sizes = reduce_sizes(cfg, stage_layers(cfg.model.num_layers, cfg.pp))
+    return elem, trainable_gpu * elem, sizes, sum(n for _, n in sizes)
+
+
+def _zero3_gathers(cfg: TrainConfig) -> tuple[int, int]:
+    """(modules that own parameters, one all-gather each per pass; passes that gather them): forward and backward,
+    and the recomputed forward of full checkpointing gathers the released parameters once more."""
+    modules = col.param_modules(cfg.model, stage_layers(cfg.model.num_layers, cfg.pp), cfg.method, cfg.lora_targets)
+    return modules, 3 if cfg.grad_ckpt is GradCkpt.full else 2
 
 
 def bucket_allreduces_s(g: Group, sizes: tuple[tuple[float, int], ...], grad_bytes: float, elem_bytes: float
