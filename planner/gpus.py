@@ -171,6 +171,11 @@ _COMPUTE_CAPABILITY = {"A100-80G": (8, 0), "A100-40G": (8, 0), "A800": (8, 0), "
 FLASH_ATTENTION_2_MIN_CAPABILITY = (8, 0)
 
 
+def is_cpu(gpu: GPUSpec) -> bool:
+    """The catalog's CPU entry: ranks are CPU processes (torch tensors on device "cpu")."""
+    return gpu.name == "CPU"
+
+
 def _gpu(**kw) -> GPUSpec:
     if kw.get("sm_count", 0) > 0:
         kw.setdefault("elementwise_bandwidth_fraction", ELEMENTWISE_BANDWIDTH_FRACTION)

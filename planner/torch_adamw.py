@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from planner import collectives as col
 from planner.choices import Engine, Method, Offload, Optimizer, Stage
-from planner.gpus import SINGLE_OVER_FOREACH_TIME, SINGLE_TENSOR_HOST_OPS, GPUSpec  # measured ratios: see there
+from planner.gpus import SINGLE_OVER_FOREACH_TIME, SINGLE_TENSOR_HOST_OPS, GPUSpec, is_cpu  # measured ratios: see there
 from planner.params import adapted_linears, lora_tensor_elements
 
 if TYPE_CHECKING:
@@ -57,12 +57,7 @@ def adamw_kernel(cfg: TrainConfig) -> AdamwKernel | None:
         return None
     if cfg.fused_adamw:
         return AdamwKernel.fused
-    return AdamwKernel.single_tensor if runs_on_cpu(cfg.cluster.gpu) else AdamwKernel.foreach
-
-
-def runs_on_cpu(gpu: GPUSpec) -> bool:
-    """The catalog's CPU entry: ranks are CPU processes (torch tensors on device "cpu")."""
-    return gpu.name == "CPU"
+    return AdamwKernel.single_tensor if is_cpu(cfg.cluster.gpu) else AdamwKernel.foreach
 
 
 def _elements_of(lin: LinearShape) -> int:

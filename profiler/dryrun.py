@@ -36,6 +36,7 @@ from typing import Any
 from unittest import mock
 
 from planner.errors import PlanError
+from planner.gpus import is_cpu
 from planner.loss_memory import TORCHTUNE_OUTPUT_CHUNKS
 from planner.model_catalog import HF_CONFIGS
 from planner.models import ModelSpec
@@ -53,7 +54,6 @@ from planner.strategy import (
     Quant,
     TrainConfig,
 )
-from planner.torch_adamw import runs_on_cpu
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -269,7 +269,7 @@ def _make_optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
     import torch
 
     # foreach=True: the GPU default; None on a CPU plan: torch's CPU default (see the module docstring)
-    foreach = None if runs_on_cpu(cfg.cluster.gpu) else True
+    foreach = None if is_cpu(cfg.cluster.gpu) else True
     if cfg.optimizer is Optimizer.sgd:
         return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=foreach)
     if cfg.fused_adamw:  # torch's fused kernel (it has fake-tensor kernels): no foreach temporaries

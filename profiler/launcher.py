@@ -21,11 +21,12 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import NoReturn
 
+from planner.gpus import is_cpu
 from planner.strategy import TrainConfig
 
 
 def is_cpu_plan(cfg: TrainConfig) -> bool:
-    return cfg.cluster.gpu.name == "CPU"
+    return is_cpu(cfg.cluster.gpu)
 
 
 def free_port() -> int:

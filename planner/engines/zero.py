@@ -31,9 +31,10 @@ from planner.choices import (
 from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
 from planner.deepspeed_sizes import reduce_bucket_elements
 from planner.engines.sharded import backward_chain_s, no_overlap, overlap_for, sharded_comm, sync_calls_s
+from planner.gpus import is_cpu
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
-from planner.torch_adamw import SINGLE_TENSOR_TEMPORARIES, runs_on_cpu
+from planner.torch_adamw import SINGLE_TENSOR_TEMPORARIES
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -343,7 +344,7 @@ def _client_adamw_step_bytes(cfg: TrainConfig, group: float) -> float:
     returns it). Measured (benchmarks/accuracy.py, a 134M Llama in fp32, 2 CPU ranks): ZeRO-2's step peak 2,145.7 MB
     against 1,909.8 MB predicted without this moment. On GPUs the emitted ds_config leaves the optimizer to the
     Trainer too, whose foreach AdamW holds one fp32 partition more: not counted here (no GPU reading yet)."""
-    if not runs_on_cpu(cfg.cluster.gpu) or cfg.optimizer is not Optimizer.adamw or cfg.fused_adamw:
+    if not is_cpu(cfg.cluster.gpu) or cfg.optimizer is not Optimizer.adamw or cfg.fused_adamw:
         return 0.0
     fp32_grad = 0.0 if cfg.zero is ZeroStage.GRADIENTS and cfg.precision is Precision.fp32 else 4.0
     return group * (fp32_grad + SINGLE_TENSOR_TEMPORARIES * 4.0)
