@@ -11,6 +11,7 @@ import typer
 from ftplan import options as o
 from ftplan.app import app
 from planner.errors import PlanError
+from planner.gpus import is_cpu
 from planner.options import AdapterArgs, LimitArgs, Target
 from planner.strategy import Method, Stage
 
@@ -28,14 +29,14 @@ def _plan_on_the_fly(model: str, gpus: str, method: Method, stage: Stage, seq_le
     base = build_config(model=model, gpus=gpus, method=method, seq_len=seq_len, stage=stage, **(rollout or {}))
     # attention: the one transformers picks for the model (SearchSpace's default: sdpa, or eager for gpt-oss)
     space = SearchSpace(methods=(method,), tps=(1,), pps=(1,))
-    if base.cluster.gpu.name == "CPU":
+    if is_cpu(base.cluster.gpu):
         # torch's AdamW (bitsandbytes' optimizers run on the CPU too, but are the user's choice through a plan),
         # no FlashAttention-2 (it needs CUDA); TP/PP are not run by the Trainer-based runner
         space = replace(space, optimizers=(Optimizer.adamw,))
     from planner.runnable import runnable
 
     fitting = [est for est in plan(base, space).plans if runnable(est.config)]
-    if base.cluster.gpu.name == "CPU":
+    if is_cpu(base.cluster.gpu):
         # on the CPU device, "device" memory is host memory: offloading to the host only adds copies
         fitting = [est for est in fitting if est.config.offload is Offload.none]
     if not fitting:

@@ -26,6 +26,7 @@ from planner.activations import (
 from planner.calibration import DEFAULT, Calibration
 from planner.compute import tokens_per_sample
 from planner.engines import parallel
+from planner.gpus import is_cpu
 from planner.rl import memory as rl_memory
 from planner.rl.parts import logprob_head_rows
 from planner.rl.settings import is_online_rl
@@ -248,7 +249,7 @@ def activation_bytes(cfg: TrainConfig, sp: StageParams, cal: Calibration, *, fir
             + final_norm * tokens
         if cfg.stage in (Stage.dpo, Stage.grpo, Stage.rloo):  # TRL's chunked log-prob head, no logits
             items["logits and loss"] = final_norm * tokens + trl_logprob_head_bytes(
-                m, tokens=logprob_head_rows(cfg, tokens), compute_bytes=e, triton=cfg.cluster.gpu.name != "CPU",
+                m, tokens=logprob_head_rows(cfg, tokens), compute_bytes=e, triton=not is_cpu(cfg.cluster.gpu),
                 t=cfg.tp, head_trains=cfg.method is Method.full and sp.trainable > 0)
         else:
             held = knobs.held_output_bytes(cfg, tokens, e)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlanError
+from planner.gpus import is_cpu
 from planner.serialize import config_to_dict
 from planner.strategy import CrossEntropy, Kernels, TrainConfig
 from profiler.launcher import failure_cause, free_port, rank_env, torchrun_command
@@ -63,7 +64,7 @@ def check_device(cfg: TrainConfig) -> None:
     """The devices the plan names must exist here."""
     if cfg.cluster.nodes != 1:
         raise PlanError(f"`profile run` runs on this machine only; {cfg.cluster.nodes} nodes were asked for")
-    if cfg.cluster.gpu.name == "CPU":
+    if is_cpu(cfg.cluster.gpu):
         return
     try:
         import torch

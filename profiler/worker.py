@@ -30,6 +30,7 @@ from typing import Any
 from planner.compute import mfu as compute_mfu
 from planner.compute import model_flops_per_token, peak_flops_per_s
 from planner.configs.ds_config import DEFAULT_HYPER
+from planner.gpus import is_cpu
 from planner.serialize import config_from_dict
 from planner.states import fp32_adapters
 from planner.strategy import Engine, FsdpStrategy, GradCkpt, Method, Optimizer, Precision, TrainConfig
@@ -217,7 +218,7 @@ def _measure_in_own_group(sub: dict[str, Any], cfg: TrainConfig, run_dir: Path, 
 def _device(cfg: TrainConfig) -> tuple[Any, bool]:
     import torch
 
-    cuda = torch.cuda.is_available() and cfg.cluster.gpu.name != "CPU"
+    cuda = torch.cuda.is_available() and not is_cpu(cfg.cluster.gpu)
     local = int(os.environ.get("LOCAL_RANK", 0))
     return (torch.device("cuda", local) if cuda else torch.device("cpu")), cuda
 

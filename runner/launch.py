@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from planner.gpus import is_cpu
 from planner.input_checks import one_line
 from planner.strategy import Engine, TrainConfig
 from runner import switches
@@ -128,7 +129,7 @@ def launch_script(cfg: TrainConfig) -> str:
         f'if [ "$NNODES" != "{nodes}" ]; then echo "this plan is for {nodes} node(s), NNODES=$NNODES" >&2; exit 2; fi',
         "export NNODES NODE_RANK MASTER_ADDR MASTER_PORT",
     ]
-    if cfg.cluster.gpu.name == "CPU":
+    if is_cpu(cfg.cluster.gpu):
         # as `ftplan run` sets them (runner/launcher.py, launch_env): DeepSpeed's CPU accelerator, one thread a rank
         out += ['export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES=""']
         if cfg.world_size > 1:

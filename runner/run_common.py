@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlanError
+from planner.gpus import is_cpu
 from planner.strategy import Engine, FsdpVersion, GradCkpt, Offload, Optimizer, Precision, Stage, TrainConfig
 from runner import switches
 
@@ -45,7 +46,7 @@ class RunOptions:
 
 
 def on_cuda_device(cfg: TrainConfig) -> bool:
-    if cfg.cluster.gpu.name == "CPU":
+    if is_cpu(cfg.cluster.gpu):
         return False
     import torch
 

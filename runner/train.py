@@ -18,6 +18,7 @@ from typing import Any
 
 from planner.compute import model_flops_per_token, peak_flops_per_s
 from planner.errors import PlanError
+from planner.gpus import is_cpu
 from planner.strategy import (
     CrossEntropy,
     Stage,
@@ -94,11 +95,11 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     if not opts.resume and opts.output.is_dir() and any(opts.output.iterdir()):
         raise PlanError(f"--output {opts.output} is not empty: pass --resume to continue its run, "
                         "or choose another directory")
-    optim_name(cfg, on_cuda=cfg.cluster.gpu.name != "CPU")
+    optim_name(cfg, on_cuda=not is_cpu(cfg.cluster.gpu))
     if cfg.cross_entropy is CrossEntropy.chunked:
         raise PlanError("the Trainer has no chunked cross-entropy (torchtune's): re-plan with --cross-entropy "
                         "standard, or fused (Liger) on a CUDA GPU")
-    if switches.uses_liger(cfg) and cfg.cluster.gpu.name == "CPU":
+    if switches.uses_liger(cfg) and is_cpu(cfg.cluster.gpu):
         raise PlanError("Liger's kernels are Triton kernels for CUDA GPUs: re-plan with --kernels eager "
                         "--cross-entropy standard for the CPU")
 

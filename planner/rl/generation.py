@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from planner import compute as cp
 from planner.comm import DEFAULT_COMM_EFFICIENCY, Group, allgather_time_s
+from planner.gpus import is_cpu
 from planner.kernels import OPS_PER_LAYER_FORWARD, OPS_PER_LORA_LINEAR
 from planner.models import ModelSpec
 from planner.params import active_params, adapted_count, quantizable_params, total_params
@@ -185,7 +186,7 @@ def concurrency(cfg: TrainConfig) -> int:
 
 def _kv_elem_bytes(cfg: TrainConfig) -> float:
     """The element size of vLLM's KV cache and activations: 16 bits on a GPU, the training precision's on the CPU."""
-    return compute_bytes(cfg) if cfg.cluster.gpu.name == "CPU" else 2.0
+    return compute_bytes(cfg) if is_cpu(cfg.cluster.gpu) else 2.0
 
 
 def kv_bytes_per_sequence(cfg: TrainConfig, tokens: float) -> float:
@@ -219,7 +220,7 @@ def transformers_generation_items(cfg: TrainConfig) -> dict[str, float]:
 
 def _peak_flops(cfg: TrainConfig) -> float:
     gpu = cfg.cluster.gpu
-    if cfg.rollout.generation is not Generation.transformers and gpu.name != "CPU":
+    if cfg.rollout.generation is not Generation.transformers and not is_cpu(gpu):
         return cp.peak_flops_per_s(gpu, Precision.bf16_mixed)  # vLLM runs the model in 16 bits
     return cp.peak_flops_per_s(gpu, cfg.precision)
 

@@ -8,6 +8,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
+from planner.gpus import is_cpu
 from planner.rl.settings import TRL_RL_STAGES, Generation, Rollout, is_online_rl
 from planner.strategy import TrainConfig
 
@@ -16,7 +17,7 @@ def logprob_head_rows(cfg: TrainConfig, tokens: int) -> int:
     """Rows TRL's fused log-prob head projects in one micro-batch (trl/trainer/utils.py add_fused_lm_head): on
     Triton devices only the positions whose label is scored (GRPO / RLOO: the completion tokens), elsewhere (the
     CPU) every position; DPO's count stays every token of chosen + rejected."""
-    if cfg.stage in TRL_RL_STAGES and cfg.cluster.gpu.name != "CPU":
+    if cfg.stage in TRL_RL_STAGES and not is_cpu(cfg.cluster.gpu):
         return cfg.micro_batch * cfg.rollout.completion_len
     return tokens
 

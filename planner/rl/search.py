@@ -21,7 +21,7 @@ from typing import Any
 from planner.calibration import DEFAULT, Calibration
 from planner.errors import PlanError
 from planner.estimate import Estimate, FitKind, Limits, estimate, fit_reason
-from planner.gpus import Cluster
+from planner.gpus import Cluster, is_cpu
 from planner.rl import generation as gen
 from planner.rl.parts import memo_by_parts
 from planner.rl.settings import Generation, Rollout, RolloutSpace
@@ -72,7 +72,7 @@ def _engine_tp(cfg: TrainConfig, fixed: int | None, limit: int) -> int | None:
 def variants(base: TrainConfig, space: RolloutSpace) -> Iterator[tuple[Cluster, Rollout]]:
     """(training cluster, rollout settings) pairs to plan; vLLM's share is filled in per candidate when not fixed."""
     r = base.rollout
-    on_cpu = base.cluster.gpu.name == "CPU"
+    on_cpu = is_cpu(base.cluster.gpu)
     for g in space.generations:
         if g is not Generation.transformers and on_cpu:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from planner.gpus import is_cpu
 from planner.rl import generation as gen
 from planner.rl.settings import Generation, rollout_problems
 from planner.strategy import Engine, FsdpStrategy, Quant, Stage, TrainConfig
@@ -28,7 +29,7 @@ def rl_problems(cfg: TrainConfig) -> list[str]:
                        "(its hybrid engine): --generation vllm-colocate")
     if r.generation is Generation.transformers:
         return out
-    if cfg.cluster.gpu.name == "CPU":
+    if is_cpu(cfg.cluster.gpu):
         out.append("vLLM generates on CUDA GPUs: plan the CPU with --generation transformers")
         return out
     if cfg.quant is Quant.int8:
