@@ -399,7 +399,9 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     step_items = eng.step_items(cfg, trained, n, state_bytes)
     grads_in_backward = states.gradients if eng.grads_live_in_backward(cfg) else 0.0
     return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
-                          end_items=tied_embedding_items(cfg, sp), grads_in_backward=grads_in_backward,
+                          end_items={**tied_embedding_items(cfg, sp),
+                                     **(engines.fsdp.end_items(cfg, sp) if eng is engines.fsdp else {})},
+                          grads_in_backward=grads_in_backward,
                           nccl_bytes=nccl_memory.nccl_bytes(cfg),
                           reserved_floor=init_allocations.reserved_floor_bytes(cfg),
                           zero3_free=_zero3_free_bytes(cfg, trained, n))
@@ -445,6 +447,12 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         if exposed > items.get("logits and loss", 0.0):
             items.pop("logits and loss", None)
             items["FSDP unsharded layers"] = exposed
+    head_rs = items.pop(engines.fsdp.HEAD_REDUCE_SCATTER, 0.0)
+    if head_rs > items.get("logits and loss", 0.0) + items.get("FSDP unsharded layers", 0.0):
+        # FSDP2's tail reduces after the head's backward, before the last layer's: it takes the place of either
+        items.pop("logits and loss", None)
+        items.pop("FSDP unsharded layers", None)
+        items[engines.fsdp.HEAD_REDUCE_SCATTER] = head_rs
     step_items = parts.step_items
     if cal.overhead_multiplier != 1.0:
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}

@@ -176,7 +176,8 @@ def fsdp_backward_only_items(cfg: TrainConfig) -> tuple[str, ...]:
     rest, the root's included (torch/distributed/fsdp/_runtime_utils.py)."""
     if cfg.engine is not Engine.fsdp or cfg.fsdp is FsdpStrategy.no_shard:
         return ()
-    return ("FSDP unsharded parameters", "FSDP unsharded layers", "FSDP unsharded gradients")
+    return ("FSDP unsharded parameters", "FSDP unsharded layers", "FSDP unsharded gradients",
+            "FSDP2 head reduce-scatter")  # planner.engines.fsdp.HEAD_REDUCE_SCATTER
 
 
 def replicated_quant_state_bytes(cfg: TrainConfig, quantized_params: float, n: int) -> float:

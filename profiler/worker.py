@@ -113,7 +113,7 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
         engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_cfg)
         return engine, opt, True
     if cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard:
-        # FSDP2 (`fully_shard`, per decoder layer, then the root), which runs on the CPU over gloo, where
+        # FSDP2 (`fully_shard`, in accelerate's units: fsdp2_units), which runs on the CPU over gloo, where
         # FSDP1 refuses to start ("FSDP needs a non-CPU accelerator device"). shard_grad_op keeps the
         # parameters gathered between forward and backward (reshard_after_forward=False), like FSDP1's
         # SHARD_GRAD_OP; hybrid_shard on one node shards like full_shard.
@@ -123,11 +123,9 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
         if cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed):
             low = torch.bfloat16 if cfg.precision is Precision.bf16_mixed else torch.float16
             mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=low)
-        reshard = cfg.fsdp is not FsdpStrategy.shard_grad_op
-        for mod in model.modules():
-            if type(mod).__name__ == cfg.model.decoder_layer_class:
-                fully_shard(mod, reshard_after_forward=reshard, mp_policy=mp)
-        fully_shard(model, reshard_after_forward=reshard, mp_policy=mp)
+        for unit, reshard in fsdp2_units(model, cfg.model.decoder_layer_class,
+                                         reshard=cfg.fsdp is not FsdpStrategy.shard_grad_op):
+            fully_shard(unit, reshard_after_forward=reshard, mp_policy=mp)
         return model, _optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device), False
     if world > 1:  # DDP, and FSDP no_shard (which is DDP)
         from torch.nn.parallel import DistributedDataParallel
@@ -135,6 +133,29 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         return ddp, _optimizer(cfg, [p for p in ddp.parameters() if p.requires_grad], device), False
     return model, _optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device), False
+
+
+def fsdp2_units(model: Any, layer_class: str, *, reshard: bool) -> list[tuple[Any, bool | None]]:
+    """The modules accelerate's FSDP2 calls `fully_shard` on, in its order, each with its reshard_after_forward
+    (accelerate 1.16 utils/fsdp_utils.py `fsdp2_prepare_model`): every decoder layer (the transformer auto-wrap
+    policy), then the input embedding alone unless tied to the head, then the tail, the final norm and the head
+    (with a tied embedding between them) as one group kept gathered from forward into backward (False), then the
+    root with None, which torch resolves to no reshard for the root (torch/distributed/fsdp/_fully_shard/
+    _fsdp_state.py `_lazy_init`). The final norm is the last child of the base model whose class names a Norm, as
+    accelerate's `_find_final_norm` finds it."""
+    units: list[tuple[Any, bool | None]] = [(m, reshard) for m in model.modules() if type(m).__name__ == layer_class]
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = embed is not None and head is not None and embed.weight is head.weight
+    if embed is not None and not tied:
+        units.append((embed, reshard))
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else model
+    norms = [m for _, m in base.named_children() if "Norm" in type(m).__name__] if base is not None else []
+    tail = [m for m in (norms[-1] if norms else None, embed if tied else None, head) if m is not None]
+    if tail:
+        units.append((tail, False))
+    units.append((model, None))
+    return units
 
 
 def run(spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:

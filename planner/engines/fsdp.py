@@ -2,8 +2,8 @@
 SHARD_GRAD_OP, HYBRID_SHARD (shard within a node, replicate across nodes: FSDP1's strategy, FSDP2's `fully_shard`
 over a 2-D DeviceMesh (replicate, shard)) and, with FSDP1, NO_SHARD (DDP), with CPU offload of parameters,
 gradients and optimizer together (torch.distributed.fsdp.CPUOffload, FSDP2's CPUOffloadPolicy).
-One decoder layer per unit (the transformer auto-wrap policy), the embedding, final norm and head in the
-root unit."""
+One decoder layer per unit (the transformer auto-wrap policy); FSDP1's root unit holds the embedding, final norm and
+head, while accelerate's FSDP2 makes the embedding a unit and [final norm, head] another (fsdp2_tail_params)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from planner.choices import (
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines import ddp
 from planner.engines.sharded import backward_chain_s, overlap_for, sharded_comm, sync_calls_s
+from planner.gpus import is_cpu
 from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.params import embedding_params, head_params, layer_params, wrapped_lora_targets
 from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, stage_layers
@@ -101,6 +102,9 @@ def shard_group(cfg: TrainConfig) -> int:
 
 # --- memory -------------------------------------------------------------------------------------
 
+# the item of FSDP2's tail reduce-scatter in backward (fsdp2_head_reduce_scatter_bytes)
+HEAD_REDUCE_SCATTER = "FSDP2 head reduce-scatter"
+
 weight_bytes_per_param = ddp.weight_bytes_per_param  # FSDP's MixedPrecision keeps the module's dtypes
 
 
@@ -162,16 +166,21 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
             sixteen_bit_weights: float = 0.0) -> dict[str, float]:
     """What sharded FSDP holds unsharded in backward, in the compute dtype (MixedPrecision's param_dtype).
 
-    - "FSDP unsharded parameters": the root unit (embedding, final norm, head), which FSDP does not reshard
-      between forward and backward (FSDP1 `_post_forward_reshard` skips the root; FSDP2's root state), or under
+    - "FSDP unsharded parameters": the root unit (embedding, final norm, head), which FSDP1 does not reshard
+      between forward and backward (`_post_forward_reshard` skips the root); FSDP2's tail unit (final norm, head:
+      fsdp2_tail_params), which accelerate keeps gathered, its embedding unit resharded after forward; or under
       SHARD_GRAD_OP every unit (no reshard after forward).
     - "FSDP unsharded layers": the window of the last decoder layer's backward: the layer all-gathered again and
       the one prefetched before it (FSDP1 BACKWARD_PRE under limit_all_gathers, at most two all-gathers in flight:
       torch/distributed/fsdp/_limiter_utils.py `_max_num_inflight_all_gathers = 2`; FSDP2 prefetches the next
       group in backward), and the unit's unsharded gradient before its reduce-scatter. planner.memory keeps it or
       "logits and loss", whichever is larger: the head's backward is over before the last layer's begins.
-    - "FSDP unsharded gradients": the LM head's gradient when the head trains: the root's gradients are
-      reduce-scattered together at the end of backward.
+    - "FSDP unsharded gradients": the LM head's gradient when the head trains: FSDP1 reduce-scatters the root's
+      gradients together at the end of backward, FSDP2 the tail's once its backward is over
+      (fsdp2_head_reduce_scatter_bytes, HEAD_REDUCE_SCATTER).
+    The window leaves out the tail's reduce-scatter input that FSDP2 keeps until the next unit's post_backward
+    (_fsdp_param_group.py `post_backward`: `comm_ctx.reduce_scatter_states`, one buffer by default): by the last
+    layer's backward the tail's parameters and the head's gradient, counted above, are freed, and it is smaller.
     Measured on 2 CPU ranks (tests/validation/test_memory_sharded_measured.py): FSDP2's backward peak is this
     window's moment to 1%."""
     if not is_sharded(cfg):
@@ -179,16 +188,17 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
     layer16 = c16 * layer_params(m) / cfg.tp
     root = c16 * (embedding_params(m) + head_params(m)) / cfg.tp
+    kept = c16 * fsdp2_tail_params(cfg) / cfg.tp if cfg.fsdp_version is FsdpVersion.TWO else root
     items = {}
     if cfg.fsdp is FsdpStrategy.shard_grad_op:
         items["FSDP unsharded parameters"] = sixteen_bit_weights
         window = 0.0
     elif cfg.quant is not Quant.none:
         units = fsdp_quantized_units_bytes(cfg, c16)
-        items["FSDP unsharded parameters"] = root
+        items["FSDP unsharded parameters"] = kept
         window = units - root
     else:
-        items["FSDP unsharded parameters"] = root
+        items["FSDP unsharded parameters"] = kept
         window = 2 * layer16
     trained_layer = layer16 if cfg.method is Method.full else 0.0
     if sp.trainable:
@@ -196,6 +206,76 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     items["FSDP unsharded layers"] = window
     if cfg.method is Method.full and sp.has_head and sp.trainable:
         items["FSDP unsharded gradients"] = c16 * (head_params(m) / cfg.tp + frozen_in_mixed_units(cfg))
+    head_rs = fsdp2_head_reduce_scatter_bytes(cfg, sp)
+    if head_rs:
+        items[HEAD_REDUCE_SCATTER] = head_rs
+    return items
+
+
+def fsdp2_tail_params(cfg: TrainConfig) -> float:
+    """Elements of the unit FSDP2 keeps gathered from forward into backward under accelerate: the final norm and the
+    LM head (the embedding with them when tied). accelerate 1.16 (utils/fsdp_utils.py `fsdp2_prepare_model`) shards
+    each decoder layer, then the input embedding as a unit of its own with the plugin's reshard_after_forward (so
+    FULL_SHARD frees it after forward and gathers it again in backward), then [final norm, head] as one group with
+    reshard_after_forward=False ("forward-end / backward-start uses cluster"), then the root with torch's default,
+    no reshard for the root, which owns nothing else (profiler/worker.py `fsdp2_units` wraps the same way)."""
+    m = cfg.model
+    return head_params(m) + (m.vocab_size * m.hidden_size if m.tie_embeddings else 0)
+
+
+def _fsdp2_reduces(cfg: TrainConfig, sp: StageParams) -> bool:
+    """FSDP2 (sharded) reduce-scatters the root-side units' gradients: full fine-tuning with the embedding and head
+    trained and not tied (a tied weight's two gradients: planner.memory.tied_embedding_items)."""
+    return (cfg.fsdp_version is FsdpVersion.TWO and is_sharded(cfg) and cfg.method is Method.full
+            and cfg.freeze_layers == 0 and cfg.quant is Quant.none and sp.has_head and sp.has_embedding
+            and sp.trainable > 0 and not cfg.model.tie_embeddings)
+
+
+def reduce_scatter_copy_bytes(cfg: TrainConfig, input_bytes: float) -> float:
+    """gloo's reduce_scatter_tensor (the CPU device) works on a full-size copy of its input, live for the call
+    (measured on 2 CPU ranks: a 64 MiB input takes 64 MiB more for the call; torch 2.13's gloo has no in-place
+    reduce-scatter); NCCL writes the output directly."""
+    return input_bytes if is_cpu(cfg.cluster.gpu) else 0.0
+
+
+def fsdp2_head_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams) -> float:
+    """The tail unit's reduce-scatter in backward, as bytes beyond "FSDP unsharded parameters" and "FSDP unsharded
+    gradients" (planner.memory keeps the largest of it, the logits' buffers and the last layer's window).
+
+    The tail's post_backward fires once the final norm's input gradient exists, every activation still live, and
+    reshards the tail before reducing (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py `post_backward`);
+    `foreach_reduce` (_fsdp_collectives.py) copies the head's unsharded gradient into a padded reduce-scatter input
+    in the reduce dtype, then allocates the output shard; the tail's pre_backward has already prefetched the last
+    decoder layer (`_backward_prefetch`), and on the CPU gloo copies the input (reduce_scatter_copy_bytes). So the
+    moment holds the input, the output shard, the prefetched layer and gloo's copy where the tail's parameters were.
+    The head's gradient outlives the copy-in: foreach_reduce clears its list (`unsharded_grads.clear()`), but the
+    loop variable of its `for i, (fsdp_param, unsharded_grad) in enumerate(...)` still holds the group's last
+    gradient, the head's, until it returns, past the output's allocation. Measured on 2 CPU ranks (a 134M Llama in
+    fp32, benchmarks/accuracy.py's FSDP row): this moment is its peak to 0.1%."""
+    if not _fsdp2_reduces(cfg, sp):
+        return 0.0
+    m, c16, n = cfg.model, compute_copy_bytes(cfg.precision), shard_group(cfg)
+    tail = c16 * fsdp2_tail_params(cfg) / cfg.tp
+    layer = c16 * layer_params(m) / cfg.tp
+    return tail / n + layer + reduce_scatter_copy_bytes(cfg, tail)
+
+
+def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    """The end of backward under sharded FSDP2: the input embedding's unit reduces last. Its inputs (token ids) need
+    no gradient, so no post-backward hook fires for it in backward; the root's final callback runs its post_backward
+    (torch/distributed/fsdp/_fully_shard/_fsdp_state.py `_root_post_backward_final_callback`), which reshards it and
+    reduce-scatters its V x H gradient with every other gradient shard already made: the unsharded gradient (live
+    until foreach_reduce returns, fsdp2_head_reduce_scatter_bytes), the padded reduce-scatter input, and on the CPU
+    gloo's copy of it; the output shard is one of the gradients the states hold. Measured on 2 CPU ranks (134M Llama,
+    fp32): the end of backward to 0.1%."""
+    if not _fsdp2_reduces(cfg, sp):
+        return {}
+    c16 = compute_copy_bytes(cfg.precision)
+    embedding = c16 * cfg.model.vocab_size * cfg.model.hidden_size / cfg.tp
+    items = {"FSDP2 embedding gradient, unsharded": embedding, "FSDP2 embedding reduce-scatter input": embedding}
+    copy = reduce_scatter_copy_bytes(cfg, embedding)
+    if copy:
+        items["gloo reduce-scatter copy"] = copy
     return items
 
 

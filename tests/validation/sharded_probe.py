@@ -2,7 +2,8 @@
 Llama (fp32, SGD-free AdamW), live tensor bytes counted by profiler.tracker.StorageTracker over the second step.
 
 Engines: fsdp1 (FullyShardedDataParallel, FULL_SHARD, one unit per decoder layer and the root, use_orig_params,
-limit_all_gathers, BACKWARD_PRE; device_id=cpu), fsdp2 (fully_shard per layer and the root), zero3 and zero3-offload
+limit_all_gathers, BACKWARD_PRE; device_id=cpu), fsdp2 (fully_shard in accelerate's units,
+profiler.worker.fsdp2_units), zero3 and zero3-offload
 (DeepSpeed 0.19.8 on the CPU accelerator, the planner's own ds_config; offload keeps a torch AdamW through
 zero_force_ds_cpu_optimizer false, so no CPU-Adam build), zero3-lora (Qwen's finetune.py path under ZeRO-3: peft
 LoRA r 16 on every linear, the base frozen, transformers' reentrant gradient checkpointing with
@@ -46,6 +47,14 @@ from profiler.tracker import StorageTracker
 CONFIG = dict(vocab_size=2048, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
               num_key_value_heads=8, max_position_embeddings=256, tie_word_embeddings=False)
 MICRO_BATCH, SEQ = 2, 128
+# fsdp2-vocab: Llama-2's 32000-token vocabulary on the same layers, the embedding and head then 4/5 of the model as in
+# small models with large vocabularies, so the units FSDP2 gathers and reduces apart from the layers (the tail, the
+# embedding: planner.engines.fsdp fsdp2_tail_params, end_items) set the peak
+VOCAB = {"fsdp2-vocab": 32000}
+
+
+def model_config(engine: str) -> dict:
+    return {**CONFIG, "vocab_size": VOCAB.get(engine, CONFIG["vocab_size"])}
 LORA_R, LORA_DROPOUT = 16, 0.0
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -77,12 +86,13 @@ def _wrap(engine: str, model: torch.nn.Module) -> tuple[torch.nn.Module, object,
                        sharding_strategy=ShardingStrategy.FULL_SHARD, limit_all_gathers=True,
                        backward_prefetch=BackwardPrefetch.BACKWARD_PRE)
         return wrapped, torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad]), False
-    if engine == "fsdp2":
+    if engine.startswith("fsdp2"):
         from torch.distributed.fsdp import fully_shard
 
-        for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
+        from profiler.worker import fsdp2_units
+
+        for unit, reshard in fsdp2_units(model, LlamaDecoderLayer.__name__, reshard=True):
+            fully_shard(unit, reshard_after_forward=reshard)
         return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]), False
     import deepspeed
 
@@ -112,7 +122,7 @@ def _wrap(engine: str, model: torch.nn.Module) -> tuple[torch.nn.Module, object,
 def main(engine: str, freeze: bool, grad_accum: int) -> dict:
     dist.init_process_group("gloo")
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**CONFIG))
+    model = LlamaForCausalLM(LlamaConfig(**model_config(engine)))
     if freeze:  # as --freeze-layers 1: the embedding and the first decoder layer
         model.model.embed_tokens.requires_grad_(False)
         model.model.layers[0].requires_grad_(False)
@@ -127,7 +137,8 @@ def main(engine: str, freeze: bool, grad_accum: int) -> dict:
     module, opt, is_ds = _wrap(engine, model)
     params = list(module.parameters())
     g = torch.Generator().manual_seed(dist.get_rank())
-    batches = [torch.randint(0, CONFIG["vocab_size"], (MICRO_BATCH, SEQ), generator=g) for _ in range(grad_accum)]
+    vocab = model_config(engine)["vocab_size"]
+    batches = [torch.randint(0, vocab, (MICRO_BATCH, SEQ), generator=g) for _ in range(grad_accum)]
     out: dict = {}
     for _ in range(2):  # the second step: every state exists
         gc.collect()

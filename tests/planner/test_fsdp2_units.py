@@ -1,0 +1,63 @@
+"""FSDP2's units as accelerate 1.16 makes them (planner.engines.fsdp): the tail (final norm and head) kept gathered
+into backward, not the embedding; the tail's reduce-scatter in backward and the embedding's at the end of backward,
+with gloo's copy of the reduce-scatter input on the CPU device only. Measured on 2 CPU ranks in
+tests/validation/test_memory_sharded_measured.py (fsdp2-vocab) and benchmarks/accuracy.py (134M FSDP)."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.build import build_config
+from planner.engines import fsdp
+from planner.memory import memory_per_gpu
+from planner.params import embedding_params, head_params, layer_params
+from planner.states import stage_params
+from planner.strategy import FsdpStrategy, Method, Precision, TrainConfig
+
+
+def _cfg(gpus: str, version: int = 2, method: Method = Method.full, model: str = "7b", seq_len: int = 256
+         ) -> TrainConfig:
+    return build_config(model=model, gpus=gpus, method=method, precision=Precision.fp32, fsdp=FsdpStrategy.full_shard,
+                        fsdp_version=version, seq_len=seq_len, check=False)
+
+
+def test_fsdp2_keeps_the_tail_gathered_and_fsdp1_the_whole_root() -> None:
+    two, one = _cfg("8xA800"), _cfg("8xA800", version=1)
+    m = two.model
+    got2 = fsdp.buffers(two, stage_params(two, first=True), 1.0, first=True)
+    got1 = fsdp.buffers(one, stage_params(one, first=True), 1.0, first=True)
+    assert got2["FSDP unsharded parameters"] == 4.0 * head_params(m)
+    assert got1["FSDP unsharded parameters"] == 4.0 * (embedding_params(m) + head_params(m))
+
+
+@pytest.mark.parametrize("gpus", ["2xCPU", "8xA800"])
+def test_the_reduce_scatters_of_the_tail_and_the_embedding(gpus: str) -> None:
+    cfg = _cfg(gpus)
+    m, sp, n = cfg.model, stage_params(cfg, first=True), cfg.dp
+    vh = 4.0 * m.vocab_size * m.hidden_size
+    copy = vh if gpus.endswith("CPU") else 0.0  # gloo's full-size copy of the reduce-scatter input
+    tail = 4.0 * head_params(m)
+    assert fsdp.fsdp2_head_reduce_scatter_bytes(cfg, sp) == pytest.approx(
+        tail / n + 4.0 * layer_params(m) + (tail if copy else 0.0))
+    end = fsdp.end_items(cfg, sp)
+    assert end.pop("gloo reduce-scatter copy", 0.0) == copy
+    assert end == {"FSDP2 embedding gradient, unsharded": vh, "FSDP2 embedding reduce-scatter input": vh}
+
+
+def test_no_reduce_scatter_terms_without_trained_untied_embedding_and_head() -> None:
+    lora = _cfg("2xCPU", method=Method.lora)
+    one = _cfg("2xCPU", version=1)
+    tied = _cfg("2xCPU", model="qwen3-0.6b")
+    assert tied.model.tie_embeddings
+    for cfg in (lora, one, tied):
+        sp = stage_params(cfg, first=True)
+        assert fsdp.end_items(cfg, sp) == {} and fsdp.fsdp2_head_reduce_scatter_bytes(cfg, sp) == 0.0
+
+
+def test_the_end_of_backward_holds_the_embedding_reduce_scatter() -> None:
+    """With a vocabulary much larger than a layer, and no activations to speak of, the end of backward is the peak:
+    every gradient shard, the embedding's unsharded gradient and its reduce-scatter input (and gloo's copy)."""
+    mem = memory_per_gpu(_cfg("2xCPU", seq_len=8))
+    assert mem.phase == "gradients"
+    assert {"FSDP2 embedding gradient, unsharded", "FSDP2 embedding reduce-scatter input",
+            "gloo reduce-scatter copy"} <= set(mem.other_items)
