@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from planner import collectives as col
 from planner.choices import Engine, Method, Offload, Optimizer, Stage
+from planner.configs.ds_config import needs_ds_optimizer
 from planner.gpus import SINGLE_OVER_FOREACH_TIME, SINGLE_TENSOR_HOST_OPS, GPUSpec, is_cpu  # measured ratios: see there
 from planner.params import adapted_linears, lora_tensor_elements
 
@@ -75,7 +76,7 @@ def deepspeed_client_kernel(cfg: TrainConfig) -> AdamwKernel | None:
     and the Trainer builds `adamw_torch` (`adamw_torch_fused` with --fused-adamw). None where DeepSpeed builds its own
     (offload: DeepSpeed's CPU Adam) or the optimizer is not AdamW. The partitions live on the device, so the kernel is
     the device's, as for the model's own parameters (adamw_kernel)."""
-    if cfg.engine is not Engine.deepspeed or cfg.optimizer is not Optimizer.adamw or cfg.offload is not Offload.none:
+    if cfg.engine is not Engine.deepspeed or cfg.optimizer is not Optimizer.adamw or needs_ds_optimizer(cfg):
         return None
     return _device_kernel(cfg)
 
