@@ -36,6 +36,7 @@ from planner.choices import Attn, CrossEntropy, Engine, GradCkpt, Method, Offloa
 from planner.engines import zero as zero_engine
 from planner.params import embedding_params, head_params
 from planner.states import activation_dtype_bytes, compute_copy_bytes, optimizer_state_bytes_per_param
+from planner.torch_adamw import deepspeed_client_kernel, step_temporaries
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -197,4 +198,5 @@ def zero3_optimizer_replay(cfg: TrainConfig, sub_groups: tuple[int, ...], n: int
     largest = max(embedding_params(m), head_params(m)) / cfg.tp / n if cfg.method is Method.full else 0.0
     return zero3_init_allocations.init_and_step_replay(
         sub_groups=sub_groups, c16=c16, state_bytes=states, bucket=deepspeed_sizes.reduce_bucket_elements(m),
-        largest_partition=math.ceil(largest), version=deepspeed_sizes.release())
+        largest_partition=math.ceil(largest), version=deepspeed_sizes.release(),
+        temporaries=step_temporaries(deepspeed_client_kernel(cfg), 1.0, 1.0))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from planner import collectives as col
 from planner.choices import Engine, Method, Offload, Optimizer, Stage
+from planner.configs.ds_config import needs_ds_optimizer
 from planner.gpus import SINGLE_OVER_FOREACH_TIME, SINGLE_TENSOR_HOST_OPS, GPUSpec, is_cpu  # measured ratios: see there
 from planner.params import adapted_linears, lora_tensor_elements
 
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 # `_single_tensor_adam`'s parameter-sized temporaries live at once: sqrt(exp_avg_sq) and its quotient
 SINGLE_TENSOR_TEMPORARIES = 2
+# `_multi_tensor_adam`'s state-sized temporary: exp_avg_sq_sqrt, divided and shifted in place
+FOREACH_TEMPORARIES = 1
 
 
 class AdamwKernel(StrEnum):
@@ -49,15 +52,46 @@ class AdamwKernel(StrEnum):
     single_tensor = "single_tensor"
 
 
+def _device_kernel(cfg: TrainConfig) -> AdamwKernel:
+    """What torch.optim.AdamW runs where it steps tensors on the plan's device: `fused=True` as asked (--fused-adamw),
+    else `_default_to_fused_or_foreach`'s choice, the single-tensor loop on the CPU and foreach on a GPU."""
+    if cfg.fused_adamw:
+        return AdamwKernel.fused
+    return AdamwKernel.single_tensor if is_cpu(cfg.cluster.gpu) else AdamwKernel.foreach
+
+
 def adamw_kernel(cfg: TrainConfig) -> AdamwKernel | None:
     """The torch AdamW implementation the run's step executes on the model's own parameters; None where no torch
     AdamW steps them (SGD, bitsandbytes' optimizers, DeepSpeed's optimizer over its flat partitions, an offloaded
     step)."""
     if cfg.optimizer is not Optimizer.adamw or cfg.offload is not Offload.none or cfg.engine is Engine.deepspeed:
         return None
-    if cfg.fused_adamw:
-        return AdamwKernel.fused
-    return AdamwKernel.single_tensor if is_cpu(cfg.cluster.gpu) else AdamwKernel.foreach
+    return _device_kernel(cfg)
+
+
+def deepspeed_client_kernel(cfg: TrainConfig) -> AdamwKernel | None:
+    """The torch AdamW implementation DeepSpeed's ZeRO optimizer steps over its flat fp32 partitions, one parameter
+    group at a time (stage_1_and_2.py `_optimizer_step`; stage3.py per sub-group): the client optimizer, since
+    ftplan's ds_config without offload has no optimizer section (planner/configs/ds_config.py needs_ds_optimizer)
+    and the Trainer builds `adamw_torch` (`adamw_torch_fused` with --fused-adamw). None where DeepSpeed builds its own
+    (offload: DeepSpeed's CPU Adam) or the optimizer is not AdamW. The partitions live on the device, so the kernel is
+    the device's, as for the model's own parameters (adamw_kernel)."""
+    if cfg.engine is not Engine.deepspeed or cfg.optimizer is not Optimizer.adamw or needs_ds_optimizer(cfg):
+        return None
+    return _device_kernel(cfg)
+
+
+def step_temporaries(kernel: AdamwKernel | None, list_elements: float, largest_elements: float) -> float:
+    """Elements torch AdamW's step() holds beyond its states over one parameter list of `list_elements` elements
+    whose largest tensor has `largest_elements`: foreach, `exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)`
+    for the whole list (FOREACH_TEMPORARIES); the single-tensor loop, its SINGLE_TENSOR_TEMPORARIES of the largest
+    tensor; fused, none. DeepSpeed's flat partition is a list of one tensor (list and largest alike); the model's own
+    parameters' single-tensor peak adds the previous parameter's denom (single_tensor_temporary_bytes)."""
+    if kernel is AdamwKernel.foreach:
+        return FOREACH_TEMPORARIES * list_elements
+    if kernel is AdamwKernel.single_tensor:
+        return SINGLE_TENSOR_TEMPORARIES * largest_elements
+    return 0.0
 
 
 def _elements_of(lin: LinearShape) -> int:

@@ -20,7 +20,9 @@ in order, and what PyTorch's caching allocator reserves for them (planner.cachin
 The step: the gradient norm, each gradient partition cast to fp64 and freed in turn (`get_grad_norm_direct`; the
 largest is the embedding's or the LM head's), then per sub-group `_prepare_fp32_grad_for_sub_group`
 (`self.flatten(...)`, c16 S, then `.to(fp32)`, 4 S; the flat copy goes with the line), the optimizer step (from 0.13.2
-the first makes the states here) and `_release_sub_group`, which drops the fp32 gradient before the next sub-group.
+the first makes the states here; the client's torch AdamW then holds its temporaries, on a GPU foreach's
+`exp_avg_sq_sqrt`, 4 S, freed when its step returns: planner/torch_adamw.py step_temporaries) and
+`_release_sub_group`, which drops the fp32 gradient before the next sub-group.
 Checked on the CPU: tests/validation/zero3_init_probe.py traces DeepSpeed 0.19.8's allocations in this order and size.
 
 Nothing empties the cache after the defragmentation, so the segments these allocations leave stay reserved for the
@@ -56,11 +58,13 @@ def release_tuple(version: str) -> tuple[int, int, int]:
 
 
 def init_and_step_events(*, sub_groups: tuple[int, ...], c16: int, state_bytes: tuple[float, ...], bucket: int,
-                         largest_partition: int, version: str) -> list[Event]:
+                         largest_partition: int, version: str, temporaries: float = 0.0) -> list[Event]:
     """The allocations of the optimizer's construction and of its first step on a rank: `sub_groups`, this rank's
     partition elements of each sub-group; `c16`, the 16-bit element size; `state_bytes`, the bytes per element of each
     of the optimizer's state tensors (Adam: 4, 4); `bucket`, the ipg bucket's elements; `largest_partition`, the
-    largest gradient partition's elements (0: no norm copy worth a segment); `version`: DeepSpeed's release."""
+    largest gradient partition's elements (0: no norm copy worth a segment); `version`: DeepSpeed's release;
+    `temporaries`: the fp32 sub-group-sized buffers the optimizer's step holds (torch_adamw.step_temporaries per
+    element: 1 for foreach, 0 for DeepSpeed's FusedAdam or torch's fused kernel)."""
     release = release_tuple(version)
     convert_first, states_at_init = release >= FP32_CONVERT_RELEASE, release < LAZY_STATES_RELEASE
     total = sum(sub_groups)
@@ -88,13 +92,16 @@ def init_and_step_events(*, sub_groups: tuple[int, ...], c16: int, state_bytes: 
         events += [("alloc", "flat 16-bit gradients", c16 * s), ("alloc", "fp32 gradients", FP32_BYTES * s),
                    ("free", "flat 16-bit gradients")]
         events += [] if states_at_init else states[i]
+        if temporaries:
+            events += [("alloc", "AdamW temporaries", round(temporaries * FP32_BYTES * s)),
+                       ("free", "AdamW temporaries")]
         events.append(("free", "fp32 gradients"))
     return events
 
 
 @lru_cache(maxsize=1024)
 def init_and_step_replay(*, sub_groups: tuple[int, ...], c16: int, state_bytes: tuple[float, ...], bucket: int,
-                         largest_partition: int, version: str) -> caching_allocator.Replay:
+                         largest_partition: int, version: str, temporaries: float = 0.0) -> caching_allocator.Replay:
     return caching_allocator.replay(init_and_step_events(
         sub_groups=sub_groups, c16=c16, state_bytes=state_bytes, bucket=bucket,
-        largest_partition=largest_partition, version=version))
+        largest_partition=largest_partition, version=version, temporaries=temporaries))

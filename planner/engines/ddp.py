@@ -10,7 +10,7 @@ from planner.choices import Engine, FsdpStrategy, Method, Offload, OffloadDevice
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines.sharded import overlap_for
 from planner.states import StageParams, grad_dtype_bytes, is_mixed, kbit_prepared
-from planner.torch_adamw import AdamwKernel, adamw_kernel, single_tensor_temporary_bytes
+from planner.torch_adamw import AdamwKernel, adamw_kernel, single_tensor_temporary_bytes, step_temporaries
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -92,7 +92,7 @@ def adamw_step_items(cfg: TrainConfig, trained: float, state_bytes: float, n: in
     `optimizer_update_32bit`, one kernel per parameter) update in place."""
     kernel = adamw_kernel(cfg)
     if kernel is AdamwKernel.foreach:
-        return {"AdamW foreach temporaries": trained * state_bytes / 2 / n}
+        return {"AdamW foreach temporaries": step_temporaries(kernel, trained / n, 0.0) * state_bytes / 2}
     if kernel is AdamwKernel.single_tensor:
         return {"AdamW single-tensor temporaries": single_tensor_temporary_bytes(cfg, state_bytes / 2, n)}
     return {}

@@ -31,10 +31,9 @@ from planner.choices import (
 from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
 from planner.deepspeed_sizes import reduce_bucket_elements
 from planner.engines.sharded import backward_chain_s, no_overlap, overlap_for, sharded_comm, sync_calls_s
-from planner.gpus import is_cpu
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
-from planner.torch_adamw import SINGLE_TENSOR_TEMPORARIES
+from planner.torch_adamw import AdamwKernel, deepspeed_client_kernel, step_temporaries
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -298,8 +297,7 @@ def step_group_elements(cfg: TrainConfig, trained: float, n: int) -> float:
 
 
 def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
-    """What the step adds to the gradients held (DeepSpeed's fused/CPU Adam has no foreach temporaries): the
-    larger of two moments, which follow each other.
+    """What the step adds to the gradients held: the largest of three moments, which follow each other.
 
     - First the gradient norm, taken in fp64 one gradient at a time (stage_1_and_2.py and stage3.py,
       get_grad_norm_direct: g.to(get_norm_dtype()), float64 wherever the accelerator has it); at ZeRO-3 each
@@ -310,6 +308,8 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
       is dropped before the next group (`single_partition_of_fp32_groups[i].grad = None`; stage3.py
       _release_sub_group). ZeRO-1 first frees the group's gradients outside its partition
       (free_grad_in_param_list(params_not_in_partition)), so this moment holds less of them.
+    - Then the client's torch AdamW steps the group beside its fp32 gradient partition, with the temporaries of its
+      implementation (_client_adamw_step_bytes); DeepSpeed's own optimizers (FusedAdam, CPU Adam) update in place.
     With offloaded optimizer states the fp32 gradients live on the host (gradients())."""
     if cfg.zero is ZeroStage.DISABLED or cfg.offload is not Offload.none:
         return {}
@@ -327,27 +327,40 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
         step -= c16 * (trained - trained / n)
     moments = {"ZeRO fp64 gradient-norm copy": norm,
                "ZeRO fp32 gradients, one group (+ flat copy)": conversion,
-               "ZeRO fp32 gradients + torch AdamW single-tensor temporaries, one group": step}
+               f"ZeRO fp32 gradients + torch AdamW {_kernel_name(cfg)} temporaries, one group": step}
     name, largest = max(moments.items(), key=lambda kv: kv[1])
     return {name: largest} if largest > 0 else {}
 
 
+def _kernel_name(cfg: TrainConfig) -> str:
+    """The client AdamW's implementation as a memory item names it: "foreach", "single-tensor"."""
+    kernel = deepspeed_client_kernel(cfg)
+    return kernel.value.replace("_", "-") if kernel else "no"
+
+
 def _client_adamw_step_bytes(cfg: TrainConfig, group: float) -> float:
-    """On the CPU, the optimizer ZeRO steps is the client's torch AdamW (ftplan's runner leaves the ds_config's
-    optimizer section out without offload, planner/configs/ds_config.py needs_ds_optimizer, and the Trainer builds
-    `adamw_torch`; the profiler's worker passes torch's AdamW), run one group at a time over its flat fp32
-    partition (stage_1_and_2.py `_optimizer_step`; stage3.py per sub-group) with that group's fp32 gradient set:
-    torch's CPU default, the single-tensor loop, holds the sqrt and the quotient of the whole flat partition at
-    once (planner/torch_adamw.py: 2 x its fp32 bytes). The fp32 gradient is a new partition (`.to(fp32)` of the
-    flat 16-bit gradients; ZeRO-1 and ZeRO-3 flatten into a new tensor), except at ZeRO-2 in fp32, where it is the
-    contiguous gradient partition already held (`_get_preflattened_grad_partition`, and `.to` of the same dtype
-    returns it). Measured (benchmarks/accuracy.py, a 134M Llama in fp32, 2 CPU ranks): ZeRO-2's step peak 2,145.7 MB
-    against 1,909.8 MB predicted without this moment. On GPUs the emitted ds_config leaves the optimizer to the
-    Trainer too, whose foreach AdamW holds one fp32 partition more: not counted here (no GPU reading yet)."""
-    if not is_cpu(cfg.cluster.gpu) or cfg.optimizer is not Optimizer.adamw or cfg.fused_adamw:
+    """The client torch AdamW's step over one group's flat fp32 partition, with that group's fp32 gradient set.
+    Without offload ftplan's ds_config has no optimizer section (planner/configs/ds_config.py needs_ds_optimizer), so
+    the Trainer's `adamw_torch` (the profiler's worker passes torch's AdamW likewise) is the optimizer ZeRO steps, one
+    group at a time (stage_1_and_2.py `_optimizer_step`; stage3.py per sub-group), its implementation the device's
+    (planner/torch_adamw.py deepspeed_client_kernel): on a GPU foreach holds one fp32 partition of temporaries
+    (`exp_avg_sq_sqrt`), the CPU's single-tensor loop two (the sqrt and the quotient), the fused kernel
+    (--fused-adamw) none (torch_adamw.step_temporaries; a flat partition is one tensor). The fp32 gradient is a new
+    partition (`.to(fp32)` of the flat 16-bit gradients; ZeRO-1 and ZeRO-3 flatten into a new tensor), except at
+    ZeRO-2 in fp32: the flat copy is the fp32 gradient (`.to` of the same dtype returns it), and freeing the group's
+    gradients (`free_grad_in_param_list`) frees the contiguous gradient partition the gradients held count, so the
+    moment adds only the temporaries - with one parameter group, as ftplan's profiler worker builds it. Under the
+    Trainer's two groups (weight decay and not) the norms' gradients keep that partition through the first group's
+    step: one fp32 partition more, measured and not counted here (a strict xfail there). Measured (2 CPU ranks over
+    gloo, profiler.tracker, tests/validation/test_memory_zero_adamw_step_measured.py): ZeRO-2 and ZeRO-3 in fp32 and
+    bf16 with the client's kernel forced to foreach and to the single-tensor loop, within 0.12%; the 134M Llama of
+    benchmarks/accuracy.py, fp32 ZeRO-2 (one group): step peak 2,145.7 MB against 1,909.8 MB predicted without this
+    moment, 2,150.4 MB with it."""
+    kernel = deepspeed_client_kernel(cfg)
+    if kernel is None or kernel is AdamwKernel.fused:
         return 0.0
     fp32_grad = 0.0 if cfg.zero is ZeroStage.GRADIENTS and cfg.precision is Precision.fp32 else 4.0
-    return group * (fp32_grad + SINGLE_TENSOR_TEMPORARIES * 4.0)
+    return group * fp32_grad + step_temporaries(kernel, group, group) * 4.0
 
 
 # --- time ---------------------------------------------------------------------------------------

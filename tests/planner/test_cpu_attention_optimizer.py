@@ -142,7 +142,8 @@ def test_zero_on_the_cpu_steps_torchs_adamw_one_flat_partition_at_a_time(model_p
     `_optimizer_step`); on the CPU its single-tensor loop holds 2 fp32 partitions of temporaries with the group's fp32
     gradient: none of its own at ZeRO-2 in fp32 (the contiguous gradient partition is it), a new one at ZeRO-1.
     Measured (benchmarks/accuracy.py, 134M Llama fp32, 2 ranks): ZeRO-2 2,145,696,020 B against 2,150,412,288 now,
-    1,909,834,752 before. A GPU plan's step is unchanged (the fused / DeepSpeed optimizer terms)."""
+    1,909,834,752 before. On a GPU the same client steps with foreach: one fp32 partition of temporaries (in bf16 beside
+    a new fp32 gradient partition, above the conversion's flat 16-bit copy); --fused-adamw, none."""
     from planner.engines import zero
 
     trained = 16_765_824
@@ -154,9 +155,12 @@ def test_zero_on_the_cpu_steps_torchs_adamw_one_flat_partition_at_a_time(model_p
     assert zero.step_items(z1, trained, 2, 8.0) == {
         "ZeRO fp32 gradients + torch AdamW single-tensor temporaries, one group":
             group * 12.0 - 4.0 * (trained - trained / 2)}
-    on_gpu = build_config(model=model_path, gpus="2xH100", method=Method.full, precision=Precision.fp32, micro_batch=4,
-                          seq_len=128, zero=2)
-    assert not any("torch AdamW" in k for k in zero.step_items(on_gpu, trained, 2, 8.0))
+    on_gpu = build_config(model=model_path, gpus="2xH100", method=Method.full, precision=Precision.bf16_mixed,
+                          micro_batch=4, seq_len=128, zero=2)
+    assert zero.step_items(on_gpu, trained, 2, 12.0) == {
+        "ZeRO fp32 gradients + torch AdamW foreach temporaries, one group": group * 8.0}
+    fused = replace(on_gpu, switches=replace(on_gpu.switches, fused_adamw=True))
+    assert zero.step_items(fused, trained, 2, 12.0) == {"ZeRO fp32 gradients, one group (+ flat copy)": group * 6.0}
 
 
 def test_device_fit_sets_attention_points_and_optimizer_rate() -> None:

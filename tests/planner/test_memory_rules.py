@@ -86,7 +86,9 @@ def test_zero_fp32_gradient_partition_lives_in_the_step(zero: int) -> None:
     """DeepSpeed makes the fp32 gradient partition inside step(), one group (ZeRO-1/2, stage_1_and_2.py step) or
     sub-group (ZeRO-3, stage3.py _prepare_fp32_grad_for_sub_group / _release_sub_group) at a time: the
     gradients held are 16-bit (whole at ZeRO-1), and the step adds 6 bytes (the flat 16-bit copy and the fp32
-    cast) per element of the largest group. Measured: tests/validation/test_memory_zero_step_measured.py."""
+    cast) per element of the largest group; then the client's foreach AdamW (the Trainer's `adamw_torch` on a GPU)
+    holds the fp32 gradient and `exp_avg_sq_sqrt`, 8 bytes, the larger moment; with --fused-adamw the 6 remain.
+    Measured: tests/validation/test_memory_zero_step_measured.py, test_memory_zero_adamw_step_measured.py."""
     from planner import deepspeed_sizes
     from planner.engines import zero as zero_engine
 
@@ -99,7 +101,9 @@ def test_zero_fp32_gradient_partition_lives_in_the_step(zero: int) -> None:
     if zero == 1:  # the gradients outside the partition are freed first: the fp64 norm copy is the larger moment
         assert list(items) == ["ZeRO fp64 gradient-norm copy"]
     else:
-        assert sum(items.values()) == pytest.approx(6 * group, rel=1e-9)
+        assert items == {"ZeRO fp32 gradients + torch AdamW foreach temporaries, one group": pytest.approx(8 * group)}
+        fused = replace(cfg, switches=replace(cfg.switches, fused_adamw=True))
+        assert sum(zero_engine.step_items(fused, p, n, 4.0).values()) == pytest.approx(6 * group, rel=1e-9)
     one_gpu = replace(cfg, cluster=parse_gpus("1xA800"))
     sub = zero_engine.step_group_elements(one_gpu, p, 1)
     if zero == 3:  # sub-groups close once they reach sub_group_size, overshooting by less than one tensor

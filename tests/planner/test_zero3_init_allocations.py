@@ -33,7 +33,8 @@ QWEN7B = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 4096, "int
 
 
 def qwen7b_full(gpus: str = "2xA100-80G", **kw: object) -> TrainConfig:
-    cfg = build_config(model="qwen2.5-7b", gpus=gpus, method=Method.full, zero=3, check=False, **kw)
+    """Qwen's finetune_ds.sh run: its ds_config's optimizer section makes DeepSpeed's FusedAdam (in place)."""
+    cfg = build_config(model="qwen2.5-7b", gpus=gpus, method=Method.full, zero=3, check=False, fused_adamw=True, **kw)
     return replace(cfg, model=spec_from_hf_config(QWEN7B, name="qwen-7B"))
 
 
@@ -81,6 +82,17 @@ def test_releases_between_make_the_states_in_the_step_from_a_16_bit_clone() -> N
     names = [e[1] for e in events if e[0] == "alloc"]
     assert names[:3] == ["16-bit partitions", "16-bit clone", "fp32 master 0"]
     assert names.index("gradient_buffer") < names.index("ipg bucket") < names.index("state 0 of 0")
+
+
+def test_a_foreach_client_holds_a_sub_group_sized_temporary_after_the_states() -> None:
+    """The client's foreach AdamW (a GPU plan without --fused-adamw) holds `exp_avg_sq_sqrt`, 4 S, after the lazy states
+    and before the fp32 gradient goes; FusedAdam and torch's fused kernel (temporaries 0) hold none."""
+    kw = dict(sub_groups=(10, 20), c16=2, state_bytes=(4.0, 4.0), bucket=1, largest_partition=0, version="0.19.8")
+    events = zero3_init_allocations.init_and_step_events(**kw, temporaries=1.0)
+    step = [e for e in events if e[1] in ("AdamW temporaries", "fp32 gradients", "state 1 of 1")]
+    assert step[-4:] == [("alloc", "state 1 of 1", 80), ("alloc", "AdamW temporaries", 80),
+                         ("free", "AdamW temporaries"), ("free", "fp32 gradients")]
+    assert not any(e[1] == "AdamW temporaries" for e in zero3_init_allocations.init_and_step_events(**kw))
 
 
 @pytest.mark.slow

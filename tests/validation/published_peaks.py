@@ -162,7 +162,9 @@ _QLORA = dict(method=Method.qlora, quant=Quant.nf4, double_quant=True)
 # DeepSpeedPlugin.__post_init__), so no size is "auto" for the Trainer to fill (transformers/integrations/
 # deepspeed.py trainer_config_finalize fills only keys set to "auto") and DeepSpeed's own defaults apply
 # (deepspeed/runtime/zero/config.py): reduce_bucket_size 5e8, stage3_prefetch_bucket_size 5e7,
-# stage3_param_persistence_threshold 1e5, overlap_comm true at stage 3.
+# stage3_param_persistence_threshold 1e5, overlap_comm true at stage 3. Nor has it an optimizer section: DeepSpeed
+# steps the Trainer's `adamw_torch` (transformers 4.39's default optim), torch's foreach kernel on CUDA (its
+# temporary, an fp32 partition of the LoRA parameters, is far below the backward peak).
 _DS_DEFAULT_SIZES = {"ds_sizes": {"reduce_bucket": 500_000_000, "prefetch_bucket": 50_000_000,
                                   "persistence_threshold": 100_000, "overlap_comm": True}}
 HF_PEFT = [
@@ -250,9 +252,14 @@ def _qwen(size: str, seq: int, gb: float) -> PublishedPeak:
 # sub-group stays cached where the 16-bit gradient partitions outgrow it). Not explained: the 7B rows grow 10.6 GB
 # per GPU from 256 to 1024 tokens (the 1024 row fills 95% of the card) where no tensor grows by more than ~1 GB, and
 # the 1.8B rows' constant sits 3.8 GiB above ftplan's device reading.
+# The optimizer: ds_config_zero3.json's "optimizer" section (type AdamW, "auto" params) makes DeepSpeed build its own,
+# FusedAdam on CUDA (deepspeed/runtime/engine.py `_configure_basic_optimizer` -> get_optimizer_configuration), which
+# updates in place (deepspeed/ops/adam/fused_adam.py, multi_tensor_applier): fused_adamw, ftplan's in-place AdamW, not
+# the Trainer's `adamw_torch` (finetune.py's default optim, which the section overrides) whose foreach kernel would
+# hold an fp32 partition of temporaries in the step.
 _QWEN_DEEPSPEED = "0.12.3"
 _QWEN_FULL = dict(model="qwen2.5-7b", method=Method.full, precision=Precision.bf16_mixed, attn=Attn.flash,
-                  grad_ckpt=GradCkpt.full, micro_batch=1, grad_accum=8, zero=3)
+                  grad_ckpt=GradCkpt.full, micro_batch=1, grad_accum=8, zero=3, fused_adamw=True)
 
 
 def _qwen_full(size: str, seq: int, gb: float) -> PublishedPeak:

@@ -23,7 +23,12 @@ Sources (read at the commits named):
   (swift/trainers/arguments.py: gradient_checkpointing True), packing to max_length (every sequence full),
   use_liger_kernel (Liger's RMSNorm, SwiGLU, RoPE and fused linear cross-entropy), flash-attn, Qwen2.5-7B full
   fine-tuning on 4 GPUs. The scripts' header comments give "4 * 42GB" etc.; which tool read them is not stated
-  (ms-swift's own log prints max_memory_reserved as memory(GiB)): kind "unstated", unit GiB.
+  (ms-swift's own log prints max_memory_reserved as memory(GiB)): kind "unstated", unit GiB. The optimizer: zero3.json
+  has no "optimizer" section and ms-swift sets no `optim` (swift/trainers/arguments.py), so DeepSpeed steps the
+  Trainer's default, `adamw_torch` in the transformers the scripts' header figures were measured with (they came with
+  7b709960f, 2025-04-06, requirements/framework.txt transformers<4.52; `adamw_torch_fused` became the default only
+  for torch >= 2.8, transformers PR #37358, July 2025): torch's foreach kernel on CUDA, whose `exp_avg_sq_sqrt` holds
+  an fp32 partition in the step (planner/torch_adamw.py deepspeed_client_kernel).
 - Liger-Kernel's README benchmark (FSDP1 through the Trainer, 8 A100s): see LIGER below.
 """
 
@@ -49,6 +54,9 @@ _QWEN_LORA = dict(model="qwen2.5-7b", method=Method.lora, lora_r=64, lora_alpha=
                   grad_accum=8)
 _QWEN_FW = "Qwen finetune.py (HF Trainer)"
 _QWEN_SRC = "QwenLM/Qwen README.md, Profiling of Memory and Speed"
+# Both rows' ds_config (finetune/ds_config_zero3.json and ds_config_zero2.json at e8e1596) has an "optimizer" section
+# (type AdamW): DeepSpeed builds FusedAdam, which updates in place (published_peaks.py _QWEN_FULL): fused_adamw.
+_QWEN_DS_OPTIMIZER = {"fused_adamw": True}
 
 
 def _qwen72b(seq: int, gb_sum: float) -> PublishedPeak:
@@ -57,7 +65,8 @@ def _qwen72b(seq: int, gb_sum: float) -> PublishedPeak:
         source=f"{_QWEN_SRC} (72B, LoRA + DeepSpeed ZeRO-3, 4 A100-80G)",
         switches=f"Qwen-72B LoRA r64 all linears, finetune_lora_ds.sh with ds_config_zero3.json (overlap_comm, "
                  f"'auto' buckets), bf16, flash-attn 2, grad ckpt, bs 1, seq {seq}; table sums 4 GPUs",
-        build={**_QWEN_LORA, "gpus": "4xA100-80G", "zero": 3, "seq_len": seq}, hf_config=_QWEN72B,
+        build={**_QWEN_LORA, **_QWEN_DS_OPTIMIZER, "gpus": "4xA100-80G", "zero": 3, "seq_len": seq},
+        hf_config=_QWEN72B,
         notes="the figures are the sum over 4 GPUs")
 
 
@@ -67,7 +76,8 @@ def _qwen7b_multinode(seq: int, gb_sum: float) -> PublishedPeak:
         measured=gb_sum / 4, source=f"{_QWEN_SRC} (7B, LoRA (multinode), 2 nodes x 2 A100-80G)",
         switches=f"Qwen-7B LoRA r64, finetune_lora_ds.sh default ds_config_zero2.json (overlap_comm, reduce and "
                  f"allgather buckets 2e8), bf16, flash-attn 2, grad ckpt, bs 1, seq {seq}; table sums 4 GPUs",
-        build={**_QWEN_LORA, "gpus": "2x2xA100-80G", "zero": 2, "seq_len": seq}, hf_config=_QWEN7B,
+        build={**_QWEN_LORA, **_QWEN_DS_OPTIMIZER, "gpus": "2x2xA100-80G", "zero": 2, "seq_len": seq},
+        hf_config=_QWEN7B,
         extra={"ds_sizes": {"reduce_bucket": 200_000_000, "allgather_bucket": 200_000_000}},
         notes="the figures are the sum over 4 GPUs")
 

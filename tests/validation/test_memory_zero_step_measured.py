@@ -28,7 +28,7 @@ from planner.engines import zero
 from planner.gpus import parse_gpus
 from planner.models import spec_from_hf_config
 from planner.params import total_params
-from planner.strategy import Engine, Method, Precision, TrainConfig, ZeroStage
+from planner.strategy import Engine, Method, Optimizer, Precision, TrainConfig, ZeroStage
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("zero_step_probe.py")
@@ -63,8 +63,9 @@ def test_step_peak_is_the_largest_group_in_fp32_plus_its_flat_copy(measured: dic
     spec = spec_from_hf_config({"model_type": "llama", **CONFIG}, name="probe-llama")
     p = total_params(spec)
     assert p == sum(got["numels"])
+    # the probe steps plain SGD (no temporaries), which the plan names: an AdamW plan would add its step's own
     cfg = TrainConfig(model=spec, cluster=parse_gpus("1xA100-80G"), method=Method.full, engine=Engine.deepspeed,
-                      zero=ZeroStage(stage), precision=Precision.bf16_mixed)
+                      zero=ZeroStage(stage), precision=Precision.bf16_mixed, optimizer=Optimizer.sgd)
     predicted = sum(zero.step_items(cfg, p, 1, 0.0).values())
     measured = got["step_peak"] - got["after_backward"]
     print(f"[measured] DeepSpeed ZeRO-{stage} bf16 step, sub_group_size {sub_group_size:.0e}: measured "
