@@ -12,6 +12,7 @@ the router's input, are measured without it.
 from __future__ import annotations
 
 import pytest
+from derived_specs import derived
 from tiny_moe import DEEPSEEK_V3, LLAMA4, QWEN3_MOE
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -22,9 +23,7 @@ pytest.importorskip("peft")
 
 def _derived(raw: dict, name: str) -> tuple[list[dict], list[dict]]:
     """(the layer kinds, their linears) of the spec derived from `raw`, saved-tensor tables included."""
-    from profiler.spec_derive import derive
-
-    kinds = derive(dict(raw), name=name)["spec"]["layer_kinds"]
+    kinds = derived(raw, name=name)["spec"]["layer_kinds"]
     return kinds, [lin for kind in kinds for lin in kind["linears"]]
 
 
