@@ -12,13 +12,19 @@ the router's input, are measured without it.
 from __future__ import annotations
 
 import pytest
-from derived_specs import derived
+from derived_specs import derive_two_at_a_time, derived
 from tiny_moe import DEEPSEEK_V3, LLAMA4, QWEN3_MOE
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
+
+
+@pytest.fixture(scope="module")
+def specs() -> None:
+    """The three configs' specs, tables included, derived two at a time before the first test reads one."""
+    derive_two_at_a_time([DEEPSEEK_V3, LLAMA4, QWEN3_MOE])
 
 
 def _derived(raw: dict, name: str) -> tuple[list[dict], list[dict]]:
@@ -28,7 +34,7 @@ def _derived(raw: dict, name: str) -> tuple[list[dict], list[dict]]:
 
 
 @pytest.mark.parametrize("raw", [DEEPSEEK_V3, QWEN3_MOE], ids=["deepseek-v3", "qwen3-moe"])
-def test_no_lora_error_on_the_parameters_peft_adapts(raw: dict) -> None:
+def test_no_lora_error_on_the_parameters_peft_adapts(specs: None, raw: dict) -> None:
     _, linears = _derived(raw, raw["model_type"])
     wrapped = {lin["path"] for lin in linears if lin.get("lora_param")}
     assert {"mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate"} <= wrapped
@@ -55,7 +61,7 @@ def test_parameter_targets_name_each_layers_tensor_as_peft_matches_them() -> Non
     assert run.layers[1].repl + run.layers[1].par > 0
 
 
-def test_llama4_router_fails_and_its_neighbours_are_measured_without_it() -> None:
+def test_llama4_router_fails_and_its_neighbours_are_measured_without_it(specs: None) -> None:
     kinds, linears = _derived(LLAMA4, "llama4")
     assert {lin["path"] for lin in linears if lin.get("lora_error")} == {"feed_forward.router"}
     assert all("tuple" in lin["lora_error"] for lin in linears if lin.get("lora_error"))
