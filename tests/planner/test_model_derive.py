@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+import derived_specs
 import pytest
 
 from planner.activations import (
@@ -34,12 +35,16 @@ QWEN3 = {**LLAMA, "model_type": "qwen3", "head_dim": 16}
 ALL = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 
 
+@pytest.fixture(scope="module")
+def specs() -> None:
+    """Both configs' specs, tables included, derived two at a time before the first test reads one."""
+    derived_specs.derive_two_at_a_time([LLAMA, QWEN3])
+
+
 @functools.cache
 def _derived(family: str):
-    from profiler.spec_derive import derive
-
     raw = {"llama": LLAMA, "qwen3": QWEN3}[family]
-    return spec_from_dict(derive(raw, name=family)["spec"], name=family, source="test")
+    return spec_from_dict(derived_specs.derived(raw, name=family)["spec"], name=family, source="test")
 
 
 def _measured_per_token(raw: dict, *, regime: str, targets: tuple[str, ...] = (), weights: bool = False,
@@ -75,7 +80,8 @@ def _planned(m, *, e: int, train: LayerTraining, attn: Attn = Attn.sdpa, seq: in
     (4, LayerTraining(weights=False, lora_targets=ALL, lora_dropout=True)),
     (2, LayerTraining(weights=False, lora_targets=ALL, lora_input_copies=True)),  # bf16-mixed LoRA
 ], ids=["bf16-full", "fp32-full", "fp32-lora", "fp32-lora-dropout", "mixed-lora"])
-def test_the_llama_rule_agrees_with_the_tables_of_transformers_llama(e: int, train: LayerTraining) -> None:
+def test_the_llama_rule_agrees_with_the_tables_of_transformers_llama(specs: None, e: int,
+                                                                    train: LayerTraining) -> None:
     """The rule leaves out each norm's fp32 inverse RMS (4 bytes) and lora_B's r-wide input (e r per adapted
     linear): exactly the difference here."""
     derived = _derived("llama")
@@ -96,8 +102,8 @@ def test_the_llama_rule_agrees_with_the_tables_of_transformers_llama(e: int, tra
      LayerTraining(weights=False, lora_targets=ALL, lora_input_copies=True), 2, Attn.eager, 48),
     ("longer sequence", {"weights": True}, LayerTraining(weights=True), 2, Attn.sdpa, 96),
 ], ids=lambda x: x if isinstance(x, str) else None)
-def test_composed_configurations_match_a_direct_run(label: str, kw: dict, train: LayerTraining, e: int, attn: Attn,
-                                                    seq: int) -> None:
+def test_composed_configurations_match_a_direct_run(specs: None, label: str, kw: dict, train: LayerTraining, e: int,
+                                                    attn: Attn, seq: int) -> None:
     m = _derived("qwen3")
     measured = _measured_per_token(QWEN3, regime="mixed", seq=seq, **kw)
     assert _planned(m, e=e, train=train, attn=attn, seq=seq) == pytest.approx(measured, rel=0.015), label

@@ -8,12 +8,14 @@ models are benchmarks/families_dry_run.py (README table)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from planner.build import build_config
 from planner.memory import memory_per_gpu
+from planner.models import resolve
 from planner.strategy import Attn, GradCkpt, Method
 from profiler.dryrun import dry_run
 
@@ -39,11 +41,16 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each family's config.json, its spec derived up front as `build_config` would on first use (planner.models
+    `resolve`: a profiler.spec_derive subprocess per config, into the spec cache), two at a time: a derivation is one
+    busy core for a minute or more on this 2-core machine, and one after the other they left the second core idle."""
     out = {}
     for family, (cfg, _) in FAMILIES.items():
         d = tmp_path_factory.mktemp(family)
         (d / "config.json").write_text(json.dumps(cfg))
         out[family] = d
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(resolve, [str(d) for d in out.values()]))
     return out
 
 

@@ -15,6 +15,7 @@ layers their own), the modules owning a parameter and the parameter tensors (gpt
 from __future__ import annotations
 
 import pytest
+from derived_specs import derived
 from tiny_moe import DEEPSEEK_V3, GPT_OSS, LLAMA4, MIXTRAL, QWEN3_MOE
 
 from planner import collectives as col
@@ -35,9 +36,7 @@ R = 4
 def _spec(raw: dict):  # noqa: ANN202
     if raw["model_type"] == "mixtral":  # a hand-written family
         return spec_from_hf_config(dict(raw), name="tiny")
-    from profiler.spec_derive import derive
-
-    return spec_from_dict(derive(dict(raw), name="tiny", activations=False)["spec"], name="tiny", source="test")
+    return spec_from_dict(derived(raw, name="tiny", activations=False)["spec"], name="tiny", source="test")
 
 
 _TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,

@@ -11,6 +11,7 @@ import re
 from collections import Counter
 
 import pytest
+from derived_specs import derived
 from tiny_moe import DEEPSEEK_V3, GPT_OSS, LLAMA4, MIXTRAL, QWEN3_MOE
 
 from planner.models import spec_from_dict, spec_from_hf_config
@@ -40,9 +41,7 @@ def test_the_registry_is_the_installed_peft_tables() -> None:
 def _ftplan_spec(raw: dict):  # noqa: ANN202
     if raw["model_type"] == "mixtral":  # a hand-written family
         return spec_from_hf_config(dict(raw), name="tiny")
-    from profiler.spec_derive import derive
-
-    return spec_from_dict(derive(dict(raw), name="tiny", activations=False)["spec"], name="tiny", source="test")
+    return spec_from_dict(derived(raw, name="tiny", activations=False)["spec"], name="tiny", source="test")
 
 
 def _peft_adapted(raw: dict, targets: tuple[str, ...], r: int) -> tuple[dict[int, set[str]], Counter]:
@@ -116,10 +115,8 @@ def test_the_derivation_measures_the_converted_selection() -> None:
     """profiler/spec_derive.py measures each tensor the conversion adapts through the names a user writes (its own
     group and table), and no group of the linears peft cannot reach by name (their names are converted): LoRA on a
     fused tensor keeps the merged experts W + B A, e in out 16-bit bytes per MoE layer under mixed precision."""
-    from profiler.spec_derive import derive
-
     h, i, e = DEEPSEEK_V3["hidden_size"], DEEPSEEK_V3["moe_intermediate_size"], DEEPSEEK_V3["n_routed_experts"]
-    dense, moe = derive(dict(DEEPSEEK_V3), name="tiny")["spec"]["layer_kinds"]
+    dense, moe = derived(DEEPSEEK_V3, name="tiny")["spec"]["layer_kinds"]
     assert not any(lin.get("group") for lin in dense["linears"] if lin["path"].startswith("mlp."))
     assert not any(lin.get("group") for lin in moe["linears"] if "shared_experts" in lin["path"])
     table = moe["saved"]["mixed"]
@@ -136,13 +133,12 @@ def test_the_parameter_key_rule_names_the_models_own_parameters(raw: dict) -> No
     parameter the built model has, in the layers of each kind: the check the derivation's lone LoRA mode made on
     the model before it used the rule."""
     from planner.peft_moe import parameter_key
-    from profiler.spec_derive import derive
     from profiler.spec_structure import build_meta_model, load_config
 
     loaded = load_config(dict(raw), name="t")
     model = build_meta_model(loaded, name="t")
     names = {name for name, _ in model.named_parameters()}
-    for kind in derive(dict(raw), name="tiny", activations=False)["spec"]["layer_kinds"]:
+    for kind in derived(raw, name="tiny", activations=False)["spec"]["layer_kinds"]:
         for lin in kind["linears"]:
             key = parameter_key(lin["path"], role=lin["role"])
             assert any(n.endswith(f"layers.{kind['first']}.{key}") for n in names), (kind["first"], key)

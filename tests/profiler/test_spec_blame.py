@@ -12,6 +12,7 @@ the router's input, are measured without it.
 from __future__ import annotations
 
 import pytest
+from derived_specs import derive_two_at_a_time, derived
 from tiny_moe import DEEPSEEK_V3, LLAMA4, QWEN3_MOE
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -20,16 +21,20 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 
+@pytest.fixture(scope="module")
+def specs() -> None:
+    """The three configs' specs, tables included, derived two at a time before the first test reads one."""
+    derive_two_at_a_time([DEEPSEEK_V3, LLAMA4, QWEN3_MOE])
+
+
 def _derived(raw: dict, name: str) -> tuple[list[dict], list[dict]]:
     """(the layer kinds, their linears) of the spec derived from `raw`, saved-tensor tables included."""
-    from profiler.spec_derive import derive
-
-    kinds = derive(dict(raw), name=name)["spec"]["layer_kinds"]
+    kinds = derived(raw, name=name)["spec"]["layer_kinds"]
     return kinds, [lin for kind in kinds for lin in kind["linears"]]
 
 
 @pytest.mark.parametrize("raw", [DEEPSEEK_V3, QWEN3_MOE], ids=["deepseek-v3", "qwen3-moe"])
-def test_no_lora_error_on_the_parameters_peft_adapts(raw: dict) -> None:
+def test_no_lora_error_on_the_parameters_peft_adapts(specs: None, raw: dict) -> None:
     _, linears = _derived(raw, raw["model_type"])
     wrapped = {lin["path"] for lin in linears if lin.get("lora_param")}
     assert {"mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate"} <= wrapped
@@ -56,7 +61,7 @@ def test_parameter_targets_name_each_layers_tensor_as_peft_matches_them() -> Non
     assert run.layers[1].repl + run.layers[1].par > 0
 
 
-def test_llama4_router_fails_and_its_neighbours_are_measured_without_it() -> None:
+def test_llama4_router_fails_and_its_neighbours_are_measured_without_it(specs: None) -> None:
     kinds, linears = _derived(LLAMA4, "llama4")
     assert {lin["path"] for lin in linears if lin.get("lora_error")} == {"feed_forward.router"}
     assert all("tuple" in lin["lora_error"] for lin in linears if lin.get("lora_error"))

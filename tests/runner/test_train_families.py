@@ -11,12 +11,14 @@ import json
 import random
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from toy_model import word_tokenizer
 
 from planner.build import build_config
+from planner.models import resolve
 from planner.strategy import Method, Precision
 from runner.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
 from runner.train import write_plan
@@ -56,6 +58,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         getattr(transformers, model_cls)(cfg).save_pretrained(path)
         fast.save_pretrained(path)
         out[family] = path
+    # each family's spec derived up front as the first plan would (planner.models `resolve`: a profiler.spec_derive
+    # subprocess per config.json, into the spec cache), two at a time: one after the other, inside the first test of
+    # each family, they left the second core of this 2-core machine idle for a minute or more each
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(resolve, [str(path) for path in out.values()]))
     return out
 
 
