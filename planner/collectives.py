@@ -15,8 +15,10 @@ cost on the CPU) is paid per call, so splitting the same bytes into more calls c
   host work is on the critical path: "the idle time between layers was caused by the overhead
   associated with handling hooks that launch allgather/reduce_scatter" (DeepSpeed maintainer,
   deepspeedai/DeepSpeed#5047);
-- FSDP: one unit per decoder layer plus the root (the transformer auto-wrap policy), an all-gather per
-  unit in forward and (FULL_SHARD) in backward, a reduce-scatter per unit.
+- FSDP1: one unit per decoder layer plus the root (the transformer auto-wrap policy), an all-gather per
+  unit in forward and (FULL_SHARD) in backward, a reduce-scatter per unit; FSDP2 in accelerate's units (the layers,
+  the embedding, the [final norm, head] tail kept gathered into backward, the root), counted per call and size in
+  planner/engines/fsdp2_traffic.py.
 Host work per hooked module: on the CPU device measured (`ftplan profile calibrate --device`, GPUSpec
 fields); on GPUs counted in eager-op dispatches from the code path of one module per micro-batch and
 multiplied by the host's `host_op_s`. DeepSpeed ZeRO-3, per pass (forward, backward): fetch_sub_module
@@ -166,7 +168,8 @@ def param_modules(m: ModelSpec, layers: int, method: Method, lora_targets: tuple
 
 
 def fsdp_units(layers: int) -> int:
-    """Decoder layers wrapped one unit each, plus the root unit (embedding, norm, head)."""
+    """FSDP1's units: decoder layers wrapped one unit each, plus the root unit (embedding, norm, head); FSDP2's:
+    planner/engines/fsdp2_traffic.py `fsdp2_units`."""
     return layers + 1
 
 

@@ -3,7 +3,8 @@ SHARD_GRAD_OP, HYBRID_SHARD (shard within a node, replicate across nodes: FSDP1'
 over a 2-D DeviceMesh (replicate, shard)) and, with FSDP1, NO_SHARD (DDP), with CPU offload of parameters,
 gradients and optimizer together (torch.distributed.fsdp.CPUOffload, FSDP2's CPUOffloadPolicy).
 One decoder layer per unit (the transformer auto-wrap policy); FSDP1's root unit holds the embedding, final norm and
-head, while accelerate's FSDP2 makes the embedding a unit and [final norm, head] another (fsdp2_tail_params)."""
+head, while accelerate's FSDP2 makes the embedding a unit and [final norm, head] another (fsdp2_tail_params), its
+collectives counted per unit and size in planner/engines/fsdp2_traffic.py."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from planner.choices import (
 )
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines import ddp
-from planner.engines.sharded import backward_chain_s, overlap_for, sharded_comm, sync_calls_s
+from planner.engines.fsdp2_traffic import Calls, fsdp2_traffic, fsdp2_units
+from planner.engines.sharded import PassSeconds, overlap_for, pass_comm, sync_calls_s
 from planner.gpus import is_cpu
 from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.params import embedding_params, head_params, layer_params, wrapped_lora_targets
@@ -223,12 +225,19 @@ def fsdp2_tail_params(cfg: TrainConfig) -> float:
     return head_params(m) + (m.vocab_size * m.hidden_size if m.tie_embeddings else 0)
 
 
-def _fsdp2_reduces(cfg: TrainConfig, sp: StageParams) -> bool:
-    """FSDP2 (sharded) reduce-scatters the root-side units' gradients: full fine-tuning with the embedding and head
-    trained and not tied (a tied weight's two gradients: planner.memory.tied_embedding_items)."""
+def _fsdp2_tail_reduces(cfg: TrainConfig, sp: StageParams) -> bool:
+    """FSDP2 (sharded) reduce-scatters the untied tail's gradients once its backward is over: full fine-tuning, the
+    head trained (--freeze-layers freezes the embedding and the first layers, not the head: runner/model.py
+    `_freeze_first_layers`). Tied, the tail holds the embedding and reduces at backward's end instead (its inputs, the
+    token ids, need no gradient: fsdp2_traffic), where the tied weight's two gradients already peak
+    (planner.memory.tied_embedding_items)."""
     return (cfg.fsdp_version is FsdpVersion.TWO and is_sharded(cfg) and cfg.method is Method.full
-            and cfg.freeze_layers == 0 and cfg.quant is Quant.none and sp.has_head and sp.has_embedding
-            and sp.trainable > 0 and not cfg.model.tie_embeddings)
+            and cfg.quant is Quant.none and sp.has_head and sp.trainable > 0 and not cfg.model.tie_embeddings)
+
+
+def _fsdp2_embedding_reduces(cfg: TrainConfig, sp: StageParams) -> bool:
+    """... and the input embedding's unit at backward's end, where the embedding trains (not under --freeze-layers)."""
+    return _fsdp2_tail_reduces(cfg, sp) and sp.has_embedding and cfg.freeze_layers == 0
 
 
 def reduce_scatter_copy_bytes(cfg: TrainConfig, input_bytes: float) -> float:
@@ -252,7 +261,7 @@ def fsdp2_head_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams) -> float:
     loop variable of its `for i, (fsdp_param, unsharded_grad) in enumerate(...)` still holds the group's last
     gradient, the head's, until it returns, past the output's allocation. Measured on 2 CPU ranks (a 134M Llama in
     fp32, benchmarks/accuracy.py's FSDP row): this moment is its peak to 0.1%."""
-    if not _fsdp2_reduces(cfg, sp):
+    if not _fsdp2_tail_reduces(cfg, sp):
         return 0.0
     m, c16, n = cfg.model, compute_copy_bytes(cfg.precision), shard_group(cfg)
     tail = c16 * fsdp2_tail_params(cfg) / cfg.tp
@@ -268,7 +277,7 @@ def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
     until foreach_reduce returns, fsdp2_head_reduce_scatter_bytes), the padded reduce-scatter input, and on the CPU
     gloo's copy of it; the output shard is one of the gradients the states hold. Measured on 2 CPU ranks (134M Llama,
     fp32): the end of backward to 0.1%."""
-    if not _fsdp2_reduces(cfg, sp):
+    if not _fsdp2_embedding_reduces(cfg, sp):
         return {}
     c16 = compute_copy_bytes(cfg.precision)
     embedding = c16 * cfg.model.vocab_size * cfg.model.hidden_size / cfg.tp
@@ -294,35 +303,35 @@ gradient_offloads_per_step = ddp.gradient_offloads_per_step  # every micro-batch
 
 def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
             comm_eff: float) -> tuple[float, float, float]:
-    """(total, exposed) data-parallel seconds per step, and host-link seconds of CPU offload; one
-    all-gather and one reduce-scatter per unit (planner/collectives.py)."""
-    grad_bytes, units, gathers = _unit_collectives(cfg, trainable_gpu)
+    """(total, exposed) data-parallel seconds per step, and host-link seconds of CPU offload: FSDP1 one all-gather
+    and one reduce-scatter per unit (planner/collectives.py), FSDP2 in accelerate's units (fsdp2_traffic)."""
+    grad_bytes = _grad_bytes(cfg, trainable_gpu)
     if cfg.fsdp is FsdpStrategy.no_shard:
         return ddp.bucketed_allreduce(cfg, g, grad_bytes, bwd_s)
+    shard_g = pc.intra_node_group(cfg.cluster, g.per_node, comm_eff) if cfg.fsdp is FsdpStrategy.hybrid_shard else g
+    passes = pass_seconds(cfg, shard_g, trainable_gpu, param_bytes_gpu)
+    # FSDP1 and FSDP2 issue their all-gathers and reduce-scatters synchronously (sharded.overlap_for)
+    total, exposed, h2d = pass_comm(cfg, shard_g, passes, fwd_s, bwd_s, gathers_async=False, rs_async=False)
     if cfg.fsdp is FsdpStrategy.hybrid_shard:
         shard = g.per_node
-        intra = pc.intra_node_group(cfg.cluster, shard, comm_eff)
-        total, exposed, h2d = sharded_comm(cfg, intra, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, units, units,
-                                           gathers=gathers, gathers_async=False, rs_async=False)
         replicas = Group(n=cfg.dp // shard, per_node=1, intra_bytes_per_s=g.intra_bytes_per_s,
                          inter_bytes_per_s=g.inter_bytes_per_s)
-        ar = cfg.grad_accum * split_time_s(allreduce_time_s, grad_bytes / shard, units, replicas)
+        calls = _reduce_scatter_calls(cfg, trainable_gpu, param_bytes_gpu)
+        ar = cfg.grad_accum * sum(n * allreduce_time_s(b / shard, replicas) for b, n in calls)
         # each unit's all-reduce runs on a stream of its own once that unit's reduce-scatter is done (FSDP1
         # _runtime_utils.py `_reduce_grad`: `_all_reduce_stream.wait_stream(_post_backward_stream)`; FSDP2
         # _fsdp_collectives.py `foreach_reduce`: `all_reduce_stream.wait_stream(reduce_scatter_stream)`), over other
         # links: the all-reduces hide behind the longer of backward and the intra-node chain (whose own excess over
-        # backward sharded_comm counts), not behind a backward of their own
-        chain = cfg.grad_accum * backward_chain_s(intra, grad_bytes, param_bytes_gpu, units, units, gathers)
+        # backward pass_comm counts), not behind a backward of their own
+        chain = cfg.grad_accum * (passes.backward_gathers_s + passes.reduce_scatters_s)
         window = max(cfg.grad_accum * bwd_s, chain) if cfg.cluster.gpu.overlaps_comm else cfg.grad_accum * bwd_s
-        ar_exposed = overlap_for(cfg, issued_async=False)(ar, window, ar / (cfg.grad_accum * units))
+        units = passes.reduce_scatter_calls
+        ar_exposed = overlap_for(cfg, issued_async=False)(ar, window, ar / max(1, cfg.grad_accum * units))
         ar_sync = sync_calls_s(cfg, cfg.grad_accum * units)
         total, exposed = total + ar + ar_sync, exposed + ar_exposed + ar_sync
     else:
         shard = g.n
-        # FSDP1 and FSDP2 issue their all-gathers and reduce-scatters synchronously (sharded.overlap_for)
-        total, exposed, h2d = sharded_comm(cfg, g, grad_bytes, param_bytes_gpu, fwd_s, bwd_s, units, units,
-                                           gathers=gathers, gathers_async=False, rs_async=False)
-    on_compute, on_side = copy_passes_s(cfg, param_bytes_gpu, grad_bytes, gathers, shard)
+    on_compute, on_side = copy_passes_s(cfg, _gathered_bytes(passes), grad_bytes, shard)
     hidden = on_side if cfg.cluster.gpu.overlaps_comm else 0.0
     return (total + cfg.grad_accum * (on_compute + on_side), exposed + cfg.grad_accum * (on_compute + on_side - hidden),
             h2d)
@@ -333,26 +342,72 @@ def reduce_chain_s(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes
     each unit's reduced shard to the host on the stream that reduced it, after the reduction (FSDP1
     _runtime_utils.py `_post_reduce_grad_callback` -> `_offload_grad` on the post-backward stream; FSDP2
     _fsdp_collectives.py `foreach_reduce`: `new_sharded_grad.to(cpu)` under `post_reduce_stream`): the chain of
-    backward gathers and reduce-scatters sharded_comm overlaps with backward. CPU offload is FULL_SHARD's only."""
+    backward gathers and reduce-scatters pass_comm overlaps with backward. CPU offload is FULL_SHARD's only."""
     if not is_sharded(cfg) or cfg.fsdp is FsdpStrategy.hybrid_shard:
         return 0.0
-    grad_bytes, units, gathers = _unit_collectives(cfg, trainable_gpu)
-    return backward_chain_s(g, grad_bytes, param_bytes_gpu, units, units, gathers)
+    passes = pass_seconds(cfg, g, trainable_gpu, param_bytes_gpu)
+    return passes.backward_gathers_s + passes.reduce_scatters_s
 
 
-def _unit_collectives(cfg: TrainConfig, trainable_gpu: float) -> tuple[float, int, int]:
-    """(gradient bytes reduced per micro-batch, FSDP units, all-gathers of each unit per micro-batch): MixedPrecision
-    reduces in 16 bits (fp32 in a 32-true run); one all-gather and one reduce-scatter per unit, the backward's
-    all-gather again unless SHARD_GRAD_OP keeps the unit gathered."""
-    grad_bytes = trainable_gpu * (4.0 if cfg.precision is Precision.fp32 else 2.0)
+def _grad_bytes(cfg: TrainConfig, trainable_gpu: float) -> float:
+    """Gradient bytes reduced per micro-batch: MixedPrecision reduces in 16 bits (fp32 in a 32-true run)."""
+    return trainable_gpu * (4.0 if cfg.precision is Precision.fp32 else 2.0)
+
+
+def _reduce_scatter_calls(cfg: TrainConfig, trainable_gpu: float, param_bytes_gpu: float) -> Calls:
+    """(unsharded gradient bytes per call, calls) of one micro-batch's reduce-scatters."""
+    grad_bytes = _grad_bytes(cfg, trainable_gpu)
+    if cfg.fsdp_version is FsdpVersion.TWO:
+        return fsdp2_traffic(cfg, param_bytes_gpu, grad_bytes).reduce_scatters
     units = col.fsdp_units(stage_layers(cfg.model.num_layers, cfg.pp))
-    return grad_bytes, units, 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
+    return ((grad_bytes / units, units),) if grad_bytes > 0 else ()
 
 
-def copy_passes_s(cfg: TrainConfig, param_bytes: float, grad_bytes: float, gathers: int, shard: int
-                  ) -> tuple[float, float]:
+def pass_seconds(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float) -> PassSeconds:
+    """One micro-batch of sharded FSDP's collectives over the shard group `g`.
+    FSDP1: one all-gather and one reduce-scatter per unit (one per decoder layer and the root), the backward's
+    all-gather again unless SHARD_GRAD_OP keeps the unit gathered; its first gather of each pass exposed.
+    FSDP2: accelerate's units at their own sizes (fsdp2_traffic), each call priced at its size. Exposed where
+    nothing computes beside them: the first gather of forward (the embedding's, or the tied tail's), which FSDP2
+    issues at the unit's pre_forward with no earlier compute to hide behind (it prefetches in forward only where told
+    to: _fsdp_state.py `_pre_forward`, `_states_to_forward_prefetch`); backward's first gather is the last layer's,
+    which the tail's pre_backward prefetches beside the head's backward (`_backward_prefetch`), and its last
+    reduce-scatter, issued from the root's final callback after the last gradient (`_root_post_backward_final_callback`,
+    whose `finalize_backward` waits on it) is what stays exposed."""
+    grad_bytes = _grad_bytes(cfg, trainable_gpu)
+    if cfg.fsdp_version is FsdpVersion.TWO:
+        t = fsdp2_traffic(cfg, param_bytes_gpu, grad_bytes)
+        fwd_calls = [(pc.param_allgather_s(b, g), n) for b, n in t.forward_gathers]
+        bwd_calls = [(pc.param_allgather_s(b, g), n) for b, n in t.backward_gathers]
+        rs_calls = [(pc.grad_reduce_scatter_s(b, g), n) for b, n in t.reduce_scatters]
+        last_rs = rs_calls[-1][0] if rs_calls else 0.0
+        return PassSeconds(
+            forward_gathers_s=sum(s * n for s, n in fwd_calls), backward_gathers_s=sum(s * n for s, n in bwd_calls),
+            reduce_scatters_s=sum(s * n for s, n in rs_calls),
+            forward_first_s=fwd_calls[0][0] if fwd_calls else 0.0,
+            backward_gather_first_s=bwd_calls[0][0] if bwd_calls else 0.0,
+            reduce_scatter_last_s=last_rs, backward_last_s=last_rs, gather_calls=t.gather_calls,
+            reduce_scatter_calls=t.reduce_scatter_calls,
+            gathered_bytes=((sum(b * n for b, n in t.forward_gathers), 1),
+                            (sum(b * n for b, n in t.backward_gathers), 1)))
+    units = col.fsdp_units(stage_layers(cfg.model.num_layers, cfg.pp))
+    gathers = 1 if cfg.fsdp is FsdpStrategy.shard_grad_op else 2
+    ag = split_time_s(pc.param_allgather_s, param_bytes_gpu, units, g)
+    rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, units, g)
+    return PassSeconds(forward_gathers_s=ag, backward_gathers_s=(gathers - 1) * ag, reduce_scatters_s=rs,
+                       forward_first_s=ag / units, backward_gather_first_s=ag / units,
+                       reduce_scatter_last_s=rs / units, backward_last_s=ag / units, gather_calls=gathers * units,
+                       reduce_scatter_calls=units, gathered_bytes=((param_bytes_gpu, gathers),))
+
+
+def _gathered_bytes(p: PassSeconds) -> float:
+    return sum(b * n for b, n in p.gathered_bytes)
+
+
+def copy_passes_s(cfg: TrainConfig, gathered_bytes: float, grad_bytes: float, shard: int) -> tuple[float, float]:
     """(compute-stream, side-stream) seconds per micro-batch of FSDP's own memory passes around its collectives, each
-    a read and a write at the device's elementwise bandwidth (`param_bytes` / `grad_bytes`: the unsharded sizes).
+    a read and a write at the device's elementwise bandwidth (`gathered_bytes`: the unsharded bytes all-gathered in
+    the micro-batch, `grad_bytes`: the unsharded gradients reduced).
     FSDP2 (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py, torch 2.13), per gather: the copy-in of the
     local shards into the all-gather input (`foreach_all_gather`, all_gather_copy_in, on the copy-in stream) and the
     copy-out into the unsharded parameters (`foreach_all_gather_copy_out`, split_with_sizes_copy, on the compute
@@ -363,7 +418,7 @@ def copy_passes_s(cfg: TrainConfig, param_bytes: float, grad_bytes: float, gathe
     predivide factor and n / factor after, each only where above 1, on the post-backward stream)."""
     bw = cfg.cluster.gpu.elementwise_bytes_per_s
     if cfg.fsdp_version is FsdpVersion.TWO:
-        return (gathers * 2 * param_bytes + 2 * grad_bytes) / bw, gathers * 2 * param_bytes / shard / bw
+        return (2 * gathered_bytes + 2 * grad_bytes) / bw, 2 * gathered_bytes / shard / bw
     pre = predivide_factor(shard)
     side = (2 * grad_bytes if pre > 1 else 0.0) + (2 * grad_bytes / shard if shard / pre > 1 else 0.0)
     return 0.0, side / bw
@@ -380,9 +435,11 @@ def predivide_factor(world: int) -> int:
 
 
 def hook_host_s(cfg: TrainConfig, layers: int) -> float:
-    """Per micro-batch: host work of FSDP's unit hooks (planner/collectives.py)."""
+    """Per micro-batch: host work of FSDP's unit hooks (planner/collectives.py), per unit holding parameters (FSDP2:
+    fsdp2_traffic.fsdp2_units; the CPU device's cost measured per fully_shard unit, profiler/device_fit.py)."""
     if not is_sharded(cfg):
         return 0.0
     gpu = cfg.cluster.gpu
     per = gpu.fsdp_unit_host_s if gpu.fsdp_unit_host_s is not None else col.FSDP_UNIT_HOST_OPS * gpu.host_op_s
-    return col.fsdp_units(layers) * per
+    units = fsdp2_units(cfg) if cfg.fsdp_version is FsdpVersion.TWO else col.fsdp_units(layers)
+    return units * per

@@ -8,6 +8,7 @@ fit under the compute of the same pass is exposed, and at least the last bucket 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -71,6 +72,22 @@ def backward_chain_s(g: Group, grad_bytes: float, param_bytes_gpu: float, gather
     return (gathers - 1) * ag + rs
 
 
+@dataclass(frozen=True, kw_only=True)
+class PassSeconds:
+    """One micro-batch of a sharded engine's collectives, in seconds, with the parts no compute can hide."""
+
+    forward_gathers_s: float
+    backward_gathers_s: float
+    reduce_scatters_s: float
+    forward_first_s: float  # the first gather of forward: nothing computes before it
+    backward_gather_first_s: float  # the first gather of backward, where gathers and reductions share no stream
+    reduce_scatter_last_s: float  # the last reduction, where they do not
+    backward_last_s: float  # what stays exposed of backward's chain where they share one (sharded_comm)
+    gather_calls: int
+    reduce_scatter_calls: int
+    gathered_bytes: tuple[tuple[float, int], ...]  # (unsharded bytes of one pass, passes): the offloaded copies
+
+
 def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
                  gather_calls: int, rs_calls: int, *, gathers: int, rs_overlap=None, gathers_async: bool,
                  rs_async: bool) -> tuple[float, float, float]:
@@ -84,26 +101,43 @@ def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu:
     `gathers_async` / `rs_async`: whether the engine issues them asynchronously (`overlap_for`: on the CPU device
     that decides whether they cost the busy factor). Returns (total, exposed) seconds per step and the host-to-GPU
     seconds of offloaded partitions."""
-    ga = cfg.grad_accum
-    gather_overlap = overlap_for(cfg, issued_async=gathers_async)
     ag = split_time_s(pc.param_allgather_s, param_bytes_gpu, gather_calls, g)
     rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, rs_calls, g)
+    tail, rs_tail = ag / max(1, gather_calls), rs / max(1, rs_calls)
+    passes = PassSeconds(forward_gathers_s=ag, backward_gathers_s=(gathers - 1) * ag, reduce_scatters_s=rs,
+                         forward_first_s=tail, backward_gather_first_s=tail, reduce_scatter_last_s=rs_tail,
+                         backward_last_s=tail, gather_calls=gathers * gather_calls, reduce_scatter_calls=rs_calls,
+                         gathered_bytes=((param_bytes_gpu, gathers),))
+    return pass_comm(cfg, g, passes, fwd_s, bwd_s, rs_overlap=rs_overlap, gathers_async=gathers_async,
+                     rs_async=rs_async)
+
+
+def pass_comm(cfg: TrainConfig, g: Group, p: PassSeconds, fwd_s: float, bwd_s: float, *, rs_overlap=None,
+              gathers_async: bool, rs_async: bool) -> tuple[float, float, float]:
+    """sharded_comm's overlap of one micro-batch's collectives `p` with forward (`fwd_s`) and backward (`bwd_s`),
+    over the step's micro-batches: (total, exposed) seconds per step and the host-to-GPU seconds of offloaded
+    partitions, each gathered pass's partition copied first."""
+    ga = cfg.grad_accum
+    gather_overlap = overlap_for(cfg, issued_async=gathers_async)
     h2d = 0.0
     if cfg.offload is Offload.all:
-        part = param_bytes_gpu / g.n
-        if cfg.offload_device is OffloadDevice.nvme:
-            h2d = off.nvme_time_s(part, cfg.cluster.gpus_per_node)
-        h2d += off.pcie_time_s(part, cfg.cluster.gpu.host_link_bytes_per_s)
-    tail = ag / max(1, gather_calls)
-    fwd_exposed = gather_overlap(ag, fwd_s, tail)
+        for pass_bytes, passes in p.gathered_bytes:
+            part, one = pass_bytes / g.n, 0.0
+            if cfg.offload_device is OffloadDevice.nvme:
+                one = off.nvme_time_s(part, cfg.cluster.gpus_per_node)
+            one += off.pcie_time_s(part, cfg.cluster.gpu.host_link_bytes_per_s)
+            h2d += ga * passes * one
+    fwd_exposed = gather_overlap(p.forward_gathers_s, fwd_s, p.forward_first_s)
     if rs_overlap is None and cfg.cluster.gpu.overlaps_comm:
-        bwd_exposed = overlap((gathers - 1) * ag + rs, bwd_s, tail)
+        bwd_exposed = overlap(p.backward_gathers_s + p.reduce_scatters_s, bwd_s, p.backward_last_s)
     else:
         rs_side = rs_overlap if rs_overlap is not None else overlap_for(cfg, issued_async=rs_async)
-        bwd_exposed = gather_overlap((gathers - 1) * ag, bwd_s, tail) + rs_side(rs, bwd_s, rs / max(1, rs_calls))
-    sync = sync_calls_s(cfg, ga * ((0 if rs_async else rs_calls) + (0 if gathers_async else gathers * gather_calls)))
-    total = ga * (gathers * ag + rs) + sync
+        bwd_exposed = gather_overlap(p.backward_gathers_s, bwd_s, p.backward_gather_first_s) + \
+            rs_side(p.reduce_scatters_s, bwd_s, p.reduce_scatter_last_s)
+    sync = sync_calls_s(cfg, ga * ((0 if rs_async else p.reduce_scatter_calls) +
+                                   (0 if gathers_async else p.gather_calls)))
+    total = ga * (p.forward_gathers_s + p.backward_gathers_s + p.reduce_scatters_s) + sync
     # host-to-GPU copies of offloaded partitions sit on the critical path: DeepSpeed copies the CPU
     # partition into the gather buffer before launching the all-gather (partition_parameters.py,
     # `_all_gather` of ds_tensor), and FSDP's CPUOffload moves the shard to the GPU before unsharding
-    return total, ga * (fwd_exposed + bwd_exposed) + sync, ga * gathers * h2d
+    return total, ga * (fwd_exposed + bwd_exposed) + sync, h2d

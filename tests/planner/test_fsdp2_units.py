@@ -5,13 +5,18 @@ tests/validation/test_memory_sharded_measured.py (fsdp2-vocab) and benchmarks/ac
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from planner import parallel_comm as pc
 from planner.build import build_config
 from planner.engines import fsdp
+from planner.engines.fsdp import fsdp2_tail_params
+from planner.engines.fsdp2_traffic import fsdp2_traffic
 from planner.memory import memory_per_gpu
 from planner.params import embedding_params, head_params, layer_params
-from planner.states import stage_params
+from planner.states import param_counts, stage_params
 from planner.strategy import FsdpStrategy, Method, Precision, TrainConfig
 
 
@@ -52,6 +57,52 @@ def test_no_reduce_scatter_terms_without_trained_untied_embedding_and_head() -> 
     for cfg in (lora, one, tied):
         sp = stage_params(cfg, first=True)
         assert fsdp.end_items(cfg, sp) == {} and fsdp.fsdp2_head_reduce_scatter_bytes(cfg, sp) == 0.0
+
+
+def test_frozen_layers_keep_the_heads_reduce_scatter_not_the_embeddings() -> None:
+    """--freeze-layers freezes the embedding and the first layers, not the head: the tail still reduces in backward
+    (measured: tests/validation/test_memory_sharded_measured.py fsdp2-vocab-freeze), the embedding reduces nothing."""
+    cfg = dataclasses.replace(_cfg("2xCPU"), freeze_layers=2)
+    sp = stage_params(cfg, first=True)
+    assert fsdp.fsdp2_head_reduce_scatter_bytes(cfg, sp) > 0.0
+    assert fsdp.end_items(cfg, sp) == {}
+
+
+def _calls(calls: tuple[tuple[float, int], ...]) -> int:
+    return sum(n for _, n in calls)
+
+
+@pytest.mark.parametrize(("model", "method", "freeze", "strategy", "expected"), [
+    # (forward gathers, backward gathers, reduce-scatters) per micro-batch, L decoder layers
+    ("7b", Method.full, 0, FsdpStrategy.full_shard, lambda L: (L + 2, L + 1, L + 2)),
+    ("7b", Method.full, 3, FsdpStrategy.full_shard, lambda L: (L + 2, L - 3 + 1, L - 3 + 1)),
+    ("7b", Method.lora, 0, FsdpStrategy.full_shard, lambda L: (L + 2, L + 1, L)),
+    ("7b", Method.full, 0, FsdpStrategy.shard_grad_op, lambda L: (L + 2, 0, L + 2)),
+    ("qwen3-0.6b", Method.full, 0, FsdpStrategy.full_shard, lambda L: (L + 1, L, L + 1)),
+    ("qwen3-0.6b", Method.full, 3, FsdpStrategy.full_shard, lambda L: (L + 1, L - 3 + 1, L - 3 + 1)),
+    ("qwen3-0.6b", Method.lora, 0, FsdpStrategy.full_shard, lambda L: (L + 1, L, L)),
+], ids=["untied", "untied-freeze", "untied-lora", "untied-shard-grad-op", "tied", "tied-freeze", "tied-lora"])
+def test_fsdp2_collectives_per_micro_batch(model, method, freeze, strategy, expected) -> None:
+    """The counts measured on 2 CPU ranks (tests/validation/test_fsdp2_calls_measured.py) at full size; the gathered
+    bytes: every parameter in forward, all but the kept tail in backward (and but the frozen layers not gathered)."""
+    cfg = dataclasses.replace(_cfg("8xA800", method=method, model=model), freeze_layers=freeze, fsdp=strategy)
+    m, L = cfg.model, cfg.model.num_layers
+    counts = param_counts(m, cfg.adapter, cfg.stage)
+    t = fsdp2_traffic(cfg, 4.0 * counts.total, 4.0 * counts.trainable)
+    assert (_calls(t.forward_gathers), _calls(t.backward_gathers), _calls(t.reduce_scatters)) == expected(L)
+    assert sum(b * n for b, n in t.forward_gathers) == pytest.approx(4.0 * counts.total)
+    assert sum(b * n for b, n in t.reduce_scatters) == pytest.approx(4.0 * counts.trainable)
+    if strategy is FsdpStrategy.full_shard and not freeze:
+        tail = 4.0 * fsdp2_tail_params(cfg)
+        assert sum(b * n for b, n in t.backward_gathers) == pytest.approx(4.0 * counts.total - tail)
+
+
+def test_fsdp1_keeps_one_unit_per_layer_and_the_root() -> None:
+    cfg = _cfg("8xA800", version=1)
+    counts = param_counts(cfg.model, cfg.adapter, cfg.stage)
+    passes = fsdp.pass_seconds(cfg, pc.dp_group(cfg.cluster, 1, 1, cfg.dp, 1.0), counts.trainable, 4.0 * counts.total)
+    units = cfg.model.num_layers + 1
+    assert (passes.gather_calls, passes.reduce_scatter_calls) == (2 * units, units)
 
 
 def test_the_end_of_backward_holds_the_embedding_reduce_scatter() -> None:
