@@ -23,6 +23,7 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,22 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         return ddp, _optimizer(cfg, [p for p in ddp.parameters() if p.requires_grad], device), False
     return model, _optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device), False
+
+
+@contextlib.contextmanager
+def _no_sync(engine: Any) -> Iterator[None]:
+    """What accelerate's `no_sync` does to the engine (accelerate/accelerator.py `no_sync`): FSDP2's
+    `set_requires_gradient_sync(False)` until the micro-batch is over (each unit keeps its unsharded gradient),
+    DDP's and FSDP1's own `no_sync`; nothing for a module without either."""
+    if hasattr(engine, "set_requires_gradient_sync"):
+        engine.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            engine.set_requires_gradient_sync(True)
+    else:
+        with engine.no_sync() if hasattr(engine, "no_sync") else contextlib.nullcontext():
+            yield
 
 
 def fsdp2_units(model: Any, layer_class: str, *, reshard: bool) -> list[tuple[Any, bool | None]]:
@@ -286,11 +303,10 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
                 start.record()
             t0 = time.perf_counter()
             for k, ids in enumerate(batches):
-                # DDP reduces gradients on the last micro-batch only (no_sync before), as the HF Trainer and
-                # accelerate's `accumulate` do and as planner.timing models it
+                # DDP and FSDP reduce gradients on the last micro-batch only, as the HF Trainer's
+                # `accelerator.no_sync` has them do and as planner.timing and planner.engines.fsdp model it
                 # (DeepSpeed's engine knows its accumulation boundary itself; its no_sync refuses ZeRO-2/3)
-                sync = contextlib.nullcontext() if k == len(batches) - 1 or is_ds or not hasattr(engine, "no_sync") \
-                    else engine.no_sync()
+                sync = contextlib.nullcontext() if k == len(batches) - 1 or is_ds else _no_sync(engine)
                 # --activation-offload: every saved tensor in (pinned) host memory, as runner.train does
                 offload = (torch.autograd.graph.save_on_cpu(pin_memory=cuda) if cfg.activation_offload
                            else contextlib.nullcontext())

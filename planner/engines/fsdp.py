@@ -151,6 +151,35 @@ def grads_live_in_backward(cfg: TrainConfig) -> bool:
     return cfg.grad_accum > 1
 
 
+def accumulates_unsharded_grads(cfg: TrainConfig) -> bool:
+    """Under the Trainer a sharded FSDP run with accumulation keeps every unit's unsharded gradient between its
+    reduce-scatters: the Trainer skips gradient synchronisation on every micro-batch but the last
+    (transformers/trainer.py `_inner_training_loop`: `accelerator.no_sync` unless the accelerator's
+    `sync_each_batch`), which for FSDP2 is `model.set_requires_gradient_sync(False)` and for FSDP1 FSDP's own
+    `no_sync` (accelerate/accelerator.py `no_sync`). FSDP2's `post_backward` then reduce-scatters nothing and the
+    gradient stays on the unsharded parameter, accumulating there (torch/distributed/fsdp/_fully_shard/
+    _fsdp_param_group.py `post_backward`: `if not self.reduce_grads: ... return`; _fsdp_param.py
+    `accumulate_unsharded_grad_if_needed`); FSDP1's `no_sync` docstring: it "will accumulate the full model
+    gradients (instead of gradient shards) until the eventual sync". Expert parallelism's own expert shards are
+    not modelled here (ep 1 only)."""
+    return is_sharded(cfg) and cfg.grad_accum > 1 and cfg.ep == 1
+
+
+def backward_grad_bytes(cfg: TrainConfig, trained: float, sharded_grads: float) -> float:
+    """Gradient bytes resident when a micro-batch's backward starts: none with one micro-batch
+    (grads_live_in_backward); with accumulation under the Trainer, the trained parameters' unsharded gradients
+    (accumulates_unsharded_grads) in MixedPrecision's param_dtype, the compute copy's (accelerate's FSDP
+    mixed-precision policy sets reduce_dtype = param_dtype, accelerate/utils/dataclasses.py
+    `set_mixed_precision`, so FSDP2's `to_accumulated_grad_if_needed` keeps that dtype), the frozen tensors of a
+    mixed FSDP1 unit included; they are live through the forward of every later micro-batch too. No sharded
+    gradient exists before the last micro-batch's reduce-scatters (the step's `zero_grad` set them to None)."""
+    if not grads_live_in_backward(cfg):
+        return 0.0
+    if not accumulates_unsharded_grads(cfg):
+        return sharded_grads
+    return (trained + frozen_in_mixed_units(cfg)) * compute_copy_bytes(cfg.precision)
+
+
 def master_bytes(cfg: TrainConfig) -> float:
     return 0.0
 
@@ -202,11 +231,14 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     else:
         items["FSDP unsharded parameters"] = kept
         window = 2 * layer16
-    trained_layer = layer16 if cfg.method is Method.full else 0.0
+    # a unit's unsharded gradient before its reduce-scatter; with accumulation under the Trainer's no_sync every
+    # unit's is resident already (backward_grad_bytes) and autograd adds into it in place
+    accumulated = accumulates_unsharded_grads(cfg)
+    trained_layer = layer16 if cfg.method is Method.full and not accumulated else 0.0
     if sp.trainable:
         window += trained_layer
     items["FSDP unsharded layers"] = window
-    if cfg.method is Method.full and sp.has_head and sp.trainable:
+    if cfg.method is Method.full and sp.has_head and sp.trainable and not accumulated:
         items["FSDP unsharded gradients"] = c16 * (head_params(m) / cfg.tp + frozen_in_mixed_units(cfg))
     head_rs = fsdp2_head_reduce_scatter_bytes(cfg, sp)
     if head_rs:

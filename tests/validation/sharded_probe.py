@@ -147,6 +147,8 @@ def main(engine: str, freeze: bool, grad_accum: int) -> dict:
         before = tracker.current_bytes
         with tracker:
             for k, ids in enumerate(batches):
+                if engine.startswith("fsdp2"):  # as the Trainer's accelerator.no_sync before the last micro-batch
+                    module.set_requires_gradient_sync(k == len(batches) - 1)
                 tracker.label = "forward"
                 loss = module(input_ids=ids, labels=ids).loss
                 if k == len(batches) - 1:
