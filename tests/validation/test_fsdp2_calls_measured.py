@@ -8,14 +8,10 @@ trained. The counts are exact."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from torchrun_cases import run_cases
 
 from planner.build import build_config
 from planner.engines.fsdp2_traffic import fsdp2_traffic, fsdp2_units
@@ -23,16 +19,9 @@ from planner.models import spec_from_hf_config
 from planner.states import param_counts
 from planner.strategy import FsdpStrategy, Method, Precision, TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("fsdp2_calls_probe.py")
 CASES = [(tied, train, True) for tied in (False, True) for train in ("full", "freeze", "layers")] + \
     [(False, "full", False), (True, "full", False)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _name(tied: bool, train: str, reshard: bool) -> str:
@@ -42,15 +31,8 @@ def _name(tied: bool, train: str, reshard: bool) -> str:
 @pytest.fixture(scope="module")
 def measured() -> dict[str, dict]:
     """Every case from one torchrun (each rank imports the libraries once and forks a process per case)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cases = {f"{int(tied)}:{train}:{int(reshard)}:{_free_port()}": _name(tied, train, reshard)
-             for tied, train, reshard in CASES}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(PROBE), *cases]
-    res = subprocess.run(cmd, cwd=PROBE.parent, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    found = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    return {cases[got.pop("case")]: got for got in found}
+    cases = {f"{int(tied)}:{train}:{int(reshard)}": _name(tied, train, reshard) for tied, train, reshard in CASES}
+    return run_cases(PROBE, cases, {}, timeout_s=600)
 
 
 def planned(tied: bool, train: str, reshard: bool) -> TrainConfig:

@@ -27,14 +27,10 @@ a 14.8M-parameter Llama, 45.4M with the larger vocabulary):
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from torchrun_cases import run_cases
 
 from planner.build import build_config
 from planner.engines import fsdp, zero
@@ -43,7 +39,6 @@ from planner.models import spec_from_hf_config
 from planner.states import stage_params
 from planner.strategy import FsdpStrategy, GradCkpt, Method, Offload, Precision, TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("sharded_probe.py")
 # fsdp2-vocab-freeze: the head still trains under --freeze-layers, so the tail's reduce-scatter moment stays; the
 # frozen embedding reduces nothing at backward's end (planner.engines.fsdp fsdp2_head_reduce_scatter_bytes, end_items)
@@ -58,25 +53,12 @@ PEAK_TOLERANCE = {"fsdp1": 0.15, "fsdp2": 0.03, "fsdp2-vocab": 0.03, "fsdp2-accu
 GRAD_ACCUM = {"zero3-lora": 2, "fsdp2-accum": 2}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def measured() -> dict[str, dict]:
     """Every case from one torchrun (each rank imports the libraries once and forks a process per case)."""
     pytest.importorskip("deepspeed")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cases = {f"{engine}:{int(freeze)}:{GRAD_ACCUM.get(engine, 1)}:{_free_port()}": name
-             for name, (engine, freeze) in CASES.items()}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(PROBE), *cases]
-    res = subprocess.run(cmd, cwd=PROBE.parent, env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    found = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    return {cases[got.pop("case")]: got for got in found}
+    cases = {f"{engine}:{int(freeze)}:{GRAD_ACCUM.get(engine, 1)}": name for name, (engine, freeze) in CASES.items()}
+    return run_cases(PROBE, cases, {"DS_ACCELERATOR": "cpu"}, timeout_s=900)
 
 
 def planned(engine: str, freeze: bool) -> TrainConfig:

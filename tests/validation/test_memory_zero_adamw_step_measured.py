@@ -24,14 +24,10 @@ gradients keep the contiguous partition through the weight-decay group's step (a
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from torchrun_cases import run_cases
 
 from planner.deepspeed_sizes import reduce_bucket_elements
 from planner.engines import zero
@@ -40,7 +36,6 @@ from planner.models import spec_from_hf_config
 from planner.params import total_params
 from planner.strategy import Engine, Method, Precision, TrainConfig, ZeroStage
 
-REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("zero_adamw_step_probe.py")
 CASES = [f"zero{stage}-{precision}-{kernel}-trainer" for stage in (2, 3) for precision in ("fp32", "bf16")
          for kernel in ("foreach", "single_tensor")] + ["zero2-fp32-foreach-one", "zero2-fp32-single_tensor-one"]
@@ -52,27 +47,15 @@ XFAIL = {f"zero2-fp32-{kernel}-trainer": (
 CLUSTER = {"foreach": "2xA100-80G", "single_tensor": "2xCPU"}  # the device whose default kernel the probe forced
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def measured() -> dict[str, dict]:
     """Every case from one torchrun (each rank imports the libraries once and forks a process per case)."""
     pytest.importorskip("deepspeed")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cases = {}
     for name in CASES:
         stage, precision, kernel, groups = name.split("-")
-        cases[f"{stage.removeprefix('zero')}:{precision}:{kernel}:{groups}:{_free_port()}"] = name
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(PROBE), *cases]
-    res = subprocess.run(cmd, cwd=PROBE.parent, env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    found = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    return {cases[got.pop("case")]: got for got in found}
+        cases[f"{stage.removeprefix('zero')}:{precision}:{kernel}:{groups}"] = name
+    return run_cases(PROBE, cases, {"DS_ACCELERATOR": "cpu"}, timeout_s=900)
 
 
 def planned(case: str) -> TrainConfig:
