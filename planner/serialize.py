@@ -47,6 +47,7 @@ _ENUMS: dict[str, type[Enum]] = {
 
 # switches added after plan.json's first release, written only when set: plans without them read as before
 OMITTED_AT_DEFAULT: dict[str, Any] = {"transformers_version": "", "fused_adamw": False, "keeps_output": False,
+                                      "sync_each_batch": False,
                                       "doc_len": None, "collator_mask": False, "completion_len_mean": None,
                                       "litgpt": False}
 

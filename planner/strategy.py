@@ -172,6 +172,9 @@ class Switches:
     keeps_output: bool = option(False, help=(
         "Your training loop keeps the model's output (its logits) through backward and the optimizer step, as "
         "Answer.AI's fsdp_qlora train.py does; the Trainer drops it before backward."))
+    sync_each_batch: bool = option(False, help=(
+        "Your training loop reduces gradients on every micro-batch (accelerate's sync_each_batch, verl's actors): "
+        "FSDP keeps gradient shards between micro-batches; the Trainer's no_sync keeps unsharded gradients."))
     doc_len: int | None = option(None, panel="Batch", help=(
         "Mean tokens of the documents packed into each --seq-len sequence, attention kept within each document "
         "(TRL packing / padding_free, LLaMA-Factory neat_packing, torchtune's packed datasets): with --attn flash "
@@ -200,8 +203,8 @@ FLAT_FIELDS: tuple[str, ...] = (
     "freeze_layers", "precision", "optimizer", "engine", "zero", "fsdp", "offload", "offload_device", "tp",
     "sequence_parallel", "pp", "pp_schedule", "virtual_stages", "micro_batch", "grad_accum", "seq_len", "grad_ckpt",
     "attn", "stage", "cross_entropy", "kernels", "activation_offload", "fsdp_version", "torch_compile", "bnb_version",
-    "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "keeps_output", "doc_len", "collator_mask",
-    "litgpt", "num_generations",
+    "frozen_fp32", "kbit_prep", "transformers_version", "fused_adamw", "keeps_output", "sync_each_batch", "doc_len",
+    "collator_mask", "litgpt", "num_generations",
     "completion_len", "kl_beta", "generation", "vllm_memory", "vllm_sleep", "vllm_server_gpus", "vllm_tp",
     "generation_steps", "num_iterations", "reward_model", "completion_len_mean")
 # the online RL stages' settings (planner.rl.settings.Rollout): plan.json carries them for those stages only
@@ -275,6 +278,7 @@ class TrainConfig:
     kbit_prep = property(attrgetter("switches.kbit_prep"))
     fused_adamw = property(attrgetter("switches.fused_adamw"))
     keeps_output = property(attrgetter("switches.keeps_output"))
+    sync_each_batch = property(attrgetter("switches.sync_each_batch"))
     doc_len = property(attrgetter("switches.doc_len"))
     collator_mask = property(attrgetter("switches.collator_mask"))
     litgpt = property(attrgetter("switches.litgpt"))

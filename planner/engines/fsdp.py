@@ -21,6 +21,7 @@ from planner.choices import (
     OffloadDevice,
     Precision,
     Quant,
+    Stage,
     ZeroStage,
 )
 from planner.comm import Group, allreduce_time_s, split_time_s
@@ -160,9 +161,12 @@ def accumulates_unsharded_grads(cfg: TrainConfig) -> bool:
     gradient stays on the unsharded parameter, accumulating there (torch/distributed/fsdp/_fully_shard/
     _fsdp_param_group.py `post_backward`: `if not self.reduce_grads: ... return`; _fsdp_param.py
     `accumulate_unsharded_grad_if_needed`); FSDP1's `no_sync` docstring: it "will accumulate the full model
-    gradients (instead of gradient shards) until the eventual sync". Expert parallelism's own expert shards are
-    not modelled here (ep 1 only)."""
-    return is_sharded(cfg) and cfg.grad_accum > 1 and cfg.ep == 1
+    gradients (instead of gradient shards) until the eventual sync". Not where the loop reduces on every
+    micro-batch: --sync-each-batch, and verl's PPO actor (verl/workers/actor/dp_actor.py `update_policy`: one
+    `loss.backward()` per micro-batch, no no_sync). Expert parallelism's own expert shards are not modelled here
+    (ep 1 only)."""
+    return (is_sharded(cfg) and cfg.grad_accum > 1 and cfg.ep == 1 and not cfg.sync_each_batch
+            and cfg.stage is not Stage.ppo)
 
 
 def backward_grad_bytes(cfg: TrainConfig, trained: float, sharded_grads: float) -> float:

@@ -96,8 +96,8 @@ def test_plan_json_keeps_its_flat_keys_in_order() -> None:
     data = config_to_dict(grpo)
     assert tuple(data) == tuple(f for f in FLAT_FIELDS if f not in OMITTED_AT_DEFAULT)
     assert data["generation"] == "vllm-colocate"
-    switched = replace(cfg, fused_adamw=True, transformers_version="4.46.1", keeps_output=True, doc_len=300,
-                       collator_mask=True, litgpt=True)
+    switched = replace(cfg, fused_adamw=True, transformers_version="4.46.1", keeps_output=True, sync_each_batch=True,
+                       doc_len=300, collator_mask=True, litgpt=True)
     assert tuple(config_to_dict(switched)) == tuple(f for f in FLAT_FIELDS if f not in ROLLOUT_FIELDS)
     assert config_from_dict(json.loads(json.dumps(config_to_dict(switched)))) == switched
     assert config_from_dict(json.loads(json.dumps(data))) == grpo

@@ -136,7 +136,8 @@ def test_verl_min_resources_full_grpo_fits(row: str) -> None:
     cfg = build_config(model=model, stage=Stage.grpo, method=Method.full, fsdp=FsdpStrategy.full_shard,
                        offload=Offload.all, grad_ckpt=GradCkpt.full, gpus=gpus, micro_batch=micro, grad_accum=accum,
                        generation_steps=4, seq_len=seq, completion_len=completion, num_generations=5, kl_beta=0.001,
-                       generation=Generation.vllm_colocate, vllm_memory=share, vllm_tp=tp, vllm_sleep=True)
+                       generation=Generation.vllm_colocate, vllm_memory=share, vllm_tp=tp, vllm_sleep=True,
+                       sync_each_batch=True)  # verl's dp_actor: one loss.backward() per micro-batch, no no_sync
     est = estimate(cfg)
     _report(f"verl MIN {row}", est)
     assert cfg.global_batch * cfg.generation_steps == 1024 * 5  # train_batch_size x rollout.n per generation
