@@ -91,6 +91,11 @@ def main(stage: int, precision: str, kernel: str, groups: str) -> dict:
         with tracker:
             tracker.label = "backward"
             engine.backward(engine(input_ids=ids, labels=ids).loss)
+            # the baseline once both ranks' backward collectives are done: a bucket whose reduction the other rank
+            # has not joined yet is still alive when this rank's backward returns, and freed before the client step,
+            # so without the barrier the rise read 2-4 reduce buckets low in some runs (once in CI)
+            dist.barrier()
+            gc.collect()
             after_backward = tracker.current_bytes
             tracker.reset_peak()
             tracker.label = "step"
