@@ -19,7 +19,6 @@ from planner.choices import (
     Method,
     Offload,
     OffloadDevice,
-    Precision,
     Quant,
     Stage,
     ZeroStage,
@@ -387,7 +386,7 @@ def reduce_chain_s(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes
 
 def _grad_bytes(cfg: TrainConfig, trainable_gpu: float) -> float:
     """Gradient bytes reduced per micro-batch: MixedPrecision reduces in 16 bits (fp32 in a 32-true run)."""
-    return trainable_gpu * (4.0 if cfg.precision is Precision.fp32 else 2.0)
+    return trainable_gpu * compute_copy_bytes(cfg.precision)
 
 
 def _reduce_scatter_calls(cfg: TrainConfig, trainable_gpu: float, param_bytes_gpu: float) -> Calls:

@@ -31,9 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from planner.choices import FsdpStrategy, Method, Precision, Stage
+from planner.choices import FsdpStrategy, Method, Stage
 from planner.params import embedding_params, norm_params
-from planner.states import stage_layers
+from planner.states import compute_copy_bytes, stage_layers
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -98,17 +98,12 @@ def outside_units(cfg: TrainConfig) -> OutsideUnits:
         root_trained=(score + (extras if unfrozen else 0.0)) / t if full else 0.0)
 
 
-def _weight_bytes(cfg: TrainConfig) -> float:
-    """Bytes per gathered element (MixedPrecision's param dtype) and per reduced gradient element (its reduce dtype):
-    fp32 in a 32-true run, 16 bits otherwise (planner/timing.py `_family_of`, fsdp._grad_bytes)."""
-    return 4.0 if cfg.precision is Precision.fp32 else 2.0
-
-
 def fsdp2_traffic(cfg: TrainConfig, param_bytes_gpu: float, grad_bytes: float) -> Fsdp2Traffic:
     """FSDP2's all-gathers and reduce-scatters of one micro-batch (module docstring). `param_bytes_gpu`: the unsharded
     parameter bytes (quantized layers at their storage size), `grad_bytes`: the gradient bytes reduced; what the
     embedding, tail and root do not hold is the layers', split evenly over them."""
-    w = _weight_bytes(cfg)
+    # bytes per gathered element (MixedPrecision's param dtype) and per reduced gradient element (its reduce dtype)
+    w = compute_copy_bytes(cfg.precision)
     out = outside_units(cfg)
     layers = stage_layers(cfg.model.num_layers, cfg.pp)
     full = cfg.method is Method.full
