@@ -397,13 +397,9 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
         items.update(eng.buffers(cfg, sp, trained, first=first))
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)
     step_items = eng.step_items(cfg, trained, n, state_bytes)
-    if eng is engines.fsdp:
-        grads_in_backward = eng.backward_grad_bytes(cfg, trained, states.gradients)
-    else:
-        grads_in_backward = states.gradients if eng.grads_live_in_backward(cfg) else 0.0
+    grads_in_backward = eng.backward_grad_bytes(cfg, trained, states.gradients)
     return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
-                          end_items={**tied_embedding_items(cfg, sp),
-                                     **(engines.fsdp.end_items(cfg, sp) if eng is engines.fsdp else {})},
+                          end_items={**tied_embedding_items(cfg, sp), **eng.end_items(cfg, sp)},
                           grads_in_backward=grads_in_backward,
                           nccl_bytes=nccl_memory.nccl_bytes(cfg),
                           reserved_floor=init_allocations.reserved_floor_bytes(cfg),

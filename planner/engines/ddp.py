@@ -48,9 +48,10 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
     return trained * grad_dtype_bytes(cfg.precision), 0.0
 
 
-def grads_live_in_backward(cfg: TrainConfig) -> bool:
-    """Gradients exist at backward's start only when earlier micro-batches accumulated them."""
-    return cfg.grad_accum > 1
+def backward_grad_bytes(cfg: TrainConfig, trained: float, held_grads: float) -> float:
+    """Gradient bytes resident when a micro-batch's backward starts: the gradients held, only when earlier
+    micro-batches accumulated them."""
+    return held_grads if cfg.grad_accum > 1 else 0.0
 
 
 def master_bytes(cfg: TrainConfig) -> float:
@@ -76,6 +77,11 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool) -
     """DDP buckets hold a flat copy of every gradient (gradient_as_bucket_view=False, the default)."""
     if cfg.dp > 1:
         return {"DDP gradient buckets": trained * grad_dtype_bytes(cfg.precision)}
+    return {}
+
+
+def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    """Nothing beyond the buckets at the end of backward: DDP's last bucket reduces in place."""
     return {}
 
 

@@ -168,7 +168,7 @@ def accumulates_unsharded_grads(cfg: TrainConfig) -> bool:
             and cfg.stage is not Stage.ppo)
 
 
-def backward_grad_bytes(cfg: TrainConfig, trained: float, sharded_grads: float) -> float:
+def backward_grad_bytes(cfg: TrainConfig, trained: float, held_grads: float) -> float:
     """Gradient bytes resident when a micro-batch's backward starts: none with one micro-batch
     (grads_live_in_backward); with accumulation under the Trainer, the trained parameters' unsharded gradients
     (accumulates_unsharded_grads) in MixedPrecision's param_dtype, the compute copy's (accelerate's FSDP
@@ -179,7 +179,7 @@ def backward_grad_bytes(cfg: TrainConfig, trained: float, sharded_grads: float) 
     if not grads_live_in_backward(cfg):
         return 0.0
     if not accumulates_unsharded_grads(cfg):
-        return sharded_grads
+        return held_grads
     return (trained + frozen_in_mixed_units(cfg)) * compute_copy_bytes(cfg.precision)
 
 

@@ -119,8 +119,10 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
     return grads, 0.0
 
 
-def grads_live_in_backward(cfg: TrainConfig) -> bool:
-    return True  # DeepSpeed allocates its gradient buffers up front
+def backward_grad_bytes(cfg: TrainConfig, trained: float, held_grads: float) -> float:
+    """Gradient bytes resident when a micro-batch's backward starts: all the gradients held, which DeepSpeed
+    allocates up front."""
+    return held_grads
 
 
 def master_bytes(cfg: TrainConfig) -> float:
@@ -294,6 +296,11 @@ def step_group_elements(cfg: TrainConfig, trained: float, n: int) -> float:
     if cfg.zero is not ZeroStage.WEIGHTS:
         return trained / n
     return max(zero3_sub_group_elements(cfg, trained, n))
+
+
+def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    """Nothing beyond the buffers at the end of backward (the reductions' buckets are counted in buffers)."""
+    return {}
 
 
 def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
