@@ -4,8 +4,8 @@ A config.json of an architecture without a hand-written rule (planner/models.py)
 transformers itself builds: `python -m profiler.spec_derive` builds the model on the meta device, walks its modules
 and measures one layer of each kind on fake tensors, and writes the spec as JSON. The planner runs it once per
 config content in a subprocess and keeps the result in the spec cache (`$FTPLAN_SPEC_CACHE`, default
-~/.cache/ftplan/specs), keyed by the config's content and the installed transformers, peft and torch releases
-(their modeling code decides the structure). The catalog ships its specs as JSON (planner/model_specs/).
+${XDG_CACHE_HOME:-~/.cache}/ftplan/specs), keyed by the config's content and the installed transformers, peft and
+torch releases (their modeling code decides the structure). The catalog ships its specs as JSON (planner/model_specs/).
 """
 
 from __future__ import annotations
@@ -57,8 +57,11 @@ def library_versions() -> str:
 
 
 def cache_dir() -> Path:
+    """$FTPLAN_SPEC_CACHE, else ftplan/specs in the XDG cache folder (as planner/device_fit_file.py places fits)."""
     root = os.environ.get("FTPLAN_SPEC_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "ftplan" / "specs"
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ftplan" / "specs"
 
 
 def cache_path(cfg: dict[str, Any]) -> Path:
