@@ -25,6 +25,7 @@ from planner.serialize import config_from_dict
 from planner.strategy import Engine, TrainConfig
 from planner.validity import problems
 from runner import launch as ln
+from runner import switches
 from runner.llamafactory import build_llamafactory_config
 from runner.llamafactory import notes as llamafactory_notes
 from runner.quant import BNB_CONFIG_FILE, bnb_config_dict
@@ -69,7 +70,8 @@ def render_files(est: Estimate, out_dir: Path) -> dict[str, str]:
         files[ln.DS_CONFIG_FILE] = _json(build_ds_config(cfg))
         files[ln.DS_TRAINER_CONFIG_FILE] = _json(build_ds_config(cfg, for_trainer=True))
     files[ln.ACCELERATE_FILE] = _yaml(build_accelerate_config(cfg, ds_config_file=str(where / ln.DS_CONFIG_FILE)),
-                                      [f"accelerate config for {cfg} (written by ftplan)"])
+                                      [f"accelerate config for {cfg} (written by ftplan)",
+                                       *switches.accelerate_notes(cfg)])
     files[ln.LAUNCH_FILE] = ln.launch_script(cfg)
     bnb = bnb_config_dict(cfg)
     if bnb is not None:  # QLoRA: transformers.BitsAndBytesConfig(**this), with FSDP's bnb_4bit_quant_storage

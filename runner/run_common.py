@@ -134,6 +134,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
     from planner.configs.ds_config import learning_rate
 
     kwargs: dict[str, Any] = {}
+    accelerator = switches.accelerator_config(cfg)  # --sync-each-batch: no micro-batch under no_sync
     if cfg.engine is Engine.deepspeed:
         from planner.configs.ds_config import build_ds_config
 
@@ -148,12 +149,14 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
 
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         PartialState(backend="gloo")
-        kwargs["accelerator_config"] = {"use_configured_state": True}
+        accelerator["use_configured_state"] = True
     elif not on_cuda:
         # DDP / FSDP on the CPU: accelerate's cpu flag and gloo
         kwargs["use_cpu"] = True
         if cfg.world_size > 1:
             kwargs["ddp_backend"] = "gloo"
+    if accelerator:
+        kwargs["accelerator_config"] = accelerator
     mixed = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
     ckpt = cfg.grad_ckpt is not GradCkpt.none
     fields: dict[str, Any] = dict(

@@ -12,6 +12,14 @@
   i.e. save_on_cpu around each checkpointed layer).
 Neither the Trainer nor LLaMA-Factory has torchtune's chunked loss; DeepSpeed's `cpu_checkpointing` acts only
 on deepspeed.checkpointing (Megatron-style models), not on transformers' torch.utils.checkpoint.
+- Reducing gradients on every micro-batch (`sync_each_batch`): accelerate's
+  `GradientAccumulationPlugin(sync_each_batch=True)` (accelerate/utils/dataclasses.py), which the Trainer builds from
+  `TrainingArguments.accelerator_config["gradient_accumulation_kwargs"]` (transformers/trainer.py,
+  create_accelerator_and_postprocess) and reads in its inner loop: with it no micro-batch runs under
+  `accelerator.no_sync` (trainer.py, _inner_training_loop). LLaMA-Factory's YAML passes `accelerator_config` to the
+  same TrainingArguments; a Trainer script's command line takes it as JSON (TrainingArguments._VALID_DICT_FIELDS);
+  accelerate's config file has no such key (accelerate/commands/config/config_args.py, ClusterConfig), so a script
+  of one's own sets the plugin in code.
 - Packed documents (`doc_len`): LLaMA-Factory's `neat_packing` (hparams/data_args.py: "sequence packing without
   cross-attention", which turns `packing` on; SFT only, hparams/parser.py), which runs FlashAttention-2's varlen
   kernel under `flash_attn: fa2` (data/collator.py SFTDataCollatorWith4DAttentionMask: position_ids restart per
@@ -20,6 +28,8 @@ on deepspeed.checkpointing (Megatron-style models), not on transformers' torch.u
 
 from __future__ import annotations
 
+import json
+import shlex
 from typing import Any
 
 from planner.strategy import Attn, CrossEntropy, Kernels, Stage, TrainConfig
@@ -36,20 +46,36 @@ def liger_kernel_config(cfg: TrainConfig) -> dict[str, bool]:
             "fused_linear_cross_entropy": cfg.cross_entropy is CrossEntropy.fused}
 
 
+def accelerator_config(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainingArguments.accelerator_config entries for the switches (transformers/trainer_pt_utils.py,
+    AcceleratorConfig): `gradient_accumulation_kwargs` for --sync-each-batch, {} otherwise."""
+    return {"gradient_accumulation_kwargs": {"sync_each_batch": True}} if cfg.sync_each_batch else {}
+
+
 def trainer_arguments(cfg: TrainConfig) -> dict[str, Any]:
-    """TrainingArguments keywords for the switches."""
+    """TrainingArguments keywords for the switches; `accelerator_config` (its own function) is merged by the
+    caller with the run's other accelerator settings."""
     out: dict[str, Any] = {"torch_compile": True} if cfg.torch_compile else {}
     if uses_liger(cfg):
         out.update(use_liger_kernel=True, liger_kernel_config=liger_kernel_config(cfg))
     return out
 
 
+def accelerator_config_field(cfg: TrainConfig) -> dict[str, Any]:
+    """`accelerator_config` as a field of an emitted Trainer config (a TRL GRPOConfig / RLOOConfig YAML), or {}."""
+    accel = accelerator_config(cfg)
+    return {"accelerator_config": accel} if accel else {}
+
+
 def trainer_cli_flags(cfg: TrainConfig) -> str:
     """Flags for a Trainer script's command line (HfArgumentParser). `liger_kernel_config` is not parsed
     from the command line (it is not among TrainingArguments._VALID_DICT_FIELDS), so a script that wants
-    part of Liger sets it in code; the flag alone applies Liger's defaults (all kernels and the fused loss)."""
-    return (" --use_liger_kernel True" if uses_liger(cfg) else "") + (" --torch_compile True" if cfg.torch_compile
-                                                                      else "")
+    part of Liger sets it in code; the flag alone applies Liger's defaults (all kernels and the fused loss).
+    `accelerator_config` is among them: its JSON is parsed in TrainingArguments.__post_init__."""
+    accel = accelerator_config(cfg)
+    return ((" --use_liger_kernel True" if uses_liger(cfg) else "")
+            + (" --torch_compile True" if cfg.torch_compile else "")
+            + (f" --accelerator_config {shlex.quote(json.dumps(accel))}" if accel else ""))
 
 
 def llamafactory_arguments(cfg: TrainConfig) -> dict[str, Any]:
@@ -58,7 +84,19 @@ def llamafactory_arguments(cfg: TrainConfig) -> dict[str, Any]:
         out["torch_compile"] = True  # a Seq2SeqTrainingArguments field, parsed from the YAML as is
     if cfg.doc_len and cfg.stage is Stage.sft:
         out["neat_packing"] = True  # packs samples into cutoff_len, attention kept within each (implies packing)
-    return out
+    # a TrainingArguments field too; LLaMA-Factory's trainers keep the Trainer's inner loop, which reads it
+    return out | accelerator_config_field(cfg)
+
+
+def accelerate_notes(cfg: TrainConfig) -> list[str]:
+    """What of the plan accelerate's config file cannot say, for its header."""
+    if not cfg.sync_each_batch:
+        return []
+    return ["--sync-each-batch: accelerate's config file has no sync_each_batch key. `ftplan run` and "
+            "llamafactory.yaml set it in the Trainer's accelerator_config; an accelerate script of your own that "
+            "accumulates with accelerator.accumulate passes Accelerator(gradient_accumulation_plugin="
+            f"GradientAccumulationPlugin(num_steps={cfg.grad_accum}, sync_each_batch=True)), else its no_sync keeps "
+            "FSDP's unsharded gradients through accumulation, more memory than this plan."]
 
 
 def llamafactory_notes(cfg: TrainConfig) -> list[str]:

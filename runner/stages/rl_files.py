@@ -13,6 +13,7 @@ from planner.configs.ds_config import learning_rate
 from planner.rl.settings import Generation
 from planner.rl.verl import verl_command, verl_notes, verl_overrides
 from planner.strategy import Stage, TrainConfig
+from runner import switches
 
 VERL_FILE = "verl.yaml"
 VERL_SCRIPT = "verl.sh"
@@ -21,12 +22,14 @@ FILE_ROLES = {"grpo_config.yaml": "TRL GRPOConfig fields (GRPOTrainer)", "rloo_c
 
 
 def trl_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The trainer config's fields: the batch and the plan's rollout settings (runner.stages.grpo.rollout_fields)."""
+    """The trainer config's fields: the batch, the plan's rollout settings (runner.stages.grpo.rollout_fields) and
+    --sync-each-batch's accelerator_config (runner.switches)."""
     from runner.stages.grpo import rollout_fields
 
     return {"per_device_train_batch_size": cfg.micro_batch, "gradient_accumulation_steps": cfg.grad_accum,
             "learning_rate": learning_rate(cfg), "gradient_checkpointing": cfg.grad_ckpt.value != "none",
-            "bf16": cfg.precision.value == "bf16-mixed", **rollout_fields(cfg)}
+            "bf16": cfg.precision.value == "bf16-mixed", **rollout_fields(cfg),
+            **switches.accelerator_config_field(cfg)}
 
 
 def server_command(cfg: TrainConfig, model_path: str) -> str:

@@ -56,7 +56,8 @@ def main() -> None:
             "gradient_accumulation_steps": training.gradient_accumulation_steps,
             "deepspeed": training.deepspeed, "bf16": training.bf16, "fp16": training.fp16,
             "optim": value(training.optim), "gradient_checkpointing": not model.disable_gradient_checkpointing,
-            "learning_rate": training.learning_rate}), flush=True)
+            "learning_rate": training.learning_rate,
+            "gradient_accumulation_kwargs": training.accelerator_config.gradient_accumulation_kwargs}), flush=True)
 
 
 if __name__ == "__main__":

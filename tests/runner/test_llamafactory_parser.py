@@ -57,6 +57,9 @@ CASES = {
     # packed documents (--doc-len): neat_packing, FlashAttention-2's varlen path
     "lora-fa2-neat-packing": dict(model="llama-3-8b", gpus="1xA100-80G", method=Method.lora, attn=Attn.flash,
                                   seq_len=4096, doc_len=300, grad_ckpt=GradCkpt.full),
+    # --sync-each-batch: the Trainer's accelerator_config (runner/switches.py)
+    "fsdp-sync-each-batch": dict(model="llama-3-8b", gpus="8xH100", method=Method.full, fsdp=FsdpStrategy.full_shard,
+                                 micro_batch=2, grad_accum=4, grad_ckpt=GradCkpt.full, sync_each_batch=True),
 }
 
 
@@ -107,6 +110,7 @@ def test_llamafactory_parses_the_emitted_yaml(parsed, name: str) -> None:
     assert got["fp16"] == (cfg.precision is Precision.fp16_mixed)
     assert got["pure_bf16"] == (cfg.precision is Precision.bf16_true)
     assert got["flash_attn"] == {Attn.eager: "disabled", Attn.sdpa: "sdpa", Attn.flash: "fa2"}[cfg.attn]
+    assert got["gradient_accumulation_kwargs"] == ({"sync_each_batch": True} if cfg.sync_each_batch else None)
     if cfg.method is Method.full:
         want = "freeze" if cfg.freeze_layers else "full"
         assert got["finetuning_type"] == want
