@@ -134,16 +134,33 @@ def largest_trainable_tensors(m: ModelSpec, adapter: Adapter, stage: Stage) -> t
 def single_tensor_temporary_bytes(cfg: TrainConfig, state_dtype_bytes: float, shards: int) -> float:
     """`_single_tensor_adam`'s step peak above the states, in the states' dtype (the parameter's). At parameter i
     the sqrt and the quotient are live together, and the loop variable `denom` still holds parameter i-1's until the
-    new one is bound: 2 x size(i) + size(i-1), in the order of model.parameters(). The embedding comes first and an
-    untied head after the final norm: 2 x their size. Inside a decoder layer the largest tensor follows one of its
+    new one is bound: 2 x size(i) + size(i-1), in the order of the Trainer's weight-decay group (transformers
+    trainer.py `create_optimizer`: model.parameters() less the norms and biases, which `get_decay_parameter_names`
+    leaves to the second group). The embedding comes first: 2 x its size; an untied head follows the last decoder
+    layer's last weight (the final norm is in the other group): 2 x its size + that weight's (_head_pair_elements).
+    Inside a decoder layer the largest tensor follows one of its
     own size (transformers' Llama-style order q, k, v, o, gate, up, down: up after gate; LoRA's A and B of a square
     or, for the MLP, B of up (i x r) before A of down (r x i)): 3 x its size, which bounds the layer's pairs. Per rank:
     its tensor-parallel slice; FSDP's shard (FSDP2 shards each parameter on dim 0; FSDP1's flat shard holds at most
     that many of its elements). Measured (benchmarks/cpu_adamw_step.py, profiler.tracker): LLAMA_16M full 24.6 MB
-    (2 x the 8000 x 384 embedding), LoRA r 8 98 KB (3 x 8 x 1024)."""
+    (2 x the 8000 x 384 embedding), LoRA r 8 98 KB (3 x 8 x 1024); DeepSpeed ZeRO-0 in bf16 over the 3.7M Llama of
+    tests/validation/zero_step_probe.py, its head untied, the Trainer's groups: 2,801,664 B (2 x the 256 x 1024 head
+    + the 688 x 256 down_proj before it; tests/validation/test_memory_zero_adamw_step_measured.py)."""
     outer, layer = largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage)
-    largest = max(SINGLE_TENSOR_TEMPORARIES * outer, (SINGLE_TENSOR_TEMPORARIES + 1) * layer)
+    largest = max(SINGLE_TENSOR_TEMPORARIES * outer, (SINGLE_TENSOR_TEMPORARIES + 1) * layer,
+                  _head_pair_elements(cfg.model, cfg.adapter, cfg.stage))
     return largest / cfg.tp / shards * state_dtype_bytes
+
+
+def _head_pair_elements(m: ModelSpec, adapter: Adapter, stage: Stage) -> float:
+    """A fully trained untied LM head's single-tensor step: its sqrt and quotient, beside the denom of the tensor
+    before it in the weight-decay group, the last decoder layer's last linear (m.linears() in module order; a fused
+    expert tensor whole). None with a tied head, LoRA or a reward model's score head."""
+    if adapter.method is not Method.full or stage is Stage.rm or m.tie_embeddings:
+        return 0.0
+    linears = m.linears()
+    before = _elements_of(linears[-1]) if linears and adapter.freeze_layers < m.num_layers else 0
+    return float(SINGLE_TENSOR_TEMPORARIES * m.vocab_size * m.hidden_size + before)
 
 
 def single_tensor_host_s(gpu: GPUSpec) -> float:

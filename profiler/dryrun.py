@@ -265,7 +265,7 @@ def fake_tensor_patches() -> contextlib.ExitStack:
     return stack
 
 
-def _make_optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
+def _make_optimizer(cfg: TrainConfig, params: list[dict[str, Any]]) -> Any:
     import torch
 
     # foreach=True: the GPU default; None on a CPU plan: torch's CPU default (see the module docstring)
@@ -288,6 +288,7 @@ def dry_run(cfg: TrainConfig, *, steps: int = 2, full_first_step: bool = False) 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from profiler.tracker import StorageTracker
+    from profiler.worker import trainer_param_groups
 
     check_supported(cfg)
     t0 = time.perf_counter()
@@ -306,7 +307,8 @@ def dry_run(cfg: TrainConfig, *, steps: int = 2, full_first_step: bool = False) 
         params = list(model.parameters())
         trainable = [p for p in params if p.requires_grad]
         tracker.weight_serials = {s for p in params if (s := tracker.serial_of(p)) is not None}
-        opt = _make_optimizer(cfg, trainable)
+        # the Trainer's two groups, as the runner and the profiler worker step them (profiler.worker)
+        opt = _make_optimizer(cfg, trainer_param_groups(model))
         def enter_head(*_: Any) -> None:
             tracker.in_head = True
 

@@ -84,17 +84,35 @@ def _param_dtype(cfg: TrainConfig) -> Any:
     return torch.float16 if cfg.precision is Precision.fp16_mixed else torch.bfloat16
 
 
-def _optimizer(cfg: TrainConfig, params: list[Any], device: Any) -> Any:
+def trainer_param_groups(model: Any) -> list[dict[str, Any]]:
+    """The trained parameters in the Trainer's two groups (transformers trainer.py `create_optimizer`): those
+    `get_decay_parameter_names` names (every parameter outside nn.LayerNorm modules whose name matches no bias or norm
+    pattern) with the run's weight decay, the rest (norms, biases) without. The groups are the Trainer's own, so a
+    measured step holds what the runner's does: ZeRO-1/2 step one group at a time (stage_1_and_2.py `step`), and at
+    ZeRO-2 the norms' group keeps the contiguous gradient partition through the other group's step
+    (planner/engines/zero.py _client_adamw_step_bytes). A LoRA model leaves the second group empty, which DeepSpeed
+    drops (runtime/engine.py `_configure_optimizer`) and torch steps as nothing."""
+    from transformers import Trainer
+
+    # the method reads nothing from the Trainer instance: the same names without building a Trainer
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if n in decay], "weight_decay": DEFAULT_HYPER.weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+
+
+def _optimizer(cfg: TrainConfig, model: Any, device: Any) -> Any:
     import torch
 
     # neither foreach nor fused given, as the Trainer builds them (transformers trainer_optimizer.py
     # `_get_adamw_torch`): torch picks foreach on a GPU and the single-tensor loop on the CPU, which the planner
     # models per device (planner/torch_adamw.py)
+    groups = trainer_param_groups(model)
     if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, lr=1e-5, momentum=0.9)
+        return torch.optim.SGD(groups, lr=1e-5, momentum=0.9)
     if cfg.fused_adamw:  # torch's fused kernel, as the plan asked
-        return torch.optim.AdamW(params, lr=1e-5, fused=True)
-    return torch.optim.AdamW(params, lr=1e-5)
+        return torch.optim.AdamW(groups, lr=1e-5, fused=True)
+    return torch.optim.AdamW(groups, lr=1e-5)
 
 
 def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, Any, bool]:
@@ -109,8 +127,7 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
         ds_cfg = build_ds_config(cfg)
         ds_cfg["zero_allow_untested_optimizer"] = True
         ds_cfg["steps_per_print"] = 10**9
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = _optimizer(cfg, params, device)
+        opt = _optimizer(cfg, model, device)
         engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_cfg)
         return engine, opt, True
     if cfg.engine is Engine.fsdp and cfg.fsdp is not FsdpStrategy.no_shard:
@@ -127,13 +144,13 @@ def _wrap(cfg: TrainConfig, model: Any, device: Any, world: int) -> tuple[Any, A
         for unit, reshard in fsdp2_units(model, cfg.model.decoder_layer_class,
                                          reshard=cfg.fsdp is not FsdpStrategy.shard_grad_op):
             fully_shard(unit, reshard_after_forward=reshard, mp_policy=mp)
-        return model, _optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device), False
+        return model, _optimizer(cfg, model, device), False
     if world > 1:  # DDP, and FSDP no_shard (which is DDP)
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        return ddp, _optimizer(cfg, [p for p in ddp.parameters() if p.requires_grad], device), False
-    return model, _optimizer(cfg, [p for p in model.parameters() if p.requires_grad], device), False
+        return ddp, _optimizer(cfg, ddp.module, device), False
+    return model, _optimizer(cfg, model, device), False
 
 
 @contextlib.contextmanager

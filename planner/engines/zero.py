@@ -33,7 +33,7 @@ from planner.deepspeed_sizes import reduce_bucket_elements
 from planner.engines.sharded import backward_chain_s, no_overlap, overlap_for, sharded_comm, sync_calls_s
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
-from planner.torch_adamw import AdamwKernel, deepspeed_client_kernel, step_temporaries
+from planner.torch_adamw import AdamwKernel, deepspeed_client_kernel, single_tensor_temporary_bytes, step_temporaries
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -91,14 +91,15 @@ def _fp32_grad_bytes(cfg: TrainConfig) -> float:
 
 
 def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
-    """(GPU, host) bytes of the gradients held from backward to the step. ZeRO-0 with bf16 runs BF16_Optimizer,
-    whose fp32 gradient accumulators are allocated up front (bf16_optimizer.py, fp32_groups_gradients_flat):
-    16-bit + fp32, whole. ZeRO-1/2/3 hold only the 16-bit gradients, whole at ZeRO-1 (param.grad), a partition
-    at ZeRO-2 (copy_grads_in_partition's flat buffer) and ZeRO-3 (grad_partitions_flat_buffer); the fp32
-    partition is made in step() (step_items)."""
+    """(GPU, host) bytes of the gradients held from backward to the step. ZeRO-0 holds the model's gradients, whole: in
+    bf16 or fp16 FP16_UnfusedOptimizer makes their fp32 copies only inside its step (zero0_step_items); the pipeline
+    engine's BF16_Optimizer (bf16 with --pp > 1) allocates its gradient accumulators up front (bf16_optimizer.py,
+    fp32_groups_gradients_flat), counted as 16-bit + fp32. ZeRO-1/2/3 hold only the 16-bit gradients, whole at
+    ZeRO-1 (param.grad), a partition at ZeRO-2 (copy_grads_in_partition's flat buffer) and ZeRO-3
+    (grad_partitions_flat_buffer); the fp32 partition is made in step() (step_items)."""
     zero, c16, fp32_grad = cfg.zero, compute_copy_bytes(cfg.precision), _fp32_grad_bytes(cfg)
     if zero is ZeroStage.DISABLED:
-        grads = trained * (c16 + fp32_grad)
+        grads = trained * (c16 + (fp32_grad if shards_optimizer(cfg) else 0.0))
     elif zero is ZeroStage.OPTIMIZER_STATES:
         grads = trained * c16
     else:
@@ -317,8 +318,10 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
       (free_grad_in_param_list(params_not_in_partition)), so this moment holds less of them.
     - Then the client's torch AdamW steps the group beside its fp32 gradient partition, with the temporaries of its
       implementation (_client_adamw_step_bytes); DeepSpeed's own optimizers (FusedAdam, CPU Adam) update in place.
-    With offloaded optimizer states the fp32 gradients live on the host (gradients())."""
-    if cfg.zero is ZeroStage.DISABLED or cfg.offload is not Offload.none:
+    With offloaded optimizer states the fp32 gradients live on the host (gradients()). ZeRO-0: zero0_step_items."""
+    if cfg.zero is ZeroStage.DISABLED:
+        return zero0_step_items(cfg, trained)
+    if cfg.offload is not Offload.none:
         return {}
     m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
     norm = 0.0
@@ -339,6 +342,35 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
     return {name: largest} if largest > 0 else {}
 
 
+def zero0_step_items(cfg: TrainConfig, trained: float) -> dict[str, float]:
+    """ZeRO-0's step beyond the gradients held: the client's torch AdamW over whole fp32 tensors, one parameter group
+    at a time (torch/optim/adam.py: `step` calls the functional per group), with its implementation's temporaries
+    (torch_adamw.step_temporaries: foreach's `exp_avg_sq_sqrt` over the group's list, nearly every trained element in
+    the Trainer's weight-decay group; the single-tensor loop's over the largest parameters, single_tensor_temporary_
+    bytes). DeepSpeed 0.19.8 wraps the client by precision (runtime/engine.py `_do_optimizer_sanity_check`, ZeRO
+    disabled): fp32 steps it as it is; bf16 or fp16 with ftplan's ds_config (no `data_types.grad_accum_dtype`, so
+    the accumulation dtype is the model's) is `DDP_BFLOAT16` / `FP16`, and `_configure_fp16_optimizer` wraps a
+    client that is not FusedAdam in FP16_UnfusedOptimizer (runtime/fp16/unfused_optimizer.py), whose `step` casts
+    every parameter's 16-bit gradient to a new fp32 gradient of its fp32 copy (`fp16_param.grad.to(fp32)`), for all
+    groups, before the client's step: 4 bytes per trained parameter more. The pipeline engine's BF16_Optimizer (bf16
+    with --pp > 1: shards_optimizer) keeps its accumulators from backward (gradients()) and is not stepped here.
+    Measured (2 CPU ranks over gloo, profiler.tracker, tests/validation/test_memory_zero_adamw_step_measured.py, the
+    3.7M Llama, the Trainer's groups), the step's rise over the end of backward: fp32 foreach 14,745,600 B (the
+    weight-decay group's sqrt); bf16 (FP16_UnfusedOptimizer) foreach 29,500,416 B (+ 14,754,816 B of fp32 gradients)
+    and single-tensor 17,556,480 B; the end of backward held the 16-bit gradients alone (7,377,408 B in bf16)."""
+    if cfg.pp > 1:
+        return {}
+    kernel = deepspeed_client_kernel(cfg)
+    fp32_grads = 4.0 * trained if is_mixed(cfg.precision) else 0.0
+    if kernel is AdamwKernel.single_tensor:
+        temporaries = single_tensor_temporary_bytes(cfg, 4.0, 1)
+    else:
+        temporaries = step_temporaries(kernel, trained, 0.0) * 4.0
+    parts = (["FP16_UnfusedOptimizer fp32 gradients"] if fp32_grads else []) + \
+        ([f"torch AdamW {_kernel_name(cfg)} temporaries"] if temporaries else [])
+    return {"ZeRO-0 " + " + ".join(parts): fp32_grads + temporaries} if parts else {}
+
+
 def _kernel_name(cfg: TrainConfig) -> str:
     """The client AdamW's implementation as a memory item names it: "foreach", "single-tensor"."""
     kernel = deepspeed_client_kernel(cfg)
@@ -348,26 +380,41 @@ def _kernel_name(cfg: TrainConfig) -> str:
 def _client_adamw_step_bytes(cfg: TrainConfig, group: float) -> float:
     """The client torch AdamW's step over one group's flat fp32 partition, with that group's fp32 gradient set.
     Without offload ftplan's ds_config has no optimizer section (planner/configs/ds_config.py needs_ds_optimizer), so
-    the Trainer's `adamw_torch` (the profiler's worker passes torch's AdamW likewise) is the optimizer ZeRO steps, one
-    group at a time (stage_1_and_2.py `_optimizer_step`; stage3.py per sub-group), its implementation the device's
-    (planner/torch_adamw.py deepspeed_client_kernel): on a GPU foreach holds one fp32 partition of temporaries
-    (`exp_avg_sq_sqrt`), the CPU's single-tensor loop two (the sqrt and the quotient), the fused kernel
-    (--fused-adamw) none (torch_adamw.step_temporaries; a flat partition is one tensor). The fp32 gradient is a new
-    partition (`.to(fp32)` of the flat 16-bit gradients; ZeRO-1 and ZeRO-3 flatten into a new tensor), except at
-    ZeRO-2 in fp32: the flat copy is the fp32 gradient (`.to` of the same dtype returns it), and freeing the group's
-    gradients (`free_grad_in_param_list`) frees the contiguous gradient partition the gradients held count, so the
-    moment adds only the temporaries - with one parameter group, as ftplan's profiler worker builds it. Under the
-    Trainer's two groups (weight decay and not) the norms' gradients keep that partition through the first group's
-    step: one fp32 partition more, measured and not counted here (a strict xfail there). Measured (2 CPU ranks over
-    gloo, profiler.tracker, tests/validation/test_memory_zero_adamw_step_measured.py): ZeRO-2 and ZeRO-3 in fp32 and
-    bf16 with the client's kernel forced to foreach and to the single-tensor loop, within 0.12%; the 134M Llama of
-    benchmarks/accuracy.py, fp32 ZeRO-2 (one group): step peak 2,145.7 MB against 1,909.8 MB predicted without this
-    moment, 2,150.4 MB with it."""
+    the Trainer's `adamw_torch` (the profiler's worker builds torch's AdamW likewise, in the Trainer's groups) is the
+    optimizer ZeRO steps, one group at a time (stage_1_and_2.py `step` -> `_optimizer_step(i)`; stage3.py per
+    sub-group), its implementation the device's (planner/torch_adamw.py deepspeed_client_kernel): on a GPU foreach
+    holds one fp32 partition of temporaries (`exp_avg_sq_sqrt`), the CPU's single-tensor loop two (the sqrt and the
+    quotient), the fused kernel (--fused-adamw) none (torch_adamw.step_temporaries; a flat partition is one tensor).
+    The fp32 gradient is a new partition: `.to(fp32)` of the flat 16-bit gradients, or in fp32 the flat copy itself
+    (`self.flatten(self.averaged_gradients[i])` copies the group's gradients into a new tensor, and `.to` of the same
+    dtype returns it); less, at ZeRO-2, the contiguous gradient partition where the step frees it
+    (contiguous_partition_freed_bytes)."""
     kernel = deepspeed_client_kernel(cfg)
     if kernel is None or kernel is AdamwKernel.fused:
         return 0.0
-    fp32_grad = 0.0 if cfg.zero is ZeroStage.GRADIENTS and cfg.precision is Precision.fp32 else 4.0
-    return group * fp32_grad + step_temporaries(kernel, group, group) * 4.0
+    return group * 4.0 + step_temporaries(kernel, group, group) * 4.0 - contiguous_partition_freed_bytes(cfg, group)
+
+
+def contiguous_partition_freed_bytes(cfg: TrainConfig, group: float) -> float:
+    """Bytes of ZeRO-2's contiguous gradient partition freed before the client's step of the largest group.
+
+    ZeRO-2 copies every gradient of this rank's partition into one buffer for all parameter groups
+    (stage_1_and_2.py `copy_grads_in_partition`: `self.grads_in_partition`, dropped by `_release_ipg_buffers` at the
+    end of backward while each group's `averaged_gradients[i]` (`get_flat_partition` views) still holds it). `step`
+    frees a group's views (`free_grad_in_param_list(self.params_in_partition[i])`, `averaged_gradients[i] = None`)
+    before `_optimizer_step(i)`, so the buffer goes only when no other group holds gradients in it. The Trainer's
+    groups (transformers trainer.py `create_optimizer`, `get_decay_parameter_names`) put a full fine-tune's norms
+    (and biases) in a second group stepped after the weight-decay group: the buffer stays through the large group's
+    step. A LoRA model's second group is empty, and DeepSpeed drops it (runtime/engine.py `_configure_optimizer`:
+    `param_groups[:] = [pg ... if len(pg["params"]) != 0]`): one group, whose step frees the buffer.
+    Measured (2 CPU ranks over gloo, profiler.tracker, tests/validation/test_memory_zero_adamw_step_measured.py, the
+    3.7M Llama): ZeRO-2 in fp32 under the Trainer's groups, the step's rise over the end of backward 14,745,608 B with
+    foreach and 22,118,408 B with the single-tensor loop (2 and 3 fp32 partitions of the 1,843,200-element
+    weight-decay group; planner 14,754,816 and 22,132,224, +0.06%), as in bf16; with one group 7,377,416 and
+    14,493,192 B in fp32, 11,066,120 and 18,312,712 B in bf16: less the contiguous buffer (7,639,040 B in fp32)."""
+    if cfg.zero is not ZeroStage.GRADIENTS or cfg.method is Method.full:
+        return 0.0
+    return group * compute_copy_bytes(cfg.precision)
 
 
 # --- time ---------------------------------------------------------------------------------------

@@ -121,17 +121,18 @@ def test_cpu_optimizer_runs_torchs_cpu_default_the_single_tensor_loop(model_path
 
 def test_single_tensor_step_holds_its_largest_parameters_temporaries(model_path) -> None:
     """`_single_tensor_adam` holds sqrt(exp_avg_sq), its quotient and the previous parameter's denom: LLAMA_16M full,
-    2 x the 8000 x 384 embedding (first, nothing before it) in fp32; LoRA r 8, 3 x its widest tensor (8 x 1024: up's B
-    before down's A). Measured with profiler.tracker (benchmarks/cpu_adamw_step.py): 24,577,536 and 98,304 bytes
-    (the full step's extra 1,536 bytes: the final norm's denom before the head). A GPU plan keeps foreach's
-    state-sized buffer."""
+    2 x its untied 8000 x 384 head + the 1024 x 384 down_proj before it in the Trainer's weight-decay group (the final
+    norm is in the other group) in fp32; LoRA r 8, 3 x its widest tensor (8 x 1024: up's B before down's A). Measured
+    with profiler.tracker (benchmarks/cpu_adamw_step.py measure, the worker's Trainer groups): 26,148,864 and 98,304
+    bytes (with one group of every parameter 24,577,536: the final norm's denom before the head). A GPU plan keeps
+    foreach's state-sized buffer."""
     from planner.torch_adamw import single_tensor_temporary_bytes
 
     full, lora = _cpu_cfg(model_path), _cpu_cfg(model_path, method=Method.lora)
-    assert single_tensor_temporary_bytes(full, 4.0, 1) == 2 * 8000 * 384 * 4
+    assert single_tensor_temporary_bytes(full, 4.0, 1) == (2 * 8000 + 1024) * 384 * 4 == 26_148_864
     assert single_tensor_temporary_bytes(lora, 4.0, 1) == 3 * 8 * 1024 * 4
     items = ddp.step_items(full, 16_765_824, 1, 8.0)
-    assert items == {"AdamW single-tensor temporaries": 2 * 8000 * 384 * 4}
+    assert items == {"AdamW single-tensor temporaries": (2 * 8000 + 1024) * 384 * 4}
     on_gpu = build_config(model=model_path, gpus="2xH100", method=Method.full, precision=Precision.fp32, micro_batch=4,
                           seq_len=128)
     assert ddp.step_items(on_gpu, 16_765_824, 1, 8.0) == {"AdamW foreach temporaries": 16_765_824 * 4}
@@ -140,9 +141,9 @@ def test_single_tensor_step_holds_its_largest_parameters_temporaries(model_path)
 def test_zero_on_the_cpu_steps_torchs_adamw_one_flat_partition_at_a_time(model_path) -> None:
     """ZeRO-1/2 step the client's torch AdamW over each group's flat fp32 partition (stage_1_and_2.py
     `_optimizer_step`); on the CPU its single-tensor loop holds 2 fp32 partitions of temporaries with the group's fp32
-    gradient: none of its own at ZeRO-2 in fp32 (the contiguous gradient partition is it), a new one at ZeRO-1.
-    Measured (benchmarks/accuracy.py, 134M Llama fp32, 2 ranks): ZeRO-2 2,145,696,020 B against 2,150,412,288 now,
-    1,909,834,752 before. On a GPU the same client steps with foreach: one fp32 partition of temporaries (in bf16 beside
+    gradient, a new partition (the flat copy; ZeRO-2's contiguous gradient partition stays beside it through the
+    weight-decay group's step, held by the norms' group: tests/validation/test_memory_zero_adamw_step_measured.py).
+    On a GPU the same client steps with foreach: one fp32 partition of temporaries (in bf16 beside
     a new fp32 gradient partition, above the conversion's flat 16-bit copy); --fused-adamw, none."""
     from planner.engines import zero
 
@@ -150,7 +151,7 @@ def test_zero_on_the_cpu_steps_torchs_adamw_one_flat_partition_at_a_time(model_p
     z2 = _cpu_cfg(model_path, zero=2)
     group = zero.step_group_elements(z2, trained, 2)
     assert zero.step_items(z2, trained, 2, 8.0) == {
-        "ZeRO fp32 gradients + torch AdamW single-tensor temporaries, one group": group * 8.0}
+        "ZeRO fp32 gradients + torch AdamW single-tensor temporaries, one group": group * 12.0}
     z1 = _cpu_cfg(model_path, zero=1)
     assert zero.step_items(z1, trained, 2, 8.0) == {
         "ZeRO fp32 gradients + torch AdamW single-tensor temporaries, one group":

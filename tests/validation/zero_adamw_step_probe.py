@@ -1,11 +1,12 @@
-"""Worker for test_memory_zero_adamw_step_measured.py: one rank of a 2-process gloo run of DeepSpeed ZeRO-2 or ZeRO-3
-(0.19.8, CPU accelerator) stepping a client torch.optim.AdamW, as ftplan's ds_config without offload leaves it (no
-optimizer section: the Trainer's `adamw_torch` is the optimizer DeepSpeed wraps), on the small Llama of
-zero_step_probe.py. The client optimizer has the Trainer's two parameter groups (GROUPS "trainer": weight decay on the
-matrices, none on the norms: transformers trainer.py create_optimizer / get_decay_parameter_names) or one group of
-every parameter (GROUPS "one", as ftplan's profiler worker builds it), and its kernel forced: `foreach=True` is what
-torch picks on CUDA (torch/optim/optimizer.py `_default_to_fused_or_foreach`), `foreach=False` the CPU's
-single-tensor loop.
+"""Worker for test_memory_zero_adamw_step_measured.py: one rank of a 2-process gloo run of DeepSpeed ZeRO-0, 2 or 3
+(0.19.8, CPU accelerator) stepping a client torch.optim.AdamW (ZeRO-0: directly in fp32, under the wrapper DeepSpeed
+picks in bf16, which the output names), as ftplan's ds_config without offload leaves it (no optimizer section: the
+Trainer's `adamw_torch` is the optimizer DeepSpeed wraps), on the small Llama of zero_step_probe.py. The client
+optimizer has the Trainer's two parameter groups (GROUPS "trainer": weight decay on the matrices, none on the norms:
+transformers trainer.py create_optimizer / get_decay_parameter_names, as ftplan's runner and profiler worker build
+them) or one group of every parameter (GROUPS "one", what a LoRA model's groups come to), and its kernel forced:
+`foreach=True` is what torch picks on CUDA (torch/optim/optimizer.py `_default_to_fused_or_foreach`), `foreach=False`
+the CPU's single-tensor loop.
 Live tensor bytes counted by profiler.tracker.StorageTracker over the second step (every state exists).
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 zero_adamw_step_probe.py STAGE:PRECISION:KERNEL:GROUPS:PORT
@@ -13,7 +14,8 @@ Usage: python -m torch.distributed.run --nproc_per_node 2 zero_adamw_step_probe.
 imports the libraries once, then runs every case in a process forked from itself (forked_cases.py); the two ranks'
 children of a case meet in a gloo group of their own on PORT. Rank 0 prints one JSON line per case, its "case" with
 the live bytes before forward, after backward and the step's peak (its label "client step" while the client's
-step() runs), the storages of 1 MiB or more live at that peak, and the parameter count.
+step() runs), the storages of 1 MiB or more live at that peak, the parameter count and the class of DeepSpeed's
+optimizer.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def main(stage: int, precision: str, kernel: str, groups: str) -> dict:
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=_ds_config(stage, precision))
     g = torch.Generator().manual_seed(dist.get_rank())
     ids = torch.randint(0, CONFIG["vocab_size"], (MICRO_BATCH, SEQ), generator=g)
-    out: dict = {"numel": numel}
+    out: dict = {"numel": numel, "optimizer": type(engine.optimizer).__name__}
     client_step = opt.step
 
     def labelled_step(*args, **kwargs):  # the peak's label says whether the client's step held it
