@@ -44,7 +44,8 @@ DRY_RUN = o.expose(target=("model", "gpus"),
                    switches=("cross_entropy",), defaults={"gpus": "1xCPU"})
 RUN = o.expose(target=("gpus",), adapter=("method", "lora_r", "lora_alpha", "lora_targets"),
                strategy=("optimizer", "zero", "fsdp", "micro_batch", "grad_accum", "seq_len", "grad_ckpt", "attn"),
-               limits=("device_fit",), defaults={"gpus": "1xCPU", "method": Method.full, "seq_len": 256})
+               switches=("sync_each_batch",), limits=("device_fit",),
+               defaults={"gpus": "1xCPU", "method": Method.full, "seq_len": 256})
 
 
 @profile_app.command("dry-run")

@@ -477,10 +477,11 @@ def _offload_and_optimizer(cfg: TrainConfig, dp: int, trainable_gpu: float, bwd_
     # (deepspeed/runtime/zero/stage_1_and_2.py copy_grads_in_partition): with accumulation every micro-batch
     # brings the partition's accumulated 16-bit gradients back from the host, adds its own on the GPU and copies
     # them out again (async_accumulate_grad_in_cpu_via_gpu: 2 x 16-bit per micro-batch), and the boundary copies
-    # them out as fp32 (async_inplace_copy_grad_to_fp32_buffer_from_gpu); ZeRO-3 and FSDP move fp32 gradients
-    # every micro-batch
+    # them out as fp32 (async_inplace_copy_grad_to_fp32_buffer_from_gpu); ZeRO-3 moves fp32 gradients
+    # every micro-batch, FSDP in the micro-batches that reduce (the last one under the Trainer's no_sync)
     d2h_count = eng.gradient_offloads_per_step(cfg)
-    # the boundary micro-batch always reduces; the others too where each micro-batch offloads (ZeRO-2/3, FSDP)
+    # the boundary micro-batch always reduces; the others too where each micro-batch offloads (ZeRO-2/3, FSDP that
+    # syncs each micro-batch)
     left_s = max(0.0, bwd_s - reduce_s)
     other_s = left_s if d2h_count == cfg.grad_accum else bwd_s
     if cfg.engine is Engine.deepspeed and cfg.zero in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS) and \

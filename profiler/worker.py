@@ -321,10 +321,10 @@ def _measure(spec: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> dict[str,
             t0 = time.perf_counter()
             for k, ids in enumerate(batches):
                 # DDP and FSDP reduce gradients on the last micro-batch only, as the HF Trainer's
-                # `accelerator.no_sync` has them do (planner.timing models it for DDP, planner.engines.fsdp
-                # `accumulates_unsharded_grads` for FSDP's memory), unless the plan reduces every micro-batch
-                # (--sync-each-batch). DeepSpeed's engine knows its accumulation boundary itself; its no_sync
-                # refuses ZeRO-2/3
+                # `accelerator.no_sync` has them do (planner.engines.ddp `reductions_per_step` for their time,
+                # planner.engines.fsdp `accumulates_unsharded_grads` for FSDP's memory), unless the plan reduces
+                # every micro-batch (--sync-each-batch). DeepSpeed's engine knows its accumulation boundary
+                # itself; its no_sync refuses ZeRO-2/3
                 last = k == len(batches) - 1
                 sync = contextlib.nullcontext() if last or is_ds or cfg.sync_each_batch else _no_sync(engine)
                 # --activation-offload: every saved tensor in (pinned) host memory, as runner.train does

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from planner import collectives as col
-from planner.choices import Engine, FsdpStrategy, Method, Offload, OffloadDevice, Precision, ZeroStage
+from planner.choices import Engine, FsdpStrategy, Method, Offload, OffloadDevice, Precision, Stage, ZeroStage
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines.sharded import overlap_for
 from planner.states import StageParams, grad_dtype_bytes, is_mixed, kbit_prepared
@@ -110,8 +110,28 @@ def optimizer_shards(cfg: TrainConfig) -> int:
     return 1
 
 
+def syncs_each_micro_batch(cfg: TrainConfig) -> bool:
+    """Whether the training loop reduces gradients on every micro-batch rather than under the HF Trainer's no_sync:
+    --sync-each-batch (accelerate's `sync_each_batch`), and verl's PPO actor (verl/workers/actor/dp_actor.py
+    `update_policy`: one `loss.backward()` per micro-batch, no no_sync)."""
+    return cfg.sync_each_batch or cfg.stage is Stage.ppo
+
+
+def reductions_per_step(cfg: TrainConfig) -> int:
+    """Micro-batches per optimizer step whose backward reduces gradients (DDP and FSDP: the engine's reduce-side
+    collectives and the copies around them run in these only). The HF Trainer runs every micro-batch but the last
+    under `accelerator.no_sync` (transformers/trainer.py `_inner_training_loop`, unless the accelerator's
+    `sync_each_batch`; accelerate/accelerator.py `no_sync`: DDP's own `no_sync`, FSDP1's, FSDP2's
+    `set_requires_gradient_sync(False)`), so one reduces: DDP's `no_sync` clears `require_backward_grad_sync`, and
+    without it `_post_forward` does not arm the reducer (torch/nn/parallel/distributed.py `_post_forward`:
+    `reducer.prepare_for_backward` only under it), so that backward reduces nothing. Every micro-batch where the loop
+    syncs each (syncs_each_micro_batch)."""
+    return cfg.grad_accum if syncs_each_micro_batch(cfg) else 1
+
+
 def gradient_offloads_per_step(cfg: TrainConfig) -> int:
-    return cfg.grad_accum
+    """DDP offloads nothing; its gradients would leave once per reduction."""
+    return reductions_per_step(cfg)
 
 
 def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
@@ -124,11 +144,15 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
 
 
 def bucketed_allreduce(cfg: TrainConfig, g: Group, grad_bytes: float, bwd_s: float) -> tuple[float, float, float]:
+    """(total, exposed) seconds per step of the bucket all-reduces of `grad_bytes` in every micro-batch that reduces
+    (reductions_per_step; FSDP1's NO_SHARD likewise: torch/distributed/fsdp/_runtime_utils.py `_post_backward_hook`
+    returns before `_reduce_grad_no_shard` under no_sync), each hidden behind its own micro-batch's backward."""
     calls = col.ddp_buckets(grad_bytes)
     if calls == 0:
         return 0.0, 0.0, 0.0
     ar = split_time_s(allreduce_time_s, grad_bytes, calls, g)
-    return ar, overlap_for(cfg)(ar, bwd_s, ar / calls), 0.0
+    r = reductions_per_step(cfg)
+    return r * ar, r * overlap_for(cfg)(ar, bwd_s, ar / calls), 0.0
 
 
 def reduce_chain_s(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float) -> float:

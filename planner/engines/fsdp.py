@@ -20,7 +20,6 @@ from planner.choices import (
     Offload,
     OffloadDevice,
     Quant,
-    Stage,
     ZeroStage,
 )
 from planner.comm import Group, allreduce_time_s, split_time_s
@@ -164,8 +163,7 @@ def accumulates_unsharded_grads(cfg: TrainConfig) -> bool:
     micro-batch: --sync-each-batch, and verl's PPO actor (verl/workers/actor/dp_actor.py `update_policy`: one
     `loss.backward()` per micro-batch, no no_sync). Expert parallelism's own expert shards are not modelled here
     (ep 1 only)."""
-    return (is_sharded(cfg) and cfg.grad_accum > 1 and cfg.ep == 1 and not cfg.sync_each_batch
-            and cfg.stage is not Stage.ppo)
+    return is_sharded(cfg) and cfg.grad_accum > 1 and cfg.ep == 1 and not ddp.syncs_each_micro_batch(cfg)
 
 
 def backward_grad_bytes(cfg: TrainConfig, trained: float, held_grads: float) -> float:
@@ -333,7 +331,37 @@ def optimizer_shards(cfg: TrainConfig) -> int:
     return shard_group(cfg) if is_sharded(cfg) else 1
 
 
-gradient_offloads_per_step = ddp.gradient_offloads_per_step  # every micro-batch
+def reductions_per_step(cfg: TrainConfig) -> int:
+    """Micro-batches per step whose backward reduces (ddp.reductions_per_step: under the Trainer's no_sync, the last
+    one): only they run FSDP's reduce-scatters, HYBRID_SHARD's all-reduces across nodes, the copies around the
+    reductions and the CPU offload's gradient copies. FSDP2's `post_backward` with `reduce_grads` False (what
+    `set_requires_gradient_sync(False)` sets, with `all_reduce_grads`) reshards and returns before `foreach_reduce`
+    (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py `post_backward`; _fully_shard.py
+    `set_requires_gradient_sync`), and the offload's `new_sharded_grad.to(cpu)` is in foreach_reduce
+    (_fsdp_collectives.py); FSDP1's `_post_backward_hook` returns before `_reduce_grad` without `_sync_gradients`
+    (torch/distributed/fsdp/_runtime_utils.py), so its predivide passes and `_post_reduce_grad_callback`'s
+    `_offload_grad` wait for the sync too (FullyShardedDataParallel.no_sync: "the gradients will not be offloaded
+    to CPU when inside the context manager ... only ... right after the eventual sync"). Expert parallelism changes
+    nothing here: the Trainer's no_sync covers every FSDP2 module (set_requires_gradient_sync recurses)."""
+    return ddp.reductions_per_step(cfg)
+
+
+def gathering_micro_batches(cfg: TrainConfig) -> int:
+    """Micro-batches per step that all-gather parameters. Every one, but FSDP1's SHARD_GRAD_OP under no_sync: its
+    post-backward keeps the unsharded FlatParameter unless it syncs (torch/distributed/fsdp/_runtime_utils.py
+    `_should_free_in_backward`: `state._sync_gradients or` a strategy that reshards after forward, "a *heuristic*
+    to tradeoff higher memory for higher throughput"), so the next micro-batch's unshard finds it whole and gathers
+    nothing (_flat_param.py `FlatParamHandle.unshard`: `if not self.needs_unshard()` it only switches views); the
+    last micro-batch's synced backward frees it, and the next step's first forward gathers again. FSDP2 reshards
+    after every backward whatever the sync (_fsdp_param_group.py `post_backward`: `if self.reshard_after_backward`,
+    True unless set_reshard_after_backward, which accelerate does not call), so each forward gathers."""
+    if cfg.fsdp_version is FsdpVersion.ONE and cfg.fsdp is FsdpStrategy.shard_grad_op and \
+            not ddp.syncs_each_micro_batch(cfg):
+        return 1
+    return cfg.grad_accum
+
+
+gradient_offloads_per_step = reductions_per_step  # the offload's gradient copies follow the reductions
 
 
 def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float, fwd_s: float, bwd_s: float,
@@ -345,31 +373,35 @@ def dp_comm(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: f
         return ddp.bucketed_allreduce(cfg, g, grad_bytes, bwd_s)
     shard_g = pc.intra_node_group(cfg.cluster, g.per_node, comm_eff) if cfg.fsdp is FsdpStrategy.hybrid_shard else g
     passes = pass_seconds(cfg, shard_g, trainable_gpu, param_bytes_gpu)
+    r, gathering = reductions_per_step(cfg), gathering_micro_batches(cfg)
     # FSDP1 and FSDP2 issue their all-gathers and reduce-scatters synchronously (sharded.overlap_for)
-    total, exposed, h2d = pass_comm(cfg, shard_g, passes, fwd_s, bwd_s, gathers_async=False, rs_async=False)
+    total, exposed, h2d = pass_comm(cfg, shard_g, passes, fwd_s, bwd_s, gathers_async=False, rs_async=False,
+                                    gathering=gathering, reductions=r)
     if cfg.fsdp is FsdpStrategy.hybrid_shard:
         shard = g.per_node
         replicas = Group(n=cfg.dp // shard, per_node=1, intra_bytes_per_s=g.intra_bytes_per_s,
                          inter_bytes_per_s=g.inter_bytes_per_s)
         calls = _reduce_scatter_calls(cfg, trainable_gpu, param_bytes_gpu)
-        ar = cfg.grad_accum * sum(n * allreduce_time_s(b / shard, replicas) for b, n in calls)
+        ar = sum(n * allreduce_time_s(b / shard, replicas) for b, n in calls)
         # each unit's all-reduce runs on a stream of its own once that unit's reduce-scatter is done (FSDP1
         # _runtime_utils.py `_reduce_grad`: `_all_reduce_stream.wait_stream(_post_backward_stream)`; FSDP2
         # _fsdp_collectives.py `foreach_reduce`: `all_reduce_stream.wait_stream(reduce_scatter_stream)`), over other
-        # links: the all-reduces hide behind the longer of backward and the intra-node chain (whose own excess over
-        # backward pass_comm counts), not behind a backward of their own
-        chain = cfg.grad_accum * (passes.backward_gathers_s + passes.reduce_scatters_s)
-        window = max(cfg.grad_accum * bwd_s, chain) if cfg.cluster.gpu.overlaps_comm else cfg.grad_accum * bwd_s
+        # links: in each micro-batch that reduces, the all-reduces hide behind the longer of its backward and its
+        # intra-node chain (whose own excess over backward pass_comm counts), not behind a backward of their own
+        chain = passes.backward_gathers_s + passes.reduce_scatters_s
+        window = max(bwd_s, chain) if cfg.cluster.gpu.overlaps_comm else bwd_s
         units = passes.reduce_scatter_calls
-        ar_exposed = overlap_for(cfg, issued_async=False)(ar, window, ar / max(1, cfg.grad_accum * units))
-        ar_sync = sync_calls_s(cfg, cfg.grad_accum * units)
-        total, exposed = total + ar + ar_sync, exposed + ar_exposed + ar_sync
+        ar_exposed = r * overlap_for(cfg, issued_async=False)(ar, window, ar / max(1, units))
+        ar_sync = sync_calls_s(cfg, r * units)
+        total, exposed = total + r * ar + ar_sync, exposed + ar_exposed + ar_sync
     else:
         shard = g.n
-    on_compute, on_side = copy_passes_s(cfg, _gathered_bytes(passes), grad_bytes, shard)
+    gather_compute, gather_side = gather_copy_passes_s(cfg, _gathered_bytes(passes), shard)
+    reduce_compute, reduce_side = reduce_copy_passes_s(cfg, grad_bytes, shard)
+    on_compute = gathering * gather_compute + r * reduce_compute
+    on_side = gathering * gather_side + r * reduce_side
     hidden = on_side if cfg.cluster.gpu.overlaps_comm else 0.0
-    return (total + cfg.grad_accum * (on_compute + on_side), exposed + cfg.grad_accum * (on_compute + on_side - hidden),
-            h2d)
+    return total + on_compute + on_side, exposed + on_compute + on_side - hidden, h2d
 
 
 def reduce_chain_s(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_gpu: float) -> float:
@@ -408,7 +440,9 @@ def pass_seconds(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_g
     to: _fsdp_state.py `_pre_forward`, `_states_to_forward_prefetch`); backward's first gather is the last layer's,
     which the tail's pre_backward prefetches beside the head's backward (`_backward_prefetch`), and its last
     reduce-scatter, issued from the root's final callback after the last gradient (`_root_post_backward_final_callback`,
-    whose `finalize_backward` waits on it) is what stays exposed."""
+    whose `finalize_backward` waits on it) is what stays exposed. A backward under the Trainer's no_sync reduces
+    nothing (reductions_per_step): FSDP2's then leaves nothing exposed of its own (each gather prefetched behind the
+    backward before it, the first behind the head's), FSDP1's its first gather, as in forward."""
     grad_bytes = _grad_bytes(cfg, trainable_gpu)
     if cfg.fsdp_version is FsdpVersion.TWO:
         t = fsdp2_traffic(cfg, param_bytes_gpu, grad_bytes)
@@ -421,7 +455,8 @@ def pass_seconds(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_g
             reduce_scatters_s=sum(s * n for s, n in rs_calls),
             forward_first_s=fwd_calls[0][0] if fwd_calls else 0.0,
             backward_gather_first_s=bwd_calls[0][0] if bwd_calls else 0.0,
-            reduce_scatter_last_s=last_rs, backward_last_s=last_rs, gather_calls=t.gather_calls,
+            reduce_scatter_last_s=last_rs, backward_last_s=last_rs, backward_gathers_last_s=0.0,
+            gather_calls=t.gather_calls,
             reduce_scatter_calls=t.reduce_scatter_calls,
             gathered_bytes=((sum(b * n for b, n in t.forward_gathers), 1),
                             (sum(b * n for b, n in t.backward_gathers), 1)))
@@ -431,7 +466,8 @@ def pass_seconds(cfg: TrainConfig, g: Group, trainable_gpu: float, param_bytes_g
     rs = split_time_s(pc.grad_reduce_scatter_s, grad_bytes, units, g)
     return PassSeconds(forward_gathers_s=ag, backward_gathers_s=(gathers - 1) * ag, reduce_scatters_s=rs,
                        forward_first_s=ag / units, backward_gather_first_s=ag / units,
-                       reduce_scatter_last_s=rs / units, backward_last_s=ag / units, gather_calls=gathers * units,
+                       reduce_scatter_last_s=rs / units, backward_last_s=ag / units,
+                       backward_gathers_last_s=ag / units if gathers > 1 else 0.0, gather_calls=gathers * units,
                        reduce_scatter_calls=units, gathered_bytes=((param_bytes_gpu, gathers),))
 
 
@@ -439,21 +475,30 @@ def _gathered_bytes(p: PassSeconds) -> float:
     return sum(b * n for b, n in p.gathered_bytes)
 
 
-def copy_passes_s(cfg: TrainConfig, gathered_bytes: float, grad_bytes: float, shard: int) -> tuple[float, float]:
-    """(compute-stream, side-stream) seconds per micro-batch of FSDP's own memory passes around its collectives, each
-    a read and a write at the device's elementwise bandwidth (`gathered_bytes`: the unsharded bytes all-gathered in
-    the micro-batch, `grad_bytes`: the unsharded gradients reduced).
-    FSDP2 (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py, torch 2.13), per gather: the copy-in of the
-    local shards into the all-gather input (`foreach_all_gather`, all_gather_copy_in, on the copy-in stream) and the
-    copy-out into the unsharded parameters (`foreach_all_gather_copy_out`, split_with_sizes_copy, on the compute
-    stream in `wait_for_unshard`); per reduction the copy-in of the unsharded gradients into the reduce-scatter
-    input (`foreach_reduce_scatter_copy_in`, compute stream). fp32 and bf16 reduce with ReduceOp.AVG: no division.
-    FSDP1 gathers into the FlatParameter and reduces its flat gradient in place, but divides it before and after
-    the reduce-scatter (torch/distributed/fsdp/_runtime_utils.py `_reduce_grad`: `_div_if_needed` with the
-    predivide factor and n / factor after, each only where above 1, on the post-backward stream)."""
+def gather_copy_passes_s(cfg: TrainConfig, gathered_bytes: float, shard: int) -> tuple[float, float]:
+    """(compute-stream, side-stream) seconds per gathering micro-batch of FSDP's own memory passes around its
+    all-gathers, each a read and a write at the device's elementwise bandwidth (`gathered_bytes`: the unsharded bytes
+    all-gathered in the micro-batch). FSDP2 (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py, torch 2.13),
+    per gather: the copy-in of the local shards into the all-gather input (`foreach_all_gather`, all_gather_copy_in,
+    on the copy-in stream) and the copy-out into the unsharded parameters (`foreach_all_gather_copy_out`,
+    split_with_sizes_copy, on the compute stream in `wait_for_unshard`). FSDP1 gathers into the FlatParameter: none."""
+    if cfg.fsdp_version is not FsdpVersion.TWO:
+        return 0.0, 0.0
+    bw = cfg.cluster.gpu.elementwise_bytes_per_s
+    return 2 * gathered_bytes / bw, 2 * gathered_bytes / shard / bw
+
+
+def reduce_copy_passes_s(cfg: TrainConfig, grad_bytes: float, shard: int) -> tuple[float, float]:
+    """(compute-stream, side-stream) seconds per reducing micro-batch (reductions_per_step) of FSDP's own memory
+    passes around its reduce-scatters (`grad_bytes`: the unsharded gradients reduced), each a read and a write at
+    the device's elementwise bandwidth. FSDP2: the copy-in of the unsharded gradients into the reduce-scatter input
+    (_fsdp_collectives.py `foreach_reduce_scatter_copy_in`, compute stream); fp32 and bf16 reduce with
+    ReduceOp.AVG: no division. FSDP1 reduces its flat gradient in place, but divides it before and after the
+    reduce-scatter (torch/distributed/fsdp/_runtime_utils.py `_reduce_grad`: `_div_if_needed` with the predivide
+    factor and n / factor after, each only where above 1, on the post-backward stream)."""
     bw = cfg.cluster.gpu.elementwise_bytes_per_s
     if cfg.fsdp_version is FsdpVersion.TWO:
-        return (2 * gathered_bytes + 2 * grad_bytes) / bw, 2 * gathered_bytes / shard / bw
+        return 2 * grad_bytes / bw, 0.0
     pre = predivide_factor(shard)
     side = (2 * grad_bytes if pre > 1 else 0.0) + (2 * grad_bytes / shard if shard / pre > 1 else 0.0)
     return 0.0, side / bw

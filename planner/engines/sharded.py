@@ -83,6 +83,7 @@ class PassSeconds:
     backward_gather_first_s: float  # the first gather of backward, where gathers and reductions share no stream
     reduce_scatter_last_s: float  # the last reduction, where they do not
     backward_last_s: float  # what stays exposed of backward's chain where they share one (sharded_comm)
+    backward_gathers_last_s: float  # ... of a backward that gathers and reduces nothing (the Trainer's no_sync)
     gather_calls: int
     reduce_scatter_calls: int
     gathered_bytes: tuple[tuple[float, int], ...]  # (unsharded bytes of one pass, passes): the offloaded copies
@@ -106,18 +107,24 @@ def sharded_comm(cfg: TrainConfig, g: Group, grad_bytes: float, param_bytes_gpu:
     tail, rs_tail = ag / max(1, gather_calls), rs / max(1, rs_calls)
     passes = PassSeconds(forward_gathers_s=ag, backward_gathers_s=(gathers - 1) * ag, reduce_scatters_s=rs,
                          forward_first_s=tail, backward_gather_first_s=tail, reduce_scatter_last_s=rs_tail,
-                         backward_last_s=tail, gather_calls=gathers * gather_calls, reduce_scatter_calls=rs_calls,
+                         backward_last_s=tail, backward_gathers_last_s=tail, gather_calls=gathers * gather_calls,
+                         reduce_scatter_calls=rs_calls,
                          gathered_bytes=((param_bytes_gpu, gathers),))
+    # DeepSpeed ZeRO-3 is not under the Trainer's no_sync (the Trainer leaves accumulation to DeepSpeed's engine,
+    # whose stage3.py reduce hooks reduce-scatter in every backward): every micro-batch gathers and reduces
     return pass_comm(cfg, g, passes, fwd_s, bwd_s, rs_overlap=rs_overlap, gathers_async=gathers_async,
-                     rs_async=rs_async)
+                     rs_async=rs_async, gathering=cfg.grad_accum, reductions=cfg.grad_accum)
 
 
 def pass_comm(cfg: TrainConfig, g: Group, p: PassSeconds, fwd_s: float, bwd_s: float, *, rs_overlap=None,
-              gathers_async: bool, rs_async: bool) -> tuple[float, float, float]:
+              gathers_async: bool, rs_async: bool, gathering: int, reductions: int) -> tuple[float, float, float]:
     """sharded_comm's overlap of one micro-batch's collectives `p` with forward (`fwd_s`) and backward (`bwd_s`),
     over the step's micro-batches: (total, exposed) seconds per step and the host-to-GPU seconds of offloaded
-    partitions, each gathered pass's partition copied first."""
-    ga = cfg.grad_accum
+    partitions, each gathered pass's partition copied first. `gathering`: the step's micro-batches that gather
+    (the engine's gathering_micro_batches; fewer than grad_accum only where backward gathers nothing, so every
+    micro-batch's backward gathers the same); `reductions`: those whose backward also reduce-scatters (the engine's
+    reductions_per_step: under the Trainer's no_sync FSDP's last one only), the others' backward has only its
+    gathers to hide."""
     gather_overlap = overlap_for(cfg, issued_async=gathers_async)
     h2d = 0.0
     if cfg.offload is Offload.all:
@@ -126,18 +133,19 @@ def pass_comm(cfg: TrainConfig, g: Group, p: PassSeconds, fwd_s: float, bwd_s: f
             if cfg.offload_device is OffloadDevice.nvme:
                 one = off.nvme_time_s(part, cfg.cluster.gpus_per_node)
             one += off.pcie_time_s(part, cfg.cluster.gpu.host_link_bytes_per_s)
-            h2d += ga * passes * one
-    fwd_exposed = gather_overlap(p.forward_gathers_s, fwd_s, p.forward_first_s)
+            h2d += gathering * passes * one
+    fwd_exposed = gathering * gather_overlap(p.forward_gathers_s, fwd_s, p.forward_first_s)
     if rs_overlap is None and cfg.cluster.gpu.overlaps_comm:
-        bwd_exposed = overlap(p.backward_gathers_s + p.reduce_scatters_s, bwd_s, p.backward_last_s)
+        bwd_exposed = reductions * overlap(p.backward_gathers_s + p.reduce_scatters_s, bwd_s, p.backward_last_s) + \
+            (gathering - reductions) * overlap(p.backward_gathers_s, bwd_s, p.backward_gathers_last_s)
     else:
         rs_side = rs_overlap if rs_overlap is not None else overlap_for(cfg, issued_async=rs_async)
-        bwd_exposed = gather_overlap(p.backward_gathers_s, bwd_s, p.backward_gather_first_s) + \
-            rs_side(p.reduce_scatters_s, bwd_s, p.reduce_scatter_last_s)
-    sync = sync_calls_s(cfg, ga * ((0 if rs_async else p.reduce_scatter_calls) +
-                                   (0 if gathers_async else p.gather_calls)))
-    total = ga * (p.forward_gathers_s + p.backward_gathers_s + p.reduce_scatters_s) + sync
+        bwd_exposed = gathering * gather_overlap(p.backward_gathers_s, bwd_s, p.backward_gather_first_s) + \
+            reductions * rs_side(p.reduce_scatters_s, bwd_s, p.reduce_scatter_last_s)
+    sync = sync_calls_s(cfg, (0 if rs_async else reductions * p.reduce_scatter_calls) +
+                        (0 if gathers_async else gathering * p.gather_calls))
+    total = gathering * (p.forward_gathers_s + p.backward_gathers_s) + reductions * p.reduce_scatters_s + sync
     # host-to-GPU copies of offloaded partitions sit on the critical path: DeepSpeed copies the CPU
     # partition into the gather buffer before launching the all-gather (partition_parameters.py,
     # `_all_gather` of ds_tensor), and FSDP's CPUOffload moves the shard to the GPU before unsharding
-    return total, ga * (fwd_exposed + bwd_exposed) + sync, h2d
+    return total, fwd_exposed + bwd_exposed + sync, h2d
