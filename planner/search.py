@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from planner import engines
 from planner.calibration import DEFAULT, Calibration
+from planner.engines import ddp, fsdp
 from planner.errors import PlanError
 from planner.estimate import Estimate, FitKind, Limits, estimate, fit_reason
 from planner.rl import search as rl_search
@@ -36,6 +37,7 @@ from planner.strategy import (
     Optimizer,
     Precision,
     Quant,
+    Switches,
     TrainConfig,
     ZeroStage,
 )
@@ -122,17 +124,33 @@ def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, li
                     if global_batch % dp:
                         continue
                     per_dp = global_batch // dp
-                    variants = [{"batch": Batch(micro_batch=mb, grad_accum=per_dp // mb, seq_len=base.seq_len),
-                                 "grad_ckpt": ckpt, "attn": attn}
-                                for mb in space.micro_batches if per_dp % mb == 0
-                                for ckpt in space.grad_ckpts for attn in attns]
-                    if not variants:
+                    micro_batches = [mb for mb in space.micro_batches if per_dp % mb == 0]
+                    if not micro_batches:
                         continue
                     for ep in _ep_degrees(base, engine_choice, tp, pp, dp):
+                        variants = [{"batch": Batch(micro_batch=mb, grad_accum=per_dp // mb, seq_len=base.seq_len),
+                                     "grad_ckpt": ckpt, "attn": attn, "switches": switches}
+                                    for mb in micro_batches
+                                    for switches in _switches(base, engine_choice, per_dp // mb, ep)
+                                    for ckpt in space.grad_ckpts for attn in attns]
                         layout = replace(base.layout, tp=tp, pp=pp, ep=ep)
                         for opt in space.optimizers:
                             yield ({"adapter": adapter, "precision": precision, "engine_choice": engine_choice,
                                     "layout": layout, "optimizer": opt}, variants)
+
+
+def _switches(base: TrainConfig, engine_choice: EngineChoice, grad_accum: int, ep: int) -> tuple[Switches, ...]:
+    """The user's switches, and where sharded FSDP would keep every unsharded gradient through the Trainer's
+    accumulation (planner/engines/fsdp.py no_sync_accumulates), the same with `sync_each_batch`: accelerate's
+    GradientAccumulationPlugin option that reduces on every micro-batch, trading the unsharded gradients' memory for
+    a reduce-scatter per micro-batch ("may reduce memory requirements when using gradient accumulation with
+    distributed training, at expense of speed": accelerate/utils/dataclasses.py GradientAccumulationPlugin), which
+    `ftplan run` and the emitted Trainer arguments set. A user's --sync-each-batch is kept as it is; PPO (verl)
+    syncs each micro-batch anyway (ddp.syncs_each_micro_batch)."""
+    if ddp.syncs_each_micro_batch(base) or engine_choice.engine is not Engine.fsdp or \
+            not fsdp.no_sync_accumulates(engine_choice.fsdp, grad_accum, ep):
+        return (base.switches,)
+    return base.switches, replace(base.switches, sync_each_batch=True)
 
 
 def _ep_degrees(base: TrainConfig, engine_choice: EngineChoice, tp: int, pp: int, dp: int) -> tuple[int, ...]:
@@ -197,14 +215,15 @@ _FSDP_SHARDING = {FsdpStrategy.no_shard: 0, FsdpStrategy.shard_grad_op: 2, FsdpS
 
 def simplicity_key(cfg: TrainConfig) -> tuple[int, ...]:
     """Smaller is simpler: no offload, fewer extra dependencies (DeepSpeed, bitsandbytes optimizers),
-    fewer shards, plain DDP before FSDP, no model parallelism, no checkpointing, less accumulation."""
+    fewer shards, plain DDP before FSDP, no model parallelism, no checkpointing, the Trainer's no_sync, less
+    accumulation."""
     offload = {Offload.none: 0, Offload.optimizer: 1, Offload.all: 2}[cfg.offload]
     offload += 1 if cfg.offload_device is OffloadDevice.nvme and cfg.offload is not Offload.none else 0
     deps = int(cfg.engine is Engine.deepspeed) + int(cfg.optimizer not in (Optimizer.adamw, Optimizer.sgd))
     shards = _FSDP_SHARDING[cfg.fsdp] if cfg.engine is Engine.fsdp else _SHARDING[(cfg.engine, cfg.zero)]
     wrapper = int(cfg.engine is Engine.fsdp)  # FSDP wraps the model even when it shards nothing
     return (offload, deps, shards, wrapper, cfg.tp * cfg.pp, int(cfg.grad_ckpt is not GradCkpt.none),
-            cfg.grad_accum)
+            int(cfg.sync_each_batch), cfg.grad_accum)
 
 
 def _tokens_per_s(est: Estimate) -> float:

@@ -351,6 +351,8 @@ class TrainConfig:
             parts.insert(4, f"EP{self.ep}")
         if self.grad_ckpt is not GradCkpt.none:
             parts.append(f"ckpt-{self.grad_ckpt.value}")
+        if self.sync_each_batch and self.grad_accum > 1:
+            parts.append("sync-each")
         if self.optimizer is not Optimizer.adamw:
             parts.append(self.optimizer.value)
         if self.doc_len:

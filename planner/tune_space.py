@@ -5,7 +5,8 @@ and global-batch arithmetic), so a tune and `ftplan plan` agree on what exists. 
 dimension, `strategy`, labelled by `TrainConfig.strategy_name()` (DDP, Z0..Z3, Z3+off-all-nvme, FSDP-SGO,
 ...): ZeRO stage, offload target/device and FSDP strategy come as the rows DeepSpeed and torch accept
 together, instead of a product that is mostly invalid. Accumulation is not a dimension: the global
-batch is held fixed, so grad_accum = global_batch / (DP x micro_batch).
+batch is held fixed, so grad_accum = global_batch / (DP x micro_batch). `sync_each_batch` is one where the
+planner searches it (sharded FSDP with accumulation: planner.search._switches), False elsewhere.
 
 No optuna here (runner/tune.py turns `Dimension`s into distributions); `analytic_score` is the
 analytical objective (the time model's tokens/s and the memory model's peak, both pure).
@@ -25,7 +26,7 @@ from planner.validity import problems
 
 Choice = str | int
 PARAM_NAMES: tuple[str, ...] = ("method", "strategy", "tp", "pp", "virtual_stages", "micro_batch", "grad_ckpt",
-                                "attn", "optimizer")
+                                "attn", "optimizer", "sync_each_batch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +57,7 @@ def choices_of(cfg: TrainConfig) -> dict[str, Choice]:
     """A configuration's coordinates in the tune space (the Optuna params of its trial)."""
     return {"method": cfg.method.value, "strategy": cfg.strategy_name(), "tp": cfg.tp, "pp": cfg.pp,
             "virtual_stages": cfg.virtual_stages, "micro_batch": cfg.micro_batch, "grad_ckpt": cfg.grad_ckpt.value,
-            "attn": cfg.attn.value, "optimizer": cfg.optimizer.value}
+            "attn": cfg.attn.value, "optimizer": cfg.optimizer.value, "sync_each_batch": cfg.sync_each_batch}
 
 
 def trial_label(cfg: TrainConfig) -> str:

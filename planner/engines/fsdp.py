@@ -163,7 +163,14 @@ def accumulates_unsharded_grads(cfg: TrainConfig) -> bool:
     micro-batch: --sync-each-batch, and verl's PPO actor (verl/workers/actor/dp_actor.py `update_policy`: one
     `loss.backward()` per micro-batch, no no_sync). Expert parallelism's own expert shards are not modelled here
     (ep 1 only)."""
-    return is_sharded(cfg) and cfg.grad_accum > 1 and cfg.ep == 1 and not ddp.syncs_each_micro_batch(cfg)
+    return no_sync_accumulates(cfg.fsdp, cfg.grad_accum, cfg.ep) and not ddp.syncs_each_micro_batch(cfg)
+
+
+def no_sync_accumulates(strategy: FsdpStrategy, grad_accum: int, ep: int) -> bool:
+    """Whether the Trainer's no_sync would keep unsharded gradients through accumulation where the loop does not
+    sync each micro-batch (accumulates_unsharded_grads): a sharded strategy, more than one micro-batch, no expert
+    parallelism. Where it does, `sync_each_batch` is a real choice (planner.search)."""
+    return strategy is not FsdpStrategy.no_shard and grad_accum > 1 and ep == 1
 
 
 def backward_grad_bytes(cfg: TrainConfig, trained: float, held_grads: float) -> float:
