@@ -288,9 +288,14 @@ def recommend(plans: list[Estimate], margin: float = TIGHT_MARGIN) -> tuple[list
                                      reason=f"tight, but faster than the fastest plan with headroom ({loose.config}) "
                                             f"by {gain:.1%}, more than the {margin:.0%} margin")
     ordered = [loose] + [e for e in plans if e is not loose]
-    return ordered, Recommendation(plan=loose, fastest=fastest, fastest_gain=gain, margin=margin,
-                                   reason=f"the fastest plan with headroom; the fastest plan is tight and faster by "
-                                          f"{gain:.2%}, within the {margin:.0%} margin")
+    if gain <= 0.0:
+        # the ranking's first plan won a tie (within TIE_FRACTION) as the simpler one, not by speed
+        reason = (f"the fastest plan with headroom; the first-ranked plan is tight and no faster ({gain:+.2%}): it "
+                  f"ranks first as the simpler of plans within {TIE_FRACTION:.0%} of each other")
+    else:
+        reason = f"the fastest plan with headroom; the fastest plan is tight and faster by {gain:.2%}, within the " \
+                 f"{margin:.0%} margin"
+    return ordered, Recommendation(plan=loose, fastest=fastest, fastest_gain=gain, margin=margin, reason=reason)
 
 
 def with_recommendation(result: PlanResult, margin: float = TIGHT_MARGIN) -> PlanResult:

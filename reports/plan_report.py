@@ -89,7 +89,8 @@ def recommendation_line(rec) -> Text:
                          f"{', tight' if plan.tight else ''}): {rec.reason}.")
     if rec.fastest is not plan:
         fastest = rec.fastest
-        line.append(f" Fastest: {fastest.config.method.value} {fastest.config} "
+        label = " Fastest: " if rec.fastest_gain > 0 else " Ranked first: "
+        line.append(f"{label}{fastest.config.method.value} {fastest.config} "
                     f"({100 * fastest.memory.device_wanted / fastest.gpu_memory_bytes:.0f}% of the GPU, tight).",
                     style="yellow")
     return line

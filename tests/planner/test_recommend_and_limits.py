@@ -48,6 +48,17 @@ def test_a_tight_plan_faster_by_more_than_the_margin_is_recommended(seven_b_on_8
     assert only_tight.plan is tight and "every plan" in only_tight.reason
 
 
+def test_a_tight_plan_ranked_first_by_a_tie_is_not_called_faster(seven_b_on_8xa800) -> None:
+    """Within TIE_FRACTION the simpler plan ranks first even when a little slower (planner.search.resolve_ties):
+    the recommendation then says the tight first-ranked plan is no faster, rather than "faster by -0.7%"."""
+    plans = list(seven_b_on_8xa800.plans)
+    loose = next(e for e in plans if not e.tight)
+    slower_tight = next(e for e in plans if e.tight and _gain(e, loose) <= 0)
+    rec = recommend([slower_tight, loose])[1]
+    assert rec.plan is loose and rec.fastest_gain <= 0
+    assert "no faster" in rec.reason and "faster by" not in rec.reason
+
+
 def _gain(a, b) -> float:
     return a.time.tokens_per_s / b.time.tokens_per_s - 1
 
