@@ -3,8 +3,9 @@ SHARD_GRAD_OP, HYBRID_SHARD (shard within a node, replicate across nodes: FSDP1'
 over a 2-D DeviceMesh (replicate, shard)) and, with FSDP1, NO_SHARD (DDP), with CPU offload of parameters,
 gradients and optimizer together (torch.distributed.fsdp.CPUOffload, FSDP2's CPUOffloadPolicy).
 One decoder layer per unit (the transformer auto-wrap policy); FSDP1's root unit holds the embedding, final norm and
-head, while accelerate's FSDP2 makes the embedding a unit and [final norm, head] another (fsdp2_tail_params), its
-collectives counted per unit and size in planner/engines/fsdp2_traffic.py."""
+head, while accelerate's FSDP2 makes the embedding a unit and [final norm, head] another, its units' elements
+(fsdp2_traffic.outside_units, which memory and time both read) and collectives counted in
+planner/engines/fsdp2_traffic.py."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from planner.choices import (
 )
 from planner.comm import Group, allreduce_time_s, split_time_s
 from planner.engines import ddp
-from planner.engines.fsdp2_traffic import Calls, fsdp2_traffic, fsdp2_units
+from planner.engines.fsdp2_traffic import Calls, fsdp2_traffic, fsdp2_units, is_weights_tied, outside_units
 from planner.engines.sharded import PassSeconds, overlap_for, pass_comm, sync_calls_s
 from planner.gpus import is_cpu
 from planner.memory_knobs import fsdp_quantized_units_bytes
@@ -206,8 +207,9 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     """What sharded FSDP holds unsharded in backward, in the compute dtype (MixedPrecision's param_dtype).
 
     - "FSDP unsharded parameters": the root unit (embedding, final norm, head), which FSDP1 does not reshard
-      between forward and backward (`_post_forward_reshard` skips the root); FSDP2's tail unit (final norm, head:
-      fsdp2_tail_params), which accelerate keeps gathered, its embedding unit resharded after forward; or under
+      between forward and backward (`_post_forward_reshard` skips the root); FSDP2's tail unit (final norm and head,
+      the embedding with them when tied: outside_units' `tail`), which accelerate keeps gathered from forward into
+      backward (fsdp2_traffic's module docstring), its embedding unit resharded after forward; or under
       SHARD_GRAD_OP every unit (no reshard after forward).
     - "FSDP unsharded layers": the window of the last decoder layer's backward: the layer all-gathered again and
       the one prefetched before it (FSDP1 BACKWARD_PRE under limit_all_gathers, at most two all-gathers in flight:
@@ -216,7 +218,8 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
       "logits and loss", whichever is larger: the head's backward is over before the last layer's begins.
     - "FSDP unsharded gradients": the LM head's gradient when the head trains: FSDP1 reduce-scatters the root's
       gradients together at the end of backward, FSDP2 the tail's once its backward is over
-      (fsdp2_head_reduce_scatter_bytes, HEAD_REDUCE_SCATTER).
+      (fsdp2_head_reduce_scatter_bytes, HEAD_REDUCE_SCATTER): its trained elements (outside_units' `tail_trained`;
+      tied, the final norm's, planner.memory.tied_embedding_items counting the tied weight's gradients).
     The window leaves out the tail's reduce-scatter input that FSDP2 keeps until the next unit's post_backward
     (_fsdp_param_group.py `post_backward`: `comm_ctx.reduce_scatter_states`, one buffer by default): by the last
     layer's backward the tail's parameters and the head's gradient, counted above, are freed, and it is smaller.
@@ -227,7 +230,8 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
     layer16 = c16 * layer_params(m) / cfg.tp
     root = c16 * (embedding_params(m) + head_params(m)) / cfg.tp
-    kept = c16 * fsdp2_tail_params(cfg) / cfg.tp if cfg.fsdp_version is FsdpVersion.TWO else root
+    two = cfg.fsdp_version is FsdpVersion.TWO
+    kept = c16 * outside_units(cfg).tail if two else root
     items = {}
     if cfg.fsdp is FsdpStrategy.shard_grad_op:
         items["FSDP unsharded parameters"] = sixteen_bit_weights
@@ -247,32 +251,23 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
         window += trained_layer
     items["FSDP unsharded layers"] = window
     if cfg.method is Method.full and sp.has_head and sp.trainable and not accumulated:
-        items["FSDP unsharded gradients"] = c16 * (head_params(m) / cfg.tp + frozen_in_mixed_units(cfg))
+        head = outside_units(cfg).tail_trained if two and not is_weights_tied(cfg) else head_params(m) / cfg.tp
+        items["FSDP unsharded gradients"] = c16 * (head + frozen_in_mixed_units(cfg))
     head_rs = fsdp2_head_reduce_scatter_bytes(cfg, sp)
     if head_rs:
         items[HEAD_REDUCE_SCATTER] = head_rs
     return items
 
 
-def fsdp2_tail_params(cfg: TrainConfig) -> float:
-    """Elements of the unit FSDP2 keeps gathered from forward into backward under accelerate: the final norm and the
-    LM head (the embedding with them when tied). accelerate 1.16 (utils/fsdp_utils.py `fsdp2_prepare_model`) shards
-    each decoder layer, then the input embedding as a unit of its own with the plugin's reshard_after_forward (so
-    FULL_SHARD frees it after forward and gathers it again in backward), then [final norm, head] as one group with
-    reshard_after_forward=False ("forward-end / backward-start uses cluster"), then the root with torch's default,
-    no reshard for the root, which owns nothing else (profiler/worker.py `fsdp2_units` wraps the same way)."""
-    m = cfg.model
-    return head_params(m) + (m.vocab_size * m.hidden_size if m.tie_embeddings else 0)
-
-
 def _fsdp2_tail_reduces(cfg: TrainConfig, sp: StageParams) -> bool:
     """FSDP2 (sharded) reduce-scatters the untied tail's gradients once its backward is over: full fine-tuning, the
     head trained (--freeze-layers freezes the embedding and the first layers, not the head: runner/model.py
-    `_freeze_first_layers`). Tied, the tail holds the embedding and reduces at backward's end instead (its inputs, the
-    token ids, need no gradient: fsdp2_traffic), where the tied weight's two gradients already peak
-    (planner.memory.tied_embedding_items)."""
+    `_freeze_first_layers`). Tied (fsdp2_traffic.is_weights_tied, which a reward model never is), the tail holds the
+    embedding and reduces at backward's end instead (its inputs, the token ids, need no gradient: fsdp2_traffic),
+    where the tied weight's two gradients already peak (planner.memory.tied_embedding_items). A reward model's tail
+    is the final norm alone (its `score` stays in the root), its embedding a unit of its own."""
     return (cfg.fsdp_version is FsdpVersion.TWO and is_sharded(cfg) and cfg.method is Method.full
-            and cfg.quant is Quant.none and sp.has_head and sp.trainable > 0 and not cfg.model.tie_embeddings)
+            and cfg.quant is Quant.none and sp.has_head and sp.trainable > 0 and not is_weights_tied(cfg))
 
 
 def _fsdp2_embedding_reduces(cfg: TrainConfig, sp: StageParams) -> bool:
@@ -304,7 +299,7 @@ def fsdp2_head_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams) -> float:
     if not _fsdp2_tail_reduces(cfg, sp):
         return 0.0
     m, c16, n = cfg.model, compute_copy_bytes(cfg.precision), shard_group(cfg)
-    tail = c16 * fsdp2_tail_params(cfg) / cfg.tp
+    tail = c16 * outside_units(cfg).tail_trained
     layer = c16 * layer_params(m) / cfg.tp
     return tail / n + layer + reduce_scatter_copy_bytes(cfg, tail)
 

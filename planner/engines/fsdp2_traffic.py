@@ -70,8 +70,11 @@ class OutsideUnits:
     root_trained: float
 
 
-def _tied(cfg: TrainConfig) -> bool:
-    """accelerate's `is_weights_tied`; a reward model's `score` is no output embedding (get_output_embeddings None)."""
+def is_weights_tied(cfg: TrainConfig) -> bool:
+    """accelerate's `is_weights_tied` (`input_weight is output_weight`). A reward model's `score` is no output
+    embedding: AutoModelForSequenceClassification (transformers 5.25 modeling_layers.py
+    `GenericForSequenceClassification`) has no `lm_head`, so `get_output_embeddings` (modeling_utils.py
+    `EmbeddingAccessMixin.get_output_embeddings`) returns None and nothing is tied, whatever the config says."""
     return cfg.model.tie_embeddings and cfg.stage is not Stage.rm
 
 
@@ -84,7 +87,7 @@ def outside_units(cfg: TrainConfig) -> OutsideUnits:
     vh = float(m.vocab_size * m.hidden_size)
     norm = float(m.final_norm_params if m.final_norm_params >= 0 else norm_params(m))
     extras = float(embedding_params(m)) - vh
-    rm, tied = cfg.stage is Stage.rm, _tied(cfg)
+    rm, tied = cfg.stage is Stage.rm, is_weights_tied(cfg)
     score = float(m.hidden_size) if rm else 0.0
     embedding = 0.0 if tied else vh
     tail = norm + (vh if tied or not rm else 0.0)

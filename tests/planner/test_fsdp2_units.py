@@ -12,18 +12,17 @@ import pytest
 from planner import parallel_comm as pc
 from planner.build import build_config
 from planner.engines import fsdp
-from planner.engines.fsdp import fsdp2_tail_params
-from planner.engines.fsdp2_traffic import fsdp2_traffic
+from planner.engines.fsdp2_traffic import fsdp2_traffic, outside_units
 from planner.memory import memory_per_gpu
-from planner.params import embedding_params, head_params, layer_params
+from planner.params import embedding_params, head_params, layer_params, norm_params
 from planner.states import param_counts, stage_params
-from planner.strategy import FsdpStrategy, Method, Precision, TrainConfig
+from planner.strategy import FsdpStrategy, Method, Precision, Stage, TrainConfig
 
 
-def _cfg(gpus: str, version: int = 2, method: Method = Method.full, model: str = "7b", seq_len: int = 256
-         ) -> TrainConfig:
+def _cfg(gpus: str, version: int = 2, method: Method = Method.full, model: str = "7b", seq_len: int = 256,
+         stage: Stage = Stage.sft) -> TrainConfig:
     return build_config(model=model, gpus=gpus, method=method, precision=Precision.fp32, fsdp=FsdpStrategy.full_shard,
-                        fsdp_version=version, seq_len=seq_len, check=False)
+                        fsdp_version=version, seq_len=seq_len, stage=stage, check=False)
 
 
 def test_fsdp2_keeps_the_tail_gathered_and_fsdp1_the_whole_root() -> None:
@@ -93,7 +92,7 @@ def test_fsdp2_collectives_per_micro_batch(model, method, freeze, strategy, expe
     assert sum(b * n for b, n in t.forward_gathers) == pytest.approx(4.0 * counts.total)
     assert sum(b * n for b, n in t.reduce_scatters) == pytest.approx(4.0 * counts.trainable)
     if strategy is FsdpStrategy.full_shard and not freeze:
-        tail = 4.0 * fsdp2_tail_params(cfg)
+        tail = 4.0 * outside_units(cfg).tail
         assert sum(b * n for b, n in t.backward_gathers) == pytest.approx(4.0 * counts.total - tail)
 
 
@@ -112,3 +111,30 @@ def test_the_end_of_backward_holds_the_embedding_reduce_scatter() -> None:
     assert mem.phase == "gradients"
     assert {"FSDP2 embedding gradient, unsharded", "FSDP2 embedding reduce-scatter input",
             "gloo reduce-scatter copy"} <= set(mem.other_items)
+
+
+@pytest.mark.parametrize("model", ["7b", "qwen3-0.6b"])
+@pytest.mark.parametrize("stage", [Stage.sft, Stage.rm])
+def test_memory_keeps_the_tail_the_traffic_gathers(model: str, stage: Stage) -> None:
+    """One rule for the tail (fsdp2_traffic.outside_units): the bytes memory keeps gathered into backward are the
+    bytes the traffic leaves out of backward's gathers, tied or not, language or reward model."""
+    cfg = _cfg("8xA800", model=model, stage=stage)
+    got = fsdp.buffers(cfg, stage_params(cfg, first=True), 1.0, first=True)
+    assert got["FSDP unsharded parameters"] == 4.0 * outside_units(cfg).tail
+
+
+@pytest.mark.parametrize("model", ["7b", "qwen3-0.6b"])
+def test_a_reward_models_tail_is_the_final_norm(model: str) -> None:
+    """AutoModelForSequenceClassification has no `lm_head`: `get_output_embeddings` is None, so accelerate ties
+    nothing, shards the embedding as its own unit and the tail as [final norm] (the `score` stays in the root):
+    even a tied model's embedding reduces at backward's end and its tail once its backward is over."""
+    cfg = _cfg("2xCPU", model=model, stage=Stage.rm)
+    m, sp = cfg.model, stage_params(cfg, first=True)
+    norm, vh = 4.0 * norm_params(m), 4.0 * m.vocab_size * m.hidden_size
+    got = fsdp.buffers(cfg, sp, 1.0, first=True)
+    assert got["FSDP unsharded parameters"] == norm
+    assert got["FSDP unsharded gradients"] == norm
+    assert fsdp.fsdp2_head_reduce_scatter_bytes(cfg, sp) == pytest.approx(
+        norm / cfg.dp + 4.0 * layer_params(m) + norm)
+    assert fsdp.end_items(cfg, sp) == {"FSDP2 embedding gradient, unsharded": vh,
+                                       "FSDP2 embedding reduce-scatter input": vh, "gloo reduce-scatter copy": vh}

@@ -85,7 +85,7 @@ def test_fsdp2_allocates_no_gradient_shards_before_backward() -> None:
     two, one = memory_per_gpu(build_config(**kw)), memory_per_gpu(build_config(**kw, fsdp_version=1))
     assert build_config(**kw).fsdp_version == 2  # FSDP2 is the default
     # besides: accelerate's FSDP2 reshards the embedding's unit after forward, where FSDP1's root unit keeps the
-    # embedding gathered into backward (planner.engines.fsdp fsdp2_tail_params)
+    # embedding gathered into backward (planner.engines.fsdp2_traffic outside_units)
     embedding16 = 2.0 * embedding_params(build_config(**kw).model)
     assert one.allocated - two.allocated == pytest.approx(one.gradients + embedding16, rel=1e-6)
     # with accumulation, earlier micro-batches' gradient shards are resident in both

@@ -49,7 +49,7 @@ CONFIG = dict(vocab_size=2048, hidden_size=512, intermediate_size=1376, num_hidd
 MICRO_BATCH, SEQ = 2, 128
 # fsdp2-vocab: Llama-2's 32000-token vocabulary on the same layers, the embedding and head then 4/5 of the model as in
 # small models with large vocabularies, so the units FSDP2 gathers and reduces apart from the layers (the tail, the
-# embedding: planner.engines.fsdp fsdp2_tail_params, end_items) set the peak
+# embedding: planner.engines.fsdp2_traffic outside_units, planner.engines.fsdp end_items) set the peak
 VOCAB = {"fsdp2-vocab": 32000}
 
 
