@@ -314,8 +314,14 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
       lives (stage_1_and_2.py step: `self.flatten(...)` then `.to(fp32)`; stage3.py
       _prepare_fp32_grad_for_sub_group, the same line), the fp32 partition stays through the optimizer step and
       is dropped before the next group (`single_partition_of_fp32_groups[i].grad = None`; stage3.py
-      _release_sub_group). ZeRO-1 first frees the group's gradients outside its partition
-      (free_grad_in_param_list(params_not_in_partition)), so this moment holds less of them.
+      _release_sub_group). ZeRO-1's gradients are counted whole (gradients()), but by the step only this rank's
+      partition is left, in the contiguous buffer (contiguous_partition_freed_bytes): the boundary micro-batch's
+      reduction leaves the others in its buckets (`reduce_independent_p_g_buckets_and_remove_grads` points each
+      gradient into a bucket buffer; the epilogue's `_release_ipg_buffers` and `_clear_param_grad_only` drop them),
+      and step() frees whatever remains outside the partition (free_grad_in_param_list(params_not_in_partition)), so
+      both moments hold c16 x (trained - trained/N) less. Measured on 2 CPU ranks (the 3.7M Llama,
+      tests/validation/test_memory_zero_adamw_step_measured.py): ZeRO-1 holds one gradient partition at the end of
+      backward and rises at the step as ZeRO-2 does, in fp32 and bf16, one group and two.
     - Then the client's torch AdamW steps the group beside its fp32 gradient partition, with the temporaries of its
       implementation (_client_adamw_step_bytes); DeepSpeed's own optimizers (FusedAdam, CPU Adam) update in place.
     With offloaded optimizer states the fp32 gradients live on the host (gradients()). ZeRO-0: zero0_step_items."""
@@ -387,7 +393,7 @@ def _client_adamw_step_bytes(cfg: TrainConfig, group: float) -> float:
     quotient), the fused kernel (--fused-adamw) none (torch_adamw.step_temporaries; a flat partition is one tensor).
     The fp32 gradient is a new partition: `.to(fp32)` of the flat 16-bit gradients, or in fp32 the flat copy itself
     (`self.flatten(self.averaged_gradients[i])` copies the group's gradients into a new tensor, and `.to` of the same
-    dtype returns it); less, at ZeRO-2, the contiguous gradient partition where the step frees it
+    dtype returns it); less, at ZeRO-1/2, the contiguous gradient partition where the step frees it
     (contiguous_partition_freed_bytes)."""
     kernel = deepspeed_client_kernel(cfg)
     if kernel is None or kernel is AdamwKernel.fused:
@@ -396,23 +402,27 @@ def _client_adamw_step_bytes(cfg: TrainConfig, group: float) -> float:
 
 
 def contiguous_partition_freed_bytes(cfg: TrainConfig, group: float) -> float:
-    """Bytes of ZeRO-2's contiguous gradient partition freed before the client's step of the largest group.
+    """Bytes of ZeRO-1/2's contiguous gradient partition freed before the client's step of the largest group.
 
     ZeRO-2 copies every gradient of this rank's partition into one buffer for all parameter groups
     (stage_1_and_2.py `copy_grads_in_partition`: `self.grads_in_partition`, dropped by `_release_ipg_buffers` at the
-    end of backward while each group's `averaged_gradients[i]` (`get_flat_partition` views) still holds it). `step`
-    frees a group's views (`free_grad_in_param_list(self.params_in_partition[i])`, `averaged_gradients[i] = None`)
-    before `_optimizer_step(i)`, so the buffer goes only when no other group holds gradients in it. The Trainer's
-    groups (transformers trainer.py `create_optimizer`, `get_decay_parameter_names`) put a full fine-tune's norms
-    (and biases) in a second group stepped after the weight-decay group: the buffer stays through the large group's
-    step. A LoRA model's second group is empty, and DeepSpeed drops it (runtime/engine.py `_configure_optimizer`:
-    `param_groups[:] = [pg ... if len(pg["params"]) != 0]`): one group, whose step frees the buffer.
+    end of backward while each group's `averaged_gradients[i]` (`get_flat_partition` views) still holds it), and so
+    does ZeRO-1 with ftplan's `contiguous_gradients: true` (`reduce_ipg_grads`, the "zero stage 1" branch: the
+    boundary micro-batch's reduction copies the gradients in this rank's partition there; the others go with the
+    buckets). `step` frees a group's views (`free_grad_in_param_list(self.params_in_partition[i])`,
+    `averaged_gradients[i] = None`) before `_optimizer_step(i)`, so the buffer goes only when no other group holds
+    gradients in it. The Trainer's groups (transformers trainer.py `create_optimizer`, `get_decay_parameter_names`)
+    put a full fine-tune's norms (and biases) in a second group stepped after the weight-decay group: the buffer
+    stays through the large group's step. A LoRA model's second group is empty, and DeepSpeed drops it
+    (runtime/engine.py `_configure_optimizer`: `param_groups[:] = [pg ... if len(pg["params"]) != 0]`): one group,
+    whose step frees the buffer.
     Measured (2 CPU ranks over gloo, profiler.tracker, tests/validation/test_memory_zero_adamw_step_measured.py, the
     3.7M Llama): ZeRO-2 in fp32 under the Trainer's groups, the step's rise over the end of backward 14,745,608 B with
     foreach and 22,118,408 B with the single-tensor loop (2 and 3 fp32 partitions of the 1,843,200-element
     weight-decay group; planner 14,754,816 and 22,132,224, +0.06%), as in bf16; with one group 7,377,416 and
-    14,493,192 B in fp32, 11,066,120 and 18,312,712 B in bf16: less the contiguous buffer (7,639,040 B in fp32)."""
-    if cfg.zero is not ZeroStage.GRADIENTS or cfg.method is Method.full:
+    14,493,192 B in fp32, 11,066,120 and 18,312,712 B in bf16: less the contiguous buffer (7,639,040 B in fp32).
+    ZeRO-1 measured the same rises in all eight cases, over the same partition held at the end of backward."""
+    if cfg.zero not in (ZeroStage.OPTIMIZER_STATES, ZeroStage.GRADIENTS) or cfg.method is Method.full:
         return 0.0
     return group * compute_copy_bytes(cfg.precision)
 
