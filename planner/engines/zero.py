@@ -94,13 +94,14 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
     """(GPU, host) bytes of the gradients held from backward to the step. ZeRO-0 holds the model's gradients, whole: in
     bf16 or fp16 FP16_UnfusedOptimizer makes their fp32 copies only inside its step (zero0_step_items); the pipeline
     engine's BF16_Optimizer (bf16 with --pp > 1) allocates its gradient accumulators up front (bf16_optimizer.py,
-    fp32_groups_gradients_flat), counted as 16-bit + fp32. ZeRO-1/2/3 hold only the 16-bit gradients, whole at
-    ZeRO-1 (param.grad), a partition at ZeRO-2 (copy_grads_in_partition's flat buffer) and ZeRO-3
-    (grad_partitions_flat_buffer); the fp32 partition is made in step() (step_items)."""
+    fp32_groups_gradients_flat), counted as 16-bit + fp32. ZeRO-1/2/3 hold only the 16-bit gradients: whole at
+    ZeRO-1 while micro-batches accumulate (param.grad; zero1_holds_whole_grads), else a partition, as at ZeRO-2
+    (copy_grads_in_partition's flat buffer) and ZeRO-3 (grad_partitions_flat_buffer); the fp32 partition is made
+    in step() (step_items)."""
     zero, c16, fp32_grad = cfg.zero, compute_copy_bytes(cfg.precision), _fp32_grad_bytes(cfg)
     if zero is ZeroStage.DISABLED:
         grads = trained * (c16 + (fp32_grad if shards_optimizer(cfg) else 0.0))
-    elif zero is ZeroStage.OPTIMIZER_STATES:
+    elif zero is ZeroStage.OPTIMIZER_STATES and zero1_holds_whole_grads(cfg):
         grads = trained * c16
     else:
         grads = trained * c16 / n
@@ -118,6 +119,18 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
         host = trained * (host_16bit + 4.0) / n
         return (trained * 2 if zero is ZeroStage.OPTIMIZER_STATES else 0.0), host
     return grads, 0.0
+
+
+def zero1_holds_whole_grads(cfg: TrainConfig) -> bool:
+    """ZeRO-1 keeps every 16-bit gradient whole (param.grad) while micro-batches accumulate: it reduces only at the
+    accumulation boundary (stage_1_and_2.py `reduce_ready_partitions_and_remove_grads`: stage 1 reduces only
+    `is_gradient_accumulation_boundary`), so a boundary backward starts with them all. With one micro-batch per step
+    every backward is a boundary: under ftplan's ds_config (overlap_comm, contiguous_gradients) it reduces bucket by
+    bucket as ZeRO-2 does and keeps only this rank's partition (`reduce_ipg_grads`' stage-1 branch copies it into
+    grads_in_partition; `_release_ipg_buffers` and `_clear_param_grad_only` drop the rest). Measured on 2 CPU ranks
+    (tests/validation/test_memory_zero_adamw_step_measured.py, one micro-batch): one partition at the end of backward,
+    7,377,920 B in fp32 for the 3.7M Llama, where whole gradients were 14,754,816 B."""
+    return cfg.grad_accum > 1
 
 
 def backward_grad_bytes(cfg: TrainConfig, trained: float, held_grads: float) -> float:
@@ -310,18 +323,18 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
     - First the gradient norm, taken in fp64 one gradient at a time (stage_1_and_2.py and stage3.py,
       get_grad_norm_direct: g.to(get_norm_dtype()), float64 wherever the accelerator has it); at ZeRO-3 each
       gradient is a partition (1/N of the tensor).
-    - Then, per group, the 16-bit gradients are flattened into a new tensor and cast to fp32 while the flat copy
-      lives (stage_1_and_2.py step: `self.flatten(...)` then `.to(fp32)`; stage3.py
-      _prepare_fp32_grad_for_sub_group, the same line), the fp32 partition stays through the optimizer step and
-      is dropped before the next group (`single_partition_of_fp32_groups[i].grad = None`; stage3.py
-      _release_sub_group). ZeRO-1's gradients are counted whole (gradients()), but by the step only this rank's
-      partition is left, in the contiguous buffer (contiguous_partition_freed_bytes): the boundary micro-batch's
-      reduction leaves the others in its buckets (`reduce_independent_p_g_buckets_and_remove_grads` points each
-      gradient into a bucket buffer; the epilogue's `_release_ipg_buffers` and `_clear_param_grad_only` drop them),
-      and step() frees whatever remains outside the partition (free_grad_in_param_list(params_not_in_partition)), so
-      both moments hold c16 x (trained - trained/N) less. Measured on 2 CPU ranks (the 3.7M Llama,
-      tests/validation/test_memory_zero_adamw_step_measured.py): ZeRO-1 holds one gradient partition at the end of
-      backward and rises at the step as ZeRO-2 does, in fp32 and bf16, one group and two.
+    - Then, per group, the 16-bit gradients are flattened into a new tensor and cast to fp32 while the flat copy lives
+      (stage_1_and_2.py step: `self.flatten(...)` then `.to(fp32)`; stage3.py _prepare_fp32_grad_for_sub_group, the same
+      line), the fp32 partition stays through the optimizer step and is dropped before the next group
+      (`single_partition_of_fp32_groups[i].grad = None`; stage3.py _release_sub_group). ZeRO-1's gradients are counted
+      whole with accumulation (gradients()), but by the step only this rank's partition is left, in the contiguous
+      buffer (contiguous_partition_freed_bytes): the boundary micro-batch's reduction leaves the others in its buckets
+      (`reduce_independent_p_g_buckets_and_remove_grads` points each gradient into a bucket buffer; the epilogue's
+      `_release_ipg_buffers` and `_clear_param_grad_only` drop them), and step() frees whatever remains outside the
+      partition (free_grad_in_param_list(params_not_in_partition)), so both moments hold c16 x (trained - trained/N)
+      less. Measured on 2 CPU ranks (the 3.7M Llama, tests/validation/test_memory_zero_adamw_step_measured.py): ZeRO-1
+      holds one gradient partition at the end of backward and rises at the step as ZeRO-2 does, in fp32 and bf16, one
+      group and two.
     - Then the client's torch AdamW steps the group beside its fp32 gradient partition, with the temporaries of its
       implementation (_client_adamw_step_bytes); DeepSpeed's own optimizers (FusedAdam, CPU Adam) update in place.
     With offloaded optimizer states the fp32 gradients live on the host (gradients()). ZeRO-0: zero0_step_items."""
@@ -338,7 +351,7 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
     group = step_group_elements(cfg, trained, n)
     conversion = group * (c16 + _fp32_grad_bytes(cfg))  # the flat 16-bit copy and the fp32 partition
     step = _client_adamw_step_bytes(cfg, group)
-    if cfg.zero is ZeroStage.OPTIMIZER_STATES:
+    if cfg.zero is ZeroStage.OPTIMIZER_STATES and zero1_holds_whole_grads(cfg):
         conversion -= c16 * (trained - trained / n)
         step -= c16 * (trained - trained / n)
     moments = {"ZeRO fp64 gradient-norm copy": norm,

@@ -152,7 +152,10 @@ def test_zero_on_the_cpu_steps_torchs_adamw_one_flat_partition_at_a_time(model_p
     group = zero.step_group_elements(z2, trained, 2)
     assert zero.step_items(z2, trained, 2, 8.0) == {
         "ZeRO fp32 gradients + torch AdamW single-tensor temporaries, one group": group * 12.0}
-    z1 = _cpu_cfg(model_path, zero=1)
+    # ZeRO-1 with one micro-batch holds the partition as ZeRO-2 does (zero.zero1_holds_whole_grads); accumulating, it
+    # holds whole gradients, of which the step keeps the partition
+    assert zero.step_items(_cpu_cfg(model_path, zero=1), trained, 2, 8.0) == zero.step_items(z2, trained, 2, 8.0)
+    z1 = _cpu_cfg(model_path, zero=1, grad_accum=2)
     assert zero.step_items(z1, trained, 2, 8.0) == {
         "ZeRO fp32 gradients + torch AdamW single-tensor temporaries, one group":
             group * 12.0 - 4.0 * (trained - trained / 2)}

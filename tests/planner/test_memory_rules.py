@@ -92,9 +92,13 @@ def test_zero_fp32_gradient_partition_lives_in_the_step(zero: int) -> None:
     from planner import deepspeed_sizes
     from planner.engines import zero as zero_engine
 
-    cfg = build_config(model="llama-2-7b", gpus="8xA800", method=Method.full, zero=zero)
+    # with accumulation: ZeRO-1 holds whole gradients then (zero.zero1_holds_whole_grads), a partition with one
+    # micro-batch, as ZeRO-2 does
+    cfg = build_config(model="llama-2-7b", gpus="8xA800", method=Method.full, zero=zero, grad_accum=2)
     p, n = total_params(cfg.model), cfg.dp
     assert memory_per_gpu(cfg).gradients == pytest.approx(2 * p / (1 if zero == 1 else n), rel=1e-9)
+    one = build_config(model="llama-2-7b", gpus="8xA800", method=Method.full, zero=zero, grad_accum=1)
+    assert memory_per_gpu(one).gradients == pytest.approx(2 * p / n, rel=1e-9)
     group = zero_engine.step_group_elements(cfg, p, n)
     assert group == pytest.approx(p / n, rel=1e-9)  # 842M per rank: under sub_group_size, one (sub-)group
     items = zero_engine.step_items(cfg, p, n, 4.0)
