@@ -287,8 +287,8 @@ def dry_run(cfg: TrainConfig, *, steps: int = 2, full_first_step: bool = False) 
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from profiler.param_groups import trainer_param_groups
     from profiler.tracker import StorageTracker
-    from profiler.worker import trainer_param_groups
 
     check_supported(cfg)
     t0 = time.perf_counter()
