@@ -178,16 +178,24 @@ def ep_unsharded_saving_bytes(cfg: TrainConfig, compute_bytes: float) -> tuple[f
     return 2 * layer, layer
 
 
+def ep_other_ranks_expert_elements(cfg: TrainConfig) -> float:
+    """Trained expert elements that live on the other ranks of the EP group: a rank owns experts / ep of them
+    (transformers/distributed/expert_parallel.py `apply_expert_parallelism` shards the fused expert tensors over
+    the `ep` mesh) and FSDP2-shards only those over `efsdp` (transformers/distributed/fsdp.py
+    `apply_fully_sharded_data_parallelism`). Full fine-tuning only: adapters are not expert-sharded."""
+    if cfg.ep <= 1 or cfg.method.value != "full":
+        return 0.0
+    return expert_params_per_layer(cfg.model) * cfg.model.num_layers * (1 - 1 / cfg.ep)
+
+
 def ep_gradient_share(cfg: TrainConfig) -> float:
     """Share of the trainable parameters whose FSDP traffic stays: the experts' all-gathers and reduce-scatters
     run over the dp / ep ranks holding the same experts, carrying 1/ep of them."""
     if cfg.ep <= 1 or cfg.method.value != "full":
         return 1.0
-    m = cfg.model
     from planner.params import total_params
 
-    expert = expert_params_per_layer(m) * m.num_layers
-    return 1.0 - expert / total_params(m) * (1 - 1 / cfg.ep)
+    return 1.0 - ep_other_ranks_expert_elements(cfg) / total_params(cfg.model)
 
 
 def ep_comm_s(cfg: TrainConfig, *, tokens: int, layers: int, comm_eff: float) -> float:

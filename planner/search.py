@@ -131,7 +131,7 @@ def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, li
                         variants = [{"batch": Batch(micro_batch=mb, grad_accum=per_dp // mb, seq_len=base.seq_len),
                                      "grad_ckpt": ckpt, "attn": attn, "switches": switches}
                                     for mb in micro_batches
-                                    for switches in _switches(base, engine_choice, per_dp // mb, ep)
+                                    for switches in _switches(base, engine_choice, per_dp // mb)
                                     for ckpt in space.grad_ckpts for attn in attns]
                         layout = replace(base.layout, tp=tp, pp=pp, ep=ep)
                         for opt in space.optimizers:
@@ -139,7 +139,7 @@ def _skeletons(base: TrainConfig, space: SearchSpace) -> Iterator[tuple[dict, li
                                     "layout": layout, "optimizer": opt}, variants)
 
 
-def _switches(base: TrainConfig, engine_choice: EngineChoice, grad_accum: int, ep: int) -> tuple[Switches, ...]:
+def _switches(base: TrainConfig, engine_choice: EngineChoice, grad_accum: int) -> tuple[Switches, ...]:
     """The user's switches, and where sharded FSDP would keep every unsharded gradient through the Trainer's
     accumulation (planner/engines/fsdp.py no_sync_accumulates), the same with `sync_each_batch`: accelerate's
     GradientAccumulationPlugin option that reduces on every micro-batch, trading the unsharded gradients' memory for
@@ -148,7 +148,7 @@ def _switches(base: TrainConfig, engine_choice: EngineChoice, grad_accum: int, e
     `ftplan run` and the emitted Trainer arguments set. A user's --sync-each-batch is kept as it is; PPO (verl)
     syncs each micro-batch anyway (ddp.syncs_each_micro_batch)."""
     if ddp.syncs_each_micro_batch(base) or engine_choice.engine is not Engine.fsdp or \
-            not fsdp.no_sync_accumulates(engine_choice.fsdp, grad_accum, ep):
+            not fsdp.no_sync_accumulates(engine_choice.fsdp, grad_accum):
         return (base.switches,)
     return base.switches, replace(base.switches, sync_each_batch=True)
 

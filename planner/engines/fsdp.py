@@ -29,6 +29,7 @@ from planner.engines.fsdp2_traffic import Calls, fsdp2_traffic, fsdp2_units, is_
 from planner.engines.sharded import PassSeconds, overlap_for, pass_comm, sync_calls_s
 from planner.gpus import is_cpu
 from planner.memory_knobs import fsdp_quantized_units_bytes
+from planner.moe import ep_other_ranks_expert_elements
 from planner.params import embedding_params, head_params, layer_params, wrapped_lora_targets
 from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, stage_layers
 
@@ -162,16 +163,20 @@ def accumulates_unsharded_grads(cfg: TrainConfig) -> bool:
     `accumulate_unsharded_grad_if_needed`); FSDP1's `no_sync` docstring: it "will accumulate the full model
     gradients (instead of gradient shards) until the eventual sync". Not where the loop reduces on every
     micro-batch: --sync-each-batch, and verl's PPO actor (verl/workers/actor/dp_actor.py `update_policy`: one
-    `loss.backward()` per micro-batch, no no_sync). Expert parallelism's own expert shards are not modelled here
-    (ep 1 only)."""
-    return no_sync_accumulates(cfg.fsdp, cfg.grad_accum, cfg.ep) and not ddp.syncs_each_micro_batch(cfg)
+    `loss.backward()` per micro-batch, no no_sync). With expert parallelism too: transformers' DistributedConfig
+    `fully_shard`s the dispatched experts on their own `efsdp` mesh (transformers/distributed/fsdp.py
+    `apply_fully_sharded_data_parallelism`), and `set_requires_gradient_sync(False)` recurses into every FSDPModule
+    (torch/distributed/fsdp/_fully_shard/_fully_shard.py), so the experts keep their unsharded gradients as well,
+    those of the rank's own experts (backward_grad_bytes); the time model's one reduction per step
+    (reductions_per_step) says the same."""
+    return no_sync_accumulates(cfg.fsdp, cfg.grad_accum) and not ddp.syncs_each_micro_batch(cfg)
 
 
-def no_sync_accumulates(strategy: FsdpStrategy, grad_accum: int, ep: int) -> bool:
+def no_sync_accumulates(strategy: FsdpStrategy, grad_accum: int) -> bool:
     """Whether the Trainer's no_sync would keep unsharded gradients through accumulation where the loop does not
-    sync each micro-batch (accumulates_unsharded_grads): a sharded strategy, more than one micro-batch, no expert
-    parallelism. Where it does, `sync_each_batch` is a real choice (planner.search)."""
-    return strategy is not FsdpStrategy.no_shard and grad_accum > 1 and ep == 1
+    sync each micro-batch (accumulates_unsharded_grads): a sharded strategy, more than one micro-batch. Where it
+    does, `sync_each_batch` is a real choice (planner.search)."""
+    return strategy is not FsdpStrategy.no_shard and grad_accum > 1
 
 
 def backward_grad_bytes(cfg: TrainConfig, trained: float, held_grads: float) -> float:
@@ -181,12 +186,15 @@ def backward_grad_bytes(cfg: TrainConfig, trained: float, held_grads: float) -> 
     mixed-precision policy sets reduce_dtype = param_dtype, accelerate/utils/dataclasses.py
     `set_mixed_precision`, so FSDP2's `to_accumulated_grad_if_needed` keeps that dtype), the frozen tensors of a
     mixed FSDP1 unit included; they are live through the forward of every later micro-batch too. No sharded
-    gradient exists before the last micro-batch's reduce-scatters (the step's `zero_grad` set them to None)."""
+    gradient exists before the last micro-batch's reduce-scatters (the step's `zero_grad` set them to None). With
+    expert parallelism a rank's unsharded experts are its own, experts / ep of them
+    (moe.ep_other_ranks_expert_elements)."""
     if not grads_live_in_backward(cfg):
         return 0.0
     if not accumulates_unsharded_grads(cfg):
         return held_grads
-    return (trained + frozen_in_mixed_units(cfg)) * compute_copy_bytes(cfg.precision)
+    unsharded = trained - ep_other_ranks_expert_elements(cfg) + frozen_in_mixed_units(cfg)
+    return unsharded * compute_copy_bytes(cfg.precision)
 
 
 def master_bytes(cfg: TrainConfig) -> float:
@@ -344,7 +352,8 @@ def reductions_per_step(cfg: TrainConfig) -> int:
     (torch/distributed/fsdp/_runtime_utils.py), so its predivide passes and `_post_reduce_grad_callback`'s
     `_offload_grad` wait for the sync too (FullyShardedDataParallel.no_sync: "the gradients will not be offloaded
     to CPU when inside the context manager ... only ... right after the eventual sync"). Expert parallelism changes
-    nothing here: the Trainer's no_sync covers every FSDP2 module (set_requires_gradient_sync recurses)."""
+    nothing here: the Trainer's no_sync covers every FSDP2 module (set_requires_gradient_sync recurses), as memory's
+    accumulates_unsharded_grads says."""
     return ddp.reductions_per_step(cfg)
 
 
