@@ -33,7 +33,13 @@ from planner.deepspeed_sizes import reduce_bucket_elements
 from planner.engines.sharded import backward_chain_s, no_overlap, overlap_for, sharded_comm, sync_calls_s
 from planner.params import embedding_params, head_params, layer_params
 from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
-from planner.torch_adamw import AdamwKernel, deepspeed_client_kernel, single_tensor_temporary_bytes, step_temporaries
+from planner.torch_adamw import (
+    AdamwKernel,
+    deepspeed_client_kernel,
+    largest_trainable_tensors,
+    single_tensor_temporary_bytes,
+    step_temporaries,
+)
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -93,14 +99,14 @@ def _fp32_grad_bytes(cfg: TrainConfig) -> float:
 def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
     """(GPU, host) bytes of the gradients held from backward to the step. ZeRO-0 holds the model's gradients, whole: in
     bf16 or fp16 FP16_UnfusedOptimizer makes their fp32 copies only inside its step (zero0_step_items); the pipeline
-    engine's BF16_Optimizer (bf16 with --pp > 1) allocates its gradient accumulators up front (bf16_optimizer.py,
-    fp32_groups_gradients_flat), counted as 16-bit + fp32. ZeRO-1/2/3 hold only the 16-bit gradients: whole at
+    engine's BF16_Optimizer (bf16 with --pp > 1: bf16_pipeline_optimizer) adds its gradient accumulators, whole and in
+    BF16_ACCUMULATOR_BYTES, beside the 16-bit gradients. ZeRO-1/2/3 hold only the 16-bit gradients: whole at
     ZeRO-1 while micro-batches accumulate (param.grad; zero1_holds_whole_grads), else a partition, as at ZeRO-2
     (copy_grads_in_partition's flat buffer) and ZeRO-3 (grad_partitions_flat_buffer); the fp32 partition is made
     in step() (step_items)."""
-    zero, c16, fp32_grad = cfg.zero, compute_copy_bytes(cfg.precision), _fp32_grad_bytes(cfg)
+    zero, c16 = cfg.zero, compute_copy_bytes(cfg.precision)
     if zero is ZeroStage.DISABLED:
-        grads = trained * (c16 + (fp32_grad if shards_optimizer(cfg) else 0.0))
+        grads = trained * (c16 + (BF16_ACCUMULATOR_BYTES if bf16_pipeline_optimizer(cfg) else 0.0))
     elif zero is ZeroStage.OPTIMIZER_STATES and zero1_holds_whole_grads(cfg):
         grads = trained * c16
     else:
@@ -151,11 +157,35 @@ def master_bytes(cfg: TrainConfig) -> float:
 
 
 def shards_optimizer(cfg: TrainConfig) -> bool:
-    """ZeRO-1+; and the pipeline engine with bf16 runs BF16_Optimizer even at ZeRO-0 (engine.py,
-    _do_optimizer_sanity_check), which splits the fp32 master and Adam states over the DP group
-    (bf16_optimizer.py, fp32_groups_flat_partition) and keeps full bf16 + fp32 gradients."""
-    bf16_pipe = cfg.zero is ZeroStage.DISABLED and cfg.pp > 1 and cfg.precision is Precision.bf16_mixed
-    return cfg.zero >= ZeroStage.OPTIMIZER_STATES or bf16_pipe
+    """ZeRO-1+; and the pipeline engine's BF16_Optimizer at ZeRO-0 (bf16_pipeline_optimizer), which splits the fp32
+    master and the client's states over the stage's data-parallel group (bf16_optimizer.py `_setup_for_real_optimizer`:
+    fp32_groups_flat_partition, one partition of each group's flat bf16 copy per rank of `real_dp_process_group`; the
+    pipeline engine's data-parallel group, the ranks of one stage: runtime/pipe/topology.py PipelineParallelGrid,
+    which deepspeed.utils.groups `_get_data_parallel_group` returns through the engine's mpu) and keeps the gradients
+    whole (gradients())."""
+    return cfg.zero >= ZeroStage.OPTIMIZER_STATES or bf16_pipeline_optimizer(cfg)
+
+
+def bf16_pipeline_optimizer(cfg: TrainConfig) -> bool:
+    """Whether DeepSpeed wraps the client optimizer in BF16_Optimizer: ZeRO off, bf16, and the pipeline engine
+    (runtime/engine.py `_do_optimizer_sanity_check`: with ZeRO disabled and the model's dtype equal to grad_accum_dtype,
+    bf16 under `pipeline_parallelism` returns BFLOAT16 -> `_configure_bf16_optimizer`; without the pipeline it is
+    DDP_BFLOAT16, FP16_UnfusedOptimizer: zero0_step_items). ftplan's ds_config sets no `data_types.grad_accum_dtype`,
+    so the two dtypes are equal (BF16_ACCUMULATOR_BYTES); bf16-true is refused for DeepSpeed (problems)."""
+    return cfg.zero is ZeroStage.DISABLED and cfg.pp > 1 and cfg.precision is Precision.bf16_mixed
+
+
+# BF16_Optimizer's gradient accumulators, bytes per element: one flat buffer per parameter group as large as the group's
+# flat bf16 copy, on every rank (bf16_optimizer.py `_setup_for_real_optimizer`: `fp32_groups_gradients_flat` is
+# `torch.zeros_like(self.bf16_groups_flat[i], dtype=self.grad_acc_dtype)`), in the engine's grad_accum_dtype
+# (engine.py `_configure_bf16_optimizer`: `grad_acc_dtype=self.get_data_types()[1]`), which `get_data_types` makes the
+# model's dtype when the ds_config sets no `data_types.grad_accum_dtype` - ftplan's sets none (planner/configs/
+# ds_config.py build_ds_config): bf16, whatever the attribute's name says (and the pipe engine's comment "BF16 Optimizer
+# is hardcoded for fp32 gradient accumulation", runtime/pipe/engine.py). Backward keeps each parameter's bf16 `.grad`
+# beside them: `update_hp_grads(clear_lp_grads=False)` adds it in, `clear_lp_grads` zeroes it in place, and only the
+# step's `zero_grad` (set_to_none) frees it. Measured on 2 CPU ranks, pp 2 (tests/validation/
+# test_memory_pipeline_step_measured.py): torch.bfloat16, 2 bytes per trained element of the stage.
+BF16_ACCUMULATOR_BYTES = 2.0
 
 
 def autocast_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
@@ -312,9 +342,43 @@ def step_group_elements(cfg: TrainConfig, trained: float, n: int) -> float:
     return max(zero3_sub_group_elements(cfg, trained, n))
 
 
+# runtime/engine.py MEMORY_OPT_ALLREDUCE_SIZE: the elements past which the pipeline engine's gradient all-reduce closes
+# a bucket (runtime/pipe/engine.py `_exec_reduce_grads` and `_bf16_reduce_grads` pass it as elements_per_buffer)
+PIPELINE_ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
+
+
 def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
-    """Nothing beyond the buffers at the end of backward (the reductions' buckets are counted in buffers)."""
-    return {}
+    """At the end of backward: the pipeline engine's gradient all-reduce at ZeRO-0 (pipeline_reduce_copy_bytes);
+    ZeRO-1/2/3's reductions are their buckets, counted in buffers."""
+    copy = pipeline_reduce_copy_bytes(cfg, sp.trainable)
+    return {"pipeline gradient all-reduce flat copy": copy} if copy else {}
+
+
+def pipeline_reduce_copy_bytes(cfg: TrainConfig, trained: float) -> float:
+    """Bytes of the flat copy the pipeline engine's gradient reduction makes at ZeRO-0, once the step's last backward
+    is done, on every stage and at any data-parallel size (runtime/pipe/engine.py `_exec_reduce_grads` has no dp 1
+    shortcut): `buffered_allreduce_fallback` -> `_reduce_non_expert_gradients` -> `allreduce_no_retain` closes a bucket
+    once its elements pass PIPELINE_ALLREDUCE_BUCKET_ELEMENTS, and `allreduce_bucket` flattens it into a new tensor
+    (`self.flatten(bucket)`: torch's flatten_dense_tensors concatenates, and only views a bucket of one tensor) in the
+    communication dtype, the model's (`communication_data_type`: no cast), then copies it back and drops it.
+    - BF16_Optimizer (bf16_pipeline_optimizer): the buckets are its groups' flat accumulators
+      (`get_grads_for_reduction`), BF16_ACCUMULATOR_BYTES each. One group (a LoRA stage: DeepSpeed drops the Trainer's
+      empty no-decay group, runtime/engine.py `_configure_optimizer`) is only viewed; a full fine-tune's two groups
+      (runner/parallel/pipeline.py pipeline_optimizer, the Trainer's) make one bucket while the weight-decay group
+      stays within the size: the stage's accumulators copied whole. That group is `trained` less the stage's norms
+      and biases (under 0.1% of it), compared here as `trained`.
+    - fp32 and fp16: the parameters' own gradients (`_get_gradients_for_reduction`), many tensors: the largest bucket,
+      all of them or the size plus the tensor that passed it.
+    Measured on 2 CPU ranks, pp 2, dp 1 (tests/validation/test_memory_pipeline_step_measured.py), the rise over the end
+    of backward while the reduction runs, first stage (1,844,224 trained elements): 3,688,448 B in bf16 (the Trainer's
+    two groups), 7,376,896 B in fp32, as planned."""
+    if cfg.zero is not ZeroStage.DISABLED or cfg.pp == 1:
+        return 0.0
+    if bf16_pipeline_optimizer(cfg):
+        whole = cfg.method is Method.full and trained <= PIPELINE_ALLREDUCE_BUCKET_ELEMENTS
+        return trained * BF16_ACCUMULATOR_BYTES if whole else 0.0
+    largest = max(largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage)) / cfg.tp
+    return min(trained, PIPELINE_ALLREDUCE_BUCKET_ELEMENTS + largest) * compute_copy_bytes(cfg.precision)
 
 
 def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
@@ -339,7 +403,7 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
       implementation (_client_adamw_step_bytes); DeepSpeed's own optimizers (FusedAdam, CPU Adam) update in place.
     With offloaded optimizer states the fp32 gradients live on the host (gradients()). ZeRO-0: zero0_step_items."""
     if cfg.zero is ZeroStage.DISABLED:
-        return zero0_step_items(cfg, trained)
+        return zero0_step_items(cfg, trained, n)
     if cfg.offload is not Offload.none:
         return {}
     m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
@@ -361,7 +425,7 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
     return {name: largest} if largest > 0 else {}
 
 
-def zero0_step_items(cfg: TrainConfig, trained: float) -> dict[str, float]:
+def zero0_step_items(cfg: TrainConfig, trained: float, n: int) -> dict[str, float]:
     """ZeRO-0's step beyond the gradients held: the client's torch AdamW over whole fp32 tensors, one parameter group
     at a time (torch/optim/adam.py: `step` calls the functional per group), with its implementation's temporaries
     (torch_adamw.step_temporaries: foreach's `exp_avg_sq_sqrt` over the group's list, nearly every trained element in
@@ -371,14 +435,18 @@ def zero0_step_items(cfg: TrainConfig, trained: float) -> dict[str, float]:
     the accumulation dtype is the model's) is `DDP_BFLOAT16` / `FP16`, and `_configure_fp16_optimizer` wraps a
     client that is not FusedAdam in FP16_UnfusedOptimizer (runtime/fp16/unfused_optimizer.py), whose `step` casts
     every parameter's 16-bit gradient to a new fp32 gradient of its fp32 copy (`fp16_param.grad.to(fp32)`), for all
-    groups, before the client's step: 4 bytes per trained parameter more. The pipeline engine's BF16_Optimizer (bf16
-    with --pp > 1: shards_optimizer) keeps its accumulators from backward (gradients()) and is not stepped here.
+    groups, before the client's step: 4 bytes per trained parameter more. The pipeline engine wraps the same way, on
+    its stage's parameters, except in bf16: BF16_Optimizer (bf16_optimizer_step_items).
     Measured (2 CPU ranks over gloo, profiler.tracker, tests/validation/test_memory_zero_adamw_step_measured.py, the
     3.7M Llama, the Trainer's groups), the step's rise over the end of backward: fp32 foreach 14,745,600 B (the
     weight-decay group's sqrt); bf16 (FP16_UnfusedOptimizer) foreach 29,500,416 B (+ 14,754,816 B of fp32 gradients)
-    and single-tensor 17,556,480 B; the end of backward held the 16-bit gradients alone (7,377,408 B in bf16)."""
-    if cfg.pp > 1:
-        return {}
+    and single-tensor 17,556,480 B; the end of backward held the 16-bit gradients alone (7,377,408 B in bf16). The
+    pipeline in fp32, 2 stages of 1.84M trained elements (tests/validation/test_memory_pipeline_step_measured.py):
+    foreach 7,372,800 B on each (planner +0.06%); the single-tensor loop 2,801,664 B on the last stage (2 x the head +
+    the down_proj before it, as planned) and 2,113,536 B on the first (3 x a down_proj: the planner's model-wide pair,
+    the head's, bounds it)."""
+    if bf16_pipeline_optimizer(cfg):
+        return bf16_optimizer_step_items(cfg, trained, n)
     kernel = deepspeed_client_kernel(cfg)
     fp32_grads = 4.0 * trained if is_mixed(cfg.precision) else 0.0
     if kernel is AdamwKernel.single_tensor:
@@ -388,6 +456,33 @@ def zero0_step_items(cfg: TrainConfig, trained: float) -> dict[str, float]:
     parts = (["FP16_UnfusedOptimizer fp32 gradients"] if fp32_grads else []) + \
         ([f"torch AdamW {_kernel_name(cfg)} temporaries"] if temporaries else [])
     return {"ZeRO-0 " + " + ".join(parts): fp32_grads + temporaries} if parts else {}
+
+
+def bf16_optimizer_step_items(cfg: TrainConfig, trained: float, n: int) -> dict[str, float]:
+    """The pipeline engine's BF16_Optimizer step (runtime/bf16_optimizer.py `step`) beyond the gradients held: the
+    larger of two moments, which follow each other.
+    - The gradient norm: `get_global_norm_of_tensors` (runtime/utils.py) takes each accumulator's view to fp32 one at
+      a time (`tensor.detach().float().norm(norm_type)`): 4 bytes x the largest trained tensor. Clipping scales the
+      accumulators in place (`clip_tensors_by_global_norm`).
+    - Every group's fp32 gradient partition, made before the client steps (`param_partition.grad =
+      grad_partition.to(param_partition.dtype)`, the accumulators being bf16: BF16_ACCUMULATOR_BYTES) and dropped
+      after it (`param_partition.grad = None` when grad_acc_dtype is not fp32): 4 bytes x trained / n, beside the
+      client's temporaries over its largest group, one flat fp32 partition (torch_adamw.step_temporaries: foreach
+      `exp_avg_sq_sqrt`, the single-tensor loop's sqrt and quotient; the Trainer's weight-decay group holds nearly every
+      trained element).
+    Then `update_lp_params` copies the partition into the flat bf16 weights and all-gathers into them in place
+    (runtime/utils.py all_gather_into_tensor_dp_groups; nothing at dp 1), and the engine's `zero_grad` frees the bf16
+    `.grad`s. Measured on 2 CPU ranks, pp 2, dp 1, the 3.7M Llama in the Trainer's groups (tests/validation/
+    test_memory_pipeline_step_measured.py), the step's rise over its start on the first stage (1,844,224 trained
+    elements): 14,749,700 B with foreach, 22,122,500 B with the single-tensor loop (planner +0.03%, +0.04%: the
+    weight-decay group leaves out the stage's norms)."""
+    kernel = deepspeed_client_kernel(cfg)
+    group = trained / n
+    step = 4.0 * group + step_temporaries(kernel, group, group) * 4.0
+    norm = 4.0 * max(largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage)) / cfg.tp
+    name = "BF16_Optimizer fp32 gradients" + (f" + torch AdamW {_kernel_name(cfg)} temporaries"
+                                              if kernel not in (None, AdamwKernel.fused) else "")
+    return {name: step} if step >= norm else {"BF16_Optimizer fp32 gradient-norm copy": norm}
 
 
 def _kernel_name(cfg: TrainConfig) -> str:

@@ -4,10 +4,11 @@ norm + LM head become a `deepspeed.pipe.PipelineModule` of p stages, trained by 
 planner's bubble term models) with ZeRO-0/1 across the data-parallel replicas of each stage.
 
 The Trainer cannot drive a pipeline engine (its forward is the whole schedule), so this module runs the loop the
-Trainer would: the plan's micro-batch and accumulation (the engine's micro-batches per step), AdamW/SGD with the
-Trainer's defaults and linear decay, gradient clipping from the ds_config, metrics.jsonl rows, checkpoint-N/
-folders that `--resume` continues, eval loss, and the trained model saved in Hugging Face's sharded format (one
-safetensors file per stage plus model.safetensors.index.json), so `from_pretrained` loads it like any other run.
+Trainer would: the plan's micro-batch and accumulation (the engine's micro-batches per step), AdamW/SGD in the
+Trainer's two parameter groups with its defaults and linear decay, gradient clipping from the ds_config,
+metrics.jsonl rows, checkpoint-N/ folders that `--resume` continues, eval loss, and the trained model saved in Hugging
+Face's sharded format (one safetensors file per stage plus model.safetensors.index.json), so `from_pretrained` loads
+it like any other run.
 
 Stages exchange one tensor, the hidden states (b, s, h). Decoder layers take their rotary embeddings and positions
 from the sequence length; sequences are right-padded to the plan's seq_len (the engine sends tensor shapes once,
@@ -152,15 +153,23 @@ def micro_batches(examples: list[Any], *, micro_batch: int, dp_rank: int, dp: in
         epoch += 1
 
 
-def _optimizer(cfg: TrainConfig, params: list[Any], lr: float) -> Any:
+def pipeline_optimizer(cfg: TrainConfig, module: Any, lr: float) -> Any:
+    """The plan's optimizer over the stage's trained parameters in the Trainer's two groups (transformers trainer.py
+    `create_optimizer`: the parameters `get_decay_parameter_names` names with the run's weight decay, the norms and
+    biases without; profiler.param_groups.trainer_param_groups, which the profiler's worker builds too), with the
+    Trainer's defaults (planner.configs.ds_config.DEFAULT_HYPER). The Trainer hands SGD the same groups. DeepSpeed
+    drops a group left empty (a LoRA stage's second: runtime/engine.py `_configure_optimizer`); with bf16 the
+    pipeline engine's BF16_Optimizer flattens each group on its own (runtime/bf16_optimizer.py, bf16_groups_flat)."""
     import torch
 
     from planner.configs.ds_config import DEFAULT_HYPER as hp
+    from profiler.param_groups import trainer_param_groups
 
+    groups = trainer_param_groups(module)
     if cfg.optimizer is Optimizer.adamw:
-        return torch.optim.AdamW(params, lr=lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
     if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(groups, lr=lr)
     raise PlanError(f"pipeline runs adamw or sgd, not {cfg.optimizer.value}")
 
 
@@ -218,8 +227,10 @@ def _save_model(run: _Run, config: Any, names: dict[int, str], generation_config
     dist.barrier()
 
 
-def _build_engine(cfg: TrainConfig, opts: RunOptions, model: Any, on_cuda: bool) -> Any:
-    """The pipeline engine as the ds_config's "pipeline" section describes it (stages, partition, recompute)."""
+def build_engine(cfg: TrainConfig, opts: RunOptions, model: Any, config: dict[str, Any]) -> Any:
+    """The pipeline engine as the ds_config's "pipeline" section describes it (stages, partition, recompute), its
+    optimizer in the Trainer's groups (pipeline_optimizer). `config`: ds_config's, which on the CPU trains in fp32;
+    the measured-memory probe passes the emitted one (tests/validation/pipeline_step_probe.py)."""
     import deepspeed
     from deepspeed.pipe import PipelineModule
     from deepspeed.runtime.activation_checkpointing.checkpointing import non_reentrant_checkpoint
@@ -227,7 +238,6 @@ def _build_engine(cfg: TrainConfig, opts: RunOptions, model: Any, on_cuda: bool)
 
     from planner.configs.ds_config import learning_rate
 
-    config = ds_config(cfg, on_cuda)
     layout = config["pipeline"]  # HF-style checkpointing recomputes whole layers; "selective" maps to it too
     pipe = PipelineModule(layers=pipeline_layers(model, cfg), num_stages=layout["stages"],
                           loss_fn=_loss_fn(model.config.vocab_size), partition_method=layout["partition"],
@@ -236,7 +246,7 @@ def _build_engine(cfg: TrainConfig, opts: RunOptions, model: Any, on_cuda: bool)
                           checkpointable_layers=["DecoderPipe"])
     params = [p for p in pipe.parameters() if p.requires_grad]
     lr = opts.learning_rate if opts.learning_rate is not None else learning_rate(cfg)
-    optimizer = _optimizer(cfg, params, lr)
+    optimizer = pipeline_optimizer(cfg, pipe, lr)
     # the Trainer's lr_scheduler_type="linear": warm-up, then linear decay to 0 at max_steps
     scheduler = get_linear_schedule_with_warmup(optimizer, opts.warmup_steps, opts.max_steps)
     engine, *_ = deepspeed.initialize(model=pipe, optimizer=optimizer, lr_scheduler=scheduler,
@@ -353,7 +363,7 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     names = {id(p): n for n, p in model.named_parameters()}
     unsharded_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     config, generation_config = model.config, getattr(model, "generation_config", None)
-    engine = _build_engine(cfg, opts, model, on_cuda)
+    engine = build_engine(cfg, opts, model, ds_config(cfg, on_cuda))
     del model  # the other stages' layers go with it
     run = _Run(cfg=cfg, opts=opts, engine=engine, is_main=dist.get_rank() == 0, on_cuda=on_cuda)
     metrics_path = start_metrics(opts.output, resume_from, is_main=run.is_main)

@@ -17,14 +17,43 @@ from planner.strategy import Attn, Engine, GradCkpt, Method, Offload, Precision,
 
 def test_deepspeed_bf16_pipeline_zero0_partitions_optimizer_states() -> None:
     """deepspeed/runtime/engine.py `_do_optimizer_sanity_check`: bf16 + pipeline -> BF16_Optimizer,
-    which keeps bf16 and fp32 gradients whole but splits master weights and Adam over DP."""
+    which keeps the bf16 gradients and its accumulators whole, in bf16 under ftplan's ds_config (no grad_accum_dtype:
+    zero.BF16_ACCUMULATOR_BYTES), but splits master weights and Adam over DP."""
     cfg = build_config(model="llama-3.2-1b", gpus="8xA800", method=Method.full, zero=0, pp=2)
     mem = memory_per_gpu(cfg)
     p_stage = mem.weights / 2  # parameters of the reported stage, held in 16 bits
-    assert mem.gradients == pytest.approx(6 * p_stage, rel=1e-9)
+    assert mem.gradients == pytest.approx(4 * p_stage, rel=1e-9)
     assert mem.optimizer == pytest.approx(12 * p_stage / cfg.dp, rel=1e-9)
     fp16 = memory_per_gpu(replace(cfg, precision=Precision.fp16_mixed))
     assert fp16.optimizer == pytest.approx(12 * p_stage, rel=1e-9)  # FP16_Optimizer keeps them whole
+
+
+def test_deepspeed_pipeline_zero0_reduction_and_step() -> None:
+    """The pipeline engine at ZeRO-0 (planner/engines/zero.py, measured in tests/validation/
+    test_memory_pipeline_step_measured.py): its gradient all-reduce flattens the Trainer's two groups' bf16
+    accumulators into one copy (a LoRA stage's one group is only viewed), or the parameters' gradients in fp32/fp16;
+    BF16_Optimizer's step makes the fp32 gradient partition beside the client's temporaries; in fp16 the step is
+    FP16_UnfusedOptimizer's, as without a pipeline."""
+    from planner.engines import zero
+    from planner.states import stage_params
+
+    cfg = build_config(model="qwen3-0.6b", gpus="8xA800", method=Method.full, zero=0, pp=2)
+    sp = stage_params(cfg, first=True)
+    trained, n = sp.trainable, cfg.dp
+    assert zero.end_items(cfg, sp) == {"pipeline gradient all-reduce flat copy": 2 * trained}
+    assert zero.step_items(cfg, trained, n, 0.0) == {
+        "BF16_Optimizer fp32 gradients + torch AdamW foreach temporaries": 8 * trained / n}
+    lora = replace(cfg, method=Method.lora)
+    assert zero.end_items(lora, stage_params(lora, first=True)) == {}
+    fp16 = replace(cfg, precision=Precision.fp16_mixed)
+    assert zero.end_items(fp16, sp) == {"pipeline gradient all-reduce flat copy": 2 * trained}
+    assert zero.step_items(fp16, trained, n, 0.0) == {
+        "ZeRO-0 FP16_UnfusedOptimizer fp32 gradients + torch AdamW foreach temporaries": 8 * trained}
+    # a stage whose weight-decay group passes the bucket size: each group is a bucket of its own, only viewed
+    big = build_config(model="llama-3.2-1b", gpus="8xA800", method=Method.full, zero=0, pp=2)
+    big_sp = stage_params(big, first=True)
+    assert big_sp.trainable > zero.PIPELINE_ALLREDUCE_BUCKET_ELEMENTS and zero.end_items(big, big_sp) == {}
+    assert zero.end_items(replace(cfg, pp=1), sp) == {}  # the pipeline's reduction only
 
 
 @pytest.mark.parametrize("attn", [Attn.sdpa, Attn.flash])
