@@ -101,3 +101,12 @@ def test_fsdp1_root_reduces_at_the_end_of_backward(gpus: str, stage: Stage) -> N
     assert fsdp.end_items(cfg, stage_params(cfg, first=True)) == want
     lora = _cfg("7b", stage, method=Method.lora)
     assert fsdp.end_items(lora, stage_params(lora, first=True)) == {}
+
+
+def test_a_trained_tied_embeddings_gradients_cover_fsdp1s_root_reduce() -> None:
+    """Tied and trained, the embedding's two gradients and their sum (planner.memory.tied_embedding_items, three
+    V x H) come before the root's reduce-scatter and exceed it: no FSDP1 root item beside them; a reward model of the
+    same checkpoint ties nothing and reduces its root."""
+    for stage, items in ((Stage.sft, set()), (Stage.rm, {"FSDP1 root gradient, unsharded"})):
+        cfg = _cfg("llama-3.2-1b", stage)
+        assert set(fsdp.end_items(cfg, stage_params(cfg, first=True))) == items
