@@ -28,7 +28,8 @@ wrap) is at least the reservation the init leaves.
 Units as peft's FSDP policy and Answer.AI's train.py wrap a LoRA model (peft/utils/other.py `fsdp_auto_wrap_policy`,
 train.py `get_wrapping_policy`: a lambda policy on every leaf module with a trainable weight, or'ed with the decoder
 layer class): each LoRA A and B a unit of its own, then the decoder layer (its frozen linears and norms), then the
-root (embedding, final norm, LM head). A full fine-tune wraps the decoder layers and the root.
+root (embedding, final norm, LM head or a reward model's score: planner.states.head_weight_params). A full
+fine-tune wraps the decoder layers and the root.
 
 QLoRA as Answer.AI's train.py loads it (`load_and_quantize`, low_memory): each 4-bit linear's 16-bit weight is copied
 to the GPU, quantized there (bitsandbytes/functional.py `quantize_4bit`: an fp32 absmax per 64 weights, the packed
@@ -57,6 +58,7 @@ from planner.caching_allocator import CachingAllocator, Event, round_size, segme
 from planner.choices import Engine, Method, Offload, Quant
 from planner.engines import ddp, fsdp
 from planner.params import embedding_params, norm_params, resolve_lora_targets
+from planner.states import head_weight_params
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -210,8 +212,9 @@ def plan_units(cfg: TrainConfig) -> tuple[tuple[tuple[int, ...], ...], tuple[int
     layer = (*adapters, (*base, round(norm_bytes), round(norm_bytes)))
     embed_bytes = (trainable_bytes if not lora else frozen_bytes)
     root = [round(embed_bytes * embedding_params(m)), round(norm_bytes)]
-    if not m.tie_embeddings:
-        root.append(round(embed_bytes * m.vocab_size * m.hidden_size))
+    head = head_weight_params(m, cfg.stage)  # the LM head's own (none when tied) or a reward model's score
+    if head:
+        root.append(round(embed_bytes * head))
     units = (*layer * m.num_layers, tuple(root))
     quantized = tuple(lin.in_features * lin.out_features * lin.copies for lin in m.linears()) * m.num_layers \
         if nf4 else ()
@@ -238,7 +241,7 @@ def reserved_floor_bytes(cfg: TrainConfig) -> float:
     if cfg.engine is not Engine.fsdp or int(cfg.fsdp_version) != 1 or cfg.method is Method.full:
         return 0.0
     # what plan_units and the replay read: the search asks once per strategy, seq_len and accumulation, so cache
-    key = (cfg.model, cfg.adapter, cfg.precision, cfg.switches, cfg.engine_choice, cfg.tp, cfg.pp,
+    key = (cfg.model, cfg.stage, cfg.adapter, cfg.precision, cfg.switches, cfg.engine_choice, cfg.tp, cfg.pp,
            fsdp.shard_group(cfg))
     floor = _FLOORS.get(key)
     if floor is None:

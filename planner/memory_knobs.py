@@ -20,8 +20,8 @@ from planner.activations import (
 from planner.choices import CrossEntropy, Engine, FsdpStrategy, GradCkpt, Kernels, Method, Quant, Stage
 from planner.compute import rows_per_sample
 from planner.models import ModelSpec
-from planner.params import embedding_params, head_params, layer_params, quantizable_params, resolve_lora_targets
-from planner.states import fp32_adapters, is_mixed, kbit_prepared, quant_bytes_per_param
+from planner.params import embedding_params, layer_params, quantizable_params, resolve_lora_targets
+from planner.states import fp32_adapters, is_mixed, kbit_prepared, output_params, quant_bytes_per_param
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -212,11 +212,12 @@ def offload_kept_quant_state_bytes(cfg: TrainConfig, quantized_params: float) ->
 
 def fsdp_quantized_units_bytes(cfg: TrainConfig, compute_bytes: float) -> float:
     """FSDP's gathered units for QLoRA: the running and the prefetched decoder layer (packed 4-bit codes
-    plus their 16-bit norms, biases and adapters) and the root unit (embedding, final norm, head) in 16 bits."""
+    plus their 16-bit norms, biases and adapters) and the root unit (embedding, final norm, and the LM head or a
+    reward model's score: planner.states.output_params) in 16 bits."""
     m, t = cfg.model, cfg.tp
     quantized_per_layer = quantizable_params(m) / m.num_layers
     layer = quantized_per_layer * NF4_DATA_BYTES + (layer_params(m) - quantized_per_layer) * compute_bytes
-    root = (embedding_params(m) + head_params(m)) * compute_bytes
+    root = (embedding_params(m) + output_params(m, cfg.stage)) * compute_bytes
     return (2 * layer + root) / t
 
 

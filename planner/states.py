@@ -95,6 +95,38 @@ def kbit_prepared(cfg: TrainConfig) -> bool:
             and is_mixed(cfg.precision))
 
 
+# TRL's RewardTrainer loads AutoModelForSequenceClassification with num_labels=1 (trl/trainer/reward_trainer.py)
+RM_NUM_LABELS = 1
+
+
+def score_params(m: ModelSpec, stage: Stage) -> int:
+    """A reward model's `score` head, h x num_labels weights and no bias: transformers' GenericForSequenceClassification
+    (modeling_layers.py, `self.score = nn.Linear(hidden_size, num_labels, bias=False)`), which
+    LlamaForSequenceClassification and the other AutoModelForSequenceClassification classes of decoder models are.
+    Other stages have none."""
+    return m.hidden_size * RM_NUM_LABELS if stage is Stage.rm else 0
+
+
+def final_norm_params(m: ModelSpec) -> int:
+    """The final norm after the last decoder layer (as planner.params.head_params counts it)."""
+    return m.final_norm_params if m.final_norm_params >= 0 else norm_params(m)
+
+
+def head_weight_params(m: ModelSpec, stage: Stage) -> int:
+    """The weight after the final norm: the LM head's own V x H (none when tied to the input embedding) or a reward
+    model's `score` (score_params), whatever the config ties: GenericForSequenceClassification has no lm_head, its
+    base model (AutoModel.from_config) keeps the embedding, the input's alone."""
+    if stage is Stage.rm:
+        return score_params(m, stage)
+    return 0 if m.tie_embeddings else m.vocab_size * m.hidden_size
+
+
+def output_params(m: ModelSpec, stage: Stage) -> int:
+    """What the model holds after its last decoder layer: the final norm and the head's weight (head_weight_params);
+    a language model's is planner.params.head_params."""
+    return final_norm_params(m) + head_weight_params(m, stage)
+
+
 def stage_layers(num_layers: int, pp: int) -> int:
     """Decoder layers on the most loaded pipeline stage: ceil(L / p)."""
     return -(-num_layers // pp)
@@ -122,9 +154,8 @@ def stage_params(cfg: TrainConfig, *, first: bool) -> StageParams:
     if has_embedding:
         total += embedding_params(m) / t
     if has_head:
-        # a reward model (AutoModelForSequenceClassification) ends in a 1-output `score` (h weights) instead of
-        # the LM head (transformers' LlamaForSequenceClassification; TRL's RewardTrainer)
-        total += (norm_params(m) + m.hidden_size if cfg.stage is Stage.rm else head_params(m)) / t
+        # a reward model ends in its 1-output `score` instead of the LM head (output_params)
+        total += output_params(m, cfg.stage) / t
     frozen_layers = min(cfg.freeze_layers, m.num_layers)
     if cfg.method is Method.full:
         trainable = total
@@ -139,7 +170,8 @@ def stage_params(cfg: TrainConfig, *, first: bool) -> StageParams:
         trainable_layers = layers
         quantized = layers * quantizable_params(m) / m.num_layers / t if cfg.quant is not Quant.none else 0.0
     if cfg.stage is Stage.rm and has_head and cfg.method is not Method.full:
-        trainable += m.hidden_size  # the score head trains beside the adapters (peft SEQ_CLS modules_to_save)
+        # the score head trains beside the adapters (peft SEQ_CLS modules_to_save)
+        trainable += score_params(m, cfg.stage)
     return StageParams(total=total, trainable=trainable, quantized=quantized, layers=layers,
                        trainable_layers=trainable_layers, has_head=has_head, has_embedding=has_embedding)
 
@@ -170,15 +202,14 @@ def param_counts(m: ModelSpec, adapter: Adapter, stage: Stage) -> ParamCounts:
     """Full fine-tuning trains everything but the frozen first layers and the embedding (--freeze-layers);
     LoRA trains its adapters (Hu et al. 2021); a reward model also trains its score head (h weights)."""
     total = total_params(m)
-    if stage is Stage.rm:  # the 1-output score head replaces the LM head (see stage_params)
-        total += norm_params(m) + m.hidden_size - head_params(m)
+    total += output_params(m, stage) - head_params(m)  # a reward model's score replaces the LM head
     if adapter.method is Method.full:
         trainable = total
         if adapter.freeze_layers:
             trainable -= min(adapter.freeze_layers, m.num_layers) * layer_params(m) + embedding_params(m)
     else:
         trainable = lora_params(m, adapter.lora_r, adapter.lora_targets)
-    if stage is Stage.rm and adapter.method is not Method.full:
-        trainable += m.hidden_size
+    if adapter.method is not Method.full:
+        trainable += score_params(m, stage)
     quantized = quantizable_params(m) if adapter.quant is not Quant.none else 0
     return ParamCounts(total=total, trainable=trainable, quantized=quantized)

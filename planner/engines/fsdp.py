@@ -30,8 +30,8 @@ from planner.engines.sharded import PassSeconds, overlap_for, pass_comm, sync_ca
 from planner.gpus import is_cpu
 from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.moe import ep_other_ranks_expert_elements
-from planner.params import embedding_params, head_params, layer_params, wrapped_lora_targets
-from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, stage_layers
+from planner.params import embedding_params, layer_params, wrapped_lora_targets
+from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, output_params, stage_layers
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -214,20 +214,26 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
             sixteen_bit_weights: float = 0.0) -> dict[str, float]:
     """What sharded FSDP holds unsharded in backward, in the compute dtype (MixedPrecision's param_dtype).
 
-    - "FSDP unsharded parameters": the root unit (embedding, final norm, head), which FSDP1 does not reshard
-      between forward and backward (`_post_forward_reshard` skips the root); FSDP2's tail unit (final norm and head,
-      the embedding with them when tied: outside_units' `tail`), which accelerate keeps gathered from forward into
-      backward (fsdp2_traffic's module docstring), its embedding unit resharded after forward; or under
-      SHARD_GRAD_OP every unit (no reshard after forward).
+    - "FSDP unsharded parameters": FSDP1's root unit (fsdp1_root_params), which FSDP1 does not reshard between
+      forward and backward (`_post_forward_reshard` skips the root); FSDP2's tail unit (final norm and head, the
+      embedding with them when tied: outside_units' `tail`), which accelerate keeps gathered from forward into
+      backward (fsdp2_traffic's module docstring), and its root (outside_units' `root`: a reward model's `score`),
+      which torch never reshards after forward (_fsdp_state.py `_lazy_init`: the root's `post_forward_mesh_info =
+      None`), its embedding unit resharded after forward; or under SHARD_GRAD_OP every unit (no reshard after
+      forward).
     - "FSDP unsharded layers": the window of the last decoder layer's backward: the layer all-gathered again and
       the one prefetched before it (FSDP1 BACKWARD_PRE under limit_all_gathers, at most two all-gathers in flight:
       torch/distributed/fsdp/_limiter_utils.py `_max_num_inflight_all_gathers = 2`; FSDP2 prefetches the next
       group in backward), and the unit's unsharded gradient before its reduce-scatter. planner.memory keeps it or
       "logits and loss", whichever is larger: the head's backward is over before the last layer's begins.
-    - "FSDP unsharded gradients": the LM head's gradient when the head trains: FSDP1 reduce-scatters the root's
+    - "FSDP unsharded gradients": the head's gradient when the head trains, the final norm's and the LM head's or a
+      reward model's `score`'s (planner.states.output_params; tied, the final norm's alone,
+      planner.memory.tied_embedding_items counting the tied weight's gradients): FSDP1 reduce-scatters the root's
       gradients together at the end of backward, FSDP2 the tail's once its backward is over
-      (fsdp2_head_reduce_scatter_bytes, HEAD_REDUCE_SCATTER): its trained elements (outside_units' `tail_trained`;
-      tied, the final norm's, planner.memory.tied_embedding_items counting the tied weight's gradients).
+      (fsdp2_head_reduce_scatter_bytes, HEAD_REDUCE_SCATTER) and the root's, a reward model's `score`, in the root's
+      final callback at backward's end (_fsdp_state.py `_root_post_backward_final_callback`: the root's inputs, the
+      token ids, need no gradient, so no post-backward hook fires for it before): untied, outside_units'
+      `tail_trained` and the score's elements (test_fsdp2_units checks the sum is output_params).
     The window leaves out the tail's reduce-scatter input that FSDP2 keeps until the next unit's post_backward
     (_fsdp_param_group.py `post_backward`: `comm_ctx.reduce_scatter_states`, one buffer by default): by the last
     layer's backward the tail's parameters and the head's gradient, counted above, are freed, and it is smaller.
@@ -237,9 +243,10 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
         return {}
     m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
     layer16 = c16 * layer_params(m) / cfg.tp
-    root = c16 * (embedding_params(m) + head_params(m)) / cfg.tp
+    root = c16 * fsdp1_root_params(cfg)
     two = cfg.fsdp_version is FsdpVersion.TWO
-    kept = c16 * outside_units(cfg).tail if two else root
+    out = outside_units(cfg)
+    kept = c16 * (out.tail + out.root) if two else root
     items = {}
     if cfg.fsdp is FsdpStrategy.shard_grad_op:
         items["FSDP unsharded parameters"] = sixteen_bit_weights
@@ -259,12 +266,22 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
         window += trained_layer
     items["FSDP unsharded layers"] = window
     if cfg.method is Method.full and sp.has_head and sp.trainable and not accumulated:
-        head = outside_units(cfg).tail_trained if two and not is_weights_tied(cfg) else head_params(m) / cfg.tp
-        items["FSDP unsharded gradients"] = c16 * (head + frozen_in_mixed_units(cfg))
+        items["FSDP unsharded gradients"] = c16 * (output_params(m, cfg.stage) / cfg.tp + frozen_in_mixed_units(cfg))
     head_rs = fsdp2_head_reduce_scatter_bytes(cfg, sp)
     if head_rs:
         items[HEAD_REDUCE_SCATTER] = head_rs
     return items
+
+
+def fsdp1_root_params(cfg: TrainConfig) -> float:
+    """Elements (per tensor-parallel rank) of FSDP1's root unit: what no auto-wrapped decoder layer holds, the input
+    embedding, the final norm and the head, an LM head or a reward model's `score` (planner.states.output_params).
+    torch 2.13 builds the root's FlatParameter from the module's parameters that no nested FSDP instance flattened
+    already (torch/distributed/fsdp/_init_utils.py `_init_param_handle_from_module` -> `_get_orig_params`: "any
+    original parameters already flattened" are skipped); transformers' GenericForSequenceClassification
+    (modeling_layers.py; LlamaForSequenceClassification) ends in `score` = nn.Linear(h, num_labels, bias=False), with
+    no lm_head."""
+    return (embedding_params(cfg.model) + output_params(cfg.model, cfg.stage)) / cfg.tp
 
 
 def _fsdp2_tail_reduces(cfg: TrainConfig, sp: StageParams) -> bool:
@@ -313,6 +330,38 @@ def fsdp2_head_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams) -> float:
 
 
 def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    """The end of backward under sharded FSDP: FSDP1's root unit (fsdp1_root_end_items) or FSDP2's embedding unit
+    (fsdp2_embedding_end_items) reduces last."""
+    if cfg.fsdp_version is FsdpVersion.ONE:
+        return fsdp1_root_end_items(cfg, sp)
+    return fsdp2_embedding_end_items(cfg, sp)
+
+
+def fsdp1_root_end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    """The end of backward under sharded FSDP1 with the head trained (full fine-tuning; LoRA's root is frozen): the
+    root unit's FlatParameter (fsdp1_root_params: embedding, final norm, LM head or a reward model's score) gets its
+    gradient last, after the embedding's, and its post-backward hook (torch/distributed/fsdp/_runtime_utils.py
+    `_post_backward_hook`) frees the unsharded parameters (`_post_backward_reshard`) and reduce-scatters the whole
+    unsharded flat gradient (`_reduce_grad`: `dist.reduce_scatter_single(new_sharded_grad, padded_unsharded_grad)`),
+    frozen tensors of the mixed unit included (frozen_in_mixed_units), every other unit's gradient shard already made;
+    on the CPU gloo copies the input (reduce_scatter_copy_bytes); the output shard is one of the gradients the states
+    hold. Measured on 2 CPU ranks (tests/validation/test_memory_sharded_measured.py fsdp1-vocab and fsdp1-rm, fp32):
+    the peak, inside that reduce-scatter, is two root-sized buffers above the states, to 0.01%. A trained tied
+    embedding peaks earlier and higher, its two gradients and their sum before its AccumulateGrad (three V x H:
+    planner.memory.tied_embedding_items, which planner.memory adds to these): the root's reduce then adds nothing."""
+    if not (is_sharded(cfg) and cfg.method is Method.full and sp.has_head and sp.trainable > 0):
+        return {}
+    if is_weights_tied(cfg) and cfg.freeze_layers == 0 and sp.has_embedding:
+        return {}
+    grad = compute_copy_bytes(cfg.precision) * fsdp1_root_params(cfg)
+    items = {"FSDP1 root gradient, unsharded": grad}
+    copy = reduce_scatter_copy_bytes(cfg, grad)
+    if copy:
+        items["gloo reduce-scatter copy"] = copy
+    return items
+
+
+def fsdp2_embedding_end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
     """The end of backward under sharded FSDP2: the input embedding's unit reduces last. Its inputs (token ids) need
     no gradient, so no post-backward hook fires for it in backward; the root's final callback runs its post_backward
     (torch/distributed/fsdp/_fully_shard/_fsdp_state.py `_root_post_backward_final_callback`), which reshards it and

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from planner.choices import FsdpStrategy, Method, Stage
-from planner.params import embedding_params, norm_params
-from planner.states import compute_copy_bytes, stage_layers
+from planner.params import embedding_params
+from planner.states import compute_copy_bytes, final_norm_params, score_params, stage_layers
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -85,10 +85,10 @@ def outside_units(cfg: TrainConfig) -> OutsideUnits:
     embedding_params counts with it; LoRA trains none of them."""
     m = cfg.model
     vh = float(m.vocab_size * m.hidden_size)
-    norm = float(m.final_norm_params if m.final_norm_params >= 0 else norm_params(m))
+    norm = float(final_norm_params(m))
     extras = float(embedding_params(m)) - vh
     rm, tied = cfg.stage is Stage.rm, is_weights_tied(cfg)
-    score = float(m.hidden_size) if rm else 0.0
+    score = float(score_params(m, cfg.stage))
     embedding = 0.0 if tied else vh
     tail = norm + (vh if tied or not rm else 0.0)
     root = extras + score

@@ -12,7 +12,7 @@ import pytest
 from planner import parallel_comm as pc
 from planner.build import build_config
 from planner.engines import fsdp
-from planner.engines.fsdp2_traffic import fsdp2_traffic, outside_units
+from planner.engines.fsdp2_traffic import fsdp2_traffic, is_weights_tied, outside_units
 from planner.memory import memory_per_gpu
 from planner.params import embedding_params, head_params, layer_params, norm_params
 from planner.states import param_counts, stage_params
@@ -50,12 +50,13 @@ def test_the_reduce_scatters_of_the_tail_and_the_embedding(gpus: str) -> None:
 
 def test_no_reduce_scatter_terms_without_trained_untied_embedding_and_head() -> None:
     lora = _cfg("2xCPU", method=Method.lora)
-    one = _cfg("2xCPU", version=1)
     tied = _cfg("2xCPU", model="qwen3-0.6b")
     assert tied.model.tie_embeddings
-    for cfg in (lora, one, tied):
+    for cfg in (lora, tied):
         sp = stage_params(cfg, first=True)
         assert fsdp.end_items(cfg, sp) == {} and fsdp.fsdp2_head_reduce_scatter_bytes(cfg, sp) == 0.0
+    one = _cfg("2xCPU", version=1)
+    assert fsdp.fsdp2_head_reduce_scatter_bytes(one, stage_params(one, first=True)) == 0.0
 
 
 def test_frozen_layers_keep_the_heads_reduce_scatter_not_the_embeddings() -> None:
@@ -116,25 +117,43 @@ def test_the_end_of_backward_holds_the_embedding_reduce_scatter() -> None:
 @pytest.mark.parametrize("model", ["7b", "qwen3-0.6b"])
 @pytest.mark.parametrize("stage", [Stage.sft, Stage.rm])
 def test_memory_keeps_the_tail_the_traffic_gathers(model: str, stage: Stage) -> None:
-    """One rule for the tail (fsdp2_traffic.outside_units): the bytes memory keeps gathered into backward are the
-    bytes the traffic leaves out of backward's gathers, tied or not, language or reward model."""
+    """One rule for the tail and the root (fsdp2_traffic.outside_units): the bytes memory keeps gathered into backward
+    are the bytes the traffic leaves out of backward's gathers, tied or not, language or reward model."""
     cfg = _cfg("8xA800", model=model, stage=stage)
+    out = outside_units(cfg)
     got = fsdp.buffers(cfg, stage_params(cfg, first=True), 1.0, first=True)
-    assert got["FSDP unsharded parameters"] == 4.0 * outside_units(cfg).tail
+    assert got["FSDP unsharded parameters"] == 4.0 * (out.tail + out.root)
+    counts = param_counts(cfg.model, cfg.adapter, cfg.stage)
+    t = fsdp2_traffic(cfg, 4.0 * counts.total, 4.0 * counts.trainable)
+    assert sum(b * n for b, n in t.backward_gathers) == pytest.approx(
+        4.0 * counts.total - got["FSDP unsharded parameters"])
 
 
 @pytest.mark.parametrize("model", ["7b", "qwen3-0.6b"])
 def test_a_reward_models_tail_is_the_final_norm(model: str) -> None:
     """AutoModelForSequenceClassification has no `lm_head`: `get_output_embeddings` is None, so accelerate ties
-    nothing, shards the embedding as its own unit and the tail as [final norm] (the `score` stays in the root):
-    even a tied model's embedding reduces at backward's end and its tail once its backward is over."""
+    nothing, shards the embedding as its own unit and the tail as [final norm] (the `score` stays in the root, which
+    torch never reshards after forward and whose gradient waits for the root's final callback): even a tied model's
+    embedding reduces at backward's end and its tail once its backward is over."""
     cfg = _cfg("2xCPU", model=model, stage=Stage.rm)
     m, sp = cfg.model, stage_params(cfg, first=True)
-    norm, vh = 4.0 * norm_params(m), 4.0 * m.vocab_size * m.hidden_size
+    norm, vh, score = 4.0 * norm_params(m), 4.0 * m.vocab_size * m.hidden_size, 4.0 * m.hidden_size
     got = fsdp.buffers(cfg, sp, 1.0, first=True)
-    assert got["FSDP unsharded parameters"] == norm
-    assert got["FSDP unsharded gradients"] == norm
+    assert got["FSDP unsharded parameters"] == norm + score
+    assert got["FSDP unsharded gradients"] == norm + score
     assert fsdp.fsdp2_head_reduce_scatter_bytes(cfg, sp) == pytest.approx(
         norm / cfg.dp + 4.0 * layer_params(m) + norm)
     assert fsdp.end_items(cfg, sp) == {"FSDP2 embedding gradient, unsharded": vh,
                                        "FSDP2 embedding reduce-scatter input": vh, "gloo reduce-scatter copy": vh}
+
+
+@pytest.mark.parametrize(("model", "stage"), [("7b", Stage.sft), ("7b", Stage.rm), ("qwen3-0.6b", Stage.rm)])
+def test_the_held_head_gradient_is_the_tail_and_the_score(model: str, stage: Stage) -> None:
+    """An untied model's head gradient that FSDP2 holds in backward (buffers' "FSDP unsharded gradients", read from
+    planner.states.output_params) is what its units train of it: the tail's trained elements and the root's score."""
+    cfg = _cfg("8xA800", model=model, stage=stage)
+    assert not is_weights_tied(cfg)
+    out = outside_units(cfg)
+    got = fsdp.buffers(cfg, stage_params(cfg, first=True), 1.0, first=True)
+    score = cfg.model.hidden_size if stage is Stage.rm else 0
+    assert got["FSDP unsharded gradients"] == 4.0 * (out.tail_trained + score)

@@ -13,7 +13,10 @@ its mask in the input's dtype (aten/src/ATen/native/Dropout.cpp: the fused kerne
 CUDA only), four bytes per element where a GPU keeps one, a CPU artifact the planner's GPU figures do not carry.
 `freeze` freezes the embedding and the first decoder
 layer (the planner's --freeze-layers 1): under FSDP1 the root unit then mixes a frozen embedding with the trained
-head and norm.
+head and norm. fsdp1-rm and fsdp2-rm train a reward model the way TRL's RewardTrainer does:
+LlamaForSequenceClassification with num_labels=1 (a `score` of h weights, no LM head), a chosen and a rejected row per
+sample in one batch, loss -logsigmoid(r_chosen - r_rejected) (trl/trainer/reward_trainer.py `compute_loss`), on
+Llama-2's 32000-token vocabulary so that an LM head counted where there is none would show.
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 sharded_probe.py ENGINE:FREEZE:GRAD_ACCUM:PORT ... (env:
 DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1). Each rank imports the libraries once, then runs every case in a process
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from profiler.tracker import StorageTracker
@@ -50,7 +53,13 @@ MICRO_BATCH, SEQ = 2, 128
 # fsdp2-vocab: Llama-2's 32000-token vocabulary on the same layers, the embedding and head then 4/5 of the model as in
 # small models with large vocabularies, so the units FSDP2 gathers and reduces apart from the layers (the tail, the
 # embedding: planner.engines.fsdp2_traffic outside_units, planner.engines.fsdp end_items) set the peak
-VOCAB = {"fsdp2-vocab": 32000}
+VOCAB = {"fsdp2-vocab": 32000, "fsdp1-vocab": 32000, "fsdp1-rm": 32000, "fsdp2-rm": 32000}
+# token 0 pads: the reward model pools each row at its last token that is not padding (GenericForSequenceClassification)
+PAD = 0
+
+
+def is_reward_model(engine: str) -> bool:
+    return engine.endswith("-rm")
 
 
 def model_config(engine: str) -> dict:
@@ -74,7 +83,7 @@ def _grad_bytes(params: list[torch.nn.Parameter]) -> int:
 
 
 def _wrap(engine: str, model: torch.nn.Module) -> tuple[torch.nn.Module, object, bool]:
-    if engine == "fsdp1":
+    if engine.startswith("fsdp1"):
         import functools
 
         from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy
@@ -122,7 +131,10 @@ def _wrap(engine: str, model: torch.nn.Module) -> tuple[torch.nn.Module, object,
 def main(engine: str, freeze: bool, grad_accum: int) -> dict:
     dist.init_process_group("gloo")
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**model_config(engine)))
+    if is_reward_model(engine):
+        model = LlamaForSequenceClassification(LlamaConfig(**model_config(engine), num_labels=1, pad_token_id=PAD))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**model_config(engine)))
     if freeze:  # as --freeze-layers 1: the embedding and the first decoder layer
         model.model.embed_tokens.requires_grad_(False)
         model.model.layers[0].requires_grad_(False)
@@ -138,7 +150,8 @@ def main(engine: str, freeze: bool, grad_accum: int) -> dict:
     params = list(module.parameters())
     g = torch.Generator().manual_seed(dist.get_rank())
     vocab = model_config(engine)["vocab_size"]
-    batches = [torch.randint(0, vocab, (MICRO_BATCH, SEQ), generator=g) for _ in range(grad_accum)]
+    low = PAD + 1 if is_reward_model(engine) else 0  # no padding in a reward model's rows
+    batches = [torch.randint(low, vocab, (MICRO_BATCH, SEQ), generator=g) for _ in range(grad_accum)]
     out: dict = {}
     for _ in range(2):  # the second step: every state exists
         gc.collect()
@@ -150,7 +163,12 @@ def main(engine: str, freeze: bool, grad_accum: int) -> dict:
                 if engine.startswith("fsdp2"):  # as the Trainer's accelerator.no_sync before the last micro-batch
                     module.set_requires_gradient_sync(k == len(batches) - 1)
                 tracker.label = "forward"
-                loss = module(input_ids=ids, labels=ids).loss
+                if is_reward_model(engine):  # rows 0 and 1: the chosen and the rejected answer of one sample
+                    rewards = module(input_ids=ids).logits.squeeze(-1)
+                    loss = -torch.nn.functional.logsigmoid(rewards[0::2] - rewards[1::2]).mean()
+                    del rewards
+                else:
+                    loss = module(input_ids=ids, labels=ids).loss
                 if k == len(batches) - 1:
                     out["grads_at_backward"] = _grad_bytes(params)
                 tracker.label = "backward"

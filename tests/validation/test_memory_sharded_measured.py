@@ -22,6 +22,14 @@ a 14.8M-parameter Llama, 45.4M with the larger vocabulary):
   vocabulary: the peak is the head's reduce-scatter in backward (planner.engines.fsdp
   `fsdp2_head_reduce_scatter_bytes`) or the embedding's at the end of backward (`end_items`), terms the 2048-token
   vocabulary leaves under the logits' buffers.
+- FSDP1 with the large vocabulary (fsdp1-vocab): the peak is the end of backward, inside the root unit's
+  reduce-scatter (planner.engines.fsdp `fsdp1_root_end_items`: its unsharded flat gradient and gloo's copy), within
+  3%;
+- reward models (fsdp1-rm, fsdp2-rm: LlamaForSequenceClassification, a `score` of h weights and no LM head, TRL's
+  pairwise loss, the 32000-token vocabulary): FSDP1's root unit holds the embedding, final norm and score, no V x H
+  head (planner.engines.fsdp `fsdp1_root_params`), FSDP2's root the score, its gradient held to backward's end;
+  the sharded gradients to the byte; both peaks are the end of backward, FSDP1's inside the root's reduce-scatter
+  (`fsdp1_root_end_items`: its unsharded flat gradient and gloo's copy), within 3%.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from planner.engines import fsdp, zero
 from planner.memory import memory_per_gpu, model_states
 from planner.models import spec_from_hf_config
 from planner.states import stage_params
-from planner.strategy import FsdpStrategy, GradCkpt, Method, Offload, Precision, TrainConfig
+from planner.strategy import FsdpStrategy, GradCkpt, Method, Offload, Precision, Stage, TrainConfig
 
 PROBE = Path(__file__).with_name("sharded_probe.py")
 # fsdp2-vocab-freeze: the head still trains under --freeze-layers, so the tail's reduce-scatter moment stays; the
@@ -45,9 +53,10 @@ PROBE = Path(__file__).with_name("sharded_probe.py")
 CASES = {"fsdp1-freeze": ("fsdp1", True), "fsdp2": ("fsdp2", False), "fsdp2-vocab": ("fsdp2-vocab", False),
          "fsdp2-vocab-freeze": ("fsdp2-vocab", True), "fsdp2-accum": ("fsdp2-accum", False),
          "zero3": ("zero3", False),
-         "zero3-offload": ("zero3-offload", False), "zero3-lora": ("zero3-lora", False)}
+         "zero3-offload": ("zero3-offload", False), "zero3-lora": ("zero3-lora", False),
+         "fsdp1-vocab": ("fsdp1-vocab", False), "fsdp1-rm": ("fsdp1-rm", False), "fsdp2-rm": ("fsdp2-rm", False)}
 PEAK_TOLERANCE = {"fsdp1": 0.15, "fsdp2": 0.03, "fsdp2-vocab": 0.03, "fsdp2-accum": 0.03, "zero3": 0.03,
-                  "zero3-offload": 0.06, "zero3-lora": 0.03}
+                  "zero3-offload": 0.06, "zero3-lora": 0.03, "fsdp1-vocab": 0.03, "fsdp1-rm": 0.03, "fsdp2-rm": 0.03}
 # Qwen's runs accumulate (8); two micro-batches show what accumulation keeps: fsdp2-accum skips the first
 # micro-batch's reduce-scatters as the Trainer's no_sync does (planner.engines.fsdp accumulates_unsharded_grads)
 GRAD_ACCUM = {"zero3-lora": 2, "fsdp2-accum": 2}
@@ -62,18 +71,20 @@ def measured() -> dict[str, dict]:
 
 
 def planned(engine: str, freeze: bool) -> TrainConfig:
-    from sharded_probe import LORA_DROPOUT, LORA_R, LORA_TARGETS, MICRO_BATCH, SEQ, model_config
+    from sharded_probe import LORA_DROPOUT, LORA_R, LORA_TARGETS, MICRO_BATCH, SEQ, is_reward_model, model_config
 
     kw: dict = dict(model="llama-2-7b", gpus="2xCPU", method=Method.full, precision=Precision.fp32,
                     micro_batch=MICRO_BATCH, seq_len=SEQ, freeze_layers=1 if freeze else 0, check=False,
                     grad_accum=GRAD_ACCUM.get(engine, 1))
+    if is_reward_model(engine):  # a chosen and a rejected row per sample (planner.compute.rows_per_sample)
+        kw.update(stage=Stage.rm, micro_batch=MICRO_BATCH // 2)
     if engine == "zero3-lora":
         kw.update(method=Method.lora, lora_r=LORA_R, lora_alpha=16, lora_targets=",".join(LORA_TARGETS),
                   lora_dropout=LORA_DROPOUT, grad_ckpt=GradCkpt.full)
     if engine.startswith("zero3"):
         kw.update(zero=3, offload=Offload.all if engine == "zero3-offload" else Offload.none)
     else:
-        kw.update(fsdp=FsdpStrategy.full_shard, fsdp_version=1 if engine == "fsdp1" else 2)
+        kw.update(fsdp=FsdpStrategy.full_shard, fsdp_version=1 if engine.startswith("fsdp1") else 2)
     cfg = build_config(**kw)
     return dataclasses.replace(cfg, model=spec_from_hf_config({"model_type": "llama", **model_config(engine)},
                                                               name="probe"))
@@ -91,6 +102,11 @@ def test_sharded_engine_terms_and_peaks(measured: dict[str, dict], case: str) ->
         assert got["grads_at_backward"] == 0 and not fsdp.grads_live_in_backward(cfg)
     if engine.startswith("fsdp"):
         grads = model_states(cfg, sp, cfg.dp).gradients
+        if case == "fsdp2-rm":
+            # FSDP2 chunks every parameter along dim 0 (torch/distributed/fsdp/_fully_shard/_fsdp_param.py
+            # `_chunk_with_empty`): the 1 x h score is whole on rank 0, h - h/n elements the planner's even shard
+            # leaves out (1 KiB here)
+            grads += 4 * cfg.model.hidden_size * (1 - 1 / cfg.dp)
         print(f"[measured] {case}: sharded gradients {got['sharded_grad_bytes']:,} B, planner {grads:,.0f} B")
         assert grads == got["sharded_grad_bytes"]
     else:
