@@ -69,7 +69,8 @@ def render_files(est: Estimate, out_dir: Path) -> dict[str, str]:
     if cfg.engine is Engine.deepspeed:
         files[ln.DS_CONFIG_FILE] = _json(build_ds_config(cfg))
         files[ln.DS_TRAINER_CONFIG_FILE] = _json(build_ds_config(cfg, for_trainer=True))
-    files[ln.ACCELERATE_FILE] = _yaml(build_accelerate_config(cfg, ds_config_file=str(where / ln.DS_CONFIG_FILE)),
+    accelerate = build_accelerate_config(cfg, ds_config_file=str(where / ln.DS_CONFIG_FILE))
+    files[ln.ACCELERATE_FILE] = _yaml(accelerate | switches.accelerate_fields(cfg),
                                       [f"accelerate config for {cfg} (written by ftplan)",
                                        *switches.accelerate_notes(cfg)])
     files[ln.LAUNCH_FILE] = ln.launch_script(cfg)

@@ -157,5 +157,6 @@ def launch_script(cfg: TrainConfig) -> str:
             "",
             "# The same plan with your own training script:"]
     out += [f"#   {line}" for line in lines.own_script]
+    out += [_comment(f"# {note}") for note in switches.trainer_flag_notes(cfg)]  # what the Trainer flags cannot say
     out += [_comment(f"# {note}") for note in switches.accelerate_notes(cfg)]  # what accelerate.yaml cannot say
     return "\n".join(out) + "\n"

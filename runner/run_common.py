@@ -14,7 +14,17 @@ from typing import Any
 
 from planner.errors import PlanError
 from planner.gpus import is_cpu
-from planner.strategy import Engine, FsdpVersion, GradCkpt, Offload, Optimizer, Precision, Stage, TrainConfig
+from planner.strategy import (
+    Engine,
+    FsdpStrategy,
+    FsdpVersion,
+    GradCkpt,
+    Offload,
+    Optimizer,
+    Precision,
+    Stage,
+    TrainConfig,
+)
 from runner import switches
 
 # `metrics.jsonl`, `run_summary.json` and checkpoints live in the output directory beside the adapter
@@ -101,6 +111,11 @@ def optim_name(cfg: TrainConfig, on_cuda: bool) -> str:
         from runner.quant import require_bitsandbytes
 
         require_bitsandbytes(f"optimizer {cfg.optimizer.value}")
+    return trainer_optim(cfg)
+
+
+def trainer_optim(cfg: TrainConfig) -> str:
+    """TrainingArguments.optim for the plan's optimizer, as an emitted Trainer config names it."""
     return fused_adamw_name(cfg) or _OPTIM[cfg.optimizer]
 
 
@@ -109,20 +124,36 @@ def fused_adamw_name(cfg: TrainConfig) -> str:
     return "adamw_torch_fused" if cfg.fused_adamw and cfg.optimizer is Optimizer.adamw else ""
 
 
-def _fsdp_args(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
-    # TrainingArguments.fsdp words (transformers/trainer_utils.py FSDPOption)
-    words = [cfg.fsdp.value, "auto_wrap"]
+def fsdp_arguments(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainingArguments keywords for an FSDP plan: `fsdp=True` with everything in `fsdp_config`. transformers 5.25
+    deprecates `fsdp` as a string or list of FSDPOption words (training_args.py _apply_legacy_fsdp_to_config: "Use
+    `fsdp=True` and configure everything via `fsdp_config` instead"), which it translated into the keys written here:
+    the sharding strategy into `reshard_after_forward` (FSDP2: full_shard True, shard_grad_op False; FSDP1: the
+    strategy's name) and `offload` into `cpu_offload`; `auto_wrap` was the default policy already
+    (TRANSFORMER_BASED_WRAP). FSDP2's hybrid_shard, which that translation refused, is accelerate's 2-D mesh:
+    `parallelism_config` with the shard group planner.engines.fsdp.shard_group counts (as accelerate.yaml's
+    parallelism_config section, planner.configs.accelerate_config.parallelism_section)."""
+    two = cfg.fsdp_version is FsdpVersion.TWO
+    fsdp_config: dict[str, Any] = {
+        "transformer_layer_cls_to_wrap": [cfg.model.decoder_layer_class],
+        "reshard_after_forward": cfg.fsdp is not FsdpStrategy.shard_grad_op if two else cfg.fsdp.value,
+        "activation_checkpointing": False, "version": int(cfg.fsdp_version)}
     if cfg.offload is Offload.all:
-        words.append("offload")
-    fsdp_config = {"transformer_layer_cls_to_wrap": [cfg.model.decoder_layer_class],
-                   "backward_prefetch": "backward_pre", "forward_prefetch": False,
-                   # LoRA mixes frozen and trained tensors in one wrapped unit (FSDP1 needs the original params)
-                   "use_orig_params": True, "sync_module_states": True,
-                   "activation_checkpointing": False, "version": int(cfg.fsdp_version)}
-    if cfg.fsdp_version is FsdpVersion.TWO:
-        for key in ("backward_prefetch", "forward_prefetch", "use_orig_params", "sync_module_states"):
-            fsdp_config.pop(key)  # FSDP1-only (transformers/training_args.py, _fsdp_plugin_args)
-    return " ".join(words), fsdp_config
+        fsdp_config["cpu_offload"] = True
+    if not two:
+        # FSDP1-only keys (transformers/training_args.py, _process_fsdp_args); LoRA mixes frozen and trained tensors
+        # in one wrapped unit, which FSDP1 can hold only with the original parameters
+        fsdp_config |= {"backward_prefetch": "backward_pre", "forward_prefetch": False, "use_orig_params": True,
+                        "sync_module_states": True}
+    out: dict[str, Any] = {"fsdp": True, "fsdp_config": fsdp_config}
+    if two and cfg.fsdp is FsdpStrategy.hybrid_shard:
+        from accelerate.parallelism_config import ParallelismConfig
+
+        from planner.engines.fsdp import shard_group
+
+        shard = shard_group(cfg)
+        out["parallelism_config"] = ParallelismConfig(dp_replicate_size=cfg.dp // shard, dp_shard_size=shard)
+    return out
 
 
 def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool,
@@ -140,7 +171,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
 
         kwargs["deepspeed"] = build_ds_config(cfg, for_trainer=True)
     elif cfg.engine is Engine.fsdp and cfg.world_size > 1:
-        kwargs["fsdp"], kwargs["fsdp_config"] = _fsdp_args(cfg)
+        kwargs |= fsdp_arguments(cfg)
     if not on_cuda and cfg.engine is Engine.deepspeed:
         # DeepSpeed picks the CPU through DS_ACCELERATOR=cpu, but the Trainer gives accelerate no backend for
         # DeepSpeed and accelerate then counts one process (accelerate/state.py, PartialState: "No backend == no

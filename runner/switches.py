@@ -5,8 +5,19 @@
   fused_linear_cross_entropy), `fsdp_config["version"]` (2 is transformers' default).
 - LLaMA-Factory: `enable_liger_kernel` (hparams/model_args.py), which applies Liger's RoPE, RMSNorm,
   SwiGLU and fused linear cross-entropy together (model/model_utils/liger_kernel.py).
+- TRL's GRPOConfig / RLOOConfig (TrainingArguments subclasses) take the Trainer's `use_liger_kernel`,
+  `liger_kernel_config` and `torch_compile` as they are, but GRPOTrainer / RLOOTrainer refuse Liger's fused linear
+  cross-entropy: they compute log-probabilities through a fused LM head of their own (trl 1.16
+  trainer/grpo_trainer.py and rloo_trainer.py __init__: "`liger_kernel_config={"fused_linear_cross_entropy": True}`
+  is not supported").
 - torch.compile: the Trainer's `torch_compile` (accelerate compiles the whole model, loss included), which
-  LLaMA-Factory's YAML passes through to the Trainer's arguments as `torch_compile` too.
+  LLaMA-Factory's YAML passes through to the Trainer's arguments as `torch_compile` too. The Trainer hands it to
+  accelerate as TorchDynamoPlugin(backend=torch_compile_backend, mode=None), the backend "inductor" by default
+  (transformers/training_args.py __post_init__, trainer.py _build_accelerator_args); accelerate's config file says
+  the same as `dynamo_config: {dynamo_backend: INDUCTOR}` (accelerate/commands/launch.py, mode "default" and no
+  fullgraph), which `accelerate launch` exports as ACCELERATE_DYNAMO_BACKEND for plain and FSDP runs
+  (accelerate/utils/launch.py prepare_simple_launcher_cmd_env, prepare_multi_gpu_env) but not for DeepSpeed ones
+  (prepare_deepspeed_cmd_env).
 - accelerate: `fsdp_version`, `fsdp_reshard_after_forward`, and with FSDP2 and activation checkpointing,
   `fsdp_activation_checkpointing_offload` (accelerate/utils/fsdp_utils.py fsdp2_apply_ac: offload_wrapper,
   i.e. save_on_cpu around each checkpointed layer).
@@ -32,7 +43,12 @@ import json
 import shlex
 from typing import Any
 
-from planner.strategy import Attn, CrossEntropy, Kernels, Stage, TrainConfig
+from planner.strategy import Attn, CrossEntropy, Engine, Kernels, Stage, TrainConfig
+
+# the kernels `_apply_liger_kernel_to_instance(model)` applies when the Trainer's liger_kernel_config is None (the
+# keyword defaults of liger_kernel/transformers/monkey_patch.py apply_liger_kernel_to_llama and its siblings)
+LIGER_DEFAULTS = {"rope": True, "swiglu": True, "rms_norm": True, "cross_entropy": False,
+                  "fused_linear_cross_entropy": True}
 
 
 def uses_liger(cfg: TrainConfig) -> bool:
@@ -59,6 +75,29 @@ def trainer_arguments(cfg: TrainConfig) -> dict[str, Any]:
     if uses_liger(cfg):
         out.update(use_liger_kernel=True, liger_kernel_config=liger_kernel_config(cfg))
     return out
+
+
+def trl_loss_refusal(cfg: TrainConfig) -> str | None:
+    """Why TRL's GRPOTrainer / RLOOTrainer cannot run the plan's loss, None when they can."""
+    if cfg.stage in (Stage.grpo, Stage.rloo) and cfg.cross_entropy is CrossEntropy.fused:
+        return (f"TRL's {cfg.stage.value.upper()} trainer computes log-probabilities through its own fused LM head "
+                "and refuses Liger's fused linear cross-entropy: re-plan with --cross-entropy standard "
+                "(--kernels liger keeps Liger's layer kernels)")
+    return None
+
+
+def trl_notes(cfg: TrainConfig) -> list[str]:
+    """What a TRL trainer config (grpo_config.yaml / rloo_config.yaml) cannot run as the plan says, for its header."""
+    refusal = trl_loss_refusal(cfg)
+    return [refusal] if refusal else []
+
+
+def accelerate_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """accelerate config-file keys for the switches: --torch-compile as `dynamo_config`, where `accelerate launch`
+    passes it on (not under DeepSpeed: accelerate_notes says so), {} otherwise."""
+    if not cfg.torch_compile or cfg.engine is Engine.deepspeed:
+        return {}
+    return {"dynamo_config": {"dynamo_backend": "INDUCTOR"}}
 
 
 def accelerator_config_field(cfg: TrainConfig) -> dict[str, Any]:
@@ -90,13 +129,33 @@ def llamafactory_arguments(cfg: TrainConfig) -> dict[str, Any]:
 
 def accelerate_notes(cfg: TrainConfig) -> list[str]:
     """What of the plan accelerate's config file cannot say, for its header."""
-    if not cfg.sync_each_batch:
+    out = []
+    if uses_liger(cfg):
+        kwargs = ", ".join(f"{k}={v}" for k, v in liger_kernel_config(cfg).items())
+        out.append("Liger kernels: accelerate's config file has no Liger key. `ftplan run` and the Trainer apply them "
+                   "to the model before training; an accelerate script of your own does so before accelerator."
+                   "prepare, as the Trainer does (transformers/trainer.py): liger_kernel.transformers."
+                   f"_apply_liger_kernel_to_instance(model=model, {kwargs}).")
+    if cfg.torch_compile and cfg.engine is Engine.deepspeed:
+        out.append("--torch-compile: accelerate launch passes no dynamo setting to a DeepSpeed run; `ftplan run` and "
+                   "the Trainer flags compile the model (torch_compile), an accelerate script of your own passes "
+                   'Accelerator(dynamo_backend="inductor").')
+    if cfg.sync_each_batch:
+        out.append("--sync-each-batch: accelerate's config file has no sync_each_batch key. `ftplan run` and "
+                   "llamafactory.yaml set it in the Trainer's accelerator_config; an accelerate script of your own "
+                   "that accumulates with accelerator.accumulate passes Accelerator(gradient_accumulation_plugin="
+                   f"GradientAccumulationPlugin(num_steps={cfg.grad_accum}, sync_each_batch=True)), else its no_sync "
+                   "keeps FSDP's unsharded gradients through accumulation, more memory than this plan.")
+    return out
+
+
+def trainer_flag_notes(cfg: TrainConfig) -> list[str]:
+    """What of the plan a Trainer script's command line (trainer_cli_flags) cannot say, for launch.sh."""
+    if not uses_liger(cfg) or liger_kernel_config(cfg) == LIGER_DEFAULTS:
         return []
-    return ["--sync-each-batch: accelerate's config file has no sync_each_batch key. `ftplan run` and "
-            "llamafactory.yaml set it in the Trainer's accelerator_config; an accelerate script of your own that "
-            "accumulates with accelerator.accumulate passes Accelerator(gradient_accumulation_plugin="
-            f"GradientAccumulationPlugin(num_steps={cfg.grad_accum}, sync_each_batch=True)), else its no_sync keeps "
-            "FSDP's unsharded gradients through accumulation, more memory than this plan."]
+    return [f"--use_liger_kernel alone applies all of Liger's kernels and its fused loss; this plan's part is "
+            f"TrainingArguments(liger_kernel_config={liger_kernel_config(cfg)!r}), set in your script "
+            "(the command line does not parse liger_kernel_config)."]
 
 
 def llamafactory_notes(cfg: TrainConfig) -> list[str]:

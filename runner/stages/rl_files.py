@@ -12,7 +12,7 @@ import yaml
 from planner.configs.ds_config import learning_rate
 from planner.rl.settings import Generation
 from planner.rl.verl import verl_command, verl_notes, verl_overrides
-from planner.strategy import Stage, TrainConfig
+from planner.strategy import GradCkpt, Precision, Stage, TrainConfig
 from runner import switches
 
 VERL_FILE = "verl.yaml"
@@ -22,14 +22,18 @@ FILE_ROLES = {"grpo_config.yaml": "TRL GRPOConfig fields (GRPOTrainer)", "rloo_c
 
 
 def trl_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The trainer config's fields: the batch, the plan's rollout settings (runner.stages.grpo.rollout_fields) and
-    --sync-each-batch's accelerator_config (runner.switches)."""
+    """The trainer config's fields: the batch, optimizer and precision, the plan's rollout settings
+    (runner.stages.grpo.rollout_fields), and the switches `ftplan run` hands the same config class
+    (runner.run_common.training_arguments): Liger's kernels, torch_compile and --sync-each-batch's accelerator_config
+    (runner.switches). fp16 is written out: TRL's configs turn bf16 on unless fp16 is (trl/trainer/base_config.py)."""
+    from runner.run_common import trainer_optim
     from runner.stages.grpo import rollout_fields
 
     return {"per_device_train_batch_size": cfg.micro_batch, "gradient_accumulation_steps": cfg.grad_accum,
-            "learning_rate": learning_rate(cfg), "gradient_checkpointing": cfg.grad_ckpt.value != "none",
-            "bf16": cfg.precision.value == "bf16-mixed", **rollout_fields(cfg),
-            **switches.accelerator_config_field(cfg)}
+            "learning_rate": learning_rate(cfg), "optim": trainer_optim(cfg),
+            "gradient_checkpointing": cfg.grad_ckpt is not GradCkpt.none,
+            "bf16": cfg.precision is Precision.bf16_mixed, "fp16": cfg.precision is Precision.fp16_mixed,
+            **rollout_fields(cfg), **switches.trainer_arguments(cfg), **switches.accelerator_config_field(cfg)}
 
 
 def server_command(cfg: TrainConfig, model_path: str) -> str:
@@ -57,5 +61,6 @@ def rl_files(cfg: TrainConfig, model_path: str) -> dict[str, str]:
         lines.append(f"start the vLLM server first, on {cfg.vllm_server_gpus} GPUs of its own: "
                      f"{server_command(cfg, model_path)}")
         lines.append(f"then train on the other {cfg.world_size} GPUs (CUDA_VISIBLE_DEVICES set past the server's)")
+    lines += switches.trl_notes(cfg)
     head = "".join(f"# {line}\n" for line in lines)
     return {name: head + yaml.safe_dump(trl_config(cfg), sort_keys=False)}
