@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
+from planner.configs.ds_config import DEFAULT_HYPER
 from planner.errors import PlanError
 from planner.gpus import is_cpu
 from planner.loss_memory import TORCHTUNE_OUTPUT_CHUNKS
@@ -271,7 +272,7 @@ def _make_optimizer(cfg: TrainConfig, params: list[dict[str, Any]]) -> Any:
     # foreach=True: the GPU default; None on a CPU plan: torch's CPU default (see the module docstring)
     foreach = None if is_cpu(cfg.cluster.gpu) else True
     if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=foreach)
+        return torch.optim.SGD(params, lr=1e-4, momentum=DEFAULT_HYPER.sgd_momentum, foreach=foreach)
     if cfg.fused_adamw:  # torch's fused kernel (it has fake-tensor kernels): no foreach temporaries
         return torch.optim.AdamW(params, lr=1e-4, fused=True)
     return torch.optim.AdamW(params, lr=1e-4, foreach=foreach)

@@ -93,7 +93,7 @@ def _optimizer(cfg: TrainConfig, model: Any, device: Any) -> Any:
     # models per device (planner/torch_adamw.py)
     groups = trainer_param_groups(model)
     if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(groups, lr=1e-5, momentum=0.9)
+        return torch.optim.SGD(groups, lr=1e-5, momentum=DEFAULT_HYPER.sgd_momentum)
     if cfg.fused_adamw:  # torch's fused kernel, as the plan asked
         return torch.optim.AdamW(groups, lr=1e-5, fused=True)
     return torch.optim.AdamW(groups, lr=1e-5)

@@ -123,6 +123,8 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
         "warmup_ratio": 0.1,
         "max_grad_norm": hp.max_grad_norm,
         "optim": "adamw_torch_fused" if cfg.fused_adamw and cfg.optimizer is Optimizer.adamw else _OPTIM[cfg.optimizer],
+        # SGD's momentum reaches the Trainer only through optim_args (runner.run_common.optim_args)
+        **({"optim_args": f"momentum={hp.sgd_momentum:g}"} if cfg.optimizer is Optimizer.sgd else {}),
         **_precision(cfg),
         **switches.llamafactory_arguments(cfg),
         "ddp_timeout": 180000000,

@@ -119,6 +119,14 @@ def trainer_optim(cfg: TrainConfig) -> str:
     return fused_adamw_name(cfg) or _OPTIM[cfg.optimizer]
 
 
+def optim_args(cfg: TrainConfig) -> str | None:
+    """TrainingArguments.optim_args: SGD's momentum, which the Trainer reads only from there (transformers
+    trainer_optimizer.py `_get_sgd`; planner.configs.ds_config.Hyperparams.sgd_momentum); None for the others."""
+    from planner.configs.ds_config import DEFAULT_HYPER
+
+    return f"momentum={DEFAULT_HYPER.sgd_momentum:g}" if cfg.optimizer is Optimizer.sgd else None
+
+
 def fused_adamw_name(cfg: TrainConfig) -> str:
     """TrainingArguments.optim for torch's fused AdamW (--fused-adamw), '' otherwise."""
     return "adamw_torch_fused" if cfg.fused_adamw and cfg.optimizer is Optimizer.adamw else ""
@@ -199,7 +207,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         learning_rate=opts.learning_rate if opts.learning_rate is not None else learning_rate(cfg),
         warmup_steps=opts.warmup_steps,
         lr_scheduler_type="linear",
-        optim=optim_name(cfg, on_cuda),
+        optim=optim_name(cfg, on_cuda), optim_args=optim_args(cfg),
         bf16=mixed and cfg.precision is Precision.bf16_mixed,
         fp16=mixed and cfg.precision is Precision.fp16_mixed,
         # HF checkpointing recomputes whole layers; the planner's "selective" maps to it as its closest

@@ -35,13 +35,18 @@ class Hyperparams:
     (examples/train_lora/llama3_lora_sft.yaml: 1.0e-4; examples/train_full/llama3_full_sft.yaml: 1.0e-5);
     betas/eps/clipping are the transformers TrainingArguments defaults (adam_beta1=0.9, adam_beta2=0.999,
     adam_epsilon=1e-8, max_grad_norm=1.0); warmup_num_steps is DeepSpeed's WarmupLR default
-    (deepspeed/runtime/lr_schedules.py, `WarmupLR.__init__`)."""
+    (deepspeed/runtime/lr_schedules.py, `WarmupLR.__init__`). ftplan's `sgd` is SGD with momentum, whose one buffer
+    per parameter the planner counts (planner.states.optimizer_state_bytes_per_param): torch.optim.SGD keeps no
+    `momentum_buffer` at its default momentum 0, and the Trainer's `optim="sgd"` passes momentum only from
+    `optim_args` (transformers trainer_optimizer.py `_get_sgd`), so every file and run sets 0.9, the momentum of
+    Goyal et al. 2017 (arXiv:1706.02677, Sec. 5) and torchvision's reference recipes."""
 
     lr_full: float = 1e-5
     lr_adapter: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
+    sgd_momentum: float = 0.9
     max_grad_norm: float = 1.0
     warmup_num_steps: int = 1000
     nvme_path: str = "/local_nvme"  # DeepSpeed docs' example mount point; edit to the node's NVMe

@@ -169,7 +169,7 @@ def pipeline_optimizer(cfg: TrainConfig, module: Any, lr: float) -> Any:
     if cfg.optimizer is Optimizer.adamw:
         return torch.optim.AdamW(groups, lr=lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
     if cfg.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=hp.sgd_momentum)
     raise PlanError(f"pipeline runs adamw or sgd, not {cfg.optimizer.value}")
 
 

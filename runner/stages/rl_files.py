@@ -26,11 +26,12 @@ def trl_config(cfg: TrainConfig) -> dict[str, Any]:
     (runner.stages.grpo.rollout_fields), and the switches `ftplan run` hands the same config class
     (runner.run_common.training_arguments): Liger's kernels, torch_compile and --sync-each-batch's accelerator_config
     (runner.switches). fp16 is written out: TRL's configs turn bf16 on unless fp16 is (trl/trainer/base_config.py)."""
-    from runner.run_common import trainer_optim
+    from runner.run_common import optim_args, trainer_optim
     from runner.stages.grpo import rollout_fields
 
     return {"per_device_train_batch_size": cfg.micro_batch, "gradient_accumulation_steps": cfg.grad_accum,
             "learning_rate": learning_rate(cfg), "optim": trainer_optim(cfg),
+            **({"optim_args": optim_args(cfg)} if optim_args(cfg) else {}),
             "gradient_checkpointing": cfg.grad_ckpt is not GradCkpt.none,
             "bf16": cfg.precision is Precision.bf16_mixed, "fp16": cfg.precision is Precision.fp16_mixed,
             **rollout_fields(cfg), **switches.trainer_arguments(cfg), **switches.accelerator_config_field(cfg)}
