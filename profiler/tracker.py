@@ -63,6 +63,7 @@ class StorageTracker(TorchDispatchMode):
         self.weight_copies: set[int] = set()  # casts of a parameter (autocast's weight cache)
         self.in_head = False  # set while the final norm, LM head and loss run (the planner's "logits and loss")
         self.head_serials: set[int] = set()
+        self._resizes_seen = False  # a live storage was seen at a size other than the one it was first seen at
 
     # --- counting ---------------------------------------------------------------------------
     def _key(self, t: torch.Tensor) -> tuple[int, torch.UntypedStorage] | None:
@@ -101,6 +102,8 @@ class StorageTracker(TorchDispatchMode):
             st = ref()
             if st is not None:
                 delta += st.nbytes() - counted
+        if delta:
+            self._resizes_seen = True
         return delta
 
     @property
@@ -118,8 +121,10 @@ class StorageTracker(TorchDispatchMode):
         entry = self._live.get(key)
         if entry is not None and entry[0] == serial:
             # a resize since the last allocation (an all-gather's copy-out into re-allocated parameters) can have
-            # raised the total above the peak: the moment before this free is the last one it shows in
-            self._check_peak()
+            # raised the total above the peak: the moment before this free is the last one it shows in. Only
+            # where storages resize at all (FSDP): a run without one pays the re-measuring at allocations alone
+            if self._resizes_seen:
+                self._check_peak()
             del self._live[key]
             self._counted_bytes -= entry[1]
 
