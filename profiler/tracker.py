@@ -27,11 +27,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
-# Storages at least this large are re-measured on every new storage: FSDP2 frees and re-allocates its
-# unsharded parameters with `untyped_storage().resize_(0 / n)` (torch/distributed/fsdp/_fully_shard/
-# _fsdp_param.py, free_storage / alloc_storage), which no dispatch mode sees; on CUDA the caching
-# allocator does see it, so max_memory_allocated drops where a count of storages would not.
-RESIZE_WATCH_BYTES = 1 << 20
 
 
 @dataclass
@@ -44,24 +39,31 @@ class Snapshot:
 
 
 class StorageTracker(TorchDispatchMode):
-    """Counts live storage bytes; remembers the set of live storages at the highest total."""
+    """Counts live storage bytes; remembers the set of live storages at the highest total.
+
+    A storage can change size where no dispatch mode sees it: FSDP2 frees and re-allocates each unsharded
+    parameter's all-gather output with `untyped_storage().resize_(0 / n)` (torch/distributed/fsdp/_fully_shard/
+    _fsdp_param.py, free_storage / alloc_storage, one storage per parameter however small), FSDP1 its padded flat
+    parameter (_flat_param.py `_free_storage` / `_alloc_storage`, allocated empty at wrap). The caching allocator
+    on CUDA sees those, so every live storage is re-measured at each allocation and each free: its size now, not
+    when it was first seen, is what `max_memory_allocated` counts."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._live: dict[int, tuple[int, int]] = {}  # StorageImpl address -> (serial, bytes)
+        # StorageImpl address -> (serial, bytes when first seen, the storage)
+        self._live: dict[int, tuple[int, int, weakref.ref]] = {}
         self._serial = 0
-        self.current_bytes = 0
+        self._counted_bytes = 0  # the live storages' bytes when first seen (resizes: resized_bytes)
         self.peak = Snapshot()
         self._peak_bytes = 0
         self._peak_label = ""
-        self._dirty = False
         self.label = ""
         self._saved: set[int] = set()  # serials autograd saved for backward
         self.weight_serials: set[int] = set()  # set by the caller once the parameters exist
         self.weight_copies: set[int] = set()  # casts of a parameter (autocast's weight cache)
         self.in_head = False  # set while the final norm, LM head and loss run (the planner's "logits and loss")
         self.head_serials: set[int] = set()
-        self._watched: dict[int, tuple[weakref.ref, int, int]] = {}  # key -> (storage, serial, bytes counted)
+        self._resizes_seen = False  # a live storage was seen at a size other than the one it was first seen at
 
     # --- counting ---------------------------------------------------------------------------
     def _key(self, t: torch.Tensor) -> tuple[int, torch.UntypedStorage] | None:
@@ -85,53 +87,56 @@ class StorageTracker(TorchDispatchMode):
             return
         nbytes = st.nbytes()
         self._serial += 1
-        self._live[key] = (self._serial, nbytes)
+        self._live[key] = (self._serial, nbytes, weakref.ref(st))
         if self.in_head:
             self.head_serials.add(self._serial)
-        self.current_bytes += nbytes
+        self._counted_bytes += nbytes
         weakref.finalize(st, self._free, key, self._serial)
-        if nbytes >= RESIZE_WATCH_BYTES:
-            self._watched[key] = (weakref.ref(st), self._serial, nbytes)
-        resized = self._resized_bytes()
-        if self.current_bytes + resized > self._peak_bytes:
-            if resized:  # a resize is invisible to _free: take the snapshot now
-                self._peak_bytes, self._peak_label = self.current_bytes + resized, self.label
-                self._take_peak()
-            else:
-                # a new high: its contents are copied only when memory starts to fall from it (cheap)
-                self._peak_bytes, self._peak_label, self._dirty = self.current_bytes, self.label, True
+        self._check_peak()
 
-    def _resized_bytes(self) -> int:
-        """Actual minus counted bytes of the watched storages (negative after FSDP2's resize_(0))."""
+    def resized_bytes(self) -> int:
+        """Bytes the live storages hold now minus what they held when first seen (negative while FSDP has
+        freed unsharded parameters with resize_(0), positive where it re-allocated one first seen empty)."""
         delta = 0
-        for ref, _, counted in self._watched.values():
+        for _, counted, ref in self._live.values():
             st = ref()
             if st is not None:
                 delta += st.nbytes() - counted
+        if delta:
+            self._resizes_seen = True
         return delta
+
+    @property
+    def current_bytes(self) -> int:
+        """Bytes of the live storages now, resizes included."""
+        return self._counted_bytes + self.resized_bytes()
+
+    def _check_peak(self) -> None:
+        now = self.current_bytes
+        if now > self._peak_bytes:
+            self._peak_bytes, self._peak_label = now, self.label
+            self._take_peak()
 
     def _free(self, key: int, serial: int) -> None:
         entry = self._live.get(key)
         if entry is not None and entry[0] == serial:
-            if self._dirty:
-                self._take_peak()
+            # a resize since the last allocation (an all-gather's copy-out into re-allocated parameters) can have
+            # raised the total above the peak: the moment before this free is the last one it shows in. Only
+            # where storages resize at all (FSDP): a run without one pays the re-measuring at allocations alone
+            if self._resizes_seen:
+                self._check_peak()
             del self._live[key]
-            self.current_bytes -= entry[1]
-            self._watched.pop(key, None)
+            self._counted_bytes -= entry[1]
 
     def _take_peak(self) -> None:
-        storages = {s: b for s, b in self._live.values()}
-        for ref, serial, _ in self._watched.values():
+        storages = {}
+        for serial, counted, ref in self._live.values():
             st = ref()
-            if st is not None:
-                storages[serial] = st.nbytes()
+            storages[serial] = counted if st is None else st.nbytes()
         self.peak = Snapshot(total_bytes=sum(storages.values()), label=self._peak_label, storages=storages)
-        self._dirty = False
 
     def finish(self) -> Snapshot:
-        """The peak so far (call after the step: takes a pending snapshot)."""
-        if self._dirty:
-            self._take_peak()
+        """The peak so far (call after the step)."""
         return self.peak
 
     def track_all(self, tensors: Iterable[torch.Tensor]) -> None:

@@ -39,3 +39,26 @@ def test_categories_at_the_peak() -> None:
     assert cats["weights"] == 1024
     assert cats["activations"] >= 1024
     assert cats["total"] == peak.total_bytes
+
+
+def test_storage_resizes_of_any_size_count() -> None:
+    """FSDP2 frees an unsharded parameter with `untyped_storage().resize_(0)` and re-allocates it with
+    `resize_(n)` (torch/distributed/fsdp/_fully_shard/_fsdp_param.py free_storage / alloc_storage), one storage per
+    parameter, however small: no dispatch mode sees either, the caching allocator on CUDA sees both."""
+    tracker = StorageTracker()
+    with tracker:
+        small = torch.empty(256)  # 1 KiB, as a norm's unsharded weight
+        assert tracker.current_bytes == 1024
+        small.untyped_storage().resize_(0)
+        assert tracker.current_bytes == 0
+        other = torch.empty(64)  # 256 bytes: the total is below the 1 KiB peak
+        assert tracker.finish().total_bytes == 1024
+        small.untyped_storage().resize_(1024)  # re-allocated: 1280 bytes live, no op seen yet
+        del other  # the moment before this free is the new peak
+        assert tracker.finish().total_bytes == 1280
+        empty = torch.empty(0)  # FSDP1's padded flat parameter: allocated empty, resized up when gathered
+        empty.untyped_storage().resize_(4096)
+        torch.empty(1)  # an allocation re-measures every live storage
+        assert tracker.finish().total_bytes == 1024 + 4096 + 4
+    del small, empty
+    assert tracker.current_bytes == 0

@@ -9,6 +9,17 @@ such a model's micro-batches but the last under `_defer_fsdp_gradient_reduction`
 (`set_requires_gradient_sync(False)`, what accelerate's `no_sync` does for an FSDP2 model it wrapped), unless its
 accelerator's gradient state says `sync_each_batch` (transformers/trainer.py, `_inner_training_loop`).
 
+What the peaks hold, measured per rank (8 layers, mb2 ga2, with sync_each_batch): the wrap is accelerate's
+(`model.embed_tokens` and each `model.layers.*` resharded after forward, the final norm and the head one unit kept
+gathered, the root: transformers' PreTrainedConfig.base_model_fsdp_plan with LlamaForCausalLM._fsdp_plan, applied by
+distributed/fsdp.py `apply_fully_sharded_data_parallelism`, no MixedPrecisionPolicy unless fsdp_mixed_precision), and
+the Trainer adds 3,092 B to a hand loop on the same model. One thing is the CPU's own: each parameter's shard is a
+view of a storage the size of the whole parameter (2,395,392 B more than the shards). safetensors 0.8 returns a
+slice of a tensor as a view of the whole one, transformers' `DtensorShardOperation.shard_tensor`
+(distributed/sharding_utils.py) moves it with `.to(device, dtype)`, a no-op for a float32 checkpoint loaded in float32
+on the CPU (on a GPU it copies the slice), and FSDP2 keeps an evenly divided local tensor as its sharded data
+(_fsdp_param.py `reset_sharded_param`). The peaks' difference, what the test compares, holds none of it.
+
 Case PLAN:PORT (PLAN: a plan.json; the model directory in $SYNC_PROBE_MODEL). Rank 0 prints one JSON line per case:
 {"case", "sync_each_batch" (the Trainer's accelerator.gradient_state.plugin_kwargs), "peak_tensor_bytes" (each rank's,
 runner.memory_probe on the CPU: profiler.tracker.StorageTracker over the steps), "train_loss"}.
