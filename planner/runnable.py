@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from planner.rl.settings import Generation
-from planner.runnable_stages import PPO_REFUSAL, SERVER_REFUSAL, TRL_STAGES
+from planner.runnable_stages import FUSED_LOSS_REFUSAL, PPO_REFUSAL, SERVER_REFUSAL, TRL_STAGES, trl_refuses_fused_loss
 from planner.strategy import Engine, FsdpStrategy, Method, Offload, Optimizer, PipeSchedule, Stage, TrainConfig
 
 # decoder layers with Llama's interface (hidden states in and out, rotary embeddings from the model's rotary_emb)
@@ -35,6 +35,7 @@ RULES: tuple[Rule, ...] = (
     (SERVER_REFUSAL, lambda c: c.stage in (Stage.grpo, Stage.rloo) and c.rollout.generation is Generation.vllm_server),
     ("stage '{stage}' runs through TRL's trainers, which take data parallelism only (DDP, FSDP, DeepSpeed ZeRO): "
      "re-plan with --tp 1 --pp 1", lambda c: c.stage in TRL_STAGES and (c.tp > 1 or c.pp > 1)),
+    (FUSED_LOSS_REFUSAL, trl_refuses_fused_loss),
     # tensor parallelism: DeepSpeed AutoTP through the Trainer
     ("TP with LoRA: DeepSpeed AutoTP shards the layers after peft wrapped them and ZeRO's parameter map then "
      "fails (KeyError in stage_1_and_2 _create_param_mapping); TP runs full fine-tuning",
@@ -86,9 +87,9 @@ RULES: tuple[Rule, ...] = (
 
 def unrunnable_reasons(cfg: TrainConfig) -> list[str]:
     """Why `ftplan run` does not execute `cfg` (empty when it does)."""
-    fields = {"stage": cfg.stage.value, "optimizer": cfg.optimizer.value, "method": cfg.method.value,
-              "quant": cfg.quant.value, "model": cfg.model.name, "layer_class": cfg.model.decoder_layer_class,
-              "layer_classes": ", ".join(PIPELINE_LAYER_CLASSES), "ep": cfg.ep}
+    fields = {"stage": cfg.stage.value, "STAGE": cfg.stage.value.upper(), "optimizer": cfg.optimizer.value,
+              "method": cfg.method.value, "quant": cfg.quant.value, "model": cfg.model.name,
+              "layer_class": cfg.model.decoder_layer_class, "layer_classes": ", ".join(PIPELINE_LAYER_CLASSES), "ep": cfg.ep}
     return [reason.format(**fields) for reason, applies in RULES if applies(cfg)]
 
 

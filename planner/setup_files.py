@@ -275,6 +275,21 @@ def _precision(keys: _Keys, *, bf16: str = "bf16", fp16: str = "fp16") -> Precis
     return None
 
 
+def _reshard_strategy(keys: _Keys, reshard: Any) -> FsdpStrategy:
+    """accelerate's `reshard_after_forward`: a bool for FSDP2 (True reshards: FULL_SHARD; False: SHARD_GRAD_OP), or
+    for FSDP1 the sharding strategy's name in any case (accelerate/utils/dataclasses.py FullyShardedDataParallelPlugin,
+    `reshard_after_forward`: "FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", as runner.run_common writes
+    it)."""
+    word = str(reshard).lower()
+    if word in ("true", "false"):
+        return FsdpStrategy.full_shard if word == "true" else FsdpStrategy.shard_grad_op
+    try:
+        return FsdpStrategy(word)
+    except ValueError:
+        raise keys.refuse("fsdp_config", f"reshard_after_forward '{reshard}' is not modelled (true, false, "
+                                         "full_shard, shard_grad_op, hybrid_shard, no_shard)") from None
+
+
 def _fsdp(keys: _Keys, out: dict[str, Any], default_version: int = 2) -> None:
     """TrainingArguments' `fsdp` (true, "full_shard auto_wrap", or a list) and `fsdp_config` (a dict; keys with
     or without accelerate's `fsdp_` prefix). The FSDP version defaults to 2 in transformers 5, to 1 in
@@ -310,8 +325,7 @@ def _fsdp(keys: _Keys, out: dict[str, Any], default_version: int = 2) -> None:
         except ValueError:
             raise keys.refuse("fsdp_config", f"sharding strategy '{sharding}' is not modelled") from None
     if cfg.get("reshard_after_forward") is not None:
-        reshard = cfg["reshard_after_forward"]
-        strategy = FsdpStrategy.full_shard if reshard in (True, "true", "FULL_SHARD") else FsdpStrategy.shard_grad_op
+        strategy = _reshard_strategy(keys, cfg["reshard_after_forward"])
     if cfg.get("offload_params") in (True, "true") or cfg.get("cpu_offload") in (True, "true"):
         out["offload"] = Offload.all
     if cfg.get("activation_checkpointing") in (True, "true"):

@@ -211,8 +211,9 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         bf16=mixed and cfg.precision is Precision.bf16_mixed,
         fp16=mixed and cfg.precision is Precision.fp16_mixed,
         # HF checkpointing recomputes whole layers; the planner's "selective" maps to it as its closest
-        gradient_checkpointing=ckpt,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if ckpt else None,
+        # transformers 5.25's names; `gradient_checkpointing*` are deprecated aliases (training_args.py __post_init__)
+        activation_checkpointing=ckpt,
+        activation_checkpointing_kwargs={"use_reentrant": False} if ckpt else None,
         neftune_noise_alpha=opts.neftune_alpha,
         logging_strategy="steps", logging_steps=1,
         save_strategy="steps", save_steps=opts.save_steps,

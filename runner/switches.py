@@ -43,6 +43,7 @@ import json
 import shlex
 from typing import Any
 
+from planner.runnable_stages import trl_fused_loss_refusal
 from planner.strategy import Attn, CrossEntropy, Engine, Kernels, Stage, TrainConfig
 
 # the kernels `_apply_liger_kernel_to_instance(model)` applies when the Trainer's liger_kernel_config is None (the
@@ -78,12 +79,9 @@ def trainer_arguments(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def trl_loss_refusal(cfg: TrainConfig) -> str | None:
-    """Why TRL's GRPOTrainer / RLOOTrainer cannot run the plan's loss, None when they can."""
-    if cfg.stage in (Stage.grpo, Stage.rloo) and cfg.cross_entropy is CrossEntropy.fused:
-        return (f"TRL's {cfg.stage.value.upper()} trainer computes log-probabilities through its own fused LM head "
-                "and refuses Liger's fused linear cross-entropy: re-plan with --cross-entropy standard "
-                "(--kernels liger keeps Liger's layer kernels)")
-    return None
+    """Why TRL's GRPOTrainer / RLOOTrainer cannot run the plan's loss, None when they can (the planner's rule:
+    planner.runnable_stages.trl_fused_loss_refusal, which marks such plans not runnable)."""
+    return trl_fused_loss_refusal(cfg)
 
 
 def trl_notes(cfg: TrainConfig) -> list[str]:

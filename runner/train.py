@@ -67,9 +67,6 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     reasons = unrunnable_reasons(cfg)
     if reasons:
         raise PlanError(f"plan {cfg} is not run by ftplan run: {reasons[0]}")
-    refusal = switches.trl_loss_refusal(cfg)
-    if refusal:
-        raise PlanError(f"plan {cfg} is not run by ftplan run: {refusal}")
     if opts.max_steps < 1:
         raise PlanError(f"--max-steps must be at least 1, got {opts.max_steps}")
     if opts.rope_scaling:

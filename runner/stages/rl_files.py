@@ -32,7 +32,7 @@ def trl_config(cfg: TrainConfig) -> dict[str, Any]:
     return {"per_device_train_batch_size": cfg.micro_batch, "gradient_accumulation_steps": cfg.grad_accum,
             "learning_rate": learning_rate(cfg), "optim": trainer_optim(cfg),
             **({"optim_args": optim_args(cfg)} if optim_args(cfg) else {}),
-            "gradient_checkpointing": cfg.grad_ckpt is not GradCkpt.none,
+            "activation_checkpointing": cfg.grad_ckpt is not GradCkpt.none,
             "bf16": cfg.precision is Precision.bf16_mixed, "fp16": cfg.precision is Precision.fp16_mixed,
             **rollout_fields(cfg), **switches.trainer_arguments(cfg), **switches.accelerator_config_field(cfg)}
 

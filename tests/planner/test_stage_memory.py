@@ -56,3 +56,22 @@ def test_runnable_stages() -> None:
     ppo = build_config(**{**base, "seq_len": 1024}, stage=Stage.ppo, fsdp=FsdpStrategy.full_shard)
     assert "no PPO trainer" in stage_refusal(ppo) and "verl" in stage_refusal(ppo)
     assert "--tp 1 --pp 1" in stage_refusal(build_config(**base, stage=Stage.dpo, tp=2, zero=1))
+
+
+def test_trl_rl_stages_with_the_fused_loss_are_ranked_not_run() -> None:
+    """TRL's GRPOTrainer / RLOOTrainer refuse Liger's fused linear cross-entropy, so such a plan is marked not
+    runnable (the runner refuses it before starting, from the same rule); Liger's layer kernels alone run."""
+    from planner.runnable import runnable, unrunnable_reasons
+    from planner.strategy import CrossEntropy, Kernels
+
+    for stage in (Stage.grpo, Stage.rloo):
+        fused = build_config(model="qwen2.5-7b", gpus="1xH100", method=Method.lora, stage=stage,
+                             cross_entropy=CrossEntropy.fused, check=False)
+        assert not runnable(fused)
+        assert f"TRL's {stage.value.upper()} trainer" in unrunnable_reasons(fused)[0]
+        kernels = build_config(model="qwen2.5-7b", gpus="1xH100", method=Method.lora, stage=stage,
+                               kernels=Kernels.liger, check=False)
+        assert not any("fused linear" in r for r in unrunnable_reasons(kernels))
+    sft = build_config(model="qwen2.5-7b", gpus="1xH100", method=Method.lora, cross_entropy=CrossEntropy.fused,
+                       check=False)
+    assert runnable(sft)

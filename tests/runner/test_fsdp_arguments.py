@@ -114,3 +114,18 @@ def test_fsdp2_hybrid_shard_runs_on_accelerates_2d_mesh(tmp_path: Path, monkeypa
     assert args.fsdp_plugin_args["fsdp_version"] == 2 and args.fsdp_plugin_args["reshard_after_forward"] is True
     with pytest.raises(ValueError, match="only available with FSDP1"):
         TrainingArguments(output_dir=str(tmp_path / "old"), use_cpu=True, **_legacy(cfg))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("strategy", [FsdpStrategy.full_shard, FsdpStrategy.shard_grad_op, FsdpStrategy.hybrid_shard,
+                                      FsdpStrategy.no_shard])
+def test_the_planner_reads_back_the_runners_fsdp_arguments(version: int, strategy: FsdpStrategy) -> None:
+    """`ftplan plan --from` a TrainingArguments file with the runner's own FSDP keywords gives the plan's strategy
+    back (planner.setup_files `_reshard_strategy`: FSDP1's reshard_after_forward is the strategy's name)."""
+    from planner.setup_files import trainer
+
+    if version == 2 and strategy in (FsdpStrategy.hybrid_shard, FsdpStrategy.no_shard):
+        pytest.skip("FSDP2 writes a bool (hybrid sharding is a mesh; no_shard is not FSDP2)")
+    cfg = build_config(model="7b", gpus="8xA800", fsdp=strategy, fsdp_version=version, check=False)
+    reading = trainer({"model_name_or_path": "m", **fsdp_arguments(cfg)}, "args.json", lambda _: False)
+    assert reading.values["fsdp"] is strategy

@@ -1,7 +1,8 @@
-"""ftplan's `sgd` is SGD with momentum (its one buffer per parameter is what the planner counts:
-planner.states.optimizer_state_bytes_per_param). The Trainer's `optim="sgd"` reads momentum only from `optim_args`
-(transformers trainer_optimizer.py `_get_sgd`), so `ftplan run`, grpo_config.yaml / rloo_config.yaml, llamafactory.yaml
-and the pipeline runner set it, each read back by its owner's parser into the optimizer the Trainer builds."""
+"""The Trainer arguments the runner writes, read back by their owners. ftplan's `sgd` is SGD with momentum (its one
+buffer per parameter is what the planner counts: planner.states.optimizer_state_bytes_per_param). The Trainer's
+`optim="sgd"` reads momentum only from `optim_args` (transformers trainer_optimizer.py `_get_sgd`), so `ftplan run`,
+grpo_config.yaml / rloo_config.yaml, llamafactory.yaml and the pipeline runner set it, each read back by its owner's
+parser into the optimizer the Trainer builds. The checkpointing arguments take transformers 5.25's names."""
 
 from __future__ import annotations
 
@@ -58,3 +59,19 @@ def test_llamafactory_yaml_carries_sgds_momentum(tmp_path: Path) -> None:
                                           optim_args=fields["optim_args"])
     _, kwargs = _optimizer_kwargs(args)
     assert kwargs["momentum"] == DEFAULT_HYPER.sgd_momentum
+
+
+def test_checkpointing_arguments_use_transformers_current_names(tmp_path: Path) -> None:
+    """transformers 5.25 deprecates `gradient_checkpointing*` for `activation_checkpointing*` (training_args.py
+    __post_init__ warns a FutureWarning); the runner passes the new names, which the old ones mirror."""
+    import warnings
+
+    from planner.strategy import GradCkpt
+
+    cfg = build_config(model="qwen3-0.6b", gpus="1xCPU", grad_ckpt=GradCkpt.full, check=False)
+    opts = RunOptions(model_path=tmp_path, data=tmp_path, output=tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = training_arguments(cfg, opts, on_cuda=False, has_eval=False)
+    assert args.activation_checkpointing and args.gradient_checkpointing
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
