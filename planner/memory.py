@@ -322,6 +322,20 @@ def tied_embedding_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
     return items
 
 
+def end_of_backward_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    """What the end of backward adds: the tied embedding's accumulation, the last op inside autograd
+    (tied_embedding_items), and the engine's end items. ZeRO-0's gradient all-reduce (planner/engines/zero.py
+    end_items) runs after autograd has returned (runtime/engine.py `DeepSpeedEngine.backward`: `loss.backward()`, then
+    `_backward_epilogue` -> `allreduce_gradients`), when AccumulateGrad has stored the sum as `.grad` and freed the
+    other two: the two moments follow each other, and the larger counts. Other engines' end items are counted with the
+    tied embedding's, as before (FSDP2's embedding reduce-scatter: planner/engines/fsdp.py end_items)."""
+    eng = engines.of(cfg)
+    tied, engine_items = tied_embedding_items(cfg, sp), eng.end_items(cfg, sp)
+    if eng is engines.zero and engine_items:
+        return engine_items if sum(engine_items.values()) >= sum(tied.values()) else tied
+    return {**tied, **engine_items}
+
+
 def dequantized_weight_items(cfg: TrainConfig) -> dict[str, float]:
     """bitsandbytes dequantizes one linear at a time into a 16-bit copy."""
     if cfg.quant is Quant.none:
@@ -399,7 +413,7 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     step_items = eng.step_items(cfg, trained, n, state_bytes)
     grads_in_backward = eng.backward_grad_bytes(cfg, trained, states.gradients)
     return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
-                          end_items={**tied_embedding_items(cfg, sp), **eng.end_items(cfg, sp)},
+                          end_items=end_of_backward_items(cfg, sp),
                           grads_in_backward=grads_in_backward,
                           nccl_bytes=nccl_memory.nccl_bytes(cfg),
                           reserved_floor=init_allocations.reserved_floor_bytes(cfg),

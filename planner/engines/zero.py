@@ -342,43 +342,53 @@ def step_group_elements(cfg: TrainConfig, trained: float, n: int) -> float:
     return max(zero3_sub_group_elements(cfg, trained, n))
 
 
-# runtime/engine.py MEMORY_OPT_ALLREDUCE_SIZE: the elements past which the pipeline engine's gradient all-reduce closes
-# a bucket (runtime/pipe/engine.py `_exec_reduce_grads` and `_bf16_reduce_grads` pass it as elements_per_buffer)
-PIPELINE_ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
+# runtime/engine.py MEMORY_OPT_ALLREDUCE_SIZE: the elements past which ZeRO-0's gradient all-reduce closes a bucket, at
+# pp 1 (`allreduce_gradients`' default bucket_size, which `_backward_epilogue` passes unchanged: the ds_config's
+# reduce_bucket_size / allreduce_bucket_size is not read on this path) and in the pipeline engine
+# (runtime/pipe/engine.py `_exec_reduce_grads` and `_bf16_reduce_grads` pass it as elements_per_buffer)
+ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
 
 
 def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
-    """At the end of backward: the pipeline engine's gradient all-reduce at ZeRO-0 (pipeline_reduce_copy_bytes);
-    ZeRO-1/2/3's reductions are their buckets, counted in buffers."""
-    copy = pipeline_reduce_copy_bytes(cfg, sp.trainable)
-    return {"pipeline gradient all-reduce flat copy": copy} if copy else {}
+    """At the end of backward: ZeRO-0's gradient all-reduce (zero0_reduce_copy_bytes); ZeRO-1/2/3's reductions are
+    their buckets, counted in buffers."""
+    copy = zero0_reduce_copy_bytes(cfg, sp.trainable)
+    return {"ZeRO-0 gradient all-reduce flat copy": copy} if copy else {}
 
 
-def pipeline_reduce_copy_bytes(cfg: TrainConfig, trained: float) -> float:
-    """Bytes of the flat copy the pipeline engine's gradient reduction makes at ZeRO-0, once the step's last backward
-    is done, on every stage and at any data-parallel size (runtime/pipe/engine.py `_exec_reduce_grads` has no dp 1
-    shortcut): `buffered_allreduce_fallback` -> `_reduce_non_expert_gradients` -> `allreduce_no_retain` closes a bucket
-    once its elements pass PIPELINE_ALLREDUCE_BUCKET_ELEMENTS, and `allreduce_bucket` flattens it into a new tensor
-    (`self.flatten(bucket)`: torch's flatten_dense_tensors concatenates, and only views a bucket of one tensor) in the
-    communication dtype, the model's (`communication_data_type`: no cast), then copies it back and drops it.
-    - BF16_Optimizer (bf16_pipeline_optimizer): the buckets are its groups' flat accumulators
+def zero0_reduce_copy_bytes(cfg: TrainConfig, trained: float) -> float:
+    """Bytes of the flat copy ZeRO-0's gradient reduction makes once the accumulation boundary's backward is done, at
+    any data-parallel size (neither path has a world-size-1 shortcut), with or without a pipeline:
+    - pp 1: `DeepSpeedEngine.backward` -> `_backward_epilogue` -> `allreduce_gradients` (runtime/engine.py; only
+      `is_gradient_accumulation_boundary`, so one reduction per step, when the gradients are whole) ->
+      `buffered_allreduce_fallback(elements_per_buffer=MEMORY_OPT_ALLREDUCE_SIZE)`;
+    - pp > 1: the pipeline's ReduceGrads instruction, runtime/pipe/engine.py `_exec_reduce_grads` (or
+      `_bf16_reduce_grads`) -> `buffered_allreduce_fallback`, on every stage.
+    Then `_reduce_non_expert_gradients` -> `allreduce_no_retain` closes a bucket once its elements pass
+    ALLREDUCE_BUCKET_ELEMENTS, and `allreduce_bucket` flattens it into a new tensor (`self.flatten(bucket)`: torch's
+    flatten_dense_tensors concatenates, and only views a bucket of one tensor) in the communication dtype, the model's
+    (`communication_data_type`: no cast), then copies it back and drops it.
+    - BF16_Optimizer (bf16_pipeline_optimizer, pp > 1 only): the buckets are its groups' flat accumulators
       (`get_grads_for_reduction`), BF16_ACCUMULATOR_BYTES each. One group (a LoRA stage: DeepSpeed drops the Trainer's
       empty no-decay group, runtime/engine.py `_configure_optimizer`) is only viewed; a full fine-tune's two groups
       (runner/parallel/pipeline.py pipeline_optimizer, the Trainer's) make one bucket while the weight-decay group
       stays within the size: the stage's accumulators copied whole. That group is `trained` less the stage's norms
       and biases (under 0.1% of it), compared here as `trained`.
-    - fp32 and fp16: the parameters' own gradients (`_get_gradients_for_reduction`), many tensors: the largest bucket,
-      all of them or the size plus the tensor that passed it.
-    Measured on 2 CPU ranks, pp 2, dp 1 (tests/validation/test_memory_pipeline_step_measured.py), the rise over the end
-    of backward while the reduction runs, first stage (1,844,224 trained elements): 3,688,448 B in bf16 (the Trainer's
-    two groups), 7,376,896 B in fp32, as planned."""
-    if cfg.zero is not ZeroStage.DISABLED or cfg.pp == 1:
+    - Otherwise (fp32; bf16 or fp16 under FP16_UnfusedOptimizer, which keeps the 16-bit `.grad`s and has no
+      `get_grads_for_reduction`): the parameters' own gradients (`_get_gradients_for_reduction`), many tensors, in the
+      compute dtype: the largest bucket, all of them or the size plus the tensor that passed it.
+    Measured, the rise over the reduction's start while it runs (profiler.tracker): on 2 CPU ranks at pp 1, dp 2, the
+    3.7M Llama (tests/validation/test_memory_zero_adamw_step_measured.py), 14,754,816 B in fp32 and 7,377,408 B in bf16
+    (FP16_UnfusedOptimizer), every gradient once, as planned; at pp 2, dp 1 (tests/validation/
+    test_memory_pipeline_step_measured.py), first stage (1,844,224 trained elements): 3,688,448 B in bf16 (the
+    Trainer's two groups), 7,376,896 B in fp32, as planned."""
+    if cfg.zero is not ZeroStage.DISABLED:
         return 0.0
     if bf16_pipeline_optimizer(cfg):
-        whole = cfg.method is Method.full and trained <= PIPELINE_ALLREDUCE_BUCKET_ELEMENTS
+        whole = cfg.method is Method.full and trained <= ALLREDUCE_BUCKET_ELEMENTS
         return trained * BF16_ACCUMULATOR_BYTES if whole else 0.0
     largest = max(largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage)) / cfg.tp
-    return min(trained, PIPELINE_ALLREDUCE_BUCKET_ELEMENTS + largest) * compute_copy_bytes(cfg.precision)
+    return min(trained, ALLREDUCE_BUCKET_ELEMENTS + largest) * compute_copy_bytes(cfg.precision)
 
 
 def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:

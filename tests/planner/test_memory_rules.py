@@ -40,20 +40,52 @@ def test_deepspeed_pipeline_zero0_reduction_and_step() -> None:
     cfg = build_config(model="qwen3-0.6b", gpus="8xA800", method=Method.full, zero=0, pp=2)
     sp = stage_params(cfg, first=True)
     trained, n = sp.trainable, cfg.dp
-    assert zero.end_items(cfg, sp) == {"pipeline gradient all-reduce flat copy": 2 * trained}
+    assert zero.end_items(cfg, sp) == {"ZeRO-0 gradient all-reduce flat copy": 2 * trained}
     assert zero.step_items(cfg, trained, n, 0.0) == {
         "BF16_Optimizer fp32 gradients + torch AdamW foreach temporaries": 8 * trained / n}
     lora = replace(cfg, method=Method.lora)
     assert zero.end_items(lora, stage_params(lora, first=True)) == {}
     fp16 = replace(cfg, precision=Precision.fp16_mixed)
-    assert zero.end_items(fp16, sp) == {"pipeline gradient all-reduce flat copy": 2 * trained}
+    assert zero.end_items(fp16, sp) == {"ZeRO-0 gradient all-reduce flat copy": 2 * trained}
     assert zero.step_items(fp16, trained, n, 0.0) == {
         "ZeRO-0 FP16_UnfusedOptimizer fp32 gradients + torch AdamW foreach temporaries": 8 * trained}
     # a stage whose weight-decay group passes the bucket size: each group is a bucket of its own, only viewed
     big = build_config(model="llama-3.2-1b", gpus="8xA800", method=Method.full, zero=0, pp=2)
     big_sp = stage_params(big, first=True)
-    assert big_sp.trainable > zero.PIPELINE_ALLREDUCE_BUCKET_ELEMENTS and zero.end_items(big, big_sp) == {}
-    assert zero.end_items(replace(cfg, pp=1), sp) == {}  # the pipeline's reduction only
+    assert big_sp.trainable > zero.ALLREDUCE_BUCKET_ELEMENTS and zero.end_items(big, big_sp) == {}
+
+
+def test_deepspeed_zero0_reduction_without_a_pipeline() -> None:
+    """ZeRO-0 at pp 1 reduces the parameters' own gradients at the end of the boundary's backward through the same
+    buckets (planner/engines/zero.py zero0_reduce_copy_bytes; measured in tests/validation/
+    test_memory_zero_adamw_step_measured.py): a bucket under the size (a LoRA model's adapters) is copied whole, in
+    the compute dtype; a 7B's largest bucket is the size plus the tensor that passed it; ZeRO-1+ have no such copy."""
+    from planner.engines import zero
+    from planner.states import stage_params
+    from planner.torch_adamw import largest_trainable_tensors
+
+    lora = build_config(model="qwen3-0.6b", gpus="8xA800", method=Method.lora, zero=0)
+    sp = stage_params(lora, first=True)
+    assert sp.trainable < zero.ALLREDUCE_BUCKET_ELEMENTS  # the adapters' gradients: one bucket, copied whole
+    assert zero.end_items(lora, sp) == {"ZeRO-0 gradient all-reduce flat copy": 2 * sp.trainable}
+    fp32 = replace(lora, precision=Precision.fp32)
+    assert zero.end_items(fp32, sp) == {"ZeRO-0 gradient all-reduce flat copy": 4 * sp.trainable}
+    big = build_config(model="llama-2-7b", gpus="8xA800", method=Method.full, zero=0)
+    big_sp = stage_params(big, first=True)
+    largest = max(largest_trainable_tensors(big.model, big.adapter, big.stage))
+    assert zero.end_items(big, big_sp) == {
+        "ZeRO-0 gradient all-reduce flat copy": 2 * (zero.ALLREDUCE_BUCKET_ELEMENTS + largest)}
+    assert zero.end_items(replace(big, zero=ZeroStage.OPTIMIZER_STATES), big_sp) == {}
+    # a tied embedding's accumulation ends autograd; ZeRO-0's all-reduce follows it: the larger moment counts
+    from planner.memory import end_of_backward_items, tied_embedding_items
+
+    tied = build_config(model="qwen3-0.6b", gpus="8xA800", method=Method.full, zero=0)
+    tied_sp = stage_params(tied, first=True)
+    copy, tied_items = zero.end_items(tied, tied_sp), tied_embedding_items(tied, tied_sp)
+    assert tied_items and sum(copy.values()) > sum(tied_items.values())
+    assert end_of_backward_items(tied, tied_sp) == copy
+    z2 = replace(tied, zero=ZeroStage.GRADIENTS)
+    assert end_of_backward_items(z2, tied_sp) == tied_embedding_items(z2, tied_sp)
 
 
 @pytest.mark.parametrize("attn", [Attn.sdpa, Attn.flash])

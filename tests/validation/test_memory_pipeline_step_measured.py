@@ -1,6 +1,6 @@
 """DeepSpeed's pipeline engine at ZeRO-0, measured: what backward holds, what the gradient reduction copies and what the
 step adds, on each of 2 stages, against the planner's items (planner/engines/zero.py gradients, end_items /
-pipeline_reduce_copy_bytes, zero0_step_items / bf16_optimizer_step_items).
+zero0_reduce_copy_bytes, zero0_step_items / bf16_optimizer_step_items).
 
 One torchrun of 2 gloo ranks (pipeline_step_probe.py, each case in processes forked for it): pp 2, dp 1, the engine as
 ftplan's runner builds it (runner/parallel/pipeline.py build_engine, the Trainer's two parameter groups), the 3.7M
@@ -84,7 +84,7 @@ def test_pipeline_stage_gradients_reduction_and_step(measured: dict[str, dict], 
             assert got["fp32_partition_numel"] == pytest.approx(trained, abs=4)  # dp 1: the whole stage, not half
             held += got["accumulator_bytes"]  # allocated with the optimizer, before the first forward
         grads, _ = zero.gradients(cfg, trained, cfg.dp)
-        reduce_copy = zero.end_items(cfg, sp).get("pipeline gradient all-reduce flat copy", 0.0)
+        reduce_copy = zero.end_items(cfg, sp).get("ZeRO-0 gradient all-reduce flat copy", 0.0)
         step = zero.step_items(cfg, trained, cfg.dp, 0.0)
         reduce_rise = got["reduce_peak"] - got["after_backward"]
         step_rise = got["step_peak"] - got["step_start"]

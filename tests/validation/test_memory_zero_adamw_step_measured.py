@@ -1,7 +1,8 @@
-"""ZeRO's step with the client's torch AdamW, measured: the optimizer ftplan's ds_config leaves to the Trainer without
-offload (planner/configs/ds_config.py needs_ds_optimizer), stepped one parameter group at a time over its flat fp32
-partition beside that group's fp32 gradient (stage_1_and_2.py `_optimizer_step`; stage3.py per sub-group); at ZeRO-0
-over whole tensors, itself in fp32 and under FP16_UnfusedOptimizer in bf16 (planner/engines/zero.py zero0_step_items).
+"""ZeRO's step with the client's torch AdamW (and ZeRO-0's gradient all-reduce at the end of backward), measured: the
+optimizer ftplan's ds_config leaves to the Trainer without offload (planner/configs/ds_config.py needs_ds_optimizer),
+stepped one parameter group at a time over its flat fp32 partition beside that group's fp32 gradient
+(stage_1_and_2.py `_optimizer_step`; stage3.py per sub-group); at ZeRO-0 over whole tensors, itself in fp32 and under
+FP16_UnfusedOptimizer in bf16 (planner/engines/zero.py zero0_step_items).
 
 One torchrun of 2 gloo ranks (zero_adamw_step_probe.py, each case in processes forked for it: DeepSpeed 0.19.8, CPU
 accelerator, ftplan's own ds_config, the 3.7M-parameter Llama of zero_step_probe.py, the Trainer's two parameter
@@ -34,6 +35,13 @@ one gradient partition, and rose at the step exactly as ZeRO-2 did in all eight 
 B bf16). The planner's held gradients plus step item: +0.04% to +0.05% under the Trainer's groups; one group -1.74%
 fp32 foreach, -0.88% bf16 foreach (the contiguous buffer's extra elements, as above), 0.00% single-tensor. Before
 contiguous_partition_freed_bytes applied at ZeRO-1, one group read +47.4% / +33.3% (fp32) and +23.9% / +16.7% (bf16).
+
+ZeRO-0's reduction (DeepSpeedEngine.backward -> `_backward_epilogue` -> `allreduce_gradients` ->
+`buffered_allreduce_fallback`, wrapped on the instance by the probe): it reduces the parameters' own gradients (fp32;
+bf16 under FP16_UnfusedOptimizer), the 3.7M Llama's all in one bucket, and its rise over its start is their flat copy:
+14,754,816 B in fp32 and 7,377,408 B in bf16, freed when it returns (planner/engines/zero.py end_items /
+zero0_reduce_copy_bytes: equal; the planner had no item at pp 1 before). In fp32 with foreach it is the run's peak,
+29,509,640 B over the live bytes before forward, 9,224 B above the client step's 29,500,416 B.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from planner.engines import zero
 from planner.gpus import parse_gpus
 from planner.models import spec_from_hf_config
 from planner.params import total_params
+from planner.states import stage_params
 from planner.strategy import Engine, Method, Precision, TrainConfig, ZeroStage
 
 PROBE = Path(__file__).with_name("zero_adamw_step_probe.py")
@@ -119,3 +128,24 @@ def test_zero0_wraps_the_client_by_precision_and_holds_16_bit_gradients(measured
     print(f"[measured] DeepSpeed {case}, 2 ranks: {got['after_backward'] - got['before']:,} B held at the end of "
           f"backward, planner {held:,.0f} B")
     assert held == pytest.approx(got["after_backward"] - got["before"], rel=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("zero0-")])
+def test_zero0_reduction_copies_the_gradients_flat(measured: dict[str, dict], case: str) -> None:
+    """ZeRO-0 at pp 1 all-reduces the parameters' own gradients at the end of the boundary's backward, in buckets of
+    500M elements that `allreduce_bucket` concatenates into a new tensor (runtime/engine.py `allreduce_no_retain`,
+    `self.flatten(bucket)`), freed when the reduction returns (planner/engines/zero.py zero0_reduce_copy_bytes)."""
+    got = measured[case]
+    cfg = planned(case)
+    sp = stage_params(cfg, first=True)
+    reduced = got["reduced"]
+    assert reduced["dtypes"] == (["torch.float32"] if "-fp32-" in case else ["torch.bfloat16"])
+    assert reduced["bytes"] == zero.gradients(cfg, sp.trainable, 2)[0]  # every gradient, in one bucket
+    planned_copy = zero.end_items(cfg, sp).get("ZeRO-0 gradient all-reduce flat copy", 0.0)
+    rise = got["reduce_peak"] - got["reduce_start"]
+    print(f"[measured] DeepSpeed {case}, 2 ranks: the gradient all-reduce rose {rise:,} B over its start "
+          f"({got['reduce_peak'] - got['before']:,} B over the live bytes before forward; the step's peak "
+          f"{got['step_peak'] - got['before']:,} B), planner {planned_copy:,.0f} B")
+    assert got["reduce_end"] == got["reduce_start"]  # the copy is gone when the reduction returns
+    assert planned_copy == pytest.approx(rise, rel=0.01)

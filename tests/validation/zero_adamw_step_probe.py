@@ -15,7 +15,9 @@ imports the libraries once, then runs every case in a process forked from itself
 children of a case meet in a gloo group of their own on PORT. Rank 0 prints one JSON line per case, its "case" with
 the live bytes before forward, after backward and the step's peak (its label "client step" while the client's
 step() runs), the storages of 1 MiB or more live at that peak, the parameter count and the class of DeepSpeed's
-optimizer.
+optimizer. At ZeRO-0 also the gradient reduction at the end of backward (`engine.buffered_allreduce_fallback`, which
+`_backward_epilogue` -> `allreduce_gradients` reaches at every accumulation boundary: wrapped on the instance, the
+class's method left as it is): the live bytes at its start and its peak, and the gradients' dtypes it reduced.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,6 +40,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/validation: th
 from zero_step_probe import CONFIG  # noqa: E402
 
 MICRO_BATCH, SEQ = 1, 8
+
+
+def _wrap(obj: Any, name: str, before: Any, after: Any) -> None:
+    """obj.name(...) runs between before() and after() (an instance attribute: the class's method is left as it is)."""
+    inner = getattr(obj, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        before()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            after()
+
+    setattr(obj, name, wrapped)
 
 
 def _ds_config(stage: int, precision: str) -> dict:
@@ -85,6 +102,25 @@ def main(stage: int, precision: str, kernel: str, groups: str) -> dict:
             tracker.label = "step"
 
     opt.step = labelled_step
+    at: dict[str, int] = {}
+    reduced: dict[str, Any] = {}
+
+    def reduce_starts() -> None:
+        at["reduce_start"] = tracker.current_bytes
+        grads = [q.grad for q in engine.module.parameters() if q.grad is not None]
+        reduced.update(dtypes=sorted({str(t.dtype) for t in grads}), bytes=sum(t.nbytes for t in grads),
+                       largest=max(t.numel() for t in grads))
+        tracker.reset_peak()
+        tracker.label = "reduce"
+
+    def reduce_ends() -> None:
+        at["reduce_peak"] = tracker.finish().total_bytes
+        at["reduce_end"] = tracker.current_bytes
+        tracker.label = "backward"
+
+    if stage == 0:
+        _wrap(engine, "buffered_allreduce_fallback", reduce_starts, reduce_ends)
+        out["reduced"] = reduced
     for _ in range(2):
         gc.collect()
         tracker = StorageTracker()
@@ -103,7 +139,8 @@ def main(stage: int, precision: str, kernel: str, groups: str) -> dict:
             tracker.label = "step"
             engine.step()
             peak = tracker.finish()
-        out.update(before=before, after_backward=after_backward, step_peak=peak.total_bytes, peak_label=peak.label,
+        out.update(before=before, after_backward=after_backward, **at, step_peak=peak.total_bytes,
+                   peak_label=peak.label,
                    peak_storages=sorted((b for b in peak.storages.values() if b >= 1 << 20), reverse=True))
     gc.collect()
     with contextlib.suppress(Exception):
