@@ -89,7 +89,8 @@ def unrunnable_reasons(cfg: TrainConfig) -> list[str]:
     """Why `ftplan run` does not execute `cfg` (empty when it does)."""
     fields = {"stage": cfg.stage.value, "STAGE": cfg.stage.value.upper(), "optimizer": cfg.optimizer.value,
               "method": cfg.method.value, "quant": cfg.quant.value, "model": cfg.model.name,
-              "layer_class": cfg.model.decoder_layer_class, "layer_classes": ", ".join(PIPELINE_LAYER_CLASSES), "ep": cfg.ep}
+              "layer_class": cfg.model.decoder_layer_class, "layer_classes": ", ".join(PIPELINE_LAYER_CLASSES),
+              "ep": cfg.ep}
     return [reason.format(**fields) for reason, applies in RULES if applies(cfg)]
 
 
