@@ -453,10 +453,11 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     activations, items = _activations(cfg, sp, cal, first=first)
     items.update(parts.items)
     window = items.pop("FSDP unsharded layers", 0.0)
+    layer_activations = activations / max(1, sp.trainable_layers)
     if window:
         # the last layer's backward begins once the head's is over: its window and the logits are never live
-        # together, and by the end of the window that layer's own activations are freed
-        exposed = max(0.0, window - activations / max(1, sp.trainable_layers))
+        # together (planner.engines.fsdp last_layer_window_exposed_bytes: the larger of its start and its end)
+        exposed = max(0.0, engines.fsdp.last_layer_window_exposed_bytes(cfg, sp, window, layer_activations))
         if exposed > items.get("logits and loss", 0.0):
             items.pop("logits and loss", None)
             items["FSDP unsharded layers"] = exposed
@@ -466,6 +467,13 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         items.pop("logits and loss", None)
         items.pop("FSDP unsharded layers", None)
         items[engines.fsdp.HEAD_REDUCE_SCATTER] = head_rs
+    middle = engines.fsdp.fsdp2_layer_reduce_scatter_peak_bytes(cfg, sp, layer_activations, parts.grads_in_backward)
+    held = ("logits and loss", "FSDP unsharded layers", engines.fsdp.HEAD_REDUCE_SCATTER, *engines.fsdp.KEPT_ITEMS)
+    if middle > sum(items.get(k, 0.0) for k in held):
+        # a decoder layer's reduce-scatter further down, the tail's parameters and the head's gradient freed by then
+        for k in held:
+            items.pop(k, None)
+        items["FSDP unsharded layers"] = middle
     step_items = parts.step_items
     if cal.overhead_multiplier != 1.0:
         items = {k: v * cal.overhead_multiplier for k, v in items.items()}

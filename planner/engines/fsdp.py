@@ -237,8 +237,9 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     The window leaves out the tail's reduce-scatter input that FSDP2 keeps until the next unit's post_backward
     (_fsdp_param_group.py `post_backward`: `comm_ctx.reduce_scatter_states`, one buffer by default): by the last
     layer's backward the tail's parameters and the head's gradient, counted above, are freed, and it is smaller.
-    Measured on 2 CPU ranks (tests/validation/test_memory_sharded_measured.py): FSDP2's backward peak is this
-    window's moment to 1%."""
+    planner.memory exposes the window at its larger end (last_layer_window_exposed_bytes) and weighs it against a
+    lower decoder layer's reduce-scatter (fsdp2_layer_reduce_scatter_peak_bytes), FSDP2's backward peak on 2 CPU
+    ranks (tests/validation/test_memory_sharded_measured.py fsdp2, fsdp2-accum: within 1.3%)."""
     if not is_sharded(cfg):
         return {}
     m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
@@ -271,6 +272,92 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     if head_rs:
         items[HEAD_REDUCE_SCATTER] = head_rs
     return items
+
+
+# the items a sharded FSDP backward keeps beside its window (buffers): the tail's or root's unsharded parameters and
+# the head's unsharded gradient
+KEPT_ITEMS = ("FSDP unsharded parameters", "FSDP unsharded gradients")
+
+
+def layer_gradient_bytes(cfg: TrainConfig, sp: StageParams) -> float:
+    """The part of "FSDP unsharded layers" (buffers) that is the unit's unsharded gradient, made during its backward:
+    a decoder layer's, where the layers train in full and no accumulated gradient takes it in place
+    (accumulates_unsharded_grads)."""
+    if not is_sharded(cfg) or cfg.fsdp is FsdpStrategy.shard_grad_op or cfg.quant is not Quant.none:
+        return 0.0
+    if cfg.method is not Method.full or accumulates_unsharded_grads(cfg) or not sp.trainable:
+        return 0.0
+    return compute_copy_bytes(cfg.precision) * layer_params(cfg.model) / cfg.tp
+
+
+def last_layer_window_exposed_bytes(cfg: TrainConfig, sp: StageParams, window: float,
+                                    layer_activation_bytes: float) -> float:
+    """The last decoder layer's backward window ("FSDP unsharded layers", buffers) beyond the activations planner.memory
+    counts whole, the larger of its two ends. At its start the layer is gathered and the next one's all-gather is in
+    flight while every activation is still live: FSDP2 issues the prefetch in the layer's pre_backward
+    (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py `pre_backward` -> `_backward_prefetch`), FSDP1 in
+    `_pre_backward_hook` after the unit's own unshard (torch/distributed/fsdp/_runtime_utils.py `_prefetch_handle`,
+    BACKWARD_PRE, at most two all-gathers in flight under limit_all_gathers). At its end the layer's unsharded
+    gradient exists (layer_gradient_bytes) and the layer's own activations (`layer_activation_bytes`) are freed."""
+    grad = layer_gradient_bytes(cfg, sp)
+    return max(window - grad, window - layer_activation_bytes)
+
+
+def fsdp2_reduces_layers(cfg: TrainConfig, sp: StageParams) -> bool:
+    """FSDP2 (FULL_SHARD or hybrid) reduce-scatters each trained decoder layer's gradients in its post_backward:
+    full fine-tuning of unquantized layers, more than one of them trained. Not counted with expert parallelism, whose
+    experts are units of their own on another mesh (accumulates_unsharded_grads)."""
+    return (cfg.engine is Engine.fsdp and cfg.fsdp_version is FsdpVersion.TWO and shards_weights(cfg)
+            and cfg.method is Method.full and cfg.quant is Quant.none and cfg.ep == 1 and sp.trainable > 0
+            and sp.trainable_layers > 1)
+
+
+def fsdp2_layer_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams, k: int, layer_activation_bytes: float,
+                                     grads_in_backward: float) -> float:
+    """Bytes beyond the backward phase's states and activations (planner.memory `_peak`, with no "logits and loss", no
+    window and no KEPT_ITEMS) inside the reduce-scatter of the decoder layer `k` from the last (k >= 1).
+
+    FSDP2's post_backward (torch 2.13 torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py) reshards the layer,
+    then `foreach_reduce` (_fsdp_collectives.py) copies its unsharded gradient into a padded reduce-scatter input
+    (`foreach_reduce_scatter_copy_in`, the gradient freed after it: `unsharded_grads.clear()`) and allocates the
+    output shard; on the CPU gloo copies the input for the call (reduce_scatter_copy_bytes). Beside them: the layer
+    below, prefetched in this layer's pre_backward (`_backward_prefetch`; below the first layer, the embedding
+    unit); the reduce-scatter input of the layer above, which post_backward keeps in
+    `comm_ctx.reduce_scatter_states` (one buffer, `reduce_scatter_max_input_buffers = 1`) and drops in this
+    post_backward before `foreach_reduce` (yet on 2 CPU ranks, rank 0 of a hand loop on accelerate's FSDP2 units, it
+    is still live in this reduce-scatter, its storage outliving the pop; without it
+    tests/validation/test_memory_sharded_measured.py fsdp2 is 6% under the measure); the gradient shards already
+    made, the tail's and the k layers' above (none new where the states' gradients are resident already, syncing
+    each micro-batch with accumulation, or on the host: CPU offload copies each shard there, foreach_reduce's
+    `new_sharded_grad.to(cpu)`); the root's parameters and gradient (a reward model's `score`, outside_units'
+    `root`: never resharded, reduced at backward's end), and tied, the tail's (it holds the embedding, reduced at
+    backward's end: _fsdp2_tail_reduces). Freed by then, untied: the tail's parameters and the head's gradient
+    (KEPT_ITEMS); the activations of this layer and the k above, and with accumulation under no_sync the accumulated
+    unsharded gradients of the tail and of those layers (accumulates_unsharded_grads)."""
+    m, c16, n = cfg.model, compute_copy_bytes(cfg.precision), shard_group(cfg)
+    out = outside_units(cfg)
+    layer = c16 * layer_params(m) / cfg.tp
+    below = layer if k < cfg.model.num_layers - 1 else c16 * out.embedding
+    buffers = below + layer + layer + layer / n + reduce_scatter_copy_bytes(cfg, layer)
+    tied = is_weights_tied(cfg)
+    tail = 0.0 if tied else c16 * out.tail_trained
+    resident = (grads_in_backward and not accumulates_unsharded_grads(cfg)) or cfg.offload is Offload.all
+    new_shards = 0.0 if resident else tail / n + k * layer / n
+    stays = out.root + out.root_trained + (out.tail + out.tail_trained if tied else 0.0)
+    freed = (k + 1) * layer_activation_bytes
+    if accumulates_unsharded_grads(cfg):
+        freed += tail + (k + 1) * layer
+    return buffers + new_shards + c16 * stays - freed
+
+
+def fsdp2_layer_reduce_scatter_peak_bytes(cfg: TrainConfig, sp: StageParams, layer_activation_bytes: float,
+                                          grads_in_backward: float) -> float:
+    """The largest of the decoder layers' reduce-scatter moments (fsdp2_layer_reduce_scatter_bytes), 0 where FSDP2
+    reduces no layer: linear in k, so the second layer from the last or the first layer."""
+    if not fsdp2_reduces_layers(cfg, sp):
+        return 0.0
+    return max(fsdp2_layer_reduce_scatter_bytes(cfg, sp, k, layer_activation_bytes, grads_in_backward)
+               for k in (1, sp.trainable_layers - 1))
 
 
 def fsdp1_root_params(cfg: TrainConfig) -> float:
