@@ -15,8 +15,9 @@ from planner.input_checks import slug
 from planner.notes import plan_notes
 from planner.rope import parse_rope_scaling
 from planner.states import kbit_prepared
-from planner.strategy import Attn, Engine, GradCkpt, Method, Optimizer, Precision, Quant, TrainConfig
+from planner.strategy import Attn, Engine, GradCkpt, Method, Precision, Quant, TrainConfig
 from runner import switches
+from runner.run_common import optim_args, trainer_optim
 
 DS_TRAINER_CONFIG_FILE = "ds_config.trainer.json"
 
@@ -30,9 +31,6 @@ _TEMPLATES = (("llama-2", "llama2"), ("llama-3", "llama3"), ("llama-4", "llama4"
               ("qwen2", "qwen"), ("chatglm3", "chatglm3"), ("gemma-3", "gemma3"), ("gpt-oss", "gpt_oss"),
               ("deepseek-r1-distill", "deepseekr1"), ("deepseek-v3", "deepseek3"), ("phi-4", "phi4"))
 
-_OPTIM = {Optimizer.adamw: "adamw_torch", Optimizer.adamw_8bit: "adamw_bnb_8bit",
-          Optimizer.paged_adamw: "paged_adamw_32bit", Optimizer.paged_adamw_8bit: "paged_adamw_8bit",
-          Optimizer.sgd: "sgd"}
 
 # flash_attn choices: auto, disabled (eager), sdpa, fa2 (hparams/model_args.py, AttentionFunction)
 _ATTN = {Attn.eager: "disabled", Attn.sdpa: "sdpa", Attn.flash: "fa2"}
@@ -122,9 +120,9 @@ def build_llamafactory_config(cfg: TrainConfig, *, model_path: str, ds_config_pa
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.1,
         "max_grad_norm": hp.max_grad_norm,
-        "optim": "adamw_torch_fused" if cfg.fused_adamw and cfg.optimizer is Optimizer.adamw else _OPTIM[cfg.optimizer],
-        # SGD's momentum reaches the Trainer only through optim_args (runner.run_common.optim_args)
-        **({"optim_args": f"momentum={hp.sgd_momentum:g}"} if cfg.optimizer is Optimizer.sgd else {}),
+        "optim": trainer_optim(cfg),
+        # SGD's momentum reaches the Trainer only through optim_args
+        **({"optim_args": optim_args(cfg, hp)} if optim_args(cfg, hp) else {}),
         **_precision(cfg),
         **switches.llamafactory_arguments(cfg),
         "ddp_timeout": 180000000,

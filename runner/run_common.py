@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner.errors import PlanError
 from planner.gpus import is_cpu
@@ -26,6 +26,9 @@ from planner.strategy import (
     TrainConfig,
 )
 from runner import switches
+
+if TYPE_CHECKING:
+    from planner.configs.ds_config import Hyperparams
 
 # `metrics.jsonl`, `run_summary.json` and checkpoints live in the output directory beside the adapter
 RUN_INFO_FILE = "ftplan_run.json"  # where the base model came from, for `ftplan merge`
@@ -119,12 +122,12 @@ def trainer_optim(cfg: TrainConfig) -> str:
     return fused_adamw_name(cfg) or _OPTIM[cfg.optimizer]
 
 
-def optim_args(cfg: TrainConfig) -> str | None:
+def optim_args(cfg: TrainConfig, hp: Hyperparams | None = None) -> str | None:
     """TrainingArguments.optim_args: SGD's momentum, which the Trainer reads only from there (transformers
     trainer_optimizer.py `_get_sgd`; planner.configs.ds_config.Hyperparams.sgd_momentum); None for the others."""
     from planner.configs.ds_config import DEFAULT_HYPER
 
-    return f"momentum={DEFAULT_HYPER.sgd_momentum:g}" if cfg.optimizer is Optimizer.sgd else None
+    return f"momentum={(hp or DEFAULT_HYPER).sgd_momentum:g}" if cfg.optimizer is Optimizer.sgd else None
 
 
 def fused_adamw_name(cfg: TrainConfig) -> str:
