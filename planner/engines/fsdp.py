@@ -224,7 +224,8 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     - "FSDP unsharded layers": the window of the last decoder layer's backward: the layer all-gathered again and
       the one prefetched before it (FSDP1 BACKWARD_PRE under limit_all_gathers, at most two all-gathers in flight:
       torch/distributed/fsdp/_limiter_utils.py `_max_num_inflight_all_gathers = 2`; FSDP2 prefetches the next
-      group in backward), and the unit's unsharded gradient before its reduce-scatter. planner.memory keeps it or
+      group in backward), and the unit's unsharded gradient before its reduce-scatter, under FSDP1 twice at the end of
+      the unit's backward (unit_gradient_copies). planner.memory keeps it or
       "logits and loss", whichever is larger: the head's backward is over before the last layer's begins.
     - "FSDP unsharded gradients": the head's gradient when the head trains, the final norm's and the LM head's or a
       reward model's `score`'s (planner.states.output_params; tied, the final norm's alone,
@@ -262,7 +263,7 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
     # a unit's unsharded gradient before its reduce-scatter; with accumulation under the Trainer's no_sync every
     # unit's is resident already (backward_grad_bytes) and autograd adds into it in place
     accumulated = accumulates_unsharded_grads(cfg)
-    trained_layer = layer16 if cfg.method is Method.full and not accumulated else 0.0
+    trained_layer = unit_gradient_copies(cfg) * layer16 if cfg.method is Method.full and not accumulated else 0.0
     if sp.trainable:
         window += trained_layer
     items["FSDP unsharded layers"] = window
@@ -279,15 +280,32 @@ def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool,
 KEPT_ITEMS = ("FSDP unsharded parameters", "FSDP unsharded gradients")
 
 
+def unit_gradient_copies(cfg: TrainConfig) -> int:
+    """How many unit-sized unsharded gradients exist at once when a unit's backward ends. FSDP1: two. The module's
+    parameters are views of the unsharded FlatParameter, made with `torch.split` (torch/distributed/fsdp/
+    _flat_param.py `_get_unflat_views_unaligned` / `_get_unflat_views_aligned`, set as plain tensors in forward by
+    `_use_unsharded_views(as_params=False)`), so each parameter's gradient waits at the split's backward node until
+    the unit's last one arrives; SplitWithSizesBackward then concatenates them (torch/csrc/autograd/FunctionsManual.cpp
+    `split_with_sizes_backward`: zeros for a view without a gradient, then `at::cat`) into the flat gradient that
+    AccumulateGrad stores as `flat_param.grad`, the views' gradients still live during the cat. The post-backward hook
+    (_runtime_utils.py `_post_backward_hook`) runs only after it. Measured on 2 CPU ranks
+    (tests/validation/test_memory_sharded_measured.py): fsdp1-freeze's peak is that cat at the end of the last decoder
+    layer's backward (`aten.cat`: the layer's seven weight gradients beside its flat gradient), fsdp1-vocab's and
+    fsdp1-rm's the root's (fsdp1_root_end_items). FSDP2: one, each parameter a leaf of its own whose gradient
+    AccumulateGrad stores directly (torch/distributed/fsdp/_fully_shard/_fsdp_param.py `init_unsharded_param`)."""
+    return 2 if cfg.fsdp_version is FsdpVersion.ONE else 1
+
+
 def layer_gradient_bytes(cfg: TrainConfig, sp: StageParams) -> float:
     """The part of "FSDP unsharded layers" (buffers) that is the unit's unsharded gradient, made during its backward:
     a decoder layer's, where the layers train in full and no accumulated gradient takes it in place
-    (accumulates_unsharded_grads)."""
+    (accumulates_unsharded_grads); under FSDP1 twice, the parameters' gradients and their concatenation
+    (unit_gradient_copies)."""
     if not is_sharded(cfg) or cfg.fsdp is FsdpStrategy.shard_grad_op or cfg.quant is not Quant.none:
         return 0.0
     if cfg.method is not Method.full or accumulates_unsharded_grads(cfg) or not sp.trainable:
         return 0.0
-    return compute_copy_bytes(cfg.precision) * layer_params(cfg.model) / cfg.tp
+    return unit_gradient_copies(cfg) * compute_copy_bytes(cfg.precision) * layer_params(cfg.model) / cfg.tp
 
 
 def last_layer_window_exposed_bytes(cfg: TrainConfig, sp: StageParams, window: float,
@@ -427,25 +445,28 @@ def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
 def fsdp1_root_end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
     """The end of backward under sharded FSDP1 with the head trained (full fine-tuning; LoRA's root is frozen): the
     root unit's FlatParameter (fsdp1_root_params: embedding, final norm, LM head or a reward model's score) gets its
-    gradient last, after the embedding's, and its post-backward hook (torch/distributed/fsdp/_runtime_utils.py
-    `_post_backward_hook`) frees the unsharded parameters (`_post_backward_reshard`) and reduce-scatters the whole
-    unsharded flat gradient (`_reduce_grad`: `dist.reduce_scatter_single(new_sharded_grad, padded_unsharded_grad)`),
-    frozen tensors of the mixed unit included (frozen_in_mixed_units), every other unit's gradient shard already made;
-    on the CPU gloo copies the input (reduce_scatter_copy_bytes); the output shard is one of the gradients the states
-    hold. Measured on 2 CPU ranks (tests/validation/test_memory_sharded_measured.py fsdp1-vocab and fsdp1-rm, fp32):
-    the peak, inside that reduce-scatter, is two root-sized buffers above the states, to 0.01%. A trained tied
-    embedding peaks earlier and higher, its two gradients and their sum before its AccumulateGrad (three V x H:
-    planner.memory.tied_embedding_items, which planner.memory adds to these): the root's reduce then adds nothing."""
+    gradient last, after the embedding's. Its peak is the concatenation of its parameters' gradients into the flat
+    gradient (unit_gradient_copies: SplitWithSizesBackward's `at::cat`), before the post-backward hook runs: the
+    root's unsharded parameters (never resharded after forward; `_post_backward_reshard` frees them only in the
+    hook, torch/distributed/fsdp/_runtime_utils.py `_post_backward_hook`), every view's gradient (the head's, held
+    since its backward, the final norm's and the embedding's, frozen tensors of the mixed unit included:
+    frozen_in_mixed_units; the flat parameter requires grad as a whole, so each view does) and the flat gradient,
+    every other unit's gradient shard already made and the root's not yet (the states hold it: the flat gradient
+    counts beyond it). The hook then frees the unsharded parameters and reduce-scatters the flat gradient
+    (`_reduce_grad`: `dist.reduce_scatter_single(new_sharded_grad, padded_unsharded_grad)`), on the CPU through
+    gloo's full-size copy (reduce_scatter_copy_bytes): at most two root-sized buffers beside the states against the
+    cat's three less a shard, a smaller moment on any device. Measured on 2 CPU ranks
+    (tests/validation/test_memory_sharded_measured.py fsdp1-vocab and fsdp1-rm, fp32): the peak is that cat
+    (`aten.cat`), to 2.6 KB. A trained tied embedding peaks earlier and higher, its two gradients and their sum
+    before its AccumulateGrad (three V x H: planner.memory.tied_embedding_items, which planner.memory adds to these):
+    the root then adds nothing."""
     if not (is_sharded(cfg) and cfg.method is Method.full and sp.has_head and sp.trainable > 0):
         return {}
     if is_weights_tied(cfg) and cfg.freeze_layers == 0 and sp.has_embedding:
         return {}
-    grad = compute_copy_bytes(cfg.precision) * fsdp1_root_params(cfg)
-    items = {"FSDP1 root gradient, unsharded": grad}
-    copy = reduce_scatter_copy_bytes(cfg, grad)
-    if copy:
-        items["gloo reduce-scatter copy"] = copy
-    return items
+    root = compute_copy_bytes(cfg.precision) * fsdp1_root_params(cfg)
+    return {"FSDP1 root parameters, unsharded": root, "FSDP1 root gradients, per parameter": root,
+            "FSDP1 root gradient, flat (beyond its shard)": root - root / shard_group(cfg)}
 
 
 def fsdp2_embedding_end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:

@@ -89,15 +89,16 @@ def test_fsdp1_init_replays_a_reward_models_root_without_an_lm_head(model: str) 
 
 
 @pytest.mark.parametrize(("gpus", "stage"), [("2xCPU", Stage.rm), ("8xA800", Stage.rm), ("8xA800", Stage.sft)])
-def test_fsdp1_root_reduces_at_the_end_of_backward(gpus: str, stage: Stage) -> None:
-    """FSDP1's root unit reduce-scatters its whole unsharded flat gradient last (fsdp1_root_end_items), with gloo's
-    copy of it on the CPU; LoRA's frozen root reduces nothing (measured: test_memory_sharded_measured fsdp1-rm)."""
+def test_fsdp1_roots_gradient_is_concatenated_at_the_end_of_backward(gpus: str, stage: Stage) -> None:
+    """FSDP1's root unit ends backward concatenating its parameters' gradients into the flat one, its unsharded
+    parameters still gathered (fsdp1_root_end_items): three root-sized buffers less the root's shard the states hold,
+    on any device (gloo's copy comes later, in the reduce-scatter, and less); LoRA's frozen root reduces nothing
+    (measured: test_memory_sharded_measured fsdp1-vocab and fsdp1-rm, to 2.6 KB)."""
     cfg = build_config(model="7b", gpus=gpus, method=Method.full, precision=Precision.fp32,
                        fsdp=FsdpStrategy.full_shard, fsdp_version=1, stage=stage, check=False)
     root = 4.0 * (embedding_params(cfg.model) + output_params(cfg.model, stage))
-    want = {"FSDP1 root gradient, unsharded": root}
-    if gpus.endswith("CPU"):
-        want["gloo reduce-scatter copy"] = root
+    want = {"FSDP1 root parameters, unsharded": root, "FSDP1 root gradients, per parameter": root,
+            "FSDP1 root gradient, flat (beyond its shard)": root - root / cfg.dp}
     assert fsdp.end_items(cfg, stage_params(cfg, first=True)) == want
     lora = _cfg("7b", stage, method=Method.lora)
     assert fsdp.end_items(lora, stage_params(lora, first=True)) == {}
@@ -107,6 +108,8 @@ def test_a_trained_tied_embeddings_gradients_cover_fsdp1s_root_reduce() -> None:
     """Tied and trained, the embedding's two gradients and their sum (planner.memory.tied_embedding_items, three
     V x H) come before the root's reduce-scatter and exceed it: no FSDP1 root item beside them; a reward model of the
     same checkpoint ties nothing and reduces its root."""
-    for stage, items in ((Stage.sft, set()), (Stage.rm, {"FSDP1 root gradient, unsharded"})):
+    root = {"FSDP1 root parameters, unsharded", "FSDP1 root gradients, per parameter",
+            "FSDP1 root gradient, flat (beyond its shard)"}
+    for stage, items in ((Stage.sft, set()), (Stage.rm, root)):
         cfg = _cfg("llama-3.2-1b", stage)
         assert set(fsdp.end_items(cfg, stage_params(cfg, first=True))) == items

@@ -14,9 +14,11 @@ a 14.8M-parameter Llama, 45.4M with the larger vocabulary):
   element (planner.engines.zero `zero3_persistent_elements`), and with LoRA of r x width above the threshold no
   adapter (as Qwen-72B's r 64 x 8192);
 - the backward and optimizer-step peaks: the planner's allocated bytes within the stated tolerance (FSDP2 and
-  ZeRO-3 within 3%; FSDP1 within 15%: 160,411,096 B measured, the planner 7.6% under it, since the tracker counts
-  the padded flat parameters FSDP1 allocates empty at wrap and resizes when it gathers; 133,041,624 B before, when
-  it did not; FSDP2 within 1.3%: a lower decoder layer's reduce-scatter, planner.engines.fsdp
+  ZeRO-3 within 3%; FSDP1 within 15%: 160,411,096 B measured (the tracker counting the padded flat parameters FSDP1
+  allocates empty at wrap and resizes when it gathers), the concatenation of the last decoder layer's parameters'
+  gradients into its flat gradient (`aten.cat`, its two gathered layers beside them), the planner 0.3% over it
+  (planner.engines.fsdp `unit_gradient_copies`: the layer's gradient twice; 7.6% under it with it once); FSDP2 within
+  1.3%: a lower decoder layer's reduce-scatter, planner.engines.fsdp
   `fsdp2_layer_reduce_scatter_bytes`, and with accumulation the last layer's window at its start,
   `last_layer_window_exposed_bytes`); with offload every tensor stays in the one
   memory of the CPU, so the planner's GPU plus host bytes per rank are compared with the total. ZeRO-3 LoRA: the
@@ -25,16 +27,15 @@ a 14.8M-parameter Llama, 45.4M with the larger vocabulary):
   vocabulary: the peak is the head's reduce-scatter in backward (planner.engines.fsdp
   `fsdp2_head_reduce_scatter_bytes`) or the embedding's at the end of backward (`end_items`), terms the 2048-token
   vocabulary leaves under the logits' buffers.
-- FSDP1 with the large vocabulary (fsdp1-vocab): the peak is the end of backward, inside the root unit's
-  reduce-scatter (planner.engines.fsdp `fsdp1_root_end_items`: its unsharded flat gradient and gloo's copy); with
-  the tracker counting FSDP1's flat parameters the measured peak is one root shard (fsdp1_root_params / n) above the
-  planner (strict xfail, FSDP1_ROOT_SHARD);
+- FSDP1 with the large vocabulary (fsdp1-vocab): the peak is the end of backward, the root unit's parameters'
+  gradients concatenated into its flat gradient before its post-backward hook (planner.engines.fsdp
+  `fsdp1_root_end_items`: the root's unsharded parameters, its parameters' gradients and the flat one beyond the
+  shard the states hold), not its reduce-scatter after it: 691,056,112 B measured, the planner 2.5 KB under;
 - reward models (fsdp1-rm, fsdp2-rm: LlamaForSequenceClassification, a `score` of h weights and no LM head, TRL's
   pairwise loss, the 32000-token vocabulary): FSDP1's root unit holds the embedding, final norm and score, no V x H
   head (planner.engines.fsdp `fsdp1_root_params`), FSDP2's root the score, its gradient held to backward's end;
-  the sharded gradients to the byte; both peaks are the end of backward, FSDP1's inside the root's reduce-scatter
-  (`fsdp1_root_end_items`: its unsharded flat gradient and gloo's copy), FSDP2's within 3%, FSDP1's one root shard
-  above the planner as fsdp1-vocab's.
+  the sharded gradients to the byte; both peaks are the end of backward, FSDP1's the root's concatenation as
+  fsdp1-vocab's (`fsdp1_root_end_items`: 396,153,324 B measured, the planner 2.5 KB under), FSDP2's within 3%.
 """
 
 from __future__ import annotations
@@ -95,18 +96,8 @@ def planned(engine: str, freeze: bool) -> TrainConfig:
                                                               name="probe"))
 
 
-# With profiler.tracker counting FSDP1's flat parameters, both FSDP1 end-of-backward peaks lie one root shard above
-# the planner's root reduce-scatter (fsdp1_root_end_items: states, the unsharded root gradient, gloo's copy):
-# fsdp1-vocab 691,056,112 B measured, planner 625,516,544 + 131,074,048 / 2 = 691,053,568; fsdp1-rm 396,153,324 B,
-# planner 363,380,736 + 65,540,096 / 2 = 396,150,784 (both within 2.6 KB). torch's FSDP1 `_reduce_grad`
-# (torch/distributed/fsdp/_runtime_utils.py) makes no such buffer beside the output shard the states hold
-# (`_get_reduce_scatter_tensors`, `_accumulate_sharded_grad`): what holds it is not yet found.
-FSDP1_ROOT_SHARD = pytest.mark.xfail(strict=True, reason="planner.engines.fsdp: one FSDP1 root shard at backward's end")
-XFAIL = {"fsdp1-vocab": FSDP1_ROOT_SHARD, "fsdp1-rm": FSDP1_ROOT_SHARD}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [pytest.param(c, marks=XFAIL.get(c, ())) for c in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_sharded_engine_terms_and_peaks(measured: dict[str, dict], case: str) -> None:
     engine, freeze = CASES[case]
     got = measured[case]
