@@ -451,11 +451,11 @@ def fsdp1_root_end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
     hook, torch/distributed/fsdp/_runtime_utils.py `_post_backward_hook`), every view's gradient (the head's, held
     since its backward, the final norm's and the embedding's, frozen tensors of the mixed unit included:
     frozen_in_mixed_units; the flat parameter requires grad as a whole, so each view does) and the flat gradient,
-    every other unit's gradient shard already made and the root's not yet (the states hold it: the flat gradient
-    counts beyond it). The hook then frees the unsharded parameters and reduce-scatters the flat gradient
-    (`_reduce_grad`: `dist.reduce_scatter_single(new_sharded_grad, padded_unsharded_grad)`), on the CPU through
-    gloo's full-size copy (reduce_scatter_copy_bytes): at most two root-sized buffers beside the states against the
-    cat's three less a shard, a smaller moment on any device. Measured on 2 CPU ranks
+    every other unit's gradient shard already made and the root's not yet (the states hold it, in the gradients'
+    dtype: the flat gradient counts beyond it). The hook then frees the unsharded parameters and reduce-scatters the
+    flat gradient (`_reduce_grad`: `dist.reduce_scatter_single(new_sharded_grad, padded_unsharded_grad)`), on the CPU
+    through gloo's full-size copy (reduce_scatter_copy_bytes): at most two root-sized buffers beside the states
+    against the cat's three less a shard, a smaller moment on any device. Measured on 2 CPU ranks
     (tests/validation/test_memory_sharded_measured.py fsdp1-vocab and fsdp1-rm, fp32): the peak is that cat
     (`aten.cat`), to 2.6 KB. A trained tied embedding peaks earlier and higher, its two gradients and their sum
     before its AccumulateGrad (three V x H: planner.memory.tied_embedding_items, which planner.memory adds to these):
@@ -464,9 +464,11 @@ def fsdp1_root_end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
         return {}
     if is_weights_tied(cfg) and cfg.freeze_layers == 0 and sp.has_embedding:
         return {}
-    root = compute_copy_bytes(cfg.precision) * fsdp1_root_params(cfg)
+    elements = fsdp1_root_params(cfg)
+    root = compute_copy_bytes(cfg.precision) * elements
+    shard = grad_dtype_bytes(cfg.precision) * elements / shard_group(cfg)  # the states' (gradients)
     return {"FSDP1 root parameters, unsharded": root, "FSDP1 root gradients, per parameter": root,
-            "FSDP1 root gradient, flat (beyond its shard)": root - root / shard_group(cfg)}
+            "FSDP1 root gradient, flat (beyond its shard)": root - shard}
 
 
 def fsdp2_embedding_end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:

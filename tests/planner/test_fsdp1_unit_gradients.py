@@ -47,3 +47,14 @@ def test_no_layer_gradient_where_none_is_made_anew(method: Method, grad_accum: i
     gradient takes each new one in place (accumulates_unsharded_grads)."""
     cfg = _cfg(1, method=method, grad_accum=grad_accum)
     assert fsdp.layer_gradient_bytes(cfg, stage_params(cfg, first=True)) == 0.0
+
+
+def test_the_roots_flat_gradient_counts_beyond_the_fp32_shard_the_states_hold() -> None:
+    """Under mixed precision the root's parameters, their gradients and the flat one are bf16, the shard the states
+    count for it fp32 (planner.engines.fsdp gradients): the flat gradient's item is what it holds beyond that shard."""
+    cfg = _cfg(1)
+    elements = fsdp.fsdp1_root_params(cfg)
+    items = fsdp.fsdp1_root_end_items(cfg, stage_params(cfg, first=True))
+    assert items == {"FSDP1 root parameters, unsharded": 2.0 * elements,
+                     "FSDP1 root gradients, per parameter": 2.0 * elements,
+                     "FSDP1 root gradient, flat (beyond its shard)": 2.0 * elements - 4.0 * elements / cfg.dp}
