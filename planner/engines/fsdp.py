@@ -288,7 +288,9 @@ def unit_gradient_copies(cfg: TrainConfig) -> int:
     the unit's last one arrives; SplitWithSizesBackward then concatenates them (torch/csrc/autograd/FunctionsManual.cpp
     `split_with_sizes_backward`: zeros for a view without a gradient, then `at::cat`) into the flat gradient that
     AccumulateGrad stores as `flat_param.grad`, the views' gradients still live during the cat. The post-backward hook
-    (_runtime_utils.py `_post_backward_hook`) runs only after it. Measured on 2 CPU ranks
+    (_runtime_utils.py `_post_backward_hook`) runs only after it. FSDP's author describes the same on CUDA
+    (pytorch/pytorch PR 117323, the FSDP notes, awgu's review): each parameter's gradient its own allocation, then a
+    concatenation into the reduce-scatter input, twice the buffer at that peak. Measured on 2 CPU ranks
     (tests/validation/test_memory_sharded_measured.py): fsdp1-freeze's peak is that cat at the end of the last decoder
     layer's backward (`aten.cat`: the layer's seven weight gradients beside its flat gradient), fsdp1-vocab's and
     fsdp1-rm's the root's (fsdp1_root_end_items). FSDP2: one, each parameter a leaf of its own whose gradient
