@@ -460,15 +460,17 @@ def fsdp1_root_end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
     against the cat's three less a shard, a smaller moment on any device. Measured on 2 CPU ranks
     (tests/validation/test_memory_sharded_measured.py fsdp1-vocab and fsdp1-rm, fp32): the peak is that cat
     (`aten.cat`), to 2.6 KB. A trained tied embedding peaks earlier and higher, its two gradients and their sum
-    before its AccumulateGrad (three V x H: planner.memory.tied_embedding_items, which planner.memory adds to these):
-    the root then adds nothing."""
+    before the view's backward (three V x H: planner.memory.tied_embedding_items, which planner.memory adds to these),
+    the root's unsharded parameters beside them and its gradient shard not yet made; the cat after it holds the sum
+    in place of the other two. Measured on 2 CPU ranks (tests/validation/test_memory_sharded_measured.py
+    fsdp1-tied): the peak is that sum (`aten.add`), to 4.4 KB."""
     if not (is_sharded(cfg) and cfg.method is Method.full and sp.has_head and sp.trainable > 0):
-        return {}
-    if is_weights_tied(cfg) and cfg.freeze_layers == 0 and sp.has_embedding:
         return {}
     elements = fsdp1_root_params(cfg)
     root = compute_copy_bytes(cfg.precision) * elements
     shard = grad_dtype_bytes(cfg.precision) * elements / shard_group(cfg)  # the states' (gradients)
+    if is_weights_tied(cfg) and cfg.freeze_layers == 0 and sp.has_embedding:
+        return {"FSDP1 root parameters, unsharded (beyond its gradient shard)": root - shard}
     return {"FSDP1 root parameters, unsharded": root, "FSDP1 root gradients, per parameter": root,
             "FSDP1 root gradient, flat (beyond its shard)": root - shard}
 

@@ -106,10 +106,12 @@ def test_fsdp1_roots_gradient_is_concatenated_at_the_end_of_backward(gpus: str, 
 
 def test_a_trained_tied_embeddings_gradients_cover_fsdp1s_root_reduce() -> None:
     """Tied and trained, the embedding's two gradients and their sum (planner.memory.tied_embedding_items, three
-    V x H) come before the root's reduce-scatter and exceed it: no FSDP1 root item beside them; a reward model of the
-    same checkpoint ties nothing and reduces its root."""
+    V x H) peak before the root's concatenation, beside the root's unsharded parameters alone (measured:
+    test_memory_sharded_measured fsdp1-tied); a reward model of the same checkpoint ties nothing and concatenates
+    its root's gradients."""
     root = {"FSDP1 root parameters, unsharded", "FSDP1 root gradients, per parameter",
             "FSDP1 root gradient, flat (beyond its shard)"}
-    for stage, items in ((Stage.sft, set()), (Stage.rm, root)):
+    for stage, items in ((Stage.sft, {"FSDP1 root parameters, unsharded (beyond its gradient shard)"}),
+                         (Stage.rm, root)):
         cfg = _cfg("llama-3.2-1b", stage)
         assert set(fsdp.end_items(cfg, stage_params(cfg, first=True))) == items

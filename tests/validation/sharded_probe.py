@@ -16,7 +16,8 @@ layer (the planner's --freeze-layers 1): under FSDP1 the root unit then mixes a 
 head and norm. fsdp1-rm and fsdp2-rm train a reward model the way TRL's RewardTrainer does:
 LlamaForSequenceClassification with num_labels=1 (a `score` of h weights, no LM head), a chosen and a rejected row per
 sample in one batch, loss -logsigmoid(r_chosen - r_rejected) (trl/trainer/reward_trainer.py `compute_loss`), on
-Llama-2's 32000-token vocabulary so that an LM head counted where there is none would show.
+Llama-2's 32000-token vocabulary so that an LM head counted where there is none would show. fsdp1-tied ties that
+vocabulary's head to the embedding.
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 sharded_probe.py ENGINE:FREEZE:GRAD_ACCUM:PORT ... (env:
 DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1). Each rank imports the libraries once, then runs every case in a process
@@ -53,7 +54,9 @@ MICRO_BATCH, SEQ = 2, 128
 # fsdp2-vocab: Llama-2's 32000-token vocabulary on the same layers, the embedding and head then 4/5 of the model as in
 # small models with large vocabularies, so the units FSDP2 gathers and reduces apart from the layers (the tail, the
 # embedding: planner.engines.fsdp2_traffic outside_units, planner.engines.fsdp end_items) set the peak
-VOCAB = {"fsdp2-vocab": 32000, "fsdp1-vocab": 32000, "fsdp1-rm": 32000, "fsdp2-rm": 32000}
+VOCAB = {"fsdp2-vocab": 32000, "fsdp1-vocab": 32000, "fsdp1-rm": 32000, "fsdp2-rm": 32000, "fsdp1-tied": 32000}
+# fsdp1-tied: the large vocabulary with the head tied to the embedding (as Llama 3.2 1B / 3B), one V x H in FSDP1's root
+TIED = {"fsdp1-tied"}
 # token 0 pads: the reward model pools each row at its last token that is not padding (GenericForSequenceClassification)
 PAD = 0
 
@@ -63,7 +66,7 @@ def is_reward_model(engine: str) -> bool:
 
 
 def model_config(engine: str) -> dict:
-    return {**CONFIG, "vocab_size": VOCAB.get(engine, CONFIG["vocab_size"])}
+    return {**CONFIG, "vocab_size": VOCAB.get(engine, CONFIG["vocab_size"]), "tie_word_embeddings": engine in TIED}
 LORA_R, LORA_DROPOUT = 16, 0.0
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
