@@ -276,7 +276,8 @@ def _zero3_buffers(cfg: TrainConfig, sp: StageParams, c16: float) -> dict[str, f
     # the largest module gathered at once (zero3_largest_gathered_elements): a decoder layer, the input embedding or
     # the LM head (bigger than a layer for large vocabularies: Llama-3-8B's head is 525M parameters, a layer 218M)
     biggest = zero3_largest_gathered_elements(cfg, sp)
-    live = min(ds.STAGE3_MAX_LIVE_PARAMETERS, biggest + ds.prefetch_bucket_elements(m))
+    # stage3_max_live_parameters stops prefetching (`__max_n_available_params`), not the module's own fetch
+    live = max(biggest, min(ds.STAGE3_MAX_LIVE_PARAMETERS, biggest + ds.prefetch_bucket_elements(m)))
     items["ZeRO-3 gathered parameters"] = c16 * live
     # from the second step on (the trace is complete) forward keeps what backward reuses soon
     kept = zero3_kept_for_backward_elements(cfg, sp)
@@ -327,7 +328,8 @@ def zero3_head_gradient_elements(cfg: TrainConfig, sp: StageParams) -> float:
     test_memory_sharded_measured.py zero3-rm): the step holds no gradient beside the bucket."""
     if cfg.method is not Method.full or cfg.stage is Stage.rm or not sp.has_head:
         return 0.0
-    return output_params(cfg.model, cfg.stage) / cfg.tp
+    head = output_params(cfg.model, cfg.stage) / cfg.tp
+    return head if head > ds.reduce_bucket_elements(cfg.model) else 0.0  # a tied head's final norm fits the bucket
 
 
 def zero3_embedding_gradient_elements(cfg: TrainConfig, sp: StageParams) -> float:
