@@ -246,7 +246,7 @@ def zero3_persistent_elements(cfg: TrainConfig, sp: StageParams) -> float:
     lora_tensor_elements), which the threshold compares whole. A reward model's `score` (h x num_labels: transformers'
     GenericForSequenceClassification) lies under the threshold too, and under LoRA so does peft's trained copy of it
     (modules_to_save). Per tensor-parallel rank, this stage's layers."""
-    from planner.params import adapted_linears, lora_tensor_elements, norm_params
+    from planner.params import norm_params
 
     m, threshold = cfg.model, ds.param_persistence_threshold(cfg.model)
     per_layer = 2 * norm_params(m) if norm_params(m) <= threshold else 0
