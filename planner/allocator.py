@@ -34,8 +34,8 @@ from planner import deepspeed_sizes, loss_allocations, zero3_init_allocations
 from planner.caching_allocator import Replay
 from planner.choices import Attn, CrossEntropy, Engine, GradCkpt, Method, Offload, Stage, ZeroStage
 from planner.engines import zero as zero_engine
-from planner.params import embedding_params, head_params
-from planner.states import activation_dtype_bytes, compute_copy_bytes, optimizer_state_bytes_per_param
+from planner.params import embedding_params
+from planner.states import activation_dtype_bytes, compute_copy_bytes, optimizer_state_bytes_per_param, output_params
 from planner.torch_adamw import deepspeed_client_kernel, step_temporaries
 
 if TYPE_CHECKING:
@@ -195,8 +195,17 @@ def zero3_optimizer_replay(cfg: TrainConfig, sub_groups: tuple[int, ...], n: int
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)
     # Adam's two fp32 moments are two tensors; another optimizer's state one tensor of its bytes per element
     states = (4.0, 4.0) if state_bytes == 8 else ((state_bytes,) if state_bytes else ())
-    largest = max(embedding_params(m), head_params(m)) / cfg.tp / n if cfg.method is Method.full else 0.0
     return zero3_init_allocations.init_and_step_replay(
         sub_groups=sub_groups, c16=c16, state_bytes=states, bucket=deepspeed_sizes.reduce_bucket_elements(m),
-        largest_partition=math.ceil(largest), version=deepspeed_sizes.release(),
+        largest_partition=math.ceil(zero3_largest_partition_elements(cfg, n)), version=deepspeed_sizes.release(),
         temporaries=step_temporaries(deepspeed_client_kernel(cfg), 1.0, 1.0))
+
+
+def zero3_largest_partition_elements(cfg: TrainConfig, n: int) -> float:
+    """A rank's partition of the largest trained tensor outside the layers, which zero3_optimizer_replay replays: the
+    input embedding, or what follows the last layer (planner.states.output_params: the final norm and an untied LM
+    head, or a reward model's h x num_labels `score`: transformers' GenericForSequenceClassification has no lm_head,
+    so its embedding is its largest); none under LoRA."""
+    if cfg.method is not Method.full:
+        return 0.0
+    return max(embedding_params(cfg.model), output_params(cfg.model, cfg.stage)) / cfg.tp / n

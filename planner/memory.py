@@ -52,7 +52,8 @@ CATEGORIES = ("weights", "gradients", "optimizer", "activations", "other")
 # left (stage3.py step: _partition_all_parameters); measured, the end of backward holds no more than before
 # forward (tests/validation/test_memory_zero_step_measured.py).
 BACKWARD_ONLY_ITEMS = ("logits and loss", "dequantized weight", "autocast weight copies",
-                       "ZeRO-3 gathered parameters", "ZeRO-3 parameters kept for backward")
+                       "ZeRO-3 gathered parameters", "ZeRO-3 parameters kept for backward",
+                       "ZeRO-3 LM head gradient, reduced alone")
 # The model's output (its logits) that a training loop keeps until after the optimizer step (--keeps-output,
 # planner.memory_knobs.held_output_bytes_per_logit): in every phase, allocated anew each micro-batch
 HELD_OUTPUT_ITEM = "model output the loop holds"
@@ -410,7 +411,9 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     else:
         items.update(eng.buffers(cfg, sp, trained, first=first))
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)
-    step_items = eng.step_items(cfg, trained, n, state_bytes)
+    # DeepSpeed's pipeline engine (the only one with --pp > 1) steps each stage's own tensors
+    step_items = eng.step_items(cfg, trained, n, state_bytes, sp) if eng is engines.zero else \
+        eng.step_items(cfg, trained, n, state_bytes)
     grads_in_backward = eng.backward_grad_bytes(cfg, trained, states.gradients)
     return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
                           end_items=end_of_backward_items(cfg, sp),

@@ -37,6 +37,7 @@ from planner.params import adapted_linears, lora_tensor_elements
 if TYPE_CHECKING:
     from planner.model_layers import LinearShape
     from planner.models import ModelSpec
+    from planner.states import StageParams
     from planner.strategy import Adapter, TrainConfig
 
 
@@ -117,38 +118,53 @@ def trainable_tensors(m: ModelSpec, adapter: Adapter, stage: Stage) -> float:
 
 
 @lru_cache(maxsize=4096)
-def largest_trainable_tensors(m: ModelSpec, adapter: Adapter, stage: Stage) -> tuple[float, float]:
-    """Elements of the largest trainable parameter tensor (outside the decoder layers, inside one). Full: the embedding
-    (unless frozen) or an untied head; the largest linear (a fused expert tensor whole). LoRA: none outside (a reward
-    model's score head, h); inside, the largest A or B of an adapted linear (planner.params.lora_tensor_elements)."""
+def largest_trainable_tensors(m: ModelSpec, adapter: Adapter, stage: Stage, *, has_embedding: bool = True,
+                              has_head: bool = True) -> tuple[float, float]:
+    """Elements of the largest trainable parameter tensor (outside the decoder layers, inside one), of the whole model
+    or of a pipeline stage that holds the input embedding or not (`has_embedding`) and the model's output or not
+    (`has_head`: planner.states.StageParams). Full: the embedding (unless frozen), an untied LM head or a reward model's
+    `score` (h x num_labels: transformers' GenericForSequenceClassification, no lm_head); the largest linear (a fused
+    expert tensor whole). LoRA: none outside but a reward model's score (h); inside, the largest A or B of an adapted
+    linear (planner.params.lora_tensor_elements)."""
+    score = m.hidden_size if stage is Stage.rm and has_head else 0
     if adapter.method is Method.full:
         vocab = m.vocab_size * m.hidden_size
-        embedding = 0 if adapter.freeze_layers else vocab
-        head = vocab if stage is not Stage.rm and not m.tie_embeddings else 0
-        return float(max(embedding, head)), float(max((_elements_of(lin) for lin in m.linears()), default=0))
+        embedding = vocab if has_embedding and not adapter.freeze_layers else 0
+        head = vocab if has_head and stage is not Stage.rm and not m.tie_embeddings else 0
+        return float(max(embedding, head, score)), float(max((_elements_of(lin) for lin in m.linears()), default=0))
     widest = max((max(lora_tensor_elements(lin, adapter.lora_r))
                   for lin in adapted_linears(m, adapter.lora_targets)), default=0.0)
-    return float(m.hidden_size) if stage is Stage.rm else 0.0, widest
+    return float(score), widest
 
 
-def single_tensor_temporary_bytes(cfg: TrainConfig, state_dtype_bytes: float, shards: int) -> float:
+def single_tensor_temporary_bytes(cfg: TrainConfig, state_dtype_bytes: float, shards: int,
+                                  sp: StageParams | None = None) -> float:
     """`_single_tensor_adam`'s step peak above the states, in the states' dtype (the parameter's). At parameter i
     the sqrt and the quotient are live together, and the loop variable `denom` still holds parameter i-1's until the
-    new one is bound: 2 x size(i) + size(i-1), in the order of the Trainer's weight-decay group (transformers
-    trainer.py `create_optimizer`: model.parameters() less the norms and biases, which `get_decay_parameter_names`
-    leaves to the second group). The embedding comes first: 2 x its size; an untied head follows the last decoder
-    layer's last weight (the final norm is in the other group): 2 x its size + that weight's (_head_pair_elements).
-    Inside a decoder layer the largest tensor follows one of its
+    new one is bound (torch/optim/adam.py `_single_tensor_adam`: `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt)
+    .add_(eps)`, per parameter of the list): 2 x size(i) + size(i-1), in the order of the Trainer's weight-decay group
+    (transformers trainer.py `create_optimizer`: model.parameters() less the norms and biases, which
+    `get_decay_parameter_names` leaves to the second group). The embedding comes first: 2 x its size; an untied head
+    follows the last decoder layer's last weight (the final norm is in the other group): 2 x its size + that weight's
+    (_head_pair_elements). Inside a decoder layer the largest tensor follows one of its
     own size (transformers' Llama-style order q, k, v, o, gate, up, down: up after gate; LoRA's A and B of a square
     or, for the MLP, B of up (i x r) before A of down (r x i)): 3 x its size, which bounds the layer's pairs. Per rank:
     its tensor-parallel slice; FSDP's shard (FSDP2 shards each parameter on dim 0; FSDP1's flat shard holds at most
-    that many of its elements). Measured (benchmarks/cpu_adamw_step.py, profiler.tracker): LLAMA_16M full 24.6 MB
+    that many of its elements). `sp`: the pipeline stage whose own parameters the optimizer steps (DeepSpeed's
+    pipeline engine wraps the optimizer around the stage's module, runtime/pipe/engine.py): the embedding counts only
+    where the stage holds it, the head only on the last; None: the whole model (pp 1).
+    Measured (benchmarks/cpu_adamw_step.py, profiler.tracker): LLAMA_16M full 24.6 MB
     (2 x the 8000 x 384 embedding), LoRA r 8 98 KB (3 x 8 x 1024); DeepSpeed ZeRO-0 in bf16 over the 3.7M Llama of
     tests/validation/zero_step_probe.py, its head untied, the Trainer's groups: 2,801,664 B (2 x the 256 x 1024 head
-    + the 688 x 256 down_proj before it; tests/validation/test_memory_zero_adamw_step_measured.py)."""
-    outer, layer = largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage)
-    largest = max(SINGLE_TENSOR_TEMPORARIES * outer, (SINGLE_TENSOR_TEMPORARIES + 1) * layer,
-                  _head_pair_elements(cfg.model, cfg.adapter, cfg.stage))
+    + the 688 x 256 down_proj before it; tests/validation/test_memory_zero_adamw_step_measured.py); its pipeline in
+    fp32 at pp 2 (tests/validation/test_memory_pipeline_step_measured.py): 2,113,536 B on the first stage (3 x the
+    down_proj: the embedding's pair, 2 x 262,144, is smaller) and 2,801,664 B on the last."""
+    has_embedding = sp.has_embedding if sp is not None else True
+    has_head = sp.has_head if sp is not None else True
+    outer, layer = largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage, has_embedding=has_embedding,
+                                             has_head=has_head)
+    head_pair = _head_pair_elements(cfg.model, cfg.adapter, cfg.stage) if has_head else 0.0
+    largest = max(SINGLE_TENSOR_TEMPORARIES * outer, (SINGLE_TENSOR_TEMPORARIES + 1) * layer, head_pair)
     return largest / cfg.tp / shards * state_dtype_bytes
 
 

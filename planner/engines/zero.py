@@ -12,6 +12,7 @@ Buffer sizes are those the emitted ds_config uses (planner.deepspeed_sizes).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from planner import collectives as col
@@ -26,13 +27,25 @@ from planner.choices import (
     Optimizer,
     Precision,
     Quant,
+    Stage,
     ZeroStage,
 )
 from planner.comm import Group, allgather_time_s, allreduce_time_s, split_time_s
 from planner.deepspeed_sizes import reduce_bucket_elements
 from planner.engines.sharded import backward_chain_s, no_overlap, overlap_for, sharded_comm, sync_calls_s
-from planner.params import embedding_params, head_params, layer_params
-from planner.states import StageParams, compute_copy_bytes, is_mixed, stage_layers
+from planner.gpus import is_cpu
+from planner.params import adapted_linears, embedding_params, layer_params, lora_tensor_elements
+from planner.states import (
+    StageParams,
+    compute_copy_bytes,
+    final_norm_params,
+    head_weight_params,
+    is_mixed,
+    output_params,
+    score_params,
+    stage_layers,
+    stage_params,
+)
 from planner.torch_adamw import (
     AdamwKernel,
     deepspeed_client_kernel,
@@ -42,6 +55,7 @@ from planner.torch_adamw import (
 )
 
 if TYPE_CHECKING:
+    from planner.model_layers import LayerKind
     from planner.strategy import TrainConfig
 
 _CPU, _NVME, _NONE = OffloadDevice.cpu, OffloadDevice.nvme, Offload.none
@@ -207,10 +221,12 @@ def zero3_kept_for_backward_elements(cfg: TrainConfig, sp: StageParams) -> float
     (`__most_recent_step_id_param_fetched_for`); with the default distance (1e9) this adds nothing for
     a model under 5e8 parameters (all kept anyway), but with a distance of 0 it still kept 42 of the
     85 decoder linears of a 134M Llama on 2 CPU ranks.
+    The modules after the last layer are the stage's output (planner.states.output_params): the final norm and the LM
+    head, or a reward model's 1-output `score` (transformers' GenericForSequenceClassification has no lm_head).
     """
     m, t = cfg.model, cfg.tp
     forward = ([embedding_params(m) / t] if sp.has_embedding else []) + [layer_params(m) / t] * sp.layers + (
-        [head_params(m) / t] if sp.has_head else [])
+        [output_params(m, cfg.stage) / t] if sp.has_head else [])
     kept, after = 0.0, 0.0
     for numel in reversed(forward):
         if 2 * after < ds.STAGE3_MAX_REUSE_DISTANCE:
@@ -227,8 +243,10 @@ def zero3_persistent_elements(cfg: TrainConfig, sp: StageParams) -> float:
     AVAILABLE). That is every norm weight, the attention biases, and LoRA's A and B matrices while r x width
     stays under the threshold (r <= 9 for square linears), each in the share of the layers that hold it; a fused
     expert tensor's bias and LoRA matrices are one tensor over all its experts (planner.params
-    lora_tensor_elements), which the threshold compares whole. Per tensor-parallel rank, this stage's layers."""
-    from planner.params import adapted_linears, lora_tensor_elements, norm_params
+    lora_tensor_elements), which the threshold compares whole. A reward model's `score` (h x num_labels: transformers'
+    GenericForSequenceClassification) lies under the threshold too, and under LoRA so does peft's trained copy of it
+    (modules_to_save). Per tensor-parallel rank, this stage's layers."""
+    from planner.params import norm_params
 
     m, threshold = cfg.model, ds.param_persistence_threshold(cfg.model)
     per_layer = 2 * norm_params(m) if norm_params(m) <= threshold else 0
@@ -240,7 +258,12 @@ def zero3_persistent_elements(cfg: TrainConfig, sp: StageParams) -> float:
         for lin in adapted_linears(m, cfg.lora_targets):  # a fused tensor's A and B hold every expert's rows
             per_layer += lin.layer_share * sum(n for n in lora_tensor_elements(lin, cfg.lora_r) if n <= threshold)
     final_norm = norm_params(m) if sp.has_head and norm_params(m) <= threshold else 0
-    return (per_layer * sp.layers + final_norm) / cfg.tp
+    score = score_params(m, cfg.stage) if sp.has_head else 0
+    if score > threshold:
+        score = 0
+    elif cfg.trains_adapter:  # peft's trained copy beside the frozen original (modules_to_save)
+        score *= 2
+    return (per_layer * sp.layers + final_norm + score) / cfg.tp
 
 
 def _zero3_buffers(cfg: TrainConfig, sp: StageParams, c16: float) -> dict[str, float]:
@@ -250,10 +273,11 @@ def _zero3_buffers(cfg: TrainConfig, sp: StageParams, c16: float) -> dict[str, f
     if persistent and n > 1:
         # whole on every rank where the weights count 1/n of them
         items["ZeRO-3 persistent parameters"] = c16 * persistent * (1.0 - 1.0 / n)
-    # the largest module gathered at once: a decoder layer, or the LM head on the last stage (bigger
-    # than a layer for large vocabularies: Llama-3-8B's head is 525M parameters, a layer 218M)
-    biggest = max(layer_params(m), head_params(m) if sp.has_head else 0) / cfg.tp
-    live = min(ds.STAGE3_MAX_LIVE_PARAMETERS, biggest + ds.prefetch_bucket_elements(m))
+    # the largest module gathered at once (zero3_largest_gathered_elements): a decoder layer, the input embedding or
+    # the LM head (bigger than a layer for large vocabularies: Llama-3-8B's head is 525M parameters, a layer 218M)
+    biggest = zero3_largest_gathered_elements(cfg, sp)
+    # stage3_max_live_parameters stops prefetching (`__max_n_available_params`), not the module's own fetch
+    live = max(biggest, min(ds.STAGE3_MAX_LIVE_PARAMETERS, biggest + ds.prefetch_bucket_elements(m)))
     items["ZeRO-3 gathered parameters"] = c16 * live
     # from the second step on (the trace is complete) forward keeps what backward reuses soon
     kept = zero3_kept_for_backward_elements(cfg, sp)
@@ -261,13 +285,64 @@ def _zero3_buffers(cfg: TrainConfig, sp: StageParams, c16: float) -> dict[str, f
                                            max(0.0, ds.STAGE3_MAX_LIVE_PARAMETERS - kept)))
     if at_backward > live:
         items["ZeRO-3 parameters kept for backward"] = c16 * (at_backward - live)
-    # a gradient larger than the bucket is reduced on its own from the full tensor autograd made
-    # (stage3.py, reduce_independent_p_g_buckets_and_remove_grads): the LM head's, when it trains; the
-    # contiguous_gradients bucket itself is allocated once and stays (stage3.py, _setup_for_real_optimizer:
-    # `bucket.buffer = torch.empty(self.reduce_bucket_size, ...)`), so both are live together
-    head_grad = head_params(m) / cfg.tp if (sp.has_head and cfg.method is Method.full) else 0.0
-    items["ZeRO-3 reduce bucket"] = c16 * (ds.reduce_bucket_elements(m) + head_grad)
+    # the contiguous_gradients bucket is allocated once and stays (stage3.py, _setup_for_real_optimizer:
+    # `bucket.buffer = torch.empty(self.reduce_bucket_size, ...)`); a gradient larger than it is reduced on its own
+    # from the full tensor autograd made, live beside it: the LM head's in backward (zero3_head_gradient_elements), the
+    # embedding's at its end (end_items)
+    items["ZeRO-3 reduce bucket"] = c16 * ds.reduce_bucket_elements(m)
+    head_grad = zero3_head_gradient_elements(cfg, sp)
+    if head_grad:
+        items[ZERO3_HEAD_GRADIENT] = c16 * head_grad
     return items
+
+
+def zero3_largest_gathered_elements(cfg: TrainConfig, sp: StageParams) -> float:
+    """Elements per tensor-parallel rank of the largest module ZeRO-3 gathers whole at once (each module's own
+    parameters, fetched by its pre-forward hook: parameter_offload.py `pre_sub_module_forward_function` ->
+    partitioned_param_coordinator.py `fetch_sub_module`): a decoder layer (counted whole), the input embedding
+    (`embed_tokens`, V x H, whatever the head), or what follows the last layer (planner.states.output_params): the
+    final norm and an untied LM head, or a reward model's `score` (h x num_labels: transformers'
+    GenericForSequenceClassification has no lm_head, so its embedding is its only V x H module). A tied LM head is
+    the embedding's table, gathered again at the head."""
+    m = cfg.model
+    table = m.vocab_size * m.hidden_size
+    embedding = table if sp.has_embedding else 0
+    output = 0
+    if sp.has_head:
+        tied_head = m.tie_embeddings and head_weight_params(m, cfg.stage) == 0  # an LM head that is the table
+        output = output_params(m, cfg.stage) + (table if tied_head else 0)
+    return max(layer_params(m), embedding, output) / cfg.tp
+
+
+# A backward-only item (planner.memory BACKWARD_ONLY_ITEMS): the LM head's gradient, freed once reduced
+ZERO3_HEAD_GRADIENT = "ZeRO-3 LM head gradient, reduced alone"
+
+
+def zero3_head_gradient_elements(cfg: TrainConfig, sp: StageParams) -> float:
+    """Elements per tensor-parallel rank of the LM head's gradient ZeRO-3 reduces on its own, in backward: a gradient of
+    more elements than reduce_bucket_size skips the bucket and is reduced from the full tensor autograd made
+    (stage3.py `reduce_independent_p_g_buckets_and_remove_grads`, `__add_grad_to_ipg_bucket` copies only what fits),
+    then freed; a full fine-tune's untied head (with the final norm, as before) is the first gradient of backward,
+    live with its activations. A reward model's `score` (h x num_labels: transformers'
+    GenericForSequenceClassification, no LM head) fits the bucket. Measured with a reward model (tests/validation/
+    test_memory_sharded_measured.py zero3-rm): the step holds no gradient beside the bucket."""
+    if cfg.method is not Method.full or cfg.stage is Stage.rm or not sp.has_head:
+        return 0.0
+    head = output_params(cfg.model, cfg.stage) / cfg.tp
+    return head if head > ds.reduce_bucket_elements(cfg.model) else 0.0  # a tied head's final norm fits the bucket
+
+
+def zero3_embedding_gradient_elements(cfg: TrainConfig, sp: StageParams) -> float:
+    """Elements per tensor-parallel rank of the input embedding's gradient ZeRO-3 reduces on its own at the end of
+    backward (the last gradient autograd makes; larger than reduce_bucket_size, as zero3_head_gradient_elements): a
+    full fine-tune's, unless --freeze-layers freezes it; a reward model's too, its only V x H tensor. A tied language
+    model's embedding gradient is planner.memory.tied_embedding_items'."""
+    m = cfg.model
+    if cfg.method is not Method.full or not sp.has_embedding or cfg.freeze_layers:
+        return 0.0
+    if m.tie_embeddings and cfg.stage is not Stage.rm:
+        return 0.0
+    return m.vocab_size * m.hidden_size / cfg.tp
 
 
 def buffers(cfg: TrainConfig, sp: StageParams, trained: float, *, first: bool) -> dict[str, float]:
@@ -294,14 +369,18 @@ def _decay_group_tensor_elements(cfg: TrainConfig) -> list[float]:
     get_decay_parameter_names, leaves out only biases and norms; an optimizer built by DeepSpeed from the
     ds_config gets one group). An MoE layer's experts count as one fused tensor. A model whose layers differ holds
     each kind's own linears in its layers (DeepSeek-V3: 3 dense layers, then 58 with experts), the kinds in the
-    order of their first layer (exact where each kind's layers are contiguous or the kinds share their linears)."""
+    order of their first layer (exact where each kind's layers are contiguous or the kinds share their linears).
+    A reward model's weight-decay group ends in its `score`, h x num_labels."""
     m, t = cfg.model, cfg.tp
     matrix = m.vocab_size * m.hidden_size / t
     kinds = sorted(m.layer_kinds, key=lambda k: k.first) or None
     layers = [x for kind in kinds for x in [lin.copies * lin.in_features * lin.out_features / t
                                              for lin in kind.linears] * kind.count] if kinds else \
         [lin.copies * lin.in_features * lin.out_features / t for lin in m.linears()] * m.num_layers
-    return [matrix] + layers + ([] if m.tie_embeddings else [matrix])
+    # then what follows the last layer (planner.states.head_weight_params): an untied LM head, or a reward model's
+    # `score` (h x num_labels, transformers' GenericForSequenceClassification: no V x H head), none when tied
+    head = head_weight_params(m, cfg.stage) / t
+    return [matrix] + layers + ([head] if head else [])
 
 
 def zero3_sub_group_elements(cfg: TrainConfig, trained: float, n: int) -> tuple[float, ...]:
@@ -350,13 +429,37 @@ ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
 
 
 def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
-    """At the end of backward: ZeRO-0's gradient all-reduce (zero0_reduce_copy_bytes); ZeRO-1/2/3's reductions are
-    their buckets, counted in buffers."""
-    copy = zero0_reduce_copy_bytes(cfg, sp.trainable)
+    """At the end of backward: ZeRO-0's gradient all-reduce (zero0_reduce_copy_bytes); ZeRO-3's embedding gradient,
+    reduced alone (zero3_embedding_gradient_elements); ZeRO-1/2's reductions are their buckets, counted in buffers.
+    Measured with a reward model (tests/validation/test_memory_sharded_measured.py zero3-rm)."""
+    if cfg.zero is ZeroStage.WEIGHTS:
+        return zero3_embedding_reduction_items(cfg, sp)
+    copy = zero0_reduce_copy_bytes(cfg, sp)
     return {"ZeRO-0 gradient all-reduce flat copy": copy} if copy else {}
 
 
-def zero0_reduce_copy_bytes(cfg: TrainConfig, trained: float) -> float:
+def zero3_embedding_reduction_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
+    """ZeRO-3's end of backward where the input embedding's gradient is reduced alone (zero3_embedding_gradient_
+    elements): its gradient, the embedding's table itself, gathered for its backward (the module's pre-backward hook
+    fetches it and the post-backward hook releases it, after the gradient hook has reduced: parameter_offload.py
+    `pre_sub_module_backward_function` / `post_sub_module_backward_function`), and on the CPU gloo's copy of the
+    reduce-scatter's input (as planner.engines.fsdp reduce_scatter_copy_bytes measured: torch's gloo has no in-place
+    reduce-scatter; DeepSpeed's `reduce_scatter_coalesced` itself only views a single tensor that divides evenly,
+    runtime/comm/coalesced_collectives.py). Measured on 2 CPU ranks with a reward model on a 32000-token vocabulary
+    (tests/validation/test_memory_sharded_measured.py zero3-rm): the backward peak is inside the embedding's backward,
+    196,608,012 B over the states (3 x 65,536,000, the fp32 table's three copies); the planner 196,608,000."""
+    elements = zero3_embedding_gradient_elements(cfg, sp)
+    if not elements:
+        return {}
+    c16 = compute_copy_bytes(cfg.precision)
+    items = {"ZeRO-3 embedding gradient, reduced alone": c16 * elements,
+             "ZeRO-3 embedding gathered for its backward": c16 * elements}
+    if is_cpu(cfg.cluster.gpu):
+        items["gloo reduce-scatter copy"] = c16 * elements
+    return items
+
+
+def zero0_reduce_copy_bytes(cfg: TrainConfig, sp: StageParams) -> float:
     """Bytes of the flat copy ZeRO-0's gradient reduction makes once the accumulation boundary's backward is done, at
     any data-parallel size (neither path has a world-size-1 shortcut), with or without a pipeline:
     - pp 1: `DeepSpeedEngine.backward` -> `_backward_epilogue` -> `allreduce_gradients` (runtime/engine.py; only
@@ -375,8 +478,12 @@ def zero0_reduce_copy_bytes(cfg: TrainConfig, trained: float) -> float:
       stays within the size: the stage's accumulators copied whole. That group is `trained` less the stage's norms
       and biases (under 0.1% of it), compared here as `trained`.
     - Otherwise (fp32; bf16 or fp16 under FP16_UnfusedOptimizer, which keeps the 16-bit `.grad`s and has no
-      `get_grads_for_reduction`): the parameters' own gradients (`_get_gradients_for_reduction`), many tensors, in the
-      compute dtype: the largest bucket, all of them or the size plus the tensor that passed it.
+      `get_grads_for_reduction`): the parameters' own gradients (`_get_gradients_for_reduction`: `module.parameters()`
+      in order, those that require grad), in the compute dtype: the largest bucket of the stage's trained tensors
+      (zero0_stage_gradient_elements) walked as `allreduce_no_retain` walks them (largest_flat_copy_elements).
+      Llama-2-7B's buckets: 536M elements (the 131M embedding, a layer, most of the next), then 500M to 517M, the last
+      626M (the 131M head closes it), against the size plus the largest tensor (631M); Llama-3.1-8B's 525M embedding is
+      a bucket of its own, only viewed, and its largest is the last, 962M (not 1,025M).
     Measured, the rise over the reduction's start while it runs (profiler.tracker): on 2 CPU ranks at pp 1, dp 2, the
     3.7M Llama (tests/validation/test_memory_zero_adamw_step_measured.py), 14,754,816 B in fp32 and 7,377,408 B in bf16
     (FP16_UnfusedOptimizer), every gradient once, as planned; at pp 2, dp 1 (tests/validation/
@@ -384,14 +491,86 @@ def zero0_reduce_copy_bytes(cfg: TrainConfig, trained: float) -> float:
     Trainer's two groups), 7,376,896 B in fp32, as planned."""
     if cfg.zero is not ZeroStage.DISABLED:
         return 0.0
+    trained = sp.trainable
     if bf16_pipeline_optimizer(cfg):
         whole = cfg.method is Method.full and trained <= ALLREDUCE_BUCKET_ELEMENTS
         return trained * BF16_ACCUMULATOR_BYTES if whole else 0.0
-    largest = max(largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage)) / cfg.tp
-    return min(trained, ALLREDUCE_BUCKET_ELEMENTS + largest) * compute_copy_bytes(cfg.precision)
+    copy = largest_flat_copy_elements(zero0_stage_gradient_elements(cfg, sp), ALLREDUCE_BUCKET_ELEMENTS)
+    return min(trained, copy) * compute_copy_bytes(cfg.precision)
 
 
-def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
+def largest_flat_copy_elements(tensors: Iterable[float], bucket_elements: float) -> float:
+    """Elements of the largest flat copy DeepSpeed's `allreduce_no_retain` (runtime/engine.py, 0.19.8) makes over
+    `tensors`, in their order: it appends each tensor to the bucket and closes the bucket once its elements pass
+    `bucket_elements` (`if numel > numel_per_bucket`), the last bucket at the end; `allreduce_bucket` flattens each
+    (`_flatten_dense_tensors`: a new tensor of the bucket's elements, a view of a bucket of one tensor)."""
+    largest, filled, count = 0.0, 0.0, 0
+    for numel in tensors:
+        filled, count = filled + numel, count + 1
+        if filled > bucket_elements:
+            largest = max(largest, filled if count > 1 else 0.0)
+            filled, count = 0.0, 0
+    return max(largest, filled if count > 1 else 0.0)
+
+
+def zero0_stage_gradient_elements(cfg: TrainConfig, sp: StageParams) -> tuple[float, ...]:
+    """The stage's trained tensors, elements per tensor-parallel rank, in `module.parameters()` order (registration:
+    the input embedding, BLOOM's embedding norm and a derived spec's other outside parameters with it; each decoder
+    layer's linears (weight, then bias) and norms, then its other parameters; the final norm; the head - the pipeline
+    engine's stages keep that order: runner/parallel/pipeline.py pipeline_layers). Full fine-tuning leaves out the
+    frozen layers and embedding (--freeze-layers, the first layers, as planner.states.stage_params); LoRA trains A
+    then B of each adapted linear (planner.params.lora_tensor_elements). After the last layer: the final norm and the
+    head's weight (planner.states.head_weight_params: an untied LM head, V x H, or a reward model's h x num_labels
+    `score`), or, under LoRA, the reward model's score alone (peft's modules_to_save copy). A model whose layers
+    differ holds its kinds in the order of their first layer, as _decay_group_tensor_elements."""
+    m, t, full = cfg.model, cfg.tp, cfg.method is Method.full
+    layers_here = sp.layers
+    first = cfg.pp == 1 or not sp.has_head
+    frozen = min(cfg.freeze_layers, m.num_layers) if full else 0
+    frozen_here = frozen if cfg.pp == 1 else (min(frozen, layers_here) if first
+                                              else max(0, frozen - (m.num_layers - layers_here)))
+    out: list[float] = []
+    if full and sp.has_embedding and not frozen:
+        out.append(m.vocab_size * m.hidden_size / t)
+        if m.embedding_norm:
+            out += [float(m.hidden_size)] * (2 if m.layernorm_bias else 1)
+        if m.extra_params:
+            out.append(float(m.extra_params))
+    kinds = [kind for kind in sorted(m.layer_kinds, key=lambda k: k.first) for _ in range(kind.count)]
+    index = range(m.num_layers - layers_here, m.num_layers) if not first else range(layers_here)
+    for i in index[frozen_here:]:
+        out += _layer_trained_elements(cfg, kinds[i] if kinds else None)
+    if sp.has_head:
+        if full:
+            norm = final_norm_params(m)
+            tensors = 2 if m.layernorm_bias else 1
+            out += [norm / tensors] * tensors if norm else []
+            head = head_weight_params(m, cfg.stage) / t
+            out += [head] if head else []
+        elif cfg.stage is Stage.rm:
+            out.append(float(score_params(m, cfg.stage)))
+    return tuple(out)
+
+
+def _layer_trained_elements(cfg: TrainConfig, kind: LayerKind | None) -> list[float]:
+    """One decoder layer's trained tensors in registration order, per tensor-parallel rank: a full fine-tune's linears
+    (weight, then bias; a fused expert tensor whole), norms and other parameters; LoRA's A and B per adapted linear."""
+    m, t = cfg.model, cfg.tp
+    linears = kind.linears if kind else m.linears()
+    if cfg.method is not Method.full:
+        adapted = {lin.name for lin in adapted_linears(m, cfg.lora_targets)}
+        return [x / t for lin in linears if lin.name in adapted for x in lora_tensor_elements(lin, cfg.lora_r)]
+    out = [x for lin in linears for x in
+           ((lin.copies * lin.in_features * lin.out_features / t,) + ((lin.copies * lin.out_features / t,)
+                                                                        if lin.bias else ()))]
+    if kind is None:
+        return out + [float(m.hidden_size)] * (4 if m.layernorm_bias else 2)
+    return out + [float(n.width) for n in kind.norms for _ in range(2 if n.bias else 1)] + \
+        [float(p.elements) for p in kind.other_params]
+
+
+def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float, sp: StageParams | None = None
+               ) -> dict[str, float]:
     """What the step adds to the gradients held: the largest of three moments, which follow each other.
 
     - First the gradient norm, taken in fp64 one gradient at a time (stage_1_and_2.py and stage3.py,
@@ -411,16 +590,23 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
       group and two.
     - Then the client's torch AdamW steps the group beside its fp32 gradient partition, with the temporaries of its
       implementation (_client_adamw_step_bytes); DeepSpeed's own optimizers (FusedAdam, CPU Adam) update in place.
-    With offloaded optimizer states the fp32 gradients live on the host (gradients()). ZeRO-0: zero0_step_items."""
+    With offloaded optimizer states the fp32 gradients live on the host (gradients()). ZeRO-0: zero0_step_items.
+    `sp`: the pipeline stage (its own tensors: the pipeline engine's optimizer steps the stage's module); None: the
+    whole model (pp 1)."""
+    if sp is None and cfg.pp > 1:
+        raise ValueError("a pipeline stage's step needs its StageParams")
+    sp = sp if sp is not None else stage_params(cfg, first=True)
     if cfg.zero is ZeroStage.DISABLED:
-        return zero0_step_items(cfg, trained, n)
+        return zero0_step_items(cfg, trained, n, sp)
     if cfg.offload is not Offload.none:
         return {}
     m, c16 = cfg.model, compute_copy_bytes(cfg.precision)
     norm = 0.0
     if cfg.method is Method.full:
-        largest = max([embedding_params(m), head_params(m)] + [lin.in_features * lin.out_features
-                                                                for lin in m.linears() if lin.copies == 1])
+        # the stage's tensors outside the layers: the embedding, and its output (planner.states.output_params: the
+        # LM head, or a reward model's h x num_labels `score`, transformers' GenericForSequenceClassification)
+        outside = [embedding_params(m) if sp.has_embedding else 0, output_params(m, cfg.stage) if sp.has_head else 0]
+        largest = max(outside + [lin.in_features * lin.out_features for lin in m.linears() if lin.copies == 1])
         norm = 8.0 * largest / cfg.tp / (n if cfg.zero is ZeroStage.WEIGHTS else 1)
     group = step_group_elements(cfg, trained, n)
     conversion = group * (c16 + _fp32_grad_bytes(cfg))  # the flat 16-bit copy and the fp32 partition
@@ -435,7 +621,7 @@ def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> 
     return {name: largest} if largest > 0 else {}
 
 
-def zero0_step_items(cfg: TrainConfig, trained: float, n: int) -> dict[str, float]:
+def zero0_step_items(cfg: TrainConfig, trained: float, n: int, sp: StageParams) -> dict[str, float]:
     """ZeRO-0's step beyond the gradients held: the client's torch AdamW over whole fp32 tensors, one parameter group
     at a time (torch/optim/adam.py: `step` calls the functional per group), with its implementation's temporaries
     (torch_adamw.step_temporaries: foreach's `exp_avg_sq_sqrt` over the group's list, nearly every trained element in
@@ -453,14 +639,14 @@ def zero0_step_items(cfg: TrainConfig, trained: float, n: int) -> dict[str, floa
     and single-tensor 17,556,480 B; the end of backward held the 16-bit gradients alone (7,377,408 B in bf16). The
     pipeline in fp32, 2 stages of 1.84M trained elements (tests/validation/test_memory_pipeline_step_measured.py):
     foreach 7,372,800 B on each (planner +0.06%); the single-tensor loop 2,801,664 B on the last stage (2 x the head +
-    the down_proj before it, as planned) and 2,113,536 B on the first (3 x a down_proj: the planner's model-wide pair,
-    the head's, bounds it)."""
+    the down_proj before it) and 2,113,536 B on the first (3 x a down_proj: the stage's own tensors, whose embedding's
+    pair is smaller), both as planned (single_tensor_temporary_bytes over the stage: `sp`)."""
     if bf16_pipeline_optimizer(cfg):
-        return bf16_optimizer_step_items(cfg, trained, n)
+        return bf16_optimizer_step_items(cfg, trained, n, sp)
     kernel = deepspeed_client_kernel(cfg)
     fp32_grads = 4.0 * trained if is_mixed(cfg.precision) else 0.0
     if kernel is AdamwKernel.single_tensor:
-        temporaries = single_tensor_temporary_bytes(cfg, 4.0, 1)
+        temporaries = single_tensor_temporary_bytes(cfg, 4.0, 1, sp)
     else:
         temporaries = step_temporaries(kernel, trained, 0.0) * 4.0
     parts = (["FP16_UnfusedOptimizer fp32 gradients"] if fp32_grads else []) + \
@@ -468,7 +654,7 @@ def zero0_step_items(cfg: TrainConfig, trained: float, n: int) -> dict[str, floa
     return {"ZeRO-0 " + " + ".join(parts): fp32_grads + temporaries} if parts else {}
 
 
-def bf16_optimizer_step_items(cfg: TrainConfig, trained: float, n: int) -> dict[str, float]:
+def bf16_optimizer_step_items(cfg: TrainConfig, trained: float, n: int, sp: StageParams) -> dict[str, float]:
     """The pipeline engine's BF16_Optimizer step (runtime/bf16_optimizer.py `step`) beyond the gradients held: the
     larger of two moments, which follow each other.
     - The gradient norm: `get_global_norm_of_tensors` (runtime/utils.py) takes each accumulator's view to fp32 one at
@@ -489,7 +675,8 @@ def bf16_optimizer_step_items(cfg: TrainConfig, trained: float, n: int) -> dict[
     kernel = deepspeed_client_kernel(cfg)
     group = trained / n
     step = 4.0 * group + step_temporaries(kernel, group, group) * 4.0
-    norm = 4.0 * max(largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage)) / cfg.tp
+    norm = 4.0 * max(largest_trainable_tensors(cfg.model, cfg.adapter, cfg.stage, has_embedding=sp.has_embedding,
+                                               has_head=sp.has_head)) / cfg.tp
     name = "BF16_Optimizer fp32 gradients" + (f" + torch AdamW {_kernel_name(cfg)} temporaries"
                                               if kernel not in (None, AdamwKernel.fused) else "")
     return {name: step} if step >= norm else {"BF16_Optimizer fp32 gradient-norm copy": norm}
@@ -550,7 +737,8 @@ def contiguous_partition_freed_bytes(cfg: TrainConfig, group: float) -> float:
 def reduce_calls(cfg: TrainConfig, layers: int) -> int:
     """Gradient reductions per micro-batch on one stage of `layers` layers, as DeepSpeed fills its reduce buckets
     (planner/collectives.py reduce_bucket_calls): the trained layers' tensors, then the embedding, final norm and
-    untied head of a full fine-tune (the embedding frozen with --freeze-layers)."""
+    untied head of a full fine-tune (the embedding frozen with --freeze-layers); a reward model's `score` instead of
+    the head, under LoRA too."""
     return sum(n for _, n in reduce_sizes(cfg, layers))
 
 
@@ -558,11 +746,13 @@ def reduce_sizes(cfg: TrainConfig, layers: int) -> tuple[tuple[float, int], ...]
     """The reductions of `reduce_calls` as (elements, calls of that size)."""
     m, full = cfg.model, cfg.method is Method.full
     trained = layers - round(min(cfg.freeze_layers, m.num_layers) * layers / m.num_layers) if full else layers
-    outside: tuple[float, ...] = ()
+    # after the last layer, the head's weight (planner.states.head_weight_params): an untied LM head, or a reward
+    # model's h x num_labels `score` (transformers' GenericForSequenceClassification), which trains under LoRA too
+    head = head_weight_params(m, cfg.stage) / cfg.tp
+    outside: tuple[float, ...] = (head,) if cfg.stage is Stage.rm else ()
     if full:
         table = m.vocab_size * m.hidden_size / cfg.tp
-        outside = ((table,) if not cfg.freeze_layers else ()) + (float(m.hidden_size),) + \
-            ((table,) if not m.tie_embeddings else ())
+        outside = ((table,) if not cfg.freeze_layers else ()) + (float(m.hidden_size),) + ((head,) if head else ())
     return col.reduce_bucket_sizes(m, max(0, trained), cfg.method, cfg.lora_r, cfg.lora_targets, cfg.tp,
                                    reduce_bucket_elements(m), outside)
 

@@ -41,13 +41,13 @@ def test_deepspeed_pipeline_zero0_reduction_and_step() -> None:
     sp = stage_params(cfg, first=True)
     trained, n = sp.trainable, cfg.dp
     assert zero.end_items(cfg, sp) == {"ZeRO-0 gradient all-reduce flat copy": 2 * trained}
-    assert zero.step_items(cfg, trained, n, 0.0) == {
+    assert zero.step_items(cfg, trained, n, 0.0, sp) == {
         "BF16_Optimizer fp32 gradients + torch AdamW foreach temporaries": 8 * trained / n}
     lora = replace(cfg, method=Method.lora)
     assert zero.end_items(lora, stage_params(lora, first=True)) == {}
     fp16 = replace(cfg, precision=Precision.fp16_mixed)
     assert zero.end_items(fp16, sp) == {"ZeRO-0 gradient all-reduce flat copy": 2 * trained}
-    assert zero.step_items(fp16, trained, n, 0.0) == {
+    assert zero.step_items(fp16, trained, n, 0.0, sp) == {
         "ZeRO-0 FP16_UnfusedOptimizer fp32 gradients + torch AdamW foreach temporaries": 8 * trained}
     # a stage whose weight-decay group passes the bucket size: each group is a bucket of its own, only viewed
     big = build_config(model="llama-3.2-1b", gpus="8xA800", method=Method.full, zero=0, pp=2)
@@ -59,10 +59,10 @@ def test_deepspeed_zero0_reduction_without_a_pipeline() -> None:
     """ZeRO-0 at pp 1 reduces the parameters' own gradients at the end of the boundary's backward through the same
     buckets (planner/engines/zero.py zero0_reduce_copy_bytes; measured in tests/validation/
     test_memory_zero_adamw_step_measured.py): a bucket under the size (a LoRA model's adapters) is copied whole, in
-    the compute dtype; a 7B's largest bucket is the size plus the tensor that passed it; ZeRO-1+ have no such copy."""
+    the compute dtype; a 7B's largest bucket is its last, closed by the LM head (zero0_stage_gradient_elements walked
+    as `allreduce_no_retain`); ZeRO-1+ have no such copy."""
     from planner.engines import zero
     from planner.states import stage_params
-    from planner.torch_adamw import largest_trainable_tensors
 
     lora = build_config(model="qwen3-0.6b", gpus="8xA800", method=Method.lora, zero=0)
     sp = stage_params(lora, first=True)
@@ -72,9 +72,11 @@ def test_deepspeed_zero0_reduction_without_a_pipeline() -> None:
     assert zero.end_items(fp32, sp) == {"ZeRO-0 gradient all-reduce flat copy": 4 * sp.trainable}
     big = build_config(model="llama-2-7b", gpus="8xA800", method=Method.full, zero=0)
     big_sp = stage_params(big, first=True)
-    largest = max(largest_trainable_tensors(big.model, big.adapter, big.stage))
-    assert zero.end_items(big, big_sp) == {
-        "ZeRO-0 gradient all-reduce flat copy": 2 * (zero.ALLREDUCE_BUCKET_ELEMENTS + largest)}
+    # up_proj and down_proj of layer 29 with its norms, layers 30 and 31, the final norm and the 131M head: 24 tensors
+    # (the size plus the largest tensor, 631,072,000, bounded it before)
+    last_bucket = 2 * 45_088_768 + 2 * 4096 + 2 * 202_383_360 + 4096 + 32_000 * 4096
+    assert last_bucket == 626_028_544
+    assert zero.end_items(big, big_sp) == {"ZeRO-0 gradient all-reduce flat copy": 2 * last_bucket}
     assert zero.end_items(replace(big, zero=ZeroStage.OPTIMIZER_STATES), big_sp) == {}
     # a tied embedding's accumulation ends autograd; ZeRO-0's all-reduce follows it: the larger moment counts
     from planner.memory import end_of_backward_items, tied_embedding_items

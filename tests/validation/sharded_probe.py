@@ -13,7 +13,7 @@ its mask in the input's dtype (aten/src/ATen/native/Dropout.cpp: the fused kerne
 CUDA only), four bytes per element where a GPU keeps one, a CPU artifact the planner's GPU figures do not carry.
 `freeze` freezes the embedding and the first decoder
 layer (the planner's --freeze-layers 1): under FSDP1 the root unit then mixes a frozen embedding with the trained
-head and norm. fsdp1-rm and fsdp2-rm train a reward model the way TRL's RewardTrainer does:
+head and norm. fsdp1-rm, fsdp2-rm and zero3-rm train a reward model the way TRL's RewardTrainer does:
 LlamaForSequenceClassification with num_labels=1 (a `score` of h weights, no LM head), a chosen and a rejected row per
 sample in one batch, loss -logsigmoid(r_chosen - r_rejected) (trl/trainer/reward_trainer.py `compute_loss`), on
 Llama-2's 32000-token vocabulary so that an LM head counted where there is none would show. fsdp1-tied ties that
@@ -54,7 +54,8 @@ MICRO_BATCH, SEQ = 2, 128
 # fsdp2-vocab: Llama-2's 32000-token vocabulary on the same layers, the embedding and head then 4/5 of the model as in
 # small models with large vocabularies, so the units FSDP2 gathers and reduces apart from the layers (the tail, the
 # embedding: planner.engines.fsdp2_traffic outside_units, planner.engines.fsdp end_items) set the peak
-VOCAB = {"fsdp2-vocab": 32000, "fsdp1-vocab": 32000, "fsdp1-rm": 32000, "fsdp2-rm": 32000, "fsdp1-tied": 32000}
+VOCAB = {"fsdp2-vocab": 32000, "fsdp1-vocab": 32000, "fsdp1-rm": 32000, "fsdp2-rm": 32000, "fsdp1-tied": 32000,
+         "zero3-rm": 32000}
 # fsdp1-tied: the large vocabulary with the head tied to the embedding (as Llama 3.2 1B / 3B), one V x H in FSDP1's root
 TIED = {"fsdp1-tied"}
 # token 0 pads: the reward model pools each row at its last token that is not padding (GenericForSequenceClassification)
@@ -121,7 +122,8 @@ def _wrap(engine: str, model: torch.nn.Module) -> tuple[torch.nn.Module, object,
                        check=False, **(lora if engine == "zero3-lora" else {"method": Method.full}))
     import dataclasses
 
-    cfg = dataclasses.replace(cfg, model=spec_from_hf_config({"model_type": "llama", **CONFIG}, name="probe"))
+    cfg = dataclasses.replace(cfg, model=spec_from_hf_config({"model_type": "llama", **model_config(engine)},
+                                                              name="probe"))
     ds = build_ds_config(cfg)
     ds.pop("optimizer", None)
     ds.pop("scheduler", None)
