@@ -31,7 +31,14 @@ from planner.gpus import is_cpu
 from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.moe import ep_other_ranks_expert_elements
 from planner.params import embedding_params, layer_params, wrapped_lora_targets
-from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, output_params, stage_layers
+from planner.states import (
+    StageParams,
+    activation_dtype_bytes,
+    compute_copy_bytes,
+    grad_dtype_bytes,
+    output_params,
+    stage_layers,
+)
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -291,16 +298,46 @@ def layer_gradient_bytes(cfg: TrainConfig, sp: StageParams) -> float:
 
 
 def last_layer_window_exposed_bytes(cfg: TrainConfig, sp: StageParams, window: float,
-                                    layer_activation_bytes: float) -> float:
+                                    layer_activation_bytes: float, first_backward_bytes: float = 0.0) -> float:
     """The last decoder layer's backward window ("FSDP unsharded layers", buffers) beyond the activations planner.memory
     counts whole, the larger of its two ends. At its start the layer is gathered and the next one's all-gather is in
     flight while every activation is still live: FSDP2 issues the prefetch in the layer's pre_backward
     (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py `pre_backward` -> `_backward_prefetch`), FSDP1 in
     `_pre_backward_hook` after the unit's own unshard (torch/distributed/fsdp/_runtime_utils.py `_prefetch_handle`,
     BACKWARD_PRE, at most two all-gathers in flight under limit_all_gathers). At its end the layer's unsharded
-    gradient exists (layer_gradient_bytes) and the layer's own activations (`layer_activation_bytes`) are freed."""
+    gradient exists (layer_gradient_bytes) and the layer's own activations (`layer_activation_bytes`) are freed. The
+    start holds, once backward reaches the layer's last linear, that linear's two gradients as well
+    (`first_backward_bytes`: fsdp2_first_linear_backward_bytes)."""
     grad = layer_gradient_bytes(cfg, sp)
-    return max(window - grad, window - layer_activation_bytes)
+    return max(window - grad + first_backward_bytes, window - layer_activation_bytes)
+
+
+def fsdp2_first_linear_backward_bytes(cfg: TrainConfig, sp: StageParams, tokens: float) -> float:
+    """What the last decoder layer's backward holds beyond the start of its window (last_layer_window_exposed_bytes)
+    once it reaches the layer's last linear, the MLP's output projection (the last linear of planner.models
+    `ModelSpec.linears`, the first one backward meets, with every activation of the layer still live): the node's
+    two outputs, its weight's gradient (in_features x out_features, with the bias, in the unsharded parameter's
+    dtype, the compute copy's) and its input's (`tokens` x in_features in the activation dtype), both returned by
+    the one MmBackward / AddmmBackward call. With accumulation under the Trainer's no_sync
+    (accumulates_unsharded_grads) the weight's gradient is a new tensor beside the accumulated `.grad`, which
+    AccumulateGrad then adds in place and frees (torch 2.13 torch/csrc/autograd/functions/accumulate_grad.h
+    `accumulateGrad`: `variable_grad += new_grad` when grad mode is off); without, it becomes the `.grad` itself
+    (stolen) and is the first part of the layer's unsharded gradient (layer_gradient_bytes), which the window's
+    start leaves out. Measured on 2 CPU ranks (rank 0 of a hand loop on transformers' FSDP2 units, the
+    8-layer model of tests/runner/test_sync_each_batch.py, fp32, micro-batch 2 x 32 tokens, profiler.tracker):
+    with no_sync the peak is the down projection's backward in the last layer, 131,072 + 65,536 B above the
+    layer's start, the planner's start 29,876 B under that start. FSDP2's full fine-tuning of unquantized dense
+    layers only: a MoE layer ends in the experts' weighted sum, whose backward order is not measured here, and
+    FSDP1 is left as it was."""
+    m = cfg.model
+    if not (cfg.engine is Engine.fsdp and cfg.fsdp_version is FsdpVersion.TWO and shards_weights(cfg)
+            and cfg.method is Method.full and cfg.quant is Quant.none and not m.is_moe and sp.trainable > 0
+            and sp.trainable_layers > 0):
+        return 0.0
+    last = m.linears()[-1]
+    weight = last.in_features * last.out_features + (last.out_features if last.bias else 0)
+    return (compute_copy_bytes(cfg.precision) * weight
+            + activation_dtype_bytes(cfg.precision) * tokens * last.in_features) / cfg.tp
 
 
 def fsdp2_reduces_layers(cfg: TrainConfig, sp: StageParams) -> bool:
