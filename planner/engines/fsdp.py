@@ -359,11 +359,8 @@ def fsdp2_layer_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams, k: int, 
     (`foreach_reduce_scatter_copy_in`, the gradient freed after it: `unsharded_grads.clear()`) and allocates the
     output shard; on the CPU gloo copies the input for the call (reduce_scatter_copy_bytes). Beside them: the layer
     below, prefetched in this layer's pre_backward (`_backward_prefetch`; below the first layer, the embedding
-    unit); the reduce-scatter input of the layer above, which post_backward keeps in
-    `comm_ctx.reduce_scatter_states` (one buffer, `reduce_scatter_max_input_buffers = 1`) and drops in this
-    post_backward before `foreach_reduce` (yet on 2 CPU ranks, rank 0 of a hand loop on accelerate's FSDP2 units, it
-    is still live in this reduce-scatter, its storage outliving the pop; without it
-    tests/validation/test_memory_sharded_measured.py fsdp2 is 6% under the measure); the gradient shards already
+    unit); on the CPU the reduce-scatter input of the layer above (fsdp2_previous_reduce_scatter_input_bytes);
+    the gradient shards already
     made, the tail's and the k layers' above (none new where the states' gradients are resident already, syncing
     each micro-batch with accumulation, or on the host: CPU offload copies each shard there, foreach_reduce's
     `new_sharded_grad.to(cpu)`); the root's parameters and gradient (a reward model's `score`, outside_units'
@@ -375,7 +372,8 @@ def fsdp2_layer_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams, k: int, 
     out = outside_units(cfg)
     layer = c16 * layer_params(m) / cfg.tp
     below = layer if k < cfg.model.num_layers - 1 else c16 * out.embedding
-    buffers = below + layer + layer + layer / n + reduce_scatter_copy_bytes(cfg, layer)
+    buffers = (below + layer + fsdp2_previous_reduce_scatter_input_bytes(cfg, layer) + layer / n
+               + reduce_scatter_copy_bytes(cfg, layer))
     tied = is_weights_tied(cfg)
     tail = 0.0 if tied else c16 * out.tail_trained
     resident = (grads_in_backward and not accumulates_unsharded_grads(cfg)) or cfg.offload is Offload.all
@@ -385,6 +383,27 @@ def fsdp2_layer_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams, k: int, 
     if accumulates_unsharded_grads(cfg):
         freed += tail + (k + 1) * layer
     return buffers + new_shards + c16 * stays - freed
+
+
+def fsdp2_previous_reduce_scatter_input_bytes(cfg: TrainConfig, layer_bytes: float) -> float:
+    """The reduce-scatter input of the decoder layer above (`layer_bytes`, its padded unsharded gradients) where it is
+    still allocated inside this layer's reduce-scatter (fsdp2_layer_reduce_scatter_bytes): on the CPU (gloo), not on a
+    GPU. torch 2.13's post_backward (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py) keeps each input in
+    `comm_ctx.reduce_scatter_states` (one buffer by default, `reduce_scatter_max_input_buffers = 1`), and in the next
+    group's post_backward, before `foreach_reduce` allocates that group's input, pops it: the compute stream waits on
+    its reduce-scatter event and `del oldest` drops "the keepalive ref that was deferring the allocator's reuse of its
+    memory". On CUDA that ref is the last: foreach_reduce (_fsdp_collectives.py) allocates the input on the compute
+    stream and runs the collective on the reduce-scatter stream with no `record_stream` (FSDPModule
+    `set_reduce_scatter_max_input_buffers`: "no extra stream and no record_stream"), and ProcessGroupNCCL's own refs
+    (`stashed_for_allocator_safety_`, ProcessGroupNCCL.hpp) are cleared once the synchronous call's work rejoins the
+    caller's stream; a block freed with recorded stream uses waits for their events before reuse but leaves the
+    allocated count at once (c10/cuda/CUDACachingAllocator.cpp `DeviceCachingAllocator::free`:
+    `stats.allocated_bytes[...].decrease(block->size)` before `insert_events`), so max_memory_allocated never holds two
+    layers' inputs. On 2 CPU ranks over gloo the popped input's storage is still live in the next layer's
+    reduce-scatter (rank 0 of a hand loop on accelerate's FSDP2 units; without it
+    tests/validation/test_memory_sharded_measured.py fsdp2 is 6% under the measure): something of gloo's holds it,
+    which torch's Python source does not show."""
+    return layer_bytes if is_cpu(cfg.cluster.gpu) else 0.0
 
 
 def fsdp2_layer_reduce_scatter_peak_bytes(cfg: TrainConfig, sp: StageParams, layer_activation_bytes: float,
