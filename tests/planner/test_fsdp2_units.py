@@ -159,3 +159,25 @@ def test_the_held_head_gradient_is_the_tail_and_the_score(model: str, stage: Sta
     got = fsdp.buffers(cfg, stage_params(cfg, first=True), 1.0, first=True)
     score = cfg.model.hidden_size if stage is Stage.rm else 0
     assert got["FSDP unsharded gradients"] == 4.0 * (out.tail_trained + score)
+
+
+@pytest.mark.parametrize("gpus", ["2xCPU", "8xA800"])
+def test_the_layer_above_reduce_scatter_input_is_the_cpus_only(gpus: str) -> None:
+    """The layer above's reduce-scatter input is live in a layer's reduce-scatter over gloo (measured on 2 CPU ranks:
+    tests/validation/test_memory_sharded_measured.py fsdp2); on CUDA FSDP2's post_backward drops the last ref before
+    the next copy-in (planner.engines.fsdp fsdp2_previous_reduce_scatter_input_bytes)."""
+    cfg = _cfg(gpus)
+    layer = 4.0 * layer_params(cfg.model)
+    assert fsdp.fsdp2_previous_reduce_scatter_input_bytes(cfg, layer) == (layer if gpus.endswith("CPU") else 0.0)
+
+def test_the_last_linears_gradients_open_fsdp2s_last_layer_window() -> None:
+    """FSDP2's last-layer window holds, at its start, the down projection's weight gradient and its input's
+    (planner.engines.fsdp fsdp2_first_linear_backward_bytes; measured with accumulation under no_sync in
+    tests/runner/test_sync_each_batch.py); not FSDP1's, LoRA's or a MoE layer's."""
+    cfg = _cfg("8xA800")
+    m, sp = cfg.model, stage_params(cfg, first=True)
+    tokens = 2 * 256
+    got = fsdp.fsdp2_first_linear_backward_bytes(cfg, sp, tokens)
+    assert got == 4.0 * m.intermediate_size * m.hidden_size + 4.0 * tokens * m.intermediate_size
+    for other in (_cfg("8xA800", version=1), _cfg("8xA800", method=Method.lora), _cfg("8xA800", model="mixtral-8x7b")):
+        assert fsdp.fsdp2_first_linear_backward_bytes(other, stage_params(other, first=True), tokens) == 0.0
