@@ -190,14 +190,26 @@ def model_states(cfg: TrainConfig, sp: StageParams, n: int) -> ModelStates:
     """Weights, gradients and optimizer states (+ DeepSpeed's fp32 master) per GPU, and their host share."""
     eng = engines.of(cfg)
     weights, host_weights = weight_bytes(cfg, sp, n), 0.0
+    state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision) + eng.master_bytes(cfg)
+    # FSDP2's shards padded along dim 0 on rank 0 (planner.engines.fsdp fsdp2_rank0_padding_elements)
+    pad_all, pad_trained = (engines.fsdp.fsdp2_rank0_padding_elements(cfg, n) if eng is engines.fsdp
+                            else (0.0, 0.0))
+    if pad_all:
+        trainable_w_bytes, frozen_w_bytes = eng.weight_bytes_per_param(cfg)
+        weights += pad_trained * trainable_w_bytes + (pad_all - pad_trained) * frozen_w_bytes
     if cfg.offload is Offload.all:
         kept = knobs.offload_kept_quant_state_bytes(cfg, sp.quantized)
         host_weights, weights = weights - kept, kept
     trained = sp.trainable
     grads, host_grads = eng.gradients(cfg, trained, n)
-    optim = trained * (optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision) + eng.master_bytes(cfg))
+    if pad_trained:
+        if cfg.offload is Offload.all:
+            host_grads += pad_trained * grad_dtype_bytes(cfg.precision)
+        else:
+            grads += pad_trained * grad_dtype_bytes(cfg.precision)
+    optim = trained * state_bytes
     if eng.shards_optimizer(cfg):
-        optim /= n
+        optim = optim / n + pad_trained * state_bytes
     host_optim = 0.0
     if cfg.offload is not Offload.none:
         host_optim, optim = optim, 0.0

@@ -21,6 +21,7 @@ from planner.choices import (
     Offload,
     OffloadDevice,
     Quant,
+    Stage,
     ZeroStage,
 )
 from planner.comm import Group, allreduce_time_s, split_time_s
@@ -37,6 +38,7 @@ from planner.states import (
     compute_copy_bytes,
     grad_dtype_bytes,
     output_params,
+    score_params,
     stage_layers,
 )
 
@@ -147,6 +149,49 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
     if cfg.offload is Offload.all:
         return 0.0, grads
     return grads, 0.0
+
+
+def fsdp2_rank0_padding_elements(cfg: TrainConfig, n: int) -> tuple[float, float]:
+    """(all, trained) elements rank 0 of FSDP2's shard group of `n` ranks holds beyond the even share P / n that
+    planner.memory's sharded states count. FSDP2 shards each parameter along dim 0 with torch.chunk: rank r holds
+    chunk r, ceil(d0 / n) rows for the first ranks and fewer or none for the last, and every rank allocates its shard
+    padded to chunk 0's size (torch 2.13 torch/distributed/fsdp/_fully_shard/_fsdp_param.py `_init_sharded_param`:
+    `_chunk_with_empty`, `padded_sharded_size = chunks[0].size()  # 0th always padded`, `new_zeros`), its gradient
+    shard a view of the reduce-scatter output laid out in the same padded sizes (_fsdp_collectives.py
+    `foreach_reduce`), and the optimizer's states take the unpadded local shard's shape (torch/optim/adamw.py
+    `zeros_like`), largest on rank 0, the rank torch.cuda's per-rank peak is the largest on. So rank 0 holds
+    (ceil(d0 / n) - d0 / n) x (elements per row) more of each of them: of a reward model's `score` (num_labels x h:
+    1 row, held whole by rank 0 while n > 1), of the input embedding and an untied LM head (V rows), of each
+    decoder layer's linear weights (out_features rows) and biases, and of fused expert tensors (transformers >= 5:
+    the experts are dim 0). Norms (width h or head_dim) are left out: under one element per norm for shard groups
+    that do not divide them. Not counted: LoRA's adapters (peft's r x in lora_A), quantized storage and experts
+    under expert parallelism (sharded on their own mesh, planner.moe). Measured on 2 CPU ranks
+    (tests/validation/test_memory_sharded_measured.py fsdp2-rm: rank 0's sharded gradients, to the byte)."""
+    if not (cfg.fsdp_version is FsdpVersion.TWO and is_sharded(cfg) and cfg.quant is Quant.none and n > 1):
+        return 0.0, 0.0
+    m, full = cfg.model, cfg.method is Method.full
+
+    def extra(rows: float, per_row: float) -> float:
+        return per_row * (-(-rows // n) - rows / n)
+
+    vh = extra(m.vocab_size, m.hidden_size)
+    score = extra(score_params(m, cfg.stage) // m.hidden_size, m.hidden_size)
+    head = vh if not is_weights_tied(cfg) and cfg.stage is not Stage.rm else 0.0
+    layer = 0.0
+    for lin in m.linears():
+        if lin.copies > 1 and cfg.ep > 1:
+            continue
+        rows, per_row = ((lin.copies, lin.in_features * lin.out_features) if lin.copies > 1
+                         else (lin.out_features, lin.in_features))
+        bias = (extra(lin.copies, lin.out_features) if lin.copies > 1 else extra(lin.out_features, 1)) \
+            if lin.bias else 0.0
+        layer += lin.layer_share * (extra(rows, per_row) + bias)
+    layers = stage_layers(m.num_layers, cfg.pp)
+    frozen_layers = min(max(cfg.freeze_layers, 0), layers)
+    total = vh + head + score + layers * layer
+    trained = (head + score + (layers - frozen_layers) * layer + (vh if cfg.freeze_layers <= 0 else 0.0)) \
+        if full else 0.0
+    return total / cfg.tp, trained / cfg.tp
 
 
 def grads_live_in_backward(cfg: TrainConfig) -> bool:
