@@ -126,7 +126,7 @@ def test_the_trainer_reduces_every_micro_batch(measured) -> None:
 # Trainer) measured 20,277,428 B without sync, the down projection's backward 196,608 B above the layer's start.
 # Timing-dependent: twice, with the 2 cores loaded by other processes, the drop read 1,985,024 B (-12.3%), and 2 of
 # 27 hand-loop runs peaked 98,816 B higher on one rank, in the layer below's backward (gloo's buffer lifetimes:
-# planner.engines.fsdp fsdp2_previous_reduce_scatter_input_bytes); 9 quiet runs read 2,279,936 B.
+# planner.engines.fsdp fsdp2_previous_reduce_scatter_input_bytes); 8 other runs, 2 beside two busy loops, passed.
 @pytest.mark.slow
 def test_the_peak_falls_by_what_the_planner_predicts(measured) -> None:
     plans, got = measured
