@@ -191,14 +191,26 @@ def model_states(cfg: TrainConfig, sp: StageParams, n: int) -> ModelStates:
     """Weights, gradients and optimizer states (+ DeepSpeed's fp32 master) per GPU, and their host share."""
     eng = engines.of(cfg)
     weights, host_weights = weight_bytes(cfg, sp, n), 0.0
+    state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision) + eng.master_bytes(cfg)
+    # FSDP2's shards padded along dim 0 on rank 0 (planner.engines.fsdp fsdp2_rank0_padding_elements)
+    pad_all, pad_trained = (engines.fsdp.fsdp2_rank0_padding_elements(cfg, n) if eng is engines.fsdp
+                            else (0.0, 0.0))
+    if pad_all:
+        trainable_w_bytes, frozen_w_bytes = eng.weight_bytes_per_param(cfg)
+        weights += pad_trained * trainable_w_bytes + (pad_all - pad_trained) * frozen_w_bytes
     if cfg.offload is Offload.all:
         kept = knobs.offload_kept_quant_state_bytes(cfg, sp.quantized)
         host_weights, weights = weights - kept, kept
     trained = sp.trainable
     grads, host_grads = eng.gradients(cfg, trained, n)
-    optim = trained * (optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision) + eng.master_bytes(cfg))
+    if pad_trained:
+        if cfg.offload is Offload.all:
+            host_grads += pad_trained * grad_dtype_bytes(cfg.precision)
+        else:
+            grads += pad_trained * grad_dtype_bytes(cfg.precision)
+    optim = trained * state_bytes
     if eng.shards_optimizer(cfg):
-        optim /= n
+        optim = optim / n + pad_trained * state_bytes
     host_optim = 0.0
     if cfg.offload is not Offload.none:
         host_optim, optim = optim, 0.0
@@ -460,7 +472,9 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
     if window:
         # the last layer's backward begins once the head's is over: its window and the logits are never live
         # together (planner.engines.fsdp last_layer_window_exposed_bytes: the larger of its start and its end)
-        exposed = max(0.0, engines.fsdp.last_layer_window_exposed_bytes(cfg, sp, window, layer_activations))
+        # and, FSDP2's, the two gradients of the layer's last linear (fsdp2_first_linear_backward_bytes)
+        first = engines.fsdp.fsdp2_first_linear_backward_bytes(cfg, sp, cfg.micro_batch * tokens_per_sample(cfg))
+        exposed = max(0.0, engines.fsdp.last_layer_window_exposed_bytes(cfg, sp, window, layer_activations, first))
         if exposed > items.get("logits and loss", 0.0):
             items.pop("logits and loss", None)
             items["FSDP unsharded layers"] = exposed

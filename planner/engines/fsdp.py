@@ -21,6 +21,7 @@ from planner.choices import (
     Offload,
     OffloadDevice,
     Quant,
+    Stage,
     ZeroStage,
 )
 from planner.comm import Group, allreduce_time_s, split_time_s
@@ -31,7 +32,15 @@ from planner.gpus import is_cpu
 from planner.memory_knobs import fsdp_quantized_units_bytes
 from planner.moe import ep_other_ranks_expert_elements
 from planner.params import embedding_params, layer_params, wrapped_lora_targets
-from planner.states import StageParams, compute_copy_bytes, grad_dtype_bytes, output_params, stage_layers
+from planner.states import (
+    StageParams,
+    activation_dtype_bytes,
+    compute_copy_bytes,
+    grad_dtype_bytes,
+    output_params,
+    score_params,
+    stage_layers,
+)
 
 if TYPE_CHECKING:
     from planner.strategy import TrainConfig
@@ -140,6 +149,49 @@ def gradients(cfg: TrainConfig, trained: float, n: int) -> tuple[float, float]:
     if cfg.offload is Offload.all:
         return 0.0, grads
     return grads, 0.0
+
+
+def fsdp2_rank0_padding_elements(cfg: TrainConfig, n: int) -> tuple[float, float]:
+    """(all, trained) elements rank 0 of FSDP2's shard group of `n` ranks holds beyond the even share P / n that
+    planner.memory's sharded states count. FSDP2 shards each parameter along dim 0 with torch.chunk: rank r holds
+    chunk r, ceil(d0 / n) rows for the first ranks and fewer or none for the last, and every rank allocates its shard
+    padded to chunk 0's size (torch 2.13 torch/distributed/fsdp/_fully_shard/_fsdp_param.py `_init_sharded_param`:
+    `_chunk_with_empty`, `padded_sharded_size = chunks[0].size()  # 0th always padded`, `new_zeros`), its gradient
+    shard a view of the reduce-scatter output laid out in the same padded sizes (_fsdp_collectives.py
+    `foreach_reduce`), and the optimizer's states take the unpadded local shard's shape (torch/optim/adamw.py
+    `zeros_like`), largest on rank 0, the rank torch.cuda's per-rank peak is the largest on. So rank 0 holds
+    (ceil(d0 / n) - d0 / n) x (elements per row) more of each of them: of a reward model's `score` (num_labels x h:
+    1 row, held whole by rank 0 while n > 1), of the input embedding and an untied LM head (V rows), of each
+    decoder layer's linear weights (out_features rows) and biases, and of fused expert tensors (transformers >= 5:
+    the experts are dim 0). Norms (width h or head_dim) are left out: under one element per norm for shard groups
+    that do not divide them. Not counted: LoRA's adapters (peft's r x in lora_A), quantized storage and experts
+    under expert parallelism (sharded on their own mesh, planner.moe). Measured on 2 CPU ranks
+    (tests/validation/test_memory_sharded_measured.py fsdp2-rm: rank 0's sharded gradients, to the byte)."""
+    if not (cfg.fsdp_version is FsdpVersion.TWO and is_sharded(cfg) and cfg.quant is Quant.none and n > 1):
+        return 0.0, 0.0
+    m, full = cfg.model, cfg.method is Method.full
+
+    def extra(rows: float, per_row: float) -> float:
+        return per_row * (-(-rows // n) - rows / n)
+
+    vh = extra(m.vocab_size, m.hidden_size)
+    score = extra(score_params(m, cfg.stage) // m.hidden_size, m.hidden_size)
+    head = vh if not is_weights_tied(cfg) and cfg.stage is not Stage.rm else 0.0
+    layer = 0.0
+    for lin in m.linears():
+        if lin.copies > 1 and cfg.ep > 1:
+            continue
+        rows, per_row = ((lin.copies, lin.in_features * lin.out_features) if lin.copies > 1
+                         else (lin.out_features, lin.in_features))
+        bias = (extra(lin.copies, lin.out_features) if lin.copies > 1 else extra(lin.out_features, 1)) \
+            if lin.bias else 0.0
+        layer += lin.layer_share * (extra(rows, per_row) + bias)
+    layers = stage_layers(m.num_layers, cfg.pp)
+    frozen_layers = min(max(cfg.freeze_layers, 0), layers)
+    total = vh + head + score + layers * layer
+    trained = (head + score + (layers - frozen_layers) * layer + (vh if cfg.freeze_layers <= 0 else 0.0)) \
+        if full else 0.0
+    return total / cfg.tp, trained / cfg.tp
 
 
 def grads_live_in_backward(cfg: TrainConfig) -> bool:
@@ -311,16 +363,46 @@ def layer_gradient_bytes(cfg: TrainConfig, sp: StageParams) -> float:
 
 
 def last_layer_window_exposed_bytes(cfg: TrainConfig, sp: StageParams, window: float,
-                                    layer_activation_bytes: float) -> float:
+                                    layer_activation_bytes: float, first_backward_bytes: float = 0.0) -> float:
     """The last decoder layer's backward window ("FSDP unsharded layers", buffers) beyond the activations planner.memory
     counts whole, the larger of its two ends. At its start the layer is gathered and the next one's all-gather is in
     flight while every activation is still live: FSDP2 issues the prefetch in the layer's pre_backward
     (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py `pre_backward` -> `_backward_prefetch`), FSDP1 in
     `_pre_backward_hook` after the unit's own unshard (torch/distributed/fsdp/_runtime_utils.py `_prefetch_handle`,
     BACKWARD_PRE, at most two all-gathers in flight under limit_all_gathers). At its end the layer's unsharded
-    gradient exists (layer_gradient_bytes) and the layer's own activations (`layer_activation_bytes`) are freed."""
+    gradient exists (layer_gradient_bytes) and the layer's own activations (`layer_activation_bytes`) are freed. The
+    start holds, once backward reaches the layer's last linear, that linear's two gradients as well
+    (`first_backward_bytes`: fsdp2_first_linear_backward_bytes)."""
     grad = layer_gradient_bytes(cfg, sp)
-    return max(window - grad, window - layer_activation_bytes)
+    return max(window - grad + first_backward_bytes, window - layer_activation_bytes)
+
+
+def fsdp2_first_linear_backward_bytes(cfg: TrainConfig, sp: StageParams, tokens: float) -> float:
+    """What the last decoder layer's backward holds beyond the start of its window (last_layer_window_exposed_bytes)
+    once it reaches the layer's last linear, the MLP's output projection (the last linear of planner.models
+    `ModelSpec.linears`, the first one backward meets, with every activation of the layer still live): the node's
+    two outputs, its weight's gradient (in_features x out_features, with the bias, in the unsharded parameter's
+    dtype, the compute copy's) and its input's (`tokens` x in_features in the activation dtype), both returned by
+    the one MmBackward / AddmmBackward call. With accumulation under the Trainer's no_sync
+    (accumulates_unsharded_grads) the weight's gradient is a new tensor beside the accumulated `.grad`, which
+    AccumulateGrad then adds in place and frees (torch 2.13 torch/csrc/autograd/functions/accumulate_grad.h
+    `accumulateGrad`: `variable_grad += new_grad` when grad mode is off); without, it becomes the `.grad` itself
+    (stolen) and is the first part of the layer's unsharded gradient (layer_gradient_bytes), which the window's
+    start leaves out. Measured on 2 CPU ranks (rank 0 of a hand loop on transformers' FSDP2 units, the
+    8-layer model of tests/runner/test_sync_each_batch.py, fp32, micro-batch 2 x 32 tokens, profiler.tracker):
+    with no_sync the peak is the down projection's backward in the last layer, 131,072 + 65,536 B above the
+    layer's start, the planner's start 29,876 B under that start. FSDP2's full fine-tuning of unquantized dense
+    layers only: a MoE layer ends in the experts' weighted sum, whose backward order is not measured here, and
+    FSDP1 is left as it was."""
+    m = cfg.model
+    if not (cfg.engine is Engine.fsdp and cfg.fsdp_version is FsdpVersion.TWO and shards_weights(cfg)
+            and cfg.method is Method.full and cfg.quant is Quant.none and not m.is_moe and sp.trainable > 0
+            and sp.trainable_layers > 0):
+        return 0.0
+    last = m.linears()[-1]
+    weight = last.in_features * last.out_features + (last.out_features if last.bias else 0)
+    return (compute_copy_bytes(cfg.precision) * weight
+            + activation_dtype_bytes(cfg.precision) * tokens * last.in_features) / cfg.tp
 
 
 def fsdp2_reduces_layers(cfg: TrainConfig, sp: StageParams) -> bool:
@@ -342,11 +424,8 @@ def fsdp2_layer_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams, k: int, 
     (`foreach_reduce_scatter_copy_in`, the gradient freed after it: `unsharded_grads.clear()`) and allocates the
     output shard; on the CPU gloo copies the input for the call (reduce_scatter_copy_bytes). Beside them: the layer
     below, prefetched in this layer's pre_backward (`_backward_prefetch`; below the first layer, the embedding
-    unit); the reduce-scatter input of the layer above, which post_backward keeps in
-    `comm_ctx.reduce_scatter_states` (one buffer, `reduce_scatter_max_input_buffers = 1`) and drops in this
-    post_backward before `foreach_reduce` (yet on 2 CPU ranks, rank 0 of a hand loop on accelerate's FSDP2 units, it
-    is still live in this reduce-scatter, its storage outliving the pop; without it
-    tests/validation/test_memory_sharded_measured.py fsdp2 is 6% under the measure); the gradient shards already
+    unit); on the CPU the reduce-scatter input of the layer above (fsdp2_previous_reduce_scatter_input_bytes);
+    the gradient shards already
     made, the tail's and the k layers' above (none new where the states' gradients are resident already, syncing
     each micro-batch with accumulation, or on the host: CPU offload copies each shard there, foreach_reduce's
     `new_sharded_grad.to(cpu)`); the root's parameters and gradient (a reward model's `score`, outside_units'
@@ -358,7 +437,8 @@ def fsdp2_layer_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams, k: int, 
     out = outside_units(cfg)
     layer = c16 * layer_params(m) / cfg.tp
     below = layer if k < cfg.model.num_layers - 1 else c16 * out.embedding
-    buffers = below + layer + layer + layer / n + reduce_scatter_copy_bytes(cfg, layer)
+    buffers = (below + layer + fsdp2_previous_reduce_scatter_input_bytes(cfg, layer) + layer / n
+               + reduce_scatter_copy_bytes(cfg, layer))
     tied = is_weights_tied(cfg)
     tail = 0.0 if tied else c16 * out.tail_trained
     resident = (grads_in_backward and not accumulates_unsharded_grads(cfg)) or cfg.offload is Offload.all
@@ -368,6 +448,27 @@ def fsdp2_layer_reduce_scatter_bytes(cfg: TrainConfig, sp: StageParams, k: int, 
     if accumulates_unsharded_grads(cfg):
         freed += tail + (k + 1) * layer
     return buffers + new_shards + c16 * stays - freed
+
+
+def fsdp2_previous_reduce_scatter_input_bytes(cfg: TrainConfig, layer_bytes: float) -> float:
+    """The reduce-scatter input of the decoder layer above (`layer_bytes`, its padded unsharded gradients) where it is
+    still allocated inside this layer's reduce-scatter (fsdp2_layer_reduce_scatter_bytes): on the CPU (gloo), not on a
+    GPU. torch 2.13's post_backward (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py) keeps each input in
+    `comm_ctx.reduce_scatter_states` (one buffer by default, `reduce_scatter_max_input_buffers = 1`), and in the next
+    group's post_backward, before `foreach_reduce` allocates that group's input, pops it: the compute stream waits on
+    its reduce-scatter event and `del oldest` drops "the keepalive ref that was deferring the allocator's reuse of its
+    memory". On CUDA that ref is the last: foreach_reduce (_fsdp_collectives.py) allocates the input on the compute
+    stream and runs the collective on the reduce-scatter stream with no `record_stream` (FSDPModule
+    `set_reduce_scatter_max_input_buffers`: "no extra stream and no record_stream"), and ProcessGroupNCCL's own refs
+    (`stashed_for_allocator_safety_`, ProcessGroupNCCL.hpp) are cleared once the synchronous call's work rejoins the
+    caller's stream; a block freed with recorded stream uses waits for their events before reuse but leaves the
+    allocated count at once (c10/cuda/CUDACachingAllocator.cpp `DeviceCachingAllocator::free`:
+    `stats.allocated_bytes[...].decrease(block->size)` before `insert_events`), so max_memory_allocated never holds two
+    layers' inputs. On 2 CPU ranks over gloo the popped input's storage is still live in the next layer's
+    reduce-scatter (rank 0 of a hand loop on accelerate's FSDP2 units; without it
+    tests/validation/test_memory_sharded_measured.py fsdp2 is 6% under the measure): something of gloo's holds it,
+    which torch's Python source does not show."""
+    return layer_bytes if is_cpu(cfg.cluster.gpu) else 0.0
 
 
 def fsdp2_layer_reduce_scatter_peak_bytes(cfg: TrainConfig, sp: StageParams, layer_activation_bytes: float,

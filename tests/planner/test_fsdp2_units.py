@@ -13,7 +13,7 @@ from planner import parallel_comm as pc
 from planner.build import build_config
 from planner.engines import fsdp
 from planner.engines.fsdp2_traffic import fsdp2_traffic, is_weights_tied, outside_units
-from planner.memory import memory_per_gpu
+from planner.memory import memory_per_gpu, model_states
 from planner.params import embedding_params, head_params, layer_params, norm_params
 from planner.states import param_counts, stage_params
 from planner.strategy import FsdpStrategy, Method, Precision, Stage, TrainConfig
@@ -159,3 +159,52 @@ def test_the_held_head_gradient_is_the_tail_and_the_score(model: str, stage: Sta
     got = fsdp.buffers(cfg, stage_params(cfg, first=True), 1.0, first=True)
     score = cfg.model.hidden_size if stage is Stage.rm else 0
     assert got["FSDP unsharded gradients"] == 4.0 * (out.tail_trained + score)
+
+
+@pytest.mark.parametrize("gpus", ["2xCPU", "8xA800"])
+def test_the_layer_above_reduce_scatter_input_is_the_cpus_only(gpus: str) -> None:
+    """The layer above's reduce-scatter input is live in a layer's reduce-scatter over gloo (measured on 2 CPU ranks:
+    tests/validation/test_memory_sharded_measured.py fsdp2); on CUDA FSDP2's post_backward drops the last ref before
+    the next copy-in (planner.engines.fsdp fsdp2_previous_reduce_scatter_input_bytes)."""
+    cfg = _cfg(gpus)
+    layer = 4.0 * layer_params(cfg.model)
+    assert fsdp.fsdp2_previous_reduce_scatter_input_bytes(cfg, layer) == (layer if gpus.endswith("CPU") else 0.0)
+
+def test_the_last_linears_gradients_open_fsdp2s_last_layer_window() -> None:
+    """FSDP2's last-layer window holds, at its start, the down projection's weight gradient and its input's
+    (planner.engines.fsdp fsdp2_first_linear_backward_bytes; measured with accumulation under no_sync in
+    tests/runner/test_sync_each_batch.py); not FSDP1's, LoRA's or a MoE layer's."""
+    cfg = _cfg("8xA800")
+    m, sp = cfg.model, stage_params(cfg, first=True)
+    tokens = 2 * 256
+    got = fsdp.fsdp2_first_linear_backward_bytes(cfg, sp, tokens)
+    assert got == 4.0 * m.intermediate_size * m.hidden_size + 4.0 * tokens * m.intermediate_size
+    for other in (_cfg("8xA800", version=1), _cfg("8xA800", method=Method.lora), _cfg("8xA800", model="mixtral-8x7b")):
+        assert fsdp.fsdp2_first_linear_backward_bytes(other, stage_params(other, first=True), tokens) == 0.0
+
+
+def test_rank0_holds_the_padded_chunk_of_small_first_dims() -> None:
+    """FSDP2 pads each shard to chunk 0's rows (planner.engines.fsdp fsdp2_rank0_padding_elements): a reward model's
+    1 x h score is whole on rank 0 (measured on 2 CPU ranks: tests/validation/test_memory_sharded_measured.py
+    fsdp2-rm), 8 fused experts over 16 ranks one expert each (and the router's row); dims the group divides pad
+    nothing, FSDP1 nothing."""
+    rm = _cfg("8xA800", stage=Stage.rm)
+    h = rm.model.hidden_size
+    assert fsdp.fsdp2_rank0_padding_elements(rm, 8) == (h * (1 - 1 / 8), h * (1 - 1 / 8))
+    sft = _cfg("8xA800")
+    assert fsdp.fsdp2_rank0_padding_elements(sft, 8) == (0.0, 0.0)
+    assert fsdp.fsdp2_rank0_padding_elements(_cfg("8xA800", version=1, stage=Stage.rm), 8) == (0.0, 0.0)
+    moe = _cfg("16xA800", model="mixtral-8x7b")
+    m = moe.model
+    # per layer one fused expert of each tensor and one row of the router's E x h weight
+    experts = sum(lin.in_features * lin.out_features for lin in m.linears() if lin.copies > 1) + m.hidden_size
+    got_all, got_trained = fsdp.fsdp2_rank0_padding_elements(moe, 16)
+    assert got_all == got_trained == pytest.approx(m.num_layers * experts * (1 - 8 / 16))
+    lora_all, lora_trained = fsdp.fsdp2_rank0_padding_elements(_cfg("16xA800", model="mixtral-8x7b",
+                                                                    method=Method.lora), 16)
+    assert lora_all == got_all and lora_trained == 0.0
+    one = _cfg("8xA800", version=1, stage=Stage.rm)
+    two, one = (model_states(c, stage_params(c, first=True), 8) for c in (rm, one))
+    # fp32 AdamW: the weight, the gradient and two states, 4 bytes each
+    assert (two.weights - one.weights, two.gradients - one.gradients, two.optimizer - one.optimizer) == \
+        pytest.approx((4.0 * h * (1 - 1 / 8), 4.0 * h * (1 - 1 / 8), 8.0 * h * (1 - 1 / 8)))

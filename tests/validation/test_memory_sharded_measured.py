@@ -117,12 +117,9 @@ def test_sharded_engine_terms_and_peaks(measured: dict[str, dict], case: str) ->
     if cfg.grad_accum == 1:
         assert got["grads_at_backward"] == 0 and not fsdp.grads_live_in_backward(cfg)
     if engine.startswith("fsdp"):
+        # fsdp2-rm: FSDP2 chunks every parameter along dim 0, so rank 0 holds the 1 x h score whole, h - h/n
+        # elements beyond the even shard (planner.engines.fsdp fsdp2_rank0_padding_elements: 1 KiB here)
         grads = model_states(cfg, sp, cfg.dp).gradients
-        if case == "fsdp2-rm":
-            # FSDP2 chunks every parameter along dim 0 (torch/distributed/fsdp/_fully_shard/_fsdp_param.py
-            # `_chunk_with_empty`): the 1 x h score is whole on rank 0, h - h/n elements the planner's even shard
-            # leaves out (1 KiB here)
-            grads += 4 * cfg.model.hidden_size * (1 - 1 / cfg.dp)
         print(f"[measured] {case}: sharded gradients {got['sharded_grad_bytes']:,} B, planner {grads:,.0f} B")
         assert grads == got["sharded_grad_bytes"]
     else:
