@@ -30,6 +30,7 @@ from runner.run_common import (
     RunOptions,
     checkpoint_step,
     latest_checkpoint,
+    offloading_trainer,
     on_cuda_device,
     optim_name,
     prepare_data,
@@ -104,21 +105,6 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
                         "--cross-entropy standard for the CPU")
 
 
-def _offloading_trainer(base: type) -> type:
-    """The Trainer with every tensor autograd saves in a training step kept in (pinned) host memory:
-    torch.autograd.graph.save_on_cpu, what torchtune's OffloadActivations and accelerate's FSDP2
-    offload_wrapper build on. With checkpointing only the layer inputs are saved, so only they move;
-    backward's recomputation runs outside the context and stays on the device."""
-    import torch
-
-    class OffloadingTrainer(base):  # type: ignore[misc, valid-type]
-        def training_step(self, *args: Any, **kwargs: Any) -> Any:
-            with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
-                return super().training_step(*args, **kwargs)
-
-    return OffloadingTrainer
-
-
 class _Collator:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -181,7 +167,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
                                 peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
                                 is_main=is_main,
                                 max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
-    trainer_class = _offloading_trainer(Trainer) if cfg.activation_offload else Trainer
+    trainer_class = offloading_trainer(Trainer, cfg)
     trainer = trainer_class(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                       data_collator=_Collator(tokenizer.pad_token_id), processing_class=tokenizer,
                       callbacks=[callback, probe.callback()])
