@@ -59,7 +59,8 @@ def write_plan(cfg: TrainConfig, path: Path) -> None:
 
 
 def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
-    """Checks that need no torch, run before anything is written (and before a launcher starts)."""
+    """Checks run before anything is written (and before a launcher starts); torch only to read a pipeline
+    checkpoint's optimizer groups on --resume (runner.parallel.pipeline.check_resumable)."""
     from planner.runnable import unrunnable_reasons
     from planner.runnable_stages import TRL_STAGES
     from runner import data as d
@@ -93,6 +94,10 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
         raise PlanError(f"--output {opts.output} exists and is not a directory")
     if opts.resume and latest_checkpoint(opts.output) is None:
         raise PlanError(f"--resume: no checkpoint-N folder in {opts.output}")
+    if opts.resume and cfg.pp > 1:
+        from runner.parallel.pipeline import check_resumable
+
+        check_resumable(cfg, latest_checkpoint(opts.output))
     if not opts.resume and opts.output.is_dir() and any(opts.output.iterdir()):
         raise PlanError(f"--output {opts.output} is not empty: pass --resume to continue its run, "
                         "or choose another directory")
