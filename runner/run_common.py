@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 # `metrics.jsonl`, `run_summary.json` and checkpoints live in the output directory beside the adapter
 RUN_INFO_FILE = "ftplan_run.json"  # where the base model came from, for `ftplan merge`
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-DEFAULT_SEED = 42  # --seed: the model's initialisation and the data order
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +51,7 @@ class RunOptions:
     neftune_alpha: float | None = None
     rope_scaling: str | None = None
     modules_to_save: tuple[str, ...] = ()
-    seed: int = DEFAULT_SEED
+    seed: int = 42
     dpo_beta: float = 0.1  # DPO's beta (trl DPOConfig.beta default)
     rewards: tuple[str, ...] = ()  # grpo / rloo: reward rules, module:function or reward model dirs (stages.rewards)
     report: bool = True  # `ftplan run` prints predicted vs measured at the end (reports.run_report)

@@ -1,6 +1,7 @@
-"""The files an online RL plan adds to `--emit` (runner.emit): for grpo / rloo the TRL trainer config
-(grpo_config.yaml / rloo_config.yaml: the GRPOConfig / RLOOConfig fields the plan sets, with the `trl vllm-serve`
-line a server plan needs), for ppo verl's settings (verl.yaml) and its launch script (verl.sh)."""
+"""The files an online RL plan adds to `--emit` (runner.emit): for grpo / rloo the config of TRL's own scripts
+(grpo_config.yaml / rloo_config.yaml: the GRPOConfig / RLOOConfig and ModelConfig fields `ftplan run` trains the plan
+with, for `trl grpo --config` / `trl rloo --config`, with the launch line and the `trl vllm-serve` line a server plan
+needs), for ppo verl's settings (verl.yaml) and its launch script (verl.sh)."""
 
 from __future__ import annotations
 
@@ -22,26 +23,30 @@ from runner.launch import ACCELERATE_FILE, DS_TRAINER_CONFIG_FILE
 
 VERL_FILE = "verl.yaml"
 VERL_SCRIPT = "verl.sh"
-FILE_ROLES = {"grpo_config.yaml": "TRL GRPOConfig fields (GRPOTrainer)", "rloo_config.yaml": "TRL RLOOConfig fields",
+FILE_ROLES = {"grpo_config.yaml": "trl grpo --config (GRPOConfig + ModelConfig)",
+              "rloo_config.yaml": "trl rloo --config (RLOOConfig + ModelConfig)",
               VERL_FILE: "verl PPO settings (main_ppo overrides)", VERL_SCRIPT: "verl PPO launch line"}
 
 
 def trl_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The trainer config's fields: what `ftplan run` hands GRPOConfig / RLOOConfig (runner.run_common.training_fields
-    with the stage's runner.stages.grpo.config_fields) less the run's own (output, length, logging: RUN_FIELDS), on
-    the GPUs the plan is for. fp16 is written out: TRL's configs turn bf16 on unless fp16 is
-    (trl/trainer/base_config.py). Activation offload is the Trainer's `offload` of the checkpointed layers
-    (runner.run_common.emitted_checkpointing_fields); the header says how `ftplan run` applies it (trl_notes)."""
-    from runner.run_common import DEFAULT_SEED, emitted_checkpointing_fields, engine_fields, optim_args, trainer_optim
+    """The trainer config's fields: what `ftplan run` hands GRPOConfig / RLOOConfig on the GPUs the plan is for
+    (runner.run_common.training_fields with the stage's runner.stages.grpo.config_fields, field for field:
+    tests/runner/test_trl_cli_config.py) less the run's own (output, length, logging, evaluation), which `trl grpo`'s
+    command line gives; the seed and warm-up are `ftplan run`'s defaults (RunOptions). fp16 is written out: TRL's
+    configs turn bf16 on unless fp16 is (trl/trainer/base_config.py). Activation offload is the Trainer's `offload` of
+    the checkpointed layers (runner.run_common.emitted_checkpointing_fields); the header says how `ftplan run` applies
+    it (trl_notes)."""
+    from runner.run_common import RunOptions, emitted_checkpointing_fields, engine_fields, optim_args, trainer_optim
     from runner.stages.grpo import config_fields
 
+    defaults = RunOptions(model_path=Path(), data=Path(), output=Path())
     ckpt = emitted_checkpointing_fields(cfg)
     engine = {k: v for k, v in engine_fields(cfg).items() if k != "parallelism_config"}  # not YAML: trl_notes
     return {"per_device_train_batch_size": cfg.micro_batch, "gradient_accumulation_steps": cfg.grad_accum,
-            "learning_rate": learning_rate(cfg), "lr_scheduler_type": "linear", "warmup_steps": 0,
+            "learning_rate": learning_rate(cfg), "lr_scheduler_type": "linear", "warmup_steps": defaults.warmup_steps,
             "optim": trainer_optim(cfg), **({"optim_args": optim_args(cfg)} if optim_args(cfg) else {}),
             **ckpt, "bf16": cfg.precision is Precision.bf16_mixed, "fp16": cfg.precision is Precision.fp16_mixed,
-            "seed": DEFAULT_SEED, "data_seed": DEFAULT_SEED, "remove_unused_columns": False,
+            "seed": defaults.seed, "data_seed": defaults.seed, "remove_unused_columns": False,
             "dataloader_num_workers": 0,
             **({"ddp_find_unused_parameters": False} if cfg.engine is Engine.ddp else {}),
             **config_fields(cfg, None), **switches.trainer_arguments(cfg), **switches.accelerator_config_field(cfg),
@@ -84,11 +89,12 @@ def trl_notes(cfg: TrainConfig) -> list[str]:
     from runner.run_common import engine_fields
 
     out = list(switches.trl_notes(cfg))
+    trainer = "RLOOTrainer" if cfg.stage is Stage.rloo else "GRPOTrainer"
     if cfg.quant is Quant.nf4 and compute_dtype_name(cfg, on_cuda=True) != load_dtype_name(cfg):
         out.append(f"QLoRA: TRL's script computes the 4-bit matmuls in `dtype` ({load_dtype_name(cfg)}; "
                    "trl/trainer/utils.py get_quantization_config), the plan in "
                    f"{compute_dtype_name(cfg, on_cuda=True)} (bnb_config.json's bnb_4bit_compute_dtype, what `ftplan "
-                   "run` loads): a script of your own passes GRPOTrainer(quantization_config=BitsAndBytesConfig("
+                   f"run` loads): a script of your own passes {trainer}(quantization_config=BitsAndBytesConfig("
                    "**bnb_config.json)) with load_in_4bit left off here.")
     if kbit_prepared(cfg):
         out.append("QLoRA: `ftplan run` casts the unquantized weights to fp32 through peft's "

@@ -35,6 +35,7 @@ CPU = {"use_cpu": True, "bf16": False, "fp16": False}
 PLANS = {
     "lora": dict(gpus="1xH100", method=Method.lora),
     "lora-one-target": dict(gpus="1xH100", method=Method.lora, lora_targets="q_proj"),
+    "qlora-int8": dict(gpus="1xH100", method=Method.qlora, quant=Quant.int8),
     "qlora-ckpt-offload": dict(gpus="1xH100", method=Method.qlora, quant=Quant.nf4, grad_ckpt=GradCkpt.full,
                                activation_offload=True),
     "full-z2-ckpt": dict(gpus="8xH100", method=Method.full, zero=2, grad_ckpt=GradCkpt.full),
@@ -129,7 +130,8 @@ def test_trl_model_config_loads_the_policy_as_ftplan_run(tmp_path: Path, name: s
         theirs = quant.to_dict()
         differ = {k for k in ours if ours[k] != theirs.get(k)}
         # TRL's script ties the compute dtype to `dtype`; the header says how the plan's differs
-        assert differ == ({"bnb_4bit_compute_dtype"} if cfg.precision is not Precision.bf16_true else set())
+        four_bit_mixed = cfg.quant is Quant.nf4 and cfg.precision is not Precision.bf16_true
+        assert differ == ({"bnb_4bit_compute_dtype"} if four_bit_mixed else set())
         assert ("computes the 4-bit matmuls" in path.read_text()) == bool(differ)
 
 
