@@ -153,4 +153,29 @@ def test_trl_config_header_launches_the_plans_processes(tmp_path: Path, name: st
     if "deepspeed" in fields:
         assert fields["deepspeed"] == json.loads((out / "ds_config.trainer.json").read_text())
         assert "ds_config.trainer.json" in text.split("\nper_device")[0]
+        # under the environment `accelerate launch` gives a DeepSpeed script (its config file: ds_config.json), the
+        # Trainer's plugin is the `deepspeed` field's, as under `ftplan run`
+        env = _deepspeed_launch_env(Path(accelerate))
+        assert env["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == str((out / "ds_config.json").resolve())
+        with mock.patch.dict(os.environ, env):
+            _, args, _, _, _, _ = _parse(Stage.grpo, out / "grpo_config.yaml", tmp_path / "o")
+        plugin = args.deepspeed_plugin
+        assert plugin.zero_stage == fields["deepspeed"]["zero_optimization"]["stage"]
+        assert plugin.gradient_accumulation_steps == cfg.grad_accum
+        assert plugin.hf_ds_config.config["train_micro_batch_size_per_gpu"] == cfg.micro_batch
     assert ("fsdp" in fields) == ("FSDP:" in text)
+
+
+def _deepspeed_launch_env(accelerate_yaml: Path) -> dict[str, str]:
+    """The ACCELERATE_* variables `accelerate launch --config_file accelerate_yaml` starts a DeepSpeed script with
+    (accelerate/commands/launch.py launch_command -> deepspeed_launcher; accelerate/utils/launch.py
+    prepare_deepspeed_cmd_env)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    args, defaults, mp_from_config = _validate_launch_command(
+        launch_command_parser().parse_args(["--config_file", str(accelerate_yaml), "train.py"]))
+    args.deepspeed_fields_from_accelerate_config = ",".join(
+        [*defaults.deepspeed_config] + (["mixed_precision"] if mp_from_config else []))
+    _, env = prepare_deepspeed_cmd_env(args)
+    return {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}
