@@ -79,7 +79,7 @@ def render_files(est: Estimate, out_dir: Path) -> dict[str, str]:
         files[BNB_CONFIG_FILE] = _json(bnb)
     lf = build_llamafactory_config(cfg, model_path=_model_path(cfg),
                                    ds_config_path=str(where / ln.DS_TRAINER_CONFIG_FILE))
-    files.update(rl_files(cfg, _model_path(cfg)))  # online RL: TRL's trainer config, or verl's for PPO
+    files.update(rl_files(cfg, _model_path(cfg), where))  # online RL: TRL's trainer config, or verl's for PPO
     files[ln.LLAMAFACTORY_FILE] = _yaml(lf, [f"LLaMA-Factory config for {cfg} (written by ftplan)",
                                              "set model_name_or_path and dataset to yours",
                                              *llamafactory_notes(cfg)])

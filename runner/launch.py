@@ -10,6 +10,7 @@ same variables with FORCE_TORCHRUN=1 (LLaMA-Factory README, "Distributed trainin
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 
@@ -48,6 +49,21 @@ def _comment(line: str) -> str:
     return one_line(line)
 
 
+def trainer_cli_flags(cfg: TrainConfig) -> str:
+    """A Trainer script's flags for the plan (HfArgumentParser): activation checkpointing as `ftplan run` sets it, with
+    --activation-offload as the Trainer's `offload` (runner.run_common.emitted_checkpointing_fields; the script says
+    how `ftplan run` differs, switches.activation_offload_note), then the memory switches (switches.trainer_cli_flags).
+    The kwargs go as JSON, which TrainingArguments.__post_init__ parses (_VALID_DICT_FIELDS)."""
+    from runner.run_common import emitted_checkpointing_fields
+
+    ckpt = emitted_checkpointing_fields(cfg)
+    out = ""
+    if ckpt["activation_checkpointing"]:
+        out = (" --activation_checkpointing True --activation_checkpointing_kwargs "
+               f"{shlex.quote(json.dumps(ckpt['activation_checkpointing_kwargs']))}")
+    return out + switches.trainer_cli_flags(cfg)
+
+
 def launch_lines(cfg: TrainConfig, out_dir: str = ".") -> Launch:
     """Lines as they appear in launch.sh (with $VARS); `out_dir` prefixes file names in `start`."""
     per_node, nodes = cfg.cluster.gpus_per_node, cfg.cluster.nodes
@@ -69,7 +85,7 @@ def launch_lines(cfg: TrainConfig, out_dir: str = ".") -> Launch:
     own: list[str] = []
     if cfg.engine is Engine.deepspeed:
         own.append(f'torchrun {rdzv} --nproc_per_node {per_node} train.py --deepspeed "$HERE/ds_config.trainer.json"'
-                   f'{switches.trainer_cli_flags(cfg)}  # transformers Trainer script')
+                   f'{trainer_cli_flags(cfg)}  # transformers Trainer script')
         if nodes > 1:
             own.append('deepspeed --hostfile "$HERE/hostfile" train.py --deepspeed_config "$HERE/ds_config.json"'
                        '  # deepspeed.initialize script')
@@ -77,7 +93,7 @@ def launch_lines(cfg: TrainConfig, out_dir: str = ".") -> Launch:
             own.append(f'deepspeed --num_gpus {per_node} train.py --deepspeed_config "$HERE/ds_config.json"'
                        '  # deepspeed.initialize script')
     else:
-        own.append(f'torchrun {rdzv} --nproc_per_node {per_node} train.py{switches.trainer_cli_flags(cfg)}'
+        own.append(f'torchrun {rdzv} --nproc_per_node {per_node} train.py{trainer_cli_flags(cfg)}'
                    '  # your DDP/FSDP script')
     own.append('accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" '
                '--main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" train.py  # accelerate script')
@@ -158,5 +174,8 @@ def launch_script(cfg: TrainConfig) -> str:
             "# The same plan with your own training script:"]
     out += [f"#   {line}" for line in lines.own_script]
     out += [_comment(f"# {note}") for note in switches.trainer_flag_notes(cfg)]  # what the Trainer flags cannot say
+    offload = switches.activation_offload_note(cfg)
+    if offload:
+        out.append(_comment(f"# {offload}"))
     out += [_comment(f"# {note}") for note in switches.accelerate_notes(cfg)]  # what accelerate.yaml cannot say
     return "\n".join(out) + "\n"

@@ -132,7 +132,17 @@ def attn_implementation(cfg: TrainConfig, on_cuda: bool) -> str:
         except ModuleNotFoundError:
             raise PlanError("the plan uses FlashAttention-2 but flash-attn is not installed "
                             "(pip install flash-attn, or re-plan with --attn sdpa)") from None
+    return attn_name(cfg)
+
+
+def attn_name(cfg: TrainConfig) -> str:
+    """transformers' name of the plan's attention kernel, as a CUDA run loads it (attn_implementation)."""
     return _ATTN_IMPL[cfg.attn]
+
+
+def load_dtype_name(cfg: TrainConfig) -> str:
+    """The weights' dtype at load (load_dtype), by torch's name."""
+    return "bfloat16" if cfg.precision is Precision.bf16_true else "float32"
 
 
 def load_dtype(cfg: TrainConfig, on_cuda: bool) -> Any:
@@ -140,9 +150,7 @@ def load_dtype(cfg: TrainConfig, on_cuda: bool) -> Any:
     bf16-true. On the CPU mixed precision trains in fp32 (no bf16/fp16 units on the CPU device profile)."""
     import torch
 
-    if cfg.precision is Precision.bf16_true:
-        return torch.bfloat16
-    return torch.float32
+    return getattr(torch, load_dtype_name(cfg))
 
 
 def _quantization(cfg: TrainConfig, on_cuda: bool) -> Any:

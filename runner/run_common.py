@@ -167,22 +167,47 @@ def fsdp_arguments(cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool,
-                       args_class: type | None = None, extra: dict[str, Any] | None = None) -> Any:
-    """TrainingArguments for the plan; `args_class` / `extra`: a TRL config class (a TrainingArguments subclass)
-    and its own fields, for the rm / dpo stages (runner.stages)."""
-    from transformers import TrainingArguments
+def checkpointing_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainingArguments' checkpointing keywords for the plan, under transformers 5.25's names
+    (`gradient_checkpointing*` are deprecated aliases, training_args.py __post_init__). HF checkpointing recomputes
+    whole layers; the planner's "selective" maps to it as its closest."""
+    ckpt = cfg.grad_ckpt is not GradCkpt.none
+    return {"activation_checkpointing": ckpt,
+            "activation_checkpointing_kwargs": {"use_reentrant": False} if ckpt else None}
 
-    from planner.configs.ds_config import learning_rate
 
-    kwargs: dict[str, Any] = {}
-    accelerator = switches.accelerator_config(cfg)  # --sync-each-batch: no micro-batch under no_sync
+def emitted_checkpointing_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """checkpointing_fields for an emitted Trainer config or command line: --activation-offload there is the
+    Trainer's own `offload` of the checkpointed layers' inputs (transformers modeling_utils.py
+    _activation_checkpointing_enable: save_on_cpu around each checkpointed call), the part the planner counts
+    (planner.offload_activations); `ftplan run` offloads around the whole step instead (offloading_trainer), which
+    switches.activation_offload_note says in the file."""
+    out = checkpointing_fields(cfg)
+    if cfg.activation_offload and out["activation_checkpointing"]:
+        out["activation_checkpointing_kwargs"] = {**out["activation_checkpointing_kwargs"], "offload": True}
+    return out
+
+
+def engine_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainingArguments keywords for the plan's engine: the DeepSpeed config with the Trainer's "auto" values
+    (ds_config.trainer.json's), or the FSDP settings (fsdp_arguments); {} for DDP and a single process."""
     if cfg.engine is Engine.deepspeed:
         from planner.configs.ds_config import build_ds_config
 
-        kwargs["deepspeed"] = build_ds_config(cfg, for_trainer=True)
-    elif cfg.engine is Engine.fsdp and cfg.world_size > 1:
-        kwargs |= fsdp_arguments(cfg)
+        return {"deepspeed": build_ds_config(cfg, for_trainer=True)}
+    if cfg.engine is Engine.fsdp and cfg.world_size > 1:
+        return fsdp_arguments(cfg)
+    return {}
+
+
+def training_fields(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The TrainingArguments keywords `ftplan run` trains the plan with (training_arguments builds them); `extra`: a TRL
+    stage's own fields (runner.stages), which win."""
+    from planner.configs.ds_config import learning_rate
+
+    kwargs: dict[str, Any] = engine_fields(cfg)
+    accelerator = switches.accelerator_config(cfg)  # --sync-each-batch: no micro-batch under no_sync
     if not on_cuda and cfg.engine is Engine.deepspeed:
         # DeepSpeed picks the CPU through DS_ACCELERATOR=cpu, but the Trainer gives accelerate no backend for
         # DeepSpeed and accelerate then counts one process (accelerate/state.py, PartialState: "No backend == no
@@ -200,7 +225,6 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
     if accelerator:
         kwargs["accelerator_config"] = accelerator
     mixed = on_cuda and cfg.precision in (Precision.bf16_mixed, Precision.fp16_mixed)
-    ckpt = cfg.grad_ckpt is not GradCkpt.none
     fields: dict[str, Any] = dict(
         output_dir=str(opts.output),
         per_device_train_batch_size=cfg.micro_batch,
@@ -213,10 +237,7 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         optim=optim_name(cfg, on_cuda), optim_args=optim_args(cfg),
         bf16=mixed and cfg.precision is Precision.bf16_mixed,
         fp16=mixed and cfg.precision is Precision.fp16_mixed,
-        # HF checkpointing recomputes whole layers; the planner's "selective" maps to it as its closest
-        # transformers 5.25's names; `gradient_checkpointing*` are deprecated aliases (training_args.py __post_init__)
-        activation_checkpointing=ckpt,
-        activation_checkpointing_kwargs={"use_reentrant": False} if ckpt else None,
+        **checkpointing_fields(cfg),
         neftune_noise_alpha=opts.neftune_alpha,
         logging_strategy="steps", logging_steps=1,
         save_strategy="steps", save_steps=opts.save_steps,
@@ -230,7 +251,36 @@ def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has
         **kwargs,
     )
     fields.update(extra or {})  # a stage's own values win (GRPO counts its tokens itself)
+    return fields
+
+
+def training_arguments(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool, has_eval: bool,
+                       args_class: type | None = None, extra: dict[str, Any] | None = None) -> Any:
+    """TrainingArguments for the plan; `args_class` / `extra`: a TRL config class (a TrainingArguments subclass)
+    and its own fields, for the rm / dpo / grpo / rloo stages (runner.stages)."""
+    from transformers import TrainingArguments
+
+    fields = training_fields(cfg, opts, on_cuda=on_cuda, has_eval=has_eval, extra=extra)
     return (args_class or TrainingArguments)(**fields)
+
+
+def offloading_trainer(base: type, cfg: TrainConfig) -> type:
+    """The trainer class `ftplan run` trains the plan with: under --activation-offload, `base` with every tensor
+    autograd saves in a training step kept in (pinned) host memory: torch.autograd.graph.save_on_cpu, what torchtune's
+    OffloadActivations and accelerate's FSDP2 offload_wrapper build on. With checkpointing only the layer inputs are
+    saved, so only they move; backward's recomputation runs outside the context and stays on the device. The TRL
+    stages' trainers (runner.stages) take it too: GRPO's generation inside the step runs under no_grad, which saves
+    nothing."""
+    if not cfg.activation_offload:
+        return base
+    import torch
+
+    class OffloadingTrainer(base):  # type: ignore[misc, valid-type]
+        def training_step(self, *args: Any, **kwargs: Any) -> Any:
+            with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+                return super().training_step(*args, **kwargs)
+
+    return OffloadingTrainer
 
 
 def write_run_files(cfg: TrainConfig, ranks: list[dict[str, Any]], summary: dict[str, Any], *, opts: RunOptions,

@@ -44,7 +44,7 @@ import shlex
 from typing import Any
 
 from planner.runnable_stages import trl_fused_loss_refusal
-from planner.strategy import Attn, CrossEntropy, Engine, Kernels, Stage, TrainConfig
+from planner.strategy import Attn, CrossEntropy, Engine, GradCkpt, Kernels, Stage, TrainConfig
 
 # the kernels `_apply_liger_kernel_to_instance(model)` applies when the Trainer's liger_kernel_config is None (the
 # keyword defaults of liger_kernel/transformers/monkey_patch.py apply_liger_kernel_to_llama and its siblings)
@@ -154,6 +154,23 @@ def trainer_flag_notes(cfg: TrainConfig) -> list[str]:
     return [f"--use_liger_kernel alone applies all of Liger's kernels and its fused loss; this plan's part is "
             f"TrainingArguments(liger_kernel_config={liger_kernel_config(cfg)!r}), set in your script "
             "(the command line does not parse liger_kernel_config)."]
+
+
+def activation_offload_note(cfg: TrainConfig) -> str | None:
+    """How an emitted Trainer config or command line offloads activations beside `ftplan run`, None without offload.
+    `ftplan run` wraps each training step in torch.autograd.graph.save_on_cpu (runner.run_common.offloading_trainer);
+    the Trainer's `activation_checkpointing_kwargs={"offload": true}` wraps each checkpointed layer's call in it
+    (transformers modeling_utils.py _activation_checkpointing_enable), and only under activation checkpointing."""
+    if not cfg.activation_offload:
+        return None
+    run = ("activation offload: `ftplan run` keeps every tensor a training step saves in host memory "
+           "(torch.autograd.graph.save_on_cpu around the step, runner/run_common.py offloading_trainer); ")
+    if cfg.grad_ckpt is not GradCkpt.none:
+        return run + ("the Trainer's activation_checkpointing_kwargs offload here keeps each checkpointed layer's "
+                      "input there, the part the plan counts; the LM head's and the loss's saved tensors stay on "
+                      "the GPU.")
+    return run + ("the Trainer offloads only under activation checkpointing, so no Trainer field says it here: a "
+                  "script of your own wraps Trainer.training_step in save_on_cpu(pin_memory=True) the same way.")
 
 
 def llamafactory_notes(cfg: TrainConfig) -> list[str]:

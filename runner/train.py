@@ -30,6 +30,7 @@ from runner.run_common import (
     RunOptions,
     checkpoint_step,
     latest_checkpoint,
+    offloading_trainer,
     on_cuda_device,
     optim_name,
     prepare_data,
@@ -58,7 +59,8 @@ def write_plan(cfg: TrainConfig, path: Path) -> None:
 
 
 def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
-    """Checks that need no torch, run before anything is written (and before a launcher starts)."""
+    """Checks run before anything is written (and before a launcher starts); torch only to read a pipeline
+    checkpoint's optimizer groups on --resume (runner.parallel.pipeline.check_resumable)."""
     from planner.runnable import unrunnable_reasons
     from planner.runnable_stages import TRL_STAGES
     from runner import data as d
@@ -92,6 +94,10 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
         raise PlanError(f"--output {opts.output} exists and is not a directory")
     if opts.resume and latest_checkpoint(opts.output) is None:
         raise PlanError(f"--resume: no checkpoint-N folder in {opts.output}")
+    if opts.resume and cfg.pp > 1:
+        from runner.parallel.pipeline import check_resumable
+
+        check_resumable(cfg, latest_checkpoint(opts.output))
     if not opts.resume and opts.output.is_dir() and any(opts.output.iterdir()):
         raise PlanError(f"--output {opts.output} is not empty: pass --resume to continue its run, "
                         "or choose another directory")
@@ -102,21 +108,6 @@ def validate_inputs(cfg: TrainConfig, opts: RunOptions) -> None:
     if switches.uses_liger(cfg) and is_cpu(cfg.cluster.gpu):
         raise PlanError("Liger's kernels are Triton kernels for CUDA GPUs: re-plan with --kernels eager "
                         "--cross-entropy standard for the CPU")
-
-
-def _offloading_trainer(base: type) -> type:
-    """The Trainer with every tensor autograd saves in a training step kept in (pinned) host memory:
-    torch.autograd.graph.save_on_cpu, what torchtune's OffloadActivations and accelerate's FSDP2
-    offload_wrapper build on. With checkpointing only the layer inputs are saved, so only they move;
-    backward's recomputation runs outside the context and stays on the device."""
-    import torch
-
-    class OffloadingTrainer(base):  # type: ignore[misc, valid-type]
-        def training_step(self, *args: Any, **kwargs: Any) -> Any:
-            with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
-                return super().training_step(*args, **kwargs)
-
-    return OffloadingTrainer
 
 
 class _Collator:
@@ -181,7 +172,7 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
                                 peak_flops=peak_flops_per_s(cfg.cluster.gpu, cfg.precision), on_cuda=on_cuda,
                                 is_main=is_main,
                                 max_steps=opts.max_steps, tensorboard_dir=opts.output / "runs")
-    trainer_class = _offloading_trainer(Trainer) if cfg.activation_offload else Trainer
+    trainer_class = offloading_trainer(Trainer, cfg)
     trainer = trainer_class(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                       data_collator=_Collator(tokenizer.pad_token_id), processing_class=tokenizer,
                       callbacks=[callback, probe.callback()])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planner.errors import PlanError
-from planner.strategy import Attn, Optimizer, Precision, TrainConfig
+from planner.strategy import Attn, Method, Optimizer, Precision, TrainConfig
 
 if TYPE_CHECKING:
     from runner.run_common import RunOptions
@@ -171,6 +172,78 @@ def pipeline_optimizer(cfg: TrainConfig, module: Any, lr: float) -> Any:
     if cfg.optimizer is Optimizer.sgd:
         return torch.optim.SGD(groups, lr=lr, momentum=hp.sgd_momentum)
     raise PlanError(f"pipeline runs adamw or sgd, not {cfg.optimizer.value}")
+
+
+def pipeline_param_groups(cfg: TrainConfig) -> int:
+    """The optimizer groups each stage's engine holds (pipeline_optimizer): the Trainer's two under full fine-tuning,
+    since every stage trains decoder layers, whose norms take no weight decay; one with adapters, whose no-decay group
+    is empty and which DeepSpeed drops."""
+    return 2 if cfg.method is Method.full else 1
+
+
+def saved_param_groups(checkpoint: Path) -> list[int]:
+    """The parameter-group count of each optimizer state a pipeline checkpoint-N holds (deepspeed 0.19.8
+    runtime/engine.py): the engine's file (mp_rank_XX_model_states.pt, `optimizer`: the torch optimizer's state_dict,
+    or BF16_Optimizer's, whose `base_optimizer_state` is that; _common_checkpoint_state) and ZeRO's
+    (*zero_pp_rank_*_optim_states.pt, `optimizer_state_dict`: DeepSpeedZeroOptimizer's or BF16_Optimizer's, with
+    `base_optimizer_state` the torch state_dict, or one entry per group in an elastic checkpoint;
+    _save_zero_checkpoint). The stages' weights (layer_XX-model_states.pt) are not read; the rest memory-mapped, and
+    without importing deepspeed (_NoDeepSpeedUnpickler), which would log its accelerator detection."""
+    import types
+
+    import torch
+
+    reader = types.SimpleNamespace(Unpickler=_NoDeepSpeedUnpickler, load=pickle.load, __name__="pickle")
+    counts = []
+    for path in sorted((checkpoint / CKPT_TAG).glob("*.pt")):
+        if path.name.startswith("layer_"):
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True, pickle_module=reader)
+        n = _group_count(state.get("optimizer") or state.get("optimizer_state_dict"))
+        if n is not None:
+            counts.append(n)
+    return counts
+
+
+class _Opaque:
+    """What a DeepSpeed object in a checkpoint (its loss scaler, its config's enums) reads back as: the group counts
+    are in plain dicts and lists."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _NoDeepSpeedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module.split(".")[0] == "deepspeed":
+            return _Opaque
+        return super().find_class(module, name)
+
+
+def _group_count(state: Any) -> int | None:
+    if not isinstance(state, dict):
+        return None
+    if "param_groups" in state:
+        return len(state["param_groups"])
+    base = state.get("base_optimizer_state")
+    return len(base) if isinstance(base, list) else _group_count(base)
+
+
+def check_resumable(cfg: TrainConfig, checkpoint: Path) -> None:
+    """Refuse, in one line, a checkpoint whose stages' optimizers hold fewer groups than this runner builds: those
+    ftplan wrote before the pipeline took the Trainer's two groups (one group of every trained parameter). DeepSpeed
+    keeps each group's fp32 weights and optimizer moments as one flat tensor, partitioned over the data-parallel
+    ranks (ZeRO-1 and BF16_Optimizer), and loads them group by group (the torch optimizer's load_state_dict refuses
+    another group count; ZeRO-1's fails on the flat layout first), so there is no clean split of one into two."""
+    counts = saved_param_groups(checkpoint)
+    if counts and max(counts) < pipeline_param_groups(cfg):
+        raise PlanError(f"--resume: {checkpoint} holds the pipeline optimizer in one parameter group, as ftplan wrote "
+                        "it before pipeline runs took the Trainer's two (weight decay, and none on norms and biases); "
+                        "DeepSpeed stores each group's optimizer state as one flat tensor, which cannot be split: "
+                        "resume it with the ftplan version that wrote it, or start the plan afresh in another --output")
 
 
 @dataclass(kw_only=True)
@@ -356,6 +429,8 @@ def run_pipeline(cfg: TrainConfig, opts: RunOptions, *, on_cuda: bool) -> dict[s
     tokenizer = load_tokenizer(src)
     train_set, eval_set = prepare_data(cfg, opts, tokenizer)
     resume_from = latest_checkpoint(opts.output) if opts.resume else None
+    if resume_from is not None:
+        check_resumable(cfg, resume_from)  # also here: launch.sh's torchrun line starts ranks without `ftplan run`
     start = checkpoint_step(resume_from)
     torch.manual_seed(opts.seed)
     probe = MemoryProbe(on_cuda=on_cuda, rank=dist.get_rank())  # RSS baseline before the model

@@ -95,8 +95,10 @@ def load_models(cfg: TrainConfig, src: Any, opts: Any, *, on_cuda: bool) -> Stag
 
 def make_trainer(models: StageModels, *, args: Any, tokenizer: Any, train_dataset: Any, eval_dataset: Any,
                  callbacks: list[Any], cfg: TrainConfig, opts: Any) -> Any:
+    from runner.run_common import offloading_trainer
     from runner.stages.rewards import parse_rewards
 
-    return trainer_class(cfg)(model=models.model, reward_funcs=parse_rewards(opts.rewards), args=args,
-                              train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
-                              callbacks=callbacks, peft_config=models.peft_config)
+    trainer = offloading_trainer(trainer_class(cfg), cfg)
+    return trainer(model=models.model, reward_funcs=parse_rewards(opts.rewards), args=args,
+                   train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                   callbacks=callbacks, peft_config=models.peft_config)

@@ -45,8 +45,11 @@ def load_models(cfg: TrainConfig, src: Any, opts: Any, *, on_cuda: bool) -> Stag
 
 
 def make_trainer(models: StageModels, *, args: Any, tokenizer: Any, train_dataset: Any, eval_dataset: Any,
-                 callbacks: list[Any], **_: Any) -> Any:
+                 callbacks: list[Any], cfg: TrainConfig, **_: Any) -> Any:
     from trl import RewardTrainer
 
-    return RewardTrainer(model=models.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=callbacks, peft_config=models.peft_config)
+    from runner.run_common import offloading_trainer
+
+    return offloading_trainer(RewardTrainer, cfg)(model=models.model, args=args, train_dataset=train_dataset,
+                                                  eval_dataset=eval_dataset, processing_class=tokenizer,
+                                                  callbacks=callbacks, peft_config=models.peft_config)

@@ -18,6 +18,7 @@ from test_train import REPO, TEMPLATE, _ftplan, _losses, _plan, _run_args, tiny 
 
 from planner.strategy import Method, Precision
 from runner.metrics import SUMMARY_FILE
+from runner.parallel.pipeline import saved_param_groups
 
 LR = ("--learning-rate", "1e-3")  # full fine-tuning of the random tiny model; the adapter tests use 1e-2
 # TP splits each GEMM and sums partial products in another order (row-parallel all-reduce): fp32 agreement
@@ -122,6 +123,32 @@ def test_pp2_trains_holds_its_stage_and_resumes(tiny: Path, tmp_path: Path) -> N
     _train(plan, tiny, cut, 6, "--save-steps", "3", "--resume")
     assert _summary(cut)["resumed_from_step"] == 3
     assert _losses(cut) == pytest.approx(losses, rel=1e-5)
+    assert saved_param_groups(cut / "checkpoint-3") == [2, 2]  # ZeRO-1's partition file of each stage
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [0, 1])
+def test_pp2_refuses_a_one_group_checkpoint_in_one_line(tiny: Path, tmp_path: Path, zero: int) -> None:  # noqa: F811
+    """A checkpoint ftplan wrote before the pipeline took the Trainer's two parameter groups (one_group_pipeline.py
+    trains with that optimizer): ZeRO-0 keeps the optimizer in the engine's file, ZeRO-1 in its partition files.
+    `ftplan run --resume` refuses it in one line, exit 2, before any process starts (DeepSpeed itself fails on the
+    group count, or for ZeRO-1 on its flat layout, with a traceback from each rank)."""
+    from profiler.launcher import rank_env, torchrun_command
+    from runner.train import load_plan
+
+    plan = _plan(tiny, f"pp2-z{zero}", "2xCPU", method=Method.full, zero=zero, pp=2, micro_batch=2, grad_accum=2)
+    out = tmp_path / "old"
+    cmd = torchrun_command(nproc_per_node=2, master_port=_free_port()) + [
+        str(Path(__file__).parent / "one_group_pipeline.py"), str(plan), *_run_args(tiny, out, 2, *LR, "--save-steps",
+                                                                                    "2")]
+    res = subprocess.run(cmd, cwd=REPO, env={**rank_env(load_plan(plan)), "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=480)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert saved_param_groups(out / "checkpoint-2") == [1, 1]
+    res = _ftplan("run", str(plan), *_run_args(tiny, out, 4, *LR, "--save-steps", "2", "--resume"))
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.startswith("ftplan: error: --resume:") and res.stderr.count("\n") == 1, res.stderr
+    assert "one parameter group" in res.stderr and "another --output" in res.stderr
 
 
 def _free_port() -> int:

@@ -36,9 +36,9 @@ def _rl(stage: Stage, **kw) -> TrainConfig:
 def _trl_cli_args(cfg: TrainConfig, path: Path, out: Path):
     """The config as `trl grpo --config path` / `trl rloo --config path` parses it (trl/scripts/utils.py TrlParser:
     the YAML's keys become the parser's defaults); the file is for GPUs, so this machine's run says the CPU."""
-    from trl import TrlParser
+    from trl import ModelConfig, TrlParser
 
-    (args,) = TrlParser((grpo.config_class(cfg),)).parse_args_and_config(
+    args, _ = TrlParser((grpo.config_class(cfg), ModelConfig)).parse_args_and_config(
         ["--config", str(path), "--output_dir", str(out), "--use_cpu", "True", "--bf16", "False"])
     return args
 

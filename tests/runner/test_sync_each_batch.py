@@ -74,7 +74,7 @@ def test_emitted_files_carry_it_or_say_so(tmp_path: Path) -> None:
 
 
 def test_grpo_config_yaml_carries_it(tmp_path: Path) -> None:
-    from trl import GRPOConfig
+    from trl import GRPOConfig, ModelConfig, TrlParser
 
     cfg = build_config(model="qwen2.5-7b", gpus="4xH100", method=Method.lora, stage=Stage.grpo, micro_batch=8,
                        grad_accum=2, generation=Generation.transformers, sync_each_batch=True, check=False)
@@ -82,7 +82,9 @@ def test_grpo_config_yaml_carries_it(tmp_path: Path) -> None:
     fields = yaml.safe_load((tmp_path / "grpo_config.yaml").read_text())
     assert fields["accelerator_config"] == SYNC
     # the file is for GPUs: transformers refuses bf16 on a machine without one unless told the run is on the CPU
-    args = GRPOConfig(**{**fields, "bf16": False, "use_cpu": True}, output_dir=str(tmp_path / "o"))
+    args, _ = TrlParser((GRPOConfig, ModelConfig)).parse_args_and_config(
+        ["--config", str(tmp_path / "grpo_config.yaml"), "--bf16", "False", "--use_cpu", "True", "--output_dir",
+         str(tmp_path / "o")])
     assert args.accelerator_config.gradient_accumulation_kwargs == SYNC["gradient_accumulation_kwargs"]
 
 

@@ -39,13 +39,13 @@ def test_ftplan_runs_trainer_sgd_with_the_planned_momentum(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("stage", [Stage.grpo, Stage.rloo])
 def test_trl_config_yaml_carries_sgds_momentum(tmp_path: Path, stage: Stage) -> None:
-    from trl import TrlParser
+    from trl import ModelConfig, TrlParser
 
     cfg = build_config(model="qwen2.5-7b", gpus="1xH100", method=Method.lora, stage=stage, micro_batch=8,
                        grad_accum=2, generation=Generation.transformers, optimizer=Optimizer.sgd, check=False)
     emit(cfg, tmp_path / "plan")
     path = tmp_path / "plan" / f"{stage.value}_config.yaml"
-    (args,) = TrlParser((grpo.config_class(cfg),)).parse_args_and_config(
+    args, _ = TrlParser((grpo.config_class(cfg), ModelConfig)).parse_args_and_config(
         ["--config", str(path), "--output_dir", str(tmp_path / "o"), "--use_cpu", "True", "--bf16", "False"])
     _, kwargs = _optimizer_kwargs(args)
     assert kwargs["momentum"] == DEFAULT_HYPER.sgd_momentum

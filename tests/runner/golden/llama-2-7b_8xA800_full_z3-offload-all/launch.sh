@@ -32,6 +32,6 @@ case "$LAUNCHER" in
 esac
 
 # The same plan with your own training script:
-#   torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 train.py --deepspeed "$HERE/ds_config.trainer.json"  # transformers Trainer script
+#   torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 train.py --deepspeed "$HERE/ds_config.trainer.json" --activation_checkpointing True --activation_checkpointing_kwargs '{"use_reentrant": false}'  # transformers Trainer script
 #   deepspeed --num_gpus 8 train.py --deepspeed_config "$HERE/ds_config.json"  # deepspeed.initialize script
 #   accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" train.py  # accelerate script

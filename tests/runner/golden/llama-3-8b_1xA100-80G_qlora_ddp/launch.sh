@@ -30,5 +30,5 @@ case "$LAUNCHER" in
 esac
 
 # The same plan with your own training script:
-#   torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 1 train.py  # your DDP/FSDP script
+#   torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 1 train.py --activation_checkpointing True --activation_checkpointing_kwargs '{"use_reentrant": false}'  # your DDP/FSDP script
 #   accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" train.py  # accelerate script

@@ -30,6 +30,7 @@ case "$LAUNCHER" in
 esac
 
 # The same plan with your own training script:
-#   torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 train.py --use_liger_kernel True  # your DDP/FSDP script
+#   torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node 8 train.py --activation_checkpointing True --activation_checkpointing_kwargs '{"use_reentrant": false, "offload": true}' --use_liger_kernel True  # your DDP/FSDP script
 #   accelerate launch --config_file "$HERE/accelerate.yaml" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" train.py  # accelerate script
+# activation offload: `ftplan run` keeps every tensor a training step saves in host memory (torch.autograd.graph.save_on_cpu around the step, runner/run_common.py offloading_trainer); the Trainer's activation_checkpointing_kwargs offload here keeps each checkpointed layer's input there, the part the plan counts; the LM head's and the loss's saved tensors stay on the GPU.
 # Liger kernels: accelerate's config file has no Liger key. `ftplan run` and the Trainer apply them to the model before training; an accelerate script of your own does so before accelerator.prepare, as the Trainer does (transformers/trainer.py): liger_kernel.transformers._apply_liger_kernel_to_instance(model=model, rope=True, swiglu=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=True).
