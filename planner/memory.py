@@ -473,8 +473,10 @@ def _stage_memory(cfg: TrainConfig, cal: Calibration, *, first: bool) -> MemoryB
         # the last layer's backward begins once the head's is over: its window and the logits are never live
         # together (planner.engines.fsdp last_layer_window_exposed_bytes: the larger of its start and its end)
         # and, FSDP2's, the two gradients of the layer's last linear (fsdp2_first_linear_backward_bytes)
-        first = engines.fsdp.fsdp2_first_linear_backward_bytes(cfg, sp, cfg.micro_batch * tokens_per_sample(cfg))
-        exposed = max(0.0, engines.fsdp.last_layer_window_exposed_bytes(cfg, sp, window, layer_activations, first))
+        first_linear = engines.fsdp.fsdp2_first_linear_backward_bytes(cfg, sp,
+                                                                      cfg.micro_batch * tokens_per_sample(cfg))
+        exposed = max(0.0, engines.fsdp.last_layer_window_exposed_bytes(cfg, sp, window, layer_activations,
+                                                                         first_linear))
         if exposed > items.get("logits and loss", 0.0):
             items.pop("logits and loss", None)
             items["FSDP unsharded layers"] = exposed
