@@ -423,9 +423,8 @@ def _compute_strategy_parts(cfg: TrainConfig, *, first: bool) -> _StrategyParts:
     else:
         items.update(eng.buffers(cfg, sp, trained, first=first))
     state_bytes = optimizer_state_bytes_per_param(cfg.optimizer, cfg.precision)
-    # DeepSpeed's pipeline engine (the only one with --pp > 1) steps each stage's own tensors
-    step_items = eng.step_items(cfg, trained, n, state_bytes, sp) if eng is engines.zero else \
-        eng.step_items(cfg, trained, n, state_bytes)
+    # the stage: DeepSpeed's pipeline engine (the only one with --pp > 1) steps each stage's own tensors
+    step_items = eng.step_items(cfg, trained, n, state_bytes, sp)
     grads_in_backward = eng.backward_grad_bytes(cfg, trained, states.gradients)
     return _StrategyParts(sp=sp, states=states, items=items, step_items=step_items,
                           end_items=end_of_backward_items(cfg, sp),

@@ -33,6 +33,7 @@ from planner.choices import Engine, Method, Offload, Optimizer, Stage
 from planner.configs.ds_config import needs_ds_optimizer
 from planner.gpus import SINGLE_OVER_FOREACH_TIME, SINGLE_TENSOR_HOST_OPS, GPUSpec, is_cpu  # measured ratios: see there
 from planner.params import adapted_linears, lora_tensor_elements
+from planner.states import score_params
 
 if TYPE_CHECKING:
     from planner.model_layers import LinearShape
@@ -126,7 +127,7 @@ def largest_trainable_tensors(m: ModelSpec, adapter: Adapter, stage: Stage, *, h
     `score` (h x num_labels: transformers' GenericForSequenceClassification, no lm_head); the largest linear (a fused
     expert tensor whole). LoRA: none outside but a reward model's score (h); inside, the largest A or B of an adapted
     linear (planner.params.lora_tensor_elements)."""
-    score = m.hidden_size if stage is Stage.rm and has_head else 0
+    score = score_params(m, stage) if has_head else 0
     if adapter.method is Method.full:
         vocab = m.vocab_size * m.hidden_size
         embedding = vocab if has_embedding and not adapter.freeze_layers else 0

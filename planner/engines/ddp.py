@@ -85,7 +85,10 @@ def end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, float]:
     return {}
 
 
-def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
+def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float, sp: StageParams | None = None
+               ) -> dict[str, float]:
+    """The step's items (adamw_step_items); `sp`, the pipeline stage, is for DeepSpeed's pipeline engine only
+    (planner.engines.zero step_items): DDP has no pipeline."""
     return adamw_step_items(cfg, trained, state_bytes, 1)
 
 

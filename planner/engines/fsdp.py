@@ -595,7 +595,10 @@ def fsdp2_embedding_end_items(cfg: TrainConfig, sp: StageParams) -> dict[str, fl
     return items
 
 
-def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float) -> dict[str, float]:
+def step_items(cfg: TrainConfig, trained: float, n: int, state_bytes: float, sp: StageParams | None = None
+               ) -> dict[str, float]:
+    """The step's items over the shards (planner.engines.ddp adamw_step_items); `sp` as ddp.step_items: FSDP has no
+    pipeline (problems)."""
     return ddp.adamw_step_items(cfg, trained, state_bytes, n if is_sharded(cfg) else 1)
 
 

@@ -527,8 +527,7 @@ def zero0_stage_gradient_elements(cfg: TrainConfig, sp: StageParams) -> tuple[fl
     layers_here = sp.layers
     first = cfg.pp == 1 or not sp.has_head
     frozen = min(cfg.freeze_layers, m.num_layers) if full else 0
-    frozen_here = frozen if cfg.pp == 1 else (min(frozen, layers_here) if first
-                                              else max(0, frozen - (m.num_layers - layers_here)))
+    frozen_here = min(frozen, layers_here) if first else max(0, frozen - (m.num_layers - layers_here))
     out: list[float] = []
     if full and sp.has_embedding and not frozen:
         out.append(m.vocab_size * m.hidden_size / t)
